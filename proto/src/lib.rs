@@ -1,0 +1,33 @@
+//! Treaty's wire contract and the trust it rests on.
+//!
+//! This crate owns the protobuf definitions of `treaty/v1` (compiled at build time with protox,
+//! so no system `protoc` is needed), the packing of tensors into little-endian chunks, the
+//! identity scheme that maps a certificate to an agency, coordinator or operator, the mutual
+//! TLS 1.3 configuration of both ends, and the development PKI. It knows nothing of nodes,
+//! coordinators, policies or learning.
+
+pub mod error;
+pub mod identity;
+pub mod pki;
+pub mod tensor;
+pub mod tls;
+
+pub use error::{IdentityError, PkiError, TensorError, TlsError};
+pub use identity::Identity;
+
+/// The generated protobuf messages and gRPC services of `treaty.v1`.
+#[allow(clippy::all, missing_docs)]
+pub mod v1 {
+    tonic::include_proto!("treaty.v1");
+}
+
+/// The encoded file descriptor set of `treaty.v1`, served by gRPC reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/treaty_descriptor.bin"));
+
+/// The wire-protocol version this build speaks.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// The largest gRPC message either side accepts or sends: 8 MiB. Tensors travel in chunks of at
+/// most [`tensor::DEFAULT_MAX_CHUNK_BYTES`], so this bound is never reached by a payload.
+pub const MAX_MESSAGE_BYTES: usize = 8 << 20;

@@ -1,0 +1,369 @@
+//! Tensors <-> ndarray, and the chunking of large payloads.
+//!
+//! In memory a payload is a list of [`NamedTensor`]s of `f64`. On the wire each tensor is
+//! described by a `TensorSpec` in a header and its packed little-endian bytes follow in
+//! `TensorChunk`s of at most `max_chunk` bytes. [`Assembler`] rebuilds the tensors on the
+//! receiving side and checks everything a peer could get wrong: sizes, order, limits and
+//! finiteness.
+
+use ndarray::{ArrayD, IxDyn};
+use prost::bytes::Bytes;
+
+use crate::error::TensorError;
+use crate::v1::{Dtype, TensorChunk, TensorSpec};
+
+/// The default largest chunk: 1 MiB, far under the 8 MiB message limit.
+pub const DEFAULT_MAX_CHUNK_BYTES: usize = 1 << 20;
+
+/// A named tensor of a model or an update.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NamedTensor {
+    pub name: String,
+    pub values: ArrayD<f64>,
+}
+
+impl NamedTensor {
+    pub fn new(name: impl Into<String>, values: ArrayD<f64>) -> Self {
+        NamedTensor {
+            name: name.into(),
+            values,
+        }
+    }
+}
+
+fn dtype_size(dtype: Dtype) -> Option<u64> {
+    match dtype {
+        Dtype::F32 => Some(4),
+        Dtype::F64 => Some(8),
+        Dtype::Unspecified => None,
+    }
+}
+
+/// Encodes tensors as a header's specs and the chunks that follow it.
+///
+/// Values are written as `dtype` (f32 rounds each value to nearest). Each chunk holds at most
+/// `max_chunk` bytes, a whole number of elements.
+pub fn encode(
+    tensors: &[NamedTensor],
+    dtype: Dtype,
+    max_chunk: usize,
+) -> (Vec<TensorSpec>, Vec<TensorChunk>) {
+    let size = dtype_size(dtype).unwrap_or(8) as usize;
+    let per_chunk = (max_chunk / size).max(1);
+    let mut specs = Vec::with_capacity(tensors.len());
+    let mut chunks = Vec::new();
+    for (index, tensor) in tensors.iter().enumerate() {
+        specs.push(TensorSpec {
+            name: tensor.name.clone(),
+            dtype: dtype as i32,
+            shape: tensor.values.shape().iter().map(|&d| d as u64).collect(),
+        });
+        let mut offset = 0u64;
+        let mut buf = Vec::with_capacity(per_chunk.min(tensor.values.len()) * size);
+        for &v in tensor.values.iter() {
+            match dtype {
+                Dtype::F32 => buf.extend_from_slice(&(v as f32).to_le_bytes()),
+                _ => buf.extend_from_slice(&v.to_le_bytes()),
+            }
+            if buf.len() == per_chunk * size {
+                let len = buf.len() as u64;
+                chunks.push(TensorChunk {
+                    tensor_index: index as u32,
+                    offset,
+                    data: Bytes::from(std::mem::take(&mut buf)),
+                });
+                offset += len;
+            }
+        }
+        if !buf.is_empty() {
+            chunks.push(TensorChunk {
+                tensor_index: index as u32,
+                offset,
+                data: Bytes::from(buf),
+            });
+        }
+    }
+    (specs, chunks)
+}
+
+/// Rebuilds tensors from a header's specs and the chunks that follow, checking each step.
+#[derive(Debug)]
+pub struct Assembler {
+    specs: Vec<TensorSpec>,
+    sizes: Vec<u64>,
+    buffers: Vec<Vec<u8>>,
+    max_chunk: usize,
+}
+
+impl Assembler {
+    /// Starts from a header's specs. `max_elements` bounds the total number of elements the peer
+    /// may send, so that a header cannot make the receiver allocate without limit.
+    pub fn new(
+        specs: Vec<TensorSpec>,
+        max_elements: u64,
+        max_chunk: usize,
+    ) -> Result<Self, TensorError> {
+        let mut sizes = Vec::with_capacity(specs.len());
+        let mut total: u64 = 0;
+        let mut names = std::collections::HashSet::new();
+        for spec in &specs {
+            if !names.insert(spec.name.as_str()) {
+                return Err(TensorError::DuplicateName(spec.name.clone()));
+            }
+            let elem = Dtype::try_from(spec.dtype)
+                .ok()
+                .and_then(dtype_size)
+                .ok_or_else(|| TensorError::NoDtype {
+                    name: spec.name.clone(),
+                })?;
+            let overflow = || TensorError::ShapeOverflow {
+                name: spec.name.clone(),
+                shape: spec.shape.clone(),
+            };
+            let count = spec
+                .shape
+                .iter()
+                .try_fold(1u64, |acc, &d| acc.checked_mul(d))
+                .ok_or_else(overflow)?;
+            total = total.checked_add(count).ok_or_else(overflow)?;
+            if total > max_elements {
+                return Err(TensorError::TooLarge {
+                    name: spec.name.clone(),
+                    declared: total,
+                    limit: max_elements,
+                });
+            }
+            sizes.push(count * elem);
+        }
+        let buffers = sizes.iter().map(|_| Vec::new()).collect();
+        Ok(Assembler {
+            specs,
+            sizes,
+            buffers,
+            max_chunk,
+        })
+    }
+
+    /// Adds the next chunk.
+    pub fn push(&mut self, chunk: TensorChunk) -> Result<(), TensorError> {
+        let index = chunk.tensor_index as usize;
+        let count = self.specs.len();
+        let (Some(spec), Some(&size), Some(buf)) = (
+            self.specs.get(index),
+            self.sizes.get(index),
+            self.buffers.get_mut(index),
+        ) else {
+            return Err(TensorError::UnknownTensor {
+                index: chunk.tensor_index,
+                count,
+            });
+        };
+        if chunk.data.len() > self.max_chunk {
+            return Err(TensorError::ChunkTooLarge {
+                name: spec.name.clone(),
+                len: chunk.data.len(),
+                limit: self.max_chunk,
+            });
+        }
+        if chunk.offset != buf.len() as u64 {
+            return Err(TensorError::Gap {
+                name: spec.name.clone(),
+                offset: chunk.offset,
+                expected: buf.len() as u64,
+            });
+        }
+        let end = chunk.offset + chunk.data.len() as u64;
+        if end > size {
+            return Err(TensorError::Overrun {
+                name: spec.name.clone(),
+                end,
+                size,
+            });
+        }
+        if buf.is_empty() {
+            buf.reserve_exact(size as usize);
+        }
+        buf.extend_from_slice(&chunk.data);
+        Ok(())
+    }
+
+    /// Finishes: every tensor complete, every value finite.
+    pub fn finish(self) -> Result<Vec<NamedTensor>, TensorError> {
+        let mut out = Vec::with_capacity(self.specs.len());
+        for ((spec, size), buf) in self.specs.into_iter().zip(self.sizes).zip(self.buffers) {
+            if buf.len() as u64 != size {
+                return Err(TensorError::Length {
+                    name: spec.name,
+                    expected: size,
+                    actual: buf.len() as u64,
+                });
+            }
+            let values: Vec<f64> = match Dtype::try_from(spec.dtype) {
+                Ok(Dtype::F32) => buf
+                    .chunks_exact(4)
+                    .map(|b| f64::from(f32::from_le_bytes([b[0], b[1], b[2], b[3]])))
+                    .collect(),
+                _ => buf
+                    .chunks_exact(8)
+                    .map(|b| f64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]))
+                    .collect(),
+            };
+            if let Some(index) = values.iter().position(|v| !v.is_finite()) {
+                return Err(TensorError::NotFinite {
+                    name: spec.name,
+                    index,
+                });
+            }
+            let shape: Vec<usize> = spec.shape.iter().map(|&d| d as usize).collect();
+            let values = ArrayD::from_shape_vec(IxDyn(&shape), values).map_err(|_| {
+                TensorError::ShapeOverflow {
+                    name: spec.name.clone(),
+                    shape: spec.shape.clone(),
+                }
+            })?;
+            out.push(NamedTensor::new(spec.name, values));
+        }
+        Ok(out)
+    }
+}
+
+/// Checks that `actual` has the same names and shapes as `expected`, in order.
+pub fn check_same_layout(
+    expected: &[NamedTensor],
+    actual: &[NamedTensor],
+) -> Result<(), TensorError> {
+    if expected.len() != actual.len() {
+        return Err(TensorError::Count {
+            expected: expected.len(),
+            actual: actual.len(),
+        });
+    }
+    for (e, a) in expected.iter().zip(actual) {
+        if e.name != a.name {
+            return Err(TensorError::Name {
+                expected: e.name.clone(),
+                actual: a.name.clone(),
+            });
+        }
+        if e.values.shape() != a.values.shape() {
+            return Err(TensorError::Shape {
+                name: e.name.clone(),
+                expected: e.values.shape().to_vec(),
+                actual: a.values.shape().to_vec(),
+            });
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ndarray::{ArrayD, IxDyn};
+
+    fn sample() -> Vec<NamedTensor> {
+        let w = ArrayD::from_shape_fn(IxDyn(&[3, 1000]), |ix| (ix[0] * 1000 + ix[1]) as f64 * 0.5);
+        let b = ArrayD::from_elem(IxDyn(&[]), -2.25);
+        vec![NamedTensor::new("weights", w), NamedTensor::new("bias", b)]
+    }
+
+    fn assemble(
+        specs: Vec<TensorSpec>,
+        chunks: Vec<TensorChunk>,
+    ) -> Result<Vec<NamedTensor>, TensorError> {
+        let mut a = Assembler::new(specs, 1 << 20, 4096)?;
+        for c in chunks {
+            a.push(c)?;
+        }
+        a.finish()
+    }
+
+    #[test]
+    fn round_trips_through_small_chunks() {
+        let tensors = sample();
+        let (specs, chunks) = encode(&tensors, Dtype::F64, 4096);
+        // 3000 f64 = 24000 bytes in chunks of 4096 bytes = 512 elements: 6 chunks, plus the bias.
+        assert_eq!(chunks.len(), 7);
+        assert!(chunks.iter().all(|c| c.data.len() <= 4096));
+        assert_eq!(assemble(specs, chunks).unwrap(), tensors);
+    }
+
+    #[test]
+    fn bytes_are_little_endian() {
+        let t = vec![NamedTensor::new("x", ArrayD::from_elem(IxDyn(&[1]), 1.0))];
+        let (_, chunks) = encode(&t, Dtype::F32, 4096);
+        // 1.0f32 is 0x3F800000.
+        assert_eq!(&chunks[0].data[..], &[0x00, 0x00, 0x80, 0x3F]);
+    }
+
+    #[test]
+    fn f32_rounds_to_nearest() {
+        let t = vec![NamedTensor::new("x", ArrayD::from_elem(IxDyn(&[1]), 0.1))];
+        let (specs, chunks) = encode(&t, Dtype::F32, 4096);
+        let back = assemble(specs, chunks).unwrap();
+        assert_eq!(back[0].values[[0]], f64::from(0.1f32));
+    }
+
+    #[test]
+    fn refuses_what_a_peer_could_get_wrong() {
+        let (specs, chunks) = encode(&sample(), Dtype::F64, 4096);
+        // A missing chunk leaves a gap.
+        let mut skipped = chunks.clone();
+        skipped.remove(1);
+        assert!(matches!(
+            assemble(specs.clone(), skipped),
+            Err(TensorError::Gap { .. })
+        ));
+        // A truncated stream is incomplete.
+        let truncated = chunks[..3].to_vec();
+        assert!(matches!(
+            assemble(specs.clone(), truncated),
+            Err(TensorError::Length { .. })
+        ));
+        // A NaN is refused with its position.
+        let mut nan = chunks.clone();
+        let mut data = nan[0].data.to_vec();
+        data[8..16].copy_from_slice(&f64::NAN.to_le_bytes());
+        nan[0].data = Bytes::from(data);
+        assert_eq!(
+            assemble(specs.clone(), nan),
+            Err(TensorError::NotFinite {
+                name: "weights".into(),
+                index: 1
+            })
+        );
+        // A header that asks for too much memory is refused before anything is allocated.
+        let huge = vec![TensorSpec {
+            name: "w".into(),
+            dtype: Dtype::F32 as i32,
+            shape: vec![1 << 40],
+        }];
+        assert!(matches!(
+            Assembler::new(huge, 1 << 20, 4096),
+            Err(TensorError::TooLarge { .. })
+        ));
+        let overflow = vec![TensorSpec {
+            name: "w".into(),
+            dtype: Dtype::F32 as i32,
+            shape: vec![u64::MAX, 3],
+        }];
+        assert!(matches!(
+            Assembler::new(overflow, 1 << 20, 4096),
+            Err(TensorError::ShapeOverflow { .. })
+        ));
+        // A chunk naming a tensor that does not exist.
+        let mut bad_index = chunks.clone();
+        bad_index[0].tensor_index = 9;
+        assert!(matches!(
+            assemble(specs.clone(), bad_index),
+            Err(TensorError::UnknownTensor { .. })
+        ));
+        // A dtype of zero.
+        let mut no_dtype = specs.clone();
+        no_dtype[0].dtype = 0;
+        assert!(matches!(
+            assemble(no_dtype, chunks),
+            Err(TensorError::NoDtype { .. })
+        ));
+    }
+}

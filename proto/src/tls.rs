@@ -1,0 +1,456 @@
+//! Mutual TLS 1.3 for every connection, with rustls and ring.
+//!
+//! The coordinator accepts only TLS 1.3 with a client certificate that chains to the federation
+//! CA and is not on the federation's CRL. The CRL file is re-read whenever it changes, so a
+//! revocation applies to the next connection without a restart. After the handshake each
+//! connection carries a [`PeerInfo`] — the verified identity — into every request's extensions.
+//!
+//! Nodes and operators dial with [`connect`], which requires the server to present a
+//! coordinator certificate of the same CA, valid for the name dialled.
+
+use std::io;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, SystemTime};
+
+use hyper_util::rt::TokioIo;
+use rustls::crypto::CryptoProvider;
+use rustls::server::WebPkiClientVerifier;
+use rustls::{ClientConfig, RootCertStore, ServerConfig};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer, ServerName};
+use serde::Deserialize;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio_rustls::{TlsAcceptor, TlsConnector};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::server::Connected;
+use tonic::transport::{Channel, Endpoint, Uri};
+
+use crate::error::TlsError;
+use crate::identity::Identity;
+
+/// How long a peer may take to complete its TLS handshake.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The TLS files of one party, as its configuration names them.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsFiles {
+    /// The federation CA's certificate (PEM): the only trust anchor.
+    pub ca_cert: PathBuf,
+    /// This party's certificate (PEM), issued by the federation CA.
+    pub cert: PathBuf,
+    /// This party's private key (PEM, PKCS#8 or SEC1).
+    pub key: PathBuf,
+}
+
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
+    std::fs::read(path).map_err(|source| TlsError::Read {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+/// Reads every certificate of a PEM file.
+pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let pem = read(path)?;
+    let certs = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| TlsError::Pem {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })?;
+    if certs.is_empty() {
+        return Err(TlsError::Empty {
+            path: path.to_owned(),
+            what: "certificate",
+        });
+    }
+    Ok(certs)
+}
+
+/// Reads a private key from a PEM file.
+pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+    let pem = read(path)?;
+    PrivateKeyDer::from_pem_slice(&pem).map_err(|e| match e {
+        rustls_pki_types::pem::Error::NoItemsFound => TlsError::Empty {
+            path: path.to_owned(),
+            what: "private key",
+        },
+        other => TlsError::Pem {
+            path: path.to_owned(),
+            message: other.to_string(),
+        },
+    })
+}
+
+/// Reads every CRL of a PEM file (an empty file holds none).
+pub fn load_crls(path: &Path) -> Result<Vec<CertificateRevocationListDer<'static>>, TlsError> {
+    let pem = read(path)?;
+    CertificateRevocationListDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| TlsError::Pem {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })
+}
+
+fn roots(path: &Path) -> Result<Arc<RootCertStore>, TlsError> {
+    let mut roots = RootCertStore::empty();
+    for cert in load_certs(path)? {
+        roots.add(cert).map_err(|e| TlsError::Pem {
+            path: path.to_owned(),
+            message: format!("not a usable CA certificate: {e}"),
+        })?;
+    }
+    Ok(Arc::new(roots))
+}
+
+/// This party's certificate chain, key and the identity its certificate names.
+fn own_identity(
+    files: &TlsFiles,
+) -> Result<
+    (
+        Vec<CertificateDer<'static>>,
+        PrivateKeyDer<'static>,
+        Identity,
+    ),
+    TlsError,
+> {
+    let certs = load_certs(&files.cert)?;
+    let key = load_key(&files.key)?;
+    let identity = Identity::from_certificate(&certs[0]).map_err(|source| TlsError::Identity {
+        path: files.cert.clone(),
+        source,
+    })?;
+    Ok((certs, key, identity))
+}
+
+fn build_server_config(
+    files: &TlsFiles,
+    crl: Option<&Path>,
+) -> Result<(Arc<ServerConfig>, Identity), TlsError> {
+    let (certs, key, identity) = own_identity(files)?;
+    let mut verifier =
+        WebPkiClientVerifier::builder_with_provider(roots(&files.ca_cert)?, provider());
+    if let Some(crl) = crl {
+        verifier = verifier
+            .with_crls(load_crls(crl)?)
+            .only_check_end_entity_revocation();
+    }
+    let verifier = verifier
+        .build()
+        .map_err(|e| TlsError::Config(e.to_string()))?;
+    let mut config = ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| TlsError::Config(e.to_string()))?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(certs, key)
+        .map_err(|e| TlsError::Config(format!("`{}`: {e}", files.key.display())))?;
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok((Arc::new(config), identity))
+}
+
+/// The verified peer of a connection, available in every request's extensions.
+#[derive(Debug, Clone)]
+pub struct PeerInfo {
+    /// The identity of the peer's verified certificate.
+    pub identity: Identity,
+    /// The peer's address.
+    pub remote_addr: SocketAddr,
+    /// The serial number of the peer's certificate, hex.
+    pub serial: String,
+}
+
+/// A server-side TLS connection whose peer has been verified.
+#[derive(Debug)]
+pub struct TlsConn {
+    inner: tokio_rustls::server::TlsStream<TcpStream>,
+    peer: PeerInfo,
+}
+
+impl Connected for TlsConn {
+    type ConnectInfo = PeerInfo;
+
+    fn connect_info(&self) -> PeerInfo {
+        self.peer.clone()
+    }
+}
+
+impl AsyncRead for TlsConn {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for TlsConn {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+/// The coordinator's TLS: its configuration, rebuilt when the CRL file changes.
+#[derive(Debug)]
+pub struct ServerTls {
+    files: TlsFiles,
+    crl: Option<PathBuf>,
+    identity: Identity,
+    current: Mutex<(Option<(SystemTime, u64)>, Arc<ServerConfig>)>,
+}
+
+fn stamp(path: &Path) -> Option<(SystemTime, u64)> {
+    let meta = std::fs::metadata(path).ok()?;
+    Some((meta.modified().ok()?, meta.len()))
+}
+
+impl ServerTls {
+    /// Loads the coordinator's certificate, key, CA and (optionally) CRL, checking them all now.
+    pub fn new(files: TlsFiles, crl: Option<PathBuf>) -> Result<Self, TlsError> {
+        let crl_stamp = crl.as_deref().and_then(stamp);
+        let (config, identity) = build_server_config(&files, crl.as_deref())?;
+        Ok(ServerTls {
+            files,
+            crl,
+            identity,
+            current: Mutex::new((crl_stamp, config)),
+        })
+    }
+
+    /// The identity of the server's own certificate.
+    pub fn identity(&self) -> &Identity {
+        &self.identity
+    }
+
+    /// The configuration for the next handshake, reloading the CRL when its file changed. A CRL
+    /// that no longer loads keeps the previous configuration in force and is logged: revocations
+    /// already in force are never dropped because of a bad write.
+    fn config(&self) -> Arc<ServerConfig> {
+        // The pair is always whole (replaced in one assignment), so a poisoned lock is usable.
+        let mut current = self.current.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(crl) = &self.crl {
+            let now = stamp(crl);
+            if now != current.0 {
+                match build_server_config(&self.files, Some(crl)) {
+                    Ok((config, _)) => {
+                        tracing::info!(crl = %crl.display(), "revocation list changed; reloaded");
+                        *current = (now, config);
+                    }
+                    Err(error) => {
+                        tracing::error!(crl = %crl.display(), %error, "revocation list changed but cannot be loaded; keeping the previous one");
+                    }
+                }
+            }
+        }
+        current.1.clone()
+    }
+
+    /// Accepts connections on `listener`, handshakes each on its own task and yields only the
+    /// verified ones. A failed handshake is logged with the peer's address and reason, and the
+    /// server goes on serving everyone else.
+    pub fn incoming(self: Arc<Self>, listener: TcpListener) -> ReceiverStream<io::Result<TlsConn>> {
+        let (tx, rx) = mpsc::channel(64);
+        tokio::spawn(async move {
+            loop {
+                let (tcp, remote_addr) = tokio::select! {
+                    _ = tx.closed() => break,
+                    accepted = listener.accept() => match accepted {
+                        Ok(pair) => pair,
+                        Err(error) => {
+                            tracing::warn!(%error, "accept failed");
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            continue;
+                        }
+                    },
+                };
+                let _ = tcp.set_nodelay(true);
+                let acceptor = TlsAcceptor::from(self.config());
+                let tx = tx.clone();
+                tokio::spawn(async move {
+                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                        Err(_) => tracing::warn!(%remote_addr, "TLS handshake timed out"),
+                        Ok(Err(error)) => {
+                            tracing::warn!(%remote_addr, %error, "TLS handshake refused")
+                        }
+                        Ok(Ok(stream)) => match verified_peer(&stream, remote_addr) {
+                            Ok(peer) => {
+                                tracing::debug!(%remote_addr, identity = %peer.identity, "TLS connection verified");
+                                let _ = tx
+                                    .send(Ok(TlsConn {
+                                        inner: stream,
+                                        peer,
+                                    }))
+                                    .await;
+                            }
+                            Err(error) => {
+                                tracing::warn!(%remote_addr, %error, "certificate names no usable identity; connection closed")
+                            }
+                        },
+                    }
+                });
+            }
+        });
+        ReceiverStream::new(rx)
+    }
+}
+
+fn verified_peer(
+    stream: &tokio_rustls::server::TlsStream<TcpStream>,
+    remote_addr: SocketAddr,
+) -> Result<PeerInfo, crate::error::IdentityError> {
+    let (_, conn) = stream.get_ref();
+    let cert = conn
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .ok_or(crate::error::IdentityError::Missing)?;
+    let identity = Identity::from_certificate(cert)?;
+    Ok(PeerInfo {
+        identity,
+        remote_addr,
+        serial: serial_hex(cert),
+    })
+}
+
+/// The serial number of a certificate, lowercase hex; empty when it cannot be parsed.
+pub fn serial_hex(cert: &CertificateDer<'_>) -> String {
+    use x509_parser::prelude::{FromDer, X509Certificate};
+    X509Certificate::from_der(cert.as_ref())
+        .map(|(_, c)| {
+            c.tbs_certificate
+                .raw_serial()
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// A client's TLS: dials the coordinator with this party's certificate.
+#[derive(Debug, Clone)]
+pub struct ClientTls {
+    config: Arc<ClientConfig>,
+    identity: Identity,
+}
+
+impl ClientTls {
+    /// Loads this party's certificate, key and the federation CA, checking them now.
+    pub fn new(files: &TlsFiles) -> Result<Self, TlsError> {
+        let (certs, key, identity) = own_identity(files)?;
+        let mut config = ClientConfig::builder_with_provider(provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(|e| TlsError::Config(e.to_string()))?
+            .with_root_certificates(roots(&files.ca_cert)?)
+            .with_client_auth_cert(certs, key)
+            .map_err(|e| TlsError::Config(format!("`{}`: {e}", files.key.display())))?;
+        config.alpn_protocols = vec![b"h2".to_vec()];
+        Ok(ClientTls {
+            config: Arc::new(config),
+            identity,
+        })
+    }
+
+    /// The identity of this party's own certificate.
+    pub fn identity(&self) -> &Identity {
+        &self.identity
+    }
+
+    /// Opens a gRPC channel to the coordinator at `address` (`host:port`). The server must present
+    /// a certificate of the federation CA, valid for `host`, naming a coordinator.
+    pub async fn connect(
+        &self,
+        address: &str,
+        connect_timeout: Duration,
+    ) -> Result<Channel, tonic::transport::Error> {
+        let endpoint = Endpoint::from_shared(format!("http://{address}"))?
+            .connect_timeout(connect_timeout)
+            .http2_keep_alive_interval(Duration::from_secs(20))
+            .keep_alive_timeout(Duration::from_secs(10))
+            .keep_alive_while_idle(true)
+            .tcp_nodelay(true);
+        let connector = TlsConnector::from(self.config.clone());
+        endpoint
+            .connect_with_connector(tower::service_fn(move |uri: Uri| {
+                let connector = connector.clone();
+                async move { dial(connector, uri).await.map(TokioIo::new) }
+            }))
+            .await
+    }
+}
+
+async fn dial(
+    connector: TlsConnector,
+    uri: Uri,
+) -> io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
+    let bad = |what: &str| io::Error::new(io::ErrorKind::InvalidInput, what.to_owned());
+    let host = uri
+        .host()
+        .ok_or_else(|| bad("the coordinator address has no host"))?;
+    let host = host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_owned();
+    let port = uri
+        .port_u16()
+        .ok_or_else(|| bad("the coordinator address has no port"))?;
+    let tcp = TcpStream::connect((host.as_str(), port)).await?;
+    tcp.set_nodelay(true)?;
+    let name = ServerName::try_from(host.clone())
+        .map_err(|_| bad("the coordinator address is not a valid host name"))?;
+    let stream = connector.connect(name, tcp).await?;
+    let (_, conn) = stream.get_ref();
+    let identity = conn
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .map(Identity::from_certificate);
+    match identity {
+        Some(Ok(Identity::Coordinator { .. })) => Ok(stream),
+        Some(Ok(other)) => Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!("the server at {host}:{port} presented `{other}`, which is not a coordinator"),
+        )),
+        Some(Err(e)) => Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            e.to_string(),
+        )),
+        None => Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            "the server presented no certificate",
+        )),
+    }
+}
