@@ -10,6 +10,7 @@ const PROTOS: &[&str] = &[
     "treaty/v1/jobs.proto",
     "treaty/v1/agency.proto",
     "treaty/v1/operator.proto",
+    "treaty/v1/storage.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -10,7 +10,7 @@ use ndarray::{ArrayD, IxDyn};
 use prost::bytes::Bytes;
 
 use crate::error::TensorError;
-use crate::v1::{Dtype, TensorChunk, TensorSpec};
+use crate::v1::{Dtype, Tensor, TensorChunk, TensorSpec};
 
 /// The default largest chunk: 1 MiB, far under the 8 MiB message limit.
 pub const DEFAULT_MAX_CHUNK_BYTES: usize = 1 << 20;
@@ -227,6 +227,44 @@ impl Assembler {
     }
 }
 
+/// Packs tensors whole (for storage or small messages), as `dtype`.
+pub fn to_whole(tensors: &[NamedTensor], dtype: Dtype) -> Vec<Tensor> {
+    let (specs, chunks) = encode(tensors, dtype, usize::MAX);
+    let mut data: Vec<Bytes> = vec![Bytes::new(); specs.len()];
+    for chunk in chunks {
+        if let Some(slot) = data.get_mut(chunk.tensor_index as usize) {
+            *slot = chunk.data;
+        }
+    }
+    specs
+        .into_iter()
+        .zip(data)
+        .map(|(spec, data)| Tensor {
+            spec: Some(spec),
+            data,
+        })
+        .collect()
+}
+
+/// Unpacks whole tensors, with the same checks as a chunked stream.
+pub fn from_whole(tensors: &[Tensor], max_elements: u64) -> Result<Vec<NamedTensor>, TensorError> {
+    let specs: Vec<TensorSpec> = tensors
+        .iter()
+        .map(|t| t.spec.clone().unwrap_or_default())
+        .collect();
+    let mut assembler = Assembler::new(specs, max_elements, usize::MAX)?;
+    for (index, tensor) in tensors.iter().enumerate() {
+        if !tensor.data.is_empty() {
+            assembler.push(TensorChunk {
+                tensor_index: index as u32,
+                offset: 0,
+                data: tensor.data.clone(),
+            })?;
+        }
+    }
+    assembler.finish()
+}
+
 /// Checks that `actual` has the same names and shapes as `expected`, in order.
 pub fn check_same_layout(
     expected: &[NamedTensor],
@@ -286,6 +324,15 @@ mod tests {
         assert_eq!(chunks.len(), 7);
         assert!(chunks.iter().all(|c| c.data.len() <= 4096));
         assert_eq!(assemble(specs, chunks).unwrap(), tensors);
+    }
+
+    #[test]
+    fn whole_tensors_round_trip() {
+        let tensors = sample();
+        let whole = to_whole(&tensors, Dtype::F64);
+        assert_eq!(whole.len(), 2);
+        assert_eq!(whole[0].data.len(), 3000 * 8);
+        assert_eq!(from_whole(&whole, 1 << 20).unwrap(), tensors);
     }
 
     #[test]

@@ -1,0 +1,170 @@
+//! The coordinator's configuration file (TOML).
+//!
+//! ```toml
+//! listen = "0.0.0.0:7443"              # where nodes and operators connect
+//! data_dir = "/var/lib/treaty/coordinator"
+//! address_file = "/run/treaty/address"   # optional: the bound address is written here
+//! shutdown_grace_secs = 10               # optional
+//!
+//! [tls]
+//! ca_cert = "pki/ca.crt"
+//! cert = "pki/coordinator.crt"
+//! key = "pki/coordinator.key"
+//! crl = "pki/crl.pem"                    # optional; re-read whenever it changes
+//!
+//! [limits]                               # optional
+//! max_update_elements = 10000000
+//! ```
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use treaty_proto::tls::TlsFiles;
+
+use crate::error::ConfigError;
+
+/// Everything the coordinator reads from its configuration file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CoordinatorConfig {
+    /// The address to listen on, e.g. `0.0.0.0:7443`; port 0 picks a free port.
+    pub listen: SocketAddr,
+    /// The directory of the coordinator's database (created if missing).
+    pub data_dir: PathBuf,
+    /// When set, the bound address (`host:port`) is written to this file once the server listens.
+    #[serde(default)]
+    pub address_file: Option<PathBuf>,
+    /// How long a graceful shutdown may take before connections are cut, in seconds.
+    #[serde(default = "default_grace")]
+    pub shutdown_grace_secs: u64,
+    /// The coordinator's TLS files.
+    pub tls: CoordinatorTls,
+    /// Limits on what peers may send.
+    #[serde(default)]
+    pub limits: Limits,
+}
+
+/// The coordinator's TLS files.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CoordinatorTls {
+    /// The federation CA's certificate: the only trust anchor for client certificates.
+    pub ca_cert: PathBuf,
+    /// The coordinator's certificate (`treaty://coordinator/<name>`).
+    pub cert: PathBuf,
+    /// The coordinator's private key.
+    pub key: PathBuf,
+    /// The federation's certificate revocation list (PEM), re-read whenever it changes.
+    #[serde(default)]
+    pub crl: Option<PathBuf>,
+}
+
+impl CoordinatorTls {
+    /// The certificate files, as the TLS layer takes them.
+    pub fn files(&self) -> TlsFiles {
+        TlsFiles {
+            ca_cert: self.ca_cert.clone(),
+            cert: self.cert.clone(),
+            key: self.key.clone(),
+        }
+    }
+}
+
+/// Limits on what peers may send.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    /// The most elements a model, update or query result may have.
+    #[serde(default = "default_max_elements")]
+    pub max_update_elements: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_update_elements: default_max_elements(),
+        }
+    }
+}
+
+fn default_grace() -> u64 {
+    10
+}
+
+fn default_max_elements() -> u64 {
+    10_000_000
+}
+
+impl CoordinatorConfig {
+    /// Reads and validates a configuration file, reporting every problem found.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let mut config: CoordinatorConfig =
+            toml::from_str(&text).map_err(|e| ConfigError::Parse {
+                path: path.to_owned(),
+                message: e.to_string(),
+            })?;
+        config.resolve_relative_to(path.parent().unwrap_or(Path::new(".")));
+        config.validate().map_err(|problems| ConfigError::Invalid {
+            path: path.to_owned(),
+            problems,
+        })?;
+        Ok(config)
+    }
+
+    /// Makes relative paths relative to the configuration file's directory.
+    fn resolve_relative_to(&mut self, base: &Path) {
+        for p in [
+            &mut self.data_dir,
+            &mut self.tls.ca_cert,
+            &mut self.tls.cert,
+            &mut self.tls.key,
+        ] {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        }
+        for p in [&mut self.address_file, &mut self.tls.crl]
+            .into_iter()
+            .flatten()
+        {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        }
+    }
+
+    /// Every problem with the values, each in a sentence.
+    pub fn validate(&self) -> Result<(), Vec<String>> {
+        let mut problems = Vec::new();
+        for (key, path) in [
+            ("tls.ca_cert", &self.tls.ca_cert),
+            ("tls.cert", &self.tls.cert),
+            ("tls.key", &self.tls.key),
+        ] {
+            if !path.is_file() {
+                problems.push(format!("`{key}`: file `{}` does not exist", path.display()));
+            }
+        }
+        if let Some(crl) = &self.tls.crl
+            && !crl.is_file()
+        {
+            problems.push(format!(
+                "`tls.crl`: file `{}` does not exist",
+                crl.display()
+            ));
+        }
+        if self.limits.max_update_elements == 0 {
+            problems.push("`limits.max_update_elements` must be at least 1".to_owned());
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(problems)
+        }
+    }
+}

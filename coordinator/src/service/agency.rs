@@ -1,0 +1,269 @@
+//! `treaty.v1.AgencyService`: sessions, result uploads and model downloads for agencies' nodes.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+use treaty_proto::tensor::{Assembler, DEFAULT_MAX_CHUNK_BYTES};
+use treaty_proto::v1::agency_service_server::AgencyService;
+use treaty_proto::v1::{
+    CoordinatorMessage, DownloadModelRequest, ModelPart, NodeMessage, ResultPart, SubmitReceipt,
+    Welcome, coordinator_message, node_message, result_part,
+};
+
+use super::{BoxStream, model_stream, require_agency};
+use crate::sessions::Session;
+use crate::state::{Coordinator, now_ms};
+use crate::tasks::{Outcome, TaskResult};
+
+/// How long a node has to say `Hello` after opening its session.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often nodes are asked to send heartbeats.
+const HEARTBEAT_INTERVAL_MS: u32 = 5_000;
+
+/// The agency service.
+#[derive(Debug, Clone)]
+pub struct AgencyApi {
+    ctx: Arc<Coordinator>,
+}
+
+impl AgencyApi {
+    pub fn new(ctx: Arc<Coordinator>) -> Self {
+        AgencyApi { ctx }
+    }
+}
+
+#[tonic::async_trait]
+impl AgencyService for AgencyApi {
+    type SessionStream = ReceiverStream<Result<CoordinatorMessage, Status>>;
+    type DownloadModelStream = BoxStream<ModelPart>;
+
+    async fn session(
+        &self,
+        request: Request<Streaming<NodeMessage>>,
+    ) -> Result<Response<Self::SessionStream>, Status> {
+        let (agency, country) = require_agency(&request)?;
+        let identity = super::caller(&request)?;
+        let mut inbound = request.into_inner();
+        let hello = match tokio::time::timeout(HELLO_TIMEOUT, inbound.message()).await {
+            Ok(Ok(Some(NodeMessage {
+                kind: Some(node_message::Kind::Hello(hello)),
+            }))) => hello,
+            Ok(Err(status)) => return Err(status),
+            Err(_) => {
+                return Err(Status::deadline_exceeded(
+                    "no Hello within 10 s of opening the session",
+                ));
+            }
+            Ok(Ok(_)) => {
+                return Err(Status::invalid_argument(
+                    "the first message of a session must be Hello",
+                ));
+            }
+        };
+        if hello.protocol_version != treaty_proto::PROTOCOL_VERSION {
+            return Err(Status::failed_precondition(format!(
+                "the node speaks protocol version {}, this coordinator speaks {}; upgrade the older side",
+                hello.protocol_version,
+                treaty_proto::PROTOCOL_VERSION
+            )));
+        }
+        let (tx, rx) = mpsc::channel(64);
+        let welcome = CoordinatorMessage {
+            kind: Some(coordinator_message::Kind::Welcome(Welcome {
+                identity: identity.to_string(),
+                coordinator: self.ctx.identity.to_string(),
+                heartbeat_interval_ms: HEARTBEAT_INTERVAL_MS,
+                max_chunk_bytes: DEFAULT_MAX_CHUNK_BYTES as u32,
+            })),
+        };
+        tx.send(Ok(welcome))
+            .await
+            .map_err(|_| Status::unavailable("the session closed"))?;
+        let id = self.ctx.sessions.next_id();
+        self.ctx.sessions.register(
+            &agency,
+            Session {
+                id,
+                country: country.clone(),
+                outbox: tx,
+                connected_unix_ms: now_ms(),
+                software_version: hello.software_version.clone(),
+                datasets: hello.datasets.clone(),
+            },
+        );
+        tracing::info!(
+            agency,
+            country,
+            version = hello.software_version,
+            "node connected"
+        );
+
+        let ctx = self.ctx.clone();
+        tokio::spawn(async move {
+            loop {
+                let message = tokio::select! {
+                    m = inbound.message() => m,
+                    _ = ctx.shutdown.cancelled() => break,
+                };
+                match message {
+                    Ok(Some(NodeMessage { kind: Some(kind) })) => handle(&ctx, &agency, kind),
+                    Ok(Some(NodeMessage { kind: None })) => {
+                        tracing::warn!(agency, "empty message on session; ignored")
+                    }
+                    Ok(None) => break,
+                    Err(status) => {
+                        tracing::info!(agency, %status, "session ended with an error");
+                        break;
+                    }
+                }
+            }
+            ctx.sessions.unregister(&agency, id);
+            tracing::info!(agency, "node disconnected");
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn submit_result(
+        &self,
+        request: Request<Streaming<ResultPart>>,
+    ) -> Result<Response<SubmitReceipt>, Status> {
+        let (agency, _) = require_agency(&request)?;
+        let mut parts = request.into_inner();
+        let header = match parts.message().await? {
+            Some(ResultPart {
+                kind: Some(result_part::Kind::Header(h)),
+            }) => h,
+            _ => {
+                return Err(Status::invalid_argument(
+                    "a result must start with its header",
+                ));
+            }
+        };
+        self.ctx
+            .tasks
+            .check(&header.task_id, &agency)
+            .map_err(|e| Status::failed_precondition(e.to_string()))?;
+        let received = receive(&mut parts, &header, self.ctx.limits.max_update_elements).await;
+        let outcome = match received {
+            Ok(tensors) => Outcome::Result(TaskResult {
+                num_examples: header.num_examples,
+                metrics: header.metrics.clone(),
+                tensors,
+                declared_norm_bound: header.declared_norm_bound,
+            }),
+            Err(reason) => {
+                tracing::warn!(
+                    agency,
+                    task = header.task_id,
+                    reason,
+                    "result rejected on arrival"
+                );
+                Outcome::Invalid(reason)
+            }
+        };
+        let rejected = match &outcome {
+            Outcome::Invalid(reason) => Some(reason.clone()),
+            _ => None,
+        };
+        self.ctx
+            .tasks
+            .deliver(&header.task_id, &agency, outcome)
+            .map_err(|e| Status::failed_precondition(e.to_string()))?;
+        match rejected {
+            Some(reason) => Err(Status::invalid_argument(format!(
+                "result rejected: {reason}"
+            ))),
+            None => Ok(Response::new(SubmitReceipt {
+                accepted: true,
+                message: String::new(),
+            })),
+        }
+    }
+
+    async fn download_model(
+        &self,
+        request: Request<DownloadModelRequest>,
+    ) -> Result<Response<Self::DownloadModelStream>, Status> {
+        let (agency, _) = require_agency(&request)?;
+        let req = request.into_inner();
+        let job = self
+            .ctx
+            .store
+            .job(&req.job_id)?
+            .ok_or_else(|| Status::not_found(format!("job `{}` does not exist", req.job_id)))?;
+        let member = self
+            .ctx
+            .store
+            .federation(&job.federation)?
+            .is_some_and(|f| f.members.contains(&agency));
+        if !member {
+            return Err(Status::permission_denied(format!(
+                "`{agency}` is not a member of federation `{}`",
+                job.federation
+            )));
+        }
+        Ok(Response::new(model_stream(
+            &self.ctx,
+            &req.job_id,
+            &req.model_version,
+        )?))
+    }
+}
+
+/// Reads the chunks of a result and checks them; the reason in words when they are unusable.
+async fn receive(
+    parts: &mut Streaming<ResultPart>,
+    header: &treaty_proto::v1::ResultHeader,
+    max_elements: u64,
+) -> Result<Vec<treaty_proto::tensor::NamedTensor>, String> {
+    if let Some((name, value)) = header.metrics.iter().find(|(_, v)| !v.is_finite()) {
+        return Err(format!("metric `{name}` is not finite ({value})"));
+    }
+    if !header.declared_norm_bound.is_finite() || header.declared_norm_bound < 0.0 {
+        return Err(format!(
+            "the declared norm bound {} is not a non-negative number",
+            header.declared_norm_bound
+        ));
+    }
+    let mut assembler = Assembler::new(
+        header.tensors.clone(),
+        max_elements,
+        DEFAULT_MAX_CHUNK_BYTES,
+    )
+    .map_err(|e| e.to_string())?;
+    loop {
+        match parts.message().await {
+            Ok(Some(ResultPart {
+                kind: Some(result_part::Kind::Chunk(chunk)),
+            })) => assembler.push(chunk).map_err(|e| e.to_string())?,
+            Ok(Some(_)) => return Err("a result holds a second header or an empty part".into()),
+            Ok(None) => break,
+            Err(status) => return Err(format!("the upload broke off: {}", status.message())),
+        }
+    }
+    assembler.finish().map_err(|e| e.to_string())
+}
+
+fn handle(ctx: &Coordinator, agency: &str, kind: node_message::Kind) {
+    match kind {
+        node_message::Kind::Refused(r) => {
+            let outcome = Outcome::Refused {
+                reason_code: r.reason_code,
+                message: r.message,
+            };
+            if let Err(error) = ctx.tasks.deliver(&r.task_id, agency, outcome) {
+                tracing::warn!(agency, %error, "refusal for a task that is not open");
+            }
+        }
+        node_message::Kind::Accepted(a) => {
+            tracing::debug!(agency, task = a.task_id, "task accepted")
+        }
+        node_message::Kind::Heartbeat(_) => tracing::trace!(agency, "heartbeat"),
+        node_message::Kind::Hello(_) => {
+            tracing::warn!(agency, "second Hello on a session; ignored")
+        }
+    }
+}

@@ -1,0 +1,84 @@
+//! The gRPC services: decode, authorise by the caller's verified certificate, call the domain,
+//! encode.
+
+pub mod agency;
+pub mod operator;
+
+use std::pin::Pin;
+
+use tokio_stream::Stream;
+use tonic::{Request, Status};
+use treaty_proto::Identity;
+use treaty_proto::tensor::{self, DEFAULT_MAX_CHUNK_BYTES};
+use treaty_proto::tls::PeerInfo;
+use treaty_proto::v1::{Dtype, ModelPart, model_part};
+
+use crate::state::Coordinator;
+
+/// A boxed response stream.
+pub type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+/// The caller's verified identity. Every connection to the coordinator is mutual TLS, so a
+/// request without one never reaches a handler; if it does, it is refused.
+pub fn caller<T>(request: &Request<T>) -> Result<Identity, Status> {
+    request
+        .extensions()
+        .get::<PeerInfo>()
+        .map(|p| p.identity.clone())
+        .ok_or_else(|| Status::unauthenticated("no verified client certificate"))
+}
+
+/// The calling agency's (id, country), or `PERMISSION_DENIED` for anyone else.
+pub fn require_agency<T>(request: &Request<T>) -> Result<(String, String), Status> {
+    match caller(request)? {
+        Identity::Agency { country, agency } => Ok((agency, country)),
+        other => Err(Status::permission_denied(format!(
+            "`{other}` is not an agency; only agency certificates may use the agency service"
+        ))),
+    }
+}
+
+/// The calling operator's identity, or `PERMISSION_DENIED` for anyone else.
+pub fn require_operator<T>(request: &Request<T>) -> Result<Identity, Status> {
+    match caller(request)? {
+        id @ Identity::Operator { .. } => Ok(id),
+        other => Err(Status::permission_denied(format!(
+            "`{other}` is not an operator; only operator certificates may use the operator API"
+        ))),
+    }
+}
+
+/// Streams a stored model version: its header, then its bytes in chunks.
+pub fn model_stream(
+    ctx: &Coordinator,
+    job_id: &str,
+    version: &str,
+) -> Result<BoxStream<ModelPart>, Status> {
+    let job = ctx
+        .store
+        .job(job_id)?
+        .ok_or_else(|| Status::not_found(format!("job `{job_id}` does not exist")))?;
+    let version = if version.is_empty() {
+        job.latest_model_version.clone()
+    } else {
+        version.to_owned()
+    };
+    if !version.starts_with(&format!("{job_id}/")) {
+        return Err(Status::not_found(format!(
+            "job `{job_id}` has no model version `{version}`"
+        )));
+    }
+    let stored = ctx
+        .store
+        .model(&version)?
+        .ok_or_else(|| Status::not_found(format!("model version `{version}` does not exist")))?;
+    let tensors = tensor::from_whole(&stored.tensors, u64::MAX)
+        .map_err(|e| Status::internal(format!("stored model `{version}` is corrupt: {e}")))?;
+    let (specs, chunks) = tensor::encode(&tensors, Dtype::F64, DEFAULT_MAX_CHUNK_BYTES);
+    let mut header = stored.header.unwrap_or_default();
+    header.tensors = specs;
+    let parts = std::iter::once(model_part::Kind::Header(header))
+        .chain(chunks.into_iter().map(model_part::Kind::Chunk))
+        .map(|kind| Ok(ModelPart { kind: Some(kind) }));
+    Ok(Box::pin(tokio_stream::iter(parts)))
+}

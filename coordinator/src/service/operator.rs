@@ -1,0 +1,407 @@
+//! `treaty.v1.OperatorService`: federations, jobs and their progress, for operators only.
+
+use std::sync::Arc;
+
+use tokio::sync::broadcast::error::RecvError;
+use tonic::{Request, Response, Status};
+use treaty_proto::identity::check_name;
+use treaty_proto::v1::operator_service_server::OperatorService;
+use treaty_proto::v1::{
+    CreateFederationRequest, CreateJobRequest, DownloadModelRequest, FederationInfo, GetJobRequest,
+    Job, JobEvent, JobSpec, JobState, ListAgenciesRequest, ListAgenciesResponse,
+    ListFederationsRequest, ListFederationsResponse, ListJobsRequest, ListJobsResponse, ModelKind,
+    ModelPart, QueryKind, WatchJobRequest, job_spec,
+};
+
+use super::{BoxStream, model_stream, require_operator};
+use crate::jobs;
+use crate::state::{Coordinator, now_ms};
+
+/// The operator service.
+#[derive(Debug, Clone)]
+pub struct OperatorApi {
+    ctx: Arc<Coordinator>,
+}
+
+impl OperatorApi {
+    pub fn new(ctx: Arc<Coordinator>) -> Self {
+        OperatorApi { ctx }
+    }
+}
+
+/// A federation name: 1 to 64 lowercase letters, digits and `-`, starting with a letter.
+fn check_federation_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name.bytes().next().is_some_and(|b| b.is_ascii_lowercase())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "`{name}` is not a valid federation name (1 to 64 lowercase letters, digits and `-`, starting with a letter)"
+        ))
+    }
+}
+
+/// Every problem with a federation request.
+fn federation_problems(f: &FederationInfo) -> Vec<String> {
+    let mut problems = Vec::new();
+    if let Err(p) = check_federation_name(&f.name) {
+        problems.push(p);
+    }
+    if f.purpose.trim().is_empty() {
+        problems
+            .push("`purpose` is empty; name the purpose its jobs serve, e.g. `narcotics`".into());
+    }
+    if f.members.is_empty() {
+        problems.push("`members` is empty; list the member agencies' ids".into());
+    }
+    let mut seen = std::collections::HashSet::new();
+    for m in &f.members {
+        if let Err(e) = check_name(m) {
+            problems.push(format!("member: {e}"));
+        }
+        if !seen.insert(m) {
+            problems.push(format!("member `{m}` is listed twice"));
+        }
+    }
+    problems
+}
+
+/// Every problem with a job spec, with defaults filled in.
+fn job_problems(spec: &mut JobSpec, members: usize) -> Vec<String> {
+    let mut problems = Vec::new();
+    if spec.min_participants == 0 {
+        spec.min_participants = 1;
+    }
+    if spec.min_participants as usize > members {
+        problems.push(format!(
+            "`min_participants` is {} but the federation has only {members} member(s)",
+            spec.min_participants
+        ));
+    }
+    match &spec.kind {
+        Some(job_spec::Kind::Training(t)) => {
+            if t.model != ModelKind::LogisticRegression as i32 {
+                problems.push("`training.model` must be MODEL_KIND_LOGISTIC_REGRESSION".into());
+            }
+            if t.features.is_empty() {
+                problems.push("`training.features` is empty; list the feature columns".into());
+            }
+            if t.label.is_empty() {
+                problems.push("`training.label` is empty; name the label column".into());
+            }
+            if t.features.contains(&t.label) {
+                problems.push(format!(
+                    "the label `{}` is also listed as a feature",
+                    t.label
+                ));
+            }
+            if !(1..=10_000).contains(&t.rounds) {
+                problems.push(format!(
+                    "`training.rounds` is {}; it must be 1 to 10000",
+                    t.rounds
+                ));
+            }
+            if t.local_epochs == 0 {
+                problems.push("`training.local_epochs` must be at least 1".into());
+            }
+            if t.batch_size == 0 {
+                problems.push("`training.batch_size` must be at least 1".into());
+            }
+            if !(t.learning_rate.is_finite() && t.learning_rate > 0.0) {
+                problems.push(format!(
+                    "`training.learning_rate` is {}; it must be a positive number",
+                    t.learning_rate
+                ));
+            }
+            if !(t.l2.is_finite() && t.l2 >= 0.0) {
+                problems.push(format!(
+                    "`training.l2` is {}; it must be zero or positive",
+                    t.l2
+                ));
+            }
+        }
+        Some(job_spec::Kind::Query(q)) => {
+            let kind = QueryKind::try_from(q.kind).unwrap_or(QueryKind::Unspecified);
+            if kind == QueryKind::Unspecified {
+                problems.push("`query.kind` must be COUNT, SUM or MEAN".into());
+            }
+            if kind != QueryKind::Count {
+                if q.column.is_empty() {
+                    problems.push("`query.column` is empty; name the numeric column".into());
+                }
+                if !(q.lower.is_finite() && q.upper.is_finite() && q.lower < q.upper) {
+                    problems.push(format!(
+                        "`query.lower` ({}) and `query.upper` ({}) must be finite with lower < upper",
+                        q.lower, q.upper
+                    ));
+                }
+            }
+        }
+        None => problems.push("the job has no kind; give `training` or `query`".into()),
+    }
+    problems
+}
+
+fn invalid(problems: Vec<String>) -> Status {
+    Status::invalid_argument(problems.join("; "))
+}
+
+#[tonic::async_trait]
+impl OperatorService for OperatorApi {
+    type WatchJobStream = BoxStream<JobEvent>;
+    type DownloadModelStream = BoxStream<ModelPart>;
+
+    async fn create_federation(
+        &self,
+        request: Request<CreateFederationRequest>,
+    ) -> Result<Response<FederationInfo>, Status> {
+        let operator = require_operator(&request)?;
+        let mut info = request
+            .into_inner()
+            .federation
+            .ok_or_else(|| Status::invalid_argument("`federation` is missing"))?;
+        let problems = federation_problems(&info);
+        if !problems.is_empty() {
+            return Err(invalid(problems));
+        }
+        info.created_unix_ms = now_ms();
+        info.created_by = operator.to_string();
+        self.ctx.store.create_federation(&info)?;
+        let record = Job {
+            federation: info.name.clone(),
+            ..Default::default()
+        };
+        self.ctx.audit(
+            &info.created_by,
+            "federation.created",
+            &record,
+            0,
+            "",
+            format!(
+                "purpose `{}`, members {}",
+                info.purpose,
+                info.members.join(", ")
+            ),
+        )?;
+        tracing::info!(federation = info.name, operator = %operator, "federation created");
+        Ok(Response::new(info))
+    }
+
+    async fn list_federations(
+        &self,
+        request: Request<ListFederationsRequest>,
+    ) -> Result<Response<ListFederationsResponse>, Status> {
+        require_operator(&request)?;
+        Ok(Response::new(ListFederationsResponse {
+            federations: self.ctx.store.federations()?,
+        }))
+    }
+
+    async fn list_agencies(
+        &self,
+        request: Request<ListAgenciesRequest>,
+    ) -> Result<Response<ListAgenciesResponse>, Status> {
+        require_operator(&request)?;
+        Ok(Response::new(ListAgenciesResponse {
+            agencies: self.ctx.sessions.connected(),
+        }))
+    }
+
+    async fn create_job(
+        &self,
+        request: Request<CreateJobRequest>,
+    ) -> Result<Response<Job>, Status> {
+        let operator = require_operator(&request)?;
+        let req = request.into_inner();
+        let federation = self.ctx.store.federation(&req.federation)?.ok_or_else(|| {
+            Status::not_found(format!(
+                "federation `{}` does not exist; create it first",
+                req.federation
+            ))
+        })?;
+        let mut spec = req
+            .spec
+            .ok_or_else(|| Status::invalid_argument("`spec` is missing"))?;
+        let problems = job_problems(&mut spec, federation.members.len());
+        if !problems.is_empty() {
+            return Err(invalid(problems));
+        }
+        let job = Job {
+            job_id: self.ctx.store.next_job_id()?,
+            federation: federation.name.clone(),
+            spec: Some(spec),
+            state: JobState::Pending as i32,
+            created_by: operator.to_string(),
+            created_unix_ms: now_ms(),
+            ..Default::default()
+        };
+        self.ctx.store.put_job(&job)?;
+        self.ctx
+            .audit(&job.created_by, "job.created", &job, 0, "", String::new())?;
+        jobs::spawn(self.ctx.clone(), job.job_id.clone());
+        Ok(Response::new(job))
+    }
+
+    async fn get_job(&self, request: Request<GetJobRequest>) -> Result<Response<Job>, Status> {
+        require_operator(&request)?;
+        let id = request.into_inner().job_id;
+        let job = self
+            .ctx
+            .store
+            .job(&id)?
+            .ok_or_else(|| Status::not_found(format!("job `{id}` does not exist")))?;
+        Ok(Response::new(job))
+    }
+
+    async fn list_jobs(
+        &self,
+        request: Request<ListJobsRequest>,
+    ) -> Result<Response<ListJobsResponse>, Status> {
+        require_operator(&request)?;
+        Ok(Response::new(ListJobsResponse {
+            jobs: self.ctx.store.jobs()?,
+        }))
+    }
+
+    async fn watch_job(
+        &self,
+        request: Request<WatchJobRequest>,
+    ) -> Result<Response<Self::WatchJobStream>, Status> {
+        require_operator(&request)?;
+        let id = request.into_inner().job_id;
+        // Subscribe before reading the current state, so that no event falls in between.
+        let mut events = self.ctx.events.subscribe();
+        let job = self
+            .ctx
+            .store
+            .job(&id)?
+            .ok_or_else(|| Status::not_found(format!("job `{id}` does not exist")))?;
+        let shutdown = self.ctx.shutdown.clone();
+        let stream = async_stream(move |tx| async move {
+            let done = is_final(&job);
+            let first = JobEvent {
+                time_unix_ms: now_ms(),
+                message: format!("job {} is {}", job.job_id, state_name(job.state)),
+                round: 0,
+                agency: String::new(),
+                job: Some(job),
+            };
+            if tx.send(Ok(first)).await.is_err() || done {
+                return;
+            }
+            loop {
+                let event = tokio::select! {
+                    e = events.recv() => e,
+                    _ = shutdown.cancelled() => return,
+                };
+                match event {
+                    Ok(event) => {
+                        let Some(job) = event.job.as_ref() else {
+                            continue;
+                        };
+                        if job.job_id != id {
+                            continue;
+                        }
+                        let done = is_final(job);
+                        if tx.send(Ok(event)).await.is_err() || done {
+                            return;
+                        }
+                    }
+                    Err(RecvError::Lagged(n)) => {
+                        tracing::warn!(
+                            job = id,
+                            skipped = n,
+                            "a watcher fell behind; events skipped"
+                        );
+                    }
+                    Err(RecvError::Closed) => return,
+                }
+            }
+        });
+        Ok(Response::new(stream))
+    }
+
+    async fn download_model(
+        &self,
+        request: Request<DownloadModelRequest>,
+    ) -> Result<Response<Self::DownloadModelStream>, Status> {
+        require_operator(&request)?;
+        let req = request.into_inner();
+        Ok(Response::new(model_stream(
+            &self.ctx,
+            &req.job_id,
+            &req.model_version,
+        )?))
+    }
+}
+
+fn is_final(job: &Job) -> bool {
+    job.state == JobState::Succeeded as i32 || job.state == JobState::Failed as i32
+}
+
+/// A job state's name for people: `pending`, `running`, `succeeded`, `failed`.
+pub fn state_name(state: i32) -> &'static str {
+    match JobState::try_from(state) {
+        Ok(JobState::Pending) => "pending",
+        Ok(JobState::Running) => "running",
+        Ok(JobState::Succeeded) => "succeeded",
+        Ok(JobState::Failed) => "failed",
+        _ => "unknown",
+    }
+}
+
+/// A response stream fed by a task.
+fn async_stream<T, F, Fut>(body: F) -> BoxStream<T>
+where
+    T: Send + 'static,
+    F: FnOnce(tokio::sync::mpsc::Sender<Result<T, Status>>) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    tokio::spawn(body(tx));
+    Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use treaty_proto::v1::TrainingSpec;
+
+    #[test]
+    fn every_problem_of_a_job_is_reported() {
+        let mut spec = JobSpec {
+            kind: Some(job_spec::Kind::Training(TrainingSpec {
+                model: 0,
+                features: vec![],
+                label: String::new(),
+                rounds: 0,
+                local_epochs: 0,
+                batch_size: 0,
+                learning_rate: f64::NAN,
+                l2: -1.0,
+            })),
+            min_participants: 5,
+            ..Default::default()
+        };
+        let problems = job_problems(&mut spec, 3);
+        assert_eq!(problems.len(), 9, "{problems:#?}");
+        assert!(problems.iter().any(|p| p.contains("learning_rate")));
+    }
+
+    #[test]
+    fn federation_names_and_members_are_checked() {
+        let f = FederationInfo {
+            name: "EU Narcotics".into(),
+            purpose: String::new(),
+            members: vec!["DE-BKA".into(), "DE-BKA".into(), "bad id".into()],
+            ..Default::default()
+        };
+        let problems = federation_problems(&f);
+        assert_eq!(problems.len(), 4, "{problems:#?}");
+    }
+}

@@ -1,0 +1,253 @@
+//! The coordinator's database (sled): federations, jobs, model versions and the audit log.
+//!
+//! This module alone touches sled. Records are protobuf (the definitions of `treaty.v1`), the
+//! audit log is JSON lines keyed by a monotonic sequence number. Every write that a later
+//! decision depends on is flushed before the call returns.
+
+use std::path::Path;
+
+use prost::Message;
+use serde::Serialize;
+use treaty_proto::v1::{FederationInfo, Job, StoredModel};
+
+use crate::error::CoordinatorError;
+
+/// The coordinator's database.
+#[derive(Debug, Clone)]
+pub struct Store {
+    db: sled::Db,
+    federations: sled::Tree,
+    jobs: sled::Tree,
+    models: sled::Tree,
+    audit: sled::Tree,
+    meta: sled::Tree,
+}
+
+/// One line of the audit log: who did what, when, to which job, round and agency.
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
+pub struct AuditEntry {
+    pub time_unix_ms: i64,
+    /// The identity that caused the event (an operator, an agency, or the coordinator itself).
+    pub actor: String,
+    /// What happened, e.g. `federation.created`, `round.completed`, `update.rejected`.
+    pub action: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub federation: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub job: String,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub round: u32,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub agency: String,
+    /// Details in words and figures.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub detail: String,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+fn decode<M: Message + Default>(
+    what: &str,
+    key: &[u8],
+    bytes: &[u8],
+) -> Result<M, CoordinatorError> {
+    M::decode(bytes).map_err(|e| {
+        CoordinatorError::Corrupt(format!("{what} `{}`: {e}", String::from_utf8_lossy(key)))
+    })
+}
+
+impl Store {
+    /// Opens (or creates) the database in `dir`.
+    pub fn open(dir: &Path) -> Result<Self, CoordinatorError> {
+        let db =
+            sled::Config::new()
+                .path(dir)
+                .open()
+                .map_err(|source| CoordinatorError::OpenStore {
+                    path: dir.to_owned(),
+                    source,
+                })?;
+        Ok(Store {
+            federations: db.open_tree("federations")?,
+            jobs: db.open_tree("jobs")?,
+            models: db.open_tree("models")?,
+            audit: db.open_tree("audit")?,
+            meta: db.open_tree("meta")?,
+            db,
+        })
+    }
+
+    fn flush(&self) -> Result<(), CoordinatorError> {
+        self.db.flush()?;
+        Ok(())
+    }
+
+    /// Stores a new federation; fails when the name is taken.
+    pub fn create_federation(&self, info: &FederationInfo) -> Result<(), CoordinatorError> {
+        let swapped = self.federations.compare_and_swap(
+            info.name.as_bytes(),
+            None::<&[u8]>,
+            Some(info.encode_to_vec()),
+        )?;
+        if swapped.is_err() {
+            return Err(CoordinatorError::AlreadyExists(format!(
+                "a federation named `{}` already exists",
+                info.name
+            )));
+        }
+        self.flush()
+    }
+
+    pub fn federation(&self, name: &str) -> Result<Option<FederationInfo>, CoordinatorError> {
+        self.federations
+            .get(name.as_bytes())?
+            .map(|v| decode("federation", name.as_bytes(), &v))
+            .transpose()
+    }
+
+    pub fn federations(&self) -> Result<Vec<FederationInfo>, CoordinatorError> {
+        self.federations
+            .iter()
+            .map(|kv| {
+                let (k, v) = kv?;
+                decode("federation", &k, &v)
+            })
+            .collect()
+    }
+
+    /// A fresh job id, `job-000001` and up; never reused, also across restarts.
+    pub fn next_job_id(&self) -> Result<String, CoordinatorError> {
+        let next = self.meta.update_and_fetch("last_job_number", |old| {
+            let old = old
+                .and_then(|b| <[u8; 8]>::try_from(b).ok())
+                .map(u64::from_be_bytes)
+                .unwrap_or(0);
+            Some((old + 1).to_be_bytes().to_vec())
+        })?;
+        let number = next
+            .and_then(|b| <[u8; 8]>::try_from(b.as_ref()).ok())
+            .map(u64::from_be_bytes)
+            .ok_or_else(|| CoordinatorError::Corrupt("the job counter".to_owned()))?;
+        self.flush()?;
+        Ok(format!("job-{number:06}"))
+    }
+
+    /// Stores a job as it is now (replacing the previous state), durably.
+    pub fn put_job(&self, job: &Job) -> Result<(), CoordinatorError> {
+        self.jobs
+            .insert(job.job_id.as_bytes(), job.encode_to_vec())?;
+        self.flush()
+    }
+
+    pub fn job(&self, job_id: &str) -> Result<Option<Job>, CoordinatorError> {
+        self.jobs
+            .get(job_id.as_bytes())?
+            .map(|v| decode("job", job_id.as_bytes(), &v))
+            .transpose()
+    }
+
+    /// Every job, newest first.
+    pub fn jobs(&self) -> Result<Vec<Job>, CoordinatorError> {
+        self.jobs
+            .iter()
+            .rev()
+            .map(|kv| {
+                let (k, v) = kv?;
+                decode("job", &k, &v)
+            })
+            .collect()
+    }
+
+    /// Stores a model version, durably. Versions are never overwritten.
+    pub fn put_model(&self, model: &StoredModel) -> Result<(), CoordinatorError> {
+        let version = model
+            .header
+            .as_ref()
+            .map(|h| h.model_version.clone())
+            .unwrap_or_default();
+        self.models
+            .insert(version.as_bytes(), model.encode_to_vec())?;
+        self.flush()
+    }
+
+    pub fn model(&self, version: &str) -> Result<Option<StoredModel>, CoordinatorError> {
+        self.models
+            .get(version.as_bytes())?
+            .map(|v| decode("model", version.as_bytes(), &v))
+            .transpose()
+    }
+
+    /// Appends to the audit log, durably.
+    pub fn audit(&self, entry: &AuditEntry) -> Result<(), CoordinatorError> {
+        let seq = self.db.generate_id()?;
+        let line = serde_json::to_vec(entry)
+            .map_err(|e| CoordinatorError::Corrupt(format!("audit entry: {e}")))?;
+        self.audit.insert(seq.to_be_bytes(), line)?;
+        self.flush()
+    }
+
+    /// The audit log, oldest first.
+    pub fn audit_log(&self) -> Result<Vec<AuditEntry>, CoordinatorError> {
+        self.audit
+            .iter()
+            .map(|kv| {
+                let (_, v) = kv?;
+                serde_json::from_slice(&v)
+                    .map_err(|e| CoordinatorError::Corrupt(format!("audit entry: {e}")))
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_survive_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path()).unwrap();
+            let fed = FederationInfo {
+                name: "eu-narcotics".into(),
+                purpose: "narcotics".into(),
+                members: vec!["DE-BKA".into()],
+                ..Default::default()
+            };
+            store.create_federation(&fed).unwrap();
+            assert!(matches!(
+                store.create_federation(&fed),
+                Err(CoordinatorError::AlreadyExists(_))
+            ));
+            let id = store.next_job_id().unwrap();
+            store
+                .put_job(&Job {
+                    job_id: id,
+                    federation: "eu-narcotics".into(),
+                    ..Default::default()
+                })
+                .unwrap();
+            store
+                .audit(&AuditEntry {
+                    time_unix_ms: 1,
+                    actor: "treaty://operator/alice".into(),
+                    action: "federation.created".into(),
+                    federation: "eu-narcotics".into(),
+                    job: String::new(),
+                    round: 0,
+                    agency: String::new(),
+                    detail: String::new(),
+                })
+                .unwrap();
+        }
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.federations().unwrap().len(), 1);
+        assert_eq!(store.jobs().unwrap().len(), 1);
+        assert_eq!(store.audit_log().unwrap()[0].action, "federation.created");
+        // Job ids keep increasing after a reopen.
+        let next = store.next_job_id().unwrap();
+        assert_eq!(next, "job-000002");
+    }
+}

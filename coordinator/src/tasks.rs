@@ -1,0 +1,136 @@
+//! Tasks sent and not yet answered, and the routing of their outcomes to the round waiting for
+//! them. A result is accepted only from the agency the task was given to.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use tokio::sync::mpsc;
+use treaty_proto::tensor::NamedTensor;
+
+/// What a node sent back for a task.
+#[derive(Debug)]
+pub enum Outcome {
+    /// A result, already decoded and checked for completeness and finiteness.
+    Result(TaskResult),
+    /// The node declined the task.
+    Refused {
+        reason_code: String,
+        message: String,
+    },
+    /// The node sent a result that cannot be used (malformed, incomplete or not finite).
+    Invalid(String),
+}
+
+/// A node's result.
+#[derive(Debug)]
+pub struct TaskResult {
+    pub num_examples: u64,
+    pub metrics: HashMap<String, f64>,
+    pub tensors: Vec<NamedTensor>,
+    pub declared_norm_bound: f64,
+}
+
+/// An outcome on its way to its round: (agency, outcome).
+pub type Delivery = (String, Outcome);
+
+#[derive(Debug)]
+struct Pending {
+    agency: String,
+    round: mpsc::UnboundedSender<Delivery>,
+}
+
+/// Why an outcome was not taken.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum DeliveryError {
+    #[error("task `{0}` is not open: it is unknown, already answered, or its round has ended")]
+    NotOpen(String),
+    #[error("task `{task}` was not given to `{caller}`")]
+    NotYours { task: String, caller: String },
+}
+
+/// The open tasks.
+#[derive(Debug, Default)]
+pub struct Tasks {
+    inner: Mutex<HashMap<String, Pending>>,
+}
+
+impl Tasks {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Pending>> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Opens a task given to `agency`; its outcome goes to `round`.
+    pub fn open(&self, task_id: &str, agency: &str, round: mpsc::UnboundedSender<Delivery>) {
+        self.lock().insert(
+            task_id.to_owned(),
+            Pending {
+                agency: agency.to_owned(),
+                round,
+            },
+        );
+    }
+
+    /// Checks, before reading a large upload, that `caller` may answer `task_id`.
+    pub fn check(&self, task_id: &str, caller: &str) -> Result<(), DeliveryError> {
+        match self.lock().get(task_id) {
+            None => Err(DeliveryError::NotOpen(task_id.to_owned())),
+            Some(p) if p.agency != caller => Err(DeliveryError::NotYours {
+                task: task_id.to_owned(),
+                caller: caller.to_owned(),
+            }),
+            Some(_) => Ok(()),
+        }
+    }
+
+    /// Delivers an outcome from `caller`, closing the task.
+    pub fn deliver(
+        &self,
+        task_id: &str,
+        caller: &str,
+        outcome: Outcome,
+    ) -> Result<(), DeliveryError> {
+        self.check(task_id, caller)?;
+        let pending = self
+            .lock()
+            .remove(task_id)
+            .ok_or_else(|| DeliveryError::NotOpen(task_id.to_owned()))?;
+        pending
+            .round
+            .send((caller.to_owned(), outcome))
+            .map_err(|_| DeliveryError::NotOpen(task_id.to_owned()))
+    }
+
+    /// Closes a task without an outcome (its round ended).
+    pub fn close(&self, task_id: &str) {
+        self.lock().remove(task_id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_assigned_agency_may_answer_once() {
+        let tasks = Tasks::default();
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        tasks.open("t1", "DE-BKA", tx);
+        let refuse = || Outcome::Refused {
+            reason_code: "X".into(),
+            message: String::new(),
+        };
+        assert_eq!(
+            tasks.deliver("t1", "NL-POLITIE", refuse()),
+            Err(DeliveryError::NotYours {
+                task: "t1".into(),
+                caller: "NL-POLITIE".into()
+            })
+        );
+        assert_eq!(tasks.deliver("t1", "DE-BKA", refuse()), Ok(()));
+        assert_eq!(rx.try_recv().map(|d| d.0).ok(), Some("DE-BKA".to_owned()));
+        assert_eq!(
+            tasks.deliver("t1", "DE-BKA", refuse()),
+            Err(DeliveryError::NotOpen("t1".into()))
+        );
+    }
+}
