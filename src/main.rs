@@ -1,1 +1,221 @@
-fn main() {}
+//! `treaty`: the one binary. Parses the command line, starts logging, calls into the crates and
+//! maps errors to exit codes (0 success, 1 failure, 2 unusable input).
+
+mod demo;
+mod operator;
+mod signals;
+mod synth;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
+use treaty_proto::pki;
+
+/// Federated learning for law-enforcement agencies, under each country's sharing policy.
+#[derive(Debug, Parser)]
+#[command(name = "treaty", version, about)]
+struct Cli {
+    /// Log as JSON lines instead of human-readable text (filter with TREATY_LOG, e.g. `debug`).
+    #[arg(long, global = true)]
+    log_json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Runs a local federation end to end: a coordinator and five agencies of four countries,
+    /// over real mutual TLS on loopback, with a throwaway PKI.
+    Demo(demo::DemoArgs),
+    /// Runs the coordinator.
+    Coordinator {
+        /// The coordinator's configuration file (TOML).
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Runs an agency's node.
+    Node {
+        /// The node's configuration file (TOML).
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Makes and manages a development PKI.
+    #[command(subcommand)]
+    Pki(PkiCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum PkiCommand {
+    /// Makes a federation CA, a coordinator certificate, operator and agency certificates, and an
+    /// empty revocation list, in one directory.
+    Init(PkiInit),
+    /// Issues one more certificate from an existing PKI.
+    Issue {
+        /// The PKI directory.
+        #[arg(long)]
+        dir: PathBuf,
+        /// An agency, as AGENCY-ID:CC (e.g. `DE-BKA:DE`).
+        #[arg(
+            long,
+            conflicts_with = "operator",
+            required_unless_present = "operator"
+        )]
+        agency: Option<String>,
+        /// An operator name.
+        #[arg(long)]
+        operator: Option<String>,
+        /// Days of validity.
+        #[arg(long, default_value_t = 365)]
+        days: u32,
+    },
+    /// Adds a certificate to the federation's revocation list; coordinators refuse it from their
+    /// next connection on.
+    Revoke {
+        /// The PKI directory.
+        #[arg(long)]
+        dir: PathBuf,
+        /// The certificate to revoke (PEM).
+        cert: PathBuf,
+    },
+}
+
+#[derive(Debug, Args)]
+struct PkiInit {
+    /// The directory to write (created if missing; an existing CA is never overwritten).
+    #[arg(long)]
+    dir: PathBuf,
+    /// The federation's name, written into the CA's subject.
+    #[arg(long, default_value = "treaty")]
+    federation: String,
+    /// The coordinator's name.
+    #[arg(long, default_value = "coordinator")]
+    coordinator: String,
+    /// A host name or address the coordinator is reached at, besides localhost (repeatable).
+    #[arg(long = "coordinator-host")]
+    coordinator_hosts: Vec<String>,
+    /// An operator name (repeatable; default `operator`).
+    #[arg(long = "operator")]
+    operators: Vec<String>,
+    /// An agency, as AGENCY-ID:CC (repeatable), e.g. `--agency DE-BKA:DE`.
+    #[arg(long = "agency")]
+    agencies: Vec<String>,
+    /// Days of validity of the issued certificates.
+    #[arg(long, default_value_t = 365)]
+    days: u32,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(cli.log_json, matches!(cli.command, Command::Demo(_)));
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(dispatch(cli.command)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_tracing(json: bool, quiet: bool) {
+    let default = if quiet { "warn" } else { "info" };
+    let filter = EnvFilter::try_from_env("TREATY_LOG").unwrap_or_else(|_| EnvFilter::new(default));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+async fn dispatch(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Demo(args) => demo::run(args).await,
+        Command::Coordinator { config } => {
+            let config = treaty_coordinator::CoordinatorConfig::load(&config)?;
+            let listener = tokio::net::TcpListener::bind(config.listen)
+                .await
+                .with_context(|| format!("cannot listen on {}", config.listen))?;
+            treaty_coordinator::run(config, listener, signals::terminate()).await?;
+            Ok(())
+        }
+        Command::Node { config } => {
+            let config = treaty_node::NodeConfig::load(&config)?;
+            let shutdown = tokio_util::sync::CancellationToken::new();
+            let trigger = shutdown.clone();
+            tokio::spawn(async move {
+                signals::terminate().await;
+                trigger.cancel();
+            });
+            treaty_node::run(config, shutdown).await?;
+            Ok(())
+        }
+        Command::Pki(command) => run_pki(command),
+    }
+}
+
+#[allow(clippy::print_stdout)]
+fn run_pki(command: PkiCommand) -> anyhow::Result<()> {
+    match command {
+        PkiCommand::Init(args) => {
+            let agencies = args
+                .agencies
+                .iter()
+                .map(|s| pki::parse_agency_spec(s))
+                .collect::<Result<Vec<_>, _>>()?;
+            let operators = if args.operators.is_empty() {
+                vec!["operator".to_owned()]
+            } else {
+                args.operators
+            };
+            let options = pki::InitOptions {
+                federation: args.federation,
+                coordinator: args.coordinator,
+                coordinator_hosts: args.coordinator_hosts,
+                operators,
+                agencies,
+                validity_days: args.days,
+            };
+            let written = pki::init(&pki::PkiDir::new(&args.dir), &options)?;
+            for path in written {
+                println!("{}", path.display());
+            }
+        }
+        PkiCommand::Issue {
+            dir,
+            agency,
+            operator,
+            days,
+        } => {
+            let identity = match (agency, operator) {
+                (Some(spec), _) => {
+                    let (agency, country) = pki::parse_agency_spec(&spec)?;
+                    treaty_proto::Identity::agency(&country, &agency)?
+                }
+                (None, Some(name)) => treaty_proto::Identity::operator(&name)?,
+                (None, None) => anyhow::bail!("give --agency or --operator"),
+            };
+            let (cert, key) = pki::issue(&pki::PkiDir::new(&dir), &identity, &[], days)?;
+            println!("{}\n{}", cert.display(), key.display());
+        }
+        PkiCommand::Revoke { dir, cert } => {
+            let serial = pki::revoke(&pki::PkiDir::new(&dir), &cert)?;
+            println!("revoked serial {serial}; coordinators refuse it from their next connection");
+        }
+    }
+    Ok(())
+}

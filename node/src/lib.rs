@@ -1,1 +1,56 @@
-//! placeholder
+//! An agency's node.
+//!
+//! It owns the agency's side of a federation: loading its records, carrying out tasks on them
+//! (local training, analytics), the journal of everything it releases (written before anything
+//! leaves), and the client that dials out to the coordinator and keeps its session alive. It
+//! trusts only the coordinator's verified certificate and never relies on the coordinator's
+//! word for what its own data may be used for. It knows nothing of the coordinator's internals.
+
+pub mod config;
+pub mod data;
+pub mod error;
+pub mod journal;
+pub mod model;
+pub mod session;
+pub mod work;
+
+use std::sync::Arc;
+
+pub use config::NodeConfig;
+pub use error::{ConfigError, DataError, NodeError};
+use tokio_util::sync::CancellationToken;
+use treaty_proto::tls::ClientTls;
+
+/// Runs a node until `shutdown` is cancelled. Checks its certificate, key and data files first,
+/// so that a node that cannot work says so at once instead of connecting.
+pub async fn run(config: NodeConfig, shutdown: CancellationToken) -> Result<(), NodeError> {
+    let tls = ClientTls::new(&config.tls)?;
+    if tls.identity().agency_id().is_none() {
+        return Err(NodeError::NotAnAgency {
+            path: config.tls.cert.clone(),
+            identity: tls.identity().to_string(),
+        });
+    }
+    let train = data::Table::open(&config.data.train)?;
+    let test = config
+        .data
+        .test
+        .as_deref()
+        .map(data::Table::open)
+        .transpose()?;
+    let journal = journal::Journal::open(&config.state_dir)?;
+    tracing::info!(
+        identity = %tls.identity(),
+        coordinator = config.coordinator.address,
+        train = %config.data.train.display(),
+        "node starting"
+    );
+    let node = session::Node {
+        tls,
+        link: config.coordinator,
+        journal,
+        worker: Arc::new(work::Worker::new(train, test)),
+    };
+    session::run(node, shutdown).await;
+    Ok(())
+}

@@ -1,0 +1,84 @@
+//! The node's errors.
+
+use std::path::PathBuf;
+
+/// The configuration file cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read configuration `{path}`: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("configuration `{path}` is not valid: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("configuration `{path}` has problems:\n  - {}", problems.join("\n  - "))]
+    Invalid {
+        path: PathBuf,
+        problems: Vec<String>,
+    },
+}
+
+/// A data file cannot be used for a task.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum DataError {
+    #[error("cannot read `{path}`: {message}")]
+    Read { path: PathBuf, message: String },
+    #[error("`{path}` has no header row")]
+    NoHeader { path: PathBuf },
+    #[error("`{path}`: column `{column}` is missing (the file has: {available})")]
+    MissingColumn {
+        path: PathBuf,
+        column: String,
+        available: String,
+    },
+    #[error("`{path}`, row {row}, column `{column}`: `{value}` is not a number")]
+    NotNumeric {
+        path: PathBuf,
+        row: u64,
+        column: String,
+        value: String,
+    },
+    #[error("`{path}`, row {row}, column `{column}`: label `{value}` is not 0 or 1")]
+    BadLabel {
+        path: PathBuf,
+        row: u64,
+        column: String,
+        value: String,
+    },
+    #[error("`{path}`, row {row}: {message}")]
+    BadRow {
+        path: PathBuf,
+        row: u64,
+        message: String,
+    },
+    #[error("`{path}` has no records")]
+    Empty { path: PathBuf },
+}
+
+/// Something the node could not do.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Tls(#[from] treaty_proto::TlsError),
+    #[error(transparent)]
+    Data(#[from] DataError),
+    #[error("the node's database at `{path}` cannot be opened: {source}")]
+    OpenStore { path: PathBuf, source: sled::Error },
+    #[error("the node's database failed: {0}")]
+    Store(#[from] sled::Error),
+    #[error(
+        "the certificate `{path}` names `{identity}`, not an agency; a node needs an agency certificate"
+    )]
+    NotAnAgency { path: PathBuf, identity: String },
+    #[error("cannot connect to the coordinator: {0}")]
+    Connect(#[from] tonic::transport::Error),
+    #[error("the coordinator answered: {}", .0.message())]
+    Rpc(#[from] tonic::Status),
+    #[error("the coordinator broke the protocol: {0}")]
+    Protocol(String),
+    #[error("a model from the coordinator is unusable: {0}")]
+    Model(#[from] treaty_proto::TensorError),
+}
