@@ -45,8 +45,11 @@ pub struct Output {
 pub struct Worker {
     pub train: Table,
     pub test: Option<Table>,
-    cache: Mutex<HashMap<(String, Vec<String>, Option<String>), Arc<Examples>>>,
+    cache: Mutex<HashMap<ColumnsKey, Arc<Examples>>>,
 }
+
+/// Which examples: (file, feature columns, label column).
+type ColumnsKey = (String, Vec<String>, Option<String>);
 
 /// The largest model a node accepts from the coordinator, in elements.
 const MAX_MODEL_ELEMENTS: u64 = 50_000_000;

@@ -232,10 +232,13 @@ pub struct ServerTls {
     files: TlsFiles,
     crl: Option<PathBuf>,
     identity: Identity,
-    current: Mutex<(Option<(SystemTime, u64)>, Arc<ServerConfig>)>,
+    current: Mutex<(Option<FileStamp>, Arc<ServerConfig>)>,
 }
 
-fn stamp(path: &Path) -> Option<(SystemTime, u64)> {
+/// When a file was last modified, and its length: a change of either means it was rewritten.
+type FileStamp = (SystemTime, u64);
+
+fn stamp(path: &Path) -> Option<FileStamp> {
     let meta = std::fs::metadata(path).ok()?;
     Some((meta.modified().ok()?, meta.len()))
 }

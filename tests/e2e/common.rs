@@ -1,0 +1,362 @@
+//! What the end-to-end tests share: a PKI and data in a temporary directory, configuration
+//! files, real `treaty` processes that are killed when dropped, and the operator's client.
+
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio_stream::StreamExt;
+use tonic::transport::Channel;
+use treaty_proto::Identity;
+use treaty_proto::pki::{self, PkiDir};
+use treaty_proto::tls::{ClientTls, TlsFiles};
+use treaty_proto::v1::operator_service_client::OperatorServiceClient;
+use treaty_proto::v1::{
+    CreateFederationRequest, CreateJobRequest, FederationInfo, Job, JobSpec, JobState,
+    ListAgenciesRequest, ModelKind, TrainingSpec, WatchJobRequest, job_spec,
+};
+
+pub const TREATY: &str = env!("CARGO_BIN_EXE_treaty");
+
+/// A federation's files: PKI, data, configurations, logs.
+pub struct Fixture {
+    pub dir: tempfile::TempDir,
+    pub pki: PkiDir,
+}
+
+impl Fixture {
+    pub fn new(agencies: &[(&str, &str)]) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let pki = PkiDir::new(dir.path().join("pki"));
+        pki::init(
+            &pki,
+            &pki::InitOptions {
+                federation: "test".into(),
+                coordinator: "hub".into(),
+                coordinator_hosts: vec![],
+                operators: vec!["op".into()],
+                agencies: agencies
+                    .iter()
+                    .map(|(a, c)| (a.to_string(), c.to_string()))
+                    .collect(),
+                validity_days: 2,
+            },
+        )
+        .unwrap();
+        Fixture { dir, pki }
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    pub fn files(&self, identity: &Identity) -> TlsFiles {
+        let (cert, key) = self.pki.cert_and_key(identity);
+        TlsFiles {
+            ca_cert: self.pki.ca_cert(),
+            cert,
+            key,
+        }
+    }
+
+    /// Writes a coordinator configuration listening on `listen`; returns its path.
+    pub fn coordinator_config(&self, listen: &str) -> PathBuf {
+        let (cert, key) = self
+            .pki
+            .cert_and_key(&Identity::coordinator("hub").unwrap());
+        let path = self.path("coordinator.toml");
+        std::fs::write(
+            &path,
+            format!(
+                "listen = {listen:?}\ndata_dir = {:?}\naddress_file = {:?}\nshutdown_grace_secs = 2\n\n[tls]\nca_cert = {:?}\ncert = {cert:?}\nkey = {key:?}\ncrl = {:?}\n",
+                self.path("coordinator-db"),
+                self.path("coordinator.address"),
+                self.pki.ca_cert(),
+                self.pki.crl()
+            ),
+        )
+        .unwrap();
+        path
+    }
+
+    /// Writes data and a node configuration for an agency; returns the configuration's path.
+    pub fn node_config(&self, agency: &str, country: &str, address: &str, seed: u64) -> PathBuf {
+        let (train, test) = write_data(self.dir.path(), agency, 400, seed);
+        let (cert, key) = self
+            .pki
+            .cert_and_key(&Identity::agency(country, agency).unwrap());
+        let path = self.path(&format!("node-{agency}.toml"));
+        std::fs::write(
+            &path,
+            format!(
+                "state_dir = {:?}\n\n[coordinator]\naddress = {address:?}\nreconnect_initial_ms = 100\nreconnect_max_ms = 400\n\n[tls]\nca_cert = {:?}\ncert = {cert:?}\nkey = {key:?}\n\n[data]\ntrain = {train:?}\ntest = {test:?}\n",
+                self.path(&format!("node-{agency}-db")),
+                self.pki.ca_cert(),
+            ),
+        )
+        .unwrap();
+        path
+    }
+
+    /// Starts the coordinator process and waits for its address.
+    pub fn start_coordinator(&self, listen: &str) -> (Proc, String) {
+        let _ = std::fs::remove_file(self.path("coordinator.address"));
+        let config = self.coordinator_config(listen);
+        let proc = Proc::spawn(
+            &["coordinator", "--config", config.to_str().unwrap()],
+            &self.path("coordinator.log"),
+        );
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(a) = std::fs::read_to_string(self.path("coordinator.address"))
+                && !a.is_empty()
+            {
+                return (proc, a.trim().to_owned());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "coordinator did not start: {}",
+                proc.log()
+            );
+            std::thread::sleep(Duration::from_millis(25));
+        }
+    }
+
+    pub fn start_node(&self, agency: &str, country: &str, address: &str, seed: u64) -> Proc {
+        let config = self.node_config(agency, country, address, seed);
+        Proc::spawn(
+            &["node", "--config", config.to_str().unwrap()],
+            &self.path(&format!("node-{agency}.log")),
+        )
+    }
+
+    pub async fn operator(&self, address: &str) -> OperatorServiceClient<Channel> {
+        let tls = ClientTls::new(&self.files(&Identity::operator("op").unwrap())).unwrap();
+        OperatorServiceClient::new(tls.connect(address, Duration::from_secs(5)).await.unwrap())
+    }
+}
+
+/// Two numeric features and a 0/1 label from a fixed rule with noise; deterministic per seed.
+pub fn write_data(dir: &Path, name: &str, rows: usize, seed: u64) -> (PathBuf, PathBuf) {
+    let mut state = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    let mut uniform = move || {
+        state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        ((state >> 11) as f64) / ((1u64 << 53) as f64)
+    };
+    let mut paths = Vec::new();
+    for (split, n) in [("train", rows), ("test", rows / 4)] {
+        let path = dir.join(format!("{name}_{split}.csv"));
+        let mut f = std::fs::File::create(&path).unwrap();
+        writeln!(f, "x1,x2,seized").unwrap();
+        for _ in 0..n {
+            let (a, b) = (uniform() * 4.0 - 2.0, uniform() * 4.0 - 2.0);
+            let y = u8::from(a - 0.5 * b + 0.3 * (uniform() - 0.5) > 0.0);
+            writeln!(f, "{a:.4},{b:.4},{y}").unwrap();
+        }
+        paths.push(path);
+    }
+    (paths[0].clone(), paths[1].clone())
+}
+
+/// A `treaty` process, killed when dropped.
+pub struct Proc {
+    pub child: Child,
+    log: PathBuf,
+}
+
+impl Proc {
+    pub fn spawn(args: &[&str], log: &Path) -> Self {
+        let file = std::fs::File::create(log).unwrap();
+        let child = Command::new(TREATY)
+            .args(args)
+            .env("TREATY_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(file)
+            .spawn()
+            .unwrap();
+        Proc {
+            child,
+            log: log.to_owned(),
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn signal(&self, signal: nix::sys::signal::Signal) {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), signal).unwrap();
+    }
+
+    /// Waits for the process to exit, at most `timeout`; its exit status if it did.
+    pub fn wait_for_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return Some(status);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Waits until the given agencies hold sessions.
+pub async fn wait_connected(client: &mut OperatorServiceClient<Channel>, agencies: &[&str]) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let connected: Vec<String> = client
+            .list_agencies(ListAgenciesRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .agencies
+            .into_iter()
+            .map(|a| a.agency)
+            .collect();
+        if agencies.iter().all(|a| connected.iter().any(|c| c == a)) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "connected: {connected:?}, wanted {agencies:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+pub async fn create_federation(
+    client: &mut OperatorServiceClient<Channel>,
+    name: &str,
+    members: &[&str],
+) {
+    client
+        .create_federation(CreateFederationRequest {
+            federation: Some(FederationInfo {
+                name: name.into(),
+                purpose: "narcotics".into(),
+                members: members.iter().map(|m| m.to_string()).collect(),
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap();
+}
+
+/// Runs a logistic-regression job to its end and returns it.
+pub async fn run_training(
+    client: &mut OperatorServiceClient<Channel>,
+    federation: &str,
+    rounds: u32,
+    min: u32,
+) -> Job {
+    let job = client
+        .create_job(CreateJobRequest {
+            federation: federation.into(),
+            spec: Some(JobSpec {
+                kind: Some(job_spec::Kind::Training(TrainingSpec {
+                    model: ModelKind::LogisticRegression as i32,
+                    features: vec!["x1".into(), "x2".into()],
+                    label: "seized".into(),
+                    rounds,
+                    local_epochs: 2,
+                    batch_size: 32,
+                    learning_rate: 0.2,
+                    l2: 0.0,
+                })),
+                min_participants: min,
+                round_timeout_ms: 20_000,
+                join_timeout_ms: 20_000,
+            }),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut events = client
+        .watch_job(WatchJobRequest {
+            job_id: job.job_id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut last = None;
+    while let Some(event) = events.next().await {
+        last = event.unwrap().job;
+    }
+    let job = last.unwrap();
+    assert_eq!(
+        job.state,
+        JobState::Succeeded as i32,
+        "job failed: {}",
+        job.message
+    );
+    job
+}
+
+/// Tries a raw TLS connection with `config` and speaks the first bytes of HTTP/2. `Ok` when the
+/// server answered, `Err` with the reason when it refused the connection.
+pub async fn probe(address: &str, config: rustls::ClientConfig) -> Result<(), String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut config = config;
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(address)
+        .await
+        .map_err(|e| e.to_string())?;
+    let name = rustls_pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    let mut tls = connector
+        .connect(name, tcp)
+        .await
+        .map_err(|e| e.to_string())?;
+    // HTTP/2 connection preface and an empty SETTINGS frame.
+    let mut hello = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    hello.extend_from_slice(&[0, 0, 0, 4, 0, 0, 0, 0, 0]);
+    tls.write_all(&hello).await.map_err(|e| e.to_string())?;
+    let mut buf = [0u8; 9];
+    match tokio::time::timeout(Duration::from_secs(5), tls.read(&mut buf)).await {
+        Ok(Ok(n)) if n > 0 => Ok(()),
+        Ok(Ok(_)) => Err("connection closed".into()),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err("no answer".into()),
+    }
+}
+
+/// A rustls client configuration trusting `ca` and presenting `cert`/`key` (or nothing).
+pub fn client_config(ca: &Path, cert_and_key: Option<(&Path, &Path)>) -> rustls::ClientConfig {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    for c in treaty_proto::tls::load_certs(ca).unwrap() {
+        roots.add(c).unwrap();
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_root_certificates(roots);
+    match cert_and_key {
+        Some((cert, key)) => builder
+            .with_client_auth_cert(
+                treaty_proto::tls::load_certs(cert).unwrap(),
+                treaty_proto::tls::load_key(key).unwrap(),
+            )
+            .unwrap(),
+        None => builder.with_no_client_auth(),
+    }
+}

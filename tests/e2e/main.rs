@@ -1,0 +1,10 @@
+//! End-to-end tests of the whole system: real `treaty` processes, real gRPC over real mutual
+//! TLS on loopback, real certificates and real sled files.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+mod config;
+mod demo;
+mod identity;
+mod rounds;

@@ -1,0 +1,117 @@
+//! A node joins, completes rounds, and comes back by itself after the coordinator restarts.
+
+use std::time::Duration;
+
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+use treaty_proto::Identity;
+use treaty_proto::tls::ClientTls;
+
+use crate::common::*;
+
+#[tokio::test]
+async fn a_node_joins_and_completes_a_round() {
+    let fx = Fixture::new(&[("DE-BKA", "DE"), ("NL-POLITIE", "NL")]);
+    let (_coordinator, address) = fx.start_coordinator("127.0.0.1:0");
+    let _de = fx.start_node("DE-BKA", "DE", &address, 1);
+    let _nl = fx.start_node("NL-POLITIE", "NL", &address, 2);
+    let mut op = fx.operator(&address).await;
+    wait_connected(&mut op, &["DE-BKA", "NL-POLITIE"]).await;
+    create_federation(&mut op, "pair", &["DE-BKA", "NL-POLITIE"]).await;
+    let job = run_training(&mut op, "pair", 3, 2).await;
+
+    assert_eq!(job.rounds.len(), 3);
+    for round in &job.rounds {
+        assert_eq!(round.contributors.len(), 2, "{round:?}");
+        assert_eq!(round.num_examples, 800);
+        assert!(round.excluded.is_empty());
+    }
+    // The data follow a linear rule, so a few rounds learn it well: the model entering round 3
+    // is far better than chance on every agency's test split.
+    let last = &job.rounds[2];
+    assert!(last.metrics["test_accuracy"] > 0.85, "{:?}", last.metrics);
+    assert_eq!(job.latest_model_version, format!("{}/r3", job.job_id));
+
+    // The health service answers over the same mutual TLS.
+    let tls = ClientTls::new(&fx.files(&Identity::operator("op").unwrap())).unwrap();
+    let mut health =
+        HealthClient::new(tls.connect(&address, Duration::from_secs(5)).await.unwrap());
+    let status = health
+        .check(HealthCheckRequest {
+            service: "treaty.v1.AgencyService".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .status;
+    assert_eq!(status, ServingStatus::Serving as i32);
+}
+
+#[tokio::test]
+async fn a_node_reconnects_after_the_coordinator_restarts() {
+    let fx = Fixture::new(&[("DE-BKA", "DE")]);
+    // A fixed port, so that the restarted coordinator is where the node looks for it.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let listen = format!("127.0.0.1:{port}");
+    let (mut coordinator, address) = fx.start_coordinator(&listen);
+    let node = fx.start_node("DE-BKA", "DE", &address, 3);
+    let mut op = fx.operator(&address).await;
+    wait_connected(&mut op, &["DE-BKA"]).await;
+    create_federation(&mut op, "solo", &["DE-BKA"]).await;
+    let first = run_training(&mut op, "solo", 1, 1).await;
+    assert_eq!(first.rounds[0].contributors, vec!["DE-BKA".to_owned()]);
+
+    // The coordinator dies without warning, then comes back on the same port.
+    coordinator.signal(nix::sys::signal::Signal::SIGKILL);
+    coordinator.wait_for_exit(Duration::from_secs(5)).unwrap();
+    drop(coordinator);
+    let (_coordinator, address) = fx.start_coordinator(&listen);
+
+    let mut op = fx.operator(&address).await;
+    wait_connected(&mut op, &["DE-BKA"]).await;
+    // The federation and the first job survived in the coordinator's database.
+    let again = op
+        .get_job(treaty_proto::v1::GetJobRequest {
+            job_id: first.job_id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(again.rounds.len(), 1);
+    let second = run_training(&mut op, "solo", 1, 1).await;
+    assert_eq!(second.rounds[0].contributors, vec!["DE-BKA".to_owned()]);
+    assert_ne!(second.job_id, first.job_id);
+    assert!(node.log().contains("session open"), "{}", node.log());
+}
+
+#[tokio::test]
+async fn sigterm_stops_coordinator_and_node_gracefully() {
+    let fx = Fixture::new(&[("DE-BKA", "DE")]);
+    let (mut coordinator, address) = fx.start_coordinator("127.0.0.1:0");
+    let mut node = fx.start_node("DE-BKA", "DE", &address, 4);
+    let mut op = fx.operator(&address).await;
+    wait_connected(&mut op, &["DE-BKA"]).await;
+    drop(op);
+
+    node.signal(nix::sys::signal::Signal::SIGTERM);
+    let status = node
+        .wait_for_exit(Duration::from_secs(10))
+        .expect("node did not stop");
+    assert!(status.success(), "{status:?}: {}", node.log());
+
+    coordinator.signal(nix::sys::signal::Signal::SIGTERM);
+    let status = coordinator
+        .wait_for_exit(Duration::from_secs(10))
+        .expect("coordinator did not stop");
+    assert!(status.success(), "{status:?}: {}", coordinator.log());
+    assert!(
+        coordinator.log().contains("coordinator stopped"),
+        "{}",
+        coordinator.log()
+    );
+}
