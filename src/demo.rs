@@ -286,12 +286,7 @@ async fn demo(args: &DemoArgs, dir: &Path, fleet: &mut Fleet) -> anyhow::Result<
     let job = client
         .create_job(CreateJobRequest {
             federation: federation.name.clone(),
-            spec: Some(JobSpec {
-                kind: Some(job_spec::Kind::Training(training)),
-                min_participants: AGENCIES.len() as u32 - 1,
-                round_timeout_ms: 30_000,
-                join_timeout_ms: 30_000,
-            }),
+            spec: Some(demo_job(job_spec::Kind::Training(training))),
         })
         .await?
         .into_inner();
@@ -304,17 +299,12 @@ async fn demo(args: &DemoArgs, dir: &Path, fleet: &mut Fleet) -> anyhow::Result<
     let query = client
         .create_job(CreateJobRequest {
             federation: federation.name.clone(),
-            spec: Some(JobSpec {
-                kind: Some(job_spec::Kind::Query(QuerySpec {
-                    kind: QueryKind::Mean as i32,
-                    column: "declared_value".into(),
-                    lower: -5.0,
-                    upper: 5.0,
-                })),
-                min_participants: AGENCIES.len() as u32 - 1,
-                round_timeout_ms: 30_000,
-                join_timeout_ms: 30_000,
-            }),
+            spec: Some(demo_job(job_spec::Kind::Query(QuerySpec {
+                kind: QueryKind::Mean as i32,
+                column: "declared_value".into(),
+                lower: -5.0,
+                upper: 5.0,
+            }))),
         })
         .await?
         .into_inner();
@@ -327,6 +317,16 @@ async fn demo(args: &DemoArgs, dir: &Path, fleet: &mut Fleet) -> anyhow::Result<
     let model = download(&mut client, &job).await?;
     summary(&job, &query, &model, &splits, started.elapsed())?;
     Ok(())
+}
+
+/// A job of the demo: it goes ahead with all agencies but one, waiting at most 30 s.
+fn demo_job(kind: job_spec::Kind) -> JobSpec {
+    JobSpec {
+        kind: Some(kind),
+        min_participants: AGENCIES.len() as u32 - 1,
+        round_timeout_ms: 30_000,
+        join_timeout_ms: 30_000,
+    }
 }
 
 async fn wait_for_file(path: &Path, timeout: Duration) -> anyhow::Result<String> {

@@ -20,9 +20,8 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
+use treaty_proto::config::{self, ConfigError, Validate};
 use treaty_proto::tls::TlsFiles;
-
-use crate::error::ConfigError;
 
 /// Everything the coordinator reads from its configuration file.
 #[derive(Debug, Clone, Deserialize)]
@@ -99,72 +98,41 @@ fn default_max_elements() -> u64 {
 impl CoordinatorConfig {
     /// Reads and validates a configuration file, reporting every problem found.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
-        let mut config: CoordinatorConfig =
-            toml::from_str(&text).map_err(|e| ConfigError::Parse {
-                path: path.to_owned(),
-                message: e.to_string(),
-            })?;
-        config.resolve_relative_to(path.parent().unwrap_or(Path::new(".")));
-        config.validate().map_err(|problems| ConfigError::Invalid {
-            path: path.to_owned(),
-            problems,
-        })?;
-        Ok(config)
+        config::load(path)
     }
+}
 
-    /// Makes relative paths relative to the configuration file's directory.
-    fn resolve_relative_to(&mut self, base: &Path) {
+impl Validate for CoordinatorConfig {
+    fn resolve_paths(&mut self, base: &Path) {
         for p in [
             &mut self.data_dir,
             &mut self.tls.ca_cert,
             &mut self.tls.cert,
             &mut self.tls.key,
         ] {
-            if p.is_relative() {
-                *p = base.join(&*p);
-            }
+            config::resolve(base, p);
         }
         for p in [&mut self.address_file, &mut self.tls.crl]
             .into_iter()
             .flatten()
         {
-            if p.is_relative() {
-                *p = base.join(&*p);
-            }
+            config::resolve(base, p);
         }
     }
 
-    /// Every problem with the values, each in a sentence.
-    pub fn validate(&self) -> Result<(), Vec<String>> {
-        let mut problems = Vec::new();
-        for (key, path) in [
-            ("tls.ca_cert", &self.tls.ca_cert),
-            ("tls.cert", &self.tls.cert),
-            ("tls.key", &self.tls.key),
-        ] {
-            if !path.is_file() {
-                problems.push(format!("`{key}`: file `{}` does not exist", path.display()));
-            }
+    fn problems(&self) -> Vec<String> {
+        let mut files = vec![
+            ("tls.ca_cert", self.tls.ca_cert.as_path()),
+            ("tls.cert", self.tls.cert.as_path()),
+            ("tls.key", self.tls.key.as_path()),
+        ];
+        if let Some(crl) = &self.tls.crl {
+            files.push(("tls.crl", crl.as_path()));
         }
-        if let Some(crl) = &self.tls.crl
-            && !crl.is_file()
-        {
-            problems.push(format!(
-                "`tls.crl`: file `{}` does not exist",
-                crl.display()
-            ));
-        }
+        let mut problems = config::missing_files(files);
         if self.limits.max_update_elements == 0 {
             problems.push("`limits.max_update_elements` must be at least 1".to_owned());
         }
-        if problems.is_empty() {
-            Ok(())
-        } else {
-            Err(problems)
-        }
+        problems
     }
 }

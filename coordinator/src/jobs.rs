@@ -273,15 +273,7 @@ async fn run_round(ctx: &Coordinator, job: &mut Job, round: u32) -> Result<(), C
                     &format!("{reason_code}: {message}"),
                 ));
             }
-            Outcome::Invalid(reason) => {
-                ctx.emit(
-                    job,
-                    round,
-                    &agency,
-                    format!("{agency}'s result was rejected: {reason}"),
-                );
-                excluded.push(exclusion(&agency, "INVALID_UPDATE", &reason));
-            }
+            Outcome::Invalid(reason) => reject(ctx, job, round, &agency, reason, &mut excluded)?,
             Outcome::Result(result) => match check_result(&spec.kind, global.as_deref(), &result) {
                 Ok(()) => {
                     ctx.emit(
@@ -295,24 +287,7 @@ async fn run_round(ctx: &Coordinator, job: &mut Job, round: u32) -> Result<(), C
                     );
                     results.push((agency, result));
                 }
-                Err(reason) => {
-                    tracing::warn!(job = %job.job_id, round, agency, reason, "update rejected");
-                    ctx.audit(
-                        &format!("agency:{agency}"),
-                        "update.rejected",
-                        job,
-                        round,
-                        &agency,
-                        reason.clone(),
-                    )?;
-                    ctx.emit(
-                        job,
-                        round,
-                        &agency,
-                        format!("{agency}'s result was rejected: {reason}"),
-                    );
-                    excluded.push(exclusion(&agency, "INVALID_UPDATE", &reason));
-                }
+                Err(reason) => reject(ctx, job, round, &agency, reason, &mut excluded)?,
             },
         }
     }
@@ -393,6 +368,35 @@ async fn run_round(ctx: &Coordinator, job: &mut Job, round: u32) -> Result<(), C
         line.clone(),
     )?;
     ctx.emit(job, round, "", format!("round {round} completed: {line}"));
+    Ok(())
+}
+
+/// Records a result that cannot be used: logged and audited with the agency's identity, reported
+/// to watchers, and the agency excluded from the round.
+fn reject(
+    ctx: &Coordinator,
+    job: &Job,
+    round: u32,
+    agency: &str,
+    reason: String,
+    excluded: &mut Vec<Exclusion>,
+) -> Result<(), CoordinatorError> {
+    tracing::warn!(job = %job.job_id, round, agency, reason, "update rejected");
+    ctx.audit(
+        &format!("agency:{agency}"),
+        "update.rejected",
+        job,
+        round,
+        agency,
+        reason.clone(),
+    )?;
+    ctx.emit(
+        job,
+        round,
+        agency,
+        format!("{agency}'s result was rejected: {reason}"),
+    );
+    excluded.push(exclusion(agency, "INVALID_UPDATE", &reason));
     Ok(())
 }
 

@@ -21,9 +21,8 @@
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
+use treaty_proto::config::{self, ConfigError, Validate};
 use treaty_proto::tls::TlsFiles;
-
-use crate::error::ConfigError;
 
 /// Everything the node reads from its configuration file.
 #[derive(Debug, Clone, Deserialize)]
@@ -75,53 +74,37 @@ fn default_max() -> u64 {
 impl NodeConfig {
     /// Reads and validates a configuration file, reporting every problem found.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
-        let mut config: NodeConfig = toml::from_str(&text).map_err(|e| ConfigError::Parse {
-            path: path.to_owned(),
-            message: e.to_string(),
-        })?;
-        let base = path.parent().unwrap_or(Path::new("."));
+        config::load(path)
+    }
+}
+
+impl Validate for NodeConfig {
+    fn resolve_paths(&mut self, base: &Path) {
         for p in [
-            &mut config.state_dir,
-            &mut config.tls.ca_cert,
-            &mut config.tls.cert,
-            &mut config.tls.key,
-            &mut config.data.train,
+            &mut self.state_dir,
+            &mut self.tls.ca_cert,
+            &mut self.tls.cert,
+            &mut self.tls.key,
+            &mut self.data.train,
         ] {
-            if p.is_relative() {
-                *p = base.join(&*p);
-            }
+            config::resolve(base, p);
         }
-        if let Some(p) = config.data.test.as_mut().filter(|p| p.is_relative()) {
-            *p = base.join(&*p);
+        if let Some(p) = self.data.test.as_mut() {
+            config::resolve(base, p);
         }
-        config.validate().map_err(|problems| ConfigError::Invalid {
-            path: path.to_owned(),
-            problems,
-        })?;
-        Ok(config)
     }
 
-    /// Every problem with the values, each in a sentence.
-    pub fn validate(&self) -> Result<(), Vec<String>> {
-        let mut problems = Vec::new();
+    fn problems(&self) -> Vec<String> {
         let mut files = vec![
-            ("tls.ca_cert", &self.tls.ca_cert),
-            ("tls.cert", &self.tls.cert),
-            ("tls.key", &self.tls.key),
-            ("data.train", &self.data.train),
+            ("tls.ca_cert", self.tls.ca_cert.as_path()),
+            ("tls.cert", self.tls.cert.as_path()),
+            ("tls.key", self.tls.key.as_path()),
+            ("data.train", self.data.train.as_path()),
         ];
         if let Some(test) = &self.data.test {
-            files.push(("data.test", test));
+            files.push(("data.test", test.as_path()));
         }
-        for (key, path) in files {
-            if !path.is_file() {
-                problems.push(format!("`{key}`: file `{}` does not exist", path.display()));
-            }
-        }
+        let mut problems = config::missing_files(files);
         match self.coordinator.address.rsplit_once(':') {
             Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0) => {}
             _ => problems.push(format!(
@@ -136,10 +119,6 @@ impl NodeConfig {
                 "`coordinator.reconnect_initial_ms` must be at least 1 and at most `reconnect_max_ms`".into(),
             );
         }
-        if problems.is_empty() {
-            Ok(())
-        } else {
-            Err(problems)
-        }
+        problems
     }
 }

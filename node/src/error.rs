@@ -2,22 +2,7 @@
 
 use std::path::PathBuf;
 
-/// The configuration file cannot be used.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("cannot read configuration `{path}`: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("configuration `{path}` is not valid: {message}")]
-    Parse { path: PathBuf, message: String },
-    #[error("configuration `{path}` has problems:\n  - {}", problems.join("\n  - "))]
-    Invalid {
-        path: PathBuf,
-        problems: Vec<String>,
-    },
-}
+pub use treaty_proto::config::ConfigError;
 
 /// A data file cannot be used for a task.
 #[derive(Debug, thiserror::Error, PartialEq)]

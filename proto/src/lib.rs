@@ -6,6 +6,7 @@
 //! TLS 1.3 configuration of both ends, and the development PKI. It knows nothing of nodes,
 //! coordinators, policies or learning.
 
+pub mod config;
 pub mod error;
 pub mod identity;
 pub mod pki;

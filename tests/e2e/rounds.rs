@@ -46,6 +46,35 @@ async fn a_node_joins_and_completes_a_round() {
         .into_inner()
         .status;
     assert_eq!(status, ServingStatus::Serving as i32);
+
+    // Server reflection lists Treaty's services, so that grpcurl and friends can explore them.
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+    let mut reflection =
+        ServerReflectionClient::new(tls.connect(&address, Duration::from_secs(5)).await.unwrap());
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut answers = reflection
+        .server_reflection_info(tokio_stream::iter([request]))
+        .await
+        .unwrap()
+        .into_inner();
+    let answer = answers.message().await.unwrap().unwrap();
+    let Some(MessageResponse::ListServicesResponse(list)) = answer.message_response else {
+        panic!("unexpected reflection answer: {answer:?}");
+    };
+    let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+    for service in [
+        "treaty.v1.AgencyService",
+        "treaty.v1.OperatorService",
+        "grpc.health.v1.Health",
+    ] {
+        assert!(names.iter().any(|n| n == service), "{names:?}");
+    }
 }
 
 #[tokio::test]

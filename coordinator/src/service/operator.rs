@@ -27,6 +27,13 @@ impl OperatorApi {
     pub fn new(ctx: Arc<Coordinator>) -> Self {
         OperatorApi { ctx }
     }
+
+    fn job(&self, id: &str) -> Result<Job, Status> {
+        self.ctx
+            .store
+            .job(id)?
+            .ok_or_else(|| Status::not_found(format!("job `{id}` does not exist")))
+    }
 }
 
 /// A federation name: 1 to 64 lowercase letters, digits and `-`, starting with a letter.
@@ -249,13 +256,7 @@ impl OperatorService for OperatorApi {
 
     async fn get_job(&self, request: Request<GetJobRequest>) -> Result<Response<Job>, Status> {
         require_operator(&request)?;
-        let id = request.into_inner().job_id;
-        let job = self
-            .ctx
-            .store
-            .job(&id)?
-            .ok_or_else(|| Status::not_found(format!("job `{id}` does not exist")))?;
-        Ok(Response::new(job))
+        Ok(Response::new(self.job(&request.into_inner().job_id)?))
     }
 
     async fn list_jobs(
@@ -276,11 +277,7 @@ impl OperatorService for OperatorApi {
         let id = request.into_inner().job_id;
         // Subscribe before reading the current state, so that no event falls in between.
         let mut events = self.ctx.events.subscribe();
-        let job = self
-            .ctx
-            .store
-            .job(&id)?
-            .ok_or_else(|| Status::not_found(format!("job `{id}` does not exist")))?;
+        let job = self.job(&id)?;
         let shutdown = self.ctx.shutdown.clone();
         let stream = async_stream(move |tx| async move {
             let done = is_final(&job);
