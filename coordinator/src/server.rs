@@ -31,11 +31,7 @@ pub async fn run(
 ) -> Result<(), CoordinatorError> {
     let tls = Arc::new(ServerTls::new(config.tls.files(), config.tls.crl.clone())?);
     let store = Store::open(&config.data_dir)?;
-    let ctx = Arc::new(Coordinator::new(
-        store,
-        tls.identity().clone(),
-        config.limits.clone(),
-    ));
+    let ctx = Arc::new(Coordinator::new(store, tls.clone(), config.limits.clone()));
     let local = listener
         .local_addr()
         .map_err(|source| CoordinatorError::Write {

@@ -1,10 +1,12 @@
 //! What every part of a running coordinator shares.
 
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 use treaty_proto::Identity;
+use treaty_proto::tls::ServerTls;
 use treaty_proto::v1::{Job, JobEvent};
 
 use crate::config::Limits;
@@ -21,6 +23,9 @@ pub struct Coordinator {
     pub tasks: Tasks,
     pub events: broadcast::Sender<JobEvent>,
     pub identity: Identity,
+    /// The TLS configuration in force, asked whether a peer's certificate has been revoked since
+    /// its connection opened.
+    pub tls: Arc<ServerTls>,
     pub limits: Limits,
     pub shutdown: CancellationToken,
 }
@@ -34,13 +39,14 @@ pub fn now_ms() -> i64 {
 }
 
 impl Coordinator {
-    pub fn new(store: Store, identity: Identity, limits: Limits) -> Self {
+    pub fn new(store: Store, tls: Arc<ServerTls>, limits: Limits) -> Self {
         Coordinator {
+            identity: tls.identity().clone(),
+            tls,
             store,
             sessions: Sessions::default(),
             tasks: Tasks::default(),
             events: broadcast::channel(1024).0,
-            identity,
             limits,
             shutdown: CancellationToken::new(),
         }

@@ -8,6 +8,7 @@
 //! Nodes and operators dial with [`connect`], which requires the server to present a
 //! coordinator certificate of the same CA, valid for the name dialled.
 
+use std::collections::HashSet;
 use std::io;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -30,6 +31,8 @@ use tokio_rustls::{TlsAcceptor, TlsConnector};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::server::Connected;
 use tonic::transport::{Channel, Endpoint, Uri};
+use x509_parser::prelude::{FromDer, X509Certificate};
+use x509_parser::revocation_list::CertificateRevocationList;
 
 use crate::error::TlsError;
 use crate::identity::Identity;
@@ -135,17 +138,36 @@ fn own_identity(
     Ok((certs, key, identity))
 }
 
+/// A server configuration and the serial numbers its CRL revokes.
+#[derive(Debug, Clone)]
+struct Loaded {
+    config: Arc<ServerConfig>,
+    revoked: Arc<HashSet<String>>,
+}
+
 fn build_server_config(
     files: &TlsFiles,
     crl: Option<&Path>,
-) -> Result<(Arc<ServerConfig>, Identity), TlsError> {
+) -> Result<(Loaded, Identity), TlsError> {
     let (certs, key, identity) = own_identity(files)?;
     let mut verifier =
         WebPkiClientVerifier::builder_with_provider(roots(&files.ca_cert)?, provider());
+    let mut revoked = HashSet::new();
     if let Some(crl) = crl {
-        verifier = verifier
-            .with_crls(load_crls(crl)?)
-            .only_check_end_entity_revocation();
+        let crls = load_crls(crl)?;
+        for der in &crls {
+            let (_, parsed) =
+                CertificateRevocationList::from_der(der.as_ref()).map_err(|e| TlsError::Pem {
+                    path: crl.to_owned(),
+                    message: format!("not a revocation list: {e}"),
+                })?;
+            revoked.extend(
+                parsed
+                    .iter_revoked_certificates()
+                    .map(|r| hex(r.raw_serial())),
+            );
+        }
+        verifier = verifier.with_crls(crls).only_check_end_entity_revocation();
     }
     let verifier = verifier
         .build()
@@ -157,7 +179,15 @@ fn build_server_config(
         .with_single_cert(certs, key)
         .map_err(|e| TlsError::Config(format!("`{}`: {e}", files.key.display())))?;
     config.alpn_protocols = vec![b"h2".to_vec()];
-    Ok((Arc::new(config), identity))
+    let loaded = Loaded {
+        config: Arc::new(config),
+        revoked: Arc::new(revoked),
+    };
+    Ok((loaded, identity))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// The verified peer of a connection, available in every request's extensions.
@@ -232,7 +262,7 @@ pub struct ServerTls {
     files: TlsFiles,
     crl: Option<PathBuf>,
     identity: Identity,
-    current: Mutex<(Option<FileStamp>, Arc<ServerConfig>)>,
+    current: Mutex<(Option<FileStamp>, Loaded)>,
 }
 
 /// When a file was last modified, and its length: a change of either means it was rewritten.
@@ -247,12 +277,12 @@ impl ServerTls {
     /// Loads the coordinator's certificate, key, CA and (optionally) CRL, checking them all now.
     pub fn new(files: TlsFiles, crl: Option<PathBuf>) -> Result<Self, TlsError> {
         let crl_stamp = crl.as_deref().and_then(stamp);
-        let (config, identity) = build_server_config(&files, crl.as_deref())?;
+        let (loaded, identity) = build_server_config(&files, crl.as_deref())?;
         Ok(ServerTls {
             files,
             crl,
             identity,
-            current: Mutex::new((crl_stamp, config)),
+            current: Mutex::new((crl_stamp, loaded)),
         })
     }
 
@@ -261,19 +291,19 @@ impl ServerTls {
         &self.identity
     }
 
-    /// The configuration for the next handshake, reloading the CRL when its file changed. A CRL
-    /// that no longer loads keeps the previous configuration in force and is logged: revocations
-    /// already in force are never dropped because of a bad write.
-    fn config(&self) -> Arc<ServerConfig> {
+    /// The configuration in force, reloading the CRL when its file changed. A CRL that no longer
+    /// loads keeps the previous one in force and is logged: revocations already in force are
+    /// never dropped because of a bad write.
+    fn current(&self) -> Loaded {
         // The pair is always whole (replaced in one assignment), so a poisoned lock is usable.
         let mut current = self.current.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(crl) = &self.crl {
             let now = stamp(crl);
             if now != current.0 {
                 match build_server_config(&self.files, Some(crl)) {
-                    Ok((config, _)) => {
-                        tracing::info!(crl = %crl.display(), "revocation list changed; reloaded");
-                        *current = (now, config);
+                    Ok((loaded, _)) => {
+                        tracing::info!(crl = %crl.display(), revoked = loaded.revoked.len(), "revocation list changed; reloaded");
+                        *current = (now, loaded);
                     }
                     Err(error) => {
                         tracing::error!(crl = %crl.display(), %error, "revocation list changed but cannot be loaded; keeping the previous one");
@@ -282,6 +312,13 @@ impl ServerTls {
             }
         }
         current.1.clone()
+    }
+
+    /// Whether the certificate with this serial number (hex, as in [`PeerInfo::serial`]) is
+    /// revoked by the CRL in force now. Connections opened before a revocation use this to end
+    /// themselves.
+    pub fn is_revoked(&self, serial: &str) -> bool {
+        self.current().revoked.contains(serial)
     }
 
     /// Accepts connections on `listener`, handshakes each on its own task and yields only the
@@ -303,7 +340,7 @@ impl ServerTls {
                     },
                 };
                 let _ = tcp.set_nodelay(true);
-                let acceptor = TlsAcceptor::from(self.config());
+                let acceptor = TlsAcceptor::from(self.current().config);
                 let tx = tx.clone();
                 tokio::spawn(async move {
                     match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
@@ -352,15 +389,8 @@ fn verified_peer(
 
 /// The serial number of a certificate, lowercase hex; empty when it cannot be parsed.
 pub fn serial_hex(cert: &CertificateDer<'_>) -> String {
-    use x509_parser::prelude::{FromDer, X509Certificate};
     X509Certificate::from_der(cert.as_ref())
-        .map(|(_, c)| {
-            c.tbs_certificate
-                .raw_serial()
-                .iter()
-                .map(|b| format!("{b:02x}"))
-                .collect()
-        })
+        .map(|(_, c)| hex(c.tbs_certificate.raw_serial()))
         .unwrap_or_default()
 }
 

@@ -181,3 +181,49 @@ async fn a_revoked_node_cannot_join() {
         node.log()
     );
 }
+
+#[tokio::test]
+async fn revoking_a_connected_agency_closes_its_session() {
+    let fx = Fixture::new(&[("DE-BKA", "DE"), ("NL-POLITIE", "NL")]);
+    let (coordinator, address) = fx.start_coordinator("127.0.0.1:0");
+    let _de = fx.start_node("DE-BKA", "DE", &address, 8);
+    let _nl = fx.start_node("NL-POLITIE", "NL", &address, 9);
+    let mut op = fx.operator(&address).await;
+    wait_connected(&mut op, &["DE-BKA", "NL-POLITIE"]).await;
+
+    let (nl_cert, _) = fx
+        .pki
+        .cert_and_key(&Identity::agency("NL", "NL-POLITIE").unwrap());
+    pki::revoke(&fx.pki, &nl_cert).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let connected: Vec<String> = op
+            .list_agencies(ListAgenciesRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .agencies
+            .into_iter()
+            .map(|a| a.agency)
+            .collect();
+        if connected == vec!["DE-BKA".to_owned()] {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still connected: {connected:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        coordinator
+            .log()
+            .contains("certificate revoked; session closed"),
+        "{}",
+        coordinator.log()
+    );
+    // The other agency goes on working alone.
+    create_federation(&mut op, "de-only", &["DE-BKA"]).await;
+    let job = run_training(&mut op, "de-only", 1, 1).await;
+    assert_eq!(job.rounds[0].contributors, vec!["DE-BKA".to_owned()]);
+}

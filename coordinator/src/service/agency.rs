@@ -20,6 +20,8 @@ use crate::tasks::{Outcome, TaskResult};
 
 /// How long a node has to say `Hello` after opening its session.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often an open session checks whether its certificate has been revoked since.
+const REVOCATION_CHECK: Duration = Duration::from_secs(1);
 /// How often nodes are asked to send heartbeats.
 const HEARTBEAT_INTERVAL_MS: u32 = 5_000;
 
@@ -44,8 +46,7 @@ impl AgencyService for AgencyApi {
         &self,
         request: Request<Streaming<NodeMessage>>,
     ) -> Result<Response<Self::SessionStream>, Status> {
-        let (agency, country) = require_agency(&request)?;
-        let identity = super::caller(&request)?;
+        let (agency, country, peer) = require_agency(&self.ctx, &request)?;
         let mut inbound = request.into_inner();
         let hello = match tokio::time::timeout(HELLO_TIMEOUT, inbound.message()).await {
             Ok(Ok(Some(NodeMessage {
@@ -73,7 +74,7 @@ impl AgencyService for AgencyApi {
         let (tx, rx) = mpsc::channel(64);
         let welcome = CoordinatorMessage {
             kind: Some(coordinator_message::Kind::Welcome(Welcome {
-                identity: identity.to_string(),
+                identity: peer.identity.to_string(),
                 coordinator: self.ctx.identity.to_string(),
                 heartbeat_interval_ms: HEARTBEAT_INTERVAL_MS,
                 max_chunk_bytes: DEFAULT_MAX_CHUNK_BYTES as u32,
@@ -103,10 +104,18 @@ impl AgencyService for AgencyApi {
 
         let ctx = self.ctx.clone();
         tokio::spawn(async move {
+            let mut revocation = tokio::time::interval(REVOCATION_CHECK);
             loop {
                 let message = tokio::select! {
                     m = inbound.message() => m,
                     _ = ctx.shutdown.cancelled() => break,
+                    _ = revocation.tick() => {
+                        if ctx.tls.is_revoked(&peer.serial) {
+                            tracing::warn!(agency, serial = peer.serial, "certificate revoked; session closed");
+                            break;
+                        }
+                        continue;
+                    }
                 };
                 match message {
                     Ok(Some(NodeMessage { kind: Some(kind) })) => handle(&ctx, &agency, kind),
@@ -130,7 +139,7 @@ impl AgencyService for AgencyApi {
         &self,
         request: Request<Streaming<ResultPart>>,
     ) -> Result<Response<SubmitReceipt>, Status> {
-        let (agency, _) = require_agency(&request)?;
+        let (agency, _, _) = require_agency(&self.ctx, &request)?;
         let mut parts = request.into_inner();
         let header = match parts.message().await? {
             Some(ResultPart {
@@ -187,7 +196,7 @@ impl AgencyService for AgencyApi {
         &self,
         request: Request<DownloadModelRequest>,
     ) -> Result<Response<Self::DownloadModelStream>, Status> {
-        let (agency, _) = require_agency(&request)?;
+        let (agency, _, _) = require_agency(&self.ctx, &request)?;
         let req = request.into_inner();
         let job = self
             .ctx

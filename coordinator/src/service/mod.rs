@@ -19,19 +19,32 @@ use crate::state::Coordinator;
 pub type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
 /// The caller's verified identity. Every connection to the coordinator is mutual TLS, so a
-/// request without one never reaches a handler; if it does, it is refused.
-pub fn caller<T>(request: &Request<T>) -> Result<Identity, Status> {
-    request
+/// request without one never reaches a handler; if it does, it is refused. A certificate revoked
+/// after its connection opened is refused from the next request on.
+pub fn caller<T>(ctx: &Coordinator, request: &Request<T>) -> Result<PeerInfo, Status> {
+    let peer = request
         .extensions()
         .get::<PeerInfo>()
-        .map(|p| p.identity.clone())
-        .ok_or_else(|| Status::unauthenticated("no verified client certificate"))
+        .cloned()
+        .ok_or_else(|| Status::unauthenticated("no verified client certificate"))?;
+    if ctx.tls.is_revoked(&peer.serial) {
+        tracing::warn!(identity = %peer.identity, serial = peer.serial, "request with a revoked certificate refused");
+        return Err(Status::unauthenticated(format!(
+            "the certificate of `{}` has been revoked",
+            peer.identity
+        )));
+    }
+    Ok(peer)
 }
 
-/// The calling agency's (id, country), or `PERMISSION_DENIED` for anyone else.
-pub fn require_agency<T>(request: &Request<T>) -> Result<(String, String), Status> {
-    match caller(request)? {
-        Identity::Agency { country, agency } => Ok((agency, country)),
+/// The calling agency's (id, country, connection), or `PERMISSION_DENIED` for anyone else.
+pub fn require_agency<T>(
+    ctx: &Coordinator,
+    request: &Request<T>,
+) -> Result<(String, String, PeerInfo), Status> {
+    let peer = caller(ctx, request)?;
+    match &peer.identity {
+        Identity::Agency { country, agency } => Ok((agency.clone(), country.clone(), peer)),
         other => Err(Status::permission_denied(format!(
             "`{other}` is not an agency; only agency certificates may use the agency service"
         ))),
@@ -39,8 +52,8 @@ pub fn require_agency<T>(request: &Request<T>) -> Result<(String, String), Statu
 }
 
 /// The calling operator's identity, or `PERMISSION_DENIED` for anyone else.
-pub fn require_operator<T>(request: &Request<T>) -> Result<Identity, Status> {
-    match caller(request)? {
+pub fn require_operator<T>(ctx: &Coordinator, request: &Request<T>) -> Result<Identity, Status> {
+    match caller(ctx, request)?.identity {
         id @ Identity::Operator { .. } => Ok(id),
         other => Err(Status::permission_denied(format!(
             "`{other}` is not an operator; only operator certificates may use the operator API"

@@ -167,7 +167,7 @@ impl OperatorService for OperatorApi {
         &self,
         request: Request<CreateFederationRequest>,
     ) -> Result<Response<FederationInfo>, Status> {
-        let operator = require_operator(&request)?;
+        let operator = require_operator(&self.ctx, &request)?;
         let mut info = request
             .into_inner()
             .federation
@@ -203,7 +203,7 @@ impl OperatorService for OperatorApi {
         &self,
         request: Request<ListFederationsRequest>,
     ) -> Result<Response<ListFederationsResponse>, Status> {
-        require_operator(&request)?;
+        require_operator(&self.ctx, &request)?;
         Ok(Response::new(ListFederationsResponse {
             federations: self.ctx.store.federations()?,
         }))
@@ -213,7 +213,7 @@ impl OperatorService for OperatorApi {
         &self,
         request: Request<ListAgenciesRequest>,
     ) -> Result<Response<ListAgenciesResponse>, Status> {
-        require_operator(&request)?;
+        require_operator(&self.ctx, &request)?;
         Ok(Response::new(ListAgenciesResponse {
             agencies: self.ctx.sessions.connected(),
         }))
@@ -223,7 +223,7 @@ impl OperatorService for OperatorApi {
         &self,
         request: Request<CreateJobRequest>,
     ) -> Result<Response<Job>, Status> {
-        let operator = require_operator(&request)?;
+        let operator = require_operator(&self.ctx, &request)?;
         let req = request.into_inner();
         let federation = self.ctx.store.federation(&req.federation)?.ok_or_else(|| {
             Status::not_found(format!(
@@ -255,7 +255,7 @@ impl OperatorService for OperatorApi {
     }
 
     async fn get_job(&self, request: Request<GetJobRequest>) -> Result<Response<Job>, Status> {
-        require_operator(&request)?;
+        require_operator(&self.ctx, &request)?;
         Ok(Response::new(self.job(&request.into_inner().job_id)?))
     }
 
@@ -263,7 +263,7 @@ impl OperatorService for OperatorApi {
         &self,
         request: Request<ListJobsRequest>,
     ) -> Result<Response<ListJobsResponse>, Status> {
-        require_operator(&request)?;
+        require_operator(&self.ctx, &request)?;
         Ok(Response::new(ListJobsResponse {
             jobs: self.ctx.store.jobs()?,
         }))
@@ -273,7 +273,7 @@ impl OperatorService for OperatorApi {
         &self,
         request: Request<WatchJobRequest>,
     ) -> Result<Response<Self::WatchJobStream>, Status> {
-        require_operator(&request)?;
+        require_operator(&self.ctx, &request)?;
         let id = request.into_inner().job_id;
         // Subscribe before reading the current state, so that no event falls in between.
         let mut events = self.ctx.events.subscribe();
@@ -327,7 +327,7 @@ impl OperatorService for OperatorApi {
         &self,
         request: Request<DownloadModelRequest>,
     ) -> Result<Response<Self::DownloadModelStream>, Status> {
-        require_operator(&request)?;
+        require_operator(&self.ctx, &request)?;
         let req = request.into_inner();
         Ok(Response::new(model_stream(
             &self.ctx,
