@@ -214,7 +214,7 @@ fn run_pki(command: PkiCommand) -> anyhow::Result<()> {
         }
         PkiCommand::Revoke { dir, cert } => {
             let serial = pki::revoke(&pki::PkiDir::new(&dir), &cert)?;
-            println!("revoked serial {serial}; coordinators refuse it from their next connection");
+            println!("revoked serial {serial}; coordinators refuse it from now on and close its open sessions");
         }
     }
     Ok(())
