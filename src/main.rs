@@ -2,6 +2,8 @@
 //! maps errors to exit codes (0 success, 1 failure, 2 unusable input).
 
 mod demo;
+mod local;
+mod model_cmd;
 mod operator;
 mod signals;
 mod synth;
@@ -45,6 +47,57 @@ enum Command {
     /// Makes and manages a development PKI.
     #[command(subcommand)]
     Pki(PkiCommand),
+    /// Writes realistic synthetic customs declarations for N agencies: a schema, train and test
+    /// splits per agency, and the ground truth.
+    Synth {
+        /// The directory to write.
+        #[arg(long)]
+        out: PathBuf,
+        /// How many agencies.
+        #[arg(long, default_value_t = 4)]
+        agencies: usize,
+        /// Declarations per agency (80 % train, 20 % test).
+        #[arg(long, default_value_t = 10_000)]
+        rows: usize,
+        /// The seed: the same seed writes the same files.
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+    },
+    /// Downloads and explains models.
+    #[command(subcommand)]
+    Model(ModelCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum ModelCommand {
+    /// Downloads a model version with its feature names, schema and standardisation, as JSON.
+    Get {
+        /// The operator's configuration file (coordinator address and TLS files).
+        #[arg(long)]
+        config: PathBuf,
+        /// The job.
+        #[arg(long)]
+        job: String,
+        /// The model version (default: the job's latest).
+        #[arg(long, default_value = "")]
+        version: String,
+        /// Where to write the model (default: standard output).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Predicts the records of a CSV file with a model file, and explains each prediction of a
+    /// linear model: every feature column's contribution to the score.
+    Explain {
+        /// A model file written by `treaty model get`.
+        #[arg(long)]
+        model: PathBuf,
+        /// Records to predict (CSV with a header, the schema's columns).
+        #[arg(long)]
+        data: PathBuf,
+        /// At most this many records.
+        #[arg(long, default_value_t = 10)]
+        limit: usize,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -165,6 +218,64 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Pki(command) => run_pki(command),
+        Command::Synth {
+            out,
+            agencies,
+            rows,
+            seed,
+        } => {
+            if agencies == 0 || rows < 5 {
+                anyhow::bail!("give at least one agency and five rows");
+            }
+            let written = synth::generate(&out, &synth::agencies(agencies), rows, seed)?;
+            print_synth(&out, &written);
+            Ok(())
+        }
+        Command::Model(ModelCommand::Get {
+            config,
+            job,
+            version,
+            out,
+        }) => {
+            let config = operator::OperatorConfig::load(&config)?;
+            let mut client = config.connect().await?;
+            let (header, tensors) = operator::download(&mut client, &job, &version).await?;
+            let text =
+                serde_json::to_string_pretty(&model_cmd::ModelFile::new(&header, &tensors)?)?;
+            match out {
+                Some(path) => std::fs::write(&path, text)
+                    .with_context(|| format!("cannot write `{}`", path.display()))?,
+                None => print_line(&text),
+            }
+            Ok(())
+        }
+        Command::Model(ModelCommand::Explain { model, data, limit }) => {
+            model_cmd::explain_records(&model, &data, limit)
+        }
+    }
+}
+
+#[allow(clippy::print_stdout)]
+fn print_line(text: &str) {
+    println!("{text}");
+}
+
+#[allow(clippy::print_stdout)]
+fn print_synth(out: &std::path::Path, written: &synth::Synth) {
+    println!("{}", out.join("schema.toml").display());
+    println!(
+        "the ground truth's AUC on the test splits: {:.4}",
+        written.truth_test_auc
+    );
+    for a in &written.agencies {
+        println!(
+            "{} ({}): {} and {}, {:.1} % seized",
+            a.agency,
+            a.country,
+            a.train.display(),
+            a.test.display(),
+            100.0 * a.prevalence
+        );
     }
 }
 
@@ -214,7 +325,9 @@ fn run_pki(command: PkiCommand) -> anyhow::Result<()> {
         }
         PkiCommand::Revoke { dir, cert } => {
             let serial = pki::revoke(&pki::PkiDir::new(&dir), &cert)?;
-            println!("revoked serial {serial}; coordinators refuse it from now on and close its open sessions");
+            println!(
+                "revoked serial {serial}; coordinators refuse it from now on and close its open sessions"
+            );
         }
     }
     Ok(())

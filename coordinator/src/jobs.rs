@@ -1,30 +1,24 @@
-//! Running jobs: rounds out to the federation's connected members, results back, aggregation,
-//! model versions and provenance.
+//! Running jobs: a training job's statistics round and its training rounds, a query's single
+//! round; aggregation by the job's strategy; model versions with their provenance.
 //!
 //! A job's state is stored after every step, so a coordinator that restarts resumes each running
-//! job at the first round that had not completed.
+//! job at the first step that had not completed.
 
-use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
 
-use tokio::sync::mpsc;
+use treaty_proto::schema;
 use treaty_proto::tensor::{self, NamedTensor};
 use treaty_proto::v1::{
-    AgencyMetrics, CancelTask, CoordinatorMessage, Dtype, Exclusion, Job, JobState, ModelHeader,
-    ModelKind, QueryKind, QuerySpec, QueryTask, RoundSummary, StoredModel, Task, TrainingSpec,
-    TrainingTask, coordinator_message, job_spec, task,
+    ColumnStats, Job, JobState, QueryKind, QuerySpec, QueryTask, StatsTask, TrainingSpec,
+    TrainingTask, job_spec, task,
 };
 
-use crate::aggregate;
+use crate::aggregate::{self, Settings};
 use crate::error::CoordinatorError;
+use crate::models;
+use crate::rounds::{self, fail, round_line};
 use crate::state::{Coordinator, now_ms};
-use crate::tasks::{Delivery, Outcome, TaskResult};
-
-/// Default wait for a round's results.
-pub const DEFAULT_ROUND_TIMEOUT_MS: u32 = 60_000;
-/// Default wait for enough members to be connected.
-pub const DEFAULT_JOIN_TIMEOUT_MS: u32 = 60_000;
+use crate::tasks::TaskResult;
 
 /// Starts the job's runner on its own task.
 pub fn spawn(ctx: Arc<Coordinator>, job_id: String) {
@@ -57,40 +51,34 @@ pub fn spawn(ctx: Arc<Coordinator>, job_id: String) {
     });
 }
 
-/// Why a job stopped before its last round.
-fn fail(message: String) -> CoordinatorError {
-    CoordinatorError::JobFailed(message)
-}
-
 async fn run(ctx: &Coordinator, job_id: &str) -> Result<(), CoordinatorError> {
     let mut job = ctx
         .store
         .job(job_id)?
         .ok_or_else(|| CoordinatorError::NotFound(format!("job `{job_id}` does not exist")))?;
-    let spec = job.spec.clone().unwrap_or_default();
-    let rounds = match &spec.kind {
-        Some(job_spec::Kind::Training(t)) => t.rounds,
-        Some(job_spec::Kind::Query(_)) => 1,
-        None => return Err(fail("the job has no kind".into())),
-    };
-    // Resume: drop a round that started but did not complete.
+    // Resume: a round that started but did not complete is run again.
     job.rounds.retain(|r| r.finished_unix_ms != 0);
-    if job.state != JobState::Running as i32 {
-        job.state = JobState::Running as i32;
-        ctx.store.put_job(&job)?;
-        ctx.emit(&job, 0, "", format!("job started: {rounds} round(s)"));
-    } else {
-        ctx.store.put_job(&job)?;
+    let resumed = job.state == JobState::Running as i32;
+    job.state = JobState::Running as i32;
+    ctx.store.put_job(&job)?;
+    if resumed {
         ctx.emit(
             &job,
             0,
             "",
             format!("job resumed after round {}", job.rounds.len()),
         );
+    } else {
+        ctx.emit(&job, 0, "", "job started".to_owned());
     }
-    while (job.rounds.len() as u32) < rounds {
-        let round = job.rounds.len() as u32 + 1;
-        run_round(ctx, &mut job, round).await?;
+    match job.spec.as_ref().and_then(|s| s.kind.clone()) {
+        Some(job_spec::Kind::Training(spec)) => train(ctx, &mut job, spec).await?,
+        Some(job_spec::Kind::Query(spec)) => {
+            if job.rounds.is_empty() {
+                query(ctx, &mut job, spec).await?;
+            }
+        }
+        None => return Err(fail("the job has no kind".into())),
     }
     job.state = JobState::Succeeded as i32;
     ctx.store.put_job(&job)?;
@@ -106,255 +94,189 @@ async fn run(ctx: &Coordinator, job_id: &str) -> Result<(), CoordinatorError> {
         &job,
         0,
         "",
-        format!("job succeeded after {rounds} round(s)"),
+        format!("job succeeded after {} round(s)", job.rounds.len()),
     );
     Ok(())
 }
 
-/// Waits until at least `min` members hold a session; returns the connected members, in the
-/// federation's order.
-async fn wait_for_members(
-    ctx: &Coordinator,
-    members: &[String],
-    min: usize,
-    timeout: Duration,
-) -> Result<Vec<String>, Vec<String>> {
-    let mut changes = ctx.sessions.subscribe();
-    let deadline = tokio::time::Instant::now() + timeout;
-    loop {
-        let connected: Vec<String> = members
-            .iter()
-            .filter(|m| ctx.sessions.is_connected(m))
-            .cloned()
-            .collect();
-        if connected.len() >= min {
-            return Ok(connected);
-        }
-        tokio::select! {
-            changed = changes.changed() => if changed.is_err() { return Err(connected) },
-            _ = tokio::time::sleep_until(deadline) => return Err(connected),
-        }
+/// Stores the training spec back into the job (after the statistics round filled it in).
+fn set_training_spec(job: &mut Job, spec: &TrainingSpec) {
+    if let Some(s) = job.spec.as_mut() {
+        s.kind = Some(job_spec::Kind::Training(spec.clone()));
     }
 }
 
-async fn run_round(ctx: &Coordinator, job: &mut Job, round: u32) -> Result<(), CoordinatorError> {
-    let spec = job.spec.clone().unwrap_or_default();
-    let federation = ctx
-        .store
-        .federation(&job.federation)?
-        .ok_or_else(|| fail(format!("federation `{}` no longer exists", job.federation)))?;
-    let min = spec.min_participants.max(1) as usize;
-    let join_timeout = Duration::from_millis(u64::from(or_default(
-        spec.join_timeout_ms,
-        DEFAULT_JOIN_TIMEOUT_MS,
-    )));
-    let round_timeout = or_default(spec.round_timeout_ms, DEFAULT_ROUND_TIMEOUT_MS);
-
-    let invited = match wait_for_members(ctx, &federation.members, min, join_timeout).await {
-        Ok(invited) => invited,
-        Err(connected) => {
-            return Err(fail(format!(
-                "round {round}: only {} member(s) connected ({}) after {} s; the job needs {min}",
-                connected.len(),
-                connected.join(", "),
-                join_timeout.as_secs()
-            )));
-        }
-    };
-
-    // The global model this round starts from (training jobs).
-    let global = match &spec.kind {
-        Some(job_spec::Kind::Training(t)) => Some(current_model(ctx, job, t)?),
-        _ => None,
-    };
-
-    let started = now_ms();
-    let deadline_ms = started + i64::from(round_timeout);
-    job.rounds.push(RoundSummary {
-        round,
-        invited: invited.clone(),
-        started_unix_ms: started,
-        ..Default::default()
-    });
-    ctx.store.put_job(job)?;
-    ctx.audit(
-        &ctx.identity.to_string(),
-        "round.started",
-        job,
-        round,
-        "",
-        format!("invited: {}", invited.join(", ")),
-    )?;
-    ctx.emit(
-        job,
-        round,
-        "",
-        format!("round {round} started: {} agencies invited", invited.len()),
-    );
-
-    // Send the task to every invited member.
-    let (tx, mut rx) = mpsc::unbounded_channel::<Delivery>();
-    let mut open: HashMap<String, String> = HashMap::new(); // agency -> task id
-    let mut excluded: Vec<Exclusion> = Vec::new();
-    for agency in &invited {
-        let task_id = format!("{}-r{round}-{agency}", job.job_id);
-        let kind = match &spec.kind {
-            Some(job_spec::Kind::Training(t)) => task::Kind::Training(TrainingTask {
-                spec: Some(t.clone()),
-                model_version: job.latest_model_version.clone(),
-            }),
-            Some(job_spec::Kind::Query(q)) => task::Kind::Query(QueryTask {
-                spec: Some(q.clone()),
-            }),
-            None => return Err(fail("the job has no kind".into())),
-        };
-        let message = CoordinatorMessage {
-            kind: Some(coordinator_message::Kind::Task(Task {
-                task_id: task_id.clone(),
-                job_id: job.job_id.clone(),
-                federation: job.federation.clone(),
-                round,
-                deadline_unix_ms: deadline_ms,
-                kind: Some(kind),
-            })),
-        };
-        ctx.tasks.open(&task_id, agency, tx.clone());
-        let sent = match ctx.sessions.outbox(agency) {
-            Some(outbox) => outbox.send(Ok(message)).await.is_ok(),
-            None => false,
-        };
-        if sent {
-            open.insert(agency.clone(), task_id);
-        } else {
-            ctx.tasks.close(&task_id);
-            excluded.push(exclusion(
-                agency,
-                "NOT_CONNECTED",
-                "the node's session closed before the task could be sent",
+async fn train(
+    ctx: &Coordinator,
+    job: &mut Job,
+    mut spec: TrainingSpec,
+) -> Result<(), CoordinatorError> {
+    let schema = spec.schema.clone().unwrap_or_default();
+    let numeric = schema::numeric_columns(&schema).len();
+    if numeric > 0 && spec.standardization.is_empty() {
+        spec.standardization = statistics(ctx, job, &spec).await?;
+        set_training_spec(job, &spec);
+        ctx.store.put_job(job)?;
+    }
+    if job.latest_model_version.is_empty() {
+        let version = format!("{}/r0", job.job_id);
+        models::store(
+            ctx,
+            job,
+            &spec,
+            0,
+            &version,
+            &models::initial_model(&spec),
+            &[],
+            None,
+        )?;
+        job.latest_model_version = version;
+        ctx.store.put_job(job)?;
+    }
+    let settings = Settings::from(spec.strategy.as_ref());
+    while (job.rounds.len() as u32) < spec.rounds {
+        let round = job.rounds.len() as u32 + 1;
+        let (global, mut state) = models::load(ctx, &job.latest_model_version)?;
+        let kind = task::Kind::Training(TrainingTask {
+            spec: Some(spec.clone()),
+            model_version: job.latest_model_version.clone(),
+        });
+        let check = |r: &TaskResult| check_update(&global, r);
+        let collected = rounds::collect(ctx, job, round, kind, check).await?;
+        let locals: Vec<(u64, &[NamedTensor])> = collected
+            .results
+            .iter()
+            .map(|(_, r)| (r.num_examples, r.tensors.as_slice()))
+            .collect();
+        let (model, note) = aggregate::aggregate(&settings, &global, &locals, &mut state);
+        let version = format!("{}/r{round}", job.job_id);
+        let mut summary = collected.summary;
+        models::store(
+            ctx,
+            job,
+            &spec,
+            round,
+            &version,
+            &model,
+            &summary.contributors,
+            state.as_ref(),
+        )?;
+        summary.model_version = version.clone();
+        summary.finished_unix_ms = now_ms();
+        job.latest_model_version = version;
+        let mut line = round_line(&summary);
+        if !note.is_empty() {
+            line.push_str(&format!(
+                "; {} aggregation {note}",
+                settings.aggregation.as_str_name()
             ));
         }
+        job.rounds.push(summary);
+        ctx.store.put_job(job)?;
+        ctx.audit(
+            &ctx.identity.to_string(),
+            "round.completed",
+            job,
+            round,
+            "",
+            line.clone(),
+        )?;
+        ctx.emit(job, round, "", format!("round {round} completed: {line}"));
     }
-    drop(tx);
+    Ok(())
+}
 
-    // Collect outcomes until every task is answered or the deadline passes.
-    let mut results: Vec<(String, TaskResult)> = Vec::new();
-    let deadline = tokio::time::Instant::now() + Duration::from_millis(u64::from(round_timeout));
-    while !open.is_empty() {
-        let delivery = tokio::select! {
-            d = rx.recv() => d,
-            _ = tokio::time::sleep_until(deadline) => None,
-        };
-        let Some((agency, outcome)) = delivery else {
-            break;
-        };
-        open.remove(&agency);
-        match outcome {
-            Outcome::Refused {
-                reason_code,
-                message,
-            } => {
-                ctx.emit(
-                    job,
-                    round,
-                    &agency,
-                    format!("{agency} refused the task: {reason_code}: {message}"),
-                );
-                ctx.audit(
-                    &format!("agency:{agency}"),
-                    "task.refused",
-                    job,
-                    round,
-                    &agency,
-                    format!("{reason_code}: {message}"),
-                )?;
-                excluded.push(exclusion(
-                    &agency,
-                    "REFUSED",
-                    &format!("{reason_code}: {message}"),
-                ));
-            }
-            Outcome::Invalid(reason) => reject(ctx, job, round, &agency, reason, &mut excluded)?,
-            Outcome::Result(result) => match check_result(&spec.kind, global.as_deref(), &result) {
-                Ok(()) => {
-                    ctx.emit(
-                        job,
-                        round,
-                        &agency,
-                        format!(
-                            "{agency} sent its result ({} examples)",
-                            result.num_examples
-                        ),
-                    );
-                    results.push((agency, result));
-                }
-                Err(reason) => reject(ctx, job, round, &agency, reason, &mut excluded)?,
-            },
-        }
-    }
-    for (agency, task_id) in open {
-        ctx.tasks.close(&task_id);
-        if let Some(outbox) = ctx.sessions.outbox(&agency) {
-            let _ = outbox.try_send(Ok(CoordinatorMessage {
-                kind: Some(coordinator_message::Kind::Cancel(CancelTask {
-                    task_id,
-                    reason: "the round's deadline passed".into(),
-                })),
-            }));
-        }
-        excluded.push(exclusion(
-            &agency,
-            "TIMED_OUT",
-            &format!("no result within {} ms", round_timeout),
-        ));
-    }
-
-    if results.len() < min {
-        return Err(fail(format!(
-            "round {round}: {} result(s) arrived, fewer than the {min} the job needs",
-            results.len()
-        )));
-    }
-
-    // Aggregate.
-    let mut summary = job.rounds.pop().unwrap_or_default();
-    summary.contributors = results.iter().map(|(a, _)| a.clone()).collect();
-    summary.excluded = excluded;
-    summary.num_examples = results.iter().map(|(_, r)| r.num_examples).sum();
-    let metric_inputs: Vec<(u64, &HashMap<String, f64>)> = results
+/// The statistics round: every member's clamped column sums, combined into the federation's
+/// mean and standard deviation of each numeric column. No record leaves a node.
+async fn statistics(
+    ctx: &Coordinator,
+    job: &mut Job,
+    spec: &TrainingSpec,
+) -> Result<Vec<ColumnStats>, CoordinatorError> {
+    let schema = spec.schema.clone().unwrap_or_default();
+    let columns: Vec<String> = schema::numeric_columns(&schema)
         .iter()
-        .map(|(_, r)| (r.num_examples, &r.metrics))
+        .map(|c| c.name.clone())
         .collect();
-    summary.metrics = aggregate::weighted_metrics(&metric_inputs);
-    summary.agency_metrics = results
-        .iter()
-        .map(|(a, r)| {
-            (
-                a.clone(),
-                AgencyMetrics {
-                    values: r.metrics.clone(),
-                    num_examples: r.num_examples,
-                },
-            )
+    let width = columns.len();
+    let kind = task::Kind::Stats(StatsTask {
+        schema: Some(schema),
+    });
+    let check = |r: &TaskResult| match r.tensors.as_slice() {
+        [t] if t.name == "stats" && t.values.shape() == [width, 3] => {
+            let ok = t
+                .values
+                .rows()
+                .into_iter()
+                .all(|row| row[0] >= 0.0 && row[0] <= r.num_examples as f64 && row[2] >= 0.0);
+            if ok {
+                Ok(())
+            } else {
+                Err("the column sums are impossible (negative counts or squares)".to_owned())
+            }
+        }
+        _ => Err(format!(
+            "statistics must be one tensor `stats` of shape [{width}, 3]"
+        )),
+    };
+    let collected = rounds::collect(ctx, job, 0, kind, check).await?;
+    let mut totals = vec![[0.0f64; 3]; width];
+    for (_, r) in &collected.results {
+        for (total, row) in totals.iter_mut().zip(r.tensors[0].values.rows()) {
+            for (t, v) in total.iter_mut().zip(row.iter()) {
+                *t += v;
+            }
+        }
+    }
+    let stats: Vec<ColumnStats> = columns
+        .into_iter()
+        .zip(totals)
+        .map(|(name, [n, sum, squares])| {
+            let mean = if n > 0.0 { sum / n } else { 0.0 };
+            let variance = if n > 0.0 {
+                (squares / n - mean * mean).max(0.0)
+            } else {
+                0.0
+            };
+            let std = variance.sqrt();
+            ColumnStats {
+                name,
+                mean,
+                std: if std > 1e-12 { std } else { 1.0 },
+                count: n,
+            }
         })
         .collect();
-    match &spec.kind {
-        Some(job_spec::Kind::Training(t)) => {
-            let inputs: Vec<(u64, &[NamedTensor])> = results
-                .iter()
-                .map(|(_, r)| (r.num_examples, r.tensors.as_slice()))
-                .collect();
-            let model = aggregate::fedavg(&inputs)
-                .ok_or_else(|| fail(format!("round {round}: the results hold no examples")))?;
-            let version = format!("{}/r{round}", job.job_id);
-            store_model(ctx, job, t, round, &version, &model, &summary.contributors)?;
-            summary.model_version = version.clone();
-            job.latest_model_version = version;
-        }
-        Some(job_spec::Kind::Query(q)) => {
-            summary.values = combine_query(q, &results);
-        }
-        None => {}
-    }
+    let mut summary = collected.summary;
+    summary.finished_unix_ms = now_ms();
+    let line = round_line(&summary);
+    job.statistics = Some(summary);
+    ctx.audit(
+        &ctx.identity.to_string(),
+        "statistics.completed",
+        job,
+        0,
+        "",
+        line.clone(),
+    )?;
+    ctx.emit(job, 0, "", format!("statistics round completed: {line}"));
+    Ok(stats)
+}
+
+async fn query(ctx: &Coordinator, job: &mut Job, spec: QuerySpec) -> Result<(), CoordinatorError> {
+    let width = query_width(&spec);
+    let kind = task::Kind::Query(QueryTask {
+        spec: Some(spec.clone()),
+    });
+    let check = |r: &TaskResult| match r.tensors.as_slice() {
+        [t] if t.name == "statistic" && t.values.len() == width => Ok(()),
+        _ => Err(format!(
+            "a query result must be one tensor `statistic` of {width} values"
+        )),
+    };
+    let collected = rounds::collect(ctx, job, 1, kind, check).await?;
+    let mut summary = collected.summary;
+    summary.values = combine_query(&spec, &collected.results);
     summary.finished_unix_ms = now_ms();
     let line = round_line(&summary);
     job.rounds.push(summary);
@@ -363,168 +285,29 @@ async fn run_round(ctx: &Coordinator, job: &mut Job, round: u32) -> Result<(), C
         &ctx.identity.to_string(),
         "round.completed",
         job,
-        round,
+        1,
         "",
         line.clone(),
     )?;
-    ctx.emit(job, round, "", format!("round {round} completed: {line}"));
+    ctx.emit(job, 1, "", format!("round 1 completed: {line}"));
     Ok(())
 }
 
-/// Records a result that cannot be used: logged and audited with the agency's identity, reported
-/// to watchers, and the agency excluded from the round.
-fn reject(
-    ctx: &Coordinator,
-    job: &Job,
-    round: u32,
-    agency: &str,
-    reason: String,
-    excluded: &mut Vec<Exclusion>,
-) -> Result<(), CoordinatorError> {
-    tracing::warn!(job = %job.job_id, round, agency, reason, "update rejected");
-    ctx.audit(
-        &format!("agency:{agency}"),
-        "update.rejected",
-        job,
-        round,
-        agency,
-        reason.clone(),
-    )?;
-    ctx.emit(
-        job,
-        round,
-        agency,
-        format!("{agency}'s result was rejected: {reason}"),
-    );
-    excluded.push(exclusion(agency, "INVALID_UPDATE", &reason));
+/// Checks a training result against the global model: same layout, some examples, within its
+/// declared norm bound. Completeness and finiteness were checked on arrival.
+fn check_update(global: &[NamedTensor], result: &TaskResult) -> Result<(), String> {
+    tensor::check_same_layout(global, &result.tensors).map_err(|e| e.to_string())?;
+    if result.num_examples == 0 {
+        return Err("the update claims zero examples".into());
+    }
+    let norm = aggregate::l2_distance(&result.tensors, global);
+    if result.declared_norm_bound > 0.0 && norm > result.declared_norm_bound {
+        return Err(format!(
+            "the update's L2 norm {norm:.6} exceeds its declared bound {}",
+            result.declared_norm_bound
+        ));
+    }
     Ok(())
-}
-
-fn or_default(value: u32, default: u32) -> u32 {
-    if value == 0 { default } else { value }
-}
-
-fn exclusion(agency: &str, code: &str, message: &str) -> Exclusion {
-    Exclusion {
-        agency: agency.to_owned(),
-        reason_code: code.to_owned(),
-        message: message.to_owned(),
-    }
-}
-
-/// A one-line account of a completed round.
-fn round_line(summary: &RoundSummary) -> String {
-    let mut metrics: Vec<_> = summary.metrics.iter().collect();
-    metrics.sort_by(|a, b| a.0.cmp(b.0));
-    let metrics: Vec<String> = metrics.iter().map(|(k, v)| format!("{k}={v:.4}")).collect();
-    let mut line = format!(
-        "{} contributor(s) ({}), {} examples",
-        summary.contributors.len(),
-        summary.contributors.join(", "),
-        summary.num_examples
-    );
-    if !metrics.is_empty() {
-        line.push_str(&format!(", {}", metrics.join(" ")));
-    }
-    if !summary.values.is_empty() {
-        line.push_str(&format!(", values {:?}", summary.values));
-    }
-    line
-}
-
-/// The tensors of a new model for `spec`, all zero.
-pub fn initial_model(spec: &TrainingSpec) -> Vec<NamedTensor> {
-    use ndarray::{ArrayD, IxDyn};
-    vec![
-        NamedTensor::new("weights", ArrayD::zeros(IxDyn(&[spec.features.len()]))),
-        NamedTensor::new("bias", ArrayD::zeros(IxDyn(&[]))),
-    ]
-}
-
-/// The model the next round starts from: the latest stored version, or a new one (stored as
-/// round 0, so that nodes download it like any other).
-fn current_model(
-    ctx: &Coordinator,
-    job: &mut Job,
-    spec: &TrainingSpec,
-) -> Result<Vec<NamedTensor>, CoordinatorError> {
-    if !job.latest_model_version.is_empty() {
-        let stored = ctx.store.model(&job.latest_model_version)?.ok_or_else(|| {
-            CoordinatorError::Corrupt(format!("model `{}` is missing", job.latest_model_version))
-        })?;
-        return tensor::from_whole(&stored.tensors, ctx.limits.max_update_elements).map_err(|e| {
-            CoordinatorError::Corrupt(format!("model `{}`: {e}", job.latest_model_version))
-        });
-    }
-    if spec.model != ModelKind::LogisticRegression as i32 {
-        return Err(fail("the job's model kind is not supported".into()));
-    }
-    let model = initial_model(spec);
-    let version = format!("{}/r0", job.job_id);
-    store_model(ctx, job, spec, 0, &version, &model, &[])?;
-    job.latest_model_version = version;
-    ctx.store.put_job(job)?;
-    Ok(model)
-}
-
-fn store_model(
-    ctx: &Coordinator,
-    job: &Job,
-    spec: &TrainingSpec,
-    round: u32,
-    version: &str,
-    model: &[NamedTensor],
-    contributors: &[String],
-) -> Result<(), CoordinatorError> {
-    let tensors = tensor::to_whole(model, Dtype::F64);
-    ctx.store.put_model(&StoredModel {
-        header: Some(ModelHeader {
-            job_id: job.job_id.clone(),
-            model_version: version.to_owned(),
-            round,
-            spec: Some(spec.clone()),
-            tensors: tensors.iter().filter_map(|t| t.spec.clone()).collect(),
-        }),
-        tensors,
-        contributors: contributors.to_vec(),
-        created_unix_ms: now_ms(),
-    })
-}
-
-/// Checks a result against what the round expects: the global model's layout and the declared
-/// norm bound for training; one value per expected statistic for queries. Finiteness and
-/// completeness were checked on arrival.
-fn check_result(
-    kind: &Option<job_spec::Kind>,
-    global: Option<&[NamedTensor]>,
-    result: &TaskResult,
-) -> Result<(), String> {
-    match (kind, global) {
-        (Some(job_spec::Kind::Training(_)), Some(global)) => {
-            tensor::check_same_layout(global, &result.tensors).map_err(|e| e.to_string())?;
-            if result.num_examples == 0 {
-                return Err("the update claims zero examples".into());
-            }
-            let norm = aggregate::l2_distance(&result.tensors, global);
-            if result.declared_norm_bound > 0.0 && norm > result.declared_norm_bound {
-                return Err(format!(
-                    "the update's L2 norm {norm:.6} exceeds its declared bound {}",
-                    result.declared_norm_bound
-                ));
-            }
-            Ok(())
-        }
-        (Some(job_spec::Kind::Query(q)), _) => {
-            let expected = query_width(q);
-            match result.tensors.as_slice() {
-                [t] if t.name == "statistic" && t.values.len() == expected => Ok(()),
-                _ => Err(format!(
-                    "a query result must be one tensor `statistic` of {expected} values"
-                )),
-            }
-        }
-        _ => Err("the round expects no result".into()),
-    }
 }
 
 /// How many values a node returns for a query: [count], [sum], or [sum, count] for a mean.

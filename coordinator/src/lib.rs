@@ -11,6 +11,8 @@ pub mod aggregate;
 pub mod config;
 pub mod error;
 pub mod jobs;
+pub mod models;
+pub mod rounds;
 pub mod server;
 pub mod service;
 pub mod sessions;

@@ -17,21 +17,47 @@ pub enum DataError {
         column: String,
         available: String,
     },
-    #[error("`{path}`, row {row}, column `{column}`: `{value}` is not a number")]
+    #[error("`{path}`, line {row}, column `{column}`: `{value}` is not a number")]
     NotNumeric {
         path: PathBuf,
         row: u64,
         column: String,
         value: String,
     },
-    #[error("`{path}`, row {row}, column `{column}`: label `{value}` is not 0 or 1")]
+    #[error(
+        "`{path}`, line {row}, column `{column}`: the label `{value}` is not expected; expected {expected}"
+    )]
     BadLabel {
         path: PathBuf,
         row: u64,
         column: String,
         value: String,
+        expected: String,
     },
-    #[error("`{path}`, row {row}: {message}")]
+    #[error(
+        "`{path}`, line {row}, column `{column}`: the cell is empty and the schema rejects missing values there"
+    )]
+    MissingValue {
+        path: PathBuf,
+        row: u64,
+        column: String,
+    },
+    #[error("`{path}`, line {row}, column `{column}`: {message}")]
+    BadValue {
+        path: PathBuf,
+        row: u64,
+        column: String,
+        message: String,
+    },
+    #[error(
+        "`{path}`, column `{column}`: more than {limit} distinct values, so it cannot be categorical"
+    )]
+    TooManyValues {
+        path: PathBuf,
+        column: String,
+        limit: usize,
+    },
+    #[error("`{path}`, line {row}: {message}")]
     BadRow {
         path: PathBuf,
         row: u64,

@@ -1,7 +1,8 @@
 //! An agency's node.
 //!
-//! It owns the agency's side of a federation: loading its records, carrying out tasks on them
-//! (local training, analytics), the journal of everything it releases (written before anything
+//! It owns the agency's side of a federation: loading its records and encoding them by the
+//! federation's schema, the models and their local training and evaluation, carrying out tasks
+//! (training rounds, column statistics, analytics), the journal of everything it releases (written before anything
 //! leaves), and the client that dials out to the coordinator and keeps its session alive. It
 //! trusts only the coordinator's verified certificate and never relies on the coordinator's
 //! word for what its own data may be used for. It knows nothing of the coordinator's internals.
@@ -9,9 +10,12 @@
 pub mod config;
 pub mod data;
 pub mod error;
+pub mod explain;
 pub mod journal;
+pub mod metrics;
 pub mod model;
 pub mod session;
+pub mod train;
 pub mod work;
 
 use std::sync::Arc;

@@ -220,6 +220,7 @@ async fn carry_out(
         kind: match kind {
             task::Kind::Training(_) => "training".into(),
             task::Kind::Query(_) => "query".into(),
+            task::Kind::Stats(_) => "statistics".into(),
         },
         num_examples: output.num_examples,
         tensors: output

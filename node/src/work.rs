@@ -1,20 +1,26 @@
-//! Carrying out one task on the agency's own data: read the records, train or compute, and
-//! produce the result to release. CPU work runs on a blocking thread, off the async runtime.
+//! Carrying out one task on the agency's own data: encode the records by the job's schema,
+//! then train, compute column statistics or answer a query. CPU work runs on a blocking thread,
+//! off the async runtime.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use ndarray::{ArrayD, IxDyn};
+use prost::Message;
 use tokio_stream::StreamExt;
 use tonic::transport::Channel;
+use treaty_proto::schema;
 use treaty_proto::tensor::{Assembler, DEFAULT_MAX_CHUNK_BYTES, NamedTensor};
 use treaty_proto::v1::agency_service_client::AgencyServiceClient;
 use treaty_proto::v1::{
-    DownloadModelRequest, ModelKind, QueryKind, QuerySpec, TrainingSpec, model_part, task,
+    ColumnStats, DownloadModelRequest, FeatureSchema, ModelKind, QueryKind, QuerySpec,
+    TrainingSpec, model_part, task,
 };
 
 use crate::data::{Examples, Table};
-use crate::model::{Logistic, Sgd};
+use crate::metrics;
+use crate::model::{Kind, Model};
+use crate::train::{Sgd, train};
 
 /// Why a node declines a task: a stable code and a sentence.
 #[derive(Debug, Clone, PartialEq)]
@@ -40,60 +46,75 @@ pub struct Output {
     pub tensors: Vec<NamedTensor>,
 }
 
-/// The agency's data, with the matrices of recent tasks kept in memory.
+/// Encoded examples of one table for one schema and standardisation.
+type Encoded = Result<Arc<Examples>, Refusal>;
+
+/// The agency's data, with the encodings of recent jobs kept in memory.
 #[derive(Debug)]
 pub struct Worker {
-    pub train: Table,
-    pub test: Option<Table>,
-    cache: Mutex<HashMap<ColumnsKey, Arc<Examples>>>,
+    pub train: Arc<Table>,
+    pub test: Option<Arc<Table>>,
+    cache: Mutex<HashMap<(bool, Vec<u8>), Encoded>>,
 }
-
-/// Which examples: (file, feature columns, label column).
-type ColumnsKey = (String, Vec<String>, Option<String>);
 
 /// The largest model a node accepts from the coordinator, in elements.
 const MAX_MODEL_ELEMENTS: u64 = 50_000_000;
 
+fn internal(e: impl std::fmt::Display) -> Refusal {
+    Refusal::new("INTERNAL_ERROR", e.to_string())
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, Refusal> {
+    tokio::task::spawn_blocking(f).await.map_err(internal)
+}
+
 impl Worker {
     pub fn new(train: Table, test: Option<Table>) -> Self {
         Worker {
-            train,
-            test,
+            train: Arc::new(train),
+            test: test.map(Arc::new),
             cache: Mutex::new(HashMap::new()),
         }
     }
 
-    /// Reads (or recalls) the examples of `table` for these columns, on a blocking thread.
-    async fn examples(
+    /// Encodes (or recalls) a table by a schema, on a blocking thread. A data error is
+    /// remembered too, so the node refuses every round of the job with the same message.
+    async fn encoded(
         &self,
-        table: &Table,
-        features: &[String],
-        label: Option<&str>,
-    ) -> Result<Arc<Examples>, Refusal> {
-        let key = (
-            table.path.display().to_string(),
-            features.to_vec(),
-            label.map(str::to_owned),
-        );
+        test: bool,
+        schema: &FeatureSchema,
+        stats: &[ColumnStats],
+    ) -> Option<Encoded> {
+        let table = if test {
+            self.test.clone()?
+        } else {
+            self.train.clone()
+        };
+        let mut key = schema.encode_to_vec();
+        for s in stats {
+            s.encode(&mut key).ok()?;
+        }
+        let key = (test, key);
         if let Some(hit) = self
             .cache
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .get(&key)
         {
-            return Ok(hit.clone());
+            return Some(hit.clone());
         }
-        let (t, f, l) = (table.clone(), features.to_vec(), label.map(str::to_owned));
-        let loaded = tokio::task::spawn_blocking(move || t.load(&f, l.as_deref()))
-            .await
-            .map_err(|e| Refusal::new("INTERNAL_ERROR", e.to_string()))?
-            .map_err(|e| Refusal::new("DATA_ERROR", e.to_string()))?;
-        let loaded = Arc::new(loaded);
-        self.cache
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(key, loaded.clone());
-        Ok(loaded)
+        let (schema, stats) = (schema.clone(), stats.to_vec());
+        let encoded = match blocking(move || table.encode(&schema, &stats)).await {
+            Ok(Ok(examples)) => Ok(Arc::new(examples)),
+            Ok(Err(e)) => Err(Refusal::new("DATA_ERROR", e.to_string())),
+            Err(refusal) => Err(refusal),
+        };
+        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        if cache.len() > 8 {
+            cache.clear();
+        }
+        cache.insert(key, encoded.clone());
+        Some(encoded)
     }
 
     /// Carries out a task.
@@ -109,12 +130,14 @@ impl Worker {
                     .spec
                     .as_ref()
                     .ok_or_else(|| Refusal::new("INVALID_TASK", "the training task has no spec"))?;
-                let global = if t.model_version.is_empty() {
-                    None
-                } else {
-                    Some(download(client, job_id, &t.model_version).await?)
-                };
+                let global = download(client, job_id, &t.model_version).await?;
                 self.train_round(spec, global).await
+            }
+            task::Kind::Stats(s) => {
+                let schema = s.schema.clone().ok_or_else(|| {
+                    Refusal::new("INVALID_TASK", "the statistics task has no schema")
+                })?;
+                self.stats(schema).await
             }
             task::Kind::Query(q) => {
                 let spec = q
@@ -129,83 +152,109 @@ impl Worker {
     async fn train_round(
         &self,
         spec: &TrainingSpec,
-        global: Option<Vec<NamedTensor>>,
+        global: Vec<NamedTensor>,
     ) -> Result<Output, Refusal> {
-        if spec.model != ModelKind::LogisticRegression as i32 {
+        let schema = spec
+            .schema
+            .clone()
+            .ok_or_else(|| Refusal::new("INVALID_TASK", "the training task has no schema"))?;
+        let problems = schema::problems(&schema);
+        if !problems.is_empty() {
             return Err(Refusal::new(
-                "UNSUPPORTED_TASK",
-                "this node trains only logistic regression",
+                "INVALID_TASK",
+                format!("the schema is invalid: {}", problems.join("; ")),
             ));
         }
-        let features = spec.features.len();
-        let model = match global {
-            Some(tensors) => Logistic::from_tensors(&tensors, features).map_err(|e| {
-                Refusal::new(
-                    "INVALID_TASK",
-                    format!("the global model does not fit the task: {e}"),
-                )
-            })?,
-            None => Logistic::zeros(features),
-        };
-        let train = self
-            .examples(&self.train, &spec.features, Some(&spec.label))
-            .await?;
-        let test = match &self.test {
-            Some(t) => Some(self.examples(t, &spec.features, Some(&spec.label)).await?),
+        let model_kind = ModelKind::try_from(spec.model).unwrap_or(ModelKind::Unspecified);
+        let kind = Kind::of(
+            model_kind,
+            schema::classes(&schema).len(),
+            spec.hidden_units as usize,
+        )
+        .ok_or_else(|| {
+            Refusal::new(
+                "UNSUPPORTED_TASK",
+                "the task names no model this node trains",
+            )
+        })?;
+        let inputs = schema::encoded_names(&schema).len();
+        let model = Model::from_tensors(kind, inputs, &global).map_err(|e| {
+            Refusal::new(
+                "INVALID_TASK",
+                format!("the global model does not fit the task: {e}"),
+            )
+        })?;
+        let train_data = self
+            .encoded(false, &schema, &spec.standardization)
+            .await
+            .unwrap_or_else(|| Err(internal("no training data")))?;
+        let test_data = match self.encoded(true, &schema, &spec.standardization).await {
+            Some(encoded) => Some(encoded?),
             None => None,
         };
         let sgd = Sgd {
             epochs: spec.local_epochs,
             batch_size: spec.batch_size as usize,
             learning_rate: spec.learning_rate,
+            momentum: spec.momentum,
             l2: spec.l2,
+            proximal_mu: spec.strategy.as_ref().map(|s| s.proximal_mu).unwrap_or(0.0),
             seed: rand::random(),
         };
-        tokio::task::spawn_blocking(move || {
-            let mut metrics = HashMap::new();
-            if let Some(test) = &test {
-                // Evaluate the global model received, before training on it.
-                let (accuracy, log_loss) = model.evaluate(test);
-                metrics.insert("test_accuracy".to_owned(), accuracy);
-                metrics.insert("test_log_loss".to_owned(), log_loss);
-                metrics.insert("test_examples".to_owned(), test.len() as f64);
+        blocking(move || {
+            let mut out = HashMap::new();
+            if let Some(test) = &test_data {
+                // The global model received, on the local test split, before training on it.
+                for (name, value) in metrics::evaluate(&model, test) {
+                    out.insert(format!("test_{name}"), value);
+                }
+                out.insert("test_examples".to_owned(), test.len() as f64);
             }
             let mut local = model;
-            let train_loss = local.train(&train, sgd);
-            if !train_loss.is_finite() || local.weights.iter().any(|w| !w.is_finite()) {
+            let train_loss = train(&mut local, &train_data, &sgd);
+            if !train_loss.is_finite() || local.params().iter().any(|w| !w.is_finite()) {
                 return Err(Refusal::new(
                     "TRAINING_DIVERGED",
                     "local training produced non-finite values; lower the learning rate",
                 ));
             }
-            metrics.insert("train_loss".to_owned(), train_loss);
+            out.insert("train_loss".to_owned(), train_loss);
             Ok(Output {
-                num_examples: train.len() as u64,
-                metrics,
+                num_examples: train_data.len() as u64,
+                metrics: out,
                 tensors: local.to_tensors(),
             })
         })
-        .await
-        .map_err(|e| Refusal::new("INTERNAL_ERROR", e.to_string()))?
+        .await?
+    }
+
+    async fn stats(&self, schema: FeatureSchema) -> Result<Output, Refusal> {
+        let table = self.train.clone();
+        let rows = table.len() as u64;
+        let sums = blocking(move || table.column_sums(&schema))
+            .await?
+            .map_err(|e| Refusal::new("DATA_ERROR", e.to_string()))?;
+        let flat: Vec<f64> = sums.iter().flatten().copied().collect();
+        let values = ArrayD::from_shape_vec(IxDyn(&[sums.len(), 3]), flat).map_err(internal)?;
+        Ok(Output {
+            num_examples: rows,
+            metrics: HashMap::new(),
+            tensors: vec![NamedTensor::new("stats", values)],
+        })
     }
 
     async fn query(&self, spec: &QuerySpec) -> Result<Output, Refusal> {
         let kind = QueryKind::try_from(spec.kind).unwrap_or(QueryKind::Unspecified);
-        let (values, num_examples): (Vec<f64>, u64) = match kind {
-            QueryKind::Count => {
-                let table = self.train.clone();
-                let n = tokio::task::spawn_blocking(move || table.count())
-                    .await
-                    .map_err(|e| Refusal::new("INTERNAL_ERROR", e.to_string()))?
-                    .map_err(|e| Refusal::new("DATA_ERROR", e.to_string()))?;
-                (vec![n as f64], n)
-            }
+        let table = self.train.clone();
+        let (values, num_examples) = match kind {
+            QueryKind::Count => (vec![table.len() as f64], table.len() as u64),
             QueryKind::Sum | QueryKind::Mean => {
-                let ex = self
-                    .examples(&self.train, std::slice::from_ref(&spec.column), None)
-                    .await?;
-                let sum: f64 = ex.x.iter().map(|v| v.clamp(spec.lower, spec.upper)).sum();
-                let n = ex.len() as u64;
+                let (column, lower, upper) = (spec.column.clone(), spec.lower, spec.upper);
+                let clamped = blocking(move || table.clamped(&column, lower, upper))
+                    .await?
+                    .map_err(|e| Refusal::new("DATA_ERROR", e.to_string()))?;
+                let sum: f64 = clamped.iter().sum();
+                let n = clamped.len() as u64;
                 if kind == QueryKind::Sum {
                     (vec![sum], n)
                 } else {
@@ -224,8 +273,7 @@ impl Worker {
             metrics: HashMap::new(),
             tensors: vec![NamedTensor::new(
                 "statistic",
-                ArrayD::from_shape_vec(IxDyn(&[values.len()]), values)
-                    .map_err(|e| Refusal::new("INTERNAL_ERROR", e.to_string()))?,
+                ArrayD::from_shape_vec(IxDyn(&[values.len()]), values).map_err(internal)?,
             )],
         })
     }

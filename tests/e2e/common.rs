@@ -16,8 +16,8 @@ use treaty_proto::pki::{self, PkiDir};
 use treaty_proto::tls::{ClientTls, TlsFiles};
 use treaty_proto::v1::operator_service_client::OperatorServiceClient;
 use treaty_proto::v1::{
-    CreateFederationRequest, CreateJobRequest, FederationInfo, Job, JobSpec, JobState,
-    ListAgenciesRequest, ModelKind, TrainingSpec, WatchJobRequest, job_spec,
+    CreateFederationRequest, CreateJobRequest, FeatureSchema, FederationInfo, Job, JobSpec,
+    JobState, ListAgenciesRequest, ModelKind, TrainingSpec, WatchJobRequest, job_spec,
 };
 
 pub const TREATY: &str = env!("CARGO_BIN_EXE_treaty");
@@ -261,27 +261,67 @@ pub async fn create_federation(
         .unwrap();
 }
 
-/// Runs a logistic-regression job to its end and returns it.
+/// The schema of `write_data`'s files.
+pub fn schema() -> FeatureSchema {
+    treaty_proto::schema::parse(
+        "[label]\nname = \"seized\"\nkind = \"binary\"\n[[column]]\nname = \"x1\"\nkind = \"numeric\"\n[[column]]\nname = \"x2\"\nkind = \"numeric\"\n",
+    )
+    .unwrap()
+    .unwrap()
+}
+
+/// A logistic-regression job on `write_data`'s files.
+pub fn training_spec(rounds: u32) -> TrainingSpec {
+    TrainingSpec {
+        model: ModelKind::LogisticRegression as i32,
+        schema: Some(schema()),
+        rounds,
+        local_epochs: 2,
+        batch_size: 32,
+        learning_rate: 0.2,
+        ..Default::default()
+    }
+}
+
+/// Runs a training job to its end and returns it.
 pub async fn run_training(
     client: &mut OperatorServiceClient<Channel>,
     federation: &str,
     rounds: u32,
     min: u32,
 ) -> Job {
+    run_job(client, federation, training_spec(rounds), min).await
+}
+
+/// Runs a job of `spec` to its end and returns it; panics when it fails.
+pub async fn run_job(
+    client: &mut OperatorServiceClient<Channel>,
+    federation: &str,
+    spec: TrainingSpec,
+    min: u32,
+) -> Job {
+    let job = try_job(client, federation, spec, min).await;
+    assert_eq!(
+        job.state,
+        JobState::Succeeded as i32,
+        "job failed: {}",
+        job.message
+    );
+    job
+}
+
+/// Runs a job of `spec` to its end, whatever the end.
+pub async fn try_job(
+    client: &mut OperatorServiceClient<Channel>,
+    federation: &str,
+    spec: TrainingSpec,
+    min: u32,
+) -> Job {
     let job = client
         .create_job(CreateJobRequest {
             federation: federation.into(),
             spec: Some(JobSpec {
-                kind: Some(job_spec::Kind::Training(TrainingSpec {
-                    model: ModelKind::LogisticRegression as i32,
-                    features: vec!["x1".into(), "x2".into()],
-                    label: "seized".into(),
-                    rounds,
-                    local_epochs: 2,
-                    batch_size: 32,
-                    learning_rate: 0.2,
-                    l2: 0.0,
-                })),
+                kind: Some(job_spec::Kind::Training(spec)),
                 min_participants: min,
                 round_timeout_ms: 20_000,
                 join_timeout_ms: 20_000,
@@ -301,14 +341,7 @@ pub async fn run_training(
     while let Some(event) = events.next().await {
         last = event.unwrap().job;
     }
-    let job = last.unwrap();
-    assert_eq!(
-        job.state,
-        JobState::Succeeded as i32,
-        "job failed: {}",
-        job.message
-    );
-    job
+    last.unwrap()
 }
 
 /// Tries a raw TLS connection with `config` and speaks the first bytes of HTTP/2. `Ok` when the

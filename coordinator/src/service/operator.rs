@@ -5,6 +5,7 @@ use std::sync::Arc;
 use tokio::sync::broadcast::error::RecvError;
 use tonic::{Request, Response, Status};
 use treaty_proto::identity::check_name;
+use treaty_proto::schema;
 use treaty_proto::v1::operator_service_server::OperatorService;
 use treaty_proto::v1::{
     CreateFederationRequest, CreateJobRequest, DownloadModelRequest, FederationInfo, GetJobRequest,
@@ -14,6 +15,7 @@ use treaty_proto::v1::{
 };
 
 use super::{BoxStream, model_stream, require_operator};
+use crate::aggregate::Settings;
 use crate::jobs;
 use crate::state::{Coordinator, now_ms};
 
@@ -92,19 +94,41 @@ fn job_problems(spec: &mut JobSpec, members: usize) -> Vec<String> {
     }
     match &spec.kind {
         Some(job_spec::Kind::Training(t)) => {
-            if t.model != ModelKind::LogisticRegression as i32 {
-                problems.push("`training.model` must be MODEL_KIND_LOGISTIC_REGRESSION".into());
+            let model = ModelKind::try_from(t.model).unwrap_or(ModelKind::Unspecified);
+            match &t.schema {
+                None => problems.push(
+                    "`training.schema` is missing; give the federation's feature schema".into(),
+                ),
+                Some(schema) => {
+                    problems.extend(
+                        schema::problems(schema)
+                            .into_iter()
+                            .map(|p| format!("schema: {p}")),
+                    );
+                    let label = schema::label_kind(schema);
+                    match schema::label_kind_for(model) {
+                        None => problems.push("`training.model` names no model".into()),
+                        Some(needed) if needed != label => problems.push(format!(
+                            "{} needs a {} label, but the schema's label is {}",
+                            model.as_str_name(),
+                            needed.as_str_name(),
+                            label.as_str_name()
+                        )),
+                        Some(_) => {}
+                    }
+                    let numeric = schema::numeric_columns(schema).len();
+                    if !t.standardization.is_empty() && t.standardization.len() != numeric {
+                        problems.push(format!(
+                            "`training.standardization` has {} entries for {numeric} numeric column(s); leave it empty and the federation computes it",
+                            t.standardization.len()
+                        ));
+                    }
+                }
             }
-            if t.features.is_empty() {
-                problems.push("`training.features` is empty; list the feature columns".into());
-            }
-            if t.label.is_empty() {
-                problems.push("`training.label` is empty; name the label column".into());
-            }
-            if t.features.contains(&t.label) {
+            if model == ModelKind::Mlp && !(1..=4096).contains(&t.hidden_units) {
                 problems.push(format!(
-                    "the label `{}` is also listed as a feature",
-                    t.label
+                    "`training.hidden_units` is {}; an MLP needs 1 to 4096",
+                    t.hidden_units
                 ));
             }
             if !(1..=10_000).contains(&t.rounds) {
@@ -125,12 +149,25 @@ fn job_problems(spec: &mut JobSpec, members: usize) -> Vec<String> {
                     t.learning_rate
                 ));
             }
+            if !(0.0..1.0).contains(&t.momentum) {
+                problems.push(format!(
+                    "`training.momentum` is {}; it must be in [0, 1)",
+                    t.momentum
+                ));
+            }
             if !(t.l2.is_finite() && t.l2 >= 0.0) {
                 problems.push(format!(
                     "`training.l2` is {}; it must be zero or positive",
                     t.l2
                 ));
             }
+            let proximal = t.strategy.as_ref().map(|s| s.proximal_mu).unwrap_or(0.0);
+            if !(proximal.is_finite() && proximal >= 0.0) {
+                problems.push(format!(
+                    "`strategy.proximal_mu` is {proximal}; it must be zero or positive"
+                ));
+            }
+            problems.extend(Settings::from(t.strategy.as_ref()).problems());
         }
         Some(job_spec::Kind::Query(q)) => {
             let kind = QueryKind::try_from(q.kind).unwrap_or(QueryKind::Unspecified);
@@ -237,6 +274,11 @@ impl OperatorService for OperatorApi {
         let problems = job_problems(&mut spec, federation.members.len());
         if !problems.is_empty() {
             return Err(invalid(problems));
+        }
+        if let Some(job_spec::Kind::Training(t)) = spec.kind.as_mut()
+            && t.seed == 0
+        {
+            t.seed = rand::random::<u64>().max(1);
         }
         let job = Job {
             job_id: self.ctx.store.next_job_id()?,
@@ -373,20 +415,27 @@ mod tests {
     fn every_problem_of_a_job_is_reported() {
         let mut spec = JobSpec {
             kind: Some(job_spec::Kind::Training(TrainingSpec {
-                model: 0,
-                features: vec![],
-                label: String::new(),
+                model: ModelKind::LinearRegression as i32,
+                schema: schema::parse("[label]\nname = \"y\"\nkind = \"binary\"\n[[column]]\nname = \"a\"\nkind = \"numeric\"\n").unwrap().ok(),
                 rounds: 0,
                 local_epochs: 0,
                 batch_size: 0,
                 learning_rate: f64::NAN,
+                momentum: 1.0,
                 l2: -1.0,
+                ..Default::default()
             })),
             min_participants: 5,
             ..Default::default()
         };
         let problems = job_problems(&mut spec, 3);
-        assert_eq!(problems.len(), 9, "{problems:#?}");
+        assert_eq!(problems.len(), 8, "{problems:#?}");
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.contains("needs a LABEL_KIND_NUMERIC label")),
+            "{problems:#?}"
+        );
         assert!(problems.iter().any(|p| p.contains("learning_rate")));
     }
 

@@ -1,0 +1,326 @@
+//! The mechanics every round shares: wait for enough members, send each a task over its
+//! session, collect outcomes until all have answered or the deadline passes, and account for
+//! every invited agency (contributor or excluded, with the reason).
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use treaty_proto::v1::{
+    AgencyMetrics, CancelTask, CoordinatorMessage, Exclusion, Job, RoundSummary, Task,
+    coordinator_message, task,
+};
+
+use crate::aggregate;
+use crate::error::CoordinatorError;
+use crate::state::{Coordinator, now_ms};
+use crate::tasks::{Delivery, Outcome, TaskResult};
+
+/// Default wait for a round's results.
+pub const DEFAULT_ROUND_TIMEOUT_MS: u32 = 60_000;
+/// Default wait for enough members to be connected.
+pub const DEFAULT_JOIN_TIMEOUT_MS: u32 = 60_000;
+
+/// Why a job stopped before its end.
+pub fn fail(message: String) -> CoordinatorError {
+    CoordinatorError::JobFailed(message)
+}
+
+fn or_default(value: u32, default: u32) -> u32 {
+    if value == 0 { default } else { value }
+}
+
+fn exclusion(agency: &str, code: &str, message: &str) -> Exclusion {
+    Exclusion {
+        agency: agency.to_owned(),
+        reason_code: code.to_owned(),
+        message: message.to_owned(),
+    }
+}
+
+/// Waits until at least `min` members hold a session; returns the connected members, in the
+/// federation's order.
+async fn wait_for_members(
+    ctx: &Coordinator,
+    members: &[String],
+    min: usize,
+    timeout: Duration,
+) -> Result<Vec<String>, Vec<String>> {
+    let mut changes = ctx.sessions.subscribe();
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let connected: Vec<String> = members
+            .iter()
+            .filter(|m| ctx.sessions.is_connected(m))
+            .cloned()
+            .collect();
+        if connected.len() >= min {
+            return Ok(connected);
+        }
+        tokio::select! {
+            changed = changes.changed() => if changed.is_err() { return Err(connected) },
+            _ = tokio::time::sleep_until(deadline) => return Err(connected),
+        }
+    }
+}
+
+/// The results of one round: what was sent, who answered with a usable result.
+#[derive(Debug)]
+pub struct Collected {
+    pub summary: RoundSummary,
+    pub results: Vec<(String, TaskResult)>,
+}
+
+/// Runs round `round` of `job`: sends `kind` to the connected members and collects their
+/// results, each checked by `check`. Fails the job when fewer than `min_participants` usable
+/// results arrive.
+pub async fn collect(
+    ctx: &Coordinator,
+    job: &Job,
+    round: u32,
+    kind: task::Kind,
+    check: impl Fn(&TaskResult) -> Result<(), String>,
+) -> Result<Collected, CoordinatorError> {
+    let spec = job.spec.clone().unwrap_or_default();
+    let federation = ctx
+        .store
+        .federation(&job.federation)?
+        .ok_or_else(|| fail(format!("federation `{}` no longer exists", job.federation)))?;
+    let min = spec.min_participants.max(1) as usize;
+    let join_timeout = Duration::from_millis(u64::from(or_default(
+        spec.join_timeout_ms,
+        DEFAULT_JOIN_TIMEOUT_MS,
+    )));
+    let round_timeout = or_default(spec.round_timeout_ms, DEFAULT_ROUND_TIMEOUT_MS);
+    let invited = wait_for_members(ctx, &federation.members, min, join_timeout)
+        .await
+        .map_err(|connected| {
+            fail(format!(
+                "round {round}: only {} member(s) connected ({}) after {} s; the job needs {min}",
+                connected.len(),
+                connected.join(", "),
+                join_timeout.as_secs()
+            ))
+        })?;
+
+    let started = now_ms();
+    let deadline_ms = started + i64::from(round_timeout);
+    let what = if round == 0 {
+        "statistics round".to_owned()
+    } else {
+        format!("round {round}")
+    };
+    ctx.audit(
+        &ctx.identity.to_string(),
+        "round.started",
+        job,
+        round,
+        "",
+        format!("{what}; invited: {}", invited.join(", ")),
+    )?;
+    ctx.emit(
+        job,
+        round,
+        "",
+        format!("{what} started: {} agencies invited", invited.len()),
+    );
+
+    let (tx, mut rx) = mpsc::unbounded_channel::<Delivery>();
+    let mut open: HashMap<String, String> = HashMap::new(); // agency -> task id
+    let mut excluded: Vec<Exclusion> = Vec::new();
+    for agency in &invited {
+        let task_id = format!("{}-r{round}-{agency}", job.job_id);
+        let message = CoordinatorMessage {
+            kind: Some(coordinator_message::Kind::Task(Task {
+                task_id: task_id.clone(),
+                job_id: job.job_id.clone(),
+                federation: job.federation.clone(),
+                round,
+                deadline_unix_ms: deadline_ms,
+                kind: Some(kind.clone()),
+            })),
+        };
+        ctx.tasks.open(&task_id, agency, tx.clone());
+        let sent = match ctx.sessions.outbox(agency) {
+            Some(outbox) => outbox.send(Ok(message)).await.is_ok(),
+            None => false,
+        };
+        if sent {
+            open.insert(agency.clone(), task_id);
+        } else {
+            ctx.tasks.close(&task_id);
+            excluded.push(exclusion(
+                agency,
+                "NOT_CONNECTED",
+                "the node's session closed before the task could be sent",
+            ));
+        }
+    }
+    drop(tx);
+
+    let mut results: Vec<(String, TaskResult)> = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(u64::from(round_timeout));
+    while !open.is_empty() {
+        let delivery = tokio::select! {
+            d = rx.recv() => d,
+            _ = tokio::time::sleep_until(deadline) => None,
+        };
+        let Some((agency, outcome)) = delivery else {
+            break;
+        };
+        open.remove(&agency);
+        match outcome {
+            Outcome::Refused {
+                reason_code,
+                message,
+            } => {
+                ctx.emit(
+                    job,
+                    round,
+                    &agency,
+                    format!("{agency} refused the task: {reason_code}: {message}"),
+                );
+                ctx.audit(
+                    &format!("agency:{agency}"),
+                    "task.refused",
+                    job,
+                    round,
+                    &agency,
+                    format!("{reason_code}: {message}"),
+                )?;
+                excluded.push(exclusion(
+                    &agency,
+                    "REFUSED",
+                    &format!("{reason_code}: {message}"),
+                ));
+            }
+            Outcome::Invalid(reason) => reject(ctx, job, round, &agency, reason, &mut excluded)?,
+            Outcome::Result(result) => match check(&result) {
+                Ok(()) => {
+                    ctx.emit(
+                        job,
+                        round,
+                        &agency,
+                        format!(
+                            "{agency} sent its result ({} examples)",
+                            result.num_examples
+                        ),
+                    );
+                    results.push((agency, result));
+                }
+                Err(reason) => reject(ctx, job, round, &agency, reason, &mut excluded)?,
+            },
+        }
+    }
+    for (agency, task_id) in open {
+        ctx.tasks.close(&task_id);
+        if let Some(outbox) = ctx.sessions.outbox(&agency) {
+            let _ = outbox.try_send(Ok(CoordinatorMessage {
+                kind: Some(coordinator_message::Kind::Cancel(CancelTask {
+                    task_id,
+                    reason: "the round's deadline passed".into(),
+                })),
+            }));
+        }
+        excluded.push(exclusion(
+            &agency,
+            "TIMED_OUT",
+            &format!("no result within {round_timeout} ms"),
+        ));
+    }
+    if results.len() < min {
+        let why: Vec<String> = excluded
+            .iter()
+            .map(|e| format!("{}: {}", e.agency, e.message))
+            .collect();
+        return Err(fail(format!(
+            "{what}: {} usable result(s), fewer than the {min} the job needs ({})",
+            results.len(),
+            why.join("; ")
+        )));
+    }
+    let metric_inputs: Vec<(u64, &HashMap<String, f64>)> = results
+        .iter()
+        .map(|(_, r)| (r.num_examples, &r.metrics))
+        .collect();
+    let summary = RoundSummary {
+        round,
+        invited,
+        contributors: results.iter().map(|(a, _)| a.clone()).collect(),
+        excluded,
+        num_examples: results.iter().map(|(_, r)| r.num_examples).sum(),
+        metrics: aggregate::weighted_metrics(&metric_inputs),
+        agency_metrics: results
+            .iter()
+            .map(|(a, r)| {
+                (
+                    a.clone(),
+                    AgencyMetrics {
+                        values: r.metrics.clone(),
+                        num_examples: r.num_examples,
+                    },
+                )
+            })
+            .collect(),
+        started_unix_ms: started,
+        ..Default::default()
+    };
+    Ok(Collected { summary, results })
+}
+
+/// Records a result that cannot be used: logged and audited with the agency's identity, reported
+/// to watchers, and the agency excluded from the round.
+fn reject(
+    ctx: &Coordinator,
+    job: &Job,
+    round: u32,
+    agency: &str,
+    reason: String,
+    excluded: &mut Vec<Exclusion>,
+) -> Result<(), CoordinatorError> {
+    tracing::warn!(job = %job.job_id, round, agency, reason, "update rejected");
+    ctx.audit(
+        &format!("agency:{agency}"),
+        "update.rejected",
+        job,
+        round,
+        agency,
+        reason.clone(),
+    )?;
+    ctx.emit(
+        job,
+        round,
+        agency,
+        format!("{agency}'s result was rejected: {reason}"),
+    );
+    excluded.push(exclusion(agency, "INVALID_UPDATE", &reason));
+    Ok(())
+}
+
+/// A one-line account of a completed round.
+pub fn round_line(summary: &RoundSummary) -> String {
+    let mut metrics: Vec<_> = summary.metrics.iter().collect();
+    metrics.sort_by(|a, b| a.0.cmp(b.0));
+    let metrics: Vec<String> = metrics.iter().map(|(k, v)| format!("{k}={v:.4}")).collect();
+    let mut line = format!(
+        "{} contributor(s) ({}), {} examples",
+        summary.contributors.len(),
+        summary.contributors.join(", "),
+        summary.num_examples
+    );
+    if !summary.excluded.is_empty() {
+        let out: Vec<String> = summary
+            .excluded
+            .iter()
+            .map(|e| format!("{} {}", e.agency, e.reason_code))
+            .collect();
+        line.push_str(&format!(", excluded: {}", out.join(", ")));
+    }
+    if !metrics.is_empty() {
+        line.push_str(&format!(", {}", metrics.join(" ")));
+    }
+    if !summary.values.is_empty() {
+        line.push_str(&format!(", values {:?}", summary.values));
+    }
+    line
+}

@@ -1,0 +1,502 @@
+//! The federation-wide feature schema: the TOML file an operator writes, its checks, and what
+//! follows from it for every party (encoded feature names, parameter layouts of each model).
+//!
+//! ```toml
+//! [label]
+//! name = "seized"
+//! kind = "binary"                 # binary | categorical | numeric
+//! classes = ["0", "1"]            # binary: [negative, positive]; categorical: every class
+//!
+//! [[column]]
+//! name = "declared_value"
+//! kind = "numeric"
+//! lower = 0.0                     # optional clamp bounds (both or neither)
+//! upper = 1e7
+//! transform = "log1p"             # optional
+//! missing = "mean"                # reject (default) | mean | zero
+//!
+//! [[column]]
+//! name = "transport_mode"
+//! kind = "categorical"
+//! values = ["sea", "air", "road", "rail"]
+//! missing = "other"               # reject (default) | other
+//!
+//! [[column]]
+//! name = "known_shipper"
+//! kind = "boolean"
+//! missing = "zero"                # reject (default) | zero (false)
+//! ```
+
+use std::collections::HashSet;
+use std::path::Path;
+
+use serde::Deserialize;
+
+use crate::config::ConfigError;
+use crate::v1::{
+    ColumnKind, ColumnSpec, FeatureSchema, LabelKind, LabelSpec, MissingRule, ModelKind,
+    TrainingSpec, Transform,
+};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SchemaFile {
+    label: LabelFile,
+    #[serde(default, rename = "column")]
+    columns: Vec<ColumnFile>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LabelFile {
+    name: String,
+    kind: String,
+    #[serde(default)]
+    classes: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ColumnFile {
+    name: String,
+    kind: String,
+    lower: Option<f64>,
+    upper: Option<f64>,
+    transform: Option<String>,
+    #[serde(default)]
+    values: Vec<String>,
+    missing: Option<String>,
+}
+
+/// Reads a schema file and checks it, reporting every problem at once.
+pub fn load(path: &Path) -> Result<FeatureSchema, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    let invalid = |problems| ConfigError::Invalid {
+        path: path.to_owned(),
+        problems,
+    };
+    let schema = parse(&text).map_err(|message| ConfigError::Parse {
+        path: path.to_owned(),
+        message,
+    })?;
+    let schema = schema.map_err(invalid)?;
+    let problems = problems(&schema);
+    if problems.is_empty() {
+        Ok(schema)
+    } else {
+        Err(invalid(problems))
+    }
+}
+
+/// Parses schema TOML: `Err` when it is not valid TOML of the right shape, `Ok(Err)` with every
+/// unknown word otherwise.
+pub fn parse(text: &str) -> Result<Result<FeatureSchema, Vec<String>>, String> {
+    let file: SchemaFile = toml::from_str(text).map_err(|e| e.to_string())?;
+    let mut problems = Vec::new();
+    let label_kind = match file.label.kind.as_str() {
+        "binary" => LabelKind::Binary,
+        "categorical" => LabelKind::Categorical,
+        "numeric" => LabelKind::Numeric,
+        other => {
+            problems.push(format!(
+                "label `{}`: kind `{other}` is not binary, categorical or numeric",
+                file.label.name
+            ));
+            LabelKind::Unspecified
+        }
+    };
+    let mut columns = Vec::new();
+    for c in file.columns {
+        let kind = match c.kind.as_str() {
+            "numeric" => ColumnKind::Numeric,
+            "categorical" => ColumnKind::Categorical,
+            "boolean" => ColumnKind::Boolean,
+            other => {
+                problems.push(format!(
+                    "column `{}`: kind `{other}` is not numeric, categorical or boolean",
+                    c.name
+                ));
+                ColumnKind::Unspecified
+            }
+        };
+        let missing = match c.missing.as_deref() {
+            None | Some("reject") => MissingRule::Reject,
+            Some("mean") => MissingRule::Mean,
+            Some("zero") => MissingRule::Zero,
+            Some("other") => MissingRule::Other,
+            Some(other) => {
+                problems.push(format!(
+                    "column `{}`: missing rule `{other}` is not reject, mean, zero or other",
+                    c.name
+                ));
+                MissingRule::Unspecified
+            }
+        };
+        let transform = match c.transform.as_deref() {
+            None | Some("none") => Transform::Unspecified,
+            Some("log1p") => Transform::Log1p,
+            Some(other) => {
+                problems.push(format!(
+                    "column `{}`: transform `{other}` is not none or log1p",
+                    c.name
+                ));
+                Transform::Unspecified
+            }
+        };
+        columns.push(ColumnSpec {
+            name: c.name,
+            kind: kind as i32,
+            lower: c.lower,
+            upper: c.upper,
+            transform: transform as i32,
+            values: c.values,
+            missing: missing as i32,
+        });
+    }
+    let schema = FeatureSchema {
+        columns,
+        label: Some(LabelSpec {
+            name: file.label.name,
+            kind: label_kind as i32,
+            classes: file.label.classes,
+        }),
+    };
+    Ok(if problems.is_empty() {
+        Ok(schema)
+    } else {
+        Err(problems)
+    })
+}
+
+/// Writes a schema as TOML that [`parse`] reads back to the same schema.
+pub fn to_toml(schema: &FeatureSchema) -> String {
+    let q = |s: &str| format!("{s:?}");
+    let list = |v: &[String]| v.iter().map(|s| q(s)).collect::<Vec<_>>().join(", ");
+    let label = schema.label.clone().unwrap_or_default();
+    let label_kind = match label_kind(schema) {
+        LabelKind::Categorical => "categorical",
+        LabelKind::Numeric => "numeric",
+        _ => "binary",
+    };
+    let mut out = format!(
+        "[label]\nname = {}\nkind = {}\n",
+        q(&label.name),
+        q(label_kind)
+    );
+    if !label.classes.is_empty() {
+        out.push_str(&format!("classes = [{}]\n", list(&label.classes)));
+    }
+    for c in &schema.columns {
+        let kind_name = match kind(c) {
+            ColumnKind::Categorical => "categorical",
+            ColumnKind::Boolean => "boolean",
+            _ => "numeric",
+        };
+        out.push_str(&format!(
+            "\n[[column]]\nname = {}\nkind = {}\n",
+            q(&c.name),
+            q(kind_name)
+        ));
+        if let (Some(lo), Some(hi)) = (c.lower, c.upper) {
+            out.push_str(&format!("lower = {lo:?}\nupper = {hi:?}\n"));
+        }
+        if c.transform == Transform::Log1p as i32 {
+            out.push_str("transform = \"log1p\"\n");
+        }
+        if !c.values.is_empty() {
+            out.push_str(&format!("values = [{}]\n", list(&c.values)));
+        }
+        let missing = match MissingRule::try_from(c.missing).unwrap_or(MissingRule::Reject) {
+            MissingRule::Mean => "mean",
+            MissingRule::Zero => "zero",
+            MissingRule::Other => "other",
+            _ => "reject",
+        };
+        out.push_str(&format!("missing = {}\n", q(missing)));
+    }
+    out
+}
+
+fn kind(c: &ColumnSpec) -> ColumnKind {
+    ColumnKind::try_from(c.kind).unwrap_or(ColumnKind::Unspecified)
+}
+
+/// The label's kind.
+pub fn label_kind(schema: &FeatureSchema) -> LabelKind {
+    schema
+        .label
+        .as_ref()
+        .and_then(|l| LabelKind::try_from(l.kind).ok())
+        .unwrap_or(LabelKind::Unspecified)
+}
+
+/// The class names of a binary or categorical label (binary defaults to ["0", "1"]).
+pub fn classes(schema: &FeatureSchema) -> Vec<String> {
+    let label = schema.label.clone().unwrap_or_default();
+    match label_kind(schema) {
+        LabelKind::Binary if label.classes.is_empty() => vec!["0".into(), "1".into()],
+        LabelKind::Numeric => Vec::new(),
+        _ => label.classes,
+    }
+}
+
+/// Every problem with a schema, each in a sentence.
+pub fn problems(schema: &FeatureSchema) -> Vec<String> {
+    let mut problems = Vec::new();
+    let mut names = HashSet::new();
+    let label = schema.label.clone().unwrap_or_default();
+    if label.name.is_empty() {
+        problems.push("the label has no name".into());
+    }
+    match label_kind(schema) {
+        LabelKind::Binary if !(label.classes.is_empty() || label.classes.len() == 2) => problems
+            .push(format!(
+                "binary label `{}` needs exactly two classes [negative, positive]",
+                label.name
+            )),
+        LabelKind::Categorical if label.classes.len() < 2 => problems.push(format!(
+            "categorical label `{}` needs at least two classes",
+            label.name
+        )),
+        LabelKind::Numeric if !label.classes.is_empty() => {
+            problems.push(format!("numeric label `{}` takes no classes", label.name))
+        }
+        LabelKind::Unspecified => problems.push(format!("label `{}` has no kind", label.name)),
+        _ => {}
+    }
+    if has_duplicates(&label.classes) {
+        problems.push(format!("label `{}` lists a class twice", label.name));
+    }
+    names.insert(label.name.as_str());
+    if schema.columns.is_empty() {
+        problems.push("the schema has no feature columns".into());
+    }
+    for c in &schema.columns {
+        if c.name.is_empty() {
+            problems.push("a column has no name".into());
+        }
+        if !names.insert(c.name.as_str()) {
+            problems.push(format!(
+                "column `{}` appears twice (or is the label)",
+                c.name
+            ));
+        }
+        let missing = MissingRule::try_from(c.missing).unwrap_or(MissingRule::Unspecified);
+        let k = kind(c);
+        let allowed: &[MissingRule] = match k {
+            ColumnKind::Numeric => &[MissingRule::Reject, MissingRule::Mean, MissingRule::Zero],
+            ColumnKind::Categorical => &[MissingRule::Reject, MissingRule::Other],
+            ColumnKind::Boolean => &[MissingRule::Reject, MissingRule::Zero],
+            ColumnKind::Unspecified => {
+                problems.push(format!("column `{}` has no kind", c.name));
+                &[]
+            }
+        };
+        if k != ColumnKind::Unspecified && !allowed.contains(&missing) {
+            problems.push(format!(
+                "column `{}`: missing rule {} does not apply to a {} column",
+                c.name,
+                missing.as_str_name(),
+                k.as_str_name()
+            ));
+        }
+        match k {
+            ColumnKind::Numeric => match (c.lower, c.upper) {
+                (Some(lo), Some(hi)) if !(lo.is_finite() && hi.is_finite() && lo < hi) => problems
+                    .push(format!(
+                        "column `{}`: bounds [{lo}, {hi}] must be finite with lower < upper",
+                        c.name
+                    )),
+                (Some(_), None) | (None, Some(_)) => problems.push(format!(
+                    "column `{}`: give both `lower` and `upper`, or neither",
+                    c.name
+                )),
+                _ => {}
+            },
+            ColumnKind::Categorical => {
+                if c.values.is_empty() {
+                    problems.push(format!("categorical column `{}` lists no values", c.name));
+                }
+                if has_duplicates(&c.values) {
+                    problems.push(format!(
+                        "categorical column `{}` lists a value twice",
+                        c.name
+                    ));
+                }
+            }
+            _ => {}
+        }
+        if k != ColumnKind::Numeric && (c.lower.is_some() || c.upper.is_some() || c.transform != 0)
+        {
+            problems.push(format!(
+                "column `{}`: bounds and transforms apply to numeric columns only",
+                c.name
+            ));
+        }
+        if k != ColumnKind::Categorical && !c.values.is_empty() {
+            problems.push(format!(
+                "column `{}`: values apply to categorical columns only",
+                c.name
+            ));
+        }
+    }
+    problems
+}
+
+fn has_duplicates(values: &[String]) -> bool {
+    let mut seen = HashSet::new();
+    values.iter().any(|v| !seen.insert(v))
+}
+
+/// The names of the encoded features, in order: a numeric or boolean column gives its own name,
+/// a categorical column one `name=value` per value and `name=<other>`.
+pub fn encoded_names(schema: &FeatureSchema) -> Vec<String> {
+    let mut names = Vec::new();
+    for c in &schema.columns {
+        match kind(c) {
+            ColumnKind::Categorical => {
+                names.extend(c.values.iter().map(|v| format!("{}={v}", c.name)));
+                names.push(format!("{}=<other>", c.name));
+            }
+            _ => names.push(c.name.clone()),
+        }
+    }
+    names
+}
+
+/// The numeric columns, in schema order.
+pub fn numeric_columns(schema: &FeatureSchema) -> Vec<&ColumnSpec> {
+    schema
+        .columns
+        .iter()
+        .filter(|c| kind(c) == ColumnKind::Numeric)
+        .collect()
+}
+
+/// The label kind a model needs.
+pub fn label_kind_for(model: ModelKind) -> Option<LabelKind> {
+    match model {
+        ModelKind::LogisticRegression | ModelKind::Mlp => Some(LabelKind::Binary),
+        ModelKind::MultinomialLogisticRegression => Some(LabelKind::Categorical),
+        ModelKind::LinearRegression => Some(LabelKind::Numeric),
+        ModelKind::Unspecified => None,
+    }
+}
+
+/// The parameter tensors of the job's model: (name, shape), in order.
+pub fn parameter_layout(spec: &TrainingSpec) -> Vec<(String, Vec<usize>)> {
+    let schema = spec.schema.clone().unwrap_or_default();
+    let d = encoded_names(&schema).len();
+    let h = spec.hidden_units as usize;
+    match ModelKind::try_from(spec.model).unwrap_or(ModelKind::Unspecified) {
+        ModelKind::MultinomialLogisticRegression => {
+            let k = classes(&schema).len();
+            vec![("weights".into(), vec![d, k]), ("bias".into(), vec![k])]
+        }
+        ModelKind::Mlp => vec![
+            ("hidden_weights".into(), vec![d, h]),
+            ("hidden_bias".into(), vec![h]),
+            ("weights".into(), vec![h]),
+            ("bias".into(), vec![]),
+        ],
+        _ => vec![("weights".into(), vec![d]), ("bias".into(), vec![])],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+[label]
+name = "seized"
+kind = "binary"
+
+[[column]]
+name = "value"
+kind = "numeric"
+lower = 0.0
+upper = 1e6
+transform = "log1p"
+missing = "mean"
+
+[[column]]
+name = "mode"
+kind = "categorical"
+values = ["sea", "air"]
+missing = "other"
+
+[[column]]
+name = "known"
+kind = "boolean"
+"#;
+
+    #[test]
+    fn a_good_schema_encodes_one_hot_with_other() {
+        let schema = parse(GOOD).unwrap().unwrap();
+        assert!(problems(&schema).is_empty(), "{:?}", problems(&schema));
+        assert_eq!(
+            encoded_names(&schema),
+            ["value", "mode=sea", "mode=air", "mode=<other>", "known"]
+        );
+        assert_eq!(classes(&schema), ["0", "1"]);
+        let spec = TrainingSpec {
+            model: ModelKind::MultinomialLogisticRegression as i32,
+            schema: Some(FeatureSchema {
+                label: Some(LabelSpec {
+                    name: "y".into(),
+                    kind: LabelKind::Categorical as i32,
+                    classes: vec!["a".into(), "b".into(), "c".into()],
+                }),
+                ..schema
+            }),
+            ..Default::default()
+        };
+        assert_eq!(
+            parameter_layout(&spec)[0],
+            ("weights".to_owned(), vec![5, 3])
+        );
+    }
+
+    #[test]
+    fn toml_round_trips() {
+        let schema = parse(GOOD).unwrap().unwrap();
+        assert_eq!(parse(&to_toml(&schema)).unwrap().unwrap(), schema);
+    }
+
+    #[test]
+    fn every_problem_is_reported() {
+        let text = r#"
+[label]
+name = "seized"
+kind = "binary"
+classes = ["no"]
+
+[[column]]
+name = "value"
+kind = "numeric"
+lower = 5.0
+missing = "other"
+
+[[column]]
+name = "mode"
+kind = "categorical"
+values = ["sea", "sea"]
+
+[[column]]
+name = "seized"
+kind = "boolean"
+"#;
+        let schema = parse(text).unwrap().unwrap();
+        let found = problems(&schema);
+        assert_eq!(found.len(), 5, "{found:#?}");
+        let unknown = parse("[label]\nname = \"y\"\nkind = \"binaryy\"\n[[column]]\nname = \"a\"\nkind = \"text\"\n")
+            .unwrap()
+            .unwrap_err();
+        assert_eq!(unknown.len(), 2, "{unknown:?}");
+        assert!(parse("[label]\nname = \"y\"\nkind = \"binary\"\ncolour = 1\n").is_err());
+    }
+}

@@ -1,0 +1,219 @@
+//! A whole federation on this machine: a throwaway PKI, the coordinator and one node per agency
+//! as separate processes of this binary, over mutual TLS on 127.0.0.1, and the operator's
+//! client. Used by `treaty demo` and `treaty bench`.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use tokio::process::{Child, Command};
+use tonic::transport::Channel;
+use treaty_proto::Identity;
+use treaty_proto::pki::{self, PkiDir};
+use treaty_proto::tls::TlsFiles;
+use treaty_proto::v1::ListAgenciesRequest;
+use treaty_proto::v1::operator_service_client::OperatorServiceClient;
+
+use crate::operator;
+use crate::synth::AgencyData;
+
+/// The operator's client of the coordinator.
+pub type Client = OperatorServiceClient<Channel>;
+
+/// The processes of a local federation; each is stopped when this is dropped, whatever happens.
+pub struct LocalFederation {
+    pub dir: PathBuf,
+    pub address: String,
+    pub operator_files: TlsFiles,
+    children: Vec<(String, Child)>,
+}
+
+fn spawn(name: &str, args: &[&str], log: &Path) -> anyhow::Result<Child> {
+    let exe = std::env::current_exe().context("cannot find the treaty binary")?;
+    let log_file =
+        std::fs::File::create(log).with_context(|| format!("cannot write `{}`", log.display()))?;
+    Command::new(exe)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(log_file))
+        .env("TREATY_LOG", "info")
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("cannot start {name}"))
+}
+
+async fn wait_for_file(path: &Path, timeout: Duration) -> anyhow::Result<String> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Ok(text) = std::fs::read_to_string(path)
+            && !text.is_empty()
+        {
+            return Ok(text.trim().to_owned());
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "the coordinator did not start within {} s; see coordinator.log",
+                timeout.as_secs()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+impl LocalFederation {
+    /// Makes the PKI and configurations in `dir` and starts the coordinator and a node per
+    /// agency; returns once the coordinator listens (nodes connect on their own).
+    pub async fn start(dir: &Path, agencies: &[AgencyData]) -> anyhow::Result<Self> {
+        let pki_dir = PkiDir::new(dir.join("pki"));
+        pki::init(
+            &pki_dir,
+            &pki::InitOptions {
+                federation: "treaty-local".into(),
+                coordinator: "local-hub".into(),
+                coordinator_hosts: vec![],
+                operators: vec!["local-operator".into()],
+                agencies: agencies
+                    .iter()
+                    .map(|a| (a.agency.clone(), a.country.clone()))
+                    .collect(),
+                validity_days: 2,
+            },
+        )?;
+        let (ocert, okey) = pki_dir.cert_and_key(&Identity::operator("local-operator")?);
+        let mut fed = LocalFederation {
+            dir: dir.to_owned(),
+            address: String::new(),
+            operator_files: TlsFiles {
+                ca_cert: pki_dir.ca_cert(),
+                cert: ocert,
+                key: okey,
+            },
+            children: Vec::new(),
+        };
+
+        let address_file = dir.join("coordinator.address");
+        let config = dir.join("coordinator.toml");
+        let (cert, key) = pki_dir.cert_and_key(&Identity::coordinator("local-hub")?);
+        std::fs::write(
+            &config,
+            format!(
+                "listen = \"127.0.0.1:0\"\ndata_dir = \"coordinator-db\"\naddress_file = \"coordinator.address\"\nshutdown_grace_secs = 3\n\n[tls]\nca_cert = {:?}\ncert = {cert:?}\nkey = {key:?}\ncrl = {:?}\n",
+                pki_dir.ca_cert(),
+                pki_dir.crl()
+            ),
+        )?;
+        let child = spawn(
+            "the coordinator",
+            &["coordinator", "--config", &config.to_string_lossy()],
+            &dir.join("coordinator.log"),
+        )?;
+        fed.children.push(("coordinator".into(), child));
+        fed.address = wait_for_file(&address_file, Duration::from_secs(20)).await?;
+        std::fs::write(
+            dir.join("operator.toml"),
+            format!(
+                "[coordinator]\naddress = {:?}\n\n[tls]\nca_cert = {:?}\ncert = {:?}\nkey = {:?}\n",
+                fed.address,
+                fed.operator_files.ca_cert,
+                fed.operator_files.cert,
+                fed.operator_files.key
+            ),
+        )?;
+
+        for a in agencies {
+            let (cert, key) = pki_dir.cert_and_key(&Identity::agency(&a.country, &a.agency)?);
+            let config = dir.join(format!("node-{}.toml", a.agency));
+            std::fs::write(
+                &config,
+                format!(
+                    "state_dir = \"node-{}-db\"\n\n[coordinator]\naddress = {:?}\nreconnect_initial_ms = 200\nreconnect_max_ms = 2000\n\n[tls]\nca_cert = {:?}\ncert = {cert:?}\nkey = {key:?}\n\n[data]\ntrain = {:?}\ntest = {:?}\n",
+                    a.agency,
+                    fed.address,
+                    pki_dir.ca_cert(),
+                    a.train,
+                    a.test,
+                ),
+            )?;
+            let child = spawn(
+                &a.agency,
+                &["node", "--config", &config.to_string_lossy()],
+                &dir.join(format!("node-{}.log", a.agency)),
+            )?;
+            fed.children.push((a.agency.clone(), child));
+        }
+        Ok(fed)
+    }
+
+    /// The operator's client.
+    pub async fn operator(&self) -> anyhow::Result<Client> {
+        operator::connect(&self.address, &self.operator_files).await
+    }
+
+    /// Waits until `n` agencies hold sessions; returns "ID (CC)" for each.
+    pub async fn wait_connected(
+        &self,
+        client: &mut Client,
+        n: usize,
+        timeout: Duration,
+    ) -> anyhow::Result<Vec<String>> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let connected = client
+                .list_agencies(ListAgenciesRequest {})
+                .await?
+                .into_inner()
+                .agencies;
+            if connected.len() >= n {
+                return Ok(connected
+                    .iter()
+                    .map(|a| format!("{} ({})", a.agency, a.country))
+                    .collect());
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "only {} of {n} nodes connected within {} s; see the node logs in {}",
+                    connected.len(),
+                    timeout.as_secs(),
+                    self.dir.display()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The peak resident memory (VmHWM) of a process of the federation, in bytes.
+    pub fn peak_rss(&self, name: &str) -> Option<u64> {
+        let pid = self.children.iter().find(|(n, _)| n == name)?.1.id()?;
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+        let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+        Some(kb * 1024)
+    }
+
+    /// SIGTERM to every process, then waits for each (SIGKILL after five seconds).
+    pub async fn stop(&mut self) {
+        for (_, child) in &self.children {
+            if let Some(pid) = child.id() {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid as i32),
+                    nix::sys::signal::Signal::SIGTERM,
+                );
+            }
+        }
+        for (name, child) in &mut self.children {
+            if tokio::time::timeout(Duration::from_secs(5), child.wait())
+                .await
+                .is_err()
+            {
+                tracing::warn!(
+                    process = name.as_str(),
+                    "did not stop within 5 s; killing it"
+                );
+                let _ = child.kill().await;
+            }
+        }
+        self.children.clear();
+    }
+}
