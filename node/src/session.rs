@@ -244,7 +244,7 @@ async fn carry_out(
 }
 
 /// Sends a result: its header, then its tensors in chunks.
-async fn upload(
+pub async fn upload(
     client: &mut AgencyServiceClient<Channel>,
     task_id: &str,
     output: Output,

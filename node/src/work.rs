@@ -280,7 +280,7 @@ impl Worker {
 }
 
 /// Downloads a model version from the coordinator.
-async fn download(
+pub async fn download(
     client: &mut AgencyServiceClient<Channel>,
     job_id: &str,
     version: &str,

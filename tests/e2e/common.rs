@@ -86,6 +86,18 @@ impl Fixture {
     /// Writes data and a node configuration for an agency; returns the configuration's path.
     pub fn node_config(&self, agency: &str, country: &str, address: &str, seed: u64) -> PathBuf {
         let (train, test) = write_data(self.dir.path(), agency, 400, seed);
+        self.node_config_for(agency, country, address, &train, &test)
+    }
+
+    /// Writes a node configuration for an agency's data files; returns its path.
+    pub fn node_config_for(
+        &self,
+        agency: &str,
+        country: &str,
+        address: &str,
+        train: &Path,
+        test: &Path,
+    ) -> PathBuf {
         let (cert, key) = self
             .pki
             .cert_and_key(&Identity::agency(country, agency).unwrap());
@@ -96,6 +108,21 @@ impl Fixture {
                 "state_dir = {:?}\n\n[coordinator]\naddress = {address:?}\nreconnect_initial_ms = 100\nreconnect_max_ms = 400\n\n[tls]\nca_cert = {:?}\ncert = {cert:?}\nkey = {key:?}\n\n[data]\ntrain = {train:?}\ntest = {test:?}\n",
                 self.path(&format!("node-{agency}-db")),
                 self.pki.ca_cert(),
+            ),
+        )
+        .unwrap();
+        path
+    }
+
+    /// Writes the operator's configuration file; returns its path.
+    pub fn operator_config(&self, address: &str) -> PathBuf {
+        let files = self.files(&Identity::operator("op").unwrap());
+        let path = self.path("operator.toml");
+        std::fs::write(
+            &path,
+            format!(
+                "[coordinator]\naddress = {address:?}\n\n[tls]\nca_cert = {:?}\ncert = {:?}\nkey = {:?}\n",
+                files.ca_cert, files.cert, files.key
             ),
         )
         .unwrap();
@@ -128,6 +155,11 @@ impl Fixture {
 
     pub fn start_node(&self, agency: &str, country: &str, address: &str, seed: u64) -> Proc {
         let config = self.node_config(agency, country, address, seed);
+        self.start_node_with(agency, &config)
+    }
+
+    /// Starts a node with a configuration file.
+    pub fn start_node_with(&self, agency: &str, config: &Path) -> Proc {
         Proc::spawn(
             &["node", "--config", config.to_str().unwrap()],
             &self.path(&format!("node-{agency}.log")),
@@ -140,8 +172,19 @@ impl Fixture {
     }
 }
 
-/// Two numeric features and a 0/1 label from a fixed rule with noise; deterministic per seed.
+/// Two numeric features and a 0/1 label from a logistic rule; deterministic per seed.
 pub fn write_data(dir: &Path, name: &str, rows: usize, seed: u64) -> (PathBuf, PathBuf) {
+    write_shifted_data(dir, name, rows, seed, 0.0)
+}
+
+/// As `write_data`, with x1 shifted by `shift` (so that agencies differ: non-IID).
+pub fn write_shifted_data(
+    dir: &Path,
+    name: &str,
+    rows: usize,
+    seed: u64,
+    shift: f64,
+) -> (PathBuf, PathBuf) {
     let mut state = seed
         .wrapping_mul(6364136223846793005)
         .wrapping_add(1442695040888963407);
@@ -157,8 +200,11 @@ pub fn write_data(dir: &Path, name: &str, rows: usize, seed: u64) -> (PathBuf, P
         let mut f = std::fs::File::create(&path).unwrap();
         writeln!(f, "x1,x2,seized").unwrap();
         for _ in 0..n {
-            let (a, b) = (uniform() * 4.0 - 2.0, uniform() * 4.0 - 2.0);
-            let y = u8::from(a - 0.5 * b + 0.3 * (uniform() - 0.5) > 0.0);
+            let (a, b) = (uniform() * 4.0 - 2.0 + shift, uniform() * 4.0 - 2.0);
+            // P(seized) = sigmoid(4 (x1 - x2 / 2)): a logistic truth with label noise, so that
+            // the best model has finite weights.
+            let p = 1.0 / (1.0 + (-4.0 * (a - 0.5 * b)).exp());
+            let y = u8::from(uniform() < p);
             writeln!(f, "{a:.4},{b:.4},{y}").unwrap();
         }
         paths.push(path);
@@ -342,6 +388,56 @@ pub async fn try_job(
         last = event.unwrap().job;
     }
     last.unwrap()
+}
+
+/// Downloads a job's latest model with `treaty model get` and reads its tensors.
+pub fn model_get(
+    fx: &Fixture,
+    address: &str,
+    job: &str,
+) -> (serde_json::Value, Vec<treaty_proto::tensor::NamedTensor>) {
+    let config = fx.operator_config(address);
+    let out = fx.path(&format!("{job}.json"));
+    let status = Command::new(TREATY)
+        .args([
+            "model",
+            "get",
+            "--config",
+            config.to_str().unwrap(),
+            "--job",
+            job,
+            "--out",
+            out.to_str().unwrap(),
+        ])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let file: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+    let tensors = file["tensors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| {
+            let shape: Vec<usize> = t["shape"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|d| d.as_u64().unwrap() as usize)
+                .collect();
+            let values: Vec<f64> = t["values"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_f64().unwrap())
+                .collect();
+            treaty_proto::tensor::NamedTensor::new(
+                t["name"].as_str().unwrap(),
+                ndarray::ArrayD::from_shape_vec(ndarray::IxDyn(&shape), values).unwrap(),
+            )
+        })
+        .collect();
+    (file, tensors)
 }
 
 /// Tries a raw TLS connection with `config` and speaks the first bytes of HTTP/2. `Ok` when the

@@ -23,27 +23,50 @@ fn the_demo_runs_end_to_end_and_leaves_no_process() {
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(stdout.contains("all agencies connected"), "{stdout}");
-    assert!(stdout.contains("statistics round: column sums from 5 agencies"), "{stdout}");
-    assert!(stdout.contains("job succeeded after 5 round(s)"), "{stdout}");
+    assert!(
+        stdout.contains("statistics round: column sums from 5 agencies"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("job succeeded after 5 round(s)"),
+        "{stdout}"
+    );
     assert!(stdout.contains("5/5"), "{stdout}");
     // The analytics query combined every agency's records.
-    assert!(stdout.contains("over 20000 declarations from 5 agencies"), "{stdout}");
+    assert!(
+        stdout.contains("over 20000 declarations from 5 agencies"),
+        "{stdout}"
+    );
     // The federated model ranks seizures well above chance on the pooled test splits, close to
     // the ground truth's own AUC (which the summary states, computed from the generator's true
     // probabilities).
     let auc = number_after(&stdout, "/r5: AUC ").expect("the summary names the final AUC");
-    let truth = number_after(&stdout, "the ground truth itself scores AUC ").expect("and the truth's");
-    assert!(auc > 0.75 && auc > truth - 0.05, "AUC {auc}, truth {truth}\n{stdout}");
-    assert!(stdout.contains("the riskiest declaration in NL-POLITIE"), "{stdout}");
+    let truth =
+        number_after(&stdout, "the ground truth itself scores AUC ").expect("and the truth's");
+    assert!(
+        auc > 0.75 && auc > truth - 0.05,
+        "AUC {auc}, truth {truth}\n{stdout}"
+    );
+    assert!(
+        stdout.contains("the riskiest declaration in NL-POLITIE"),
+        "{stdout}"
+    );
     // Every process the demo started has exited: the coordinator's log ends with its graceful
     // stop, and no process names the demo's directory.
     let log = std::fs::read_to_string(keep.path().join("coordinator.log")).unwrap();
     assert!(log.contains("coordinator stopped"), "{log}");
     for entry in std::fs::read_dir("/proc").unwrap().flatten() {
         if let Ok(cmdline) = std::fs::read_to_string(entry.path().join("cmdline")) {
-            assert!(!cmdline.contains(&keep.path().to_string_lossy().to_string()), "still running: {cmdline}");
+            assert!(
+                !cmdline.contains(&keep.path().to_string_lossy().to_string()),
+                "still running: {cmdline}"
+            );
         }
     }
 }

@@ -7,4 +7,5 @@ mod common;
 mod config;
 mod demo;
 mod identity;
+mod learning;
 mod rounds;

@@ -1,0 +1,372 @@
+//! Learning on sovereign data: the federated model is as good as the pooled one, bad data keeps
+//! an agency out with a precise message, and robust aggregation withstands a malicious agency.
+
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use treaty_node::data::{Examples, Table};
+use treaty_node::model::{Kind, Model};
+use treaty_node::train::{Sgd, train};
+use treaty_node::work::{Worker, download};
+use treaty_proto::tls::ClientTls;
+use treaty_proto::v1::agency_service_client::AgencyServiceClient;
+use treaty_proto::v1::{
+    Aggregation, ColumnStats, Hello, ModelKind, NodeMessage, Strategy, TrainingSpec,
+    coordinator_message, node_message, task,
+};
+use treaty_proto::{Identity, schema};
+
+use crate::common::*;
+
+fn pooled(
+    tables: &[Table],
+    schema: &treaty_proto::v1::FeatureSchema,
+    stats: &[ColumnStats],
+) -> Examples {
+    let parts: Vec<Examples> = tables
+        .iter()
+        .map(|t| t.encode(schema, stats).unwrap())
+        .collect();
+    let xs: Vec<_> = parts.iter().map(|e| e.x.view()).collect();
+    let ys: Vec<_> = parts.iter().map(|e| e.y.view()).collect();
+    Examples {
+        x: ndarray::concatenate(ndarray::Axis(0), &xs).unwrap(),
+        y: ndarray::concatenate(ndarray::Axis(0), &ys).unwrap(),
+    }
+}
+
+fn auc(model: &Model, data: &Examples) -> f64 {
+    treaty_node::metrics::roc_auc(model.predict(data.x.view()).column(0), data.y.view()).unwrap()
+}
+
+#[tokio::test]
+async fn the_federated_model_is_as_good_as_the_pooled_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let synth = dir.path().join("synth");
+    let status = Command::new(TREATY)
+        .args([
+            "synth",
+            "--agencies",
+            "4",
+            "--rows",
+            "6000",
+            "--seed",
+            "11",
+            "--out",
+            synth.to_str().unwrap(),
+        ])
+        .stdout(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let agencies = [
+        ("NL-DOUANE", "NL"),
+        ("BE-DOUANE", "BE"),
+        ("DE-ZOLL", "DE"),
+        ("FR-DGDDI", "FR"),
+    ];
+    let fx = Fixture::new(&agencies);
+    let (_coordinator, address) = fx.start_coordinator("127.0.0.1:0");
+    let mut nodes = Vec::new();
+    for (agency, country) in agencies {
+        let train = synth.join(format!("{agency}_train.csv"));
+        let test = synth.join(format!("{agency}_test.csv"));
+        let config = fx.node_config_for(agency, country, &address, &train, &test);
+        nodes.push(fx.start_node_with(agency, &config));
+    }
+    let mut op = fx.operator(&address).await;
+    let names: Vec<&str> = agencies.iter().map(|(a, _)| *a).collect();
+    wait_connected(&mut op, &names).await;
+    create_federation(&mut op, "customs", &names).await;
+
+    let schema = schema::load(&synth.join("schema.toml")).unwrap();
+    let (rounds, batch, lr, momentum) = (30, 64, 0.05, 0.9);
+    let spec = TrainingSpec {
+        model: ModelKind::LogisticRegression as i32,
+        schema: Some(schema.clone()),
+        rounds,
+        local_epochs: 1,
+        batch_size: batch,
+        learning_rate: lr,
+        momentum,
+        ..Default::default()
+    };
+    let job = run_job(&mut op, "customs", spec, 4).await;
+    let stats = &job.statistics.as_ref().unwrap();
+    assert_eq!(stats.contributors.len(), 4);
+    let (file, tensors) = model_get(&fx, &address, &job.job_id);
+    let inputs = file["features"].as_array().unwrap().len();
+    let federated = Model::from_tensors(Kind::Logistic, inputs, &tensors).unwrap();
+
+    // The federation's standardisation, computed from column sums, equals the pooled data's.
+    let train_tables: Vec<Table> = names
+        .iter()
+        .map(|a| Table::open(&synth.join(format!("{a}_train.csv"))).unwrap())
+        .collect();
+    let test_tables: Vec<Table> = names
+        .iter()
+        .map(|a| Table::open(&synth.join(format!("{a}_test.csv"))).unwrap())
+        .collect();
+    let standardization: Vec<ColumnStats> = file["standardization"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| ColumnStats {
+            name: s["name"].as_str().unwrap().into(),
+            mean: s["mean"].as_f64().unwrap(),
+            std: s["std"].as_f64().unwrap(),
+            count: s["count"].as_f64().unwrap(),
+        })
+        .collect();
+    let raw = pooled(&train_tables, &schema, &[]);
+    let first_numeric = raw.x.column(0);
+    let mean = first_numeric.mean().unwrap();
+    let std = first_numeric.std(0.0);
+    assert!(
+        (standardization[0].mean - mean).abs() < 1e-9
+            && (standardization[0].std - std).abs() < 1e-9
+    );
+
+    // The same model trained centrally on the pooled training data, with the same optimiser for
+    // as many epochs, which the law would never allow.
+    let pooled_train = pooled(&train_tables, &schema, &standardization);
+    let pooled_test = pooled(&test_tables, &schema, &standardization);
+    let mut central = Model::zeros(Kind::Logistic, inputs);
+    train(
+        &mut central,
+        &pooled_train,
+        &Sgd {
+            epochs: rounds,
+            batch_size: batch as usize,
+            learning_rate: lr,
+            momentum,
+            l2: 0.0,
+            proximal_mu: 0.0,
+            seed: 1,
+        },
+    );
+    let (fed_auc, central_auc) = (auc(&federated, &pooled_test), auc(&central, &pooled_test));
+    eprintln!("pooled test AUC: federated {fed_auc:.4}, central {central_auc:.4}");
+    assert!(
+        (fed_auc - central_auc).abs() <= 0.01,
+        "federated {fed_auc} vs central {central_auc}"
+    );
+    assert!(central_auc > 0.75, "{central_auc}");
+
+    // Every prediction of the linear model can be explained.
+    let out = Command::new(TREATY)
+        .args(["model", "explain", "--model"])
+        .arg(fx.path(&format!("{}.json", job.job_id)))
+        .arg("--data")
+        .arg(synth.join("DE-ZOLL_test.csv"))
+        .args(["--limit", "2"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("record 2 (line 3): p = ")
+            && text.contains("origin")
+            && text.contains("= bias"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn an_agency_with_bad_data_stays_out_and_says_why() {
+    let fx = Fixture::new(&[("DE-BKA", "DE"), ("NL-POLITIE", "NL"), ("FR-DOUANE", "FR")]);
+    let (_coordinator, address) = fx.start_coordinator("127.0.0.1:0");
+    let _de = fx.start_node("DE-BKA", "DE", &address, 1);
+    let _nl = fx.start_node("NL-POLITIE", "NL", &address, 2);
+    // FR's training file has a word where a number belongs, on line 3.
+    let (train, test) = write_data(fx.dir.path(), "FR-DOUANE", 50, 3);
+    let text = std::fs::read_to_string(&train).unwrap();
+    let mut lines: Vec<String> = text.lines().map(str::to_owned).collect();
+    lines[2] = format!("twelve,{}", lines[2].split_once(',').unwrap().1);
+    std::fs::write(&train, lines.join("\n") + "\n").unwrap();
+    let config = fx.node_config_for("FR-DOUANE", "FR", &address, &train, &test);
+    let _fr = fx.start_node_with("FR-DOUANE", &config);
+    let mut op = fx.operator(&address).await;
+    wait_connected(&mut op, &["DE-BKA", "NL-POLITIE", "FR-DOUANE"]).await;
+    create_federation(&mut op, "three", &["DE-BKA", "NL-POLITIE", "FR-DOUANE"]).await;
+    let job = run_training(&mut op, "three", 2, 2).await;
+
+    let statistics = job.statistics.as_ref().unwrap();
+    assert_eq!(statistics.contributors, ["DE-BKA", "NL-POLITIE"]);
+    let excluded = &statistics.excluded[0];
+    assert_eq!(excluded.agency, "FR-DOUANE");
+    assert_eq!(excluded.reason_code, "REFUSED");
+    assert!(
+        excluded.message.contains("DATA_ERROR")
+            && excluded
+                .message
+                .contains("FR-DOUANE_train.csv`, line 3, column `x1`: `twelve` is not a number"),
+        "{}",
+        excluded.message
+    );
+    for round in &job.rounds {
+        assert_eq!(round.contributors.len(), 2);
+        assert_eq!(round.excluded[0].agency, "FR-DOUANE");
+    }
+}
+
+/// An agency that trains honestly, then sends `factor` times its update instead of its update.
+async fn adversary(
+    fx: &Fixture,
+    address: &str,
+    agency: &str,
+    country: &str,
+    seed: u64,
+    factor: Arc<Mutex<f64>>,
+) {
+    let (train_file, test_file) = write_shifted_data(fx.dir.path(), agency, 500, seed, 0.5);
+    let worker = Worker::new(
+        Table::open(&train_file).unwrap(),
+        Some(Table::open(&test_file).unwrap()),
+    );
+    let tls = ClientTls::new(&fx.files(&Identity::agency(country, agency).unwrap())).unwrap();
+    let channel = tls.connect(address, Duration::from_secs(5)).await.unwrap();
+    let mut client = AgencyServiceClient::new(channel);
+    let (tx, rx) = mpsc::channel(16);
+    let hello = Hello {
+        software_version: "adversary".into(),
+        protocol_version: treaty_proto::PROTOCOL_VERSION,
+        datasets: vec![],
+    };
+    tx.send(NodeMessage {
+        kind: Some(node_message::Kind::Hello(hello)),
+    })
+    .await
+    .unwrap();
+    let mut inbound = client
+        .session(ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    tokio::spawn(async move {
+        let _keep_session_open = tx;
+        while let Ok(Some(message)) = inbound.message().await {
+            let Some(coordinator_message::Kind::Task(task)) = message.kind else {
+                continue;
+            };
+            let kind = task.kind.clone().unwrap();
+            let mut output = worker.run(&mut client, &task.job_id, &kind).await.unwrap();
+            if let task::Kind::Training(t) = &kind {
+                let global = download(&mut client, &task.job_id, &t.model_version)
+                    .await
+                    .unwrap();
+                let f = *factor.lock().unwrap();
+                for (local, global) in output.tensors.iter_mut().zip(&global) {
+                    local.values = &global.values + &((&local.values - &global.values) * f);
+                }
+            }
+            treaty_node::session::upload(&mut client, &task.task_id, output)
+                .await
+                .unwrap();
+        }
+    });
+}
+
+#[tokio::test]
+async fn robust_aggregation_withstands_a_malicious_agency() {
+    let agencies: Vec<(String, String)> = (0..8)
+        .map(|i| (format!("AG-{i}"), format!("C{}", (b'A' + i as u8) as char)))
+        .collect();
+    let refs: Vec<(&str, &str)> = agencies
+        .iter()
+        .map(|(a, c)| (a.as_str(), c.as_str()))
+        .collect();
+    let fx = Fixture::new(&refs);
+    let (_coordinator, address) = fx.start_coordinator("127.0.0.1:0");
+    let mut honest = Vec::new();
+    let mut tests = Vec::new();
+    for (i, (agency, country)) in refs.iter().enumerate().take(7) {
+        // Non-IID: each agency's x1 is shifted differently.
+        let (train_file, test_file) = write_shifted_data(
+            fx.dir.path(),
+            agency,
+            500,
+            10 + i as u64,
+            i as f64 * 0.3 - 1.0,
+        );
+        tests.push(Table::open(&test_file).unwrap());
+        let config = fx.node_config_for(agency, country, &address, &train_file, &test_file);
+        honest.push(fx.start_node_with(agency, &config));
+    }
+    let factor = Arc::new(Mutex::new(1.0));
+    adversary(&fx, &address, refs[7].0, refs[7].1, 99, factor.clone()).await;
+    let mut op = fx.operator(&address).await;
+    let names: Vec<&str> = refs.iter().map(|(a, _)| *a).collect();
+    wait_connected(&mut op, &names).await;
+    create_federation(&mut op, "eight", &names).await;
+
+    let mut accuracy = std::collections::BTreeMap::new();
+    for aggregation in [
+        Aggregation::Fedavg,
+        Aggregation::Median,
+        Aggregation::TrimmedMean,
+        Aggregation::NormBounded,
+    ] {
+        for (attack, f) in [
+            ("honest", 1.0),
+            ("scaled x100", 100.0),
+            ("sign-flipped x100", -100.0),
+        ] {
+            *factor.lock().unwrap() = f;
+            // Five local epochs: each round moves far toward the local optima, as real
+            // deployments do, so that a boosted update overshoots.
+            let mut spec = training_spec(10);
+            spec.local_epochs = 5;
+            spec.learning_rate = 0.1;
+            spec.strategy = Some(Strategy {
+                aggregation: aggregation as i32,
+                ..Default::default()
+            });
+            let job = run_job(&mut op, "eight", spec, 8).await;
+            let (file, tensors) = model_get(&fx, &address, &job.job_id);
+            let stats: Vec<ColumnStats> = file["standardization"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|s| ColumnStats {
+                    name: s["name"].as_str().unwrap().into(),
+                    mean: s["mean"].as_f64().unwrap(),
+                    std: s["std"].as_f64().unwrap(),
+                    count: s["count"].as_f64().unwrap(),
+                })
+                .collect();
+            let model = Model::from_tensors(Kind::Logistic, 2, &tensors).unwrap();
+            let test = pooled(&tests, &schema(), &stats);
+            let acc = treaty_node::metrics::evaluate(&model, &test)["accuracy"];
+            accuracy.insert((aggregation.as_str_name(), attack), acc);
+        }
+    }
+    eprintln!("{accuracy:#?}");
+    let get = |a: Aggregation, attack: &str| accuracy[&(a.as_str_name(), attack)];
+    for a in [
+        Aggregation::Median,
+        Aggregation::TrimmedMean,
+        Aggregation::NormBounded,
+    ] {
+        for attack in ["scaled x100", "sign-flipped x100"] {
+            assert!(
+                get(a, attack) >= get(a, "honest") - 0.01,
+                "{} under {attack}: {accuracy:#?}",
+                a.as_str_name()
+            );
+        }
+    }
+    for attack in ["scaled x100", "sign-flipped x100"] {
+        assert!(
+            get(Aggregation::Fedavg, attack) < get(Aggregation::Fedavg, "honest") - 0.02,
+            "FedAvg under {attack}: {accuracy:#?}"
+        );
+    }
+}
