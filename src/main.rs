@@ -1,6 +1,7 @@
 //! `treaty`: the one binary. Parses the command line, starts logging, calls into the crates and
 //! maps errors to exit codes (0 success, 1 failure, 2 unusable input).
 
+mod bench;
 mod demo;
 mod local;
 mod model_cmd;
@@ -63,9 +64,18 @@ enum Command {
         #[arg(long, default_value_t = 42)]
         seed: u64,
     },
+    /// Runs a benchmark workload of shared/WORKLOADS.md.
+    #[command(subcommand)]
+    Bench(BenchCommand),
     /// Downloads and explains models.
     #[command(subcommand)]
     Model(ModelCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum BenchCommand {
+    /// W1: a training job of 8 agencies x 100,000 rows, 20 rounds, end to end.
+    W1(bench::W1Args),
 }
 
 #[derive(Debug, Subcommand)]
@@ -162,7 +172,10 @@ struct PkiInit {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing(cli.log_json, matches!(cli.command, Command::Demo(_)));
+    init_tracing(
+        cli.log_json,
+        matches!(cli.command, Command::Demo(_) | Command::Bench(_)),
+    );
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -249,6 +262,7 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Bench(BenchCommand::W1(args)) => bench::w1(args).await,
         Command::Model(ModelCommand::Explain { model, data, limit }) => {
             model_cmd::explain_records(&model, &data, limit)
         }

@@ -151,7 +151,7 @@ pub fn aggregate(
         locals.iter().map(|(n, t)| (*n, flatten(t) - &g)).collect();
     let mut note = String::new();
     let step = match settings.aggregation {
-        Aggregation::Median => coordinatewise(&updates, |c| median_of(c)),
+        Aggregation::Median => coordinatewise(&updates, median_of),
         Aggregation::TrimmedMean => {
             let n = updates.len();
             let mut cut = (settings.trim_fraction * n as f64).floor() as usize;

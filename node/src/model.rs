@@ -157,7 +157,7 @@ impl Model {
             Kind::Linear => (x.dot(&ArrayView1::from(&p[..d])) + p[d]).insert_axis(Axis(1)),
             Kind::Multinomial { classes: k } => {
                 let (w, b) = multinomial_views(p, d, k);
-                let mut z = x.dot(&w) + &b;
+                let mut z = x.dot(&w) + b;
                 for mut row in z.rows_mut() {
                     let max = row.fold(f64::NEG_INFINITY, |a, &v| a.max(v));
                     row.mapv_inplace(|v| (v - max).exp());
@@ -168,7 +168,7 @@ impl Model {
             }
             Kind::Mlp { hidden: h } => {
                 let (w1, b1, w2, b2) = mlp_views(p, d, h);
-                let hidden = (x.dot(&w1) + &b1).mapv(|v| v.max(0.0));
+                let hidden = (x.dot(&w1) + b1).mapv(|v| v.max(0.0));
                 (hidden.dot(&w2) + b2).mapv(sigmoid).insert_axis(Axis(1))
             }
         }
@@ -226,7 +226,7 @@ impl Model {
             }
             Kind::Mlp { hidden: h } => {
                 let (w1, b1, w2, b2) = mlp_views(p, d, h);
-                let pre = x.dot(&w1) + &b1;
+                let pre = x.dot(&w1) + b1;
                 let act = pre.mapv(|v| v.max(0.0));
                 let z = act.dot(&w2) + b2;
                 let loss = z

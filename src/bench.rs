@@ -1,0 +1,194 @@
+//! `treaty bench w1`: workload W1 of `shared/WORKLOADS.md` on this machine, end to end.
+//!
+//! Eight agencies, each a separate node process with its own CSV data (from
+//! `shared/bench/gen_numeric.py`), one coordinator, mutual TLS on loopback: logistic regression on
+//! the 64 standardised features, 20 rounds of one local epoch of mini-batch SGD (batch 256,
+//! learning rate 0.1), FedAvg weighted by examples, evaluation on every test split each round.
+//! Reported: the nodes' start-up (spawn to connected, data loaded), the job's wall time (from
+//! its creation to the final model, including the statistics round), the per-round median,
+//! accuracy and ROC AUC of the final model on the union of the test splits, and the peak RSS of
+//! the coordinator and of one node.
+
+#![allow(clippy::print_stdout)]
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use clap::Args;
+use treaty_node::data::Table;
+use treaty_node::metrics;
+use treaty_proto::v1::{
+    Aggregation, CreateFederationRequest, CreateJobRequest, FeatureSchema, FederationInfo, JobSpec,
+    LabelKind, LabelSpec, ModelKind, Strategy, TrainingSpec, job_spec,
+};
+
+use crate::local::LocalFederation;
+use crate::model_cmd::ModelFile;
+use crate::operator;
+use crate::synth::AgencyData;
+
+const COUNTRIES: [&str; 8] = ["AT", "BE", "DE", "ES", "FR", "IT", "NL", "PL"];
+
+#[derive(Debug, Args)]
+pub struct W1Args {
+    /// The directory `gen_numeric.py --agencies 8 --rows 100000 --seed 42 --out DIR` wrote.
+    #[arg(long)]
+    data: PathBuf,
+    /// How many agencies (agency_0 .. agency_{N-1}).
+    #[arg(long, default_value_t = 8)]
+    agencies: usize,
+    /// Training rounds.
+    #[arg(long, default_value_t = 20)]
+    rounds: u32,
+    /// How many feature columns (f0 ..), 64 for W1.
+    #[arg(long, default_value_t = 64)]
+    features: usize,
+    /// Keep the working directory here.
+    #[arg(long)]
+    keep: Option<PathBuf>,
+}
+
+fn mib(bytes: Option<u64>) -> String {
+    bytes
+        .map(|b| format!("{:.0} MiB", b as f64 / (1 << 20) as f64))
+        .unwrap_or_else(|| "n/a".into())
+}
+
+pub async fn w1(args: W1Args) -> anyhow::Result<()> {
+    let temp;
+    let dir = match &args.keep {
+        Some(dir) => {
+            std::fs::create_dir_all(dir)?;
+            dir.clone()
+        }
+        None => {
+            temp = tempfile::Builder::new().prefix("treaty-bench-").tempdir()?;
+            temp.path().to_owned()
+        }
+    };
+    let mut agencies = Vec::new();
+    for k in 0..args.agencies {
+        let train = args.data.join(format!("agency_{k}_train.csv"));
+        let test = args.data.join(format!("agency_{k}_test.csv"));
+        if !train.is_file() || !test.is_file() {
+            bail!(
+                "`{}` has no agency_{k}_train.csv / agency_{k}_test.csv; generate them with shared/bench/gen_numeric.py (see bench/README.md)",
+                args.data.display()
+            );
+        }
+        agencies.push(AgencyData {
+            agency: format!("W1-AGENCY-{k}"),
+            country: COUNTRIES[k % COUNTRIES.len()].to_owned(),
+            train,
+            test,
+            prevalence: f64::NAN,
+        });
+    }
+    let schema = FeatureSchema {
+        columns: (0..args.features)
+            .map(|j| treaty_proto::v1::ColumnSpec {
+                name: format!("f{j}"),
+                kind: treaty_proto::v1::ColumnKind::Numeric as i32,
+                missing: treaty_proto::v1::MissingRule::Reject as i32,
+                ..Default::default()
+            })
+            .collect(),
+        label: Some(LabelSpec {
+            name: "seized".into(),
+            kind: LabelKind::Binary as i32,
+            classes: vec![],
+        }),
+    };
+
+    println!(
+        "W1: {} agencies, {} rounds, {} features, data in {}",
+        args.agencies,
+        args.rounds,
+        args.features,
+        args.data.display()
+    );
+    let spawned = Instant::now();
+    let mut fed = LocalFederation::start(&dir, &agencies).await?;
+    let result = async {
+        let mut client = fed.operator().await?;
+        fed.wait_connected(&mut client, args.agencies, Duration::from_secs(300)).await?;
+        let startup = spawned.elapsed();
+        println!("  nodes started, data loaded and connected in {:.2} s", startup.as_secs_f64());
+        let members: Vec<String> = agencies.iter().map(|a| a.agency.clone()).collect();
+        client
+            .create_federation(CreateFederationRequest {
+                federation: Some(FederationInfo {
+                    name: "w1".into(),
+                    purpose: "benchmark".into(),
+                    members,
+                    ..Default::default()
+                }),
+            })
+            .await?;
+        let spec = TrainingSpec {
+            model: ModelKind::LogisticRegression as i32,
+            schema: Some(schema.clone()),
+            rounds: args.rounds,
+            local_epochs: 1,
+            batch_size: 256,
+            learning_rate: 0.1,
+            strategy: Some(Strategy {
+                aggregation: Aggregation::Fedavg as i32,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let started = Instant::now();
+        let job = client
+            .create_job(CreateJobRequest {
+                federation: "w1".into(),
+                spec: Some(JobSpec {
+                    kind: Some(job_spec::Kind::Training(spec)),
+                    min_participants: args.agencies as u32,
+                    round_timeout_ms: 600_000,
+                    join_timeout_ms: 60_000,
+                }),
+            })
+            .await?
+            .into_inner();
+        let job = operator::watch(&mut client, &job.job_id, false).await?;
+        let wall = started.elapsed();
+        let mut rounds: Vec<f64> = job.rounds.iter().map(|r| (r.finished_unix_ms - r.started_unix_ms) as f64 / 1000.0).collect();
+        rounds.sort_by(f64::total_cmp);
+        let median = rounds.get(rounds.len() / 2).copied().unwrap_or(f64::NAN);
+        let statistics = job.statistics.as_ref().map(|s| (s.finished_unix_ms - s.started_unix_ms) as f64 / 1000.0).unwrap_or(0.0);
+        let coordinator_rss = fed.peak_rss("coordinator");
+        let node_rss = fed.peak_rss(&agencies[0].agency);
+
+        let (header, tensors) = operator::download(&mut client, &job.job_id, "").await?;
+        let (model, schema, stats) = ModelFile::new(&header, &tensors)?.model()?;
+        let mut scores = Vec::new();
+        let mut labels = Vec::new();
+        for a in &agencies {
+            let ex = Table::open(&a.test)?.encode(&schema, &stats)?;
+            scores.extend(model.predict(ex.x.view()).column(0).iter().copied());
+            labels.extend(ex.y.iter().copied());
+        }
+        let auc = metrics::roc_auc(ndarray::ArrayView1::from(&scores), ndarray::ArrayView1::from(&labels)).context("one class only")?;
+        let accuracy = scores.iter().zip(&labels).filter(|(p, y)| (**p >= 0.5) == (**y >= 0.5)).count() as f64 / scores.len() as f64;
+        println!("  job {}: {:.2} s from creation to the final model ({} rounds; statistics round {statistics:.3} s; per-round median {median:.3} s)", job.job_id, wall.as_secs_f64(), job.rounds.len());
+        println!("  final model on the union of the test splits ({} rows): accuracy {accuracy:.4}, ROC AUC {auc:.4}", scores.len());
+        println!("  peak RSS: coordinator {}, one node {}", mib(coordinator_rss), mib(node_rss));
+        println!("  privacy: none yet (record-level DP lands with the privacy work)");
+        println!(
+            "{}",
+            serde_json::json!({
+                "workload": "W1", "agencies": args.agencies, "rounds": job.rounds.len(),
+                "startup_seconds": startup.as_secs_f64(), "job_seconds": wall.as_secs_f64(),
+                "round_median_seconds": median, "statistics_seconds": statistics,
+                "accuracy": accuracy, "auc": auc,
+                "coordinator_peak_rss_bytes": coordinator_rss, "node_peak_rss_bytes": node_rss,
+            })
+        );
+        anyhow::Ok(())
+    }
+    .await;
+    fed.stop().await;
+    result
+}
