@@ -239,6 +239,8 @@ pub async fn collect(
             why.join("; ")
         )));
     }
+    // Contributors in the federation's order, whatever order their results arrived in.
+    results.sort_by_key(|(agency, _)| invited.iter().position(|a| a == agency));
     let metric_inputs: Vec<(u64, &HashMap<String, f64>)> = results
         .iter()
         .map(|(_, r)| (r.num_examples, &r.metrics))
