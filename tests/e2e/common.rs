@@ -198,14 +198,19 @@ pub fn write_shifted_data(
     for (split, n) in [("train", rows), ("test", rows / 4)] {
         let path = dir.join(format!("{name}_{split}.csv"));
         let mut f = std::fs::File::create(&path).unwrap();
-        writeln!(f, "x1,x2,seized").unwrap();
+        writeln!(f, "x1,x2,mode,band,amount,seized").unwrap();
         for _ in 0..n {
             let (a, b) = (uniform() * 4.0 - 2.0 + shift, uniform() * 4.0 - 2.0);
             // P(seized) = sigmoid(4 (x1 - x2 / 2)): a logistic truth with label noise, so that
             // the best model has finite weights.
             let p = 1.0 / (1.0 + (-4.0 * (a - 0.5 * b)).exp());
             let y = u8::from(uniform() < p);
-            writeln!(f, "{a:.4},{b:.4},{y}").unwrap();
+            // More columns, drawn from x1 and x2 so that the labels above stay as they were: a
+            // categorical `mode`, a three-class `band` and a numeric `amount`.
+            let mode = ["sea", "air", "road"][((a + b) * 7.0).rem_euclid(3.0) as usize % 3];
+            let band = if a > 0.5 { "high" } else if b > 0.0 { "mid" } else { "low" };
+            let amount = 3.0 * a - 2.0 * b + if mode == "air" { 1.5 } else { 0.0 } + 0.3 * (7.0 * a + 3.0 * b).sin();
+            writeln!(f, "{a:.4},{b:.4},{mode},{band},{amount:.4},{y}").unwrap();
         }
         paths.push(path);
     }
