@@ -3,6 +3,7 @@
 
 mod bench;
 mod demo;
+mod job_cmd;
 mod local;
 mod model_cmd;
 mod operator;
@@ -64,6 +65,18 @@ enum Command {
         #[arg(long, default_value_t = 42)]
         seed: u64,
     },
+    /// Creates and lists federations (operators).
+    #[command(subcommand)]
+    Federation(job_cmd::FederationCommand),
+    /// Lists the agencies connected now (operators).
+    Agencies {
+        /// The operator's configuration file.
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Starts, follows and shows jobs (operators).
+    #[command(subcommand)]
+    Job(job_cmd::JobCommand),
     /// Runs a benchmark workload of shared/WORKLOADS.md.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -263,6 +276,9 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Bench(BenchCommand::W1(args)) => bench::w1(args).await,
+        Command::Federation(command) => job_cmd::federation(command).await,
+        Command::Agencies { config } => job_cmd::agencies(config).await,
+        Command::Job(command) => job_cmd::job(command).await,
         Command::Model(ModelCommand::Explain { model, data, limit }) => {
             model_cmd::explain_records(&model, &data, limit)
         }

@@ -208,8 +208,16 @@ pub fn write_shifted_data(
             // More columns, drawn from x1 and x2 so that the labels above stay as they were: a
             // categorical `mode`, a three-class `band` and a numeric `amount`.
             let mode = ["sea", "air", "road"][((a + b) * 7.0).rem_euclid(3.0) as usize % 3];
-            let band = if a > 0.5 { "high" } else if b > 0.0 { "mid" } else { "low" };
-            let amount = 3.0 * a - 2.0 * b + if mode == "air" { 1.5 } else { 0.0 } + 0.3 * (7.0 * a + 3.0 * b).sin();
+            let band = if a > 0.5 {
+                "high"
+            } else if b > 0.0 {
+                "mid"
+            } else {
+                "low"
+            };
+            let amount = 3.0 * a - 2.0 * b
+                + if mode == "air" { 1.5 } else { 0.0 }
+                + 0.3 * (7.0 * a + 3.0 * b).sin();
             writeln!(f, "{a:.4},{b:.4},{mode},{band},{amount:.4},{y}").unwrap();
         }
         paths.push(path);
@@ -313,7 +321,7 @@ pub async fn create_federation(
 }
 
 /// The schema of `write_data`'s files.
-pub fn schema() -> FeatureSchema {
+pub fn schema_of_test_data() -> FeatureSchema {
     treaty_proto::schema::parse(
         "[label]\nname = \"seized\"\nkind = \"binary\"\n[[column]]\nname = \"x1\"\nkind = \"numeric\"\n[[column]]\nname = \"x2\"\nkind = \"numeric\"\n",
     )
@@ -325,7 +333,7 @@ pub fn schema() -> FeatureSchema {
 pub fn training_spec(rounds: u32) -> TrainingSpec {
     TrainingSpec {
         model: ModelKind::LogisticRegression as i32,
-        schema: Some(schema()),
+        schema: Some(schema_of_test_data()),
         rounds,
         local_epochs: 2,
         batch_size: 32,

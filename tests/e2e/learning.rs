@@ -343,7 +343,7 @@ async fn robust_aggregation_withstands_a_malicious_agency() {
                 })
                 .collect();
             let model = Model::from_tensors(Kind::Logistic, 2, &tensors).unwrap();
-            let test = pooled(&tests, &schema(), &stats);
+            let test = pooled(&tests, &schema_of_test_data(), &stats);
             let acc = treaty_node::metrics::evaluate(&model, &test)["accuracy"];
             accuracy.insert((aggregation.as_str_name(), attack), acc);
         }
@@ -376,8 +376,17 @@ async fn every_model_and_strategy_trains_end_to_end() {
     let fx = Fixture::new(&[("DE-BKA", "DE"), ("NL-POLITIE", "NL"), ("FR-DOUANE", "FR")]);
     let (_coordinator, address) = fx.start_coordinator("127.0.0.1:0");
     let mut nodes = Vec::new();
-    for (i, (agency, country)) in [("DE-BKA", "DE"), ("NL-POLITIE", "NL"), ("FR-DOUANE", "FR")].into_iter().enumerate() {
-        let (train_file, test_file) = write_shifted_data(fx.dir.path(), agency, 600, 40 + i as u64, i as f64 * 0.4 - 0.4);
+    for (i, (agency, country)) in [("DE-BKA", "DE"), ("NL-POLITIE", "NL"), ("FR-DOUANE", "FR")]
+        .into_iter()
+        .enumerate()
+    {
+        let (train_file, test_file) = write_shifted_data(
+            fx.dir.path(),
+            agency,
+            600,
+            40 + i as u64,
+            i as f64 * 0.4 - 0.4,
+        );
         let config = fx.node_config_for(agency, country, &address, &train_file, &test_file);
         nodes.push(fx.start_node_with(agency, &config));
     }
@@ -390,31 +399,63 @@ async fn every_model_and_strategy_trains_end_to_end() {
         spec.model = model as i32;
         spec.learning_rate = 0.05;
         spec.momentum = 0.5;
-        spec.schema = Some(schema::parse(&format!("{label}\n{columns}")).unwrap().unwrap());
+        spec.schema = Some(
+            schema::parse(&format!("{label}\n{columns}"))
+                .unwrap()
+                .unwrap(),
+        );
         spec
     };
-    let last = |job: &treaty_proto::v1::Job, metric: &str| job.rounds.last().unwrap().metrics[metric];
+    let last =
+        |job: &treaty_proto::v1::Job, metric: &str| job.rounds.last().unwrap().metrics[metric];
 
     // Multinomial regression of the three bands (chance is about 1/3).
     let job = run_job(&mut op, "models", spec(ModelKind::MultinomialLogisticRegression, "[label]\nname = \"band\"\nkind = \"categorical\"\nclasses = [\"low\", \"mid\", \"high\"]\n"), 3).await;
-    assert!(last(&job, "test_accuracy") > 0.85, "{:?}", job.rounds.last().unwrap().metrics);
+    assert!(
+        last(&job, "test_accuracy") > 0.85,
+        "{:?}",
+        job.rounds.last().unwrap().metrics
+    );
 
     // Linear regression of the amount: the error falls well under the label's spread (about 7).
-    let job = run_job(&mut op, "models", spec(ModelKind::LinearRegression, "[label]\nname = \"amount\"\nkind = \"numeric\"\n"), 3).await;
-    assert!(last(&job, "test_rmse") < 1.0, "{:?}", job.rounds.last().unwrap().metrics);
+    let job = run_job(
+        &mut op,
+        "models",
+        spec(
+            ModelKind::LinearRegression,
+            "[label]\nname = \"amount\"\nkind = \"numeric\"\n",
+        ),
+        3,
+    )
+    .await;
+    assert!(
+        last(&job, "test_rmse") < 1.0,
+        "{:?}",
+        job.rounds.last().unwrap().metrics
+    );
 
     // An MLP and every strategy on the binary label.
-    let mut mlp = spec(ModelKind::Mlp, "[label]\nname = \"seized\"\nkind = \"binary\"\n");
+    let mut mlp = spec(
+        ModelKind::Mlp,
+        "[label]\nname = \"seized\"\nkind = \"binary\"\n",
+    );
     mlp.hidden_units = 8;
     let job = run_job(&mut op, "models", mlp, 3).await;
-    assert!(last(&job, "test_auc") > 0.9, "{:?}", job.rounds.last().unwrap().metrics);
+    assert!(
+        last(&job, "test_auc") > 0.9,
+        "{:?}",
+        job.rounds.last().unwrap().metrics
+    );
     for (aggregation, proximal_mu) in [
         (Aggregation::Fedavg, 0.1),
         (Aggregation::Fedadam, 0.0),
         (Aggregation::Fedyogi, 0.0),
         (Aggregation::Fedadagrad, 0.0),
     ] {
-        let mut s = spec(ModelKind::LogisticRegression, "[label]\nname = \"seized\"\nkind = \"binary\"\n");
+        let mut s = spec(
+            ModelKind::LogisticRegression,
+            "[label]\nname = \"seized\"\nkind = \"binary\"\n",
+        );
         s.strategy = Some(Strategy {
             aggregation: aggregation as i32,
             proximal_mu,
@@ -422,6 +463,11 @@ async fn every_model_and_strategy_trains_end_to_end() {
         });
         let job = run_job(&mut op, "models", s, 3).await;
         // Chance is 0.5; the adaptive server optimisers take smaller first steps.
-        assert!(last(&job, "test_auc") > 0.8, "{} {:?}", aggregation.as_str_name(), job.rounds.last().unwrap().metrics);
+        assert!(
+            last(&job, "test_auc") > 0.8,
+            "{} {:?}",
+            aggregation.as_str_name(),
+            job.rounds.last().unwrap().metrics
+        );
     }
 }

@@ -144,3 +144,83 @@ async fn sigterm_stops_coordinator_and_node_gracefully() {
         coordinator.log()
     );
 }
+
+#[tokio::test]
+async fn the_operator_cli_creates_a_federation_and_trains() {
+    let fx = Fixture::new(&[("DE-BKA", "DE"), ("NL-POLITIE", "NL")]);
+    let (_coordinator, address) = fx.start_coordinator("127.0.0.1:0");
+    let _de = fx.start_node("DE-BKA", "DE", &address, 21);
+    let _nl = fx.start_node("NL-POLITIE", "NL", &address, 22);
+    let config = fx.operator_config(&address);
+    let schema = fx.path("schema.toml");
+    std::fs::write(
+        &schema,
+        treaty_proto::schema::to_toml(&schema_of_test_data()),
+    )
+    .unwrap();
+    let mut op = fx.operator(&address).await;
+    wait_connected(&mut op, &["DE-BKA", "NL-POLITIE"]).await;
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(TREATY)
+            .args(args)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "{args:?}: {text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        text
+    };
+    let c = config.to_str().unwrap();
+    let out = run(&[
+        "federation",
+        "create",
+        "--config",
+        c,
+        "--name",
+        "pair",
+        "--purpose",
+        "narcotics",
+        "--member",
+        "DE-BKA",
+        "--member",
+        "NL-POLITIE",
+    ]);
+    assert!(out.contains("federation `pair` created"), "{out}");
+    let out = run(&["agencies", "--config", c]);
+    assert!(
+        out.contains("DE-BKA\tDE") && out.contains("NL-POLITIE\tNL"),
+        "{out}"
+    );
+    let out = run(&[
+        "job",
+        "train",
+        "--config",
+        c,
+        "--federation",
+        "pair",
+        "--schema",
+        schema.to_str().unwrap(),
+        "--rounds",
+        "2",
+        "--learning-rate",
+        "0.2",
+        "--aggregation",
+        "median",
+        "--min-participants",
+        "2",
+    ]);
+    assert!(out.contains("job succeeded after 2 round(s)"), "{out}");
+    let out = run(&["job", "show", "--config", c, "--job", "job-000001"]);
+    assert!(out.contains("statistics: 2 of 2 invited"), "{out}");
+    assert!(
+        out.contains("round 2: 2 of 2 invited, 800 examples"),
+        "{out}"
+    );
+    assert!(
+        out.contains("    NL-POLITIE: 400 examples  test_accuracy="),
+        "{out}"
+    );
+}

@@ -1,0 +1,365 @@
+//! The operator's commands: `treaty federation create|list`, `treaty agencies`,
+//! `treaty job train|watch|show|list`.
+
+#![allow(clippy::print_stdout)]
+
+use std::path::PathBuf;
+
+use clap::{Args, Subcommand, ValueEnum};
+use treaty_proto::schema;
+use treaty_proto::v1::{
+    Aggregation, CreateFederationRequest, CreateJobRequest, FederationInfo, GetJobRequest, Job,
+    JobSpec, ListAgenciesRequest, ListFederationsRequest, ListJobsRequest, ModelKind, Strategy,
+    TrainingSpec, job_spec,
+};
+
+use crate::operator::{self, OperatorConfig};
+
+#[derive(Debug, Subcommand)]
+pub enum FederationCommand {
+    /// Creates a federation.
+    Create {
+        /// The operator's configuration file.
+        #[arg(long)]
+        config: PathBuf,
+        /// Its name (lowercase letters, digits and `-`).
+        #[arg(long)]
+        name: String,
+        /// The purpose its jobs serve, e.g. `narcotics`.
+        #[arg(long)]
+        purpose: String,
+        /// A member agency's id (repeatable).
+        #[arg(long = "member", required = true)]
+        members: Vec<String>,
+    },
+    /// Lists the federations.
+    List {
+        #[arg(long)]
+        config: PathBuf,
+    },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum ModelArg {
+    Logistic,
+    Multinomial,
+    Linear,
+    Mlp,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum AggregationArg {
+    Fedavg,
+    Fedadam,
+    Fedyogi,
+    Fedadagrad,
+    Median,
+    TrimmedMean,
+    NormBounded,
+}
+
+#[derive(Debug, Args)]
+pub struct TrainArgs {
+    /// The operator's configuration file.
+    #[arg(long)]
+    config: PathBuf,
+    /// The federation.
+    #[arg(long)]
+    federation: String,
+    /// The feature schema (TOML).
+    #[arg(long)]
+    schema: PathBuf,
+    #[arg(long, value_enum, default_value = "logistic")]
+    model: ModelArg,
+    #[arg(long, default_value_t = 20)]
+    rounds: u32,
+    #[arg(long, default_value_t = 1)]
+    local_epochs: u32,
+    #[arg(long, default_value_t = 64)]
+    batch_size: u32,
+    #[arg(long, default_value_t = 0.05)]
+    learning_rate: f64,
+    #[arg(long, default_value_t = 0.0)]
+    momentum: f64,
+    #[arg(long, default_value_t = 0.0)]
+    l2: f64,
+    /// Hidden units of an MLP.
+    #[arg(long, default_value_t = 16)]
+    hidden_units: u32,
+    #[arg(long, value_enum, default_value = "fedavg")]
+    aggregation: AggregationArg,
+    /// FedProx's mu (0: plain local SGD).
+    #[arg(long, default_value_t = 0.0)]
+    proximal_mu: f64,
+    /// Server learning rate of FedAdam, FedYogi, FedAdagrad.
+    #[arg(long, default_value_t = 0.1)]
+    server_learning_rate: f64,
+    /// Trimmed mean: fraction cut at each end.
+    #[arg(long, default_value_t = 0.2)]
+    trim_fraction: f64,
+    /// Norm bounding: the bound (0: the round's median update norm).
+    #[arg(long, default_value_t = 0.0)]
+    max_update_norm: f64,
+    /// Rounds go ahead with at least this many agencies.
+    #[arg(long, default_value_t = 1)]
+    min_participants: u32,
+    /// Seconds to wait for a round's results.
+    #[arg(long, default_value_t = 60)]
+    round_timeout: u32,
+    /// Return once the job is created instead of following it.
+    #[arg(long)]
+    detach: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum JobCommand {
+    /// Starts a training job and follows it.
+    Train(Box<TrainArgs>),
+    /// Follows a job until it ends.
+    Watch {
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long)]
+        job: String,
+    },
+    /// Shows a job: every round, its contributors, exclusions and metrics per agency.
+    Show {
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long)]
+        job: String,
+    },
+    /// Lists the jobs, newest first.
+    List {
+        #[arg(long)]
+        config: PathBuf,
+    },
+}
+
+pub async fn federation(command: FederationCommand) -> anyhow::Result<()> {
+    match command {
+        FederationCommand::Create {
+            config,
+            name,
+            purpose,
+            members,
+        } => {
+            let mut client = OperatorConfig::load(&config)?.connect().await?;
+            let f = client
+                .create_federation(CreateFederationRequest {
+                    federation: Some(FederationInfo {
+                        name,
+                        purpose,
+                        members,
+                        ..Default::default()
+                    }),
+                })
+                .await?
+                .into_inner();
+            println!(
+                "federation `{}` created: purpose {}, members {}",
+                f.name,
+                f.purpose,
+                f.members.join(", ")
+            );
+        }
+        FederationCommand::List { config } => {
+            let mut client = OperatorConfig::load(&config)?.connect().await?;
+            for f in client
+                .list_federations(ListFederationsRequest {})
+                .await?
+                .into_inner()
+                .federations
+            {
+                println!(
+                    "{}\tpurpose {}\tmembers {}\tcreated by {}",
+                    f.name,
+                    f.purpose,
+                    f.members.join(","),
+                    f.created_by
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+pub async fn agencies(config: PathBuf) -> anyhow::Result<()> {
+    let mut client = OperatorConfig::load(&config)?.connect().await?;
+    for a in client
+        .list_agencies(ListAgenciesRequest {})
+        .await?
+        .into_inner()
+        .agencies
+    {
+        println!(
+            "{}\t{}\tnode {}\tsince {}",
+            a.agency, a.country, a.software_version, a.connected_unix_ms
+        );
+    }
+    Ok(())
+}
+
+pub async fn job(command: JobCommand) -> anyhow::Result<()> {
+    match command {
+        JobCommand::Train(args) => train(*args).await,
+        JobCommand::Watch { config, job } => {
+            let mut client = OperatorConfig::load(&config)?.connect().await?;
+            let job = operator::watch(&mut client, &job, true).await?;
+            show(&job);
+            Ok(())
+        }
+        JobCommand::Show { config, job } => {
+            let mut client = OperatorConfig::load(&config)?.connect().await?;
+            show(
+                &client
+                    .get_job(GetJobRequest { job_id: job })
+                    .await?
+                    .into_inner(),
+            );
+            Ok(())
+        }
+        JobCommand::List { config } => {
+            let mut client = OperatorConfig::load(&config)?.connect().await?;
+            for j in client
+                .list_jobs(ListJobsRequest {})
+                .await?
+                .into_inner()
+                .jobs
+            {
+                println!(
+                    "{}\t{}\t{}\t{} round(s)\t{}",
+                    j.job_id,
+                    j.federation,
+                    state(&j),
+                    j.rounds.len(),
+                    j.message
+                );
+            }
+            Ok(())
+        }
+    }
+}
+
+fn state(job: &Job) -> &'static str {
+    treaty_coordinator::service::operator::state_name(job.state)
+}
+
+async fn train(a: TrainArgs) -> anyhow::Result<()> {
+    let schema = schema::load(&a.schema)?;
+    let model = match a.model {
+        ModelArg::Logistic => ModelKind::LogisticRegression,
+        ModelArg::Multinomial => ModelKind::MultinomialLogisticRegression,
+        ModelArg::Linear => ModelKind::LinearRegression,
+        ModelArg::Mlp => ModelKind::Mlp,
+    };
+    let aggregation = match a.aggregation {
+        AggregationArg::Fedavg => Aggregation::Fedavg,
+        AggregationArg::Fedadam => Aggregation::Fedadam,
+        AggregationArg::Fedyogi => Aggregation::Fedyogi,
+        AggregationArg::Fedadagrad => Aggregation::Fedadagrad,
+        AggregationArg::Median => Aggregation::Median,
+        AggregationArg::TrimmedMean => Aggregation::TrimmedMean,
+        AggregationArg::NormBounded => Aggregation::NormBounded,
+    };
+    let spec = TrainingSpec {
+        model: model as i32,
+        schema: Some(schema),
+        rounds: a.rounds,
+        local_epochs: a.local_epochs,
+        batch_size: a.batch_size,
+        learning_rate: a.learning_rate,
+        momentum: a.momentum,
+        l2: a.l2,
+        hidden_units: if model == ModelKind::Mlp {
+            a.hidden_units
+        } else {
+            0
+        },
+        strategy: Some(Strategy {
+            aggregation: aggregation as i32,
+            proximal_mu: a.proximal_mu,
+            server_learning_rate: a.server_learning_rate,
+            trim_fraction: a.trim_fraction,
+            max_update_norm: a.max_update_norm,
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let mut client = OperatorConfig::load(&a.config)?.connect().await?;
+    let job = client
+        .create_job(CreateJobRequest {
+            federation: a.federation,
+            spec: Some(JobSpec {
+                kind: Some(job_spec::Kind::Training(spec)),
+                min_participants: a.min_participants,
+                round_timeout_ms: a.round_timeout.saturating_mul(1000),
+                join_timeout_ms: 60_000,
+            }),
+        })
+        .await?
+        .into_inner();
+    println!("job {} created", job.job_id);
+    if !a.detach {
+        let job = operator::watch(&mut client, &job.job_id, true).await?;
+        show(&job);
+    }
+    Ok(())
+}
+
+/// Prints a job: its rounds, who contributed, who was excluded and why, and the metrics.
+pub fn show(job: &Job) {
+    println!(
+        "job {} in federation {}: {} ({} round(s)) {}",
+        job.job_id,
+        job.federation,
+        state(job),
+        job.rounds.len(),
+        job.message
+    );
+    let rounds = job.statistics.iter().chain(&job.rounds);
+    for r in rounds {
+        let name = if r.round == 0 {
+            "statistics".to_owned()
+        } else {
+            format!("round {}", r.round)
+        };
+        let mut metrics: Vec<String> = r
+            .metrics
+            .iter()
+            .map(|(k, v)| format!("{k}={v:.4}"))
+            .collect();
+        metrics.sort();
+        println!(
+            "  {name}: {} of {} invited, {} examples  {}",
+            r.contributors.len(),
+            r.invited.len(),
+            r.num_examples,
+            metrics.join(" ")
+        );
+        let mut agencies: Vec<_> = r.agency_metrics.iter().collect();
+        agencies.sort_by(|a, b| a.0.cmp(b.0));
+        for (agency, m) in agencies {
+            let mut values: Vec<String> = m
+                .values
+                .iter()
+                .map(|(k, v)| format!("{k}={v:.4}"))
+                .collect();
+            values.sort();
+            println!(
+                "    {agency}: {} examples  {}",
+                m.num_examples,
+                values.join(" ")
+            );
+        }
+        for e in &r.excluded {
+            println!(
+                "    {} excluded: {} — {}",
+                e.agency, e.reason_code, e.message
+            );
+        }
+    }
+    if !job.latest_model_version.is_empty() {
+        println!("  latest model: {}", job.latest_model_version);
+    }
+}
