@@ -7,6 +7,7 @@ mod job_cmd;
 mod local;
 mod model_cmd;
 mod operator;
+mod privacy_cmd;
 mod signals;
 mod synth;
 
@@ -77,6 +78,9 @@ enum Command {
     /// Starts, follows and shows jobs (operators).
     #[command(subcommand)]
     Job(job_cmd::JobCommand),
+    /// Plans privacy budgets: the epsilon of DP-SGD steps, or the noise a target needs.
+    #[command(subcommand)]
+    Privacy(privacy_cmd::PrivacyCommand),
     /// Runs a benchmark workload of shared/WORKLOADS.md.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -276,6 +280,7 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Bench(BenchCommand::W1(args)) => bench::w1(args).await,
+        Command::Privacy(command) => privacy_cmd::run(command),
         Command::Federation(command) => job_cmd::federation(command).await,
         Command::Agencies { config } => job_cmd::agencies(config).await,
         Command::Job(command) => job_cmd::job(command).await,

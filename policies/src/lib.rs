@@ -1,7 +1,8 @@
 //! The sharing-policy language and the privacy arithmetic that policies are judged by.
 //!
-//! This crate will own the language of `shared/spec/policy.md` (parsing with source spans,
-//! validation, the three-phase decision, explanations) and the privacy accountants. It is
-//! synchronous and knows nothing of tonic, tokio, nodes or coordinators. Until the policy engine
-//! lands it holds nothing, and no round is decided by it: the coordinator invites every connected
-//! member of a federation (see the README's "Status").
+//! This crate owns the privacy accountants ([`privacy`]): what a history of releases costs an
+//! agency in (epsilon, delta). It will own the policy language of `shared/spec/policy.md`
+//! (parsing with source spans, validation, the three-phase decision, explanations). It is
+//! synchronous and knows nothing of tonic, tokio, nodes or coordinators.
+
+pub mod privacy;

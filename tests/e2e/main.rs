@@ -8,4 +8,5 @@ mod config;
 mod demo;
 mod identity;
 mod learning;
+mod privacy;
 mod rounds;

@@ -1,0 +1,99 @@
+//! `treaty privacy epsilon|noise`, the planning commands of the accountants.
+
+use std::process::Command;
+
+use crate::common::TREATY;
+
+fn json(args: &[&str]) -> serde_json::Value {
+    let out = Command::new(TREATY)
+        .args(args)
+        .arg("--json")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[test]
+fn epsilon_of_abadi_et_al_and_the_noise_it_needs() {
+    // dp_accounting 0.6.0 (RdpAccountant, default orders) gives 1.0354900660362436 here; Abadi et
+    // al. 2016's moments accountant gave about 1.26.
+    let v = json(&[
+        "privacy",
+        "epsilon",
+        "--sampling-rate",
+        "0.01",
+        "--noise-multiplier",
+        "4",
+        "--steps",
+        "10000",
+        "--delta",
+        "1e-5",
+    ]);
+    assert!(
+        (v["epsilon"].as_f64().unwrap() - 1.0354900660362436).abs() < 1e-6,
+        "{v}"
+    );
+    assert_eq!(v["delta"].as_f64(), Some(1e-5));
+    assert!(v["accountant"].as_str().unwrap().starts_with("RDP"), "{v}");
+    // The noise for exactly that epsilon is the 4 we started from.
+    let v = json(&[
+        "privacy",
+        "noise",
+        "--sampling-rate",
+        "0.01",
+        "--steps",
+        "10000",
+        "--epsilon",
+        "1.0354900660362436",
+        "--delta",
+        "1e-5",
+    ]);
+    assert!(
+        (v["noise_multiplier"].as_f64().unwrap() - 4.0).abs() < 1e-3,
+        "{v}"
+    );
+    // Full batch goes through zCDP.
+    let v = json(&[
+        "privacy",
+        "epsilon",
+        "--sampling-rate",
+        "1",
+        "--noise-multiplier",
+        "5",
+        "--steps",
+        "20",
+        "--delta",
+        "1e-5",
+    ]);
+    assert!(v["accountant"].as_str().unwrap().starts_with("zCDP"), "{v}");
+    // dp_accounting's RDP over its order grid gives 4.161624306053592; zCDP optimises over every
+    // order, so it is at most that, and close.
+    let e = v["epsilon"].as_f64().unwrap();
+    assert!(e <= 4.161624306053592 && e > 4.15, "{v}");
+}
+
+#[test]
+fn bad_arguments_are_named() {
+    let out = Command::new(TREATY)
+        .args([
+            "privacy",
+            "epsilon",
+            "--sampling-rate",
+            "1.5",
+            "--noise-multiplier",
+            "1",
+            "--steps",
+            "10",
+            "--delta",
+            "1e-5",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--sampling-rate 1.5 must be in (0, 1]"));
+}
