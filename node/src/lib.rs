@@ -14,6 +14,7 @@ pub mod explain;
 pub mod journal;
 pub mod metrics;
 pub mod model;
+pub mod noise;
 pub mod session;
 pub mod train;
 pub mod work;
