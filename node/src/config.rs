@@ -16,6 +16,10 @@
 //! [data]
 //! train = "data/train.csv"                 # CSV with a header row
 //! test = "data/test.csv"                   # optional: evaluation split
+//!
+//! [privacy]                                # optional: the agency's budget, over every job
+//! max_epsilon = 8.0
+//! delta = 1e-5
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -28,7 +32,7 @@ use treaty_proto::tls::TlsFiles;
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NodeConfig {
-    /// The node's own database directory (its journal of releases).
+    /// The node's own database directory (its privacy ledger).
     pub state_dir: PathBuf,
     /// How to reach the coordinator.
     pub coordinator: CoordinatorLink,
@@ -36,6 +40,11 @@ pub struct NodeConfig {
     pub tls: TlsFiles,
     /// The agency's data.
     pub data: DataFiles,
+    /// The agency's privacy budget. With one, every release must be differentially private and
+    /// fit in it; without, releases are recorded but not limited (an unprotected release counts
+    /// as an unbounded epsilon).
+    #[serde(default)]
+    pub privacy: Option<crate::ledger::Budget>,
 }
 
 /// How to reach the coordinator.
@@ -105,6 +114,14 @@ impl Validate for NodeConfig {
             files.push(("data.test", test.as_path()));
         }
         let mut problems = config::missing_files(files);
+        if let Some(b) = &self.privacy
+            && !(b.max_epsilon.is_finite() && b.max_epsilon > 0.0 && b.delta > 0.0 && b.delta < 1.0)
+        {
+            problems.push(format!(
+                "`privacy`: max_epsilon {} must be positive and delta {} in (0, 1)",
+                b.max_epsilon, b.delta
+            ));
+        }
         match self.coordinator.address.rsplit_once(':') {
             Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0) => {}
             _ => problems.push(format!(

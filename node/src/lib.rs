@@ -2,8 +2,8 @@
 //!
 //! It owns the agency's side of a federation: loading its records and encoding them by the
 //! federation's schema, the models and their local training and evaluation, carrying out tasks
-//! (training rounds, column statistics, analytics), the journal of everything it releases (written before anything
-//! leaves), and the client that dials out to the coordinator and keeps its session alive. It
+//! (training rounds, column statistics, analytics) with differential privacy through opendp,
+//! the privacy ledger of everything it releases (written before anything leaves), and the client that dials out to the coordinator and keeps its session alive. It
 //! trusts only the coordinator's verified certificate and never relies on the coordinator's
 //! word for what its own data may be used for. It knows nothing of the coordinator's internals.
 
@@ -11,7 +11,7 @@ pub mod config;
 pub mod data;
 pub mod error;
 pub mod explain;
-pub mod journal;
+pub mod ledger;
 pub mod metrics;
 pub mod model;
 pub mod noise;
@@ -43,7 +43,7 @@ pub async fn run(config: NodeConfig, shutdown: CancellationToken) -> Result<(), 
         .as_deref()
         .map(data::Table::open)
         .transpose()?;
-    let journal = journal::Journal::open(&config.state_dir)?;
+    let ledger = ledger::Ledger::open(&config.state_dir, config.privacy)?;
     tracing::info!(
         identity = %tls.identity(),
         coordinator = config.coordinator.address,
@@ -53,7 +53,7 @@ pub async fn run(config: NodeConfig, shutdown: CancellationToken) -> Result<(), 
     let node = session::Node {
         tls,
         link: config.coordinator,
-        journal,
+        ledger: Arc::new(ledger),
         worker: Arc::new(work::Worker::new(train, test)),
     };
     session::run(node, shutdown).await;

@@ -12,13 +12,13 @@ use treaty_proto::tensor::{DEFAULT_MAX_CHUNK_BYTES, encode};
 use treaty_proto::tls::ClientTls;
 use treaty_proto::v1::agency_service_client::AgencyServiceClient;
 use treaty_proto::v1::{
-    DatasetSummary, Dtype, Heartbeat, Hello, NodeMessage, ResultHeader, ResultPart, Task,
-    TaskAccepted, TaskRefused, coordinator_message, node_message, result_part, task,
+    DatasetSummary, Dtype, Heartbeat, Hello, NodeMessage, PrivacyReport, ResultHeader, ResultPart,
+    Task, TaskAccepted, TaskRefused, coordinator_message, node_message, result_part, task,
 };
 
 use crate::config::CoordinatorLink;
 use crate::error::NodeError;
-use crate::journal::{Journal, Release};
+use crate::ledger::{Entry, Ledger, LedgerRefusal};
 use crate::work::{Output, Refusal, Worker};
 
 /// Everything a session needs.
@@ -26,7 +26,7 @@ use crate::work::{Output, Refusal, Worker};
 pub struct Node {
     pub tls: ClientTls,
     pub link: CoordinatorLink,
-    pub journal: Journal,
+    pub ledger: Arc<Ledger>,
     pub worker: Arc<Worker>,
 }
 
@@ -97,6 +97,7 @@ async fn serve_once(node: &Node, shutdown: &CancellationToken) -> Result<bool, N
         software_version: env!("CARGO_PKG_VERSION").to_owned(),
         protocol_version: treaty_proto::PROTOCOL_VERSION,
         datasets,
+        privacy: Some(node.ledger.report(None)),
     };
     tx.send(message(node_message::Kind::Hello(hello)))
         .await
@@ -201,17 +202,12 @@ async fn carry_out(
         round = task.round,
         "task received"
     );
-    let _ = session
-        .send(message(node_message::Kind::Accepted(TaskAccepted {
-            task_id: task_id.clone(),
-        })))
-        .await;
-    let output = match node.worker.run(&mut client, &task.job_id, kind).await {
-        Ok(output) => output,
+    // Decide what will be released, and record it in the ledger, before touching the data.
+    let plan = match node.worker.plan(kind) {
+        Ok(plan) => plan,
         Err(refusal) => return refuse(refusal).await,
     };
-    // Write-ahead: the release is on disk before a byte of it leaves the node.
-    let release = Release {
+    let entry = Entry {
         time_unix_ms: now_ms(),
         task_id: task_id.clone(),
         job_id: task.job_id.clone(),
@@ -222,22 +218,41 @@ async fn carry_out(
             task::Kind::Query(_) => "query".into(),
             task::Kind::Stats(_) => "statistics".into(),
         },
-        num_examples: output.num_examples,
-        tensors: output
-            .tensors
-            .iter()
-            .map(|t| format!("{}{:?}", t.name, t.values.shape()))
-            .collect(),
         recipient,
+        release: plan.release,
     };
-    if let Err(error) = node.journal.record(&release) {
-        return refuse(Refusal::new(
-            "JOURNAL_ERROR",
-            format!("the release could not be recorded, so nothing was sent: {error}"),
-        ))
-        .await;
+    match node.ledger.record(&entry) {
+        Ok(spent) => tracing::info!(
+            task = task_id,
+            epsilon = spent.epsilon,
+            delta = spent.delta,
+            accountant = spent.accountant,
+            "release recorded in the ledger"
+        ),
+        Err(refusal) => {
+            let code = match refusal {
+                LedgerRefusal::BudgetExhausted { .. } => "BUDGET_EXHAUSTED",
+                LedgerRefusal::NotPrivate => "DP_REQUIRED",
+                LedgerRefusal::Store(_) => "LEDGER_ERROR",
+            };
+            return refuse(Refusal::new(code, refusal.to_string())).await;
+        }
     }
-    match upload(&mut client, &task_id, output).await {
+    let _ = session
+        .send(message(node_message::Kind::Accepted(TaskAccepted {
+            task_id: task_id.clone(),
+        })))
+        .await;
+    let output = match node
+        .worker
+        .run(&mut client, &task.job_id, kind, &plan)
+        .await
+    {
+        Ok(output) => output,
+        Err(refusal) => return refuse(refusal).await,
+    };
+    let report = node.ledger.report(Some(plan.release));
+    match upload(&mut client, &task_id, output, Some(report)).await {
         Ok(()) => tracing::info!(task = task_id, "result sent"),
         Err(error) => tracing::warn!(task = task_id, %error, "result not accepted"),
     }
@@ -248,6 +263,7 @@ pub async fn upload(
     client: &mut AgencyServiceClient<Channel>,
     task_id: &str,
     output: Output,
+    privacy: Option<PrivacyReport>,
 ) -> Result<(), NodeError> {
     let (specs, chunks) = encode(&output.tensors, Dtype::F64, DEFAULT_MAX_CHUNK_BYTES);
     let header = ResultHeader {
@@ -256,6 +272,7 @@ pub async fn upload(
         metrics: output.metrics,
         tensors: specs,
         declared_norm_bound: 0.0,
+        privacy,
     };
     let parts = std::iter::once(result_part::Kind::Header(header))
         .chain(chunks.into_iter().map(result_part::Kind::Chunk))

@@ -17,10 +17,14 @@ use treaty_proto::v1::{
     TrainingSpec, model_part, task,
 };
 
+use treaty_policies::privacy::{Release, rdp, zcdp};
+use treaty_proto::v1::{DpMode, PrivacySpec, Transform};
+
 use crate::data::{Examples, Table};
 use crate::metrics;
 use crate::model::{Kind, Model};
-use crate::train::{Sgd, train};
+use crate::noise::GaussianNoise;
+use crate::train::{DpSgd, Sampling, Sgd, train, train_dp};
 
 /// Why a node declines a task: a stable code and a sentence.
 #[derive(Debug, Clone, PartialEq)]
@@ -45,6 +49,29 @@ pub struct Output {
     pub metrics: HashMap<String, f64>,
     pub tensors: Vec<NamedTensor>,
 }
+
+/// What a task will release, decided before it touches the data: the mechanism for the ledger,
+/// and the noise the computation must add.
+#[derive(Debug, Clone, Copy)]
+pub struct Plan {
+    /// `None`: the values leave without differential privacy.
+    pub release: Option<Release>,
+    dp: Option<DpSgd>,
+    statistics_noise: Option<GaussianNoise>,
+}
+
+impl Plan {
+    fn unprotected() -> Self {
+        Plan {
+            release: None,
+            dp: None,
+            statistics_noise: None,
+        }
+    }
+}
+
+/// The default zCDP rho of a statistics round under DP.
+const DEFAULT_STATISTICS_RHO: f64 = 0.005;
 
 /// Encoded examples of one table for one schema and standardisation.
 type Encoded = Result<Arc<Examples>, Refusal>;
@@ -117,12 +144,123 @@ impl Worker {
         Some(encoded)
     }
 
-    /// Carries out a task.
+    /// Decides what a task will release and with which noise, from the task and the size of the
+    /// agency's data alone, before any record is read for it.
+    pub fn plan(&self, kind: &task::Kind) -> Result<Plan, Refusal> {
+        match kind {
+            task::Kind::Training(t) => {
+                let spec = t
+                    .spec
+                    .as_ref()
+                    .ok_or_else(|| Refusal::new("INVALID_TASK", "the training task has no spec"))?;
+                self.training_plan(spec)
+            }
+            task::Kind::Stats(s) => match (&s.privacy, &s.schema) {
+                (Some(privacy), Some(schema)) => statistics_plan(schema, privacy),
+                _ => Ok(Plan::unprotected()),
+            },
+            task::Kind::Query(_) => Ok(Plan::unprotected()),
+        }
+    }
+
+    fn training_plan(&self, spec: &TrainingSpec) -> Result<Plan, Refusal> {
+        let Some(privacy) = spec.privacy.as_ref() else {
+            return Ok(Plan::unprotected());
+        };
+        let invalid = |m: String| Refusal::new("INVALID_TASK", m);
+        if !(privacy.clip_norm.is_finite() && privacy.clip_norm > 0.0) {
+            return Err(invalid(format!(
+                "the clipping norm {} must be positive",
+                privacy.clip_norm
+            )));
+        }
+        let n = self.train.len() as f64;
+        let parameters: usize = schema::parameter_layout(spec)
+            .iter()
+            .map(|(_, s)| s.iter().product::<usize>())
+            .sum();
+        let epochs = u64::from(spec.local_epochs.max(1));
+        let (sampling, steps) = match DpMode::try_from(privacy.mode).unwrap_or(DpMode::Unspecified)
+        {
+            DpMode::FullBatch => (Sampling::FullBatch, epochs),
+            DpMode::Poisson => {
+                let q = if privacy.sampling_rate > 0.0 {
+                    privacy.sampling_rate
+                } else {
+                    f64::from(spec.batch_size) / n
+                };
+                if !(q > 0.0 && q <= 1.0) {
+                    return Err(invalid(format!("the sampling rate {q} must be in (0, 1]")));
+                }
+                (Sampling::Poisson(q), epochs * (1.0 / q).ceil() as u64)
+            }
+            DpMode::Unspecified => {
+                return Err(invalid(
+                    "the privacy spec names no mode (full batch or Poisson)".into(),
+                ));
+            }
+        };
+        let sigma = if privacy.noise_multiplier > 0.0 {
+            privacy.noise_multiplier
+        } else {
+            // Calibrate the whole job to its target; a hair more noise covers the noise grid.
+            let (epsilon, delta) = (privacy.target_epsilon, privacy.target_delta);
+            if !(epsilon > 0.0 && delta > 0.0 && delta < 1.0) {
+                return Err(invalid(
+                    "give a noise multiplier, or a target epsilon and delta for the job".into(),
+                ));
+            }
+            let total = steps * u64::from(spec.rounds.max(1));
+            let sigma = match sampling {
+                Sampling::FullBatch => {
+                    (total as f64 / (2.0 * zcdp::rho_for(epsilon, delta))).sqrt()
+                }
+                Sampling::Poisson(q) => {
+                    rdp::noise_for(q, total, epsilon, delta).ok_or_else(|| {
+                        invalid(format!(
+                            "no noise multiplier meets epsilon {epsilon} over {total} steps"
+                        ))
+                    })?
+                }
+            };
+            sigma * (1.0 + 1e-6)
+        };
+        let noise = GaussianNoise {
+            sensitivity: privacy.clip_norm,
+            noise_multiplier: sigma,
+        };
+        let rho = noise
+            .rho(parameters)
+            .map_err(|e| Refusal::new("INTERNAL_ERROR", e.to_string()))?;
+        let release = match sampling {
+            Sampling::FullBatch => Release::Gaussian {
+                rho: steps as f64 * rho,
+            },
+            // opendp's rho includes the noise grid; the effective noise multiplier is the one it implies.
+            Sampling::Poisson(q) => Release::SampledGaussian {
+                sampling_rate: q,
+                noise_multiplier: (1.0 / (2.0 * rho)).sqrt(),
+                steps,
+            },
+        };
+        Ok(Plan {
+            release: Some(release),
+            dp: Some(DpSgd {
+                sampling,
+                steps,
+                noise,
+            }),
+            statistics_noise: None,
+        })
+    }
+
+    /// Carries out a task, as planned.
     pub async fn run(
         &self,
         client: &mut AgencyServiceClient<Channel>,
         job_id: &str,
         kind: &task::Kind,
+        plan: &Plan,
     ) -> Result<Output, Refusal> {
         match kind {
             task::Kind::Training(t) => {
@@ -131,13 +269,13 @@ impl Worker {
                     .as_ref()
                     .ok_or_else(|| Refusal::new("INVALID_TASK", "the training task has no spec"))?;
                 let global = download(client, job_id, &t.model_version).await?;
-                self.train_round(spec, global).await
+                self.train_round(spec, global, plan.dp).await
             }
             task::Kind::Stats(s) => {
                 let schema = s.schema.clone().ok_or_else(|| {
                     Refusal::new("INVALID_TASK", "the statistics task has no schema")
                 })?;
-                self.stats(schema).await
+                self.stats(schema, plan.statistics_noise).await
             }
             task::Kind::Query(q) => {
                 let spec = q
@@ -153,6 +291,7 @@ impl Worker {
         &self,
         spec: &TrainingSpec,
         global: Vec<NamedTensor>,
+        dp: Option<DpSgd>,
     ) -> Result<Output, Refusal> {
         let schema = spec
             .schema
@@ -203,6 +342,24 @@ impl Worker {
         };
         blocking(move || {
             let mut out = HashMap::new();
+            if let Some(dp) = dp {
+                // Under DP nothing else leaves: no metrics from the test split, and no count of
+                // records (updates are then averaged with equal weights).
+                let mut local = model;
+                train_dp(&mut local, &train_data, &sgd, &dp)
+                    .map_err(|e| Refusal::new("INTERNAL_ERROR", e.to_string()))?;
+                if local.params().iter().any(|w| !w.is_finite()) {
+                    return Err(Refusal::new(
+                        "TRAINING_DIVERGED",
+                        "local training produced non-finite values; lower the learning rate",
+                    ));
+                }
+                return Ok(Output {
+                    num_examples: 1,
+                    metrics: out,
+                    tensors: local.to_tensors(),
+                });
+            }
             if let Some(test) = &test_data {
                 // The global model received, on the local test split, before training on it.
                 for (name, value) in metrics::evaluate(&model, test) {
@@ -228,13 +385,26 @@ impl Worker {
         .await?
     }
 
-    async fn stats(&self, schema: FeatureSchema) -> Result<Output, Refusal> {
+    async fn stats(
+        &self,
+        schema: FeatureSchema,
+        noise: Option<GaussianNoise>,
+    ) -> Result<Output, Refusal> {
         let table = self.train.clone();
-        let rows = table.len() as u64;
+        let rows = if noise.is_some() {
+            1
+        } else {
+            table.len() as u64
+        };
         let sums = blocking(move || table.column_sums(&schema))
             .await?
             .map_err(|e| Refusal::new("DATA_ERROR", e.to_string()))?;
-        let flat: Vec<f64> = sums.iter().flatten().copied().collect();
+        let mut flat: Vec<f64> = sums.iter().flatten().copied().collect();
+        if let Some(noise) = noise {
+            noise
+                .add(&mut flat)
+                .map_err(|e| Refusal::new("INTERNAL_ERROR", e.to_string()))?;
+        }
         let values = ArrayD::from_shape_vec(IxDyn(&[sums.len(), 3]), flat).map_err(internal)?;
         Ok(Output {
             num_examples: rows,
@@ -277,6 +447,52 @@ impl Worker {
             )],
         })
     }
+}
+
+/// The plan of a statistics round under DP: every numeric column needs bounds, which bound each
+/// record's contribution to a column's count (1), sum (B) and sum of squares (B^2), B the
+/// largest magnitude after the transform; the vector of all sums has L2 sensitivity
+/// sqrt(sum over columns of 1 + B^2 + B^4).
+fn statistics_plan(schema: &FeatureSchema, privacy: &PrivacySpec) -> Result<Plan, Refusal> {
+    let mut squared = 0.0;
+    let columns = schema::numeric_columns(schema);
+    for c in &columns {
+        let (Some(lo), Some(hi)) = (c.lower, c.upper) else {
+            return Err(Refusal::new(
+                "INVALID_TASK",
+                format!(
+                    "numeric column `{}` has no bounds; differentially private statistics need `lower` and `upper`",
+                    c.name
+                ),
+            ));
+        };
+        let transform = |v: f64| {
+            if c.transform == Transform::Log1p as i32 {
+                v.max(0.0).ln_1p()
+            } else {
+                v
+            }
+        };
+        let b = transform(lo).abs().max(transform(hi).abs());
+        squared += 1.0 + b * b + b.powi(4);
+    }
+    let rho_target = if privacy.statistics_rho > 0.0 {
+        privacy.statistics_rho
+    } else {
+        DEFAULT_STATISTICS_RHO
+    };
+    let noise = GaussianNoise {
+        sensitivity: squared.sqrt(),
+        noise_multiplier: (1.0 / (2.0 * rho_target)).sqrt(),
+    };
+    let rho = noise
+        .rho(3 * columns.len())
+        .map_err(|e| Refusal::new("INTERNAL_ERROR", e.to_string()))?;
+    Ok(Plan {
+        release: Some(Release::Gaussian { rho }),
+        dp: None,
+        statistics_noise: Some(noise),
+    })
 }
 
 /// Downloads a model version from the coordinator.

@@ -239,6 +239,7 @@ async fn adversary(
         software_version: "adversary".into(),
         protocol_version: treaty_proto::PROTOCOL_VERSION,
         datasets: vec![],
+        privacy: None,
     };
     tx.send(NodeMessage {
         kind: Some(node_message::Kind::Hello(hello)),
@@ -257,7 +258,11 @@ async fn adversary(
                 continue;
             };
             let kind = task.kind.clone().unwrap();
-            let mut output = worker.run(&mut client, &task.job_id, &kind).await.unwrap();
+            let plan = worker.plan(&kind).unwrap();
+            let mut output = worker
+                .run(&mut client, &task.job_id, &kind, &plan)
+                .await
+                .unwrap();
             if let task::Kind::Training(t) = &kind {
                 let global = download(&mut client, &task.job_id, &t.model_version)
                     .await
@@ -267,7 +272,7 @@ async fn adversary(
                     local.values = &global.values + &((&local.values - &global.values) * f);
                 }
             }
-            treaty_node::session::upload(&mut client, &task.task_id, output)
+            treaty_node::session::upload(&mut client, &task.task_id, output, None)
                 .await
                 .unwrap();
         }
