@@ -79,13 +79,10 @@ impl GaussianNoise {
                 .chunks_mut(chunk)
                 .map(|c| scope.spawn(move || noise_chunk(scale, c)))
                 .collect();
-            handles
-                .into_iter()
-                .map(|h| {
-                    h.join()
-                        .unwrap_or_else(|_| Err(NoiseError("a noise thread panicked".into())))
-                })
-                .collect::<Result<(), NoiseError>>()
+            handles.into_iter().try_for_each(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(NoiseError("a noise thread panicked".into())))
+            })
         })
     }
 }
