@@ -41,11 +41,14 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
     },
-    /// Runs an agency's node.
+    /// Runs an agency's node (`treaty node --config FILE`), or reads its ledger.
+    #[command(args_conflicts_with_subcommands = true)]
     Node {
         /// The node's configuration file (TOML).
         #[arg(long)]
-        config: PathBuf,
+        config: Option<PathBuf>,
+        #[command(subcommand)]
+        command: Option<NodeCommand>,
     },
     /// Makes and manages a development PKI.
     #[command(subcommand)]
@@ -87,6 +90,20 @@ enum Command {
     /// Downloads and explains models.
     #[command(subcommand)]
     Model(ModelCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum NodeCommand {
+    /// Shows the node's privacy ledger: every release with its mechanism, and what the agency has
+    /// spent (stop the node first: its database is its own while it runs).
+    Ledger {
+        /// The node's configuration file.
+        #[arg(long)]
+        config: PathBuf,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -236,7 +253,14 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
             treaty_coordinator::run(config, listener, signals::terminate()).await?;
             Ok(())
         }
-        Command::Node { config } => {
+        Command::Node {
+            command: Some(NodeCommand::Ledger { config, json }),
+            ..
+        } => show_ledger(&config, json),
+        Command::Node { config, .. } => {
+            let Some(config) = config else {
+                anyhow::bail!("give the node's configuration: treaty node --config FILE");
+            };
             let config = treaty_node::NodeConfig::load(&config)?;
             let shutdown = tokio_util::sync::CancellationToken::new();
             let trigger = shutdown.clone();
@@ -288,6 +312,49 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
             model_cmd::explain_records(&model, &data, limit)
         }
     }
+}
+
+#[allow(clippy::print_stdout)]
+fn show_ledger(config: &std::path::Path, json: bool) -> anyhow::Result<()> {
+    let config = treaty_node::NodeConfig::load(config)?;
+    let ledger = treaty_node::ledger::Ledger::open(&config.state_dir, config.privacy)
+        .with_context(|| {
+            format!(
+                "cannot open the ledger in `{}`; if the node is running, stop it first",
+                config.state_dir.display()
+            )
+        })?;
+    let entries = ledger.entries()?;
+    let spent = ledger.spent()?;
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({"entries": entries, "spent": spent, "budget": config.privacy.map(|b| serde_json::json!({"max_epsilon": b.max_epsilon, "delta": b.delta}))})
+        );
+        return Ok(());
+    }
+    for e in &entries {
+        let mechanism = match &e.release {
+            Some(r) => serde_json::to_string(r)?,
+            None => "no differential privacy".to_owned(),
+        };
+        println!(
+            "{}\t{}\tround {}\t{}\t{}",
+            e.time_unix_ms, e.job_id, e.round, e.kind, mechanism
+        );
+    }
+    let budget = config
+        .privacy
+        .map(|b| format!(" of a budget of {}", b.max_epsilon))
+        .unwrap_or_default();
+    println!(
+        "{} release(s); spent epsilon {:.6}{budget} at delta {:e} ({})",
+        entries.len(),
+        spent.epsilon,
+        spent.delta,
+        spent.accountant
+    );
+    Ok(())
 }
 
 #[allow(clippy::print_stdout)]

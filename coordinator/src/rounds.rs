@@ -103,6 +103,24 @@ pub async fn collect(
             ))
         })?;
 
+    // An agency whose own ledger says the next round would exceed its budget is not invited.
+    let mut excluded: Vec<Exclusion> = Vec::new();
+    let invited: Vec<String> = invited
+        .into_iter()
+        .filter(|agency| match ctx.over_budget(agency) {
+            Some(why) => {
+                ctx.emit(
+                    job,
+                    round,
+                    agency,
+                    format!("{agency} is not invited: {why}"),
+                );
+                excluded.push(exclusion(agency, "BUDGET_EXHAUSTED", &why));
+                false
+            }
+            None => true,
+        })
+        .collect();
     let started = now_ms();
     let deadline_ms = started + i64::from(round_timeout);
     let what = if round == 0 {
@@ -127,7 +145,6 @@ pub async fn collect(
 
     let (tx, mut rx) = mpsc::unbounded_channel::<Delivery>();
     let mut open: HashMap<String, String> = HashMap::new(); // agency -> task id
-    let mut excluded: Vec<Exclusion> = Vec::new();
     for agency in &invited {
         let task_id = format!("{}-r{round}-{agency}", job.job_id);
         let message = CoordinatorMessage {

@@ -1,13 +1,14 @@
 //! What every part of a running coordinator shares.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 use treaty_proto::Identity;
 use treaty_proto::tls::ServerTls;
-use treaty_proto::v1::{Job, JobEvent};
+use treaty_proto::v1::{Job, JobEvent, PrivacyReport};
 
 use crate::config::Limits;
 use crate::error::CoordinatorError;
@@ -28,6 +29,8 @@ pub struct Coordinator {
     pub tls: Arc<ServerTls>,
     pub limits: Limits,
     pub shutdown: CancellationToken,
+    /// Each agency's privacy ledger, as its node last reported it.
+    pub privacy: Mutex<HashMap<String, PrivacyReport>>,
 }
 
 /// Milliseconds since the Unix epoch.
@@ -49,7 +52,31 @@ impl Coordinator {
             events: broadcast::channel(1024).0,
             limits,
             shutdown: CancellationToken::new(),
+            privacy: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Keeps an agency's latest privacy report.
+    pub fn note_privacy(&self, agency: &str, report: Option<PrivacyReport>) {
+        if let Some(report) = report {
+            self.privacy
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(agency.to_owned(), report);
+        }
+    }
+
+    /// Why an agency may not be invited to another round, when its own last report says that
+    /// one more round would exceed its budget.
+    pub fn over_budget(&self, agency: &str) -> Option<String> {
+        let map = self.privacy.lock().unwrap_or_else(|e| e.into_inner());
+        let r = map.get(agency)?;
+        (r.max_epsilon > 0.0 && r.epsilon_after_next_round > r.max_epsilon).then(|| {
+            format!(
+                "its ledger reports epsilon {:.4} spent of {:.4} at delta {:e}; one more round would bring it to {:.4}",
+                r.spent_epsilon, r.max_epsilon, r.delta, r.epsilon_after_next_round
+            )
+        })
     }
 
     /// Tells watchers of `job` what happened, and logs it.

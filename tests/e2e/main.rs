@@ -6,6 +6,7 @@
 mod common;
 mod config;
 mod demo;
+mod dp;
 mod identity;
 mod learning;
 mod privacy;

@@ -95,6 +95,7 @@ impl AgencyService for AgencyApi {
                 datasets: hello.datasets.clone(),
             },
         );
+        self.ctx.note_privacy(&agency, hello.privacy);
         tracing::info!(
             agency,
             country,
@@ -155,6 +156,7 @@ impl AgencyService for AgencyApi {
             .tasks
             .check(&header.task_id, &agency)
             .map_err(|e| Status::failed_precondition(e.to_string()))?;
+        self.ctx.note_privacy(&agency, header.privacy.clone());
         let received = receive(&mut parts, &header, self.ctx.limits.max_update_elements).await;
         let outcome = match received {
             Ok(tensors) => Outcome::Result(TaskResult {

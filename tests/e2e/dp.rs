@@ -1,0 +1,263 @@
+//! Differential privacy end to end: budgets, the ledger under crashes, calibrated DP-SGD.
+
+use std::process::Command;
+use std::time::Duration;
+
+use treaty_policies::privacy::zcdp;
+use treaty_proto::v1::{ColumnStats, DpMode, PrivacySpec};
+
+use crate::common::*;
+
+/// Adds a privacy budget to a node's configuration file.
+fn with_budget(config: &std::path::Path, max_epsilon: f64) {
+    let mut text = std::fs::read_to_string(config).unwrap();
+    text.push_str(&format!(
+        "\n[privacy]\nmax_epsilon = {max_epsilon}\ndelta = 1e-5\n"
+    ));
+    std::fs::write(config, text).unwrap();
+}
+
+fn ledger(config: &std::path::Path) -> serde_json::Value {
+    let out = Command::new(TREATY)
+        .args(["node", "ledger", "--json", "--config"])
+        .arg(config)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// A full-batch DP job with a known standardisation (so that no statistics round spends budget).
+fn dp_spec(rounds: u32, sigma: f64) -> treaty_proto::v1::TrainingSpec {
+    let mut spec = training_spec(rounds);
+    spec.local_epochs = 1;
+    spec.learning_rate = 0.5;
+    spec.standardization = ["x1", "x2"]
+        .iter()
+        .map(|n| ColumnStats {
+            name: n.to_string(),
+            mean: 0.0,
+            std: 1.15,
+            count: 0.0,
+        })
+        .collect();
+    spec.privacy = Some(PrivacySpec {
+        mode: DpMode::FullBatch as i32,
+        clip_norm: 1.0,
+        noise_multiplier: sigma,
+        ..Default::default()
+    });
+    spec
+}
+
+#[tokio::test]
+async fn an_agency_whose_budget_allows_three_rounds_takes_part_in_exactly_three() {
+    let fx = Fixture::new(&[("DE-BKA", "DE"), ("NL-POLITIE", "NL"), ("FR-DOUANE", "FR")]);
+    let (_coordinator, address) = fx.start_coordinator("127.0.0.1:0");
+    // One full-batch step with noise multiplier 2 is 1/8-zCDP; the budget sits between what
+    // three and four such rounds cost.
+    let rho = zcdp::gaussian_rho(2.0);
+    let (three, four) = (
+        zcdp::epsilon(3.0 * rho, 1e-5),
+        zcdp::epsilon(4.0 * rho, 1e-5),
+    );
+    let budget = (three + four) / 2.0;
+    let (train, test) = write_data(fx.dir.path(), "DE-BKA", 400, 1);
+    let de_config = fx.node_config_for("DE-BKA", "DE", &address, &train, &test);
+    with_budget(&de_config, budget);
+    let mut de = fx.start_node_with("DE-BKA", &de_config);
+    let _nl = fx.start_node("NL-POLITIE", "NL", &address, 2);
+    let _fr = fx.start_node("FR-DOUANE", "FR", &address, 3);
+    let mut op = fx.operator(&address).await;
+    wait_connected(&mut op, &["DE-BKA", "NL-POLITIE", "FR-DOUANE"]).await;
+    create_federation(&mut op, "three", &["DE-BKA", "NL-POLITIE", "FR-DOUANE"]).await;
+    let job = run_job(&mut op, "three", dp_spec(10, 2.0), 2).await;
+
+    let with_de: Vec<u32> = job
+        .rounds
+        .iter()
+        .filter(|r| r.contributors.iter().any(|a| a == "DE-BKA"))
+        .map(|r| r.round)
+        .collect();
+    assert_eq!(with_de, vec![1, 2, 3], "{:#?}", job.rounds);
+    assert_eq!(job.rounds.len(), 10);
+    for r in &job.rounds[3..] {
+        assert_eq!(r.contributors.len(), 2, "the job goes on with the others");
+        let e = r.excluded.iter().find(|e| e.agency == "DE-BKA").unwrap();
+        assert_eq!(e.reason_code, "BUDGET_EXHAUSTED", "{e:?}");
+    }
+    // The node's own ledger: three releases, within the budget, by the zCDP accountant.
+    de.signal(nix::sys::signal::Signal::SIGTERM);
+    de.wait_for_exit(Duration::from_secs(10)).unwrap();
+    let l = ledger(&de_config);
+    assert_eq!(l["entries"].as_array().unwrap().len(), 3, "{l}");
+    let spent = l["spent"]["epsilon"].as_f64().unwrap();
+    assert!(
+        spent <= budget && (spent - three).abs() < 1e-6 * three,
+        "{spent} vs {three}, budget {budget}"
+    );
+    assert!(
+        l["spent"]["accountant"]
+            .as_str()
+            .unwrap()
+            .starts_with("zCDP")
+    );
+}
+
+#[tokio::test]
+async fn a_node_killed_again_and_again_never_under_counts() {
+    let fx = Fixture::new(&[("DE-BKA", "DE"), ("NL-POLITIE", "NL")]);
+    let (_coordinator, address) = fx.start_coordinator("127.0.0.1:0");
+    let (train, test) = write_data(fx.dir.path(), "DE-BKA", 2000, 4);
+    let de_config = fx.node_config_for("DE-BKA", "DE", &address, &train, &test);
+    with_budget(&de_config, 1000.0);
+    let mut de = fx.start_node_with("DE-BKA", &de_config);
+    let _nl = fx.start_node("NL-POLITIE", "NL", &address, 5);
+    let mut op = fx.operator(&address).await;
+    wait_connected(&mut op, &["DE-BKA", "NL-POLITIE"]).await;
+    create_federation(&mut op, "pair", &["DE-BKA", "NL-POLITIE"]).await;
+
+    let mut spec = dp_spec(40, 4.0);
+    spec.local_epochs = 3;
+    let job = op
+        .create_job(treaty_proto::v1::CreateJobRequest {
+            federation: "pair".into(),
+            spec: Some(treaty_proto::v1::JobSpec {
+                kind: Some(treaty_proto::v1::job_spec::Kind::Training(spec)),
+                min_participants: 1,
+                round_timeout_ms: 1_500,
+                join_timeout_ms: 20_000,
+            }),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    // Kill -9 DE's node five times while the job runs, at moments that fall mid-round.
+    for i in 0..5u64 {
+        tokio::time::sleep(Duration::from_millis(150 + 70 * i)).await;
+        de.signal(nix::sys::signal::Signal::SIGKILL);
+        de.wait_for_exit(Duration::from_secs(5)).unwrap();
+        drop(de);
+        de = fx.start_node_with("DE-BKA", &de_config);
+    }
+    let mut events = op
+        .watch_job(treaty_proto::v1::WatchJobRequest {
+            job_id: job.job_id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut last = None;
+    while let Some(e) = events.message().await.unwrap() {
+        last = e.job;
+    }
+    let job = last.unwrap();
+    de.signal(nix::sys::signal::Signal::SIGTERM);
+    de.wait_for_exit(Duration::from_secs(10)).unwrap();
+
+    // Every round the coordinator received from DE has its entry in DE's ledger (write-ahead), and
+    // the ledger's epsilon is at least what those rounds cost.
+    let contributed: Vec<u64> = job
+        .rounds
+        .iter()
+        .filter(|r| r.contributors.iter().any(|a| a == "DE-BKA"))
+        .map(|r| u64::from(r.round))
+        .collect();
+    let l = ledger(&de_config);
+    let recorded: Vec<u64> = l["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["round"].as_u64().unwrap())
+        .collect();
+    for round in &contributed {
+        assert!(
+            recorded.contains(round),
+            "round {round} left DE without a ledger entry: {recorded:?}"
+        );
+    }
+    assert!(recorded.len() >= contributed.len());
+    let rho = 3.0 * zcdp::gaussian_rho(4.0);
+    let true_spent = zcdp::epsilon(contributed.len() as f64 * rho, 1e-5);
+    let spent = l["spent"]["epsilon"].as_f64().unwrap();
+    assert!(
+        spent >= true_spent * (1.0 - 1e-9),
+        "ledger {spent} < true {true_spent}"
+    );
+    eprintln!(
+        "DE contributed {} rounds, its ledger holds {} releases",
+        contributed.len(),
+        recorded.len()
+    );
+}
+
+#[tokio::test]
+async fn dp_sgd_calibrated_to_a_target_spends_at_most_the_target_and_learns() {
+    let fx = Fixture::new(&[("DE-BKA", "DE"), ("NL-POLITIE", "NL")]);
+    let (_coordinator, address) = fx.start_coordinator("127.0.0.1:0");
+    let mut configs = Vec::new();
+    let mut nodes = Vec::new();
+    for (i, (agency, country)) in [("DE-BKA", "DE"), ("NL-POLITIE", "NL")]
+        .into_iter()
+        .enumerate()
+    {
+        let (train, test) = write_data(fx.dir.path(), agency, 4000, 10 + i as u64);
+        let config = fx.node_config_for(agency, country, &address, &train, &test);
+        with_budget(&config, 2.0);
+        nodes.push(fx.start_node_with(agency, &config));
+        configs.push(config);
+    }
+    let mut op = fx.operator(&address).await;
+    wait_connected(&mut op, &["DE-BKA", "NL-POLITIE"]).await;
+    create_federation(&mut op, "pair", &["DE-BKA", "NL-POLITIE"]).await;
+    let mut spec = dp_spec(5, 0.0);
+    spec.batch_size = 200;
+    spec.learning_rate = 0.5;
+    spec.privacy = Some(PrivacySpec {
+        mode: DpMode::Poisson as i32,
+        clip_norm: 1.0,
+        target_epsilon: 1.0,
+        target_delta: 1e-5,
+        ..Default::default()
+    });
+    let job = run_job(&mut op, "pair", spec, 2).await;
+    let (file, tensors) = model_get(&fx, &address, &job.job_id);
+    assert_eq!(file["features"].as_array().unwrap().len(), 2);
+    let model =
+        treaty_node::model::Model::from_tensors(treaty_node::model::Kind::Logistic, 2, &tensors)
+            .unwrap();
+    let stats: Vec<ColumnStats> = ["x1", "x2"]
+        .iter()
+        .map(|n| ColumnStats {
+            name: n.to_string(),
+            mean: 0.0,
+            std: 1.15,
+            count: 0.0,
+        })
+        .collect();
+    let test = treaty_node::data::Table::open(&fx.path("DE-BKA_test.csv"))
+        .unwrap()
+        .encode(&schema_of_test_data(), &stats)
+        .unwrap();
+    let accuracy = treaty_node::metrics::evaluate(&model, &test)["accuracy"];
+    assert!(accuracy > 0.8, "{accuracy}");
+    for (node, config) in nodes.iter_mut().zip(&configs) {
+        node.signal(nix::sys::signal::Signal::SIGTERM);
+        node.wait_for_exit(Duration::from_secs(10)).unwrap();
+        let l = ledger(config);
+        let spent = l["spent"]["epsilon"].as_f64().unwrap();
+        assert!(spent <= 1.0 + 1e-6 && spent > 0.9, "{l}");
+        assert!(
+            l["spent"]["accountant"]
+                .as_str()
+                .unwrap()
+                .starts_with("RDP"),
+            "{l}"
+        );
+        assert_eq!(l["entries"].as_array().unwrap().len(), 5);
+    }
+}
