@@ -52,12 +52,12 @@ pub struct Output {
 
 /// What a task will release, decided before it touches the data: the mechanism for the ledger,
 /// and the noise the computation must add.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Plan {
     /// `None`: the values leave without differential privacy.
     pub release: Option<Release>,
     dp: Option<DpSgd>,
-    statistics_noise: Option<GaussianNoise>,
+    statistics_noise: Option<(GaussianNoise, Vec<f64>)>,
 }
 
 impl Plan {
@@ -275,7 +275,7 @@ impl Worker {
                 let schema = s.schema.clone().ok_or_else(|| {
                     Refusal::new("INVALID_TASK", "the statistics task has no schema")
                 })?;
-                self.stats(schema, plan.statistics_noise).await
+                self.stats(schema, plan.statistics_noise.clone()).await
             }
             task::Kind::Query(q) => {
                 let spec = q
@@ -388,7 +388,7 @@ impl Worker {
     async fn stats(
         &self,
         schema: FeatureSchema,
-        noise: Option<GaussianNoise>,
+        noise: Option<(GaussianNoise, Vec<f64>)>,
     ) -> Result<Output, Refusal> {
         let table = self.train.clone();
         let rows = if noise.is_some() {
@@ -400,10 +400,10 @@ impl Worker {
             .await?
             .map_err(|e| Refusal::new("DATA_ERROR", e.to_string()))?;
         let mut flat: Vec<f64> = sums.iter().flatten().copied().collect();
-        if let Some(noise) = noise {
-            noise
-                .add(&mut flat)
-                .map_err(|e| Refusal::new("INTERNAL_ERROR", e.to_string()))?;
+        if let Some((noise, scales)) = noise {
+            flat.iter_mut().zip(&scales).for_each(|(v, s)| *v /= s);
+            noise.add(&mut flat).map_err(|e| Refusal::new("INTERNAL_ERROR", e.to_string()))?;
+            flat.iter_mut().zip(&scales).for_each(|(v, s)| *v *= s);
         }
         let values = ArrayD::from_shape_vec(IxDyn(&[sums.len(), 3]), flat).map_err(internal)?;
         Ok(Output {
@@ -449,49 +449,35 @@ impl Worker {
     }
 }
 
-/// The plan of a statistics round under DP: every numeric column needs bounds, which bound each
-/// record's contribution to a column's count (1), sum (B) and sum of squares (B^2), B the
-/// largest magnitude after the transform; the vector of all sums has L2 sensitivity
-/// sqrt(sum over columns of 1 + B^2 + B^4).
+/// The plan of a statistics round under DP. Every numeric column needs bounds: with B the largest
+/// magnitude after the transform, a record adds at most 1 to a column's count, B to its sum and
+/// B^2 to its sum of squares. Each sum is divided by that bound before the noise, so that every
+/// coordinate has sensitivity 1 and the vector `sqrt(3 columns)`, then multiplied back: each
+/// statistic gets noise in proportion to its own scale.
 fn statistics_plan(schema: &FeatureSchema, privacy: &PrivacySpec) -> Result<Plan, Refusal> {
-    let mut squared = 0.0;
     let columns = schema::numeric_columns(schema);
+    let mut scales = Vec::with_capacity(3 * columns.len());
     for c in &columns {
         let (Some(lo), Some(hi)) = (c.lower, c.upper) else {
             return Err(Refusal::new(
                 "INVALID_TASK",
-                format!(
-                    "numeric column `{}` has no bounds; differentially private statistics need `lower` and `upper`",
-                    c.name
-                ),
+                format!("numeric column `{}` has no bounds; differentially private statistics need `lower` and `upper`", c.name),
             ));
         };
-        let transform = |v: f64| {
-            if c.transform == Transform::Log1p as i32 {
-                v.max(0.0).ln_1p()
-            } else {
-                v
-            }
-        };
-        let b = transform(lo).abs().max(transform(hi).abs());
-        squared += 1.0 + b * b + b.powi(4);
+        let transform = |v: f64| if c.transform == Transform::Log1p as i32 { v.max(0.0).ln_1p() } else { v };
+        let b = transform(lo).abs().max(transform(hi).abs()).max(f64::MIN_POSITIVE);
+        scales.extend([1.0, b, b * b]);
     }
-    let rho_target = if privacy.statistics_rho > 0.0 {
-        privacy.statistics_rho
-    } else {
-        DEFAULT_STATISTICS_RHO
-    };
+    let rho_target = if privacy.statistics_rho > 0.0 { privacy.statistics_rho } else { DEFAULT_STATISTICS_RHO };
     let noise = GaussianNoise {
-        sensitivity: squared.sqrt(),
+        sensitivity: (scales.len() as f64).sqrt(),
         noise_multiplier: (1.0 / (2.0 * rho_target)).sqrt(),
     };
-    let rho = noise
-        .rho(3 * columns.len())
-        .map_err(|e| Refusal::new("INTERNAL_ERROR", e.to_string()))?;
+    let rho = noise.rho(scales.len()).map_err(|e| Refusal::new("INTERNAL_ERROR", e.to_string()))?;
     Ok(Plan {
         release: Some(Release::Gaussian { rho }),
         dp: None,
-        statistics_noise: Some(noise),
+        statistics_noise: Some((noise, scales)),
     })
 }
 
