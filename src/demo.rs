@@ -178,16 +178,22 @@ async fn demo(
         .create_job(CreateJobRequest {
             federation: federation.name.clone(),
             spec: Some(demo_job(job_spec::Kind::Query(QuerySpec {
-                kind: QueryKind::Mean as i32,
-                column: "declared_value_eur".into(),
-                lower: 0.0,
-                upper: 1_000_000.0,
+                kind: QueryKind::Histogram as i32,
+                column: "origin".into(),
+                categories: vec!["CO".into(), "EC".into(), "PE".into(), "BR".into()],
+                by_column: "transport_mode".into(),
+                by_categories: vec!["sea".into(), "air".into()],
+                where_column: "seized".into(),
+                where_value: "1".into(),
+                epsilon: 1.0,
+                confidence: 0.95,
+                ..Default::default()
             }))),
         })
         .await?
         .into_inner();
     step(&format!(
-        "analytics job {}: mean declared value across the federation",
+        "analytics job {}: seizures by origin and transport mode across the federation (Laplace noise, epsilon 1 per agency)",
         query.job_id
     ));
     let query = operator::watch(&mut client, &query.job_id, true).await?;
@@ -297,15 +303,19 @@ fn summary(
     }
     if let Some(r) = query.rounds.first() {
         println!(
-            "  analytics job {}: mean declared value {:.0} EUR over {} declarations from {} agencies",
+            "  analytics job {}: seizures by origin and transport mode from {} agencies, each answer with Laplace noise (epsilon 1 per agency); 95 % intervals:",
             query.job_id,
-            r.values.first().copied().unwrap_or(f64::NAN),
-            r.num_examples,
             r.contributors.len()
         );
+        for v in r.answer.iter().filter(|v| !v.label.contains("<other>")) {
+            println!(
+                "    {:<34} {:>8.1}   [{:.1}, {:.1}]",
+                v.label, v.value, v.ci_low, v.ci_high
+            );
+        }
     }
     println!(
-        "  note: updates left the nodes without differential privacy; DP lands with the privacy work"
+        "  note: the training job above ran without differential privacy (see `treaty privacy` and the README to turn it on)"
     );
     println!("  finished in {:.1} s", elapsed.as_secs_f64());
     Ok(())

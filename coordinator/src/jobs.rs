@@ -9,8 +9,8 @@ use std::sync::Arc;
 use treaty_proto::schema;
 use treaty_proto::tensor::{self, NamedTensor};
 use treaty_proto::v1::{
-    ColumnStats, Job, JobState, QueryKind, QuerySpec, QueryTask, StatsTask, TrainingSpec,
-    TrainingTask, job_spec, task,
+    ColumnStats, Job, JobState, QuerySpec, QueryTask, StatsTask, TrainingSpec, TrainingTask,
+    job_spec, task,
 };
 
 use crate::aggregate::{self, Settings};
@@ -256,7 +256,9 @@ async fn statistics(
 }
 
 async fn query(ctx: &Coordinator, job: &mut Job, spec: QuerySpec) -> Result<(), CoordinatorError> {
-    let width = query_width(&spec);
+    let width = treaty_proto::query::layout(&spec)
+        .map(|l| l.0.len())
+        .unwrap_or(0);
     let kind = task::Kind::Query(QueryTask {
         spec: Some(spec.clone()),
     });
@@ -268,7 +270,9 @@ async fn query(ctx: &Coordinator, job: &mut Job, spec: QuerySpec) -> Result<(), 
     };
     let collected = rounds::collect(ctx, job, 1, kind, check).await?;
     let mut summary = collected.summary;
-    summary.values = combine_query(&spec, &collected.results);
+    let (values, answer) = crate::analytics::combine(&spec, &collected.results);
+    summary.values = values;
+    summary.answer = answer;
     summary.finished_unix_ms = now_ms();
     let line = round_line(&summary);
     job.rounds.push(summary);
@@ -300,31 +304,4 @@ fn check_update(global: &[NamedTensor], result: &TaskResult) -> Result<(), Strin
         ));
     }
     Ok(())
-}
-
-/// How many values a node returns for a query: [count], [sum], or [sum, count] for a mean.
-pub fn query_width(q: &QuerySpec) -> usize {
-    if q.kind == QueryKind::Mean as i32 {
-        2
-    } else {
-        1
-    }
-}
-
-/// The federation-wide statistic from the nodes' values.
-fn combine_query(q: &QuerySpec, results: &[(String, TaskResult)]) -> Vec<f64> {
-    let mut totals = vec![0.0; query_width(q)];
-    for (_, r) in results {
-        if let Some(t) = r.tensors.first() {
-            for (acc, v) in totals.iter_mut().zip(t.values.iter()) {
-                *acc += v;
-            }
-        }
-    }
-    if q.kind == QueryKind::Mean as i32 {
-        let (sum, count) = (totals[0], totals[1]);
-        vec![if count > 0.0 { sum / count } else { f64::NAN }, count]
-    } else {
-        totals
-    }
 }

@@ -8,6 +8,7 @@
 //! agency's certificate.
 
 pub mod aggregate;
+pub mod analytics;
 pub mod config;
 pub mod error;
 pub mod jobs;

@@ -384,6 +384,27 @@ impl Table {
         Ok(Array1::from(y))
     }
 
+    /// The values of one numeric column, each clamped to [lower, upper] (for queries), of the
+    /// records `keep` marks (all when `None`).
+    pub fn clamped_where(
+        &self,
+        name: &str,
+        lower: f64,
+        upper: f64,
+        keep: Option<&[bool]>,
+    ) -> Result<Vec<f64>, DataError> {
+        let all = self.clamped(name, lower, upper)?;
+        Ok(match keep {
+            Some(keep) => all
+                .into_iter()
+                .zip(keep)
+                .filter(|(_, k)| **k)
+                .map(|(v, _)| v)
+                .collect(),
+            None => all,
+        })
+    }
+
     /// The values of one numeric column, each clamped to [lower, upper] (for queries).
     pub fn clamped(&self, name: &str, lower: f64, upper: f64) -> Result<Vec<f64>, DataError> {
         let spec = ColumnSpec {
@@ -395,6 +416,41 @@ impl Table {
             ..Default::default()
         };
         Ok(self.numeric_values(&spec)?.into_iter().flatten().collect())
+    }
+}
+
+impl Table {
+    /// Which records' `name` column reads `value` exactly.
+    pub fn matches(&self, name: &str, value: &str) -> Result<Vec<bool>, DataError> {
+        let column = self.column(name)?;
+        (0..self.len())
+            .map(|row| match &column.texts {
+                Some(_) => Ok(self.text(column, row) == Some(value)),
+                // A column with many distinct texts is compared as numbers.
+                None => Ok(value.parse::<f64>().is_ok_and(|v| column.numbers[row] == v)),
+            })
+            .collect()
+    }
+
+    /// For each record, the index of its value of a categorical column among `values`, or
+    /// `values.len()` ("other") for anything else, empty cells included.
+    pub fn categories(&self, name: &str, values: &[String]) -> Result<Vec<usize>, DataError> {
+        let column = self.column(name)?;
+        (0..self.len())
+            .map(|row| {
+                let text = self
+                    .text(column, row)
+                    .ok_or_else(|| DataError::TooManyValues {
+                        path: self.path.clone(),
+                        column: name.to_owned(),
+                        limit: MAX_DISTINCT,
+                    })?;
+                Ok(values
+                    .iter()
+                    .position(|v| v == text)
+                    .unwrap_or(values.len()))
+            })
+            .collect()
     }
 }
 

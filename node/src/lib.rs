@@ -7,6 +7,7 @@
 //! trusts only the coordinator's verified certificate and never relies on the coordinator's
 //! word for what its own data may be used for. It knows nothing of the coordinator's internals.
 
+pub mod analytics;
 pub mod config;
 pub mod data;
 pub mod error;

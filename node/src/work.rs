@@ -13,13 +13,14 @@ use treaty_proto::schema;
 use treaty_proto::tensor::{Assembler, DEFAULT_MAX_CHUNK_BYTES, NamedTensor};
 use treaty_proto::v1::agency_service_client::AgencyServiceClient;
 use treaty_proto::v1::{
-    ColumnStats, DownloadModelRequest, FeatureSchema, ModelKind, QueryKind, QuerySpec,
-    TrainingSpec, model_part, task,
+    ColumnStats, DownloadModelRequest, FeatureSchema, ModelKind, QuerySpec, TrainingSpec,
+    model_part, task,
 };
 
 use treaty_policies::privacy::{Release, rdp, zcdp};
 use treaty_proto::v1::{DpMode, PrivacySpec, Transform};
 
+use crate::analytics::{self, QueryPlan};
 use crate::data::{Examples, Table};
 use crate::metrics;
 use crate::model::{Kind, Model};
@@ -58,6 +59,7 @@ pub struct Plan {
     pub release: Option<Release>,
     dp: Option<DpSgd>,
     statistics_noise: Option<(GaussianNoise, Vec<f64>)>,
+    query: Option<QueryPlan>,
 }
 
 impl Plan {
@@ -66,6 +68,7 @@ impl Plan {
             release: None,
             dp: None,
             statistics_noise: None,
+            query: None,
         }
     }
 }
@@ -159,7 +162,18 @@ impl Worker {
                 (Some(privacy), Some(schema)) => statistics_plan(schema, privacy),
                 _ => Ok(Plan::unprotected()),
             },
-            task::Kind::Query(_) => Ok(Plan::unprotected()),
+            task::Kind::Query(q) => {
+                let spec = q
+                    .spec
+                    .as_ref()
+                    .ok_or_else(|| Refusal::new("INVALID_TASK", "the query task has no spec"))?;
+                let (query, epsilon) = analytics::plan(spec)?;
+                Ok(Plan {
+                    release: Some(Release::Laplace { epsilon }),
+                    query: Some(query),
+                    ..Plan::unprotected()
+                })
+            }
         }
     }
 
@@ -250,7 +264,7 @@ impl Worker {
                 steps,
                 noise,
             }),
-            statistics_noise: None,
+            ..Plan::unprotected()
         })
     }
 
@@ -282,7 +296,7 @@ impl Worker {
                     .spec
                     .as_ref()
                     .ok_or_else(|| Refusal::new("INVALID_TASK", "the query task has no spec"))?;
-                self.query(spec).await
+                self.query(spec, plan.query.clone()).await
             }
         }
     }
@@ -402,7 +416,9 @@ impl Worker {
         let mut flat: Vec<f64> = sums.iter().flatten().copied().collect();
         if let Some((noise, scales)) = noise {
             flat.iter_mut().zip(&scales).for_each(|(v, s)| *v /= s);
-            noise.add(&mut flat).map_err(|e| Refusal::new("INTERNAL_ERROR", e.to_string()))?;
+            noise
+                .add(&mut flat)
+                .map_err(|e| Refusal::new("INTERNAL_ERROR", e.to_string()))?;
             flat.iter_mut().zip(&scales).for_each(|(v, s)| *v *= s);
         }
         let values = ArrayD::from_shape_vec(IxDyn(&[sums.len(), 3]), flat).map_err(internal)?;
@@ -413,34 +429,19 @@ impl Worker {
         })
     }
 
-    async fn query(&self, spec: &QuerySpec) -> Result<Output, Refusal> {
-        let kind = QueryKind::try_from(spec.kind).unwrap_or(QueryKind::Unspecified);
-        let table = self.train.clone();
-        let (values, num_examples) = match kind {
-            QueryKind::Count => (vec![table.len() as f64], table.len() as u64),
-            QueryKind::Sum | QueryKind::Mean => {
-                let (column, lower, upper) = (spec.column.clone(), spec.lower, spec.upper);
-                let clamped = blocking(move || table.clamped(&column, lower, upper))
-                    .await?
-                    .map_err(|e| Refusal::new("DATA_ERROR", e.to_string()))?;
-                let sum: f64 = clamped.iter().sum();
-                let n = clamped.len() as u64;
-                if kind == QueryKind::Sum {
-                    (vec![sum], n)
-                } else {
-                    (vec![sum, n as f64], n)
-                }
-            }
-            QueryKind::Unspecified => {
-                return Err(Refusal::new(
-                    "UNSUPPORTED_TASK",
-                    "the query names no statistic",
-                ));
-            }
-        };
+    async fn query(&self, spec: &QuerySpec, plan: Option<QueryPlan>) -> Result<Output, Refusal> {
+        let plan =
+            plan.ok_or_else(|| Refusal::new("INTERNAL_ERROR", "a query without its plan"))?;
+        let (table, spec_owned) = (self.train.clone(), spec.clone());
+        let exact = blocking(move || analytics::exact(&table, &spec_owned))
+            .await?
+            .map_err(|e| Refusal::new("DATA_ERROR", e.to_string()))?;
+        let values = analytics::noisy(&plan, &exact)?;
+        let mut metrics = HashMap::new();
+        metrics.insert("laplace_scale".to_owned(), plan.scale);
         Ok(Output {
-            num_examples,
-            metrics: HashMap::new(),
+            num_examples: 1,
+            metrics,
             tensors: vec![NamedTensor::new(
                 "statistic",
                 ArrayD::from_shape_vec(IxDyn(&[values.len()]), values).map_err(internal)?,
@@ -461,23 +462,41 @@ fn statistics_plan(schema: &FeatureSchema, privacy: &PrivacySpec) -> Result<Plan
         let (Some(lo), Some(hi)) = (c.lower, c.upper) else {
             return Err(Refusal::new(
                 "INVALID_TASK",
-                format!("numeric column `{}` has no bounds; differentially private statistics need `lower` and `upper`", c.name),
+                format!(
+                    "numeric column `{}` has no bounds; differentially private statistics need `lower` and `upper`",
+                    c.name
+                ),
             ));
         };
-        let transform = |v: f64| if c.transform == Transform::Log1p as i32 { v.max(0.0).ln_1p() } else { v };
-        let b = transform(lo).abs().max(transform(hi).abs()).max(f64::MIN_POSITIVE);
+        let transform = |v: f64| {
+            if c.transform == Transform::Log1p as i32 {
+                v.max(0.0).ln_1p()
+            } else {
+                v
+            }
+        };
+        let b = transform(lo)
+            .abs()
+            .max(transform(hi).abs())
+            .max(f64::MIN_POSITIVE);
         scales.extend([1.0, b, b * b]);
     }
-    let rho_target = if privacy.statistics_rho > 0.0 { privacy.statistics_rho } else { DEFAULT_STATISTICS_RHO };
+    let rho_target = if privacy.statistics_rho > 0.0 {
+        privacy.statistics_rho
+    } else {
+        DEFAULT_STATISTICS_RHO
+    };
     let noise = GaussianNoise {
         sensitivity: (scales.len() as f64).sqrt(),
         noise_multiplier: (1.0 / (2.0 * rho_target)).sqrt(),
     };
-    let rho = noise.rho(scales.len()).map_err(|e| Refusal::new("INTERNAL_ERROR", e.to_string()))?;
+    let rho = noise
+        .rho(scales.len())
+        .map_err(|e| Refusal::new("INTERNAL_ERROR", e.to_string()))?;
     Ok(Plan {
         release: Some(Release::Gaussian { rho }),
-        dp: None,
         statistics_noise: Some((noise, scales)),
+        ..Plan::unprotected()
     })
 }
 

@@ -10,6 +10,7 @@ pub mod config;
 pub mod error;
 pub mod identity;
 pub mod pki;
+pub mod query;
 pub mod schema;
 pub mod tensor;
 pub mod tls;

@@ -38,11 +38,12 @@ fn the_demo_runs_end_to_end_and_leaves_no_process() {
         "{stdout}"
     );
     assert!(stdout.contains("5/5"), "{stdout}");
-    // The analytics query combined every agency's records.
+    // The analytics query combined every agency's noisy counts, each with its interval.
     assert!(
-        stdout.contains("over 20000 declarations from 5 agencies"),
+        stdout.contains("seizures by origin and transport mode from 5 agencies"),
         "{stdout}"
     );
+    assert!(stdout.contains("origin=CO, transport_mode=sea"), "{stdout}");
     // The federated model ranks seizures well above chance on the pooled test splits, close to
     // the ground truth's own AUC (which the summary states, computed from the generator's true
     // probabilities).

@@ -172,17 +172,53 @@ fn job_problems(spec: &mut JobSpec, members: usize) -> Vec<String> {
         Some(job_spec::Kind::Query(q)) => {
             let kind = QueryKind::try_from(q.kind).unwrap_or(QueryKind::Unspecified);
             if kind == QueryKind::Unspecified {
-                problems.push("`query.kind` must be COUNT, SUM or MEAN".into());
+                problems
+                    .push("`query.kind` must be COUNT, SUM, MEAN, HISTOGRAM or QUANTILE".into());
             }
-            if kind != QueryKind::Count {
-                if q.column.is_empty() {
-                    problems.push("`query.column` is empty; name the numeric column".into());
+            if !(q.epsilon.is_finite() && q.epsilon > 0.0) {
+                problems.push(format!("`query.epsilon` is {}; every query spends a positive epsilon of each agency's budget", q.epsilon));
+            }
+            if !(q.confidence == 0.0 || (q.confidence > 0.0 && q.confidence < 1.0)) {
+                problems.push(format!(
+                    "`query.confidence` is {}; it must be in (0, 1)",
+                    q.confidence
+                ));
+            }
+            if kind != QueryKind::Count && q.column.is_empty() {
+                problems.push("`query.column` is empty; name the column".into());
+            }
+            if q.where_column.is_empty() != q.where_value.is_empty() {
+                problems.push(
+                    "give both `query.where_column` and `query.where_value`, or neither".into(),
+                );
+            }
+            if matches!(kind, QueryKind::Sum | QueryKind::Mean | QueryKind::Quantile)
+                && !(q.lower.is_finite() && q.upper.is_finite() && q.lower < q.upper)
+            {
+                problems.push(format!(
+                    "`query.lower` ({}) and `query.upper` ({}) must be finite with lower < upper",
+                    q.lower, q.upper
+                ));
+            }
+            if kind == QueryKind::Histogram {
+                if q.categories.is_empty() {
+                    problems.push("`query.categories` is empty; list the values to count".into());
                 }
-                if !(q.lower.is_finite() && q.upper.is_finite() && q.lower < q.upper) {
-                    problems.push(format!(
-                        "`query.lower` ({}) and `query.upper` ({}) must be finite with lower < upper",
-                        q.lower, q.upper
-                    ));
+                if q.by_column.is_empty() != q.by_categories.is_empty() {
+                    problems.push(
+                        "give both `query.by_column` and `query.by_categories`, or neither".into(),
+                    );
+                }
+                if (q.categories.len() + 1) * (q.by_categories.len() + 1) > 100_000 {
+                    problems.push("the histogram has more than 100,000 cells".into());
+                }
+            }
+            if kind == QueryKind::Quantile {
+                if q.quantiles.is_empty() || q.quantiles.iter().any(|p| !(*p > 0.0 && *p < 1.0)) {
+                    problems.push("`query.quantiles` must list values in (0, 1)".into());
+                }
+                if q.bins > 100_000 {
+                    problems.push("`query.bins` is above 100,000".into());
                 }
             }
         }

@@ -1,0 +1,135 @@
+//! DP analytics at the node: the exact local statistic, then the Laplace mechanism through
+//! opendp. Each coordinate is divided by the most one record can change it (1 for a count, the
+//! clamp bound for a sum), so that the vector's L1 sensitivity is the number of coordinates one
+//! record can touch; the noise is added to that and scaled back. The release is pure epsilon-DP,
+//! epsilon as opendp's privacy map states it.
+
+use opendp::domains::{AtomDomain, VectorDomain};
+use opendp::measurements::make_laplace;
+use opendp::measures::MaxDivergence;
+use opendp::metrics::L1Distance;
+use treaty_proto::query::{bins, layout};
+use treaty_proto::v1::{QueryKind, QuerySpec};
+
+use crate::data::Table;
+use crate::error::DataError;
+use crate::work::Refusal;
+
+/// The noise grid of the Laplace mechanism (see `noise::K`).
+const K: i32 = -40;
+
+/// How a query is answered: the width of its vector, each coordinate's bound, the vector's L1
+/// sensitivity after dividing by the bounds, and the Laplace scale on that.
+#[derive(Debug, Clone)]
+pub struct QueryPlan {
+    pub bounds: Vec<f64>,
+    pub sensitivity: f64,
+    pub scale: f64,
+}
+
+fn kind(spec: &QuerySpec) -> QueryKind {
+    QueryKind::try_from(spec.kind).unwrap_or(QueryKind::Unspecified)
+}
+
+type Laplace = opendp::core::Measurement<
+    VectorDomain<AtomDomain<f64>>,
+    L1Distance<f64>,
+    MaxDivergence,
+    Vec<f64>,
+>;
+
+fn measurement(scale: f64, size: usize) -> Result<Laplace, Refusal> {
+    make_laplace(
+        VectorDomain::new(AtomDomain::<f64>::new_non_nan()).with_size(size),
+        L1Distance::<f64>::default(),
+        scale,
+        Some(K),
+    )
+    .map_err(|e| {
+        Refusal::new(
+            "INTERNAL_ERROR",
+            format!("opendp refused the Laplace mechanism: {e}"),
+        )
+    })
+}
+
+/// Plans a query: its Laplace scale for the spec's epsilon, and the epsilon opendp accounts.
+pub fn plan(spec: &QuerySpec) -> Result<(QueryPlan, f64), Refusal> {
+    let invalid = |m: String| Refusal::new("INVALID_TASK", m);
+    if !(spec.epsilon.is_finite() && spec.epsilon > 0.0) {
+        return Err(invalid(format!(
+            "the query's epsilon {} must be positive",
+            spec.epsilon
+        )));
+    }
+    let (bounds, sensitivity) =
+        layout(spec).ok_or_else(|| invalid("the query names no statistic".into()))?;
+    let scale = sensitivity / spec.epsilon;
+    let epsilon = measurement(scale, bounds.len())?
+        .map(&sensitivity)
+        .map_err(|e| Refusal::new("INTERNAL_ERROR", e.to_string()))?;
+    Ok((
+        QueryPlan {
+            bounds,
+            sensitivity,
+            scale,
+        },
+        epsilon,
+    ))
+}
+
+/// The exact local answer (before noise), over the records the query's `where` keeps.
+pub fn exact(table: &Table, spec: &QuerySpec) -> Result<Vec<f64>, DataError> {
+    let keep = if spec.where_column.is_empty() {
+        None
+    } else {
+        Some(table.matches(&spec.where_column, &spec.where_value)?)
+    };
+    let kept = |i: usize| keep.as_ref().is_none_or(|k| k[i]);
+    let clamped = || table.clamped_where(&spec.column, spec.lower, spec.upper, keep.as_deref());
+    Ok(match kind(spec) {
+        QueryKind::Count | QueryKind::Unspecified => {
+            vec![(0..table.len()).filter(|&i| kept(i)).count() as f64]
+        }
+        QueryKind::Sum => vec![clamped()?.iter().sum()],
+        QueryKind::Mean => {
+            let values = clamped()?;
+            vec![values.iter().sum(), values.len() as f64]
+        }
+        QueryKind::Histogram => {
+            let first = table.categories(&spec.column, &spec.categories)?;
+            let width = spec.categories.len() + 1;
+            let mut counts = vec![0.0; layout(spec).map(|l| l.0.len()).unwrap_or(0)];
+            let second = if spec.by_column.is_empty() {
+                None
+            } else {
+                Some(table.categories(&spec.by_column, &spec.by_categories)?)
+            };
+            for (i, a) in first.into_iter().enumerate() {
+                if kept(i) {
+                    counts[a + width * second.as_ref().map(|s| s[i]).unwrap_or(0)] += 1.0;
+                }
+            }
+            counts
+        }
+        QueryKind::Quantile => {
+            let n = bins(spec);
+            let mut counts = vec![0.0; n];
+            let width = (spec.upper - spec.lower) / n as f64;
+            for v in clamped()? {
+                let bin = (((v - spec.lower) / width) as usize).min(n - 1);
+                counts[bin] += 1.0;
+            }
+            counts
+        }
+    })
+}
+
+/// Adds the planned Laplace noise to an exact answer.
+pub fn noisy(plan: &QueryPlan, exact: &[f64]) -> Result<Vec<f64>, Refusal> {
+    let normalised: Vec<f64> = exact.iter().zip(&plan.bounds).map(|(v, b)| v / b).collect();
+    let noisy = measurement(plan.scale, normalised.len())?
+        .invoke(&normalised)
+        .map_err(|e| Refusal::new("INTERNAL_ERROR", e.to_string()))?;
+    Ok(noisy.iter().zip(&plan.bounds).map(|(v, b)| v * b).collect())
+}

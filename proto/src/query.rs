@@ -1,0 +1,70 @@
+//! The shape of an analytics query's answer, which nodes and the coordinator must agree on:
+//! how many values, what bounds one record's change of each, and what each is called.
+
+use crate::v1::{QueryKind, QuerySpec};
+
+fn kind(spec: &QuerySpec) -> QueryKind {
+    QueryKind::try_from(spec.kind).unwrap_or(QueryKind::Unspecified)
+}
+
+/// The bin count of a quantile query (default 64).
+pub fn bins(spec: &QuerySpec) -> usize {
+    if spec.bins == 0 {
+        64
+    } else {
+        spec.bins as usize
+    }
+}
+
+/// For each value a node returns, the most one record can change it; and how many values one
+/// record can change (the L1 sensitivity once each value is divided by its bound).
+/// `None` for a query that names no statistic.
+pub fn layout(spec: &QuerySpec) -> Option<(Vec<f64>, f64)> {
+    let b = spec
+        .lower
+        .abs()
+        .max(spec.upper.abs())
+        .max(f64::MIN_POSITIVE);
+    match kind(spec) {
+        QueryKind::Count => Some((vec![1.0], 1.0)),
+        QueryKind::Sum => Some((vec![b], 1.0)),
+        QueryKind::Mean => Some((vec![b, 1.0], 2.0)),
+        QueryKind::Histogram => {
+            let by = if spec.by_column.is_empty() {
+                1
+            } else {
+                spec.by_categories.len() + 1
+            };
+            Some((vec![1.0; (spec.categories.len() + 1) * by], 1.0))
+        }
+        QueryKind::Quantile => Some((vec![1.0; bins(spec)], 1.0)),
+        QueryKind::Unspecified => None,
+    }
+}
+
+/// The names of a histogram's cells, in the order of its values.
+pub fn histogram_labels(spec: &QuerySpec) -> Vec<String> {
+    let name =
+        |values: &[String], i: usize| values.get(i).cloned().unwrap_or_else(|| "<other>".into());
+    let first = spec.categories.len() + 1;
+    let second = if spec.by_column.is_empty() {
+        1
+    } else {
+        spec.by_categories.len() + 1
+    };
+    (0..second)
+        .flat_map(|b| {
+            (0..first).map(move |a| {
+                let mut label = format!("{}={}", spec.column, name(&spec.categories, a));
+                if !spec.by_column.is_empty() {
+                    label.push_str(&format!(
+                        ", {}={}",
+                        spec.by_column,
+                        name(&spec.by_categories, b)
+                    ));
+                }
+                label
+            })
+        })
+        .collect()
+}

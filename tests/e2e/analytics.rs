@@ -1,0 +1,186 @@
+//! DP analytics end to end: answers fall within their stated confidence intervals at the stated
+//! rate, over repeated runs.
+
+use std::collections::HashMap;
+
+use treaty_proto::v1::{CreateJobRequest, Job, JobSpec, QueryKind, QuerySpec, job_spec};
+
+use crate::common::*;
+
+/// The federation's exact answers, read straight from the CSV files (not through Treaty's code):
+/// counts of (band, mode) among seized records, the number of records, the sum of x1 clamped
+/// to [-1, 1].
+fn truth(files: &[std::path::PathBuf]) -> (HashMap<(String, String), f64>, f64, f64) {
+    let mut cells = HashMap::new();
+    let (mut n, mut sum) = (0.0, 0.0);
+    for f in files {
+        for line in std::fs::read_to_string(f).unwrap().lines().skip(1) {
+            let c: Vec<&str> = line.split(',').collect();
+            // x1,x2,mode,band,amount,seized
+            n += 1.0;
+            sum += c[0].parse::<f64>().unwrap().clamp(-1.0, 1.0);
+            if c[5] == "1" {
+                *cells
+                    .entry((c[3].to_owned(), c[2].to_owned()))
+                    .or_insert(0.0) += 1.0;
+            }
+        }
+    }
+    (cells, n, sum)
+}
+
+async fn query(
+    op: &mut treaty_proto::v1::operator_service_client::OperatorServiceClient<
+        tonic::transport::Channel,
+    >,
+    spec: QuerySpec,
+) -> Job {
+    let job = op
+        .create_job(CreateJobRequest {
+            federation: "trio".into(),
+            spec: Some(JobSpec {
+                kind: Some(job_spec::Kind::Query(spec)),
+                min_participants: 3,
+                round_timeout_ms: 20_000,
+                join_timeout_ms: 20_000,
+            }),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut events = op
+        .watch_job(treaty_proto::v1::WatchJobRequest { job_id: job.job_id })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut last = None;
+    while let Some(e) = events.message().await.unwrap() {
+        last = e.job;
+    }
+    let job = last.unwrap();
+    assert_eq!(
+        job.state,
+        treaty_proto::v1::JobState::Succeeded as i32,
+        "{}",
+        job.message
+    );
+    job
+}
+
+#[tokio::test]
+async fn answers_fall_within_their_intervals_at_the_stated_rate() {
+    let agencies = [("DE-BKA", "DE"), ("NL-POLITIE", "NL"), ("FR-DOUANE", "FR")];
+    let fx = Fixture::new(&agencies);
+    let (_coordinator, address) = fx.start_coordinator("127.0.0.1:0");
+    let mut nodes = Vec::new();
+    let mut files = Vec::new();
+    for (i, (agency, country)) in agencies.into_iter().enumerate() {
+        let (train, test) =
+            write_shifted_data(fx.dir.path(), agency, 800, 70 + i as u64, 0.3 * i as f64);
+        files.push(train.clone());
+        let config = fx.node_config_for(agency, country, &address, &train, &test);
+        nodes.push(fx.start_node_with(agency, &config));
+    }
+    let (cells, n, sum) = truth(&files);
+    let mut op = fx.operator(&address).await;
+    wait_connected(&mut op, &["DE-BKA", "NL-POLITIE", "FR-DOUANE"]).await;
+    create_federation(&mut op, "trio", &["DE-BKA", "NL-POLITIE", "FR-DOUANE"]).await;
+
+    let histogram = QuerySpec {
+        kind: QueryKind::Histogram as i32,
+        column: "band".into(),
+        categories: vec!["low".into(), "mid".into(), "high".into()],
+        by_column: "mode".into(),
+        by_categories: vec!["sea".into(), "air".into(), "road".into()],
+        where_column: "seized".into(),
+        where_value: "1".into(),
+        epsilon: 0.5,
+        confidence: 0.95,
+        ..Default::default()
+    };
+    let (mut inside, mut total) = (0usize, 0usize);
+    for _ in 0..40 {
+        let job = query(&mut op, histogram.clone()).await;
+        for v in &job.rounds[0].answer {
+            // "band=mid, mode=air"
+            let parts: Vec<&str> = v
+                .label
+                .split(", ")
+                .map(|p| p.split('=').nth(1).unwrap())
+                .collect();
+            let exact = cells
+                .get(&(parts[0].to_owned(), parts[1].to_owned()))
+                .copied()
+                .unwrap_or(0.0);
+            total += 1;
+            inside += usize::from(v.ci_low <= exact && exact <= v.ci_high);
+            // Three agencies' Laplace(1 / 0.5) noise: standard deviation sqrt(3 * 2 * 2^2).
+            assert!((v.noise_std - (24.0f64).sqrt()).abs() < 0.3, "{v:?}");
+        }
+    }
+    let rate = inside as f64 / total as f64;
+    // 640 intervals at 95 %: the binomial standard deviation of the rate is 0.0086, so +-0.035
+    // (four of them) fails by chance about once in 16,000 runs.
+    assert!(
+        (rate - 0.95).abs() < 0.035,
+        "{inside} of {total} intervals hold the truth"
+    );
+
+    // Counts, sums and means: the truth falls inside too (fewer runs, so only a floor).
+    let (mut held, mut runs) = (0usize, 0usize);
+    for _ in 0..20 {
+        for (kind, exact) in [
+            (QueryKind::Count, n),
+            (QueryKind::Sum, sum),
+            (QueryKind::Mean, sum / n),
+        ] {
+            let spec = QuerySpec {
+                kind: kind as i32,
+                column: "x1".into(),
+                lower: -1.0,
+                upper: 1.0,
+                epsilon: 1.0,
+                ..Default::default()
+            };
+            let job = query(&mut op, spec).await;
+            let v = &job.rounds[0].answer[0];
+            runs += 1;
+            held += usize::from(v.ci_low <= exact && exact <= v.ci_high);
+        }
+    }
+    assert!(held as f64 >= 0.85 * runs as f64, "{held} of {runs}");
+
+    // A quantile: the median of x1, within its interval (which adds half a bin).
+    let mut xs: Vec<f64> = files
+        .iter()
+        .flat_map(|f| {
+            std::fs::read_to_string(f)
+                .unwrap()
+                .lines()
+                .skip(1)
+                .map(|l| l.split(',').next().unwrap().parse::<f64>().unwrap())
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    xs.sort_by(f64::total_cmp);
+    let median = xs[xs.len() / 2];
+    let job = query(
+        &mut op,
+        QuerySpec {
+            kind: QueryKind::Quantile as i32,
+            column: "x1".into(),
+            lower: -3.0,
+            upper: 3.0,
+            quantiles: vec![0.5],
+            bins: 60,
+            epsilon: 1.0,
+            ..Default::default()
+        },
+    )
+    .await;
+    let v = &job.rounds[0].answer[0];
+    assert!(
+        v.ci_low <= median && median <= v.ci_high && v.ci_high - v.ci_low < 0.5,
+        "{v:?} vs {median}"
+    );
+}
