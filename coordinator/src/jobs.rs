@@ -115,6 +115,13 @@ async fn train(
     let numeric = schema::numeric_columns(&schema).len();
     if numeric > 0 && spec.standardization.is_empty() {
         spec.standardization = statistics(ctx, job, &spec).await?;
+        if let Some(privacy) = spec.privacy.as_mut() {
+            privacy.statistics_round_rho = if privacy.statistics_rho > 0.0 {
+                privacy.statistics_rho
+            } else {
+                0.005
+            };
+        }
         set_training_spec(job, &spec);
         ctx.store.put_job(job)?;
     }

@@ -87,6 +87,39 @@ impl GaussianNoise {
     }
 }
 
+/// The mechanism built once for vectors of one size, to invoke step after step on the thread
+/// that built it (opendp's measurements are not `Send`).
+pub struct Prepared {
+    measurement: Gaussian,
+}
+
+impl std::fmt::Debug for Prepared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Prepared")
+    }
+}
+
+impl GaussianNoise {
+    /// The mechanism for vectors of `size` values, built once.
+    pub fn prepare(&self, size: usize) -> Result<Prepared, NoiseError> {
+        Ok(Prepared {
+            measurement: measurement(self.scale(), size)?,
+        })
+    }
+}
+
+impl Prepared {
+    /// Adds noise to every value, in place (the vector must have the prepared size).
+    pub fn add(&self, values: &mut [f64]) -> Result<(), NoiseError> {
+        let noisy = self
+            .measurement
+            .invoke(&values.to_vec())
+            .map_err(|e| NoiseError(format!("{e:?}")))?;
+        values.copy_from_slice(&noisy);
+        Ok(())
+    }
+}
+
 fn noise_chunk(scale: f64, values: &mut [f64]) -> Result<(), NoiseError> {
     let noisy = measurement(scale, values.len())?
         .invoke(&values.to_vec())

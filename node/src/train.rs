@@ -2,9 +2,9 @@
 //! term, on reusable batch buffers (nothing is allocated per row).
 
 use ndarray::{Array1, Array2, Axis, Slice};
-use rand::SeedableRng;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
 
 use crate::data::Examples;
 use crate::model::Model;
@@ -68,6 +68,16 @@ pub fn train(model: &mut Model, data: &Examples, sgd: &Sgd) -> f64 {
     last
 }
 
+/// How many records to pass over before the next one taken with probability `q`: a geometric
+/// draw, ln(U) / ln(1 - q) rounded down.
+fn skip(rng: &mut StdRng, q: f64) -> usize {
+    if q >= 1.0 {
+        return 0;
+    }
+    let u: f64 = 1.0 - rng.random::<f64>(); // (0, 1]
+    (u.ln() / (-q).ln_1p()).floor().min(usize::MAX as f64 / 2.0) as usize
+}
+
 /// How a step draws its records under differential privacy.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Sampling {
@@ -96,7 +106,6 @@ pub fn train_dp(
     sgd: &Sgd,
     dp: &DpSgd,
 ) -> Result<(), crate::noise::NoiseError> {
-    use rand::Rng;
     let n = data.len();
     let p = model.params().len();
     let clip = dp.noise.sensitivity;
@@ -111,23 +120,59 @@ pub fn train_dp(
         Sampling::Poisson(q) => q * n as f64,
     }
     .max(1.0);
+    let linear = matches!(
+        model.kind,
+        crate::model::Kind::Logistic | crate::model::Kind::Linear
+    );
+    // Small models: build the mechanism once for all steps; large ones split across threads.
+    let prepared = if p < 16_384 {
+        Some(dp.noise.prepare(p)?)
+    } else {
+        None
+    };
+    let d = data.x.ncols();
     for _ in 0..dp.steps {
         sum.fill(0.0);
-        for i in 0..n {
-            if let Sampling::Poisson(q) = dp.sampling
-                && rng.random::<f64>() >= q
-            {
-                continue;
+        // The records of this step: all of them, or each with probability q (drawn by geometric
+        // skips, so a step costs its batch, not n draws).
+        let mut i = match dp.sampling {
+            Sampling::FullBatch => 0,
+            Sampling::Poisson(q) => skip(&mut rng, q),
+        };
+        while i < n {
+            if linear {
+                // The per-example gradient of a linear model is r (x, 1): clipped without a copy.
+                let params = model.params();
+                let x = data.x.row(i);
+                let z = x.dot(&params.slice_axis(Axis(0), Slice::from(..d))) + params[d];
+                let r = if model.kind == crate::model::Kind::Logistic {
+                    1.0 / (1.0 + (-z).exp())
+                } else {
+                    z
+                } - data.y[i];
+                let norm = r.abs() * (x.dot(&x) + 1.0).sqrt();
+                let factor = if norm > clip { clip / norm } else { 1.0 } * r;
+                sum.slice_axis_mut(Axis(0), Slice::from(..d))
+                    .scaled_add(factor, &x);
+                sum[d] += factor;
+            } else {
+                let x = data.x.slice_axis(Axis(0), Slice::from(i..i + 1));
+                let y = data.y.slice_axis(Axis(0), Slice::from(i..i + 1));
+                model.loss_and_gradient(x, y, 0.0, grad.view_mut());
+                let norm = grad.dot(&grad).sqrt();
+                let factor = if norm > clip { clip / norm } else { 1.0 };
+                sum.scaled_add(factor, &grad);
             }
-            let x = data.x.slice_axis(Axis(0), Slice::from(i..i + 1));
-            let y = data.y.slice_axis(Axis(0), Slice::from(i..i + 1));
-            model.loss_and_gradient(x, y, 0.0, grad.view_mut());
-            let norm = grad.dot(&grad).sqrt();
-            let factor = if norm > clip { clip / norm } else { 1.0 };
-            sum.scaled_add(factor, &grad);
+            i += match dp.sampling {
+                Sampling::FullBatch => 1,
+                Sampling::Poisson(q) => 1 + skip(&mut rng, q),
+            };
         }
         let mut noisy = sum.to_vec();
-        dp.noise.add(&mut noisy)?;
+        match &prepared {
+            Some(prepared) => prepared.add(&mut noisy)?,
+            None => dp.noise.add(&mut noisy)?,
+        }
         let mut step = Array1::from(noisy) / denominator;
         if sgd.l2 > 0.0 {
             step.scaled_add(sgd.l2, &(model.params() * &mask));
@@ -278,6 +323,50 @@ mod tests {
             "{} vs {}",
             anchored.params(),
             plain.params()
+        );
+    }
+
+    #[test]
+    fn geometric_skips_take_each_record_with_probability_q() {
+        // Over many steps the share of records taken is q (within 5 standard deviations).
+        let mut rng = StdRng::seed_from_u64(5);
+        let (q, n, steps) = (0.03, 1000usize, 400);
+        let mut taken = 0usize;
+        for _ in 0..steps {
+            let mut i = skip(&mut rng, q);
+            while i < n {
+                taken += 1;
+                i += 1 + skip(&mut rng, q);
+            }
+        }
+        let trials = (n * steps) as f64;
+        let sd = (trials * q * (1.0 - q)).sqrt();
+        assert!(
+            (taken as f64 - trials * q).abs() < 5.0 * sd,
+            "{taken} vs {}",
+            trials * q
+        );
+    }
+
+    #[test]
+    fn dp_training_with_vanishing_noise_matches_clipped_gradient_descent() {
+        // With a clipping norm no gradient reaches and (almost) no noise, full-batch DP gradient
+        // descent is plain full-batch gradient descent: the Challenger fit again.
+        let (data, mean, sd) = challenger();
+        let mut m = Model::zeros(Kind::Logistic, 1);
+        let dp = DpSgd {
+            sampling: Sampling::FullBatch,
+            steps: 20_000,
+            noise: crate::noise::GaussianNoise {
+                sensitivity: 1e6,
+                noise_multiplier: 1e-12,
+            },
+        };
+        train_dp(&mut m, &data, &sgd(1, 23, 0.5), &dp).unwrap();
+        let (w, b) = (m.params()[0], m.params()[1]);
+        assert!(
+            (w / sd - -0.2322).abs() < 5e-4 && (b - w * mean / sd - 15.0429).abs() < 5e-3,
+            "{w} {b}"
         );
     }
 

@@ -17,7 +17,7 @@ use treaty_proto::v1::{
     model_part, task,
 };
 
-use treaty_policies::privacy::{Release, rdp, zcdp};
+use treaty_policies::privacy::{self, Release, zcdp};
 use treaty_proto::v1::{DpMode, PrivacySpec, Transform};
 
 use crate::analytics::{self, QueryPlan};
@@ -224,19 +224,32 @@ impl Worker {
                     "give a noise multiplier, or a target epsilon and delta for the job".into(),
                 ));
             }
-            let total = steps * u64::from(spec.rounds.max(1));
-            let sigma = match sampling {
-                Sampling::FullBatch => {
-                    (total as f64 / (2.0 * zcdp::rho_for(epsilon, delta))).sqrt()
+            // The whole job: its statistics round (when it ran under DP) and every round.
+            let rounds = u64::from(spec.rounds.max(1));
+            let statistics = privacy.statistics_round_rho;
+            let make = |sigma: f64| {
+                let mut releases = Vec::new();
+                if statistics > 0.0 {
+                    releases.push(Release::Gaussian { rho: statistics });
                 }
-                Sampling::Poisson(q) => {
-                    rdp::noise_for(q, total, epsilon, delta).ok_or_else(|| {
-                        invalid(format!(
-                            "no noise multiplier meets epsilon {epsilon} over {total} steps"
-                        ))
-                    })?
-                }
+                releases.push(match sampling {
+                    Sampling::FullBatch => Release::Gaussian {
+                        rho: (steps * rounds) as f64 * zcdp::gaussian_rho(sigma),
+                    },
+                    Sampling::Poisson(q) => Release::SampledGaussian {
+                        sampling_rate: q,
+                        noise_multiplier: sigma,
+                        steps: steps * rounds,
+                    },
+                });
+                releases
             };
+            let sigma = privacy::calibrate(make, epsilon, delta).ok_or_else(|| {
+                invalid(format!(
+                    "no noise multiplier meets epsilon {epsilon} over {} steps",
+                    steps * rounds
+                ))
+            })?;
             sigma * (1.0 + 1e-6)
         };
         let noise = GaussianNoise {

@@ -130,6 +130,26 @@ fn spent_picks_the_tightest_valid_accountant() {
 }
 
 #[test]
+fn calibration_counts_what_else_the_job_spends() {
+    use treaty_policies::privacy::calibrate;
+    let make = |sigma: f64| {
+        vec![
+            Release::Gaussian { rho: 0.005 },
+            Release::SampledGaussian {
+                sampling_rate: 0.01,
+                noise_multiplier: sigma,
+                steps: 1000,
+            },
+        ]
+    };
+    let sigma = calibrate(make, 1.0, 1e-5).unwrap();
+    let at = spent(&make(sigma), 1e-5).unwrap().epsilon;
+    assert!(at <= 1.0 && at > 0.999, "{at}");
+    // Without the statistics release less noise would do.
+    assert!(rdp::noise_for(0.01, 1000, 1.0, 1e-5).unwrap() < sigma);
+}
+
+#[test]
 fn calibration_meets_its_target() {
     let sigma = rdp::noise_for(0.01, 10_000, 1.0354900660362436, 1e-5).unwrap();
     assert!((sigma - 4.0).abs() < 1e-3, "{sigma}");

@@ -90,6 +90,32 @@ impl Release {
     }
 }
 
+/// The smallest noise multiplier sigma (to a relative precision of 1e-6) for which the releases
+/// `make(sigma)` spend at most `target` epsilon at `delta`; `None` when even 10^6 does not.
+pub fn calibrate(make: impl Fn(f64) -> Vec<Release>, target: f64, delta: f64) -> Option<f64> {
+    let spend = |sigma: f64| {
+        spent(&make(sigma), delta)
+            .map(|s| s.epsilon)
+            .unwrap_or(f64::INFINITY)
+    };
+    let (mut lo, mut hi) = (1e-3f64, 1.0f64);
+    while spend(hi) > target {
+        hi *= 2.0;
+        if hi > 1e6 {
+            return None;
+        }
+    }
+    while (hi - lo) / hi > 1e-6 {
+        let mid = (lo + hi) / 2.0;
+        if spend(mid) > target {
+            lo = mid;
+        } else {
+            hi = mid;
+        }
+    }
+    Some(hi)
+}
+
 /// The (epsilon, delta) spent by a history of releases, at `delta`: the smallest of every valid
 /// bound (RDP over all releases; zCDP when no release is subsampled; plain sums when all are pure
 /// or approximate DP). The approximate releases' deltas are added to `delta`.
