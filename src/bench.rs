@@ -113,17 +113,25 @@ pub async fn w1(args: W1Args) -> anyhow::Result<()> {
 
     if args.epsilon.is_some() {
         // DP statistics need bounds on every numeric column. The schema's author would know each
-        // column's range; here the harness takes it from the data, before anything is timed.
+        // column's plausible range; here the harness takes the 0.1 % and 99.9 % quantiles of the
+        // pooled training data, before anything is timed. Values beyond are clamped.
         let names: Vec<String> = (0..args.features).map(|j| format!("f{j}")).collect();
-        let mut bounds = vec![(f64::INFINITY, f64::NEG_INFINITY); args.features];
+        let mut columns: Vec<Vec<f64>> = vec![Vec::new(); args.features];
         for a in &agencies {
             let table = Table::open(&a.train)?;
             for (j, name) in names.iter().enumerate() {
-                for v in table.clamped(name, f64::MIN, f64::MAX)? {
-                    bounds[j] = (bounds[j].0.min(v), bounds[j].1.max(v));
-                }
+                columns[j].extend(table.clamped(name, f64::MIN, f64::MAX)?);
             }
         }
+        let bounds: Vec<(f64, f64)> = columns
+            .iter_mut()
+            .map(|c| {
+                c.sort_by(f64::total_cmp);
+                let at = |p: f64| c[((c.len() - 1) as f64 * p) as usize];
+                (at(0.001), at(0.999))
+            })
+            .collect();
+        drop(columns);
         for (c, (lo, hi)) in schema.columns.iter_mut().zip(bounds) {
             c.lower = Some(lo);
             c.upper = Some(hi);
@@ -245,5 +253,62 @@ pub async fn w1(args: W1Args) -> anyhow::Result<()> {
     );
     report["max_epsilon_spent"] = serde_json::json!(max);
     println!("{report}");
+    Ok(())
+}
+
+/// W5: Gaussian noise through opendp for updates of 10^3, 10^5 and 10^6 parameters, on one
+/// thread and on every core: samples per second, the median of `repeats` runs.
+pub fn w5(repeats: usize) -> anyhow::Result<()> {
+    use treaty_node::noise::GaussianNoise;
+    let noise = GaussianNoise {
+        sensitivity: 1.0,
+        noise_multiplier: 1.0,
+    };
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    println!(
+        "W5: Gaussian noise through opendp (scale 1), median of {repeats} runs, {cores} cores"
+    );
+    println!(
+        "    parameters   one thread (samples/s)   all cores (samples/s)   all cores (s per update)"
+    );
+    let mut rows = Vec::new();
+    for size in [1_000usize, 100_000, 1_000_000] {
+        let median = |mut times: Vec<f64>| {
+            times.sort_by(f64::total_cmp);
+            times[times.len() / 2]
+        };
+        let prepared = noise.prepare(size)?;
+        let single = median(
+            (0..repeats)
+                .map(|_| {
+                    let mut v = vec![0.0; size];
+                    let t = Instant::now();
+                    prepared.add(&mut v).map(|_| t.elapsed().as_secs_f64())
+                })
+                .collect::<Result<Vec<_>, _>>()?,
+        );
+        let parallel = median(
+            (0..repeats)
+                .map(|_| {
+                    let mut v = vec![0.0; size];
+                    let t = Instant::now();
+                    noise.add(&mut v).map(|_| t.elapsed().as_secs_f64())
+                })
+                .collect::<Result<Vec<_>, _>>()?,
+        );
+        println!(
+            "    {size:>10}   {:>22.0}   {:>21.0}   {:>24.3}",
+            size as f64 / single,
+            size as f64 / parallel,
+            parallel
+        );
+        rows.push(serde_json::json!({"parameters": size, "single_thread_samples_per_second": size as f64 / single, "all_cores_samples_per_second": size as f64 / parallel, "all_cores_seconds": parallel}));
+    }
+    println!(
+        "{}",
+        serde_json::json!({"workload": "W5", "cores": cores, "results": rows})
+    );
     Ok(())
 }

@@ -227,21 +227,33 @@ async fn statistics(
             }
         }
     }
+    // Noisy sums can make a variance non-positive; then the bounds' range / 4 stands in for the
+    // standard deviation (a scale the schema itself states), or 1 without bounds.
+    let ranges: Vec<Option<f64>> =
+        schema::numeric_columns(spec.schema.as_ref().unwrap_or(&Default::default()))
+            .iter()
+            .map(|c| c.lower.zip(c.upper).map(|(lo, hi)| (hi - lo) / 4.0))
+            .collect();
     let stats: Vec<ColumnStats> = columns
         .into_iter()
         .zip(totals)
-        .map(|(name, [n, sum, squares])| {
+        .zip(ranges)
+        .map(|((name, [n, sum, squares]), range)| {
             let mean = if n >= 1.0 { sum / n } else { 0.0 };
             let variance = if n >= 1.0 {
-                (squares / n - mean * mean).max(0.0)
+                squares / n - mean * mean
             } else {
                 0.0
             };
-            let std = variance.sqrt();
+            let std = if variance > 1e-24 {
+                variance.sqrt()
+            } else {
+                range.filter(|r| *r > 0.0).unwrap_or(1.0)
+            };
             ColumnStats {
                 name,
                 mean,
-                std: if std > 1e-12 { std } else { 1.0 },
+                std,
                 count: n,
             }
         })
