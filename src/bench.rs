@@ -47,15 +47,15 @@ pub struct W1Args {
     /// Keep the working directory here.
     #[arg(long)]
     keep: Option<PathBuf>,
-    /// Train with record-level DP (Poisson DP-SGD, clipping norm 1), each agency spending at
-    /// most this epsilon on the whole job (statistics round included), at delta 1e-5.
-    #[arg(long)]
-    epsilon: Option<f64>,
+    /// Record-level DP (Poisson DP-SGD): each agency spends at most this epsilon on the whole job
+    /// (statistics round and evaluations included), at delta 1e-5.
+    #[arg(long, default_value_t = 1.0)]
+    epsilon: f64,
     /// The clipping norm of per-example gradients under DP.
     #[arg(long, default_value_t = 1.0)]
     clip: f64,
-    /// The local learning rate (W1: 0.1).
-    #[arg(long, default_value_t = 0.1)]
+    /// The local learning rate (W1 says 0.1; clipped DP gradients take a larger one).
+    #[arg(long, default_value_t = 1.0)]
     learning_rate: f64,
 }
 
@@ -111,7 +111,7 @@ pub async fn w1(args: W1Args) -> anyhow::Result<()> {
         }),
     };
 
-    if args.epsilon.is_some() {
+    {
         // DP statistics need bounds on every numeric column. The schema's author would know each
         // column's plausible range; here the harness takes the 0.1 % and 99.9 % quantiles of the
         // pooled training data, before anything is timed. Values beyond are clamped.
@@ -138,19 +138,15 @@ pub async fn w1(args: W1Args) -> anyhow::Result<()> {
         }
     }
     println!(
-        "W1: {} agencies, {} rounds, {} features, data in {}, {}",
+        "W1: {} agencies, {} rounds, {} features, data in {}, record-level DP, epsilon {} per agency for the whole job (delta 1e-5)",
         args.agencies,
         args.rounds,
         args.features,
         args.data.display(),
-        match args.epsilon {
-            Some(e) =>
-                format!("record-level DP, epsilon {e} per agency for the whole job (delta 1e-5)"),
-            None => "no differential privacy".to_owned(),
-        }
+        args.epsilon
     );
     let spawned = Instant::now();
-    let mut fed = LocalFederation::start(&dir, &agencies).await?;
+    let mut fed = LocalFederation::start(&dir, &agencies, 10.0_f64.max(args.epsilon * 1.5)).await?;
     let result = async {
         let mut client = fed.operator().await?;
         fed.wait_connected(&mut client, args.agencies, Duration::from_secs(300)).await?;
@@ -178,10 +174,10 @@ pub async fn w1(args: W1Args) -> anyhow::Result<()> {
                 aggregation: Aggregation::Fedavg as i32,
                 ..Default::default()
             }),
-            privacy: args.epsilon.map(|epsilon| PrivacySpec {
+            privacy: Some(PrivacySpec {
                 mode: DpMode::Poisson as i32,
                 clip_norm: args.clip,
-                target_epsilon: epsilon,
+                target_epsilon: args.epsilon,
                 target_delta: 1e-5,
                 ..Default::default()
             }),
@@ -236,12 +232,7 @@ pub async fn w1(args: W1Args) -> anyhow::Result<()> {
     fed.stop().await;
     let mut report = result?;
     // Each agency's own ledger, read after its node stopped.
-    let mut spent = Vec::new();
-    for a in &agencies {
-        let ledger =
-            treaty_node::ledger::Ledger::open(&dir.join(format!("node-{}-db", a.agency)), None)?;
-        spent.push(ledger.spent()?.epsilon);
-    }
+    let spent: Vec<f64> = fed.spent(&agencies)?.into_iter().map(|(_, e)| e).collect();
     let max = spent.iter().copied().fold(0.0, f64::max);
     println!(
         "  privacy: largest epsilon an agency spent: {max:.4} at delta 1e-5 (per agency: {})",

@@ -19,14 +19,18 @@ use treaty_node::explain::explain;
 use treaty_node::metrics;
 use treaty_proto::schema;
 use treaty_proto::v1::{
-    Aggregation, CreateFederationRequest, CreateJobRequest, FederationInfo, Job, JobSpec,
-    ModelKind, QueryKind, QuerySpec, Strategy, TrainingSpec, job_spec,
+    Aggregation, CreateFederationRequest, CreateJobRequest, DpMode, FederationInfo, Job, JobSpec,
+    ModelKind, PrivacySpec, QueryKind, QuerySpec, Strategy, TrainingSpec, job_spec,
 };
 
 use crate::local::LocalFederation;
 use crate::model_cmd::ModelFile;
 use crate::operator;
 use crate::synth;
+
+/// Each agency's privacy budget (epsilon at delta 1e-5), and what the training job may spend.
+const BUDGET: f64 = 10.0;
+const JOB_EPSILON: f64 = 3.0;
 
 /// The demo's agencies: (id, country).
 const AGENCIES: [(&str, &str); 5] = [
@@ -71,6 +75,29 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     };
     if let Some(f) = federation.as_mut() {
         f.stop().await;
+        if result.is_ok() {
+            let agencies: Vec<(String, String)> = AGENCIES
+                .iter()
+                .map(|(a, c)| (a.to_string(), c.to_string()))
+                .collect();
+            let data: Vec<synth::AgencyData> = agencies
+                .into_iter()
+                .map(|(agency, country)| synth::AgencyData {
+                    agency,
+                    country,
+                    train: PathBuf::new(),
+                    test: PathBuf::new(),
+                    prevalence: 0.0,
+                })
+                .collect();
+            if let Ok(spent) = f.spent(&data) {
+                let list: Vec<String> = spent.iter().map(|(a, e)| format!("{a} {e:.3}")).collect();
+                println!(
+                    "  privacy spent, from each agency's own ledger (budget {BUDGET} at delta 1e-5): {}",
+                    list.join(", ")
+                );
+            }
+        }
     }
     match (&result, &args.keep) {
         (_, Some(dir)) => println!("\nEverything is kept in {}", dir.display()),
@@ -116,7 +143,7 @@ async fn demo(
     step(
         "making a throwaway PKI and starting the coordinator and one node per agency (mutual TLS 1.3)",
     );
-    let fed = slot.insert(LocalFederation::start(dir, &data).await?);
+    let fed = slot.insert(LocalFederation::start(dir, &data, BUDGET).await?);
     let mut client = fed.operator().await?;
     let connected = fed
         .wait_connected(&mut client, AGENCIES.len(), Duration::from_secs(30))
@@ -152,11 +179,19 @@ async fn demo(
         rounds: args.rounds,
         local_epochs: 1,
         batch_size: 64,
-        learning_rate: 0.05,
-        momentum: 0.9,
+        learning_rate: 0.5,
+        momentum: 0.5,
         l2: 1e-4,
         strategy: Some(Strategy {
             aggregation: Aggregation::Fedavg as i32,
+            ..Default::default()
+        }),
+        privacy: Some(PrivacySpec {
+            mode: DpMode::Poisson as i32,
+            clip_norm: 1.0,
+            target_epsilon: JOB_EPSILON,
+            target_delta: 1e-5,
+            evaluation_epsilon: 0.1,
             ..Default::default()
         }),
         ..Default::default()
@@ -169,7 +204,7 @@ async fn demo(
         .await?
         .into_inner();
     step(&format!(
-        "training job {}: a statistics round, then {} rounds of federated logistic regression",
+        "training job {}: a DP statistics round, then {} rounds of federated logistic regression with DP-SGD (epsilon 3 per agency at delta 1e-5)",
         job.job_id, args.rounds
     ));
     let job = operator::watch(&mut client, &job.job_id, true).await?;
@@ -237,18 +272,18 @@ fn summary(
         );
     }
     println!(
-        "  training job {}: {} rounds (metrics of the global model entering each round, on every agency's test split)",
+        "  training job {}: {} rounds (metrics of the global model entering each round, from every agency's noisy evaluation counts)",
         job.job_id,
         job.rounds.len()
     );
-    println!("    round  contributors  examples  accuracy     AUC  log loss");
+    println!("    round  contributors  test records  accuracy     AUC  log loss");
     for r in &job.rounds {
         let m = |k: &str| r.metrics.get(k).copied().unwrap_or(f64::NAN);
         println!(
-            "    {:>5}  {:>12}  {:>8}  {:>8.4}  {:>6.4}  {:>8.4}",
+            "    {:>5}  {:>12}  {:>12.0}  {:>8.4}  {:>6.4}  {:>8.4}",
             r.round,
             format!("{}/{}", r.contributors.len(), r.invited.len()),
-            r.num_examples,
+            m("test_examples"),
             m("test_accuracy"),
             m("test_auc"),
             m("test_log_loss"),
@@ -314,9 +349,7 @@ fn summary(
             );
         }
     }
-    println!(
-        "  note: the training job above ran without differential privacy (see `treaty privacy` and the README to turn it on)"
-    );
+
     println!("  finished in {:.1} s", elapsed.as_secs_f64());
     Ok(())
 }

@@ -8,9 +8,9 @@ use std::path::PathBuf;
 use clap::{Args, Subcommand, ValueEnum};
 use treaty_proto::schema;
 use treaty_proto::v1::{
-    Aggregation, CreateFederationRequest, CreateJobRequest, FederationInfo, GetJobRequest, Job,
-    JobSpec, ListAgenciesRequest, ListFederationsRequest, ListJobsRequest, ModelKind, Strategy,
-    TrainingSpec, job_spec,
+    Aggregation, CreateFederationRequest, CreateJobRequest, DpMode, FederationInfo, GetJobRequest,
+    Job, JobSpec, ListAgenciesRequest, ListFederationsRequest, ListJobsRequest, ModelKind,
+    PrivacySpec, Strategy, TrainingSpec, job_spec,
 };
 
 use crate::operator::{self, OperatorConfig};
@@ -45,6 +45,12 @@ pub enum ModelArg {
     Multinomial,
     Linear,
     Mlp,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum DpModeArg {
+    Poisson,
+    FullBatch,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -100,6 +106,25 @@ pub struct TrainArgs {
     /// Norm bounding: the bound (0: the round's median update norm).
     #[arg(long, default_value_t = 0.0)]
     max_update_norm: f64,
+    /// Differential privacy: Poisson-subsampled DP-SGD or full-batch DP gradient descent.
+    #[arg(long, value_enum, default_value = "poisson")]
+    dp_mode: DpModeArg,
+    /// Per-example gradients are clipped to this L2 norm.
+    #[arg(long, default_value_t = 1.0)]
+    clip_norm: f64,
+    /// Noise standard deviation over the clipping norm; leave it out to calibrate to
+    /// --target-epsilon.
+    #[arg(long, default_value_t = 0.0)]
+    noise_multiplier: f64,
+    /// The whole job's epsilon per agency, when the noise is calibrated.
+    #[arg(long, default_value_t = 1.0)]
+    target_epsilon: f64,
+    /// The delta of the target.
+    #[arg(long, default_value_t = 1e-5)]
+    target_delta: f64,
+    /// The epsilon each agency spends per round on evaluating the global model.
+    #[arg(long, default_value_t = 0.05)]
+    evaluation_epsilon: f64,
     /// Rounds go ahead with at least this many agencies.
     #[arg(long, default_value_t = 1)]
     min_participants: u32,
@@ -282,6 +307,18 @@ async fn train(a: TrainArgs) -> anyhow::Result<()> {
             server_learning_rate: a.server_learning_rate,
             trim_fraction: a.trim_fraction,
             max_update_norm: a.max_update_norm,
+            ..Default::default()
+        }),
+        privacy: Some(PrivacySpec {
+            mode: match a.dp_mode {
+                DpModeArg::Poisson => DpMode::Poisson,
+                DpModeArg::FullBatch => DpMode::FullBatch,
+            } as i32,
+            clip_norm: a.clip_norm,
+            noise_multiplier: a.noise_multiplier,
+            target_epsilon: a.target_epsilon,
+            target_delta: a.target_delta,
+            evaluation_epsilon: a.evaluation_epsilon,
             ..Default::default()
         }),
         ..Default::default()

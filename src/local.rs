@@ -65,7 +65,8 @@ async fn wait_for_file(path: &Path, timeout: Duration) -> anyhow::Result<String>
 impl LocalFederation {
     /// Makes the PKI and configurations in `dir` and starts the coordinator and a node per
     /// agency; returns once the coordinator listens (nodes connect on their own).
-    pub async fn start(dir: &Path, agencies: &[AgencyData]) -> anyhow::Result<Self> {
+    /// Each agency's node keeps a privacy budget of `budget` epsilon (at delta 1e-5).
+    pub async fn start(dir: &Path, agencies: &[AgencyData], budget: f64) -> anyhow::Result<Self> {
         let pki_dir = PkiDir::new(dir.join("pki"));
         pki::init(
             &pki_dir,
@@ -128,7 +129,7 @@ impl LocalFederation {
             std::fs::write(
                 &config,
                 format!(
-                    "state_dir = \"node-{}-db\"\n\n[coordinator]\naddress = {:?}\nreconnect_initial_ms = 200\nreconnect_max_ms = 2000\n\n[tls]\nca_cert = {:?}\ncert = {cert:?}\nkey = {key:?}\n\n[data]\ntrain = {:?}\ntest = {:?}\n",
+                    "state_dir = \"node-{}-db\"\n\n[coordinator]\naddress = {:?}\nreconnect_initial_ms = 200\nreconnect_max_ms = 2000\n\n[tls]\nca_cert = {:?}\ncert = {cert:?}\nkey = {key:?}\n\n[data]\ntrain = {:?}\ntest = {:?}\n\n[privacy]\nmax_epsilon = {budget}\ndelta = 1e-5\n",
                     a.agency,
                     fed.address,
                     pki_dir.ca_cert(),
@@ -181,6 +182,20 @@ impl LocalFederation {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// What each agency's ledger says it spent, read once the federation has stopped.
+    pub fn spent(&self, agencies: &[AgencyData]) -> anyhow::Result<Vec<(String, f64)>> {
+        agencies
+            .iter()
+            .map(|a| {
+                let ledger = treaty_node::ledger::Ledger::open(
+                    &self.dir.join(format!("node-{}-db", a.agency)),
+                    None,
+                )?;
+                Ok((a.agency.clone(), ledger.spent()?.epsilon))
+            })
+            .collect()
     }
 
     /// The peak resident memory (VmHWM) of a process of the federation, in bytes.

@@ -343,7 +343,7 @@ fn show_ledger(config: &std::path::Path, json: bool) -> anyhow::Result<()> {
         return Ok(());
     }
     for e in &entries {
-        let mechanism = match &e.release {
+        let mechanism = match &e.releases {
             Some(r) => serde_json::to_string(r)?,
             None => "no differential privacy".to_owned(),
         };

@@ -158,6 +158,7 @@ async fn train(
         let (model, note) = aggregate::aggregate(&settings, &global, &locals, &mut state);
         let version = format!("{}/r{round}", job.job_id);
         let mut summary = collected.summary;
+        evaluation_metrics(&mut summary, &collected.results);
         models::store(
             ctx,
             job,
@@ -306,6 +307,31 @@ async fn query(ctx: &Coordinator, job: &mut Job, spec: QuerySpec) -> Result<(), 
     )?;
     ctx.emit(job, 1, "", format!("round 1 completed: {line}"));
     Ok(())
+}
+
+/// Under DP, nodes release their evaluations as noisy counts: each agency's metrics come from its
+/// own counts, the federation's from the counts of every agency added up.
+fn evaluation_metrics(
+    summary: &mut treaty_proto::v1::RoundSummary,
+    results: &[(String, TaskResult)],
+) {
+    let evaluations: Vec<&treaty_proto::v1::Evaluation> = results
+        .iter()
+        .filter_map(|(_, r)| r.evaluation.as_ref())
+        .collect();
+    if evaluations.is_empty() {
+        return;
+    }
+    for (agency, r) in results {
+        if let (Some(e), Some(m)) = (&r.evaluation, summary.agency_metrics.get_mut(agency)) {
+            m.values.extend(treaty_proto::evaluation::metrics(e));
+        }
+    }
+    if let Some(pooled) = treaty_proto::evaluation::pool(&evaluations) {
+        summary
+            .metrics
+            .extend(treaty_proto::evaluation::metrics(&pooled));
+    }
 }
 
 /// Checks a training result against the global model: same layout, some examples, within its

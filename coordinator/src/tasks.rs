@@ -28,6 +28,8 @@ pub struct TaskResult {
     pub metrics: HashMap<String, f64>,
     pub tensors: Vec<NamedTensor>,
     pub declared_norm_bound: f64,
+    /// Under DP: the node's noisy evaluation of the global model.
+    pub evaluation: Option<treaty_proto::v1::Evaluation>,
 }
 
 /// An outcome on its way to its round: (agency, outcome).

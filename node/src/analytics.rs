@@ -125,6 +125,21 @@ pub fn exact(table: &Table, spec: &QuerySpec) -> Result<Vec<f64>, DataError> {
     })
 }
 
+/// The epsilon opendp accounts for the Laplace mechanism of `scale` on `size` values of L1
+/// sensitivity `sensitivity`.
+pub fn laplace_epsilon(scale: f64, size: usize, sensitivity: f64) -> Result<f64, Refusal> {
+    measurement(scale, size)?
+        .map(&sensitivity)
+        .map_err(|e| Refusal::new("INTERNAL_ERROR", e.to_string()))
+}
+
+/// Adds Laplace noise of `scale` to every value, through opendp.
+pub fn laplace(scale: f64, values: &[f64]) -> Result<Vec<f64>, Refusal> {
+    measurement(scale, values.len())?
+        .invoke(&values.to_vec())
+        .map_err(|e| Refusal::new("INTERNAL_ERROR", e.to_string()))
+}
+
 /// Adds the planned Laplace noise to an exact answer.
 pub fn noisy(plan: &QueryPlan, exact: &[f64]) -> Result<Vec<f64>, Refusal> {
     let normalised: Vec<f64> = exact.iter().zip(&plan.bounds).map(|(v, b)| v / b).collect();

@@ -31,9 +31,9 @@ pub struct Entry {
     pub kind: String,
     /// The coordinator it goes to.
     pub recipient: String,
-    /// The mechanism and its parameters; `None` when the values leave without differential
-    /// privacy (an unbounded epsilon).
-    pub release: Option<Release>,
+    /// The mechanisms and their parameters; `None` for values that would leave without
+    /// differential privacy (never recorded: the node refuses them).
+    pub releases: Option<Vec<Release>>,
 }
 
 /// The agency's budget.
@@ -118,8 +118,16 @@ impl Ledger {
     }
 
     /// What the history plus `more` costs.
-    fn cost(&self, entries: &[Entry], more: Option<Option<Release>>) -> Result<Spent, NodeError> {
-        let all: Vec<Option<Release>> = entries.iter().map(|e| e.release).chain(more).collect();
+    fn cost(
+        &self,
+        entries: &[Entry],
+        more: Option<Option<Vec<Release>>>,
+    ) -> Result<Spent, NodeError> {
+        let all: Vec<Option<Vec<Release>>> = entries
+            .iter()
+            .map(|e| e.releases.clone())
+            .chain(more)
+            .collect();
         if all.iter().any(Option::is_none) {
             return Ok(Spent {
                 epsilon: f64::INFINITY,
@@ -127,7 +135,7 @@ impl Ledger {
                 accountant: "none: a release without differential privacy".into(),
             });
         }
-        let releases: Vec<Release> = all.into_iter().flatten().collect();
+        let releases: Vec<Release> = all.into_iter().flatten().flatten().collect();
         privacy::spent(&releases, self.delta()).map_err(|e| NodeError::Protocol(e.to_string()))
     }
 
@@ -143,20 +151,22 @@ impl Ledger {
         let store = |e: NodeError| LedgerRefusal::Store(e.to_string());
         let entries = self.entries().map_err(store)?;
         let before = self.cost(&entries, None).map_err(store)?;
-        let after = self.cost(&entries, Some(entry.release)).map_err(store)?;
-        if let Some(budget) = self.budget {
-            if entry.release.is_none() {
-                return Err(LedgerRefusal::NotPrivate);
-            }
-            if after.epsilon > budget.max_epsilon {
-                return Err(LedgerRefusal::BudgetExhausted {
-                    spent: before.epsilon,
-                    after: after.epsilon,
-                    max: budget.max_epsilon,
-                    delta: budget.delta,
-                    accountant: after.accountant,
-                });
-            }
+        if entry.releases.is_none() {
+            return Err(LedgerRefusal::NotPrivate);
+        }
+        let after = self
+            .cost(&entries, Some(entry.releases.clone()))
+            .map_err(store)?;
+        if let Some(budget) = self.budget
+            && after.epsilon > budget.max_epsilon
+        {
+            return Err(LedgerRefusal::BudgetExhausted {
+                spent: before.epsilon,
+                after: after.epsilon,
+                max: budget.max_epsilon,
+                delta: budget.delta,
+                accountant: after.accountant,
+            });
         }
         let value = serde_json::to_vec(entry).map_err(|e| LedgerRefusal::Store(e.to_string()))?;
         let key = self
@@ -173,7 +183,7 @@ impl Ledger {
     }
 
     /// The report for the coordinator, with what one more `next` release would bring the total to.
-    pub fn report(&self, next: Option<Option<Release>>) -> PrivacyReport {
+    pub fn report(&self, next: Option<Option<Vec<Release>>>) -> PrivacyReport {
         let entries = self.entries().unwrap_or_default();
         let spent = self.cost(&entries, None).ok();
         let after = next.and_then(|n| self.cost(&entries, Some(n)).ok());
@@ -192,6 +202,7 @@ mod tests {
     use super::*;
 
     fn entry(round: u32, release: Option<Release>) -> Entry {
+        let releases = release.map(|r| vec![r]);
         Entry {
             time_unix_ms: 1,
             task_id: format!("t{round}"),
@@ -200,7 +211,7 @@ mod tests {
             round,
             kind: "training".into(),
             recipient: "treaty://coordinator/hub".into(),
-            release,
+            releases,
         }
     }
 
@@ -233,7 +244,7 @@ mod tests {
         let ledger = Ledger::open(dir.path(), Some(budget)).unwrap();
         assert_eq!(ledger.entries().unwrap().len(), 3);
         assert!((ledger.spent().unwrap().epsilon - three).abs() < 1e-12);
-        let report = ledger.report(Some(Some(Release::Gaussian { rho })));
+        let report = ledger.report(Some(Some(vec![Release::Gaussian { rho }])));
         assert!(
             (report.epsilon_after_next_round - four).abs() < 1e-12
                 && report.max_epsilon == budget.max_epsilon
@@ -241,10 +252,16 @@ mod tests {
     }
 
     #[test]
-    fn without_a_budget_an_unprotected_release_costs_infinity() {
+    fn a_release_without_dp_is_refused_even_without_a_budget() {
         let dir = tempfile::tempdir().unwrap();
         let ledger = Ledger::open(dir.path(), None).unwrap();
-        ledger.record(&entry(1, None)).unwrap();
-        assert_eq!(ledger.spent().unwrap().epsilon, f64::INFINITY);
+        assert!(matches!(
+            ledger.record(&entry(1, None)),
+            Err(LedgerRefusal::NotPrivate)
+        ));
+        ledger
+            .record(&entry(1, Some(Release::Laplace { epsilon: 0.5 })))
+            .unwrap();
+        assert_eq!(ledger.spent().unwrap().epsilon, 0.5);
     }
 }

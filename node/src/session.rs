@@ -219,7 +219,7 @@ async fn carry_out(
             task::Kind::Stats(_) => "statistics".into(),
         },
         recipient,
-        release: plan.release,
+        releases: plan.releases.clone(),
     };
     match node.ledger.record(&entry) {
         Ok(spent) => tracing::info!(
@@ -251,7 +251,7 @@ async fn carry_out(
         Ok(output) => output,
         Err(refusal) => return refuse(refusal).await,
     };
-    let report = node.ledger.report(Some(plan.release));
+    let report = node.ledger.report(Some(plan.releases.clone()));
     match upload(&mut client, &task_id, output, Some(report)).await {
         Ok(()) => tracing::info!(task = task_id, "result sent"),
         Err(error) => tracing::warn!(task = task_id, %error, "result not accepted"),
@@ -273,6 +273,7 @@ pub async fn upload(
         tensors: specs,
         declared_norm_bound: 0.0,
         privacy,
+        evaluation: output.evaluation.clone(),
     };
     let parts = std::iter::once(result_part::Kind::Header(header))
         .chain(chunks.into_iter().map(result_part::Kind::Chunk))

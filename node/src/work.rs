@@ -18,7 +18,7 @@ use treaty_proto::v1::{
 };
 
 use treaty_policies::privacy::{self, Release, zcdp};
-use treaty_proto::v1::{DpMode, PrivacySpec, Transform};
+use treaty_proto::v1::{DpMode, Evaluation, PrivacySpec, Transform};
 
 use crate::analytics::{self, QueryPlan};
 use crate::data::{Examples, Table};
@@ -49,14 +49,18 @@ pub struct Output {
     pub num_examples: u64,
     pub metrics: HashMap<String, f64>,
     pub tensors: Vec<NamedTensor>,
+    /// Under DP: the noisy evaluation of the global model on the test split.
+    pub evaluation: Option<Evaluation>,
 }
 
 /// What a task will release, decided before it touches the data: the mechanism for the ledger,
 /// and the noise the computation must add.
 #[derive(Debug, Clone)]
 pub struct Plan {
-    /// `None`: the values leave without differential privacy.
-    pub release: Option<Release>,
+    /// The mechanisms of what leaves; `None`: values without differential privacy (refused).
+    pub releases: Option<Vec<Release>>,
+    /// The Laplace scale of the noisy evaluation of a training round, when it has a test split.
+    evaluation: Option<f64>,
     dp: Option<DpSgd>,
     statistics_noise: Option<(GaussianNoise, Vec<f64>)>,
     query: Option<QueryPlan>,
@@ -65,11 +69,25 @@ pub struct Plan {
 impl Plan {
     fn unprotected() -> Self {
         Plan {
-            release: None,
+            releases: None,
+            evaluation: None,
             dp: None,
             statistics_noise: None,
             query: None,
         }
+    }
+}
+
+/// The default epsilon a node spends per round on evaluating the global model under DP.
+const DEFAULT_EVALUATION_EPSILON: f64 = 0.05;
+
+/// How many counts a training round's evaluation releases.
+fn evaluation_width(spec: &TrainingSpec) -> usize {
+    let schema = spec.schema.clone().unwrap_or_default();
+    match ModelKind::try_from(spec.model).unwrap_or(ModelKind::Unspecified) {
+        ModelKind::MultinomialLogisticRegression => schema::classes(&schema).len().pow(2),
+        ModelKind::LinearRegression => treaty_proto::evaluation::BINS,
+        _ => 2 * treaty_proto::evaluation::BINS,
     }
 }
 
@@ -169,7 +187,7 @@ impl Worker {
                     .ok_or_else(|| Refusal::new("INVALID_TASK", "the query task has no spec"))?;
                 let (query, epsilon) = analytics::plan(spec)?;
                 Ok(Plan {
-                    release: Some(Release::Laplace { epsilon }),
+                    releases: Some(vec![Release::Laplace { epsilon }]),
                     query: Some(query),
                     ..Plan::unprotected()
                 })
@@ -214,6 +232,20 @@ impl Worker {
                 ));
             }
         };
+        // The evaluation of the global model on the test split: Laplace noise on its counts.
+        let evaluation = match &self.test {
+            Some(_) => {
+                let epsilon = if privacy.evaluation_epsilon > 0.0 {
+                    privacy.evaluation_epsilon
+                } else {
+                    DEFAULT_EVALUATION_EPSILON
+                };
+                let scale = 1.0 / epsilon;
+                let width = evaluation_width(spec);
+                Some((scale, analytics::laplace_epsilon(scale, width, 1.0)?))
+            }
+            None => None,
+        };
         let sigma = if privacy.noise_multiplier > 0.0 {
             privacy.noise_multiplier
         } else {
@@ -231,6 +263,9 @@ impl Worker {
                 let mut releases = Vec::new();
                 if statistics > 0.0 {
                     releases.push(Release::Gaussian { rho: statistics });
+                }
+                if let Some((_, epsilon)) = evaluation {
+                    releases.extend((0..rounds).map(|_| Release::Laplace { epsilon }));
                 }
                 releases.push(match sampling {
                     Sampling::FullBatch => Release::Gaussian {
@@ -270,8 +305,13 @@ impl Worker {
                 steps,
             },
         };
+        let mut releases = vec![release];
+        if let Some((_, epsilon)) = evaluation {
+            releases.push(Release::Laplace { epsilon });
+        }
         Ok(Plan {
-            release: Some(release),
+            releases: Some(releases),
+            evaluation: evaluation.map(|(scale, _)| scale),
             dp: Some(DpSgd {
                 sampling,
                 steps,
@@ -296,7 +336,8 @@ impl Worker {
                     .as_ref()
                     .ok_or_else(|| Refusal::new("INVALID_TASK", "the training task has no spec"))?;
                 let global = download(client, job_id, &t.model_version).await?;
-                self.train_round(spec, global, plan.dp).await
+                self.train_round(spec, global, plan.dp, plan.evaluation)
+                    .await
             }
             task::Kind::Stats(s) => {
                 let schema = s.schema.clone().ok_or_else(|| {
@@ -319,7 +360,14 @@ impl Worker {
         spec: &TrainingSpec,
         global: Vec<NamedTensor>,
         dp: Option<DpSgd>,
+        evaluation_scale: Option<f64>,
     ) -> Result<Output, Refusal> {
+        let error_bound = spec
+            .privacy
+            .as_ref()
+            .map(|p| p.evaluation_error_bound)
+            .filter(|b| *b > 0.0)
+            .unwrap_or(10.0);
         let schema = spec
             .schema
             .clone()
@@ -370,8 +418,18 @@ impl Worker {
         blocking(move || {
             let mut out = HashMap::new();
             if let Some(dp) = dp {
-                // Under DP nothing else leaves: no metrics from the test split, and no count of
+                // Under DP nothing else leaves: metrics only as noisy counts, and no count of
                 // records (updates are then averaged with equal weights).
+                // The global model received is evaluated on the test split, as noisy counts.
+                let evaluation = match (&test_data, evaluation_scale) {
+                    (Some(test), Some(scale)) => {
+                        let mut e = metrics::evaluation_counts(&model, test, error_bound);
+                        e.counts = analytics::laplace(scale, &e.counts)?;
+                        e.laplace_scale = scale;
+                        Some(e)
+                    }
+                    _ => None,
+                };
                 let mut local = model;
                 train_dp(&mut local, &train_data, &sgd, &dp)
                     .map_err(|e| Refusal::new("INTERNAL_ERROR", e.to_string()))?;
@@ -385,6 +443,7 @@ impl Worker {
                     num_examples: 1,
                     metrics: out,
                     tensors: local.to_tensors(),
+                    evaluation,
                 });
             }
             if let Some(test) = &test_data {
@@ -407,6 +466,7 @@ impl Worker {
                 num_examples: train_data.len() as u64,
                 metrics: out,
                 tensors: local.to_tensors(),
+                evaluation: None,
             })
         })
         .await?
@@ -439,6 +499,7 @@ impl Worker {
             num_examples: rows,
             metrics: HashMap::new(),
             tensors: vec![NamedTensor::new("stats", values)],
+            evaluation: None,
         })
     }
 
@@ -459,6 +520,7 @@ impl Worker {
                 "statistic",
                 ArrayD::from_shape_vec(IxDyn(&[values.len()]), values).map_err(internal)?,
             )],
+            evaluation: None,
         })
     }
 }
@@ -507,7 +569,7 @@ fn statistics_plan(schema: &FeatureSchema, privacy: &PrivacySpec) -> Result<Plan
         .rho(scales.len())
         .map_err(|e| Refusal::new("INTERNAL_ERROR", e.to_string()))?;
     Ok(Plan {
-        release: Some(Release::Gaussian { rho }),
+        releases: Some(vec![Release::Gaussian { rho }]),
         statistics_noise: Some((noise, scales)),
         ..Plan::unprotected()
     })

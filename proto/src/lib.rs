@@ -8,6 +8,7 @@
 
 pub mod config;
 pub mod error;
+pub mod evaluation;
 pub mod identity;
 pub mod pki;
 pub mod query;

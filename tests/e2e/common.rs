@@ -16,8 +16,8 @@ use treaty_proto::pki::{self, PkiDir};
 use treaty_proto::tls::{ClientTls, TlsFiles};
 use treaty_proto::v1::operator_service_client::OperatorServiceClient;
 use treaty_proto::v1::{
-    CreateFederationRequest, CreateJobRequest, FeatureSchema, FederationInfo, Job, JobSpec,
-    JobState, ListAgenciesRequest, ModelKind, TrainingSpec, WatchJobRequest, job_spec,
+    CreateFederationRequest, CreateJobRequest, DpMode, FeatureSchema, FederationInfo, Job, JobSpec,
+    JobState, ListAgenciesRequest, ModelKind, PrivacySpec, TrainingSpec, WatchJobRequest, job_spec,
 };
 
 pub const TREATY: &str = env!("CARGO_BIN_EXE_treaty");
@@ -323,7 +323,7 @@ pub async fn create_federation(
 /// The schema of `write_data`'s files.
 pub fn schema_of_test_data() -> FeatureSchema {
     treaty_proto::schema::parse(
-        "[label]\nname = \"seized\"\nkind = \"binary\"\n[[column]]\nname = \"x1\"\nkind = \"numeric\"\n[[column]]\nname = \"x2\"\nkind = \"numeric\"\n",
+        "[label]\nname = \"seized\"\nkind = \"binary\"\n[[column]]\nname = \"x1\"\nkind = \"numeric\"\nlower = -3.5\nupper = 3.5\n[[column]]\nname = \"x2\"\nkind = \"numeric\"\nlower = -3.5\nupper = 3.5\n",
     )
     .unwrap()
     .unwrap()
@@ -338,6 +338,21 @@ pub fn training_spec(rounds: u32) -> TrainingSpec {
         local_epochs: 2,
         batch_size: 32,
         learning_rate: 0.2,
+        privacy: Some(test_privacy()),
+        ..Default::default()
+    }
+}
+
+/// Record-level DP for the tests: Poisson DP-SGD with a moderate noise multiplier, and
+/// statistics and evaluations noised lightly enough that the tests can read them (a real
+/// deployment would spend far less on them).
+pub fn test_privacy() -> PrivacySpec {
+    PrivacySpec {
+        mode: DpMode::Poisson as i32,
+        clip_norm: 1.0,
+        noise_multiplier: 0.5,
+        statistics_rho: 1.0,
+        evaluation_epsilon: 20.0,
         ..Default::default()
     }
 }

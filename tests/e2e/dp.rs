@@ -3,10 +3,29 @@
 use std::process::Command;
 use std::time::Duration;
 
-use treaty_policies::privacy::zcdp;
+use treaty_policies::privacy::{Release, spent, zcdp};
 use treaty_proto::v1::{ColumnStats, DpMode, PrivacySpec};
 
 use crate::common::*;
+
+/// What `rounds` rounds cost: a Gaussian of `rho` for the training and a Laplace of epsilon
+/// 0.05 (the default) for the evaluation, each round.
+fn releases(rounds: usize, rho: f64) -> Vec<Release> {
+    (0..rounds)
+        .flat_map(|_| {
+            [
+                Release::Gaussian { rho },
+                Release::Laplace { epsilon: 0.05 },
+            ]
+        })
+        .collect()
+}
+
+fn rounds_cost(rounds: usize) -> f64 {
+    spent(&releases(rounds, zcdp::gaussian_rho(2.0)), 1e-5)
+        .unwrap()
+        .epsilon
+}
 
 /// Adds a privacy budget to a node's configuration file.
 fn with_budget(config: &std::path::Path, max_epsilon: f64) {
@@ -58,13 +77,9 @@ fn dp_spec(rounds: u32, sigma: f64) -> treaty_proto::v1::TrainingSpec {
 async fn an_agency_whose_budget_allows_three_rounds_takes_part_in_exactly_three() {
     let fx = Fixture::new(&[("DE-BKA", "DE"), ("NL-POLITIE", "NL"), ("FR-DOUANE", "FR")]);
     let (_coordinator, address) = fx.start_coordinator("127.0.0.1:0");
-    // One full-batch step with noise multiplier 2 is 1/8-zCDP; the budget sits between what
-    // three and four such rounds cost.
-    let rho = zcdp::gaussian_rho(2.0);
-    let (three, four) = (
-        zcdp::epsilon(3.0 * rho, 1e-5),
-        zcdp::epsilon(4.0 * rho, 1e-5),
-    );
+    // A round is one full-batch step with noise multiplier 2 (1/8-zCDP) and an evaluation on the
+    // test split (Laplace, epsilon 0.05); the budget sits between what three and four rounds cost.
+    let (three, four) = (rounds_cost(3), rounds_cost(4));
     let budget = (three + four) / 2.0;
     let (train, test) = write_data(fx.dir.path(), "DE-BKA", 400, 1);
     let de_config = fx.node_config_for("DE-BKA", "DE", &address, &train, &test);
@@ -98,7 +113,7 @@ async fn an_agency_whose_budget_allows_three_rounds_takes_part_in_exactly_three(
     let spent = l["spent"]["epsilon"].as_f64().unwrap();
     assert!(
         spent <= budget && (spent - three).abs() < 1e-6 * three,
-        "{spent} vs {three}, budget {budget}"
+        "{spent} vs {three}, budget {budget}: {l}"
     );
     assert!(
         l["spent"]["accountant"]
@@ -181,8 +196,12 @@ async fn a_node_killed_again_and_again_never_under_counts() {
         );
     }
     assert!(recorded.len() >= contributed.len());
-    let rho = 3.0 * zcdp::gaussian_rho(4.0);
-    let true_spent = zcdp::epsilon(contributed.len() as f64 * rho, 1e-5);
+    let true_spent = spent(
+        &releases(contributed.len(), 3.0 * zcdp::gaussian_rho(4.0)),
+        1e-5,
+    )
+    .unwrap()
+    .epsilon;
     let spent = l["spent"]["epsilon"].as_f64().unwrap();
     assert!(
         spent >= true_spent * (1.0 - 1e-9),

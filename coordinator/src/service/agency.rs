@@ -164,6 +164,7 @@ impl AgencyService for AgencyApi {
                 metrics: header.metrics.clone(),
                 tensors,
                 declared_norm_bound: header.declared_norm_bound,
+                evaluation: header.evaluation.clone(),
             }),
             Err(reason) => {
                 tracing::warn!(

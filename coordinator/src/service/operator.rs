@@ -8,8 +8,8 @@ use treaty_proto::identity::check_name;
 use treaty_proto::schema;
 use treaty_proto::v1::operator_service_server::OperatorService;
 use treaty_proto::v1::{
-    CreateFederationRequest, CreateJobRequest, DownloadModelRequest, FederationInfo, GetJobRequest,
-    Job, JobEvent, JobSpec, JobState, ListAgenciesRequest, ListAgenciesResponse,
+    CreateFederationRequest, CreateJobRequest, DownloadModelRequest, DpMode, FederationInfo,
+    GetJobRequest, Job, JobEvent, JobSpec, JobState, ListAgenciesRequest, ListAgenciesResponse,
     ListFederationsRequest, ListFederationsResponse, ListJobsRequest, ListJobsResponse, ModelKind,
     ModelPart, QueryKind, WatchJobRequest, job_spec,
 };
@@ -168,6 +168,23 @@ fn job_problems(spec: &mut JobSpec, members: usize) -> Vec<String> {
                 ));
             }
             problems.extend(Settings::from(t.strategy.as_ref()).problems());
+            match &t.privacy {
+                None => problems.push(
+                    "`training.privacy` is missing: every training job trains with record-level differential privacy; give a mode, a clipping norm and a noise multiplier or a target epsilon".into(),
+                ),
+                Some(p) => {
+                    if !(p.clip_norm.is_finite() && p.clip_norm > 0.0) {
+                        problems.push(format!("`privacy.clip_norm` is {}; it must be positive", p.clip_norm));
+                    }
+                    if DpMode::try_from(p.mode).unwrap_or(DpMode::Unspecified) == DpMode::Unspecified {
+                        problems.push("`privacy.mode` must be DP_MODE_FULL_BATCH or DP_MODE_POISSON".into());
+                    }
+                    let calibrated = p.target_epsilon > 0.0 && p.target_delta > 0.0 && p.target_delta < 1.0;
+                    if !(p.noise_multiplier > 0.0 || calibrated) {
+                        problems.push("give `privacy.noise_multiplier`, or `privacy.target_epsilon` and `privacy.target_delta`".into());
+                    }
+                }
+            }
         }
         Some(job_spec::Kind::Query(q)) => {
             let kind = QueryKind::try_from(q.kind).unwrap_or(QueryKind::Unspecified);
@@ -465,7 +482,14 @@ mod tests {
             ..Default::default()
         };
         let problems = job_problems(&mut spec, 3);
-        assert_eq!(problems.len(), 8, "{problems:#?}");
+        // Eight, and the missing privacy spec.
+        assert_eq!(problems.len(), 9, "{problems:#?}");
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.contains("`training.privacy` is missing")),
+            "{problems:#?}"
+        );
         assert!(
             problems
                 .iter()

@@ -184,26 +184,48 @@ pub fn spent(releases: &[Release], delta: f64) -> Result<Spent, PrivacyError> {
             "zCDP (Canonne-Kamath-Steinke conversion)",
         ));
     }
-    // RDP over every release.
+    // RDP over every release. Releases of the same mechanism are grouped first (their RDP adds
+    // up), so that a long history costs one curve per distinct mechanism.
     if !fine.is_empty() {
         let orders = rdp::orders();
+        let mut rho_total = 0.0;
+        let mut sampled: Vec<(f64, f64, u64)> = Vec::new();
+        let mut laplace: Vec<(f64, u64)> = Vec::new();
+        for r in &fine {
+            match **r {
+                Release::Gaussian { rho } => rho_total += rho,
+                Release::SampledGaussian {
+                    sampling_rate,
+                    noise_multiplier,
+                    steps,
+                } => match sampled
+                    .iter_mut()
+                    .find(|(q, s, _)| *q == sampling_rate && *s == noise_multiplier)
+                {
+                    Some(group) => group.2 += steps,
+                    None => sampled.push((sampling_rate, noise_multiplier, steps)),
+                },
+                Release::Laplace { epsilon } => {
+                    match laplace.iter_mut().find(|(e, _)| *e == epsilon) {
+                        Some(group) => group.1 += 1,
+                        None => laplace.push((epsilon, 1)),
+                    }
+                }
+                Release::Approximate { .. } => {}
+            }
+        }
         let curve: Vec<f64> = orders
             .iter()
             .map(|&a| {
-                fine.iter()
-                    .map(|r| match **r {
-                        Release::Gaussian { rho } => a * rho,
-                        Release::SampledGaussian {
-                            sampling_rate,
-                            noise_multiplier,
-                            steps,
-                        } => {
-                            steps as f64 * rdp::sampled_gaussian(sampling_rate, noise_multiplier, a)
-                        }
-                        Release::Laplace { epsilon } => epsilon.min(a * epsilon * epsilon / 2.0),
-                        Release::Approximate { .. } => 0.0,
-                    })
-                    .sum()
+                a * rho_total
+                    + sampled
+                        .iter()
+                        .map(|&(q, s, steps)| steps as f64 * rdp::sampled_gaussian(q, s, a))
+                        .sum::<f64>()
+                    + laplace
+                        .iter()
+                        .map(|&(e, n)| n as f64 * e.min(a * e * e / 2.0))
+                        .sum::<f64>()
             })
             .collect();
         candidates.push((
