@@ -67,6 +67,39 @@ pub enum DataError {
     Empty { path: PathBuf },
 }
 
+impl DataError {
+    /// The error without any cell's content, for messages that leave the node.
+    pub fn redacted(&self) -> String {
+        let at = |path: &PathBuf, row: &u64, column: &str| {
+            format!("`{}`, line {row}, column `{column}`", path.display())
+        };
+        match self {
+            DataError::NotNumeric {
+                path, row, column, ..
+            } => format!("{}: the cell is not a number", at(path, row, column)),
+            DataError::BadLabel {
+                path,
+                row,
+                column,
+                expected,
+                ..
+            } => {
+                format!(
+                    "{}: the label is not expected; expected {expected}",
+                    at(path, row, column)
+                )
+            }
+            DataError::BadValue {
+                path, row, column, ..
+            } => format!(
+                "{}: the value does not fit the schema",
+                at(path, row, column)
+            ),
+            other => other.to_string(),
+        }
+    }
+}
+
 /// Something the node could not do.
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {

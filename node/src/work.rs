@@ -108,6 +108,13 @@ pub struct Worker {
 /// The largest model a node accepts from the coordinator, in elements.
 const MAX_MODEL_ELEMENTS: u64 = 50_000_000;
 
+/// A refusal for bad data. The coordinator learns the file, line and column, never the cell's
+/// content (a record's value must not leave the node); the node's own log keeps the whole error.
+fn data_refusal(e: &crate::error::DataError) -> Refusal {
+    tracing::warn!(error = %e, "the agency's data does not fit the task");
+    Refusal::new("DATA_ERROR", e.redacted())
+}
+
 fn internal(e: impl std::fmt::Display) -> Refusal {
     Refusal::new("INTERNAL_ERROR", e.to_string())
 }
@@ -154,7 +161,7 @@ impl Worker {
         let (schema, stats) = (schema.clone(), stats.to_vec());
         let encoded = match blocking(move || table.encode(&schema, &stats)).await {
             Ok(Ok(examples)) => Ok(Arc::new(examples)),
-            Ok(Err(e)) => Err(Refusal::new("DATA_ERROR", e.to_string())),
+            Ok(Err(e)) => Err(data_refusal(&e)),
             Err(refusal) => Err(refusal),
         };
         let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
@@ -485,7 +492,7 @@ impl Worker {
         };
         let sums = blocking(move || table.column_sums(&schema))
             .await?
-            .map_err(|e| Refusal::new("DATA_ERROR", e.to_string()))?;
+            .map_err(|e| data_refusal(&e))?;
         let mut flat: Vec<f64> = sums.iter().flatten().copied().collect();
         if let Some((noise, scales)) = noise {
             flat.iter_mut().zip(&scales).for_each(|(v, s)| *v /= s);
@@ -509,7 +516,7 @@ impl Worker {
         let (table, spec_owned) = (self.train.clone(), spec.clone());
         let exact = blocking(move || analytics::exact(&table, &spec_owned))
             .await?
-            .map_err(|e| Refusal::new("DATA_ERROR", e.to_string()))?;
+            .map_err(|e| data_refusal(&e))?;
         let values = analytics::noisy(&plan, &exact)?;
         let mut metrics = HashMap::new();
         metrics.insert("laplace_scale".to_owned(), plan.scale);

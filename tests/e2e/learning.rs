@@ -221,10 +221,12 @@ async fn an_agency_with_bad_data_stays_out_and_says_why() {
         excluded.message.contains("DATA_ERROR")
             && excluded
                 .message
-                .contains("FR-DOUANE_train.csv`, line 3, column `x1`: `twelve` is not a number"),
+                .contains("FR-DOUANE_train.csv`, line 3, column `x1`: the cell is not a number"),
         "{}",
         excluded.message
     );
+    // The cell's content never leaves the node, only where it is.
+    assert!(!excluded.message.contains("twelve"), "{}", excluded.message);
     for round in &job.rounds {
         assert_eq!(round.contributors.len(), 2);
         assert_eq!(round.excluded[0].agency, "FR-DOUANE");
