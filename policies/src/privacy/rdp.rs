@@ -148,21 +148,15 @@ pub fn sampled_gaussian_epsilon(q: f64, sigma: f64, steps: u64, delta: f64) -> f
 /// epsilon at `delta` (bisection to a relative precision of 1e-6); `None` when even a noise
 /// multiplier of 10^6 does not.
 pub fn noise_for(q: f64, steps: u64, target: f64, delta: f64) -> Option<f64> {
-    let spend = |sigma: f64| sampled_gaussian_epsilon(q, sigma, steps, delta);
-    let (mut lo, mut hi) = (1e-3f64, 1.0f64);
-    while spend(hi) > target {
-        hi *= 2.0;
-        if hi > 1e6 {
-            return None;
-        }
-    }
-    while (hi - lo) / hi > 1e-6 {
-        let mid = (lo + hi) / 2.0;
-        if spend(mid) > target {
-            lo = mid;
-        } else {
-            hi = mid;
-        }
-    }
-    Some(hi)
+    super::calibrate(
+        |sigma| {
+            vec![super::Release::SampledGaussian {
+                sampling_rate: q,
+                noise_multiplier: sigma,
+                steps,
+            }]
+        },
+        target,
+        delta,
+    )
 }
