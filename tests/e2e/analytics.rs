@@ -48,16 +48,7 @@ async fn query(
         .await
         .unwrap()
         .into_inner();
-    let mut events = op
-        .watch_job(treaty_proto::v1::WatchJobRequest { job_id: job.job_id })
-        .await
-        .unwrap()
-        .into_inner();
-    let mut last = None;
-    while let Some(e) = events.message().await.unwrap() {
-        last = e.job;
-    }
-    let job = last.unwrap();
+    let job = watch_to_end(op, &job.job_id).await;
     assert_eq!(
         job.state,
         treaty_proto::v1::JobState::Succeeded as i32,

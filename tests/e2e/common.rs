@@ -417,9 +417,14 @@ pub async fn try_job(
         .await
         .unwrap()
         .into_inner();
+    watch_to_end(client, &job.job_id).await
+}
+
+/// Follows a job until it ends; returns it as it ended.
+pub async fn watch_to_end(client: &mut OperatorServiceClient<Channel>, job_id: &str) -> Job {
     let mut events = client
         .watch_job(WatchJobRequest {
-            job_id: job.job_id.clone(),
+            job_id: job_id.into(),
         })
         .await
         .unwrap()
@@ -429,6 +434,32 @@ pub async fn try_job(
         last = event.unwrap().job;
     }
     last.unwrap()
+}
+
+/// Runs `treaty ARGS` and reads its standard output as JSON.
+pub fn treaty_json<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> serde_json::Value {
+    let out = Command::new(TREATY).args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// The standardisation a model file states.
+pub fn standardization_of(file: &serde_json::Value) -> Vec<treaty_proto::v1::ColumnStats> {
+    file["standardization"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| treaty_proto::v1::ColumnStats {
+            name: s["name"].as_str().unwrap().into(),
+            mean: s["mean"].as_f64().unwrap(),
+            std: s["std"].as_f64().unwrap(),
+            count: s["count"].as_f64().unwrap(),
+        })
+        .collect()
 }
 
 /// Downloads a job's latest model with `treaty model get` and reads its tensors.

@@ -1,6 +1,5 @@
 //! Differential privacy end to end: budgets, the ledger under crashes, calibrated DP-SGD.
 
-use std::process::Command;
 use std::time::Duration;
 
 use treaty_policies::privacy::{Release, spent, zcdp};
@@ -37,17 +36,13 @@ fn with_budget(config: &std::path::Path, max_epsilon: f64) {
 }
 
 fn ledger(config: &std::path::Path) -> serde_json::Value {
-    let out = Command::new(TREATY)
-        .args(["node", "ledger", "--json", "--config"])
-        .arg(config)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
+    treaty_json(&[
+        std::ffi::OsStr::new("node"),
+        "ledger".as_ref(),
+        "--json".as_ref(),
+        "--config".as_ref(),
+        config.as_os_str(),
+    ])
 }
 
 /// A full-batch DP job with a known standardisation (so that no statistics round spends budget).
@@ -159,18 +154,7 @@ async fn a_node_killed_again_and_again_never_under_counts() {
         drop(de);
         de = fx.start_node_with("DE-BKA", &de_config);
     }
-    let mut events = op
-        .watch_job(treaty_proto::v1::WatchJobRequest {
-            job_id: job.job_id.clone(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let mut last = None;
-    while let Some(e) = events.message().await.unwrap() {
-        last = e.job;
-    }
-    let job = last.unwrap();
+    let job = watch_to_end(&mut op, &job.job_id).await;
     de.signal(nix::sys::signal::Signal::SIGTERM);
     de.wait_for_exit(Duration::from_secs(10)).unwrap();
 

@@ -122,17 +122,7 @@ async fn the_federated_model_is_as_good_as_the_pooled_one() {
         .iter()
         .map(|a| Table::open(&synth.join(format!("{a}_test.csv"))).unwrap())
         .collect();
-    let standardization: Vec<ColumnStats> = file["standardization"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| ColumnStats {
-            name: s["name"].as_str().unwrap().into(),
-            mean: s["mean"].as_f64().unwrap(),
-            std: s["std"].as_f64().unwrap(),
-            count: s["count"].as_f64().unwrap(),
-        })
-        .collect();
+    let standardization = standardization_of(&file);
     let raw = pooled(&train_tables, &schema, &[]);
     let first_numeric = raw.x.column(0);
     let mean = first_numeric.mean().unwrap();
@@ -368,17 +358,7 @@ async fn robust_aggregation_withstands_a_malicious_agency() {
             });
             let job = run_job(&mut op, "eight", spec, 8).await;
             let (file, tensors) = model_get(&fx, &address, &job.job_id);
-            let stats: Vec<ColumnStats> = file["standardization"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|s| ColumnStats {
-                    name: s["name"].as_str().unwrap().into(),
-                    mean: s["mean"].as_f64().unwrap(),
-                    std: s["std"].as_f64().unwrap(),
-                    count: s["count"].as_f64().unwrap(),
-                })
-                .collect();
+            let stats = standardization_of(&file);
             let model = Model::from_tensors(Kind::Logistic, 2, &tensors).unwrap();
             let test = pooled(&tests, &schema_of_test_data(), &stats);
             let acc = treaty_node::metrics::evaluate(&model, &test)["accuracy"];

@@ -2,20 +2,12 @@
 
 use std::process::Command;
 
-use crate::common::TREATY;
+use crate::common::{TREATY, treaty_json};
 
 fn json(args: &[&str]) -> serde_json::Value {
-    let out = Command::new(TREATY)
-        .args(args)
-        .arg("--json")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
+    let mut all = args.to_vec();
+    all.push("--json");
+    treaty_json(&all)
 }
 
 #[test]
