@@ -16,6 +16,8 @@ use treaty_proto::v1::{QueryKind, QuerySpec, QueryValue};
 use crate::tasks::TaskResult;
 
 const DRAWS: usize = 20_000;
+/// Bootstrap draws of a quantile query (each re-reads the whole histogram).
+const QUANTILE_DRAWS: usize = 2_000;
 
 fn laplace(rng: &mut StdRng, scale: f64) -> f64 {
     let u: f64 = rng.random::<f64>() - 0.5;
@@ -58,12 +60,16 @@ fn histogram_quantile(counts: &[f64], lower: f64, upper: f64, p: f64) -> f64 {
 }
 
 /// The federation's answer: the plain estimates and each with its noise and interval.
+///
+/// The noise in any total is `bound x U`, U the sum over nodes of Laplace(node's scale), so U is
+/// simulated once (DRAWS draws, sorted) and every value reads its interval off it: linear in the
+/// answer's width, whatever the width. A mean (a ratio) pairs two independent draws of U; a
+/// quantile re-reads the histogram QUANTILE_DRAWS times with each bin's noise resampled from U.
 pub fn combine(spec: &QuerySpec, results: &[(String, TaskResult)]) -> (Vec<f64>, Vec<QueryValue>) {
     let Some((bounds, _)) = layout(spec) else {
         return (vec![], vec![]);
     };
-    let width = bounds.len();
-    let mut totals = vec![0.0; width];
+    let mut totals = vec![0.0; bounds.len()];
     let mut scales = Vec::new(); // each node's Laplace scale (on the bound-normalised values)
     for (_, r) in results {
         if let Some(t) = r.tensors.first() {
@@ -80,26 +86,21 @@ pub fn combine(spec: &QuerySpec, results: &[(String, TaskResult)]) -> (Vec<f64>,
     };
     let (lo_p, hi_p) = ((1.0 - confidence) / 2.0, (1.0 + confidence) / 2.0);
     let mut rng = StdRng::from_os_rng();
-    // DRAWS draws of the noise in each total.
-    let noise: Vec<Vec<f64>> = (0..DRAWS)
-        .map(|_| {
-            bounds
-                .iter()
-                .map(|b| scales.iter().map(|s| laplace(&mut rng, s * b)).sum::<f64>())
-                .collect()
-        })
-        .collect();
-    // An estimate and its bootstrap: f(totals) and f(totals - noise) for every draw.
-    let interval = |label: String, f: &dyn Fn(&[f64]) -> f64, widen: f64| {
-        let value = f(&totals);
-        let mut draws: Vec<f64> = noise
-            .iter()
-            .map(|n| {
-                let shifted: Vec<f64> = totals.iter().zip(n).map(|(t, e)| t - e).collect();
-                f(&shifted)
-            })
-            .filter(|v| v.is_finite())
-            .collect();
+    let draw_u = |rng: &mut StdRng| scales.iter().map(|s| laplace(rng, *s)).sum::<f64>();
+    let mut unit: Vec<f64> = (0..DRAWS).map(|_| draw_u(&mut rng)).collect();
+    unit.sort_by(f64::total_cmp);
+    let unit_std = std_of(&unit);
+    // A single total t with bound b: the truth lies in [t - b q_hi(U), t - b q_lo(U)].
+    let linear = |label: String, i: usize| QueryValue {
+        label,
+        value: totals[i],
+        noise_std: bounds[i] * unit_std,
+        ci_low: totals[i] - bounds[i] * quantile(&unit, hi_p),
+        ci_high: totals[i] - bounds[i] * quantile(&unit, lo_p),
+    };
+    // A function of several totals: its value and the interval of its bootstrap draws.
+    let from_draws = |label: String, value: f64, mut draws: Vec<f64>, widen: f64| {
+        draws.retain(|v| v.is_finite());
         draws.sort_by(f64::total_cmp);
         QueryValue {
             label,
@@ -111,25 +112,52 @@ pub fn combine(spec: &QuerySpec, results: &[(String, TaskResult)]) -> (Vec<f64>,
     };
     let answer: Vec<QueryValue> =
         match QueryKind::try_from(spec.kind).unwrap_or(QueryKind::Unspecified) {
-            QueryKind::Count => vec![interval("count".into(), &|t| t[0], 0.0)],
-            QueryKind::Sum => vec![interval(format!("sum of {}", spec.column), &|t| t[0], 0.0)],
-            QueryKind::Mean => vec![
-                interval(format!("mean of {}", spec.column), &|t| t[0] / t[1], 0.0),
-                interval("count".into(), &|t| t[1], 0.0),
-            ],
+            QueryKind::Count => vec![linear("count".into(), 0)],
+            QueryKind::Sum => vec![linear(format!("sum of {}", spec.column), 0)],
+            QueryKind::Mean => {
+                let draws: Vec<f64> = (0..DRAWS)
+                    .map(|_| {
+                        let (e_sum, e_count) =
+                            (bounds[0] * draw_u(&mut rng), bounds[1] * draw_u(&mut rng));
+                        (totals[0] - e_sum) / (totals[1] - e_count)
+                    })
+                    .collect();
+                vec![
+                    from_draws(
+                        format!("mean of {}", spec.column),
+                        totals[0] / totals[1],
+                        draws,
+                        0.0,
+                    ),
+                    linear("count".into(), 1),
+                ]
+            }
             QueryKind::Histogram => histogram_labels(spec)
                 .into_iter()
                 .enumerate()
-                .map(|(i, label)| interval(label, &move |t: &[f64]| t[i], 0.0))
+                .map(|(i, label)| linear(label, i))
                 .collect(),
             QueryKind::Quantile => {
                 let half_bin = (spec.upper - spec.lower) / bins(spec) as f64 / 2.0;
+                let mut shifted = vec![0.0; totals.len()];
+                let mut draws: Vec<Vec<f64>> =
+                    vec![Vec::with_capacity(QUANTILE_DRAWS); spec.quantiles.len()];
+                for _ in 0..QUANTILE_DRAWS {
+                    for ((s, t), b) in shifted.iter_mut().zip(&totals).zip(&bounds) {
+                        *s = t - b * unit[rng.random_range(0..unit.len())];
+                    }
+                    for (d, &p) in draws.iter_mut().zip(&spec.quantiles) {
+                        d.push(histogram_quantile(&shifted, spec.lower, spec.upper, p));
+                    }
+                }
                 spec.quantiles
                     .iter()
-                    .map(|&p| {
-                        interval(
+                    .zip(draws)
+                    .map(|(&p, d)| {
+                        from_draws(
                             format!("q{p}"),
-                            &move |t: &[f64]| histogram_quantile(t, spec.lower, spec.upper, p),
+                            histogram_quantile(&totals, spec.lower, spec.upper, p),
+                            d,
                             half_bin,
                         )
                     })
@@ -152,6 +180,54 @@ mod tests {
         assert!((q - (1.0 + 10.0 / 30.0)).abs() < 1e-12, "{q}");
         // Nothing left after the noise: no quantile.
         assert!(histogram_quantile(&[-3.0, 0.0], 0.0, 1.0, 0.5).is_nan());
+    }
+
+    fn node_answer(values: Vec<f64>, scale: f64) -> TaskResult {
+        let n = values.len();
+        TaskResult {
+            num_examples: 1,
+            metrics: [("laplace_scale".to_owned(), scale)].into(),
+            tensors: vec![treaty_proto::tensor::NamedTensor::new(
+                "statistic",
+                ndarray::ArrayD::from_shape_vec(ndarray::IxDyn(&[n]), values).unwrap(),
+            )],
+            declared_norm_bound: 0.0,
+            evaluation: None,
+        }
+    }
+
+    #[test]
+    fn one_laplace_count_has_the_closed_form_interval() {
+        // One node, Laplace(2): P(|X| > x) = exp(-x / 2), so the 95 % interval is
+        // +-2 ln 20 = +-5.99 around the count, and the standard deviation is 2 sqrt 2.
+        let spec = QuerySpec {
+            kind: QueryKind::Count as i32,
+            epsilon: 0.5,
+            ..Default::default()
+        };
+        let (values, answer) = combine(&spec, &[("A".into(), node_answer(vec![100.0], 2.0))]);
+        assert_eq!(values, vec![100.0]);
+        let v = &answer[0];
+        let half = 2.0 * 20f64.ln();
+        assert!(
+            (v.ci_high - 100.0 - half).abs() < 0.25 && (100.0 - v.ci_low - half).abs() < 0.25,
+            "{v:?}"
+        );
+        assert!((v.noise_std - 2.0 * 2f64.sqrt()).abs() < 0.1, "{v:?}");
+        // A sum's noise is its clamp bound times the count's.
+        let spec = QuerySpec {
+            kind: QueryKind::Sum as i32,
+            lower: -5.0,
+            upper: 5.0,
+            epsilon: 0.5,
+            ..Default::default()
+        };
+        let (_, answer) = combine(&spec, &[("A".into(), node_answer(vec![30.0], 2.0))]);
+        assert!(
+            (answer[0].noise_std - 5.0 * 2.0 * 2f64.sqrt()).abs() < 0.5,
+            "{:?}",
+            answer[0]
+        );
     }
 
     #[test]

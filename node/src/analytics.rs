@@ -8,7 +8,7 @@ use opendp::domains::{AtomDomain, VectorDomain};
 use opendp::measurements::make_laplace;
 use opendp::measures::MaxDivergence;
 use opendp::metrics::L1Distance;
-use treaty_proto::query::{bins, layout};
+use treaty_proto::query::{MAX_BINS, MAX_WIDTH, bins, layout};
 use treaty_proto::v1::{QueryKind, QuerySpec};
 
 use crate::data::Table;
@@ -64,6 +64,11 @@ pub fn plan(spec: &QuerySpec) -> Result<(QueryPlan, f64), Refusal> {
     }
     let (bounds, sensitivity) =
         layout(spec).ok_or_else(|| invalid("the query names no statistic".into()))?;
+    if bounds.len() > MAX_WIDTH || bins(spec) > MAX_BINS {
+        return Err(invalid(format!(
+            "the query asks for more than {MAX_WIDTH} values or {MAX_BINS} bins"
+        )));
+    }
     let scale = sensitivity / spec.epsilon;
     let epsilon = measurement(scale, bounds.len())?
         .map(&sensitivity)

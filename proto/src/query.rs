@@ -7,6 +7,12 @@ fn kind(spec: &QuerySpec) -> QueryKind {
     QueryKind::try_from(spec.kind).unwrap_or(QueryKind::Unspecified)
 }
 
+/// The most values an answer may have (histogram cells or quantile bins); a larger query is
+/// refused by the coordinator and, should one arrive, by every node.
+pub const MAX_WIDTH: usize = 100_000;
+/// The most bins of a quantile query.
+pub const MAX_BINS: usize = 1_000;
+
 /// The bin count of a quantile query (default 64).
 pub fn bins(spec: &QuerySpec) -> usize {
     if spec.bins == 0 {

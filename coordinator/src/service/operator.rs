@@ -226,16 +226,25 @@ fn job_problems(spec: &mut JobSpec, members: usize) -> Vec<String> {
                         "give both `query.by_column` and `query.by_categories`, or neither".into(),
                     );
                 }
-                if (q.categories.len() + 1) * (q.by_categories.len() + 1) > 100_000 {
-                    problems.push("the histogram has more than 100,000 cells".into());
+                if (q.categories.len() + 1) * (q.by_categories.len() + 1)
+                    > treaty_proto::query::MAX_WIDTH
+                {
+                    problems.push(format!(
+                        "the histogram has more than {} cells",
+                        treaty_proto::query::MAX_WIDTH
+                    ));
                 }
             }
             if kind == QueryKind::Quantile {
                 if q.quantiles.is_empty() || q.quantiles.iter().any(|p| !(*p > 0.0 && *p < 1.0)) {
                     problems.push("`query.quantiles` must list values in (0, 1)".into());
                 }
-                if q.bins > 100_000 {
-                    problems.push("`query.bins` is above 100,000".into());
+                if q.bins as usize > treaty_proto::query::MAX_BINS {
+                    problems.push(format!(
+                        "`query.bins` is {}; at most {}",
+                        q.bins,
+                        treaty_proto::query::MAX_BINS
+                    ));
                 }
             }
         }
