@@ -232,7 +232,7 @@ pub async fn w1(args: W1Args) -> anyhow::Result<()> {
     fed.stop().await;
     let mut report = result?;
     // Each agency's own ledger, read after its node stopped.
-    let spent: Vec<f64> = fed.spent(&agencies)?.into_iter().map(|(_, e)| e).collect();
+    let spent: Vec<f64> = fed.spent()?.into_iter().map(|(_, e)| e).collect();
     let max = spent.iter().copied().fold(0.0, f64::max);
     println!(
         "  privacy: largest epsilon an agency spent: {max:.4} at delta 1e-5 (per agency: {})",

@@ -75,28 +75,14 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     };
     if let Some(f) = federation.as_mut() {
         f.stop().await;
-        if result.is_ok() {
-            let agencies: Vec<(String, String)> = AGENCIES
-                .iter()
-                .map(|(a, c)| (a.to_string(), c.to_string()))
-                .collect();
-            let data: Vec<synth::AgencyData> = agencies
-                .into_iter()
-                .map(|(agency, country)| synth::AgencyData {
-                    agency,
-                    country,
-                    train: PathBuf::new(),
-                    test: PathBuf::new(),
-                    prevalence: 0.0,
-                })
-                .collect();
-            if let Ok(spent) = f.spent(&data) {
-                let list: Vec<String> = spent.iter().map(|(a, e)| format!("{a} {e:.3}")).collect();
-                println!(
-                    "  privacy spent, from each agency's own ledger (budget {BUDGET} at delta 1e-5): {}",
-                    list.join(", ")
-                );
-            }
+        if result.is_ok()
+            && let Ok(spent) = f.spent()
+        {
+            let list: Vec<String> = spent.iter().map(|(a, e)| format!("{a} {e:.3}")).collect();
+            println!(
+                "  privacy spent, from each agency's own ledger (budget {BUDGET} at delta 1e-5): {}",
+                list.join(", ")
+            );
         }
     }
     match (&result, &args.keep) {

@@ -26,6 +26,7 @@ pub struct LocalFederation {
     pub dir: PathBuf,
     pub address: String,
     pub operator_files: TlsFiles,
+    agencies: Vec<String>,
     children: Vec<(String, Child)>,
 }
 
@@ -91,6 +92,7 @@ impl LocalFederation {
                 cert: ocert,
                 key: okey,
             },
+            agencies: agencies.iter().map(|a| a.agency.clone()).collect(),
             children: Vec::new(),
         };
 
@@ -185,15 +187,15 @@ impl LocalFederation {
     }
 
     /// What each agency's ledger says it spent, read once the federation has stopped.
-    pub fn spent(&self, agencies: &[AgencyData]) -> anyhow::Result<Vec<(String, f64)>> {
-        agencies
+    pub fn spent(&self) -> anyhow::Result<Vec<(String, f64)>> {
+        self.agencies
             .iter()
-            .map(|a| {
+            .map(|agency| {
                 let ledger = treaty_node::ledger::Ledger::open(
-                    &self.dir.join(format!("node-{}-db", a.agency)),
+                    &self.dir.join(format!("node-{agency}-db")),
                     None,
                 )?;
-                Ok((a.agency.clone(), ledger.spent()?.epsilon))
+                Ok((agency.clone(), ledger.spent()?.epsilon))
             })
             .collect()
     }

@@ -9,8 +9,8 @@ use std::sync::Arc;
 use treaty_proto::schema;
 use treaty_proto::tensor::{self, NamedTensor};
 use treaty_proto::v1::{
-    ColumnStats, Job, JobState, QuerySpec, QueryTask, StatsTask, TrainingSpec, TrainingTask,
-    job_spec, task,
+    ColumnStats, Job, JobState, QuerySpec, QueryTask, RoundSummary, StatsTask, TrainingSpec,
+    TrainingTask, job_spec, task,
 };
 
 use crate::aggregate::{self, Settings};
@@ -170,26 +170,16 @@ async fn train(
             state.as_ref(),
         )?;
         summary.model_version = version.clone();
-        summary.finished_unix_ms = now_ms();
         job.latest_model_version = version;
-        let mut line = round_line(&summary);
-        if !note.is_empty() {
-            line.push_str(&format!(
+        let note = if note.is_empty() {
+            String::new()
+        } else {
+            format!(
                 "; {} aggregation {note}",
                 settings.aggregation.as_str_name()
-            ));
-        }
-        job.rounds.push(summary);
-        ctx.store.put_job(job)?;
-        ctx.audit(
-            &ctx.identity.to_string(),
-            "round.completed",
-            job,
-            round,
-            "",
-            line.clone(),
-        )?;
-        ctx.emit(job, round, "", format!("round {round} completed: {line}"));
+            )
+        };
+        complete_round(ctx, job, summary, &note)?;
     }
     Ok(())
 }
@@ -293,28 +283,37 @@ async fn query(ctx: &Coordinator, job: &mut Job, spec: QuerySpec) -> Result<(), 
     let (values, answer) = crate::analytics::combine(&spec, &collected.results);
     summary.values = values;
     summary.answer = answer;
+    complete_round(ctx, job, summary, "")
+}
+
+/// Closes a round: its end time, the job stored with it, the audit log and the watchers told,
+/// with `note` after the round's one-line account.
+fn complete_round(
+    ctx: &Coordinator,
+    job: &mut Job,
+    mut summary: RoundSummary,
+    note: &str,
+) -> Result<(), CoordinatorError> {
+    let round = summary.round;
     summary.finished_unix_ms = now_ms();
-    let line = round_line(&summary);
+    let line = format!("{}{note}", round_line(&summary));
     job.rounds.push(summary);
     ctx.store.put_job(job)?;
     ctx.audit(
         &ctx.identity.to_string(),
         "round.completed",
         job,
-        1,
+        round,
         "",
         line.clone(),
     )?;
-    ctx.emit(job, 1, "", format!("round 1 completed: {line}"));
+    ctx.emit(job, round, "", format!("round {round} completed: {line}"));
     Ok(())
 }
 
 /// Under DP, nodes release their evaluations as noisy counts: each agency's metrics come from its
 /// own counts, the federation's from the counts of every agency added up.
-fn evaluation_metrics(
-    summary: &mut treaty_proto::v1::RoundSummary,
-    results: &[(String, TaskResult)],
-) {
+fn evaluation_metrics(summary: &mut RoundSummary, results: &[(String, TaskResult)]) {
     let evaluations: Vec<&treaty_proto::v1::Evaluation> = results
         .iter()
         .filter_map(|(_, r)| r.evaluation.as_ref())

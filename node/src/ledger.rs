@@ -97,10 +97,6 @@ impl Ledger {
         })
     }
 
-    pub fn budget(&self) -> Option<Budget> {
-        self.budget
-    }
-
     fn delta(&self) -> f64 {
         self.budget.map(|b| b.delta).unwrap_or(DEFAULT_DELTA)
     }

@@ -219,7 +219,7 @@ async fn carry_out(
             task::Kind::Stats(_) => "statistics".into(),
         },
         recipient,
-        releases: plan.releases.clone(),
+        releases: Some(plan.releases.clone()),
     };
     match node.ledger.record(&entry) {
         Ok(spent) => tracing::info!(
@@ -251,7 +251,7 @@ async fn carry_out(
         Ok(output) => output,
         Err(refusal) => return refuse(refusal).await,
     };
-    let report = node.ledger.report(Some(plan.releases.clone()));
+    let report = node.ledger.report(Some(Some(plan.releases.clone())));
     match upload(&mut client, &task_id, output, Some(report)).await {
         Ok(()) => tracing::info!(task = task_id, "result sent"),
         Err(error) => tracing::warn!(task = task_id, %error, "result not accepted"),

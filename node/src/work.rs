@@ -25,7 +25,7 @@ use crate::data::{Examples, Table};
 use crate::metrics;
 use crate::model::{Kind, Model};
 use crate::noise::GaussianNoise;
-use crate::train::{DpSgd, Sampling, Sgd, train, train_dp};
+use crate::train::{DpSgd, Sampling, Sgd, train_dp};
 
 /// Why a node declines a task: a stable code and a sentence.
 #[derive(Debug, Clone, PartialEq)]
@@ -55,10 +55,10 @@ pub struct Output {
 
 /// What a task will release, decided before it touches the data: the mechanism for the ledger,
 /// and the noise the computation must add.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct Plan {
-    /// The mechanisms of what leaves; `None`: values without differential privacy (refused).
-    pub releases: Option<Vec<Release>>,
+    /// The mechanisms of everything the task releases.
+    pub releases: Vec<Release>,
     /// The Laplace scale of the noisy evaluation of a training round, when it has a test split.
     evaluation: Option<f64>,
     dp: Option<DpSgd>,
@@ -66,16 +66,14 @@ pub struct Plan {
     query: Option<QueryPlan>,
 }
 
-impl Plan {
-    fn unprotected() -> Self {
-        Plan {
-            releases: None,
-            evaluation: None,
-            dp: None,
-            statistics_noise: None,
-            query: None,
-        }
-    }
+/// The refusal of a task that would release values without differential privacy.
+fn not_private(what: &str) -> Refusal {
+    Refusal::new(
+        "DP_REQUIRED",
+        format!(
+            "the {what} has no privacy spec, and nothing leaves this node without differential privacy"
+        ),
+    )
 }
 
 /// The default epsilon a node spends per round on evaluating the global model under DP.
@@ -185,7 +183,11 @@ impl Worker {
             }
             task::Kind::Stats(s) => match (&s.privacy, &s.schema) {
                 (Some(privacy), Some(schema)) => statistics_plan(schema, privacy),
-                _ => Ok(Plan::unprotected()),
+                (None, _) => Err(not_private("statistics task")),
+                (_, None) => Err(Refusal::new(
+                    "INVALID_TASK",
+                    "the statistics task has no schema",
+                )),
             },
             task::Kind::Query(q) => {
                 let spec = q
@@ -194,9 +196,9 @@ impl Worker {
                     .ok_or_else(|| Refusal::new("INVALID_TASK", "the query task has no spec"))?;
                 let (query, epsilon) = analytics::plan(spec)?;
                 Ok(Plan {
-                    releases: Some(vec![Release::Laplace { epsilon }]),
+                    releases: vec![Release::Laplace { epsilon }],
                     query: Some(query),
-                    ..Plan::unprotected()
+                    ..Plan::default()
                 })
             }
         }
@@ -204,7 +206,7 @@ impl Worker {
 
     fn training_plan(&self, spec: &TrainingSpec) -> Result<Plan, Refusal> {
         let Some(privacy) = spec.privacy.as_ref() else {
-            return Ok(Plan::unprotected());
+            return Err(not_private("training job"));
         };
         let invalid = |m: String| Refusal::new("INVALID_TASK", m);
         if !(privacy.clip_norm.is_finite() && privacy.clip_norm > 0.0) {
@@ -317,14 +319,14 @@ impl Worker {
             releases.push(Release::Laplace { epsilon });
         }
         Ok(Plan {
-            releases: Some(releases),
+            releases,
             evaluation: evaluation.map(|(scale, _)| scale),
             dp: Some(DpSgd {
                 sampling,
                 steps,
                 noise,
             }),
-            ..Plan::unprotected()
+            ..Plan::default()
         })
     }
 
@@ -343,8 +345,8 @@ impl Worker {
                     .as_ref()
                     .ok_or_else(|| Refusal::new("INVALID_TASK", "the training task has no spec"))?;
                 let global = download(client, job_id, &t.model_version).await?;
-                self.train_round(spec, global, plan.dp, plan.evaluation)
-                    .await
+                let dp = plan.dp.ok_or_else(|| not_private("training job"))?;
+                self.train_round(spec, global, dp, plan.evaluation).await
             }
             task::Kind::Stats(s) => {
                 let schema = s.schema.clone().ok_or_else(|| {
@@ -366,7 +368,7 @@ impl Worker {
         &self,
         spec: &TrainingSpec,
         global: Vec<NamedTensor>,
-        dp: Option<DpSgd>,
+        dp: DpSgd,
         evaluation_scale: Option<f64>,
     ) -> Result<Output, Refusal> {
         let error_bound = spec
@@ -423,57 +425,32 @@ impl Worker {
             seed: rand::random(),
         };
         blocking(move || {
-            let mut out = HashMap::new();
-            if let Some(dp) = dp {
-                // Under DP nothing else leaves: metrics only as noisy counts, and no count of
-                // records (updates are then averaged with equal weights).
-                // The global model received is evaluated on the test split, as noisy counts.
-                let evaluation = match (&test_data, evaluation_scale) {
-                    (Some(test), Some(scale)) => {
-                        let mut e = metrics::evaluation_counts(&model, test, error_bound);
-                        e.counts = analytics::laplace(scale, &e.counts)?;
-                        e.laplace_scale = scale;
-                        Some(e)
-                    }
-                    _ => None,
-                };
-                let mut local = model;
-                train_dp(&mut local, &train_data, &sgd, &dp)
-                    .map_err(|e| Refusal::new("INTERNAL_ERROR", e.to_string()))?;
-                if local.params().iter().any(|w| !w.is_finite()) {
-                    return Err(Refusal::new(
-                        "TRAINING_DIVERGED",
-                        "local training produced non-finite values; lower the learning rate",
-                    ));
+            // Nothing leaves but the noisy model and, when there is a test split, the noisy counts
+            // of the received global model's evaluation; no count of records (updates are then
+            // averaged with equal weights).
+            let evaluation = match (&test_data, evaluation_scale) {
+                (Some(test), Some(scale)) => {
+                    let mut e = metrics::evaluation_counts(&model, test, error_bound);
+                    e.counts = analytics::laplace(scale, &e.counts)?;
+                    e.laplace_scale = scale;
+                    Some(e)
                 }
-                return Ok(Output {
-                    num_examples: 1,
-                    metrics: out,
-                    tensors: local.to_tensors(),
-                    evaluation,
-                });
-            }
-            if let Some(test) = &test_data {
-                // The global model received, on the local test split, before training on it.
-                for (name, value) in metrics::evaluate(&model, test) {
-                    out.insert(format!("test_{name}"), value);
-                }
-                out.insert("test_examples".to_owned(), test.len() as f64);
-            }
+                _ => None,
+            };
             let mut local = model;
-            let train_loss = train(&mut local, &train_data, &sgd);
-            if !train_loss.is_finite() || local.params().iter().any(|w| !w.is_finite()) {
+            train_dp(&mut local, &train_data, &sgd, &dp)
+                .map_err(|e| Refusal::new("INTERNAL_ERROR", e.to_string()))?;
+            if local.params().iter().any(|w| !w.is_finite()) {
                 return Err(Refusal::new(
                     "TRAINING_DIVERGED",
                     "local training produced non-finite values; lower the learning rate",
                 ));
             }
-            out.insert("train_loss".to_owned(), train_loss);
             Ok(Output {
-                num_examples: train_data.len() as u64,
-                metrics: out,
+                num_examples: 1,
+                metrics: HashMap::new(),
                 tensors: local.to_tensors(),
-                evaluation: None,
+                evaluation,
             })
         })
         .await?
@@ -576,9 +553,9 @@ fn statistics_plan(schema: &FeatureSchema, privacy: &PrivacySpec) -> Result<Plan
         .rho(scales.len())
         .map_err(|e| Refusal::new("INTERNAL_ERROR", e.to_string()))?;
     Ok(Plan {
-        releases: Some(vec![Release::Gaussian { rho }]),
+        releases: vec![Release::Gaussian { rho }],
         statistics_noise: Some((noise, scales)),
-        ..Plan::unprotected()
+        ..Plan::default()
     })
 }
 
@@ -622,4 +599,51 @@ pub async fn download(
         .ok_or_else(|| unavailable(format!("model `{version}` arrived without a header")))?
         .finish()
         .map_err(|e| unavailable(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+    use treaty_proto::v1::{StatsTask, TrainingTask};
+
+    #[test]
+    fn a_task_without_a_privacy_spec_is_refused_before_the_data_is_read() {
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        f.write_all(b"x,seized\n1,0\n2,1\n").unwrap();
+        let worker = Worker::new(Table::open(f.path()).unwrap(), None);
+        let schema = schema::parse("[label]\nname = \"seized\"\nkind = \"binary\"\n[[column]]\nname = \"x\"\nkind = \"numeric\"\nlower = 0.0\nupper = 3.0\n")
+            .unwrap()
+            .unwrap();
+        let training = task::Kind::Training(TrainingTask {
+            spec: Some(TrainingSpec {
+                model: ModelKind::LogisticRegression as i32,
+                schema: Some(schema.clone()),
+                rounds: 1,
+                local_epochs: 1,
+                batch_size: 1,
+                learning_rate: 0.1,
+                ..Default::default()
+            }),
+            model_version: String::new(),
+        });
+        assert_eq!(worker.plan(&training).unwrap_err().code, "DP_REQUIRED");
+        let stats = task::Kind::Stats(StatsTask {
+            schema: Some(schema.clone()),
+            privacy: None,
+        });
+        assert_eq!(worker.plan(&stats).unwrap_err().code, "DP_REQUIRED");
+        // With a privacy spec the statistics are planned, as a Gaussian release.
+        let private = task::Kind::Stats(StatsTask {
+            schema: Some(schema),
+            privacy: Some(PrivacySpec {
+                statistics_rho: 0.01,
+                ..Default::default()
+            }),
+        });
+        let plan = worker.plan(&private).unwrap();
+        assert!(
+            matches!(plan.releases.as_slice(), [Release::Gaussian { rho }] if (*rho - 0.01).abs() < 1e-9)
+        );
+    }
 }
