@@ -76,6 +76,10 @@ fn not_private(what: &str) -> Refusal {
     )
 }
 
+/// The most DP steps a node takes in one round: a task asking for more (a tiny sampling rate,
+/// huge epochs) would hold the node's cores for ever.
+const MAX_STEPS_PER_ROUND: u64 = 1_000_000;
+
 /// The default epsilon a node spends per round on evaluating the global model under DP.
 const DEFAULT_EVALUATION_EPSILON: f64 = 0.05;
 
@@ -216,10 +220,16 @@ impl Worker {
             )));
         }
         let n = self.train.len() as f64;
-        let parameters: usize = schema::parameter_layout(spec)
+        let parameters = schema::parameter_layout(spec)
             .iter()
-            .map(|(_, s)| s.iter().product::<usize>())
-            .sum();
+            .map(|(_, s)| s.iter().try_fold(1usize, |a, &d| a.checked_mul(d)))
+            .try_fold(0usize, |a, n| a.checked_add(n?))
+            .filter(|&n| n as u64 <= MAX_MODEL_ELEMENTS)
+            .ok_or_else(|| {
+                invalid(format!(
+                    "the model has more than {MAX_MODEL_ELEMENTS} parameters"
+                ))
+            })?;
         let epochs = u64::from(spec.local_epochs.max(1));
         let (sampling, steps) = match DpMode::try_from(privacy.mode).unwrap_or(DpMode::Unspecified)
         {
@@ -233,7 +243,10 @@ impl Worker {
                 if !(q > 0.0 && q <= 1.0) {
                     return Err(invalid(format!("the sampling rate {q} must be in (0, 1]")));
                 }
-                (Sampling::Poisson(q), epochs * (1.0 / q).ceil() as u64)
+                (
+                    Sampling::Poisson(q),
+                    epochs.saturating_mul((1.0 / q).ceil() as u64),
+                )
             }
             DpMode::Unspecified => {
                 return Err(invalid(
@@ -241,6 +254,11 @@ impl Worker {
                 ));
             }
         };
+        if steps > MAX_STEPS_PER_ROUND {
+            return Err(invalid(format!(
+                "a round of {steps} steps is more than this node takes ({MAX_STEPS_PER_ROUND}); raise the sampling rate or lower the epochs"
+            )));
+        }
         // The evaluation of the global model on the test split: Laplace noise on its counts.
         let evaluation = match &self.test {
             Some(_) => {
@@ -642,6 +660,21 @@ mod tests {
             }),
         });
         let plan = worker.plan(&private).unwrap();
+        // A round of more steps than a node takes is refused, not run for ever.
+        let endless = task::Kind::Training(TrainingTask {
+            spec: Some(TrainingSpec {
+                model: ModelKind::LogisticRegression as i32,
+                schema: schema::parse("[label]\nname = \"seized\"\nkind = \"binary\"\n[[column]]\nname = \"x\"\nkind = \"numeric\"\n").unwrap().ok(),
+                rounds: 1,
+                local_epochs: 1,
+                batch_size: 1,
+                learning_rate: 0.1,
+                privacy: Some(PrivacySpec { mode: DpMode::Poisson as i32, clip_norm: 1.0, noise_multiplier: 1.0, sampling_rate: 1e-300, ..Default::default() }),
+                ..Default::default()
+            }),
+            model_version: String::new(),
+        });
+        assert_eq!(worker.plan(&endless).unwrap_err().code, "INVALID_TASK");
         assert!(
             matches!(plan.releases.as_slice(), [Release::Gaussian { rho }] if (*rho - 0.01).abs() < 1e-9)
         );

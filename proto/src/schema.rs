@@ -68,6 +68,9 @@ struct ColumnFile {
     missing: Option<String>,
 }
 
+/// The most features a schema may encode to (one-hot slots included).
+pub const MAX_ENCODED_WIDTH: usize = 10_000;
+
 /// Reads a schema file and checks it, reporting every problem at once.
 pub fn load(path: &Path) -> Result<FeatureSchema, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
@@ -273,6 +276,22 @@ pub fn problems(schema: &FeatureSchema) -> Vec<String> {
     names.insert(label.name.as_str());
     if schema.columns.is_empty() {
         problems.push("the schema has no feature columns".into());
+    }
+    let width: usize = schema
+        .columns
+        .iter()
+        .map(|c| {
+            if kind(c) == ColumnKind::Categorical {
+                c.values.len() + 1
+            } else {
+                1
+            }
+        })
+        .sum();
+    if width > MAX_ENCODED_WIDTH {
+        problems.push(format!(
+            "the schema encodes {width} features; at most {MAX_ENCODED_WIDTH}"
+        ));
     }
     for c in &schema.columns {
         if c.name.is_empty() {

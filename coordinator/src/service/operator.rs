@@ -179,6 +179,9 @@ fn job_problems(spec: &mut JobSpec, members: usize) -> Vec<String> {
                     if DpMode::try_from(p.mode).unwrap_or(DpMode::Unspecified) == DpMode::Unspecified {
                         problems.push("`privacy.mode` must be DP_MODE_FULL_BATCH or DP_MODE_POISSON".into());
                     }
+                    if !(0.0..=1.0).contains(&p.sampling_rate) {
+                        problems.push(format!("`privacy.sampling_rate` is {}; it must be in (0, 1], or 0 for batch size / records", p.sampling_rate));
+                    }
                     let calibrated = p.target_epsilon > 0.0 && p.target_delta > 0.0 && p.target_delta < 1.0;
                     if !(p.noise_multiplier > 0.0 || calibrated) {
                         problems.push("give `privacy.noise_multiplier`, or `privacy.target_epsilon` and `privacy.target_delta`".into());
