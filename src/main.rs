@@ -7,6 +7,7 @@ mod job_cmd;
 mod local;
 mod model_cmd;
 mod operator;
+mod policy_cmd;
 mod privacy_cmd;
 mod signals;
 mod synth;
@@ -84,6 +85,9 @@ enum Command {
     /// Plans privacy budgets: the epsilon of DP-SGD steps, or the noise a target needs.
     #[command(subcommand)]
     Privacy(privacy_cmd::PrivacyCommand),
+    /// Sharing policies: check, decide a round, test, lint, diff, matrix, sign.
+    #[command(subcommand)]
+    Policy(policy_cmd::PolicyCommand),
     /// Runs a benchmark workload of shared/WORKLOADS.md.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -212,6 +216,11 @@ struct PkiInit {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::Policy(command) = cli.command {
+        // Synchronous, with its own exit codes (the spec's contract).
+        init_tracing(cli.log_json, true);
+        return policy_cmd::run(command);
+    }
     init_tracing(
         cli.log_json,
         matches!(cli.command, Command::Demo(_) | Command::Bench(_)),
@@ -314,6 +323,7 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
             tokio::task::spawn_blocking(move || bench::w5(repeats.max(1))).await?
         }
         Command::Privacy(command) => privacy_cmd::run(command),
+        Command::Policy(_) => anyhow::bail!("policy commands run before the runtime starts"),
         Command::Federation(command) => job_cmd::federation(command).await,
         Command::Agencies { config } => job_cmd::agencies(config).await,
         Command::Job(command) => job_cmd::job(command).await,

@@ -1,0 +1,119 @@
+//! Reading policies from a directory of `<CC>.toml` files, as the coordinator, the nodes and
+//! the command line do: every load re-reads the files, so a changed policy applies from the
+//! next decision, and a broken, unsigned or badly signed one is never applied in part.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use crate::decide::Loaded;
+use crate::policy::{Policy, PolicyError};
+use crate::registry::Registry;
+use crate::sha256_hex;
+use crate::signing::TrustedKeys;
+
+/// A directory of policies, with the federation's keys when signatures are required.
+#[derive(Clone, Debug)]
+pub struct PolicyDir {
+    pub dir: PathBuf,
+    pub keys: Option<TrustedKeys>,
+}
+
+impl PolicyDir {
+    pub fn new(dir: impl Into<PathBuf>, keys: Option<TrustedKeys>) -> PolicyDir {
+        PolicyDir {
+            dir: dir.into(),
+            keys,
+        }
+    }
+
+    pub fn path_of(&self, country: &str) -> PathBuf {
+        self.dir.join(format!("{country}.toml"))
+    }
+
+    /// One country's policy, as it stands on disk now, with the file's bytes (for the record).
+    pub fn load(&self, registry: &Registry, country: &str) -> (Loaded, Option<String>) {
+        load_file(
+            &self.path_of(country),
+            country,
+            registry,
+            self.keys.as_ref(),
+        )
+    }
+
+    /// The policies of `countries` (duplicates loaded once).
+    pub fn load_all<'a>(
+        &self,
+        registry: &Registry,
+        countries: impl IntoIterator<Item = &'a str>,
+    ) -> BTreeMap<String, Loaded> {
+        let mut out = BTreeMap::new();
+        for c in countries {
+            if !out.contains_key(c) {
+                out.insert(c.to_string(), self.load(registry, c).0);
+            }
+        }
+        out
+    }
+}
+
+/// Loads one policy file for `country`, checking its signature when `keys` is given.
+pub fn load_file(
+    path: &Path,
+    country: &str,
+    registry: &Registry,
+    keys: Option<&TrustedKeys>,
+) -> (Loaded, Option<String>) {
+    let bytes = match std::fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return (
+                Loaded::Missing {
+                    looked_at: path.display().to_string(),
+                },
+                None,
+            );
+        }
+        Err(e) => {
+            return (
+                Loaded::Missing {
+                    looked_at: format!("{} (unreadable: {e})", path.display()),
+                },
+                None,
+            );
+        }
+    };
+    let sha256 = sha256_hex(&bytes);
+    let file = path.display().to_string();
+    let Ok(text) = String::from_utf8(bytes.clone()) else {
+        let error = PolicyError::Parse(crate::source::Diagnostic {
+            file,
+            line: 1,
+            column: 1,
+            message: "not valid TOML: the file is not UTF-8 text".into(),
+            hint: None,
+        });
+        return (Loaded::Broken { error, sha256 }, None);
+    };
+    if let Some(keys) = keys
+        && let Err(e) = keys.check(country, path, &bytes)
+    {
+        return (
+            Loaded::BadSignature {
+                problem: e.to_string(),
+                sha256,
+            },
+            Some(text),
+        );
+    }
+    let loaded = match Policy::parse(&file, &text, registry, Some(country)) {
+        Ok(p) => Loaded::Valid(Box::new(p)),
+        Err(error) => Loaded::Broken { error, sha256 },
+    };
+    (loaded, Some(text))
+}
+
+/// The country a policy file is named after: `DE.toml` -> `DE`.
+pub fn country_of(path: &Path) -> Option<String> {
+    let stem = path.file_name()?.to_str()?.strip_suffix(".toml")?;
+    (stem.len() == 2 && stem.bytes().all(|b| b.is_ascii_uppercase())).then(|| stem.to_string())
+}
