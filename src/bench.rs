@@ -20,7 +20,8 @@ use treaty_node::data::Table;
 use treaty_node::metrics;
 use treaty_proto::v1::{
     Aggregation, CreateFederationRequest, CreateJobRequest, DpMode, FeatureSchema, FederationInfo,
-    JobSpec, LabelKind, LabelSpec, ModelKind, PrivacySpec, Strategy, TrainingSpec, job_spec,
+    JobSpec, LabelKind, LabelSpec, ModelKind, PrivacySpec, SharingSpec, Strategy, TrainingSpec,
+    job_spec,
 };
 
 use crate::local::LocalFederation;
@@ -157,7 +158,7 @@ pub async fn w1(args: W1Args) -> anyhow::Result<()> {
             .create_federation(CreateFederationRequest {
                 federation: Some(FederationInfo {
                     name: "w1".into(),
-                    purpose: "benchmark".into(),
+                    purpose: "narcotics".into(),
                     members,
                     ..Default::default()
                 }),
@@ -192,6 +193,10 @@ pub async fn w1(args: W1Args) -> anyhow::Result<()> {
                     min_participants: args.agencies as u32,
                     round_timeout_ms: 600_000,
                     join_timeout_ms: 60_000,
+                    sharing: Some(SharingSpec {
+                        model_retention_days: Some(30),
+                        ..Default::default()
+                    }),
                 }),
             })
             .await?

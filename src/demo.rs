@@ -20,7 +20,7 @@ use treaty_node::metrics;
 use treaty_proto::schema;
 use treaty_proto::v1::{
     Aggregation, CreateFederationRequest, CreateJobRequest, DpMode, FederationInfo, Job, JobSpec,
-    ModelKind, PrivacySpec, QueryKind, QuerySpec, Strategy, TrainingSpec, job_spec,
+    ModelKind, PrivacySpec, QueryKind, QuerySpec, SharingSpec, Strategy, TrainingSpec, job_spec,
 };
 
 use crate::local::LocalFederation;
@@ -235,6 +235,11 @@ fn demo_job(kind: job_spec::Kind) -> JobSpec {
         min_participants: AGENCIES.len() as u32 - 1,
         round_timeout_ms: 30_000,
         join_timeout_ms: 30_000,
+        // Germany's policy keeps models at most 365 days.
+        sharing: Some(SharingSpec {
+            model_retention_days: Some(180),
+            ..Default::default()
+        }),
     }
 }
 

@@ -10,7 +10,7 @@ use treaty_proto::schema;
 use treaty_proto::v1::{
     Aggregation, CreateFederationRequest, CreateJobRequest, DpMode, FederationInfo, GetJobRequest,
     Job, JobSpec, ListAgenciesRequest, ListFederationsRequest, ListJobsRequest, ModelKind,
-    PrivacySpec, Strategy, TrainingSpec, job_spec,
+    PrivacySpec, SharingSpec, Strategy, TrainingSpec, job_spec,
 };
 
 use crate::operator::{self, OperatorConfig};
@@ -125,6 +125,17 @@ pub struct TrainArgs {
     /// The epsilon each agency spends per round on evaluating the global model.
     #[arg(long, default_value_t = 0.05)]
     evaluation_epsilon: f64,
+    /// The most epsilon one agency spends in one round, judged by the sharing policies
+    /// (default: the target epsilon when the noise is calibrated).
+    #[arg(long, default_value_t = 0.0)]
+    epsilon_per_round: f64,
+    /// How long the trained model is kept, in days (default: without limit, which policies
+    /// with a retention limit refuse).
+    #[arg(long)]
+    retention_days: Option<u32>,
+    /// The aggregated model may be passed on to third parties.
+    #[arg(long)]
+    onward_transfer: bool,
     /// Rounds go ahead with at least this many agencies.
     #[arg(long, default_value_t = 1)]
     min_participants: u32,
@@ -332,6 +343,12 @@ async fn train(a: TrainArgs) -> anyhow::Result<()> {
                 min_participants: a.min_participants,
                 round_timeout_ms: a.round_timeout.saturating_mul(1000),
                 join_timeout_ms: 60_000,
+                sharing: Some(SharingSpec {
+                    epsilon_per_round: a.epsilon_per_round,
+                    model_retention_days: a.retention_days,
+                    onward_transfer: a.onward_transfer,
+                    ..Default::default()
+                }),
             }),
         })
         .await?

@@ -63,6 +63,50 @@ async fn wait_for_file(path: &Path, timeout: Duration) -> anyhow::Result<String>
     }
 }
 
+/// Where the local federation's coordinator is hosted.
+pub const COORDINATOR_COUNTRY: &str = "NL";
+
+/// The sample registry and policies (`policies/sample/`), embedded in the binary.
+const SAMPLE: [(&str, &str); 6] = [
+    (
+        "registry.toml",
+        include_str!("../policies/sample/registry.toml"),
+    ),
+    ("DE.toml", include_str!("../policies/sample/DE.toml")),
+    ("NL.toml", include_str!("../policies/sample/NL.toml")),
+    ("FR.toml", include_str!("../policies/sample/FR.toml")),
+    ("PL.toml", include_str!("../policies/sample/PL.toml")),
+    ("US.toml", include_str!("../policies/sample/US.toml")),
+];
+
+/// A plain EU policy for a country the samples do not cover: every purpose of the registry,
+/// with every EU and Schengen-associated country, coordinator in the EU.
+fn eu_policy(country: &str) -> String {
+    format!(
+        "schema_version = 1\n\n[policy]\ncountry = \"{country}\"\nversion = \"local-1\"\nvalid_from = 2025-01-01\nvalid_until = 2030-12-31\nlegal_basis = [\"LED Art. 1(3)\"]\ntitle = \"Written by the local federation for a country without a sample policy\"\n\n[coordinator]\nallowed_jurisdictions = [\"EU\"]\n\n[privacy]\nmax_epsilon_per_round = 10.0\nmax_epsilon_total = 100.0\nmax_delta = 1e-4\n\n[[rule]]\nid = \"{country}-EU\"\neffect = \"allow\"\npurposes = [\"narcotics\", \"firearms\", \"human_trafficking\", \"migrant_smuggling\", \"money_laundering\"]\nrecipients = [\"EU\", \"SCHENGEN_ASSOCIATED\"]\ntransfer_basis = \"intra_eu\"\nlegal_basis = \"LED Art. 1(3)\"\n"
+    )
+}
+
+/// Writes the registry and a policy per country into `dir`; returns the `[policy]` lines of
+/// the configurations.
+fn write_policies(dir: &Path, agencies: &[AgencyData]) -> anyhow::Result<String> {
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create `{}`", dir.display()))?;
+    for (name, text) in SAMPLE {
+        std::fs::write(dir.join(name), text)?;
+    }
+    for a in agencies {
+        let path = dir.join(format!("{}.toml", a.country));
+        if !path.exists() {
+            std::fs::write(&path, eu_policy(&a.country))?;
+        }
+    }
+    Ok(format!(
+        "registry = {:?}\ndir = {:?}\n",
+        dir.join("registry.toml"),
+        dir
+    ))
+}
+
 impl LocalFederation {
     /// Makes the PKI and configurations in `dir` and starts the coordinator and a node per
     /// agency; returns once the coordinator listens (nodes connect on their own).
@@ -96,13 +140,14 @@ impl LocalFederation {
             children: Vec::new(),
         };
 
+        let policies = write_policies(&dir.join("policies"), agencies)?;
         let address_file = dir.join("coordinator.address");
         let config = dir.join("coordinator.toml");
         let (cert, key) = pki_dir.cert_and_key(&Identity::coordinator("local-hub")?);
         std::fs::write(
             &config,
             format!(
-                "listen = \"127.0.0.1:0\"\ndata_dir = \"coordinator-db\"\naddress_file = \"coordinator.address\"\nshutdown_grace_secs = 3\n\n[tls]\nca_cert = {:?}\ncert = {cert:?}\nkey = {key:?}\ncrl = {:?}\n",
+                "listen = \"127.0.0.1:0\"\ndata_dir = \"coordinator-db\"\naddress_file = \"coordinator.address\"\nshutdown_grace_secs = 3\n\n[tls]\nca_cert = {:?}\ncert = {cert:?}\nkey = {key:?}\ncrl = {:?}\n\n[policy]\ncountry = {COORDINATOR_COUNTRY:?}\n{policies}",
                 pki_dir.ca_cert(),
                 pki_dir.crl()
             ),
@@ -131,7 +176,7 @@ impl LocalFederation {
             std::fs::write(
                 &config,
                 format!(
-                    "state_dir = \"node-{}-db\"\n\n[coordinator]\naddress = {:?}\nreconnect_initial_ms = 200\nreconnect_max_ms = 2000\n\n[tls]\nca_cert = {:?}\ncert = {cert:?}\nkey = {key:?}\n\n[data]\ntrain = {:?}\ntest = {:?}\n\n[privacy]\nmax_epsilon = {budget}\ndelta = 1e-5\n",
+                    "state_dir = \"node-{}-db\"\n\n[coordinator]\naddress = {:?}\nreconnect_initial_ms = 200\nreconnect_max_ms = 2000\n\n[tls]\nca_cert = {:?}\ncert = {cert:?}\nkey = {key:?}\n\n[data]\ntrain = {:?}\ntest = {:?}\n\n[privacy]\nmax_epsilon = {budget}\ndelta = 1e-5\n\n[policy]\n{policies}",
                     a.agency,
                     fed.address,
                     pki_dir.ca_cert(),

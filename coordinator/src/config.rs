@@ -14,12 +14,19 @@
 //!
 //! [limits]                               # optional
 //! max_update_elements = 10000000
+//!
+//! [policy]                               # sharing policies: every round is decided by them
+//! country = "NL"                         # where this coordinator is hosted
+//! registry = "policies/registry.toml"
+//! dir = "policies"                       # <CC>.toml of every member country
+//! keys = "policies/keys"                 # optional: require signed policies (<CC>.pub)
 //! ```
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
+use treaty_policies::load::PolicyFiles;
 use treaty_proto::config::{self, ConfigError, Validate};
 use treaty_proto::tls::TlsFiles;
 
@@ -42,6 +49,31 @@ pub struct CoordinatorConfig {
     /// Limits on what peers may send.
     #[serde(default)]
     pub limits: Limits,
+    /// The sharing policies every round is decided by.
+    pub policy: CoordinatorPolicy,
+}
+
+/// The `[policy]` section: where the coordinator is hosted and where its policies are.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CoordinatorPolicy {
+    /// The country hosting this coordinator (ISO 3166-1 alpha-2), judged by every policy's
+    /// `[coordinator]` section.
+    pub country: String,
+    pub registry: PathBuf,
+    pub dir: PathBuf,
+    #[serde(default)]
+    pub keys: Option<PathBuf>,
+}
+
+impl CoordinatorPolicy {
+    pub fn files(&self) -> PolicyFiles {
+        PolicyFiles {
+            registry: self.registry.clone(),
+            dir: self.dir.clone(),
+            keys: self.keys.clone(),
+        }
+    }
 }
 
 /// The coordinator's TLS files.
@@ -112,9 +144,16 @@ impl Validate for CoordinatorConfig {
         ] {
             config::resolve(base, p);
         }
-        for p in [&mut self.address_file, &mut self.tls.crl]
-            .into_iter()
-            .flatten()
+        for p in [&mut self.policy.registry, &mut self.policy.dir] {
+            config::resolve(base, p);
+        }
+        for p in [
+            &mut self.address_file,
+            &mut self.tls.crl,
+            &mut self.policy.keys,
+        ]
+        .into_iter()
+        .flatten()
         {
             config::resolve(base, p);
         }
@@ -130,6 +169,15 @@ impl Validate for CoordinatorConfig {
             files.push(("tls.crl", crl.as_path()));
         }
         let mut problems = config::missing_files(files);
+        problems.extend(self.policy.files().problems("policy"));
+        if let Ok((registry, _)) = self.policy.files().registry()
+            && !registry.is_country(&self.policy.country)
+        {
+            problems.push(format!(
+                "`policy.country`: `{}` is not a country of registry {}",
+                self.policy.country, registry.version
+            ));
+        }
         if self.limits.max_update_elements == 0 {
             problems.push("`limits.max_update_elements` must be at least 1".to_owned());
         }

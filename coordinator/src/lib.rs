@@ -13,6 +13,7 @@ pub mod config;
 pub mod error;
 pub mod jobs;
 pub mod models;
+pub mod policy;
 pub mod rounds;
 pub mod server;
 pub mod service;

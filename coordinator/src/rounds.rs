@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 use treaty_proto::v1::{
-    AgencyMetrics, CancelTask, CoordinatorMessage, Exclusion, Job, RoundSummary, Task,
-    coordinator_message, task,
+    AgencyMetrics, CancelTask, CoordinatorMessage, Exclusion, Job, RoundExclusion, RoundSummary,
+    Task, coordinator_message, task,
 };
 
 use crate::aggregate;
@@ -121,13 +121,49 @@ pub async fn collect(
             None => true,
         })
         .collect();
-    let started = now_ms();
-    let deadline_ms = started + i64::from(round_timeout);
     let what = if round == 0 {
         "statistics round".to_owned()
     } else {
         format!("round {round}")
     };
+    // The sharing policies decide who takes part; each agency left out is told why.
+    let decided = crate::policy::decide_round(ctx, job, round, &federation, &invited)?;
+    for e in &decided.decision.excluded {
+        let code = e.reason.code();
+        ctx.emit(
+            job,
+            round,
+            &e.agency,
+            format!("{} is not admitted: {code}: {}", e.agency, e.explanation),
+        );
+        if let Some(outbox) = ctx.sessions.outbox(&e.agency) {
+            let _ = outbox.try_send(Ok(CoordinatorMessage {
+                kind: Some(coordinator_message::Kind::Excluded(RoundExclusion {
+                    job_id: job.job_id.clone(),
+                    round,
+                    reason_code: code.clone(),
+                    all_reasons: e.all_reasons.iter().map(|r| r.code()).collect(),
+                    explanation: e.explanation.clone(),
+                })),
+            }));
+        }
+        excluded.push(exclusion(&e.agency, &code, &e.explanation));
+    }
+    if decided.decision.admitted.len() < min {
+        let why: Vec<String> = excluded
+            .iter()
+            .map(|e| format!("{}: {}: {}", e.agency, e.reason_code, e.message))
+            .collect();
+        return Err(fail(format!(
+            "{what}: the sharing policies admit {} agencies ({}), fewer than the {min} the job needs; {}",
+            decided.decision.admitted.len(),
+            decided.decision.admitted.join(", "),
+            why.join(" ")
+        )));
+    }
+    let invited = decided.decision.admitted.clone();
+    let started = now_ms();
+    let deadline_ms = started + i64::from(round_timeout);
     ctx.audit(
         &ctx.identity.to_string(),
         "round.started",
@@ -155,6 +191,7 @@ pub async fn collect(
                 round,
                 deadline_unix_ms: deadline_ms,
                 kind: Some(kind.clone()),
+                terms: Some(decided.terms.clone()),
             })),
         };
         ctx.tasks.open(&task_id, agency, tx.clone());
@@ -282,6 +319,7 @@ pub async fn collect(
             })
             .collect(),
         started_unix_ms: started,
+        policy_decision: decided.record,
         ..Default::default()
     };
     Ok(Collected { summary, results })

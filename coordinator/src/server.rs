@@ -31,7 +31,12 @@ pub async fn run(
 ) -> Result<(), CoordinatorError> {
     let tls = Arc::new(ServerTls::new(config.tls.files(), config.tls.crl.clone())?);
     let store = Store::open(&config.data_dir)?;
-    let ctx = Arc::new(Coordinator::new(store, tls.clone(), config.limits.clone()));
+    let ctx = Arc::new(Coordinator::new(
+        store,
+        tls.clone(),
+        config.limits.clone(),
+        config.policy.clone(),
+    ));
     let local = listener
         .local_addr()
         .map_err(|source| CoordinatorError::Write {

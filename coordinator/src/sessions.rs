@@ -75,6 +75,11 @@ impl Sessions {
         self.lock().get(agency).map(|s| s.outbox.clone())
     }
 
+    /// The country of a connected agency, from its certificate.
+    pub fn country(&self, agency: &str) -> Option<String> {
+        self.lock().get(agency).map(|s| s.country.clone())
+    }
+
     /// Whether an agency holds a session.
     pub fn is_connected(&self, agency: &str) -> bool {
         self.lock().contains_key(agency)

@@ -10,7 +10,7 @@ use treaty_proto::Identity;
 use treaty_proto::tls::ServerTls;
 use treaty_proto::v1::{Job, JobEvent, PrivacyReport};
 
-use crate::config::Limits;
+use crate::config::{CoordinatorPolicy, Limits};
 use crate::error::CoordinatorError;
 use crate::sessions::Sessions;
 use crate::store::{AuditEntry, Store};
@@ -28,6 +28,8 @@ pub struct Coordinator {
     /// its connection opened.
     pub tls: Arc<ServerTls>,
     pub limits: Limits,
+    /// Where the coordinator is hosted and where the sharing policies are.
+    pub policy: CoordinatorPolicy,
     pub shutdown: CancellationToken,
     /// Each agency's privacy ledger, as its node last reported it.
     pub privacy: Mutex<HashMap<String, PrivacyReport>>,
@@ -42,7 +44,12 @@ pub fn now_ms() -> i64 {
 }
 
 impl Coordinator {
-    pub fn new(store: Store, tls: Arc<ServerTls>, limits: Limits) -> Self {
+    pub fn new(
+        store: Store,
+        tls: Arc<ServerTls>,
+        limits: Limits,
+        policy: CoordinatorPolicy,
+    ) -> Self {
         Coordinator {
             identity: tls.identity().clone(),
             tls,
@@ -51,6 +58,7 @@ impl Coordinator {
             tasks: Tasks::default(),
             events: broadcast::channel(1024).0,
             limits,
+            policy,
             shutdown: CancellationToken::new(),
             privacy: Mutex::new(HashMap::new()),
         }

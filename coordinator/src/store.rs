@@ -21,6 +21,10 @@ pub struct Store {
     models: sled::Tree,
     audit: sled::Tree,
     meta: sled::Tree,
+    /// Each round's policy decision: `job/round` -> decision JSON.
+    decisions: sled::Tree,
+    /// Every policy and registry text a decision cited: SHA-256 -> text.
+    archive: sled::Tree,
 }
 
 /// One line of the audit log: who did what, when, to which job, round and agency.
@@ -75,6 +79,8 @@ impl Store {
             models: db.open_tree("models")?,
             audit: db.open_tree("audit")?,
             meta: db.open_tree("meta")?,
+            decisions: db.open_tree("decisions")?,
+            archive: db.open_tree("policy_archive")?,
             db,
         })
     }
@@ -186,6 +192,43 @@ impl Store {
             .map_err(|e| CoordinatorError::Corrupt(format!("audit entry: {e}")))?;
         self.audit.insert(seq.to_be_bytes(), line)?;
         self.flush()
+    }
+
+    /// Records a round's policy decision (JSON), durably, under `job/round`.
+    pub fn put_decision(
+        &self,
+        job: &str,
+        round: u32,
+        decision: &str,
+    ) -> Result<(), CoordinatorError> {
+        self.decisions
+            .insert(format!("{job}/{round:08}").as_bytes(), decision.as_bytes())?;
+        self.flush()
+    }
+
+    /// The recorded decisions of a job, in round order.
+    pub fn decisions(&self, job: &str) -> Result<Vec<String>, CoordinatorError> {
+        self.decisions
+            .scan_prefix(format!("{job}/").as_bytes())
+            .map(|kv| Ok(String::from_utf8_lossy(&kv?.1).into_owned()))
+            .collect()
+    }
+
+    /// Keeps a policy or registry file's text under its SHA-256, so that every version a
+    /// decision cites stays on record.
+    pub fn archive_policy(&self, sha256: &str, text: &str) -> Result<(), CoordinatorError> {
+        if !self.archive.contains_key(sha256.as_bytes())? {
+            self.archive.insert(sha256.as_bytes(), text.as_bytes())?;
+        }
+        Ok(())
+    }
+
+    /// An archived policy or registry text by its SHA-256.
+    pub fn archived_policy(&self, sha256: &str) -> Result<Option<String>, CoordinatorError> {
+        Ok(self
+            .archive
+            .get(sha256.as_bytes())?
+            .map(|v| String::from_utf8_lossy(&v).into_owned()))
     }
 
     /// The audit log, oldest first.

@@ -69,10 +69,23 @@ pub fn plan(spec: &QuerySpec) -> Result<(QueryPlan, f64), Refusal> {
             "the query asks for more than {MAX_WIDTH} values or {MAX_BINS} bins"
         )));
     }
-    let scale = sensitivity / spec.epsilon;
-    let epsilon = measurement(scale, bounds.len())?
-        .map(&sensitivity)
-        .map_err(|e| Refusal::new("INTERNAL_ERROR", e.to_string()))?;
+    // opendp's privacy map of floating-point Laplace noise includes a hair of rounding slack;
+    // widen the scale until the query spends no more than its stated epsilon.
+    let mut scale = sensitivity / spec.epsilon;
+    let mut epsilon = laplace_epsilon(scale, bounds.len(), sensitivity)?;
+    for _ in 0..8 {
+        if epsilon <= spec.epsilon {
+            break;
+        }
+        scale *= (epsilon / spec.epsilon) * (1.0 + 1e-12);
+        epsilon = laplace_epsilon(scale, bounds.len(), sensitivity)?;
+    }
+    if epsilon > spec.epsilon {
+        return Err(Refusal::new(
+            "INTERNAL_ERROR",
+            format!("no Laplace scale spends at most epsilon {}", spec.epsilon),
+        ));
+    }
     Ok((
         QueryPlan {
             bounds,

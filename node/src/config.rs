@@ -20,11 +20,17 @@
 //! [privacy]                                # optional: the agency's budget, over every job
 //! max_epsilon = 8.0
 //! delta = 1e-5
+//!
+//! [policy]                                 # the agency's own country's sharing policy
+//! registry = "policies/registry.toml"
+//! dir = "policies"                         # holds <CC>.toml of the agency's country
+//! keys = "policies/keys"                   # optional: require a signed policy (<CC>.pub)
 //! ```
 
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
+use treaty_policies::load::PolicyFiles;
 use treaty_proto::config::{self, ConfigError, Validate};
 use treaty_proto::tls::TlsFiles;
 
@@ -45,6 +51,9 @@ pub struct NodeConfig {
     /// as an unbounded epsilon).
     #[serde(default)]
     pub privacy: Option<crate::ledger::Budget>,
+    /// Where the registry and the agency's country's policy are: every task is checked
+    /// against them before the data is touched.
+    pub policy: PolicyFiles,
 }
 
 /// How to reach the coordinator.
@@ -101,6 +110,7 @@ impl Validate for NodeConfig {
         if let Some(p) = self.data.test.as_mut() {
             config::resolve(base, p);
         }
+        self.policy.resolve(|p| config::resolve(base, p));
     }
 
     fn problems(&self) -> Vec<String> {
@@ -114,6 +124,7 @@ impl Validate for NodeConfig {
             files.push(("data.test", test.as_path()));
         }
         let mut problems = config::missing_files(files);
+        problems.extend(self.policy.problems("policy"));
         if let Some(b) = &self.privacy
             && !(b.max_epsilon.is_finite() && b.max_epsilon > 0.0 && b.delta > 0.0 && b.delta < 1.0)
         {

@@ -16,6 +16,7 @@ pub mod ledger;
 pub mod metrics;
 pub mod model;
 pub mod noise;
+pub mod policy;
 pub mod session;
 pub mod train;
 pub mod work;
@@ -51,7 +52,17 @@ pub async fn run(config: NodeConfig, shutdown: CancellationToken) -> Result<(), 
         train = %config.data.train.display(),
         "node starting"
     );
+    let identity = tls.identity().clone();
+    let (agency, country) = match &identity {
+        treaty_proto::Identity::Agency { agency, country } => (agency.clone(), country.clone()),
+        _ => (String::new(), String::new()),
+    };
     let node = session::Node {
+        policy: Arc::new(policy::NodePolicy {
+            files: config.policy.clone(),
+            agency,
+            country,
+        }),
         tls,
         link: config.coordinator,
         ledger: Arc::new(ledger),

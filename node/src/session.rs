@@ -19,6 +19,7 @@ use treaty_proto::v1::{
 use crate::config::CoordinatorLink;
 use crate::error::NodeError;
 use crate::ledger::{Entry, Ledger, LedgerRefusal};
+use crate::policy::NodePolicy;
 use crate::work::{Output, Refusal, Worker};
 
 /// Everything a session needs.
@@ -28,6 +29,8 @@ pub struct Node {
     pub link: CoordinatorLink,
     pub ledger: Arc<Ledger>,
     pub worker: Arc<Worker>,
+    /// The agency's own country's sharing policy, checked before every task.
+    pub policy: Arc<NodePolicy>,
 }
 
 fn now_ms() -> i64 {
@@ -151,6 +154,9 @@ async fn serve_once(node: &Node, shutdown: &CancellationToken) -> Result<bool, N
                         tracing::info!(task = c.task_id, reason = c.reason, "task cancelled by the coordinator");
                     }
                     Some(coordinator_message::Kind::Heartbeat(_)) => {}
+                    Some(coordinator_message::Kind::Excluded(e)) => {
+                        tracing::warn!(job = e.job_id, round = e.round, code = e.reason_code, explanation = e.explanation, "not admitted to the round by the sharing policies");
+                    }
                     Some(coordinator_message::Kind::Welcome(_)) | None => {
                         tracing::warn!("unexpected message on the session; ignored");
                     }
@@ -180,14 +186,14 @@ async fn carry_out(
         async move {
             tracing::warn!(
                 task = task_id,
-                code = r.code,
+                code = %r.code,
                 reason = r.message,
                 "task refused"
             );
             let _ = session
                 .send(message(node_message::Kind::Refused(TaskRefused {
                     task_id,
-                    reason_code: r.code.to_owned(),
+                    reason_code: r.code,
                     message: r.message,
                 })))
                 .await;
@@ -207,6 +213,10 @@ async fn carry_out(
         Ok(plan) => plan,
         Err(refusal) => return refuse(refusal).await,
     };
+    // The agency's own policy and ledger judge the task, whatever the coordinator decided.
+    if let Err(refusal) = node.policy.check(&task, &node.ledger, &plan) {
+        return refuse(refusal).await;
+    }
     let entry = Entry {
         time_unix_ms: now_ms(),
         task_id: task_id.clone(),

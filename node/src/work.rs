@@ -30,14 +30,14 @@ use crate::train::{DpSgd, Sampling, Sgd, train_dp};
 /// Why a node declines a task: a stable code and a sentence.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Refusal {
-    pub code: &'static str,
+    pub code: String,
     pub message: String,
 }
 
 impl Refusal {
-    pub fn new(code: &'static str, message: impl Into<String>) -> Self {
+    pub fn new(code: impl Into<String>, message: impl Into<String>) -> Self {
         Refusal {
-            code,
+            code: code.into(),
             message: message.into(),
         }
     }

@@ -42,6 +42,33 @@ impl Date {
         )
     }
 
+    /// The UTC date of a count of days since 1970-01-01 (the proleptic Gregorian calendar).
+    pub fn from_unix_days(days: i64) -> Date {
+        // Howard Hinnant's civil-from-days, on 400-year eras of 146,097 days.
+        let z = days + 719_468;
+        let era = z.div_euclid(146_097);
+        let doe = z.rem_euclid(146_097);
+        let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+        let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+        let mp = (5 * doy + 2) / 153;
+        let day = (doy - (153 * mp + 2) / 5 + 1) as u8;
+        let month = if mp < 10 { mp + 3 } else { mp - 9 } as u8;
+        let year = yoe + era * 400 + i64::from(month <= 2);
+        Date {
+            year: year.clamp(0, 9999) as u16,
+            month,
+            day,
+        }
+    }
+
+    /// Today's date in UTC.
+    pub fn today() -> Date {
+        let secs = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        Date::from_unix_days((secs / 86_400) as i64)
+    }
+
     /// Whether `self` lies in `[from, until]`, either end absent meaning unbounded.
     pub fn within(self, from: Option<Date>, until: Option<Date>) -> bool {
         from.is_none_or(|f| f <= self) && until.is_none_or(|u| self <= u)
@@ -69,6 +96,16 @@ mod tests {
         assert!(Date::parse("2025-9-01").is_none());
         assert!(Date::parse("2025-09-01T00:00:00").is_none());
         assert!(Date::parse("+025-09-01").is_none());
+    }
+
+    #[test]
+    fn days_since_the_epoch() {
+        // Known dates: the epoch, a leap day, the turn of 2000, and 2025-09-01 (day 20,332).
+        assert_eq!(Date::from_unix_days(0).to_string(), "1970-01-01");
+        assert_eq!(Date::from_unix_days(11_016).to_string(), "2000-02-29");
+        assert_eq!(Date::from_unix_days(10_957).to_string(), "2000-01-01");
+        assert_eq!(Date::from_unix_days(20_332).to_string(), "2025-09-01");
+        assert_eq!(Date::from_unix_days(-1).to_string(), "1969-12-31");
     }
 
     #[test]

@@ -270,40 +270,16 @@ pub fn decide(
     let checked = check_request(registry, request)?;
     let participants = &request.participants;
 
-    let mut findings: Vec<Vec<Finding>> = Vec::with_capacity(participants.len());
-    for (i, p) in participants.iter().enumerate() {
-        let f = match policies.get(&p.country) {
-            None if !registry.is_country(&p.country) => vec![Finding {
-                reason: Reason::PolicyMissing,
-                detail: json!({"country_in_registry": false}),
-                because: format!(
-                    "{} is not a country of registry {}, so no policy of it can apply",
-                    p.country, registry.version
-                ),
-                would_change: format!(
-                    "the federation secretariat adding {} to the registry and its legal team supplying a policy",
-                    p.country
-                ),
-            }],
-            None => vec![missing(&p.country, &format!("{}.toml", p.country))],
-            Some(Loaded::Missing { looked_at }) => vec![missing(&p.country, looked_at)],
-            Some(Loaded::Broken { error, .. }) => vec![broken(&p.country, error)],
-            Some(Loaded::BadSignature { problem, .. }) => vec![Finding {
-                reason: Reason::PolicySignatureInvalid,
-                detail: json!({"problem": problem}),
-                because: format!(
-                    "the federation requires signed policies and {}'s policy file is not validly signed ({problem}), so it is not applied",
-                    p.country
-                ),
-                would_change: format!(
-                    "{}'s legal team signing the file with its registered key (`treaty policy sign`)",
-                    p.country
-                ),
-            }],
-            Some(Loaded::Valid(policy)) => phase1(registry, policy, &checked, i),
-        };
-        findings.push(f);
-    }
+    let findings: Vec<Vec<Finding>> = (0..participants.len())
+        .map(|i| {
+            alone(
+                registry,
+                policies.get(&participants[i].country),
+                &checked,
+                i,
+            )
+        })
+        .collect();
 
     // Phase 2 over the survivors' countries, in order of first appearance.
     let mut order: Vec<&str> = Vec::new();
@@ -372,6 +348,46 @@ pub fn decide(
         registry_version: registry.version.clone(),
         policy_versions,
     })
+}
+
+/// Phases 0 and 1 for participant `i`: the reasons it is excluded on its own.
+fn alone(
+    registry: &Registry,
+    loaded: Option<&Loaded>,
+    checked: &Checked<'_>,
+    i: usize,
+) -> Vec<Finding> {
+    let p = &checked.request.participants[i];
+    match loaded {
+        None if !registry.is_country(&p.country) => vec![Finding {
+            reason: Reason::PolicyMissing,
+            detail: json!({"country_in_registry": false}),
+            because: format!(
+                "{} is not a country of registry {}, so no policy of it can apply",
+                p.country, registry.version
+            ),
+            would_change: format!(
+                "the federation secretariat adding {} to the registry and its legal team supplying a policy",
+                p.country
+            ),
+        }],
+        None => vec![missing(&p.country, &format!("{}.toml", p.country))],
+        Some(Loaded::Missing { looked_at }) => vec![missing(&p.country, looked_at)],
+        Some(Loaded::Broken { error, .. }) => vec![broken(&p.country, error)],
+        Some(Loaded::BadSignature { problem, .. }) => vec![Finding {
+            reason: Reason::PolicySignatureInvalid,
+            detail: json!({"problem": problem}),
+            because: format!(
+                "the federation requires signed policies and {}'s policy file is not validly signed ({problem}), so it is not applied",
+                p.country
+            ),
+            would_change: format!(
+                "{}'s legal team signing the file with its registered key (`treaty policy sign`)",
+                p.country
+            ),
+        }],
+        Some(Loaded::Valid(policy)) => phase1(registry, policy, checked, i),
+    }
 }
 
 fn missing(country: &str, looked_at: &str) -> Finding {
@@ -1031,4 +1047,107 @@ fn exclusion(
         detail: findings.into_iter().next().map_or(json!({}), |f| f.detail),
         explanation,
     }
+}
+
+/// A reason an agency's own node finds against a round, with its sentence.
+#[derive(Clone, Debug, PartialEq)]
+pub struct OwnReason {
+    pub reason: Reason,
+    pub explanation: String,
+}
+
+/// One agency's own check of a round it was admitted to, as its node makes it, never relying
+/// on the coordinator's decision: its country's policy alone (phases 0 and 1, with the agency's
+/// own cumulative epsilon), whether that policy accepts the country of every other participant
+/// as a recipient, and its minimums over the participants. Other countries' policies are not
+/// consulted: a node answers for its own country only. Empty when the agency may take part.
+pub fn own_view(
+    registry: &Registry,
+    loaded: &Loaded,
+    request: &Request,
+    agency: &str,
+) -> Result<Vec<OwnReason>, RequestError> {
+    let checked = check_request(registry, request)?;
+    let Some(i) = request.participants.iter().position(|p| p.agency == agency) else {
+        return Err(RequestError(format!(
+            "{agency} is not among the round's participants"
+        )));
+    };
+    let mut findings = alone(registry, Some(loaded), &checked, i);
+    if let (true, Some(policy)) = (findings.is_empty(), loaded.policy()) {
+        let c = &policy.country;
+        let purpose = &request.purpose;
+        let mut countries: Vec<&str> = Vec::new();
+        for p in &request.participants {
+            if !countries.contains(&p.country.as_str()) {
+                countries.push(&p.country);
+            }
+        }
+        let mut denied = Vec::new();
+        let mut deny_rules = Vec::new();
+        let mut not_allowed = Vec::new();
+        for other in countries.iter().filter(|o| **o != c.as_str()) {
+            let a = policy.accepts(registry, other, purpose, checked.date);
+            if !a.denies.is_empty() {
+                denied.push(other.to_string());
+                deny_rules.extend(a.denies.iter().copied());
+            }
+            if a.allows.is_empty() {
+                not_allowed.push(other.to_string());
+            }
+        }
+        deny_rules.sort();
+        deny_rules.dedup();
+        if !denied.is_empty() {
+            findings.push(Finding {
+                reason: Reason::RecipientDenied,
+                detail: json!({"countries": denied, "rule_ids": ids(policy, &deny_rules)}),
+                because: format!(
+                    "{c}'s deny rule {} forbids sharing for {purpose} with {}, which take part",
+                    cite(policy, &deny_rules),
+                    denied.join(", ")
+                ),
+                would_change: format!("{} not taking part", denied.join(", ")),
+            });
+        }
+        if !not_allowed.is_empty() {
+            findings.push(Finding {
+                reason: Reason::RecipientNotAllowed,
+                detail: json!({"countries": not_allowed}),
+                because: format!("{c} has no allow rule active on {} for {purpose} that covers {}, which take part", checked.date, not_allowed.join(", ")),
+                would_change: format!("{c} adding an allow rule for {purpose} covering {}", not_allowed.join(", ")),
+            });
+        }
+        let total = request.participants.len() as u64;
+        let count = countries.len() as u64;
+        let set: Vec<String> = countries.iter().map(|c| c.to_string()).collect();
+        if total < policy.min_participants {
+            findings.push(Finding {
+                reason: Reason::MinParticipantsUnmet,
+                detail: json!({"required": policy.min_participants, "available": total}),
+                because: format!("{c}'s policy requires at least {} participating agencies, its own included; the round has {total} ({})", policy.min_participants, set.join(", ")),
+                would_change: format!("at least {} agencies", policy.min_participants),
+            });
+        }
+        if count < policy.min_distinct_countries {
+            findings.push(Finding {
+                reason: Reason::MinCountriesUnmet,
+                detail: json!({"required": policy.min_distinct_countries, "available": count}),
+                because: format!("{c}'s policy requires at least {} distinct countries; the round has {count} ({})", policy.min_distinct_countries, set.join(", ")),
+                would_change: format!("at least {} countries", policy.min_distinct_countries),
+            });
+        }
+    }
+    Ok(findings
+        .into_iter()
+        .map(|f| OwnReason {
+            reason: f.reason,
+            explanation: format!(
+                "{}: {}; it would take part with {}.",
+                f.reason.code(),
+                f.because,
+                f.would_change
+            ),
+        })
+        .collect())
 }

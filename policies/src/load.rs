@@ -117,3 +117,70 @@ pub fn country_of(path: &Path) -> Option<String> {
     let stem = path.file_name()?.to_str()?.strip_suffix(".toml")?;
     (stem.len() == 2 && stem.bytes().all(|b| b.is_ascii_uppercase())).then(|| stem.to_string())
 }
+
+/// Where a process finds its policies: the `[policy]` section of a coordinator's or node's
+/// configuration. Everything is re-read for every decision, so new versions apply from the
+/// next round without a restart.
+#[derive(Clone, Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyFiles {
+    /// The federation's registry.
+    pub registry: PathBuf,
+    /// The directory of `<CC>.toml` policies (and their `.sig` signatures).
+    pub dir: PathBuf,
+    /// The federation's public keys (`<CC>.pub`); when set, every policy must be signed.
+    #[serde(default)]
+    pub keys: Option<PathBuf>,
+}
+
+impl PolicyFiles {
+    /// The registry as it stands now, with its text (for the record).
+    pub fn registry(&self) -> Result<(Registry, String), String> {
+        let text = std::fs::read_to_string(&self.registry)
+            .map_err(|e| format!("cannot read the registry {}: {e}", self.registry.display()))?;
+        let registry =
+            Registry::parse(&self.registry.display().to_string(), &text).map_err(|problems| {
+                let lines: Vec<String> = problems.iter().map(ToString::to_string).collect();
+                format!("the registry is unusable: {}", lines.join("; "))
+            })?;
+        Ok((registry, text))
+    }
+
+    /// The policy directory, with the trusted keys loaded when signatures are required.
+    pub fn policy_dir(&self) -> Result<PolicyDir, String> {
+        let keys = match &self.keys {
+            Some(dir) => Some(TrustedKeys::load(dir).map_err(|e| e.to_string())?),
+            None => None,
+        };
+        Ok(PolicyDir::new(&self.dir, keys))
+    }
+
+    /// Problems that make the settings unusable now (checked when a process starts).
+    pub fn problems(&self, section: &str) -> Vec<String> {
+        let mut problems = Vec::new();
+        if let Err(e) = self.registry() {
+            problems.push(format!("`{section}.registry`: {e}"));
+        }
+        if !self.dir.is_dir() {
+            problems.push(format!(
+                "`{section}.dir`: {} is not a directory",
+                self.dir.display()
+            ));
+        }
+        if let Some(keys) = &self.keys
+            && let Err(e) = TrustedKeys::load(keys)
+        {
+            problems.push(format!("`{section}.keys`: {e}"));
+        }
+        problems
+    }
+
+    /// Makes the paths relative to `base` (the configuration file's directory).
+    pub fn resolve(&mut self, resolve: impl Fn(&mut PathBuf)) {
+        resolve(&mut self.registry);
+        resolve(&mut self.dir);
+        if let Some(keys) = &mut self.keys {
+            resolve(keys);
+        }
+    }
+}

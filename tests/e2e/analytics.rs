@@ -43,6 +43,7 @@ async fn query(
                 min_participants: 3,
                 round_timeout_ms: 20_000,
                 join_timeout_ms: 20_000,
+                ..Default::default()
             }),
         })
         .await

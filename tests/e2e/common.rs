@@ -17,10 +17,63 @@ use treaty_proto::tls::{ClientTls, TlsFiles};
 use treaty_proto::v1::operator_service_client::OperatorServiceClient;
 use treaty_proto::v1::{
     CreateFederationRequest, CreateJobRequest, DpMode, FeatureSchema, FederationInfo, Job, JobSpec,
-    JobState, ListAgenciesRequest, ModelKind, PrivacySpec, TrainingSpec, WatchJobRequest, job_spec,
+    JobState, ListAgenciesRequest, ModelKind, PrivacySpec, SharingSpec, TrainingSpec,
+    WatchJobRequest, job_spec,
 };
 
 pub const TREATY: &str = env!("CARGO_BIN_EXE_treaty");
+
+/// The tests' registry, with the test data's fields; `CA`..`CH` stand in for the countries of
+/// tests with many agencies.
+pub const TEST_REGISTRY: &str = r#"registry_version = "test-1"
+countries = ["AT", "BE", "DE", "ES", "FR", "IT", "NL", "PL", "GB", "US", "CH",
+  "CA", "CB", "CC", "CD", "CE", "CF", "CG"]
+
+[purposes]
+narcotics = "Illicit trafficking in narcotic drugs and psychotropic substances"
+firearms = "Illicit trafficking in weapons, munitions and explosives"
+
+[fields]
+x1 = "ordinary"
+x2 = "ordinary"
+amount = "ordinary"
+band = "ordinary"
+mode = "ordinary"
+seized = "ordinary"
+declared_value_eur = "ordinary"
+gross_weight_kg = "ordinary"
+hs_chapter = "ordinary"
+origin = "ordinary"
+transport_mode = "ordinary"
+route = "ordinary"
+shipper_history_years = "ordinary"
+prior_seizures = "ordinary"
+new_declarant = "ordinary"
+document_mismatch = "ordinary"
+containerised = "ordinary"
+informant_flag = "operationally_sensitive"
+
+[groups.EU]
+members = ["AT", "BE", "DE", "ES", "FR", "IT", "NL", "PL", "CA", "CB", "CC", "CD", "CE", "CF", "CG", "CH"]
+"#;
+
+/// A policy that lets its country share for narcotics with every EU country, with limits the
+/// tests' privacy settings meet; tests that are about policies write their own.
+pub fn open_policy(country: &str) -> String {
+    format!(
+        "schema_version = 1\n\n[policy]\ncountry = \"{country}\"\nversion = \"open-1\"\nvalid_from = 2025-01-01\nvalid_until = 2099-12-31\nlegal_basis = [\"Test Act\"]\n\n[coordinator]\nallowed_jurisdictions = [\"EU\"]\n\n[privacy]\nmax_epsilon_per_round = 1e31\nmax_epsilon_total = 1e33\nmax_delta = 1e-3\n\n[[rule]]\nid = \"{country}-EU\"\neffect = \"allow\"\npurposes = [\"narcotics\"]\nrecipients = [\"EU\"]\nlegal_basis = \"Test Act s. 2\"\n"
+    )
+}
+
+/// What the tests' training jobs declare to the policies: their noise is given directly, so
+/// they state a per-round epsilon above anything they spend (some learning tests run with a
+/// vanishing noise multiplier, i.e. an epsilon near 10^20).
+pub fn test_sharing() -> SharingSpec {
+    SharingSpec {
+        epsilon_per_round: 1e30,
+        ..Default::default()
+    }
+}
 
 /// A federation's files: PKI, data, configurations, logs.
 pub struct Fixture {
@@ -47,7 +100,24 @@ impl Fixture {
             },
         )
         .unwrap();
-        Fixture { dir, pki }
+        let fx = Fixture { dir, pki };
+        std::fs::create_dir_all(fx.path("policies")).unwrap();
+        std::fs::write(fx.path("policies/registry.toml"), TEST_REGISTRY).unwrap();
+        for (_, country) in agencies {
+            fx.write_policy(country, &open_policy(country));
+        }
+        fx
+    }
+
+    /// Writes a country's policy where the coordinator reads it (`policies/<CC>.toml`).
+    pub fn write_policy(&self, country: &str, text: &str) {
+        std::fs::write(self.path(&format!("policies/{country}.toml")), text).unwrap();
+    }
+
+    /// The `[policy]` directory of an agency's node: its own copy of the registry and of its
+    /// country's policy, as a national deployment keeps them.
+    pub fn node_policies(&self, agency: &str) -> PathBuf {
+        self.path(&format!("policies-{agency}"))
     }
 
     pub fn path(&self, name: &str) -> PathBuf {
@@ -72,11 +142,13 @@ impl Fixture {
         std::fs::write(
             &path,
             format!(
-                "listen = {listen:?}\ndata_dir = {:?}\naddress_file = {:?}\nshutdown_grace_secs = 2\n\n[tls]\nca_cert = {:?}\ncert = {cert:?}\nkey = {key:?}\ncrl = {:?}\n",
+                "listen = {listen:?}\ndata_dir = {:?}\naddress_file = {:?}\nshutdown_grace_secs = 2\n\n[tls]\nca_cert = {:?}\ncert = {cert:?}\nkey = {key:?}\ncrl = {:?}\n\n[policy]\ncountry = \"NL\"\nregistry = {:?}\ndir = {:?}\n",
                 self.path("coordinator-db"),
                 self.path("coordinator.address"),
                 self.pki.ca_cert(),
-                self.pki.crl()
+                self.pki.crl(),
+                self.path("policies/registry.toml"),
+                self.path("policies"),
             ),
         )
         .unwrap();
@@ -102,12 +174,21 @@ impl Fixture {
             .pki
             .cert_and_key(&Identity::agency(country, agency).unwrap());
         let path = self.path(&format!("node-{agency}.toml"));
+        let policies = self.node_policies(agency);
+        std::fs::create_dir_all(&policies).unwrap();
+        for file in ["registry.toml".to_string(), format!("{country}.toml")] {
+            let from = self.path(&format!("policies/{file}"));
+            if from.exists() && !policies.join(&file).exists() {
+                std::fs::copy(from, policies.join(&file)).unwrap();
+            }
+        }
         std::fs::write(
             &path,
             format!(
-                "state_dir = {:?}\n\n[coordinator]\naddress = {address:?}\nreconnect_initial_ms = 100\nreconnect_max_ms = 400\n\n[tls]\nca_cert = {:?}\ncert = {cert:?}\nkey = {key:?}\n\n[data]\ntrain = {train:?}\ntest = {test:?}\n",
+                "state_dir = {:?}\n\n[coordinator]\naddress = {address:?}\nreconnect_initial_ms = 100\nreconnect_max_ms = 400\n\n[tls]\nca_cert = {:?}\ncert = {cert:?}\nkey = {key:?}\n\n[data]\ntrain = {train:?}\ntest = {test:?}\n\n[policy]\nregistry = {:?}\ndir = {policies:?}\n",
                 self.path(&format!("node-{agency}-db")),
                 self.pki.ca_cert(),
+                policies.join("registry.toml"),
             ),
         )
         .unwrap();
@@ -412,6 +493,7 @@ pub async fn try_job(
                 min_participants: min,
                 round_timeout_ms: 20_000,
                 join_timeout_ms: 20_000,
+                sharing: Some(test_sharing()),
             }),
         })
         .await

@@ -141,6 +141,7 @@ async fn a_node_killed_again_and_again_never_under_counts() {
                 min_participants: 1,
                 round_timeout_ms: 1_500,
                 join_timeout_ms: 20_000,
+                sharing: Some(test_sharing()),
             }),
         })
         .await

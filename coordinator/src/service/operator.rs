@@ -253,6 +253,11 @@ fn job_problems(spec: &mut JobSpec, members: usize) -> Vec<String> {
         }
         None => problems.push("the job has no kind; give `training` or `query`".into()),
     }
+    if spec.kind.is_some()
+        && let Err(e) = crate::policy::sharing(spec)
+    {
+        problems.push(e);
+    }
     problems
 }
 

@@ -1,0 +1,129 @@
+//! The node's own judgement of every task under its country's sharing policy. The node never
+//! relies on the coordinator's decision: before it records a release or reads a record, it
+//! re-reads the registry and its own country's policy (a new version applies from the next
+//! task, without a restart), checks the round's terms against them with its own ledger's
+//! spending, checks that the task spends no more than the terms say, and refuses with the
+//! spec's reason code otherwise.
+
+use treaty_policies::date::Date;
+use treaty_policies::decide::{Participant, Request, own_view};
+use treaty_policies::load::PolicyFiles;
+use treaty_policies::privacy;
+use treaty_proto::v1::Task;
+
+use crate::ledger::Ledger;
+use crate::work::{Plan, Refusal};
+
+/// The agency, its country and where its policy is.
+#[derive(Debug)]
+pub struct NodePolicy {
+    pub files: PolicyFiles,
+    pub agency: String,
+    pub country: String,
+}
+
+impl NodePolicy {
+    /// Judges `task`, planned as `plan`, against the agency's own policy and ledger.
+    pub fn check(&self, task: &Task, ledger: &Ledger, plan: &Plan) -> Result<(), Refusal> {
+        let Some(terms) = &task.terms else {
+            return Err(Refusal::new(
+                "POLICY_TERMS_MISSING",
+                "the task carries no sharing terms; this node takes part only in rounds decided under the sharing policies",
+            ));
+        };
+        let (registry, _) = self
+            .files
+            .registry()
+            .map_err(|e| Refusal::new("POLICY_REGISTRY_ERROR", e))?;
+        let dir = self
+            .files
+            .policy_dir()
+            .map_err(|e| Refusal::new("POLICY_SIGNATURE_INVALID", e))?;
+        let (loaded, _) = dir.load(&registry, &self.country);
+
+        // What the task spends in this round, by the same accountants as the ledger, must not
+        // exceed what the round was decided under.
+        let delta = if terms.delta > 0.0 { terms.delta } else { 1e-9 };
+        let round = privacy::spent(&plan.releases, delta)
+            .map_err(|e| Refusal::new("INVALID_TASK", e.to_string()))?;
+        let claimed = treaty_policies::decimal::Decimal::from_f64(terms.epsilon_per_round);
+        let actual = treaty_policies::decimal::Decimal::from_f64(round.epsilon);
+        match (actual, claimed) {
+            (Some(a), Some(c)) if a <= c => {}
+            _ => {
+                return Err(Refusal::new(
+                    "EPSILON_PER_ROUND_EXCEEDED",
+                    format!(
+                        "this task would spend epsilon {} at delta {delta:e} in this round, more than the {} the round was decided under",
+                        round.epsilon, terms.epsilon_per_round
+                    ),
+                ));
+            }
+        }
+        let cumulative = ledger
+            .spent()
+            .map_err(|e| Refusal::new("LEDGER_ERROR", e.to_string()))?
+            .epsilon;
+        let mut participants: Vec<Participant> = terms
+            .participants
+            .iter()
+            .map(|p| Participant {
+                agency: p.agency.clone(),
+                country: p.country.clone(),
+                cumulative_epsilon: 0.0,
+            })
+            .collect();
+        match participants.iter_mut().find(|p| p.agency == self.agency) {
+            Some(me) if me.country == self.country => me.cumulative_epsilon = cumulative,
+            Some(me) => {
+                return Err(Refusal::new(
+                    "INVALID_TASK",
+                    format!(
+                        "the round lists {} under {}, not {}",
+                        self.agency, me.country, self.country
+                    ),
+                ));
+            }
+            None => {
+                return Err(Refusal::new(
+                    "INVALID_TASK",
+                    format!("the round's participants do not include {}", self.agency),
+                ));
+            }
+        }
+        let request = Request {
+            federation: task.federation.clone(),
+            round: u64::from(task.round),
+            // The node's own clock, not the coordinator's word, dates the round.
+            date: Date::today().to_string(),
+            purpose: terms.purpose.clone(),
+            coordinator_country: terms.coordinator_country.clone(),
+            epsilon_per_round: terms.epsilon_per_round,
+            delta: terms.delta,
+            fields: terms.fields.clone(),
+            model_retention_days: terms.model_retention_days.map(u64::from),
+            onward_transfer: terms.onward_transfer,
+            round_min_participants: 1,
+            participants,
+        };
+        let reasons = own_view(&registry, &loaded, &request, &self.agency)
+            .map_err(|e| Refusal::new("POLICY_REQUEST_INVALID", e.to_string()))?;
+        match reasons.first() {
+            None => Ok(()),
+            Some(first) => {
+                let explanations: Vec<&str> =
+                    reasons.iter().map(|r| r.explanation.as_str()).collect();
+                Err(Refusal::new(
+                    first.reason.code(),
+                    format!(
+                        "{}'s own policy check refuses round {} of {}: {}",
+                        self.agency,
+                        task.round,
+                        task.federation,
+                        explanations.join(" ")
+                    ),
+                ))
+            }
+        }
+    }
+}
