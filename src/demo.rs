@@ -256,6 +256,25 @@ fn summary(
         "  federation demo-customs: {} agencies in 4 countries, over mutual TLS 1.3",
         AGENCIES.len()
     );
+    if let Some(last) = job.rounds.last()
+        && let Ok(record) = serde_json::from_str::<serde_json::Value>(&last.policy_decision)
+    {
+        let d = &record["decision"];
+        let versions: Vec<String> = d["policy_versions"]
+            .as_object()
+            .map(|m| {
+                m.iter()
+                    .map(|(c, v)| format!("{c} {}", v["version"].as_str().unwrap_or("unusable")))
+                    .collect()
+            })
+            .unwrap_or_default();
+        println!(
+            "  sharing policies: every round decided by the engine under registry {} and policies {}; the last admitted {} agencies (the coordinator keeps each decision with the policies' SHA-256)",
+            d["registry_version"].as_str().unwrap_or("?"),
+            versions.join(", "),
+            d["admitted"].as_array().map_or(0, Vec::len)
+        );
+    }
     if let Some(stats) = &job.statistics {
         println!(
             "  statistics round: column sums from {} agencies standardise the numeric columns",

@@ -114,6 +114,12 @@ enum NodeCommand {
 enum BenchCommand {
     /// W1: a training job of 8 agencies x 100,000 rows, 20 rounds, end to end.
     W1(bench::W1Args),
+    /// `treaty policy decide` for 30 countries and 60 agencies, whole command and engine.
+    Policy {
+        /// Runs per measurement (the median is reported).
+        #[arg(long, default_value_t = 21)]
+        repeats: usize,
+    },
     /// W5: Gaussian noise through opendp for 10^3, 10^5, 10^6 parameters.
     W5 {
         /// Runs per size (the median is reported).
@@ -319,6 +325,9 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Bench(BenchCommand::W1(args)) => bench::w1(args).await,
+        Command::Bench(BenchCommand::Policy { repeats }) => {
+            tokio::task::spawn_blocking(move || bench::policy(repeats.max(1))).await?
+        }
         Command::Bench(BenchCommand::W5 { repeats }) => {
             tokio::task::spawn_blocking(move || bench::w5(repeats.max(1))).await?
         }

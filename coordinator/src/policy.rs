@@ -29,7 +29,7 @@ pub fn sharing(spec: &JobSpec) -> Result<Sharing, String> {
     let declared = spec.sharing.clone().unwrap_or_default();
     let (epsilon, delta, fields) = match &spec.kind {
         Some(job_spec::Kind::Training(t)) => {
-            let privacy = t.privacy.clone().unwrap_or_default();
+            let privacy = t.privacy.unwrap_or_default();
             let epsilon = if declared.epsilon_per_round > 0.0 {
                 declared.epsilon_per_round
             } else if privacy.noise_multiplier <= 0.0 && privacy.target_epsilon > 0.0 {
@@ -73,9 +73,7 @@ pub fn sharing(spec: &JobSpec) -> Result<Sharing, String> {
         }
         None => return Err("the job has no kind".into()),
     };
-    if !(epsilon.is_finite() && epsilon > 0.0)
-        || !(delta.is_finite() && (0.0..1.0).contains(&delta))
-    {
+    if !(epsilon.is_finite() && epsilon > 0.0 && delta.is_finite() && (0.0..1.0).contains(&delta)) {
         return Err(format!(
             "`sharing`: epsilon per round {epsilon} must be positive and delta {delta} in [0, 1)"
         ));

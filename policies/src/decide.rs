@@ -431,19 +431,30 @@ fn broken(country: &str, error: &PolicyError) -> Finding {
     }
 }
 
-/// Rule ids with their legal basis, for sentences: `DE-EU (LED Art. 1(3))`.
+/// Rule ids with their line and legal basis, for sentences:
+/// `DE-EU (line 40; legal basis: "LED Art. 1(3)")`.
 fn cite(policy: &Policy, rules: &[usize]) -> String {
     rules
         .iter()
         .map(|&i| {
             let r = &policy.rules[i];
             match &r.legal_basis {
-                Some(b) => format!("{} ({}, line {})", r.id, b, r.line),
-                None => format!("{} (line {})", r.id, r.line),
+                Some(b) => format!("{} (line {}; legal basis: \"{}\")", r.id, r.line, b),
+                None => format!("{} (line {}; no legal basis given)", r.id, r.line),
             }
         })
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+/// `rule` or `rules`.
+fn rule_word(n: usize) -> &'static str {
+    if n == 1 { "rule" } else { "rules" }
+}
+
+/// `takes part` or `take part`, after a list of `n` countries.
+fn take_part(n: usize) -> &'static str {
+    if n == 1 { "takes part" } else { "take part" }
 }
 
 fn ids(policy: &Policy, rules: &[usize]) -> Vec<String> {
@@ -466,7 +477,7 @@ fn phase1(
             reason: Reason::PolicyNotYetValid,
             detail: json!({"valid_from": policy.valid_from.to_string(), "date": date.to_string()}),
             because: format!(
-                "{c}'s policy {v} is valid from {}, after the round's date",
+                "{c}'s policy (version {v}) takes effect on {}, after the round's date",
                 policy.valid_from
             ),
             would_change: format!(
@@ -480,7 +491,7 @@ fn phase1(
             reason: Reason::PolicyExpired,
             detail: json!({"valid_until": policy.valid_until.to_string(), "date": date.to_string()}),
             because: format!(
-                "{c}'s policy {v} was valid until {}, before the round's date",
+                "{c}'s policy (version {v}) was valid only until {}, before the round's date",
                 policy.valid_until
             ),
             would_change: format!("a new policy of {c} valid on {date}"),
@@ -579,8 +590,8 @@ fn phase1(
         out.push(Finding {
             reason: Reason::EpsilonPerRoundExceeded,
             detail: json!({"requested": checked.epsilon.to_string(), "limit": limits.exact.to_string()}),
-            because: format!("the round spends epsilon {} per round, above {c}'s limit of {}", checked.epsilon, limits.exact),
-            would_change: format!("epsilon per round of at most {}", limits.exact),
+            because: format!("the round spends epsilon {}, above {c}'s per-round limit of {}", checked.epsilon, limits.exact),
+            would_change: format!("a round spending epsilon of at most {}", limits.exact),
         });
     }
     if checked.delta > policy.max_delta.exact {
@@ -588,7 +599,7 @@ fn phase1(
             reason: Reason::DeltaExceeded,
             detail: json!({"requested": checked.delta.to_string(), "limit": policy.max_delta.exact.to_string()}),
             because: format!("the round's delta {} is above {c}'s limit of {}", checked.delta, policy.max_delta.exact),
-            would_change: format!("a delta of at most {}", policy.max_delta.exact),
+            would_change: format!("a round with a delta of at most {}", policy.max_delta.exact),
         });
     }
     let cumulative = &checked.cumulative[index];
@@ -601,13 +612,13 @@ fn phase1(
             detail: json!({"cumulative_epsilon": cumulative.to_string(), "requested": checked.epsilon.to_string(),
                            "after_round": after.to_string(), "limit": total.to_string()}),
             because: format!(
-                "{} has spent epsilon {cumulative}; this round's {} would bring it to {after}, above {c}'s total budget of {total}",
+                "{} has spent epsilon {cumulative}; this round's {} would bring it to {after}, above the total budget of {total} that {c}'s policy gives each agency",
                 participant.agency, checked.epsilon
             ),
             would_change: if left.is_positive() {
-                format!("a round spending at most {left}")
+                format!("a round spending epsilon of at most {left}, what is left of its total budget of {total}")
             } else {
-                format!("nothing: {}'s budget under this policy is spent", participant.agency)
+                format!("a policy of {c} with a larger total budget, as {} has spent all of its {total}", participant.agency)
             },
         });
     }
@@ -623,7 +634,7 @@ fn phase1(
                 reason: Reason::RetentionExceeded,
                 detail: json!({"requested_days": request.model_retention_days, "limit_days": limit}),
                 because: format!("the round keeps the model {kept}, longer than {c}'s limit of {limit} days"),
-                would_change: format!("a retention of at most {limit} days"),
+                would_change: format!("a round keeping the model at most {limit} days"),
             });
         }
     }
@@ -650,26 +661,6 @@ struct Graph<'p> {
     mutual: Vec<u64>,
     purpose: String,
     date: Date,
-}
-
-/// Ranks candidate sets: most agencies, then most countries, then earliest countries.
-fn better(a: u64, b: Option<u64>, agencies: &[u64]) -> bool {
-    let Some(b) = b else { return true };
-    let count = |s: u64| {
-        (0..64)
-            .filter(|i| s & (1 << i) != 0)
-            .map(|i| agencies[i])
-            .sum::<u64>()
-    };
-    let key = |s: u64| (count(s), s.count_ones());
-    match key(a).cmp(&key(b)) {
-        std::cmp::Ordering::Greater => true,
-        std::cmp::Ordering::Less => false,
-        std::cmp::Ordering::Equal => {
-            let diff = a ^ b;
-            diff != 0 && a & (diff & diff.wrapping_neg()) != 0
-        }
-    }
 }
 
 impl<'p> Graph<'p> {
@@ -731,55 +722,95 @@ impl<'p> Graph<'p> {
         }
     }
 
-    /// Every maximal clique of the mutual-acceptance graph (Bron–Kerbosch with pivoting).
-    fn maximal_cliques(&self, visit: &mut dyn FnMut(u64)) {
-        let n = self.policies.len();
-        let all = if n == 64 { u64::MAX } else { (1u64 << n) - 1 };
-        self.bron_kerbosch(0, all, 0, visit);
+    /// The spec's order as one additive weight: a set's weight is `agencies << 72 | countries
+    /// << 64 | bit (63 - i) for each country i`, so comparing weights compares agencies, then
+    /// countries, then (the highest differing bit being the earliest differing country) which
+    /// set holds the country that appears earliest in the request.
+    fn weight(&self, set: u64) -> u128 {
+        members(set)
+            .map(|i| (u128::from(self.agencies[i]) << 72) + (1u128 << 64) + (1u128 << (63 - i)))
+            .sum()
     }
 
-    fn bron_kerbosch(&self, r: u64, mut p: u64, mut x: u64, visit: &mut dyn FnMut(u64)) {
+    /// An upper bound on the weight of any clique within `p`: colour `p` greedily into sets of
+    /// countries no two of which accept each other (a clique holds at most one of each), and
+    /// add the heaviest country of each colour.
+    fn colour_bound(&self, mut p: u64) -> u128 {
+        let mut bound = 0;
+        while p != 0 {
+            let mut class = 0u64;
+            let mut candidates = p;
+            while candidates != 0 {
+                let v = candidates.trailing_zeros() as usize;
+                candidates &= candidates - 1;
+                if self.mutual[v] & class == 0 {
+                    class |= 1 << v;
+                }
+            }
+            bound += members(class)
+                .map(|i| self.weight(1 << i))
+                .max()
+                .unwrap_or(0);
+            p &= !class;
+        }
+        bound
+    }
+
+    /// Branch and bound over the cliques of the mutual-acceptance graph that extend `r` with
+    /// countries of `p`. Every feasible set lies in a clique, and `evaluate` maps a clique to
+    /// the best set it holds (for admission, its feasible core: minimums only grow harder as
+    /// members leave, so removing failing members until none fails reaches the largest feasible
+    /// subset, which holds every other). A branch is cut only when no clique in it can weigh
+    /// more than the best found, so the search is exact.
+    fn search(
+        &self,
+        r: u64,
+        mut p: u64,
+        evaluate: &dyn Fn(u64) -> u64,
+        best: &mut Option<(u128, u64)>,
+    ) {
         if p == 0 {
-            if x == 0 {
-                visit(r);
+            let set = evaluate(r);
+            let w = self.weight(set);
+            if set != 0 && best.is_none_or(|(b, _)| w > b) {
+                *best = Some((w, set));
             }
             return;
         }
-        let pivot = members(p | x)
-            .max_by_key(|&u| (p & self.mutual[u]).count_ones())
-            .unwrap_or(0);
-        let mut candidates = p & !self.mutual[pivot];
-        while candidates != 0 {
-            let v = candidates.trailing_zeros() as usize;
+        let base = self.weight(r);
+        while p != 0 {
+            if best.is_some_and(|(b, _)| base + self.colour_bound(p) <= b) {
+                return;
+            }
+            let v = p.trailing_zeros() as usize;
             let bit = 1u64 << v;
-            candidates &= !bit;
-            self.bron_kerbosch(r | bit, p & self.mutual[v], x & self.mutual[v], visit);
+            self.search(r | bit, p & self.mutual[v], evaluate, best);
             p &= !bit;
-            x |= bit;
         }
+    }
+
+    fn all(&self) -> u64 {
+        let n = self.policies.len();
+        if n == 64 { u64::MAX } else { (1u64 << n) - 1 }
     }
 
     /// The admissible set with the most agencies, then countries, then earliest countries.
     fn best_admissible(&self) -> Option<u64> {
         let mut best = None;
-        self.maximal_cliques(&mut |clique| {
-            let core = self.feasible_core(clique);
-            if core != 0 && better(core, best, self.agencies) {
-                best = Some(core);
-            }
-        });
-        best
+        self.search(
+            0,
+            self.all(),
+            &|clique| self.feasible_core(clique),
+            &mut best,
+        );
+        best.map(|(_, set)| set)
     }
 
     /// The best mutually-accepting set containing `k`, minimums ignored.
     fn best_clique_with(&self, k: usize) -> u64 {
         let mut best = None;
-        self.maximal_cliques(&mut |clique| {
-            if clique & (1 << k) != 0 && better(clique, best, self.agencies) {
-                best = Some(clique);
-            }
-        });
-        best.unwrap_or(1 << k)
+        self.search(1 << k, self.mutual[k], &|clique| clique, &mut best);
+        best.map_or(1 << k, |(_, set)| set)
     }
 
     fn phase2_findings(
@@ -845,16 +876,19 @@ impl<'p> Graph<'p> {
                 reason: Reason::RecipientDenied,
                 detail: json!({"countries": names(&denied), "rule_ids": ids(policy, &rules)}),
                 because: format!(
-                    "{c}'s deny rule {} forbids sharing for {purpose} with {}, which take part ({facts}){}",
+                    "{c}'s deny {} {} forbid{} sharing for {purpose} with {}, which {} in the round ({facts}){}",
+                    rule_word(rules.len()),
                     cite(policy, &rules),
+                    if rules.len() == 1 { "s" } else { "" },
                     names(&denied).join(", "),
+                    take_part(denied.len()),
                     if overridden.is_empty() {
                         String::new()
                     } else {
-                        format!("; it overrides allow rule {}", cite(policy, &overridden))
+                        format!("; it overrides allow {} {}", rule_word(overridden.len()), cite(policy, &overridden))
                     }
                 ),
-                would_change: format!("{} not taking part, or {c} lifting the deny", names(&denied).join(", ")),
+                would_change: format!("a round without {}, or {c} lifting the deny", names(&denied).join(", ")),
             });
         }
         let not_allowed: Vec<usize> = in_round
@@ -867,8 +901,9 @@ impl<'p> Graph<'p> {
                 reason: Reason::RecipientNotAllowed,
                 detail: json!({"countries": names(&not_allowed)}),
                 because: format!(
-                    "{c} has no allow rule active on {date} for {purpose} that covers {}, which take part",
-                    names(&not_allowed).join(", ")
+                    "{c} has no allow rule active on {date} for {purpose} that covers {}, which {} in the round",
+                    names(&not_allowed).join(", "),
+                    take_part(not_allowed.len())
                 ),
                 would_change: format!("{c} adding an allow rule for {purpose} covering {}", names(&not_allowed).join(", ")),
             });
@@ -895,12 +930,22 @@ impl<'p> Graph<'p> {
                     let overridden = if a.allows.is_empty() {
                         String::new()
                     } else {
-                        format!(", overriding its allow rule {}", cite(other, &a.allows))
+                        format!(
+                            ", overriding its allow {} {}",
+                            rule_word(a.allows.len()),
+                            cite(other, &a.allows)
+                        )
                     };
                     clauses.push(format!(
-                        "{}'s deny rule {} matches {c} ({facts}){overridden}",
+                        "{}'s deny {} {} {} {c} ({facts}){overridden}",
                         other.country,
-                        cite(other, &a.denies)
+                        rule_word(a.denies.len()),
+                        cite(other, &a.denies),
+                        if a.denies.len() == 1 {
+                            "matches"
+                        } else {
+                            "match"
+                        }
                     ));
                 }
             }
@@ -944,7 +989,7 @@ impl<'p> Graph<'p> {
                     policy.min_participants,
                     set.join(", ")
                 ),
-                would_change: format!("at least {} agencies that {c} and they accept", policy.min_participants),
+                would_change: format!("a round of at least {} agencies whose countries all accept one another", policy.min_participants),
             });
         }
         if count < policy.min_distinct_countries {
@@ -956,7 +1001,7 @@ impl<'p> Graph<'p> {
                     policy.min_distinct_countries,
                     set.join(", ")
                 ),
-                would_change: format!("at least {} countries that accept one another", policy.min_distinct_countries),
+                would_change: format!("a round of at least {} countries that all accept one another", policy.min_distinct_countries),
             });
         }
     }
@@ -1103,18 +1148,21 @@ pub fn own_view(
                 reason: Reason::RecipientDenied,
                 detail: json!({"countries": denied, "rule_ids": ids(policy, &deny_rules)}),
                 because: format!(
-                    "{c}'s deny rule {} forbids sharing for {purpose} with {}, which take part",
+                    "{c}'s deny {} {} forbid{} sharing for {purpose} with {}, which {} in the round",
+                    rule_word(deny_rules.len()),
                     cite(policy, &deny_rules),
-                    denied.join(", ")
+                    if deny_rules.len() == 1 { "s" } else { "" },
+                    denied.join(", "),
+                    take_part(denied.len())
                 ),
-                would_change: format!("{} not taking part", denied.join(", ")),
+                would_change: format!("a round without {}", denied.join(", ")),
             });
         }
         if !not_allowed.is_empty() {
             findings.push(Finding {
                 reason: Reason::RecipientNotAllowed,
                 detail: json!({"countries": not_allowed}),
-                because: format!("{c} has no allow rule active on {} for {purpose} that covers {}, which take part", checked.date, not_allowed.join(", ")),
+                because: format!("{c} has no allow rule active on {} for {purpose} that covers {}, which {} in the round", checked.date, not_allowed.join(", "), take_part(not_allowed.len())),
                 would_change: format!("{c} adding an allow rule for {purpose} covering {}", not_allowed.join(", ")),
             });
         }
@@ -1126,7 +1174,7 @@ pub fn own_view(
                 reason: Reason::MinParticipantsUnmet,
                 detail: json!({"required": policy.min_participants, "available": total}),
                 because: format!("{c}'s policy requires at least {} participating agencies, its own included; the round has {total} ({})", policy.min_participants, set.join(", ")),
-                would_change: format!("at least {} agencies", policy.min_participants),
+                would_change: format!("a round of at least {} agencies", policy.min_participants),
             });
         }
         if count < policy.min_distinct_countries {
@@ -1134,7 +1182,7 @@ pub fn own_view(
                 reason: Reason::MinCountriesUnmet,
                 detail: json!({"required": policy.min_distinct_countries, "available": count}),
                 because: format!("{c}'s policy requires at least {} distinct countries; the round has {count} ({})", policy.min_distinct_countries, set.join(", ")),
-                would_change: format!("at least {} countries", policy.min_distinct_countries),
+                would_change: format!("a round of at least {} countries", policy.min_distinct_countries),
             });
         }
     }

@@ -129,6 +129,8 @@ impl fmt::Display for Decimal {
 }
 
 #[cfg(test)]
+// The tests write binary-float facts and over-long literals on purpose.
+#[allow(clippy::assertions_on_constants, clippy::excessive_precision)]
 mod tests {
     use super::*;
 

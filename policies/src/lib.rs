@@ -13,12 +13,16 @@
 pub mod date;
 pub mod decide;
 pub mod decimal;
+pub mod diff;
+pub mod lint;
 pub mod load;
+pub mod matrix;
 pub mod policy;
 pub mod privacy;
 pub mod registry;
 pub mod signing;
 pub mod source;
+pub mod testing;
 
 /// Lowercase hex SHA-256 of `bytes`.
 pub fn sha256_hex(bytes: &[u8]) -> String {

@@ -230,6 +230,137 @@ impl TrustedKeys {
     }
 }
 
+/// Whether `code` looks like an ISO 3166-1 alpha-2 code (two capital letters).
+fn is_country_code(code: &str) -> bool {
+    code.len() == 2 && code.bytes().all(|b| b.is_ascii_uppercase())
+}
+
+/// The country a key file is named after: `DE.key` -> `DE`.
+pub fn country_of_key(path: &Path) -> Option<String> {
+    let stem = path.file_name()?.to_str()?.strip_suffix(".key")?;
+    is_country_code(stem).then(|| stem.to_string())
+}
+
+/// Makes a key pair for `country`: `DIR/<CC>.key` (private, mode 0600) and `DIR/<CC>.pub`.
+/// Never overwrites: if either file exists, nothing is written. Returns the two paths.
+pub fn write_key_pair(dir: &Path, country: &str) -> Result<(PathBuf, PathBuf), SigningError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+
+    if !is_country_code(country) {
+        return Err(SigningError::Key(format!(
+            "`{country}` is not an ISO 3166-1 alpha-2 code (two capital letters, e.g. DE)"
+        )));
+    }
+    std::fs::create_dir_all(dir)
+        .map_err(|e| SigningError::Io(format!("cannot create {}: {e}", dir.display())))?;
+    let private_path = dir.join(format!("{country}.key"));
+    let public_path = dir.join(format!("{country}.pub"));
+    for path in [&private_path, &public_path] {
+        if path.exists() {
+            return Err(SigningError::Io(format!(
+                "{} already exists; a key is never overwritten (move it away first if you really mean to replace it)",
+                path.display()
+            )));
+        }
+    }
+    let (private, public) = generate()?;
+    let write = |path: &Path, text: &str, mode: u32| {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(path)
+            .and_then(|mut f| f.write_all(text.as_bytes()).and_then(|()| f.sync_all()))
+            .map_err(|e| SigningError::Io(format!("cannot write {}: {e}", path.display())))
+    };
+    write(&private_path, &private, 0o600)?;
+    if let Err(e) = write(&public_path, &public, 0o644) {
+        // A private key without its public key is of no use; do not leave half a pair.
+        let _ = std::fs::remove_file(&private_path);
+        return Err(e);
+    }
+    Ok((private_path, public_path))
+}
+
+/// A light check that `text` is `country`'s policy, for signing without a registry: valid
+/// TOML whose `[policy] country` is `country`.
+pub fn looks_like_policy_of(country: &str, text: &str) -> Result<(), String> {
+    let doc = toml::de::DeTable::parse(text).map_err(|e| {
+        format!(
+            "it is not valid TOML ({})",
+            e.message().trim().replace('\n', " ")
+        )
+    })?;
+    let named = doc
+        .get_ref()
+        .get("policy")
+        .and_then(|p| p.get_ref().as_table())
+        .and_then(|t| t.get("country"))
+        .and_then(|c| c.get_ref().as_str());
+    match named {
+        Some(c) if c == country => Ok(()),
+        Some(c) => Err(format!(
+            "its [policy] country is `{c}`, but the file is named for {country}"
+        )),
+        None => Err("it has no [policy] country".to_string()),
+    }
+}
+
+/// Signs the policy file at `path` with `key`, writing `<path>.sig`; returns the signature's
+/// path. Refuses a file not named `<CC>.toml`, a key named for another country
+/// (`key_country`, from `<CC>.key`), and a file that is not that country's policy (`check`
+/// says whether it is; see [`looks_like_policy_of`] for a check without a registry).
+pub fn sign_file(
+    key: &Ed25519KeyPair,
+    key_country: Option<&str>,
+    path: &Path,
+    check: impl Fn(&str, &str) -> Result<(), String>,
+) -> Result<PathBuf, SigningError> {
+    let Some(country) = crate::load::country_of(path) else {
+        return Err(SigningError::Signature(format!(
+            "{} is not named after its country (`<CC>.toml`, e.g. DE.toml), so it cannot be signed for one",
+            path.display()
+        )));
+    };
+    if let Some(k) = key_country
+        && k != country
+    {
+        return Err(SigningError::Signature(format!(
+            "the key is {k}'s ({k}.key) but {} is {country}'s policy",
+            path.display()
+        )));
+    }
+    let bytes = std::fs::read(path)
+        .map_err(|e| SigningError::Io(format!("cannot read {}: {e}", path.display())))?;
+    let text = std::str::from_utf8(&bytes)
+        .map_err(|_| SigningError::Signature(format!("{} is not UTF-8 text", path.display())))?;
+    check(&country, text).map_err(|why| {
+        SigningError::Signature(format!(
+            "{} is not a valid policy of {country}, so it is not signed: {why}",
+            path.display()
+        ))
+    })?;
+    let sig_path = signature_path(path);
+    std::fs::write(&sig_path, sign(key, &country, &bytes))
+        .map_err(|e| SigningError::Io(format!("cannot write {}: {e}", sig_path.display())))?;
+    Ok(sig_path)
+}
+
+/// Verifies the policy file at `path` (named `<CC>.toml`) against `keys`; returns its country.
+pub fn verify_file(keys: &TrustedKeys, path: &Path) -> Result<String, SigningError> {
+    let Some(country) = crate::load::country_of(path) else {
+        return Err(SigningError::Signature(format!(
+            "{} is not named after its country (`<CC>.toml`), so no country's key applies",
+            path.display()
+        )));
+    };
+    let bytes = std::fs::read(path)
+        .map_err(|e| SigningError::Io(format!("cannot read {}: {e}", path.display())))?;
+    keys.check(&country, path, &bytes)?;
+    Ok(country)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -263,5 +394,69 @@ mod tests {
         std::fs::write(dir.path().join("o.pub"), &other_public).unwrap();
         let other_public = load_public_key(&dir.path().join("o.pub")).unwrap();
         assert!(verify(&other_public, "DE", policy, &sig).is_err());
+    }
+
+    #[test]
+    fn key_pairs_are_private_and_never_overwritten() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let keys = dir.path().join("keys");
+        let (private, public) = write_key_pair(&keys, "DE").unwrap();
+        assert_eq!(private, keys.join("DE.key"));
+        let mode = std::fs::metadata(&private).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        load_private_key(&private).unwrap();
+        load_public_key(&public).unwrap();
+        let before = std::fs::read(&private).unwrap();
+        let again = write_key_pair(&keys, "DE").unwrap_err();
+        assert!(again.to_string().contains("already exists"), "{again}");
+        assert_eq!(std::fs::read(&private).unwrap(), before);
+        // Only the public half left behind: still refused, and no private key is made.
+        std::fs::write(keys.join("FR.pub"), "x").unwrap();
+        assert!(write_key_pair(&keys, "FR").is_err());
+        assert!(!keys.join("FR.key").exists());
+        assert!(write_key_pair(&keys, "de").is_err());
+        assert_eq!(country_of_key(&private).as_deref(), Some("DE"));
+        assert_eq!(country_of_key(Path::new("k.pem")), None);
+    }
+
+    #[test]
+    fn signing_files_refuses_what_cannot_be_a_countrys_policy() {
+        let dir = tempfile::tempdir().unwrap();
+        let (private, _) = write_key_pair(dir.path(), "DE").unwrap();
+        let key = load_private_key(&private).unwrap();
+        let policy = dir.path().join("DE.toml");
+        std::fs::write(&policy, "schema_version = 1\n[policy]\ncountry = \"DE\"\n").unwrap();
+        let sig = sign_file(&key, Some("DE"), &policy, looks_like_policy_of).unwrap();
+        assert_eq!(sig, dir.path().join("DE.toml.sig"));
+        let keys = TrustedKeys::load(dir.path()).unwrap();
+        assert_eq!(verify_file(&keys, &policy).unwrap(), "DE");
+
+        let draft = dir.path().join("DE-draft.toml");
+        std::fs::copy(&policy, &draft).unwrap();
+        let e = sign_file(&key, None, &draft, looks_like_policy_of).unwrap_err();
+        assert!(e.to_string().contains("not named after its country"), "{e}");
+        let fr = dir.path().join("FR.toml");
+        std::fs::copy(&policy, &fr).unwrap();
+        let e = sign_file(&key, Some("DE"), &fr, looks_like_policy_of).unwrap_err();
+        assert!(e.to_string().contains("the key is DE's"), "{e}");
+        let e = sign_file(&key, None, &fr, looks_like_policy_of).unwrap_err();
+        assert!(e.to_string().contains("country is `DE`"), "{e}");
+        assert!(!signature_path(&fr).exists());
+        std::fs::write(&fr, "[policy\n").unwrap();
+        let e = sign_file(&key, None, &fr, looks_like_policy_of).unwrap_err();
+        assert!(e.to_string().contains("not valid TOML"), "{e}");
+
+        // Changed after signing: verification names it.
+        std::fs::write(
+            &policy,
+            "schema_version = 1\n[policy]\ncountry = \"DE\"\n# x\n",
+        )
+        .unwrap();
+        let e = verify_file(&keys, &policy).unwrap_err();
+        assert!(e.to_string().contains("changed after it was signed"), "{e}");
+        std::fs::remove_file(signature_path(&policy)).unwrap();
+        let e = verify_file(&keys, &policy).unwrap_err();
+        assert!(e.to_string().contains("unsigned"), "{e}");
     }
 }

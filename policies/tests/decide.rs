@@ -227,6 +227,7 @@ fn coordinator_jurisdictions() {
 }
 
 #[test]
+#[allow(clippy::excessive_precision)] // the over-long literal is deliberate
 fn exact_decimal_budgets() {
     // 0.1 + 0.2 == 0.3 exactly: a budget of 0.3 admits it, although 0.1 + 0.2 > 0.3 in binary.
     let de = eu_allow("DE").replace("max_epsilon_total = 8.0", "max_epsilon_total = 0.3");
@@ -593,7 +594,7 @@ fn brute_force(
 const CODES: [&str; 7] = ["AT", "BE", "CH", "DE", "FR", "NL", "PL"];
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(400))]
+    #![proptest_config(ProptestConfig::with_cases(1000))]
 
     /// Random small federations: the admitted set is the brute-force optimum (nothing lawful
     /// left out, nothing unlawful let in), and every survivor left out has a phase-2 reason
@@ -709,4 +710,53 @@ fn thirty_countries_are_decided() {
     // Dropping QA (2 agencies) beats dropping QB and QC (4).
     assert_eq!(d.admitted.len(), 58);
     assert_eq!(reasons(&d, "QA-1"), [Reason::RecipientDenied]);
+}
+
+#[test]
+fn sixty_four_countries_in_disjoint_deny_pairs_are_decided_exactly() {
+    // 32 pairs of countries that deny each other: 2^32 maximal sets accept one another, all of
+    // the same size. The search must still find the one with the earliest countries at once.
+    let codes: Vec<String> = (0..64)
+        .map(|i| format!("{}{}", (b'Q' + i / 26) as char, (b'A' + i % 26) as char))
+        .collect();
+    let registry_text = format!(
+        "registry_version = \"r\"\ncountries = {codes:?}\n\n[purposes]\nnarcotics = \"n\"\n\n[groups.ALL]\nmembers = {codes:?}\n"
+    );
+    let registry = treaty_policies::registry::Registry::parse("r.toml", &registry_text).unwrap();
+    let mut policies = BTreeMap::new();
+    for (i, c) in codes.iter().enumerate() {
+        let partner = &codes[i ^ 1];
+        let rules =
+            allow(&format!("{c}-ALL"), &["ALL"]) + &deny(&format!("{c}-D"), &[partner.as_str()]);
+        let text = policy_text(c, "", &rules).replace(
+            "allowed_jurisdictions = [\"EU\"]",
+            "allowed_jurisdictions = [\"ALL\"]",
+        );
+        let p = Policy::parse("x", &text, &registry, Some(c)).unwrap();
+        policies.insert(c.clone(), Loaded::Valid(Box::new(p)));
+    }
+    // Odd countries first in the request: they win the ties.
+    let mut order: Vec<usize> = (0..64).filter(|i| i % 2 == 1).collect();
+    order.extend((0..64).filter(|i| i % 2 == 0));
+    let names: Vec<String> = order.iter().map(|&i| format!("{}-1", codes[i])).collect();
+    let refs: Vec<(&str, &str, f64)> = order
+        .iter()
+        .zip(&names)
+        .map(|(&i, n)| (n.as_str(), codes[i].as_str(), 0.0))
+        .collect();
+    let mut r = request(&refs);
+    r.coordinator_country = codes[0].clone();
+    r.fields.clear();
+    let d = decide(&registry, &policies, &r).unwrap();
+    let expected: Vec<String> = (0..64)
+        .filter(|i| i % 2 == 1)
+        .map(|i| format!("{}-1", codes[i]))
+        .collect();
+    assert_eq!(d.admitted, expected);
+    for e in &d.excluded {
+        assert_eq!(
+            e.all_reasons,
+            [Reason::RecipientDenied, Reason::RejectedByParticipant]
+        );
+    }
 }

@@ -10,5 +10,6 @@ mod demo;
 mod dp;
 mod identity;
 mod learning;
+mod policy;
 mod privacy;
 mod rounds;

@@ -253,7 +253,8 @@ fn job_problems(spec: &mut JobSpec, members: usize) -> Vec<String> {
         }
         None => problems.push("the job has no kind; give `training` or `query`".into()),
     }
-    if spec.kind.is_some()
+    // The sharing terms rest on the rest of the spec: judged once that is sound.
+    if problems.is_empty()
         && let Err(e) = crate::policy::sharing(spec)
     {
         problems.push(e);

@@ -2,6 +2,7 @@
 //! the same parser as real files.
 
 #![allow(dead_code)]
+#![allow(clippy::expect_used)] // test helpers, as in #[test] functions
 
 use std::collections::BTreeMap;
 
