@@ -91,6 +91,18 @@ pub fn sharing(spec: &JobSpec) -> Result<Sharing, String> {
     })
 }
 
+/// What an agency has spent, as its node reported it, for the engine. A node that has not
+/// reported yet has spent nothing the coordinator knows of (its own check uses its ledger); a
+/// report that is not a finite, non-negative number (a ledger holding a release without DP
+/// reports infinity) counts as a spent budget rather than making the round undecidable.
+fn reported_spending(report: Option<f64>) -> f64 {
+    match report {
+        None => 0.0,
+        Some(e) if e.is_finite() && e >= 0.0 => e,
+        Some(_) => f64::MAX,
+    }
+}
+
 /// One round's decision, with the terms the admitted nodes receive.
 #[derive(Debug)]
 pub struct RoundDecision {
@@ -125,12 +137,13 @@ pub fn decide_round(
         .map(|agency| Participant {
             agency: agency.clone(),
             country: ctx.sessions.country(agency).unwrap_or_default(),
-            cumulative_epsilon: ctx
-                .privacy
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .get(agency)
-                .map_or(0.0, |r| r.spent_epsilon),
+            cumulative_epsilon: reported_spending(
+                ctx.privacy
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .get(agency)
+                    .map(|r| r.spent_epsilon),
+            ),
         })
         .collect();
     let request = Request {
@@ -245,6 +258,18 @@ pub fn decide_round(
 mod tests {
     use super::*;
     use treaty_proto::v1::{PrivacySpec, QuerySpec, SharingSpec, TrainingSpec};
+
+    #[test]
+    fn odd_reports_count_as_spent_budgets() {
+        assert_eq!(reported_spending(None), 0.0);
+        assert_eq!(reported_spending(Some(1.5)), 1.5);
+        for bad in [f64::NAN, f64::INFINITY, -1.0] {
+            let e = reported_spending(Some(bad));
+            // The engine takes it (finite) and no policy's total can admit it.
+            assert!(treaty_policies::decimal::Decimal::from_f64(e).is_some());
+            assert!(e > 1e300);
+        }
+    }
 
     #[test]
     fn a_calibrated_job_claims_its_target_and_a_given_noise_must_declare() {
