@@ -68,6 +68,9 @@ pub enum LedgerRefusal {
     NotPrivate,
     #[error("the ledger cannot be written, so nothing is released: {0}")]
     Store(String),
+    /// The caller's own admission check (the agency's sharing policy) refused the release.
+    #[error("{}: {}", .0.code, .0.message)]
+    Refused(crate::work::Refusal),
 }
 
 /// The ledger.
@@ -143,6 +146,17 @@ impl Ledger {
     /// Checks that the release fits the budget and records it durably. Only then may the node
     /// compute and send it.
     pub fn record(&self, entry: &Entry) -> Result<Spent, LedgerRefusal> {
+        self.record_if(entry, |_| Ok(()))
+    }
+
+    /// As [`Ledger::record`], after `admit` has accepted the release given what the agency
+    /// has spent before it. `admit` runs under the ledger's lock, so what it judged is still
+    /// true when the release is written.
+    pub fn record_if(
+        &self,
+        entry: &Entry,
+        admit: impl FnOnce(&Spent) -> Result<(), crate::work::Refusal>,
+    ) -> Result<Spent, LedgerRefusal> {
         let _guard = self.write.lock().unwrap_or_else(|e| e.into_inner());
         let store = |e: NodeError| LedgerRefusal::Store(e.to_string());
         let entries = self.entries().map_err(store)?;
@@ -150,6 +164,7 @@ impl Ledger {
         if entry.releases.is_none() {
             return Err(LedgerRefusal::NotPrivate);
         }
+        admit(&before).map_err(LedgerRefusal::Refused)?;
         let after = self
             .cost(&entries, Some(entry.releases.clone()))
             .map_err(store)?;
@@ -245,6 +260,30 @@ mod tests {
             (report.epsilon_after_next_round - four).abs() < 1e-12
                 && report.max_epsilon == budget.max_epsilon
         );
+    }
+
+    #[test]
+    fn an_admission_check_sees_the_spending_before_and_a_refusal_records_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let ledger = Ledger::open(dir.path(), None).unwrap();
+        let laplace = |epsilon| Some(Release::Laplace { epsilon });
+        ledger.record(&entry(1, laplace(0.5))).unwrap();
+        let mut seen = None;
+        ledger
+            .record_if(&entry(2, laplace(0.25)), |before| {
+                seen = Some(before.epsilon);
+                Ok(())
+            })
+            .unwrap();
+        // Pure-DP Laplace releases compose by addition: 0.5 before the second one.
+        assert!((seen.unwrap() - 0.5).abs() < 1e-9, "{seen:?}");
+        let refused = ledger.record_if(&entry(3, laplace(0.25)), |_| {
+            Err(crate::work::Refusal::new("PURPOSE_NOT_ALLOWED", "no"))
+        });
+        assert!(
+            matches!(refused, Err(LedgerRefusal::Refused(r)) if r.code == "PURPOSE_NOT_ALLOWED")
+        );
+        assert_eq!(ledger.entries().unwrap().len(), 2);
     }
 
     #[test]

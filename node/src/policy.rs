@@ -2,7 +2,7 @@
 //! relies on the coordinator's decision: before it records a release or reads a record, it
 //! re-reads the registry and its own country's policy (a new version applies from the next
 //! task, without a restart), checks the round's terms against them with its own ledger's
-//! spending, checks that the task spends no more than the terms say, and refuses with the
+//! spending (under the ledger's lock, so two tasks cannot both fit the policy's last budget), checks that the task spends no more than the terms say, and refuses with the
 //! spec's reason code otherwise.
 
 use treaty_policies::date::Date;
@@ -11,7 +11,6 @@ use treaty_policies::load::PolicyFiles;
 use treaty_policies::privacy;
 use treaty_proto::v1::Task;
 
-use crate::ledger::Ledger;
 use crate::work::{Plan, Refusal};
 
 /// The agency, its country and where its policy is.
@@ -23,8 +22,9 @@ pub struct NodePolicy {
 }
 
 impl NodePolicy {
-    /// Judges `task`, planned as `plan`, against the agency's own policy and ledger.
-    pub fn check(&self, task: &Task, ledger: &Ledger, plan: &Plan) -> Result<(), Refusal> {
+    /// Judges `task`, planned as `plan`, against the agency's own policy, the agency having
+    /// spent `cumulative` epsilon by its ledger (the node calls this under the ledger's lock).
+    pub fn check(&self, task: &Task, plan: &Plan, cumulative: f64) -> Result<(), Refusal> {
         let Some(terms) = &task.terms else {
             return Err(Refusal::new(
                 "POLICY_TERMS_MISSING",
@@ -60,10 +60,6 @@ impl NodePolicy {
                 ));
             }
         }
-        let cumulative = ledger
-            .spent()
-            .map_err(|e| Refusal::new("LEDGER_ERROR", e.to_string()))?
-            .epsilon;
         let mut participants: Vec<Participant> = terms
             .participants
             .iter()

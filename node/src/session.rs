@@ -213,10 +213,6 @@ async fn carry_out(
         Ok(plan) => plan,
         Err(refusal) => return refuse(refusal).await,
     };
-    // The agency's own policy and ledger judge the task, whatever the coordinator decided.
-    if let Err(refusal) = node.policy.check(&task, &node.ledger, &plan) {
-        return refuse(refusal).await;
-    }
     let entry = Entry {
         time_unix_ms: now_ms(),
         task_id: task_id.clone(),
@@ -231,7 +227,11 @@ async fn carry_out(
         recipient,
         releases: Some(plan.releases.clone()),
     };
-    match node.ledger.record(&entry) {
+    // The agency's own policy judges the task with the ledger's spending, whatever the
+    // coordinator decided, under the ledger's lock; only then is the release recorded.
+    match node.ledger.record_if(&entry, |before| {
+        node.policy.check(&task, &plan, before.epsilon)
+    }) {
         Ok(spent) => tracing::info!(
             task = task_id,
             epsilon = spent.epsilon,
@@ -241,6 +241,7 @@ async fn carry_out(
         ),
         Err(refusal) => {
             let code = match refusal {
+                LedgerRefusal::Refused(refusal) => return refuse(refusal).await,
                 LedgerRefusal::BudgetExhausted { .. } => "BUDGET_EXHAUSTED",
                 LedgerRefusal::NotPrivate => "DP_REQUIRED",
                 LedgerRefusal::Store(_) => "LEDGER_ERROR",
