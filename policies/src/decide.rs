@@ -88,6 +88,36 @@ pub enum Reason {
 }
 
 impl Reason {
+    /// Every reason, in the spec's order (which is also the enum's `Ord`).
+    pub const ALL: [Reason; 21] = [
+        Reason::PolicyMissing,
+        Reason::PolicyParseError,
+        Reason::PolicySchemaError,
+        Reason::PolicySignatureInvalid,
+        Reason::PolicyNotYetValid,
+        Reason::PolicyExpired,
+        Reason::PurposeNotAllowed,
+        Reason::CoordinatorDenied,
+        Reason::CoordinatorNotAllowed,
+        Reason::FieldExcluded,
+        Reason::EpsilonPerRoundExceeded,
+        Reason::DeltaExceeded,
+        Reason::BudgetExhausted,
+        Reason::RetentionExceeded,
+        Reason::OnwardTransferNotAllowed,
+        Reason::RecipientDenied,
+        Reason::RecipientNotAllowed,
+        Reason::RejectedByParticipant,
+        Reason::MinParticipantsUnmet,
+        Reason::MinCountriesUnmet,
+        Reason::NoFeasibleRound,
+    ];
+
+    /// The reason with this code (`BUDGET_EXHAUSTED`), if there is one.
+    pub fn from_code(code: &str) -> Option<Reason> {
+        serde_json::from_value(Value::String(code.to_string())).ok()
+    }
+
     pub fn code(self) -> String {
         match serde_json::to_value(self) {
             Ok(Value::String(s)) => s,
@@ -455,10 +485,6 @@ fn rule_word(n: usize) -> &'static str {
 /// `takes part` or `take part`, after a list of `n` countries.
 fn take_part(n: usize) -> &'static str {
     if n == 1 { "takes part" } else { "take part" }
-}
-
-fn ids(policy: &Policy, rules: &[usize]) -> Vec<String> {
-    rules.iter().map(|&i| policy.rules[i].id.clone()).collect()
 }
 
 fn phase1(
@@ -835,7 +861,8 @@ impl<'p> Graph<'p> {
             let total = self.agencies_in(b);
             let count = u64::from(b.count_ones());
             let group = names(&members(b).collect::<Vec<_>>());
-            self.minimum_findings(policy, total, count, &group, &mut out);
+            let round = format!("the largest round {c} could join");
+            out.extend(minimum_findings(policy, total, count, &group, &round));
             if out.is_empty() {
                 out.push(Finding {
                     reason: Reason::NoFeasibleRound,
@@ -850,64 +877,17 @@ impl<'p> Graph<'p> {
             return out;
         };
         let in_round: Vec<usize> = members(admitted).collect();
-        let denied: Vec<usize> = in_round
+        let recipients: Vec<(&str, &Acceptance)> = in_round
             .iter()
-            .copied()
-            .filter(|&j| !self.acceptance[k][j].denies.is_empty())
+            .map(|&j| (order[j], &self.acceptance[k][j]))
             .collect();
-        if !denied.is_empty() {
-            let mut rules: Vec<usize> = denied
-                .iter()
-                .flat_map(|&j| self.acceptance[k][j].denies.clone())
-                .collect();
-            rules.sort();
-            rules.dedup();
-            let overridden: Vec<usize> = {
-                let mut a: Vec<usize> = denied
-                    .iter()
-                    .flat_map(|&j| self.acceptance[k][j].allows.clone())
-                    .collect();
-                a.sort();
-                a.dedup();
-                a
-            };
-            let facts = self.facts(registry, policy, &rules, &denied, order);
-            out.push(Finding {
-                reason: Reason::RecipientDenied,
-                detail: json!({"countries": names(&denied), "rule_ids": ids(policy, &rules)}),
-                because: format!(
-                    "{c}'s deny {} {} forbid{} sharing for {purpose} with {}, which {} in the round ({facts}){}",
-                    rule_word(rules.len()),
-                    cite(policy, &rules),
-                    if rules.len() == 1 { "s" } else { "" },
-                    names(&denied).join(", "),
-                    take_part(denied.len()),
-                    if overridden.is_empty() {
-                        String::new()
-                    } else {
-                        format!("; it overrides allow {} {}", rule_word(overridden.len()), cite(policy, &overridden))
-                    }
-                ),
-                would_change: format!("a round without {}, or {c} lifting the deny", names(&denied).join(", ")),
-            });
-        }
-        let not_allowed: Vec<usize> = in_round
-            .iter()
-            .copied()
-            .filter(|&j| self.acceptance[k][j].allows.is_empty())
-            .collect();
-        if !not_allowed.is_empty() {
-            out.push(Finding {
-                reason: Reason::RecipientNotAllowed,
-                detail: json!({"countries": names(&not_allowed)}),
-                because: format!(
-                    "{c} has no allow rule active on {date} for {purpose} that covers {}, which {} in the round",
-                    names(&not_allowed).join(", "),
-                    take_part(not_allowed.len())
-                ),
-                would_change: format!("{c} adding an allow rule for {purpose} covering {}", names(&not_allowed).join(", ")),
-            });
-        }
+        out.extend(recipient_findings(
+            registry,
+            policy,
+            &recipients,
+            purpose,
+            date,
+        ));
         let rejecting: Vec<usize> = in_round
             .iter()
             .copied()
@@ -925,8 +905,8 @@ impl<'p> Graph<'p> {
                         other.country
                     ));
                 } else {
-                    rule_ids.extend(ids(other, &a.denies));
-                    let facts = self.facts(registry, other, &a.denies, &[k], order);
+                    rule_ids.extend(other.rule_ids(&a.denies));
+                    let facts = facts(registry, other, &a.denies, &[c.as_str()], date);
                     let overridden = if a.allows.is_empty() {
                         String::new()
                     } else {
@@ -967,70 +947,141 @@ impl<'p> Graph<'p> {
         let total = self.agencies_in(admitted) + self.agencies[k];
         let count = u64::from(admitted.count_ones()) + 1;
         let with_k: Vec<String> = names(&in_round).into_iter().chain([c.clone()]).collect();
-        self.minimum_findings(policy, total, count, &with_k, &mut out);
+        let round = format!("the largest round {c} could join");
+        out.extend(minimum_findings(policy, total, count, &with_k, &round));
         out
     }
+}
 
-    fn minimum_findings(
-        &self,
-        policy: &Policy,
-        total: u64,
-        count: u64,
-        set: &[String],
-        out: &mut Vec<Finding>,
-    ) {
-        let c = &policy.country;
-        if total < policy.min_participants {
-            out.push(Finding {
-                reason: Reason::MinParticipantsUnmet,
-                detail: json!({"required": policy.min_participants, "available": total, "countries": set}),
-                because: format!(
-                    "{c}'s policy requires at least {} participating agencies, its own included; the largest round {c} could join ({}) has {total}",
-                    policy.min_participants,
-                    set.join(", ")
-                ),
-                would_change: format!("a round of at least {} agencies whose countries all accept one another", policy.min_participants),
-            });
-        }
-        if count < policy.min_distinct_countries {
-            out.push(Finding {
-                reason: Reason::MinCountriesUnmet,
-                detail: json!({"required": policy.min_distinct_countries, "available": count, "countries": set}),
-                because: format!(
-                    "{c}'s policy requires at least {} distinct countries; the largest round {c} could join ({}) has {count}",
-                    policy.min_distinct_countries,
-                    set.join(", ")
-                ),
-                would_change: format!("a round of at least {} countries that all accept one another", policy.min_distinct_countries),
-            });
-        }
+/// RECIPIENT_DENIED and RECIPIENT_NOT_ALLOWED: what `policy` says of the other countries of a
+/// round, each given with how the policy judged it.
+fn recipient_findings(
+    registry: &Registry,
+    policy: &Policy,
+    recipients: &[(&str, &Acceptance)],
+    purpose: &str,
+    date: Date,
+) -> Vec<Finding> {
+    let c = &policy.country;
+    let mut out = Vec::new();
+    let denied: Vec<&str> = recipients
+        .iter()
+        .filter(|(_, a)| !a.denies.is_empty())
+        .map(|(r, _)| *r)
+        .collect();
+    if !denied.is_empty() {
+        let sorted = |pick: fn(&Acceptance) -> &Vec<usize>| {
+            let mut rules: Vec<usize> = recipients
+                .iter()
+                .filter(|(_, a)| !a.denies.is_empty())
+                .flat_map(|(_, a)| pick(a).iter().copied())
+                .collect();
+            rules.sort();
+            rules.dedup();
+            rules
+        };
+        let rules = sorted(|a| &a.denies);
+        let overridden = sorted(|a| &a.allows);
+        let facts = facts(registry, policy, &rules, &denied, date);
+        out.push(Finding {
+            reason: Reason::RecipientDenied,
+            detail: json!({"countries": denied, "rule_ids": policy.rule_ids(&rules)}),
+            because: format!(
+                "{c}'s deny {} {} forbid{} sharing for {purpose} with {}, which {} in the round ({facts}){}",
+                rule_word(rules.len()),
+                cite(policy, &rules),
+                if rules.len() == 1 { "s" } else { "" },
+                denied.join(", "),
+                take_part(denied.len()),
+                if overridden.is_empty() {
+                    String::new()
+                } else {
+                    format!("; it overrides allow {} {}", rule_word(overridden.len()), cite(policy, &overridden))
+                }
+            ),
+            would_change: format!("a round without {}, or {c} lifting the deny", denied.join(", ")),
+        });
     }
+    let not_allowed: Vec<&str> = recipients
+        .iter()
+        .filter(|(_, a)| a.allows.is_empty())
+        .map(|(r, _)| *r)
+        .collect();
+    if !not_allowed.is_empty() {
+        out.push(Finding {
+            reason: Reason::RecipientNotAllowed,
+            detail: json!({"countries": not_allowed}),
+            because: format!(
+                "{c} has no allow rule active on {date} for {purpose} that covers {}, which {} in the round",
+                not_allowed.join(", "),
+                take_part(not_allowed.len())
+            ),
+            would_change: format!("{c} adding an allow rule for {purpose} covering {}", not_allowed.join(", ")),
+        });
+    }
+    out
+}
 
-    /// How each recipient matched the rules: "GB is in registry group EU on ...".
-    fn facts(
-        &self,
-        registry: &Registry,
-        policy: &Policy,
-        rules: &[usize],
-        recipients: &[usize],
-        order: &[&str],
-    ) -> String {
-        let mut facts = Vec::new();
-        for &j in recipients {
-            let country = order[j];
-            for &r in rules {
-                if let Some((_, m)) =
-                    policy.match_any(registry, &policy.rules[r].recipients, country, self.date)
-                {
-                    let f = m.describe(country, self.date);
-                    if !facts.contains(&f) {
-                        facts.push(f);
-                    }
+/// MIN_PARTICIPANTS_UNMET and MIN_COUNTRIES_UNMET of `policy` for `round` (how the sentence
+/// names it), which would have `total` agencies of `count` countries (`set`).
+fn minimum_findings(
+    policy: &Policy,
+    total: u64,
+    count: u64,
+    set: &[String],
+    round: &str,
+) -> Vec<Finding> {
+    let c = &policy.country;
+    let mut out = Vec::new();
+    if total < policy.min_participants {
+        out.push(Finding {
+            reason: Reason::MinParticipantsUnmet,
+            detail: json!({"required": policy.min_participants, "available": total, "countries": set}),
+            because: format!(
+                "{c}'s policy requires at least {} participating agencies, its own included; {round} ({}) has {total}",
+                policy.min_participants,
+                set.join(", ")
+            ),
+            would_change: format!("a round of at least {} agencies whose countries all accept one another", policy.min_participants),
+        });
+    }
+    if count < policy.min_distinct_countries {
+        out.push(Finding {
+            reason: Reason::MinCountriesUnmet,
+            detail: json!({"required": policy.min_distinct_countries, "available": count, "countries": set}),
+            because: format!(
+                "{c}'s policy requires at least {} distinct countries; {round} ({}) has {count}",
+                policy.min_distinct_countries,
+                set.join(", ")
+            ),
+            would_change: format!("a round of at least {} countries that all accept one another", policy.min_distinct_countries),
+        });
+    }
+    out
+}
+
+/// How each recipient matched the rules: "GB is in registry group EU on ...".
+fn facts(
+    registry: &Registry,
+    policy: &Policy,
+    rules: &[usize],
+    recipients: &[&str],
+    date: Date,
+) -> String {
+    let mut facts = Vec::new();
+    for country in recipients {
+        for &r in rules {
+            if let Some((_, m)) =
+                policy.match_any(registry, &policy.rules[r].recipients, country, date)
+            {
+                let f = m.describe(country, date);
+                if !facts.contains(&f) {
+                    facts.push(f);
                 }
             }
         }
-        facts.join("; ")
     }
+    facts.join("; ")
 }
 
 fn members(set: u64) -> impl Iterator<Item = usize> {
@@ -1128,63 +1179,28 @@ pub fn own_view(
                 countries.push(&p.country);
             }
         }
-        let mut denied = Vec::new();
-        let mut deny_rules = Vec::new();
-        let mut not_allowed = Vec::new();
-        for other in countries.iter().filter(|o| **o != c.as_str()) {
-            let a = policy.accepts(registry, other, purpose, checked.date);
-            if !a.denies.is_empty() {
-                denied.push(other.to_string());
-                deny_rules.extend(a.denies.iter().copied());
-            }
-            if a.allows.is_empty() {
-                not_allowed.push(other.to_string());
-            }
-        }
-        deny_rules.sort();
-        deny_rules.dedup();
-        if !denied.is_empty() {
-            findings.push(Finding {
-                reason: Reason::RecipientDenied,
-                detail: json!({"countries": denied, "rule_ids": ids(policy, &deny_rules)}),
-                because: format!(
-                    "{c}'s deny {} {} forbid{} sharing for {purpose} with {}, which {} in the round",
-                    rule_word(deny_rules.len()),
-                    cite(policy, &deny_rules),
-                    if deny_rules.len() == 1 { "s" } else { "" },
-                    denied.join(", "),
-                    take_part(denied.len())
-                ),
-                would_change: format!("a round without {}", denied.join(", ")),
-            });
-        }
-        if !not_allowed.is_empty() {
-            findings.push(Finding {
-                reason: Reason::RecipientNotAllowed,
-                detail: json!({"countries": not_allowed}),
-                because: format!("{c} has no allow rule active on {} for {purpose} that covers {}, which {} in the round", checked.date, not_allowed.join(", "), take_part(not_allowed.len())),
-                would_change: format!("{c} adding an allow rule for {purpose} covering {}", not_allowed.join(", ")),
-            });
-        }
-        let total = request.participants.len() as u64;
-        let count = countries.len() as u64;
+        let acceptances: Vec<(&str, Acceptance)> = countries
+            .iter()
+            .filter(|o| **o != c.as_str())
+            .map(|o| (*o, policy.accepts(registry, o, purpose, checked.date)))
+            .collect();
+        let recipients: Vec<(&str, &Acceptance)> =
+            acceptances.iter().map(|(o, a)| (*o, a)).collect();
+        findings.extend(recipient_findings(
+            registry,
+            policy,
+            &recipients,
+            purpose,
+            checked.date,
+        ));
         let set: Vec<String> = countries.iter().map(|c| c.to_string()).collect();
-        if total < policy.min_participants {
-            findings.push(Finding {
-                reason: Reason::MinParticipantsUnmet,
-                detail: json!({"required": policy.min_participants, "available": total}),
-                because: format!("{c}'s policy requires at least {} participating agencies, its own included; the round has {total} ({})", policy.min_participants, set.join(", ")),
-                would_change: format!("a round of at least {} agencies", policy.min_participants),
-            });
-        }
-        if count < policy.min_distinct_countries {
-            findings.push(Finding {
-                reason: Reason::MinCountriesUnmet,
-                detail: json!({"required": policy.min_distinct_countries, "available": count}),
-                because: format!("{c}'s policy requires at least {} distinct countries; the round has {count} ({})", policy.min_distinct_countries, set.join(", ")),
-                would_change: format!("a round of at least {} countries", policy.min_distinct_countries),
-            });
-        }
+        findings.extend(minimum_findings(
+            policy,
+            request.participants.len() as u64,
+            countries.len() as u64,
+            &set,
+            "the round",
+        ));
     }
     Ok(findings
         .into_iter()

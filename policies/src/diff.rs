@@ -92,13 +92,6 @@ pub struct PolicyDiff {
     pub notes: Vec<String>,
 }
 
-fn rule_ids(policy: &Policy, indices: &[usize]) -> Vec<String> {
-    indices
-        .iter()
-        .map(|&i| policy.rules[i].id.clone())
-        .collect()
-}
-
 /// Whether a coordinator hosted in `cc` passes phase 1 of `policy` on `date`.
 pub fn coordinator_allowed(registry: &Registry, policy: &Policy, cc: &str, date: Date) -> bool {
     policy
@@ -125,14 +118,14 @@ pub fn diff(registry: &Registry, old: &Policy, new: &Policy, date: Date) -> Poli
                 (false, true) => gains.recipients.push(PairChange {
                     country: country.clone(),
                     purpose: purpose.clone(),
-                    new_rules: rule_ids(new, &b.allows),
-                    old_rules: rule_ids(old, &a.denies),
+                    new_rules: new.rule_ids(&b.allows),
+                    old_rules: old.rule_ids(&a.denies),
                 }),
                 (true, false) => loses.recipients.push(PairChange {
                     country: country.clone(),
                     purpose: purpose.clone(),
-                    new_rules: rule_ids(new, &b.denies),
-                    old_rules: rule_ids(old, &a.allows),
+                    new_rules: new.rule_ids(&b.denies),
+                    old_rules: old.rule_ids(&a.allows),
                 }),
                 _ => {}
             }

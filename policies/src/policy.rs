@@ -183,6 +183,11 @@ impl Policy {
         })
     }
 
+    /// The ids of the rules at `indices`.
+    pub fn rule_ids(&self, indices: &[usize]) -> Vec<String> {
+        indices.iter().map(|&i| self.rules[i].id.clone()).collect()
+    }
+
     /// Indices of allow rules active on `date` that list `purpose`.
     pub fn allows_purpose(&self, purpose: &str, date: Date) -> Vec<usize> {
         (0..self.rules.len())

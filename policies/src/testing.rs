@@ -52,65 +52,6 @@ use crate::load::PolicyDir;
 use crate::registry::Registry;
 use crate::source::{Diagnostic, Reader, Source, Value, did_you_mean, parse_toml};
 
-/// Every reason code, in the spec's order (the match in `reason_index` keeps it complete).
-pub const ALL_REASONS: [Reason; 21] = [
-    Reason::PolicyMissing,
-    Reason::PolicyParseError,
-    Reason::PolicySchemaError,
-    Reason::PolicySignatureInvalid,
-    Reason::PolicyNotYetValid,
-    Reason::PolicyExpired,
-    Reason::PurposeNotAllowed,
-    Reason::CoordinatorDenied,
-    Reason::CoordinatorNotAllowed,
-    Reason::FieldExcluded,
-    Reason::EpsilonPerRoundExceeded,
-    Reason::DeltaExceeded,
-    Reason::BudgetExhausted,
-    Reason::RetentionExceeded,
-    Reason::OnwardTransferNotAllowed,
-    Reason::RecipientDenied,
-    Reason::RecipientNotAllowed,
-    Reason::RejectedByParticipant,
-    Reason::MinParticipantsUnmet,
-    Reason::MinCountriesUnmet,
-    Reason::NoFeasibleRound,
-];
-
-/// The position of a reason in [`ALL_REASONS`]. Exhaustive on purpose: a new reason code does
-/// not compile until it is listed there too.
-pub fn reason_index(reason: Reason) -> usize {
-    use Reason::*;
-    match reason {
-        PolicyMissing => 0,
-        PolicyParseError => 1,
-        PolicySchemaError => 2,
-        PolicySignatureInvalid => 3,
-        PolicyNotYetValid => 4,
-        PolicyExpired => 5,
-        PurposeNotAllowed => 6,
-        CoordinatorDenied => 7,
-        CoordinatorNotAllowed => 8,
-        FieldExcluded => 9,
-        EpsilonPerRoundExceeded => 10,
-        DeltaExceeded => 11,
-        BudgetExhausted => 12,
-        RetentionExceeded => 13,
-        OnwardTransferNotAllowed => 14,
-        RecipientDenied => 15,
-        RecipientNotAllowed => 16,
-        RejectedByParticipant => 17,
-        MinParticipantsUnmet => 18,
-        MinCountriesUnmet => 19,
-        NoFeasibleRound => 20,
-    }
-}
-
-/// The reason with this code (`BUDGET_EXHAUSTED`), if there is one.
-pub fn reason_of_code(code: &str) -> Option<Reason> {
-    ALL_REASONS.into_iter().find(|r| r.code() == code)
-}
-
 /// What a test expects of the decision; at least one part is present.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Expect {
@@ -559,12 +500,12 @@ fn read_expect(
             let Some(code) = r.string(reason, &format!("the reason of {a}")) else {
                 continue;
             };
-            match reason_of_code(&code) {
+            match Reason::from_code(&code) {
                 Some(reason) => {
                     excluded.insert(a, reason);
                 }
                 None => {
-                    let codes: Vec<String> = ALL_REASONS.iter().map(|r| r.code()).collect();
+                    let codes: Vec<String> = Reason::ALL.iter().map(|r| r.code()).collect();
                     let hint = did_you_mean(&code, codes.iter().map(String::as_str));
                     r.error_hint(
                         &reason.span(),
@@ -790,15 +731,6 @@ excluded = {}
         let single = GOOD.replace("[[test]]", "[test]");
         assert!(parse("x.tests.toml", &single, &registry()).is_err());
         assert!(parse("x.tests.toml", "", &registry()).is_err());
-    }
-
-    #[test]
-    fn every_reason_code_round_trips() {
-        for (i, r) in ALL_REASONS.iter().enumerate() {
-            assert_eq!(reason_index(*r), i);
-            assert_eq!(reason_of_code(&r.code()), Some(*r));
-        }
-        assert_eq!(reason_of_code("NOPE"), None);
     }
 
     fn exclusion(agency: &str, reasons: &[Reason]) -> crate::decide::Exclusion {

@@ -760,3 +760,94 @@ fn sixty_four_countries_in_disjoint_deny_pairs_are_decided_exactly() {
         );
     }
 }
+
+#[test]
+fn a_node_judges_a_round_by_its_own_policy_alone() {
+    use treaty_policies::decide::own_view;
+    let registry = registry();
+    let de = policy_text(
+        "DE",
+        "min_participants = 4",
+        &(allow("DE-EU", &["EU"]) + &deny("DE-NL-DENY", &["NL"])),
+    );
+    let de = Loaded::Valid(Box::new(parse(&registry, "DE", &de)));
+    let r = request(&[
+        ("DE-1", "DE", 0.0),
+        ("NL-1", "NL", 0.0),
+        ("FR-1", "FR", 0.0),
+    ]);
+    let reasons = own_view(&registry, &de, &r, "DE-1").unwrap();
+    let codes: Vec<Reason> = reasons.iter().map(|r| r.reason).collect();
+    // NL is denied (over the EU allow), and three agencies are fewer than DE's four; FR's
+    // own policy is not consulted (none is given).
+    assert_eq!(
+        codes,
+        [Reason::RecipientDenied, Reason::MinParticipantsUnmet]
+    );
+    assert!(
+        reasons[0].explanation.contains("DE-NL-DENY"),
+        "{}",
+        reasons[0].explanation
+    );
+    assert!(
+        reasons[0]
+            .explanation
+            .contains("overrides allow rule DE-EU"),
+        "{}",
+        reasons[0].explanation
+    );
+    // With the agency's own spending: phase 1 stops the round before recipients are judged.
+    let mut spent = request(&[("DE-1", "DE", 7.9), ("FR-1", "FR", 0.0)]);
+    spent.epsilon_per_round = 0.2;
+    let codes: Vec<Reason> = own_view(&registry, &de, &spent, "DE-1")
+        .unwrap()
+        .iter()
+        .map(|r| r.reason)
+        .collect();
+    assert_eq!(codes, [Reason::BudgetExhausted]);
+    // A lawful round in DE's eyes, and an agency that is not a participant.
+    let ok = request(&[
+        ("DE-1", "DE", 0.0),
+        ("DE-2", "DE", 0.0),
+        ("FR-1", "FR", 0.0),
+        ("PL-1", "PL", 0.0),
+    ]);
+    assert!(own_view(&registry, &de, &ok, "DE-1").unwrap().is_empty());
+    assert!(own_view(&registry, &de, &ok, "DE-9").is_err());
+}
+
+#[test]
+fn reason_codes_are_the_spec_names_in_the_spec_order() {
+    // Spelled out here, independently of the enum, as shared/spec/policy.md lists them
+    // (POLICY_SIGNATURE_INVALID is Treaty's, for required signatures).
+    let spec = [
+        "POLICY_MISSING",
+        "POLICY_PARSE_ERROR",
+        "POLICY_SCHEMA_ERROR",
+        "POLICY_SIGNATURE_INVALID",
+        "POLICY_NOT_YET_VALID",
+        "POLICY_EXPIRED",
+        "PURPOSE_NOT_ALLOWED",
+        "COORDINATOR_DENIED",
+        "COORDINATOR_NOT_ALLOWED",
+        "FIELD_EXCLUDED",
+        "EPSILON_PER_ROUND_EXCEEDED",
+        "DELTA_EXCEEDED",
+        "BUDGET_EXHAUSTED",
+        "RETENTION_EXCEEDED",
+        "ONWARD_TRANSFER_NOT_ALLOWED",
+        "RECIPIENT_DENIED",
+        "RECIPIENT_NOT_ALLOWED",
+        "REJECTED_BY_PARTICIPANT",
+        "MIN_PARTICIPANTS_UNMET",
+        "MIN_COUNTRIES_UNMET",
+        "NO_FEASIBLE_ROUND",
+    ];
+    let codes: Vec<String> = Reason::ALL.iter().map(|r| r.code()).collect();
+    assert_eq!(codes, spec);
+    assert!(Reason::ALL.windows(2).all(|w| w[0] < w[1]));
+    for r in Reason::ALL {
+        assert_eq!(Reason::from_code(&r.code()), Some(r));
+    }
+    assert_eq!(Reason::from_code("BUDGET_EXHAUSTE"), None);
+}
