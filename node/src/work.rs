@@ -267,9 +267,11 @@ impl Worker {
                 } else {
                     DEFAULT_EVALUATION_EPSILON
                 };
-                let scale = 1.0 / epsilon;
-                let width = evaluation_width(spec);
-                Some((scale, analytics::laplace_epsilon(scale, width, 1.0)?))
+                Some(analytics::laplace_scale_for(
+                    epsilon,
+                    evaluation_width(spec),
+                    1.0,
+                )?)
             }
             None => None,
         };
