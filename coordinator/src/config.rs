@@ -169,8 +169,9 @@ impl Validate for CoordinatorConfig {
             files.push(("tls.crl", crl.as_path()));
         }
         let mut problems = config::missing_files(files);
-        problems.extend(self.policy.files().problems("policy"));
-        if let Ok((registry, _)) = self.policy.files().registry()
+        let (policy_problems, registry) = self.policy.files().problems("policy");
+        problems.extend(policy_problems);
+        if let Some(registry) = registry
             && !registry.is_country(&self.policy.country)
         {
             problems.push(format!(

@@ -124,7 +124,7 @@ impl Validate for NodeConfig {
             files.push(("data.test", test.as_path()));
         }
         let mut problems = config::missing_files(files);
-        problems.extend(self.policy.problems("policy"));
+        problems.extend(self.policy.problems("policy").0);
         if let Some(b) = &self.privacy
             && !(b.max_epsilon.is_finite() && b.max_epsilon > 0.0 && b.delta > 0.0 && b.delta < 1.0)
         {

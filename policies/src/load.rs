@@ -155,12 +155,17 @@ impl PolicyFiles {
         Ok(PolicyDir::new(&self.dir, keys))
     }
 
-    /// Problems that make the settings unusable now (checked when a process starts).
-    pub fn problems(&self, section: &str) -> Vec<String> {
+    /// Problems that make the settings unusable now (checked when a process starts), with the
+    /// registry when it is usable (for the caller's own checks against it).
+    pub fn problems(&self, section: &str) -> (Vec<String>, Option<Registry>) {
         let mut problems = Vec::new();
-        if let Err(e) = self.registry() {
-            problems.push(format!("`{section}.registry`: {e}"));
-        }
+        let registry = match self.registry() {
+            Ok((registry, _)) => Some(registry),
+            Err(e) => {
+                problems.push(format!("`{section}.registry`: {e}"));
+                None
+            }
+        };
         if !self.dir.is_dir() {
             problems.push(format!(
                 "`{section}.dir`: {} is not a directory",
@@ -172,7 +177,7 @@ impl PolicyFiles {
         {
             problems.push(format!("`{section}.keys`: {e}"));
         }
-        problems
+        (problems, registry)
     }
 
     /// Makes the paths relative to `base` (the configuration file's directory).

@@ -86,3 +86,34 @@ fn a_node_with_an_operator_certificate_is_refused() {
         "{err}"
     );
 }
+
+#[test]
+fn bad_policy_settings_are_named_before_anything_runs() {
+    let fx = Fixture::new(&[("DE-BKA", "DE")]);
+    // A coordinator hosted in a country the registry does not know, with a broken registry
+    // for the node: each process names its problem and does not start.
+    let config = fx.coordinator_config("127.0.0.1:0");
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("country = \"NL\"", "country = \"XX\"");
+    std::fs::write(&config, text).unwrap();
+    let (ok, err) = run(&["coordinator", "--config", config.to_str().unwrap()]);
+    assert!(!ok);
+    assert!(
+        err.contains("`policy.country`: `XX` is not a country of registry test-1"),
+        "{err}"
+    );
+
+    let node = fx.node_config("DE-BKA", "DE", "127.0.0.1:1", 1);
+    std::fs::write(
+        fx.node_policies("DE-BKA").join("registry.toml"),
+        "countries = [\"DE\"\n",
+    )
+    .unwrap();
+    let (ok, err) = run(&["node", "--config", node.to_str().unwrap()]);
+    assert!(!ok);
+    assert!(
+        err.contains("`policy.registry`") && err.contains("registry.toml:"),
+        "{err}"
+    );
+}
