@@ -157,38 +157,19 @@ pub enum MatrixFormat {
     Json,
 }
 
-fn usage_error(message: impl std::fmt::Display) -> ExitCode {
-    eprintln!("error: {message}");
-    ExitCode::from(2)
-}
-
-fn load_registry(path: &Path) -> Result<Registry, ExitCode> {
-    Registry::load(path).map_err(|problems| {
-        eprintln!(
-            "error: the registry {} is unusable:\n{problems}",
-            path.display()
-        );
-        ExitCode::from(2)
-    })
-}
-
-fn load_keys(keys: Option<&Path>) -> Result<Option<TrustedKeys>, ExitCode> {
-    keys.map(TrustedKeys::load).transpose().map_err(usage_error)
-}
-
 pub fn run(command: PolicyCommand) -> ExitCode {
     match command {
         PolicyCommand::Check {
             registry,
             keys,
             files,
-        } => check(&registry, keys.as_deref(), &files),
+        } => code(check(&registry, keys.as_deref(), &files)),
         PolicyCommand::Decide {
             registry,
             policies,
             request,
             keys,
-        } => decide_cmd(&registry, &policies, &request, keys.as_deref()),
+        } => code(decide_cmd(&registry, &policies, &request, keys.as_deref())),
         PolicyCommand::Test {
             registry,
             policies,
@@ -595,14 +576,10 @@ fn verify_cmd(keys: &Path, files: &[PathBuf]) -> Code {
     })
 }
 
-fn check(registry: &Path, keys: Option<&Path>, files: &[PathBuf]) -> ExitCode {
-    let registry = match load_registry(registry) {
-        Ok(r) => r,
-        Err(code) => return code,
-    };
-    let keys = match load_keys(keys) {
-        Ok(k) => k,
-        Err(code) => return code,
+fn check(registry: &Path, keys: Option<&Path>, files: &[PathBuf]) -> Code {
+    let (registry, keys) = match (registry_or_2(registry), keys_or_2(keys)) {
+        (Ok(r), Ok(k)) => (r, k),
+        (Err(c), _) | (_, Err(c)) => return c,
     };
     let mut bad = 0;
     for file in files {
@@ -657,10 +634,10 @@ fn check(registry: &Path, keys: Option<&Path>, files: &[PathBuf]) -> ExitCode {
         }
     }
     if bad == 0 {
-        ExitCode::SUCCESS
+        0
     } else {
         eprintln!("{bad} of {} policy files are not valid", files.len());
-        ExitCode::from(1)
+        1
     }
 }
 
@@ -672,40 +649,27 @@ pub fn read_request(path: &Path) -> Result<Request, String> {
         .map_err(|e| format!("the request {} is not a valid request: {e}", path.display()))
 }
 
-fn decide_cmd(registry: &Path, policies: &Path, request: &Path, keys: Option<&Path>) -> ExitCode {
-    let registry = match load_registry(registry) {
-        Ok(r) => r,
-        Err(code) => return code,
-    };
-    let keys = match load_keys(keys) {
-        Ok(k) => k,
-        Err(code) => return code,
-    };
-    let request = match read_request(request) {
-        Ok(r) => r,
-        Err(e) => return usage_error(e),
-    };
-    if !policies.is_dir() {
-        return usage_error(format!(
-            "the policy directory {} does not exist",
-            policies.display()
-        ));
-    }
-    let dir = PolicyDir::new(policies, keys);
-    let loaded: BTreeMap<String, Loaded> = dir.load_all(
-        &registry,
-        request.participants.iter().map(|p| p.country.as_str()),
-    );
-    match decide(&registry, &loaded, &request) {
-        Ok(decision) => match serde_json::to_string_pretty(&decision) {
-            Ok(text) => {
-                println!("{text}");
-                ExitCode::SUCCESS
-            }
-            Err(e) => usage_error(e),
-        },
-        Err(e) => usage_error(e),
-    }
+fn decide_cmd(registry: &Path, policies: &Path, request: &Path, keys: Option<&Path>) -> Code {
+    attempt(|| {
+        let registry = registry_or_2(registry)?;
+        let keys = keys_or_2(keys)?;
+        let request = read_request(request).map_err(unusable)?;
+        if !policies.is_dir() {
+            return Err(unusable(format!(
+                "the policy directory {} does not exist",
+                policies.display()
+            )));
+        }
+        let dir = PolicyDir::new(policies, keys);
+        let loaded: BTreeMap<String, Loaded> = dir.load_all(
+            &registry,
+            request.participants.iter().map(|p| p.country.as_str()),
+        );
+        let decision = decide(&registry, &loaded, &request).map_err(unusable)?;
+        let text = serde_json::to_string_pretty(&decision).map_err(unusable)?;
+        println!("{text}");
+        Ok(0)
+    })
 }
 
 #[cfg(test)]
@@ -733,6 +697,32 @@ mod tests {
         let text = std::fs::read_to_string(path).unwrap();
         assert!(text.contains(from), "{from}");
         std::fs::write(path, text.replace(from, to)).unwrap();
+    }
+
+    #[test]
+    fn check_exits_0_1_2_and_decide_0_or_2() {
+        let dir = copy_sample();
+        let d = dir.path();
+        let registry = d.join("registry.toml");
+        let files: Vec<PathBuf> = ["DE", "FR", "NL", "PL", "US"]
+            .iter()
+            .map(|c| d.join(format!("{c}.toml")))
+            .collect();
+        assert_eq!(check(&registry, None, &files), 0);
+        let request = d.join("request.json");
+        assert_eq!(decide_cmd(&registry, d, &request, None), 0);
+        // A broken policy: check says 1, decide still decides (0), the country excluded.
+        edit(&d.join("FR.toml"), "max_delta", "max_detla");
+        assert_eq!(check(&registry, None, &files), 1);
+        assert_eq!(decide_cmd(&registry, d, &request, None), 0);
+        // Unusable inputs: 2.
+        assert_eq!(check(&d.join("nope.toml"), None, &files), 2);
+        assert_eq!(decide_cmd(&d.join("nope.toml"), d, &request, None), 2);
+        assert_eq!(decide_cmd(&registry, &d.join("nowhere"), &request, None), 2);
+        edit(&request, "\"narcotics\"", "\"narcotic\"");
+        assert_eq!(decide_cmd(&registry, d, &request, None), 2);
+        std::fs::write(&request, "{").unwrap();
+        assert_eq!(decide_cmd(&registry, d, &request, None), 2);
     }
 
     #[test]

@@ -492,49 +492,11 @@ impl PolicyDiff {
 mod tests {
     use super::*;
 
-    const REGISTRY: &str = r#"
-registry_version = "r1"
-countries = ["DE", "FR", "GB", "NL", "US"]
-[purposes]
-narcotics = "Narcotics"
-firearms = "Firearms"
-[fields]
-value = "ordinary"
-nationality = "personal"
-[groups.EU]
-members = ["DE", "FR", "NL"]
-"#;
-
-    fn registry() -> Registry {
-        Registry::parse("registry.toml", REGISTRY).unwrap()
-    }
+    use crate::fixtures::registry;
 
     fn policy(version: &str, extra: &str) -> Policy {
-        let text = format!(
-            r#"schema_version = 1
-[policy]
-country = "DE"
-version = "{version}"
-valid_from = 2025-01-01
-valid_until = 2026-12-31
-legal_basis = ["LED"]
-[coordinator]
-allowed_jurisdictions = ["EU"]
-[privacy]
-max_epsilon_per_round = 1.0
-max_epsilon_total = 8.0
-max_delta = 1e-5
-{extra}
-[[rule]]
-id = "DE-EU"
-effect = "allow"
-purposes = ["narcotics"]
-recipients = ["EU", "US"]
-legal_basis = "LED Art. 1(3)"
-"#
-        );
-        Policy::parse("DE.toml", &text, &registry(), Some("DE"))
-            .unwrap_or_else(|e| panic!("{:?}", e.diagnostics()))
+        let rule = "\n[[rule]]\nid = \"DE-EU\"\neffect = \"allow\"\npurposes = [\"narcotics\"]\nrecipients = [\"EU\", \"US\"]\nlegal_basis = \"LED Art. 1(3)\"\n";
+        crate::fixtures::de_policy(version, "2025-01-01", &format!("{extra}{rule}")).0
     }
 
     fn date() -> Date {

@@ -14,6 +14,9 @@ pub mod date;
 pub mod decide;
 pub mod decimal;
 pub mod diff;
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod fixtures;
 pub mod lint;
 pub mod load;
 pub mod matrix;

@@ -426,43 +426,10 @@ fn gdpr_message(whose: &str, basis: &str) -> String {
 mod tests {
     use super::*;
 
-    const REGISTRY: &str = r#"
-registry_version = "r1"
-countries = ["DE", "FR", "GB", "NL", "US"]
-[purposes]
-narcotics = "Narcotics"
-firearms = "Firearms"
-[groups.EU]
-members = ["DE", "FR", "NL"]
-[[groups.EU.dated]]
-country = "GB"
-until = 2020-01-31
-"#;
-
-    fn registry() -> Registry {
-        Registry::parse("registry.toml", REGISTRY).unwrap()
-    }
+    use crate::fixtures::{REGISTRY, registry};
 
     fn policy(rules: &str) -> (Policy, String) {
-        let text = format!(
-            r#"schema_version = 1
-[policy]
-country = "DE"
-version = "1"
-valid_from = 2019-01-01
-valid_until = 2026-12-31
-legal_basis = ["LED"]
-[coordinator]
-allowed_jurisdictions = ["EU"]
-[privacy]
-max_epsilon_per_round = 1.0
-max_epsilon_total = 8.0
-max_delta = 1e-5
-{rules}"#
-        );
-        let p = Policy::parse("DE.toml", &text, &registry(), Some("DE"))
-            .unwrap_or_else(|e| panic!("{:?}", e.diagnostics()));
-        (p, text)
+        crate::fixtures::de_policy("1", "2019-01-01", rules)
     }
 
     fn rule(id: &str, effect: &str, purposes: &str, recipients: &str, extra: &str) -> String {

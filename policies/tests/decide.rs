@@ -276,13 +276,20 @@ fn exact_decimal_budgets() {
 #[test]
 fn deny_overrides_allow_and_both_sides_are_reported() {
     // DE allows the EU (NL included) but denies NL: NL is not accepted by DE.
-    let de = policy_text(
-        "DE",
-        "",
-        &(allow("DE-EU", &["EU"]) + &deny("DE-NL-DENY", &["NL"])),
-    );
+    let policies = [
+        (
+            "DE",
+            policy_text(
+                "DE",
+                "",
+                &(allow("DE-EU", &["EU"]) + &deny("DE-NL-DENY", &["NL"])),
+            ),
+        ),
+        ("NL", eu_allow("NL")),
+        ("FR", eu_allow("FR")),
+    ];
     let d = run(
-        &[("DE", de), ("NL", eu_allow("NL")), ("FR", eu_allow("FR"))],
+        &policies,
         &request(&[
             ("DE-1", "DE", 0.0),
             ("NL-1", "NL", 0.0),
@@ -307,13 +314,8 @@ fn deny_overrides_allow_and_both_sides_are_reported() {
         de.explanation
     );
     // Seen from the other side: with DE's side larger, NL is rejected by DE.
-    let de = policy_text(
-        "DE",
-        "",
-        &(allow("DE-EU", &["EU"]) + &deny("DE-NL-DENY", &["NL"])),
-    );
     let d = run(
-        &[("DE", de), ("NL", eu_allow("NL")), ("FR", eu_allow("FR"))],
+        &policies,
         &request(&[
             ("DE-1", "DE", 0.0),
             ("DE-2", "DE", 0.0),
