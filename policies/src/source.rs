@@ -258,10 +258,8 @@ impl<'s> Reader<'s> {
     pub fn number(&mut self, value: &Value<'_>, what: &str) -> Option<(f64, Decimal)> {
         let span = value.span();
         let parsed = match value.get_ref() {
-            DeValue::Integer(i) => i64::from_str_radix(&i.as_str().replace('_', ""), i.radix())
-                .ok()
-                .map(|n| n as f64),
-            DeValue::Float(f) => f.as_str().replace('_', "").parse::<f64>().ok(),
+            DeValue::Integer(i) => whole(i).map(|n| n as f64),
+            DeValue::Float(f) => f.as_str().parse::<f64>().ok(),
             other => {
                 self.error(
                     &span,
@@ -295,19 +293,17 @@ impl<'s> Reader<'s> {
     pub fn integer(&mut self, value: &Value<'_>, what: &str, min: i64) -> Option<u64> {
         let span = value.span();
         match value.get_ref() {
-            DeValue::Integer(i) => {
-                match i64::from_str_radix(&i.as_str().replace('_', ""), i.radix()) {
-                    Ok(n) if n >= min => u64::try_from(n).ok(),
-                    Ok(n) => {
-                        self.error(&span, format!("{what} must be at least {min}, not {n}"));
-                        None
-                    }
-                    Err(_) => {
-                        self.error(&span, format!("{what} is too large"));
-                        None
-                    }
+            DeValue::Integer(i) => match whole(i) {
+                Some(n) if n >= min => u64::try_from(n).ok(),
+                Some(n) => {
+                    self.error(&span, format!("{what} must be at least {min}, not {n}"));
+                    None
                 }
-            }
+                None => {
+                    self.error(&span, format!("{what} is too large"));
+                    None
+                }
+            },
             other => {
                 self.error(
                     &span,
@@ -380,6 +376,11 @@ impl<'s> Reader<'s> {
                 .map(|v| v.into_iter().map(|(s, _)| s).collect()),
         }
     }
+}
+
+/// A TOML integer's value (toml gives its digits without separators, with their radix).
+fn whole(i: &toml::de::DeInteger<'_>) -> Option<i64> {
+    i64::from_str_radix(i.as_str(), i.radix()).ok()
 }
 
 /// How a value's type is named in messages.

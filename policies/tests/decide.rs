@@ -853,3 +853,22 @@ fn reason_codes_are_the_spec_names_in_the_spec_order() {
     }
     assert_eq!(Reason::from_code("BUDGET_EXHAUSTE"), None);
 }
+
+#[test]
+fn numbers_are_read_as_toml_writes_them() {
+    let registry = registry();
+    let text = policy_text(
+        "DE",
+        "min_participants = 0x3\nmin_distinct_countries = 1_0",
+        &allow("DE-EU", &["EU"]),
+    )
+    .replace("max_epsilon_total = 8.0", "max_epsilon_total = 1_000.5")
+    .replace("max_epsilon_per_round = 1.0", "max_epsilon_per_round = 2");
+    let p = parse(&registry, "DE", &text);
+    assert_eq!((p.min_participants, p.min_distinct_countries), (3, 10));
+    assert_eq!(p.max_epsilon_total.value, 1000.5);
+    assert_eq!(p.max_epsilon_per_round.exact.to_string(), "2");
+    let huge = policy_text("DE", "min_participants = 9223372036854775808", "");
+    let e = Policy::parse("DE.toml", &huge, &registry, Some("DE")).unwrap_err();
+    assert!(matches!(e, PolicyError::Parse(_) | PolicyError::Schema(_)));
+}
