@@ -121,7 +121,7 @@ pub async fn w1(args: W1Args) -> anyhow::Result<()> {
         for a in &agencies {
             let table = Table::open(&a.train)?;
             for (j, name) in names.iter().enumerate() {
-                columns[j].extend(table.clamped(name, f64::MIN, f64::MAX)?);
+                columns[j].extend(table.clamped_where(name, f64::MIN, f64::MAX, None)?);
             }
         }
         let bounds: Vec<(f64, f64)> = columns

@@ -147,6 +147,8 @@ async fn train(
         let kind = task::Kind::Training(TrainingTask {
             spec: Some(spec.clone()),
             model_version: job.latest_model_version.clone(),
+            // Set for each agency when the task is sent.
+            public_records: 0.0,
         });
         let check = |r: &TaskResult| check_update(&global, r);
         let collected = rounds::collect(ctx, job, round, kind, check).await?;
@@ -210,6 +212,21 @@ async fn statistics(
         )),
     };
     let collected = rounds::collect(ctx, job, 0, kind, check).await?;
+    // Each agency's public record estimate: the largest of its noisy column counts, rounded
+    // (post-processing of its DP release; nodes never use their true count).
+    job.public_records = collected
+        .results
+        .iter()
+        .map(|(agency, r)| {
+            let largest = r.tensors[0]
+                .values
+                .rows()
+                .into_iter()
+                .map(|row| row[0])
+                .fold(1.0f64, f64::max);
+            (agency.clone(), largest.round())
+        })
+        .collect();
     let mut totals = vec![[0.0f64; 3]; width];
     for (_, r) in &collected.results {
         for (total, row) in totals.iter_mut().zip(r.tensors[0].values.rows()) {

@@ -183,6 +183,17 @@ pub async fn collect(
     let mut open: HashMap<String, String> = HashMap::new(); // agency -> task id
     for agency in &invited {
         let task_id = format!("{}-r{round}-{agency}", job.job_id);
+        // A training task carries the receiving agency's own public record estimate alone
+        // (one that missed the statistics round gets the federation's median estimate: any
+        // public figure keeps its node's release DP, this one keeps its sampling sensible).
+        let mut kind = kind.clone();
+        if let task::Kind::Training(t) = &mut kind {
+            t.public_records = job
+                .public_records
+                .get(agency)
+                .copied()
+                .unwrap_or_else(|| median(job.public_records.values().copied()));
+        }
         let message = CoordinatorMessage {
             kind: Some(coordinator_message::Kind::Task(Task {
                 task_id: task_id.clone(),
@@ -190,7 +201,7 @@ pub async fn collect(
                 federation: job.federation.clone(),
                 round,
                 deadline_unix_ms: deadline_ms,
-                kind: Some(kind.clone()),
+                kind: Some(kind),
                 terms: Some(decided.terms.clone()),
             })),
         };
@@ -323,6 +334,17 @@ pub async fn collect(
         ..Default::default()
     };
     Ok(Collected { summary, results })
+}
+
+/// The median of some figures; 0 for none.
+fn median(values: impl Iterator<Item = f64>) -> f64 {
+    let mut v: Vec<f64> = values.filter(|x| x.is_finite()).collect();
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
 }
 
 /// Records a result that cannot be used: logged and audited with the agency's identity, reported

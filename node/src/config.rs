@@ -16,6 +16,7 @@
 //! [data]
 //! train = "data/train.csv"                 # CSV with a header row
 //! test = "data/test.csv"                   # optional: evaluation split
+//! public_records = 80000                   # optional: a record count the agency makes public
 //!
 //! [privacy]                                # optional: the agency's budget, over every job
 //! max_epsilon = 8.0
@@ -79,6 +80,13 @@ pub struct DataFiles {
     /// Evaluation records, same columns; optional.
     #[serde(default)]
     pub test: Option<PathBuf>,
+    /// Optional: a number of training records the agency is content to make public (rounded,
+    /// say). Nodes never use their true number of records for anything they release; with this
+    /// figure, a training job without a sampling rate samples `batch_size / public_records`, and
+    /// noisy gradient sums are divided by the expected batch it implies. Without it, the node
+    /// uses the coordinator's estimate from the job's statistics round (a noisy count).
+    #[serde(default)]
+    pub public_records: Option<u64>,
 }
 
 fn default_initial() -> u64 {

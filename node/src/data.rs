@@ -1,16 +1,22 @@
 //! The agency's records: any CSV with a header row, read once at start-up into columns, then
 //! encoded for each job by the federation's feature schema.
 //!
-//! Every cell is kept as a number (NaN when empty or not a number), whether it was empty, and,
-//! while a column has at most [`MAX_DISTINCT`] distinct texts, its text (for categorical
-//! columns). Encoding checks every cell the schema reads; a missing column, a cell that is not a
-//! number, an empty cell the schema rejects or an unknown label value is an error naming the
-//! file, the line (the header is line 1) and the column.
+//! Every cell is kept as a number (NaN when empty or not a number), a 64-bit hash of its text
+//! (for categorical columns, labels and `where` filters, whatever the number of distinct
+//! texts), and flags (empty; a boolean word). Nothing about a cell is kept as text.
+//!
+//! Two encodings. The node's DP computations use [`Table::encode_private`]: a record with a
+//! cell the schema cannot read (not a number, an empty cell the schema rejects, a boolean or a
+//! label that is not one, a negative value under `log1p`) is dropped by that fixed rule, and
+//! nothing about it leaves the node (the node's own log says which lines, for the agency's
+//! staff). Only a column missing from the header — public, as the node declares its columns
+//! in `Hello` — is an error there. Local tools (`treaty model explain`, the demo) use
+//! [`Table::encode`], where the first such cell is an error naming the line and the column.
 
-use std::collections::HashMap;
+use std::hash::{DefaultHasher, Hash, Hasher};
 use std::path::{Path, PathBuf};
 
-use ndarray::{Array1, Array2};
+use ndarray::{Array1, Array2, Axis};
 use treaty_proto::schema;
 use treaty_proto::v1::{
     ColumnKind, ColumnSpec, ColumnStats, FeatureSchema, LabelKind, MissingRule, Transform,
@@ -18,18 +24,17 @@ use treaty_proto::v1::{
 
 use crate::error::DataError;
 
-/// The most distinct texts a column keeps; a column with more cannot be categorical.
-pub const MAX_DISTINCT: usize = 1024;
+/// A cell's flags.
+const EMPTY: u8 = 1;
+const TRUE_WORD: u8 = 2;
+const FALSE_WORD: u8 = 4;
 
 /// One column of a table.
 #[derive(Debug, Clone)]
 struct Column {
     numbers: Vec<f64>,
-    empty: Vec<bool>,
-    /// The first few non-empty cells that are not numbers: (row index, text).
-    not_numbers: Vec<(usize, String)>,
-    /// Texts while there are at most MAX_DISTINCT of them: the vocabulary and each row's id.
-    texts: Option<(Vec<String>, Vec<u32>)>,
+    hashes: Vec<u64>,
+    flags: Vec<u8>,
 }
 
 /// A CSV file, read into columns.
@@ -59,8 +64,73 @@ impl Examples {
     }
 }
 
+/// The records a private encoding dropped, for the node's own log: how many, and the first
+/// few problems (line and column, never a cell's content).
+#[derive(Debug, Default, PartialEq)]
+pub struct Dropped {
+    pub records: usize,
+    pub first: Vec<DataError>,
+}
+
+/// How many dropped records' problems [`Dropped`] keeps.
+const DROPPED_SHOWN: usize = 5;
+
+/// The most an encoded feature may be in magnitude: a standardised value beyond it (a column
+/// standardised with a tiny standard deviation) is clamped, so that no record's features, and
+/// so no gradient, can overflow.
+pub const MAX_FEATURE: f64 = 1e6;
+
 fn parse_number(cell: &str) -> Option<f64> {
     cell.parse::<f64>().ok().filter(|v| v.is_finite())
+}
+
+/// The hash a cell's text is kept as.
+fn text_hash(text: &str) -> u64 {
+    let mut h = DefaultHasher::new();
+    text.hash(&mut h);
+    h.finish()
+}
+
+fn parse_bool(text: &str) -> Option<bool> {
+    match text.to_ascii_lowercase().as_str() {
+        "1" | "true" | "yes" | "y" | "t" => Some(true),
+        "0" | "false" | "no" | "n" | "f" => Some(false),
+        _ => None,
+    }
+}
+
+/// A numeric cell after its missing rule, clamping and transform.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Cell {
+    Value(f64),
+    /// Missing, to be imputed by the column's mean.
+    Impute,
+    /// Unreadable by the schema: the record is dropped (or, in a strict encoding, an error).
+    Bad,
+}
+
+/// The rows an encoding could not read, and the first few problems.
+struct Problems {
+    bad: Vec<bool>,
+    first: Vec<DataError>,
+}
+
+impl Problems {
+    fn new(rows: usize) -> Self {
+        Problems {
+            bad: vec![false; rows],
+            first: Vec::new(),
+        }
+    }
+
+    fn mark(&mut self, row: usize, error: impl FnOnce() -> DataError) {
+        if !self.bad[row] {
+            self.bad[row] = true;
+            if self.first.len() < DROPPED_SHOWN {
+                self.first.push(error());
+            }
+        }
+    }
 }
 
 impl Table {
@@ -90,12 +160,10 @@ impl Table {
             .iter()
             .map(|_| Column {
                 numbers: Vec::new(),
-                empty: Vec::new(),
-                not_numbers: Vec::new(),
-                texts: Some((Vec::new(), Vec::new())),
+                hashes: Vec::new(),
+                flags: Vec::new(),
             })
             .collect();
-        let mut dicts: Vec<HashMap<String, u32>> = columns.iter().map(|_| HashMap::new()).collect();
         let mut lines = Vec::new();
         let mut record = csv::StringRecord::new();
         loop {
@@ -116,25 +184,15 @@ impl Table {
                     .map(|p| p.line())
                     .unwrap_or(row as u64 + 2),
             );
-            for ((cell, column), dict) in record.iter().zip(data.iter_mut()).zip(dicts.iter_mut()) {
-                let number = parse_number(cell);
-                column.numbers.push(number.unwrap_or(f64::NAN));
-                column.empty.push(cell.is_empty());
-                if number.is_none() && !cell.is_empty() && column.not_numbers.len() < 8 {
-                    column.not_numbers.push((row, cell.to_owned()));
-                }
-                if let Some((vocabulary, ids)) = column.texts.as_mut() {
-                    let next = vocabulary.len() as u32;
-                    let id = *dict.entry(cell.to_owned()).or_insert_with(|| {
-                        vocabulary.push(cell.to_owned());
-                        next
-                    });
-                    ids.push(id);
-                    if vocabulary.len() > MAX_DISTINCT {
-                        column.texts = None;
-                        dict.clear();
-                    }
-                }
+            for (cell, column) in record.iter().zip(data.iter_mut()) {
+                column.numbers.push(parse_number(cell).unwrap_or(f64::NAN));
+                column.hashes.push(text_hash(cell));
+                column.flags.push(match parse_bool(cell) {
+                    _ if cell.is_empty() => EMPTY,
+                    Some(true) => TRUE_WORD,
+                    Some(false) => FALSE_WORD,
+                    None => 0,
+                });
             }
         }
         if lines.is_empty() {
@@ -171,111 +229,135 @@ impl Table {
             })
     }
 
-    fn text<'a>(&self, column: &'a Column, row: usize) -> Option<&'a str> {
-        column
-            .texts
-            .as_ref()
-            .and_then(|(vocabulary, ids)| vocabulary.get(ids[row] as usize))
-            .map(String::as_str)
-    }
-
-    fn not_a_number(&self, name: &str, column: &Column, row: usize) -> DataError {
-        let value = column
-            .not_numbers
-            .iter()
-            .find(|(r, _)| *r == row)
-            .map(|(_, t)| t.clone())
-            .or_else(|| self.text(column, row).map(str::to_owned))
-            .unwrap_or_default();
-        DataError::NotNumeric {
+    /// A cell problem, naming the file, the line and the column.
+    fn problem(&self, row: usize, column: &str, problem: &str) -> DataError {
+        DataError::Cell {
             path: self.path.clone(),
             row: self.lines[row],
-            column: name.to_owned(),
-            value,
+            column: column.to_owned(),
+            problem: problem.to_owned(),
         }
     }
 
-    fn missing(&self, name: &str, row: usize) -> DataError {
-        DataError::MissingValue {
-            path: self.path.clone(),
-            row: self.lines[row],
-            column: name.to_owned(),
-        }
-    }
-
-    /// The values of a numeric column after its missing rule, clamping and transform (before
-    /// standardisation); `None` marks a missing value to be imputed with the mean.
-    fn numeric_values(&self, spec: &ColumnSpec) -> Result<Vec<Option<f64>>, DataError> {
+    /// The cells of a numeric column after its missing rule, clamping and transform (before
+    /// standardisation).
+    fn numeric_cells(
+        &self,
+        spec: &ColumnSpec,
+        problems: Option<&mut Problems>,
+    ) -> Result<Vec<Cell>, DataError> {
         let column = self.column(&spec.name)?;
         let rule = MissingRule::try_from(spec.missing).unwrap_or(MissingRule::Reject);
         let log1p = spec.transform == Transform::Log1p as i32;
+        let mut problems = problems;
         let mut out = Vec::with_capacity(self.len());
         for row in 0..self.len() {
-            let raw = if column.empty[row] {
+            let mut bad = |what: &str| {
+                if let Some(p) = problems.as_deref_mut() {
+                    p.mark(row, || self.problem(row, &spec.name, what));
+                }
+                Cell::Bad
+            };
+            let raw = if column.flags[row] & EMPTY != 0 {
                 match rule {
-                    MissingRule::Mean => {
-                        out.push(None);
-                        continue;
-                    }
-                    MissingRule::Zero => 0.0,
-                    _ => return Err(self.missing(&spec.name, row)),
+                    MissingRule::Mean => Cell::Impute,
+                    MissingRule::Zero => Cell::Value(0.0),
+                    _ => bad("the cell is empty and the schema rejects missing values there"),
                 }
+            } else if column.numbers[row].is_nan() {
+                bad("the cell is not a number")
             } else {
-                let v = column.numbers[row];
-                if v.is_nan() {
-                    return Err(self.not_a_number(&spec.name, column, row));
-                }
-                v
+                Cell::Value(column.numbers[row])
             };
-            let mut v = match (spec.lower, spec.upper) {
-                (Some(lo), Some(hi)) => raw.clamp(lo, hi),
-                _ => raw,
-            };
-            if log1p {
-                if v < 0.0 {
-                    return Err(DataError::BadValue {
-                        path: self.path.clone(),
-                        row: self.lines[row],
-                        column: spec.name.clone(),
-                        message: format!("{v} is negative, but the schema takes its log1p"),
-                    });
+            out.push(match raw {
+                Cell::Value(raw) => {
+                    let v = match (spec.lower, spec.upper) {
+                        (Some(lo), Some(hi)) => raw.clamp(lo, hi),
+                        _ => raw,
+                    };
+                    match log1p {
+                        false => Cell::Value(v),
+                        true if v >= 0.0 => Cell::Value(v.ln_1p()),
+                        true => bad("the value is negative, but the schema takes its log1p"),
+                    }
                 }
-                v = v.ln_1p();
-            }
-            out.push(Some(v));
+                other => other,
+            });
         }
         Ok(out)
     }
 
-    /// For each numeric column of the schema: the count of non-missing values, their sum and
-    /// their sum of squares, after clamping and transform. One row per column.
+    /// For each numeric column of the schema: the count of readable non-missing values, their
+    /// sum and their sum of squares, after clamping and transform. One row per column. A cell
+    /// the schema cannot read counts as missing.
     pub fn column_sums(&self, schema: &FeatureSchema) -> Result<Vec<[f64; 3]>, DataError> {
         schema::numeric_columns(schema)
             .into_iter()
             .map(|spec| {
-                let values = self.numeric_values(spec)?;
-                Ok(values
-                    .iter()
-                    .flatten()
-                    .fold([0.0; 3], |[n, s, q], v| [n + 1.0, s + v, q + v * v]))
+                let cells = self.numeric_cells(spec, None)?;
+                Ok(cells.iter().fold([0.0; 3], |[n, s, q], c| match c {
+                    Cell::Value(v) => [n + 1.0, s + v, q + v * v],
+                    _ => [n, s, q],
+                }))
             })
             .collect()
     }
 
     /// Encodes every record by the schema, standardising numeric columns with `stats` (one per
-    /// numeric column, in order; empty means no standardisation).
+    /// numeric column, in order; empty means no standardisation). The first cell the schema
+    /// cannot read is an error: for the agency's own tools, never for a release.
     pub fn encode(
         &self,
         schema: &FeatureSchema,
         stats: &[ColumnStats],
     ) -> Result<Examples, DataError> {
-        let names = schema::encoded_names(schema);
-        let width = names.len();
+        let (examples, mut problems) = self.encode_all(schema, stats)?;
+        match problems.first.is_empty() {
+            true => Ok(examples),
+            false => Err(problems.first.swap_remove(0)),
+        }
+    }
+
+    /// Encodes the records by the schema for a DP computation: a record with a cell the schema
+    /// cannot read is dropped (a fixed rule, whatever the record). Only a column missing from
+    /// the header is an error.
+    pub fn encode_private(
+        &self,
+        schema: &FeatureSchema,
+        stats: &[ColumnStats],
+    ) -> Result<(Examples, Dropped), DataError> {
+        let (examples, problems) = self.encode_all(schema, stats)?;
+        let kept: Vec<usize> = (0..self.len()).filter(|&r| !problems.bad[r]).collect();
+        let dropped = Dropped {
+            records: self.len() - kept.len(),
+            first: problems.first,
+        };
+        if dropped.records == 0 {
+            return Ok((examples, dropped));
+        }
+        Ok((
+            Examples {
+                x: examples.x.select(Axis(0), &kept),
+                y: examples.y.select(Axis(0), &kept),
+            },
+            dropped,
+        ))
+    }
+
+    /// Every record encoded (unreadable ones as zeros), and which could not be read.
+    fn encode_all(
+        &self,
+        schema: &FeatureSchema,
+        stats: &[ColumnStats],
+    ) -> Result<(Examples, Problems), DataError> {
+        let width = schema::encoded_names(schema).len();
         let rows = self.len();
+        let mut problems = Problems::new(rows);
         let mut x = Array2::<f64>::zeros((rows, width));
         let mut offset = 0;
         let mut numeric_index = 0;
         for spec in &schema.columns {
+            let rule = MissingRule::try_from(spec.missing).unwrap_or(MissingRule::Reject);
             match ColumnKind::try_from(spec.kind).unwrap_or(ColumnKind::Unspecified) {
                 ColumnKind::Numeric => {
                     let (mean, std) = stats
@@ -283,109 +365,113 @@ impl Table {
                         .map(|s| (s.mean, if s.std > 0.0 { s.std } else { 1.0 }))
                         .unwrap_or((0.0, 1.0));
                     numeric_index += 1;
-                    let values = self.numeric_values(spec)?;
-                    for (row, v) in values.into_iter().enumerate() {
-                        x[[row, offset]] = v.map(|v| (v - mean) / std).unwrap_or(0.0);
+                    let cells = self.numeric_cells(spec, Some(&mut problems))?;
+                    for (row, cell) in cells.into_iter().enumerate() {
+                        if let Cell::Value(v) = cell {
+                            x[[row, offset]] = ((v - mean) / std).clamp(-MAX_FEATURE, MAX_FEATURE);
+                        }
                     }
                     offset += 1;
                 }
                 ColumnKind::Categorical => {
                     let column = self.column(&spec.name)?;
-                    let rule = MissingRule::try_from(spec.missing).unwrap_or(MissingRule::Reject);
+                    let hashes: Vec<u64> = spec.values.iter().map(|v| text_hash(v)).collect();
                     let other = spec.values.len();
                     for row in 0..rows {
-                        if column.empty[row] && rule != MissingRule::Other {
-                            return Err(self.missing(&spec.name, row));
+                        if column.flags[row] & EMPTY != 0 && rule != MissingRule::Other {
+                            problems.mark(row, || {
+                                self.problem(
+                                    row,
+                                    &spec.name,
+                                    "the cell is empty and the schema rejects missing values there",
+                                )
+                            });
+                            continue;
                         }
-                        let text =
-                            self.text(column, row)
-                                .ok_or_else(|| DataError::TooManyValues {
-                                    path: self.path.clone(),
-                                    column: spec.name.clone(),
-                                    limit: MAX_DISTINCT,
-                                })?;
-                        let slot = spec.values.iter().position(|v| v == text).unwrap_or(other);
+                        let h = column.hashes[row];
+                        let slot = hashes.iter().position(|v| *v == h).unwrap_or(other);
                         x[[row, offset + slot]] = 1.0;
                     }
                     offset += other + 1;
                 }
                 ColumnKind::Boolean => {
                     let column = self.column(&spec.name)?;
-                    let rule = MissingRule::try_from(spec.missing).unwrap_or(MissingRule::Reject);
                     for row in 0..rows {
-                        let value = if column.empty[row] {
-                            if rule != MissingRule::Zero {
-                                return Err(self.missing(&spec.name, row));
-                            }
+                        let flags = column.flags[row];
+                        x[[row, offset]] = if flags & TRUE_WORD != 0 {
+                            1.0
+                        } else if flags & FALSE_WORD != 0
+                            || (flags & EMPTY != 0 && rule == MissingRule::Zero)
+                        {
                             0.0
                         } else {
-                            let text = self.text(column, row).unwrap_or("");
-                            parse_bool(text).ok_or_else(|| DataError::BadValue {
-                                path: self.path.clone(),
-                                row: self.lines[row],
-                                column: spec.name.clone(),
-                                message: format!("`{text}` is not true/false, yes/no or 1/0"),
-                            })?
+                            let what = if flags & EMPTY != 0 {
+                                "the cell is empty and the schema rejects missing values there"
+                            } else {
+                                "the cell is not true/false, yes/no or 1/0"
+                            };
+                            problems.mark(row, || self.problem(row, &spec.name, what));
+                            0.0
                         };
-                        x[[row, offset]] = value;
                     }
                     offset += 1;
                 }
                 ColumnKind::Unspecified => {}
             }
         }
-        let y = self.labels(schema)?;
-        Ok(Examples { x, y })
+        let y = self.labels(schema, &mut problems)?;
+        Ok((Examples { x, y }, problems))
     }
 
-    fn labels(&self, schema: &FeatureSchema) -> Result<Array1<f64>, DataError> {
+    fn labels(
+        &self,
+        schema: &FeatureSchema,
+        problems: &mut Problems,
+    ) -> Result<Array1<f64>, DataError> {
         let label = schema.label.clone().unwrap_or_default();
         let column = self.column(&label.name)?;
         let kind = schema::label_kind(schema);
         let classes = schema::classes(schema);
-        let mut y = Vec::with_capacity(self.len());
+        let hashes: Vec<u64> = classes.iter().map(|c| text_hash(c)).collect();
+        let boolean = kind == LabelKind::Binary && classes == ["0", "1"];
+        let expected = if classes.is_empty() {
+            "a number".to_owned()
+        } else {
+            format!("one of {}", classes.join(", "))
+        };
+        let mut y = Array1::<f64>::zeros(self.len());
         for row in 0..self.len() {
-            let bad = |value: String| DataError::BadLabel {
-                path: self.path.clone(),
-                row: self.lines[row],
-                column: label.name.clone(),
-                value,
-                expected: if classes.is_empty() {
-                    "a number".to_owned()
-                } else {
-                    format!("one of {}", classes.join(", "))
-                },
+            let flags = column.flags[row];
+            let value = if flags & EMPTY != 0 {
+                None
+            } else if kind == LabelKind::Numeric {
+                Some(column.numbers[row]).filter(|v| !v.is_nan())
+            } else {
+                let h = column.hashes[row];
+                match hashes.iter().position(|c| *c == h) {
+                    Some(i) => Some(i as f64),
+                    // A binary label named 0/1 also takes true/false.
+                    None if boolean && flags & TRUE_WORD != 0 => Some(1.0),
+                    None if boolean && flags & FALSE_WORD != 0 => Some(0.0),
+                    None => None,
+                }
             };
-            if column.empty[row] {
-                return Err(bad(String::new()));
+            match value {
+                Some(v) => y[row] = v,
+                None => problems.mark(row, || {
+                    self.problem(
+                        row,
+                        &label.name,
+                        &format!("the label is not expected; expected {expected}"),
+                    )
+                }),
             }
-            let value = match kind {
-                LabelKind::Numeric => {
-                    let v = column.numbers[row];
-                    if v.is_nan() {
-                        return Err(self.not_a_number(&label.name, column, row));
-                    }
-                    v
-                }
-                _ => {
-                    let text = self.text(column, row).unwrap_or("");
-                    match classes.iter().position(|c| c == text) {
-                        Some(i) => i as f64,
-                        // A binary label named 0/1 also takes true/false.
-                        None if kind == LabelKind::Binary && classes == ["0", "1"] => {
-                            parse_bool(text).ok_or_else(|| bad(text.to_owned()))?
-                        }
-                        None => return Err(bad(text.to_owned())),
-                    }
-                }
-            };
-            y.push(value);
         }
-        Ok(Array1::from(y))
+        Ok(y)
     }
 
     /// The values of one numeric column, each clamped to [lower, upper] (for queries), of the
-    /// records `keep` marks (all when `None`).
+    /// records `keep` marks (all when `None`). Cells that are not numbers are left out.
     pub fn clamped_where(
         &self,
         name: &str,
@@ -393,20 +479,6 @@ impl Table {
         upper: f64,
         keep: Option<&[bool]>,
     ) -> Result<Vec<f64>, DataError> {
-        let all = self.clamped(name, lower, upper)?;
-        Ok(match keep {
-            Some(keep) => all
-                .into_iter()
-                .zip(keep)
-                .filter(|(_, k)| **k)
-                .map(|(v, _)| v)
-                .collect(),
-            None => all,
-        })
-    }
-
-    /// The values of one numeric column, each clamped to [lower, upper] (for queries).
-    pub fn clamped(&self, name: &str, lower: f64, upper: f64) -> Result<Vec<f64>, DataError> {
         let spec = ColumnSpec {
             name: name.to_owned(),
             kind: ColumnKind::Numeric as i32,
@@ -415,50 +487,37 @@ impl Table {
             missing: MissingRule::Reject as i32,
             ..Default::default()
         };
-        Ok(self.numeric_values(&spec)?.into_iter().flatten().collect())
+        let cells = self.numeric_cells(&spec, None)?;
+        Ok(cells
+            .into_iter()
+            .enumerate()
+            .filter(|(row, _)| keep.is_none_or(|k| k[*row]))
+            .filter_map(|(_, c)| match c {
+                Cell::Value(v) => Some(v),
+                _ => None,
+            })
+            .collect())
     }
-}
 
-impl Table {
-    /// Which records' `name` column reads `value` exactly.
+    /// Which records' `name` column reads `value`: the same text, or the same number.
     pub fn matches(&self, name: &str, value: &str) -> Result<Vec<bool>, DataError> {
         let column = self.column(name)?;
-        (0..self.len())
-            .map(|row| match &column.texts {
-                Some(_) => Ok(self.text(column, row) == Some(value)),
-                // A column with many distinct texts is compared as numbers.
-                None => Ok(value.parse::<f64>().is_ok_and(|v| column.numbers[row] == v)),
-            })
-            .collect()
+        let (hash, number) = (text_hash(value), parse_number(value));
+        Ok((0..self.len())
+            .map(|row| column.hashes[row] == hash || number == Some(column.numbers[row]))
+            .collect())
     }
 
     /// For each record, the index of its value of a categorical column among `values`, or
     /// `values.len()` ("other") for anything else, empty cells included.
     pub fn categories(&self, name: &str, values: &[String]) -> Result<Vec<usize>, DataError> {
         let column = self.column(name)?;
-        (0..self.len())
-            .map(|row| {
-                let text = self
-                    .text(column, row)
-                    .ok_or_else(|| DataError::TooManyValues {
-                        path: self.path.clone(),
-                        column: name.to_owned(),
-                        limit: MAX_DISTINCT,
-                    })?;
-                Ok(values
-                    .iter()
-                    .position(|v| v == text)
-                    .unwrap_or(values.len()))
-            })
-            .collect()
-    }
-}
-
-fn parse_bool(text: &str) -> Option<f64> {
-    match text.to_ascii_lowercase().as_str() {
-        "1" | "true" | "yes" | "y" | "t" => Some(1.0),
-        "0" | "false" | "no" | "n" | "f" => Some(0.0),
-        _ => None,
+        let hashes: Vec<u64> = values.iter().map(|v| text_hash(v)).collect();
+        Ok(column
+            .hashes
+            .iter()
+            .map(|h| hashes.iter().position(|v| v == h).unwrap_or(values.len()))
+            .collect())
     }
 }
 
@@ -526,14 +585,20 @@ missing = "zero"
     }
 
     #[test]
-    fn errors_name_file_line_and_column() {
+    fn errors_name_file_line_and_column_but_never_the_cell() {
         let s = schema(SCHEMA);
         let f = csv("value,mode,known,seized\n1,sea,1,0\nabc,sea,1,0\n");
         let err = Table::open(f.path()).unwrap().encode(&s, &[]).unwrap_err();
         assert!(
-            matches!(err, DataError::NotNumeric { row: 3, ref column, ref value, .. } if column == "value" && value == "abc"),
+            matches!(err, DataError::Cell { row: 3, ref column, .. } if column == "value"),
             "{err}"
         );
+        assert!(
+            err.to_string()
+                .ends_with("line 3, column `value`: the cell is not a number"),
+            "{err}"
+        );
+        assert!(!err.to_string().contains("abc"), "{err}");
 
         let f = csv("value,known,seized\n1,1,0\n");
         let err = Table::open(f.path()).unwrap().encode(&s, &[]).unwrap_err();
@@ -542,17 +607,22 @@ missing = "zero"
                 .contains("column `mode` is missing (the file has: value, known, seized)"),
             "{err}"
         );
+        // What may leave the node names the column and the header, not the file.
+        assert_eq!(
+            err.redacted(),
+            "the agency's data has no column `mode` (it has: value, known, seized)"
+        );
 
         let f = csv("value,mode,known,seized\n1,sea,1,0\n2,air,1,maybe\n");
         let err = Table::open(f.path()).unwrap().encode(&s, &[]).unwrap_err();
-        assert!(matches!(err, DataError::BadLabel { row: 3, .. }), "{err}");
+        assert!(matches!(err, DataError::Cell { row: 3, .. }), "{err}");
         assert!(err.to_string().contains("expected one of 0, 1"), "{err}");
 
         let f = csv("value,mode,known,seized\n1,sea,perhaps,0\n");
         let err = Table::open(f.path()).unwrap().encode(&s, &[]).unwrap_err();
         assert!(
             err.to_string()
-                .contains("line 2, column `known`: `perhaps` is not true/false"),
+                .contains("line 2, column `known`: the cell is not true/false"),
             "{err}"
         );
 
@@ -564,10 +634,7 @@ missing = "zero"
             .unwrap()
             .encode(&strict, &[])
             .unwrap_err();
-        assert!(
-            matches!(err, DataError::MissingValue { row: 3, .. }),
-            "{err}"
-        );
+        assert!(matches!(err, DataError::Cell { row: 3, .. }), "{err}");
 
         let f = csv("a,seized\n1,0\n2\n");
         assert!(matches!(
@@ -579,5 +646,68 @@ missing = "zero"
             missing.to_string().contains("/nonexistent/data.csv"),
             "{missing}"
         );
+    }
+
+    #[test]
+    fn a_private_encoding_drops_unreadable_records_and_nothing_else() {
+        // Lines 3 (not a number), 5 (a bad boolean), 6 (an unknown label) and 7 (an empty
+        // categorical the schema rejects) are dropped; the others encode as the strict encoding
+        // of the same file without them.
+        let s = schema(&SCHEMA.replace("missing = \"other\"", "missing = \"reject\""));
+        let good = "value,mode,known,seized\n10,sea,yes,0\n20,air,no,1\n30,rail,,0\n";
+        let bad = "value,mode,known,seized\n10,sea,yes,0\nx,sea,1,0\n20,air,no,1\n1,sea,perhaps,0\n1,sea,1,2\n1,,1,0\n30,rail,,0\n";
+        let (a, b) = (csv(good), csv(bad));
+        let expected = Table::open(a.path()).unwrap().encode(&s, &[]).unwrap();
+        let (got, dropped) = Table::open(b.path())
+            .unwrap()
+            .encode_private(&s, &[])
+            .unwrap();
+        assert_eq!(got.x, expected.x);
+        assert_eq!(got.y, expected.y);
+        assert_eq!(dropped.records, 4);
+        let lines: Vec<u64> = dropped
+            .first
+            .iter()
+            .map(|e| match e {
+                DataError::Cell { row, .. } => *row,
+                other => panic!("{other}"),
+            })
+            .collect();
+        let mut sorted = lines.clone();
+        sorted.sort();
+        assert_eq!(sorted, [3, 5, 6, 7]);
+        // The column sums count an unreadable cell as missing.
+        assert_eq!(
+            Table::open(b.path()).unwrap().column_sums(&s).unwrap(),
+            vec![[6.0, 63.0, 1403.0]]
+        );
+        // A missing column is still an error: the header is public.
+        let c = csv("value,known,seized\n1,1,0\n");
+        assert!(matches!(
+            Table::open(c.path()).unwrap().encode_private(&s, &[]),
+            Err(DataError::MissingColumn { .. })
+        ));
+    }
+
+    #[test]
+    fn categories_are_matched_whatever_the_number_of_distinct_texts() {
+        // 5,000 distinct identifiers: a categorical column over two of them, a `where` filter on
+        // a third; nothing refuses for having many values.
+        let mut text = String::from("id,seized\n");
+        for i in 0..5000 {
+            text.push_str(&format!("ID{i},{}\n", i % 2));
+        }
+        let f = csv(&text);
+        let t = Table::open(f.path()).unwrap();
+        let ids = t
+            .categories("id", &["ID7".into(), "ID4999".into()])
+            .unwrap();
+        assert_eq!((ids[7], ids[4999], ids[8]), (0, 1, 2));
+        let m = t.matches("id", "ID12").unwrap();
+        assert_eq!(m.iter().filter(|b| **b).count(), 1);
+        assert!(m[12]);
+        // Numbers match as numbers too.
+        let n = t.matches("seized", "1.0").unwrap();
+        assert_eq!(n.iter().filter(|b| **b).count(), 2500);
     }
 }

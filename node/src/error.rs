@@ -17,45 +17,14 @@ pub enum DataError {
         column: String,
         available: String,
     },
-    #[error("`{path}`, line {row}, column `{column}`: `{value}` is not a number")]
-    NotNumeric {
+    /// A cell the schema cannot read (never its content: the node's log may be read by more
+    /// people than the data).
+    #[error("`{path}`, line {row}, column `{column}`: {problem}")]
+    Cell {
         path: PathBuf,
         row: u64,
         column: String,
-        value: String,
-    },
-    #[error(
-        "`{path}`, line {row}, column `{column}`: the label `{value}` is not expected; expected {expected}"
-    )]
-    BadLabel {
-        path: PathBuf,
-        row: u64,
-        column: String,
-        value: String,
-        expected: String,
-    },
-    #[error(
-        "`{path}`, line {row}, column `{column}`: the cell is empty and the schema rejects missing values there"
-    )]
-    MissingValue {
-        path: PathBuf,
-        row: u64,
-        column: String,
-    },
-    #[error("`{path}`, line {row}, column `{column}`: {message}")]
-    BadValue {
-        path: PathBuf,
-        row: u64,
-        column: String,
-        message: String,
-    },
-    #[error(
-        "`{path}`, column `{column}`: more than {limit} distinct values, so it cannot be categorical"
-    )]
-    TooManyValues {
-        path: PathBuf,
-        column: String,
-        limit: usize,
+        problem: String,
     },
     #[error("`{path}`, line {row}: {message}")]
     BadRow {
@@ -68,34 +37,15 @@ pub enum DataError {
 }
 
 impl DataError {
-    /// The error without any cell's content, for messages that leave the node.
+    /// What may leave the node of an error met while encoding for a task: only what depends on
+    /// the file's header, which the node declares anyway (no path, line or cell). Encoding for
+    /// a release drops unreadable records instead of failing, so this is the missing column.
     pub fn redacted(&self) -> String {
-        let at = |path: &PathBuf, row: &u64, column: &str| {
-            format!("`{}`, line {row}, column `{column}`", path.display())
-        };
         match self {
-            DataError::NotNumeric {
-                path, row, column, ..
-            } => format!("{}: the cell is not a number", at(path, row, column)),
-            DataError::BadLabel {
-                path,
-                row,
-                column,
-                expected,
-                ..
-            } => {
-                format!(
-                    "{}: the label is not expected; expected {expected}",
-                    at(path, row, column)
-                )
-            }
-            DataError::BadValue {
-                path, row, column, ..
-            } => format!(
-                "{}: the value does not fit the schema",
-                at(path, row, column)
-            ),
-            other => other.to_string(),
+            DataError::MissingColumn {
+                column, available, ..
+            } => format!("the agency's data has no column `{column}` (it has: {available})"),
+            _ => "the agency's data cannot be read for this task".to_owned(),
         }
     }
 }

@@ -52,6 +52,9 @@ pub async fn run(config: NodeConfig, shutdown: CancellationToken) -> Result<(), 
         train = %config.data.train.display(),
         "node starting"
     );
+    let mut worker = work::Worker::new(train, test);
+    worker.public_records = config.data.public_records;
+    worker.stop = shutdown.clone();
     let identity = tls.identity().clone();
     let (agency, country) = match &identity {
         treaty_proto::Identity::Agency { agency, country } => (agency.clone(), country.clone()),
@@ -66,7 +69,7 @@ pub async fn run(config: NodeConfig, shutdown: CancellationToken) -> Result<(), 
         tls,
         link: config.coordinator,
         ledger: Arc::new(ledger),
-        worker: Arc::new(work::Worker::new(train, test)),
+        worker: Arc::new(worker),
     };
     session::run(node, shutdown).await;
     Ok(())

@@ -78,6 +78,12 @@ fn skip(rng: &mut StdRng, q: f64) -> usize {
     (u.ln() / (-q).ln_1p()).floor().min(usize::MAX as f64 / 2.0) as usize
 }
 
+/// What a per-example gradient of (finite) norm `norm` is multiplied by to have norm at most
+/// `clip`.
+fn clip_factor(norm: f64, clip: f64) -> f64 {
+    if norm > clip { clip / norm } else { 1.0 }
+}
+
 /// How a step draws its records under differential privacy.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Sampling {
@@ -88,23 +94,29 @@ pub enum Sampling {
 }
 
 /// Record-level DP training: per-example gradients clipped to `clip_norm`, Gaussian noise of
-/// standard deviation `noise.scale()` on their sum (through opendp), divided by the (expected)
-/// batch size.
+/// standard deviation `noise.scale()` on their sum (through opendp), divided by `denominator`.
 #[derive(Debug, Clone, Copy)]
 pub struct DpSgd {
     pub sampling: Sampling,
     pub steps: u64,
     pub noise: crate::noise::GaussianNoise,
+    /// What the noisy sum is divided by: a public constant (the expected batch from public
+    /// figures), never the number of records, which would scale the release by a private value.
+    pub denominator: f64,
 }
 
 /// Trains with record-level differential privacy: `dp.steps` steps from the model's current
 /// parameters, with `sgd`'s learning rate, momentum, L2 and proximal term (which depend on no
-/// record). The record-dependent part of each step is the clipped, noised gradient sum.
+/// record). The record-dependent part of each step is the clipped, noised gradient sum: each
+/// record adds a vector of norm at most `clip`, and a record whose gradient is not finite adds
+/// nothing (NaN would pass a `norm > clip` test unclipped). Stops between two steps once `stop`
+/// is cancelled.
 pub fn train_dp(
     model: &mut Model,
     data: &Examples,
     sgd: &Sgd,
     dp: &DpSgd,
+    stop: &tokio_util::sync::CancellationToken,
 ) -> Result<(), crate::noise::NoiseError> {
     let n = data.len();
     let p = model.params().len();
@@ -115,11 +127,7 @@ pub fn train_dp(
     let mut grad = Array1::<f64>::zeros(p);
     let mut velocity = Array1::<f64>::zeros(p);
     let mask = model.regularised();
-    let denominator = match dp.sampling {
-        Sampling::FullBatch => n as f64,
-        Sampling::Poisson(q) => q * n as f64,
-    }
-    .max(1.0);
+    let denominator = dp.denominator.max(1.0);
     let linear = matches!(
         model.kind,
         crate::model::Kind::Logistic | crate::model::Kind::Linear
@@ -132,6 +140,9 @@ pub fn train_dp(
     };
     let d = data.x.ncols();
     for _ in 0..dp.steps {
+        if stop.is_cancelled() {
+            return Ok(());
+        }
         sum.fill(0.0);
         // The records of this step: all of them, or each with probability q (drawn by geometric
         // skips, so a step costs its batch, not n draws).
@@ -151,22 +162,30 @@ pub fn train_dp(
                     z
                 } - data.y[i];
                 let norm = r.abs() * (x.dot(&x) + 1.0).sqrt();
-                let factor = if norm > clip { clip / norm } else { 1.0 } * r;
-                sum.slice_axis_mut(Axis(0), Slice::from(..d))
-                    .scaled_add(factor, &x);
-                sum[d] += factor;
+                if norm.is_finite() {
+                    let factor = clip_factor(norm, clip) * r;
+                    sum.slice_axis_mut(Axis(0), Slice::from(..d))
+                        .scaled_add(factor, &x);
+                    sum[d] += factor;
+                }
             } else {
                 let x = data.x.slice_axis(Axis(0), Slice::from(i..i + 1));
                 let y = data.y.slice_axis(Axis(0), Slice::from(i..i + 1));
                 model.loss_and_gradient(x, y, 0.0, grad.view_mut());
                 let norm = grad.dot(&grad).sqrt();
-                let factor = if norm > clip { clip / norm } else { 1.0 };
-                sum.scaled_add(factor, &grad);
+                if norm.is_finite() {
+                    sum.scaled_add(clip_factor(norm, clip), &grad);
+                }
             }
             i += match dp.sampling {
                 Sampling::FullBatch => 1,
                 Sampling::Poisson(q) => 1 + skip(&mut rng, q),
             };
+        }
+        // Each record added at most `clip` in norm, so the sum is finite; should it not be, a
+        // fixed rule (zero) stands in for it rather than opendp's own handling of non-finite values.
+        if !sum.iter().all(|v| v.is_finite()) {
+            sum.fill(0.0);
         }
         let mut noisy = sum.to_vec();
         match &prepared {
@@ -361,13 +380,98 @@ mod tests {
                 sensitivity: 1e6,
                 noise_multiplier: 1e-12,
             },
+            denominator: 23.0,
         };
-        train_dp(&mut m, &data, &sgd(1, 23, 0.5), &dp).unwrap();
+        let stop = tokio_util::sync::CancellationToken::new();
+        train_dp(&mut m, &data, &sgd(1, 23, 0.5), &dp, &stop).unwrap();
         let (w, b) = (m.params()[0], m.params()[1]);
         assert!(
             (w / sd - -0.2322).abs() < 5e-4 && (b - w * mean / sd - 15.0429).abs() < 5e-3,
             "{w} {b}"
         );
+    }
+
+    /// Full-batch DP gradient descent with (almost) no noise on a linear model.
+    fn released(data: &Examples, clip: f64) -> Array1<f64> {
+        let mut m = Model::zeros(Kind::Linear, 2);
+        let dp = DpSgd {
+            sampling: Sampling::FullBatch,
+            steps: 50,
+            noise: crate::noise::GaussianNoise {
+                sensitivity: clip,
+                noise_multiplier: 1e-12,
+            },
+            denominator: 10.0,
+        };
+        let stop = tokio_util::sync::CancellationToken::new();
+        train_dp(&mut m, data, &sgd(1, 1, 0.1), &dp, &stop).unwrap();
+        m.params().clone()
+    }
+
+    fn rows(x: Array2<f64>, y: Array1<f64>) -> Examples {
+        Examples { x, y }
+    }
+
+    #[test]
+    fn a_record_with_a_zero_gradient_changes_nothing_released() {
+        // At the zero model a linear record's residual is -y, so x = (0, 0), y = 0 has a zero
+        // gradient. The noisy sum is divided by a public constant, so that record changes
+        // nothing; dividing by the number of records (as the node once did) would scale the
+        // whole step by 5/6.
+        let one_step = |x: Array2<f64>, y: Array1<f64>| {
+            let mut m = Model::zeros(Kind::Linear, 2);
+            let dp = DpSgd {
+                sampling: Sampling::FullBatch,
+                steps: 1,
+                noise: crate::noise::GaussianNoise {
+                    sensitivity: 100.0,
+                    noise_multiplier: 1e-12,
+                },
+                denominator: 10.0,
+            };
+            let stop = tokio_util::sync::CancellationToken::new();
+            train_dp(&mut m, &rows(x, y), &sgd(1, 1, 0.1), &dp, &stop).unwrap();
+            m.params().clone()
+        };
+        let x = array![[1.0, 0.0], [0.0, 1.0], [1.0, 1.0], [2.0, -1.0], [0.5, 0.5]];
+        let y = array![1.0, -1.0, 0.0, 3.0, 0.0];
+        let mut x2 = x.clone();
+        x2.push_row(ndarray::ArrayView1::from(&[0.0, 0.0])).unwrap();
+        let y2 = ndarray::concatenate![Axis(0), y, array![0.0]];
+        let (a, b) = (one_step(x, y), one_step(x2, y2));
+        assert!((&a - &b).iter().all(|d| d.abs() < 1e-9), "{a} vs {b}");
+        // The step itself, in closed form: lr * sum_i y_i (x_i, 1) / 10 = (0.07, -0.04, 0.03).
+        for (got, want) in a.iter().zip([0.07, -0.04, 0.03]) {
+            assert!((got - want).abs() < 1e-9, "{a}");
+        }
+    }
+
+    #[test]
+    fn a_record_with_a_non_finite_gradient_adds_nothing() {
+        // An infinite feature gives an infinite or NaN per-example gradient, which a
+        // `norm > clip` test would let through unclipped (and opendp would turn the whole sum
+        // into zeros): it must add nothing, and the other records must still count.
+        let x = array![[1.0, 0.0], [0.0, 1.0]];
+        let y = array![1.0, -1.0];
+        let clean = released(&rows(x.clone(), y.clone()), 100.0);
+        assert!(clean.iter().any(|v| v.abs() > 0.1), "{clean}");
+        for bad in [f64::INFINITY, f64::NAN] {
+            let mut x2 = x.clone();
+            x2.push_row(ndarray::ArrayView1::from(&[bad, bad])).unwrap();
+            let got = released(&rows(x2, array![1.0, -1.0, 1.0]), 100.0);
+            assert!(
+                (&got - &clean).iter().all(|d| d.abs() < 1e-9),
+                "{bad}: {got} vs {clean}"
+            );
+        }
+        // A huge finite feature is clipped like any other: 50 steps, each moving the model by
+        // at most 0.1 * (3 records * clip 100) / 10 = 3 in norm.
+        let mut x2 = x.clone();
+        x2.push_row(ndarray::ArrayView1::from(&[1e100, 1e100]))
+            .unwrap();
+        let got = released(&rows(x2, array![1.0, -1.0, 1.0]), 100.0);
+        assert!(got.iter().all(|v| v.is_finite()), "{got}");
+        assert!(got.dot(&got).sqrt() <= 150.0 + 1e-9, "{got}");
     }
 
     #[test]

@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use ndarray::{ArrayD, IxDyn};
 use prost::Message;
 use tokio_stream::StreamExt;
+use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 use treaty_proto::schema;
 use treaty_proto::tensor::{Assembler, DEFAULT_MAX_CHUNK_BYTES, NamedTensor};
@@ -104,18 +105,30 @@ type Encoded = Result<Arc<Examples>, Refusal>;
 pub struct Worker {
     pub train: Arc<Table>,
     pub test: Option<Arc<Table>>,
+    /// The number of training records the agency declares public in its configuration, if it
+    /// does: then it, not the coordinator's estimate, sets the sampling rate and the scale.
+    pub public_records: Option<u64>,
+    /// Cancelled when the node shuts down: training stops between two steps.
+    pub stop: CancellationToken,
     cache: Mutex<HashMap<(bool, Vec<u8>), Encoded>>,
 }
 
 /// The largest model a node accepts from the coordinator, in elements.
 const MAX_MODEL_ELEMENTS: u64 = 50_000_000;
 
-/// A refusal for bad data. The coordinator learns the file, line and column, never the cell's
-/// content (a record's value must not leave the node); the node's own log keeps the whole error.
+/// A refusal for data that does not fit a task: only a column missing from the header (which
+/// the node declares anyway) reaches the coordinator; the node's own log keeps the whole error.
 fn data_refusal(e: &crate::error::DataError) -> Refusal {
     tracing::warn!(error = %e, "the agency's data does not fit the task");
     Refusal::new("DATA_ERROR", e.redacted())
 }
+
+/// The largest clipping norm a node accepts: with it, no sum of clipped gradients overflows.
+const MAX_CLIP_NORM: f64 = 1e6;
+
+/// The largest magnitude of a global model's parameter a node accepts: with features bounded
+/// by `data::MAX_FEATURE`, no record's forward pass can then overflow.
+const MAX_PARAMETER: f64 = 1e6;
 
 fn internal(e: impl std::fmt::Display) -> Refusal {
     Refusal::new("INTERNAL_ERROR", e.to_string())
@@ -130,6 +143,8 @@ impl Worker {
         Worker {
             train: Arc::new(train),
             test: test.map(Arc::new),
+            public_records: None,
+            stop: CancellationToken::new(),
             cache: Mutex::new(HashMap::new()),
         }
     }
@@ -161,8 +176,20 @@ impl Worker {
             return Some(hit.clone());
         }
         let (schema, stats) = (schema.clone(), stats.to_vec());
-        let encoded = match blocking(move || table.encode(&schema, &stats)).await {
-            Ok(Ok(examples)) => Ok(Arc::new(examples)),
+        let encoded = match blocking(move || table.encode_private(&schema, &stats)).await {
+            Ok(Ok((examples, dropped))) => {
+                if dropped.records > 0 {
+                    // For the agency's staff only: nothing of it leaves the node.
+                    let first: Vec<String> = dropped.first.iter().map(|e| e.to_string()).collect();
+                    tracing::warn!(
+                        split = if test { "test" } else { "train" },
+                        records = dropped.records,
+                        first = first.join("; "),
+                        "records the job's schema cannot read are left out"
+                    );
+                }
+                Ok(Arc::new(examples))
+            }
             Ok(Err(e)) => Err(data_refusal(&e)),
             Err(refusal) => Err(refusal),
         };
@@ -183,7 +210,7 @@ impl Worker {
                     .spec
                     .as_ref()
                     .ok_or_else(|| Refusal::new("INVALID_TASK", "the training task has no spec"))?;
-                self.training_plan(spec)
+                self.training_plan(spec, t.public_records)
             }
             task::Kind::Stats(s) => match (&s.privacy, &s.schema) {
                 (Some(privacy), Some(schema)) => statistics_plan(schema, privacy),
@@ -208,18 +235,31 @@ impl Worker {
         }
     }
 
-    fn training_plan(&self, spec: &TrainingSpec) -> Result<Plan, Refusal> {
+    /// The public figure for the agency's number of training records: its own declaration,
+    /// else the coordinator's estimate carried by the task. Never the table's length.
+    fn public_records(&self, from_task: f64) -> Option<f64> {
+        match self.public_records {
+            Some(n) => Some(n.max(1) as f64),
+            None if from_task.is_finite() && from_task >= 1.0 => Some(from_task),
+            None => None,
+        }
+    }
+
+    /// Plans a training round from the task and public figures alone: what it releases, its
+    /// sampling, its steps and the constant its noisy sums are divided by. A refusal here
+    /// quotes only the task's own figures.
+    fn training_plan(&self, spec: &TrainingSpec, public_records: f64) -> Result<Plan, Refusal> {
         let Some(privacy) = spec.privacy.as_ref() else {
             return Err(not_private("training job"));
         };
         let invalid = |m: String| Refusal::new("INVALID_TASK", m);
-        if !(privacy.clip_norm.is_finite() && privacy.clip_norm > 0.0) {
+        if !(privacy.clip_norm > 0.0 && privacy.clip_norm <= MAX_CLIP_NORM) {
             return Err(invalid(format!(
-                "the clipping norm {} must be positive",
+                "the clipping norm {} must be positive and at most {MAX_CLIP_NORM:e}",
                 privacy.clip_norm
             )));
         }
-        let n = self.train.len() as f64;
+        check_standardization(spec)?;
         let parameters = schema::parameter_layout(spec)
             .iter()
             .map(|(_, s)| s.iter().try_fold(1usize, |a, &d| a.checked_mul(d)))
@@ -231,21 +271,37 @@ impl Worker {
                 ))
             })?;
         let epochs = u64::from(spec.local_epochs.max(1));
-        let (sampling, steps) = match DpMode::try_from(privacy.mode).unwrap_or(DpMode::Unspecified)
+        let records = self.public_records(public_records);
+        let no_records = |what: &str| {
+            invalid(format!(
+                "{what} needs a public figure for the agency's number of records, and the task carries none: run the job's statistics round, give a sampling rate, or declare `public_records` in the node's [data]"
+            ))
+        };
+        let batch = f64::from(spec.batch_size.max(1));
+        let (sampling, steps, denominator) = match DpMode::try_from(privacy.mode)
+            .unwrap_or(DpMode::Unspecified)
         {
-            DpMode::FullBatch => (Sampling::FullBatch, epochs),
+            DpMode::FullBatch => {
+                let n = records.ok_or_else(|| no_records("full-batch DP training"))?;
+                (Sampling::FullBatch, epochs, n)
+            }
             DpMode::Poisson => {
                 let q = if privacy.sampling_rate > 0.0 {
                     privacy.sampling_rate
                 } else {
-                    f64::from(spec.batch_size) / n
+                    let n = records.ok_or_else(|| no_records("a job without a sampling rate"))?;
+                    (batch / n).min(1.0)
                 };
                 if !(q > 0.0 && q <= 1.0) {
                     return Err(invalid(format!("the sampling rate {q} must be in (0, 1]")));
                 }
+                // The expected batch, from public figures: q times the public count, or
+                // the job's batch size.
+                let denominator = records.map(|n| q * n).unwrap_or(batch);
                 (
                     Sampling::Poisson(q),
                     epochs.saturating_mul((1.0 / q).ceil() as u64),
+                    denominator,
                 )
             }
             DpMode::Unspecified => {
@@ -345,6 +401,7 @@ impl Worker {
                 sampling,
                 steps,
                 noise,
+                denominator: denominator.max(1.0),
             }),
             ..Plan::default()
         })
@@ -427,6 +484,18 @@ impl Worker {
                 format!("the global model does not fit the task: {e}"),
             )
         })?;
+        if !model
+            .params()
+            .iter()
+            .all(|w| w.is_finite() && w.abs() <= MAX_PARAMETER)
+        {
+            return Err(Refusal::new(
+                "INVALID_TASK",
+                format!(
+                    "the global model has a parameter that is not finite or beyond {MAX_PARAMETER:e}"
+                ),
+            ));
+        }
         let train_data = self
             .encoded(false, &schema, &spec.standardization)
             .await
@@ -444,6 +513,7 @@ impl Worker {
             proximal_mu: spec.strategy.as_ref().map(|s| s.proximal_mu).unwrap_or(0.0),
             seed: rand::random(),
         };
+        let stop = self.stop.clone();
         blocking(move || {
             // Nothing leaves but the noisy model and, when there is a test split, the noisy counts
             // of the received global model's evaluation; no count of records (updates are then
@@ -458,8 +528,11 @@ impl Worker {
                 _ => None,
             };
             let mut local = model;
-            train_dp(&mut local, &train_data, &sgd, &dp)
+            train_dp(&mut local, &train_data, &sgd, &dp, &stop)
                 .map_err(|e| Refusal::new("INTERNAL_ERROR", e.to_string()))?;
+            if stop.is_cancelled() {
+                return Err(Refusal::new("NODE_STOPPING", "the node is shutting down"));
+            }
             if local.params().iter().any(|w| !w.is_finite()) {
                 return Err(Refusal::new(
                     "TRAINING_DIVERGED",
@@ -481,26 +554,22 @@ impl Worker {
         schema: FeatureSchema,
         noise: Option<(GaussianNoise, Vec<f64>)>,
     ) -> Result<Output, Refusal> {
-        let table = self.train.clone();
-        let rows = if noise.is_some() {
-            1
-        } else {
-            table.len() as u64
+        let Some((noise, scales)) = noise else {
+            return Err(not_private("statistics task"));
         };
+        let table = self.train.clone();
         let sums = blocking(move || table.column_sums(&schema))
             .await?
             .map_err(|e| data_refusal(&e))?;
         let mut flat: Vec<f64> = sums.iter().flatten().copied().collect();
-        if let Some((noise, scales)) = noise {
-            flat.iter_mut().zip(&scales).for_each(|(v, s)| *v /= s);
-            noise
-                .add(&mut flat)
-                .map_err(|e| Refusal::new("INTERNAL_ERROR", e.to_string()))?;
-            flat.iter_mut().zip(&scales).for_each(|(v, s)| *v *= s);
-        }
+        flat.iter_mut().zip(&scales).for_each(|(v, s)| *v /= s);
+        noise
+            .add(&mut flat)
+            .map_err(|e| Refusal::new("INTERNAL_ERROR", e.to_string()))?;
+        flat.iter_mut().zip(&scales).for_each(|(v, s)| *v *= s);
         let values = ArrayD::from_shape_vec(IxDyn(&[sums.len(), 3]), flat).map_err(internal)?;
         Ok(Output {
-            num_examples: rows,
+            num_examples: 1,
             metrics: HashMap::new(),
             tensors: vec![NamedTensor::new("stats", values)],
             evaluation: None,
@@ -526,6 +595,39 @@ impl Worker {
             )],
             evaluation: None,
         })
+    }
+}
+
+/// The task's standardisation, checked from the task alone: one finite mean and positive
+/// finite standard deviation per numeric column (or none at all).
+fn check_standardization(spec: &TrainingSpec) -> Result<(), Refusal> {
+    let numeric = spec
+        .schema
+        .as_ref()
+        .map(|s| schema::numeric_columns(s).len())
+        .unwrap_or(0);
+    let stats = &spec.standardization;
+    if !stats.is_empty() && stats.len() != numeric {
+        return Err(Refusal::new(
+            "INVALID_TASK",
+            format!(
+                "the standardisation has {} columns, the schema {numeric} numeric ones",
+                stats.len()
+            ),
+        ));
+    }
+    match stats
+        .iter()
+        .find(|s| !(s.mean.is_finite() && s.std.is_finite() && s.std > 0.0))
+    {
+        Some(s) => Err(Refusal::new(
+            "INVALID_TASK",
+            format!(
+                "the standardisation of `{}` (mean {}, std {}) needs a finite mean and a positive finite std",
+                s.name, s.mean, s.std
+            ),
+        )),
+        None => Ok(()),
     }
 }
 
@@ -627,6 +729,119 @@ mod tests {
     use std::io::Write;
     use treaty_proto::v1::{StatsTask, TrainingTask};
 
+    fn worker_of(rows: usize) -> Worker {
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        writeln!(f, "x,seized").unwrap();
+        for i in 0..rows {
+            writeln!(f, "{},{}", i % 3, i % 2).unwrap();
+        }
+        Worker::new(Table::open(f.path()).unwrap(), None)
+    }
+
+    fn training_task(mode: DpMode, sampling_rate: f64, public_records: f64) -> task::Kind {
+        task::Kind::Training(TrainingTask {
+            spec: Some(TrainingSpec {
+                model: ModelKind::LogisticRegression as i32,
+                schema: schema::parse("[label]\nname = \"seized\"\nkind = \"binary\"\n[[column]]\nname = \"x\"\nkind = \"numeric\"\n").unwrap().ok(),
+                rounds: 3,
+                local_epochs: 1,
+                batch_size: 32,
+                learning_rate: 0.1,
+                privacy: Some(PrivacySpec {
+                    mode: mode as i32,
+                    clip_norm: 1.0,
+                    sampling_rate,
+                    target_epsilon: 1.0,
+                    target_delta: 1e-5,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            model_version: String::new(),
+            public_records,
+        })
+    }
+
+    #[test]
+    fn what_a_round_releases_depends_on_public_figures_only() {
+        // Two nodes whose data differ in one record plan every training task alike: the same
+        // mechanisms and parameters for the ledger, steps and divisor, the same refusals.
+        let (a, b) = (worker_of(400), worker_of(401));
+        for (mode, q, public) in [
+            (DpMode::Poisson, 0.0, 1000.0),
+            (DpMode::Poisson, 0.05, 0.0),
+            (DpMode::Poisson, 0.05, 1000.0),
+            (DpMode::FullBatch, 0.0, 1000.0),
+            (DpMode::Poisson, 0.0, 0.0),
+            (DpMode::FullBatch, 0.0, 0.0),
+        ] {
+            let task = training_task(mode, q, public);
+            let (pa, pb) = (a.plan(&task), b.plan(&task));
+            assert_eq!(
+                format!("{pa:?}"),
+                format!("{pb:?}"),
+                "{mode:?} {q} {public}"
+            );
+        }
+        // Without a sampling rate the node samples batch / public count: 32 / 1000.
+        let plan = a
+            .plan(&training_task(DpMode::Poisson, 0.0, 1000.0))
+            .unwrap();
+        let dp = plan.dp.unwrap();
+        assert_eq!(dp.sampling, Sampling::Poisson(0.032));
+        assert_eq!(dp.steps, 32); // ceil(1 / 0.032)
+        assert!((dp.denominator - 32.0).abs() < 1e-9);
+        // Without any public figure it refuses, quoting none of its own.
+        let refusal = a
+            .plan(&training_task(DpMode::Poisson, 0.0, 0.0))
+            .unwrap_err();
+        assert_eq!(refusal.code, "INVALID_TASK");
+        assert!(!refusal.message.contains("400"), "{}", refusal.message);
+        // An agency's own declaration wins over the coordinator's estimate.
+        let mut declared = worker_of(400);
+        declared.public_records = Some(3200);
+        let dp = declared
+            .plan(&training_task(DpMode::Poisson, 0.0, 1000.0))
+            .unwrap()
+            .dp
+            .unwrap();
+        assert_eq!(dp.sampling, Sampling::Poisson(0.01));
+    }
+
+    #[test]
+    fn a_poisoned_standardisation_or_clip_is_refused_from_the_task_alone() {
+        let worker = worker_of(10);
+        let with = |std: f64, clip: f64| {
+            let mut task = training_task(DpMode::Poisson, 0.1, 0.0);
+            if let task::Kind::Training(t) = &mut task {
+                let spec = t.spec.as_mut().unwrap();
+                spec.standardization = vec![ColumnStats {
+                    name: "x".into(),
+                    mean: 0.0,
+                    std,
+                    count: 0.0,
+                }];
+                spec.privacy.as_mut().unwrap().clip_norm = clip;
+            }
+            worker.plan(&task).map(|_| ())
+        };
+        assert!(with(1.0, 1.0).is_ok());
+        for (std, clip) in [
+            (0.0, 1.0),
+            (f64::NAN, 1.0),
+            (f64::INFINITY, 1.0),
+            (1.0, 1e300),
+            (1.0, f64::NAN),
+        ] {
+            let refusal = with(std, clip).unwrap_err();
+            assert_eq!(
+                refusal.code, "INVALID_TASK",
+                "{std} {clip}: {}",
+                refusal.message
+            );
+        }
+    }
+
     #[test]
     fn a_task_without_a_privacy_spec_is_refused_before_the_data_is_read() {
         let mut f = tempfile::NamedTempFile::new().unwrap();
@@ -646,6 +861,7 @@ mod tests {
                 ..Default::default()
             }),
             model_version: String::new(),
+            public_records: 0.0,
         });
         assert_eq!(worker.plan(&training).unwrap_err().code, "DP_REQUIRED");
         let stats = task::Kind::Stats(StatsTask {
@@ -675,6 +891,7 @@ mod tests {
                 ..Default::default()
             }),
             model_version: String::new(),
+            public_records: 0.0,
         });
         assert_eq!(worker.plan(&endless).unwrap_err().code, "INVALID_TASK");
         assert!(

@@ -253,6 +253,19 @@ impl Fixture {
     }
 }
 
+/// Declares, in a node's configuration, the record count its agency makes public: what a job
+/// without a statistics round (its standardisation given) needs for the node's sampling rate
+/// and update scale.
+pub fn declare_public_records(config: &Path, records: u64) {
+    let text = std::fs::read_to_string(config).unwrap();
+    let text = text.replacen(
+        "\n\n[policy]",
+        &format!("\npublic_records = {records}\n\n[policy]"),
+        1,
+    );
+    std::fs::write(config, text).unwrap();
+}
+
 /// Two numeric features and a 0/1 label from a logistic rule; deterministic per seed.
 pub fn write_data(dir: &Path, name: &str, rows: usize, seed: u64) -> (PathBuf, PathBuf) {
     write_shifted_data(dir, name, rows, seed, 0.0)

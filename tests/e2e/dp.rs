@@ -79,9 +79,16 @@ async fn an_agency_whose_budget_allows_three_rounds_takes_part_in_exactly_three(
     let (train, test) = write_data(fx.dir.path(), "DE-BKA", 400, 1);
     let de_config = fx.node_config_for("DE-BKA", "DE", &address, &train, &test);
     with_budget(&de_config, budget);
+    // The job gives its standardisation, so there is no statistics round: each agency declares
+    // a public record count for its full-batch divisor.
+    declare_public_records(&de_config, 400);
     let mut de = fx.start_node_with("DE-BKA", &de_config);
-    let _nl = fx.start_node("NL-POLITIE", "NL", &address, 2);
-    let _fr = fx.start_node("FR-DOUANE", "FR", &address, 3);
+    let mut others = Vec::new();
+    for (agency, country, seed) in [("NL-POLITIE", "NL", 2), ("FR-DOUANE", "FR", 3)] {
+        let config = fx.node_config(agency, country, &address, seed);
+        declare_public_records(&config, 400);
+        others.push(fx.start_node_with(agency, &config));
+    }
     let mut op = fx.operator(&address).await;
     wait_connected(&mut op, &["DE-BKA", "NL-POLITIE", "FR-DOUANE"]).await;
     create_federation(&mut op, "three", &["DE-BKA", "NL-POLITIE", "FR-DOUANE"]).await;
@@ -125,8 +132,11 @@ async fn a_node_killed_again_and_again_never_under_counts() {
     let (train, test) = write_data(fx.dir.path(), "DE-BKA", 2000, 4);
     let de_config = fx.node_config_for("DE-BKA", "DE", &address, &train, &test);
     with_budget(&de_config, 1000.0);
+    declare_public_records(&de_config, 2000);
     let mut de = fx.start_node_with("DE-BKA", &de_config);
-    let _nl = fx.start_node("NL-POLITIE", "NL", &address, 5);
+    let nl_config = fx.node_config("NL-POLITIE", "NL", &address, 5);
+    declare_public_records(&nl_config, 400);
+    let _nl = fx.start_node_with("NL-POLITIE", &nl_config);
     let mut op = fx.operator(&address).await;
     wait_connected(&mut op, &["DE-BKA", "NL-POLITIE"]).await;
     create_federation(&mut op, "pair", &["DE-BKA", "NL-POLITIE"]).await;
@@ -181,6 +191,11 @@ async fn a_node_killed_again_and_again_never_under_counts() {
         );
     }
     assert!(recorded.len() >= contributed.len());
+    assert!(
+        !contributed.is_empty(),
+        "DE never contributed: {:#?}",
+        job.rounds
+    );
     let true_spent = spent(
         &releases(contributed.len(), 3.0 * zcdp::gaussian_rho(4.0)),
         1e-5,
@@ -212,6 +227,7 @@ async fn dp_sgd_calibrated_to_a_target_spends_at_most_the_target_and_learns() {
         let (train, test) = write_data(fx.dir.path(), agency, 4000, 10 + i as u64);
         let config = fx.node_config_for(agency, country, &address, &train, &test);
         with_budget(&config, 2.0);
+        declare_public_records(&config, 4000);
         nodes.push(fx.start_node_with(agency, &config));
         configs.push(config);
     }

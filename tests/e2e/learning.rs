@@ -184,11 +184,19 @@ async fn the_federated_model_is_as_good_as_the_pooled_one() {
 }
 
 #[tokio::test]
-async fn an_agency_with_bad_data_stays_out_and_says_why() {
+async fn bad_cells_stay_in_the_agency_and_a_missing_column_is_named() {
     let fx = Fixture::new(&[("DE-BKA", "DE"), ("NL-POLITIE", "NL"), ("FR-DOUANE", "FR")]);
-    let (_coordinator, address) = fx.start_coordinator("127.0.0.1:0");
+    let (coordinator, address) = fx.start_coordinator("127.0.0.1:0");
     let _de = fx.start_node("DE-BKA", "DE", &address, 1);
-    let _nl = fx.start_node("NL-POLITIE", "NL", &address, 2);
+    // NL's file names a column differently from the schema: its header, which its node
+    // declares anyway, does not fit the job.
+    let (train, test) = write_data(fx.dir.path(), "NL-POLITIE", 50, 2);
+    for file in [&train, &test] {
+        let text = std::fs::read_to_string(file).unwrap();
+        std::fs::write(file, text.replacen("x1,x2,", "x1,x_2,", 1)).unwrap();
+    }
+    let config = fx.node_config_for("NL-POLITIE", "NL", &address, &train, &test);
+    let _nl = fx.start_node_with("NL-POLITIE", &config);
     // FR's training file has a word where a number belongs, on line 3.
     let (train, test) = write_data(fx.dir.path(), "FR-DOUANE", 50, 3);
     let text = std::fs::read_to_string(&train).unwrap();
@@ -196,30 +204,45 @@ async fn an_agency_with_bad_data_stays_out_and_says_why() {
     lines[2] = format!("twelve,{}", lines[2].split_once(',').unwrap().1);
     std::fs::write(&train, lines.join("\n") + "\n").unwrap();
     let config = fx.node_config_for("FR-DOUANE", "FR", &address, &train, &test);
-    let _fr = fx.start_node_with("FR-DOUANE", &config);
+    let fr = fx.start_node_with("FR-DOUANE", &config);
     let mut op = fx.operator(&address).await;
     wait_connected(&mut op, &["DE-BKA", "NL-POLITIE", "FR-DOUANE"]).await;
     create_federation(&mut op, "three", &["DE-BKA", "NL-POLITIE", "FR-DOUANE"]).await;
     let job = run_training(&mut op, "three", 2, 2).await;
 
+    // FR takes part: its unreadable record is left out by a fixed rule, as any record would
+    // be, and nothing of it reaches the coordinator.
     let statistics = job.statistics.as_ref().unwrap();
-    assert_eq!(statistics.contributors, ["DE-BKA", "NL-POLITIE"]);
+    assert_eq!(statistics.contributors, ["DE-BKA", "FR-DOUANE"]);
+    for round in &job.rounds {
+        assert_eq!(round.contributors, ["DE-BKA", "FR-DOUANE"]);
+    }
+    let everything = format!("{job:?}") + &coordinator.log();
+    for secret in ["twelve", "line 3", "FR-DOUANE_train.csv"] {
+        assert!(
+            !everything.contains(secret),
+            "`{secret}` reached the coordinator"
+        );
+    }
+    // The agency's own staff read where the problem is in their node's log.
+    fr.wait_for_log(
+        "FR-DOUANE_train.csv`, line 3, column `x1`: the cell is not a number",
+        Duration::from_secs(5),
+    );
+    // NL stays out, told which column is missing (from its header, never a record).
     let excluded = &statistics.excluded[0];
-    assert_eq!(excluded.agency, "FR-DOUANE");
+    assert_eq!(excluded.agency, "NL-POLITIE");
     assert_eq!(excluded.reason_code, "REFUSED");
     assert!(
-        excluded.message.contains("DATA_ERROR")
-            && excluded
-                .message
-                .contains("FR-DOUANE_train.csv`, line 3, column `x1`: the cell is not a number"),
+        excluded.message.contains(
+            "DATA_ERROR: the agency's data has no column `x2` (it has: x1, x_2, mode, band, amount, seized)"
+        ),
         "{}",
         excluded.message
     );
-    // The cell's content never leaves the node, only where it is.
-    assert!(!excluded.message.contains("twelve"), "{}", excluded.message);
     for round in &job.rounds {
-        assert_eq!(round.contributors.len(), 2);
-        assert_eq!(round.excluded[0].agency, "FR-DOUANE");
+        assert_eq!(round.excluded[0].agency, "NL-POLITIE");
+        assert!(round.excluded[0].message.contains("no column `x2`"));
     }
 }
 

@@ -8,6 +8,7 @@ mod common;
 mod config;
 mod demo;
 mod dp;
+mod hostile;
 mod identity;
 mod learning;
 mod policy;

@@ -1,0 +1,292 @@
+//! A hostile coordinator: a test double that speaks the real wire protocol over real mutual TLS
+//! (with the federation's coordinator certificate) to a real node process. It sends whatever
+//! tasks, models and standardisations the test scripts, as an adaptive attacker would, and
+//! records everything the node says.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use ndarray::{ArrayD, IxDyn};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::Server;
+use tonic::{Request, Response, Status, Streaming};
+use treaty_proto::Identity;
+use treaty_proto::tensor::{self, Assembler, DEFAULT_MAX_CHUNK_BYTES, NamedTensor};
+use treaty_proto::tls::ServerTls;
+use treaty_proto::v1::agency_service_server::{AgencyService, AgencyServiceServer};
+use treaty_proto::v1::{
+    CoordinatorMessage, DownloadModelRequest, Dtype, Hello, ModelHeader, ModelPart, NodeMessage,
+    ResultHeader, ResultPart, RoundParticipant, RoundTerms, SubmitReceipt, Task, TrainingSpec,
+    Welcome, coordinator_message, model_part, node_message, result_part, task,
+};
+
+use crate::common::Fixture;
+
+/// What the node said, in the order it said it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Seen {
+    Hello(Hello),
+    Accepted(String),
+    Refused {
+        task: String,
+        code: String,
+        message: String,
+    },
+    Result {
+        header: ResultHeader,
+        tensors: Vec<NamedTensor>,
+    },
+}
+
+impl Seen {
+    /// The task this message is about, if any.
+    pub fn task(&self) -> Option<&str> {
+        match self {
+            Seen::Accepted(t) | Seen::Refused { task: t, .. } => Some(t),
+            Seen::Result { header, .. } => Some(&header.task_id),
+            Seen::Hello(_) => None,
+        }
+    }
+}
+
+type Outbox = mpsc::Sender<Result<CoordinatorMessage, Status>>;
+
+#[derive(Clone)]
+struct Api {
+    seen: mpsc::UnboundedSender<Seen>,
+    outbox: Arc<Mutex<Option<Outbox>>>,
+    model: Arc<Mutex<Vec<NamedTensor>>>,
+}
+
+type ModelStream =
+    std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<ModelPart, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl AgencyService for Api {
+    type SessionStream = ReceiverStream<Result<CoordinatorMessage, Status>>;
+    type DownloadModelStream = ModelStream;
+
+    async fn session(
+        &self,
+        request: Request<Streaming<NodeMessage>>,
+    ) -> Result<Response<Self::SessionStream>, Status> {
+        let mut inbound = request.into_inner();
+        let (tx, rx) = mpsc::channel(64);
+        tx.send(Ok(CoordinatorMessage {
+            kind: Some(coordinator_message::Kind::Welcome(Welcome {
+                identity: "hostile".into(),
+                coordinator: "treaty://coordinator/hub".into(),
+                heartbeat_interval_ms: 60_000,
+                max_chunk_bytes: DEFAULT_MAX_CHUNK_BYTES as u32,
+            })),
+        }))
+        .await
+        .map_err(|_| Status::internal("closed"))?;
+        *self.outbox.lock().unwrap() = Some(tx);
+        let seen = self.seen.clone();
+        tokio::spawn(async move {
+            while let Ok(Some(m)) = inbound.message().await {
+                let s = match m.kind {
+                    Some(node_message::Kind::Hello(h)) => Seen::Hello(h),
+                    Some(node_message::Kind::Accepted(a)) => Seen::Accepted(a.task_id),
+                    Some(node_message::Kind::Refused(r)) => Seen::Refused {
+                        task: r.task_id,
+                        code: r.reason_code,
+                        message: r.message,
+                    },
+                    _ => continue,
+                };
+                let _ = seen.send(s);
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn submit_result(
+        &self,
+        request: Request<Streaming<ResultPart>>,
+    ) -> Result<Response<SubmitReceipt>, Status> {
+        let mut parts = request.into_inner();
+        let Some(ResultPart {
+            kind: Some(result_part::Kind::Header(header)),
+        }) = parts.message().await?
+        else {
+            return Err(Status::invalid_argument("no header"));
+        };
+        let mut assembler =
+            Assembler::new(header.tensors.clone(), u64::MAX, DEFAULT_MAX_CHUNK_BYTES)
+                .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        while let Some(part) = parts.message().await? {
+            if let Some(result_part::Kind::Chunk(c)) = part.kind {
+                assembler
+                    .push(c)
+                    .map_err(|e| Status::invalid_argument(e.to_string()))?;
+            }
+        }
+        let tensors = assembler
+            .finish()
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let _ = self.seen.send(Seen::Result { header, tensors });
+        Ok(Response::new(SubmitReceipt {
+            accepted: true,
+            message: String::new(),
+        }))
+    }
+
+    async fn download_model(
+        &self,
+        request: Request<DownloadModelRequest>,
+    ) -> Result<Response<Self::DownloadModelStream>, Status> {
+        let req = request.into_inner();
+        let model = self.model.lock().unwrap().clone();
+        let (specs, chunks) = tensor::encode(&model, Dtype::F64, DEFAULT_MAX_CHUNK_BYTES);
+        let header = ModelHeader {
+            job_id: req.job_id,
+            model_version: req.model_version,
+            round: 1,
+            spec: None,
+            tensors: specs,
+        };
+        let parts = std::iter::once(model_part::Kind::Header(header))
+            .chain(chunks.into_iter().map(model_part::Kind::Chunk))
+            .map(|kind| Ok(ModelPart { kind: Some(kind) }));
+        Ok(Response::new(Box::pin(tokio_stream::iter(parts))))
+    }
+}
+
+/// A running hostile coordinator.
+pub struct Hostile {
+    pub address: String,
+    seen: mpsc::UnboundedReceiver<Seen>,
+    outbox: Arc<Mutex<Option<Outbox>>>,
+    model: Arc<Mutex<Vec<NamedTensor>>>,
+    /// Everything received so far, in order.
+    pub log: Vec<Seen>,
+    next_task: u32,
+    stop: tokio_util::sync::CancellationToken,
+}
+
+impl Drop for Hostile {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+impl Hostile {
+    /// Listens on 127.0.0.1 with the fixture's coordinator certificate.
+    pub async fn start(fx: &Fixture) -> Self {
+        let files = fx.files(&Identity::coordinator("hub").unwrap());
+        let tls = Arc::new(ServerTls::new(files, None).unwrap());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap().to_string();
+        let (tx, rx) = mpsc::unbounded_channel();
+        let api = Api {
+            seen: tx,
+            outbox: Arc::new(Mutex::new(None)),
+            model: Arc::new(Mutex::new(Vec::new())),
+        };
+        let (outbox, model) = (api.outbox.clone(), api.model.clone());
+        let stop = tokio_util::sync::CancellationToken::new();
+        let cancelled = stop.clone().cancelled_owned();
+        tokio::spawn(async move {
+            let _ = Server::builder()
+                .add_service(
+                    AgencyServiceServer::new(api)
+                        .max_decoding_message_size(treaty_proto::MAX_MESSAGE_BYTES),
+                )
+                .serve_with_incoming_shutdown(tls.incoming(listener), cancelled)
+                .await;
+        });
+        Hostile {
+            address,
+            seen: rx,
+            outbox,
+            model,
+            log: Vec::new(),
+            next_task: 0,
+            stop,
+        }
+    }
+
+    /// Waits for the next message from the node.
+    pub async fn next(&mut self, timeout: Duration) -> Seen {
+        let seen = tokio::time::timeout(timeout, self.seen.recv())
+            .await
+            .expect("the node said nothing in time")
+            .expect("the server stopped");
+        self.log.push(seen.clone());
+        seen
+    }
+
+    /// Waits for the node's Hello.
+    pub async fn hello(&mut self) -> Hello {
+        match self.next(Duration::from_secs(30)).await {
+            Seen::Hello(h) => h,
+            other => panic!("expected Hello, got {other:?}"),
+        }
+    }
+
+    /// Serves `model` to the node's next downloads.
+    pub fn serve_model(&self, model: Vec<NamedTensor>) {
+        *self.model.lock().unwrap() = model;
+    }
+
+    /// Sends a task and collects what the node says of it until it refuses or sends a result.
+    pub async fn run(&mut self, kind: task::Kind, terms: RoundTerms) -> Vec<Seen> {
+        self.next_task += 1;
+        let task_id = format!("hostile-{}", self.next_task);
+        let outbox = self.outbox.lock().unwrap().clone().expect("no session");
+        outbox
+            .send(Ok(CoordinatorMessage {
+                kind: Some(coordinator_message::Kind::Task(Task {
+                    task_id: task_id.clone(),
+                    job_id: "job-hostile".into(),
+                    federation: "fed".into(),
+                    round: self.next_task,
+                    deadline_unix_ms: 0,
+                    kind: Some(kind),
+                    terms: Some(terms),
+                })),
+            }))
+            .await
+            .unwrap();
+        let mut out = Vec::new();
+        loop {
+            let seen = self.next(Duration::from_secs(120)).await;
+            assert_eq!(seen.task(), Some(task_id.as_str()), "{seen:?}");
+            let done = matches!(seen, Seen::Refused { .. } | Seen::Result { .. });
+            out.push(seen);
+            if done {
+                return out;
+            }
+        }
+    }
+}
+
+/// Terms the agency's open policy accepts, declaring `epsilon_per_round`.
+pub fn terms(agency: &str, country: &str, epsilon_per_round: f64, fields: &[&str]) -> RoundTerms {
+    RoundTerms {
+        purpose: "narcotics".into(),
+        date: String::new(),
+        coordinator_country: "NL".into(),
+        epsilon_per_round,
+        delta: 1e-5,
+        fields: fields.iter().map(|f| f.to_string()).collect(),
+        model_retention_days: None,
+        onward_transfer: false,
+        participants: vec![RoundParticipant {
+            agency: agency.into(),
+            country: country.into(),
+        }],
+        registry_version: "test-1".into(),
+    }
+}
+
+/// A model of the spec's layout with every parameter `value`.
+pub fn model_of(spec: &TrainingSpec, value: f64) -> Vec<NamedTensor> {
+    treaty_proto::schema::parameter_layout(spec)
+        .into_iter()
+        .map(|(name, shape)| NamedTensor::new(name, ArrayD::from_elem(IxDyn(&shape), value)))
+        .collect()
+}

@@ -1,0 +1,326 @@
+//! Attacks of a malicious, adaptive coordinator on a real node: each is run against two nodes
+//! whose data differ in one record, and everything the nodes say — refusals and their texts,
+//! privacy reports, result layouts, counts — must be the same, up to DP noise in the released
+//! values. The double in `double.rs` speaks the real protocol over real mutual TLS.
+
+mod double;
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use treaty_proto::v1::{
+    ColumnStats, DpMode, ModelKind, PrivacySpec, QueryKind, QuerySpec, QueryTask, StatsTask,
+    TrainingSpec, TrainingTask, task,
+};
+
+use crate::common::*;
+use double::{Hostile, Seen, model_of, terms};
+
+const AGENCY: (&str, &str) = ("DE-BKA", "DE");
+
+/// The schema of `write_data`'s files over the given numeric columns, without bounds unless
+/// `bounded`.
+fn schema_over(columns: &[&str], bounded: bool) -> treaty_proto::v1::FeatureSchema {
+    let mut text = "[label]\nname = \"seized\"\nkind = \"binary\"\n".to_owned();
+    for c in columns {
+        text.push_str(&format!("[[column]]\nname = \"{c}\"\nkind = \"numeric\"\n"));
+        if bounded {
+            text.push_str("lower = -3.5\nupper = 3.5\n");
+        }
+    }
+    treaty_proto::schema::parse(&text).unwrap().unwrap()
+}
+
+fn training(columns: &[&str], privacy: PrivacySpec) -> TrainingSpec {
+    TrainingSpec {
+        model: ModelKind::LogisticRegression as i32,
+        schema: Some(schema_over(columns, true)),
+        rounds: 1,
+        local_epochs: 1,
+        batch_size: 32,
+        learning_rate: 0.1,
+        privacy: Some(privacy),
+        ..Default::default()
+    }
+}
+
+/// Poisson DP-SGD with the sampling rate left to the node (the CLI's default).
+fn poisson() -> PrivacySpec {
+    PrivacySpec {
+        mode: DpMode::Poisson as i32,
+        clip_norm: 1.0,
+        noise_multiplier: 1.0,
+        evaluation_epsilon: 0.5,
+        ..Default::default()
+    }
+}
+
+fn train_task(spec: TrainingSpec, public_records: f64) -> task::Kind {
+    task::Kind::Training(TrainingTask {
+        spec: Some(spec),
+        model_version: "job-hostile/r0".into(),
+        public_records,
+    })
+}
+
+/// One node on `train`/`test`, put through every attack in order; what it said of each.
+async fn attack(train: PathBuf, test: PathBuf) -> Vec<(&'static str, Vec<Seen>)> {
+    let (agency, country) = AGENCY;
+    let fx = Fixture::new(&[AGENCY]);
+    let mut hostile = Hostile::start(&fx).await;
+    let config = fx.node_config_for(agency, country, &hostile.address, &train, &test);
+    let node = fx.start_node_with(agency, &config);
+    let hello = hostile.hello().await;
+    let all = ["x1", "x2", "seized"];
+    let mut out = vec![("hello", vec![Seen::Hello(hello)])];
+
+    // 1. The record count through a refusal: a task claiming a tiny epsilon per round, with no
+    // sampling rate. The node once computed q = batch / n and quoted its exact epsilon.
+    let spec = training(&["x2"], poisson());
+    hostile.serve_model(model_of(&spec, 0.0));
+    let seen = hostile
+        .run(
+            train_task(spec.clone(), 0.0),
+            terms(agency, country, 1e-6, &all),
+        )
+        .await;
+    out.push(("no public count", seen));
+    let seen = hostile
+        .run(
+            train_task(spec.clone(), 1000.0),
+            terms(agency, country, 1e-6, &all),
+        )
+        .await;
+    out.push(("epsilon refusal", seen));
+
+    // 2. An accepted round: the privacy report and the update's layout.
+    let seen = hostile
+        .run(
+            train_task(spec.clone(), 1000.0),
+            terms(agency, country, 1e9, &all),
+        )
+        .await;
+    out.push(("training round", seen));
+
+    // 3. A bad cell: a schema that reads it, which once made the node refuse with its line.
+    let spec = training(&["x1", "x2"], poisson());
+    hostile.serve_model(model_of(&spec, 0.0));
+    let seen = hostile
+        .run(train_task(spec, 1000.0), terms(agency, country, 1e9, &all))
+        .await;
+    out.push(("bad cell", seen));
+
+    // 4. Poisoned tasks: a global model with huge weights, a standardisation with a vanishing
+    // standard deviation (which once drove a record's gradient to NaN, unclipped).
+    let spec = training(&["x2"], poisson());
+    hostile.serve_model(model_of(&spec, 1e300));
+    let seen = hostile
+        .run(
+            train_task(spec.clone(), 1000.0),
+            terms(agency, country, 1e9, &all),
+        )
+        .await;
+    out.push(("huge model", seen));
+    let mut tiny = training(&["x2"], poisson());
+    tiny.standardization = vec![ColumnStats {
+        name: "x2".into(),
+        mean: 0.0,
+        std: 1e-300,
+        count: 0.0,
+    }];
+    let seen = hostile
+        .run(train_task(tiny, 1000.0), terms(agency, country, 1e9, &all))
+        .await;
+    out.push(("vanishing std", seen));
+    let mut amount = training(&["amount"], poisson());
+    amount.schema = Some(schema_over(&["amount"], false));
+    amount.standardization = vec![ColumnStats {
+        name: "amount".into(),
+        mean: 0.0,
+        std: 1e-6,
+        count: 0.0,
+    }];
+    hostile.serve_model(model_of(&amount, 1e5));
+    let seen = hostile
+        .run(
+            train_task(amount, 1000.0),
+            terms(agency, country, 1e9, &["amount", "seized"]),
+        )
+        .await;
+    out.push(("extreme features", seen));
+
+    // 5. A statistics round and a query over the column with the bad cell, at a negligible
+    // epsilon: once a refusal naming the line.
+    let stats = task::Kind::Stats(StatsTask {
+        schema: Some(schema_over(&["x1", "x2"], true)),
+        privacy: Some(PrivacySpec {
+            statistics_rho: 0.01,
+            ..Default::default()
+        }),
+    });
+    let seen = hostile.run(stats, terms(agency, country, 1e9, &all)).await;
+    out.push(("statistics", seen));
+    let query = task::Kind::Query(QueryTask {
+        spec: Some(QuerySpec {
+            kind: QueryKind::Sum as i32,
+            column: "x1".into(),
+            lower: -3.5,
+            upper: 3.5,
+            where_column: "mode".into(),
+            where_value: "sea".into(),
+            epsilon: 1e-9,
+            ..Default::default()
+        }),
+    });
+    let seen = hostile.run(query, terms(agency, country, 1e9, &all)).await;
+    out.push(("query", seen));
+    drop(node);
+    out
+}
+
+/// What must not differ between the two nodes: everything but the noisy values themselves.
+fn public_part(seen: &[Seen]) -> Vec<String> {
+    seen.iter()
+        .map(|s| match s {
+            Seen::Result { header, tensors } => {
+                let mut h = header.clone();
+                if let Some(e) = h.evaluation.as_mut() {
+                    e.counts = vec![0.0; e.counts.len()];
+                }
+                let layout: Vec<(String, Vec<usize>)> = tensors
+                    .iter()
+                    .map(|t| (t.name.clone(), t.values.shape().to_vec()))
+                    .collect();
+                format!("result {h:?} {layout:?}")
+            }
+            other => format!("{other:?}"),
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_hostile_coordinator_learns_nothing_beyond_dp_from_one_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let (train, test) = write_data(dir.path(), "base", 400, 7);
+    // The neighbour: one more record, with a cell that is not a number in `x1` and an extreme
+    // `amount`. Schemas over `x2` see one more ordinary record; schemas over `x1` a bad cell.
+    let neighbour = dir.path().join("neighbour_train.csv");
+    std::fs::copy(&train, &neighbour).unwrap();
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&neighbour)
+        .unwrap();
+    writeln!(f, "abc,0.5,sea,low,1e300,1").unwrap();
+    drop(f);
+
+    let a = attack(train, test.clone()).await;
+    let b = attack(neighbour, test).await;
+    for ((name, x), (_, y)) in a.iter().zip(&b) {
+        assert_eq!(
+            public_part(x),
+            public_part(y),
+            "attack `{name}`: the two nodes' messages differ"
+        );
+    }
+
+    // And each attack met the answer it should have (the same on both sides, as checked).
+    let outcome = |name: &str| {
+        a.iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, s)| s.clone())
+            .unwrap()
+    };
+    let refused = |s: &[Seen]| match s.last() {
+        Some(Seen::Refused { code, message, .. }) => Some((code.clone(), message.clone())),
+        _ => None,
+    };
+    let (code, message) = refused(&outcome("no public count")).unwrap();
+    assert_eq!(code, "INVALID_TASK", "{message}");
+    assert!(message.contains("public figure"), "{message}");
+    let (code, message) = refused(&outcome("epsilon refusal")).unwrap();
+    assert_eq!(code, "EPSILON_PER_ROUND_EXCEEDED", "{message}");
+    for name in [
+        "training round",
+        "bad cell",
+        "extreme features",
+        "statistics",
+        "query",
+    ] {
+        let seen = outcome(name);
+        assert!(
+            matches!(seen.last(), Some(Seen::Result { .. })),
+            "{name}: {seen:?}"
+        );
+    }
+    assert_eq!(refused(&outcome("huge model")).unwrap().0, "INVALID_TASK");
+    assert_eq!(
+        refused(&outcome("vanishing std")).unwrap().0,
+        "INVALID_TASK"
+    );
+    // The extreme features left the update finite and bounded: 32 steps of learning rate 0.1
+    // from 1e5, each moving a parameter by the clipped sum (at most the expected batch, 32)
+    // plus noise, over the public expected batch of 32.
+    let Some(Seen::Result { tensors, .. }) = outcome("extreme features").last().cloned() else {
+        unreachable!()
+    };
+    for t in &tensors {
+        for v in t.values.iter() {
+            assert!(v.is_finite() && (v - 1e5).abs() < 1e3, "{v}");
+        }
+    }
+    // The privacy reports are the node's whole ledger: equal across the two, and not zero.
+    let Some(Seen::Result { header, .. }) = outcome("query").last().cloned() else {
+        unreachable!()
+    };
+    assert!(header.privacy.unwrap().spent_epsilon > 0.0);
+}
+
+/// A long training round stops when the node is told to stop, and the release stays in the
+/// ledger (it may have left in part: the ledger over-counts, never under-counts).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_busy_node_stops_within_its_grace_on_sigterm() {
+    let (agency, country) = AGENCY;
+    let fx = Fixture::new(&[AGENCY]);
+    let mut hostile = Hostile::start(&fx).await;
+    let config = fx.node_config(agency, country, &hostile.address, 3);
+    let mut node = fx.start_node_with(agency, &config);
+    hostile.hello().await;
+    let mut spec = training(
+        &["x1", "x2"],
+        PrivacySpec {
+            mode: DpMode::FullBatch as i32,
+            clip_norm: 1.0,
+            noise_multiplier: 1.0,
+            ..Default::default()
+        },
+    );
+    spec.model = ModelKind::Mlp as i32;
+    spec.hidden_units = 1000;
+    spec.local_epochs = 1_000_000;
+    hostile.serve_model(model_of(&spec, 0.01));
+    let outbox_task = train_task(spec, 400.0);
+    let run = hostile.run(
+        outbox_task,
+        terms(agency, country, 1e30, &["x1", "x2", "seized"]),
+    );
+    // The task is accepted and then trains for ever; stop the node while it does.
+    let waiting = tokio::time::timeout(Duration::from_secs(3), run).await;
+    assert!(waiting.is_err(), "the round ended early: {waiting:?}");
+    node.wait_for_log("release recorded in the ledger", Duration::from_secs(10));
+    node.signal(nix::sys::signal::Signal::SIGTERM);
+    let status = node.wait_for_exit(Duration::from_secs(15));
+    assert!(
+        status.is_some(),
+        "the node is still running:\n{}",
+        node.log()
+    );
+    let ledger = treaty_json(&[
+        "node",
+        "ledger",
+        "--config",
+        config.to_str().unwrap(),
+        "--json",
+    ]);
+    assert_eq!(ledger["entries"].as_array().unwrap().len(), 1, "{ledger}");
+}
