@@ -147,7 +147,9 @@ pub async fn w1(args: W1Args) -> anyhow::Result<()> {
         args.epsilon
     );
     let spawned = Instant::now();
-    let mut fed = LocalFederation::start(&dir, &agencies, 10.0_f64.max(args.epsilon * 1.5)).await?;
+    let fields: Vec<String> = (0..args.features).map(|j| format!("f{j}")).collect();
+    let mut fed =
+        LocalFederation::start(&dir, &agencies, 10.0_f64.max(args.epsilon * 1.5), &fields).await?;
     let result = async {
         let mut client = fed.operator().await?;
         fed.wait_connected(&mut client, args.agencies, Duration::from_secs(300)).await?;
@@ -254,7 +256,7 @@ pub async fn w1(args: W1Args) -> anyhow::Result<()> {
 
 /// W5: Gaussian noise through opendp for updates of 10^3, 10^5 and 10^6 parameters, on one
 /// thread and on every core: samples per second, the median of `repeats` runs.
-pub fn w5(repeats: usize) -> anyhow::Result<()> {
+pub fn w5(repeats: usize, sizes: &[usize]) -> anyhow::Result<()> {
     use treaty_node::noise::GaussianNoise;
     let noise = GaussianNoise {
         sensitivity: 1.0,
@@ -270,7 +272,7 @@ pub fn w5(repeats: usize) -> anyhow::Result<()> {
         "    parameters   one thread (samples/s)   all cores (samples/s)   all cores (s per update)"
     );
     let mut rows = Vec::new();
-    for size in [1_000usize, 100_000, 1_000_000] {
+    for &size in sizes {
         let median = |mut times: Vec<f64>| {
             times.sort_by(f64::total_cmp);
             times[times.len() / 2]

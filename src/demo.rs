@@ -129,7 +129,7 @@ async fn demo(
     step(
         "making a throwaway PKI and starting the coordinator and one node per agency (mutual TLS 1.3)",
     );
-    let fed = slot.insert(LocalFederation::start(dir, &data, BUDGET).await?);
+    let fed = slot.insert(LocalFederation::start(dir, &data, BUDGET, &[]).await?);
     let mut client = fed.operator().await?;
     let connected = fed
         .wait_connected(&mut client, AGENCIES.len(), Duration::from_secs(30))

@@ -87,11 +87,25 @@ fn eu_policy(country: &str) -> String {
     )
 }
 
-/// Writes the registry and a policy per country into `dir`; returns the `[policy]` lines of
-/// the configurations.
-fn write_policies(dir: &Path, agencies: &[AgencyData]) -> anyhow::Result<String> {
+/// Writes the registry (with `fields` added to its vocabulary, as ordinary data) and a policy
+/// per country into `dir`; returns the `[policy]` lines of the configurations.
+fn write_policies(
+    dir: &Path,
+    agencies: &[AgencyData],
+    fields: &[String],
+) -> anyhow::Result<String> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create `{}`", dir.display()))?;
     for (name, text) in SAMPLE {
+        let text = match name {
+            "registry.toml" if !fields.is_empty() => {
+                let added: String = fields
+                    .iter()
+                    .map(|f| format!("{f} = \"ordinary\"\n"))
+                    .collect();
+                text.replacen("[fields]\n", &format!("[fields]\n{added}"), 1)
+            }
+            _ => text.to_owned(),
+        };
         std::fs::write(dir.join(name), text)?;
     }
     for a in agencies {
@@ -110,8 +124,14 @@ fn write_policies(dir: &Path, agencies: &[AgencyData]) -> anyhow::Result<String>
 impl LocalFederation {
     /// Makes the PKI and configurations in `dir` and starts the coordinator and a node per
     /// agency; returns once the coordinator listens (nodes connect on their own).
-    /// Each agency's node keeps a privacy budget of `budget` epsilon (at delta 1e-5).
-    pub async fn start(dir: &Path, agencies: &[AgencyData], budget: f64) -> anyhow::Result<Self> {
+    /// Each agency's node keeps a privacy budget of `budget` epsilon (at delta 1e-5); `fields`
+    /// are data fields the sample registry lacks (a benchmark's columns).
+    pub async fn start(
+        dir: &Path,
+        agencies: &[AgencyData],
+        budget: f64,
+        fields: &[String],
+    ) -> anyhow::Result<Self> {
         let pki_dir = PkiDir::new(dir.join("pki"));
         pki::init(
             &pki_dir,
@@ -140,7 +160,7 @@ impl LocalFederation {
             children: Vec::new(),
         };
 
-        let policies = write_policies(&dir.join("policies"), agencies)?;
+        let policies = write_policies(&dir.join("policies"), agencies, fields)?;
         let address_file = dir.join("coordinator.address");
         let config = dir.join("coordinator.toml");
         let (cert, key) = pki_dir.cert_and_key(&Identity::coordinator("local-hub")?);

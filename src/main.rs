@@ -2,6 +2,7 @@
 //! maps errors to exit codes (0 success, 1 failure, 2 unusable input).
 
 mod bench;
+mod bench_timing;
 mod demo;
 mod job_cmd;
 mod local;
@@ -11,6 +12,7 @@ mod policy_cmd;
 mod privacy_cmd;
 mod signals;
 mod synth;
+mod synth_numeric;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -54,12 +56,16 @@ enum Command {
     /// Makes and manages a development PKI.
     #[command(subcommand)]
     Pki(PkiCommand),
-    /// Writes realistic synthetic customs declarations for N agencies: a schema, train and test
-    /// splits per agency, and the ground truth.
+    /// Writes synthetic data for N agencies: realistic customs declarations (a schema, train and
+    /// test splits per agency, and the ground truth), or the numeric data of benchmark
+    /// workloads W1 and W3 (`--kind numeric`: `agency_K_train.csv`, `agency_K_test.csv`).
     Synth {
         /// The directory to write.
         #[arg(long)]
         out: PathBuf,
+        /// What to write.
+        #[arg(long, value_enum, default_value_t = SynthKind::Customs)]
+        kind: SynthKind,
         /// How many agencies.
         #[arg(long, default_value_t = 4)]
         agencies: usize,
@@ -96,6 +102,15 @@ enum Command {
     Model(ModelCommand),
 }
 
+/// What `treaty synth` writes.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum SynthKind {
+    /// Customs declarations with a schema and ground truth (the demo's data).
+    Customs,
+    /// 64 numeric features and a binary label: workloads W1 and W3.
+    Numeric,
+}
+
 #[derive(Debug, Subcommand)]
 enum NodeCommand {
     /// Shows the node's privacy ledger: every release with its mechanism, and what the agency has
@@ -121,10 +136,23 @@ enum BenchCommand {
         repeats: usize,
     },
     /// W5: Gaussian noise through opendp for 10^3, 10^5, 10^6 parameters.
+    /// The timing channel: a DP-SGD round's time as the true number of records varies, with
+    /// the sampling rate fixed by a public figure (docs/THREAT_MODEL.md).
+    Timing {
+        /// The public record count the sampling rate comes from (W1: 80,000).
+        #[arg(long, default_value_t = 80_000)]
+        records: usize,
+        /// Runs per size (the median is reported).
+        #[arg(long, default_value_t = 7)]
+        repeats: usize,
+    },
     W5 {
         /// Runs per size (the median is reported).
         #[arg(long, default_value_t = 5)]
         repeats: usize,
+        /// The update sizes, in parameters.
+        #[arg(long, value_delimiter = ',', default_values_t = [1_000usize, 100_000, 1_000_000])]
+        sizes: Vec<usize>,
     },
 }
 
@@ -259,6 +287,7 @@ fn init_tracing(json: bool, quiet: bool) {
     let filter = EnvFilter::try_from_env("TREATY_LOG").unwrap_or_else(|_| EnvFilter::new(default));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     if json {
         builder.json().init();
@@ -299,6 +328,7 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
         Command::Pki(command) => run_pki(command),
         Command::Synth {
             out,
+            kind,
             agencies,
             rows,
             seed,
@@ -306,8 +336,20 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
             if agencies == 0 || rows < 5 {
                 anyhow::bail!("give at least one agency and five rows");
             }
-            let written = synth::generate(&out, &synth::agencies(agencies), rows, seed)?;
-            print_synth(&out, &written);
+            match kind {
+                SynthKind::Customs => {
+                    let written = synth::generate(&out, &synth::agencies(agencies), rows, seed)?;
+                    print_synth(&out, &written);
+                }
+                SynthKind::Numeric => {
+                    for (k, w) in synth_numeric::generate(&out, agencies, rows, seed)?
+                        .iter()
+                        .enumerate()
+                    {
+                        tracing::info!(agency = k, train = %w.train.display(), test = %w.test.display(), positive_rate = w.positive_rate, "written");
+                    }
+                }
+            }
             Ok(())
         }
         Command::Model(ModelCommand::Get {
@@ -332,8 +374,14 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
         Command::Bench(BenchCommand::Policy { repeats }) => {
             tokio::task::spawn_blocking(move || bench::policy(repeats.max(1))).await?
         }
-        Command::Bench(BenchCommand::W5 { repeats }) => {
-            tokio::task::spawn_blocking(move || bench::w5(repeats.max(1))).await?
+        Command::Bench(BenchCommand::Timing { records, repeats }) => {
+            tokio::task::spawn_blocking(move || {
+                bench_timing::timing(records.max(2), repeats.max(1))
+            })
+            .await?
+        }
+        Command::Bench(BenchCommand::W5 { repeats, sizes }) => {
+            tokio::task::spawn_blocking(move || bench::w5(repeats.max(1), &sizes)).await?
         }
         Command::Privacy(command) => privacy_cmd::run(command),
         Command::Policy(_) => anyhow::bail!("policy commands run before the runtime starts"),
