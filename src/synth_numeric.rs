@@ -145,12 +145,8 @@ pub fn generate(
             let y = u8::from(r.random::<f64>() < sigmoid(logit));
             positives += usize::from(y);
             let mut line = String::with_capacity(16 * FEATURES);
-            for j in 0..FEATURES {
-                let g = if t.skewed[j] {
-                    (0.5 * z[j]).exp()
-                } else {
-                    z[j]
-                };
+            for (j, &zj) in z.iter().enumerate() {
+                let g = if t.skewed[j] { (0.5 * zj).exp() } else { zj };
                 // Seven significant digits, as single precision keeps.
                 line.push_str(&format!("{:.6e},", t.loc[j] + t.scale[j] * g));
             }
