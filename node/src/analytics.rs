@@ -18,6 +18,10 @@ use crate::work::Refusal;
 /// The noise grid of the Laplace mechanism (see `noise::K`).
 const K: i32 = -40;
 
+/// The largest magnitude of a query's clamping bound: with it, no sum of clamped values can
+/// overflow, whatever the number of records.
+const MAX_BOUND: f64 = 1e15;
+
 /// How a query is answered: the width of its vector, each coordinate's bound, the vector's L1
 /// sensitivity after dividing by the bounds, and the Laplace scale on that.
 #[derive(Debug, Clone)]
@@ -60,6 +64,20 @@ pub fn plan(spec: &QuerySpec) -> Result<(QueryPlan, f64), Refusal> {
         return Err(invalid(format!(
             "the query's epsilon {} must be positive",
             spec.epsilon
+        )));
+    }
+    let clamped = matches!(
+        kind(spec),
+        QueryKind::Sum | QueryKind::Mean | QueryKind::Quantile
+    );
+    if clamped
+        && !(spec.lower < spec.upper
+            && spec.lower.abs() <= MAX_BOUND
+            && spec.upper.abs() <= MAX_BOUND)
+    {
+        return Err(invalid(format!(
+            "the query's bounds [{}, {}] must be ordered and within ±{MAX_BOUND:e}",
+            spec.lower, spec.upper
         )));
     }
     let (bounds, sensitivity) =
@@ -177,6 +195,31 @@ pub fn noisy(plan: &QueryPlan, exact: &[f64]) -> Result<Vec<f64>, Refusal> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bounds_a_record_cannot_overflow_are_required() {
+        let spec = |lower: f64, upper: f64| QuerySpec {
+            kind: QueryKind::Sum as i32,
+            column: "x".into(),
+            lower,
+            upper,
+            epsilon: 1.0,
+            ..Default::default()
+        };
+        assert!(plan(&spec(0.0, 10.0)).is_ok());
+        for (lo, hi) in [
+            (10.0, 0.0),
+            (f64::NAN, 1.0),
+            (0.0, f64::INFINITY),
+            (-1e300, 1e300),
+        ] {
+            assert_eq!(
+                plan(&spec(lo, hi)).unwrap_err().code,
+                "INVALID_TASK",
+                "{lo} {hi}"
+            );
+        }
+    }
 
     #[test]
     fn a_laplace_release_spends_no_more_than_its_stated_epsilon() {

@@ -271,8 +271,9 @@ impl Table {
             };
             out.push(match raw {
                 Cell::Value(raw) => {
+                    // max-then-min never panics, whatever bounds a task carries.
                     let v = match (spec.lower, spec.upper) {
-                        (Some(lo), Some(hi)) => raw.clamp(lo, hi),
+                        (Some(lo), Some(hi)) => raw.max(lo).min(hi),
                         _ => raw,
                     };
                     match log1p {
