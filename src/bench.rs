@@ -9,8 +9,7 @@
 //! accuracy and ROC AUC of the final model on the union of the test splits, and the peak RSS of
 //! the coordinator and of one node.
 
-#![allow(clippy::print_stdout)]
-
+use crate::output::outln;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -138,7 +137,7 @@ pub async fn w1(args: W1Args) -> anyhow::Result<()> {
             c.upper = Some(hi);
         }
     }
-    println!(
+    outln!(
         "W1: {} agencies, {} rounds, {} features, data in {}, record-level DP, epsilon {} per agency for the whole job (delta 1e-5)",
         args.agencies,
         args.rounds,
@@ -154,7 +153,7 @@ pub async fn w1(args: W1Args) -> anyhow::Result<()> {
         let mut client = fed.operator().await?;
         fed.wait_connected(&mut client, args.agencies, Duration::from_secs(300)).await?;
         let startup = spawned.elapsed();
-        println!("  nodes started, data loaded and connected in {:.2} s", startup.as_secs_f64());
+        outln!("  nodes started, data loaded and connected in {:.2} s", startup.as_secs_f64());
         let members: Vec<String> = agencies.iter().map(|a| a.agency.clone()).collect();
         client
             .create_federation(CreateFederationRequest {
@@ -223,9 +222,9 @@ pub async fn w1(args: W1Args) -> anyhow::Result<()> {
         }
         let auc = metrics::roc_auc(ndarray::ArrayView1::from(&scores), ndarray::ArrayView1::from(&labels)).context("one class only")?;
         let accuracy = scores.iter().zip(&labels).filter(|(p, y)| (**p >= 0.5) == (**y >= 0.5)).count() as f64 / scores.len() as f64;
-        println!("  job {}: {:.2} s from creation to the final model ({} rounds; statistics round {statistics:.3} s; per-round median {median:.3} s)", job.job_id, wall.as_secs_f64(), job.rounds.len());
-        println!("  final model on the union of the test splits ({} rows): accuracy {accuracy:.4}, ROC AUC {auc:.4}", scores.len());
-        println!("  peak RSS: coordinator {}, one node {}", mib(coordinator_rss), mib(node_rss));
+        outln!("  job {}: {:.2} s from creation to the final model ({} rounds; statistics round {statistics:.3} s; per-round median {median:.3} s)", job.job_id, wall.as_secs_f64(), job.rounds.len());
+        outln!("  final model on the union of the test splits ({} rows): accuracy {accuracy:.4}, ROC AUC {auc:.4}", scores.len());
+        outln!("  peak RSS: coordinator {}, one node {}", mib(coordinator_rss), mib(node_rss));
         anyhow::Ok(serde_json::json!({
             "workload": "W1", "agencies": args.agencies, "rounds": job.rounds.len(),
             "startup_seconds": startup.as_secs_f64(), "job_seconds": wall.as_secs_f64(),
@@ -241,7 +240,7 @@ pub async fn w1(args: W1Args) -> anyhow::Result<()> {
     // Each agency's own ledger, read after its node stopped.
     let spent: Vec<f64> = fed.spent()?.into_iter().map(|(_, e)| e).collect();
     let max = spent.iter().copied().fold(0.0, f64::max);
-    println!(
+    outln!(
         "  privacy: largest epsilon an agency spent: {max:.4} at delta 1e-5 (per agency: {})",
         spent
             .iter()
@@ -250,7 +249,7 @@ pub async fn w1(args: W1Args) -> anyhow::Result<()> {
             .join(", ")
     );
     report["max_epsilon_spent"] = serde_json::json!(max);
-    println!("{report}");
+    outln!("{report}");
     Ok(())
 }
 
@@ -265,10 +264,8 @@ pub fn w5(repeats: usize, sizes: &[usize]) -> anyhow::Result<()> {
     let cores = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1);
-    println!(
-        "W5: Gaussian noise through opendp (scale 1), median of {repeats} runs, {cores} cores"
-    );
-    println!(
+    outln!("W5: Gaussian noise through opendp (scale 1), median of {repeats} runs, {cores} cores");
+    outln!(
         "    parameters   one thread (samples/s)   all cores (samples/s)   all cores (s per update)"
     );
     let mut rows = Vec::new();
@@ -296,7 +293,7 @@ pub fn w5(repeats: usize, sizes: &[usize]) -> anyhow::Result<()> {
                 })
                 .collect::<Result<Vec<_>, _>>()?,
         );
-        println!(
+        outln!(
             "    {size:>10}   {:>22.0}   {:>21.0}   {:>24.3}",
             size as f64 / single,
             size as f64 / parallel,
@@ -304,7 +301,7 @@ pub fn w5(repeats: usize, sizes: &[usize]) -> anyhow::Result<()> {
         );
         rows.push(serde_json::json!({"parameters": size, "single_thread_samples_per_second": size as f64 / single, "all_cores_samples_per_second": size as f64 / parallel, "all_cores_seconds": parallel}));
     }
-    println!(
+    outln!(
         "{}",
         serde_json::json!({"workload": "W5", "cores": cores, "results": rows})
     );
@@ -420,8 +417,8 @@ pub fn policy(repeats: usize) -> anyhow::Result<()> {
         t[t.len() / 2]
     };
     let exe = std::env::current_exe()?;
-    println!("treaty policy decide, 2 agencies per country, median of {repeats} runs");
-    println!(
+    outln!("treaty policy decide, 2 agencies per country, median of {repeats} runs");
+    outln!(
         "    instance                  admitted   whole command (ms)   parse + decide (ms)   decide (ms)"
     );
     for (name, countries, shape) in [
@@ -477,7 +474,7 @@ pub fn policy(repeats: usize) -> anyhow::Result<()> {
                 bail!("the library and the command disagree");
             }
         }
-        println!(
+        outln!(
             "    {name:<25} {admitted:>8}   {:>18.2}   {:>19.3}   {:>11.3}",
             median(command_times),
             median(load_times),

@@ -4,8 +4,7 @@
 //! records differs: half the public figure, the public figure, and one record more. Reports how
 //! a round's time grows with the records (seconds per record) against its run-to-run spread.
 
-#![allow(clippy::print_stdout)]
-
+use crate::output::outln;
 use std::time::Instant;
 
 use ndarray::{Array1, Array2};
@@ -51,11 +50,11 @@ pub fn timing(public_records: usize, repeats: usize) -> anyhow::Result<()> {
     };
     let stop = CancellationToken::new();
     let mut rng = StdRng::seed_from_u64(7);
-    println!(
+    outln!(
         "timing: one DP-SGD round of W1's shape, q = {q:.5} from a public count of {public_records}, {} steps; median of {repeats} runs",
         dp.steps
     );
-    println!("    true records   median (s)   min (s)   max (s)");
+    outln!("    true records   median (s)   min (s)   max (s)");
     // The sizes are interleaved run by run, after one warm-up, so that drift in the machine's
     // speed falls on all of them alike.
     let sizes = [public_records / 2, public_records, public_records + 1];
@@ -79,7 +78,7 @@ pub fn timing(public_records: usize, repeats: usize) -> anyhow::Result<()> {
     for (&n, t) in sizes.iter().zip(times.iter_mut()) {
         let m = median(t);
         let (lo, hi) = (t[0], t[t.len() - 1]);
-        println!("    {n:>12}   {m:>10.4}   {lo:>7.4}   {hi:>7.4}");
+        outln!("    {n:>12}   {m:>10.4}   {lo:>7.4}   {hi:>7.4}");
         if n == public_records {
             spread = hi - lo;
         }
@@ -87,7 +86,7 @@ pub fn timing(public_records: usize, repeats: usize) -> anyhow::Result<()> {
     }
     let (half, full) = (medians[0], medians[1]);
     let per_record = (full.1 - half.1) / (full.0 - half.0).max(1) as f64;
-    println!(
+    outln!(
         "    a round's time grows by {:.3e} s per record; one record's effect is {:.2e} of the run-to-run spread ({spread:.4} s) at {public_records} records",
         per_record,
         if spread > 0.0 {

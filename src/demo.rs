@@ -7,8 +7,7 @@
 //! while showing their progress, prints a summary with one explained prediction, and stops
 //! every process it started.
 
-#![allow(clippy::print_stdout)]
-
+use crate::output::outln;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -79,15 +78,15 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
             && let Ok(spent) = f.spent()
         {
             let list: Vec<String> = spent.iter().map(|(a, e)| format!("{a} {e:.3}")).collect();
-            println!(
+            outln!(
                 "  privacy spent, from each agency's own ledger (budget {BUDGET} at delta 1e-5): {}",
                 list.join(", ")
             );
         }
     }
     match (&result, &args.keep) {
-        (_, Some(dir)) => println!("\nEverything is kept in {}", dir.display()),
-        (Err(_), None) => println!(
+        (_, Some(dir)) => outln!("\nEverything is kept in {}", dir.display()),
+        (Err(_), None) => outln!(
             "\nThe logs were in {} (removed); rerun with --keep DIR to keep them",
             dir.display()
         ),
@@ -97,7 +96,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
 }
 
 fn step(text: &str) {
-    println!("==> {text}");
+    outln!("==> {text}");
 }
 
 async fn demo(
@@ -118,7 +117,7 @@ async fn demo(
     let synth = synth::generate(&dir.join("data"), &agencies, args.rows, 2026)?;
     let data = synth.agencies.clone();
     for a in &data {
-        println!(
+        outln!(
             "    {} ({}): {:.1} % seized",
             a.agency,
             a.country,
@@ -251,8 +250,8 @@ fn summary(
     elapsed: Duration,
 ) -> anyhow::Result<()> {
     let data = &synth.agencies;
-    println!("\nSummary");
-    println!(
+    outln!("\nSummary");
+    outln!(
         "  federation demo-customs: {} agencies in 4 countries, over mutual TLS 1.3",
         AGENCIES.len()
     );
@@ -268,7 +267,7 @@ fn summary(
                     .collect()
             })
             .unwrap_or_default();
-        println!(
+        outln!(
             "  sharing policies: every round decided by the engine under registry {} and policies {}; the last admitted {} agencies (the coordinator keeps each decision with the policies' SHA-256)",
             d["registry_version"].as_str().unwrap_or("?"),
             versions.join(", "),
@@ -276,20 +275,20 @@ fn summary(
         );
     }
     if let Some(stats) = &job.statistics {
-        println!(
+        outln!(
             "  statistics round: column sums from {} agencies standardise the numeric columns",
             stats.contributors.len()
         );
     }
-    println!(
+    outln!(
         "  training job {}: {} rounds (metrics of the global model entering each round, from every agency's noisy evaluation counts)",
         job.job_id,
         job.rounds.len()
     );
-    println!("    round  contributors  test records  accuracy     AUC  log loss");
+    outln!("    round  contributors  test records  accuracy     AUC  log loss");
     for r in &job.rounds {
         let m = |k: &str| r.metrics.get(k).copied().unwrap_or(f64::NAN);
-        println!(
+        outln!(
             "    {:>5}  {:>12}  {:>12.0}  {:>8.4}  {:>6.4}  {:>8.4}",
             r.round,
             format!("{}/{}", r.contributors.len(), r.invited.len()),
@@ -319,7 +318,7 @@ fn summary(
         .filter(|(p, y)| (**p >= 0.5) == (**y >= 0.5))
         .count() as f64
         / scores.len().max(1) as f64;
-    println!(
+    outln!(
         "  final model {}: AUC {auc:.4}, accuracy {accuracy:.4} on the union of the test splits ({} declarations); the ground truth itself scores AUC {:.4}",
         job.latest_model_version,
         scores.len(),
@@ -334,7 +333,7 @@ fn summary(
     if let Some(e) = explain(&model, &schema, ex.x.row(riskiest), 0) {
         let mut parts = e.contributions.clone();
         parts.sort_by(|a, b| b.1.abs().total_cmp(&a.1.abs()));
-        println!(
+        outln!(
             "  the riskiest declaration in {}'s test split (line {}): P(seized) = {:.3}; log-odds {:.3} = bias {:.3}",
             agency.agency,
             riskiest + 2,
@@ -343,23 +342,26 @@ fn summary(
             e.bias
         );
         for (name, c) in parts.iter().take(5) {
-            println!("    {c:+.3}  {name}");
+            outln!("    {c:+.3}  {name}");
         }
     }
     if let Some(r) = query.rounds.first() {
-        println!(
+        outln!(
             "  analytics job {}: seizures by origin and transport mode from {} agencies, each answer with Laplace noise (epsilon 1 per agency); 95 % intervals:",
             query.job_id,
             r.contributors.len()
         );
         for v in r.answer.iter().filter(|v| !v.label.contains("<other>")) {
-            println!(
+            outln!(
                 "    {:<34} {:>8.1}   [{:.1}, {:.1}]",
-                v.label, v.value, v.ci_low, v.ci_high
+                v.label,
+                v.value,
+                v.ci_low,
+                v.ci_high
             );
         }
     }
 
-    println!("  finished in {:.1} s", elapsed.as_secs_f64());
+    outln!("  finished in {:.1} s", elapsed.as_secs_f64());
     Ok(())
 }

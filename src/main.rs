@@ -8,6 +8,7 @@ mod job_cmd;
 mod local;
 mod model_cmd;
 mod operator;
+mod output;
 mod policy_cmd;
 mod privacy_cmd;
 mod signals;
@@ -19,6 +20,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
+use output::outln;
 use tracing_subscriber::EnvFilter;
 use treaty_proto::pki;
 
@@ -394,7 +396,6 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
     }
 }
 
-#[allow(clippy::print_stdout)]
 fn show_ledger(config: &std::path::Path, json: bool) -> anyhow::Result<()> {
     let config = treaty_node::NodeConfig::load(config)?;
     let ledger = treaty_node::ledger::Ledger::open(&config.state_dir, config.privacy)
@@ -407,7 +408,7 @@ fn show_ledger(config: &std::path::Path, json: bool) -> anyhow::Result<()> {
     let entries = ledger.entries()?;
     let spent = ledger.spent()?;
     if json {
-        println!(
+        outln!(
             "{}",
             serde_json::json!({"entries": entries, "spent": spent, "budget": config.privacy.map(|b| serde_json::json!({"max_epsilon": b.max_epsilon, "delta": b.delta}))})
         );
@@ -418,16 +419,20 @@ fn show_ledger(config: &std::path::Path, json: bool) -> anyhow::Result<()> {
             Some(r) => serde_json::to_string(r)?,
             None => "no differential privacy".to_owned(),
         };
-        println!(
+        outln!(
             "{}\t{}\tround {}\t{}\t{}",
-            e.time_unix_ms, e.job_id, e.round, e.kind, mechanism
+            e.time_unix_ms,
+            e.job_id,
+            e.round,
+            e.kind,
+            mechanism
         );
     }
     let budget = config
         .privacy
         .map(|b| format!(" of a budget of {}", b.max_epsilon))
         .unwrap_or_default();
-    println!(
+    outln!(
         "{} release(s); spent epsilon {:.6}{budget} at delta {:e} ({})",
         entries.len(),
         spent.epsilon,
@@ -437,20 +442,18 @@ fn show_ledger(config: &std::path::Path, json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-#[allow(clippy::print_stdout)]
 fn print_line(text: &str) {
-    println!("{text}");
+    outln!("{text}");
 }
 
-#[allow(clippy::print_stdout)]
 fn print_synth(out: &std::path::Path, written: &synth::Synth) {
-    println!("{}", out.join("schema.toml").display());
-    println!(
+    outln!("{}", out.join("schema.toml").display());
+    outln!(
         "the ground truth's AUC on the test splits: {:.4}",
         written.truth_test_auc
     );
     for a in &written.agencies {
-        println!(
+        outln!(
             "{} ({}): {} and {}, {:.1} % seized",
             a.agency,
             a.country,
@@ -461,7 +464,6 @@ fn print_synth(out: &std::path::Path, written: &synth::Synth) {
     }
 }
 
-#[allow(clippy::print_stdout)]
 fn run_pki(command: PkiCommand) -> anyhow::Result<()> {
     match command {
         PkiCommand::Init(args) => {
@@ -485,7 +487,7 @@ fn run_pki(command: PkiCommand) -> anyhow::Result<()> {
             };
             let written = pki::init(&pki::PkiDir::new(&args.dir), &options)?;
             for path in written {
-                println!("{}", path.display());
+                outln!("{}", path.display());
             }
         }
         PkiCommand::Issue {
@@ -503,11 +505,11 @@ fn run_pki(command: PkiCommand) -> anyhow::Result<()> {
                 (None, None) => anyhow::bail!("give --agency or --operator"),
             };
             let (cert, key) = pki::issue(&pki::PkiDir::new(&dir), &identity, &[], days)?;
-            println!("{}\n{}", cert.display(), key.display());
+            outln!("{}\n{}", cert.display(), key.display());
         }
         PkiCommand::Revoke { dir, cert } => {
             let serial = pki::revoke(&pki::PkiDir::new(&dir), &cert)?;
-            println!(
+            outln!(
                 "revoked serial {serial}; coordinators refuse it from now on and close its open sessions"
             );
         }

@@ -2,8 +2,7 @@
 //! (its schema, standardisation, feature names and tensors), and predictions with each feature's
 //! contribution for the records of a CSV file.
 
-#![allow(clippy::print_stdout)]
-
+use crate::output::outln;
 use std::path::Path;
 
 use anyhow::{Context, bail};
@@ -169,13 +168,13 @@ pub fn explain_records(model_file: &Path, data: &Path, limit: usize) -> anyhow::
             Kind::Linear => format!("{:.4}", prediction[0]),
             _ => format!("p = {:.4}", prediction[0]),
         };
-        println!("record {} (line {}): {shown}", i + 1, i + 2);
+        outln!("record {} (line {}): {shown}", i + 1, i + 2);
         if let Some(e) = explain(&model, &schema, row, class) {
             let mut parts = e.contributions.clone();
             parts.sort_by(|a, b| b.1.abs().total_cmp(&a.1.abs()));
-            println!("  score {:.4} = bias {:.4}", e.score, e.bias);
+            outln!("  score {:.4} = bias {:.4}", e.score, e.bias);
             for (name, c) in parts.iter().filter(|(_, c)| *c != 0.0) {
-                println!("    {c:+.4}  {name}");
+                outln!("    {c:+.4}  {name}");
             }
         }
     }

@@ -8,8 +8,7 @@
 //! country code; `sign` and `verify` 0 when every file is signed or verifies, 1 otherwise, 2 on
 //! an unusable key, key directory or registry.
 
-#![allow(clippy::print_stdout)]
-
+use crate::output::{out, outln};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -285,7 +284,7 @@ fn test_cmd(registry: &Path, policies: &Path, keys: Option<&Path>, files: &[Path
             let text = match std::fs::read_to_string(path) {
                 Ok(t) => t,
                 Err(e) => {
-                    println!("{}:1:1: cannot read the test file: {e}", path.display());
+                    outln!("{}:1:1: cannot read the test file: {e}", path.display());
                     unusable_files += 1;
                     continue;
                 }
@@ -294,30 +293,30 @@ fn test_cmd(registry: &Path, policies: &Path, keys: Option<&Path>, files: &[Path
                 Ok(f) => f,
                 Err(problems) => {
                     for p in problems {
-                        println!("{p}");
+                        outln!("{p}");
                     }
                     unusable_files += 1;
                     continue;
                 }
             };
             let n = file.tests.len();
-            println!(
+            outln!(
                 "{}: {n} test{}",
                 path.display(),
                 if n == 1 { "" } else { "s" }
             );
             for result in testing::run_file(&registry, &dir, &file) {
-                println!("{result}");
+                outln!("{result}");
                 summary.add(&result);
             }
         }
         if unusable_files > 0 {
-            println!(
+            outln!(
                 "{summary}; {unusable_files} test file{} unusable",
                 if unusable_files == 1 { "" } else { "s" }
             );
         } else {
-            println!("{summary}");
+            outln!("{summary}");
         }
         Ok(if unusable_files > 0 || summary.errors > 0 {
             2
@@ -377,7 +376,7 @@ fn lint_cmd(registry: &Path, today: Option<&str>, files: &[PathBuf]) -> Code {
             match read_policy(&registry, path) {
                 Err(lines) => {
                     for l in lines {
-                        println!("{l}");
+                        outln!("{l}");
                     }
                     invalid += 1;
                     code = code.max(1);
@@ -391,7 +390,7 @@ fn lint_cmd(registry: &Path, today: Option<&str>, files: &[PathBuf]) -> Code {
                         today,
                     );
                     for w in &found {
-                        println!("{w}");
+                        outln!("{w}");
                     }
                     if !found.is_empty() {
                         warnings += found.len();
@@ -443,11 +442,11 @@ fn diff_cmd(registry: &Path, date: Option<&str>, json: bool, old: &Path, new: &P
         let d = diff::diff(&registry, &old_policy, &new_policy, date);
         if json {
             match serde_json::to_string_pretty(&d) {
-                Ok(text) => println!("{text}"),
+                Ok(text) => outln!("{text}"),
                 Err(e) => return Err(unusable(e)),
             }
         } else {
-            print!("{}", d.text());
+            out!("{}", d.text());
         }
         Ok(0)
     })
@@ -489,10 +488,10 @@ fn matrix_cmd(
         let loaded = dir.load_all(&registry, countries.iter().map(String::as_str));
         let m = matrix::matrix(&registry, &loaded, purpose, date);
         match format {
-            MatrixFormat::Text => print!("{}", m.text()),
-            MatrixFormat::Csv => print!("{}", m.csv()),
+            MatrixFormat::Text => out!("{}", m.text()),
+            MatrixFormat::Csv => out!("{}", m.csv()),
             MatrixFormat::Json => match serde_json::to_string_pretty(&m.json()) {
-                Ok(text) => println!("{text}"),
+                Ok(text) => outln!("{text}"),
                 Err(e) => return Err(unusable(e)),
             },
         }
@@ -508,11 +507,11 @@ fn keygen(out: &Path, country: &str) -> Code {
     }
     match signing::write_key_pair(out, country) {
         Ok((private, public)) => {
-            println!(
+            outln!(
                 "{}: {country}'s private key (mode 0600): keep it secret, with the legal team that signs",
                 private.display()
             );
-            println!(
+            outln!(
                 "{}: {country}'s public key: give it to the federation secretariat for the key directory",
                 public.display()
             );
@@ -545,9 +544,9 @@ fn sign_cmd(key: &Path, registry: Option<&Path>, files: &[PathBuf]) -> Code {
         let mut refused = 0;
         for path in files {
             match signing::sign_file(&pair, key_country.as_deref(), path, check) {
-                Ok(sig) => println!("{}: signed ({})", path.display(), sig.display()),
+                Ok(sig) => outln!("{}: signed ({})", path.display(), sig.display()),
                 Err(e) => {
-                    println!("{}: not signed: {e}", path.display());
+                    outln!("{}: not signed: {e}", path.display());
                     refused += 1;
                 }
             }
@@ -562,12 +561,12 @@ fn verify_cmd(keys: &Path, files: &[PathBuf]) -> Code {
         let mut bad = 0;
         for path in files {
             match signing::verify_file(&keys, path) {
-                Ok(country) => println!(
+                Ok(country) => outln!(
                     "{}: signature valid ({country}'s registered key)",
                     path.display()
                 ),
                 Err(e) => {
-                    println!("{}: {e}", path.display());
+                    outln!("{}: {e}", path.display());
                     bad += 1;
                 }
             }
@@ -595,7 +594,7 @@ fn check(registry: &Path, keys: Option<&Path>, files: &[PathBuf]) -> Code {
                 Ok(t) => eprintln!("{}: valid ({} tests)", file.display(), t.tests.len()),
                 Err(lines) => {
                     for l in lines {
-                        println!("{l}");
+                        outln!("{l}");
                     }
                     bad += 1;
                 }
@@ -603,7 +602,7 @@ fn check(registry: &Path, keys: Option<&Path>, files: &[PathBuf]) -> Code {
             continue;
         }
         let Some(country) = country_of(file) else {
-            println!(
+            outln!(
                 "{}:1:1: a policy file is named after its country's ISO code, e.g. DE.toml",
                 file.display()
             );
@@ -618,17 +617,17 @@ fn check(registry: &Path, keys: Option<&Path>, files: &[PathBuf]) -> Code {
                 p.version
             ),
             Loaded::Missing { looked_at } => {
-                println!("{looked_at}:1:1: the file cannot be read");
+                outln!("{looked_at}:1:1: the file cannot be read");
                 bad += 1;
             }
             Loaded::Broken { error, .. } => {
                 for d in error.diagnostics() {
-                    println!("{d}");
+                    outln!("{d}");
                 }
                 bad += 1;
             }
             Loaded::BadSignature { problem, .. } => {
-                println!("{}:1:1: {problem}", file.display());
+                outln!("{}:1:1: {problem}", file.display());
                 bad += 1;
             }
         }
@@ -667,7 +666,7 @@ fn decide_cmd(registry: &Path, policies: &Path, request: &Path, keys: Option<&Pa
         );
         let decision = decide(&registry, &loaded, &request).map_err(unusable)?;
         let text = serde_json::to_string_pretty(&decision).map_err(unusable)?;
-        println!("{text}");
+        outln!("{text}");
         Ok(0)
     })
 }

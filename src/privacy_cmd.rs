@@ -1,8 +1,7 @@
 //! `treaty privacy epsilon|noise`: budget planning for people, with the accountants that judge
 //! every release.
 
-#![allow(clippy::print_stdout)]
-
+use crate::output::outln;
 use anyhow::bail;
 use clap::Subcommand;
 use treaty_policies::privacy::{Release, rdp, spent, zcdp};
@@ -88,14 +87,16 @@ pub fn run(command: PrivacyCommand) -> anyhow::Result<()> {
                 delta,
             )?;
             if json {
-                println!(
+                outln!(
                     "{}",
                     serde_json::json!({"epsilon": s.epsilon, "delta": s.delta, "accountant": s.accountant})
                 );
             } else {
-                println!(
+                outln!(
                     "epsilon = {:.6} at delta = {:e} ({})",
-                    s.epsilon, s.delta, s.accountant
+                    s.epsilon,
+                    s.delta,
+                    s.accountant
                 );
             }
         }
@@ -121,14 +122,16 @@ pub fn run(command: PrivacyCommand) -> anyhow::Result<()> {
             };
             let s = spent(&[steps_release(sampling_rate, sigma, steps)], delta)?;
             if json {
-                println!(
+                outln!(
                     "{}",
                     serde_json::json!({"noise_multiplier": sigma, "epsilon": s.epsilon, "delta": s.delta, "accountant": s.accountant})
                 );
             } else {
-                println!(
+                outln!(
                     "noise multiplier = {sigma:.6} (spends epsilon = {:.6} at delta = {:e}, {})",
-                    s.epsilon, s.delta, s.accountant
+                    s.epsilon,
+                    s.delta,
+                    s.accountant
                 );
             }
         }

@@ -89,3 +89,31 @@ fn bad_arguments_are_named() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--sampling-rate 1.5 must be in (0, 1]"));
 }
+
+#[test]
+fn a_reader_that_stops_reading_ends_a_command_quietly() {
+    // The pipe's reading end is closed before the command writes: `println!` would panic on
+    // the write; the command ends with status 0 and says nothing on its error output.
+    let mut child = Command::new(TREATY)
+        .args([
+            "privacy",
+            "epsilon",
+            "--sampling-rate",
+            "0.01",
+            "--noise-multiplier",
+            "4",
+            "--steps",
+            "10000",
+            "--delta",
+            "1e-5",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{:?}: {stderr}", out.status);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}

@@ -1,0 +1,37 @@
+//! Writing to standard output. A reader that stops reading (`treaty policy matrix ... | head`)
+//! ends the command quietly, instead of the panic `println!` gives on a closed pipe; any other
+//! failure to write is reported and ends the command with status 1.
+
+use std::io::Write;
+
+/// Writes formatted text to standard output (as `print!`).
+macro_rules! out {
+    ($($arg:tt)*) => { $crate::output::write(format_args!($($arg)*), false) };
+}
+
+/// Writes formatted text and a newline to standard output (as `println!`).
+macro_rules! outln {
+    () => { $crate::output::write(format_args!(""), true) };
+    ($($arg:tt)*) => { $crate::output::write(format_args!($($arg)*), true) };
+}
+
+pub(crate) use {out, outln};
+
+pub fn write(args: std::fmt::Arguments<'_>, newline: bool) {
+    let mut stdout = std::io::stdout().lock();
+    let written = stdout.write_fmt(args).and_then(|()| {
+        if newline {
+            stdout.write_all(b"\n")
+        } else {
+            Ok(())
+        }
+    });
+    match written {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(0),
+        Err(e) => {
+            eprintln!("error: cannot write to standard output: {e}");
+            std::process::exit(1);
+        }
+    }
+}
