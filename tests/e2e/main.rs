@@ -10,6 +10,7 @@ mod demo;
 mod dp;
 mod identity;
 mod learning;
+mod ledger;
 mod policy;
 mod privacy;
 mod rounds;
