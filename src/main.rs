@@ -116,7 +116,8 @@ enum SynthKind {
 #[derive(Debug, Subcommand)]
 enum NodeCommand {
     /// Shows the node's privacy ledger: every release with its mechanism, and what the agency has
-    /// spent (stop the node first: its database is its own while it runs).
+    /// spent (stop the node first: its database is its own while it runs). A ledger that has
+    /// lost or altered history is shown as damaged, with a non-zero exit.
     Ledger {
         /// The node's configuration file.
         #[arg(long)]
@@ -398,13 +399,25 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
 
 fn show_ledger(config: &std::path::Path, json: bool) -> anyhow::Result<()> {
     let config = treaty_node::NodeConfig::load(config)?;
-    let ledger = treaty_node::ledger::Ledger::open(&config.state_dir, config.privacy)
-        .with_context(|| {
-            format!(
-                "cannot open the ledger in `{}`; if the node is running, stop it first",
-                config.state_dir.display()
-            )
-        })?;
+    // A damaged ledger is the answer, not a failure to find one: said as such (in JSON too),
+    // with a non-zero exit.
+    let ledger = match treaty_node::ledger::Ledger::open(&config.state_dir, config.privacy) {
+        Ok(ledger) => ledger,
+        Err(treaty_node::ledger::LedgerError::Damaged(damage)) => {
+            if json {
+                println!("{}", serde_json::json!({"damaged": damage.to_string()}));
+            }
+            return Err(damage.into());
+        }
+        Err(e) => {
+            return Err(e).with_context(|| {
+                format!(
+                    "cannot open the ledger in `{}`; if the node is running, stop it first",
+                    config.state_dir.display()
+                )
+            });
+        }
+    };
     let entries = ledger.entries()?;
     let spent = ledger.spent()?;
     if json {

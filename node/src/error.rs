@@ -63,6 +63,8 @@ pub enum NodeError {
     OpenStore { path: PathBuf, source: sled::Error },
     #[error("the node's database failed: {0}")]
     Store(#[from] sled::Error),
+    #[error(transparent)]
+    Ledger(#[from] crate::ledger::LedgerError),
     #[error(
         "the certificate `{path}` names `{identity}`, not an agency; a node needs an agency certificate"
     )]

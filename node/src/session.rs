@@ -245,6 +245,10 @@ async fn carry_out(
                 LedgerRefusal::BudgetExhausted { .. } => "BUDGET_EXHAUSTED",
                 LedgerRefusal::NotPrivate => "DP_REQUIRED",
                 LedgerRefusal::Store(_) => "LEDGER_ERROR",
+                // The damage itself is in the node's log; the coordinator learns only that.
+                LedgerRefusal::Damaged(_) => {
+                    return refuse(Refusal::new("LEDGER_ERROR", crate::ledger::DAMAGED)).await;
+                }
             };
             return refuse(Refusal::new(code, refusal.to_string())).await;
         }

@@ -11,6 +11,7 @@ mod dp;
 mod hostile;
 mod identity;
 mod learning;
+mod ledger;
 mod policy;
 mod privacy;
 mod rounds;

@@ -1,0 +1,457 @@
+//! The privacy ledger: every release of values computed from the agency's records, with its
+//! mechanism's parameters.
+//!
+//! # The invariant
+//!
+//! **Every release that has left the node, or may still leave it, is counted in what the ledger
+//! says the agency has spent; a ledger that cannot show that it still holds every entry it ever
+//! recorded releases nothing.** It may over-count; it never under-counts.
+//!
+//! How it holds:
+//!
+//! - *Write-ahead.* A release is recorded durably before [`Ledger::record_if`] returns, so before
+//!   its computation starts and before anything leaves: the entry is inserted into sled and
+//!   flushed, then the anchor (below) is moved to it. A crash can leave an entry for a release
+//!   that never left (the ledger over-counts), never the reverse. Entries are never removed.
+//! - *A hash chain.* Entry `n` is stored under key `n` with the SHA-256 of entry `n - 1`'s stored
+//!   bytes ([`chain`]). Altering, removing or reordering a stored entry breaks the chain.
+//! - *An anchor.* The chain's length and last hash are kept outside sled, in `ledger.head` in the
+//!   state directory, checksummed and replaced atomically ([`anchor`]). Cutting the end off
+//!   sled's `db` file cannot remove both the entries and the anchor's record of them.
+//! - *Verification at every use.* Opening the ledger, and every record, report and reading,
+//!   walk the whole chain and check it against the anchor. A chain that ends where the anchor
+//!   says is sound. A chain that passes through the anchor and goes on by entries that chain
+//!   correctly is the window between sled's flush and the anchor's write (a crash, or a failed
+//!   write of the anchor): those entries are counted and the anchor is moved on. Anything else
+//!   — fewer entries than anchored, a different entry where the anchor points, a broken link, an
+//!   unreadable entry or database, entries without an anchor, a corrupt anchor — is
+//!   [`Damage`], and the ledger refuses every release with a message that says what is wrong.
+//! - *Damage stays.* A node does not start on a damaged ledger ([`Ledger::open`] fails with the
+//!   message). Damage found while it runs refuses that release and every later one, and every
+//!   report says the spending is unknown (infinite), until the node is stopped and an operator
+//!   restores the state directory from a backup that holds every release. `treaty node ledger`
+//!   shows the damage and exits non-zero.
+//!
+//! This detects lost and corrupted history (truncated or garbled files, a lost `db` or anchor,
+//! halves of two backups put together); it is no defence against someone who can write the
+//! state directory on purpose, who could rewrite chain and anchor together. Ledgers written
+//! before the chain existed have no anchor and are refused as damaged.
+//!
+//! What the agency has spent is recomputed from the whole history at every question, by the
+//! accountants of `treaty-policies`, never kept as a running figure. A release without a
+//! differential-privacy mechanism costs an unbounded epsilon: a node that keeps a budget refuses
+//! it.
+//!
+//! This module alone touches the node's database.
+
+pub mod anchor;
+pub mod chain;
+#[cfg(test)]
+mod damage_tests;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
+
+use serde::{Deserialize, Serialize};
+use treaty_policies::privacy::{self, Release, Spent};
+use treaty_proto::v1::PrivacyReport;
+
+pub use chain::{Damage, Fault};
+
+use crate::error::NodeError;
+use anchor::Anchor;
+use chain::{Chain, Link, Standing};
+
+/// What the coordinator is told of a damaged ledger, in refusals and reports: the same words
+/// whatever the damage, so that nothing about the agency's ledger leaves the node.
+pub const DAMAGED: &str =
+    "the node's privacy ledger is damaged; it releases nothing until its operator restores it";
+
+/// One release.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Entry {
+    pub time_unix_ms: i64,
+    pub task_id: String,
+    pub job_id: String,
+    pub federation: String,
+    pub round: u32,
+    /// `training`, `statistics` or `query`.
+    pub kind: String,
+    /// The coordinator it goes to.
+    pub recipient: String,
+    /// The mechanisms and their parameters; `None` for values that would leave without
+    /// differential privacy (never recorded: the node refuses them).
+    pub releases: Option<Vec<Release>>,
+}
+
+/// The agency's budget.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Budget {
+    /// The most epsilon the agency spends, over every job, ever.
+    pub max_epsilon: f64,
+    /// The delta at which epsilon is counted.
+    pub delta: f64,
+}
+
+/// The delta at which a node without a budget reports what it spent.
+pub const DEFAULT_DELTA: f64 = 1e-5;
+
+/// Why the ledger cannot answer.
+#[derive(Debug, thiserror::Error)]
+pub enum LedgerError {
+    #[error(transparent)]
+    Damaged(#[from] Damage),
+    #[error("the privacy ledger at `{}` cannot be written: {message}", dir.display())]
+    Write { dir: PathBuf, message: String },
+    #[error("the privacy ledger's releases cannot be accounted: {0}")]
+    Accounting(String),
+}
+
+/// Why a release was not recorded.
+#[derive(Debug, thiserror::Error)]
+pub enum LedgerRefusal {
+    #[error(
+        "this release would bring the agency's epsilon to {after:.4} at delta {delta:e} ({accountant}), above its budget of {max}; it has spent {spent:.4}"
+    )]
+    BudgetExhausted {
+        spent: f64,
+        after: f64,
+        max: f64,
+        delta: f64,
+        accountant: String,
+    },
+    #[error(
+        "the task releases values without differential privacy, and this agency keeps a privacy budget; give the job a privacy spec"
+    )]
+    NotPrivate,
+    #[error("the ledger cannot be written, so nothing is released: {0}")]
+    Store(String),
+    /// The ledger has lost or altered history: nothing is released until it is restored.
+    #[error(transparent)]
+    Damaged(Damage),
+    /// The caller's own admission check (the agency's sharing policy) refused the release.
+    #[error("{}: {}", .0.code, .0.message)]
+    Refused(crate::work::Refusal),
+}
+
+impl From<LedgerError> for LedgerRefusal {
+    fn from(e: LedgerError) -> Self {
+        match e {
+            LedgerError::Damaged(damage) => LedgerRefusal::Damaged(damage),
+            other => LedgerRefusal::Store(other.to_string()),
+        }
+    }
+}
+
+/// The ledger.
+#[derive(Debug)]
+pub struct Ledger {
+    dir: PathBuf,
+    db: sled::Db,
+    tree: sled::Tree,
+    budget: Option<Budget>,
+    /// Every use of the ledger holds this lock, so two tasks cannot both fit the last budget and
+    /// one anchor is written at a time. It keeps the damage found, which stays.
+    state: Mutex<Option<Damage>>,
+}
+
+impl Ledger {
+    /// Opens the ledger in `dir` and verifies it; a damaged ledger is an error (the node does
+    /// not start on it).
+    pub fn open(dir: &Path, budget: Option<Budget>) -> Result<Self, LedgerError> {
+        let damage = |fault| Damage {
+            dir: dir.to_owned(),
+            fault,
+        };
+        let db = sled::Config::new()
+            .path(dir)
+            .open()
+            .map_err(|e| damage(Fault::Unopenable(e.to_string())))?;
+        let tree = db.open_tree("ledger").map_err(|e| {
+            damage(Fault::Unreadable {
+                after: 0,
+                message: e.to_string(),
+            })
+        })?;
+        let ledger = Ledger {
+            dir: dir.to_owned(),
+            db,
+            tree,
+            budget,
+            state: Mutex::new(None),
+        };
+        let chain = ledger.verified(&mut ledger.lock())?;
+        tracing::debug!(dir = %dir.display(), entries = chain.entries.len(), "privacy ledger verified");
+        Ok(ledger)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Option<Damage>> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The whole chain, verified against the anchor (which is moved on over entries recorded
+    /// after it); the damage found before, or now, otherwise.
+    fn verified(&self, state: &mut Option<Damage>) -> Result<Chain, LedgerError> {
+        if let Some(damage) = state {
+            return Err(damage.clone().into());
+        }
+        match chain::verify(&self.dir, &self.tree) {
+            Ok((chain, Standing::Anchored)) => Ok(chain),
+            Ok((chain, Standing::Ahead { extra, to })) => {
+                if extra > 0 {
+                    tracing::warn!(
+                        dir = %self.dir.display(),
+                        extra,
+                        entries = to.count,
+                        "the privacy ledger holds releases recorded after its anchor (a crash or a failed write came between); they are counted and the anchor moved on"
+                    );
+                }
+                self.anchor(&to)?;
+                Ok(chain)
+            }
+            Err(damage) => {
+                tracing::error!(dir = %self.dir.display(), error = %damage, "the privacy ledger is damaged");
+                *state = Some(damage.clone());
+                Err(damage.into())
+            }
+        }
+    }
+
+    fn anchor(&self, to: &Anchor) -> Result<(), LedgerError> {
+        anchor::write(&self.dir, to).map_err(|e| LedgerError::Write {
+            dir: self.dir.clone(),
+            message: format!("its anchor `{}`: {e}", anchor::FILE),
+        })
+    }
+
+    fn delta(&self) -> f64 {
+        self.budget.map(|b| b.delta).unwrap_or(DEFAULT_DELTA)
+    }
+
+    /// Every entry, oldest first, once the whole history is verified.
+    pub fn entries(&self) -> Result<Vec<Entry>, NodeError> {
+        Ok(self.verified(&mut self.lock())?.entries)
+    }
+
+    /// What the history plus `more` costs.
+    fn cost(
+        &self,
+        entries: &[Entry],
+        more: Option<Option<Vec<Release>>>,
+    ) -> Result<Spent, LedgerError> {
+        let all: Vec<Option<Vec<Release>>> = entries
+            .iter()
+            .map(|e| e.releases.clone())
+            .chain(more)
+            .collect();
+        if all.iter().any(Option::is_none) {
+            return Ok(Spent {
+                epsilon: f64::INFINITY,
+                delta: self.delta(),
+                accountant: "none: a release without differential privacy".into(),
+            });
+        }
+        let releases: Vec<Release> = all.into_iter().flatten().flatten().collect();
+        privacy::spent(&releases, self.delta()).map_err(|e| LedgerError::Accounting(e.to_string()))
+    }
+
+    /// What the agency has spent, once the whole history is verified.
+    pub fn spent(&self) -> Result<Spent, NodeError> {
+        let chain = self.verified(&mut self.lock())?;
+        Ok(self.cost(&chain.entries, None)?)
+    }
+
+    /// Checks that the release fits the budget and records it durably. Only then may the node
+    /// compute and send it.
+    pub fn record(&self, entry: &Entry) -> Result<Spent, LedgerRefusal> {
+        self.record_if(entry, |_| Ok(()))
+    }
+
+    /// As [`Ledger::record`], after `admit` has accepted the release given what the agency
+    /// has spent before it. `admit` runs under the ledger's lock, so what it judged is still
+    /// true when the release is written.
+    pub fn record_if(
+        &self,
+        entry: &Entry,
+        admit: impl FnOnce(&Spent) -> Result<(), crate::work::Refusal>,
+    ) -> Result<Spent, LedgerRefusal> {
+        let mut state = self.lock();
+        let chain = self.verified(&mut state)?;
+        let before = self.cost(&chain.entries, None)?;
+        if entry.releases.is_none() {
+            return Err(LedgerRefusal::NotPrivate);
+        }
+        admit(&before).map_err(LedgerRefusal::Refused)?;
+        let after = self.cost(&chain.entries, Some(entry.releases.clone()))?;
+        if let Some(budget) = self.budget
+            && after.epsilon > budget.max_epsilon
+        {
+            return Err(LedgerRefusal::BudgetExhausted {
+                spent: before.epsilon,
+                after: after.epsilon,
+                max: budget.max_epsilon,
+                delta: budget.delta,
+                accountant: after.accountant,
+            });
+        }
+        let end = chain.end();
+        let seq = end.count + 1;
+        let link = Link {
+            seq,
+            prev: chain::hex(&end.head),
+            entry: entry.clone(),
+        };
+        let store = |e: &dyn std::fmt::Display| LedgerRefusal::Store(e.to_string());
+        let value = serde_json::to_vec(&link).map_err(|e| store(&e))?;
+        // Entry `seq` is new: the verified chain ends before it, and this lock keeps it so.
+        let swapped = self
+            .tree
+            .compare_and_swap(chain::key(seq), None::<&[u8]>, Some(value.as_slice()))
+            .map_err(|e| store(&e))?;
+        if swapped.is_err() {
+            return Err(store(&format!(
+                "entry {seq} is already stored though the chain ended before it"
+            )));
+        }
+        self.db.flush().map_err(|e| store(&e))?;
+        self.anchor(&Anchor {
+            count: seq,
+            head: chain::sha256(&value),
+        })?;
+        Ok(after)
+    }
+
+    /// The report for the coordinator, with what one more `next` release would bring the total
+    /// to. A ledger that cannot be verified or accounted reports an unknown (infinite) spending,
+    /// never nothing.
+    pub fn report(&self, next: Option<Option<Vec<Release>>>) -> PrivacyReport {
+        let figures = (|| {
+            let chain = self.verified(&mut self.lock())?;
+            let spent = self.cost(&chain.entries, None)?;
+            let after = next
+                .map(|n| self.cost(&chain.entries, Some(n)))
+                .transpose()?;
+            Ok::<_, LedgerError>((spent, after))
+        })();
+        let max_epsilon = self.budget.map(|b| b.max_epsilon).unwrap_or(0.0);
+        match figures {
+            Ok((spent, after)) => PrivacyReport {
+                spent_epsilon: spent.epsilon,
+                delta: self.delta(),
+                max_epsilon,
+                epsilon_after_next_round: after.map(|s| s.epsilon).unwrap_or(0.0),
+                accountant: spent.accountant,
+            },
+            Err(error) => {
+                tracing::warn!(%error, "the privacy report says the spending is unknown");
+                let accountant = match error {
+                    LedgerError::Damaged(_) => format!("unknown: {DAMAGED}"),
+                    _ => {
+                        "unknown: the node's privacy ledger cannot be read or accounted".to_owned()
+                    }
+                };
+                PrivacyReport {
+                    spent_epsilon: f64::INFINITY,
+                    delta: self.delta(),
+                    max_epsilon,
+                    epsilon_after_next_round: f64::INFINITY,
+                    accountant,
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(round: u32, release: Option<Release>) -> Entry {
+        let releases = release.map(|r| vec![r]);
+        Entry {
+            time_unix_ms: 1,
+            task_id: format!("t{round}"),
+            job_id: "job-000001".into(),
+            federation: "f".into(),
+            round,
+            kind: "training".into(),
+            recipient: "treaty://coordinator/hub".into(),
+            releases,
+        }
+    }
+
+    #[test]
+    fn the_budget_admits_exactly_what_fits_and_survives_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let rho = 0.01;
+        let three = privacy::zcdp::epsilon(3.0 * rho, 1e-5);
+        let four = privacy::zcdp::epsilon(4.0 * rho, 1e-5);
+        let budget = Budget {
+            max_epsilon: (three + four) / 2.0,
+            delta: 1e-5,
+        };
+        {
+            let ledger = Ledger::open(dir.path(), Some(budget)).unwrap();
+            for round in 1..=3 {
+                ledger
+                    .record(&entry(round, Some(Release::Gaussian { rho })))
+                    .unwrap();
+            }
+            assert!(matches!(
+                ledger.record(&entry(4, Some(Release::Gaussian { rho }))),
+                Err(LedgerRefusal::BudgetExhausted { .. })
+            ));
+            assert!(matches!(
+                ledger.record(&entry(4, None)),
+                Err(LedgerRefusal::NotPrivate)
+            ));
+        }
+        let ledger = Ledger::open(dir.path(), Some(budget)).unwrap();
+        assert_eq!(ledger.entries().unwrap().len(), 3);
+        assert!((ledger.spent().unwrap().epsilon - three).abs() < 1e-12);
+        let report = ledger.report(Some(Some(vec![Release::Gaussian { rho }])));
+        assert!(
+            (report.epsilon_after_next_round - four).abs() < 1e-12
+                && report.max_epsilon == budget.max_epsilon
+        );
+    }
+
+    #[test]
+    fn an_admission_check_sees_the_spending_before_and_a_refusal_records_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let ledger = Ledger::open(dir.path(), None).unwrap();
+        let laplace = |epsilon| Some(Release::Laplace { epsilon });
+        ledger.record(&entry(1, laplace(0.5))).unwrap();
+        let mut seen = None;
+        ledger
+            .record_if(&entry(2, laplace(0.25)), |before| {
+                seen = Some(before.epsilon);
+                Ok(())
+            })
+            .unwrap();
+        // Pure-DP Laplace releases compose by addition: 0.5 before the second one.
+        assert!((seen.unwrap() - 0.5).abs() < 1e-9, "{seen:?}");
+        let refused = ledger.record_if(&entry(3, laplace(0.25)), |_| {
+            Err(crate::work::Refusal::new("PURPOSE_NOT_ALLOWED", "no"))
+        });
+        assert!(
+            matches!(refused, Err(LedgerRefusal::Refused(r)) if r.code == "PURPOSE_NOT_ALLOWED")
+        );
+        assert_eq!(ledger.entries().unwrap().len(), 2);
+    }
+
+    #[test]
+    fn a_release_without_dp_is_refused_even_without_a_budget() {
+        let dir = tempfile::tempdir().unwrap();
+        let ledger = Ledger::open(dir.path(), None).unwrap();
+        assert!(matches!(
+            ledger.record(&entry(1, None)),
+            Err(LedgerRefusal::NotPrivate)
+        ));
+        ledger
+            .record(&entry(1, Some(Release::Laplace { epsilon: 0.5 })))
+            .unwrap();
+        assert_eq!(ledger.spent().unwrap().epsilon, 0.5);
+    }
+}
