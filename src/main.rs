@@ -405,7 +405,7 @@ fn show_ledger(config: &std::path::Path, json: bool) -> anyhow::Result<()> {
         Ok(ledger) => ledger,
         Err(treaty_node::ledger::LedgerError::Damaged(damage)) => {
             if json {
-                println!("{}", serde_json::json!({"damaged": damage.to_string()}));
+                outln!("{}", serde_json::json!({"damaged": damage.to_string()}));
             }
             return Err(damage.into());
         }
