@@ -9,11 +9,18 @@ use clap::{Args, Subcommand, ValueEnum};
 use treaty_proto::schema;
 use treaty_proto::v1::{
     Aggregation, CreateFederationRequest, CreateJobRequest, DpMode, FederationInfo, GetJobRequest,
-    Job, JobSpec, ListAgenciesRequest, ListFederationsRequest, ListJobsRequest, ModelKind,
+    Job, JobSpec, ListFederationsRequest, ListJobsRequest, ModelKind,
     PrivacySpec, SharingSpec, Strategy, TrainingSpec, job_spec,
 };
 
 use crate::operator::{self, OperatorConfig};
+
+/// A `--member`: `AGENCY-ID:CC`; `DE-BKA` alone or `DE/DE-BKA` is refused with what to write.
+fn parse_member(spec: &str) -> Result<String, String> {
+    treaty_proto::Identity::from_member(spec)
+        .map(|_| spec.to_owned())
+        .map_err(|e| e.to_string())
+}
 
 #[derive(Debug, Subcommand)]
 pub enum FederationCommand {
@@ -28,8 +35,9 @@ pub enum FederationCommand {
         /// The purpose its jobs serve, e.g. `narcotics`.
         #[arg(long)]
         purpose: String,
-        /// A member agency's id (repeatable).
-        #[arg(long = "member", required = true)]
+        /// A member agency as AGENCY-ID:CC, its id and its certificate's country (repeatable),
+        /// e.g. `--member DE-BKA:DE`, as `treaty pki init --agency` takes it.
+        #[arg(long = "member", required = true, value_parser = parse_member)]
         members: Vec<String>,
     },
     /// Lists the federations.
@@ -201,19 +209,28 @@ pub async fn federation(command: FederationCommand) -> anyhow::Result<()> {
         }
         FederationCommand::List { config } => {
             let mut client = OperatorConfig::load(&config)?.connect().await?;
-            for f in client
-                .list_federations(ListFederationsRequest {})
-                .await?
-                .into_inner()
-                .federations
-            {
-                println!(
-                    "{}\tpurpose {}\tmembers {}\tcreated by {}",
-                    f.name,
-                    f.purpose,
-                    f.members.join(","),
-                    f.created_by
-                );
+            let mut token = String::new();
+            loop {
+                let page = client
+                    .list_federations(ListFederationsRequest {
+                        page_size: 0,
+                        page_token: token,
+                    })
+                    .await?
+                    .into_inner();
+                for f in page.federations {
+                    println!(
+                        "{}\tpurpose {}\tmembers {}\tcreated by {}",
+                        f.name,
+                        f.purpose,
+                        f.members.join(","),
+                        f.created_by
+                    );
+                }
+                if page.next_page_token.is_empty() {
+                    break;
+                }
+                token = page.next_page_token;
             }
         }
     }
@@ -222,12 +239,7 @@ pub async fn federation(command: FederationCommand) -> anyhow::Result<()> {
 
 pub async fn agencies(config: PathBuf) -> anyhow::Result<()> {
     let mut client = OperatorConfig::load(&config)?.connect().await?;
-    for a in client
-        .list_agencies(ListAgenciesRequest {})
-        .await?
-        .into_inner()
-        .agencies
-    {
+    for a in operator::all_agencies(&mut client).await? {
         println!(
             "{}\t{}\tnode {}\tsince {}",
             a.agency, a.country, a.software_version, a.connected_unix_ms
@@ -257,22 +269,30 @@ pub async fn job(command: JobCommand) -> anyhow::Result<()> {
         }
         JobCommand::List { config } => {
             let mut client = OperatorConfig::load(&config)?.connect().await?;
-            for j in client
-                .list_jobs(ListJobsRequest {})
-                .await?
-                .into_inner()
-                .jobs
-            {
-                println!(
-                    "{}\t{}\t{}\t{} round(s)\t{}",
-                    j.job_id,
-                    j.federation,
-                    state(&j),
-                    j.rounds.len(),
-                    j.message
-                );
+            let mut token = String::new();
+            loop {
+                let page = client
+                    .list_jobs(ListJobsRequest {
+                        page_size: 0,
+                        page_token: token,
+                    })
+                    .await?
+                    .into_inner();
+                for j in page.jobs {
+                    println!(
+                        "{}\t{}\t{}\t{} round(s)\t{}",
+                        j.job_id,
+                        j.federation,
+                        state(&j),
+                        j.rounds.len(),
+                        j.message
+                    );
+                }
+                if page.next_page_token.is_empty() {
+                    return Ok(());
+                }
+                token = page.next_page_token;
             }
-            Ok(())
         }
     }
 }
@@ -410,6 +430,18 @@ pub fn show(job: &Job) {
             println!(
                 "    {} excluded: {} — {}",
                 e.agency, e.reason_code, e.message
+            );
+        }
+        for v in &r.answer {
+            println!(
+                "    {}: {:.4} (noise sd {:.4}, interval {:.4} to {:.4})",
+                v.label, v.value, v.noise_std, v.ci_low, v.ci_high
+            );
+        }
+        for o in &r.outliers {
+            println!(
+                "    {} flagged as an outlier: `{}` answered {} against a median of {} ({:.1} robust sd)",
+                o.agency, o.label, o.value, o.median, o.score
             );
         }
     }

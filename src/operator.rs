@@ -15,7 +15,8 @@ use treaty_proto::tensor::{Assembler, NamedTensor};
 use treaty_proto::tls::{ClientTls, TlsFiles};
 use treaty_proto::v1::operator_service_client::OperatorServiceClient;
 use treaty_proto::v1::{
-    DownloadModelRequest, Job, JobState, ModelHeader, WatchJobRequest, model_part,
+    ConnectedAgency, DownloadModelRequest, Job, JobState, ListAgenciesRequest, ModelHeader,
+    WatchJobRequest, model_part,
 };
 
 /// The operator's client.
@@ -83,6 +84,26 @@ pub async fn connect(address: &str, files: &TlsFiles) -> anyhow::Result<Client> 
     Ok(OperatorServiceClient::new(channel)
         .max_decoding_message_size(treaty_proto::MAX_MESSAGE_BYTES)
         .max_encoding_message_size(treaty_proto::MAX_MESSAGE_BYTES))
+}
+
+/// Every connected agency, following the pages of `ListAgencies`.
+pub async fn all_agencies(client: &mut Client) -> anyhow::Result<Vec<ConnectedAgency>> {
+    let mut all = Vec::new();
+    let mut token = String::new();
+    loop {
+        let page = client
+            .list_agencies(ListAgenciesRequest {
+                page_size: 0,
+                page_token: token,
+            })
+            .await?
+            .into_inner();
+        all.extend(page.agencies);
+        if page.next_page_token.is_empty() {
+            return Ok(all);
+        }
+        token = page.next_page_token;
+    }
 }
 
 /// Follows a job to its end, printing each event when `print` is set; returns it as it ended.

@@ -123,6 +123,47 @@ impl Store {
             .collect()
     }
 
+    /// The federations whose names come after `after` (all, when it is empty), by name, read
+    /// as they are taken.
+    pub fn federations_after(
+        &self,
+        after: &str,
+    ) -> impl Iterator<Item = Result<FederationInfo, CoordinatorError>> + use<> {
+        use std::ops::Bound;
+        let start = if after.is_empty() {
+            Bound::Unbounded
+        } else {
+            Bound::Excluded(after.as_bytes().to_vec())
+        };
+        self.federations
+            .range::<Vec<u8>, _>((start, Bound::Unbounded))
+            .map(|kv| {
+                let (k, v) = kv?;
+                decode("federation", &k, &v)
+            })
+    }
+
+    /// The jobs older than the job `before` (all, when it is empty), newest first, read as they
+    /// are taken.
+    pub fn jobs_before(
+        &self,
+        before: &str,
+    ) -> impl Iterator<Item = Result<Job, CoordinatorError>> + use<> {
+        use std::ops::Bound;
+        let end = if before.is_empty() {
+            Bound::Unbounded
+        } else {
+            Bound::Excluded(before.as_bytes().to_vec())
+        };
+        self.jobs
+            .range::<Vec<u8>, _>((Bound::Unbounded, end))
+            .rev()
+            .map(|kv| {
+                let (k, v) = kv?;
+                decode("job", &k, &v)
+            })
+    }
+
     /// A fresh job id, `job-000001` and up; never reused, also across restarts.
     pub fn next_job_id(&self) -> Result<String, CoordinatorError> {
         let next = self.meta.update_and_fetch("last_job_number", |old| {
