@@ -9,8 +9,8 @@ use clap::{Args, Subcommand, ValueEnum};
 use treaty_proto::schema;
 use treaty_proto::v1::{
     Aggregation, CreateFederationRequest, CreateJobRequest, DpMode, FederationInfo, GetJobRequest,
-    Job, JobSpec, ListFederationsRequest, ListJobsRequest, ModelKind,
-    PrivacySpec, SharingSpec, Strategy, TrainingSpec, job_spec,
+    Job, JobSpec, ListFederationsRequest, ListJobsRequest, ModelKind, PrivacySpec, SharingSpec,
+    Strategy, TrainingSpec, job_spec,
 };
 
 use crate::operator::{self, OperatorConfig};

@@ -366,16 +366,28 @@ pub fn check_answer(spec: &QuerySpec, max_records: u64, result: &TaskResult) -> 
         let tail = TAIL_SCALES * scale * b;
         if *v < lo - tail || *v > hi + tail {
             return Err(format!(
-                "value {i} (`{label}`) is {v:e}, outside what the query allows: [{:e}, {:e}] \
-                 (exact answers in [{lo}, {hi}] for at most {max_records} records, \
+                "value {i} (`{label}`) is {}, outside what the query allows: [{}, {}] \
+                 (exact answers in [{}, {}] for at most {max_records} records, \
                  `limits.max_records_per_agency`, plus {TAIL_SCALES:.1} times the noise scale {})",
-                lo - tail,
-                hi + tail,
-                scale * b
+                short(*v),
+                short(lo - tail),
+                short(hi + tail),
+                short(*lo),
+                short(*hi),
+                short(scale * b)
             ));
         }
     }
     Ok(())
+}
+
+/// A number for people: plain up to 10^9, else in scientific notation.
+fn short(x: f64) -> String {
+    if x.abs() < 1e9 {
+        format!("{}", (x * 100.0).round() / 100.0)
+    } else {
+        format!("{x:.4e}")
+    }
 }
 
 /// The median of some values (the mean of the middle two of an even number); NaN for none.
@@ -446,7 +458,7 @@ pub fn outliers(spec: &QuerySpec, results: &[(String, TaskResult)]) -> Vec<Outli
         let m = median(&mut column.clone());
         let mut deviations: Vec<f64> = column.iter().map(|v| (v - m).abs()).collect();
         let spread = (1.4826 * median(&mut deviations)).max(noise * b);
-        if !(spread > 0.0) {
+        if spread.is_nan() || spread <= 0.0 {
             continue;
         }
         for ((agency, _), v) in results.iter().zip(&column) {
@@ -645,7 +657,10 @@ mod tests {
         assert_eq!(flagged.len(), 1, "{flagged:?}");
         assert_eq!(flagged[0].agency, "A3");
         assert_eq!(flagged[0].median, 401.0);
-        assert!((flagged[0].score - 49_599.0 / 1.4826).abs() < 1e-6, "{flagged:?}");
+        assert!(
+            (flagged[0].score - 49_599.0 / 1.4826).abs() < 1e-6,
+            "{flagged:?}"
+        );
         // Fewer than three answers: nobody to compare with.
         assert!(outliers(&spec(Combine::Sum), &five[..2]).is_empty());
     }

@@ -103,7 +103,11 @@ fn count(field: impl Into<String>, actual: usize, limit: usize) -> Result<(), Bo
 
 fn check_dataset(i: usize, d: &DatasetSummary) -> Result<(), BoundError> {
     bytes(format!("datasets[{i}].name"), &d.name, MAX_NAME_BYTES)?;
-    count(format!("datasets[{i}].columns"), d.columns.len(), MAX_COLUMNS)?;
+    count(
+        format!("datasets[{i}].columns"),
+        d.columns.len(),
+        MAX_COLUMNS,
+    )?;
     for (j, c) in d.columns.iter().enumerate() {
         bytes(format!("datasets[{i}].columns[{j}]"), c, MAX_NAME_BYTES)?;
     }
@@ -161,16 +165,16 @@ pub fn check_accepted(a: &TaskAccepted) -> Result<(), BoundError> {
 
 fn check_tensor_spec(i: usize, t: &TensorSpec) -> Result<(), BoundError> {
     bytes(format!("tensors[{i}].name"), &t.name, MAX_NAME_BYTES)?;
-    count(format!("tensors[{i}].shape"), t.shape.len(), MAX_TENSOR_DIMS)
+    count(
+        format!("tensors[{i}].shape"),
+        t.shape.len(),
+        MAX_TENSOR_DIMS,
+    )
 }
 
 fn check_evaluation(e: &Evaluation) -> Result<(), BoundError> {
     bytes("evaluation.kind", &e.kind, MAX_NAME_BYTES)?;
-    count(
-        "evaluation.counts",
-        e.counts.len(),
-        MAX_EVALUATION_COUNTS,
-    )
+    count("evaluation.counts", e.counts.len(), MAX_EVALUATION_COUNTS)
 }
 
 /// Checks a result's header (its tensors' sizes are the assembler's to check).
@@ -243,7 +247,10 @@ mod tests {
         ));
         assert!(matches!(
             at(&|h| h.datasets[0] = dataset("d", MAX_COLUMNS + 1)),
-            Err(BoundError::Count { limit: MAX_COLUMNS, .. })
+            Err(BoundError::Count {
+                limit: MAX_COLUMNS,
+                ..
+            })
         ));
         assert!(matches!(
             at(&|h| h.datasets[0].columns[3] = "c".repeat(129)),

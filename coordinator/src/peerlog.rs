@@ -124,7 +124,11 @@ impl WarnLimiter {
 
 fn summary(peer: &str, suppressed: u64) {
     if suppressed > 0 {
-        tracing::warn!(peer, suppressed, "suppressed {suppressed} similar warnings from {peer}");
+        tracing::warn!(
+            peer,
+            suppressed,
+            "suppressed {suppressed} similar warnings from {peer}"
+        );
     }
 }
 

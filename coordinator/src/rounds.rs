@@ -285,9 +285,7 @@ pub async fn collect(
                     &format!("{reason_code}: {message}"),
                 ));
             }
-            Outcome::Invalid(reason) => {
-                reject(ctx, job, round, &identity, reason, &mut excluded)?
-            }
+            Outcome::Invalid(reason) => reject(ctx, job, round, &identity, reason, &mut excluded)?,
             Outcome::Result(result) => match check(&result) {
                 Ok(()) => {
                     ctx.emit(

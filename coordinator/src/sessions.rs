@@ -122,7 +122,11 @@ impl Sessions {
             }
             None => 0,
         };
-        crate::paging::take_page(keyed.into_iter().skip(start).map(|(_, a)| a), max, max_bytes)
+        crate::paging::take_page(
+            keyed.into_iter().skip(start).map(|(_, a)| a),
+            max,
+            max_bytes,
+        )
     }
 
     /// Notified whenever a session opens or closes.

@@ -201,7 +201,10 @@ mod tests {
         assert_ne!(Identity::from_member("DE-BKA:NL").unwrap(), de);
         assert_eq!(Identity::operator("op").unwrap().member(), None);
         let slash = Identity::from_member("DE/DE-BKA").unwrap_err().to_string();
-        assert!(slash.contains("write `AGENCY-ID:CC`, here `DE-BKA:DE`"), "{slash}");
+        assert!(
+            slash.contains("write `AGENCY-ID:CC`, here `DE-BKA:DE`"),
+            "{slash}"
+        );
         let bare = Identity::from_member("DE-BKA").unwrap_err().to_string();
         assert!(bare.contains("`DE-BKA:<CC>`"), "{bare}");
         for bad in ["DE-BKA:de", "DE-BKA:", ":DE", "DE BKA:DE", "DE-BKA:DE:NL"] {

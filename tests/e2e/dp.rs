@@ -84,7 +84,12 @@ async fn an_agency_whose_budget_allows_three_rounds_takes_part_in_exactly_three(
     let _fr = fx.start_node("FR-DOUANE", "FR", &address, 3);
     let mut op = fx.operator(&address).await;
     wait_connected(&mut op, &["DE-BKA", "NL-POLITIE", "FR-DOUANE"]).await;
-    create_federation(&mut op, "three", &["DE-BKA:DE", "NL-POLITIE:NL", "FR-DOUANE:FR"]).await;
+    create_federation(
+        &mut op,
+        "three",
+        &["DE-BKA:DE", "NL-POLITIE:NL", "FR-DOUANE:FR"],
+    )
+    .await;
     let job = run_job(&mut op, "three", dp_spec(10, 2.0), 2).await;
 
     let with_de: Vec<u32> = job

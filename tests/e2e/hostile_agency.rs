@@ -81,10 +81,7 @@ pub async fn open(
         })
         .await
         .unwrap();
-    let inbound = client
-        .session(ReceiverStream::new(rx))
-        .await?
-        .into_inner();
+    let inbound = client.session(ReceiverStream::new(rx)).await?.into_inner();
     Ok(Session { outbox, inbound })
 }
 

@@ -201,7 +201,12 @@ async fn an_agency_with_bad_data_stays_out_and_says_why() {
     let _fr = fx.start_node_with("FR-DOUANE", &config);
     let mut op = fx.operator(&address).await;
     wait_connected(&mut op, &["DE-BKA", "NL-POLITIE", "FR-DOUANE"]).await;
-    create_federation(&mut op, "three", &["DE-BKA:DE", "NL-POLITIE:NL", "FR-DOUANE:FR"]).await;
+    create_federation(
+        &mut op,
+        "three",
+        &["DE-BKA:DE", "NL-POLITIE:NL", "FR-DOUANE:FR"],
+    )
+    .await;
     let job = run_training(&mut op, "three", 2, 2).await;
 
     let statistics = job.statistics.as_ref().unwrap();
@@ -413,7 +418,12 @@ async fn every_model_and_strategy_trains_end_to_end() {
     }
     let mut op = fx.operator(&address).await;
     wait_connected(&mut op, &["DE-BKA", "NL-POLITIE", "FR-DOUANE"]).await;
-    create_federation(&mut op, "models", &["DE-BKA:DE", "NL-POLITIE:NL", "FR-DOUANE:FR"]).await;
+    create_federation(
+        &mut op,
+        "models",
+        &["DE-BKA:DE", "NL-POLITIE:NL", "FR-DOUANE:FR"],
+    )
+    .await;
     let columns = "[[column]]\nname = \"x1\"\nkind = \"numeric\"\nlower = -3.5\nupper = 3.5\n[[column]]\nname = \"x2\"\nkind = \"numeric\"\nlower = -3.5\nupper = 3.5\n[[column]]\nname = \"mode\"\nkind = \"categorical\"\nvalues = [\"sea\", \"air\"]\n";
     let spec = |model: ModelKind, label: &str| {
         let mut spec = training_spec(8);

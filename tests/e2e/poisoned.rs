@@ -93,11 +93,20 @@ async fn absurd_answers_are_rejected_and_outlying_ones_flagged() {
         .await
         .unwrap();
     let mut op = fx.operator(&address).await;
-    wait_connected(&mut op, &["DE-BKA", "NL-POLITIE", "FR-DOUANE", "PL-POLICJA"]).await;
+    wait_connected(
+        &mut op,
+        &["DE-BKA", "NL-POLITIE", "FR-DOUANE", "PL-POLICJA"],
+    )
+    .await;
     create_federation(
         &mut op,
         "four",
-        &["DE-BKA:DE", "NL-POLITIE:NL", "FR-DOUANE:FR", "PL-POLICJA:PL"],
+        &[
+            "DE-BKA:DE",
+            "NL-POLITIE:NL",
+            "FR-DOUANE:FR",
+            "PL-POLICJA:PL",
+        ],
     )
     .await;
     let honest_ids: Vec<String> = honest.iter().map(|(a, _)| a.to_string()).collect();
@@ -108,7 +117,7 @@ async fn absurd_answers_are_rejected_and_outlying_ones_flagged() {
     // allowance past anything. Each is rejected, named with its reason, and left out.
     for (value, scale, why) in [
         (3.2e250, 1.0, "outside what the query allows"),
-        (f64::NAN, 1.0, "not finite"),
+        (f64::NAN, 1.0, "holds a non-finite value"),
         (2_000.0, 1e300, "declares a Laplace scale of 1e300"),
     ] {
         let job = count_with(
@@ -134,12 +143,18 @@ async fn absurd_answers_are_rejected_and_outlying_ones_flagged() {
     }
     // Logged with the agency's identity.
     coordinator.wait_for_log("update rejected", Duration::from_secs(5));
+    let rejections: Vec<String> = coordinator
+        .log()
+        .lines()
+        .filter(|l| l.contains("update rejected"))
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(rejections.len(), 3, "{rejections:#?}");
     assert!(
-        coordinator
-            .log()
-            .contains("agency=treaty://agency/PL/PL-POLICJA"),
-        "{}",
-        coordinator.log()
+        rejections
+            .iter()
+            .all(|l| l.contains("treaty://agency/PL/PL-POLICJA")),
+        "{rejections:#?}"
     );
 
     // 50,000: within what one agency may hold, so accepted; but 20,000 robust standard
@@ -157,7 +172,11 @@ async fn absurd_answers_are_rejected_and_outlying_ones_flagged() {
     let round = &summed.rounds[0];
     assert_eq!(round.contributors.len(), 4);
     assert!(near(round.values[0], 51_200.0), "{:?}", round.values);
-    assert_eq!(round.outliers[0].agency, "PL-POLICJA", "{:?}", round.outliers);
+    assert_eq!(
+        round.outliers[0].agency, "PL-POLICJA",
+        "{:?}",
+        round.outliers
+    );
     assert_eq!(round.outliers[0].label, "count");
     assert!(round.outliers[0].score > 1_000.0, "{:?}", round.outliers);
 
@@ -180,7 +199,14 @@ async fn absurd_answers_are_rejected_and_outlying_ones_flagged() {
     let config = fx.operator_config(&address);
     let show = |job: &str| {
         let out = std::process::Command::new(TREATY)
-            .args(["job", "show", "--config", config.to_str().unwrap(), "--job", job])
+            .args([
+                "job",
+                "show",
+                "--config",
+                config.to_str().unwrap(),
+                "--job",
+                job,
+            ])
             .output()
             .unwrap();
         assert!(out.status.success());

@@ -192,7 +192,12 @@ async fn a_broken_policy_keeps_its_country_out_and_the_job_says_why() {
         .collect();
     let mut op = fx.operator(&address).await;
     wait_connected(&mut op, &["DE-BKA", "NL-POLITIE", "FR-DOUANE"]).await;
-    create_federation(&mut op, "trio", &["DE-BKA:DE", "NL-POLITIE:NL", "FR-DOUANE:FR"]).await;
+    create_federation(
+        &mut op,
+        "trio",
+        &["DE-BKA:DE", "NL-POLITIE:NL", "FR-DOUANE:FR"],
+    )
+    .await;
     let job = run_training(&mut op, "trio", 2, 2).await;
     for r in &job.rounds {
         assert_eq!(r.contributors, ["DE-BKA", "NL-POLITIE"]);

@@ -312,7 +312,11 @@ fn handle(ctx: &Coordinator, agency: &Identity, kind: node_message::Kind) -> boo
         }
         node_message::Kind::Accepted(a) => {
             if let Err(bound) = limits::check_accepted(&a) {
-                ctx.warn_peer(agency, "acceptance ignored: over a bound", &bound.to_string());
+                ctx.warn_peer(
+                    agency,
+                    "acceptance ignored: over a bound",
+                    &bound.to_string(),
+                );
                 return false;
             }
             tracing::debug!(%agency, task = a.task_id, "task accepted");

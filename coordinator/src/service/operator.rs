@@ -365,15 +365,16 @@ impl OperatorService for OperatorApi {
     ) -> Result<Response<ListAgenciesResponse>, Status> {
         require_operator(&self.ctx, &request)?;
         let req = request.into_inner();
-        let (agencies, more) = self.ctx.sessions.page(
-            &req.page_token,
-            page_size(req.page_size),
-            MAX_PAGE_BYTES,
-        );
+        let (agencies, more) =
+            self.ctx
+                .sessions
+                .page(&req.page_token, page_size(req.page_size), MAX_PAGE_BYTES);
         Ok(Response::new(ListAgenciesResponse {
             next_page_token: next_token(
                 more,
-                agencies.last().map(|a| format!("{}:{}", a.agency, a.country)),
+                agencies
+                    .last()
+                    .map(|a| format!("{}:{}", a.agency, a.country)),
             ),
             agencies,
         }))
@@ -512,7 +513,11 @@ impl OperatorService for OperatorApi {
 
 /// The token of the page after one that ended with `last`, or empty when no page follows.
 fn next_token(more: bool, last: Option<String>) -> String {
-    if more { last.unwrap_or_default() } else { String::new() }
+    if more {
+        last.unwrap_or_default()
+    } else {
+        String::new()
+    }
 }
 
 fn is_final(job: &Job) -> bool {
