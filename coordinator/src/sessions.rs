@@ -140,3 +140,63 @@ impl Sessions {
         self.changed.send_modify(|n| *n += 1);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn session(id: u64) -> Session {
+        Session {
+            id,
+            outbox: mpsc::channel(1).0,
+            connected_unix_ms: 0,
+            software_version: "0.1.0".into(),
+            datasets: vec![],
+        }
+    }
+
+    #[test]
+    fn one_agency_id_in_two_countries_holds_two_sessions() {
+        let sessions = Sessions::default();
+        let de = Identity::agency("DE", "DE-BKA").unwrap();
+        let impostor = Identity::agency("NL", "DE-BKA").unwrap();
+        sessions.register(&de, session(1));
+        sessions.register(&impostor, session(2));
+        assert_eq!(sessions.len(), 2);
+        // Closing the impostor's session leaves Germany's.
+        sessions.unregister(&impostor, 2);
+        assert!(sessions.is_connected(&de) && !sessions.is_connected(&impostor));
+        // An old session's end does not close the newer one of the same agency.
+        sessions.register(&de, session(3));
+        sessions.unregister(&de, 1);
+        assert!(sessions.is_connected(&de));
+    }
+
+    #[test]
+    fn pages_follow_id_then_country() {
+        let sessions = Sessions::default();
+        for (i, (country, agency)) in [("NL", "DE-BKA"), ("FR", "FR-DOUANE"), ("DE", "DE-BKA")]
+            .into_iter()
+            .enumerate()
+        {
+            sessions.register(
+                &Identity::agency(country, agency).unwrap(),
+                session(i as u64),
+            );
+        }
+        let names = |page: &[ConnectedAgency]| -> Vec<String> {
+            page.iter()
+                .map(|a| format!("{}:{}", a.agency, a.country))
+                .collect()
+        };
+        let (page, more) = sessions.page("", 2, usize::MAX);
+        assert_eq!(
+            (names(&page), more),
+            (vec!["DE-BKA:DE".into(), "DE-BKA:NL".into()], true)
+        );
+        let (page, more) = sessions.page("DE-BKA:NL", 2, usize::MAX);
+        assert_eq!((names(&page), more), (vec!["FR-DOUANE:FR".into()], false));
+        let (page, more) = sessions.page("FR-DOUANE:FR", 2, usize::MAX);
+        assert!(page.is_empty() && !more);
+    }
+}

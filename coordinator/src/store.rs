@@ -297,7 +297,7 @@ mod tests {
             let fed = FederationInfo {
                 name: "eu-narcotics".into(),
                 purpose: "narcotics".into(),
-                members: vec!["DE-BKA".into()],
+                members: vec!["DE-BKA:DE".into()],
                 ..Default::default()
             };
             store.create_federation(&fed).unwrap();
@@ -333,5 +333,46 @@ mod tests {
         // Job ids keep increasing after a reopen.
         let next = store.next_job_id().unwrap();
         assert_eq!(next, "job-000002");
+    }
+
+    #[test]
+    fn pages_read_on_from_their_token() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        for name in ["b", "a", "c"] {
+            store
+                .create_federation(&FederationInfo {
+                    name: name.into(),
+                    ..Default::default()
+                })
+                .unwrap();
+        }
+        for _ in 0..3 {
+            let job_id = store.next_job_id().unwrap();
+            store
+                .put_job(&Job {
+                    job_id,
+                    ..Default::default()
+                })
+                .unwrap();
+        }
+        let names = |after: &str| -> Vec<String> {
+            store
+                .federations_after(after)
+                .map(|f| f.unwrap().name)
+                .collect()
+        };
+        assert_eq!(names(""), ["a", "b", "c"]);
+        assert_eq!(names("a"), ["b", "c"]);
+        assert!(names("c").is_empty());
+        let ids = |before: &str| -> Vec<String> {
+            store
+                .jobs_before(before)
+                .map(|j| j.unwrap().job_id)
+                .collect()
+        };
+        assert_eq!(ids(""), ["job-000003", "job-000002", "job-000001"]);
+        assert_eq!(ids("job-000003"), ["job-000002", "job-000001"]);
+        assert!(ids("job-000001").is_empty());
     }
 }
