@@ -14,12 +14,12 @@ use treaty_proto::v1::{
 };
 
 use crate::aggregate::{self, Settings};
-use crate::analytics;
 use crate::error::CoordinatorError;
 use crate::models;
 use crate::rounds::{self, fail, round_line};
 use crate::state::{Coordinator, now_ms};
 use crate::tasks::TaskResult;
+use crate::{analytics, answers};
 
 /// Starts the job's runner on its own task.
 pub fn spawn(ctx: Arc<Coordinator>, job_id: String) {
@@ -273,13 +273,13 @@ async fn query(ctx: &Coordinator, job: &mut Job, spec: QuerySpec) -> Result<(), 
     // Every answer is checked against what the query allows before it is combined; one that
     // fails is rejected, its agency excluded and named (see `analytics`).
     let max_records = ctx.limits.max_records_per_agency;
-    let check = |r: &TaskResult| analytics::check_answer(&spec, max_records, r);
+    let check = |r: &TaskResult| answers::check_answer(&spec, max_records, r);
     let collected = rounds::collect(ctx, job, 1, kind, check).await?;
     let mut summary = collected.summary;
     let (values, answer) = analytics::combine(&spec, &collected.results);
     summary.values = values;
     summary.answer = answer;
-    summary.outliers = analytics::outliers(&spec, &collected.results);
+    summary.outliers = answers::outliers(&spec, &collected.results);
     let members = match ctx.store.federation(&job.federation)? {
         Some(f) => rounds::members(&f),
         None => vec![],

@@ -9,6 +9,7 @@
 
 pub mod aggregate;
 pub mod analytics;
+pub mod answers;
 pub mod config;
 pub mod error;
 pub mod jobs;
