@@ -10,8 +10,8 @@ use tonic::Code;
 use treaty_coordinator::limits::{self, MAX_COLUMNS, MAX_HELLO_BYTES};
 use treaty_proto::Identity;
 use treaty_proto::v1::{
-    DatasetSummary, DownloadModelRequest, Hello, ListAgenciesRequest, NodeMessage, TaskRefused,
-    coordinator_message, node_message,
+    DatasetSummary, DownloadModelRequest, Hello, ListAgenciesRequest, ListFederationsRequest,
+    ListJobsRequest, NodeMessage, TaskRefused, coordinator_message, node_message,
 };
 
 use crate::common::*;
@@ -106,6 +106,49 @@ async fn an_agency_id_under_another_country_is_another_agency() {
             .contains(&("DE-BKA".into(), "DE".into()))
     );
     drop(session);
+
+    // Jobs and federations page too: one job a page, newest first.
+    let mut token = String::new();
+    let mut jobs = Vec::new();
+    loop {
+        let page = op
+            .list_jobs(ListJobsRequest {
+                page_size: 1,
+                page_token: token,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(page.jobs.len() <= 1);
+        jobs.extend(page.jobs.into_iter().map(|j| j.job_id));
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        token = page.next_page_token;
+    }
+    assert_eq!(jobs, vec![second.job_id.clone(), first.job_id.clone()]);
+    create_federation(&mut op, "another", &["DE-BKA:DE"]).await;
+    let page = op
+        .list_federations(ListFederationsRequest {
+            page_size: 1,
+            page_token: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(page.federations[0].name, "another");
+    assert_eq!(page.next_page_token, "another");
+    let config = fx.operator_config(&address);
+    let out = std::process::Command::new(TREATY)
+        .args(["federation", "list", "--config", config.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.starts_with("another\t")
+            && text.contains("\nsolo\tpurpose narcotics\tmembers DE-BKA:DE"),
+        "{text}"
+    );
 }
 
 /// A Hello as large as the bounds allow: data sets of `MAX_COLUMNS` columns of 120-byte names,
