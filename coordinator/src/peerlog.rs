@@ -93,14 +93,15 @@ impl WarnLimiter {
         }
     }
 
-    /// Forgets `peer` (its session ended); returns how many of its warnings were left out and
-    /// not yet summed up.
+    /// How many of `peer`'s warnings were left out and not yet summed up (its session ended);
+    /// they count as summed up from now on. The interval's allowance stays spent, so that a
+    /// peer gains no fresh allowance by reconnecting.
     pub fn finish(&self, peer: &str) -> u64 {
         self.windows
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .remove(peer)
-            .map(|w| w.suppressed)
+            .get_mut(peer)
+            .map(|w| std::mem::take(&mut w.suppressed))
             .unwrap_or(0)
     }
 
@@ -116,7 +117,7 @@ impl WarnLimiter {
         }
     }
 
-    /// Forgets `peer`, logging the summary of what was left out, if anything was.
+    /// Logs the summary of what was left out of `peer`'s warnings, if anything was.
     pub fn close(&self, peer: &str) {
         summary(peer, self.finish(peer));
     }
@@ -185,11 +186,19 @@ mod tests {
             Verdict::Log { suppressed: 0 }
         );
         assert_eq!(limiter.finish(a), 0);
-        // What is left out at the end of a session is returned once.
+        // What is left out at the end of a session is returned once, and a new session of the
+        // same peer within the interval gets no fresh allowance.
+        let t1 = t0 + Duration::from_secs(61);
+        assert_eq!(limiter.check(a, t1), Verdict::Log { suppressed: 0 });
         for _ in 0..5 {
-            limiter.check(a, t0);
+            assert_eq!(limiter.check(a, t1), Verdict::Suppress);
         }
-        assert_eq!(limiter.finish(a), 2);
+        assert_eq!(limiter.finish(a), 5);
         assert_eq!(limiter.finish(a), 0);
+        assert_eq!(limiter.check(a, t1), Verdict::Suppress);
+        assert_eq!(
+            limiter.check(a, t1 + Duration::from_secs(60)),
+            Verdict::Log { suppressed: 1 }
+        );
     }
 }

@@ -331,8 +331,12 @@ async fn a_flooding_agency_does_not_fill_the_log() {
     drop(session);
 
     // A refusal with a 1 MiB message, another whose 1 MiB is its task id, and one for a task
-    // id within the bound that names no open task (logged, cut to 200 characters).
-    let session = hostile_agency::open(&mut client, hostile_agency::hello())
+    // id within the bound that names no open task (logged, cut to 200 characters). From the
+    // other agency: NL-POLITIE's allowance of warnings for this minute is spent, reconnecting
+    // or not.
+    let de = fx.files(&Identity::agency("DE", "DE-BKA").unwrap());
+    let mut de_client = hostile_agency::client(&address, &de).await;
+    let session = hostile_agency::open(&mut de_client, hostile_agency::hello())
         .await
         .unwrap();
     for (task_id, message) in [
