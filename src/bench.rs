@@ -154,7 +154,10 @@ pub async fn w1(args: W1Args) -> anyhow::Result<()> {
         fed.wait_connected(&mut client, args.agencies, Duration::from_secs(300)).await?;
         let startup = spawned.elapsed();
         outln!("  nodes started, data loaded and connected in {:.2} s", startup.as_secs_f64());
-        let members: Vec<String> = agencies.iter().map(|a| a.agency.clone()).collect();
+        let members: Vec<String> = agencies
+            .iter()
+            .map(|a| format!("{}:{}", a.agency, a.country))
+            .collect();
         client
             .create_federation(CreateFederationRequest {
                 federation: Some(FederationInfo {

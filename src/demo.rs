@@ -144,7 +144,7 @@ async fn demo(
             federation: Some(FederationInfo {
                 name: "demo-customs".into(),
                 purpose: "narcotics".into(),
-                members: AGENCIES.iter().map(|(a, _)| a.to_string()).collect(),
+                members: AGENCIES.iter().map(|(a, c)| format!("{a}:{c}")).collect(),
                 ..Default::default()
             }),
         })

@@ -1,19 +1,25 @@
 //! The operator's commands: `treaty federation create|list`, `treaty agencies`,
 //! `treaty job train|watch|show|list`.
 
-#![allow(clippy::print_stdout)]
-
+use crate::output::outln;
 use std::path::PathBuf;
 
 use clap::{Args, Subcommand, ValueEnum};
 use treaty_proto::schema;
 use treaty_proto::v1::{
     Aggregation, CreateFederationRequest, CreateJobRequest, DpMode, FederationInfo, GetJobRequest,
-    Job, JobSpec, ListAgenciesRequest, ListFederationsRequest, ListJobsRequest, ModelKind,
-    PrivacySpec, SharingSpec, Strategy, TrainingSpec, job_spec,
+    Job, JobSpec, ListFederationsRequest, ListJobsRequest, ModelKind, PrivacySpec, SharingSpec,
+    Strategy, TrainingSpec, job_spec,
 };
 
 use crate::operator::{self, OperatorConfig};
+
+/// A `--member`: `AGENCY-ID:CC`; `DE-BKA` alone or `DE/DE-BKA` is refused with what to write.
+fn parse_member(spec: &str) -> Result<String, String> {
+    treaty_proto::Identity::from_member(spec)
+        .map(|_| spec.to_owned())
+        .map_err(|e| e.to_string())
+}
 
 #[derive(Debug, Subcommand)]
 pub enum FederationCommand {
@@ -28,8 +34,9 @@ pub enum FederationCommand {
         /// The purpose its jobs serve, e.g. `narcotics`.
         #[arg(long)]
         purpose: String,
-        /// A member agency's id (repeatable).
-        #[arg(long = "member", required = true)]
+        /// A member agency as AGENCY-ID:CC, its id and its certificate's country (repeatable),
+        /// e.g. `--member DE-BKA:DE`, as `treaty pki init --agency` takes it.
+        #[arg(long = "member", required = true, value_parser = parse_member)]
         members: Vec<String>,
     },
     /// Lists the federations.
@@ -192,7 +199,7 @@ pub async fn federation(command: FederationCommand) -> anyhow::Result<()> {
                 })
                 .await?
                 .into_inner();
-            println!(
+            outln!(
                 "federation `{}` created: purpose {}, members {}",
                 f.name,
                 f.purpose,
@@ -201,19 +208,28 @@ pub async fn federation(command: FederationCommand) -> anyhow::Result<()> {
         }
         FederationCommand::List { config } => {
             let mut client = OperatorConfig::load(&config)?.connect().await?;
-            for f in client
-                .list_federations(ListFederationsRequest {})
-                .await?
-                .into_inner()
-                .federations
-            {
-                println!(
-                    "{}\tpurpose {}\tmembers {}\tcreated by {}",
-                    f.name,
-                    f.purpose,
-                    f.members.join(","),
-                    f.created_by
-                );
+            let mut token = String::new();
+            loop {
+                let page = client
+                    .list_federations(ListFederationsRequest {
+                        page_size: 0,
+                        page_token: token,
+                    })
+                    .await?
+                    .into_inner();
+                for f in page.federations {
+                    outln!(
+                        "{}\tpurpose {}\tmembers {}\tcreated by {}",
+                        f.name,
+                        f.purpose,
+                        f.members.join(","),
+                        f.created_by
+                    );
+                }
+                if page.next_page_token.is_empty() {
+                    break;
+                }
+                token = page.next_page_token;
             }
         }
     }
@@ -222,15 +238,13 @@ pub async fn federation(command: FederationCommand) -> anyhow::Result<()> {
 
 pub async fn agencies(config: PathBuf) -> anyhow::Result<()> {
     let mut client = OperatorConfig::load(&config)?.connect().await?;
-    for a in client
-        .list_agencies(ListAgenciesRequest {})
-        .await?
-        .into_inner()
-        .agencies
-    {
-        println!(
+    for a in operator::all_agencies(&mut client).await? {
+        outln!(
             "{}\t{}\tnode {}\tsince {}",
-            a.agency, a.country, a.software_version, a.connected_unix_ms
+            a.agency,
+            a.country,
+            a.software_version,
+            a.connected_unix_ms
         );
     }
     Ok(())
@@ -257,22 +271,30 @@ pub async fn job(command: JobCommand) -> anyhow::Result<()> {
         }
         JobCommand::List { config } => {
             let mut client = OperatorConfig::load(&config)?.connect().await?;
-            for j in client
-                .list_jobs(ListJobsRequest {})
-                .await?
-                .into_inner()
-                .jobs
-            {
-                println!(
-                    "{}\t{}\t{}\t{} round(s)\t{}",
-                    j.job_id,
-                    j.federation,
-                    state(&j),
-                    j.rounds.len(),
-                    j.message
-                );
+            let mut token = String::new();
+            loop {
+                let page = client
+                    .list_jobs(ListJobsRequest {
+                        page_size: 0,
+                        page_token: token,
+                    })
+                    .await?
+                    .into_inner();
+                for j in page.jobs {
+                    outln!(
+                        "{}\t{}\t{}\t{} round(s)\t{}",
+                        j.job_id,
+                        j.federation,
+                        state(&j),
+                        j.rounds.len(),
+                        j.message
+                    );
+                }
+                if page.next_page_token.is_empty() {
+                    return Ok(());
+                }
+                token = page.next_page_token;
             }
-            Ok(())
         }
     }
 }
@@ -353,7 +375,7 @@ async fn train(a: TrainArgs) -> anyhow::Result<()> {
         })
         .await?
         .into_inner();
-    println!("job {} created", job.job_id);
+    outln!("job {} created", job.job_id);
     if !a.detach {
         let job = operator::watch(&mut client, &job.job_id, true).await?;
         show(&job);
@@ -363,7 +385,7 @@ async fn train(a: TrainArgs) -> anyhow::Result<()> {
 
 /// Prints a job: its rounds, who contributed, who was excluded and why, and the metrics.
 pub fn show(job: &Job) {
-    println!(
+    outln!(
         "job {} in federation {}: {} ({} round(s)) {}",
         job.job_id,
         job.federation,
@@ -384,7 +406,7 @@ pub fn show(job: &Job) {
             .map(|(k, v)| format!("{k}={v:.4}"))
             .collect();
         metrics.sort();
-        println!(
+        outln!(
             "  {name}: {} of {} invited, {} examples  {}",
             r.contributors.len(),
             r.invited.len(),
@@ -400,20 +422,42 @@ pub fn show(job: &Job) {
                 .map(|(k, v)| format!("{k}={v:.4}"))
                 .collect();
             values.sort();
-            println!(
+            outln!(
                 "    {agency}: {} examples  {}",
                 m.num_examples,
                 values.join(" ")
             );
         }
         for e in &r.excluded {
-            println!(
+            outln!(
                 "    {} excluded: {} — {}",
-                e.agency, e.reason_code, e.message
+                e.agency,
+                e.reason_code,
+                e.message
+            );
+        }
+        for v in &r.answer {
+            outln!(
+                "    {}: {:.4} (noise sd {:.4}, interval {:.4} to {:.4})",
+                v.label,
+                v.value,
+                v.noise_std,
+                v.ci_low,
+                v.ci_high
+            );
+        }
+        for o in &r.outliers {
+            outln!(
+                "    {} flagged as an outlier: `{}` answered {} against a median of {} ({:.1} robust sd)",
+                o.agency,
+                o.label,
+                o.value,
+                o.median,
+                o.score
             );
         }
     }
     if !job.latest_model_version.is_empty() {
-        println!("  latest model: {}", job.latest_model_version);
+        outln!("  latest model: {}", job.latest_model_version);
     }
 }

@@ -12,7 +12,6 @@ use tonic::transport::Channel;
 use treaty_proto::Identity;
 use treaty_proto::pki::{self, PkiDir};
 use treaty_proto::tls::TlsFiles;
-use treaty_proto::v1::ListAgenciesRequest;
 use treaty_proto::v1::operator_service_client::OperatorServiceClient;
 
 use crate::operator;
@@ -228,11 +227,7 @@ impl LocalFederation {
     ) -> anyhow::Result<Vec<String>> {
         let deadline = Instant::now() + timeout;
         loop {
-            let connected = client
-                .list_agencies(ListAgenciesRequest {})
-                .await?
-                .into_inner()
-                .agencies;
+            let connected = operator::all_agencies(client).await?;
             if connected.len() >= n {
                 return Ok(connected
                     .iter()

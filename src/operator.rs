@@ -1,8 +1,7 @@
 //! The operator's client of the coordinator, over mutual TLS: connecting, watching a job to its
 //! end, downloading a model.
 
-#![allow(clippy::print_stdout)]
-
+use crate::output::outln;
 use std::path::Path;
 use std::time::Duration;
 
@@ -15,7 +14,8 @@ use treaty_proto::tensor::{Assembler, NamedTensor};
 use treaty_proto::tls::{ClientTls, TlsFiles};
 use treaty_proto::v1::operator_service_client::OperatorServiceClient;
 use treaty_proto::v1::{
-    DownloadModelRequest, Job, JobState, ModelHeader, WatchJobRequest, model_part,
+    ConnectedAgency, DownloadModelRequest, Job, JobState, ListAgenciesRequest, ModelHeader,
+    WatchJobRequest, model_part,
 };
 
 /// The operator's client.
@@ -85,6 +85,26 @@ pub async fn connect(address: &str, files: &TlsFiles) -> anyhow::Result<Client> 
         .max_encoding_message_size(treaty_proto::MAX_MESSAGE_BYTES))
 }
 
+/// Every connected agency, following the pages of `ListAgencies`.
+pub async fn all_agencies(client: &mut Client) -> anyhow::Result<Vec<ConnectedAgency>> {
+    let mut all = Vec::new();
+    let mut token = String::new();
+    loop {
+        let page = client
+            .list_agencies(ListAgenciesRequest {
+                page_size: 0,
+                page_token: token,
+            })
+            .await?
+            .into_inner();
+        all.extend(page.agencies);
+        if page.next_page_token.is_empty() {
+            return Ok(all);
+        }
+        token = page.next_page_token;
+    }
+}
+
 /// Follows a job to its end, printing each event when `print` is set; returns it as it ended.
 pub async fn watch(client: &mut Client, job_id: &str, print: bool) -> anyhow::Result<Job> {
     let mut events = client
@@ -99,9 +119,9 @@ pub async fn watch(client: &mut Client, job_id: &str, print: bool) -> anyhow::Re
         // Routine arrivals of results are left out; refusals and rejections are shown.
         if print && !event.message.contains("sent its result") {
             if event.round > 0 {
-                println!("    [round {:>2}] {}", event.round, event.message);
+                outln!("    [round {:>2}] {}", event.round, event.message);
             } else {
-                println!("    {}", event.message);
+                outln!("    {}", event.message);
             }
         }
         last = event.job;

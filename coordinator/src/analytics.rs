@@ -7,13 +7,22 @@
 //! bootstrap of 20,000 draws): for a count or a sum the interval is exact up to simulation error;
 //! for a mean (a ratio) and for quantiles (read off the noisy cumulative histogram, which adds
 //! half a bin of discretisation) it is the bootstrap's.
+//!
+//! Any agency may lie: answers are checked before they get here (`answers`), and what passes can
+//! still be wrong within its bounds, so a query may combine the answers robustly (`Combine`):
+//! per value, the median or trimmed mean of the answers times their number.
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use treaty_proto::query::{bins, histogram_labels, layout};
-use treaty_proto::v1::{QueryKind, QuerySpec, QueryValue};
+use treaty_proto::v1::{Combine, QueryKind, QuerySpec, QueryValue};
 
+use crate::answers::{answer_of, labels, median, scale_of};
 use crate::tasks::TaskResult;
+
+/// The most values a robustly combined query may have (its intervals are bootstrapped per
+/// agency and value).
+pub const MAX_ROBUST_WIDTH: usize = 10_000;
 
 const DRAWS: usize = 20_000;
 /// Bootstrap draws of a quantile query (each re-reads the whole histogram).
@@ -66,6 +75,113 @@ fn histogram_quantile(counts: &[f64], lower: f64, upper: f64, p: f64) -> f64 {
 /// answer's width, whatever the width. A mean (a ratio) pairs two independent draws of U; a
 /// quantile re-reads the histogram QUANTILE_DRAWS times with each bin's noise resampled from U.
 pub fn combine(spec: &QuerySpec, results: &[(String, TaskResult)]) -> (Vec<f64>, Vec<QueryValue>) {
+    match combine_of(spec) {
+        mode @ (Combine::Median | Combine::Trimmed) => robust(spec, results, mode),
+        _ => summed(spec, results),
+    }
+}
+
+fn confidence_of(spec: &QuerySpec) -> (f64, f64) {
+    let confidence = if spec.confidence > 0.0 && spec.confidence < 1.0 {
+        spec.confidence
+    } else {
+        0.95
+    };
+    ((1.0 - confidence) / 2.0, (1.0 + confidence) / 2.0)
+}
+
+/// The robust combination: each value the median (or trimmed mean) of the agencies' answers
+/// times their number. Its interval is a parametric bootstrap of the noise alone: every
+/// agency's answer redrawn with its own Laplace noise, the combination recomputed. It does not
+/// cover the bias a robust combination has when agencies differ.
+fn robust(
+    spec: &QuerySpec,
+    results: &[(String, TaskResult)],
+    mode: Combine,
+) -> (Vec<f64>, Vec<QueryValue>) {
+    let Some((bounds, _)) = layout(spec) else {
+        return (vec![], vec![]);
+    };
+    let width = bounds.len();
+    let answers: Vec<Vec<f64>> = results.iter().map(|(_, r)| answer_of(r)).collect();
+    let scales: Vec<f64> = results.iter().map(|(_, r)| scale_of(r)).collect();
+    let estimate = robust_totals(mode, &answers, width);
+    let (lo_p, hi_p) = confidence_of(spec);
+    // About 2 * 10^7 noise draws in all, 200 to 2,000 redraws of the whole answer.
+    let redraws = (20_000_000 / (width * answers.len()).max(1)).clamp(200, 2_000);
+    let mut rng = StdRng::from_os_rng();
+    let samples: Vec<Vec<f64>> = (0..redraws)
+        .map(|_| {
+            let noisy: Vec<Vec<f64>> = answers
+                .iter()
+                .zip(&scales)
+                .map(|(a, s)| {
+                    a.iter()
+                        .zip(&bounds)
+                        .map(|(v, b)| v + b * laplace(&mut rng, *s))
+                        .collect()
+                })
+                .collect();
+            robust_totals(mode, &noisy, width)
+        })
+        .collect();
+    // A value and its redraws: the redraws' spread around the estimate, mirrored.
+    let interval = |label: String, value: f64, mut draws: Vec<f64>, widen: f64| {
+        draws.retain(|v| v.is_finite());
+        draws.sort_by(f64::total_cmp);
+        let centre = quantile(&draws, 0.5);
+        QueryValue {
+            label,
+            value,
+            noise_std: std_of(&draws),
+            ci_low: value - (quantile(&draws, hi_p) - centre) - widen,
+            ci_high: value - (quantile(&draws, lo_p) - centre) + widen,
+        }
+    };
+    let at = |i: usize| samples.iter().map(|s| s[i]).collect::<Vec<f64>>();
+    let labels = labels(spec);
+    let answer: Vec<QueryValue> =
+        match QueryKind::try_from(spec.kind).unwrap_or(QueryKind::Unspecified) {
+            QueryKind::Count | QueryKind::Sum | QueryKind::Histogram => (0..width)
+                .map(|i| {
+                    let label = labels.get(i).cloned().unwrap_or_default();
+                    interval(label, estimate[i], at(i), 0.0)
+                })
+                .collect(),
+            QueryKind::Mean => vec![
+                interval(
+                    format!("mean of {}", spec.column),
+                    estimate[0] / estimate[1],
+                    samples.iter().map(|s| s[0] / s[1]).collect(),
+                    0.0,
+                ),
+                interval("count".into(), estimate[1], at(1), 0.0),
+            ],
+            QueryKind::Quantile => {
+                let half_bin = (spec.upper - spec.lower) / bins(spec) as f64 / 2.0;
+                spec.quantiles
+                    .iter()
+                    .map(|&p| {
+                        let draws = samples
+                            .iter()
+                            .map(|s| histogram_quantile(s, spec.lower, spec.upper, p))
+                            .collect();
+                        interval(
+                            format!("q{p}"),
+                            histogram_quantile(&estimate, spec.lower, spec.upper, p),
+                            draws,
+                            half_bin,
+                        )
+                    })
+                    .collect()
+            }
+            QueryKind::Unspecified => vec![],
+        };
+    (answer.iter().map(|v| v.value).collect(), answer)
+}
+
+/// The plain combination: the sum of the answers.
+fn summed(spec: &QuerySpec, results: &[(String, TaskResult)]) -> (Vec<f64>, Vec<QueryValue>) {
     let Some((bounds, _)) = layout(spec) else {
         return (vec![], vec![]);
     };
@@ -79,12 +195,7 @@ pub fn combine(spec: &QuerySpec, results: &[(String, TaskResult)]) -> (Vec<f64>,
         }
         scales.push(r.metrics.get("laplace_scale").copied().unwrap_or(0.0));
     }
-    let confidence = if spec.confidence > 0.0 && spec.confidence < 1.0 {
-        spec.confidence
-    } else {
-        0.95
-    };
-    let (lo_p, hi_p) = ((1.0 - confidence) / 2.0, (1.0 + confidence) / 2.0);
+    let (lo_p, hi_p) = confidence_of(spec);
     let mut rng = StdRng::from_os_rng();
     let draw_u = |rng: &mut StdRng| scales.iter().map(|s| laplace(rng, *s)).sum::<f64>();
     let mut unit: Vec<f64> = (0..DRAWS).map(|_| draw_u(&mut rng)).collect();
@@ -168,9 +279,44 @@ pub fn combine(spec: &QuerySpec, results: &[(String, TaskResult)]) -> (Vec<f64>,
     (answer.iter().map(|v| v.value).collect(), answer)
 }
 
+/// The mean without the largest and smallest fifth (rounded down) of the values.
+fn trimmed_mean(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    let cut = values.len() / 5;
+    let kept = &values[cut..values.len() - cut];
+    kept.iter().sum::<f64>() / kept.len().max(1) as f64
+}
+
+/// The combination a spec asks for.
+pub fn combine_of(spec: &QuerySpec) -> Combine {
+    match Combine::try_from(spec.combine).unwrap_or(Combine::Unspecified) {
+        Combine::Unspecified => Combine::Sum,
+        other => other,
+    }
+}
+
+/// The robust total of `answers` (one vector per agency): per value, the median or trimmed mean
+/// times the number of agencies.
+fn robust_totals(mode: Combine, answers: &[Vec<f64>], width: usize) -> Vec<f64> {
+    let n = answers.len() as f64;
+    let mut column = Vec::with_capacity(answers.len());
+    (0..width)
+        .map(|i| {
+            column.clear();
+            column.extend(answers.iter().map(|a| a.get(i).copied().unwrap_or(0.0)));
+            n * if mode == Combine::Trimmed {
+                trimmed_mean(&mut column)
+            } else {
+                median(&mut column)
+            }
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::answers::node_answer;
 
     #[test]
     fn histogram_quantiles_interpolate_within_bins() {
@@ -180,20 +326,6 @@ mod tests {
         assert!((q - (1.0 + 10.0 / 30.0)).abs() < 1e-12, "{q}");
         // Nothing left after the noise: no quantile.
         assert!(histogram_quantile(&[-3.0, 0.0], 0.0, 1.0, 0.5).is_nan());
-    }
-
-    fn node_answer(values: Vec<f64>, scale: f64) -> TaskResult {
-        let n = values.len();
-        TaskResult {
-            num_examples: 1,
-            metrics: [("laplace_scale".to_owned(), scale)].into(),
-            tensors: vec![treaty_proto::tensor::NamedTensor::new(
-                "statistic",
-                ndarray::ArrayD::from_shape_vec(ndarray::IxDyn(&[n]), values).unwrap(),
-            )],
-            declared_norm_bound: 0.0,
-            evaluation: None,
-        }
     }
 
     #[test]
@@ -228,6 +360,35 @@ mod tests {
             "{:?}",
             answer[0]
         );
+    }
+
+    #[test]
+    fn robust_combinations_resist_one_liar() {
+        let spec = |combine: Combine| QuerySpec {
+            kind: QueryKind::Count as i32,
+            epsilon: 1.0,
+            combine: combine as i32,
+            ..Default::default()
+        };
+        let results: Vec<(String, TaskResult)> = [400.0, 402.0, 398.0, 50_000.0]
+            .iter()
+            .enumerate()
+            .map(|(i, v)| (format!("A{i}"), node_answer(vec![*v], 1.0)))
+            .collect();
+        // The sum takes the lie whole; the median of 398, 400, 402, 50000 is 401, times four;
+        // the trimmed mean of four drops none (a fifth of four rounds down to zero).
+        let (sum, _) = combine(&spec(Combine::Sum), &results);
+        assert_eq!(sum, vec![51_200.0]);
+        let (median, answer) = combine(&spec(Combine::Median), &results);
+        assert_eq!(median, vec![1_604.0]);
+        assert!(answer[0].ci_low < 1_604.0 && 1_604.0 < answer[0].ci_high);
+        let (trimmed, _) = combine(&spec(Combine::Trimmed), &results);
+        assert_eq!(trimmed, vec![51_200.0]);
+        // Of five, the trimmed mean drops the largest and the smallest.
+        let mut five = results;
+        five.push(("A4".into(), node_answer(vec![401.0], 1.0)));
+        let (trimmed, _) = combine(&spec(Combine::Trimmed), &five);
+        assert_eq!(trimmed, vec![5.0 * (400.0 + 401.0 + 402.0) / 3.0]);
     }
 
     #[test]

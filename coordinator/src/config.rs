@@ -14,6 +14,7 @@
 //!
 //! [limits]                               # optional
 //! max_update_elements = 10000000
+//! max_records_per_agency = 100000000
 //!
 //! [policy]                               # sharing policies: every round is decided by them
 //! country = "NL"                         # where this coordinator is hosted
@@ -109,14 +110,24 @@ pub struct Limits {
     /// The most elements a model, update or query result may have.
     #[serde(default = "default_max_elements")]
     pub max_update_elements: u64,
+    /// The most records one agency may hold: a public bound that every answer is checked
+    /// against (a count above it, plus a generous allowance for its noise, is rejected), and
+    /// the most examples a result may claim.
+    #[serde(default = "default_max_records")]
+    pub max_records_per_agency: u64,
 }
 
 impl Default for Limits {
     fn default() -> Self {
         Limits {
             max_update_elements: default_max_elements(),
+            max_records_per_agency: default_max_records(),
         }
     }
+}
+
+fn default_max_records() -> u64 {
+    100_000_000
 }
 
 fn default_grace() -> u64 {
@@ -178,6 +189,11 @@ impl Validate for CoordinatorConfig {
                 "`policy.country`: `{}` is not a country of registry {}",
                 self.policy.country, registry.version
             ));
+        }
+        if !(1..=1u64 << 53).contains(&self.limits.max_records_per_agency) {
+            problems.push(
+                "`limits.max_records_per_agency` must be 1 to 2^53 (9007199254740992)".to_owned(),
+            );
         }
         if self.limits.max_update_elements == 0 {
             problems.push("`limits.max_update_elements` must be at least 1".to_owned());

@@ -19,6 +19,7 @@ use crate::models;
 use crate::rounds::{self, fail, round_line};
 use crate::state::{Coordinator, now_ms};
 use crate::tasks::TaskResult;
+use crate::{analytics, answers};
 
 /// Starts the job's runner on its own task.
 pub fn spawn(ctx: Arc<Coordinator>, job_id: String) {
@@ -283,24 +284,50 @@ async fn statistics(
 }
 
 async fn query(ctx: &Coordinator, job: &mut Job, spec: QuerySpec) -> Result<(), CoordinatorError> {
-    let width = treaty_proto::query::layout(&spec)
-        .map(|l| l.0.len())
-        .unwrap_or(0);
     let kind = task::Kind::Query(QueryTask {
         spec: Some(spec.clone()),
     });
-    let check = |r: &TaskResult| match r.tensors.as_slice() {
-        [t] if t.name == "statistic" && t.values.len() == width => Ok(()),
-        _ => Err(format!(
-            "a query result must be one tensor `statistic` of {width} values"
-        )),
-    };
+    // Every answer is checked against what the query allows before it is combined; one that
+    // fails is rejected, its agency excluded and named (see `analytics`).
+    let max_records = ctx.limits.max_records_per_agency;
+    let check = |r: &TaskResult| answers::check_answer(&spec, max_records, r);
     let collected = rounds::collect(ctx, job, 1, kind, check).await?;
     let mut summary = collected.summary;
-    let (values, answer) = crate::analytics::combine(&spec, &collected.results);
+    let (values, answer) = analytics::combine(&spec, &collected.results);
     summary.values = values;
     summary.answer = answer;
-    complete_round(ctx, job, summary, "")
+    summary.outliers = answers::outliers(&spec, &collected.results);
+    let members = match ctx.store.federation(&job.federation)? {
+        Some(f) => rounds::members(&f),
+        None => vec![],
+    };
+    for o in &summary.outliers {
+        let identity = members
+            .iter()
+            .find(|m| rounds::shown(m) == o.agency)
+            .map(|m| m.to_string())
+            .unwrap_or_else(|| o.agency.clone());
+        let line = format!(
+            "{}'s answer to `{}`, {}, lies {:.1} robust standard deviations from the median {} of the agencies' answers",
+            o.agency, o.label, o.value, o.score, o.median
+        );
+        tracing::warn!(job = %job.job_id, agency = o.agency, "outlying answer: {line}");
+        ctx.audit(
+            &ctx.identity.to_string(),
+            "answer.outlier",
+            job,
+            1,
+            &identity,
+            line.clone(),
+        )?;
+        ctx.emit(job, 1, &o.agency, format!("outlier: {line}"));
+    }
+    let note = match analytics::combine_of(&spec) {
+        treaty_proto::v1::Combine::Median => "; combined by the median",
+        treaty_proto::v1::Combine::Trimmed => "; combined by the trimmed mean",
+        _ => "",
+    };
+    complete_round(ctx, job, summary, note)
 }
 
 /// Closes a round: its end time, the job stored with it, the audit log and the watchers told,

@@ -9,10 +9,14 @@
 
 pub mod aggregate;
 pub mod analytics;
+pub mod answers;
 pub mod config;
 pub mod error;
 pub mod jobs;
+pub mod limits;
 pub mod models;
+pub mod paging;
+pub mod peerlog;
 pub mod policy;
 pub mod rounds;
 pub mod server;

@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 
 use treaty_policies::date::Date;
 use treaty_policies::decide::{Decision, Participant, Request, decide};
+use treaty_proto::Identity;
 use treaty_proto::v1::{FederationInfo, Job, JobSpec, RoundParticipant, RoundTerms, job_spec};
 
 use crate::error::CoordinatorError;
@@ -113,12 +114,13 @@ pub struct RoundDecision {
 }
 
 /// Decides round `round` of `job` among the connected `candidates` (in the federation's order).
+/// Each takes part under the country of its certificate, which its membership names.
 pub fn decide_round(
     ctx: &Coordinator,
     job: &Job,
     round: u32,
     federation: &FederationInfo,
-    candidates: &[String],
+    candidates: &[Identity],
 ) -> Result<RoundDecision, CoordinatorError> {
     let spec = job.spec.clone().unwrap_or_default();
     let sharing = sharing(&spec).map_err(|e| fail(format!("round {round}: {e}")))?;
@@ -134,16 +136,13 @@ pub fn decide_round(
         .map_err(|e| fail(format!("round {round}: the policy keys are unusable: {e}")))?;
     let participants: Vec<Participant> = candidates
         .iter()
-        .map(|agency| Participant {
-            agency: agency.clone(),
-            country: ctx.sessions.country(agency).unwrap_or_default(),
-            cumulative_epsilon: reported_spending(
-                ctx.privacy
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .get(agency)
-                    .map(|r| r.spent_epsilon),
-            ),
+        .filter_map(|identity| match identity {
+            Identity::Agency { country, agency } => Some(Participant {
+                agency: agency.clone(),
+                country: country.clone(),
+                cumulative_epsilon: reported_spending(ctx.reported_epsilon(identity)),
+            }),
+            _ => None,
         })
         .collect();
     let request = Request {

@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use tokio::sync::mpsc;
+use treaty_proto::Identity;
 use treaty_proto::v1::{
     AgencyMetrics, CancelTask, CoordinatorMessage, Exclusion, Job, RoundExclusion, RoundSummary,
     Task, coordinator_message, task,
@@ -38,18 +39,42 @@ fn exclusion(agency: &str, code: &str, message: &str) -> Exclusion {
     }
 }
 
+/// The agency id an agency is shown by in a job's rounds and events. A federation never has
+/// two members of one id (its creation refuses that), so within a job the id names one
+/// (country, id) pair, the one its membership states.
+pub fn shown(agency: &Identity) -> &str {
+    agency.agency_id().unwrap_or_default()
+}
+
+/// A federation's members, as identities (country and id). A member that does not read as
+/// `AGENCY-ID:CC` (a federation stored before members named their country) is no member:
+/// nobody's certificate matches it.
+pub fn members(federation: &treaty_proto::v1::FederationInfo) -> Vec<Identity> {
+    federation
+        .members
+        .iter()
+        .filter_map(|m| match Identity::from_member(m) {
+            Ok(id) => Some(id),
+            Err(error) => {
+                tracing::warn!(federation = federation.name, %error, "member ignored");
+                None
+            }
+        })
+        .collect()
+}
+
 /// Waits until at least `min` members hold a session; returns the connected members, in the
 /// federation's order.
 async fn wait_for_members(
     ctx: &Coordinator,
-    members: &[String],
+    members: &[Identity],
     min: usize,
     timeout: Duration,
-) -> Result<Vec<String>, Vec<String>> {
+) -> Result<Vec<Identity>, Vec<Identity>> {
     let mut changes = ctx.sessions.subscribe();
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
-        let connected: Vec<String> = members
+        let connected: Vec<Identity> = members
             .iter()
             .filter(|m| ctx.sessions.is_connected(m))
             .cloned()
@@ -92,9 +117,10 @@ pub async fn collect(
         DEFAULT_JOIN_TIMEOUT_MS,
     )));
     let round_timeout = or_default(spec.round_timeout_ms, DEFAULT_ROUND_TIMEOUT_MS);
-    let invited = wait_for_members(ctx, &federation.members, min, join_timeout)
+    let invited = wait_for_members(ctx, &members(&federation), min, join_timeout)
         .await
         .map_err(|connected| {
+            let connected: Vec<String> = connected.iter().filter_map(Identity::member).collect();
             fail(format!(
                 "round {round}: only {} member(s) connected ({}) after {} s; the job needs {min}",
                 connected.len(),
@@ -105,17 +131,13 @@ pub async fn collect(
 
     // An agency whose own ledger says the next round would exceed its budget is not invited.
     let mut excluded: Vec<Exclusion> = Vec::new();
-    let invited: Vec<String> = invited
+    let invited: Vec<Identity> = invited
         .into_iter()
         .filter(|agency| match ctx.over_budget(agency) {
             Some(why) => {
-                ctx.emit(
-                    job,
-                    round,
-                    agency,
-                    format!("{agency} is not invited: {why}"),
-                );
-                excluded.push(exclusion(agency, "BUDGET_EXHAUSTED", &why));
+                let name = shown(agency);
+                ctx.emit(job, round, name, format!("{name} is not invited: {why}"));
+                excluded.push(exclusion(name, "BUDGET_EXHAUSTED", &why));
                 false
             }
             None => true,
@@ -128,6 +150,7 @@ pub async fn collect(
     };
     // The sharing policies decide who takes part; each agency left out is told why.
     let decided = crate::policy::decide_round(ctx, job, round, &federation, &invited)?;
+    let by_id = |id: &str| invited.iter().find(|a| shown(a) == id).cloned();
     for e in &decided.decision.excluded {
         let code = e.reason.code();
         ctx.emit(
@@ -136,7 +159,7 @@ pub async fn collect(
             &e.agency,
             format!("{} is not admitted: {code}: {}", e.agency, e.explanation),
         );
-        if let Some(outbox) = ctx.sessions.outbox(&e.agency) {
+        if let Some(outbox) = by_id(&e.agency).and_then(|a| ctx.sessions.outbox(&a)) {
             let _ = outbox.try_send(Ok(CoordinatorMessage {
                 kind: Some(coordinator_message::Kind::Excluded(RoundExclusion {
                     job_id: job.job_id.clone(),
@@ -161,6 +184,12 @@ pub async fn collect(
             why.join(" ")
         )));
     }
+    let admitted: Vec<Identity> = decided
+        .decision
+        .admitted
+        .iter()
+        .filter_map(|id| by_id(id))
+        .collect();
     let invited = decided.decision.admitted.clone();
     let started = now_ms();
     let deadline_ms = started + i64::from(round_timeout);
@@ -170,7 +199,14 @@ pub async fn collect(
         job,
         round,
         "",
-        format!("{what}; invited: {}", invited.join(", ")),
+        format!(
+            "{what}; invited: {}",
+            admitted
+                .iter()
+                .filter_map(Identity::member)
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
     )?;
     ctx.emit(
         job,
@@ -180,9 +216,9 @@ pub async fn collect(
     );
 
     let (tx, mut rx) = mpsc::unbounded_channel::<Delivery>();
-    let mut open: HashMap<String, String> = HashMap::new(); // agency -> task id
-    for agency in &invited {
-        let task_id = format!("{}-r{round}-{agency}", job.job_id);
+    let mut open: HashMap<Identity, String> = HashMap::new(); // agency -> task id
+    for agency in &admitted {
+        let task_id = format!("{}-r{round}-{}", job.job_id, shown(agency));
         // A training task carries the receiving agency's own public record estimate alone
         // (one that missed the statistics round gets the federation's median estimate: any
         // public figure keeps its node's release DP, this one keeps its sampling sensible).
@@ -190,7 +226,7 @@ pub async fn collect(
         if let task::Kind::Training(t) = &mut kind {
             t.public_records = job
                 .public_records
-                .get(agency)
+                .get(shown(agency))
                 .copied()
                 .unwrap_or_else(|| median(job.public_records.values().copied()));
         }
@@ -215,7 +251,7 @@ pub async fn collect(
         } else {
             ctx.tasks.close(&task_id);
             excluded.push(exclusion(
-                agency,
+                shown(agency),
                 "NOT_CONNECTED",
                 "the node's session closed before the task could be sent",
             ));
@@ -230,10 +266,11 @@ pub async fn collect(
             d = rx.recv() => d,
             _ = tokio::time::sleep_until(deadline) => None,
         };
-        let Some((agency, outcome)) = delivery else {
+        let Some((identity, outcome)) = delivery else {
             break;
         };
-        open.remove(&agency);
+        open.remove(&identity);
+        let agency = shown(&identity).to_owned();
         match outcome {
             Outcome::Refused {
                 reason_code,
@@ -246,11 +283,11 @@ pub async fn collect(
                     format!("{agency} refused the task: {reason_code}: {message}"),
                 );
                 ctx.audit(
-                    &format!("agency:{agency}"),
+                    &identity.to_string(),
                     "task.refused",
                     job,
                     round,
-                    &agency,
+                    &identity.to_string(),
                     format!("{reason_code}: {message}"),
                 )?;
                 excluded.push(exclusion(
@@ -259,7 +296,7 @@ pub async fn collect(
                     &format!("{reason_code}: {message}"),
                 ));
             }
-            Outcome::Invalid(reason) => reject(ctx, job, round, &agency, reason, &mut excluded)?,
+            Outcome::Invalid(reason) => reject(ctx, job, round, &identity, reason, &mut excluded)?,
             Outcome::Result(result) => match check(&result) {
                 Ok(()) => {
                     ctx.emit(
@@ -273,7 +310,7 @@ pub async fn collect(
                     );
                     results.push((agency, result));
                 }
-                Err(reason) => reject(ctx, job, round, &agency, reason, &mut excluded)?,
+                Err(reason) => reject(ctx, job, round, &identity, reason, &mut excluded)?,
             },
         }
     }
@@ -288,7 +325,7 @@ pub async fn collect(
             }));
         }
         excluded.push(exclusion(
-            &agency,
+            shown(&agency),
             "TIMED_OUT",
             &format!("no result within {round_timeout} ms"),
         ));
@@ -353,17 +390,18 @@ fn reject(
     ctx: &Coordinator,
     job: &Job,
     round: u32,
-    agency: &str,
+    identity: &Identity,
     reason: String,
     excluded: &mut Vec<Exclusion>,
 ) -> Result<(), CoordinatorError> {
-    tracing::warn!(job = %job.job_id, round, agency, reason, "update rejected");
+    let agency = shown(identity);
+    tracing::warn!(job = %job.job_id, round, agency = %identity, reason = %crate::peerlog::capped(&reason), "update rejected");
     ctx.audit(
-        &format!("agency:{agency}"),
+        &identity.to_string(),
         "update.rejected",
         job,
         round,
-        agency,
+        &identity.to_string(),
         reason.clone(),
     )?;
     ctx.emit(

@@ -1,4 +1,6 @@
-//! The agencies whose nodes hold a session now, and the outbox of each.
+//! The agencies whose nodes hold a session now, and the outbox of each. An agency is its
+//! certificate's identity, country and id together: `treaty://agency/NL/DE-BKA` is not
+//! `treaty://agency/DE/DE-BKA` and never holds, replaces or closes its session.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -6,6 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use tokio::sync::{mpsc, watch};
 use tonic::Status;
+use treaty_proto::Identity;
 use treaty_proto::v1::{ConnectedAgency, CoordinatorMessage, DatasetSummary};
 
 /// Where messages for one node's session go.
@@ -15,17 +18,16 @@ pub type Outbox = mpsc::Sender<Result<CoordinatorMessage, Status>>;
 #[derive(Debug, Clone)]
 pub struct Session {
     pub id: u64,
-    pub country: String,
     pub outbox: Outbox,
     pub connected_unix_ms: i64,
     pub software_version: String,
     pub datasets: Vec<DatasetSummary>,
 }
 
-/// The open sessions, one per agency.
+/// The open sessions, one per agency identity.
 #[derive(Debug)]
 pub struct Sessions {
-    inner: Mutex<HashMap<String, Session>>,
+    inner: Mutex<HashMap<Identity, Session>>,
     next_id: AtomicU64,
     changed: watch::Sender<u64>,
 }
@@ -41,7 +43,7 @@ impl Default for Sessions {
 }
 
 impl Sessions {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Session>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Identity, Session>> {
         // The map is always left whole, so a poisoned lock is still usable.
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -52,16 +54,16 @@ impl Sessions {
     }
 
     /// Registers a session, replacing (and so closing) an older one of the same agency.
-    pub fn register(&self, agency: &str, session: Session) {
-        let old = self.lock().insert(agency.to_owned(), session);
+    pub fn register(&self, agency: &Identity, session: Session) {
+        let old = self.lock().insert(agency.clone(), session);
         if old.is_some() {
-            tracing::info!(agency, "a new session replaces the previous one");
+            tracing::info!(%agency, "a new session replaces the previous one");
         }
         self.changed.send_modify(|n| *n += 1);
     }
 
     /// Removes a session, unless a newer one of the agency replaced it already.
-    pub fn unregister(&self, agency: &str, id: u64) {
+    pub fn unregister(&self, agency: &Identity, id: u64) {
         let mut map = self.lock();
         if map.get(agency).is_some_and(|s| s.id == id) {
             map.remove(agency);
@@ -71,35 +73,60 @@ impl Sessions {
     }
 
     /// The outbox of an agency's session, if it has one.
-    pub fn outbox(&self, agency: &str) -> Option<Outbox> {
+    pub fn outbox(&self, agency: &Identity) -> Option<Outbox> {
         self.lock().get(agency).map(|s| s.outbox.clone())
     }
 
-    /// The country of a connected agency, from its certificate.
-    pub fn country(&self, agency: &str) -> Option<String> {
-        self.lock().get(agency).map(|s| s.country.clone())
-    }
-
     /// Whether an agency holds a session.
-    pub fn is_connected(&self, agency: &str) -> bool {
+    pub fn is_connected(&self, agency: &Identity) -> bool {
         self.lock().contains_key(agency)
     }
 
-    /// The connected agencies, sorted by id.
-    pub fn connected(&self) -> Vec<ConnectedAgency> {
-        let mut out: Vec<ConnectedAgency> = self
+    /// How many agencies hold a session.
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// Whether no agency holds a session.
+    pub fn is_empty(&self) -> bool {
+        self.lock().is_empty()
+    }
+
+    /// One page of the connected agencies, sorted by id and then country: those after the
+    /// member form `after` (`AGENCY-ID:CC`, empty: from the first), at most `max` of them and
+    /// at most `max_bytes` encoded (but always at least one, so that paging goes forward).
+    /// Returns the page and whether more follow.
+    pub fn page(&self, after: &str, max: usize, max_bytes: usize) -> (Vec<ConnectedAgency>, bool) {
+        let mut keyed: Vec<((String, String), ConnectedAgency)> = self
             .lock()
             .iter()
-            .map(|(agency, s)| ConnectedAgency {
-                agency: agency.clone(),
-                country: s.country.clone(),
-                connected_unix_ms: s.connected_unix_ms,
-                software_version: s.software_version.clone(),
-                datasets: s.datasets.clone(),
+            .filter_map(|(identity, s)| match identity {
+                Identity::Agency { country, agency } => Some((
+                    (agency.clone(), country.clone()),
+                    ConnectedAgency {
+                        agency: agency.clone(),
+                        country: country.clone(),
+                        connected_unix_ms: s.connected_unix_ms,
+                        software_version: s.software_version.clone(),
+                        datasets: s.datasets.clone(),
+                    },
+                )),
+                _ => None,
             })
             .collect();
-        out.sort_by(|a, b| a.agency.cmp(&b.agency));
-        out
+        keyed.sort_by(|a, b| a.0.cmp(&b.0));
+        let start = match after.split_once(':') {
+            Some((agency, country)) => {
+                let key = (agency.to_owned(), country.to_owned());
+                keyed.partition_point(|(k, _)| *k <= key)
+            }
+            None => 0,
+        };
+        crate::paging::take_page(
+            keyed.into_iter().skip(start).map(|(_, a)| a),
+            max,
+            max_bytes,
+        )
     }
 
     /// Notified whenever a session opens or closes.
@@ -111,5 +138,65 @@ impl Sessions {
     pub fn close_all(&self) {
         self.lock().clear();
         self.changed.send_modify(|n| *n += 1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn session(id: u64) -> Session {
+        Session {
+            id,
+            outbox: mpsc::channel(1).0,
+            connected_unix_ms: 0,
+            software_version: "0.1.0".into(),
+            datasets: vec![],
+        }
+    }
+
+    #[test]
+    fn one_agency_id_in_two_countries_holds_two_sessions() {
+        let sessions = Sessions::default();
+        let de = Identity::agency("DE", "DE-BKA").unwrap();
+        let impostor = Identity::agency("NL", "DE-BKA").unwrap();
+        sessions.register(&de, session(1));
+        sessions.register(&impostor, session(2));
+        assert_eq!(sessions.len(), 2);
+        // Closing the impostor's session leaves Germany's.
+        sessions.unregister(&impostor, 2);
+        assert!(sessions.is_connected(&de) && !sessions.is_connected(&impostor));
+        // An old session's end does not close the newer one of the same agency.
+        sessions.register(&de, session(3));
+        sessions.unregister(&de, 1);
+        assert!(sessions.is_connected(&de));
+    }
+
+    #[test]
+    fn pages_follow_id_then_country() {
+        let sessions = Sessions::default();
+        for (i, (country, agency)) in [("NL", "DE-BKA"), ("FR", "FR-DOUANE"), ("DE", "DE-BKA")]
+            .into_iter()
+            .enumerate()
+        {
+            sessions.register(
+                &Identity::agency(country, agency).unwrap(),
+                session(i as u64),
+            );
+        }
+        let names = |page: &[ConnectedAgency]| -> Vec<String> {
+            page.iter()
+                .map(|a| format!("{}:{}", a.agency, a.country))
+                .collect()
+        };
+        let (page, more) = sessions.page("", 2, usize::MAX);
+        assert_eq!(
+            (names(&page), more),
+            (vec!["DE-BKA:DE".into(), "DE-BKA:NL".into()], true)
+        );
+        let (page, more) = sessions.page("DE-BKA:NL", 2, usize::MAX);
+        assert_eq!((names(&page), more), (vec!["FR-DOUANE:FR".into()], false));
+        let (page, more) = sessions.page("FR-DOUANE:FR", 2, usize::MAX);
+        assert!(page.is_empty() && !more);
     }
 }

@@ -12,6 +12,7 @@ use treaty_proto::v1::{Job, JobEvent, PrivacyReport};
 
 use crate::config::{CoordinatorPolicy, Limits};
 use crate::error::CoordinatorError;
+use crate::peerlog::WarnLimiter;
 use crate::sessions::Sessions;
 use crate::store::{AuditEntry, Store};
 use crate::tasks::Tasks;
@@ -32,7 +33,9 @@ pub struct Coordinator {
     pub policy: CoordinatorPolicy,
     pub shutdown: CancellationToken,
     /// Each agency's privacy ledger, as its node last reported it.
-    pub privacy: Mutex<HashMap<String, PrivacyReport>>,
+    pub privacy: Mutex<HashMap<Identity, PrivacyReport>>,
+    /// Rate limits of the warnings about each peer.
+    pub warnings: WarnLimiter,
 }
 
 /// Milliseconds since the Unix epoch.
@@ -61,22 +64,23 @@ impl Coordinator {
             policy,
             shutdown: CancellationToken::new(),
             privacy: Mutex::new(HashMap::new()),
+            warnings: WarnLimiter::default(),
         }
     }
 
     /// Keeps an agency's latest privacy report.
-    pub fn note_privacy(&self, agency: &str, report: Option<PrivacyReport>) {
+    pub fn note_privacy(&self, agency: &Identity, report: Option<PrivacyReport>) {
         if let Some(report) = report {
             self.privacy
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
-                .insert(agency.to_owned(), report);
+                .insert(agency.clone(), report);
         }
     }
 
     /// Why an agency may not be invited to another round, when its own last report says that
     /// one more round would exceed its budget.
-    pub fn over_budget(&self, agency: &str) -> Option<String> {
+    pub fn over_budget(&self, agency: &Identity) -> Option<String> {
         let map = self.privacy.lock().unwrap_or_else(|e| e.into_inner());
         let r = map.get(agency)?;
         (r.max_epsilon > 0.0 && r.epsilon_after_next_round > r.max_epsilon).then(|| {
@@ -99,7 +103,22 @@ impl Coordinator {
         });
     }
 
-    /// Appends to the audit log, durably.
+    /// The latest `spent_epsilon` an agency reported.
+    pub fn reported_epsilon(&self, agency: &Identity) -> Option<f64> {
+        self.privacy
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(agency)
+            .map(|r| r.spent_epsilon)
+    }
+
+    /// Logs a warning about what a peer did, capped and rate-limited per peer (see `peerlog`).
+    pub fn warn_peer(&self, peer: &Identity, message: &str, detail: &str) {
+        self.warnings.warn(&peer.to_string(), message, detail);
+    }
+
+    /// Appends to the audit log, durably. `agency`, when not empty, is the agency's full
+    /// identity (`treaty://agency/<CC>/<id>`).
     pub fn audit(
         &self,
         actor: &str,

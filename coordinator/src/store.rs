@@ -123,6 +123,47 @@ impl Store {
             .collect()
     }
 
+    /// The federations whose names come after `after` (all, when it is empty), by name, read
+    /// as they are taken.
+    pub fn federations_after(
+        &self,
+        after: &str,
+    ) -> impl Iterator<Item = Result<FederationInfo, CoordinatorError>> + use<> {
+        use std::ops::Bound;
+        let start = if after.is_empty() {
+            Bound::Unbounded
+        } else {
+            Bound::Excluded(after.as_bytes().to_vec())
+        };
+        self.federations
+            .range::<Vec<u8>, _>((start, Bound::Unbounded))
+            .map(|kv| {
+                let (k, v) = kv?;
+                decode("federation", &k, &v)
+            })
+    }
+
+    /// The jobs older than the job `before` (all, when it is empty), newest first, read as they
+    /// are taken.
+    pub fn jobs_before(
+        &self,
+        before: &str,
+    ) -> impl Iterator<Item = Result<Job, CoordinatorError>> + use<> {
+        use std::ops::Bound;
+        let end = if before.is_empty() {
+            Bound::Unbounded
+        } else {
+            Bound::Excluded(before.as_bytes().to_vec())
+        };
+        self.jobs
+            .range::<Vec<u8>, _>((Bound::Unbounded, end))
+            .rev()
+            .map(|kv| {
+                let (k, v) = kv?;
+                decode("job", &k, &v)
+            })
+    }
+
     /// A fresh job id, `job-000001` and up; never reused, also across restarts.
     pub fn next_job_id(&self) -> Result<String, CoordinatorError> {
         let next = self.meta.update_and_fetch("last_job_number", |old| {
@@ -256,7 +297,7 @@ mod tests {
             let fed = FederationInfo {
                 name: "eu-narcotics".into(),
                 purpose: "narcotics".into(),
-                members: vec!["DE-BKA".into()],
+                members: vec!["DE-BKA:DE".into()],
                 ..Default::default()
             };
             store.create_federation(&fed).unwrap();
@@ -292,5 +333,46 @@ mod tests {
         // Job ids keep increasing after a reopen.
         let next = store.next_job_id().unwrap();
         assert_eq!(next, "job-000002");
+    }
+
+    #[test]
+    fn pages_read_on_from_their_token() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        for name in ["b", "a", "c"] {
+            store
+                .create_federation(&FederationInfo {
+                    name: name.into(),
+                    ..Default::default()
+                })
+                .unwrap();
+        }
+        for _ in 0..3 {
+            let job_id = store.next_job_id().unwrap();
+            store
+                .put_job(&Job {
+                    job_id,
+                    ..Default::default()
+                })
+                .unwrap();
+        }
+        let names = |after: &str| -> Vec<String> {
+            store
+                .federations_after(after)
+                .map(|f| f.unwrap().name)
+                .collect()
+        };
+        assert_eq!(names(""), ["a", "b", "c"]);
+        assert_eq!(names("a"), ["b", "c"]);
+        assert!(names("c").is_empty());
+        let ids = |before: &str| -> Vec<String> {
+            store
+                .jobs_before(before)
+                .map(|j| j.unwrap().job_id)
+                .collect()
+        };
+        assert_eq!(ids(""), ["job-000003", "job-000002", "job-000001"]);
+        assert_eq!(ids("job-000003"), ["job-000002", "job-000001"]);
+        assert!(ids("job-000001").is_empty());
     }
 }

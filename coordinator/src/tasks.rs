@@ -1,10 +1,12 @@
 //! Tasks sent and not yet answered, and the routing of their outcomes to the round waiting for
-//! them. A result is accepted only from the agency the task was given to.
+//! them. A result is accepted only from the agency the task was given to: the identity of its
+//! certificate, country and id together.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 
 use tokio::sync::mpsc;
+use treaty_proto::Identity;
 use treaty_proto::tensor::NamedTensor;
 
 /// What a node sent back for a task.
@@ -33,11 +35,11 @@ pub struct TaskResult {
 }
 
 /// An outcome on its way to its round: (agency, outcome).
-pub type Delivery = (String, Outcome);
+pub type Delivery = (Identity, Outcome);
 
 #[derive(Debug)]
 struct Pending {
-    agency: String,
+    agency: Identity,
     round: mpsc::UnboundedSender<Delivery>,
 }
 
@@ -47,7 +49,7 @@ pub enum DeliveryError {
     #[error("task `{0}` is not open: it is unknown, already answered, or its round has ended")]
     NotOpen(String),
     #[error("task `{task}` was not given to `{caller}`")]
-    NotYours { task: String, caller: String },
+    NotYours { task: String, caller: Identity },
 }
 
 /// The open tasks.
@@ -62,23 +64,23 @@ impl Tasks {
     }
 
     /// Opens a task given to `agency`; its outcome goes to `round`.
-    pub fn open(&self, task_id: &str, agency: &str, round: mpsc::UnboundedSender<Delivery>) {
+    pub fn open(&self, task_id: &str, agency: &Identity, round: mpsc::UnboundedSender<Delivery>) {
         self.lock().insert(
             task_id.to_owned(),
             Pending {
-                agency: agency.to_owned(),
+                agency: agency.clone(),
                 round,
             },
         );
     }
 
     /// Checks, before reading a large upload, that `caller` may answer `task_id`.
-    pub fn check(&self, task_id: &str, caller: &str) -> Result<(), DeliveryError> {
+    pub fn check(&self, task_id: &str, caller: &Identity) -> Result<(), DeliveryError> {
         match self.lock().get(task_id) {
             None => Err(DeliveryError::NotOpen(task_id.to_owned())),
-            Some(p) if p.agency != caller => Err(DeliveryError::NotYours {
+            Some(p) if p.agency != *caller => Err(DeliveryError::NotYours {
                 task: task_id.to_owned(),
-                caller: caller.to_owned(),
+                caller: caller.clone(),
             }),
             Some(_) => Ok(()),
         }
@@ -88,7 +90,7 @@ impl Tasks {
     pub fn deliver(
         &self,
         task_id: &str,
-        caller: &str,
+        caller: &Identity,
         outcome: Outcome,
     ) -> Result<(), DeliveryError> {
         self.check(task_id, caller)?;
@@ -98,7 +100,7 @@ impl Tasks {
             .ok_or_else(|| DeliveryError::NotOpen(task_id.to_owned()))?;
         pending
             .round
-            .send((caller.to_owned(), outcome))
+            .send((caller.clone(), outcome))
             .map_err(|_| DeliveryError::NotOpen(task_id.to_owned()))
     }
 
@@ -116,22 +118,28 @@ mod tests {
     fn only_the_assigned_agency_may_answer_once() {
         let tasks = Tasks::default();
         let (tx, mut rx) = mpsc::unbounded_channel();
-        tasks.open("t1", "DE-BKA", tx);
+        let de = Identity::agency("DE", "DE-BKA").unwrap();
+        let nl = Identity::agency("NL", "NL-POLITIE").unwrap();
+        // The same agency id under another country's certificate is another agency.
+        let impostor = Identity::agency("NL", "DE-BKA").unwrap();
+        tasks.open("t1", &de, tx);
         let refuse = || Outcome::Refused {
             reason_code: "X".into(),
             message: String::new(),
         };
+        for caller in [&nl, &impostor] {
+            assert_eq!(
+                tasks.deliver("t1", caller, refuse()),
+                Err(DeliveryError::NotYours {
+                    task: "t1".into(),
+                    caller: caller.clone()
+                })
+            );
+        }
+        assert_eq!(tasks.deliver("t1", &de, refuse()), Ok(()));
+        assert_eq!(rx.try_recv().map(|d| d.0).ok(), Some(de.clone()));
         assert_eq!(
-            tasks.deliver("t1", "NL-POLITIE", refuse()),
-            Err(DeliveryError::NotYours {
-                task: "t1".into(),
-                caller: "NL-POLITIE".into()
-            })
-        );
-        assert_eq!(tasks.deliver("t1", "DE-BKA", refuse()), Ok(()));
-        assert_eq!(rx.try_recv().map(|d| d.0).ok(), Some("DE-BKA".to_owned()));
-        assert_eq!(
-            tasks.deliver("t1", "DE-BKA", refuse()),
+            tasks.deliver("t1", &de, refuse()),
             Err(DeliveryError::NotOpen("t1".into()))
         );
     }

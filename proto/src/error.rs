@@ -25,6 +25,10 @@ pub enum IdentityError {
     Ambiguous(Vec<String>),
     #[error("the certificate cannot be parsed: {0}")]
     Certificate(String),
+    #[error(
+        "`{spec}` does not name a member agency with its country; write `AGENCY-ID:CC`, {hint}"
+    )]
+    Member { spec: String, hint: String },
 }
 
 /// A tensor on the wire is malformed.

@@ -63,6 +63,34 @@ impl Identity {
         }
     }
 
+    /// The agency as a federation names its member: `AGENCY-ID:CC`, e.g. `DE-BKA:DE` (the form
+    /// `treaty pki init --agency` takes). `None` for a coordinator or an operator.
+    pub fn member(&self) -> Option<String> {
+        match self {
+            Identity::Agency { country, agency } => Some(format!("{agency}:{country}")),
+            _ => None,
+        }
+    }
+
+    /// Reads a federation member, `AGENCY-ID:CC`. An agency is its id and its country
+    /// together: `DE-BKA` alone, or the certificate's order `DE/DE-BKA`, is refused with the
+    /// form to write instead.
+    pub fn from_member(spec: &str) -> Result<Self, IdentityError> {
+        let refuse = |hint: String| IdentityError::Member {
+            spec: spec.to_owned(),
+            hint,
+        };
+        if let Some((country, agency)) = spec.split_once('/') {
+            return Err(refuse(format!("here `{agency}:{country}`")));
+        }
+        let Some((agency, country)) = spec.split_once(':') else {
+            return Err(refuse(format!(
+                "here `{spec}:<CC>` with the country code in its certificate, e.g. `DE-BKA:DE`"
+            )));
+        };
+        Identity::agency(country, agency)
+    }
+
     /// Reads the identity of a certificate: its one `treaty://` SAN URI.
     ///
     /// This does not verify the certificate; call it only on a chain TLS has verified.
@@ -161,6 +189,26 @@ mod tests {
         ] {
             let id: Identity = uri.parse().unwrap();
             assert_eq!(id.to_string(), uri);
+        }
+    }
+
+    #[test]
+    fn members_name_the_country_in_one_form_only() {
+        let de = Identity::from_member("DE-BKA:DE").unwrap();
+        assert_eq!(de, Identity::agency("DE", "DE-BKA").unwrap());
+        assert_eq!(de.member().as_deref(), Some("DE-BKA:DE"));
+        // The same id in another country is another agency.
+        assert_ne!(Identity::from_member("DE-BKA:NL").unwrap(), de);
+        assert_eq!(Identity::operator("op").unwrap().member(), None);
+        let slash = Identity::from_member("DE/DE-BKA").unwrap_err().to_string();
+        assert!(
+            slash.contains("write `AGENCY-ID:CC`, here `DE-BKA:DE`"),
+            "{slash}"
+        );
+        let bare = Identity::from_member("DE-BKA").unwrap_err().to_string();
+        assert!(bare.contains("`DE-BKA:<CC>`"), "{bare}");
+        for bad in ["DE-BKA:de", "DE-BKA:", ":DE", "DE BKA:DE", "DE-BKA:DE:NL"] {
+            assert!(Identity::from_member(bad).is_err(), "{bad} was accepted");
         }
     }
 

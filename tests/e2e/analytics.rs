@@ -76,7 +76,12 @@ async fn answers_fall_within_their_intervals_at_the_stated_rate() {
     let (cells, n, sum) = truth(&files);
     let mut op = fx.operator(&address).await;
     wait_connected(&mut op, &["DE-BKA", "NL-POLITIE", "FR-DOUANE"]).await;
-    create_federation(&mut op, "trio", &["DE-BKA", "NL-POLITIE", "FR-DOUANE"]).await;
+    create_federation(
+        &mut op,
+        "trio",
+        &["DE-BKA:DE", "NL-POLITIE:NL", "FR-DOUANE:FR"],
+    )
+    .await;
 
     let histogram = QuerySpec {
         kind: QueryKind::Histogram as i32,

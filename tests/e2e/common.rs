@@ -390,7 +390,7 @@ pub async fn wait_connected(client: &mut OperatorServiceClient<Channel>, agencie
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let connected: Vec<String> = client
-            .list_agencies(ListAgenciesRequest {})
+            .list_agencies(ListAgenciesRequest::default())
             .await
             .unwrap()
             .into_inner()

@@ -91,7 +91,12 @@ async fn an_agency_whose_budget_allows_three_rounds_takes_part_in_exactly_three(
     }
     let mut op = fx.operator(&address).await;
     wait_connected(&mut op, &["DE-BKA", "NL-POLITIE", "FR-DOUANE"]).await;
-    create_federation(&mut op, "three", &["DE-BKA", "NL-POLITIE", "FR-DOUANE"]).await;
+    create_federation(
+        &mut op,
+        "three",
+        &["DE-BKA:DE", "NL-POLITIE:NL", "FR-DOUANE:FR"],
+    )
+    .await;
     let job = run_job(&mut op, "three", dp_spec(10, 2.0), 2).await;
 
     let with_de: Vec<u32> = job
@@ -139,7 +144,7 @@ async fn a_node_killed_again_and_again_never_under_counts() {
     let _nl = fx.start_node_with("NL-POLITIE", &nl_config);
     let mut op = fx.operator(&address).await;
     wait_connected(&mut op, &["DE-BKA", "NL-POLITIE"]).await;
-    create_federation(&mut op, "pair", &["DE-BKA", "NL-POLITIE"]).await;
+    create_federation(&mut op, "pair", &["DE-BKA:DE", "NL-POLITIE:NL"]).await;
 
     let mut spec = dp_spec(40, 4.0);
     spec.local_epochs = 3;
@@ -233,7 +238,7 @@ async fn dp_sgd_calibrated_to_a_target_spends_at_most_the_target_and_learns() {
     }
     let mut op = fx.operator(&address).await;
     wait_connected(&mut op, &["DE-BKA", "NL-POLITIE"]).await;
-    create_federation(&mut op, "pair", &["DE-BKA", "NL-POLITIE"]).await;
+    create_federation(&mut op, "pair", &["DE-BKA:DE", "NL-POLITIE:NL"]).await;
     let mut spec = dp_spec(5, 0.0);
     spec.batch_size = 200;
     spec.learning_rate = 0.5;

@@ -122,7 +122,7 @@ async fn bad_certificates_are_refused_and_the_coordinator_keeps_serving() {
         .await
         .unwrap();
     let denied = OperatorServiceClient::new(channel)
-        .list_agencies(ListAgenciesRequest {})
+        .list_agencies(ListAgenciesRequest::default())
         .await
         .unwrap_err();
     assert_eq!(denied.code(), Code::PermissionDenied, "{denied:?}");
@@ -147,7 +147,7 @@ async fn bad_certificates_are_refused_and_the_coordinator_keeps_serving() {
     let _fr = fx.start_node("FR-DOUANE", "FR", &address, 6);
     let mut op = fx.operator(&address).await;
     wait_connected(&mut op, &["DE-BKA", "FR-DOUANE"]).await;
-    create_federation(&mut op, "after", &["DE-BKA", "FR-DOUANE"]).await;
+    create_federation(&mut op, "after", &["DE-BKA:DE", "FR-DOUANE:FR"]).await;
     let job = run_training(&mut op, "after", 1, 2).await;
     assert_eq!(job.rounds[0].contributors.len(), 2);
 }
@@ -164,7 +164,7 @@ async fn a_revoked_node_cannot_join() {
     let mut op = fx.operator(&address).await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let connected = op
-        .list_agencies(ListAgenciesRequest {})
+        .list_agencies(ListAgenciesRequest::default())
         .await
         .unwrap()
         .into_inner()
@@ -190,7 +190,7 @@ async fn revoking_a_connected_agency_closes_its_session() {
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
         let connected: Vec<String> = op
-            .list_agencies(ListAgenciesRequest {})
+            .list_agencies(ListAgenciesRequest::default())
             .await
             .unwrap()
             .into_inner()
@@ -215,7 +215,7 @@ async fn revoking_a_connected_agency_closes_its_session() {
         coordinator.log()
     );
     // The other agency goes on working alone.
-    create_federation(&mut op, "de-only", &["DE-BKA"]).await;
+    create_federation(&mut op, "de-only", &["DE-BKA:DE"]).await;
     let job = run_training(&mut op, "de-only", 1, 1).await;
     assert_eq!(job.rounds[0].contributors, vec!["DE-BKA".to_owned()]);
 }

@@ -80,7 +80,9 @@ async fn the_federated_model_is_as_good_as_the_pooled_one() {
     let mut op = fx.operator(&address).await;
     let names: Vec<&str> = agencies.iter().map(|(a, _)| *a).collect();
     wait_connected(&mut op, &names).await;
-    create_federation(&mut op, "customs", &names).await;
+    let members: Vec<String> = agencies.iter().map(|(a, c)| format!("{a}:{c}")).collect();
+    let members: Vec<&str> = members.iter().map(String::as_str).collect();
+    create_federation(&mut op, "customs", &members).await;
 
     let schema = schema::load(&synth.join("schema.toml")).unwrap();
     let (rounds, batch, lr, momentum) = (30, 64, 0.05, 0.9);
@@ -207,7 +209,12 @@ async fn bad_cells_stay_in_the_agency_and_a_missing_column_is_named() {
     let fr = fx.start_node_with("FR-DOUANE", &config);
     let mut op = fx.operator(&address).await;
     wait_connected(&mut op, &["DE-BKA", "NL-POLITIE", "FR-DOUANE"]).await;
-    create_federation(&mut op, "three", &["DE-BKA", "NL-POLITIE", "FR-DOUANE"]).await;
+    create_federation(
+        &mut op,
+        "three",
+        &["DE-BKA:DE", "NL-POLITIE:NL", "FR-DOUANE:FR"],
+    )
+    .await;
     let job = run_training(&mut op, "three", 2, 2).await;
 
     // FR takes part: its unreadable record is left out by a fixed rule, as any record would
@@ -355,7 +362,9 @@ async fn robust_aggregation_withstands_a_malicious_agency() {
     let mut op = fx.operator(&address).await;
     let names: Vec<&str> = refs.iter().map(|(a, _)| *a).collect();
     wait_connected(&mut op, &names).await;
-    create_federation(&mut op, "eight", &names).await;
+    let members: Vec<String> = refs.iter().map(|(a, c)| format!("{a}:{c}")).collect();
+    let members: Vec<&str> = members.iter().map(String::as_str).collect();
+    create_federation(&mut op, "eight", &members).await;
 
     let mut accuracy = std::collections::BTreeMap::new();
     for aggregation in [
@@ -432,7 +441,12 @@ async fn every_model_and_strategy_trains_end_to_end() {
     }
     let mut op = fx.operator(&address).await;
     wait_connected(&mut op, &["DE-BKA", "NL-POLITIE", "FR-DOUANE"]).await;
-    create_federation(&mut op, "models", &["DE-BKA", "NL-POLITIE", "FR-DOUANE"]).await;
+    create_federation(
+        &mut op,
+        "models",
+        &["DE-BKA:DE", "NL-POLITIE:NL", "FR-DOUANE:FR"],
+    )
+    .await;
     let columns = "[[column]]\nname = \"x1\"\nkind = \"numeric\"\nlower = -3.5\nupper = 3.5\n[[column]]\nname = \"x2\"\nkind = \"numeric\"\nlower = -3.5\nupper = 3.5\n[[column]]\nname = \"mode\"\nkind = \"categorical\"\nvalues = [\"sea\", \"air\"]\n";
     let spec = |model: ModelKind, label: &str| {
         let mut spec = training_spec(8);

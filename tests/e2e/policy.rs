@@ -62,7 +62,9 @@ async fn rounds_admit_the_largest_lawful_set_and_nodes_enforce_their_own_policy(
     let mut op = fx.operator(&address).await;
     let ids: Vec<&str> = AGENCIES.iter().map(|(a, _)| *a).collect();
     wait_connected(&mut op, &ids).await;
-    create_federation(&mut op, "five", &ids).await;
+    let members: Vec<String> = AGENCIES.iter().map(|(a, c)| format!("{a}:{c}")).collect();
+    let members: Vec<&str> = members.iter().map(String::as_str).collect();
+    create_federation(&mut op, "five", &members).await;
 
     let job = op
         .create_job(CreateJobRequest {
@@ -190,7 +192,12 @@ async fn a_broken_policy_keeps_its_country_out_and_the_job_says_why() {
         .collect();
     let mut op = fx.operator(&address).await;
     wait_connected(&mut op, &["DE-BKA", "NL-POLITIE", "FR-DOUANE"]).await;
-    create_federation(&mut op, "trio", &["DE-BKA", "NL-POLITIE", "FR-DOUANE"]).await;
+    create_federation(
+        &mut op,
+        "trio",
+        &["DE-BKA:DE", "NL-POLITIE:NL", "FR-DOUANE:FR"],
+    )
+    .await;
     let job = run_training(&mut op, "trio", 2, 2).await;
     for r in &job.rounds {
         assert_eq!(r.contributors, ["DE-BKA", "NL-POLITIE"]);

@@ -18,7 +18,7 @@ async fn a_node_joins_and_completes_a_round() {
     let _nl = fx.start_node("NL-POLITIE", "NL", &address, 2);
     let mut op = fx.operator(&address).await;
     wait_connected(&mut op, &["DE-BKA", "NL-POLITIE"]).await;
-    create_federation(&mut op, "pair", &["DE-BKA", "NL-POLITIE"]).await;
+    create_federation(&mut op, "pair", &["DE-BKA:DE", "NL-POLITIE:NL"]).await;
     let job = run_training(&mut op, "pair", 3, 2).await;
 
     assert_eq!(job.rounds.len(), 3);
@@ -92,7 +92,7 @@ async fn a_node_reconnects_after_the_coordinator_restarts() {
     let node = fx.start_node("DE-BKA", "DE", &address, 3);
     let mut op = fx.operator(&address).await;
     wait_connected(&mut op, &["DE-BKA"]).await;
-    create_federation(&mut op, "solo", &["DE-BKA"]).await;
+    create_federation(&mut op, "solo", &["DE-BKA:DE"]).await;
     let first = run_training(&mut op, "solo", 1, 1).await;
     assert_eq!(first.rounds[0].contributors, vec!["DE-BKA".to_owned()]);
 
@@ -175,6 +175,34 @@ async fn the_operator_cli_creates_a_federation_and_trains() {
         text
     };
     let c = config.to_str().unwrap();
+    // A member names its country: the id alone, or the certificate's order, is refused with the
+    // form to write.
+    for (member, hint) in [
+        ("DE-BKA", "`DE-BKA:<CC>`"),
+        ("DE/DE-BKA", "here `DE-BKA:DE`"),
+    ] {
+        let out = std::process::Command::new(TREATY)
+            .args([
+                "federation",
+                "create",
+                "--config",
+                c,
+                "--name",
+                "pair",
+                "--purpose",
+                "narcotics",
+                "--member",
+                member,
+            ])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{member} was accepted");
+        assert!(
+            stderr.contains("write `AGENCY-ID:CC`") && stderr.contains(hint),
+            "{stderr}"
+        );
+    }
     let out = run(&[
         "federation",
         "create",
@@ -185,9 +213,9 @@ async fn the_operator_cli_creates_a_federation_and_trains() {
         "--purpose",
         "narcotics",
         "--member",
-        "DE-BKA",
+        "DE-BKA:DE",
         "--member",
-        "NL-POLITIE",
+        "NL-POLITIE:NL",
     ]);
     assert!(out.contains("federation `pair` created"), "{out}");
     let out = run(&["agencies", "--config", c]);

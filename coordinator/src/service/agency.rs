@@ -13,7 +13,12 @@ use treaty_proto::v1::{
     Welcome, coordinator_message, node_message, result_part,
 };
 
+use treaty_proto::Identity;
+
 use super::{BoxStream, model_stream, require_agency};
+use crate::limits::{self, MAX_BAD_MESSAGES_PER_SESSION};
+use crate::peerlog::capped;
+use crate::rounds::members;
 use crate::sessions::Session;
 use crate::state::{Coordinator, now_ms};
 use crate::tasks::{Outcome, TaskResult};
@@ -46,7 +51,7 @@ impl AgencyService for AgencyApi {
         &self,
         request: Request<Streaming<NodeMessage>>,
     ) -> Result<Response<Self::SessionStream>, Status> {
-        let (agency, country, peer) = require_agency(&self.ctx, &request)?;
+        let (agency, peer) = require_agency(&self.ctx, &request)?;
         let mut inbound = request.into_inner();
         let hello = match tokio::time::timeout(HELLO_TIMEOUT, inbound.message()).await {
             Ok(Ok(Some(NodeMessage {
@@ -64,6 +69,11 @@ impl AgencyService for AgencyApi {
                 ));
             }
         };
+        if let Err(bound) = limits::check_hello(&hello) {
+            self.ctx
+                .warn_peer(&agency, "Hello refused: over a bound", &bound.to_string());
+            return Err(Status::invalid_argument(format!("Hello refused: {bound}")));
+        }
         if hello.protocol_version != treaty_proto::PROTOCOL_VERSION {
             return Err(Status::failed_precondition(format!(
                 "the node speaks protocol version {}, this coordinator speaks {}; upgrade the older side",
@@ -84,11 +94,11 @@ impl AgencyService for AgencyApi {
             .await
             .map_err(|_| Status::unavailable("the session closed"))?;
         let id = self.ctx.sessions.next_id();
+        let closer = tx.clone();
         self.ctx.sessions.register(
             &agency,
             Session {
                 id,
-                country: country.clone(),
                 outbox: tx,
                 connected_unix_ms: now_ms(),
                 software_version: hello.software_version.clone(),
@@ -96,42 +106,51 @@ impl AgencyService for AgencyApi {
             },
         );
         self.ctx.note_privacy(&agency, hello.privacy);
-        tracing::info!(
-            agency,
-            country,
-            version = hello.software_version,
-            "node connected"
-        );
+        tracing::info!(%agency, version = hello.software_version, "node connected");
 
         let ctx = self.ctx.clone();
         tokio::spawn(async move {
             let mut revocation = tokio::time::interval(REVOCATION_CHECK);
+            let mut bad = 0u32;
             loop {
                 let message = tokio::select! {
                     m = inbound.message() => m,
                     _ = ctx.shutdown.cancelled() => break,
                     _ = revocation.tick() => {
                         if ctx.tls.is_revoked(&peer.serial) {
-                            tracing::warn!(agency, serial = peer.serial, "certificate revoked; session closed");
+                            tracing::warn!(%agency, serial = peer.serial, "certificate revoked; session closed");
                             break;
                         }
                         continue;
                     }
                 };
-                match message {
+                let usable = match message {
                     Ok(Some(NodeMessage { kind: Some(kind) })) => handle(&ctx, &agency, kind),
                     Ok(Some(NodeMessage { kind: None })) => {
-                        tracing::warn!(agency, "empty message on session; ignored")
+                        ctx.warn_peer(&agency, "empty message on session; ignored", "");
+                        false
                     }
                     Ok(None) => break,
                     Err(status) => {
-                        tracing::info!(agency, %status, "session ended with an error");
+                        let status = status.to_string();
+                        tracing::info!(%agency, status = %capped(&status), "session ended with an error");
+                        break;
+                    }
+                };
+                if !usable {
+                    bad += 1;
+                    if bad >= MAX_BAD_MESSAGES_PER_SESSION {
+                        tracing::warn!(%agency, bad, "session closed: too many unusable messages");
+                        let _ = closer.try_send(Err(Status::invalid_argument(format!(
+                            "session closed after {bad} unusable messages (empty, over a bound, or about tasks that are not yours)"
+                        ))));
                         break;
                     }
                 }
             }
             ctx.sessions.unregister(&agency, id);
-            tracing::info!(agency, "node disconnected");
+            ctx.warnings.close(&agency.to_string());
+            tracing::info!(%agency, "node disconnected");
         });
         Ok(Response::new(ReceiverStream::new(rx)))
     }
@@ -140,7 +159,7 @@ impl AgencyService for AgencyApi {
         &self,
         request: Request<Streaming<ResultPart>>,
     ) -> Result<Response<SubmitReceipt>, Status> {
-        let (agency, _, _) = require_agency(&self.ctx, &request)?;
+        let (agency, _) = require_agency(&self.ctx, &request)?;
         let mut parts = request.into_inner();
         let header = match parts.message().await? {
             Some(ResultPart {
@@ -152,12 +171,17 @@ impl AgencyService for AgencyApi {
                 ));
             }
         };
+        if let Err(bound) = limits::check_result_header(&header) {
+            self.ctx
+                .warn_peer(&agency, "result refused: over a bound", &bound.to_string());
+            return Err(Status::invalid_argument(format!("result refused: {bound}")));
+        }
         self.ctx
             .tasks
             .check(&header.task_id, &agency)
             .map_err(|e| Status::failed_precondition(e.to_string()))?;
         self.ctx.note_privacy(&agency, header.privacy.clone());
-        let received = receive(&mut parts, &header, self.ctx.limits.max_update_elements).await;
+        let received = receive(&mut parts, &header, &self.ctx.limits).await;
         let outcome = match received {
             Ok(tensors) => Outcome::Result(TaskResult {
                 num_examples: header.num_examples,
@@ -167,11 +191,10 @@ impl AgencyService for AgencyApi {
                 evaluation: header.evaluation.clone(),
             }),
             Err(reason) => {
-                tracing::warn!(
-                    agency,
-                    task = header.task_id,
-                    reason,
-                    "result rejected on arrival"
+                self.ctx.warn_peer(
+                    &agency,
+                    &format!("result for task `{}` rejected on arrival", header.task_id),
+                    &reason,
                 );
                 Outcome::Invalid(reason)
             }
@@ -199,7 +222,7 @@ impl AgencyService for AgencyApi {
         &self,
         request: Request<DownloadModelRequest>,
     ) -> Result<Response<Self::DownloadModelStream>, Status> {
-        let (agency, _, _) = require_agency(&self.ctx, &request)?;
+        let (agency, _) = require_agency(&self.ctx, &request)?;
         let req = request.into_inner();
         let job = self
             .ctx
@@ -210,10 +233,10 @@ impl AgencyService for AgencyApi {
             .ctx
             .store
             .federation(&job.federation)?
-            .is_some_and(|f| f.members.contains(&agency));
+            .is_some_and(|f| members(&f).contains(&agency));
         if !member {
             return Err(Status::permission_denied(format!(
-                "`{agency}` is not a member of federation `{}`",
+                "`{agency}` is not a member of federation `{}` (members are agencies of a country: id and country together)",
                 job.federation
             )));
         }
@@ -229,8 +252,14 @@ impl AgencyService for AgencyApi {
 async fn receive(
     parts: &mut Streaming<ResultPart>,
     header: &treaty_proto::v1::ResultHeader,
-    max_elements: u64,
+    limits: &crate::config::Limits,
 ) -> Result<Vec<treaty_proto::tensor::NamedTensor>, String> {
+    if header.num_examples > limits.max_records_per_agency {
+        return Err(format!(
+            "the result claims {} examples, above the {} records one agency may hold (`limits.max_records_per_agency`)",
+            header.num_examples, limits.max_records_per_agency
+        ));
+    }
     if let Some((name, value)) = header.metrics.iter().find(|(_, v)| !v.is_finite()) {
         return Err(format!("metric `{name}` is not finite ({value})"));
     }
@@ -242,7 +271,7 @@ async fn receive(
     }
     let mut assembler = Assembler::new(
         header.tensors.clone(),
-        max_elements,
+        limits.max_update_elements,
         DEFAULT_MAX_CHUNK_BYTES,
     )
     .map_err(|e| e.to_string())?;
@@ -259,23 +288,47 @@ async fn receive(
     assembler.finish().map_err(|e| e.to_string())
 }
 
-fn handle(ctx: &Coordinator, agency: &str, kind: node_message::Kind) {
+/// Handles one message of a session; whether it was usable (unusable ones are counted, and a
+/// session that sends too many is closed).
+fn handle(ctx: &Coordinator, agency: &Identity, kind: node_message::Kind) -> bool {
     match kind {
         node_message::Kind::Refused(r) => {
+            if let Err(bound) = limits::check_refused(&r) {
+                ctx.warn_peer(agency, "refusal ignored: over a bound", &bound.to_string());
+                return false;
+            }
+            let task = r.task_id.clone();
             let outcome = Outcome::Refused {
                 reason_code: r.reason_code,
                 message: r.message,
             };
-            if let Err(error) = ctx.tasks.deliver(&r.task_id, agency, outcome) {
-                tracing::warn!(agency, %error, "refusal for a task that is not open");
+            match ctx.tasks.deliver(&task, agency, outcome) {
+                Ok(()) => true,
+                Err(error) => {
+                    ctx.warn_peer(agency, "refusal ignored", &error.to_string());
+                    false
+                }
             }
         }
         node_message::Kind::Accepted(a) => {
-            tracing::debug!(agency, task = a.task_id, "task accepted")
+            if let Err(bound) = limits::check_accepted(&a) {
+                ctx.warn_peer(
+                    agency,
+                    "acceptance ignored: over a bound",
+                    &bound.to_string(),
+                );
+                return false;
+            }
+            tracing::debug!(%agency, task = a.task_id, "task accepted");
+            true
         }
-        node_message::Kind::Heartbeat(_) => tracing::trace!(agency, "heartbeat"),
+        node_message::Kind::Heartbeat(_) => {
+            tracing::trace!(%agency, "heartbeat");
+            true
+        }
         node_message::Kind::Hello(_) => {
-            tracing::warn!(agency, "second Hello on a session; ignored")
+            ctx.warn_peer(agency, "second Hello on a session; ignored", "");
+            false
         }
     }
 }

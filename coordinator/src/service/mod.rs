@@ -37,14 +37,15 @@ pub fn caller<T>(ctx: &Coordinator, request: &Request<T>) -> Result<PeerInfo, St
     Ok(peer)
 }
 
-/// The calling agency's (id, country, connection), or `PERMISSION_DENIED` for anyone else.
+/// The calling agency's identity (country and id together) and connection, or
+/// `PERMISSION_DENIED` for anyone else.
 pub fn require_agency<T>(
     ctx: &Coordinator,
     request: &Request<T>,
-) -> Result<(String, String, PeerInfo), Status> {
+) -> Result<(Identity, PeerInfo), Status> {
     let peer = caller(ctx, request)?;
     match &peer.identity {
-        Identity::Agency { country, agency } => Ok((agency.clone(), country.clone(), peer)),
+        id @ Identity::Agency { .. } => Ok((id.clone(), peer)),
         other => Err(Status::permission_denied(format!(
             "`{other}` is not an agency; only agency certificates may use the agency service"
         ))),

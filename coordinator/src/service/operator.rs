@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use tokio::sync::broadcast::error::RecvError;
 use tonic::{Request, Response, Status};
-use treaty_proto::identity::check_name;
+use treaty_proto::Identity;
 use treaty_proto::schema;
 use treaty_proto::v1::operator_service_server::OperatorService;
 use treaty_proto::v1::{
@@ -17,6 +17,8 @@ use treaty_proto::v1::{
 use super::{BoxStream, model_stream, require_operator};
 use crate::aggregate::Settings;
 use crate::jobs;
+use crate::limits::MAX_PAGE_BYTES;
+use crate::paging::{page_size, take_page_of};
 use crate::state::{Coordinator, now_ms};
 
 /// The operator service.
@@ -66,15 +68,29 @@ fn federation_problems(f: &FederationInfo) -> Vec<String> {
             .push("`purpose` is empty; name the purpose its jobs serve, e.g. `narcotics`".into());
     }
     if f.members.is_empty() {
-        problems.push("`members` is empty; list the member agencies' ids".into());
+        problems.push(
+            "`members` is empty; list the member agencies as `AGENCY-ID:CC`, e.g. `DE-BKA:DE`"
+                .into(),
+        );
     }
-    let mut seen = std::collections::HashSet::new();
+    // Within a federation an agency id names one agency: its rounds, events and task ids show
+    // the id alone.
+    let mut seen = std::collections::HashMap::new();
     for m in &f.members {
-        if let Err(e) = check_name(m) {
-            problems.push(format!("member: {e}"));
-        }
-        if !seen.insert(m) {
-            problems.push(format!("member `{m}` is listed twice"));
+        match Identity::from_member(m) {
+            Err(e) => problems.push(format!("member: {e}")),
+            Ok(Identity::Agency { agency, country }) => {
+                if let Some(other) = seen.insert(agency.clone(), country.clone()) {
+                    problems.push(if other == country {
+                        format!("member `{m}` is listed twice")
+                    } else {
+                        format!(
+                            "members `{agency}:{other}` and `{m}` share the agency id `{agency}`; a federation's members need distinct ids"
+                        )
+                    });
+                }
+            }
+            Ok(_) => {}
         }
     }
     problems
@@ -238,6 +254,24 @@ fn job_problems(spec: &mut JobSpec, members: usize) -> Vec<String> {
                     ));
                 }
             }
+            match treaty_proto::v1::Combine::try_from(q.combine) {
+                Err(_) => problems.push(format!(
+                    "`query.combine` is {}; it must be SUM, MEDIAN or TRIMMED",
+                    q.combine
+                )),
+                Ok(treaty_proto::v1::Combine::Median | treaty_proto::v1::Combine::Trimmed) => {
+                    let width = treaty_proto::query::layout(q)
+                        .map(|l| l.0.len())
+                        .unwrap_or(0);
+                    if width > crate::analytics::MAX_ROBUST_WIDTH {
+                        problems.push(format!(
+                            "the query has {width} values; a robust combination takes at most {}",
+                            crate::analytics::MAX_ROBUST_WIDTH
+                        ));
+                    }
+                }
+                Ok(_) => {}
+            }
             if kind == QueryKind::Quantile {
                 if q.quantiles.is_empty() || q.quantiles.iter().any(|p| !(*p > 0.0 && *p < 1.0)) {
                     problems.push("`query.quantiles` must list values in (0, 1)".into());
@@ -312,8 +346,16 @@ impl OperatorService for OperatorApi {
         request: Request<ListFederationsRequest>,
     ) -> Result<Response<ListFederationsResponse>, Status> {
         require_operator(&self.ctx, &request)?;
+        let req = request.into_inner();
+        let (federations, more) = take_page_of(
+            self.ctx.store.federations_after(&req.page_token),
+            page_size(req.page_size),
+            MAX_PAGE_BYTES,
+        );
+        let federations = federations.into_iter().collect::<Result<Vec<_>, _>>()?;
         Ok(Response::new(ListFederationsResponse {
-            federations: self.ctx.store.federations()?,
+            next_page_token: next_token(more, federations.last().map(|f| f.name.clone())),
+            federations,
         }))
     }
 
@@ -322,8 +364,19 @@ impl OperatorService for OperatorApi {
         request: Request<ListAgenciesRequest>,
     ) -> Result<Response<ListAgenciesResponse>, Status> {
         require_operator(&self.ctx, &request)?;
+        let req = request.into_inner();
+        let (agencies, more) =
+            self.ctx
+                .sessions
+                .page(&req.page_token, page_size(req.page_size), MAX_PAGE_BYTES);
         Ok(Response::new(ListAgenciesResponse {
-            agencies: self.ctx.sessions.connected(),
+            next_page_token: next_token(
+                more,
+                agencies
+                    .last()
+                    .map(|a| format!("{}:{}", a.agency, a.country)),
+            ),
+            agencies,
         }))
     }
 
@@ -377,8 +430,16 @@ impl OperatorService for OperatorApi {
         request: Request<ListJobsRequest>,
     ) -> Result<Response<ListJobsResponse>, Status> {
         require_operator(&self.ctx, &request)?;
+        let req = request.into_inner();
+        let (jobs, more) = take_page_of(
+            self.ctx.store.jobs_before(&req.page_token),
+            page_size(req.page_size),
+            MAX_PAGE_BYTES,
+        );
+        let jobs = jobs.into_iter().collect::<Result<Vec<_>, _>>()?;
         Ok(Response::new(ListJobsResponse {
-            jobs: self.ctx.store.jobs()?,
+            next_page_token: next_token(more, jobs.last().map(|j| j.job_id.clone())),
+            jobs,
         }))
     }
 
@@ -447,6 +508,15 @@ impl OperatorService for OperatorApi {
             &req.job_id,
             &req.model_version,
         )?))
+    }
+}
+
+/// The token of the page after one that ended with `last`, or empty when no page follows.
+fn next_token(more: bool, last: Option<String>) -> String {
+    if more {
+        last.unwrap_or_default()
+    } else {
+        String::new()
     }
 }
 
@@ -522,10 +592,26 @@ mod tests {
         let f = FederationInfo {
             name: "EU Narcotics".into(),
             purpose: String::new(),
-            members: vec!["DE-BKA".into(), "DE-BKA".into(), "bad id".into()],
+            members: vec!["DE-BKA:DE".into(), "DE-BKA:DE".into(), "bad id:DE".into()],
             ..Default::default()
         };
         let problems = federation_problems(&f);
         assert_eq!(problems.len(), 4, "{problems:#?}");
+        let members = |m: &[&str]| FederationInfo {
+            name: "eu".into(),
+            purpose: "narcotics".into(),
+            members: m.iter().map(|s| s.to_string()).collect(),
+            ..Default::default()
+        };
+        assert!(federation_problems(&members(&["DE-BKA:DE", "NL-POLITIE:NL"])).is_empty());
+        // A member without its country, or in the certificate's order, says what to write.
+        let p = federation_problems(&members(&["DE-BKA", "NL/NL-POLITIE"]));
+        assert_eq!(p.len(), 2, "{p:#?}");
+        assert!(p[0].contains("`DE-BKA:<CC>`"), "{p:#?}");
+        assert!(p[1].contains("here `NL-POLITIE:NL`"), "{p:#?}");
+        // One id in two countries is two agencies, which one federation cannot tell apart.
+        let p = federation_problems(&members(&["DE-BKA:DE", "DE-BKA:NL"]));
+        assert_eq!(p.len(), 1, "{p:#?}");
+        assert!(p[0].contains("share the agency id `DE-BKA`"), "{p:#?}");
     }
 }

@@ -1,0 +1,138 @@
+//! A hostile agency for the end-to-end tests: not the node binary but a tonic client of the
+//! agency service, over real mutual TLS with a real certificate of the test PKI, that sends
+//! whatever a test tells it to.
+
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::Streaming;
+use tonic::transport::Channel;
+use treaty_proto::Identity;
+use treaty_proto::pki::{self, Validity};
+use treaty_proto::tensor::{self, NamedTensor};
+use treaty_proto::tls::{ClientTls, TlsFiles};
+use treaty_proto::v1::agency_service_client::AgencyServiceClient;
+use treaty_proto::v1::{
+    CoordinatorMessage, Dtype, Hello, NodeMessage, ResultHeader, ResultPart, Task,
+    coordinator_message, node_message, result_part,
+};
+
+use crate::common::Fixture;
+
+/// Issues a certificate of the fixture's CA for `identity` into files of their own (the PKI's
+/// own file names are per agency id, so that an impostor of an existing id does not overwrite
+/// the real agency's files).
+pub fn issue(fx: &Fixture, identity: &Identity, name: &str) -> TlsFiles {
+    let issuer = pki::load_issuer(&fx.pki).unwrap();
+    let (cert, key) = pki::issue_with(&issuer, identity, &[], Validity::days_from_now(2)).unwrap();
+    let (c, k): (PathBuf, PathBuf) = (
+        fx.path(&format!("{name}.crt")),
+        fx.path(&format!("{name}.key")),
+    );
+    std::fs::write(&c, cert).unwrap();
+    std::fs::write(&k, key).unwrap();
+    TlsFiles {
+        ca_cert: fx.pki.ca_cert(),
+        cert: c,
+        key: k,
+    }
+}
+
+/// A connection of the agency service.
+pub async fn client(address: &str, files: &TlsFiles) -> AgencyServiceClient<Channel> {
+    let channel = ClientTls::new(files)
+        .unwrap()
+        .connect(address, Duration::from_secs(5))
+        .await
+        .unwrap();
+    AgencyServiceClient::new(channel)
+        .max_decoding_message_size(treaty_proto::MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(usize::MAX)
+}
+
+/// An honest-looking Hello.
+pub fn hello() -> Hello {
+    Hello {
+        software_version: "hostile-1".into(),
+        protocol_version: treaty_proto::PROTOCOL_VERSION,
+        ..Default::default()
+    }
+}
+
+/// A session held open by a test: what it sends goes through `outbox`.
+pub struct Session {
+    pub outbox: mpsc::Sender<NodeMessage>,
+    pub inbound: Streaming<CoordinatorMessage>,
+}
+
+/// Opens a session with `hello`; the coordinator's answer to the call.
+pub async fn open(
+    client: &mut AgencyServiceClient<Channel>,
+    hello: Hello,
+) -> Result<Session, tonic::Status> {
+    let (outbox, rx) = mpsc::channel(16);
+    outbox
+        .send(NodeMessage {
+            kind: Some(node_message::Kind::Hello(hello)),
+        })
+        .await
+        .unwrap();
+    let inbound = client.session(ReceiverStream::new(rx)).await?.into_inner();
+    Ok(Session { outbox, inbound })
+}
+
+impl Session {
+    /// The next message from the coordinator, if one comes within `timeout`.
+    pub async fn next(&mut self, timeout: Duration) -> Option<CoordinatorMessage> {
+        match tokio::time::timeout(timeout, self.inbound.message()).await {
+            Ok(Ok(m)) => m,
+            _ => None,
+        }
+    }
+
+    /// The next task sent, skipping other messages; `None` when none comes within `timeout`.
+    pub async fn next_task(&mut self, timeout: Duration) -> Option<Task> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match self.next(left).await?.kind {
+                Some(coordinator_message::Kind::Task(task)) => return Some(task),
+                _ => continue,
+            }
+        }
+    }
+}
+
+/// Uploads a result of `values` (one tensor `statistic`) with `metrics`.
+pub async fn submit(
+    client: &mut AgencyServiceClient<Channel>,
+    task_id: &str,
+    values: Vec<f64>,
+    metrics: &[(&str, f64)],
+) -> Result<(), tonic::Status> {
+    let n = values.len();
+    let statistic = NamedTensor::new(
+        "statistic",
+        ndarray::ArrayD::from_shape_vec(ndarray::IxDyn(&[n]), values).unwrap(),
+    );
+    let (specs, chunks) = tensor::encode(&[statistic], Dtype::F64, 1 << 20);
+    let header = ResultHeader {
+        task_id: task_id.into(),
+        num_examples: 1,
+        metrics: metrics.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
+        tensors: specs,
+        ..Default::default()
+    };
+    let parts: Vec<ResultPart> = std::iter::once(result_part::Kind::Header(header))
+        .chain(chunks.into_iter().map(result_part::Kind::Chunk))
+        .map(|kind| ResultPart { kind: Some(kind) })
+        .collect();
+    client
+        .submit_result(tokio_stream::iter(parts))
+        .await
+        .map(|_| ())
+}
