@@ -10,8 +10,8 @@
 //!
 //! [tls]
 //! ca_cert = "pki/ca.crt"
-//! cert = "pki/agency-DE-BKA.crt"
-//! key = "pki/agency-DE-BKA.key"
+//! cert = "pki/agency-DE-DE-BKA.crt"
+//! key = "pki/agency-DE-DE-BKA.key"
 //!
 //! [data]
 //! train = "data/train.csv"                 # CSV with a header row

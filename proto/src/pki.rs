@@ -7,7 +7,7 @@
 //! 0600. Production federations bring their own CA and keys; Treaty only needs the PEM files.
 //!
 //! Layout: `ca.crt`, `ca.key`, `crl.pem`, `coordinator.crt`/`.key`,
-//! `operator-<name>.crt`/`.key`, `agency-<id>.crt`/`.key`.
+//! `operator-<name>.crt`/`.key`, `agency-<CC>-<id>.crt`/`.key` (country and id: an agency is both).
 
 use std::io::Write;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -50,7 +50,7 @@ impl PkiDir {
     /// The certificate and key paths of an identity.
     pub fn cert_and_key(&self, identity: &Identity) -> (PathBuf, PathBuf) {
         let stem = match identity {
-            Identity::Agency { agency, .. } => format!("agency-{agency}"),
+            Identity::Agency { agency, country } => format!("agency-{country}-{agency}"),
             Identity::Coordinator { .. } => "coordinator".to_owned(),
             Identity::Operator { name } => format!("operator-{name}"),
         };
@@ -417,6 +417,16 @@ fn write_file(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_agency_of_another_country_with_the_same_id_gets_its_own_files() {
+        let dir = PkiDir::new(PathBuf::from("pki"));
+        let de = dir.cert_and_key(&Identity::agency("DE", "DE-BKA").unwrap());
+        let nl = dir.cert_and_key(&Identity::agency("NL", "DE-BKA").unwrap());
+        assert_ne!(de.0, nl.0);
+        assert_ne!(de.1, nl.1);
+        assert_eq!(de.0, PathBuf::from("pki/agency-DE-DE-BKA.crt"));
+    }
 
     fn options() -> InitOptions {
         InitOptions {

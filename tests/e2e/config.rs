@@ -77,7 +77,7 @@ fn a_node_with_an_operator_certificate_is_refused() {
     let config = fx.node_config("DE-BKA", "DE", "127.0.0.1:1", 1);
     let text = std::fs::read_to_string(&config)
         .unwrap()
-        .replace("agency-DE-BKA", "operator-op");
+        .replace("agency-DE-DE-BKA", "operator-op");
     std::fs::write(&config, text).unwrap();
     let (ok, err) = run(&["node", "--config", config.to_str().unwrap()]);
     assert!(!ok);

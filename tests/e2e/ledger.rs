@@ -65,7 +65,7 @@ async fn a_crashed_node_whose_ledger_lost_its_tail_releases_nothing_until_restor
     let _nl = fx.start_node("NL-POLITIE", "NL", &address, 2);
     let mut op = fx.operator(&address).await;
     wait_connected(&mut op, &["DE-BKA", "NL-POLITIE"]).await;
-    create_federation(&mut op, "pair", &["DE-BKA", "NL-POLITIE"]).await;
+    create_federation(&mut op, "pair", &["DE-BKA:DE", "NL-POLITIE:NL"]).await;
     let job = run_training(&mut op, "pair", 3, 2).await;
     assert!(
         rounds_with(&job, "DE-BKA") == job.rounds.len() && job.rounds.len() >= 3,
@@ -149,7 +149,7 @@ async fn a_ledger_damaged_under_a_running_node_refuses_every_task() {
     let _nl = fx.start_node("NL-POLITIE", "NL", &address, 2);
     let mut op = fx.operator(&address).await;
     wait_connected(&mut op, &["DE-BKA", "NL-POLITIE"]).await;
-    create_federation(&mut op, "pair", &["DE-BKA", "NL-POLITIE"]).await;
+    create_federation(&mut op, "pair", &["DE-BKA:DE", "NL-POLITIE:NL"]).await;
     let job = run_training(&mut op, "pair", 1, 2).await;
     assert_eq!(rounds_with(&job, "DE-BKA"), job.rounds.len());
 
