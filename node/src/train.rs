@@ -391,14 +391,15 @@ mod tests {
         );
     }
 
-    /// Full-batch DP gradient descent with (almost) no noise on a linear model.
-    fn released(data: &Examples, clip: f64) -> Array1<f64> {
+    /// `steps` steps of full-batch DP gradient descent with clip 100 and (almost) no noise on a
+    /// linear model, from zero.
+    fn released(data: &Examples, steps: u64) -> Array1<f64> {
         let mut m = Model::zeros(Kind::Linear, 2);
         let dp = DpSgd {
             sampling: Sampling::FullBatch,
-            steps: 50,
+            steps,
             noise: crate::noise::GaussianNoise {
-                sensitivity: clip,
+                sensitivity: 100.0,
                 noise_multiplier: 1e-12,
             },
             denominator: 10.0,
@@ -418,21 +419,7 @@ mod tests {
         // gradient. The noisy sum is divided by a public constant, so that record changes
         // nothing; dividing by the number of records (as the node once did) would scale the
         // whole step by 5/6.
-        let one_step = |x: Array2<f64>, y: Array1<f64>| {
-            let mut m = Model::zeros(Kind::Linear, 2);
-            let dp = DpSgd {
-                sampling: Sampling::FullBatch,
-                steps: 1,
-                noise: crate::noise::GaussianNoise {
-                    sensitivity: 100.0,
-                    noise_multiplier: 1e-12,
-                },
-                denominator: 10.0,
-            };
-            let stop = tokio_util::sync::CancellationToken::new();
-            train_dp(&mut m, &rows(x, y), &sgd(1, 1, 0.1), &dp, &stop).unwrap();
-            m.params().clone()
-        };
+        let one_step = |x: Array2<f64>, y: Array1<f64>| released(&rows(x, y), 1);
         let x = array![[1.0, 0.0], [0.0, 1.0], [1.0, 1.0], [2.0, -1.0], [0.5, 0.5]];
         let y = array![1.0, -1.0, 0.0, 3.0, 0.0];
         let mut x2 = x.clone();
@@ -453,12 +440,12 @@ mod tests {
         // into zeros): it must add nothing, and the other records must still count.
         let x = array![[1.0, 0.0], [0.0, 1.0]];
         let y = array![1.0, -1.0];
-        let clean = released(&rows(x.clone(), y.clone()), 100.0);
+        let clean = released(&rows(x.clone(), y.clone()), 50);
         assert!(clean.iter().any(|v| v.abs() > 0.1), "{clean}");
         for bad in [f64::INFINITY, f64::NAN] {
             let mut x2 = x.clone();
             x2.push_row(ndarray::ArrayView1::from(&[bad, bad])).unwrap();
-            let got = released(&rows(x2, array![1.0, -1.0, 1.0]), 100.0);
+            let got = released(&rows(x2, array![1.0, -1.0, 1.0]), 50);
             assert!(
                 (&got - &clean).iter().all(|d| d.abs() < 1e-9),
                 "{bad}: {got} vs {clean}"
@@ -469,7 +456,7 @@ mod tests {
         let mut x2 = x.clone();
         x2.push_row(ndarray::ArrayView1::from(&[1e100, 1e100]))
             .unwrap();
-        let got = released(&rows(x2, array![1.0, -1.0, 1.0]), 100.0);
+        let got = released(&rows(x2, array![1.0, -1.0, 1.0]), 50);
         assert!(got.iter().all(|v| v.is_finite()), "{got}");
         assert!(got.dot(&got).sqrt() <= 150.0 + 1e-9, "{got}");
     }

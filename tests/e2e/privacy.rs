@@ -10,22 +10,25 @@ fn json(args: &[&str]) -> serde_json::Value {
     treaty_json(&all)
 }
 
+/// Abadi et al.'s example: q = 0.01, sigma = 4, 10,000 steps, delta 1e-5.
+const ABADI: &[&str] = &[
+    "privacy",
+    "epsilon",
+    "--sampling-rate",
+    "0.01",
+    "--noise-multiplier",
+    "4",
+    "--steps",
+    "10000",
+    "--delta",
+    "1e-5",
+];
+
 #[test]
 fn epsilon_of_abadi_et_al_and_the_noise_it_needs() {
     // dp_accounting 0.6.0 (RdpAccountant, default orders) gives 1.0354900660362436 here; Abadi et
     // al. 2016's moments accountant gave about 1.26.
-    let v = json(&[
-        "privacy",
-        "epsilon",
-        "--sampling-rate",
-        "0.01",
-        "--noise-multiplier",
-        "4",
-        "--steps",
-        "10000",
-        "--delta",
-        "1e-5",
-    ]);
+    let v = json(ABADI);
     assert!(
         (v["epsilon"].as_f64().unwrap() - 1.0354900660362436).abs() < 1e-6,
         "{v}"
@@ -95,18 +98,7 @@ fn a_reader_that_stops_reading_ends_a_command_quietly() {
     // The pipe's reading end is closed before the command writes: `println!` would panic on
     // the write; the command ends with status 0 and says nothing on its error output.
     let mut child = Command::new(TREATY)
-        .args([
-            "privacy",
-            "epsilon",
-            "--sampling-rate",
-            "0.01",
-            "--noise-multiplier",
-            "4",
-            "--steps",
-            "10000",
-            "--delta",
-            "1e-5",
-        ])
+        .args(ABADI)
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
