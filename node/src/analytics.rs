@@ -80,13 +80,19 @@ pub fn plan(spec: &QuerySpec) -> Result<(QueryPlan, f64), Refusal> {
             spec.lower, spec.upper
         )));
     }
-    let (bounds, sensitivity) =
-        layout(spec).ok_or_else(|| invalid("the query names no statistic".into()))?;
-    if bounds.len() > MAX_WIDTH || bins(spec) > MAX_BINS {
+    // The answer's width, counted before anything of that size is allocated.
+    let by = match spec.by_column.is_empty() {
+        true => 1,
+        false => spec.by_categories.len().saturating_add(1),
+    };
+    let cells = spec.categories.len().saturating_add(1).saturating_mul(by);
+    if cells > MAX_WIDTH || bins(spec) > MAX_BINS {
         return Err(invalid(format!(
             "the query asks for more than {MAX_WIDTH} values or {MAX_BINS} bins"
         )));
     }
+    let (bounds, sensitivity) =
+        layout(spec).ok_or_else(|| invalid("the query names no statistic".into()))?;
     let (scale, epsilon) = laplace_scale_for(spec.epsilon, bounds.len(), sensitivity)?;
     Ok((
         QueryPlan {

@@ -70,6 +70,7 @@ pub async fn run(config: NodeConfig, shutdown: CancellationToken) -> Result<(), 
         link: config.coordinator,
         ledger: Arc::new(ledger),
         worker: Arc::new(worker),
+        running: Arc::new(tokio::sync::Semaphore::new(session::CONCURRENT_TASKS)),
     };
     session::run(node, shutdown).await;
     Ok(())

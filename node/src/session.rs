@@ -31,7 +31,13 @@ pub struct Node {
     pub worker: Arc<Worker>,
     /// The agency's own country's sharing policy, checked before every task.
     pub policy: Arc<NodePolicy>,
+    /// Tasks carried out at once; the others wait their turn, so that a coordinator sending
+    /// many large tasks cannot exhaust the node's memory.
+    pub running: Arc<tokio::sync::Semaphore>,
 }
+
+/// How many tasks a node carries out at once.
+pub const CONCURRENT_TASKS: usize = 2;
 
 fn now_ms() -> i64 {
     std::time::SystemTime::now()
@@ -179,6 +185,9 @@ async fn carry_out(
     task: Task,
     recipient: String,
 ) {
+    let Ok(_turn) = node.running.clone().acquire_owned().await else {
+        return;
+    };
     let task_id = task.task_id.clone();
     let refuse = |r: Refusal| {
         let session = session.clone();

@@ -134,8 +134,13 @@ fn internal(e: impl std::fmt::Display) -> Refusal {
     Refusal::new("INTERNAL_ERROR", e.to_string())
 }
 
+/// Runs CPU work on a blocking thread. Should it fail (a bug), the coordinator is told a fixed
+/// text: a panic's message might depend on the data; the node's log keeps it.
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, Refusal> {
-    tokio::task::spawn_blocking(f).await.map_err(internal)
+    tokio::task::spawn_blocking(f).await.map_err(|e| {
+        tracing::error!(error = %e, "a computation on the agency's data failed");
+        Refusal::new("INTERNAL_ERROR", "the node failed to compute the task")
+    })
 }
 
 impl Worker {
@@ -213,7 +218,10 @@ impl Worker {
                 self.training_plan(spec, t.public_records)
             }
             task::Kind::Stats(s) => match (&s.privacy, &s.schema) {
-                (Some(privacy), Some(schema)) => statistics_plan(schema, privacy),
+                (Some(privacy), Some(schema)) => {
+                    check_schema(schema)?;
+                    statistics_plan(schema, privacy)
+                }
                 (None, _) => Err(not_private("statistics task")),
                 (_, None) => Err(Refusal::new(
                     "INVALID_TASK",
@@ -259,6 +267,7 @@ impl Worker {
                 privacy.clip_norm
             )));
         }
+        check_model(spec)?;
         check_standardization(spec)?;
         let parameters = schema::parameter_layout(spec)
             .iter()
@@ -458,13 +467,6 @@ impl Worker {
             .schema
             .clone()
             .ok_or_else(|| Refusal::new("INVALID_TASK", "the training task has no schema"))?;
-        let problems = schema::problems(&schema);
-        if !problems.is_empty() {
-            return Err(Refusal::new(
-                "INVALID_TASK",
-                format!("the schema is invalid: {}", problems.join("; ")),
-            ));
-        }
         let model_kind = ModelKind::try_from(spec.model).unwrap_or(ModelKind::Unspecified);
         let kind = Kind::of(
             model_kind,
@@ -596,6 +598,63 @@ impl Worker {
             evaluation: None,
         })
     }
+}
+
+/// The most classes a multinomial model may have: its evaluation releases classes² counts.
+const MAX_CLASSES: usize = 512;
+
+/// The largest magnitude of a column bound a node accepts: with it, no sum of clamped values
+/// can overflow, whatever the number of records.
+const MAX_BOUND: f64 = 1e15;
+
+/// A task's schema, checked from the task alone: every problem `schema::problems` finds, and
+/// bounds of at most [`MAX_BOUND`] in magnitude. A bad schema (NaN bounds, say) must never reach
+/// the data: there it could make what the node computes, or whether it fails, depend on a record.
+fn check_schema(schema: &FeatureSchema) -> Result<(), Refusal> {
+    let mut problems = schema::problems(schema);
+    for c in schema::numeric_columns(schema) {
+        if [c.lower, c.upper].iter().flatten().any(|b| b.abs() > MAX_BOUND) {
+            problems.push(format!("column `{}`: bounds beyond ±{MAX_BOUND:e}", c.name));
+        }
+    }
+    match problems.is_empty() {
+        true => Ok(()),
+        false => Err(Refusal::new(
+            "INVALID_TASK",
+            format!("the schema is invalid: {}", problems.join("; ")),
+        )),
+    }
+}
+
+/// The task's schema and model, checked from the task alone: a valid schema whose label fits
+/// the model, and a multinomial model of 2 to [`MAX_CLASSES`] classes.
+fn check_model(spec: &TrainingSpec) -> Result<(), Refusal> {
+    let schema = spec
+        .schema
+        .as_ref()
+        .ok_or_else(|| Refusal::new("INVALID_TASK", "the training task has no schema"))?;
+    check_schema(schema)?;
+    let model = ModelKind::try_from(spec.model).unwrap_or(ModelKind::Unspecified);
+    let label = schema::label_kind(schema);
+    if schema::label_kind_for(model) != Some(label) {
+        return Err(Refusal::new(
+            "INVALID_TASK",
+            format!(
+                "a {} label does not fit a {} model",
+                label.as_str_name(),
+                model.as_str_name()
+            ),
+        ));
+    }
+    let classes = schema::classes(schema).len();
+    if model == ModelKind::MultinomialLogisticRegression && !(2..=MAX_CLASSES).contains(&classes)
+    {
+        return Err(Refusal::new(
+            "INVALID_TASK",
+            format!("a multinomial model needs 2 to {MAX_CLASSES} classes, not {classes}"),
+        ));
+    }
+    Ok(())
 }
 
 /// The task's standardisation, checked from the task alone: one finite mean and positive
