@@ -85,7 +85,7 @@ pub enum Fault {
         "cannot be opened ({0}); if a node is running on it, stop that node first, otherwise its files are damaged"
     )]
     Unopenable(String),
-    #[error("cannot be read after entry {after} ({message}): its files are damaged")]
+    #[error("cannot be read after {after} entries ({message}): its files are damaged")]
     Unreadable { after: u64, message: String },
     #[error("has an entry stored as {at} that says it is another: history was altered")]
     Misplaced { at: u64 },
