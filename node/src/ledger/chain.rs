@@ -25,7 +25,13 @@ pub fn sha256(bytes: &[u8]) -> Hash {
 }
 
 pub fn hex(hash: &Hash) -> String {
-    hash.iter().map(|b| format!("{b:02x}")).collect()
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(64);
+    for b in hash {
+        out.push(char::from(DIGITS[usize::from(b >> 4)]));
+        out.push(char::from(DIGITS[usize::from(b & 0x0f)]));
+    }
+    out
 }
 
 /// One stored entry.
@@ -79,7 +85,7 @@ pub enum Fault {
         "cannot be opened ({0}); if a node is running on it, stop that node first, otherwise its files are damaged"
     )]
     Unopenable(String),
-    #[error("cannot be read after entry {after} ({message}): its files are damaged")]
+    #[error("cannot be read after {after} entries ({message}): its files are damaged")]
     Unreadable { after: u64, message: String },
     #[error("has an entry stored as {at} that says it is another: history was altered")]
     Misplaced { at: u64 },

@@ -256,6 +256,19 @@ impl Ledger {
         privacy::spent(&releases, self.delta()).map_err(|e| LedgerError::Accounting(e.to_string()))
     }
 
+    /// What the agency has spent, and what one more `next` release would bring it to.
+    fn figures(
+        &self,
+        next: Option<Option<Vec<Release>>>,
+    ) -> Result<(Spent, Option<Spent>), LedgerError> {
+        let chain = self.verified(&mut self.lock())?;
+        let spent = self.cost(&chain.entries, None)?;
+        let after = next
+            .map(|n| self.cost(&chain.entries, Some(n)))
+            .transpose()?;
+        Ok((spent, after))
+    }
+
     /// What the agency has spent, once the whole history is verified.
     pub fn spent(&self) -> Result<Spent, NodeError> {
         let chain = self.verified(&mut self.lock())?;
@@ -326,14 +339,7 @@ impl Ledger {
     /// to. A ledger that cannot be verified or accounted reports an unknown (infinite) spending,
     /// never nothing.
     pub fn report(&self, next: Option<Option<Vec<Release>>>) -> PrivacyReport {
-        let figures = (|| {
-            let chain = self.verified(&mut self.lock())?;
-            let spent = self.cost(&chain.entries, None)?;
-            let after = next
-                .map(|n| self.cost(&chain.entries, Some(n)))
-                .transpose()?;
-            Ok::<_, LedgerError>((spent, after))
-        })();
+        let figures = self.figures(next);
         let max_epsilon = self.budget.map(|b| b.max_epsilon).unwrap_or(0.0);
         match figures {
             Ok((spent, after)) => PrivacyReport {
