@@ -67,7 +67,7 @@ pub fn timing(public_records: usize, repeats: usize) -> anyhow::Result<()> {
         for (data, t) in tables.iter().zip(times.iter_mut()) {
             let mut model = Model::zeros(Kind::Logistic, 64);
             let start = Instant::now();
-            train_dp(&mut model, data, &sgd, &dp, &stop)?;
+            train_dp(&mut model, data, None, &sgd, &dp, &stop)?;
             if run > 0 {
                 t.push(start.elapsed().as_secs_f64());
             }

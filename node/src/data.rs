@@ -16,7 +16,7 @@
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::path::{Path, PathBuf};
 
-use ndarray::{Array1, Array2, Axis};
+use ndarray::{Array1, Array2};
 use treaty_proto::schema;
 use treaty_proto::v1::{
     ColumnKind, ColumnSpec, ColumnStats, FeatureSchema, LabelKind, MissingRule, Transform,
@@ -64,12 +64,21 @@ impl Examples {
     }
 }
 
-/// The records a private encoding dropped, for the node's own log: how many, and the first
+/// The records a private encoding left out, for the node's own log: how many, and the first
 /// few problems (line and column, never a cell's content).
 #[derive(Debug, Default, PartialEq)]
 pub struct Dropped {
     pub records: usize,
     pub first: Vec<DataError>,
+}
+
+/// Every record of a table encoded for a DP computation, in order, and which of them the
+/// schema could read: the others count for nothing.
+#[derive(Debug)]
+pub struct Private {
+    pub examples: Examples,
+    pub readable: Vec<bool>,
+    pub dropped: Dropped,
 }
 
 /// How many dropped records' problems [`Dropped`] keeps.
@@ -319,33 +328,30 @@ impl Table {
         }
     }
 
-    /// Encodes the records by the schema for a DP computation: a record with a cell the schema
-    /// cannot read is dropped (a fixed rule, whatever the record). Only a column missing from
-    /// the header is an error.
+    /// Encodes the records by the schema for a DP computation. A record with a cell the schema
+    /// cannot read is kept in place and marked unreadable: it contributes nothing (a
+    /// fixed rule, whatever the record), yet costs the computation as much time as any other,
+    /// so that how long a task takes does not tell which records a schema can read. Only a
+    /// column missing from the header is an error.
     pub fn encode_private(
         &self,
         schema: &FeatureSchema,
         stats: &[ColumnStats],
-    ) -> Result<(Examples, Dropped), DataError> {
+    ) -> Result<Private, DataError> {
         let (examples, problems) = self.encode_all(schema, stats)?;
-        let kept: Vec<usize> = (0..self.len()).filter(|&r| !problems.bad[r]).collect();
+        let readable: Vec<bool> = problems.bad.iter().map(|bad| !bad).collect();
         let dropped = Dropped {
-            records: self.len() - kept.len(),
+            records: problems.bad.iter().filter(|b| **b).count(),
             first: problems.first,
         };
-        if dropped.records == 0 {
-            return Ok((examples, dropped));
-        }
-        Ok((
-            Examples {
-                x: examples.x.select(Axis(0), &kept),
-                y: examples.y.select(Axis(0), &kept),
-            },
+        Ok(Private {
+            examples,
+            readable,
             dropped,
-        ))
+        })
     }
 
-    /// Every record encoded (unreadable ones as zeros), and which could not be read.
+    /// Every record encoded (an unreadable cell as zero), and which could not be read.
     fn encode_all(
         &self,
         schema: &FeatureSchema,
@@ -659,12 +665,20 @@ missing = "zero"
         let bad = "value,mode,known,seized\n10,sea,yes,0\nx,sea,1,0\n20,air,no,1\n1,sea,perhaps,0\n1,sea,1,2\n1,,1,0\n30,rail,,0\n";
         let (a, b) = (csv(good), csv(bad));
         let expected = Table::open(a.path()).unwrap().encode(&s, &[]).unwrap();
-        let (got, dropped) = Table::open(b.path())
+        let private = Table::open(b.path())
             .unwrap()
             .encode_private(&s, &[])
             .unwrap();
-        assert_eq!(got.x, expected.x);
-        assert_eq!(got.y, expected.y);
+        // Every record stays in place; the unreadable ones are marked.
+        assert_eq!(
+            private.readable,
+            [true, false, true, false, false, false, true]
+        );
+        let kept: Vec<usize> = (0..7).filter(|&r| private.readable[r]).collect();
+        let got = &private.examples;
+        assert_eq!(got.x.select(ndarray::Axis(0), &kept), expected.x);
+        assert_eq!(got.y.select(ndarray::Axis(0), &kept), expected.y);
+        let dropped = private.dropped;
         assert_eq!(dropped.records, 4);
         let lines: Vec<u64> = dropped
             .first

@@ -104,38 +104,44 @@ pub fn evaluate(model: &Model, data: &Examples) -> BTreeMap<String, f64> {
 /// The exact counts of a model's evaluation (before noise), in the layout of
 /// `treaty_proto::evaluation`: score histograms by class (binary), the confusion matrix
 /// (multinomial), or a histogram of absolute errors on [0, error_bound] (regression).
+/// A record `readable` marks unreadable counts for nothing, after the same work as any other.
 pub fn evaluation_counts(
     model: &Model,
     data: &Examples,
+    readable: Option<&[bool]>,
     error_bound: f64,
 ) -> treaty_proto::v1::Evaluation {
     use treaty_proto::evaluation::BINS;
     let out = model.predict(data.x.view());
+    let weight = |i: usize| match readable {
+        Some(r) if !r[i] => 0.0,
+        _ => 1.0,
+    };
     let (kind, bins, counts) = match model.kind {
         Kind::Logistic | Kind::Mlp { .. } => {
             let mut counts = vec![0.0; 2 * BINS];
-            for (p, y) in out.column(0).iter().zip(data.y.iter()) {
+            for (i, (p, y)) in out.column(0).iter().zip(data.y.iter()).enumerate() {
                 let bin = ((p * BINS as f64) as usize).min(BINS - 1);
-                counts[bin + if *y >= 0.5 { BINS } else { 0 }] += 1.0;
+                counts[bin + if *y >= 0.5 { BINS } else { 0 }] += weight(i);
             }
             ("binary", BINS, counts)
         }
         Kind::Multinomial { classes } => {
             let mut counts = vec![0.0; classes * classes];
-            for (row, y) in out.rows().into_iter().zip(data.y.iter()) {
+            for (i, (row, y)) in out.rows().into_iter().zip(data.y.iter()).enumerate() {
                 let best = row
                     .iter()
                     .enumerate()
                     .fold(0, |b, (i, &v)| if v > row[b] { i } else { b });
-                counts[(*y as usize).min(classes - 1) * classes + best] += 1.0;
+                counts[(*y as usize).min(classes - 1) * classes + best] += weight(i);
             }
             ("multinomial", classes, counts)
         }
         Kind::Linear => {
             let mut counts = vec![0.0; BINS];
-            for (p, y) in out.column(0).iter().zip(data.y.iter()) {
+            for (i, (p, y)) in out.column(0).iter().zip(data.y.iter()).enumerate() {
                 let bin = (((p - y).abs() / error_bound * BINS as f64) as usize).min(BINS - 1);
-                counts[bin] += 1.0;
+                counts[bin] += weight(i);
             }
             ("regression", BINS, counts)
         }

@@ -109,11 +109,13 @@ pub struct DpSgd {
 /// parameters, with `sgd`'s learning rate, momentum, L2 and proximal term (which depend on no
 /// record). The record-dependent part of each step is the clipped, noised gradient sum: each
 /// record adds a vector of norm at most `clip`, and a record whose gradient is not finite adds
-/// nothing (NaN would pass a `norm > clip` test unclipped). Stops between two steps once `stop`
-/// is cancelled.
+/// nothing (NaN would pass a `norm > clip` test unclipped), and so does a record `readable`
+/// marks unreadable — after the same computation as any other, so that a step's time does not
+/// depend on which records are readable. Stops between two steps once `stop` is cancelled.
 pub fn train_dp(
     model: &mut Model,
     data: &Examples,
+    readable: Option<&[bool]>,
     sgd: &Sgd,
     dp: &DpSgd,
     stop: &tokio_util::sync::CancellationToken,
@@ -151,6 +153,10 @@ pub fn train_dp(
             Sampling::Poisson(q) => skip(&mut rng, q),
         };
         while i < n {
+            let weight = match readable {
+                Some(r) if !r[i] => 0.0,
+                _ => 1.0,
+            };
             if linear {
                 // The per-example gradient of a linear model is r (x, 1): clipped without a copy.
                 let params = model.params();
@@ -163,7 +169,7 @@ pub fn train_dp(
                 } - data.y[i];
                 let norm = r.abs() * (x.dot(&x) + 1.0).sqrt();
                 if norm.is_finite() {
-                    let factor = clip_factor(norm, clip) * r;
+                    let factor = clip_factor(norm, clip) * r * weight;
                     sum.slice_axis_mut(Axis(0), Slice::from(..d))
                         .scaled_add(factor, &x);
                     sum[d] += factor;
@@ -174,7 +180,7 @@ pub fn train_dp(
                 model.loss_and_gradient(x, y, 0.0, grad.view_mut());
                 let norm = grad.dot(&grad).sqrt();
                 if norm.is_finite() {
-                    sum.scaled_add(clip_factor(norm, clip), &grad);
+                    sum.scaled_add(clip_factor(norm, clip) * weight, &grad);
                 }
             }
             i += match dp.sampling {
@@ -383,7 +389,7 @@ mod tests {
             denominator: 23.0,
         };
         let stop = tokio_util::sync::CancellationToken::new();
-        train_dp(&mut m, &data, &sgd(1, 23, 0.5), &dp, &stop).unwrap();
+        train_dp(&mut m, &data, None, &sgd(1, 23, 0.5), &dp, &stop).unwrap();
         let (w, b) = (m.params()[0], m.params()[1]);
         assert!(
             (w / sd - -0.2322).abs() < 5e-4 && (b - w * mean / sd - 15.0429).abs() < 5e-3,
@@ -394,6 +400,10 @@ mod tests {
     /// `steps` steps of full-batch DP gradient descent with clip 100 and (almost) no noise on a
     /// linear model, from zero.
     fn released(data: &Examples, steps: u64) -> Array1<f64> {
+        released_of(data, None, steps)
+    }
+
+    fn released_of(data: &Examples, readable: Option<&[bool]>, steps: u64) -> Array1<f64> {
         let mut m = Model::zeros(Kind::Linear, 2);
         let dp = DpSgd {
             sampling: Sampling::FullBatch,
@@ -405,7 +415,7 @@ mod tests {
             denominator: 10.0,
         };
         let stop = tokio_util::sync::CancellationToken::new();
-        train_dp(&mut m, data, &sgd(1, 1, 0.1), &dp, &stop).unwrap();
+        train_dp(&mut m, data, readable, &sgd(1, 1, 0.1), &dp, &stop).unwrap();
         m.params().clone()
     }
 
@@ -431,6 +441,27 @@ mod tests {
         for (got, want) in a.iter().zip([0.07, -0.04, 0.03]) {
             assert!((got - want).abs() < 1e-9, "{a}");
         }
+    }
+
+    #[test]
+    fn a_record_marked_unreadable_adds_nothing() {
+        // An unreadable record stays in place and is weighted 0: the release is the one without
+        // it.
+        let x = array![[1.0, 0.0], [0.0, 1.0]];
+        let y = array![1.0, -1.0];
+        let without = released(&rows(x.clone(), y.clone()), 50);
+        let mut x3 = x.clone();
+        x3.push_row(ndarray::ArrayView1::from(&[5.0, -3.0]))
+            .unwrap();
+        let with = released_of(
+            &rows(x3, array![1.0, -1.0, 1.0]),
+            Some(&[true, true, false]),
+            50,
+        );
+        assert!(
+            (&with - &without).iter().all(|d| d.abs() < 1e-9),
+            "{with} vs {without}"
+        );
     }
 
     #[test]

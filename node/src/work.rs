@@ -22,7 +22,7 @@ use treaty_policies::privacy::{self, Release, zcdp};
 use treaty_proto::v1::{DpMode, Evaluation, PrivacySpec, Transform};
 
 use crate::analytics::{self, QueryPlan};
-use crate::data::{Examples, Table};
+use crate::data::{Private, Table};
 use crate::metrics;
 use crate::model::{Kind, Model};
 use crate::noise::GaussianNoise;
@@ -98,7 +98,7 @@ fn evaluation_width(spec: &TrainingSpec) -> usize {
 const DEFAULT_STATISTICS_RHO: f64 = 0.005;
 
 /// Encoded examples of one table for one schema and standardisation.
-type Encoded = Result<Arc<Examples>, Refusal>;
+type Encoded = Result<Arc<Private>, Refusal>;
 
 /// The agency's data, with the encodings of recent jobs kept in memory.
 #[derive(Debug)]
@@ -182,7 +182,8 @@ impl Worker {
         }
         let (schema, stats) = (schema.clone(), stats.to_vec());
         let encoded = match blocking(move || table.encode_private(&schema, &stats)).await {
-            Ok(Ok((examples, dropped))) => {
+            Ok(Ok(private)) => {
+                let dropped = &private.dropped;
                 if dropped.records > 0 {
                     // For the agency's staff only: nothing of it leaves the node.
                     let first: Vec<String> = dropped.first.iter().map(|e| e.to_string()).collect();
@@ -193,7 +194,7 @@ impl Worker {
                         "records the job's schema cannot read are left out"
                     );
                 }
-                Ok(Arc::new(examples))
+                Ok(Arc::new(private))
             }
             Ok(Err(e)) => Err(data_refusal(&e)),
             Err(refusal) => Err(refusal),
@@ -522,7 +523,12 @@ impl Worker {
             // averaged with equal weights).
             let evaluation = match (&test_data, evaluation_scale) {
                 (Some(test), Some(scale)) => {
-                    let mut e = metrics::evaluation_counts(&model, test, error_bound);
+                    let mut e = metrics::evaluation_counts(
+                        &model,
+                        &test.examples,
+                        Some(&test.readable),
+                        error_bound,
+                    );
                     e.counts = analytics::laplace(scale, &e.counts)?;
                     e.laplace_scale = scale;
                     Some(e)
@@ -530,8 +536,15 @@ impl Worker {
                 _ => None,
             };
             let mut local = model;
-            train_dp(&mut local, &train_data, &sgd, &dp, &stop)
-                .map_err(|e| Refusal::new("INTERNAL_ERROR", e.to_string()))?;
+            train_dp(
+                &mut local,
+                &train_data.examples,
+                Some(&train_data.readable),
+                &sgd,
+                &dp,
+                &stop,
+            )
+            .map_err(|e| Refusal::new("INTERNAL_ERROR", e.to_string()))?;
             if stop.is_cancelled() {
                 return Err(Refusal::new("NODE_STOPPING", "the node is shutting down"));
             }
@@ -613,7 +626,11 @@ const MAX_BOUND: f64 = 1e15;
 fn check_schema(schema: &FeatureSchema) -> Result<(), Refusal> {
     let mut problems = schema::problems(schema);
     for c in schema::numeric_columns(schema) {
-        if [c.lower, c.upper].iter().flatten().any(|b| b.abs() > MAX_BOUND) {
+        if [c.lower, c.upper]
+            .iter()
+            .flatten()
+            .any(|b| b.abs() > MAX_BOUND)
+        {
             problems.push(format!("column `{}`: bounds beyond ±{MAX_BOUND:e}", c.name));
         }
     }
@@ -647,8 +664,7 @@ fn check_model(spec: &TrainingSpec) -> Result<(), Refusal> {
         ));
     }
     let classes = schema::classes(schema).len();
-    if model == ModelKind::MultinomialLogisticRegression && !(2..=MAX_CLASSES).contains(&classes)
-    {
+    if model == ModelKind::MultinomialLogisticRegression && !(2..=MAX_CLASSES).contains(&classes) {
         return Err(Refusal::new(
             "INVALID_TASK",
             format!("a multinomial model needs 2 to {MAX_CLASSES} classes, not {classes}"),
