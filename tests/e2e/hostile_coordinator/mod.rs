@@ -161,6 +161,38 @@ async fn attack(train: PathBuf, test: PathBuf) -> Vec<(&'static str, Vec<Seen>)>
     });
     let seen = hostile.run(stats, terms(agency, country, 1e9, &all)).await;
     out.push(("statistics", seen));
+    // A statistics round whose upper bound is NaN: clamping would stop at nothing while the
+    // noise is scaled to the tiny lower bound, releasing the exact sums.
+    let mut unbounded = schema_over(&["x1"], true);
+    unbounded.columns[0].lower = Some(-1e-12);
+    unbounded.columns[0].upper = Some(f64::NAN);
+    let stats = task::Kind::Stats(StatsTask {
+        schema: Some(unbounded),
+        privacy: Some(PrivacySpec {
+            statistics_rho: 0.01,
+            ..Default::default()
+        }),
+    });
+    let seen = hostile.run(stats, terms(agency, country, 1e9, &all)).await;
+    out.push(("NaN bound", seen));
+    // A multinomial model over a numeric label: zero classes, which once panicked on the first
+    // readable record, so that the refusal itself said whether one existed.
+    let mut multinomial = training(&["x2"], poisson());
+    multinomial.model = ModelKind::MultinomialLogisticRegression as i32;
+    multinomial.schema = Some(
+        treaty_proto::schema::parse(
+            "[label]\nname = \"amount\"\nkind = \"numeric\"\n[[column]]\nname = \"x2\"\nkind = \"numeric\"\n",
+        )
+        .unwrap()
+        .unwrap(),
+    );
+    let seen = hostile
+        .run(
+            train_task(multinomial, 1000.0),
+            terms(agency, country, 1e9, &["x2", "amount"]),
+        )
+        .await;
+    out.push(("label misfit", seen));
     let query = task::Kind::Query(QueryTask {
         spec: Some(QuerySpec {
             kind: QueryKind::Sum as i32,
@@ -254,6 +286,13 @@ async fn a_hostile_coordinator_learns_nothing_beyond_dp_from_one_record() {
         );
     }
     assert_eq!(refused(&outcome("huge model")).unwrap().0, "INVALID_TASK");
+    for name in ["NaN bound", "label misfit"] {
+        let seen = outcome(name);
+        assert!(
+            matches!(seen.as_slice(), [Seen::Refused { code, .. }] if code == "INVALID_TASK"),
+            "{name}: {seen:?}"
+        );
+    }
     assert_eq!(
         refused(&outcome("vanishing std")).unwrap().0,
         "INVALID_TASK"
