@@ -1,7 +1,7 @@
-//! `treaty bench w1`: workload W1 of `shared/WORKLOADS.md` on this machine, end to end.
+//! `treaty bench w1`: workload W1 (bench/README.md) on this machine, end to end.
 //!
 //! Eight agencies, each a separate node process with its own CSV data (from
-//! `shared/bench/gen_numeric.py`), one coordinator, mutual TLS on loopback: logistic regression on
+//! `treaty synth --kind numeric`), one coordinator, mutual TLS on loopback: logistic regression on
 //! the 64 standardised features, 20 rounds of one local epoch of mini-batch SGD (batch 256,
 //! learning rate 0.1), FedAvg weighted by examples, evaluation on every test split each round.
 //! Reported: the nodes' start-up (spawn to connected, data loaded), the job's wall time (from
@@ -32,7 +32,7 @@ const COUNTRIES: [&str; 8] = ["AT", "BE", "DE", "ES", "FR", "IT", "NL", "PL"];
 
 #[derive(Debug, Args)]
 pub struct W1Args {
-    /// The directory `gen_numeric.py --agencies 8 --rows 100000 --seed 42 --out DIR` wrote.
+    /// The directory `treaty synth --kind numeric --agencies 8 --rows 100000 --out DIR` wrote.
     #[arg(long)]
     data: PathBuf,
     /// How many agencies (agency_0 .. agency_{N-1}).
@@ -77,14 +77,22 @@ pub async fn w1(args: W1Args) -> anyhow::Result<()> {
             temp.path().to_owned()
         }
     };
+    // The nodes' configurations live elsewhere: the data's path must not be relative.
+    let data = std::fs::canonicalize(&args.data).with_context(|| {
+        format!(
+            "cannot read `{}`; write W1's data with `treaty synth --kind numeric --agencies 8 --rows 100000 --out DIR`",
+            args.data.display()
+        )
+    })?;
     let mut agencies = Vec::new();
     for k in 0..args.agencies {
-        let train = args.data.join(format!("agency_{k}_train.csv"));
-        let test = args.data.join(format!("agency_{k}_test.csv"));
+        let train = data.join(format!("agency_{k}_train.csv"));
+        let test = data.join(format!("agency_{k}_test.csv"));
         if !train.is_file() || !test.is_file() {
             bail!(
-                "`{}` has no agency_{k}_train.csv / agency_{k}_test.csv; generate them with shared/bench/gen_numeric.py (see bench/README.md)",
-                args.data.display()
+                "`{}` has no agency_{k}_train.csv / agency_{k}_test.csv; write them with `treaty synth --kind numeric --agencies {} --out DIR` (see bench/README.md)",
+                data.display(),
+                args.agencies
             );
         }
         agencies.push(AgencyData {

@@ -220,13 +220,31 @@ impl LocalFederation {
 
     /// Waits until `n` agencies hold sessions; returns "ID (CC)" for each.
     pub async fn wait_connected(
-        &self,
+        &mut self,
         client: &mut Client,
         n: usize,
         timeout: Duration,
     ) -> anyhow::Result<Vec<String>> {
         let deadline = Instant::now() + timeout;
         loop {
+            // A process that has exited will never connect: say so at once, with its log's end.
+            for (name, child) in &mut self.children {
+                if let Ok(Some(status)) = child.try_wait() {
+                    let log = self.dir.join(if name == "coordinator" {
+                        "coordinator.log".to_owned()
+                    } else {
+                        format!("node-{name}.log")
+                    });
+                    let text = std::fs::read_to_string(&log).unwrap_or_default();
+                    let tail: Vec<&str> = text.lines().rev().take(5).collect();
+                    let tail: Vec<&str> = tail.into_iter().rev().collect();
+                    bail!(
+                        "{name} stopped ({status}) before the federation was connected; the end of `{}`:\n{}",
+                        log.display(),
+                        tail.join("\n")
+                    );
+                }
+            }
             let connected = operator::all_agencies(client).await?;
             if connected.len() >= n {
                 return Ok(connected

@@ -96,7 +96,7 @@ enum Command {
     /// Sharing policies: check, decide a round, test, lint, diff, matrix, sign.
     #[command(subcommand)]
     Policy(policy_cmd::PolicyCommand),
-    /// Runs a benchmark workload of shared/WORKLOADS.md.
+    /// Runs a benchmark workload (bench/README.md).
     #[command(subcommand)]
     Bench(BenchCommand),
     /// Downloads and explains models.

@@ -1,5 +1,5 @@
 //! `treaty policy ...`: the policy tools of legal teams and the decision contract of
-//! `shared/spec/policy.md` (`check` exits 0/1, `decide` 0/2; 2 always means unusable input).
+//! `docs/POLICY_LANGUAGE.md` (`check` exits 0/1, `decide` 0/2; 2 always means unusable input).
 //!
 //! Exit codes of the tools: `test` 0 all pass, 1 any fails, 2 an unusable registry, policy
 //! directory or test file; `lint` 0 no warnings, 1 warnings or an invalid policy file (its

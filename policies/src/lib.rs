@@ -1,4 +1,4 @@
-//! Treaty's sharing-policy language (`shared/spec/policy.md`) and the privacy arithmetic that
+//! Treaty's sharing-policy language (`docs/POLICY_LANGUAGE.md`) and the privacy arithmetic that
 //! policies are judged by.
 //!
 //! - [`registry`]: the federation's vocabulary (`registry.toml`).

@@ -820,7 +820,7 @@ fn a_node_judges_a_round_by_its_own_policy_alone() {
 
 #[test]
 fn reason_codes_are_the_spec_names_in_the_spec_order() {
-    // Spelled out here, independently of the enum, as shared/spec/policy.md lists them
+    // Spelled out here, independently of the enum, as docs/POLICY_LANGUAGE.md lists them
     // (POLICY_SIGNATURE_INVALID is Treaty's, for required signatures).
     let spec = [
         "POLICY_MISSING",
