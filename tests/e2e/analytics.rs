@@ -49,14 +49,7 @@ async fn query(
         .await
         .unwrap()
         .into_inner();
-    let job = watch_to_end(op, &job.job_id).await;
-    assert_eq!(
-        job.state,
-        treaty_proto::v1::JobState::Succeeded as i32,
-        "{}",
-        job.message
-    );
-    job
+    succeeded(watch_to_end(op, &job.job_id).await)
 }
 
 #[tokio::test]

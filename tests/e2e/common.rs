@@ -481,7 +481,11 @@ pub async fn run_job(
     spec: TrainingSpec,
     min: u32,
 ) -> Job {
-    let job = try_job(client, federation, spec, min).await;
+    succeeded(try_job(client, federation, spec, min).await)
+}
+
+/// The job, once it is seen to have succeeded; panics with its message otherwise.
+pub fn succeeded(job: Job) -> Job {
     assert_eq!(
         job.state,
         JobState::Succeeded as i32,

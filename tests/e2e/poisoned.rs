@@ -58,14 +58,7 @@ async fn count_with(
         &[("laplace_scale", scale)],
     )
     .await;
-    let job = watch_to_end(op, &job.job_id).await;
-    assert_eq!(
-        job.state,
-        treaty_proto::v1::JobState::Succeeded as i32,
-        "{}",
-        job.message
-    );
-    job
+    succeeded(watch_to_end(op, &job.job_id).await)
 }
 
 #[tokio::test]
