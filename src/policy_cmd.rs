@@ -576,12 +576,20 @@ fn verify_cmd(keys: &Path, files: &[PathBuf]) -> Code {
 }
 
 fn check(registry: &Path, keys: Option<&Path>, files: &[PathBuf]) -> Code {
+    let registry_path = registry;
     let (registry, keys) = match (registry_or_2(registry), keys_or_2(keys)) {
         (Ok(r), Ok(k)) => (r, k),
         (Err(c), _) | (_, Err(c)) => return c,
     };
     let mut bad = 0;
+    let registry_file = std::fs::canonicalize(registry_path).ok();
     for file in files {
+        // `treaty policy check --registry registry.toml *.toml` names the registry among the
+        // files: it was read as the registry already.
+        if registry_file.is_some() && std::fs::canonicalize(file).ok() == registry_file {
+            eprintln!("{}: valid (the registry)", file.display());
+            continue;
+        }
         if is_test_file(file) {
             // Tests kept next to the policies are checked as what they are.
             let parsed = std::fs::read_to_string(file)
@@ -708,6 +716,10 @@ mod tests {
             .map(|c| d.join(format!("{c}.toml")))
             .collect();
         assert_eq!(check(&registry, None, &files), 0);
+        // The registry among the files (what `*.toml` gives) is the registry, not a policy.
+        let mut with_registry = files.clone();
+        with_registry.push(registry.clone());
+        assert_eq!(check(&registry, None, &with_registry), 0);
         let request = d.join("request.json");
         assert_eq!(decide_cmd(&registry, d, &request, None), 0);
         // A broken policy: check says 1, decide still decides (0), the country excluded.
