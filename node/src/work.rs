@@ -128,7 +128,7 @@ const MAX_CLIP_NORM: f64 = 1e6;
 
 /// The largest magnitude of a global model's parameter a node accepts: with features bounded
 /// by `data::MAX_FEATURE`, no record's forward pass can then overflow.
-const MAX_PARAMETER: f64 = 1e6;
+const MAX_PARAMETER: f64 = 1e12;
 
 fn internal(e: impl std::fmt::Display) -> Refusal {
     Refusal::new("INTERNAL_ERROR", e.to_string())
