@@ -59,8 +59,6 @@ pub enum NodeError {
     Tls(#[from] treaty_proto::TlsError),
     #[error(transparent)]
     Data(#[from] DataError),
-    #[error("the node's database at `{path}` cannot be opened: {source}")]
-    OpenStore { path: PathBuf, source: sled::Error },
     #[error("the node's database failed: {0}")]
     Store(#[from] sled::Error),
     #[error(transparent)]
