@@ -7,8 +7,8 @@
 //!
 //! Two encodings. The node's DP computations use [`Table::encode_private`]: a record with a
 //! cell the schema cannot read (not a number, an empty cell the schema rejects, a boolean or a
-//! label that is not one, a negative value under `log1p`) is dropped by that fixed rule, and
-//! nothing about it leaves the node (the node's own log says which lines, for the agency's
+//! label that is not one, a negative value under `log1p`) is kept in place and marked
+//! unreadable, to count for nothing (a fixed rule), and nothing about it leaves the node (the node's own log says which lines, for the agency's
 //! staff). Only a column missing from the header — public, as the node declares its columns
 //! in `Hello` — is an error there. Local tools (`treaty model explain`, the demo) use
 //! [`Table::encode`], where the first such cell is an error naming the line and the column.
@@ -64,24 +64,24 @@ impl Examples {
     }
 }
 
-/// The records a private encoding left out, for the node's own log: how many, and the first
-/// few problems (line and column, never a cell's content).
-#[derive(Debug, Default, PartialEq)]
-pub struct Dropped {
-    pub records: usize,
-    pub first: Vec<DataError>,
-}
-
 /// Every record of a table encoded for a DP computation, in order, and which of them the
 /// schema could read: the others count for nothing.
 #[derive(Debug)]
 pub struct Private {
     pub examples: Examples,
     pub readable: Vec<bool>,
-    pub dropped: Dropped,
+    /// The first few problems (line and column, never a cell's content), for the node's log.
+    pub problems: Vec<DataError>,
 }
 
-/// How many dropped records' problems [`Dropped`] keeps.
+impl Private {
+    /// How many records the schema could not read.
+    pub fn unreadable(&self) -> usize {
+        self.readable.iter().filter(|r| !**r).count()
+    }
+}
+
+/// How many unreadable records' problems a private encoding keeps for the node's log.
 const DROPPED_SHOWN: usize = 5;
 
 /// The most an encoded feature may be in magnitude: a standardised value beyond it (a column
@@ -114,7 +114,7 @@ enum Cell {
     Value(f64),
     /// Missing, to be imputed by the column's mean.
     Impute,
-    /// Unreadable by the schema: the record is dropped (or, in a strict encoding, an error).
+    /// Unreadable by the schema: the record counts for nothing (in a strict encoding, an error).
     Bad,
 }
 
@@ -339,15 +339,10 @@ impl Table {
         stats: &[ColumnStats],
     ) -> Result<Private, DataError> {
         let (examples, problems) = self.encode_all(schema, stats)?;
-        let readable: Vec<bool> = problems.bad.iter().map(|bad| !bad).collect();
-        let dropped = Dropped {
-            records: problems.bad.iter().filter(|b| **b).count(),
-            first: problems.first,
-        };
         Ok(Private {
             examples,
-            readable,
-            dropped,
+            readable: problems.bad.iter().map(|bad| !bad).collect(),
+            problems: problems.first,
         })
     }
 
@@ -678,10 +673,9 @@ missing = "zero"
         let got = &private.examples;
         assert_eq!(got.x.select(ndarray::Axis(0), &kept), expected.x);
         assert_eq!(got.y.select(ndarray::Axis(0), &kept), expected.y);
-        let dropped = private.dropped;
-        assert_eq!(dropped.records, 4);
-        let lines: Vec<u64> = dropped
-            .first
+        assert_eq!(private.unreadable(), 4);
+        let lines: Vec<u64> = private
+            .problems
             .iter()
             .map(|e| match e {
                 DataError::Cell { row, .. } => *row,

@@ -183,13 +183,14 @@ impl Worker {
         let (schema, stats) = (schema.clone(), stats.to_vec());
         let encoded = match blocking(move || table.encode_private(&schema, &stats)).await {
             Ok(Ok(private)) => {
-                let dropped = &private.dropped;
-                if dropped.records > 0 {
+                let unreadable = private.unreadable();
+                if unreadable > 0 {
                     // For the agency's staff only: nothing of it leaves the node.
-                    let first: Vec<String> = dropped.first.iter().map(|e| e.to_string()).collect();
+                    let first: Vec<String> =
+                        private.problems.iter().map(|e| e.to_string()).collect();
                     tracing::warn!(
                         split = if test { "test" } else { "train" },
-                        records = dropped.records,
+                        records = unreadable,
                         first = first.join("; "),
                         "records the job's schema cannot read are left out"
                     );
@@ -954,21 +955,11 @@ mod tests {
         });
         let plan = worker.plan(&private).unwrap();
         // A round of more steps than a node takes is refused, not run for ever.
-        let endless = task::Kind::Training(TrainingTask {
-            spec: Some(TrainingSpec {
-                model: ModelKind::LogisticRegression as i32,
-                schema: schema::parse("[label]\nname = \"seized\"\nkind = \"binary\"\n[[column]]\nname = \"x\"\nkind = \"numeric\"\n").unwrap().ok(),
-                rounds: 1,
-                local_epochs: 1,
-                batch_size: 1,
-                learning_rate: 0.1,
-                privacy: Some(PrivacySpec { mode: DpMode::Poisson as i32, clip_norm: 1.0, noise_multiplier: 1.0, sampling_rate: 1e-300, ..Default::default() }),
-                ..Default::default()
-            }),
-            model_version: String::new(),
-            public_records: 0.0,
-        });
-        assert_eq!(worker.plan(&endless).unwrap_err().code, "INVALID_TASK");
+        let endless = worker
+            .plan(&training_task(DpMode::Poisson, 1e-300, 0.0))
+            .unwrap_err();
+        assert_eq!(endless.code, "INVALID_TASK");
+        assert!(endless.message.contains("steps"), "{}", endless.message);
         assert!(
             matches!(plan.releases.as_slice(), [Release::Gaussian { rho }] if (*rho - 0.01).abs() < 1e-9)
         );

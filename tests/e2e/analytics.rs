@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use treaty_proto::v1::{CreateJobRequest, Job, JobSpec, QueryKind, QuerySpec, job_spec};
+use treaty_proto::v1::{Job, QueryKind, QuerySpec};
 
 use crate::common::*;
 
@@ -35,20 +35,7 @@ async fn query(
     >,
     spec: QuerySpec,
 ) -> Job {
-    let job = op
-        .create_job(CreateJobRequest {
-            federation: "trio".into(),
-            spec: Some(JobSpec {
-                kind: Some(job_spec::Kind::Query(spec)),
-                min_participants: 3,
-                round_timeout_ms: 20_000,
-                join_timeout_ms: 20_000,
-                ..Default::default()
-            }),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let job = start_query(op, "trio", spec, 3).await;
     succeeded(watch_to_end(op, &job.job_id).await)
 }
 

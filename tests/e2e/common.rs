@@ -484,6 +484,29 @@ pub async fn run_job(
     succeeded(try_job(client, federation, spec, min).await)
 }
 
+/// Creates a query job over `federation`, needing `min` agencies; returns it as created.
+pub async fn start_query(
+    client: &mut OperatorServiceClient<Channel>,
+    federation: &str,
+    spec: treaty_proto::v1::QuerySpec,
+    min: u32,
+) -> Job {
+    client
+        .create_job(CreateJobRequest {
+            federation: federation.into(),
+            spec: Some(JobSpec {
+                kind: Some(job_spec::Kind::Query(spec)),
+                min_participants: min,
+                round_timeout_ms: 20_000,
+                join_timeout_ms: 20_000,
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+}
+
 /// The job, once it is seen to have succeeded; panics with its message otherwise.
 pub fn succeeded(job: Job) -> Job {
     assert_eq!(

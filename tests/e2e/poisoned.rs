@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use treaty_proto::Identity;
-use treaty_proto::v1::{Combine, CreateJobRequest, Job, JobSpec, QueryKind, QuerySpec, job_spec};
+use treaty_proto::v1::{Combine, Job, QueryKind, QuerySpec};
 
 use crate::common::*;
 use crate::hostile_agency::{self, Session};
@@ -26,25 +26,18 @@ async fn count_with(
     value: f64,
     scale: f64,
 ) -> Job {
-    let job = op
-        .create_job(CreateJobRequest {
-            federation: "four".into(),
-            spec: Some(JobSpec {
-                kind: Some(job_spec::Kind::Query(QuerySpec {
-                    kind: QueryKind::Count as i32,
-                    epsilon: 1.0,
-                    combine: combine as i32,
-                    ..Default::default()
-                })),
-                min_participants: 3,
-                round_timeout_ms: 20_000,
-                join_timeout_ms: 20_000,
-                ..Default::default()
-            }),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let job = start_query(
+        op,
+        "four",
+        QuerySpec {
+            kind: QueryKind::Count as i32,
+            epsilon: 1.0,
+            combine: combine as i32,
+            ..Default::default()
+        },
+        3,
+    )
+    .await;
     let task = hostile
         .next_task(Duration::from_secs(20))
         .await
