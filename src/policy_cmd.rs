@@ -8,10 +8,10 @@
 //! country code; `sign` and `verify` 0 when every file is signed or verifies, 1 otherwise, 2 on
 //! an unusable key, key directory or registry.
 
-use crate::output::{out, outln};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use treaty_devkit::{out, outln};
 
 use clap::{Subcommand, ValueEnum};
 use treaty_policies::date::Date;

@@ -26,13 +26,13 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use treaty_policies::load::PolicyFiles;
 use treaty_proto::config::{self, ConfigError, Validate};
 use treaty_proto::tls::TlsFiles;
 
 /// Everything the coordinator reads from its configuration file.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct CoordinatorConfig {
     /// The address to listen on, e.g. `0.0.0.0:7443`; port 0 picks a free port.
@@ -40,7 +40,7 @@ pub struct CoordinatorConfig {
     /// The directory of the coordinator's database (created if missing).
     pub data_dir: PathBuf,
     /// When set, the bound address (`host:port`) is written to this file once the server listens.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub address_file: Option<PathBuf>,
     /// How long a graceful shutdown may take before connections are cut, in seconds.
     #[serde(default = "default_grace")]
@@ -55,7 +55,7 @@ pub struct CoordinatorConfig {
 }
 
 /// The `[policy]` section: where the coordinator is hosted and where its policies are.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct CoordinatorPolicy {
     /// The country hosting this coordinator (ISO 3166-1 alpha-2), judged by every policy's
@@ -63,7 +63,7 @@ pub struct CoordinatorPolicy {
     pub country: String,
     pub registry: PathBuf,
     pub dir: PathBuf,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub keys: Option<PathBuf>,
 }
 
@@ -78,7 +78,7 @@ impl CoordinatorPolicy {
 }
 
 /// The coordinator's TLS files.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct CoordinatorTls {
     /// The federation CA's certificate: the only trust anchor for client certificates.
@@ -88,7 +88,7 @@ pub struct CoordinatorTls {
     /// The coordinator's private key.
     pub key: PathBuf,
     /// The federation's certificate revocation list (PEM), re-read whenever it changes.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub crl: Option<PathBuf>,
 }
 
@@ -104,7 +104,7 @@ impl CoordinatorTls {
 }
 
 /// Limits on what peers may send.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Limits {
     /// The most elements a model, update or query result may have.

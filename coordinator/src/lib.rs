@@ -10,6 +10,7 @@
 pub mod aggregate;
 pub mod analytics;
 pub mod answers;
+pub mod client;
 pub mod config;
 pub mod error;
 pub mod jobs;

@@ -30,13 +30,13 @@
 
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use treaty_policies::load::PolicyFiles;
 use treaty_proto::config::{self, ConfigError, Validate};
 use treaty_proto::tls::TlsFiles;
 
 /// Everything the node reads from its configuration file.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct NodeConfig {
     /// The node's own database directory (its privacy ledger).
@@ -50,7 +50,7 @@ pub struct NodeConfig {
     /// The agency's privacy budget. With one, every release must be differentially private and
     /// fit in it; without, releases are recorded but not limited (an unprotected release counts
     /// as an unbounded epsilon).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub privacy: Option<crate::ledger::Budget>,
     /// Where the registry and the agency's country's policy are: every task is checked
     /// against them before the data is touched.
@@ -58,7 +58,7 @@ pub struct NodeConfig {
 }
 
 /// How to reach the coordinator.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct CoordinatorLink {
     /// `host:port` of the coordinator. The host is checked against the coordinator's certificate.
@@ -72,20 +72,20 @@ pub struct CoordinatorLink {
 }
 
 /// The agency's data files.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct DataFiles {
     /// Training records: CSV with a header row.
     pub train: PathBuf,
     /// Evaluation records, same columns; optional.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub test: Option<PathBuf>,
     /// Optional: a number of training records the agency is content to make public (rounded,
     /// say). Nodes never use their true number of records for anything they release; with this
     /// figure, a training job without a sampling rate samples `batch_size / public_records`, and
     /// noisy gradient sums are divided by the expected batch it implies. Without it, the node
     /// uses the coordinator's estimate from the job's statistics round (a noisy count).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub public_records: Option<u64>,
 }
 

@@ -15,6 +15,7 @@ pub mod explain;
 pub mod ledger;
 pub mod metrics;
 pub mod model;
+pub mod model_file;
 pub mod noise;
 pub mod policy;
 pub mod session;

@@ -121,7 +121,7 @@ pub fn country_of(path: &Path) -> Option<String> {
 /// Where a process finds its policies: the `[policy]` section of a coordinator's or node's
 /// configuration. Everything is re-read for every decision, so new versions apply from the
 /// next round without a restart.
-#[derive(Clone, Debug, serde::Deserialize)]
+#[derive(Clone, Debug, serde::Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct PolicyFiles {
     /// The federation's registry.
@@ -129,7 +129,7 @@ pub struct PolicyFiles {
     /// The directory of `<CC>.toml` policies (and their `.sig` signatures).
     pub dir: PathBuf,
     /// The federation's public keys (`<CC>.pub`); when set, every policy must be signed.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub keys: Option<PathBuf>,
 }
 

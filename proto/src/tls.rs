@@ -41,7 +41,7 @@ use crate::identity::Identity;
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The TLS files of one party, as its configuration names them.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct TlsFiles {
     /// The federation CA's certificate (PEM): the only trust anchor.

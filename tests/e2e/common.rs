@@ -5,14 +5,17 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio_stream::StreamExt;
 use tonic::transport::Channel;
+use treaty_coordinator::CoordinatorConfig;
+use treaty_devkit::local::{Process, Site, SiteOptions, write_toml};
+use treaty_node::NodeConfig;
 use treaty_proto::Identity;
-use treaty_proto::pki::{self, PkiDir};
+use treaty_proto::pki::PkiDir;
 use treaty_proto::tls::{ClientTls, TlsFiles};
 use treaty_proto::v1::operator_service_client::OperatorServiceClient;
 use treaty_proto::v1::{
@@ -75,34 +78,39 @@ pub fn test_sharing() -> SharingSpec {
     }
 }
 
-/// A federation's files: PKI, data, configurations, logs.
+/// A federation's files: PKI, data, configurations, logs, in a temporary directory, on the
+/// devkit's [`Site`] (the same code `treaty demo` runs).
 pub struct Fixture {
     pub dir: tempfile::TempDir,
     pub pki: PkiDir,
+    pub site: Site,
 }
 
 impl Fixture {
     pub fn new(agencies: &[(&str, &str)]) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let pki = PkiDir::new(dir.path().join("pki"));
-        pki::init(
-            &pki,
-            &pki::InitOptions {
+        let site = Site::create(
+            dir.path(),
+            Path::new(TREATY),
+            &SiteOptions {
                 federation: "test".into(),
                 coordinator: "hub".into(),
-                coordinator_hosts: vec![],
-                operators: vec!["op".into()],
+                operator: "op".into(),
                 agencies: agencies
                     .iter()
                     .map(|(a, c)| (a.to_string(), c.to_string()))
                     .collect(),
-                validity_days: 2,
             },
         )
         .unwrap();
-        let fx = Fixture { dir, pki };
-        std::fs::create_dir_all(fx.path("policies")).unwrap();
-        std::fs::write(fx.path("policies/registry.toml"), TEST_REGISTRY).unwrap();
+        let fx = Fixture {
+            pki: site.pki().clone(),
+            dir,
+            site,
+        };
+        fx.site
+            .write_policy_file("registry.toml", TEST_REGISTRY)
+            .unwrap();
         for (_, country) in agencies {
             fx.write_policy(country, &open_policy(country));
         }
@@ -111,7 +119,9 @@ impl Fixture {
 
     /// Writes a country's policy where the coordinator reads it (`policies/<CC>.toml`).
     pub fn write_policy(&self, country: &str, text: &str) {
-        std::fs::write(self.path(&format!("policies/{country}.toml")), text).unwrap();
+        self.site
+            .write_policy_file(&format!("{country}.toml"), text)
+            .unwrap();
     }
 
     /// The `[policy]` directory of an agency's node: its own copy of the registry and of its
@@ -121,38 +131,23 @@ impl Fixture {
     }
 
     pub fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
+        self.site.path(name)
     }
 
     pub fn files(&self, identity: &Identity) -> TlsFiles {
-        let (cert, key) = self.pki.cert_and_key(identity);
-        TlsFiles {
-            ca_cert: self.pki.ca_cert(),
-            cert,
-            key,
-        }
+        self.site.files(identity)
     }
 
     /// Writes a coordinator configuration listening on `listen`; returns its path.
     pub fn coordinator_config(&self, listen: &str) -> PathBuf {
-        let (cert, key) = self
-            .pki
-            .cert_and_key(&Identity::coordinator("hub").unwrap());
-        let path = self.path("coordinator.toml");
-        std::fs::write(
-            &path,
-            format!(
-                "listen = {listen:?}\ndata_dir = {:?}\naddress_file = {:?}\nshutdown_grace_secs = 2\n\n[tls]\nca_cert = {:?}\ncert = {cert:?}\nkey = {key:?}\ncrl = {:?}\n\n[policy]\ncountry = \"NL\"\nregistry = {:?}\ndir = {:?}\n",
-                self.path("coordinator-db"),
-                self.path("coordinator.address"),
-                self.pki.ca_cert(),
-                self.pki.crl(),
-                self.path("policies/registry.toml"),
-                self.path("policies"),
-            ),
-        )
-        .unwrap();
-        path
+        self.site
+            .write_config("coordinator.toml", &self.coordinator(listen))
+            .unwrap()
+    }
+
+    /// The tests' coordinator, hosted in NL.
+    fn coordinator(&self, listen: &str) -> CoordinatorConfig {
+        self.site.coordinator_config(listen.parse().unwrap(), "NL")
     }
 
     /// Writes data and a node configuration for an agency; returns the configuration's path.
@@ -170,68 +165,32 @@ impl Fixture {
         train: &Path,
         test: &Path,
     ) -> PathBuf {
-        let (cert, key) = self
-            .pki
-            .cert_and_key(&Identity::agency(country, agency).unwrap());
-        let path = self.path(&format!("node-{agency}.toml"));
-        let policies = self.node_policies(agency);
-        std::fs::create_dir_all(&policies).unwrap();
-        for file in ["registry.toml".to_string(), format!("{country}.toml")] {
-            let from = self.path(&format!("policies/{file}"));
-            if from.exists() && !policies.join(&file).exists() {
-                std::fs::copy(from, policies.join(&file)).unwrap();
-            }
-        }
-        std::fs::write(
-            &path,
-            format!(
-                "state_dir = {:?}\n\n[coordinator]\naddress = {address:?}\nreconnect_initial_ms = 100\nreconnect_max_ms = 400\n\n[tls]\nca_cert = {:?}\ncert = {cert:?}\nkey = {key:?}\n\n[data]\ntrain = {train:?}\ntest = {test:?}\n\n[policy]\nregistry = {:?}\ndir = {policies:?}\n",
-                self.path(&format!("node-{agency}-db")),
-                self.pki.ca_cert(),
-                policies.join("registry.toml"),
-            ),
-        )
-        .unwrap();
-        path
+        let mut config = self
+            .site
+            .node_config(agency, country, address, train, Some(test))
+            .unwrap();
+        // Tests restart coordinators: nodes come back quickly.
+        config.coordinator.reconnect_initial_ms = 100;
+        config.coordinator.reconnect_max_ms = 400;
+        self.site
+            .write_config(&format!("node-{agency}.toml"), &config)
+            .unwrap()
     }
 
     /// Writes the operator's configuration file; returns its path.
     pub fn operator_config(&self, address: &str) -> PathBuf {
-        let files = self.files(&Identity::operator("op").unwrap());
-        let path = self.path("operator.toml");
-        std::fs::write(
-            &path,
-            format!(
-                "[coordinator]\naddress = {address:?}\n\n[tls]\nca_cert = {:?}\ncert = {:?}\nkey = {:?}\n",
-                files.ca_cert, files.cert, files.key
-            ),
-        )
-        .unwrap();
-        path
+        self.site
+            .write_config("operator.toml", &self.site.operator_config(address))
+            .unwrap()
     }
 
     /// Starts the coordinator process and waits for its address.
     pub fn start_coordinator(&self, listen: &str) -> (Proc, String) {
-        let _ = std::fs::remove_file(self.path("coordinator.address"));
-        let config = self.coordinator_config(listen);
-        let proc = Proc::spawn(
-            &["coordinator", "--config", config.to_str().unwrap()],
-            &self.path("coordinator.log"),
-        );
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Ok(a) = std::fs::read_to_string(self.path("coordinator.address"))
-                && !a.is_empty()
-            {
-                return (proc, a.trim().to_owned());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "coordinator did not start: {}",
-                proc.log()
-            );
-            std::thread::sleep(Duration::from_millis(25));
-        }
+        let (process, address) = self
+            .site
+            .start_coordinator(&self.coordinator(listen))
+            .unwrap();
+        (Proc(process), address)
     }
 
     pub fn start_node(&self, agency: &str, country: &str, address: &str, seed: u64) -> Proc {
@@ -241,10 +200,7 @@ impl Fixture {
 
     /// Starts a node with a configuration file.
     pub fn start_node_with(&self, agency: &str, config: &Path) -> Proc {
-        Proc::spawn(
-            &["node", "--config", config.to_str().unwrap()],
-            &self.path(&format!("node-{agency}.log")),
-        )
+        Proc(self.site.start_node_from(agency, config).unwrap())
     }
 
     pub async fn operator(&self, address: &str) -> OperatorServiceClient<Channel> {
@@ -257,13 +213,9 @@ impl Fixture {
 /// without a statistics round (its standardisation given) needs for the node's sampling rate
 /// and update scale.
 pub fn declare_public_records(config: &Path, records: u64) {
-    let text = std::fs::read_to_string(config).unwrap();
-    let text = text.replacen(
-        "\n\n[policy]",
-        &format!("\npublic_records = {records}\n\n[policy]"),
-        1,
-    );
-    std::fs::write(config, text).unwrap();
+    let mut node = NodeConfig::load(config).unwrap();
+    node.data.public_records = Some(records);
+    write_toml(config, &node).unwrap();
 }
 
 /// Two numeric features and a 0/1 label from a logistic rule; deterministic per seed.
@@ -319,69 +271,31 @@ pub fn write_shifted_data(
     (paths[0].clone(), paths[1].clone())
 }
 
-/// A `treaty` process, killed when dropped.
-pub struct Proc {
-    pub child: Child,
-    log: PathBuf,
+/// A `treaty` process of a test, killed when dropped: the devkit's [`Process`], whose waits
+/// fail the test.
+pub struct Proc(pub Process);
+
+impl std::ops::Deref for Proc {
+    type Target = Process;
+    fn deref(&self) -> &Process {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Proc {
+    fn deref_mut(&mut self) -> &mut Process {
+        &mut self.0
+    }
 }
 
 impl Proc {
-    pub fn spawn(args: &[&str], log: &Path) -> Self {
-        let file = std::fs::File::create(log).unwrap();
-        let child = Command::new(TREATY)
-            .args(args)
-            .env("TREATY_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(file)
-            .spawn()
-            .unwrap();
-        Proc {
-            child,
-            log: log.to_owned(),
-        }
-    }
-
-    pub fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
     /// Waits until the process's log contains `needle`; panics with the log after `timeout`.
     pub fn wait_for_log(&self, needle: &str, timeout: Duration) {
-        let deadline = Instant::now() + timeout;
-        while !self.log().contains(needle) {
-            assert!(
-                Instant::now() < deadline,
-                "no `{needle}` in the log:\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        self.0.wait_for_log(needle, timeout).unwrap();
     }
 
     pub fn signal(&self, signal: nix::sys::signal::Signal) {
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), signal).unwrap();
-    }
-
-    /// Waits for the process to exit, at most `timeout`; its exit status if it did.
-    pub fn wait_for_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return Some(status);
-            }
-            if Instant::now() > deadline {
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.0.signal(signal).unwrap();
     }
 }
 

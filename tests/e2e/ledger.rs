@@ -41,12 +41,11 @@ fn show_ledger(config: &Path) -> (bool, serde_json::Value, String) {
 
 /// A node configuration pointing at `state` instead of the agency's own state directory.
 fn config_with_state(fx: &Fixture, config: &Path, state: &Path) -> std::path::PathBuf {
-    let text = std::fs::read_to_string(config).unwrap();
-    let (first, rest) = text.split_once('\n').unwrap();
-    assert!(first.starts_with("state_dir = "), "{first}");
-    let path = fx.path("node-DE-BKA-reference.toml");
-    std::fs::write(&path, format!("state_dir = {state:?}\n{rest}")).unwrap();
-    path
+    let mut node = treaty_node::NodeConfig::load(config).unwrap();
+    node.state_dir = state.to_owned();
+    fx.site
+        .write_config("node-DE-BKA-reference.toml", &node)
+        .unwrap()
 }
 
 fn rounds_with(job: &treaty_proto::v1::Job, agency: &str) -> usize {

@@ -85,7 +85,7 @@ pub struct Entry {
 }
 
 /// The agency's budget.
-#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Budget {
     /// The most epsilon the agency spends, over every job, ever.

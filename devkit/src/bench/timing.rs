@@ -4,7 +4,6 @@
 //! records differs: half the public figure, the public figure, and one record more. Reports how
 //! a round's time grows with the records (seconds per record) against its run-to-run spread.
 
-use crate::output::outln;
 use std::time::Instant;
 
 use ndarray::{Array1, Array2};
@@ -15,6 +14,8 @@ use treaty_node::data::Examples;
 use treaty_node::model::{Kind, Model};
 use treaty_node::noise::GaussianNoise;
 use treaty_node::train::{DpSgd, Sampling, Sgd, train_dp};
+
+use crate::outln;
 
 fn examples(rows: usize, rng: &mut StdRng) -> Examples {
     let x = Array2::from_shape_fn((rows, 64), |_| rng.random::<f64>() * 4.0 - 2.0);
@@ -27,6 +28,7 @@ fn median(times: &mut [f64]) -> f64 {
     times[times.len() / 2]
 }
 
+/// Runs the timing benchmark: `repeats` rounds per size around `public_records`.
 pub fn timing(public_records: usize, repeats: usize) -> anyhow::Result<()> {
     let batch = 256.0;
     let q = (batch / public_records as f64).min(1.0);

@@ -1,8 +1,10 @@
 //! `treaty privacy epsilon|noise`: budget planning for people, with the accountants that judge
 //! every release.
 
-use crate::output::outln;
 use anyhow::bail;
+use treaty_devkit::outln;
+
+use super::{Outcome, unusable};
 use clap::Subcommand;
 use treaty_policies::privacy::{Release, rdp, spent, zcdp};
 
@@ -69,7 +71,12 @@ fn check(sampling_rate: f64, steps: u64, delta: f64) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub fn run(command: PrivacyCommand) -> anyhow::Result<()> {
+/// Runs a `treaty privacy` command: every error is about its parameters (status 2).
+pub fn run(command: PrivacyCommand) -> Outcome {
+    plan(command).map_err(unusable)
+}
+
+fn plan(command: PrivacyCommand) -> anyhow::Result<()> {
     match command {
         PrivacyCommand::Epsilon {
             sampling_rate,

@@ -5,18 +5,19 @@
 use std::io::Write;
 
 /// Writes formatted text to standard output (as `print!`).
+#[macro_export]
 macro_rules! out {
     ($($arg:tt)*) => { $crate::output::write(format_args!($($arg)*), false) };
 }
 
 /// Writes formatted text and a newline to standard output (as `println!`).
+#[macro_export]
 macro_rules! outln {
     () => { $crate::output::write(format_args!(""), true) };
     ($($arg:tt)*) => { $crate::output::write(format_args!($($arg)*), true) };
 }
 
-pub(crate) use {out, outln};
-
+/// Writes `args` (and a newline) to standard output; exits quietly on a closed pipe.
 pub fn write(args: std::fmt::Arguments<'_>, newline: bool) {
     let mut stdout = std::io::stdout().lock();
     let written = stdout.write_fmt(args).and_then(|()| {
@@ -33,5 +34,18 @@ pub fn write(args: std::fmt::Arguments<'_>, newline: bool) {
             eprintln!("error: cannot write to standard output: {e}");
             std::process::exit(1);
         }
+    }
+}
+
+/// Prints a job's event as an operator follows it: routine arrivals of results are left out;
+/// refusals, rejections, exclusions and the rounds' progress are shown.
+pub fn print_event(event: &treaty_proto::v1::JobEvent) {
+    if event.message.contains("sent its result") {
+        return;
+    }
+    if event.round > 0 {
+        outln!("    [round {:>2}] {}", event.round, event.message);
+    } else {
+        outln!("    {}", event.message);
     }
 }

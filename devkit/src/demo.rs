@@ -7,25 +7,25 @@
 //! while showing their progress, prints a summary with one explained prediction, and stops
 //! every process it started.
 
-use crate::output::outln;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use clap::Args;
+use treaty_coordinator::client;
 use treaty_node::data::Table;
 use treaty_node::explain::explain;
-use treaty_node::metrics;
+use treaty_node::model_file::ModelFile;
 use treaty_proto::schema;
 use treaty_proto::v1::{
     Aggregation, CreateFederationRequest, CreateJobRequest, DpMode, FederationInfo, Job, JobSpec,
     ModelKind, PrivacySpec, QueryKind, QuerySpec, SharingSpec, Strategy, TrainingSpec, job_spec,
 };
 
-use crate::local::LocalFederation;
-use crate::model_cmd::ModelFile;
-use crate::operator;
-use crate::synth;
+use crate::evaluate;
+use crate::local::{LocalFederation, Member};
+use crate::outln;
+use crate::output::print_event;
+use crate::synth::{self, customs};
 
 /// Each agency's privacy budget (epsilon at delta 1e-5), and what the training job may spend.
 const BUDGET: f64 = 10.0;
@@ -40,21 +40,22 @@ const AGENCIES: [(&str, &str); 5] = [
     ("PL-KAS", "PL"),
 ];
 
-#[derive(Debug, Args)]
-pub struct DemoArgs {
+/// How `treaty demo` runs.
+#[derive(Debug, Clone)]
+pub struct DemoOptions {
     /// Training rounds.
-    #[arg(long, default_value_t = 20)]
-    rounds: u32,
+    pub rounds: u32,
     /// Declarations per agency (80 % train, 20 % test).
-    #[arg(long, default_value_t = 5000)]
-    rows: usize,
+    pub rows: usize,
     /// Keep the working directory (PKI, data, configurations, logs, databases) here instead of a
     /// temporary directory that is removed at the end.
-    #[arg(long)]
-    keep: Option<PathBuf>,
+    pub keep: Option<PathBuf>,
+    /// The `treaty` binary the federation's processes run.
+    pub exe: PathBuf,
 }
 
-pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
+/// Runs the demo, printing its progress and summary; stops every process it started.
+pub async fn run(args: DemoOptions) -> anyhow::Result<()> {
     let temp;
     let dir = match &args.keep {
         Some(dir) => {
@@ -73,7 +74,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
     };
     if let Some(f) = federation.as_mut() {
-        f.stop().await;
+        f.stop();
         if result.is_ok()
             && let Ok(spent) = f.spent()
         {
@@ -100,7 +101,7 @@ fn step(text: &str) {
 }
 
 async fn demo(
-    args: &DemoArgs,
+    args: &DemoOptions,
     dir: &Path,
     slot: &mut Option<LocalFederation>,
 ) -> anyhow::Result<()> {
@@ -114,7 +115,7 @@ async fn demo(
         .iter()
         .map(|(a, c)| (a.to_string(), c.to_string()))
         .collect();
-    let synth = synth::generate(&dir.join("data"), &agencies, args.rows, 2026)?;
+    let synth = customs::generate(&dir.join("data"), &agencies, args.rows, 2026)?;
     let data = synth.agencies.clone();
     for a in &data {
         outln!(
@@ -128,7 +129,14 @@ async fn demo(
     step(
         "making a throwaway PKI and starting the coordinator and one node per agency (mutual TLS 1.3)",
     );
-    let fed = slot.insert(LocalFederation::start(dir, &data, BUDGET, &[]).await?);
+    let members: Vec<Member> = data.iter().map(Member::from).collect();
+    let fed = slot.insert(LocalFederation::start(
+        dir,
+        &args.exe,
+        &members,
+        BUDGET,
+        &[],
+    )?);
     let mut client = fed.operator().await?;
     let connected = fed
         .wait_connected(&mut client, AGENCIES.len(), Duration::from_secs(30))
@@ -155,7 +163,7 @@ async fn demo(
         federation.name, federation.created_by
     ));
 
-    let schema = schema::parse(&synth::schema_toml())
+    let schema = schema::parse(&customs::schema_toml())
         .map_err(anyhow::Error::msg)?
         .map_err(|p| anyhow::anyhow!(p.join("; ")))?;
     let training = TrainingSpec {
@@ -192,7 +200,7 @@ async fn demo(
         "training job {}: a DP statistics round, then {} rounds of federated logistic regression with DP-SGD (epsilon 3 per agency at delta 1e-5)",
         job.job_id, args.rounds
     ));
-    let job = operator::watch(&mut client, &job.job_id, true).await?;
+    let job = client::follow_to_success(&mut client, &job.job_id, print_event).await?;
 
     let query = client
         .create_job(CreateJobRequest {
@@ -216,9 +224,9 @@ async fn demo(
         "analytics job {}: seizures by origin and transport mode across the federation (Laplace noise, epsilon 1 per agency)",
         query.job_id
     ));
-    let query = operator::watch(&mut client, &query.job_id, true).await?;
+    let query = client::follow_to_success(&mut client, &query.job_id, print_event).await?;
 
-    let (header, tensors) = operator::download(&mut client, &job.job_id, "").await?;
+    let (header, tensors) = client::download(&mut client, &job.job_id, "").await?;
     let model_file = ModelFile::new(&header, &tensors)?;
     std::fs::write(
         dir.join("model.json"),
@@ -299,33 +307,19 @@ fn summary(
         );
     }
     // The final model on the union of the test splits (the demo made the data, so it may look).
-    let (model, schema, stats) = model_file.model()?;
-    let mut scores = Vec::new();
-    let mut labels = Vec::new();
-    for a in data {
-        let ex = Table::open(&a.test)?.encode(&schema, &stats)?;
-        scores.extend(model.predict(ex.x.view()).column(0).iter().copied());
-        labels.extend(ex.y.iter().copied());
-    }
-    let auc = metrics::roc_auc(
-        ndarray::ArrayView1::from(&scores),
-        ndarray::ArrayView1::from(&labels),
-    )
-    .unwrap_or(f64::NAN);
-    let accuracy = scores
-        .iter()
-        .zip(&labels)
-        .filter(|(p, y)| (**p >= 0.5) == (**y >= 0.5))
-        .count() as f64
-        / scores.len().max(1) as f64;
+    let tests: Vec<PathBuf> = data.iter().map(|a| a.test.clone()).collect();
+    let scored = evaluate::binary(model_file, &tests)?;
     outln!(
-        "  final model {}: AUC {auc:.4}, accuracy {accuracy:.4} on the union of the test splits ({} declarations); the ground truth itself scores AUC {:.4}",
+        "  final model {}: AUC {:.4}, accuracy {:.4} on the union of the test splits ({} declarations); the ground truth itself scores AUC {:.4}",
         job.latest_model_version,
-        scores.len(),
+        scored.auc,
+        scored.accuracy,
+        scored.records,
         synth.truth_test_auc
     );
 
     // Why the riskiest declaration of one agency's test split scores as it does.
+    let (model, schema, stats) = model_file.model()?;
     let agency = &data[2];
     let ex = Table::open(&agency.test)?.encode(&schema, &stats)?;
     let p = model.predict(ex.x.view());

@@ -1,12 +1,10 @@
-//! The operator's client of the coordinator, over mutual TLS: connecting, watching a job to its
-//! end, downloading a model.
+//! The operator's client of a coordinator, over mutual TLS: its configuration file, connecting,
+//! listing the connected agencies, following a job to its end, downloading a model.
 
-use crate::output::outln;
 use std::path::Path;
 use std::time::Duration;
 
-use anyhow::{Context, bail};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use tokio_stream::StreamExt;
 use tonic::transport::Channel;
 use treaty_proto::config::{self, ConfigError, Validate};
@@ -14,12 +12,39 @@ use treaty_proto::tensor::{Assembler, NamedTensor};
 use treaty_proto::tls::{ClientTls, TlsFiles};
 use treaty_proto::v1::operator_service_client::OperatorServiceClient;
 use treaty_proto::v1::{
-    ConnectedAgency, DownloadModelRequest, Job, JobState, ListAgenciesRequest, ModelHeader,
-    WatchJobRequest, model_part,
+    ConnectedAgency, DownloadModelRequest, Job, JobEvent, JobState, ListAgenciesRequest,
+    ModelHeader, WatchJobRequest, model_part,
 };
 
 /// The operator's client.
 pub type Client = OperatorServiceClient<Channel>;
+
+/// The most elements a downloaded model may have.
+const MAX_MODEL_ELEMENTS: u64 = 1 << 28;
+
+/// What an operator's request to the coordinator could not do.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error(transparent)]
+    Tls(#[from] treaty_proto::TlsError),
+    #[error(
+        "cannot connect to the coordinator at {address}: {source}; check that it runs and that the address is in its certificate"
+    )]
+    Connect {
+        address: String,
+        source: tonic::transport::Error,
+    },
+    #[error("the coordinator refused: {}", .0.message())]
+    Refused(#[from] tonic::Status),
+    #[error("the coordinator sent a malformed model: {0}")]
+    Tensor(#[from] treaty_proto::TensorError),
+    #[error("the coordinator sent a malformed model: {0}")]
+    Download(&'static str),
+    #[error("the coordinator sent no events for job {job}")]
+    NoEvents { job: String },
+    #[error("job {job} did not succeed: {message}")]
+    JobFailed { job: String, message: String },
+}
 
 /// An operator's configuration file: where the coordinator is, and the operator's certificate.
 ///
@@ -32,15 +57,17 @@ pub type Client = OperatorServiceClient<Channel>;
 /// cert = "pki/operator-alice.crt"
 /// key = "pki/operator-alice.key"
 /// ```
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct OperatorConfig {
+    /// Where the coordinator is.
     pub coordinator: CoordinatorAddress,
+    /// The operator's TLS files.
     pub tls: TlsFiles,
 }
 
 /// Where the coordinator is.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct CoordinatorAddress {
     /// `host:port`; the host must be in the coordinator's certificate.
@@ -64,29 +91,44 @@ impl Validate for OperatorConfig {
 }
 
 impl OperatorConfig {
+    /// An operator's configuration: the coordinator at `address`, the operator's files.
+    pub fn new(address: &str, tls: TlsFiles) -> Self {
+        OperatorConfig {
+            coordinator: CoordinatorAddress {
+                address: address.to_owned(),
+            },
+            tls,
+        }
+    }
+
+    /// Reads and validates a configuration file, reporting every problem found.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         config::load(path)
     }
 
-    pub async fn connect(&self) -> anyhow::Result<Client> {
+    /// Connects to the coordinator's operator API.
+    pub async fn connect(&self) -> Result<Client, ClientError> {
         connect(&self.coordinator.address, &self.tls).await
     }
 }
 
 /// Connects to the operator API at `address` with the operator's certificate.
-pub async fn connect(address: &str, files: &TlsFiles) -> anyhow::Result<Client> {
+pub async fn connect(address: &str, files: &TlsFiles) -> Result<Client, ClientError> {
     let tls = ClientTls::new(files)?;
     let channel = tls
         .connect(address, Duration::from_secs(10))
         .await
-        .with_context(|| format!("cannot connect to the coordinator at {address}"))?;
+        .map_err(|source| ClientError::Connect {
+            address: address.to_owned(),
+            source,
+        })?;
     Ok(OperatorServiceClient::new(channel)
         .max_decoding_message_size(treaty_proto::MAX_MESSAGE_BYTES)
         .max_encoding_message_size(treaty_proto::MAX_MESSAGE_BYTES))
 }
 
 /// Every connected agency, following the pages of `ListAgencies`.
-pub async fn all_agencies(client: &mut Client) -> anyhow::Result<Vec<ConnectedAgency>> {
+pub async fn all_agencies(client: &mut Client) -> Result<Vec<ConnectedAgency>, ClientError> {
     let mut all = Vec::new();
     let mut token = String::new();
     loop {
@@ -105,8 +147,13 @@ pub async fn all_agencies(client: &mut Client) -> anyhow::Result<Vec<ConnectedAg
     }
 }
 
-/// Follows a job to its end, printing each event when `print` is set; returns it as it ended.
-pub async fn watch(client: &mut Client, job_id: &str, print: bool) -> anyhow::Result<Job> {
+/// Follows a job to its end, handing each event to `on_event`; returns the job as it ended,
+/// whatever the end.
+pub async fn follow(
+    client: &mut Client,
+    job_id: &str,
+    mut on_event: impl FnMut(&JobEvent),
+) -> Result<Job, ClientError> {
     let mut events = client
         .watch_job(WatchJobRequest {
             job_id: job_id.into(),
@@ -116,19 +163,26 @@ pub async fn watch(client: &mut Client, job_id: &str, print: bool) -> anyhow::Re
     let mut last = None;
     while let Some(event) = events.next().await {
         let event = event?;
-        // Routine arrivals of results are left out; refusals and rejections are shown.
-        if print && !event.message.contains("sent its result") {
-            if event.round > 0 {
-                outln!("    [round {:>2}] {}", event.round, event.message);
-            } else {
-                outln!("    {}", event.message);
-            }
-        }
+        on_event(&event);
         last = event.job;
     }
-    let job = last.context("the coordinator sent no events")?;
+    last.ok_or_else(|| ClientError::NoEvents {
+        job: job_id.to_owned(),
+    })
+}
+
+/// Follows a job to its end as [`follow`] does; an error unless it succeeded.
+pub async fn follow_to_success(
+    client: &mut Client,
+    job_id: &str,
+    on_event: impl FnMut(&JobEvent),
+) -> Result<Job, ClientError> {
+    let job = follow(client, job_id, on_event).await?;
     if job.state != JobState::Succeeded as i32 {
-        bail!("job {} did not succeed: {}", job.job_id, job.message);
+        return Err(ClientError::JobFailed {
+            job: job.job_id,
+            message: job.message,
+        });
     }
     Ok(job)
 }
@@ -138,7 +192,7 @@ pub async fn download(
     client: &mut Client,
     job_id: &str,
     version: &str,
-) -> anyhow::Result<(ModelHeader, Vec<NamedTensor>)> {
+) -> Result<(ModelHeader, Vec<NamedTensor>), ClientError> {
     let mut parts = client
         .download_model(DownloadModelRequest {
             job_id: job_id.to_owned(),
@@ -151,16 +205,25 @@ pub async fn download(
     while let Some(part) = parts.next().await {
         match part?.kind {
             Some(model_part::Kind::Header(h)) => {
-                assembler = Some(Assembler::new(h.tensors.clone(), 1 << 28, 1 << 20)?);
+                assembler = Some(Assembler::new(
+                    h.tensors.clone(),
+                    MAX_MODEL_ELEMENTS,
+                    1 << 20,
+                )?);
                 header = Some(h);
             }
             Some(model_part::Kind::Chunk(c)) => assembler
                 .as_mut()
-                .context("a chunk arrived before the header")?
+                .ok_or(ClientError::Download("a chunk arrived before the header"))?
                 .push(c)?,
             None => {}
         }
     }
-    let tensors = assembler.context("the download was empty")?.finish()?;
-    Ok((header.context("the download had no header")?, tensors))
+    let tensors = assembler
+        .ok_or(ClientError::Download("the download was empty"))?
+        .finish()?;
+    Ok((
+        header.ok_or(ClientError::Download("the download had no header"))?,
+        tensors,
+    ))
 }

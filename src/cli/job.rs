@@ -1,7 +1,6 @@
 //! The operator's commands: `treaty federation create|list`, `treaty agencies`,
 //! `treaty job train|watch|show|list`.
 
-use crate::output::outln;
 use std::path::PathBuf;
 
 use clap::{Args, Subcommand, ValueEnum};
@@ -12,7 +11,11 @@ use treaty_proto::v1::{
     Strategy, TrainingSpec, job_spec,
 };
 
-use crate::operator::{self, OperatorConfig};
+use treaty_coordinator::client::{self, OperatorConfig};
+use treaty_devkit::outln;
+use treaty_devkit::output::print_event;
+
+use super::{Outcome, unusable};
 
 /// A `--member`: `AGENCY-ID:CC`; `DE-BKA` alone or `DE/DE-BKA` is refused with what to write.
 fn parse_member(spec: &str) -> Result<String, String> {
@@ -179,7 +182,7 @@ pub enum JobCommand {
     },
 }
 
-pub async fn federation(command: FederationCommand) -> anyhow::Result<()> {
+pub async fn federation(command: FederationCommand) -> Outcome {
     match command {
         FederationCommand::Create {
             config,
@@ -187,7 +190,10 @@ pub async fn federation(command: FederationCommand) -> anyhow::Result<()> {
             purpose,
             members,
         } => {
-            let mut client = OperatorConfig::load(&config)?.connect().await?;
+            let mut client = OperatorConfig::load(&config)
+                .map_err(unusable)?
+                .connect()
+                .await?;
             let f = client
                 .create_federation(CreateFederationRequest {
                     federation: Some(FederationInfo {
@@ -207,7 +213,10 @@ pub async fn federation(command: FederationCommand) -> anyhow::Result<()> {
             );
         }
         FederationCommand::List { config } => {
-            let mut client = OperatorConfig::load(&config)?.connect().await?;
+            let mut client = OperatorConfig::load(&config)
+                .map_err(unusable)?
+                .connect()
+                .await?;
             let mut token = String::new();
             loop {
                 let page = client
@@ -236,9 +245,12 @@ pub async fn federation(command: FederationCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub async fn agencies(config: PathBuf) -> anyhow::Result<()> {
-    let mut client = OperatorConfig::load(&config)?.connect().await?;
-    for a in operator::all_agencies(&mut client).await? {
+pub async fn agencies(config: PathBuf) -> Outcome {
+    let mut client = OperatorConfig::load(&config)
+        .map_err(unusable)?
+        .connect()
+        .await?;
+    for a in client::all_agencies(&mut client).await? {
         outln!(
             "{}\t{}\tnode {}\tsince {}",
             a.agency,
@@ -250,17 +262,23 @@ pub async fn agencies(config: PathBuf) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub async fn job(command: JobCommand) -> anyhow::Result<()> {
+pub async fn job(command: JobCommand) -> Outcome {
     match command {
         JobCommand::Train(args) => train(*args).await,
         JobCommand::Watch { config, job } => {
-            let mut client = OperatorConfig::load(&config)?.connect().await?;
-            let job = operator::watch(&mut client, &job, true).await?;
+            let mut client = OperatorConfig::load(&config)
+                .map_err(unusable)?
+                .connect()
+                .await?;
+            let job = client::follow_to_success(&mut client, &job, print_event).await?;
             show(&job);
             Ok(())
         }
         JobCommand::Show { config, job } => {
-            let mut client = OperatorConfig::load(&config)?.connect().await?;
+            let mut client = OperatorConfig::load(&config)
+                .map_err(unusable)?
+                .connect()
+                .await?;
             show(
                 &client
                     .get_job(GetJobRequest { job_id: job })
@@ -270,7 +288,10 @@ pub async fn job(command: JobCommand) -> anyhow::Result<()> {
             Ok(())
         }
         JobCommand::List { config } => {
-            let mut client = OperatorConfig::load(&config)?.connect().await?;
+            let mut client = OperatorConfig::load(&config)
+                .map_err(unusable)?
+                .connect()
+                .await?;
             let mut token = String::new();
             loop {
                 let page = client
@@ -303,7 +324,7 @@ fn state(job: &Job) -> &'static str {
     treaty_coordinator::service::operator::state_name(job.state)
 }
 
-async fn train(a: TrainArgs) -> anyhow::Result<()> {
+async fn train(a: TrainArgs) -> Outcome {
     let schema = schema::load(&a.schema)?;
     let model = match a.model {
         ModelArg::Logistic => ModelKind::LogisticRegression,
@@ -377,7 +398,7 @@ async fn train(a: TrainArgs) -> anyhow::Result<()> {
         .into_inner();
     outln!("job {} created", job.job_id);
     if !a.detach {
-        let job = operator::watch(&mut client, &job.job_id, true).await?;
+        let job = client::follow_to_success(&mut client, &job.job_id, print_event).await?;
         show(&job);
     }
     Ok(())

@@ -1,0 +1,24 @@
+//! What Treaty's developers, demos, benchmarks and end-to-end tests need and production does not.
+//!
+//! - [`synth`]: synthetic data: customs declarations with a known ground truth (the demo's), and
+//!   the numeric data of benchmark workloads W1 and W3.
+//! - [`local`]: a federation on this machine: a throwaway PKI, configuration files written from
+//!   the configuration types themselves, and real `treaty` processes over mutual TLS on
+//!   loopback ([`local::Site`] for one process at a time, [`local::LocalFederation`] for all).
+//! - [`demo`]: the scenario `treaty demo` runs.
+//! - [`bench`]: the benchmark workloads of `treaty bench` (bench/README.md).
+//! - [`evaluate`]: a final model scored on test splits the harness holds (demo, benchmarks).
+//! - [`output`]: writing to standard output, where a closed pipe ends the command quietly.
+//!
+//! It drives the system only from outside, as an agency or an operator would: processes,
+//! configuration files, and the operator's gRPC API. It must not be needed by a node or a
+//! coordinator in production.
+
+#![deny(unreachable_pub)]
+
+pub mod bench;
+pub mod demo;
+pub mod evaluate;
+pub mod local;
+pub mod output;
+pub mod synth;

@@ -1,0 +1,98 @@
+//! `treaty bench`: the benchmark workloads (`treaty_devkit::bench`, bench/README.md).
+
+use std::path::PathBuf;
+
+use clap::{Args, Subcommand};
+use treaty_devkit::bench::{self, W1Options};
+
+use super::{Outcome, this_binary};
+
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// W1: a training job of 8 agencies x 100,000 rows, 20 rounds, end to end.
+    W1(W1Args),
+    /// `treaty policy decide` for 30 countries and 60 agencies, whole command and engine.
+    Policy {
+        /// Runs per measurement (the median is reported).
+        #[arg(long, default_value_t = 21)]
+        repeats: usize,
+    },
+    /// The timing channel: a DP-SGD round's time as the true number of records varies, with
+    /// the sampling rate fixed by a public figure (docs/THREAT_MODEL.md).
+    Timing {
+        /// The public record count the sampling rate comes from (W1: 80,000).
+        #[arg(long, default_value_t = 80_000)]
+        records: usize,
+        /// Runs per size (the median is reported).
+        #[arg(long, default_value_t = 7)]
+        repeats: usize,
+    },
+    /// W5: Gaussian noise through opendp for 10^3, 10^5, 10^6 parameters.
+    W5 {
+        /// Runs per size (the median is reported).
+        #[arg(long, default_value_t = 5)]
+        repeats: usize,
+        /// The update sizes, in parameters.
+        #[arg(long, value_delimiter = ',', default_values_t = [1_000usize, 100_000, 1_000_000])]
+        sizes: Vec<usize>,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct W1Args {
+    /// The directory `treaty synth --kind numeric --agencies 8 --rows 100000 --out DIR` wrote.
+    #[arg(long)]
+    data: PathBuf,
+    /// How many agencies (agency_0 .. agency_{N-1}).
+    #[arg(long, default_value_t = 8)]
+    agencies: usize,
+    /// Training rounds.
+    #[arg(long, default_value_t = 20)]
+    rounds: u32,
+    /// How many feature columns (f0 ..), 64 for W1.
+    #[arg(long, default_value_t = 64)]
+    features: usize,
+    /// Keep the working directory here.
+    #[arg(long)]
+    keep: Option<PathBuf>,
+    /// Record-level DP (Poisson DP-SGD): each agency spends at most this epsilon on the whole job
+    /// (statistics round and evaluations included), at delta 1e-5.
+    #[arg(long, default_value_t = 1.0)]
+    epsilon: f64,
+    /// The clipping norm of per-example gradients under DP.
+    #[arg(long, default_value_t = 1.0)]
+    clip: f64,
+    /// The local learning rate (W1 says 0.1; clipped DP gradients take a larger one).
+    #[arg(long, default_value_t = 1.0)]
+    learning_rate: f64,
+}
+
+pub async fn run(command: BenchCommand) -> Outcome {
+    match command {
+        BenchCommand::W1(a) => {
+            let options = W1Options {
+                data: a.data,
+                agencies: a.agencies,
+                rounds: a.rounds,
+                features: a.features,
+                keep: a.keep,
+                epsilon: a.epsilon,
+                clip: a.clip,
+                learning_rate: a.learning_rate,
+            };
+            bench::w1(options, &this_binary()?).await?;
+        }
+        BenchCommand::Policy { repeats } => {
+            let exe = this_binary()?;
+            tokio::task::spawn_blocking(move || bench::policy(repeats.max(1), &exe)).await??;
+        }
+        BenchCommand::Timing { records, repeats } => {
+            tokio::task::spawn_blocking(move || bench::timing(records.max(2), repeats.max(1)))
+                .await??;
+        }
+        BenchCommand::W5 { repeats, sizes } => {
+            tokio::task::spawn_blocking(move || bench::w5(repeats.max(1), &sizes)).await??;
+        }
+    }
+    Ok(())
+}

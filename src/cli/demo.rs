@@ -1,0 +1,34 @@
+//! `treaty demo`: a local federation of five agencies of four countries, end to end
+//! (`treaty_devkit::demo`).
+
+use std::path::PathBuf;
+
+use clap::Args;
+use treaty_devkit::demo::{self, DemoOptions};
+
+use super::{Outcome, this_binary};
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Training rounds.
+    #[arg(long, default_value_t = 20)]
+    rounds: u32,
+    /// Declarations per agency (80 % train, 20 % test).
+    #[arg(long, default_value_t = 5000)]
+    rows: usize,
+    /// Keep the working directory (PKI, data, configurations, logs, databases) here instead of a
+    /// temporary directory that is removed at the end.
+    #[arg(long)]
+    keep: Option<PathBuf>,
+}
+
+pub async fn run(args: DemoArgs) -> Outcome {
+    demo::run(DemoOptions {
+        rounds: args.rounds,
+        rows: args.rows,
+        keep: args.keep,
+        exe: this_binary()?,
+    })
+    .await?;
+    Ok(())
+}

@@ -1,0 +1,125 @@
+//! The commands of `treaty`, one file each, and the one exit-code contract they share:
+//!
+//! | status | meaning |
+//! |---|---|
+//! | 0 | the command did what was asked |
+//! | 1 | it failed: a process, a peer or the machine let it down (a job that failed, a coordinator that cannot be reached, a damaged ledger) |
+//! | 2 | its input is unusable: a command line, configuration, data, model or policy file that is missing or wrong, or a request the coordinator refused as invalid; the message names what to fix |
+//!
+//! `treaty policy` follows the same contract and gives some of its commands a finer meaning
+//! (docs/POLICY_LANGUAGE.md): `check` and `test` exit 1 when a file has problems, `decide` exits
+//! 2 when it cannot decide. Command-line errors exit 2 (clap's own).
+
+pub mod bench;
+pub mod coordinator;
+pub mod demo;
+pub mod job;
+pub mod model;
+pub mod node;
+pub mod pki;
+pub mod privacy;
+pub mod synth;
+
+use std::process::ExitCode;
+
+use tracing_subscriber::EnvFilter;
+
+/// Why a command did not succeed, and so its exit status.
+#[derive(Debug)]
+pub enum CliError {
+    /// Status 1: the command failed.
+    Failed(anyhow::Error),
+    /// Status 2: its input is unusable.
+    Unusable(anyhow::Error),
+}
+
+impl<E: Into<anyhow::Error>> From<E> for CliError {
+    fn from(error: E) -> Self {
+        let error = error.into();
+        if is_unusable(&error) {
+            CliError::Unusable(error)
+        } else {
+            CliError::Failed(error)
+        }
+    }
+}
+
+/// Whether an error is about the command's input: a configuration file, or a request the
+/// coordinator refused as invalid (`INVALID_ARGUMENT`) or about something that does not exist
+/// (`NOT_FOUND`).
+fn is_unusable(error: &anyhow::Error) -> bool {
+    error.chain().any(|cause| {
+        cause.is::<treaty_proto::config::ConfigError>()
+            || cause.is::<treaty_node::model_file::ModelFileError>()
+            || cause.is::<treaty_node::DataError>()
+            || matches!(
+                cause
+                    .downcast_ref::<tonic::Status>()
+                    .map(tonic::Status::code),
+                Some(tonic::Code::InvalidArgument | tonic::Code::NotFound)
+            )
+            || matches!(
+                cause.downcast_ref::<treaty_coordinator::client::ClientError>(),
+                Some(treaty_coordinator::client::ClientError::Refused(status))
+                    if matches!(status.code(), tonic::Code::InvalidArgument | tonic::Code::NotFound)
+            )
+    })
+}
+
+/// The result of a command.
+pub type Outcome = Result<(), CliError>;
+
+/// Marks an error as unusable input (status 2).
+pub fn unusable(error: impl Into<anyhow::Error>) -> CliError {
+    CliError::Unusable(error.into())
+}
+
+/// Prints a command's error and gives its exit status.
+pub fn exit(outcome: Outcome) -> ExitCode {
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(CliError::Failed(error)) => {
+            eprintln!("error: {error:#}");
+            ExitCode::from(1)
+        }
+        Err(CliError::Unusable(error)) => {
+            eprintln!("error: {error:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// Starts logging to standard error: plain text (coloured on a terminal) or JSON lines,
+/// filtered by `TREATY_LOG` (default `info`, or `warn` for the commands that print a report).
+pub fn init_tracing(json: bool, quiet: bool) {
+    let default = if quiet { "warn" } else { "info" };
+    let filter = EnvFilter::try_from_env("TREATY_LOG").unwrap_or_else(|_| EnvFilter::new(default));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+/// Runs an asynchronous command on a multi-threaded runtime. Blocking work still running when
+/// it ends (a training step between two checks of its stop token) gets two seconds: what it
+/// computed can no longer leave.
+pub fn block_on(command: impl std::future::Future<Output = Outcome>) -> Outcome {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| CliError::Failed(anyhow::anyhow!("cannot start the async runtime: {e}")))?;
+    let outcome = runtime.block_on(command);
+    runtime.shutdown_timeout(std::time::Duration::from_secs(2));
+    outcome
+}
+
+/// This binary, which a local federation's processes run.
+pub fn this_binary() -> Result<std::path::PathBuf, CliError> {
+    std::env::current_exe()
+        .map_err(|e| CliError::Failed(anyhow::anyhow!("cannot find the treaty binary: {e}")))
+}

@@ -1,0 +1,111 @@
+//! `treaty node --config FILE`: runs an agency's node until SIGINT or SIGTERM;
+//! `treaty node ledger --config FILE`: shows its privacy ledger.
+
+use std::path::Path;
+
+use anyhow::Context;
+use clap::Subcommand;
+use treaty_devkit::outln;
+use treaty_node::ledger::{Ledger, LedgerError};
+use treaty_node::{NodeConfig, NodeError};
+
+use super::{CliError, Outcome, unusable};
+use crate::signals;
+
+#[derive(Debug, Subcommand)]
+pub enum NodeCommand {
+    /// Shows the node's privacy ledger: every release with its mechanism, and what the agency has
+    /// spent (stop the node first: its database is its own while it runs). A ledger that has
+    /// lost or altered history is shown as damaged, with exit status 1.
+    Ledger {
+        /// The node's configuration file.
+        #[arg(long)]
+        config: std::path::PathBuf,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Runs the node of `config` until SIGINT or SIGTERM.
+pub async fn run(config: Option<&Path>) -> Outcome {
+    let Some(config) = config else {
+        return Err(unusable(anyhow::anyhow!(
+            "give the node's configuration: treaty node --config FILE"
+        )));
+    };
+    let config = NodeConfig::load(config).map_err(unusable)?;
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let trigger = shutdown.clone();
+    tokio::spawn(async move {
+        signals::terminate().await;
+        trigger.cancel();
+    });
+    treaty_node::run(config, shutdown)
+        .await
+        .map_err(|e| match e {
+            // What the node reads before it connects: its files.
+            NodeError::Config(_)
+            | NodeError::Tls(_)
+            | NodeError::Data(_)
+            | NodeError::NotAnAgency { .. } => unusable(e),
+            other => CliError::Failed(other.into()),
+        })
+}
+
+/// Shows the ledger of the node of `config`.
+pub fn ledger(config: &Path, json: bool) -> Outcome {
+    let config = NodeConfig::load(config).map_err(unusable)?;
+    // A damaged ledger is the answer, not a failure to find one: said as such (in JSON too),
+    // with status 1.
+    let ledger = match Ledger::open(&config.state_dir, config.privacy) {
+        Ok(ledger) => ledger,
+        Err(LedgerError::Damaged(damage)) => {
+            if json {
+                outln!("{}", serde_json::json!({"damaged": damage.to_string()}));
+            }
+            return Err(CliError::Failed(damage.into()));
+        }
+        Err(e) => {
+            return Err(CliError::Failed(anyhow::Error::from(e).context(format!(
+                "cannot open the ledger in `{}`; if the node is running, stop it first",
+                config.state_dir.display()
+            ))));
+        }
+    };
+    let entries = ledger.entries().context("cannot read the ledger")?;
+    let spent = ledger.spent().context("cannot read the ledger")?;
+    if json {
+        outln!(
+            "{}",
+            serde_json::json!({"entries": entries, "spent": spent, "budget": config.privacy.map(|b| serde_json::json!({"max_epsilon": b.max_epsilon, "delta": b.delta}))})
+        );
+        return Ok(());
+    }
+    for e in &entries {
+        let mechanism = match &e.releases {
+            Some(r) => serde_json::to_string(r)?,
+            None => "no differential privacy".to_owned(),
+        };
+        outln!(
+            "{}\t{}\tround {}\t{}\t{}",
+            e.time_unix_ms,
+            e.job_id,
+            e.round,
+            e.kind,
+            mechanism
+        );
+    }
+    let budget = config
+        .privacy
+        .map(|b| format!(" of a budget of {}", b.max_epsilon))
+        .unwrap_or_default();
+    outln!(
+        "{} release(s); spent epsilon {:.6}{budget} at delta {:e} ({})",
+        entries.len(),
+        spent.epsilon,
+        spent.delta,
+        spent.accountant
+    );
+    Ok(())
+}
