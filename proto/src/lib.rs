@@ -1,10 +1,20 @@
-//! Treaty's wire contract and the trust it rests on.
+//! Treaty's wire contract and the trust it rests on: what a node and a coordinator must agree
+//! on, since neither may depend on the other.
 //!
-//! This crate owns the protobuf definitions of `treaty/v1` (compiled at build time with protox,
-//! so no system `protoc` is needed), the packing of tensors into little-endian chunks, the
-//! identity scheme that maps a certificate to an agency, coordinator or operator, the mutual
-//! TLS 1.3 configuration of both ends, and the development PKI. It knows nothing of nodes,
-//! coordinators, policies or learning.
+//! - [`v1`]: the protobuf messages and gRPC services of `treaty/v1` (compiled at build time with
+//!   protox, so no system `protoc` is needed); [`PROTOCOL_VERSION`], [`MAX_MESSAGE_BYTES`].
+//! - [`tensor`]: tensors packed into bounded little-endian chunks, and their reassembly.
+//! - [`identity`]: the identity scheme that maps a certificate to an agency, a coordinator or
+//!   an operator; [`tls`]: the mutual TLS 1.3 configuration of both ends; [`pki`]: the
+//!   development PKI (CA, certificates, revocation list).
+//! - The shared meaning of the learning messages, which both ends compute and so must not
+//!   compute twice: [`schema`] (the federation's feature schema, its checks, encoded feature
+//!   names and parameter layouts), [`query`] (the layout and sensitivity of an analytics
+//!   answer), [`evaluation`] (metrics from pooled noisy evaluation counts).
+//! - [`config`]: how a process reads its configuration file and reports every problem.
+//!
+//! It knows nothing of nodes, coordinators or policies: no training, no aggregation, no
+//! storage, no decisions.
 
 pub mod config;
 pub mod error;

@@ -8,6 +8,7 @@ mod common;
 mod config;
 mod demo;
 mod dp;
+mod exit_codes;
 mod hostile;
 mod hostile_agency;
 mod hostile_coordinator;
