@@ -28,6 +28,26 @@ enum Shape {
     Pairs,
 }
 
+/// The policy of every generated country; `country`, the privacy minimums and the rules are
+/// set per country.
+const POLICY_TEMPLATE: &str = r#"schema_version = 1
+
+[policy]
+country = "XX"
+version = "1"
+valid_from = 2025-01-01
+valid_until = 2030-12-31
+legal_basis = ["LED"]
+
+[coordinator]
+allowed_jurisdictions = ["ALL"]
+
+[privacy]
+max_epsilon_per_round = 1.0
+max_epsilon_total = 10.0
+max_delta = 1e-5
+"#;
+
 /// Writes `countries` policies (2 agencies each) into a new directory.
 fn policy_instance(
     countries: &[String],
@@ -35,22 +55,59 @@ fn policy_instance(
     seed: u64,
 ) -> anyhow::Result<PolicyInstance> {
     use rand::{Rng, SeedableRng};
+    use toml::{Table, Value};
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let dir = tempfile::tempdir()?;
-    let list: Vec<String> = countries.iter().map(|c| format!("{c:?}")).collect();
+    let strings = |v: &[&str]| Value::Array(v.iter().map(|s| Value::from(*s)).collect());
+    let list = Value::Array(countries.iter().map(|c| Value::from(c.as_str())).collect());
+    let mut registry = Table::new();
+    registry.insert("registry_version".into(), "bench-1".into());
+    registry.insert("countries".into(), list.clone());
+    registry.insert(
+        "purposes".into(),
+        Value::Table(Table::from_iter([("narcotics".into(), "Narcotics".into())])),
+    );
+    registry.insert(
+        "fields".into(),
+        Value::Table(Table::from_iter([(
+            "shipment_value".into(),
+            "ordinary".into(),
+        )])),
+    );
+    registry.insert(
+        "groups".into(),
+        Value::Table(Table::from_iter([(
+            "ALL".into(),
+            Value::Table(Table::from_iter([("members".into(), list)])),
+        )])),
+    );
     std::fs::write(
         dir.path().join("registry.toml"),
-        format!(
-            "registry_version = \"bench-1\"\ncountries = [{}]\n\n[purposes]\nnarcotics = \"Narcotics\"\n\n[fields]\nshipment_value = \"ordinary\"\n\n[groups.ALL]\nmembers = [{}]\n",
-            list.join(", "),
-            list.join(", ")
-        ),
+        toml::to_string(&registry)?,
     )?;
     for (i, c) in countries.iter().enumerate() {
-        let mut rules = format!(
-            "[[rule]]\nid = \"{c}-ALL\"\neffect = \"allow\"\npurposes = [\"narcotics\"]\nrecipients = [\"ALL\"]\nlegal_basis = \"LED Art. 1(3)\"\n"
-        );
-        let denied: Vec<String> = countries
+        let mut policy: Table = toml::from_str(POLICY_TEMPLATE)?;
+        if let Some(Value::Table(section)) = policy.get_mut("policy") {
+            section.insert("country".into(), c.as_str().into());
+        }
+        if let Some(Value::Table(privacy)) = policy.get_mut("privacy") {
+            privacy.insert(
+                "min_participants".into(),
+                Value::Integer(2 + (i % 5) as i64),
+            );
+            privacy.insert(
+                "min_distinct_countries".into(),
+                Value::Integer(1 + (i % 4) as i64),
+            );
+        }
+        let mut rules = vec![Value::Table(Table::from_iter([
+            ("id".into(), format!("{c}-ALL").into()),
+            ("effect".into(), "allow".into()),
+            ("purposes".into(), strings(&["narcotics"])),
+            ("recipients".into(), strings(&["ALL"])),
+            ("legal_basis".into(), "LED Art. 1(3)".into()),
+        ]))];
+        let denied: Vec<&str> = countries
             .iter()
             .enumerate()
             .filter(|&(j, _)| {
@@ -61,41 +118,36 @@ fn policy_instance(
                         Shape::Pairs => j == i ^ 1,
                     }
             })
-            .map(|(_, d)| format!("{d:?}"))
+            .map(|(_, d)| d.as_str())
             .collect();
         if !denied.is_empty() {
-            rules += &format!(
-                "\n[[rule]]\nid = \"{c}-DENY\"\neffect = \"deny\"\nrecipients = [{}]\nlegal_basis = \"bilateral\"\n",
-                denied.join(", ")
-            );
+            rules.push(Value::Table(Table::from_iter([
+                ("id".into(), format!("{c}-DENY").into()),
+                ("effect".into(), "deny".into()),
+                ("recipients".into(), strings(&denied)),
+                ("legal_basis".into(), "bilateral".into()),
+            ])));
         }
+        policy.insert("rule".into(), Value::Array(rules));
         std::fs::write(
             dir.path().join(format!("{c}.toml")),
-            format!(
-                "schema_version = 1\n\n[policy]\ncountry = \"{c}\"\nversion = \"1\"\nvalid_from = 2025-01-01\nvalid_until = 2030-12-31\nlegal_basis = [\"LED\"]\n\n[coordinator]\nallowed_jurisdictions = [\"ALL\"]\n\n[privacy]\nmax_epsilon_per_round = 1.0\nmax_epsilon_total = 10.0\nmax_delta = 1e-5\nmin_participants = {}\nmin_distinct_countries = {}\n\n{rules}",
-                2 + i % 5,
-                1 + i % 4
-            ),
+            toml::to_string(&policy)?,
         )?;
     }
-    let participants: Vec<String> = countries
+    let participants: Vec<serde_json::Value> = countries
         .iter()
         .flat_map(|c| {
             (1..=2).map(move |k| {
-                format!(
-                    "{{\"agency\": \"{c}-{k}\", \"country\": \"{c}\", \"cumulative_epsilon\": 0.5}}"
-                )
+                serde_json::json!({"agency": format!("{c}-{k}"), "country": c, "cumulative_epsilon": 0.5})
             })
         })
         .collect();
-    std::fs::write(
-        dir.path().join("request.json"),
-        format!(
-            "{{\"federation\": \"bench\", \"round\": 1, \"date\": \"2026-01-15\", \"purpose\": \"narcotics\", \"coordinator_country\": {:?}, \"epsilon_per_round\": 0.25, \"delta\": 1e-6, \"fields\": [\"shipment_value\"], \"participants\": [{}]}}",
-            countries[0],
-            participants.join(", ")
-        ),
-    )?;
+    let request = serde_json::json!({
+        "federation": "bench", "round": 1, "date": "2026-01-15", "purpose": "narcotics",
+        "coordinator_country": countries[0], "epsilon_per_round": 0.25, "delta": 1e-6,
+        "fields": ["shipment_value"], "participants": participants,
+    });
+    std::fs::write(dir.path().join("request.json"), request.to_string())?;
     Ok(PolicyInstance { dir })
 }
 
