@@ -411,9 +411,7 @@ fn policy_instance(
 /// reads the registry, the 30 files and the request, decides and prints), and the decision
 /// alone, on an EU-style instance and on a random one.
 pub fn policy(repeats: usize) -> anyhow::Result<()> {
-    use treaty_policies::decide::decide;
-    use treaty_policies::load::PolicyDir;
-    use treaty_policies::registry::Registry;
+    use treaty_policies::{PolicyDir, Registry, decide};
     let code = |i: usize| {
         format!(
             "{}{}",

@@ -14,14 +14,11 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Subcommand, ValueEnum};
-use treaty_policies::date::Date;
-use treaty_policies::decide::{Loaded, Request, decide};
-use treaty_policies::load::{PolicyDir, country_of, load_file};
-use treaty_policies::policy::Policy;
-use treaty_policies::registry::Registry;
-use treaty_policies::signing::{self, TrustedKeys};
-use treaty_policies::source::did_you_mean;
-use treaty_policies::{diff, lint, matrix, testing};
+use treaty_policies::{
+    Date, Loaded, Policy, PolicyDir, Registry, Request, Summary, TestFile, TrustedKeys, country_of,
+    country_of_key, decide, did_you_mean, diff, lint, load_file, load_private_key,
+    looks_like_policy_of, matrix, sign_file, verify_file, write_key_pair,
+};
 
 #[derive(Debug, Subcommand)]
 pub enum PolicyCommand {
@@ -278,7 +275,7 @@ fn test_cmd(registry: &Path, policies: &Path, keys: Option<&Path>, files: &[Path
             files.to_vec()
         };
         let dir = PolicyDir::new(policies, keys);
-        let mut summary = testing::Summary::default();
+        let mut summary = Summary::default();
         let mut unusable_files = 0;
         for path in &files {
             let text = match std::fs::read_to_string(path) {
@@ -289,7 +286,7 @@ fn test_cmd(registry: &Path, policies: &Path, keys: Option<&Path>, files: &[Path
                     continue;
                 }
             };
-            let file = match testing::parse(&path.display().to_string(), &text, &registry) {
+            let file = match TestFile::parse(&path.display().to_string(), &text, &registry) {
                 Ok(f) => f,
                 Err(problems) => {
                     for p in problems {
@@ -305,7 +302,7 @@ fn test_cmd(registry: &Path, policies: &Path, keys: Option<&Path>, files: &[Path
                 path.display(),
                 if n == 1 { "" } else { "s" }
             );
-            for result in testing::run_file(&registry, &dir, &file) {
+            for result in file.run(&registry, &dir) {
                 outln!("{result}");
                 summary.add(&result);
             }
@@ -382,7 +379,7 @@ fn lint_cmd(registry: &Path, today: Option<&str>, files: &[PathBuf]) -> Code {
                     code = code.max(1);
                 }
                 Ok((policy, text)) => {
-                    let found = lint::lint(
+                    let found = lint(
                         &registry,
                         &policy,
                         &path.display().to_string(),
@@ -439,7 +436,7 @@ fn diff_cmd(registry: &Path, date: Option<&str>, json: bool, old: &Path, new: &P
                 new_policy.country
             )));
         }
-        let d = diff::diff(&registry, &old_policy, &new_policy, date);
+        let d = diff(&registry, &old_policy, &new_policy, date);
         if json {
             match serde_json::to_string_pretty(&d) {
                 Ok(text) => outln!("{text}"),
@@ -486,7 +483,7 @@ fn matrix_cmd(
         }
         let dir = PolicyDir::new(policies, keys);
         let loaded = dir.load_all(&registry, countries.iter().map(String::as_str));
-        let m = matrix::matrix(&registry, &loaded, purpose, date);
+        let m = matrix(&registry, &loaded, purpose, date);
         match format {
             MatrixFormat::Text => out!("{}", m.text()),
             MatrixFormat::Csv => out!("{}", m.csv()),
@@ -505,7 +502,7 @@ fn keygen(out: &Path, country: &str) -> Code {
             "`{country}` is not an ISO 3166-1 alpha-2 code (two capital letters, e.g. DE)"
         ));
     }
-    match signing::write_key_pair(out, country) {
+    match write_key_pair(out, country) {
         Ok((private, public)) => {
             outln!(
                 "{}: {country}'s private key (mode 0600): keep it secret, with the legal team that signs",
@@ -526,11 +523,11 @@ fn keygen(out: &Path, country: &str) -> Code {
 
 fn sign_cmd(key: &Path, registry: Option<&Path>, files: &[PathBuf]) -> Code {
     attempt(|| {
-        let pair = signing::load_private_key(key).map_err(unusable)?;
+        let pair = load_private_key(key).map_err(unusable)?;
         let registry = registry.map(registry_or_2).transpose()?;
-        let key_country = signing::country_of_key(key);
+        let key_country = country_of_key(key);
         let check = |country: &str, text: &str| match &registry {
-            None => signing::looks_like_policy_of(country, text),
+            None => looks_like_policy_of(country, text),
             Some(r) => Policy::parse(country, text, r, Some(country))
                 .map(|_| ())
                 .map_err(|e| {
@@ -543,7 +540,7 @@ fn sign_cmd(key: &Path, registry: Option<&Path>, files: &[PathBuf]) -> Code {
         };
         let mut refused = 0;
         for path in files {
-            match signing::sign_file(&pair, key_country.as_deref(), path, check) {
+            match sign_file(&pair, key_country.as_deref(), path, check) {
                 Ok(sig) => outln!("{}: signed ({})", path.display(), sig.display()),
                 Err(e) => {
                     outln!("{}: not signed: {e}", path.display());
@@ -560,7 +557,7 @@ fn verify_cmd(keys: &Path, files: &[PathBuf]) -> Code {
         let keys = TrustedKeys::load(keys).map_err(unusable)?;
         let mut bad = 0;
         for path in files {
-            match signing::verify_file(&keys, path) {
+            match verify_file(&keys, path) {
                 Ok(country) => outln!(
                     "{}: signature valid ({country}'s registered key)",
                     path.display()
@@ -595,7 +592,7 @@ fn check(registry: &Path, keys: Option<&Path>, files: &[PathBuf]) -> Code {
             let parsed = std::fs::read_to_string(file)
                 .map_err(|e| vec![format!("{}:1:1: cannot read the file: {e}", file.display())])
                 .and_then(|text| {
-                    testing::parse(&file.display().to_string(), &text, &registry)
+                    TestFile::parse(&file.display().to_string(), &text, &registry)
                         .map_err(|ds| ds.iter().map(ToString::to_string).collect())
                 });
             match parsed {

@@ -29,6 +29,7 @@ const SPKI_PREFIX: [u8; 12] = [
     0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00,
 ];
 
+/// Why a key or a signature cannot be read, written or verified; the message names the file.
 #[derive(Debug, thiserror::Error)]
 pub enum SigningError {
     #[error("{0}")]
@@ -72,7 +73,7 @@ fn pem_encode(label: &str, der: &[u8]) -> String {
 }
 
 /// A new Ed25519 key pair as (private PKCS#8 PEM, public SPKI PEM).
-pub fn generate() -> Result<(String, String), SigningError> {
+fn generate() -> Result<(String, String), SigningError> {
     let rng = SystemRandom::new();
     let pkcs8 = Ed25519KeyPair::generate_pkcs8(&rng)
         .map_err(|_| SigningError::Key("could not generate a key".into()))?;
@@ -103,7 +104,7 @@ pub fn load_private_key(path: &Path) -> Result<Ed25519KeyPair, SigningError> {
 }
 
 /// Reads an Ed25519 public key (SubjectPublicKeyInfo PEM) as its 32 raw bytes.
-pub fn load_public_key(path: &Path) -> Result<Vec<u8>, SigningError> {
+fn load_public_key(path: &Path) -> Result<Vec<u8>, SigningError> {
     let der = pem_decode(&read(path)?, "PUBLIC KEY", path)?;
     match der.strip_prefix(&SPKI_PREFIX[..]) {
         Some(key) if key.len() == 32 => Ok(key.to_vec()),
@@ -119,7 +120,7 @@ fn signed_text(country: &str, sha256: &str) -> String {
 }
 
 /// The signature file's text for a policy of `country` with contents `policy`.
-pub fn sign(key: &Ed25519KeyPair, country: &str, policy: &[u8]) -> String {
+fn sign(key: &Ed25519KeyPair, country: &str, policy: &[u8]) -> String {
     let message = signed_text(country, &sha256_hex(policy));
     let signature = key.sign(message.as_bytes());
     format!("{message}ed25519 {}\n", STANDARD.encode(signature.as_ref()))
@@ -127,7 +128,7 @@ pub fn sign(key: &Ed25519KeyPair, country: &str, policy: &[u8]) -> String {
 
 /// Checks a signature file against the policy's bytes and the country's public key; the
 /// error says what does not match.
-pub fn verify(
+fn verify(
     public_key: &[u8],
     country: &str,
     policy: &[u8],
@@ -173,7 +174,7 @@ pub fn verify(
 }
 
 /// Where a policy's signature lives: `DE.toml` -> `DE.toml.sig`.
-pub fn signature_path(policy: &Path) -> PathBuf {
+fn signature_path(policy: &Path) -> PathBuf {
     let mut name = policy.as_os_str().to_owned();
     name.push(".sig");
     PathBuf::from(name)

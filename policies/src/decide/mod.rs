@@ -53,6 +53,7 @@ impl Loaded {
     }
 }
 
+/// An agency left out of the round: its first reason, every reason, and the explanation.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Exclusion {
     pub agency: String,
@@ -64,6 +65,7 @@ pub struct Exclusion {
     pub explanation: String,
 }
 
+/// The policy a decision applied for one country (its version when it was valid).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct PolicyVersion {
     #[serde(skip_serializing_if = "Option::is_none", default)]
@@ -71,6 +73,7 @@ pub struct PolicyVersion {
     pub sha256: String,
 }
 
+/// The decision of a round: who takes part, who does not and why, under which texts.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Decision {
     pub admitted: Vec<String>,

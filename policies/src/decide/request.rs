@@ -35,6 +35,7 @@ fn default_round_min() -> u64 {
     2
 }
 
+/// One agency asking to take part, with the epsilon it has spent so far.
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Participant {

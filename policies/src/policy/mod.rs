@@ -21,7 +21,7 @@ use crate::source::Diagnostic;
 pub use matching::{Acceptance, Match};
 
 /// The transfer bases a rule may name.
-pub const TRANSFER_BASES: [&str; 7] = [
+pub(crate) const TRANSFER_BASES: [&str; 7] = [
     "intra_eu",
     "schengen",
     "adequacy",
@@ -31,6 +31,7 @@ pub const TRANSFER_BASES: [&str; 7] = [
     "other",
 ];
 
+/// What a rule does to the recipients it matches.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Effect {
     Allow,
@@ -46,6 +47,7 @@ impl fmt::Display for Effect {
     }
 }
 
+/// One `[[rule]]` of a policy.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Rule {
     pub id: String,
@@ -87,6 +89,7 @@ impl fmt::Display for Limit {
     }
 }
 
+/// One country's policy, parsed and valid against the registry.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Policy {
     pub country: String,
