@@ -463,7 +463,7 @@ pub fn policy(repeats: usize) -> anyhow::Result<()> {
             let decision: serde_json::Value = serde_json::from_slice(&out.stdout)?;
             admitted = decision["admitted"].as_array().map_or(0, Vec::len);
         }
-        let request = crate::policy_cmd::read_request(&dir.join("request.json"))
+        let request = treaty_policies::Request::load(&dir.join("request.json"))
             .map_err(anyhow::Error::msg)?;
         let mut load_times = Vec::new();
         let mut decide_times = Vec::new();

@@ -3,13 +3,13 @@
 
 mod bench;
 mod bench_timing;
+mod cli;
 mod demo;
 mod job_cmd;
 mod local;
 mod model_cmd;
 mod operator;
 mod output;
-mod policy_cmd;
 mod privacy_cmd;
 mod signals;
 mod synth;
@@ -95,7 +95,7 @@ enum Command {
     Privacy(privacy_cmd::PrivacyCommand),
     /// Sharing policies: check, decide a round, test, lint, diff, matrix, sign.
     #[command(subcommand)]
-    Policy(policy_cmd::PolicyCommand),
+    Policy(cli::policy::PolicyCommand),
     /// Runs a benchmark workload (bench/README.md).
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -256,7 +256,7 @@ fn main() -> ExitCode {
     if let Command::Policy(command) = cli.command {
         // Synchronous, with its own exit codes (the spec's contract).
         init_tracing(cli.log_json, true);
-        return policy_cmd::run(command);
+        return cli::policy::run(command);
     }
     init_tracing(
         cli.log_json,

@@ -1,5 +1,7 @@
 //! The request to decide one round, and its values checked and made exact.
 
+use std::path::Path;
+
 use serde::{Deserialize, Serialize};
 
 use crate::date::Date;
@@ -29,6 +31,16 @@ pub struct Request {
     #[serde(default = "default_round_min")]
     pub round_min_participants: u64,
     pub participants: Vec<Participant>,
+}
+
+impl Request {
+    /// Reads a request from a JSON file; the error names the file and what is wrong.
+    pub fn load(path: &Path) -> Result<Request, String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read the request {}: {e}", path.display()))?;
+        serde_json::from_str(&text)
+            .map_err(|e| format!("the request {} is not a valid request: {e}", path.display()))
+    }
 }
 
 fn default_round_min() -> u64 {
