@@ -2,7 +2,6 @@
 //! command; `cli` states the exit-code contract (0 ok, 1 failure, 2 unusable input).
 
 mod cli;
-mod policy_cmd;
 mod signals;
 
 use std::path::PathBuf;
@@ -10,7 +9,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use cli::{bench, demo, job, model, node, pki, privacy, synth};
+use cli::{bench, demo, job, model, node, pki, policy, privacy, synth};
 
 /// Federated learning for law-enforcement agencies, under each country's sharing policy.
 #[derive(Debug, Parser)]
@@ -67,7 +66,7 @@ enum Command {
     Privacy(privacy::PrivacyCommand),
     /// Sharing policies: check, decide a round, test, lint, diff, matrix, sign.
     #[command(subcommand)]
-    Policy(policy_cmd::PolicyCommand),
+    Policy(policy::PolicyCommand),
     /// Runs a benchmark workload (bench/README.md).
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -86,7 +85,7 @@ fn main() -> ExitCode {
     cli::init_tracing(cli.log_json, quiet);
     let outcome = match cli.command {
         // Synchronous, with the finer codes of the policy language's contract.
-        Command::Policy(command) => return policy_cmd::run(command),
+        Command::Policy(command) => return policy::run(command),
         Command::Pki(command) => pki::run(command),
         Command::Synth(args) => synth::run(args),
         Command::Privacy(command) => privacy::run(command),

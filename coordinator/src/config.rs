@@ -27,7 +27,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
-use treaty_policies::load::PolicyFiles;
+use treaty_policies::PolicyFiles;
 use treaty_proto::config::{self, ConfigError, Validate};
 use treaty_proto::tls::TlsFiles;
 

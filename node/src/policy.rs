@@ -5,10 +5,7 @@
 //! spending (under the ledger's lock, so two tasks cannot both fit the policy's last budget), checks that the task spends no more than the terms say, and refuses with the
 //! spec's reason code otherwise.
 
-use treaty_policies::date::Date;
-use treaty_policies::decide::{Participant, Request, own_view};
-use treaty_policies::load::PolicyFiles;
-use treaty_policies::privacy;
+use treaty_policies::{Date, Participant, PolicyFiles, Request, own_view, privacy};
 use treaty_proto::v1::Task;
 
 use crate::work::{Plan, Refusal};
@@ -46,8 +43,8 @@ impl NodePolicy {
         let delta = if terms.delta > 0.0 { terms.delta } else { 1e-9 };
         let round = privacy::spent(&plan.releases, delta)
             .map_err(|e| Refusal::new("INVALID_TASK", e.to_string()))?;
-        let claimed = treaty_policies::decimal::Decimal::from_f64(terms.epsilon_per_round);
-        let actual = treaty_policies::decimal::Decimal::from_f64(round.epsilon);
+        let claimed = treaty_policies::Decimal::from_f64(terms.epsilon_per_round);
+        let actual = treaty_policies::Decimal::from_f64(round.epsilon);
         match (actual, claimed) {
             (Some(a), Some(c)) if a <= c => {}
             _ => {

@@ -73,6 +73,13 @@ impl Date {
         Date::from_unix_days((secs / 86_400) as i64)
     }
 
+    /// The day after `self` (`None` after 9999-12-31).
+    pub fn next_day(self) -> Option<Date> {
+        Date::new(self.year, self.month, self.day + 1)
+            .or_else(|| Date::new(self.year, self.month + 1, 1))
+            .or_else(|| self.year.checked_add(1).and_then(|y| Date::new(y, 1, 1)))
+    }
+
     /// Whether `self` lies in `[from, until]`, either end absent meaning unbounded.
     pub fn within(self, from: Option<Date>, until: Option<Date>) -> bool {
         from.is_none_or(|f| f <= self) && until.is_none_or(|u| self <= u)

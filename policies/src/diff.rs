@@ -69,6 +69,7 @@ pub struct LimitChange {
     pub change: &'static str,
 }
 
+/// Rules added, removed or changed between two versions, by id.
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
 pub struct RuleChanges {
     pub added: Vec<String>,
@@ -93,7 +94,7 @@ pub struct PolicyDiff {
 }
 
 /// Whether a coordinator hosted in `cc` passes phase 1 of `policy` on `date`.
-pub fn coordinator_allowed(registry: &Registry, policy: &Policy, cc: &str, date: Date) -> bool {
+fn coordinator_allowed(registry: &Registry, policy: &Policy, cc: &str, date: Date) -> bool {
     policy
         .match_any(registry, &policy.denied_jurisdictions, cc, date)
         .is_none()

@@ -3,7 +3,7 @@
 use crate::policy::Policy;
 use crate::registry::Registry;
 
-pub const REGISTRY: &str = r#"
+pub(crate) const REGISTRY: &str = r#"
 registry_version = "r1"
 countries = ["DE", "FR", "GB", "NL", "US"]
 [purposes]
@@ -19,13 +19,13 @@ country = "GB"
 until = 2020-01-31
 "#;
 
-pub fn registry() -> Registry {
+pub(crate) fn registry() -> Registry {
     Registry::parse("registry.toml", REGISTRY).unwrap()
 }
 
 /// A valid policy of DE, version `version`, valid from `valid_from` to 2026-12-31, with
 /// coordinator and privacy sections and then `extra` (sections, rules); with its text.
-pub fn de_policy(version: &str, valid_from: &str, extra: &str) -> (Policy, String) {
+pub(crate) fn de_policy(version: &str, valid_from: &str, extra: &str) -> (Policy, String) {
     let text = format!(
         r#"schema_version = 1
 [policy]

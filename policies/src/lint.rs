@@ -60,7 +60,7 @@ impl fmt::Display for Warning {
 }
 
 /// The smallest `max_delta` that is reported as too large.
-pub const DELTA_WARNING: f64 = 1e-3;
+const DELTA_WARNING: f64 = 1e-3;
 
 /// Where keys are written in the policy file, for pointing at them.
 struct Places<'a> {
@@ -112,15 +112,8 @@ impl<'a> Places<'a> {
     }
 }
 
-/// The day after `d` (`None` after 9999-12-31).
-pub fn next_day(d: Date) -> Option<Date> {
-    Date::new(d.year, d.month, d.day + 1)
-        .or_else(|| Date::new(d.year, d.month + 1, 1))
-        .or_else(|| d.year.checked_add(1).and_then(|y| Date::new(y, 1, 1)))
-}
-
 /// Whether a legal-basis text cites a GDPR adequacy decision.
-pub fn cites_gdpr_adequacy(text: &str) -> bool {
+fn cites_gdpr_adequacy(text: &str) -> bool {
     let t = text.to_lowercase();
     let gdpr = ["gdpr", "dsgvo", "rgpd", "2016/679"]
         .iter()
@@ -182,7 +175,7 @@ pub fn shadow(registry: &Registry, policy: &Policy, index: usize) -> Shadow {
     for group in registry.groups.values() {
         for dated in &group.dated {
             boundary(dated.from);
-            boundary(dated.until.and_then(next_day));
+            boundary(dated.until.and_then(Date::next_day));
         }
     }
     let denies: Vec<usize> = (0..policy.rules.len())
@@ -190,7 +183,7 @@ pub fn shadow(registry: &Registry, policy: &Policy, index: usize) -> Shadow {
         .collect();
     for &j in &denies {
         boundary(policy.rules[j].valid_from);
-        boundary(policy.rules[j].valid_until.and_then(next_day));
+        boundary(policy.rules[j].valid_until.and_then(Date::next_day));
     }
     let purposes = rule.purposes.clone().unwrap_or_default();
     let (mut foreign, mut domestic) = (false, false);
@@ -696,9 +689,9 @@ mod tests {
     #[test]
     fn the_day_after() {
         let d = |s| Date::parse(s).unwrap();
-        assert_eq!(next_day(d("2025-01-31")), Some(d("2025-02-01")));
-        assert_eq!(next_day(d("2024-02-28")), Some(d("2024-02-29")));
-        assert_eq!(next_day(d("2025-12-31")), Some(d("2026-01-01")));
-        assert_eq!(next_day(d("2025-06-01")), Some(d("2025-06-02")));
+        assert_eq!(Date::next_day(d("2025-01-31")), Some(d("2025-02-01")));
+        assert_eq!(Date::next_day(d("2024-02-28")), Some(d("2024-02-29")));
+        assert_eq!(Date::next_day(d("2025-12-31")), Some(d("2026-01-01")));
+        assert_eq!(Date::next_day(d("2025-06-01")), Some(d("2025-06-02")));
     }
 }

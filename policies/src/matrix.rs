@@ -59,7 +59,7 @@ pub struct Matrix {
 }
 
 /// The policy of a country if it can be applied on `date`, else why not.
-pub fn usable(loaded: &Loaded, date: Date) -> Result<&Policy, String> {
+fn usable(loaded: &Loaded, date: Date) -> Result<&Policy, String> {
     match loaded {
         Loaded::Valid(p) if date < p.valid_from => {
             Err(format!("not yet valid (from {})", p.valid_from))
@@ -139,7 +139,7 @@ pub fn matrix(
 }
 
 /// What the symbols mean, for the foot of the text table.
-pub const LEGEND: [(&str, &str); 4] = [
+const LEGEND: [(&str, &str); 4] = [
     ("yes", "the two accept each other as recipients"),
     (
         "->",
@@ -153,7 +153,7 @@ pub const LEGEND: [(&str, &str); 4] = [
 ];
 
 /// The fail-closed rule, for the foot of the text table.
-pub const FAIL_CLOSED: &str =
+const FAIL_CLOSED: &str =
     "a country whose policy is not valid on the date accepts nobody and nobody accepts it";
 
 impl Matrix {

@@ -46,6 +46,7 @@ impl fmt::Display for Membership {
     }
 }
 
+/// The federation's registry, parsed and valid.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Registry {
     pub version: String,

@@ -20,6 +20,8 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use ring::rand::SystemRandom;
 use ring::signature::{ED25519, Ed25519KeyPair, KeyPair, UnparsedPublicKey};
+use rustls_pki_types::pem::{self, PemObject};
+use rustls_pki_types::{PrivatePkcs8KeyDer, SubjectPublicKeyInfoDer};
 
 use crate::sha256_hex;
 
@@ -29,6 +31,7 @@ const SPKI_PREFIX: [u8; 12] = [
     0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00,
 ];
 
+/// Why a key or a signature cannot be read, written or verified; the message names the file.
 #[derive(Debug, thiserror::Error)]
 pub enum SigningError {
     #[error("{0}")]
@@ -39,22 +42,19 @@ pub enum SigningError {
     Signature(String),
 }
 
-fn pem_decode(text: &str, label: &str, path: &Path) -> Result<Vec<u8>, SigningError> {
-    let begin = format!("-----BEGIN {label}-----");
-    let end = format!("-----END {label}-----");
-    let body = text
-        .split_once(&begin)
-        .and_then(|(_, rest)| rest.split_once(&end))
-        .map(|(body, _)| body)
-        .ok_or_else(|| {
-            SigningError::Key(format!("{} holds no PEM block `{label}`", path.display()))
-        })?;
-    let joined: String = body.split_whitespace().collect();
-    STANDARD.decode(joined).map_err(|e| {
-        SigningError::Key(format!(
-            "{}: the PEM body is not base64 ({e})",
-            path.display()
-        ))
+/// The first `label` block of the PEM file at `path` (`T`: a PKCS#8 private key or a public
+/// key), read by `rustls-pki-types`' PEM parser, as the TLS files are.
+fn read_pem<T: PemObject>(path: &Path, label: &str) -> Result<T, SigningError> {
+    T::from_pem_slice(read(path)?.as_bytes()).map_err(|e| {
+        let path = path.display();
+        SigningError::Key(match e {
+            pem::Error::NoItemsFound => format!("{path} holds no PEM block `{label}`"),
+            pem::Error::MissingSectionEnd { .. } => {
+                format!("{path}: the PEM block `{label}` has no END line")
+            }
+            pem::Error::Base64Decode(e) => format!("{path}: the PEM body is not base64 ({e})"),
+            other => format!("{path} is not readable PEM ({other})"),
+        })
     })
 }
 
@@ -72,7 +72,7 @@ fn pem_encode(label: &str, der: &[u8]) -> String {
 }
 
 /// A new Ed25519 key pair as (private PKCS#8 PEM, public SPKI PEM).
-pub fn generate() -> Result<(String, String), SigningError> {
+fn generate() -> Result<(String, String), SigningError> {
     let rng = SystemRandom::new();
     let pkcs8 = Ed25519KeyPair::generate_pkcs8(&rng)
         .map_err(|_| SigningError::Key("could not generate a key".into()))?;
@@ -93,8 +93,8 @@ fn read(path: &Path) -> Result<String, SigningError> {
 
 /// Reads an Ed25519 private key (PKCS#8 PEM).
 pub fn load_private_key(path: &Path) -> Result<Ed25519KeyPair, SigningError> {
-    let der = pem_decode(&read(path)?, "PRIVATE KEY", path)?;
-    Ed25519KeyPair::from_pkcs8_maybe_unchecked(&der).map_err(|e| {
+    let der: PrivatePkcs8KeyDer = read_pem(path, "PRIVATE KEY")?;
+    Ed25519KeyPair::from_pkcs8_maybe_unchecked(der.secret_pkcs8_der()).map_err(|e| {
         SigningError::Key(format!(
             "{} is not an Ed25519 private key ({e})",
             path.display()
@@ -103,8 +103,8 @@ pub fn load_private_key(path: &Path) -> Result<Ed25519KeyPair, SigningError> {
 }
 
 /// Reads an Ed25519 public key (SubjectPublicKeyInfo PEM) as its 32 raw bytes.
-pub fn load_public_key(path: &Path) -> Result<Vec<u8>, SigningError> {
-    let der = pem_decode(&read(path)?, "PUBLIC KEY", path)?;
+fn load_public_key(path: &Path) -> Result<Vec<u8>, SigningError> {
+    let der: SubjectPublicKeyInfoDer = read_pem(path, "PUBLIC KEY")?;
     match der.strip_prefix(&SPKI_PREFIX[..]) {
         Some(key) if key.len() == 32 => Ok(key.to_vec()),
         _ => Err(SigningError::Key(format!(
@@ -119,7 +119,7 @@ fn signed_text(country: &str, sha256: &str) -> String {
 }
 
 /// The signature file's text for a policy of `country` with contents `policy`.
-pub fn sign(key: &Ed25519KeyPair, country: &str, policy: &[u8]) -> String {
+fn sign(key: &Ed25519KeyPair, country: &str, policy: &[u8]) -> String {
     let message = signed_text(country, &sha256_hex(policy));
     let signature = key.sign(message.as_bytes());
     format!("{message}ed25519 {}\n", STANDARD.encode(signature.as_ref()))
@@ -127,7 +127,7 @@ pub fn sign(key: &Ed25519KeyPair, country: &str, policy: &[u8]) -> String {
 
 /// Checks a signature file against the policy's bytes and the country's public key; the
 /// error says what does not match.
-pub fn verify(
+fn verify(
     public_key: &[u8],
     country: &str,
     policy: &[u8],
@@ -173,7 +173,7 @@ pub fn verify(
 }
 
 /// Where a policy's signature lives: `DE.toml` -> `DE.toml.sig`.
-pub fn signature_path(policy: &Path) -> PathBuf {
+fn signature_path(policy: &Path) -> PathBuf {
     let mut name = policy.as_os_str().to_owned();
     name.push(".sig");
     PathBuf::from(name)
@@ -394,6 +394,55 @@ mod tests {
         std::fs::write(dir.path().join("o.pub"), &other_public).unwrap();
         let other_public = load_public_key(&dir.path().join("o.pub")).unwrap();
         assert!(verify(&other_public, "DE", policy, &sig).is_err());
+    }
+
+    #[test]
+    fn an_unreadable_key_file_is_named_with_what_is_wrong() {
+        let dir = tempfile::tempdir().unwrap();
+        let write = |name: &str, text: &str| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, text).unwrap();
+            path
+        };
+        let (private, public) = generate().unwrap();
+        let cases = [
+            (
+                write("none.key", "not a key\n"),
+                "none.key holds no PEM block `PRIVATE KEY`",
+            ),
+            (
+                write("public.key", &public),
+                "public.key holds no PEM block `PRIVATE KEY`",
+            ),
+            (
+                write("open.key", "-----BEGIN PRIVATE KEY-----\nAAAA\n"),
+                "open.key: the PEM block `PRIVATE KEY` has no END line",
+            ),
+            (
+                write(
+                    "bad.key",
+                    "-----BEGIN PRIVATE KEY-----\n!!!!\n-----END PRIVATE KEY-----\n",
+                ),
+                "bad.key: the PEM body is not base64",
+            ),
+        ];
+        for (path, expected) in cases {
+            let e = load_private_key(&path).unwrap_err().to_string();
+            assert!(e.contains(expected), "{e}");
+        }
+        // Text around the block, as openssl writes it with -text, is ignored.
+        let noted = write(
+            "noted.key",
+            &format!("ED25519 Private-Key:\n{private}trailing\n"),
+        );
+        load_private_key(&noted).unwrap();
+        let e = load_public_key(&write("private.pub", &private))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("private.pub holds no PEM block `PUBLIC KEY`"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -57,14 +57,14 @@ pub fn did_you_mean<'a>(
 
 /// A file's text with a line index, turning byte offsets into 1-based line and column
 /// (columns count characters, as editors do).
-pub struct Source<'a> {
+pub(crate) struct Source<'a> {
     pub file: String,
     pub text: &'a str,
     line_starts: Vec<usize>,
 }
 
 impl<'a> Source<'a> {
-    pub fn new(file: impl Into<String>, text: &'a str) -> Source<'a> {
+    pub(crate) fn new(file: impl Into<String>, text: &'a str) -> Source<'a> {
         let mut line_starts = vec![0];
         line_starts.extend(text.match_indices('\n').map(|(i, _)| i + 1));
         Source {
@@ -74,7 +74,7 @@ impl<'a> Source<'a> {
         }
     }
 
-    pub fn position(&self, offset: usize) -> (usize, usize) {
+    pub(crate) fn position(&self, offset: usize) -> (usize, usize) {
         let offset = offset.min(self.text.len());
         let line = self.line_starts.partition_point(|&s| s <= offset).max(1);
         let start = self.line_starts[line - 1];
@@ -86,11 +86,11 @@ impl<'a> Source<'a> {
         (line, column)
     }
 
-    pub fn line_of(&self, span: &Range<usize>) -> usize {
+    pub(crate) fn line_of(&self, span: &Range<usize>) -> usize {
         self.position(span.start).0
     }
 
-    pub fn diagnostic(
+    pub(crate) fn diagnostic(
         &self,
         span: &Range<usize>,
         message: String,
@@ -107,28 +107,28 @@ impl<'a> Source<'a> {
     }
 }
 
-pub type Value<'i> = Spanned<DeValue<'i>>;
+pub(crate) type Value<'i> = Spanned<DeValue<'i>>;
 
 /// Reads typed values out of TOML tables, collecting every problem instead of stopping at one.
-pub struct Reader<'s> {
+pub(crate) struct Reader<'s> {
     pub source: &'s Source<'s>,
     pub problems: Vec<Diagnostic>,
 }
 
 impl<'s> Reader<'s> {
-    pub fn new(source: &'s Source<'s>) -> Reader<'s> {
+    pub(crate) fn new(source: &'s Source<'s>) -> Reader<'s> {
         Reader {
             source,
             problems: Vec::new(),
         }
     }
 
-    pub fn error(&mut self, span: &Range<usize>, message: impl Into<String>) {
+    pub(crate) fn error(&mut self, span: &Range<usize>, message: impl Into<String>) {
         let d = self.source.diagnostic(span, message.into(), None);
         self.problems.push(d);
     }
 
-    pub fn error_hint(
+    pub(crate) fn error_hint(
         &mut self,
         span: &Range<usize>,
         message: impl Into<String>,
@@ -139,7 +139,7 @@ impl<'s> Reader<'s> {
     }
 
     /// Every key of `table` not in `allowed` is an error, with the closest allowed key as hint.
-    pub fn unknown_keys(&mut self, table: &DeTable<'_>, allowed: &[&str], place: &str) {
+    pub(crate) fn unknown_keys(&mut self, table: &DeTable<'_>, allowed: &[&str], place: &str) {
         for key in table.keys() {
             let name: &str = key.get_ref();
             if !allowed.contains(&name) {
@@ -153,12 +153,8 @@ impl<'s> Reader<'s> {
         }
     }
 
-    pub fn get<'t, 'i>(table: &'t DeTable<'i>, key: &str) -> Option<&'t Value<'i>> {
-        table.get(key)
-    }
-
     /// A required key; `at` is where to point when it is missing (the table's header).
-    pub fn required<'t, 'i>(
+    pub(crate) fn required<'t, 'i>(
         &mut self,
         table: &'t DeTable<'i>,
         key: &str,
@@ -172,7 +168,11 @@ impl<'s> Reader<'s> {
         value
     }
 
-    pub fn table<'t, 'i>(&mut self, value: &'t Value<'i>, what: &str) -> Option<&'t DeTable<'i>> {
+    pub(crate) fn table<'t, 'i>(
+        &mut self,
+        value: &'t Value<'i>,
+        what: &str,
+    ) -> Option<&'t DeTable<'i>> {
         match value.get_ref() {
             DeValue::Table(t) => Some(t),
             other => {
@@ -185,7 +185,7 @@ impl<'s> Reader<'s> {
         }
     }
 
-    pub fn string(&mut self, value: &Value<'_>, what: &str) -> Option<String> {
+    pub(crate) fn string(&mut self, value: &Value<'_>, what: &str) -> Option<String> {
         match value.get_ref() {
             DeValue::String(s) if !s.trim().is_empty() => Some(s.to_string()),
             DeValue::String(_) => {
@@ -202,7 +202,7 @@ impl<'s> Reader<'s> {
         }
     }
 
-    pub fn boolean(&mut self, value: &Value<'_>, what: &str) -> Option<bool> {
+    pub(crate) fn boolean(&mut self, value: &Value<'_>, what: &str) -> Option<bool> {
         match value.get_ref() {
             DeValue::Boolean(b) => Some(*b),
             other => {
@@ -216,7 +216,7 @@ impl<'s> Reader<'s> {
     }
 
     /// A TOML local date (`2025-01-01`, unquoted).
-    pub fn date(&mut self, value: &Value<'_>, what: &str) -> Option<Date> {
+    pub(crate) fn date(&mut self, value: &Value<'_>, what: &str) -> Option<Date> {
         let span = value.span();
         match value.get_ref() {
             DeValue::Datetime(dt) => match (dt.date, dt.time, dt.offset) {
@@ -255,7 +255,7 @@ impl<'s> Reader<'s> {
     }
 
     /// A finite number written as a TOML integer or float, with its exact decimal value.
-    pub fn number(&mut self, value: &Value<'_>, what: &str) -> Option<(f64, Decimal)> {
+    pub(crate) fn number(&mut self, value: &Value<'_>, what: &str) -> Option<(f64, Decimal)> {
         let span = value.span();
         let parsed = match value.get_ref() {
             DeValue::Integer(i) => whole(i).map(|n| n as f64),
@@ -277,7 +277,11 @@ impl<'s> Reader<'s> {
         }
     }
 
-    pub fn positive_number(&mut self, value: &Value<'_>, what: &str) -> Option<(f64, Decimal)> {
+    pub(crate) fn positive_number(
+        &mut self,
+        value: &Value<'_>,
+        what: &str,
+    ) -> Option<(f64, Decimal)> {
         let (x, d) = self.number(value, what)?;
         if !d.is_positive() {
             self.error(
@@ -290,7 +294,7 @@ impl<'s> Reader<'s> {
     }
 
     /// A whole number no smaller than `min`.
-    pub fn integer(&mut self, value: &Value<'_>, what: &str, min: i64) -> Option<u64> {
+    pub(crate) fn integer(&mut self, value: &Value<'_>, what: &str, min: i64) -> Option<u64> {
         let span = value.span();
         match value.get_ref() {
             DeValue::Integer(i) => match whole(i) {
@@ -315,7 +319,7 @@ impl<'s> Reader<'s> {
     }
 
     /// An array of strings, each with its span; `non_empty` makes `[]` an error.
-    pub fn strings(
+    pub(crate) fn strings(
         &mut self,
         value: &Value<'_>,
         what: &str,
@@ -368,7 +372,11 @@ impl<'s> Reader<'s> {
     }
 
     /// A string or a list of strings (legal bases, approvers), as a list.
-    pub fn string_or_strings(&mut self, value: &Value<'_>, what: &str) -> Option<Vec<String>> {
+    pub(crate) fn string_or_strings(
+        &mut self,
+        value: &Value<'_>,
+        what: &str,
+    ) -> Option<Vec<String>> {
         match value.get_ref() {
             DeValue::String(_) => self.string(value, what).map(|s| vec![s]),
             _ => self
@@ -384,7 +392,7 @@ fn whole(i: &toml::de::DeInteger<'_>) -> Option<i64> {
 }
 
 /// How a value's type is named in messages.
-pub fn kind(value: &DeValue<'_>) -> &'static str {
+pub(crate) fn kind(value: &DeValue<'_>) -> &'static str {
     match value {
         DeValue::String(_) => "a string",
         DeValue::Integer(_) => "a whole number",
@@ -397,7 +405,7 @@ pub fn kind(value: &DeValue<'_>) -> &'static str {
 }
 
 /// Parses `text` as TOML; a syntax error becomes one diagnostic at its position.
-pub fn parse_toml<'i>(
+pub(crate) fn parse_toml<'i>(
     source: &Source<'_>,
     text: &'i str,
 ) -> Result<Spanned<DeTable<'i>>, Diagnostic> {

@@ -90,6 +90,7 @@ pub enum Outcome {
     Error(String),
 }
 
+/// One test's name, line and outcome.
 #[derive(Clone, Debug, PartialEq)]
 pub struct TestResult {
     pub name: String,
@@ -165,44 +166,46 @@ const REQUEST_KEYS: [&str; 12] = [
 const PARTICIPANT_KEYS: [&str; 3] = ["agency", "country", "cumulative_epsilon"];
 const EXPECT_KEYS: [&str; 3] = ["admitted", "round_proceeds", "excluded"];
 
-/// Parses a test file and checks its requests against the registry; every problem is reported
-/// as `FILE:LINE:COL: message`.
-pub fn parse(file: &str, text: &str, registry: &Registry) -> Result<TestFile, Vec<Diagnostic>> {
-    let source = Source::new(file, text);
-    let doc = parse_toml(&source, text).map_err(|d| vec![d])?;
-    let mut r = Reader::new(&source);
-    let top = doc.get_ref();
-    r.unknown_keys(top, &["test"], "a test file");
-    let mut tests = Vec::new();
-    let mut names: BTreeMap<String, usize> = BTreeMap::new();
-    match top.get("test") {
-        None => r.error(
-            &(0..0),
-            "the file holds no tests (write one or more [[test]] entries)",
-        ),
-        Some(v) => match v.get_ref().as_array() {
+impl TestFile {
+    /// Parses a test file and checks its requests against the registry; every problem is reported
+    /// as `FILE:LINE:COL: message`.
+    pub fn parse(file: &str, text: &str, registry: &Registry) -> Result<TestFile, Vec<Diagnostic>> {
+        let source = Source::new(file, text);
+        let doc = parse_toml(&source, text).map_err(|d| vec![d])?;
+        let mut r = Reader::new(&source);
+        let top = doc.get_ref();
+        r.unknown_keys(top, &["test"], "a test file");
+        let mut tests = Vec::new();
+        let mut names: BTreeMap<String, usize> = BTreeMap::new();
+        match top.get("test") {
             None => r.error(
-                &v.span(),
-                "tests are written as [[test]] tables (double brackets), one per test",
+                &(0..0),
+                "the file holds no tests (write one or more [[test]] entries)",
             ),
-            Some(items) => {
-                for item in items.iter() {
-                    if let Some(test) = read_test(&mut r, item, registry, &mut names) {
-                        tests.push(test);
+            Some(v) => match v.get_ref().as_array() {
+                None => r.error(
+                    &v.span(),
+                    "tests are written as [[test]] tables (double brackets), one per test",
+                ),
+                Some(items) => {
+                    for item in items.iter() {
+                        if let Some(test) = read_test(&mut r, item, registry, &mut names) {
+                            tests.push(test);
+                        }
                     }
                 }
-            }
-        },
-    }
-    let mut problems = r.problems;
-    problems.sort_by_key(|d| (d.line, d.column));
-    if problems.is_empty() {
-        Ok(TestFile {
-            file: file.to_string(),
-            tests,
-        })
-    } else {
-        Err(problems)
+            },
+        }
+        let mut problems = r.problems;
+        problems.sort_by_key(|d| (d.line, d.column));
+        if problems.is_empty() {
+            Ok(TestFile {
+                file: file.to_string(),
+                tests,
+            })
+        } else {
+            Err(problems)
+        }
     }
 }
 
@@ -533,7 +536,7 @@ fn list(items: &[String]) -> String {
 }
 
 /// The differences between what a test expects and a decision, each `expected ..., got ...`.
-pub fn compare(expect: &Expect, decision: &Decision) -> Vec<String> {
+fn compare(expect: &Expect, decision: &Decision) -> Vec<String> {
     let mut diffs = Vec::new();
     if let Some(admitted) = &expect.admitted {
         let want: BTreeSet<&String> = admitted.iter().collect();
@@ -593,7 +596,11 @@ fn reasons(all: &[Reason]) -> String {
 }
 
 /// Runs one test against loaded policies.
-pub fn run(registry: &Registry, policies: &BTreeMap<String, Loaded>, test: &PolicyTest) -> Outcome {
+fn run_test(
+    registry: &Registry,
+    policies: &BTreeMap<String, Loaded>,
+    test: &PolicyTest,
+) -> Outcome {
     match decide(registry, policies, &test.request) {
         Err(e) => Outcome::Error(e.to_string()),
         Ok(decision) => {
@@ -607,23 +614,25 @@ pub fn run(registry: &Registry, policies: &BTreeMap<String, Loaded>, test: &Poli
     }
 }
 
-/// Runs every test of a file, each against the policies of its participants as they stand in
-/// `dir` now.
-pub fn run_file(registry: &Registry, dir: &PolicyDir, file: &TestFile) -> Vec<TestResult> {
-    file.tests
-        .iter()
-        .map(|test| {
-            let policies = dir.load_all(
-                registry,
-                test.request.participants.iter().map(|p| p.country.as_str()),
-            );
-            TestResult {
-                name: test.name.clone(),
-                line: test.line,
-                outcome: run(registry, &policies, test),
-            }
-        })
-        .collect()
+impl TestFile {
+    /// Runs every test of the file, each against the policies of its participants as they
+    /// stand in `dir` now.
+    pub fn run(&self, registry: &Registry, dir: &PolicyDir) -> Vec<TestResult> {
+        self.tests
+            .iter()
+            .map(|test| {
+                let policies = dir.load_all(
+                    registry,
+                    test.request.participants.iter().map(|p| p.country.as_str()),
+                );
+                TestResult {
+                    name: test.name.clone(),
+                    line: test.line,
+                    outcome: run_test(registry, &policies, test),
+                }
+            })
+            .collect()
+    }
 }
 
 #[cfg(test)]
@@ -671,7 +680,7 @@ excluded = {}
 
     #[test]
     fn reads_a_test_with_the_request_defaults_of_the_json_request() {
-        let file = parse("x.tests.toml", GOOD, &registry()).unwrap();
+        let file = TestFile::parse("x.tests.toml", GOOD, &registry()).unwrap();
         assert_eq!(file.tests.len(), 1);
         let t = &file.tests[0];
         assert_eq!(t.name, "two countries");
@@ -688,7 +697,7 @@ excluded = {}
         assert_eq!(t.expect.excluded, Some(BTreeMap::new()));
         // A TOML date works as well as a string.
         let toml_date = GOOD.replace("\"2025-06-01\"", "2025-06-01");
-        let file = parse("x.tests.toml", &toml_date, &registry()).unwrap();
+        let file = TestFile::parse("x.tests.toml", &toml_date, &registry()).unwrap();
         assert_eq!(file.tests[0].request.date, "2025-06-01");
     }
 
@@ -702,7 +711,7 @@ excluded = {}
                 "excluded = { \"NL-2\" = \"BUDGET_EXHAUSTD\" }",
             )
             .replace("date = \"2025-06-01\"", "date = \"2025-06-31\"");
-        let problems = parse("x.tests.toml", &text, &registry()).unwrap_err();
+        let problems = TestFile::parse("x.tests.toml", &text, &registry()).unwrap_err();
         let shown: Vec<String> = problems.iter().map(ToString::to_string).collect();
         assert_eq!(
             shown,
@@ -719,18 +728,18 @@ excluded = {}
     #[test]
     fn a_test_that_expects_nothing_or_repeats_a_name_is_an_error() {
         let empty = GOOD.replace("admitted = [\"NL-1\", \"DE-1\"]\nexcluded = {}\n", "");
-        let problems = parse("x.tests.toml", &empty, &registry()).unwrap_err();
+        let problems = TestFile::parse("x.tests.toml", &empty, &registry()).unwrap_err();
         assert!(
             problems[0].message.contains("expects nothing"),
             "{problems:?}"
         );
         let twice = format!("{GOOD}{GOOD}");
-        let problems = parse("x.tests.toml", &twice, &registry()).unwrap_err();
+        let problems = TestFile::parse("x.tests.toml", &twice, &registry()).unwrap_err();
         assert_eq!(problems.len(), 1, "{problems:?}");
         assert!(problems[0].message.contains("used twice (first on line 3)"));
         let single = GOOD.replace("[[test]]", "[test]");
-        assert!(parse("x.tests.toml", &single, &registry()).is_err());
-        assert!(parse("x.tests.toml", "", &registry()).is_err());
+        assert!(TestFile::parse("x.tests.toml", &single, &registry()).is_err());
+        assert!(TestFile::parse("x.tests.toml", "", &registry()).is_err());
     }
 
     fn exclusion(agency: &str, reasons: &[Reason]) -> crate::decide::Exclusion {

@@ -8,8 +8,7 @@ use std::collections::BTreeMap;
 
 use common::*;
 use proptest::prelude::*;
-use treaty_policies::decide::{Loaded, Reason, decide};
-use treaty_policies::policy::{Policy, PolicyError};
+use treaty_policies::{Loaded, Policy, PolicyError, Reason, decide};
 
 fn eu_allow(c: &str) -> String {
     policy_text(c, "", &allow(&format!("{c}-EU"), &["EU"]))
@@ -681,7 +680,7 @@ fn thirty_countries_are_decided() {
         )
         .replace("[groups.NORTH_AMERICA]", &format!("[groups.ALL]\nmembers = {codes:?}\n\n[groups.NORTH_AMERICA]"))
     };
-    let registry = treaty_policies::registry::Registry::parse("r.toml", &registry_text).unwrap();
+    let registry = treaty_policies::Registry::parse("r.toml", &registry_text).unwrap();
     let codes: Vec<String> = (0..30)
         .map(|i| format!("{}{}", (b'Q' + i / 26) as char, (b'A' + i % 26) as char))
         .collect();
@@ -724,7 +723,7 @@ fn sixty_four_countries_in_disjoint_deny_pairs_are_decided_exactly() {
     let registry_text = format!(
         "registry_version = \"r\"\ncountries = {codes:?}\n\n[purposes]\nnarcotics = \"n\"\n\n[groups.ALL]\nmembers = {codes:?}\n"
     );
-    let registry = treaty_policies::registry::Registry::parse("r.toml", &registry_text).unwrap();
+    let registry = treaty_policies::Registry::parse("r.toml", &registry_text).unwrap();
     let mut policies = BTreeMap::new();
     for (i, c) in codes.iter().enumerate() {
         let partner = &codes[i ^ 1];
@@ -765,7 +764,7 @@ fn sixty_four_countries_in_disjoint_deny_pairs_are_decided_exactly() {
 
 #[test]
 fn a_node_judges_a_round_by_its_own_policy_alone() {
-    use treaty_policies::decide::own_view;
+    use treaty_policies::own_view;
     let registry = registry();
     let de = policy_text(
         "DE",

@@ -14,12 +14,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use treaty_policies::date::Date;
-use treaty_policies::decide::{Loaded, Request, decide};
-use treaty_policies::lint::lint;
-use treaty_policies::load::PolicyDir;
-use treaty_policies::policy::Policy;
-use treaty_policies::registry::Registry;
+use treaty_policies::{Date, Loaded, Policy, PolicyDir, Registry, Request, decide, lint};
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).to_path_buf()

@@ -6,18 +6,11 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use treaty_policies::date::Date;
-use treaty_policies::decide::{Loaded, Reason, decide};
-use treaty_policies::diff::diff;
-use treaty_policies::lint::{Shadow, lint, next_day, shadow};
-use treaty_policies::load::PolicyDir;
-use treaty_policies::matrix::{Cell, matrix};
-use treaty_policies::policy::{Effect, Policy};
-use treaty_policies::registry::Registry;
-use treaty_policies::signing::{
-    TrustedKeys, load_private_key, looks_like_policy_of, sign_file, write_key_pair,
+use treaty_policies::{
+    Cell, Date, Effect, Loaded, Outcome, Policy, PolicyDir, Reason, Registry, Shadow, TestFile,
+    TrustedKeys, decide, diff, lint, load_private_key, looks_like_policy_of, matrix, shadow,
+    sign_file, write_key_pair,
 };
-use treaty_policies::testing::{self, Outcome};
 
 fn sample() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("sample")
@@ -51,7 +44,7 @@ fn edit(path: &Path, from: &str, to: &str) {
 
 fn read_policy(registry: &Registry, path: &Path) -> (Policy, String) {
     let text = std::fs::read_to_string(path).unwrap();
-    let country = treaty_policies::load::country_of(path);
+    let country = treaty_policies::country_of(path);
     let policy = Policy::parse(
         &path.display().to_string(),
         &text,
@@ -66,8 +59,8 @@ fn run_tests(dir: &Path) -> Vec<String> {
     let registry = sample_registry();
     let text = std::fs::read_to_string(dir.join("DE.tests.toml")).unwrap();
     let file =
-        testing::parse("DE.tests.toml", &text, &registry).unwrap_or_else(|p| panic!("{p:?}"));
-    testing::run_file(&registry, &PolicyDir::new(dir, None), &file)
+        TestFile::parse("DE.tests.toml", &text, &registry).unwrap_or_else(|p| panic!("{p:?}"));
+    file.run(&registry, &PolicyDir::new(dir, None))
         .iter()
         .map(ToString::to_string)
         .collect()
@@ -123,9 +116,9 @@ fn a_test_against_a_broken_policy_fails_not_crashes() {
     // An unusable request is an error of its own, not a pass or a fail.
     let registry = sample_registry();
     let text = std::fs::read_to_string(sample().join("DE.tests.toml")).unwrap();
-    let mut file = testing::parse("DE.tests.toml", &text, &registry).unwrap();
+    let mut file = TestFile::parse("DE.tests.toml", &text, &registry).unwrap();
     file.tests[0].request.purpose = "poaching".into();
-    let results = testing::run_file(&registry, &PolicyDir::new(sample(), None), &file);
+    let results = file.run(&registry, &PolicyDir::new(sample(), None));
     assert!(matches!(&results[0].outcome, Outcome::Error(e) if e.contains("poaching")));
 }
 
@@ -320,7 +313,7 @@ until = 2020-04-30
                     open |= !denied;
                 }
             }
-            day = next_day(d);
+            day = d.next_day();
         }
         let got = shadow(&registry, &policy, 0);
         match (foreign, open) {

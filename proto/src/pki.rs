@@ -18,6 +18,8 @@ use rcgen::{
     ExtendedKeyUsagePurpose, IsCa, Issuer, KeyIdMethod, KeyPair, KeyUsagePurpose, RevocationReason,
     RevokedCertParams, SanType, SerialNumber,
 };
+use rustls_pki_types::pem::{self, PemObject};
+use rustls_pki_types::{CertificateDer, CertificateRevocationListDer};
 use time::{Duration, OffsetDateTime};
 use x509_parser::prelude::{FromDer, X509Certificate};
 use x509_parser::revocation_list::CertificateRevocationList;
@@ -251,8 +253,8 @@ pub fn issue_with(
 /// Revoking a certificate twice is harmless.
 pub fn revoke(dir: &PkiDir, cert_path: &Path) -> Result<String, PkiError> {
     let issuer = load_issuer(dir)?;
-    let cert_der = read_pem_der(cert_path, "CERTIFICATE")?;
-    let ca_der = read_pem_der(&dir.ca_cert(), "CERTIFICATE")?;
+    let cert_der = read_pem_der::<CertificateDer>(cert_path, "CERTIFICATE")?;
+    let ca_der = read_pem_der::<CertificateDer>(&dir.ca_cert(), "CERTIFICATE")?;
     let parse_err = |path: &Path, e: String| PkiError::Parse {
         path: path.to_owned(),
         message: e,
@@ -268,7 +270,7 @@ pub fn revoke(dir: &PkiDir, cert_path: &Path) -> Result<String, PkiError> {
     }
     let serial = cert.tbs_certificate.raw_serial().to_vec();
 
-    let crl_der = read_pem_der(&dir.crl(), "X509 CRL")?;
+    let crl_der = read_pem_der::<CertificateRevocationListDer>(&dir.crl(), "X509 CRL")?;
     let (_, crl) =
         CertificateRevocationList::from_der(&crl_der).map_err(|e| PkiError::Corrupt {
             path: dir.crl(),
@@ -362,32 +364,22 @@ fn read_string(path: &Path) -> Result<String, PkiError> {
     })
 }
 
-fn read_pem_der(path: &Path, label: &str) -> Result<Vec<u8>, PkiError> {
+/// The DER of the first `label` block of the PEM file at `path` (`T`: a certificate or a CRL),
+/// read by `rustls-pki-types`' PEM parser.
+fn read_pem_der<T: PemObject + AsRef<[u8]>>(path: &Path, label: &str) -> Result<Vec<u8>, PkiError> {
     let text = read_string(path)?;
-    let begin = format!("-----BEGIN {label}-----");
-    let end = format!("-----END {label}-----");
-    let body = text
-        .split_once(&begin)
-        .and_then(|(_, rest)| rest.split_once(&end))
-        .map(|(body, _)| body)
-        .ok_or_else(|| PkiError::Parse {
+    T::from_pem_slice(text.as_bytes())
+        .map(|der| der.as_ref().to_vec())
+        .map_err(|e| PkiError::Parse {
             path: path.to_owned(),
-            message: format!("no `{begin}` block"),
-        })?;
-    use rustls_pki_types::pem::PemObject;
-    let pem = format!("{begin}\n{}\n{end}\n", body.trim());
-    match label {
-        "X509 CRL" => {
-            rustls_pki_types::CertificateRevocationListDer::from_pem_slice(pem.as_bytes())
-                .map(|d| d.as_ref().to_vec())
-        }
-        _ => rustls_pki_types::CertificateDer::from_pem_slice(pem.as_bytes())
-            .map(|d| d.as_ref().to_vec()),
-    }
-    .map_err(|e| PkiError::Parse {
-        path: path.to_owned(),
-        message: e.to_string(),
-    })
+            message: match e {
+                pem::Error::NoItemsFound => format!("no `-----BEGIN {label}-----` block"),
+                pem::Error::MissingSectionEnd { .. } => {
+                    format!("the `-----BEGIN {label}-----` block has no END line")
+                }
+                other => other.to_string(),
+            },
+        })
 }
 
 fn write_file(
@@ -476,7 +468,7 @@ mod tests {
         let serial = revoke(&dir, &cert).unwrap();
         let again = revoke(&dir, &cert).unwrap();
         assert_eq!(serial, again);
-        let der = read_pem_der(&dir.crl(), "X509 CRL").unwrap();
+        let der = read_pem_der::<CertificateRevocationListDer>(&dir.crl(), "X509 CRL").unwrap();
         let (_, crl) = CertificateRevocationList::from_der(&der).unwrap();
         let listed: Vec<String> = crl
             .iter_revoked_certificates()
@@ -501,5 +493,19 @@ mod tests {
             revoke(&PkiDir::new(a.path()), &foreign),
             Err(PkiError::ForeignCertificate { .. })
         ));
+    }
+
+    #[test]
+    fn revoke_names_a_file_that_is_not_a_certificate() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = PkiDir::new(tmp.path());
+        init(&dir, &options()).unwrap();
+        let (_, key) = dir.cert_and_key(&Identity::operator("alice").unwrap());
+        let e = revoke(&dir, &key).unwrap_err().to_string();
+        assert!(
+            e.contains("operator-alice.key")
+                && e.contains("no `-----BEGIN CERTIFICATE-----` block"),
+            "{e}"
+        );
     }
 }

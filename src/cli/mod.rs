@@ -17,6 +17,7 @@ pub mod job;
 pub mod model;
 pub mod node;
 pub mod pki;
+pub mod policy;
 pub mod privacy;
 pub mod synth;
 

@@ -5,9 +5,7 @@ use std::path::Path;
 use std::time::Instant;
 
 use anyhow::bail;
-use treaty_policies::decide::{Request, decide};
-use treaty_policies::load::PolicyDir;
-use treaty_policies::registry::Registry;
+use treaty_policies::{PolicyDir, Registry, Request, decide};
 
 use crate::outln;
 
@@ -205,8 +203,7 @@ pub fn policy(repeats: usize, exe: &Path) -> anyhow::Result<()> {
             let decision: serde_json::Value = serde_json::from_slice(&out.stdout)?;
             admitted = decision["admitted"].as_array().map_or(0, Vec::len);
         }
-        let request: Request =
-            serde_json::from_str(&std::fs::read_to_string(dir.join("request.json"))?)?;
+        let request = Request::load(&dir.join("request.json")).map_err(anyhow::Error::msg)?;
         let mut load_times = Vec::new();
         let mut decide_times = Vec::new();
         for _ in 0..repeats {

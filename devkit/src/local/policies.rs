@@ -107,11 +107,9 @@ mod tests {
 
     #[test]
     fn the_eu_policy_is_a_valid_policy_of_its_country() {
-        let registry =
-            treaty_policies::registry::Registry::parse("registry.toml", SAMPLE[0].1).unwrap();
+        let registry = treaty_policies::Registry::parse("registry.toml", SAMPLE[0].1).unwrap();
         let text = eu_policy("AT").unwrap();
-        let policy =
-            treaty_policies::policy::Policy::parse("AT.toml", &text, &registry, Some("AT"));
+        let policy = treaty_policies::Policy::parse("AT.toml", &text, &registry, Some("AT"));
         assert!(policy.is_ok(), "{policy:?}\n{text}");
     }
 

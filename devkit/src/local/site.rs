@@ -22,7 +22,7 @@ use treaty_coordinator::client::OperatorConfig;
 use treaty_coordinator::config::{CoordinatorPolicy, CoordinatorTls, Limits};
 use treaty_node::NodeConfig;
 use treaty_node::config::{CoordinatorLink, DataFiles};
-use treaty_policies::load::PolicyFiles;
+use treaty_policies::PolicyFiles;
 use treaty_proto::Identity;
 use treaty_proto::pki::{self, PkiDir};
 use treaty_proto::tls::TlsFiles;

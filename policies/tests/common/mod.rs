@@ -6,9 +6,7 @@
 
 use std::collections::BTreeMap;
 
-use treaty_policies::decide::{Decision, Loaded, Participant, Reason, Request, decide};
-use treaty_policies::policy::Policy;
-use treaty_policies::registry::Registry;
+use treaty_policies::{Decision, Loaded, Participant, Policy, Reason, Registry, Request, decide};
 
 pub const REGISTRY: &str = r#"
 registry_version = "r-2025"
