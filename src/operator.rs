@@ -14,8 +14,8 @@ use treaty_proto::tensor::{Assembler, NamedTensor};
 use treaty_proto::tls::{ClientTls, TlsFiles};
 use treaty_proto::v1::operator_service_client::OperatorServiceClient;
 use treaty_proto::v1::{
-    ConnectedAgency, DownloadModelRequest, Job, JobState, ListAgenciesRequest, ModelHeader,
-    WatchJobRequest, model_part,
+    ConnectedAgency, DownloadModelRequest, Job, JobEventKind, JobState, ListAgenciesRequest,
+    ModelHeader, WatchJobRequest, model_part,
 };
 
 /// The operator's client.
@@ -117,7 +117,7 @@ pub async fn watch(client: &mut Client, job_id: &str, print: bool) -> anyhow::Re
     while let Some(event) = events.next().await {
         let event = event?;
         // Routine arrivals of results are left out; refusals and rejections are shown.
-        if print && !event.message.contains("sent its result") {
+        if print && event.kind() != JobEventKind::ResultAccepted {
             if event.round > 0 {
                 outln!("    [round {:>2}] {}", event.round, event.message);
             } else {

@@ -9,8 +9,8 @@ use std::sync::Arc;
 use treaty_proto::schema;
 use treaty_proto::tensor::{self, NamedTensor};
 use treaty_proto::v1::{
-    ColumnStats, Job, JobState, QuerySpec, QueryTask, RoundSummary, StatsTask, TrainingSpec,
-    TrainingTask, job_spec, task,
+    ColumnStats, Job, JobEventKind, JobState, QuerySpec, QueryTask, RoundSummary, StatsTask,
+    TrainingSpec, TrainingTask, job_spec, task,
 };
 
 use crate::aggregate::{self, Settings};
@@ -46,7 +46,13 @@ pub fn spawn(ctx: Arc<Coordinator>, job_id: String) {
                         job.message.clone(),
                     );
                 }
-                ctx.emit(&job, 0, "", format!("job failed: {}", job.message));
+                ctx.emit(
+                    &job,
+                    JobEventKind::JobFailed,
+                    0,
+                    "",
+                    format!("job failed: {}", job.message),
+                );
             }
         }
     });
@@ -65,12 +71,19 @@ async fn run(ctx: &Coordinator, job_id: &str) -> Result<(), CoordinatorError> {
     if resumed {
         ctx.emit(
             &job,
+            JobEventKind::JobResumed,
             0,
             "",
             format!("job resumed after round {}", job.rounds.len()),
         );
     } else {
-        ctx.emit(&job, 0, "", "job started".to_owned());
+        ctx.emit(
+            &job,
+            JobEventKind::JobStarted,
+            0,
+            "",
+            "job started".to_owned(),
+        );
     }
     match job.spec.as_ref().and_then(|s| s.kind.clone()) {
         Some(job_spec::Kind::Training(spec)) => train(ctx, &mut job, spec).await?,
@@ -93,6 +106,7 @@ async fn run(ctx: &Coordinator, job_id: &str) -> Result<(), CoordinatorError> {
     )?;
     ctx.emit(
         &job,
+        JobEventKind::JobSucceeded,
         0,
         "",
         format!("job succeeded after {} round(s)", job.rounds.len()),
@@ -279,7 +293,13 @@ async fn statistics(
         "",
         line.clone(),
     )?;
-    ctx.emit(job, 0, "", format!("statistics round completed: {line}"));
+    ctx.emit(
+        job,
+        JobEventKind::RoundCompleted,
+        0,
+        "",
+        format!("statistics round completed: {line}"),
+    );
     Ok(stats)
 }
 
@@ -320,7 +340,13 @@ async fn query(ctx: &Coordinator, job: &mut Job, spec: QuerySpec) -> Result<(), 
             &identity,
             line.clone(),
         )?;
-        ctx.emit(job, 1, &o.agency, format!("outlier: {line}"));
+        ctx.emit(
+            job,
+            JobEventKind::AnswerOutlier,
+            1,
+            &o.agency,
+            format!("outlier: {line}"),
+        );
     }
     let note = match analytics::combine_of(&spec) {
         treaty_proto::v1::Combine::Median => "; combined by the median",
@@ -351,7 +377,13 @@ fn complete_round(
         "",
         line.clone(),
     )?;
-    ctx.emit(job, round, "", format!("round {round} completed: {line}"));
+    ctx.emit(
+        job,
+        JobEventKind::RoundCompleted,
+        round,
+        "",
+        format!("round {round} completed: {line}"),
+    );
     Ok(())
 }
 

@@ -8,8 +8,8 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use treaty_proto::Identity;
 use treaty_proto::v1::{
-    AgencyMetrics, CancelTask, CoordinatorMessage, Exclusion, Job, RoundExclusion, RoundSummary,
-    Task, coordinator_message, task,
+    AgencyMetrics, CancelTask, CoordinatorMessage, Exclusion, Job, JobEventKind, RoundExclusion,
+    RoundSummary, Task, coordinator_message, task,
 };
 
 use crate::aggregate;
@@ -136,7 +136,13 @@ pub async fn collect(
         .filter(|agency| match ctx.over_budget(agency) {
             Some(why) => {
                 let name = shown(agency);
-                ctx.emit(job, round, name, format!("{name} is not invited: {why}"));
+                ctx.emit(
+                    job,
+                    JobEventKind::AgencyOverBudget,
+                    round,
+                    name,
+                    format!("{name} is not invited: {why}"),
+                );
                 excluded.push(exclusion(name, "BUDGET_EXHAUSTED", &why));
                 false
             }
@@ -155,6 +161,7 @@ pub async fn collect(
         let code = e.reason.code();
         ctx.emit(
             job,
+            JobEventKind::AgencyExcluded,
             round,
             &e.agency,
             format!("{} is not admitted: {code}: {}", e.agency, e.explanation),
@@ -210,6 +217,7 @@ pub async fn collect(
     )?;
     ctx.emit(
         job,
+        JobEventKind::RoundStarted,
         round,
         "",
         format!("{what} started: {} agencies invited", invited.len()),
@@ -278,6 +286,7 @@ pub async fn collect(
             } => {
                 ctx.emit(
                     job,
+                    JobEventKind::AgencyRefused,
                     round,
                     &agency,
                     format!("{agency} refused the task: {reason_code}: {message}"),
@@ -301,6 +310,7 @@ pub async fn collect(
                 Ok(()) => {
                     ctx.emit(
                         job,
+                        JobEventKind::ResultAccepted,
                         round,
                         &agency,
                         format!(
@@ -406,6 +416,7 @@ fn reject(
     )?;
     ctx.emit(
         job,
+        JobEventKind::ResultRejected,
         round,
         agency,
         format!("{agency}'s result was rejected: {reason}"),

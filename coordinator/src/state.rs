@@ -8,7 +8,7 @@ use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 use treaty_proto::Identity;
 use treaty_proto::tls::ServerTls;
-use treaty_proto::v1::{Job, JobEvent, PrivacyReport};
+use treaty_proto::v1::{Job, JobEvent, JobEventKind, PrivacyReport};
 
 use crate::config::{CoordinatorPolicy, Limits};
 use crate::error::CoordinatorError;
@@ -91,8 +91,9 @@ impl Coordinator {
         })
     }
 
-    /// Tells watchers of `job` what happened, and logs it.
-    pub fn emit(&self, job: &Job, round: u32, agency: &str, message: String) {
+    /// Tells watchers of `job` what happened (an event of `kind`, with `message` for people),
+    /// and logs it.
+    pub fn emit(&self, job: &Job, kind: JobEventKind, round: u32, agency: &str, message: String) {
         tracing::info!(job = %job.job_id, round, agency, "{message}");
         let _ = self.events.send(JobEvent {
             time_unix_ms: now_ms(),
@@ -100,6 +101,7 @@ impl Coordinator {
             round,
             agency: agency.to_owned(),
             job: Some(job.clone()),
+            kind: kind as i32,
         });
     }
 

@@ -9,9 +9,9 @@ use treaty_proto::schema;
 use treaty_proto::v1::operator_service_server::OperatorService;
 use treaty_proto::v1::{
     CreateFederationRequest, CreateJobRequest, DownloadModelRequest, DpMode, FederationInfo,
-    GetJobRequest, Job, JobEvent, JobSpec, JobState, ListAgenciesRequest, ListAgenciesResponse,
-    ListFederationsRequest, ListFederationsResponse, ListJobsRequest, ListJobsResponse, ModelKind,
-    ModelPart, QueryKind, WatchJobRequest, job_spec,
+    GetJobRequest, Job, JobEvent, JobEventKind, JobSpec, JobState, ListAgenciesRequest,
+    ListAgenciesResponse, ListFederationsRequest, ListFederationsResponse, ListJobsRequest,
+    ListJobsResponse, ModelKind, ModelPart, QueryKind, WatchJobRequest, job_spec,
 };
 
 use super::{BoxStream, model_stream, require_operator};
@@ -461,6 +461,7 @@ impl OperatorService for OperatorApi {
                 round: 0,
                 agency: String::new(),
                 job: Some(job),
+                kind: JobEventKind::CurrentState as i32,
             };
             if tx.send(Ok(first)).await.is_err() || done {
                 return;
