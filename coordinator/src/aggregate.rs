@@ -19,7 +19,7 @@ pub struct ServerState {
 }
 
 /// A strategy with its defaults filled in.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Settings {
     pub aggregation: Aggregation,
     pub server_learning_rate: f64,
@@ -35,43 +35,18 @@ fn or(value: f64, default: f64) -> f64 {
 }
 
 impl Settings {
-    pub fn from(strategy: Option<&Strategy>) -> Self {
-        let s = strategy.cloned().unwrap_or_default();
+    /// The settings of `strategy` (zeros taken as the defaults), combining by `aggregation`
+    /// (decoded from the strategy where it arrived).
+    pub fn new(aggregation: Aggregation, strategy: &Strategy) -> Self {
         Settings {
-            aggregation: Aggregation::try_from(s.aggregation)
-                .ok()
-                .filter(|a| *a != Aggregation::Unspecified)
-                .unwrap_or(Aggregation::Fedavg),
-            server_learning_rate: or(s.server_learning_rate, 0.1),
-            beta1: or(s.beta1, 0.9),
-            beta2: or(s.beta2, 0.99),
-            tau: or(s.tau, 1e-3),
-            trim_fraction: or(s.trim_fraction, 0.2),
-            max_update_norm: s.max_update_norm,
+            aggregation,
+            server_learning_rate: or(strategy.server_learning_rate, 0.1),
+            beta1: or(strategy.beta1, 0.9),
+            beta2: or(strategy.beta2, 0.99),
+            tau: or(strategy.tau, 1e-3),
+            trim_fraction: or(strategy.trim_fraction, 0.2),
+            max_update_norm: strategy.max_update_norm,
         }
-    }
-
-    /// Every problem with the values.
-    pub fn problems(&self) -> Vec<String> {
-        let mut p = Vec::new();
-        if !(self.server_learning_rate.is_finite() && self.server_learning_rate > 0.0) {
-            p.push("`strategy.server_learning_rate` must be positive".to_owned());
-        }
-        for (name, v) in [("beta1", self.beta1), ("beta2", self.beta2)] {
-            if !(0.0..1.0).contains(&v) {
-                p.push(format!("`strategy.{name}` must be in [0, 1)"));
-            }
-        }
-        if !(self.tau.is_finite() && self.tau > 0.0) {
-            p.push("`strategy.tau` must be positive".to_owned());
-        }
-        if !(0.0..0.5).contains(&self.trim_fraction) {
-            p.push("`strategy.trim_fraction` must be in [0, 0.5)".to_owned());
-        }
-        if !(self.max_update_norm.is_finite() && self.max_update_norm >= 0.0) {
-            p.push("`strategy.max_update_norm` must be zero or positive".to_owned());
-        }
-        p
     }
 }
 
@@ -269,9 +244,7 @@ mod tests {
     }
 
     fn settings(aggregation: Aggregation) -> Settings {
-        let mut s = Settings::from(None);
-        s.aggregation = aggregation;
-        s
+        Settings::new(aggregation, &Strategy::default())
     }
 
     fn run(aggregation: Aggregation, global: &[f64], locals: &[(u64, &[f64])]) -> Vec<f64> {

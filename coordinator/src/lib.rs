@@ -12,6 +12,7 @@ pub mod analytics;
 pub mod answers;
 pub mod config;
 pub mod error;
+pub mod federation;
 pub mod jobs;
 pub mod limits;
 pub mod models;
@@ -25,6 +26,7 @@ pub mod sessions;
 pub mod state;
 pub mod store;
 pub mod tasks;
+pub mod valid_job;
 
 pub use config::CoordinatorConfig;
 pub use error::{ConfigError, CoordinatorError};

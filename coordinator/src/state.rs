@@ -130,16 +130,58 @@ impl Coordinator {
         agency: &str,
         detail: String,
     ) -> Result<(), CoordinatorError> {
-        let entry = AuditEntry {
-            time_unix_ms: now_ms(),
-            actor: actor.to_owned(),
-            action: action.to_owned(),
-            federation: job.federation.clone(),
-            job: job.job_id.clone(),
-            round,
-            agency: agency.to_owned(),
-            detail,
-        };
-        self.store.audit(&entry)
+        self.store
+            .audit(&audit_entry(actor, action, job, round, agency, detail))
+    }
+
+    /// Runs `work` on a blocking thread, so that what it does (sled writes and their flush,
+    /// file reads, signature checks, long computations) never holds up the async runtime.
+    pub async fn blocking<T, F>(self: &Arc<Self>, work: F) -> Result<T, CoordinatorError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Coordinator) -> Result<T, CoordinatorError> + Send + 'static,
+    {
+        let ctx = Arc::clone(self);
+        tokio::task::spawn_blocking(move || work(&ctx)).await?
+    }
+
+    /// Stores a job as it is now, durably, on a blocking thread.
+    pub async fn save_job(self: &Arc<Self>, job: &Job) -> Result<(), CoordinatorError> {
+        let job = job.clone();
+        self.blocking(move |ctx| ctx.store.put_job(&job)).await
+    }
+
+    /// `audit`, on a blocking thread.
+    pub async fn save_audit(
+        self: &Arc<Self>,
+        actor: &str,
+        action: &str,
+        job: &Job,
+        round: u32,
+        agency: &str,
+        detail: String,
+    ) -> Result<(), CoordinatorError> {
+        let entry = audit_entry(actor, action, job, round, agency, detail);
+        self.blocking(move |ctx| ctx.store.audit(&entry)).await
+    }
+}
+
+fn audit_entry(
+    actor: &str,
+    action: &str,
+    job: &Job,
+    round: u32,
+    agency: &str,
+    detail: String,
+) -> AuditEntry {
+    AuditEntry {
+        time_unix_ms: now_ms(),
+        actor: actor.to_owned(),
+        action: action.to_owned(),
+        federation: job.federation.clone(),
+        job: job.job_id.clone(),
+        round,
+        agency: agency.to_owned(),
+        detail,
     }
 }

@@ -53,12 +53,14 @@ fn is_zero(n: &u32) -> bool {
 }
 
 fn decode<M: Message + Default>(
-    what: &str,
+    what: &'static str,
     key: &[u8],
     bytes: &[u8],
 ) -> Result<M, CoordinatorError> {
-    M::decode(bytes).map_err(|e| {
-        CoordinatorError::Corrupt(format!("{what} `{}`: {e}", String::from_utf8_lossy(key)))
+    M::decode(bytes).map_err(|source| CoordinatorError::CorruptRecord {
+        what,
+        key: String::from_utf8_lossy(key).into_owned(),
+        source,
     })
 }
 
@@ -98,10 +100,9 @@ impl Store {
             Some(info.encode_to_vec()),
         )?;
         if swapped.is_err() {
-            return Err(CoordinatorError::AlreadyExists(format!(
-                "a federation named `{}` already exists",
-                info.name
-            )));
+            return Err(CoordinatorError::FederationExists {
+                name: info.name.clone(),
+            });
         }
         self.flush()
     }
@@ -176,7 +177,7 @@ impl Store {
         let number = next
             .and_then(|b| <[u8; 8]>::try_from(b.as_ref()).ok())
             .map(u64::from_be_bytes)
-            .ok_or_else(|| CoordinatorError::Corrupt("the job counter".to_owned()))?;
+            .ok_or(CoordinatorError::CorruptCounter)?;
         self.flush()?;
         Ok(format!("job-{number:06}"))
     }
@@ -229,8 +230,7 @@ impl Store {
     /// Appends to the audit log, durably.
     pub fn audit(&self, entry: &AuditEntry) -> Result<(), CoordinatorError> {
         let seq = self.db.generate_id()?;
-        let line = serde_json::to_vec(entry)
-            .map_err(|e| CoordinatorError::Corrupt(format!("audit entry: {e}")))?;
+        let line = serde_json::to_vec(entry).map_err(CoordinatorError::CorruptAudit)?;
         self.audit.insert(seq.to_be_bytes(), line)?;
         self.flush()
     }
@@ -278,8 +278,7 @@ impl Store {
             .iter()
             .map(|kv| {
                 let (_, v) = kv?;
-                serde_json::from_slice(&v)
-                    .map_err(|e| CoordinatorError::Corrupt(format!("audit entry: {e}")))
+                serde_json::from_slice(&v).map_err(CoordinatorError::CorruptAudit)
             })
             .collect()
     }
@@ -303,7 +302,7 @@ mod tests {
             store.create_federation(&fed).unwrap();
             assert!(matches!(
                 store.create_federation(&fed),
-                Err(CoordinatorError::AlreadyExists(_))
+                Err(CoordinatorError::FederationExists { .. })
             ));
             let id = store.next_job_id().unwrap();
             store
