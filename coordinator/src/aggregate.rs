@@ -13,14 +13,14 @@ use treaty_proto::v1::{Aggregation, Strategy};
 
 /// The server optimiser's moments (FedAdam, FedYogi, FedAdagrad), carried from round to round.
 #[derive(Debug, Clone, PartialEq)]
-pub struct ServerState {
+pub(crate) struct ServerState {
     pub m: Array1<f64>,
     pub v: Array1<f64>,
 }
 
 /// A strategy with its defaults filled in.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Settings {
+pub(crate) struct Settings {
     pub aggregation: Aggregation,
     pub server_learning_rate: f64,
     pub beta1: f64,
@@ -37,7 +37,7 @@ fn or(value: f64, default: f64) -> f64 {
 impl Settings {
     /// The settings of `strategy` (zeros taken as the defaults), combining by `aggregation`
     /// (decoded from the strategy where it arrived).
-    pub fn new(aggregation: Aggregation, strategy: &Strategy) -> Self {
+    pub(crate) fn new(aggregation: Aggregation, strategy: &Strategy) -> Self {
         Settings {
             aggregation,
             server_learning_rate: or(strategy.server_learning_rate, 0.1),
@@ -51,7 +51,7 @@ impl Settings {
 }
 
 /// Flattens tensors in order.
-pub fn flatten(tensors: &[NamedTensor]) -> Array1<f64> {
+pub(crate) fn flatten(tensors: &[NamedTensor]) -> Array1<f64> {
     tensors
         .iter()
         .flat_map(|t| t.values.iter().copied())
@@ -59,7 +59,7 @@ pub fn flatten(tensors: &[NamedTensor]) -> Array1<f64> {
 }
 
 /// Gives `flat` the names and shapes of `like`.
-pub fn unflatten(flat: &Array1<f64>, like: &[NamedTensor]) -> Vec<NamedTensor> {
+pub(crate) fn unflatten(flat: &Array1<f64>, like: &[NamedTensor]) -> Vec<NamedTensor> {
     let mut offset = 0;
     like.iter()
         .map(|t| {
@@ -115,7 +115,7 @@ fn coordinatewise(updates: &[(u64, Array1<f64>)], f: impl Fn(&mut [f64]) -> f64)
 /// `(examples, parameters)`, all of the same layout. `state` holds the server optimiser's
 /// moments between rounds. Returns the new model and a sentence on what was done (for the
 /// audit log), e.g. how many updates were clipped.
-pub fn aggregate(
+pub(crate) fn aggregate(
     settings: &Settings,
     global: &[NamedTensor],
     locals: &[(u64, &[NamedTensor])],
@@ -201,14 +201,16 @@ pub fn aggregate(
 }
 
 /// The L2 norm of `a - b` over all tensors (same layout).
-pub fn l2_distance(a: &[NamedTensor], b: &[NamedTensor]) -> f64 {
+pub(crate) fn l2_distance(a: &[NamedTensor], b: &[NamedTensor]) -> f64 {
     norm(&(flatten(a) - flatten(b)))
 }
 
 /// Metrics averaged over contributors. Metrics named `test_*` are weighted by each contributor's
 /// `test_examples` (when it reports it), the others by its training examples. Metrics whose
 /// total weight is zero are left out.
-pub fn weighted_metrics(per_agency: &[(u64, &HashMap<String, f64>)]) -> HashMap<String, f64> {
+pub(crate) fn weighted_metrics(
+    per_agency: &[(u64, &HashMap<String, f64>)],
+) -> HashMap<String, f64> {
     let mut sums: HashMap<String, (f64, f64)> = HashMap::new();
     for (n, metrics) in per_agency {
         for (name, value) in metrics.iter() {

@@ -71,7 +71,7 @@ fn histogram_quantile(counts: &[f64], lower: f64, upper: f64, p: f64) -> f64 {
 /// simulated once (DRAWS draws, sorted) and every value reads its interval off it: linear in the
 /// answer's width, whatever the width. A mean (a ratio) pairs two independent draws of U; a
 /// quantile re-reads the histogram QUANTILE_DRAWS times with each bin's noise resampled from U.
-pub fn combine(
+pub(crate) fn combine(
     query: &ValidQuery,
     results: &[(String, TaskResult)],
 ) -> (Vec<f64>, Vec<QueryValue>) {

@@ -18,17 +18,17 @@ use crate::valid_job::{Statistic, ValidQuery};
 /// How far past the range of an exact answer a noisy one may lie, in Laplace scales (times the
 /// value's bound): ln(10^12). An honest answer lies further out with probability 10^-12 / 2 per
 /// value.
-pub const TAIL_SCALES: f64 = 27.631_021_115_928_547;
+pub(crate) const TAIL_SCALES: f64 = 27.631_021_115_928_547;
 /// How far a declared Laplace scale may be from the one the query's epsilon implies, relative
 /// (the node widens it by about 10^-12 for floating-point slack).
-pub const SCALE_TOLERANCE: f64 = 1e-6;
+pub(crate) const SCALE_TOLERANCE: f64 = 1e-6;
 /// An answer further than this many robust standard deviations from the median of the
 /// agencies' answers is flagged as an outlier (with 3 or more answers).
-pub const OUTLIER_SCORE: f64 = 6.0;
+pub(crate) const OUTLIER_SCORE: f64 = 6.0;
 /// The most outliers one round reports (the highest scores).
-pub const MAX_OUTLIERS: usize = 100;
+pub(crate) const MAX_OUTLIERS: usize = 100;
 /// The names of an answer's values, in order.
-pub fn labels(query: &ValidQuery) -> Vec<String> {
+pub(crate) fn labels(query: &ValidQuery) -> Vec<String> {
     let spec = &query.spec;
     let width = layout(spec).map(|l| l.0.len()).unwrap_or(0);
     match query.statistic {
@@ -42,7 +42,7 @@ pub fn labels(query: &ValidQuery) -> Vec<String> {
 
 /// The Laplace scale a node answering `spec` adds to each bound-normalised value: the vector's
 /// L1 sensitivity over the query's epsilon.
-pub fn expected_scale(spec: &QuerySpec) -> Option<f64> {
+pub(crate) fn expected_scale(spec: &QuerySpec) -> Option<f64> {
     let (_, sensitivity) = layout(spec)?;
     let scale = sensitivity / spec.epsilon;
     (scale.is_finite() && scale > 0.0).then_some(scale)
@@ -51,7 +51,7 @@ pub fn expected_scale(spec: &QuerySpec) -> Option<f64> {
 /// The range of each exact (noise-free) value of one agency's answer, from the public bound on
 /// its records: counts in [0, max], a sum of values clamped to [lower, upper] in
 /// [min(0, max lower), max(0, max upper)].
-pub fn exact_ranges(query: &ValidQuery, max_records: u64) -> Vec<(f64, f64)> {
+pub(crate) fn exact_ranges(query: &ValidQuery, max_records: u64) -> Vec<(f64, f64)> {
     let spec = &query.spec;
     let n = max_records as f64;
     let count = (0.0, n);
@@ -66,7 +66,7 @@ pub fn exact_ranges(query: &ValidQuery, max_records: u64) -> Vec<(f64, f64)> {
 }
 
 /// Checks one agency's answer against what `spec` allows; the reason in words when it fails.
-pub fn check_answer(
+pub(crate) fn check_answer(
     query: &ValidQuery,
     max_records: u64,
     result: &TaskResult,
@@ -143,7 +143,7 @@ pub(crate) fn median(values: &mut [f64]) -> f64 {
 /// agencies' answers, at any value: the robust standard deviation is the larger of 1.4826 times
 /// the answers' median absolute deviation and the standard deviation of the noise (Laplace:
 /// sqrt 2 times its scale). Highest scores first, at most `MAX_OUTLIERS`.
-pub fn outliers(query: &ValidQuery, results: &[(String, TaskResult)]) -> Vec<Outlier> {
+pub(crate) fn outliers(query: &ValidQuery, results: &[(String, TaskResult)]) -> Vec<Outlier> {
     if results.len() < 3 {
         return vec![];
     }

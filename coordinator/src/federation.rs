@@ -47,7 +47,7 @@ pub enum FederationProblem {
 
 /// A federation request that passed every check.
 #[derive(Debug, Clone)]
-pub struct ValidFederation {
+pub(crate) struct ValidFederation {
     /// The request as sent (`created_*` are the coordinator's to set).
     pub info: FederationInfo,
     /// Its members, in the request's order: no two share an agency id.
@@ -116,7 +116,7 @@ fn is_federation_name(name: &str) -> bool {
 /// A stored federation's members, as identities (country and id). A member that does not read
 /// as `AGENCY-ID:CC` (a federation stored before members named their country) is no member:
 /// nobody's certificate matches it.
-pub fn members(federation: &FederationInfo) -> Vec<Identity> {
+pub(crate) fn members(federation: &FederationInfo) -> Vec<Identity> {
     federation
         .members
         .iter()

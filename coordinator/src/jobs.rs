@@ -24,7 +24,7 @@ use crate::valid_job::{Combination, RoundRules, ValidJob, ValidQuery, ValidTrain
 use crate::{analytics, answers};
 
 /// Starts the job's runner on its own task.
-pub fn spawn(ctx: Arc<Coordinator>, job_id: String) {
+pub(crate) fn spawn(ctx: Arc<Coordinator>, job_id: String) {
     tokio::spawn(async move {
         let result = tokio::select! {
             r = run(&ctx, &job_id) => r,

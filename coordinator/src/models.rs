@@ -17,7 +17,7 @@ use crate::valid_job::ValidTraining;
 /// The first model of a job: zeros for linear models; for an MLP, hidden weights drawn
 /// uniformly from ±sqrt(6 / inputs) (He et al. 2015) with the job's seed, so that the starting
 /// point is on record and reproducible.
-pub fn initial_model(spec: &ValidTraining) -> Vec<NamedTensor> {
+pub(crate) fn initial_model(spec: &ValidTraining) -> Vec<NamedTensor> {
     let layout = schema::parameter_layout(&spec.to_spec());
     let mlp = spec.model == ModelKind::Mlp;
     let mut rng = StdRng::seed_from_u64(spec.seed());
@@ -40,7 +40,7 @@ pub fn initial_model(spec: &ValidTraining) -> Vec<NamedTensor> {
 }
 
 /// A stored model version's tensors and server optimiser state.
-pub fn load(
+pub(crate) fn load(
     store: &Store,
     version: &str,
 ) -> Result<(Vec<NamedTensor>, Option<ServerState>), CoordinatorError> {
@@ -70,7 +70,7 @@ pub fn load(
 
 /// Stores a model version durably, with its contributors and the server optimiser's state.
 #[allow(clippy::too_many_arguments)]
-pub fn store(
+pub(crate) fn store(
     store: &Store,
     job_id: &str,
     spec: &TrainingSpec,

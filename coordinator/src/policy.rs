@@ -20,7 +20,7 @@ use crate::valid_job::Sharing;
 /// What one round's decision is asked: who of the connected members takes part in round
 /// `round` of job `job_id`.
 #[derive(Debug, Clone)]
-pub struct Question {
+pub(crate) struct Question {
     pub job_id: String,
     pub round: u32,
     pub federation: FederationInfo,
@@ -44,7 +44,7 @@ fn reported_spending(report: Option<f64>) -> f64 {
 
 /// One round's decision, with the terms the admitted nodes receive.
 #[derive(Debug)]
-pub struct RoundDecision {
+pub(crate) struct RoundDecision {
     pub decision: Decision,
     pub terms: RoundTerms,
     /// The decision as recorded: `{"job", "round", "request", "decision"}`.
@@ -54,7 +54,7 @@ pub struct RoundDecision {
 /// Decides a round, on a blocking thread: the registry and policies are read from disk, their
 /// signatures checked, the texts archived and the decision recorded (sled), and the engine
 /// searches the admissible subsets, none of which may hold up the async runtime.
-pub async fn decide_round(
+pub(crate) async fn decide_round(
     ctx: &Arc<Coordinator>,
     question: Question,
 ) -> Result<RoundDecision, CoordinatorError> {

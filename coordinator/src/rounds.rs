@@ -32,7 +32,7 @@ fn exclusion(agency: &str, code: &str, message: &str) -> Exclusion {
 /// The agency id an agency is shown by in a job's rounds and events. A federation never has
 /// two members of one id (its creation refuses that), so within a job the id names one
 /// (country, id) pair, the one its membership states.
-pub fn shown(agency: &Identity) -> &str {
+pub(crate) fn shown(agency: &Identity) -> &str {
     agency.agency_id().unwrap_or_default()
 }
 
@@ -64,7 +64,7 @@ async fn wait_for_members(
 
 /// The results of one round: what was sent, who answered with a usable result.
 #[derive(Debug)]
-pub struct Collected {
+pub(crate) struct Collected {
     pub summary: RoundSummary,
     pub results: Vec<(String, TaskResult)>,
 }
@@ -72,7 +72,7 @@ pub struct Collected {
 /// Runs round `round` of `job`: sends `kind` to the connected members and collects their
 /// results, each checked by `check`. Fails the job when fewer than `rules` need admit the
 /// round or send usable results.
-pub async fn collect(
+pub(crate) async fn collect(
     ctx: &Arc<Coordinator>,
     job: &Job,
     rules: &RoundRules,
@@ -411,7 +411,7 @@ async fn reject(
 }
 
 /// A one-line account of a completed round.
-pub fn round_line(summary: &RoundSummary) -> String {
+pub(crate) fn round_line(summary: &RoundSummary) -> String {
     let mut metrics: Vec<_> = summary.metrics.iter().collect();
     metrics.sort_by(|a, b| a.0.cmp(b.0));
     let metrics: Vec<String> = metrics.iter().map(|(k, v)| format!("{k}={v:.4}")).collect();

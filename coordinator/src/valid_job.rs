@@ -16,12 +16,12 @@ use treaty_proto::v1::{
 use crate::aggregate::Settings;
 
 /// The wait for a round's results when the spec gives none.
-pub const DEFAULT_ROUND_TIMEOUT_MS: u32 = 60_000;
+pub(crate) const DEFAULT_ROUND_TIMEOUT_MS: u32 = 60_000;
 /// The wait for enough members to be connected when the spec gives none.
-pub const DEFAULT_JOIN_TIMEOUT_MS: u32 = 60_000;
+pub(crate) const DEFAULT_JOIN_TIMEOUT_MS: u32 = 60_000;
 /// The most values a robustly combined query may have (its intervals are bootstrapped per
 /// agency and value).
-pub const MAX_ROBUST_WIDTH: usize = 10_000;
+pub(crate) const MAX_ROBUST_WIDTH: usize = 10_000;
 /// The zCDP rho each node spends on the statistics round when the spec gives none.
 const DEFAULT_STATISTICS_RHO: f64 = 0.005;
 
@@ -128,7 +128,7 @@ pub enum JobProblem {
 
 /// A job spec that passed every check, its defaults filled in.
 #[derive(Debug, Clone, PartialEq)]
-pub struct ValidJob {
+pub(crate) struct ValidJob {
     /// What every round of the job goes by.
     pub rules: RoundRules,
     /// What the job does.
@@ -138,7 +138,7 @@ pub struct ValidJob {
 /// What every round of a job goes by: how many agencies it needs, how long it waits, and the
 /// terms the sharing policies judge.
 #[derive(Debug, Clone, PartialEq)]
-pub struct RoundRules {
+pub(crate) struct RoundRules {
     /// At least 1.
     min_participants: u32,
     /// As sent (0: the default).
@@ -153,7 +153,7 @@ pub struct RoundRules {
 
 /// What a job asks of the sharing policies, with the spec's defaults filled in.
 #[derive(Clone, Debug, PartialEq)]
-pub struct Sharing {
+pub(crate) struct Sharing {
     pub epsilon_per_round: f64,
     pub delta: f64,
     pub fields: Vec<String>,
@@ -164,7 +164,7 @@ pub struct Sharing {
 /// What a job does.
 #[derive(Debug, Clone, PartialEq)]
 #[allow(clippy::large_enum_variant)] // One value per running job: its size does not matter.
-pub enum Work {
+pub(crate) enum Work {
     /// Train a model over rounds.
     Training(ValidTraining),
     /// Answer one analytics query in a single round.
@@ -173,7 +173,7 @@ pub enum Work {
 
 /// A training spec that passed every check.
 #[derive(Debug, Clone, PartialEq)]
-pub struct ValidTraining {
+pub(crate) struct ValidTraining {
     /// Never `Unspecified`.
     pub model: ModelKind,
     /// The feature schema, sound.
@@ -188,7 +188,7 @@ pub struct ValidTraining {
 
 /// An analytics query that passed every check.
 #[derive(Debug, Clone, PartialEq)]
-pub struct ValidQuery {
+pub(crate) struct ValidQuery {
     /// What it computes.
     pub statistic: Statistic,
     /// How the agencies' answers are combined.
@@ -199,7 +199,7 @@ pub struct ValidQuery {
 
 /// The statistic of a query (`QueryKind` without its invalid value).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Statistic {
+pub(crate) enum Statistic {
     Count,
     Sum,
     Mean,
@@ -209,7 +209,7 @@ pub enum Statistic {
 
 /// How a query combines the agencies' answers (`Combine`, its default resolved).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Combination {
+pub(crate) enum Combination {
     /// The sum of the answers.
     Sum,
     /// Per value, the median of the answers times their number.
@@ -220,12 +220,12 @@ pub enum Combination {
 
 impl ValidJob {
     /// Checks `spec` for a federation of `members` members: every problem at once.
-    pub fn for_federation(spec: JobSpec, members: usize) -> Result<Self, InvalidJob> {
+    pub(crate) fn for_federation(spec: JobSpec, members: usize) -> Result<Self, InvalidJob> {
         decode(spec, Some(members))
     }
 
     /// The job's spec as the wire and the store carry it, defaults filled in.
-    pub fn to_spec(&self) -> JobSpec {
+    pub(crate) fn to_spec(&self) -> JobSpec {
         JobSpec {
             kind: Some(match &self.work {
                 Work::Training(t) => job_spec::Kind::Training(t.to_spec()),
@@ -251,12 +251,12 @@ impl TryFrom<JobSpec> for ValidJob {
 
 impl RoundRules {
     /// The fewest usable results (and admitted agencies) a round goes ahead with.
-    pub fn min_participants(&self) -> usize {
+    pub(crate) fn min_participants(&self) -> usize {
         self.min_participants as usize
     }
 
     /// How long a round waits for enough members to be connected.
-    pub fn join_timeout(&self) -> Duration {
+    pub(crate) fn join_timeout(&self) -> Duration {
         Duration::from_millis(u64::from(or_default(
             self.join_timeout_ms,
             DEFAULT_JOIN_TIMEOUT_MS,
@@ -264,7 +264,7 @@ impl RoundRules {
     }
 
     /// How long a round waits for its results, in milliseconds.
-    pub fn round_timeout_ms(&self) -> u32 {
+    pub(crate) fn round_timeout_ms(&self) -> u32 {
         or_default(self.round_timeout_ms, DEFAULT_ROUND_TIMEOUT_MS)
     }
 }
@@ -275,17 +275,17 @@ fn or_default(value: u32, default: u32) -> u32 {
 
 impl ValidTraining {
     /// The number of training rounds.
-    pub fn rounds(&self) -> u32 {
+    pub(crate) fn rounds(&self) -> u32 {
         self.rest.rounds
     }
 
     /// Whether the federation's standardisation is still to be computed (by a statistics round).
-    pub fn needs_statistics(&self) -> bool {
+    pub(crate) fn needs_statistics(&self) -> bool {
         self.rest.standardization.is_empty() && !schema::numeric_columns(&self.schema).is_empty()
     }
 
     /// Records the statistics round's standardisation, and the rho the round cost each node.
-    pub fn set_standardization(&mut self, stats: Vec<ColumnStats>) {
+    pub(crate) fn set_standardization(&mut self, stats: Vec<ColumnStats>) {
         self.rest.standardization = stats;
         self.privacy.statistics_round_rho = if self.privacy.statistics_rho > 0.0 {
             self.privacy.statistics_rho
@@ -295,19 +295,19 @@ impl ValidTraining {
     }
 
     /// Picks a random seed for the initial model when the spec gives none.
-    pub fn pick_seed(&mut self) {
+    pub(crate) fn pick_seed(&mut self) {
         if self.rest.seed == 0 {
             self.rest.seed = rand::random::<u64>().max(1);
         }
     }
 
     /// The seed of the initial model.
-    pub fn seed(&self) -> u64 {
+    pub(crate) fn seed(&self) -> u64 {
         self.rest.seed
     }
 
     /// The spec as the wire (tasks, model headers) and the store carry it.
-    pub fn to_spec(&self) -> TrainingSpec {
+    pub(crate) fn to_spec(&self) -> TrainingSpec {
         TrainingSpec {
             schema: Some(self.schema.clone()),
             privacy: Some(self.privacy),

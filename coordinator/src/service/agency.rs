@@ -33,12 +33,12 @@ const HEARTBEAT_INTERVAL_MS: u32 = 5_000;
 
 /// The agency service.
 #[derive(Debug, Clone)]
-pub struct AgencyApi {
+pub(crate) struct AgencyApi {
     ctx: Arc<Coordinator>,
 }
 
 impl AgencyApi {
-    pub fn new(ctx: Arc<Coordinator>) -> Self {
+    pub(crate) fn new(ctx: Arc<Coordinator>) -> Self {
         AgencyApi { ctx }
     }
 }

@@ -1,8 +1,8 @@
 //! The gRPC services: decode, authorise by the caller's verified certificate, call the domain,
 //! encode.
 
-pub mod agency;
-pub mod operator;
+pub(crate) mod agency;
+pub(crate) mod operator;
 
 use std::pin::Pin;
 
@@ -17,12 +17,15 @@ use crate::error::CoordinatorError;
 use crate::state::Coordinator;
 
 /// A boxed response stream.
-pub type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+pub(crate) type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
 /// The caller's verified identity. Every connection to the coordinator is mutual TLS, so a
 /// request without one never reaches a handler; if it does, it is refused. A certificate revoked
 /// after its connection opened is refused from the next request on.
-pub fn caller<T>(ctx: &Coordinator, request: &Request<T>) -> Result<PeerInfo, CoordinatorError> {
+pub(crate) fn caller<T>(
+    ctx: &Coordinator,
+    request: &Request<T>,
+) -> Result<PeerInfo, CoordinatorError> {
     let peer = request
         .extensions()
         .get::<PeerInfo>()
@@ -39,7 +42,7 @@ pub fn caller<T>(ctx: &Coordinator, request: &Request<T>) -> Result<PeerInfo, Co
 
 /// The calling agency's identity (country and id together) and connection, or
 /// `PERMISSION_DENIED` for anyone else.
-pub fn require_agency<T>(
+pub(crate) fn require_agency<T>(
     ctx: &Coordinator,
     request: &Request<T>,
 ) -> Result<(Identity, PeerInfo), CoordinatorError> {
@@ -53,7 +56,7 @@ pub fn require_agency<T>(
 }
 
 /// The calling operator's identity, or `PERMISSION_DENIED` for anyone else.
-pub fn require_operator<T>(
+pub(crate) fn require_operator<T>(
     ctx: &Coordinator,
     request: &Request<T>,
 ) -> Result<Identity, CoordinatorError> {
@@ -64,7 +67,10 @@ pub fn require_operator<T>(
 }
 
 /// A job as it is now, or `NOT_FOUND`.
-pub fn job(ctx: &Coordinator, job_id: &str) -> Result<treaty_proto::v1::Job, CoordinatorError> {
+pub(crate) fn job(
+    ctx: &Coordinator,
+    job_id: &str,
+) -> Result<treaty_proto::v1::Job, CoordinatorError> {
     ctx.store
         .job(job_id)?
         .ok_or_else(|| CoordinatorError::UnknownJob {
@@ -73,7 +79,7 @@ pub fn job(ctx: &Coordinator, job_id: &str) -> Result<treaty_proto::v1::Job, Coo
 }
 
 /// Streams a stored model version: its header, then its bytes in chunks.
-pub fn model_stream(
+pub(crate) fn model_stream(
     ctx: &Coordinator,
     job_id: &str,
     version: &str,

@@ -24,12 +24,12 @@ use crate::valid_job::{ValidJob, Work};
 
 /// The operator service.
 #[derive(Debug, Clone)]
-pub struct OperatorApi {
+pub(crate) struct OperatorApi {
     ctx: Arc<Coordinator>,
 }
 
 impl OperatorApi {
-    pub fn new(ctx: Arc<Coordinator>) -> Self {
+    pub(crate) fn new(ctx: Arc<Coordinator>) -> Self {
         OperatorApi { ctx }
     }
 }
