@@ -70,8 +70,8 @@ pub(crate) struct Collected {
 }
 
 /// Runs round `round` of `job`: sends `kind` to the connected members and collects their
-/// results, each checked by `check`. Fails the job when fewer than `rules` need admit the
-/// round or send usable results.
+/// results, each checked by `check`. Fails the job when fewer agencies than its `rules` need
+/// are connected, admitted by the sharing policies, or send usable results.
 pub(crate) async fn collect(
     ctx: &Arc<Coordinator>,
     job: &Job,
