@@ -13,14 +13,14 @@ use treaty_proto::v1::{Aggregation, Strategy};
 
 /// The server optimiser's moments (FedAdam, FedYogi, FedAdagrad), carried from round to round.
 #[derive(Debug, Clone, PartialEq)]
-pub struct ServerState {
+pub(crate) struct ServerState {
     pub m: Array1<f64>,
     pub v: Array1<f64>,
 }
 
 /// A strategy with its defaults filled in.
-#[derive(Debug, Clone, Copy)]
-pub struct Settings {
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct Settings {
     pub aggregation: Aggregation,
     pub server_learning_rate: f64,
     pub beta1: f64,
@@ -35,48 +35,23 @@ fn or(value: f64, default: f64) -> f64 {
 }
 
 impl Settings {
-    pub fn from(strategy: Option<&Strategy>) -> Self {
-        let s = strategy.cloned().unwrap_or_default();
+    /// The settings of `strategy` (zeros taken as the defaults), combining by `aggregation`
+    /// (decoded from the strategy where it arrived).
+    pub(crate) fn new(aggregation: Aggregation, strategy: &Strategy) -> Self {
         Settings {
-            aggregation: Aggregation::try_from(s.aggregation)
-                .ok()
-                .filter(|a| *a != Aggregation::Unspecified)
-                .unwrap_or(Aggregation::Fedavg),
-            server_learning_rate: or(s.server_learning_rate, 0.1),
-            beta1: or(s.beta1, 0.9),
-            beta2: or(s.beta2, 0.99),
-            tau: or(s.tau, 1e-3),
-            trim_fraction: or(s.trim_fraction, 0.2),
-            max_update_norm: s.max_update_norm,
+            aggregation,
+            server_learning_rate: or(strategy.server_learning_rate, 0.1),
+            beta1: or(strategy.beta1, 0.9),
+            beta2: or(strategy.beta2, 0.99),
+            tau: or(strategy.tau, 1e-3),
+            trim_fraction: or(strategy.trim_fraction, 0.2),
+            max_update_norm: strategy.max_update_norm,
         }
-    }
-
-    /// Every problem with the values.
-    pub fn problems(&self) -> Vec<String> {
-        let mut p = Vec::new();
-        if !(self.server_learning_rate.is_finite() && self.server_learning_rate > 0.0) {
-            p.push("`strategy.server_learning_rate` must be positive".to_owned());
-        }
-        for (name, v) in [("beta1", self.beta1), ("beta2", self.beta2)] {
-            if !(0.0..1.0).contains(&v) {
-                p.push(format!("`strategy.{name}` must be in [0, 1)"));
-            }
-        }
-        if !(self.tau.is_finite() && self.tau > 0.0) {
-            p.push("`strategy.tau` must be positive".to_owned());
-        }
-        if !(0.0..0.5).contains(&self.trim_fraction) {
-            p.push("`strategy.trim_fraction` must be in [0, 0.5)".to_owned());
-        }
-        if !(self.max_update_norm.is_finite() && self.max_update_norm >= 0.0) {
-            p.push("`strategy.max_update_norm` must be zero or positive".to_owned());
-        }
-        p
     }
 }
 
 /// Flattens tensors in order.
-pub fn flatten(tensors: &[NamedTensor]) -> Array1<f64> {
+pub(crate) fn flatten(tensors: &[NamedTensor]) -> Array1<f64> {
     tensors
         .iter()
         .flat_map(|t| t.values.iter().copied())
@@ -84,7 +59,7 @@ pub fn flatten(tensors: &[NamedTensor]) -> Array1<f64> {
 }
 
 /// Gives `flat` the names and shapes of `like`.
-pub fn unflatten(flat: &Array1<f64>, like: &[NamedTensor]) -> Vec<NamedTensor> {
+pub(crate) fn unflatten(flat: &Array1<f64>, like: &[NamedTensor]) -> Vec<NamedTensor> {
     let mut offset = 0;
     like.iter()
         .map(|t| {
@@ -140,7 +115,7 @@ fn coordinatewise(updates: &[(u64, Array1<f64>)], f: impl Fn(&mut [f64]) -> f64)
 /// `(examples, parameters)`, all of the same layout. `state` holds the server optimiser's
 /// moments between rounds. Returns the new model and a sentence on what was done (for the
 /// audit log), e.g. how many updates were clipped.
-pub fn aggregate(
+pub(crate) fn aggregate(
     settings: &Settings,
     global: &[NamedTensor],
     locals: &[(u64, &[NamedTensor])],
@@ -226,14 +201,16 @@ pub fn aggregate(
 }
 
 /// The L2 norm of `a - b` over all tensors (same layout).
-pub fn l2_distance(a: &[NamedTensor], b: &[NamedTensor]) -> f64 {
+pub(crate) fn l2_distance(a: &[NamedTensor], b: &[NamedTensor]) -> f64 {
     norm(&(flatten(a) - flatten(b)))
 }
 
 /// Metrics averaged over contributors. Metrics named `test_*` are weighted by each contributor's
 /// `test_examples` (when it reports it), the others by its training examples. Metrics whose
 /// total weight is zero are left out.
-pub fn weighted_metrics(per_agency: &[(u64, &HashMap<String, f64>)]) -> HashMap<String, f64> {
+pub(crate) fn weighted_metrics(
+    per_agency: &[(u64, &HashMap<String, f64>)],
+) -> HashMap<String, f64> {
     let mut sums: HashMap<String, (f64, f64)> = HashMap::new();
     for (n, metrics) in per_agency {
         for (name, value) in metrics.iter() {
@@ -269,9 +246,7 @@ mod tests {
     }
 
     fn settings(aggregation: Aggregation) -> Settings {
-        let mut s = Settings::from(None);
-        s.aggregation = aggregation;
-        s
+        Settings::new(aggregation, &Strategy::default())
     }
 
     fn run(aggregation: Aggregation, global: &[f64], locals: &[(u64, &[f64])]) -> Vec<f64> {

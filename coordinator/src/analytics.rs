@@ -15,14 +15,11 @@
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use treaty_proto::query::{bins, histogram_labels, layout};
-use treaty_proto::v1::{Combine, QueryKind, QuerySpec, QueryValue};
+use treaty_proto::v1::{QuerySpec, QueryValue};
 
 use crate::answers::{answer_of, labels, median, scale_of};
 use crate::tasks::TaskResult;
-
-/// The most values a robustly combined query may have (its intervals are bootstrapped per
-/// agency and value).
-pub const MAX_ROBUST_WIDTH: usize = 10_000;
+use crate::valid_job::{Combination, Statistic, ValidQuery};
 
 const DRAWS: usize = 20_000;
 /// Bootstrap draws of a quantile query (each re-reads the whole histogram).
@@ -74,10 +71,13 @@ fn histogram_quantile(counts: &[f64], lower: f64, upper: f64, p: f64) -> f64 {
 /// simulated once (DRAWS draws, sorted) and every value reads its interval off it: linear in the
 /// answer's width, whatever the width. A mean (a ratio) pairs two independent draws of U; a
 /// quantile re-reads the histogram QUANTILE_DRAWS times with each bin's noise resampled from U.
-pub fn combine(spec: &QuerySpec, results: &[(String, TaskResult)]) -> (Vec<f64>, Vec<QueryValue>) {
-    match combine_of(spec) {
-        mode @ (Combine::Median | Combine::Trimmed) => robust(spec, results, mode),
-        _ => summed(spec, results),
+pub(crate) fn combine(
+    query: &ValidQuery,
+    results: &[(String, TaskResult)],
+) -> (Vec<f64>, Vec<QueryValue>) {
+    match query.combination {
+        mode @ (Combination::Median | Combination::Trimmed) => robust(query, results, mode),
+        Combination::Sum => summed(query, results),
     }
 }
 
@@ -95,10 +95,11 @@ fn confidence_of(spec: &QuerySpec) -> (f64, f64) {
 /// agency's answer redrawn with its own Laplace noise, the combination recomputed. It does not
 /// cover the bias a robust combination has when agencies differ.
 fn robust(
-    spec: &QuerySpec,
+    query: &ValidQuery,
     results: &[(String, TaskResult)],
-    mode: Combine,
+    mode: Combination,
 ) -> (Vec<f64>, Vec<QueryValue>) {
+    let spec = &query.spec;
     let Some((bounds, _)) = layout(spec) else {
         return (vec![], vec![]);
     };
@@ -139,49 +140,48 @@ fn robust(
         }
     };
     let at = |i: usize| samples.iter().map(|s| s[i]).collect::<Vec<f64>>();
-    let labels = labels(spec);
-    let answer: Vec<QueryValue> =
-        match QueryKind::try_from(spec.kind).unwrap_or(QueryKind::Unspecified) {
-            QueryKind::Count | QueryKind::Sum | QueryKind::Histogram => (0..width)
-                .map(|i| {
-                    let label = labels.get(i).cloned().unwrap_or_default();
-                    interval(label, estimate[i], at(i), 0.0)
+    let labels = labels(query);
+    let answer: Vec<QueryValue> = match query.statistic {
+        Statistic::Count | Statistic::Sum | Statistic::Histogram => (0..width)
+            .map(|i| {
+                let label = labels.get(i).cloned().unwrap_or_default();
+                interval(label, estimate[i], at(i), 0.0)
+            })
+            .collect(),
+        Statistic::Mean => vec![
+            interval(
+                format!("mean of {}", spec.column),
+                estimate[0] / estimate[1],
+                samples.iter().map(|s| s[0] / s[1]).collect(),
+                0.0,
+            ),
+            interval("count".into(), estimate[1], at(1), 0.0),
+        ],
+        Statistic::Quantile => {
+            let half_bin = (spec.upper - spec.lower) / bins(spec) as f64 / 2.0;
+            spec.quantiles
+                .iter()
+                .map(|&p| {
+                    let draws = samples
+                        .iter()
+                        .map(|s| histogram_quantile(s, spec.lower, spec.upper, p))
+                        .collect();
+                    interval(
+                        format!("q{p}"),
+                        histogram_quantile(&estimate, spec.lower, spec.upper, p),
+                        draws,
+                        half_bin,
+                    )
                 })
-                .collect(),
-            QueryKind::Mean => vec![
-                interval(
-                    format!("mean of {}", spec.column),
-                    estimate[0] / estimate[1],
-                    samples.iter().map(|s| s[0] / s[1]).collect(),
-                    0.0,
-                ),
-                interval("count".into(), estimate[1], at(1), 0.0),
-            ],
-            QueryKind::Quantile => {
-                let half_bin = (spec.upper - spec.lower) / bins(spec) as f64 / 2.0;
-                spec.quantiles
-                    .iter()
-                    .map(|&p| {
-                        let draws = samples
-                            .iter()
-                            .map(|s| histogram_quantile(s, spec.lower, spec.upper, p))
-                            .collect();
-                        interval(
-                            format!("q{p}"),
-                            histogram_quantile(&estimate, spec.lower, spec.upper, p),
-                            draws,
-                            half_bin,
-                        )
-                    })
-                    .collect()
-            }
-            QueryKind::Unspecified => vec![],
-        };
+                .collect()
+        }
+    };
     (answer.iter().map(|v| v.value).collect(), answer)
 }
 
 /// The plain combination: the sum of the answers.
-fn summed(spec: &QuerySpec, results: &[(String, TaskResult)]) -> (Vec<f64>, Vec<QueryValue>) {
+fn summed(query: &ValidQuery, results: &[(String, TaskResult)]) -> (Vec<f64>, Vec<QueryValue>) {
+    let spec = &query.spec;
     let Some((bounds, _)) = layout(spec) else {
         return (vec![], vec![]);
     };
@@ -221,61 +221,59 @@ fn summed(spec: &QuerySpec, results: &[(String, TaskResult)]) -> (Vec<f64>, Vec<
             ci_high: quantile(&draws, hi_p) + widen,
         }
     };
-    let answer: Vec<QueryValue> =
-        match QueryKind::try_from(spec.kind).unwrap_or(QueryKind::Unspecified) {
-            QueryKind::Count => vec![linear("count".into(), 0)],
-            QueryKind::Sum => vec![linear(format!("sum of {}", spec.column), 0)],
-            QueryKind::Mean => {
-                let draws: Vec<f64> = (0..DRAWS)
-                    .map(|_| {
-                        let (e_sum, e_count) =
-                            (bounds[0] * draw_u(&mut rng), bounds[1] * draw_u(&mut rng));
-                        (totals[0] - e_sum) / (totals[1] - e_count)
-                    })
-                    .collect();
-                vec![
-                    from_draws(
-                        format!("mean of {}", spec.column),
-                        totals[0] / totals[1],
-                        draws,
-                        0.0,
-                    ),
-                    linear("count".into(), 1),
-                ]
-            }
-            QueryKind::Histogram => histogram_labels(spec)
-                .into_iter()
-                .enumerate()
-                .map(|(i, label)| linear(label, i))
-                .collect(),
-            QueryKind::Quantile => {
-                let half_bin = (spec.upper - spec.lower) / bins(spec) as f64 / 2.0;
-                let mut shifted = vec![0.0; totals.len()];
-                let mut draws: Vec<Vec<f64>> =
-                    vec![Vec::with_capacity(QUANTILE_DRAWS); spec.quantiles.len()];
-                for _ in 0..QUANTILE_DRAWS {
-                    for ((s, t), b) in shifted.iter_mut().zip(&totals).zip(&bounds) {
-                        *s = t - b * unit[rng.random_range(0..unit.len())];
-                    }
-                    for (d, &p) in draws.iter_mut().zip(&spec.quantiles) {
-                        d.push(histogram_quantile(&shifted, spec.lower, spec.upper, p));
-                    }
+    let answer: Vec<QueryValue> = match query.statistic {
+        Statistic::Count => vec![linear("count".into(), 0)],
+        Statistic::Sum => vec![linear(format!("sum of {}", spec.column), 0)],
+        Statistic::Mean => {
+            let draws: Vec<f64> = (0..DRAWS)
+                .map(|_| {
+                    let (e_sum, e_count) =
+                        (bounds[0] * draw_u(&mut rng), bounds[1] * draw_u(&mut rng));
+                    (totals[0] - e_sum) / (totals[1] - e_count)
+                })
+                .collect();
+            vec![
+                from_draws(
+                    format!("mean of {}", spec.column),
+                    totals[0] / totals[1],
+                    draws,
+                    0.0,
+                ),
+                linear("count".into(), 1),
+            ]
+        }
+        Statistic::Histogram => histogram_labels(spec)
+            .into_iter()
+            .enumerate()
+            .map(|(i, label)| linear(label, i))
+            .collect(),
+        Statistic::Quantile => {
+            let half_bin = (spec.upper - spec.lower) / bins(spec) as f64 / 2.0;
+            let mut shifted = vec![0.0; totals.len()];
+            let mut draws: Vec<Vec<f64>> =
+                vec![Vec::with_capacity(QUANTILE_DRAWS); spec.quantiles.len()];
+            for _ in 0..QUANTILE_DRAWS {
+                for ((s, t), b) in shifted.iter_mut().zip(&totals).zip(&bounds) {
+                    *s = t - b * unit[rng.random_range(0..unit.len())];
                 }
-                spec.quantiles
-                    .iter()
-                    .zip(draws)
-                    .map(|(&p, d)| {
-                        from_draws(
-                            format!("q{p}"),
-                            histogram_quantile(&totals, spec.lower, spec.upper, p),
-                            d,
-                            half_bin,
-                        )
-                    })
-                    .collect()
+                for (d, &p) in draws.iter_mut().zip(&spec.quantiles) {
+                    d.push(histogram_quantile(&shifted, spec.lower, spec.upper, p));
+                }
             }
-            QueryKind::Unspecified => vec![],
-        };
+            spec.quantiles
+                .iter()
+                .zip(draws)
+                .map(|(&p, d)| {
+                    from_draws(
+                        format!("q{p}"),
+                        histogram_quantile(&totals, spec.lower, spec.upper, p),
+                        d,
+                        half_bin,
+                    )
+                })
+                .collect()
+        }
+    };
     (answer.iter().map(|v| v.value).collect(), answer)
 }
 
@@ -287,24 +285,16 @@ fn trimmed_mean(values: &mut [f64]) -> f64 {
     kept.iter().sum::<f64>() / kept.len().max(1) as f64
 }
 
-/// The combination a spec asks for.
-pub fn combine_of(spec: &QuerySpec) -> Combine {
-    match Combine::try_from(spec.combine).unwrap_or(Combine::Unspecified) {
-        Combine::Unspecified => Combine::Sum,
-        other => other,
-    }
-}
-
 /// The robust total of `answers` (one vector per agency): per value, the median or trimmed mean
 /// times the number of agencies.
-fn robust_totals(mode: Combine, answers: &[Vec<f64>], width: usize) -> Vec<f64> {
+fn robust_totals(mode: Combination, answers: &[Vec<f64>], width: usize) -> Vec<f64> {
     let n = answers.len() as f64;
     let mut column = Vec::with_capacity(answers.len());
     (0..width)
         .map(|i| {
             column.clear();
             column.extend(answers.iter().map(|a| a.get(i).copied().unwrap_or(0.0)));
-            n * if mode == Combine::Trimmed {
+            n * if mode == Combination::Trimmed {
                 trimmed_mean(&mut column)
             } else {
                 median(&mut column)
@@ -317,6 +307,11 @@ fn robust_totals(mode: Combine, answers: &[Vec<f64>], width: usize) -> Vec<f64> 
 mod tests {
     use super::*;
     use crate::answers::node_answer;
+    use treaty_proto::v1::{Combine, QueryKind};
+
+    fn valid(spec: QuerySpec) -> ValidQuery {
+        ValidQuery::try_from(spec).unwrap()
+    }
 
     #[test]
     fn histogram_quantiles_interpolate_within_bins() {
@@ -332,11 +327,11 @@ mod tests {
     fn one_laplace_count_has_the_closed_form_interval() {
         // One node, Laplace(2): P(|X| > x) = exp(-x / 2), so the 95 % interval is
         // +-2 ln 20 = +-5.99 around the count, and the standard deviation is 2 sqrt 2.
-        let spec = QuerySpec {
+        let spec = valid(QuerySpec {
             kind: QueryKind::Count as i32,
             epsilon: 0.5,
             ..Default::default()
-        };
+        });
         let (values, answer) = combine(&spec, &[("A".into(), node_answer(vec![100.0], 2.0))]);
         assert_eq!(values, vec![100.0]);
         let v = &answer[0];
@@ -347,13 +342,14 @@ mod tests {
         );
         assert!((v.noise_std - 2.0 * 2f64.sqrt()).abs() < 0.1, "{v:?}");
         // A sum's noise is its clamp bound times the count's.
-        let spec = QuerySpec {
+        let spec = valid(QuerySpec {
             kind: QueryKind::Sum as i32,
+            column: "v".into(),
             lower: -5.0,
             upper: 5.0,
             epsilon: 0.5,
             ..Default::default()
-        };
+        });
         let (_, answer) = combine(&spec, &[("A".into(), node_answer(vec![30.0], 2.0))]);
         assert!(
             (answer[0].noise_std - 5.0 * 2.0 * 2f64.sqrt()).abs() < 0.5,
@@ -364,11 +360,13 @@ mod tests {
 
     #[test]
     fn robust_combinations_resist_one_liar() {
-        let spec = |combine: Combine| QuerySpec {
-            kind: QueryKind::Count as i32,
-            epsilon: 1.0,
-            combine: combine as i32,
-            ..Default::default()
+        let spec = |combine: Combine| {
+            valid(QuerySpec {
+                kind: QueryKind::Count as i32,
+                epsilon: 1.0,
+                combine: combine as i32,
+                ..Default::default()
+            })
         };
         let results: Vec<(String, TaskResult)> = [400.0, 402.0, 398.0, 50_000.0]
             .iter()

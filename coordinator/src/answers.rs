@@ -10,38 +10,39 @@
 //! bounds; answers far from the others' median are flagged (`outliers`).
 
 use treaty_proto::query::{histogram_labels, layout};
-use treaty_proto::v1::{Outlier, QueryKind, QuerySpec};
+use treaty_proto::v1::{Outlier, QuerySpec};
 
 use crate::tasks::TaskResult;
+use crate::valid_job::{Statistic, ValidQuery};
 
 /// How far past the range of an exact answer a noisy one may lie, in Laplace scales (times the
 /// value's bound): ln(10^12). An honest answer lies further out with probability 10^-12 / 2 per
 /// value.
-pub const TAIL_SCALES: f64 = 27.631_021_115_928_547;
+pub(crate) const TAIL_SCALES: f64 = 27.631_021_115_928_547;
 /// How far a declared Laplace scale may be from the one the query's epsilon implies, relative
 /// (the node widens it by about 10^-12 for floating-point slack).
-pub const SCALE_TOLERANCE: f64 = 1e-6;
+pub(crate) const SCALE_TOLERANCE: f64 = 1e-6;
 /// An answer further than this many robust standard deviations from the median of the
 /// agencies' answers is flagged as an outlier (with 3 or more answers).
-pub const OUTLIER_SCORE: f64 = 6.0;
+pub(crate) const OUTLIER_SCORE: f64 = 6.0;
 /// The most outliers one round reports (the highest scores).
-pub const MAX_OUTLIERS: usize = 100;
+pub(crate) const MAX_OUTLIERS: usize = 100;
 /// The names of an answer's values, in order.
-pub fn labels(spec: &QuerySpec) -> Vec<String> {
+pub(crate) fn labels(query: &ValidQuery) -> Vec<String> {
+    let spec = &query.spec;
     let width = layout(spec).map(|l| l.0.len()).unwrap_or(0);
-    match QueryKind::try_from(spec.kind).unwrap_or(QueryKind::Unspecified) {
-        QueryKind::Count => vec!["count".into()],
-        QueryKind::Sum => vec![format!("sum of {}", spec.column)],
-        QueryKind::Mean => vec![format!("sum of {}", spec.column), "count".into()],
-        QueryKind::Histogram => histogram_labels(spec),
-        QueryKind::Quantile => (0..width).map(|i| format!("bin {i}")).collect(),
-        QueryKind::Unspecified => vec![],
+    match query.statistic {
+        Statistic::Count => vec!["count".into()],
+        Statistic::Sum => vec![format!("sum of {}", spec.column)],
+        Statistic::Mean => vec![format!("sum of {}", spec.column), "count".into()],
+        Statistic::Histogram => histogram_labels(spec),
+        Statistic::Quantile => (0..width).map(|i| format!("bin {i}")).collect(),
     }
 }
 
 /// The Laplace scale a node answering `spec` adds to each bound-normalised value: the vector's
 /// L1 sensitivity over the query's epsilon.
-pub fn expected_scale(spec: &QuerySpec) -> Option<f64> {
+pub(crate) fn expected_scale(spec: &QuerySpec) -> Option<f64> {
     let (_, sensitivity) = layout(spec)?;
     let scale = sensitivity / spec.epsilon;
     (scale.is_finite() && scale > 0.0).then_some(scale)
@@ -50,22 +51,27 @@ pub fn expected_scale(spec: &QuerySpec) -> Option<f64> {
 /// The range of each exact (noise-free) value of one agency's answer, from the public bound on
 /// its records: counts in [0, max], a sum of values clamped to [lower, upper] in
 /// [min(0, max lower), max(0, max upper)].
-pub fn exact_ranges(spec: &QuerySpec, max_records: u64) -> Vec<(f64, f64)> {
+pub(crate) fn exact_ranges(query: &ValidQuery, max_records: u64) -> Vec<(f64, f64)> {
+    let spec = &query.spec;
     let n = max_records as f64;
     let count = (0.0, n);
     let sum = ((n * spec.lower).min(0.0), (n * spec.upper).max(0.0));
     let width = layout(spec).map(|l| l.0.len()).unwrap_or(0);
-    match QueryKind::try_from(spec.kind).unwrap_or(QueryKind::Unspecified) {
-        QueryKind::Count => vec![count],
-        QueryKind::Sum => vec![sum],
-        QueryKind::Mean => vec![sum, count],
-        QueryKind::Histogram | QueryKind::Quantile => vec![count; width],
-        QueryKind::Unspecified => vec![],
+    match query.statistic {
+        Statistic::Count => vec![count],
+        Statistic::Sum => vec![sum],
+        Statistic::Mean => vec![sum, count],
+        Statistic::Histogram | Statistic::Quantile => vec![count; width],
     }
 }
 
 /// Checks one agency's answer against what `spec` allows; the reason in words when it fails.
-pub fn check_answer(spec: &QuerySpec, max_records: u64, result: &TaskResult) -> Result<(), String> {
+pub(crate) fn check_answer(
+    query: &ValidQuery,
+    max_records: u64,
+    result: &TaskResult,
+) -> Result<(), String> {
+    let spec = &query.spec;
     let (bounds, _) = layout(spec).ok_or("the query names no statistic")?;
     let width = bounds.len();
     let values = match result.tensors.as_slice() {
@@ -88,8 +94,8 @@ pub fn check_answer(spec: &QuerySpec, max_records: u64, result: &TaskResult) -> 
         }
         None => return Err("the answer declares no `laplace_scale`".into()),
     }
-    let labels = labels(spec);
-    let ranges = exact_ranges(spec, max_records);
+    let labels = labels(query);
+    let ranges = exact_ranges(query, max_records);
     for (i, ((v, b), (lo, hi))) in values.iter().zip(&bounds).zip(&ranges).enumerate() {
         let label = labels.get(i).map(String::as_str).unwrap_or("?");
         if !v.is_finite() {
@@ -137,14 +143,14 @@ pub(crate) fn median(values: &mut [f64]) -> f64 {
 /// agencies' answers, at any value: the robust standard deviation is the larger of 1.4826 times
 /// the answers' median absolute deviation and the standard deviation of the noise (Laplace:
 /// sqrt 2 times its scale). Highest scores first, at most `MAX_OUTLIERS`.
-pub fn outliers(spec: &QuerySpec, results: &[(String, TaskResult)]) -> Vec<Outlier> {
+pub(crate) fn outliers(query: &ValidQuery, results: &[(String, TaskResult)]) -> Vec<Outlier> {
     if results.len() < 3 {
         return vec![];
     }
-    let Some((bounds, _)) = layout(spec) else {
+    let Some((bounds, _)) = layout(&query.spec) else {
         return vec![];
     };
-    let labels = labels(spec);
+    let labels = labels(query);
     let answers: Vec<Vec<f64>> = results.iter().map(|(_, r)| answer_of(r)).collect();
     let scales: Vec<f64> = results.iter().map(|(_, r)| scale_of(r)).collect();
     let noise = scales.iter().fold(0.0f64, |m, s| m.max(*s)) * std::f64::consts::SQRT_2;
@@ -206,7 +212,11 @@ pub(crate) fn node_answer(values: Vec<f64>, scale: f64) -> TaskResult {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use treaty_proto::v1::Combine;
+    use treaty_proto::v1::{Combine, QueryKind};
+
+    fn valid(spec: QuerySpec) -> ValidQuery {
+        ValidQuery::try_from(spec).unwrap()
+    }
 
     fn count(epsilon: f64) -> QuerySpec {
         QuerySpec {
@@ -220,7 +230,7 @@ mod tests {
     fn answers_outside_what_the_query_allows_are_rejected() {
         // COUNT at epsilon 0.5: scale 2, allowance 2 ln(10^12) = 55.26 on either side of
         // [0, 1000] records.
-        let spec = count(0.5);
+        let spec = valid(count(0.5));
         let ok = |v: f64| check_answer(&spec, 1000, &node_answer(vec![v], 2.0));
         for v in [0.0, 500.0, -55.2, 1055.2] {
             assert_eq!(ok(v), Ok(()), "{v}");
@@ -249,7 +259,7 @@ mod tests {
 
         // SUM of values clamped to [-5, 10] at epsilon 1: bound 10, scale 1, allowance 276.3;
         // 1000 records sum to [-5000, 10000].
-        let sum = QuerySpec {
+        let sum_spec = QuerySpec {
             kind: QueryKind::Sum as i32,
             column: "v".into(),
             lower: -5.0,
@@ -257,25 +267,26 @@ mod tests {
             epsilon: 1.0,
             ..Default::default()
         };
+        let sum = valid(sum_spec.clone());
         assert_eq!(exact_ranges(&sum, 1000), vec![(-5000.0, 10000.0)]);
         let s = |v: f64| check_answer(&sum, 1000, &node_answer(vec![v], 1.0));
         assert!(s(-5276.0).is_ok() && s(10276.0).is_ok());
         assert!(s(-5277.0).is_err() && s(10277.0).is_err());
         // Clamps of one sign: the range still holds 0 (no records).
-        let positive = QuerySpec {
+        let positive = valid(QuerySpec {
             lower: 2.0,
             upper: 3.0,
-            ..sum.clone()
-        };
+            ..sum_spec
+        });
         assert_eq!(exact_ranges(&positive, 10), vec![(0.0, 30.0)]);
         // A histogram: every cell a count (3 cells + other, with epsilon 1: scale 1).
-        let histogram = QuerySpec {
+        let histogram = valid(QuerySpec {
             kind: QueryKind::Histogram as i32,
             column: "c".into(),
             categories: vec!["a".into(), "b".into(), "c".into()],
             epsilon: 1.0,
             ..Default::default()
-        };
+        });
         let h = |cells: Vec<f64>| check_answer(&histogram, 100, &node_answer(cells, 1.0));
         assert!(h(vec![10.0, 20.0, -3.0, 0.0]).is_ok());
         let e = h(vec![10.0, 20.0, 128.0, 0.0]).unwrap_err();
@@ -284,10 +295,10 @@ mod tests {
 
     #[test]
     fn answers_far_from_the_others_are_flagged() {
-        let spec = QuerySpec {
+        let spec = valid(QuerySpec {
             combine: Combine::Sum as i32,
             ..count(1.0)
-        };
+        });
         let five: Vec<(String, TaskResult)> = [400.0, 402.0, 398.0, 50_000.0, 401.0]
             .iter()
             .enumerate()

@@ -9,20 +9,22 @@ use std::sync::Arc;
 use treaty_proto::schema;
 use treaty_proto::tensor::{self, NamedTensor};
 use treaty_proto::v1::{
-    ColumnStats, Job, JobState, QuerySpec, QueryTask, RoundSummary, StatsTask, TrainingSpec,
-    TrainingTask, job_spec, task,
+    ColumnStats, Job, JobEventKind, JobState, QueryTask, RoundSummary, StatsTask, TrainingTask,
+    task,
 };
 
-use crate::aggregate::{self, Settings};
+use crate::aggregate;
 use crate::error::CoordinatorError;
+use crate::federation::members;
 use crate::models;
-use crate::rounds::{self, fail, round_line};
+use crate::rounds::{self, round_line, shown};
 use crate::state::{Coordinator, now_ms};
 use crate::tasks::TaskResult;
+use crate::valid_job::{Combination, RoundRules, ValidJob, ValidQuery, ValidTraining, Work};
 use crate::{analytics, answers};
 
 /// Starts the job's runner on its own task.
-pub fn spawn(ctx: Arc<Coordinator>, job_id: String) {
+pub(crate) fn spawn(ctx: Arc<Coordinator>, job_id: String) {
     tokio::spawn(async move {
         let result = tokio::select! {
             r = run(&ctx, &job_id) => r,
@@ -33,66 +35,108 @@ pub fn spawn(ctx: Arc<Coordinator>, job_id: String) {
         };
         if let Err(error) = result {
             tracing::error!(job = %job_id, %error, "job failed");
-            if let Ok(Some(mut job)) = ctx.store.job(&job_id) {
-                job.state = JobState::Failed as i32;
-                job.message = error.to_string();
-                if ctx.store.put_job(&job).is_ok() {
-                    let _ = ctx.audit(
-                        &ctx.identity.to_string(),
-                        "job.failed",
-                        &job,
-                        0,
-                        "",
-                        job.message.clone(),
-                    );
-                }
-                ctx.emit(&job, 0, "", format!("job failed: {}", job.message));
+            if let Err(e) = record_failure(&ctx, &job_id, error.to_string()).await {
+                tracing::error!(job = %job_id, error = %e, "the job's failure could not be recorded");
             }
         }
     });
 }
 
-async fn run(ctx: &Coordinator, job_id: &str) -> Result<(), CoordinatorError> {
+/// Marks a job failed for `message`: stored, audited and told to its watchers.
+async fn record_failure(
+    ctx: &Arc<Coordinator>,
+    job_id: &str,
+    message: String,
+) -> Result<(), CoordinatorError> {
+    let id = job_id.to_owned();
+    let Some(mut job) = ctx.blocking(move |ctx| ctx.store.job(&id)).await? else {
+        return Ok(());
+    };
+    job.state = JobState::Failed as i32;
+    job.message = message;
+    let stored = ctx.save_job(&job).await;
+    let audited = match &stored {
+        Ok(()) => {
+            ctx.save_audit(
+                &ctx.identity.to_string(),
+                "job.failed",
+                &job,
+                0,
+                "",
+                job.message.clone(),
+            )
+            .await
+        }
+        Err(_) => Ok(()),
+    };
+    ctx.emit(
+        &job,
+        JobEventKind::JobFailed,
+        0,
+        "",
+        format!("job failed: {}", job.message),
+    );
+    stored.and(audited)
+}
+
+async fn run(ctx: &Arc<Coordinator>, job_id: &str) -> Result<(), CoordinatorError> {
+    let id = job_id.to_owned();
     let mut job = ctx
-        .store
-        .job(job_id)?
-        .ok_or_else(|| CoordinatorError::NotFound(format!("job `{job_id}` does not exist")))?;
+        .blocking(move |ctx| ctx.store.job(&id))
+        .await?
+        .ok_or_else(|| CoordinatorError::UnknownJob {
+            job: job_id.to_owned(),
+        })?;
+    // The store is an edge too: the spec is decoded once, here, for the whole run.
+    let ValidJob { rules, work } = ValidJob::try_from(job.spec.clone().unwrap_or_default())
+        .map_err(|source| CoordinatorError::StoredJob {
+            job: job_id.to_owned(),
+            source,
+        })?;
     // Resume: a round that started but did not complete is run again.
     job.rounds.retain(|r| r.finished_unix_ms != 0);
     let resumed = job.state == JobState::Running as i32;
     job.state = JobState::Running as i32;
-    ctx.store.put_job(&job)?;
+    ctx.save_job(&job).await?;
     if resumed {
         ctx.emit(
             &job,
+            JobEventKind::JobResumed,
             0,
             "",
             format!("job resumed after round {}", job.rounds.len()),
         );
     } else {
-        ctx.emit(&job, 0, "", "job started".to_owned());
+        ctx.emit(
+            &job,
+            JobEventKind::JobStarted,
+            0,
+            "",
+            "job started".to_owned(),
+        );
     }
-    match job.spec.as_ref().and_then(|s| s.kind.clone()) {
-        Some(job_spec::Kind::Training(spec)) => train(ctx, &mut job, spec).await?,
-        Some(job_spec::Kind::Query(spec)) => {
+    match work {
+        Work::Training(spec) => train(ctx, &mut job, &rules, spec).await?,
+        Work::Query(spec) => {
             if job.rounds.is_empty() {
-                query(ctx, &mut job, spec).await?;
+                query(ctx, &mut job, &rules, spec).await?;
             }
         }
-        None => return Err(fail("the job has no kind".into())),
     }
     job.state = JobState::Succeeded as i32;
-    ctx.store.put_job(&job)?;
-    ctx.audit(
+    ctx.save_job(&job).await?;
+    ctx.save_audit(
         &ctx.identity.to_string(),
         "job.succeeded",
         &job,
         0,
         "",
         String::new(),
-    )?;
+    )
+    .await?;
     ctx.emit(
         &job,
+        JobEventKind::JobSucceeded,
         0,
         "",
         format!("job succeeded after {} round(s)", job.rounds.len()),
@@ -100,78 +144,87 @@ async fn run(ctx: &Coordinator, job_id: &str) -> Result<(), CoordinatorError> {
     Ok(())
 }
 
-/// Stores the training spec back into the job (after the statistics round filled it in).
-fn set_training_spec(job: &mut Job, spec: &TrainingSpec) {
-    if let Some(s) = job.spec.as_mut() {
-        s.kind = Some(job_spec::Kind::Training(spec.clone()));
-    }
+/// Stores the job's spec as it is now (after the statistics round filled it in).
+fn set_training_spec(job: &mut Job, rules: &RoundRules, spec: &ValidTraining) {
+    job.spec = Some(
+        ValidJob {
+            rules: rules.clone(),
+            work: Work::Training(spec.clone()),
+        }
+        .to_spec(),
+    );
 }
 
 async fn train(
-    ctx: &Coordinator,
+    ctx: &Arc<Coordinator>,
     job: &mut Job,
-    mut spec: TrainingSpec,
+    rules: &RoundRules,
+    mut spec: ValidTraining,
 ) -> Result<(), CoordinatorError> {
-    let schema = spec.schema.clone().unwrap_or_default();
-    let numeric = schema::numeric_columns(&schema).len();
-    if numeric > 0 && spec.standardization.is_empty() {
-        spec.standardization = statistics(ctx, job, &spec).await?;
-        if let Some(privacy) = spec.privacy.as_mut() {
-            privacy.statistics_round_rho = if privacy.statistics_rho > 0.0 {
-                privacy.statistics_rho
-            } else {
-                0.005
-            };
-        }
-        set_training_spec(job, &spec);
-        ctx.store.put_job(job)?;
+    if spec.needs_statistics() {
+        let stats = statistics(ctx, job, rules, &spec).await?;
+        spec.set_standardization(stats);
+        set_training_spec(job, rules, &spec);
+        ctx.save_job(job).await?;
     }
     if job.latest_model_version.is_empty() {
         let version = format!("{}/r0", job.job_id);
-        models::store(
-            ctx,
-            job,
-            &spec,
-            0,
-            &version,
-            &models::initial_model(&spec),
-            &[],
-            None,
-        )?;
+        let (job_id, v, s) = (job.job_id.clone(), version.clone(), spec.clone());
+        ctx.blocking(move |ctx| {
+            let model = models::initial_model(&s);
+            models::store(&ctx.store, &job_id, &s.to_spec(), 0, &v, &model, &[], None)
+        })
+        .await?;
         job.latest_model_version = version;
-        ctx.store.put_job(job)?;
+        ctx.save_job(job).await?;
     }
-    let settings = Settings::from(spec.strategy.as_ref());
-    while (job.rounds.len() as u32) < spec.rounds {
+    let settings = spec.settings;
+    while (job.rounds.len() as u32) < spec.rounds() {
         let round = job.rounds.len() as u32 + 1;
-        let (global, mut state) = models::load(ctx, &job.latest_model_version)?;
+        let latest = job.latest_model_version.clone();
+        let (global, state) = ctx
+            .blocking(move |ctx| models::load(&ctx.store, &latest))
+            .await?;
+        let wire = spec.to_spec();
         let kind = task::Kind::Training(TrainingTask {
-            spec: Some(spec.clone()),
+            spec: Some(wire.clone()),
             model_version: job.latest_model_version.clone(),
             // Set for each agency when the task is sent.
             public_records: 0.0,
         });
         let check = |r: &TaskResult| check_update(&global, r);
-        let collected = rounds::collect(ctx, job, round, kind, check).await?;
-        let locals: Vec<(u64, &[NamedTensor])> = collected
-            .results
-            .iter()
-            .map(|(_, r)| (r.num_examples, r.tensors.as_slice()))
-            .collect();
-        let (model, note) = aggregate::aggregate(&settings, &global, &locals, &mut state);
-        let version = format!("{}/r{round}", job.job_id);
+        let collected = rounds::collect(ctx, job, rules, round, kind, check).await?;
         let mut summary = collected.summary;
         evaluation_metrics(&mut summary, &collected.results);
-        models::store(
-            ctx,
-            job,
-            &spec,
-            round,
-            &version,
-            &model,
-            &summary.contributors,
-            state.as_ref(),
-        )?;
+        let version = format!("{}/r{round}", job.job_id);
+        // Aggregating and storing the new version take time and sled writes: off the runtime.
+        let (job_id, v, contributors, results) = (
+            job.job_id.clone(),
+            version.clone(),
+            summary.contributors.clone(),
+            collected.results,
+        );
+        let note = ctx
+            .blocking(move |ctx| {
+                let mut state = state;
+                let locals: Vec<(u64, &[NamedTensor])> = results
+                    .iter()
+                    .map(|(_, r)| (r.num_examples, r.tensors.as_slice()))
+                    .collect();
+                let (model, note) = aggregate::aggregate(&settings, &global, &locals, &mut state);
+                models::store(
+                    &ctx.store,
+                    &job_id,
+                    &wire,
+                    round,
+                    &v,
+                    &model,
+                    &contributors,
+                    state.as_ref(),
+                )?;
+                Ok(note)
+            })
+            .await?;
         summary.model_version = version.clone();
         job.latest_model_version = version;
         let note = if note.is_empty() {
@@ -182,7 +235,7 @@ async fn train(
                 settings.aggregation.as_str_name()
             )
         };
-        complete_round(ctx, job, summary, &note)?;
+        complete_round(ctx, job, summary, &note).await?;
     }
     Ok(())
 }
@@ -190,19 +243,23 @@ async fn train(
 /// The statistics round: every member's clamped column sums, combined into the federation's
 /// mean and standard deviation of each numeric column. No record leaves a node.
 async fn statistics(
-    ctx: &Coordinator,
+    ctx: &Arc<Coordinator>,
     job: &mut Job,
-    spec: &TrainingSpec,
+    rules: &RoundRules,
+    spec: &ValidTraining,
 ) -> Result<Vec<ColumnStats>, CoordinatorError> {
-    let schema = spec.schema.clone().unwrap_or_default();
-    let columns: Vec<String> = schema::numeric_columns(&schema)
+    let numeric = schema::numeric_columns(&spec.schema);
+    let columns: Vec<String> = numeric.iter().map(|c| c.name.clone()).collect();
+    // Noisy sums can make a variance non-positive; then the bounds' range / 4 stands in for the
+    // standard deviation (a scale the schema itself states), or 1 without bounds.
+    let ranges: Vec<Option<f64>> = numeric
         .iter()
-        .map(|c| c.name.clone())
+        .map(|c| c.lower.zip(c.upper).map(|(lo, hi)| (hi - lo) / 4.0))
         .collect();
     let width = columns.len();
     let kind = task::Kind::Stats(StatsTask {
-        schema: Some(schema),
-        privacy: spec.privacy,
+        schema: Some(spec.schema.clone()),
+        privacy: Some(spec.privacy),
     });
     // Noisy sums (under DP) may be negative or exceed the records; they are combined as they are
     // and the combination clamps what must be non-negative.
@@ -212,7 +269,7 @@ async fn statistics(
             "statistics must be one tensor `stats` of shape [{width}, 3]"
         )),
     };
-    let collected = rounds::collect(ctx, job, 0, kind, check).await?;
+    let collected = rounds::collect(ctx, job, rules, 0, kind, check).await?;
     // Each agency's public record estimate: the largest of its noisy column counts, rounded
     // (post-processing of its DP release; nodes never use their true count).
     job.public_records = collected
@@ -236,13 +293,6 @@ async fn statistics(
             }
         }
     }
-    // Noisy sums can make a variance non-positive; then the bounds' range / 4 stands in for the
-    // standard deviation (a scale the schema itself states), or 1 without bounds.
-    let ranges: Vec<Option<f64>> =
-        schema::numeric_columns(spec.schema.as_ref().unwrap_or(&Default::default()))
-            .iter()
-            .map(|c| c.lower.zip(c.upper).map(|(lo, hi)| (hi - lo) / 4.0))
-            .collect();
     let stats: Vec<ColumnStats> = columns
         .into_iter()
         .zip(totals)
@@ -271,40 +321,62 @@ async fn statistics(
     summary.finished_unix_ms = now_ms();
     let line = round_line(&summary);
     job.statistics = Some(summary);
-    ctx.audit(
+    ctx.save_audit(
         &ctx.identity.to_string(),
         "statistics.completed",
         job,
         0,
         "",
         line.clone(),
-    )?;
-    ctx.emit(job, 0, "", format!("statistics round completed: {line}"));
+    )
+    .await?;
+    ctx.emit(
+        job,
+        JobEventKind::RoundCompleted,
+        0,
+        "",
+        format!("statistics round completed: {line}"),
+    );
     Ok(stats)
 }
 
-async fn query(ctx: &Coordinator, job: &mut Job, spec: QuerySpec) -> Result<(), CoordinatorError> {
+async fn query(
+    ctx: &Arc<Coordinator>,
+    job: &mut Job,
+    rules: &RoundRules,
+    spec: ValidQuery,
+) -> Result<(), CoordinatorError> {
     let kind = task::Kind::Query(QueryTask {
-        spec: Some(spec.clone()),
+        spec: Some(spec.spec.clone()),
     });
     // Every answer is checked against what the query allows before it is combined; one that
     // fails is rejected, its agency excluded and named (see `analytics`).
     let max_records = ctx.limits.max_records_per_agency;
     let check = |r: &TaskResult| answers::check_answer(&spec, max_records, r);
-    let collected = rounds::collect(ctx, job, 1, kind, check).await?;
+    let collected = rounds::collect(ctx, job, rules, 1, kind, check).await?;
     let mut summary = collected.summary;
-    let (values, answer) = analytics::combine(&spec, &collected.results);
+    let combination = spec.combination;
+    // The bootstrap of the intervals is a long computation: off the runtime, with the
+    // federation's members read for the outliers' identities.
+    let (results, federation) = (collected.results, job.federation.clone());
+    let (values, answer, outliers, members) = ctx
+        .blocking(move |ctx| {
+            let (values, answer) = analytics::combine(&spec, &results);
+            let outliers = answers::outliers(&spec, &results);
+            let members = match ctx.store.federation(&federation)? {
+                Some(f) => members(&f),
+                None => vec![],
+            };
+            Ok((values, answer, outliers, members))
+        })
+        .await?;
     summary.values = values;
     summary.answer = answer;
-    summary.outliers = answers::outliers(&spec, &collected.results);
-    let members = match ctx.store.federation(&job.federation)? {
-        Some(f) => rounds::members(&f),
-        None => vec![],
-    };
+    summary.outliers = outliers;
     for o in &summary.outliers {
         let identity = members
             .iter()
-            .find(|m| rounds::shown(m) == o.agency)
+            .find(|m| shown(m) == o.agency)
             .map(|m| m.to_string())
             .unwrap_or_else(|| o.agency.clone());
         let line = format!(
@@ -312,28 +384,35 @@ async fn query(ctx: &Coordinator, job: &mut Job, spec: QuerySpec) -> Result<(), 
             o.agency, o.label, o.value, o.score, o.median
         );
         tracing::warn!(job = %job.job_id, agency = o.agency, "outlying answer: {line}");
-        ctx.audit(
+        ctx.save_audit(
             &ctx.identity.to_string(),
             "answer.outlier",
             job,
             1,
             &identity,
             line.clone(),
-        )?;
-        ctx.emit(job, 1, &o.agency, format!("outlier: {line}"));
+        )
+        .await?;
+        ctx.emit(
+            job,
+            JobEventKind::AnswerOutlier,
+            1,
+            &o.agency,
+            format!("outlier: {line}"),
+        );
     }
-    let note = match analytics::combine_of(&spec) {
-        treaty_proto::v1::Combine::Median => "; combined by the median",
-        treaty_proto::v1::Combine::Trimmed => "; combined by the trimmed mean",
-        _ => "",
+    let note = match combination {
+        Combination::Median => "; combined by the median",
+        Combination::Trimmed => "; combined by the trimmed mean",
+        Combination::Sum => "",
     };
-    complete_round(ctx, job, summary, note)
+    complete_round(ctx, job, summary, note).await
 }
 
 /// Closes a round: its end time, the job stored with it, the audit log and the watchers told,
 /// with `note` after the round's one-line account.
-fn complete_round(
-    ctx: &Coordinator,
+async fn complete_round(
+    ctx: &Arc<Coordinator>,
     job: &mut Job,
     mut summary: RoundSummary,
     note: &str,
@@ -342,16 +421,23 @@ fn complete_round(
     summary.finished_unix_ms = now_ms();
     let line = format!("{}{note}", round_line(&summary));
     job.rounds.push(summary);
-    ctx.store.put_job(job)?;
-    ctx.audit(
+    ctx.save_job(job).await?;
+    ctx.save_audit(
         &ctx.identity.to_string(),
         "round.completed",
         job,
         round,
         "",
         line.clone(),
-    )?;
-    ctx.emit(job, round, "", format!("round {round} completed: {line}"));
+    )
+    .await?;
+    ctx.emit(
+        job,
+        JobEventKind::RoundCompleted,
+        round,
+        "",
+        format!("round {round} completed: {line}"),
+    );
     Ok(())
 }
 

@@ -6,27 +6,52 @@
 //! database. It knows the wire contract and the policy engine, never the node's internals:
 //! everything it learns of an agency arrives over the agency service, authenticated by the
 //! agency's certificate.
+//!
+//! # Map
+//!
+//! - Serving: `server` (`run`: TLS, services, graceful shutdown), `service` (the gRPC handlers:
+//!   `agency` for nodes, `operator` for operators), `config` (the configuration file), `error`
+//!   (every error, and the one mapping to a gRPC status).
+//! - The edge: `valid_job` (a job spec decoded and checked into a `ValidJob`), `federation` (a
+//!   federation request into a `ValidFederation`), [`limits`] (the bounds on everything a node
+//!   sends), `peerlog` (logging what peers do without letting them fill the log), `paging`.
+//! - Running jobs: `jobs` (a job's runner: statistics, training, query), `rounds` (what every
+//!   round shares: invite, send, collect, account), `policy` (each round's sharing-policy
+//!   decision, on a blocking thread), `aggregate` (training strategies), `analytics` and
+//!   `answers` (combining and checking query answers), `models` (the model registry's rules).
+//! - The other side: [`client`] (the operator's client of a coordinator: its configuration
+//!   file, connecting, following a job, downloading a model).
+//! - Shared state: `state` (`Coordinator`), `sessions` (connected nodes), `tasks` (open tasks and
+//!   the routing of their outcomes), `store` (the sled database and audit log).
 
-pub mod aggregate;
-pub mod analytics;
-pub mod answers;
+#![deny(unreachable_pub)]
+
+mod aggregate;
+mod analytics;
+mod answers;
 pub mod client;
-pub mod config;
-pub mod error;
-pub mod jobs;
+mod config;
+mod error;
+mod federation;
+mod jobs;
 pub mod limits;
-pub mod models;
-pub mod paging;
-pub mod peerlog;
-pub mod policy;
-pub mod rounds;
-pub mod server;
-pub mod service;
-pub mod sessions;
-pub mod state;
-pub mod store;
-pub mod tasks;
+mod models;
+mod paging;
+mod peerlog;
+mod policy;
+mod rounds;
+mod server;
+mod service;
+mod sessions;
+mod state;
+mod store;
+mod tasks;
+mod valid_job;
 
-pub use config::CoordinatorConfig;
+pub use config::{CoordinatorConfig, CoordinatorPolicy, CoordinatorTls, Limits};
 pub use error::{ConfigError, CoordinatorError};
+pub use federation::{FederationProblem, InvalidFederation};
 pub use server::run;
+pub use service::operator::state_name;
+pub use tasks::DeliveryError;
+pub use valid_job::{InvalidJob, JobProblem};

@@ -6,19 +6,21 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use treaty_proto::schema;
 use treaty_proto::tensor::{self, NamedTensor};
-use treaty_proto::v1::{Dtype, Job, ModelHeader, ModelKind, StoredModel, TrainingSpec};
+use treaty_proto::v1::{Dtype, ModelHeader, ModelKind, StoredModel, TrainingSpec};
 
 use crate::aggregate::ServerState;
 use crate::error::CoordinatorError;
-use crate::state::{Coordinator, now_ms};
+use crate::state::now_ms;
+use crate::store::Store;
+use crate::valid_job::ValidTraining;
 
 /// The first model of a job: zeros for linear models; for an MLP, hidden weights drawn
 /// uniformly from ±sqrt(6 / inputs) (He et al. 2015) with the job's seed, so that the starting
 /// point is on record and reproducible.
-pub fn initial_model(spec: &TrainingSpec) -> Vec<NamedTensor> {
-    let layout = schema::parameter_layout(spec);
-    let mlp = spec.model == ModelKind::Mlp as i32;
-    let mut rng = StdRng::seed_from_u64(spec.seed);
+pub(crate) fn initial_model(spec: &ValidTraining) -> Vec<NamedTensor> {
+    let layout = schema::parameter_layout(&spec.to_spec());
+    let mlp = spec.model == ModelKind::Mlp;
+    let mut rng = StdRng::seed_from_u64(spec.seed());
     layout
         .into_iter()
         .map(|(name, shape)| {
@@ -38,16 +40,19 @@ pub fn initial_model(spec: &TrainingSpec) -> Vec<NamedTensor> {
 }
 
 /// A stored model version's tensors and server optimiser state.
-pub fn load(
-    ctx: &Coordinator,
+pub(crate) fn load(
+    store: &Store,
     version: &str,
 ) -> Result<(Vec<NamedTensor>, Option<ServerState>), CoordinatorError> {
-    let stored = ctx
-        .store
+    let stored = store
         .model(version)?
-        .ok_or_else(|| CoordinatorError::Corrupt(format!("model `{version}` is missing")))?;
-    let corrupt =
-        |e: treaty_proto::TensorError| CoordinatorError::Corrupt(format!("model `{version}`: {e}"));
+        .ok_or_else(|| CoordinatorError::MissingModel {
+            version: version.to_owned(),
+        })?;
+    let corrupt = |source| CoordinatorError::CorruptModel {
+        version: version.to_owned(),
+        source,
+    };
     let tensors = tensor::from_whole(&stored.tensors, u64::MAX).map_err(corrupt)?;
     let state = tensor::from_whole(&stored.optimizer_state, u64::MAX).map_err(corrupt)?;
     let flat = |name: &str| -> Option<Array1<f64>> {
@@ -65,9 +70,9 @@ pub fn load(
 
 /// Stores a model version durably, with its contributors and the server optimiser's state.
 #[allow(clippy::too_many_arguments)]
-pub fn store(
-    ctx: &Coordinator,
-    job: &Job,
+pub(crate) fn store(
+    store: &Store,
+    job_id: &str,
     spec: &TrainingSpec,
     round: u32,
     version: &str,
@@ -87,9 +92,9 @@ pub fn store(
             )
         })
         .unwrap_or_default();
-    ctx.store.put_model(&StoredModel {
+    store.put_model(&StoredModel {
         header: Some(ModelHeader {
-            job_id: job.job_id.clone(),
+            job_id: job_id.to_owned(),
             model_version: version.to_owned(),
             round,
             spec: Some(spec.clone()),
@@ -108,13 +113,14 @@ mod tests {
 
     #[test]
     fn mlp_initialisation_is_seeded_and_bounded() {
-        let spec = TrainingSpec {
+        let spec = ValidTraining::try_from(TrainingSpec {
             model: ModelKind::Mlp as i32,
             hidden_units: 4,
             seed: 9,
             schema: schema::parse("[label]\nname = \"y\"\nkind = \"binary\"\n[[column]]\nname = \"a\"\nkind = \"numeric\"\n[[column]]\nname = \"b\"\nkind = \"numeric\"\n").unwrap().ok(),
-            ..Default::default()
-        };
+            ..crate::valid_job::tests::training_spec()
+        })
+        .unwrap();
         let a = initial_model(&spec);
         assert_eq!(a, initial_model(&spec));
         let bound = (6.0f64 / 2.0).sqrt();

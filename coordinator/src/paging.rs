@@ -6,7 +6,7 @@ use prost::Message;
 use crate::limits::{DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE};
 
 /// The page size granted for a requested one (0: the default; at most `MAX_PAGE_SIZE`).
-pub fn page_size(requested: u32) -> usize {
+pub(crate) fn page_size(requested: u32) -> usize {
     match requested as usize {
         0 => DEFAULT_PAGE_SIZE,
         n => n.min(MAX_PAGE_SIZE),
@@ -15,7 +15,7 @@ pub fn page_size(requested: u32) -> usize {
 
 /// What one entry of a repeated message field costs on the wire: its length, its tag and its
 /// length prefix.
-pub fn entry_bytes<M: Message>(entry: &M) -> usize {
+pub(crate) fn entry_bytes<M: Message>(entry: &M) -> usize {
     let len = entry.encoded_len();
     len + 1 + prost::length_delimiter_len(len)
 }
@@ -23,7 +23,7 @@ pub fn entry_bytes<M: Message>(entry: &M) -> usize {
 /// Takes the first entries of `items`: at most `max`, and no more than `max_bytes` encoded,
 /// but always the first one (so that paging goes forward whatever an entry's size). Returns the
 /// page and whether entries are left after it.
-pub fn take_page<M: Message>(
+pub(crate) fn take_page<M: Message>(
     items: impl IntoIterator<Item = M>,
     max: usize,
     max_bytes: usize,
@@ -33,7 +33,7 @@ pub fn take_page<M: Message>(
 
 /// `take_page` of entries read from storage, each of which may have failed to read (an error
 /// costs nothing and ends up in the page, for the caller to report).
-pub fn take_page_of<M: Message, E>(
+pub(crate) fn take_page_of<M: Message, E>(
     items: impl IntoIterator<Item = Result<M, E>>,
     max: usize,
     max_bytes: usize,

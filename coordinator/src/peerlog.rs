@@ -13,7 +13,7 @@ use crate::limits::{MAX_LOGGED_CHARS, WARNING_INTERVAL_SECS, WARNINGS_PER_INTERV
 
 /// `text` as it may be logged: whole when short, else its first `MAX_LOGGED_CHARS` characters
 /// and a marker saying how many bytes were left out.
-pub fn capped(text: &str) -> Cow<'_, str> {
+pub(crate) fn capped(text: &str) -> Cow<'_, str> {
     capped_to(text, MAX_LOGGED_CHARS)
 }
 
@@ -30,7 +30,7 @@ fn capped_to(text: &str, max_chars: usize) -> Cow<'_, str> {
 
 /// What to do with one warning about a peer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Verdict {
+pub(crate) enum Verdict {
     /// Log it; first log that `suppressed` earlier warnings were left out (when not 0).
     Log { suppressed: u64 },
     /// Leave it out (it is counted).
@@ -46,7 +46,7 @@ struct Window {
 
 /// Rate limits of warnings, per peer.
 #[derive(Debug)]
-pub struct WarnLimiter {
+pub(crate) struct WarnLimiter {
     windows: Mutex<HashMap<String, Window>>,
     per_interval: u32,
     interval: Duration,
@@ -62,7 +62,7 @@ impl Default for WarnLimiter {
 }
 
 impl WarnLimiter {
-    pub fn new(per_interval: u32, interval: Duration) -> Self {
+    pub(crate) fn new(per_interval: u32, interval: Duration) -> Self {
         WarnLimiter {
             windows: Mutex::new(HashMap::new()),
             per_interval,
@@ -71,7 +71,7 @@ impl WarnLimiter {
     }
 
     /// Whether a warning about `peer` at `now` is logged.
-    pub fn check(&self, peer: &str, now: Instant) -> Verdict {
+    pub(crate) fn check(&self, peer: &str, now: Instant) -> Verdict {
         let mut windows = self.windows.lock().unwrap_or_else(|e| e.into_inner());
         let w = windows.entry(peer.to_owned()).or_insert(Window {
             started: now,
@@ -96,7 +96,7 @@ impl WarnLimiter {
     /// How many of `peer`'s warnings were left out and not yet summed up (its session ended);
     /// they count as summed up from now on. The interval's allowance stays spent, so that a
     /// peer gains no fresh allowance by reconnecting.
-    pub fn finish(&self, peer: &str) -> u64 {
+    pub(crate) fn finish(&self, peer: &str) -> u64 {
         self.windows
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -107,7 +107,7 @@ impl WarnLimiter {
 
     /// Logs a warning about `peer` unless its rate is spent: `message`, with `detail` (what the
     /// peer sent, capped). A summary of what was left out comes first when one is due.
-    pub fn warn(&self, peer: &str, message: &str, detail: &str) {
+    pub(crate) fn warn(&self, peer: &str, message: &str, detail: &str) {
         match self.check(peer, Instant::now()) {
             Verdict::Log { suppressed } => {
                 summary(peer, suppressed);
@@ -118,7 +118,7 @@ impl WarnLimiter {
     }
 
     /// Logs the summary of what was left out of `peer`'s warnings, if anything was.
-    pub fn close(&self, peer: &str) {
+    pub(crate) fn close(&self, peer: &str) {
         summary(peer, self.finish(peer));
     }
 }

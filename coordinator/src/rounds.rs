@@ -3,33 +3,23 @@
 //! every invited agency (contributor or excluded, with the reason).
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::mpsc;
 use treaty_proto::Identity;
 use treaty_proto::v1::{
-    AgencyMetrics, CancelTask, CoordinatorMessage, Exclusion, Job, RoundExclusion, RoundSummary,
-    Task, coordinator_message, task,
+    AgencyMetrics, CancelTask, CoordinatorMessage, Exclusion, Job, JobEventKind, RoundExclusion,
+    RoundSummary, Task, coordinator_message, task,
 };
 
 use crate::aggregate;
 use crate::error::CoordinatorError;
+use crate::federation::members;
+use crate::policy::{self, Question};
 use crate::state::{Coordinator, now_ms};
 use crate::tasks::{Delivery, Outcome, TaskResult};
-
-/// Default wait for a round's results.
-pub const DEFAULT_ROUND_TIMEOUT_MS: u32 = 60_000;
-/// Default wait for enough members to be connected.
-pub const DEFAULT_JOIN_TIMEOUT_MS: u32 = 60_000;
-
-/// Why a job stopped before its end.
-pub fn fail(message: String) -> CoordinatorError {
-    CoordinatorError::JobFailed(message)
-}
-
-fn or_default(value: u32, default: u32) -> u32 {
-    if value == 0 { default } else { value }
-}
+use crate::valid_job::RoundRules;
 
 fn exclusion(agency: &str, code: &str, message: &str) -> Exclusion {
     Exclusion {
@@ -42,25 +32,8 @@ fn exclusion(agency: &str, code: &str, message: &str) -> Exclusion {
 /// The agency id an agency is shown by in a job's rounds and events. A federation never has
 /// two members of one id (its creation refuses that), so within a job the id names one
 /// (country, id) pair, the one its membership states.
-pub fn shown(agency: &Identity) -> &str {
+pub(crate) fn shown(agency: &Identity) -> &str {
     agency.agency_id().unwrap_or_default()
-}
-
-/// A federation's members, as identities (country and id). A member that does not read as
-/// `AGENCY-ID:CC` (a federation stored before members named their country) is no member:
-/// nobody's certificate matches it.
-pub fn members(federation: &treaty_proto::v1::FederationInfo) -> Vec<Identity> {
-    federation
-        .members
-        .iter()
-        .filter_map(|m| match Identity::from_member(m) {
-            Ok(id) => Some(id),
-            Err(error) => {
-                tracing::warn!(federation = federation.name, %error, "member ignored");
-                None
-            }
-        })
-        .collect()
 }
 
 /// Waits until at least `min` members hold a session; returns the connected members, in the
@@ -91,42 +64,39 @@ async fn wait_for_members(
 
 /// The results of one round: what was sent, who answered with a usable result.
 #[derive(Debug)]
-pub struct Collected {
+pub(crate) struct Collected {
     pub summary: RoundSummary,
     pub results: Vec<(String, TaskResult)>,
 }
 
 /// Runs round `round` of `job`: sends `kind` to the connected members and collects their
-/// results, each checked by `check`. Fails the job when fewer than `min_participants` usable
-/// results arrive.
-pub async fn collect(
-    ctx: &Coordinator,
+/// results, each checked by `check`. Fails the job when fewer agencies than its `rules` need
+/// are connected, admitted by the sharing policies, or send usable results.
+pub(crate) async fn collect(
+    ctx: &Arc<Coordinator>,
     job: &Job,
+    rules: &RoundRules,
     round: u32,
     kind: task::Kind,
     check: impl Fn(&TaskResult) -> Result<(), String>,
 ) -> Result<Collected, CoordinatorError> {
-    let spec = job.spec.clone().unwrap_or_default();
+    let name = job.federation.clone();
     let federation = ctx
-        .store
-        .federation(&job.federation)?
-        .ok_or_else(|| fail(format!("federation `{}` no longer exists", job.federation)))?;
-    let min = spec.min_participants.max(1) as usize;
-    let join_timeout = Duration::from_millis(u64::from(or_default(
-        spec.join_timeout_ms,
-        DEFAULT_JOIN_TIMEOUT_MS,
-    )));
-    let round_timeout = or_default(spec.round_timeout_ms, DEFAULT_ROUND_TIMEOUT_MS);
+        .blocking(move |ctx| ctx.store.federation(&name))
+        .await?
+        .ok_or_else(|| CoordinatorError::FederationGone {
+            federation: job.federation.clone(),
+        })?;
+    let min = rules.min_participants();
+    let join_timeout = rules.join_timeout();
+    let round_timeout = rules.round_timeout_ms();
     let invited = wait_for_members(ctx, &members(&federation), min, join_timeout)
         .await
-        .map_err(|connected| {
-            let connected: Vec<String> = connected.iter().filter_map(Identity::member).collect();
-            fail(format!(
-                "round {round}: only {} member(s) connected ({}) after {} s; the job needs {min}",
-                connected.len(),
-                connected.join(", "),
-                join_timeout.as_secs()
-            ))
+        .map_err(|connected| CoordinatorError::TooFewConnected {
+            round,
+            connected: connected.iter().filter_map(Identity::member).collect(),
+            waited_secs: join_timeout.as_secs(),
+            min,
         })?;
 
     // An agency whose own ledger says the next round would exceed its budget is not invited.
@@ -136,7 +106,13 @@ pub async fn collect(
         .filter(|agency| match ctx.over_budget(agency) {
             Some(why) => {
                 let name = shown(agency);
-                ctx.emit(job, round, name, format!("{name} is not invited: {why}"));
+                ctx.emit(
+                    job,
+                    JobEventKind::AgencyOverBudget,
+                    round,
+                    name,
+                    format!("{name} is not invited: {why}"),
+                );
                 excluded.push(exclusion(name, "BUDGET_EXHAUSTED", &why));
                 false
             }
@@ -149,12 +125,24 @@ pub async fn collect(
         format!("round {round}")
     };
     // The sharing policies decide who takes part; each agency left out is told why.
-    let decided = crate::policy::decide_round(ctx, job, round, &federation, &invited)?;
+    let decided = policy::decide_round(
+        ctx,
+        Question {
+            job_id: job.job_id.clone(),
+            round,
+            federation,
+            candidates: invited.clone(),
+            sharing: rules.sharing.clone(),
+            min_participants: min,
+        },
+    )
+    .await?;
     let by_id = |id: &str| invited.iter().find(|a| shown(a) == id).cloned();
     for e in &decided.decision.excluded {
         let code = e.reason.code();
         ctx.emit(
             job,
+            JobEventKind::AgencyExcluded,
             round,
             &e.agency,
             format!("{} is not admitted: {code}: {}", e.agency, e.explanation),
@@ -173,16 +161,15 @@ pub async fn collect(
         excluded.push(exclusion(&e.agency, &code, &e.explanation));
     }
     if decided.decision.admitted.len() < min {
-        let why: Vec<String> = excluded
-            .iter()
-            .map(|e| format!("{}: {}: {}", e.agency, e.reason_code, e.message))
-            .collect();
-        return Err(fail(format!(
-            "{what}: the sharing policies admit {} agencies ({}), fewer than the {min} the job needs; {}",
-            decided.decision.admitted.len(),
-            decided.decision.admitted.join(", "),
-            why.join(" ")
-        )));
+        return Err(CoordinatorError::TooFewAdmitted {
+            what,
+            admitted: decided.decision.admitted.clone(),
+            min,
+            why: excluded
+                .iter()
+                .map(|e| format!("{}: {}: {}", e.agency, e.reason_code, e.message))
+                .collect(),
+        });
     }
     let admitted: Vec<Identity> = decided
         .decision
@@ -193,7 +180,7 @@ pub async fn collect(
     let invited = decided.decision.admitted.clone();
     let started = now_ms();
     let deadline_ms = started + i64::from(round_timeout);
-    ctx.audit(
+    ctx.save_audit(
         &ctx.identity.to_string(),
         "round.started",
         job,
@@ -207,9 +194,11 @@ pub async fn collect(
                 .collect::<Vec<_>>()
                 .join(", ")
         ),
-    )?;
+    )
+    .await?;
     ctx.emit(
         job,
+        JobEventKind::RoundStarted,
         round,
         "",
         format!("{what} started: {} agencies invited", invited.len()),
@@ -278,29 +267,34 @@ pub async fn collect(
             } => {
                 ctx.emit(
                     job,
+                    JobEventKind::AgencyRefused,
                     round,
                     &agency,
                     format!("{agency} refused the task: {reason_code}: {message}"),
                 );
-                ctx.audit(
+                ctx.save_audit(
                     &identity.to_string(),
                     "task.refused",
                     job,
                     round,
                     &identity.to_string(),
                     format!("{reason_code}: {message}"),
-                )?;
+                )
+                .await?;
                 excluded.push(exclusion(
                     &agency,
                     "REFUSED",
                     &format!("{reason_code}: {message}"),
                 ));
             }
-            Outcome::Invalid(reason) => reject(ctx, job, round, &identity, reason, &mut excluded)?,
+            Outcome::Invalid(reason) => {
+                reject(ctx, job, round, &identity, reason, &mut excluded).await?
+            }
             Outcome::Result(result) => match check(&result) {
                 Ok(()) => {
                     ctx.emit(
                         job,
+                        JobEventKind::ResultAccepted,
                         round,
                         &agency,
                         format!(
@@ -310,7 +304,7 @@ pub async fn collect(
                     );
                     results.push((agency, result));
                 }
-                Err(reason) => reject(ctx, job, round, &identity, reason, &mut excluded)?,
+                Err(reason) => reject(ctx, job, round, &identity, reason, &mut excluded).await?,
             },
         }
     }
@@ -331,15 +325,15 @@ pub async fn collect(
         ));
     }
     if results.len() < min {
-        let why: Vec<String> = excluded
-            .iter()
-            .map(|e| format!("{}: {}", e.agency, e.message))
-            .collect();
-        return Err(fail(format!(
-            "{what}: {} usable result(s), fewer than the {min} the job needs ({})",
-            results.len(),
-            why.join("; ")
-        )));
+        return Err(CoordinatorError::TooFewResults {
+            what,
+            results: results.len(),
+            min,
+            why: excluded
+                .iter()
+                .map(|e| format!("{}: {}", e.agency, e.message))
+                .collect(),
+        });
     }
     // Contributors in the federation's order, whatever order their results arrived in.
     results.sort_by_key(|(agency, _)| invited.iter().position(|a| a == agency));
@@ -386,8 +380,8 @@ fn median(values: impl Iterator<Item = f64>) -> f64 {
 
 /// Records a result that cannot be used: logged and audited with the agency's identity, reported
 /// to watchers, and the agency excluded from the round.
-fn reject(
-    ctx: &Coordinator,
+async fn reject(
+    ctx: &Arc<Coordinator>,
     job: &Job,
     round: u32,
     identity: &Identity,
@@ -396,16 +390,18 @@ fn reject(
 ) -> Result<(), CoordinatorError> {
     let agency = shown(identity);
     tracing::warn!(job = %job.job_id, round, agency = %identity, reason = %crate::peerlog::capped(&reason), "update rejected");
-    ctx.audit(
+    ctx.save_audit(
         &identity.to_string(),
         "update.rejected",
         job,
         round,
         &identity.to_string(),
         reason.clone(),
-    )?;
+    )
+    .await?;
     ctx.emit(
         job,
+        JobEventKind::ResultRejected,
         round,
         agency,
         format!("{agency}'s result was rejected: {reason}"),
@@ -415,7 +411,7 @@ fn reject(
 }
 
 /// A one-line account of a completed round.
-pub fn round_line(summary: &RoundSummary) -> String {
+pub(crate) fn round_line(summary: &RoundSummary) -> String {
     let mut metrics: Vec<_> = summary.metrics.iter().collect();
     metrics.sort_by(|a, b| a.0.cmp(b.0));
     let metrics: Vec<String> = metrics.iter().map(|(k, v)| format!("{k}={v:.4}")).collect();

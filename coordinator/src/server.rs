@@ -63,7 +63,7 @@ pub async fn run(
         .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()
-        .map_err(|e| CoordinatorError::Corrupt(format!("reflection descriptors: {e}")))?;
+        .map_err(CoordinatorError::Reflection)?;
     let agency = AgencyServiceServer::new(AgencyApi::new(ctx.clone()))
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);

@@ -12,11 +12,11 @@ use treaty_proto::Identity;
 use treaty_proto::v1::{ConnectedAgency, CoordinatorMessage, DatasetSummary};
 
 /// Where messages for one node's session go.
-pub type Outbox = mpsc::Sender<Result<CoordinatorMessage, Status>>;
+pub(crate) type Outbox = mpsc::Sender<Result<CoordinatorMessage, Status>>;
 
 /// One open session.
 #[derive(Debug, Clone)]
-pub struct Session {
+pub(crate) struct Session {
     pub id: u64,
     pub outbox: Outbox,
     pub connected_unix_ms: i64,
@@ -26,7 +26,7 @@ pub struct Session {
 
 /// The open sessions, one per agency identity.
 #[derive(Debug)]
-pub struct Sessions {
+pub(crate) struct Sessions {
     inner: Mutex<HashMap<Identity, Session>>,
     next_id: AtomicU64,
     changed: watch::Sender<u64>,
@@ -49,12 +49,12 @@ impl Sessions {
     }
 
     /// A fresh session id.
-    pub fn next_id(&self) -> u64 {
+    pub(crate) fn next_id(&self) -> u64 {
         self.next_id.fetch_add(1, Ordering::Relaxed)
     }
 
     /// Registers a session, replacing (and so closing) an older one of the same agency.
-    pub fn register(&self, agency: &Identity, session: Session) {
+    pub(crate) fn register(&self, agency: &Identity, session: Session) {
         let old = self.lock().insert(agency.clone(), session);
         if old.is_some() {
             tracing::info!(%agency, "a new session replaces the previous one");
@@ -63,7 +63,7 @@ impl Sessions {
     }
 
     /// Removes a session, unless a newer one of the agency replaced it already.
-    pub fn unregister(&self, agency: &Identity, id: u64) {
+    pub(crate) fn unregister(&self, agency: &Identity, id: u64) {
         let mut map = self.lock();
         if map.get(agency).is_some_and(|s| s.id == id) {
             map.remove(agency);
@@ -73,30 +73,31 @@ impl Sessions {
     }
 
     /// The outbox of an agency's session, if it has one.
-    pub fn outbox(&self, agency: &Identity) -> Option<Outbox> {
+    pub(crate) fn outbox(&self, agency: &Identity) -> Option<Outbox> {
         self.lock().get(agency).map(|s| s.outbox.clone())
     }
 
     /// Whether an agency holds a session.
-    pub fn is_connected(&self, agency: &Identity) -> bool {
+    pub(crate) fn is_connected(&self, agency: &Identity) -> bool {
         self.lock().contains_key(agency)
     }
 
     /// How many agencies hold a session.
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    fn len(&self) -> usize {
         self.lock().len()
-    }
-
-    /// Whether no agency holds a session.
-    pub fn is_empty(&self) -> bool {
-        self.lock().is_empty()
     }
 
     /// One page of the connected agencies, sorted by id and then country: those after the
     /// member form `after` (`AGENCY-ID:CC`, empty: from the first), at most `max` of them and
     /// at most `max_bytes` encoded (but always at least one, so that paging goes forward).
     /// Returns the page and whether more follow.
-    pub fn page(&self, after: &str, max: usize, max_bytes: usize) -> (Vec<ConnectedAgency>, bool) {
+    pub(crate) fn page(
+        &self,
+        after: &str,
+        max: usize,
+        max_bytes: usize,
+    ) -> (Vec<ConnectedAgency>, bool) {
         let mut keyed: Vec<((String, String), ConnectedAgency)> = self
             .lock()
             .iter()
@@ -130,12 +131,12 @@ impl Sessions {
     }
 
     /// Notified whenever a session opens or closes.
-    pub fn subscribe(&self) -> watch::Receiver<u64> {
+    pub(crate) fn subscribe(&self) -> watch::Receiver<u64> {
         self.changed.subscribe()
     }
 
     /// Closes every session (at shutdown): their streams end.
-    pub fn close_all(&self) {
+    pub(crate) fn close_all(&self) {
         self.lock().clear();
         self.changed.send_modify(|n| *n += 1);
     }

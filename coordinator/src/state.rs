@@ -8,7 +8,7 @@ use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 use treaty_proto::Identity;
 use treaty_proto::tls::ServerTls;
-use treaty_proto::v1::{Job, JobEvent, PrivacyReport};
+use treaty_proto::v1::{Job, JobEvent, JobEventKind, PrivacyReport};
 
 use crate::config::{CoordinatorPolicy, Limits};
 use crate::error::CoordinatorError;
@@ -19,7 +19,7 @@ use crate::tasks::Tasks;
 
 /// The shared state of one running coordinator.
 #[derive(Debug)]
-pub struct Coordinator {
+pub(crate) struct Coordinator {
     pub store: Store,
     pub sessions: Sessions,
     pub tasks: Tasks,
@@ -39,7 +39,7 @@ pub struct Coordinator {
 }
 
 /// Milliseconds since the Unix epoch.
-pub fn now_ms() -> i64 {
+pub(crate) fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
@@ -47,7 +47,7 @@ pub fn now_ms() -> i64 {
 }
 
 impl Coordinator {
-    pub fn new(
+    pub(crate) fn new(
         store: Store,
         tls: Arc<ServerTls>,
         limits: Limits,
@@ -69,7 +69,7 @@ impl Coordinator {
     }
 
     /// Keeps an agency's latest privacy report.
-    pub fn note_privacy(&self, agency: &Identity, report: Option<PrivacyReport>) {
+    pub(crate) fn note_privacy(&self, agency: &Identity, report: Option<PrivacyReport>) {
         if let Some(report) = report {
             self.privacy
                 .lock()
@@ -80,7 +80,7 @@ impl Coordinator {
 
     /// Why an agency may not be invited to another round, when its own last report says that
     /// one more round would exceed its budget.
-    pub fn over_budget(&self, agency: &Identity) -> Option<String> {
+    pub(crate) fn over_budget(&self, agency: &Identity) -> Option<String> {
         let map = self.privacy.lock().unwrap_or_else(|e| e.into_inner());
         let r = map.get(agency)?;
         (r.max_epsilon > 0.0 && r.epsilon_after_next_round > r.max_epsilon).then(|| {
@@ -91,8 +91,16 @@ impl Coordinator {
         })
     }
 
-    /// Tells watchers of `job` what happened, and logs it.
-    pub fn emit(&self, job: &Job, round: u32, agency: &str, message: String) {
+    /// Tells watchers of `job` what happened (an event of `kind`, with `message` for people),
+    /// and logs it.
+    pub(crate) fn emit(
+        &self,
+        job: &Job,
+        kind: JobEventKind,
+        round: u32,
+        agency: &str,
+        message: String,
+    ) {
         tracing::info!(job = %job.job_id, round, agency, "{message}");
         let _ = self.events.send(JobEvent {
             time_unix_ms: now_ms(),
@@ -100,11 +108,12 @@ impl Coordinator {
             round,
             agency: agency.to_owned(),
             job: Some(job.clone()),
+            kind: kind as i32,
         });
     }
 
     /// The latest `spent_epsilon` an agency reported.
-    pub fn reported_epsilon(&self, agency: &Identity) -> Option<f64> {
+    pub(crate) fn reported_epsilon(&self, agency: &Identity) -> Option<f64> {
         self.privacy
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -113,13 +122,13 @@ impl Coordinator {
     }
 
     /// Logs a warning about what a peer did, capped and rate-limited per peer (see `peerlog`).
-    pub fn warn_peer(&self, peer: &Identity, message: &str, detail: &str) {
+    pub(crate) fn warn_peer(&self, peer: &Identity, message: &str, detail: &str) {
         self.warnings.warn(&peer.to_string(), message, detail);
     }
 
     /// Appends to the audit log, durably. `agency`, when not empty, is the agency's full
     /// identity (`treaty://agency/<CC>/<id>`).
-    pub fn audit(
+    pub(crate) fn audit(
         &self,
         actor: &str,
         action: &str,
@@ -128,16 +137,58 @@ impl Coordinator {
         agency: &str,
         detail: String,
     ) -> Result<(), CoordinatorError> {
-        let entry = AuditEntry {
-            time_unix_ms: now_ms(),
-            actor: actor.to_owned(),
-            action: action.to_owned(),
-            federation: job.federation.clone(),
-            job: job.job_id.clone(),
-            round,
-            agency: agency.to_owned(),
-            detail,
-        };
-        self.store.audit(&entry)
+        self.store
+            .audit(&audit_entry(actor, action, job, round, agency, detail))
+    }
+
+    /// Runs `work` on a blocking thread, so that what it does (sled writes and their flush,
+    /// file reads, signature checks, long computations) never holds up the async runtime.
+    pub(crate) async fn blocking<T, F>(self: &Arc<Self>, work: F) -> Result<T, CoordinatorError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Coordinator) -> Result<T, CoordinatorError> + Send + 'static,
+    {
+        let ctx = Arc::clone(self);
+        tokio::task::spawn_blocking(move || work(&ctx)).await?
+    }
+
+    /// Stores a job as it is now, durably, on a blocking thread.
+    pub(crate) async fn save_job(self: &Arc<Self>, job: &Job) -> Result<(), CoordinatorError> {
+        let job = job.clone();
+        self.blocking(move |ctx| ctx.store.put_job(&job)).await
+    }
+
+    /// `audit`, on a blocking thread.
+    pub(crate) async fn save_audit(
+        self: &Arc<Self>,
+        actor: &str,
+        action: &str,
+        job: &Job,
+        round: u32,
+        agency: &str,
+        detail: String,
+    ) -> Result<(), CoordinatorError> {
+        let entry = audit_entry(actor, action, job, round, agency, detail);
+        self.blocking(move |ctx| ctx.store.audit(&entry)).await
+    }
+}
+
+fn audit_entry(
+    actor: &str,
+    action: &str,
+    job: &Job,
+    round: u32,
+    agency: &str,
+    detail: String,
+) -> AuditEntry {
+    AuditEntry {
+        time_unix_ms: now_ms(),
+        actor: actor.to_owned(),
+        action: action.to_owned(),
+        federation: job.federation.clone(),
+        job: job.job_id.clone(),
+        round,
+        agency: agency.to_owned(),
+        detail,
     }
 }

@@ -14,7 +14,7 @@ use crate::error::CoordinatorError;
 
 /// The coordinator's database.
 #[derive(Debug, Clone)]
-pub struct Store {
+pub(crate) struct Store {
     db: sled::Db,
     federations: sled::Tree,
     jobs: sled::Tree,
@@ -29,7 +29,7 @@ pub struct Store {
 
 /// One line of the audit log: who did what, when, to which job, round and agency.
 #[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
-pub struct AuditEntry {
+pub(crate) struct AuditEntry {
     pub time_unix_ms: i64,
     /// The identity that caused the event (an operator, an agency, or the coordinator itself).
     pub actor: String,
@@ -53,18 +53,20 @@ fn is_zero(n: &u32) -> bool {
 }
 
 fn decode<M: Message + Default>(
-    what: &str,
+    what: &'static str,
     key: &[u8],
     bytes: &[u8],
 ) -> Result<M, CoordinatorError> {
-    M::decode(bytes).map_err(|e| {
-        CoordinatorError::Corrupt(format!("{what} `{}`: {e}", String::from_utf8_lossy(key)))
+    M::decode(bytes).map_err(|source| CoordinatorError::CorruptRecord {
+        what,
+        key: String::from_utf8_lossy(key).into_owned(),
+        source,
     })
 }
 
 impl Store {
     /// Opens (or creates) the database in `dir`.
-    pub fn open(dir: &Path) -> Result<Self, CoordinatorError> {
+    pub(crate) fn open(dir: &Path) -> Result<Self, CoordinatorError> {
         let db =
             sled::Config::new()
                 .path(dir)
@@ -91,29 +93,33 @@ impl Store {
     }
 
     /// Stores a new federation; fails when the name is taken.
-    pub fn create_federation(&self, info: &FederationInfo) -> Result<(), CoordinatorError> {
+    pub(crate) fn create_federation(&self, info: &FederationInfo) -> Result<(), CoordinatorError> {
         let swapped = self.federations.compare_and_swap(
             info.name.as_bytes(),
             None::<&[u8]>,
             Some(info.encode_to_vec()),
         )?;
         if swapped.is_err() {
-            return Err(CoordinatorError::AlreadyExists(format!(
-                "a federation named `{}` already exists",
-                info.name
-            )));
+            return Err(CoordinatorError::FederationExists {
+                name: info.name.clone(),
+            });
         }
         self.flush()
     }
 
-    pub fn federation(&self, name: &str) -> Result<Option<FederationInfo>, CoordinatorError> {
+    pub(crate) fn federation(
+        &self,
+        name: &str,
+    ) -> Result<Option<FederationInfo>, CoordinatorError> {
         self.federations
             .get(name.as_bytes())?
             .map(|v| decode("federation", name.as_bytes(), &v))
             .transpose()
     }
 
-    pub fn federations(&self) -> Result<Vec<FederationInfo>, CoordinatorError> {
+    /// Every federation, by name.
+    #[cfg(test)]
+    fn federations(&self) -> Result<Vec<FederationInfo>, CoordinatorError> {
         self.federations
             .iter()
             .map(|kv| {
@@ -125,7 +131,7 @@ impl Store {
 
     /// The federations whose names come after `after` (all, when it is empty), by name, read
     /// as they are taken.
-    pub fn federations_after(
+    pub(crate) fn federations_after(
         &self,
         after: &str,
     ) -> impl Iterator<Item = Result<FederationInfo, CoordinatorError>> + use<> {
@@ -145,7 +151,7 @@ impl Store {
 
     /// The jobs older than the job `before` (all, when it is empty), newest first, read as they
     /// are taken.
-    pub fn jobs_before(
+    pub(crate) fn jobs_before(
         &self,
         before: &str,
     ) -> impl Iterator<Item = Result<Job, CoordinatorError>> + use<> {
@@ -165,7 +171,7 @@ impl Store {
     }
 
     /// A fresh job id, `job-000001` and up; never reused, also across restarts.
-    pub fn next_job_id(&self) -> Result<String, CoordinatorError> {
+    pub(crate) fn next_job_id(&self) -> Result<String, CoordinatorError> {
         let next = self.meta.update_and_fetch("last_job_number", |old| {
             let old = old
                 .and_then(|b| <[u8; 8]>::try_from(b).ok())
@@ -176,19 +182,19 @@ impl Store {
         let number = next
             .and_then(|b| <[u8; 8]>::try_from(b.as_ref()).ok())
             .map(u64::from_be_bytes)
-            .ok_or_else(|| CoordinatorError::Corrupt("the job counter".to_owned()))?;
+            .ok_or(CoordinatorError::CorruptCounter)?;
         self.flush()?;
         Ok(format!("job-{number:06}"))
     }
 
     /// Stores a job as it is now (replacing the previous state), durably.
-    pub fn put_job(&self, job: &Job) -> Result<(), CoordinatorError> {
+    pub(crate) fn put_job(&self, job: &Job) -> Result<(), CoordinatorError> {
         self.jobs
             .insert(job.job_id.as_bytes(), job.encode_to_vec())?;
         self.flush()
     }
 
-    pub fn job(&self, job_id: &str) -> Result<Option<Job>, CoordinatorError> {
+    pub(crate) fn job(&self, job_id: &str) -> Result<Option<Job>, CoordinatorError> {
         self.jobs
             .get(job_id.as_bytes())?
             .map(|v| decode("job", job_id.as_bytes(), &v))
@@ -196,7 +202,7 @@ impl Store {
     }
 
     /// Every job, newest first.
-    pub fn jobs(&self) -> Result<Vec<Job>, CoordinatorError> {
+    pub(crate) fn jobs(&self) -> Result<Vec<Job>, CoordinatorError> {
         self.jobs
             .iter()
             .rev()
@@ -208,7 +214,7 @@ impl Store {
     }
 
     /// Stores a model version, durably. Versions are never overwritten.
-    pub fn put_model(&self, model: &StoredModel) -> Result<(), CoordinatorError> {
+    pub(crate) fn put_model(&self, model: &StoredModel) -> Result<(), CoordinatorError> {
         let version = model
             .header
             .as_ref()
@@ -219,7 +225,7 @@ impl Store {
         self.flush()
     }
 
-    pub fn model(&self, version: &str) -> Result<Option<StoredModel>, CoordinatorError> {
+    pub(crate) fn model(&self, version: &str) -> Result<Option<StoredModel>, CoordinatorError> {
         self.models
             .get(version.as_bytes())?
             .map(|v| decode("model", version.as_bytes(), &v))
@@ -227,16 +233,15 @@ impl Store {
     }
 
     /// Appends to the audit log, durably.
-    pub fn audit(&self, entry: &AuditEntry) -> Result<(), CoordinatorError> {
+    pub(crate) fn audit(&self, entry: &AuditEntry) -> Result<(), CoordinatorError> {
         let seq = self.db.generate_id()?;
-        let line = serde_json::to_vec(entry)
-            .map_err(|e| CoordinatorError::Corrupt(format!("audit entry: {e}")))?;
+        let line = serde_json::to_vec(entry).map_err(CoordinatorError::CorruptAudit)?;
         self.audit.insert(seq.to_be_bytes(), line)?;
         self.flush()
     }
 
     /// Records a round's policy decision (JSON), durably, under `job/round`.
-    pub fn put_decision(
+    pub(crate) fn put_decision(
         &self,
         job: &str,
         round: u32,
@@ -248,7 +253,8 @@ impl Store {
     }
 
     /// The recorded decisions of a job, in round order.
-    pub fn decisions(&self, job: &str) -> Result<Vec<String>, CoordinatorError> {
+    #[cfg(test)]
+    fn decisions(&self, job: &str) -> Result<Vec<String>, CoordinatorError> {
         self.decisions
             .scan_prefix(format!("{job}/").as_bytes())
             .map(|kv| Ok(String::from_utf8_lossy(&kv?.1).into_owned()))
@@ -257,7 +263,7 @@ impl Store {
 
     /// Keeps a policy or registry file's text under its SHA-256, so that every version a
     /// decision cites stays on record.
-    pub fn archive_policy(&self, sha256: &str, text: &str) -> Result<(), CoordinatorError> {
+    pub(crate) fn archive_policy(&self, sha256: &str, text: &str) -> Result<(), CoordinatorError> {
         if !self.archive.contains_key(sha256.as_bytes())? {
             self.archive.insert(sha256.as_bytes(), text.as_bytes())?;
         }
@@ -265,7 +271,8 @@ impl Store {
     }
 
     /// An archived policy or registry text by its SHA-256.
-    pub fn archived_policy(&self, sha256: &str) -> Result<Option<String>, CoordinatorError> {
+    #[cfg(test)]
+    fn archived_policy(&self, sha256: &str) -> Result<Option<String>, CoordinatorError> {
         Ok(self
             .archive
             .get(sha256.as_bytes())?
@@ -273,13 +280,13 @@ impl Store {
     }
 
     /// The audit log, oldest first.
-    pub fn audit_log(&self) -> Result<Vec<AuditEntry>, CoordinatorError> {
+    #[cfg(test)]
+    fn audit_log(&self) -> Result<Vec<AuditEntry>, CoordinatorError> {
         self.audit
             .iter()
             .map(|kv| {
                 let (_, v) = kv?;
-                serde_json::from_slice(&v)
-                    .map_err(|e| CoordinatorError::Corrupt(format!("audit entry: {e}")))
+                serde_json::from_slice(&v).map_err(CoordinatorError::CorruptAudit)
             })
             .collect()
     }
@@ -303,7 +310,7 @@ mod tests {
             store.create_federation(&fed).unwrap();
             assert!(matches!(
                 store.create_federation(&fed),
-                Err(CoordinatorError::AlreadyExists(_))
+                Err(CoordinatorError::FederationExists { .. })
             ));
             let id = store.next_job_id().unwrap();
             store
@@ -333,6 +340,31 @@ mod tests {
         // Job ids keep increasing after a reopen.
         let next = store.next_job_id().unwrap();
         assert_eq!(next, "job-000002");
+    }
+
+    #[test]
+    fn decisions_and_the_texts_they_cite_stay_on_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        store
+            .put_decision("job-000001", 2, "{\"round\":2}")
+            .unwrap();
+        store
+            .put_decision("job-000001", 1, "{\"round\":1}")
+            .unwrap();
+        store.put_decision("job-000010", 1, "{}").unwrap();
+        assert_eq!(
+            store.decisions("job-000001").unwrap(),
+            ["{\"round\":1}", "{\"round\":2}"]
+        );
+        store.archive_policy("abc", "version = 1").unwrap();
+        // A text is archived once under its digest.
+        store.archive_policy("abc", "something else").unwrap();
+        assert_eq!(
+            store.archived_policy("abc").unwrap().as_deref(),
+            Some("version = 1")
+        );
+        assert_eq!(store.archived_policy("def").unwrap(), None);
     }
 
     #[test]

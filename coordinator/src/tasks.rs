@@ -11,7 +11,7 @@ use treaty_proto::tensor::NamedTensor;
 
 /// What a node sent back for a task.
 #[derive(Debug)]
-pub enum Outcome {
+pub(crate) enum Outcome {
     /// A result, already decoded and checked for completeness and finiteness.
     Result(TaskResult),
     /// The node declined the task.
@@ -25,7 +25,7 @@ pub enum Outcome {
 
 /// A node's result.
 #[derive(Debug)]
-pub struct TaskResult {
+pub(crate) struct TaskResult {
     pub num_examples: u64,
     pub metrics: HashMap<String, f64>,
     pub tensors: Vec<NamedTensor>,
@@ -35,7 +35,7 @@ pub struct TaskResult {
 }
 
 /// An outcome on its way to its round: (agency, outcome).
-pub type Delivery = (Identity, Outcome);
+pub(crate) type Delivery = (Identity, Outcome);
 
 #[derive(Debug)]
 struct Pending {
@@ -54,7 +54,7 @@ pub enum DeliveryError {
 
 /// The open tasks.
 #[derive(Debug, Default)]
-pub struct Tasks {
+pub(crate) struct Tasks {
     inner: Mutex<HashMap<String, Pending>>,
 }
 
@@ -64,7 +64,12 @@ impl Tasks {
     }
 
     /// Opens a task given to `agency`; its outcome goes to `round`.
-    pub fn open(&self, task_id: &str, agency: &Identity, round: mpsc::UnboundedSender<Delivery>) {
+    pub(crate) fn open(
+        &self,
+        task_id: &str,
+        agency: &Identity,
+        round: mpsc::UnboundedSender<Delivery>,
+    ) {
         self.lock().insert(
             task_id.to_owned(),
             Pending {
@@ -75,7 +80,7 @@ impl Tasks {
     }
 
     /// Checks, before reading a large upload, that `caller` may answer `task_id`.
-    pub fn check(&self, task_id: &str, caller: &Identity) -> Result<(), DeliveryError> {
+    pub(crate) fn check(&self, task_id: &str, caller: &Identity) -> Result<(), DeliveryError> {
         match self.lock().get(task_id) {
             None => Err(DeliveryError::NotOpen(task_id.to_owned())),
             Some(p) if p.agency != *caller => Err(DeliveryError::NotYours {
@@ -87,7 +92,7 @@ impl Tasks {
     }
 
     /// Delivers an outcome from `caller`, closing the task.
-    pub fn deliver(
+    pub(crate) fn deliver(
         &self,
         task_id: &str,
         caller: &Identity,
@@ -105,7 +110,7 @@ impl Tasks {
     }
 
     /// Closes a task without an outcome (its round ended).
-    pub fn close(&self, task_id: &str) {
+    pub(crate) fn close(&self, task_id: &str) {
         self.lock().remove(task_id);
     }
 }

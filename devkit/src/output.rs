@@ -40,7 +40,7 @@ pub fn write(args: std::fmt::Arguments<'_>, newline: bool) {
 /// Prints a job's event as an operator follows it: routine arrivals of results are left out;
 /// refusals, rejections, exclusions and the rounds' progress are shown.
 pub fn print_event(event: &treaty_proto::v1::JobEvent) {
-    if event.message.contains("sent its result") {
+    if event.kind() == treaty_proto::v1::JobEventKind::ResultAccepted {
         return;
     }
     if event.round > 0 {

@@ -321,7 +321,7 @@ pub async fn job(command: JobCommand) -> Outcome {
 }
 
 fn state(job: &Job) -> &'static str {
-    treaty_coordinator::service::operator::state_name(job.state)
+    treaty_coordinator::state_name(job.state)
 }
 
 async fn train(a: TrainArgs) -> Outcome {

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use tokio_stream::StreamExt;
 use treaty_proto::v1::{
-    CreateJobRequest, JobSpec, JobState, RoundSummary, WatchJobRequest, job_spec,
+    CreateJobRequest, JobEventKind, JobSpec, JobState, RoundSummary, WatchJobRequest, job_spec,
 };
 
 use crate::common::*;
@@ -91,7 +91,7 @@ async fn rounds_admit_the_largest_lawful_set_and_nodes_enforce_their_own_policy(
     let mut last = None;
     while let Some(event) = events.next().await {
         let event = event.unwrap();
-        if !changed && event.round == 2 && event.message.contains("completed") {
+        if !changed && event.round == 2 && event.kind() == JobEventKind::RoundCompleted {
             // Mid-job: the Netherlands' own copy of its policy stops allowing narcotics (the
             // coordinator's copy is left as it was), and France lifts its deny of Belgium.
             std::fs::write(

@@ -15,10 +15,11 @@ use treaty_proto::v1::{
 
 use treaty_proto::Identity;
 
-use super::{BoxStream, model_stream, require_agency};
+use super::{BoxStream, job, model_stream, require_agency};
+use crate::error::CoordinatorError;
+use crate::federation::members;
 use crate::limits::{self, MAX_BAD_MESSAGES_PER_SESSION};
 use crate::peerlog::capped;
-use crate::rounds::members;
 use crate::sessions::Session;
 use crate::state::{Coordinator, now_ms};
 use crate::tasks::{Outcome, TaskResult};
@@ -32,12 +33,12 @@ const HEARTBEAT_INTERVAL_MS: u32 = 5_000;
 
 /// The agency service.
 #[derive(Debug, Clone)]
-pub struct AgencyApi {
+pub(crate) struct AgencyApi {
     ctx: Arc<Coordinator>,
 }
 
 impl AgencyApi {
-    pub fn new(ctx: Arc<Coordinator>) -> Self {
+    pub(crate) fn new(ctx: Arc<Coordinator>) -> Self {
         AgencyApi { ctx }
     }
 }
@@ -59,27 +60,24 @@ impl AgencyService for AgencyApi {
             }))) => hello,
             Ok(Err(status)) => return Err(status),
             Err(_) => {
-                return Err(Status::deadline_exceeded(
-                    "no Hello within 10 s of opening the session",
-                ));
+                return Err(CoordinatorError::NoHello {
+                    secs: HELLO_TIMEOUT.as_secs(),
+                }
+                .into());
             }
-            Ok(Ok(_)) => {
-                return Err(Status::invalid_argument(
-                    "the first message of a session must be Hello",
-                ));
-            }
+            Ok(Ok(_)) => return Err(CoordinatorError::NotHello.into()),
         };
         if let Err(bound) = limits::check_hello(&hello) {
             self.ctx
                 .warn_peer(&agency, "Hello refused: over a bound", &bound.to_string());
-            return Err(Status::invalid_argument(format!("Hello refused: {bound}")));
+            return Err(CoordinatorError::HelloOverBound(bound).into());
         }
         if hello.protocol_version != treaty_proto::PROTOCOL_VERSION {
-            return Err(Status::failed_precondition(format!(
-                "the node speaks protocol version {}, this coordinator speaks {}; upgrade the older side",
-                hello.protocol_version,
-                treaty_proto::PROTOCOL_VERSION
-            )));
+            return Err(CoordinatorError::ProtocolVersion {
+                node: hello.protocol_version,
+                ours: treaty_proto::PROTOCOL_VERSION,
+            }
+            .into());
         }
         let (tx, rx) = mpsc::channel(64);
         let welcome = CoordinatorMessage {
@@ -92,7 +90,7 @@ impl AgencyService for AgencyApi {
         };
         tx.send(Ok(welcome))
             .await
-            .map_err(|_| Status::unavailable("the session closed"))?;
+            .map_err(|_| CoordinatorError::SessionClosed)?;
         let id = self.ctx.sessions.next_id();
         let closer = tx.clone();
         self.ctx.sessions.register(
@@ -141,9 +139,8 @@ impl AgencyService for AgencyApi {
                     bad += 1;
                     if bad >= MAX_BAD_MESSAGES_PER_SESSION {
                         tracing::warn!(%agency, bad, "session closed: too many unusable messages");
-                        let _ = closer.try_send(Err(Status::invalid_argument(format!(
-                            "session closed after {bad} unusable messages (empty, over a bound, or about tasks that are not yours)"
-                        ))));
+                        let _ = closer
+                            .try_send(Err(CoordinatorError::TooManyUnusable { count: bad }.into()));
                         break;
                     }
                 }
@@ -165,21 +162,17 @@ impl AgencyService for AgencyApi {
             Some(ResultPart {
                 kind: Some(result_part::Kind::Header(h)),
             }) => h,
-            _ => {
-                return Err(Status::invalid_argument(
-                    "a result must start with its header",
-                ));
-            }
+            _ => return Err(CoordinatorError::NoResultHeader.into()),
         };
         if let Err(bound) = limits::check_result_header(&header) {
             self.ctx
                 .warn_peer(&agency, "result refused: over a bound", &bound.to_string());
-            return Err(Status::invalid_argument(format!("result refused: {bound}")));
+            return Err(CoordinatorError::ResultOverBound(bound).into());
         }
         self.ctx
             .tasks
             .check(&header.task_id, &agency)
-            .map_err(|e| Status::failed_precondition(e.to_string()))?;
+            .map_err(CoordinatorError::from)?;
         self.ctx.note_privacy(&agency, header.privacy.clone());
         let received = receive(&mut parts, &header, &self.ctx.limits).await;
         let outcome = match received {
@@ -206,11 +199,9 @@ impl AgencyService for AgencyApi {
         self.ctx
             .tasks
             .deliver(&header.task_id, &agency, outcome)
-            .map_err(|e| Status::failed_precondition(e.to_string()))?;
+            .map_err(CoordinatorError::from)?;
         match rejected {
-            Some(reason) => Err(Status::invalid_argument(format!(
-                "result rejected: {reason}"
-            ))),
+            Some(reason) => Err(CoordinatorError::ResultRejected { reason }.into()),
             None => Ok(Response::new(SubmitReceipt {
                 accepted: true,
                 message: String::new(),
@@ -224,21 +215,18 @@ impl AgencyService for AgencyApi {
     ) -> Result<Response<Self::DownloadModelStream>, Status> {
         let (agency, _) = require_agency(&self.ctx, &request)?;
         let req = request.into_inner();
-        let job = self
-            .ctx
-            .store
-            .job(&req.job_id)?
-            .ok_or_else(|| Status::not_found(format!("job `{}` does not exist", req.job_id)))?;
+        let job = job(&self.ctx, &req.job_id)?;
         let member = self
             .ctx
             .store
             .federation(&job.federation)?
             .is_some_and(|f| members(&f).contains(&agency));
         if !member {
-            return Err(Status::permission_denied(format!(
-                "`{agency}` is not a member of federation `{}` (members are agencies of a country: id and country together)",
-                job.federation
-            )));
+            return Err(CoordinatorError::NotAMember {
+                agency,
+                federation: job.federation,
+            }
+            .into());
         }
         Ok(Response::new(model_stream(
             &self.ctx,

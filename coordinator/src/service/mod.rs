@@ -1,8 +1,8 @@
 //! The gRPC services: decode, authorise by the caller's verified certificate, call the domain,
 //! encode.
 
-pub mod agency;
-pub mod operator;
+pub(crate) mod agency;
+pub(crate) mod operator;
 
 use std::pin::Pin;
 
@@ -13,81 +13,97 @@ use treaty_proto::tensor::{self, DEFAULT_MAX_CHUNK_BYTES};
 use treaty_proto::tls::PeerInfo;
 use treaty_proto::v1::{Dtype, ModelPart, model_part};
 
+use crate::error::CoordinatorError;
 use crate::state::Coordinator;
 
 /// A boxed response stream.
-pub type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+pub(crate) type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
 /// The caller's verified identity. Every connection to the coordinator is mutual TLS, so a
 /// request without one never reaches a handler; if it does, it is refused. A certificate revoked
 /// after its connection opened is refused from the next request on.
-pub fn caller<T>(ctx: &Coordinator, request: &Request<T>) -> Result<PeerInfo, Status> {
+pub(crate) fn caller<T>(
+    ctx: &Coordinator,
+    request: &Request<T>,
+) -> Result<PeerInfo, CoordinatorError> {
     let peer = request
         .extensions()
         .get::<PeerInfo>()
         .cloned()
-        .ok_or_else(|| Status::unauthenticated("no verified client certificate"))?;
+        .ok_or(CoordinatorError::NoCertificate)?;
     if ctx.tls.is_revoked(&peer.serial) {
         tracing::warn!(identity = %peer.identity, serial = peer.serial, "request with a revoked certificate refused");
-        return Err(Status::unauthenticated(format!(
-            "the certificate of `{}` has been revoked",
-            peer.identity
-        )));
+        return Err(CoordinatorError::Revoked {
+            identity: peer.identity,
+        });
     }
     Ok(peer)
 }
 
 /// The calling agency's identity (country and id together) and connection, or
 /// `PERMISSION_DENIED` for anyone else.
-pub fn require_agency<T>(
+pub(crate) fn require_agency<T>(
     ctx: &Coordinator,
     request: &Request<T>,
-) -> Result<(Identity, PeerInfo), Status> {
+) -> Result<(Identity, PeerInfo), CoordinatorError> {
     let peer = caller(ctx, request)?;
     match &peer.identity {
         id @ Identity::Agency { .. } => Ok((id.clone(), peer)),
-        other => Err(Status::permission_denied(format!(
-            "`{other}` is not an agency; only agency certificates may use the agency service"
-        ))),
+        other => Err(CoordinatorError::NotAnAgency {
+            identity: other.clone(),
+        }),
     }
 }
 
 /// The calling operator's identity, or `PERMISSION_DENIED` for anyone else.
-pub fn require_operator<T>(ctx: &Coordinator, request: &Request<T>) -> Result<Identity, Status> {
+pub(crate) fn require_operator<T>(
+    ctx: &Coordinator,
+    request: &Request<T>,
+) -> Result<Identity, CoordinatorError> {
     match caller(ctx, request)?.identity {
         id @ Identity::Operator { .. } => Ok(id),
-        other => Err(Status::permission_denied(format!(
-            "`{other}` is not an operator; only operator certificates may use the operator API"
-        ))),
+        identity => Err(CoordinatorError::NotAnOperator { identity }),
     }
 }
 
+/// A job as it is now, or `NOT_FOUND`.
+pub(crate) fn job(
+    ctx: &Coordinator,
+    job_id: &str,
+) -> Result<treaty_proto::v1::Job, CoordinatorError> {
+    ctx.store
+        .job(job_id)?
+        .ok_or_else(|| CoordinatorError::UnknownJob {
+            job: job_id.to_owned(),
+        })
+}
+
 /// Streams a stored model version: its header, then its bytes in chunks.
-pub fn model_stream(
+pub(crate) fn model_stream(
     ctx: &Coordinator,
     job_id: &str,
     version: &str,
-) -> Result<BoxStream<ModelPart>, Status> {
-    let job = ctx
-        .store
-        .job(job_id)?
-        .ok_or_else(|| Status::not_found(format!("job `{job_id}` does not exist")))?;
+) -> Result<BoxStream<ModelPart>, CoordinatorError> {
+    let job = job(ctx, job_id)?;
     let version = if version.is_empty() {
         job.latest_model_version.clone()
     } else {
         version.to_owned()
     };
     if !version.starts_with(&format!("{job_id}/")) {
-        return Err(Status::not_found(format!(
-            "job `{job_id}` has no model version `{version}`"
-        )));
+        return Err(CoordinatorError::NotAVersionOfJob {
+            job: job_id.to_owned(),
+            version,
+        });
     }
-    let stored = ctx
-        .store
-        .model(&version)?
-        .ok_or_else(|| Status::not_found(format!("model version `{version}` does not exist")))?;
+    let stored =
+        ctx.store
+            .model(&version)?
+            .ok_or_else(|| CoordinatorError::UnknownModelVersion {
+                version: version.clone(),
+            })?;
     let tensors = tensor::from_whole(&stored.tensors, u64::MAX)
-        .map_err(|e| Status::internal(format!("stored model `{version}` is corrupt: {e}")))?;
+        .map_err(|source| CoordinatorError::CorruptModel { version, source })?;
     let (specs, chunks) = tensor::encode(&tensors, Dtype::F64, DEFAULT_MAX_CHUNK_BYTES);
     let mut header = stored.header.unwrap_or_default();
     header.tensors = specs;

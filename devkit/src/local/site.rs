@@ -17,9 +17,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use serde::Serialize;
-use treaty_coordinator::CoordinatorConfig;
 use treaty_coordinator::client::OperatorConfig;
-use treaty_coordinator::config::{CoordinatorPolicy, CoordinatorTls, Limits};
+use treaty_coordinator::{CoordinatorConfig, CoordinatorPolicy, CoordinatorTls, Limits};
 use treaty_node::NodeConfig;
 use treaty_node::config::{CoordinatorLink, DataFiles};
 use treaty_policies::PolicyFiles;

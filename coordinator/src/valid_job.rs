@@ -1,0 +1,972 @@
+//! A job spec as the coordinator works with it: decoded and checked once, where it arrives
+//! (`CreateJob`, or a stored job read back), into a [`ValidJob`] whose enums are typed and whose
+//! defaults are filled in. Nothing after that edge checks a spec again.
+//!
+//! A spec that cannot run is an [`InvalidJob`], listing every [`JobProblem`] at once (as a
+//! configuration file's problems are), so that the operator fixes them all in one go.
+
+use std::time::Duration;
+
+use treaty_proto::schema;
+use treaty_proto::v1::{
+    Aggregation, ColumnStats, Combine, DpMode, FeatureSchema, JobSpec, LabelKind, ModelKind,
+    PrivacySpec, QueryKind, QuerySpec, SharingSpec, Strategy, TrainingSpec, job_spec,
+};
+
+use crate::aggregate::Settings;
+
+/// The wait for a round's results when the spec gives none.
+pub(crate) const DEFAULT_ROUND_TIMEOUT_MS: u32 = 60_000;
+/// The wait for enough members to be connected when the spec gives none.
+pub(crate) const DEFAULT_JOIN_TIMEOUT_MS: u32 = 60_000;
+/// The most values a robustly combined query may have (its intervals are bootstrapped per
+/// agency and value).
+pub(crate) const MAX_ROBUST_WIDTH: usize = 10_000;
+/// The zCDP rho each node spends on the statistics round when the spec gives none.
+const DEFAULT_STATISTICS_RHO: f64 = 0.005;
+
+/// Why a job spec cannot run: every problem found.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{}", list(problems))]
+pub struct InvalidJob {
+    /// Each problem, in the order of the spec's fields.
+    pub problems: Vec<JobProblem>,
+}
+
+fn list(problems: &[JobProblem]) -> String {
+    let lines: Vec<String> = problems.iter().map(ToString::to_string).collect();
+    lines.join("; ")
+}
+
+/// One problem of a job spec, naming the field and what it must be.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum JobProblem {
+    #[error("the job has no kind; give `training` or `query`")]
+    NoKind,
+    #[error("`{field}` is {value}; it must be {expected}")]
+    UnknownValue {
+        field: &'static str,
+        value: i32,
+        expected: &'static str,
+    },
+    #[error("`min_participants` is {min} but the federation has only {members} member(s)")]
+    MoreParticipantsThanMembers { min: u32, members: usize },
+    #[error("`training.schema` is missing; give the federation's feature schema")]
+    NoSchema,
+    #[error("schema: {0}")]
+    Schema(String),
+    #[error("`training.model` names no model")]
+    NoModel,
+    #[error(
+        "{} needs a {} label, but the schema's label is {}",
+        model.as_str_name(),
+        needed.as_str_name(),
+        label.as_str_name()
+    )]
+    LabelMismatch {
+        model: ModelKind,
+        needed: LabelKind,
+        label: LabelKind,
+    },
+    #[error(
+        "`training.standardization` has {given} entries for {numeric} numeric column(s); leave it empty and the federation computes it"
+    )]
+    Standardization { given: usize, numeric: usize },
+    #[error("`training.hidden_units` is {0}; an MLP needs 1 to 4096")]
+    HiddenUnits(u32),
+    #[error("`training.rounds` is {0}; it must be 1 to 10000")]
+    Rounds(u32),
+    #[error("`{0}` must be at least 1")]
+    Zero(&'static str),
+    #[error("`{field}` is {value}; it must be {expected}")]
+    OutOfRange {
+        field: &'static str,
+        value: f64,
+        expected: &'static str,
+    },
+    #[error(
+        "`training.privacy` is missing: every training job trains with record-level differential privacy; give a mode, a clipping norm and a noise multiplier or a target epsilon"
+    )]
+    NoPrivacy,
+    #[error("`privacy.mode` must be DP_MODE_FULL_BATCH or DP_MODE_POISSON")]
+    NoDpMode,
+    #[error(
+        "give `privacy.noise_multiplier`, or `privacy.target_epsilon` and `privacy.target_delta`"
+    )]
+    NoNoise,
+    #[error("`query.kind` must be COUNT, SUM, MEAN, HISTOGRAM or QUANTILE")]
+    NoStatistic,
+    #[error(
+        "`query.epsilon` is {0}; every query spends a positive epsilon of each agency's budget"
+    )]
+    QueryEpsilon(f64),
+    #[error("`query.column` is empty; name the column")]
+    NoColumn,
+    #[error("give both `{0}` and `{1}`, or neither")]
+    Unpaired(&'static str, &'static str),
+    #[error(
+        "`query.lower` ({lower}) and `query.upper` ({upper}) must be finite with lower < upper"
+    )]
+    Bounds { lower: f64, upper: f64 },
+    #[error("`query.categories` is empty; list the values to count")]
+    NoCategories,
+    #[error("the histogram has more than {0} cells")]
+    TooManyCells(usize),
+    #[error("the query has {width} values; a robust combination takes at most {max}")]
+    TooWideToCombineRobustly { width: usize, max: usize },
+    #[error("`query.quantiles` must list values in (0, 1)")]
+    Quantiles,
+    #[error("`query.bins` is {bins}; at most {max}")]
+    TooManyBins { bins: u32, max: usize },
+    #[error(
+        "the job gives its noise multiplier directly: declare `sharing.epsilon_per_round`, the most epsilon one agency spends in one round (`treaty privacy epsilon` computes it), for the policies to judge"
+    )]
+    UndeclaredEpsilon,
+    #[error("`sharing`: epsilon per round {epsilon} must be positive and delta {delta} in [0, 1)")]
+    Sharing { epsilon: f64, delta: f64 },
+}
+
+/// A job spec that passed every check, its defaults filled in.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct ValidJob {
+    /// What every round of the job goes by.
+    pub rules: RoundRules,
+    /// What the job does.
+    pub work: Work,
+}
+
+/// What every round of a job goes by: how many agencies it needs, how long it waits, and the
+/// terms the sharing policies judge.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct RoundRules {
+    /// At least 1.
+    min_participants: u32,
+    /// As sent (0: the default).
+    round_timeout_ms: u32,
+    /// As sent (0: the default).
+    join_timeout_ms: u32,
+    /// As sent.
+    declared: Option<SharingSpec>,
+    /// The sharing terms, with the spec's defaults filled in.
+    pub sharing: Sharing,
+}
+
+/// What a job asks of the sharing policies, with the spec's defaults filled in.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct Sharing {
+    pub epsilon_per_round: f64,
+    pub delta: f64,
+    pub fields: Vec<String>,
+    pub model_retention_days: Option<u32>,
+    pub onward_transfer: bool,
+}
+
+/// What a job does.
+#[derive(Debug, Clone, PartialEq)]
+#[allow(clippy::large_enum_variant)] // One value per running job: its size does not matter.
+pub(crate) enum Work {
+    /// Train a model over rounds.
+    Training(ValidTraining),
+    /// Answer one analytics query in a single round.
+    Query(ValidQuery),
+}
+
+/// A training spec that passed every check.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct ValidTraining {
+    /// Never `Unspecified`.
+    pub model: ModelKind,
+    /// The feature schema, sound.
+    pub schema: FeatureSchema,
+    /// Record-level differential privacy, with a mode and a noise.
+    pub privacy: PrivacySpec,
+    /// The strategy with its defaults filled in.
+    pub settings: Settings,
+    /// The rest of the spec as sent (its `schema` and `privacy` are the fields above).
+    rest: TrainingSpec,
+}
+
+/// An analytics query that passed every check.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct ValidQuery {
+    /// What it computes.
+    pub statistic: Statistic,
+    /// How the agencies' answers are combined.
+    pub combination: Combination,
+    /// The query as sent (its `kind` and `combine` are the fields above).
+    pub spec: QuerySpec,
+}
+
+/// The statistic of a query (`QueryKind` without its invalid value).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Statistic {
+    Count,
+    Sum,
+    Mean,
+    Histogram,
+    Quantile,
+}
+
+/// How a query combines the agencies' answers (`Combine`, its default resolved).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Combination {
+    /// The sum of the answers.
+    Sum,
+    /// Per value, the median of the answers times their number.
+    Median,
+    /// Per value, the trimmed mean of the answers times their number.
+    Trimmed,
+}
+
+impl ValidJob {
+    /// Checks `spec` for a federation of `members` members: every problem at once.
+    pub(crate) fn for_federation(spec: JobSpec, members: usize) -> Result<Self, InvalidJob> {
+        decode(spec, Some(members))
+    }
+
+    /// The job's spec as the wire and the store carry it, defaults filled in.
+    pub(crate) fn to_spec(&self) -> JobSpec {
+        JobSpec {
+            kind: Some(match &self.work {
+                Work::Training(t) => job_spec::Kind::Training(t.to_spec()),
+                Work::Query(q) => job_spec::Kind::Query(q.spec.clone()),
+            }),
+            min_participants: self.rules.min_participants,
+            round_timeout_ms: self.rules.round_timeout_ms,
+            join_timeout_ms: self.rules.join_timeout_ms,
+            sharing: self.rules.declared.clone(),
+        }
+    }
+}
+
+/// Checks a spec on its own (a stored job read back; its federation's size was checked when it
+/// was created).
+impl TryFrom<JobSpec> for ValidJob {
+    type Error = InvalidJob;
+
+    fn try_from(spec: JobSpec) -> Result<Self, InvalidJob> {
+        decode(spec, None)
+    }
+}
+
+impl RoundRules {
+    /// The fewest usable results (and admitted agencies) a round goes ahead with.
+    pub(crate) fn min_participants(&self) -> usize {
+        self.min_participants as usize
+    }
+
+    /// How long a round waits for enough members to be connected.
+    pub(crate) fn join_timeout(&self) -> Duration {
+        Duration::from_millis(u64::from(or_default(
+            self.join_timeout_ms,
+            DEFAULT_JOIN_TIMEOUT_MS,
+        )))
+    }
+
+    /// How long a round waits for its results, in milliseconds.
+    pub(crate) fn round_timeout_ms(&self) -> u32 {
+        or_default(self.round_timeout_ms, DEFAULT_ROUND_TIMEOUT_MS)
+    }
+}
+
+fn or_default(value: u32, default: u32) -> u32 {
+    if value == 0 { default } else { value }
+}
+
+impl ValidTraining {
+    /// The number of training rounds.
+    pub(crate) fn rounds(&self) -> u32 {
+        self.rest.rounds
+    }
+
+    /// Whether the federation's standardisation is still to be computed (by a statistics round).
+    pub(crate) fn needs_statistics(&self) -> bool {
+        self.rest.standardization.is_empty() && !schema::numeric_columns(&self.schema).is_empty()
+    }
+
+    /// Records the statistics round's standardisation, and the rho the round cost each node.
+    pub(crate) fn set_standardization(&mut self, stats: Vec<ColumnStats>) {
+        self.rest.standardization = stats;
+        self.privacy.statistics_round_rho = if self.privacy.statistics_rho > 0.0 {
+            self.privacy.statistics_rho
+        } else {
+            DEFAULT_STATISTICS_RHO
+        };
+    }
+
+    /// Picks a random seed for the initial model when the spec gives none.
+    pub(crate) fn pick_seed(&mut self) {
+        if self.rest.seed == 0 {
+            self.rest.seed = rand::random::<u64>().max(1);
+        }
+    }
+
+    /// The seed of the initial model.
+    pub(crate) fn seed(&self) -> u64 {
+        self.rest.seed
+    }
+
+    /// The spec as the wire (tasks, model headers) and the store carry it.
+    pub(crate) fn to_spec(&self) -> TrainingSpec {
+        TrainingSpec {
+            schema: Some(self.schema.clone()),
+            privacy: Some(self.privacy),
+            ..self.rest.clone()
+        }
+    }
+}
+
+impl TryFrom<TrainingSpec> for ValidTraining {
+    type Error = InvalidJob;
+
+    fn try_from(spec: TrainingSpec) -> Result<Self, InvalidJob> {
+        let mut problems = Vec::new();
+        match training(spec, &mut problems) {
+            Some(t) if problems.is_empty() => Ok(t),
+            _ => Err(InvalidJob { problems }),
+        }
+    }
+}
+
+impl TryFrom<QuerySpec> for ValidQuery {
+    type Error = InvalidJob;
+
+    fn try_from(spec: QuerySpec) -> Result<Self, InvalidJob> {
+        let mut problems = Vec::new();
+        match query(spec, &mut problems) {
+            Some(q) if problems.is_empty() => Ok(q),
+            _ => Err(InvalidJob { problems }),
+        }
+    }
+}
+
+fn decode(spec: JobSpec, members: Option<usize>) -> Result<ValidJob, InvalidJob> {
+    let mut problems = Vec::new();
+    let min_participants = spec.min_participants.max(1);
+    if let Some(members) = members
+        && min_participants as usize > members
+    {
+        problems.push(JobProblem::MoreParticipantsThanMembers {
+            min: min_participants,
+            members,
+        });
+    }
+    let work = match spec.kind {
+        Some(job_spec::Kind::Training(t)) => training(t, &mut problems).map(Work::Training),
+        Some(job_spec::Kind::Query(q)) => query(q, &mut problems).map(Work::Query),
+        None => {
+            problems.push(JobProblem::NoKind);
+            None
+        }
+    };
+    // The sharing terms rest on the rest of the spec: judged once that is sound.
+    let declared = spec.sharing;
+    match work {
+        Some(work) if problems.is_empty() => {
+            match sharing(declared.as_ref().cloned().unwrap_or_default(), &work) {
+                Ok(sharing) => Ok(ValidJob {
+                    rules: RoundRules {
+                        min_participants,
+                        round_timeout_ms: spec.round_timeout_ms,
+                        join_timeout_ms: spec.join_timeout_ms,
+                        declared,
+                        sharing,
+                    },
+                    work,
+                }),
+                Err(problem) => Err(InvalidJob {
+                    problems: vec![problem],
+                }),
+            }
+        }
+        _ => Err(InvalidJob { problems }),
+    }
+}
+
+/// A value that must lie in a range: the problem when it does not.
+fn within(
+    problems: &mut Vec<JobProblem>,
+    field: &'static str,
+    value: f64,
+    ok: bool,
+    expected: &'static str,
+) {
+    if !ok {
+        problems.push(JobProblem::OutOfRange {
+            field,
+            value,
+            expected,
+        });
+    }
+}
+
+/// Checks a training spec, adding its problems; the validated spec when it has none.
+fn training(t: TrainingSpec, problems: &mut Vec<JobProblem>) -> Option<ValidTraining> {
+    let before = problems.len();
+    let model = match ModelKind::try_from(t.model) {
+        Ok(ModelKind::Unspecified) => {
+            problems.push(JobProblem::NoModel);
+            None
+        }
+        Ok(model) => Some(model),
+        Err(_) => {
+            problems.push(JobProblem::UnknownValue {
+                field: "training.model",
+                value: t.model,
+                expected: "LOGISTIC_REGRESSION, MULTINOMIAL_LOGISTIC_REGRESSION, LINEAR_REGRESSION or MLP",
+            });
+            None
+        }
+    };
+    match &t.schema {
+        None => problems.push(JobProblem::NoSchema),
+        Some(s) => {
+            problems.extend(schema::problems(s).into_iter().map(JobProblem::Schema));
+            let label = schema::label_kind(s);
+            if let Some(model) = model
+                && let Some(needed) = schema::label_kind_for(model)
+                && needed != label
+            {
+                problems.push(JobProblem::LabelMismatch {
+                    model,
+                    needed,
+                    label,
+                });
+            }
+            let numeric = schema::numeric_columns(s).len();
+            if !t.standardization.is_empty() && t.standardization.len() != numeric {
+                problems.push(JobProblem::Standardization {
+                    given: t.standardization.len(),
+                    numeric,
+                });
+            }
+        }
+    }
+    if model == Some(ModelKind::Mlp) && !(1..=4096).contains(&t.hidden_units) {
+        problems.push(JobProblem::HiddenUnits(t.hidden_units));
+    }
+    if !(1..=10_000).contains(&t.rounds) {
+        problems.push(JobProblem::Rounds(t.rounds));
+    }
+    if t.local_epochs == 0 {
+        problems.push(JobProblem::Zero("training.local_epochs"));
+    }
+    if t.batch_size == 0 {
+        problems.push(JobProblem::Zero("training.batch_size"));
+    }
+    let lr = t.learning_rate;
+    within(
+        problems,
+        "training.learning_rate",
+        lr,
+        lr.is_finite() && lr > 0.0,
+        "a positive number",
+    );
+    within(
+        problems,
+        "training.momentum",
+        t.momentum,
+        (0.0..1.0).contains(&t.momentum),
+        "in [0, 1)",
+    );
+    within(
+        problems,
+        "training.l2",
+        t.l2,
+        t.l2.is_finite() && t.l2 >= 0.0,
+        "zero or positive",
+    );
+    let settings = strategy(t.strategy.unwrap_or_default(), problems);
+    let privacy = match t.privacy {
+        None => {
+            problems.push(JobProblem::NoPrivacy);
+            None
+        }
+        Some(p) => {
+            privacy(&p, problems);
+            Some(p)
+        }
+    };
+    if problems.len() > before {
+        return None;
+    }
+    Some(ValidTraining {
+        model: model?,
+        privacy: privacy?,
+        settings: settings?,
+        schema: t.schema.clone()?,
+        rest: TrainingSpec {
+            schema: None,
+            privacy: None,
+            ..t
+        },
+    })
+}
+
+/// Checks a strategy, adding its problems; its settings when it has none.
+fn strategy(s: Strategy, problems: &mut Vec<JobProblem>) -> Option<Settings> {
+    let before = problems.len();
+    let mu = s.proximal_mu;
+    within(
+        problems,
+        "strategy.proximal_mu",
+        mu,
+        mu.is_finite() && mu >= 0.0,
+        "zero or positive",
+    );
+    let aggregation = match Aggregation::try_from(s.aggregation) {
+        Ok(Aggregation::Unspecified) => Some(Aggregation::Fedavg),
+        Ok(a) => Some(a),
+        Err(_) => {
+            problems.push(JobProblem::UnknownValue {
+                field: "strategy.aggregation",
+                value: s.aggregation,
+                expected: "FEDAVG, FEDADAM, FEDYOGI, FEDADAGRAD, MEDIAN, TRIMMED_MEAN or NORM_BOUNDED",
+            });
+            None
+        }
+    };
+    let settings = Settings::new(aggregation.unwrap_or(Aggregation::Fedavg), &s);
+    let positive = |v: f64| v.is_finite() && v > 0.0;
+    within(
+        problems,
+        "strategy.server_learning_rate",
+        settings.server_learning_rate,
+        positive(settings.server_learning_rate),
+        "positive",
+    );
+    for (field, v) in [
+        ("strategy.beta1", settings.beta1),
+        ("strategy.beta2", settings.beta2),
+    ] {
+        within(problems, field, v, (0.0..1.0).contains(&v), "in [0, 1)");
+    }
+    within(
+        problems,
+        "strategy.tau",
+        settings.tau,
+        positive(settings.tau),
+        "positive",
+    );
+    within(
+        problems,
+        "strategy.trim_fraction",
+        settings.trim_fraction,
+        (0.0..0.5).contains(&settings.trim_fraction),
+        "in [0, 0.5)",
+    );
+    let bound = settings.max_update_norm;
+    within(
+        problems,
+        "strategy.max_update_norm",
+        bound,
+        bound.is_finite() && bound >= 0.0,
+        "zero or positive",
+    );
+    (problems.len() == before).then_some(settings)
+}
+
+/// Checks a privacy spec, adding its problems.
+fn privacy(p: &PrivacySpec, problems: &mut Vec<JobProblem>) {
+    within(
+        problems,
+        "privacy.clip_norm",
+        p.clip_norm,
+        p.clip_norm.is_finite() && p.clip_norm > 0.0,
+        "positive",
+    );
+    match DpMode::try_from(p.mode) {
+        Ok(DpMode::Unspecified) => problems.push(JobProblem::NoDpMode),
+        Ok(_) => {}
+        Err(_) => problems.push(JobProblem::UnknownValue {
+            field: "privacy.mode",
+            value: p.mode,
+            expected: "DP_MODE_FULL_BATCH or DP_MODE_POISSON",
+        }),
+    }
+    within(
+        problems,
+        "privacy.sampling_rate",
+        p.sampling_rate,
+        (0.0..=1.0).contains(&p.sampling_rate),
+        "in (0, 1], or 0 for batch size / records",
+    );
+    let calibrated = p.target_epsilon > 0.0 && p.target_delta > 0.0 && p.target_delta < 1.0;
+    if !(p.noise_multiplier > 0.0 || calibrated) {
+        problems.push(JobProblem::NoNoise);
+    }
+}
+
+/// Checks a query, adding its problems; the validated query when it has none.
+fn query(q: QuerySpec, problems: &mut Vec<JobProblem>) -> Option<ValidQuery> {
+    let before = problems.len();
+    let statistic = match QueryKind::try_from(q.kind) {
+        Ok(QueryKind::Count) => Some(Statistic::Count),
+        Ok(QueryKind::Sum) => Some(Statistic::Sum),
+        Ok(QueryKind::Mean) => Some(Statistic::Mean),
+        Ok(QueryKind::Histogram) => Some(Statistic::Histogram),
+        Ok(QueryKind::Quantile) => Some(Statistic::Quantile),
+        Ok(QueryKind::Unspecified) => {
+            problems.push(JobProblem::NoStatistic);
+            None
+        }
+        Err(_) => {
+            problems.push(JobProblem::UnknownValue {
+                field: "query.kind",
+                value: q.kind,
+                expected: "COUNT, SUM, MEAN, HISTOGRAM or QUANTILE",
+            });
+            None
+        }
+    };
+    if !(q.epsilon.is_finite() && q.epsilon > 0.0) {
+        problems.push(JobProblem::QueryEpsilon(q.epsilon));
+    }
+    within(
+        problems,
+        "query.confidence",
+        q.confidence,
+        q.confidence == 0.0 || (q.confidence > 0.0 && q.confidence < 1.0),
+        "in (0, 1)",
+    );
+    if statistic != Some(Statistic::Count) && q.column.is_empty() {
+        problems.push(JobProblem::NoColumn);
+    }
+    if q.where_column.is_empty() != q.where_value.is_empty() {
+        problems.push(JobProblem::Unpaired(
+            "query.where_column",
+            "query.where_value",
+        ));
+    }
+    if matches!(
+        statistic,
+        Some(Statistic::Sum | Statistic::Mean | Statistic::Quantile)
+    ) && !(q.lower.is_finite() && q.upper.is_finite() && q.lower < q.upper)
+    {
+        problems.push(JobProblem::Bounds {
+            lower: q.lower,
+            upper: q.upper,
+        });
+    }
+    if statistic == Some(Statistic::Histogram) {
+        if q.categories.is_empty() {
+            problems.push(JobProblem::NoCategories);
+        }
+        if q.by_column.is_empty() != q.by_categories.is_empty() {
+            problems.push(JobProblem::Unpaired(
+                "query.by_column",
+                "query.by_categories",
+            ));
+        }
+        if (q.categories.len() + 1) * (q.by_categories.len() + 1) > treaty_proto::query::MAX_WIDTH {
+            problems.push(JobProblem::TooManyCells(treaty_proto::query::MAX_WIDTH));
+        }
+    }
+    let combination = match Combine::try_from(q.combine) {
+        Ok(Combine::Unspecified | Combine::Sum) => Some(Combination::Sum),
+        Ok(robust @ (Combine::Median | Combine::Trimmed)) => {
+            let width = treaty_proto::query::layout(&q)
+                .map(|l| l.0.len())
+                .unwrap_or(0);
+            if width > MAX_ROBUST_WIDTH {
+                problems.push(JobProblem::TooWideToCombineRobustly {
+                    width,
+                    max: MAX_ROBUST_WIDTH,
+                });
+            }
+            Some(if robust == Combine::Median {
+                Combination::Median
+            } else {
+                Combination::Trimmed
+            })
+        }
+        Err(_) => {
+            problems.push(JobProblem::UnknownValue {
+                field: "query.combine",
+                value: q.combine,
+                expected: "SUM, MEDIAN or TRIMMED",
+            });
+            None
+        }
+    };
+    if statistic == Some(Statistic::Quantile) {
+        if q.quantiles.is_empty() || q.quantiles.iter().any(|p| !(*p > 0.0 && *p < 1.0)) {
+            problems.push(JobProblem::Quantiles);
+        }
+        if q.bins as usize > treaty_proto::query::MAX_BINS {
+            problems.push(JobProblem::TooManyBins {
+                bins: q.bins,
+                max: treaty_proto::query::MAX_BINS,
+            });
+        }
+    }
+    if problems.len() > before {
+        return None;
+    }
+    Some(ValidQuery {
+        statistic: statistic?,
+        combination: combination?,
+        spec: q,
+    })
+}
+
+/// The sharing terms of a sound job: what it declared, defaults taken from the rest of the
+/// spec.
+fn sharing(declared: SharingSpec, work: &Work) -> Result<Sharing, JobProblem> {
+    let (epsilon, delta, fields) = match work {
+        Work::Training(t) => {
+            let privacy = t.privacy;
+            let epsilon = if declared.epsilon_per_round > 0.0 {
+                declared.epsilon_per_round
+            } else if privacy.noise_multiplier <= 0.0 && privacy.target_epsilon > 0.0 {
+                // No round of the job spends more than the whole job's target.
+                privacy.target_epsilon
+            } else {
+                return Err(JobProblem::UndeclaredEpsilon);
+            };
+            let delta = if declared.delta > 0.0 {
+                declared.delta
+            } else if privacy.target_delta > 0.0 {
+                privacy.target_delta
+            } else {
+                1e-5
+            };
+            let mut fields: Vec<String> = t
+                .schema
+                .columns
+                .iter()
+                .map(|c| c.name.clone())
+                .chain(t.schema.label.iter().map(|l| l.name.clone()))
+                .collect();
+            fields.dedup();
+            (epsilon, delta, fields)
+        }
+        Work::Query(q) => {
+            let q = &q.spec;
+            let epsilon = if declared.epsilon_per_round > 0.0 {
+                declared.epsilon_per_round
+            } else {
+                q.epsilon
+            };
+            let fields = [&q.column, &q.by_column, &q.where_column]
+                .into_iter()
+                .filter(|c| !c.is_empty())
+                .cloned()
+                .collect();
+            (epsilon, declared.delta.max(0.0), fields)
+        }
+    };
+    if !(epsilon.is_finite() && epsilon > 0.0 && delta.is_finite() && (0.0..1.0).contains(&delta)) {
+        return Err(JobProblem::Sharing { epsilon, delta });
+    }
+    Ok(Sharing {
+        epsilon_per_round: epsilon,
+        delta,
+        fields: if declared.fields.is_empty() {
+            fields
+        } else {
+            declared.fields
+        },
+        model_retention_days: declared.model_retention_days,
+        onward_transfer: declared.onward_transfer,
+    })
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    const SCHEMA: &str = "[label]\nname = \"seized\"\nkind = \"binary\"\n[[column]]\nname = \"x1\"\nkind = \"numeric\"\n";
+
+    /// A sound training spec.
+    pub(crate) fn training_spec() -> TrainingSpec {
+        TrainingSpec {
+            model: ModelKind::LogisticRegression as i32,
+            schema: schema::parse(SCHEMA).unwrap().ok(),
+            rounds: 2,
+            local_epochs: 1,
+            batch_size: 8,
+            learning_rate: 0.1,
+            privacy: Some(PrivacySpec {
+                mode: DpMode::Poisson as i32,
+                clip_norm: 1.0,
+                target_epsilon: 2.0,
+                target_delta: 1e-6,
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn job(kind: job_spec::Kind) -> JobSpec {
+        JobSpec {
+            kind: Some(kind),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn every_problem_of_a_job_is_reported() {
+        let spec = JobSpec {
+            kind: Some(job_spec::Kind::Training(TrainingSpec {
+                model: ModelKind::LinearRegression as i32,
+                schema: schema::parse(
+                    "[label]\nname = \"y\"\nkind = \"binary\"\n[[column]]\nname = \"a\"\nkind = \"numeric\"\n",
+                )
+                .unwrap()
+                .ok(),
+                rounds: 0,
+                local_epochs: 0,
+                batch_size: 0,
+                learning_rate: f64::NAN,
+                momentum: 1.0,
+                l2: -1.0,
+                ..Default::default()
+            })),
+            min_participants: 5,
+            ..Default::default()
+        };
+        let problems = ValidJob::for_federation(spec, 3).unwrap_err().problems;
+        // Eight, and the missing privacy spec.
+        assert_eq!(problems.len(), 9, "{problems:#?}");
+        assert!(problems.contains(&JobProblem::NoPrivacy), "{problems:#?}");
+        assert!(problems.contains(&JobProblem::MoreParticipantsThanMembers { min: 5, members: 3 }));
+        let text = InvalidJob { problems }.to_string();
+        assert!(
+            text.contains("LINEAR_REGRESSION needs a LABEL_KIND_NUMERIC label"),
+            "{text}"
+        );
+        assert!(
+            text.contains("`training.learning_rate` is NaN; it must be a positive number"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn unknown_enum_values_are_named_with_their_field() {
+        let mut t = training_spec();
+        t.model = 17;
+        t.strategy = Some(Strategy {
+            aggregation: 99,
+            ..Default::default()
+        });
+        if let Some(p) = t.privacy.as_mut() {
+            p.mode = 5;
+        }
+        let problems = ValidJob::try_from(job(job_spec::Kind::Training(t)))
+            .unwrap_err()
+            .problems;
+        let fields: Vec<(&str, i32)> = problems
+            .iter()
+            .filter_map(|p| match p {
+                JobProblem::UnknownValue { field, value, .. } => Some((*field, *value)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            fields,
+            [
+                ("training.model", 17),
+                ("strategy.aggregation", 99),
+                ("privacy.mode", 5)
+            ],
+            "{problems:#?}"
+        );
+        let query = QuerySpec {
+            kind: 9,
+            combine: 4,
+            epsilon: 1.0,
+            column: "c".into(),
+            ..Default::default()
+        };
+        let e = ValidQuery::try_from(query).unwrap_err().to_string();
+        assert!(e.contains("`query.kind` is 9; it must be COUNT"), "{e}");
+        assert!(
+            e.contains("`query.combine` is 4; it must be SUM, MEDIAN or TRIMMED"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_sound_job_comes_back_as_it_was_sent_with_its_defaults() {
+        let spec = job(job_spec::Kind::Training(training_spec()));
+        let valid = ValidJob::for_federation(spec.clone(), 1).unwrap();
+        assert_eq!(valid.rules.min_participants(), 1);
+        assert_eq!(valid.rules.round_timeout_ms(), DEFAULT_ROUND_TIMEOUT_MS);
+        let Work::Training(t) = &valid.work else {
+            panic!("{valid:?}")
+        };
+        assert_eq!(t.settings.aggregation, Aggregation::Fedavg);
+        assert!(t.needs_statistics());
+        assert_eq!(
+            valid.to_spec(),
+            JobSpec {
+                min_participants: 1,
+                ..spec
+            }
+        );
+        // Read back from the store, it is the same job.
+        assert_eq!(ValidJob::try_from(valid.to_spec()).unwrap(), valid);
+    }
+
+    #[test]
+    fn a_calibrated_job_claims_its_target_and_a_given_noise_must_declare() {
+        let s = ValidJob::try_from(job(job_spec::Kind::Training(training_spec())))
+            .unwrap()
+            .rules
+            .sharing;
+        assert_eq!((s.epsilon_per_round, s.delta), (2.0, 1e-6));
+        assert_eq!(s.fields, ["x1", "seized"]);
+        assert_eq!(s.model_retention_days, None);
+        let mut t = training_spec();
+        t.privacy = Some(PrivacySpec {
+            mode: DpMode::FullBatch as i32,
+            clip_norm: 1.0,
+            noise_multiplier: 1.0,
+            ..Default::default()
+        });
+        let mut spec = job(job_spec::Kind::Training(t));
+        assert_eq!(
+            ValidJob::try_from(spec.clone()).unwrap_err().problems,
+            [JobProblem::UndeclaredEpsilon]
+        );
+        spec.sharing = Some(SharingSpec {
+            epsilon_per_round: 0.3,
+            model_retention_days: Some(90),
+            ..Default::default()
+        });
+        let s = ValidJob::try_from(spec).unwrap().rules.sharing;
+        assert_eq!(
+            (s.epsilon_per_round, s.delta, s.model_retention_days),
+            (0.3, 1e-5, Some(90))
+        );
+        let query = job(job_spec::Kind::Query(QuerySpec {
+            kind: QueryKind::Sum as i32,
+            column: "declared_value_eur".into(),
+            lower: 0.0,
+            upper: 1.0,
+            where_column: "seized".into(),
+            where_value: "1".into(),
+            epsilon: 0.5,
+            ..Default::default()
+        }));
+        let s = ValidJob::try_from(query).unwrap().rules.sharing;
+        assert_eq!((s.epsilon_per_round, s.delta), (0.5, 0.0));
+        assert_eq!(s.fields, ["declared_value_eur", "seized"]);
+    }
+
+    #[test]
+    fn the_statistics_round_records_its_standardization_and_cost() {
+        let mut t = ValidTraining::try_from(training_spec()).unwrap();
+        t.set_standardization(vec![ColumnStats {
+            name: "x1".into(),
+            mean: 1.0,
+            std: 2.0,
+            count: 3.0,
+        }]);
+        assert!(!t.needs_statistics());
+        assert_eq!(t.privacy.statistics_round_rho, DEFAULT_STATISTICS_RHO);
+        // A resumed job reads it back as it was.
+        assert_eq!(ValidTraining::try_from(t.to_spec()).unwrap(), t);
+    }
+}
