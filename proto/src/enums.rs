@@ -6,7 +6,10 @@ use crate::error::EnumError;
 
 /// Decodes `value` of an enum field that must be given: 0 (`_UNSPECIFIED`) is an error too.
 /// `field` names the field in the error, e.g. "the training spec's model".
-pub fn specified<E: TryFrom<i32>>(value: i32, field: impl FnOnce() -> String) -> Result<E, EnumError> {
+pub fn specified<E: TryFrom<i32>>(
+    value: i32,
+    field: impl FnOnce() -> String,
+) -> Result<E, EnumError> {
     if value == 0 {
         return Err(EnumError::Unspecified { field: field() });
     }
@@ -36,8 +39,14 @@ mod tests {
             "the training spec's model is not given"
         );
         let unknown = model(99).unwrap_err().to_string();
-        assert!(unknown.starts_with("the training spec's model is 99"), "{unknown}");
-        assert_eq!(known::<Transform>(0, String::new), Ok(Transform::Unspecified));
+        assert!(
+            unknown.starts_with("the training spec's model is 99"),
+            "{unknown}"
+        );
+        assert_eq!(
+            known::<Transform>(0, String::new),
+            Ok(Transform::Unspecified)
+        );
         assert!(known::<Transform>(7, String::new).is_err());
     }
 }

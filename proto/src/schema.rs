@@ -240,7 +240,9 @@ pub fn missing_rule(c: &ColumnSpec) -> Result<MissingRule, EnumError> {
 
 /// A column's transform (unspecified: none).
 pub fn transform(c: &ColumnSpec) -> Result<Transform, EnumError> {
-    enums::known(c.transform, || format!("the transform of column `{}`", c.name))
+    enums::known(c.transform, || {
+        format!("the transform of column `{}`", c.name)
+    })
 }
 
 /// The label's kind, which must be given (a schema without a label has none).
@@ -351,14 +353,13 @@ pub fn problems(schema: &FeatureSchema) -> Vec<String> {
         };
         match missing_rule(c) {
             Err(e) if k != ColumnKind::Unspecified => problems.push(e.to_string()),
-            Ok(missing) if k != ColumnKind::Unspecified && !allowed.contains(&missing) => {
-                problems.push(format!(
+            Ok(missing) if k != ColumnKind::Unspecified && !allowed.contains(&missing) => problems
+                .push(format!(
                     "column `{}`: missing rule {} does not apply to a {} column",
                     c.name,
                     missing.as_str_name(),
                     k.as_str_name()
-                ))
-            }
+                )),
             _ => {}
         }
         if let Err(e) = transform(c) {
