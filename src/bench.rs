@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use clap::Args;
-use treaty_node::data::Table;
-use treaty_node::metrics;
+use treaty_node::Table;
+use treaty_node::roc_auc;
 use treaty_proto::v1::{
     Aggregation, CreateFederationRequest, CreateJobRequest, DpMode, FeatureSchema, FederationInfo,
     JobSpec, LabelKind, LabelSpec, ModelKind, PrivacySpec, SharingSpec, Strategy, TrainingSpec,
@@ -231,7 +231,7 @@ pub async fn w1(args: W1Args) -> anyhow::Result<()> {
             scores.extend(model.predict(ex.x.view()).column(0).iter().copied());
             labels.extend(ex.y.iter().copied());
         }
-        let auc = metrics::roc_auc(ndarray::ArrayView1::from(&scores), ndarray::ArrayView1::from(&labels)).context("one class only")?;
+        let auc = roc_auc(ndarray::ArrayView1::from(&scores), ndarray::ArrayView1::from(&labels)).context("one class only")?;
         let accuracy = scores.iter().zip(&labels).filter(|(p, y)| (**p >= 0.5) == (**y >= 0.5)).count() as f64 / scores.len() as f64;
         outln!("  job {}: {:.2} s from creation to the final model ({} rounds; statistics round {statistics:.3} s; per-round median {median:.3} s)", job.job_id, wall.as_secs_f64(), job.rounds.len());
         outln!("  final model on the union of the test splits ({} rows): accuracy {accuracy:.4}, ROC AUC {auc:.4}", scores.len());
@@ -267,7 +267,7 @@ pub async fn w1(args: W1Args) -> anyhow::Result<()> {
 /// W5: Gaussian noise through opendp for updates of 10^3, 10^5 and 10^6 parameters, on one
 /// thread and on every core: samples per second, the median of `repeats` runs.
 pub fn w5(repeats: usize, sizes: &[usize]) -> anyhow::Result<()> {
-    use treaty_node::noise::GaussianNoise;
+    use treaty_node::GaussianNoise;
     let noise = GaussianNoise {
         sensitivity: 1.0,
         noise_multiplier: 1.0,

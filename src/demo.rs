@@ -13,9 +13,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::Args;
-use treaty_node::data::Table;
-use treaty_node::explain::explain;
-use treaty_node::metrics;
+use treaty_node::Table;
+use treaty_node::explain;
+use treaty_node::roc_auc;
 use treaty_proto::schema;
 use treaty_proto::v1::{
     Aggregation, CreateFederationRequest, CreateJobRequest, DpMode, FederationInfo, Job, JobSpec,
@@ -307,7 +307,7 @@ fn summary(
         scores.extend(model.predict(ex.x.view()).column(0).iter().copied());
         labels.extend(ex.y.iter().copied());
     }
-    let auc = metrics::roc_auc(
+    let auc = roc_auc(
         ndarray::ArrayView1::from(&scores),
         ndarray::ArrayView1::from(&labels),
     )

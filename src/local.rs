@@ -269,10 +269,8 @@ impl LocalFederation {
         self.agencies
             .iter()
             .map(|agency| {
-                let ledger = treaty_node::ledger::Ledger::open(
-                    &self.dir.join(format!("node-{agency}-db")),
-                    None,
-                )?;
+                let ledger =
+                    treaty_node::Ledger::open(&self.dir.join(format!("node-{agency}-db")), None)?;
                 Ok((agency.clone(), ledger.spent()?.epsilon))
             })
             .collect()

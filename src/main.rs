@@ -401,9 +401,9 @@ fn show_ledger(config: &std::path::Path, json: bool) -> anyhow::Result<()> {
     let config = treaty_node::NodeConfig::load(config)?;
     // A damaged ledger is the answer, not a failure to find one: said as such (in JSON too),
     // with a non-zero exit.
-    let ledger = match treaty_node::ledger::Ledger::open(&config.state_dir, config.privacy) {
+    let ledger = match treaty_node::Ledger::open(&config.state_dir, config.privacy) {
         Ok(ledger) => ledger,
-        Err(treaty_node::ledger::LedgerError::Damaged(damage)) => {
+        Err(treaty_node::LedgerError::Damaged(damage)) => {
             if json {
                 outln!("{}", serde_json::json!({"damaged": damage.to_string()}));
             }

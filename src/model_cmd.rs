@@ -8,9 +8,9 @@ use std::path::Path;
 use anyhow::{Context, bail};
 use ndarray::{ArrayD, IxDyn};
 use serde::{Deserialize, Serialize};
-use treaty_node::data::Table;
-use treaty_node::explain::explain;
-use treaty_node::model::{Kind, Model};
+use treaty_node::Table;
+use treaty_node::explain;
+use treaty_node::{Architecture, Model};
 use treaty_proto::schema;
 use treaty_proto::tensor::NamedTensor;
 use treaty_proto::v1::{ColumnStats, ModelHeader, ModelKind};
@@ -112,7 +112,7 @@ impl ModelFile {
             .map_err(anyhow::Error::msg)?
             .map_err(|p| anyhow::anyhow!("the model's schema is invalid: {}", p.join("; ")))?;
         let kind = ModelKind::from_str_name(&self.model).context("unknown model kind")?;
-        let kind = Kind::of(
+        let kind = Architecture::of(
             kind,
             schema::classes(&schema).len(),
             self.hidden_units as usize,
@@ -160,12 +160,12 @@ pub fn explain_records(model_file: &Path, data: &Path, limit: usize) -> anyhow::
             .enumerate()
             .fold(0, |b, (k, &v)| if v > prediction[b] { k } else { b });
         let shown = match model.kind {
-            Kind::Multinomial { .. } => format!(
+            Architecture::Multinomial { .. } => format!(
                 "class {} (p = {:.4})",
                 file.classes.get(class).cloned().unwrap_or_default(),
                 prediction[class]
             ),
-            Kind::Linear => format!("{:.4}", prediction[0]),
+            Architecture::Linear => format!("{:.4}", prediction[0]),
             _ => format!("p = {:.4}", prediction[0]),
         };
         outln!("record {} (line {}): {shown}", i + 1, i + 2);
