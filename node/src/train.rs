@@ -303,6 +303,31 @@ mod tests {
     }
 
     #[test]
+    fn a_dp_sgd_release_is_zcdp_for_full_batches_and_rdp_when_sampled() {
+        let ideal = StepNoise::ideal(2.0);
+        assert_eq!(ideal.rho, 1.0 / 8.0);
+        assert_eq!(
+            Sampling::FullBatch.release(ideal, 10),
+            Release::Gaussian { rho: 10.0 / 8.0 }
+        );
+        assert_eq!(
+            Sampling::Poisson(0.01).release(ideal, 10),
+            Release::SampledGaussian {
+                sampling_rate: 0.01,
+                noise_multiplier: 2.0,
+                steps: 10
+            }
+        );
+        // Measured by opendp: the rho as stated, and the noise multiplier it implies.
+        let measured = StepNoise::measured(0.125);
+        assert_eq!(
+            Sampling::FullBatch.release(measured, 4),
+            Release::Gaussian { rho: 0.5 }
+        );
+        assert_eq!(measured.noise_multiplier, 2.0);
+    }
+
+    #[test]
     fn logistic_regression_reproduces_the_published_challenger_fit() {
         // The maximum-likelihood fit, as published (e.g. Dalal et al. 1989; R's
         // glm(damage ~ temp, binomial)): logit p = 15.0429 - 0.2322 * temperature.

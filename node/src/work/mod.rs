@@ -71,7 +71,7 @@ pub(crate) async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> T + Send + 'static,
 ) -> Result<T, Refusal> {
     tokio::task::spawn_blocking(f).await.map_err(|e| {
-        tracing::error!(error = %e, "a computation on the agency's data failed");
+        tracing::error!(error = %e, "a task's computation failed on its blocking thread");
         Refusal::new(
             RefusalCode::InternalError,
             "the node failed to compute the task",
@@ -191,6 +191,66 @@ mod tests {
     use treaty_proto::v1::{
         DpMode, ModelKind, PrivacySpec, StatsTask, TrainingSpec, TrainingTask, task,
     };
+
+    #[tokio::test]
+    async fn a_panic_on_a_blocking_thread_is_refused_with_a_fixed_text() {
+        let refusal = blocking(|| -> u8 { panic!("a message that might depend on a record") })
+            .await
+            .unwrap_err();
+        assert_eq!(
+            refusal,
+            Refusal::new(
+                RefusalCode::InternalError,
+                "the node failed to compute the task"
+            )
+        );
+    }
+
+    #[test]
+    fn an_unknown_enum_in_a_training_task_is_refused_naming_the_field_and_the_value() {
+        let worker = worker_of(10);
+        let mut model = training_task(DpMode::Poisson, 0.1, 0.0);
+        let mut mode = model.clone();
+        if let task::Kind::Training(t) = &mut model {
+            t.spec.as_mut().unwrap().model = 99;
+        }
+        if let task::Kind::Training(t) = &mut mode {
+            t.spec.as_mut().unwrap().privacy.as_mut().unwrap().mode = 42;
+        }
+        for (task, expected) in [
+            (model, "the training spec's model is 99"),
+            (mode, "the privacy spec's mode is 42"),
+        ] {
+            let refusal = worker.plan(&task).unwrap_err();
+            assert_eq!(
+                refusal.code,
+                RefusalCode::InvalidTask,
+                "{}",
+                refusal.message
+            );
+            assert!(refusal.message.starts_with(expected), "{}", refusal.message);
+        }
+    }
+
+    #[test]
+    fn a_ledger_refusal_keeps_its_code_and_a_damaged_ledger_its_fixed_text() {
+        let own = Refusal::new(RefusalCode::PolicyTermsMissing, "no terms");
+        assert_eq!(Refusal::from(LedgerRefusal::Admission(own.clone())), own);
+        assert_eq!(
+            Refusal::from(LedgerRefusal::<Refusal>::NotPrivate).code,
+            RefusalCode::DpRequired
+        );
+        let store = Refusal::from(LedgerRefusal::<Refusal>::Store("disk full".into()));
+        assert_eq!(store.code, RefusalCode::LedgerError);
+        let damaged = Refusal::from(LedgerRefusal::<Refusal>::Damaged(crate::ledger::Damage {
+            dir: "/var/lib/treaty".into(),
+            fault: crate::ledger::Fault::AnchorMissing { found: 3 },
+        }));
+        assert_eq!(
+            damaged,
+            Refusal::new(RefusalCode::LedgerError, crate::ledger::DAMAGED)
+        );
+    }
 
     /// The DP-SGD of a training plan.
     fn dp_of(plan: Plan) -> DpSgd {

@@ -1,5 +1,5 @@
-//! Carrying out a query: the exact local answer on a blocking thread, then Laplace noise
-//! through opendp on the answer divided by its bounds.
+//! Carrying out a query: the exact local answer, then Laplace noise through opendp on the
+//! answer divided by its bounds, on a blocking thread.
 
 use std::collections::HashMap;
 
@@ -19,10 +19,13 @@ impl Worker {
             round.task.spec.clone(),
             round.task.statistic,
         );
-        let exact = blocking(move || analytics::exact(&table, &spec, statistic))
-            .await?
-            .map_err(|e| data_refusal(&e))?;
-        let values = analytics::noisy(&round.plan, &exact)?;
+        let plan = round.plan.clone();
+        // The exact answer and opendp's noise, on a blocking thread.
+        let values = blocking(move || {
+            let exact = analytics::exact(&table, &spec, statistic).map_err(|e| data_refusal(&e))?;
+            analytics::noisy(&plan, &exact)
+        })
+        .await??;
         let mut metrics = HashMap::new();
         metrics.insert("laplace_scale".to_owned(), round.plan.scale);
         Ok(Output {
