@@ -48,6 +48,9 @@ mod work;
 
 use std::sync::Arc;
 
+use tokio_util::sync::CancellationToken;
+use treaty_proto::tls::ClientTls;
+
 pub use config::NodeConfig;
 pub use data::{Examples, Table};
 pub use error::{ConfigError, DataError, NodeError};
@@ -60,9 +63,7 @@ pub use model::{Architecture, Model};
 pub use noise::{GaussianNoise, NoiseError, Prepared};
 pub use refusal::{Refusal, RefusalCode};
 pub use session::upload;
-use tokio_util::sync::CancellationToken;
 pub use train::{DpSgd, Sampling, Sgd, StepNoise, train, train_dp};
-use treaty_proto::tls::ClientTls;
 pub use work::{Output, Plan, Worker, download};
 
 /// Runs a node until `shutdown` is cancelled. Checks its certificate, key and data files first,
