@@ -12,9 +12,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use treaty_coordinator::client;
-use treaty_node::data::Table;
-use treaty_node::explain::explain;
-use treaty_node::model_file::ModelFile;
+use treaty_node::ModelFile;
+use treaty_node::Table;
+use treaty_node::explain;
 use treaty_proto::schema;
 use treaty_proto::v1::{
     Aggregation, CreateFederationRequest, CreateJobRequest, DpMode, FederationInfo, Job, JobSpec,

@@ -4,9 +4,9 @@
 use std::path::PathBuf;
 
 use anyhow::Context;
-use treaty_node::data::Table;
-use treaty_node::metrics;
-use treaty_node::model_file::ModelFile;
+use treaty_node::Table;
+
+use treaty_node::ModelFile;
 
 /// A binary classifier's scores on the union of test splits.
 #[derive(Debug, Clone, Copy)]
@@ -29,7 +29,7 @@ pub fn binary(file: &ModelFile, tests: &[PathBuf]) -> anyhow::Result<Evaluation>
         scores.extend(model.predict(examples.x.view()).column(0).iter().copied());
         labels.extend(examples.y.iter().copied());
     }
-    let auc = metrics::roc_auc(
+    let auc = treaty_node::roc_auc(
         ndarray::ArrayView1::from(&scores),
         ndarray::ArrayView1::from(&labels),
     )

@@ -87,7 +87,7 @@ const DROPPED_SHOWN: usize = 5;
 /// The most an encoded feature may be in magnitude: a standardised value beyond it (a column
 /// standardised with a tiny standard deviation) is clamped, so that no record's features, and
 /// so no gradient, can overflow.
-pub const MAX_FEATURE: f64 = 1e6;
+pub(crate) const MAX_FEATURE: f64 = 1e6;
 
 fn parse_number(cell: &str) -> Option<f64> {
     cell.parse::<f64>().ok().filter(|v| v.is_finite())
@@ -256,8 +256,8 @@ impl Table {
         problems: Option<&mut Problems>,
     ) -> Result<Vec<Cell>, DataError> {
         let column = self.column(&spec.name)?;
-        let rule = MissingRule::try_from(spec.missing).unwrap_or(MissingRule::Reject);
-        let log1p = spec.transform == Transform::Log1p as i32;
+        let rule = schema::missing_rule(spec)?;
+        let log1p = schema::transform(spec)? == Transform::Log1p;
         let mut problems = problems;
         let mut out = Vec::with_capacity(self.len());
         for row in 0..self.len() {
@@ -359,8 +359,8 @@ impl Table {
         let mut offset = 0;
         let mut numeric_index = 0;
         for spec in &schema.columns {
-            let rule = MissingRule::try_from(spec.missing).unwrap_or(MissingRule::Reject);
-            match ColumnKind::try_from(spec.kind).unwrap_or(ColumnKind::Unspecified) {
+            let rule = schema::missing_rule(spec)?;
+            match schema::column_kind(spec)? {
                 ColumnKind::Numeric => {
                     let (mean, std) = stats
                         .get(numeric_index)
@@ -432,7 +432,7 @@ impl Table {
     ) -> Result<Array1<f64>, DataError> {
         let label = schema.label.clone().unwrap_or_default();
         let column = self.column(&label.name)?;
-        let kind = schema::label_kind(schema);
+        let kind = schema::decode_label_kind(schema)?;
         let classes = schema::classes(schema);
         let hashes: Vec<u64> = classes.iter().map(|c| text_hash(c)).collect();
         let boolean = kind == LabelKind::Binary && classes == ["0", "1"];

@@ -34,6 +34,10 @@ pub enum DataError {
     },
     #[error("`{path}` has no records")]
     Empty { path: PathBuf },
+    /// The schema holds an enum value this build does not know (a schema that passed
+    /// `schema::problems` never does).
+    #[error("the schema cannot be used: {0}")]
+    Schema(#[from] treaty_proto::EnumError),
 }
 
 impl DataError {

@@ -7,7 +7,7 @@ use ndarray::ArrayView1;
 use treaty_proto::schema;
 use treaty_proto::v1::{ColumnKind, FeatureSchema};
 
-use crate::model::{Kind, Model};
+use crate::model::{Architecture, Model};
 
 /// Why a score is what it is.
 #[derive(Debug, Clone, PartialEq)]
@@ -31,8 +31,8 @@ pub fn explain(
     let d = model.inputs;
     let p = model.params();
     let (weight, bias): (Box<dyn Fn(usize) -> f64>, f64) = match model.kind {
-        Kind::Logistic | Kind::Linear => (Box::new(|j| p[j]), p[d]),
-        Kind::Multinomial { classes } if class < classes => (
+        Architecture::Logistic | Architecture::Linear => (Box::new(|j| p[j]), p[d]),
+        Architecture::Multinomial { classes } if class < classes => (
             Box::new(move |j| p[j * classes + class]),
             p[d * classes + class],
         ),
@@ -82,7 +82,7 @@ mod tests {
             ),
             treaty_proto::tensor::NamedTensor::new("bias", ndarray::arr0(-0.25).into_dyn()),
         ];
-        let model = Model::from_tensors(Kind::Logistic, 4, &tensors).unwrap();
+        let model = Model::from_tensors(Architecture::Logistic, 4, &tensors).unwrap();
         // A record with value 1.5 (standardised) shipped by air.
         let row = array![1.5, 0.0, 1.0, 0.0];
         let e = explain(&model, &schema, row.view(), 0).unwrap();
@@ -96,7 +96,7 @@ mod tests {
         assert!((p[[0, 0]] - 1.0 / (1.0 + (-1.75f64).exp())).abs() < 1e-15);
         assert!(
             explain(
-                &Model::zeros(Kind::Mlp { hidden: 2 }, 4),
+                &Model::zeros(Architecture::Mlp { hidden: 2 }, 4),
                 &schema,
                 row.view(),
                 0

@@ -3,31 +3,72 @@
 //! It owns the agency's side of a federation: loading its records and encoding them by the
 //! federation's schema, the models and their local training and evaluation, carrying out tasks
 //! (training rounds, column statistics, analytics) with differential privacy through opendp,
-//! the privacy ledger of everything it releases (written before anything leaves), and the client that dials out to the coordinator and keeps its session alive. It
-//! trusts only the coordinator's verified certificate and never relies on the coordinator's
-//! word for what its own data may be used for. It knows nothing of the coordinator's internals.
+//! the privacy ledger of everything it releases (written before anything leaves), and the
+//! client that dials out to the coordinator and keeps its session alive. It trusts only the
+//! coordinator's verified certificate and never relies on the coordinator's word for what its
+//! own data may be used for. It knows nothing of the coordinator's internals.
+//!
+//! # Map
+//!
+//! - [`run`]: start a node from its [`NodeConfig`] ([`config`], the configuration file).
+//! - `session`: the session with the coordinator: dial out, receive tasks, plan each, record
+//!   it in the ledger under the agency's own policy (`policy`), carry it out, send the result
+//!   or the [`Refusal`] (`refusal`: the typed [`RefusalCode`]s and their wire strings).
+//! - `work`: carrying out a task: its checks from the task alone (`work::checks`), its
+//!   [`Plan`] from public figures (`work::plan`), and its execution by kind (`work::training`,
+//!   `work::statistics`, `work::query`) on the [`Worker`]'s data.
+//! - `ledger`: the privacy ledger ([`Ledger`]): write-ahead, hash-chained and anchored.
+//! - `data`: the agency's records ([`Table`]) and their encoding by a schema ([`Examples`]).
+//! - `model`, `train`, `metrics`, `explain`: the models ([`Model`], [`Architecture`]), local
+//!   and DP-SGD training ([`train()`], [`train_dp`], [`Sampling::release`]), their metrics and
+//!   the explanation of a prediction.
+//! - `model_file`: a model version as a self-describing JSON file ([`ModelFile`]), as the
+//!   operator downloads it and `treaty model explain` reads it.
+//! - `noise`, `analytics`: Gaussian and Laplace noise through opendp, and the DP answers to
+//!   analytics queries.
+//! - `error`: the node's errors ([`NodeError`], [`DataError`]).
+//!
+//! No module below `work` imports it: the ledger, the policy check, the analytics and the
+//! models have their own errors or the shared [`Refusal`].
 
-pub mod analytics;
+#![deny(unreachable_pub)]
+
+mod analytics;
 pub mod config;
-pub mod data;
-pub mod error;
-pub mod explain;
-pub mod ledger;
-pub mod metrics;
-pub mod model;
-pub mod model_file;
-pub mod noise;
-pub mod policy;
-pub mod session;
-pub mod train;
-pub mod work;
+mod data;
+mod error;
+mod explain;
+mod ledger;
+mod metrics;
+mod model;
+mod model_file;
+mod noise;
+mod policy;
+mod refusal;
+mod session;
+mod train;
+mod work;
 
 use std::sync::Arc;
 
-pub use config::NodeConfig;
-pub use error::{ConfigError, DataError, NodeError};
 use tokio_util::sync::CancellationToken;
 use treaty_proto::tls::ClientTls;
+
+pub use config::NodeConfig;
+pub use data::{Examples, Table};
+pub use error::{ConfigError, DataError, NodeError};
+pub use explain::{Explanation, explain};
+pub use ledger::{
+    Budget, DAMAGED, DEFAULT_DELTA, Damage, Entry, Fault, Ledger, LedgerError, LedgerRefusal,
+};
+pub use metrics::{evaluate, roc_auc};
+pub use model::{Architecture, Model};
+pub use model_file::{ModelFile, ModelFileError};
+pub use noise::{GaussianNoise, NoiseError, Prepared};
+pub use refusal::{Refusal, RefusalCode};
+pub use session::upload;
+pub use train::{DpSgd, Sampling, Sgd, StepNoise, train, train_dp};
+pub use work::{Output, Plan, Worker, download};
 
 /// Runs a node until `shutdown` is cancelled. Checks its certificate, key and data files first,
 /// so that a node that cannot work says so at once instead of connecting.

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use ndarray::ArrayView1;
 
 use crate::data::Examples;
-use crate::model::{Kind, Model};
+use crate::model::{Architecture, Model};
 
 /// The area under the ROC curve of `scores` for binary `labels` (1 = positive): the probability
 /// that a random positive scores above a random negative, ties counting one half
@@ -44,7 +44,7 @@ pub fn evaluate(model: &Model, data: &Examples) -> BTreeMap<String, f64> {
     let n = data.len() as f64;
     let out_put = model.predict(data.x.view());
     match model.kind {
-        Kind::Logistic | Kind::Mlp { .. } => {
+        Architecture::Logistic | Architecture::Mlp { .. } => {
             let p = out_put.column(0);
             let correct = p
                 .iter()
@@ -66,7 +66,7 @@ pub fn evaluate(model: &Model, data: &Examples) -> BTreeMap<String, f64> {
                 out.insert("auc".into(), auc);
             }
         }
-        Kind::Multinomial { .. } => {
+        Architecture::Multinomial { .. } => {
             let mut correct = 0usize;
             let mut log_loss = 0.0;
             for (row, &y) in out_put.rows().into_iter().zip(data.y.iter()) {
@@ -81,7 +81,7 @@ pub fn evaluate(model: &Model, data: &Examples) -> BTreeMap<String, f64> {
             out.insert("accuracy".into(), correct as f64 / n);
             out.insert("log_loss".into(), log_loss / n);
         }
-        Kind::Linear => {
+        Architecture::Linear => {
             let errors: Vec<f64> = out_put
                 .column(0)
                 .iter()
@@ -105,7 +105,7 @@ pub fn evaluate(model: &Model, data: &Examples) -> BTreeMap<String, f64> {
 /// `treaty_proto::evaluation`: score histograms by class (binary), the confusion matrix
 /// (multinomial), or a histogram of absolute errors on [0, error_bound] (regression).
 /// A record `readable` marks unreadable counts for nothing, after the same work as any other.
-pub fn evaluation_counts(
+pub(crate) fn evaluation_counts(
     model: &Model,
     data: &Examples,
     readable: Option<&[bool]>,
@@ -118,7 +118,7 @@ pub fn evaluation_counts(
         _ => 1.0,
     };
     let (kind, bins, counts) = match model.kind {
-        Kind::Logistic | Kind::Mlp { .. } => {
+        Architecture::Logistic | Architecture::Mlp { .. } => {
             let mut counts = vec![0.0; 2 * BINS];
             for (i, (p, y)) in out.column(0).iter().zip(data.y.iter()).enumerate() {
                 let bin = ((p * BINS as f64) as usize).min(BINS - 1);
@@ -126,7 +126,7 @@ pub fn evaluation_counts(
             }
             ("binary", BINS, counts)
         }
-        Kind::Multinomial { classes } => {
+        Architecture::Multinomial { classes } => {
             let mut counts = vec![0.0; classes * classes];
             for (i, (row, y)) in out.rows().into_iter().zip(data.y.iter()).enumerate() {
                 let best = row
@@ -137,7 +137,7 @@ pub fn evaluation_counts(
             }
             ("multinomial", classes, counts)
         }
-        Kind::Linear => {
+        Architecture::Linear => {
             let mut counts = vec![0.0; BINS];
             for (i, (p, y)) in out.column(0).iter().zip(data.y.iter()).enumerate() {
                 let bin = (((p - y).abs() / error_bound * BINS as f64) as usize).min(BINS - 1);

@@ -10,21 +10,21 @@ use treaty_proto::v1::ModelKind;
 
 /// Which model, with its sizes.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub enum Kind {
+pub enum Architecture {
     Logistic,
     Multinomial { classes: usize },
     Linear,
     Mlp { hidden: usize },
 }
 
-impl Kind {
+impl Architecture {
     /// The kind of a job's model.
     pub fn of(model: ModelKind, classes: usize, hidden: usize) -> Option<Self> {
         match model {
-            ModelKind::LogisticRegression => Some(Kind::Logistic),
-            ModelKind::MultinomialLogisticRegression => Some(Kind::Multinomial { classes }),
-            ModelKind::LinearRegression => Some(Kind::Linear),
-            ModelKind::Mlp => Some(Kind::Mlp { hidden }),
+            ModelKind::LogisticRegression => Some(Architecture::Logistic),
+            ModelKind::MultinomialLogisticRegression => Some(Architecture::Multinomial { classes }),
+            ModelKind::LinearRegression => Some(Architecture::Linear),
+            ModelKind::Mlp => Some(Architecture::Mlp { hidden }),
             ModelKind::Unspecified => None,
         }
     }
@@ -33,7 +33,7 @@ impl Kind {
 /// A model: its kind, its input width and its parameters.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Model {
-    pub kind: Kind,
+    pub kind: Architecture,
     pub inputs: usize,
     params: Array1<f64>,
 }
@@ -57,9 +57,13 @@ impl Model {
     pub fn layout(&self) -> Vec<(&'static str, Vec<usize>)> {
         let d = self.inputs;
         match self.kind {
-            Kind::Logistic | Kind::Linear => vec![("weights", vec![d]), ("bias", vec![])],
-            Kind::Multinomial { classes: k } => vec![("weights", vec![d, k]), ("bias", vec![k])],
-            Kind::Mlp { hidden: h } => vec![
+            Architecture::Logistic | Architecture::Linear => {
+                vec![("weights", vec![d]), ("bias", vec![])]
+            }
+            Architecture::Multinomial { classes: k } => {
+                vec![("weights", vec![d, k]), ("bias", vec![k])]
+            }
+            Architecture::Mlp { hidden: h } => vec![
                 ("hidden_weights", vec![d, h]),
                 ("hidden_bias", vec![h]),
                 ("weights", vec![h]),
@@ -69,7 +73,7 @@ impl Model {
     }
 
     /// A model of zeros.
-    pub fn zeros(kind: Kind, inputs: usize) -> Self {
+    pub fn zeros(kind: Architecture, inputs: usize) -> Self {
         let mut m = Model {
             kind,
             inputs,
@@ -86,7 +90,7 @@ impl Model {
 
     /// Reads parameters from named tensors, checking names and shapes.
     pub fn from_tensors(
-        kind: Kind,
+        kind: Architecture,
         inputs: usize,
         tensors: &[NamedTensor],
     ) -> Result<Self, TensorError> {
@@ -151,11 +155,11 @@ impl Model {
         let d = self.inputs;
         let p = self.params.as_slice().unwrap_or(&[]);
         match self.kind {
-            Kind::Logistic => (x.dot(&ArrayView1::from(&p[..d])) + p[d])
+            Architecture::Logistic => (x.dot(&ArrayView1::from(&p[..d])) + p[d])
                 .mapv(sigmoid)
                 .insert_axis(Axis(1)),
-            Kind::Linear => (x.dot(&ArrayView1::from(&p[..d])) + p[d]).insert_axis(Axis(1)),
-            Kind::Multinomial { classes: k } => {
+            Architecture::Linear => (x.dot(&ArrayView1::from(&p[..d])) + p[d]).insert_axis(Axis(1)),
+            Architecture::Multinomial { classes: k } => {
                 let (w, b) = multinomial_views(p, d, k);
                 let mut z = x.dot(&w) + b;
                 for mut row in z.rows_mut() {
@@ -166,7 +170,7 @@ impl Model {
                 }
                 z
             }
-            Kind::Mlp { hidden: h } => {
+            Architecture::Mlp { hidden: h } => {
                 let (w1, b1, w2, b2) = mlp_views(p, d, h);
                 let hidden = (x.dot(&w1) + b1).mapv(|v| v.max(0.0));
                 (hidden.dot(&w2) + b2).mapv(sigmoid).insert_axis(Axis(1))
@@ -189,10 +193,10 @@ impl Model {
         grad.fill(0.0);
         let g = grad.as_slice_mut().unwrap_or(&mut []);
         let data_loss = match self.kind {
-            Kind::Logistic | Kind::Linear => {
+            Architecture::Logistic | Architecture::Linear => {
                 let w = ArrayView1::from(&p[..d]);
                 let z = x.dot(&w) + p[d];
-                let (residual, loss): (Array1<f64>, f64) = if self.kind == Kind::Logistic {
+                let (residual, loss): (Array1<f64>, f64) = if self.kind == Architecture::Logistic {
                     let loss = z
                         .iter()
                         .zip(y)
@@ -209,7 +213,7 @@ impl Model {
                 g[d] = residual.sum() / n;
                 loss / n
             }
-            Kind::Multinomial { classes: k } => {
+            Architecture::Multinomial { classes: k } => {
                 let probs = self.predict(x);
                 let mut loss = 0.0;
                 let mut delta = probs;
@@ -224,7 +228,7 @@ impl Model {
                 g[d * k..d * k + k].copy_from_slice(gb.as_slice().unwrap_or(&[]));
                 loss / n
             }
-            Kind::Mlp { hidden: h } => {
+            Architecture::Mlp { hidden: h } => {
                 let (w1, b1, w2, b2) = mlp_views(p, d, h);
                 let pre = x.dot(&w1) + b1;
                 let act = pre.mapv(|v| v.max(0.0));
@@ -311,7 +315,7 @@ mod tests {
         (x, binary, classes)
     }
 
-    fn check_gradient(kind: Kind, y: &Array1<f64>) {
+    fn check_gradient(kind: Architecture, y: &Array1<f64>) {
         let (x, _, _) = data();
         let mut m = Model::zeros(kind, 3);
         let n = m.params().len();
@@ -342,17 +346,17 @@ mod tests {
     #[test]
     fn gradients_match_finite_differences() {
         let (_, binary, classes) = data();
-        check_gradient(Kind::Logistic, &binary);
-        check_gradient(Kind::Linear, &array![0.3, -1.2, 2.5, 0.0, 1.1]);
-        check_gradient(Kind::Multinomial { classes: 3 }, &classes);
-        check_gradient(Kind::Mlp { hidden: 4 }, &binary);
+        check_gradient(Architecture::Logistic, &binary);
+        check_gradient(Architecture::Linear, &array![0.3, -1.2, 2.5, 0.0, 1.1]);
+        check_gradient(Architecture::Multinomial { classes: 3 }, &classes);
+        check_gradient(Architecture::Mlp { hidden: 4 }, &binary);
     }
 
     #[test]
     fn zero_logistic_model_has_log_two_loss() {
         // With w = 0 and b = 0 every prediction is 1/2, so the loss is ln 2 whatever the data.
         let (x, y, _) = data();
-        let m = Model::zeros(Kind::Logistic, 3);
+        let m = Model::zeros(Architecture::Logistic, 3);
         let mut g = Array1::zeros(4);
         let loss = m.loss_and_gradient(x.view(), y.view(), 0.0, g.view_mut());
         assert!((loss - std::f64::consts::LN_2).abs() < 1e-15);
@@ -360,7 +364,7 @@ mod tests {
 
     #[test]
     fn tensors_round_trip_with_their_layout() {
-        let mut m = Model::zeros(Kind::Multinomial { classes: 3 }, 2);
+        let mut m = Model::zeros(Architecture::Multinomial { classes: 3 }, 2);
         for (i, p) in m.params_mut().iter_mut().enumerate() {
             *p = i as f64;
         }
@@ -368,6 +372,6 @@ mod tests {
         assert_eq!(tensors[0].values.shape(), &[2, 3]);
         assert_eq!(tensors[0].values[[1, 0]], 3.0);
         assert_eq!(Model::from_tensors(m.kind, 2, &tensors).unwrap(), m);
-        assert!(Model::from_tensors(Kind::Logistic, 2, &tensors).is_err());
+        assert!(Model::from_tensors(Architecture::Logistic, 2, &tensors).is_err());
     }
 }

@@ -10,7 +10,7 @@ use treaty_proto::schema;
 use treaty_proto::tensor::NamedTensor;
 use treaty_proto::v1::{ColumnStats, FeatureSchema, ModelHeader, ModelKind};
 
-use crate::model::{Kind, Model};
+use crate::model::{Architecture, Model};
 
 /// A model file cannot be written or used.
 #[derive(Debug, thiserror::Error)]
@@ -138,7 +138,7 @@ impl ModelFile {
             .map_err(|p| ModelFileError::Schema(p.join("; ")))?;
         let unknown = || ModelFileError::Kind(self.model.clone());
         let kind = ModelKind::from_str_name(&self.model).ok_or_else(unknown)?;
-        let kind = Kind::of(
+        let kind = Architecture::of(
             kind,
             schema::classes(&schema).len(),
             self.hidden_units as usize,

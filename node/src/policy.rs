@@ -5,51 +5,57 @@
 //! spending (under the ledger's lock, so two tasks cannot both fit the policy's last budget), checks that the task spends no more than the terms say, and refuses with the
 //! spec's reason code otherwise.
 
-use treaty_policies::{Date, Participant, PolicyFiles, Request, own_view, privacy};
+use treaty_policies::privacy::{self, Release};
+use treaty_policies::{Date, Participant, PolicyFiles, Request, own_view};
 use treaty_proto::v1::Task;
 
-use crate::work::{Plan, Refusal};
+use crate::refusal::{Refusal, RefusalCode};
 
 /// The agency, its country and where its policy is.
 #[derive(Debug)]
-pub struct NodePolicy {
-    pub files: PolicyFiles,
-    pub agency: String,
-    pub country: String,
+pub(crate) struct NodePolicy {
+    pub(crate) files: PolicyFiles,
+    pub(crate) agency: String,
+    pub(crate) country: String,
 }
 
 impl NodePolicy {
-    /// Judges `task`, planned as `plan`, against the agency's own policy, the agency having
-    /// spent `cumulative` epsilon by its ledger (the node calls this under the ledger's lock).
-    pub fn check(&self, task: &Task, plan: &Plan, cumulative: f64) -> Result<(), Refusal> {
+    /// Judges `task`, planned to make `releases`, against the agency's own policy, the agency
+    /// having spent `cumulative` epsilon by its ledger (the node calls this under the ledger's
+    /// lock).
+    pub(crate) fn check(
+        &self,
+        task: &Task,
+        releases: &[Release],
+        cumulative: f64,
+    ) -> Result<(), Refusal> {
         let Some(terms) = &task.terms else {
             return Err(Refusal::new(
-                "POLICY_TERMS_MISSING",
+                RefusalCode::PolicyTermsMissing,
                 "the task carries no sharing terms; this node takes part only in rounds decided under the sharing policies",
             ));
         };
         let (registry, _) = self
             .files
             .registry()
-            .map_err(|e| Refusal::new("POLICY_REGISTRY_ERROR", e))?;
+            .map_err(|e| Refusal::new(RefusalCode::PolicyRegistryError, e))?;
         let dir = self
             .files
             .policy_dir()
-            .map_err(|e| Refusal::new("POLICY_SIGNATURE_INVALID", e))?;
+            .map_err(|e| Refusal::new(RefusalCode::PolicySignatureInvalid, e))?;
         let (loaded, _) = dir.load(&registry, &self.country);
 
         // What the task spends in this round, by the same accountants as the ledger, must not
         // exceed what the round was decided under.
         let delta = if terms.delta > 0.0 { terms.delta } else { 1e-9 };
-        let round = privacy::spent(&plan.releases, delta)
-            .map_err(|e| Refusal::new("INVALID_TASK", e.to_string()))?;
+        let round = privacy::spent(releases, delta).map_err(|e| Refusal::invalid(e.to_string()))?;
         let claimed = treaty_policies::Decimal::from_f64(terms.epsilon_per_round);
         let actual = treaty_policies::Decimal::from_f64(round.epsilon);
         match (actual, claimed) {
             (Some(a), Some(c)) if a <= c => {}
             _ => {
                 return Err(Refusal::new(
-                    "EPSILON_PER_ROUND_EXCEEDED",
+                    RefusalCode::EpsilonPerRoundExceeded,
                     format!(
                         "this task would spend epsilon {} at delta {delta:e} in this round, more than the {} the round was decided under",
                         round.epsilon, terms.epsilon_per_round
@@ -70,7 +76,7 @@ impl NodePolicy {
             Some(me) if me.country == self.country => me.cumulative_epsilon = cumulative,
             Some(me) => {
                 return Err(Refusal::new(
-                    "INVALID_TASK",
+                    RefusalCode::InvalidTask,
                     format!(
                         "the round lists {} under {}, not {}",
                         self.agency, me.country, self.country
@@ -79,7 +85,7 @@ impl NodePolicy {
             }
             None => {
                 return Err(Refusal::new(
-                    "INVALID_TASK",
+                    RefusalCode::InvalidTask,
                     format!("the round's participants do not include {}", self.agency),
                 ));
             }
@@ -100,14 +106,14 @@ impl NodePolicy {
             participants,
         };
         let reasons = own_view(&registry, &loaded, &request, &self.agency)
-            .map_err(|e| Refusal::new("POLICY_REQUEST_INVALID", e.to_string()))?;
+            .map_err(|e| Refusal::new(RefusalCode::PolicyRequestInvalid, e.to_string()))?;
         match reasons.first() {
             None => Ok(()),
             Some(first) => {
                 let explanations: Vec<&str> =
                     reasons.iter().map(|r| r.explanation.as_str()).collect();
                 Err(Refusal::new(
-                    first.reason.code(),
+                    RefusalCode::Policy(first.reason),
                     format!(
                         "{}'s own policy check refuses round {} of {}: {}",
                         self.agency,

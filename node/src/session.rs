@@ -13,18 +13,19 @@ use treaty_proto::tls::ClientTls;
 use treaty_proto::v1::agency_service_client::AgencyServiceClient;
 use treaty_proto::v1::{
     DatasetSummary, Dtype, Heartbeat, Hello, NodeMessage, PrivacyReport, ResultHeader, ResultPart,
-    Task, TaskAccepted, TaskRefused, coordinator_message, node_message, result_part, task,
+    Task, TaskAccepted, TaskRefused, coordinator_message, node_message, result_part,
 };
 
 use crate::config::CoordinatorLink;
 use crate::error::NodeError;
-use crate::ledger::{Entry, Ledger, LedgerRefusal};
+use crate::ledger::{Entry, Ledger};
 use crate::policy::NodePolicy;
-use crate::work::{Output, Refusal, Worker};
+use crate::refusal::Refusal;
+use crate::work::{InvalidTask, Output, Worker, blocking};
 
 /// Everything a session needs.
 #[derive(Debug, Clone)]
-pub struct Node {
+pub(crate) struct Node {
     pub tls: ClientTls,
     pub link: CoordinatorLink,
     pub ledger: Arc<Ledger>,
@@ -37,7 +38,7 @@ pub struct Node {
 }
 
 /// How many tasks a node carries out at once.
-pub const CONCURRENT_TASKS: usize = 2;
+pub(crate) const CONCURRENT_TASKS: usize = 2;
 
 fn now_ms() -> i64 {
     std::time::SystemTime::now()
@@ -51,7 +52,7 @@ fn message(kind: node_message::Kind) -> NodeMessage {
 }
 
 /// Holds a session open until `shutdown`, reconnecting after every failure.
-pub async fn run(node: Node, shutdown: CancellationToken) {
+pub(crate) async fn run(node: Node, shutdown: CancellationToken) {
     let initial = Duration::from_millis(node.link.reconnect_initial_ms);
     let max = Duration::from_millis(node.link.reconnect_max_ms);
     let mut delay = initial;
@@ -102,11 +103,16 @@ async fn serve_once(node: &Node, shutdown: &CancellationToken) -> Result<bool, N
             columns: t.columns.clone(),
         })
         .collect();
+    // The ledger's report walks its whole chain: on a blocking thread.
+    let ledger = node.ledger.clone();
+    let privacy = tokio::task::spawn_blocking(move || ledger.report(None))
+        .await
+        .ok();
     let hello = Hello {
         software_version: env!("CARGO_PKG_VERSION").to_owned(),
         protocol_version: treaty_proto::PROTOCOL_VERSION,
         datasets,
-        privacy: Some(node.ledger.report(None)),
+        privacy,
     };
     tx.send(message(node_message::Kind::Hello(hello)))
         .await
@@ -202,14 +208,14 @@ async fn carry_out(
             let _ = session
                 .send(message(node_message::Kind::Refused(TaskRefused {
                     task_id,
-                    reason_code: r.code,
+                    reason_code: r.code.to_string(),
                     message: r.message,
                 })))
                 .await;
         }
     };
-    let Some(kind) = task.kind.as_ref() else {
-        return refuse(Refusal::new("INVALID_TASK", "the task has no kind")).await;
+    let Some(kind) = task.kind.clone() else {
+        return refuse(InvalidTask::NoKind.into()).await;
     };
     tracing::info!(
         task = task_id,
@@ -218,7 +224,9 @@ async fn carry_out(
         "task received"
     );
     // Decide what will be released, and record it in the ledger, before touching the data.
-    let plan = match node.worker.plan(kind) {
+    // Planning calibrates opendp's mechanisms: on a blocking thread.
+    let worker = node.worker.clone();
+    let plan = match blocking(move || worker.plan(&kind)).await.and_then(|p| p) {
         Ok(plan) => plan,
         Err(refusal) => return refuse(refusal).await,
     };
@@ -228,19 +236,24 @@ async fn carry_out(
         job_id: task.job_id.clone(),
         federation: task.federation.clone(),
         round: task.round,
-        kind: match kind {
-            task::Kind::Training(_) => "training".into(),
-            task::Kind::Query(_) => "query".into(),
-            task::Kind::Stats(_) => "statistics".into(),
-        },
+        kind: plan.kind().into(),
         recipient,
         releases: Some(plan.releases.clone()),
     };
     // The agency's own policy judges the task with the ledger's spending, whatever the
-    // coordinator decided, under the ledger's lock; only then is the release recorded.
-    match node.ledger.record_if(&entry, |before| {
-        node.policy.check(&task, &plan, before.epsilon)
-    }) {
+    // coordinator decided, under the ledger's lock; only then is the release recorded, durably,
+    // before anything is computed. The policy's files and the ledger's database are read and
+    // written on a blocking thread.
+    let (ledger, policy, judged) = (node.ledger.clone(), node.policy.clone(), task.clone());
+    let releases = plan.releases.clone();
+    let recorded = blocking(move || {
+        ledger.record_if(&entry, |before| {
+            policy.check(&judged, &releases, before.epsilon)
+        })
+    })
+    .await
+    .and_then(|r| r.map_err(Refusal::from));
+    match recorded {
         Ok(spent) => tracing::info!(
             task = task_id,
             epsilon = spent.epsilon,
@@ -248,35 +261,22 @@ async fn carry_out(
             accountant = spent.accountant,
             "release recorded in the ledger"
         ),
-        Err(refusal) => {
-            let code = match refusal {
-                LedgerRefusal::Refused(refusal) => return refuse(refusal).await,
-                LedgerRefusal::BudgetExhausted { .. } => "BUDGET_EXHAUSTED",
-                LedgerRefusal::NotPrivate => "DP_REQUIRED",
-                LedgerRefusal::Store(_) => "LEDGER_ERROR",
-                // The damage itself is in the node's log; the coordinator learns only that.
-                LedgerRefusal::Damaged(_) => {
-                    return refuse(Refusal::new("LEDGER_ERROR", crate::ledger::DAMAGED)).await;
-                }
-            };
-            return refuse(Refusal::new(code, refusal.to_string())).await;
-        }
+        Err(refusal) => return refuse(refusal).await,
     }
     let _ = session
         .send(message(node_message::Kind::Accepted(TaskAccepted {
             task_id: task_id.clone(),
         })))
         .await;
-    let output = match node
-        .worker
-        .run(&mut client, &task.job_id, kind, &plan)
-        .await
-    {
+    let output = match node.worker.run(&mut client, &task.job_id, &plan).await {
         Ok(output) => output,
         Err(refusal) => return refuse(refusal).await,
     };
-    let report = node.ledger.report(Some(Some(plan.releases.clone())));
-    match upload(&mut client, &task_id, output, Some(report)).await {
+    let ledger = node.ledger.clone();
+    let report = blocking(move || ledger.report(Some(Some(plan.releases))))
+        .await
+        .ok();
+    match upload(&mut client, &task_id, output, report).await {
         Ok(()) => tracing::info!(task = task_id, "result sent"),
         Err(error) => tracing::warn!(task = task_id, %error, "result not accepted"),
     }

@@ -5,6 +5,7 @@ use ndarray::{Array1, Array2, Axis, Slice};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
+use treaty_policies::privacy::{Release, zcdp};
 
 use crate::data::Examples;
 use crate::model::Model;
@@ -93,6 +94,53 @@ pub enum Sampling {
     Poisson(f64),
 }
 
+impl Sampling {
+    /// What `steps` DP-SGD steps with this sampling, each adding `noise`, release: the one
+    /// description of a DP-SGD release, for the ledger and the accountants (the node's planning
+    /// and `treaty privacy` both use it). Full batches compose exactly in zCDP (`steps` times
+    /// the step's rho); Poisson-subsampled steps are accounted in RDP from their sampling rate
+    /// and noise multiplier.
+    pub fn release(self, noise: StepNoise, steps: u64) -> Release {
+        match self {
+            Sampling::FullBatch => Release::Gaussian {
+                rho: steps as f64 * noise.rho,
+            },
+            Sampling::Poisson(sampling_rate) => Release::SampledGaussian {
+                sampling_rate,
+                noise_multiplier: noise.noise_multiplier,
+                steps,
+            },
+        }
+    }
+}
+
+/// One DP-SGD step's Gaussian noise as the accountants see it: its noise multiplier (the
+/// noise's standard deviation over the clipping norm) and its zCDP rho.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StepNoise {
+    pub noise_multiplier: f64,
+    pub rho: f64,
+}
+
+impl StepNoise {
+    /// Ideal Gaussian noise of this multiplier: rho = 1 / (2 noise_multiplier²).
+    pub fn ideal(noise_multiplier: f64) -> Self {
+        StepNoise {
+            noise_multiplier,
+            rho: zcdp::gaussian_rho(noise_multiplier),
+        }
+    }
+
+    /// Noise of the rho opendp's privacy map states (the noise grid included), with the
+    /// effective noise multiplier that rho implies.
+    pub fn measured(rho: f64) -> Self {
+        StepNoise {
+            noise_multiplier: (1.0 / (2.0 * rho)).sqrt(),
+            rho,
+        }
+    }
+}
+
 /// Record-level DP training: per-example gradients clipped to `clip_norm`, Gaussian noise of
 /// standard deviation `noise.scale()` on their sum (through opendp), divided by `denominator`.
 #[derive(Debug, Clone, Copy)]
@@ -132,7 +180,7 @@ pub fn train_dp(
     let denominator = dp.denominator.max(1.0);
     let linear = matches!(
         model.kind,
-        crate::model::Kind::Logistic | crate::model::Kind::Linear
+        crate::model::Architecture::Logistic | crate::model::Architecture::Linear
     );
     // Small models: build the mechanism once for all steps; large ones split across threads.
     let prepared = if p < 16_384 {
@@ -162,7 +210,7 @@ pub fn train_dp(
                 let params = model.params();
                 let x = data.x.row(i);
                 let z = x.dot(&params.slice_axis(Axis(0), Slice::from(..d))) + params[d];
-                let r = if model.kind == crate::model::Kind::Logistic {
+                let r = if model.kind == crate::model::Architecture::Logistic {
                     1.0 / (1.0 + (-z).exp())
                 } else {
                     z
@@ -215,7 +263,7 @@ pub fn train_dp(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::Kind;
+    use crate::model::Architecture;
     use ndarray::{Array2, array};
 
     fn sgd(epochs: u32, batch: usize, lr: f64) -> Sgd {
@@ -255,11 +303,36 @@ mod tests {
     }
 
     #[test]
+    fn a_dp_sgd_release_is_zcdp_for_full_batches_and_rdp_when_sampled() {
+        let ideal = StepNoise::ideal(2.0);
+        assert_eq!(ideal.rho, 1.0 / 8.0);
+        assert_eq!(
+            Sampling::FullBatch.release(ideal, 10),
+            Release::Gaussian { rho: 10.0 / 8.0 }
+        );
+        assert_eq!(
+            Sampling::Poisson(0.01).release(ideal, 10),
+            Release::SampledGaussian {
+                sampling_rate: 0.01,
+                noise_multiplier: 2.0,
+                steps: 10
+            }
+        );
+        // Measured by opendp: the rho as stated, and the noise multiplier it implies.
+        let measured = StepNoise::measured(0.125);
+        assert_eq!(
+            Sampling::FullBatch.release(measured, 4),
+            Release::Gaussian { rho: 0.5 }
+        );
+        assert_eq!(measured.noise_multiplier, 2.0);
+    }
+
+    #[test]
     fn logistic_regression_reproduces_the_published_challenger_fit() {
         // The maximum-likelihood fit, as published (e.g. Dalal et al. 1989; R's
         // glm(damage ~ temp, binomial)): logit p = 15.0429 - 0.2322 * temperature.
         let (data, mean, sd) = challenger();
-        let mut m = Model::zeros(Kind::Logistic, 1);
+        let mut m = Model::zeros(Architecture::Logistic, 1);
         train(&mut m, &data, &sgd(20_000, 23, 0.5));
         let (w, b) = (m.params()[0], m.params()[1]);
         let slope = w / sd;
@@ -273,7 +346,7 @@ mod tests {
         // With two classes and no regularisation, softmax regression started from zero keeps
         // w1 = -w0, and w1 - w0 is the logistic-regression fit.
         let (data, mean, sd) = challenger();
-        let mut m = Model::zeros(Kind::Multinomial { classes: 2 }, 1);
+        let mut m = Model::zeros(Architecture::Multinomial { classes: 2 }, 1);
         train(&mut m, &data, &sgd(20_000, 23, 0.5));
         let p = m.params();
         let (w, b) = (p[1] - p[0], p[3] - p[2]);
@@ -309,7 +382,7 @@ mod tests {
         let w1 = (a[[0, 0]] * r[1] - a[[1, 0]] * r[0]) / det;
         let b = ym - xm[0] * w0 - xm[1] * w1;
 
-        let mut m = Model::zeros(Kind::Linear, 2);
+        let mut m = Model::zeros(Architecture::Linear, 2);
         let data = Examples { x, y };
         let mut opts = sgd(5_000, 7, 0.2);
         opts.l2 = l2;
@@ -325,9 +398,9 @@ mod tests {
     fn momentum_and_proximal_terms_behave() {
         let (data, _, _) = challenger();
         // Momentum 0.9 with a tenth of the learning rate reaches the same optimum.
-        let mut plain = Model::zeros(Kind::Logistic, 1);
+        let mut plain = Model::zeros(Architecture::Logistic, 1);
         train(&mut plain, &data, &sgd(20_000, 23, 0.5));
-        let mut heavy = Model::zeros(Kind::Logistic, 1);
+        let mut heavy = Model::zeros(Architecture::Logistic, 1);
         let mut opts = sgd(20_000, 23, 0.05);
         opts.momentum = 0.9;
         train(&mut heavy, &data, &opts);
@@ -338,7 +411,7 @@ mod tests {
         );
         // A strong proximal term keeps the model near where it started (zero): the optimum of
         // loss + (mu/2)||w||² with mu = 10 is within a tenth of the free optimum's norm.
-        let mut anchored = Model::zeros(Kind::Logistic, 1);
+        let mut anchored = Model::zeros(Architecture::Logistic, 1);
         let mut opts = sgd(2_000, 23, 0.05);
         opts.proximal_mu = 10.0;
         train(&mut anchored, &data, &opts);
@@ -378,7 +451,7 @@ mod tests {
         // With a clipping norm no gradient reaches and (almost) no noise, full-batch DP gradient
         // descent is plain full-batch gradient descent: the Challenger fit again.
         let (data, mean, sd) = challenger();
-        let mut m = Model::zeros(Kind::Logistic, 1);
+        let mut m = Model::zeros(Architecture::Logistic, 1);
         let dp = DpSgd {
             sampling: Sampling::FullBatch,
             steps: 20_000,
@@ -404,7 +477,7 @@ mod tests {
     }
 
     fn released_of(data: &Examples, readable: Option<&[bool]>, steps: u64) -> Array1<f64> {
-        let mut m = Model::zeros(Kind::Linear, 2);
+        let mut m = Model::zeros(Architecture::Linear, 2);
         let dp = DpSgd {
             sampling: Sampling::FullBatch,
             steps,
@@ -498,7 +571,7 @@ mod tests {
         let x = array![[0., 0.], [0., 1.], [1., 0.], [1., 1.]];
         let y = array![0., 1., 1., 0.];
         let data = Examples { x, y };
-        let mut m = Model::zeros(Kind::Mlp { hidden: 8 }, 2);
+        let mut m = Model::zeros(Architecture::Mlp { hidden: 8 }, 2);
         // Break the symmetry with a fixed spread of initial weights.
         let n = m.params().len();
         for (i, p) in m.params_mut().iter_mut().enumerate().take(n - 1) {

@@ -135,3 +135,16 @@ pub enum PkiError {
     #[error("`{path}` is corrupt: {message}")]
     Corrupt { path: PathBuf, message: String },
 }
+
+/// An enum field of a message holds a value this build does not know, or leaves unspecified a
+/// value that is needed. prost keeps such a field as the `i32` that arrived; [`crate::enums`]
+/// decodes it into this error rather than reading it as "unspecified".
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EnumError {
+    #[error(
+        "{field} is {value}, a value this build does not know; the sender speaks another version of the protocol"
+    )]
+    Unknown { field: String, value: i32 },
+    #[error("{field} is not given")]
+    Unspecified { field: String },
+}

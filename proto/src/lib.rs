@@ -17,6 +17,7 @@
 //! storage, no decisions.
 
 pub mod config;
+pub mod enums;
 pub mod error;
 pub mod evaluation;
 pub mod identity;
@@ -26,7 +27,7 @@ pub mod schema;
 pub mod tensor;
 pub mod tls;
 
-pub use error::{IdentityError, PkiError, TensorError, TlsError};
+pub use error::{EnumError, IdentityError, PkiError, TensorError, TlsError};
 pub use identity::Identity;
 
 /// The generated protobuf messages and gRPC services of `treaty.v1`.

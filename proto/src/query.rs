@@ -1,10 +1,13 @@
 //! The shape of an analytics query's answer, which nodes and the coordinator must agree on:
 //! how many values, what bounds one record's change of each, and what each is called.
 
+use crate::enums;
+use crate::error::EnumError;
 use crate::v1::{QueryKind, QuerySpec};
 
-fn kind(spec: &QuerySpec) -> QueryKind {
-    QueryKind::try_from(spec.kind).unwrap_or(QueryKind::Unspecified)
+/// The statistic a query asks for, which must be given.
+pub fn kind(spec: &QuerySpec) -> Result<QueryKind, EnumError> {
+    enums::specified(spec.kind, || "the query's kind".to_owned())
 }
 
 /// The most values an answer may have (histogram cells or quantile bins); a larger query is
@@ -24,14 +27,14 @@ pub fn bins(spec: &QuerySpec) -> usize {
 
 /// For each value a node returns, the most one record can change it; and how many values one
 /// record can change (the L1 sensitivity once each value is divided by its bound).
-/// `None` for a query that names no statistic.
+/// `None` for a query that names no statistic ([`kind`] says why).
 pub fn layout(spec: &QuerySpec) -> Option<(Vec<f64>, f64)> {
     let b = spec
         .lower
         .abs()
         .max(spec.upper.abs())
         .max(f64::MIN_POSITIVE);
-    match kind(spec) {
+    match kind(spec).ok()? {
         QueryKind::Count => Some((vec![1.0], 1.0)),
         QueryKind::Sum => Some((vec![b], 1.0)),
         QueryKind::Mean => Some((vec![b, 1.0], 2.0)),

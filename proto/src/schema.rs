@@ -33,6 +33,8 @@ use std::path::Path;
 use serde::Deserialize;
 
 use crate::config::ConfigError;
+use crate::enums;
+use crate::error::EnumError;
 use crate::v1::{
     ColumnKind, ColumnSpec, FeatureSchema, LabelKind, LabelSpec, MissingRule, ModelKind,
     TrainingSpec, Transform,
@@ -193,9 +195,9 @@ pub fn to_toml(schema: &FeatureSchema) -> String {
         out.push_str(&format!("classes = [{}]\n", list(&label.classes)));
     }
     for c in &schema.columns {
-        let kind_name = match kind(c) {
-            ColumnKind::Categorical => "categorical",
-            ColumnKind::Boolean => "boolean",
+        let kind_name = match column_kind(c) {
+            Ok(ColumnKind::Categorical) => "categorical",
+            Ok(ColumnKind::Boolean) => "boolean",
             _ => "numeric",
         };
         out.push_str(&format!(
@@ -212,10 +214,10 @@ pub fn to_toml(schema: &FeatureSchema) -> String {
         if !c.values.is_empty() {
             out.push_str(&format!("values = [{}]\n", list(&c.values)));
         }
-        let missing = match MissingRule::try_from(c.missing).unwrap_or(MissingRule::Reject) {
-            MissingRule::Mean => "mean",
-            MissingRule::Zero => "zero",
-            MissingRule::Other => "other",
+        let missing = match missing_rule(c) {
+            Ok(MissingRule::Mean) => "mean",
+            Ok(MissingRule::Zero) => "zero",
+            Ok(MissingRule::Other) => "other",
             _ => "reject",
         };
         out.push_str(&format!("missing = {}\n", q(missing)));
@@ -223,17 +225,49 @@ pub fn to_toml(schema: &FeatureSchema) -> String {
     out
 }
 
-fn kind(c: &ColumnSpec) -> ColumnKind {
-    ColumnKind::try_from(c.kind).unwrap_or(ColumnKind::Unspecified)
+/// A column's kind, which must be given.
+pub fn column_kind(c: &ColumnSpec) -> Result<ColumnKind, EnumError> {
+    enums::specified(c.kind, || format!("the kind of column `{}`", c.name))
 }
 
-/// The label's kind.
+/// A column's rule for missing values, which must be given (the schema file's default is
+/// `reject`).
+pub fn missing_rule(c: &ColumnSpec) -> Result<MissingRule, EnumError> {
+    enums::specified(c.missing, || {
+        format!("the missing-value rule of column `{}`", c.name)
+    })
+}
+
+/// A column's transform (unspecified: none).
+pub fn transform(c: &ColumnSpec) -> Result<Transform, EnumError> {
+    enums::known(c.transform, || {
+        format!("the transform of column `{}`", c.name)
+    })
+}
+
+/// The label's kind, which must be given (a schema without a label has none).
+pub fn decode_label_kind(schema: &FeatureSchema) -> Result<LabelKind, EnumError> {
+    let label = schema.label.as_ref();
+    enums::specified(label.map(|l| l.kind).unwrap_or(0), || {
+        format!(
+            "the kind of label `{}`",
+            label.map(|l| l.name.as_str()).unwrap_or_default()
+        )
+    })
+}
+
+/// The label's kind, for a schema [`problems`] accepts; `Unspecified` when it has none this
+/// build knows (which [`problems`] reports).
 pub fn label_kind(schema: &FeatureSchema) -> LabelKind {
-    schema
-        .label
-        .as_ref()
-        .and_then(|l| LabelKind::try_from(l.kind).ok())
-        .unwrap_or(LabelKind::Unspecified)
+    match decode_label_kind(schema) {
+        Ok(kind) => kind,
+        Err(_) => LabelKind::Unspecified,
+    }
+}
+
+/// The model a training spec names, which must be given.
+pub fn model_kind(spec: &TrainingSpec) -> Result<ModelKind, EnumError> {
+    enums::specified(spec.model, || "the training spec's model".to_owned())
 }
 
 /// The class names of a binary or categorical label (binary defaults to ["0", "1"]).
@@ -254,21 +288,22 @@ pub fn problems(schema: &FeatureSchema) -> Vec<String> {
     if label.name.is_empty() {
         problems.push("the label has no name".into());
     }
-    match label_kind(schema) {
-        LabelKind::Binary if !(label.classes.is_empty() || label.classes.len() == 2) => problems
-            .push(format!(
+    match decode_label_kind(schema) {
+        Ok(LabelKind::Binary) if !(label.classes.is_empty() || label.classes.len() == 2) => {
+            problems.push(format!(
                 "binary label `{}` needs exactly two classes [negative, positive]",
                 label.name
-            )),
-        LabelKind::Categorical if label.classes.len() < 2 => problems.push(format!(
+            ))
+        }
+        Ok(LabelKind::Categorical) if label.classes.len() < 2 => problems.push(format!(
             "categorical label `{}` needs at least two classes",
             label.name
         )),
-        LabelKind::Numeric if !label.classes.is_empty() => {
+        Ok(LabelKind::Numeric) if !label.classes.is_empty() => {
             problems.push(format!("numeric label `{}` takes no classes", label.name))
         }
-        LabelKind::Unspecified => problems.push(format!("label `{}` has no kind", label.name)),
-        _ => {}
+        Err(e) => problems.push(e.to_string()),
+        Ok(_) => {}
     }
     if has_duplicates(&label.classes) {
         problems.push(format!("label `{}` lists a class twice", label.name));
@@ -281,7 +316,7 @@ pub fn problems(schema: &FeatureSchema) -> Vec<String> {
         .columns
         .iter()
         .map(|c| {
-            if kind(c) == ColumnKind::Categorical {
+            if column_kind(c) == Ok(ColumnKind::Categorical) {
                 c.values.len() + 1
             } else {
                 1
@@ -303,24 +338,32 @@ pub fn problems(schema: &FeatureSchema) -> Vec<String> {
                 c.name
             ));
         }
-        let missing = MissingRule::try_from(c.missing).unwrap_or(MissingRule::Unspecified);
-        let k = kind(c);
+        let k = match column_kind(c) {
+            Ok(k) => k,
+            Err(e) => {
+                problems.push(e.to_string());
+                ColumnKind::Unspecified
+            }
+        };
         let allowed: &[MissingRule] = match k {
             ColumnKind::Numeric => &[MissingRule::Reject, MissingRule::Mean, MissingRule::Zero],
             ColumnKind::Categorical => &[MissingRule::Reject, MissingRule::Other],
             ColumnKind::Boolean => &[MissingRule::Reject, MissingRule::Zero],
-            ColumnKind::Unspecified => {
-                problems.push(format!("column `{}` has no kind", c.name));
-                &[]
-            }
+            ColumnKind::Unspecified => &[],
         };
-        if k != ColumnKind::Unspecified && !allowed.contains(&missing) {
-            problems.push(format!(
-                "column `{}`: missing rule {} does not apply to a {} column",
-                c.name,
-                missing.as_str_name(),
-                k.as_str_name()
-            ));
+        match missing_rule(c) {
+            Err(e) if k != ColumnKind::Unspecified => problems.push(e.to_string()),
+            Ok(missing) if k != ColumnKind::Unspecified && !allowed.contains(&missing) => problems
+                .push(format!(
+                    "column `{}`: missing rule {} does not apply to a {} column",
+                    c.name,
+                    missing.as_str_name(),
+                    k.as_str_name()
+                )),
+            _ => {}
+        }
+        if let Err(e) = transform(c) {
+            problems.push(e.to_string());
         }
         match k {
             ColumnKind::Numeric => match (c.lower, c.upper) {
@@ -375,8 +418,8 @@ fn has_duplicates(values: &[String]) -> bool {
 pub fn encoded_names(schema: &FeatureSchema) -> Vec<String> {
     let mut names = Vec::new();
     for c in &schema.columns {
-        match kind(c) {
-            ColumnKind::Categorical => {
+        match column_kind(c) {
+            Ok(ColumnKind::Categorical) => {
                 names.extend(c.values.iter().map(|v| format!("{}={v}", c.name)));
                 names.push(format!("{}=<other>", c.name));
             }
@@ -391,7 +434,7 @@ pub fn numeric_columns(schema: &FeatureSchema) -> Vec<&ColumnSpec> {
     schema
         .columns
         .iter()
-        .filter(|c| kind(c) == ColumnKind::Numeric)
+        .filter(|c| column_kind(c) == Ok(ColumnKind::Numeric))
         .collect()
 }
 
@@ -405,17 +448,18 @@ pub fn label_kind_for(model: ModelKind) -> Option<LabelKind> {
     }
 }
 
-/// The parameter tensors of the job's model: (name, shape), in order.
+/// The parameter tensors of the job's model: (name, shape), in order. A spec whose model
+/// [`model_kind`] cannot decode gets the layout of a linear model.
 pub fn parameter_layout(spec: &TrainingSpec) -> Vec<(String, Vec<usize>)> {
     let schema = spec.schema.clone().unwrap_or_default();
     let d = encoded_names(&schema).len();
     let h = spec.hidden_units as usize;
-    match ModelKind::try_from(spec.model).unwrap_or(ModelKind::Unspecified) {
-        ModelKind::MultinomialLogisticRegression => {
+    match model_kind(spec) {
+        Ok(ModelKind::MultinomialLogisticRegression) => {
             let k = classes(&schema).len();
             vec![("weights".into(), vec![d, k]), ("bias".into(), vec![k])]
         }
-        ModelKind::Mlp => vec![
+        Ok(ModelKind::Mlp) => vec![
             ("hidden_weights".into(), vec![d, h]),
             ("hidden_bias".into(), vec![h]),
             ("weights".into(), vec![h]),
@@ -517,5 +561,35 @@ kind = "boolean"
             .unwrap_err();
         assert_eq!(unknown.len(), 2, "{unknown:?}");
         assert!(parse("[label]\nname = \"y\"\nkind = \"binary\"\ncolour = 1\n").is_err());
+    }
+
+    #[test]
+    fn an_unknown_enum_value_is_a_problem_naming_its_field_and_value() {
+        let mut schema = parse(GOOD).unwrap().unwrap();
+        schema.columns[0].kind = 42;
+        schema.columns[1].missing = 17;
+        schema.columns[0].transform = 9;
+        if let Some(label) = schema.label.as_mut() {
+            label.kind = 0;
+        }
+        let found = problems(&schema);
+        for expected in [
+            "the kind of column `value` is 42",
+            "the missing-value rule of column `mode` is 17",
+            "the transform of column `value` is 9",
+            "the kind of label `seized` is not given",
+        ] {
+            assert!(
+                found.iter().any(|p| p.starts_with(expected)),
+                "{expected}: {found:#?}"
+            );
+        }
+        assert_eq!(
+            column_kind(&schema.columns[0]),
+            Err(EnumError::Unknown {
+                field: "the kind of column `value`".into(),
+                value: 42
+            })
+        );
     }
 }

@@ -51,7 +51,7 @@ impl<E: Into<anyhow::Error>> From<E> for CliError {
 fn is_unusable(error: &anyhow::Error) -> bool {
     error.chain().any(|cause| {
         cause.is::<treaty_proto::config::ConfigError>()
-            || cause.is::<treaty_node::model_file::ModelFileError>()
+            || cause.is::<treaty_node::ModelFileError>()
             || cause.is::<treaty_node::DataError>()
             || matches!(
                 cause

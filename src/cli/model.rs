@@ -8,10 +8,10 @@ use anyhow::Context;
 use clap::Subcommand;
 use treaty_coordinator::client::{self, OperatorConfig};
 use treaty_devkit::outln;
-use treaty_node::data::Table;
-use treaty_node::explain::explain;
-use treaty_node::model::Kind;
-use treaty_node::model_file::ModelFile;
+use treaty_node::Architecture;
+use treaty_node::ModelFile;
+use treaty_node::Table;
+use treaty_node::explain;
 
 use super::{Outcome, unusable};
 
@@ -88,12 +88,12 @@ pub fn explain_records(model_file: &Path, data: &Path, limit: usize) -> Outcome 
             .enumerate()
             .fold(0, |b, (k, &v)| if v > prediction[b] { k } else { b });
         let shown = match model.kind {
-            Kind::Multinomial { .. } => format!(
+            Architecture::Multinomial { .. } => format!(
                 "class {} (p = {:.4})",
                 file.classes.get(class).cloned().unwrap_or_default(),
                 prediction[class]
             ),
-            Kind::Linear => format!("{:.4}", prediction[0]),
+            Architecture::Linear => format!("{:.4}", prediction[0]),
             _ => format!("p = {:.4}", prediction[0]),
         };
         outln!("record {} (line {}): {shown}", i + 1, i + 2);

@@ -6,7 +6,7 @@ use std::path::Path;
 use anyhow::Context;
 use clap::Subcommand;
 use treaty_devkit::outln;
-use treaty_node::ledger::{Ledger, LedgerError};
+use treaty_node::{Ledger, LedgerError};
 use treaty_node::{NodeConfig, NodeError};
 
 use super::{CliError, Outcome, unusable};

@@ -6,6 +6,7 @@ use treaty_devkit::outln;
 
 use super::{Outcome, unusable};
 use clap::Subcommand;
+use treaty_node::{Sampling, StepNoise};
 use treaty_policies::privacy::{Release, rdp, spent, zcdp};
 
 #[derive(Debug, Subcommand)]
@@ -43,19 +44,15 @@ pub enum PrivacyCommand {
     },
 }
 
-/// The release of `steps` steps: exact zCDP for full batches, RDP when subsampled.
+/// The release of `steps` steps, as the node describes it: exact zCDP for full batches (a
+/// sampling rate of 1), RDP when subsampled.
 pub fn steps_release(sampling_rate: f64, noise_multiplier: f64, steps: u64) -> Release {
-    if sampling_rate >= 1.0 {
-        Release::Gaussian {
-            rho: steps as f64 * zcdp::gaussian_rho(noise_multiplier),
-        }
+    let sampling = if sampling_rate >= 1.0 {
+        Sampling::FullBatch
     } else {
-        Release::SampledGaussian {
-            sampling_rate,
-            noise_multiplier,
-            steps,
-        }
-    }
+        Sampling::Poisson(sampling_rate)
+    };
+    sampling.release(StepNoise::ideal(noise_multiplier), steps)
 }
 
 fn check(sampling_rate: f64, steps: u64, delta: f64) -> anyhow::Result<()> {

@@ -253,8 +253,7 @@ async fn dp_sgd_calibrated_to_a_target_spends_at_most_the_target_and_learns() {
     let (file, tensors) = model_get(&fx, &address, &job.job_id);
     assert_eq!(file["features"].as_array().unwrap().len(), 2);
     let model =
-        treaty_node::model::Model::from_tensors(treaty_node::model::Kind::Logistic, 2, &tensors)
-            .unwrap();
+        treaty_node::Model::from_tensors(treaty_node::Architecture::Logistic, 2, &tensors).unwrap();
     let stats: Vec<ColumnStats> = ["x1", "x2"]
         .iter()
         .map(|n| ColumnStats {
@@ -264,11 +263,11 @@ async fn dp_sgd_calibrated_to_a_target_spends_at_most_the_target_and_learns() {
             count: 0.0,
         })
         .collect();
-    let test = treaty_node::data::Table::open(&fx.path("DE-BKA_test.csv"))
+    let test = treaty_node::Table::open(&fx.path("DE-BKA_test.csv"))
         .unwrap()
         .encode(&schema_of_test_data(), &stats)
         .unwrap();
-    let accuracy = treaty_node::metrics::evaluate(&model, &test)["accuracy"];
+    let accuracy = treaty_node::evaluate(&model, &test)["accuracy"];
     assert!(accuracy > 0.8, "{accuracy}");
     for (node, config) in nodes.iter_mut().zip(&configs) {
         node.signal(nix::sys::signal::Signal::SIGTERM);

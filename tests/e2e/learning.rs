@@ -7,10 +7,10 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use treaty_node::data::{Examples, Table};
-use treaty_node::model::{Kind, Model};
-use treaty_node::train::{Sgd, train};
-use treaty_node::work::{Worker, download};
+use treaty_node::{Architecture, Model};
+use treaty_node::{Examples, Table};
+use treaty_node::{Sgd, train};
+use treaty_node::{Worker, download};
 use treaty_proto::tls::ClientTls;
 use treaty_proto::v1::agency_service_client::AgencyServiceClient;
 use treaty_proto::v1::{
@@ -39,7 +39,7 @@ fn pooled(
 }
 
 fn auc(model: &Model, data: &Examples) -> f64 {
-    treaty_node::metrics::roc_auc(model.predict(data.x.view()).column(0), data.y.view()).unwrap()
+    treaty_node::roc_auc(model.predict(data.x.view()).column(0), data.y.view()).unwrap()
 }
 
 #[tokio::test]
@@ -112,7 +112,7 @@ async fn the_federated_model_is_as_good_as_the_pooled_one() {
     assert_eq!(stats.contributors.len(), 4);
     let (file, tensors) = model_get(&fx, &address, &job.job_id);
     let inputs = file["features"].as_array().unwrap().len();
-    let federated = Model::from_tensors(Kind::Logistic, inputs, &tensors).unwrap();
+    let federated = Model::from_tensors(Architecture::Logistic, inputs, &tensors).unwrap();
 
     // The federation's standardisation, computed from (barely noised) column sums, equals the
     // pooled data's.
@@ -140,7 +140,7 @@ async fn the_federated_model_is_as_good_as_the_pooled_one() {
     // as many epochs, which the law would never allow.
     let pooled_train = pooled(&train_tables, &schema, &standardization);
     let pooled_test = pooled(&test_tables, &schema, &standardization);
-    let mut central = Model::zeros(Kind::Logistic, inputs);
+    let mut central = Model::zeros(Architecture::Logistic, inputs);
     train(
         &mut central,
         &pooled_train,
@@ -312,10 +312,7 @@ async fn adversary(
             let plan = worker.plan(&kind).unwrap();
             let f = *factor.lock().unwrap();
             let chosen = if f == 1.0 { &honest_worker } else { &worker };
-            let mut output = chosen
-                .run(&mut client, &task.job_id, &kind, &plan)
-                .await
-                .unwrap();
+            let mut output = chosen.run(&mut client, &task.job_id, &plan).await.unwrap();
             if let task::Kind::Training(t) = &kind {
                 let global = download(&mut client, &task.job_id, &t.model_version)
                     .await
@@ -324,7 +321,7 @@ async fn adversary(
                     local.values = &global.values + &((&local.values - &global.values) * f);
                 }
             }
-            treaty_node::session::upload(&mut client, &task.task_id, output, None)
+            treaty_node::upload(&mut client, &task.task_id, output, None)
                 .await
                 .unwrap();
         }
@@ -391,9 +388,9 @@ async fn robust_aggregation_withstands_a_malicious_agency() {
             let job = run_job(&mut op, "eight", spec, 8).await;
             let (file, tensors) = model_get(&fx, &address, &job.job_id);
             let stats = standardization_of(&file);
-            let model = Model::from_tensors(Kind::Logistic, 2, &tensors).unwrap();
+            let model = Model::from_tensors(Architecture::Logistic, 2, &tensors).unwrap();
             let test = pooled(&tests, &schema_of_test_data(), &stats);
-            let acc = treaty_node::metrics::evaluate(&model, &test)["accuracy"];
+            let acc = treaty_node::evaluate(&model, &test)["accuracy"];
             accuracy.insert((aggregation.as_str_name(), attack), acc);
         }
     }

@@ -8,7 +8,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
-use treaty_node::ledger::DAMAGED;
+use treaty_node::DAMAGED;
 
 use crate::common::*;
 

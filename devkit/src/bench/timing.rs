@@ -10,10 +10,10 @@ use ndarray::{Array1, Array2};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tokio_util::sync::CancellationToken;
-use treaty_node::data::Examples;
-use treaty_node::model::{Kind, Model};
-use treaty_node::noise::GaussianNoise;
-use treaty_node::train::{DpSgd, Sampling, Sgd, train_dp};
+use treaty_node::Examples;
+use treaty_node::GaussianNoise;
+use treaty_node::{Architecture, Model};
+use treaty_node::{DpSgd, Sampling, Sgd, train_dp};
 
 use crate::outln;
 
@@ -67,7 +67,7 @@ pub fn timing(public_records: usize, repeats: usize) -> anyhow::Result<()> {
     let mut times = vec![Vec::with_capacity(repeats); sizes.len()];
     for run in 0..=repeats {
         for (data, t) in tables.iter().zip(times.iter_mut()) {
-            let mut model = Model::zeros(Kind::Logistic, 64);
+            let mut model = Model::zeros(Architecture::Logistic, 64);
             let start = Instant::now();
             train_dp(&mut model, data, None, &sgd, &dp, &stop)?;
             if run > 0 {

@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use treaty_coordinator::client;
-use treaty_node::data::Table;
-use treaty_node::model_file::ModelFile;
+use treaty_node::ModelFile;
+use treaty_node::Table;
 use treaty_proto::v1::{
     Aggregation, CreateFederationRequest, CreateJobRequest, DpMode, FeatureSchema, FederationInfo,
     JobSpec, LabelKind, LabelSpec, ModelKind, PrivacySpec, SharingSpec, Strategy, TrainingSpec,

@@ -2,7 +2,7 @@
 
 use std::time::Instant;
 
-use treaty_node::noise::GaussianNoise;
+use treaty_node::GaussianNoise;
 
 use crate::outln;
 

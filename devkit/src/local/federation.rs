@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::bail;
 use treaty_coordinator::client::{self, Client};
-use treaty_node::ledger::{Budget, Ledger};
+use treaty_node::{Budget, Ledger};
 
 use super::{Process, Site, SiteOptions, policies};
 use crate::synth::AgencyData;

@@ -367,7 +367,7 @@ pub fn generate(
             prevalence: seized as f64 / rows.max(1) as f64,
         });
     }
-    let truth_test_auc = treaty_node::metrics::roc_auc(
+    let truth_test_auc = treaty_node::roc_auc(
         ndarray::ArrayView1::from(&test_probabilities),
         ndarray::ArrayView1::from(&test_labels),
     )

@@ -20,7 +20,7 @@ use std::path::Path;
 use super::chain::{Hash, hex, sha256};
 
 /// The anchor's file name in the state directory.
-pub const FILE: &str = "ledger.head";
+pub(crate) const FILE: &str = "ledger.head";
 const TEMPORARY: &str = "ledger.head.tmp";
 const MAGIC: &str = "treaty privacy ledger anchor 1";
 /// A larger file is not an anchor; reading stops there.
@@ -28,7 +28,7 @@ const MAX_BYTES: u64 = 1024;
 
 /// How long the chain is and where it ends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Anchor {
+pub(crate) struct Anchor {
     /// The number of entries (the last one's sequence number).
     pub count: u64,
     /// The SHA-256 of the last entry's stored bytes; [`super::chain::GENESIS`] for none.
@@ -53,14 +53,14 @@ fn body(anchor: &Anchor) -> String {
 }
 
 /// The text of the anchor file.
-pub fn render(anchor: &Anchor) -> String {
+pub(crate) fn render(anchor: &Anchor) -> String {
     let body = body(anchor);
     let check = hex(&sha256(body.as_bytes()));
     format!("{body}check {check}\n")
 }
 
 /// Reads an anchor file's text; every deviation from [`render`]'s output is corruption.
-pub fn parse(text: &str) -> Result<Anchor, AnchorError> {
+pub(crate) fn parse(text: &str) -> Result<Anchor, AnchorError> {
     let mut lines = text.split_inclusive('\n');
     let mut line = |name: &'static str| -> Result<&str, AnchorError> {
         lines
@@ -112,7 +112,7 @@ fn unhex(text: &str) -> Option<Hash> {
 }
 
 /// The anchor in `dir`, or `None` when there is no file.
-pub fn read(dir: &Path) -> Result<Option<Anchor>, AnchorError> {
+pub(crate) fn read(dir: &Path) -> Result<Option<Anchor>, AnchorError> {
     let file = match std::fs::File::open(dir.join(FILE)) {
         Ok(file) => file,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
@@ -131,7 +131,7 @@ pub fn read(dir: &Path) -> Result<Option<Anchor>, AnchorError> {
 
 /// Replaces the anchor in `dir` atomically and durably. The caller holds the ledger's lock, so
 /// no other writer uses the temporary file.
-pub fn write(dir: &Path, anchor: &Anchor) -> std::io::Result<()> {
+pub(crate) fn write(dir: &Path, anchor: &Anchor) -> std::io::Result<()> {
     let temporary = dir.join(TEMPORARY);
     {
         let mut file = std::fs::File::create(&temporary)?;

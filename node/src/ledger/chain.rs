@@ -13,18 +13,18 @@ use super::Entry;
 use super::anchor::{self, Anchor, AnchorError};
 
 /// A SHA-256.
-pub type Hash = [u8; 32];
+pub(crate) type Hash = [u8; 32];
 
 /// The predecessor of the first entry.
-pub const GENESIS: Hash = [0; 32];
+pub(crate) const GENESIS: Hash = [0; 32];
 
-pub fn sha256(bytes: &[u8]) -> Hash {
+pub(crate) fn sha256(bytes: &[u8]) -> Hash {
     let mut out = [0u8; 32];
     out.copy_from_slice(ring::digest::digest(&ring::digest::SHA256, bytes).as_ref());
     out
 }
 
-pub fn hex(hash: &Hash) -> String {
+pub(crate) fn hex(hash: &Hash) -> String {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
     let mut out = String::with_capacity(64);
     for b in hash {
@@ -37,7 +37,7 @@ pub fn hex(hash: &Hash) -> String {
 /// One stored entry.
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Link {
+pub(crate) struct Link {
     pub seq: u64,
     /// The SHA-256 of the previous entry's stored bytes, in hex.
     pub prev: String,
@@ -45,13 +45,13 @@ pub struct Link {
 }
 
 /// The sled key of entry `seq`.
-pub fn key(seq: u64) -> [u8; 8] {
+pub(crate) fn key(seq: u64) -> [u8; 8] {
     seq.to_be_bytes()
 }
 
 /// A chain read in full and found consistent in itself.
 #[derive(Debug)]
-pub struct Chain {
+pub(crate) struct Chain {
     pub entries: Vec<Entry>,
     /// The hash of entry `i + 1`'s stored bytes at `i`.
     hashes: Vec<Hash>,
@@ -59,7 +59,7 @@ pub struct Chain {
 
 impl Chain {
     /// Where the chain ends: its length and the last entry's hash.
-    pub fn end(&self) -> Anchor {
+    pub(crate) fn end(&self) -> Anchor {
         Anchor {
             count: self.hashes.len() as u64,
             head: self.hashes.last().copied().unwrap_or(GENESIS),
@@ -132,7 +132,7 @@ pub struct Damage {
 }
 
 /// Reads the whole chain, checking every key, sequence number and link.
-pub fn walk(tree: &sled::Tree) -> Result<Chain, Fault> {
+pub(crate) fn walk(tree: &sled::Tree) -> Result<Chain, Fault> {
     let mut chain = Chain {
         entries: Vec::new(),
         hashes: Vec::new(),
@@ -175,7 +175,7 @@ pub fn walk(tree: &sled::Tree) -> Result<Chain, Fault> {
 
 /// How a chain stands against its anchor.
 #[derive(Debug, PartialEq)]
-pub enum Standing {
+pub(crate) enum Standing {
     /// The chain ends where the anchor says.
     Anchored,
     /// The chain passes through the anchor and goes on by `extra` entries, each following the
@@ -185,7 +185,7 @@ pub enum Standing {
 }
 
 /// Checks that `chain` reaches `anchor` (`None`: there is no anchor file).
-pub fn stand(chain: &Chain, anchor: Option<Anchor>) -> Result<Standing, Fault> {
+pub(crate) fn stand(chain: &Chain, anchor: Option<Anchor>) -> Result<Standing, Fault> {
     let end = chain.end();
     let Some(anchor) = anchor else {
         // A new ledger has no anchor yet; one with entries must have had one.
@@ -215,7 +215,7 @@ pub fn stand(chain: &Chain, anchor: Option<Anchor>) -> Result<Standing, Fault> {
 }
 
 /// Reads the anchor in `dir` and the chain in `tree`, and checks one against the other.
-pub fn verify(dir: &Path, tree: &sled::Tree) -> Result<(Chain, Standing), Damage> {
+pub(crate) fn verify(dir: &Path, tree: &sled::Tree) -> Result<(Chain, Standing), Damage> {
     let damage = |fault| Damage {
         dir: dir.to_owned(),
         fault,

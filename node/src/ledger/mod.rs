@@ -44,8 +44,8 @@
 //!
 //! This module alone touches the node's database.
 
-pub mod anchor;
-pub mod chain;
+pub(crate) mod anchor;
+pub(crate) mod chain;
 #[cfg(test)]
 mod damage_tests;
 
@@ -58,7 +58,6 @@ use treaty_proto::v1::PrivacyReport;
 
 pub use chain::{Damage, Fault};
 
-use crate::error::NodeError;
 use anchor::Anchor;
 use chain::{Chain, Link, Standing};
 
@@ -108,9 +107,10 @@ pub enum LedgerError {
     Accounting(String),
 }
 
-/// Why a release was not recorded.
+/// Why a release was not recorded. `A` is the refusal of the caller's own admission check
+/// ([`Ledger::record_if`]).
 #[derive(Debug, thiserror::Error)]
-pub enum LedgerRefusal {
+pub enum LedgerRefusal<A = std::convert::Infallible> {
     #[error(
         "this release would bring the agency's epsilon to {after:.4} at delta {delta:e} ({accountant}), above its budget of {max}; it has spent {spent:.4}"
     )]
@@ -131,11 +131,11 @@ pub enum LedgerRefusal {
     #[error(transparent)]
     Damaged(Damage),
     /// The caller's own admission check (the agency's sharing policy) refused the release.
-    #[error("{}: {}", .0.code, .0.message)]
-    Refused(crate::work::Refusal),
+    #[error("{0}")]
+    Admission(A),
 }
 
-impl From<LedgerError> for LedgerRefusal {
+impl<A> From<LedgerError> for LedgerRefusal<A> {
     fn from(e: LedgerError) -> Self {
         match e {
             LedgerError::Damaged(damage) => LedgerRefusal::Damaged(damage),
@@ -230,7 +230,7 @@ impl Ledger {
     }
 
     /// Every entry, oldest first, once the whole history is verified.
-    pub fn entries(&self) -> Result<Vec<Entry>, NodeError> {
+    pub fn entries(&self) -> Result<Vec<Entry>, LedgerError> {
         Ok(self.verified(&mut self.lock())?.entries)
     }
 
@@ -270,9 +270,9 @@ impl Ledger {
     }
 
     /// What the agency has spent, once the whole history is verified.
-    pub fn spent(&self) -> Result<Spent, NodeError> {
+    pub fn spent(&self) -> Result<Spent, LedgerError> {
         let chain = self.verified(&mut self.lock())?;
-        Ok(self.cost(&chain.entries, None)?)
+        self.cost(&chain.entries, None)
     }
 
     /// Checks that the release fits the budget and records it durably. Only then may the node
@@ -284,18 +284,18 @@ impl Ledger {
     /// As [`Ledger::record`], after `admit` has accepted the release given what the agency
     /// has spent before it. `admit` runs under the ledger's lock, so what it judged is still
     /// true when the release is written.
-    pub fn record_if(
+    pub fn record_if<A>(
         &self,
         entry: &Entry,
-        admit: impl FnOnce(&Spent) -> Result<(), crate::work::Refusal>,
-    ) -> Result<Spent, LedgerRefusal> {
+        admit: impl FnOnce(&Spent) -> Result<(), A>,
+    ) -> Result<Spent, LedgerRefusal<A>> {
         let mut state = self.lock();
         let chain = self.verified(&mut state)?;
         let before = self.cost(&chain.entries, None)?;
         if entry.releases.is_none() {
             return Err(LedgerRefusal::NotPrivate);
         }
-        admit(&before).map_err(LedgerRefusal::Refused)?;
+        admit(&before).map_err(LedgerRefusal::Admission)?;
         let after = self.cost(&chain.entries, Some(entry.releases.clone()))?;
         if let Some(budget) = self.budget
             && after.epsilon > budget.max_epsilon
@@ -315,7 +315,7 @@ impl Ledger {
             prev: chain::hex(&end.head),
             entry: entry.clone(),
         };
-        let store = |e: &dyn std::fmt::Display| LedgerRefusal::Store(e.to_string());
+        let store = |e: &dyn std::fmt::Display| LedgerRefusal::<A>::Store(e.to_string());
         let value = serde_json::to_vec(&link).map_err(|e| store(&e))?;
         // Entry `seq` is new: the verified chain ends before it, and this lock keeps it so.
         let swapped = self
@@ -433,17 +433,16 @@ mod tests {
         ledger
             .record_if(&entry(2, laplace(0.25)), |before| {
                 seen = Some(before.epsilon);
-                Ok(())
+                Ok::<(), &str>(())
             })
             .unwrap();
         // Pure-DP Laplace releases compose by addition: 0.5 before the second one.
         assert!((seen.unwrap() - 0.5).abs() < 1e-9, "{seen:?}");
-        let refused = ledger.record_if(&entry(3, laplace(0.25)), |_| {
-            Err(crate::work::Refusal::new("PURPOSE_NOT_ALLOWED", "no"))
-        });
-        assert!(
-            matches!(refused, Err(LedgerRefusal::Refused(r)) if r.code == "PURPOSE_NOT_ALLOWED")
-        );
+        let refused = ledger.record_if(&entry(3, laplace(0.25)), |_| Err("not allowed"));
+        assert!(matches!(
+            refused,
+            Err(LedgerRefusal::Admission("not allowed"))
+        ));
         assert_eq!(ledger.entries().unwrap().len(), 2);
     }
 

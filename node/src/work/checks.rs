@@ -1,0 +1,394 @@
+//! A task checked from itself alone, at the edge: the wire's messages are decoded into checked
+//! values (enums decoded, parts present, schema, model and figures within the node's bounds)
+//! or an [`InvalidTask`] that says what is wrong. Nothing here reads a record, so no refusal
+//! can depend on the agency's data; the checks run in a fixed order, and the first that fails
+//! is the refusal.
+
+use treaty_proto::EnumError;
+use treaty_proto::enums;
+use treaty_proto::query::{MAX_BINS, MAX_WIDTH, bins};
+use treaty_proto::schema;
+use treaty_proto::v1::{
+    ColumnStats, DpMode, FeatureSchema, ModelKind, PrivacySpec, QuerySpec, QueryTask, StatsTask,
+    TrainingSpec, TrainingTask, Transform,
+};
+
+use crate::analytics::Statistic;
+use crate::refusal::{Refusal, RefusalCode};
+
+/// The most DP steps a node takes in one round: a task asking for more (a tiny sampling rate,
+/// huge epochs) would hold the node's cores for ever.
+pub(super) const MAX_STEPS_PER_ROUND: u64 = 1_000_000;
+
+/// The largest model a node accepts from the coordinator, in elements.
+pub(super) const MAX_MODEL_ELEMENTS: u64 = 50_000_000;
+
+/// The largest clipping norm a node accepts: with it, no sum of clipped gradients overflows.
+const MAX_CLIP_NORM: f64 = 1e6;
+
+/// The largest magnitude of a global model's parameter a node accepts: with features bounded
+/// by `data::MAX_FEATURE`, no record's forward pass can then overflow.
+pub(super) const MAX_PARAMETER: f64 = 1e12;
+
+/// The most classes a multinomial model may have: its evaluation releases classes² counts.
+const MAX_CLASSES: usize = 512;
+
+/// The largest magnitude of a column bound, or a query's clamping bound, a node accepts: with
+/// it, no sum of clamped values can overflow, whatever the number of records.
+const MAX_BOUND: f64 = 1e15;
+
+/// What is wrong with a task, judged from the task (and public figures) alone. Refused as
+/// `INVALID_TASK`, but for a release without differential privacy (`DP_REQUIRED`).
+#[derive(Debug, PartialEq, thiserror::Error)]
+pub(crate) enum InvalidTask {
+    #[error("the task has no kind")]
+    NoKind,
+    #[error("the {0} has no spec")]
+    NoSpec(&'static str),
+    #[error("the {0} has no schema")]
+    NoSchema(&'static str),
+    /// Refused as `DP_REQUIRED`.
+    #[error(
+        "the {0} has no privacy spec, and nothing leaves this node without differential privacy"
+    )]
+    NotPrivate(&'static str),
+    #[error(transparent)]
+    Enum(#[from] EnumError),
+    #[error("the schema is invalid: {}", .0.join("; "))]
+    Schema(Vec<String>),
+    #[error("the clipping norm {0} must be positive and at most {MAX_CLIP_NORM:e}")]
+    ClipNorm(f64),
+    #[error("a {label} label does not fit a {model} model")]
+    LabelModel {
+        label: &'static str,
+        model: &'static str,
+    },
+    #[error("a multinomial model needs 2 to {MAX_CLASSES} classes, not {0}")]
+    Classes(usize),
+    #[error("the standardisation has {given} columns, the schema {numeric} numeric ones")]
+    StandardizationWidth { given: usize, numeric: usize },
+    #[error(
+        "the standardisation of `{name}` (mean {mean}, std {std}) needs a finite mean and a positive finite std"
+    )]
+    Standardization { name: String, mean: f64, std: f64 },
+    #[error("the model has more than {MAX_MODEL_ELEMENTS} parameters")]
+    TooManyParameters,
+    #[error("the privacy spec names no mode (full batch or Poisson)")]
+    NoMode,
+    #[error(
+        "{0} needs a public figure for the agency's number of records, and the task carries none: run the job's statistics round, give a sampling rate, or declare `public_records` in the node's [data]"
+    )]
+    NoPublicRecords(&'static str),
+    #[error("the sampling rate {0} must be in (0, 1]")]
+    SamplingRate(f64),
+    #[error(
+        "a round of {0} steps is more than this node takes ({MAX_STEPS_PER_ROUND}); raise the sampling rate or lower the epochs"
+    )]
+    TooManySteps(u64),
+    #[error("give a noise multiplier, or a target epsilon and delta for the job")]
+    NoNoise,
+    #[error("no noise multiplier meets epsilon {epsilon} over {steps} steps")]
+    Uncalibrated { epsilon: f64, steps: u64 },
+    #[error(
+        "numeric column `{0}` has no bounds; differentially private statistics need `lower` and `upper`"
+    )]
+    Unbounded(String),
+    #[error("the query's epsilon {0} must be positive")]
+    QueryEpsilon(f64),
+    #[error("the query's bounds [{lower}, {upper}] must be ordered and within ±{MAX_BOUND:e}")]
+    QueryBounds { lower: f64, upper: f64 },
+    #[error("the query asks for more than {MAX_WIDTH} values or {MAX_BINS} bins")]
+    QueryTooWide,
+    #[error("the global model does not fit the task: {0}")]
+    GlobalModel(treaty_proto::TensorError),
+    #[error("the global model has a parameter that is not finite or beyond {MAX_PARAMETER:e}")]
+    GlobalParameter,
+}
+
+impl From<InvalidTask> for Refusal {
+    fn from(e: InvalidTask) -> Self {
+        let code = match e {
+            InvalidTask::NotPrivate(_) => RefusalCode::DpRequired,
+            _ => RefusalCode::InvalidTask,
+        };
+        Refusal::new(code, e.to_string())
+    }
+}
+
+/// How a training task's steps draw their records (its sampling rate is planned from public
+/// figures).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(super) enum Mode {
+    FullBatch,
+    Poisson,
+}
+
+/// A training task, checked.
+#[derive(Debug, Clone)]
+pub(super) struct Training {
+    /// The spec, for its plain figures (epochs, batch size, learning rate and the like).
+    pub(super) spec: TrainingSpec,
+    /// The schema, valid, with a label that fits the model.
+    pub(super) schema: FeatureSchema,
+    /// The privacy spec, with a clipping norm in (0, [`MAX_CLIP_NORM`]].
+    pub(super) privacy: PrivacySpec,
+    /// The model (never `Unspecified`).
+    pub(super) model: ModelKind,
+    pub(super) mode: Mode,
+    /// How many parameters the model has: at most [`MAX_MODEL_ELEMENTS`].
+    pub(super) parameters: usize,
+    /// The global model's version, to download.
+    pub(super) model_version: String,
+    /// The coordinator's estimate of the agency's number of records, a public figure (0 when
+    /// it has none).
+    pub(super) public_records: f64,
+}
+
+impl TryFrom<&TrainingTask> for Training {
+    type Error = InvalidTask;
+
+    fn try_from(task: &TrainingTask) -> Result<Self, InvalidTask> {
+        let spec = task
+            .spec
+            .as_ref()
+            .ok_or(InvalidTask::NoSpec("training task"))?;
+        let privacy = spec
+            .privacy
+            .ok_or(InvalidTask::NotPrivate("training job"))?;
+        if !(privacy.clip_norm > 0.0 && privacy.clip_norm <= MAX_CLIP_NORM) {
+            return Err(InvalidTask::ClipNorm(privacy.clip_norm));
+        }
+        let (schema, model) = check_model(spec)?;
+        check_standardization(&schema, &spec.standardization)?;
+        let parameters = schema::parameter_layout(spec)
+            .iter()
+            .map(|(_, s)| s.iter().try_fold(1usize, |a, &d| a.checked_mul(d)))
+            .try_fold(0usize, |a, n| a.checked_add(n?))
+            .filter(|&n| n as u64 <= MAX_MODEL_ELEMENTS)
+            .ok_or(InvalidTask::TooManyParameters)?;
+        let mode = match enums::known(privacy.mode, || "the privacy spec's mode".to_owned())? {
+            DpMode::FullBatch => Mode::FullBatch,
+            DpMode::Poisson => Mode::Poisson,
+            DpMode::Unspecified => return Err(InvalidTask::NoMode),
+        };
+        Ok(Training {
+            spec: spec.clone(),
+            schema,
+            privacy,
+            model,
+            mode,
+            parameters,
+            model_version: task.model_version.clone(),
+            public_records: task.public_records,
+        })
+    }
+}
+
+/// A statistics task, checked: a valid schema whose every numeric column has bounds.
+#[derive(Debug, Clone)]
+pub(super) struct Statistics {
+    pub(super) schema: FeatureSchema,
+    pub(super) privacy: PrivacySpec,
+    /// For each numeric column, what one record can add at most to its count, its sum and its
+    /// sum of squares after the transform: 1, B and B² for B the largest magnitude of its
+    /// transformed bounds.
+    pub(super) scales: Vec<f64>,
+}
+
+impl TryFrom<&StatsTask> for Statistics {
+    type Error = InvalidTask;
+
+    fn try_from(task: &StatsTask) -> Result<Self, InvalidTask> {
+        let (privacy, schema) = match (&task.privacy, &task.schema) {
+            (Some(privacy), Some(schema)) => (privacy, schema),
+            (None, _) => return Err(InvalidTask::NotPrivate("statistics task")),
+            (_, None) => return Err(InvalidTask::NoSchema("statistics task")),
+        };
+        check_schema(schema)?;
+        let columns = schema::numeric_columns(schema);
+        let mut scales = Vec::with_capacity(3 * columns.len());
+        for c in &columns {
+            let (Some(lo), Some(hi)) = (c.lower, c.upper) else {
+                return Err(InvalidTask::Unbounded(c.name.clone()));
+            };
+            let log1p = schema::transform(c)? == Transform::Log1p;
+            let transform = |v: f64| if log1p { v.max(0.0).ln_1p() } else { v };
+            let b = transform(lo)
+                .abs()
+                .max(transform(hi).abs())
+                .max(f64::MIN_POSITIVE);
+            scales.extend([1.0, b, b * b]);
+        }
+        Ok(Statistics {
+            schema: schema.clone(),
+            privacy: *privacy,
+            scales,
+        })
+    }
+}
+
+/// A query task, checked: a positive epsilon, ordered bounds within ±[`MAX_BOUND`] for a
+/// statistic that clamps, and an answer of at most [`MAX_WIDTH`] values and [`MAX_BINS`] bins.
+#[derive(Debug, Clone)]
+pub(super) struct Query {
+    pub(super) spec: QuerySpec,
+    pub(super) statistic: Statistic,
+}
+
+impl TryFrom<&QueryTask> for Query {
+    type Error = InvalidTask;
+
+    fn try_from(task: &QueryTask) -> Result<Self, InvalidTask> {
+        let spec = task
+            .spec
+            .as_ref()
+            .ok_or(InvalidTask::NoSpec("query task"))?;
+        if !(spec.epsilon.is_finite() && spec.epsilon > 0.0) {
+            return Err(InvalidTask::QueryEpsilon(spec.epsilon));
+        }
+        let statistic = Statistic::decode(spec);
+        let clamped = statistic.as_ref().is_ok_and(|s| s.clamped());
+        if clamped
+            && !(spec.lower < spec.upper
+                && spec.lower.abs() <= MAX_BOUND
+                && spec.upper.abs() <= MAX_BOUND)
+        {
+            return Err(InvalidTask::QueryBounds {
+                lower: spec.lower,
+                upper: spec.upper,
+            });
+        }
+        // The answer's width, counted before anything of that size is allocated.
+        let by = match spec.by_column.is_empty() {
+            true => 1,
+            false => spec.by_categories.len().saturating_add(1),
+        };
+        let cells = spec.categories.len().saturating_add(1).saturating_mul(by);
+        if cells > MAX_WIDTH || bins(spec) > MAX_BINS {
+            return Err(InvalidTask::QueryTooWide);
+        }
+        Ok(Query {
+            spec: spec.clone(),
+            statistic: statistic?,
+        })
+    }
+}
+
+/// A task's schema, checked from the task alone: every problem `schema::problems` finds, and
+/// bounds of at most [`MAX_BOUND`] in magnitude. A bad schema (NaN bounds, say) must never reach
+/// the data: there it could make what the node computes, or whether it fails, depend on a record.
+fn check_schema(schema: &FeatureSchema) -> Result<(), InvalidTask> {
+    let mut problems = schema::problems(schema);
+    for c in schema::numeric_columns(schema) {
+        if [c.lower, c.upper]
+            .iter()
+            .flatten()
+            .any(|b| b.abs() > MAX_BOUND)
+        {
+            problems.push(format!("column `{}`: bounds beyond ±{MAX_BOUND:e}", c.name));
+        }
+    }
+    match problems.is_empty() {
+        true => Ok(()),
+        false => Err(InvalidTask::Schema(problems)),
+    }
+}
+
+/// The task's schema and model, checked from the task alone: a valid schema whose label fits
+/// the model, and a multinomial model of 2 to [`MAX_CLASSES`] classes.
+fn check_model(spec: &TrainingSpec) -> Result<(FeatureSchema, ModelKind), InvalidTask> {
+    let schema = spec
+        .schema
+        .as_ref()
+        .ok_or(InvalidTask::NoSchema("training task"))?;
+    check_schema(schema)?;
+    let model = schema::model_kind(spec)?;
+    let label = schema::label_kind(schema);
+    if schema::label_kind_for(model) != Some(label) {
+        return Err(InvalidTask::LabelModel {
+            label: label.as_str_name(),
+            model: model.as_str_name(),
+        });
+    }
+    let classes = schema::classes(schema).len();
+    if model == ModelKind::MultinomialLogisticRegression && !(2..=MAX_CLASSES).contains(&classes) {
+        return Err(InvalidTask::Classes(classes));
+    }
+    Ok((schema.clone(), model))
+}
+
+/// The task's standardisation, checked from the task alone: one finite mean and positive
+/// finite standard deviation per numeric column (or none at all).
+fn check_standardization(schema: &FeatureSchema, stats: &[ColumnStats]) -> Result<(), InvalidTask> {
+    let numeric = schema::numeric_columns(schema).len();
+    if !stats.is_empty() && stats.len() != numeric {
+        return Err(InvalidTask::StandardizationWidth {
+            given: stats.len(),
+            numeric,
+        });
+    }
+    match stats
+        .iter()
+        .find(|s| !(s.mean.is_finite() && s.std.is_finite() && s.std > 0.0))
+    {
+        Some(s) => Err(InvalidTask::Standardization {
+            name: s.name.clone(),
+            mean: s.mean,
+            std: s.std,
+        }),
+        None => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use treaty_proto::v1::QueryKind;
+
+    #[test]
+    fn query_bounds_a_record_cannot_overflow_are_required() {
+        let task = |lower: f64, upper: f64| QueryTask {
+            spec: Some(QuerySpec {
+                kind: QueryKind::Sum as i32,
+                column: "x".into(),
+                lower,
+                upper,
+                epsilon: 1.0,
+                ..Default::default()
+            }),
+        };
+        assert!(Query::try_from(&task(0.0, 10.0)).is_ok());
+        for (lo, hi) in [
+            (10.0, 0.0),
+            (f64::NAN, 1.0),
+            (0.0, f64::INFINITY),
+            (-1e300, 1e300),
+        ] {
+            let refusal = Refusal::from(Query::try_from(&task(lo, hi)).unwrap_err());
+            assert_eq!(refusal.code, RefusalCode::InvalidTask, "{lo} {hi}");
+        }
+    }
+
+    #[test]
+    fn an_unknown_or_unspecified_enum_is_an_invalid_task_naming_the_field_and_value() {
+        let query = |kind: i32| QueryTask {
+            spec: Some(QuerySpec {
+                kind,
+                epsilon: 1.0,
+                ..Default::default()
+            }),
+        };
+        let unknown = Query::try_from(&query(77)).unwrap_err();
+        assert!(
+            unknown.to_string().starts_with("the query's kind is 77"),
+            "{unknown}"
+        );
+        let unspecified = Query::try_from(&query(0)).unwrap_err();
+        assert_eq!(unspecified.to_string(), "the query's kind is not given");
+        assert_eq!(
+            Refusal::from(unknown).code,
+            RefusalCode::InvalidTask,
+            "an unknown enum is an invalid task"
+        );
+    }
+}

@@ -1,0 +1,243 @@
+//! Planning a task: what it will release and with which noise, decided from the checked task
+//! and public figures alone (the agency's declared or the coordinator's estimated number of
+//! records, never the table's length), before any record is read for it. The mechanisms are
+//! calibrated through opendp here, so planning runs on a blocking thread.
+
+use treaty_policies::privacy::{self, Release};
+use treaty_proto::schema;
+use treaty_proto::v1::{ModelKind, task};
+
+use super::Worker;
+use super::checks::{InvalidTask, MAX_STEPS_PER_ROUND, Mode, Query, Statistics, Training};
+use crate::analytics::{self, QueryPlan};
+use crate::noise::GaussianNoise;
+use crate::refusal::Refusal;
+use crate::train::{DpSgd, Sampling, StepNoise};
+
+/// The default epsilon a node spends per round on evaluating the global model under DP.
+const DEFAULT_EVALUATION_EPSILON: f64 = 0.05;
+
+/// The default zCDP rho of a statistics round under DP.
+const DEFAULT_STATISTICS_RHO: f64 = 0.005;
+
+/// What a task will release, decided before it touches the data: the mechanisms for the
+/// ledger, and the checked task with the noise its computation must add.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// The mechanisms of everything the task releases.
+    pub releases: Vec<Release>,
+    pub(super) work: Work,
+}
+
+/// A checked task with its noise.
+#[derive(Debug, Clone)]
+pub(super) enum Work {
+    Training(Box<TrainingRound>),
+    Statistics(StatisticsRound),
+    Query(QueryRound),
+}
+
+/// A training round: DP-SGD, and the Laplace scale of the noisy evaluation of the global model
+/// when the node has a test split.
+#[derive(Debug, Clone)]
+pub(super) struct TrainingRound {
+    pub(super) task: Training,
+    pub(super) dp: DpSgd,
+    pub(super) evaluation: Option<f64>,
+}
+
+/// A statistics round: Gaussian noise on the column sums divided by their scales.
+#[derive(Debug, Clone)]
+pub(super) struct StatisticsRound {
+    pub(super) task: Statistics,
+    pub(super) noise: GaussianNoise,
+}
+
+/// A query: Laplace noise on its answer divided by its bounds.
+#[derive(Debug, Clone)]
+pub(super) struct QueryRound {
+    pub(super) task: Query,
+    pub(super) plan: QueryPlan,
+}
+
+impl Plan {
+    /// The kind of task, as the ledger names it: `training`, `statistics` or `query`.
+    pub fn kind(&self) -> &'static str {
+        match self.work {
+            Work::Training(_) => "training",
+            Work::Statistics(_) => "statistics",
+            Work::Query(_) => "query",
+        }
+    }
+}
+
+/// How many counts a training round's evaluation releases.
+fn evaluation_width(task: &Training) -> usize {
+    match task.model {
+        ModelKind::MultinomialLogisticRegression => schema::classes(&task.schema).len().pow(2),
+        ModelKind::LinearRegression => treaty_proto::evaluation::BINS,
+        _ => 2 * treaty_proto::evaluation::BINS,
+    }
+}
+
+impl Worker {
+    /// Decides what a task will release and with which noise, from the task and the size of the
+    /// agency's data alone, before any record is read for it. Calibrates opendp mechanisms:
+    /// call it off the async runtime.
+    pub fn plan(&self, kind: &task::Kind) -> Result<Plan, Refusal> {
+        match kind {
+            task::Kind::Training(t) => self.training_plan(Training::try_from(t)?),
+            task::Kind::Stats(s) => statistics_plan(Statistics::try_from(s)?),
+            task::Kind::Query(q) => {
+                let task = Query::try_from(q)?;
+                let (plan, epsilon) = analytics::plan(&task.spec)?;
+                Ok(Plan {
+                    releases: vec![Release::Laplace { epsilon }],
+                    work: Work::Query(QueryRound { task, plan }),
+                })
+            }
+        }
+    }
+
+    /// The public figure for the agency's number of training records: its own declaration,
+    /// else the coordinator's estimate carried by the task. Never the table's length.
+    fn public_records(&self, from_task: f64) -> Option<f64> {
+        match self.public_records {
+            Some(n) => Some(n.max(1) as f64),
+            None if from_task.is_finite() && from_task >= 1.0 => Some(from_task),
+            None => None,
+        }
+    }
+
+    /// Plans a training round from the task and public figures alone: what it releases, its
+    /// sampling, its steps and the constant its noisy sums are divided by. A refusal here
+    /// quotes only the task's own figures.
+    fn training_plan(&self, task: Training) -> Result<Plan, Refusal> {
+        let (spec, privacy) = (&task.spec, &task.privacy);
+        let epochs = u64::from(spec.local_epochs.max(1));
+        let records = self.public_records(task.public_records);
+        let batch = f64::from(spec.batch_size.max(1));
+        let (sampling, steps, denominator) = match task.mode {
+            Mode::FullBatch => {
+                let n = records.ok_or(InvalidTask::NoPublicRecords("full-batch DP training"))?;
+                (Sampling::FullBatch, epochs, n)
+            }
+            Mode::Poisson => {
+                let q = if privacy.sampling_rate > 0.0 {
+                    privacy.sampling_rate
+                } else {
+                    let n = records.ok_or(InvalidTask::NoPublicRecords(
+                        "a job without a sampling rate",
+                    ))?;
+                    (batch / n).min(1.0)
+                };
+                if !(q > 0.0 && q <= 1.0) {
+                    return Err(InvalidTask::SamplingRate(q).into());
+                }
+                // The expected batch, from public figures: q times the public count, or
+                // the job's batch size.
+                let denominator = records.map(|n| q * n).unwrap_or(batch);
+                (
+                    Sampling::Poisson(q),
+                    epochs.saturating_mul((1.0 / q).ceil() as u64),
+                    denominator,
+                )
+            }
+        };
+        if steps > MAX_STEPS_PER_ROUND {
+            return Err(InvalidTask::TooManySteps(steps).into());
+        }
+        // The evaluation of the global model on the test split: Laplace noise on its counts.
+        let evaluation = match &self.test {
+            Some(_) => {
+                let epsilon = if privacy.evaluation_epsilon > 0.0 {
+                    privacy.evaluation_epsilon
+                } else {
+                    DEFAULT_EVALUATION_EPSILON
+                };
+                Some(analytics::laplace_scale_for(
+                    epsilon,
+                    evaluation_width(&task),
+                    1.0,
+                )?)
+            }
+            None => None,
+        };
+        let sigma = if privacy.noise_multiplier > 0.0 {
+            privacy.noise_multiplier
+        } else {
+            // Calibrate the whole job to its target; a hair more noise covers the noise grid.
+            let (epsilon, delta) = (privacy.target_epsilon, privacy.target_delta);
+            if !(epsilon > 0.0 && delta > 0.0 && delta < 1.0) {
+                return Err(InvalidTask::NoNoise.into());
+            }
+            // The whole job: its statistics round (when it ran under DP) and every round.
+            let rounds = u64::from(spec.rounds.max(1));
+            let statistics = privacy.statistics_round_rho;
+            let make = |sigma: f64| {
+                let mut releases = Vec::new();
+                if statistics > 0.0 {
+                    releases.push(Release::Gaussian { rho: statistics });
+                }
+                if let Some((_, epsilon)) = evaluation {
+                    releases.extend((0..rounds).map(|_| Release::Laplace { epsilon }));
+                }
+                releases.push(sampling.release(StepNoise::ideal(sigma), steps * rounds));
+                releases
+            };
+            let sigma =
+                privacy::calibrate(make, epsilon, delta).ok_or(InvalidTask::Uncalibrated {
+                    epsilon,
+                    steps: steps * rounds,
+                })?;
+            sigma * (1.0 + 1e-6)
+        };
+        let noise = GaussianNoise {
+            sensitivity: privacy.clip_norm,
+            noise_multiplier: sigma,
+        };
+        let rho = noise.rho(task.parameters).map_err(Refusal::internal)?;
+        // opendp's rho includes the noise grid; the effective noise multiplier is the one it
+        // implies.
+        let mut releases = vec![sampling.release(StepNoise::measured(rho), steps)];
+        if let Some((_, epsilon)) = evaluation {
+            releases.push(Release::Laplace { epsilon });
+        }
+        Ok(Plan {
+            releases,
+            work: Work::Training(Box::new(TrainingRound {
+                task,
+                dp: DpSgd {
+                    sampling,
+                    steps,
+                    noise,
+                    denominator: denominator.max(1.0),
+                },
+                evaluation: evaluation.map(|(scale, _)| scale),
+            })),
+        })
+    }
+}
+
+/// The plan of a statistics round under DP. Every numeric column has bounds: with B the largest
+/// magnitude after the transform, a record adds at most 1 to a column's count, B to its sum and
+/// B^2 to its sum of squares. Each sum is divided by that bound before the noise, so that every
+/// coordinate has sensitivity 1 and the vector `sqrt(3 columns)`, then multiplied back: each
+/// statistic gets noise in proportion to its own scale.
+fn statistics_plan(task: Statistics) -> Result<Plan, Refusal> {
+    let rho_target = if task.privacy.statistics_rho > 0.0 {
+        task.privacy.statistics_rho
+    } else {
+        DEFAULT_STATISTICS_RHO
+    };
+    let width = task.scales.len();
+    let noise = GaussianNoise {
+        sensitivity: (width as f64).sqrt(),
+        noise_multiplier: (1.0 / (2.0 * rho_target)).sqrt(),
+    };
+    let rho = noise.rho(width).map_err(Refusal::internal)?;
+    Ok(Plan {
+        releases: vec![Release::Gaussian { rho }],
+        work: Work::Statistics(StatisticsRound { task, noise }),
+    })
+}

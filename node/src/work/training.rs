@@ -1,0 +1,174 @@
+//! Carrying out a training round: download the global model, check it, evaluate it on the test
+//! split with Laplace noise on the counts (when the node has one), train it with DP-SGD, and
+//! release the noisy local model.
+
+use std::collections::HashMap;
+
+use tokio_stream::StreamExt;
+use tonic::transport::Channel;
+use treaty_proto::schema;
+use treaty_proto::tensor::{Assembler, DEFAULT_MAX_CHUNK_BYTES, NamedTensor};
+use treaty_proto::v1::agency_service_client::AgencyServiceClient;
+use treaty_proto::v1::{DownloadModelRequest, Evaluation, model_part};
+
+use super::checks::{InvalidTask, MAX_MODEL_ELEMENTS, MAX_PARAMETER};
+use super::plan::TrainingRound;
+use super::{Output, Worker, blocking};
+use crate::analytics;
+use crate::data::Private;
+use crate::metrics;
+use crate::model::{Architecture, Model};
+use crate::refusal::{Refusal, RefusalCode};
+use crate::train::{Sgd, train_dp};
+
+/// The default bound of a regression's evaluation error.
+const DEFAULT_ERROR_BOUND: f64 = 10.0;
+
+impl Worker {
+    /// Trains the global model for one round, as planned.
+    pub(super) async fn train_round(
+        &self,
+        round: &TrainingRound,
+        global: Vec<NamedTensor>,
+    ) -> Result<Output, Refusal> {
+        let task = &round.task;
+        let spec = &task.spec;
+        let error_bound = Some(task.privacy.evaluation_error_bound)
+            .filter(|b| *b > 0.0)
+            .unwrap_or(DEFAULT_ERROR_BOUND);
+        let schema = &task.schema;
+        let kind = Architecture::of(
+            task.model,
+            schema::classes(schema).len(),
+            spec.hidden_units as usize,
+        )
+        .ok_or_else(|| {
+            Refusal::new(
+                RefusalCode::UnsupportedTask,
+                "the task names no model this node trains",
+            )
+        })?;
+        let inputs = schema::encoded_names(schema).len();
+        let model = Model::from_tensors(kind, inputs, &global).map_err(InvalidTask::GlobalModel)?;
+        if !model
+            .params()
+            .iter()
+            .all(|w| w.is_finite() && w.abs() <= MAX_PARAMETER)
+        {
+            return Err(InvalidTask::GlobalParameter.into());
+        }
+        let train_data = self
+            .encoded(false, schema, &spec.standardization)
+            .await
+            .unwrap_or_else(|| Err(Refusal::internal("no training data")))?;
+        let test_data = match self.encoded(true, schema, &spec.standardization).await {
+            Some(encoded) => Some(encoded?),
+            None => None,
+        };
+        let sgd = Sgd {
+            epochs: spec.local_epochs,
+            batch_size: spec.batch_size as usize,
+            learning_rate: spec.learning_rate,
+            momentum: spec.momentum,
+            l2: spec.l2,
+            proximal_mu: spec.strategy.as_ref().map(|s| s.proximal_mu).unwrap_or(0.0),
+            seed: rand::random(),
+        };
+        let (stop, dp, evaluation_scale) = (self.stop.clone(), round.dp, round.evaluation);
+        blocking(move || {
+            // Nothing leaves but the noisy model and, when there is a test split, the noisy counts
+            // of the received global model's evaluation; no count of records (updates are then
+            // averaged with equal weights).
+            let evaluation = match (&test_data, evaluation_scale) {
+                (Some(test), Some(scale)) => Some(evaluate(&model, test, scale, error_bound)?),
+                _ => None,
+            };
+            let mut local = model;
+            train_dp(
+                &mut local,
+                &train_data.examples,
+                Some(&train_data.readable),
+                &sgd,
+                &dp,
+                &stop,
+            )
+            .map_err(Refusal::internal)?;
+            if stop.is_cancelled() {
+                return Err(Refusal::new(
+                    RefusalCode::NodeStopping,
+                    "the node is shutting down",
+                ));
+            }
+            if local.params().iter().any(|w| !w.is_finite()) {
+                return Err(Refusal::new(
+                    RefusalCode::TrainingDiverged,
+                    "local training produced non-finite values; lower the learning rate",
+                ));
+            }
+            Ok(Output {
+                num_examples: 1,
+                metrics: HashMap::new(),
+                tensors: local.to_tensors(),
+                evaluation,
+            })
+        })
+        .await?
+    }
+}
+
+/// The evaluation of the received global model on the test split, with Laplace noise of
+/// `scale` on its counts.
+fn evaluate(
+    model: &Model,
+    test: &Private,
+    scale: f64,
+    error_bound: f64,
+) -> Result<Evaluation, Refusal> {
+    let mut e =
+        metrics::evaluation_counts(model, &test.examples, Some(&test.readable), error_bound);
+    e.counts = analytics::laplace(scale, &e.counts)?;
+    e.laplace_scale = scale;
+    Ok(e)
+}
+
+/// Downloads a model version from the coordinator.
+pub async fn download(
+    client: &mut AgencyServiceClient<Channel>,
+    job_id: &str,
+    version: &str,
+) -> Result<Vec<NamedTensor>, Refusal> {
+    let unavailable = |m: String| Refusal::new(RefusalCode::ModelUnavailable, m);
+    let mut stream = client
+        .download_model(DownloadModelRequest {
+            job_id: job_id.to_owned(),
+            model_version: version.to_owned(),
+        })
+        .await
+        .map_err(|s| unavailable(format!("downloading `{version}`: {}", s.message())))?
+        .into_inner();
+    let mut assembler: Option<Assembler> = None;
+    while let Some(part) = stream.next().await {
+        let part =
+            part.map_err(|s| unavailable(format!("downloading `{version}`: {}", s.message())))?;
+        match (part.kind, assembler.as_mut()) {
+            (Some(model_part::Kind::Header(h)), None) => {
+                assembler = Some(
+                    Assembler::new(h.tensors, MAX_MODEL_ELEMENTS, DEFAULT_MAX_CHUNK_BYTES)
+                        .map_err(|e| unavailable(e.to_string()))?,
+                )
+            }
+            (Some(model_part::Kind::Chunk(c)), Some(a)) => {
+                a.push(c).map_err(|e| unavailable(e.to_string()))?
+            }
+            _ => {
+                return Err(unavailable(format!(
+                    "model `{version}` arrived out of order"
+                )));
+            }
+        }
+    }
+    assembler
+        .ok_or_else(|| unavailable(format!("model `{version}` arrived without a header")))?
+        .finish()
+        .map_err(|e| unavailable(e.to_string()))
+}
