@@ -9,7 +9,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use cli::{bench, demo, job, model, node, pki, policy, privacy, synth};
+use cli::{agencies, bench, demo, federation, job, model, node, pki, policy, privacy, synth};
 
 /// Federated learning for law-enforcement agencies, under each country's sharing policy.
 #[derive(Debug, Parser)]
@@ -51,7 +51,7 @@ enum Command {
     Synth(synth::SynthArgs),
     /// Creates and lists federations (operators).
     #[command(subcommand)]
-    Federation(job::FederationCommand),
+    Federation(federation::FederationCommand),
     /// Lists the agencies connected now (operators).
     Agencies {
         /// The operator's configuration file.
@@ -99,9 +99,9 @@ fn main() -> ExitCode {
         Command::Demo(args) => cli::block_on(demo::run(args)),
         Command::Coordinator { config } => cli::block_on(cli::coordinator::run(&config)),
         Command::Node { config, .. } => cli::block_on(node::run(config.as_deref())),
-        Command::Federation(command) => cli::block_on(job::federation(command)),
-        Command::Agencies { config } => cli::block_on(job::agencies(config)),
-        Command::Job(command) => cli::block_on(job::job(command)),
+        Command::Federation(command) => cli::block_on(federation::run(command)),
+        Command::Agencies { config } => cli::block_on(agencies::run(config)),
+        Command::Job(command) => cli::block_on(job::run(command)),
         Command::Bench(command) => cli::block_on(bench::run(command)),
         Command::Model(command) => cli::block_on(model::run(command)),
     };

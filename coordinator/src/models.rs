@@ -112,7 +112,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn mlp_initialisation_is_seeded_and_bounded() {
+    fn mlp_initialization_is_seeded_and_bounded() {
         let spec = ValidTraining::try_from(TrainingSpec {
             model: ModelKind::Mlp as i32,
             hidden_units: 4,

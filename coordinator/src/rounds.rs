@@ -21,10 +21,43 @@ use crate::state::{Coordinator, now_ms};
 use crate::tasks::{Delivery, Outcome, TaskResult};
 use crate::valid_job::RoundRules;
 
-fn exclusion(agency: &str, code: &str, message: &str) -> Exclusion {
+/// Why an invited agency did not contribute to a round: the code a round's record and the
+/// operator show.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ExclusionCode {
+    /// The sharing policies did not admit it (the spec's reason code).
+    Policy(treaty_policies::Reason),
+    /// Its node reported a spent privacy budget: it is not invited.
+    BudgetExhausted,
+    /// Its session closed before the task could be sent.
+    NotConnected,
+    /// Its node refused the task (the node's own code is in the message).
+    Refused,
+    /// No result arrived before the round's deadline.
+    TimedOut,
+    /// Its result failed the coordinator's checks.
+    InvalidUpdate,
+}
+
+impl ExclusionCode {
+    /// The code on the wire (`Exclusion.reason_code`).
+    pub(crate) fn code(self) -> String {
+        let own = match self {
+            ExclusionCode::Policy(reason) => return reason.code(),
+            ExclusionCode::BudgetExhausted => "BUDGET_EXHAUSTED",
+            ExclusionCode::NotConnected => "NOT_CONNECTED",
+            ExclusionCode::Refused => "REFUSED",
+            ExclusionCode::TimedOut => "TIMED_OUT",
+            ExclusionCode::InvalidUpdate => "INVALID_UPDATE",
+        };
+        own.to_owned()
+    }
+}
+
+fn exclusion(agency: &str, code: ExclusionCode, message: &str) -> Exclusion {
     Exclusion {
         agency: agency.to_owned(),
-        reason_code: code.to_owned(),
+        reason_code: code.code(),
         message: message.to_owned(),
     }
 }
@@ -113,7 +146,7 @@ pub(crate) async fn collect(
                     name,
                     format!("{name} is not invited: {why}"),
                 );
-                excluded.push(exclusion(name, "BUDGET_EXHAUSTED", &why));
+                excluded.push(exclusion(name, ExclusionCode::BudgetExhausted, &why));
                 false
             }
             None => true,
@@ -158,7 +191,11 @@ pub(crate) async fn collect(
                 })),
             }));
         }
-        excluded.push(exclusion(&e.agency, &code, &e.explanation));
+        excluded.push(exclusion(
+            &e.agency,
+            ExclusionCode::Policy(e.reason),
+            &e.explanation,
+        ));
     }
     if decided.decision.admitted.len() < min {
         return Err(CoordinatorError::TooFewAdmitted {
@@ -241,7 +278,7 @@ pub(crate) async fn collect(
             ctx.tasks.close(&task_id);
             excluded.push(exclusion(
                 shown(agency),
-                "NOT_CONNECTED",
+                ExclusionCode::NotConnected,
                 "the node's session closed before the task could be sent",
             ));
         }
@@ -283,7 +320,7 @@ pub(crate) async fn collect(
                 .await?;
                 excluded.push(exclusion(
                     &agency,
-                    "REFUSED",
+                    ExclusionCode::Refused,
                     &format!("{reason_code}: {message}"),
                 ));
             }
@@ -320,7 +357,7 @@ pub(crate) async fn collect(
         }
         excluded.push(exclusion(
             shown(&agency),
-            "TIMED_OUT",
+            ExclusionCode::TimedOut,
             &format!("no result within {round_timeout} ms"),
         ));
     }
@@ -406,7 +443,7 @@ async fn reject(
         agency,
         format!("{agency}'s result was rejected: {reason}"),
     );
-    excluded.push(exclusion(agency, "INVALID_UPDATE", &reason));
+    excluded.push(exclusion(agency, ExclusionCode::InvalidUpdate, &reason));
     Ok(())
 }
 
@@ -436,4 +473,28 @@ pub(crate) fn round_line(summary: &RoundSummary) -> String {
         line.push_str(&format!(", values {:?}", summary.values));
     }
     line
+}
+
+#[cfg(test)]
+mod exclusion_codes {
+    use super::ExclusionCode;
+    use treaty_policies::Reason;
+
+    /// The codes operators, audit records and docs/THREAT_MODEL.md name.
+    #[test]
+    fn each_code_has_its_wire_string() {
+        for (code, wire) in [
+            (ExclusionCode::BudgetExhausted, "BUDGET_EXHAUSTED"),
+            (ExclusionCode::NotConnected, "NOT_CONNECTED"),
+            (ExclusionCode::Refused, "REFUSED"),
+            (ExclusionCode::TimedOut, "TIMED_OUT"),
+            (ExclusionCode::InvalidUpdate, "INVALID_UPDATE"),
+            (
+                ExclusionCode::Policy(Reason::PolicyMissing),
+                "POLICY_MISSING",
+            ),
+        ] {
+            assert_eq!(code.code(), wire);
+        }
+    }
 }

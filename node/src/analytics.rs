@@ -175,9 +175,9 @@ pub(crate) fn laplace(scale: f64, values: &[f64]) -> Result<Vec<f64>, Refusal> {
 
 /// Adds the planned Laplace noise to an exact answer.
 pub(crate) fn noisy(plan: &QueryPlan, exact: &[f64]) -> Result<Vec<f64>, Refusal> {
-    let normalised: Vec<f64> = exact.iter().zip(&plan.bounds).map(|(v, b)| v / b).collect();
-    let noisy = measurement(plan.scale, normalised.len())?
-        .invoke(&normalised)
+    let normalized: Vec<f64> = exact.iter().zip(&plan.bounds).map(|(v, b)| v / b).collect();
+    let noisy = measurement(plan.scale, normalized.len())?
+        .invoke(&normalized)
         .map_err(Refusal::internal)?;
     Ok(noisy.iter().zip(&plan.bounds).map(|(v, b)| v * b).collect())
 }

@@ -135,7 +135,7 @@ impl Model {
     }
 
     /// Which parameters L2 regularisation applies to: every weight, no bias.
-    pub fn regularised(&self) -> Array1<f64> {
+    pub fn regularized(&self) -> Array1<f64> {
         let mut mask = Array1::zeros(self.params.len());
         let mut offset = 0;
         for (name, shape) in self.layout() {
@@ -258,7 +258,7 @@ impl Model {
             }
         };
         if l2 > 0.0 {
-            let mask = self.regularised();
+            let mask = self.regularized();
             let w = &self.params * &mask;
             grad.scaled_add(l2, &w);
             data_loss + 0.5 * l2 * w.dot(&w)

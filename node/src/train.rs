@@ -176,7 +176,7 @@ pub fn train_dp(
     let mut sum = Array1::<f64>::zeros(p);
     let mut grad = Array1::<f64>::zeros(p);
     let mut velocity = Array1::<f64>::zeros(p);
-    let mask = model.regularised();
+    let mask = model.regularized();
     let denominator = dp.denominator.max(1.0);
     let linear = matches!(
         model.kind,

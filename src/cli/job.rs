@@ -1,14 +1,12 @@
-//! The operator's commands: `treaty federation create|list`, `treaty agencies`,
-//! `treaty job train|watch|show|list`.
+//! `treaty job train|watch|show|list` (operators).
 
 use std::path::PathBuf;
 
 use clap::{Args, Subcommand, ValueEnum};
 use treaty_proto::schema;
 use treaty_proto::v1::{
-    Aggregation, CreateFederationRequest, CreateJobRequest, DpMode, FederationInfo, GetJobRequest,
-    Job, JobSpec, ListFederationsRequest, ListJobsRequest, ModelKind, PrivacySpec, SharingSpec,
-    Strategy, TrainingSpec, job_spec,
+    Aggregation, CreateJobRequest, DpMode, GetJobRequest, Job, JobSpec, ListJobsRequest, ModelKind,
+    PrivacySpec, SharingSpec, Strategy, TrainingSpec, job_spec,
 };
 
 use treaty_coordinator::client::{self, OperatorConfig};
@@ -16,38 +14,6 @@ use treaty_devkit::outln;
 use treaty_devkit::output::print_event;
 
 use super::{Outcome, unusable};
-
-/// A `--member`: `AGENCY-ID:CC`; `DE-BKA` alone or `DE/DE-BKA` is refused with what to write.
-fn parse_member(spec: &str) -> Result<String, String> {
-    treaty_proto::Identity::from_member(spec)
-        .map(|_| spec.to_owned())
-        .map_err(|e| e.to_string())
-}
-
-#[derive(Debug, Subcommand)]
-pub enum FederationCommand {
-    /// Creates a federation.
-    Create {
-        /// The operator's configuration file.
-        #[arg(long)]
-        config: PathBuf,
-        /// Its name (lowercase letters, digits and `-`).
-        #[arg(long)]
-        name: String,
-        /// The purpose its jobs serve, e.g. `narcotics`.
-        #[arg(long)]
-        purpose: String,
-        /// A member agency as AGENCY-ID:CC, its id and its certificate's country (repeatable),
-        /// e.g. `--member DE-BKA:DE`, as `treaty pki init --agency` takes it.
-        #[arg(long = "member", required = true, value_parser = parse_member)]
-        members: Vec<String>,
-    },
-    /// Lists the federations.
-    List {
-        #[arg(long)]
-        config: PathBuf,
-    },
-}
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum ModelArg {
@@ -182,87 +148,7 @@ pub enum JobCommand {
     },
 }
 
-pub async fn federation(command: FederationCommand) -> Outcome {
-    match command {
-        FederationCommand::Create {
-            config,
-            name,
-            purpose,
-            members,
-        } => {
-            let mut client = OperatorConfig::load(&config)
-                .map_err(unusable)?
-                .connect()
-                .await?;
-            let f = client
-                .create_federation(CreateFederationRequest {
-                    federation: Some(FederationInfo {
-                        name,
-                        purpose,
-                        members,
-                        ..Default::default()
-                    }),
-                })
-                .await?
-                .into_inner();
-            outln!(
-                "federation `{}` created: purpose {}, members {}",
-                f.name,
-                f.purpose,
-                f.members.join(", ")
-            );
-        }
-        FederationCommand::List { config } => {
-            let mut client = OperatorConfig::load(&config)
-                .map_err(unusable)?
-                .connect()
-                .await?;
-            let mut token = String::new();
-            loop {
-                let page = client
-                    .list_federations(ListFederationsRequest {
-                        page_size: 0,
-                        page_token: token,
-                    })
-                    .await?
-                    .into_inner();
-                for f in page.federations {
-                    outln!(
-                        "{}\tpurpose {}\tmembers {}\tcreated by {}",
-                        f.name,
-                        f.purpose,
-                        f.members.join(","),
-                        f.created_by
-                    );
-                }
-                if page.next_page_token.is_empty() {
-                    break;
-                }
-                token = page.next_page_token;
-            }
-        }
-    }
-    Ok(())
-}
-
-pub async fn agencies(config: PathBuf) -> Outcome {
-    let mut client = OperatorConfig::load(&config)
-        .map_err(unusable)?
-        .connect()
-        .await?;
-    for a in client::all_agencies(&mut client).await? {
-        outln!(
-            "{}\t{}\tnode {}\tsince {}",
-            a.agency,
-            a.country,
-            a.software_version,
-            a.connected_unix_ms
-        );
-    }
-    Ok(())
-}
-
-pub async fn job(command: JobCommand) -> Outcome {
+pub async fn run(command: JobCommand) -> Outcome {
     match command {
         JobCommand::Train(args) => train(*args).await,
         JobCommand::Watch { config, job } => {

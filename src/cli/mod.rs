@@ -10,9 +10,11 @@
 //! (docs/POLICY_LANGUAGE.md): `check` and `test` exit 1 when a file has problems, `decide` exits
 //! 2 when it cannot decide. Command-line errors exit 2 (clap's own).
 
+pub mod agencies;
 pub mod bench;
 pub mod coordinator;
 pub mod demo;
+pub mod federation;
 pub mod job;
 pub mod model;
 pub mod node;

@@ -340,7 +340,7 @@ mod tests {
     }
 
     #[test]
-    fn a_poisoned_standardisation_or_clip_is_refused_from_the_task_alone() {
+    fn a_poisoned_standardization_or_clip_is_refused_from_the_task_alone() {
         let worker = worker_of(10);
         let with = |std: f64, clip: f64| {
             let mut task = training_task(DpMode::Poisson, 0.1, 0.0);
