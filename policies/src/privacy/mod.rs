@@ -9,11 +9,17 @@
 //!   fractional orders and the improved RDP-to-(epsilon, delta) conversion.
 //! - pure and approximate DP for Laplace queries: epsilons (and deltas) add up.
 //!
+//! - [`plan`]: how a training job's target is split between its statistics round, its
+//!   evaluations and its training, before it starts.
+//!
 //! [`spent`] composes any mix of them and reports the tightest valid bound with the accountant
 //! that gave it.
 
+mod plan;
 pub mod rdp;
 pub mod zcdp;
+
+pub use plan::{EVALUATION_SHARE, JobPlan, JobPrivacy, STATISTICS_SHARE, plan, training};
 
 use serde::{Deserialize, Serialize};
 

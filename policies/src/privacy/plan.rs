@@ -1,0 +1,266 @@
+//! How a training job's privacy target is split between its parts, before it starts: the
+//! statistics round that standardises the numeric columns, the evaluations of the global
+//! model, and the training itself, which gets the rest.
+//!
+//! The default split is in zCDP, where Gaussian releases add up exactly: of the target's rho
+//! (the largest rho whose (epsilon, delta) meets the target), [`STATISTICS_SHARE`] goes to the
+//! statistics round and [`EVALUATION_SHARE`] to the evaluations (a Laplace release of epsilon
+//! counts as epsilon²/2), spread evenly over the rounds; the noise multiplier of training is
+//! then calibrated, by the same accountants that judge the ledger, so that the whole job
+//! spends at most the target. An operator may set either part; an evaluation epsilon of 0
+//! turns evaluations off, and their share goes to training.
+
+use super::{PrivacyError, Release, Spent, calibrate, spent, zcdp};
+
+/// The share of a job's rho its statistics round gets by default.
+pub const STATISTICS_SHARE: f64 = 0.1;
+/// The share of a job's rho its evaluations get by default, over all rounds.
+pub const EVALUATION_SHARE: f64 = 0.1;
+
+/// A training job's privacy, as its operator set it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct JobPrivacy {
+    /// The whole job's epsilon per agency.
+    pub target_epsilon: f64,
+    /// The delta of the target.
+    pub delta: f64,
+    /// Training rounds.
+    pub rounds: u64,
+    /// DP-SGD steps per round (full batch: the local epochs; Poisson: epochs / sampling rate).
+    pub steps_per_round: u64,
+    /// The Poisson sampling rate of each step; `None` for full batches.
+    pub sampling_rate: Option<f64>,
+    /// Whether the job runs a statistics round.
+    pub statistics: bool,
+    /// The statistics round's rho; `None` for the default share.
+    pub statistics_rho: Option<f64>,
+    /// Each round's evaluation epsilon; `None` for the default share, 0 for no evaluations.
+    pub evaluation_epsilon: Option<f64>,
+}
+
+/// The split of a job's target.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobPlan {
+    /// The statistics round's rho (0 when none runs).
+    pub statistics_rho: f64,
+    /// Each round's evaluation epsilon (0 when off).
+    pub evaluation_epsilon: f64,
+    /// Training's noise multiplier (noise standard deviation over the clipping norm).
+    pub noise_multiplier: f64,
+    /// What each part alone spends, at the job's delta.
+    pub statistics: f64,
+    /// The evaluations of every round together.
+    pub evaluation: f64,
+    /// The training steps of every round together.
+    pub training: f64,
+    /// What one round spends (its training and its evaluation).
+    pub round: f64,
+    /// What the whole job spends, at most the target.
+    pub total: Spent,
+}
+
+/// The releases of a job with training noise `sigma`.
+fn releases(job: &JobPrivacy, statistics_rho: f64, evaluation: f64, sigma: f64) -> Vec<Release> {
+    let mut all = Vec::new();
+    if statistics_rho > 0.0 {
+        all.push(Release::Gaussian {
+            rho: statistics_rho,
+        });
+    }
+    all.extend(round(job, evaluation, sigma, job.rounds));
+    all
+}
+
+/// The releases of `rounds` rounds: their training steps and evaluations.
+fn round(job: &JobPrivacy, evaluation: f64, sigma: f64, rounds: u64) -> Vec<Release> {
+    let steps = job.steps_per_round.saturating_mul(rounds);
+    let mut all = vec![training(job.sampling_rate, sigma, steps)];
+    if evaluation > 0.0 {
+        all.extend((0..rounds).map(|_| Release::Laplace {
+            epsilon: evaluation,
+        }));
+    }
+    all
+}
+
+/// `steps` DP-SGD steps of noise multiplier `sigma`: exact zCDP for full batches, RDP of the
+/// subsampled Gaussian otherwise.
+pub fn training(sampling_rate: Option<f64>, sigma: f64, steps: u64) -> Release {
+    match sampling_rate {
+        None => Release::Gaussian {
+            rho: steps as f64 * zcdp::gaussian_rho(sigma),
+        },
+        Some(sampling_rate) => Release::SampledGaussian {
+            sampling_rate,
+            noise_multiplier: sigma,
+            steps,
+        },
+    }
+}
+
+/// Splits `job`'s target: the default shares for what the operator left unset, the training
+/// noise calibrated to the rest.
+pub fn plan(job: &JobPrivacy) -> Result<JobPlan, PrivacyError> {
+    let (epsilon, delta) = (job.target_epsilon, job.delta);
+    if !(epsilon.is_finite() && epsilon > 0.0 && delta > 0.0 && delta < 1.0) {
+        return Err(PrivacyError::Invalid(format!(
+            "the target ({epsilon}, {delta}) must have a positive epsilon and a delta in (0, 1)"
+        )));
+    }
+    if job.rounds == 0 || job.steps_per_round == 0 {
+        return Err(PrivacyError::Invalid(
+            "a job needs at least one round of at least one step".into(),
+        ));
+    }
+    let rho = zcdp::rho_for(epsilon, delta);
+    let statistics_rho = match (job.statistics, job.statistics_rho) {
+        (false, _) => 0.0,
+        (true, Some(r)) => r,
+        (true, None) => STATISTICS_SHARE * rho,
+    };
+    let evaluation = match job.evaluation_epsilon {
+        Some(e) => e,
+        None => (2.0 * EVALUATION_SHARE * rho / job.rounds as f64).sqrt(),
+    };
+    if !(statistics_rho.is_finite() && statistics_rho >= 0.0 && evaluation.is_finite())
+        || evaluation < 0.0
+    {
+        return Err(PrivacyError::Invalid(format!(
+            "the statistics rho {statistics_rho} and the evaluation epsilon {evaluation} must be finite and not negative"
+        )));
+    }
+    let sigma = calibrate(
+        |sigma| releases(job, statistics_rho, evaluation, sigma),
+        epsilon,
+        delta,
+    )
+    .ok_or_else(|| {
+        PrivacyError::Invalid(format!(
+            "the statistics round and the evaluations alone spend more than epsilon {epsilon}: lower the statistics rho or the evaluation epsilon"
+        ))
+    })?;
+    let alone = |releases: &[Release]| spent(releases, delta).map(|s| s.epsilon);
+    let statistics = if statistics_rho > 0.0 {
+        alone(&[Release::Gaussian {
+            rho: statistics_rho,
+        }])?
+    } else {
+        0.0
+    };
+    let evaluations: Vec<Release> = (0..job.rounds)
+        .map(|_| Release::Laplace {
+            epsilon: evaluation,
+        })
+        .collect();
+    Ok(JobPlan {
+        statistics_rho,
+        evaluation_epsilon: evaluation,
+        noise_multiplier: sigma,
+        statistics,
+        evaluation: if evaluation > 0.0 {
+            alone(&evaluations)?
+        } else {
+            0.0
+        },
+        training: alone(&[training(
+            job.sampling_rate,
+            sigma,
+            job.steps_per_round * job.rounds,
+        )])?,
+        round: alone(&round(job, evaluation, sigma, 1))?,
+        total: spent(&releases(job, statistics_rho, evaluation, sigma), delta)?,
+    })
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn job() -> JobPrivacy {
+        JobPrivacy {
+            target_epsilon: 1.0,
+            delta: 1e-5,
+            rounds: 20,
+            steps_per_round: 5,
+            sampling_rate: None,
+            statistics: true,
+            statistics_rho: None,
+            evaluation_epsilon: None,
+        }
+    }
+
+    /// Full batches compose exactly in zCDP: the plan's parts add up to the target's rho, so the
+    /// training noise has a closed form.
+    #[test]
+    fn the_default_split_of_a_full_batch_job_has_its_closed_form() {
+        let p = plan(&job()).unwrap();
+        // The split is checked in rho, where full batches compose exactly.
+        let rho = zcdp::rho_for(1.0, 1e-5);
+        assert!((p.statistics_rho - 0.1 * rho).abs() < 1e-15);
+        // 20 evaluations of epsilon e cost 20 e²/2 = 10 % of rho.
+        assert!((20.0 * p.evaluation_epsilon.powi(2) / 2.0 - 0.1 * rho).abs() < 1e-12);
+        // Training: 100 steps of rho 1/(2 sigma²) take the remaining 80 %.
+        let expected_sigma = (100.0 / (2.0 * 0.8 * rho)).sqrt();
+        assert!(
+            (p.noise_multiplier / expected_sigma - 1.0).abs() < 1e-4,
+            "{} vs {expected_sigma}",
+            p.noise_multiplier
+        );
+        assert!(p.total.epsilon <= 1.0 + 1e-9);
+        assert!(p.total.epsilon > 0.999);
+        // Each part alone spends less than the whole, and one round far less.
+        assert!(p.statistics < p.total.epsilon && p.training < p.total.epsilon);
+        assert!(p.round < p.training);
+    }
+
+    /// What the operator sets is kept: no statistics round, evaluations off.
+    #[test]
+    fn parts_set_by_the_operator_are_kept_and_zero_turns_evaluations_off() {
+        let p = plan(&JobPrivacy {
+            statistics: false,
+            evaluation_epsilon: Some(0.0),
+            ..job()
+        })
+        .unwrap();
+        assert_eq!((p.statistics_rho, p.evaluation_epsilon), (0.0, 0.0));
+        assert_eq!((p.statistics, p.evaluation), (0.0, 0.0));
+        // All of rho to training: sigma = sqrt(100 / (2 rho)).
+        let rho = zcdp::rho_for(1.0, 1e-5);
+        let expected = (100.0 / (2.0 * rho)).sqrt();
+        assert!((p.noise_multiplier / expected - 1.0).abs() < 1e-4);
+    }
+
+    #[test]
+    fn a_target_the_other_parts_exhaust_is_refused() {
+        let error = plan(&JobPrivacy {
+            statistics_rho: Some(1.0),
+            ..job()
+        })
+        .unwrap_err();
+        assert!(error.to_string().contains("statistics"), "{error}");
+        assert!(
+            plan(&JobPrivacy {
+                target_epsilon: 0.0,
+                ..job()
+            })
+            .is_err()
+        );
+    }
+
+    /// Poisson jobs are planned by the RDP accountant: the plan meets the target too.
+    #[test]
+    fn a_poisson_job_meets_its_target() {
+        let p = plan(&JobPrivacy {
+            sampling_rate: Some(0.01),
+            steps_per_round: 100,
+            ..job()
+        })
+        .unwrap();
+        assert!(p.total.epsilon <= 1.0 + 1e-9, "{p:?}");
+        assert!(
+            p.noise_multiplier > 0.5 && p.noise_multiplier < 20.0,
+            "{p:?}"
+        );
+    }
+}
