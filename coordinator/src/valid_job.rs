@@ -7,6 +7,7 @@
 
 use std::time::Duration;
 
+use treaty_policies::privacy;
 use treaty_proto::schema;
 use treaty_proto::v1::{
     Aggregation, ColumnStats, Combine, DpMode, FeatureSchema, JobSpec, LabelKind, ModelKind,
@@ -287,11 +288,10 @@ impl ValidTraining {
     /// Records the statistics round's standardisation, and the rho the round cost each node.
     pub(crate) fn set_standardization(&mut self, stats: Vec<ColumnStats>) {
         self.rest.standardization = stats;
-        self.privacy.statistics_round_rho = if self.privacy.statistics_rho > 0.0 {
-            self.privacy.statistics_rho
-        } else {
-            DEFAULT_STATISTICS_RHO
-        };
+        self.privacy.statistics_round_rho = self
+            .privacy
+            .statistics_rho
+            .unwrap_or(DEFAULT_STATISTICS_RHO);
     }
 
     /// Picks a random seed for the initial model when the spec gives none.
@@ -484,7 +484,7 @@ fn training(t: TrainingSpec, problems: &mut Vec<JobProblem>) -> Option<ValidTrai
         }
         Some(p) => {
             privacy(&p, problems);
-            Some(p)
+            Some(planned(p, t.rounds))
         }
     };
     if problems.len() > before {
@@ -591,10 +591,50 @@ fn privacy(p: &PrivacySpec, problems: &mut Vec<JobProblem>) {
         (0.0..=1.0).contains(&p.sampling_rate),
         "in (0, 1], or 0 for batch size / records",
     );
-    let calibrated = p.target_epsilon > 0.0 && p.target_delta > 0.0 && p.target_delta < 1.0;
-    if !(p.noise_multiplier > 0.0 || calibrated) {
+    if let Some(rho) = p.statistics_rho {
+        within(
+            problems,
+            "privacy.statistics_rho",
+            rho,
+            rho.is_finite() && rho > 0.0,
+            "positive (leave it out for the plan's share)",
+        );
+    }
+    if let Some(epsilon) = p.evaluation_epsilon {
+        within(
+            problems,
+            "privacy.evaluation_epsilon",
+            epsilon,
+            epsilon.is_finite() && epsilon >= 0.0,
+            "zero (no evaluations) or positive",
+        );
+    }
+    if !(p.noise_multiplier > 0.0 || calibrated(p)) {
         problems.push(JobProblem::NoNoise);
     }
+}
+
+/// Whether a job's noise is calibrated by each node to the job's target.
+fn calibrated(p: &PrivacySpec) -> bool {
+    p.noise_multiplier <= 0.0
+        && p.target_epsilon.is_finite()
+        && p.target_epsilon > 0.0
+        && p.target_delta > 0.0
+        && p.target_delta < 1.0
+}
+
+/// A sound privacy spec with the job's privacy plan filled in: when the noise is calibrated to
+/// the target, the statistics round's rho and each round's evaluation epsilon the operator left
+/// unset take their default shares of the target (`treaty_policies::privacy::plan`), so that
+/// every node spends what `treaty job train` showed.
+fn planned(mut p: PrivacySpec, rounds: u32) -> PrivacySpec {
+    if calibrated(&p) {
+        let (statistics, evaluation) =
+            privacy::default_parts(p.target_epsilon, p.target_delta, u64::from(rounds));
+        p.statistics_rho.get_or_insert(statistics);
+        p.evaluation_epsilon.get_or_insert(evaluation);
+    }
+    p
 }
 
 /// Checks a query, adding its problems; the validated query when it has none.
@@ -710,6 +750,26 @@ fn query(q: QuerySpec, problems: &mut Vec<JobProblem>) -> Option<ValidQuery> {
     })
 }
 
+/// The most a round of a calibrated training job spends at the job's delta, as the policies
+/// judge it. Full batches compose exactly in zCDP: whatever each node's split between training
+/// and evaluation, a round spends at most 1/rounds of the rho the statistics round leaves, plus
+/// 0.1 % for the noise grid of opendp. Poisson-subsampled rounds depend on each node's sampling
+/// rate: no round spends more than the whole target.
+fn round_epsilon(t: &ValidTraining, p: &PrivacySpec) -> f64 {
+    if DpMode::try_from(p.mode) != Ok(DpMode::FullBatch) {
+        return p.target_epsilon;
+    }
+    let statistics = if t.needs_statistics() {
+        p.statistics_rho.unwrap_or(DEFAULT_STATISTICS_RHO)
+    } else {
+        0.0
+    };
+    let rho = (privacy::zcdp::rho_for(p.target_epsilon, p.target_delta) - statistics).max(0.0)
+        / f64::from(t.rest.rounds.max(1));
+    let round = privacy::zcdp::epsilon(rho, p.target_delta);
+    (round * 1.001).min(p.target_epsilon)
+}
+
 /// The sharing terms of a sound job: what it declared, defaults taken from the rest of the
 /// spec.
 fn sharing(declared: SharingSpec, work: &Work) -> Result<Sharing, JobProblem> {
@@ -718,9 +778,8 @@ fn sharing(declared: SharingSpec, work: &Work) -> Result<Sharing, JobProblem> {
             let privacy = t.privacy;
             let epsilon = if declared.epsilon_per_round > 0.0 {
                 declared.epsilon_per_round
-            } else if privacy.noise_multiplier <= 0.0 && privacy.target_epsilon > 0.0 {
-                // No round of the job spends more than the whole job's target.
-                privacy.target_epsilon
+            } else if calibrated(&privacy) {
+                round_epsilon(t, &privacy)
             } else {
                 return Err(JobProblem::UndeclaredEpsilon);
             };
@@ -898,6 +957,21 @@ pub(crate) mod tests {
         };
         assert_eq!(t.settings.aggregation, Aggregation::Fedavg);
         assert!(t.needs_statistics());
+        // The calibrated job's plan is filled in: 10 % of the target's rho to the statistics
+        // round, 10 % to the evaluations of its 2 rounds (epsilon e each, e²/2 in zCDP).
+        let rho = privacy::zcdp::rho_for(2.0, 1e-6);
+        assert!((privacy::zcdp::epsilon(rho, 1e-6) - 2.0).abs() < 1e-6);
+        let statistics = t.privacy.statistics_rho.unwrap();
+        let evaluation = t.privacy.evaluation_epsilon.unwrap();
+        assert!((statistics - 0.1 * rho).abs() < 1e-15);
+        assert!((2.0 * evaluation * evaluation / 2.0 - 0.1 * rho).abs() < 1e-12);
+        let mut spec = spec;
+        if let Some(job_spec::Kind::Training(t)) = spec.kind.as_mut()
+            && let Some(p) = t.privacy.as_mut()
+        {
+            p.statistics_rho = Some(statistics);
+            p.evaluation_epsilon = Some(evaluation);
+        }
         assert_eq!(
             valid.to_spec(),
             JobSpec {
@@ -965,8 +1039,56 @@ pub(crate) mod tests {
             count: 3.0,
         }]);
         assert!(!t.needs_statistics());
-        assert_eq!(t.privacy.statistics_round_rho, DEFAULT_STATISTICS_RHO);
+        // The round cost what the plan gave it.
+        assert_eq!(
+            Some(t.privacy.statistics_round_rho),
+            t.privacy.statistics_rho
+        );
         // A resumed job reads it back as it was.
         assert_eq!(ValidTraining::try_from(t.to_spec()).unwrap(), t);
+    }
+
+    /// A full-batch job declares what one round really spends: no node's round, whatever its
+    /// split between training and evaluation, spends more, and the declaration is tight.
+    #[test]
+    fn a_full_batch_job_declares_what_a_round_spends() {
+        let mut t = training_spec();
+        t.rounds = 20;
+        t.local_epochs = 5;
+        t.privacy = Some(PrivacySpec {
+            mode: DpMode::FullBatch as i32,
+            clip_norm: 1.0,
+            target_epsilon: 1.0,
+            target_delta: 1e-5,
+            ..Default::default()
+        });
+        let valid = ValidJob::try_from(job(job_spec::Kind::Training(t))).unwrap();
+        let declared = valid.rules.sharing.epsilon_per_round;
+        let Work::Training(t) = &valid.work else {
+            panic!("{valid:?}")
+        };
+        let node = |evaluation: f64| {
+            privacy::plan(&privacy::JobPrivacy {
+                target_epsilon: 1.0,
+                delta: 1e-5,
+                rounds: 20,
+                steps_per_round: 5,
+                sampling_rate: None,
+                statistics: true,
+                statistics_rho: t.privacy.statistics_rho,
+                evaluation_epsilon: Some(evaluation),
+            })
+            .unwrap()
+            .round
+        };
+        let with_test_split = node(t.privacy.evaluation_epsilon.unwrap());
+        let without = node(0.0);
+        assert!(with_test_split <= declared && without <= declared);
+        assert!(
+            declared <= 1.002 * with_test_split.max(without),
+            "{declared}"
+        );
+        // Far below the whole target: a policy's per-round limit judges a round, not the job.
+        assert!(declared < 0.5);
     }
 }

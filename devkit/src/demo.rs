@@ -184,7 +184,7 @@ async fn demo(
             clip_norm: 1.0,
             target_epsilon: JOB_EPSILON,
             target_delta: 1e-5,
-            evaluation_epsilon: 0.1,
+            evaluation_epsilon: Some(0.1),
             ..Default::default()
         }),
         ..Default::default()

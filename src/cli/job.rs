@@ -13,7 +13,9 @@ use treaty_coordinator::client::{self, OperatorConfig};
 use treaty_devkit::outln;
 use treaty_devkit::output::print_event;
 
+use super::privacy::print_plan;
 use super::{Outcome, unusable};
+use treaty_policies::privacy::{self, JobPrivacy};
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum ModelArg {
@@ -98,9 +100,15 @@ pub struct TrainArgs {
     /// The delta of the target.
     #[arg(long, default_value_t = 1e-5)]
     target_delta: f64,
-    /// The epsilon each agency spends per round on evaluating the global model.
-    #[arg(long, default_value_t = 0.05)]
-    evaluation_epsilon: f64,
+    /// The epsilon each agency spends per round on evaluating the global model; 0 turns
+    /// evaluations off (default: the privacy plan's share, 10 % of the target's rho over all
+    /// rounds).
+    #[arg(long)]
+    evaluation_epsilon: Option<f64>,
+    /// The zCDP rho each agency spends on the statistics round that standardizes the numeric
+    /// columns (default: the privacy plan's share, 10 % of the target's rho).
+    #[arg(long)]
+    statistics_rho: Option<f64>,
     /// The most epsilon one agency spends in one round, judged by the sharing policies
     /// (default: the target epsilon when the noise is calibrated).
     #[arg(long, default_value_t = 0.0)]
@@ -259,10 +267,14 @@ async fn train(a: TrainArgs) -> Outcome {
             target_epsilon: a.target_epsilon,
             target_delta: a.target_delta,
             evaluation_epsilon: a.evaluation_epsilon,
+            statistics_rho: a.statistics_rho,
             ..Default::default()
         }),
         ..Default::default()
     };
+    if a.noise_multiplier <= 0.0 {
+        show_plan(&spec, &a)?;
+    }
     let mut client = OperatorConfig::load(&a.config)?.connect().await?;
     let job = client
         .create_job(CreateJobRequest {
@@ -286,6 +298,35 @@ async fn train(a: TrainArgs) -> Outcome {
     if !a.detach {
         let job = client::follow_to_success(&mut client, &job.job_id, print_event).await?;
         show(&job);
+    }
+    Ok(())
+}
+
+/// Prints the privacy plan each node will follow, before the job starts.
+fn show_plan(spec: &TrainingSpec, a: &TrainArgs) -> Outcome {
+    let statistics =
+        !schema::numeric_columns(spec.schema.as_ref().unwrap_or(&Default::default())).is_empty();
+    let full_batch = matches!(a.dp_mode, DpModeArg::FullBatch);
+    let job = JobPrivacy {
+        target_epsilon: a.target_epsilon,
+        delta: a.target_delta,
+        rounds: u64::from(a.rounds),
+        steps_per_round: u64::from(a.local_epochs.max(1)),
+        sampling_rate: None,
+        statistics,
+        statistics_rho: a.statistics_rho,
+        evaluation_epsilon: a.evaluation_epsilon,
+    };
+    let plan = privacy::plan(&job).map_err(unusable)?;
+    if full_batch {
+        print_plan(&job, &plan);
+    } else {
+        // Each agency's sampling rate (batch / its public record count) sets its own noise;
+        // the statistics and evaluation parts are the same for all.
+        print_plan(&job, &plan);
+        outln!(
+            "  (Poisson sampling: each agency calibrates its noise to its own sampling rate, batch size / its public record count; the figures above are for full batches)"
+        );
     }
     Ok(())
 }

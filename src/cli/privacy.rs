@@ -1,5 +1,5 @@
-//! `treaty privacy epsilon|noise`: budget planning for people, with the accountants that judge
-//! every release.
+//! `treaty privacy epsilon|noise|plan`: budget planning for people, with the accountants that
+//! judge every release.
 
 use anyhow::bail;
 use treaty_devkit::outln;
@@ -7,7 +7,7 @@ use treaty_devkit::outln;
 use super::{Outcome, unusable};
 use clap::Subcommand;
 use treaty_node::{Sampling, StepNoise};
-use treaty_policies::privacy::{Release, rdp, spent, zcdp};
+use treaty_policies::privacy::{self, JobPlan, JobPrivacy, Release, rdp, spent, zcdp};
 
 #[derive(Debug, Subcommand)]
 pub enum PrivacyCommand {
@@ -26,6 +26,39 @@ pub enum PrivacyCommand {
         #[arg(long)]
         delta: f64,
         /// Print `{"epsilon": ..., "delta": ..., "accountant": ...}`.
+        #[arg(long)]
+        json: bool,
+    },
+    /// How a training job's target is split between its statistics round, its evaluations and
+    /// its training, and the training noise that meets it: the plan every node follows.
+    Plan {
+        /// The whole job's epsilon per agency.
+        #[arg(long)]
+        epsilon: f64,
+        /// The delta of the target.
+        #[arg(long, default_value_t = 1e-5)]
+        delta: f64,
+        /// Training rounds.
+        #[arg(long, default_value_t = 20)]
+        rounds: u64,
+        /// Local epochs per round (full batch: one DP gradient step each).
+        #[arg(long, default_value_t = 1)]
+        local_epochs: u64,
+        /// Poisson sampling rate of each step (batch size / records); leave it out for full
+        /// batches.
+        #[arg(long)]
+        sampling_rate: Option<f64>,
+        /// The job's standardization is given, so no statistics round runs.
+        #[arg(long)]
+        no_statistics: bool,
+        /// The statistics round's zCDP rho (default: 10 % of the target's rho).
+        #[arg(long)]
+        statistics_rho: Option<f64>,
+        /// Each round's evaluation epsilon; 0 turns evaluations off (default: 10 % of the
+        /// target's rho over all rounds).
+        #[arg(long)]
+        evaluation_epsilon: Option<f64>,
+        /// Print the plan as JSON.
         #[arg(long)]
         json: bool,
     },
@@ -75,6 +108,52 @@ pub fn run(command: PrivacyCommand) -> Outcome {
 
 fn plan(command: PrivacyCommand) -> anyhow::Result<()> {
     match command {
+        PrivacyCommand::Plan {
+            epsilon,
+            delta,
+            rounds,
+            local_epochs,
+            sampling_rate,
+            no_statistics,
+            statistics_rho,
+            evaluation_epsilon,
+            json,
+        } => {
+            let steps_per_round = match sampling_rate {
+                None => local_epochs,
+                Some(q) if q > 0.0 && q <= 1.0 => local_epochs * (1.0 / q).ceil() as u64,
+                Some(q) => bail!("--sampling-rate {q} must be in (0, 1]"),
+            };
+            let job = JobPrivacy {
+                target_epsilon: epsilon,
+                delta,
+                rounds,
+                steps_per_round,
+                sampling_rate,
+                statistics: !no_statistics,
+                statistics_rho,
+                evaluation_epsilon,
+            };
+            let plan = privacy::plan(&job)?;
+            if json {
+                outln!(
+                    "{}",
+                    serde_json::json!({
+                        "target_epsilon": epsilon, "delta": delta, "rounds": rounds,
+                        "steps_per_round": steps_per_round, "sampling_rate": sampling_rate,
+                        "statistics_rho": plan.statistics_rho,
+                        "evaluation_epsilon": plan.evaluation_epsilon,
+                        "noise_multiplier": plan.noise_multiplier,
+                        "epsilon": {"statistics": plan.statistics, "evaluation": plan.evaluation,
+                            "training": plan.training, "round": plan.round,
+                            "total": plan.total.epsilon},
+                        "accountant": plan.total.accountant,
+                    })
+                );
+            } else {
+                print_plan(&job, &plan);
+            }
+        }
         PrivacyCommand::Epsilon {
             sampling_rate,
             noise_multiplier,
@@ -141,4 +220,48 @@ fn plan(command: PrivacyCommand) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Prints a job's privacy plan: what each part gets, the training noise, what a round spends.
+pub fn print_plan(job: &JobPrivacy, plan: &JobPlan) {
+    outln!(
+        "privacy plan: epsilon {} per agency at delta {:e}, over {} round(s) of {} step(s)",
+        job.target_epsilon,
+        job.delta,
+        job.rounds,
+        job.steps_per_round
+    );
+    if plan.statistics_rho > 0.0 {
+        outln!(
+            "  statistics round: rho {:.6} (alone: epsilon {:.4})",
+            plan.statistics_rho,
+            plan.statistics
+        );
+    } else {
+        outln!("  statistics round: none");
+    }
+    if plan.evaluation_epsilon > 0.0 {
+        outln!(
+            "  evaluations: epsilon {:.4} per round (all rounds alone: epsilon {:.4})",
+            plan.evaluation_epsilon,
+            plan.evaluation
+        );
+    } else {
+        outln!("  evaluations: off");
+    }
+    let sampling = match job.sampling_rate {
+        None => "full batch".to_owned(),
+        Some(q) => format!("Poisson sampling rate {q}"),
+    };
+    outln!(
+        "  training: noise multiplier {:.4}, {sampling} (alone: epsilon {:.4})",
+        plan.noise_multiplier,
+        plan.training
+    );
+    outln!(
+        "  one round spends at most epsilon {:.4}; the whole job {:.4} ({})",
+        plan.round,
+        plan.total.epsilon,
+        plan.total.accountant
+    );
 }

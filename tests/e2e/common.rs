@@ -372,8 +372,8 @@ pub fn test_privacy() -> PrivacySpec {
         mode: DpMode::Poisson as i32,
         clip_norm: 1.0,
         noise_multiplier: 0.5,
-        statistics_rho: 1.0,
-        evaluation_epsilon: 20.0,
+        statistics_rho: Some(1.0),
+        evaluation_epsilon: Some(20.0),
         ..Default::default()
     }
 }

@@ -101,8 +101,8 @@ async fn the_federated_model_is_as_good_as_the_pooled_one() {
             mode: DpMode::Poisson as i32,
             clip_norm: 1e6,
             noise_multiplier: 1e-9,
-            statistics_rho: 1e9,
-            evaluation_epsilon: 20.0,
+            statistics_rho: Some(1e9),
+            evaluation_epsilon: Some(20.0),
             ..Default::default()
         }),
         ..Default::default()

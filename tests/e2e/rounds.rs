@@ -242,6 +242,12 @@ async fn the_operator_cli_creates_a_federation_and_trains() {
         "2",
     ]);
     assert!(out.contains("job succeeded after 2 round(s)"), "{out}");
+    // The plan every node follows is shown before the job starts.
+    assert!(
+        out.contains("privacy plan: epsilon 1 per agency at delta 1e-5, over 2 round(s)"),
+        "{out}"
+    );
+    assert!(out.contains("  statistics round: rho "), "{out}");
     let out = run(&["job", "show", "--config", c, "--job", "job-000001"]);
     assert!(out.contains("statistics: 2 of 2 invited"), "{out}");
     assert!(out.contains("round 2: 2 of 2 invited"), "{out}");
@@ -249,4 +255,30 @@ async fn the_operator_cli_creates_a_federation_and_trains() {
         out.contains("    NL-POLITIE: 1 examples  test_accuracy="),
         "{out}"
     );
+    // An evaluation epsilon of 0 turns evaluations off: the nodes have test splits, yet no
+    // round has a test metric, and the plan says so.
+    let out = run(&[
+        "job",
+        "train",
+        "--config",
+        c,
+        "--federation",
+        "pair",
+        "--schema",
+        schema.to_str().unwrap(),
+        "--rounds",
+        "2",
+        "--dp-mode",
+        "full-batch",
+        "--evaluation-epsilon",
+        "0",
+        "--min-participants",
+        "2",
+    ]);
+    assert!(out.contains("job succeeded after 2 round(s)"), "{out}");
+    assert!(out.contains("  evaluations: off"), "{out}");
+    assert!(out.contains("full batch"), "{out}");
+    let out = run(&["job", "show", "--config", c, "--job", "job-000002"]);
+    assert!(out.contains("round 2: 2 of 2 invited"), "{out}");
+    assert!(!out.contains("test_"), "{out}");
 }

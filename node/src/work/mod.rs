@@ -411,7 +411,7 @@ mod tests {
         let private = task::Kind::Stats(StatsTask {
             schema: Some(schema),
             privacy: Some(PrivacySpec {
-                statistics_rho: 0.01,
+                statistics_rho: Some(0.01),
                 ..Default::default()
             }),
         });

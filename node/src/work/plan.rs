@@ -148,49 +148,49 @@ impl Worker {
             return Err(InvalidTask::TooManySteps(steps).into());
         }
         // The evaluation of the global model on the test split: Laplace noise on its counts.
+        // An epsilon of 0 turns it off; unset (a job the coordinator did not plan) means the
+        // old default.
+        let evaluation_epsilon = privacy
+            .evaluation_epsilon
+            .unwrap_or(DEFAULT_EVALUATION_EPSILON);
         let evaluation = match &self.test {
-            Some(_) => {
-                let epsilon = if privacy.evaluation_epsilon > 0.0 {
-                    privacy.evaluation_epsilon
-                } else {
-                    DEFAULT_EVALUATION_EPSILON
-                };
-                Some(analytics::laplace_scale_for(
-                    epsilon,
-                    evaluation_width(&task),
-                    1.0,
-                )?)
-            }
-            None => None,
+            Some(_) if evaluation_epsilon > 0.0 => Some(analytics::laplace_scale_for(
+                evaluation_epsilon,
+                evaluation_width(&task),
+                1.0,
+            )?),
+            _ => None,
         };
         let sigma = if privacy.noise_multiplier > 0.0 {
             privacy.noise_multiplier
         } else {
-            // Calibrate the whole job to its target; a hair more noise covers the noise grid.
+            // Calibrate the whole job to its target (its statistics round when it ran under
+            // DP, every round's training and evaluation) by the job's privacy plan, the one
+            // `treaty job train` and `treaty privacy plan` show; a hair more noise covers the
+            // noise grid.
             let (epsilon, delta) = (privacy.target_epsilon, privacy.target_delta);
             if !(epsilon > 0.0 && delta > 0.0 && delta < 1.0) {
                 return Err(InvalidTask::NoNoise.into());
             }
-            // The whole job: its statistics round (when it ran under DP) and every round.
             let rounds = u64::from(spec.rounds.max(1));
-            let statistics = privacy.statistics_round_rho;
-            let make = |sigma: f64| {
-                let mut releases = Vec::new();
-                if statistics > 0.0 {
-                    releases.push(Release::Gaussian { rho: statistics });
-                }
-                if let Some((_, epsilon)) = evaluation {
-                    releases.extend((0..rounds).map(|_| Release::Laplace { epsilon }));
-                }
-                releases.push(sampling.release(StepNoise::ideal(sigma), steps * rounds));
-                releases
+            let job = privacy::JobPrivacy {
+                target_epsilon: epsilon,
+                delta,
+                rounds,
+                steps_per_round: steps,
+                sampling_rate: match sampling {
+                    Sampling::FullBatch => None,
+                    Sampling::Poisson(q) => Some(q),
+                },
+                statistics: privacy.statistics_round_rho > 0.0,
+                statistics_rho: Some(privacy.statistics_round_rho),
+                evaluation_epsilon: Some(evaluation.map_or(0.0, |(_, epsilon)| epsilon)),
             };
-            let sigma =
-                privacy::calibrate(make, epsilon, delta).ok_or(InvalidTask::Uncalibrated {
-                    epsilon,
-                    steps: steps * rounds,
-                })?;
-            sigma * (1.0 + 1e-6)
+            let plan = privacy::plan(&job).map_err(|_| InvalidTask::Uncalibrated {
+                epsilon,
+                steps: steps * rounds,
+            })?;
+            plan.noise_multiplier * (1.0 + 1e-6)
         };
         let noise = GaussianNoise {
             sensitivity: privacy.clip_norm,
@@ -225,10 +225,9 @@ impl Worker {
 /// coordinate has sensitivity 1 and the vector `sqrt(3 columns)`, then multiplied back: each
 /// statistic gets noise in proportion to its own scale.
 fn statistics_plan(task: Statistics) -> Result<Plan, Refusal> {
-    let rho_target = if task.privacy.statistics_rho > 0.0 {
-        task.privacy.statistics_rho
-    } else {
-        DEFAULT_STATISTICS_RHO
+    let rho_target = match task.privacy.statistics_rho {
+        Some(rho) if rho > 0.0 => rho,
+        _ => DEFAULT_STATISTICS_RHO,
     };
     let width = task.scales.len();
     let noise = GaussianNoise {

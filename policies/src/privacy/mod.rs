@@ -19,7 +19,9 @@ mod plan;
 pub mod rdp;
 pub mod zcdp;
 
-pub use plan::{EVALUATION_SHARE, JobPlan, JobPrivacy, STATISTICS_SHARE, plan, training};
+pub use plan::{
+    EVALUATION_SHARE, JobPlan, JobPrivacy, STATISTICS_SHARE, default_parts, plan, training,
+};
 
 use serde::{Deserialize, Serialize};
 

@@ -59,6 +59,16 @@ pub struct JobPlan {
     pub total: Spent,
 }
 
+/// The default parts of a job's target of (`epsilon`, `delta`) over `rounds` rounds: the
+/// statistics round's rho and each round's evaluation epsilon.
+pub fn default_parts(epsilon: f64, delta: f64, rounds: u64) -> (f64, f64) {
+    let rho = zcdp::rho_for(epsilon, delta);
+    (
+        STATISTICS_SHARE * rho,
+        (2.0 * EVALUATION_SHARE * rho / rounds.max(1) as f64).sqrt(),
+    )
+}
+
 /// The releases of a job with training noise `sigma`.
 fn releases(job: &JobPrivacy, statistics_rho: f64, evaluation: f64, sigma: f64) -> Vec<Release> {
     let mut all = Vec::new();
@@ -112,16 +122,13 @@ pub fn plan(job: &JobPrivacy) -> Result<JobPlan, PrivacyError> {
             "a job needs at least one round of at least one step".into(),
         ));
     }
-    let rho = zcdp::rho_for(epsilon, delta);
+    let (default_statistics, default_evaluation) = default_parts(epsilon, delta, job.rounds);
     let statistics_rho = match (job.statistics, job.statistics_rho) {
         (false, _) => 0.0,
         (true, Some(r)) => r,
-        (true, None) => STATISTICS_SHARE * rho,
+        (true, None) => default_statistics,
     };
-    let evaluation = match job.evaluation_epsilon {
-        Some(e) => e,
-        None => (2.0 * EVALUATION_SHARE * rho / job.rounds as f64).sqrt(),
-    };
+    let evaluation = job.evaluation_epsilon.unwrap_or(default_evaluation);
     if !(statistics_rho.is_finite() && statistics_rho >= 0.0 && evaluation.is_finite())
         || evaluation < 0.0
     {

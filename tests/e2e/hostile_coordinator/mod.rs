@@ -51,7 +51,7 @@ fn poisson() -> PrivacySpec {
         mode: DpMode::Poisson as i32,
         clip_norm: 1.0,
         noise_multiplier: 1.0,
-        evaluation_epsilon: 0.5,
+        evaluation_epsilon: Some(0.5),
         ..Default::default()
     }
 }
@@ -155,7 +155,7 @@ async fn attack(train: PathBuf, test: PathBuf) -> Vec<(&'static str, Vec<Seen>)>
     let stats = task::Kind::Stats(StatsTask {
         schema: Some(schema_over(&["x1", "x2"], true)),
         privacy: Some(PrivacySpec {
-            statistics_rho: 0.01,
+            statistics_rho: Some(0.01),
             ..Default::default()
         }),
     });
@@ -169,7 +169,7 @@ async fn attack(train: PathBuf, test: PathBuf) -> Vec<(&'static str, Vec<Seen>)>
     let stats = task::Kind::Stats(StatsTask {
         schema: Some(unbounded),
         privacy: Some(PrivacySpec {
-            statistics_rho: 0.01,
+            statistics_rho: Some(0.01),
             ..Default::default()
         }),
     });
