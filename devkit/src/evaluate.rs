@@ -6,7 +6,8 @@ use std::path::PathBuf;
 use anyhow::Context;
 use treaty_node::Table;
 
-use treaty_node::ModelFile;
+use treaty_node::{Model, ModelFile};
+use treaty_proto::v1::{ColumnStats, FeatureSchema};
 
 /// A binary classifier's scores on the union of test splits.
 #[derive(Debug, Clone, Copy)]
@@ -22,10 +23,21 @@ pub struct Evaluation {
 /// Scores every record of `tests` (CSV files of the model's schema) with the model of `file`.
 pub fn binary(file: &ModelFile, tests: &[PathBuf]) -> anyhow::Result<Evaluation> {
     let (model, schema, stats) = file.model()?;
+    binary_model(&model, &schema, &stats, tests)
+}
+
+/// Scores every record of `tests` with `model`, encoded by `schema` and standardized by
+/// `stats`.
+pub fn binary_model(
+    model: &Model,
+    schema: &FeatureSchema,
+    stats: &[ColumnStats],
+    tests: &[PathBuf],
+) -> anyhow::Result<Evaluation> {
     let mut scores = Vec::new();
     let mut labels = Vec::new();
     for test in tests {
-        let examples = Table::open(test)?.encode(&schema, &stats)?;
+        let examples = Table::open(test)?.encode(schema, stats)?;
         scores.extend(model.predict(examples.x.view()).column(0).iter().copied());
         labels.extend(examples.y.iter().copied());
     }

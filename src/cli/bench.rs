@@ -11,6 +11,29 @@ use super::{Outcome, this_binary};
 pub enum BenchCommand {
     /// W1: a training job of 8 agencies x 100,000 rows, 20 rounds, end to end.
     W1(W1Args),
+    /// Training recipes on a real tabular data set split across agencies (write UCI Adult with
+    /// `python3 bench/adult/prepare.py DIR`), against centralised non-private logistic
+    /// regression.
+    Tabular {
+        /// The directory of `schema.toml` and `agency_K_train.csv` / `agency_K_test.csv`.
+        #[arg(long)]
+        data: PathBuf,
+        /// How many agencies.
+        #[arg(long, default_value_t = 8)]
+        agencies: usize,
+        /// Training rounds.
+        #[arg(long, default_value_t = 20)]
+        rounds: u32,
+        /// Each agency's epsilon for the whole job (delta 1e-5).
+        #[arg(long, default_value_t = 1.0)]
+        epsilon: f64,
+        /// The recipes to compare (poisson, poisson-tuned, full-batch, full-batch-10).
+        #[arg(long, value_delimiter = ',', default_values_t = ["poisson".to_string(), "full-batch".to_string()])]
+        recipes: Vec<String>,
+        /// Keep the working directories here.
+        #[arg(long)]
+        keep: Option<PathBuf>,
+    },
     /// `treaty policy decide` for 30 countries and 60 agencies, whole command and engine.
     Policy {
         /// Runs per measurement (the median is reported).
@@ -81,6 +104,24 @@ pub async fn run(command: BenchCommand) -> Outcome {
                 learning_rate: a.learning_rate,
             };
             bench::w1(options, &this_binary()?).await?;
+        }
+        BenchCommand::Tabular {
+            data,
+            agencies,
+            rounds,
+            epsilon,
+            recipes,
+            keep,
+        } => {
+            let options = bench::TabularOptions {
+                data,
+                agencies,
+                rounds,
+                epsilon,
+                recipes,
+                keep,
+            };
+            bench::tabular(options, &this_binary()?).await?;
         }
         BenchCommand::Policy { repeats } => {
             let exe = this_binary()?;
