@@ -284,14 +284,19 @@ impl ValidTraining {
         self.rest.standardization.is_empty() && !schema::numeric_columns(&self.schema).is_empty()
     }
 
-    /// Records the statistics round's standardisation, and the rho the round cost each node.
-    pub(crate) fn set_standardization(&mut self, stats: Vec<ColumnStats>) {
-        self.rest.standardization = stats;
-        self.privacy.statistics_round_rho = if self.privacy.statistics_rho > 0.0 {
+    /// The zCDP rho each node spends on the statistics round: the job's, or the default.
+    pub(crate) fn statistics_rho(&self) -> f64 {
+        if self.privacy.statistics_rho > 0.0 {
             self.privacy.statistics_rho
         } else {
             DEFAULT_STATISTICS_RHO
-        };
+        }
+    }
+
+    /// Records the statistics round's standardisation, and the rho the round cost each node.
+    pub(crate) fn set_standardization(&mut self, stats: Vec<ColumnStats>) {
+        self.rest.standardization = stats;
+        self.privacy.statistics_round_rho = self.statistics_rho();
     }
 
     /// Picks a random seed for the initial model when the spec gives none.

@@ -587,7 +587,10 @@ kind = "boolean"
         // The widest finite bounds neither overflow nor lose their centre.
         let widest = bounds(&column(Some(-f64::MAX), Some(f64::MAX), false));
         assert_eq!((widest.centre(), widest.half_range()), (0.0, f64::MAX));
-        assert_eq!(transformed_bounds(&column(None, Some(1.0), false)), Ok(None));
+        assert_eq!(
+            transformed_bounds(&column(None, Some(1.0), false)),
+            Ok(None)
+        );
         let unknown = ColumnSpec {
             transform: 7,
             ..column(Some(0.0), Some(1.0), false)
