@@ -6,7 +6,7 @@
 
 use std::sync::Arc;
 
-use treaty_proto::schema;
+use treaty_proto::schema::{self, TransformedBounds};
 use treaty_proto::tensor::{self, NamedTensor};
 use treaty_proto::v1::{
     ColumnStats, Job, JobEventKind, JobState, QueryTask, RoundSummary, StatsTask, TrainingTask,
@@ -249,14 +249,13 @@ async fn statistics(
     spec: &ValidTraining,
 ) -> Result<Vec<ColumnStats>, CoordinatorError> {
     let numeric = schema::numeric_columns(&spec.schema);
-    let columns: Vec<String> = numeric.iter().map(|c| c.name.clone()).collect();
-    // Noisy sums can make a variance non-positive; then the bounds' range / 4 stands in for the
-    // standard deviation (a scale the schema itself states), or 1 without bounds.
-    let ranges: Vec<Option<f64>> = numeric
+    // The public centre and half-range of each column, as the nodes derive them. A column
+    // without bounds (which no node sums under DP) has none.
+    let bounds: Vec<Option<TransformedBounds>> = numeric
         .iter()
-        .map(|c| c.lower.zip(c.upper).map(|(lo, hi)| (hi - lo) / 4.0))
+        .map(|c| schema::transformed_bounds(c).ok().flatten())
         .collect();
-    let width = columns.len();
+    let width = numeric.len();
     let kind = task::Kind::Stats(StatsTask {
         schema: Some(spec.schema.clone()),
         privacy: Some(spec.privacy),
@@ -293,30 +292,32 @@ async fn statistics(
             }
         }
     }
-    let stats: Vec<ColumnStats> = columns
-        .into_iter()
+    // The noise on the pooled sums, each divided by its sensitivity: every contributor's, as
+    // its plan calibrates it (node/src/work/plan.rs: 3 coordinates of sensitivity 1 per
+    // column, L2 sensitivity sqrt(3 columns), noise multiplier sqrt(1 / (2 rho))).
+    let rho = spec.statistics_rho();
+    let noise = statistics_noise(width, rho) * (collected.results.len() as f64).sqrt();
+    let estimates: Vec<Standardized> = numeric
+        .iter()
+        .zip(bounds)
         .zip(totals)
-        .zip(ranges)
-        .map(|((name, [n, sum, squares]), range)| {
-            let mean = if n >= 1.0 { sum / n } else { 0.0 };
-            let variance = if n >= 1.0 {
-                squares / n - mean * mean
-            } else {
-                0.0
-            };
-            let std = if variance > 1e-24 {
-                variance.sqrt()
-            } else {
-                range.filter(|r| *r > 0.0).unwrap_or(1.0)
-            };
-            ColumnStats {
-                name,
-                mean,
-                std,
-                count: n,
-            }
-        })
+        .map(|((c, bounds), sums)| standardize(&c.name, bounds, sums, noise))
         .collect();
+    for e in &estimates {
+        let Some(line) = e.warning(rho) else { continue };
+        tracing::warn!(job = %job.job_id, column = %e.stats.name, "{line}");
+        ctx.save_audit(
+            &ctx.identity.to_string(),
+            "statistics.noisy",
+            job,
+            0,
+            "",
+            line.clone(),
+        )
+        .await?;
+        ctx.emit(job, JobEventKind::StatisticsNoisy, 0, "", line);
+    }
+    let stats: Vec<ColumnStats> = estimates.into_iter().map(|e| e.stats).collect();
     let mut summary = collected.summary;
     summary.finished_unix_ms = now_ms();
     let line = round_line(&summary);
@@ -338,6 +339,184 @@ async fn statistics(
         format!("statistics round completed: {line}"),
     );
     Ok(stats)
+}
+
+/// The standard deviation of the noise a node adds to each of its statistics divided by its
+/// sensitivity, for `columns` numeric columns at zCDP `rho`: the Gaussian mechanism on
+/// `3 columns` coordinates of sensitivity 1, so of L2 sensitivity `sqrt(3 columns)`, with noise
+/// multiplier `sqrt(1 / (2 rho))`.
+fn statistics_noise(columns: usize, rho: f64) -> f64 {
+    (3.0 * columns as f64 / (2.0 * rho)).sqrt()
+}
+
+/// Why a column's statistics are not to be trusted.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Noisy {
+    /// The pooled noisy count is below one record (or not finite).
+    NoCount,
+    /// The noisy variance is not positive, or not finite.
+    NotPositive,
+    /// The noisy variance exceeds the most any values within the bounds can have (R²).
+    AboveRange,
+    /// The noise's standard error of the variance exceeds half of it.
+    Imprecise,
+}
+
+/// One numeric column's standardisation from the federation's pooled noisy sums.
+#[derive(Debug, Clone, PartialEq)]
+struct Standardized {
+    stats: ColumnStats,
+    /// The column's transformed bounds, when it has them.
+    bounds: Option<TransformedBounds>,
+    /// The variance the noisy sums give, before any fallback or clamp.
+    variance: f64,
+    /// The standard error the noise alone gives that variance (to first order), when the
+    /// column has bounds and a count.
+    standard_error: Option<f64>,
+    noisy: Option<Noisy>,
+}
+
+/// A column's standardisation from its pooled noisy count `n` and sums `s1`, `s2` of the
+/// deviations from the centre c of its transformed bounds and of their squares, `noise` being
+/// the standard deviation of the noise on `n`, `s1 / R` and `s2 / R²` (R the half-range).
+///
+/// mean = c + s1 / n and variance = s2 / n - (s1 / n)², then post-processed with what the bounds
+/// state: the mean lies within them and the variance is at most R² (Popoviciu's inequality).
+/// When the variance is not positive (the noise swamped it), the standard deviation of a uniform
+/// on the transformed bounds, `2R / sqrt(12)`, stands in: the spread of the least informative
+/// distribution on the range, claiming nothing the schema does not state, between the
+/// smallest spread and the largest (R) that values in the range can have. Without a count, the
+/// mean is the centre.
+///
+/// The noise's standard error of the variance, to first order in the noise (e0, e1 R, e2 R²
+/// on n, s1, s2, independent): with m = s1 / n and q = s2 / n, the variance moves by
+/// (e2 R² - 2 m e1 R - (q - 2m²) e0) / n, so its standard error is
+/// `noise / n * sqrt(R⁴ + 4 m² R² + (q - 2 m²)²)`. Centred, m and q are of the order of the
+/// spread; uncentred they would be of the mean's order and its square, and the noise
+/// of the sum of squares would swamp a narrow column far from 0.
+fn standardize(
+    name: &str,
+    bounds: Option<TransformedBounds>,
+    [n, s1, s2]: [f64; 3],
+    noise: f64,
+) -> Standardized {
+    let (centre, half_range) =
+        bounds.map_or((0.0, f64::INFINITY), |b| (b.centre(), b.half_range()));
+    let uniform = bounds
+        .map(|b| (b.upper - b.lower) / 12f64.sqrt())
+        .filter(|s| s.is_finite() && *s > 0.0)
+        .unwrap_or(1.0);
+    let within = |v: f64| match bounds {
+        Some(b) => v.max(b.lower).min(b.upper),
+        None => v,
+    };
+    let stats = |mean: f64, std: f64| ColumnStats {
+        name: name.to_owned(),
+        mean,
+        std,
+        count: n,
+    };
+    if !(n.is_finite() && n >= 1.0) {
+        return Standardized {
+            stats: stats(centre, uniform),
+            bounds,
+            variance: f64::NAN,
+            standard_error: None,
+            noisy: Some(Noisy::NoCount),
+        };
+    }
+    let (m, q) = (s1 / n, s2 / n);
+    let variance = q - m * m;
+    let mean = match centre + m {
+        mean if mean.is_finite() => within(mean),
+        _ => centre,
+    };
+    let standard_error = bounds.map(|_| {
+        let r2 = half_range * half_range;
+        let drift = q - 2.0 * m * m;
+        noise / n * (r2 * r2 + 4.0 * m * m * r2 + drift * drift).sqrt()
+    });
+    let (std, noisy) = if !(variance.is_finite() && variance > 0.0) {
+        (uniform, Some(Noisy::NotPositive))
+    } else if variance > half_range * half_range {
+        (half_range, Some(Noisy::AboveRange))
+    } else if standard_error.is_some_and(|se| se.is_nan() || se > variance / 2.0) {
+        (variance.sqrt(), Some(Noisy::Imprecise))
+    } else {
+        (variance.sqrt(), None)
+    };
+    Standardized {
+        stats: stats(mean, std),
+        bounds,
+        variance,
+        standard_error,
+        noisy,
+    }
+}
+
+/// A figure of a warning, to four significant digits.
+fn significant(v: f64) -> String {
+    let a = v.abs();
+    if a.is_finite() && (1e-3..1e6).contains(&a) {
+        let decimals = (3 - a.log10().floor() as i32).max(0) as usize;
+        format!("{v:.decimals$}")
+    } else {
+        format!("{v:.3e}")
+    }
+}
+
+impl Standardized {
+    /// What to tell the operator when the noise dominates the column's statistics, `rho` being
+    /// what each node spent on them.
+    fn warning(&self, rho: f64) -> Option<String> {
+        let noisy = self.noisy?;
+        let ColumnStats {
+            name,
+            mean,
+            std,
+            count,
+        } = &self.stats;
+        let (mean, std, count) = (significant(*mean), significant(*std), significant(*count));
+        let variance = match self.standard_error {
+            Some(se) if se.is_finite() => format!(
+                "{} ± {} (the noise's standard error)",
+                significant(self.variance),
+                significant(se)
+            ),
+            _ => significant(self.variance),
+        };
+        let what = match noisy {
+            Noisy::NoCount => format!(
+                "the noisy count {count} is below one record: mean {mean} (the bounds' centre) \
+                 and std {std} (a uniform's on the bounds) stand in"
+            ),
+            Noisy::NotPositive => format!(
+                "the noisy variance {variance} is not a positive number: std {std}, a uniform's \
+                 on the bounds, stands in (mean {mean})"
+            ),
+            Noisy::AboveRange => format!(
+                "the noisy variance {variance} exceeds what values within the bounds can have: \
+                 std {std}, the bounds' half-range, stands in (mean {mean})"
+            ),
+            Noisy::Imprecise => format!(
+                "the noisy variance {variance} is less than twice its standard error: mean \
+                 {mean} and std {std} are unreliable"
+            ),
+        };
+        let bounds = match self.bounds {
+            Some(b) => format!(
+                " (now [{}, {}] after the transform)",
+                significant(b.lower),
+                significant(b.upper)
+            ),
+            None => String::new(),
+        };
+        Some(format!(
+            "statistics of column `{name}`: the DP noise dominates; {what}. The noise grows \
+             with the bounds' range and shrinks with the records and statistics_rho: tighten \
+             the column's bounds{bounds}, or give the job a larger statistics_rho (now {rho})"
+        ))
+    }
 }
 
 async fn query(
@@ -478,4 +657,242 @@ fn check_update(global: &[NamedTensor], result: &TaskResult) -> Result<(), Strin
         ));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use rand::rngs::StdRng;
+    use rand::{Rng, SeedableRng};
+    use treaty_proto::v1::{ColumnKind, ColumnSpec, Transform};
+
+    use super::*;
+
+    /// Adult's `fnlwgt` under log1p, bounds 10,000 to 1.5e6 (9.2104 to 14.2210 after it).
+    fn fnlwgt() -> TransformedBounds {
+        column_bounds(1e4, 1.5e6, true)
+    }
+
+    fn column_bounds(lower: f64, upper: f64, log1p: bool) -> TransformedBounds {
+        let c = ColumnSpec {
+            name: "c".into(),
+            kind: ColumnKind::Numeric as i32,
+            lower: Some(lower),
+            upper: Some(upper),
+            transform: if log1p { Transform::Log1p as i32 } else { 0 },
+            ..Default::default()
+        };
+        schema::transformed_bounds(&c).unwrap().unwrap()
+    }
+
+    fn close(got: f64, want: f64, tolerance: f64) -> bool {
+        (got - want).abs() <= tolerance * want.abs()
+    }
+
+    #[test]
+    fn with_negligible_noise_the_statistics_are_the_population_values() {
+        // fnlwgt 100000, 200000, 150000, 400000: ln(1 + x) minus the centre 11.7157083498577
+        // sum to 1.6737992768169, their squares to 1.7233670069968 (as a node releases them);
+        // the population mean of ln(1 + x) is 12.1341581690619 and its std 0.5057089089161.
+        // Hours 40, 50, 60, 38, 99 within [1, 99]: about 50, sums 37 and 2745; mean 57.4, std
+        // sqrt(494.24) = 22.2315091705444.
+        let noise = statistics_noise(2, 1e15);
+        let f = standardize(
+            "fnlwgt",
+            Some(fnlwgt()),
+            [4.0, 1.673_799_276_816_936, 1.723_367_006_996_760_6],
+            noise,
+        );
+        assert!(close(f.stats.mean, 12.134_158_169_061_934, 1e-12), "{f:?}");
+        assert!(close(f.stats.std, 0.505_708_908_916_121_4, 1e-12), "{f:?}");
+        assert_eq!((f.stats.count, f.noisy), (4.0, None));
+        let hours = column_bounds(1.0, 99.0, false);
+        let h = standardize("hours", Some(hours), [5.0, 37.0, 2745.0], noise);
+        assert!(close(h.stats.mean, 57.4, 1e-12), "{h:?}");
+        assert!(close(h.stats.std, 22.231_509_170_544_406, 1e-12), "{h:?}");
+        assert_eq!(h.noisy, None);
+        assert_eq!(h.warning(1e15), None);
+    }
+
+    #[test]
+    fn the_fallbacks_use_the_transformed_bounds_never_the_raw_ones() {
+        // Noisy sums of 1000 records whose variance comes out negative: q = 0.05 < m² = 0.09.
+        let f = standardize("fnlwgt", Some(fnlwgt()), [1000.0, 300.0, 50.0], 120.0);
+        assert!(f.variance < 0.0);
+        assert_eq!(f.noisy, Some(Noisy::NotPositive));
+        // (ln(1500001) - ln(10001)) / sqrt(12), not (1.5e6 - 1e4) / 4 = 372,500.
+        assert!(close(f.stats.std, 1.446_417_144_308_601_6, 1e-12), "{f:?}");
+        // The mean is still c + s1 / n = 11.7157083498577 + 0.3.
+        assert!(close(f.stats.mean, 12.015_708_349_857_7, 1e-12), "{f:?}");
+        // Without a count of one record: the centre and the same std.
+        for n in [0.4, -20.0, f64::NAN, f64::INFINITY] {
+            let f = standardize("fnlwgt", Some(fnlwgt()), [n, 300.0, 50.0], 120.0);
+            assert_eq!(f.noisy, Some(Noisy::NoCount), "{n}");
+            assert!(close(f.stats.mean, 11.715_708_349_857_7, 1e-12), "{f:?}");
+            assert!(close(f.stats.std, 1.446_417_144_308_601_6, 1e-12), "{f:?}");
+        }
+        // Sums that are not finite: the variance falls back, the mean stays within the bounds.
+        let f = standardize("fnlwgt", Some(fnlwgt()), [10.0, f64::INFINITY, 1.0], 120.0);
+        assert_eq!(f.noisy, Some(Noisy::NotPositive));
+        assert!(close(f.stats.std, 1.446_417_144_308_601_6, 1e-12), "{f:?}");
+        assert!(f.stats.mean.is_finite() && f.stats.mean <= 14.221, "{f:?}");
+        // A mean beyond the bounds is brought back to them: hours in [1, 99], 50 + 80.
+        let hours = column_bounds(1.0, 99.0, false);
+        let h = standardize("hours", Some(hours), [10.0, 800.0, 64_100.0], 1.0);
+        assert_eq!(h.stats.mean, 99.0);
+        // A variance above what values in [1, 99] can have (49² = 2401) is the half-range:
+        // q = 5000, m = 0.
+        let h = standardize("hours", Some(hours), [10.0, 0.0, 50_000.0], 1.0);
+        assert_eq!((h.stats.std, h.noisy), (49.0, Some(Noisy::AboveRange)));
+        // The warning names the column, the estimate, the stand-in and what to do.
+        let line = f.warning(0.005).unwrap();
+        for part in [
+            "`fnlwgt`",
+            "is not a positive number",
+            "std 1.446, a uniform's on the bounds",
+            "tighten the column's bounds (now [9.210, 14.22] after the transform)",
+            "larger statistics_rho (now 0.005)",
+        ] {
+            assert!(line.contains(part), "{part} in {line}");
+        }
+        // 100 records about 12 ± 0.6 under Adult's noise (120): m = 0.3, q = 0.45, variance
+        // 0.36 with a standard error of 1.2 sqrt(R⁴ + 4 m² R² + (q - 2m²)²) = 7.7514 > 0.18.
+        let few = standardize("fnlwgt", Some(fnlwgt()), [100.0, 30.0, 45.0], 120.0);
+        assert_eq!(few.noisy, Some(Noisy::Imprecise));
+        assert!(close(few.stats.std, 0.6, 1e-12), "{few:?}");
+        assert!(close(
+            few.standard_error.unwrap(),
+            7.751_404_011_691_207,
+            1e-12
+        ));
+        let line = few.warning(0.005).unwrap();
+        assert!(
+            line.contains("0.3600 ± 7.751 (the noise's standard error)"),
+            "{line}"
+        );
+        assert!(line.contains("unreliable"), "{line}");
+        // A column without bounds (which no node sums under DP) gets std 1.
+        let u = standardize("u", None, [10.0, 0.0, -1.0], 1.0);
+        assert_eq!((u.stats.mean, u.stats.std), (0.0, 1.0));
+    }
+
+    /// A standard normal draw (Box–Muller).
+    fn normal(rng: &mut StdRng) -> f64 {
+        let (u, v): (f64, f64) = (1.0 - rng.random::<f64>(), rng.random::<f64>());
+        (-2.0 * u.ln()).sqrt() * (std::f64::consts::TAU * v).cos()
+    }
+
+    /// The first-order standard deviation of `s2 / n - (s1 / n)²` when the count, `s1` and `s2`
+    /// (the sums of x - c and (x - c)²) carry independent Gaussian noise of standard deviations
+    /// `noise`, `noise B` and `noise B²`: differentiating by s2, s1 and n gives 1 / n,
+    /// -2m / n and -(q - 2m²) / n, with m and q the population's mean and mean square about c.
+    fn theoretical_sd(values: &[f64], c: f64, b: f64, noise: f64) -> f64 {
+        let n = values.len() as f64;
+        let m = values.iter().map(|x| x - c).sum::<f64>() / n;
+        let q = values.iter().map(|x| (x - c) * (x - c)).sum::<f64>() / n;
+        noise / n * ((b * b).powi(2) + (2.0 * m * b).powi(2) + (q - 2.0 * m * m).powi(2)).sqrt()
+    }
+
+    #[test]
+    fn centred_sums_keep_the_variance_out_of_the_noise() {
+        // The deployments of the issue: 8 agencies, 6 numeric columns, 32,561 records (Adult),
+        // and W1's (8 agencies, 64 columns, 800,000 records), at the default rho 0.005: noise
+        // sqrt(3 * 6 / 0.01) * sqrt(8) = 120 and sqrt(3 * 64 / 0.01) * sqrt(8) = 391.9.
+        let lo = 10_001f64.ln();
+        let hi = 1_500_001f64.ln();
+        let (c, r) = ((lo + hi) / 2.0, (hi - lo) / 2.0);
+        let hours = column_bounds(1.0, 99.0, false);
+        for (agencies, columns, records, noise) in [
+            (8usize, 6usize, 32_561usize, 120.0),
+            (8, 64, 800_000, 391.918_358_845_308_4),
+        ] {
+            assert!(close(
+                statistics_noise(columns, 0.005) * (agencies as f64).sqrt(),
+                noise,
+                1e-12
+            ));
+            let mut rng = StdRng::seed_from_u64(11);
+            // log1p(fnlwgt) about 12 ± 0.6, and hours per week about 40.4 ± 12.35, clamped.
+            let columns = [
+                (
+                    "fnlwgt",
+                    fnlwgt(),
+                    (0..records)
+                        .map(|_| (12.0 + 0.6 * normal(&mut rng)).clamp(lo, hi))
+                        .collect::<Vec<f64>>(),
+                    (c, r, hi),
+                ),
+                (
+                    "hours",
+                    hours,
+                    (0..records)
+                        .map(|_| (40.4 + 12.35 * normal(&mut rng)).clamp(1.0, 99.0))
+                        .collect(),
+                    (50.0, 49.0, 99.0),
+                ),
+            ];
+            for (name, bounds, values, (c, r, largest)) in columns {
+                let n = values.len() as f64;
+                let mean = values.iter().sum::<f64>() / n;
+                let variance = values.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / n;
+                // The estimator as implemented (centred on c, sensitivities r) against the
+                // uncentred one of before (about 0, sensitivities the largest magnitude).
+                let centred = theoretical_sd(&values, c, r, noise);
+                let uncentred = theoretical_sd(&values, 0.0, largest, noise);
+                let sums = |c: f64| {
+                    let s1: f64 = values.iter().map(|x| x - c).sum();
+                    let s2: f64 = values.iter().map(|x| (x - c) * (x - c)).sum();
+                    [n, s1, s2]
+                };
+                let (exact, exact_uncentred) = (sums(c), sums(0.0));
+                let repetitions = 2000;
+                let (mut squared, mut squared_uncentred) = (0.0, 0.0);
+                for _ in 0..repetitions {
+                    let e = [normal(&mut rng), normal(&mut rng), normal(&mut rng)];
+                    let scaled = |s: [f64; 3], b: f64| {
+                        [
+                            s[0] + noise * e[0],
+                            s[1] + noise * b * e[1],
+                            s[2] + noise * b * b * e[2],
+                        ]
+                    };
+                    let got = standardize(name, Some(bounds), scaled(exact, r), noise);
+                    assert_eq!(got.noisy, None, "{name}: {got:?}");
+                    squared += (got.variance - variance).powi(2);
+                    // The uncentred estimator, by hand.
+                    let [n, s, q] = scaled(exact_uncentred, largest);
+                    squared_uncentred += (q / n - (s / n).powi(2) - variance).powi(2);
+                    // The standard error the coordinator states is the theoretical one.
+                    assert!(
+                        close(got.standard_error.unwrap(), centred, 0.05),
+                        "{name}: {got:?} vs {centred}"
+                    );
+                }
+                let rms = (squared / repetitions as f64).sqrt();
+                let rms_uncentred = (squared_uncentred / repetitions as f64).sqrt();
+                // The theory holds for both (2000 repetitions: about 1.6 % sampling error)...
+                assert!(
+                    close(rms, centred, 0.1),
+                    "{name}, {records} records: {rms} vs {centred}"
+                );
+                assert!(
+                    close(rms_uncentred, uncentred, 0.1),
+                    "{name}, {records} records: {rms_uncentred} vs {uncentred}"
+                );
+                // ... and centring divides the error by 5 (hours) to 60 (log1p(fnlwgt)).
+                assert!(
+                    uncentred > 4.0 * centred,
+                    "{name}: {uncentred} vs {centred}"
+                );
+                if name == "fnlwgt" {
+                    assert!(uncentred > 40.0 * centred, "{uncentred} vs {centred}");
+                    if records == 32_561 {
+                        // Uncentred, the error exceeded the variance itself.
+                        assert!(uncentred > variance, "{uncentred} vs {variance}");
+                    }
+                }
+                // The centred error is below a tenth of the variance.
+                assert!(centred < variance / 10.0, "{name}: {centred} vs {variance}");
+            }
+        }
+    }
 }

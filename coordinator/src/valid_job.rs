@@ -285,13 +285,17 @@ impl ValidTraining {
         self.rest.standardization.is_empty() && !schema::numeric_columns(&self.schema).is_empty()
     }
 
+    /// The zCDP rho each node spends on the statistics round: the job's, or the default.
+    pub(crate) fn statistics_rho(&self) -> f64 {
+        self.privacy
+            .statistics_rho
+            .unwrap_or(DEFAULT_STATISTICS_RHO)
+    }
+
     /// Records the statistics round's standardisation, and the rho the round cost each node.
     pub(crate) fn set_standardization(&mut self, stats: Vec<ColumnStats>) {
         self.rest.standardization = stats;
-        self.privacy.statistics_round_rho = self
-            .privacy
-            .statistics_rho
-            .unwrap_or(DEFAULT_STATISTICS_RHO);
+        self.privacy.statistics_round_rho = self.statistics_rho();
     }
 
     /// Picks a random seed for the initial model when the spec gives none.
@@ -760,7 +764,7 @@ fn round_epsilon(t: &ValidTraining, p: &PrivacySpec) -> f64 {
         return p.target_epsilon;
     }
     let statistics = if t.needs_statistics() {
-        p.statistics_rho.unwrap_or(DEFAULT_STATISTICS_RHO)
+        t.statistics_rho()
     } else {
         0.0
     };

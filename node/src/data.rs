@@ -297,16 +297,26 @@ impl Table {
         Ok(out)
     }
 
-    /// For each numeric column of the schema: the count of readable non-missing values, their
-    /// sum and their sum of squares, after clamping and transform. One row per column. A cell
-    /// the schema cannot read counts as missing.
+    /// For each numeric column of the schema: the count of readable non-missing values, and the
+    /// sum and sum of squares of their deviations from the centre of the column's transformed
+    /// bounds (0 without bounds), after clamping and transform. One row per column. A cell the
+    /// schema cannot read counts as missing. Each deviation is kept within the half-range, so
+    /// that one record moves the sums by at most 1, R and R², whatever the rounding.
     pub fn column_sums(&self, schema: &FeatureSchema) -> Result<Vec<[f64; 3]>, DataError> {
         schema::numeric_columns(schema)
             .into_iter()
             .map(|spec| {
+                let (centre, half_range) = match schema::transformed_bounds(spec)? {
+                    Some(b) => (b.centre(), b.half_range()),
+                    None => (0.0, f64::INFINITY),
+                };
                 let cells = self.numeric_cells(spec, None)?;
                 Ok(cells.iter().fold([0.0; 3], |[n, s, q], c| match c {
-                    Cell::Value(v) => [n + 1.0, s + v, q + v * v],
+                    Cell::Value(v) => {
+                        // max-then-min never panics, whatever bounds a task carries.
+                        let d = (v - centre).max(-half_range).min(half_range);
+                        [n + 1.0, s + d, q + d * d]
+                    }
                     _ => [n, s, q],
                 }))
             })
@@ -582,8 +592,9 @@ missing = "zero"
             ]
         );
         assert_eq!(ex.y, ndarray::array![0.0, 1.0, 1.0]);
-        // Sums for the standardisation: clamped, missing skipped.
-        assert_eq!(t.column_sums(&s).unwrap(), vec![[2.0, 110.0, 10100.0]]);
+        // Sums for the standardisation: clamped, missing skipped, about the centre 50 of the
+        // bounds [0, 100]: 10 - 50 = -40 and 100 - 50 = 50 give 10 and 1600 + 2500.
+        assert_eq!(t.column_sums(&s).unwrap(), vec![[2.0, 10.0, 4100.0]]);
     }
 
     #[test]
@@ -685,10 +696,12 @@ missing = "zero"
         let mut sorted = lines.clone();
         sorted.sort();
         assert_eq!(sorted, [3, 5, 6, 7]);
-        // The column sums count an unreadable cell as missing.
+        // The column sums count an unreadable cell as missing: 10, 20, 1, 1, 1, 30 about the
+        // centre 50 of [0, 100] sum to -40 - 30 - 3 * 49 - 20 = -237, their squares to
+        // 1600 + 900 + 3 * 2401 + 400 = 10103.
         assert_eq!(
             Table::open(b.path()).unwrap().column_sums(&s).unwrap(),
-            vec![[6.0, 63.0, 1403.0]]
+            vec![[6.0, -237.0, 10103.0]]
         );
         // A missing column is still an error: the header is public.
         let c = csv("value,known,seized\n1,1,0\n");

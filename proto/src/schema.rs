@@ -245,6 +245,42 @@ pub fn transform(c: &ColumnSpec) -> Result<Transform, EnumError> {
     })
 }
 
+/// The public range of a bounded numeric column's values once clamped and transformed: every
+/// value a node reads from the column lies in `[lower, upper]`. Both ends of the statistics
+/// round derive its centre and half-range from here, from the schema alone.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TransformedBounds {
+    pub lower: f64,
+    pub upper: f64,
+}
+
+impl TransformedBounds {
+    /// The midpoint, about which the statistics round centres its sums.
+    pub fn centre(&self) -> f64 {
+        // Halved first, so that no finite bounds overflow.
+        self.lower / 2.0 + self.upper / 2.0
+    }
+
+    /// Half the range: the farthest a value lies from the centre.
+    pub fn half_range(&self) -> f64 {
+        self.upper / 2.0 - self.lower / 2.0
+    }
+}
+
+/// A numeric column's bounds after its transform: the clamp bounds themselves, or for `log1p`
+/// their log1p, a negative bound counting as 0 (a negative value is unreadable there). `None`
+/// for a column without both bounds.
+pub fn transformed_bounds(c: &ColumnSpec) -> Result<Option<TransformedBounds>, EnumError> {
+    let log1p = transform(c)? == Transform::Log1p;
+    Ok(c.lower.zip(c.upper).map(|(lower, upper)| match log1p {
+        true => TransformedBounds {
+            lower: lower.max(0.0).ln_1p(),
+            upper: upper.max(0.0).ln_1p(),
+        },
+        false => TransformedBounds { lower, upper },
+    }))
+}
+
 /// The label's kind, which must be given (a schema without a label has none).
 pub fn decode_label_kind(schema: &FeatureSchema) -> Result<LabelKind, EnumError> {
     let label = schema.label.as_ref();
@@ -522,6 +558,44 @@ kind = "boolean"
             parameter_layout(&spec)[0],
             ("weights".to_owned(), vec![5, 3])
         );
+    }
+
+    #[test]
+    fn transformed_bounds_are_the_bounds_after_the_transform() {
+        let column = |lower: Option<f64>, upper: Option<f64>, log1p: bool| ColumnSpec {
+            name: "c".into(),
+            kind: ColumnKind::Numeric as i32,
+            lower,
+            upper,
+            transform: if log1p { Transform::Log1p as i32 } else { 0 },
+            ..Default::default()
+        };
+        let bounds = |c: &ColumnSpec| transformed_bounds(c).unwrap().unwrap();
+        // fnlwgt of the Adult census: ln(10001) = 9.21044036..., ln(1500001) = 14.22097633...
+        let fnlwgt = bounds(&column(Some(1e4), Some(1.5e6), true));
+        assert!((fnlwgt.lower - 9.210440366976).abs() < 1e-9, "{fnlwgt:?}");
+        assert!((fnlwgt.upper - 14.220976332739).abs() < 1e-9, "{fnlwgt:?}");
+        assert!((fnlwgt.centre() - 11.715708349858).abs() < 1e-9);
+        assert!((fnlwgt.half_range() - 2.505267982881).abs() < 1e-9);
+        // Without a transform, the bounds themselves: hours per week in [1, 99].
+        let hours = bounds(&column(Some(1.0), Some(99.0), false));
+        assert_eq!((hours.centre(), hours.half_range()), (50.0, 49.0));
+        // log1p reads no negative value: a negative lower bound counts as 0 = ln(1).
+        let signed = bounds(&column(Some(-5.0), Some(std::f64::consts::E - 1.0), true));
+        assert_eq!(signed.lower, 0.0);
+        assert!((signed.upper - 1.0).abs() < 1e-15);
+        // The widest finite bounds neither overflow nor lose their centre.
+        let widest = bounds(&column(Some(-f64::MAX), Some(f64::MAX), false));
+        assert_eq!((widest.centre(), widest.half_range()), (0.0, f64::MAX));
+        assert_eq!(
+            transformed_bounds(&column(None, Some(1.0), false)),
+            Ok(None)
+        );
+        let unknown = ColumnSpec {
+            transform: 7,
+            ..column(Some(0.0), Some(1.0), false)
+        };
+        assert!(transformed_bounds(&unknown).is_err());
     }
 
     #[test]

@@ -285,3 +285,83 @@ async fn dp_sgd_calibrated_to_a_target_spends_at_most_the_target_and_learns() {
         assert_eq!(l["entries"].as_array().unwrap().len(), 5);
     }
 }
+
+/// A statistics round whose noise swamps a column (bounds a million times wider than its
+/// values, 400 records per agency, the default rho) says so while the job runs: an event naming
+/// the column and what to do, with the standardisation kept within what the bounds allow; the
+/// job goes on.
+#[tokio::test]
+async fn a_column_drowned_in_the_statistics_noise_is_named_and_the_job_goes_on() {
+    use tokio_stream::StreamExt;
+    use treaty_proto::v1::{
+        CreateJobRequest, JobEventKind, JobSpec, JobState, WatchJobRequest, job_spec,
+    };
+
+    let fx = Fixture::new(&[("DE-BKA", "DE"), ("NL-POLITIE", "NL")]);
+    let (_coordinator, address) = fx.start_coordinator("127.0.0.1:0");
+    let _de = fx.start_node("DE-BKA", "DE", &address, 1);
+    let _nl = fx.start_node("NL-POLITIE", "NL", &address, 2);
+    let mut op = fx.operator(&address).await;
+    wait_connected(&mut op, &["DE-BKA", "NL-POLITIE"]).await;
+    create_federation(&mut op, "pair", &["DE-BKA:DE", "NL-POLITIE:NL"]).await;
+    let mut spec = training_spec(1);
+    // x1 lies in [-2, 2] (variance 4/3); with bounds ±1e6 the noise on its sum of squares
+    // (standard deviation sqrt(3 * 2 / 0.01) * sqrt(2) * 1e12, about 3.5e13) over 800 records
+    // is some 1e10 times that.
+    let schema = spec.schema.as_mut().unwrap();
+    schema.columns[0].lower = Some(-1e6);
+    schema.columns[0].upper = Some(1e6);
+    let privacy = spec.privacy.as_mut().unwrap();
+    privacy.statistics_rho = None;
+    let job = op
+        .create_job(CreateJobRequest {
+            federation: "pair".into(),
+            spec: Some(JobSpec {
+                kind: Some(job_spec::Kind::Training(spec)),
+                min_participants: 2,
+                round_timeout_ms: 20_000,
+                join_timeout_ms: 20_000,
+                sharing: Some(test_sharing()),
+            }),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut events = op
+        .watch_job(WatchJobRequest {
+            job_id: job.job_id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let (mut noisy, mut last) = (Vec::new(), None);
+    while let Some(event) = events.next().await {
+        let event = event.unwrap();
+        if event.kind() == JobEventKind::StatisticsNoisy {
+            noisy.push(event.message.clone());
+        }
+        last = event.job;
+    }
+    let job = last.unwrap();
+    assert_eq!(job.state, JobState::Succeeded as i32, "{}", job.message);
+    let x1 = noisy
+        .iter()
+        .find(|m| m.contains("column `x1`"))
+        .unwrap_or_else(|| panic!("no warning names x1: {noisy:?}"));
+    for part in [
+        "the DP noise dominates",
+        "tighten the column's bounds (now [-1.000e6, 1.000e6] after the transform)",
+        "a larger statistics_rho (now 0.005)",
+    ] {
+        assert!(x1.contains(part), "{part} in {x1}");
+    }
+    // Whatever the noise, the standardisation stays within what values in the bounds can
+    // have: a mean within them, a positive std of at most the half-range.
+    let stats = &job.spec.unwrap().kind.unwrap();
+    let job_spec::Kind::Training(training) = stats else {
+        panic!("not a training job")
+    };
+    let s = &training.standardization[0];
+    assert_eq!(s.name, "x1");
+    assert!(s.mean.abs() <= 1e6 && s.std > 0.0 && s.std <= 1e6, "{s:?}");
+}

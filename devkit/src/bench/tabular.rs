@@ -145,11 +145,16 @@ fn centralised(
         .iter()
         .zip(&sums)
         .map(|(c, [n, s, q])| {
-            let mean = s / n;
+            // The sums are centred on the middle of the column's bounds after its transform.
+            let centre = schema::transformed_bounds(c)
+                .ok()
+                .flatten()
+                .map_or(0.0, |b| b.centre());
+            let shift = s / n;
             ColumnStats {
                 name: c.name.clone(),
-                mean,
-                std: (q / n - mean * mean).max(1e-12).sqrt(),
+                mean: centre + shift,
+                std: (q / n - shift * shift).max(1e-12).sqrt(),
                 count: *n,
             }
         })

@@ -10,7 +10,7 @@ use treaty_proto::query::{MAX_BINS, MAX_WIDTH, bins};
 use treaty_proto::schema;
 use treaty_proto::v1::{
     ColumnStats, DpMode, FeatureSchema, ModelKind, PrivacySpec, QuerySpec, QueryTask, StatsTask,
-    TrainingSpec, TrainingTask, Transform,
+    TrainingSpec, TrainingTask,
 };
 
 use crate::analytics::Statistic;
@@ -189,9 +189,9 @@ impl TryFrom<&TrainingTask> for Training {
 pub(super) struct Statistics {
     pub(super) schema: FeatureSchema,
     pub(super) privacy: PrivacySpec,
-    /// For each numeric column, what one record can add at most to its count, its sum and its
-    /// sum of squares after the transform: 1, B and B² for B the largest magnitude of its
-    /// transformed bounds.
+    /// For each numeric column, what one record can add at most to its count and to the sum and
+    /// sum of squares of its deviations from the centre of its transformed bounds: 1, R and R²
+    /// for R their half-range (see [`schema::transformed_bounds`]).
     pub(super) scales: Vec<f64>,
 }
 
@@ -208,16 +208,17 @@ impl TryFrom<&StatsTask> for Statistics {
         let columns = schema::numeric_columns(schema);
         let mut scales = Vec::with_capacity(3 * columns.len());
         for c in &columns {
-            let (Some(lo), Some(hi)) = (c.lower, c.upper) else {
+            let Some(bounds) = schema::transformed_bounds(c)? else {
                 return Err(InvalidTask::Unbounded(c.name.clone()));
             };
-            let log1p = schema::transform(c)? == Transform::Log1p;
-            let transform = |v: f64| if log1p { v.max(0.0).ln_1p() } else { v };
-            let b = transform(lo)
-                .abs()
-                .max(transform(hi).abs())
-                .max(f64::MIN_POSITIVE);
-            scales.extend([1.0, b, b * b]);
+            // A log1p column whose bounds are both at most 0 reads no value, so moves no sum:
+            // any positive scale will do.
+            let r = bounds.half_range();
+            scales.extend([
+                1.0,
+                r.max(f64::MIN_POSITIVE),
+                (r * r).max(f64::MIN_POSITIVE),
+            ]);
         }
         Ok(Statistics {
             schema: schema.clone(),

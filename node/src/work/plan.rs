@@ -46,7 +46,7 @@ pub(super) struct TrainingRound {
     pub(super) evaluation: Option<f64>,
 }
 
-/// A statistics round: Gaussian noise on the column sums divided by their scales.
+/// A statistics round: Gaussian noise on the centred column sums divided by their scales.
 #[derive(Debug, Clone)]
 pub(super) struct StatisticsRound {
     pub(super) task: Statistics,
@@ -219,11 +219,12 @@ impl Worker {
     }
 }
 
-/// The plan of a statistics round under DP. Every numeric column has bounds: with B the largest
-/// magnitude after the transform, a record adds at most 1 to a column's count, B to its sum and
-/// B^2 to its sum of squares. Each sum is divided by that bound before the noise, so that every
-/// coordinate has sensitivity 1 and the vector `sqrt(3 columns)`, then multiplied back: each
-/// statistic gets noise in proportion to its own scale.
+/// The plan of a statistics round under DP. Every numeric column has bounds: with c the centre
+/// and R the half-range of its transformed bounds (public, from the schema), a record adds at
+/// most 1 to a column's count, R to the sum of its deviations from c and R^2 to the sum of
+/// their squares. Each sum is divided by that bound before the noise, so that every coordinate
+/// has sensitivity 1 and the vector `sqrt(3 columns)`, then multiplied back: each statistic gets
+/// noise in proportion to its own scale.
 fn statistics_plan(task: Statistics) -> Result<Plan, Refusal> {
     let rho_target = match task.privacy.statistics_rho {
         Some(rho) if rho > 0.0 => rho,
