@@ -597,14 +597,23 @@ pub fn parse(text: &str) -> Result<Result<FeatureSchema, Vec<String>>, String> {
 /// shape, its words and its content at once, each with its line (a problem of a column on the
 /// line of its `[[column]]`). A schema this accepts, no node refuses for its schema.
 pub fn check_text(text: &str, usage: &Usage) -> Result<FeatureSchema, Vec<Problem>> {
+    check_text_with(text, usage, |_| Vec::new())
+}
+
+/// [`check_text`], and `more` checks of the schema as read (e.g. [`unregistered`]), whose
+/// problems are placed on their lines too. `more` sees the schema as far as it could be read,
+/// so its problems come with the others.
+pub fn check_text_with(
+    text: &str,
+    usage: &Usage,
+    more: impl FnOnce(&FeatureSchema) -> Vec<Problem>,
+) -> Result<FeatureSchema, Vec<Problem>> {
     let read = read(text).map_err(|p| vec![p])?;
     let mut problems: Vec<Problem> = read.shape.iter().chain(&read.words).cloned().collect();
     // A kind or rule the file does not give or misspells is reported above, as the file
     // writes it: not again as an enum without a value.
-    for mut p in checked(&read.schema, usage, false) {
-        p.line = read.line_of(p.place);
-        problems.push(p);
-    }
+    problems.extend(checked(&read.schema, usage, false));
+    problems.extend(more(&read.schema));
     for p in &mut problems {
         if p.line.is_none() {
             p.line = read.line_of(p.place);
