@@ -9,7 +9,9 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use cli::{agencies, bench, demo, federation, job, model, node, pki, policy, privacy, synth};
+use cli::{
+    agencies, bench, demo, federation, job, model, node, pki, policy, privacy, schema, synth,
+};
 
 /// Federated learning for law-enforcement agencies, under each country's sharing policy.
 #[derive(Debug, Parser)]
@@ -61,6 +63,9 @@ enum Command {
     /// Starts, follows and shows jobs (operators).
     #[command(subcommand)]
     Job(job::JobCommand),
+    /// Checks a feature schema whole, before a job uses it (`treaty schema check FILE`).
+    #[command(subcommand)]
+    Schema(schema::SchemaCommand),
     /// Plans privacy budgets: the epsilon of DP-SGD steps, or the noise a target needs.
     #[command(subcommand)]
     Privacy(privacy::PrivacyCommand),
@@ -89,6 +94,7 @@ fn main() -> ExitCode {
         Command::Pki(command) => pki::run(command),
         Command::Synth(args) => synth::run(args),
         Command::Privacy(command) => privacy::run(command),
+        Command::Schema(command) => schema::run(command),
         Command::Node {
             command: Some(node::NodeCommand::Ledger { config, json }),
             ..

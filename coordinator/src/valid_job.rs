@@ -3,12 +3,15 @@
 //! defaults are filled in. Nothing after that edge checks a spec again.
 //!
 //! A spec that cannot run is an [`InvalidJob`], listing every [`JobProblem`] at once (as a
-//! configuration file's problems are), so that the operator fixes them all in one go.
+//! configuration file's problems are), so that the operator fixes them all in one go. A new
+//! job is checked as a whole before it is created: its schema for the job that uses it
+//! (`schema::check`, everything a node would refuse of it), and its fields against the
+//! federation's registry (what every round's policy decision requires).
 
 use std::time::Duration;
 
-use treaty_policies::privacy;
-use treaty_proto::schema;
+use treaty_policies::{Registry, privacy};
+use treaty_proto::schema::{self, Usage};
 use treaty_proto::v1::{
     Aggregation, ColumnStats, Combine, DpMode, FeatureSchema, JobSpec, LabelKind, ModelKind,
     PrivacySpec, QueryKind, QuerySpec, SharingSpec, Strategy, TrainingSpec, job_spec,
@@ -56,6 +59,16 @@ pub enum JobProblem {
     NoSchema,
     #[error("schema: {0}")]
     Schema(String),
+    #[error(
+        "`{field}` names `{name}`, which is not a field of registry {registry}; add it to the registry's [fields] with its category, or name a field the registry has{}",
+        hint.as_ref().map_or(String::new(), |h| format!(" ({h})"))
+    )]
+    Unregistered {
+        field: &'static str,
+        name: String,
+        registry: String,
+        hint: Option<String>,
+    },
     #[error("`training.model` names no model")]
     NoModel,
     #[error(
@@ -220,9 +233,25 @@ pub(crate) enum Combination {
 }
 
 impl ValidJob {
-    /// Checks `spec` for a federation of `members` members: every problem at once.
-    pub(crate) fn for_federation(spec: JobSpec, members: usize) -> Result<Self, InvalidJob> {
-        decode(spec, Some(members))
+    /// Checks a new job's `spec` for a federation of `members` members whose rounds are decided
+    /// under `registry`: every problem at once, those of its fields included, so that no job
+    /// is created that its first round would refuse for its spec.
+    pub(crate) fn for_federation(
+        spec: JobSpec,
+        members: usize,
+        registry: &Registry,
+    ) -> Result<Self, InvalidJob> {
+        let unregistered = unregistered(&spec, registry);
+        match decode(spec, Some(members)) {
+            Ok(job) if unregistered.is_empty() => Ok(job),
+            Ok(_) => Err(InvalidJob {
+                problems: unregistered,
+            }),
+            Err(mut invalid) => {
+                invalid.problems.extend(unregistered);
+                Err(invalid)
+            }
+        }
     }
 
     /// The job's spec as the wire and the store carry it, defaults filled in.
@@ -325,7 +354,7 @@ impl TryFrom<TrainingSpec> for ValidTraining {
 
     fn try_from(spec: TrainingSpec) -> Result<Self, InvalidJob> {
         let mut problems = Vec::new();
-        match training(spec, &mut problems) {
+        match training(spec, &mut problems, false) {
             Some(t) if problems.is_empty() => Ok(t),
             _ => Err(InvalidJob { problems }),
         }
@@ -356,7 +385,9 @@ fn decode(spec: JobSpec, members: Option<usize>) -> Result<ValidJob, InvalidJob>
         });
     }
     let work = match spec.kind {
-        Some(job_spec::Kind::Training(t)) => training(t, &mut problems).map(Work::Training),
+        Some(job_spec::Kind::Training(t)) => {
+            training(t, &mut problems, members.is_some()).map(Work::Training)
+        }
         Some(job_spec::Kind::Query(q)) => query(q, &mut problems).map(Work::Query),
         None => {
             problems.push(JobProblem::NoKind);
@@ -404,8 +435,10 @@ fn within(
     }
 }
 
-/// Checks a training spec, adding its problems; the validated spec when it has none.
-fn training(t: TrainingSpec, problems: &mut Vec<JobProblem>) -> Option<ValidTraining> {
+/// Checks a training spec, adding its problems; the validated spec when it has none. A new
+/// job's schema (`new`) is checked whole for the job (`schema::check`); a stored one, created
+/// under that check, for its soundness and its label.
+fn training(t: TrainingSpec, problems: &mut Vec<JobProblem>, new: bool) -> Option<ValidTraining> {
     let before = problems.len();
     let model = match ModelKind::try_from(t.model) {
         Ok(ModelKind::Unspecified) => {
@@ -424,6 +457,19 @@ fn training(t: TrainingSpec, problems: &mut Vec<JobProblem>) -> Option<ValidTrai
     };
     match &t.schema {
         None => problems.push(JobProblem::NoSchema),
+        Some(s) if new => {
+            // Without a standardisation, the job starts with a statistics round.
+            let usage = Usage {
+                model,
+                statistics: t.standardization.is_empty(),
+            };
+            problems.extend(
+                schema::check(s, &usage)
+                    .into_iter()
+                    .map(|p| JobProblem::Schema(p.message)),
+            );
+            standardization(s, &t, problems);
+        }
         Some(s) => {
             problems.extend(schema::problems(s).into_iter().map(JobProblem::Schema));
             let label = schema::label_kind(s);
@@ -437,13 +483,7 @@ fn training(t: TrainingSpec, problems: &mut Vec<JobProblem>) -> Option<ValidTrai
                     label,
                 });
             }
-            let numeric = schema::numeric_columns(s).len();
-            if !t.standardization.is_empty() && t.standardization.len() != numeric {
-                problems.push(JobProblem::Standardization {
-                    given: t.standardization.len(),
-                    numeric,
-                });
-            }
+            standardization(s, &t, problems);
         }
     }
     if model == Some(ModelKind::Mlp) && !(1..=4096).contains(&t.hidden_units) {
@@ -505,6 +545,70 @@ fn training(t: TrainingSpec, problems: &mut Vec<JobProblem>) -> Option<ValidTrai
             ..t
         },
     })
+}
+
+/// A given standardisation must have one entry per numeric column.
+fn standardization(s: &FeatureSchema, t: &TrainingSpec, problems: &mut Vec<JobProblem>) {
+    let numeric = schema::numeric_columns(s).len();
+    if !t.standardization.is_empty() && t.standardization.len() != numeric {
+        problems.push(JobProblem::Standardization {
+            given: t.standardization.len(),
+            numeric,
+        });
+    }
+}
+
+/// Every field of a job that `registry` does not know: the schema's columns and label, the
+/// fields it declares to the policies, a query's columns. A round's policy decision refuses
+/// every one of them.
+fn unregistered(spec: &JobSpec, registry: &Registry) -> Vec<JobProblem> {
+    let is_field = |name: &str| registry.fields.contains_key(name);
+    let hint = |name: &str| {
+        treaty_policies::did_you_mean(name, registry.fields.keys().map(String::as_str))
+    };
+    let mut problems = Vec::new();
+    let mut named: Vec<&str> = Vec::new();
+    let mut others: Vec<(&'static str, &str)> = Vec::new();
+    match &spec.kind {
+        Some(job_spec::Kind::Training(t)) => {
+            if let Some(s) = &t.schema {
+                problems.extend(
+                    schema::unregistered(s, &registry.version, is_field, hint)
+                        .into_iter()
+                        .map(|p| JobProblem::Schema(p.message)),
+                );
+                named.extend(s.columns.iter().map(|c| c.name.as_str()));
+                named.extend(s.label.iter().map(|l| l.name.as_str()));
+            }
+        }
+        Some(job_spec::Kind::Query(q)) => {
+            others.push(("query.column", &q.column));
+            others.push(("query.by_column", &q.by_column));
+            others.push(("query.where_column", &q.where_column));
+        }
+        None => {}
+    }
+    if let Some(sharing) = &spec.sharing {
+        others.extend(
+            sharing
+                .fields
+                .iter()
+                .map(|f| ("sharing.fields", f.as_str())),
+        );
+    }
+    for (field, name) in others {
+        if name.is_empty() || is_field(name) || named.contains(&name) {
+            continue;
+        }
+        named.push(name);
+        problems.push(JobProblem::Unregistered {
+            field,
+            name: name.to_owned(),
+            registry: registry.version.clone(),
+            hint: hint(name),
+        });
+    }
+    problems
 }
 
 /// Checks a strategy, adding its problems; its settings when it has none.
@@ -839,7 +943,16 @@ fn sharing(declared: SharingSpec, work: &Work) -> Result<Sharing, JobProblem> {
 pub(crate) mod tests {
     use super::*;
 
-    const SCHEMA: &str = "[label]\nname = \"seized\"\nkind = \"binary\"\n[[column]]\nname = \"x1\"\nkind = \"numeric\"\n";
+    const SCHEMA: &str = "[label]\nname = \"seized\"\nkind = \"binary\"\n[[column]]\nname = \"x1\"\nkind = \"numeric\"\nlower = -5.0\nupper = 5.0\n";
+
+    /// A registry with the fields of the tests' specs.
+    pub(crate) fn registry() -> Registry {
+        Registry::parse(
+            "registry.toml",
+            "registry_version = \"test-1\"\ncountries = [\"DE\", \"NL\"]\n\n[purposes]\nnarcotics = \"Narcotics\"\n\n[fields]\nx1 = \"ordinary\"\nseized = \"ordinary\"\na = \"ordinary\"\ny = \"ordinary\"\nmodel = \"ordinary\"\n",
+        )
+        .unwrap()
+    }
 
     /// A sound training spec.
     pub(crate) fn training_spec() -> TrainingSpec {
@@ -889,14 +1002,23 @@ pub(crate) mod tests {
             min_participants: 5,
             ..Default::default()
         };
-        let problems = ValidJob::for_federation(spec, 3).unwrap_err().problems;
-        // Eight, and the missing privacy spec.
-        assert_eq!(problems.len(), 9, "{problems:#?}");
+        let problems = ValidJob::for_federation(spec, 3, &registry())
+            .unwrap_err()
+            .problems;
+        // Eight, the missing privacy spec, and the numeric column the statistics round cannot
+        // bound.
+        assert_eq!(problems.len(), 10, "{problems:#?}");
         assert!(problems.contains(&JobProblem::NoPrivacy), "{problems:#?}");
         assert!(problems.contains(&JobProblem::MoreParticipantsThanMembers { min: 5, members: 3 }));
         let text = InvalidJob { problems }.to_string();
         assert!(
-            text.contains("LINEAR_REGRESSION needs a LABEL_KIND_NUMERIC label"),
+            text.contains(
+                "schema: label `y` is binary, but a linear regression model needs a numeric label"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("schema: numeric column `a` has no bounds"),
             "{text}"
         );
         assert!(
@@ -953,7 +1075,7 @@ pub(crate) mod tests {
     #[test]
     fn a_sound_job_comes_back_as_it_was_sent_with_its_defaults() {
         let spec = job(job_spec::Kind::Training(training_spec()));
-        let valid = ValidJob::for_federation(spec.clone(), 1).unwrap();
+        let valid = ValidJob::for_federation(spec.clone(), 1, &registry()).unwrap();
         assert_eq!(valid.rules.min_participants(), 1);
         assert_eq!(valid.rules.round_timeout_ms(), DEFAULT_ROUND_TIMEOUT_MS);
         let Work::Training(t) = &valid.work else {
@@ -1094,5 +1216,60 @@ pub(crate) mod tests {
         );
         // Far below the whole target: a policy's per-round limit judges a round, not the job.
         assert!(declared < 0.5);
+    }
+
+    #[test]
+    fn a_new_job_with_fields_outside_the_registry_is_refused_with_every_problem() {
+        // A schema with a field the registry does not know, a misspelt one, a numeric column
+        // without bounds and a duplicate; the job declares a field outside the registry too.
+        let mut t = training_spec();
+        t.schema = schema::parse(
+            "[label]\nname = \"seized\"\nkind = \"binary\"\n[[column]]\nname = \"x1\"\nkind = \"numeric\"\nlower = 0.0\nupper = 1.0\n[[column]]\nname = \"country_of_birth\"\nkind = \"categorical\"\nvalues = [\"FR\"]\n[[column]]\nname = \"modle\"\nkind = \"boolean\"\n[[column]]\nname = \"a\"\nkind = \"numeric\"\n[[column]]\nname = \"a\"\nkind = \"boolean\"\n",
+        )
+        .unwrap()
+        .ok();
+        let mut spec = job(job_spec::Kind::Training(t));
+        spec.sharing = Some(SharingSpec {
+            fields: vec!["x1".into(), "informant".into(), "country_of_birth".into()],
+            ..Default::default()
+        });
+        let problems = ValidJob::for_federation(spec, 1, &registry())
+            .unwrap_err()
+            .problems;
+        let text: Vec<String> = problems.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            text,
+            [
+                "schema: column `a` appears twice; remove one, or rename it to the other column it meant",
+                "schema: numeric column `a` has no bounds; the job's differentially private statistics (the standardisation) need them: write lower = ... and upper = ..., the plausible range its values are clamped to",
+                "schema: column `country_of_birth` is not a field of registry test-1; add it to the registry's [fields] with its category (e.g. country_of_birth = \"ordinary\"), or use a field the registry has",
+                "schema: column `modle` is not a field of registry test-1; add it to the registry's [fields] with its category (e.g. modle = \"ordinary\"), or use a field the registry has (did you mean `model`?)",
+                "`sharing.fields` names `informant`, which is not a field of registry test-1; add it to the registry's [fields] with its category, or name a field the registry has",
+            ],
+        );
+        // A query's columns are its fields.
+        let query = job(job_spec::Kind::Query(QuerySpec {
+            kind: QueryKind::Count as i32,
+            where_column: "nationality".into(),
+            where_value: "FR".into(),
+            epsilon: 0.5,
+            ..Default::default()
+        }));
+        let problems = ValidJob::for_federation(query, 1, &registry())
+            .unwrap_err()
+            .problems;
+        assert_eq!(
+            problems,
+            [JobProblem::Unregistered {
+                field: "query.where_column",
+                name: "nationality".into(),
+                registry: "test-1".into(),
+                hint: None
+            }]
+        );
+        // A stored job is read back as it was created, whatever the registry says now.
+        let mut t = training_spec();
+        t.schema = schema::parse("[label]\nname = \"seized\"\nkind = \"binary\"\n[[column]]\nname = \"z\"\nkind = \"numeric\"\nlower = 0.0\nupper = 1.0\n").unwrap().ok();
+        assert!(ValidJob::try_from(job(job_spec::Kind::Training(t))).is_ok());
     }
 }

@@ -25,6 +25,18 @@ pub enum ModelArg {
     Mlp,
 }
 
+impl ModelArg {
+    /// The model on the wire.
+    pub fn kind(self) -> ModelKind {
+        match self {
+            ModelArg::Logistic => ModelKind::LogisticRegression,
+            ModelArg::Multinomial => ModelKind::MultinomialLogisticRegression,
+            ModelArg::Linear => ModelKind::LinearRegression,
+            ModelArg::Mlp => ModelKind::Mlp,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum DpModeArg {
     Poisson,
@@ -219,13 +231,17 @@ fn state(job: &Job) -> &'static str {
 }
 
 async fn train(a: TrainArgs) -> Outcome {
-    let schema = schema::load(&a.schema)?;
-    let model = match a.model {
-        ModelArg::Logistic => ModelKind::LogisticRegression,
-        ModelArg::Multinomial => ModelKind::MultinomialLogisticRegression,
-        ModelArg::Linear => ModelKind::LinearRegression,
-        ModelArg::Mlp => ModelKind::Mlp,
-    };
+    let model = a.model.kind();
+    // The schema is checked whole before anything is submitted, as `treaty schema check` does
+    // (the coordinator checks it again, and its fields against the registry).
+    let usage = schema::Usage::training(Some(model));
+    let schema = super::schema::check_file(&a.schema, &usage, None)?.map_err(|lines| {
+        unusable(anyhow::anyhow!(
+            "the schema has {} problem(s); nothing was submitted:\n  {}",
+            lines.len(),
+            lines.join("\n  ")
+        ))
+    })?;
     let aggregation = match a.aggregation {
         AggregationArg::Fedavg => Aggregation::Fedavg,
         AggregationArg::Fedadam => Aggregation::Fedadam,

@@ -21,6 +21,7 @@ pub mod node;
 pub mod pki;
 pub mod policy;
 pub mod privacy;
+pub mod schema;
 pub mod synth;
 
 use std::process::ExitCode;

@@ -19,3 +19,4 @@ mod poisoned;
 mod policy;
 mod privacy;
 mod rounds;
+mod schema;

@@ -128,7 +128,18 @@ impl OperatorService for OperatorApi {
             }
         })?;
         let spec = req.spec.ok_or(CoordinatorError::Missing("spec"))?;
-        let mut valid = ValidJob::for_federation(spec, federation.members.len())
+        // The registry every round is decided under, as it stands now: a field it does not
+        // know would fail the first round, so the job is refused before it is created.
+        let (registry, _) = self
+            .ctx
+            .blocking(|ctx| {
+                ctx.policy
+                    .files()
+                    .registry()
+                    .map_err(|reason| CoordinatorError::Registry { round: 0, reason })
+            })
+            .await?;
+        let mut valid = ValidJob::for_federation(spec, federation.members.len(), &registry)
             .map_err(CoordinatorError::from)?;
         if let Work::Training(t) = &mut valid.work {
             t.pick_seed();

@@ -7,7 +7,7 @@
 use treaty_proto::EnumError;
 use treaty_proto::enums;
 use treaty_proto::query::{MAX_BINS, MAX_WIDTH, bins};
-use treaty_proto::schema;
+use treaty_proto::schema::{self, MAX_BOUND, MAX_CLASSES};
 use treaty_proto::v1::{
     ColumnStats, DpMode, FeatureSchema, ModelKind, PrivacySpec, QuerySpec, QueryTask, StatsTask,
     TrainingSpec, TrainingTask,
@@ -30,12 +30,9 @@ const MAX_CLIP_NORM: f64 = 1e6;
 /// by `data::MAX_FEATURE`, no record's forward pass can then overflow.
 pub(super) const MAX_PARAMETER: f64 = 1e12;
 
-/// The most classes a multinomial model may have: its evaluation releases classes² counts.
-const MAX_CLASSES: usize = 512;
-
-/// The largest magnitude of a column bound, or a query's clamping bound, a node accepts: with
-/// it, no sum of clamped values can overflow, whatever the number of records.
-const MAX_BOUND: f64 = 1e15;
+// The most classes of a multinomial model (`MAX_CLASSES`), and the largest magnitude of a
+// column bound or a query's clamping bound (`MAX_BOUND`), are the schema's: `schema::check`
+// finds every schema this module refuses before a job is created.
 
 /// What is wrong with a task, judged from the task (and public figures) alone. Refused as
 /// `INVALID_TASK`, but for a release without differential privacy (`DP_REQUIRED`).
@@ -390,6 +387,150 @@ mod tests {
             Refusal::from(unknown).code,
             RefusalCode::InvalidTask,
             "an unknown enum is an invalid task"
+        );
+    }
+
+    /// Every schema the up-front check (`schema::check`, which `treaty schema check`,
+    /// `treaty job train` and the coordinator's `CreateJob` run) accepts, a node accepts too:
+    /// every schema a node refuses, the check reports (and, in these cases, none other). Each
+    /// case breaks a sound schema in one way, for each model.
+    #[test]
+    fn a_schema_the_up_front_check_accepts_is_never_refused_for_its_schema() {
+        use treaty_proto::v1::{ColumnKind, ColumnSpec, DpMode, LabelKind, LabelSpec, MissingRule};
+        let numeric = |name: &str, lower: Option<f64>, upper: Option<f64>| ColumnSpec {
+            name: name.into(),
+            kind: ColumnKind::Numeric as i32,
+            lower,
+            upper,
+            missing: MissingRule::Reject as i32,
+            ..Default::default()
+        };
+        let categorical = |name: &str, values: &[&str]| ColumnSpec {
+            name: name.into(),
+            kind: ColumnKind::Categorical as i32,
+            values: values.iter().map(|v| v.to_string()).collect(),
+            missing: MissingRule::Other as i32,
+            ..Default::default()
+        };
+        let label = |kind: LabelKind, classes: usize| LabelSpec {
+            name: "y".into(),
+            kind: kind as i32,
+            classes: (0..classes).map(|i| format!("c{i}")).collect(),
+        };
+        let base = |label: LabelSpec| FeatureSchema {
+            columns: vec![
+                numeric("a", Some(0.0), Some(10.0)),
+                categorical("b", &["x", "z"]),
+            ],
+            label: Some(label),
+        };
+        let mut cases: Vec<FeatureSchema> = Vec::new();
+        for l in [
+            label(LabelKind::Binary, 0),
+            label(LabelKind::Binary, 2),
+            label(LabelKind::Binary, 3),
+            label(LabelKind::Categorical, 1),
+            label(LabelKind::Categorical, 3),
+            label(LabelKind::Categorical, 512),
+            label(LabelKind::Categorical, 513),
+            label(LabelKind::Numeric, 0),
+            label(LabelKind::Numeric, 2),
+            LabelSpec {
+                kind: 0,
+                ..label(LabelKind::Binary, 0)
+            },
+            LabelSpec {
+                kind: 77,
+                ..label(LabelKind::Binary, 0)
+            },
+        ] {
+            cases.push(base(l));
+        }
+        let good = base(label(LabelKind::Binary, 0));
+        let with = |f: &dyn Fn(&mut FeatureSchema)| {
+            let mut s = good.clone();
+            f(&mut s);
+            s
+        };
+        for (lower, upper) in [
+            (None, None),
+            (Some(0.0), None),
+            (Some(f64::NAN), Some(1.0)),
+            (Some(0.0), Some(f64::INFINITY)),
+            (Some(5.0), Some(1.0)),
+            (Some(-1e16), Some(1.0)),
+            (Some(-1e15), Some(1e15)),
+        ] {
+            cases.push(with(&|s| {
+                s.columns[0].lower = lower;
+                s.columns[0].upper = upper;
+            }));
+        }
+        cases.push(with(&|s| s.columns[0].kind = 0));
+        cases.push(with(&|s| s.columns[0].kind = 42));
+        cases.push(with(&|s| s.columns[0].missing = 0));
+        cases.push(with(&|s| s.columns[0].missing = MissingRule::Other as i32));
+        cases.push(with(&|s| s.columns[0].transform = 9));
+        cases.push(with(&|s| s.columns[1].values.clear()));
+        cases.push(with(&|s| s.columns[1].values.push("x".into())));
+        cases.push(with(&|s| s.columns[1].name = "a".into()));
+        cases.push(with(&|s| s.columns[1].name = "y".into()));
+        cases.push(with(&|s| s.columns[1].name.clear()));
+        cases.push(with(&|s| s.columns.clear()));
+        cases.push(with(&|s| s.label = None));
+        cases.push(with(&|s| {
+            s.columns[1].values = (0..10_000).map(|i| i.to_string()).collect()
+        }));
+        let privacy = PrivacySpec {
+            mode: DpMode::Poisson as i32,
+            clip_norm: 1.0,
+            ..Default::default()
+        };
+        let (mut refused, mut accepted) = (0, 0);
+        for schema in &cases {
+            for model in [
+                ModelKind::LogisticRegression,
+                ModelKind::MultinomialLogisticRegression,
+                ModelKind::LinearRegression,
+                ModelKind::Mlp,
+            ] {
+                let spec = TrainingSpec {
+                    model: model as i32,
+                    schema: Some(schema.clone()),
+                    hidden_units: 16,
+                    privacy: Some(privacy),
+                    ..Default::default()
+                };
+                let training = Training::try_from(&TrainingTask {
+                    spec: Some(spec),
+                    ..Default::default()
+                });
+                let statistics = Statistics::try_from(&StatsTask {
+                    schema: Some(schema.clone()),
+                    privacy: Some(privacy),
+                });
+                let node = training.as_ref().err().or(statistics.as_ref().err());
+                let found = schema::check(schema, &schema::Usage::training(Some(model)));
+                match node {
+                    None => {
+                        accepted += 1;
+                        assert!(found.is_empty(), "{model:?} {schema:?}: {found:#?}");
+                    }
+                    Some(refusal) => {
+                        refused += 1;
+                        assert!(
+                            !found.is_empty(),
+                            "the node refuses ({refusal}) what the check accepts: {model:?} {schema:?}"
+                        );
+                    }
+                }
+            }
+        }
+        // Neither side is vacuous.
+        eprintln!("COUNTS {refused} {accepted}");
+        assert!(
+            refused > 60 && accepted >= 8,
+            "{refused} refused, {accepted} accepted"
         );
     }
 }
