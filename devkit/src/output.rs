@@ -1,6 +1,7 @@
-//! Writing to standard output. A reader that stops reading (`treaty policy matrix ... | head`)
-//! ends the command quietly, instead of the panic `println!` gives on a closed pipe; any other
-//! failure to write is reported and ends the command with status 1.
+//! Writing to standard output and standard error. A reader that stops reading (`treaty policy
+//! matrix ... | head`) ends the command quietly, instead of the panic `println!` gives on a
+//! closed pipe; any other failure to write standard output is reported and ends the command
+//! with status 1. What cannot be written to standard error is dropped, never a panic.
 
 use std::io::Write;
 
@@ -17,6 +18,22 @@ macro_rules! outln {
     ($($arg:tt)*) => { $crate::output::write(format_args!($($arg)*), true) };
 }
 
+/// Writes formatted text and a newline to standard error (as `eprintln!`, which panics when
+/// standard error is a closed pipe). A message that cannot be written is lost: there is nowhere
+/// left to report it.
+#[macro_export]
+macro_rules! errln {
+    ($($arg:tt)*) => { $crate::output::write_err(format_args!($($arg)*)) };
+}
+
+/// Writes `args` and a newline to standard error, ignoring a failure to write.
+pub fn write_err(args: std::fmt::Arguments<'_>) {
+    let mut stderr = std::io::stderr().lock();
+    let _ = stderr
+        .write_fmt(args)
+        .and_then(|()| stderr.write_all(b"\n"));
+}
+
 /// Writes `args` (and a newline) to standard output; exits quietly on a closed pipe.
 pub fn write(args: std::fmt::Arguments<'_>, newline: bool) {
     let mut stdout = std::io::stdout().lock();
@@ -31,7 +48,7 @@ pub fn write(args: std::fmt::Arguments<'_>, newline: bool) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(0),
         Err(e) => {
-            eprintln!("error: cannot write to standard output: {e}");
+            write_err(format_args!("error: cannot write to standard output: {e}"));
             std::process::exit(1);
         }
     }

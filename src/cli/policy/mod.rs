@@ -26,6 +26,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Subcommand, ValueEnum};
+use treaty_devkit::errln;
 use treaty_policies::{Date, Policy, Registry, TrustedKeys, country_of};
 
 use check::check;
@@ -251,7 +252,7 @@ fn code(c: Code) -> ExitCode {
 
 /// Prints an error about unusable input; the exit code 2.
 fn unusable(message: impl std::fmt::Display) -> Code {
-    eprintln!("error: {message}");
+    errln!("error: {message}");
     2
 }
 
