@@ -8,6 +8,7 @@ mod cli;
 mod common;
 mod config;
 mod demo;
+mod docs;
 mod dp;
 mod exit_codes;
 mod hostile;
