@@ -191,3 +191,47 @@ fn a_coordinator_whose_stderr_is_closed_keeps_serving() {
     let status = child.wait().unwrap();
     assert_eq!(status.code(), Some(0), "{status}");
 }
+
+#[test]
+fn a_demo_whose_reader_is_gone_still_stops_every_process_it_started() {
+    // `treaty demo | head`: a reader that stops once the federation runs. The command must not
+    // exit on the spot, which would leave its coordinator and nodes running; it finishes
+    // silently and stops them.
+    use std::io::BufRead;
+    let keep = tempfile::tempdir().unwrap();
+    let keep_path = keep.path().join("demo");
+    let mut child = Command::new(TREATY)
+        .args([
+            "demo",
+            "--rounds",
+            "1",
+            "--keep",
+            keep_path.to_str().unwrap(),
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut reader = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    while !line.contains("all agencies connected") {
+        line.clear();
+        assert!(
+            reader.read_line(&mut line).unwrap() > 0,
+            "the demo ended early"
+        );
+    }
+    drop(reader);
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(0), "{status}");
+    let log = std::fs::read_to_string(keep_path.join("coordinator.log")).unwrap();
+    assert!(log.contains("coordinator stopped"), "{log}");
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        if let Ok(cmdline) = std::fs::read_to_string(entry.path().join("cmdline")) {
+            assert!(
+                !cmdline.contains(keep_path.to_str().unwrap()),
+                "still running: {cmdline}"
+            );
+        }
+    }
+}
