@@ -113,3 +113,49 @@ fn main() -> ExitCode {
     };
     cli::exit(outcome)
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::Cli;
+
+    /// Every argument of `cmd` and its subcommands without help text, as `treaty sub --arg`.
+    fn undocumented(cmd: &clap::Command, path: &str, found: &mut Vec<String>) {
+        let path = format!("{path} {}", cmd.get_name());
+        for arg in cmd.get_arguments() {
+            let builtin = matches!(arg.get_id().as_str(), "help" | "version");
+            let documented = arg
+                .get_help()
+                .is_some_and(|h| !h.to_string().trim().is_empty());
+            if !builtin && !documented {
+                let name = match arg.get_long() {
+                    Some(long) => format!("--{long}"),
+                    None => arg.get_id().to_string().to_uppercase(),
+                };
+                found.push(format!("{} {name}", path.trim()));
+            }
+        }
+        for sub in cmd.get_subcommands() {
+            if sub.get_about().is_none() && sub.get_name() != "help" {
+                found.push(format!(
+                    "{} {} (the command itself)",
+                    path.trim(),
+                    sub.get_name()
+                ));
+            }
+            undocumented(sub, &path, found);
+        }
+    }
+
+    #[test]
+    fn every_command_and_option_has_help_text() {
+        let mut found = Vec::new();
+        undocumented(&Cli::command(), "", &mut found);
+        assert!(
+            found.is_empty(),
+            "options without help text:\n  {}",
+            found.join("\n  ")
+        );
+    }
+}

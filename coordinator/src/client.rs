@@ -46,7 +46,8 @@ pub enum ClientError {
     JobFailed { job: String, message: String },
 }
 
-/// An operator's configuration file: where the coordinator is, and the operator's certificate.
+/// An operator's configuration file: where the coordinator is, and the operator's certificate
+/// (docs/CONFIGURATION.md).
 ///
 /// ```toml
 /// [coordinator]

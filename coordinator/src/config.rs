@@ -1,4 +1,5 @@
-//! The coordinator's configuration file (TOML).
+//! The coordinator's configuration file (TOML). Every key, its default and a complete example:
+//! docs/CONFIGURATION.md (its examples are loaded by `tests/e2e/docs.rs`).
 //!
 //! ```toml
 //! listen = "0.0.0.0:7443"              # where nodes and operators connect
@@ -61,8 +62,11 @@ pub struct CoordinatorPolicy {
     /// The country hosting this coordinator (ISO 3166-1 alpha-2), judged by every policy's
     /// `[coordinator]` section.
     pub country: String,
+    /// The federation's registry (`registry.toml`).
     pub registry: PathBuf,
+    /// The directory of the member countries' policies, `<CC>.toml` each.
     pub dir: PathBuf,
+    /// The countries' public keys (`<CC>.pub`); when set, every policy must be signed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub keys: Option<PathBuf>,
 }

@@ -1,8 +1,15 @@
-//! Writing to standard output. A reader that stops reading (`treaty policy matrix ... | head`)
-//! ends the command quietly, instead of the panic `println!` gives on a closed pipe; any other
-//! failure to write is reported and ends the command with status 1.
+//! Writing to standard output and standard error. A reader that stops reading (`treaty policy
+//! matrix ... | head`) ends the command quietly, instead of the panic `println!` gives on a
+//! closed pipe — at once, or, for a command that holds child processes (`treaty demo`, `treaty
+//! bench`), by writing nothing more while it finishes and stops them; any other failure to write
+//! standard output is reported and ends the command with status 1. What cannot be written to
+//! standard error is dropped, never a panic.
 
 use std::io::Write;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// Set once standard output's reader is gone: nothing more is written to it.
+static STDOUT_GONE: AtomicBool = AtomicBool::new(false);
 
 /// Writes formatted text to standard output (as `print!`).
 #[macro_export]
@@ -17,8 +24,28 @@ macro_rules! outln {
     ($($arg:tt)*) => { $crate::output::write(format_args!($($arg)*), true) };
 }
 
-/// Writes `args` (and a newline) to standard output; exits quietly on a closed pipe.
+/// Writes formatted text and a newline to standard error (as `eprintln!`, which panics when
+/// standard error is a closed pipe). A message that cannot be written is lost: there is nowhere
+/// left to report it.
+#[macro_export]
+macro_rules! errln {
+    ($($arg:tt)*) => { $crate::output::write_err(format_args!($($arg)*)) };
+}
+
+/// Writes `args` and a newline to standard error, ignoring a failure to write.
+pub fn write_err(args: std::fmt::Arguments<'_>) {
+    let mut stderr = std::io::stderr().lock();
+    let _ = stderr
+        .write_fmt(args)
+        .and_then(|()| stderr.write_all(b"\n"));
+}
+
+/// Writes `args` (and a newline) to standard output; on a closed pipe, exits quietly (or, while
+/// child processes are held, writes nothing more).
 pub fn write(args: std::fmt::Arguments<'_>, newline: bool) {
+    if STDOUT_GONE.load(Ordering::SeqCst) {
+        return;
+    }
     let mut stdout = std::io::stdout().lock();
     let written = stdout.write_fmt(args).and_then(|()| {
         if newline {
@@ -29,9 +56,16 @@ pub fn write(args: std::fmt::Arguments<'_>, newline: bool) {
     });
     match written {
         Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(0),
+        // Child processes stop when their handles drop, which `exit` skips: the command then
+        // goes on, silently, to its end.
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {
+            if !crate::local::holds_processes() {
+                std::process::exit(0);
+            }
+            STDOUT_GONE.store(true, Ordering::SeqCst);
+        }
         Err(e) => {
-            eprintln!("error: cannot write to standard output: {e}");
+            write_err(format_args!("error: cannot write to standard output: {e}"));
             std::process::exit(1);
         }
     }

@@ -1,4 +1,5 @@
-//! The node's configuration file (TOML).
+//! The node's configuration file (TOML). Every key, its default and a complete example:
+//! docs/CONFIGURATION.md (its examples are loaded by `tests/e2e/docs.rs`).
 //!
 //! ```toml
 //! state_dir = "/var/lib/treaty/node"      # the node's own database (created if missing)

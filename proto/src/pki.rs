@@ -204,8 +204,8 @@ pub fn issue(
 
 /// Signs a certificate for `identity` with `issuer`; returns (certificate PEM, key PEM).
 ///
-/// A coordinator certificate is a server certificate for `localhost`, 127.0.0.1, ::1 and `hosts`;
-/// every other identity gets a client certificate.
+/// A coordinator certificate is a server certificate for `localhost`, 127.0.0.1, ::1 and `hosts`,
+/// each name once; every other identity gets a client certificate.
 pub fn issue_with(
     issuer: &Issuer<'_, KeyPair>,
     identity: &Identity,
@@ -237,10 +237,15 @@ pub fn issue_with(
             .subject_alt_names
             .push(SanType::IpAddress(IpAddr::V6(Ipv6Addr::LOCALHOST)));
         for host in hosts {
-            params.subject_alt_names.push(match host.parse::<IpAddr>() {
+            // Each name once: `localhost`, the loopback addresses or a host given twice are
+            // already there (DNS names compare without case).
+            let name = match host.trim_matches(['[', ']']).parse::<IpAddr>() {
                 Ok(ip) => SanType::IpAddress(ip),
-                Err(_) => SanType::DnsName(host.clone().try_into()?),
-            });
+                Err(_) => SanType::DnsName(host.to_ascii_lowercase().try_into()?),
+            };
+            if !params.subject_alt_names.contains(&name) {
+                params.subject_alt_names.push(name);
+            }
         }
     } else {
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
@@ -457,6 +462,59 @@ mod tests {
         }
         // A second init over the same directory is refused: the CA is never overwritten.
         assert!(matches!(init(&dir, &options()), Err(PkiError::Exists(_))));
+    }
+
+    #[test]
+    fn the_coordinator_certificate_names_each_host_once() {
+        use x509_parser::extensions::GeneralName;
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = PkiDir::new(tmp.path());
+        let hosts = [
+            "127.0.0.1",
+            "localhost",
+            "LocalHost",
+            "::1",
+            "[::1]",
+            "hub.example",
+            "Hub.Example",
+            "10.0.0.5",
+        ];
+        let options = InitOptions {
+            coordinator_hosts: hosts.iter().map(|h| h.to_string()).collect(),
+            ..options()
+        };
+        init(&dir, &options).unwrap();
+        let (cert, _) = dir.cert_and_key(&Identity::coordinator("hub").unwrap());
+        let der = crate::tls::load_certs(&cert).unwrap();
+        let (_, parsed) = X509Certificate::from_der(&der[0]).unwrap();
+        let names: Vec<String> = parsed
+            .subject_alternative_name()
+            .unwrap()
+            .unwrap()
+            .value
+            .general_names
+            .iter()
+            .map(|n| match n {
+                GeneralName::URI(u) => format!("URI:{u}"),
+                GeneralName::DNSName(d) => format!("DNS:{d}"),
+                GeneralName::IPAddress(ip) => format!("IP:{ip:?}"),
+                other => format!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "URI:treaty://coordinator/hub".to_owned(),
+                "DNS:localhost".to_owned(),
+                format!("IP:{:?}", [127u8, 0, 0, 1]),
+                format!(
+                    "IP:{:?}",
+                    [0u8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]
+                ),
+                "DNS:hub.example".to_owned(),
+                format!("IP:{:?}", [10u8, 0, 0, 5]),
+            ]
+        );
     }
 
     #[test]

@@ -1,11 +1,12 @@
-//! `treaty agencies` (operators): the agencies connected now.
+//! `treaty agencies` (operators): the agencies connected now, each with its country, its node's
+//! version and when its session opened (UTC).
 
 use std::path::PathBuf;
 
 use treaty_coordinator::client::{self, OperatorConfig};
 use treaty_devkit::outln;
 
-use super::{Outcome, unusable};
+use super::{Outcome, unusable, utc};
 
 pub async fn run(config: PathBuf) -> Outcome {
     let mut client = OperatorConfig::load(&config)
@@ -18,7 +19,7 @@ pub async fn run(config: PathBuf) -> Outcome {
             a.agency,
             a.country,
             a.software_version,
-            a.connected_unix_ms
+            utc(a.connected_unix_ms)
         );
     }
     Ok(())

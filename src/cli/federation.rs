@@ -36,6 +36,7 @@ pub enum FederationCommand {
     },
     /// Lists the federations.
     List {
+        /// The operator's configuration file.
         #[arg(long)]
         config: PathBuf,
     },

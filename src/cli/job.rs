@@ -65,23 +65,34 @@ pub struct TrainArgs {
     /// The feature schema (TOML).
     #[arg(long)]
     schema: PathBuf,
+    /// The model: logistic regression (binary label), multinomial logistic regression
+    /// (categorical label), linear regression (numeric label) or a one-hidden-layer MLP (binary).
     #[arg(long, value_enum, default_value = "logistic")]
     model: ModelArg,
+    /// Training rounds (after the statistics round).
     #[arg(long, default_value_t = 20)]
     rounds: u32,
+    /// Passes over its own records each agency makes per round.
     #[arg(long, default_value_t = 1)]
     local_epochs: u32,
+    /// Records per step (under Poisson DP-SGD, the expected batch: the sampling rate is
+    /// batch size / the agency's public record count).
     #[arg(long, default_value_t = 64)]
     batch_size: u32,
+    /// The local SGD step size.
     #[arg(long, default_value_t = 0.05)]
     learning_rate: f64,
+    /// The local SGD momentum (0: none).
     #[arg(long, default_value_t = 0.0)]
     momentum: f64,
+    /// L2 regularisation of the weights (not the biases).
     #[arg(long, default_value_t = 0.0)]
     l2: f64,
     /// Hidden units of an MLP.
     #[arg(long, default_value_t = 16)]
     hidden_units: u32,
+    /// How the coordinator combines the agencies' updates: FedAvg, a server optimiser
+    /// (FedAdam, FedYogi, FedAdagrad) or a robust rule (median, trimmed mean, norm bounding).
     #[arg(long, value_enum, default_value = "fedavg")]
     aggregation: AggregationArg,
     /// FedProx's mu (0: plain local SGD).
@@ -149,20 +160,25 @@ pub enum JobCommand {
     Train(Box<TrainArgs>),
     /// Follows a job until it ends.
     Watch {
+        /// The operator's configuration file.
         #[arg(long)]
         config: PathBuf,
+        /// The job, e.g. `job-000001`.
         #[arg(long)]
         job: String,
     },
     /// Shows a job: every round, its contributors, exclusions and metrics per agency.
     Show {
+        /// The operator's configuration file.
         #[arg(long)]
         config: PathBuf,
+        /// The job, e.g. `job-000001`.
         #[arg(long)]
         job: String,
     },
     /// Lists the jobs, newest first.
     List {
+        /// The operator's configuration file.
         #[arg(long)]
         config: PathBuf,
     },

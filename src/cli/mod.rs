@@ -27,6 +27,7 @@ pub mod synth;
 use std::process::ExitCode;
 
 use tracing_subscriber::EnvFilter;
+use treaty_devkit::errln;
 
 /// Why a command did not succeed, and so its exit status.
 #[derive(Debug)]
@@ -83,30 +84,57 @@ pub fn exit(outcome: Outcome) -> ExitCode {
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(CliError::Failed(error)) => {
-            eprintln!("error: {error:#}");
+            errln!("error: {error:#}");
             ExitCode::from(1)
         }
         Err(CliError::Unusable(error)) => {
-            eprintln!("error: {error:#}");
+            errln!("error: {error:#}");
             ExitCode::from(2)
         }
     }
 }
 
-/// Starts logging to standard error: plain text (coloured on a terminal) or JSON lines,
-/// filtered by `TREATY_LOG` (default `info`, or `warn` for the commands that print a report).
+/// Starts logging to standard error: plain text (coloured only on a terminal, and not when
+/// `NO_COLOR` is set) or JSON lines, filtered by `TREATY_LOG` (default `info`, or `warn` for the
+/// commands that print a report). A log line that cannot be written (standard error closed) is
+/// dropped: it never stops the process.
 pub fn init_tracing(json: bool, quiet: bool) {
     let default = if quiet { "warn" } else { "info" };
     let filter = EnvFilter::try_from_env("TREATY_LOG").unwrap_or_else(|_| EnvFilter::new(default));
+    let ansi = colour_logs(
+        std::io::IsTerminal::is_terminal(&std::io::stderr()),
+        std::env::var_os("NO_COLOR"),
+    );
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_ansi(ansi)
+        // Its default reports a failed write with `eprintln!`, which panics on a closed pipe.
+        .log_internal_errors(false)
         .with_writer(std::io::stderr);
     if json {
         builder.json().init();
     } else {
         builder.init();
     }
+}
+
+/// Whether logs are coloured: only on a terminal, and not when `NO_COLOR` is set to anything
+/// but the empty string (<https://no-color.org>). A log redirected to a file or a pipe is plain
+/// text.
+fn colour_logs(terminal: bool, no_color: Option<std::ffi::OsString>) -> bool {
+    terminal && no_color.is_none_or(|v| v.is_empty())
+}
+
+/// A time as people read it: RFC 3339 in UTC to the second, e.g. `2026-11-30T12:30:28Z`, from
+/// milliseconds since the Unix epoch (the raw number when it is out of range).
+pub fn utc(unix_ms: i64) -> String {
+    let nanos = i128::from(unix_ms) * 1_000_000;
+    let format =
+        time::macros::format_description!("[year]-[month]-[day]T[hour]:[minute]:[second]Z");
+    time::OffsetDateTime::from_unix_timestamp_nanos(nanos)
+        .ok()
+        .and_then(|t| t.format(&format).ok())
+        .unwrap_or_else(|| format!("{unix_ms} ms after 1970-01-01T00:00:00Z"))
 }
 
 /// Runs an asynchronous command on a multi-threaded runtime. Blocking work still running when
@@ -126,4 +154,28 @@ pub fn block_on(command: impl std::future::Future<Output = Outcome>) -> Outcome 
 pub fn this_binary() -> Result<std::path::PathBuf, CliError> {
     std::env::current_exe()
         .map_err(|e| CliError::Failed(anyhow::anyhow!("cannot find the treaty binary: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn logs_are_coloured_only_on_a_terminal_without_no_color() {
+        assert!(colour_logs(true, None));
+        assert!(colour_logs(true, Some("".into())));
+        assert!(!colour_logs(true, Some("1".into())));
+        assert!(!colour_logs(false, None));
+        assert!(!colour_logs(false, Some("".into())));
+    }
+
+    #[test]
+    fn times_read_as_rfc_3339_utc() {
+        // `date -u -d @1796056228.940 +%Y-%m-%dT%H:%M:%SZ`: the `since` of issue #11.
+        assert_eq!(utc(1_796_056_228_940), "2026-11-30T16:30:28Z");
+        assert_eq!(utc(0), "1970-01-01T00:00:00Z");
+        // 2000-02-29T23:59:59.999Z, a leap day: 951868799 s (`date -u -d 2000-02-29T23:59:59Z +%s`).
+        assert_eq!(utc(951_868_799_999), "2000-02-29T23:59:59Z");
+        assert!(utc(i64::MAX).contains("ms after 1970"));
+    }
 }

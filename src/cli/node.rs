@@ -9,7 +9,7 @@ use treaty_devkit::outln;
 use treaty_node::{Ledger, LedgerError};
 use treaty_node::{NodeConfig, NodeError};
 
-use super::{CliError, Outcome, unusable};
+use super::{CliError, Outcome, unusable, utc};
 use crate::signals;
 
 #[derive(Debug, Subcommand)]
@@ -89,7 +89,7 @@ pub fn ledger(config: &Path, json: bool) -> Outcome {
         };
         outln!(
             "{}\t{}\tround {}\t{}\t{}",
-            e.time_unix_ms,
+            utc(e.time_unix_ms),
             e.job_id,
             e.round,
             e.kind,

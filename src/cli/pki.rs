@@ -54,7 +54,9 @@ pub struct PkiInit {
     /// The coordinator's name.
     #[arg(long, default_value = "coordinator")]
     coordinator: String,
-    /// A host name or address the coordinator is reached at, besides localhost (repeatable).
+    /// A host name or IP address that nodes and operators dial the coordinator at, written into
+    /// its certificate (repeatable, e.g. `--coordinator-host hub.example --coordinator-host
+    /// 10.0.0.5`). `localhost`, 127.0.0.1 and ::1 are always in it: no need to give them.
     #[arg(long = "coordinator-host")]
     coordinator_hosts: Vec<String>,
     /// An operator name (repeatable; default `operator`).

@@ -64,14 +64,19 @@ pub enum PrivacyCommand {
     },
     /// The smallest noise multiplier for which T steps spend at most epsilon at delta.
     Noise {
+        /// The probability that each record is taken in a step (1 = every record, full batch).
         #[arg(long)]
         sampling_rate: f64,
+        /// The number of steps.
         #[arg(long)]
         steps: u64,
+        /// The epsilon the steps may spend.
         #[arg(long)]
         epsilon: f64,
+        /// The delta at which epsilon is counted.
         #[arg(long)]
         delta: f64,
+        /// Print `{"noise_multiplier": ..., "epsilon": ..., "delta": ..., "accountant": ...}`.
         #[arg(long)]
         json: bool,
     },

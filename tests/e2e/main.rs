@@ -4,9 +4,11 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod analytics;
+mod cli;
 mod common;
 mod config;
 mod demo;
+mod docs;
 mod dp;
 mod exit_codes;
 mod hostile;

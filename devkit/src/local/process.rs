@@ -3,9 +3,19 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+
+/// How many [`Process`]es this process holds now.
+static HELD: AtomicUsize = AtomicUsize::new(0);
+
+/// Whether this process holds child processes that only dropping their [`Process`] stops: a
+/// command must then not end with `std::process::exit`, which would leave them running.
+pub fn holds_processes() -> bool {
+    HELD.load(Ordering::SeqCst) > 0
+}
 
 /// A running `treaty` process, killed when dropped.
 #[derive(Debug)]
@@ -28,6 +38,7 @@ impl Process {
             .stderr(file)
             .spawn()
             .with_context(|| format!("cannot start {name} (`{}`)", exe.display()))?;
+        HELD.fetch_add(1, Ordering::SeqCst);
         Ok(Process {
             name: name.to_owned(),
             child,
@@ -138,5 +149,6 @@ impl Drop for Process {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        HELD.fetch_sub(1, Ordering::SeqCst);
     }
 }

@@ -6,7 +6,7 @@ use treaty_policies::{Loaded, TestFile, country_of, load_file};
 
 use super::test::is_test_file;
 use super::{Code, keys_or_2, registry_or_2};
-use treaty_devkit::outln;
+use treaty_devkit::{errln, outln};
 
 pub(super) fn check(registry: &Path, keys: Option<&Path>, files: &[PathBuf]) -> Code {
     let registry_path = registry;
@@ -20,7 +20,7 @@ pub(super) fn check(registry: &Path, keys: Option<&Path>, files: &[PathBuf]) -> 
         // `treaty policy check --registry registry.toml *.toml` names the registry among the
         // files: it was read as the registry already.
         if registry_file.is_some() && std::fs::canonicalize(file).ok() == registry_file {
-            eprintln!("{}: valid (the registry)", file.display());
+            errln!("{}: valid (the registry)", file.display());
             continue;
         }
         if is_test_file(file) {
@@ -32,7 +32,7 @@ pub(super) fn check(registry: &Path, keys: Option<&Path>, files: &[PathBuf]) -> 
                         .map_err(|ds| ds.iter().map(ToString::to_string).collect())
                 });
             match parsed {
-                Ok(t) => eprintln!("{}: valid ({} tests)", file.display(), t.tests.len()),
+                Ok(t) => errln!("{}: valid ({} tests)", file.display(), t.tests.len()),
                 Err(lines) => {
                     for l in lines {
                         outln!("{l}");
@@ -51,7 +51,7 @@ pub(super) fn check(registry: &Path, keys: Option<&Path>, files: &[PathBuf]) -> 
             continue;
         };
         match load_file(file, &country, &registry, keys.as_ref()).0 {
-            Loaded::Valid(p) => eprintln!(
+            Loaded::Valid(p) => errln!(
                 "{}: valid ({} policy version {})",
                 file.display(),
                 p.country,
@@ -76,7 +76,7 @@ pub(super) fn check(registry: &Path, keys: Option<&Path>, files: &[PathBuf]) -> 
     if bad == 0 {
         0
     } else {
-        eprintln!("{bad} of {} policy files are not valid", files.len());
+        errln!("{bad} of {} policy files are not valid", files.len());
         1
     }
 }

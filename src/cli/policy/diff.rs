@@ -5,7 +5,7 @@ use std::path::Path;
 use treaty_policies::diff;
 
 use super::{Code, attempt, date_or_today, read_policy, registry_or_2, unusable};
-use treaty_devkit::{out, outln};
+use treaty_devkit::{errln, out, outln};
 
 pub(super) fn diff_cmd(
     registry: &Path,
@@ -22,7 +22,7 @@ pub(super) fn diff_cmd(
                 .map(|(p, _)| p)
                 .map_err(|lines| {
                     for l in &lines {
-                        eprintln!("{l}");
+                        errln!("{l}");
                     }
                     unusable(format!("{} is not a valid policy", path.display()))
                 })

@@ -8,7 +8,7 @@ use treaty_policies::{
 };
 
 use super::{Code, attempt, registry_or_2, unusable};
-use treaty_devkit::outln;
+use treaty_devkit::{errln, outln};
 
 pub(super) fn keygen(out: &Path, country: &str) -> Code {
     if country.len() != 2 || !country.bytes().all(|b| b.is_ascii_uppercase()) {
@@ -29,7 +29,7 @@ pub(super) fn keygen(out: &Path, country: &str) -> Code {
             0
         }
         Err(e) => {
-            eprintln!("error: {e}");
+            errln!("error: {e}");
             1
         }
     }

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use treaty_policies::lint;
 
 use super::{Code, attempt, date_or_today, read_policy, registry_or_2};
-use treaty_devkit::outln;
+use treaty_devkit::{errln, outln};
 
 pub(super) fn lint_cmd(registry: &Path, today: Option<&str>, files: &[PathBuf]) -> Code {
     attempt(|| {
@@ -15,7 +15,7 @@ pub(super) fn lint_cmd(registry: &Path, today: Option<&str>, files: &[PathBuf]) 
         let (mut warnings, mut invalid) = (0, 0);
         for path in files {
             if !path.is_file() {
-                eprintln!("error: cannot read {}", path.display());
+                errln!("error: cannot read {}", path.display());
                 code = 2;
                 continue;
             }
@@ -46,7 +46,7 @@ pub(super) fn lint_cmd(registry: &Path, today: Option<&str>, files: &[PathBuf]) 
             }
         }
         let plural = |n: usize| if n == 1 { "" } else { "s" };
-        eprintln!(
+        errln!(
             "{warnings} warning{} in {} file{} (judged on {today}){}",
             plural(warnings),
             files.len(),

@@ -26,6 +26,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Subcommand, ValueEnum};
+use treaty_devkit::errln;
 use treaty_policies::{Date, Policy, Registry, TrustedKeys, country_of};
 
 use check::check;
@@ -43,6 +44,7 @@ pub enum PolicyCommand {
     /// Test files (`*.tests.toml`) are checked as test files. Exit 0 when all are valid, 1 when
     /// any is not.
     Check {
+        /// The federation's registry (its countries, groups, purposes, fields).
         #[arg(long)]
         registry: PathBuf,
         /// The federation's public keys (`<CC>.pub`): signatures are then checked too.
@@ -55,6 +57,7 @@ pub enum PolicyCommand {
     /// Decides a round: prints the decision JSON. Exit 0 whatever the decision, 2 on an
     /// unusable registry or request.
     Decide {
+        /// The federation's registry (its countries, groups, purposes, fields).
         #[arg(long)]
         registry: PathBuf,
         /// The directory holding `<CC>.toml`.
@@ -72,6 +75,7 @@ pub enum PolicyCommand {
     /// got ...` per test and a summary. Exit 0 when all pass, 1 when any fails, 2 on an unusable
     /// registry or test file.
     Test {
+        /// The federation's registry (its countries, groups, purposes, fields).
         #[arg(long)]
         registry: PathBuf,
         /// The directory holding `<CC>.toml`.
@@ -89,6 +93,7 @@ pub enum PolicyCommand {
     /// warnings, 1 with warnings or when a file is not a valid policy (its errors are printed),
     /// 2 on an unusable registry or an unreadable file.
     Lint {
+        /// The federation's registry (its countries, groups, purposes, fields).
         #[arg(long)]
         registry: PathBuf,
         /// The date expiry is judged on (YYYY-MM-DD); default today (UTC).
@@ -102,6 +107,7 @@ pub enum PolicyCommand {
     /// gain or lose permission, where a coordinator may be hosted, which limits and rules
     /// change. Exit 0, 2 on unusable input.
     Diff {
+        /// The federation's registry (its countries, groups, purposes, fields).
         #[arg(long)]
         registry: PathBuf,
         /// The date permissions are judged on (YYYY-MM-DD); default today (UTC).
@@ -110,22 +116,27 @@ pub enum PolicyCommand {
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
+        /// The earlier version of the policy file.
         old: PathBuf,
+        /// The later version of the policy file.
         new: PathBuf,
     },
     /// Who accepts whom as a recipient, for one purpose on one date, between the countries
     /// with a policy in the directory. Exit 0, 2 on unusable input.
     Matrix {
+        /// The federation's registry (its countries, groups, purposes, fields).
         #[arg(long)]
         registry: PathBuf,
         /// The directory holding `<CC>.toml`.
         #[arg(long)]
         policies: PathBuf,
+        /// The purpose (a registry purpose, e.g. `narcotics`).
         #[arg(long)]
         purpose: String,
         /// YYYY-MM-DD; default today (UTC).
         #[arg(long)]
         date: Option<String>,
+        /// Text (a table) or CSV.
         #[arg(long, value_enum, default_value_t = MatrixFormat::Text)]
         format: MatrixFormat,
         /// Require signed policies, verified with these public keys (`<CC>.pub`).
@@ -135,8 +146,10 @@ pub enum PolicyCommand {
     /// Makes a country's signing key pair: DIR/CC.key (private, mode 0600) and DIR/CC.pub (for
     /// the federation's key directory). Never overwrites a key.
     Keygen {
+        /// The directory to write the key pair into (created if missing).
         #[arg(long)]
         out: PathBuf,
+        /// The country whose key it is (ISO 3166-1 alpha-2, e.g. `DE`).
         #[arg(long)]
         country: String,
     },
@@ -149,6 +162,7 @@ pub enum PolicyCommand {
         /// checked to be TOML naming its country).
         #[arg(long)]
         registry: Option<PathBuf>,
+        /// Policy files to sign, each named `<CC>.toml`.
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
@@ -158,6 +172,7 @@ pub enum PolicyCommand {
         /// The federation's public keys (`<CC>.pub`).
         #[arg(long)]
         keys: PathBuf,
+        /// Policy files to verify, each with its `<CC>.toml.sig` beside it.
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
@@ -237,7 +252,7 @@ fn code(c: Code) -> ExitCode {
 
 /// Prints an error about unusable input; the exit code 2.
 fn unusable(message: impl std::fmt::Display) -> Code {
-    eprintln!("error: {message}");
+    errln!("error: {message}");
     2
 }
 
