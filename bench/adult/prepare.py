@@ -37,6 +37,7 @@ CATEGORIES = {
                      "Other-relative"],
     "race": ["White", "Black", "Asian-Pac-Islander", "Amer-Indian-Eskimo"],
     "sex": ["Male", "Female"],
+    "occupation": [o for o in AGENCY_OF if o != "?"],
     "native_country": ["United-States", "Mexico", "Philippines", "Germany", "India"],
 }
 # Public, a priori bounds (what a schema's author knows of the population, not read off the
@@ -49,8 +50,9 @@ NUMERIC = [
     ("capital_loss", 0, 5000, "log1p"),
     ("hours_per_week", 1, 99, None),
 ]
-FEATURES = ["age", "workclass", "fnlwgt", "education_num", "marital_status", "relationship",
-            "race", "sex", "capital_gain", "capital_loss", "hours_per_week", "native_country"]
+FEATURES = ["age", "workclass", "fnlwgt", "education_num", "marital_status", "occupation",
+            "relationship", "race", "sex", "capital_gain", "capital_loss", "hours_per_week",
+            "native_country"]
 
 
 def wheel(cache):

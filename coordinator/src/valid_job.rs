@@ -860,8 +860,8 @@ fn query(q: QuerySpec, problems: &mut Vec<JobProblem>) -> Option<ValidQuery> {
 
 /// The most a round of a calibrated training job spends at the job's delta, as the policies
 /// judge it. Full batches compose exactly in zCDP: whatever each node's split between training
-/// and evaluation, a round spends at most 1/rounds of the rho the statistics round leaves, plus
-/// 0.1 % for the noise grid of opendp. Poisson-subsampled rounds depend on each node's sampling
+/// and evaluation, a training round spends at most 1/rounds of the rho the statistics round
+/// leaves, and the statistics round its own rho; plus 0.1 % for the noise grid of opendp. Poisson-subsampled rounds depend on each node's sampling
 /// rate: no round spends more than the whole target.
 fn round_epsilon(t: &ValidTraining, p: &PrivacySpec) -> f64 {
     if DpMode::try_from(p.mode) != Ok(DpMode::FullBatch) {
@@ -874,7 +874,8 @@ fn round_epsilon(t: &ValidTraining, p: &PrivacySpec) -> f64 {
     };
     let rho = (privacy::zcdp::rho_for(p.target_epsilon, p.target_delta) - statistics).max(0.0)
         / f64::from(t.rest.rounds.max(1));
-    let round = privacy::zcdp::epsilon(rho, p.target_delta);
+    // The statistics round is a round too, judged by the same terms.
+    let round = privacy::zcdp::epsilon(rho.max(statistics), p.target_delta);
     (round * 1.001).min(p.target_epsilon)
 }
 
@@ -1210,8 +1211,18 @@ pub(crate) mod tests {
         let with_test_split = node(t.privacy.evaluation_epsilon.unwrap());
         let without = node(0.0);
         assert!(with_test_split <= declared && without <= declared);
+        // The statistics round, round 0, spends its rho alone: within the terms too.
+        let statistics = privacy::spent(
+            &[privacy::Release::Gaussian {
+                rho: t.privacy.statistics_rho.unwrap(),
+            }],
+            1e-5,
+        )
+        .unwrap()
+        .epsilon;
+        assert!(statistics <= declared, "{statistics} > {declared}");
         assert!(
-            declared <= 1.002 * with_test_split.max(without),
+            declared <= 1.002 * with_test_split.max(without).max(statistics),
             "{declared}"
         );
         // Far below the whole target: a policy's per-round limit judges a round, not the job.
