@@ -165,6 +165,15 @@ pub enum CoordinatorError {
     Stream(#[from] tonic::Status),
 }
 
+impl CoordinatorError {
+    /// Whether the error is about the coordinator's own input files (its configuration, its
+    /// certificate and key), which the person starting it must fix, rather than a failure of the
+    /// process, its store or a peer.
+    pub fn is_unusable(&self) -> bool {
+        matches!(self, CoordinatorError::Config(_) | CoordinatorError::Tls(_))
+    }
+}
+
 impl From<CoordinatorError> for tonic::Status {
     fn from(error: CoordinatorError) -> Self {
         use CoordinatorError::*;

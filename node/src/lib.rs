@@ -63,7 +63,7 @@ pub use ledger::{
 };
 pub use metrics::{evaluate, roc_auc};
 pub use model::{Architecture, Model};
-pub use model_file::{ModelFile, ModelFileError};
+pub use model_file::{MalformedModel, ModelFile, ModelFileError};
 pub use noise::{GaussianNoise, NoiseError, Prepared};
 pub use refusal::{Refusal, RefusalCode};
 pub use session::upload;

@@ -6,17 +6,25 @@ use std::path::{Path, PathBuf};
 
 use ndarray::{ArrayD, IxDyn};
 use serde::{Deserialize, Serialize};
-use treaty_proto::schema;
 use treaty_proto::tensor::NamedTensor;
 use treaty_proto::v1::{ColumnStats, FeatureSchema, ModelHeader, ModelKind};
+use treaty_proto::{enums, schema};
 
 use crate::model::{Architecture, Model};
 
-/// A model file cannot be written or used.
+/// A downloaded model version cannot be written as a model file: the coordinator sent a header
+/// without what the file needs. A failure of the coordinator, not of the operator's input.
+#[derive(Debug, thiserror::Error)]
+pub enum MalformedModel {
+    #[error("the coordinator sent a model without its {0}")]
+    Missing(&'static str),
+    #[error("the coordinator sent a model that cannot be described: {0}")]
+    Kind(#[from] treaty_proto::EnumError),
+}
+
+/// A model file cannot be read or used.
 #[derive(Debug, thiserror::Error)]
 pub enum ModelFileError {
-    #[error("the model has no {0}")]
-    Missing(&'static str),
     #[error("cannot read `{path}`: {source}")]
     Read {
         path: PathBuf,
@@ -77,23 +85,21 @@ pub struct TensorFile {
 
 impl ModelFile {
     /// The file of a downloaded model version.
-    pub fn new(header: &ModelHeader, tensors: &[NamedTensor]) -> Result<Self, ModelFileError> {
+    pub fn new(header: &ModelHeader, tensors: &[NamedTensor]) -> Result<Self, MalformedModel> {
         let spec = header
             .spec
             .clone()
-            .ok_or(ModelFileError::Missing("training spec"))?;
+            .ok_or(MalformedModel::Missing("training spec"))?;
         let schema = spec
             .schema
             .clone()
-            .ok_or(ModelFileError::Missing("schema"))?;
+            .ok_or(MalformedModel::Missing("schema"))?;
+        let model: ModelKind = enums::specified(spec.model, || "the model's kind".into())?;
         Ok(ModelFile {
             job_id: header.job_id.clone(),
             model_version: header.model_version.clone(),
             round: header.round,
-            model: ModelKind::try_from(spec.model)
-                .map_err(|_| ModelFileError::Kind(spec.model.to_string()))?
-                .as_str_name()
-                .to_owned(),
+            model: model.as_str_name().to_owned(),
             hidden_units: spec.hidden_units,
             features: schema::encoded_names(&schema),
             classes: schema::classes(&schema),

@@ -136,6 +136,24 @@ pub enum PkiError {
     Corrupt { path: PathBuf, message: String },
 }
 
+impl PkiError {
+    /// Whether the error is about the caller's input: a PKI directory or certificate that is
+    /// missing, unreadable, corrupt or foreign, or a name that is not valid. Writing files and
+    /// generating keys are failures of the machine.
+    pub fn is_unusable(&self) -> bool {
+        match self {
+            PkiError::Read { .. }
+            | PkiError::Parse { .. }
+            | PkiError::Corrupt { .. }
+            | PkiError::Exists(_)
+            | PkiError::AgencySpec { .. }
+            | PkiError::Identity(_)
+            | PkiError::ForeignCertificate { .. } => true,
+            PkiError::Write { .. } | PkiError::Generate(_) => false,
+        }
+    }
+}
+
 /// An enum field of a message holds a value this build does not know, or leaves unspecified a
 /// value that is needed. prost keeps such a field as the `i32` that arrived; [`crate::enums`]
 /// decodes it into this error rather than reading it as "unspecified".

@@ -6,8 +6,8 @@ use std::path::Path;
 use anyhow::Context;
 use clap::Subcommand;
 use treaty_devkit::outln;
+use treaty_node::NodeConfig;
 use treaty_node::{Ledger, LedgerError};
-use treaty_node::{NodeConfig, NodeError};
 
 use super::{CliError, Outcome, unusable};
 use crate::signals;
@@ -41,16 +41,9 @@ pub async fn run(config: Option<&Path>) -> Outcome {
         signals::terminate().await;
         trigger.cancel();
     });
-    treaty_node::run(config, shutdown)
-        .await
-        .map_err(|e| match e {
-            // What the node reads before it connects: its files.
-            NodeError::Config(_)
-            | NodeError::Tls(_)
-            | NodeError::Data(_)
-            | NodeError::NotAnAgency { .. } => unusable(e),
-            other => CliError::Failed(other.into()),
-        })
+    // What the node reads before it connects (its files) is unusable input: `NodeError::is_unusable`.
+    treaty_node::run(config, shutdown).await?;
+    Ok(())
 }
 
 /// Shows the ledger of the node of `config`.

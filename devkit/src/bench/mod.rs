@@ -13,5 +13,5 @@ mod w5;
 
 pub use policy::policy;
 pub use timing::timing;
-pub use w1::{W1Options, w1};
+pub use w1::{W1DataError, W1Options, w1};
 pub use w5::w5;
