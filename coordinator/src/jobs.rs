@@ -192,7 +192,9 @@ async fn train(
             // Set for each agency when the task is sent.
             public_records: 0.0,
         });
-        let check = |r: &TaskResult| check_update(&global, r);
+        let global = Arc::new(global);
+        let checked = Arc::clone(&global);
+        let check = move |r: &TaskResult| check_update(&checked, r);
         let collected = rounds::collect(ctx, job, rules, round, kind, check).await?;
         let mut summary = collected.summary;
         evaluation_metrics(&mut summary, &collected.results);
@@ -263,7 +265,7 @@ async fn statistics(
     });
     // Noisy sums (under DP) may be negative or exceed the records; they are combined as they are
     // and the combination clamps what must be non-negative.
-    let check = |r: &TaskResult| match r.tensors.as_slice() {
+    let check = move |r: &TaskResult| match r.tensors.as_slice() {
         [t] if t.name == "stats" && t.values.shape() == [width, 3] => Ok(()),
         _ => Err(format!(
             "statistics must be one tensor `stats` of shape [{width}, 3]"
@@ -352,7 +354,8 @@ async fn query(
     // Every answer is checked against what the query allows before it is combined; one that
     // fails is rejected, its agency excluded and named (see `analytics`).
     let max_records = ctx.limits.max_records_per_agency;
-    let check = |r: &TaskResult| answers::check_answer(&spec, max_records, r);
+    let checked = spec.clone();
+    let check = move |r: &TaskResult| answers::check_answer(&checked, max_records, r);
     let collected = rounds::collect(ctx, job, rules, 1, kind, check).await?;
     let mut summary = collected.summary;
     let combination = spec.combination;

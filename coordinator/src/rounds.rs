@@ -103,7 +103,8 @@ pub(crate) struct Collected {
 }
 
 /// Runs round `round` of `job`: sends `kind` to the connected members and collects their
-/// results, each checked by `check`. Fails the job when fewer agencies than its `rules` need
+/// results, each checked by `check` on a blocking thread (a full model's distance, an answer's
+/// bounds). Fails the job when fewer agencies than its `rules` need
 /// are connected, admitted by the sharing policies, or send usable results.
 pub(crate) async fn collect(
     ctx: &Arc<Coordinator>,
@@ -111,8 +112,9 @@ pub(crate) async fn collect(
     rules: &RoundRules,
     round: u32,
     kind: task::Kind,
-    check: impl Fn(&TaskResult) -> Result<(), String>,
+    check: impl Fn(&TaskResult) -> Result<(), String> + Send + Sync + 'static,
 ) -> Result<Collected, CoordinatorError> {
+    let check = Arc::new(check);
     let name = job.federation.clone();
     let federation = ctx
         .blocking(move |ctx| ctx.store.federation(&name))
@@ -327,22 +329,32 @@ pub(crate) async fn collect(
             Outcome::Invalid(reason) => {
                 reject(ctx, job, round, &identity, reason, &mut excluded).await?
             }
-            Outcome::Result(result) => match check(&result) {
-                Ok(()) => {
-                    ctx.emit(
-                        job,
-                        JobEventKind::ResultAccepted,
-                        round,
-                        &agency,
-                        format!(
-                            "{agency} sent its result ({} examples)",
-                            result.num_examples
-                        ),
-                    );
-                    results.push((agency, result));
+            Outcome::Result(result) => {
+                let check = Arc::clone(&check);
+                let (result, verdict) = tokio::task::spawn_blocking(move || {
+                    let verdict = check(&result);
+                    (result, verdict)
+                })
+                .await?;
+                match verdict {
+                    Ok(()) => {
+                        ctx.emit(
+                            job,
+                            JobEventKind::ResultAccepted,
+                            round,
+                            &agency,
+                            format!(
+                                "{agency} sent its result ({} examples)",
+                                result.num_examples
+                            ),
+                        );
+                        results.push((agency, result));
+                    }
+                    Err(reason) => {
+                        reject(ctx, job, round, &identity, reason, &mut excluded).await?
+                    }
                 }
-                Err(reason) => reject(ctx, job, round, &identity, reason, &mut excluded).await?,
-            },
+            }
         }
     }
     for (agency, task_id) in open {

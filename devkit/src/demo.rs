@@ -74,7 +74,7 @@ pub async fn run(args: DemoOptions) -> anyhow::Result<()> {
         _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
     };
     if let Some(f) = federation.as_mut() {
-        f.stop();
+        f.stop().await;
         if result.is_ok()
             && let Ok(spent) = f.spent()
         {
@@ -115,7 +115,10 @@ async fn demo(
         .iter()
         .map(|(a, c)| (a.to_string(), c.to_string()))
         .collect();
-    let synth = customs::generate(&dir.join("data"), &agencies, args.rows, 2026)?;
+    let (data_dir, rows) = (dir.join("data"), args.rows);
+    let synth =
+        tokio::task::spawn_blocking(move || customs::generate(&data_dir, &agencies, rows, 2026))
+            .await??;
     let data = synth.agencies.clone();
     for a in &data {
         outln!(
@@ -130,13 +133,7 @@ async fn demo(
         "making a throwaway PKI and starting the coordinator and one node per agency (mutual TLS 1.3)",
     );
     let members: Vec<Member> = data.iter().map(Member::from).collect();
-    let fed = slot.insert(LocalFederation::start(
-        dir,
-        &args.exe,
-        &members,
-        BUDGET,
-        &[],
-    )?);
+    let fed = slot.insert(LocalFederation::start(dir, &args.exe, &members, BUDGET, &[]).await?);
     let mut client = fed.operator().await?;
     let connected = fed
         .wait_connected(&mut client, AGENCIES.len(), Duration::from_secs(30))

@@ -170,7 +170,8 @@ pub async fn w1(args: W1Options, exe: &Path) -> anyhow::Result<()> {
         &agencies,
         10.0_f64.max(args.epsilon * 1.5),
         &fields,
-    )?;
+    )
+    .await?;
     let result = async {
         let mut client = fed.operator().await?;
         fed.wait_connected(&mut client, args.agencies, Duration::from_secs(300)).await?;
@@ -253,7 +254,7 @@ pub async fn w1(args: W1Options, exe: &Path) -> anyhow::Result<()> {
         }))
     }
     .await;
-    fed.stop();
+    fed.stop().await;
     let mut report = result?;
     // Each agency's own ledger, read after its node stopped.
     let spent: Vec<f64> = fed.spent()?.into_iter().map(|(_, e)| e).collect();

@@ -14,4 +14,4 @@ mod site;
 
 pub use federation::{COORDINATOR_COUNTRY, LocalFederation, Member};
 pub use process::Process;
-pub use site::{Site, SiteOptions, write_toml};
+pub use site::{Site, SiteOptions, replace_file, write_toml};

@@ -122,10 +122,10 @@ impl Site {
         self.path("policies")
     }
 
-    /// Writes a text into the coordinator's policy directory (`registry.toml`, `<CC>.toml`).
+    /// Writes a text into the coordinator's policy directory (`registry.toml`, `<CC>.toml`), as
+    /// [`replace_file`] does: a coordinator deciding a round meanwhile reads the old or the new.
     pub fn write_policy_file(&self, name: &str, text: &str) -> anyhow::Result<()> {
-        let path = self.policies().join(name);
-        std::fs::write(&path, text).with_context(|| format!("cannot write `{}`", path.display()))
+        replace_file(&self.policies().join(name), text)
     }
 
     /// An agency's own policy directory: its copies of the registry and of its country's
@@ -273,6 +273,18 @@ impl Site {
             &format!("node-{agency}"),
         )
     }
+}
+
+/// Replaces a file that a running process may read at any time (a policy edited mid-job), as an
+/// operator would: the text is written beside it and renamed over it, so a reader sees the old
+/// text or the new, never an empty or partial file.
+pub fn replace_file(path: &Path, text: &str) -> anyhow::Result<()> {
+    let mut staged = path.as_os_str().to_owned();
+    staged.push(".new");
+    let staged = PathBuf::from(staged);
+    std::fs::write(&staged, text)
+        .with_context(|| format!("cannot write `{}`", staged.display()))?;
+    std::fs::rename(&staged, path).with_context(|| format!("cannot replace `{}`", path.display()))
 }
 
 /// Writes `value` as a TOML file.

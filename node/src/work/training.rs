@@ -49,14 +49,6 @@ impl Worker {
             )
         })?;
         let inputs = schema::encoded_names(schema).len();
-        let model = Model::from_tensors(kind, inputs, &global).map_err(InvalidTask::GlobalModel)?;
-        if !model
-            .params()
-            .iter()
-            .all(|w| w.is_finite() && w.abs() <= MAX_PARAMETER)
-        {
-            return Err(InvalidTask::GlobalParameter.into());
-        }
         let train_data = self
             .encoded(false, schema, &spec.standardization)
             .await
@@ -76,6 +68,17 @@ impl Worker {
         };
         let (stop, dp, evaluation_scale) = (self.stop.clone(), round.dp, round.evaluation);
         blocking(move || {
+            // The global model, read from its tensors and scanned: a computation over every
+            // parameter, on this blocking thread.
+            let model =
+                Model::from_tensors(kind, inputs, &global).map_err(InvalidTask::GlobalModel)?;
+            if !model
+                .params()
+                .iter()
+                .all(|w| w.is_finite() && w.abs() <= MAX_PARAMETER)
+            {
+                return Err(InvalidTask::GlobalParameter.into());
+            }
             // Nothing leaves but the noisy model and, when there is a test split, the noisy counts
             // of the received global model's evaluation; no count of records (updates are then
             // averaged with equal weights).
