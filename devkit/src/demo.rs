@@ -15,7 +15,6 @@ use treaty_coordinator::client;
 use treaty_node::ModelFile;
 use treaty_node::Table;
 use treaty_node::explain;
-use treaty_proto::schema;
 use treaty_proto::v1::{
     Aggregation, CreateFederationRequest, CreateJobRequest, DpMode, FederationInfo, Job, JobSpec,
     ModelKind, PrivacySpec, QueryKind, QuerySpec, SharingSpec, Strategy, TrainingSpec, job_spec,
@@ -160,9 +159,7 @@ async fn demo(
         federation.name, federation.created_by
     ));
 
-    let schema = schema::parse(&customs::schema_toml())
-        .map_err(anyhow::Error::msg)?
-        .map_err(|p| anyhow::anyhow!(p.join("; ")))?;
+    let schema = customs::schema();
     let training = TrainingSpec {
         model: ModelKind::LogisticRegression as i32,
         schema: Some(schema.clone()),

@@ -20,6 +20,8 @@ pub enum MalformedModel {
     Missing(&'static str),
     #[error("the coordinator sent a model that cannot be described: {0}")]
     Kind(#[from] treaty_proto::EnumError),
+    #[error("the coordinator sent a model whose schema cannot be described: {0}")]
+    Schema(#[from] treaty_proto::SchemaTomlError),
 }
 
 /// A model file cannot be read or used.
@@ -103,7 +105,7 @@ impl ModelFile {
             hidden_units: spec.hidden_units,
             features: schema::encoded_names(&schema),
             classes: schema::classes(&schema),
-            schema_toml: schema::to_toml(&schema),
+            schema_toml: schema::to_toml(&schema)?,
             standardization: spec
                 .standardization
                 .iter()

@@ -166,3 +166,12 @@ pub enum EnumError {
     #[error("{field} is not given")]
     Unspecified { field: String },
 }
+
+/// A schema cannot be written as TOML.
+#[derive(Debug, thiserror::Error)]
+pub enum SchemaTomlError {
+    #[error("the schema cannot be written: {0}")]
+    Enum(#[from] EnumError),
+    #[error("the schema cannot be written as TOML: {0}")]
+    Toml(#[from] toml::ser::Error),
+}

@@ -27,7 +27,7 @@ pub mod schema;
 pub mod tensor;
 pub mod tls;
 
-pub use error::{EnumError, IdentityError, PkiError, TensorError, TlsError};
+pub use error::{EnumError, IdentityError, PkiError, SchemaTomlError, TensorError, TlsError};
 pub use identity::Identity;
 
 /// The generated protobuf messages and gRPC services of `treaty.v1`.

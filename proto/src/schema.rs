@@ -30,17 +30,18 @@
 use std::collections::HashSet;
 use std::path::Path;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::config::ConfigError;
 use crate::enums;
-use crate::error::EnumError;
+use crate::error::{EnumError, SchemaTomlError};
 use crate::v1::{
     ColumnKind, ColumnSpec, FeatureSchema, LabelKind, LabelSpec, MissingRule, ModelKind,
     TrainingSpec, Transform,
 };
 
-#[derive(Debug, Deserialize)]
+/// The schema file, as [`parse`] reads it and [`to_toml`] writes it.
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 struct SchemaFile {
     label: LabelFile,
@@ -48,25 +49,29 @@ struct SchemaFile {
     columns: Vec<ColumnFile>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 struct LabelFile {
     name: String,
     kind: String,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     classes: Vec<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 struct ColumnFile {
     name: String,
     kind: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
     lower: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     upper: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     transform: Option<String>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     values: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     missing: Option<String>,
 }
 
@@ -176,53 +181,77 @@ pub fn parse(text: &str) -> Result<Result<FeatureSchema, Vec<String>>, String> {
     })
 }
 
-/// Writes a schema as TOML that [`parse`] reads back to the same schema.
-pub fn to_toml(schema: &FeatureSchema) -> String {
-    let q = |s: &str| format!("{s:?}");
-    let list = |v: &[String]| v.iter().map(|s| q(s)).collect::<Vec<_>>().join(", ");
+/// Writes a schema as TOML that [`parse`] reads back to the same schema: the schema as its file
+/// (the words [`parse`] reads), written by the TOML serializer (which quotes every name and
+/// value as TOML requires). An enum value this build does not know cannot be written.
+pub fn to_toml(schema: &FeatureSchema) -> Result<String, SchemaTomlError> {
+    Ok(toml::to_string(&to_file(schema)?)?)
+}
+
+/// A schema as its file.
+fn to_file(schema: &FeatureSchema) -> Result<SchemaFile, EnumError> {
     let label = schema.label.clone().unwrap_or_default();
-    let label_kind = match label_kind(schema) {
+    let label_kind = match decode_label_kind(schema)? {
+        LabelKind::Binary => "binary",
         LabelKind::Categorical => "categorical",
         LabelKind::Numeric => "numeric",
-        _ => "binary",
+        LabelKind::Unspecified => {
+            return Err(unspecified(format!("the kind of label `{}`", label.name)));
+        }
     };
-    let mut out = format!(
-        "[label]\nname = {}\nkind = {}\n",
-        q(&label.name),
-        q(label_kind)
-    );
-    if !label.classes.is_empty() {
-        out.push_str(&format!("classes = [{}]\n", list(&label.classes)));
-    }
-    for c in &schema.columns {
-        let kind_name = match column_kind(c) {
-            Ok(ColumnKind::Categorical) => "categorical",
-            Ok(ColumnKind::Boolean) => "boolean",
-            _ => "numeric",
-        };
-        out.push_str(&format!(
-            "\n[[column]]\nname = {}\nkind = {}\n",
-            q(&c.name),
-            q(kind_name)
-        ));
-        if let (Some(lo), Some(hi)) = (c.lower, c.upper) {
-            out.push_str(&format!("lower = {lo:?}\nupper = {hi:?}\n"));
-        }
-        if c.transform == Transform::Log1p as i32 {
-            out.push_str("transform = \"log1p\"\n");
-        }
-        if !c.values.is_empty() {
-            out.push_str(&format!("values = [{}]\n", list(&c.values)));
-        }
-        let missing = match missing_rule(c) {
-            Ok(MissingRule::Mean) => "mean",
-            Ok(MissingRule::Zero) => "zero",
-            Ok(MissingRule::Other) => "other",
-            _ => "reject",
-        };
-        out.push_str(&format!("missing = {}\n", q(missing)));
-    }
-    out
+    let columns = schema
+        .columns
+        .iter()
+        .map(|c| {
+            let kind = match column_kind(c)? {
+                ColumnKind::Numeric => "numeric",
+                ColumnKind::Categorical => "categorical",
+                ColumnKind::Boolean => "boolean",
+                ColumnKind::Unspecified => {
+                    return Err(unspecified(format!("the kind of column `{}`", c.name)));
+                }
+            };
+            let missing = match missing_rule(c)? {
+                MissingRule::Reject => "reject",
+                MissingRule::Mean => "mean",
+                MissingRule::Zero => "zero",
+                MissingRule::Other => "other",
+                MissingRule::Unspecified => {
+                    return Err(unspecified(format!(
+                        "the missing-value rule of column `{}`",
+                        c.name
+                    )));
+                }
+            };
+            let transform = match transform(c)? {
+                Transform::Unspecified => None,
+                Transform::Log1p => Some("log1p".to_owned()),
+            };
+            Ok(ColumnFile {
+                name: c.name.clone(),
+                kind: kind.to_owned(),
+                lower: c.lower,
+                upper: c.upper,
+                transform,
+                values: c.values.clone(),
+                missing: Some(missing.to_owned()),
+            })
+        })
+        .collect::<Result<_, EnumError>>()?;
+    Ok(SchemaFile {
+        label: LabelFile {
+            name: label.name,
+            kind: label_kind.to_owned(),
+            classes: label.classes,
+        },
+        columns,
+    })
+}
+
+/// The error of an `_UNSPECIFIED` value where the schema file needs one; the decoding functions
+/// below already refuse it, so this is their error again.
+fn unspecified(field: String) -> EnumError {
+    EnumError::Unspecified { field }
 }
 
 /// A column's kind, which must be given.
@@ -527,7 +556,20 @@ kind = "boolean"
     #[test]
     fn toml_round_trips() {
         let schema = parse(GOOD).unwrap().unwrap();
-        assert_eq!(parse(&to_toml(&schema)).unwrap().unwrap(), schema);
+        assert_eq!(parse(&to_toml(&schema).unwrap()).unwrap().unwrap(), schema);
+        // Names and values TOML must escape: a combining accent, a control character, quotes
+        // and a backslash.
+        let mut odd = schema.clone();
+        odd.columns[0].name = "cafe\u{301}".into();
+        odd.columns[1].values = vec!["sea\u{7}".into(), "a \"b\" \\ c".into()];
+        if let Some(label) = odd.label.as_mut() {
+            label.name = "sa\u{308}isie\tfaite".into();
+        }
+        let text = to_toml(&odd).unwrap();
+        assert_eq!(parse(&text).unwrap().unwrap(), odd, "{text}");
+        // An unknown enum value cannot be written.
+        odd.columns[0].kind = 42;
+        assert!(to_toml(&odd).is_err());
     }
 
     #[test]
