@@ -20,7 +20,9 @@ use crate::models;
 use crate::rounds::{self, round_line, shown};
 use crate::state::{Coordinator, now_ms};
 use crate::tasks::TaskResult;
-use crate::valid_job::{Combination, RoundRules, ValidJob, ValidQuery, ValidTraining, Work};
+use crate::valid_job::{
+    Combination, InvalidJob, JobProblem, RoundRules, ValidJob, ValidQuery, ValidTraining, Work,
+};
 use crate::{analytics, answers};
 
 /// Starts the job's runner on its own task.
@@ -171,7 +173,12 @@ async fn train(
         let version = format!("{}/r0", job.job_id);
         let (job_id, v, s) = (job.job_id.clone(), version.clone(), spec.clone());
         ctx.blocking(move |ctx| {
-            let model = models::initial_model(&s);
+            let model = models::initial_model(&s).map_err(|e| CoordinatorError::StoredJob {
+                job: job_id.clone(),
+                source: InvalidJob {
+                    problems: vec![JobProblem::Enum(e)],
+                },
+            })?;
             models::store(&ctx.store, &job_id, &s.to_spec(), 0, &v, &model, &[], None)
         })
         .await?;

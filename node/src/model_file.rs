@@ -104,7 +104,7 @@ impl ModelFile {
             model: model.as_str_name().to_owned(),
             hidden_units: spec.hidden_units,
             features: schema::encoded_names(&schema),
-            classes: schema::classes(&schema),
+            classes: schema::classes(&schema)?,
             schema_toml: schema::to_toml(&schema)?,
             standardization: spec
                 .standardization
@@ -146,12 +146,10 @@ impl ModelFile {
             .map_err(|p| ModelFileError::Schema(p.join("; ")))?;
         let unknown = || ModelFileError::Kind(self.model.clone());
         let kind = ModelKind::from_str_name(&self.model).ok_or_else(unknown)?;
-        let kind = Architecture::of(
-            kind,
-            schema::classes(&schema).len(),
-            self.hidden_units as usize,
-        )
-        .ok_or_else(unknown)?;
+        let classes =
+            schema::classes(&schema).map_err(|e| ModelFileError::Schema(e.to_string()))?;
+        let kind = Architecture::of(kind, classes.len(), self.hidden_units as usize)
+            .ok_or_else(unknown)?;
         let tensors = self
             .tensors
             .iter()

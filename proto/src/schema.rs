@@ -78,6 +78,11 @@ struct ColumnFile {
 /// The most features a schema may encode to (one-hot slots included).
 pub const MAX_ENCODED_WIDTH: usize = 10_000;
 
+/// The most hidden units an MLP may have: the coordinator refuses a job asking for more and
+/// every node a task. 4096 units over the widest encoding ([`MAX_ENCODED_WIDTH`]) make about
+/// 41 million parameters, within what a node accepts (`MAX_MODEL_ELEMENTS`, 50 million).
+pub const MAX_HIDDEN_UNITS: u32 = 4096;
+
 /// Reads a schema file and checks it, reporting every problem at once.
 pub fn load(path: &Path) -> Result<FeatureSchema, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
@@ -207,21 +212,14 @@ fn to_file(schema: &FeatureSchema) -> Result<SchemaFile, EnumError> {
                 ColumnKind::Numeric => "numeric",
                 ColumnKind::Categorical => "categorical",
                 ColumnKind::Boolean => "boolean",
-                ColumnKind::Unspecified => {
-                    return Err(unspecified(format!("the kind of column `{}`", c.name)));
-                }
+                ColumnKind::Unspecified => return Err(unspecified(column_kind_field(c))),
             };
             let missing = match missing_rule(c)? {
                 MissingRule::Reject => "reject",
                 MissingRule::Mean => "mean",
                 MissingRule::Zero => "zero",
                 MissingRule::Other => "other",
-                MissingRule::Unspecified => {
-                    return Err(unspecified(format!(
-                        "the missing-value rule of column `{}`",
-                        c.name
-                    )));
-                }
+                MissingRule::Unspecified => return Err(unspecified(missing_rule_field(c))),
             };
             let transform = match transform(c)? {
                 Transform::Unspecified => None,
@@ -248,23 +246,23 @@ fn to_file(schema: &FeatureSchema) -> Result<SchemaFile, EnumError> {
     })
 }
 
-/// The error of an `_UNSPECIFIED` value where the schema file needs one; the decoding functions
-/// below already refuse it, so this is their error again.
-fn unspecified(field: String) -> EnumError {
-    EnumError::Unspecified { field }
-}
-
 /// A column's kind, which must be given.
 pub fn column_kind(c: &ColumnSpec) -> Result<ColumnKind, EnumError> {
-    enums::specified(c.kind, || format!("the kind of column `{}`", c.name))
+    enums::specified(c.kind, || column_kind_field(c))
+}
+
+fn column_kind_field(c: &ColumnSpec) -> String {
+    format!("the kind of column `{}`", c.name)
 }
 
 /// A column's rule for missing values, which must be given (the schema file's default is
 /// `reject`).
 pub fn missing_rule(c: &ColumnSpec) -> Result<MissingRule, EnumError> {
-    enums::specified(c.missing, || {
-        format!("the missing-value rule of column `{}`", c.name)
-    })
+    enums::specified(c.missing, || missing_rule_field(c))
+}
+
+fn missing_rule_field(c: &ColumnSpec) -> String {
+    format!("the missing-value rule of column `{}`", c.name)
 }
 
 /// A column's transform (unspecified: none).
@@ -276,37 +274,41 @@ pub fn transform(c: &ColumnSpec) -> Result<Transform, EnumError> {
 
 /// The label's kind, which must be given (a schema without a label has none).
 pub fn decode_label_kind(schema: &FeatureSchema) -> Result<LabelKind, EnumError> {
-    let label = schema.label.as_ref();
-    enums::specified(label.map(|l| l.kind).unwrap_or(0), || {
-        format!(
-            "the kind of label `{}`",
-            label.map(|l| l.name.as_str()).unwrap_or_default()
-        )
-    })
+    let kind = schema.label.as_ref().map(|l| l.kind).unwrap_or(0);
+    enums::specified(kind, || label_kind_field(schema))
 }
 
-/// The label's kind, for a schema [`problems`] accepts; `Unspecified` when it has none this
-/// build knows (which [`problems`] reports).
-pub fn label_kind(schema: &FeatureSchema) -> LabelKind {
-    match decode_label_kind(schema) {
-        Ok(kind) => kind,
-        Err(_) => LabelKind::Unspecified,
-    }
+fn label_kind_field(schema: &FeatureSchema) -> String {
+    let name = schema.label.as_ref().map(|l| l.name.as_str());
+    format!("the kind of label `{}`", name.unwrap_or_default())
 }
 
 /// The model a training spec names, which must be given.
 pub fn model_kind(spec: &TrainingSpec) -> Result<ModelKind, EnumError> {
-    enums::specified(spec.model, || "the training spec's model".to_owned())
+    enums::specified(spec.model, model_kind_field)
 }
 
-/// The class names of a binary or categorical label (binary defaults to ["0", "1"]).
-pub fn classes(schema: &FeatureSchema) -> Vec<String> {
+fn model_kind_field() -> String {
+    "the training spec's model".to_owned()
+}
+
+/// The error of an `_UNSPECIFIED` value where one is needed. The decoding functions above
+/// already refuse it, so a match on what they return meets it only in an arm that gives their
+/// error again.
+fn unspecified(field: String) -> EnumError {
+    EnumError::Unspecified { field }
+}
+
+/// The class names of a binary or categorical label (binary defaults to ["0", "1"]); none for
+/// a numeric label. An error when the label's kind is not one this build knows.
+pub fn classes(schema: &FeatureSchema) -> Result<Vec<String>, EnumError> {
     let label = schema.label.clone().unwrap_or_default();
-    match label_kind(schema) {
+    Ok(match decode_label_kind(schema)? {
         LabelKind::Binary if label.classes.is_empty() => vec!["0".into(), "1".into()],
+        LabelKind::Binary | LabelKind::Categorical => label.classes,
         LabelKind::Numeric => Vec::new(),
-        _ => label.classes,
-    }
+        LabelKind::Unspecified => return Err(unspecified(label_kind_field(schema))),
+    })
 }
 
 /// Every problem with a schema, each in a sentence.
@@ -477,25 +479,28 @@ pub fn label_kind_for(model: ModelKind) -> Option<LabelKind> {
     }
 }
 
-/// The parameter tensors of the job's model: (name, shape), in order. A spec whose model
-/// [`model_kind`] cannot decode gets the layout of a linear model.
-pub fn parameter_layout(spec: &TrainingSpec) -> Vec<(String, Vec<usize>)> {
+/// The parameter tensors of the job's model: (name, shape), in order. An error when the spec's
+/// model or label kind is not one this build knows.
+pub fn parameter_layout(spec: &TrainingSpec) -> Result<Vec<(String, Vec<usize>)>, EnumError> {
     let schema = spec.schema.clone().unwrap_or_default();
     let d = encoded_names(&schema).len();
     let h = spec.hidden_units as usize;
-    match model_kind(spec) {
-        Ok(ModelKind::MultinomialLogisticRegression) => {
-            let k = classes(&schema).len();
+    Ok(match model_kind(spec)? {
+        ModelKind::MultinomialLogisticRegression => {
+            let k = classes(&schema)?.len();
             vec![("weights".into(), vec![d, k]), ("bias".into(), vec![k])]
         }
-        Ok(ModelKind::Mlp) => vec![
+        ModelKind::Mlp => vec![
             ("hidden_weights".into(), vec![d, h]),
             ("hidden_bias".into(), vec![h]),
             ("weights".into(), vec![h]),
             ("bias".into(), vec![]),
         ],
-        _ => vec![("weights".into(), vec![d]), ("bias".into(), vec![])],
-    }
+        ModelKind::LogisticRegression | ModelKind::LinearRegression => {
+            vec![("weights".into(), vec![d]), ("bias".into(), vec![])]
+        }
+        ModelKind::Unspecified => return Err(unspecified(model_kind_field())),
+    })
 }
 
 #[cfg(test)]
@@ -534,7 +539,7 @@ kind = "boolean"
             encoded_names(&schema),
             ["value", "mode=sea", "mode=air", "mode=<other>", "known"]
         );
-        assert_eq!(classes(&schema), ["0", "1"]);
+        assert_eq!(classes(&schema).unwrap(), ["0", "1"]);
         let spec = TrainingSpec {
             model: ModelKind::MultinomialLogisticRegression as i32,
             schema: Some(FeatureSchema {
@@ -548,7 +553,7 @@ kind = "boolean"
             ..Default::default()
         };
         assert_eq!(
-            parameter_layout(&spec)[0],
+            parameter_layout(&spec).unwrap()[0],
             ("weights".to_owned(), vec![5, 3])
         );
     }

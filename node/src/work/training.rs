@@ -17,7 +17,7 @@ use super::{Output, Worker, blocking};
 use crate::analytics;
 use crate::data::Private;
 use crate::metrics;
-use crate::model::{Architecture, Model};
+use crate::model::Model;
 use crate::refusal::{Refusal, RefusalCode};
 use crate::train::{Sgd, train_dp};
 
@@ -37,17 +37,7 @@ impl Worker {
             .filter(|b| *b > 0.0)
             .unwrap_or(DEFAULT_ERROR_BOUND);
         let schema = &task.schema;
-        let kind = Architecture::of(
-            task.model,
-            schema::classes(schema).len(),
-            spec.hidden_units as usize,
-        )
-        .ok_or_else(|| {
-            Refusal::new(
-                RefusalCode::UnsupportedTask,
-                "the task names no model this node trains",
-            )
-        })?;
+        let kind = task.architecture;
         let inputs = schema::encoded_names(schema).len();
         let train_data = self
             .encoded(false, schema, &spec.standardization)
