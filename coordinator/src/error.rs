@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use treaty_policies::RequestError;
+use treaty_policies::{LoadError, RequestError};
 pub use treaty_proto::config::ConfigError;
 use treaty_proto::{Identity, TensorError};
 
@@ -95,10 +95,10 @@ pub enum CoordinatorError {
         /// Each agency left out: `AGENCY: why`.
         why: Vec<String>,
     },
-    #[error("round {round}: {reason}; fix it and start the job again")]
-    Registry { round: u32, reason: String },
-    #[error("round {round}: the policy keys are unusable: {reason}")]
-    PolicyKeys { round: u32, reason: String },
+    #[error("round {round}: {source}; fix it and start the job again")]
+    Registry { round: u32, source: LoadError },
+    #[error("round {round}: {source}")]
+    PolicyKeys { round: u32, source: LoadError },
     #[error("round {round}: the policy engine cannot decide it: {source}")]
     Undecidable { round: u32, source: RequestError },
 

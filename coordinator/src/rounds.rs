@@ -31,7 +31,7 @@ pub(crate) enum ExclusionCode {
     BudgetExhausted,
     /// Its session closed before the task could be sent.
     NotConnected,
-    /// Its node refused the task (the node's own code is in the message).
+    /// Its node refused the task (the node's own code is `Exclusion.node_code`).
     Refused,
     /// No result arrived before the round's deadline.
     TimedOut,
@@ -59,6 +59,19 @@ fn exclusion(agency: &str, code: ExclusionCode, message: &str) -> Exclusion {
         agency: agency.to_owned(),
         reason_code: code.code(),
         message: message.to_owned(),
+        node_code: String::new(),
+    }
+}
+
+/// The exclusion of an agency whose node refused the task with `node_code`.
+fn refused(agency: &str, node_code: &str, message: &str) -> Exclusion {
+    Exclusion {
+        node_code: node_code.to_owned(),
+        ..exclusion(
+            agency,
+            ExclusionCode::Refused,
+            &format!("{node_code}: {message}"),
+        )
     }
 }
 
@@ -320,11 +333,7 @@ pub(crate) async fn collect(
                     format!("{reason_code}: {message}"),
                 )
                 .await?;
-                excluded.push(exclusion(
-                    &agency,
-                    ExclusionCode::Refused,
-                    &format!("{reason_code}: {message}"),
-                ));
+                excluded.push(refused(&agency, &reason_code, &message));
             }
             Outcome::Invalid(reason) => {
                 reject(ctx, job, round, &identity, reason, &mut excluded).await?

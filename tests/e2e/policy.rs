@@ -145,7 +145,7 @@ async fn rounds_admit_the_largest_lawful_set_and_nodes_enforce_their_own_policy(
     for r in &job.rounds[refused_from..] {
         let nl = excluded(r, "NL-POLITIE")
             .unwrap_or_else(|| panic!("round {}: NL took part again", r.round));
-        assert!(nl.message.contains("PURPOSE_NOT_ALLOWED"), "{}", nl.message);
+        assert_eq!(nl.node_code, "PURPOSE_NOT_ALLOWED", "{}", nl.message);
         assert!(
             decision(r)["decision"]["admitted"]
                 .as_array()
