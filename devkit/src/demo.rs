@@ -319,8 +319,6 @@ fn summary(
     let p = model.predict(ex.x.view());
     let riskiest = (0..ex.len()).fold(0, |b, i| if p[[i, 0]] > p[[b, 0]] { i } else { b });
     if let Some(e) = explain(&model, &schema, ex.x.row(riskiest), 0) {
-        let mut parts = e.contributions.clone();
-        parts.sort_by(|a, b| b.1.abs().total_cmp(&a.1.abs()));
         outln!(
             "  the riskiest declaration in {}'s test split (line {}): P(seized) = {:.3}; log-odds {:.3} = bias {:.3}",
             agency.agency,
@@ -329,7 +327,7 @@ fn summary(
             e.score,
             e.bias
         );
-        for (name, c) in parts.iter().take(5) {
+        for (name, c) in e.ranked().into_iter().take(5) {
             outln!("    {c:+.3}  {name}");
         }
     }

@@ -98,10 +98,8 @@ pub fn explain_records(model_file: &Path, data: &Path, limit: usize) -> Outcome 
         };
         outln!("record {} (line {}): {shown}", i + 1, i + 2);
         if let Some(e) = explain(&model, &schema, row, class) {
-            let mut parts = e.contributions.clone();
-            parts.sort_by(|a, b| b.1.abs().total_cmp(&a.1.abs()));
             outln!("  score {:.4} = bias {:.4}", e.score, e.bias);
-            for (name, c) in parts.iter().filter(|(_, c)| *c != 0.0) {
+            for (name, c) in e.ranked() {
                 outln!("    {c:+.4}  {name}");
             }
         }

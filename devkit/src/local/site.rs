@@ -23,7 +23,7 @@ use treaty_node::NodeConfig;
 use treaty_node::config::{CoordinatorLink, DataFiles};
 use treaty_policies::PolicyFiles;
 use treaty_proto::Identity;
-use treaty_proto::pki::{self, PkiDir};
+use treaty_proto::pki::{self, PkiDir, Validity};
 use treaty_proto::tls::TlsFiles;
 
 use super::Process;
@@ -105,6 +105,35 @@ impl Site {
             cert,
             key,
         }
+    }
+
+    /// Writes a certificate and its key (PEM) to `<name>.crt` and `<name>.key` in the site's
+    /// directory; their TLS files, with the site's CA.
+    pub fn write_cert(&self, name: &str, cert: &str, key: &str) -> anyhow::Result<TlsFiles> {
+        let files = TlsFiles {
+            ca_cert: self.pki.ca_cert(),
+            cert: self.path(&format!("{name}.crt")),
+            key: self.path(&format!("{name}.key")),
+        };
+        for (path, text) in [(&files.cert, cert), (&files.key, key)] {
+            std::fs::write(path, text)
+                .with_context(|| format!("cannot write `{}`", path.display()))?;
+        }
+        Ok(files)
+    }
+
+    /// Issues a certificate of the site's CA for `identity`, valid over `validity`, into files
+    /// of its own ([`Site::write_cert`]), not the PKI's per-identity files: an impostor of an
+    /// existing agency id, or an expired certificate, leaves the real one as it is.
+    pub fn issue(
+        &self,
+        identity: &Identity,
+        name: &str,
+        validity: Validity,
+    ) -> anyhow::Result<TlsFiles> {
+        let issuer = pki::load_issuer(&self.pki)?;
+        let (cert, key) = pki::issue_with(&issuer, identity, &[], validity)?;
+        self.write_cert(name, &cert, &key)
     }
 
     /// The operator's identity.
