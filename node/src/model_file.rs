@@ -1,6 +1,8 @@
-//! The model file: a model version as a self-describing JSON file (its schema, standardisation,
-//! feature names and tensors), as `treaty model get` writes it and `treaty model explain`, the
-//! demo and the benchmarks read it.
+//! The model file: a model version as a self-describing JSON file (its schema, standardization,
+//! feature names and tensors). `treaty model get` writes one from a downloaded version
+//! ([`ModelFile::new`]); `treaty model explain` reads one back ([`ModelFile::read`]) and
+//! rebuilds the model from it ([`ModelFile::model`]). The demo and `treaty bench w1` build one
+//! from their download in memory to score the final model (the demo also writes it out).
 
 use std::path::{Path, PathBuf};
 

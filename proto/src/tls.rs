@@ -5,7 +5,7 @@
 //! revocation applies to the next connection without a restart. After the handshake each
 //! connection carries a [`PeerInfo`] — the verified identity — into every request's extensions.
 //!
-//! Nodes and operators dial with [`connect`], which requires the server to present a
+//! Nodes and operators dial with [`ClientTls::connect`], which requires the server to present a
 //! coordinator certificate of the same CA, valid for the name dialled.
 
 use std::collections::HashSet;

@@ -81,9 +81,10 @@ fn evaluation_width(task: &Training) -> usize {
 }
 
 impl Worker {
-    /// Decides what a task will release and with which noise, from the task and the size of the
-    /// agency's data alone, before any record is read for it. Calibrates opendp mechanisms:
-    /// call it off the async runtime.
+    /// Decides what a task will release and with which noise, from the task and public figures
+    /// alone (the agency's declared or the coordinator's estimated number of records, never the
+    /// table's length), before any record is read for it. Calibrates opendp mechanisms: call it
+    /// off the async runtime.
     pub fn plan(&self, kind: &task::Kind) -> Result<Plan, Refusal> {
         match kind {
             task::Kind::Training(t) => self.training_plan(Training::try_from(t)?),
