@@ -65,7 +65,7 @@ pub struct ModelFile {
     pub classes: Vec<String>,
     /// The federation's feature schema, as TOML.
     pub schema_toml: String,
-    /// The standardisation of each numeric column.
+    /// The standardization of each numeric column.
     pub standardization: Vec<Standardization>,
     pub tensors: Vec<TensorFile>,
 }

@@ -17,7 +17,7 @@ use super::{Outcome, unusable};
 
 #[derive(Debug, Subcommand)]
 pub enum ModelCommand {
-    /// Downloads a model version with its feature names, schema and standardisation, as JSON.
+    /// Downloads a model version with its feature names, schema and standardization, as JSON.
     Get {
         /// The operator's configuration file (coordinator address and TLS files).
         #[arg(long)]

@@ -69,10 +69,10 @@ pub(crate) enum InvalidTask {
     HiddenUnits(u32),
     #[error("the task names no model")]
     NoModel,
-    #[error("the standardisation has {given} columns, the schema {numeric} numeric ones")]
+    #[error("the standardization has {given} columns, the schema {numeric} numeric ones")]
     StandardizationWidth { given: usize, numeric: usize },
     #[error(
-        "the standardisation of `{name}` (mean {mean}, std {std}) needs a finite mean and a positive finite std"
+        "the standardization of `{name}` (mean {mean}, std {std}) needs a finite mean and a positive finite std"
     )]
     Standardization { name: String, mean: f64, std: f64 },
     #[error("the model has more than {MAX_MODEL_ELEMENTS} parameters")]
@@ -329,7 +329,7 @@ fn check_model(spec: &TrainingSpec) -> Result<(FeatureSchema, Architecture), Inv
     Ok((schema.clone(), architecture))
 }
 
-/// The task's standardisation, checked from the task alone: one finite mean and positive
+/// The task's standardization, checked from the task alone: one finite mean and positive
 /// finite standard deviation per numeric column (or none at all).
 fn check_standardization(schema: &FeatureSchema, stats: &[ColumnStats]) -> Result<(), InvalidTask> {
     let numeric = schema::numeric_columns(schema).len();
