@@ -4,7 +4,6 @@
 mod cli;
 mod signals;
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -30,20 +29,9 @@ enum Command {
     /// over real mutual TLS on loopback, with a throwaway PKI.
     Demo(demo::DemoArgs),
     /// Runs the coordinator.
-    Coordinator {
-        /// The coordinator's configuration file (TOML).
-        #[arg(long)]
-        config: PathBuf,
-    },
+    Coordinator(cli::coordinator::CoordinatorArgs),
     /// Runs an agency's node (`treaty node --config FILE`), or reads its ledger.
-    #[command(args_conflicts_with_subcommands = true)]
-    Node {
-        /// The node's configuration file (TOML).
-        #[arg(long)]
-        config: Option<PathBuf>,
-        #[command(subcommand)]
-        command: Option<node::NodeCommand>,
-    },
+    Node(node::NodeArgs),
     /// Makes and manages a development PKI.
     #[command(subcommand)]
     Pki(pki::PkiCommand),
@@ -55,11 +43,7 @@ enum Command {
     #[command(subcommand)]
     Federation(federation::FederationCommand),
     /// Lists the agencies connected now (operators).
-    Agencies {
-        /// The operator's configuration file.
-        #[arg(long)]
-        config: PathBuf,
-    },
+    Agencies(agencies::AgenciesArgs),
     /// Starts, follows and shows jobs (operators).
     #[command(subcommand)]
     Job(job::JobCommand),
@@ -95,21 +79,15 @@ fn main() -> ExitCode {
         Command::Synth(args) => synth::run(args),
         Command::Privacy(command) => privacy::run(command),
         Command::Schema(command) => schema::run(command),
-        Command::Node {
-            command: Some(node::NodeCommand::Ledger { config, json }),
-            ..
-        } => node::ledger(&config, json),
-        Command::Model(model::ModelCommand::Explain { model, data, limit }) => {
-            model::explain_records(&model, &data, limit)
-        }
+        // Each starts an async runtime for what needs one.
+        Command::Node(args) => node::run(args),
+        Command::Model(command) => model::run(command),
         Command::Demo(args) => cli::block_on(demo::run(args)),
-        Command::Coordinator { config } => cli::block_on(cli::coordinator::run(&config)),
-        Command::Node { config, .. } => cli::block_on(node::run(config.as_deref())),
+        Command::Coordinator(args) => cli::block_on(cli::coordinator::run(args)),
         Command::Federation(command) => cli::block_on(federation::run(command)),
-        Command::Agencies { config } => cli::block_on(agencies::run(config)),
+        Command::Agencies(args) => cli::block_on(agencies::run(args)),
         Command::Job(command) => cli::block_on(job::run(command)),
         Command::Bench(command) => cli::block_on(bench::run(command)),
-        Command::Model(command) => cli::block_on(model::run(command)),
     };
     cli::exit(outcome)
 }

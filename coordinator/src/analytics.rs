@@ -19,7 +19,8 @@ use treaty_proto::v1::{QuerySpec, QueryValue};
 
 use crate::answers::{answer_of, labels, median, scale_of};
 use crate::tasks::TaskResult;
-use crate::valid_job::{Combination, Statistic, ValidQuery};
+use crate::valid_job::{Combination, ValidQuery};
+use treaty_proto::query::Statistic;
 
 const DRAWS: usize = 20_000;
 /// Bootstrap draws of a quantile query (each re-reads the whole histogram).

@@ -13,7 +13,8 @@ use treaty_proto::query::{histogram_labels, layout};
 use treaty_proto::v1::{Outlier, QuerySpec};
 
 use crate::tasks::TaskResult;
-use crate::valid_job::{Statistic, ValidQuery};
+use crate::valid_job::ValidQuery;
+use treaty_proto::query::Statistic;
 
 /// How far past the range of an exact answer a noisy one may lie, in Laplace scales (times the
 /// value's bound): ln(10^12). An honest answer lies further out with probability 10^-12 / 2 per

@@ -46,6 +46,26 @@ pub enum ClientError {
     JobFailed { job: String, message: String },
 }
 
+impl ClientError {
+    /// Whether the error is about the operator's input: its TLS files, or a request the
+    /// coordinator refused as invalid (`INVALID_ARGUMENT`) or about something that does not
+    /// exist (`NOT_FOUND`). Anything else is a failure of the coordinator, the network or a job.
+    pub fn is_unusable(&self) -> bool {
+        match self {
+            ClientError::Tls(_) => true,
+            ClientError::Refused(status) => matches!(
+                status.code(),
+                tonic::Code::InvalidArgument | tonic::Code::NotFound
+            ),
+            ClientError::Connect { .. }
+            | ClientError::Tensor(_)
+            | ClientError::Download(_)
+            | ClientError::NoEvents { .. }
+            | ClientError::JobFailed { .. } => false,
+        }
+    }
+}
+
 /// An operator's configuration file: where the coordinator is, and the operator's certificate
 /// (docs/CONFIGURATION.md).
 ///

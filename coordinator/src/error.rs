@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use treaty_policies::RequestError;
+use treaty_policies::{LoadError, RequestError};
 pub use treaty_proto::config::ConfigError;
 use treaty_proto::{Identity, TensorError};
 
@@ -95,10 +95,10 @@ pub enum CoordinatorError {
         /// Each agency left out: `AGENCY: why`.
         why: Vec<String>,
     },
-    #[error("round {round}: {reason}; fix it and start the job again")]
-    Registry { round: u32, reason: String },
-    #[error("round {round}: the policy keys are unusable: {reason}")]
-    PolicyKeys { round: u32, reason: String },
+    #[error("round {round}: {source}; fix it and start the job again")]
+    Registry { round: u32, source: LoadError },
+    #[error("round {round}: {source}")]
+    PolicyKeys { round: u32, source: LoadError },
     #[error("round {round}: the policy engine cannot decide it: {source}")]
     Undecidable { round: u32, source: RequestError },
 
@@ -163,6 +163,15 @@ pub enum CoordinatorError {
     /// The peer's stream failed; its status is passed on as it is.
     #[error("the stream failed: {0}")]
     Stream(#[from] tonic::Status),
+}
+
+impl CoordinatorError {
+    /// Whether the error is about the coordinator's own input files (its configuration, its
+    /// certificate and key), which the person starting it must fix, rather than a failure of the
+    /// process, its store or a peer.
+    pub fn is_unusable(&self) -> bool {
+        matches!(self, CoordinatorError::Config(_) | CoordinatorError::Tls(_))
+    }
 }
 
 impl From<CoordinatorError> for tonic::Status {

@@ -20,7 +20,9 @@ use crate::models;
 use crate::rounds::{self, round_line, shown};
 use crate::state::{Coordinator, now_ms};
 use crate::tasks::TaskResult;
-use crate::valid_job::{Combination, RoundRules, ValidJob, ValidQuery, ValidTraining, Work};
+use crate::valid_job::{
+    Combination, InvalidJob, JobProblem, RoundRules, ValidJob, ValidQuery, ValidTraining, Work,
+};
 use crate::{analytics, answers};
 
 /// Starts the job's runner on its own task.
@@ -171,7 +173,12 @@ async fn train(
         let version = format!("{}/r0", job.job_id);
         let (job_id, v, s) = (job.job_id.clone(), version.clone(), spec.clone());
         ctx.blocking(move |ctx| {
-            let model = models::initial_model(&s);
+            let model = models::initial_model(&s).map_err(|e| CoordinatorError::StoredJob {
+                job: job_id.clone(),
+                source: InvalidJob {
+                    problems: vec![JobProblem::Enum(e)],
+                },
+            })?;
             models::store(&ctx.store, &job_id, &s.to_spec(), 0, &v, &model, &[], None)
         })
         .await?;
@@ -192,7 +199,9 @@ async fn train(
             // Set for each agency when the task is sent.
             public_records: 0.0,
         });
-        let check = |r: &TaskResult| check_update(&global, r);
+        let global = Arc::new(global);
+        let checked = Arc::clone(&global);
+        let check = move |r: &TaskResult| check_update(&checked, r);
         let collected = rounds::collect(ctx, job, rules, round, kind, check).await?;
         let mut summary = collected.summary;
         evaluation_metrics(&mut summary, &collected.results);
@@ -262,7 +271,7 @@ async fn statistics(
     });
     // Noisy sums (under DP) may be negative or exceed the records; they are combined as they are
     // and the combination clamps what must be non-negative.
-    let check = |r: &TaskResult| match r.tensors.as_slice() {
+    let check = move |r: &TaskResult| match r.tensors.as_slice() {
         [t] if t.name == "stats" && t.values.shape() == [width, 3] => Ok(()),
         _ => Err(format!(
             "statistics must be one tensor `stats` of shape [{width}, 3]"
@@ -531,7 +540,8 @@ async fn query(
     // Every answer is checked against what the query allows before it is combined; one that
     // fails is rejected, its agency excluded and named (see `analytics`).
     let max_records = ctx.limits.max_records_per_agency;
-    let check = |r: &TaskResult| answers::check_answer(&spec, max_records, r);
+    let checked = spec.clone();
+    let check = move |r: &TaskResult| answers::check_answer(&checked, max_records, r);
     let collected = rounds::collect(ctx, job, rules, 1, kind, check).await?;
     let mut summary = collected.summary;
     let combination = spec.combination;

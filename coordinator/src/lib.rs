@@ -13,8 +13,8 @@
 //!   `agency` for nodes, `operator` for operators), `config` (the configuration file), `error`
 //!   (every error, and the one mapping to a gRPC status).
 //! - The edge: `valid_job` (a job spec decoded and checked into a `ValidJob`), `federation` (a
-//!   federation request into a `ValidFederation`), [`limits`] (the bounds on everything a node
-//!   sends), `peerlog` (logging what peers do without letting them fill the log), `paging`.
+//!   federation request into a `ValidFederation`), `limits` (the bounds on everything a node
+//!   sends; [`check_hello`] and the bounds a node's Hello and task ids must keep are public), `peerlog` (logging what peers do without letting them fill the log), `paging`.
 //! - Running jobs: `jobs` (a job's runner: statistics, training, query), `rounds` (what every
 //!   round shares: invite, send, collect, account), `policy` (each round's sharing-policy
 //!   decision, on a blocking thread), `aggregate` (training strategies), `analytics` and
@@ -34,7 +34,7 @@ mod config;
 mod error;
 mod federation;
 mod jobs;
-pub mod limits;
+mod limits;
 mod models;
 mod paging;
 mod peerlog;
@@ -51,6 +51,7 @@ mod valid_job;
 pub use config::{CoordinatorConfig, CoordinatorPolicy, CoordinatorTls, Limits};
 pub use error::{ConfigError, CoordinatorError};
 pub use federation::{FederationProblem, InvalidFederation};
+pub use limits::{BoundError, MAX_COLUMNS, MAX_HELLO_BYTES, MAX_TASK_ID_BYTES, check_hello};
 pub use server::run;
 pub use service::operator::state_name;
 pub use tasks::DeliveryError;

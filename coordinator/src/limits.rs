@@ -18,11 +18,11 @@ use treaty_proto::v1::{
 
 /// The most bytes of a name: a data set, a column, a metric, a tensor, an evaluation kind or
 /// an accountant.
-pub const MAX_NAME_BYTES: usize = 128;
+pub(crate) const MAX_NAME_BYTES: usize = 128;
 /// The most bytes of a node's software version.
-pub const MAX_VERSION_BYTES: usize = 64;
+pub(crate) const MAX_VERSION_BYTES: usize = 64;
 /// The most data sets one Hello declares.
-pub const MAX_DATASETS: usize = 64;
+pub(crate) const MAX_DATASETS: usize = 64;
 /// The most columns of one declared data set.
 pub const MAX_COLUMNS: usize = 1_024;
 /// The most bytes of a whole Hello, encoded. With the per-field bounds it keeps what one
@@ -31,36 +31,36 @@ pub const MAX_HELLO_BYTES: usize = 256 << 10;
 /// The most bytes of a task id a node names (the coordinator's own are far shorter).
 pub const MAX_TASK_ID_BYTES: usize = 256;
 /// The most bytes of a refusal's reason code (`BUDGET_EXHAUSTED` and the like).
-pub const MAX_REASON_CODE_BYTES: usize = 64;
+pub(crate) const MAX_REASON_CODE_BYTES: usize = 64;
 /// The most bytes of a refusal's message for people.
-pub const MAX_TEXT_BYTES: usize = 4_096;
+pub(crate) const MAX_TEXT_BYTES: usize = 4_096;
 /// The most metrics of one result.
-pub const MAX_METRICS: usize = 64;
+pub(crate) const MAX_METRICS: usize = 64;
 /// The most tensors of one result.
-pub const MAX_TENSORS: usize = 64;
+pub(crate) const MAX_TENSORS: usize = 64;
 /// The most dimensions of one tensor.
-pub const MAX_TENSOR_DIMS: usize = 8;
+pub(crate) const MAX_TENSOR_DIMS: usize = 8;
 /// The most counts of one evaluation (a confusion matrix of 512 classes).
-pub const MAX_EVALUATION_COUNTS: usize = 1 << 18;
+pub(crate) const MAX_EVALUATION_COUNTS: usize = 1 << 18;
 
 /// Operators' list APIs: the page size when the request gives none.
-pub const DEFAULT_PAGE_SIZE: usize = 100;
+pub(crate) const DEFAULT_PAGE_SIZE: usize = 100;
 /// Operators' list APIs: the largest page size granted.
-pub const MAX_PAGE_SIZE: usize = 1_000;
+pub(crate) const MAX_PAGE_SIZE: usize = 1_000;
 /// Operators' list APIs: the most encoded bytes of one page (half the transport's limit; a
 /// page holds at least one entry whatever its size).
-pub const MAX_PAGE_BYTES: usize = 4 << 20;
+pub(crate) const MAX_PAGE_BYTES: usize = 4 << 20;
 
 /// Logging what a peer sent: the most characters of one string logged (the rest is cut, with a
 /// marker saying how much).
-pub const MAX_LOGGED_CHARS: usize = 200;
+pub(crate) const MAX_LOGGED_CHARS: usize = 200;
 /// Logging: warnings about one peer logged whole per interval; more are counted and summed up.
-pub const WARNINGS_PER_INTERVAL: u32 = 10;
+pub(crate) const WARNINGS_PER_INTERVAL: u32 = 10;
 /// Logging: the interval of `WARNINGS_PER_INTERVAL`, in seconds.
-pub const WARNING_INTERVAL_SECS: u64 = 60;
+pub(crate) const WARNING_INTERVAL_SECS: u64 = 60;
 /// Unusable messages (empty, over a bound, about tasks that are not the node's) one session
 /// may send before the coordinator closes it.
-pub const MAX_BAD_MESSAGES_PER_SESSION: u32 = 100;
+pub(crate) const MAX_BAD_MESSAGES_PER_SESSION: u32 = 100;
 
 /// A field over its bound.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -152,14 +152,14 @@ fn bytes_total(field: &str, actual: usize, limit: usize) -> Result<(), BoundErro
 }
 
 /// Checks a refusal.
-pub fn check_refused(r: &TaskRefused) -> Result<(), BoundError> {
+pub(crate) fn check_refused(r: &TaskRefused) -> Result<(), BoundError> {
     bytes("task_id", &r.task_id, MAX_TASK_ID_BYTES)?;
     bytes("reason_code", &r.reason_code, MAX_REASON_CODE_BYTES)?;
     bytes("message", &r.message, MAX_TEXT_BYTES)
 }
 
 /// Checks an acceptance.
-pub fn check_accepted(a: &TaskAccepted) -> Result<(), BoundError> {
+pub(crate) fn check_accepted(a: &TaskAccepted) -> Result<(), BoundError> {
     bytes("task_id", &a.task_id, MAX_TASK_ID_BYTES)
 }
 
@@ -178,7 +178,7 @@ fn check_evaluation(e: &Evaluation) -> Result<(), BoundError> {
 }
 
 /// Checks a result's header (its tensors' sizes are the assembler's to check).
-pub fn check_result_header(h: &ResultHeader) -> Result<(), BoundError> {
+pub(crate) fn check_result_header(h: &ResultHeader) -> Result<(), BoundError> {
     bytes("task_id", &h.task_id, MAX_TASK_ID_BYTES)?;
     count("metrics", h.metrics.len(), MAX_METRICS)?;
     // In a fixed order, so that the error names the same field every time.

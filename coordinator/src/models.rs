@@ -4,9 +4,9 @@
 use ndarray::{Array1, ArrayD, IxDyn};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use treaty_proto::schema;
 use treaty_proto::tensor::{self, NamedTensor};
 use treaty_proto::v1::{Dtype, ModelHeader, ModelKind, StoredModel, TrainingSpec};
+use treaty_proto::{EnumError, schema};
 
 use crate::aggregate::ServerState;
 use crate::error::CoordinatorError;
@@ -17,11 +17,13 @@ use crate::valid_job::ValidTraining;
 /// The first model of a job: zeros for linear models; for an MLP, hidden weights drawn
 /// uniformly from ±sqrt(6 / inputs) (He et al. 2015) with the job's seed, so that the starting
 /// point is on record and reproducible.
-pub(crate) fn initial_model(spec: &ValidTraining) -> Vec<NamedTensor> {
-    let layout = schema::parameter_layout(&spec.to_spec());
+/// An error only for a spec whose model or label kind this build does not know, which a
+/// [`ValidTraining`] never has.
+pub(crate) fn initial_model(spec: &ValidTraining) -> Result<Vec<NamedTensor>, EnumError> {
+    let layout = schema::parameter_layout(&spec.to_spec())?;
     let mlp = spec.model == ModelKind::Mlp;
     let mut rng = StdRng::seed_from_u64(spec.seed());
-    layout
+    let model = layout
         .into_iter()
         .map(|(name, shape)| {
             let n: usize = shape.iter().product();
@@ -36,7 +38,8 @@ pub(crate) fn initial_model(spec: &ValidTraining) -> Vec<NamedTensor> {
                 .unwrap_or_else(|_| ArrayD::zeros(IxDyn(&shape)));
             NamedTensor::new(name, values)
         })
-        .collect()
+        .collect();
+    Ok(model)
 }
 
 /// A stored model version's tensors and server optimiser state.
@@ -121,8 +124,8 @@ mod tests {
             ..crate::valid_job::tests::training_spec()
         })
         .unwrap();
-        let a = initial_model(&spec);
-        assert_eq!(a, initial_model(&spec));
+        let a = initial_model(&spec).unwrap();
+        assert_eq!(a, initial_model(&spec).unwrap());
         let bound = (6.0f64 / 2.0).sqrt();
         assert!(
             a[0].values.iter().all(|v| v.abs() <= bound) && a[0].values.iter().any(|v| *v != 0.0)

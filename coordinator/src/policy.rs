@@ -69,10 +69,10 @@ fn decide_now(ctx: &Coordinator, q: &Question) -> Result<RoundDecision, Coordina
     // Fail closed: without a usable registry nobody takes part.
     let (registry, registry_text) = files
         .registry()
-        .map_err(|reason| CoordinatorError::Registry { round, reason })?;
+        .map_err(|source| CoordinatorError::Registry { round, source })?;
     let dir = files
         .policy_dir()
-        .map_err(|reason| CoordinatorError::PolicyKeys { round, reason })?;
+        .map_err(|source| CoordinatorError::PolicyKeys { round, source })?;
     let participants: Vec<Participant> = q
         .candidates
         .iter()

@@ -31,7 +31,7 @@ pub(crate) enum ExclusionCode {
     BudgetExhausted,
     /// Its session closed before the task could be sent.
     NotConnected,
-    /// Its node refused the task (the node's own code is in the message).
+    /// Its node refused the task (the node's own code is `Exclusion.node_code`).
     Refused,
     /// No result arrived before the round's deadline.
     TimedOut,
@@ -59,6 +59,19 @@ fn exclusion(agency: &str, code: ExclusionCode, message: &str) -> Exclusion {
         agency: agency.to_owned(),
         reason_code: code.code(),
         message: message.to_owned(),
+        node_code: String::new(),
+    }
+}
+
+/// The exclusion of an agency whose node refused the task with `node_code`.
+fn refused(agency: &str, node_code: &str, message: &str) -> Exclusion {
+    Exclusion {
+        node_code: node_code.to_owned(),
+        ..exclusion(
+            agency,
+            ExclusionCode::Refused,
+            &format!("{node_code}: {message}"),
+        )
     }
 }
 
@@ -103,7 +116,8 @@ pub(crate) struct Collected {
 }
 
 /// Runs round `round` of `job`: sends `kind` to the connected members and collects their
-/// results, each checked by `check`. Fails the job when fewer agencies than its `rules` need
+/// results, each checked by `check` on a blocking thread (a full model's distance, an answer's
+/// bounds). Fails the job when fewer agencies than its `rules` need
 /// are connected, admitted by the sharing policies, or send usable results.
 pub(crate) async fn collect(
     ctx: &Arc<Coordinator>,
@@ -111,8 +125,9 @@ pub(crate) async fn collect(
     rules: &RoundRules,
     round: u32,
     kind: task::Kind,
-    check: impl Fn(&TaskResult) -> Result<(), String>,
+    check: impl Fn(&TaskResult) -> Result<(), String> + Send + Sync + 'static,
 ) -> Result<Collected, CoordinatorError> {
+    let check = Arc::new(check);
     let name = job.federation.clone();
     let federation = ctx
         .blocking(move |ctx| ctx.store.federation(&name))
@@ -318,31 +333,37 @@ pub(crate) async fn collect(
                     format!("{reason_code}: {message}"),
                 )
                 .await?;
-                excluded.push(exclusion(
-                    &agency,
-                    ExclusionCode::Refused,
-                    &format!("{reason_code}: {message}"),
-                ));
+                excluded.push(refused(&agency, &reason_code, &message));
             }
             Outcome::Invalid(reason) => {
                 reject(ctx, job, round, &identity, reason, &mut excluded).await?
             }
-            Outcome::Result(result) => match check(&result) {
-                Ok(()) => {
-                    ctx.emit(
-                        job,
-                        JobEventKind::ResultAccepted,
-                        round,
-                        &agency,
-                        format!(
-                            "{agency} sent its result ({} examples)",
-                            result.num_examples
-                        ),
-                    );
-                    results.push((agency, result));
+            Outcome::Result(result) => {
+                let check = Arc::clone(&check);
+                let (result, verdict) = tokio::task::spawn_blocking(move || {
+                    let verdict = check(&result);
+                    (result, verdict)
+                })
+                .await?;
+                match verdict {
+                    Ok(()) => {
+                        ctx.emit(
+                            job,
+                            JobEventKind::ResultAccepted,
+                            round,
+                            &agency,
+                            format!(
+                                "{agency} sent its result ({} examples)",
+                                result.num_examples
+                            ),
+                        );
+                        results.push((agency, result));
+                    }
+                    Err(reason) => {
+                        reject(ctx, job, round, &identity, reason, &mut excluded).await?
+                    }
                 }
-                Err(reason) => reject(ctx, job, round, &identity, reason, &mut excluded).await?,
-            },
+            }
         }
     }
     for (agency, task_id) in open {

@@ -126,21 +126,6 @@ impl Coordinator {
         self.warnings.warn(&peer.to_string(), message, detail);
     }
 
-    /// Appends to the audit log, durably. `agency`, when not empty, is the agency's full
-    /// identity (`treaty://agency/<CC>/<id>`).
-    pub(crate) fn audit(
-        &self,
-        actor: &str,
-        action: &str,
-        job: &Job,
-        round: u32,
-        agency: &str,
-        detail: String,
-    ) -> Result<(), CoordinatorError> {
-        self.store
-            .audit(&audit_entry(actor, action, job, round, agency, detail))
-    }
-
     /// Runs `work` on a blocking thread, so that what it does (sled writes and their flush,
     /// file reads, signature checks, long computations) never holds up the async runtime.
     pub(crate) async fn blocking<T, F>(self: &Arc<Self>, work: F) -> Result<T, CoordinatorError>
@@ -158,7 +143,8 @@ impl Coordinator {
         self.blocking(move |ctx| ctx.store.put_job(&job)).await
     }
 
-    /// `audit`, on a blocking thread.
+    /// Appends to the audit log, durably, on a blocking thread. `agency`, when not empty, is
+    /// the agency's full identity (`treaty://agency/<CC>/<id>`).
     pub(crate) async fn save_audit(
         self: &Arc<Self>,
         actor: &str,

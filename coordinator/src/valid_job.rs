@@ -11,11 +11,13 @@
 use std::time::Duration;
 
 use treaty_policies::{Registry, privacy};
+use treaty_proto::query::Statistic;
 use treaty_proto::schema::{self, Usage};
 use treaty_proto::v1::{
     Aggregation, ColumnStats, Combine, DpMode, FeatureSchema, JobSpec, LabelKind, ModelKind,
-    PrivacySpec, QueryKind, QuerySpec, SharingSpec, Strategy, TrainingSpec, job_spec,
+    PrivacySpec, QuerySpec, SharingSpec, Strategy, TrainingSpec, job_spec,
 };
+use treaty_proto::{EnumError, enums};
 
 use crate::aggregate::Settings;
 
@@ -47,12 +49,9 @@ fn list(problems: &[JobProblem]) -> String {
 pub enum JobProblem {
     #[error("the job has no kind; give `training` or `query`")]
     NoKind,
-    #[error("`{field}` is {value}; it must be {expected}")]
-    UnknownValue {
-        field: &'static str,
-        value: i32,
-        expected: &'static str,
-    },
+    /// An enum field holds a value this build does not know.
+    #[error(transparent)]
+    Enum(#[from] EnumError),
     #[error("`min_participants` is {min} but the federation has only {members} member(s)")]
     MoreParticipantsThanMembers { min: u32, members: usize },
     #[error("`training.schema` is missing; give the federation's feature schema")]
@@ -86,7 +85,7 @@ pub enum JobProblem {
         "`training.standardization` has {given} entries for {numeric} numeric column(s); leave it empty and the federation computes it"
     )]
     Standardization { given: usize, numeric: usize },
-    #[error("`training.hidden_units` is {0}; an MLP needs 1 to 4096")]
+    #[error("`training.hidden_units` is {0}; an MLP needs 1 to {max}", max = schema::MAX_HIDDEN_UNITS)]
     HiddenUnits(u32),
     #[error("`training.rounds` is {0}; it must be 1 to 10000")]
     Rounds(u32),
@@ -209,16 +208,6 @@ pub(crate) struct ValidQuery {
     pub combination: Combination,
     /// The query as sent (its `kind` and `combine` are the fields above).
     pub spec: QuerySpec,
-}
-
-/// The statistic of a query (`QueryKind` without its invalid value).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Statistic {
-    Count,
-    Sum,
-    Mean,
-    Histogram,
-    Quantile,
 }
 
 /// How a query combines the agencies' answers (`Combine`, its default resolved).
@@ -440,18 +429,14 @@ fn within(
 /// under that check, for its soundness and its label.
 fn training(t: TrainingSpec, problems: &mut Vec<JobProblem>, new: bool) -> Option<ValidTraining> {
     let before = problems.len();
-    let model = match ModelKind::try_from(t.model) {
+    let model = match enums::known(t.model, || "`training.model`".to_owned()) {
         Ok(ModelKind::Unspecified) => {
             problems.push(JobProblem::NoModel);
             None
         }
         Ok(model) => Some(model),
-        Err(_) => {
-            problems.push(JobProblem::UnknownValue {
-                field: "training.model",
-                value: t.model,
-                expected: "LOGISTIC_REGRESSION, MULTINOMIAL_LOGISTIC_REGRESSION, LINEAR_REGRESSION or MLP",
-            });
+        Err(e) => {
+            problems.push(JobProblem::Enum(e));
             None
         }
     };
@@ -472,8 +457,9 @@ fn training(t: TrainingSpec, problems: &mut Vec<JobProblem>, new: bool) -> Optio
         }
         Some(s) => {
             problems.extend(schema::problems(s).into_iter().map(JobProblem::Schema));
-            let label = schema::label_kind(s);
-            if let Some(model) = model
+            // A label kind this build does not know is among the schema's problems.
+            if let Ok(label) = schema::decode_label_kind(s)
+                && let Some(model) = model
                 && let Some(needed) = schema::label_kind_for(model)
                 && needed != label
             {
@@ -486,7 +472,7 @@ fn training(t: TrainingSpec, problems: &mut Vec<JobProblem>, new: bool) -> Optio
             standardization(s, &t, problems);
         }
     }
-    if model == Some(ModelKind::Mlp) && !(1..=4096).contains(&t.hidden_units) {
+    if model == Some(ModelKind::Mlp) && !(1..=schema::MAX_HIDDEN_UNITS).contains(&t.hidden_units) {
         problems.push(JobProblem::HiddenUnits(t.hidden_units));
     }
     if !(1..=10_000).contains(&t.rounds) {
@@ -622,15 +608,11 @@ fn strategy(s: Strategy, problems: &mut Vec<JobProblem>) -> Option<Settings> {
         mu.is_finite() && mu >= 0.0,
         "zero or positive",
     );
-    let aggregation = match Aggregation::try_from(s.aggregation) {
+    let aggregation = match enums::known(s.aggregation, || "`strategy.aggregation`".to_owned()) {
         Ok(Aggregation::Unspecified) => Some(Aggregation::Fedavg),
         Ok(a) => Some(a),
-        Err(_) => {
-            problems.push(JobProblem::UnknownValue {
-                field: "strategy.aggregation",
-                value: s.aggregation,
-                expected: "FEDAVG, FEDADAM, FEDYOGI, FEDADAGRAD, MEDIAN, TRIMMED_MEAN or NORM_BOUNDED",
-            });
+        Err(e) => {
+            problems.push(JobProblem::Enum(e));
             None
         }
     };
@@ -683,14 +665,10 @@ fn privacy(p: &PrivacySpec, problems: &mut Vec<JobProblem>) {
         p.clip_norm.is_finite() && p.clip_norm > 0.0,
         "positive",
     );
-    match DpMode::try_from(p.mode) {
+    match enums::known(p.mode, || "`privacy.mode`".to_owned()) {
         Ok(DpMode::Unspecified) => problems.push(JobProblem::NoDpMode),
-        Ok(_) => {}
-        Err(_) => problems.push(JobProblem::UnknownValue {
-            field: "privacy.mode",
-            value: p.mode,
-            expected: "DP_MODE_FULL_BATCH or DP_MODE_POISSON",
-        }),
+        Ok(DpMode::FullBatch | DpMode::Poisson) => {}
+        Err(e) => problems.push(JobProblem::Enum(e)),
     }
     within(
         problems,
@@ -748,22 +726,14 @@ fn planned(mut p: PrivacySpec, rounds: u32) -> PrivacySpec {
 /// Checks a query, adding its problems; the validated query when it has none.
 fn query(q: QuerySpec, problems: &mut Vec<JobProblem>) -> Option<ValidQuery> {
     let before = problems.len();
-    let statistic = match QueryKind::try_from(q.kind) {
-        Ok(QueryKind::Count) => Some(Statistic::Count),
-        Ok(QueryKind::Sum) => Some(Statistic::Sum),
-        Ok(QueryKind::Mean) => Some(Statistic::Mean),
-        Ok(QueryKind::Histogram) => Some(Statistic::Histogram),
-        Ok(QueryKind::Quantile) => Some(Statistic::Quantile),
-        Ok(QueryKind::Unspecified) => {
+    let statistic = match enums::known(q.kind, || "`query.kind`".to_owned()).map(Statistic::of) {
+        Ok(Some(statistic)) => Some(statistic),
+        Ok(None) => {
             problems.push(JobProblem::NoStatistic);
             None
         }
-        Err(_) => {
-            problems.push(JobProblem::UnknownValue {
-                field: "query.kind",
-                value: q.kind,
-                expected: "COUNT, SUM, MEAN, HISTOGRAM or QUANTILE",
-            });
+        Err(e) => {
+            problems.push(JobProblem::Enum(e));
             None
         }
     };
@@ -786,10 +756,8 @@ fn query(q: QuerySpec, problems: &mut Vec<JobProblem>) -> Option<ValidQuery> {
             "query.where_value",
         ));
     }
-    if matches!(
-        statistic,
-        Some(Statistic::Sum | Statistic::Mean | Statistic::Quantile)
-    ) && !(q.lower.is_finite() && q.upper.is_finite() && q.lower < q.upper)
+    if statistic.is_some_and(Statistic::clamped)
+        && !(q.lower.is_finite() && q.upper.is_finite() && q.lower < q.upper)
     {
         problems.push(JobProblem::Bounds {
             lower: q.lower,
@@ -810,7 +778,7 @@ fn query(q: QuerySpec, problems: &mut Vec<JobProblem>) -> Option<ValidQuery> {
             problems.push(JobProblem::TooManyCells(treaty_proto::query::MAX_WIDTH));
         }
     }
-    let combination = match Combine::try_from(q.combine) {
+    let combination = match enums::known(q.combine, || "`query.combine`".to_owned()) {
         Ok(Combine::Unspecified | Combine::Sum) => Some(Combination::Sum),
         Ok(robust @ (Combine::Median | Combine::Trimmed)) => {
             let width = treaty_proto::query::layout(&q)
@@ -828,12 +796,8 @@ fn query(q: QuerySpec, problems: &mut Vec<JobProblem>) -> Option<ValidQuery> {
                 Combination::Trimmed
             })
         }
-        Err(_) => {
-            problems.push(JobProblem::UnknownValue {
-                field: "query.combine",
-                value: q.combine,
-                expected: "SUM, MEDIAN or TRIMMED",
-            });
+        Err(e) => {
+            problems.push(JobProblem::Enum(e));
             None
         }
     };
@@ -943,6 +907,7 @@ fn sharing(declared: SharingSpec, work: &Work) -> Result<Sharing, JobProblem> {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use treaty_proto::v1::QueryKind;
 
     const SCHEMA: &str = "[label]\nname = \"seized\"\nkind = \"binary\"\n[[column]]\nname = \"x1\"\nkind = \"numeric\"\nlower = -5.0\nupper = 5.0\n";
 
@@ -1045,16 +1010,18 @@ pub(crate) mod tests {
         let fields: Vec<(&str, i32)> = problems
             .iter()
             .filter_map(|p| match p {
-                JobProblem::UnknownValue { field, value, .. } => Some((*field, *value)),
+                JobProblem::Enum(EnumError::Unknown { field, value }) => {
+                    Some((field.as_str(), *value))
+                }
                 _ => None,
             })
             .collect();
         assert_eq!(
             fields,
             [
-                ("training.model", 17),
-                ("strategy.aggregation", 99),
-                ("privacy.mode", 5)
+                ("`training.model`", 17),
+                ("`strategy.aggregation`", 99),
+                ("`privacy.mode`", 5)
             ],
             "{problems:#?}"
         );
@@ -1066,9 +1033,12 @@ pub(crate) mod tests {
             ..Default::default()
         };
         let e = ValidQuery::try_from(query).unwrap_err().to_string();
-        assert!(e.contains("`query.kind` is 9; it must be COUNT"), "{e}");
         assert!(
-            e.contains("`query.combine` is 4; it must be SUM, MEDIAN or TRIMMED"),
+            e.contains("`query.kind` is 9, a value this build does not know"),
+            "{e}"
+        );
+        assert!(
+            e.contains("`query.combine` is 4, a value this build does not know"),
             "{e}"
         );
     }

@@ -15,7 +15,6 @@ use treaty_coordinator::client;
 use treaty_node::ModelFile;
 use treaty_node::Table;
 use treaty_node::explain;
-use treaty_proto::schema;
 use treaty_proto::v1::{
     Aggregation, CreateFederationRequest, CreateJobRequest, DpMode, FederationInfo, Job, JobSpec,
     ModelKind, PrivacySpec, QueryKind, QuerySpec, SharingSpec, Strategy, TrainingSpec, job_spec,
@@ -74,7 +73,7 @@ pub async fn run(args: DemoOptions) -> anyhow::Result<()> {
         _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
     };
     if let Some(f) = federation.as_mut() {
-        f.stop();
+        f.stop().await;
         if result.is_ok()
             && let Ok(spent) = f.spent()
         {
@@ -115,7 +114,10 @@ async fn demo(
         .iter()
         .map(|(a, c)| (a.to_string(), c.to_string()))
         .collect();
-    let synth = customs::generate(&dir.join("data"), &agencies, args.rows, 2026)?;
+    let (data_dir, rows) = (dir.join("data"), args.rows);
+    let synth =
+        tokio::task::spawn_blocking(move || customs::generate(&data_dir, &agencies, rows, 2026))
+            .await??;
     let data = synth.agencies.clone();
     for a in &data {
         outln!(
@@ -130,13 +132,7 @@ async fn demo(
         "making a throwaway PKI and starting the coordinator and one node per agency (mutual TLS 1.3)",
     );
     let members: Vec<Member> = data.iter().map(Member::from).collect();
-    let fed = slot.insert(LocalFederation::start(
-        dir,
-        &args.exe,
-        &members,
-        BUDGET,
-        &[],
-    )?);
+    let fed = slot.insert(LocalFederation::start(dir, &args.exe, &members, BUDGET, &[]).await?);
     let mut client = fed.operator().await?;
     let connected = fed
         .wait_connected(&mut client, AGENCIES.len(), Duration::from_secs(30))
@@ -163,9 +159,7 @@ async fn demo(
         federation.name, federation.created_by
     ));
 
-    let schema = schema::parse(&customs::schema_toml())
-        .map_err(anyhow::Error::msg)?
-        .map_err(|p| anyhow::anyhow!(p.join("; ")))?;
+    let schema = customs::schema();
     let training = TrainingSpec {
         model: ModelKind::LogisticRegression as i32,
         schema: Some(schema.clone()),
@@ -325,8 +319,6 @@ fn summary(
     let p = model.predict(ex.x.view());
     let riskiest = (0..ex.len()).fold(0, |b, i| if p[[i, 0]] > p[[b, 0]] { i } else { b });
     if let Some(e) = explain(&model, &schema, ex.x.row(riskiest), 0) {
-        let mut parts = e.contributions.clone();
-        parts.sort_by(|a, b| b.1.abs().total_cmp(&a.1.abs()));
         outln!(
             "  the riskiest declaration in {}'s test split (line {}): P(seized) = {:.3}; log-odds {:.3} = bias {:.3}",
             agency.agency,
@@ -335,7 +327,7 @@ fn summary(
             e.score,
             e.bias
         );
-        for (name, c) in parts.iter().take(5) {
+        for (name, c) in e.ranked().into_iter().take(5) {
             outln!("    {c:+.3}  {name}");
         }
     }

@@ -6,13 +6,16 @@
 //!   the configuration types themselves, and real `treaty` processes over mutual TLS on
 //!   loopback ([`local::Site`] for one process at a time, [`local::LocalFederation`] for all).
 //! - [`demo`]: the scenario `treaty demo` runs.
-//! - [`bench`]: the benchmark workloads of `treaty bench` (bench/README.md).
+//! - [`bench`](mod@bench): the benchmark workloads of `treaty bench` (bench/README.md).
 //! - [`evaluate`]: a final model scored on test splits the harness holds (demo, benchmarks).
 //! - [`output`]: writing to standard output, where a closed pipe ends the command quietly.
 //!
-//! It drives the system only from outside, as an agency or an operator would: processes,
-//! configuration files, and the operator's gRPC API. It must not be needed by a node or a
-//! coordinator in production.
+//! The demo, `bench w1` and the end-to-end tests drive the system from outside, as agencies and
+//! an operator would: processes, configuration files and the operator's gRPC API. Not all of it
+//! does: `bench timing` and `bench w5` call the node's training and noise in this process, and
+//! [`local::LocalFederation::spent`] opens the stopped nodes' ledgers; and the production
+//! commands of the `treaty` binary print through [`output`]. A node or a coordinator never
+//! depends on it.
 
 #![deny(unreachable_pub)]
 

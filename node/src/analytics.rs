@@ -8,9 +8,8 @@ use opendp::domains::{AtomDomain, VectorDomain};
 use opendp::measurements::make_laplace;
 use opendp::measures::MaxDivergence;
 use opendp::metrics::L1Distance;
-use treaty_proto::EnumError;
-use treaty_proto::query::{self, bins, layout};
-use treaty_proto::v1::{QueryKind, QuerySpec};
+use treaty_proto::query::{Statistic, bins, layout};
+use treaty_proto::v1::QuerySpec;
 
 use crate::data::Table;
 use crate::error::DataError;
@@ -25,39 +24,6 @@ const K: i32 = -40;
 pub(crate) struct QueryPlan {
     pub(crate) bounds: Vec<f64>,
     pub(crate) scale: f64,
-}
-
-/// The statistic a query asks for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Statistic {
-    Count,
-    Sum,
-    Mean,
-    Histogram,
-    Quantile,
-}
-
-impl Statistic {
-    /// The statistic a query's kind names: an unknown or unspecified kind is an error.
-    pub(crate) fn decode(spec: &QuerySpec) -> Result<Self, EnumError> {
-        Ok(match query::kind(spec)? {
-            QueryKind::Count => Statistic::Count,
-            QueryKind::Sum => Statistic::Sum,
-            QueryKind::Mean => Statistic::Mean,
-            QueryKind::Histogram => Statistic::Histogram,
-            QueryKind::Quantile => Statistic::Quantile,
-            QueryKind::Unspecified => {
-                return Err(EnumError::Unspecified {
-                    field: "the query's kind".into(),
-                });
-            }
-        })
-    }
-
-    /// Whether it reads a numeric column's values, clamped to the query's bounds.
-    pub(crate) fn clamped(self) -> bool {
-        matches!(self, Statistic::Sum | Statistic::Mean | Statistic::Quantile)
-    }
 }
 
 type Laplace = opendp::core::Measurement<

@@ -443,7 +443,7 @@ impl Table {
         let label = schema.label.clone().unwrap_or_default();
         let column = self.column(&label.name)?;
         let kind = schema::decode_label_kind(schema)?;
-        let classes = schema::classes(schema);
+        let classes = schema::classes(schema)?;
         let hashes: Vec<u64> = classes.iter().map(|c| text_hash(c)).collect();
         let boolean = kind == LabelKind::Binary && classes == ["0", "1"];
         let expected = if classes.is_empty() {

@@ -80,3 +80,23 @@ pub enum NodeError {
     #[error("a model from the coordinator is unusable: {0}")]
     Model(#[from] treaty_proto::TensorError),
 }
+
+impl NodeError {
+    /// Whether the error is about what the node reads before it connects (its configuration,
+    /// certificate, key and data files), which the agency must fix, rather than a failure of
+    /// the process, its database or the coordinator.
+    pub fn is_unusable(&self) -> bool {
+        match self {
+            NodeError::Config(_)
+            | NodeError::Tls(_)
+            | NodeError::Data(_)
+            | NodeError::NotAnAgency { .. } => true,
+            NodeError::Store(_)
+            | NodeError::Ledger(_)
+            | NodeError::Connect(_)
+            | NodeError::Rpc(_)
+            | NodeError::Protocol(_)
+            | NodeError::Model(_) => false,
+        }
+    }
+}

@@ -20,6 +20,21 @@ pub struct Explanation {
     pub contributions: Vec<(String, f64)>,
 }
 
+impl Explanation {
+    /// The contributions that move the score, largest in magnitude first (a column whose
+    /// contribution is exactly zero is left out): how an explanation is shown.
+    pub fn ranked(&self) -> Vec<(&str, f64)> {
+        let mut ranked: Vec<(&str, f64)> = self
+            .contributions
+            .iter()
+            .filter(|(_, c)| *c != 0.0)
+            .map(|(name, c)| (name.as_str(), *c))
+            .collect();
+        ranked.sort_by(|a, b| b.1.abs().total_cmp(&a.1.abs()));
+        ranked
+    }
+}
+
 /// Explains the score of one encoded record (`row`, as `Table::encode` makes it) toward `class`
 /// (ignored but for multinomial models). `None` for models that are not linear.
 pub fn explain(
@@ -91,6 +106,9 @@ mod tests {
             vec![("value".to_owned(), 3.0), ("mode".to_owned(), -1.0)]
         );
         assert_eq!(e.score, 1.75);
+        assert_eq!(e.ranked(), vec![("value", 3.0), ("mode", -1.0)]);
+        let zero = explain(&model, &schema, array![0.0, 1.0, 0.0, 0.0].view(), 0).unwrap();
+        assert_eq!(zero.ranked(), vec![("mode", 0.5)]);
         // The score is the model's log-odds: sigmoid(1.75) is its prediction.
         let p = model.predict(row.view().insert_axis(ndarray::Axis(0)));
         assert!((p[[0, 0]] - 1.0 / (1.0 + (-1.75f64).exp())).abs() < 1e-15);

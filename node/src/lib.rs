@@ -10,7 +10,8 @@
 //!
 //! # Map
 //!
-//! - [`run`]: start a node from its [`NodeConfig`] ([`config`], the configuration file).
+//! - [`run`]: start a node from its [`NodeConfig`] (`config`, the configuration file: with its
+//!   [`CoordinatorLink`] and [`DataFiles`]).
 //! - `session`: the session with the coordinator: dial out, receive tasks, plan each, record
 //!   it in the ledger under the agency's own policy (`policy`), carry it out, send the result
 //!   or the [`Refusal`] (`refusal`: the typed [`RefusalCode`]s and their wire strings).
@@ -34,7 +35,7 @@
 #![deny(unreachable_pub)]
 
 mod analytics;
-pub mod config;
+mod config;
 mod data;
 mod error;
 mod explain;
@@ -54,7 +55,7 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 use treaty_proto::tls::ClientTls;
 
-pub use config::NodeConfig;
+pub use config::{CoordinatorLink, DataFiles, NodeConfig};
 pub use data::{Examples, Table};
 pub use error::{ConfigError, DataError, NodeError};
 pub use explain::{Explanation, explain};
@@ -63,7 +64,7 @@ pub use ledger::{
 };
 pub use metrics::{evaluate, roc_auc};
 pub use model::{Architecture, Model};
-pub use model_file::{ModelFile, ModelFileError};
+pub use model_file::{MalformedModel, ModelFile, ModelFileError};
 pub use noise::{GaussianNoise, NoiseError, Prepared};
 pub use refusal::{Refusal, RefusalCode};
 pub use session::upload;

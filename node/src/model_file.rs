@@ -1,4 +1,4 @@
-//! The model file: a model version as a self-describing JSON file (its schema, standardisation,
+//! The model file: a model version as a self-describing JSON file (its schema, standardization,
 //! feature names, how each column is encoded, the model's activations and tensors), as `treaty
 //! model get` writes it and `treaty model explain`, the demo and the benchmarks read it. Its
 //! reference, with how to score a record by hand, is docs/MODEL_FILE.md. Fields added since the
@@ -8,21 +8,31 @@ use std::path::{Path, PathBuf};
 
 use ndarray::{ArrayD, IxDyn};
 use serde::{Deserialize, Serialize};
-use treaty_proto::schema;
 use treaty_proto::tensor::NamedTensor;
 use treaty_proto::v1::{
     ColumnKind, ColumnSpec, ColumnStats, FeatureSchema, MissingRule, ModelHeader, ModelKind,
     Transform,
 };
+use treaty_proto::{enums, schema};
 
 use crate::data::MAX_FEATURE;
 use crate::model::{Architecture, Model};
 
-/// A model file cannot be written or used.
+/// A downloaded model version cannot be written as a model file: the coordinator sent a header
+/// without what the file needs. A failure of the coordinator, not of the operator's input.
+#[derive(Debug, thiserror::Error)]
+pub enum MalformedModel {
+    #[error("the coordinator sent a model without its {0}")]
+    Missing(&'static str),
+    #[error("the coordinator sent a model that cannot be described: {0}")]
+    Kind(#[from] treaty_proto::EnumError),
+    #[error("the coordinator sent a model whose schema cannot be described: {0}")]
+    Schema(#[from] treaty_proto::SchemaTomlError),
+}
+
+/// A model file cannot be read or used.
 #[derive(Debug, thiserror::Error)]
 pub enum ModelFileError {
-    #[error("the model has no {0}")]
-    Missing(&'static str),
     #[error("cannot read `{path}`: {source}")]
     Read {
         path: PathBuf,
@@ -68,7 +78,7 @@ pub struct ModelFile {
     pub classes: Vec<String>,
     /// The federation's feature schema, as TOML.
     pub schema_toml: String,
-    /// The standardisation of each numeric column.
+    /// The standardization of each numeric column.
     pub standardization: Vec<Standardization>,
     pub tensors: Vec<TensorFile>,
     /// What turns the score into the prediction: `sigmoid` (P(positive): logistic regression,
@@ -121,17 +131,16 @@ pub struct TensorFile {
 
 impl ModelFile {
     /// The file of a downloaded model version.
-    pub fn new(header: &ModelHeader, tensors: &[NamedTensor]) -> Result<Self, ModelFileError> {
+    pub fn new(header: &ModelHeader, tensors: &[NamedTensor]) -> Result<Self, MalformedModel> {
         let spec = header
             .spec
             .clone()
-            .ok_or(ModelFileError::Missing("training spec"))?;
+            .ok_or(MalformedModel::Missing("training spec"))?;
         let schema = spec
             .schema
             .clone()
-            .ok_or(ModelFileError::Missing("schema"))?;
-        let kind = ModelKind::try_from(spec.model)
-            .map_err(|_| ModelFileError::Kind(spec.model.to_string()))?;
+            .ok_or(MalformedModel::Missing("schema"))?;
+        let kind: ModelKind = enums::specified(spec.model, || "the model's kind".into())?;
         let (output, activation) = activations(kind);
         Ok(ModelFile {
             job_id: header.job_id.clone(),
@@ -140,8 +149,8 @@ impl ModelFile {
             model: kind.as_str_name().to_owned(),
             hidden_units: spec.hidden_units,
             features: schema::encoded_names(&schema),
-            classes: schema::classes(&schema),
-            schema_toml: schema::to_toml(&schema),
+            classes: schema::classes(&schema)?,
+            schema_toml: schema::to_toml(&schema)?,
             standardization: spec
                 .standardization
                 .iter()
@@ -216,12 +225,10 @@ impl ModelFile {
                 expected: activation.unwrap_or("no hidden layer"),
             });
         }
-        let kind = Architecture::of(
-            kind,
-            schema::classes(&schema).len(),
-            self.hidden_units as usize,
-        )
-        .ok_or_else(unknown)?;
+        let classes =
+            schema::classes(&schema).map_err(|e| ModelFileError::Schema(e.to_string()))?;
+        let kind = Architecture::of(kind, classes.len(), self.hidden_units as usize)
+            .ok_or_else(unknown)?;
         let tensors = self
             .tensors
             .iter()

@@ -38,11 +38,11 @@ impl NodePolicy {
         let (registry, _) = self
             .files
             .registry()
-            .map_err(|e| Refusal::new(RefusalCode::PolicyRegistryError, e))?;
+            .map_err(|e| Refusal::new(RefusalCode::PolicyRegistryError, e.to_string()))?;
         let dir = self
             .files
             .policy_dir()
-            .map_err(|e| Refusal::new(RefusalCode::PolicySignatureInvalid, e))?;
+            .map_err(|e| Refusal::new(RefusalCode::PolicySignatureInvalid, e.to_string()))?;
         let (loaded, _) = dir.load(&registry, &self.country);
 
         // What the task spends in this round, by the same accountants as the ledger, must not

@@ -13,8 +13,6 @@ pub enum RefusalCode {
     /// enum value, a bad schema, a parameter beyond the node's limits, a global model that does
     /// not fit): judged from the task and public figures alone, before any record is read.
     InvalidTask,
-    /// `UNSUPPORTED_TASK`: the task names no model this node trains.
-    UnsupportedTask,
     /// `DP_REQUIRED`: the task would release values without differential privacy.
     DpRequired,
     /// `DATA_ERROR`: the agency's data does not fit the task (a column missing from the
@@ -55,7 +53,6 @@ impl fmt::Display for RefusalCode {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let code = match self {
             RefusalCode::InvalidTask => "INVALID_TASK",
-            RefusalCode::UnsupportedTask => "UNSUPPORTED_TASK",
             RefusalCode::DpRequired => "DP_REQUIRED",
             RefusalCode::DataError => "DATA_ERROR",
             RefusalCode::ModelUnavailable => "MODEL_UNAVAILABLE",
@@ -111,7 +108,6 @@ mod tests {
     fn every_code_keeps_its_wire_string() {
         let codes = [
             (RefusalCode::InvalidTask, "INVALID_TASK"),
-            (RefusalCode::UnsupportedTask, "UNSUPPORTED_TASK"),
             (RefusalCode::DpRequired, "DP_REQUIRED"),
             (RefusalCode::DataError, "DATA_ERROR"),
             (RefusalCode::ModelUnavailable, "MODEL_UNAVAILABLE"),

@@ -48,7 +48,7 @@ pub use decide::{
 pub use decimal::Decimal;
 pub use diff::{Changes, LimitChange, PairChange, PolicyDiff, RuleChanges, diff};
 pub use lint::{Shadow, Warning, lint, shadow};
-pub use load::{PolicyDir, PolicyFiles, country_of, load_file};
+pub use load::{LoadError, PolicyDir, PolicyFiles, country_of, load_file};
 pub use matrix::{Cell, Matrix, matrix};
 pub use policy::{Acceptance, Effect, Limit, Match, Policy, PolicyError, Rule};
 pub use registry::{DatedMembership, Group, Membership, Registry};

@@ -9,7 +9,8 @@ use crate::decide::Loaded;
 use crate::policy::{Policy, PolicyError};
 use crate::registry::Registry;
 use crate::sha256_hex;
-use crate::signing::TrustedKeys;
+use crate::signing::{SigningError, TrustedKeys};
+use crate::source::Diagnostic;
 
 /// A directory of policies, with the federation's keys when signatures are required.
 #[derive(Clone, Debug)]
@@ -118,6 +119,25 @@ pub fn country_of(path: &Path) -> Option<String> {
     (stem.len() == 2 && stem.bytes().all(|b| b.is_ascii_uppercase())).then(|| stem.to_string())
 }
 
+/// A process's policy settings ([`PolicyFiles`]) cannot be used now.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("cannot read the registry {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("the registry is unusable: {}", list(.0))]
+    Registry(Vec<Diagnostic>),
+    #[error("the policy keys are unusable: {0}")]
+    Keys(#[source] SigningError),
+}
+
+fn list(problems: &[Diagnostic]) -> String {
+    let lines: Vec<String> = problems.iter().map(ToString::to_string).collect();
+    lines.join("; ")
+}
+
 /// Where a process finds its policies: the `[policy]` section of a coordinator's or node's
 /// configuration. Everything is re-read for every decision, so new versions apply from the
 /// next round without a restart.
@@ -135,21 +155,20 @@ pub struct PolicyFiles {
 
 impl PolicyFiles {
     /// The registry as it stands now, with its text (for the record).
-    pub fn registry(&self) -> Result<(Registry, String), String> {
-        let text = std::fs::read_to_string(&self.registry)
-            .map_err(|e| format!("cannot read the registry {}: {e}", self.registry.display()))?;
-        let registry =
-            Registry::parse(&self.registry.display().to_string(), &text).map_err(|problems| {
-                let lines: Vec<String> = problems.iter().map(ToString::to_string).collect();
-                format!("the registry is unusable: {}", lines.join("; "))
-            })?;
+    pub fn registry(&self) -> Result<(Registry, String), LoadError> {
+        let text = std::fs::read_to_string(&self.registry).map_err(|source| LoadError::Read {
+            path: self.registry.clone(),
+            source,
+        })?;
+        let registry = Registry::parse(&self.registry.display().to_string(), &text)
+            .map_err(LoadError::Registry)?;
         Ok((registry, text))
     }
 
     /// The policy directory, with the trusted keys loaded when signatures are required.
-    pub fn policy_dir(&self) -> Result<PolicyDir, String> {
+    pub fn policy_dir(&self) -> Result<PolicyDir, LoadError> {
         let keys = match &self.keys {
-            Some(dir) => Some(TrustedKeys::load(dir).map_err(|e| e.to_string())?),
+            Some(dir) => Some(TrustedKeys::load(dir).map_err(LoadError::Keys)?),
             None => None,
         };
         Ok(PolicyDir::new(&self.dir, keys))

@@ -136,6 +136,24 @@ pub enum PkiError {
     Corrupt { path: PathBuf, message: String },
 }
 
+impl PkiError {
+    /// Whether the error is about the caller's input: a PKI directory or certificate that is
+    /// missing, unreadable, corrupt or foreign, or a name that is not valid. Writing files and
+    /// generating keys are failures of the machine.
+    pub fn is_unusable(&self) -> bool {
+        match self {
+            PkiError::Read { .. }
+            | PkiError::Parse { .. }
+            | PkiError::Corrupt { .. }
+            | PkiError::Exists(_)
+            | PkiError::AgencySpec { .. }
+            | PkiError::Identity(_)
+            | PkiError::ForeignCertificate { .. } => true,
+            PkiError::Write { .. } | PkiError::Generate(_) => false,
+        }
+    }
+}
+
 /// An enum field of a message holds a value this build does not know, or leaves unspecified a
 /// value that is needed. prost keeps such a field as the `i32` that arrived; [`crate::enums`]
 /// decodes it into this error rather than reading it as "unspecified".
@@ -147,4 +165,13 @@ pub enum EnumError {
     Unknown { field: String, value: i32 },
     #[error("{field} is not given")]
     Unspecified { field: String },
+}
+
+/// A schema cannot be written as TOML.
+#[derive(Debug, thiserror::Error)]
+pub enum SchemaTomlError {
+    #[error("the schema cannot be written: {0}")]
+    Enum(#[from] EnumError),
+    #[error("the schema cannot be written as TOML: {0}")]
+    Toml(#[from] toml::ser::Error),
 }

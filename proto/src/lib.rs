@@ -12,13 +12,19 @@
 //!   names and parameter layouts), [`query`] (the layout and sensitivity of an analytics
 //!   answer), [`evaluation`] (metrics from pooled noisy evaluation counts).
 //! - [`config`]: how a process reads its configuration file and reports every problem.
+//! - [`enums`]: decoding the enum fields of the wire's messages (an unknown or missing value is
+//!   an [`EnumError`], never read as "unspecified").
+//! - `error`: the errors of this layer ([`IdentityError`], [`TensorError`], [`TlsError`],
+//!   [`PkiError`], [`EnumError`], [`SchemaTomlError`]), re-exported here.
 //!
 //! It knows nothing of nodes, coordinators or policies: no training, no aggregation, no
 //! storage, no decisions.
 
+#![deny(unreachable_pub)]
+
 pub mod config;
 pub mod enums;
-pub mod error;
+mod error;
 pub mod evaluation;
 pub mod identity;
 pub mod pki;
@@ -27,7 +33,7 @@ pub mod schema;
 pub mod tensor;
 pub mod tls;
 
-pub use error::{EnumError, IdentityError, PkiError, TensorError, TlsError};
+pub use error::{EnumError, IdentityError, PkiError, SchemaTomlError, TensorError, TlsError};
 pub use identity::Identity;
 
 /// The generated protobuf messages and gRPC services of `treaty.v1`.

@@ -18,7 +18,7 @@ use rcgen::{
     ExtendedKeyUsagePurpose, IsCa, Issuer, KeyIdMethod, KeyPair, KeyUsagePurpose, RevocationReason,
     RevokedCertParams, SanType, SerialNumber,
 };
-use rustls_pki_types::pem::{self, PemObject};
+use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, CertificateRevocationListDer};
 use time::{Duration, OffsetDateTime};
 use x509_parser::prelude::{FromDer, X509Certificate};
@@ -26,6 +26,7 @@ use x509_parser::revocation_list::CertificateRevocationList;
 
 use crate::error::PkiError;
 use crate::identity::Identity;
+use crate::tls::pem_problem;
 
 /// Paths of a PKI directory.
 #[derive(Debug, Clone)]
@@ -377,13 +378,7 @@ fn read_pem_der<T: PemObject + AsRef<[u8]>>(path: &Path, label: &str) -> Result<
         .map(|der| der.as_ref().to_vec())
         .map_err(|e| PkiError::Parse {
             path: path.to_owned(),
-            message: match e {
-                pem::Error::NoItemsFound => format!("no `-----BEGIN {label}-----` block"),
-                pem::Error::MissingSectionEnd { .. } => {
-                    format!("the `-----BEGIN {label}-----` block has no END line")
-                }
-                other => other.to_string(),
-            },
+            message: pem_problem(&e, label),
         })
 }
 

@@ -7,7 +7,49 @@ use crate::v1::{QueryKind, QuerySpec};
 
 /// The statistic a query asks for, which must be given.
 pub fn kind(spec: &QuerySpec) -> Result<QueryKind, EnumError> {
-    enums::specified(spec.kind, || "the query's kind".to_owned())
+    enums::specified(spec.kind, kind_field)
+}
+
+/// The statistic of a query: `QueryKind` without its unspecified value, decoded once where a
+/// query arrives (at the coordinator and at each node).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Statistic {
+    Count,
+    Sum,
+    Mean,
+    Histogram,
+    Quantile,
+}
+
+impl Statistic {
+    /// The statistic a query's kind names: an unknown or unspecified kind is an error.
+    pub fn decode(spec: &QuerySpec) -> Result<Self, EnumError> {
+        Statistic::of(enums::known(spec.kind, kind_field)?).ok_or_else(|| EnumError::Unspecified {
+            field: kind_field(),
+        })
+    }
+
+    /// The statistic of a query kind; `None` for `Unspecified`.
+    pub fn of(kind: QueryKind) -> Option<Self> {
+        match kind {
+            QueryKind::Count => Some(Statistic::Count),
+            QueryKind::Sum => Some(Statistic::Sum),
+            QueryKind::Mean => Some(Statistic::Mean),
+            QueryKind::Histogram => Some(Statistic::Histogram),
+            QueryKind::Quantile => Some(Statistic::Quantile),
+            QueryKind::Unspecified => None,
+        }
+    }
+
+    /// Whether it reads a numeric column's values, clamped to the query's bounds (which it
+    /// then needs).
+    pub fn clamped(self) -> bool {
+        matches!(self, Statistic::Sum | Statistic::Mean | Statistic::Quantile)
+    }
+}
+
+fn kind_field() -> String {
+    "the query's kind".to_owned()
 }
 
 /// The most values an answer may have (histogram cells or quantile bins); a larger query is

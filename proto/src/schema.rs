@@ -37,19 +37,57 @@ use std::collections::HashSet;
 use std::fmt;
 use std::path::Path;
 
+use serde::Serialize;
 use toml::Spanned;
 use toml::de::{DeTable, DeValue};
 
 use crate::config::ConfigError;
 use crate::enums;
-use crate::error::EnumError;
+use crate::error::{EnumError, SchemaTomlError};
 use crate::v1::{
     ColumnKind, ColumnSpec, FeatureSchema, LabelKind, LabelSpec, MissingRule, ModelKind,
     TrainingSpec, Transform,
 };
 
+/// The schema file, as [`to_toml`] writes it.
+#[derive(Debug, Serialize)]
+struct SchemaFile {
+    label: LabelFile,
+    #[serde(rename = "column")]
+    columns: Vec<ColumnFile>,
+}
+
+#[derive(Debug, Serialize)]
+struct LabelFile {
+    name: String,
+    kind: String,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    classes: Vec<String>,
+}
+
+#[derive(Debug, Serialize)]
+struct ColumnFile {
+    name: String,
+    kind: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    lower: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    upper: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    transform: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    values: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    missing: Option<String>,
+}
+
 /// The most features a schema may encode to (one-hot slots included).
 pub const MAX_ENCODED_WIDTH: usize = 10_000;
+
+/// The most hidden units an MLP may have: the coordinator refuses a job asking for more and
+/// every node a task. 4096 units over the widest encoding ([`MAX_ENCODED_WIDTH`]) make about
+/// 41 million parameters, within what a node accepts (`MAX_MODEL_ELEMENTS`, 50 million).
+pub const MAX_HIDDEN_UNITS: u32 = 4096;
 
 /// The largest magnitude of a column's bound: with it, no sum of clamped values can overflow,
 /// whatever the number of records. A node refuses a schema with a larger one.
@@ -627,66 +665,83 @@ pub fn check_text_with(
     }
 }
 
-/// Writes a schema as TOML that [`parse`] reads back to the same schema.
-pub fn to_toml(schema: &FeatureSchema) -> String {
-    let q = |s: &str| format!("{s:?}");
-    let list = |v: &[String]| v.iter().map(|s| q(s)).collect::<Vec<_>>().join(", ");
+/// Writes a schema as TOML that [`parse`] reads back to the same schema: the schema as its file
+/// (the words [`parse`] reads), written by the TOML serializer (which quotes every name and
+/// value as TOML requires). An enum value this build does not know cannot be written.
+pub fn to_toml(schema: &FeatureSchema) -> Result<String, SchemaTomlError> {
+    Ok(toml::to_string(&to_file(schema)?)?)
+}
+
+/// A schema as its file.
+fn to_file(schema: &FeatureSchema) -> Result<SchemaFile, EnumError> {
     let label = schema.label.clone().unwrap_or_default();
-    let label_kind = match label_kind(schema) {
+    let label_kind = match decode_label_kind(schema)? {
+        LabelKind::Binary => "binary",
         LabelKind::Categorical => "categorical",
         LabelKind::Numeric => "numeric",
-        _ => "binary",
+        LabelKind::Unspecified => {
+            return Err(unspecified(format!("the kind of label `{}`", label.name)));
+        }
     };
-    let mut out = format!(
-        "[label]\nname = {}\nkind = {}\n",
-        q(&label.name),
-        q(label_kind)
-    );
-    if !label.classes.is_empty() {
-        out.push_str(&format!("classes = [{}]\n", list(&label.classes)));
-    }
-    for c in &schema.columns {
-        let kind_name = match column_kind(c) {
-            Ok(ColumnKind::Categorical) => "categorical",
-            Ok(ColumnKind::Boolean) => "boolean",
-            _ => "numeric",
-        };
-        out.push_str(&format!(
-            "\n[[column]]\nname = {}\nkind = {}\n",
-            q(&c.name),
-            q(kind_name)
-        ));
-        if let (Some(lo), Some(hi)) = (c.lower, c.upper) {
-            out.push_str(&format!("lower = {lo:?}\nupper = {hi:?}\n"));
-        }
-        if c.transform == Transform::Log1p as i32 {
-            out.push_str("transform = \"log1p\"\n");
-        }
-        if !c.values.is_empty() {
-            out.push_str(&format!("values = [{}]\n", list(&c.values)));
-        }
-        let missing = match missing_rule(c) {
-            Ok(MissingRule::Mean) => "mean",
-            Ok(MissingRule::Zero) => "zero",
-            Ok(MissingRule::Other) => "other",
-            _ => "reject",
-        };
-        out.push_str(&format!("missing = {}\n", q(missing)));
-    }
-    out
+    let columns = schema
+        .columns
+        .iter()
+        .map(|c| {
+            let kind = match column_kind(c)? {
+                ColumnKind::Numeric => "numeric",
+                ColumnKind::Categorical => "categorical",
+                ColumnKind::Boolean => "boolean",
+                ColumnKind::Unspecified => return Err(unspecified(column_kind_field(c))),
+            };
+            let missing = match missing_rule(c)? {
+                MissingRule::Reject => "reject",
+                MissingRule::Mean => "mean",
+                MissingRule::Zero => "zero",
+                MissingRule::Other => "other",
+                MissingRule::Unspecified => return Err(unspecified(missing_rule_field(c))),
+            };
+            let transform = match transform(c)? {
+                Transform::Unspecified => None,
+                Transform::Log1p => Some("log1p".to_owned()),
+            };
+            Ok(ColumnFile {
+                name: c.name.clone(),
+                kind: kind.to_owned(),
+                lower: c.lower,
+                upper: c.upper,
+                transform,
+                values: c.values.clone(),
+                missing: Some(missing.to_owned()),
+            })
+        })
+        .collect::<Result<_, EnumError>>()?;
+    Ok(SchemaFile {
+        label: LabelFile {
+            name: label.name,
+            kind: label_kind.to_owned(),
+            classes: label.classes,
+        },
+        columns,
+    })
 }
 
 /// A column's kind, which must be given.
 pub fn column_kind(c: &ColumnSpec) -> Result<ColumnKind, EnumError> {
-    enums::specified(c.kind, || format!("the kind of column `{}`", c.name))
+    enums::specified(c.kind, || column_kind_field(c))
+}
+
+fn column_kind_field(c: &ColumnSpec) -> String {
+    format!("the kind of column `{}`", c.name)
 }
 
 /// A column's rule for missing values, which must be given (the schema file's default is
 /// `reject`).
 pub fn missing_rule(c: &ColumnSpec) -> Result<MissingRule, EnumError> {
-    enums::specified(c.missing, || {
-        format!("the missing-value rule of column `{}`", c.name)
-    })
+    enums::specified(c.missing, || missing_rule_field(c))
+}
+
+fn missing_rule_field(c: &ColumnSpec) -> String {
+    format!("the missing-value rule of column `{}`", c.name)
 }
 
 /// A column's transform (unspecified: none).
@@ -734,37 +789,41 @@ pub fn transformed_bounds(c: &ColumnSpec) -> Result<Option<TransformedBounds>, E
 
 /// The label's kind, which must be given (a schema without a label has none).
 pub fn decode_label_kind(schema: &FeatureSchema) -> Result<LabelKind, EnumError> {
-    let label = schema.label.as_ref();
-    enums::specified(label.map(|l| l.kind).unwrap_or(0), || {
-        format!(
-            "the kind of label `{}`",
-            label.map(|l| l.name.as_str()).unwrap_or_default()
-        )
-    })
+    let kind = schema.label.as_ref().map(|l| l.kind).unwrap_or(0);
+    enums::specified(kind, || label_kind_field(schema))
 }
 
-/// The label's kind, for a schema [`problems`] accepts; `Unspecified` when it has none this
-/// build knows (which [`problems`] reports).
-pub fn label_kind(schema: &FeatureSchema) -> LabelKind {
-    match decode_label_kind(schema) {
-        Ok(kind) => kind,
-        Err(_) => LabelKind::Unspecified,
-    }
+fn label_kind_field(schema: &FeatureSchema) -> String {
+    let name = schema.label.as_ref().map(|l| l.name.as_str());
+    format!("the kind of label `{}`", name.unwrap_or_default())
 }
 
 /// The model a training spec names, which must be given.
 pub fn model_kind(spec: &TrainingSpec) -> Result<ModelKind, EnumError> {
-    enums::specified(spec.model, || "the training spec's model".to_owned())
+    enums::specified(spec.model, model_kind_field)
 }
 
-/// The class names of a binary or categorical label (binary defaults to ["0", "1"]).
-pub fn classes(schema: &FeatureSchema) -> Vec<String> {
+fn model_kind_field() -> String {
+    "the training spec's model".to_owned()
+}
+
+/// The error of an `_UNSPECIFIED` value where one is needed. The decoding functions above
+/// already refuse it, so a match on what they return meets it only in an arm that gives their
+/// error again.
+fn unspecified(field: String) -> EnumError {
+    EnumError::Unspecified { field }
+}
+
+/// The class names of a binary or categorical label (binary defaults to ["0", "1"]); none for
+/// a numeric label. An error when the label's kind is not one this build knows.
+pub fn classes(schema: &FeatureSchema) -> Result<Vec<String>, EnumError> {
     let label = schema.label.clone().unwrap_or_default();
-    match label_kind(schema) {
+    Ok(match decode_label_kind(schema)? {
         LabelKind::Binary if label.classes.is_empty() => vec!["0".into(), "1".into()],
+        LabelKind::Binary | LabelKind::Categorical => label.classes,
         LabelKind::Numeric => Vec::new(),
-        _ => label.classes,
-    }
+        LabelKind::Unspecified => return Err(unspecified(label_kind_field(schema))),
+    })
 }
 
 /// Every problem with a schema that makes it unusable by any job, each in a sentence naming
@@ -793,7 +852,8 @@ pub fn check(schema: &FeatureSchema, usage: &Usage) -> Vec<Problem> {
 fn checked(schema: &FeatureSchema, usage: &Usage, enums: bool) -> Vec<Problem> {
     let mut problems = soundness(schema, enums);
     let label = schema.label.clone().unwrap_or_default();
-    let label_kind = label_kind(schema);
+    let label_kind = decode_label_kind(schema).unwrap_or(LabelKind::Unspecified);
+    let classes = classes(schema).unwrap_or_default();
     if !label.name.is_empty() && padded(&label.name) {
         problems.push(Problem::new(
             Place::Label,
@@ -805,7 +865,7 @@ fn checked(schema: &FeatureSchema, usage: &Usage, enums: bool) -> Vec<Problem> {
         ));
     }
     if label_kind != LabelKind::Numeric {
-        for class in classes(schema).iter().filter(|c| c.is_empty() || padded(c)) {
+        for class in classes.iter().filter(|c| c.is_empty() || padded(c)) {
             problems.push(Problem::new(
                 Place::Label,
                 format!(
@@ -834,15 +894,13 @@ fn checked(schema: &FeatureSchema, usage: &Usage, enums: bool) -> Vec<Problem> {
                     models_for(label_kind),
                 ),
             ));
-        } else if model == ModelKind::MultinomialLogisticRegression
-            && classes(schema).len() > MAX_CLASSES
-        {
+        } else if model == ModelKind::MultinomialLogisticRegression && classes.len() > MAX_CLASSES {
             problems.push(Problem::new(
                 Place::Label,
                 format!(
                     "label `{}` has {} classes; a multinomial model takes at most {MAX_CLASSES}: merge the rare ones",
                     label.name,
-                    classes(schema).len()
+                    classes.len()
                 ),
             ));
         }
@@ -1230,25 +1288,28 @@ pub fn label_kind_for(model: ModelKind) -> Option<LabelKind> {
     }
 }
 
-/// The parameter tensors of the job's model: (name, shape), in order. A spec whose model
-/// [`model_kind`] cannot decode gets the layout of a linear model.
-pub fn parameter_layout(spec: &TrainingSpec) -> Vec<(String, Vec<usize>)> {
+/// The parameter tensors of the job's model: (name, shape), in order. An error when the spec's
+/// model or label kind is not one this build knows.
+pub fn parameter_layout(spec: &TrainingSpec) -> Result<Vec<(String, Vec<usize>)>, EnumError> {
     let schema = spec.schema.clone().unwrap_or_default();
     let d = encoded_names(&schema).len();
     let h = spec.hidden_units as usize;
-    match model_kind(spec) {
-        Ok(ModelKind::MultinomialLogisticRegression) => {
-            let k = classes(&schema).len();
+    Ok(match model_kind(spec)? {
+        ModelKind::MultinomialLogisticRegression => {
+            let k = classes(&schema)?.len();
             vec![("weights".into(), vec![d, k]), ("bias".into(), vec![k])]
         }
-        Ok(ModelKind::Mlp) => vec![
+        ModelKind::Mlp => vec![
             ("hidden_weights".into(), vec![d, h]),
             ("hidden_bias".into(), vec![h]),
             ("weights".into(), vec![h]),
             ("bias".into(), vec![]),
         ],
-        _ => vec![("weights".into(), vec![d]), ("bias".into(), vec![])],
-    }
+        ModelKind::LogisticRegression | ModelKind::LinearRegression => {
+            vec![("weights".into(), vec![d]), ("bias".into(), vec![])]
+        }
+        ModelKind::Unspecified => return Err(unspecified(model_kind_field())),
+    })
 }
 
 #[cfg(test)]
@@ -1287,7 +1348,7 @@ kind = "boolean"
             encoded_names(&schema),
             ["value", "mode=sea", "mode=air", "mode=<other>", "known"]
         );
-        assert_eq!(classes(&schema), ["0", "1"]);
+        assert_eq!(classes(&schema).unwrap(), ["0", "1"]);
         let spec = TrainingSpec {
             model: ModelKind::MultinomialLogisticRegression as i32,
             schema: Some(FeatureSchema {
@@ -1301,7 +1362,7 @@ kind = "boolean"
             ..Default::default()
         };
         assert_eq!(
-            parameter_layout(&spec)[0],
+            parameter_layout(&spec).unwrap()[0],
             ("weights".to_owned(), vec![5, 3])
         );
     }
@@ -1347,7 +1408,20 @@ kind = "boolean"
     #[test]
     fn toml_round_trips() {
         let schema = parse(GOOD).unwrap().unwrap();
-        assert_eq!(parse(&to_toml(&schema)).unwrap().unwrap(), schema);
+        assert_eq!(parse(&to_toml(&schema).unwrap()).unwrap().unwrap(), schema);
+        // Names and values TOML must escape: a combining accent, a control character, quotes
+        // and a backslash.
+        let mut odd = schema.clone();
+        odd.columns[0].name = "cafe\u{301}".into();
+        odd.columns[1].values = vec!["sea\u{7}".into(), "a \"b\" \\ c".into()];
+        if let Some(label) = odd.label.as_mut() {
+            label.name = "sa\u{308}isie\tfaite".into();
+        }
+        let text = to_toml(&odd).unwrap();
+        assert_eq!(parse(&text).unwrap().unwrap(), odd, "{text}");
+        // An unknown enum value cannot be written.
+        odd.columns[0].kind = 42;
+        assert!(to_toml(&odd).is_err());
     }
 
     #[test]

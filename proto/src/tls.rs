@@ -5,7 +5,7 @@
 //! revocation applies to the next connection without a restart. After the handshake each
 //! connection carries a [`PeerInfo`] — the verified identity — into every request's extensions.
 //!
-//! Nodes and operators dial with [`connect`], which requires the server to present a
+//! Nodes and operators dial with [`ClientTls::connect`], which requires the server to present a
 //! coordinator certificate of the same CA, valid for the name dialled.
 
 use std::collections::HashSet;
@@ -21,7 +21,7 @@ use hyper_util::rt::TokioIo;
 use rustls::crypto::CryptoProvider;
 use rustls::server::WebPkiClientVerifier;
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
-use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::pem::{self, PemObject};
 use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer, ServerName};
 use serde::Deserialize;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -63,6 +63,19 @@ fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
     })
 }
 
+/// What is wrong with a PEM file whose `label` blocks (e.g. `CERTIFICATE`) cannot be read, in
+/// words: the one description of `rustls-pki-types`' PEM errors for the TLS files and the PKI.
+pub(crate) fn pem_problem(error: &pem::Error, label: &str) -> String {
+    match error {
+        pem::Error::NoItemsFound => format!("no `-----BEGIN {label}-----` block"),
+        pem::Error::MissingSectionEnd { .. } => {
+            format!("the `-----BEGIN {label}-----` block has no END line")
+        }
+        pem::Error::Base64Decode(e) => format!("the PEM body is not base64 ({e})"),
+        other => other.to_string(),
+    }
+}
+
 /// Reads every certificate of a PEM file.
 pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let pem = read(path)?;
@@ -70,7 +83,7 @@ pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError>
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| TlsError::Pem {
             path: path.to_owned(),
-            message: e.to_string(),
+            message: pem_problem(&e, "CERTIFICATE"),
         })?;
     if certs.is_empty() {
         return Err(TlsError::Empty {
@@ -85,13 +98,13 @@ pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError>
 pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
     let pem = read(path)?;
     PrivateKeyDer::from_pem_slice(&pem).map_err(|e| match e {
-        rustls_pki_types::pem::Error::NoItemsFound => TlsError::Empty {
+        pem::Error::NoItemsFound => TlsError::Empty {
             path: path.to_owned(),
             what: "private key",
         },
         other => TlsError::Pem {
             path: path.to_owned(),
-            message: other.to_string(),
+            message: pem_problem(&other, "PRIVATE KEY"),
         },
     })
 }
@@ -103,7 +116,7 @@ pub fn load_crls(path: &Path) -> Result<Vec<CertificateRevocationListDer<'static
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| TlsError::Pem {
             path: path.to_owned(),
-            message: e.to_string(),
+            message: pem_problem(&e, "X509 CRL"),
         })
 }
 

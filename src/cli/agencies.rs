@@ -3,13 +3,21 @@
 
 use std::path::PathBuf;
 
+use clap::Args;
 use treaty_coordinator::client::{self, OperatorConfig};
 use treaty_devkit::outln;
 
 use super::{Outcome, unusable, utc};
 
-pub async fn run(config: PathBuf) -> Outcome {
-    let mut client = OperatorConfig::load(&config)
+#[derive(Debug, Args)]
+pub struct AgenciesArgs {
+    /// The operator's configuration file.
+    #[arg(long)]
+    config: PathBuf,
+}
+
+pub async fn run(args: AgenciesArgs) -> Outcome {
+    let mut client = OperatorConfig::load(&args.config)
         .map_err(unusable)?
         .connect()
         .await?;

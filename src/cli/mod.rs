@@ -49,24 +49,39 @@ impl<E: Into<anyhow::Error>> From<E> for CliError {
     }
 }
 
-/// Whether an error is about the command's input: a configuration file, or a request the
-/// coordinator refused as invalid (`INVALID_ARGUMENT`) or about something that does not exist
-/// (`NOT_FOUND`).
+/// Whether an error is about the command's input: a configuration, certificate, key, PKI, data
+/// or model file that is missing or wrong, or a request the coordinator refused as invalid
+/// (`INVALID_ARGUMENT`) or about something that does not exist (`NOT_FOUND`). Each crate's error
+/// says which of its variants are input (`is_unusable`): a `#[error(transparent)]` variant hides
+/// the error it wraps from the chain, so the chain is asked about the wrapping errors too.
 fn is_unusable(error: &anyhow::Error) -> bool {
+    use treaty_coordinator::CoordinatorError;
+    use treaty_coordinator::client::ClientError;
+    use treaty_node::NodeError;
+    use treaty_proto::PkiError;
     error.chain().any(|cause| {
         cause.is::<treaty_proto::config::ConfigError>()
+            || cause.is::<treaty_proto::TlsError>()
             || cause.is::<treaty_node::ModelFileError>()
             || cause.is::<treaty_node::DataError>()
+            || cause.is::<treaty_devkit::bench::W1DataError>()
+            || cause
+                .downcast_ref::<CoordinatorError>()
+                .is_some_and(CoordinatorError::is_unusable)
+            || cause
+                .downcast_ref::<ClientError>()
+                .is_some_and(ClientError::is_unusable)
+            || cause
+                .downcast_ref::<NodeError>()
+                .is_some_and(NodeError::is_unusable)
+            || cause
+                .downcast_ref::<PkiError>()
+                .is_some_and(PkiError::is_unusable)
             || matches!(
                 cause
                     .downcast_ref::<tonic::Status>()
                     .map(tonic::Status::code),
                 Some(tonic::Code::InvalidArgument | tonic::Code::NotFound)
-            )
-            || matches!(
-                cause.downcast_ref::<treaty_coordinator::client::ClientError>(),
-                Some(treaty_coordinator::client::ClientError::Refused(status))
-                    if matches!(status.code(), tonic::Code::InvalidArgument | tonic::Code::NotFound)
             )
     })
 }

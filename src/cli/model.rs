@@ -17,7 +17,7 @@ use super::{Outcome, unusable};
 
 #[derive(Debug, Subcommand)]
 pub enum ModelCommand {
-    /// Downloads a model version with its feature names, schema and standardisation, as JSON.
+    /// Downloads a model version with its feature names, schema and standardization, as JSON.
     Get {
         /// The operator's configuration file (coordinator address and TLS files).
         #[arg(long)]
@@ -47,32 +47,37 @@ pub enum ModelCommand {
     },
 }
 
-pub async fn run(command: ModelCommand) -> Outcome {
+/// Runs a `treaty model` command: `get` on an async runtime, `explain` as it is.
+pub fn run(command: ModelCommand) -> Outcome {
     match command {
         ModelCommand::Get {
             config,
             job,
             version,
             out,
-        } => {
-            let config = OperatorConfig::load(&config).map_err(unusable)?;
-            let mut client = config.connect().await?;
-            let (header, tensors) = client::download(&mut client, &job, &version).await?;
-            let text = serde_json::to_string_pretty(&ModelFile::new(&header, &tensors)?)?;
-            match out {
-                Some(path) => std::fs::write(&path, text)
-                    .with_context(|| format!("cannot write `{}`", path.display()))?,
-                None => outln!("{text}"),
-            }
-            Ok(())
-        }
+        } => super::block_on(get(&config, &job, &version, out.as_deref())),
         ModelCommand::Explain { model, data, limit } => explain_records(&model, &data, limit),
     }
 }
 
+/// Downloads a model version and writes it as a model file to `out` (or standard output).
+async fn get(config: &Path, job: &str, version: &str, out: Option<&Path>) -> Outcome {
+    let config = OperatorConfig::load(config).map_err(unusable)?;
+    let mut client = config.connect().await?;
+    let (header, tensors) = client::download(&mut client, job, version).await?;
+    // A model the coordinator sent malformed is its failure (`MalformedModel`: status 1).
+    let text = serde_json::to_string_pretty(&ModelFile::new(&header, &tensors)?)?;
+    match out {
+        Some(path) => std::fs::write(path, text)
+            .with_context(|| format!("cannot write `{}`", path.display()))?,
+        None => outln!("{text}"),
+    }
+    Ok(())
+}
+
 /// Prints the prediction of each record of `data` (at most `limit`) and, for linear models, each
 /// feature column's contribution, largest first.
-pub fn explain_records(model_file: &Path, data: &Path, limit: usize) -> Outcome {
+fn explain_records(model_file: &Path, data: &Path, limit: usize) -> Outcome {
     if limit == 0 {
         return Err(unusable(anyhow::anyhow!("--limit must be at least 1")));
     }
@@ -98,10 +103,8 @@ pub fn explain_records(model_file: &Path, data: &Path, limit: usize) -> Outcome 
         };
         outln!("record {} (line {}): {shown}", i + 1, i + 2);
         if let Some(e) = explain(&model, &schema, row, class) {
-            let mut parts = e.contributions.clone();
-            parts.sort_by(|a, b| b.1.abs().total_cmp(&a.1.abs()));
             outln!("  score {:.4} = bias {:.4}", e.score, e.bias);
-            for (name, c) in parts.iter().filter(|(_, c)| *c != 0.0) {
+            for (name, c) in e.ranked() {
                 outln!("    {c:+.4}  {name}");
             }
         }

@@ -1,16 +1,26 @@
 //! `treaty node --config FILE`: runs an agency's node until SIGINT or SIGTERM;
 //! `treaty node ledger --config FILE`: shows its privacy ledger.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context;
-use clap::Subcommand;
+use clap::{Args, Subcommand};
 use treaty_devkit::outln;
+use treaty_node::NodeConfig;
 use treaty_node::{Ledger, LedgerError};
-use treaty_node::{NodeConfig, NodeError};
 
 use super::{CliError, Outcome, unusable, utc};
 use crate::signals;
+
+#[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct NodeArgs {
+    /// The node's configuration file (TOML).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<NodeCommand>,
+}
 
 #[derive(Debug, Subcommand)]
 pub enum NodeCommand {
@@ -27,8 +37,16 @@ pub enum NodeCommand {
     },
 }
 
+/// Runs `treaty node`: the node itself (on an async runtime), or `ledger`.
+pub fn run(args: NodeArgs) -> Outcome {
+    match args.command {
+        Some(NodeCommand::Ledger { config, json }) => ledger(&config, json),
+        None => super::block_on(serve(args.config.as_deref())),
+    }
+}
+
 /// Runs the node of `config` until SIGINT or SIGTERM.
-pub async fn run(config: Option<&Path>) -> Outcome {
+async fn serve(config: Option<&Path>) -> Outcome {
     let Some(config) = config else {
         return Err(unusable(anyhow::anyhow!(
             "give the node's configuration: treaty node --config FILE"
@@ -41,20 +59,13 @@ pub async fn run(config: Option<&Path>) -> Outcome {
         signals::terminate().await;
         trigger.cancel();
     });
-    treaty_node::run(config, shutdown)
-        .await
-        .map_err(|e| match e {
-            // What the node reads before it connects: its files.
-            NodeError::Config(_)
-            | NodeError::Tls(_)
-            | NodeError::Data(_)
-            | NodeError::NotAnAgency { .. } => unusable(e),
-            other => CliError::Failed(other.into()),
-        })
+    // What the node reads before it connects (its files) is unusable input: `NodeError::is_unusable`.
+    treaty_node::run(config, shutdown).await?;
+    Ok(())
 }
 
 /// Shows the ledger of the node of `config`.
-pub fn ledger(config: &Path, json: bool) -> Outcome {
+fn ledger(config: &Path, json: bool) -> Outcome {
     let config = NodeConfig::load(config).map_err(unusable)?;
     // A damaged ledger is the answer, not a failure to find one: said as such (in JSON too),
     // with status 1.

@@ -16,7 +16,7 @@ use treaty_devkit::local::{Process, Site, SiteOptions, write_toml};
 use treaty_node::NodeConfig;
 use treaty_proto::Identity;
 use treaty_proto::pki::PkiDir;
-use treaty_proto::tls::{ClientTls, TlsFiles};
+use treaty_proto::tls::TlsFiles;
 use treaty_proto::v1::operator_service_client::OperatorServiceClient;
 use treaty_proto::v1::{
     CreateFederationRequest, CreateJobRequest, DpMode, FeatureSchema, FederationInfo, Job, JobSpec,
@@ -204,8 +204,7 @@ impl Fixture {
     }
 
     pub async fn operator(&self, address: &str) -> OperatorServiceClient<Channel> {
-        let tls = ClientTls::new(&self.files(&Identity::operator("op").unwrap())).unwrap();
-        OperatorServiceClient::new(tls.connect(address, Duration::from_secs(5)).await.unwrap())
+        self.site.operator_config(address).connect().await.unwrap()
     }
 }
 

@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use treaty_devkit::local::write_toml;
+use treaty_node::NodeConfig;
 use treaty_policies::privacy::{Release, spent, zcdp};
 use treaty_proto::v1::{ColumnStats, DpMode, PrivacySpec};
 
@@ -28,11 +30,12 @@ fn rounds_cost(rounds: usize) -> f64 {
 
 /// Adds a privacy budget to a node's configuration file.
 fn with_budget(config: &std::path::Path, max_epsilon: f64) {
-    let mut text = std::fs::read_to_string(config).unwrap();
-    text.push_str(&format!(
-        "\n[privacy]\nmax_epsilon = {max_epsilon}\ndelta = 1e-5\n"
-    ));
-    std::fs::write(config, text).unwrap();
+    let mut node = NodeConfig::load(config).unwrap();
+    node.privacy = Some(treaty_node::Budget {
+        max_epsilon,
+        delta: 1e-5,
+    });
+    write_toml(config, &node).unwrap();
 }
 
 fn ledger(config: &std::path::Path) -> serde_json::Value {

@@ -54,9 +54,14 @@ fn unusable_input_exits_2_and_names_it() {
             "--sampling-rate",
         ),
         (
+            vec!["pki", "revoke", "--dir", missing, garbage],
+            "missing.toml",
+        ),
+        (
             vec!["model", "explain", "--model", garbage, "--data", garbage],
             "garbage.json",
         ),
+        (vec!["bench", "w1", "--data", missing], "missing.toml"),
         (vec!["no-such-command"], "no-such-command"),
     ] {
         let (code, stderr) = run(&args);
@@ -91,4 +96,33 @@ async fn success_exits_0_failure_1_and_a_refused_request_2() {
     let (code, stderr) = run(&["agencies", "--config", path.to_str().unwrap()]);
     assert_eq!(code, 1, "{stderr}");
     assert!(stderr.contains("127.0.0.1:1"), "{stderr}");
+}
+
+#[test]
+fn a_bad_coordinator_or_operator_key_exits_2() {
+    let fx = Fixture::new(&[]);
+    let garbage = fx.path("garbage.key");
+    std::fs::write(&garbage, "not a key").unwrap();
+
+    let mut coordinator = fx
+        .site
+        .coordinator_config("127.0.0.1:0".parse().unwrap(), "NL");
+    coordinator.tls.key = garbage.clone();
+    let path = fx
+        .site
+        .write_config("bad-coordinator.toml", &coordinator)
+        .unwrap();
+    let (code, stderr) = run(&["coordinator", "--config", path.to_str().unwrap()]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("garbage.key"), "{stderr}");
+
+    let mut operator = fx.site.operator_config("127.0.0.1:1");
+    operator.tls.key = garbage;
+    let path = fx
+        .site
+        .write_config("bad-operator.toml", &operator)
+        .unwrap();
+    let (code, stderr) = run(&["agencies", "--config", path.to_str().unwrap()]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("garbage.key"), "{stderr}");
 }

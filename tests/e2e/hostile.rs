@@ -7,7 +7,7 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use tonic::Code;
-use treaty_coordinator::limits::{self, MAX_COLUMNS, MAX_HELLO_BYTES};
+use treaty_coordinator::{MAX_COLUMNS, MAX_HELLO_BYTES, MAX_TASK_ID_BYTES, check_hello};
 use treaty_proto::Identity;
 use treaty_proto::v1::{
     DatasetSummary, DownloadModelRequest, Hello, ListAgenciesRequest, ListFederationsRequest,
@@ -163,7 +163,7 @@ fn maximal_hello() -> Hello {
         });
         for i in 0..MAX_COLUMNS {
             hello.datasets[d].columns.push(column(d, i));
-            if limits::check_hello(&hello).is_err() {
+            if check_hello(&hello).is_err() {
                 hello.datasets[d].columns.pop();
                 break 'fill;
             }
@@ -220,7 +220,7 @@ async fn an_oversize_hello_is_refused_and_many_maximal_ones_page() {
     // Forty agencies with Hellos at the bounds: 40 x 256 KiB is more than one message can hold,
     // so an unpaged list would fail; paged, every agency is listed once.
     let hello = maximal_hello();
-    assert!(limits::check_hello(&hello).is_ok());
+    assert!(check_hello(&hello).is_ok());
     assert!(
         hello
             .datasets
@@ -342,7 +342,7 @@ async fn a_flooding_agency_does_not_fill_the_log() {
     for (task_id, message) in [
         ("job-000001-r1-NL-POLITIE".to_owned(), "m".repeat(1 << 20)),
         ("t".repeat(1 << 20), "no".to_owned()),
-        ("u".repeat(limits::MAX_TASK_ID_BYTES), "no".to_owned()),
+        ("u".repeat(MAX_TASK_ID_BYTES), "no".to_owned()),
     ] {
         session
             .outbox

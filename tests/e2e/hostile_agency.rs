@@ -4,7 +4,6 @@
 
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use tokio::sync::mpsc;
@@ -12,7 +11,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::Streaming;
 use tonic::transport::Channel;
 use treaty_proto::Identity;
-use treaty_proto::pki::{self, Validity};
+use treaty_proto::pki::Validity;
 use treaty_proto::tensor::{self, NamedTensor};
 use treaty_proto::tls::{ClientTls, TlsFiles};
 use treaty_proto::v1::agency_service_client::AgencyServiceClient;
@@ -27,19 +26,9 @@ use crate::common::Fixture;
 /// own file names are per agency id, so that an impostor of an existing id does not overwrite
 /// the real agency's files).
 pub fn issue(fx: &Fixture, identity: &Identity, name: &str) -> TlsFiles {
-    let issuer = pki::load_issuer(&fx.pki).unwrap();
-    let (cert, key) = pki::issue_with(&issuer, identity, &[], Validity::days_from_now(2)).unwrap();
-    let (c, k): (PathBuf, PathBuf) = (
-        fx.path(&format!("{name}.crt")),
-        fx.path(&format!("{name}.key")),
-    );
-    std::fs::write(&c, cert).unwrap();
-    std::fs::write(&k, key).unwrap();
-    TlsFiles {
-        ca_cert: fx.pki.ca_cert(),
-        cert: c,
-        key: k,
-    }
+    fx.site
+        .issue(identity, name, Validity::days_from_now(2))
+        .unwrap()
 }
 
 /// A connection of the agency service.

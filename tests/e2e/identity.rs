@@ -2,7 +2,6 @@
 //! from the certificate; an agency cannot use the operator API; and the coordinator keeps
 //! serving everyone else through all of it.
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use rcgen::{CertificateParams, KeyPair, SanType};
@@ -16,16 +15,6 @@ use treaty_proto::v1::agency_service_client::AgencyServiceClient;
 use treaty_proto::v1::operator_service_client::OperatorServiceClient;
 
 use crate::common::*;
-
-fn write_pair(fx: &Fixture, name: &str, cert: &str, key: &str) -> (PathBuf, PathBuf) {
-    let (c, k) = (
-        fx.path(&format!("{name}.crt")),
-        fx.path(&format!("{name}.key")),
-    );
-    std::fs::write(&c, cert).unwrap();
-    std::fs::write(&k, key).unwrap();
-    (c, k)
-}
 
 #[tokio::test]
 async fn bad_certificates_are_refused_and_the_coordinator_keeps_serving() {
@@ -57,14 +46,13 @@ async fn bad_certificates_are_refused_and_the_coordinator_keeps_serving() {
     );
 
     // An expired certificate from the right CA.
-    let issuer = pki::load_issuer(&fx.pki).unwrap();
     let now = OffsetDateTime::now_utc();
     let expired = Validity {
         not_before: now - time::Duration::days(10),
         not_after: now - time::Duration::days(1),
     };
-    let (c, k) = pki::issue_with(&issuer, &de, &[], expired).unwrap();
-    let (expired_cert, expired_key) = write_pair(&fx, "expired", &c, &k);
+    let expired = fx.site.issue(&de, "expired", expired).unwrap();
+    let (expired_cert, expired_key) = (expired.cert, expired.key);
     assert!(
         probe(
             &address,
@@ -79,12 +67,11 @@ async fn bad_certificates_are_refused_and_the_coordinator_keeps_serving() {
     let mut params = CertificateParams::default();
     params.subject_alt_names = vec![SanType::URI(de.to_string().try_into().unwrap())];
     let self_signed = params.self_signed(&key_pair).unwrap();
-    let (ss_cert, ss_key) = write_pair(
-        &fx,
-        "self-signed",
-        &self_signed.pem(),
-        &key_pair.serialize_pem(),
-    );
+    let self_signed = fx
+        .site
+        .write_cert("self-signed", &self_signed.pem(), &key_pair.serialize_pem())
+        .unwrap();
+    let (ss_cert, ss_key) = (self_signed.cert, self_signed.key);
     assert!(
         probe(&address, client_config(&ca, Some((&ss_cert, &ss_key))))
             .await

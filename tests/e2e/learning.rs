@@ -240,9 +240,10 @@ async fn bad_cells_stay_in_the_agency_and_a_missing_column_is_named() {
     let excluded = &statistics.excluded[0];
     assert_eq!(excluded.agency, "NL-POLITIE");
     assert_eq!(excluded.reason_code, "REFUSED");
+    assert_eq!(excluded.node_code, "DATA_ERROR");
     assert!(
         excluded.message.contains(
-            "DATA_ERROR: the agency's data has no column `x2` (it has: x1, x_2, mode, band, amount, seized)"
+            "the agency's data has no column `x2` (it has: x1, x_2, mode, band, amount, seized)"
         ),
         "{}",
         excluded.message

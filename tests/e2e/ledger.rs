@@ -167,10 +167,12 @@ async fn a_ledger_damaged_under_a_running_node_refuses_every_task() {
     assert!(!refusals.is_empty(), "{:#?}", job.rounds);
     for e in refusals {
         // The coordinator learns that the ledger is damaged, not how, nor where.
-        assert!(
-            e.message.contains("LEDGER_ERROR") && e.message.contains(DAMAGED),
+        assert_eq!(
+            (e.reason_code.as_str(), e.node_code.as_str()),
+            ("REFUSED", "LEDGER_ERROR"),
             "{e:?}"
         );
+        assert!(e.message.contains(DAMAGED), "{e:?}");
         assert!(
             !e.message.contains(state.to_str().unwrap()) && !e.message.contains("entries"),
             "{e:?}"

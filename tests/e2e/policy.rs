@@ -94,9 +94,9 @@ async fn rounds_admit_the_largest_lawful_set_and_nodes_enforce_their_own_policy(
         if !changed && event.round == 2 && event.kind() == JobEventKind::RoundCompleted {
             // Mid-job: the Netherlands' own copy of its policy stops allowing narcotics (the
             // coordinator's copy is left as it was), and France lifts its deny of Belgium.
-            std::fs::write(
-                fx.node_policies("NL-POLITIE").join("NL.toml"),
-                policy("NL", "nl-2", "[\"firearms\"]", ""),
+            treaty_devkit::local::replace_file(
+                &fx.node_policies("NL-POLITIE").join("NL.toml"),
+                &policy("NL", "nl-2", "[\"firearms\"]", ""),
             )
             .unwrap();
             fx.write_policy("FR", &policy("FR", "fr-2", "[\"narcotics\"]", ""));
@@ -145,7 +145,7 @@ async fn rounds_admit_the_largest_lawful_set_and_nodes_enforce_their_own_policy(
     for r in &job.rounds[refused_from..] {
         let nl = excluded(r, "NL-POLITIE")
             .unwrap_or_else(|| panic!("round {}: NL took part again", r.round));
-        assert!(nl.message.contains("PURPOSE_NOT_ALLOWED"), "{}", nl.message);
+        assert_eq!(nl.node_code, "PURPOSE_NOT_ALLOWED", "{}", nl.message);
         assert!(
             decision(r)["decision"]["admitted"]
                 .as_array()

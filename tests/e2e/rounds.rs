@@ -156,7 +156,7 @@ async fn the_operator_cli_creates_a_federation_and_trains() {
     let schema = fx.path("schema.toml");
     std::fs::write(
         &schema,
-        treaty_proto::schema::to_toml(&schema_of_test_data()),
+        treaty_proto::schema::to_toml(&schema_of_test_data()).unwrap(),
     )
     .unwrap();
     let mut op = fx.operator(&address).await;

@@ -72,7 +72,7 @@ fn schema_check_exits_0_on_a_good_schema_and_2_on_a_bad_one_with_every_problem()
     let good = write(
         dir.path(),
         "good.toml",
-        &treaty_proto::schema::to_toml(&schema_of_test_data()),
+        &treaty_proto::schema::to_toml(&schema_of_test_data()).unwrap(),
     );
     let bad = write(dir.path(), "bad.toml", BAD);
 
@@ -209,7 +209,7 @@ async fn a_job_with_a_bad_schema_is_refused_at_creation_with_every_problem() {
     // No job was created, so no round ran.
     assert_eq!(job_count(&mut op).await, 0);
     // The same federation takes a job with a sound schema.
-    let good = treaty_proto::schema::to_toml(&schema_of_test_data());
+    let good = treaty_proto::schema::to_toml(&schema_of_test_data()).unwrap();
     op.create_job(request(&good)).await.unwrap();
     assert_eq!(job_count(&mut op).await, 1);
 }

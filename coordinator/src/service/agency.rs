@@ -15,7 +15,7 @@ use treaty_proto::v1::{
 
 use treaty_proto::Identity;
 
-use super::{BoxStream, job, model_stream, require_agency};
+use super::{BoxStream, job, model_parts, require_agency, stream_of};
 use crate::error::CoordinatorError;
 use crate::federation::members;
 use crate::limits::{self, MAX_BAD_MESSAGES_PER_SESSION};
@@ -215,24 +215,26 @@ impl AgencyService for AgencyApi {
     ) -> Result<Response<Self::DownloadModelStream>, Status> {
         let (agency, _) = require_agency(&self.ctx, &request)?;
         let req = request.into_inner();
-        let job = job(&self.ctx, &req.job_id)?;
-        let member = self
+        // The store's reads (the job, its federation, the model) and the chunking run on a
+        // blocking thread.
+        let parts = self
             .ctx
-            .store
-            .federation(&job.federation)?
-            .is_some_and(|f| members(&f).contains(&agency));
-        if !member {
-            return Err(CoordinatorError::NotAMember {
-                agency,
-                federation: job.federation,
-            }
-            .into());
-        }
-        Ok(Response::new(model_stream(
-            &self.ctx,
-            &req.job_id,
-            &req.model_version,
-        )?))
+            .blocking(move |ctx| {
+                let job = job(ctx, &req.job_id)?;
+                let member = ctx
+                    .store
+                    .federation(&job.federation)?
+                    .is_some_and(|f| members(&f).contains(&agency));
+                if !member {
+                    return Err(CoordinatorError::NotAMember {
+                        agency,
+                        federation: job.federation,
+                    });
+                }
+                model_parts(ctx, &req.job_id, &req.model_version)
+            })
+            .await?;
+        Ok(Response::new(stream_of(parts)))
     }
 }
 

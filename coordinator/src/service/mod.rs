@@ -5,6 +5,7 @@ pub(crate) mod agency;
 pub(crate) mod operator;
 
 use std::pin::Pin;
+use std::sync::Arc;
 
 use tokio_stream::Stream;
 use tonic::{Request, Status};
@@ -78,12 +79,27 @@ pub(crate) fn job(
         })
 }
 
-/// Streams a stored model version: its header, then its bytes in chunks.
-pub(crate) fn model_stream(
-    ctx: &Coordinator,
+/// Streams a stored model version: its header, then its bytes in chunks. The store's reads,
+/// the decoding and the chunking run on a blocking thread.
+pub(crate) async fn model_stream(
+    ctx: &Arc<Coordinator>,
     job_id: &str,
     version: &str,
 ) -> Result<BoxStream<ModelPart>, CoordinatorError> {
+    let (job_id, version) = (job_id.to_owned(), version.to_owned());
+    let parts = ctx
+        .blocking(move |ctx| model_parts(ctx, &job_id, &version))
+        .await?;
+    Ok(stream_of(parts))
+}
+
+/// A stored model version as the parts of its download: its header, then its bytes in chunks
+/// (synchronous: the store's reads and the chunking; call it on a blocking thread).
+pub(crate) fn model_parts(
+    ctx: &Coordinator,
+    job_id: &str,
+    version: &str,
+) -> Result<Vec<ModelPart>, CoordinatorError> {
     let job = job(ctx, job_id)?;
     let version = if version.is_empty() {
         job.latest_model_version.clone()
@@ -107,8 +123,13 @@ pub(crate) fn model_stream(
     let (specs, chunks) = tensor::encode(&tensors, Dtype::F64, DEFAULT_MAX_CHUNK_BYTES);
     let mut header = stored.header.unwrap_or_default();
     header.tensors = specs;
-    let parts = std::iter::once(model_part::Kind::Header(header))
+    Ok(std::iter::once(model_part::Kind::Header(header))
         .chain(chunks.into_iter().map(model_part::Kind::Chunk))
-        .map(|kind| Ok(ModelPart { kind: Some(kind) }));
-    Ok(Box::pin(tokio_stream::iter(parts)))
+        .map(|kind| ModelPart { kind: Some(kind) })
+        .collect())
+}
+
+/// A response stream of parts made beforehand.
+pub(crate) fn stream_of(parts: Vec<ModelPart>) -> BoxStream<ModelPart> {
+    Box::pin(tokio_stream::iter(parts.into_iter().map(Ok)))
 }

@@ -52,27 +52,33 @@ impl OperatorService for OperatorApi {
             ValidFederation::try_from(info).map_err(CoordinatorError::from)?;
         info.created_unix_ms = now_ms();
         info.created_by = operator.to_string();
-        self.ctx.store.create_federation(&info)?;
+        let detail = format!(
+            "purpose `{}`, members {}",
+            info.purpose,
+            members
+                .iter()
+                .filter_map(Identity::member)
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
         let record = Job {
             federation: info.name.clone(),
             ..Default::default()
         };
-        self.ctx.audit(
-            &info.created_by,
-            "federation.created",
-            &record,
-            0,
-            "",
-            format!(
-                "purpose `{}`, members {}",
-                info.purpose,
-                members
-                    .iter()
-                    .filter_map(Identity::member)
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ),
-        )?;
+        let stored = info.clone();
+        self.ctx
+            .blocking(move |ctx| ctx.store.create_federation(&stored))
+            .await?;
+        self.ctx
+            .save_audit(
+                &info.created_by,
+                "federation.created",
+                &record,
+                0,
+                "",
+                detail,
+            )
+            .await?;
         tracing::info!(federation = info.name, operator = %operator, "federation created");
         Ok(Response::new(info))
     }
@@ -122,12 +128,6 @@ impl OperatorService for OperatorApi {
     ) -> Result<Response<Job>, Status> {
         let operator = require_operator(&self.ctx, &request)?;
         let req = request.into_inner();
-        let federation = self.ctx.store.federation(&req.federation)?.ok_or_else(|| {
-            CoordinatorError::UnknownFederation {
-                name: req.federation.clone(),
-            }
-        })?;
-        let spec = req.spec.ok_or(CoordinatorError::Missing("spec"))?;
         // The registry every round is decided under, as it stands now: a field it does not
         // know would fail the first round, so the job is refused before it is created.
         let (registry, _) = self
@@ -136,26 +136,40 @@ impl OperatorService for OperatorApi {
                 ctx.policy
                     .files()
                     .registry()
-                    .map_err(|reason| CoordinatorError::Registry { round: 0, reason })
+                    .map_err(|source| CoordinatorError::Registry { round: 0, source })
             })
             .await?;
-        let mut valid = ValidJob::for_federation(spec, federation.members.len(), &registry)
-            .map_err(CoordinatorError::from)?;
-        if let Work::Training(t) = &mut valid.work {
-            t.pick_seed();
-        }
-        let job = Job {
-            job_id: self.ctx.store.next_job_id()?,
-            federation: federation.name.clone(),
-            spec: Some(valid.to_spec()),
-            state: JobState::Pending as i32,
-            created_by: operator.to_string(),
-            created_unix_ms: now_ms(),
-            ..Default::default()
-        };
-        self.ctx.store.put_job(&job)?;
+        // The store's read and writes, each flushed, run on a blocking thread.
+        let job = self
+            .ctx
+            .blocking(move |ctx| {
+                let federation = ctx.store.federation(&req.federation)?.ok_or_else(|| {
+                    CoordinatorError::UnknownFederation {
+                        name: req.federation.clone(),
+                    }
+                })?;
+                let spec = req.spec.ok_or(CoordinatorError::Missing("spec"))?;
+                let mut valid =
+                    ValidJob::for_federation(spec, federation.members.len(), &registry)?;
+                if let Work::Training(t) = &mut valid.work {
+                    t.pick_seed();
+                }
+                let job = Job {
+                    job_id: ctx.store.next_job_id()?,
+                    federation: federation.name.clone(),
+                    spec: Some(valid.to_spec()),
+                    state: JobState::Pending as i32,
+                    created_by: operator.to_string(),
+                    created_unix_ms: now_ms(),
+                    ..Default::default()
+                };
+                ctx.store.put_job(&job)?;
+                Ok(job)
+            })
+            .await?;
         self.ctx
-            .audit(&job.created_by, "job.created", &job, 0, "", String::new())?;
+            .save_audit(&job.created_by, "job.created", &job, 0, "", String::new())
+            .await?;
         jobs::spawn(self.ctx.clone(), job.job_id.clone());
         Ok(Response::new(job))
     }
@@ -244,11 +258,9 @@ impl OperatorService for OperatorApi {
     ) -> Result<Response<Self::DownloadModelStream>, Status> {
         require_operator(&self.ctx, &request)?;
         let req = request.into_inner();
-        Ok(Response::new(model_stream(
-            &self.ctx,
-            &req.job_id,
-            &req.model_version,
-        )?))
+        Ok(Response::new(
+            model_stream(&self.ctx, &req.job_id, &req.model_version).await?,
+        ))
     }
 }
 

@@ -17,5 +17,5 @@ mod w5;
 pub use policy::policy;
 pub use tabular::{Recipe, TabularOptions, recipes, tabular};
 pub use timing::timing;
-pub use w1::{W1Options, w1};
+pub use w1::{W1DataError, W1Options, w1};
 pub use w5::w5;

@@ -208,7 +208,7 @@ async fn run_recipe(
         .chain(schema.label.iter().map(|l| l.name.clone()))
         .collect();
     let budget = 10.0_f64.max(options.epsilon * 1.5);
-    let mut fed = LocalFederation::start(dir, exe, members, budget, &fields)?;
+    let mut fed = LocalFederation::start(dir, exe, members, budget, &fields).await?;
     let started = Instant::now();
     let result = async {
         let mut client = fed.operator().await?;
@@ -270,7 +270,7 @@ async fn run_recipe(
     }
     .await;
     let seconds = started.elapsed().as_secs_f64();
-    fed.stop();
+    fed.stop().await;
     let scored = result?;
     let spent = fed.spent()?.into_iter().map(|(_, e)| e).fold(0.0, f64::max);
     Ok((scored, spent, seconds))

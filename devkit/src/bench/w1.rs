@@ -12,7 +12,6 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
 use treaty_coordinator::client;
 use treaty_node::ModelFile;
 use treaty_node::Table;
@@ -27,6 +26,26 @@ use crate::local::{LocalFederation, Member};
 use crate::outln;
 
 const COUNTRIES: [&str; 8] = ["AT", "BE", "DE", "ES", "FR", "IT", "NL", "PL"];
+
+/// W1's data directory is missing or incomplete: input to fix, with the command that writes it.
+#[derive(Debug, thiserror::Error)]
+pub enum W1DataError {
+    #[error(
+        "cannot read `{path}`: {source}; write W1's data with `treaty synth --kind numeric --agencies 8 --rows 100000 --out DIR`"
+    )]
+    Unreadable {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "`{dir}` has no agency_{agency}_train.csv / agency_{agency}_test.csv; write them with `treaty synth --kind numeric --agencies {agencies} --out DIR` (see bench/README.md)"
+    )]
+    MissingSplit {
+        dir: PathBuf,
+        agency: usize,
+        agencies: usize,
+    },
+}
 
 /// How W1 runs (`treaty bench w1 --help` gives the defaults).
 #[derive(Debug, Clone)]
@@ -70,22 +89,21 @@ pub async fn w1(args: W1Options, exe: &Path) -> anyhow::Result<()> {
         }
     };
     // The nodes' configurations live elsewhere: the data's path must not be relative.
-    let data = std::fs::canonicalize(&args.data).with_context(|| {
-        format!(
-            "cannot read `{}`; write W1's data with `treaty synth --kind numeric --agencies 8 --rows 100000 --out DIR`",
-            args.data.display()
-        )
+    let data = std::fs::canonicalize(&args.data).map_err(|source| W1DataError::Unreadable {
+        path: args.data.clone(),
+        source,
     })?;
     let mut agencies = Vec::new();
     for k in 0..args.agencies {
         let train = data.join(format!("agency_{k}_train.csv"));
         let test = data.join(format!("agency_{k}_test.csv"));
         if !train.is_file() || !test.is_file() {
-            bail!(
-                "`{}` has no agency_{k}_train.csv / agency_{k}_test.csv; write them with `treaty synth --kind numeric --agencies {} --out DIR` (see bench/README.md)",
-                data.display(),
-                args.agencies
-            );
+            return Err(W1DataError::MissingSplit {
+                dir: data,
+                agency: k,
+                agencies: args.agencies,
+            }
+            .into());
         }
         agencies.push(Member {
             agency: format!("W1-AGENCY-{k}"),
@@ -152,7 +170,8 @@ pub async fn w1(args: W1Options, exe: &Path) -> anyhow::Result<()> {
         &agencies,
         10.0_f64.max(args.epsilon * 1.5),
         &fields,
-    )?;
+    )
+    .await?;
     let result = async {
         let mut client = fed.operator().await?;
         fed.wait_connected(&mut client, args.agencies, Duration::from_secs(300)).await?;
@@ -235,7 +254,7 @@ pub async fn w1(args: W1Options, exe: &Path) -> anyhow::Result<()> {
         }))
     }
     .await;
-    fed.stop();
+    fed.stop().await;
     let mut report = result?;
     // Each agency's own ledger, read after its node stopped.
     let spent: Vec<f64> = fed.spent()?.into_iter().map(|(_, e)| e).collect();

@@ -53,7 +53,28 @@ impl LocalFederation {
     /// per member with the `treaty` binary `exe`; returns once the coordinator listens (nodes
     /// connect on their own). Each agency's node keeps a privacy budget of `budget` epsilon (at
     /// delta 1e-5); `fields` are data fields the sample registry lacks (a benchmark's columns).
-    pub fn start(
+    /// The work (key generation, files, waiting for the coordinator) runs on a blocking thread;
+    /// should the caller stop waiting, the processes started are killed.
+    pub async fn start(
+        dir: &Path,
+        exe: &Path,
+        members: &[Member],
+        budget: f64,
+        fields: &[String],
+    ) -> anyhow::Result<Self> {
+        let (dir, exe, members, fields) = (
+            dir.to_owned(),
+            exe.to_owned(),
+            members.to_vec(),
+            fields.to_vec(),
+        );
+        tokio::task::spawn_blocking(move || {
+            Self::start_blocking(&dir, &exe, &members, budget, &fields)
+        })
+        .await?
+    }
+
+    fn start_blocking(
         dir: &Path,
         exe: &Path,
         members: &[Member],
@@ -167,13 +188,19 @@ impl LocalFederation {
         self.nodes.iter().find(|n| n.name() == name)?.peak_rss()
     }
 
-    /// SIGTERM to every process, then waits for each (SIGKILL after five seconds).
-    pub fn stop(&mut self) {
+    /// SIGTERM to every process, then waits for each without blocking the runtime (SIGKILL to
+    /// those still running after five seconds).
+    pub async fn stop(&mut self) {
         for process in std::iter::once(&self.coordinator).chain(self.nodes.iter()) {
             let _ = process.signal(nix::sys::signal::Signal::SIGTERM);
         }
+        let deadline = Instant::now() + STOP_GRACE;
         for process in std::iter::once(&mut self.coordinator).chain(self.nodes.iter_mut()) {
-            process.stop(STOP_GRACE);
+            while process.try_wait().is_none() && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            // Killed (and reaped) now if it is still running.
+            process.stop(Duration::ZERO);
         }
     }
 }

@@ -8,10 +8,10 @@
 //!   together: what `treaty demo` and `treaty bench w1` run.
 
 mod federation;
-pub mod policies;
+mod policies;
 mod process;
 mod site;
 
 pub use federation::{COORDINATOR_COUNTRY, LocalFederation, Member};
 pub use process::{Process, holds_processes};
-pub use site::{Site, SiteOptions, write_toml};
+pub use site::{Site, SiteOptions, replace_file, write_toml};

@@ -51,7 +51,11 @@ legal_basis = "LED Art. 1(3)"
 /// Writes the sample registry, with `fields` added to its vocabulary as ordinary data (a
 /// benchmark's columns), the sample policies, and [`eu_policy`] for each of `countries` the
 /// samples lack, into the site's `policies/`.
-pub fn write_samples(site: &Site, countries: &[&str], fields: &[String]) -> anyhow::Result<()> {
+pub(crate) fn write_samples(
+    site: &Site,
+    countries: &[&str],
+    fields: &[String],
+) -> anyhow::Result<()> {
     for (name, text) in SAMPLE {
         if name == "registry.toml" && !fields.is_empty() {
             site.write_policy_file(name, &with_fields(text, fields)?)?;
@@ -69,7 +73,7 @@ pub fn write_samples(site: &Site, countries: &[&str], fields: &[String]) -> anyh
 }
 
 /// A plain EU policy for `country`.
-pub fn eu_policy(country: &str) -> anyhow::Result<String> {
+pub(crate) fn eu_policy(country: &str) -> anyhow::Result<String> {
     let mut policy: toml::Table = toml::from_str(EU_POLICY)?;
     let section = policy
         .get_mut("policy")

@@ -46,7 +46,10 @@ impl Process {
         })
     }
 
-    /// The name it was started with (`coordinator`, or the agency).
+    /// The name it was started with, as messages name it: `the coordinator` for a [`Site`]'s
+    /// coordinator, the agency's id for a node.
+    ///
+    /// [`Site`]: super::Site
     pub fn name(&self) -> &str {
         &self.name
     }

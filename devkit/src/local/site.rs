@@ -19,11 +19,10 @@ use anyhow::{Context, bail};
 use serde::Serialize;
 use treaty_coordinator::client::OperatorConfig;
 use treaty_coordinator::{CoordinatorConfig, CoordinatorPolicy, CoordinatorTls, Limits};
-use treaty_node::NodeConfig;
-use treaty_node::config::{CoordinatorLink, DataFiles};
+use treaty_node::{CoordinatorLink, DataFiles, NodeConfig};
 use treaty_policies::PolicyFiles;
 use treaty_proto::Identity;
-use treaty_proto::pki::{self, PkiDir};
+use treaty_proto::pki::{self, PkiDir, Validity};
 use treaty_proto::tls::TlsFiles;
 
 use super::Process;
@@ -107,6 +106,35 @@ impl Site {
         }
     }
 
+    /// Writes a certificate and its key (PEM) to `<name>.crt` and `<name>.key` in the site's
+    /// directory; their TLS files, with the site's CA.
+    pub fn write_cert(&self, name: &str, cert: &str, key: &str) -> anyhow::Result<TlsFiles> {
+        let files = TlsFiles {
+            ca_cert: self.pki.ca_cert(),
+            cert: self.path(&format!("{name}.crt")),
+            key: self.path(&format!("{name}.key")),
+        };
+        for (path, text) in [(&files.cert, cert), (&files.key, key)] {
+            std::fs::write(path, text)
+                .with_context(|| format!("cannot write `{}`", path.display()))?;
+        }
+        Ok(files)
+    }
+
+    /// Issues a certificate of the site's CA for `identity`, valid over `validity`, into files
+    /// of its own ([`Site::write_cert`]), not the PKI's per-identity files: an impostor of an
+    /// existing agency id, or an expired certificate, leaves the real one as it is.
+    pub fn issue(
+        &self,
+        identity: &Identity,
+        name: &str,
+        validity: Validity,
+    ) -> anyhow::Result<TlsFiles> {
+        let issuer = pki::load_issuer(&self.pki)?;
+        let (cert, key) = pki::issue_with(&issuer, identity, &[], validity)?;
+        self.write_cert(name, &cert, &key)
+    }
+
     /// The operator's identity.
     pub fn operator(&self) -> &Identity {
         &self.operator
@@ -122,10 +150,10 @@ impl Site {
         self.path("policies")
     }
 
-    /// Writes a text into the coordinator's policy directory (`registry.toml`, `<CC>.toml`).
+    /// Writes a text into the coordinator's policy directory (`registry.toml`, `<CC>.toml`), as
+    /// [`replace_file`] does: a coordinator deciding a round meanwhile reads the old or the new.
     pub fn write_policy_file(&self, name: &str, text: &str) -> anyhow::Result<()> {
-        let path = self.policies().join(name);
-        std::fs::write(&path, text).with_context(|| format!("cannot write `{}`", path.display()))
+        replace_file(&self.policies().join(name), text)
     }
 
     /// An agency's own policy directory: its copies of the registry and of its country's
@@ -273,6 +301,18 @@ impl Site {
             &format!("node-{agency}"),
         )
     }
+}
+
+/// Replaces a file that a running process may read at any time (a policy edited mid-job), as an
+/// operator would: the text is written beside it and renamed over it, so a reader sees the old
+/// text or the new, never an empty or partial file.
+pub fn replace_file(path: &Path, text: &str) -> anyhow::Result<()> {
+    let mut staged = path.as_os_str().to_owned();
+    staged.push(".new");
+    let staged = PathBuf::from(staged);
+    std::fs::write(&staged, text)
+        .with_context(|| format!("cannot write `{}`", staged.display()))?;
+    std::fs::rename(&staged, path).with_context(|| format!("cannot replace `{}`", path.display()))
 }
 
 /// Writes `value` as a TOML file.

@@ -13,6 +13,10 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+use treaty_proto::schema;
+use treaty_proto::v1::{
+    ColumnKind, ColumnSpec, FeatureSchema, LabelKind, LabelSpec, MissingRule, Transform,
+};
 
 /// HS chapters of the goods declared, with their weight in the ground truth.
 const HS_CHAPTERS: [(&str, f64); 10] = [
@@ -70,91 +74,51 @@ pub const DEFAULT_AGENCIES: [(&str, &str); 8] = [
 ];
 
 /// The schema of the declarations: what the federation agrees its models read.
-pub fn schema_toml() -> String {
-    let quoted = |v: &[&str]| {
-        v.iter()
-            .map(|s| format!("{s:?}"))
-            .collect::<Vec<_>>()
-            .join(", ")
+pub fn schema() -> FeatureSchema {
+    let words = |v: &[(&str, f64)]| v.iter().map(|(w, _)| (*w).to_owned()).collect();
+    let numeric = |name: &str, upper: f64, transform: Transform, missing: MissingRule| ColumnSpec {
+        name: name.to_owned(),
+        kind: ColumnKind::Numeric as i32,
+        lower: Some(0.0),
+        upper: Some(upper),
+        transform: transform as i32,
+        values: vec![],
+        missing: missing as i32,
     };
-    let hs: Vec<&str> = HS_CHAPTERS.iter().map(|(c, _)| *c).collect();
-    let origins: Vec<&str> = ORIGINS.iter().map(|(c, _)| *c).collect();
-    let modes: Vec<&str> = MODES.iter().map(|(c, _)| *c).collect();
-    let routes: Vec<&str> = ROUTES.iter().map(|(c, _)| *c).collect();
-    format!(
-        r#"# Synthetic customs declarations (treaty synth): the federation's feature schema.
-
-[label]
-name = "seized"
-kind = "binary"
-
-[[column]]
-name = "declared_value_eur"
-kind = "numeric"
-lower = 0.0
-upper = 10000000.0
-transform = "log1p"
-
-[[column]]
-name = "gross_weight_kg"
-kind = "numeric"
-lower = 0.0
-upper = 1000000.0
-transform = "log1p"
-
-[[column]]
-name = "hs_chapter"
-kind = "categorical"
-values = [{hs}]
-
-[[column]]
-name = "origin"
-kind = "categorical"
-values = [{origins}]
-missing = "other"
-
-[[column]]
-name = "transport_mode"
-kind = "categorical"
-values = [{modes}]
-
-[[column]]
-name = "route"
-kind = "categorical"
-values = [{routes}]
-
-[[column]]
-name = "shipper_history_years"
-kind = "numeric"
-lower = 0.0
-upper = 50.0
-missing = "mean"
-
-[[column]]
-name = "prior_seizures"
-kind = "numeric"
-lower = 0.0
-upper = 20.0
-missing = "zero"
-
-[[column]]
-name = "new_declarant"
-kind = "boolean"
-
-[[column]]
-name = "document_mismatch"
-kind = "boolean"
-
-[[column]]
-name = "containerised"
-kind = "boolean"
-missing = "zero"
-"#,
-        hs = quoted(&hs),
-        origins = quoted(&origins),
-        modes = quoted(&modes),
-        routes = quoted(&routes),
-    )
+    let categorical = |name: &str, values: Vec<String>, missing: MissingRule| ColumnSpec {
+        name: name.to_owned(),
+        kind: ColumnKind::Categorical as i32,
+        values,
+        missing: missing as i32,
+        ..Default::default()
+    };
+    let boolean = |name: &str, missing: MissingRule| ColumnSpec {
+        name: name.to_owned(),
+        kind: ColumnKind::Boolean as i32,
+        missing: missing as i32,
+        ..Default::default()
+    };
+    use MissingRule::{Mean, Other, Reject, Zero};
+    FeatureSchema {
+        label: Some(LabelSpec {
+            name: "seized".into(),
+            kind: LabelKind::Binary as i32,
+            classes: vec![],
+        }),
+        columns: vec![
+            numeric("declared_value_eur", 1e7, Transform::Log1p, Reject),
+            numeric("gross_weight_kg", 1e6, Transform::Log1p, Reject),
+            categorical("hs_chapter", words(&HS_CHAPTERS), Reject),
+            categorical("origin", words(&ORIGINS), Other),
+            categorical("transport_mode", words(&MODES), Reject),
+            categorical("route", words(&ROUTES), Reject),
+            numeric("shipper_history_years", 50.0, Transform::Unspecified, Mean),
+            numeric("prior_seizures", 20.0, Transform::Unspecified, Zero),
+            boolean("new_declarant", Reject),
+            boolean("document_mismatch", Reject),
+            boolean("containerised", Zero),
+        ],
+    }
 }
 
 fn normal(rng: &mut StdRng) -> f64 {
@@ -329,7 +293,11 @@ pub fn generate(
     seed: u64,
 ) -> anyhow::Result<Synth> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create `{}`", dir.display()))?;
-    std::fs::write(dir.join("schema.toml"), schema_toml())
+    let text = schema::to_toml(&schema())?;
+    let text = format!(
+        "# Synthetic customs declarations (treaty synth): the federation's feature schema.\n\n{text}"
+    );
+    std::fs::write(dir.join("schema.toml"), text)
         .with_context(|| format!("cannot write into `{}`", dir.display()))?;
     let mut out = Vec::new();
     let (mut test_probabilities, mut test_labels) = (Vec::new(), Vec::new());
@@ -415,4 +383,22 @@ pub fn agencies(n: usize) -> Vec<(String, String)> {
             }
         })
         .collect()
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_schema_passes_its_checks_and_reads_back_from_its_file() {
+        let schema = schema();
+        assert!(
+            schema::problems(&schema).is_empty(),
+            "{:?}",
+            schema::problems(&schema)
+        );
+        let text = schema::to_toml(&schema).unwrap();
+        assert_eq!(schema::parse(&text).unwrap().unwrap(), schema);
+    }
 }

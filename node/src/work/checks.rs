@@ -6,14 +6,14 @@
 
 use treaty_proto::EnumError;
 use treaty_proto::enums;
-use treaty_proto::query::{MAX_BINS, MAX_WIDTH, bins};
+use treaty_proto::query::{MAX_BINS, MAX_WIDTH, Statistic, bins};
 use treaty_proto::schema::{self, MAX_BOUND, MAX_CLASSES};
 use treaty_proto::v1::{
     ColumnStats, DpMode, FeatureSchema, ModelKind, PrivacySpec, QuerySpec, QueryTask, StatsTask,
     TrainingSpec, TrainingTask,
 };
 
-use crate::analytics::Statistic;
+use crate::model::Architecture;
 use crate::refusal::{Refusal, RefusalCode};
 
 /// The most DP steps a node takes in one round: a task asking for more (a tiny sampling rate,
@@ -62,10 +62,14 @@ pub(crate) enum InvalidTask {
     },
     #[error("a multinomial model needs 2 to {MAX_CLASSES} classes, not {0}")]
     Classes(usize),
-    #[error("the standardisation has {given} columns, the schema {numeric} numeric ones")]
+    #[error("an MLP needs 1 to {max} hidden units, not {0}", max = schema::MAX_HIDDEN_UNITS)]
+    HiddenUnits(u32),
+    #[error("the task names no model")]
+    NoModel,
+    #[error("the standardization has {given} columns, the schema {numeric} numeric ones")]
     StandardizationWidth { given: usize, numeric: usize },
     #[error(
-        "the standardisation of `{name}` (mean {mean}, std {std}) needs a finite mean and a positive finite std"
+        "the standardization of `{name}` (mean {mean}, std {std}) needs a finite mean and a positive finite std"
     )]
     Standardization { name: String, mean: f64, std: f64 },
     #[error("the model has more than {MAX_MODEL_ELEMENTS} parameters")]
@@ -129,8 +133,9 @@ pub(super) struct Training {
     pub(super) schema: FeatureSchema,
     /// The privacy spec, with a clipping norm in (0, [`MAX_CLIP_NORM`]].
     pub(super) privacy: PrivacySpec,
-    /// The model (never `Unspecified`).
-    pub(super) model: ModelKind,
+    /// The model with its sizes: a multinomial model's 2 to [`MAX_CLASSES`] classes, an MLP's
+    /// 1 to [`schema::MAX_HIDDEN_UNITS`] hidden units.
+    pub(super) architecture: Architecture,
     pub(super) mode: Mode,
     /// How many parameters the model has: at most [`MAX_MODEL_ELEMENTS`].
     pub(super) parameters: usize,
@@ -155,9 +160,9 @@ impl TryFrom<&TrainingTask> for Training {
         if !(privacy.clip_norm > 0.0 && privacy.clip_norm <= MAX_CLIP_NORM) {
             return Err(InvalidTask::ClipNorm(privacy.clip_norm));
         }
-        let (schema, model) = check_model(spec)?;
+        let (schema, architecture) = check_model(spec)?;
         check_standardization(&schema, &spec.standardization)?;
-        let parameters = schema::parameter_layout(spec)
+        let parameters = schema::parameter_layout(spec)?
             .iter()
             .map(|(_, s)| s.iter().try_fold(1usize, |a, &d| a.checked_mul(d)))
             .try_fold(0usize, |a, n| a.checked_add(n?))
@@ -172,7 +177,7 @@ impl TryFrom<&TrainingTask> for Training {
             spec: spec.clone(),
             schema,
             privacy,
-            model,
+            architecture,
             mode,
             parameters,
             model_version: task.model_version.clone(),
@@ -293,29 +298,36 @@ fn check_schema(schema: &FeatureSchema) -> Result<(), InvalidTask> {
 }
 
 /// The task's schema and model, checked from the task alone: a valid schema whose label fits
-/// the model, and a multinomial model of 2 to [`MAX_CLASSES`] classes.
-fn check_model(spec: &TrainingSpec) -> Result<(FeatureSchema, ModelKind), InvalidTask> {
+/// the model, a multinomial model of 2 to [`MAX_CLASSES`] classes, an MLP of 1 to
+/// [`schema::MAX_HIDDEN_UNITS`] hidden units.
+fn check_model(spec: &TrainingSpec) -> Result<(FeatureSchema, Architecture), InvalidTask> {
     let schema = spec
         .schema
         .as_ref()
         .ok_or(InvalidTask::NoSchema("training task"))?;
     check_schema(schema)?;
     let model = schema::model_kind(spec)?;
-    let label = schema::label_kind(schema);
+    let label = schema::decode_label_kind(schema)?;
     if schema::label_kind_for(model) != Some(label) {
         return Err(InvalidTask::LabelModel {
             label: label.as_str_name(),
             model: model.as_str_name(),
         });
     }
-    let classes = schema::classes(schema).len();
+    let classes = schema::classes(schema)?.len();
     if model == ModelKind::MultinomialLogisticRegression && !(2..=MAX_CLASSES).contains(&classes) {
         return Err(InvalidTask::Classes(classes));
     }
-    Ok((schema.clone(), model))
+    let hidden = spec.hidden_units;
+    if model == ModelKind::Mlp && !(1..=schema::MAX_HIDDEN_UNITS).contains(&hidden) {
+        return Err(InvalidTask::HiddenUnits(hidden));
+    }
+    let architecture =
+        Architecture::of(model, classes, hidden as usize).ok_or(InvalidTask::NoModel)?;
+    Ok((schema.clone(), architecture))
 }
 
-/// The task's standardisation, checked from the task alone: one finite mean and positive
+/// The task's standardization, checked from the task alone: one finite mean and positive
 /// finite standard deviation per numeric column (or none at all).
 fn check_standardization(schema: &FeatureSchema, stats: &[ColumnStats]) -> Result<(), InvalidTask> {
     let numeric = schema::numeric_columns(schema).len();

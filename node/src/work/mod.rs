@@ -233,6 +233,37 @@ mod tests {
     }
 
     #[test]
+    fn an_mlp_is_planned_only_with_1_to_max_hidden_units() {
+        let worker = worker_of(10);
+        let mlp = |hidden: u32| {
+            let mut task = training_task(DpMode::Poisson, 0.1, 0.0);
+            if let task::Kind::Training(t) = &mut task {
+                let spec = t.spec.as_mut().unwrap();
+                spec.model = ModelKind::Mlp as i32;
+                spec.hidden_units = hidden;
+            }
+            task
+        };
+        for hidden in [1, 16, schema::MAX_HIDDEN_UNITS] {
+            let plan = worker.plan(&mlp(hidden));
+            assert!(plan.is_ok(), "{hidden}: {:?}", plan.err());
+        }
+        // Refused from the task alone, before the ledger: no budget is spent on it.
+        for hidden in [0, schema::MAX_HIDDEN_UNITS + 1, u32::MAX] {
+            let refusal = worker.plan(&mlp(hidden)).unwrap_err();
+            assert_eq!(refusal.code, RefusalCode::InvalidTask, "{hidden}");
+            assert!(
+                refusal.message.starts_with(&format!(
+                    "an MLP needs 1 to {} hidden units",
+                    schema::MAX_HIDDEN_UNITS
+                )),
+                "{}",
+                refusal.message
+            );
+        }
+    }
+
+    #[test]
     fn a_ledger_refusal_keeps_its_code_and_a_damaged_ledger_its_fixed_text() {
         let own = Refusal::new(RefusalCode::PolicyTermsMissing, "no terms");
         assert_eq!(Refusal::from(LedgerRefusal::Admission(own.clone())), own);

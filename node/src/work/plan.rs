@@ -4,12 +4,12 @@
 //! calibrated through opendp here, so planning runs on a blocking thread.
 
 use treaty_policies::privacy::{self, Release};
-use treaty_proto::schema;
-use treaty_proto::v1::{ModelKind, task};
+use treaty_proto::v1::task;
 
 use super::Worker;
 use super::checks::{InvalidTask, MAX_STEPS_PER_ROUND, Mode, Query, Statistics, Training};
 use crate::analytics::{self, QueryPlan};
+use crate::model::Architecture;
 use crate::noise::GaussianNoise;
 use crate::refusal::Refusal;
 use crate::train::{DpSgd, Sampling, StepNoise};
@@ -73,17 +73,18 @@ impl Plan {
 
 /// How many counts a training round's evaluation releases.
 fn evaluation_width(task: &Training) -> usize {
-    match task.model {
-        ModelKind::MultinomialLogisticRegression => schema::classes(&task.schema).len().pow(2),
-        ModelKind::LinearRegression => treaty_proto::evaluation::BINS,
-        _ => 2 * treaty_proto::evaluation::BINS,
+    match task.architecture {
+        Architecture::Multinomial { classes } => classes.pow(2),
+        Architecture::Linear => treaty_proto::evaluation::BINS,
+        Architecture::Logistic | Architecture::Mlp { .. } => 2 * treaty_proto::evaluation::BINS,
     }
 }
 
 impl Worker {
-    /// Decides what a task will release and with which noise, from the task and the size of the
-    /// agency's data alone, before any record is read for it. Calibrates opendp mechanisms:
-    /// call it off the async runtime.
+    /// Decides what a task will release and with which noise, from the task and public figures
+    /// alone (the agency's declared or the coordinator's estimated number of records, never the
+    /// table's length), before any record is read for it. Calibrates opendp mechanisms: call it
+    /// off the async runtime.
     pub fn plan(&self, kind: &task::Kind) -> Result<Plan, Refusal> {
         match kind {
             task::Kind::Training(t) => self.training_plan(Training::try_from(t)?),

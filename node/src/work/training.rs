@@ -17,7 +17,7 @@ use super::{Output, Worker, blocking};
 use crate::analytics;
 use crate::data::Private;
 use crate::metrics;
-use crate::model::{Architecture, Model};
+use crate::model::Model;
 use crate::refusal::{Refusal, RefusalCode};
 use crate::train::{Sgd, train_dp};
 
@@ -37,26 +37,8 @@ impl Worker {
             .filter(|b| *b > 0.0)
             .unwrap_or(DEFAULT_ERROR_BOUND);
         let schema = &task.schema;
-        let kind = Architecture::of(
-            task.model,
-            schema::classes(schema).len(),
-            spec.hidden_units as usize,
-        )
-        .ok_or_else(|| {
-            Refusal::new(
-                RefusalCode::UnsupportedTask,
-                "the task names no model this node trains",
-            )
-        })?;
+        let kind = task.architecture;
         let inputs = schema::encoded_names(schema).len();
-        let model = Model::from_tensors(kind, inputs, &global).map_err(InvalidTask::GlobalModel)?;
-        if !model
-            .params()
-            .iter()
-            .all(|w| w.is_finite() && w.abs() <= MAX_PARAMETER)
-        {
-            return Err(InvalidTask::GlobalParameter.into());
-        }
         let train_data = self
             .encoded(false, schema, &spec.standardization)
             .await
@@ -76,6 +58,17 @@ impl Worker {
         };
         let (stop, dp, evaluation_scale) = (self.stop.clone(), round.dp, round.evaluation);
         blocking(move || {
+            // The global model, read from its tensors and scanned: a computation over every
+            // parameter, on this blocking thread.
+            let model =
+                Model::from_tensors(kind, inputs, &global).map_err(InvalidTask::GlobalModel)?;
+            if !model
+                .params()
+                .iter()
+                .all(|w| w.is_finite() && w.abs() <= MAX_PARAMETER)
+            {
+                return Err(InvalidTask::GlobalParameter.into());
+            }
             // Nothing leaves but the noisy model and, when there is a test split, the noisy counts
             // of the received global model's evaluation; no count of records (updates are then
             // averaged with equal weights).

@@ -86,10 +86,10 @@ impl<'p> Graph<'p> {
             .sum()
     }
 
-    /// An upper bound on the weight of any clique within `p`: colour `p` greedily into sets of
+    /// An upper bound on the weight of any clique within `p`: color `p` greedily into sets of
     /// countries no two of which accept each other (a clique holds at most one of each), and
-    /// add the heaviest country of each colour.
-    fn colour_bound(&self, mut p: u64) -> u128 {
+    /// add the heaviest country of each color.
+    fn color_bound(&self, mut p: u64) -> u128 {
         let mut bound = 0;
         while p != 0 {
             let mut class = 0u64;
@@ -133,7 +133,7 @@ impl<'p> Graph<'p> {
         }
         let base = self.weight(r);
         while p != 0 {
-            if best.is_some_and(|(b, _)| base + self.colour_bound(p) <= b) {
+            if best.is_some_and(|(b, _)| base + self.color_bound(p) <= b) {
                 return;
             }
             let v = p.trailing_zeros() as usize;

@@ -286,6 +286,7 @@ pub fn terms(agency: &str, country: &str, epsilon_per_round: f64, fields: &[&str
 /// A model of the spec's layout with every parameter `value`.
 pub fn model_of(spec: &TrainingSpec, value: f64) -> Vec<NamedTensor> {
     treaty_proto::schema::parameter_layout(spec)
+        .unwrap()
         .into_iter()
         .map(|(name, shape)| NamedTensor::new(name, ArrayD::from_elem(IxDyn(&shape), value)))
         .collect()
