@@ -27,8 +27,8 @@ pub enum BenchCommand {
         /// Each agency's epsilon for the whole job (delta 1e-5).
         #[arg(long, default_value_t = 1.0)]
         epsilon: f64,
-        /// The recipes to compare (poisson, poisson-tuned, full-batch, full-batch-10).
-        #[arg(long, value_delimiter = ',', default_values_t = ["poisson".to_string(), "full-batch".to_string()])]
+        /// The recipes to compare, comma-separated: poisson, poisson-tuned, full-batch, default.
+        #[arg(long, value_delimiter = ',', default_values_t = ["poisson".to_string(), "default".to_string()])]
         recipes: Vec<String>,
         /// Keep the working directories here.
         #[arg(long)]
