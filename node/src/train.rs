@@ -95,22 +95,14 @@ pub enum Sampling {
 }
 
 impl Sampling {
-    /// What `steps` DP-SGD steps with this sampling, each adding `noise`, release: the one
-    /// description of a DP-SGD release, for the ledger and the accountants (the node's planning
-    /// and `treaty privacy` both use it). Full batches compose exactly in zCDP (`steps` times
-    /// the step's rho); Poisson-subsampled steps are accounted in RDP from their sampling rate
-    /// and noise multiplier.
+    /// What `steps` DP-SGD steps with this sampling, each adding `noise`, release, as
+    /// `treaty_policies::privacy::dp_sgd` describes every DP-SGD release.
     pub fn release(self, noise: StepNoise, steps: u64) -> Release {
-        match self {
-            Sampling::FullBatch => Release::Gaussian {
-                rho: steps as f64 * noise.rho,
-            },
-            Sampling::Poisson(sampling_rate) => Release::SampledGaussian {
-                sampling_rate,
-                noise_multiplier: noise.noise_multiplier,
-                steps,
-            },
-        }
+        let sampling_rate = match self {
+            Sampling::FullBatch => None,
+            Sampling::Poisson(q) => Some(q),
+        };
+        treaty_policies::privacy::dp_sgd(sampling_rate, noise.noise_multiplier, noise.rho, steps)
     }
 }
 

@@ -28,7 +28,7 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 1.0)]
         epsilon: f64,
         /// The recipes to compare, comma-separated: poisson, poisson-tuned, full-batch, default.
-        #[arg(long, value_delimiter = ',', default_values_t = ["poisson".to_string(), "default".to_string()])]
+        #[arg(long, value_delimiter = ',', default_value = "poisson,default")]
         recipes: Vec<String>,
         /// Keep the working directories here.
         #[arg(long)]
@@ -56,7 +56,7 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 5)]
         repeats: usize,
         /// The update sizes, in parameters.
-        #[arg(long, value_delimiter = ',', default_values_t = [1_000usize, 100_000, 1_000_000])]
+        #[arg(long, value_delimiter = ',', default_value = "1000,100000,1000000")]
         sizes: Vec<usize>,
     },
 }

@@ -365,6 +365,17 @@ fn show_plan(spec: &TrainingSpec, a: &TrainArgs) -> Outcome {
     Ok(())
 }
 
+/// A metric as the operator reads it. Under DP every figure comes from an agency's noisy counts:
+/// a count is shown as the whole number it estimates (`~`), a rate to four places. No agency
+/// reports its number of records (a node's result counts 1, whatever its data).
+fn metric(name: &str, value: f64) -> String {
+    if name.ends_with("_examples") {
+        format!("{name}~{value:.0}")
+    } else {
+        format!("{name}={value:.4}")
+    }
+}
+
 /// Prints a job: its rounds, who contributed, who was excluded and why, and the metrics.
 pub fn show(job: &Job) {
     outln!(
@@ -382,33 +393,20 @@ pub fn show(job: &Job) {
         } else {
             format!("round {}", r.round)
         };
-        let mut metrics: Vec<String> = r
-            .metrics
-            .iter()
-            .map(|(k, v)| format!("{k}={v:.4}"))
-            .collect();
+        let mut metrics: Vec<String> = r.metrics.iter().map(|(k, v)| metric(k, *v)).collect();
         metrics.sort();
         outln!(
-            "  {name}: {} of {} invited, {} examples  {}",
+            "  {name}: {} of {} invited  {}",
             r.contributors.len(),
             r.invited.len(),
-            r.num_examples,
             metrics.join(" ")
         );
         let mut agencies: Vec<_> = r.agency_metrics.iter().collect();
         agencies.sort_by(|a, b| a.0.cmp(b.0));
         for (agency, m) in agencies {
-            let mut values: Vec<String> = m
-                .values
-                .iter()
-                .map(|(k, v)| format!("{k}={v:.4}"))
-                .collect();
+            let mut values: Vec<String> = m.values.iter().map(|(k, v)| metric(k, *v)).collect();
             values.sort();
-            outln!(
-                "    {agency}: {} examples  {}",
-                m.num_examples,
-                values.join(" ")
-            );
+            outln!("    {agency}:  {}", values.join(" "));
         }
         for e in &r.excluded {
             outln!(

@@ -6,8 +6,7 @@ use treaty_devkit::outln;
 
 use super::{Outcome, unusable};
 use clap::Subcommand;
-use treaty_node::{Sampling, StepNoise};
-use treaty_policies::privacy::{self, JobPlan, JobPrivacy, Release, rdp, spent, zcdp};
+use treaty_policies::privacy::{self, JobPlan, JobPrivacy, Release, spent};
 
 #[derive(Debug, Subcommand)]
 pub enum PrivacyCommand {
@@ -85,12 +84,11 @@ pub enum PrivacyCommand {
 /// The release of `steps` steps, as the node describes it: exact zCDP for full batches (a
 /// sampling rate of 1), RDP when subsampled.
 pub fn steps_release(sampling_rate: f64, noise_multiplier: f64, steps: u64) -> Release {
-    let sampling = if sampling_rate >= 1.0 {
-        Sampling::FullBatch
-    } else {
-        Sampling::Poisson(sampling_rate)
-    };
-    sampling.release(StepNoise::ideal(noise_multiplier), steps)
+    privacy::training(
+        (sampling_rate < 1.0).then_some(sampling_rate),
+        noise_multiplier,
+        steps,
+    )
 }
 
 fn check(sampling_rate: f64, steps: u64, delta: f64) -> anyhow::Result<()> {
@@ -199,14 +197,15 @@ fn plan(command: PrivacyCommand) -> anyhow::Result<()> {
             if !(epsilon.is_finite() && epsilon > 0.0) {
                 bail!("--epsilon {epsilon} must be positive");
             }
-            let sigma = if sampling_rate >= 1.0 {
-                let rho = zcdp::rho_for(epsilon, delta);
-                (steps as f64 / (2.0 * rho)).sqrt()
-            } else {
-                match rdp::noise_for(sampling_rate, steps, epsilon, delta) {
-                    Some(sigma) => sigma,
-                    None => bail!("no noise multiplier up to 10^6 meets epsilon {epsilon}"),
-                }
+            // Calibrated as every node calibrates a job: the smallest noise whose release the
+            // ledger's accountants judge within the target.
+            let sigma = match privacy::calibrate(
+                |sigma| vec![steps_release(sampling_rate, sigma, steps)],
+                epsilon,
+                delta,
+            ) {
+                Some(sigma) => sigma,
+                None => bail!("no noise multiplier up to 10^6 meets epsilon {epsilon}"),
             };
             let s = spent(&[steps_release(sampling_rate, sigma, steps)], delta)?;
             if json {

@@ -268,7 +268,17 @@ impl Site {
             if let Ok(text) = std::fs::read_to_string(&address_file)
                 && !text.trim().is_empty()
             {
-                return Ok((process, text.trim().to_owned()));
+                let address = text.trim().to_owned();
+                // A site kept for later restarts its coordinator where its nodes and operator
+                // look for it: the port it was given, not port 0 again.
+                if config.listen.port() == 0
+                    && let Ok(listen) = address.parse()
+                {
+                    let mut kept = config.clone();
+                    kept.listen = listen;
+                    self.write_config("coordinator.toml", &kept)?;
+                }
+                return Ok((process, address));
             }
             if let Some(status) = process.try_wait() {
                 bail!(

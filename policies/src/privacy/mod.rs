@@ -20,7 +20,7 @@ pub mod rdp;
 pub mod zcdp;
 
 pub use plan::{
-    EVALUATION_SHARE, JobPlan, JobPrivacy, STATISTICS_SHARE, default_parts, plan, training,
+    EVALUATION_SHARE, JobPlan, JobPrivacy, STATISTICS_SHARE, default_parts, dp_sgd, plan, training,
 };
 
 use serde::{Deserialize, Serialize};

@@ -93,12 +93,20 @@ fn round(job: &JobPrivacy, evaluation: f64, sigma: f64, rounds: u64) -> Vec<Rele
     all
 }
 
-/// `steps` DP-SGD steps of noise multiplier `sigma`: exact zCDP for full batches, RDP of the
-/// subsampled Gaussian otherwise.
+/// `steps` DP-SGD steps of ideal Gaussian noise of multiplier `sigma` ([`dp_sgd`]).
 pub fn training(sampling_rate: Option<f64>, sigma: f64, steps: u64) -> Release {
+    dp_sgd(sampling_rate, sigma, zcdp::gaussian_rho(sigma), steps)
+}
+
+/// What `steps` DP-SGD steps release, each adding Gaussian noise of multiplier `sigma` whose
+/// zCDP rho is `rho` (ideal: 1/(2 sigma²); opendp's: with its noise grid): the one description
+/// of a DP-SGD release, for the ledger, the plan and `treaty privacy`. Full batches (no
+/// sampling rate) compose exactly in zCDP, `steps` times the step's rho; Poisson-subsampled
+/// steps are accounted in RDP from their sampling rate and noise multiplier.
+pub fn dp_sgd(sampling_rate: Option<f64>, sigma: f64, rho: f64, steps: u64) -> Release {
     match sampling_rate {
         None => Release::Gaussian {
-            rho: steps as f64 * zcdp::gaussian_rho(sigma),
+            rho: steps as f64 * rho,
         },
         Some(sampling_rate) => Release::SampledGaussian {
             sampling_rate,
