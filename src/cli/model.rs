@@ -68,8 +68,12 @@ async fn get(config: &Path, job: &str, version: &str, out: Option<&Path>) -> Out
     // A model the coordinator sent malformed is its failure (`MalformedModel`: status 1).
     let text = serde_json::to_string_pretty(&ModelFile::new(&header, &tensors)?)?;
     match out {
-        Some(path) => std::fs::write(path, text)
-            .with_context(|| format!("cannot write `{}`", path.display()))?,
+        Some(path) => {
+            std::fs::write(path, text)
+                .with_context(|| format!("cannot write `{}`", path.display()))?;
+            // Said on standard output, as `treaty pki` says what it wrote.
+            outln!("{}", path.display());
+        }
         None => outln!("{text}"),
     }
     Ok(())
