@@ -207,6 +207,7 @@ pub(crate) fn node_answer(values: Vec<f64>, scale: f64) -> TaskResult {
         )],
         declared_norm_bound: 0.0,
         evaluation: None,
+        privacy: None,
     }
 }
 

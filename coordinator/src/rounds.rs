@@ -409,10 +409,18 @@ pub(crate) async fn collect(
         agency_metrics: results
             .iter()
             .map(|(a, r)| {
+                let mut values = r.metrics.clone();
+                // What the agency's own ledger says it has spent, over every job, after this
+                // round's release: the operator sees each agency's spending as the round goes.
+                if let Some(p) = &r.privacy
+                    && p.spent_epsilon.is_finite()
+                {
+                    values.insert("spent_epsilon".into(), p.spent_epsilon);
+                }
                 (
                     a.clone(),
                     AgencyMetrics {
-                        values: r.metrics.clone(),
+                        values,
                         num_examples: r.num_examples,
                     },
                 )

@@ -32,6 +32,8 @@ pub(crate) struct TaskResult {
     pub declared_norm_bound: f64,
     /// Under DP: the node's noisy evaluation of the global model.
     pub evaluation: Option<treaty_proto::v1::Evaluation>,
+    /// What the node's own ledger says after this release (figures of mechanisms, not data).
+    pub privacy: Option<treaty_proto::v1::PrivacyReport>,
 }
 
 /// An outcome on its way to its round: (agency, outcome).

@@ -255,7 +255,9 @@ async fn the_operator_cli_creates_a_federation_and_trains() {
     // estimates.
     assert!(!out.contains("examples  "), "{out}");
     assert!(out.contains("test_examples~"), "{out}");
-    assert!(out.contains("    NL-POLITIE:  test_accuracy="), "{out}");
+    // Each agency's spending, as its own ledger reports it, then its noisy metrics.
+    assert!(out.contains("    NL-POLITIE:  spent_epsilon="), "{out}");
+    assert!(out.contains(" test_accuracy="), "{out}");
     // An evaluation epsilon of 0 turns evaluations off: the nodes have test splits, yet no
     // round has a test metric, and the plan says so.
     let out = run(&[

@@ -182,6 +182,7 @@ impl AgencyService for AgencyApi {
                 tensors,
                 declared_norm_bound: header.declared_norm_bound,
                 evaluation: header.evaluation.clone(),
+                privacy: header.privacy.clone(),
             }),
             Err(reason) => {
                 self.ctx.warn_peer(
