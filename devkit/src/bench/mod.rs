@@ -19,3 +19,58 @@ pub use tabular::{Recipe, TabularOptions, recipes, tabular};
 pub use timing::timing;
 pub use w1::{W1DataError, W1Options, w1};
 pub use w5::w5;
+
+/// Creates federation `name` of every member, runs one training job of `spec` on it with all of
+/// them required, and scores its final model on the members' test splits: what W1 and the
+/// tabular benchmark share. Returns the job as it ended, the time from its creation to its end,
+/// and the scores.
+async fn train_and_score(
+    client: &mut treaty_coordinator::client::Client,
+    name: &str,
+    members: &[crate::local::Member],
+    spec: treaty_proto::v1::TrainingSpec,
+) -> anyhow::Result<(
+    treaty_proto::v1::Job,
+    std::time::Duration,
+    crate::evaluate::Evaluation,
+)> {
+    use treaty_proto::v1::{
+        CreateFederationRequest, CreateJobRequest, FederationInfo, JobSpec, SharingSpec, job_spec,
+    };
+    client
+        .create_federation(CreateFederationRequest {
+            federation: Some(FederationInfo {
+                name: name.into(),
+                purpose: "narcotics".into(),
+                members: members
+                    .iter()
+                    .map(|m| format!("{}:{}", m.agency, m.country))
+                    .collect(),
+                ..Default::default()
+            }),
+        })
+        .await?;
+    let started = std::time::Instant::now();
+    let job = client
+        .create_job(CreateJobRequest {
+            federation: name.into(),
+            spec: Some(JobSpec {
+                kind: Some(job_spec::Kind::Training(spec)),
+                min_participants: members.len() as u32,
+                round_timeout_ms: 600_000,
+                join_timeout_ms: 60_000,
+                sharing: Some(SharingSpec {
+                    model_retention_days: Some(30),
+                    ..Default::default()
+                }),
+            }),
+        })
+        .await?
+        .into_inner();
+    let job = treaty_coordinator::client::follow_to_success(client, &job.job_id, |_| {}).await?;
+    let wall = started.elapsed();
+    let (header, tensors) = treaty_coordinator::client::download(client, &job.job_id, "").await?;
+    let tests: Vec<std::path::PathBuf> = members.iter().map(|m| m.test.clone()).collect();
+    let scored = crate::evaluate::binary(&treaty_node::ModelFile::new(&header, &tensors)?, &tests)?;
+    Ok((job, wall, scored))
+}

@@ -12,12 +12,10 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use treaty_coordinator::client;
-use treaty_node::{Architecture, ModelFile, Sgd, Table, train};
+use treaty_node::{Architecture, Sgd, Table, train};
 use treaty_proto::schema;
 use treaty_proto::v1::{
-    Aggregation, ColumnStats, CreateFederationRequest, CreateJobRequest, DpMode, FeatureSchema,
-    FederationInfo, JobSpec, ModelKind, PrivacySpec, SharingSpec, Strategy, TrainingSpec, job_spec,
+    Aggregation, ColumnStats, DpMode, FeatureSchema, ModelKind, PrivacySpec, Strategy, TrainingSpec,
 };
 
 use crate::evaluate::{self, Evaluation};
@@ -215,19 +213,6 @@ async fn run_recipe(
         let mut client = fed.operator().await?;
         fed.wait_connected(&mut client, members.len(), Duration::from_secs(120))
             .await?;
-        client
-            .create_federation(CreateFederationRequest {
-                federation: Some(FederationInfo {
-                    name: "tabular".into(),
-                    purpose: "narcotics".into(),
-                    members: members
-                        .iter()
-                        .map(|m| format!("{}:{}", m.agency, m.country))
-                        .collect(),
-                    ..Default::default()
-                }),
-            })
-            .await?;
         let spec = TrainingSpec {
             model: ModelKind::LogisticRegression as i32,
             schema: Some(schema.clone()),
@@ -248,26 +233,8 @@ async fn run_recipe(
             }),
             ..Default::default()
         };
-        let job = client
-            .create_job(CreateJobRequest {
-                federation: "tabular".into(),
-                spec: Some(JobSpec {
-                    kind: Some(job_spec::Kind::Training(spec)),
-                    min_participants: members.len() as u32,
-                    round_timeout_ms: 600_000,
-                    join_timeout_ms: 60_000,
-                    sharing: Some(SharingSpec {
-                        model_retention_days: Some(30),
-                        ..Default::default()
-                    }),
-                }),
-            })
-            .await?
-            .into_inner();
-        let job = client::follow_to_success(&mut client, &job.job_id, |_| {}).await?;
-        let (header, tensors) = client::download(&mut client, &job.job_id, "").await?;
-        let tests: Vec<PathBuf> = members.iter().map(|m| m.test.clone()).collect();
-        evaluate::binary(&ModelFile::new(&header, &tensors)?, &tests)
+        let (_, _, scored) = super::train_and_score(&mut client, "tabular", members, spec).await?;
+        anyhow::Ok(scored)
     }
     .await;
     let seconds = started.elapsed().as_secs_f64();

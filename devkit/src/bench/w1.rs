@@ -12,13 +12,10 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use treaty_coordinator::client;
-use treaty_node::ModelFile;
 use treaty_node::Table;
 use treaty_proto::v1::{
-    Aggregation, CreateFederationRequest, CreateJobRequest, DpMode, FeatureSchema, FederationInfo,
-    JobSpec, LabelKind, LabelSpec, ModelKind, PrivacySpec, SharingSpec, Strategy, TrainingSpec,
-    job_spec,
+    Aggregation, DpMode, FeatureSchema, LabelKind, LabelSpec, ModelKind, PrivacySpec, Strategy,
+    TrainingSpec,
 };
 
 use crate::evaluate;
@@ -177,20 +174,6 @@ pub async fn w1(args: W1Options, exe: &Path) -> anyhow::Result<()> {
         fed.wait_connected(&mut client, args.agencies, Duration::from_secs(300)).await?;
         let startup = spawned.elapsed();
         outln!("  nodes started, data loaded and connected in {:.2} s", startup.as_secs_f64());
-        let members: Vec<String> = agencies
-            .iter()
-            .map(|a| format!("{}:{}", a.agency, a.country))
-            .collect();
-        client
-            .create_federation(CreateFederationRequest {
-                federation: Some(FederationInfo {
-                    name: "w1".into(),
-                    purpose: "narcotics".into(),
-                    members,
-                    ..Default::default()
-                }),
-            })
-            .await?;
         let spec = TrainingSpec {
             model: ModelKind::LogisticRegression as i32,
             schema: Some(schema.clone()),
@@ -211,25 +194,8 @@ pub async fn w1(args: W1Options, exe: &Path) -> anyhow::Result<()> {
             }),
             ..Default::default()
         };
-        let started = Instant::now();
-        let job = client
-            .create_job(CreateJobRequest {
-                federation: "w1".into(),
-                spec: Some(JobSpec {
-                    kind: Some(job_spec::Kind::Training(spec)),
-                    min_participants: args.agencies as u32,
-                    round_timeout_ms: 600_000,
-                    join_timeout_ms: 60_000,
-                    sharing: Some(SharingSpec {
-                        model_retention_days: Some(30),
-                        ..Default::default()
-                    }),
-                }),
-            })
-            .await?
-            .into_inner();
-        let job = client::follow_to_success(&mut client, &job.job_id, |_| {}).await?;
-        let wall = started.elapsed();
+        let (job, wall, scored) = super::train_and_score(&mut client, "w1", &agencies, spec).await?;
+        let evaluate::Evaluation { records, accuracy, auc } = scored;
         let mut rounds: Vec<f64> = job.rounds.iter().map(|r| (r.finished_unix_ms - r.started_unix_ms) as f64 / 1000.0).collect();
         rounds.sort_by(f64::total_cmp);
         let median = rounds.get(rounds.len() / 2).copied().unwrap_or(f64::NAN);
@@ -237,10 +203,6 @@ pub async fn w1(args: W1Options, exe: &Path) -> anyhow::Result<()> {
         let coordinator_rss = fed.peak_rss("coordinator");
         let node_rss = fed.peak_rss(&agencies[0].agency);
 
-        let (header, tensors) = client::download(&mut client, &job.job_id, "").await?;
-        let tests: Vec<PathBuf> = agencies.iter().map(|a| a.test.clone()).collect();
-        let evaluate::Evaluation { records, accuracy, auc } =
-            evaluate::binary(&ModelFile::new(&header, &tensors)?, &tests)?;
         outln!("  job {}: {:.2} s from creation to the final model ({} rounds; statistics round {statistics:.3} s; per-round median {median:.3} s)", job.job_id, wall.as_secs_f64(), job.rounds.len());
         outln!("  final model on the union of the test splits ({records} rows): accuracy {accuracy:.4}, ROC AUC {auc:.4}");
         outln!("  peak RSS: coordinator {}, one node {}", mib(coordinator_rss), mib(node_rss));
