@@ -18,7 +18,8 @@
 //! - `work`: carrying out a task: its checks from the task alone (`work::checks`), its
 //!   [`Plan`] from public figures (`work::plan`), and its execution by kind (`work::training`,
 //!   `work::statistics`, `work::query`) on the [`Worker`]'s data.
-//! - `ledger`: the privacy ledger ([`Ledger`]): write-ahead, hash-chained and anchored.
+//! - `ledger`: the privacy ledger ([`Ledger`]): write-ahead, hash-chained and anchored; and
+//!   [`read_ledger`], its operator's read-only view, also of a running node's (`ledger::copy`).
 //! - `data`: the agency's records ([`Table`]) and their encoding by a schema ([`Examples`]).
 //! - `model`, `train`, `metrics`, `explain`: the models ([`Model`], [`Architecture`]), local
 //!   and DP-SGD training ([`train()`], [`train_dp`], [`Sampling::release`]), their metrics and
@@ -60,7 +61,8 @@ pub use data::{Examples, Table};
 pub use error::{ConfigError, DataError, NodeError};
 pub use explain::{Explanation, explain};
 pub use ledger::{
-    Budget, DAMAGED, DEFAULT_DELTA, Damage, Entry, Fault, Ledger, LedgerError, LedgerRefusal,
+    Budget, CopyError, DAMAGED, DEFAULT_DELTA, Damage, Entry, Fault, Ledger, LedgerError,
+    LedgerRefusal, Reading as LedgerReading, Source as LedgerSource, read as read_ledger,
 };
 pub use metrics::{evaluate, roc_auc};
 pub use model::{Architecture, Model};

@@ -7,7 +7,7 @@ use anyhow::Context;
 use clap::{Args, Subcommand};
 use treaty_devkit::outln;
 use treaty_node::NodeConfig;
-use treaty_node::{Ledger, LedgerError};
+use treaty_node::{LedgerError, LedgerSource};
 
 use super::{CliError, Outcome, unusable, utc};
 use crate::signals;
@@ -25,8 +25,9 @@ pub struct NodeArgs {
 #[derive(Debug, Subcommand)]
 pub enum NodeCommand {
     /// Shows the node's privacy ledger: every release with its mechanism, and what the agency has
-    /// spent (stop the node first: its database is its own while it runs). A ledger that has
-    /// lost or altered history is shown as damaged, with exit status 1.
+    /// spent. Read-only: while the node runs, from the copy it keeps beside its database, checked
+    /// against the ledger's anchor. A ledger that has lost or altered history is shown as
+    /// damaged, with exit status 1.
     Ledger {
         /// The node's configuration file.
         #[arg(long)]
@@ -69,8 +70,8 @@ fn ledger(config: &Path, json: bool) -> Outcome {
     let config = NodeConfig::load(config).map_err(unusable)?;
     // A damaged ledger is the answer, not a failure to find one: said as such (in JSON too),
     // with status 1.
-    let ledger = match Ledger::open(&config.state_dir, config.privacy) {
-        Ok(ledger) => ledger,
+    let reading = match treaty_node::read_ledger(&config.state_dir, config.privacy) {
+        Ok(reading) => reading,
         Err(LedgerError::Damaged(damage)) => {
             if json {
                 outln!("{}", serde_json::json!({"damaged": damage.to_string()}));
@@ -79,17 +80,16 @@ fn ledger(config: &Path, json: bool) -> Outcome {
         }
         Err(e) => {
             return Err(CliError::Failed(anyhow::Error::from(e).context(format!(
-                "cannot open the ledger in `{}`; if the node is running, stop it first",
+                "cannot read the ledger in `{}`",
                 config.state_dir.display()
             ))));
         }
     };
-    let entries = ledger.entries().context("cannot read the ledger")?;
-    let spent = ledger.spent().context("cannot read the ledger")?;
+    let (entries, spent) = (reading.entries, reading.spent);
     if json {
         outln!(
             "{}",
-            serde_json::json!({"entries": entries, "spent": spent, "budget": config.privacy.map(|b| serde_json::json!({"max_epsilon": b.max_epsilon, "delta": b.delta}))})
+            serde_json::json!({"entries": entries, "spent": spent, "source": reading.source, "budget": config.privacy.map(|b| serde_json::json!({"max_epsilon": b.max_epsilon, "delta": b.delta}))})
         );
         return Ok(());
     }
@@ -111,6 +111,11 @@ fn ledger(config: &Path, json: bool) -> Outcome {
         .privacy
         .map(|b| format!(" of a budget of {}", b.max_epsilon))
         .unwrap_or_default();
+    if reading.source == LedgerSource::RunningNode {
+        outln!(
+            "(the node is running: read from the copy it keeps, checked against the ledger's anchor)"
+        );
+    }
     outln!(
         "{} release(s); spent epsilon {:.6}{budget} at delta {:e} ({})",
         entries.len(),

@@ -1,4 +1,5 @@
-//! The privacy ledger under damage to its files, end to end: a node killed with SIGKILL whose
+//! The privacy ledger under damage to its files, end to end: read while its node runs, it shows
+//! what its database holds; a node killed with SIGKILL whose
 //! sled file then loses its tail does not start and `treaty node ledger` says what was lost;
 //! restored from a copy, it works again. A ledger damaged under a running node refuses every task
 //! and tells the coordinator no more than that.
@@ -72,6 +73,12 @@ async fn a_crashed_node_whose_ledger_lost_its_tail_releases_nothing_until_restor
         job.rounds
     );
 
+    // The operator reads the running node's ledger: from the copy the node keeps, checked
+    // against the anchor, without stopping it.
+    let (ok, running, stderr) = show_ledger(&de_config);
+    assert!(ok, "{stderr}");
+    assert_eq!(running["source"], "running_node", "{running}");
+
     // A crash, then the loss of the end of sled's file. Before the loss, two copies of the crashed
     // state: a backup that stays untouched, and a reference read to know what the ledger held.
     de.signal(Signal::SIGKILL);
@@ -83,6 +90,10 @@ async fn a_crashed_node_whose_ledger_lost_its_tail_releases_nothing_until_restor
     copy_dir(&state, &reference);
     let (ok, held, stderr) = show_ledger(&config_with_state(&fx, &de_config, &reference));
     assert!(ok, "{stderr}");
+    // What the running node showed is what its database held.
+    assert_eq!(held["source"], "database", "{held}");
+    assert_eq!(held["entries"], running["entries"]);
+    assert_eq!(held["spent"], running["spent"]);
     let held = held["entries"].as_array().unwrap().len();
     // Every training round and the evaluation of each, at least, were released by DE.
     assert!(held >= 3, "{held}");

@@ -131,32 +131,46 @@ pub struct Damage {
     pub fault: Fault,
 }
 
-/// Reads the whole chain, checking every key, sequence number and link.
+/// Reads the whole chain in `tree`, checking every key, sequence number and link.
 pub(crate) fn walk(tree: &sled::Tree) -> Result<Chain, Fault> {
-    let mut chain = Chain {
-        entries: Vec::new(),
-        hashes: Vec::new(),
-    };
-    for item in tree.iter() {
-        let done = chain.hashes.len() as u64;
+    let mut done = 0u64;
+    walk_values(tree.iter().map(|item| {
         let (k, v) = item.map_err(|e| Fault::Unreadable {
             after: done,
             message: e.to_string(),
         })?;
-        let at = done + 1;
-        let found = <[u8; 8]>::try_from(&*k)
+        done += 1;
+        let seq = <[u8; 8]>::try_from(&*k)
             .map(u64::from_be_bytes)
             .map_err(|_| Fault::Garbled {
-                at,
+                at: done,
                 message: "its key is not a sequence number".into(),
             })?;
+        Ok((seq, v))
+    }))
+}
+
+/// Reads a whole chain from its stored entries in order, each with the sequence number it is
+/// stored under, checking every sequence number and link.
+pub(crate) fn walk_values<V: AsRef<[u8]>>(
+    stored: impl Iterator<Item = Result<(u64, V), Fault>>,
+) -> Result<Chain, Fault> {
+    let mut chain = Chain {
+        entries: Vec::new(),
+        hashes: Vec::new(),
+    };
+    for item in stored {
+        let done = chain.hashes.len() as u64;
+        let (found, v) = item?;
+        let v = v.as_ref();
+        let at = done + 1;
         if found != at {
             return Err(Fault::OutOfSequence {
                 at: found,
                 expected: at,
             });
         }
-        let link: Link = serde_json::from_slice(&v).map_err(|e| Fault::Garbled {
+        let link: Link = serde_json::from_slice(v).map_err(|e| Fault::Garbled {
             at,
             message: e.to_string(),
         })?;
@@ -167,7 +181,7 @@ pub(crate) fn walk(tree: &sled::Tree) -> Result<Chain, Fault> {
         if link.prev != hex(&previous) {
             return Err(Fault::Broken { at, previous: done });
         }
-        chain.hashes.push(sha256(&v));
+        chain.hashes.push(sha256(v));
         chain.entries.push(link.entry);
     }
     Ok(chain)

@@ -46,6 +46,7 @@
 
 pub(crate) mod anchor;
 pub(crate) mod chain;
+mod copy;
 #[cfg(test)]
 mod damage_tests;
 
@@ -57,6 +58,7 @@ use treaty_policies::privacy::{self, Release, Spent};
 use treaty_proto::v1::PrivacyReport;
 
 pub use chain::{Damage, Fault};
+pub use copy::CopyError;
 
 use anchor::Anchor;
 use chain::{Chain, Link, Standing};
@@ -105,6 +107,82 @@ pub enum LedgerError {
     Write { dir: PathBuf, message: String },
     #[error("the privacy ledger's releases cannot be accounted: {0}")]
     Accounting(String),
+    /// The node holding the ledger's database keeps no usable copy of it for its operator.
+    #[error(
+        "the node running on `{}` {error}; stop the node to read its ledger itself",
+        dir.display()
+    )]
+    Copy { dir: PathBuf, error: CopyError },
+}
+
+/// Where [`read`] found the ledger.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Source {
+    /// Its database: no node was running on it.
+    Database,
+    /// The copy the node running on it keeps, checked against the ledger's anchor.
+    RunningNode,
+}
+
+/// The ledger as [`read`] shows it.
+#[derive(Debug, Clone)]
+pub struct Reading {
+    /// Every entry, oldest first.
+    pub entries: Vec<Entry>,
+    /// What the agency has spent.
+    pub spent: Spent,
+    pub source: Source,
+}
+
+/// Reads the ledger in `dir` for its operator, whether or not its node is running: from its
+/// database when no node holds it (verified as the node verifies it, see [`Ledger::open`]),
+/// otherwise from the copy the running node keeps beside it, whose chain is checked against
+/// the ledger's anchor. Nothing is released or recorded.
+pub fn read(dir: &Path, budget: Option<Budget>) -> Result<Reading, LedgerError> {
+    let delta = budget.map(|b| b.delta).unwrap_or(DEFAULT_DELTA);
+    if copy::in_use(dir) {
+        let chain = copy::read(dir).map_err(|error| LedgerError::Copy {
+            dir: dir.to_owned(),
+            error,
+        })?;
+        let spent = cost(&chain.entries, None, delta)?;
+        return Ok(Reading {
+            entries: chain.entries,
+            spent,
+            source: Source::RunningNode,
+        });
+    }
+    let ledger = Ledger::open(dir, budget)?;
+    let chain = ledger.verified(&mut ledger.lock())?;
+    let spent = cost(&chain.entries, None, delta)?;
+    Ok(Reading {
+        entries: chain.entries,
+        spent,
+        source: Source::Database,
+    })
+}
+
+/// What `entries` plus `more` cost at `delta`.
+fn cost(
+    entries: &[Entry],
+    more: Option<Option<Vec<Release>>>,
+    delta: f64,
+) -> Result<Spent, LedgerError> {
+    let all: Vec<Option<Vec<Release>>> = entries
+        .iter()
+        .map(|e| e.releases.clone())
+        .chain(more)
+        .collect();
+    if all.iter().any(Option::is_none) {
+        return Ok(Spent {
+            epsilon: f64::INFINITY,
+            delta,
+            accountant: "none: a release without differential privacy".into(),
+        });
+    }
+    let releases: Vec<Release> = all.into_iter().flatten().flatten().collect();
+    privacy::spent(&releases, delta).map_err(|e| LedgerError::Accounting(e.to_string()))
 }
 
 /// Why a release was not recorded. `A` is the refusal of the caller's own admission check
@@ -183,7 +261,24 @@ impl Ledger {
         };
         let chain = ledger.verified(&mut ledger.lock())?;
         tracing::debug!(dir = %dir.display(), entries = chain.entries.len(), "privacy ledger verified");
+        ledger.keep_copy();
         Ok(ledger)
+    }
+
+    /// Rewrites the copy of the ledger its operator reads while the node runs. A copy that
+    /// cannot be written costs nothing but the operator's view (`treaty node ledger` then says
+    /// so): a warning, never a refusal.
+    fn keep_copy(&self) {
+        let written = self
+            .tree
+            .iter()
+            .values()
+            .collect::<Result<Vec<sled::IVec>, _>>()
+            .map_err(std::io::Error::other)
+            .and_then(|values| copy::write(&self.dir, values.iter().map(|v| v.as_ref())));
+        if let Err(error) = written {
+            tracing::warn!(dir = %self.dir.display(), %error, "cannot write the copy of the privacy ledger its operator reads while the node runs");
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, Option<Damage>> {
@@ -240,20 +335,7 @@ impl Ledger {
         entries: &[Entry],
         more: Option<Option<Vec<Release>>>,
     ) -> Result<Spent, LedgerError> {
-        let all: Vec<Option<Vec<Release>>> = entries
-            .iter()
-            .map(|e| e.releases.clone())
-            .chain(more)
-            .collect();
-        if all.iter().any(Option::is_none) {
-            return Ok(Spent {
-                epsilon: f64::INFINITY,
-                delta: self.delta(),
-                accountant: "none: a release without differential privacy".into(),
-            });
-        }
-        let releases: Vec<Release> = all.into_iter().flatten().flatten().collect();
-        privacy::spent(&releases, self.delta()).map_err(|e| LedgerError::Accounting(e.to_string()))
+        cost(entries, more, self.delta())
     }
 
     /// What the agency has spent, and what one more `next` release would bring it to.
@@ -332,6 +414,7 @@ impl Ledger {
             count: seq,
             head: chain::sha256(&value),
         })?;
+        self.keep_copy();
         Ok(after)
     }
 
