@@ -1,16 +1,18 @@
-//! Running jobs: a training job's statistics round and its training rounds, a query's single
-//! round; aggregation by the job's strategy; model versions with their provenance.
+//! Running jobs: a training job's statistics round, its training rounds and the evaluation of
+//! its final model, a query's single round; aggregation by the job's strategy; model versions
+//! with their provenance; the metrics of noisy evaluations with their intervals.
 //!
 //! A job's state is stored after every step, so a coordinator that restarts resumes each running
 //! job at the first step that had not completed.
 
 use std::sync::Arc;
 
+use treaty_proto::evaluation;
 use treaty_proto::schema::{self, TransformedBounds};
 use treaty_proto::tensor::{self, NamedTensor};
 use treaty_proto::v1::{
-    ColumnStats, Job, JobEventKind, JobState, QueryTask, RoundSummary, StatsTask, TrainingTask,
-    task,
+    ColumnStats, EvaluationTask, Job, JobEventKind, JobState, QueryTask, RoundSummary, StatsTask,
+    TrainingTask, task,
 };
 
 use crate::aggregate;
@@ -186,6 +188,12 @@ async fn train(
         ctx.save_job(job).await?;
     }
     let settings = spec.settings;
+    let shape = evaluation::shape(&spec.to_spec()).map_err(|e| CoordinatorError::StoredJob {
+        job: job.job_id.clone(),
+        source: InvalidJob {
+            problems: vec![JobProblem::Enum(e)],
+        },
+    })?;
     while (job.rounds.len() as u32) < spec.rounds() {
         let round = job.rounds.len() as u32 + 1;
         let latest = job.latest_model_version.clone();
@@ -201,17 +209,26 @@ async fn train(
         });
         let global = Arc::new(global);
         let checked = Arc::clone(&global);
-        let check = move |r: &TaskResult| check_update(&checked, r);
+        let check = move |r: &TaskResult| {
+            check_update(&checked, r)?;
+            match &r.evaluation {
+                Some(e) => evaluation::check(e, shape),
+                None => Ok(()),
+            }
+        };
         let collected = rounds::collect(ctx, job, rules, round, kind, check).await?;
-        let mut summary = collected.summary;
-        evaluation_metrics(&mut summary, &collected.results);
+        let (mut summary, results) = with_evaluation_metrics(
+            collected.summary,
+            collected.results,
+            job.latest_model_version.clone(),
+        )
+        .await?;
         let version = format!("{}/r{round}", job.job_id);
         // Aggregating and storing the new version take time and sled writes: off the runtime.
-        let (job_id, v, contributors, results) = (
+        let (job_id, v, contributors) = (
             job.job_id.clone(),
             version.clone(),
             summary.contributors.clone(),
-            collected.results,
         );
         let note = ctx
             .blocking(move |ctx| {
@@ -246,6 +263,76 @@ async fn train(
         };
         complete_round(ctx, job, summary, &note).await?;
     }
+    final_evaluation(ctx, job, rules, &spec, shape).await
+}
+
+/// After the last round: the final model evaluated on the agencies' test splits under DP, at
+/// the job's evaluation epsilon (the job's last planned evaluation: round 1 evaluates nothing,
+/// its model being the initial one). A final model that cannot be evaluated (too few agencies
+/// connected, admitted or with a test split) does not fail the job: the event says why.
+async fn final_evaluation(
+    ctx: &Arc<Coordinator>,
+    job: &mut Job,
+    rules: &RoundRules,
+    spec: &ValidTraining,
+    shape: (&'static str, u32, usize),
+) -> Result<(), CoordinatorError> {
+    let epsilon = spec.privacy.evaluation_epsilon.unwrap_or(0.0);
+    if job.final_evaluation.is_some() || epsilon.is_nan() || epsilon <= 0.0 {
+        return Ok(());
+    }
+    let round = spec.rounds() + 1;
+    let version = job.latest_model_version.clone();
+    // The round is judged by the policies at what it spends (opendp's noise grid aside).
+    let mut rules = rules.clone();
+    rules.sharing.epsilon_per_round = epsilon * 1.001;
+    let kind = task::Kind::Evaluation(EvaluationTask {
+        spec: Some(spec.to_spec()),
+        model_version: version.clone(),
+    });
+    let check = move |r: &TaskResult| match &r.evaluation {
+        Some(_) if !r.tensors.is_empty() => Err("an evaluation's result carries tensors".into()),
+        Some(e) => evaluation::check(e, shape),
+        None => Err("the result carries no evaluation".into()),
+    };
+    let collected = match rounds::collect(ctx, job, &rules, round, kind, check).await {
+        Ok(collected) => collected,
+        Err(
+            e @ (CoordinatorError::TooFewConnected { .. }
+            | CoordinatorError::TooFewAdmitted { .. }
+            | CoordinatorError::TooFewResults { .. }),
+        ) => {
+            let line = format!("the final model {version} was not evaluated: {e}");
+            ctx.save_audit(
+                &ctx.identity.to_string(),
+                "model.not_evaluated",
+                job,
+                round,
+                "",
+                line.clone(),
+            )
+            .await?;
+            ctx.emit(job, JobEventKind::ModelEvaluated, round, "", line);
+            return Ok(());
+        }
+        Err(other) => return Err(other),
+    };
+    let (mut summary, _) =
+        with_evaluation_metrics(collected.summary, collected.results, version.clone()).await?;
+    summary.finished_unix_ms = now_ms();
+    let line = format!("the final model {version}: {}", round_line(&summary));
+    job.final_evaluation = Some(summary);
+    ctx.save_job(job).await?;
+    ctx.save_audit(
+        &ctx.identity.to_string(),
+        "model.evaluated",
+        job,
+        round,
+        "",
+        line.clone(),
+    )
+    .await?;
+    ctx.emit(job, JobEventKind::ModelEvaluated, round, "", line);
     Ok(())
 }
 
@@ -630,26 +717,36 @@ async fn complete_round(
     Ok(())
 }
 
-/// Under DP, nodes release their evaluations as noisy counts: each agency's metrics come from its
-/// own counts, the federation's from the counts of every agency added up.
-fn evaluation_metrics(summary: &mut RoundSummary, results: &[(String, TaskResult)]) {
-    let evaluations: Vec<&treaty_proto::v1::Evaluation> = results
-        .iter()
-        .filter_map(|(_, r)| r.evaluation.as_ref())
-        .collect();
-    if evaluations.is_empty() {
-        return;
-    }
-    for (agency, r) in results {
-        if let (Some(e), Some(m)) = (&r.evaluation, summary.agency_metrics.get_mut(agency)) {
-            m.values.extend(treaty_proto::evaluation::metrics(e));
+/// Under DP, nodes release their evaluations of the model version `evaluated` as noisy counts:
+/// each agency's metrics come from its own counts, the federation's from the counts of every
+/// agency added up, each metric with its interval (computed off the runtime: many redraws).
+async fn with_evaluation_metrics(
+    mut summary: RoundSummary,
+    results: Vec<(String, TaskResult)>,
+    evaluated: String,
+) -> Result<(RoundSummary, Vec<(String, TaskResult)>), CoordinatorError> {
+    Ok(tokio::task::spawn_blocking(move || {
+        let evaluations: Vec<&treaty_proto::v1::Evaluation> = results
+            .iter()
+            .filter_map(|(_, r)| r.evaluation.as_ref())
+            .collect();
+        if evaluations.is_empty() {
+            return (summary, results);
         }
-    }
-    if let Some(pooled) = treaty_proto::evaluation::pool(&evaluations) {
-        summary
-            .metrics
-            .extend(treaty_proto::evaluation::metrics(&pooled));
-    }
+        for (agency, r) in &results {
+            if let (Some(e), Some(m)) = (&r.evaluation, summary.agency_metrics.get_mut(agency)) {
+                m.values.extend(evaluation::metrics(e));
+                m.intervals = evaluation::intervals(&[e]);
+            }
+        }
+        if let Some(pooled) = evaluation::pool(&evaluations) {
+            summary.metrics.extend(evaluation::metrics(&pooled));
+            summary.metric_intervals = evaluation::intervals(&evaluations);
+        }
+        summary.evaluated_model_version = evaluated;
+        (summary, results)
+    })
+    .await?)
 }
 
 /// Checks a training result against the global model: same layout, some examples, within its

@@ -147,28 +147,34 @@ pub(crate) async fn collect(
             min,
         })?;
 
-    // An agency whose own ledger says the next round would exceed its budget is not invited.
+    // An agency whose own ledger says the next round would exceed its budget is not invited
+    // (to a training round: its report's next round is what the job would release next).
+    let final_evaluation = matches!(kind, task::Kind::Evaluation(_));
     let mut excluded: Vec<Exclusion> = Vec::new();
     let invited: Vec<Identity> = invited
         .into_iter()
-        .filter(|agency| match ctx.over_budget(agency) {
-            Some(why) => {
-                let name = shown(agency);
-                ctx.emit(
-                    job,
-                    JobEventKind::AgencyOverBudget,
-                    round,
-                    name,
-                    format!("{name} is not invited: {why}"),
-                );
-                excluded.push(exclusion(name, ExclusionCode::BudgetExhausted, &why));
-                false
-            }
-            None => true,
-        })
+        .filter(
+            |agency| match ctx.over_budget(agency).filter(|_| !final_evaluation) {
+                Some(why) => {
+                    let name = shown(agency);
+                    ctx.emit(
+                        job,
+                        JobEventKind::AgencyOverBudget,
+                        round,
+                        name,
+                        format!("{name} is not invited: {why}"),
+                    );
+                    excluded.push(exclusion(name, ExclusionCode::BudgetExhausted, &why));
+                    false
+                }
+                None => true,
+            },
+        )
         .collect();
     let what = if round == 0 {
         "statistics round".to_owned()
+    } else if final_evaluation {
+        format!("round {round} (the evaluation of the final model)")
     } else {
         format!("round {round}")
     };
@@ -352,10 +358,7 @@ pub(crate) async fn collect(
                             JobEventKind::ResultAccepted,
                             round,
                             &agency,
-                            format!(
-                                "{agency} sent its result ({} examples)",
-                                result.num_examples
-                            ),
+                            format!("{agency} sent its result"),
                         );
                         results.push((agency, result));
                     }
@@ -422,6 +425,7 @@ pub(crate) async fn collect(
                     AgencyMetrics {
                         values,
                         num_examples: r.num_examples,
+                        intervals: HashMap::new(),
                     },
                 )
             })
@@ -478,14 +482,12 @@ async fn reject(
 
 /// A one-line account of a completed round.
 pub(crate) fn round_line(summary: &RoundSummary) -> String {
-    let mut metrics: Vec<_> = summary.metrics.iter().collect();
-    metrics.sort_by(|a, b| a.0.cmp(b.0));
-    let metrics: Vec<String> = metrics.iter().map(|(k, v)| format!("{k}={v:.4}")).collect();
+    let metrics = treaty_proto::evaluation::describe(&summary.metrics, &summary.metric_intervals);
+    // No count of records: under DP a node's result counts 1, whatever its data.
     let mut line = format!(
-        "{} contributor(s) ({}), {} examples",
+        "{} contributor(s) ({})",
         summary.contributors.len(),
         summary.contributors.join(", "),
-        summary.num_examples
     );
     if !summary.excluded.is_empty() {
         let out: Vec<String> = summary
@@ -496,7 +498,7 @@ pub(crate) fn round_line(summary: &RoundSummary) -> String {
         line.push_str(&format!(", excluded: {}", out.join(", ")));
     }
     if !metrics.is_empty() {
-        line.push_str(&format!(", {}", metrics.join(" ")));
+        line.push_str(&format!(", {metrics}"));
     }
     if !summary.values.is_empty() {
         line.push_str(&format!(", values {:?}", summary.values));

@@ -712,13 +712,17 @@ fn calibrated(p: &PrivacySpec) -> bool {
 /// A sound privacy spec with the job's privacy plan filled in: when the noise is calibrated to
 /// the target, the statistics round's rho and each round's evaluation epsilon the operator left
 /// unset take their default shares of the target (`treaty_policies::privacy::plan`), so that
-/// every node spends what `treaty job train` showed.
+/// every node spends what `treaty job train` showed; a job that gives its noise multiplier
+/// evaluates at [`privacy::UNPLANNED_EVALUATION_EPSILON`] unless it says otherwise.
 fn planned(mut p: PrivacySpec, rounds: u32) -> PrivacySpec {
     if calibrated(&p) {
         let (statistics, evaluation) =
             privacy::default_parts(p.target_epsilon, p.target_delta, u64::from(rounds));
         p.statistics_rho.get_or_insert(statistics);
         p.evaluation_epsilon.get_or_insert(evaluation);
+    } else {
+        p.evaluation_epsilon
+            .get_or_insert(privacy::UNPLANNED_EVALUATION_EPSILON);
     }
     p
 }

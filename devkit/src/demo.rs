@@ -283,23 +283,41 @@ fn summary(
         );
     }
     outln!(
-        "  training job {}: {} rounds (metrics of the global model entering each round, from every agency's noisy evaluation counts)",
+        "  training job {}: {} rounds (metrics of the global model entering each round, then of the final model, from every agency's noisy evaluation counts, with the 95 % interval of their noise)",
         job.job_id,
         job.rounds.len()
     );
-    outln!("    round  contributors  test records  accuracy     AUC  log loss");
-    for r in &job.rounds {
-        let m = |k: &str| r.metrics.get(k).copied().unwrap_or(f64::NAN);
+    outln!("    round  contributors  accuracy                  AUC");
+    for r in job.rounds.iter().chain(&job.final_evaluation) {
+        let round = if job.final_evaluation.as_ref() == Some(r) {
+            "final".to_owned()
+        } else {
+            r.round.to_string()
+        };
+        let contributors = format!("{}/{}", r.contributors.len(), r.invited.len());
+        if r.evaluated_model_version.is_empty() {
+            outln!(
+                "    {round:>5}  {contributors:>12}  (starts from the initial model: not evaluated)"
+            );
+            continue;
+        }
+        let shown = |k: &str| match (r.metrics.get(k), r.metric_intervals.get(k)) {
+            (Some(v), Some(i)) => format!(
+                "{v:.4} [{:.4}, {:.4}]{}",
+                i.low,
+                i.high,
+                if i.meaningless { "*" } else { "" }
+            ),
+            (Some(v), None) => format!("{v:.4}"),
+            _ => "-".to_owned(),
+        };
         outln!(
-            "    {:>5}  {:>12}  {:>12.0}  {:>8.4}  {:>6.4}  {:>8.4}",
-            r.round,
-            format!("{}/{}", r.contributors.len(), r.invited.len()),
-            m("test_examples"),
-            m("test_accuracy"),
-            m("test_auc"),
-            m("test_log_loss"),
+            "    {round:>5}  {contributors:>12}  {:<24}  {}",
+            shown("test_accuracy"),
+            shown("test_auc"),
         );
     }
+    outln!("    (* the noise makes the figure meaningless)");
     // The final model on the union of the test splits (the demo made the data, so it may look).
     let tests: Vec<PathBuf> = data.iter().map(|a| a.test.clone()).collect();
     let scored = evaluate::binary(model_file, &tests)?;

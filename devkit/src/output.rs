@@ -77,7 +77,9 @@ pub fn print_event(event: &treaty_proto::v1::JobEvent) {
     if event.kind() == treaty_proto::v1::JobEventKind::ResultAccepted {
         return;
     }
-    if event.round > 0 {
+    if event.kind() == treaty_proto::v1::JobEventKind::ModelEvaluated {
+        outln!("    [final]    {}", event.message);
+    } else if event.round > 0 {
         outln!("    [round {:>2}] {}", event.round, event.message);
     } else {
         outln!("    {}", event.message);

@@ -44,6 +44,9 @@ pub enum RefusalCode {
     EpsilonPerRoundExceeded,
     /// `POLICY_REQUEST_INVALID`: the round's terms cannot be judged by the agency's policy.
     PolicyRequestInvalid,
+    /// `NO_TEST_SPLIT`: the task evaluates a model, and the node has no test split (its
+    /// configuration, not its records, says so).
+    NoTestSplit,
     /// The agency's own policy excludes it from the round: the policy reason's own code.
     Policy(Reason),
 }
@@ -66,6 +69,7 @@ impl fmt::Display for RefusalCode {
             RefusalCode::PolicySignatureInvalid => "POLICY_SIGNATURE_INVALID",
             RefusalCode::EpsilonPerRoundExceeded => "EPSILON_PER_ROUND_EXCEEDED",
             RefusalCode::PolicyRequestInvalid => "POLICY_REQUEST_INVALID",
+            RefusalCode::NoTestSplit => "NO_TEST_SPLIT",
             RefusalCode::Policy(reason) => return f.write_str(&reason.code()),
         };
         f.write_str(code)
@@ -127,6 +131,7 @@ mod tests {
                 "EPSILON_PER_ROUND_EXCEEDED",
             ),
             (RefusalCode::PolicyRequestInvalid, "POLICY_REQUEST_INVALID"),
+            (RefusalCode::NoTestSplit, "NO_TEST_SPLIT"),
             (
                 RefusalCode::Policy(Reason::PurposeNotAllowed),
                 "PURPOSE_NOT_ALLOWED",

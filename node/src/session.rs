@@ -226,7 +226,11 @@ async fn carry_out(
     // Decide what will be released, and record it in the ledger, before touching the data.
     // Planning calibrates opendp's mechanisms: on a blocking thread.
     let worker = node.worker.clone();
-    let plan = match blocking(move || worker.plan(&kind)).await.and_then(|p| p) {
+    let round = task.round;
+    let plan = match blocking(move || worker.plan(round, &kind))
+        .await
+        .and_then(|p| p)
+    {
         Ok(plan) => plan,
         Err(refusal) => return refuse(refusal).await,
     };
@@ -273,7 +277,7 @@ async fn carry_out(
         Err(refusal) => return refuse(refusal).await,
     };
     let ledger = node.ledger.clone();
-    let report = blocking(move || ledger.report(Some(Some(plan.releases))))
+    let report = blocking(move || ledger.report(Some(Some(plan.next))))
         .await
         .ok();
     match upload(&mut client, &task_id, output, report).await {

@@ -1,13 +1,67 @@
 //! What a noisy evaluation (`treaty.v1.Evaluation`) says: metrics derived from counts, which
 //! nodes release under DP instead of the metrics themselves. Counts of several agencies add up,
 //! so the federation's metrics come from the pooled counts, not from averages of averages.
+//! [`intervals`] says how far the noise may have moved each metric, and when it makes one
+//! meaningless.
 
 use std::collections::HashMap;
 
-use crate::v1::Evaluation;
+use rand::{Rng, SeedableRng};
+
+use crate::EnumError;
+use crate::schema;
+use crate::v1::{Evaluation, MetricInterval, ModelKind, TrainingSpec};
+
+/// Redraws of the noise behind an interval.
+const DRAWS: usize = 2000;
 
 /// Bins of predicted probabilities (binary) or of errors (regression).
 pub const BINS: usize = 20;
+
+/// What an evaluation of a training spec's model looks like: its kind, its `bins` and its
+/// number of counts.
+pub fn shape(spec: &TrainingSpec) -> Result<(&'static str, u32, usize), EnumError> {
+    let bins = BINS as u32;
+    Ok(match schema::model_kind(spec)? {
+        ModelKind::LogisticRegression | ModelKind::Mlp => ("binary", bins, 2 * BINS),
+        ModelKind::MultinomialLogisticRegression => {
+            let k = schema::classes(&spec.schema.clone().unwrap_or_default())?.len();
+            ("multinomial", k as u32, k * k)
+        }
+        ModelKind::LinearRegression => ("regression", bins, BINS),
+        // `model_kind` refuses it.
+        ModelKind::Unspecified => ("", 0, 0),
+    })
+}
+
+/// Checks a node's evaluation against the shape its job's model gives ([`shape`]): the same
+/// kind, bins and number of counts, finite counts and a finite, non-negative noise scale.
+pub fn check(e: &Evaluation, (kind, bins, width): (&str, u32, usize)) -> Result<(), String> {
+    if e.kind != kind || e.bins != bins || e.counts.len() != width {
+        return Err(format!(
+            "the evaluation is `{}` of {} counts ({} bins), where the job's model gives `{kind}` of {width} ({bins} bins)",
+            e.kind,
+            e.counts.len(),
+            e.bins
+        ));
+    }
+    if !e.counts.iter().all(|c| c.is_finite()) {
+        return Err("the evaluation has a count that is not finite".into());
+    }
+    if !(e.laplace_scale.is_finite() && e.laplace_scale >= 0.0) {
+        return Err(format!(
+            "the evaluation's noise scale {} is not a finite, non-negative number",
+            e.laplace_scale
+        ));
+    }
+    if kind == "regression" && !(e.error_bound.is_finite() && e.error_bound > 0.0) {
+        return Err(format!(
+            "the evaluation's error bound {} is not a positive number",
+            e.error_bound
+        ));
+    }
+    Ok(())
+}
 
 /// The element-wise sum of evaluations of the same kind and shape (`None` if they differ).
 pub fn pool(evaluations: &[&Evaluation]) -> Option<Evaluation> {
@@ -34,13 +88,16 @@ pub fn pool(evaluations: &[&Evaluation]) -> Option<Evaluation> {
     Some(out)
 }
 
-/// The metrics of an evaluation, named as nodes name them without DP (`test_accuracy`, ...),
-/// with negative noisy counts read as zero.
+/// The metrics of an evaluation, named as nodes name them without DP (`test_accuracy`, ...).
+/// Each is a function of sums of the noisy counts as released, negative ones included: the
+/// noise has mean zero, so the sums estimate the true sums without bias (reading a negative
+/// count as zero would bias every rare bin upwards, and accuracy downwards). A ratio is then
+/// kept within its range, and nothing is computed from a total that is not positive.
 pub fn metrics(e: &Evaluation) -> HashMap<String, f64> {
-    let c: Vec<f64> = e.counts.iter().map(|v| v.max(0.0)).collect();
+    let c = &e.counts;
     let mut out = HashMap::new();
     let total: f64 = c.iter().sum();
-    if total <= 0.0 {
+    if total.is_nan() || total <= 0.0 {
         return out;
     }
     out.insert("test_examples".into(), total);
@@ -54,7 +111,7 @@ pub fn metrics(e: &Evaluation) -> HashMap<String, f64> {
             // Accuracy at threshold 1/2: negatives below it, positives at or above it.
             let half = b / 2;
             let correct: f64 = neg[..half].iter().sum::<f64>() + pos[half..].iter().sum::<f64>();
-            out.insert("test_accuracy".into(), correct / total);
+            out.insert("test_accuracy".into(), (correct / total).clamp(0.0, 1.0));
             // AUC: a positive beats every negative in a lower bin and ties those in its own.
             let (p_total, n_total): (f64, f64) = (pos.iter().sum(), neg.iter().sum());
             if p_total > 0.0 && n_total > 0.0 {
@@ -64,14 +121,17 @@ pub fn metrics(e: &Evaluation) -> HashMap<String, f64> {
                     wins += pos[i] * (below + neg[i] / 2.0);
                     below += neg[i];
                 }
-                out.insert("test_auc".into(), wins / (p_total * n_total));
+                out.insert(
+                    "test_auc".into(),
+                    (wins / (p_total * n_total)).clamp(0.0, 1.0),
+                );
             }
             // Log loss with each probability at its bin's centre.
             let centre = |i: usize| ((i as f64 + 0.5) / b as f64).clamp(1e-15, 1.0 - 1e-15);
             let loss: f64 = (0..b)
                 .map(|i| -pos[i] * centre(i).ln() - neg[i] * (1.0 - centre(i)).ln())
                 .sum();
-            out.insert("test_log_loss".into(), loss / total);
+            out.insert("test_log_loss".into(), (loss / total).max(0.0));
         }
         "multinomial" => {
             let k = e.bins as usize;
@@ -79,7 +139,7 @@ pub fn metrics(e: &Evaluation) -> HashMap<String, f64> {
                 return HashMap::new();
             }
             let correct: f64 = (0..k).map(|i| c[i * k + i]).sum();
-            out.insert("test_accuracy".into(), correct / total);
+            out.insert("test_accuracy".into(), (correct / total).clamp(0.0, 1.0));
         }
         "regression" => {
             let b = e.bins as usize;
@@ -90,17 +150,257 @@ pub fn metrics(e: &Evaluation) -> HashMap<String, f64> {
             let centre = |i: usize| (i as f64 + 0.5) * width;
             let squares: f64 = (0..b).map(|i| c[i] * centre(i) * centre(i)).sum();
             let absolute: f64 = (0..b).map(|i| c[i] * centre(i)).sum();
-            out.insert("test_rmse".into(), (squares / total).sqrt());
-            out.insert("test_mae".into(), absolute / total);
+            out.insert("test_rmse".into(), (squares / total).max(0.0).sqrt());
+            out.insert("test_mae".into(), (absolute / total).max(0.0));
         }
         _ => return HashMap::new(),
     }
     out
 }
 
+/// The 95 % interval of each metric of `evaluations` pooled (see [`pool`]), due to their
+/// Laplace noise: the central 95 % of the metrics of the released counts with fresh noise of
+/// each evaluation's scale added, over many draws (a parametric bootstrap: post-processing of
+/// the released counts, no privacy cost, and the same counts always give the same intervals).
+/// A metric is flagged meaningless when its interval is wider than a fifth of its range
+/// (accuracy, AUC), or than the metric itself (log loss, RMSE, MAE, the number of test
+/// examples), or when the noise often leaves nothing to compute it from.
+pub fn intervals(evaluations: &[&Evaluation]) -> HashMap<String, MetricInterval> {
+    let Some(pooled) = pool(evaluations) else {
+        return HashMap::new();
+    };
+    let estimates = metrics(&pooled);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(0x7472_6561_7479);
+    let mut draws: HashMap<&str, Vec<f64>> = HashMap::new();
+    for _ in 0..DRAWS {
+        let mut redrawn: Vec<Evaluation> = evaluations.iter().map(|e| (*e).clone()).collect();
+        for e in &mut redrawn {
+            let scale = e.laplace_scale;
+            for c in &mut e.counts {
+                *c += laplace(&mut rng, scale);
+            }
+        }
+        let refs: Vec<&Evaluation> = redrawn.iter().collect();
+        let Some(pooled) = pool(&refs) else {
+            return HashMap::new();
+        };
+        for (name, value) in metrics(&pooled) {
+            if let Some((key, _)) = estimates.get_key_value(&name) {
+                draws.entry(key.as_str()).or_default().push(value);
+            }
+        }
+    }
+    estimates
+        .iter()
+        .map(|(name, &estimate)| {
+            let mut values = draws.remove(name.as_str()).unwrap_or_default();
+            values.sort_by(f64::total_cmp);
+            let at = |q: f64| {
+                let i = (q * (values.len().saturating_sub(1)) as f64).round() as usize;
+                values.get(i).copied().unwrap_or(f64::NAN)
+            };
+            let (low, high) = (at(0.025), at(0.975));
+            let width = high - low;
+            let wide = match name.as_str() {
+                "test_accuracy" | "test_auc" => width > 0.2,
+                _ => width > estimate.abs(),
+            };
+            // Draws where the counts left nothing to compute the metric from.
+            let sparse = values.len() < DRAWS * 95 / 100;
+            let interval = MetricInterval {
+                low,
+                high,
+                meaningless: wide || sparse || !width.is_finite(),
+            };
+            (name.clone(), interval)
+        })
+        .collect()
+}
+
+/// Metrics for people, sorted by name: `name=value`, a count of examples as `name~value` (a
+/// noisy count, whole), each with its interval when it has one (`[low, high]`), and
+/// `(meaningless: noise)` when the noise makes it so.
+pub fn describe(
+    metrics: &HashMap<String, f64>,
+    intervals: &HashMap<String, MetricInterval>,
+) -> String {
+    let mut names: Vec<&String> = metrics.keys().collect();
+    names.sort();
+    let shown: Vec<String> = names
+        .into_iter()
+        .map(|name| {
+            let count = name.ends_with("_examples");
+            let number = |v: f64| {
+                if count {
+                    format!("{v:.0}")
+                } else {
+                    format!("{v:.4}")
+                }
+            };
+            let value = metrics[name];
+            let mut text = if count {
+                format!("{name}~{}", number(value))
+            } else {
+                format!("{name}={}", number(value))
+            };
+            if let Some(i) = intervals.get(name) {
+                text.push_str(&format!(" [{}, {}]", number(i.low), number(i.high)));
+                if i.meaningless {
+                    text.push_str(" (meaningless: noise)");
+                }
+            }
+            text
+        })
+        .collect();
+    shown.join(" ")
+}
+
+/// A draw of Laplace noise of scale `scale` (by inversion of its distribution function).
+fn laplace(rng: &mut impl Rng, scale: f64) -> f64 {
+    if scale <= 0.0 {
+        return 0.0;
+    }
+    let u: f64 = rng.random::<f64>() - 0.5;
+    -scale * u.signum() * (1.0 - 2.0 * u.abs()).max(f64::MIN_POSITIVE).ln()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A binary evaluation of 4 bins per class with these counts and noise scale.
+    fn binary(counts: [f64; 8], laplace_scale: f64) -> Evaluation {
+        Evaluation {
+            counts: counts.to_vec(),
+            kind: "binary".into(),
+            laplace_scale,
+            bins: 4,
+            error_bound: 0.0,
+        }
+    }
+
+    #[test]
+    fn an_accuracy_interval_matches_the_delta_method() {
+        // Accuracy = C / T, C the 4 correct counts (negatives below 1/2, positives above), T
+        // all 8, each with Laplace noise of variance 2 b^2. By the delta method,
+        // Var(acc) = 2 b^2 / T^2 (4 (1 - acc)^2 + 4 acc^2): the correct counts move both C and
+        // T, the wrong ones T alone.
+        let (b, e) = (
+            20.0,
+            binary([400.0, 300.0, 100.0, 50.0, 60.0, 90.0, 500.0, 500.0], 20.0),
+        );
+        let (c, t) = (400.0 + 300.0 + 500.0 + 500.0, 2000.0);
+        let acc: f64 = c / t;
+        let sd = (2.0 * b * b / (t * t) * (4.0 * (1.0 - acc).powi(2) + 4.0 * acc * acc)).sqrt();
+        let i = &intervals(&[&e])["test_accuracy"];
+        let half = (i.high - i.low) / 2.0;
+        assert!((half / (1.96 * sd) - 1.0).abs() < 0.1, "{i:?} vs sd {sd}");
+        assert!(i.low < acc && acc < i.high && !i.meaningless, "{i:?}");
+        // Pooling two agencies' counts with the same noise each: the interval narrows by about
+        // sqrt(2) (counts and noise variances both double).
+        let two = &intervals(&[&e, &e])["test_accuracy"];
+        let ratio = (two.high - two.low) / (i.high - i.low);
+        assert!((ratio * 2f64.sqrt() - 1.0).abs() < 0.12, "{ratio}");
+    }
+
+    #[test]
+    fn accuracy_from_noisy_counts_is_unbiased_even_with_empty_bins() {
+        // Most bins empty, as in a confident model's histogram: the true accuracy is
+        // (500 + 300) / (500 + 20 + 10 + 300) = 800 / 830.
+        let truth = [500.0, 0.0, 0.0, 20.0, 10.0, 0.0, 0.0, 300.0];
+        let exact = 800.0 / 830.0;
+        assert_eq!(metrics(&binary(truth, 0.0))["test_accuracy"], exact);
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        let n = 20_000;
+        let mean = (0..n)
+            .map(|_| {
+                let noisy: Vec<f64> = truth.iter().map(|c| c + laplace(&mut rng, 8.0)).collect();
+                let mut e = binary(truth, 8.0);
+                e.counts = noisy;
+                metrics(&e)["test_accuracy"]
+            })
+            .sum::<f64>()
+            / n as f64;
+        // Reading negative counts as zero would add about 8 / 2 to each of the 4 empty bins'
+        // expected count, 2 of them wrong (808 / 846): a bias of about -0.009 here. The raw sums have
+        // none beyond the ratio's second-order term.
+        assert!((mean - exact).abs() < 0.001, "{mean} vs {exact}");
+    }
+
+    #[test]
+    fn noise_larger_than_the_counts_makes_every_metric_meaningless() {
+        let e = binary([3.0, 1.0, 0.0, 2.0, 0.0, 2.0, 0.0, 2.0], 40.0);
+        let all = intervals(&[&e]);
+        assert!(!all.is_empty());
+        assert!(all.values().all(|i| i.meaningless), "{all:?}");
+        let exact = intervals(&[&binary([3.0, 1.0, 0.0, 2.0, 0.0, 2.0, 0.0, 2.0], 0.0)]);
+        assert!(
+            exact.values().all(|i| i.low == i.high && !i.meaningless),
+            "{exact:?}"
+        );
+    }
+
+    #[test]
+    fn metrics_are_described_with_their_intervals_and_meaninglessness() {
+        let metrics = HashMap::from([
+            ("test_accuracy".to_owned(), 0.84123),
+            ("test_examples".to_owned(), 16281.4),
+            ("spent_epsilon".to_owned(), 0.5),
+        ]);
+        let intervals = HashMap::from([
+            (
+                "test_accuracy".to_owned(),
+                MetricInterval {
+                    low: 0.5,
+                    high: 0.99,
+                    meaningless: true,
+                },
+            ),
+            (
+                "test_examples".to_owned(),
+                MetricInterval {
+                    low: 16100.2,
+                    high: 16400.7,
+                    meaningless: false,
+                },
+            ),
+        ]);
+        assert_eq!(
+            describe(&metrics, &intervals),
+            "spent_epsilon=0.5000 test_accuracy=0.8412 [0.5000, 0.9900] (meaningless: noise) test_examples~16281 [16100, 16401]"
+        );
+    }
+
+    #[test]
+    fn an_evaluation_of_another_shape_or_with_bad_figures_is_refused() {
+        let good = binary([1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0], 2.0);
+        let shape = ("binary", 4, 8);
+        assert_eq!(check(&good, shape), Ok(()));
+        let mut wide = good.clone();
+        wide.counts.push(1.0);
+        let mut nan = good.clone();
+        nan.counts[3] = f64::NAN;
+        let mut scale = good.clone();
+        scale.laplace_scale = -1.0;
+        let mut kind = good.clone();
+        kind.kind = "regression".into();
+        for bad in [wide, nan, scale, kind] {
+            assert!(check(&bad, shape).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn laplace_draws_have_the_laplace_variance() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+        let n = 200_000;
+        let draws: Vec<f64> = (0..n).map(|_| laplace(&mut rng, 3.0)).collect();
+        let mean = draws.iter().sum::<f64>() / n as f64;
+        let var = draws.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / n as f64;
+        // Var = 2 b^2 = 18; the mean absolute value is b = 3.
+        assert!((var / 18.0 - 1.0).abs() < 0.03, "{var}");
+        let mad = draws.iter().map(|x| x.abs()).sum::<f64>() / n as f64;
+        assert!((mad / 3.0 - 1.0).abs() < 0.02, "{mad}");
+    }
 
     #[test]
     fn binary_metrics_from_score_histograms() {

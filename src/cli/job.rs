@@ -3,11 +3,11 @@
 use std::path::PathBuf;
 
 use clap::{Args, Subcommand, ValueEnum};
-use treaty_proto::schema;
 use treaty_proto::v1::{
     Aggregation, CreateJobRequest, DpMode, GetJobRequest, Job, JobSpec, ListJobsRequest, ModelKind,
     PrivacySpec, SharingSpec, Strategy, TrainingSpec, job_spec,
 };
+use treaty_proto::{evaluation, schema};
 
 use treaty_coordinator::client::{self, OperatorConfig};
 use treaty_devkit::outln;
@@ -365,17 +365,6 @@ fn show_plan(spec: &TrainingSpec, a: &TrainArgs) -> Outcome {
     Ok(())
 }
 
-/// A metric as the operator reads it. Under DP every figure comes from an agency's noisy counts:
-/// a count is shown as the whole number it estimates (`~`), a rate to four places. No agency
-/// reports its number of records (a node's result counts 1, whatever its data).
-fn metric(name: &str, value: f64) -> String {
-    if name.ends_with("_examples") {
-        format!("{name}~{value:.0}")
-    } else {
-        format!("{name}={value:.4}")
-    }
-}
-
 /// Prints a job: its rounds, who contributed, who was excluded and why, and the metrics.
 pub fn show(job: &Job) {
     outln!(
@@ -386,27 +375,45 @@ pub fn show(job: &Job) {
         job.rounds.len(),
         job.message
     );
-    let rounds = job.statistics.iter().chain(&job.rounds);
+    // Under DP every metric comes from the agencies' noisy counts: a count is shown as the
+    // whole number it estimates (`~`), each figure with the interval of its noise, and flagged
+    // when the noise makes it meaningless. No agency reports its number of records (a node's
+    // result counts 1, whatever its data).
+    let rounds = job
+        .statistics
+        .iter()
+        .chain(&job.rounds)
+        .chain(&job.final_evaluation);
     for r in rounds {
+        let final_model = job.final_evaluation.as_ref() == Some(r);
         let name = if r.round == 0 {
             "statistics".to_owned()
+        } else if final_model {
+            format!("final model {}", r.evaluated_model_version)
         } else {
             format!("round {}", r.round)
         };
-        let mut metrics: Vec<String> = r.metrics.iter().map(|(k, v)| metric(k, *v)).collect();
-        metrics.sort();
+        let of = if r.evaluated_model_version.is_empty() || final_model {
+            String::new()
+        } else {
+            format!("  (of {})", r.evaluated_model_version)
+        };
+        let mut metrics = evaluation::describe(&r.metrics, &r.metric_intervals);
+        if metrics.is_empty() && !r.evaluated_model_version.is_empty() {
+            metrics = "no metric: the noise left no positive count to compute one from".into();
+        }
         outln!(
-            "  {name}: {} of {} invited  {}",
+            "  {name}: {} of {} invited  {metrics}{of}",
             r.contributors.len(),
             r.invited.len(),
-            metrics.join(" ")
         );
         let mut agencies: Vec<_> = r.agency_metrics.iter().collect();
         agencies.sort_by(|a, b| a.0.cmp(b.0));
         for (agency, m) in agencies {
-            let mut values: Vec<String> = m.values.iter().map(|(k, v)| metric(k, *v)).collect();
-            values.sort();
-            outln!("    {agency}:  {}", values.join(" "));
+            outln!(
+                "    {agency}:  {}",
+                evaluation::describe(&m.values, &m.intervals)
+            );
         }
         for e in &r.excluded {
             outln!(

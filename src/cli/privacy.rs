@@ -246,8 +246,14 @@ pub fn print_plan(job: &JobPrivacy, plan: &JobPlan) {
     }
     if plan.evaluation_epsilon > 0.0 {
         outln!(
-            "  evaluations: epsilon {:.4} per round (all rounds alone: epsilon {:.4})",
+            "  evaluations: {} of epsilon {:.4}, of {} (all alone: epsilon {:.4})",
+            job.rounds,
             plan.evaluation_epsilon,
+            match job.rounds {
+                1 => "the final model".to_owned(),
+                2 => "the model round 2 starts from and of the final model".to_owned(),
+                n => format!("the models rounds 2 to {n} start from and of the final model"),
+            },
             plan.evaluation
         );
     } else {

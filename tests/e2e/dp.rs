@@ -9,15 +9,15 @@ use treaty_proto::v1::{ColumnStats, DpMode, PrivacySpec};
 
 use crate::common::*;
 
-/// What `rounds` rounds cost: a Gaussian of `rho` for the training and a Laplace of epsilon
-/// 0.05 (the default) for the evaluation, each round.
+/// The evaluation epsilon of a job that gives its noise multiplier.
+const EVALUATION: Release = Release::Laplace { epsilon: 0.05 };
+
+/// What `rounds` rounds cost: a Gaussian of `rho` for the training each round, and a Laplace
+/// of epsilon 0.05 for the evaluation of the model each round from the second starts from.
 fn releases(rounds: usize, rho: f64) -> Vec<Release> {
     (0..rounds)
-        .flat_map(|_| {
-            [
-                Release::Gaussian { rho },
-                Release::Laplace { epsilon: 0.05 },
-            ]
+        .flat_map(|round| {
+            std::iter::once(Release::Gaussian { rho }).chain((round > 0).then_some(EVALUATION))
         })
         .collect()
 }
@@ -75,8 +75,9 @@ fn dp_spec(rounds: u32, sigma: f64) -> treaty_proto::v1::TrainingSpec {
 async fn an_agency_whose_budget_allows_three_rounds_takes_part_in_exactly_three() {
     let fx = Fixture::new(&[("DE-BKA", "DE"), ("NL-POLITIE", "NL"), ("FR-DOUANE", "FR")]);
     let (_coordinator, address) = fx.start_coordinator("127.0.0.1:0");
-    // A round is one full-batch step with noise multiplier 2 (1/8-zCDP) and an evaluation on the
-    // test split (Laplace, epsilon 0.05); the budget sits between what three and four rounds cost.
+    // A round is one full-batch step with noise multiplier 2 (1/8-zCDP) and, from the second,
+    // an evaluation on the test split (Laplace, epsilon 0.05); the budget sits between what
+    // three and four rounds cost.
     let (three, four) = (rounds_cost(3), rounds_cost(4));
     let budget = (three + four) / 2.0;
     let (train, test) = write_data(fx.dir.path(), "DE-BKA", 400, 1);
@@ -115,15 +116,30 @@ async fn an_agency_whose_budget_allows_three_rounds_takes_part_in_exactly_three(
         let e = r.excluded.iter().find(|e| e.agency == "DE-BKA").unwrap();
         assert_eq!(e.reason_code, "BUDGET_EXHAUSTED", "{e:?}");
     }
-    // The node's own ledger: three releases, within the budget, by the zCDP accountant.
+    // The final model's evaluation costs one Laplace release: it still fits DE's budget (the
+    // coordinator does not judge it by a whole round's cost), so DE evaluates it too.
+    let last = job
+        .final_evaluation
+        .as_ref()
+        .expect("the final model evaluated");
+    assert_eq!(last.round, 11);
+    assert_eq!(last.evaluated_model_version, job.latest_model_version);
+    assert_eq!(last.contributors.len(), 3, "{last:#?}");
+    assert!(last.metrics.contains_key("test_accuracy"), "{last:#?}");
+    // The node's own ledger: three rounds and the evaluation, within the budget, by the zCDP
+    // accountant.
     de.signal(nix::sys::signal::Signal::SIGTERM);
     de.wait_for_exit(Duration::from_secs(10)).unwrap();
     let l = ledger(&de_config);
-    assert_eq!(l["entries"].as_array().unwrap().len(), 3, "{l}");
+    assert_eq!(l["entries"].as_array().unwrap().len(), 4, "{l}");
+    assert_eq!(l["entries"][3]["kind"], "evaluation", "{l}");
+    let mut held = releases(3, zcdp::gaussian_rho(2.0));
+    held.push(EVALUATION);
+    let expected = spent(&held, 1e-5).unwrap().epsilon;
     let spent = l["spent"]["epsilon"].as_f64().unwrap();
     assert!(
-        spent <= budget && (spent - three).abs() < 1e-6 * three,
-        "{spent} vs {three}, budget {budget}: {l}"
+        spent <= budget && (spent - expected).abs() < 1e-6 * expected,
+        "{spent} vs {expected}, budget {budget}: {l}"
     );
     assert!(
         l["spent"]["accountant"]
@@ -285,7 +301,8 @@ async fn dp_sgd_calibrated_to_a_target_spends_at_most_the_target_and_learns() {
                 .starts_with("RDP"),
             "{l}"
         );
-        assert_eq!(l["entries"].as_array().unwrap().len(), 5);
+        // Five rounds and the evaluation of the final model.
+        assert_eq!(l["entries"].as_array().unwrap().len(), 6, "{l}");
     }
 }
 

@@ -310,7 +310,7 @@ async fn adversary(
                 continue;
             };
             let kind = task.kind.clone().unwrap();
-            let plan = worker.plan(&kind).unwrap();
+            let plan = worker.plan(task.round, &kind).unwrap();
             let f = *factor.lock().unwrap();
             let chosen = if f == 1.0 { &honest_worker } else { &worker };
             let mut output = chosen.run(&mut client, &task.job_id, &plan).await.unwrap();

@@ -258,6 +258,27 @@ async fn the_operator_cli_creates_a_federation_and_trains() {
     // Each agency's spending, as its own ledger reports it, then its noisy metrics.
     assert!(out.contains("    NL-POLITIE:  spent_epsilon="), "{out}");
     assert!(out.contains(" test_accuracy="), "{out}");
+    // Round 1 starts from the initial model and evaluates nothing; round 2 evaluates the model
+    // of round 1, and the final model is evaluated after the last round. Every noisy metric
+    // comes with its interval.
+    let line = |prefix: &str| {
+        out.lines()
+            .find(|l| l.starts_with(prefix))
+            .unwrap_or_else(|| panic!("no `{prefix}` in {out}"))
+            .to_owned()
+    };
+    // At the default plan's evaluation epsilon, 100 test records an agency may leave no
+    // positive noisy count: then no metric, and the line says why.
+    let evaluated = |line: &str| {
+        (line.contains(" test_accuracy=") && line.contains(" ["))
+            || line.contains("no metric: the noise left no positive count")
+    };
+    assert!(!line("  round 1:").contains("test_"), "{out}");
+    let round2 = line("  round 2:");
+    assert!(round2.ends_with("(of job-000001/r1)"), "{out}");
+    assert!(evaluated(&round2), "{out}");
+    let last = line("  final model job-000001/r2: 2 of 2 invited ");
+    assert!(evaluated(&last), "{out}");
     // An evaluation epsilon of 0 turns evaluations off: the nodes have test splits, yet no
     // round has a test metric, and the plan says so.
     let out = run(&[
@@ -284,4 +305,58 @@ async fn the_operator_cli_creates_a_federation_and_trains() {
     let out = run(&["job", "show", "--config", c, "--job", "job-000002"]);
     assert!(out.contains("round 2: 2 of 2 invited"), "{out}");
     assert!(!out.contains("test_"), "{out}");
+    assert!(!out.contains("final model"), "{out}");
+}
+
+/// The final model is evaluated by every agency with a test split, each metric with its
+/// interval; a node without one refuses (`NO_TEST_SPLIT`), and too few evaluators leave the
+/// job successful and its final model unevaluated.
+#[tokio::test]
+async fn the_final_model_is_evaluated_by_the_agencies_with_a_test_split() {
+    let fx = Fixture::new(&[("DE-BKA", "DE"), ("NL-POLITIE", "NL")]);
+    let (_coordinator, address) = fx.start_coordinator("127.0.0.1:0");
+    let _de = fx.start_node("DE-BKA", "DE", &address, 1);
+    let nl_config = fx.node_config("NL-POLITIE", "NL", &address, 2);
+    let mut nl = treaty_node::NodeConfig::load(&nl_config).unwrap();
+    nl.data.test = None;
+    treaty_devkit::local::write_toml(&nl_config, &nl).unwrap();
+    let _nl = fx.start_node_with("NL-POLITIE", &nl_config);
+    let mut op = fx.operator(&address).await;
+    wait_connected(&mut op, &["DE-BKA", "NL-POLITIE"]).await;
+    create_federation(&mut op, "pair", &["DE-BKA:DE", "NL-POLITIE:NL"]).await;
+
+    let job = run_training(&mut op, "pair", 2, 1).await;
+    let last = job.final_evaluation.as_ref().expect("evaluated");
+    assert_eq!(
+        (last.round, last.evaluated_model_version.as_str()),
+        (3, job.latest_model_version.as_str())
+    );
+    assert_eq!(last.contributors, ["DE-BKA"]);
+    let refusal = last
+        .excluded
+        .iter()
+        .find(|e| e.agency == "NL-POLITIE")
+        .unwrap();
+    assert_eq!(
+        (refusal.reason_code.as_str(), refusal.node_code.as_str()),
+        ("REFUSED", "NO_TEST_SPLIT"),
+        "{refusal:?}"
+    );
+    // Every metric of the noisy counts has its interval, around it.
+    for (name, value) in &last.metrics {
+        let i = &last.metric_intervals[name];
+        assert!(i.low <= *value && *value <= i.high, "{name} {value} {i:?}");
+    }
+    let accuracy = last.metrics["test_accuracy"];
+    assert!(accuracy > 0.7, "{last:?}");
+    assert!(
+        last.agency_metrics["DE-BKA"]
+            .intervals
+            .contains_key("test_accuracy")
+    );
+
+    // Two evaluators needed, one able: the job succeeds, its final model unevaluated.
+    let job = run_training(&mut op, "pair", 2, 2).await;
+    assert!(job.final_evaluation.is_none(), "{:?}", job.final_evaluation);
+    assert_eq!(job.rounds.len(), 2);
 }

@@ -9,8 +9,8 @@ use treaty_proto::enums;
 use treaty_proto::query::{MAX_BINS, MAX_WIDTH, Statistic, bins};
 use treaty_proto::schema::{self, MAX_BOUND, MAX_CLASSES};
 use treaty_proto::v1::{
-    ColumnStats, DpMode, FeatureSchema, ModelKind, PrivacySpec, QuerySpec, QueryTask, StatsTask,
-    TrainingSpec, TrainingTask,
+    ColumnStats, DpMode, EvaluationTask, FeatureSchema, ModelKind, PrivacySpec, QuerySpec,
+    QueryTask, StatsTask, TrainingSpec, TrainingTask,
 };
 
 use crate::model::Architecture;
@@ -104,6 +104,10 @@ pub(crate) enum InvalidTask {
     GlobalModel(treaty_proto::TensorError),
     #[error("the global model has a parameter that is not finite or beyond {MAX_PARAMETER:e}")]
     GlobalParameter,
+    #[error("the evaluation task names no model version")]
+    NoModelVersion,
+    #[error("the evaluation task's job makes no evaluations (its evaluation epsilon is 0)")]
+    NoEvaluation,
 }
 
 impl From<InvalidTask> for Refusal {
@@ -183,6 +187,29 @@ impl TryFrom<&TrainingTask> for Training {
             model_version: task.model_version.clone(),
             public_records: task.public_records,
         })
+    }
+}
+
+/// An evaluation task, checked: its job's training spec as a training task's would be, and the
+/// model version to evaluate.
+#[derive(Debug, Clone)]
+pub(super) struct Evaluation {
+    pub(super) training: Training,
+}
+
+impl TryFrom<&EvaluationTask> for Evaluation {
+    type Error = InvalidTask;
+
+    fn try_from(task: &EvaluationTask) -> Result<Self, InvalidTask> {
+        let training = Training::try_from(&TrainingTask {
+            spec: task.spec.clone(),
+            model_version: task.model_version.clone(),
+            public_records: 0.0,
+        })?;
+        if task.model_version.is_empty() {
+            return Err(InvalidTask::NoModelVersion);
+        }
+        Ok(Evaluation { training })
     }
 }
 

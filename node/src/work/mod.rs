@@ -1,8 +1,8 @@
 //! Carrying out one task on the agency's own data. A task is decoded and checked from itself
 //! alone ([`checks`]), then planned from public figures ([`plan`]): what it will release and
 //! with which noise, before any record is read. The session records the plan's releases in the
-//! ledger; only then is the task carried out, by its kind ([`training`], [`statistics`],
-//! [`query`]), on the records encoded by the job's schema. CPU work runs on a blocking thread,
+//! ledger; only then is the task carried out, by its kind ([`training`] and the evaluation of
+//! a final model, [`statistics`], [`query`]), on the records encoded by the job's schema. CPU work runs on a blocking thread,
 //! off the async runtime.
 
 mod checks;
@@ -37,7 +37,8 @@ pub struct Output {
     pub num_examples: u64,
     pub metrics: HashMap<String, f64>,
     pub tensors: Vec<NamedTensor>,
-    /// Under DP: the noisy evaluation of the global model on the test split.
+    /// Under DP: the noisy evaluation of a model (the global model of a training round, an
+    /// evaluation task's model) on the test split.
     pub evaluation: Option<Evaluation>,
 }
 
@@ -175,6 +176,10 @@ impl Worker {
                 let global = download(client, job_id, &round.task.model_version).await?;
                 self.train_round(round, global).await
             }
+            Work::Evaluation(round) => {
+                let model = download(client, job_id, &round.task.training.model_version).await?;
+                self.evaluate_model(round, model).await
+            }
             Work::Statistics(round) => self.stats(round).await,
             Work::Query(round) => self.query(round).await,
         }
@@ -221,7 +226,7 @@ mod tests {
             (model, "the training spec's model is 99"),
             (mode, "the privacy spec's mode is 42"),
         ] {
-            let refusal = worker.plan(&task).unwrap_err();
+            let refusal = worker.plan(2, &task).unwrap_err();
             assert_eq!(
                 refusal.code,
                 RefusalCode::InvalidTask,
@@ -245,12 +250,12 @@ mod tests {
             task
         };
         for hidden in [1, 16, schema::MAX_HIDDEN_UNITS] {
-            let plan = worker.plan(&mlp(hidden));
+            let plan = worker.plan(2, &mlp(hidden));
             assert!(plan.is_ok(), "{hidden}: {:?}", plan.err());
         }
         // Refused from the task alone, before the ledger: no budget is spent on it.
         for hidden in [0, schema::MAX_HIDDEN_UNITS + 1, u32::MAX] {
-            let refusal = worker.plan(&mlp(hidden)).unwrap_err();
+            let refusal = worker.plan(2, &mlp(hidden)).unwrap_err();
             assert_eq!(refusal.code, RefusalCode::InvalidTask, "{hidden}");
             assert!(
                 refusal.message.starts_with(&format!(
@@ -338,7 +343,7 @@ mod tests {
             (DpMode::FullBatch, 0.0, 0.0),
         ] {
             let task = training_task(mode, q, public);
-            let (pa, pb) = (a.plan(&task), b.plan(&task));
+            let (pa, pb) = (a.plan(2, &task), b.plan(2, &task));
             assert_eq!(
                 format!("{pa:?}"),
                 format!("{pb:?}"),
@@ -347,7 +352,7 @@ mod tests {
         }
         // Without a sampling rate the node samples batch / public count: 32 / 1000.
         let plan = a
-            .plan(&training_task(DpMode::Poisson, 0.0, 1000.0))
+            .plan(2, &training_task(DpMode::Poisson, 0.0, 1000.0))
             .unwrap();
         let dp = dp_of(plan);
         assert_eq!(dp.sampling, Sampling::Poisson(0.032));
@@ -355,7 +360,7 @@ mod tests {
         assert!((dp.denominator - 32.0).abs() < 1e-9);
         // Without any public figure it refuses, quoting none of its own.
         let refusal = a
-            .plan(&training_task(DpMode::Poisson, 0.0, 0.0))
+            .plan(2, &training_task(DpMode::Poisson, 0.0, 0.0))
             .unwrap_err();
         assert_eq!(refusal.code, RefusalCode::InvalidTask);
         assert!(!refusal.message.contains("400"), "{}", refusal.message);
@@ -364,10 +369,88 @@ mod tests {
         declared.public_records = Some(3200);
         let dp = dp_of(
             declared
-                .plan(&training_task(DpMode::Poisson, 0.0, 1000.0))
+                .plan(2, &training_task(DpMode::Poisson, 0.0, 1000.0))
                 .unwrap(),
         );
         assert_eq!(dp.sampling, Sampling::Poisson(0.01));
+    }
+
+    #[test]
+    fn a_job_evaluates_the_models_of_rounds_2_to_the_last_and_its_final_model() {
+        let mut worker = worker_of(10);
+        let evaluation_epsilon = 0.05;
+        let mut task = training_task(DpMode::FullBatch, 0.0, 1000.0);
+        let task::Kind::Training(training) = &mut task else {
+            unreachable!()
+        };
+        let spec = training.spec.as_mut().unwrap();
+        spec.privacy.as_mut().unwrap().evaluation_epsilon = Some(evaluation_epsilon);
+        let mut spec = spec.clone();
+        let rounds = spec.rounds;
+        let evaluate = |spec: &TrainingSpec, version: &str| {
+            task::Kind::Evaluation(treaty_proto::v1::EvaluationTask {
+                spec: Some(spec.clone()),
+                model_version: version.into(),
+            })
+        };
+        let (final_model, unnamed) = (evaluate(&spec, "job-000001/r3"), evaluate(&spec, ""));
+        // Without a test split: training alone, and the final evaluation refused as such.
+        for round in 1..=rounds {
+            let plan = worker.plan(round, &task).unwrap();
+            assert_eq!(plan.releases.len(), 1, "round {round}");
+        }
+        let refusal = worker.plan(rounds + 1, &final_model).unwrap_err();
+        assert_eq!(refusal.code, RefusalCode::NoTestSplit);
+
+        worker.test = Some(worker.train.clone());
+        let plans: Vec<Plan> = (1..=rounds)
+            .map(|round| worker.plan(round, &task).unwrap())
+            .collect();
+        // Round 1 trains the initial model without evaluating it; later rounds evaluate the
+        // model they receive. The training noise is the same in every round.
+        assert_eq!(plans[0].releases.len(), 1);
+        assert!(plans.iter().all(|p| p.releases[0] == plans[0].releases[0]));
+        for plan in &plans[1..] {
+            assert_eq!(plan.releases.len(), 2);
+            assert!(
+                matches!(plan.releases[1], Release::Laplace { epsilon } if (epsilon - evaluation_epsilon).abs() < 1e-9)
+            );
+        }
+        // The report's next round: a whole round, then, after the last, the final evaluation.
+        assert_eq!(plans[0].next, plans[1].releases);
+        assert_eq!(plans[rounds as usize - 1].next.len(), 1);
+        let last = worker.plan(rounds + 1, &final_model).unwrap();
+        assert_eq!(last.kind(), "evaluation");
+        assert!(
+            matches!(last.releases.as_slice(), [Release::Laplace { epsilon }] if (*epsilon - evaluation_epsilon).abs() < 1e-9)
+        );
+        assert!(last.next.is_empty());
+        // The whole job, its final evaluation included, spends at most its target (epsilon 1
+        // at delta 1e-5), and nearly all of it: the noise was calibrated for `rounds`
+        // evaluations, and `rounds` took place.
+        let all: Vec<Release> = plans
+            .iter()
+            .flat_map(|p| p.releases.clone())
+            .chain(last.releases.clone())
+            .collect();
+        let spent = treaty_policies::privacy::spent(&all, 1e-5).unwrap().epsilon;
+        assert!(spent <= 1.0 && spent > 0.99, "{spent}");
+        // An evaluation task without a model version, or in a job without evaluations, is
+        // refused from the task alone.
+        assert_eq!(
+            worker.plan(rounds + 1, &unnamed).unwrap_err().code,
+            RefusalCode::InvalidTask
+        );
+        spec.privacy.as_mut().unwrap().evaluation_epsilon = Some(0.0);
+        let refusal = worker
+            .plan(rounds + 1, &evaluate(&spec, "job-000001/r3"))
+            .unwrap_err();
+        assert_eq!(
+            refusal.code,
+            RefusalCode::InvalidTask,
+            "{}",
+            refusal.message
+        );
     }
 
     #[test]
@@ -385,7 +468,7 @@ mod tests {
                 }];
                 spec.privacy.as_mut().unwrap().clip_norm = clip;
             }
-            worker.plan(&task).map(|_| ())
+            worker.plan(2, &task).map(|_| ())
         };
         assert!(with(1.0, 1.0).is_ok());
         for (std, clip) in [
@@ -427,7 +510,7 @@ mod tests {
             public_records: 0.0,
         });
         assert_eq!(
-            worker.plan(&training).unwrap_err().code,
+            worker.plan(2, &training).unwrap_err().code,
             RefusalCode::DpRequired
         );
         let stats = task::Kind::Stats(StatsTask {
@@ -435,7 +518,7 @@ mod tests {
             privacy: None,
         });
         assert_eq!(
-            worker.plan(&stats).unwrap_err().code,
+            worker.plan(2, &stats).unwrap_err().code,
             RefusalCode::DpRequired
         );
         // With a privacy spec the statistics are planned, as a Gaussian release.
@@ -446,10 +529,10 @@ mod tests {
                 ..Default::default()
             }),
         });
-        let plan = worker.plan(&private).unwrap();
+        let plan = worker.plan(2, &private).unwrap();
         // A round of more steps than a node takes is refused, not run for ever.
         let endless = worker
-            .plan(&training_task(DpMode::Poisson, 1e-300, 0.0))
+            .plan(2, &training_task(DpMode::Poisson, 1e-300, 0.0))
             .unwrap_err();
         assert_eq!(endless.code, RefusalCode::InvalidTask);
         assert!(endless.message.contains("steps"), "{}", endless.message);

@@ -7,15 +7,14 @@ use treaty_policies::privacy::{self, Release};
 use treaty_proto::v1::task;
 
 use super::Worker;
-use super::checks::{InvalidTask, MAX_STEPS_PER_ROUND, Mode, Query, Statistics, Training};
+use super::checks::{
+    Evaluation, InvalidTask, MAX_STEPS_PER_ROUND, Mode, Query, Statistics, Training,
+};
 use crate::analytics::{self, QueryPlan};
 use crate::model::Architecture;
 use crate::noise::GaussianNoise;
-use crate::refusal::Refusal;
+use crate::refusal::{Refusal, RefusalCode};
 use crate::train::{DpSgd, Sampling, StepNoise};
-
-/// The default epsilon a node spends per round on evaluating the global model under DP.
-const DEFAULT_EVALUATION_EPSILON: f64 = 0.05;
 
 /// The default zCDP rho of a statistics round under DP.
 const DEFAULT_STATISTICS_RHO: f64 = 0.005;
@@ -26,6 +25,9 @@ const DEFAULT_STATISTICS_RHO: f64 = 0.005;
 pub struct Plan {
     /// The mechanisms of everything the task releases.
     pub releases: Vec<Release>,
+    /// What the job's next task would release, for the privacy report's "after the next round"
+    /// (after a training job's last round: the evaluation of its final model).
+    pub next: Vec<Release>,
     pub(super) work: Work,
 }
 
@@ -35,15 +37,24 @@ pub(super) enum Work {
     Training(Box<TrainingRound>),
     Statistics(StatisticsRound),
     Query(QueryRound),
+    Evaluation(Box<EvaluationRound>),
 }
 
 /// A training round: DP-SGD, and the Laplace scale of the noisy evaluation of the global model
-/// when the node has a test split.
+/// when the node has a test split and the round is not the first (whose model is the initial
+/// one: the job's last evaluation is of its final model instead).
 #[derive(Debug, Clone)]
 pub(super) struct TrainingRound {
     pub(super) task: Training,
     pub(super) dp: DpSgd,
     pub(super) evaluation: Option<f64>,
+}
+
+/// The evaluation of a training job's final model: the Laplace scale of its noisy counts.
+#[derive(Debug, Clone)]
+pub(super) struct EvaluationRound {
+    pub(super) task: Evaluation,
+    pub(super) scale: f64,
 }
 
 /// A statistics round: Gaussian noise on the centred column sums divided by their scales.
@@ -61,17 +72,19 @@ pub(super) struct QueryRound {
 }
 
 impl Plan {
-    /// The kind of task, as the ledger names it: `training`, `statistics` or `query`.
+    /// The kind of task, as the ledger names it: `training`, `statistics`, `query` or
+    /// `evaluation`.
     pub fn kind(&self) -> &'static str {
         match self.work {
             Work::Training(_) => "training",
             Work::Statistics(_) => "statistics",
             Work::Query(_) => "query",
+            Work::Evaluation(_) => "evaluation",
         }
     }
 }
 
-/// How many counts a training round's evaluation releases.
+/// How many counts an evaluation of the task's model releases.
 fn evaluation_width(task: &Training) -> usize {
     match task.architecture {
         Architecture::Multinomial { classes } => classes.pow(2),
@@ -81,23 +94,65 @@ fn evaluation_width(task: &Training) -> usize {
 }
 
 impl Worker {
-    /// Decides what a task will release and with which noise, from the task and public figures
-    /// alone (the agency's declared or the coordinator's estimated number of records, never the
-    /// table's length), before any record is read for it. Calibrates opendp mechanisms: call it
-    /// off the async runtime.
-    pub fn plan(&self, kind: &task::Kind) -> Result<Plan, Refusal> {
+    /// Decides what task `kind` of round `round` will release and with which noise, from the
+    /// task and public figures alone (the agency's declared or the coordinator's estimated
+    /// number of records, never the table's length; whether the agency has a test split, which
+    /// its configuration says), before any record is read for it. Calibrates opendp
+    /// mechanisms: call it off the async runtime.
+    pub fn plan(&self, round: u32, kind: &task::Kind) -> Result<Plan, Refusal> {
         match kind {
-            task::Kind::Training(t) => self.training_plan(Training::try_from(t)?),
+            task::Kind::Training(t) => self.training_plan(round, Training::try_from(t)?),
+            task::Kind::Evaluation(e) => self.evaluation_plan(Evaluation::try_from(e)?),
             task::Kind::Stats(s) => statistics_plan(Statistics::try_from(s)?),
             task::Kind::Query(q) => {
                 let task = Query::try_from(q)?;
                 let (plan, epsilon) = analytics::plan(&task.spec)?;
+                let releases = vec![Release::Laplace { epsilon }];
                 Ok(Plan {
-                    releases: vec![Release::Laplace { epsilon }],
+                    next: releases.clone(),
+                    releases,
                     work: Work::Query(QueryRound { task, plan }),
                 })
             }
         }
+    }
+
+    /// The Laplace scale and epsilon of an evaluation of `task`'s model on the test split: none
+    /// without a test split or with an evaluation epsilon of 0; unset (a job the coordinator
+    /// did not plan) means the old default.
+    fn evaluation_noise(&self, task: &Training) -> Result<Option<(f64, f64)>, Refusal> {
+        let epsilon = task
+            .privacy
+            .evaluation_epsilon
+            .unwrap_or(privacy::UNPLANNED_EVALUATION_EPSILON);
+        Ok(match &self.test {
+            Some(_) if epsilon > 0.0 => Some(analytics::laplace_scale_for(
+                epsilon,
+                evaluation_width(task),
+                1.0,
+            )?),
+            _ => None,
+        })
+    }
+
+    /// Plans the evaluation of a training job's final model: Laplace noise on the counts, at
+    /// the job's evaluation epsilon. A node without a test split, or a job without
+    /// evaluations, refuses it (which says nothing of the records).
+    fn evaluation_plan(&self, task: Evaluation) -> Result<Plan, Refusal> {
+        if self.test.is_none() {
+            return Err(Refusal::new(
+                RefusalCode::NoTestSplit,
+                "this node has no test split (`test` in its [data]), so it evaluates no model",
+            ));
+        }
+        let (scale, epsilon) = self
+            .evaluation_noise(&task.training)?
+            .ok_or(InvalidTask::NoEvaluation)?;
+        Ok(Plan {
+            releases: vec![Release::Laplace { epsilon }],
+            next: Vec::new(),
+            work: Work::Evaluation(Box::new(EvaluationRound { task, scale })),
+        })
     }
 
     /// The public figure for the agency's number of training records: its own declaration,
@@ -113,7 +168,7 @@ impl Worker {
     /// Plans a training round from the task and public figures alone: what it releases, its
     /// sampling, its steps and the constant its noisy sums are divided by. A refusal here
     /// quotes only the task's own figures.
-    fn training_plan(&self, task: Training) -> Result<Plan, Refusal> {
+    fn training_plan(&self, round: u32, task: Training) -> Result<Plan, Refusal> {
         let (spec, privacy) = (&task.spec, &task.privacy);
         let epochs = u64::from(spec.local_epochs.max(1));
         let records = self.public_records(task.public_records);
@@ -149,19 +204,9 @@ impl Worker {
             return Err(InvalidTask::TooManySteps(steps).into());
         }
         // The evaluation of the global model on the test split: Laplace noise on its counts.
-        // An epsilon of 0 turns it off; unset (a job the coordinator did not plan) means the
-        // old default.
-        let evaluation_epsilon = privacy
-            .evaluation_epsilon
-            .unwrap_or(DEFAULT_EVALUATION_EPSILON);
-        let evaluation = match &self.test {
-            Some(_) if evaluation_epsilon > 0.0 => Some(analytics::laplace_scale_for(
-                evaluation_epsilon,
-                evaluation_width(&task),
-                1.0,
-            )?),
-            _ => None,
-        };
+        // The job's `rounds` evaluations are of the models of rounds 2 to `rounds` and of the
+        // final model; the noise is calibrated for all of them, whichever take place.
+        let evaluation = self.evaluation_noise(&task)?;
         let sigma = if privacy.noise_multiplier > 0.0 {
             privacy.noise_multiplier
         } else {
@@ -200,12 +245,22 @@ impl Worker {
         let rho = noise.rho(task.parameters).map_err(Refusal::internal)?;
         // opendp's rho includes the noise grid; the effective noise multiplier is the one it
         // implies.
-        let mut releases = vec![sampling.release(StepNoise::measured(rho), steps)];
-        if let Some((_, epsilon)) = evaluation {
-            releases.push(Release::Laplace { epsilon });
-        }
+        let training = sampling.release(StepNoise::measured(rho), steps);
+        let evaluating = evaluation.map(|(_, epsilon)| Release::Laplace { epsilon });
+        let evaluates = round >= 2;
+        let releases: Vec<Release> = std::iter::once(training)
+            .chain(evaluating.filter(|_| evaluates))
+            .collect();
+        // After the last round, the evaluation of the final model; before it, a round that
+        // trains and evaluates.
+        let next: Vec<Release> = if round >= spec.rounds.max(1) {
+            evaluating.into_iter().collect()
+        } else {
+            std::iter::once(training).chain(evaluating).collect()
+        };
         Ok(Plan {
             releases,
+            next,
             work: Work::Training(Box::new(TrainingRound {
                 task,
                 dp: DpSgd {
@@ -214,7 +269,7 @@ impl Worker {
                     noise,
                     denominator: denominator.max(1.0),
                 },
-                evaluation: evaluation.map(|(scale, _)| scale),
+                evaluation: evaluation.map(|(scale, _)| scale).filter(|_| evaluates),
             })),
         })
     }
@@ -237,8 +292,10 @@ fn statistics_plan(task: Statistics) -> Result<Plan, Refusal> {
         noise_multiplier: (1.0 / (2.0 * rho_target)).sqrt(),
     };
     let rho = noise.rho(width).map_err(Refusal::internal)?;
+    let releases = vec![Release::Gaussian { rho }];
     Ok(Plan {
-        releases: vec![Release::Gaussian { rho }],
+        next: releases.clone(),
+        releases,
         work: Work::Statistics(StatisticsRound { task, noise }),
     })
 }

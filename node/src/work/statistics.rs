@@ -78,7 +78,7 @@ mod tests {
         let worker = worker(
             "fnlwgt,hours,seized\n100000,40,0\n200000,50,1\n150000,60,0\n400000,38,1\n,150,0\n",
         );
-        let plan = worker.plan(&stats_task(1e15)).unwrap();
+        let plan = worker.plan(2, &stats_task(1e15)).unwrap();
         let Work::Statistics(round) = &plan.work else {
             panic!("not a statistics plan: {plan:?}")
         };
@@ -111,7 +111,7 @@ mod tests {
         // Two columns: six coordinates of sensitivity 1 each, L2 sensitivity sqrt(6); at rho
         // 0.005 the noise multiplier is sqrt(1 / 0.01) = 10 and the noise sqrt(6) * 10.
         let plan = worker("fnlwgt,hours,seized\n1,1,0\n")
-            .plan(&stats_task(0.005))
+            .plan(2, &stats_task(0.005))
             .unwrap();
         assert!(
             matches!(plan.releases.as_slice(), [Release::Gaussian { rho }] if (rho - 0.005).abs() < 1e-9),

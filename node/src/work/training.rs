@@ -1,6 +1,7 @@
 //! Carrying out a training round: download the global model, check it, evaluate it on the test
-//! split with Laplace noise on the counts (when the node has one), train it with DP-SGD, and
-//! release the noisy local model.
+//! split with Laplace noise on the counts (when the node has one, from round 2), train it with
+//! DP-SGD, and release the noisy local model. And the evaluation of a job's final model: the
+//! same noisy counts, nothing else.
 
 use std::collections::HashMap;
 
@@ -11,8 +12,9 @@ use treaty_proto::tensor::{Assembler, DEFAULT_MAX_CHUNK_BYTES, NamedTensor};
 use treaty_proto::v1::agency_service_client::AgencyServiceClient;
 use treaty_proto::v1::{DownloadModelRequest, Evaluation, model_part};
 
+use super::checks::Training;
 use super::checks::{InvalidTask, MAX_MODEL_ELEMENTS, MAX_PARAMETER};
-use super::plan::TrainingRound;
+use super::plan::{EvaluationRound, TrainingRound};
 use super::{Output, Worker, blocking};
 use crate::analytics;
 use crate::data::Private;
@@ -33,9 +35,7 @@ impl Worker {
     ) -> Result<Output, Refusal> {
         let task = &round.task;
         let spec = &task.spec;
-        let error_bound = Some(task.privacy.evaluation_error_bound)
-            .filter(|b| *b > 0.0)
-            .unwrap_or(DEFAULT_ERROR_BOUND);
+        let error_bound = error_bound(task);
         let schema = &task.schema;
         let kind = task.architecture;
         let inputs = schema::encoded_names(schema).len();
@@ -60,15 +60,7 @@ impl Worker {
         blocking(move || {
             // The global model, read from its tensors and scanned: a computation over every
             // parameter, on this blocking thread.
-            let model =
-                Model::from_tensors(kind, inputs, &global).map_err(InvalidTask::GlobalModel)?;
-            if !model
-                .params()
-                .iter()
-                .all(|w| w.is_finite() && w.abs() <= MAX_PARAMETER)
-            {
-                return Err(InvalidTask::GlobalParameter.into());
-            }
+            let model = checked_model(kind, inputs, &global)?;
             // Nothing leaves but the noisy model and, when there is a test split, the noisy counts
             // of the received global model's evaluation; no count of records (updates are then
             // averaged with equal weights).
@@ -107,10 +99,60 @@ impl Worker {
         })
         .await?
     }
+
+    /// Evaluates a job's final model on the test split, as planned: only its noisy counts leave.
+    pub(super) async fn evaluate_model(
+        &self,
+        round: &EvaluationRound,
+        model: Vec<NamedTensor>,
+    ) -> Result<Output, Refusal> {
+        let task = &round.task.training;
+        let (schema, kind, scale) = (&task.schema, task.architecture, round.scale);
+        let error_bound = error_bound(task);
+        let inputs = schema::encoded_names(schema).len();
+        let test = self
+            .encoded(true, schema, &task.spec.standardization)
+            .await
+            .unwrap_or_else(|| Err(Refusal::internal("no test split")))?;
+        blocking(move || {
+            let model = checked_model(kind, inputs, &model)?;
+            Ok(Output {
+                num_examples: 1,
+                metrics: HashMap::new(),
+                tensors: Vec::new(),
+                evaluation: Some(evaluate(&model, &test, scale, error_bound)?),
+            })
+        })
+        .await?
+    }
 }
 
-/// The evaluation of the received global model on the test split, with Laplace noise of
-/// `scale` on its counts.
+/// The largest regression error an evaluation bins.
+fn error_bound(task: &Training) -> f64 {
+    Some(task.privacy.evaluation_error_bound)
+        .filter(|b| *b > 0.0)
+        .unwrap_or(DEFAULT_ERROR_BOUND)
+}
+
+/// A model received from the coordinator, read from its tensors and scanned: a computation
+/// over every parameter, for a blocking thread.
+fn checked_model(
+    kind: crate::model::Architecture,
+    inputs: usize,
+    tensors: &[NamedTensor],
+) -> Result<Model, Refusal> {
+    let model = Model::from_tensors(kind, inputs, tensors).map_err(InvalidTask::GlobalModel)?;
+    if !model
+        .params()
+        .iter()
+        .all(|w| w.is_finite() && w.abs() <= MAX_PARAMETER)
+    {
+        return Err(InvalidTask::GlobalParameter.into());
+    }
+    Ok(model)
+}
+
+/// The evaluation of a model on the test split, with Laplace noise of `scale` on its counts.
 fn evaluate(
     model: &Model,
     test: &Private,

@@ -20,7 +20,8 @@ pub mod rdp;
 pub mod zcdp;
 
 pub use plan::{
-    EVALUATION_SHARE, JobPlan, JobPrivacy, STATISTICS_SHARE, default_parts, dp_sgd, plan, training,
+    EVALUATION_SHARE, JobPlan, JobPrivacy, STATISTICS_SHARE, UNPLANNED_EVALUATION_EPSILON,
+    default_parts, dp_sgd, plan, training,
 };
 
 use serde::{Deserialize, Serialize};

@@ -1,6 +1,7 @@
 //! How a training job's privacy target is split between its parts, before it starts: the
 //! statistics round that standardises the numeric columns, the evaluations of the global
-//! model, and the training itself, which gets the rest.
+//! model (one per round: of the models rounds 2 to the last start from, and of the final
+//! model), and the training itself, which gets the rest.
 //!
 //! The default split is in zCDP, where Gaussian releases add up exactly: of the target's rho
 //! (the largest rho whose (epsilon, delta) meets the target), [`STATISTICS_SHARE`] goes to the
@@ -16,6 +17,9 @@ use super::{PrivacyError, Release, Spent, calibrate, spent, zcdp};
 pub const STATISTICS_SHARE: f64 = 0.1;
 /// The share of a job's rho its evaluations get by default, over all rounds.
 pub const EVALUATION_SHARE: f64 = 0.1;
+/// Each evaluation's epsilon in a job that gives its noise multiplier instead of a target (so
+/// has no plan to take a share of).
+pub const UNPLANNED_EVALUATION_EPSILON: f64 = 0.05;
 
 /// A training job's privacy, as its operator set it.
 #[derive(Debug, Clone, Copy, PartialEq)]

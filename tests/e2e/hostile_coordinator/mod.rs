@@ -10,8 +10,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use treaty_proto::v1::{
-    ColumnStats, DpMode, ModelKind, PrivacySpec, QueryKind, QuerySpec, QueryTask, StatsTask,
-    TrainingSpec, TrainingTask, task,
+    ColumnStats, DpMode, EvaluationTask, ModelKind, PrivacySpec, QueryKind, QuerySpec, QueryTask,
+    StatsTask, TrainingSpec, TrainingTask, task,
 };
 
 use crate::common::*;
@@ -193,6 +193,26 @@ async fn attack(train: PathBuf, test: PathBuf) -> Vec<(&'static str, Vec<Seen>)>
         )
         .await;
     out.push(("label misfit", seen));
+
+    // 6. The evaluation of a "final model": a sound one over the column with the bad cell, one
+    // of huge weights; each releases noisy counts alone, or is refused from the task.
+    let spec = training(&["x1", "x2"], poisson());
+    let evaluate = |spec: &TrainingSpec| {
+        task::Kind::Evaluation(EvaluationTask {
+            spec: Some(spec.clone()),
+            model_version: "job-hostile/r3".into(),
+        })
+    };
+    hostile.serve_model(model_of(&spec, 0.1));
+    let seen = hostile
+        .run(evaluate(&spec), terms(agency, country, 1e9, &all))
+        .await;
+    out.push(("final evaluation", seen));
+    hostile.serve_model(model_of(&spec, 1e300));
+    let seen = hostile
+        .run(evaluate(&spec), terms(agency, country, 1e9, &all))
+        .await;
+    out.push(("final evaluation of a huge model", seen));
     let query = task::Kind::Query(QueryTask {
         spec: Some(QuerySpec {
             kind: QueryKind::Sum as i32,
@@ -277,6 +297,7 @@ async fn a_hostile_coordinator_learns_nothing_beyond_dp_from_one_record() {
         "bad cell",
         "extreme features",
         "statistics",
+        "final evaluation",
         "query",
     ] {
         let seen = outcome(name);
@@ -286,6 +307,19 @@ async fn a_hostile_coordinator_learns_nothing_beyond_dp_from_one_record() {
         );
     }
     assert_eq!(refused(&outcome("huge model")).unwrap().0, "INVALID_TASK");
+    assert_eq!(
+        refused(&outcome("final evaluation of a huge model"))
+            .unwrap()
+            .0,
+        "INVALID_TASK"
+    );
+    // The evaluation's result: noisy counts of the model's shape, nothing else.
+    let Some(Seen::Result { header, tensors }) = outcome("final evaluation").last().cloned() else {
+        unreachable!()
+    };
+    let e = header.evaluation.expect("an evaluation");
+    assert!(tensors.is_empty() && header.num_examples == 1 && header.metrics.is_empty());
+    assert_eq!((e.kind.as_str(), e.counts.len()), ("binary", 40));
     for name in ["NaN bound", "label misfit"] {
         let seen = outcome(name);
         assert!(
