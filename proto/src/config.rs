@@ -9,10 +9,11 @@ use serde::de::DeserializeOwned;
 /// A configuration file cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read configuration `{path}`: {source}")]
+    /// Its reason is in the message, not a `source`, so that an error chain says it once.
+    #[error("cannot read configuration `{path}`: {reason}")]
     Read {
         path: PathBuf,
-        source: std::io::Error,
+        reason: std::io::Error,
     },
     #[error("configuration `{path}` is not valid: {message}")]
     Parse { path: PathBuf, message: String },
@@ -33,9 +34,9 @@ pub trait Validate {
 
 /// Reads, parses, resolves and validates a configuration file.
 pub fn load<T: DeserializeOwned + Validate>(path: &Path) -> Result<T, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+    let text = std::fs::read_to_string(path).map_err(|reason| ConfigError::Read {
         path: path.to_owned(),
-        source,
+        reason,
     })?;
     let mut config: T = toml::from_str(&text).map_err(|e| ConfigError::Parse {
         path: path.to_owned(),

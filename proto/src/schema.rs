@@ -605,9 +605,9 @@ fn models_for(label: LabelKind) -> String {
 /// Reads a schema file and checks it as a schema (whatever job uses it), reporting every
 /// problem at once, each with its line.
 pub fn load(path: &Path) -> Result<FeatureSchema, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+    let text = std::fs::read_to_string(path).map_err(|reason| ConfigError::Read {
         path: path.to_owned(),
-        source,
+        reason,
     })?;
     check_text(&text, &Usage::default()).map_err(|problems| ConfigError::Invalid {
         path: path.to_owned(),

@@ -4,8 +4,8 @@ use std::path::PathBuf;
 
 use clap::{Args, Subcommand, ValueEnum};
 use treaty_proto::v1::{
-    Aggregation, CreateJobRequest, DpMode, GetJobRequest, Job, JobSpec, ListJobsRequest, ModelKind,
-    PrivacySpec, SharingSpec, Strategy, TrainingSpec, job_spec,
+    Aggregation, CreateJobRequest, DpMode, GetJobRequest, GetRegistryFieldsRequest, Job, JobSpec,
+    ListJobsRequest, ModelKind, PrivacySpec, SharingSpec, Strategy, TrainingSpec, job_spec,
 };
 use treaty_proto::{evaluation, schema};
 
@@ -250,10 +250,20 @@ fn state(job: &Job) -> &'static str {
 
 async fn train(a: TrainArgs) -> Outcome {
     let model = a.model.kind();
-    // The schema is checked whole before anything is submitted, as `treaty schema check` does
-    // (the coordinator checks it again, and its fields against the registry).
+    let mut client = OperatorConfig::load(&a.config)?.connect().await?;
+    // The schema is checked whole before anything is submitted, as `treaty schema check` does,
+    // with its fields against the coordinator's registry: every problem at once (the
+    // coordinator checks again when the job is submitted).
+    let registry = client
+        .get_registry_fields(GetRegistryFieldsRequest {})
+        .await?
+        .into_inner();
+    let known = super::schema::KnownFields {
+        version: registry.registry_version,
+        fields: registry.fields.into_keys().collect(),
+    };
     let usage = schema::Usage::training(Some(model));
-    let schema = super::schema::check_file(&a.schema, &usage, None)?.map_err(|lines| {
+    let schema = super::schema::check_file(&a.schema, &usage, Some(&known))?.map_err(|lines| {
         unusable(anyhow::anyhow!(
             "the schema has {} problem(s); nothing was submitted:\n  {}",
             lines.len(),
@@ -309,7 +319,6 @@ async fn train(a: TrainArgs) -> Outcome {
     if a.noise_multiplier <= 0.0 {
         show_plan(&spec, &a)?;
     }
-    let mut client = OperatorConfig::load(&a.config)?.connect().await?;
     let job = client
         .create_job(CreateJobRequest {
             federation: a.federation,

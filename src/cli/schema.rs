@@ -44,7 +44,8 @@ pub fn run(command: SchemaCommand) -> Outcome {
                 .map(|path| Registry::load(&path).map_err(|e| unusable(anyhow::anyhow!(e))))
                 .transpose()?;
             let usage = Usage::training(model.map(ModelArg::kind));
-            match check_file(&file, &usage, registry.as_ref())? {
+            let known = registry.as_ref().map(KnownFields::from);
+            match check_file(&file, &usage, known.as_ref())? {
                 Ok(schema) => {
                     let features = schema::encoded_names(&schema).len();
                     eprintln!(
@@ -73,12 +74,28 @@ pub fn run(command: SchemaCommand) -> Outcome {
     }
 }
 
+/// A registry's version and field names: what a schema's columns and label must be among.
+#[derive(Debug, Clone)]
+pub struct KnownFields {
+    pub version: String,
+    pub fields: std::collections::BTreeSet<String>,
+}
+
+impl From<&Registry> for KnownFields {
+    fn from(r: &Registry) -> Self {
+        KnownFields {
+            version: r.version.clone(),
+            fields: r.fields.keys().cloned().collect(),
+        }
+    }
+}
+
 /// Reads a schema file and checks it whole for `usage` and, given a registry, its fields: the
 /// schema, or every problem as a `FILE:LINE: message` line. An unreadable file is an error.
 pub fn check_file(
     path: &Path,
     usage: &Usage,
-    registry: Option<&Registry>,
+    registry: Option<&KnownFields>,
 ) -> Result<Result<FeatureSchema, Vec<String>>, CliError> {
     let text = std::fs::read_to_string(path).map_err(|e| {
         unusable(anyhow::anyhow!(
@@ -90,8 +107,8 @@ pub fn check_file(
         Some(registry) => schema::unregistered(
             s,
             &registry.version,
-            |f| registry.fields.contains_key(f),
-            |f| treaty_policies::did_you_mean(f, registry.fields.keys().map(String::as_str)),
+            |f| registry.fields.contains(f),
+            |f| treaty_policies::did_you_mean(f, registry.fields.iter().map(String::as_str)),
         ),
         None => Vec::new(),
     };

@@ -16,16 +16,16 @@ use treaty_node::{ModelFile, NodeConfig};
 
 use crate::common::*;
 
-fn repo() -> &'static Path {
+pub(crate) fn repo() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
 
-fn page(name: &str) -> String {
+pub(crate) fn page(name: &str) -> String {
     std::fs::read_to_string(repo().join("docs").join(name)).unwrap()
 }
 
 /// The fenced block that follows `<!-- example: NAME -->` on a page.
-fn example(page: &str, name: &str) -> String {
+pub(crate) fn example(page: &str, name: &str) -> String {
     let marker = format!("<!-- example: {name} -->");
     let start = page
         .find(&marker)
@@ -38,7 +38,7 @@ fn example(page: &str, name: &str) -> String {
 }
 
 /// The first fenced block of a page tagged `lang` (e.g. `sh`).
-fn first_block(page: &str, lang: &str) -> String {
+pub(crate) fn first_block(page: &str, lang: &str) -> String {
     let start = page.find(&format!("```{lang}\n")).unwrap() + lang.len() + 4;
     let body = &page[start..];
     body[..body.find("\n```").unwrap() + 1].to_owned()

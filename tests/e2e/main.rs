@@ -17,6 +17,7 @@ mod hostile_coordinator;
 mod identity;
 mod learning;
 mod ledger;
+mod newcomer;
 mod poisoned;
 mod policy;
 mod privacy;

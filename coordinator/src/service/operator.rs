@@ -8,9 +8,9 @@ use treaty_proto::Identity;
 use treaty_proto::v1::operator_service_server::OperatorService;
 use treaty_proto::v1::{
     CreateFederationRequest, CreateJobRequest, DownloadModelRequest, FederationInfo, GetJobRequest,
-    Job, JobEvent, JobEventKind, JobState, ListAgenciesRequest, ListAgenciesResponse,
-    ListFederationsRequest, ListFederationsResponse, ListJobsRequest, ListJobsResponse, ModelPart,
-    WatchJobRequest,
+    GetRegistryFieldsRequest, Job, JobEvent, JobEventKind, JobState, ListAgenciesRequest,
+    ListAgenciesResponse, ListFederationsRequest, ListFederationsResponse, ListJobsRequest,
+    ListJobsResponse, ModelPart, RegistryFields, WatchJobRequest,
 };
 
 use super::{BoxStream, job, model_stream, require_operator};
@@ -119,6 +119,30 @@ impl OperatorService for OperatorApi {
                     .map(|a| format!("{}:{}", a.agency, a.country)),
             ),
             agencies,
+        }))
+    }
+
+    async fn get_registry_fields(
+        &self,
+        request: Request<GetRegistryFieldsRequest>,
+    ) -> Result<Response<RegistryFields>, Status> {
+        require_operator(&self.ctx, &request)?;
+        let (registry, _) = self
+            .ctx
+            .blocking(|ctx| {
+                ctx.policy
+                    .files()
+                    .registry()
+                    .map_err(|source| CoordinatorError::Registry { round: 0, source })
+            })
+            .await?;
+        Ok(Response::new(RegistryFields {
+            registry_version: registry.version.clone(),
+            fields: registry
+                .fields
+                .iter()
+                .map(|(name, category)| (name.clone(), category.clone()))
+                .collect(),
         }))
     }
 
