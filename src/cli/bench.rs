@@ -11,16 +11,16 @@ use super::{Outcome, this_binary};
 pub enum BenchCommand {
     /// W1: a training job of 8 agencies x 100,000 rows, 20 rounds, end to end.
     W1(W1Args),
-    /// Training recipes on a real tabular data set split across agencies (write UCI Adult with
-    /// `python3 bench/adult/prepare.py DIR`), against centralised non-private logistic
-    /// regression.
+    /// Training recipes on a real tabular data set split across agencies (write one with
+    /// `python3 bench/adult/prepare.py DIR` or `python3 bench/cces/prepare.py DIR`), against
+    /// centralised non-private logistic regression.
     Tabular {
         /// The directory of `schema.toml` and `agency_K_train.csv` / `agency_K_test.csv`.
         #[arg(long)]
         data: PathBuf,
-        /// How many agencies.
-        #[arg(long, default_value_t = 8)]
-        agencies: usize,
+        /// How many agencies (agency_0 .. agency_{N-1}) [default: every agency in --data].
+        #[arg(long)]
+        agencies: Option<usize>,
         /// Training rounds.
         #[arg(long, default_value_t = 20)]
         rounds: u32,
@@ -30,6 +30,10 @@ pub enum BenchCommand {
         /// The recipes to compare, comma-separated: poisson, poisson-tuned, full-batch, default.
         #[arg(long, value_delimiter = ',', default_value = "poisson,default")]
         recipes: Vec<String>,
+        /// How many times each recipe runs, each on a fresh federation (the DP noise differs):
+        /// the mean and standard deviation over the runs are reported.
+        #[arg(long, default_value_t = 1)]
+        repeats: usize,
         /// Keep the working directories here.
         #[arg(long)]
         keep: Option<PathBuf>,
@@ -111,6 +115,7 @@ pub async fn run(command: BenchCommand) -> Outcome {
             rounds,
             epsilon,
             recipes,
+            repeats,
             keep,
         } => {
             let options = bench::TabularOptions {
@@ -119,6 +124,7 @@ pub async fn run(command: BenchCommand) -> Outcome {
                 rounds,
                 epsilon,
                 recipes,
+                repeats,
                 keep,
             };
             bench::tabular(options, &this_binary()?).await?;

@@ -15,7 +15,7 @@ mod w1;
 mod w5;
 
 pub use policy::policy;
-pub use tabular::{Recipe, TabularOptions, recipes, tabular};
+pub use tabular::{Recipe, Spread, TabularOptions, recipes, tabular};
 pub use timing::timing;
 pub use w1::{W1DataError, W1Options, w1};
 pub use w5::w5;

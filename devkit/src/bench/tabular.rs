@@ -1,12 +1,15 @@
 //! `treaty bench tabular`: the recipes of a training job compared on a real tabular data set
-//! split across agencies (bench/adult/prepare.py writes UCI Adult split by occupation), with
-//! centralised non-private logistic regression on the pooled data as the reference.
+//! split across agencies (`bench/<name>/prepare.py` writes one: UCI Adult split by occupation,
+//! the CCES 2016 survey split by region, bench/README.md), with centralised non-private
+//! logistic regression on the pooled data as the reference.
 //!
 //! Each recipe runs as a whole job on a fresh local federation (a coordinator and one node
 //! process per agency over mutual TLS, each with its own ledger): a DP statistics round, then
 //! the rounds of federated logistic regression with DP at the given epsilon per agency for the
-//! whole job. Reported: accuracy and ROC AUC of the final model on the union of the agencies'
-//! test splits, beside the reference's, and the largest epsilon an agency's ledger shows.
+//! whole job. A recipe may run several times, each on a fresh federation (the DP noise differs
+//! from run to run). Reported: accuracy and ROC AUC of the final model on the union of the
+//! agencies' test splits (the mean and standard deviation over the runs), beside the
+//! reference's, and the largest epsilon an agency's ledger shows.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -29,14 +32,16 @@ const COUNTRIES: [&str; 8] = ["AT", "BE", "DE", "ES", "FR", "IT", "NL", "PL"];
 pub struct TabularOptions {
     /// The directory of `schema.toml` and `agency_K_train.csv` / `agency_K_test.csv`.
     pub data: PathBuf,
-    /// How many agencies.
-    pub agencies: usize,
+    /// How many agencies (agency_0 .. agency_{N-1}); `None`: every agency the directory holds.
+    pub agencies: Option<usize>,
     /// Training rounds.
     pub rounds: u32,
     /// Each agency's epsilon for the whole job (delta 1e-5).
     pub epsilon: f64,
     /// The recipes to run, by name (see [`recipes`]).
     pub recipes: Vec<String>,
+    /// How many times each recipe runs, each time on a fresh federation (at least 1).
+    pub repeats: usize,
     /// Keep the working directories here.
     pub keep: Option<PathBuf>,
 }
@@ -98,15 +103,57 @@ pub fn recipes() -> Vec<Recipe> {
     ]
 }
 
-/// The data set's agencies.
-fn members(data: &Path, agencies: usize) -> anyhow::Result<Vec<Member>> {
+/// The mean and the standard deviation of a recipe's figure over its runs.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Spread {
+    /// The arithmetic mean.
+    pub mean: f64,
+    /// The sample standard deviation (divisor n - 1); 0 for a single run.
+    pub sd: f64,
+}
+
+impl Spread {
+    /// The spread of `values` (a mean of 0 for none).
+    pub fn of(values: &[f64]) -> Spread {
+        let n = values.len() as f64;
+        if values.is_empty() {
+            return Spread { mean: 0.0, sd: 0.0 };
+        }
+        let mean = values.iter().sum::<f64>() / n;
+        let squares: f64 = values.iter().map(|v| (v - mean) * (v - mean)).sum();
+        let sd = if values.len() > 1 {
+            (squares / (n - 1.0)).sqrt()
+        } else {
+            0.0
+        };
+        Spread { mean, sd }
+    }
+}
+
+/// How a data directory is written: named in the errors about one.
+const PREPARE: &str = "write one with `python3 bench/<name>/prepare.py DIR` (bench/README.md)";
+
+/// The data set's agencies: `agencies` of them, or every agency_K from 0 on that the directory
+/// holds.
+fn members(data: &Path, agencies: Option<usize>) -> anyhow::Result<Vec<Member>> {
+    let present = |k: usize| data.join(format!("agency_{k}_train.csv")).is_file();
+    let agencies = match agencies {
+        Some(n) => n,
+        None => (0..).take_while(|k| present(*k)).count(),
+    };
+    if agencies == 0 {
+        bail!(
+            "`{}` holds no agency_0_train.csv; {PREPARE}",
+            data.display()
+        );
+    }
     (0..agencies)
         .map(|k| {
             let train = data.join(format!("agency_{k}_train.csv"));
             let test = data.join(format!("agency_{k}_test.csv"));
             if !train.is_file() || !test.is_file() {
                 bail!(
-                    "`{}` has no agency_{k}_train.csv / agency_{k}_test.csv; write them with `python3 bench/adult/prepare.py DIR`",
+                    "`{}` has no agency_{k}_train.csv / agency_{k}_test.csv (it holds fewer agencies than asked); {PREPARE}",
                     data.display()
                 );
             }
@@ -259,12 +306,8 @@ pub async fn tabular(options: TabularOptions, exe: &Path) -> anyhow::Result<()> 
             temp.path().to_owned()
         }
     };
-    let data = std::fs::canonicalize(&options.data).with_context(|| {
-        format!(
-            "cannot read `{}`; write the data with `python3 bench/adult/prepare.py DIR`",
-            options.data.display()
-        )
-    })?;
+    let data = std::fs::canonicalize(&options.data)
+        .with_context(|| format!("cannot read `{}`; {PREPARE}", options.data.display()))?;
     let schema = schema::load(&data.join("schema.toml"))?;
     let members = members(&data, options.agencies)?;
     let tests: Vec<PathBuf> = members.iter().map(|m| m.test.clone()).collect();
@@ -283,12 +326,14 @@ pub async fn tabular(options: TabularOptions, exe: &Path) -> anyhow::Result<()> 
                 })
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
+    let repeats = options.repeats.max(1);
     outln!(
-        "tabular: {} agencies of {}, {} rounds, logistic regression, epsilon {} per agency for the whole job (delta 1e-5)",
-        options.agencies,
+        "tabular: {} agencies of {}, {} rounds, logistic regression, epsilon {} per agency for the whole job (delta 1e-5), {} run(s) per recipe",
+        members.len(),
         data.display(),
         options.rounds,
-        options.epsilon
+        options.epsilon,
+        repeats
     );
     let reference = centralised(&schema, &members, &tests)?;
     outln!(
@@ -302,29 +347,105 @@ pub async fn tabular(options: TabularOptions, exe: &Path) -> anyhow::Result<()> 
         serde_json::json!({"recipe": "centralised", "accuracy": reference.accuracy, "auc": reference.auc}),
     ];
     for recipe in &chosen {
-        let (scored, spent, seconds) = run_recipe(
-            recipe,
-            &options,
-            &schema,
-            &members,
-            &dir.join(recipe.name),
-            exe,
-        )
-        .await?;
-        outln!(
-            "  {:<28} accuracy {:.4}  AUC {:.4}  ({:+.2} points; largest epsilon spent {:.4}; {:.1} s)",
-            recipe.name,
-            scored.accuracy,
-            scored.auc,
-            100.0 * (scored.accuracy - reference.accuracy),
-            spent,
-            seconds
-        );
-        rows.push(serde_json::json!({"recipe": recipe.name, "accuracy": scored.accuracy, "auc": scored.auc, "max_epsilon_spent": spent, "seconds": seconds}));
+        let (mut runs, mut accuracies, mut aucs) = (Vec::new(), Vec::new(), Vec::new());
+        for run in 1..=repeats {
+            let (name, dir) = if repeats == 1 {
+                (recipe.name.to_owned(), dir.join(recipe.name))
+            } else {
+                (
+                    format!("{} run {run}", recipe.name),
+                    dir.join(format!("{}-{run}", recipe.name)),
+                )
+            };
+            let (scored, spent, seconds) =
+                run_recipe(recipe, &options, &schema, &members, &dir, exe).await?;
+            outln!(
+                "  {:<28} accuracy {:.4}  AUC {:.4}  ({:+.2} points; largest epsilon spent {:.4}; {:.1} s)",
+                name,
+                scored.accuracy,
+                scored.auc,
+                100.0 * (scored.accuracy - reference.accuracy),
+                spent,
+                seconds
+            );
+            runs.push(serde_json::json!({"accuracy": scored.accuracy, "auc": scored.auc, "max_epsilon_spent": spent, "seconds": seconds}));
+            accuracies.push(scored.accuracy);
+            aucs.push(scored.auc);
+        }
+        let accuracy = Spread::of(&accuracies);
+        let auc = Spread::of(&aucs);
+        let gap = 100.0 * (accuracy.mean - reference.accuracy);
+        if repeats > 1 {
+            outln!(
+                "  {:<28} accuracy {:.4} ± {:.4}  AUC {:.4} ± {:.4}  ({:+.2} points; mean ± sd of {repeats} runs)",
+                recipe.name,
+                accuracy.mean,
+                accuracy.sd,
+                auc.mean,
+                auc.sd,
+                gap,
+            );
+        }
+        rows.push(serde_json::json!({
+            "recipe": recipe.name,
+            "accuracy": accuracy.mean,
+            "accuracy_sd": accuracy.sd,
+            "auc": auc.mean,
+            "auc_sd": auc.sd,
+            "gap_points": gap,
+            "runs": runs,
+        }));
     }
     outln!(
         "{}",
-        serde_json::json!({"workload": "tabular", "data": data, "agencies": options.agencies, "rounds": options.rounds, "epsilon": options.epsilon, "results": rows})
+        serde_json::json!({"workload": "tabular", "data": data, "agencies": members.len(), "rounds": options.rounds, "epsilon": options.epsilon, "repeats": repeats, "results": rows})
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// 1, 2, ..., n: mean (n + 1) / 2, sample variance n (n + 1) / 12.
+    #[test]
+    fn spread_of_the_first_integers_is_the_closed_form() {
+        for n in [2usize, 3, 10, 101] {
+            let values: Vec<f64> = (1..=n).map(|v| v as f64).collect();
+            let spread = Spread::of(&values);
+            let n = n as f64;
+            assert!((spread.mean - (n + 1.0) / 2.0).abs() < 1e-12);
+            assert!((spread.sd - (n * (n + 1.0) / 12.0).sqrt()).abs() < 1e-9);
+        }
+    }
+
+    #[test]
+    fn one_run_has_no_spread_and_a_constant_none() {
+        assert_eq!(
+            Spread::of(&[0.84]),
+            Spread {
+                mean: 0.84,
+                sd: 0.0
+            }
+        );
+        assert_eq!(Spread::of(&[0.5, 0.5, 0.5]), Spread { mean: 0.5, sd: 0.0 });
+        assert_eq!(Spread::of(&[]), Spread { mean: 0.0, sd: 0.0 });
+    }
+
+    #[test]
+    fn agencies_are_counted_from_the_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        for k in 0..3 {
+            for split in ["train", "test"] {
+                std::fs::write(dir.path().join(format!("agency_{k}_{split}.csv")), "a\n").unwrap();
+            }
+        }
+        assert_eq!(members(dir.path(), None).unwrap().len(), 3);
+        assert_eq!(members(dir.path(), Some(2)).unwrap().len(), 2);
+        let err = members(dir.path(), Some(4)).unwrap_err().to_string();
+        assert!(err.contains("agency_3_train.csv"), "{err}");
+        let empty = tempfile::tempdir().unwrap();
+        let err = members(empty.path(), None).unwrap_err().to_string();
+        assert!(err.contains("prepare.py"), "{err}");
+    }
 }
