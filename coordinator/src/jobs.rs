@@ -733,15 +733,22 @@ async fn with_evaluation_metrics(
         if evaluations.is_empty() {
             return (summary, results);
         }
+        let mut intervals = evaluation::intervals(&evaluations);
+        let mut each = intervals.each.drain(..);
         for (agency, r) in &results {
-            if let (Some(e), Some(m)) = (&r.evaluation, summary.agency_metrics.get_mut(agency)) {
+            let Some(e) = &r.evaluation else {
+                continue;
+            };
+            let of_agency = each.next().unwrap_or_default();
+            if let Some(m) = summary.agency_metrics.get_mut(agency) {
                 m.values.extend(evaluation::metrics(e));
-                m.intervals = evaluation::intervals(&[e]);
+                m.intervals = of_agency;
             }
         }
+        drop(each);
         if let Some(pooled) = evaluation::pool(&evaluations) {
             summary.metrics.extend(evaluation::metrics(&pooled));
-            summary.metric_intervals = evaluation::intervals(&evaluations);
+            summary.metric_intervals = intervals.pooled;
         }
         summary.evaluated_model_version = evaluated;
         (summary, results)

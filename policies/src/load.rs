@@ -1,9 +1,12 @@
 //! Reading policies from a directory of `<CC>.toml` files, as the coordinator, the nodes and
 //! the command line do: every load re-reads the files, so a changed policy applies from the
-//! next decision, and a broken, unsigned or badly signed one is never applied in part.
+//! next decision, and a broken, unsigned or badly signed one is never applied in part. What a
+//! text parses to is remembered by the text's content (`parsed`): a file read again unchanged
+//! is not parsed again, and a changed one is.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
+use std::sync::{Mutex, OnceLock};
 
 use crate::decide::Loaded;
 use crate::policy::{Policy, PolicyError};
@@ -106,11 +109,36 @@ pub fn load_file(
             Some(text),
         );
     }
-    let loaded = match Policy::parse(&file, &text, registry, Some(country)) {
+    static POLICIES: Remembered<Result<Policy, PolicyError>> = OnceLock::new();
+    let key = [file.as_str(), country, registry.sha256.as_str(), &sha256];
+    let parsed = parsed(&POLICIES, &key, || {
+        Policy::parse(&file, &text, registry, Some(country))
+    });
+    let loaded = match parsed {
         Ok(p) => Loaded::Valid(Box::new(p)),
         Err(error) => Loaded::Broken { error, sha256 },
     };
     (loaded, Some(text))
+}
+
+/// Parsed texts remembered by their inputs.
+type Remembered<V> = OnceLock<Mutex<HashMap<String, V>>>;
+
+/// What `parse` gives for inputs `key` (names and the SHA-256 of every text it reads),
+/// remembered in `cache`: parsing is a pure function of its inputs.
+fn parsed<V: Clone>(cache: &'static Remembered<V>, key: &[&str], parse: impl FnOnce() -> V) -> V {
+    let cache = cache.get_or_init(Default::default);
+    let key = key.join("\n");
+    if let Some(v) = cache.lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
+        return v.clone();
+    }
+    let v = parse();
+    let mut cache = cache.lock().unwrap_or_else(|e| e.into_inner());
+    if cache.len() >= 256 {
+        cache.clear();
+    }
+    cache.insert(key, v.clone());
+    v
 }
 
 /// The country a policy file is named after: `DE.toml` -> `DE`.
@@ -160,7 +188,10 @@ impl PolicyFiles {
             path: self.registry.clone(),
             source,
         })?;
-        let registry = Registry::parse(&self.registry.display().to_string(), &text)
+        static REGISTRIES: Remembered<Result<Registry, Vec<Diagnostic>>> = OnceLock::new();
+        let file = self.registry.display().to_string();
+        let key = [file.as_str(), &sha256_hex(text.as_bytes())];
+        let registry = parsed(&REGISTRIES, &key, || Registry::parse(&file, &text))
             .map_err(LoadError::Registry)?;
         Ok((registry, text))
     }

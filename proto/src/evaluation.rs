@@ -13,7 +13,7 @@ use crate::schema;
 use crate::v1::{Evaluation, MetricInterval, ModelKind, TrainingSpec};
 
 /// Redraws of the noise behind an interval.
-const DRAWS: usize = 2000;
+const DRAWS: usize = 1000;
 
 /// Bins of predicted probabilities (binary) or of errors (regression).
 pub const BINS: usize = 20;
@@ -88,30 +88,51 @@ pub fn pool(evaluations: &[&Evaluation]) -> Option<Evaluation> {
     Some(out)
 }
 
+/// The metrics an evaluation can give, in the order of [`Values`].
+const NAMES: [&str; 6] = [
+    "test_examples",
+    "test_accuracy",
+    "test_auc",
+    "test_log_loss",
+    "test_rmse",
+    "test_mae",
+];
+
+/// The value of each of [`NAMES`], when the evaluation gives it.
+type Values = [Option<f64>; NAMES.len()];
+
 /// The metrics of an evaluation, named as nodes name them without DP (`test_accuracy`, ...).
 /// Each is a function of sums of the noisy counts as released, negative ones included: the
 /// noise has mean zero, so the sums estimate the true sums without bias (reading a negative
 /// count as zero would bias every rare bin upwards, and accuracy downwards). A ratio is then
 /// kept within its range, and nothing is computed from a total that is not positive.
 pub fn metrics(e: &Evaluation) -> HashMap<String, f64> {
-    let c = &e.counts;
-    let mut out = HashMap::new();
+    NAMES
+        .iter()
+        .zip(values(e, &e.counts))
+        .filter_map(|(name, v)| v.map(|v| ((*name).to_owned(), v)))
+        .collect()
+}
+
+/// The metrics of `e`'s kind and shape computed from counts `c`.
+fn values(e: &Evaluation, c: &[f64]) -> Values {
+    let mut out: Values = [None; NAMES.len()];
     let total: f64 = c.iter().sum();
     if total.is_nan() || total <= 0.0 {
         return out;
     }
-    out.insert("test_examples".into(), total);
+    out[0] = Some(total);
     match e.kind.as_str() {
         "binary" => {
             let b = e.bins as usize;
             if c.len() != 2 * b || b == 0 {
-                return HashMap::new();
+                return [None; NAMES.len()];
             }
             let (neg, pos) = c.split_at(b);
             // Accuracy at threshold 1/2: negatives below it, positives at or above it.
             let half = b / 2;
             let correct: f64 = neg[..half].iter().sum::<f64>() + pos[half..].iter().sum::<f64>();
-            out.insert("test_accuracy".into(), (correct / total).clamp(0.0, 1.0));
+            out[1] = Some((correct / total).clamp(0.0, 1.0));
             // AUC: a positive beats every negative in a lower bin and ties those in its own.
             let (p_total, n_total): (f64, f64) = (pos.iter().sum(), neg.iter().sum());
             if p_total > 0.0 && n_total > 0.0 {
@@ -121,100 +142,119 @@ pub fn metrics(e: &Evaluation) -> HashMap<String, f64> {
                     wins += pos[i] * (below + neg[i] / 2.0);
                     below += neg[i];
                 }
-                out.insert(
-                    "test_auc".into(),
-                    (wins / (p_total * n_total)).clamp(0.0, 1.0),
-                );
+                out[2] = Some((wins / (p_total * n_total)).clamp(0.0, 1.0));
             }
             // Log loss with each probability at its bin's centre.
             let centre = |i: usize| ((i as f64 + 0.5) / b as f64).clamp(1e-15, 1.0 - 1e-15);
             let loss: f64 = (0..b)
                 .map(|i| -pos[i] * centre(i).ln() - neg[i] * (1.0 - centre(i)).ln())
                 .sum();
-            out.insert("test_log_loss".into(), (loss / total).max(0.0));
+            out[3] = Some((loss / total).max(0.0));
         }
         "multinomial" => {
             let k = e.bins as usize;
             if c.len() != k * k || k == 0 {
-                return HashMap::new();
+                return [None; NAMES.len()];
             }
             let correct: f64 = (0..k).map(|i| c[i * k + i]).sum();
-            out.insert("test_accuracy".into(), (correct / total).clamp(0.0, 1.0));
+            out[1] = Some((correct / total).clamp(0.0, 1.0));
         }
         "regression" => {
             let b = e.bins as usize;
             if c.len() != b || b == 0 {
-                return HashMap::new();
+                return [None; NAMES.len()];
             }
             let width = e.error_bound / b as f64;
             let centre = |i: usize| (i as f64 + 0.5) * width;
             let squares: f64 = (0..b).map(|i| c[i] * centre(i) * centre(i)).sum();
             let absolute: f64 = (0..b).map(|i| c[i] * centre(i)).sum();
-            out.insert("test_rmse".into(), (squares / total).max(0.0).sqrt());
-            out.insert("test_mae".into(), (absolute / total).max(0.0));
+            out[4] = Some((squares / total).max(0.0).sqrt());
+            out[5] = Some((absolute / total).max(0.0));
         }
-        _ => return HashMap::new(),
+        _ => return [None; NAMES.len()],
     }
     out
 }
 
-/// The 95 % interval of each metric of `evaluations` pooled (see [`pool`]), due to their
-/// Laplace noise: the central 95 % of the metrics of the released counts with fresh noise of
-/// each evaluation's scale added, over many draws (a parametric bootstrap: post-processing of
-/// the released counts, no privacy cost, and the same counts always give the same intervals).
-/// A metric is flagged meaningless when its interval is wider than a fifth of its range
-/// (accuracy, AUC), or than the metric itself (log loss, RMSE, MAE, the number of test
-/// examples), or when the noise often leaves nothing to compute it from.
-pub fn intervals(evaluations: &[&Evaluation]) -> HashMap<String, MetricInterval> {
+/// The intervals of a round's evaluations ([`intervals`]): of each evaluation's own metrics,
+/// and of the metrics of them all pooled.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Intervals {
+    /// One map per evaluation, in order.
+    pub each: Vec<HashMap<String, MetricInterval>>,
+    /// Of the pooled evaluation ([`pool`]).
+    pub pooled: HashMap<String, MetricInterval>,
+}
+
+/// The 95 % interval of each metric of each evaluation and of them all pooled (see [`pool`]),
+/// due to their Laplace noise: the central 95 % of the metrics of the released counts with
+/// fresh noise of each evaluation's scale added, over many draws (a parametric bootstrap:
+/// post-processing of the released counts, no privacy cost, and the same counts always give the
+/// same intervals; a pooled draw adds up the evaluations' draws). A metric is flagged
+/// meaningless when its interval is wider than a fifth of its range (accuracy, AUC), or than
+/// the metric itself (log loss, RMSE, MAE, the number of test examples), or when the noise
+/// often leaves nothing to compute it from. Evaluations of different shapes give none.
+pub fn intervals(evaluations: &[&Evaluation]) -> Intervals {
     let Some(pooled) = pool(evaluations) else {
-        return HashMap::new();
+        return Intervals::default();
     };
-    let estimates = metrics(&pooled);
     let mut rng = rand::rngs::StdRng::seed_from_u64(0x7472_6561_7479);
-    let mut draws: HashMap<&str, Vec<f64>> = HashMap::new();
+    let mut draws: Vec<Vec<Values>> = vec![Vec::with_capacity(DRAWS); evaluations.len()];
+    let mut pooled_draws: Vec<Values> = Vec::with_capacity(DRAWS);
+    let mut redrawn = vec![0.0; pooled.counts.len()];
+    let mut sum = vec![0.0; pooled.counts.len()];
     for _ in 0..DRAWS {
-        let mut redrawn: Vec<Evaluation> = evaluations.iter().map(|e| (*e).clone()).collect();
-        for e in &mut redrawn {
-            let scale = e.laplace_scale;
-            for c in &mut e.counts {
-                *c += laplace(&mut rng, scale);
+        sum.fill(0.0);
+        for (e, out) in evaluations.iter().zip(&mut draws) {
+            for ((r, c), s) in redrawn.iter_mut().zip(&e.counts).zip(&mut sum) {
+                *r = c + laplace(&mut rng, e.laplace_scale);
+                *s += *r;
             }
+            out.push(values(e, &redrawn));
         }
-        let refs: Vec<&Evaluation> = redrawn.iter().collect();
-        let Some(pooled) = pool(&refs) else {
-            return HashMap::new();
-        };
-        for (name, value) in metrics(&pooled) {
-            if let Some((key, _)) = estimates.get_key_value(&name) {
-                draws.entry(key.as_str()).or_default().push(value);
-            }
-        }
+        pooled_draws.push(values(&pooled, &sum));
     }
-    estimates
-        .iter()
-        .map(|(name, &estimate)| {
-            let mut values = draws.remove(name.as_str()).unwrap_or_default();
-            values.sort_by(f64::total_cmp);
-            let at = |q: f64| {
-                let i = (q * (values.len().saturating_sub(1)) as f64).round() as usize;
-                values.get(i).copied().unwrap_or(f64::NAN)
-            };
-            let (low, high) = (at(0.025), at(0.975));
-            let width = high - low;
-            let wide = match name.as_str() {
-                "test_accuracy" | "test_auc" => width > 0.2,
-                _ => width > estimate.abs(),
-            };
-            // Draws where the counts left nothing to compute the metric from.
-            let sparse = values.len() < DRAWS * 95 / 100;
-            let interval = MetricInterval {
+    Intervals {
+        each: evaluations
+            .iter()
+            .zip(&draws)
+            .map(|(e, draws)| summarise(&values(e, &e.counts), draws))
+            .collect(),
+        pooled: summarise(&values(&pooled, &pooled.counts), &pooled_draws),
+    }
+}
+
+/// Each estimated metric's interval over the draws.
+fn summarise(estimate: &Values, draws: &[Values]) -> HashMap<String, MetricInterval> {
+    let mut out = HashMap::new();
+    for (k, name) in NAMES.iter().enumerate() {
+        let Some(estimate) = estimate[k] else {
+            continue;
+        };
+        let mut values: Vec<f64> = draws.iter().filter_map(|d| d[k]).collect();
+        values.sort_by(f64::total_cmp);
+        let at = |q: f64| {
+            let i = (q * (values.len().saturating_sub(1)) as f64).round() as usize;
+            values.get(i).copied().unwrap_or(f64::NAN)
+        };
+        let (low, high) = (at(0.025), at(0.975));
+        let width = high - low;
+        let wide = match *name {
+            "test_accuracy" | "test_auc" => width > 0.2,
+            _ => width > estimate.abs(),
+        };
+        // Draws where the counts left nothing to compute the metric from.
+        let sparse = values.len() < draws.len() * 95 / 100;
+        out.insert(
+            (*name).to_owned(),
+            MetricInterval {
                 low,
                 high,
                 meaningless: wide || sparse || !width.is_finite(),
-            };
-            (name.clone(), interval)
-        })
-        .collect()
+            },
+        );
+    }
+    out
 }
 
 /// Metrics for people, sorted by name: `name=value`, a count of examples as `name~value` (a
@@ -292,13 +332,13 @@ mod tests {
         let (c, t) = (400.0 + 300.0 + 500.0 + 500.0, 2000.0);
         let acc: f64 = c / t;
         let sd = (2.0 * b * b / (t * t) * (4.0 * (1.0 - acc).powi(2) + 4.0 * acc * acc)).sqrt();
-        let i = &intervals(&[&e])["test_accuracy"];
+        let i = &intervals(&[&e]).pooled["test_accuracy"];
         let half = (i.high - i.low) / 2.0;
         assert!((half / (1.96 * sd) - 1.0).abs() < 0.1, "{i:?} vs sd {sd}");
         assert!(i.low < acc && acc < i.high && !i.meaningless, "{i:?}");
         // Pooling two agencies' counts with the same noise each: the interval narrows by about
         // sqrt(2) (counts and noise variances both double).
-        let two = &intervals(&[&e, &e])["test_accuracy"];
+        let two = &intervals(&[&e, &e]).pooled["test_accuracy"];
         let ratio = (two.high - two.low) / (i.high - i.low);
         assert!((ratio * 2f64.sqrt() - 1.0).abs() < 0.12, "{ratio}");
     }
@@ -330,10 +370,10 @@ mod tests {
     #[test]
     fn noise_larger_than_the_counts_makes_every_metric_meaningless() {
         let e = binary([3.0, 1.0, 0.0, 2.0, 0.0, 2.0, 0.0, 2.0], 40.0);
-        let all = intervals(&[&e]);
+        let all = intervals(&[&e]).pooled;
         assert!(!all.is_empty());
         assert!(all.values().all(|i| i.meaningless), "{all:?}");
-        let exact = intervals(&[&binary([3.0, 1.0, 0.0, 2.0, 0.0, 2.0, 0.0, 2.0], 0.0)]);
+        let exact = intervals(&[&binary([3.0, 1.0, 0.0, 2.0, 0.0, 2.0, 0.0, 2.0], 0.0)]).pooled;
         assert!(
             exact.values().all(|i| i.low == i.high && !i.meaningless),
             "{exact:?}"

@@ -5,12 +5,27 @@ use std::path::PathBuf;
 use clap::{Args, Subcommand};
 use treaty_devkit::bench::{self, W1Options};
 
-use super::{Outcome, this_binary};
+use super::{Outcome, this_binary, unusable};
 
 #[derive(Debug, Subcommand)]
 pub enum BenchCommand {
     /// W1: a training job of 8 agencies x 100,000 rows, 20 rounds, end to end.
     W1(W1Args),
+    /// W4: 8 agencies x 100 records, 100 rounds of a tiny model: the cost of orchestration.
+    W4 {
+        /// How many agencies.
+        #[arg(long, default_value_t = 8)]
+        agencies: usize,
+        /// Records per agency.
+        #[arg(long, default_value_t = 100)]
+        rows: usize,
+        /// Training rounds.
+        #[arg(long, default_value_t = 100)]
+        rounds: u32,
+        /// Keep the working directory (logs, databases) here.
+        #[arg(long)]
+        keep: Option<PathBuf>,
+    },
     /// Training recipes on a real tabular data set split across agencies (write one with
     /// `python3 bench/adult/prepare.py DIR` or `python3 bench/cces/prepare.py DIR`), against
     /// centralised non-private logistic regression.
@@ -92,12 +107,36 @@ pub struct W1Args {
     /// The local learning rate (W1 says 0.1; clipped DP gradients take a larger one).
     #[arg(long, default_value_t = 1.0)]
     learning_rate: f64,
+    /// Train by one of `treaty bench tabular`'s recipes (`poisson`, `poisson-tuned`,
+    /// `full-batch`, `default`: what `treaty job train` takes) instead of W1's own (Poisson
+    /// DP-SGD, batch 256, one epoch, with `--clip` and `--learning-rate`).
+    #[arg(long)]
+    recipe: Option<String>,
 }
 
 pub async fn run(command: BenchCommand) -> Outcome {
     match command {
         BenchCommand::W1(a) => {
+            let recipe = a
+                .recipe
+                .map(|name| {
+                    bench::recipes()
+                        .into_iter()
+                        .find(|r| r.name == name)
+                        .ok_or_else(|| {
+                            unusable(anyhow::anyhow!(
+                                "no recipe `{name}`; the recipes are {}",
+                                bench::recipes()
+                                    .iter()
+                                    .map(|r| r.name)
+                                    .collect::<Vec<_>>()
+                                    .join(", ")
+                            ))
+                        })
+                })
+                .transpose()?;
             let options = W1Options {
+                recipe,
                 data: a.data,
                 agencies: a.agencies,
                 rounds: a.rounds,
@@ -108,6 +147,20 @@ pub async fn run(command: BenchCommand) -> Outcome {
                 learning_rate: a.learning_rate,
             };
             bench::w1(options, &this_binary()?).await?;
+        }
+        BenchCommand::W4 {
+            agencies,
+            rows,
+            rounds,
+            keep,
+        } => {
+            let options = bench::W4Options {
+                agencies,
+                rows,
+                rounds,
+                keep,
+            };
+            bench::w4(options, &this_binary()?).await?;
         }
         BenchCommand::Tabular {
             data,

@@ -61,6 +61,9 @@ pub struct Recipe {
     pub learning_rate: f64,
     /// The clipping norm of per-example gradients.
     pub clip_norm: f64,
+    /// Poisson: each record's chance of being in a step's batch (then one epoch is 1 / q
+    /// steps); 0 takes batch / the agency's public record count.
+    pub sampling_rate: f64,
 }
 
 /// The recipes the benchmark knows.
@@ -74,6 +77,7 @@ pub fn recipes() -> Vec<Recipe> {
             batch_size: 64,
             learning_rate: 0.05,
             clip_norm: 1.0,
+            sampling_rate: 0.0,
         },
         Recipe {
             name: "poisson-tuned",
@@ -82,6 +86,7 @@ pub fn recipes() -> Vec<Recipe> {
             batch_size: 256,
             learning_rate: 1.0,
             clip_norm: 3.0,
+            sampling_rate: 0.0,
         },
         Recipe {
             name: "full-batch",
@@ -90,6 +95,18 @@ pub fn recipes() -> Vec<Recipe> {
             batch_size: 64,
             learning_rate: 1.0,
             clip_norm: 3.0,
+            sampling_rate: 0.0,
+        },
+        // Poisson DP-SGD with a large expected batch: a tenth of the records a step, one epoch
+        // (10 steps) a round; one pass over the data a round, where full batch takes one a step.
+        Recipe {
+            name: "poisson-tenth",
+            mode: DpMode::Poisson,
+            local_epochs: 1,
+            batch_size: 64,
+            learning_rate: 1.0,
+            clip_norm: 3.0,
+            sampling_rate: 0.1,
         },
         // `treaty job train`'s defaults since: the best of these on Adult (README).
         Recipe {
@@ -99,6 +116,7 @@ pub fn recipes() -> Vec<Recipe> {
             batch_size: 64,
             learning_rate: 1.0,
             clip_norm: 3.0,
+            sampling_rate: 0.0,
         },
     ]
 }
@@ -274,6 +292,7 @@ async fn run_recipe(
             privacy: Some(PrivacySpec {
                 mode: recipe.mode as i32,
                 clip_norm: recipe.clip_norm,
+                sampling_rate: recipe.sampling_rate,
                 target_epsilon: options.epsilon,
                 target_delta: 1e-5,
                 ..Default::default()

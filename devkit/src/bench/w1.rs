@@ -64,6 +64,9 @@ pub struct W1Options {
     pub clip: f64,
     /// The local learning rate.
     pub learning_rate: f64,
+    /// A recipe of `treaty bench tabular` to train by instead of W1's own (Poisson DP-SGD,
+    /// batch 256, one epoch, `clip` and `learning_rate`).
+    pub recipe: Option<super::Recipe>,
 }
 
 fn mib(bytes: Option<u64>) -> String {
@@ -174,20 +177,31 @@ pub async fn w1(args: W1Options, exe: &Path) -> anyhow::Result<()> {
         fed.wait_connected(&mut client, args.agencies, Duration::from_secs(300)).await?;
         let startup = spawned.elapsed();
         outln!("  nodes started, data loaded and connected in {:.2} s", startup.as_secs_f64());
+        let recipe = args.recipe.unwrap_or(super::Recipe {
+            name: "w1",
+            mode: DpMode::Poisson,
+            local_epochs: 1,
+            batch_size: 256,
+            learning_rate: args.learning_rate,
+            clip_norm: args.clip,
+            sampling_rate: 0.0,
+        });
+        outln!("  recipe `{}`: {recipe:?}", recipe.name);
         let spec = TrainingSpec {
             model: ModelKind::LogisticRegression as i32,
             schema: Some(schema.clone()),
             rounds: args.rounds,
-            local_epochs: 1,
-            batch_size: 256,
-            learning_rate: args.learning_rate,
+            local_epochs: recipe.local_epochs,
+            batch_size: recipe.batch_size,
+            learning_rate: recipe.learning_rate,
             strategy: Some(Strategy {
                 aggregation: Aggregation::Fedavg as i32,
                 ..Default::default()
             }),
             privacy: Some(PrivacySpec {
-                mode: DpMode::Poisson as i32,
-                clip_norm: args.clip,
+                mode: recipe.mode as i32,
+                clip_norm: recipe.clip_norm,
+                sampling_rate: recipe.sampling_rate,
                 target_epsilon: args.epsilon,
                 target_delta: 1e-5,
                 ..Default::default()
@@ -212,7 +226,7 @@ pub async fn w1(args: W1Options, exe: &Path) -> anyhow::Result<()> {
             "round_median_seconds": median, "statistics_seconds": statistics,
             "accuracy": accuracy, "auc": auc,
             "coordinator_peak_rss_bytes": coordinator_rss, "node_peak_rss_bytes": node_rss,
-            "target_epsilon": args.epsilon,
+            "target_epsilon": args.epsilon, "recipe": recipe.name,
         }))
     }
     .await;

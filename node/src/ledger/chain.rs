@@ -66,6 +66,12 @@ impl Chain {
         }
     }
 
+    /// The chain with one more entry, whose stored bytes hash to `hash`.
+    pub(crate) fn push(&mut self, entry: Entry, hash: Hash) {
+        self.entries.push(entry);
+        self.hashes.push(hash);
+    }
+
     /// The hash after `count` entries, when the chain is that long.
     fn head_at(&self, count: u64) -> Option<Hash> {
         match count {

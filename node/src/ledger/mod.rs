@@ -18,14 +18,18 @@
 //! - *An anchor.* The chain's length and last hash are kept outside sled, in `ledger.head` in the
 //!   state directory, checksummed and replaced atomically ([`anchor`]). Cutting the end off
 //!   sled's `db` file cannot remove both the entries and the anchor's record of them.
-//! - *Verification at every use.* Opening the ledger, and every record, report and reading,
-//!   walk the whole chain and check it against the anchor. A chain that ends where the anchor
-//!   says is sound. A chain that passes through the anchor and goes on by entries that chain
-//!   correctly is the window between sled's flush and the anchor's write (a crash, or a failed
-//!   write of the anchor): those entries are counted and the anchor is moved on. Anything else
-//!   — fewer entries than anchored, a different entry where the anchor points, a broken link, an
-//!   unreadable entry or database, entries without an anchor, a corrupt anchor — is
-//!   [`Damage`], and the ledger refuses every release with a message that says what is wrong.
+//! - *Verification.* Opening the ledger walks the whole chain and checks it against the
+//!   anchor. A chain that ends where the anchor says is sound. A chain that passes through the
+//!   anchor and goes on by entries that chain correctly is the window between sled's flush and
+//!   the anchor's write (a crash, or a failed write of the anchor): those entries are counted
+//!   and the anchor is moved on. Anything else — fewer entries than anchored, a different entry
+//!   where the anchor points, a broken link, an unreadable entry or database, entries without an
+//!   anchor, a corrupt anchor — is [`Damage`], and the ledger refuses every release with a
+//!   message that says what is wrong. Every later record, report and reading checks that the
+//!   anchor and the last stored entry are still where this process left them, and walks the
+//!   whole chain again when not; what it accounts is the chain it verified and extended itself,
+//!   so it never counts less than it recorded. (An entry altered in the middle of the file
+//!   while the node runs is found when it next opens the ledger.)
 //! - *Damage stays.* A node does not start on a damaged ledger ([`Ledger::open`] fails with the
 //!   message). Damage found while it runs refuses that release and every later one, and every
 //!   report says the spending is unknown (infinite), until the node is stopped and an operator
@@ -154,10 +158,10 @@ pub fn read(dir: &Path, budget: Option<Budget>) -> Result<Reading, LedgerError> 
         });
     }
     let ledger = Ledger::open(dir, budget)?;
-    let chain = ledger.verified(&mut ledger.lock())?;
-    let spent = cost(&chain.entries, None, delta)?;
+    let entries = ledger.entries()?;
+    let spent = cost(&entries, None, delta)?;
     Ok(Reading {
-        entries: chain.entries,
+        entries,
         spent,
         source: Source::Database,
     })
@@ -230,8 +234,17 @@ pub struct Ledger {
     tree: sled::Tree,
     budget: Option<Budget>,
     /// Every use of the ledger holds this lock, so two tasks cannot both fit the last budget and
-    /// one anchor is written at a time. It keeps the damage found, which stays.
-    state: Mutex<Option<Damage>>,
+    /// one anchor is written at a time.
+    state: Mutex<State>,
+}
+
+/// What the ledger knows between uses.
+#[derive(Debug, Default)]
+struct State {
+    /// The damage found, which stays.
+    damage: Option<Damage>,
+    /// The chain as this process last verified it (whole) or extended it.
+    chain: Option<Chain>,
 }
 
 impl Ledger {
@@ -257,17 +270,17 @@ impl Ledger {
             db,
             tree,
             budget,
-            state: Mutex::new(None),
+            state: Mutex::new(State::default()),
         };
-        let chain = ledger.verified(&mut ledger.lock())?;
-        tracing::debug!(dir = %dir.display(), entries = chain.entries.len(), "privacy ledger verified");
+        let entries = ledger.verified(&mut ledger.lock())?.entries.len();
+        tracing::debug!(dir = %dir.display(), entries, "privacy ledger verified");
         ledger.keep_copy();
         Ok(ledger)
     }
 
-    /// Rewrites the copy of the ledger its operator reads while the node runs. A copy that
-    /// cannot be written costs nothing but the operator's view (`treaty node ledger` then says
-    /// so): a warning, never a refusal.
+    /// Rewrites the copy of the ledger its operator reads while the node runs (each release
+    /// recorded after is appended to it). A copy that cannot be written costs nothing but the
+    /// operator's view (`treaty node ledger` then says so): a warning, never a refusal.
     fn keep_copy(&self) {
         let written = self
             .tree
@@ -281,16 +294,46 @@ impl Ledger {
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, Option<Damage>> {
+    fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The whole chain, verified against the anchor (which is moved on over entries recorded
-    /// after it); the damage found before, or now, otherwise.
-    fn verified(&self, state: &mut Option<Damage>) -> Result<Chain, LedgerError> {
-        if let Some(damage) = state {
+    /// after it); the damage found before, or now, otherwise. The chain this process verified
+    /// last stands as long as the anchor and the last stored entry are still where it left them
+    /// (a cut or rewritten end, a lost or replaced anchor: the whole chain is walked again);
+    /// what it accounts is what it recorded, never less.
+    fn verified<'s>(&self, state: &'s mut State) -> Result<&'s Chain, LedgerError> {
+        if let Some(damage) = &state.damage {
             return Err(damage.clone().into());
         }
+        let stands = state.chain.as_ref().is_some_and(|c| self.still_ends_at(c));
+        if !stands {
+            state.chain = None;
+            let chain = self.walked(&mut state.damage)?;
+            state.chain = Some(chain);
+        }
+        match &state.chain {
+            Some(chain) => Ok(chain),
+            None => Err(LedgerError::Accounting("no chain".into())),
+        }
+    }
+
+    /// Whether the anchor and the last stored entry are still the end of `chain`.
+    fn still_ends_at(&self, chain: &Chain) -> bool {
+        let end = chain.end();
+        if anchor::read(&self.dir) != Ok(Some(end)) {
+            return false;
+        }
+        match self.tree.last() {
+            Ok(Some((k, v))) => *k == chain::key(end.count) && chain::sha256(&v) == end.head,
+            Ok(None) => end.count == 0,
+            Err(_) => false,
+        }
+    }
+
+    /// The whole chain walked and checked against the anchor.
+    fn walked(&self, damage_found: &mut Option<Damage>) -> Result<Chain, LedgerError> {
         match chain::verify(&self.dir, &self.tree) {
             Ok((chain, Standing::Anchored)) => Ok(chain),
             Ok((chain, Standing::Ahead { extra, to })) => {
@@ -307,7 +350,7 @@ impl Ledger {
             }
             Err(damage) => {
                 tracing::error!(dir = %self.dir.display(), error = %damage, "the privacy ledger is damaged");
-                *state = Some(damage.clone());
+                *damage_found = Some(damage.clone());
                 Err(damage.into())
             }
         }
@@ -326,7 +369,7 @@ impl Ledger {
 
     /// Every entry, oldest first, once the whole history is verified.
     pub fn entries(&self) -> Result<Vec<Entry>, LedgerError> {
-        Ok(self.verified(&mut self.lock())?.entries)
+        Ok(self.verified(&mut self.lock())?.entries.clone())
     }
 
     /// What the history plus `more` costs.
@@ -343,7 +386,8 @@ impl Ledger {
         &self,
         next: Option<Option<Vec<Release>>>,
     ) -> Result<(Spent, Option<Spent>), LedgerError> {
-        let chain = self.verified(&mut self.lock())?;
+        let mut state = self.lock();
+        let chain = self.verified(&mut state)?;
         let spent = self.cost(&chain.entries, None)?;
         let after = next
             .map(|n| self.cost(&chain.entries, Some(n)))
@@ -353,7 +397,8 @@ impl Ledger {
 
     /// What the agency has spent, once the whole history is verified.
     pub fn spent(&self) -> Result<Spent, LedgerError> {
-        let chain = self.verified(&mut self.lock())?;
+        let mut state = self.lock();
+        let chain = self.verified(&mut state)?;
         self.cost(&chain.entries, None)
     }
 
@@ -410,11 +455,14 @@ impl Ledger {
             )));
         }
         self.db.flush().map_err(|e| store(&e))?;
-        self.anchor(&Anchor {
-            count: seq,
-            head: chain::sha256(&value),
-        })?;
-        self.keep_copy();
+        let head = chain::sha256(&value);
+        self.anchor(&Anchor { count: seq, head })?;
+        if let Some(chain) = state.chain.as_mut() {
+            chain.push(entry.clone(), head);
+        }
+        if let Err(error) = copy::append(&self.dir, &value) {
+            tracing::warn!(dir = %self.dir.display(), %error, "cannot add the release to the copy of the privacy ledger its operator reads while the node runs");
+        }
         Ok(after)
     }
 

@@ -24,6 +24,8 @@ pub use plan::{
     default_parts, dp_sgd, plan, training,
 };
 
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 
 /// One release of data-derived values, as far as privacy is concerned.
@@ -223,13 +225,18 @@ pub fn spent(releases: &[Release], delta: f64) -> Result<Spent, PrivacyError> {
                 Release::Approximate { .. } => {}
             }
         }
+        let sampled: Vec<(Arc<Vec<f64>>, u64)> = sampled
+            .iter()
+            .map(|&(q, s, steps)| (rdp::sampled_gaussian_curve(q, s), steps))
+            .collect();
         let curve: Vec<f64> = orders
             .iter()
-            .map(|&a| {
+            .enumerate()
+            .map(|(i, &a)| {
                 a * rho_total
                     + sampled
                         .iter()
-                        .map(|&(q, s, steps)| steps as f64 * rdp::sampled_gaussian(q, s, a))
+                        .map(|(curve, steps)| *steps as f64 * curve[i])
                         .sum::<f64>()
                     + laplace
                         .iter()

@@ -11,6 +11,9 @@
 //! spends at most the target. An operator may set either part; an evaluation epsilon of 0
 //! turns evaluations off, and their share goes to training.
 
+use std::collections::HashMap;
+use std::sync::{Mutex, OnceLock};
+
 use super::{PrivacyError, Release, Spent, calibrate, spent, zcdp};
 
 /// The share of a job's rho its statistics round gets by default.
@@ -121,8 +124,26 @@ pub fn dp_sgd(sampling_rate: Option<f64>, sigma: f64, rho: f64, steps: u64) -> R
 }
 
 /// Splits `job`'s target: the default shares for what the operator left unset, the training
-/// noise calibrated to the rest.
+/// noise calibrated to the rest. A pure function of `job`, remembered: a node plans every round
+/// of a job alike, and the calibration (a search over the accountants) is the costly part.
 pub fn plan(job: &JobPrivacy) -> Result<JobPlan, PrivacyError> {
+    static PLANS: OnceLock<Mutex<HashMap<String, JobPlan>>> = OnceLock::new();
+    let plans = PLANS.get_or_init(Default::default);
+    // The Debug form writes each figure in its shortest round-trip form: one key per job.
+    let key = format!("{job:?}");
+    if let Some(plan) = plans.lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
+        return Ok(plan.clone());
+    }
+    let plan = plan_afresh(job)?;
+    let mut plans = plans.lock().unwrap_or_else(|e| e.into_inner());
+    if plans.len() >= 256 {
+        plans.clear();
+    }
+    plans.insert(key, plan.clone());
+    Ok(plan)
+}
+
+fn plan_afresh(job: &JobPrivacy) -> Result<JobPlan, PrivacyError> {
     let (epsilon, delta) = (job.target_epsilon, job.delta);
     if !(epsilon.is_finite() && epsilon > 0.0 && delta > 0.0 && delta < 1.0) {
         return Err(PrivacyError::Invalid(format!(

@@ -15,6 +15,9 @@
 //! al. 2021): `epsilon = rdp + ln(1 - 1/alpha) - (ln delta + ln alpha) / (alpha - 1)`, minimised
 //! over the orders.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
+
 /// The orders: 1.1 to 10.9 by 0.1, 11 to 63, and 128, 256, 512, 1024.
 pub fn orders() -> Vec<f64> {
     let mut out: Vec<f64> = (11..110).map(|i| i as f64 / 10.0).collect();
@@ -96,6 +99,30 @@ fn log_a_fractional(q: f64, sigma: f64, alpha: f64) -> f64 {
     }
     // Not converged: this order gives no bound.
     f64::INFINITY
+}
+
+/// The RDP curve over [`orders`] of one Poisson-subsampled Gaussian step, remembered: a ledger
+/// accounts the same mechanism at every release it records.
+pub fn sampled_gaussian_curve(q: f64, sigma: f64) -> Arc<Vec<f64>> {
+    type Curves = Mutex<HashMap<(u64, u64), Arc<Vec<f64>>>>;
+    static CURVES: OnceLock<Curves> = OnceLock::new();
+    let curves = CURVES.get_or_init(Default::default);
+    let key = (q.to_bits(), sigma.to_bits());
+    if let Some(curve) = curves.lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
+        return Arc::clone(curve);
+    }
+    let curve: Arc<Vec<f64>> = Arc::new(
+        orders()
+            .iter()
+            .map(|&a| sampled_gaussian(q, sigma, a))
+            .collect(),
+    );
+    let mut curves = curves.lock().unwrap_or_else(|e| e.into_inner());
+    if curves.len() >= 1024 {
+        curves.clear();
+    }
+    curves.insert(key, Arc::clone(&curve));
+    curve
 }
 
 /// The RDP at order `alpha` of one Poisson-subsampled Gaussian step.

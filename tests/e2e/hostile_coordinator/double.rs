@@ -251,14 +251,31 @@ impl Hostile {
             }))
             .await
             .unwrap();
+        // The node says `TaskAccepted` on its session and uploads its result on a call of its
+        // own: the two may arrive in either order. A result is always preceded by an
+        // acceptance, so both are awaited, and kept in the order the node sent them.
         let mut out = Vec::new();
         loop {
             let seen = self.next(Duration::from_secs(120)).await;
             assert_eq!(seen.task(), Some(task_id.as_str()), "{seen:?}");
-            let done = matches!(seen, Seen::Refused { .. } | Seen::Result { .. });
-            out.push(seen);
-            if done {
-                return out;
+            let accepted = out.iter().any(|s| matches!(s, Seen::Accepted(_)));
+            match seen {
+                Seen::Refused { .. } => {
+                    out.push(seen);
+                    return out;
+                }
+                Seen::Result { .. } if !accepted => {
+                    let acceptance = self.next(Duration::from_secs(120)).await;
+                    assert_eq!(acceptance, Seen::Accepted(task_id.clone()));
+                    out.push(acceptance);
+                    out.push(seen);
+                    return out;
+                }
+                Seen::Result { .. } => {
+                    out.push(seen);
+                    return out;
+                }
+                other => out.push(other),
             }
         }
     }
