@@ -244,17 +244,18 @@ impl Accumulator {
         self.weight += u128::from(weight);
     }
 
-    /// The examples-weighted mean of the models folded in.
-    pub(crate) fn mean(&self) -> Array1<f64> {
-        match &self.sums {
+    /// The examples-weighted mean of the models folded in, made in the sums' own memory
+    /// while they fit 64 bits.
+    pub(crate) fn into_mean(self) -> Array1<f64> {
+        let (grid, weight) = (self.grid, self.weight);
+        match self.sums {
+            // Same size and alignment: the collection reuses the allocation.
             Sums::Narrow(sums) => sums
-                .iter()
-                .map(|&s| self.grid.mean(i128::from(s), self.weight))
-                .collect(),
-            Sums::Wide(sums) => sums
-                .iter()
-                .map(|&s| self.grid.mean(s, self.weight))
-                .collect(),
+                .into_iter()
+                .map(|s| grid.mean(i128::from(s), weight))
+                .collect::<Vec<f64>>()
+                .into(),
+            Sums::Wide(sums) => sums.iter().map(|&s| grid.mean(s, weight)).collect(),
         }
     }
 }
@@ -812,7 +813,7 @@ mod streaming {
         }
         let settings = Settings::new(r.aggregation, &Strategy::default());
         (
-            server_step(&settings, global, sum.mean(), &mut None),
+            server_step(&settings, global, sum.into_mean(), &mut None),
             folded,
         )
     }
@@ -894,14 +895,15 @@ mod streaming {
                 (100_000_000, Array1::from(b.to_vec())),
             ],
         );
-        assert_eq!(bits(sum.mean()), bits(batch.iter().copied()));
+        let mean = sum.into_mean();
+        assert_eq!(bits(mean.iter().copied()), bits(batch.iter().copied()));
         let want = (1.0e3 + 1e8 * 9.999e11) / (1e8 + 1.0);
-        assert!((sum.mean()[2] - want).abs() <= 1e-16 * want);
+        assert!((mean[2] - want).abs() <= 1e-16 * want);
         // The other order: wide from the start.
         let mut other = Accumulator::new(4, grid);
         other.fold(100_000_000, b);
         other.fold(1, a);
-        assert_eq!(bits(other.mean()), bits(batch));
+        assert_eq!(bits(other.into_mean()), bits(batch));
     }
 
     #[test]

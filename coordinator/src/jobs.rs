@@ -181,7 +181,7 @@ async fn train(
                     problems: vec![JobProblem::Enum(e)],
                 },
             })?;
-            models::store(&ctx.store, &job_id, &s.to_spec(), 0, &v, &model, &[], None)
+            models::store(&ctx.store, &job_id, &s.to_spec(), 0, &v, model, &[], None)
         })
         .await?;
         job.latest_model_version = version;
@@ -265,8 +265,7 @@ async fn train(
                 let mut state = state;
                 let (model, note) = match sum {
                     Some(Ok(sum)) => {
-                        let mean = sum.mean();
-                        drop(sum);
+                        let mean = sum.into_mean();
                         let model = aggregate::server_step(&settings, &global, mean, &mut state);
                         (aggregate::into_tensors(model, &global), String::new())
                     }
@@ -297,7 +296,7 @@ async fn train(
                     &wire,
                     round,
                     &v,
-                    &model,
+                    model,
                     &contributors,
                     state.as_ref(),
                 )?;

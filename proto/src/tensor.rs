@@ -304,19 +304,24 @@ impl Staged {
     pub fn decode(self) -> Result<Vec<NamedTensor>, TensorError> {
         let mut out = Vec::with_capacity(self.specs.len());
         for (spec, buf) in self.specs.into_iter().zip(self.buffers) {
-            let values: Vec<f64> = wire_values_of(&buf, width_of(&spec)).collect();
+            let tensor = decode_tensor(spec, &buf)?;
             drop(buf);
-            let shape: Vec<usize> = spec.shape.iter().map(|&d| d as usize).collect();
-            let values = ArrayD::from_shape_vec(IxDyn(&shape), values).map_err(|_| {
-                TensorError::ShapeOverflow {
-                    name: spec.name.clone(),
-                    shape: spec.shape.clone(),
-                }
-            })?;
-            out.push(NamedTensor::new(spec.name, values));
+            out.push(tensor);
         }
         Ok(out)
     }
+}
+
+/// One tensor's complete wire bytes (checked for length), decoded to `f64`.
+fn decode_tensor(spec: TensorSpec, bytes: &[u8]) -> Result<NamedTensor, TensorError> {
+    let values: Vec<f64> = wire_values_of(bytes, width_of(&spec)).collect();
+    let shape: Vec<usize> = spec.shape.iter().map(|&d| d as usize).collect();
+    let values =
+        ArrayD::from_shape_vec(IxDyn(&shape), values).map_err(|_| TensorError::ShapeOverflow {
+            name: spec.name.clone(),
+            shape: spec.shape.clone(),
+        })?;
+    Ok(NamedTensor::new(spec.name, values))
 }
 
 /// The bytes of one element of a checked spec (`f32` or `f64`).
@@ -346,23 +351,40 @@ pub fn to_whole(tensors: &[NamedTensor], dtype: Dtype) -> Vec<Tensor> {
         .collect()
 }
 
-/// Unpacks whole tensors, with the same checks as a chunked stream.
+/// Unpacks whole tensors, with the same checks as a chunked stream, decoding each straight
+/// from its bytes (no copy of them is made).
 pub fn from_whole(tensors: &[Tensor], max_elements: u64) -> Result<Vec<NamedTensor>, TensorError> {
     let specs: Vec<TensorSpec> = tensors
         .iter()
         .map(|t| t.spec.clone().unwrap_or_default())
         .collect();
-    let mut assembler = Assembler::new(specs, max_elements, usize::MAX)?;
-    for (index, tensor) in tensors.iter().enumerate() {
-        if !tensor.data.is_empty() {
-            assembler.push(TensorChunk {
-                tensor_index: index as u32,
-                offset: 0,
-                data: tensor.data.clone(),
-            })?;
+    // The specs' checks: names, dtypes, sizes within the limit.
+    let assembler = Assembler::new(specs, max_elements, usize::MAX)?;
+    let mut out = Vec::with_capacity(tensors.len());
+    for ((spec, size), tensor) in assembler
+        .specs
+        .into_iter()
+        .zip(assembler.sizes)
+        .zip(tensors)
+    {
+        if tensor.data.len() as u64 != size {
+            return Err(TensorError::Length {
+                name: spec.name,
+                expected: size,
+                actual: tensor.data.len() as u64,
+            });
         }
+        if let Some(index) =
+            wire_values_of(&tensor.data, width_of(&spec)).position(|v| !v.is_finite())
+        {
+            return Err(TensorError::NotFinite {
+                name: spec.name,
+                index,
+            });
+        }
+        out.push(decode_tensor(spec, &tensor.data)?);
     }
-    assembler.finish()
+    Ok(out)
 }
 
 /// Checks that `actual` has the same names and shapes as `expected`, in order.

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use clap::{Args, Subcommand};
-use treaty_devkit::bench::{self, W1Options};
+use treaty_devkit::bench::{self, W1Options, W2Options};
 
 use super::{Outcome, this_binary};
 
@@ -11,6 +11,23 @@ use super::{Outcome, this_binary};
 pub enum BenchCommand {
     /// W1: a training job of 8 agencies x 100,000 rows, 20 rounds, end to end.
     W1(W1Args),
+    /// W2: 100 updates of 10^6 f32 parameters arriving at a coordinator over mutual TLS, each
+    /// round: the time from the last chunk to the aggregate ready, and the coordinator's peak
+    /// memory (release build).
+    W2 {
+        /// Agencies uploading an update each round (each with its own certificate and session).
+        #[arg(long, default_value_t = 100)]
+        agencies: usize,
+        /// Parameters of the model (an MLP of exactly this many).
+        #[arg(long, default_value_t = 1_000_000)]
+        parameters: usize,
+        /// Rounds, each one measurement (the median is reported).
+        #[arg(long, default_value_t = 3)]
+        rounds: u32,
+        /// Keep the working directory (PKI, configurations, the coordinator's log) here.
+        #[arg(long)]
+        keep: Option<PathBuf>,
+    },
     /// Training recipes on a real tabular data set split across agencies (write one with
     /// `python3 bench/adult/prepare.py DIR` or `python3 bench/cces/prepare.py DIR`), against
     /// centralised non-private logistic regression.
@@ -108,6 +125,20 @@ pub async fn run(command: BenchCommand) -> Outcome {
                 learning_rate: a.learning_rate,
             };
             bench::w1(options, &this_binary()?).await?;
+        }
+        BenchCommand::W2 {
+            agencies,
+            parameters,
+            rounds,
+            keep,
+        } => {
+            let options = W2Options {
+                agencies,
+                parameters,
+                rounds,
+                keep,
+            };
+            bench::w2(options, &this_binary()?).await?;
         }
         BenchCommand::Tabular {
             data,
