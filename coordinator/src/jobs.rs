@@ -248,11 +248,10 @@ async fn train(
         )
         .await?;
         let version = format!("{}/r{round}", job.job_id);
-        // The round's checks are done: the sum is the round's alone now.
+        // The round's checks are done: the sum is taken out for the aggregation.
         let sum = sum.map(|sum| {
-            Arc::try_unwrap(sum)
-                .map(|m| m.into_inner().unwrap_or_else(|e| e.into_inner()))
-                .map_err(|_| ())
+            let mut sum = sum.lock().unwrap_or_else(|e| e.into_inner());
+            std::mem::replace(&mut *sum, Accumulator::new(0, grid))
         });
         // Aggregating and storing the new version take time and sled writes: off the runtime.
         let (job_id, v, contributors) = (
@@ -264,12 +263,12 @@ async fn train(
             .blocking(move |ctx| {
                 let mut state = state;
                 let (model, note) = match sum {
-                    Some(Ok(sum)) => {
+                    Some(sum) => {
                         let mean = sum.into_mean();
                         let model = aggregate::server_step(&settings, &global, mean, &mut state);
                         (aggregate::into_tensors(model, &global), String::new())
                     }
-                    _ => {
+                    None => {
                         let locals: Vec<(u64, &[NamedTensor])> = results
                             .iter()
                             .map(|(_, r)| (r.num_examples, r.tensors.as_slice()))

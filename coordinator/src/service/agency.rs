@@ -177,12 +177,12 @@ impl AgencyService for AgencyApi {
         self.ctx.note_privacy(&agency, header.privacy.clone());
         let received = receive(&self.ctx, &agency, &mut parts, &header, intake).await;
         let outcome = match received {
-            Ok((tensors, staged)) => Outcome::Result(Box::new(TaskResult {
+            Ok((tensors, staged, received)) => Outcome::Result(Box::new(TaskResult {
                 num_examples: header.num_examples,
                 metrics: header.metrics.clone(),
                 tensors,
                 staged,
-                received: Instant::now(),
+                received,
                 declared_norm_bound: header.declared_norm_bound,
                 evaluation: header.evaluation.clone(),
                 privacy: header.privacy.clone(),
@@ -244,14 +244,14 @@ impl AgencyService for AgencyApi {
 
 /// Reads the chunks of a result and checks them; the reason in words when they are unusable.
 /// A result taken in whole is decoded; one to be folded in waits for a staging slot before
-/// its chunks are read and is kept as it arrived, with its slot.
+/// its chunks are read and is kept as it arrived, with its slot. Also when the stream ended.
 async fn receive(
     ctx: &Coordinator,
     agency: &Identity,
     parts: &mut Streaming<ResultPart>,
     header: &treaty_proto::v1::ResultHeader,
     intake: Intake,
-) -> Result<(Vec<NamedTensor>, Option<StagedUpdate>), String> {
+) -> Result<(Vec<NamedTensor>, Option<StagedUpdate>, Instant), String> {
     let limits = &ctx.limits;
     if header.num_examples > limits.max_records_per_agency {
         return Err(format!(
@@ -319,17 +319,16 @@ async fn receive(
             Err(status) => return Err(format!("the upload broke off: {}", status.message())),
         }
     }
+    let ended = Instant::now();
     match slot {
-        None => Ok((assembler.finish().map_err(|e| e.to_string())?, None)),
+        None => Ok((assembler.finish().map_err(|e| e.to_string())?, None, ended)),
         Some(slot) => {
             let tensors = assembler.finish_staged().map_err(|e| e.to_string())?;
-            Ok((
-                Vec::new(),
-                Some(StagedUpdate {
-                    tensors,
-                    _slot: slot,
-                }),
-            ))
+            let staged = StagedUpdate {
+                tensors,
+                _slot: slot,
+            };
+            Ok((Vec::new(), Some(staged), ended))
         }
     }
 }
