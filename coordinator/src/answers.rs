@@ -205,6 +205,8 @@ pub(crate) fn node_answer(values: Vec<f64>, scale: f64) -> TaskResult {
             "statistic",
             ndarray::ArrayD::from_shape_vec(ndarray::IxDyn(&[n]), values).unwrap(),
         )],
+        staged: None,
+        received: std::time::Instant::now(),
         declared_norm_bound: 0.0,
         evaluation: None,
         privacy: None,

@@ -16,6 +16,7 @@
 //! [limits]                               # optional
 //! max_update_elements = 10000000
 //! max_records_per_agency = 100000000
+//! max_round_memory_bytes = 1073741824
 //!
 //! [policy]                               # sharing policies: every round is decided by them
 //! country = "NL"                         # where this coordinator is hosted
@@ -119,6 +120,12 @@ pub struct Limits {
     /// the most examples a result may claim.
     #[serde(default = "default_max_records")]
     pub max_records_per_agency: u64,
+    /// The most bytes one round of a training job may hold for its updates. A robust strategy
+    /// (median, trimmed mean, norm-bounded) holds every member's update (members x parameters x
+    /// 8 bytes): `CreateJob` refuses a job over this. FedAvg and the server optimisers fold each
+    /// update in as it arrives and hold one model's sum whatever the number of members.
+    #[serde(default = "default_max_round_memory")]
+    pub max_round_memory_bytes: u64,
 }
 
 impl Default for Limits {
@@ -126,8 +133,13 @@ impl Default for Limits {
         Limits {
             max_update_elements: default_max_elements(),
             max_records_per_agency: default_max_records(),
+            max_round_memory_bytes: default_max_round_memory(),
         }
     }
+}
+
+fn default_max_round_memory() -> u64 {
+    1 << 30
 }
 
 fn default_max_records() -> u64 {
@@ -201,6 +213,9 @@ impl Validate for CoordinatorConfig {
         }
         if self.limits.max_update_elements == 0 {
             problems.push("`limits.max_update_elements` must be at least 1".to_owned());
+        }
+        if self.limits.max_round_memory_bytes == 0 {
+            problems.push("`limits.max_round_memory_bytes` must be at least 1".to_owned());
         }
         problems
     }

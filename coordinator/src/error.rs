@@ -120,6 +120,16 @@ pub enum CoordinatorError {
     },
     #[error("`{0}` is missing")]
     Missing(&'static str),
+    #[error(
+        "a round of this job would hold {holdings} bytes of updates: {strategy} must see every update at once ({members} members x {parameters} parameters x 8 bytes), above the coordinator's `limits.max_round_memory_bytes` of {limit}; use FEDAVG or a server optimiser (they fold updates in as they arrive), a smaller model or federation, or ask the coordinator's operator to raise the limit"
+    )]
+    RoundMemory {
+        holdings: u128,
+        strategy: &'static str,
+        members: usize,
+        parameters: u64,
+        limit: u64,
+    },
     #[error(transparent)]
     InvalidJob(#[from] InvalidJob),
     #[error(transparent)]
@@ -186,6 +196,7 @@ impl From<CoordinatorError> for tonic::Status {
                 Status::permission_denied(message)
             }
             Missing(_)
+            | RoundMemory { .. }
             | InvalidJob(_)
             | InvalidFederation(_)
             | NotHello

@@ -5,7 +5,7 @@
 //! A job's state is stored after every step, so a coordinator that restarts resumes each running
 //! job at the first step that had not completed.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use treaty_proto::evaluation;
 use treaty_proto::schema::{self, TransformedBounds};
@@ -15,13 +15,13 @@ use treaty_proto::v1::{
     TrainingTask, task,
 };
 
-use crate::aggregate;
+use crate::aggregate::{self, Accumulator, Grid, MAX_PARAMETER};
 use crate::error::CoordinatorError;
 use crate::federation::members;
 use crate::models;
 use crate::rounds::{self, round_line, shown};
 use crate::state::{Coordinator, now_ms};
-use crate::tasks::TaskResult;
+use crate::tasks::{Intake, TaskResult};
 use crate::valid_job::{
     Combination, InvalidJob, JobProblem, RoundRules, ValidJob, ValidQuery, ValidTraining, Work,
 };
@@ -181,7 +181,7 @@ async fn train(
                     problems: vec![JobProblem::Enum(e)],
                 },
             })?;
-            models::store(&ctx.store, &job_id, &s.to_spec(), 0, &v, &model, &[], None)
+            models::store(&ctx.store, &job_id, &s.to_spec(), 0, &v, model, &[], None)
         })
         .await?;
         job.latest_model_version = version;
@@ -194,6 +194,21 @@ async fn train(
             problems: vec![JobProblem::Enum(e)],
         },
     })?;
+    // The grid of the rounds' exact sums: a round's total weight is at most its federation's
+    // members times the examples one result may claim.
+    let name = job.federation.clone();
+    let members = ctx
+        .blocking(move |ctx| ctx.store.federation(&name))
+        .await?
+        .map(|f| members(&f).len())
+        .unwrap_or(0);
+    let grid = Grid::for_round(members, ctx.limits.max_records_per_agency);
+    let streams = settings.streams();
+    let intake = if streams {
+        Intake::Staged
+    } else {
+        Intake::Whole
+    };
     while (job.rounds.len() as u32) < spec.rounds() {
         let round = job.rounds.len() as u32 + 1;
         let latest = job.latest_model_version.clone();
@@ -208,15 +223,24 @@ async fn train(
             public_records: 0.0,
         });
         let global = Arc::new(global);
-        let checked = Arc::clone(&global);
-        let check = move |r: &TaskResult| {
+        // FedAvg and the server optimisers: each update is folded into the round's exact sum
+        // once it passes its checks, and its staged bytes dropped.
+        let parameters = global.iter().map(|t| t.values.len()).sum();
+        let sum = streams.then(|| Arc::new(Mutex::new(Accumulator::new(parameters, grid))));
+        let (checked, folded) = (Arc::clone(&global), sum.clone());
+        let check = move |r: &mut TaskResult| {
             check_update(&checked, r)?;
-            match &r.evaluation {
-                Some(e) => evaluation::check(e, shape),
-                None => Ok(()),
+            if let Some(e) = &r.evaluation {
+                evaluation::check(e, shape)?;
             }
+            if let (Some(sum), Some(staged)) = (&folded, r.staged.take()) {
+                let mut sum = sum.lock().unwrap_or_else(|e| e.into_inner());
+                sum.fold(r.num_examples, staged.tensors.values());
+            }
+            Ok(())
         };
-        let collected = rounds::collect(ctx, job, rules, round, kind, check).await?;
+        let collected = rounds::collect(ctx, job, rules, round, kind, intake, check).await?;
+        let last_received = collected.last_received;
         let (mut summary, results) = with_evaluation_metrics(
             collected.summary,
             collected.results,
@@ -224,6 +248,11 @@ async fn train(
         )
         .await?;
         let version = format!("{}/r{round}", job.job_id);
+        // The round's checks are done: the sum is taken out for the aggregation.
+        let sum = sum.map(|sum| {
+            let mut sum = sum.lock().unwrap_or_else(|e| e.into_inner());
+            std::mem::replace(&mut *sum, Accumulator::new(0, grid))
+        });
         // Aggregating and storing the new version take time and sled writes: off the runtime.
         let (job_id, v, contributors) = (
             job.job_id.clone(),
@@ -233,18 +262,40 @@ async fn train(
         let note = ctx
             .blocking(move |ctx| {
                 let mut state = state;
-                let locals: Vec<(u64, &[NamedTensor])> = results
-                    .iter()
-                    .map(|(_, r)| (r.num_examples, r.tensors.as_slice()))
-                    .collect();
-                let (model, note) = aggregate::aggregate(&settings, &global, &locals, &mut state);
+                let (model, note) = match sum {
+                    Some(sum) => {
+                        let mean = sum.into_mean();
+                        let model = aggregate::server_step(&settings, &global, mean, &mut state);
+                        (aggregate::into_tensors(model, &global), String::new())
+                    }
+                    None => {
+                        let locals: Vec<(u64, &[NamedTensor])> = results
+                            .iter()
+                            .map(|(_, r)| (r.num_examples, r.tensors.as_slice()))
+                            .collect();
+                        let (model, note) =
+                            aggregate::aggregate(&settings, grid, &global, &locals, &mut state);
+                        (model, note)
+                    }
+                };
+                if let Some(at) = last_received {
+                    tracing::info!(
+                        job = %job_id,
+                        round,
+                        aggregation = settings.aggregation.as_str_name(),
+                        contributors = contributors.len(),
+                        grid_bits = grid.fraction_bits(),
+                        aggregate_ready_ms = at.elapsed().as_secs_f64() * 1e3,
+                        "round {round} aggregated"
+                    );
+                }
                 models::store(
                     &ctx.store,
                     &job_id,
                     &wire,
                     round,
                     &v,
-                    &model,
+                    model,
                     &contributors,
                     state.as_ref(),
                 )?;
@@ -290,12 +341,13 @@ async fn final_evaluation(
         spec: Some(spec.to_spec()),
         model_version: version.clone(),
     });
-    let check = move |r: &TaskResult| match &r.evaluation {
+    let check = move |r: &mut TaskResult| match &r.evaluation {
         Some(_) if !r.tensors.is_empty() => Err("an evaluation's result carries tensors".into()),
         Some(e) => evaluation::check(e, shape),
         None => Err("the result carries no evaluation".into()),
     };
-    let collected = match rounds::collect(ctx, job, &rules, round, kind, check).await {
+    let collected = match rounds::collect(ctx, job, &rules, round, kind, Intake::Whole, check).await
+    {
         Ok(collected) => collected,
         Err(
             e @ (CoordinatorError::TooFewConnected { .. }
@@ -358,13 +410,13 @@ async fn statistics(
     });
     // Noisy sums (under DP) may be negative or exceed the records; they are combined as they are
     // and the combination clamps what must be non-negative.
-    let check = move |r: &TaskResult| match r.tensors.as_slice() {
+    let check = move |r: &mut TaskResult| match r.tensors.as_slice() {
         [t] if t.name == "stats" && t.values.shape() == [width, 3] => Ok(()),
         _ => Err(format!(
             "statistics must be one tensor `stats` of shape [{width}, 3]"
         )),
     };
-    let collected = rounds::collect(ctx, job, rules, 0, kind, check).await?;
+    let collected = rounds::collect(ctx, job, rules, 0, kind, Intake::Whole, check).await?;
     // Each agency's public record estimate: the largest of its noisy column counts, rounded
     // (post-processing of its DP release; nodes never use their true count).
     job.public_records = collected
@@ -628,8 +680,8 @@ async fn query(
     // fails is rejected, its agency excluded and named (see `analytics`).
     let max_records = ctx.limits.max_records_per_agency;
     let checked = spec.clone();
-    let check = move |r: &TaskResult| answers::check_answer(&checked, max_records, r);
-    let collected = rounds::collect(ctx, job, rules, 1, kind, check).await?;
+    let check = move |r: &mut TaskResult| answers::check_answer(&checked, max_records, r);
+    let collected = rounds::collect(ctx, job, rules, 1, kind, Intake::Whole, check).await?;
     let mut summary = collected.summary;
     let combination = spec.combination;
     // The bootstrap of the intervals is a long computation: off the runtime, with the
@@ -756,14 +808,28 @@ async fn with_evaluation_metrics(
     .await?)
 }
 
-/// Checks a training result against the global model: same layout, some examples, within its
-/// declared norm bound. Completeness and finiteness were checked on arrival.
+/// Checks a training result against the global model: same layout, some examples, every
+/// parameter within [`MAX_PARAMETER`] (what a node accepts of a global model, and what bounds
+/// a round's exact sum), within its declared norm bound. Completeness and finiteness were
+/// checked on arrival.
 fn check_update(global: &[NamedTensor], result: &TaskResult) -> Result<(), String> {
-    tensor::check_same_layout(global, &result.tensors).map_err(|e| e.to_string())?;
+    match &result.staged {
+        Some(staged) => staged.tensors.check_layout(global),
+        None => tensor::check_same_layout(global, &result.tensors),
+    }
+    .map_err(|e| e.to_string())?;
     if result.num_examples == 0 {
         return Err("the update claims zero examples".into());
     }
-    let norm = aggregate::l2_distance(&result.tensors, global);
+    let g = global.iter().flat_map(|t| t.values.iter().copied());
+    let scanned = match &result.staged {
+        Some(staged) => scan(staged.tensors.values(), g),
+        None => scan(
+            result.tensors.iter().flat_map(|t| t.values.iter().copied()),
+            g,
+        ),
+    };
+    let norm = scanned?.sqrt();
     if result.declared_norm_bound > 0.0 && norm > result.declared_norm_bound {
         return Err(format!(
             "the update's L2 norm {norm:.6} exceeds its declared bound {}",
@@ -771,6 +837,24 @@ fn check_update(global: &[NamedTensor], result: &TaskResult) -> Result<(), Strin
         ));
     }
     Ok(())
+}
+
+/// The squared L2 distance between a local model and the global model, both in layout order;
+/// the reason when a parameter of the local model is beyond [`MAX_PARAMETER`].
+fn scan(
+    local: impl Iterator<Item = f64>,
+    global: impl Iterator<Item = f64>,
+) -> Result<f64, String> {
+    let mut squares = 0.0;
+    for (index, (x, g)) in local.zip(global).enumerate() {
+        if x.abs() > MAX_PARAMETER {
+            return Err(format!(
+                "parameter {index} of the update is {x:e}, beyond {MAX_PARAMETER:e} (a node refuses a global model with such a parameter)"
+            ));
+        }
+        squares += (x - g) * (x - g);
+    }
+    Ok(squares)
 }
 
 #[cfg(test)]

@@ -62,6 +62,16 @@ pub(crate) const WARNING_INTERVAL_SECS: u64 = 60;
 /// may send before the coordinator closes it.
 pub(crate) const MAX_BAD_MESSAGES_PER_SESSION: u32 = 100;
 
+/// Updates that are folded into a running sum (FedAvg and the server optimisers) are staged
+/// whole, as their wire bytes, before they are checked and folded in: at most this many at
+/// once. Other uploads wait for a free slot before their chunks are read (HTTP/2 flow control
+/// holds their data back at the node), so the coordinator's memory for a round is a few
+/// models, not one per agency.
+pub(crate) const STAGING_SLOTS: usize = 2;
+/// An upload holding a staging slot must send its next chunk within this time, or it is
+/// rejected and the slot freed for the others.
+pub(crate) const STAGED_CHUNK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// A field over its bound.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum BoundError {

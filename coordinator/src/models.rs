@@ -79,11 +79,13 @@ pub(crate) fn store(
     spec: &TrainingSpec,
     round: u32,
     version: &str,
-    model: &[NamedTensor],
+    model: Vec<NamedTensor>,
     contributors: &[String],
     state: Option<&ServerState>,
 ) -> Result<(), CoordinatorError> {
-    let tensors = tensor::to_whole(model, Dtype::F64);
+    // Each form of a large model is dropped as soon as the next is made.
+    let tensors = tensor::to_whole(&model, Dtype::F64);
+    drop(model);
     let optimizer_state = state
         .map(|s| {
             tensor::to_whole(
@@ -95,7 +97,7 @@ pub(crate) fn store(
             )
         })
         .unwrap_or_default();
-    store.put_model(&StoredModel {
+    store.put_model(StoredModel {
         header: Some(ModelHeader {
             job_id: job_id.to_owned(),
             model_version: version.to_owned(),

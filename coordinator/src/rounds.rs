@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 use treaty_proto::Identity;
@@ -18,7 +18,7 @@ use crate::error::CoordinatorError;
 use crate::federation::members;
 use crate::policy::{self, Question};
 use crate::state::{Coordinator, now_ms};
-use crate::tasks::{Delivery, Outcome, TaskResult};
+use crate::tasks::{Delivery, Intake, Outcome, TaskResult};
 use crate::valid_job::RoundRules;
 
 /// Why an invited agency did not contribute to a round: the code a round's record and the
@@ -113,19 +113,25 @@ async fn wait_for_members(
 pub(crate) struct Collected {
     pub summary: RoundSummary,
     pub results: Vec<(String, TaskResult)>,
+    /// When the last chunk of the last usable result arrived.
+    pub last_received: Option<Instant>,
 }
 
 /// Runs round `round` of `job`: sends `kind` to the connected members and collects their
-/// results, each checked by `check` on a blocking thread (a full model's distance, an answer's
-/// bounds). Fails the job when fewer agencies than its `rules` need
-/// are connected, admitted by the sharing policies, or send usable results.
+/// results, taken in by `intake`, each checked by `check` on a blocking thread (a full model's
+/// distance, an answer's bounds), which may also take it in (fold a staged update into a
+/// running sum) when it passes: `check` sees exactly the results that arrive in time, one at a
+/// time, and those it passes are the round's contributors. Fails the job when fewer agencies
+/// than its `rules` need are connected, admitted by the sharing policies, or send usable
+/// results.
 pub(crate) async fn collect(
     ctx: &Arc<Coordinator>,
     job: &Job,
     rules: &RoundRules,
     round: u32,
     kind: task::Kind,
-    check: impl Fn(&TaskResult) -> Result<(), String> + Send + Sync + 'static,
+    intake: Intake,
+    check: impl Fn(&mut TaskResult) -> Result<(), String> + Send + Sync + 'static,
 ) -> Result<Collected, CoordinatorError> {
     let check = Arc::new(check);
     let name = job.federation.clone();
@@ -288,7 +294,7 @@ pub(crate) async fn collect(
                 terms: Some(decided.terms.clone()),
             })),
         };
-        ctx.tasks.open(&task_id, agency, tx.clone());
+        ctx.tasks.open(&task_id, agency, tx.clone(), intake);
         let sent = match ctx.sessions.outbox(agency) {
             Some(outbox) => outbox.send(Ok(message)).await.is_ok(),
             None => false,
@@ -347,7 +353,8 @@ pub(crate) async fn collect(
             Outcome::Result(result) => {
                 let check = Arc::clone(&check);
                 let (result, verdict) = tokio::task::spawn_blocking(move || {
-                    let verdict = check(&result);
+                    let mut result = *result;
+                    let verdict = check(&mut result);
                     (result, verdict)
                 })
                 .await?;
@@ -434,7 +441,12 @@ pub(crate) async fn collect(
         policy_decision: decided.record,
         ..Default::default()
     };
-    Ok(Collected { summary, results })
+    let last_received = results.iter().map(|(_, r)| r.received).max();
+    Ok(Collected {
+        summary,
+        results,
+        last_received,
+    })
 }
 
 /// The median of some figures; 0 for none.

@@ -21,6 +21,11 @@ use crate::service::operator::OperatorApi;
 use crate::state::Coordinator;
 use crate::store::Store;
 
+/// HTTP/2's initial stream window: what one stream may send unread.
+const STREAM_WINDOW_BYTES: u32 = 65_535;
+/// The window of a whole connection (an agency's session and its upload, an operator's calls).
+const CONNECTION_WINDOW_BYTES: u32 = 1 << 20;
+
 /// Runs the coordinator on `listener` until `shutdown` completes, then shuts down gracefully:
 /// sessions and watches are closed, running jobs stop (they resume at the next start), and
 /// connections still open after `shutdown_grace_secs` are cut.
@@ -74,6 +79,15 @@ pub async fn run(
     tracing::info!(address = %local, identity = %ctx.identity, "coordinator listening (mutual TLS 1.3)");
     let stop = ctx.shutdown.clone();
     let serve = Server::builder()
+        // HTTP/2 flow control: what a peer may send before the coordinator reads it. An upload
+        // waiting for a staging slot (`limits::STAGING_SLOTS`) holds at most a stream's window
+        // here, so the window is HTTP/2's standard 64 KiB, fixed (an adaptive window grows
+        // with the link and stays grown: 100 waiting uploads then held 100 MiB): the memory
+        // of many waiting uploads stays small, at the price of at most 64 KiB per round trip
+        // for one upload (1.6 MB/s on a 40 ms link).
+        .http2_adaptive_window(Some(false))
+        .initial_stream_window_size(Some(STREAM_WINDOW_BYTES))
+        .initial_connection_window_size(Some(CONNECTION_WINDOW_BYTES))
         .http2_keepalive_interval(Some(Duration::from_secs(20)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
         .add_service(health_service)

@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use tokio::sync::broadcast;
+use tokio::sync::{Semaphore, broadcast};
 use tokio_util::sync::CancellationToken;
 use treaty_proto::Identity;
 use treaty_proto::tls::ServerTls;
@@ -36,6 +36,10 @@ pub(crate) struct Coordinator {
     pub privacy: Mutex<HashMap<Identity, PrivacyReport>>,
     /// Rate limits of the warnings about each peer.
     pub warnings: WarnLimiter,
+    /// The slots an update to be folded in is staged in while it arrives
+    /// ([`crate::limits::STAGING_SLOTS`]): the coordinator's memory for them is bounded
+    /// whatever the number of agencies uploading at once.
+    pub staging: Arc<Semaphore>,
 }
 
 /// Milliseconds since the Unix epoch.
@@ -65,6 +69,7 @@ impl Coordinator {
             shutdown: CancellationToken::new(),
             privacy: Mutex::new(HashMap::new()),
             warnings: WarnLimiter::default(),
+            staging: Arc::new(Semaphore::new(crate::limits::STAGING_SLOTS)),
         }
     }
 

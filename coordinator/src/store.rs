@@ -214,22 +214,32 @@ impl Store {
     }
 
     /// Stores a model version, durably. Versions are never overwritten.
-    pub(crate) fn put_model(&self, model: &StoredModel) -> Result<(), CoordinatorError> {
+    /// Stores a model version durably. The record is encoded and dropped before sled copies
+    /// the encoding: a large model is held twice at most, never three times.
+    pub(crate) fn put_model(&self, model: StoredModel) -> Result<(), CoordinatorError> {
         let version = model
             .header
             .as_ref()
             .map(|h| h.model_version.clone())
             .unwrap_or_default();
-        self.models
-            .insert(version.as_bytes(), model.encode_to_vec())?;
+        let encoded = model.encode_to_vec();
+        drop(model);
+        self.models.insert(version.as_bytes(), encoded)?;
         self.flush()
     }
 
+    /// A model version. Its tensors' bytes are not copied: they share sled's own copy.
     pub(crate) fn model(&self, version: &str) -> Result<Option<StoredModel>, CoordinatorError> {
-        self.models
-            .get(version.as_bytes())?
-            .map(|v| decode("model", version.as_bytes(), &v))
-            .transpose()
+        let Some(value) = self.models.get(version.as_bytes())? else {
+            return Ok(None);
+        };
+        StoredModel::decode(prost::bytes::Bytes::from_owner(value))
+            .map(Some)
+            .map_err(|source| CoordinatorError::CorruptRecord {
+                what: "model",
+                key: version.to_owned(),
+                source,
+            })
     }
 
     /// Appends to the audit log, durably.

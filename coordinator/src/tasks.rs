@@ -4,16 +4,17 @@
 
 use std::collections::HashMap;
 use std::sync::Mutex;
+use std::time::Instant;
 
-use tokio::sync::mpsc;
+use tokio::sync::{OwnedSemaphorePermit, mpsc};
 use treaty_proto::Identity;
-use treaty_proto::tensor::NamedTensor;
+use treaty_proto::tensor::{NamedTensor, Staged};
 
 /// What a node sent back for a task.
 #[derive(Debug)]
 pub(crate) enum Outcome {
-    /// A result, already decoded and checked for completeness and finiteness.
-    Result(TaskResult),
+    /// A result, checked for completeness and finiteness (decoded, or staged as it arrived).
+    Result(Box<TaskResult>),
     /// The node declined the task.
     Refused {
         reason_code: String,
@@ -23,12 +24,37 @@ pub(crate) enum Outcome {
     Invalid(String),
 }
 
+/// How the result of a task is taken in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Intake {
+    /// Decoded whole as it arrives (statistics, answers, evaluations, and the updates of a
+    /// robust strategy, which its round holds all of).
+    Whole,
+    /// Staged as its wire bytes in one of the coordinator's staging slots (a node waits for a
+    /// free one before its chunks are read), checked, folded into its round's running sum and
+    /// dropped: the updates of FedAvg and the server optimisers.
+    Staged,
+}
+
+/// An update staged in one of the coordinator's staging slots, freed when it is dropped.
+#[derive(Debug)]
+pub(crate) struct StagedUpdate {
+    pub tensors: Staged,
+    /// Held until the update is dropped (folded in, rejected or too late).
+    pub _slot: OwnedSemaphorePermit,
+}
+
 /// A node's result.
 #[derive(Debug)]
 pub(crate) struct TaskResult {
     pub num_examples: u64,
     pub metrics: HashMap<String, f64>,
+    /// The tensors, decoded ([`Intake::Whole`]; empty when staged).
     pub tensors: Vec<NamedTensor>,
+    /// The tensors as they arrived ([`Intake::Staged`]), until the round folds them in.
+    pub staged: Option<StagedUpdate>,
+    /// When its last chunk arrived.
+    pub received: Instant,
     pub declared_norm_bound: f64,
     /// Under DP: the node's noisy evaluation of the global model.
     pub evaluation: Option<treaty_proto::v1::Evaluation>,
@@ -43,6 +69,7 @@ pub(crate) type Delivery = (Identity, Outcome);
 struct Pending {
     agency: Identity,
     round: mpsc::UnboundedSender<Delivery>,
+    intake: Intake,
 }
 
 /// Why an outcome was not taken.
@@ -65,31 +92,35 @@ impl Tasks {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Opens a task given to `agency`; its outcome goes to `round`.
+    /// Opens a task given to `agency`; its outcome goes to `round`, its result taken in by
+    /// `intake`.
     pub(crate) fn open(
         &self,
         task_id: &str,
         agency: &Identity,
         round: mpsc::UnboundedSender<Delivery>,
+        intake: Intake,
     ) {
         self.lock().insert(
             task_id.to_owned(),
             Pending {
                 agency: agency.clone(),
                 round,
+                intake,
             },
         );
     }
 
-    /// Checks, before reading a large upload, that `caller` may answer `task_id`.
-    pub(crate) fn check(&self, task_id: &str, caller: &Identity) -> Result<(), DeliveryError> {
+    /// Checks, before reading a large upload, that `caller` may answer `task_id`; how its
+    /// result is taken in.
+    pub(crate) fn check(&self, task_id: &str, caller: &Identity) -> Result<Intake, DeliveryError> {
         match self.lock().get(task_id) {
             None => Err(DeliveryError::NotOpen(task_id.to_owned())),
             Some(p) if p.agency != *caller => Err(DeliveryError::NotYours {
                 task: task_id.to_owned(),
                 caller: caller.clone(),
             }),
-            Some(_) => Ok(()),
+            Some(p) => Ok(p.intake),
         }
     }
 
@@ -129,7 +160,7 @@ mod tests {
         let nl = Identity::agency("NL", "NL-POLITIE").unwrap();
         // The same agency id under another country's certificate is another agency.
         let impostor = Identity::agency("NL", "DE-BKA").unwrap();
-        tasks.open("t1", &de, tx);
+        tasks.open("t1", &de, tx, Intake::Whole);
         let refuse = || Outcome::Refused {
             reason_code: "X".into(),
             message: String::new(),
@@ -143,6 +174,7 @@ mod tests {
                 })
             );
         }
+        assert_eq!(tasks.check("t1", &de), Ok(Intake::Whole));
         assert_eq!(tasks.deliver("t1", &de, refuse()), Ok(()));
         assert_eq!(rx.try_recv().map(|d| d.0).ok(), Some(de.clone()));
         assert_eq!(

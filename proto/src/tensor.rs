@@ -189,41 +189,146 @@ impl Assembler {
 
     /// Finishes: every tensor complete, every value finite.
     pub fn finish(self) -> Result<Vec<NamedTensor>, TensorError> {
-        let mut out = Vec::with_capacity(self.specs.len());
-        for ((spec, size), buf) in self.specs.into_iter().zip(self.sizes).zip(self.buffers) {
+        self.finish_staged()?.decode()
+    }
+
+    /// Finishes as [`finish`](Assembler::finish) checks, but keeps the tensors as the bytes
+    /// that arrived: an `f32` payload holds half the memory of its decoded `f64` values.
+    pub fn finish_staged(self) -> Result<Staged, TensorError> {
+        for ((spec, &size), buf) in self.specs.iter().zip(&self.sizes).zip(&self.buffers) {
             if buf.len() as u64 != size {
                 return Err(TensorError::Length {
-                    name: spec.name,
+                    name: spec.name.clone(),
                     expected: size,
                     actual: buf.len() as u64,
                 });
             }
-            let values: Vec<f64> = match Dtype::try_from(spec.dtype) {
-                Ok(Dtype::F32) => buf
-                    .chunks_exact(4)
-                    .map(|b| f64::from(f32::from_le_bytes([b[0], b[1], b[2], b[3]])))
-                    .collect(),
-                _ => buf
-                    .chunks_exact(8)
-                    .map(|b| f64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]))
-                    .collect(),
-            };
-            if let Some(index) = values.iter().position(|v| !v.is_finite()) {
+            if let Some(index) = wire_values_of(buf, width_of(spec)).position(|v| !v.is_finite()) {
                 return Err(TensorError::NotFinite {
-                    name: spec.name,
+                    name: spec.name.clone(),
                     index,
                 });
             }
-            let shape: Vec<usize> = spec.shape.iter().map(|&d| d as usize).collect();
-            let values = ArrayD::from_shape_vec(IxDyn(&shape), values).map_err(|_| {
-                TensorError::ShapeOverflow {
-                    name: spec.name.clone(),
-                    shape: spec.shape.clone(),
-                }
-            })?;
-            out.push(NamedTensor::new(spec.name, values));
+        }
+        Ok(Staged {
+            specs: self.specs,
+            buffers: self.buffers,
+        })
+    }
+}
+
+/// The values of one tensor's wire bytes, `width` bytes each (`f32` or `f64`, little-endian).
+fn wire_values_of(buf: &[u8], width: usize) -> impl Iterator<Item = f64> + '_ {
+    buf.chunks_exact(width).map(|b| match *b {
+        [a, b, c, d] => f64::from(f32::from_le_bytes([a, b, c, d])),
+        [a, b, c, d, e, f, g, h] => f64::from_le_bytes([a, b, c, d, e, f, g, h]),
+        _ => f64::NAN,
+    })
+}
+
+/// Tensors received whole and checked (complete, every value finite), kept as their wire bytes
+/// until they are read: what a coordinator stages of an update before it folds it in.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Staged {
+    specs: Vec<TensorSpec>,
+    buffers: Vec<Vec<u8>>,
+}
+
+impl Staged {
+    /// The tensors' specs, in order.
+    pub fn specs(&self) -> &[TensorSpec] {
+        &self.specs
+    }
+
+    /// The number of values, over all tensors.
+    pub fn len(&self) -> usize {
+        self.specs
+            .iter()
+            .zip(&self.buffers)
+            .map(|(spec, buf)| buf.len() / width_of(spec))
+            .sum()
+    }
+
+    /// Whether there are no values at all.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The bytes held.
+    pub fn bytes(&self) -> usize {
+        self.buffers.iter().map(Vec::len).sum()
+    }
+
+    /// Every value, tensor after tensor, each in its tensor's row-major order: the flat layout
+    /// of a model.
+    pub fn values(&self) -> impl Iterator<Item = f64> + '_ {
+        self.specs
+            .iter()
+            .zip(&self.buffers)
+            .flat_map(|(spec, buf)| wire_values_of(buf, width_of(spec)))
+    }
+
+    /// Checks that the tensors have the names and shapes of `expected`, in order.
+    pub fn check_layout(&self, expected: &[NamedTensor]) -> Result<(), TensorError> {
+        if expected.len() != self.specs.len() {
+            return Err(TensorError::Count {
+                expected: expected.len(),
+                actual: self.specs.len(),
+            });
+        }
+        for (e, a) in expected.iter().zip(&self.specs) {
+            if e.name != a.name {
+                return Err(TensorError::Name {
+                    expected: e.name.clone(),
+                    actual: a.name.clone(),
+                });
+            }
+            let same = e.values.ndim() == a.shape.len()
+                && e.values
+                    .shape()
+                    .iter()
+                    .zip(&a.shape)
+                    .all(|(&x, &y)| x as u64 == y);
+            if !same {
+                return Err(TensorError::Shape {
+                    name: e.name.clone(),
+                    expected: e.values.shape().to_vec(),
+                    actual: a.shape.iter().map(|&d| d as usize).collect(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// The tensors, decoded to `f64`.
+    pub fn decode(self) -> Result<Vec<NamedTensor>, TensorError> {
+        let mut out = Vec::with_capacity(self.specs.len());
+        for (spec, buf) in self.specs.into_iter().zip(self.buffers) {
+            let tensor = decode_tensor(spec, &buf)?;
+            drop(buf);
+            out.push(tensor);
         }
         Ok(out)
+    }
+}
+
+/// One tensor's complete wire bytes (checked for length), decoded to `f64`.
+fn decode_tensor(spec: TensorSpec, bytes: &[u8]) -> Result<NamedTensor, TensorError> {
+    let values: Vec<f64> = wire_values_of(bytes, width_of(&spec)).collect();
+    let shape: Vec<usize> = spec.shape.iter().map(|&d| d as usize).collect();
+    let values =
+        ArrayD::from_shape_vec(IxDyn(&shape), values).map_err(|_| TensorError::ShapeOverflow {
+            name: spec.name.clone(),
+            shape: spec.shape.clone(),
+        })?;
+    Ok(NamedTensor::new(spec.name, values))
+}
+
+/// The bytes of one element of a checked spec (`f32` or `f64`).
+fn width_of(spec: &TensorSpec) -> usize {
+    match Dtype::try_from(spec.dtype) {
+        Ok(Dtype::F32) => 4,
+        _ => 8,
     }
 }
 
@@ -246,23 +351,40 @@ pub fn to_whole(tensors: &[NamedTensor], dtype: Dtype) -> Vec<Tensor> {
         .collect()
 }
 
-/// Unpacks whole tensors, with the same checks as a chunked stream.
+/// Unpacks whole tensors, with the same checks as a chunked stream, decoding each straight
+/// from its bytes (no copy of them is made).
 pub fn from_whole(tensors: &[Tensor], max_elements: u64) -> Result<Vec<NamedTensor>, TensorError> {
     let specs: Vec<TensorSpec> = tensors
         .iter()
         .map(|t| t.spec.clone().unwrap_or_default())
         .collect();
-    let mut assembler = Assembler::new(specs, max_elements, usize::MAX)?;
-    for (index, tensor) in tensors.iter().enumerate() {
-        if !tensor.data.is_empty() {
-            assembler.push(TensorChunk {
-                tensor_index: index as u32,
-                offset: 0,
-                data: tensor.data.clone(),
-            })?;
+    // The specs' checks: names, dtypes, sizes within the limit.
+    let assembler = Assembler::new(specs, max_elements, usize::MAX)?;
+    let mut out = Vec::with_capacity(tensors.len());
+    for ((spec, size), tensor) in assembler
+        .specs
+        .into_iter()
+        .zip(assembler.sizes)
+        .zip(tensors)
+    {
+        if tensor.data.len() as u64 != size {
+            return Err(TensorError::Length {
+                name: spec.name,
+                expected: size,
+                actual: tensor.data.len() as u64,
+            });
         }
+        if let Some(index) =
+            wire_values_of(&tensor.data, width_of(&spec)).position(|v| !v.is_finite())
+        {
+            return Err(TensorError::NotFinite {
+                name: spec.name,
+                index,
+            });
+        }
+        out.push(decode_tensor(spec, &tensor.data)?);
     }
-    assembler.finish()
+    Ok(out)
 }
 
 /// Checks that `actual` has the same names and shapes as `expected`, in order.
@@ -324,6 +446,41 @@ mod tests {
         assert_eq!(chunks.len(), 7);
         assert!(chunks.iter().all(|c| c.data.len() <= 4096));
         assert_eq!(assemble(specs, chunks).unwrap(), tensors);
+    }
+
+    #[test]
+    fn staged_tensors_read_as_the_decoded_ones_and_check_their_layout() {
+        let tensors = sample();
+        for dtype in [Dtype::F32, Dtype::F64] {
+            let (specs, chunks) = encode(&tensors, dtype, 4096);
+            let mut a = Assembler::new(specs, 1 << 20, 4096).unwrap();
+            for c in chunks {
+                a.push(c).unwrap();
+            }
+            let staged = a.finish_staged().unwrap();
+            assert_eq!(staged.len(), 3001);
+            assert_eq!(
+                staged.bytes(),
+                3001 * if dtype == Dtype::F32 { 4 } else { 8 }
+            );
+            assert_eq!(staged.check_layout(&tensors), Ok(()));
+            let flat: Vec<f64> = tensors
+                .iter()
+                .flat_map(|t| t.values.iter().copied())
+                .collect();
+            assert_eq!(staged.values().collect::<Vec<_>>(), flat);
+            assert_eq!(staged.clone().decode().unwrap(), tensors);
+            let mut other = tensors.clone();
+            other[0].values = ArrayD::zeros(IxDyn(&[1000, 3]));
+            assert!(matches!(
+                staged.check_layout(&other),
+                Err(TensorError::Shape { .. })
+            ));
+            assert!(matches!(
+                staged.check_layout(&tensors[..1]),
+                Err(TensorError::Count { .. })
+            ));
+        }
     }
 
     #[test]

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use clap::{Args, Subcommand};
-use treaty_devkit::bench::{self, W1Options};
+use treaty_devkit::bench::{self, W1Options, W2Options};
 
 use super::{Outcome, this_binary, unusable};
 
@@ -23,6 +23,23 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 100)]
         rounds: u32,
         /// Keep the working directory (logs, databases) here.
+        #[arg(long)]
+        keep: Option<PathBuf>,
+    },
+    /// W2: 100 updates of 10^6 f32 parameters arriving at a coordinator over mutual TLS, each
+    /// round: the time from the last chunk to the aggregate ready, and the coordinator's peak
+    /// memory (release build).
+    W2 {
+        /// Agencies uploading an update each round (each with its own certificate and session).
+        #[arg(long, default_value_t = 100)]
+        agencies: usize,
+        /// Parameters of the model (an MLP of exactly this many).
+        #[arg(long, default_value_t = 1_000_000)]
+        parameters: usize,
+        /// Rounds, each one measurement (the median is reported).
+        #[arg(long, default_value_t = 3)]
+        rounds: u32,
+        /// Keep the working directory (PKI, configurations, the coordinator's log) here.
         #[arg(long)]
         keep: Option<PathBuf>,
     },
@@ -161,6 +178,20 @@ pub async fn run(command: BenchCommand) -> Outcome {
                 keep,
             };
             bench::w4(options, &this_binary()?).await?;
+        }
+        BenchCommand::W2 {
+            agencies,
+            parameters,
+            rounds,
+            keep,
+        } => {
+            let options = W2Options {
+                agencies,
+                parameters,
+                rounds,
+                keep,
+            };
+            bench::w2(options, &this_binary()?).await?;
         }
         BenchCommand::Tabular {
             data,

@@ -7,6 +7,7 @@ use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 use treaty_proto::Identity;
 use treaty_proto::tls::ClientTls;
+use treaty_proto::v1::TrainingSpec;
 
 use crate::common::*;
 
@@ -359,4 +360,67 @@ async fn the_final_model_is_evaluated_by_the_agencies_with_a_test_split() {
     let job = run_training(&mut op, "pair", 2, 2).await;
     assert!(job.final_evaluation.is_none(), "{:?}", job.final_evaluation);
     assert_eq!(job.rounds.len(), 2);
+}
+
+#[tokio::test]
+async fn a_robust_job_whose_rounds_would_hold_too_much_is_refused_before_it_starts() {
+    use tonic::Code;
+    use treaty_proto::v1::{
+        Aggregation, CreateJobRequest, JobSpec, ListJobsRequest, ModelKind, Strategy, job_spec,
+    };
+    let fx = Fixture::new(&[("DE-BKA", "DE"), ("NL-POLITIE", "NL")]);
+    // A coordinator that lets a round hold 200,000 bytes of updates.
+    let mut config = fx
+        .site
+        .coordinator_config("127.0.0.1:0".parse().unwrap(), "NL");
+    config.limits.max_round_memory_bytes = 200_000;
+    let (_coordinator, address) = fx.site.start_coordinator(&config).unwrap();
+    let mut op = fx.operator(&address).await;
+    create_federation(&mut op, "pair", &["DE-BKA:DE", "NL-POLITIE:NL"]).await;
+    // An MLP of 2 inputs and 4,096 hidden units: 4,096 x (2 + 2) + 1 = 16,385 parameters; a
+    // robust round of the 2 members holds 2 x 16,385 x 8 = 262,160 bytes.
+    let request = |aggregation: Aggregation| CreateJobRequest {
+        federation: "pair".into(),
+        spec: Some(JobSpec {
+            kind: Some(job_spec::Kind::Training(TrainingSpec {
+                model: ModelKind::Mlp as i32,
+                hidden_units: 4096,
+                strategy: Some(Strategy {
+                    aggregation: aggregation as i32,
+                    ..Default::default()
+                }),
+                ..training_spec(1)
+            })),
+            min_participants: 2,
+            sharing: Some(test_sharing()),
+            ..Default::default()
+        }),
+    };
+    for robust in [
+        Aggregation::Median,
+        Aggregation::TrimmedMean,
+        Aggregation::NormBounded,
+    ] {
+        let status = op.create_job(request(robust)).await.unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+        let message = status.message();
+        for needle in [
+            "would hold 262160 bytes",
+            robust.as_str_name(),
+            "2 members x 16385 parameters x 8 bytes",
+            "`limits.max_round_memory_bytes` of 200000",
+            "use FEDAVG",
+        ] {
+            assert!(message.contains(needle), "`{needle}` in {message}");
+        }
+    }
+    // Refused up front: no job exists, so none can fail mid-round.
+    let jobs = op
+        .list_jobs(ListJobsRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(jobs.jobs.is_empty(), "{jobs:?}");
+    // FedAvg folds the updates in as they arrive: the same model is taken.
+    op.create_job(request(Aggregation::Fedavg)).await.unwrap();
 }

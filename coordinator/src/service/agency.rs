@@ -1,12 +1,12 @@
 //! `treaty.v1.AgencyService`: sessions, result uploads and model downloads for agencies' nodes.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
-use treaty_proto::tensor::{Assembler, DEFAULT_MAX_CHUNK_BYTES};
+use treaty_proto::tensor::{Assembler, DEFAULT_MAX_CHUNK_BYTES, NamedTensor};
 use treaty_proto::v1::agency_service_server::AgencyService;
 use treaty_proto::v1::{
     CoordinatorMessage, DownloadModelRequest, ModelPart, NodeMessage, ResultPart, SubmitReceipt,
@@ -18,11 +18,11 @@ use treaty_proto::Identity;
 use super::{BoxStream, job, model_parts, require_agency, stream_of};
 use crate::error::CoordinatorError;
 use crate::federation::members;
-use crate::limits::{self, MAX_BAD_MESSAGES_PER_SESSION};
+use crate::limits::{self, MAX_BAD_MESSAGES_PER_SESSION, STAGED_CHUNK_TIMEOUT, STAGING_SLOTS};
 use crate::peerlog::capped;
 use crate::sessions::Session;
 use crate::state::{Coordinator, now_ms};
-use crate::tasks::{Outcome, TaskResult};
+use crate::tasks::{Intake, Outcome, StagedUpdate, TaskResult};
 
 /// How long a node has to say `Hello` after opening its session.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -169,21 +169,24 @@ impl AgencyService for AgencyApi {
                 .warn_peer(&agency, "result refused: over a bound", &bound.to_string());
             return Err(CoordinatorError::ResultOverBound(bound).into());
         }
-        self.ctx
+        let intake = self
+            .ctx
             .tasks
             .check(&header.task_id, &agency)
             .map_err(CoordinatorError::from)?;
         self.ctx.note_privacy(&agency, header.privacy.clone());
-        let received = receive(&mut parts, &header, &self.ctx.limits).await;
+        let received = receive(&self.ctx, &agency, &mut parts, &header, intake).await;
         let outcome = match received {
-            Ok(tensors) => Outcome::Result(TaskResult {
+            Ok((tensors, staged, received)) => Outcome::Result(Box::new(TaskResult {
                 num_examples: header.num_examples,
                 metrics: header.metrics.clone(),
                 tensors,
+                staged,
+                received,
                 declared_norm_bound: header.declared_norm_bound,
                 evaluation: header.evaluation.clone(),
                 privacy: header.privacy.clone(),
-            }),
+            })),
             Err(reason) => {
                 self.ctx.warn_peer(
                     &agency,
@@ -240,11 +243,16 @@ impl AgencyService for AgencyApi {
 }
 
 /// Reads the chunks of a result and checks them; the reason in words when they are unusable.
+/// A result taken in whole is decoded; one to be folded in waits for a staging slot before
+/// its chunks are read and is kept as it arrived, with its slot. Also when the stream ended.
 async fn receive(
+    ctx: &Coordinator,
+    agency: &Identity,
     parts: &mut Streaming<ResultPart>,
     header: &treaty_proto::v1::ResultHeader,
-    limits: &crate::config::Limits,
-) -> Result<Vec<treaty_proto::tensor::NamedTensor>, String> {
+    intake: Intake,
+) -> Result<(Vec<NamedTensor>, Option<StagedUpdate>, Instant), String> {
+    let limits = &ctx.limits;
     if header.num_examples > limits.max_records_per_agency {
         return Err(format!(
             "the result claims {} examples, above the {} records one agency may hold (`limits.max_records_per_agency`)",
@@ -266,17 +274,63 @@ async fn receive(
         DEFAULT_MAX_CHUNK_BYTES,
     )
     .map_err(|e| e.to_string())?;
+    let slot = match intake {
+        Intake::Whole => None,
+        Intake::Staged => {
+            let slot = ctx
+                .staging
+                .clone()
+                .acquire_owned()
+                .await
+                .map_err(|_| "the coordinator is shutting down".to_owned())?;
+            // The round may have ended while the upload waited.
+            ctx.tasks
+                .check(&header.task_id, agency)
+                .map_err(|e| e.to_string())?;
+            Some(slot)
+        }
+    };
     loop {
-        match parts.message().await {
+        let next = match slot {
+            None => parts.message().await,
+            Some(_) => tokio::time::timeout(STAGED_CHUNK_TIMEOUT, parts.message())
+                .await
+                .map_err(|_| {
+                    format!(
+                        "no chunk for {} s while the upload held one of the coordinator's {STAGING_SLOTS} staging slots",
+                        STAGED_CHUNK_TIMEOUT.as_secs()
+                    )
+                })?,
+        };
+        match next {
             Ok(Some(ResultPart {
                 kind: Some(result_part::Kind::Chunk(chunk)),
-            })) => assembler.push(chunk).map_err(|e| e.to_string())?,
+            })) => {
+                assembler.push(chunk).map_err(|e| e.to_string())?;
+                if slot.is_some() {
+                    // A staged upload stops as soon as its round has ended.
+                    ctx.tasks
+                        .check(&header.task_id, agency)
+                        .map_err(|e| e.to_string())?;
+                }
+            }
             Ok(Some(_)) => return Err("a result holds a second header or an empty part".into()),
             Ok(None) => break,
             Err(status) => return Err(format!("the upload broke off: {}", status.message())),
         }
     }
-    assembler.finish().map_err(|e| e.to_string())
+    let ended = Instant::now();
+    match slot {
+        None => Ok((assembler.finish().map_err(|e| e.to_string())?, None, ended)),
+        Some(slot) => {
+            let tensors = assembler.finish_staged().map_err(|e| e.to_string())?;
+            let staged = StagedUpdate {
+                tensors,
+                _slot: slot,
+            };
+            Ok((Vec::new(), Some(staged), ended))
+        }
+    }
 }
 
 /// Handles one message of a session; whether it was usable (unusable ones are counted, and a

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use tokio::sync::broadcast::error::RecvError;
 use tonic::{Request, Response, Status};
 use treaty_proto::Identity;
+use treaty_proto::schema;
 use treaty_proto::v1::operator_service_server::OperatorService;
 use treaty_proto::v1::{
     CreateFederationRequest, CreateJobRequest, DownloadModelRequest, FederationInfo, GetJobRequest,
@@ -14,13 +15,14 @@ use treaty_proto::v1::{
 };
 
 use super::{BoxStream, job, model_stream, require_operator};
+use crate::aggregate::round_holdings;
 use crate::error::CoordinatorError;
 use crate::federation::ValidFederation;
 use crate::jobs;
 use crate::limits::MAX_PAGE_BYTES;
 use crate::paging::{page_size, take_page_of};
 use crate::state::{Coordinator, now_ms};
-use crate::valid_job::{ValidJob, Work};
+use crate::valid_job::{ValidJob, ValidTraining, Work};
 
 /// The operator service.
 #[derive(Debug, Clone)]
@@ -176,6 +178,11 @@ impl OperatorService for OperatorApi {
                 let mut valid =
                     ValidJob::for_federation(spec, federation.members.len(), &registry)?;
                 if let Work::Training(t) = &mut valid.work {
+                    check_round_memory(
+                        t,
+                        federation.members.len(),
+                        ctx.limits.max_round_memory_bytes,
+                    )?;
                     t.pick_seed();
                 }
                 let job = Job {
@@ -289,6 +296,32 @@ impl OperatorService for OperatorApi {
 }
 
 /// The token of the page after one that ended with `last`, or empty when no page follows.
+/// Refuses, before it starts, a training job whose rounds would hold more than `limit` bytes
+/// of updates for a federation of `members` (a robust strategy holds every update at once).
+fn check_round_memory(
+    training: &ValidTraining,
+    members: usize,
+    limit: u64,
+) -> Result<(), CoordinatorError> {
+    let parameters: u64 = schema::parameter_layout(&training.to_spec())
+        .unwrap_or_default()
+        .iter()
+        .map(|(_, shape)| shape.iter().product::<usize>() as u64)
+        .sum();
+    let settings = &training.settings;
+    let holdings = round_holdings(settings, members, parameters);
+    if !settings.streams() && holdings > u128::from(limit) {
+        return Err(CoordinatorError::RoundMemory {
+            holdings,
+            strategy: settings.aggregation.as_str_name(),
+            members,
+            parameters,
+            limit,
+        });
+    }
+    Ok(())
+}
+
 fn next_token(more: bool, last: Option<String>) -> String {
     if more {
         last.unwrap_or_default()
@@ -322,4 +355,60 @@ where
     let (tx, rx) = tokio::sync::mpsc::channel(64);
     tokio::spawn(body(tx));
     Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))
+}
+
+#[cfg(test)]
+mod tests {
+    use treaty_proto::v1::{Aggregation, ModelKind, Strategy, TrainingSpec};
+
+    use super::*;
+
+    fn training(aggregation: Aggregation) -> ValidTraining {
+        ValidTraining::try_from(TrainingSpec {
+            model: ModelKind::Mlp as i32,
+            hidden_units: 1000,
+            strategy: Some(Strategy {
+                aggregation: aggregation as i32,
+                ..Default::default()
+            }),
+            ..crate::valid_job::tests::training_spec()
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn a_robust_job_over_the_round_memory_limit_is_refused_with_its_figures() {
+        // One feature and 1,000 hidden units: 1,000 + 1,000 + 1,000 + 1 = 3,001 parameters;
+        // a robust round of 10 members holds 10 x 3,001 x 8 = 240,080 bytes.
+        for robust in [
+            Aggregation::Median,
+            Aggregation::TrimmedMean,
+            Aggregation::NormBounded,
+        ] {
+            let t = training(robust);
+            assert!(check_round_memory(&t, 10, 240_080).is_ok());
+            let refused = check_round_memory(&t, 10, 240_079).unwrap_err();
+            let status = Status::from(refused);
+            assert_eq!(status.code(), tonic::Code::InvalidArgument);
+            let message = status.message();
+            for needle in [
+                "240080 bytes",
+                robust.as_str_name(),
+                "10 members x 3001 parameters x 8 bytes",
+                "`limits.max_round_memory_bytes` of 240079",
+                "use FEDAVG or a server optimiser",
+            ] {
+                assert!(message.contains(needle), "`{needle}` in {message}");
+            }
+        }
+        // FedAvg and the server optimisers fold updates in: no number of members is too many.
+        for streaming in [
+            Aggregation::Fedavg,
+            Aggregation::Fedadam,
+            Aggregation::Fedyogi,
+            Aggregation::Fedadagrad,
+        ] {
+            assert!(check_round_memory(&training(streaming), 100_000, 1).is_ok());
+        }
+    }
 }

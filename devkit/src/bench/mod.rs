@@ -2,6 +2,7 @@
 //! reader and, last, one JSON line for the record.
 //!
 //! - [`w1`]: a training job of 8 agencies x 100,000 rows, 20 rounds, end to end.
+//! - [`w2`]: aggregation of 100 updates of 10^6 `f32` values arriving at a coordinator.
 //! - [`w4`]: 100 rounds of a tiny model: the cost of orchestration itself.
 //! - [`w5`]: Gaussian noise through opendp for updates of 10^3 to 10^6 parameters.
 //! - [`tabular`]: training recipes compared on a real tabular data set split across agencies
@@ -13,6 +14,7 @@ mod policy;
 mod tabular;
 mod timing;
 mod w1;
+mod w2;
 mod w4;
 mod w5;
 
@@ -20,6 +22,7 @@ pub use policy::policy;
 pub use tabular::{Recipe, Spread, TabularOptions, recipes, tabular};
 pub use timing::timing;
 pub use w1::{W1DataError, W1Options, w1};
+pub use w2::{W2Error, W2Options, w2};
 pub use w4::{W4Options, w4};
 pub use w5::w5;
 

@@ -8,7 +8,7 @@
 //!   together: what `treaty demo` and `treaty bench w1` run.
 
 mod federation;
-mod policies;
+pub(crate) mod policies;
 mod process;
 mod site;
 
