@@ -244,6 +244,25 @@ mod tests {
     }
 
     #[test]
+    fn releases_the_anchor_missed_reach_the_copy_when_the_anchor_moves_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let ledger = Ledger::open(dir.path(), budget()).unwrap();
+        ledger.record(&entry(1)).unwrap();
+        let anchor_after_one = std::fs::read(dir.path().join(anchor::FILE)).unwrap();
+        let copy_after_one = std::fs::read(dir.path().join(FILE)).unwrap();
+        ledger.record(&entry(2)).unwrap();
+        // As if the second release's anchor and copy had not been written (a failed write).
+        std::fs::write(dir.path().join(anchor::FILE), anchor_after_one).unwrap();
+        std::fs::write(dir.path().join(FILE), copy_after_one).unwrap();
+        // The next use walks the chain, counts the release and moves the anchor on; the copy
+        // follows.
+        assert_eq!(ledger.entries().unwrap().len(), 2);
+        let reading = read_ledger(dir.path(), budget()).unwrap();
+        assert_eq!(reading.source, Source::RunningNode);
+        assert_eq!(reading.entries.len(), 2);
+    }
+
+    #[test]
     fn readings_taken_while_releases_are_recorded_are_whole_and_never_go_back() {
         let dir = tempfile::tempdir().unwrap();
         let ledger = Ledger::open(dir.path(), budget()).unwrap();

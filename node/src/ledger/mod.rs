@@ -346,6 +346,10 @@ impl Ledger {
                     );
                 }
                 self.anchor(&to)?;
+                if extra > 0 {
+                    // The copy missed the releases the anchor missed.
+                    self.keep_copy();
+                }
                 Ok(chain)
             }
             Err(damage) => {
