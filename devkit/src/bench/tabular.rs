@@ -66,6 +66,35 @@ pub struct Recipe {
     pub sampling_rate: f64,
 }
 
+impl Recipe {
+    /// The training spec of a job by this recipe: logistic regression on `schema`, FedAvg,
+    /// `rounds` rounds, its noise calibrated to `epsilon` per agency for the whole job (delta
+    /// 1e-5).
+    pub fn spec(&self, schema: &FeatureSchema, rounds: u32, epsilon: f64) -> TrainingSpec {
+        TrainingSpec {
+            model: ModelKind::LogisticRegression as i32,
+            schema: Some(schema.clone()),
+            rounds,
+            local_epochs: self.local_epochs,
+            batch_size: self.batch_size,
+            learning_rate: self.learning_rate,
+            strategy: Some(Strategy {
+                aggregation: Aggregation::Fedavg as i32,
+                ..Default::default()
+            }),
+            privacy: Some(PrivacySpec {
+                mode: self.mode as i32,
+                clip_norm: self.clip_norm,
+                sampling_rate: self.sampling_rate,
+                target_epsilon: epsilon,
+                target_delta: 1e-5,
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+}
+
 /// The recipes the benchmark knows.
 pub fn recipes() -> Vec<Recipe> {
     vec![
@@ -278,27 +307,7 @@ async fn run_recipe(
         let mut client = fed.operator().await?;
         fed.wait_connected(&mut client, members.len(), Duration::from_secs(120))
             .await?;
-        let spec = TrainingSpec {
-            model: ModelKind::LogisticRegression as i32,
-            schema: Some(schema.clone()),
-            rounds: options.rounds,
-            local_epochs: recipe.local_epochs,
-            batch_size: recipe.batch_size,
-            learning_rate: recipe.learning_rate,
-            strategy: Some(Strategy {
-                aggregation: Aggregation::Fedavg as i32,
-                ..Default::default()
-            }),
-            privacy: Some(PrivacySpec {
-                mode: recipe.mode as i32,
-                clip_norm: recipe.clip_norm,
-                sampling_rate: recipe.sampling_rate,
-                target_epsilon: options.epsilon,
-                target_delta: 1e-5,
-                ..Default::default()
-            }),
-            ..Default::default()
-        };
+        let spec = recipe.spec(schema, options.rounds, options.epsilon);
         let (_, _, scored) = super::train_and_score(&mut client, "tabular", members, spec).await?;
         anyhow::Ok(scored)
     }

@@ -13,10 +13,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use treaty_node::Table;
-use treaty_proto::v1::{
-    Aggregation, DpMode, FeatureSchema, LabelKind, LabelSpec, ModelKind, PrivacySpec, Strategy,
-    TrainingSpec,
-};
+use treaty_proto::v1::{DpMode, FeatureSchema, LabelKind, LabelSpec};
 
 use crate::evaluate;
 use crate::local::{LocalFederation, Member};
@@ -187,27 +184,7 @@ pub async fn w1(args: W1Options, exe: &Path) -> anyhow::Result<()> {
             sampling_rate: 0.0,
         });
         outln!("  recipe `{}`: {recipe:?}", recipe.name);
-        let spec = TrainingSpec {
-            model: ModelKind::LogisticRegression as i32,
-            schema: Some(schema.clone()),
-            rounds: args.rounds,
-            local_epochs: recipe.local_epochs,
-            batch_size: recipe.batch_size,
-            learning_rate: recipe.learning_rate,
-            strategy: Some(Strategy {
-                aggregation: Aggregation::Fedavg as i32,
-                ..Default::default()
-            }),
-            privacy: Some(PrivacySpec {
-                mode: recipe.mode as i32,
-                clip_norm: recipe.clip_norm,
-                sampling_rate: recipe.sampling_rate,
-                target_epsilon: args.epsilon,
-                target_delta: 1e-5,
-                ..Default::default()
-            }),
-            ..Default::default()
-        };
+        let spec = recipe.spec(&schema, args.rounds, args.epsilon);
         let (job, wall, scored) = super::train_and_score(&mut client, "w1", &agencies, spec).await?;
         let evaluate::Evaluation { records, accuracy, auc } = scored;
         let mut rounds: Vec<f64> = job.rounds.iter().map(|r| (r.finished_unix_ms - r.started_unix_ms) as f64 / 1000.0).collect();
