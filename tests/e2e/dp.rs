@@ -125,7 +125,17 @@ async fn an_agency_whose_budget_allows_three_rounds_takes_part_in_exactly_three(
     assert_eq!(last.round, 11);
     assert_eq!(last.evaluated_model_version, job.latest_model_version);
     assert_eq!(last.contributors.len(), 3, "{last:#?}");
-    assert!(last.metrics.contains_key("test_accuracy"), "{last:#?}");
+    // At epsilon 0.05 on 100 test records an agency, the noisy counts may leave no metric to
+    // compute (the rounds tests read metrics at a readable epsilon); each evaluator's own
+    // ledger report comes with its result whatever the noise.
+    for agency in &last.contributors {
+        assert!(
+            last.agency_metrics[agency]
+                .values
+                .contains_key("spent_epsilon"),
+            "{last:#?}"
+        );
+    }
     // The node's own ledger: three rounds and the evaluation, within the budget, by the zCDP
     // accountant.
     de.signal(nix::sys::signal::Signal::SIGTERM);
