@@ -12,8 +12,8 @@ use treaty_proto::tensor::{Assembler, NamedTensor};
 use treaty_proto::tls::{ClientTls, TlsFiles};
 use treaty_proto::v1::operator_service_client::OperatorServiceClient;
 use treaty_proto::v1::{
-    ConnectedAgency, DownloadModelRequest, Job, JobEvent, JobState, ListAgenciesRequest,
-    ModelHeader, WatchJobRequest, model_part,
+    ConnectedAgency, DownloadModelRequest, GetJobRequest, Job, JobEvent, JobState,
+    ListAgenciesRequest, ModelHeader, WatchJobRequest, model_part,
 };
 
 /// The operator's client.
@@ -169,7 +169,7 @@ pub async fn all_agencies(client: &mut Client) -> Result<Vec<ConnectedAgency>, C
 }
 
 /// Follows a job to its end, handing each event to `on_event`; returns the job as it ended,
-/// whatever the end.
+/// whatever the end, with its rounds.
 pub async fn follow(
     client: &mut Client,
     job_id: &str,
@@ -181,15 +181,23 @@ pub async fn follow(
         })
         .await?
         .into_inner();
-    let mut last = None;
+    let mut seen = false;
     while let Some(event) = events.next().await {
-        let event = event?;
-        on_event(&event);
-        last = event.job;
+        on_event(&event?);
+        seen = true;
     }
-    last.ok_or_else(|| ClientError::NoEvents {
-        job: job_id.to_owned(),
-    })
+    if !seen {
+        return Err(ClientError::NoEvents {
+            job: job_id.to_owned(),
+        });
+    }
+    // The events carry the job without its rounds: read it whole once it has ended.
+    Ok(client
+        .get_job(GetJobRequest {
+            job_id: job_id.into(),
+        })
+        .await?
+        .into_inner())
 }
 
 /// Follows a job to its end as [`follow`] does; an error unless it succeeded.

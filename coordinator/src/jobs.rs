@@ -97,8 +97,8 @@ async fn run(ctx: &Arc<Coordinator>, job_id: &str) -> Result<(), CoordinatorErro
             job: job_id.to_owned(),
             source,
         })?;
-    // Resume: a round that started but did not complete is run again.
-    job.rounds.retain(|r| r.finished_unix_ms != 0);
+    // Resume: a round that started but did not complete is run again (only completed rounds
+    // are stored).
     let resumed = job.state == JobState::Running as i32;
     job.state = JobState::Running as i32;
     ctx.save_job(&job).await?;
@@ -108,7 +108,7 @@ async fn run(ctx: &Arc<Coordinator>, job_id: &str) -> Result<(), CoordinatorErro
             JobEventKind::JobResumed,
             0,
             "",
-            format!("job resumed after round {}", job.rounds.len()),
+            format!("job resumed after round {}", job.rounds_completed),
         );
     } else {
         ctx.emit(
@@ -122,7 +122,7 @@ async fn run(ctx: &Arc<Coordinator>, job_id: &str) -> Result<(), CoordinatorErro
     match work {
         Work::Training(spec) => train(ctx, &mut job, &rules, spec).await?,
         Work::Query(spec) => {
-            if job.rounds.is_empty() {
+            if job.rounds_completed == 0 {
                 query(ctx, &mut job, &rules, spec).await?;
             }
         }
@@ -143,7 +143,7 @@ async fn run(ctx: &Arc<Coordinator>, job_id: &str) -> Result<(), CoordinatorErro
         JobEventKind::JobSucceeded,
         0,
         "",
-        format!("job succeeded after {} round(s)", job.rounds.len()),
+        format!("job succeeded after {} round(s)", job.rounds_completed),
     );
     Ok(())
 }
@@ -209,8 +209,8 @@ async fn train(
     } else {
         Intake::Whole
     };
-    while (job.rounds.len() as u32) < spec.rounds() {
-        let round = job.rounds.len() as u32 + 1;
+    while job.rounds_completed < spec.rounds() {
+        let round = job.rounds_completed + 1;
         let latest = job.latest_model_version.clone();
         let (global, state) = ctx
             .blocking(move |ctx| models::load(&ctx.store, &latest))
@@ -748,8 +748,10 @@ async fn complete_round(
     let round = summary.round;
     summary.finished_unix_ms = now_ms();
     let line = format!("{}{note}", round_line(&summary));
-    job.rounds.push(summary);
-    ctx.save_job(job).await?;
+    job.rounds_completed = round;
+    let (head, stored) = (job.clone(), summary.clone());
+    ctx.blocking(move |ctx| ctx.store.put_round(&head, &stored))
+        .await?;
     ctx.save_audit(
         &ctx.identity.to_string(),
         "round.completed",
@@ -759,13 +761,7 @@ async fn complete_round(
         line.clone(),
     )
     .await?;
-    ctx.emit(
-        job,
-        JobEventKind::RoundCompleted,
-        round,
-        "",
-        format!("round {round} completed: {line}"),
-    );
+    ctx.emit_round_completed(job, &summary, format!("round {round} completed: {line}"));
     Ok(())
 }
 

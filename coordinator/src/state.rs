@@ -8,7 +8,7 @@ use tokio::sync::{Semaphore, broadcast};
 use tokio_util::sync::CancellationToken;
 use treaty_proto::Identity;
 use treaty_proto::tls::ServerTls;
-use treaty_proto::v1::{Job, JobEvent, JobEventKind, PrivacyReport};
+use treaty_proto::v1::{Job, JobEvent, JobEventKind, PrivacyReport, RoundSummary};
 
 use crate::config::{CoordinatorPolicy, Limits};
 use crate::error::CoordinatorError;
@@ -96,8 +96,8 @@ impl Coordinator {
         })
     }
 
-    /// Tells watchers of `job` what happened (an event of `kind`, with `message` for people),
-    /// and logs it.
+    /// Tells watchers of `job` (its head: its rounds are not sent again with every event) what
+    /// happened (an event of `kind`, with `message` for people), and logs it.
     pub(crate) fn emit(
         &self,
         job: &Job,
@@ -106,6 +106,33 @@ impl Coordinator {
         agency: &str,
         message: String,
     ) {
+        self.send(job, kind, round, agency, message, None);
+    }
+
+    /// Tells watchers of `job` that the round of `summary` completed, with its summary.
+    pub(crate) fn emit_round_completed(&self, job: &Job, summary: &RoundSummary, message: String) {
+        let round = summary.round;
+        let summary = Some(summary.clone());
+        self.send(
+            job,
+            JobEventKind::RoundCompleted,
+            round,
+            "",
+            message,
+            summary,
+        );
+    }
+
+    fn send(
+        &self,
+        job: &Job,
+        kind: JobEventKind,
+        round: u32,
+        agency: &str,
+        message: String,
+        round_summary: Option<RoundSummary>,
+    ) {
+        debug_assert!(job.rounds.is_empty(), "events carry a job's head");
         tracing::info!(job = %job.job_id, round, agency, "{message}");
         let _ = self.events.send(JobEvent {
             time_unix_ms: now_ms(),
@@ -114,6 +141,7 @@ impl Coordinator {
             agency: agency.to_owned(),
             job: Some(job.clone()),
             kind: kind as i32,
+            round_summary,
         });
     }
 
@@ -142,7 +170,7 @@ impl Coordinator {
         tokio::task::spawn_blocking(move || work(&ctx)).await?
     }
 
-    /// Stores a job as it is now, durably, on a blocking thread.
+    /// Stores a job's head as it is now, durably, on a blocking thread.
     pub(crate) async fn save_job(self: &Arc<Self>, job: &Job) -> Result<(), CoordinatorError> {
         let job = job.clone();
         self.blocking(move |ctx| ctx.store.put_job(&job)).await

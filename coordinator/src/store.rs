@@ -3,12 +3,16 @@
 //! This module alone touches sled. Records are protobuf (the definitions of `treaty.v1`), the
 //! audit log is JSON lines keyed by a monotonic sequence number. Every write that a later
 //! decision depends on is flushed before the call returns.
+//!
+//! A job is kept as its head (the `Job` record without its rounds) and one record per completed
+//! round, so that what a round costs to store and to read does not grow with the rounds before
+//! it.
 
 use std::path::Path;
 
 use prost::Message;
 use serde::Serialize;
-use treaty_proto::v1::{FederationInfo, Job, StoredModel};
+use treaty_proto::v1::{FederationInfo, Job, RoundSummary, StoredModel};
 
 use crate::error::CoordinatorError;
 
@@ -17,7 +21,10 @@ use crate::error::CoordinatorError;
 pub(crate) struct Store {
     db: sled::Db,
     federations: sled::Tree,
+    /// Each job's head: `Job` without its rounds.
     jobs: sled::Tree,
+    /// Each completed round's summary: `job/round` -> `RoundSummary`.
+    rounds: sled::Tree,
     models: sled::Tree,
     audit: sled::Tree,
     meta: sled::Tree,
@@ -48,6 +55,11 @@ pub(crate) struct AuditEntry {
     pub detail: String,
 }
 
+/// The key of a job's round: the job id, `/`, the round as eight digits (in round order).
+fn round_key(job: &str, round: u32) -> Vec<u8> {
+    format!("{job}/{round:08}").into_bytes()
+}
+
 fn is_zero(n: &u32) -> bool {
     *n == 0
 }
@@ -75,16 +87,60 @@ impl Store {
                     path: dir.to_owned(),
                     source,
                 })?;
-        Ok(Store {
+        let store = Store {
             federations: db.open_tree("federations")?,
             jobs: db.open_tree("jobs")?,
+            rounds: db.open_tree("rounds")?,
             models: db.open_tree("models")?,
             audit: db.open_tree("audit")?,
             meta: db.open_tree("meta")?,
             decisions: db.open_tree("decisions")?,
             archive: db.open_tree("policy_archive")?,
             db,
-        })
+        };
+        store.split_rounds()?;
+        Ok(store)
+    }
+
+    /// Moves the rounds a job record written by an earlier version holds inline into their own
+    /// records, each job in one transaction: nothing is lost if the move is cut short.
+    fn split_rounds(&self) -> Result<(), CoordinatorError> {
+        let mut moved = false;
+        for kv in self.jobs.iter() {
+            let (key, value) = kv?;
+            let mut job: Job = decode("job", &key, &value)?;
+            if job.rounds.is_empty() {
+                continue;
+            }
+            let rounds = std::mem::take(&mut job.rounds);
+            job.rounds_completed = rounds.len() as u32;
+            self.write_job(&job, &rounds)?;
+            moved = true;
+        }
+        if moved {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    /// Writes a job's head and `rounds` in one transaction (not yet flushed).
+    fn write_job(&self, head: &Job, rounds: &[RoundSummary]) -> Result<(), CoordinatorError> {
+        use sled::Transactional;
+        let encoded = head.encode_to_vec();
+        (&self.jobs, &self.rounds)
+            .transaction(|(jobs, stored)| {
+                for r in rounds {
+                    stored.insert(round_key(&head.job_id, r.round), r.encode_to_vec())?;
+                }
+                jobs.insert(head.job_id.as_bytes(), encoded.as_slice())?;
+                Ok(())
+            })
+            .map_err(
+                |e: sled::transaction::TransactionError<std::convert::Infallible>| match e {
+                    sled::transaction::TransactionError::Storage(e) => CoordinatorError::from(e),
+                    sled::transaction::TransactionError::Abort(never) => match never {},
+                },
+            )
     }
 
     fn flush(&self) -> Result<(), CoordinatorError> {
@@ -149,8 +205,8 @@ impl Store {
             })
     }
 
-    /// The jobs older than the job `before` (all, when it is empty), newest first, read as they
-    /// are taken.
+    /// The heads of the jobs older than the job `before` (all, when it is empty), newest first,
+    /// read as they are taken.
     pub(crate) fn jobs_before(
         &self,
         before: &str,
@@ -187,13 +243,29 @@ impl Store {
         Ok(format!("job-{number:06}"))
     }
 
-    /// Stores a job as it is now (replacing the previous state), durably.
+    /// Stores a job's head as it is now (replacing the previous state), durably. Its rounds
+    /// are stored one at a time, by [`Store::put_round`].
     pub(crate) fn put_job(&self, job: &Job) -> Result<(), CoordinatorError> {
+        debug_assert!(
+            job.rounds.is_empty(),
+            "a job's rounds are stored on their own"
+        );
         self.jobs
             .insert(job.job_id.as_bytes(), job.encode_to_vec())?;
         self.flush()
     }
 
+    /// Stores a completed round and the job's head as it is after it, together, durably.
+    pub(crate) fn put_round(
+        &self,
+        head: &Job,
+        round: &RoundSummary,
+    ) -> Result<(), CoordinatorError> {
+        self.write_job(head, std::slice::from_ref(round))?;
+        self.flush()
+    }
+
+    /// A job's head: the job without its rounds (`rounds_completed` counts them).
     pub(crate) fn job(&self, job_id: &str) -> Result<Option<Job>, CoordinatorError> {
         self.jobs
             .get(job_id.as_bytes())?
@@ -201,7 +273,23 @@ impl Store {
             .transpose()
     }
 
-    /// Every job, newest first.
+    /// A job with its rounds, in order.
+    pub(crate) fn job_with_rounds(&self, job_id: &str) -> Result<Option<Job>, CoordinatorError> {
+        let Some(mut job) = self.job(job_id)? else {
+            return Ok(None);
+        };
+        job.rounds = self
+            .rounds
+            .scan_prefix(format!("{job_id}/").as_bytes())
+            .map(|kv| {
+                let (k, v) = kv?;
+                decode("round", &k, &v)
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Some(job))
+    }
+
+    /// Every job's head, newest first.
     pub(crate) fn jobs(&self) -> Result<Vec<Job>, CoordinatorError> {
         self.jobs
             .iter()
@@ -258,7 +346,7 @@ impl Store {
         decision: &str,
     ) -> Result<(), CoordinatorError> {
         self.decisions
-            .insert(format!("{job}/{round:08}").as_bytes(), decision.as_bytes())?;
+            .insert(round_key(job, round), decision.as_bytes())?;
         self.flush()
     }
 
@@ -350,6 +438,77 @@ mod tests {
         // Job ids keep increasing after a reopen.
         let next = store.next_job_id().unwrap();
         assert_eq!(next, "job-000002");
+    }
+
+    fn round(n: u32) -> RoundSummary {
+        RoundSummary {
+            round: n,
+            model_version: format!("job-000001/r{n}"),
+            finished_unix_ms: 1,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_job_reads_back_with_its_rounds_in_order_and_its_head_without_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let mut head = Job {
+            job_id: "job-000001".into(),
+            ..Default::default()
+        };
+        store.put_job(&head).unwrap();
+        // Round 10 sorts after round 9; a job whose id extends this one's keeps its own rounds.
+        for n in 1..=10 {
+            head.rounds_completed = n;
+            store.put_round(&head, &round(n)).unwrap();
+        }
+        let other = Job {
+            job_id: "job-0000010".into(),
+            rounds_completed: 1,
+            ..Default::default()
+        };
+        store.put_round(&other, &round(1)).unwrap();
+        let full = store.job_with_rounds("job-000001").unwrap().unwrap();
+        let order: Vec<u32> = full.rounds.iter().map(|r| r.round).collect();
+        assert_eq!(order, (1..=10).collect::<Vec<_>>());
+        assert_eq!(full.rounds_completed, 10);
+        let head = store.job("job-000001").unwrap().unwrap();
+        assert!(head.rounds.is_empty());
+        assert_eq!(head.rounds_completed, 10);
+        assert!(store.job_with_rounds("job-000002").unwrap().is_none());
+    }
+
+    #[test]
+    fn a_job_stored_with_its_rounds_inline_is_split_when_opened() {
+        let dir = tempfile::tempdir().unwrap();
+        let inline = Job {
+            job_id: "job-000001".into(),
+            rounds: vec![round(1), round(2)],
+            ..Default::default()
+        };
+        {
+            // As an earlier version wrote it: the rounds inside the job's record.
+            let db = sled::open(dir.path()).unwrap();
+            db.open_tree("jobs")
+                .unwrap()
+                .insert("job-000001", inline.encode_to_vec())
+                .unwrap();
+            db.flush().unwrap();
+        }
+        let store = Store::open(dir.path()).unwrap();
+        let head = store.job("job-000001").unwrap().unwrap();
+        assert!(head.rounds.is_empty());
+        assert_eq!(head.rounds_completed, 2);
+        let full = store.job_with_rounds("job-000001").unwrap().unwrap();
+        assert_eq!(full.rounds, inline.rounds);
+        drop(store);
+        // Opening again changes nothing.
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(
+            store.job_with_rounds("job-000001").unwrap().unwrap().rounds,
+            inline.rounds
+        );
     }
 
     #[test]

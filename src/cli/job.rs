@@ -231,7 +231,7 @@ pub async fn run(command: JobCommand) -> Outcome {
                         j.job_id,
                         j.federation,
                         state(&j),
-                        j.rounds.len(),
+                        j.rounds_completed,
                         j.message
                     );
                 }
@@ -381,7 +381,7 @@ pub fn show(job: &Job) {
         job.job_id,
         job.federation,
         state(job),
-        job.rounds.len(),
+        job.rounds_completed,
         job.message
     );
     // Under DP every metric comes from the agencies' noisy counts: a count is shown as the

@@ -19,9 +19,9 @@ use treaty_proto::pki::PkiDir;
 use treaty_proto::tls::TlsFiles;
 use treaty_proto::v1::operator_service_client::OperatorServiceClient;
 use treaty_proto::v1::{
-    CreateFederationRequest, CreateJobRequest, DpMode, FeatureSchema, FederationInfo, Job, JobSpec,
-    JobState, ListAgenciesRequest, ModelKind, PrivacySpec, SharingSpec, TrainingSpec,
-    WatchJobRequest, job_spec,
+    CreateFederationRequest, CreateJobRequest, DpMode, FeatureSchema, FederationInfo,
+    GetJobRequest, Job, JobSpec, JobState, ListAgenciesRequest, ModelKind, PrivacySpec,
+    SharingSpec, TrainingSpec, WatchJobRequest, job_spec,
 };
 
 pub const TREATY: &str = env!("CARGO_BIN_EXE_treaty");
@@ -464,11 +464,17 @@ pub async fn watch_to_end(client: &mut OperatorServiceClient<Channel>, job_id: &
         .await
         .unwrap()
         .into_inner();
-    let mut last = None;
     while let Some(event) = events.next().await {
-        last = event.unwrap().job;
+        event.unwrap();
     }
-    last.unwrap()
+    // The events carry the job without its rounds: read it whole once it has ended.
+    client
+        .get_job(GetJobRequest {
+            job_id: job_id.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
 }
 
 /// Runs `treaty ARGS` and reads its standard output as JSON.

@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use tokio_stream::StreamExt;
 use treaty_proto::v1::{
-    CreateJobRequest, JobEventKind, JobSpec, JobState, RoundSummary, WatchJobRequest, job_spec,
+    CreateJobRequest, GetJobRequest, JobEventKind, JobSpec, JobState, RoundSummary,
+    WatchJobRequest, job_spec,
 };
 
 use crate::common::*;
@@ -88,9 +89,15 @@ async fn rounds_admit_the_largest_lawful_set_and_nodes_enforce_their_own_policy(
         .unwrap()
         .into_inner();
     let mut changed = false;
-    let mut last = None;
+    let mut summaries = Vec::new();
     while let Some(event) = events.next().await {
         let event = event.unwrap();
+        if event.kind() == JobEventKind::RoundCompleted && event.round > 0 {
+            // The event carries its round's summary and the job's head, not every round again.
+            assert!(event.job.as_ref().unwrap().rounds.is_empty());
+            assert_eq!(event.job.as_ref().unwrap().rounds_completed, event.round);
+            summaries.push(event.round_summary.clone().unwrap());
+        }
         if !changed && event.round == 2 && event.kind() == JobEventKind::RoundCompleted {
             // Mid-job: the Netherlands' own copy of its policy stops allowing narcotics (the
             // coordinator's copy is left as it was), and France lifts its deny of Belgium.
@@ -102,11 +109,20 @@ async fn rounds_admit_the_largest_lawful_set_and_nodes_enforce_their_own_policy(
             fx.write_policy("FR", &policy("FR", "fr-2", "[\"narcotics\"]", ""));
             changed = true;
         }
-        last = event.job;
     }
-    let job = last.unwrap();
+    let job = op
+        .get_job(GetJobRequest {
+            job_id: job.job_id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(job.state, JobState::Succeeded as i32, "{}", job.message);
     assert!(changed);
+    assert_eq!(
+        summaries, job.rounds,
+        "the events' summaries are the stored rounds"
+    );
     let fr_v2 = sha256sum(&fx.path("policies/FR.toml"));
     assert_ne!(fr_v1, fr_v2);
 

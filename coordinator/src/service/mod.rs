@@ -67,13 +67,26 @@ pub(crate) fn require_operator<T>(
     }
 }
 
-/// A job as it is now, or `NOT_FOUND`.
+/// A job's head as it is now (without its rounds), or `NOT_FOUND`.
 pub(crate) fn job(
     ctx: &Coordinator,
     job_id: &str,
 ) -> Result<treaty_proto::v1::Job, CoordinatorError> {
     ctx.store
         .job(job_id)?
+        .ok_or_else(|| CoordinatorError::UnknownJob {
+            job: job_id.to_owned(),
+        })
+}
+
+/// A job as it is now with its rounds, or `NOT_FOUND`; read on a blocking thread.
+pub(crate) async fn job_with_rounds(
+    ctx: &Arc<Coordinator>,
+    job_id: &str,
+) -> Result<treaty_proto::v1::Job, CoordinatorError> {
+    let id = job_id.to_owned();
+    ctx.blocking(move |ctx| ctx.store.job_with_rounds(&id))
+        .await?
         .ok_or_else(|| CoordinatorError::UnknownJob {
             job: job_id.to_owned(),
         })

@@ -14,7 +14,7 @@ use treaty_proto::v1::{
     ListJobsResponse, ModelPart, RegistryFields, WatchJobRequest,
 };
 
-use super::{BoxStream, job, model_stream, require_operator};
+use super::{BoxStream, job_with_rounds, model_stream, require_operator};
 use crate::aggregate::round_holdings;
 use crate::error::CoordinatorError;
 use crate::federation::ValidFederation;
@@ -207,7 +207,9 @@ impl OperatorService for OperatorApi {
 
     async fn get_job(&self, request: Request<GetJobRequest>) -> Result<Response<Job>, Status> {
         require_operator(&self.ctx, &request)?;
-        Ok(Response::new(job(&self.ctx, &request.into_inner().job_id)?))
+        Ok(Response::new(
+            job_with_rounds(&self.ctx, &request.into_inner().job_id).await?,
+        ))
     }
 
     async fn list_jobs(
@@ -236,7 +238,7 @@ impl OperatorService for OperatorApi {
         let id = request.into_inner().job_id;
         // Subscribe before reading the current state, so that no event falls in between.
         let mut events = self.ctx.events.subscribe();
-        let job = job(&self.ctx, &id)?;
+        let job = job_with_rounds(&self.ctx, &id).await?;
         let shutdown = self.ctx.shutdown.clone();
         let stream = async_stream(move |tx| async move {
             let done = is_final(&job);
@@ -247,6 +249,7 @@ impl OperatorService for OperatorApi {
                 agency: String::new(),
                 job: Some(job),
                 kind: JobEventKind::CurrentState as i32,
+                round_summary: None,
             };
             if tx.send(Ok(first)).await.is_err() || done {
                 return;
