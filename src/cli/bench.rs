@@ -59,7 +59,8 @@ pub enum BenchCommand {
         /// Each agency's epsilon for the whole job (delta 1e-5).
         #[arg(long, default_value_t = 1.0)]
         epsilon: f64,
-        /// The recipes to compare, comma-separated: poisson, poisson-tuned, full-batch, default.
+        /// The recipes to compare, comma-separated: poisson, poisson-tuned, full-batch,
+        /// poisson-tenth, poisson-fifth, default.
         #[arg(long, value_delimiter = ',', default_value = "poisson,default")]
         recipes: Vec<String>,
         /// How many times each recipe runs, each on a fresh federation (the DP noise differs):
@@ -125,8 +126,9 @@ pub struct W1Args {
     #[arg(long, default_value_t = 1.0)]
     learning_rate: f64,
     /// Train by one of `treaty bench tabular`'s recipes (`poisson`, `poisson-tuned`,
-    /// `full-batch`, `default`: what `treaty job train` takes) instead of W1's own (Poisson
-    /// DP-SGD, batch 256, one epoch, with `--clip` and `--learning-rate`).
+    /// `full-batch`, `poisson-tenth`, `poisson-fifth`, `default`: what `treaty job train` takes)
+    /// instead of W1's own (Poisson DP-SGD, batch 256, one epoch, with `--clip` and
+    /// `--learning-rate`).
     #[arg(long)]
     recipe: Option<String>,
 }

@@ -173,19 +173,18 @@ fn cost(
     more: Option<Option<Vec<Release>>>,
     delta: f64,
 ) -> Result<Spent, LedgerError> {
-    let all: Vec<Option<Vec<Release>>> = entries
-        .iter()
-        .map(|e| e.releases.clone())
-        .chain(more)
+    let histories = entries.iter().map(|e| e.releases.as_deref());
+    let all: Option<Vec<&[Release]>> = histories
+        .chain(more.as_ref().map(Option::as_deref))
         .collect();
-    if all.iter().any(Option::is_none) {
+    let Some(all) = all else {
         return Ok(Spent {
             epsilon: f64::INFINITY,
             delta,
             accountant: "none: a release without differential privacy".into(),
         });
-    }
-    let releases: Vec<Release> = all.into_iter().flatten().flatten().collect();
+    };
+    let releases: Vec<Release> = all.into_iter().flatten().copied().collect();
     privacy::spent(&releases, delta).map_err(|e| LedgerError::Accounting(e.to_string()))
 }
 
