@@ -827,23 +827,49 @@ fn query(q: QuerySpec, problems: &mut Vec<JobProblem>) -> Option<ValidQuery> {
 }
 
 /// The most a round of a calibrated training job spends at the job's delta, as the policies
-/// judge it. Full batches compose exactly in zCDP: whatever each node's split between training
-/// and evaluation, a training round spends at most 1/rounds of the rho the statistics round
-/// leaves, and the statistics round its own rho; plus 0.1 % for the noise grid of opendp. Poisson-subsampled rounds depend on each node's sampling
-/// rate: no round spends more than the whole target.
+/// judge it, plus 0.1 % for the noise grid of opendp; the statistics round is a round too,
+/// judged by the same terms. Full batches compose exactly in zCDP: whatever each node's split
+/// between training and evaluation, a training round spends at most 1/rounds of the rho the
+/// statistics round leaves. A Poisson job with its own sampling rate is planned by every node
+/// alike, so its round is the plan's (training steps and evaluation). A Poisson job whose
+/// rates depend on each agency's record count may spend up to its whole target in a round.
 fn round_epsilon(t: &ValidTraining, p: &PrivacySpec) -> f64 {
-    if DpMode::try_from(p.mode) != Ok(DpMode::FullBatch) {
-        return p.target_epsilon;
-    }
     let statistics = if t.needs_statistics() {
         t.statistics_rho()
     } else {
         0.0
     };
-    let rho = (privacy::zcdp::rho_for(p.target_epsilon, p.target_delta) - statistics).max(0.0)
-        / f64::from(t.rest.rounds.max(1));
-    // The statistics round is a round too, judged by the same terms.
-    let round = privacy::zcdp::epsilon(rho.max(statistics), p.target_delta);
+    let round = match DpMode::try_from(p.mode) {
+        Ok(DpMode::FullBatch) => {
+            let rho = (privacy::zcdp::rho_for(p.target_epsilon, p.target_delta) - statistics)
+                .max(0.0)
+                / f64::from(t.rest.rounds.max(1));
+            privacy::zcdp::epsilon(rho.max(statistics), p.target_delta)
+        }
+        Ok(DpMode::Poisson) if p.sampling_rate > 0.0 && p.sampling_rate <= 1.0 => {
+            let epochs = u64::from(t.rest.local_epochs.max(1));
+            let job = privacy::JobPrivacy {
+                target_epsilon: p.target_epsilon,
+                delta: p.target_delta,
+                rounds: u64::from(t.rest.rounds.max(1)),
+                steps_per_round: epochs.saturating_mul((1.0 / p.sampling_rate).ceil() as u64),
+                sampling_rate: Some(p.sampling_rate),
+                statistics: statistics > 0.0,
+                statistics_rho: Some(statistics),
+                evaluation_epsilon: Some(p.evaluation_epsilon.unwrap_or(0.0)),
+            };
+            let Ok(plan) = privacy::plan(&job) else {
+                return p.target_epsilon;
+            };
+            let statistics = privacy::zcdp::epsilon(statistics, p.target_delta);
+            plan.round.max(if statistics.is_finite() {
+                statistics
+            } else {
+                0.0
+            })
+        }
+        _ => return p.target_epsilon,
+    };
     (round * 1.001).min(p.target_epsilon)
 }
 
@@ -1201,6 +1227,68 @@ pub(crate) mod tests {
         );
         // Far below the whole target: a policy's per-round limit judges a round, not the job.
         assert!(declared < 0.5);
+    }
+
+    /// A Poisson job with its own sampling rate declares what one of its rounds spends, as
+    /// every node plans it; one whose rates depend on each agency's records declares its target.
+    #[test]
+    fn a_poisson_job_with_its_own_rate_declares_what_a_round_spends() {
+        let mut t = training_spec();
+        t.rounds = 20;
+        t.local_epochs = 1;
+        let privacy_spec = |rate: f64| PrivacySpec {
+            mode: DpMode::Poisson as i32,
+            clip_norm: 3.0,
+            sampling_rate: rate,
+            target_epsilon: 1.0,
+            target_delta: 1e-5,
+            ..Default::default()
+        };
+        t.privacy = Some(privacy_spec(0.1));
+        let valid = ValidJob::try_from(job(job_spec::Kind::Training(t.clone()))).unwrap();
+        let declared = valid.rules.sharing.epsilon_per_round;
+        let Work::Training(v) = &valid.work else {
+            panic!("{valid:?}")
+        };
+        // The node's plan: 10 steps a round at q = 0.1, its own evaluation share.
+        let plan = privacy::plan(&privacy::JobPrivacy {
+            target_epsilon: 1.0,
+            delta: 1e-5,
+            rounds: 20,
+            steps_per_round: 10,
+            sampling_rate: Some(0.1),
+            statistics: true,
+            statistics_rho: v.privacy.statistics_rho,
+            evaluation_epsilon: v.privacy.evaluation_epsilon,
+        })
+        .unwrap();
+        // A round, by an independent route: the accountant on one round's releases.
+        let one_round = privacy::spent(
+            &[
+                privacy::Release::SampledGaussian {
+                    sampling_rate: 0.1,
+                    noise_multiplier: plan.noise_multiplier,
+                    steps: 10,
+                },
+                privacy::Release::Laplace {
+                    epsilon: v.privacy.evaluation_epsilon.unwrap(),
+                },
+            ],
+            1e-5,
+        )
+        .unwrap()
+        .epsilon;
+        assert!(one_round <= declared, "{one_round} > {declared}");
+        assert!(
+            declared <= 1.002 * one_round.max(plan.statistics),
+            "{declared}"
+        );
+        // Twenty such rounds stay within a total of 8 (the sample policies' tightest).
+        assert!(declared < 0.4, "{declared}");
+        // Rates of each agency's own: the whole target.
+        t.privacy = Some(privacy_spec(0.0));
+        let valid = ValidJob::try_from(job(job_spec::Kind::Training(t))).unwrap();
+        assert_eq!(valid.rules.sharing.epsilon_per_round, 1.0);
     }
 
     #[test]

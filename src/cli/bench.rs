@@ -60,7 +60,7 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 1.0)]
         epsilon: f64,
         /// The recipes to compare, comma-separated: poisson, poisson-tuned, full-batch,
-        /// poisson-tenth, poisson-fifth, default.
+        /// full-batch-10, poisson-fifth, default.
         #[arg(long, value_delimiter = ',', default_value = "poisson,default")]
         recipes: Vec<String>,
         /// How many times each recipe runs, each on a fresh federation (the DP noise differs):
@@ -126,7 +126,7 @@ pub struct W1Args {
     #[arg(long, default_value_t = 1.0)]
     learning_rate: f64,
     /// Train by one of `treaty bench tabular`'s recipes (`poisson`, `poisson-tuned`,
-    /// `full-batch`, `poisson-tenth`, `poisson-fifth`, `default`: what `treaty job train` takes)
+    /// `full-batch`, `full-batch-10`, `poisson-fifth`, `default`: what `treaty job train` takes)
     /// instead of W1's own (Poisson DP-SGD, batch 256, one epoch, with `--clip` and
     /// `--learning-rate`).
     #[arg(long)]

@@ -72,10 +72,11 @@ pub struct TrainArgs {
     /// Training rounds (after the statistics round).
     #[arg(long, default_value_t = 20)]
     rounds: u32,
-    /// Passes over its own records each agency makes per round (full batch: DP gradient steps).
-    /// The defaults of this and of --learning-rate, --dp-mode and --clip-norm are the recipe
-    /// `treaty bench tabular` measured best (README: good models by default).
-    #[arg(long, default_value_t = 10)]
+    /// Passes over its own records each agency makes per round (full batch: DP gradient steps;
+    /// Poisson: 1 / sampling rate steps each). The defaults of this and of --learning-rate,
+    /// --dp-mode, --sampling-rate and --clip-norm are the recipe `treaty bench tabular` and
+    /// `treaty bench w1` measured best (README: good models by default).
+    #[arg(long, default_value_t = 1)]
     local_epochs: u32,
     /// Records per step (under Poisson DP-SGD, the expected batch: the sampling rate is
     /// batch size / the agency's public record count).
@@ -110,8 +111,13 @@ pub struct TrainArgs {
     #[arg(long, default_value_t = 0.0)]
     max_update_norm: f64,
     /// Differential privacy: Poisson-subsampled DP-SGD or full-batch DP gradient descent.
-    #[arg(long, value_enum, default_value = "full-batch")]
+    #[arg(long, value_enum, default_value = "poisson")]
     dp_mode: DpModeArg,
+    /// Poisson DP-SGD: each record's chance of being in a step's batch, the same for every
+    /// agency (an epoch is 1 / rate steps); 0 takes --batch-size / each agency's public record
+    /// count.
+    #[arg(long, default_value_t = 0.1)]
+    sampling_rate: f64,
     /// Per-example gradients are clipped to this L2 norm.
     #[arg(long, default_value_t = 3.0)]
     clip_norm: f64,
@@ -307,6 +313,10 @@ async fn train(a: TrainArgs) -> Outcome {
                 DpModeArg::FullBatch => DpMode::FullBatch,
             } as i32,
             clip_norm: a.clip_norm,
+            sampling_rate: match a.dp_mode {
+                DpModeArg::Poisson => a.sampling_rate,
+                DpModeArg::FullBatch => 0.0,
+            },
             noise_multiplier: a.noise_multiplier,
             target_epsilon: a.target_epsilon,
             target_delta: a.target_delta,
@@ -349,24 +359,39 @@ async fn train(a: TrainArgs) -> Outcome {
 fn show_plan(spec: &TrainingSpec, a: &TrainArgs) -> Outcome {
     let statistics =
         !schema::numeric_columns(spec.schema.as_ref().unwrap_or(&Default::default())).is_empty();
-    let full_batch = matches!(a.dp_mode, DpModeArg::FullBatch);
+    let epochs = u64::from(a.local_epochs.max(1));
+    // The job's own sampling rate, when it sets one: then every agency's plan is this one.
+    let fixed_rate = match a.dp_mode {
+        DpModeArg::FullBatch => None,
+        DpModeArg::Poisson if a.sampling_rate > 0.0 && a.sampling_rate <= 1.0 => {
+            Some(a.sampling_rate)
+        }
+        DpModeArg::Poisson if a.sampling_rate == 0.0 => None,
+        DpModeArg::Poisson => {
+            return Err(unusable(anyhow::anyhow!(
+                "--sampling-rate {} must be in (0, 1], or 0 for --batch-size / each agency's record count",
+                a.sampling_rate
+            )));
+        }
+    };
     let job = JobPrivacy {
         target_epsilon: a.target_epsilon,
         delta: a.target_delta,
         rounds: u64::from(a.rounds),
-        steps_per_round: u64::from(a.local_epochs.max(1)),
-        sampling_rate: None,
+        steps_per_round: match fixed_rate {
+            Some(q) => epochs.saturating_mul((1.0 / q).ceil() as u64),
+            None => epochs,
+        },
+        sampling_rate: fixed_rate,
         statistics,
         statistics_rho: a.statistics_rho,
         evaluation_epsilon: a.evaluation_epsilon,
     };
     let plan = privacy::plan(&job).map_err(unusable)?;
-    if full_batch {
-        print_plan(&job, &plan);
-    } else {
+    print_plan(&job, &plan);
+    if matches!(a.dp_mode, DpModeArg::Poisson) && fixed_rate.is_none() {
         // Each agency's sampling rate (batch / its public record count) sets its own noise;
         // the statistics and evaluation parts are the same for all.
-        print_plan(&job, &plan);
         outln!(
             "  (Poisson sampling: each agency calibrates its noise to its own sampling rate, batch size / its public record count; the figures above are for full batches)"
         );
@@ -487,8 +512,9 @@ mod tests {
         .args;
         let recipes = treaty_devkit::bench::recipes();
         let default = recipes.iter().find(|r| r.name == "default").unwrap();
-        assert!(matches!(a.dp_mode, DpModeArg::FullBatch));
-        assert_eq!(default.mode, DpMode::FullBatch);
+        assert!(matches!(a.dp_mode, DpModeArg::Poisson));
+        assert_eq!(default.mode, DpMode::Poisson);
+        assert_eq!(a.sampling_rate, default.sampling_rate);
         assert_eq!(a.local_epochs, default.local_epochs);
         assert_eq!(a.learning_rate, default.learning_rate);
         assert_eq!(a.clip_norm, default.clip_norm);
