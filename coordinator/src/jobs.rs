@@ -20,7 +20,7 @@ use crate::error::CoordinatorError;
 use crate::federation::members;
 use crate::models;
 use crate::rounds::{self, round_line, shown};
-use crate::state::{Coordinator, now_ms};
+use crate::state::{Coordinator, audit_entry, now_ms};
 use crate::tasks::{Intake, TaskResult};
 use crate::valid_job::{
     Combination, InvalidJob, JobProblem, RoundRules, ValidJob, ValidQuery, ValidTraining, Work,
@@ -749,18 +749,17 @@ async fn complete_round(
     summary.finished_unix_ms = now_ms();
     let line = format!("{}{note}", round_line(&summary));
     job.rounds_completed = round;
-    let (head, stored) = (job.clone(), summary.clone());
-    ctx.blocking(move |ctx| ctx.store.put_round(&head, &stored))
-        .await?;
-    ctx.save_audit(
+    let entry = audit_entry(
         &ctx.identity.to_string(),
         "round.completed",
         job,
         round,
         "",
         line.clone(),
-    )
-    .await?;
+    );
+    let (head, stored) = (job.clone(), summary.clone());
+    ctx.blocking(move |ctx| ctx.store.put_round(&head, &stored, &entry))
+        .await?;
     ctx.emit_round_completed(job, &summary, format!("round {round} completed: {line}"));
     Ok(())
 }

@@ -192,7 +192,8 @@ impl Coordinator {
     }
 }
 
-fn audit_entry(
+/// A line of the audit log about `job`, stamped now.
+pub(crate) fn audit_entry(
     actor: &str,
     action: &str,
     job: &Job,

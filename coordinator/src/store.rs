@@ -114,7 +114,7 @@ impl Store {
             }
             let rounds = std::mem::take(&mut job.rounds);
             job.rounds_completed = rounds.len() as u32;
-            self.write_job(&job, &rounds)?;
+            self.write_job(&job, &rounds, None)?;
             moved = true;
         }
         if moved {
@@ -123,16 +123,25 @@ impl Store {
         Ok(())
     }
 
-    /// Writes a job's head and `rounds` in one transaction (not yet flushed).
-    fn write_job(&self, head: &Job, rounds: &[RoundSummary]) -> Result<(), CoordinatorError> {
+    /// Writes a job's head, `rounds` and an audit line (its sequence number and JSON) in one
+    /// transaction (not yet flushed).
+    fn write_job(
+        &self,
+        head: &Job,
+        rounds: &[RoundSummary],
+        audit: Option<(u64, Vec<u8>)>,
+    ) -> Result<(), CoordinatorError> {
         use sled::Transactional;
         let encoded = head.encode_to_vec();
-        (&self.jobs, &self.rounds)
-            .transaction(|(jobs, stored)| {
+        (&self.jobs, &self.rounds, &self.audit)
+            .transaction(|(jobs, stored, log)| {
                 for r in rounds {
                     stored.insert(round_key(&head.job_id, r.round), r.encode_to_vec())?;
                 }
                 jobs.insert(head.job_id.as_bytes(), encoded.as_slice())?;
+                if let Some((seq, line)) = &audit {
+                    log.insert(&seq.to_be_bytes(), line.as_slice())?;
+                }
                 Ok(())
             })
             .map_err(
@@ -255,13 +264,17 @@ impl Store {
         self.flush()
     }
 
-    /// Stores a completed round and the job's head as it is after it, together, durably.
+    /// Stores a completed round, the job's head as it is after it and the round's line of the
+    /// audit log, together, durably (one flush).
     pub(crate) fn put_round(
         &self,
         head: &Job,
         round: &RoundSummary,
+        entry: &AuditEntry,
     ) -> Result<(), CoordinatorError> {
-        self.write_job(head, std::slice::from_ref(round))?;
+        let seq = self.db.generate_id()?;
+        let line = serde_json::to_vec(entry).map_err(CoordinatorError::CorruptAudit)?;
+        self.write_job(head, std::slice::from_ref(round), Some((seq, line)))?;
         self.flush()
     }
 
@@ -461,14 +474,14 @@ mod tests {
         // Round 10 sorts after round 9; a job whose id extends this one's keeps its own rounds.
         for n in 1..=10 {
             head.rounds_completed = n;
-            store.put_round(&head, &round(n)).unwrap();
+            store.put_round(&head, &round(n), &line(n)).unwrap();
         }
         let other = Job {
             job_id: "job-0000010".into(),
             rounds_completed: 1,
             ..Default::default()
         };
-        store.put_round(&other, &round(1)).unwrap();
+        store.put_round(&other, &round(1), &line(1)).unwrap();
         let full = store.job_with_rounds("job-000001").unwrap().unwrap();
         let order: Vec<u32> = full.rounds.iter().map(|r| r.round).collect();
         assert_eq!(order, (1..=10).collect::<Vec<_>>());
@@ -477,6 +490,22 @@ mod tests {
         assert!(head.rounds.is_empty());
         assert_eq!(head.rounds_completed, 10);
         assert!(store.job_with_rounds("job-000002").unwrap().is_none());
+        // Each round's audit line was written with it, in order.
+        let log: Vec<u32> = store.audit_log().unwrap().iter().map(|e| e.round).collect();
+        assert_eq!(log, (1..=10).chain([1]).collect::<Vec<_>>());
+    }
+
+    fn line(round: u32) -> AuditEntry {
+        AuditEntry {
+            time_unix_ms: 1,
+            actor: "treaty://coordinator".into(),
+            action: "round.completed".into(),
+            federation: String::new(),
+            job: "job-000001".into(),
+            round,
+            agency: String::new(),
+            detail: String::new(),
+        }
     }
 
     #[test]

@@ -129,8 +129,13 @@ pub(crate) fn read(dir: &Path) -> Result<Option<Anchor>, AnchorError> {
     parse(text).map(Some)
 }
 
-/// Replaces the anchor in `dir` atomically and durably. The caller holds the ledger's lock, so
-/// no other writer uses the temporary file.
+/// Replaces the anchor in `dir` atomically: the new file is complete on disk before it takes
+/// the old one's name. Replacing an anchor does not sync the directory: a crash may undo the
+/// rename, leaving the previous anchor, which the chain then passes through and goes on from —
+/// the window between sled's flush and the anchor's write that the ledger counts and moves the
+/// anchor over (never a torn anchor, never fewer entries than an anchor names). The first
+/// anchor is made durable, directory included: entries without any anchor are damage. The
+/// caller holds the ledger's lock, so no other writer uses the temporary file.
 pub(crate) fn write(dir: &Path, anchor: &Anchor) -> std::io::Result<()> {
     let temporary = dir.join(TEMPORARY);
     {
@@ -138,8 +143,12 @@ pub(crate) fn write(dir: &Path, anchor: &Anchor) -> std::io::Result<()> {
         file.write_all(render(anchor).as_bytes())?;
         file.sync_all()?;
     }
+    let first = !dir.join(FILE).try_exists()?;
     std::fs::rename(&temporary, dir.join(FILE))?;
-    std::fs::File::open(dir)?.sync_all()
+    if first {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
