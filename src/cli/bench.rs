@@ -3,7 +3,8 @@
 use std::path::PathBuf;
 
 use clap::{Args, Subcommand};
-use treaty_devkit::bench::{self, W1Options, W2Options};
+use treaty_devkit::bench::{self, RunOptions, W1Options, W2Options};
+use treaty_devkit::outln;
 
 use super::{Outcome, this_binary, unusable};
 
@@ -96,6 +97,86 @@ pub enum BenchCommand {
         #[arg(long, value_delimiter = ',', default_value = "1000,100000,1000000")]
         sizes: Vec<usize>,
     },
+    /// Runs every workload (or those of `--only`) several times, each run a process of its own,
+    /// and appends each run's JSON line to a results file with the date, the commit, the build
+    /// and the machine (`bash bench/run.sh` runs it, then renders bench/README.md).
+    Run(RunArgs),
+    /// Renders bench/README.md's figures from results files: the regions between
+    /// `<!-- bench: NAME -->` and `<!-- /bench: NAME -->`; the prose stays as it is.
+    Report(ReportArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Every workload at a tiny size (what CI runs) instead of its full size.
+    #[arg(long)]
+    smoke: bool,
+    /// Runs of each workload.
+    #[arg(long, default_value_t = 3)]
+    repeats: usize,
+    /// The results file to append to (e.g. bench/results/DATE.jsonl).
+    #[arg(long)]
+    results: PathBuf,
+    /// W1's data directory, written there (seed 42) unless it holds it already [default: a
+    /// temporary directory].
+    #[arg(long)]
+    w1_data: Option<PathBuf>,
+    /// A data directory of `treaty bench tabular` (`bench/NAME/prepare.py` writes one); may be
+    /// given several times. Without it the tabular benchmark is left out.
+    #[arg(long)]
+    tabular: Vec<PathBuf>,
+    /// Only these workloads, comma-separated (w1, w1-default, w2, ...; a wrong name lists them).
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ReportArgs {
+    /// The results files, oldest first: each series of runs (a workload; W1's recipe; a tabular
+    /// data set) is rendered from the last file that holds it.
+    #[arg(required = true)]
+    results: Vec<PathBuf>,
+    /// The README whose regions are rendered.
+    #[arg(long, default_value = "bench/README.md")]
+    readme: PathBuf,
+    /// Where to write the rendered README [default: the README itself].
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Write nothing; fail if the README is not what the results render.
+    #[arg(long)]
+    check: bool,
+}
+
+/// `treaty bench report`.
+fn report(a: ReportArgs) -> Outcome {
+    use bench::report;
+    let readme = std::fs::read_to_string(&a.readme)
+        .map_err(|e| unusable(anyhow::anyhow!("cannot read `{}`: {e}", a.readme.display())))?;
+    let runs = report::read(&a.results).map_err(unusable)?;
+    let (rendered, regions) = report::render(&readme, &runs).map_err(unusable)?;
+    for (name, count) in &regions {
+        if *count == 0 {
+            outln!("  {name}: no runs in the results; left as it was");
+        } else {
+            outln!("  {name}: rendered from {count} run(s)");
+        }
+    }
+    if a.check {
+        if rendered != readme {
+            return Err(anyhow::anyhow!(
+                "`{}` is not what its results render: run `treaty bench report` on them and commit the README",
+                a.readme.display()
+            )
+            .into());
+        }
+        outln!("{} is what its results render", a.readme.display());
+        return Ok(());
+    }
+    let out = a.out.unwrap_or(a.readme);
+    std::fs::write(&out, rendered)
+        .map_err(|e| anyhow::anyhow!("cannot write `{}`: {e}", out.display()))?;
+    outln!("wrote {}", out.display());
+    Ok(())
 }
 
 #[derive(Debug, Args)]
@@ -226,6 +307,25 @@ pub async fn run(command: BenchCommand) -> Outcome {
         BenchCommand::W5 { repeats, sizes } => {
             tokio::task::spawn_blocking(move || bench::w5(repeats.max(1), &sizes)).await??;
         }
+        BenchCommand::Run(a) => {
+            let options = RunOptions {
+                smoke: a.smoke,
+                repeats: a.repeats,
+                results: a.results,
+                w1_data: a.w1_data,
+                tabular: a.tabular,
+                only: a.only,
+            };
+            let exe = this_binary()?;
+            let ran = tokio::task::spawn_blocking(move || bench::run(&options, &exe)).await?;
+            if let Err(e) = ran {
+                let input = e
+                    .downcast_ref::<bench::RunError>()
+                    .is_some_and(bench::RunError::is_unusable);
+                return Err(if input { unusable(e) } else { e.into() });
+            }
+        }
+        BenchCommand::Report(a) => report(a)?,
     }
     Ok(())
 }

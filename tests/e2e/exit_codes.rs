@@ -62,6 +62,14 @@ fn unusable_input_exits_2_and_names_it() {
             "garbage.json",
         ),
         (vec!["bench", "w1", "--data", missing], "missing.toml"),
+        (
+            vec!["bench", "run", "--only", "w9", "--results", missing],
+            "w9",
+        ),
+        (
+            vec!["bench", "report", "--readme", missing, missing],
+            "missing.toml",
+        ),
         (vec!["no-such-command"], "no-such-command"),
     ] {
         let (code, stderr) = run(&args);

@@ -9,8 +9,14 @@
 //!   (UCI Adult by occupation), against centralised non-private logistic regression.
 //! - [`policy`]: `treaty policy decide` for 30 and 64 countries.
 //! - [`timing`]: the timing channel of a DP-SGD round (docs/THREAT_MODEL.md).
+//!
+//! [`run()`] runs every workload several times, each run's JSON line appended to a results file
+//! with the machine and the date; [`report`] renders bench/README.md's figures from those files.
 
 mod policy;
+pub mod report;
+mod run;
+mod tables;
 mod tabular;
 mod timing;
 mod w1;
@@ -19,6 +25,7 @@ mod w4;
 mod w5;
 
 pub use policy::policy;
+pub use run::{RunError, RunOptions, WORKLOADS, Workload, run};
 pub use tabular::{Recipe, Spread, TabularOptions, recipes, tabular};
 pub use timing::timing;
 pub use w1::{W1DataError, W1Options, w1};

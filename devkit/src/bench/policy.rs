@@ -167,6 +167,7 @@ pub fn policy(repeats: usize, exe: &Path) -> anyhow::Result<()> {
         t[t.len() / 2]
     };
     outln!("treaty policy decide, 2 agencies per country, median of {repeats} runs");
+    let mut rows = Vec::new();
     outln!(
         "    instance                  admitted   whole command (ms)   parse + decide (ms)   decide (ms)"
     );
@@ -222,12 +223,21 @@ pub fn policy(repeats: usize, exe: &Path) -> anyhow::Result<()> {
                 bail!("the library and the command disagree");
             }
         }
-        outln!(
-            "    {name:<25} {admitted:>8}   {:>18.2}   {:>19.3}   {:>11.3}",
+        let (command, load, decided) = (
             median(command_times),
             median(load_times),
-            median(decide_times)
+            median(decide_times),
         );
+        outln!("    {name:<25} {admitted:>8}   {command:>18.2}   {load:>19.3}   {decided:>11.3}");
+        rows.push(serde_json::json!({
+            "instance": name, "countries": countries.len(), "admitted": admitted,
+            "agencies": request.participants.len(), "command_ms": command,
+            "parse_decide_ms": load, "decide_ms": decided,
+        }));
     }
+    outln!(
+        "{}",
+        serde_json::json!({"workload": "policy", "repeats": repeats, "results": rows})
+    );
     Ok(())
 }

@@ -76,6 +76,7 @@ pub fn timing(public_records: usize, repeats: usize) -> anyhow::Result<()> {
         }
     }
     let mut medians = Vec::new();
+    let mut rows = Vec::new();
     let mut spread = 0.0;
     for (&n, t) in sizes.iter().zip(times.iter_mut()) {
         let m = median(t);
@@ -85,17 +86,26 @@ pub fn timing(public_records: usize, repeats: usize) -> anyhow::Result<()> {
             spread = hi - lo;
         }
         medians.push((n, m));
+        rows.push(serde_json::json!({"records": n, "median_seconds": m, "min_seconds": lo, "max_seconds": hi}));
     }
     let (half, full) = (medians[0], medians[1]);
     let per_record = (full.1 - half.1) / (full.0 - half.0).max(1) as f64;
+    let relative = if spread > 0.0 {
+        per_record / spread
+    } else {
+        f64::NAN
+    };
     outln!(
-        "    a round's time grows by {:.3e} s per record; one record's effect is {:.2e} of the run-to-run spread ({spread:.4} s) at {public_records} records",
-        per_record,
-        if spread > 0.0 {
-            per_record / spread
-        } else {
-            f64::NAN
-        }
+        "    a round's time grows by {per_record:.3e} s per record; one record's effect is {relative:.2e} of the run-to-run spread ({spread:.4} s) at {public_records} records"
+    );
+    outln!(
+        "{}",
+        serde_json::json!({
+            "workload": "timing", "public_records": public_records, "sampling_rate": q,
+            "steps": dp.steps, "repeats": repeats, "results": rows,
+            "seconds_per_record": per_record, "spread_seconds": spread,
+            "record_over_spread": if relative.is_finite() { Some(relative) } else { None },
+        })
     );
     Ok(())
 }
