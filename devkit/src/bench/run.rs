@@ -33,14 +33,14 @@ const fn workload(id: &'static str, full: &'static str, smoke: &'static str) -> 
 pub const WORKLOADS: &[Workload] = &[
     workload("w1", "w1 --data {w1-data}", "w1 --data {w1-data} --agencies 2 --rounds 2"),
     workload("w1-default", "w1 --data {w1-data} --recipe default", "w1 --data {w1-data} --agencies 2 --rounds 2 --recipe default"),
-    workload("w1-full-batch", "w1 --data {w1-data} --recipe full-batch", "w1 --data {w1-data} --agencies 2 --rounds 2 --recipe full-batch"),
-    workload("w1-poisson-tenth", "w1 --data {w1-data} --recipe poisson-tenth", "w1 --data {w1-data} --agencies 2 --rounds 2 --recipe poisson-tenth"),
+    workload("w1-poisson-fifth", "w1 --data {w1-data} --recipe poisson-fifth", "w1 --data {w1-data} --agencies 2 --rounds 2 --recipe poisson-fifth"),
+    workload("w1-full-batch-10", "w1 --data {w1-data} --recipe full-batch-10", "w1 --data {w1-data} --agencies 2 --rounds 2 --recipe full-batch-10"),
     workload("w2", "w2", "w2 --agencies 4 --parameters 10000 --rounds 1"),
     workload("w4", "w4", "w4 --agencies 2 --rounds 3"),
     workload("w5", "w5", "w5 --repeats 1 --sizes 1000,10000"),
     workload("policy", "policy", "policy --repeats 1"),
     workload("timing", "timing", "timing --records 2000 --repeats 1"),
-    workload("tabular", "tabular --data {tabular} --recipes full-batch,poisson-tenth,default --repeats 10", "tabular --data {tabular} --agencies 2 --rounds 2 --recipes default --repeats 2"),
+    workload("tabular", "tabular --data {tabular} --recipes full-batch-10,poisson-fifth,default --repeats 10", "tabular --data {tabular} --agencies 2 --rounds 2 --recipes default --repeats 2"),
 ];
 
 /// W1's data at full size and at the smoke size: agencies and rows per agency (seed 42).
