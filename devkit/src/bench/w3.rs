@@ -120,7 +120,9 @@ pub async fn w3(options: W3Options, exe: &Path) -> anyhow::Result<()> {
         }
     }
     if reports.len() > 1 {
-        outln!("  agencies | round median | coordinator CPU (job) | CPU per agency per round | peak RSS");
+        outln!(
+            "  agencies | round median | coordinator CPU (job) | CPU per agency per round | peak RSS"
+        );
         for r in &reports {
             outln!(
                 "  {:>8} | {:>10.3} s | {:>19.2} s | {:>21.3} ms | {:>5.0} MiB",
@@ -247,14 +249,19 @@ async fn run(
         tokio::task::spawn_blocking(move || start(&dir, &exe, agencies, &data)).await??
     };
     outln!("    PKI of {n} agency certificates issued in {pki_seconds:.2} s");
-    let result = measure(&site, &processes, &address, &agencies, data, schema, options).await;
+    let result = measure(
+        &site, &processes, &address, &agencies, data, schema, options,
+    )
+    .await;
     processes.stop(Duration::from_secs(30)).await;
     let mut report = result?;
     report["pki_seconds"] = serde_json::json!(pki_seconds);
     // Every agency's own ledger, read once its node stopped: a release for every round.
     let rounds = options.rounds;
     let spent = tokio::task::spawn_blocking(move || ledgers(&agencies, rounds)).await??;
-    outln!("    every agency's ledger records the statistics round and the {rounds} rounds; largest epsilon spent {spent:.4} (delta 1e-5)");
+    outln!(
+        "    every agency's ledger records the statistics round and the {rounds} rounds; largest epsilon spent {spent:.4} (delta 1e-5)"
+    );
     report["max_epsilon_spent"] = serde_json::json!(spent);
     Ok(report)
 }
@@ -334,7 +341,9 @@ async fn measure(
     let spawned = Instant::now();
     let timeout = Duration::from_secs(60 + n as u64 / 5);
     loop {
-        let connected = treaty_coordinator::client::all_agencies(&mut client).await?.len();
+        let connected = treaty_coordinator::client::all_agencies(&mut client)
+            .await?
+            .len();
         if connected >= n {
             break;
         }
