@@ -194,34 +194,103 @@ pub struct Intervals {
 /// meaningless when its interval is wider than a fifth of its range (accuracy, AUC), or than
 /// the metric itself (log loss, RMSE, MAE, the number of test examples), or when the noise
 /// often leaves nothing to compute it from. Evaluations of different shapes give none.
+///
+/// Each evaluation's draws come from a generator of its own (seeded by its place in the list)
+/// and are summarised as soon as they are made, so memory holds one evaluation's draws and the
+/// pooled sums of every draw, whatever the number of evaluations (a round of 1,000 agencies
+/// held 1,000 x 1,000 draws before). The evaluations are redrawn in chunks of [`CHUNK`] over
+/// the machine's cores, and the chunks' pooled sums added in their order: the intervals do not
+/// depend on the number of cores.
 pub fn intervals(evaluations: &[&Evaluation]) -> Intervals {
     let Some(pooled) = pool(evaluations) else {
         return Intervals::default();
     };
-    let mut rng = rand::rngs::StdRng::seed_from_u64(0x7472_6561_7479);
-    let mut draws: Vec<Vec<Values>> = vec![Vec::with_capacity(DRAWS); evaluations.len()];
-    let mut pooled_draws: Vec<Values> = Vec::with_capacity(DRAWS);
-    let mut redrawn = vec![0.0; pooled.counts.len()];
-    let mut sum = vec![0.0; pooled.counts.len()];
-    for _ in 0..DRAWS {
-        sum.fill(0.0);
-        for (e, out) in evaluations.iter().zip(&mut draws) {
-            for ((r, c), s) in redrawn.iter_mut().zip(&e.counts).zip(&mut sum) {
+    let width = pooled.counts.len();
+    let chunks: Vec<(usize, &[&Evaluation])> = evaluations
+        .chunks(CHUNK)
+        .enumerate()
+        .map(|(k, chunk)| (k * CHUNK, chunk))
+        .collect();
+    let threads = std::thread::available_parallelism()
+        .map(usize::from)
+        .unwrap_or(1)
+        .clamp(1, chunks.len().max(1));
+    let mut done: Vec<Option<Redrawn>> = vec![None; chunks.len()];
+    if threads > 1 {
+        std::thread::scope(|scope| {
+            let workers: Vec<_> = (0..threads)
+                .map(|t| {
+                    let chunks = &chunks;
+                    scope.spawn(move || {
+                        (t..chunks.len())
+                            .step_by(threads)
+                            .map(|k| (k, redraw(chunks[k].0, chunks[k].1, width)))
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            for worker in workers {
+                // A thread that failed leaves its chunks to be redrawn below.
+                for (k, redrawn) in worker.join().unwrap_or_default() {
+                    done[k] = Some(redrawn);
+                }
+            }
+        });
+    }
+    let mut each = Vec::with_capacity(evaluations.len());
+    let mut sums = vec![0.0; DRAWS * width];
+    for (slot, (first, chunk)) in done.into_iter().zip(&chunks) {
+        let redrawn = slot.unwrap_or_else(|| redraw(*first, chunk, width));
+        each.extend(redrawn.each);
+        for (total, part) in sums.iter_mut().zip(&redrawn.sums) {
+            *total += part;
+        }
+    }
+    let pooled_draws: Vec<Values> = sums
+        .chunks(width.max(1))
+        .map(|sum| values(&pooled, sum))
+        .collect();
+    Intervals {
+        each,
+        pooled: summarise(&values(&pooled, &pooled.counts), &pooled_draws),
+    }
+}
+
+/// Evaluations redrawn together on one thread.
+const CHUNK: usize = 64;
+
+/// The generators' common seed; an evaluation's is this plus its place in the list.
+const SEED: u64 = 0x7472_6561_7479;
+
+/// A chunk of evaluations redrawn: each one's intervals, and the sums of their redrawn counts,
+/// draw after draw (`DRAWS` x the counts' width).
+#[derive(Debug, Clone, Default)]
+struct Redrawn {
+    each: Vec<HashMap<String, MetricInterval>>,
+    sums: Vec<f64>,
+}
+
+/// Redraws `chunk`, whose first evaluation is the `first`-th of the list, `DRAWS` times.
+fn redraw(first: usize, chunk: &[&Evaluation], width: usize) -> Redrawn {
+    let mut out = Redrawn {
+        each: Vec::with_capacity(chunk.len()),
+        sums: vec![0.0; DRAWS * width],
+    };
+    let mut redrawn = vec![0.0; width];
+    let mut draws: Vec<Values> = Vec::with_capacity(DRAWS);
+    for (i, e) in chunk.iter().enumerate() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(SEED.wrapping_add((first + i) as u64));
+        draws.clear();
+        for sum in out.sums.chunks_mut(width.max(1)) {
+            for ((r, c), s) in redrawn.iter_mut().zip(&e.counts).zip(sum) {
                 *r = c + laplace(&mut rng, e.laplace_scale);
                 *s += *r;
             }
-            out.push(values(e, &redrawn));
+            draws.push(values(e, &redrawn));
         }
-        pooled_draws.push(values(&pooled, &sum));
+        out.each.push(summarise(&values(e, &e.counts), &draws));
     }
-    Intervals {
-        each: evaluations
-            .iter()
-            .zip(&draws)
-            .map(|(e, draws)| summarise(&values(e, &e.counts), draws))
-            .collect(),
-        pooled: summarise(&values(&pooled, &pooled.counts), &pooled_draws),
-    }
+    out
 }
 
 /// Each estimated metric's interval over the draws.
@@ -427,6 +496,32 @@ mod tests {
         for bad in [wide, nan, scale, kind] {
             assert!(check(&bad, shape).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn many_evaluations_are_redrawn_independently_and_alike_every_time() {
+        // More evaluations than a chunk: each with noise of its own, so pooling n equal
+        // evaluations narrows the accuracy interval by sqrt(n) (counts grow n-fold, the noise's
+        // standard deviation sqrt(n)-fold), as the delta method of the test above says.
+        let e = binary([400.0, 300.0, 100.0, 50.0, 60.0, 90.0, 500.0, 500.0], 20.0);
+        let n = 3 * CHUNK + 5;
+        let many: Vec<&Evaluation> = vec![&e; n];
+        let one = &intervals(&[&e]).pooled["test_accuracy"];
+        let all = intervals(&many);
+        let pooled = &all.pooled["test_accuracy"];
+        let ratio = (pooled.high - pooled.low) / (one.high - one.low);
+        assert!(
+            (ratio * (n as f64).sqrt() - 1.0).abs() < 0.12,
+            "{ratio} for {n}"
+        );
+        // Every evaluation has its own intervals, each as wide as the one alone.
+        assert_eq!(all.each.len(), n);
+        for each in &all.each {
+            let i = &each["test_accuracy"];
+            assert!(((i.high - i.low) / (one.high - one.low) - 1.0).abs() < 0.15);
+        }
+        // The same counts give the same intervals.
+        assert_eq!(intervals(&many), all);
     }
 
     #[test]
