@@ -116,6 +116,27 @@ pub fn metrics(e: &Evaluation) -> HashMap<String, f64> {
 
 /// The metrics of `e`'s kind and shape computed from counts `c`.
 fn values(e: &Evaluation, c: &[f64]) -> Values {
+    values_with(e, c, &log_centres(e))
+}
+
+/// For a binary evaluation, the natural logarithms of each bin centre's probability and of its
+/// complement (its log loss takes each probability at its bin's centre); none for other kinds.
+/// The same for every redraw of an evaluation: [`intervals`] computes them once, not 40 a draw.
+fn log_centres(e: &Evaluation) -> Vec<(f64, f64)> {
+    if e.kind != "binary" {
+        return Vec::new();
+    }
+    let b = e.bins as usize;
+    (0..b)
+        .map(|i| {
+            let p = ((i as f64 + 0.5) / b as f64).clamp(1e-15, 1.0 - 1e-15);
+            (p.ln(), (1.0 - p).ln())
+        })
+        .collect()
+}
+
+/// [`values`] with `e`'s [`log_centres`] given.
+fn values_with(e: &Evaluation, c: &[f64], logs: &[(f64, f64)]) -> Values {
     let mut out: Values = [None; NAMES.len()];
     let total: f64 = c.iter().sum();
     if total.is_nan() || total <= 0.0 {
@@ -145,11 +166,12 @@ fn values(e: &Evaluation, c: &[f64]) -> Values {
                 out[2] = Some((wins / (p_total * n_total)).clamp(0.0, 1.0));
             }
             // Log loss with each probability at its bin's centre.
-            let centre = |i: usize| ((i as f64 + 0.5) / b as f64).clamp(1e-15, 1.0 - 1e-15);
-            let loss: f64 = (0..b)
-                .map(|i| -pos[i] * centre(i).ln() - neg[i] * (1.0 - centre(i)).ln())
-                .sum();
-            out[3] = Some((loss / total).max(0.0));
+            if logs.len() == b {
+                let loss: f64 = (0..b)
+                    .map(|i| -pos[i] * logs[i].0 - neg[i] * logs[i].1)
+                    .sum();
+                out[3] = Some((loss / total).max(0.0));
+            }
         }
         "multinomial" => {
             let k = e.bins as usize;
@@ -246,9 +268,10 @@ pub fn intervals(evaluations: &[&Evaluation]) -> Intervals {
             *total += part;
         }
     }
+    let logs = log_centres(&pooled);
     let pooled_draws: Vec<Values> = sums
         .chunks(width.max(1))
-        .map(|sum| values(&pooled, sum))
+        .map(|sum| values_with(&pooled, sum, &logs))
         .collect();
     Intervals {
         each,
@@ -280,15 +303,17 @@ fn redraw(first: usize, chunk: &[&Evaluation], width: usize) -> Redrawn {
     let mut draws: Vec<Values> = Vec::with_capacity(DRAWS);
     for (i, e) in chunk.iter().enumerate() {
         let mut rng = rand::rngs::StdRng::seed_from_u64(SEED.wrapping_add((first + i) as u64));
+        let logs = log_centres(e);
         draws.clear();
         for sum in out.sums.chunks_mut(width.max(1)) {
             for ((r, c), s) in redrawn.iter_mut().zip(&e.counts).zip(sum) {
                 *r = c + laplace(&mut rng, e.laplace_scale);
                 *s += *r;
             }
-            draws.push(values(e, &redrawn));
+            draws.push(values_with(e, &redrawn, &logs));
         }
-        out.each.push(summarise(&values(e, &e.counts), &draws));
+        out.each
+            .push(summarise(&values_with(e, &e.counts, &logs), &draws));
     }
     out
 }
@@ -553,6 +578,15 @@ mod tests {
         // Pairs 2 x 4... positives in bin 1 beat 3 negatives and tie 1: 2 * 3.5 = 7; positives in
         // bin 3 beat all 4: 2 * 4 = 8; AUC = 15 / 16.
         assert!((m["test_auc"] - 15.0 / 16.0).abs() < 1e-12);
+        // Log loss at the bins' centres 1/8, 3/8, 5/8, 7/8: 3 negatives at 1/8, 1 at 3/8,
+        // 2 positives at 3/8 and 2 at 7/8, over 8 records.
+        let loss = -(3.0 * (7.0f64 / 8.0).ln()
+            + (5.0f64 / 8.0).ln()
+            + 2.0 * (3.0f64 / 8.0).ln()
+            + 2.0 * (7.0f64 / 8.0).ln())
+            / 8.0;
+        assert!((m["test_log_loss"] - loss).abs() < 1e-12);
+        assert!((loss - 0.387_415).abs() < 1e-6, "{loss}");
         assert_eq!(m["test_examples"], 8.0);
         let pooled = pool(&[&e, &e]).unwrap();
         assert_eq!(metrics(&pooled)["test_accuracy"], 0.75);

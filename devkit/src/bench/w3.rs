@@ -126,7 +126,7 @@ pub async fn w3(options: W3Options, exe: &Path) -> anyhow::Result<()> {
         for r in &reports {
             outln!(
                 "  {:>8} | {:>10.3} s | {:>19.2} s | {:>21.3} ms | {:>5.0} MiB",
-                r["agencies"],
+                r["agencies"].as_u64().unwrap_or(0),
                 r["round_median_seconds"].as_f64().unwrap_or(f64::NAN),
                 r["coordinator_cpu_seconds"].as_f64().unwrap_or(f64::NAN),
                 r["coordinator_cpu_ms_per_agency_round"]
