@@ -403,6 +403,11 @@ async fn measure(
     let round_cpu: Vec<f64> = rounds.iter().filter_map(|r| r.cpu_seconds).collect();
     let per_agency: Vec<f64> = round_cpu.iter().map(|c| c * 1e3 / n as f64).collect();
     let median_per_agency = median(&per_agency);
+    // Over the whole job: every round of tasks (the statistics round, the training rounds, the
+    // final evaluation) sent to each agency. Finer than one round's CPU at a few agencies (the
+    // kernel counts CPU time in ticks of 10 ms).
+    let task_rounds = job.rounds.len() + 2;
+    let per_agency_task = job_cpu.map(|c| c * 1e3 / (n * task_rounds) as f64);
     let periods: Vec<f64> = rounds.iter().filter_map(|r| r.period).collect();
     durations.sort_by(f64::total_cmp);
     let round_median = median(&durations);
@@ -425,8 +430,9 @@ async fn measure(
         median(&periods)
     );
     outln!(
-        "    coordinator: {} CPU seconds over the job; per round {} s, {median_per_agency:.3} ms per agency (median); peak RSS {}",
+        "    coordinator: {} CPU seconds over the job ({} ms per agency per round of tasks); per training round {} s, {median_per_agency:.3} ms per agency (median); peak RSS {}",
         job_cpu.map_or("n/a".into(), |c| format!("{c:.2}")),
+        per_agency_task.map_or("n/a".into(), |c| format!("{c:.3}")),
         round_cpu
             .iter()
             .map(|c| format!("{c:.3}"))
@@ -454,6 +460,7 @@ async fn measure(
         "coordinator_cpu_seconds": job_cpu,
         "coordinator_round_cpu_seconds": round_cpu,
         "coordinator_cpu_ms_per_agency_round": median_per_agency,
+        "coordinator_cpu_ms_per_agency_task_round_over_job": per_agency_task,
         "coordinator_peak_rss_bytes": peak_rss,
         "coordinator_rss_connected_bytes": idle_rss,
         "coordinator_threads": coordinator_counts.0,
