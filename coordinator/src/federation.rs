@@ -2,10 +2,14 @@
 //! arrives into a [`ValidFederation`] (its members as identities); one read back from the store
 //! gives its members by [`members`].
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
 
 use treaty_proto::v1::FederationInfo;
 use treaty_proto::{Identity, IdentityError};
+
+use crate::error::CoordinatorError;
+use crate::store::Store;
 
 /// Why a federation cannot be created: every problem found.
 #[derive(Debug, thiserror::Error)]
@@ -130,6 +134,43 @@ pub(crate) fn members(federation: &FederationInfo) -> Vec<Identity> {
         .collect()
 }
 
+/// Each federation's members as a set, read from the store the first time a model download
+/// asks whether an agency is one: every agency downloads every round's model, and reading a
+/// federation of N members for each would cost a round N² work. A federation never changes
+/// once created (the store only ever adds one), so a set read once stands.
+#[derive(Debug, Default)]
+pub(crate) struct MemberSets(Mutex<HashMap<String, Arc<HashSet<Identity>>>>);
+
+impl MemberSets {
+    /// Whether `agency` is a member of federation `name` (false when there is none).
+    pub(crate) fn contains(
+        &self,
+        store: &Store,
+        name: &str,
+        agency: &Identity,
+    ) -> Result<bool, CoordinatorError> {
+        let known = self.lock().get(name).cloned();
+        let set = match known {
+            Some(set) => set,
+            None => {
+                let Some(federation) = store.federation(name)? else {
+                    return Ok(false);
+                };
+                let set: Arc<HashSet<Identity>> =
+                    Arc::new(members(&federation).into_iter().collect());
+                self.lock().insert(name.to_owned(), Arc::clone(&set));
+                set
+            }
+        };
+        Ok(set.contains(agency))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<HashSet<Identity>>>> {
+        // The map is always left whole, so a poisoned lock is still usable.
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -138,6 +179,44 @@ mod tests {
         match ValidFederation::try_from(f) {
             Ok(_) => vec![],
             Err(e) => e.problems.iter().map(ToString::to_string).collect(),
+        }
+    }
+
+    #[test]
+    fn member_sets_answer_as_the_stored_federation_does() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        store
+            .create_federation(&FederationInfo {
+                name: "eu-narcotics".into(),
+                purpose: "narcotics".into(),
+                members: vec!["DE-BKA:DE".into(), "NL-POLITIE:NL".into()],
+                ..Default::default()
+            })
+            .unwrap();
+        let sets = MemberSets::default();
+        let agency = |c, a| Identity::agency(c, a).unwrap();
+        for _ in 0..2 {
+            // Read from the store, then from the set kept.
+            assert!(
+                sets.contains(&store, "eu-narcotics", &agency("DE", "DE-BKA"))
+                    .unwrap()
+            );
+            assert!(
+                sets.contains(&store, "eu-narcotics", &agency("NL", "NL-POLITIE"))
+                    .unwrap()
+            );
+            // The same id under another country is not the member.
+            assert!(
+                !sets
+                    .contains(&store, "eu-narcotics", &agency("NL", "DE-BKA"))
+                    .unwrap()
+            );
+            assert!(
+                !sets
+                    .contains(&store, "other", &agency("DE", "DE-BKA"))
+                    .unwrap()
+            );
         }
     }
 

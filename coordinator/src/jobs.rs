@@ -373,7 +373,7 @@ async fn final_evaluation(
         with_evaluation_metrics(collected.summary, collected.results, version.clone()).await?;
     summary.finished_unix_ms = now_ms();
     let line = format!("the final model {version}: {}", round_line(&summary));
-    job.final_evaluation = Some(summary);
+    job.final_evaluation = Some(summary.clone());
     ctx.save_job(job).await?;
     ctx.save_audit(
         &ctx.identity.to_string(),
@@ -384,7 +384,7 @@ async fn final_evaluation(
         line.clone(),
     )
     .await?;
-    ctx.emit(job, JobEventKind::ModelEvaluated, round, "", line);
+    ctx.emit_summary(job, JobEventKind::ModelEvaluated, &summary, line);
     Ok(())
 }
 
@@ -469,7 +469,7 @@ async fn statistics(
     let mut summary = collected.summary;
     summary.finished_unix_ms = now_ms();
     let line = round_line(&summary);
-    job.statistics = Some(summary);
+    job.statistics = Some(summary.clone());
     ctx.save_audit(
         &ctx.identity.to_string(),
         "statistics.completed",
@@ -479,13 +479,7 @@ async fn statistics(
         line.clone(),
     )
     .await?;
-    ctx.emit(
-        job,
-        JobEventKind::RoundCompleted,
-        0,
-        "",
-        format!("statistics round completed: {line}"),
-    );
+    ctx.emit_round_completed(job, &summary, format!("statistics round completed: {line}"));
     Ok(stats)
 }
 

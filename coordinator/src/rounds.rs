@@ -197,7 +197,9 @@ pub(crate) async fn collect(
         },
     )
     .await?;
-    let by_id = |id: &str| invited.iter().find(|a| shown(a) == id).cloned();
+    // By id, once: a round of many agencies looks each one up.
+    let ids: HashMap<&str, &Identity> = invited.iter().map(|a| (shown(a), a)).collect();
+    let by_id = |id: &str| ids.get(id).map(|a| (*a).clone());
     for e in &decided.decision.excluded {
         let code = e.reason.code();
         ctx.emit(
@@ -404,7 +406,12 @@ pub(crate) async fn collect(
         });
     }
     // Contributors in the federation's order, whatever order their results arrived in.
-    results.sort_by_key(|(agency, _)| invited.iter().position(|a| a == agency));
+    let order: HashMap<&str, usize> = invited
+        .iter()
+        .enumerate()
+        .map(|(i, a)| (a.as_str(), i))
+        .collect();
+    results.sort_by_key(|(agency, _)| order.get(agency.as_str()).copied());
     let metric_inputs: Vec<(u64, &HashMap<String, f64>)> = results
         .iter()
         .map(|(_, r)| (r.num_examples, &r.metrics))

@@ -12,6 +12,7 @@ use treaty_proto::v1::{Job, JobEvent, JobEventKind, PrivacyReport, RoundSummary}
 
 use crate::config::{CoordinatorPolicy, Limits};
 use crate::error::CoordinatorError;
+use crate::federation::MemberSets;
 use crate::peerlog::WarnLimiter;
 use crate::sessions::Sessions;
 use crate::store::{AuditEntry, Store};
@@ -40,7 +41,12 @@ pub(crate) struct Coordinator {
     /// ([`crate::limits::STAGING_SLOTS`]): the coordinator's memory for them is bounded
     /// whatever the number of agencies uploading at once.
     pub staging: Arc<Semaphore>,
+    /// Each federation's members, as model downloads check them.
+    pub members: MemberSets,
 }
+
+/// How many job events the coordinator keeps for watchers that fall behind.
+pub(crate) const EVENTS_KEPT: usize = 1024;
 
 /// Milliseconds since the Unix epoch.
 pub(crate) fn now_ms() -> i64 {
@@ -63,13 +69,14 @@ impl Coordinator {
             store,
             sessions: Sessions::default(),
             tasks: Tasks::default(),
-            events: broadcast::channel(1024).0,
+            events: broadcast::channel(EVENTS_KEPT).0,
             limits,
             policy,
             shutdown: CancellationToken::new(),
             privacy: Mutex::new(HashMap::new()),
             warnings: WarnLimiter::default(),
             staging: Arc::new(Semaphore::new(crate::limits::STAGING_SLOTS)),
+            members: MemberSets::default(),
         }
     }
 
@@ -109,18 +116,23 @@ impl Coordinator {
         self.send(job, kind, round, agency, message, None);
     }
 
-    /// Tells watchers of `job` that the round of `summary` completed, with its summary.
+    /// Tells watchers of `job` that the round of `summary` completed (the statistics round:
+    /// round 0), with its summary.
     pub(crate) fn emit_round_completed(&self, job: &Job, summary: &RoundSummary, message: String) {
+        self.emit_summary(job, JobEventKind::RoundCompleted, summary, message);
+    }
+
+    /// Tells watchers of `job` of an event of `kind` about the round of `summary`, with the
+    /// summary (a completed round's, the final model's evaluation).
+    pub(crate) fn emit_summary(
+        &self,
+        job: &Job,
+        kind: JobEventKind,
+        summary: &RoundSummary,
+        message: String,
+    ) {
         let round = summary.round;
-        let summary = Some(summary.clone());
-        self.send(
-            job,
-            JobEventKind::RoundCompleted,
-            round,
-            "",
-            message,
-            summary,
-        );
+        self.send(job, kind, round, "", message, Some(summary.clone()));
     }
 
     fn send(
@@ -139,7 +151,7 @@ impl Coordinator {
             message,
             round,
             agency: agency.to_owned(),
-            job: Some(job.clone()),
+            job: Some(event_head(job)),
             kind: kind as i32,
             round_summary,
         });
@@ -189,6 +201,45 @@ impl Coordinator {
     ) -> Result<(), CoordinatorError> {
         let entry = audit_entry(actor, action, job, round, agency, detail);
         self.blocking(move |ctx| ctx.store.audit(&entry)).await
+    }
+}
+
+/// A job's head as events carry it: without the parts that grow with the federation's
+/// members (its statistics round and final evaluation, each carried by its own event's
+/// `round_summary`, and each agency's public record estimate), so that an event costs the
+/// same to make, hold and send whatever the number of agencies: a round emits an event per
+/// agency, and the channel holds up to [`EVENTS_KEPT`] of them. Every field is named, so that a
+/// field added to `Job` is decided on here.
+fn event_head(job: &Job) -> Job {
+    let Job {
+        job_id,
+        federation,
+        spec,
+        state,
+        message,
+        rounds: _,
+        created_by,
+        created_unix_ms,
+        latest_model_version,
+        statistics: _,
+        public_records: _,
+        final_evaluation: _,
+        rounds_completed,
+    } = job;
+    Job {
+        job_id: job_id.clone(),
+        federation: federation.clone(),
+        spec: spec.clone(),
+        state: *state,
+        message: message.clone(),
+        rounds: Vec::new(),
+        created_by: created_by.clone(),
+        created_unix_ms: *created_unix_ms,
+        latest_model_version: latest_model_version.clone(),
+        statistics: None,
+        public_records: HashMap::new(),
+        final_evaluation: None,
+        rounds_completed: *rounds_completed,
     }
 }
 

@@ -76,6 +76,34 @@ fn decode<M: Message + Default>(
     })
 }
 
+/// A stored job head read for what a model download needs: the fields of `Job` of the same
+/// numbers, decoded alone. Its other fields (the spec, the statistics round's summary, each
+/// agency's public record estimate), which grow with the federation's members, are skipped
+/// unread: every agency downloads every round's model, so reading them would cost each round
+/// the square of the number of agencies.
+#[derive(Clone, PartialEq, prost::Message)]
+pub(crate) struct JobRef {
+    /// `Job.federation`.
+    #[prost(string, tag = "2")]
+    pub federation: String,
+    /// `Job.latest_model_version`.
+    #[prost(string, tag = "9")]
+    pub latest_model_version: String,
+}
+
+/// A stored model version read for a download: the fields of `StoredModel` of the same
+/// numbers, decoded alone. Its contributors (one per agency of the round) and its optimizer
+/// state are skipped unread: every agency downloads every round's model.
+#[derive(Clone, PartialEq, prost::Message)]
+pub(crate) struct ModelToSend {
+    /// `StoredModel.header`.
+    #[prost(message, optional, tag = "1")]
+    pub header: Option<treaty_proto::v1::ModelHeader>,
+    /// `StoredModel.tensors`.
+    #[prost(message, repeated, tag = "2")]
+    pub tensors: Vec<treaty_proto::v1::Tensor>,
+}
+
 impl Store {
     /// Opens (or creates) the database in `dir`.
     pub(crate) fn open(dir: &Path) -> Result<Self, CoordinatorError> {
@@ -286,6 +314,15 @@ impl Store {
             .transpose()
     }
 
+    /// What a model download needs of a job's head ([`JobRef`]), read without decoding the
+    /// rest of it.
+    pub(crate) fn job_ref(&self, job_id: &str) -> Result<Option<JobRef>, CoordinatorError> {
+        self.jobs
+            .get(job_id.as_bytes())?
+            .map(|v| decode("job", job_id.as_bytes(), &v))
+            .transpose()
+    }
+
     /// A job with its rounds, in order.
     pub(crate) fn job_with_rounds(&self, job_id: &str) -> Result<Option<Job>, CoordinatorError> {
         let Some(mut job) = self.job(job_id)? else {
@@ -327,6 +364,24 @@ impl Store {
         drop(model);
         self.models.insert(version.as_bytes(), encoded)?;
         self.flush()
+    }
+
+    /// A model version as a download sends it ([`ModelToSend`]): its header and tensors, read
+    /// without its contributors and optimizer state. Its tensors' bytes are not copied.
+    pub(crate) fn model_to_send(
+        &self,
+        version: &str,
+    ) -> Result<Option<ModelToSend>, CoordinatorError> {
+        let Some(value) = self.models.get(version.as_bytes())? else {
+            return Ok(None);
+        };
+        ModelToSend::decode(prost::bytes::Bytes::from_owner(value))
+            .map(Some)
+            .map_err(|source| CoordinatorError::CorruptRecord {
+                what: "model",
+                key: version.to_owned(),
+                source,
+            })
     }
 
     /// A model version. Its tensors' bytes are not copied: they share sled's own copy.
@@ -506,6 +561,62 @@ mod tests {
             agency: String::new(),
             detail: String::new(),
         }
+    }
+
+    #[test]
+    fn a_job_ref_reads_the_federation_and_latest_version_of_a_whole_head() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let head = Job {
+            job_id: "job-000001".into(),
+            federation: "eu-narcotics".into(),
+            message: "running".into(),
+            created_by: "treaty://operator/alice".into(),
+            latest_model_version: "job-000001/r3".into(),
+            statistics: Some(RoundSummary {
+                invited: (0..50).map(|k| format!("AGENCY-{k}")).collect(),
+                ..round(0)
+            }),
+            public_records: (0..50).map(|k| (format!("AGENCY-{k}"), 1e3)).collect(),
+            rounds_completed: 3,
+            ..Default::default()
+        };
+        store.put_job(&head).unwrap();
+        let read = store.job_ref("job-000001").unwrap().unwrap();
+        assert_eq!(read.federation, "eu-narcotics");
+        assert_eq!(read.latest_model_version, "job-000001/r3");
+        assert!(store.job_ref("job-000002").unwrap().is_none());
+    }
+
+    #[test]
+    fn a_model_to_send_is_the_stored_header_and_tensors() {
+        use treaty_proto::tensor::{NamedTensor, to_whole};
+        use treaty_proto::v1::{Dtype, ModelHeader};
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let weights = NamedTensor::new("w", ndarray::arr1(&[0.5, -1.25, 3.0]).into_dyn());
+        let moments = NamedTensor::new("m", ndarray::arr1(&[9.0, 9.0, 9.0]).into_dyn());
+        let tensors = to_whole(&[weights], Dtype::F64);
+        let header = ModelHeader {
+            job_id: "job-000001".into(),
+            model_version: "job-000001/r1".into(),
+            round: 1,
+            tensors: tensors.iter().filter_map(|t| t.spec.clone()).collect(),
+            ..Default::default()
+        };
+        store
+            .put_model(StoredModel {
+                header: Some(header.clone()),
+                tensors: tensors.clone(),
+                contributors: (0..100).map(|k| format!("AGENCY-{k}")).collect(),
+                created_unix_ms: 1,
+                optimizer_state: to_whole(&[moments], Dtype::F64),
+            })
+            .unwrap();
+        let sent = store.model_to_send("job-000001/r1").unwrap().unwrap();
+        assert_eq!(sent.header, Some(header));
+        assert_eq!(sent.tensors, tensors);
+        assert!(store.model_to_send("job-000001/r2").unwrap().is_none());
     }
 
     #[test]

@@ -116,6 +116,27 @@ pub fn metrics(e: &Evaluation) -> HashMap<String, f64> {
 
 /// The metrics of `e`'s kind and shape computed from counts `c`.
 fn values(e: &Evaluation, c: &[f64]) -> Values {
+    values_with(e, c, &log_centres(e))
+}
+
+/// For a binary evaluation, the natural logarithms of each bin centre's probability and of its
+/// complement (its log loss takes each probability at its bin's centre); none for other kinds.
+/// The same for every redraw of an evaluation: [`intervals`] computes them once, not 40 a draw.
+fn log_centres(e: &Evaluation) -> Vec<(f64, f64)> {
+    if e.kind != "binary" {
+        return Vec::new();
+    }
+    let b = e.bins as usize;
+    (0..b)
+        .map(|i| {
+            let p = ((i as f64 + 0.5) / b as f64).clamp(1e-15, 1.0 - 1e-15);
+            (p.ln(), (1.0 - p).ln())
+        })
+        .collect()
+}
+
+/// [`values`] with `e`'s [`log_centres`] given.
+fn values_with(e: &Evaluation, c: &[f64], logs: &[(f64, f64)]) -> Values {
     let mut out: Values = [None; NAMES.len()];
     let total: f64 = c.iter().sum();
     if total.is_nan() || total <= 0.0 {
@@ -145,11 +166,12 @@ fn values(e: &Evaluation, c: &[f64]) -> Values {
                 out[2] = Some((wins / (p_total * n_total)).clamp(0.0, 1.0));
             }
             // Log loss with each probability at its bin's centre.
-            let centre = |i: usize| ((i as f64 + 0.5) / b as f64).clamp(1e-15, 1.0 - 1e-15);
-            let loss: f64 = (0..b)
-                .map(|i| -pos[i] * centre(i).ln() - neg[i] * (1.0 - centre(i)).ln())
-                .sum();
-            out[3] = Some((loss / total).max(0.0));
+            if logs.len() == b {
+                let loss: f64 = (0..b)
+                    .map(|i| -pos[i] * logs[i].0 - neg[i] * logs[i].1)
+                    .sum();
+                out[3] = Some((loss / total).max(0.0));
+            }
         }
         "multinomial" => {
             let k = e.bins as usize;
@@ -194,34 +216,106 @@ pub struct Intervals {
 /// meaningless when its interval is wider than a fifth of its range (accuracy, AUC), or than
 /// the metric itself (log loss, RMSE, MAE, the number of test examples), or when the noise
 /// often leaves nothing to compute it from. Evaluations of different shapes give none.
+///
+/// Each evaluation's draws come from a generator of its own (seeded by its place in the list)
+/// and are summarised as soon as they are made, so memory holds one evaluation's draws and the
+/// pooled sums of every draw, whatever the number of evaluations (a round of 1,000 agencies
+/// held 1,000 x 1,000 draws before). The evaluations are redrawn in chunks of [`CHUNK`] over
+/// the machine's cores, and the chunks' pooled sums added in their order: the intervals do not
+/// depend on the number of cores.
 pub fn intervals(evaluations: &[&Evaluation]) -> Intervals {
     let Some(pooled) = pool(evaluations) else {
         return Intervals::default();
     };
-    let mut rng = rand::rngs::StdRng::seed_from_u64(0x7472_6561_7479);
-    let mut draws: Vec<Vec<Values>> = vec![Vec::with_capacity(DRAWS); evaluations.len()];
-    let mut pooled_draws: Vec<Values> = Vec::with_capacity(DRAWS);
-    let mut redrawn = vec![0.0; pooled.counts.len()];
-    let mut sum = vec![0.0; pooled.counts.len()];
-    for _ in 0..DRAWS {
-        sum.fill(0.0);
-        for (e, out) in evaluations.iter().zip(&mut draws) {
-            for ((r, c), s) in redrawn.iter_mut().zip(&e.counts).zip(&mut sum) {
+    let width = pooled.counts.len();
+    let chunks: Vec<(usize, &[&Evaluation])> = evaluations
+        .chunks(CHUNK)
+        .enumerate()
+        .map(|(k, chunk)| (k * CHUNK, chunk))
+        .collect();
+    let threads = std::thread::available_parallelism()
+        .map(usize::from)
+        .unwrap_or(1)
+        .clamp(1, chunks.len().max(1));
+    let mut done: Vec<Option<Redrawn>> = vec![None; chunks.len()];
+    if threads > 1 {
+        std::thread::scope(|scope| {
+            let workers: Vec<_> = (0..threads)
+                .map(|t| {
+                    let chunks = &chunks;
+                    scope.spawn(move || {
+                        (t..chunks.len())
+                            .step_by(threads)
+                            .map(|k| (k, redraw(chunks[k].0, chunks[k].1, width)))
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            for worker in workers {
+                // A thread that failed leaves its chunks to be redrawn below.
+                for (k, redrawn) in worker.join().unwrap_or_default() {
+                    done[k] = Some(redrawn);
+                }
+            }
+        });
+    }
+    let mut each = Vec::with_capacity(evaluations.len());
+    let mut sums = vec![0.0; DRAWS * width];
+    for (slot, (first, chunk)) in done.into_iter().zip(&chunks) {
+        let redrawn = slot.unwrap_or_else(|| redraw(*first, chunk, width));
+        each.extend(redrawn.each);
+        for (total, part) in sums.iter_mut().zip(&redrawn.sums) {
+            *total += part;
+        }
+    }
+    let logs = log_centres(&pooled);
+    let pooled_draws: Vec<Values> = sums
+        .chunks(width.max(1))
+        .map(|sum| values_with(&pooled, sum, &logs))
+        .collect();
+    Intervals {
+        each,
+        pooled: summarise(&values(&pooled, &pooled.counts), &pooled_draws),
+    }
+}
+
+/// Evaluations redrawn together on one thread.
+const CHUNK: usize = 64;
+
+/// The generators' common seed; an evaluation's is this plus its place in the list.
+const SEED: u64 = 0x7472_6561_7479;
+
+/// A chunk of evaluations redrawn: each one's intervals, and the sums of their redrawn counts,
+/// draw after draw (`DRAWS` x the counts' width).
+#[derive(Debug, Clone, Default)]
+struct Redrawn {
+    each: Vec<HashMap<String, MetricInterval>>,
+    sums: Vec<f64>,
+}
+
+/// Redraws `chunk`, whose first evaluation is the `first`-th of the list, `DRAWS` times.
+fn redraw(first: usize, chunk: &[&Evaluation], width: usize) -> Redrawn {
+    let mut out = Redrawn {
+        each: Vec::with_capacity(chunk.len()),
+        sums: vec![0.0; DRAWS * width],
+    };
+    let mut redrawn = vec![0.0; width];
+    let mut draws: Vec<Values> = Vec::with_capacity(DRAWS);
+    for (i, e) in chunk.iter().enumerate() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(SEED.wrapping_add((first + i) as u64));
+        let logs = log_centres(e);
+        draws.clear();
+        for sum in out.sums.chunks_mut(width.max(1)) {
+            for ((r, c), s) in redrawn.iter_mut().zip(&e.counts).zip(sum) {
                 *r = c + laplace(&mut rng, e.laplace_scale);
                 *s += *r;
             }
-            out.push(values(e, &redrawn));
+            draws.push(values_with(e, &redrawn, &logs));
         }
-        pooled_draws.push(values(&pooled, &sum));
+        out.each
+            .push(summarise(&values_with(e, &e.counts, &logs), &draws));
     }
-    Intervals {
-        each: evaluations
-            .iter()
-            .zip(&draws)
-            .map(|(e, draws)| summarise(&values(e, &e.counts), draws))
-            .collect(),
-        pooled: summarise(&values(&pooled, &pooled.counts), &pooled_draws),
-    }
+    out
 }
 
 /// Each estimated metric's interval over the draws.
@@ -430,6 +524,32 @@ mod tests {
     }
 
     #[test]
+    fn many_evaluations_are_redrawn_independently_and_alike_every_time() {
+        // More evaluations than a chunk: each with noise of its own, so pooling n equal
+        // evaluations narrows the accuracy interval by sqrt(n) (counts grow n-fold, the noise's
+        // standard deviation sqrt(n)-fold), as the delta method of the test above says.
+        let e = binary([400.0, 300.0, 100.0, 50.0, 60.0, 90.0, 500.0, 500.0], 20.0);
+        let n = 3 * CHUNK + 5;
+        let many: Vec<&Evaluation> = vec![&e; n];
+        let one = &intervals(&[&e]).pooled["test_accuracy"];
+        let all = intervals(&many);
+        let pooled = &all.pooled["test_accuracy"];
+        let ratio = (pooled.high - pooled.low) / (one.high - one.low);
+        assert!(
+            (ratio * (n as f64).sqrt() - 1.0).abs() < 0.12,
+            "{ratio} for {n}"
+        );
+        // Every evaluation has its own intervals, each as wide as the one alone.
+        assert_eq!(all.each.len(), n);
+        for each in &all.each {
+            let i = &each["test_accuracy"];
+            assert!(((i.high - i.low) / (one.high - one.low) - 1.0).abs() < 0.15);
+        }
+        // The same counts give the same intervals.
+        assert_eq!(intervals(&many), all);
+    }
+
+    #[test]
     fn laplace_draws_have_the_laplace_variance() {
         let mut rng = rand::rngs::StdRng::seed_from_u64(1);
         let n = 200_000;
@@ -458,6 +578,15 @@ mod tests {
         // Pairs 2 x 4... positives in bin 1 beat 3 negatives and tie 1: 2 * 3.5 = 7; positives in
         // bin 3 beat all 4: 2 * 4 = 8; AUC = 15 / 16.
         assert!((m["test_auc"] - 15.0 / 16.0).abs() < 1e-12);
+        // Log loss at the bins' centres 1/8, 3/8, 5/8, 7/8: 3 negatives at 1/8, 1 at 3/8,
+        // 2 positives at 3/8 and 2 at 7/8, over 8 records.
+        let loss = -(3.0 * (7.0f64 / 8.0).ln()
+            + (5.0f64 / 8.0).ln()
+            + 2.0 * (3.0f64 / 8.0).ln()
+            + 2.0 * (7.0f64 / 8.0).ln())
+            / 8.0;
+        assert!((m["test_log_loss"] - loss).abs() < 1e-12);
+        assert!((loss - 0.387_415).abs() < 1e-6, "{loss}");
         assert_eq!(m["test_examples"], 8.0);
         let pooled = pool(&[&e, &e]).unwrap();
         assert_eq!(metrics(&pooled)["test_accuracy"], 0.75);

@@ -44,6 +44,25 @@ pub enum BenchCommand {
         #[arg(long)]
         keep: Option<PathBuf>,
     },
+    /// W3: many agencies (1,000 by default) x 2,000 records, 16 features, 5 rounds of logistic
+    /// regression, each agency over its own mutual-TLS session with its own certificate and
+    /// ledger, to one coordinator: per-round median, the coordinator's CPU and peak memory, and
+    /// its CPU per agency per round (release build).
+    W3 {
+        /// How many agencies; several, comma-separated, run one after another (each on a fresh
+        /// federation), e.g. 10,100,1000.
+        #[arg(long, value_delimiter = ',', default_value = "1000")]
+        agencies: Vec<usize>,
+        /// Training rounds.
+        #[arg(long, default_value_t = 5)]
+        rounds: u32,
+        /// Records per agency (80 % train, 20 % test).
+        #[arg(long, default_value_t = 2000)]
+        rows: usize,
+        /// Keep the working directory (data, PKI, configurations, databases, logs) here.
+        #[arg(long)]
+        keep: Option<PathBuf>,
+    },
     /// Training recipes on a real tabular data set split across agencies (write one with
     /// `python3 bench/adult/prepare.py DIR` or `python3 bench/cces/prepare.py DIR`), against
     /// centralised non-private logistic regression.
@@ -275,6 +294,20 @@ pub async fn run(command: BenchCommand) -> Outcome {
                 keep,
             };
             bench::w2(options, &this_binary()?).await?;
+        }
+        BenchCommand::W3 {
+            agencies,
+            rounds,
+            rows,
+            keep,
+        } => {
+            let options = bench::W3Options {
+                agencies,
+                rounds,
+                rows,
+                keep,
+            };
+            bench::w3(options, &this_binary()?).await?;
         }
         BenchCommand::Tabular {
             data,

@@ -65,6 +65,7 @@ fn is_unusable(error: &anyhow::Error) -> bool {
             || cause.is::<treaty_node::ModelFileError>()
             || cause.is::<treaty_node::DataError>()
             || cause.is::<treaty_devkit::bench::W1DataError>()
+            || cause.is::<treaty_devkit::bench::W3Error>()
             || cause
                 .downcast_ref::<CoordinatorError>()
                 .is_some_and(CoordinatorError::is_unusable)

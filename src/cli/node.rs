@@ -1,5 +1,10 @@
 //! `treaty node --config FILE`: runs an agency's node until SIGINT or SIGTERM;
 //! `treaty node ledger --config FILE`: shows its privacy ledger.
+//!
+//! Hidden, for benchmarks of many agencies on one machine (`treaty bench w3`): `treaty node
+//! --many DIR` hosts the node of every `*.toml` configuration in `DIR` in this one process, each
+//! exactly as `--config` runs it: its own certificate and key, session, ledger, policy files
+//! and data; they share only the process and its async runtime.
 
 use std::path::{Path, PathBuf};
 
@@ -17,6 +22,10 @@ pub struct NodeArgs {
     /// The node's configuration file (TOML).
     #[arg(long)]
     config: Option<PathBuf>,
+    /// Hosts the node of every `*.toml` configuration in this directory in one process (for
+    /// benchmarks of many agencies on one machine).
+    #[arg(long, hide = true, conflicts_with = "config")]
+    many: Option<PathBuf>,
     #[command(subcommand)]
     command: Option<NodeCommand>,
 }
@@ -41,7 +50,10 @@ pub enum NodeCommand {
 pub fn run(args: NodeArgs) -> Outcome {
     match args.command {
         Some(NodeCommand::Ledger { config, json }) => ledger(&config, json),
-        None => super::block_on(serve(args.config.as_deref())),
+        None => match args.many {
+            Some(dir) => super::block_on(serve_many(&dir)),
+            None => super::block_on(serve(args.config.as_deref())),
+        },
     }
 }
 
@@ -62,6 +74,57 @@ async fn serve(config: Option<&Path>) -> Outcome {
     // What the node reads before it connects (its files) is unusable input: `NodeError::is_unusable`.
     treaty_node::run(config, shutdown).await?;
     Ok(())
+}
+
+/// Runs the node of every `*.toml` configuration in `dir` until SIGINT or SIGTERM; the first
+/// node that cannot run (its files) stops them all, with its error.
+async fn serve_many(dir: &Path) -> Outcome {
+    let entries = std::fs::read_dir(dir)
+        .map_err(|e| unusable(anyhow::anyhow!("cannot read `{}`: {e}", dir.display())))?;
+    let mut paths = Vec::new();
+    for entry in entries {
+        let path = entry
+            .map_err(|e| unusable(anyhow::anyhow!("cannot read `{}`: {e}", dir.display())))?
+            .path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            paths.push(path);
+        }
+    }
+    paths.sort();
+    if paths.is_empty() {
+        return Err(unusable(anyhow::anyhow!(
+            "`{}` holds no node configuration (`*.toml`)",
+            dir.display()
+        )));
+    }
+    let configs = paths
+        .iter()
+        .map(|p| NodeConfig::load(p).map_err(unusable))
+        .collect::<Result<Vec<_>, _>>()?;
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let trigger = shutdown.clone();
+    tokio::spawn(async move {
+        signals::terminate().await;
+        trigger.cancel();
+    });
+    tracing::info!(nodes = configs.len(), dir = %dir.display(), "hosting nodes");
+    let mut nodes = tokio::task::JoinSet::new();
+    for (path, config) in paths.iter().zip(configs) {
+        let span = tracing::info_span!("node", config = %path.display());
+        let node = treaty_node::run(config, shutdown.clone());
+        nodes.spawn(tracing::Instrument::instrument(node, span));
+    }
+    let mut failure: Option<CliError> = None;
+    while let Some(done) = nodes.join_next().await {
+        let error = match done {
+            Ok(Ok(())) => continue,
+            Ok(Err(error)) => CliError::from(error),
+            Err(error) => CliError::Failed(anyhow::anyhow!("a hosted node failed: {error}")),
+        };
+        shutdown.cancel();
+        failure.get_or_insert(error);
+    }
+    failure.map_or(Ok(()), Err)
 }
 
 /// Shows the ledger of the node of `config`.

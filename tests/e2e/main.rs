@@ -17,6 +17,7 @@ mod hostile_coordinator;
 mod identity;
 mod learning;
 mod ledger;
+mod many;
 mod newcomer;
 mod poisoned;
 mod policy;

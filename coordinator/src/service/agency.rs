@@ -15,9 +15,8 @@ use treaty_proto::v1::{
 
 use treaty_proto::Identity;
 
-use super::{BoxStream, job, model_parts, require_agency, stream_of};
+use super::{BoxStream, job_ref, model_parts, require_agency, stream_of};
 use crate::error::CoordinatorError;
-use crate::federation::members;
 use crate::limits::{self, MAX_BAD_MESSAGES_PER_SESSION, STAGED_CHUNK_TIMEOUT, STAGING_SLOTS};
 use crate::peerlog::capped;
 use crate::sessions::Session;
@@ -224,11 +223,8 @@ impl AgencyService for AgencyApi {
         let parts = self
             .ctx
             .blocking(move |ctx| {
-                let job = job(ctx, &req.job_id)?;
-                let member = ctx
-                    .store
-                    .federation(&job.federation)?
-                    .is_some_and(|f| members(&f).contains(&agency));
+                let job = job_ref(ctx, &req.job_id)?;
+                let member = ctx.members.contains(&ctx.store, &job.federation, &agency)?;
                 if !member {
                     return Err(CoordinatorError::NotAMember {
                         agency,

@@ -67,13 +67,14 @@ pub(crate) fn require_operator<T>(
     }
 }
 
-/// A job's head as it is now (without its rounds), or `NOT_FOUND`.
-pub(crate) fn job(
+/// What a model download needs of a job (its federation and latest model version), or
+/// `NOT_FOUND`.
+pub(crate) fn job_ref(
     ctx: &Coordinator,
     job_id: &str,
-) -> Result<treaty_proto::v1::Job, CoordinatorError> {
+) -> Result<crate::store::JobRef, CoordinatorError> {
     ctx.store
-        .job(job_id)?
+        .job_ref(job_id)?
         .ok_or_else(|| CoordinatorError::UnknownJob {
             job: job_id.to_owned(),
         })
@@ -113,7 +114,7 @@ pub(crate) fn model_parts(
     job_id: &str,
     version: &str,
 ) -> Result<Vec<ModelPart>, CoordinatorError> {
-    let job = job(ctx, job_id)?;
+    let job = job_ref(ctx, job_id)?;
     let version = if version.is_empty() {
         job.latest_model_version.clone()
     } else {
@@ -125,12 +126,11 @@ pub(crate) fn model_parts(
             version,
         });
     }
-    let stored =
-        ctx.store
-            .model(&version)?
-            .ok_or_else(|| CoordinatorError::UnknownModelVersion {
-                version: version.clone(),
-            })?;
+    let stored = ctx.store.model_to_send(&version)?.ok_or_else(|| {
+        CoordinatorError::UnknownModelVersion {
+            version: version.clone(),
+        }
+    })?;
     let tensors = tensor::from_whole(&stored.tensors, u64::MAX)
         .map_err(|source| CoordinatorError::CorruptModel { version, source })?;
     let (specs, chunks) = tensor::encode(&tensors, Dtype::F64, DEFAULT_MAX_CHUNK_BYTES);

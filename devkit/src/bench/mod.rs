@@ -3,6 +3,7 @@
 //!
 //! - [`w1`]: a training job of 8 agencies x 100,000 rows, 20 rounds, end to end.
 //! - [`w2`]: aggregation of 100 updates of 10^6 `f32` values arriving at a coordinator.
+//! - [`w3`]: 1,000 agencies, each over its own mutual-TLS session, to one coordinator.
 //! - [`w4`]: 100 rounds of a tiny model: the cost of orchestration itself.
 //! - [`w5`]: Gaussian noise through opendp for updates of 10^3 to 10^6 parameters.
 //! - [`tabular`]: training recipes compared on a real tabular data set split across agencies
@@ -21,6 +22,7 @@ mod tabular;
 mod timing;
 mod w1;
 mod w2;
+mod w3;
 mod w4;
 mod w5;
 
@@ -30,6 +32,7 @@ pub use tabular::{Recipe, Spread, TabularOptions, recipes, tabular};
 pub use timing::timing;
 pub use w1::{W1DataError, W1Options, w1};
 pub use w2::{W2Error, W2Options, w2};
+pub use w3::{W3Error, W3Options, w3};
 pub use w4::{W4Options, w4};
 pub use w5::w5;
 
@@ -47,9 +50,24 @@ async fn train_and_score(
     std::time::Duration,
     crate::evaluate::Evaluation,
 )> {
-    use treaty_proto::v1::{
-        CreateFederationRequest, CreateJobRequest, FederationInfo, JobSpec, SharingSpec, job_spec,
-    };
+    let agencies: Vec<(&str, &str)> = members
+        .iter()
+        .map(|m| (m.agency.as_str(), m.country.as_str()))
+        .collect();
+    create_federation(client, name, &agencies).await?;
+    let (job, wall) = run_job(client, name, members.len(), spec).await?;
+    let tests: Vec<std::path::PathBuf> = members.iter().map(|m| m.test.clone()).collect();
+    let scored = score(client, &job.job_id, &tests).await?;
+    Ok((job, wall, scored))
+}
+
+/// Creates federation `name` (purpose narcotics) of `members`, each (agency id, country).
+async fn create_federation(
+    client: &mut treaty_coordinator::client::Client,
+    name: &str,
+    members: &[(&str, &str)],
+) -> anyhow::Result<()> {
+    use treaty_proto::v1::{CreateFederationRequest, FederationInfo};
     client
         .create_federation(CreateFederationRequest {
             federation: Some(FederationInfo {
@@ -57,19 +75,31 @@ async fn train_and_score(
                 purpose: "narcotics".into(),
                 members: members
                     .iter()
-                    .map(|m| format!("{}:{}", m.agency, m.country))
+                    .map(|(agency, country)| format!("{agency}:{country}"))
                     .collect(),
                 ..Default::default()
             }),
         })
         .await?;
+    Ok(())
+}
+
+/// Runs one training job of `spec` on federation `name` with all its `members` required; the
+/// job as it ended and the time from its creation to its end.
+async fn run_job(
+    client: &mut treaty_coordinator::client::Client,
+    name: &str,
+    members: usize,
+    spec: treaty_proto::v1::TrainingSpec,
+) -> anyhow::Result<(treaty_proto::v1::Job, std::time::Duration)> {
+    use treaty_proto::v1::{CreateJobRequest, JobSpec, SharingSpec, job_spec};
     let started = std::time::Instant::now();
     let job = client
         .create_job(CreateJobRequest {
             federation: name.into(),
             spec: Some(JobSpec {
                 kind: Some(job_spec::Kind::Training(spec)),
-                min_participants: members.len() as u32,
+                min_participants: members as u32,
                 round_timeout_ms: 600_000,
                 join_timeout_ms: 60_000,
                 sharing: Some(SharingSpec {
@@ -81,9 +111,15 @@ async fn train_and_score(
         .await?
         .into_inner();
     let job = treaty_coordinator::client::follow_to_success(client, &job.job_id, |_| {}).await?;
-    let wall = started.elapsed();
-    let (header, tensors) = treaty_coordinator::client::download(client, &job.job_id, "").await?;
-    let tests: Vec<std::path::PathBuf> = members.iter().map(|m| m.test.clone()).collect();
-    let scored = crate::evaluate::binary(&treaty_node::ModelFile::new(&header, &tensors)?, &tests)?;
-    Ok((job, wall, scored))
+    Ok((job, started.elapsed()))
+}
+
+/// The latest model of job `job_id`, scored on `tests`.
+async fn score(
+    client: &mut treaty_coordinator::client::Client,
+    job_id: &str,
+    tests: &[std::path::PathBuf],
+) -> anyhow::Result<crate::evaluate::Evaluation> {
+    let (header, tensors) = treaty_coordinator::client::download(client, job_id, "").await?;
+    crate::evaluate::binary(&treaty_node::ModelFile::new(&header, &tensors)?, tests)
 }

@@ -46,7 +46,8 @@ pub struct Run {
     pub file: String,
     /// The workload in lower case (`w1`, `policy`, ...).
     pub workload: String,
-    /// The series within the workload: W1's recipe, the tabular benchmark's data set, or empty.
+    /// The series within the workload: W1's recipe, the tabular benchmark's data set, W3's number
+    /// of agencies, or empty.
     pub series: String,
     /// The envelope's date (RFC 3339), when recorded.
     pub date: Option<String>,
@@ -100,15 +101,24 @@ pub fn parse(file: &str, text: &str) -> Result<Vec<Run>, ReportError> {
             .ok_or_else(|| bad("no `workload` in the report".into()))?
             .to_lowercase();
         let series = match workload.as_str() {
-            "w1" => report.get("recipe").and_then(Value::as_str).unwrap_or("w1"),
+            "w1" => report
+                .get("recipe")
+                .and_then(Value::as_str)
+                .unwrap_or("w1")
+                .to_owned(),
             "tabular" => report
                 .get("data")
                 .and_then(Value::as_str)
                 .and_then(|d| Path::new(d).file_name()?.to_str())
-                .unwrap_or(""),
-            _ => "",
-        }
-        .to_owned();
+                .unwrap_or("")
+                .to_owned(),
+            // W3 at each federation size.
+            "w3" => report
+                .get("agencies")
+                .map(Value::to_string)
+                .unwrap_or_default(),
+            _ => String::new(),
+        };
         let text = |key: &str| {
             envelope
                 .and_then(|e| e.get(key))

@@ -121,9 +121,25 @@ pub fn generate(
     rows: usize,
     seed: u64,
 ) -> anyhow::Result<Vec<Written>> {
+    generate_first(out, agencies, rows, seed, FEATURES)
+}
+
+/// As [`generate`], with only the first `features` feature columns written (W3 takes 16):
+/// the same records, drawn alike, their other columns left out of the files.
+pub fn generate_first(
+    out: &Path,
+    agencies: usize,
+    rows: usize,
+    seed: u64,
+    features: usize,
+) -> anyhow::Result<Vec<Written>> {
+    anyhow::ensure!(
+        (1..=FEATURES).contains(&features),
+        "the numeric generator writes 1 to {FEATURES} feature columns, not {features}"
+    );
     std::fs::create_dir_all(out).with_context(|| format!("cannot create `{}`", out.display()))?;
     let t = truth(seed);
-    let header: Vec<String> = (0..FEATURES)
+    let header: Vec<String> = (0..features)
         .map(|j| format!("f{j}"))
         .chain(std::iter::once("seized".to_owned()))
         .collect();
@@ -144,8 +160,8 @@ pub fn generate(
             let logit = t.b0 + z.iter().zip(&t.w).map(|(a, b)| a * b).sum::<f64>();
             let y = u8::from(r.random::<f64>() < sigmoid(logit));
             positives += usize::from(y);
-            let mut line = String::with_capacity(16 * FEATURES);
-            for (j, &zj) in z.iter().enumerate() {
+            let mut line = String::with_capacity(16 * features);
+            for (j, &zj) in z.iter().enumerate().take(features) {
                 let g = if t.skewed[j] { (0.5 * zj).exp() } else { zj };
                 // Seven significant digits, as single precision keeps.
                 line.push_str(&format!("{:.6e},", t.loc[j] + t.scale[j] * g));
@@ -201,5 +217,29 @@ mod tests {
         let text = std::fs::read_to_string(&wa[0].test).unwrap();
         assert_eq!(text.lines().count(), 1 + 800);
         assert!(text.starts_with("f0,f1,"));
+    }
+
+    #[test]
+    fn the_first_columns_are_those_of_the_whole_files() {
+        let (all, first) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let whole = generate(all.path(), 2, 300, 7).unwrap();
+        let part = generate_first(first.path(), 2, 300, 7, 16).unwrap();
+        for (w, p) in whole.iter().zip(&part) {
+            for (a, b) in [(&w.train, &p.train), (&w.test, &p.test)] {
+                let (a, b) = (
+                    std::fs::read_to_string(a).unwrap(),
+                    std::fs::read_to_string(b).unwrap(),
+                );
+                assert_eq!(a.lines().count(), b.lines().count());
+                for (la, lb) in a.lines().zip(b.lines()) {
+                    let cells: Vec<&str> = la.split(',').collect();
+                    // The first 16 cells, then the label (the last cell).
+                    let expected = [&cells[..16], &cells[cells.len() - 1..]].concat().join(",");
+                    assert_eq!(lb, expected);
+                }
+            }
+        }
+        assert!(generate_first(first.path(), 1, 10, 7, 65).is_err());
+        assert!(generate_first(first.path(), 1, 10, 7, 0).is_err());
     }
 }
