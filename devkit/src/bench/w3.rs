@@ -260,7 +260,7 @@ async fn run(
     let rounds = options.rounds;
     let spent = tokio::task::spawn_blocking(move || ledgers(&agencies, rounds)).await??;
     outln!(
-        "    every agency's ledger records the statistics round and the {rounds} rounds; largest epsilon spent {spent:.4} (delta 1e-5)"
+        "    every agency's ledger records a release of the statistics round and of each training round ({rounds}); largest epsilon spent {spent:.4} (delta 1e-5)"
     );
     report["max_epsilon_spent"] = serde_json::json!(spent);
     Ok(report)
