@@ -30,6 +30,10 @@ pub enum CoordinatorError {
         key: String,
         source: prost::DecodeError,
     },
+    #[error(
+        "the audit log is not what its hash chain and signed heads say: {0}; it was altered or damaged outside the coordinator — keep the data directory as it is for investigation and restore it from a backup"
+    )]
+    AuditChain(#[from] crate::audit::ChainBreak),
     #[error("a stored record is corrupt: audit entry: {0}")]
     CorruptAudit(#[source] serde_json::Error),
     #[error("a stored record is corrupt: the job counter")]
@@ -219,6 +223,7 @@ impl From<CoordinatorError> for tonic::Status {
             | Store(_)
             | CorruptRecord { .. }
             | CorruptAudit(_)
+            | AuditChain(_)
             | CorruptCounter
             | MissingModel { .. }
             | CorruptModel { .. }

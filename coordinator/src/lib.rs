@@ -22,13 +22,15 @@
 //! - The other side: [`client`] (the operator's client of a coordinator: its configuration
 //!   file, connecting, following a job, downloading a model).
 //! - Shared state: `state` (`Coordinator`), `sessions` (connected nodes), `tasks` (open tasks and
-//!   the routing of their outcomes), `store` (the sled database and audit log).
+//!   the routing of their outcomes), `store` (the sled database and audit log), `audit` (the
+//!   audit log's hash chain and signed heads).
 
 #![deny(unreachable_pub)]
 
 mod aggregate;
 mod analytics;
 mod answers;
+mod audit;
 pub mod client;
 mod config;
 mod error;
@@ -48,6 +50,7 @@ mod store;
 mod tasks;
 mod valid_job;
 
+pub use audit::ChainBreak;
 pub use config::{CoordinatorConfig, CoordinatorPolicy, CoordinatorTls, Limits};
 pub use error::{ConfigError, CoordinatorError};
 pub use federation::{FederationProblem, InvalidFederation};

@@ -35,7 +35,9 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), CoordinatorError> {
     let tls = Arc::new(ServerTls::new(config.tls.files(), config.tls.crl.clone())?);
-    let store = Store::open(&config.data_dir)?;
+    // The coordinator signs each head of its audit log with its TLS key.
+    let signer = treaty_proto::tls::KeySigner::load(&config.tls.files())?;
+    let store = Store::open(&config.data_dir)?.signed_by(signer)?;
     let ctx = Arc::new(Coordinator::new(
         store,
         tls.clone(),

@@ -1,19 +1,21 @@
 //! The coordinator's database (sled): federations, jobs, model versions and the audit log.
 //!
 //! This module alone touches sled. Records are protobuf (the definitions of `treaty.v1`), the
-//! audit log is JSON lines keyed by a monotonic sequence number. Every write that a later
-//! decision depends on is flushed before the call returns.
+//! audit log is a hash chain of JSON entries with a signed head after each (`audit`). Every
+//! write that a later decision depends on is flushed before the call returns.
 //!
 //! A job is kept as its head (the `Job` record without its rounds) and one record per completed
 //! round, so that what a round costs to store and to read does not grow with the rounds before
 //! it.
 
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 
 use prost::Message;
 use serde::Serialize;
 use treaty_proto::v1::{FederationInfo, Job, RoundSummary, StoredModel};
 
+use crate::audit::{self, Head, Link, SignedHead};
 use crate::error::CoordinatorError;
 
 /// The coordinator's database.
@@ -26,7 +28,16 @@ pub(crate) struct Store {
     /// Each completed round's summary: `job/round` -> `RoundSummary`.
     rounds: sled::Tree,
     models: sled::Tree,
+    /// The audit log: entry `n` under `n` (eight bytes, big-endian), as an `audit::Link`.
     audit: sled::Tree,
+    /// The signed heads of the audit log: `n` -> `audit::SignedHead` JSON.
+    heads: sled::Tree,
+    /// The audit log's head; held while an entry is appended, so that entries chain in order.
+    chain: Arc<Mutex<Head>>,
+    /// Every certificate that signed a head: SHA-256 (hex) -> DER.
+    certificates: sled::Tree,
+    /// Signs each new head (the coordinator's TLS key); none in unit tests.
+    signer: Option<Arc<treaty_proto::tls::KeySigner>>,
     meta: sled::Tree,
     /// Each round's policy decision: `job/round` -> decision JSON.
     decisions: sled::Tree,
@@ -35,7 +46,7 @@ pub(crate) struct Store {
 }
 
 /// One line of the audit log: who did what, when, to which job, round and agency.
-#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, serde::Deserialize, PartialEq)]
 pub(crate) struct AuditEntry {
     pub time_unix_ms: i64,
     /// The identity that caused the event (an operator, an agency, or the coordinator itself).
@@ -53,6 +64,22 @@ pub(crate) struct AuditEntry {
     /// Details in words and figures.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub detail: String,
+}
+
+/// An audit entry ready to store: its bytes, the head after it and that head signed.
+struct Linked {
+    bytes: Vec<u8>,
+    head: Head,
+    signed: Option<Vec<u8>>,
+}
+
+fn storage_error(
+    e: sled::transaction::TransactionError<std::convert::Infallible>,
+) -> CoordinatorError {
+    match e {
+        sled::transaction::TransactionError::Storage(e) => CoordinatorError::from(e),
+        sled::transaction::TransactionError::Abort(never) => match never {},
+    }
 }
 
 /// The key of a job's round: the job id, `/`, the round as eight digits (in round order).
@@ -121,12 +148,19 @@ impl Store {
             rounds: db.open_tree("rounds")?,
             models: db.open_tree("models")?,
             audit: db.open_tree("audit")?,
+            heads: db.open_tree("audit_heads")?,
+            certificates: db.open_tree("certificates")?,
+            chain: Arc::new(Mutex::new(Head::genesis())),
+            signer: None,
             meta: db.open_tree("meta")?,
             decisions: db.open_tree("decisions")?,
             archive: db.open_tree("policy_archive")?,
             db,
         };
         store.split_rounds()?;
+        store.chain_unchained()?;
+        let head = store.verify_audit()?;
+        *store.chain.lock().unwrap_or_else(|e| e.into_inner()) = head;
         Ok(store)
     }
 
@@ -157,27 +191,148 @@ impl Store {
         &self,
         head: &Job,
         rounds: &[RoundSummary],
-        audit: Option<(u64, Vec<u8>)>,
+        entry: Option<AuditEntry>,
     ) -> Result<(), CoordinatorError> {
         use sled::Transactional;
         let encoded = head.encode_to_vec();
-        (&self.jobs, &self.rounds, &self.audit)
-            .transaction(|(jobs, stored, log)| {
+        let mut chain = self.chain.lock().unwrap_or_else(|e| e.into_inner());
+        let linked = entry.map(|e| self.link(&chain, e)).transpose()?;
+        (&self.jobs, &self.rounds, &self.audit, &self.heads)
+            .transaction(|(jobs, stored, log, heads)| {
                 for r in rounds {
                     stored.insert(round_key(&head.job_id, r.round), r.encode_to_vec())?;
                 }
                 jobs.insert(head.job_id.as_bytes(), encoded.as_slice())?;
-                if let Some((seq, line)) = &audit {
-                    log.insert(&seq.to_be_bytes(), line.as_slice())?;
+                if let Some(linked) = &linked {
+                    let key = linked.head.seq.to_be_bytes();
+                    log.insert(&key, linked.bytes.as_slice())?;
+                    if let Some(signed) = &linked.signed {
+                        heads.insert(&key, signed.as_slice())?;
+                    }
                 }
                 Ok(())
             })
-            .map_err(
-                |e: sled::transaction::TransactionError<std::convert::Infallible>| match e {
-                    sled::transaction::TransactionError::Storage(e) => CoordinatorError::from(e),
-                    sled::transaction::TransactionError::Abort(never) => match never {},
-                },
-            )
+            .map_err(storage_error)?;
+        if let Some(linked) = linked {
+            *chain = linked.head;
+        }
+        Ok(())
+    }
+
+    /// `entry` linked after `chain`, with the new head signed when the store has a signer.
+    fn link(&self, chain: &Head, entry: AuditEntry) -> Result<Linked, CoordinatorError> {
+        let (bytes, head) = chain
+            .append(entry)
+            .map_err(CoordinatorError::CorruptAudit)?;
+        let signed = match &self.signer {
+            Some(signer) => {
+                let signed = SignedHead::sign(&head, crate::state::now_ms(), signer)?;
+                Some(serde_json::to_vec(&signed).map_err(CoordinatorError::CorruptAudit)?)
+            }
+            None => None,
+        };
+        Ok(Linked {
+            bytes,
+            head,
+            signed,
+        })
+    }
+
+    /// Signs each new head of the audit log from now on with `signer` (the coordinator's TLS
+    /// key), keeping its certificate (DER, under its SHA-256) so that
+    /// the signatures can be checked, and signs the head as it stands if it is not signed yet.
+    pub(crate) fn signed_by(
+        mut self,
+        signer: treaty_proto::tls::KeySigner,
+    ) -> Result<Self, CoordinatorError> {
+        let der = signer.certificate().as_ref();
+        self.certificates
+            .insert(treaty_policies::sha256_hex(der).as_bytes(), der)?;
+        let head = self.chain.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        if head.seq > 0 && !self.heads.contains_key(head.seq.to_be_bytes())? {
+            let signed = SignedHead::sign(&head, crate::state::now_ms(), &signer)?;
+            let bytes = serde_json::to_vec(&signed).map_err(CoordinatorError::CorruptAudit)?;
+            self.heads.insert(head.seq.to_be_bytes(), bytes)?;
+        }
+        self.flush()?;
+        self.signer = Some(Arc::new(signer));
+        Ok(self)
+    }
+
+    /// Links an audit log written before entries were chained (each a bare `AuditEntry` under
+    /// a sequence number), in its order, content unchanged, and records that it did so.
+    fn chain_unchained(&self) -> Result<(), CoordinatorError> {
+        let mut old = Vec::new();
+        for kv in self.audit.iter() {
+            let (key, value) = kv?;
+            if serde_json::from_slice::<Link>(&value).is_ok() {
+                return Ok(());
+            }
+            let entry: AuditEntry =
+                serde_json::from_slice(&value).map_err(CoordinatorError::CorruptAudit)?;
+            old.push((key, entry));
+        }
+        if old.is_empty() {
+            return Ok(());
+        }
+        let count = old.len();
+        let mut head = Head::genesis();
+        let mut linked = Vec::with_capacity(count + 1);
+        let note = AuditEntry {
+            time_unix_ms: crate::state::now_ms(),
+            actor: "coordinator".into(),
+            action: "audit.chained".into(),
+            detail: format!(
+                "the {count} entries before this one were written before the audit log was a hash chain; they were linked into it in their order, unchanged"
+            ),
+            ..Default::default()
+        };
+        for entry in old.iter().map(|(_, e)| e.clone()).chain([note]) {
+            let (bytes, next) = head.append(entry).map_err(CoordinatorError::CorruptAudit)?;
+            linked.push((next.seq, bytes));
+            head = next;
+        }
+        self.audit
+            .transaction(|log| {
+                for (key, _) in &old {
+                    log.remove(key)?;
+                }
+                for (seq, bytes) in &linked {
+                    log.insert(&seq.to_be_bytes(), bytes.as_slice())?;
+                }
+                Ok(())
+            })
+            .map_err(storage_error)?;
+        self.flush()
+    }
+
+    /// Reads the whole audit log and checks its chain and its signed heads (not their
+    /// signatures, checked by whoever holds the certificate): the head, or the first entry
+    /// where the stored log is not what the chain says.
+    pub(crate) fn verify_audit(&self) -> Result<Head, CoordinatorError> {
+        let mut stored = Vec::new();
+        for kv in self.audit.iter() {
+            let (key, value) = kv?;
+            let key = <[u8; 8]>::try_from(key.as_ref())
+                .map(u64::from_be_bytes)
+                .unwrap_or(u64::MAX);
+            stored.push((key, value));
+        }
+        let head = audit::verify(stored.iter().map(|(k, v)| (*k, v.as_ref())))?;
+        let hashes: Vec<String> = stored
+            .iter()
+            .map(|(_, v)| treaty_policies::sha256_hex(v))
+            .collect();
+        let mut heads = Vec::new();
+        for kv in self.heads.iter() {
+            let (_, value) = kv?;
+            heads.push(
+                serde_json::from_slice::<SignedHead>(&value)
+                    .map_err(CoordinatorError::CorruptAudit)?,
+            );
+        }
+        audit::check_heads(&heads, &hashes)?;
+        Ok(head)
     }
 
     fn flush(&self) -> Result<(), CoordinatorError> {
@@ -300,9 +455,7 @@ impl Store {
         round: &RoundSummary,
         entry: &AuditEntry,
     ) -> Result<(), CoordinatorError> {
-        let seq = self.db.generate_id()?;
-        let line = serde_json::to_vec(entry).map_err(CoordinatorError::CorruptAudit)?;
-        self.write_job(head, std::slice::from_ref(round), Some((seq, line)))?;
+        self.write_job(head, std::slice::from_ref(round), Some(entry.clone()))?;
         self.flush()
     }
 
@@ -400,9 +553,21 @@ impl Store {
 
     /// Appends to the audit log, durably.
     pub(crate) fn audit(&self, entry: &AuditEntry) -> Result<(), CoordinatorError> {
-        let seq = self.db.generate_id()?;
-        let line = serde_json::to_vec(entry).map_err(CoordinatorError::CorruptAudit)?;
-        self.audit.insert(seq.to_be_bytes(), line)?;
+        use sled::Transactional;
+        let mut chain = self.chain.lock().unwrap_or_else(|e| e.into_inner());
+        let linked = self.link(&chain, entry.clone())?;
+        let key = linked.head.seq.to_be_bytes();
+        (&self.audit, &self.heads)
+            .transaction(|(log, heads)| {
+                log.insert(&key, linked.bytes.as_slice())?;
+                if let Some(signed) = &linked.signed {
+                    heads.insert(&key, signed.as_slice())?;
+                }
+                Ok(())
+            })
+            .map_err(storage_error)?;
+        *chain = linked.head;
+        drop(chain);
         self.flush()
     }
 
@@ -452,7 +617,9 @@ impl Store {
             .iter()
             .map(|kv| {
                 let (_, v) = kv?;
-                serde_json::from_slice(&v).map_err(CoordinatorError::CorruptAudit)
+                serde_json::from_slice::<Link>(&v)
+                    .map(|l| l.entry)
+                    .map_err(CoordinatorError::CorruptAudit)
             })
             .collect()
     }
@@ -461,6 +628,170 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Appends `n` operator lines to the audit log.
+    fn audit_lines(store: &Store, n: usize) {
+        for i in 0..n {
+            store
+                .audit(&AuditEntry {
+                    time_unix_ms: i as i64,
+                    actor: "treaty://operator/ops".into(),
+                    action: format!("action.{i}"),
+                    ..Default::default()
+                })
+                .unwrap();
+        }
+    }
+
+    #[test]
+    fn the_audit_log_is_a_hash_chain_that_continues_across_openings() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path()).unwrap();
+            audit_lines(&store, 3);
+            assert_eq!(store.verify_audit().unwrap().seq, 3);
+        }
+        let store = Store::open(dir.path()).unwrap();
+        audit_lines(&store, 2);
+        let head = store.verify_audit().unwrap();
+        assert_eq!(head.seq, 5);
+        let stored: Vec<Vec<u8>> = store
+            .audit
+            .iter()
+            .map(|kv| kv.unwrap().1.to_vec())
+            .collect();
+        // Entry 4 (the first after reopening) links to entry 3's bytes.
+        let link: Link = serde_json::from_slice(&stored[3]).unwrap();
+        assert_eq!(link.prev, treaty_policies::sha256_hex(&stored[2]));
+        assert_eq!(head.sha256, treaty_policies::sha256_hex(&stored[4]));
+    }
+
+    #[test]
+    fn an_altered_audit_entry_stops_the_coordinator_from_opening_and_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path()).unwrap();
+            audit_lines(&store, 4);
+            let key = 2u64.to_be_bytes();
+            let bytes = store.audit.get(key).unwrap().unwrap().to_vec();
+            let text = String::from_utf8(bytes)
+                .unwrap()
+                .replace("action.1", "action.9");
+            store.audit.insert(key, text.as_bytes()).unwrap();
+            store.flush().unwrap();
+        }
+        let err = Store::open(dir.path()).unwrap_err();
+        match &err {
+            CoordinatorError::AuditChain(b) => assert_eq!(b.seq, 2, "{err}"),
+            other => panic!("{other}"),
+        }
+        assert!(err.to_string().contains("audit entry 2"), "{err}");
+        // Nothing was repaired or removed: the altered entry is still there.
+        let db = sled::open(dir.path()).unwrap();
+        let log = db.open_tree("audit").unwrap();
+        assert_eq!(log.len(), 4);
+    }
+
+    #[test]
+    fn a_log_written_before_chaining_is_linked_in_order_unchanged_and_says_so() {
+        let dir = tempfile::tempdir().unwrap();
+        let old: Vec<AuditEntry> = (0..3)
+            .map(|i| AuditEntry {
+                time_unix_ms: i,
+                actor: "treaty://operator/ops".into(),
+                action: format!("old.{i}"),
+                ..Default::default()
+            })
+            .collect();
+        {
+            let db = sled::open(dir.path()).unwrap();
+            let log = db.open_tree("audit").unwrap();
+            for e in &old {
+                let seq = db.generate_id().unwrap();
+                log.insert(seq.to_be_bytes(), serde_json::to_vec(e).unwrap())
+                    .unwrap();
+            }
+            db.flush().unwrap();
+        }
+        let store = Store::open(dir.path()).unwrap();
+        let log = store.audit_log().unwrap();
+        assert_eq!(&log[..3], &old[..]);
+        assert_eq!(log[3].action, "audit.chained");
+        assert!(log[3].detail.contains("3 entries"), "{}", log[3].detail);
+        assert_eq!(store.verify_audit().unwrap().seq, 4);
+    }
+
+    #[test]
+    fn every_head_is_signed_by_the_coordinators_key_and_a_cut_log_is_caught() {
+        let dir = tempfile::tempdir().unwrap();
+        let pki = tempfile::tempdir().unwrap();
+        let pki = treaty_proto::pki::PkiDir::new(pki.path().join("pki"));
+        treaty_proto::pki::init(
+            &pki,
+            &treaty_proto::pki::InitOptions {
+                federation: "test".into(),
+                coordinator: "hub".into(),
+                coordinator_hosts: vec![],
+                operators: vec![],
+                agencies: vec![],
+                validity_days: 30,
+            },
+        )
+        .unwrap();
+        let (cert, key) =
+            pki.cert_and_key(&treaty_proto::identity::Identity::coordinator("hub").unwrap());
+        let files = treaty_proto::tls::TlsFiles {
+            ca_cert: pki.ca_cert(),
+            cert,
+            key,
+        };
+        {
+            let store = Store::open(dir.path())
+                .unwrap()
+                .signed_by(treaty_proto::tls::KeySigner::load(&files).unwrap())
+                .unwrap();
+            audit_lines(&store, 3);
+            let heads: Vec<SignedHead> = store
+                .heads
+                .iter()
+                .map(|kv| serde_json::from_slice(&kv.unwrap().1).unwrap())
+                .collect();
+            assert_eq!(heads.len(), 3);
+            let last = heads.last().unwrap();
+            assert!(last.statement.contains("seq 3"), "{}", last.statement);
+            let der = store
+                .certificates
+                .get(last.certificate_sha256.as_bytes())
+                .unwrap()
+                .unwrap();
+            let signature: Vec<u8> = (0..last.signature.len() / 2)
+                .map(|i| u8::from_str_radix(&last.signature[2 * i..2 * i + 2], 16).unwrap())
+                .collect();
+            treaty_proto::tls::verify_signature(
+                &der,
+                &last.scheme,
+                last.statement.as_bytes(),
+                &signature,
+            )
+            .unwrap();
+            // Another statement under the same signature is refused.
+            let forged = last.statement.replace("seq 3", "seq 2");
+            assert!(
+                treaty_proto::tls::verify_signature(
+                    &der,
+                    &last.scheme,
+                    forged.as_bytes(),
+                    &signature
+                )
+                .is_err()
+            );
+            // The last entry removed: the chain is whole, but shorter than a signed head.
+            store.audit.remove(3u64.to_be_bytes()).unwrap();
+            store.flush().unwrap();
+        }
+        let err = Store::open(dir.path()).unwrap_err();
+        assert!(err.to_string().contains("audit entry 3: missing"), "{err}");
+    }
 
     #[test]
     fn records_survive_reopening() {

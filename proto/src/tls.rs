@@ -109,6 +109,101 @@ pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
     })
 }
 
+/// Signs statements with a party's own TLS key, so that anyone holding its certificate can
+/// check them (with `openssl dgst -sha256 -verify` for an ECDSA or RSA key): the coordinator
+/// signs the heads of its audit log this way.
+#[derive(Debug)]
+pub struct KeySigner {
+    signer: Box<dyn rustls::sign::Signer>,
+    certificate: CertificateDer<'static>,
+}
+
+impl KeySigner {
+    /// The signer of `files`' key, with the first certificate of `files.cert`.
+    pub fn load(files: &TlsFiles) -> Result<Self, TlsError> {
+        let key = load_key(&files.key)?;
+        let certificate =
+            load_certs(&files.cert)?
+                .into_iter()
+                .next()
+                .ok_or_else(|| TlsError::Empty {
+                    path: files.cert.clone(),
+                    what: "certificate",
+                })?;
+        let key = rustls::crypto::ring::sign::any_supported_type(&key).map_err(|e| {
+            TlsError::Config(format!(
+                "the key in `{}` cannot sign: {e}",
+                files.key.display()
+            ))
+        })?;
+        use rustls::SignatureScheme::*;
+        let signer = key
+            .choose_scheme(&[
+                ECDSA_NISTP256_SHA256,
+                ECDSA_NISTP384_SHA384,
+                ED25519,
+                RSA_PKCS1_SHA256,
+            ])
+            .ok_or_else(|| {
+                TlsError::Config(format!(
+                    "the key in `{}` is of a kind Treaty does not sign with (ECDSA P-256 or P-384, Ed25519 or RSA)",
+                    files.key.display()
+                ))
+            })?;
+        Ok(KeySigner {
+            signer,
+            certificate,
+        })
+    }
+
+    /// The signature of `message` (for ECDSA, ASN.1 DER as openssl writes it).
+    pub fn sign(&self, message: &[u8]) -> Result<Vec<u8>, TlsError> {
+        self.signer
+            .sign(message)
+            .map_err(|e| TlsError::Config(format!("signing failed: {e}")))
+    }
+
+    /// The signature scheme, by its TLS name (e.g. `ECDSA_NISTP256_SHA256`).
+    pub fn scheme(&self) -> String {
+        format!("{:?}", self.signer.scheme())
+    }
+
+    /// The certificate whose public key checks the signatures (DER).
+    pub fn certificate(&self) -> &CertificateDer<'static> {
+        &self.certificate
+    }
+}
+
+/// Checks that `signature` is `certificate`'s (DER) key's signature of `message` under
+/// `scheme` (a [`KeySigner::scheme`] name); says what is wrong otherwise.
+pub fn verify_signature(
+    certificate: &[u8],
+    scheme: &str,
+    message: &[u8],
+    signature: &[u8],
+) -> Result<(), String> {
+    use ring::signature as sig;
+    let (_, cert) = X509Certificate::from_der(certificate)
+        .map_err(|e| format!("the signing certificate is not a certificate: {e}"))?;
+    let algorithm: &dyn sig::VerificationAlgorithm = match scheme {
+        "ECDSA_NISTP256_SHA256" => &sig::ECDSA_P256_SHA256_ASN1,
+        "ECDSA_NISTP384_SHA384" => &sig::ECDSA_P384_SHA384_ASN1,
+        "ED25519" => &sig::ED25519,
+        "RSA_PKCS1_SHA256" => &sig::RSA_PKCS1_2048_8192_SHA256,
+        other => {
+            return Err(format!(
+                "`{other}` is not a signature scheme Treaty signs with"
+            ));
+        }
+    };
+    let key = cert.public_key().subject_public_key.data.as_ref();
+    sig::UnparsedPublicKey::new(algorithm, key)
+        .verify(message, signature)
+        .map_err(|_| {
+            "the signature is not the certificate's key's signature of the statement".into()
+        })
+}
+
 /// Reads every CRL of a PEM file (an empty file holds none).
 pub fn load_crls(path: &Path) -> Result<Vec<CertificateRevocationListDer<'static>>, TlsError> {
     let pem = read(path)?;

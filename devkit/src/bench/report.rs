@@ -95,52 +95,62 @@ pub fn parse(file: &str, text: &str) -> Result<Vec<Run>, ReportError> {
             Some(report) => (Some(&value), report.clone()),
             None => (None, value.clone()),
         };
-        let workload = report
-            .get("workload")
-            .and_then(Value::as_str)
-            .ok_or_else(|| bad("no `workload` in the report".into()))?
-            .to_lowercase();
-        let series = match workload.as_str() {
-            "w1" => report
-                .get("recipe")
-                .and_then(Value::as_str)
-                .unwrap_or("w1")
-                .to_owned(),
-            "tabular" => report
-                .get("data")
-                .and_then(Value::as_str)
-                .and_then(|d| Path::new(d).file_name()?.to_str())
-                .unwrap_or("")
-                .to_owned(),
-            // W3 at each federation size.
-            "w3" => report
-                .get("agencies")
-                .map(Value::to_string)
-                .unwrap_or_default(),
-            _ => String::new(),
+        // A line of several runs (W3 at several sizes: `runs`, each a workload's own report)
+        // is a run each.
+        let reports = match report.get("runs").and_then(Value::as_array) {
+            Some(each) if !each.is_empty() && each.iter().all(|r| r.get("workload").is_some()) => {
+                each.clone()
+            }
+            _ => vec![report],
         };
-        let text = |key: &str| {
-            envelope
-                .and_then(|e| e.get(key))
+        for report in reports {
+            let workload = report
+                .get("workload")
                 .and_then(Value::as_str)
-                .map(str::to_owned)
-        };
-        runs.push(Run {
-            file: file.to_owned(),
-            workload,
-            series,
-            date: text("date"),
-            commit: text("commit"),
-            build: text("build"),
-            size: text("size"),
-            machine: envelope
-                .and_then(|e| e.get("machine"))
-                .and_then(machine_line),
-            load: envelope
-                .and_then(|e| e.get("load_average"))
-                .and_then(Value::as_f64),
-            report,
-        });
+                .ok_or_else(|| bad("no `workload` in the report".into()))?
+                .to_lowercase();
+            let series = match workload.as_str() {
+                "w1" => report
+                    .get("recipe")
+                    .and_then(Value::as_str)
+                    .unwrap_or("w1")
+                    .to_owned(),
+                "tabular" => report
+                    .get("data")
+                    .and_then(Value::as_str)
+                    .and_then(|d| Path::new(d).file_name()?.to_str())
+                    .unwrap_or("")
+                    .to_owned(),
+                // W3 at each federation size.
+                "w3" => report
+                    .get("agencies")
+                    .map(Value::to_string)
+                    .unwrap_or_default(),
+                _ => String::new(),
+            };
+            let text = |key: &str| {
+                envelope
+                    .and_then(|e| e.get(key))
+                    .and_then(Value::as_str)
+                    .map(str::to_owned)
+            };
+            runs.push(Run {
+                file: file.to_owned(),
+                workload,
+                series,
+                date: text("date"),
+                commit: text("commit"),
+                build: text("build"),
+                size: text("size"),
+                machine: envelope
+                    .and_then(|e| e.get("machine"))
+                    .and_then(machine_line),
+                load: envelope
+                    .and_then(|e| e.get("load_average"))
+                    .and_then(Value::as_f64),
+                report,
+            });
+        }
     }
     Ok(runs)
 }

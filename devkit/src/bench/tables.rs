@@ -169,6 +169,7 @@ pub(super) fn table(name: &str, runs: &[&Run]) -> String {
     match name {
         "w1" => w1(runs),
         "w2" => w2(runs),
+        "w3" => w3(runs),
         "w4" => w4(runs),
         "w5" => w5(runs),
         "policy" => policy(runs),
@@ -249,6 +250,39 @@ fn w2(runs: &[&Run]) -> String {
             ],
         )
     )
+}
+
+fn w3(runs: &[&Run]) -> String {
+    let mut out = format!(
+        "{} rows of {} features per agency, {} rounds a run, each agency over its own mutual-TLS session:\n\n",
+        setting(runs, "rows"),
+        setting(runs, "features"),
+        setting(runs, "rounds"),
+    );
+    out.push_str(&header(&[
+        "agencies",
+        "round median (s)",
+        "coordinator CPU per agency per round (ms)",
+        "coordinator CPU over the job (s)",
+        "coordinator peak RSS (MiB)",
+        "agencies' host peak RSS (MiB)",
+        "job seconds",
+    ]));
+    for (agencies, group) in by_series(runs) {
+        out.push_str(&row(&[
+            thousands(agencies.parse().unwrap_or(f64::NAN)),
+            with_runs(&figures(&group, "round_median_seconds"), &fixed(3)),
+            median_of(
+                &figures(&group, "coordinator_cpu_ms_per_agency_task_round_over_job"),
+                &fixed(2),
+            ),
+            median_of(&figures(&group, "coordinator_cpu_seconds"), &fixed(2)),
+            median_of(&figures(&group, "coordinator_peak_rss_bytes"), &mib),
+            median_of(&figures(&group, "host_peak_rss_bytes"), &mib),
+            median_of(&figures(&group, "job_seconds"), &fixed(2)),
+        ]));
+    }
+    out
 }
 
 fn w4(runs: &[&Run]) -> String {
@@ -505,13 +539,52 @@ mod tests {
         assert!(table.contains("| adult (8 agencies, 20 rounds, epsilon 1) | centralised, no DP | — | 0.8500 | 0.9000 | — |"), "{table}");
     }
 
+    /// W3 prints one line for all its sizes (`runs`): a row per size, medians by hand.
     #[test]
-    fn a_new_workload_gets_every_numeric_figure() {
-        let text = "{\"workload\": \"W3\", \"agencies\": 10, \"round_median_seconds\": 0.25}\n\
-            {\"workload\": \"W3\", \"agencies\": 10, \"round_median_seconds\": 0.75}";
-        let runs = parse("r.jsonl", text).unwrap();
+    fn w3_has_a_row_per_federation_size() {
+        let size = |agencies: u64, medians: &[f64]| {
+            let runs: Vec<Value> = medians
+                .iter()
+                .map(|m| {
+                    serde_json::json!({"workload": "W3", "agencies": agencies, "rows": 2000,
+                    "features": 16, "rounds": 5, "round_median_seconds": m,
+                    "coordinator_cpu_ms_per_agency_task_round_over_job": 1.0,
+                    "coordinator_cpu_seconds": 0.5, "coordinator_peak_rss_bytes": 30u64 << 20,
+                    "host_peak_rss_bytes": 100u64 << 20, "job_seconds": 2.0})
+                })
+                .collect();
+            serde_json::json!({"workload": "W3", "rows": 2000, "rounds": 5, "runs": runs})
+                .to_string()
+        };
+        let text = [
+            size(10, &[0.04]),
+            size(10, &[0.05]),
+            size(10, &[0.03]),
+            size(1000, &[5.2]),
+        ]
+        .join("\n");
+        let runs = parse("r.jsonl", &text).unwrap();
+        assert_eq!(runs.len(), 4);
         let refs: Vec<&Run> = runs.iter().collect();
         let table = table("w3", &refs);
+        let rows: Vec<&str> = table.lines().skip(4).collect();
+        assert_eq!(
+            rows,
+            [
+                "| 10 | **0.040** (0.040 / 0.050 / 0.030) | 1.00 | 0.50 | 30 | 100 | 2.00 |",
+                "| 1,000 | 5.200 | 1.00 | 0.50 | 30 | 100 | 2.00 |",
+            ],
+            "{table}"
+        );
+    }
+
+    #[test]
+    fn a_new_workload_gets_every_numeric_figure() {
+        let text = "{\"workload\": \"W9\", \"agencies\": 10, \"round_median_seconds\": 0.25}\n\
+            {\"workload\": \"W9\", \"agencies\": 10, \"round_median_seconds\": 0.75}";
+        let runs = parse("r.jsonl", text).unwrap();
+        let refs: Vec<&Run> = runs.iter().collect();
+        let table = table("w9", &refs);
         assert!(table.contains("| agencies | 10 | 10 | **10** |"), "{table}");
         assert!(
             table.contains("| round_median_seconds | 0.2500 | 0.7500 | **0.5000** |"),

@@ -1,0 +1,323 @@
+//! The audit log as a hash chain, with signed heads.
+//!
+//! Entry `n` (counted from 1) is stored under the key `n` (eight bytes, big-endian) as the JSON
+//! of a [`Link`], `{"seq":n,"prev":"<hex>","entry":{...}}`, where `prev` is the SHA-256 of entry
+//! `n - 1`'s stored bytes (64 zeros for the first). Changing, removing or reordering a stored
+//! entry breaks the chain there, and [`verify`] names the first entry that is not what the
+//! chain says. Removing entries from the end leaves a shorter chain consistent in itself: that
+//! is what the signed heads are for. With every entry it appends, the coordinator signs the new
+//! head — the [`Head::statement`] `treaty audit head\nseq N\nsha256 HEX\ntime_unix_ms T\n` —
+//! with its TLS key and stores the [`SignedHead`] under the key `N`: a log that ends before a
+//! signed head, or whose entry there hashes otherwise, contradicts a signature only the
+//! coordinator's key could make.
+
+use serde::{Deserialize, Serialize};
+use treaty_policies::sha256_hex;
+use treaty_proto::tls::KeySigner;
+
+use crate::store::AuditEntry;
+
+/// The `prev` of the first entry.
+pub(crate) const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+/// One stored entry of the log.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Link {
+    pub seq: u64,
+    /// The SHA-256 of the previous entry's stored bytes, in hex.
+    pub prev: String,
+    pub entry: AuditEntry,
+}
+
+/// Where the chain ends: the last entry's number (0 when empty) and the SHA-256 of its stored
+/// bytes.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Head {
+    pub seq: u64,
+    pub sha256: String,
+}
+
+impl Head {
+    /// The head of an empty log.
+    pub(crate) fn genesis() -> Head {
+        Head {
+            seq: 0,
+            sha256: GENESIS.to_owned(),
+        }
+    }
+
+    /// `entry` linked after this head: its stored bytes, and the head after it.
+    pub(crate) fn append(&self, entry: AuditEntry) -> Result<(Vec<u8>, Head), serde_json::Error> {
+        let link = Link {
+            seq: self.seq + 1,
+            prev: self.sha256.clone(),
+            entry,
+        };
+        let bytes = serde_json::to_vec(&link)?;
+        let head = Head {
+            seq: link.seq,
+            sha256: sha256_hex(&bytes),
+        };
+        Ok((bytes, head))
+    }
+
+    /// The text the coordinator signs for this head, at `time_unix_ms`.
+    pub(crate) fn statement(&self, time_unix_ms: i64) -> String {
+        format!(
+            "treaty audit head\nseq {}\nsha256 {}\ntime_unix_ms {time_unix_ms}\n",
+            self.seq, self.sha256
+        )
+    }
+
+    /// The head a statement states, when it is one.
+    pub(crate) fn of_statement(statement: &str) -> Option<Head> {
+        let mut lines = statement.lines();
+        (lines.next()? == "treaty audit head").then_some(())?;
+        let seq = lines.next()?.strip_prefix("seq ")?.parse().ok()?;
+        let sha256 = lines.next()?.strip_prefix("sha256 ")?.to_owned();
+        lines
+            .next()?
+            .strip_prefix("time_unix_ms ")?
+            .parse::<i64>()
+            .ok()?;
+        lines.next().is_none().then_some(Head { seq, sha256 })
+    }
+}
+
+/// A head as the coordinator signed it, stored under its `seq`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct SignedHead {
+    /// The signed bytes ([`Head::statement`]).
+    pub statement: String,
+    /// The signature scheme by its TLS name (e.g. `ECDSA_NISTP256_SHA256`).
+    pub scheme: String,
+    /// The signature, in hex (for ECDSA, ASN.1 DER as openssl writes it).
+    pub signature: String,
+    /// The SHA-256 of the signing certificate's DER, which the store keeps.
+    pub certificate_sha256: String,
+}
+
+impl SignedHead {
+    /// `head` signed now by `signer`.
+    pub(crate) fn sign(
+        head: &Head,
+        time_unix_ms: i64,
+        signer: &KeySigner,
+    ) -> Result<SignedHead, treaty_proto::TlsError> {
+        let statement = head.statement(time_unix_ms);
+        let signature = signer.sign(statement.as_bytes())?;
+        Ok(SignedHead {
+            statement,
+            scheme: signer.scheme(),
+            signature: signature.iter().map(|b| format!("{b:02x}")).collect(),
+            certificate_sha256: sha256_hex(signer.certificate()),
+        })
+    }
+}
+
+/// The first place where a stored log is not what its chain says.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("audit entry {seq}: {problem}")]
+pub struct ChainBreak {
+    /// The entry's number (its position in the log, from 1).
+    pub seq: u64,
+    pub problem: String,
+}
+
+/// Checks a log's stored entries, given as (key, stored bytes) in key order: every key is the
+/// next number, every entry's `seq` its key and its `prev` the hash of the entry before. The
+/// head at its end, or the first entry that breaks the chain.
+pub(crate) fn verify<'a>(
+    stored: impl IntoIterator<Item = (u64, &'a [u8])>,
+) -> Result<Head, ChainBreak> {
+    let mut head = Head::genesis();
+    for (key, bytes) in stored {
+        let seq = head.seq + 1;
+        let broken = |problem: String| ChainBreak { seq, problem };
+        if key != seq {
+            return Err(broken(match key > seq {
+                true => format!(
+                    "missing: the entry after {} is stored as entry {key}",
+                    head.seq
+                ),
+                false => format!("stored out of order, as entry {key}"),
+            }));
+        }
+        let link: Link = serde_json::from_slice(bytes)
+            .map_err(|e| broken(format!("not an entry of the log ({e})")))?;
+        if link.seq != seq {
+            return Err(broken(format!(
+                "stored in entry {seq}'s place but numbered {}: entries were moved",
+                link.seq
+            )));
+        }
+        if link.prev != head.sha256 {
+            return Err(broken(match seq {
+                1 => "the first entry does not start the chain".to_owned(),
+                _ => format!(
+                    "entry {} was altered: its stored bytes hash to {}, but entry {seq} says {}",
+                    head.seq, head.sha256, link.prev
+                ),
+            })
+            .with_seq(head.seq.max(1)));
+        }
+        head = Head {
+            seq,
+            sha256: sha256_hex(bytes),
+        };
+    }
+    Ok(head)
+}
+
+impl ChainBreak {
+    fn with_seq(mut self, seq: u64) -> ChainBreak {
+        self.seq = seq;
+        self
+    }
+}
+
+/// Checks signed heads (in any order) against a verified chain's entry hashes (`hashes[i]` is
+/// entry `i + 1`'s): each statement must be a head of this chain. Signatures are checked apart
+/// (`treaty_proto::tls::verify_signature`), as they need the certificate.
+pub(crate) fn check_heads<'a>(
+    heads: impl IntoIterator<Item = &'a SignedHead>,
+    hashes: &[String],
+) -> Result<(), ChainBreak> {
+    for signed in heads {
+        let Some(head) = Head::of_statement(&signed.statement) else {
+            return Err(ChainBreak {
+                seq: 0,
+                problem: format!("a signed head states no head: {:?}", signed.statement),
+            });
+        };
+        let Some(stored) = usize::try_from(head.seq)
+            .ok()
+            .and_then(|n| n.checked_sub(1))
+            .and_then(|i| hashes.get(i))
+        else {
+            return Err(ChainBreak {
+                seq: head.seq,
+                problem: format!(
+                    "missing: the coordinator signed a log of {} entries, this one has {}",
+                    head.seq,
+                    hashes.len()
+                ),
+            });
+        };
+        if *stored != head.sha256 {
+            return Err(ChainBreak {
+                seq: head.seq,
+                problem: format!(
+                    "the entry hashes to {stored}, but the coordinator signed {}",
+                    head.sha256
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(action: &str) -> AuditEntry {
+        AuditEntry {
+            time_unix_ms: 1,
+            actor: "treaty://operator/ops".into(),
+            action: action.into(),
+            federation: "f".into(),
+            job: String::new(),
+            round: 0,
+            agency: String::new(),
+            detail: String::new(),
+        }
+    }
+
+    /// Five linked entries, as (key, bytes).
+    fn log() -> Vec<(u64, Vec<u8>)> {
+        let mut head = Head::genesis();
+        (0..5)
+            .map(|i| {
+                let (bytes, next) = head.append(entry(&format!("action.{i}"))).unwrap();
+                head = next;
+                (head.seq, bytes)
+            })
+            .collect()
+    }
+
+    fn check(log: &[(u64, Vec<u8>)]) -> Result<Head, ChainBreak> {
+        verify(log.iter().map(|(k, v)| (*k, v.as_slice())))
+    }
+
+    #[test]
+    fn an_untouched_log_verifies_to_the_hash_of_its_last_entry() {
+        let log = log();
+        let head = check(&log).unwrap();
+        assert_eq!(head.seq, 5);
+        // An independent hash of the stored bytes.
+        let digest = ring::digest::digest(&ring::digest::SHA256, &log[4].1);
+        let hex: String = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(head.sha256, hex);
+        assert!(String::from_utf8_lossy(&log[0].1).contains(GENESIS));
+    }
+
+    #[test]
+    fn one_changed_byte_names_the_entry_it_changed() {
+        let mut log = log();
+        // "action.1" -> "action.X" in entry 2: valid JSON, another text.
+        let at = log[1].1.windows(8).position(|w| w == b"action.1").unwrap();
+        log[1].1[at + 7] = b'X';
+        let err = check(&log).unwrap_err();
+        assert_eq!(err.seq, 2, "{err}");
+        assert!(err.problem.contains("altered"), "{err}");
+    }
+
+    #[test]
+    fn a_deleted_or_reordered_entry_is_named() {
+        let mut deleted = log();
+        deleted.remove(2);
+        let err = check(&deleted).unwrap_err();
+        assert_eq!(err.seq, 3, "{err}");
+        assert!(err.problem.contains("missing"), "{err}");
+
+        // Two entries' bytes swapped under their keys.
+        let mut swapped = log();
+        let (a, b) = (swapped[1].1.clone(), swapped[2].1.clone());
+        swapped[1].1 = b;
+        swapped[2].1 = a;
+        let err = check(&swapped).unwrap_err();
+        assert_eq!(err.seq, 2, "{err}");
+        assert!(err.problem.contains("moved"), "{err}");
+
+        // Renumbered in full (keys and seqs rewritten in the swapped order): the hashes break.
+        let mut renumbered = log();
+        renumbered.swap(1, 2);
+        let err = check(&renumbered).unwrap_err();
+        assert_eq!(err.seq, 2, "{err}");
+    }
+
+    #[test]
+    fn a_log_cut_short_contradicts_a_signed_head() {
+        let log = log();
+        let hashes: Vec<String> = log.iter().map(|(_, v)| sha256_hex(v)).collect();
+        let head = check(&log).unwrap();
+        let signed = SignedHead {
+            statement: head.statement(7),
+            scheme: "ECDSA_NISTP256_SHA256".into(),
+            signature: String::new(),
+            certificate_sha256: String::new(),
+        };
+        check_heads([&signed], &hashes).unwrap();
+        let err = check_heads([&signed], &hashes[..4]).unwrap_err();
+        assert_eq!(err.seq, 5, "{err}");
+        // A head of another log of the same length.
+        let mut other = hashes.clone();
+        other[4] = sha256_hex(b"another entry");
+        assert_eq!(check_heads([&signed], &other).unwrap_err().seq, 5);
+        assert_eq!(Head::of_statement(&signed.statement), Some(head));
+        assert_eq!(Head::of_statement("treaty audit head\nseq 1\n"), None);
+    }
+}
