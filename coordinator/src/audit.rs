@@ -1,15 +1,18 @@
 //! The audit log as a hash chain, with signed heads.
 //!
-//! Entry `n` (counted from 1) is stored under the key `n` (eight bytes, big-endian) as the JSON
-//! of a [`Link`], `{"seq":n,"prev":"<hex>","entry":{...}}`, where `prev` is the SHA-256 of entry
-//! `n - 1`'s stored bytes (64 zeros for the first). Changing, removing or reordering a stored
-//! entry breaks the chain there, and [`verify`] names the first entry that is not what the
-//! chain says. Removing entries from the end leaves a shorter chain consistent in itself: that
-//! is what the signed heads are for. With every entry it appends, the coordinator signs the new
-//! head — the [`Head::statement`] `treaty audit head\nseq N\nsha256 HEX\ntime_unix_ms T\n` —
-//! with its TLS key and stores the [`SignedHead`] under the key `N`: a log that ends before a
-//! signed head, or whose entry there hashes otherwise, contradicts a signature only the
-//! coordinator's key could make.
+//! Entry `n` (counted from 1) is two lines of JSON, stored together under the key `n` (eight
+//! bytes, big-endian): its [`Link`], `{"seq":n,"prev":"<hex>","entry_sha256":"<hex>"}`, then the
+//! entry itself. `entry_sha256` is the SHA-256 of the entry's line, `prev` the SHA-256 of link
+//! `n - 1`'s line (64 zeros for the first): the chain runs through the links, and each link
+//! commits to its entry. So a bundle can carry the links of the whole log but only the entries
+//! it is about, and still be checked end to end (docs/AUDIT.md). Changing, removing or
+//! reordering a stored entry breaks the chain there, and [`verify`] names the first entry that
+//! is not what the chain says. Removing entries from the end leaves a shorter chain consistent
+//! in itself: that is what the signed heads are for. With every entry it appends, the
+//! coordinator signs the new head — the [`Head::statement`] `treaty audit head\nseq N\nsha256
+//! HEX\ntime_unix_ms T\n`, HEX the SHA-256 of link `N` — with its TLS key and stores the
+//! [`SignedHead`] under the key `N`: a log that ends before a signed head, or whose link there
+//! hashes otherwise, contradicts a signature only the coordinator's key could make.
 
 use serde::{Deserialize, Serialize};
 use treaty_policies::sha256_hex;
@@ -20,18 +23,27 @@ use crate::store::AuditEntry;
 /// The `prev` of the first entry.
 pub(crate) const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
-/// One stored entry of the log.
+/// The link of an entry of the log.
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct Link {
     pub seq: u64,
-    /// The SHA-256 of the previous entry's stored bytes, in hex.
+    /// The SHA-256 of the previous link's line, in hex.
     pub prev: String,
-    pub entry: AuditEntry,
+    /// The SHA-256 of this entry's line, in hex.
+    pub entry_sha256: String,
 }
 
-/// Where the chain ends: the last entry's number (0 when empty) and the SHA-256 of its stored
-/// bytes.
+/// A stored entry's link line and, when present, its entry line.
+pub(crate) fn split(stored: &[u8]) -> (&[u8], Option<&[u8]>) {
+    match stored.iter().position(|b| *b == b'\n') {
+        Some(i) => (&stored[..i], Some(&stored[i + 1..])),
+        None => (stored, None),
+    }
+}
+
+/// Where the chain ends: the last entry's number (0 when empty) and the SHA-256 of its link's
+/// line.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct Head {
     pub seq: u64,
@@ -47,18 +59,22 @@ impl Head {
         }
     }
 
-    /// `entry` linked after this head: its stored bytes, and the head after it.
-    pub(crate) fn append(&self, entry: AuditEntry) -> Result<(Vec<u8>, Head), serde_json::Error> {
+    /// `entry` linked after this head: its stored bytes (link line, newline, entry line), and
+    /// the head after it.
+    pub(crate) fn append(&self, entry: &AuditEntry) -> Result<(Vec<u8>, Head), serde_json::Error> {
+        let entry = serde_json::to_vec(entry)?;
         let link = Link {
             seq: self.seq + 1,
             prev: self.sha256.clone(),
-            entry,
+            entry_sha256: sha256_hex(&entry),
         };
-        let bytes = serde_json::to_vec(&link)?;
+        let mut bytes = serde_json::to_vec(&link)?;
         let head = Head {
             seq: link.seq,
             sha256: sha256_hex(&bytes),
         };
+        bytes.push(b'\n');
+        bytes.extend_from_slice(&entry);
         Ok((bytes, head))
     }
 
@@ -127,13 +143,15 @@ pub struct ChainBreak {
 }
 
 /// Checks a log's stored entries, given as (key, stored bytes) in key order: every key is the
-/// next number, every entry's `seq` its key and its `prev` the hash of the entry before. The
-/// head at its end, or the first entry that breaks the chain.
+/// next number, every link's `seq` its key and its `prev` the hash of the link before, and
+/// every entry present hashes to its link's `entry_sha256` (an entry may be left out: its link
+/// still vouches for it). The head at its end, or the first entry that breaks the chain.
 pub(crate) fn verify<'a>(
     stored: impl IntoIterator<Item = (u64, &'a [u8])>,
 ) -> Result<Head, ChainBreak> {
     let mut head = Head::genesis();
-    for (key, bytes) in stored {
+    for (key, stored) in stored {
+        let (bytes, entry) = split(stored);
         let seq = head.seq + 1;
         let broken = |problem: String| ChainBreak { seq, problem };
         if key != seq {
@@ -146,7 +164,7 @@ pub(crate) fn verify<'a>(
             }));
         }
         let link: Link = serde_json::from_slice(bytes)
-            .map_err(|e| broken(format!("not an entry of the log ({e})")))?;
+            .map_err(|e| broken(format!("its link is not a link of the log ({e})")))?;
         if link.seq != seq {
             return Err(broken(format!(
                 "stored in entry {seq}'s place but numbered {}: entries were moved",
@@ -157,11 +175,20 @@ pub(crate) fn verify<'a>(
             return Err(broken(match seq {
                 1 => "the first entry does not start the chain".to_owned(),
                 _ => format!(
-                    "entry {} was altered: its stored bytes hash to {}, but entry {seq} says {}",
+                    "entry {} was altered: its link hashes to {}, but entry {seq}'s link says {}",
                     head.seq, head.sha256, link.prev
                 ),
             })
             .with_seq(head.seq.max(1)));
+        }
+        if let Some(entry) = entry
+            && sha256_hex(entry) != link.entry_sha256
+        {
+            return Err(broken(format!(
+                "the entry was altered: it hashes to {}, but its link says {}",
+                sha256_hex(entry),
+                link.entry_sha256
+            )));
         }
         head = Head {
             seq,
@@ -178,8 +205,8 @@ impl ChainBreak {
     }
 }
 
-/// Checks signed heads (in any order) against a verified chain's entry hashes (`hashes[i]` is
-/// entry `i + 1`'s): each statement must be a head of this chain. Signatures are checked apart
+/// Checks signed heads (in any order) against a verified chain's link hashes (`hashes[i]` is
+/// link `i + 1`'s): each statement must be a head of this chain. Signatures are checked apart
 /// (`treaty_proto::tls::verify_signature`), as they need the certificate.
 pub(crate) fn check_heads<'a>(
     heads: impl IntoIterator<Item = &'a SignedHead>,
@@ -210,7 +237,7 @@ pub(crate) fn check_heads<'a>(
             return Err(ChainBreak {
                 seq: head.seq,
                 problem: format!(
-                    "the entry hashes to {stored}, but the coordinator signed {}",
+                    "its link hashes to {stored}, but the coordinator signed {}",
                     head.sha256
                 ),
             });
@@ -241,7 +268,7 @@ mod tests {
         let mut head = Head::genesis();
         (0..5)
             .map(|i| {
-                let (bytes, next) = head.append(entry(&format!("action.{i}"))).unwrap();
+                let (bytes, next) = head.append(&entry(&format!("action.{i}"))).unwrap();
                 head = next;
                 (head.seq, bytes)
             })
@@ -252,15 +279,22 @@ mod tests {
         verify(log.iter().map(|(k, v)| (*k, v.as_slice())))
     }
 
+    fn sha256(bytes: &[u8]) -> String {
+        let digest = ring::digest::digest(&ring::digest::SHA256, bytes);
+        digest.as_ref().iter().map(|b| format!("{b:02x}")).collect()
+    }
+
     #[test]
-    fn an_untouched_log_verifies_to_the_hash_of_its_last_entry() {
+    fn an_untouched_log_verifies_to_the_hash_of_its_last_link() {
         let log = log();
         let head = check(&log).unwrap();
         assert_eq!(head.seq, 5);
-        // An independent hash of the stored bytes.
-        let digest = ring::digest::digest(&ring::digest::SHA256, &log[4].1);
-        let hex: String = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
-        assert_eq!(head.sha256, hex);
+        // Independent hashes of the stored lines.
+        let text = String::from_utf8(log[4].1.clone()).unwrap();
+        let (link, entry) = text.split_once('\n').unwrap();
+        assert_eq!(head.sha256, sha256(link.as_bytes()));
+        assert!(link.contains(&sha256(entry.as_bytes())), "{link}");
+        assert!(entry.contains("action.4"), "{entry}");
         assert!(String::from_utf8_lossy(&log[0].1).contains(GENESIS));
     }
 
@@ -273,6 +307,22 @@ mod tests {
         let err = check(&log).unwrap_err();
         assert_eq!(err.seq, 2, "{err}");
         assert!(err.problem.contains("altered"), "{err}");
+        // A changed byte in a link (its hash of the entry) breaks the next link.
+        let mut log = super::tests::log();
+        let at = log[2].1.iter().position(|b| *b == b'\n').unwrap() - 3;
+        log[2].1[at] = if log[2].1[at] == b'0' { b'1' } else { b'0' };
+        let err = check(&log).unwrap_err();
+        assert_eq!(err.seq, 3, "{err}");
+    }
+
+    #[test]
+    fn entries_left_out_still_chain_through_their_links() {
+        let mut log = log();
+        for (_, bytes) in log.iter_mut().take(3) {
+            let link_end = bytes.iter().position(|b| *b == b'\n').unwrap();
+            bytes.truncate(link_end);
+        }
+        assert_eq!(check(&log).unwrap().seq, 5);
     }
 
     #[test]
@@ -302,7 +352,7 @@ mod tests {
     #[test]
     fn a_log_cut_short_contradicts_a_signed_head() {
         let log = log();
-        let hashes: Vec<String> = log.iter().map(|(_, v)| sha256_hex(v)).collect();
+        let hashes: Vec<String> = log.iter().map(|(_, v)| sha256_hex(split(v).0)).collect();
         let head = check(&log).unwrap();
         let signed = SignedHead {
             statement: head.statement(7),

@@ -196,7 +196,7 @@ impl Store {
         use sled::Transactional;
         let encoded = head.encode_to_vec();
         let mut chain = self.chain.lock().unwrap_or_else(|e| e.into_inner());
-        let linked = entry.map(|e| self.link(&chain, e)).transpose()?;
+        let linked = entry.map(|e| self.link(&chain, &e)).transpose()?;
         (&self.jobs, &self.rounds, &self.audit, &self.heads)
             .transaction(|(jobs, stored, log, heads)| {
                 for r in rounds {
@@ -220,9 +220,9 @@ impl Store {
     }
 
     /// `entry` linked after `chain`, with the new head signed when the store has a signer.
-    fn link(&self, chain: &Head, entry: AuditEntry) -> Result<Linked, CoordinatorError> {
+    fn link(&self, chain: &Head, entry: &AuditEntry) -> Result<Linked, CoordinatorError> {
         let (bytes, head) = chain
-            .append(entry)
+            .append(&entry)
             .map_err(CoordinatorError::CorruptAudit)?;
         let signed = match &self.signer {
             Some(signer) => {
@@ -265,7 +265,7 @@ impl Store {
         let mut old = Vec::new();
         for kv in self.audit.iter() {
             let (key, value) = kv?;
-            if serde_json::from_slice::<Link>(&value).is_ok() {
+            if serde_json::from_slice::<Link>(audit::split(&value).0).is_ok() {
                 return Ok(());
             }
             let entry: AuditEntry =
@@ -288,7 +288,9 @@ impl Store {
             ..Default::default()
         };
         for entry in old.iter().map(|(_, e)| e.clone()).chain([note]) {
-            let (bytes, next) = head.append(entry).map_err(CoordinatorError::CorruptAudit)?;
+            let (bytes, next) = head
+                .append(&entry)
+                .map_err(CoordinatorError::CorruptAudit)?;
             linked.push((next.seq, bytes));
             head = next;
         }
@@ -321,7 +323,7 @@ impl Store {
         let head = audit::verify(stored.iter().map(|(k, v)| (*k, v.as_ref())))?;
         let hashes: Vec<String> = stored
             .iter()
-            .map(|(_, v)| treaty_policies::sha256_hex(v))
+            .map(|(_, v)| treaty_policies::sha256_hex(audit::split(v).0))
             .collect();
         let mut heads = Vec::new();
         for kv in self.heads.iter() {
@@ -555,7 +557,7 @@ impl Store {
     pub(crate) fn audit(&self, entry: &AuditEntry) -> Result<(), CoordinatorError> {
         use sled::Transactional;
         let mut chain = self.chain.lock().unwrap_or_else(|e| e.into_inner());
-        let linked = self.link(&chain, entry.clone())?;
+        let linked = self.link(&chain, entry)?;
         let key = linked.head.seq.to_be_bytes();
         (&self.audit, &self.heads)
             .transaction(|(log, heads)| {
@@ -617,8 +619,7 @@ impl Store {
             .iter()
             .map(|kv| {
                 let (_, v) = kv?;
-                serde_json::from_slice::<Link>(&v)
-                    .map(|l| l.entry)
+                serde_json::from_slice(audit::split(&v).1.unwrap_or_default())
                     .map_err(CoordinatorError::CorruptAudit)
             })
             .collect()
@@ -660,10 +661,16 @@ mod tests {
             .iter()
             .map(|kv| kv.unwrap().1.to_vec())
             .collect();
-        // Entry 4 (the first after reopening) links to entry 3's bytes.
-        let link: Link = serde_json::from_slice(&stored[3]).unwrap();
-        assert_eq!(link.prev, treaty_policies::sha256_hex(&stored[2]));
-        assert_eq!(head.sha256, treaty_policies::sha256_hex(&stored[4]));
+        // Entry 4 (the first after reopening) links to entry 3's link.
+        let link: Link = serde_json::from_slice(audit::split(&stored[3]).0).unwrap();
+        assert_eq!(
+            link.prev,
+            treaty_policies::sha256_hex(audit::split(&stored[2]).0)
+        );
+        assert_eq!(
+            head.sha256,
+            treaty_policies::sha256_hex(audit::split(&stored[4]).0)
+        );
     }
 
     #[test]
