@@ -9,7 +9,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use cli::{
-    agencies, bench, demo, federation, job, model, node, pki, policy, privacy, schema, synth,
+    agencies, audit, bench, demo, federation, job, model, node, pki, policy, privacy, schema, synth,
 };
 
 /// Federated learning for law-enforcement agencies, under each country's sharing policy.
@@ -62,6 +62,9 @@ enum Command {
     /// Downloads and explains models.
     #[command(subcommand)]
     Model(model::ModelCommand),
+    /// Exports a job's evidence from the audit log, and checks it offline.
+    #[command(subcommand)]
+    Audit(audit::AuditCommand),
 }
 
 fn main() -> ExitCode {
@@ -82,6 +85,7 @@ fn main() -> ExitCode {
         // Each starts an async runtime for what needs one.
         Command::Node(args) => node::run(args),
         Command::Model(command) => model::run(command),
+        Command::Audit(command) => audit::run(command),
         Command::Demo(args) => cli::block_on(demo::run(args)),
         Command::Coordinator(args) => cli::block_on(cli::coordinator::run(args)),
         Command::Federation(command) => cli::block_on(federation::run(command)),

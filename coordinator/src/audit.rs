@@ -17,8 +17,16 @@
 use serde::{Deserialize, Serialize};
 use treaty_policies::sha256_hex;
 use treaty_proto::tls::KeySigner;
+use treaty_proto::v1::{
+    AuditEntryLine, AuditExportInfo, AuditLinks, AuditPart, AuditSignedHead, CitedText, Job,
+    RoundDecision, audit_part::Part,
+};
 
-use crate::store::AuditEntry;
+use crate::error::CoordinatorError;
+use crate::store::{AuditEntry, Store};
+
+/// The most bytes of links in one part of an export.
+const LINKS_PER_PART_BYTES: usize = 1 << 20;
 
 /// The `prev` of the first entry.
 pub(crate) const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
@@ -167,7 +175,7 @@ pub(crate) fn verify<'a>(
             .map_err(|e| broken(format!("its link is not a link of the log ({e})")))?;
         if link.seq != seq {
             return Err(broken(format!(
-                "stored in entry {seq}'s place but numbered {}: entries were moved",
+                "missing or moved: the link in entry {seq}'s place is numbered {}",
                 link.seq
             )));
         }
@@ -244,6 +252,99 @@ pub(crate) fn check_heads<'a>(
         }
     }
     Ok(())
+}
+
+/// The evidence of `job` as the parts of an export (docs/AUDIT.md): every link up to the newest
+/// signed head, the entries of the job and of its federation's creation, the head, the
+/// certificates, the job's decisions and the texts they cite (synchronous: call it on a
+/// blocking thread).
+pub(crate) fn export_parts(
+    store: &Store,
+    job: &Job,
+    exported_by: &str,
+) -> Result<Vec<AuditPart>, CoordinatorError> {
+    let (signed, stored) = store
+        .audit_to_signed_head()?
+        .ok_or(CoordinatorError::AuditUnsigned)?;
+    let mut parts = vec![Part::Info(AuditExportInfo {
+        job_id: job.job_id.clone(),
+        federation: job.federation.clone(),
+        exported_unix_ms: crate::state::now_ms(),
+        exported_by: exported_by.to_owned(),
+    })];
+    let mut run = AuditLinks {
+        first_seq: 1,
+        lines: Vec::new(),
+    };
+    let mut run_bytes = 0;
+    let mut entries = Vec::new();
+    for (seq, bytes) in &stored {
+        let (link, line) = split(bytes);
+        if run_bytes + link.len() > LINKS_PER_PART_BYTES && !run.lines.is_empty() {
+            let next = AuditLinks {
+                first_seq: *seq,
+                lines: Vec::new(),
+            };
+            parts.push(Part::Links(std::mem::replace(&mut run, next)));
+            run_bytes = 0;
+        }
+        run_bytes += link.len();
+        run.lines.push(link.to_vec().into());
+        let Some(line) = line else { continue };
+        let entry: AuditEntry =
+            serde_json::from_slice(line).map_err(CoordinatorError::CorruptAudit)?;
+        let ours = entry.job == job.job_id
+            || (entry.job.is_empty()
+                && entry.federation == job.federation
+                && entry.action == "federation.created");
+        if ours {
+            entries.push(Part::Entry(AuditEntryLine {
+                seq: *seq,
+                line: line.to_vec().into(),
+            }));
+        }
+    }
+    parts.push(Part::Links(run));
+    parts.extend(entries);
+    let signature = (0..signed.signature.len() / 2)
+        .map(|i| u8::from_str_radix(signed.signature.get(2 * i..2 * i + 2).unwrap_or("zz"), 16))
+        .collect::<Result<Vec<u8>, _>>()
+        .map_err(|_| CoordinatorError::CorruptCounter)?;
+    let certificate = store
+        .certificate(&signed.certificate_sha256)?
+        .ok_or(CoordinatorError::AuditUnsigned)?;
+    parts.push(Part::Head(AuditSignedHead {
+        statement: signed.statement,
+        scheme: signed.scheme,
+        signature: signature.into(),
+        certificate_sha256: signed.certificate_sha256,
+    }));
+    parts.push(Part::CoordinatorCertificate(certificate.into()));
+    if let Some(ca) = store.ca_certificate()? {
+        parts.push(Part::CaCertificate(ca.into()));
+    }
+    let mut cited = std::collections::BTreeSet::new();
+    for (round, json) in store.decisions(&job.job_id)? {
+        cited.extend(hex_digests(&json));
+        parts.push(Part::Decision(RoundDecision { round, json }));
+    }
+    for sha256 in cited {
+        if let Some(text) = store.archived_policy(&sha256)? {
+            parts.push(Part::Text(CitedText { sha256, text }));
+        }
+    }
+    Ok(parts
+        .into_iter()
+        .map(|part| AuditPart { part: Some(part) })
+        .collect())
+}
+
+/// Every run of exactly 64 hex digits in `text` (the SHA-256s a decision cites).
+fn hex_digests(text: &str) -> Vec<String> {
+    text.split(|c: char| !c.is_ascii_hexdigit())
+        .filter(|w| w.len() == 64)
+        .map(str::to_owned)
+        .collect()
 }
 
 #[cfg(test)]
@@ -340,7 +441,7 @@ mod tests {
         swapped[2].1 = a;
         let err = check(&swapped).unwrap_err();
         assert_eq!(err.seq, 2, "{err}");
-        assert!(err.problem.contains("moved"), "{err}");
+        assert!(err.problem.contains("missing or moved"), "{err}");
 
         // Renumbered in full (keys and seqs rewritten in the swapped order): the hashes break.
         let mut renumbered = log();

@@ -44,6 +44,8 @@ pub enum ClientError {
     NoEvents { job: String },
     #[error("job {job} did not succeed: {message}")]
     JobFailed { job: String, message: String },
+    #[error(transparent)]
+    Bundle(#[from] crate::bundle::BundleError),
 }
 
 impl ClientError {
@@ -61,7 +63,8 @@ impl ClientError {
             | ClientError::Tensor(_)
             | ClientError::Download(_)
             | ClientError::NoEvents { .. }
-            | ClientError::JobFailed { .. } => false,
+            | ClientError::JobFailed { .. }
+            | ClientError::Bundle(_) => false,
         }
     }
 }
@@ -214,6 +217,33 @@ pub async fn follow_to_success(
         });
     }
     Ok(job)
+}
+
+/// A job's audit evidence (docs/AUDIT.md), as the coordinator exports it.
+pub async fn export_audit(
+    client: &mut Client,
+    job_id: &str,
+) -> Result<crate::bundle::Bundle, ClientError> {
+    let mut stream = client
+        .export_audit(treaty_proto::v1::ExportAuditRequest {
+            job_id: job_id.to_owned(),
+        })
+        .await?
+        .into_inner();
+    let mut parts = Vec::new();
+    let mut bytes = 0usize;
+    while let Some(part) = stream.next().await {
+        let part = part?;
+        bytes += prost::Message::encoded_len(&part);
+        if bytes > crate::bundle::MAX_BUNDLE_BYTES {
+            return Err(crate::bundle::BundleError::Malformed(
+                "the export is larger than 1 GiB".into(),
+            )
+            .into());
+        }
+        parts.push(part);
+    }
+    Ok(crate::bundle::Bundle::from_parts(parts)?)
 }
 
 /// Downloads a model version (the latest when `version` is empty).

@@ -34,6 +34,10 @@ pub enum CoordinatorError {
         "the audit log is not what its hash chain and signed heads say: {0}; it was altered or damaged outside the coordinator — keep the data directory as it is for investigation and restore it from a backup"
     )]
     AuditChain(#[from] crate::audit::ChainBreak),
+    #[error(
+        "the audit log has no signed head yet: the coordinator signs its log with its TLS key from its next start"
+    )]
+    AuditUnsigned,
     #[error("a stored record is corrupt: audit entry: {0}")]
     CorruptAudit(#[source] serde_json::Error),
     #[error("a stored record is corrupt: the job counter")]
@@ -224,6 +228,7 @@ impl From<CoordinatorError> for tonic::Status {
             | CorruptRecord { .. }
             | CorruptAudit(_)
             | AuditChain(_)
+            | AuditUnsigned
             | CorruptCounter
             | MissingModel { .. }
             | CorruptModel { .. }

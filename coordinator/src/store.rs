@@ -66,6 +66,44 @@ pub(crate) struct AuditEntry {
     pub detail: String,
 }
 
+/// A store in `dir` that signs its audit heads with the key of a coordinator of a PKI made in
+/// `pki`.
+#[cfg(test)]
+pub(crate) fn signed_for_tests(dir: &Path, pki: &Path) -> Store {
+    let pki = treaty_proto::pki::PkiDir::new(pki.join("pki"));
+    if !pki.ca_cert().exists() {
+        treaty_proto::pki::init(
+            &pki,
+            &treaty_proto::pki::InitOptions {
+                federation: "test".into(),
+                coordinator: "hub".into(),
+                coordinator_hosts: vec![],
+                operators: vec![],
+                agencies: vec![],
+                validity_days: 30,
+            },
+        )
+        .unwrap();
+    }
+    let identity = treaty_proto::identity::Identity::coordinator("hub").unwrap();
+    let (cert, key) = pki.cert_and_key(&identity);
+    let files = treaty_proto::tls::TlsFiles {
+        ca_cert: pki.ca_cert(),
+        cert,
+        key,
+    };
+    Store::open(dir)
+        .unwrap()
+        .signed_by(treaty_proto::tls::KeySigner::load(&files).unwrap())
+        .unwrap()
+}
+
+/// An audit entry as stored: its number and bytes (link line, newline, entry line).
+pub(crate) type StoredEntry = (u64, Vec<u8>);
+
+/// The `meta` key of the federation CA's certificate.
+const CA_CERTIFICATE: &[u8] = b"ca_certificate";
+
 /// An audit entry ready to store: its bytes, the head after it and that head signed.
 struct Linked {
     bytes: Vec<u8>,
@@ -222,7 +260,7 @@ impl Store {
     /// `entry` linked after `chain`, with the new head signed when the store has a signer.
     fn link(&self, chain: &Head, entry: &AuditEntry) -> Result<Linked, CoordinatorError> {
         let (bytes, head) = chain
-            .append(&entry)
+            .append(entry)
             .map_err(CoordinatorError::CorruptAudit)?;
         let signed = match &self.signer {
             Some(signer) => {
@@ -248,6 +286,8 @@ impl Store {
         let der = signer.certificate().as_ref();
         self.certificates
             .insert(treaty_policies::sha256_hex(der).as_bytes(), der)?;
+        self.meta
+            .insert(CA_CERTIFICATE, signer.ca_certificate().as_ref())?;
         let head = self.chain.lock().unwrap_or_else(|e| e.into_inner()).clone();
         if head.seq > 0 && !self.heads.contains_key(head.seq.to_be_bytes())? {
             let signed = SignedHead::sign(&head, crate::state::now_ms(), &signer)?;
@@ -585,13 +625,53 @@ impl Store {
         self.flush()
     }
 
-    /// The recorded decisions of a job, in round order.
-    #[cfg(test)]
-    fn decisions(&self, job: &str) -> Result<Vec<String>, CoordinatorError> {
+    /// The recorded decisions of a job (round, JSON), in round order.
+    pub(crate) fn decisions(&self, job: &str) -> Result<Vec<(u32, String)>, CoordinatorError> {
+        let prefix = format!("{job}/");
         self.decisions
-            .scan_prefix(format!("{job}/").as_bytes())
-            .map(|kv| Ok(String::from_utf8_lossy(&kv?.1).into_owned()))
+            .scan_prefix(prefix.as_bytes())
+            .map(|kv| {
+                let (key, value) = kv?;
+                let round = String::from_utf8_lossy(&key[prefix.len()..])
+                    .parse()
+                    .map_err(|_| CoordinatorError::CorruptCounter)?;
+                Ok((round, String::from_utf8_lossy(&value).into_owned()))
+            })
             .collect()
+    }
+
+    /// The newest signed head of the audit log and every stored entry up to it, (number,
+    /// stored bytes) in order; `None` before the first signed head.
+    pub(crate) fn audit_to_signed_head(
+        &self,
+    ) -> Result<Option<(SignedHead, Vec<StoredEntry>)>, CoordinatorError> {
+        let Some((key, value)) = self.heads.last()? else {
+            return Ok(None);
+        };
+        let signed: SignedHead =
+            serde_json::from_slice(&value).map_err(CoordinatorError::CorruptAudit)?;
+        let mut entries = Vec::new();
+        for kv in self.audit.range(..=key) {
+            let (key, value) = kv?;
+            let seq = <[u8; 8]>::try_from(key.as_ref())
+                .map(u64::from_be_bytes)
+                .unwrap_or(u64::MAX);
+            entries.push((seq, value.to_vec()));
+        }
+        Ok(Some((signed, entries)))
+    }
+
+    /// A certificate that signed a head (DER), by its SHA-256.
+    pub(crate) fn certificate(&self, sha256: &str) -> Result<Option<Vec<u8>>, CoordinatorError> {
+        Ok(self
+            .certificates
+            .get(sha256.as_bytes())?
+            .map(|v| v.to_vec()))
+    }
+
+    /// The federation CA's certificate (DER) as of the coordinator's last start.
+    pub(crate) fn ca_certificate(&self) -> Result<Option<Vec<u8>>, CoordinatorError> {
+        Ok(self.meta.get(CA_CERTIFICATE)?.map(|v| v.to_vec()))
     }
 
     /// Keeps a policy or registry file's text under its SHA-256, so that every version a
@@ -604,8 +684,7 @@ impl Store {
     }
 
     /// An archived policy or registry text by its SHA-256.
-    #[cfg(test)]
-    fn archived_policy(&self, sha256: &str) -> Result<Option<String>, CoordinatorError> {
+    pub(crate) fn archived_policy(&self, sha256: &str) -> Result<Option<String>, CoordinatorError> {
         Ok(self
             .archive
             .get(sha256.as_bytes())?
@@ -732,31 +811,8 @@ mod tests {
     fn every_head_is_signed_by_the_coordinators_key_and_a_cut_log_is_caught() {
         let dir = tempfile::tempdir().unwrap();
         let pki = tempfile::tempdir().unwrap();
-        let pki = treaty_proto::pki::PkiDir::new(pki.path().join("pki"));
-        treaty_proto::pki::init(
-            &pki,
-            &treaty_proto::pki::InitOptions {
-                federation: "test".into(),
-                coordinator: "hub".into(),
-                coordinator_hosts: vec![],
-                operators: vec![],
-                agencies: vec![],
-                validity_days: 30,
-            },
-        )
-        .unwrap();
-        let (cert, key) =
-            pki.cert_and_key(&treaty_proto::identity::Identity::coordinator("hub").unwrap());
-        let files = treaty_proto::tls::TlsFiles {
-            ca_cert: pki.ca_cert(),
-            cert,
-            key,
-        };
         {
-            let store = Store::open(dir.path())
-                .unwrap()
-                .signed_by(treaty_proto::tls::KeySigner::load(&files).unwrap())
-                .unwrap();
+            let store = signed_for_tests(dir.path(), pki.path());
             audit_lines(&store, 3);
             let heads: Vec<SignedHead> = store
                 .heads
@@ -1002,7 +1058,10 @@ mod tests {
         store.put_decision("job-000010", 1, "{}").unwrap();
         assert_eq!(
             store.decisions("job-000001").unwrap(),
-            ["{\"round\":1}", "{\"round\":2}"]
+            [
+                (1, "{\"round\":1}".to_owned()),
+                (2, "{\"round\":2}".to_owned())
+            ]
         );
         store.archive_policy("abc", "version = 1").unwrap();
         // A text is archived once under its digest.

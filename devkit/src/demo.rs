@@ -226,6 +226,23 @@ async fn demo(
         dir.join("model.json"),
         serde_json::to_string_pretty(&model_file)?,
     )?;
+
+    step(&format!(
+        "exporting job {}'s evidence from the coordinator's audit log, and checking it offline",
+        job.job_id
+    ));
+    let bundle_dir = dir.join(format!("audit-{}", job.job_id));
+    client::export_audit(&mut client, &job.job_id)
+        .await?
+        .write(&bundle_dir)?;
+    let verified = treaty_coordinator::bundle::verify(&bundle_dir)?;
+    outln!(
+        "    audit bundle verified: {} entries of the job within a hash-chained log of {}, its head signed by {} ({})",
+        verified.entries,
+        verified.links,
+        verified.signed_by,
+        bundle_dir.display()
+    );
     summary(&job, &query, &model_file, &synth, started.elapsed())
 }
 

@@ -116,20 +116,25 @@ pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
 pub struct KeySigner {
     signer: Box<dyn rustls::sign::Signer>,
     certificate: CertificateDer<'static>,
+    ca_certificate: CertificateDer<'static>,
 }
 
 impl KeySigner {
-    /// The signer of `files`' key, with the first certificate of `files.cert`.
+    /// The signer of `files`' key, with the first certificate of `files.cert` and of
+    /// `files.ca_cert`.
     pub fn load(files: &TlsFiles) -> Result<Self, TlsError> {
         let key = load_key(&files.key)?;
-        let certificate =
-            load_certs(&files.cert)?
+        let first = |path: &PathBuf| {
+            load_certs(path)?
                 .into_iter()
                 .next()
                 .ok_or_else(|| TlsError::Empty {
-                    path: files.cert.clone(),
+                    path: path.clone(),
                     what: "certificate",
-                })?;
+                })
+        };
+        let certificate = first(&files.cert)?;
+        let ca_certificate = first(&files.ca_cert)?;
         let key = rustls::crypto::ring::sign::any_supported_type(&key).map_err(|e| {
             TlsError::Config(format!(
                 "the key in `{}` cannot sign: {e}",
@@ -153,6 +158,7 @@ impl KeySigner {
         Ok(KeySigner {
             signer,
             certificate,
+            ca_certificate,
         })
     }
 
@@ -171,6 +177,11 @@ impl KeySigner {
     /// The certificate whose public key checks the signatures (DER).
     pub fn certificate(&self) -> &CertificateDer<'static> {
         &self.certificate
+    }
+
+    /// The certificate of the CA that issued it (DER).
+    pub fn ca_certificate(&self) -> &CertificateDer<'static> {
+        &self.ca_certificate
     }
 }
 
@@ -202,6 +213,48 @@ pub fn verify_signature(
         .map_err(|_| {
             "the signature is not the certificate's key's signature of the statement".into()
         })
+}
+
+/// Checks that the certificate `der` was issued by the CA certificate `ca` (its issuer is the
+/// CA's subject and its signature the CA key's); says what is wrong otherwise.
+pub fn verify_issued_by(der: &[u8], ca: &[u8]) -> Result<(), String> {
+    use ring::signature as sig;
+    let (_, cert) = X509Certificate::from_der(der)
+        .map_err(|e| format!("the certificate is not a certificate: {e}"))?;
+    let (_, ca) = X509Certificate::from_der(ca)
+        .map_err(|e| format!("the CA certificate is not a certificate: {e}"))?;
+    if cert.issuer().as_raw() != ca.subject().as_raw() {
+        return Err(format!(
+            "the certificate was issued by `{}`, not by the CA `{}`",
+            cert.issuer(),
+            ca.subject()
+        ));
+    }
+    let oid = cert.signature_algorithm.algorithm.to_id_string();
+    let algorithm: &dyn sig::VerificationAlgorithm = match oid.as_str() {
+        "1.2.840.10045.4.3.2" => &sig::ECDSA_P256_SHA256_ASN1,
+        "1.2.840.10045.4.3.3" => &sig::ECDSA_P384_SHA384_ASN1,
+        "1.3.101.112" => &sig::ED25519,
+        "1.2.840.113549.1.1.11" => &sig::RSA_PKCS1_2048_8192_SHA256,
+        other => {
+            return Err(format!(
+                "the certificate's signature algorithm {other} is not one Treaty checks"
+            ));
+        }
+    };
+    sig::UnparsedPublicKey::new(algorithm, ca.public_key().subject_public_key.data.as_ref())
+        .verify(
+            cert.tbs_certificate.as_ref(),
+            cert.signature_value.data.as_ref(),
+        )
+        .map_err(|_| "the certificate's signature is not the CA's".to_owned())
+}
+
+/// A certificate's subject, as text.
+pub fn subject_of(der: &[u8]) -> Result<String, String> {
+    let (_, cert) =
+        X509Certificate::from_der(der).map_err(|e| format!("not a certificate: {e}"))?;
+    Ok(cert.subject().to_string())
 }
 
 /// Reads every CRL of a PEM file (an empty file holds none).

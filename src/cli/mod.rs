@@ -11,6 +11,7 @@
 //! 2 when it cannot decide. Command-line errors exit 2 (clap's own).
 
 pub mod agencies;
+pub mod audit;
 pub mod bench;
 pub mod coordinator;
 pub mod demo;

@@ -58,6 +58,25 @@ fn the_demo_runs_end_to_end_and_leaves_no_process() {
         stdout.contains("the riskiest declaration in NL-POLITIE"),
         "{stdout}"
     );
+    // The demo ends by exporting its training job's evidence and verifying it; the bundle it
+    // kept verifies again with `treaty audit verify`.
+    assert!(stdout.contains("audit bundle verified"), "{stdout}");
+    let bundle = std::fs::read_dir(keep.path())
+        .unwrap()
+        .flatten()
+        .find(|e| e.file_name().to_string_lossy().starts_with("audit-"))
+        .expect("the demo keeps its audit bundle")
+        .path();
+    let verify = Command::new(TREATY)
+        .args(["audit", "verify"])
+        .arg(&bundle)
+        .output()
+        .unwrap();
+    assert!(
+        verify.status.success(),
+        "{}",
+        String::from_utf8_lossy(&verify.stderr)
+    );
     // Every process the demo started has exited: the coordinator's log ends with its graceful
     // stop, and no process names the demo's directory.
     let log = std::fs::read_to_string(keep.path().join("coordinator.log")).unwrap();

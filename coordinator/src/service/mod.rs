@@ -143,6 +143,6 @@ pub(crate) fn model_parts(
 }
 
 /// A response stream of parts made beforehand.
-pub(crate) fn stream_of(parts: Vec<ModelPart>) -> BoxStream<ModelPart> {
+pub(crate) fn stream_of<T: Send + 'static>(parts: Vec<T>) -> BoxStream<T> {
     Box::pin(tokio_stream::iter(parts.into_iter().map(Ok)))
 }

@@ -8,10 +8,10 @@ use treaty_proto::Identity;
 use treaty_proto::schema;
 use treaty_proto::v1::operator_service_server::OperatorService;
 use treaty_proto::v1::{
-    CreateFederationRequest, CreateJobRequest, DownloadModelRequest, FederationInfo, GetJobRequest,
-    GetRegistryFieldsRequest, Job, JobEvent, JobEventKind, JobState, ListAgenciesRequest,
-    ListAgenciesResponse, ListFederationsRequest, ListFederationsResponse, ListJobsRequest,
-    ListJobsResponse, ModelPart, RegistryFields, WatchJobRequest,
+    AuditPart, CreateFederationRequest, CreateJobRequest, DownloadModelRequest, ExportAuditRequest,
+    FederationInfo, GetJobRequest, GetRegistryFieldsRequest, Job, JobEvent, JobEventKind, JobState,
+    ListAgenciesRequest, ListAgenciesResponse, ListFederationsRequest, ListFederationsResponse,
+    ListJobsRequest, ListJobsResponse, ModelPart, RegistryFields, WatchJobRequest,
 };
 
 use super::{BoxStream, job_with_rounds, model_stream, require_operator};
@@ -40,6 +40,7 @@ impl OperatorApi {
 impl OperatorService for OperatorApi {
     type WatchJobStream = BoxStream<JobEvent>;
     type DownloadModelStream = BoxStream<ModelPart>;
+    type ExportAuditStream = BoxStream<AuditPart>;
 
     async fn create_federation(
         &self,
@@ -295,6 +296,28 @@ impl OperatorService for OperatorApi {
         Ok(Response::new(
             model_stream(&self.ctx, &req.job_id, &req.model_version).await?,
         ))
+    }
+
+    async fn export_audit(
+        &self,
+        request: Request<ExportAuditRequest>,
+    ) -> Result<Response<Self::ExportAuditStream>, Status> {
+        let operator = require_operator(&self.ctx, &request)?.to_string();
+        let id = request.into_inner().job_id;
+        let job = self
+            .ctx
+            .store
+            .job(&id)?
+            .ok_or(CoordinatorError::UnknownJob { job: id })?;
+        // The export itself goes on record first: a bundle exported later shows this one.
+        self.ctx
+            .save_audit(&operator, "audit.exported", &job, 0, "", String::new())
+            .await?;
+        let parts = self
+            .ctx
+            .blocking(move |ctx| crate::audit::export_parts(&ctx.store, &job, &operator))
+            .await?;
+        Ok(Response::new(super::stream_of(parts)))
     }
 }
 
