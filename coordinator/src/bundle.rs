@@ -132,6 +132,15 @@ impl Bundle {
                 }
                 audit_part::Part::CaCertificate(c) => bundle.ca_certificate = c.to_vec(),
                 audit_part::Part::Text(t) => {
+                    // The digest names a file of the bundle: 64 hex digits, nothing else.
+                    if t.sha256.len() != 64
+                        || !t
+                            .sha256
+                            .bytes()
+                            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+                    {
+                        return Err(malformed("a cited text under a name that is not a SHA-256"));
+                    }
                     bytes += t.text.len();
                     bundle.texts.insert(t.sha256, t.text);
                 }
@@ -554,6 +563,23 @@ mod tests {
             })
         });
         assert!(err.contains("signature"), "{err}");
+    }
+
+    /// A hostile coordinator's text named to escape the bundle's directory is refused before
+    /// anything is written.
+    #[test]
+    fn a_text_named_like_a_path_is_refused() {
+        use treaty_proto::v1::CitedText;
+        let part = |p| AuditPart { part: Some(p) };
+        let err = Bundle::from_parts([
+            part(audit_part::Part::Info(AuditExportInfo::default())),
+            part(audit_part::Part::Text(CitedText {
+                sha256: "../../../tmp/owned".into(),
+                text: "x".into(),
+            })),
+        ])
+        .unwrap_err();
+        assert!(err.to_string().contains("not a SHA-256"), "{err}");
     }
 
     /// docs/verify-audit-bundle.sh checks a bundle with bash, sha256sum and openssl only, as
