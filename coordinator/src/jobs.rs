@@ -743,13 +743,23 @@ async fn complete_round(
     summary.finished_unix_ms = now_ms();
     let line = format!("{}{note}", round_line(&summary));
     job.rounds_completed = round;
+    // The record gives each exclusion its reason in full.
+    let reasons: Vec<String> = summary
+        .excluded
+        .iter()
+        .map(|e| format!("{}: {}: {}", e.agency, e.reason_code, e.message))
+        .collect();
+    let detail = match reasons.is_empty() {
+        true => line.clone(),
+        false => format!("{line}; reasons: {}", reasons.join("; ")),
+    };
     let entry = audit_entry(
         &ctx.identity.to_string(),
         "round.completed",
         job,
         round,
         "",
-        line.clone(),
+        detail,
     );
     let (head, stored) = (job.clone(), summary.clone());
     ctx.blocking(move |ctx| ctx.store.put_round(&head, &stored, &entry))

@@ -144,7 +144,8 @@ pub(crate) async fn collect(
     let min = rules.min_participants();
     let join_timeout = rules.join_timeout();
     let round_timeout = rules.round_timeout_ms();
-    let invited = wait_for_members(ctx, &members(&federation), min, join_timeout)
+    let all_members = members(&federation);
+    let invited = wait_for_members(ctx, &all_members, min, join_timeout)
         .await
         .map_err(|connected| CoordinatorError::TooFewConnected {
             round,
@@ -157,6 +158,14 @@ pub(crate) async fn collect(
     // (to a training round: its report's next round is what the job would release next).
     let final_evaluation = matches!(kind, task::Kind::Evaluation(_));
     let mut excluded: Vec<Exclusion> = Vec::new();
+    // Every member is accounted for: one without a session when the round starts is named.
+    for member in all_members.iter().filter(|m| !invited.contains(m)) {
+        excluded.push(exclusion(
+            shown(member),
+            ExclusionCode::NotConnected,
+            "a member of the federation whose node had no session when the round started",
+        ));
+    }
     let invited: Vec<Identity> = invited
         .into_iter()
         .filter(
@@ -253,12 +262,20 @@ pub(crate) async fn collect(
         round,
         "",
         format!(
-            "{what}; invited: {}",
+            "{what}; invited: {}; not invited: {}",
             admitted
                 .iter()
                 .filter_map(Identity::member)
                 .collect::<Vec<_>>()
-                .join(", ")
+                .join(", "),
+            match excluded.is_empty() {
+                true => "none".to_owned(),
+                false => excluded
+                    .iter()
+                    .map(|e| format!("{} ({}: {})", e.agency, e.reason_code, e.message))
+                    .collect::<Vec<_>>()
+                    .join("; "),
+            }
         ),
     )
     .await?;

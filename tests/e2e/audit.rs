@@ -47,8 +47,22 @@ async fn a_jobs_bundle_verifies_across_a_coordinator_crash_and_tampering_is_name
     let _fr = fx.start_node("FR-DGDDI", "FR", &address, 4);
     let mut op = fx.operator(&address).await;
     wait_connected(&mut op, &["DE-BKA", "FR-DGDDI"]).await;
-    create_federation(&mut op, "pair", &["DE-BKA:DE", "FR-DGDDI:FR"]).await;
+    // A third member never connects: every round names it.
+    create_federation(&mut op, "pair", &["DE-BKA:DE", "FR-DGDDI:FR", "IT-GDF:IT"]).await;
     let job = run_training(&mut op, "pair", 2, 2).await;
+    for round in &job.rounds {
+        let absent: Vec<(&str, &str)> = round
+            .excluded
+            .iter()
+            .map(|e| (e.agency.as_str(), e.reason_code.as_str()))
+            .collect();
+        assert_eq!(
+            absent,
+            [("IT-GDF", "NOT_CONNECTED")],
+            "round {}",
+            round.round
+        );
+    }
     let config = fx.operator_config(&address);
 
     let first = fx.path("bundle-1");
@@ -79,6 +93,18 @@ async fn a_jobs_bundle_verifies_across_a_coordinator_crash_and_tampering_is_name
     ] {
         assert!(has(action), "no {action} in {entries:?}");
     }
+    // Each round's record names the absent member and why.
+    assert!(
+        entries.iter().any(
+            |e| e.contains("round.started") && e.contains("not invited: IT-GDF (NOT_CONNECTED")
+        ),
+        "{entries:?}"
+    );
+    assert!(
+        entries.iter().any(|e| e.contains("round.completed")
+            && e.contains("reasons: IT-GDF: NOT_CONNECTED: a member of the federation")),
+        "{entries:?}"
+    );
     assert!(first.join("decisions/round-1.json").exists());
     // The same bundle checked with bash, sha256sum and openssl alone.
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/verify-audit-bundle.sh");
