@@ -340,7 +340,7 @@ pub(crate) fn export_parts(
 }
 
 /// Every run of exactly 64 hex digits in `text` (the SHA-256s a decision cites).
-fn hex_digests(text: &str) -> Vec<String> {
+pub(crate) fn hex_digests(text: &str) -> Vec<String> {
     text.split(|c: char| !c.is_ascii_hexdigit())
         .filter(|w| w.len() == 64)
         .map(str::to_owned)

@@ -19,7 +19,6 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use base64::Engine;
 use serde::{Deserialize, Serialize};
 use treaty_policies::sha256_hex;
 use treaty_proto::v1::{AuditExportInfo, AuditPart, AuditSignedHead, audit_part};
@@ -200,9 +199,12 @@ impl Bundle {
         write("head.json".into(), &pretty(&head)?)?;
         write(
             "coordinator.crt".into(),
-            pem(&self.coordinator_certificate).as_bytes(),
+            treaty_proto::tls::certificate_pem(&self.coordinator_certificate).as_bytes(),
         )?;
-        write("ca.crt".into(), pem(&self.ca_certificate).as_bytes())?;
+        write(
+            "ca.crt".into(),
+            treaty_proto::tls::certificate_pem(&self.ca_certificate).as_bytes(),
+        )?;
         for (round, json) in &self.decisions {
             write(format!("decisions/round-{round}.json"), json.as_bytes())?;
         }
@@ -218,18 +220,6 @@ fn pretty(value: &impl Serialize) -> Result<Vec<u8>, BundleError> {
         .map_err(|e| BundleError::Malformed(format!("cannot encode: {e}")))?;
     out.push(b'\n');
     Ok(out)
-}
-
-/// A certificate's DER as PEM.
-fn pem(der: &[u8]) -> String {
-    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
-    let mut out = String::from("-----BEGIN CERTIFICATE-----\n");
-    for chunk in b64.as_bytes().chunks(64) {
-        out.push_str(&String::from_utf8_lossy(chunk));
-        out.push('\n');
-    }
-    out.push_str("-----END CERTIFICATE-----\n");
-    out
 }
 
 /// What a verified bundle holds.
@@ -336,8 +326,8 @@ pub fn verify(dir: &Path) -> Result<Verified, BundleError> {
     }
     let head_file: HeadFile = serde_json::from_slice(&read("head.json")?)
         .map_err(|e| file("head.json", e.to_string()))?;
-    let certificate =
-        der_of(&read("coordinator.crt")?).map_err(|problem| file("coordinator.crt", problem))?;
+    let certificate = treaty_proto::tls::certificate_der(&read("coordinator.crt")?)
+        .map_err(|problem| file("coordinator.crt", problem))?;
     if sha256_hex(&certificate) != head_file.certificate_sha256 {
         return Err(BundleError::Head(
             "`coordinator.crt` is not the certificate that signed the head".into(),
@@ -350,7 +340,8 @@ pub fn verify(dir: &Path) -> Result<Verified, BundleError> {
         &read("head.sig")?,
     )
     .map_err(BundleError::Head)?;
-    let ca = der_of(&read("ca.crt")?).map_err(|problem| file("ca.crt", problem))?;
+    let ca = treaty_proto::tls::certificate_der(&read("ca.crt")?)
+        .map_err(|problem| file("ca.crt", problem))?;
     treaty_proto::tls::verify_issued_by(&certificate, &ca).map_err(BundleError::Head)?;
     let signed_by = treaty_proto::tls::subject_of(&certificate).map_err(BundleError::Head)?;
     // The cited texts.
@@ -395,20 +386,6 @@ fn read_dir(dir: &Path, sub: &str) -> Result<Vec<String>, BundleError> {
     }
     names.sort();
     Ok(names)
-}
-
-/// The DER of a PEM certificate.
-fn der_of(pem: &[u8]) -> Result<Vec<u8>, String> {
-    let text = std::str::from_utf8(pem).map_err(|_| "not PEM text".to_owned())?;
-    let body: String = text
-        .lines()
-        .skip_while(|l| !l.starts_with("-----BEGIN CERTIFICATE-----"))
-        .skip(1)
-        .take_while(|l| !l.starts_with("-----END CERTIFICATE-----"))
-        .collect();
-    base64::engine::general_purpose::STANDARD
-        .decode(body.trim())
-        .map_err(|e| format!("not a PEM certificate: {e}"))
 }
 
 #[cfg(test)]

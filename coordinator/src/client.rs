@@ -219,6 +219,22 @@ pub async fn follow_to_success(
     Ok(job)
 }
 
+/// A model version's provenance, signed by the coordinator now (the latest version when
+/// `version` is empty).
+pub async fn provenance(
+    client: &mut Client,
+    job_id: &str,
+    version: &str,
+) -> Result<treaty_proto::v1::Provenance, ClientError> {
+    Ok(client
+        .get_provenance(treaty_proto::v1::GetProvenanceRequest {
+            job_id: job_id.to_owned(),
+            model_version: version.to_owned(),
+        })
+        .await?
+        .into_inner())
+}
+
 /// A job's audit evidence (docs/AUDIT.md), as the coordinator exports it.
 pub async fn export_audit(
     client: &mut Client,

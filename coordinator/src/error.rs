@@ -38,6 +38,8 @@ pub enum CoordinatorError {
         "the audit log has no signed head yet: the coordinator signs its log with its TLS key from its next start"
     )]
     AuditUnsigned,
+    #[error("the model's provenance cannot be stated: {0}")]
+    Manifest(String),
     #[error("a stored record is corrupt: audit entry: {0}")]
     CorruptAudit(#[source] serde_json::Error),
     #[error("a stored record is corrupt: the job counter")]
@@ -229,6 +231,7 @@ impl From<CoordinatorError> for tonic::Status {
             | CorruptAudit(_)
             | AuditChain(_)
             | AuditUnsigned
+            | Manifest(_)
             | CorruptCounter
             | MissingModel { .. }
             | CorruptModel { .. }

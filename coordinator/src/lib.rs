@@ -18,7 +18,8 @@
 //! - Running jobs: `jobs` (a job's runner: statistics, training, query), `rounds` (what every
 //!   round shares: invite, send, collect, account), `policy` (each round's sharing-policy
 //!   decision, on a blocking thread), `aggregate` (training strategies), `analytics` and
-//!   `answers` (combining and checking query answers), `models` (the model registry's rules).
+//!   `answers` (combining and checking query answers), `models` (the model registry's rules), `provenance` (a
+//!   model version's signed manifest).
 //! - The other side: [`client`] (the operator's client of a coordinator: its configuration
 //!   file, connecting, following a job, downloading a model).
 //! - Shared state: `state` (`Coordinator`), `sessions` (connected nodes), `tasks` (open tasks and
@@ -42,6 +43,7 @@ mod models;
 mod paging;
 mod peerlog;
 mod policy;
+mod provenance;
 mod rounds;
 mod server;
 mod service;

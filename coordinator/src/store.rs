@@ -299,6 +299,11 @@ impl Store {
         Ok(self)
     }
 
+    /// The key that signs the audit log's heads and models' provenance, once set.
+    pub(crate) fn signer(&self) -> Option<&treaty_proto::tls::KeySigner> {
+        self.signer.as_deref()
+    }
+
     /// Links an audit log written before entries were chained (each a bare `AuditEntry` under
     /// a sequence number), in its order, content unchanged, and records that it did so.
     fn chain_unchained(&self) -> Result<(), CoordinatorError> {

@@ -66,7 +66,9 @@ pub use ledger::{
 };
 pub use metrics::{evaluate, roc_auc};
 pub use model::{Architecture, Model};
-pub use model_file::{MalformedModel, ModelFile, ModelFileError};
+pub use model_file::{
+    MalformedModel, ModelFile, ModelFileError, ProvenanceError, ProvenanceFile, VerifiedProvenance,
+};
 pub use noise::{GaussianNoise, NoiseError, Prepared};
 pub use refusal::{Refusal, RefusalCode};
 pub use session::upload;

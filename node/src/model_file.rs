@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 
 use ndarray::{ArrayD, IxDyn};
 use serde::{Deserialize, Serialize};
+use treaty_proto::provenance::Manifest;
 use treaty_proto::tensor::NamedTensor;
 use treaty_proto::v1::{
     ColumnKind, ColumnSpec, ColumnStats, FeatureSchema, MissingRule, ModelHeader, ModelKind,
@@ -94,6 +95,53 @@ pub struct ModelFile {
     /// it was added; [`ModelFile::encoding_of`] gives it for any file.
     #[serde(default)]
     pub encoding: Vec<ColumnEncoding>,
+    /// The coordinator's signed statement of where this version comes from (`treaty model
+    /// get` adds it; `treaty model verify` checks it). Absent in files written before it was
+    /// added.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provenance: Option<ProvenanceFile>,
+}
+
+/// A model version's provenance as the coordinator signed it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProvenanceFile {
+    /// The manifest (`treaty_proto::provenance::Manifest`), exactly as signed: JSON text.
+    pub manifest: String,
+    /// The signature scheme by its TLS name, e.g. `ECDSA_NISTP256_SHA256`.
+    pub scheme: String,
+    /// The signature, in hex (for ECDSA, ASN.1 DER).
+    pub signature: String,
+    /// The signing certificate, PEM.
+    pub coordinator_certificate: String,
+    /// The federation CA's certificate, PEM.
+    pub ca_certificate: String,
+}
+
+/// A provenance that checks out: the manifest, who signed it, and the CA to compare with the
+/// one the reader trusts.
+#[derive(Debug)]
+pub struct VerifiedProvenance {
+    pub manifest: Manifest,
+    /// The signing certificate's subject.
+    pub signed_by: String,
+    /// The SHA-256 of the federation CA's certificate (DER).
+    pub ca_sha256: String,
+}
+
+/// Why a model file's provenance does not check out.
+#[derive(Debug, thiserror::Error)]
+pub enum ProvenanceError {
+    #[error(
+        "the model file has no provenance: download it again with `treaty model get` from a coordinator of this version"
+    )]
+    Missing,
+    #[error("the provenance's manifest is not one: {0}")]
+    Manifest(String),
+    #[error("the provenance's signature does not check out: {0}")]
+    Signature(String),
+    #[error("the provenance is not of this model: {0}")]
+    Mismatch(String),
 }
 
 /// How one schema column is encoded.
@@ -172,6 +220,79 @@ impl ModelFile {
             output: output.to_owned(),
             activation: activation.map(str::to_owned),
             encoding: encoding(&schema, &spec.standardization),
+            provenance: None,
+        })
+    }
+
+    /// Checks the file's provenance: the manifest is signed by the coordinator certificate it
+    /// carries, issued by the CA it carries, and states this model — its job, version, the
+    /// digest of its tensors and of its schema.
+    pub fn verify_provenance(&self) -> Result<VerifiedProvenance, ProvenanceError> {
+        use treaty_proto::tls;
+        let p = self.provenance.as_ref().ok_or(ProvenanceError::Missing)?;
+        let certificate =
+            tls::certificate_der(p.coordinator_certificate.as_bytes()).map_err(|e| {
+                ProvenanceError::Signature(format!("the coordinator's certificate {e}"))
+            })?;
+        let ca = tls::certificate_der(p.ca_certificate.as_bytes())
+            .map_err(|e| ProvenanceError::Signature(format!("the CA's certificate {e}")))?;
+        let signature = (0..p.signature.len() / 2)
+            .map(|i| {
+                p.signature
+                    .get(2 * i..2 * i + 2)
+                    .and_then(|b| u8::from_str_radix(b, 16).ok())
+            })
+            .collect::<Option<Vec<u8>>>()
+            .ok_or_else(|| ProvenanceError::Signature("the signature is not hex".into()))?;
+        tls::verify_signature(&certificate, &p.scheme, p.manifest.as_bytes(), &signature)
+            .map_err(ProvenanceError::Signature)?;
+        tls::verify_issued_by(&certificate, &ca).map_err(ProvenanceError::Signature)?;
+        let manifest: Manifest = serde_json::from_str(&p.manifest)
+            .map_err(|e| ProvenanceError::Manifest(e.to_string()))?;
+        if manifest.format != treaty_proto::provenance::FORMAT {
+            return Err(ProvenanceError::Manifest(format!(
+                "format `{}`",
+                manifest.format
+            )));
+        }
+        let mismatch = |what: &str, stated: &str, here: &str| {
+            ProvenanceError::Mismatch(format!(
+                "the manifest states {what} {stated}, the file holds {here}"
+            ))
+        };
+        if (manifest.job_id.as_str(), manifest.model_version.as_str())
+            != (self.job_id.as_str(), self.model_version.as_str())
+        {
+            return Err(mismatch(
+                "the version",
+                &manifest.model_version,
+                &self.model_version,
+            ));
+        }
+        let digest = treaty_proto::provenance::digest(
+            self.tensors
+                .iter()
+                .map(|t| (t.name.as_str(), t.shape.as_slice(), t.values.as_slice())),
+        );
+        if digest != manifest.model_sha256 {
+            return Err(mismatch(
+                "tensors of SHA-256",
+                &manifest.model_sha256,
+                &format!("tensors of SHA-256 {digest}: the weights were changed"),
+            ));
+        }
+        let schema = treaty_proto::provenance::sha256_hex(self.schema_toml.as_bytes());
+        if schema != manifest.schema_sha256 {
+            return Err(mismatch(
+                "a schema of SHA-256",
+                &manifest.schema_sha256,
+                &format!("one of {schema}"),
+            ));
+        }
+        Ok(VerifiedProvenance {
+            manifest,
+            signed_by: tls::subject_of(&certificate).map_err(ProvenanceError::Signature)?,
+            ca_sha256: treaty_proto::provenance::sha256_hex(&ca),
         })
     }
 

@@ -10,7 +10,8 @@
 //! - The shared meaning of the learning messages, which both ends compute and so must not
 //!   compute twice: [`schema`] (the federation's feature schema, its checks, encoded feature
 //!   names and parameter layouts), [`query`] (the layout and sensitivity of an analytics
-//!   answer), [`evaluation`] (metrics from pooled noisy evaluation counts).
+//!   answer), [`evaluation`] (metrics from pooled noisy evaluation counts), [`provenance`] (the
+//!   manifest a coordinator signs for a model version, and the digest of a model's tensors).
 //! - [`config`]: how a process reads its configuration file and reports every problem.
 //! - [`enums`]: decoding the enum fields of the wire's messages (an unknown or missing value is
 //!   an [`EnumError`], never read as "unspecified").
@@ -28,6 +29,7 @@ mod error;
 pub mod evaluation;
 pub mod identity;
 pub mod pki;
+pub mod provenance;
 pub mod query;
 pub mod schema;
 pub mod tensor;

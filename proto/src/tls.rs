@@ -257,6 +257,28 @@ pub fn subject_of(der: &[u8]) -> Result<String, String> {
     Ok(cert.subject().to_string())
 }
 
+/// A certificate's DER as PEM text.
+pub fn certificate_pem(der: &[u8]) -> String {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+    let mut out = String::from("-----BEGIN CERTIFICATE-----\n");
+    for chunk in b64.as_bytes().chunks(64) {
+        out.push_str(&String::from_utf8_lossy(chunk));
+        out.push('\n');
+    }
+    out.push_str("-----END CERTIFICATE-----\n");
+    out
+}
+
+/// The DER of the first certificate of a PEM text.
+pub fn certificate_der(pem: &[u8]) -> Result<Vec<u8>, String> {
+    CertificateDer::pem_slice_iter(pem)
+        .next()
+        .ok_or_else(|| "holds no PEM certificate".to_owned())?
+        .map(|c| c.to_vec())
+        .map_err(|e| format!("not a PEM certificate: {}", pem_problem(&e, "CERTIFICATE")))
+}
+
 /// Reads every CRL of a PEM file (an empty file holds none).
 pub fn load_crls(path: &Path) -> Result<Vec<CertificateRevocationListDer<'static>>, TlsError> {
     let pem = read(path)?;

@@ -9,9 +9,9 @@ use clap::Subcommand;
 use treaty_coordinator::client::{self, OperatorConfig};
 use treaty_devkit::outln;
 use treaty_node::Architecture;
-use treaty_node::ModelFile;
 use treaty_node::Table;
 use treaty_node::explain;
+use treaty_node::{ModelFile, ProvenanceFile, VerifiedProvenance};
 
 use super::{Outcome, unusable};
 
@@ -32,8 +32,17 @@ pub enum ModelCommand {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// Checks a model file's provenance: the coordinator's signed manifest states this very
+    /// model (its weights and schema), and names the agencies, rounds and policies behind it.
+    /// Exit 0 when it checks out, 1 naming what does not.
+    Verify {
+        /// A model file written by `treaty model get`.
+        #[arg(long)]
+        model: PathBuf,
+    },
     /// Predicts the records of a CSV file with a model file, and explains each prediction of a
-    /// linear model: every feature column's contribution to the score.
+    /// linear model: every feature column's contribution to the score, beside the model's
+    /// checked provenance.
     Explain {
         /// A model file written by `treaty model get`.
         #[arg(long)]
@@ -56,6 +65,7 @@ pub fn run(command: ModelCommand) -> Outcome {
             version,
             out,
         } => super::block_on(get(&config, &job, &version, out.as_deref())),
+        ModelCommand::Verify { model } => verify(&model),
         ModelCommand::Explain { model, data, limit } => explain_records(&model, &data, limit),
     }
 }
@@ -66,7 +76,19 @@ async fn get(config: &Path, job: &str, version: &str, out: Option<&Path>) -> Out
     let mut client = config.connect().await?;
     let (header, tensors) = client::download(&mut client, job, version).await?;
     // A model the coordinator sent malformed is its failure (`MalformedModel`: status 1).
-    let text = serde_json::to_string_pretty(&ModelFile::new(&header, &tensors)?)?;
+    let mut file = ModelFile::new(&header, &tensors)?;
+    // Its provenance, for the version downloaded, signed by the coordinator; checked before
+    // the file is written.
+    let p = client::provenance(&mut client, job, &header.model_version).await?;
+    file.provenance = Some(ProvenanceFile {
+        manifest: p.manifest,
+        scheme: p.scheme,
+        signature: p.signature.iter().map(|b| format!("{b:02x}")).collect(),
+        coordinator_certificate: treaty_proto::tls::certificate_pem(&p.coordinator_certificate),
+        ca_certificate: treaty_proto::tls::certificate_pem(&p.ca_certificate),
+    });
+    file.verify_provenance()?;
+    let text = serde_json::to_string_pretty(&file)?;
     match out {
         Some(path) => {
             std::fs::write(path, text)
@@ -79,6 +101,55 @@ async fn get(config: &Path, job: &str, version: &str, out: Option<&Path>) -> Out
     Ok(())
 }
 
+/// Checks a model file's provenance and prints what it states.
+fn verify(model_file: &Path) -> Outcome {
+    let file = ModelFile::read(model_file)?;
+    let v = file.verify_provenance()?;
+    outln!(
+        "verified: {} is the model its provenance states, signed by {}",
+        file.model_version,
+        v.signed_by
+    );
+    print_provenance(&v);
+    Ok(())
+}
+
+/// What a verified provenance states, for people.
+fn print_provenance(v: &VerifiedProvenance) {
+    let m = &v.manifest;
+    outln!(
+        "  job {} of federation {}, created by {}; {} with {}; privacy: at most epsilon {} per agency for the whole job (delta {:e})",
+        m.job_id,
+        m.federation,
+        m.created_by,
+        m.model_kind,
+        m.strategy,
+        m.privacy.target_epsilon,
+        m.privacy.delta
+    );
+    for r in &m.rounds {
+        let what = if r.round == 0 {
+            "statistics".to_owned()
+        } else {
+            format!("round {}", r.round)
+        };
+        let excluded = match r.excluded.is_empty() {
+            true => String::new(),
+            false => format!("; excluded: {}", r.excluded.join(", ")),
+        };
+        outln!(
+            "  {what}: {}{excluded}; decision {}, citing {} policy text(s)",
+            r.contributors.join(", "),
+            &r.policy_decision_sha256[..r.policy_decision_sha256.len().min(12)],
+            r.policy_texts_sha256.len()
+        );
+    }
+    outln!(
+        "  the federation CA's certificate has SHA-256 {}: compare it with the one you trust",
+        v.ca_sha256
+    );
+}
+
 /// Prints the prediction of each record of `data` (at most `limit`) and, for linear models, each
 /// feature column's contribution, largest first.
 fn explain_records(model_file: &Path, data: &Path, limit: usize) -> Outcome {
@@ -88,6 +159,18 @@ fn explain_records(model_file: &Path, data: &Path, limit: usize) -> Outcome {
     let file = ModelFile::read(model_file)?;
     let (model, schema, stats) = file.model()?;
     let table = Table::open(data)?;
+    // Whoever acts on a score is told where the model comes from, and whether that checks out.
+    let provenance = match file.verify_provenance() {
+        Ok(v) => {
+            outln!("model {}: provenance verified", file.model_version);
+            print_provenance(&v);
+            "provenance verified".to_owned()
+        }
+        Err(e) => {
+            outln!("model {}: PROVENANCE NOT VERIFIED: {e}", file.model_version);
+            "PROVENANCE NOT VERIFIED".to_owned()
+        }
+    };
     let examples = table.encode(&schema, &stats)?;
     let predictions = model.predict(examples.x.view());
     for (i, row) in examples.x.rows().into_iter().take(limit).enumerate() {
@@ -105,7 +188,12 @@ fn explain_records(model_file: &Path, data: &Path, limit: usize) -> Outcome {
             Architecture::Linear => format!("{:.4}", prediction[0]),
             _ => format!("p = {:.4}", prediction[0]),
         };
-        outln!("record {} (line {}): {shown}", i + 1, i + 2);
+        outln!(
+            "record {} (line {}): {shown} [model {}, {provenance}]",
+            i + 1,
+            i + 2,
+            file.model_version
+        );
         if let Some(e) = explain(&model, &schema, row, class) {
             outln!("  score {:.4} = bias {:.4}", e.score, e.bias);
             for (name, c) in e.ranked() {

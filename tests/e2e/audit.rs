@@ -147,6 +147,69 @@ async fn a_jobs_bundle_verifies_across_a_coordinator_crash_and_tampering_is_name
         text(&out)
     );
 
+    // The model comes with its provenance, signed by the coordinator: it verifies, names the
+    // contributors of each round and the absent member, and a changed weight or manifest fails.
+    let model = fx.path("model.json");
+    let out = treaty(&[
+        "model",
+        "get",
+        "--config",
+        config.to_str().unwrap(),
+        "--job",
+        &job.job_id,
+        "--out",
+        model.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    let out = treaty(&["model", "verify", "--model", model.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out));
+    let said = text(&out);
+    assert!(
+        said.contains("round 2: DE-BKA, FR-DGDDI; excluded: IT-GDF NOT_CONNECTED"),
+        "{said}"
+    );
+    assert!(said.contains("statistics: DE-BKA, FR-DGDDI"), "{said}");
+    let file: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&model).unwrap()).unwrap();
+    let tamper = |name: &str, change: &dyn Fn(&mut serde_json::Value)| {
+        let mut changed = file.clone();
+        change(&mut changed);
+        let path = fx.path(name);
+        std::fs::write(&path, changed.to_string()).unwrap();
+        let out = treaty(&["model", "verify", "--model", path.to_str().unwrap()]);
+        assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+        text(&out)
+    };
+    let said = tamper("weight.json", &|f| {
+        let v = f["tensors"][0]["values"][0].as_f64().unwrap();
+        f["tensors"][0]["values"][0] = serde_json::json!(v + 1e-9);
+    });
+    assert!(said.contains("the weights were changed"), "{said}");
+    let said = tamper("manifest.json", &|f| {
+        let m = f["provenance"]["manifest"]
+            .as_str()
+            .unwrap()
+            .replace("FR-DGDDI", "FR-DOUANE");
+        f["provenance"]["manifest"] = serde_json::json!(m);
+    });
+    assert!(said.contains("signature"), "{said}");
+    // Explaining a score says where the model comes from, beside the score.
+    let data = fx.path("records.csv");
+    std::fs::write(&data, "x1,x2,seized\n0.5,-1.0,0\n").unwrap();
+    let out = treaty(&[
+        "model",
+        "explain",
+        "--model",
+        model.to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    let said = text(&out);
+    assert!(said.contains(": provenance verified"), "{said}");
+    assert!(said.contains("record 1 (line 2): p = "), "{said}");
+    assert!(said.contains(", provenance verified]"), "{said}");
+
     // The coordinator dies without warning and comes back: its log still verifies at its
     // start, and a second export — the first export now on record — verifies too.
     coordinator.signal(nix::sys::signal::Signal::SIGKILL);

@@ -9,9 +9,10 @@ use treaty_proto::schema;
 use treaty_proto::v1::operator_service_server::OperatorService;
 use treaty_proto::v1::{
     AuditPart, CreateFederationRequest, CreateJobRequest, DownloadModelRequest, ExportAuditRequest,
-    FederationInfo, GetJobRequest, GetRegistryFieldsRequest, Job, JobEvent, JobEventKind, JobState,
-    ListAgenciesRequest, ListAgenciesResponse, ListFederationsRequest, ListFederationsResponse,
-    ListJobsRequest, ListJobsResponse, ModelPart, RegistryFields, WatchJobRequest,
+    FederationInfo, GetJobRequest, GetProvenanceRequest, GetRegistryFieldsRequest, Job, JobEvent,
+    JobEventKind, JobState, ListAgenciesRequest, ListAgenciesResponse, ListFederationsRequest,
+    ListFederationsResponse, ListJobsRequest, ListJobsResponse, ModelPart, Provenance,
+    RegistryFields, WatchJobRequest,
 };
 
 use super::{BoxStream, job_with_rounds, model_stream, require_operator};
@@ -296,6 +297,21 @@ impl OperatorService for OperatorApi {
         Ok(Response::new(
             model_stream(&self.ctx, &req.job_id, &req.model_version).await?,
         ))
+    }
+
+    async fn get_provenance(
+        &self,
+        request: Request<GetProvenanceRequest>,
+    ) -> Result<Response<Provenance>, Status> {
+        require_operator(&self.ctx, &request)?;
+        let req = request.into_inner();
+        let provenance = self
+            .ctx
+            .blocking(move |ctx| {
+                crate::provenance::provenance(&ctx.store, &req.job_id, &req.model_version)
+            })
+            .await?;
+        Ok(Response::new(provenance))
     }
 
     async fn export_audit(

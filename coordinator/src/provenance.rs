@@ -1,0 +1,126 @@
+//! A model version's provenance: its manifest (`treaty_proto::provenance::Manifest`), built
+//! from the stored job, model and decisions, and signed now with the coordinator's TLS key.
+
+use treaty_proto::provenance::{self, Manifest, ManifestPrivacy, ManifestRound};
+use treaty_proto::v1::{Aggregation, ModelKind, Provenance, RoundSummary};
+use treaty_proto::{schema, tensor};
+
+use crate::error::CoordinatorError;
+use crate::store::Store;
+
+/// The signed manifest of `version` of `job_id` (its latest when empty). Synchronous (store
+/// reads, hashing the model): call it on a blocking thread.
+pub(crate) fn provenance(
+    store: &Store,
+    job_id: &str,
+    version: &str,
+) -> Result<Provenance, CoordinatorError> {
+    let job = store
+        .job_with_rounds(job_id)?
+        .ok_or_else(|| CoordinatorError::UnknownJob {
+            job: job_id.to_owned(),
+        })?;
+    let version = match version {
+        "" => job.latest_model_version.clone(),
+        v => v.to_owned(),
+    };
+    if !version.starts_with(&format!("{job_id}/")) {
+        return Err(CoordinatorError::NotAVersionOfJob {
+            job: job_id.to_owned(),
+            version,
+        });
+    }
+    let model = store
+        .model(&version)?
+        .ok_or_else(|| CoordinatorError::UnknownModelVersion {
+            version: version.clone(),
+        })?;
+    let header = model.header.clone().unwrap_or_default();
+    let tensors = tensor::from_whole(&model.tensors, u64::MAX).map_err(|source| {
+        CoordinatorError::CorruptModel {
+            version: version.clone(),
+            source,
+        }
+    })?;
+    let flat: Vec<(String, Vec<usize>, Vec<f64>)> = tensors
+        .iter()
+        .map(|t| {
+            (
+                t.name.clone(),
+                t.values.shape().to_vec(),
+                t.values.iter().copied().collect(),
+            )
+        })
+        .collect();
+    let model_sha256 = provenance::digest(
+        flat.iter()
+            .map(|(n, s, v)| (n.as_str(), s.as_slice(), v.as_slice())),
+    );
+    let spec = header.spec.clone().unwrap_or_default();
+    let schema_toml = spec
+        .schema
+        .as_ref()
+        .map(schema::to_toml)
+        .transpose()
+        .map_err(|e| CoordinatorError::Manifest(e.to_string()))?
+        .unwrap_or_default();
+    let privacy = spec.privacy.unwrap_or_default();
+    let strategy = spec
+        .strategy
+        .as_ref()
+        .and_then(|s| Aggregation::try_from(s.aggregation).ok())
+        .unwrap_or(Aggregation::Unspecified);
+    let round_of = |r: &RoundSummary| {
+        let decision = &r.policy_decision;
+        ManifestRound {
+            round: r.round,
+            contributors: r.contributors.clone(),
+            excluded: r
+                .excluded
+                .iter()
+                .map(|e| format!("{} {}", e.agency, e.reason_code))
+                .collect(),
+            policy_decision_sha256: provenance::sha256_hex(decision.as_bytes()),
+            policy_texts_sha256: crate::audit::hex_digests(decision),
+        }
+    };
+    let rounds = job
+        .statistics
+        .iter()
+        .chain(job.rounds.iter().filter(|r| r.round <= header.round))
+        .map(round_of)
+        .collect();
+    let manifest = Manifest {
+        format: provenance::FORMAT.to_owned(),
+        job_id: job.job_id.clone(),
+        federation: job.federation.clone(),
+        created_by: job.created_by.clone(),
+        model_version: version,
+        round: header.round,
+        model_sha256,
+        schema_sha256: provenance::sha256_hex(schema_toml.as_bytes()),
+        model_kind: ModelKind::try_from(spec.model)
+            .unwrap_or(ModelKind::Unspecified)
+            .as_str_name()
+            .to_owned(),
+        strategy: strategy.as_str_name().to_owned(),
+        privacy: ManifestPrivacy {
+            target_epsilon: privacy.target_epsilon,
+            delta: privacy.target_delta,
+        },
+        rounds,
+        treaty_version: env!("CARGO_PKG_VERSION").to_owned(),
+        signed_unix_ms: crate::state::now_ms(),
+    };
+    let text = serde_json::to_string_pretty(&manifest)
+        .map_err(|e| CoordinatorError::Manifest(e.to_string()))?;
+    let signer = store.signer().ok_or(CoordinatorError::AuditUnsigned)?;
+    let signature = signer.sign(text.as_bytes())?;
+    Ok(Provenance {
+        manifest: text,
+        scheme: signer.scheme(),
+        signature: signature.into(),
+        coordinator_certificate: signer.certificate().to_vec().into(),
+        ca_certificate: signer.ca_certificate().to_vec().into(),
+    })
+}

@@ -1,0 +1,118 @@
+//! A model version's provenance: the manifest the coordinator signs for it (which agencies'
+//! updates shaped it round by round, under which policy decisions and texts, the schema, the
+//! strategy, the privacy the job was planned to spend, Treaty's version), delivered with
+//! `treaty model get` and checked by `treaty model verify` (docs/MODEL_FILE.md).
+
+use serde::{Deserialize, Serialize};
+
+/// The manifest's `format`.
+pub const FORMAT: &str = "treaty-model-manifest/1";
+
+/// What the coordinator states about a model version, signed as its JSON text.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    pub format: String,
+    pub job_id: String,
+    pub federation: String,
+    /// The operator who created the job.
+    pub created_by: String,
+    pub model_version: String,
+    /// The round after which the version was stored (0: the initial model).
+    pub round: u32,
+    /// The SHA-256 of the model's tensors ([`digest`]).
+    pub model_sha256: String,
+    /// The SHA-256 of the job's feature schema as TOML (a model file's `schema_toml`).
+    pub schema_sha256: String,
+    /// The model kind, e.g. `MODEL_KIND_LOGISTIC_REGRESSION`.
+    pub model_kind: String,
+    /// The aggregation strategy, e.g. `STRATEGY_FEDAVG`.
+    pub strategy: String,
+    pub privacy: ManifestPrivacy,
+    /// The statistics round (0) and each training round up to the version's, in order.
+    pub rounds: Vec<ManifestRound>,
+    /// The coordinator's Treaty version.
+    pub treaty_version: String,
+    /// When the coordinator signed this manifest, milliseconds since the Unix epoch.
+    pub signed_unix_ms: i64,
+}
+
+/// The privacy the job was planned to spend: every agency's node refuses a release that would
+/// take it past `target_epsilon` for the job, by its own ledger.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ManifestPrivacy {
+    /// The most epsilon any agency spends on the whole job, at `delta`.
+    pub target_epsilon: f64,
+    pub delta: f64,
+}
+
+/// One round of the model's history.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ManifestRound {
+    pub round: u32,
+    /// The agencies whose results were aggregated.
+    pub contributors: Vec<String>,
+    /// Each agency that did not contribute, as `AGENCY CODE`.
+    pub excluded: Vec<String>,
+    /// The SHA-256 of the round's recorded sharing-policy decision (JSON).
+    pub policy_decision_sha256: String,
+    /// The SHA-256s of the policy and registry texts the decision cites.
+    pub policy_texts_sha256: Vec<String>,
+}
+
+/// The SHA-256 (hex) of a model's tensors, in order: for each, its name's UTF-8 bytes and a
+/// zero byte, its number of dimensions and each dimension as u64 little-endian, then its values
+/// as f64 little-endian, row-major.
+pub fn digest<'a>(tensors: impl IntoIterator<Item = (&'a str, &'a [usize], &'a [f64])>) -> String {
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    for (name, shape, values) in tensors {
+        ctx.update(name.as_bytes());
+        ctx.update(&[0]);
+        ctx.update(&(shape.len() as u64).to_le_bytes());
+        for d in shape {
+            ctx.update(&(*d as u64).to_le_bytes());
+        }
+        for v in values {
+            ctx.update(&v.to_le_bytes());
+        }
+    }
+    hex(ctx.finish().as_ref())
+}
+
+/// The SHA-256 (hex) of `bytes`.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex(ring::digest::digest(&ring::digest::SHA256, bytes).as_ref())
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The digest of one tensor, by the bytes the doc lists (a second way: one buffer, hashed
+    /// whole).
+    #[test]
+    fn the_digest_is_of_the_documented_bytes() {
+        let values = [1.5f64, -2.0];
+        let mut bytes = b"weights\0".to_vec();
+        bytes.extend(1u64.to_le_bytes());
+        bytes.extend(2u64.to_le_bytes());
+        for v in values {
+            bytes.extend(v.to_le_bytes());
+        }
+        assert_eq!(
+            digest([("weights", &[2usize][..], &values[..])]),
+            sha256_hex(&bytes)
+        );
+        // A changed value changes it.
+        assert_ne!(
+            digest([("weights", &[2usize][..], &[1.5, -2.0000001][..])]),
+            sha256_hex(&bytes)
+        );
+    }
+}
