@@ -40,6 +40,10 @@ pub(crate) struct Link {
     pub prev: String,
     /// The SHA-256 of this entry's line, in hex.
     pub entry_sha256: String,
+    /// The job the entry is about (empty for none): a bundle of a job must hold the entry of
+    /// every link of that job.
+    #[serde(default)]
+    pub job: String,
 }
 
 /// A stored entry's link line and, when present, its entry line.
@@ -70,11 +74,13 @@ impl Head {
     /// `entry` linked after this head: its stored bytes (link line, newline, entry line), and
     /// the head after it.
     pub(crate) fn append(&self, entry: &AuditEntry) -> Result<(Vec<u8>, Head), serde_json::Error> {
+        let job = entry.job.clone();
         let entry = serde_json::to_vec(entry)?;
         let link = Link {
             seq: self.seq + 1,
             prev: self.sha256.clone(),
             entry_sha256: sha256_hex(&entry),
+            job,
         };
         let mut bytes = serde_json::to_vec(&link)?;
         let head = Head {
@@ -94,18 +100,16 @@ impl Head {
         )
     }
 
-    /// The head a statement states, when it is one.
+    /// The head a statement states, when it is one: exactly the text [`Head::statement`]
+    /// writes, byte for byte.
     pub(crate) fn of_statement(statement: &str) -> Option<Head> {
-        let mut lines = statement.lines();
+        let mut lines = statement.split('\n');
         (lines.next()? == "treaty audit head").then_some(())?;
-        let seq = lines.next()?.strip_prefix("seq ")?.parse().ok()?;
+        let seq: u64 = lines.next()?.strip_prefix("seq ")?.parse().ok()?;
         let sha256 = lines.next()?.strip_prefix("sha256 ")?.to_owned();
-        lines
-            .next()?
-            .strip_prefix("time_unix_ms ")?
-            .parse::<i64>()
-            .ok()?;
-        lines.next().is_none().then_some(Head { seq, sha256 })
+        let time: i64 = lines.next()?.strip_prefix("time_unix_ms ")?.parse().ok()?;
+        let head = Head { seq, sha256 };
+        (head.statement(time) == statement).then_some(head)
     }
 }
 
@@ -293,10 +297,10 @@ pub(crate) fn export_parts(
         let Some(line) = line else { continue };
         let entry: AuditEntry =
             serde_json::from_slice(line).map_err(CoordinatorError::CorruptAudit)?;
+        // The job's entries, its federation's, and the log's own (`audit.chained`, ...).
         let ours = entry.job == job.job_id
             || (entry.job.is_empty()
-                && entry.federation == job.federation
-                && entry.action == "federation.created");
+                && (entry.federation == job.federation || entry.federation.is_empty()));
         if ours {
             entries.push(Part::Entry(AuditEntryLine {
                 seq: *seq,
@@ -306,10 +310,7 @@ pub(crate) fn export_parts(
     }
     parts.push(Part::Links(run));
     parts.extend(entries);
-    let signature = (0..signed.signature.len() / 2)
-        .map(|i| u8::from_str_radix(signed.signature.get(2 * i..2 * i + 2).unwrap_or("zz"), 16))
-        .collect::<Result<Vec<u8>, _>>()
-        .map_err(|_| CoordinatorError::CorruptCounter)?;
+    let signature = unhex(&signed.signature).ok_or(CoordinatorError::CorruptCounter)?;
     let certificate = store
         .certificate(&signed.certificate_sha256)?
         .ok_or(CoordinatorError::AuditUnsigned)?;
@@ -339,6 +340,16 @@ pub(crate) fn export_parts(
         .collect())
 }
 
+/// The bytes of a hex text (even length, digits only).
+pub(crate) fn unhex(text: &str) -> Option<Vec<u8>> {
+    if text.len() % 2 != 0 {
+        return None;
+    }
+    (0..text.len() / 2)
+        .map(|i| u8::from_str_radix(text.get(2 * i..2 * i + 2)?, 16).ok())
+        .collect()
+}
+
 /// Every run of exactly 64 hex digits in `text` (the SHA-256s a decision cites).
 pub(crate) fn hex_digests(text: &str) -> Vec<String> {
     text.split(|c: char| !c.is_ascii_hexdigit())
@@ -361,6 +372,7 @@ mod tests {
             round: 0,
             agency: String::new(),
             detail: String::new(),
+            ..Default::default()
         }
     }
 

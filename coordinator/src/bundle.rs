@@ -112,11 +112,12 @@ impl Bundle {
                     if run.first_seq != bundle.links.len() as u64 + 1 {
                         return Err(malformed("links out of order"));
                     }
-                    bytes += run.lines.iter().map(|l| l.len()).sum::<usize>();
+                    // Each line counts what holding it costs, not only its bytes.
+                    bytes += run.lines.iter().map(|l| l.len() + 64).sum::<usize>();
                     bundle.links.extend(run.lines.iter().map(|l| l.to_vec()));
                 }
                 audit_part::Part::Entry(e) => {
-                    bytes += e.line.len();
+                    bytes += e.line.len() + 64;
                     if bundle.entries.insert(e.seq, e.line.to_vec()).is_some() {
                         return Err(malformed("an entry sent twice"));
                     }
@@ -229,31 +230,38 @@ pub struct Verified {
     pub federation: String,
     /// The log's length at the signed head.
     pub links: u64,
-    /// The job's entries, by number.
+    /// The entries included (the job's, its federation's and the log's own).
     pub entries: usize,
     pub decisions: usize,
     pub texts: usize,
-    /// The SHA-256 of the federation CA's certificate (DER), to compare with the one the
-    /// reader trusts.
-    pub ca_sha256: String,
-    /// The signing certificate's subject.
+    /// The signing coordinator's identity.
     pub signed_by: String,
 }
 
-/// Checks a bundle written by [`Bundle::write`]: the links chain from the first to the last,
-/// each entry file hashes to its link, the signed head states the last link's hash and its
-/// signature is the coordinator certificate's (issued by the bundle's CA), each cited text
-/// hashes to its name. The first thing that is not so is the error.
-pub fn verify(dir: &Path) -> Result<Verified, BundleError> {
-    let read = |name: &str| {
-        let path = dir.join(name);
-        std::fs::read(&path).map_err(|source| BundleError::Read { path, source })
-    };
+/// The most bytes `verify` reads of `links.jsonl`, and of any other file.
+const MAX_LINKS_BYTES: u64 = 1 << 30;
+const MAX_FILE_BYTES: u64 = 64 << 20;
+
+/// Checks a bundle written by [`Bundle::write`] against the federation CA the reader trusts
+/// (`trusted_ca`, DER): the bundle's `ca.crt` is that CA; the head is signed by a coordinator
+/// certificate it issued, and states the last link, exactly as signed; the links chain from
+/// the first to the last; the bundle holds the entry of every link of its job, each hashing to
+/// its link, and no entry of another job; each decision hashes to what its round's
+/// `round.decided` entry vouches for, and every text such an entry cites is here and hashes
+/// to its name; `bundle.json` states what is here. With `previous` (an earlier bundle of the
+/// same coordinator), its links must begin this bundle's: the log was only appended to. The
+/// first thing that is not so is the error.
+pub fn verify(
+    dir: &Path,
+    trusted_ca: &[u8],
+    previous: Option<&Path>,
+) -> Result<Verified, BundleError> {
     let file = |name: &str, problem: String| BundleError::File {
         file: name.to_owned(),
         problem,
     };
-    let manifest: Manifest = serde_json::from_slice(&read("bundle.json")?)
+    let read = |name: &str, limit: u64| read_capped(&dir.join(name), limit);
+    let manifest: Manifest = serde_json::from_slice(&read("bundle.json", MAX_FILE_BYTES)?)
         .map_err(|e| file("bundle.json", e.to_string()))?;
     if manifest.format != FORMAT {
         return Err(file(
@@ -261,73 +269,57 @@ pub fn verify(dir: &Path) -> Result<Verified, BundleError> {
             format!("format `{}`, not `{FORMAT}`", manifest.format),
         ));
     }
+    // The trust: the reader's CA, and a coordinator's certificate it issued.
+    let ca = treaty_proto::tls::certificate_der(&read("ca.crt", MAX_FILE_BYTES)?)
+        .map_err(|problem| file("ca.crt", problem))?;
+    if ca != trusted_ca {
+        return Err(file(
+            "ca.crt",
+            "is not the federation CA you trust: the bundle was signed under another PKI".into(),
+        ));
+    }
+    let certificate = treaty_proto::tls::certificate_der(&read("coordinator.crt", MAX_FILE_BYTES)?)
+        .map_err(|problem| file("coordinator.crt", problem))?;
+    let signer =
+        treaty_proto::tls::verify_coordinator(&certificate, &ca).map_err(BundleError::Head)?;
     // The links.
-    let links = read("links.jsonl")?;
+    let links = read("links.jsonl", MAX_LINKS_BYTES)?;
     let Some(body) = links.strip_suffix(b"\n") else {
         return Err(file("links.jsonl", "empty, or its last line is cut".into()));
     };
     let lines: Vec<&[u8]> = body.split(|b| *b == b'\n').collect();
     let head = audit::verify((1u64..).zip(lines.iter().copied()))?;
-    // The entries.
-    let mut entries = 0;
-    for entry in std::fs::read_dir(dir.join("entries")).map_err(|source| BundleError::Read {
-        path: dir.join("entries"),
-        source,
-    })? {
-        let entry = entry.map_err(|source| BundleError::Read {
-            path: dir.join("entries"),
-            source,
-        })?;
-        let name = entry.file_name().to_string_lossy().into_owned();
-        let seq: u64 = name
-            .strip_suffix(".json")
-            .and_then(|n| n.parse().ok())
-            .ok_or_else(|| file(&format!("entries/{name}"), "not named N.json".into()))?;
-        let line = read(&format!("entries/{name}"))?;
-        let link = usize::try_from(seq)
-            .ok()
-            .and_then(|s| s.checked_sub(1))
-            .and_then(|i| lines.get(i))
-            .ok_or_else(|| ChainBreak {
-                seq,
-                problem: format!("the entry has no link: the links end at {}", head.seq),
-            })?;
-        let link: audit::Link = serde_json::from_slice(link).map_err(|e| ChainBreak {
-            seq,
-            problem: e.to_string(),
-        })?;
-        if sha256_hex(&line) != link.entry_sha256 {
+    if let Some(previous) = previous {
+        let earlier = read_capped(&previous.join("links.jsonl"), MAX_LINKS_BYTES)?;
+        if !links.starts_with(&earlier) {
+            let at = earlier
+                .split(|b| *b == b'\n')
+                .zip(links.split(|b| *b == b'\n'))
+                .position(|(a, b)| a != b)
+                .map_or(0, |i| i + 1);
             return Err(ChainBreak {
-                seq,
+                seq: at as u64,
                 problem: format!(
-                    "the entry was altered: `entries/{name}` hashes to {}, but its link says {}",
-                    sha256_hex(&line),
-                    link.entry_sha256
+                    "differs from the earlier bundle `{}`: the log was rewritten, not appended to",
+                    previous.display()
                 ),
             }
             .into());
         }
-        serde_json::from_slice::<AuditEntry>(&line).map_err(|e| ChainBreak {
-            seq,
-            problem: format!("not an audit entry: {e}"),
-        })?;
-        entries += 1;
     }
-    // The signed head.
-    let statement = String::from_utf8(read("head.statement")?)
+    // The signed head: the last link, exactly as signed, by the coordinator's key.
+    let statement = String::from_utf8(read("head.statement", MAX_FILE_BYTES)?)
         .map_err(|_| BundleError::Head("`head.statement` is not text".into()))?;
     let signed = Head::of_statement(&statement)
-        .ok_or_else(|| BundleError::Head("`head.statement` states no head".into()))?;
+        .ok_or_else(|| BundleError::Head("`head.statement` is not a signed head's text".into()))?;
     if signed != head {
         return Err(BundleError::Head(format!(
             "the coordinator signed entry {} with link hash {}, but the links end at entry {} with {}: links were added or removed",
             signed.seq, signed.sha256, head.seq, head.sha256
         )));
     }
-    let head_file: HeadFile = serde_json::from_slice(&read("head.json")?)
+    let head_file: HeadFile = serde_json::from_slice(&read("head.json", MAX_FILE_BYTES)?)
         .map_err(|e| file("head.json", e.to_string()))?;
-    let certificate = treaty_proto::tls::certificate_der(&read("coordinator.crt")?)
-        .map_err(|problem| file("coordinator.crt", problem))?;
     if sha256_hex(&certificate) != head_file.certificate_sha256 {
         return Err(BundleError::Head(
             "`coordinator.crt` is not the certificate that signed the head".into(),
@@ -337,37 +329,201 @@ pub fn verify(dir: &Path) -> Result<Verified, BundleError> {
         &certificate,
         &head_file.scheme,
         statement.as_bytes(),
-        &read("head.sig")?,
+        &read("head.sig", MAX_FILE_BYTES)?,
     )
     .map_err(BundleError::Head)?;
-    let ca = treaty_proto::tls::certificate_der(&read("ca.crt")?)
-        .map_err(|problem| file("ca.crt", problem))?;
-    treaty_proto::tls::verify_issued_by(&certificate, &ca).map_err(BundleError::Head)?;
-    let signed_by = treaty_proto::tls::subject_of(&certificate).map_err(BundleError::Head)?;
-    // The cited texts.
-    let mut texts = 0;
-    for text in read_dir(dir, "texts")? {
-        let bytes = read(&format!("texts/{text}"))?;
-        let named = text.strip_suffix(".txt").unwrap_or(&text);
+    if manifest.links != head.seq {
+        return Err(file(
+            "bundle.json",
+            format!("states {} links; there are {}", manifest.links, head.seq),
+        ));
+    }
+    // The entries: each hashes to its link; every link of the job has its entry here; none
+    // is another job's.
+    let links: Vec<audit::Link> = lines
+        .iter()
+        .map(|l| serde_json::from_slice(l))
+        .collect::<Result<_, _>>()
+        .map_err(|e| file("links.jsonl", e.to_string()))?;
+    let mut entries: BTreeMap<u64, AuditEntry> = BTreeMap::new();
+    for name in read_dir(dir, "entries")? {
+        let seq = name
+            .strip_suffix(".json")
+            .filter(|n| {
+                !n.is_empty() && !n.starts_with('0') && n.bytes().all(|b| b.is_ascii_digit())
+            })
+            .and_then(|n| n.parse::<u64>().ok())
+            .ok_or_else(|| file(&format!("entries/{name}"), "not named N.json".into()))?;
+        let line = read(&format!("entries/{name}"), MAX_FILE_BYTES)?;
+        entries.insert(seq, entry_of(seq, &line, &links)?);
+    }
+    for (seq, entry) in &entries {
+        let theirs = !entry.job.is_empty() && entry.job != manifest.job_id
+            || !entry.federation.is_empty() && entry.federation != manifest.federation;
+        if theirs {
+            return Err(ChainBreak {
+                seq: *seq,
+                problem: format!(
+                    "the entry is of job `{}` of federation `{}`, not of this bundle's",
+                    entry.job, entry.federation
+                ),
+            }
+            .into());
+        }
+    }
+    for (i, link) in links.iter().enumerate() {
+        let seq = i as u64 + 1;
+        if link.job == manifest.job_id && !entries.contains_key(&seq) {
+            return Err(ChainBreak {
+                seq,
+                problem: format!(
+                    "an entry of job {} that the bundle leaves out (`entries/{seq}.json`)",
+                    manifest.job_id
+                ),
+            }
+            .into());
+        }
+    }
+    if manifest.entries != entries.keys().copied().collect::<Vec<_>>() {
+        return Err(file(
+            "bundle.json",
+            "does not list the entry files that are here".into(),
+        ));
+    }
+    // The decisions and the texts they were decided under, as the log vouches for them.
+    let mut cited = std::collections::BTreeSet::new();
+    let mut vouched = BTreeMap::new();
+    for entry in entries.values().filter(|e| e.action == "round.decided") {
+        if let Some((decision, texts)) = entry.documents.split_first() {
+            vouched.insert(entry.round, decision.clone());
+            cited.extend(texts.iter().cloned());
+        }
+    }
+    let decisions = read_dir(dir, "decisions")?;
+    for name in &decisions {
+        let round = name
+            .strip_prefix("round-")
+            .and_then(|n| n.strip_suffix(".json"))
+            .and_then(|n| n.parse::<u32>().ok())
+            .ok_or_else(|| {
+                file(
+                    &format!("decisions/{name}"),
+                    "not named round-R.json".into(),
+                )
+            })?;
+        let bytes = read(&format!("decisions/{name}"), MAX_FILE_BYTES)?;
+        match vouched.get(&round) {
+            Some(sha) if *sha == sha256_hex(&bytes) => {}
+            Some(sha) => {
+                return Err(file(
+                    &format!("decisions/{name}"),
+                    format!(
+                        "hashes to {}, but round {round}'s `round.decided` entry vouches for {sha}: the decision was altered",
+                        sha256_hex(&bytes)
+                    ),
+                ));
+            }
+            None => {
+                return Err(file(
+                    &format!("decisions/{name}"),
+                    format!("no `round.decided` entry of round {round} vouches for it"),
+                ));
+            }
+        }
+    }
+    let texts = read_dir(dir, "texts")?;
+    for name in &texts {
+        let bytes = read(&format!("texts/{name}"), MAX_FILE_BYTES)?;
+        let named = name.strip_suffix(".txt").unwrap_or_default();
         if sha256_hex(&bytes) != named {
             return Err(file(
-                &format!("texts/{text}"),
+                &format!("texts/{name}"),
                 format!("hashes to {}, not to its name", sha256_hex(&bytes)),
             ));
         }
-        texts += 1;
+        if !cited.contains(named) {
+            return Err(file(
+                &format!("texts/{name}"),
+                "no decision of the bundle cites it".into(),
+            ));
+        }
     }
-    let decisions = read_dir(dir, "decisions")?.len();
+    if let Some(missing) = cited
+        .iter()
+        .find(|sha| !texts.contains(&format!("{sha}.txt")))
+    {
+        return Err(file(
+            &format!("texts/{missing}.txt"),
+            "is cited by a decision but missing".into(),
+        ));
+    }
     Ok(Verified {
         job_id: manifest.job_id,
         federation: manifest.federation,
         links: head.seq,
-        entries,
-        decisions,
-        texts,
-        ca_sha256: sha256_hex(&ca),
-        signed_by,
+        entries: entries.len(),
+        decisions: decisions.len(),
+        texts: texts.len(),
+        signed_by: signer.to_string(),
     })
+}
+
+/// Entry `seq`'s line, checked against its link: its hash, and that it is an audit entry.
+fn entry_of(seq: u64, line: &[u8], links: &[audit::Link]) -> Result<AuditEntry, BundleError> {
+    let link = usize::try_from(seq)
+        .ok()
+        .and_then(|s| s.checked_sub(1))
+        .and_then(|i| links.get(i))
+        .ok_or_else(|| ChainBreak {
+            seq,
+            problem: format!("the entry has no link: the links end at {}", links.len()),
+        })?;
+    if sha256_hex(line) != link.entry_sha256 {
+        return Err(ChainBreak {
+            seq,
+            problem: format!(
+                "the entry was altered: `entries/{seq}.json` hashes to {}, but its link says {}",
+                sha256_hex(line),
+                link.entry_sha256
+            ),
+        }
+        .into());
+    }
+    let entry: AuditEntry = serde_json::from_slice(line).map_err(|e| ChainBreak {
+        seq,
+        problem: format!("not an audit entry: {e}"),
+    })?;
+    if entry.job != link.job {
+        return Err(ChainBreak {
+            seq,
+            problem: "the entry's job is not its link's".into(),
+        }
+        .into());
+    }
+    Ok(entry)
+}
+
+/// A file's bytes, at most `limit` of them; a symbolic link or a larger file is refused.
+fn read_capped(path: &Path, limit: u64) -> Result<Vec<u8>, BundleError> {
+    use std::io::Read;
+    let err = |source| BundleError::Read {
+        path: path.to_owned(),
+        source,
+    };
+    let meta = std::fs::symlink_metadata(path).map_err(err)?;
+    if !meta.is_file() || meta.len() > limit {
+        return Err(BundleError::File {
+            file: path.display().to_string(),
+            problem: format!("not a regular file of at most {limit} bytes"),
+        });
+    }
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)
+        .map_err(err)?
+        .take(limit)
+        .read_to_end(&mut bytes)
+        .map_err(err)?;
+    Ok(bytes)
 }
 
 /// The file names of `dir/sub`, sorted.
@@ -408,16 +564,21 @@ mod tests {
     }
 
     /// A store whose log holds a federation, two jobs' entries interleaved and a decision of
-    /// job-1 citing a text; job-1's bundle written into `out`.
+    /// job-1 citing a text, vouched for by its round's entry; job-1's bundle written into `out`.
     fn exported(store: &Store, out: &Path) -> Bundle {
         let sha = sha256_hex(TEXT.as_bytes());
+        let decision = format!("{{\"policies\":[\"{sha}\"]}}");
         store.audit(&entry("federation.created", "")).unwrap();
         store.audit(&entry("job.created", "job-1")).unwrap();
         store.audit(&entry("job.created", "job-2")).unwrap();
-        store.audit(&entry("round.decided", "job-1")).unwrap();
         store.archive_policy(&sha, TEXT).unwrap();
+        store.put_decision("job-1", 1, &decision).unwrap();
         store
-            .put_decision("job-1", 1, &format!("{{\"policies\":[\"{sha}\"]}}"))
+            .audit(&AuditEntry {
+                round: 1,
+                documents: vec![sha256_hex(decision.as_bytes()), sha.clone()],
+                ..entry("round.decided", "job-1")
+            })
             .unwrap();
         store.audit(&entry("round.completed", "job-2")).unwrap();
         let job = Job {
@@ -429,6 +590,13 @@ mod tests {
         let bundle = Bundle::from_parts(parts).unwrap();
         bundle.write(out).unwrap();
         bundle
+    }
+
+    /// The test PKI's CA (DER) and its PEM file.
+    fn ca_of(pki: &Path) -> (Vec<u8>, PathBuf) {
+        let file = treaty_proto::pki::PkiDir::new(pki.join("pki")).ca_cert();
+        let der = treaty_proto::tls::certificate_der(&std::fs::read(&file).unwrap()).unwrap();
+        (der, file)
     }
 
     fn copy(from: &Path, to: &Path) {
@@ -444,21 +612,22 @@ mod tests {
         }
     }
 
-    /// The first problem `verify` finds in a copy of `good` changed by `change`.
-    fn broken(good: &Path, change: impl FnOnce(&Path)) -> String {
-        let dir = tempfile::tempdir().unwrap();
-        copy(good, dir.path());
-        change(dir.path());
-        verify(dir.path()).unwrap_err().to_string()
-    }
-
     fn edit(path: &Path, f: impl FnOnce(String) -> String) {
         let text = std::fs::read_to_string(path).unwrap();
         std::fs::write(path, f(text)).unwrap();
     }
 
-    #[test]
-    fn a_bundle_verifies_and_each_kind_of_tampering_is_named() {
+    /// A store, a PKI and job-1's bundle.
+    struct Setup {
+        store: Store,
+        _db: tempfile::TempDir,
+        pki: tempfile::TempDir,
+        out: tempfile::TempDir,
+        good: PathBuf,
+        ca: Vec<u8>,
+    }
+
+    fn setup() -> Setup {
         let (db, pki, out) = (
             tempfile::tempdir().unwrap(),
             tempfile::tempdir().unwrap(),
@@ -466,19 +635,42 @@ mod tests {
         );
         let store = signed_for_tests(db.path(), pki.path());
         let good = out.path().join("bundle");
-        let bundle = exported(&store, &good);
-        let v = verify(&good).unwrap();
+        exported(&store, &good);
+        let (ca, _) = ca_of(pki.path());
+        Setup {
+            store,
+            _db: db,
+            pki,
+            out,
+            good,
+            ca,
+        }
+    }
+
+    impl Setup {
+        /// The first problem `verify` finds in a copy of the bundle changed by `change`.
+        fn broken(&self, change: impl FnOnce(&Path)) -> String {
+            let dir = tempfile::tempdir().unwrap();
+            copy(&self.good, dir.path());
+            change(dir.path());
+            verify(dir.path(), &self.ca, None).unwrap_err().to_string()
+        }
+    }
+
+    #[test]
+    fn a_bundle_verifies_and_each_kind_of_tampering_is_named() {
+        let s = setup();
+        let v = verify(&s.good, &s.ca, None).unwrap();
         assert_eq!((v.job_id.as_str(), v.links), ("job-1", 5));
         // The federation's creation and job-1's two entries; not job-2's.
-        assert_eq!(
-            bundle.entries.keys().copied().collect::<Vec<_>>(),
-            [1, 2, 4]
-        );
+        let mut files = read_dir(&s.good, "entries").unwrap();
+        files.sort();
+        assert_eq!(files, ["1.json", "2.json", "4.json"]);
         assert_eq!((v.entries, v.decisions, v.texts), (3, 1, 1));
-        assert!(v.signed_by.contains("hub"), "{}", v.signed_by);
+        assert!(v.signed_by.contains("coordinator/hub"), "{}", v.signed_by);
 
         // One byte of an entry.
-        let err = broken(&good, |d| {
+        let err = s.broken(|d| {
             edit(&d.join("entries/4.json"), |t| {
                 t.replace("round.decided", "round.decidex")
             })
@@ -488,7 +680,7 @@ mod tests {
             "{err}"
         );
         // A link removed from the middle.
-        let err = broken(&good, |d| {
+        let err = s.broken(|d| {
             edit(&d.join("links.jsonl"), |t| {
                 let mut lines: Vec<&str> = t.lines().collect();
                 lines.remove(2);
@@ -497,7 +689,7 @@ mod tests {
         });
         assert!(err.starts_with("audit entry 3:"), "{err}");
         // Two links swapped.
-        let err = broken(&good, |d| {
+        let err = s.broken(|d| {
             edit(&d.join("links.jsonl"), |t| {
                 let mut lines: Vec<&str> = t.lines().collect();
                 lines.swap(1, 2);
@@ -506,40 +698,100 @@ mod tests {
         });
         assert!(err.starts_with("audit entry 2:"), "{err}");
         // The last link removed: the chain is whole but shorter than the signed head.
-        let err = broken(&good, |d| {
+        let err = s.broken(|d| {
             edit(&d.join("links.jsonl"), |t| {
                 let lines: Vec<&str> = t.lines().collect();
                 lines[..lines.len() - 1].join("\n") + "\n"
             })
         });
         assert!(err.contains("links were added or removed"), "{err}");
-        // A cited text changed.
-        let sha = sha256_hex(TEXT.as_bytes());
-        let err = broken(&good, |d| {
-            edit(&d.join(format!("texts/{sha}.txt")), |t| t.replace('3', "4"))
-        });
+        // An entry of the job left out.
+        let err = s.broken(|d| std::fs::remove_file(d.join("entries/2.json")).unwrap());
         assert!(
-            err.contains("does not hash") || err.contains("not to its name"),
+            err.contains("audit entry 2: an entry of job job-1 that the bundle leaves out"),
             "{err}"
         );
-
-        // Another head swapped in: the same log, exported again after one more entry.
-        store.audit(&entry("job.cancelled", "job-1")).unwrap();
-        let later = out.path().join("later");
-        exported(&store, &later);
-        let err = broken(&good, |d| {
-            for name in ["head.statement", "head.sig"] {
-                std::fs::copy(later.join(name), d.join(name)).unwrap();
-            }
+        // The bundle relabelled as another job's.
+        let err = s.broken(|d| edit(&d.join("bundle.json"), |t| t.replace("job-1", "job-2")));
+        assert!(
+            err.contains("not of this bundle's") || err.contains("leaves out"),
+            "{err}"
+        );
+        // A decision changed, a cited text changed, a cited text removed.
+        let err = s.broken(|d| {
+            edit(&d.join("decisions/round-1.json"), |t| {
+                t.replace("policies", "policiez")
+            })
         });
-        assert!(err.contains("links were added or removed"), "{err}");
-        // A statement changed under its signature.
-        let err = broken(&good, |d| {
+        assert!(err.contains("the decision was altered"), "{err}");
+        let sha = sha256_hex(TEXT.as_bytes());
+        let err = s.broken(|d| edit(&d.join(format!("texts/{sha}.txt")), |t| t.replace('3', "4")));
+        assert!(err.contains("not to its name"), "{err}");
+        let err = s.broken(|d| std::fs::remove_file(d.join(format!("texts/{sha}.txt"))).unwrap());
+        assert!(err.contains("cited by a decision but missing"), "{err}");
+        // A statement changed under its signature, even by a trailing newline.
+        let err = s.broken(|d| {
             edit(&d.join("head.statement"), |t| {
                 t.replace("time_unix_ms 1", "time_unix_ms 2")
             })
         });
         assert!(err.contains("signature"), "{err}");
+        let err = s.broken(|d| edit(&d.join("head.statement"), |t| t + "\n"));
+        assert!(err.contains("not a signed head's text"), "{err}");
+        // A second certificate slipped into ca.crt.
+        let err = s.broken(|d| {
+            let ca = std::fs::read_to_string(d.join("ca.crt")).unwrap();
+            let other = std::fs::read_to_string(d.join("coordinator.crt")).unwrap();
+            std::fs::write(d.join("ca.crt"), ca + &other).unwrap();
+        });
+        assert!(err.contains("more than one certificate"), "{err}");
+
+        // Another head swapped in: the same log, exported again after one more entry; the
+        // earlier bundle is the beginning of the later one, and not the other way round.
+        s.store.audit(&entry("job.cancelled", "job-1")).unwrap();
+        let later = s.out.path().join("later");
+        let job = Job {
+            job_id: "job-1".into(),
+            federation: "f".into(),
+            ..Default::default()
+        };
+        let parts = crate::audit::export_parts(&s.store, &job, "ops").unwrap();
+        Bundle::from_parts(parts).unwrap().write(&later).unwrap();
+        verify(&later, &s.ca, Some(&s.good)).unwrap();
+        assert!(verify(&s.good, &s.ca, Some(&later)).is_err());
+        let err = s.broken(|d| {
+            for name in ["head.statement", "head.sig"] {
+                std::fs::copy(later.join(name), d.join(name)).unwrap();
+            }
+        });
+        assert!(err.contains("links were added or removed"), "{err}");
+    }
+
+    /// A bundle made under another PKI — its own CA, a coordinator certificate of it, every
+    /// signature right — is refused against the CA the reader trusts; so is a bundle signed
+    /// with an agency's certificate of the right CA.
+    #[test]
+    fn only_a_coordinator_of_the_trusted_ca_can_sign_a_bundle() {
+        let s = setup();
+        let (db, pki, out) = (
+            tempfile::tempdir().unwrap(),
+            tempfile::tempdir().unwrap(),
+            tempfile::tempdir().unwrap(),
+        );
+        let forger = signed_for_tests(db.path(), pki.path());
+        let forged = out.path().join("forged");
+        exported(&forger, &forged);
+        let (forger_ca, _) = ca_of(pki.path());
+        verify(&forged, &forger_ca, None).unwrap();
+        let err = verify(&forged, &s.ca, None).unwrap_err().to_string();
+        assert!(err.contains("not the federation CA you trust"), "{err}");
+
+        let agency = treaty_proto::Identity::agency("DE", "DE-BKA").unwrap();
+        let pki_dir = treaty_proto::pki::PkiDir::new(s.pki.path().join("pki"));
+        let (cert, _) = pki_dir.cert_and_key(&agency);
+        let der = treaty_proto::tls::certificate_der(&std::fs::read(&cert).unwrap()).unwrap();
+        let err = treaty_proto::tls::verify_coordinator(&der, &s.ca).unwrap_err();
+        assert!(err.contains("not a coordinator's"), "{err}");
     }
 
     /// A hostile coordinator's text named to escape the bundle's directory is refused before
@@ -560,50 +812,104 @@ mod tests {
     }
 
     /// docs/verify-audit-bundle.sh checks a bundle with bash, sha256sum and openssl only, as
-    /// docs/AUDIT.md describes the format: the bundle verifies, and a changed entry does not.
+    /// docs/AUDIT.md describes the format: the bundle verifies against the trusted CA, and
+    /// each kind of tampering does not.
     #[test]
     fn a_bundle_verifies_with_sha256sum_and_openssl_alone() {
-        let (db, pki, out) = (
-            tempfile::tempdir().unwrap(),
-            tempfile::tempdir().unwrap(),
-            tempfile::tempdir().unwrap(),
-        );
-        let store = signed_for_tests(db.path(), pki.path());
-        let good = out.path().join("bundle");
-        exported(&store, &good);
+        let s = setup();
+        let (_, ca_file) = ca_of(s.pki.path());
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/verify-audit-bundle.sh");
-        let run = |dir: &Path| {
+        let run = |dir: &Path, ca: &Path| {
             std::process::Command::new("bash")
                 .arg(&script)
                 .arg(dir)
+                .arg(ca)
                 .output()
                 .expect(
                     "bash runs (and sha256sum and openssl are installed: .ci/run installs them)",
                 )
         };
-        let ok = run(&good);
+        let ok = run(&s.good, &ca_file);
         assert!(
             ok.status.success(),
             "{}{}",
             String::from_utf8_lossy(&ok.stdout),
             String::from_utf8_lossy(&ok.stderr)
         );
-        assert!(String::from_utf8_lossy(&ok.stdout).contains("verified: 5 links"));
-        for (file, from, to) in [
-            ("entries/2.json", "job.created", "job.createx"),
-            ("links.jsonl", "{\"seq\":3", "{\"seq\":4"),
-            ("head.statement", "seq 5", "seq 4"),
-        ] {
+        assert!(String::from_utf8_lossy(&ok.stdout).contains("verified: job job-1, 5 links"));
+        let sha = sha256_hex(TEXT.as_bytes());
+        let cases: Vec<(&str, Box<dyn Fn(&Path)>)> = vec![
+            (
+                "an entry",
+                Box::new(|d| {
+                    edit(&d.join("entries/2.json"), |t| {
+                        t.replace("job.created", "job.createx")
+                    })
+                }),
+            ),
+            (
+                "a link",
+                Box::new(|d| {
+                    edit(&d.join("links.jsonl"), |t| {
+                        t.replacen("{\"seq\":3", "{\"seq\":4", 1)
+                    })
+                }),
+            ),
+            (
+                "the head",
+                Box::new(|d| edit(&d.join("head.statement"), |t| t.replace("seq 5", "seq 4"))),
+            ),
+            (
+                "a left-out entry",
+                Box::new(|d| std::fs::remove_file(d.join("entries/2.json")).unwrap()),
+            ),
+            (
+                "a decision",
+                Box::new(|d| {
+                    edit(&d.join("decisions/round-1.json"), |t| {
+                        t.replace("policies", "policiez")
+                    })
+                }),
+            ),
+            (
+                "a text",
+                Box::new(move |d| {
+                    std::fs::remove_file(d.join(format!("texts/{sha}.txt"))).unwrap()
+                }),
+            ),
+            (
+                "a second CA",
+                Box::new(|d| {
+                    let ca = std::fs::read_to_string(d.join("ca.crt")).unwrap();
+                    let other = std::fs::read_to_string(d.join("coordinator.crt")).unwrap();
+                    std::fs::write(d.join("ca.crt"), other + &ca).unwrap();
+                }),
+            ),
+        ];
+        for (what, change) in cases {
             let dir = tempfile::tempdir().unwrap();
-            copy(&good, dir.path());
-            edit(&dir.path().join(file), |t| t.replacen(from, to, 1));
-            let bad = run(dir.path());
-            assert_eq!(bad.status.code(), Some(1), "{file}");
+            copy(&s.good, dir.path());
+            change(dir.path());
+            let bad = run(dir.path(), &ca_file);
+            assert_eq!(
+                bad.status.code(),
+                Some(1),
+                "{what}: {}",
+                String::from_utf8_lossy(&bad.stdout)
+            );
             assert!(
                 String::from_utf8_lossy(&bad.stderr).contains("not verified"),
-                "{file}: {}",
+                "{what}: {}",
                 String::from_utf8_lossy(&bad.stderr)
             );
         }
+        // Against another CA than the one the bundle was signed under.
+        let other = tempfile::tempdir().unwrap();
+        let db = tempfile::tempdir().unwrap();
+        signed_for_tests(db.path(), other.path());
+        let (_, other_ca) = ca_of(other.path());
+        let bad = run(&s.good, &other_ca);
+        assert_eq!(bad.status.code(), Some(1));
+        assert!(String::from_utf8_lossy(&bad.stderr).contains("not the federation CA you trust"));
     }
 }

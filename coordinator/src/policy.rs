@@ -100,18 +100,21 @@ fn decide_now(ctx: &Coordinator, q: &Question) -> Result<RoundDecision, Coordina
         participants,
     };
     let mut policies = BTreeMap::new();
-    ctx.store.archive_policy(
-        &treaty_policies::sha256_hex(registry_text.as_bytes()),
-        &registry_text,
-    )?;
+    // The texts the round is decided under, by SHA-256: archived, and vouched for by the
+    // round's audit entry with the decision record.
+    let mut texts = vec![treaty_policies::sha256_hex(registry_text.as_bytes())];
+    ctx.store.archive_policy(&texts[0], &registry_text)?;
     for p in &request.participants {
         if policies.contains_key(&p.country) {
             continue;
         }
         let (loaded, text) = dir.load(&registry, &p.country);
         if let Some(text) = text {
-            ctx.store
-                .archive_policy(&treaty_policies::sha256_hex(text.as_bytes()), &text)?;
+            let sha256 = treaty_policies::sha256_hex(text.as_bytes());
+            ctx.store.archive_policy(&sha256, &text)?;
+            if !texts.contains(&sha256) {
+                texts.push(sha256);
+            }
         }
         policies.insert(p.country.clone(), loaded);
     }
@@ -184,6 +187,10 @@ fn decide_now(ctx: &Coordinator, q: &Question) -> Result<RoundDecision, Coordina
             registry.version,
             versions.join(", ")
         ),
+        documents: std::iter::once(treaty_policies::sha256_hex(record.as_bytes()))
+            .chain(texts)
+            .collect(),
+        nonce: String::new(),
     })?;
     Ok(RoundDecision {
         decision,

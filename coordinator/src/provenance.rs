@@ -6,7 +6,7 @@ use treaty_proto::v1::{Aggregation, ModelKind, Provenance, RoundSummary};
 use treaty_proto::{schema, tensor};
 
 use crate::error::CoordinatorError;
-use crate::store::Store;
+use crate::store::{AuditEntry, Store};
 
 /// The signed manifest of `version` of `job_id` (its latest when empty). Synchronous (store
 /// reads, hashing the model): call it on a blocking thread.
@@ -14,6 +14,7 @@ pub(crate) fn provenance(
     store: &Store,
     job_id: &str,
     version: &str,
+    requested_by: &str,
 ) -> Result<Provenance, CoordinatorError> {
     let job = store
         .job_with_rounds(job_id)?
@@ -90,6 +91,7 @@ pub(crate) fn provenance(
         .chain(job.rounds.iter().filter(|r| r.round <= header.round))
         .map(round_of)
         .collect();
+    let head = store.audit_head();
     let manifest = Manifest {
         format: provenance::FORMAT.to_owned(),
         job_id: job.job_id.clone(),
@@ -99,6 +101,12 @@ pub(crate) fn provenance(
         round: header.round,
         model_sha256,
         schema_sha256: provenance::sha256_hex(schema_toml.as_bytes()),
+        standardization_sha256: provenance::standardization_digest(
+            spec.standardization
+                .iter()
+                .map(|c| (c.name.as_str(), c.mean, c.std, c.count)),
+        ),
+        hidden_units: spec.hidden_units,
         model_kind: ModelKind::try_from(spec.model)
             .unwrap_or(ModelKind::Unspecified)
             .as_str_name()
@@ -109,6 +117,8 @@ pub(crate) fn provenance(
             delta: privacy.target_delta,
         },
         rounds,
+        audit_seq: head.seq,
+        audit_sha256: head.sha256,
         treaty_version: env!("CARGO_PKG_VERSION").to_owned(),
         signed_unix_ms: crate::state::now_ms(),
     };
@@ -116,6 +126,18 @@ pub(crate) fn provenance(
         .map_err(|e| CoordinatorError::Manifest(e.to_string()))?;
     let signer = store.signer().ok_or(CoordinatorError::AuditUnsigned)?;
     let signature = signer.sign(text.as_bytes())?;
+    // What the coordinator signed goes on record.
+    store.audit(&AuditEntry {
+        time_unix_ms: manifest.signed_unix_ms,
+        actor: requested_by.to_owned(),
+        action: "provenance.signed".into(),
+        federation: manifest.federation.clone(),
+        job: manifest.job_id.clone(),
+        round: manifest.round,
+        detail: format!("the provenance of model {}", manifest.model_version),
+        documents: vec![provenance::sha256_hex(text.as_bytes())],
+        ..Default::default()
+    })?;
     Ok(Provenance {
         manifest: text,
         scheme: signer.scheme(),

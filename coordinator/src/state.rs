@@ -261,5 +261,6 @@ pub(crate) fn audit_entry(
         round,
         agency: agency.to_owned(),
         detail,
+        ..Default::default()
     }
 }

@@ -64,6 +64,14 @@ pub(crate) struct AuditEntry {
     /// Details in words and figures.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub detail: String,
+    /// The SHA-256 of each document the entry vouches for: for `round.decided`, the decision
+    /// record first, then the registry and policy texts it was decided under.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub documents: Vec<String>,
+    /// Random, set when the entry is linked: its hash, in a bundle of another job, cannot be
+    /// confirmed by guessing its words.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub nonce: String,
 }
 
 /// A store in `dir` that signs its audit heads with the key of a coordinator of a PKI made in
@@ -79,7 +87,7 @@ pub(crate) fn signed_for_tests(dir: &Path, pki: &Path) -> Store {
                 coordinator: "hub".into(),
                 coordinator_hosts: vec![],
                 operators: vec![],
-                agencies: vec![],
+                agencies: vec![("DE-BKA".into(), "DE".into())],
                 validity_days: 30,
             },
         )
@@ -100,6 +108,9 @@ pub(crate) fn signed_for_tests(dir: &Path, pki: &Path) -> Store {
 
 /// An audit entry as stored: its number and bytes (link line, newline, entry line).
 pub(crate) type StoredEntry = (u64, Vec<u8>);
+
+/// The `meta` key of the first entry signed when appended (eight bytes, big-endian).
+const SIGNED_FROM: &[u8] = b"audit_signed_from";
 
 /// The `meta` key of the federation CA's certificate.
 const CA_CERTIFICATE: &[u8] = b"ca_certificate";
@@ -259,8 +270,12 @@ impl Store {
 
     /// `entry` linked after `chain`, with the new head signed when the store has a signer.
     fn link(&self, chain: &Head, entry: &AuditEntry) -> Result<Linked, CoordinatorError> {
+        let mut entry = entry.clone();
+        entry.nonce = (0..16)
+            .map(|_| format!("{:02x}", rand::random::<u8>()))
+            .collect();
         let (bytes, head) = chain
-            .append(entry)
+            .append(&entry)
             .map_err(CoordinatorError::CorruptAudit)?;
         let signed = match &self.signer {
             Some(signer) => {
@@ -283,20 +298,89 @@ impl Store {
         mut self,
         signer: treaty_proto::tls::KeySigner,
     ) -> Result<Self, CoordinatorError> {
+        let ca = signer.ca_certificate().to_vec();
+        self.check_signed_heads(&ca)?;
         let der = signer.certificate().as_ref();
         self.certificates
             .insert(treaty_policies::sha256_hex(der).as_bytes(), der)?;
-        self.meta
-            .insert(CA_CERTIFICATE, signer.ca_certificate().as_ref())?;
-        let head = self.chain.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        if head.seq > 0 && !self.heads.contains_key(head.seq.to_be_bytes())? {
-            let signed = SignedHead::sign(&head, crate::state::now_ms(), &signer)?;
-            let bytes = serde_json::to_vec(&signed).map_err(CoordinatorError::CorruptAudit)?;
-            self.heads.insert(head.seq.to_be_bytes(), bytes)?;
-        }
+        self.meta.insert(CA_CERTIFICATE, ca)?;
         self.flush()?;
         self.signer = Some(Arc::new(signer));
+        if self.meta.get(SIGNED_FROM)?.is_none() {
+            // The first start that signs: entries before it (if any) were not signed one by
+            // one, which the log says; from this entry on every entry has its signed head.
+            let head = self.audit_head();
+            if head.seq > 0 {
+                self.audit(&AuditEntry {
+                    time_unix_ms: crate::state::now_ms(),
+                    actor: "coordinator".into(),
+                    action: "audit.signing_started".into(),
+                    detail: format!(
+                        "entries 1 to {} were written before the coordinator signed its log; this entry's signed head covers them through the chain, and every entry from it on has its own",
+                        head.seq
+                    ),
+                    ..Default::default()
+                })?;
+            }
+            let from = self.audit_head().seq.max(1);
+            self.meta.insert(SIGNED_FROM, &from.to_be_bytes())?;
+            self.flush()?;
+        }
         Ok(self)
+    }
+
+    /// Checks the signed heads against the chain as a signer would: every entry from the first
+    /// signed one has its head, and the last head is signed by a coordinator certificate the
+    /// federation CA `ca` issued (it covers every link before it through the chain). A log
+    /// edited in the database without the coordinator's key fails here.
+    fn check_signed_heads(&self, ca: &[u8]) -> Result<(), CoordinatorError> {
+        let Some(from) = self.meta.get(SIGNED_FROM)? else {
+            return Ok(());
+        };
+        let from = <[u8; 8]>::try_from(from.as_ref())
+            .map(u64::from_be_bytes)
+            .map_err(|_| CoordinatorError::CorruptCounter)?;
+        let head = self.audit_head();
+        let broken = |seq: u64, problem: String| audit::ChainBreak { seq, problem };
+        for seq in from..=head.seq {
+            if !self.heads.contains_key(seq.to_be_bytes())? {
+                return Err(broken(
+                    seq,
+                    "its signed head is missing (every entry since signing began has one)".into(),
+                )
+                .into());
+            }
+        }
+        if head.seq < from {
+            return Ok(());
+        }
+        let value = self
+            .heads
+            .get(head.seq.to_be_bytes())?
+            .ok_or(CoordinatorError::CorruptCounter)?;
+        let signed: SignedHead =
+            serde_json::from_slice(&value).map_err(CoordinatorError::CorruptAudit)?;
+        let bad = |problem: String| broken(head.seq, format!("its signed head: {problem}"));
+        let certificate = self
+            .certificates
+            .get(signed.certificate_sha256.as_bytes())?
+            .ok_or_else(|| bad("the certificate that signed it is not on record".into()))?;
+        treaty_proto::tls::verify_coordinator(&certificate, ca).map_err(bad)?;
+        let signature = audit::unhex(&signed.signature)
+            .ok_or_else(|| bad("the signature is not hex".into()))?;
+        treaty_proto::tls::verify_signature(
+            &certificate,
+            &signed.scheme,
+            signed.statement.as_bytes(),
+            &signature,
+        )
+        .map_err(bad)?;
+        Ok(())
+    }
+
+    /// The audit log's head as it stands.
+    pub(crate) fn audit_head(&self) -> Head {
+        self.chain.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// The key that signs the audit log's heads and models' provenance, once set.
@@ -307,6 +391,10 @@ impl Store {
     /// Links an audit log written before entries were chained (each a bare `AuditEntry` under
     /// a sequence number), in its order, content unchanged, and records that it did so.
     fn chain_unchained(&self) -> Result<(), CoordinatorError> {
+        // Only ever once, before anything was signed: a signed log is never relinked.
+        if self.meta.contains_key(SIGNED_FROM)? || !self.heads.is_empty() {
+            return Ok(());
+        }
         let mut old = Vec::new();
         for kv in self.audit.iter() {
             let (key, value) = kv?;
@@ -650,6 +738,8 @@ impl Store {
     pub(crate) fn audit_to_signed_head(
         &self,
     ) -> Result<Option<(SignedHead, Vec<StoredEntry>)>, CoordinatorError> {
+        // Under the chain's lock: the last head and the entries up to it are read as one.
+        let _chain = self.chain.lock().unwrap_or_else(|e| e.into_inner());
         let Some((key, value)) = self.heads.last()? else {
             return Ok(None);
         };
@@ -861,6 +951,110 @@ mod tests {
         assert!(err.to_string().contains("audit entry 3: missing"), "{err}");
     }
 
+    /// Someone who can write the database but has not the coordinator's key rewrites an
+    /// entry, relinks the chain after it and removes the heads that no longer match: the next
+    /// start that signs refuses the log, naming the first entry without its head. Heads
+    /// re-signed with another PKI's coordinator key are refused too.
+    #[test]
+    fn a_log_rewritten_in_the_database_without_the_key_is_refused_at_the_next_start() {
+        let (dir, pki) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        {
+            let store = signed_for_tests(dir.path(), pki.path());
+            audit_lines(&store, 4);
+        }
+        // The forger: entry 3 rewritten, entries 3 and 4 relinked, their heads removed.
+        {
+            let db = sled::open(dir.path()).unwrap();
+            let log = db.open_tree("audit").unwrap();
+            let heads = db.open_tree("audit_heads").unwrap();
+            let prev = log.get(2u64.to_be_bytes()).unwrap().unwrap();
+            let mut head = Head {
+                seq: 2,
+                sha256: treaty_policies::sha256_hex(audit::split(&prev).0),
+            };
+            for seq in 3..=4u64 {
+                let (bytes, next) = head
+                    .append(&AuditEntry {
+                        action: format!("forged.{seq}"),
+                        ..Default::default()
+                    })
+                    .unwrap();
+                log.insert(seq.to_be_bytes(), bytes).unwrap();
+                heads.remove(seq.to_be_bytes()).unwrap();
+                head = next;
+            }
+            db.flush().unwrap();
+        }
+        // The chain is whole again, but entries since signing began must each have a head.
+        let err = match Store::open(dir.path()).map(|s| {
+            let pki = treaty_proto::pki::PkiDir::new(pki.path().join("pki"));
+            let id = treaty_proto::identity::Identity::coordinator("hub").unwrap();
+            let (cert, key) = pki.cert_and_key(&id);
+            let files = treaty_proto::tls::TlsFiles {
+                ca_cert: pki.ca_cert(),
+                cert,
+                key,
+            };
+            s.signed_by(treaty_proto::tls::KeySigner::load(&files).unwrap())
+        }) {
+            Ok(Ok(_)) => panic!("the rewritten log was accepted"),
+            Ok(Err(e)) | Err(e) => e.to_string(),
+        };
+        assert!(
+            err.contains("audit entry 3: its signed head is missing"),
+            "{err}"
+        );
+
+        // Heads re-signed with another PKI's coordinator: the last head is not the trusted
+        // CA's coordinator's.
+        let other = tempfile::tempdir().unwrap();
+        let other_db = tempfile::tempdir().unwrap();
+        let forger = signed_for_tests(other_db.path(), other.path());
+        {
+            let db = sled::open(dir.path()).unwrap();
+            let log = db.open_tree("audit").unwrap();
+            let heads = db.open_tree("audit_heads").unwrap();
+            let certificates = db.open_tree("certificates").unwrap();
+            let signer = forger.signer().unwrap();
+            let der = signer.certificate().as_ref();
+            certificates
+                .insert(treaty_policies::sha256_hex(der).as_bytes(), der)
+                .unwrap();
+            for seq in 3..=4u64 {
+                let value = log.get(seq.to_be_bytes()).unwrap().unwrap();
+                let head = Head {
+                    seq,
+                    sha256: treaty_policies::sha256_hex(audit::split(&value).0),
+                };
+                let signed = SignedHead::sign(&head, 1, signer).unwrap();
+                heads
+                    .insert(seq.to_be_bytes(), serde_json::to_vec(&signed).unwrap())
+                    .unwrap();
+            }
+            db.flush().unwrap();
+        }
+        drop(forger);
+        let err = match Store::open(dir.path()) {
+            Ok(store) => {
+                let pki = treaty_proto::pki::PkiDir::new(pki.path().join("pki"));
+                let id = treaty_proto::identity::Identity::coordinator("hub").unwrap();
+                let (cert, key) = pki.cert_and_key(&id);
+                let files = treaty_proto::tls::TlsFiles {
+                    ca_cert: pki.ca_cert(),
+                    cert,
+                    key,
+                };
+                store
+                    .signed_by(treaty_proto::tls::KeySigner::load(&files).unwrap())
+                    .err()
+                    .map(|e| e.to_string())
+                    .unwrap_or_default()
+            }
+            Err(e) => e.to_string(),
+        };
+        assert!(err.contains("audit entry 4: its signed head"), "{err}");
+    }
+
     #[test]
     fn records_survive_reopening() {
         let dir = tempfile::tempdir().unwrap();
@@ -895,6 +1089,7 @@ mod tests {
                     round: 0,
                     agency: String::new(),
                     detail: String::new(),
+                    ..Default::default()
                 })
                 .unwrap();
         }
@@ -959,6 +1154,7 @@ mod tests {
             round,
             agency: String::new(),
             detail: String::new(),
+            ..Default::default()
         }
     }
 

@@ -235,7 +235,10 @@ async fn demo(
     client::export_audit(&mut client, &job.job_id)
         .await?
         .write(&bundle_dir)?;
-    let verified = treaty_coordinator::bundle::verify(&bundle_dir)?;
+    // Checked against the demo's own federation CA, the one the operator trusts.
+    let ca = treaty_proto::tls::certificate_der(&std::fs::read(fed.site().pki().ca_cert())?)
+        .map_err(|e| anyhow::anyhow!("the demo's CA certificate {e}"))?;
+    let verified = treaty_coordinator::bundle::verify(&bundle_dir, &ca, None)?;
     outln!(
         "    audit bundle verified: {} entries of the job within a hash-chained log of {}, its head signed by {} ({})",
         verified.entries,

@@ -24,13 +24,21 @@ pub struct Manifest {
     pub model_sha256: String,
     /// The SHA-256 of the job's feature schema as TOML (a model file's `schema_toml`).
     pub schema_sha256: String,
+    /// The SHA-256 of the standardisation ([`standardization_digest`]).
+    pub standardization_sha256: String,
     /// The model kind, e.g. `MODEL_KIND_LOGISTIC_REGRESSION`.
     pub model_kind: String,
+    /// The MLP's hidden units (0 for the other models).
+    pub hidden_units: u32,
     /// The aggregation strategy, e.g. `STRATEGY_FEDAVG`.
     pub strategy: String,
     pub privacy: ManifestPrivacy,
     /// The statistics round (0) and each training round up to the version's, in order.
     pub rounds: Vec<ManifestRound>,
+    /// The audit log's head when the manifest was signed: its length and the SHA-256 of its
+    /// last link (docs/AUDIT.md), so that a bundle exported later can be checked to contain it.
+    pub audit_seq: u64,
+    pub audit_sha256: String,
     /// The coordinator's Treaty version.
     pub treaty_version: String,
     /// When the coordinator signed this manifest, milliseconds since the Unix epoch.
@@ -62,19 +70,38 @@ pub struct ManifestRound {
     pub policy_texts_sha256: Vec<String>,
 }
 
-/// The SHA-256 (hex) of a model's tensors, in order: for each, its name's UTF-8 bytes and a
-/// zero byte, its number of dimensions and each dimension as u64 little-endian, then its values
-/// as f64 little-endian, row-major.
+/// The SHA-256 (hex) of a model's tensors, in order: for each, the length of its name in bytes
+/// (u64 little-endian) and its name's UTF-8 bytes, its number of dimensions and each dimension
+/// (u64 little-endian), its number of values (u64 little-endian), then its values as f64
+/// little-endian, row-major.
 pub fn digest<'a>(tensors: impl IntoIterator<Item = (&'a str, &'a [usize], &'a [f64])>) -> String {
     let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
     for (name, shape, values) in tensors {
+        ctx.update(&(name.len() as u64).to_le_bytes());
         ctx.update(name.as_bytes());
-        ctx.update(&[0]);
         ctx.update(&(shape.len() as u64).to_le_bytes());
         for d in shape {
             ctx.update(&(*d as u64).to_le_bytes());
         }
+        ctx.update(&(values.len() as u64).to_le_bytes());
         for v in values {
+            ctx.update(&v.to_le_bytes());
+        }
+    }
+    hex(ctx.finish().as_ref())
+}
+
+/// The SHA-256 (hex) of a standardisation, in order: for each column, the length of its name
+/// (u64 little-endian), its name's UTF-8 bytes, then its mean, standard deviation and count as
+/// f64 little-endian.
+pub fn standardization_digest<'a>(
+    columns: impl IntoIterator<Item = (&'a str, f64, f64, f64)>,
+) -> String {
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    for (name, mean, std, count) in columns {
+        ctx.update(&(name.len() as u64).to_le_bytes());
+        ctx.update(name.as_bytes());
+        for v in [mean, std, count] {
             ctx.update(&v.to_le_bytes());
         }
     }
@@ -99,8 +126,10 @@ mod tests {
     #[test]
     fn the_digest_is_of_the_documented_bytes() {
         let values = [1.5f64, -2.0];
-        let mut bytes = b"weights\0".to_vec();
+        let mut bytes = 7u64.to_le_bytes().to_vec();
+        bytes.extend(b"weights");
         bytes.extend(1u64.to_le_bytes());
+        bytes.extend(2u64.to_le_bytes());
         bytes.extend(2u64.to_le_bytes());
         for v in values {
             bytes.extend(v.to_le_bytes());

@@ -145,13 +145,11 @@ impl KeySigner {
         let signer = key
             .choose_scheme(&[
                 ECDSA_NISTP256_SHA256,
-                ECDSA_NISTP384_SHA384,
-                ED25519,
                 RSA_PKCS1_SHA256,
             ])
             .ok_or_else(|| {
                 TlsError::Config(format!(
-                    "the key in `{}` is of a kind Treaty does not sign with (ECDSA P-256 or P-384, Ed25519 or RSA)",
+                    "the key in `{}` is of a kind Treaty does not sign evidence with (ECDSA P-256, as `treaty pki` makes, or RSA: both checkable with `openssl dgst -sha256`)",
                     files.key.display()
                 ))
             })?;
@@ -198,8 +196,6 @@ pub fn verify_signature(
         .map_err(|e| format!("the signing certificate is not a certificate: {e}"))?;
     let algorithm: &dyn sig::VerificationAlgorithm = match scheme {
         "ECDSA_NISTP256_SHA256" => &sig::ECDSA_P256_SHA256_ASN1,
-        "ECDSA_NISTP384_SHA384" => &sig::ECDSA_P384_SHA384_ASN1,
-        "ED25519" => &sig::ED25519,
         "RSA_PKCS1_SHA256" => &sig::RSA_PKCS1_2048_8192_SHA256,
         other => {
             return Err(format!(
@@ -270,13 +266,38 @@ pub fn certificate_pem(der: &[u8]) -> String {
     out
 }
 
-/// The DER of the first certificate of a PEM text.
+/// The DER of the one certificate of a PEM text (evidence names one certificate: a text of
+/// several, whichever a reader would take, is refused).
 pub fn certificate_der(pem: &[u8]) -> Result<Vec<u8>, String> {
-    CertificateDer::pem_slice_iter(pem)
+    let mut all = CertificateDer::pem_slice_iter(pem);
+    let first = all
         .next()
         .ok_or_else(|| "holds no PEM certificate".to_owned())?
         .map(|c| c.to_vec())
-        .map_err(|e| format!("not a PEM certificate: {}", pem_problem(&e, "CERTIFICATE")))
+        .map_err(|e| {
+            format!(
+                "is not a PEM certificate: {}",
+                pem_problem(&e, "CERTIFICATE")
+            )
+        })?;
+    if all.next().is_some() {
+        return Err("holds more than one certificate".into());
+    }
+    Ok(first)
+}
+
+/// Checks that `der` is a certificate of a coordinator identity (`treaty://coordinator/NAME`)
+/// issued by the CA `ca`; its identity.
+pub fn verify_coordinator(der: &[u8], ca: &[u8]) -> Result<Identity, String> {
+    verify_issued_by(der, ca)?;
+    let identity = Identity::from_certificate(&CertificateDer::from(der.to_vec()))
+        .map_err(|e| format!("the signing certificate names no Treaty identity: {e}"))?;
+    match identity {
+        Identity::Coordinator { .. } => Ok(identity),
+        other => Err(format!(
+            "the signing certificate is {other}'s, not a coordinator's"
+        )),
+    }
 }
 
 /// Reads every CRL of a PEM file (an empty file holds none).

@@ -303,12 +303,17 @@ impl OperatorService for OperatorApi {
         &self,
         request: Request<GetProvenanceRequest>,
     ) -> Result<Response<Provenance>, Status> {
-        require_operator(&self.ctx, &request)?;
+        let operator = require_operator(&self.ctx, &request)?.to_string();
         let req = request.into_inner();
         let provenance = self
             .ctx
             .blocking(move |ctx| {
-                crate::provenance::provenance(&ctx.store, &req.job_id, &req.model_version)
+                crate::provenance::provenance(
+                    &ctx.store,
+                    &req.job_id,
+                    &req.model_version,
+                    &operator,
+                )
             })
             .await?;
         Ok(Response::new(provenance))
