@@ -282,6 +282,10 @@ pub(crate) fn export_parts(
     };
     let mut run_bytes = 0;
     let mut entries = Vec::new();
+    let (mut vouched, mut cited) = (
+        std::collections::BTreeSet::new(),
+        std::collections::BTreeSet::new(),
+    );
     for (seq, bytes) in &stored {
         let (link, line) = split(bytes);
         if run_bytes + link.len() > LINKS_PER_PART_BYTES && !run.lines.is_empty() {
@@ -302,6 +306,13 @@ pub(crate) fn export_parts(
             || (entry.job.is_empty()
                 && (entry.federation == job.federation || entry.federation.is_empty()));
         if ours {
+            // A round's decision and the texts it was decided under, as its entry vouches.
+            if entry.action == "round.decided"
+                && let Some((decision, texts)) = entry.documents.split_first()
+            {
+                vouched.insert(decision.clone());
+                cited.extend(texts.iter().cloned());
+            }
             entries.push(Part::Entry(AuditEntryLine {
                 seq: *seq,
                 line: line.to_vec().into(),
@@ -324,10 +335,12 @@ pub(crate) fn export_parts(
     if let Some(ca) = store.ca_certificate()? {
         parts.push(Part::CaCertificate(ca.into()));
     }
-    let mut cited = std::collections::BTreeSet::new();
+    // A decision recorded without its entry (the coordinator stopped in between) is not
+    // evidence of anything: left out.
     for (round, json) in store.decisions(&job.job_id)? {
-        cited.extend(hex_digests(&json));
-        parts.push(Part::Decision(RoundDecision { round, json }));
+        if vouched.contains(&sha256_hex(json.as_bytes())) {
+            parts.push(Part::Decision(RoundDecision { round, json }));
+        }
     }
     for sha256 in cited {
         if let Some(text) = store.archived_policy(&sha256)? {
@@ -342,7 +355,7 @@ pub(crate) fn export_parts(
 
 /// The bytes of a hex text (even length, digits only).
 pub(crate) fn unhex(text: &str) -> Option<Vec<u8>> {
-    if text.len() % 2 != 0 {
+    if !text.len().is_multiple_of(2) {
         return None;
     }
     (0..text.len() / 2)

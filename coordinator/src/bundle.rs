@@ -838,7 +838,8 @@ mod tests {
         );
         assert!(String::from_utf8_lossy(&ok.stdout).contains("verified: job job-1, 5 links"));
         let sha = sha256_hex(TEXT.as_bytes());
-        let cases: Vec<(&str, Box<dyn Fn(&Path)>)> = vec![
+        type Change = Box<dyn Fn(&Path)>;
+        let cases: Vec<(&str, Change)> = vec![
             (
                 "an entry",
                 Box::new(|d| {

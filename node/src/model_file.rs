@@ -123,10 +123,8 @@ pub struct ProvenanceFile {
 #[derive(Debug)]
 pub struct VerifiedProvenance {
     pub manifest: Manifest,
-    /// The signing certificate's subject.
+    /// The signing coordinator's identity.
     pub signed_by: String,
-    /// The SHA-256 of the federation CA's certificate (DER).
-    pub ca_sha256: String,
 }
 
 /// Why a model file's provenance does not check out.
@@ -224,10 +222,15 @@ impl ModelFile {
         })
     }
 
-    /// Checks the file's provenance: the manifest is signed by the coordinator certificate it
-    /// carries, issued by the CA it carries, and states this model — its job, version, the
-    /// digest of its tensors and of its schema.
-    pub fn verify_provenance(&self) -> Result<VerifiedProvenance, ProvenanceError> {
+    /// Checks the file's provenance against the federation CA the reader trusts (`trusted_ca`,
+    /// DER): the file's CA is that CA, the manifest is signed by a coordinator's certificate it
+    /// issued, and states this model — its job, version, round, kind, hidden units, the digests
+    /// of its tensors, schema and standardisation — and everything else the file says (its
+    /// features, classes, activations, encoding) is what those make.
+    pub fn verify_provenance(
+        &self,
+        trusted_ca: &[u8],
+    ) -> Result<VerifiedProvenance, ProvenanceError> {
         use treaty_proto::tls;
         let p = self.provenance.as_ref().ok_or(ProvenanceError::Missing)?;
         let certificate =
@@ -236,6 +239,14 @@ impl ModelFile {
             })?;
         let ca = tls::certificate_der(p.ca_certificate.as_bytes())
             .map_err(|e| ProvenanceError::Signature(format!("the CA's certificate {e}")))?;
+        if ca != trusted_ca {
+            return Err(ProvenanceError::Signature(
+                "it was signed under another federation CA than the one you trust".into(),
+            ));
+        }
+        let signer =
+            tls::verify_coordinator(&certificate, &ca).map_err(ProvenanceError::Signature)?;
+        let even = p.signature.len().is_multiple_of(2);
         let signature = (0..p.signature.len() / 2)
             .map(|i| {
                 p.signature
@@ -243,10 +254,10 @@ impl ModelFile {
                     .and_then(|b| u8::from_str_radix(b, 16).ok())
             })
             .collect::<Option<Vec<u8>>>()
+            .filter(|_| even)
             .ok_or_else(|| ProvenanceError::Signature("the signature is not hex".into()))?;
         tls::verify_signature(&certificate, &p.scheme, p.manifest.as_bytes(), &signature)
             .map_err(ProvenanceError::Signature)?;
-        tls::verify_issued_by(&certificate, &ca).map_err(ProvenanceError::Signature)?;
         let manifest: Manifest = serde_json::from_str(&p.manifest)
             .map_err(|e| ProvenanceError::Manifest(e.to_string()))?;
         if manifest.format != treaty_proto::provenance::FORMAT {
@@ -289,10 +300,57 @@ impl ModelFile {
                 &format!("one of {schema}"),
             ));
         }
+        let standardization = treaty_proto::provenance::standardization_digest(
+            self.standardization
+                .iter()
+                .map(|c| (c.name.as_str(), c.mean, c.std, c.count)),
+        );
+        if standardization != manifest.standardization_sha256 {
+            return Err(mismatch(
+                "a standardisation of SHA-256",
+                &manifest.standardization_sha256,
+                &format!("one of {standardization}: the means or deviations were changed"),
+            ));
+        }
+        for (what, stated, here) in [
+            (
+                "the model kind",
+                manifest.model_kind.clone(),
+                self.model.clone(),
+            ),
+            ("round", manifest.round.to_string(), self.round.to_string()),
+            (
+                "hidden units",
+                manifest.hidden_units.to_string(),
+                self.hidden_units.to_string(),
+            ),
+        ] {
+            if stated != here {
+                return Err(mismatch(what, &stated, &here));
+            }
+        }
+        // The rest of the file follows from what is signed: its schema, kind and
+        // standardisation (and `model()` checks the activations against the kind).
+        let (_, schema, stats) = self
+            .model()
+            .map_err(|e| ProvenanceError::Mismatch(e.to_string()))?;
+        let derived = |what: &str| {
+            ProvenanceError::Mismatch(format!(
+                "the file's {what} is not what its signed schema and standardisation make"
+            ))
+        };
+        if self.features != schema::encoded_names(&schema) {
+            return Err(derived("feature names"));
+        }
+        if schema::classes(&schema).ok().as_ref() != Some(&self.classes) {
+            return Err(derived("classes"));
+        }
+        if !self.encoding.is_empty() && self.encoding != encoding(&schema, &stats) {
+            return Err(derived("encoding"));
+        }
         Ok(VerifiedProvenance {
             manifest,
-            signed_by: tls::subject_of(&certificate).map_err(ProvenanceError::Signature)?,
-            ca_sha256: treaty_proto::provenance::sha256_hex(&ca),
+            signed_by: signer.to_string(),
         })
     }
 

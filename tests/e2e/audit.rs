@@ -68,7 +68,9 @@ async fn a_jobs_bundle_verifies_across_a_coordinator_crash_and_tampering_is_name
     let first = fx.path("bundle-1");
     let out = export(&config, &job.job_id, &first);
     assert!(out.status.success(), "{}", text(&out));
-    let out = treaty(&["audit", "verify", first.to_str().unwrap()]);
+    let ca = fx.pki.ca_cert();
+    let ca = ca.to_str().unwrap();
+    let out = treaty(&["audit", "verify", first.to_str().unwrap(), "--ca", ca]);
     assert!(out.status.success(), "{}", text(&out));
     let said = text(&out);
     assert!(
@@ -111,6 +113,7 @@ async fn a_jobs_bundle_verifies_across_a_coordinator_crash_and_tampering_is_name
     let out = Command::new("bash")
         .arg(&script)
         .arg(&first)
+        .arg(ca)
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", text(&out));
@@ -139,7 +142,7 @@ async fn a_jobs_bundle_verifies_across_a_coordinator_crash_and_tampering_is_name
     let seq = victim.file_stem().unwrap().to_string_lossy().into_owned();
     let line = std::fs::read_to_string(&victim).unwrap();
     std::fs::write(&victim, line.replacen("contributor", "contributer", 1)).unwrap();
-    let out = treaty(&["audit", "verify", tampered.to_str().unwrap()]);
+    let out = treaty(&["audit", "verify", tampered.to_str().unwrap(), "--ca", ca]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(
         text(&out).contains(&format!("audit entry {seq}: the entry was altered")),
@@ -161,7 +164,14 @@ async fn a_jobs_bundle_verifies_across_a_coordinator_crash_and_tampering_is_name
         model.to_str().unwrap(),
     ]);
     assert!(out.status.success(), "{}", text(&out));
-    let out = treaty(&["model", "verify", "--model", model.to_str().unwrap()]);
+    let out = treaty(&[
+        "model",
+        "verify",
+        "--model",
+        model.to_str().unwrap(),
+        "--ca",
+        ca,
+    ]);
     assert!(out.status.success(), "{}", text(&out));
     let said = text(&out);
     assert!(
@@ -176,7 +186,14 @@ async fn a_jobs_bundle_verifies_across_a_coordinator_crash_and_tampering_is_name
         change(&mut changed);
         let path = fx.path(name);
         std::fs::write(&path, changed.to_string()).unwrap();
-        let out = treaty(&["model", "verify", "--model", path.to_str().unwrap()]);
+        let out = treaty(&[
+            "model",
+            "verify",
+            "--model",
+            path.to_str().unwrap(),
+            "--ca",
+            ca,
+        ]);
         assert_eq!(out.status.code(), Some(1), "{}", text(&out));
         text(&out)
     };
@@ -203,6 +220,8 @@ async fn a_jobs_bundle_verifies_across_a_coordinator_crash_and_tampering_is_name
         model.to_str().unwrap(),
         "--data",
         data.to_str().unwrap(),
+        "--ca",
+        ca,
     ]);
     assert!(out.status.success(), "{}", text(&out));
     let said = text(&out);

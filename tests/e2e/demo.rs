@@ -70,6 +70,8 @@ fn the_demo_runs_end_to_end_and_leaves_no_process() {
     let verify = Command::new(TREATY)
         .args(["audit", "verify"])
         .arg(&bundle)
+        .arg("--ca")
+        .arg(keep.path().join("pki/ca.crt"))
         .output()
         .unwrap();
     assert!(
