@@ -30,6 +30,9 @@ use crate::store::AuditEntry;
 /// so that a coordinator cannot make its operator's client hold without end.
 pub const MAX_BUNDLE_BYTES: usize = 1 << 30;
 
+/// The most entries (files) an export may hold.
+pub const MAX_BUNDLE_ENTRIES: usize = 1_000_000;
+
 /// What is wrong with a bundle or an export.
 #[derive(Debug, thiserror::Error)]
 pub enum BundleError {
@@ -120,6 +123,9 @@ impl Bundle {
                     bytes += e.line.len() + 64;
                     if bundle.entries.insert(e.seq, e.line.to_vec()).is_some() {
                         return Err(malformed("an entry sent twice"));
+                    }
+                    if bundle.entries.len() > MAX_BUNDLE_ENTRIES {
+                        return Err(malformed("more than a million entries"));
                     }
                 }
                 audit_part::Part::Head(h) => {
