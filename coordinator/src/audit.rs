@@ -40,10 +40,19 @@ pub(crate) struct Link {
     pub prev: String,
     /// The SHA-256 of this entry's line, in hex.
     pub entry_sha256: String,
-    /// The job the entry is about (empty for none): a bundle of a job must hold the entry of
-    /// every link of that job.
-    #[serde(default)]
-    pub job: String,
+    /// What the entry is about ([`scope`]): a bundle of a job must hold the entry of every
+    /// link of the job, of its federation and of the log itself.
+    pub scope: String,
+}
+
+/// What an entry is about, as its link names it: its job's id; else `federation:NAME`; else
+/// `log` (the log's own entries, e.g. `audit.signing_started`).
+pub(crate) fn scope(entry: &AuditEntry) -> String {
+    match (entry.job.as_str(), entry.federation.as_str()) {
+        ("", "") => "log".to_owned(),
+        ("", federation) => format!("federation:{federation}"),
+        (job, _) => job.to_owned(),
+    }
 }
 
 /// A stored entry's link line and, when present, its entry line.
@@ -74,13 +83,13 @@ impl Head {
     /// `entry` linked after this head: its stored bytes (link line, newline, entry line), and
     /// the head after it.
     pub(crate) fn append(&self, entry: &AuditEntry) -> Result<(Vec<u8>, Head), serde_json::Error> {
-        let job = entry.job.clone();
+        let scope = scope(entry);
         let entry = serde_json::to_vec(entry)?;
         let link = Link {
             seq: self.seq + 1,
             prev: self.sha256.clone(),
             entry_sha256: sha256_hex(&entry),
-            job,
+            scope,
         };
         let mut bytes = serde_json::to_vec(&link)?;
         let head = Head {
@@ -217,18 +226,18 @@ impl ChainBreak {
     }
 }
 
-/// Checks signed heads (in any order) against a verified chain's link hashes (`hashes[i]` is
-/// link `i + 1`'s): each statement must be a head of this chain. Signatures are checked apart
+/// Checks signed heads, each with the key it is stored under, against a verified chain's link
+/// hashes (`hashes[i]` is link `i + 1`'s): each must state the head at its own key: each statement must be a head of this chain. Signatures are checked apart
 /// (`treaty_proto::tls::verify_signature`), as they need the certificate.
 pub(crate) fn check_heads<'a>(
-    heads: impl IntoIterator<Item = &'a SignedHead>,
+    heads: impl IntoIterator<Item = (u64, &'a SignedHead)>,
     hashes: &[String],
 ) -> Result<(), ChainBreak> {
-    for signed in heads {
-        let Some(head) = Head::of_statement(&signed.statement) else {
+    for (key, signed) in heads {
+        let Some(head) = Head::of_statement(&signed.statement).filter(|h| h.seq == key) else {
             return Err(ChainBreak {
-                seq: 0,
-                problem: format!("a signed head states no head: {:?}", signed.statement),
+                seq: key,
+                problem: "its signed head is not a statement of this entry's head".into(),
             });
         };
         let Some(stored) = usize::try_from(head.seq)
@@ -283,7 +292,7 @@ pub(crate) fn export_parts(
     let mut run_bytes = 0;
     let mut entries = Vec::new();
     let (mut vouched, mut cited) = (
-        std::collections::BTreeSet::new(),
+        std::collections::BTreeMap::new(),
         std::collections::BTreeSet::new(),
     );
     for (seq, bytes) in &stored {
@@ -302,15 +311,13 @@ pub(crate) fn export_parts(
         let entry: AuditEntry =
             serde_json::from_slice(line).map_err(CoordinatorError::CorruptAudit)?;
         // The job's entries, its federation's, and the log's own (`audit.chained`, ...).
-        let ours = entry.job == job.job_id
-            || (entry.job.is_empty()
-                && (entry.federation == job.federation || entry.federation.is_empty()));
+        let ours = in_bundle(&scope(&entry), &job.job_id, &job.federation);
         if ours {
             // A round's decision and the texts it was decided under, as its entry vouches.
             if entry.action == "round.decided"
                 && let Some((decision, texts)) = entry.documents.split_first()
             {
-                vouched.insert(decision.clone());
+                vouched.insert(decision.clone(), entry.round);
                 cited.extend(texts.iter().cloned());
             }
             entries.push(Part::Entry(AuditEntryLine {
@@ -335,10 +342,10 @@ pub(crate) fn export_parts(
     if let Some(ca) = store.ca_certificate()? {
         parts.push(Part::CaCertificate(ca.into()));
     }
-    // A decision recorded without its entry (the coordinator stopped in between) is not
-    // evidence of anything: left out.
-    for (round, json) in store.decisions(&job.job_id)? {
-        if vouched.contains(&sha256_hex(json.as_bytes())) {
+    // Each decision record the entries vouch for, from the archive (never overwritten, so a
+    // round decided twice, before and after a restart, keeps both).
+    for (sha256, round) in vouched {
+        if let Some(json) = store.archived_policy(&sha256)? {
             parts.push(Part::Decision(RoundDecision { round, json }));
         }
     }
@@ -351,6 +358,11 @@ pub(crate) fn export_parts(
         .into_iter()
         .map(|part| AuditPart { part: Some(part) })
         .collect())
+}
+
+/// Whether an entry of `scope` belongs in the bundle of `job` of `federation`.
+pub(crate) fn in_bundle(scope: &str, job: &str, federation: &str) -> bool {
+    scope == job || scope == "log" || scope.strip_prefix("federation:") == Some(federation)
 }
 
 /// The bytes of a hex text (even length, digits only).
@@ -486,13 +498,20 @@ mod tests {
             signature: String::new(),
             certificate_sha256: String::new(),
         };
-        check_heads([&signed], &hashes).unwrap();
-        let err = check_heads([&signed], &hashes[..4]).unwrap_err();
+        check_heads([(5, &signed)], &hashes).unwrap();
+        let err = check_heads([(5, &signed)], &hashes[..4]).unwrap_err();
         assert_eq!(err.seq, 5, "{err}");
         // A head of another log of the same length.
         let mut other = hashes.clone();
         other[4] = sha256_hex(b"another entry");
-        assert_eq!(check_heads([&signed], &other).unwrap_err().seq, 5);
+        assert_eq!(check_heads([(5, &signed)], &other).unwrap_err().seq, 5);
+        // The head of entry 5 stored as entry 6's.
+        let err = check_heads([(6, &signed)], &hashes).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("audit entry 6: its signed head is not"),
+            "{err}"
+        );
         assert_eq!(Head::of_statement(&signed.statement), Some(head));
         assert_eq!(Head::of_statement("treaty audit head\nseq 1\n"), None);
     }

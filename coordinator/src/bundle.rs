@@ -12,7 +12,7 @@
 //!   head.json              the signature scheme and the signing certificate's SHA-256
 //!   coordinator.crt        the signing certificate (PEM)
 //!   ca.crt                 the federation CA's certificate (PEM)
-//!   decisions/round-R.json each round's policy decision, as recorded
+//!   decisions/SHA256.json  each round's policy decision record, named by its SHA-256
 //!   texts/SHA256.txt       each policy and registry text a decision cites
 //! ```
 
@@ -71,8 +71,8 @@ pub struct Bundle {
     pub ca_certificate: Vec<u8>,
     /// Cited texts by SHA-256.
     pub texts: BTreeMap<String, String>,
-    /// Decisions by round.
-    pub decisions: BTreeMap<u32, String>,
+    /// Decision records by SHA-256.
+    pub decisions: BTreeMap<String, String>,
 }
 
 /// `bundle.json`.
@@ -152,7 +152,9 @@ impl Bundle {
                 }
                 audit_part::Part::Decision(d) => {
                     bytes += d.json.len();
-                    bundle.decisions.insert(d.round, d.json);
+                    bundle
+                        .decisions
+                        .insert(sha256_hex(d.json.as_bytes()), d.json);
                 }
                 audit_part::Part::Info(i) => info = Some(i),
             }
@@ -212,8 +214,8 @@ impl Bundle {
             "ca.crt".into(),
             treaty_proto::tls::certificate_pem(&self.ca_certificate).as_bytes(),
         )?;
-        for (round, json) in &self.decisions {
-            write(format!("decisions/round-{round}.json"), json.as_bytes())?;
+        for (sha256, json) in &self.decisions {
+            write(format!("decisions/{sha256}.json"), json.as_bytes())?;
         }
         for (sha256, text) in &self.texts {
             write(format!("texts/{sha256}.txt"), text.as_bytes())?;
@@ -242,6 +244,8 @@ pub struct Verified {
     pub texts: usize,
     /// The signing coordinator's identity.
     pub signed_by: String,
+    /// When the coordinator signed the head, milliseconds since the Unix epoch.
+    pub signed_unix_ms: i64,
 }
 
 /// The most bytes `verify` reads of `links.jsonl`, and of any other file.
@@ -273,6 +277,18 @@ pub fn verify(
         return Err(file(
             "bundle.json",
             format!("format `{}`, not `{FORMAT}`", manifest.format),
+        ));
+    }
+    let plain = |name: &str| {
+        (1..=128).contains(&name.len())
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+    };
+    if !plain(&manifest.job_id) || !plain(&manifest.federation) {
+        return Err(file(
+            "bundle.json",
+            "its job or federation is not a plain name".into(),
         ));
     }
     // The trust: the reader's CA, and a coordinator's certificate it issued.
@@ -363,10 +379,9 @@ pub fn verify(
         let line = read(&format!("entries/{name}"), MAX_FILE_BYTES)?;
         entries.insert(seq, entry_of(seq, &line, &links)?);
     }
+    let ours = |scope: &str| audit::in_bundle(scope, &manifest.job_id, &manifest.federation);
     for (seq, entry) in &entries {
-        let theirs = !entry.job.is_empty() && entry.job != manifest.job_id
-            || !entry.federation.is_empty() && entry.federation != manifest.federation;
-        if theirs {
+        if !ours(&audit::scope(entry)) {
             return Err(ChainBreak {
                 seq: *seq,
                 problem: format!(
@@ -379,12 +394,12 @@ pub fn verify(
     }
     for (i, link) in links.iter().enumerate() {
         let seq = i as u64 + 1;
-        if link.job == manifest.job_id && !entries.contains_key(&seq) {
+        if ours(&link.scope) && !entries.contains_key(&seq) {
             return Err(ChainBreak {
                 seq,
                 problem: format!(
-                    "an entry of job {} that the bundle leaves out (`entries/{seq}.json`)",
-                    manifest.job_id
+                    "an entry of `{}` that the bundle leaves out (`entries/{seq}.json`)",
+                    link.scope
                 ),
             }
             .into());
@@ -399,43 +414,41 @@ pub fn verify(
     // The decisions and the texts they were decided under, as the log vouches for them.
     let mut cited = std::collections::BTreeSet::new();
     let mut vouched = BTreeMap::new();
-    for entry in entries.values().filter(|e| e.action == "round.decided") {
+    for (seq, entry) in entries.iter().filter(|(_, e)| e.action == "round.decided") {
         if let Some((decision, texts)) = entry.documents.split_first() {
-            vouched.insert(entry.round, decision.clone());
+            vouched.insert(decision.clone(), *seq);
             cited.extend(texts.iter().cloned());
         }
     }
     let decisions = read_dir(dir, "decisions")?;
     for name in &decisions {
-        let round = name
-            .strip_prefix("round-")
-            .and_then(|n| n.strip_suffix(".json"))
-            .and_then(|n| n.parse::<u32>().ok())
-            .ok_or_else(|| {
-                file(
-                    &format!("decisions/{name}"),
-                    "not named round-R.json".into(),
-                )
-            })?;
         let bytes = read(&format!("decisions/{name}"), MAX_FILE_BYTES)?;
-        match vouched.get(&round) {
-            Some(sha) if *sha == sha256_hex(&bytes) => {}
-            Some(sha) => {
-                return Err(file(
-                    &format!("decisions/{name}"),
-                    format!(
-                        "hashes to {}, but round {round}'s `round.decided` entry vouches for {sha}: the decision was altered",
-                        sha256_hex(&bytes)
-                    ),
-                ));
-            }
-            None => {
-                return Err(file(
-                    &format!("decisions/{name}"),
-                    format!("no `round.decided` entry of round {round} vouches for it"),
-                ));
-            }
+        let named = name.strip_suffix(".json").unwrap_or_default();
+        if sha256_hex(&bytes) != named {
+            return Err(file(
+                &format!("decisions/{name}"),
+                format!(
+                    "hashes to {}, not to its name: the decision was altered",
+                    sha256_hex(&bytes)
+                ),
+            ));
         }
+        if !vouched.contains_key(named) {
+            return Err(file(
+                &format!("decisions/{name}"),
+                "no `round.decided` entry of the bundle vouches for it".into(),
+            ));
+        }
+    }
+    if let Some((missing, seq)) = vouched
+        .iter()
+        .find(|(sha, _)| !decisions.contains(&format!("{sha}.json")))
+    {
+        return Err(ChainBreak {
+            seq: *seq,
+            problem: format!("the decision it vouches for (`decisions/{missing}.json`) is missing"),
+        }
+        .into());
     }
     let texts = read_dir(dir, "texts")?;
     for name in &texts {
@@ -471,6 +484,11 @@ pub fn verify(
         decisions: decisions.len(),
         texts: texts.len(),
         signed_by: signer.to_string(),
+        signed_unix_ms: statement
+            .lines()
+            .find_map(|l| l.strip_prefix("time_unix_ms "))
+            .and_then(|t| t.parse().ok())
+            .unwrap_or_default(),
     })
 }
 
@@ -499,10 +517,10 @@ fn entry_of(seq: u64, line: &[u8], links: &[audit::Link]) -> Result<AuditEntry, 
         seq,
         problem: format!("not an audit entry: {e}"),
     })?;
-    if entry.job != link.job {
+    if audit::scope(&entry) != link.scope {
         return Err(ChainBreak {
             seq,
-            problem: "the entry's job is not its link's".into(),
+            problem: "the entry's job or federation is not its link's".into(),
         }
         .into());
     }
@@ -580,6 +598,9 @@ mod tests {
         store.archive_policy(&sha, TEXT).unwrap();
         store.put_decision("job-1", 1, &decision).unwrap();
         store
+            .archive_policy(&sha256_hex(decision.as_bytes()), &decision)
+            .unwrap();
+        store
             .audit(&AuditEntry {
                 round: 1,
                 documents: vec![sha256_hex(decision.as_bytes()), sha.clone()],
@@ -654,6 +675,14 @@ mod tests {
     }
 
     impl Setup {
+        /// The bundle's one decision file, `decisions/SHA256.json`.
+        fn decision(&self) -> String {
+            format!(
+                "decisions/{}",
+                read_dir(&self.good, "decisions").unwrap()[0]
+            )
+        }
+
         /// The first problem `verify` finds in a copy of the bundle changed by `change`.
         fn broken(&self, change: impl FnOnce(&Path)) -> String {
             let dir = tempfile::tempdir().unwrap();
@@ -714,7 +743,7 @@ mod tests {
         // An entry of the job left out.
         let err = s.broken(|d| std::fs::remove_file(d.join("entries/2.json")).unwrap());
         assert!(
-            err.contains("audit entry 2: an entry of job job-1 that the bundle leaves out"),
+            err.contains("audit entry 2: an entry of `job-1` that the bundle leaves out"),
             "{err}"
         );
         // The bundle relabelled as another job's.
@@ -724,12 +753,14 @@ mod tests {
             "{err}"
         );
         // A decision changed, a cited text changed, a cited text removed.
-        let err = s.broken(|d| {
-            edit(&d.join("decisions/round-1.json"), |t| {
-                t.replace("policies", "policiez")
-            })
-        });
+        let decision = s.decision();
+        let err = s.broken(|d| edit(&d.join(&decision), |t| t.replace("policies", "policiez")));
         assert!(err.contains("the decision was altered"), "{err}");
+        let err = s.broken(|d| std::fs::remove_file(d.join(&decision)).unwrap());
+        assert!(
+            err.contains("audit entry 4: the decision it vouches for"),
+            "{err}"
+        );
         let sha = sha256_hex(TEXT.as_bytes());
         let err = s.broken(|d| edit(&d.join(format!("texts/{sha}.txt")), |t| t.replace('3', "4")));
         assert!(err.contains("not to its name"), "{err}");
@@ -844,6 +875,7 @@ mod tests {
         );
         assert!(String::from_utf8_lossy(&ok.stdout).contains("verified: job job-1, 5 links"));
         let sha = sha256_hex(TEXT.as_bytes());
+        let (decision, decision2) = (s.decision(), s.decision());
         type Change = Box<dyn Fn(&Path)>;
         let cases: Vec<(&str, Change)> = vec![
             (
@@ -872,11 +904,11 @@ mod tests {
             ),
             (
                 "a decision",
-                Box::new(|d| {
-                    edit(&d.join("decisions/round-1.json"), |t| {
-                        t.replace("policies", "policiez")
-                    })
-                }),
+                Box::new(move |d| edit(&d.join(&decision), |t| t.replace("policies", "policiez"))),
+            ),
+            (
+                "a left-out decision",
+                Box::new(move |d| std::fs::remove_file(d.join(&decision2)).unwrap()),
             ),
             (
                 "a text",

@@ -128,6 +128,10 @@ fn decide_now(ctx: &Coordinator, q: &Question) -> Result<RoundDecision, Coordina
     })
     .to_string();
     ctx.store.put_decision(&q.job_id, round, &record)?;
+    // Also under its SHA-256, which the round's audit entry vouches for: a round decided again
+    // after a restart does not take the first record's place in the evidence.
+    ctx.store
+        .archive_policy(&treaty_policies::sha256_hex(record.as_bytes()), &record)?;
     let countries: BTreeMap<&str, &str> = request
         .participants
         .iter()

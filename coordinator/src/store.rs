@@ -109,8 +109,8 @@ pub(crate) fn signed_for_tests(dir: &Path, pki: &Path) -> Store {
 /// An audit entry as stored: its number and bytes (link line, newline, entry line).
 pub(crate) type StoredEntry = (u64, Vec<u8>);
 
-/// The `meta` key of the first entry signed when appended (eight bytes, big-endian).
-const SIGNED_FROM: &[u8] = b"audit_signed_from";
+/// The action of the entry from which on every entry has its own signed head.
+const SIGNING_STARTED: &str = "audit.signing_started";
 
 /// The `meta` key of the federation CA's certificate.
 const CA_CERTIFICATE: &[u8] = b"ca_certificate";
@@ -305,26 +305,22 @@ impl Store {
             .insert(treaty_policies::sha256_hex(der).as_bytes(), der)?;
         self.meta.insert(CA_CERTIFICATE, ca)?;
         self.flush()?;
+        let unsigned = self.heads.is_empty();
         self.signer = Some(Arc::new(signer));
-        if self.meta.get(SIGNED_FROM)?.is_none() {
-            // The first start that signs: entries before it (if any) were not signed one by
-            // one, which the log says; from this entry on every entry has its signed head.
-            let head = self.audit_head();
-            if head.seq > 0 {
-                self.audit(&AuditEntry {
-                    time_unix_ms: crate::state::now_ms(),
-                    actor: "coordinator".into(),
-                    action: "audit.signing_started".into(),
-                    detail: format!(
-                        "entries 1 to {} were written before the coordinator signed its log; this entry's signed head covers them through the chain, and every entry from it on has its own",
-                        head.seq
-                    ),
-                    ..Default::default()
-                })?;
-            }
-            let from = self.audit_head().seq.max(1);
-            self.meta.insert(SIGNED_FROM, &from.to_be_bytes())?;
-            self.flush()?;
+        let head = self.audit_head();
+        if unsigned && head.seq > 0 {
+            // A log no coordinator signed (written before signing existed, or linked just
+            // now): the log says so, and from this entry on every entry has its signed head.
+            self.audit(&AuditEntry {
+                time_unix_ms: crate::state::now_ms(),
+                actor: "coordinator".into(),
+                action: SIGNING_STARTED.into(),
+                detail: format!(
+                    "entries 1 to {} were written before the coordinator signed its log; this entry's signed head covers them through the chain, and every entry from it on has its own",
+                    head.seq
+                ),
+                ..Default::default()
+            })?;
         }
         Ok(self)
     }
@@ -334,12 +330,25 @@ impl Store {
     /// federation CA `ca` issued (it covers every link before it through the chain). A log
     /// edited in the database without the coordinator's key fails here.
     fn check_signed_heads(&self, ca: &[u8]) -> Result<(), CoordinatorError> {
-        let Some(from) = self.meta.get(SIGNED_FROM)? else {
+        // Where signing began is read from the chain itself (the signed head after it covers
+        // it): the last `audit.signing_started` entry, else the first entry. A log without any
+        // head and without that entry was never signed.
+        let mut from = None;
+        for kv in self.audit.iter() {
+            let (key, value) = kv?;
+            if let Some(entry) = audit::split(&value).1
+                && serde_json::from_slice::<AuditEntry>(entry)
+                    .is_ok_and(|e| e.action == SIGNING_STARTED && e.job.is_empty())
+            {
+                from = <[u8; 8]>::try_from(key.as_ref())
+                    .ok()
+                    .map(u64::from_be_bytes);
+            }
+        }
+        if from.is_none() && self.heads.is_empty() {
             return Ok(());
-        };
-        let from = <[u8; 8]>::try_from(from.as_ref())
-            .map(u64::from_be_bytes)
-            .map_err(|_| CoordinatorError::CorruptCounter)?;
+        }
+        let from = from.unwrap_or(1);
         let head = self.audit_head();
         let broken = |seq: u64, problem: String| audit::ChainBreak { seq, problem };
         for seq in from..=head.seq {
@@ -391,8 +400,8 @@ impl Store {
     /// Links an audit log written before entries were chained (each a bare `AuditEntry` under
     /// a sequence number), in its order, content unchanged, and records that it did so.
     fn chain_unchained(&self) -> Result<(), CoordinatorError> {
-        // Only ever once, before anything was signed: a signed log is never relinked.
-        if self.meta.contains_key(SIGNED_FROM)? || !self.heads.is_empty() {
+        // Never a log that holds a signed head.
+        if !self.heads.is_empty() {
             return Ok(());
         }
         let mut old = Vec::new();
@@ -460,13 +469,17 @@ impl Store {
             .collect();
         let mut heads = Vec::new();
         for kv in self.heads.iter() {
-            let (_, value) = kv?;
-            heads.push(
+            let (key, value) = kv?;
+            let key = <[u8; 8]>::try_from(key.as_ref())
+                .map(u64::from_be_bytes)
+                .unwrap_or(u64::MAX);
+            heads.push((
+                key,
                 serde_json::from_slice::<SignedHead>(&value)
                     .map_err(CoordinatorError::CorruptAudit)?,
-            );
+            ));
         }
-        audit::check_heads(&heads, &hashes)?;
+        audit::check_heads(heads.iter().map(|(k, h)| (*k, h)), &hashes)?;
         Ok(head)
     }
 
@@ -719,6 +732,7 @@ impl Store {
     }
 
     /// The recorded decisions of a job (round, JSON), in round order.
+    #[cfg(test)]
     pub(crate) fn decisions(&self, job: &str) -> Result<Vec<(u32, String)>, CoordinatorError> {
         let prefix = format!("{job}/");
         self.decisions
@@ -1053,6 +1067,49 @@ mod tests {
             Err(e) => e.to_string(),
         };
         assert!(err.contains("audit entry 4: its signed head"), "{err}");
+    }
+
+    /// A rewritten tail whose heads are copies of the last genuine one, stored under the later
+    /// entries' keys: each head must state the head at its own key, so the log is refused when
+    /// it is opened.
+    #[test]
+    fn a_genuine_head_copied_under_later_entries_is_refused() {
+        let (dir, pki) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        {
+            let store = signed_for_tests(dir.path(), pki.path());
+            audit_lines(&store, 4);
+        }
+        {
+            let db = sled::open(dir.path()).unwrap();
+            let log = db.open_tree("audit").unwrap();
+            let heads = db.open_tree("audit_heads").unwrap();
+            let genuine = heads.get(2u64.to_be_bytes()).unwrap().unwrap();
+            let prev = log.get(2u64.to_be_bytes()).unwrap().unwrap();
+            let mut head = Head {
+                seq: 2,
+                sha256: treaty_policies::sha256_hex(audit::split(&prev).0),
+            };
+            for seq in 3..=4u64 {
+                let (bytes, next) = head
+                    .append(&AuditEntry {
+                        action: format!("forged.{seq}"),
+                        ..Default::default()
+                    })
+                    .unwrap();
+                log.insert(seq.to_be_bytes(), bytes).unwrap();
+                heads.insert(seq.to_be_bytes(), genuine.clone()).unwrap();
+                head = next;
+            }
+            db.flush().unwrap();
+        }
+        let err = Store::open(dir.path())
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            err.contains("audit entry 3: its signed head is not a statement"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -367,10 +367,18 @@ impl ModelFile {
 
     /// Reads a model file.
     pub fn read(path: &Path) -> Result<Self, ModelFileError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ModelFileError::Read {
+        use std::io::Read;
+        let read = |source| ModelFileError::Read {
             path: path.to_owned(),
             source,
-        })?;
+        };
+        // At most 1 GiB: far above any model Treaty trains.
+        let mut text = String::new();
+        std::fs::File::open(path)
+            .map_err(read)?
+            .take(1 << 30)
+            .read_to_string(&mut text)
+            .map_err(read)?;
         serde_json::from_str(&text).map_err(|source| ModelFileError::NotAModelFile {
             path: path.to_owned(),
             source,
@@ -406,6 +414,19 @@ impl ModelFile {
         }
         let classes =
             schema::classes(&schema).map_err(|e| ModelFileError::Schema(e.to_string()))?;
+        // A hidden layer of `hidden_units` takes features x hidden_units weights, which the file
+        // must hold: no larger model is built from a file than the file itself.
+        let values: u128 = self.tensors.iter().map(|t| t.values.len() as u128).sum();
+        if u128::from(self.hidden_units) * self.features.len() as u128 > values {
+            return Err(ModelFileError::Tensor {
+                name: "hidden layer".into(),
+                message: format!(
+                    "{} hidden units over {} features need more weights than the file's {values}",
+                    self.hidden_units,
+                    self.features.len()
+                ),
+            });
+        }
         let kind = Architecture::of(kind, classes.len(), self.hidden_units as usize)
             .ok_or_else(unknown)?;
         let tensors = self

@@ -86,12 +86,13 @@ fn verify(dir: &Path, ca: &Path, previous: Option<&Path>) -> Outcome {
     let ca = trusted_ca(ca)?;
     let v = bundle::verify(dir, &ca, previous)?;
     outln!(
-        "verified: job {} of federation {}: {} entries of the job, in a log of {} entries whose head is signed by {}",
+        "verified: job {} of federation {}: {} entries of the job, its federation and the log, in a log of {} entries whose head {} signed at time_unix_ms {}",
         v.job_id,
         v.federation,
         v.entries,
         v.links,
-        v.signed_by
+        v.signed_by,
+        v.signed_unix_ms
     );
     outln!(
         "{} policy decisions and {} cited policy and registry texts, each the one its round's entry vouches for",
