@@ -93,6 +93,15 @@ pub(crate) fn signed_for_tests(dir: &Path, pki: &Path) -> Store {
         )
         .unwrap();
     }
+    Store::open(dir)
+        .unwrap()
+        .signed_by(hub_signer(&pki))
+        .unwrap()
+}
+
+/// The signer of the coordinator `hub` of a test PKI.
+#[cfg(test)]
+pub(crate) fn hub_signer(pki: &treaty_proto::pki::PkiDir) -> treaty_proto::tls::KeySigner {
     let identity = treaty_proto::identity::Identity::coordinator("hub").unwrap();
     let (cert, key) = pki.cert_and_key(&identity);
     let files = treaty_proto::tls::TlsFiles {
@@ -100,10 +109,7 @@ pub(crate) fn signed_for_tests(dir: &Path, pki: &Path) -> Store {
         cert,
         key,
     };
-    Store::open(dir)
-        .unwrap()
-        .signed_by(treaty_proto::tls::KeySigner::load(&files).unwrap())
-        .unwrap()
+    treaty_proto::tls::KeySigner::load(&files).unwrap()
 }
 
 /// An audit entry as stored: its number and bytes (link line, newline, entry line).
@@ -965,6 +971,32 @@ mod tests {
         assert!(err.to_string().contains("audit entry 3: missing"), "{err}");
     }
 
+    /// A forger with the database but not the key: entries 3 and 4 of the log in `dir`
+    /// rewritten and relinked after entry 2, `heads` doing what it will with each one's head
+    /// (given the log's heads and the entry's key).
+    fn forge_tail(dir: &Path, heads: impl Fn(&sled::Tree, u64)) {
+        let db = sled::open(dir).unwrap();
+        let log = db.open_tree("audit").unwrap();
+        let stored_heads = db.open_tree("audit_heads").unwrap();
+        let prev = log.get(2u64.to_be_bytes()).unwrap().unwrap();
+        let mut head = Head {
+            seq: 2,
+            sha256: treaty_policies::sha256_hex(audit::split(&prev).0),
+        };
+        for seq in 3..=4u64 {
+            let (bytes, next) = head
+                .append(&AuditEntry {
+                    action: format!("forged.{seq}"),
+                    ..Default::default()
+                })
+                .unwrap();
+            log.insert(seq.to_be_bytes(), bytes).unwrap();
+            heads(&stored_heads, seq);
+            head = next;
+        }
+        db.flush().unwrap();
+    }
+
     /// Someone who can write the database but has not the coordinator's key rewrites an
     /// entry, relinks the chain after it and removes the heads that no longer match: the next
     /// start that signs refuses the log, naming the first entry without its head. Heads
@@ -976,41 +1008,13 @@ mod tests {
             let store = signed_for_tests(dir.path(), pki.path());
             audit_lines(&store, 4);
         }
-        // The forger: entry 3 rewritten, entries 3 and 4 relinked, their heads removed.
-        {
-            let db = sled::open(dir.path()).unwrap();
-            let log = db.open_tree("audit").unwrap();
-            let heads = db.open_tree("audit_heads").unwrap();
-            let prev = log.get(2u64.to_be_bytes()).unwrap().unwrap();
-            let mut head = Head {
-                seq: 2,
-                sha256: treaty_policies::sha256_hex(audit::split(&prev).0),
-            };
-            for seq in 3..=4u64 {
-                let (bytes, next) = head
-                    .append(&AuditEntry {
-                        action: format!("forged.{seq}"),
-                        ..Default::default()
-                    })
-                    .unwrap();
-                log.insert(seq.to_be_bytes(), bytes).unwrap();
-                heads.remove(seq.to_be_bytes()).unwrap();
-                head = next;
-            }
-            db.flush().unwrap();
-        }
+        // The forger: entries 3 and 4 rewritten and relinked, their heads removed.
+        forge_tail(dir.path(), |heads, seq| {
+            heads.remove(seq.to_be_bytes()).unwrap();
+        });
         // The chain is whole again, but entries since signing began must each have a head.
-        let err = match Store::open(dir.path()).map(|s| {
-            let pki = treaty_proto::pki::PkiDir::new(pki.path().join("pki"));
-            let id = treaty_proto::identity::Identity::coordinator("hub").unwrap();
-            let (cert, key) = pki.cert_and_key(&id);
-            let files = treaty_proto::tls::TlsFiles {
-                ca_cert: pki.ca_cert(),
-                cert,
-                key,
-            };
-            s.signed_by(treaty_proto::tls::KeySigner::load(&files).unwrap())
-        }) {
+        let pki_dir = treaty_proto::pki::PkiDir::new(pki.path().join("pki"));
+        let err = match Store::open(dir.path()).map(|s| s.signed_by(hub_signer(&pki_dir))) {
             Ok(Ok(_)) => panic!("the rewritten log was accepted"),
             Ok(Err(e)) | Err(e) => e.to_string(),
         };
@@ -1048,23 +1052,9 @@ mod tests {
             db.flush().unwrap();
         }
         drop(forger);
-        let err = match Store::open(dir.path()) {
-            Ok(store) => {
-                let pki = treaty_proto::pki::PkiDir::new(pki.path().join("pki"));
-                let id = treaty_proto::identity::Identity::coordinator("hub").unwrap();
-                let (cert, key) = pki.cert_and_key(&id);
-                let files = treaty_proto::tls::TlsFiles {
-                    ca_cert: pki.ca_cert(),
-                    cert,
-                    key,
-                };
-                store
-                    .signed_by(treaty_proto::tls::KeySigner::load(&files).unwrap())
-                    .err()
-                    .map(|e| e.to_string())
-                    .unwrap_or_default()
-            }
-            Err(e) => e.to_string(),
+        let err = match Store::open(dir.path()).map(|s| s.signed_by(hub_signer(&pki_dir))) {
+            Ok(Ok(_)) => panic!("the re-signed log was accepted"),
+            Ok(Err(e)) | Err(e) => e.to_string(),
         };
         assert!(err.contains("audit entry 4: its signed head"), "{err}");
     }
@@ -1079,29 +1069,10 @@ mod tests {
             let store = signed_for_tests(dir.path(), pki.path());
             audit_lines(&store, 4);
         }
-        {
-            let db = sled::open(dir.path()).unwrap();
-            let log = db.open_tree("audit").unwrap();
-            let heads = db.open_tree("audit_heads").unwrap();
+        forge_tail(dir.path(), |heads, seq| {
             let genuine = heads.get(2u64.to_be_bytes()).unwrap().unwrap();
-            let prev = log.get(2u64.to_be_bytes()).unwrap().unwrap();
-            let mut head = Head {
-                seq: 2,
-                sha256: treaty_policies::sha256_hex(audit::split(&prev).0),
-            };
-            for seq in 3..=4u64 {
-                let (bytes, next) = head
-                    .append(&AuditEntry {
-                        action: format!("forged.{seq}"),
-                        ..Default::default()
-                    })
-                    .unwrap();
-                log.insert(seq.to_be_bytes(), bytes).unwrap();
-                heads.insert(seq.to_be_bytes(), genuine.clone()).unwrap();
-                head = next;
-            }
-            db.flush().unwrap();
-        }
+            heads.insert(seq.to_be_bytes(), genuine).unwrap();
+        });
         let err = Store::open(dir.path())
             .err()
             .map(|e| e.to_string())
