@@ -174,18 +174,28 @@ async fn train(
     if job.latest_model_version.is_empty() {
         let version = format!("{}/r0", job.job_id);
         let (job_id, v, s) = (job.job_id.clone(), version.clone(), spec.clone());
-        ctx.blocking(move |ctx| {
-            let model = models::initial_model(&s).map_err(|e| CoordinatorError::StoredJob {
-                job: job_id.clone(),
-                source: InvalidJob {
-                    problems: vec![JobProblem::Enum(e)],
-                },
-            })?;
-            models::store(&ctx.store, &job_id, &s.to_spec(), 0, &v, model, &[], None)
-        })
-        .await?;
-        job.latest_model_version = version;
+        let digest = ctx
+            .blocking(move |ctx| {
+                let model = models::initial_model(&s).map_err(|e| CoordinatorError::StoredJob {
+                    job: job_id.clone(),
+                    source: InvalidJob {
+                        problems: vec![JobProblem::Enum(e)],
+                    },
+                })?;
+                models::store(&ctx.store, &job_id, &s.to_spec(), 0, &v, model, &[], None)
+            })
+            .await?;
+        job.latest_model_version = version.clone();
         ctx.save_job(job).await?;
+        // The log records the initial model's digest, as each round's entry records its model's.
+        ctx.save_audit_documents(
+            "model.initialized",
+            job,
+            0,
+            format!("the initial model {version}"),
+            vec![digest],
+        )
+        .await?;
     }
     let settings = spec.settings;
     let shape = evaluation::shape(&spec.to_spec()).map_err(|e| CoordinatorError::StoredJob {
@@ -259,7 +269,7 @@ async fn train(
             version.clone(),
             summary.contributors.clone(),
         );
-        let note = ctx
+        let (note, digest) = ctx
             .blocking(move |ctx| {
                 let mut state = state;
                 let (model, note) = match sum {
@@ -289,7 +299,7 @@ async fn train(
                         "round {round} aggregated"
                     );
                 }
-                models::store(
+                let digest = models::store(
                     &ctx.store,
                     &job_id,
                     &wire,
@@ -299,7 +309,7 @@ async fn train(
                     &contributors,
                     state.as_ref(),
                 )?;
-                Ok(note)
+                Ok((note, digest))
             })
             .await?;
         summary.model_version = version.clone();
@@ -312,7 +322,7 @@ async fn train(
                 settings.aggregation.as_str_name()
             )
         };
-        complete_round(ctx, job, summary, &note).await?;
+        complete_round(ctx, job, summary, &note, vec![digest]).await?;
     }
     final_evaluation(ctx, job, rules, &spec, shape).await
 }
@@ -728,7 +738,7 @@ async fn query(
         Combination::Trimmed => "; combined by the trimmed mean",
         Combination::Sum => "",
     };
-    complete_round(ctx, job, summary, note).await
+    complete_round(ctx, job, summary, note, Vec::new()).await
 }
 
 /// Closes a round: its end time, the job stored with it, the audit log and the watchers told,
@@ -738,6 +748,7 @@ async fn complete_round(
     job: &mut Job,
     mut summary: RoundSummary,
     note: &str,
+    documents: Vec<String>,
 ) -> Result<(), CoordinatorError> {
     let round = summary.round;
     summary.finished_unix_ms = now_ms();
@@ -753,7 +764,7 @@ async fn complete_round(
         true => line.clone(),
         false => format!("{line}; reasons: {}", reasons.join("; ")),
     };
-    let entry = audit_entry(
+    let mut entry = audit_entry(
         &ctx.identity.to_string(),
         "round.completed",
         job,
@@ -761,6 +772,8 @@ async fn complete_round(
         "",
         detail,
     );
+    // A training round's entry records the digest of the model version it stored.
+    entry.documents = documents;
     let (head, stored) = (job.clone(), summary.clone());
     ctx.blocking(move |ctx| ctx.store.put_round(&head, &stored, &entry))
         .await?;

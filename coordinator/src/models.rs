@@ -71,7 +71,9 @@ pub(crate) fn load(
     Ok((tensors, state))
 }
 
-/// Stores a model version durably, with its contributors and the server optimiser's state.
+/// Stores a model version durably, with its contributors and the server optimiser's state;
+/// the digest of its tensors (`treaty_proto::provenance::digest`), which the round's audit
+/// entry records.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn store(
     store: &Store,
@@ -82,7 +84,8 @@ pub(crate) fn store(
     model: Vec<NamedTensor>,
     contributors: &[String],
     state: Option<&ServerState>,
-) -> Result<(), CoordinatorError> {
+) -> Result<String, CoordinatorError> {
+    let digest = digest(&model);
     // Each form of a large model is dropped as soon as the next is made.
     let tensors = tensor::to_whole(&model, Dtype::F64);
     drop(model);
@@ -109,7 +112,23 @@ pub(crate) fn store(
         contributors: contributors.to_vec(),
         created_unix_ms: now_ms(),
         optimizer_state,
-    })
+    })?;
+    Ok(digest)
+}
+
+/// The digest of a model's tensors, as its provenance states it.
+pub(crate) fn digest(model: &[NamedTensor]) -> String {
+    let flat: Vec<(&str, &[usize], Vec<f64>)> = model
+        .iter()
+        .map(|t| {
+            (
+                t.name.as_str(),
+                t.values.shape(),
+                t.values.iter().copied().collect(),
+            )
+        })
+        .collect();
+    treaty_proto::provenance::digest(flat.iter().map(|(n, s, v)| (*n, *s, v.as_slice())))
 }
 
 #[cfg(test)]

@@ -43,20 +43,16 @@ pub(crate) fn provenance(
             source,
         }
     })?;
-    let flat: Vec<(String, Vec<usize>, Vec<f64>)> = tensors
-        .iter()
-        .map(|t| {
-            (
-                t.name.clone(),
-                t.values.shape().to_vec(),
-                t.values.iter().copied().collect(),
-            )
-        })
-        .collect();
-    let model_sha256 = provenance::digest(
-        flat.iter()
-            .map(|(n, s, v)| (n.as_str(), s.as_slice(), v.as_slice())),
-    );
+    let model_sha256 = crate::models::digest(&tensors);
+    // Signed only for the model the log recorded when it was stored: one changed in the
+    // database since is refused, not vouched for.
+    let model_entry_seq = store
+        .model_entry(job_id, header.round, &model_sha256)?
+        .ok_or_else(|| {
+            CoordinatorError::Manifest(format!(
+                "the stored model {version} is not the one the audit log recorded when it was stored (its tensors hash to {model_sha256}); it was changed in the database, or stored by a version of Treaty that did not record it"
+            ))
+        })?;
     let spec = header.spec.clone().unwrap_or_default();
     let schema_toml = spec
         .schema
@@ -117,6 +113,7 @@ pub(crate) fn provenance(
             delta: privacy.target_delta,
         },
         rounds,
+        model_entry_seq,
         audit_seq: head.seq,
         audit_sha256: head.sha256,
         treaty_version: env!("CARGO_PKG_VERSION").to_owned(),
@@ -145,4 +142,80 @@ pub(crate) fn provenance(
         coordinator_certificate: signer.certificate().to_vec().into(),
         ca_certificate: signer.ca_certificate().to_vec().into(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::signed_for_tests;
+    use ndarray::ArrayD;
+    use treaty_proto::tensor::NamedTensor;
+    use treaty_proto::v1::{Job, TrainingSpec};
+
+    fn weights(w: f64) -> Vec<NamedTensor> {
+        vec![NamedTensor::new(
+            "weights",
+            ArrayD::from_shape_vec(vec![2], vec![w, -1.0]).unwrap(),
+        )]
+    }
+
+    /// Provenance is signed for the model the log recorded when it was stored, and refused
+    /// for one changed in the database since.
+    #[test]
+    fn provenance_is_refused_for_a_model_changed_after_it_was_logged() {
+        let (db, pki) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let store = signed_for_tests(db.path(), pki.path());
+        let job = Job {
+            job_id: "job-000001".into(),
+            federation: "f".into(),
+            latest_model_version: "job-000001/r1".into(),
+            ..Default::default()
+        };
+        store.put_job(&job).unwrap();
+        let spec = TrainingSpec::default();
+        let digest = crate::models::store(
+            &store,
+            "job-000001",
+            &spec,
+            1,
+            "job-000001/r1",
+            weights(0.5),
+            &[],
+            None,
+        )
+        .unwrap();
+        store
+            .audit(&AuditEntry {
+                action: "round.completed".into(),
+                job: "job-000001".into(),
+                federation: "f".into(),
+                round: 1,
+                documents: vec![digest.clone()],
+                ..Default::default()
+            })
+            .unwrap();
+        let signed = provenance(&store, "job-000001", "", "treaty://operator/ops").unwrap();
+        let manifest: Manifest = serde_json::from_str(&signed.manifest).unwrap();
+        assert_eq!(manifest.model_sha256, digest);
+        assert_eq!(manifest.model_entry_seq, 1);
+
+        // The weights changed in the database: not vouched for.
+        crate::models::store(
+            &store,
+            "job-000001",
+            &spec,
+            1,
+            "job-000001/r1",
+            weights(0.6),
+            &[],
+            None,
+        )
+        .unwrap();
+        let err = provenance(&store, "job-000001", "", "treaty://operator/ops").unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("not the one the audit log recorded"),
+            "{err}"
+        );
+    }
 }

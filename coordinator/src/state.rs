@@ -202,6 +202,20 @@ impl Coordinator {
         let entry = audit_entry(actor, action, job, round, agency, detail);
         self.blocking(move |ctx| ctx.store.audit(&entry)).await
     }
+
+    /// Appends the coordinator's own line about `job`, vouching for `documents` (SHA-256s).
+    pub(crate) async fn save_audit_documents(
+        self: &Arc<Self>,
+        action: &str,
+        job: &Job,
+        round: u32,
+        detail: String,
+        documents: Vec<String>,
+    ) -> Result<(), CoordinatorError> {
+        let mut entry = audit_entry(&self.identity.to_string(), action, job, round, "", detail);
+        entry.documents = documents;
+        self.blocking(move |ctx| ctx.store.audit(&entry)).await
+    }
 }
 
 /// A job's head as events carry it: without the parts that grow with the federation's

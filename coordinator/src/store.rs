@@ -393,6 +393,40 @@ impl Store {
         Ok(())
     }
 
+    /// The number of the audit entry that recorded `digest` as the model `job` stored after
+    /// `round` (`round.completed`; `model.initialized` for round 0), the newest first.
+    pub(crate) fn model_entry(
+        &self,
+        job: &str,
+        round: u32,
+        digest: &str,
+    ) -> Result<Option<u64>, CoordinatorError> {
+        let action = if round == 0 {
+            "model.initialized"
+        } else {
+            "round.completed"
+        };
+        for kv in self.audit.iter().rev() {
+            let (key, value) = kv?;
+            let Some(line) = audit::split(&value).1 else {
+                continue;
+            };
+            let Ok(entry) = serde_json::from_slice::<AuditEntry>(line) else {
+                continue;
+            };
+            if entry.job == job
+                && entry.round == round
+                && entry.action == action
+                && entry.documents.first().map(String::as_str) == Some(digest)
+            {
+                return Ok(<[u8; 8]>::try_from(key.as_ref())
+                    .ok()
+                    .map(u64::from_be_bytes));
+            }
+        }
+        Ok(None)
+    }
+
     /// The audit log's head as it stands.
     pub(crate) fn audit_head(&self) -> Head {
         self.chain.lock().unwrap_or_else(|e| e.into_inner()).clone()

@@ -35,6 +35,10 @@ pub struct Manifest {
     pub privacy: ManifestPrivacy,
     /// The statistics round (0) and each training round up to the version's, in order.
     pub rounds: Vec<ManifestRound>,
+    /// The audit entry that recorded the model's digest when the coordinator stored it
+    /// (`round.completed`, or `model.initialized` for the initial model): provenance is signed
+    /// only for a stored model that is still the one the log recorded.
+    pub model_entry_seq: u64,
     /// The audit log's head when the manifest was signed: its length and the SHA-256 of its
     /// last link (docs/AUDIT.md), so that a bundle exported later can be checked to contain it.
     pub audit_seq: u64,
