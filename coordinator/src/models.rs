@@ -118,17 +118,18 @@ pub(crate) fn store(
 
 /// The digest of a model's tensors, as its provenance states it.
 pub(crate) fn digest(model: &[NamedTensor]) -> String {
-    let flat: Vec<(&str, &[usize], Vec<f64>)> = model
+    // A tensor in standard layout is hashed where it lies; another is copied out first.
+    let copies: Vec<Option<Vec<f64>>> = model
         .iter()
-        .map(|t| {
-            (
-                t.name.as_str(),
-                t.values.shape(),
-                t.values.iter().copied().collect(),
-            )
+        .map(|t| match t.values.as_slice() {
+            Some(_) => None,
+            None => Some(t.values.iter().copied().collect()),
         })
         .collect();
-    treaty_proto::provenance::digest(flat.iter().map(|(n, s, v)| (*n, *s, v.as_slice())))
+    treaty_proto::provenance::digest(model.iter().zip(&copies).map(|(t, copy)| {
+        let values = copy.as_deref().or(t.values.as_slice()).unwrap_or_default();
+        (t.name.as_str(), t.values.shape(), values)
+    }))
 }
 
 #[cfg(test)]
