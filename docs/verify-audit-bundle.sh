@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # Checks a Treaty audit bundle (`treaty audit export`) with standard tools only — bash, grep,
 # sed, cmp, sha256sum and openssl — by the rules of docs/AUDIT.md, without Treaty:
-#   bash docs/verify-audit-bundle.sh DIR TRUSTED_CA.crt
-# TRUSTED_CA.crt is the federation CA's certificate from your own copy, never the bundle's.
+#   bash docs/verify-audit-bundle.sh DIR TRUSTED_CA.crt [TRUSTED_CRL.pem]
+# TRUSTED_CA.crt is the federation CA's certificate from your own copy, never the bundle's;
+# TRUSTED_CRL.pem, when given, the federation's revocation list (the signer must not be on it).
 # Exit 0 when the bundle verifies; 1 naming the first thing that does not. Nothing is written
 # into DIR.
 set -euo pipefail
 dir=${1:?usage: verify-audit-bundle.sh DIR TRUSTED_CA.crt}
-trusted=${2:?usage: verify-audit-bundle.sh DIR TRUSTED_CA.crt}
+trusted=${2:?usage: verify-audit-bundle.sh DIR TRUSTED_CA.crt [TRUSTED_CRL.pem]}
+crl=${3:-}
 fail() { echo "not verified: $*" >&2; exit 1; }
 sha() { sha256sum | cut -d' ' -f1; }
 tmp=$(mktemp -d)
@@ -39,6 +41,10 @@ openssl x509 -in "$trusted" -outform DER -out "$tmp/trusted.der"
 cmp -s "$tmp/ca.der" "$tmp/trusted.der" || fail "ca.crt is not the federation CA you trust"
 openssl verify -no-CApath -no-CAstore -no_check_time -CAfile "$trusted" "$dir/coordinator.crt" > /dev/null 2>&1 \
   || fail "coordinator.crt was not issued by the CA you trust"
+if [ -n "$crl" ]; then
+  openssl verify -no-CApath -no-CAstore -no_check_time -crl_check -CRLfile "$crl" -CAfile "$trusted" "$dir/coordinator.crt" > /dev/null 2>&1 \
+    || fail "coordinator.crt is revoked (or the revocation list is not the CA's)"
+fi
 san=$(openssl x509 -in "$dir/coordinator.crt" -noout -ext subjectAltName | grep -o 'URI:treaty://[^, ]*' || true)
 [[ $san =~ ^URI:treaty://coordinator/[A-Za-z0-9._-]+$ ]] || fail "coordinator.crt is not a coordinator's certificate"
 
@@ -92,6 +98,19 @@ for file in "$dir"/entries/*; do
   [ "$scope" = "${link_scope[$seq]}" ] || fail "entry $seq is not of its link's scope"
   ours "$scope" || fail "entry $seq is of $scope, not of this bundle's"
 done
+
+# Who exported the bundle is what the log's last audit.exported entry of the job says.
+last=
+for file in "$dir"/entries/*.json; do
+  [ -e "$file" ] || continue
+  grep -q '"action":"audit.exported"' "$file" || continue
+  seq=$(basename "$file" .json)
+  if [ -z "$last" ] || [ "$seq" -gt "$(basename "$last" .json)" ]; then last=$file; fi
+done
+[ -n "$last" ] || fail "the log records no export of this job"
+exporter=$(value actor "$(cat "$last")")
+grep -qxF "  \"exported_by\": \"$exporter\"," "$dir/bundle.json" \
+  || fail "bundle.json does not name who the log says exported it ($exporter)"
 
 # Rule 5. Each decision is one a round.decided entry vouches for (the first of its
 # "documents"), and each such decision is here; each text those entries cite is here, every text

@@ -276,13 +276,23 @@ pub(crate) fn export_parts(
     job: &Job,
     exported_by: &str,
 ) -> Result<Vec<AuditPart>, CoordinatorError> {
+    // The export goes on record first, and so into the bundle: who exported it, and when.
+    let now = crate::state::now_ms();
+    store.audit(&AuditEntry {
+        time_unix_ms: now,
+        actor: exported_by.to_owned(),
+        action: "audit.exported".into(),
+        federation: job.federation.clone(),
+        job: job.job_id.clone(),
+        ..Default::default()
+    })?;
     let (signed, stored) = store
         .audit_to_signed_head()?
         .ok_or(CoordinatorError::AuditUnsigned)?;
     let mut parts = vec![Part::Info(AuditExportInfo {
         job_id: job.job_id.clone(),
         federation: job.federation.clone(),
-        exported_unix_ms: crate::state::now_ms(),
+        exported_unix_ms: now,
         exported_by: exported_by.to_owned(),
     })];
     let mut run = AuditLinks {

@@ -246,6 +246,9 @@ pub struct Verified {
     pub signed_by: String,
     /// When the coordinator signed the head, milliseconds since the Unix epoch.
     pub signed_unix_ms: i64,
+    /// Who exported it and when, as the log's last `audit.exported` entry of the job says.
+    pub exported_by: String,
+    pub exported_unix_ms: i64,
 }
 
 /// The most bytes `verify` reads of `links.jsonl`, and of any other file.
@@ -411,6 +414,27 @@ pub fn verify(
             "does not list the entry files that are here".into(),
         ));
     }
+    // Who exported it, and when, as the log says (`bundle.json` is only what the client wrote).
+    let exported = entries
+        .values()
+        .rev()
+        .find(|e| e.action == "audit.exported")
+        .ok_or_else(|| {
+            file(
+                "bundle.json",
+                "the log records no export of this job".into(),
+            )
+        })?;
+    if exported.actor != manifest.exported_by {
+        return Err(file(
+            "bundle.json",
+            format!(
+                "says `{}` exported it, but the log's last export of the job is `{}`'s",
+                manifest.exported_by, exported.actor
+            ),
+        ));
+    }
+    let (exported_by, exported_unix_ms) = (exported.actor.clone(), exported.time_unix_ms);
     // The decisions and the texts they were decided under, as the log vouches for them.
     let mut cited = std::collections::BTreeSet::new();
     let mut vouched = BTreeMap::new();
@@ -484,6 +508,8 @@ pub fn verify(
         decisions: decisions.len(),
         texts: texts.len(),
         signed_by: signer.to_string(),
+        exported_by,
+        exported_unix_ms,
         signed_unix_ms: statement
             .lines()
             .find_map(|l| l.strip_prefix("time_unix_ms "))
@@ -696,12 +722,12 @@ mod tests {
     fn a_bundle_verifies_and_each_kind_of_tampering_is_named() {
         let s = setup();
         let v = verify(&s.good, &s.ca, None).unwrap();
-        assert_eq!((v.job_id.as_str(), v.links), ("job-1", 5));
-        // The federation's creation and job-1's two entries; not job-2's.
+        assert_eq!((v.job_id.as_str(), v.links), ("job-1", 6));
+        // The federation's creation, job-1's two entries and its export; not job-2's.
         let mut files = read_dir(&s.good, "entries").unwrap();
         files.sort();
-        assert_eq!(files, ["1.json", "2.json", "4.json"]);
-        assert_eq!((v.entries, v.decisions, v.texts), (3, 1, 1));
+        assert_eq!(files, ["1.json", "2.json", "4.json", "6.json"]);
+        assert_eq!((v.entries, v.decisions, v.texts), (4, 1, 1));
         assert!(v.signed_by.contains("coordinator/hub"), "{}", v.signed_by);
 
         // One byte of an entry.
@@ -752,6 +778,13 @@ mod tests {
             err.contains("not of this bundle's") || err.contains("leaves out"),
             "{err}"
         );
+        // Another exporter named than the log records.
+        let err = s.broken(|d| {
+            edit(&d.join("bundle.json"), |t| {
+                t.replace("treaty://operator/ops", "treaty://operator/eve")
+            })
+        });
+        assert!(err.contains("the log's last export of the job is"), "{err}");
         // A decision changed, a cited text changed, a cited text removed.
         let decision = s.decision();
         let err = s.broken(|d| edit(&d.join(&decision), |t| t.replace("policies", "policiez")));
@@ -873,7 +906,7 @@ mod tests {
             String::from_utf8_lossy(&ok.stdout),
             String::from_utf8_lossy(&ok.stderr)
         );
-        assert!(String::from_utf8_lossy(&ok.stdout).contains("verified: job job-1, 5 links"));
+        assert!(String::from_utf8_lossy(&ok.stdout).contains("verified: job job-1, 6 links"));
         let sha = sha256_hex(TEXT.as_bytes());
         let (decision, decision2) = (s.decision(), s.decision());
         type Change = Box<dyn Fn(&Path)>;
@@ -896,7 +929,7 @@ mod tests {
             ),
             (
                 "the head",
-                Box::new(|d| edit(&d.join("head.statement"), |t| t.replace("seq 5", "seq 4"))),
+                Box::new(|d| edit(&d.join("head.statement"), |t| t.replace("seq 6", "seq 5"))),
             ),
             (
                 "a left-out entry",
@@ -914,6 +947,14 @@ mod tests {
                 "a text",
                 Box::new(move |d| {
                     std::fs::remove_file(d.join(format!("texts/{sha}.txt"))).unwrap()
+                }),
+            ),
+            (
+                "another exporter",
+                Box::new(|d| {
+                    edit(&d.join("bundle.json"), |t| {
+                        t.replace("treaty://operator/ops", "treaty://operator/eve")
+                    })
                 }),
             ),
             (

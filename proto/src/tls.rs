@@ -591,6 +591,24 @@ fn verified_peer(
     })
 }
 
+/// The serial numbers (lowercase hex) a PEM file of revocation lists revokes.
+pub fn revoked_serials(path: &Path) -> Result<HashSet<String>, TlsError> {
+    let mut revoked = HashSet::new();
+    for der in load_crls(path)? {
+        let (_, parsed) =
+            CertificateRevocationList::from_der(der.as_ref()).map_err(|e| TlsError::Pem {
+                path: path.to_owned(),
+                message: format!("not a revocation list: {e}"),
+            })?;
+        revoked.extend(
+            parsed
+                .iter_revoked_certificates()
+                .map(|r| hex(r.raw_serial())),
+        );
+    }
+    Ok(revoked)
+}
+
 /// The serial number of a certificate, lowercase hex; empty when it cannot be parsed.
 pub fn serial_hex(cert: &CertificateDer<'_>) -> String {
     X509Certificate::from_der(cert.as_ref())

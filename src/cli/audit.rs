@@ -38,6 +38,10 @@ pub enum AuditCommand {
         /// An earlier bundle of the same coordinator: its log must be the beginning of this one's.
         #[arg(long)]
         previous: Option<PathBuf>,
+        /// The federation's revocation list (PEM) you trust: the head's signing certificate
+        /// must not be on it.
+        #[arg(long)]
+        crl: Option<PathBuf>,
     },
 }
 
@@ -45,7 +49,12 @@ pub enum AuditCommand {
 pub fn run(command: AuditCommand) -> Outcome {
     match command {
         AuditCommand::Export { config, job, out } => super::block_on(export(&config, &job, &out)),
-        AuditCommand::Verify { dir, ca, previous } => verify(&dir, &ca, previous.as_deref()),
+        AuditCommand::Verify {
+            dir,
+            ca,
+            previous,
+            crl,
+        } => verify(&dir, &ca, previous.as_deref(), crl.as_deref()),
     }
 }
 
@@ -74,6 +83,20 @@ async fn export(config: &Path, job: &str, out: &Path) -> Outcome {
     Ok(())
 }
 
+/// Fails when the certificate `der` is on the revocation list `crl`.
+pub(super) fn not_revoked(der: &[u8], crl: &Path) -> Outcome {
+    let revoked = treaty_proto::tls::revoked_serials(crl).map_err(unusable)?;
+    let serial = treaty_proto::tls::serial_hex(&der.to_vec().into());
+    if revoked.contains(&serial) {
+        return Err(anyhow::anyhow!(
+            "not verified: the coordinator certificate that signed it (serial {serial}) is revoked by `{}`",
+            crl.display()
+        )
+        .into());
+    }
+    Ok(())
+}
+
 /// The CA certificate (DER) of a PEM file the reader trusts.
 fn trusted_ca(path: &Path) -> Result<Vec<u8>, super::CliError> {
     let pem = std::fs::read(path)
@@ -82,9 +105,14 @@ fn trusted_ca(path: &Path) -> Result<Vec<u8>, super::CliError> {
         .map_err(|e| unusable(anyhow::anyhow!("`{}` {e}", path.display())))
 }
 
-fn verify(dir: &Path, ca: &Path, previous: Option<&Path>) -> Outcome {
+fn verify(dir: &Path, ca: &Path, previous: Option<&Path>, crl: Option<&Path>) -> Outcome {
     let ca = trusted_ca(ca)?;
     let v = bundle::verify(dir, &ca, previous)?;
+    if let Some(crl) = crl {
+        let pem = std::fs::read(dir.join("coordinator.crt"))?;
+        let der = treaty_proto::tls::certificate_der(&pem).map_err(anyhow::Error::msg)?;
+        not_revoked(&der, crl)?;
+    }
     outln!(
         "verified: job {} of federation {}: {} entries of the job, its federation and the log, in a log of {} entries whose head {} signed at time_unix_ms {}",
         v.job_id,
@@ -93,6 +121,11 @@ fn verify(dir: &Path, ca: &Path, previous: Option<&Path>) -> Outcome {
         v.links,
         v.signed_by,
         v.signed_unix_ms
+    );
+    outln!(
+        "exported by {} at time_unix_ms {}, as the log records it",
+        v.exported_by,
+        v.exported_unix_ms
     );
     outln!(
         "{} policy decisions and {} cited policy and registry texts, each the one its round's entry vouches for",

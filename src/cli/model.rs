@@ -42,6 +42,10 @@ pub enum ModelCommand {
         /// The federation CA's certificate (PEM) you trust, from your own copy.
         #[arg(long)]
         ca: PathBuf,
+        /// The federation's revocation list (PEM) you trust: the signing certificate must not
+        /// be on it.
+        #[arg(long)]
+        crl: Option<PathBuf>,
     },
     /// Predicts the records of a CSV file with a model file, and explains each prediction of a
     /// linear model: every feature column's contribution to the score, beside the model's
@@ -72,7 +76,7 @@ pub fn run(command: ModelCommand) -> Outcome {
             version,
             out,
         } => super::block_on(get(&config, &job, &version, out.as_deref())),
-        ModelCommand::Verify { model, ca } => verify(&model, &ca),
+        ModelCommand::Verify { model, ca, crl } => verify(&model, &ca, crl.as_deref()),
         ModelCommand::Explain {
             model,
             data,
@@ -123,10 +127,15 @@ fn trusted_ca(path: &Path) -> Result<Vec<u8>, super::CliError> {
 }
 
 /// Checks a model file's provenance and prints what it states.
-fn verify(model_file: &Path, ca: &Path) -> Outcome {
+fn verify(model_file: &Path, ca: &Path, crl: Option<&Path>) -> Outcome {
     let ca = trusted_ca(ca)?;
     let file = ModelFile::read(model_file)?;
     let v = file.verify_provenance(&ca)?;
+    if let (Some(crl), Some(p)) = (crl, &file.provenance) {
+        let der = treaty_proto::tls::certificate_der(p.coordinator_certificate.as_bytes())
+            .map_err(anyhow::Error::msg)?;
+        super::audit::not_revoked(&der, crl)?;
+    }
     outln!(
         "verified: {} is the model its provenance states, signed by {}",
         file.model_version,

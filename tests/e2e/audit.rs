@@ -258,6 +258,56 @@ async fn a_jobs_bundle_verifies_across_a_coordinator_crash_and_tampering_is_name
         })
         .count();
     assert_eq!(exports, 2);
+    // The coordinator's certificate revoked: against the federation's revocation list, neither
+    // the bundle nor the model's provenance verifies any more (without it they still do).
+    let coordinator_cert = fx
+        .pki
+        .cert_and_key(&treaty_proto::Identity::coordinator("hub").unwrap())
+        .0;
+    let out = treaty(&[
+        "pki",
+        "revoke",
+        "--dir",
+        fx.pki.dir().to_str().unwrap(),
+        coordinator_cert.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    let crl = fx.pki.crl();
+    let crl = crl.to_str().unwrap();
+    let out = treaty(&[
+        "audit",
+        "verify",
+        second.to_str().unwrap(),
+        "--ca",
+        ca,
+        "--crl",
+        crl,
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("is revoked"), "{}", text(&out));
+    let out = treaty(&[
+        "model",
+        "verify",
+        "--model",
+        model.to_str().unwrap(),
+        "--ca",
+        ca,
+        "--crl",
+        crl,
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let out = Command::new("bash")
+        .arg(&script)
+        .arg(&second)
+        .arg(ca)
+        .arg(crl)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("revoked"), "{}", text(&out));
+    let out = treaty(&["audit", "verify", second.to_str().unwrap(), "--ca", ca]);
+    assert!(out.status.success(), "{}", text(&out));
+
     // Exporting into a directory that holds something is refused as unusable input.
     let out = export(&config, &job.job_id, &first);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));

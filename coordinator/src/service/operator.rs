@@ -330,10 +330,6 @@ impl OperatorService for OperatorApi {
             .store
             .job(&id)?
             .ok_or(CoordinatorError::UnknownJob { job: id })?;
-        // The export itself goes on record first: a bundle exported later shows this one.
-        self.ctx
-            .save_audit(&operator, "audit.exported", &job, 0, "", String::new())
-            .await?;
         let parts = self
             .ctx
             .blocking(move |ctx| crate::audit::export_parts(&ctx.store, &job, &operator))
