@@ -123,3 +123,13 @@ async fn score(
     let (header, tensors) = treaty_coordinator::client::download(client, job_id, "").await?;
     crate::evaluate::binary(&treaty_node::ModelFile::new(&header, &tensors)?, tests)
 }
+
+/// Bytes in MiB.
+fn mib(bytes: u64) -> f64 {
+    bytes as f64 / f64::from(1 << 20)
+}
+
+/// The median of `values` ([`report::median`]), NaN for none.
+fn median_or_nan(values: &[f64]) -> f64 {
+    report::median(values).unwrap_or(f64::NAN)
+}

@@ -39,6 +39,7 @@ use treaty_proto::v1::{
     coordinator_message, job_spec, node_message, result_part, task,
 };
 
+use super::{median_or_nan, mib};
 use crate::local::{COORDINATOR_COUNTRY, Process, Site, SiteOptions, policies};
 use crate::outln;
 
@@ -97,20 +98,6 @@ fn memory(pid: u32) -> Option<(u64, u64)> {
 fn reset_peak(pid: u32) -> anyhow::Result<()> {
     std::fs::write(format!("/proc/{pid}/clear_refs"), "5")
         .with_context(|| format!("cannot reset the peak RSS of process {pid}"))
-}
-
-fn mib(bytes: u64) -> f64 {
-    bytes as f64 / f64::from(1 << 20)
-}
-
-fn median(values: &[f64]) -> f64 {
-    let mut v = values.to_vec();
-    v.sort_by(f64::total_cmp);
-    match v.len() {
-        0 => f64::NAN,
-        n if n % 2 == 1 => v[n / 2],
-        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
-    }
 }
 
 /// An update as it goes on the wire: its specs and chunks (cheap to clone: shared bytes).
@@ -313,8 +300,8 @@ pub async fn w2(options: W2Options, exe: &Path) -> anyhow::Result<()> {
         .iter()
         .map(|f| f.peak.saturating_sub(f.base) as f64)
         .collect();
-    let ready_median = median(&ready);
-    let above_median = median(&above);
+    let ready_median = median_or_nan(&ready);
+    let above_median = median_or_nan(&above);
     outln!(
         "  median of {} round(s): aggregate ready {ready_median:.1} ms after the last update's last chunk; coordinator peak RSS {:.1} MiB above the round's start = {:.2} x one model ({:.1} MiB of f32)",
         figures.len(),
@@ -516,7 +503,7 @@ async fn measure(
         "dtype": "f32", "model_bytes": model, "rounds": done.rounds.len(),
         "job_seconds": wall.as_secs_f64(),
         "round_completed_after_last_ack_ms": completed,
-        "round_completed_after_last_ack_ms_median": median(&completed),
+        "round_completed_after_last_ack_ms_median": median_or_nan(&completed),
         "coordinator_rss_before_job_bytes": idle,
         "coordinator_peak_rss_bytes": peak_over_job,
         "peak_rss_above_before_job_models": peak_over_job.saturating_sub(idle) as f64 / model as f64,

@@ -23,6 +23,7 @@ use anyhow::{Context, bail};
 use treaty_node::{Budget, Ledger, Table};
 use treaty_proto::v1::{ColumnKind, ColumnSpec, FeatureSchema, Job, LabelKind, LabelSpec};
 
+use super::{median_or_nan, mib};
 use crate::local::{COORDINATOR_COUNTRY, Process, Site, SiteOptions, policies};
 use crate::outln;
 use crate::synth::numeric::{self, Written};
@@ -402,7 +403,7 @@ async fn measure(
     let mut durations: Vec<f64> = rounds.iter().map(|r| r.seconds).collect();
     let round_cpu: Vec<f64> = rounds.iter().filter_map(|r| r.cpu_seconds).collect();
     let per_agency: Vec<f64> = round_cpu.iter().map(|c| c * 1e3 / n as f64).collect();
-    let median_per_agency = median(&per_agency);
+    let median_per_agency = median_or_nan(&per_agency);
     // Over the whole job: every round of tasks (the statistics round, the training rounds, the
     // final evaluation) sent to each agency. Finer than one round's CPU at a few agencies (the
     // kernel counts CPU time in ticks of 10 ms).
@@ -410,7 +411,7 @@ async fn measure(
     let per_agency_task = job_cpu.map(|c| c * 1e3 / (n * task_rounds) as f64);
     let periods: Vec<f64> = rounds.iter().filter_map(|r| r.period).collect();
     durations.sort_by(f64::total_cmp);
-    let round_median = median(&durations);
+    let round_median = median_or_nan(&durations);
     let tests: Vec<PathBuf> = data.iter().map(|w| w.test.clone()).collect();
     let scored = super::score(&mut client, &job.job_id, &tests).await?;
 
@@ -427,7 +428,7 @@ async fn measure(
             .map(|r| format!("{:.3}", r.seconds))
             .collect::<Vec<_>>()
             .join(", "),
-        median(&periods)
+        median_or_nan(&periods)
     );
     outln!(
         "    coordinator: {} CPU seconds over the job ({} ms per agency per round of tasks); per training round {} s, {median_per_agency:.3} ms per agency (median); peak RSS {}",
@@ -456,7 +457,7 @@ async fn measure(
         "rounds": job.rounds.len(), "startup_seconds": startup, "job_seconds": wall.as_secs_f64(),
         "round_seconds": rounds.iter().map(|r| r.seconds).collect::<Vec<_>>(),
         "round_median_seconds": round_median,
-        "round_period_median_seconds": median(&periods),
+        "round_period_median_seconds": median_or_nan(&periods),
         "coordinator_cpu_seconds": job_cpu,
         "coordinator_round_cpu_seconds": round_cpu,
         "coordinator_cpu_ms_per_agency_round": median_per_agency,
@@ -594,20 +595,6 @@ fn alive(pid: u32) -> bool {
                 .and_then(|i| s[i + 1..].split_whitespace().next().map(|st| st != "Z"))
         })
         .unwrap_or(false)
-}
-
-fn mib(bytes: u64) -> f64 {
-    bytes as f64 / f64::from(1 << 20)
-}
-
-fn median(values: &[f64]) -> f64 {
-    let mut v = values.to_vec();
-    v.sort_by(f64::total_cmp);
-    match v.len() {
-        0 => f64::NAN,
-        n if n % 2 == 1 => v[n / 2],
-        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
-    }
 }
 
 /// Checks that every agency's ledger records a training release for each of `rounds` rounds
