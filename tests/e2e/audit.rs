@@ -33,15 +33,21 @@ fn export(config: &Path, job: &str, out: &Path) -> Output {
     ])
 }
 
+fn audit_verify(dir: &Path, ca: &str, more: &[&str]) -> Output {
+    let dir = dir.to_str().unwrap();
+    treaty(&[&["audit", "verify", dir, "--ca", ca], more].concat())
+}
+
+fn model_verify(model: &Path, ca: &str, more: &[&str]) -> Output {
+    let model = model.to_str().unwrap();
+    treaty(&[&["model", "verify", "--model", model, "--ca", ca], more].concat())
+}
+
 #[tokio::test]
 async fn a_jobs_bundle_verifies_across_a_coordinator_crash_and_tampering_is_named() {
     let fx = Fixture::new(&[("DE-BKA", "DE"), ("FR-DGDDI", "FR")]);
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let listen = format!("127.0.0.1:{port}");
+    // A fixed port, so that the restarted coordinator is where the nodes look for it.
+    let listen = free_loopback_address();
     let (mut coordinator, address) = fx.start_coordinator(&listen);
     let _de = fx.start_node("DE-BKA", "DE", &address, 3);
     let _fr = fx.start_node("FR-DGDDI", "FR", &address, 4);
@@ -70,7 +76,7 @@ async fn a_jobs_bundle_verifies_across_a_coordinator_crash_and_tampering_is_name
     assert!(out.status.success(), "{}", text(&out));
     let ca = fx.pki.ca_cert();
     let ca = ca.to_str().unwrap();
-    let out = treaty(&["audit", "verify", first.to_str().unwrap(), "--ca", ca]);
+    let out = audit_verify(&first, ca, &[]);
     assert!(out.status.success(), "{}", text(&out));
     let said = text(&out);
     assert!(
@@ -146,7 +152,7 @@ async fn a_jobs_bundle_verifies_across_a_coordinator_crash_and_tampering_is_name
     let seq = victim.file_stem().unwrap().to_string_lossy().into_owned();
     let line = std::fs::read_to_string(&victim).unwrap();
     std::fs::write(&victim, line.replacen("contributor", "contributer", 1)).unwrap();
-    let out = treaty(&["audit", "verify", tampered.to_str().unwrap(), "--ca", ca]);
+    let out = audit_verify(&tampered, ca, &[]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(
         text(&out).contains(&format!("audit entry {seq}: the entry was altered")),
@@ -168,14 +174,7 @@ async fn a_jobs_bundle_verifies_across_a_coordinator_crash_and_tampering_is_name
         model.to_str().unwrap(),
     ]);
     assert!(out.status.success(), "{}", text(&out));
-    let out = treaty(&[
-        "model",
-        "verify",
-        "--model",
-        model.to_str().unwrap(),
-        "--ca",
-        ca,
-    ]);
+    let out = model_verify(&model, ca, &[]);
     assert!(out.status.success(), "{}", text(&out));
     let said = text(&out);
     assert!(
@@ -190,14 +189,7 @@ async fn a_jobs_bundle_verifies_across_a_coordinator_crash_and_tampering_is_name
         change(&mut changed);
         let path = fx.path(name);
         std::fs::write(&path, changed.to_string()).unwrap();
-        let out = treaty(&[
-            "model",
-            "verify",
-            "--model",
-            path.to_str().unwrap(),
-            "--ca",
-            ca,
-        ]);
+        let out = model_verify(&path, ca, &[]);
         assert_eq!(out.status.code(), Some(1), "{}", text(&out));
         text(&out)
     };
@@ -274,27 +266,10 @@ async fn a_jobs_bundle_verifies_across_a_coordinator_crash_and_tampering_is_name
     assert!(out.status.success(), "{}", text(&out));
     let crl = fx.pki.crl();
     let crl = crl.to_str().unwrap();
-    let out = treaty(&[
-        "audit",
-        "verify",
-        second.to_str().unwrap(),
-        "--ca",
-        ca,
-        "--crl",
-        crl,
-    ]);
+    let out = audit_verify(&second, ca, &["--crl", crl]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(text(&out).contains("is revoked"), "{}", text(&out));
-    let out = treaty(&[
-        "model",
-        "verify",
-        "--model",
-        model.to_str().unwrap(),
-        "--ca",
-        ca,
-        "--crl",
-        crl,
-    ]);
+    let out = model_verify(&model, ca, &["--crl", crl]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     let out = Command::new("bash")
         .arg(&script)
@@ -305,7 +280,7 @@ async fn a_jobs_bundle_verifies_across_a_coordinator_crash_and_tampering_is_name
         .unwrap();
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(text(&out).contains("revoked"), "{}", text(&out));
-    let out = treaty(&["audit", "verify", second.to_str().unwrap(), "--ca", ca]);
+    let out = audit_verify(&second, ca, &[]);
     assert!(out.status.success(), "{}", text(&out));
 
     // Exporting into a directory that holds something is refused as unusable input.

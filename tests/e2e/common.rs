@@ -503,6 +503,17 @@ pub fn standardization_of(file: &serde_json::Value) -> Vec<treaty_proto::v1::Col
         .collect()
 }
 
+/// A loopback address on a port free now: for a coordinator that must come back where its
+/// nodes look for it after a restart.
+pub fn free_loopback_address() -> String {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    format!("127.0.0.1:{port}")
+}
+
 /// Downloads a job's latest model with `treaty model get` and reads its tensors.
 pub fn model_get(
     fx: &Fixture,

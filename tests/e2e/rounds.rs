@@ -83,12 +83,7 @@ async fn a_node_joins_and_completes_a_round() {
 async fn a_node_reconnects_after_the_coordinator_restarts() {
     let fx = Fixture::new(&[("DE-BKA", "DE")]);
     // A fixed port, so that the restarted coordinator is where the node looks for it.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let listen = format!("127.0.0.1:{port}");
+    let listen = free_loopback_address();
     let (mut coordinator, address) = fx.start_coordinator(&listen);
     let node = fx.start_node("DE-BKA", "DE", &address, 3);
     let mut op = fx.operator(&address).await;
