@@ -64,7 +64,7 @@ async fn export(config: &Path, job: &str, out: &Path) -> Outcome {
     if std::fs::read_dir(out).is_ok_and(|mut d| d.next().is_some()) {
         return Err(unusable(bundle::BundleError::NotEmpty(out.to_owned())));
     }
-    let ca = trusted_ca(&config.tls.ca_cert)?;
+    let ca = super::trusted_ca(&config.tls.ca_cert)?;
     let mut client = config.connect().await?;
     let bundle = client::export_audit(&mut client, job).await?;
     bundle.write(out)?;
@@ -83,35 +83,13 @@ async fn export(config: &Path, job: &str, out: &Path) -> Outcome {
     Ok(())
 }
 
-/// Fails when the certificate `der` is on the revocation list `crl`.
-pub(super) fn not_revoked(der: &[u8], crl: &Path) -> Outcome {
-    let revoked = treaty_proto::tls::revoked_serials(crl).map_err(unusable)?;
-    let serial = treaty_proto::tls::serial_hex(&der.to_vec().into());
-    if revoked.contains(&serial) {
-        return Err(anyhow::anyhow!(
-            "not verified: the coordinator certificate that signed it (serial {serial}) is revoked by `{}`",
-            crl.display()
-        )
-        .into());
-    }
-    Ok(())
-}
-
-/// The CA certificate (DER) of a PEM file the reader trusts.
-fn trusted_ca(path: &Path) -> Result<Vec<u8>, super::CliError> {
-    let pem = std::fs::read(path)
-        .map_err(|e| unusable(anyhow::anyhow!("cannot read `{}`: {e}", path.display())))?;
-    treaty_proto::tls::certificate_der(&pem)
-        .map_err(|e| unusable(anyhow::anyhow!("`{}` {e}", path.display())))
-}
-
 fn verify(dir: &Path, ca: &Path, previous: Option<&Path>, crl: Option<&Path>) -> Outcome {
-    let ca = trusted_ca(ca)?;
+    let ca = super::trusted_ca(ca)?;
     let v = bundle::verify(dir, &ca, previous)?;
     if let Some(crl) = crl {
         let pem = std::fs::read(dir.join("coordinator.crt"))?;
         let der = treaty_proto::tls::certificate_der(&pem).map_err(anyhow::Error::msg)?;
-        not_revoked(&der, crl)?;
+        super::not_revoked(&der, crl)?;
     }
     outln!(
         "verified: job {} of federation {}: {} entries of the job, its federation and the log, in a log of {} entries whose head {} signed at time_unix_ms {}",

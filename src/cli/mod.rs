@@ -91,6 +91,29 @@ fn is_unusable(error: &anyhow::Error) -> bool {
 /// The result of a command.
 pub type Outcome = Result<(), CliError>;
 
+/// The CA certificate (DER) of a PEM file the reader trusts (`--ca` of the commands that
+/// check evidence: `treaty audit`, `treaty model`).
+pub fn trusted_ca(path: &std::path::Path) -> Result<Vec<u8>, CliError> {
+    let pem = std::fs::read(path)
+        .map_err(|e| unusable(anyhow::anyhow!("cannot read `{}`: {e}", path.display())))?;
+    treaty_proto::tls::certificate_der(&pem)
+        .map_err(|e| unusable(anyhow::anyhow!("`{}` {e}", path.display())))
+}
+
+/// Fails when the certificate `der` is on the revocation list `crl`.
+pub fn not_revoked(der: &[u8], crl: &std::path::Path) -> Outcome {
+    let revoked = treaty_proto::tls::revoked_serials(crl).map_err(unusable)?;
+    let serial = treaty_proto::tls::serial_hex(&der.to_vec().into());
+    if revoked.contains(&serial) {
+        return Err(anyhow::anyhow!(
+            "not verified: the coordinator certificate that signed it (serial {serial}) is revoked by `{}`",
+            crl.display()
+        )
+        .into());
+    }
+    Ok(())
+}
+
 /// Marks an error as unusable input (status 2).
 pub fn unusable(error: impl Into<anyhow::Error>) -> CliError {
     CliError::Unusable(error.into())

@@ -99,12 +99,12 @@ async fn get(config: &Path, job: &str, version: &str, out: Option<&Path>) -> Out
     file.provenance = Some(ProvenanceFile {
         manifest: p.manifest,
         scheme: p.scheme,
-        signature: p.signature.iter().map(|b| format!("{b:02x}")).collect(),
+        signature: treaty_proto::hex::hex(&p.signature),
         coordinator_certificate: treaty_proto::tls::certificate_pem(&p.coordinator_certificate),
         ca_certificate: treaty_proto::tls::certificate_pem(&p.ca_certificate),
     });
     // Checked against the operator's own federation CA.
-    file.verify_provenance(&trusted_ca(&config.tls.ca_cert)?)?;
+    file.verify_provenance(&super::trusted_ca(&config.tls.ca_cert)?)?;
     let text = serde_json::to_string_pretty(&file)?;
     match out {
         Some(path) => {
@@ -118,23 +118,15 @@ async fn get(config: &Path, job: &str, version: &str, out: Option<&Path>) -> Out
     Ok(())
 }
 
-/// The CA certificate (DER) of a PEM file the reader trusts.
-fn trusted_ca(path: &Path) -> Result<Vec<u8>, super::CliError> {
-    let pem = std::fs::read(path)
-        .map_err(|e| unusable(anyhow::anyhow!("cannot read `{}`: {e}", path.display())))?;
-    treaty_proto::tls::certificate_der(&pem)
-        .map_err(|e| unusable(anyhow::anyhow!("`{}` {e}", path.display())))
-}
-
 /// Checks a model file's provenance and prints what it states.
 fn verify(model_file: &Path, ca: &Path, crl: Option<&Path>) -> Outcome {
-    let ca = trusted_ca(ca)?;
+    let ca = super::trusted_ca(ca)?;
     let file = ModelFile::read(model_file)?;
     let v = file.verify_provenance(&ca)?;
     if let (Some(crl), Some(p)) = (crl, &file.provenance) {
         let der = treaty_proto::tls::certificate_der(p.coordinator_certificate.as_bytes())
             .map_err(anyhow::Error::msg)?;
-        super::audit::not_revoked(&der, crl)?;
+        super::not_revoked(&der, crl)?;
     }
     outln!(
         "verified: {} is the model its provenance states, signed by {}",
@@ -191,7 +183,7 @@ fn explain_records(model_file: &Path, data: &Path, limit: usize, ca: Option<&Pat
     let table = Table::open(data)?;
     // Whoever acts on a score is told where the model comes from, and whether that checks out.
     let checked = match ca {
-        Some(ca) => Some(file.verify_provenance(&trusted_ca(ca)?)),
+        Some(ca) => Some(file.verify_provenance(&super::trusted_ca(ca)?)),
         None => None,
     };
     let provenance = match checked {
