@@ -148,7 +148,7 @@ impl SignedHead {
         Ok(SignedHead {
             statement,
             scheme: signer.scheme(),
-            signature: signature.iter().map(|b| format!("{b:02x}")).collect(),
+            signature: treaty_proto::hex::hex(&signature),
             certificate_sha256: sha256_hex(signer.certificate()),
         })
     }
@@ -166,11 +166,13 @@ pub struct ChainBreak {
 /// Checks a log's stored entries, given as (key, stored bytes) in key order: every key is the
 /// next number, every link's `seq` its key and its `prev` the hash of the link before, and
 /// every entry present hashes to its link's `entry_sha256` (an entry may be left out: its link
-/// still vouches for it). The head at its end, or the first entry that breaks the chain.
+/// still vouches for it). The head at its end with every link's hash (`[i]` is link `i + 1`'s),
+/// or the first entry that breaks the chain.
 pub(crate) fn verify<'a>(
     stored: impl IntoIterator<Item = (u64, &'a [u8])>,
-) -> Result<Head, ChainBreak> {
+) -> Result<(Head, Vec<String>), ChainBreak> {
     let mut head = Head::genesis();
+    let mut hashes = Vec::new();
     for (key, stored) in stored {
         let (bytes, entry) = split(stored);
         let seq = head.seq + 1;
@@ -215,8 +217,9 @@ pub(crate) fn verify<'a>(
             seq,
             sha256: sha256_hex(bytes),
         };
+        hashes.push(head.sha256.clone());
     }
-    Ok(head)
+    Ok((head, hashes))
 }
 
 impl ChainBreak {
@@ -338,10 +341,16 @@ pub(crate) fn export_parts(
     }
     parts.push(Part::Links(run));
     parts.extend(entries);
-    let signature = unhex(&signed.signature).ok_or(CoordinatorError::CorruptCounter)?;
+    let seq = stored.last().map_or(0, |(seq, _)| *seq);
+    let broken = |problem: &str| ChainBreak {
+        seq,
+        problem: format!("its signed head: {problem}"),
+    };
+    let signature = treaty_proto::hex::unhex(&signed.signature)
+        .ok_or_else(|| broken("the signature is not hex"))?;
     let certificate = store
         .certificate(&signed.certificate_sha256)?
-        .ok_or(CoordinatorError::AuditUnsigned)?;
+        .ok_or_else(|| broken("the certificate that signed it is not on record"))?;
     parts.push(Part::Head(AuditSignedHead {
         statement: signed.statement,
         scheme: signed.scheme,
@@ -373,16 +382,6 @@ pub(crate) fn export_parts(
 /// Whether an entry of `scope` belongs in the bundle of `job` of `federation`.
 pub(crate) fn in_bundle(scope: &str, job: &str, federation: &str) -> bool {
     scope == job || scope == "log" || scope.strip_prefix("federation:") == Some(federation)
-}
-
-/// The bytes of a hex text (even length, digits only).
-pub(crate) fn unhex(text: &str) -> Option<Vec<u8>> {
-    if !text.len().is_multiple_of(2) {
-        return None;
-    }
-    (0..text.len() / 2)
-        .map(|i| u8::from_str_radix(text.get(2 * i..2 * i + 2)?, 16).ok())
-        .collect()
 }
 
 /// Every run of exactly 64 hex digits in `text` (the SHA-256s a decision cites).
@@ -424,7 +423,7 @@ mod tests {
     }
 
     fn check(log: &[(u64, Vec<u8>)]) -> Result<Head, ChainBreak> {
-        verify(log.iter().map(|(k, v)| (*k, v.as_slice())))
+        verify(log.iter().map(|(k, v)| (*k, v.as_slice()))).map(|(head, _)| head)
     }
 
     fn sha256(bytes: &[u8]) -> String {

@@ -313,7 +313,7 @@ pub fn verify(
         return Err(file("links.jsonl", "empty, or its last line is cut".into()));
     };
     let lines: Vec<&[u8]> = body.split(|b| *b == b'\n').collect();
-    let head = audit::verify((1u64..).zip(lines.iter().copied()))?;
+    let (head, _) = audit::verify((1u64..).zip(lines.iter().copied()))?;
     if let Some(previous) = previous {
         let earlier = read_capped(&previous.join("links.jsonl"), MAX_LINKS_BYTES)?;
         if !links.starts_with(&earlier) {

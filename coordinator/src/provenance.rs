@@ -77,7 +77,7 @@ pub(crate) fn provenance(
                 .iter()
                 .map(|e| format!("{} {}", e.agency, e.reason_code))
                 .collect(),
-            policy_decision_sha256: provenance::sha256_hex(decision.as_bytes()),
+            policy_decision_sha256: treaty_proto::hex::sha256_hex(decision.as_bytes()),
             policy_texts_sha256: crate::audit::hex_digests(decision),
         }
     };
@@ -96,7 +96,7 @@ pub(crate) fn provenance(
         model_version: version,
         round: header.round,
         model_sha256,
-        schema_sha256: provenance::sha256_hex(schema_toml.as_bytes()),
+        schema_sha256: treaty_proto::hex::sha256_hex(schema_toml.as_bytes()),
         standardization_sha256: provenance::standardization_digest(
             spec.standardization
                 .iter()
@@ -132,7 +132,7 @@ pub(crate) fn provenance(
         job: manifest.job_id.clone(),
         round: manifest.round,
         detail: format!("the provenance of model {}", manifest.model_version),
-        documents: vec![provenance::sha256_hex(text.as_bytes())],
+        documents: vec![treaty_proto::hex::sha256_hex(text.as_bytes())],
         ..Default::default()
     })?;
     Ok(Provenance {

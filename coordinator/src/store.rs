@@ -36,6 +36,9 @@ pub(crate) struct Store {
     chain: Arc<Mutex<Head>>,
     /// Every certificate that signed a head: SHA-256 (hex) -> DER.
     certificates: sled::Tree,
+    /// The last `audit.signing_started` entry as the log stood when opened: from it on, every
+    /// entry has its own signed head.
+    signing_started: Option<u64>,
     /// Signs each new head (the coordinator's TLS key); none in unit tests.
     signer: Option<Arc<treaty_proto::tls::KeySigner>>,
     meta: sled::Tree,
@@ -118,6 +121,12 @@ pub(crate) type StoredEntry = (u64, Vec<u8>);
 /// The action of the entry from which on every entry has its own signed head.
 const SIGNING_STARTED: &str = "audit.signing_started";
 
+/// The number of an audit entry or head from its key (eight bytes, big-endian); a key of
+/// another length, which no entry has, reads as `u64::MAX` and breaks the chain where it is.
+fn seq_of(key: &[u8]) -> u64 {
+    <[u8; 8]>::try_from(key).map_or(u64::MAX, u64::from_be_bytes)
+}
+
 /// The `meta` key of the federation CA's certificate.
 const CA_CERTIFICATE: &[u8] = b"ca_certificate";
 
@@ -197,7 +206,7 @@ impl Store {
                     path: dir.to_owned(),
                     source,
                 })?;
-        let store = Store {
+        let mut store = Store {
             federations: db.open_tree("federations")?,
             jobs: db.open_tree("jobs")?,
             rounds: db.open_tree("rounds")?,
@@ -206,6 +215,7 @@ impl Store {
             heads: db.open_tree("audit_heads")?,
             certificates: db.open_tree("certificates")?,
             chain: Arc::new(Mutex::new(Head::genesis())),
+            signing_started: None,
             signer: None,
             meta: db.open_tree("meta")?,
             decisions: db.open_tree("decisions")?,
@@ -214,8 +224,9 @@ impl Store {
         };
         store.split_rounds()?;
         store.chain_unchained()?;
-        let head = store.verify_audit()?;
+        let (head, signing_started) = store.read_audit()?;
         *store.chain.lock().unwrap_or_else(|e| e.into_inner()) = head;
+        store.signing_started = signing_started;
         Ok(store)
     }
 
@@ -339,18 +350,7 @@ impl Store {
         // Where signing began is read from the chain itself (the signed head after it covers
         // it): the last `audit.signing_started` entry, else the first entry. A log without any
         // head and without that entry was never signed.
-        let mut from = None;
-        for kv in self.audit.iter() {
-            let (key, value) = kv?;
-            if let Some(entry) = audit::split(&value).1
-                && serde_json::from_slice::<AuditEntry>(entry)
-                    .is_ok_and(|e| e.action == SIGNING_STARTED && e.job.is_empty())
-            {
-                from = <[u8; 8]>::try_from(key.as_ref())
-                    .ok()
-                    .map(u64::from_be_bytes);
-            }
-        }
+        let from = self.signing_started;
         if from.is_none() && self.heads.is_empty() {
             return Ok(());
         }
@@ -369,19 +369,19 @@ impl Store {
         if head.seq < from {
             return Ok(());
         }
+        let bad = |problem: String| broken(head.seq, format!("its signed head: {problem}"));
         let value = self
             .heads
             .get(head.seq.to_be_bytes())?
-            .ok_or(CoordinatorError::CorruptCounter)?;
+            .ok_or_else(|| bad("missing".into()))?;
         let signed: SignedHead =
             serde_json::from_slice(&value).map_err(CoordinatorError::CorruptAudit)?;
-        let bad = |problem: String| broken(head.seq, format!("its signed head: {problem}"));
         let certificate = self
             .certificates
             .get(signed.certificate_sha256.as_bytes())?
             .ok_or_else(|| bad("the certificate that signed it is not on record".into()))?;
         treaty_proto::tls::verify_coordinator(&certificate, ca).map_err(bad)?;
-        let signature = audit::unhex(&signed.signature)
+        let signature = treaty_proto::hex::unhex(&signed.signature)
             .ok_or_else(|| bad("the signature is not hex".into()))?;
         treaty_proto::tls::verify_signature(
             &certificate,
@@ -419,9 +419,7 @@ impl Store {
                 && entry.action == action
                 && entry.documents.first().map(String::as_str) == Some(digest)
             {
-                return Ok(<[u8; 8]>::try_from(key.as_ref())
-                    .ok()
-                    .map(u64::from_be_bytes));
+                return Ok(Some(seq_of(&key)));
             }
         }
         Ok(None)
@@ -490,37 +488,45 @@ impl Store {
         self.flush()
     }
 
-    /// Reads the whole audit log and checks its chain and its signed heads (not their
-    /// signatures, checked by whoever holds the certificate): the head, or the first entry
-    /// where the stored log is not what the chain says.
+    /// Reads the whole audit log and checks its chain and that each signed head states the
+    /// head at its own key (signatures are checked when the key is loaded, `signed_by`): the
+    /// head, or the first entry where the stored log is not what the chain says.
+    #[cfg(test)]
     pub(crate) fn verify_audit(&self) -> Result<Head, CoordinatorError> {
+        self.read_audit().map(|(head, _)| head)
+    }
+
+    /// As [`Store::verify_audit`], with the last `audit.signing_started` entry, in one pass.
+    fn read_audit(&self) -> Result<(Head, Option<u64>), CoordinatorError> {
         let mut stored = Vec::new();
+        let mut signing_started = None;
         for kv in self.audit.iter() {
             let (key, value) = kv?;
-            let key = <[u8; 8]>::try_from(key.as_ref())
-                .map(u64::from_be_bytes)
-                .unwrap_or(u64::MAX);
-            stored.push((key, value));
+            let seq = seq_of(&key);
+            // Parsed only where the words are: the log's own entries are few.
+            if let Some(entry) = audit::split(&value).1
+                && entry
+                    .windows(SIGNING_STARTED.len())
+                    .any(|w| w == SIGNING_STARTED.as_bytes())
+                && serde_json::from_slice::<AuditEntry>(entry)
+                    .is_ok_and(|e| e.action == SIGNING_STARTED && e.job.is_empty())
+            {
+                signing_started = Some(seq);
+            }
+            stored.push((seq, value));
         }
-        let head = audit::verify(stored.iter().map(|(k, v)| (*k, v.as_ref())))?;
-        let hashes: Vec<String> = stored
-            .iter()
-            .map(|(_, v)| treaty_policies::sha256_hex(audit::split(v).0))
-            .collect();
+        let (head, hashes) = audit::verify(stored.iter().map(|(k, v)| (*k, v.as_ref())))?;
         let mut heads = Vec::new();
         for kv in self.heads.iter() {
             let (key, value) = kv?;
-            let key = <[u8; 8]>::try_from(key.as_ref())
-                .map(u64::from_be_bytes)
-                .unwrap_or(u64::MAX);
             heads.push((
-                key,
+                seq_of(&key),
                 serde_json::from_slice::<SignedHead>(&value)
                     .map_err(CoordinatorError::CorruptAudit)?,
             ));
         }
         audit::check_heads(heads.iter().map(|(k, h)| (*k, h)), &hashes)?;
-        Ok(head)
+        Ok((head, signing_started))
     }
 
     fn flush(&self) -> Result<(), CoordinatorError> {
@@ -802,10 +808,7 @@ impl Store {
         let mut entries = Vec::new();
         for kv in self.audit.range(..=key) {
             let (key, value) = kv?;
-            let seq = <[u8; 8]>::try_from(key.as_ref())
-                .map(u64::from_be_bytes)
-                .unwrap_or(u64::MAX);
-            entries.push((seq, value.to_vec()));
+            entries.push((seq_of(&key), value.to_vec()));
         }
         Ok(Some((signed, entries)))
     }

@@ -246,15 +246,7 @@ impl ModelFile {
         }
         let signer =
             tls::verify_coordinator(&certificate, &ca).map_err(ProvenanceError::Signature)?;
-        let even = p.signature.len().is_multiple_of(2);
-        let signature = (0..p.signature.len() / 2)
-            .map(|i| {
-                p.signature
-                    .get(2 * i..2 * i + 2)
-                    .and_then(|b| u8::from_str_radix(b, 16).ok())
-            })
-            .collect::<Option<Vec<u8>>>()
-            .filter(|_| even)
+        let signature = treaty_proto::hex::unhex(&p.signature)
             .ok_or_else(|| ProvenanceError::Signature("the signature is not hex".into()))?;
         tls::verify_signature(&certificate, &p.scheme, p.manifest.as_bytes(), &signature)
             .map_err(ProvenanceError::Signature)?;
@@ -292,7 +284,7 @@ impl ModelFile {
                 &format!("tensors of SHA-256 {digest}: the weights were changed"),
             ));
         }
-        let schema = treaty_proto::provenance::sha256_hex(self.schema_toml.as_bytes());
+        let schema = treaty_proto::hex::sha256_hex(self.schema_toml.as_bytes());
         if schema != manifest.schema_sha256 {
             return Err(mismatch(
                 "a schema of SHA-256",

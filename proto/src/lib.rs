@@ -12,6 +12,7 @@
 //!   names and parameter layouts), [`query`] (the layout and sensitivity of an analytics
 //!   answer), [`evaluation`] (metrics from pooled noisy evaluation counts), [`provenance`] (the
 //!   manifest a coordinator signs for a model version, and the digest of a model's tensors).
+//! - [`hex`]: lowercase hex and SHA-256 digests in hex.
 //! - [`config`]: how a process reads its configuration file and reports every problem.
 //! - [`enums`]: decoding the enum fields of the wire's messages (an unknown or missing value is
 //!   an [`EnumError`], never read as "unspecified").
@@ -27,6 +28,7 @@ pub mod config;
 pub mod enums;
 mod error;
 pub mod evaluation;
+pub mod hex;
 pub mod identity;
 pub mod pki;
 pub mod provenance;

@@ -315,7 +315,7 @@ pub fn revoke(dir: &PkiDir, cert_path: &Path) -> Result<String, PkiError> {
     }
     let mut written = Vec::new();
     write_crl(dir, &issuer, &revoked, number, &mut written)?;
-    Ok(serial.iter().map(|b| format!("{b:02x}")).collect())
+    Ok(crate::hex::hex(&serial))
 }
 
 fn write_crl(

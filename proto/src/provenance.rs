@@ -5,6 +5,10 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::hex::hex;
+#[cfg(test)]
+use crate::hex::sha256_hex;
+
 /// The manifest's `format`.
 pub const FORMAT: &str = "treaty-model-manifest/1";
 
@@ -110,15 +114,6 @@ pub fn standardization_digest<'a>(
         }
     }
     hex(ctx.finish().as_ref())
-}
-
-/// The SHA-256 (hex) of `bytes`.
-pub fn sha256_hex(bytes: &[u8]) -> String {
-    hex(ring::digest::digest(&ring::digest::SHA256, bytes).as_ref())
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[cfg(test)]

@@ -35,6 +35,7 @@ use x509_parser::prelude::{FromDer, X509Certificate};
 use x509_parser::revocation_list::CertificateRevocationList;
 
 use crate::error::TlsError;
+use crate::hex::hex;
 use crate::identity::Identity;
 
 /// How long a peer may take to complete its TLS handshake.
@@ -359,18 +360,7 @@ fn build_server_config(
     let mut revoked = HashSet::new();
     if let Some(crl) = crl {
         let crls = load_crls(crl)?;
-        for der in &crls {
-            let (_, parsed) =
-                CertificateRevocationList::from_der(der.as_ref()).map_err(|e| TlsError::Pem {
-                    path: crl.to_owned(),
-                    message: format!("not a revocation list: {e}"),
-                })?;
-            revoked.extend(
-                parsed
-                    .iter_revoked_certificates()
-                    .map(|r| hex(r.raw_serial())),
-            );
-        }
+        revoked = serials_of(&crls, crl)?;
         verifier = verifier.with_crls(crls).only_check_end_entity_revocation();
     }
     let verifier = verifier
@@ -388,10 +378,6 @@ fn build_server_config(
         revoked: Arc::new(revoked),
     };
     Ok((loaded, identity))
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// The verified peer of a connection, available in every request's extensions.
@@ -593,8 +579,16 @@ fn verified_peer(
 
 /// The serial numbers (lowercase hex) a PEM file of revocation lists revokes.
 pub fn revoked_serials(path: &Path) -> Result<HashSet<String>, TlsError> {
+    serials_of(&load_crls(path)?, path)
+}
+
+/// The serial numbers (lowercase hex) the revocation lists `crls`, read from `path`, revoke.
+fn serials_of(
+    crls: &[CertificateRevocationListDer<'_>],
+    path: &Path,
+) -> Result<HashSet<String>, TlsError> {
     let mut revoked = HashSet::new();
-    for der in load_crls(path)? {
+    for der in crls {
         let (_, parsed) =
             CertificateRevocationList::from_der(der.as_ref()).map_err(|e| TlsError::Pem {
                 path: path.to_owned(),
