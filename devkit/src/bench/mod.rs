@@ -133,3 +133,13 @@ fn mib(bytes: u64) -> f64 {
 fn median_or_nan(values: &[f64]) -> f64 {
     report::median(values).unwrap_or(f64::NAN)
 }
+
+/// The resident memory of process `pid` now and its high-water mark, in bytes (Linux).
+fn memory(pid: u32) -> Option<(u64, u64)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let field = |name: &str| -> Option<u64> {
+        let line = status.lines().find(|l| l.starts_with(name))?;
+        Some(line.split_whitespace().nth(1)?.parse::<u64>().ok()? * 1024)
+    };
+    Some((field("VmRSS:")?, field("VmHWM:")?))
+}

@@ -39,7 +39,7 @@ use treaty_proto::v1::{
     coordinator_message, job_spec, node_message, result_part, task,
 };
 
-use super::{median_or_nan, mib};
+use super::{median_or_nan, memory, mib};
 use crate::local::{COORDINATOR_COUNTRY, Process, Site, SiteOptions, policies};
 use crate::outln;
 
@@ -82,16 +82,6 @@ fn mlp_shape(parameters: usize) -> Result<(usize, usize), W2Error> {
         .find(|(width, _)| (3..=1026).contains(width))
         .map(|(width, h)| (width - 2, h))
         .ok_or(W2Error::NoLayout { parameters })
-}
-
-/// The coordinator's resident memory now and its high-water mark, in bytes.
-fn memory(pid: u32) -> Option<(u64, u64)> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let field = |name: &str| -> Option<u64> {
-        let line = status.lines().find(|l| l.starts_with(name))?;
-        Some(line.split_whitespace().nth(1)?.parse::<u64>().ok()? * 1024)
-    };
-    Some((field("VmRSS:")?, field("VmHWM:")?))
 }
 
 /// Resets the high-water mark of a process's resident memory to its current value.

@@ -23,7 +23,7 @@ use anyhow::{Context, bail};
 use treaty_node::{Budget, Ledger, Table};
 use treaty_proto::v1::{ColumnKind, ColumnSpec, FeatureSchema, Job, LabelKind, LabelSpec};
 
-use super::{median_or_nan, mib};
+use super::{median_or_nan, memory, mib};
 use crate::local::{COORDINATOR_COUNTRY, Process, Site, SiteOptions, policies};
 use crate::outln;
 use crate::synth::numeric::{self, Written};
@@ -557,16 +557,6 @@ fn ticks_per_second() -> Option<f64> {
         .ok()
         .flatten()
         .map(|t| t as f64)
-}
-
-/// The resident memory of process `pid` now and its high-water mark, in bytes.
-fn memory(pid: u32) -> Option<(u64, u64)> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let field = |name: &str| -> Option<u64> {
-        let line = status.lines().find(|l| l.starts_with(name))?;
-        Some(line.split_whitespace().nth(1)?.parse::<u64>().ok()? * 1024)
-    };
-    Some((field("VmRSS:")?, field("VmHWM:")?))
 }
 
 /// How many threads process `pid` runs.
