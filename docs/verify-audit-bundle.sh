@@ -136,4 +136,21 @@ for sub in decisions texts; do
     grep -qx "$h" <<< "$list" || fail "$sub/$name is vouched for by no entry of the bundle"
   done
 done
+# Each round's results record an entry vouches for (its "results": a round's completion) is
+# in results/, each file there is vouched for, and each hashes to its name.
+completed=$(for file in "$dir"/entries/*.json; do
+  [ -e "$file" ] || continue
+  value results "$(cat "$file")"; echo
+done | grep . | sort -u || true)
+for h in $completed; do [ -f "$dir/results/$h.json" ] || fail "results/$h.json is vouched for but missing"; done
+if [ -d "$dir/results" ]; then
+  for file in "$dir"/results/*; do
+    [ -e "$file" ] || continue
+    name=$(basename "$file")
+    [[ $name =~ ^([0-9a-f]{64})\.json$ ]] || fail "results/$name is not named by a SHA-256"
+    h=${BASH_REMATCH[1]}
+    [ "$(sha < "$file")" = "$h" ] || fail "results/$name does not hash to its name: it was altered"
+    grep -qx "$h" <<< "$completed" || fail "results/$name is vouched for by no entry of the bundle"
+  done
+fi
 echo "verified: job $job, $n links, head signed by ${san#URI:} at time_unix_ms $time"

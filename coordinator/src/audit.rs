@@ -19,7 +19,7 @@ use treaty_policies::sha256_hex;
 use treaty_proto::tls::KeySigner;
 use treaty_proto::v1::{
     AuditEntryLine, AuditExportInfo, AuditLinks, AuditPart, AuditSignedHead, CitedText, Job,
-    RoundDecision, audit_part::Part,
+    RoundDecision, RoundResults, audit_part::Part,
 };
 
 use crate::error::CoordinatorError;
@@ -304,9 +304,10 @@ pub(crate) fn export_parts(
     };
     let mut run_bytes = 0;
     let mut entries = Vec::new();
-    let (mut vouched, mut cited) = (
+    let (mut vouched, mut cited, mut results) = (
         std::collections::BTreeMap::new(),
         std::collections::BTreeSet::new(),
+        std::collections::BTreeMap::new(),
     );
     for (seq, bytes) in &stored {
         let (link, line) = split(bytes);
@@ -332,6 +333,10 @@ pub(crate) fn export_parts(
             {
                 vouched.insert(decision.clone(), entry.round);
                 cited.extend(texts.iter().cloned());
+            }
+            // A round's results record, as its completion vouches.
+            if !entry.results.is_empty() {
+                results.insert(entry.results.clone(), entry.round);
             }
             entries.push(Part::Entry(AuditEntryLine {
                 seq: *seq,
@@ -371,6 +376,11 @@ pub(crate) fn export_parts(
     for sha256 in cited {
         if let Some(text) = store.archived_policy(&sha256)? {
             parts.push(Part::Text(CitedText { sha256, text }));
+        }
+    }
+    for (sha256, round) in results {
+        if let Some(json) = store.archived_policy(&sha256)? {
+            parts.push(Part::Results(RoundResults { round, json }));
         }
     }
     Ok(parts

@@ -14,6 +14,9 @@
 //!   ca.crt                 the federation CA's certificate (PEM)
 //!   decisions/SHA256.json  each round's policy decision record, named by its SHA-256
 //!   texts/SHA256.txt       each policy and registry text a decision cites
+//!   results/SHA256.json    each round's results record (every result taken in, by the
+//!                          SHA-256 its receipt names), named by its SHA-256, as the
+//!                          round's completing entry vouches (its `results`)
 //! ```
 
 use std::collections::BTreeMap;
@@ -73,6 +76,8 @@ pub struct Bundle {
     pub texts: BTreeMap<String, String>,
     /// Decision records by SHA-256.
     pub decisions: BTreeMap<String, String>,
+    /// Rounds' results records by SHA-256.
+    pub results: BTreeMap<String, String>,
 }
 
 /// `bundle.json`.
@@ -156,6 +161,10 @@ impl Bundle {
                         .decisions
                         .insert(sha256_hex(d.json.as_bytes()), d.json);
                 }
+                audit_part::Part::Results(r) => {
+                    bytes += r.json.len();
+                    bundle.results.insert(sha256_hex(r.json.as_bytes()), r.json);
+                }
                 audit_part::Part::Info(i) => info = Some(i),
             }
             if bytes > MAX_BUNDLE_BYTES {
@@ -172,7 +181,7 @@ impl Bundle {
         if std::fs::read_dir(dir).is_ok_and(|mut d| d.next().is_some()) {
             return Err(BundleError::NotEmpty(dir.to_owned()));
         }
-        for sub in ["entries", "decisions", "texts"] {
+        for sub in ["entries", "decisions", "texts", "results"] {
             let path = dir.join(sub);
             std::fs::create_dir_all(&path).map_err(|source| BundleError::Write { path, source })?;
         }
@@ -220,6 +229,9 @@ impl Bundle {
         for (sha256, text) in &self.texts {
             write(format!("texts/{sha256}.txt"), text.as_bytes())?;
         }
+        for (sha256, json) in &self.results {
+            write(format!("results/{sha256}.json"), json.as_bytes())?;
+        }
         Ok(())
     }
 }
@@ -242,6 +254,9 @@ pub struct Verified {
     pub entries: usize,
     pub decisions: usize,
     pub texts: usize,
+    /// The rounds' results records, by SHA-256: JSON `{"job","round","results":[{"agency",
+    /// "task_id","result_sha256","passed"}]}`.
+    pub results: BTreeMap<String, serde_json::Value>,
     /// The signing coordinator's identity.
     pub signed_by: String,
     /// When the coordinator signed the head, milliseconds since the Unix epoch.
@@ -500,6 +515,50 @@ pub fn verify(
             "is cited by a decision but missing".into(),
         ));
     }
+    // The rounds' results records, as the rounds' completions vouch for them.
+    let vouched: BTreeMap<&str, u64> = entries
+        .iter()
+        .filter(|(_, e)| !e.results.is_empty())
+        .map(|(seq, e)| (e.results.as_str(), *seq))
+        .collect();
+    let mut results = BTreeMap::new();
+    // Bundles exported before rounds kept results records have no `results/`.
+    let names = match dir.join("results").exists() {
+        true => read_dir(dir, "results")?,
+        false => Vec::new(),
+    };
+    for name in names {
+        let path = format!("results/{name}");
+        let bytes = read(&path, MAX_FILE_BYTES)?;
+        let named = name.strip_suffix(".json").unwrap_or_default();
+        if sha256_hex(&bytes) != named {
+            return Err(file(
+                &path,
+                format!(
+                    "hashes to {}, not to its name: the record was altered",
+                    sha256_hex(&bytes)
+                ),
+            ));
+        }
+        if !vouched.contains_key(named) {
+            return Err(file(
+                &path,
+                "no entry of the bundle vouches for it (as a round's `results`)".into(),
+            ));
+        }
+        let json: serde_json::Value =
+            serde_json::from_slice(&bytes).map_err(|e| file(&path, format!("is not JSON: {e}")))?;
+        results.insert(named.to_owned(), json);
+    }
+    if let Some((missing, seq)) = vouched.iter().find(|(sha, _)| !results.contains_key(**sha)) {
+        return Err(ChainBreak {
+            seq: *seq,
+            problem: format!(
+                "the results record it vouches for (`results/{missing}.json`) is missing"
+            ),
+        }
+        .into());
+    }
     Ok(Verified {
         job_id: manifest.job_id,
         federation: manifest.federation,
@@ -507,6 +566,7 @@ pub fn verify(
         entries: entries.len(),
         decisions: decisions.len(),
         texts: texts.len(),
+        results,
         signed_by: signer.to_string(),
         exported_by,
         exported_unix_ms,
@@ -835,6 +895,62 @@ mod tests {
             }
         });
         assert!(err.contains("links were added or removed"), "{err}");
+    }
+
+    #[test]
+    fn a_rounds_results_record_travels_with_the_bundle_and_cannot_be_changed_or_dropped() {
+        let (db, pki, out) = (
+            tempfile::tempdir().unwrap(),
+            tempfile::tempdir().unwrap(),
+            tempfile::tempdir().unwrap(),
+        );
+        let store = signed_for_tests(db.path(), pki.path());
+        let record = r#"{"job":"job-1","round":1,"results":[{"agency":"treaty://agency/DE/DE-BKA","passed":true,"result_sha256":"ab","task_id":"job-1-r1-DE-BKA"}]}"#;
+        let sha = sha256_hex(record.as_bytes());
+        store.audit(&entry("job.created", "job-1")).unwrap();
+        store.archive_policy(&sha, record).unwrap();
+        store
+            .audit(&AuditEntry {
+                round: 1,
+                results: sha.clone(),
+                ..entry("round.completed", "job-1")
+            })
+            .unwrap();
+        let job = Job {
+            job_id: "job-1".into(),
+            federation: "f".into(),
+            ..Default::default()
+        };
+        let good = out.path().join("bundle");
+        let parts = crate::audit::export_parts(&store, &job, "ops").unwrap();
+        Bundle::from_parts(parts).unwrap().write(&good).unwrap();
+        let (ca, _) = ca_of(pki.path());
+        let v = verify(&good, &ca, None).unwrap();
+        assert_eq!(v.results.len(), 1);
+        assert_eq!(v.results[&sha]["results"][0]["task_id"], "job-1-r1-DE-BKA");
+        let broken = |change: &dyn Fn(&Path)| {
+            let dir = tempfile::tempdir().unwrap();
+            copy(&good, dir.path());
+            change(dir.path());
+            verify(dir.path(), &ca, None).unwrap_err().to_string()
+        };
+        let file = format!("results/{sha}.json");
+        let err = broken(&|d| edit(&d.join(&file), |t| t.replace("\"ab\"", "\"cd\"")));
+        assert!(err.contains("the record was altered"), "{err}");
+        let err = broken(&|d| std::fs::remove_file(d.join(&file)).unwrap());
+        assert!(
+            err.contains("audit entry 2: the results record it vouches for"),
+            "{err}"
+        );
+        let err = broken(&|d| {
+            let other = r#"{"job":"job-1","round":2,"results":[]}"#;
+            let name = format!("results/{}.json", sha256_hex(other.as_bytes()));
+            std::fs::write(d.join(name), other).unwrap();
+        });
+        assert!(
+            err.contains("no entry of the bundle vouches for it"),
+            "{err}"
+        );
     }
 
     /// A bundle made under another PKI — its own CA, a coordinator certificate of it, every

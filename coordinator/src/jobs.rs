@@ -37,6 +37,7 @@ pub(crate) fn spawn(ctx: Arc<Coordinator>, job_id: String) {
                 return;
             }
         };
+        ctx.approvals.forget(&job_id);
         if let Err(error) = result {
             tracing::error!(job = %job_id, %error, "job failed");
             if let Err(e) = record_failure(&ctx, &job_id, error.to_string()).await {
@@ -234,22 +235,29 @@ async fn train(
         });
         let global = Arc::new(global);
         // FedAvg and the server optimisers: each update is folded into the round's exact sum
-        // once it passes its checks, and its staged bytes dropped.
+        // once it passes its checks, and its staged bytes dropped. A round that waits for
+        // approvals runs again from an empty sum.
         let parameters = global.iter().map(|t| t.values.len()).sum();
-        let sum = streams.then(|| Arc::new(Mutex::new(Accumulator::new(parameters, grid))));
-        let (checked, folded) = (Arc::clone(&global), sum.clone());
-        let check = move |r: &mut TaskResult| {
-            check_update(&checked, r)?;
-            if let Some(e) = &r.evaluation {
-                evaluation::check(e, shape)?;
+        let (collected, sum) = loop {
+            let sum = streams.then(|| Arc::new(Mutex::new(Accumulator::new(parameters, grid))));
+            let (checked, folded) = (Arc::clone(&global), sum.clone());
+            let check = move |r: &mut TaskResult| {
+                check_update(&checked, r)?;
+                if let Some(e) = &r.evaluation {
+                    evaluation::check(e, shape)?;
+                }
+                if let (Some(sum), Some(staged)) = (&folded, r.staged.take()) {
+                    let mut sum = sum.lock().unwrap_or_else(|e| e.into_inner());
+                    sum.fold(r.num_examples, staged.tensors.values());
+                }
+                Ok(())
+            };
+            let kind = kind.clone();
+            let attempt = rounds::collect(ctx, job, rules, round, kind, intake, check).await;
+            if let Some(collected) = rounds::unless_awaiting(ctx, job, attempt).await? {
+                break (collected, sum);
             }
-            if let (Some(sum), Some(staged)) = (&folded, r.staged.take()) {
-                let mut sum = sum.lock().unwrap_or_else(|e| e.into_inner());
-                sum.fold(r.num_examples, staged.tensors.values());
-            }
-            Ok(())
         };
-        let collected = rounds::collect(ctx, job, rules, round, kind, intake, check).await?;
         let last_received = collected.last_received;
         let (mut summary, results) = with_evaluation_metrics(
             collected.summary,
@@ -356,8 +364,16 @@ async fn final_evaluation(
         Some(e) => evaluation::check(e, shape),
         None => Err("the result carries no evaluation".into()),
     };
-    let collected = match rounds::collect(ctx, job, &rules, round, kind, Intake::Whole, check).await
-    {
+    let collected = loop {
+        let (kind, check) = (kind.clone(), check);
+        let attempt = rounds::collect(ctx, job, &rules, round, kind, Intake::Whole, check).await;
+        match rounds::unless_awaiting(ctx, job, attempt).await {
+            Ok(None) => continue,
+            Ok(Some(collected)) => break Ok(collected),
+            Err(e) => break Err(e),
+        }
+    };
+    let collected = match collected {
         Ok(collected) => collected,
         Err(
             e @ (CoordinatorError::TooFewConnected { .. }
@@ -385,13 +401,12 @@ async fn final_evaluation(
     let line = format!("the final model {version}: {}", round_line(&summary));
     job.final_evaluation = Some(summary.clone());
     ctx.save_job(job).await?;
-    ctx.save_audit(
-        &ctx.identity.to_string(),
+    ctx.save_audit_round(
         "model.evaluated",
         job,
         round,
-        "",
         line.clone(),
+        &summary.results_sha256,
     )
     .await?;
     ctx.emit_summary(job, JobEventKind::ModelEvaluated, &summary, line);
@@ -426,7 +441,13 @@ async fn statistics(
             "statistics must be one tensor `stats` of shape [{width}, 3]"
         )),
     };
-    let collected = rounds::collect(ctx, job, rules, 0, kind, Intake::Whole, check).await?;
+    let collected = loop {
+        let (kind, check) = (kind.clone(), check);
+        let attempt = rounds::collect(ctx, job, rules, 0, kind, Intake::Whole, check).await;
+        if let Some(collected) = rounds::unless_awaiting(ctx, job, attempt).await? {
+            break collected;
+        }
+    };
     // Each agency's public record estimate: the largest of its noisy column counts, rounded
     // (post-processing of its DP release; nodes never use their true count).
     job.public_records = collected
@@ -480,13 +501,12 @@ async fn statistics(
     summary.finished_unix_ms = now_ms();
     let line = round_line(&summary);
     job.statistics = Some(summary.clone());
-    ctx.save_audit(
-        &ctx.identity.to_string(),
+    ctx.save_audit_round(
         "statistics.completed",
         job,
         0,
-        "",
         line.clone(),
+        &summary.results_sha256,
     )
     .await?;
     ctx.emit_round_completed(job, &summary, format!("statistics round completed: {line}"));
@@ -685,7 +705,13 @@ async fn query(
     let max_records = ctx.limits.max_records_per_agency;
     let checked = spec.clone();
     let check = move |r: &mut TaskResult| answers::check_answer(&checked, max_records, r);
-    let collected = rounds::collect(ctx, job, rules, 1, kind, Intake::Whole, check).await?;
+    let collected = loop {
+        let (kind, check) = (kind.clone(), check.clone());
+        let attempt = rounds::collect(ctx, job, rules, 1, kind, Intake::Whole, check).await;
+        if let Some(collected) = rounds::unless_awaiting(ctx, job, attempt).await? {
+            break collected;
+        }
+    };
     let mut summary = collected.summary;
     let combination = spec.combination;
     // The bootstrap of the intervals is a long computation: off the runtime, with the
@@ -772,8 +798,10 @@ async fn complete_round(
         "",
         detail,
     );
-    // A training round's entry records the digest of the model version it stored.
+    // A training round's entry records the digest of the model version it stored, and every
+    // round's the hash of its results record.
     entry.documents = documents;
+    entry.results = summary.results_sha256.clone();
     let (head, stored) = (job.clone(), summary.clone());
     ctx.blocking(move |ctx| ctx.store.put_round(&head, &stored, &entry))
         .await?;

@@ -31,6 +31,7 @@
 mod aggregate;
 mod analytics;
 mod answers;
+mod approvals;
 mod audit;
 pub mod bundle;
 pub mod client;

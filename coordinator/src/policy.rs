@@ -194,7 +194,7 @@ fn decide_now(ctx: &Coordinator, q: &Question) -> Result<RoundDecision, Coordina
         documents: std::iter::once(treaty_policies::sha256_hex(record.as_bytes()))
             .chain(texts)
             .collect(),
-        nonce: String::new(),
+        ..Default::default()
     })?;
     Ok(RoundDecision {
         decision,

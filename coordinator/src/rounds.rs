@@ -8,9 +8,10 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 use treaty_proto::Identity;
+use treaty_proto::receipt::{ReceivedResult, ResultsRecord};
 use treaty_proto::v1::{
-    AgencyMetrics, CancelTask, CoordinatorMessage, Exclusion, Job, JobEventKind, RoundExclusion,
-    RoundSummary, Task, coordinator_message, task,
+    AgencyMetrics, CancelTask, CoordinatorMessage, Exclusion, Job, JobEventKind, JobTerms,
+    RoundExclusion, RoundSummary, Task, coordinator_message, job_spec, task,
 };
 
 use crate::aggregate;
@@ -37,6 +38,11 @@ pub(crate) enum ExclusionCode {
     TimedOut,
     /// Its result failed the coordinator's checks.
     InvalidUpdate,
+    /// Its node requires its own operator's approval of the job, not given yet: it is asked
+    /// again in the next round.
+    ApprovalPending,
+    /// Its operator rejected the job: it is not asked again in this job.
+    ApprovalRejected,
 }
 
 impl ExclusionCode {
@@ -49,6 +55,8 @@ impl ExclusionCode {
             ExclusionCode::Refused => "REFUSED",
             ExclusionCode::TimedOut => "TIMED_OUT",
             ExclusionCode::InvalidUpdate => "INVALID_UPDATE",
+            ExclusionCode::ApprovalPending => "APPROVAL_PENDING",
+            ExclusionCode::ApprovalRejected => "APPROVAL_REJECTED",
         };
         own.to_owned()
     }
@@ -63,15 +71,47 @@ fn exclusion(agency: &str, code: ExclusionCode, message: &str) -> Exclusion {
     }
 }
 
-/// The exclusion of an agency whose node refused the task with `node_code`.
+/// The exclusion of an agency whose node refused the task with `node_code`: the approval
+/// codes of a node that requires its operator's approval are the round's own, any other is
+/// `REFUSED`.
 fn refused(agency: &str, node_code: &str, message: &str) -> Exclusion {
+    let code = match node_code {
+        "APPROVAL_PENDING" => ExclusionCode::ApprovalPending,
+        "APPROVAL_REJECTED" => ExclusionCode::ApprovalRejected,
+        _ => ExclusionCode::Refused,
+    };
     Exclusion {
         node_code: node_code.to_owned(),
-        ..exclusion(
-            agency,
-            ExclusionCode::Refused,
-            &format!("{node_code}: {message}"),
-        )
+        ..exclusion(agency, code, &format!("{node_code}: {message}"))
+    }
+}
+
+/// What the job as a whole asks of each agency, stated in each of its tasks: what a person at
+/// an agency that approves jobs sees, and what the approval is bound to.
+fn job_terms(job: &Job, purpose: &str, rules: &RoundRules) -> JobTerms {
+    let spec = job.spec.as_ref().and_then(|s| s.kind.as_ref());
+    let (kind, rounds, epsilon, delta) = match spec {
+        Some(job_spec::Kind::Training(t)) => {
+            let p = t.privacy.unwrap_or_default();
+            // A calibrated job's target is its total; one whose noise is given states none.
+            let (epsilon, delta) = match p.noise_multiplier == 0.0 {
+                true => (p.target_epsilon, p.target_delta),
+                false => (0.0, rules.sharing.delta),
+            };
+            ("training", t.rounds, epsilon, delta)
+        }
+        Some(job_spec::Kind::Query(q)) => ("query", 0, q.epsilon, 0.0),
+        None => ("", 0, 0.0, 0.0),
+    };
+    JobTerms {
+        kind: kind.to_owned(),
+        created_by: job.created_by.clone(),
+        created_unix_ms: job.created_unix_ms,
+        rounds,
+        epsilon,
+        delta,
+        purpose: purpose.to_owned(),
+        fields: rules.sharing.fields.clone(),
     }
 }
 
@@ -134,6 +174,8 @@ pub(crate) async fn collect(
     check: impl Fn(&mut TaskResult) -> Result<(), String> + Send + Sync + 'static,
 ) -> Result<Collected, CoordinatorError> {
     let check = Arc::new(check);
+    // A job that waits for approvals waits for decisions after those made before this round.
+    let decisions_before = ctx.approvals.decisions();
     let name = job.federation.clone();
     let federation = ctx
         .blocking(move |ctx| ctx.store.federation(&name))
@@ -164,6 +206,17 @@ pub(crate) async fn collect(
             shown(member),
             ExclusionCode::NotConnected,
             "a member of the federation whose node had no session when the round started",
+        ));
+    }
+    let rejected = ctx.approvals.rejected(&job.job_id);
+    let (gone, invited): (Vec<Identity>, Vec<Identity>) = invited
+        .into_iter()
+        .partition(|agency| rejected.iter().any(|r| r == shown(agency)));
+    for agency in &gone {
+        excluded.push(exclusion(
+            shown(agency),
+            ExclusionCode::ApprovalRejected,
+            "its operator rejected the job in an earlier round; it is not asked again",
         ));
     }
     let invited: Vec<Identity> = invited
@@ -253,6 +306,7 @@ pub(crate) async fn collect(
         .filter_map(|id| by_id(id))
         .collect();
     let invited = decided.decision.admitted.clone();
+    let stated = job_terms(job, &decided.terms.purpose, rules);
     let started = now_ms();
     let deadline_ms = started + i64::from(round_timeout);
     ctx.save_audit(
@@ -311,6 +365,7 @@ pub(crate) async fn collect(
                 deadline_unix_ms: deadline_ms,
                 kind: Some(kind),
                 terms: Some(decided.terms.clone()),
+                job: Some(stated.clone()),
             })),
         };
         ctx.tasks.open(&task_id, agency, tx.clone(), intake);
@@ -332,6 +387,8 @@ pub(crate) async fn collect(
     drop(tx);
 
     let mut results: Vec<(String, TaskResult)> = Vec::new();
+    // Every result taken in, by its hash, for the round's results record.
+    let mut received: Vec<ReceivedResult> = Vec::new();
     let deadline = tokio::time::Instant::now() + Duration::from_millis(u64::from(round_timeout));
     while !open.is_empty() {
         let delivery = tokio::select! {
@@ -341,7 +398,7 @@ pub(crate) async fn collect(
         let Some((identity, outcome)) = delivery else {
             break;
         };
-        open.remove(&identity);
+        let task_id = open.remove(&identity).unwrap_or_default();
         let agency = shown(&identity).to_owned();
         match outcome {
             Outcome::Refused {
@@ -364,7 +421,14 @@ pub(crate) async fn collect(
                     format!("{reason_code}: {message}"),
                 )
                 .await?;
-                excluded.push(refused(&agency, &reason_code, &message));
+                let exclusion = refused(&agency, &reason_code, &message);
+                if exclusion.reason_code == ExclusionCode::ApprovalRejected.code() {
+                    ctx.approvals.note_rejected(&job.job_id, &agency);
+                }
+                if exclusion.reason_code == ExclusionCode::ApprovalPending.code() {
+                    ctx.approvals.note_pending(&job.job_id, &agency);
+                }
+                excluded.push(exclusion);
             }
             Outcome::Invalid(reason) => {
                 reject(ctx, job, round, &identity, reason, &mut excluded).await?
@@ -377,6 +441,12 @@ pub(crate) async fn collect(
                     (result, verdict)
                 })
                 .await?;
+                received.push(ReceivedResult {
+                    agency: identity.to_string(),
+                    task_id,
+                    result_sha256: result.sha256.clone(),
+                    passed: verdict.is_ok(),
+                });
                 match verdict {
                     Ok(()) => {
                         ctx.emit(
@@ -412,6 +482,19 @@ pub(crate) async fn collect(
         ));
     }
     if results.len() < min {
+        // Short only for want of approvals still pending: the job waits for them.
+        let pending: Vec<String> = excluded
+            .iter()
+            .filter(|e| e.reason_code == ExclusionCode::ApprovalPending.code())
+            .map(|e| e.agency.clone())
+            .collect();
+        if !pending.is_empty() && results.len() + pending.len() >= min {
+            return Err(CoordinatorError::AwaitingApproval {
+                what,
+                pending,
+                since: decisions_before,
+            });
+        }
         return Err(CoordinatorError::TooFewResults {
             what,
             results: results.len(),
@@ -466,11 +549,63 @@ pub(crate) async fn collect(
         ..Default::default()
     };
     let last_received = results.iter().map(|(_, r)| r.received).max();
+    let mut summary = summary;
+    if !received.is_empty() {
+        // Archived under its SHA-256, which the round's `round.completed` entry vouches for.
+        let record = ResultsRecord {
+            job: job.job_id.clone(),
+            round,
+            results: received,
+        };
+        // Strings, numbers and booleans: serialising cannot fail.
+        let record = serde_json::to_string(&record).unwrap_or_default();
+        let sha = treaty_proto::hex::sha256_hex(record.as_bytes());
+        let archived = sha.clone();
+        ctx.blocking(move |ctx| ctx.store.archive_policy(&archived, &record))
+            .await?;
+        summary.results_sha256 = sha;
+    }
     Ok(Collected {
         summary,
         results,
         last_received,
     })
+}
+
+/// What became of a round's attempt (its tasks sent and its results collected, from scratch):
+/// `Some` result, or `None` when the round was short of results only because agencies'
+/// approvals are pending: then the job has waited (recorded, and told to its watchers) until
+/// one of them decided (`crate::approvals`), and the caller runs the round again.
+pub(crate) async fn unless_awaiting<T>(
+    ctx: &Arc<Coordinator>,
+    job: &Job,
+    attempt: Result<T, CoordinatorError>,
+) -> Result<Option<T>, CoordinatorError> {
+    match attempt {
+        Err(CoordinatorError::AwaitingApproval {
+            what,
+            pending,
+            since,
+        }) => {
+            let line = format!(
+                "{what} waits for the approval of the job by the operators of {}; it runs again when one of them decides",
+                pending.join(", ")
+            );
+            ctx.save_audit(
+                &ctx.identity.to_string(),
+                "round.awaiting_approval",
+                job,
+                0,
+                "",
+                line.clone(),
+            )
+            .await?;
+            ctx.emit(job, JobEventKind::AwaitingApproval, 0, "", line);
+            ctx.approvals.wait(since).await;
+            Ok(None)
+        }
+        other => other.map(Some),
+    }
 }
 
 /// The median of some figures; 0 for none.
@@ -554,6 +689,8 @@ mod exclusion_codes {
             (ExclusionCode::BudgetExhausted, "BUDGET_EXHAUSTED"),
             (ExclusionCode::NotConnected, "NOT_CONNECTED"),
             (ExclusionCode::Refused, "REFUSED"),
+            (ExclusionCode::ApprovalPending, "APPROVAL_PENDING"),
+            (ExclusionCode::ApprovalRejected, "APPROVAL_REJECTED"),
             (ExclusionCode::TimedOut, "TIMED_OUT"),
             (ExclusionCode::InvalidUpdate, "INVALID_UPDATE"),
             (

@@ -43,6 +43,8 @@ pub(crate) struct Coordinator {
     pub staging: Arc<Semaphore>,
     /// Each federation's members, as model downloads check them.
     pub members: MemberSets,
+    /// What the coordinator knows of the agencies' approvals of running jobs.
+    pub approvals: crate::approvals::Approvals,
 }
 
 /// How many job events the coordinator keeps for watchers that fall behind.
@@ -77,6 +79,7 @@ impl Coordinator {
             warnings: WarnLimiter::default(),
             staging: Arc::new(Semaphore::new(crate::limits::STAGING_SLOTS)),
             members: MemberSets::default(),
+            approvals: Default::default(),
         }
     }
 
@@ -200,6 +203,21 @@ impl Coordinator {
         detail: String,
     ) -> Result<(), CoordinatorError> {
         let entry = audit_entry(actor, action, job, round, agency, detail);
+        self.blocking(move |ctx| ctx.store.audit(&entry)).await
+    }
+
+    /// Appends the coordinator's own line about a round of `job` that completed, vouching for
+    /// its results record (`results`, a SHA-256; empty when no result arrived).
+    pub(crate) async fn save_audit_round(
+        self: &Arc<Self>,
+        action: &str,
+        job: &Job,
+        round: u32,
+        detail: String,
+        results: &str,
+    ) -> Result<(), CoordinatorError> {
+        let mut entry = audit_entry(&self.identity.to_string(), action, job, round, "", detail);
+        entry.results = results.to_owned();
         self.blocking(move |ctx| ctx.store.audit(&entry)).await
     }
 

@@ -71,6 +71,10 @@ pub(crate) struct AuditEntry {
     /// record first, then the registry and policy texts it was decided under.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub documents: Vec<String>,
+    /// For `round.completed`: the SHA-256 of the round's results record (every result taken
+    /// in, by the hash its receipt names; docs/AUDIT.md), when a result arrived.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub results: String,
     /// Random, set when the entry is linked: its hash, in a bundle of another job, cannot be
     /// confirmed by guessing its words.
     #[serde(default, skip_serializing_if = "String::is_empty")]

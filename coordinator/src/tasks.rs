@@ -47,6 +47,9 @@ pub(crate) struct StagedUpdate {
 /// A node's result.
 #[derive(Debug)]
 pub(crate) struct TaskResult {
+    /// Its SHA-256 as it arrived (`treaty_proto::receipt::ResultHasher`), which its receipt
+    /// names.
+    pub sha256: String,
     pub num_examples: u64,
     pub metrics: HashMap<String, f64>,
     /// The tensors, decoded ([`Intake::Whole`]; empty when staged).

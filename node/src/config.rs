@@ -27,6 +27,10 @@
 //! registry = "policies/registry.toml"
 //! dir = "policies"                         # holds <CC>.toml of the agency's country
 //! keys = "policies/keys"                   # optional: require a signed policy (<CC>.pub)
+//!
+//! [approval]                               # optional: the agency's operator approves each job
+//! required = true                          # default false
+//! approvers = ["jdoe", "asmith"]           # optional: the OS accounts that may decide
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -56,6 +60,10 @@ pub struct NodeConfig {
     /// Where the registry and the agency's country's policy are: every task is checked
     /// against them before the data is touched.
     pub policy: PolicyFiles,
+    /// Whether each new job needs the approval of the agency's own operator (`treaty node
+    /// approve|reject`), and who may give it. Default: not required.
+    #[serde(default)]
+    pub approval: crate::approval::ApprovalConfig,
 }
 
 /// How to reach the coordinator.

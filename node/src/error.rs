@@ -79,6 +79,16 @@ pub enum NodeError {
     Protocol(String),
     #[error("a model from the coordinator is unusable: {0}")]
     Model(#[from] treaty_proto::TensorError),
+    #[error(transparent)]
+    Evidence(#[from] crate::ledger::EvidenceError),
+    #[error(
+        "the node requires approval of jobs but cannot open its control socket `{}` ({source}), through which its operator approves them; check the state directory's permissions and that its path is short enough for a socket (about 100 bytes)",
+        path.display()
+    )]
+    Control {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 impl NodeError {
@@ -96,7 +106,9 @@ impl NodeError {
             | NodeError::Connect(_)
             | NodeError::Rpc(_)
             | NodeError::Protocol(_)
-            | NodeError::Model(_) => false,
+            | NodeError::Model(_)
+            | NodeError::Evidence(_)
+            | NodeError::Control { .. } => false,
         }
     }
 }

@@ -19,7 +19,13 @@
 //!   [`Plan`] from public figures (`work::plan`), and its execution by kind (`work::training`,
 //!   `work::statistics`, `work::query`) on the [`Worker`]'s data.
 //! - `ledger`: the privacy ledger ([`Ledger`]): write-ahead, hash-chained and anchored; and
-//!   [`read_ledger`], its operator's read-only view, also of a running node's (`ledger::copy`).
+//!   [`read_ledger`], its operator's read-only view, also of a running node's (`ledger::copy`);
+//!   and the node's hash-chained evidence log in the same database ([`Evidence`]: tasks,
+//!   decisions, receipts, approvals).
+//! - `approval`: the agency's operator's approval of each job, when its configuration
+//!   requires it ([`ApprovalConfig`]); `control`: the Unix socket through which `treaty node
+//!   pending|approve|reject` reach the running node; `export`: the evidence log as a
+//!   directory, and its cross-check against a coordinator's audit bundle.
 //! - `data`: the agency's records ([`Table`]) and their encoding by a schema ([`Examples`]).
 //! - `model`, `train`, `metrics`, `explain`: the models ([`Model`], [`Architecture`]), local
 //!   and DP-SGD training ([`train()`], [`train_dp`], [`Sampling::release`]), their metrics and
@@ -36,10 +42,13 @@
 #![deny(unreachable_pub)]
 
 mod analytics;
+mod approval;
 mod config;
+pub mod control;
 mod data;
 mod error;
 mod explain;
+pub mod export;
 mod ledger;
 mod metrics;
 mod model;
@@ -56,13 +65,16 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 use treaty_proto::tls::ClientTls;
 
+pub use approval::{ApprovalConfig, JobTermsView, Pending};
 pub use config::{CoordinatorLink, DataFiles, NodeConfig};
 pub use data::{Examples, Table};
 pub use error::{ConfigError, DataError, NodeError};
 pub use explain::{Explanation, explain};
 pub use ledger::{
-    Budget, CopyError, DAMAGED, DEFAULT_DELTA, Damage, Entry, Fault, Ledger, LedgerError,
-    LedgerRefusal, Reading as LedgerReading, Source as LedgerSource, read as read_ledger,
+    ApprovalRecord, Budget, CopyError, DAMAGED, DEFAULT_DELTA, Damage, Entry, Evidence,
+    EvidenceError, EvidenceLink, Fault, Ledger, LedgerError, LedgerRefusal,
+    Reading as LedgerReading, ReceiptRecord, Record, Source as LedgerSource, TaskRecord,
+    read as read_ledger, read_export as read_evidence_export,
 };
 pub use metrics::{evaluate, roc_auc};
 pub use model::{Architecture, Model};
@@ -92,7 +104,41 @@ pub async fn run(config: NodeConfig, shutdown: CancellationToken) -> Result<(), 
         .as_deref()
         .map(data::Table::open)
         .transpose()?;
+    // The coordinator's receipts are checked against the federation CA's certificate.
+    let ca = treaty_proto::tls::load_certs(&config.tls.ca_cert)?
+        .into_iter()
+        .next()
+        .map(|c| c.to_vec())
+        .unwrap_or_default();
     let ledger = ledger::Ledger::open(&config.state_dir, config.privacy)?;
+    let (evidence, records) = ledger.evidence()?;
+    let evidence = Arc::new(evidence);
+    let approvals = Arc::new(approval::Approvals::new(
+        config.approval.clone(),
+        evidence.clone(),
+        &records,
+    ));
+    // The operator's commands reach the running node through its control socket; a node that
+    // requires approval and cannot offer one could never take part in a job: it does not start.
+    match control::listen(&config.state_dir) {
+        Ok((listener, path)) => {
+            tokio::spawn(control::serve(
+                listener,
+                path,
+                approvals.clone(),
+                shutdown.clone(),
+            ));
+        }
+        Err(source) if approvals.required() => {
+            return Err(NodeError::Control {
+                path: config.state_dir.join(control::SOCKET),
+                source,
+            });
+        }
+        Err(error) => {
+            tracing::warn!(dir = %config.state_dir.display(), %error, "no control socket: treaty node approve, reject and pending cannot reach this node")
+        }
+    }
     tracing::info!(
         identity = %tls.identity(),
         coordinator = config.coordinator.address,
@@ -116,6 +162,9 @@ pub async fn run(config: NodeConfig, shutdown: CancellationToken) -> Result<(), 
         tls,
         link: config.coordinator,
         ledger: Arc::new(ledger),
+        evidence,
+        approvals,
+        ca: Arc::new(ca),
         worker: Arc::new(worker),
         running: Arc::new(tokio::sync::Semaphore::new(session::CONCURRENT_TASKS)),
     };

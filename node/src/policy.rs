@@ -11,6 +11,13 @@ use treaty_proto::v1::Task;
 
 use crate::refusal::{Refusal, RefusalCode};
 
+/// The texts a task was judged by: their SHA-256s.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Judged {
+    pub registry_sha256: String,
+    pub policy_sha256: String,
+}
+
 /// The agency, its country and where its policy is.
 #[derive(Debug)]
 pub(crate) struct NodePolicy {
@@ -23,19 +30,21 @@ impl NodePolicy {
     /// Judges `task`, planned to make `releases`, against the agency's own policy, the agency
     /// having spent `cumulative` epsilon by its ledger (the node calls this under the ledger's
     /// lock).
+    /// Returns the SHA-256s of the registry's and the policy's texts it judged by (the policy's
+    /// empty when the country has none).
     pub(crate) fn check(
         &self,
         task: &Task,
         releases: &[Release],
         cumulative: f64,
-    ) -> Result<(), Refusal> {
+    ) -> Result<Judged, Refusal> {
         let Some(terms) = &task.terms else {
             return Err(Refusal::new(
                 RefusalCode::PolicyTermsMissing,
                 "the task carries no sharing terms; this node takes part only in rounds decided under the sharing policies",
             ));
         };
-        let (registry, _) = self
+        let (registry, registry_text) = self
             .files
             .registry()
             .map_err(|e| Refusal::new(RefusalCode::PolicyRegistryError, e.to_string()))?;
@@ -43,7 +52,13 @@ impl NodePolicy {
             .files
             .policy_dir()
             .map_err(|e| Refusal::new(RefusalCode::PolicySignatureInvalid, e.to_string()))?;
-        let (loaded, _) = dir.load(&registry, &self.country);
+        let (loaded, policy_text) = dir.load(&registry, &self.country);
+        let judged = Judged {
+            registry_sha256: treaty_policies::sha256_hex(registry_text.as_bytes()),
+            policy_sha256: policy_text
+                .map(|t| treaty_policies::sha256_hex(t.as_bytes()))
+                .unwrap_or_default(),
+        };
 
         // What the task spends in this round, by the same accountants as the ledger, must not
         // exceed what the round was decided under.
@@ -108,7 +123,7 @@ impl NodePolicy {
         let reasons = own_view(&registry, &loaded, &request, &self.agency)
             .map_err(|e| Refusal::new(RefusalCode::PolicyRequestInvalid, e.to_string()))?;
         match reasons.first() {
-            None => Ok(()),
+            None => Ok(judged),
             Some(first) => {
                 let explanations: Vec<&str> =
                     reasons.iter().map(|r| r.explanation.as_str()).collect();

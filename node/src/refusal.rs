@@ -47,6 +47,14 @@ pub enum RefusalCode {
     /// `NO_TEST_SPLIT`: the task evaluates a model, and the node has no test split (its
     /// configuration, not its records, says so).
     NoTestSplit,
+    /// `APPROVAL_PENDING`: the node requires its operator's approval of each job, and this
+    /// job's (under the terms it states) is not given yet.
+    ApprovalPending,
+    /// `APPROVAL_REJECTED`: the agency's operator rejected the job; final.
+    ApprovalRejected,
+    /// `APPROVAL_EXCEEDED`: the release would take the job's spending at the agency past the
+    /// epsilon its operator approved.
+    ApprovalExceeded,
     /// The agency's own policy excludes it from the round: the policy reason's own code.
     Policy(Reason),
 }
@@ -70,6 +78,9 @@ impl fmt::Display for RefusalCode {
             RefusalCode::EpsilonPerRoundExceeded => "EPSILON_PER_ROUND_EXCEEDED",
             RefusalCode::PolicyRequestInvalid => "POLICY_REQUEST_INVALID",
             RefusalCode::NoTestSplit => "NO_TEST_SPLIT",
+            RefusalCode::ApprovalPending => "APPROVAL_PENDING",
+            RefusalCode::ApprovalRejected => "APPROVAL_REJECTED",
+            RefusalCode::ApprovalExceeded => "APPROVAL_EXCEEDED",
             RefusalCode::Policy(reason) => return f.write_str(&reason.code()),
         };
         f.write_str(code)
@@ -132,6 +143,9 @@ mod tests {
             ),
             (RefusalCode::PolicyRequestInvalid, "POLICY_REQUEST_INVALID"),
             (RefusalCode::NoTestSplit, "NO_TEST_SPLIT"),
+            (RefusalCode::ApprovalPending, "APPROVAL_PENDING"),
+            (RefusalCode::ApprovalRejected, "APPROVAL_REJECTED"),
+            (RefusalCode::ApprovalExceeded, "APPROVAL_EXCEEDED"),
             (
                 RefusalCode::Policy(Reason::PurposeNotAllowed),
                 "PURPOSE_NOT_ALLOWED",

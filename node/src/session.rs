@@ -12,14 +12,20 @@ use treaty_proto::tensor::{DEFAULT_MAX_CHUNK_BYTES, encode};
 use treaty_proto::tls::ClientTls;
 use treaty_proto::v1::agency_service_client::AgencyServiceClient;
 use treaty_proto::v1::{
-    DatasetSummary, Dtype, Heartbeat, Hello, NodeMessage, PrivacyReport, ResultHeader, ResultPart,
-    Task, TaskAccepted, TaskRefused, coordinator_message, node_message, result_part,
+    DatasetSummary, Dtype, Heartbeat, Hello, JobDecided, NodeMessage, PrivacyReport, ResultHeader,
+    ResultPart, SubmitReceipt, Task, TaskAccepted, TaskRefused, coordinator_message, node_message,
+    result_part, task,
 };
 
+use prost::Message;
+use treaty_proto::hex::sha256_hex;
+use treaty_proto::receipt::ResultHasher;
+
+use crate::approval::Approvals;
 use crate::config::CoordinatorLink;
 use crate::error::NodeError;
-use crate::ledger::{Entry, Ledger};
-use crate::policy::NodePolicy;
+use crate::ledger::{Entry, Evidence, Ledger, ReceiptRecord, Record, TaskRecord};
+use crate::policy::{Judged, NodePolicy};
 use crate::refusal::Refusal;
 use crate::work::{InvalidTask, Output, Worker, blocking};
 
@@ -32,6 +38,12 @@ pub(crate) struct Node {
     pub worker: Arc<Worker>,
     /// The agency's own country's sharing policy, checked before every task.
     pub policy: Arc<NodePolicy>,
+    /// The node's evidence log, and its operator's approvals of jobs.
+    pub evidence: Arc<Evidence>,
+    pub approvals: Arc<Approvals>,
+    /// The federation CA's certificate (DER), which the coordinator's receipts are checked
+    /// against.
+    pub ca: Arc<Vec<u8>>,
     /// Tasks carried out at once; the others wait their turn, so that a coordinator sending
     /// many large tasks cannot exhaust the node's memory.
     pub running: Arc<tokio::sync::Semaphore>,
@@ -40,7 +52,7 @@ pub(crate) struct Node {
 /// How many tasks a node carries out at once.
 pub(crate) const CONCURRENT_TASKS: usize = 2;
 
-fn now_ms() -> i64 {
+pub(crate) fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
@@ -146,9 +158,18 @@ async fn serve_once(node: &Node, shutdown: &CancellationToken) -> Result<bool, N
         welcome.heartbeat_interval_ms.max(1000),
     )));
     heartbeat.tick().await;
+    let mut decisions = node.approvals.decisions();
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return Ok(false),
+            decided = decisions.recv() => {
+                if let Ok((job_id, approved)) = decided {
+                    let told = message(node_message::Kind::Decided(JobDecided { job_id, approved }));
+                    if tx.send(told).await.is_err() {
+                        return Ok(true);
+                    }
+                }
+            }
             _ = heartbeat.tick() => {
                 let beat = message(node_message::Kind::Heartbeat(Heartbeat { sent_unix_ms: now_ms() }));
                 if tx.send(beat).await.is_err() {
@@ -183,7 +204,9 @@ async fn serve_once(node: &Node, shutdown: &CancellationToken) -> Result<bool, N
     }
 }
 
-/// Carries out one task and sends its result, or tells the coordinator why not.
+/// Carries out one task and sends its result, or tells the coordinator why not; then records
+/// what it was asked, what it decided and what it sent in the node's evidence log, and keeps
+/// the coordinator's signed receipt.
 async fn carry_out(
     node: Node,
     mut client: AgencyServiceClient<Channel>,
@@ -194,28 +217,88 @@ async fn carry_out(
     let Ok(_turn) = node.running.clone().acquire_owned().await else {
         return;
     };
-    let task_id = task.task_id.clone();
-    let refuse = |r: Refusal| {
-        let session = session.clone();
-        let task_id = task_id.clone();
-        async move {
+    let mut record = TaskRecord {
+        time_unix_ms: now_ms(),
+        task_id: task.task_id.clone(),
+        job_id: task.job_id.clone(),
+        federation: task.federation.clone(),
+        round: task.round,
+        task_kind: match &task.kind {
+            Some(task::Kind::Training(_)) => "training",
+            Some(task::Kind::Stats(_)) => "statistics",
+            Some(task::Kind::Evaluation(_)) => "evaluation",
+            Some(task::Kind::Query(_)) => "query",
+            None => "",
+        }
+        .to_owned(),
+        coordinator: recipient.clone(),
+        terms_sha256: task
+            .terms
+            .as_ref()
+            .map(|t| sha256_hex(&t.encode_to_vec()))
+            .unwrap_or_default(),
+        decision: "refused".to_owned(),
+        code: String::new(),
+        message: String::new(),
+        policy_sha256: String::new(),
+        registry_sha256: String::new(),
+        ledger_seq: None,
+        sent_sha256: String::new(),
+    };
+    let receipt = match attempt(&node, &mut client, &session, &task, &recipient, &mut record).await
+    {
+        Ok(receipt) => receipt,
+        Err(refusal) => {
             tracing::warn!(
-                task = task_id,
-                code = %r.code,
-                reason = r.message,
+                task = task.task_id,
+                code = %refusal.code,
+                reason = refusal.message,
                 "task refused"
             );
+            record.code = refusal.code.to_string();
+            record.message = refusal.message.clone();
             let _ = session
                 .send(message(node_message::Kind::Refused(TaskRefused {
-                    task_id,
-                    reason_code: r.code.to_string(),
-                    message: r.message,
+                    task_id: task.task_id.clone(),
+                    reason_code: refusal.code.to_string(),
+                    message: refusal.message,
                 })))
                 .await;
+            None
         }
     };
+    // The evidence log is flushed to disk: on a blocking thread.
+    let evidence = node.evidence.clone();
+    let task_id = task.task_id.clone();
+    let records = std::iter::once(Record::Task(record))
+        .chain(receipt.map(Record::Receipt))
+        .collect();
+    let written = blocking(move || evidence.append_all(records).map(|_| ())).await;
+    let failed = match written {
+        Ok(Ok(())) => return,
+        Ok(Err(error)) => error.to_string(),
+        Err(refusal) => refusal.message,
+    };
+    tracing::error!(
+        task = task_id,
+        error = failed,
+        "the task could not be recorded in the node's evidence log"
+    );
+}
+
+/// What [`carry_out`] does before it records: the checks, the ledger, the work and the upload;
+/// the coordinator's receipt, when it sent one.
+async fn attempt(
+    node: &Node,
+    client: &mut AgencyServiceClient<Channel>,
+    session: &mpsc::Sender<NodeMessage>,
+    task: &Task,
+    recipient: &str,
+    record: &mut TaskRecord,
+) -> Result<Option<ReceiptRecord>, Refusal> {
+    let task_id = task.task_id.clone();
     let Some(kind) = task.kind.clone() else {
-        return refuse(InvalidTask::NoKind.into()).await;
+        return Err(InvalidTask::NoKind.into());
     };
     tracing::info!(
         task = task_id,
@@ -223,17 +306,14 @@ async fn carry_out(
         round = task.round,
         "task received"
     );
+    // A node that requires its operator's approval takes part only in approved jobs; this
+    // depends on the operator's decisions alone.
+    node.approvals.check(task, recipient, now_ms())?;
     // Decide what will be released, and record it in the ledger, before touching the data.
     // Planning calibrates opendp's mechanisms: on a blocking thread.
     let worker = node.worker.clone();
     let round = task.round;
-    let plan = match blocking(move || worker.plan(round, &kind))
-        .await
-        .and_then(|p| p)
-    {
-        Ok(plan) => plan,
-        Err(refusal) => return refuse(refusal).await,
-    };
+    let plan = blocking(move || worker.plan(round, &kind)).await??;
     let entry = Entry {
         time_unix_ms: now_ms(),
         task_id: task_id.clone(),
@@ -241,58 +321,125 @@ async fn carry_out(
         federation: task.federation.clone(),
         round: task.round,
         kind: plan.kind().into(),
-        recipient,
+        recipient: recipient.to_owned(),
         releases: Some(plan.releases.clone()),
     };
     // The agency's own policy judges the task with the ledger's spending, whatever the
-    // coordinator decided, under the ledger's lock; only then is the release recorded, durably,
-    // before anything is computed. The policy's files and the ledger's database are read and
-    // written on a blocking thread.
-    let (ledger, policy, judged) = (node.ledger.clone(), node.policy.clone(), task.clone());
+    // coordinator decided, under the ledger's lock, and so does its operator's approval of the
+    // job's budget; only then is the release recorded, durably, before anything is computed.
+    // The policy's files and the ledger's database are read and written on a blocking thread.
+    let (ledger, policy, approvals, judged) = (
+        node.ledger.clone(),
+        node.policy.clone(),
+        node.approvals.clone(),
+        task.clone(),
+    );
     let releases = plan.releases.clone();
-    let recorded = blocking(move || {
-        ledger.record_if(&entry, |before| {
-            policy.check(&judged, &releases, before.epsilon)
-        })
+    let (spent, texts, seq) = blocking(move || {
+        let mut texts = Judged::default();
+        let spent = ledger
+            .record_if(&entry, |before, entries| {
+                texts = policy.check(&judged, &releases, before.epsilon)?;
+                approvals.within_approved(&judged, entries, &releases)
+            })
+            .map_err(Refusal::from)?;
+        Ok::<_, Refusal>((spent, texts, ledger.seq_of(&judged.task_id)))
     })
-    .await
-    .and_then(|r| r.map_err(Refusal::from));
-    match recorded {
-        Ok(spent) => tracing::info!(
-            task = task_id,
-            epsilon = spent.epsilon,
-            delta = spent.delta,
-            accountant = spent.accountant,
-            "release recorded in the ledger"
-        ),
-        Err(refusal) => return refuse(refusal).await,
-    }
+    .await??;
+    record.policy_sha256 = texts.policy_sha256;
+    record.registry_sha256 = texts.registry_sha256;
+    record.ledger_seq = seq;
+    tracing::info!(
+        task = task_id,
+        epsilon = spent.epsilon,
+        delta = spent.delta,
+        accountant = spent.accountant,
+        "release recorded in the ledger"
+    );
     let _ = session
         .send(message(node_message::Kind::Accepted(TaskAccepted {
             task_id: task_id.clone(),
         })))
         .await;
-    let output = match node.worker.run(&mut client, &task.job_id, &plan).await {
-        Ok(output) => output,
-        Err(refusal) => return refuse(refusal).await,
-    };
+    let output = node.worker.run(client, &task.job_id, &plan).await?;
     let ledger = node.ledger.clone();
     let report = blocking(move || ledger.report(Some(Some(plan.next))))
         .await
         .ok();
-    match upload(&mut client, &task_id, output, report).await {
-        Ok(()) => tracing::info!(task = task_id, "result sent"),
-        Err(error) => tracing::warn!(task = task_id, %error, "result not accepted"),
-    }
+    record.decision = "failed".to_owned();
+    let (sha256, answer) = match upload(client, &task_id, output, report).await {
+        Ok(sent) => sent,
+        Err(error) => {
+            tracing::warn!(task = task_id, %error, "result not accepted");
+            record.message = error.to_string();
+            return Ok(None);
+        }
+    };
+    record.sent_sha256 = sha256.clone();
+    record.decision = "accepted".to_owned();
+    tracing::info!(task = task_id, "result sent");
+    Ok(receipt_of(node, &task_id, &sha256, answer))
 }
 
-/// Sends a result: its header, then its tensors in chunks.
+/// The coordinator's receipt for the result of `task_id` whose hash is `sent`, checked: signed
+/// by a coordinator of the federation's CA, for this task and this agency. A receipt that fails
+/// its checks is kept too, marked as not matching, and the node warns: it is evidence of what
+/// the coordinator said.
+fn receipt_of(
+    node: &Node,
+    task_id: &str,
+    sent: &str,
+    answer: SubmitReceipt,
+) -> Option<ReceiptRecord> {
+    if answer.statement.is_empty() {
+        tracing::warn!(
+            task = task_id,
+            "the coordinator sent no signed receipt for the result"
+        );
+        return None;
+    }
+    let checked = treaty_proto::receipt::verify(&answer, &node.ca).and_then(|r| {
+        let me = node.tls.identity().to_string();
+        match (
+            r.task_id == task_id,
+            r.agency == me,
+            r.result_sha256 == sent,
+        ) {
+            (true, true, true) => Ok(()),
+            (false, _, _) => Err(format!("it names task `{}`", r.task_id)),
+            (_, false, _) => Err(format!("it names agency `{}`", r.agency)),
+            (_, _, false) => Err(format!(
+                "it names the result {}, but the node sent {sent}",
+                r.result_sha256
+            )),
+        }
+    });
+    if let Err(problem) = &checked {
+        tracing::warn!(
+            task = task_id,
+            problem,
+            "the coordinator's receipt does not match what the node sent"
+        );
+    }
+    Some(ReceiptRecord {
+        time_unix_ms: now_ms(),
+        task_id: task_id.to_owned(),
+        statement: answer.statement,
+        signature: answer.signature,
+        scheme: answer.scheme,
+        certificate: answer.certificate,
+        matches_sent: checked.is_ok(),
+    })
+}
+
+/// Sends a result: its header, then its tensors in chunks. Its SHA-256 as sent
+/// (`treaty_proto::receipt::ResultHasher`), and the coordinator's answer with its receipt.
 pub async fn upload(
     client: &mut AgencyServiceClient<Channel>,
     task_id: &str,
     output: Output,
     privacy: Option<PrivacyReport>,
-) -> Result<(), NodeError> {
+) -> Result<(String, SubmitReceipt), NodeError> {
     let (specs, chunks) = encode(&output.tensors, Dtype::F64, DEFAULT_MAX_CHUNK_BYTES);
     let header = ResultHeader {
         task_id: task_id.to_owned(),
@@ -303,12 +450,15 @@ pub async fn upload(
         privacy,
         evaluation: output.evaluation.clone(),
     };
+    let mut hasher = ResultHasher::new(&header);
+    chunks.iter().for_each(|c| hasher.chunk(c));
+    let sha256 = hasher.finish();
     let parts = std::iter::once(result_part::Kind::Header(header))
         .chain(chunks.into_iter().map(result_part::Kind::Chunk))
         .map(|kind| ResultPart { kind: Some(kind) });
     let receipt = client.submit_result(tokio_stream::iter(parts)).await?;
     if receipt.get_ref().accepted {
-        Ok(())
+        Ok((sha256, receipt.into_inner()))
     } else {
         Err(NodeError::Protocol(receipt.into_inner().message))
     }

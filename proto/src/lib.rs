@@ -11,7 +11,8 @@
 //!   compute twice: [`schema`] (the federation's feature schema, its checks, encoded feature
 //!   names and parameter layouts), [`query`] (the layout and sensitivity of an analytics
 //!   answer), [`evaluation`] (metrics from pooled noisy evaluation counts), [`provenance`] (the
-//!   manifest a coordinator signs for a model version, and the digest of a model's tensors).
+//!   manifest a coordinator signs for a model version, and the digest of a model's tensors),
+//!   [`receipt`] (the hash of a result as it travelled, and the receipt a coordinator signs).
 //! - [`hex`]: lowercase hex and SHA-256 digests in hex.
 //! - [`config`]: how a process reads its configuration file and reports every problem.
 //! - [`enums`]: decoding the enum fields of the wire's messages (an unknown or missing value is
@@ -33,6 +34,7 @@ pub mod identity;
 pub mod pki;
 pub mod provenance;
 pub mod query;
+pub mod receipt;
 pub mod schema;
 pub mod tensor;
 pub mod tls;

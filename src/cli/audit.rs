@@ -7,6 +7,7 @@ use clap::Subcommand;
 use treaty_coordinator::bundle;
 use treaty_coordinator::client::{self, OperatorConfig};
 use treaty_devkit::outln;
+use treaty_proto::receipt::ResultsRecord;
 
 use super::{Outcome, unusable};
 
@@ -42,6 +43,12 @@ pub enum AuditCommand {
         /// must not be on it.
         #[arg(long)]
         crl: Option<PathBuf>,
+        /// An agency's node evidence (`treaty node evidence`), cross-checked against the
+        /// bundle: every receipt the coordinator signed for the job's results is in the
+        /// bundle's records, and every result the bundle records from the agency is one its
+        /// node sent. May be given once per agency.
+        #[arg(long)]
+        node: Vec<PathBuf>,
     },
 }
 
@@ -54,7 +61,8 @@ pub fn run(command: AuditCommand) -> Outcome {
             ca,
             previous,
             crl,
-        } => verify(&dir, &ca, previous.as_deref(), crl.as_deref()),
+            node,
+        } => verify(&dir, &ca, previous.as_deref(), crl.as_deref(), &node),
     }
 }
 
@@ -83,7 +91,13 @@ async fn export(config: &Path, job: &str, out: &Path) -> Outcome {
     Ok(())
 }
 
-fn verify(dir: &Path, ca: &Path, previous: Option<&Path>, crl: Option<&Path>) -> Outcome {
+fn verify(
+    dir: &Path,
+    ca: &Path,
+    previous: Option<&Path>,
+    crl: Option<&Path>,
+    nodes: &[PathBuf],
+) -> Outcome {
     let ca = super::trusted_ca(ca)?;
     let v = bundle::verify(dir, &ca, previous)?;
     if let Some(crl) = crl {
@@ -110,5 +124,33 @@ fn verify(dir: &Path, ca: &Path, previous: Option<&Path>, crl: Option<&Path>) ->
         v.decisions,
         v.texts
     );
+    let records = v
+        .results
+        .values()
+        .map(|r| serde_json::from_value::<ResultsRecord>(r.clone()))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| anyhow::anyhow!("a results record of the bundle is unreadable: {e}"))?;
+    outln!(
+        "{} round results records, {} results taken in",
+        records.len(),
+        records.iter().map(|r| r.results.len()).sum::<usize>()
+    );
+    for node in nodes {
+        let c = treaty_node::export::cross_check(node, &ca, &v.signed_by, &v.job_id, &records)
+            .map_err(|problem| {
+                anyhow::anyhow!(
+                    "the node evidence `{}` disagrees: {problem}",
+                    node.display()
+                )
+            })?;
+        outln!(
+            "{}: {} agrees: {} task(s) of the job, {} signed receipt(s), {} result(s) the bundle records from it",
+            node.display(),
+            c.agency,
+            c.tasks,
+            c.receipts,
+            c.results
+        );
+    }
     Ok(())
 }

@@ -165,6 +165,14 @@ fn colour_logs(terminal: bool, no_color: Option<std::ffi::OsString>) -> bool {
     terminal && no_color.is_none_or(|v| v.is_empty())
 }
 
+/// Milliseconds since the Unix epoch, now.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
 /// A time as people read it: RFC 3339 in UTC to the second, e.g. `2026-11-30T12:30:28Z`, from
 /// milliseconds since the Unix epoch (the raw number when it is out of range).
 pub fn utc(unix_ms: i64) -> String {

@@ -1,5 +1,7 @@
 //! `treaty node --config FILE`: runs an agency's node until SIGINT or SIGTERM;
-//! `treaty node ledger --config FILE`: shows its privacy ledger.
+//! `treaty node ledger --config FILE`: shows its privacy ledger;
+//! `treaty node pending|approve|reject`: its operator's approval of jobs, through the running
+//! node's control socket.
 //!
 //! Hidden, for benchmarks of many agencies on one machine (`treaty bench w3`): `treaty node
 //! --many DIR` hosts the node of every `*.toml` configuration in `DIR` in this one process, each
@@ -11,6 +13,7 @@ use std::path::{Path, PathBuf};
 use clap::{Args, Subcommand};
 use treaty_devkit::outln;
 use treaty_node::NodeConfig;
+use treaty_node::control;
 use treaty_node::{LedgerError, LedgerSource};
 
 use super::{CliError, Outcome, unusable, utc};
@@ -44,12 +47,60 @@ pub enum NodeCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Lists the jobs waiting for this agency's approval (a node whose configuration has
+    /// `[approval] required = true`), with the terms each states: purpose, fields, who started
+    /// it, rounds, and the epsilon it would spend here. Asks the running node.
+    Pending {
+        /// The node's configuration file.
+        #[arg(long)]
+        config: PathBuf,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Approves a pending job under the terms it states: the node takes part from its next
+    /// round, and never spends more on it than the epsilon approved. The decision, your name
+    /// and your account go into the node's evidence log.
+    Approve(Decide),
+    /// Rejects a job, pending or approved: the node takes no further part in it. Final.
+    Reject(Decide),
+    /// Exports the node's evidence log (every task it was asked, its decision, the hash of
+    /// what it sent, the coordinator's signed receipts, its operator's approvals) into a new
+    /// directory, from the running node or, when it is stopped, from its database. `treaty
+    /// audit verify BUNDLE --ca ca.crt --node DIR` checks it against a job's audit bundle.
+    Evidence {
+        /// The node's configuration file.
+        #[arg(long)]
+        config: PathBuf,
+        /// A new (or empty) directory.
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct Decide {
+    /// The job's id, as `treaty node pending` lists it.
+    job: String,
+    /// The node's configuration file.
+    #[arg(long)]
+    config: PathBuf,
+    /// Your name, as the node's evidence log should record it.
+    #[arg(long)]
+    by: String,
+    /// Why, in your words (recorded with the decision).
+    #[arg(long, default_value = "")]
+    note: String,
 }
 
 /// Runs `treaty node`: the node itself (on an async runtime), or `ledger`.
 pub fn run(args: NodeArgs) -> Outcome {
     match args.command {
         Some(NodeCommand::Ledger { config, json }) => ledger(&config, json),
+        Some(NodeCommand::Pending { config, json }) => pending(&config, json),
+        Some(NodeCommand::Approve(d)) => decide(d, true),
+        Some(NodeCommand::Reject(d)) => decide(d, false),
+        Some(NodeCommand::Evidence { config, out }) => evidence(&config, &out),
         None => match args.many {
             Some(dir) => super::block_on(serve_many(&dir)),
             None => super::block_on(serve(args.config.as_deref())),
@@ -184,6 +235,116 @@ fn ledger(config: &Path, json: bool) -> Outcome {
         spent.epsilon,
         spent.delta,
         spent.accountant
+    );
+    Ok(())
+}
+
+/// Asks the node of `config` which jobs wait for approval.
+fn pending(config: &Path, json: bool) -> Outcome {
+    let config = NodeConfig::load(config).map_err(unusable)?;
+    let answer = control::ask(&config.state_dir, &control::Request::Pending)
+        .map_err(|e| CliError::Failed(e.into()))?;
+    if json {
+        outln!("{}", serde_json::to_string(&answer.pending)?);
+        return Ok(());
+    }
+    if answer.pending.is_empty() {
+        outln!("no job waits for approval");
+    }
+    for p in &answer.pending {
+        let t = &p.terms;
+        let epsilon = match t.epsilon > 0.0 {
+            true => format!("epsilon {} at delta {:e} in all", t.epsilon, t.delta),
+            false => "no total stated (each round within its terms' epsilon per round)".into(),
+        };
+        outln!(
+            "{}\t{} job of federation {}, started by {} on {}; coordinator {}",
+            t.job_id,
+            t.kind,
+            t.federation,
+            t.created_by,
+            utc(t.created_unix_ms),
+            t.coordinator
+        );
+        outln!(
+            "\tpurpose {}; fields {}; {} round(s); {epsilon}; asked for round {} at {}",
+            t.purpose,
+            t.fields.join(", "),
+            t.rounds,
+            p.round,
+            utc(p.asked_unix_ms)
+        );
+        outln!("\tterms sha256 {}", p.terms_sha256);
+    }
+    Ok(())
+}
+
+/// Approves (`approve`) or rejects a job at the node of `d.config`.
+fn decide(d: Decide, approve: bool) -> Outcome {
+    let config = NodeConfig::load(&d.config).map_err(unusable)?;
+    let request = match approve {
+        true => control::Request::Approve {
+            job: d.job,
+            by: d.by,
+            note: d.note,
+        },
+        false => control::Request::Reject {
+            job: d.job,
+            by: d.by,
+            note: d.note,
+        },
+    };
+    let answer =
+        control::ask(&config.state_dir, &request).map_err(|e| CliError::Failed(e.into()))?;
+    if let Some(r) = answer.recorded {
+        outln!(
+            "job {} {} by {} (account {}), recorded in the node's evidence log; terms sha256 {}",
+            r.job_id,
+            r.decision,
+            r.by,
+            r.account,
+            r.terms_sha256
+        );
+    }
+    Ok(())
+}
+
+/// Exports the evidence log of the node of `config` into `out`.
+fn evidence(config: &Path, out: &Path) -> Outcome {
+    let config = NodeConfig::load(config).map_err(unusable)?;
+    if std::fs::read_dir(out).is_ok_and(|mut d| d.next().is_some()) {
+        return Err(unusable(anyhow::anyhow!(
+            "`{}` is not empty: give a new directory",
+            out.display()
+        )));
+    }
+    let agency = treaty_proto::tls::load_certs(&config.tls.cert)
+        .map_err(unusable)?
+        .first()
+        .map(treaty_proto::Identity::from_certificate)
+        .transpose()
+        .map_err(unusable)?
+        .map(|i| i.to_string())
+        .unwrap_or_default();
+    // From the running node; from its database when none runs on it.
+    let lines: Vec<Vec<u8>> = match control::ask(&config.state_dir, &control::Request::Evidence) {
+        Ok(answer) => answer
+            .evidence
+            .into_iter()
+            .map(String::into_bytes)
+            .collect(),
+        Err(control::ControlError::Unreachable { .. }) => {
+            let ledger = treaty_node::Ledger::open(&config.state_dir, config.privacy)?;
+            let (log, _) = ledger.evidence()?;
+            log.stored()?
+        }
+        Err(e) => return Err(CliError::Failed(e.into())),
+    };
+    treaty_node::export::write(out, &agency, &lines, super::now_ms())?;
+    outln!(
+        "{}: {} record(s) of {agency}'s evidence log",
+        out.display(),
+        lines.len()
     );
     Ok(())
 }

@@ -49,7 +49,8 @@ async fn a_jobs_bundle_verifies_across_a_coordinator_crash_and_tampering_is_name
     // A fixed port, so that the restarted coordinator is where the nodes look for it.
     let listen = free_loopback_address();
     let (mut coordinator, address) = fx.start_coordinator(&listen);
-    let _de = fx.start_node("DE-BKA", "DE", &address, 3);
+    let de_config = fx.node_config("DE-BKA", "DE", &address, 3);
+    let _de = fx.start_node_with("DE-BKA", &de_config);
     let _fr = fx.start_node("FR-DGDDI", "FR", &address, 4);
     let mut op = fx.operator(&address).await;
     wait_connected(&mut op, &["DE-BKA", "FR-DGDDI"]).await;
@@ -128,10 +129,69 @@ async fn a_jobs_bundle_verifies_across_a_coordinator_crash_and_tampering_is_name
         .unwrap();
     assert!(out.status.success(), "{}", text(&out));
 
+    // The German node's own evidence, exported from the running node, agrees with the
+    // coordinator's bundle: its receipts are in the bundle's results records, and every
+    // result the bundle records from it is one it sent.
+    let evidence = fx.path("evidence-DE");
+    let out = treaty(&[
+        "node",
+        "evidence",
+        "--config",
+        de_config.to_str().unwrap(),
+        "--out",
+        evidence.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    let out = audit_verify(&first, ca, &["--node", evidence.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out));
+    // The statistics round, two rounds and the final evaluation: four tasks, four receipts,
+    // four results.
+    assert!(
+        text(&out).contains(
+            "treaty://agency/DE/DE-BKA agrees: 4 task(s) of the job, 4 signed receipt(s), 4 result(s)"
+        ),
+        "{}",
+        text(&out)
+    );
+    // A node's evidence rewritten to say it sent another result, its chain made whole
+    // again: the cross-check names the task.
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(evidence.join("evidence.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let mut forged = String::new();
+    let mut prev = "0".repeat(64);
+    let mut changed = None;
+    for mut link in lines {
+        let record = &mut link["record"];
+        if changed.is_none() && record["kind"] == "task" && record["sent_sha256"].is_string() {
+            record["sent_sha256"] = serde_json::json!("1".repeat(64));
+            changed = Some(record["task_id"].as_str().unwrap().to_owned());
+        }
+        link["prev"] = serde_json::json!(prev);
+        let line = link.to_string();
+        prev = treaty_proto::hex::sha256_hex(line.as_bytes());
+        forged.push_str(&line);
+        forged.push('\n');
+    }
+    let forged_dir = fx.path("evidence-forged");
+    std::fs::create_dir_all(&forged_dir).unwrap();
+    std::fs::copy(evidence.join("node.json"), forged_dir.join("node.json")).unwrap();
+    std::fs::write(forged_dir.join("evidence.jsonl"), forged).unwrap();
+    let out = audit_verify(&first, ca, &["--node", forged_dir.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let task = changed.unwrap();
+    assert!(
+        text(&out).contains(&format!("task `{task}`")) && text(&out).contains("disagrees"),
+        "{}",
+        text(&out)
+    );
+
     // A tampered copy: one entry's detail changed.
     let tampered = fx.path("tampered");
     std::fs::create_dir_all(tampered.join("entries")).unwrap();
-    for dir in ["", "entries", "decisions", "texts"] {
+    for dir in ["", "entries", "decisions", "texts", "results"] {
         std::fs::create_dir_all(tampered.join(dir)).unwrap();
         for e in std::fs::read_dir(first.join(dir)).unwrap().flatten() {
             if e.file_type().unwrap().is_file() {

@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
+use treaty_proto::receipt::{Receipt, ResultHasher};
 use treaty_proto::tensor::{Assembler, DEFAULT_MAX_CHUNK_BYTES, NamedTensor};
 use treaty_proto::v1::agency_service_server::AgencyService;
 use treaty_proto::v1::{
@@ -19,6 +20,7 @@ use super::{BoxStream, job_ref, model_parts, require_agency, stream_of};
 use crate::error::CoordinatorError;
 use crate::limits::{self, MAX_BAD_MESSAGES_PER_SESSION, STAGED_CHUNK_TIMEOUT, STAGING_SLOTS};
 use crate::peerlog::capped;
+use crate::rounds;
 use crate::sessions::Session;
 use crate::state::{Coordinator, now_ms};
 use crate::tasks::{Intake, Outcome, StagedUpdate, TaskResult};
@@ -174,9 +176,12 @@ impl AgencyService for AgencyApi {
             .check(&header.task_id, &agency)
             .map_err(CoordinatorError::from)?;
         self.ctx.note_privacy(&agency, header.privacy.clone());
-        let received = receive(&self.ctx, &agency, &mut parts, &header, intake).await;
+        let mut hasher = ResultHasher::new(&header);
+        let received = receive(&self.ctx, &agency, &mut parts, &header, intake, &mut hasher).await;
+        let sha256 = hasher.finish();
         let outcome = match received {
             Ok((tensors, staged, received)) => Outcome::Result(Box::new(TaskResult {
+                sha256: sha256.clone(),
                 num_examples: header.num_examples,
                 metrics: header.metrics.clone(),
                 tensors,
@@ -205,10 +210,27 @@ impl AgencyService for AgencyApi {
             .map_err(CoordinatorError::from)?;
         match rejected {
             Some(reason) => Err(CoordinatorError::ResultRejected { reason }.into()),
-            None => Ok(Response::new(SubmitReceipt {
-                accepted: true,
-                message: String::new(),
-            })),
+            // The receipt, signed with the coordinator's key: which result it took in from
+            // whom (its round's record says whether it contributed).
+            None => {
+                let receipt = Receipt {
+                    coordinator: self.ctx.identity.to_string(),
+                    agency: agency.to_string(),
+                    task_id: header.task_id.clone(),
+                    result_sha256: sha256,
+                    accepted: true,
+                    message: String::new(),
+                    received_unix_ms: now_ms(),
+                };
+                let signed = match self.ctx.store.signer() {
+                    Some(signer) => receipt.signed(signer).map_err(CoordinatorError::from)?,
+                    None => SubmitReceipt {
+                        accepted: true,
+                        ..Default::default()
+                    },
+                };
+                Ok(Response::new(signed))
+            }
         }
     }
 
@@ -247,6 +269,7 @@ async fn receive(
     parts: &mut Streaming<ResultPart>,
     header: &treaty_proto::v1::ResultHeader,
     intake: Intake,
+    hasher: &mut ResultHasher,
 ) -> Result<(Vec<NamedTensor>, Option<StagedUpdate>, Instant), String> {
     let limits = &ctx.limits;
     if header.num_examples > limits.max_records_per_agency {
@@ -302,6 +325,7 @@ async fn receive(
             Ok(Some(ResultPart {
                 kind: Some(result_part::Kind::Chunk(chunk)),
             })) => {
+                hasher.chunk(&chunk);
                 assembler.push(chunk).map_err(|e| e.to_string())?;
                 if slot.is_some() {
                     // A staged upload stops as soon as its round has ended.
@@ -365,6 +389,16 @@ fn handle(ctx: &Coordinator, agency: &Identity, kind: node_message::Kind) -> boo
         }
         node_message::Kind::Heartbeat(_) => {
             tracing::trace!(%agency, "heartbeat");
+            true
+        }
+        node_message::Kind::Decided(d) => {
+            if d.job_id.len() > limits::MAX_NAME_BYTES {
+                ctx.warn_peer(agency, "decision ignored: its job id is too long", "");
+                return false;
+            }
+            // It wakes a job only where the agency was pending, and only once.
+            let woke = ctx.approvals.decided(&d.job_id, rounds::shown(agency));
+            tracing::info!(%agency, job = d.job_id, approved = d.approved, woke, "the agency's operator decided on a job");
             true
         }
         node_message::Kind::Hello(_) => {

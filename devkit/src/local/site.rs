@@ -226,6 +226,7 @@ impl Site {
             },
             privacy: None,
             policy: self.node_policies(agency, country)?,
+            approval: Default::default(),
         })
     }
 

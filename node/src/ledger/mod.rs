@@ -46,13 +46,15 @@
 //! differential-privacy mechanism costs an unbounded epsilon: a node that keeps a budget refuses
 //! it.
 //!
-//! This module alone touches the node's database.
+//! The node's evidence log (`evidence`: tasks, decisions, receipts and approvals) is kept in
+//! the same database, in a chain of its own. This module alone touches the node's database.
 
 pub(crate) mod anchor;
 pub(crate) mod chain;
 mod copy;
 #[cfg(test)]
 mod damage_tests;
+pub(crate) mod evidence;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
@@ -63,6 +65,10 @@ use treaty_proto::v1::PrivacyReport;
 
 pub use chain::{Damage, Fault};
 pub use copy::CopyError;
+pub use evidence::{
+    ApprovalRecord, Evidence, EvidenceError, EvidenceLink, ReceiptRecord, Record, TaskRecord,
+    read_export,
+};
 
 use anchor::Anchor;
 use chain::{Chain, Link, Standing};
@@ -408,16 +414,16 @@ impl Ledger {
     /// Checks that the release fits the budget and records it durably. Only then may the node
     /// compute and send it.
     pub fn record(&self, entry: &Entry) -> Result<Spent, LedgerRefusal> {
-        self.record_if(entry, |_| Ok(()))
+        self.record_if(entry, |_, _| Ok(()))
     }
 
     /// As [`Ledger::record`], after `admit` has accepted the release given what the agency
-    /// has spent before it. `admit` runs under the ledger's lock, so what it judged is still
-    /// true when the release is written.
+    /// has spent before it and every entry before it. `admit` runs under the ledger's lock, so
+    /// what it judged is still true when the release is written.
     pub fn record_if<A>(
         &self,
         entry: &Entry,
-        admit: impl FnOnce(&Spent) -> Result<(), A>,
+        admit: impl FnOnce(&Spent, &[Entry]) -> Result<(), A>,
     ) -> Result<Spent, LedgerRefusal<A>> {
         let mut state = self.lock();
         let chain = self.verified(&mut state)?;
@@ -425,7 +431,7 @@ impl Ledger {
         if entry.releases.is_none() {
             return Err(LedgerRefusal::NotPrivate);
         }
-        admit(&before).map_err(LedgerRefusal::Admission)?;
+        admit(&before, &chain.entries).map_err(LedgerRefusal::Admission)?;
         let after = self.cost(&chain.entries, Some(entry.releases.clone()))?;
         if let Some(budget) = self.budget
             && after.epsilon > budget.max_epsilon
@@ -467,6 +473,19 @@ impl Ledger {
             tracing::warn!(dir = %self.dir.display(), %error, "cannot add the release to the copy of the privacy ledger its operator reads while the node runs");
         }
         Ok(after)
+    }
+
+    /// The sequence number of the entry of task `task_id`, once the history is verified.
+    pub fn seq_of(&self, task_id: &str) -> Option<u64> {
+        let mut state = self.lock();
+        let chain = self.verified(&mut state).ok()?;
+        let at = chain.entries.iter().rposition(|e| e.task_id == task_id)?;
+        Some(at as u64 + 1)
+    }
+
+    /// Opens the node's evidence log, kept in the ledger's database, and reads its records.
+    pub fn evidence(&self) -> Result<(Evidence, Vec<Record>), EvidenceError> {
+        Evidence::open(&self.db)
     }
 
     /// The report for the coordinator, with what one more `next` release would bring the total
@@ -565,14 +584,14 @@ mod tests {
         ledger.record(&entry(1, laplace(0.5))).unwrap();
         let mut seen = None;
         ledger
-            .record_if(&entry(2, laplace(0.25)), |before| {
+            .record_if(&entry(2, laplace(0.25)), |before, _| {
                 seen = Some(before.epsilon);
                 Ok::<(), &str>(())
             })
             .unwrap();
         // Pure-DP Laplace releases compose by addition: 0.5 before the second one.
         assert!((seen.unwrap() - 0.5).abs() < 1e-9, "{seen:?}");
-        let refused = ledger.record_if(&entry(3, laplace(0.25)), |_| Err("not allowed"));
+        let refused = ledger.record_if(&entry(3, laplace(0.25)), |_, _| Err("not allowed"));
         assert!(matches!(
             refused,
             Err(LedgerRefusal::Admission("not allowed"))

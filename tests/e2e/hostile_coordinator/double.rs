@@ -130,7 +130,7 @@ impl AgencyService for Api {
         let _ = self.seen.send(Seen::Result { header, tensors });
         Ok(Response::new(SubmitReceipt {
             accepted: true,
-            message: String::new(),
+            ..Default::default()
         }))
     }
 
@@ -247,6 +247,7 @@ impl Hostile {
                     deadline_unix_ms: 0,
                     kind: Some(kind),
                     terms: Some(terms),
+                    job: None,
                 })),
             }))
             .await
