@@ -246,6 +246,46 @@ async fn demo(
         verified.signed_by,
         bundle_dir.display()
     );
+    // An agency's own evidence, from its running node, agrees with the coordinator's: its
+    // signed receipts are in the bundle, and the bundle holds no result it did not send.
+    let (agency, country) = AGENCIES[0];
+    let answer = treaty_node::control::ask(
+        &fed.site().path(&format!("node-{agency}-db")),
+        &treaty_node::control::Request::Evidence,
+    )?;
+    let evidence_dir = dir.join(format!("evidence-{agency}"));
+    let lines: Vec<Vec<u8>> = answer
+        .evidence
+        .into_iter()
+        .map(String::into_bytes)
+        .collect();
+    let identity = format!("treaty://agency/{country}/{agency}");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0);
+    treaty_node::export::write(&evidence_dir, &identity, &lines, now)?;
+    let records = verified
+        .results
+        .values()
+        .map(|r| serde_json::from_value(r.clone()))
+        .collect::<Result<Vec<treaty_proto::receipt::ResultsRecord>, _>>()?;
+    let agreed = treaty_node::export::cross_check(
+        &evidence_dir,
+        &ca,
+        &verified.signed_by,
+        &verified.job_id,
+        &records,
+    )
+    .map_err(|problem| {
+        anyhow::anyhow!("{agency}'s evidence disagrees with the bundle: {problem}")
+    })?;
+    outln!(
+        "    {agency}'s own evidence agrees: {} signed receipt(s), {} result(s) the bundle records from it ({})",
+        agreed.receipts,
+        agreed.results,
+        evidence_dir.display()
+    );
     summary(&job, &query, &model_file, &synth, started.elapsed())
 }
 

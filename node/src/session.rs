@@ -204,9 +204,10 @@ async fn serve_once(node: &Node, shutdown: &CancellationToken) -> Result<bool, N
     }
 }
 
-/// Carries out one task and sends its result, or tells the coordinator why not; then records
-/// what it was asked, what it decided and what it sent in the node's evidence log, and keeps
-/// the coordinator's signed receipt.
+/// Carries out one task and sends its result, or tells the coordinator why not, keeping the
+/// node's evidence log: what it was asked and decided, and the SHA-256 of what it sends —
+/// written before it leaves, so that a crash cannot leave a result at the coordinator that the
+/// node's log does not show — then the coordinator's signed receipt.
 async fn carry_out(
     node: Node,
     mut client: AgencyServiceClient<Channel>,
@@ -245,9 +246,13 @@ async fn carry_out(
         ledger_seq: None,
         sent_sha256: String::new(),
     };
-    let receipt = match attempt(&node, &mut client, &session, &task, &recipient, &mut record).await
-    {
-        Ok(receipt) => receipt,
+    let after = match attempt(&node, &mut client, &session, &task, &recipient, &mut record).await {
+        Ok(Sent::Received(receipt)) => receipt.map(Record::Receipt),
+        Ok(Sent::Failed(error)) => {
+            record.decision = "failed".to_owned();
+            record.message = error;
+            Some(Record::Task(record))
+        }
         Err(refusal) => {
             tracing::warn!(
                 task = task.task_id,
@@ -264,18 +269,20 @@ async fn carry_out(
                     message: refusal.message,
                 })))
                 .await;
-            None
+            Some(Record::Task(record))
         }
     };
-    // The evidence log is flushed to disk: on a blocking thread.
+    if let Some(record) = after {
+        record_evidence(&node, &task.task_id, record).await;
+    }
+}
+
+/// Appends `record` to the node's evidence log (flushed to disk: on a blocking thread); a
+/// failure is logged.
+async fn record_evidence(node: &Node, task_id: &str, record: Record) -> bool {
     let evidence = node.evidence.clone();
-    let task_id = task.task_id.clone();
-    let records = std::iter::once(Record::Task(record))
-        .chain(receipt.map(Record::Receipt))
-        .collect();
-    let written = blocking(move || evidence.append_all(records).map(|_| ())).await;
-    let failed = match written {
-        Ok(Ok(())) => return,
+    let failed = match blocking(move || evidence.append(record)).await {
+        Ok(Ok(_)) => return true,
         Ok(Err(error)) => error.to_string(),
         Err(refusal) => refusal.message,
     };
@@ -284,10 +291,19 @@ async fn carry_out(
         error = failed,
         "the task could not be recorded in the node's evidence log"
     );
+    false
 }
 
-/// What [`carry_out`] does before it records: the checks, the ledger, the work and the upload;
-/// the coordinator's receipt, when it sent one.
+/// What became of a result the node sent.
+enum Sent {
+    /// The coordinator took it in, with its receipt (when it sent one).
+    Received(Option<ReceiptRecord>),
+    /// It did not arrive, or was turned away: why.
+    Failed(String),
+}
+
+/// What [`carry_out`] does: the checks, the ledger, the work, the evidence of what is sent,
+/// the upload.
 async fn attempt(
     node: &Node,
     client: &mut AgencyServiceClient<Channel>,
@@ -295,7 +311,7 @@ async fn attempt(
     task: &Task,
     recipient: &str,
     record: &mut TaskRecord,
-) -> Result<Option<ReceiptRecord>, Refusal> {
+) -> Result<Sent, Refusal> {
     let task_id = task.task_id.clone();
     let Some(kind) = task.kind.clone() else {
         return Err(InvalidTask::NoKind.into());
@@ -366,19 +382,26 @@ async fn attempt(
     let report = blocking(move || ledger.report(Some(Some(plan.next))))
         .await
         .ok();
-    record.decision = "failed".to_owned();
-    let (sha256, answer) = match upload(client, &task_id, output, report).await {
-        Ok(sent) => sent,
+    let result = Outgoing::new(&task_id, output, report);
+    // Write-ahead: the evidence log says what the node sends before it leaves.
+    record.decision = "sent".to_owned();
+    record.sent_sha256 = result.sha256.clone();
+    if !record_evidence(node, &task_id, Record::Task(record.clone())).await {
+        return Err(Refusal::internal(
+            "the node's evidence log cannot be written, so the result is not sent",
+        ));
+    }
+    let sha256 = result.sha256.clone();
+    match result.send(client).await {
+        Ok(answer) => {
+            tracing::info!(task = task_id, "result sent");
+            Ok(Sent::Received(receipt_of(node, &task_id, &sha256, answer)))
+        }
         Err(error) => {
             tracing::warn!(task = task_id, %error, "result not accepted");
-            record.message = error.to_string();
-            return Ok(None);
+            Ok(Sent::Failed(error.to_string()))
         }
-    };
-    record.sent_sha256 = sha256.clone();
-    record.decision = "accepted".to_owned();
-    tracing::info!(task = task_id, "result sent");
-    Ok(receipt_of(node, &task_id, &sha256, answer))
+    }
 }
 
 /// The coordinator's receipt for the result of `task_id` whose hash is `sent`, checked: signed
@@ -432,34 +455,63 @@ fn receipt_of(
     })
 }
 
-/// Sends a result: its header, then its tensors in chunks. Its SHA-256 as sent
-/// (`treaty_proto::receipt::ResultHasher`), and the coordinator's answer with its receipt.
+/// A result ready to send: its header and chunks, and its SHA-256 as it will travel
+/// (`treaty_proto::receipt::ResultHasher`).
+pub(crate) struct Outgoing {
+    header: ResultHeader,
+    chunks: Vec<treaty_proto::v1::TensorChunk>,
+    pub(crate) sha256: String,
+}
+
+impl Outgoing {
+    /// The result of `task_id`: `output`'s tensors in chunks, with the node's privacy report.
+    pub(crate) fn new(task_id: &str, output: Output, privacy: Option<PrivacyReport>) -> Self {
+        let (specs, chunks) = encode(&output.tensors, Dtype::F64, DEFAULT_MAX_CHUNK_BYTES);
+        let header = ResultHeader {
+            task_id: task_id.to_owned(),
+            num_examples: output.num_examples,
+            metrics: output.metrics,
+            tensors: specs,
+            declared_norm_bound: 0.0,
+            privacy,
+            evaluation: output.evaluation.clone(),
+        };
+        let mut hasher = ResultHasher::new(&header);
+        chunks.iter().for_each(|c| hasher.chunk(c));
+        let sha256 = hasher.finish();
+        Outgoing {
+            header,
+            chunks,
+            sha256,
+        }
+    }
+
+    /// Sends it: the header, then the chunks; the coordinator's answer with its receipt.
+    pub(crate) async fn send(
+        self,
+        client: &mut AgencyServiceClient<Channel>,
+    ) -> Result<SubmitReceipt, NodeError> {
+        let parts = std::iter::once(result_part::Kind::Header(self.header))
+            .chain(self.chunks.into_iter().map(result_part::Kind::Chunk))
+            .map(|kind| ResultPart { kind: Some(kind) });
+        let receipt = client.submit_result(tokio_stream::iter(parts)).await?;
+        if receipt.get_ref().accepted {
+            Ok(receipt.into_inner())
+        } else {
+            Err(NodeError::Protocol(receipt.into_inner().message))
+        }
+    }
+}
+
+/// Sends a result: its header, then its tensors in chunks. Its SHA-256 as sent, and the
+/// coordinator's answer with its receipt.
 pub async fn upload(
     client: &mut AgencyServiceClient<Channel>,
     task_id: &str,
     output: Output,
     privacy: Option<PrivacyReport>,
 ) -> Result<(String, SubmitReceipt), NodeError> {
-    let (specs, chunks) = encode(&output.tensors, Dtype::F64, DEFAULT_MAX_CHUNK_BYTES);
-    let header = ResultHeader {
-        task_id: task_id.to_owned(),
-        num_examples: output.num_examples,
-        metrics: output.metrics,
-        tensors: specs,
-        declared_norm_bound: 0.0,
-        privacy,
-        evaluation: output.evaluation.clone(),
-    };
-    let mut hasher = ResultHasher::new(&header);
-    chunks.iter().for_each(|c| hasher.chunk(c));
-    let sha256 = hasher.finish();
-    let parts = std::iter::once(result_part::Kind::Header(header))
-        .chain(chunks.into_iter().map(result_part::Kind::Chunk))
-        .map(|kind| ResultPart { kind: Some(kind) });
-    let receipt = client.submit_result(tokio_stream::iter(parts)).await?;
-    if receipt.get_ref().accepted {
-        Ok((sha256, receipt.into_inner()))
-    } else {
-        Err(NodeError::Protocol(receipt.into_inner().message))
-    }
+    let result = Outgoing::new(task_id, output, privacy);
+    let sha256 = result.sha256.clone();
+    Ok((sha256, result.send(client).await?))
 }

@@ -347,3 +347,102 @@ async fn a_jobs_bundle_verifies_across_a_coordinator_crash_and_tampering_is_name
     let out = export(&config, &job.job_id, &first);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
 }
+
+/// kill -9 of a node while it works (its ledger, its evidence log, its uploads): after each
+/// restart its evidence log opens (the chain whole), nothing it recorded is lost, and its
+/// evidence still agrees with the coordinator's bundle — what it sent is in its log before it
+/// leaves, so no result at the coordinator is missing from it.
+#[tokio::test]
+async fn a_node_killed_during_its_appends_keeps_whole_evidence_that_agrees_with_the_bundle() {
+    use tokio_stream::StreamExt;
+    use treaty_proto::v1::{CreateJobRequest, JobSpec, WatchJobRequest, job_spec};
+
+    let fx = Fixture::new(&[("DE-BKA", "DE"), ("FR-DGDDI", "FR")]);
+    let (_coordinator, address) = fx.start_coordinator("127.0.0.1:0");
+    let de_config = fx.node_config("DE-BKA", "DE", &address, 5);
+    let mut de = fx.start_node_with("DE-BKA", &de_config);
+    let _fr = fx.start_node("FR-DGDDI", "FR", &address, 6);
+    let mut op = fx.operator(&address).await;
+    wait_connected(&mut op, &["DE-BKA", "FR-DGDDI"]).await;
+    create_federation(&mut op, "pair", &["DE-BKA:DE", "FR-DGDDI:FR"]).await;
+    let job = op
+        .create_job(CreateJobRequest {
+            federation: "pair".into(),
+            spec: Some(JobSpec {
+                kind: Some(job_spec::Kind::Training(training_spec(30))),
+                min_participants: 1,
+                // A round whose agency was killed does not wait long for it.
+                round_timeout_ms: 2_000,
+                join_timeout_ms: 20_000,
+                sharing: Some(test_sharing()),
+            }),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut events = op
+        .watch_job(WatchJobRequest {
+            job_id: job.job_id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    // Killed as soon as it has sent its result of rounds 3 and 12 (its appends of the next
+    // steps under way), and started again.
+    let mut kills = 0;
+    while let Some(event) = events.next().await {
+        let event = event.unwrap();
+        let sent = |r: u32| event.message == "DE-BKA sent its result" && event.round == r;
+        if sent(3) || sent(12) {
+            de.signal(nix::sys::signal::Signal::SIGKILL);
+            de.wait_for_exit(Duration::from_secs(10)).unwrap();
+            de = fx.start_node_with("DE-BKA", &de_config);
+            kills += 1;
+        }
+    }
+    assert_eq!(kills, 2);
+    let job = succeeded(watch_to_end(&mut op, &job.job_id).await);
+    // DE took part again after each restart.
+    let with_de = job
+        .rounds
+        .iter()
+        .filter(|r| r.contributors.iter().any(|c| c == "DE-BKA"))
+        .count();
+    assert!(with_de >= 20, "{with_de} of 30 rounds");
+
+    let config = fx.operator_config(&address);
+    let bundle = fx.path("bundle-kill");
+    let out = export(&config, &job.job_id, &bundle);
+    assert!(out.status.success(), "{}", text(&out));
+    // The node's evidence, from the running node, and again from its database once stopped.
+    let ca = fx.pki.ca_cert();
+    let ca = ca.to_str().unwrap();
+    for (name, stop) in [("evidence-running", false), ("evidence-stopped", true)] {
+        if stop {
+            de.signal(nix::sys::signal::Signal::SIGKILL);
+            de.wait_for_exit(Duration::from_secs(10)).unwrap();
+        }
+        let evidence = fx.path(name);
+        let out = treaty(&[
+            "node",
+            "evidence",
+            "--config",
+            de_config.to_str().unwrap(),
+            "--out",
+            evidence.to_str().unwrap(),
+        ]);
+        assert!(out.status.success(), "{}", text(&out));
+        let out = audit_verify(&bundle, ca, &["--node", evidence.to_str().unwrap()]);
+        assert!(out.status.success(), "{}", text(&out));
+        assert!(text(&out).contains("DE-BKA agrees"), "{}", text(&out));
+        // Every result the bundle holds from DE is one its log shows it sent: at least one a
+        // round it contributed to.
+        let results: usize = text(&out)
+            .split(" result(s) the bundle records")
+            .next()
+            .and_then(|s| s.rsplit(", ").next())
+            .and_then(|n| n.parse().ok())
+            .unwrap();
+        assert!(results >= with_de, "{}", text(&out));
+    }
+}

@@ -61,6 +61,12 @@ fn the_demo_runs_end_to_end_and_leaves_no_process() {
     // The demo ends by exporting its training job's evidence and verifying it; the bundle it
     // kept verifies again with `treaty audit verify`.
     assert!(stdout.contains("audit bundle verified"), "{stdout}");
+    // And one agency's own evidence agrees with it: a receipt and a recorded result for each
+    // of its 7 tasks (the statistics round, 5 rounds, the final evaluation).
+    assert!(
+        stdout.contains("DE-BKA's own evidence agrees: 7 signed receipt(s), 7 result(s)"),
+        "{stdout}"
+    );
     let bundle = std::fs::read_dir(keep.path())
         .unwrap()
         .flatten()
