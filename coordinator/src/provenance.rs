@@ -1,7 +1,7 @@
 //! A model version's provenance: its manifest (`treaty_proto::provenance::Manifest`), built
 //! from the stored job, model and decisions, and signed now with the coordinator's TLS key.
 
-use treaty_proto::provenance::{self, Manifest, ManifestPrivacy, ManifestRound};
+use treaty_proto::provenance::{self, Manifest, ManifestPrivacy, ManifestRound, ManifestSpending};
 use treaty_proto::v1::{Aggregation, ModelKind, Provenance, RoundSummary};
 use treaty_proto::{schema, tensor};
 
@@ -77,16 +77,43 @@ pub(crate) fn provenance(
                 .iter()
                 .map(|e| format!("{} {}", e.agency, e.reason_code))
                 .collect(),
+            results_sha256: r.results_sha256.clone(),
             policy_decision_sha256: treaty_proto::hex::sha256_hex(decision.as_bytes()),
             policy_texts_sha256: crate::audit::hex_digests(decision),
         }
     };
-    let rounds = job
+    let history: Vec<&RoundSummary> = job
         .statistics
         .iter()
         .chain(job.rounds.iter().filter(|r| r.round <= header.round))
-        .map(round_of)
         .collect();
+    let rounds = history.iter().map(|r| round_of(r)).collect();
+    // Each agency's spending as its node last reported it in those rounds, by agency.
+    let mut spent: Vec<ManifestSpending> = Vec::new();
+    for r in &history {
+        for (agency, m) in &r.agency_metrics {
+            // (A node whose ledger is damaged reports an infinite spending, and releases
+            // nothing: it contributed to no round.)
+            let Some(s) = m.spending.filter(|s| {
+                s.spent_epsilon.is_finite()
+                    && s.job_spent_epsilon.is_finite()
+                    && s.delta.is_finite()
+            }) else {
+                continue;
+            };
+            let figures = ManifestSpending {
+                agency: agency.clone(),
+                job_epsilon: s.job_spent_epsilon,
+                total_epsilon: s.spent_epsilon,
+                delta: s.delta,
+            };
+            match spent.iter_mut().find(|s| s.agency == *agency) {
+                Some(s) => *s = figures,
+                None => spent.push(figures),
+            }
+        }
+    }
+    spent.sort_by(|a, b| a.agency.cmp(&b.agency));
     let head = store.audit_head();
     let manifest = Manifest {
         format: provenance::FORMAT.to_owned(),
@@ -112,6 +139,7 @@ pub(crate) fn provenance(
             target_epsilon: privacy.target_epsilon,
             delta: privacy.target_delta,
         },
+        spent,
         rounds,
         model_entry_seq,
         audit_seq: head.seq,

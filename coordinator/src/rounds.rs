@@ -10,8 +10,8 @@ use tokio::sync::mpsc;
 use treaty_proto::Identity;
 use treaty_proto::receipt::{ReceivedResult, ResultsRecord};
 use treaty_proto::v1::{
-    AgencyMetrics, CancelTask, CoordinatorMessage, Exclusion, Job, JobEventKind, JobTerms,
-    RoundExclusion, RoundSummary, Task, coordinator_message, job_spec, task,
+    AgencyMetrics, AgencySpending, CancelTask, CoordinatorMessage, Exclusion, Job, JobEventKind,
+    JobTerms, RoundExclusion, RoundSummary, Task, coordinator_message, job_spec, task,
 };
 
 use crate::aggregate;
@@ -540,6 +540,11 @@ pub(crate) async fn collect(
                         values,
                         num_examples: r.num_examples,
                         intervals: HashMap::new(),
+                        spending: r.privacy.as_ref().map(|p| AgencySpending {
+                            spent_epsilon: p.spent_epsilon,
+                            job_spent_epsilon: p.job_spent_epsilon,
+                            delta: p.delta,
+                        }),
                     },
                 )
             })

@@ -378,10 +378,15 @@ async fn attempt(
         })))
         .await;
     let output = node.worker.run(client, &task.job_id, &plan).await?;
-    let ledger = node.ledger.clone();
-    let report = blocking(move || ledger.report(Some(Some(plan.next))))
-        .await
-        .ok();
+    let (ledger, job, federation) = (
+        node.ledger.clone(),
+        task.job_id.clone(),
+        task.federation.clone(),
+    );
+    let report =
+        blocking(move || ledger.report_for(Some((&job, &federation)), Some(Some(plan.next))))
+            .await
+            .ok();
     let result = Outgoing::new(&task_id, output, report);
     // Write-ahead: the evidence log says what the node sends before it leaves.
     record.decision = "sent".to_owned();

@@ -37,6 +37,11 @@ pub struct Manifest {
     /// The aggregation strategy, e.g. `STRATEGY_FEDAVG`.
     pub strategy: String,
     pub privacy: ManifestPrivacy,
+    /// What each contributing agency's node reported it had spent, by its own ledger, with its
+    /// last result for the model's rounds: on this job, and over every job. Absent from
+    /// manifests signed before Treaty stated it.
+    #[serde(default)]
+    pub spent: Vec<ManifestSpending>,
     /// The statistics round (0) and each training round up to the version's, in order.
     pub rounds: Vec<ManifestRound>,
     /// The audit entry that recorded the model's digest when the coordinator stored it
@@ -63,6 +68,20 @@ pub struct ManifestPrivacy {
     pub delta: f64,
 }
 
+/// An agency's spending, as its node reported it by its own ledger (the agency's word: the
+/// coordinator cannot see its ledger; every node refuses a release beyond its budget and the
+/// job's target).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ManifestSpending {
+    pub agency: String,
+    /// Epsilon spent on this job up to the model's last round, at `delta`.
+    pub job_epsilon: f64,
+    /// Epsilon spent over every job, at `delta`, at the same moment.
+    pub total_epsilon: f64,
+    pub delta: f64,
+}
+
 /// One round of the model's history.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -72,6 +91,11 @@ pub struct ManifestRound {
     pub contributors: Vec<String>,
     /// Each agency that did not contribute, as `AGENCY CODE`.
     pub excluded: Vec<String>,
+    /// The SHA-256 of the round's results record (docs/AUDIT.md): every result taken in, by
+    /// the hash its receipt names. Empty when none arrived, and in manifests signed before
+    /// rounds kept one.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub results_sha256: String,
     /// The SHA-256 of the round's recorded sharing-policy decision (JSON).
     pub policy_decision_sha256: String,
     /// The SHA-256s of the policy and registry texts the decision cites.

@@ -170,6 +170,15 @@ fn print_provenance(v: &VerifiedProvenance) {
             r.policy_texts_sha256.len()
         );
     }
+    for s in &m.spent {
+        outln!(
+            "  {} spent epsilon {:.4} on this job ({:.4} over every job) at delta {:e}, as its node reported by its own ledger",
+            s.agency,
+            s.job_epsilon,
+            s.total_epsilon,
+            s.delta
+        );
+    }
 }
 
 /// Prints the prediction of each record of `data` (at most `limit`) and, for linear models, each

@@ -242,6 +242,28 @@ async fn a_jobs_bundle_verifies_across_a_coordinator_crash_and_tampering_is_name
         "{said}"
     );
     assert!(said.contains("statistics: DE-BKA, FR-DGDDI"), "{said}");
+    // Each agency's spending as its node reported it: DE took part in this job alone, so what
+    // this job spent is all it spent then; and less than its ledger holds now (the final
+    // evaluation came after the model's last round).
+    let line = said
+        .lines()
+        .find(|l| l.contains("DE-BKA spent epsilon"))
+        .unwrap_or_else(|| panic!("{said}"));
+    let figures: Vec<f64> = line
+        .split([' ', '('])
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    assert_eq!(figures.len(), 2, "{line}");
+    assert!(figures[0] > 0.0 && figures[0] == figures[1], "{line}");
+    let ledger = treaty_json(&[
+        "node",
+        "ledger",
+        "--config",
+        de_config.to_str().unwrap(),
+        "--json",
+    ]);
+    let now = ledger["spent"]["epsilon"].as_f64().unwrap();
+    assert!(figures[0] < now, "{line}: the ledger holds {now}");
     let file: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&model).unwrap()).unwrap();
     let tamper = |name: &str, change: &dyn Fn(&mut serde_json::Value)| {

@@ -492,15 +492,41 @@ impl Ledger {
     /// to. A ledger that cannot be verified or accounted reports an unknown (infinite) spending,
     /// never nothing.
     pub fn report(&self, next: Option<Option<Vec<Release>>>) -> PrivacyReport {
-        let figures = self.figures(next);
+        self.report_for(None, next)
+    }
+
+    /// As [`Ledger::report`], with what `job` (its id and federation) has spent so far.
+    pub fn report_for(
+        &self,
+        job: Option<(&str, &str)>,
+        next: Option<Option<Vec<Release>>>,
+    ) -> PrivacyReport {
+        let figures = self.figures(next).and_then(|(spent, after)| {
+            let of_job = match job {
+                Some((job, federation)) => {
+                    let state = &mut self.lock();
+                    let chain = self.verified(state)?;
+                    let entries: Vec<Entry> = chain
+                        .entries
+                        .iter()
+                        .filter(|e| e.job_id == job && e.federation == federation)
+                        .cloned()
+                        .collect();
+                    self.cost(&entries, None)?.epsilon
+                }
+                None => 0.0,
+            };
+            Ok((spent, after, of_job))
+        });
         let max_epsilon = self.budget.map(|b| b.max_epsilon).unwrap_or(0.0);
         match figures {
-            Ok((spent, after)) => PrivacyReport {
+            Ok((spent, after, of_job)) => PrivacyReport {
                 spent_epsilon: spent.epsilon,
                 delta: self.delta(),
                 max_epsilon,
                 epsilon_after_next_round: after.map(|s| s.epsilon).unwrap_or(0.0),
                 accountant: spent.accountant,
+                job_spent_epsilon: of_job,
             },
             Err(error) => {
                 tracing::warn!(%error, "the privacy report says the spending is unknown");
@@ -516,6 +542,7 @@ impl Ledger {
                     max_epsilon,
                     epsilon_after_next_round: f64::INFINITY,
                     accountant,
+                    job_spent_epsilon: f64::INFINITY,
                 }
             }
         }
