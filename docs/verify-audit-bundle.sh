@@ -142,7 +142,11 @@ completed=$(for file in "$dir"/entries/*.json; do
   [ -e "$file" ] || continue
   value results "$(cat "$file")"; echo
 done | grep . | sort -u || true)
-for h in $completed; do [ -f "$dir/results/$h.json" ] || fail "results/$h.json is vouched for but missing"; done
+while IFS= read -r h; do
+  [ -n "$h" ] || continue
+  [[ $h =~ ^[0-9a-f]{64}$ ]] || fail "an entry vouches for a results record under a name that is not a SHA-256"
+  [ -f "$dir/results/$h.json" ] || fail "results/$h.json is vouched for but missing"
+done <<< "$completed"
 if [ -d "$dir/results" ]; then
   for file in "$dir"/results/*; do
     [ -e "$file" ] || continue

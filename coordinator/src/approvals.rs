@@ -2,11 +2,12 @@
 //! own operator's approval of each job (the node decides; this only keeps the job moving).
 //!
 //! - A round whose results fall short of the job's minimum only because agencies' approvals
-//!   are pending (`APPROVAL_PENDING`) does not fail the job: the job **waits**, and runs the
-//!   round again when one of those agencies' nodes says its operator decided (`JobDecided` on
-//!   its session), or after [`REASK`] in any case (a node whose session broke meanwhile).
-//!   Each agency wakes a job once: a node that says it decided and then refuses again as
-//!   pending cannot make the coordinator run rounds in a loop, and no round is run again
+//!   are pending (`APPROVAL_PENDING`) does not fail the job: the round **waits**, keeping the
+//!   results it has, and asks those agencies again when one of their nodes says its operator
+//!   decided (`JobDecided` on its session), or after [`REASK`] in any case (a node whose
+//!   session broke meanwhile), for [`MAX_APPROVAL_WAIT`] at most. Nobody releases twice for
+//!   one round. Each agency wakes a job once: a node that says it decided and then refuses
+//!   again as pending cannot make the coordinator ask in a loop, and no round asks again
 //!   sooner than [`MIN_RETRY`] after the last.
 //! - An agency whose operator rejected a job is not asked again in it ([`Approvals::rejected`]).
 //!
@@ -20,6 +21,10 @@ use tokio::sync::watch;
 
 /// How long a job waiting for approvals waits at most before it asks again.
 pub(crate) const REASK: Duration = Duration::from_secs(600);
+
+/// The longest a round waits for approvals in all; then it goes on without them (and fails
+/// when too few results came without them).
+pub(crate) const MAX_APPROVAL_WAIT: Duration = Duration::from_secs(72 * 3600);
 
 /// The shortest time between two runs of a round that waits for approvals.
 pub(crate) const MIN_RETRY: Duration = Duration::from_secs(1);

@@ -105,17 +105,6 @@ pub enum CoordinatorError {
         /// Each agency left out: `AGENCY: why`.
         why: Vec<String>,
     },
-    /// Not a failure: the round is run again once an agency decides.
-    #[error(
-        "{what}: waits for the approval of the job by the operators of {}",
-        pending.join(", ")
-    )]
-    AwaitingApproval {
-        what: String,
-        pending: Vec<String>,
-        /// The coordinator's count of approval decisions when the round started.
-        since: u64,
-    },
     #[error("round {round}: {source}; fix it and start the job again")]
     Registry { round: u32, source: LoadError },
     #[error("round {round}: {source}")]
@@ -255,7 +244,6 @@ impl From<CoordinatorError> for tonic::Status {
             | TooFewConnected { .. }
             | TooFewAdmitted { .. }
             | TooFewResults { .. }
-            | AwaitingApproval { .. }
             | Registry { .. }
             | PolicyKeys { .. }
             | Undecidable { .. } => {

@@ -235,29 +235,22 @@ async fn train(
         });
         let global = Arc::new(global);
         // FedAvg and the server optimisers: each update is folded into the round's exact sum
-        // once it passes its checks, and its staged bytes dropped. A round that waits for
-        // approvals runs again from an empty sum.
+        // once it passes its checks, and its staged bytes dropped.
         let parameters = global.iter().map(|t| t.values.len()).sum();
-        let (collected, sum) = loop {
-            let sum = streams.then(|| Arc::new(Mutex::new(Accumulator::new(parameters, grid))));
-            let (checked, folded) = (Arc::clone(&global), sum.clone());
-            let check = move |r: &mut TaskResult| {
-                check_update(&checked, r)?;
-                if let Some(e) = &r.evaluation {
-                    evaluation::check(e, shape)?;
-                }
-                if let (Some(sum), Some(staged)) = (&folded, r.staged.take()) {
-                    let mut sum = sum.lock().unwrap_or_else(|e| e.into_inner());
-                    sum.fold(r.num_examples, staged.tensors.values());
-                }
-                Ok(())
-            };
-            let kind = kind.clone();
-            let attempt = rounds::collect(ctx, job, rules, round, kind, intake, check).await;
-            if let Some(collected) = rounds::unless_awaiting(ctx, job, attempt).await? {
-                break (collected, sum);
+        let sum = streams.then(|| Arc::new(Mutex::new(Accumulator::new(parameters, grid))));
+        let (checked, folded) = (Arc::clone(&global), sum.clone());
+        let check = move |r: &mut TaskResult| {
+            check_update(&checked, r)?;
+            if let Some(e) = &r.evaluation {
+                evaluation::check(e, shape)?;
             }
+            if let (Some(sum), Some(staged)) = (&folded, r.staged.take()) {
+                let mut sum = sum.lock().unwrap_or_else(|e| e.into_inner());
+                sum.fold(r.num_examples, staged.tensors.values());
+            }
+            Ok(())
         };
+        let collected = rounds::collect(ctx, job, rules, round, kind, intake, check).await?;
         let last_received = collected.last_received;
         let (mut summary, results) = with_evaluation_metrics(
             collected.summary,
@@ -364,15 +357,7 @@ async fn final_evaluation(
         Some(e) => evaluation::check(e, shape),
         None => Err("the result carries no evaluation".into()),
     };
-    let collected = loop {
-        let (kind, check) = (kind.clone(), check);
-        let attempt = rounds::collect(ctx, job, &rules, round, kind, Intake::Whole, check).await;
-        match rounds::unless_awaiting(ctx, job, attempt).await {
-            Ok(None) => continue,
-            Ok(Some(collected)) => break Ok(collected),
-            Err(e) => break Err(e),
-        }
-    };
+    let collected = rounds::collect(ctx, job, &rules, round, kind, Intake::Whole, check).await;
     let collected = match collected {
         Ok(collected) => collected,
         Err(
@@ -441,13 +426,7 @@ async fn statistics(
             "statistics must be one tensor `stats` of shape [{width}, 3]"
         )),
     };
-    let collected = loop {
-        let (kind, check) = (kind.clone(), check);
-        let attempt = rounds::collect(ctx, job, rules, 0, kind, Intake::Whole, check).await;
-        if let Some(collected) = rounds::unless_awaiting(ctx, job, attempt).await? {
-            break collected;
-        }
-    };
+    let collected = rounds::collect(ctx, job, rules, 0, kind, Intake::Whole, check).await?;
     // Each agency's public record estimate: the largest of its noisy column counts, rounded
     // (post-processing of its DP release; nodes never use their true count).
     job.public_records = collected
@@ -705,13 +684,7 @@ async fn query(
     let max_records = ctx.limits.max_records_per_agency;
     let checked = spec.clone();
     let check = move |r: &mut TaskResult| answers::check_answer(&checked, max_records, r);
-    let collected = loop {
-        let (kind, check) = (kind.clone(), check.clone());
-        let attempt = rounds::collect(ctx, job, rules, 1, kind, Intake::Whole, check).await;
-        if let Some(collected) = rounds::unless_awaiting(ctx, job, attempt).await? {
-            break collected;
-        }
-    };
+    let collected = rounds::collect(ctx, job, rules, 1, kind, Intake::Whole, check).await?;
     let mut summary = collected.summary;
     let combination = spec.combination;
     // The bootstrap of the intervals is a long computation: off the runtime, with the

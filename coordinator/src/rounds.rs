@@ -15,6 +15,7 @@ use treaty_proto::v1::{
 };
 
 use crate::aggregate;
+use crate::approvals::MAX_APPROVAL_WAIT;
 use crate::error::CoordinatorError;
 use crate::federation::members;
 use crate::policy::{self, Question};
@@ -308,7 +309,6 @@ pub(crate) async fn collect(
     let invited = decided.decision.admitted.clone();
     let stated = job_terms(job, &decided.terms.purpose, rules);
     let started = now_ms();
-    let deadline_ms = started + i64::from(round_timeout);
     ctx.save_audit(
         &ctx.identity.to_string(),
         "round.started",
@@ -341,159 +341,88 @@ pub(crate) async fn collect(
         format!("{what} started: {} agencies invited", invited.len()),
     );
 
-    let (tx, mut rx) = mpsc::unbounded_channel::<Delivery>();
-    let mut open: HashMap<Identity, String> = HashMap::new(); // agency -> task id
-    for agency in &admitted {
-        let task_id = format!("{}-r{round}-{}", job.job_id, shown(agency));
-        // A training task carries the receiving agency's own public record estimate alone
-        // (one that missed the statistics round gets the federation's median estimate: any
-        // public figure keeps its node's release DP, this one keeps its sampling sensible).
-        let mut kind = kind.clone();
-        if let task::Kind::Training(t) = &mut kind {
-            t.public_records = job
-                .public_records
-                .get(shown(agency))
-                .copied()
-                .unwrap_or_else(|| median(job.public_records.values().copied()));
-        }
-        let message = CoordinatorMessage {
-            kind: Some(coordinator_message::Kind::Task(Task {
-                task_id: task_id.clone(),
-                job_id: job.job_id.clone(),
-                federation: job.federation.clone(),
-                round,
-                deadline_unix_ms: deadline_ms,
-                kind: Some(kind),
-                terms: Some(decided.terms.clone()),
-                job: Some(stated.clone()),
-            })),
-        };
-        ctx.tasks.open(&task_id, agency, tx.clone(), intake);
-        let sent = match ctx.sessions.outbox(agency) {
-            Some(outbox) => outbox.send(Ok(message)).await.is_ok(),
-            None => false,
-        };
-        if sent {
-            open.insert(agency.clone(), task_id);
-        } else {
-            ctx.tasks.close(&task_id);
-            excluded.push(exclusion(
-                shown(agency),
-                ExclusionCode::NotConnected,
-                "the node's session closed before the task could be sent",
-            ));
-        }
-    }
-    drop(tx);
-
     let mut results: Vec<(String, TaskResult)> = Vec::new();
     // Every result taken in, by its hash, for the round's results record.
     let mut received: Vec<ReceivedResult> = Vec::new();
-    let deadline = tokio::time::Instant::now() + Duration::from_millis(u64::from(round_timeout));
-    while !open.is_empty() {
-        let delivery = tokio::select! {
-            d = rx.recv() => d,
-            _ = tokio::time::sleep_until(deadline) => None,
+    // The round asks its admitted agencies; when it is short of results only for want of
+    // approvals still pending, it waits for their operators' decisions and asks those
+    // agencies again (the others' results stay: nobody releases twice for one round).
+    let mut asked: Vec<Identity> = admitted.clone();
+    let mut decisions_seen = decisions_before;
+    let waiting_since = tokio::time::Instant::now();
+    for attempt in 0u32.. {
+        let mut round_ctx = Asking {
+            ctx,
+            job,
+            round,
+            intake,
+            excluded: &mut excluded,
+            results: &mut results,
+            received: &mut received,
         };
-        let Some((identity, outcome)) = delivery else {
+        let (terms, stated) = (&decided.terms, &stated);
+        round_ctx
+            .ask(&asked, attempt, &kind, terms, stated, round_timeout, &check)
+            .await?;
+        if results.len() >= min {
             break;
-        };
-        let task_id = open.remove(&identity).unwrap_or_default();
-        let agency = shown(&identity).to_owned();
-        match outcome {
-            Outcome::Refused {
-                reason_code,
-                message,
-            } => {
-                ctx.emit(
-                    job,
-                    JobEventKind::AgencyRefused,
-                    round,
-                    &agency,
-                    format!("{agency} refused the task: {reason_code}: {message}"),
-                );
-                ctx.save_audit(
-                    &identity.to_string(),
-                    "task.refused",
-                    job,
-                    round,
-                    &identity.to_string(),
-                    format!("{reason_code}: {message}"),
-                )
-                .await?;
-                let exclusion = refused(&agency, &reason_code, &message);
-                if exclusion.reason_code == ExclusionCode::ApprovalRejected.code() {
-                    ctx.approvals.note_rejected(&job.job_id, &agency);
-                }
-                if exclusion.reason_code == ExclusionCode::ApprovalPending.code() {
-                    ctx.approvals.note_pending(&job.job_id, &agency);
-                }
-                excluded.push(exclusion);
-            }
-            Outcome::Invalid(reason) => {
-                reject(ctx, job, round, &identity, reason, &mut excluded).await?
-            }
-            Outcome::Result(result) => {
-                let check = Arc::clone(&check);
-                let (result, verdict) = tokio::task::spawn_blocking(move || {
-                    let mut result = *result;
-                    let verdict = check(&mut result);
-                    (result, verdict)
-                })
-                .await?;
-                received.push(ReceivedResult {
-                    agency: identity.to_string(),
-                    task_id,
-                    result_sha256: result.sha256.clone(),
-                    passed: verdict.is_ok(),
-                });
-                match verdict {
-                    Ok(()) => {
-                        ctx.emit(
-                            job,
-                            JobEventKind::ResultAccepted,
-                            round,
-                            &agency,
-                            format!("{agency} sent its result"),
-                        );
-                        results.push((agency, result));
-                    }
-                    Err(reason) => {
-                        reject(ctx, job, round, &identity, reason, &mut excluded).await?
-                    }
-                }
-            }
         }
-    }
-    for (agency, task_id) in open {
-        ctx.tasks.close(&task_id);
-        if let Some(outbox) = ctx.sessions.outbox(&agency) {
-            let _ = outbox.try_send(Ok(CoordinatorMessage {
-                kind: Some(coordinator_message::Kind::Cancel(CancelTask {
-                    task_id,
-                    reason: "the round's deadline passed".into(),
-                })),
-            }));
-        }
-        excluded.push(exclusion(
-            shown(&agency),
-            ExclusionCode::TimedOut,
-            &format!("no result within {round_timeout} ms"),
-        ));
-    }
-    if results.len() < min {
-        // Short only for want of approvals still pending: the job waits for them.
-        let pending: Vec<String> = excluded
+        let pending: Vec<&Exclusion> = excluded
             .iter()
             .filter(|e| e.reason_code == ExclusionCode::ApprovalPending.code())
-            .map(|e| e.agency.clone())
             .collect();
-        if !pending.is_empty() && results.len() + pending.len() >= min {
-            return Err(CoordinatorError::AwaitingApproval {
-                what,
-                pending,
-                since: decisions_before,
-            });
+        let could = !pending.is_empty() && results.len() + pending.len() >= min;
+        if !could || waiting_since.elapsed() > MAX_APPROVAL_WAIT {
+            break;
+        }
+        let names: Vec<String> = pending.iter().map(|e| e.agency.clone()).collect();
+        let line = format!(
+            "{what} waits for the approval of the job by the operators of {}; it asks them again when one of them decides",
+            names.join(", ")
+        );
+        ctx.save_audit(
+            &ctx.identity.to_string(),
+            "round.awaiting_approval",
+            job,
+            round,
+            "",
+            line.clone(),
+        )
+        .await?;
+        ctx.emit(job, JobEventKind::AwaitingApproval, round, "", line);
+        ctx.approvals.wait(decisions_seen).await;
+        decisions_seen = ctx.approvals.decisions();
+        // Those still connected are asked again; their earlier refusals leave the record.
+        asked = names
+            .iter()
+            .filter_map(|n| by_id(n))
+            .filter(|a| ctx.sessions.is_connected(a))
+            .collect();
+        excluded.retain(|e| {
+            !(e.reason_code == ExclusionCode::ApprovalPending.code() && names.contains(&e.agency))
+        });
+        for name in names
+            .iter()
+            .filter(|n| !asked.iter().any(|a| shown(a) == n.as_str()))
+        {
+            excluded.push(exclusion(
+                name,
+                ExclusionCode::NotConnected,
+                "its node's session closed while the round waited for its approval",
+            ));
+        }
+    }
+    if results.len() < min {
+        // The results taken in (and signed for) stay in the evidence, vouched for by the
+        // round's failure.
+        let sha = archive_results(ctx, job, round, received).await?;
+        if !sha.is_empty() {
+            let line = format!(
+                "{what}: {} usable result(s), fewer than {min}",
+                results.len()
+            );
+            ctx.save_audit_round("round.failed", job, round, line, &sha)
+                .await?;
         }
         return Err(CoordinatorError::TooFewResults {
             what,
@@ -555,21 +484,7 @@ pub(crate) async fn collect(
     };
     let last_received = results.iter().map(|(_, r)| r.received).max();
     let mut summary = summary;
-    if !received.is_empty() {
-        // Archived under its SHA-256, which the round's `round.completed` entry vouches for.
-        let record = ResultsRecord {
-            job: job.job_id.clone(),
-            round,
-            results: received,
-        };
-        // Strings, numbers and booleans: serialising cannot fail.
-        let record = serde_json::to_string(&record).unwrap_or_default();
-        let sha = treaty_proto::hex::sha256_hex(record.as_bytes());
-        let archived = sha.clone();
-        ctx.blocking(move |ctx| ctx.store.archive_policy(&archived, &record))
-            .await?;
-        summary.results_sha256 = sha;
-    }
+    summary.results_sha256 = archive_results(ctx, job, round, received).await?;
     Ok(Collected {
         summary,
         results,
@@ -577,39 +492,223 @@ pub(crate) async fn collect(
     })
 }
 
-/// What became of a round's attempt (its tasks sent and its results collected, from scratch):
-/// `Some` result, or `None` when the round was short of results only because agencies'
-/// approvals are pending: then the job has waited (recorded, and told to its watchers) until
-/// one of them decided (`crate::approvals`), and the caller runs the round again.
-pub(crate) async fn unless_awaiting<T>(
+/// Archives a round's results record under its SHA-256 (which the round's completing or
+/// failing audit entry vouches for); the SHA-256, empty when no result arrived.
+async fn archive_results(
     ctx: &Arc<Coordinator>,
     job: &Job,
-    attempt: Result<T, CoordinatorError>,
-) -> Result<Option<T>, CoordinatorError> {
-    match attempt {
-        Err(CoordinatorError::AwaitingApproval {
-            what,
-            pending,
-            since,
-        }) => {
-            let line = format!(
-                "{what} waits for the approval of the job by the operators of {}; it runs again when one of them decides",
-                pending.join(", ")
-            );
-            ctx.save_audit(
-                &ctx.identity.to_string(),
-                "round.awaiting_approval",
-                job,
-                0,
-                "",
-                line.clone(),
-            )
-            .await?;
-            ctx.emit(job, JobEventKind::AwaitingApproval, 0, "", line);
-            ctx.approvals.wait(since).await;
-            Ok(None)
+    round: u32,
+    received: Vec<ReceivedResult>,
+) -> Result<String, CoordinatorError> {
+    if received.is_empty() {
+        return Ok(String::new());
+    }
+    let record = ResultsRecord {
+        job: job.job_id.clone(),
+        round,
+        results: received,
+    };
+    // Strings, numbers and booleans: serialising cannot fail.
+    let record = serde_json::to_string(&record).unwrap_or_default();
+    let sha = treaty_proto::hex::sha256_hex(record.as_bytes());
+    let archived = sha.clone();
+    ctx.blocking(move |ctx| ctx.store.archive_policy(&archived, &record))
+        .await?;
+    Ok(sha)
+}
+
+/// One asking of a round: tasks sent to some of its admitted agencies, and their outcomes
+/// collected into the round's record until each has answered or the deadline passed.
+struct Asking<'a> {
+    ctx: &'a Arc<Coordinator>,
+    job: &'a Job,
+    round: u32,
+    intake: Intake,
+    excluded: &'a mut Vec<Exclusion>,
+    results: &'a mut Vec<(String, TaskResult)>,
+    received: &'a mut Vec<ReceivedResult>,
+}
+
+impl Asking<'_> {
+    /// Sends `kind` to `agencies` (the round's first asking is attempt 0; a later one's task
+    /// ids say which it is) and collects what comes back.
+    #[allow(clippy::too_many_arguments)]
+    async fn ask<F>(
+        &mut self,
+        agencies: &[Identity],
+        attempt: u32,
+        kind: &task::Kind,
+        terms: &treaty_proto::v1::RoundTerms,
+        stated: &JobTerms,
+        round_timeout: u32,
+        check: &Arc<F>,
+    ) -> Result<(), CoordinatorError>
+    where
+        F: Fn(&mut TaskResult) -> Result<(), String> + Send + Sync + 'static,
+    {
+        let (ctx, job, round) = (self.ctx, self.job, self.round);
+        let deadline_ms = now_ms() + i64::from(round_timeout);
+        let (tx, mut rx) = mpsc::unbounded_channel::<Delivery>();
+        let mut open: HashMap<Identity, String> = HashMap::new(); // agency -> task id
+        for agency in agencies {
+            let task_id = match attempt {
+                0 => format!("{}-r{round}-{}", job.job_id, shown(agency)),
+                n => format!("{}-r{round}-{}-a{n}", job.job_id, shown(agency)),
+            };
+            // A training task carries the receiving agency's own public record estimate alone
+            // (one that missed the statistics round gets the federation's median estimate: any
+            // public figure keeps its node's release DP, this one keeps its sampling sensible).
+            let mut kind = kind.clone();
+            if let task::Kind::Training(t) = &mut kind {
+                t.public_records = job
+                    .public_records
+                    .get(shown(agency))
+                    .copied()
+                    .unwrap_or_else(|| median(job.public_records.values().copied()));
+            }
+            let message = CoordinatorMessage {
+                kind: Some(coordinator_message::Kind::Task(Task {
+                    task_id: task_id.clone(),
+                    job_id: job.job_id.clone(),
+                    federation: job.federation.clone(),
+                    round,
+                    deadline_unix_ms: deadline_ms,
+                    kind: Some(kind),
+                    terms: Some(terms.clone()),
+                    job: Some(stated.clone()),
+                })),
+            };
+            ctx.tasks.open(&task_id, agency, tx.clone(), self.intake);
+            let sent = match ctx.sessions.outbox(agency) {
+                Some(outbox) => outbox.send(Ok(message)).await.is_ok(),
+                None => false,
+            };
+            if sent {
+                open.insert(agency.clone(), task_id);
+            } else {
+                ctx.tasks.close(&task_id);
+                self.excluded.push(exclusion(
+                    shown(agency),
+                    ExclusionCode::NotConnected,
+                    "the node's session closed before the task could be sent",
+                ));
+            }
         }
-        other => other.map(Some),
+        drop(tx);
+        let deadline =
+            tokio::time::Instant::now() + Duration::from_millis(u64::from(round_timeout));
+        while !open.is_empty() {
+            // What has arrived is taken in before the deadline is looked at, and once it has
+            // passed, what had arrived by then still is: a result the coordinator signed a
+            // receipt for is never dropped unread.
+            let delivery = tokio::select! {
+                biased;
+                d = rx.recv() => d,
+                _ = tokio::time::sleep_until(deadline) => rx.try_recv().ok(),
+            };
+            let Some((identity, outcome)) = delivery else {
+                break;
+            };
+            let task_id = open.remove(&identity).unwrap_or_default();
+            self.take(identity, task_id, outcome, check).await?;
+        }
+        for (agency, task_id) in open {
+            ctx.tasks.close(&task_id);
+            if let Some(outbox) = ctx.sessions.outbox(&agency) {
+                let _ = outbox.try_send(Ok(CoordinatorMessage {
+                    kind: Some(coordinator_message::Kind::Cancel(CancelTask {
+                        task_id,
+                        reason: "the round's deadline passed".into(),
+                    })),
+                }));
+            }
+            self.excluded.push(exclusion(
+                shown(&agency),
+                ExclusionCode::TimedOut,
+                &format!("no result within {round_timeout} ms"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Takes in one agency's outcome.
+    async fn take<F>(
+        &mut self,
+        identity: Identity,
+        task_id: String,
+        outcome: Outcome,
+        check: &Arc<F>,
+    ) -> Result<(), CoordinatorError>
+    where
+        F: Fn(&mut TaskResult) -> Result<(), String> + Send + Sync + 'static,
+    {
+        let (ctx, job, round) = (self.ctx, self.job, self.round);
+        let agency = shown(&identity).to_owned();
+        match outcome {
+            Outcome::Refused {
+                reason_code,
+                message,
+            } => {
+                ctx.emit(
+                    job,
+                    JobEventKind::AgencyRefused,
+                    round,
+                    &agency,
+                    format!("{agency} refused the task: {reason_code}: {message}"),
+                );
+                ctx.save_audit(
+                    &identity.to_string(),
+                    "task.refused",
+                    job,
+                    round,
+                    &identity.to_string(),
+                    format!("{reason_code}: {message}"),
+                )
+                .await?;
+                let exclusion = refused(&agency, &reason_code, &message);
+                if exclusion.reason_code == ExclusionCode::ApprovalRejected.code() {
+                    ctx.approvals.note_rejected(&job.job_id, &agency);
+                }
+                if exclusion.reason_code == ExclusionCode::ApprovalPending.code() {
+                    ctx.approvals.note_pending(&job.job_id, &agency);
+                }
+                self.excluded.push(exclusion);
+            }
+            Outcome::Invalid(reason) => {
+                reject(ctx, job, round, &identity, reason, self.excluded).await?
+            }
+            Outcome::Result(result) => {
+                let check = Arc::clone(check);
+                let (result, verdict) = tokio::task::spawn_blocking(move || {
+                    let mut result = *result;
+                    let verdict = check(&mut result);
+                    (result, verdict)
+                })
+                .await?;
+                self.received.push(ReceivedResult {
+                    agency: identity.to_string(),
+                    task_id,
+                    result_sha256: result.sha256.clone(),
+                    passed: verdict.is_ok(),
+                });
+                match verdict {
+                    Ok(()) => {
+                        ctx.emit(
+                            job,
+                            JobEventKind::ResultAccepted,
+                            round,
+                            &agency,
+                            format!("{agency} sent its result"),
+                        );
+                        self.results.push((agency, result));
+                    }
+                    Err(reason) => {
+                        reject(ctx, job, round, &identity, reason, self.excluded).await?
+                    }
+                }
+            }
+        }
+        Ok(())
     }
 }
 

@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 use treaty_policies::privacy::{self, Release};
-use treaty_proto::v1::Task;
+use treaty_proto::v1::{Task, task};
 
 use crate::ledger::{ApprovalRecord, Entry, Evidence, Record};
 use crate::refusal::{Refusal, RefusalCode};
@@ -29,14 +29,14 @@ pub struct ApprovalConfig {
     #[serde(default)]
     pub required: bool,
     /// The operating-system accounts that may approve or reject jobs; empty: any account that
-    /// can open the node's control socket (`control.sock` in its state directory: the node's
-    /// own account and the members of the state directory's group).
+    /// can open the node's control socket (`control/control.sock` in its state directory: the
+    /// node's own account and the members of the node's group).
     #[serde(default)]
     pub approvers: Vec<String>,
 }
 
 /// What a person approves: the job as the coordinator states it, with who states it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct JobTermsView {
     pub job_id: String,
@@ -146,6 +146,7 @@ impl Approvals {
                 "the task states no job terms, and this node takes part only in jobs its operator approved by their terms",
             ));
         };
+        check_terms(task, stated)?;
         let view = JobTermsView {
             job_id: task.job_id.clone(),
             federation: task.federation.clone(),
@@ -161,6 +162,21 @@ impl Approvals {
         };
         let sha = view.sha256();
         let mut jobs = self.jobs.lock().unwrap_or_else(|e| e.into_inner());
+        // A person reads what is pending: the list stays short (the oldest request goes).
+        if !jobs.contains_key(&task.job_id) {
+            let pending: Vec<(i64, String)> = jobs
+                .iter()
+                .filter_map(|(job, s)| match s {
+                    Standing::Pending(p) => Some((p.asked_unix_ms, job.clone())),
+                    _ => None,
+                })
+                .collect();
+            if pending.len() >= MAX_PENDING
+                && let Some((_, oldest)) = pending.iter().min()
+            {
+                jobs.remove(oldest);
+            }
+        }
         let changed = match jobs.get(&task.job_id) {
             Some(Standing::Rejected) => {
                 return Err(Refusal::new(
@@ -208,21 +224,20 @@ impl Approvals {
         if !self.config.required {
             return Ok(());
         }
-        let approved = match self
-            .jobs
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&task.job_id)
-        {
-            Some(Standing::Approved(view, _)) => view.clone(),
-            // Approved a moment ago by `check`, unless revoked since.
-            _ => {
-                return Err(Refusal::new(
-                    RefusalCode::ApprovalRejected,
-                    format!("job `{}` is no longer approved at this agency", task.job_id),
-                ));
-            }
-        };
+        let approved = self.still_approved(task)?;
+        // One release a round: a round asked again (a coordinator restarted) spends nothing
+        // more, and a job that states no total spends at most its rounds' terms.
+        if entries.iter().any(|e| {
+            e.job_id == task.job_id && e.federation == task.federation && e.round == task.round
+        }) {
+            return Err(Refusal::new(
+                RefusalCode::ApprovalExceeded,
+                format!(
+                    "this agency already released for round {} of job `{}`, which its operator approved once",
+                    task.round, task.job_id
+                ),
+            ));
+        }
         if approved.epsilon <= 0.0 {
             return Ok(());
         }
@@ -247,10 +262,41 @@ impl Approvals {
         let spent = privacy::spent(&job, delta).map_err(|e| Refusal::invalid(e.to_string()))?;
         // The node calibrates a job's noise to its target exactly: a rounding's slack is not
         // a release beyond it.
-        if spent.epsilon > approved.epsilon * (1.0 + 1e-9) {
+        let within = spent.epsilon.is_finite() && spent.epsilon <= approved.epsilon * (1.0 + 1e-9);
+        if !within {
             return Err(exceeded(&task.job_id, spent.epsilon, &approved));
         }
         Ok(())
+    }
+
+    /// The terms `task`'s job was approved under; the refusal when it is not approved (any
+    /// more): checked again just before a result leaves.
+    pub(crate) fn still_approved(&self, task: &Task) -> Result<JobTermsView, Refusal> {
+        if !self.config.required {
+            return Ok(JobTermsView::default());
+        }
+        match self
+            .jobs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&task.job_id)
+        {
+            Some(Standing::Approved(view, _)) => Ok(view.clone()),
+            Some(Standing::Rejected) => Err(Refusal::new(
+                RefusalCode::ApprovalRejected,
+                format!(
+                    "this agency's operator rejected job `{}`; the node takes no part in it",
+                    task.job_id
+                ),
+            )),
+            _ => Err(Refusal::new(
+                RefusalCode::ApprovalPending,
+                format!(
+                    "job `{}` waits for the approval of this agency's operator",
+                    task.job_id
+                ),
+            )),
+        }
     }
 
     /// The jobs waiting for approval, oldest request first.
@@ -272,10 +318,15 @@ impl Approvals {
     /// Records a person's decision on `job`: approve a pending job, or reject a pending or an
     /// approved one (a rejection is final). The record is durable in the evidence log before
     /// the decision takes effect.
+    ///
+    /// An approval names the terms the person read (`terms`: their SHA-256 as `pending` shows
+    /// it, or its first 12 digits at least): terms that changed since are not approved.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn decide(
         &self,
         job: &str,
         decision: Decision,
+        terms: &str,
         by: &str,
         note: &str,
         account: (&str, u32),
@@ -316,6 +367,14 @@ impl Approvals {
                 ));
             }
         };
+        let read = terms.trim().to_ascii_lowercase();
+        let names_them = read.len() >= 12 && read.len() <= 64 && sha.starts_with(&read);
+        if decision == Decision::Approve && !names_them {
+            return Err(format!(
+                "job `{job}`'s terms are now {sha}, not the terms you name ({}): read `treaty node pending` again and approve the terms it shows (--terms, 12 digits at least)",
+                if read.is_empty() { "none" } else { &read }
+            ));
+        }
         let record = ApprovalRecord {
             time_unix_ms: now_ms,
             job_id: job.to_owned(),
@@ -349,6 +408,68 @@ impl Approvals {
     }
 }
 
+/// The most jobs waiting for approval a node keeps (the oldest request goes first).
+const MAX_PENDING: usize = 256;
+
+/// The longest name, purpose or field a job's terms may hold, in bytes, and the most fields.
+const MAX_TERM_BYTES: usize = 128;
+const MAX_TERM_FIELDS: usize = 1024;
+
+/// Whether a job's stated terms can be shown to a person and hold together with the task:
+/// finite figures, short printable texts, the round within the job's rounds, the task's kind
+/// the job's, and the round's purpose and fields the job's. A coordinator that states one
+/// thing and asks another is refused (`INVALID_TASK`).
+fn check_terms(task: &Task, stated: &treaty_proto::v1::JobTerms) -> Result<(), Refusal> {
+    let printable = |t: &str| t.len() <= MAX_TERM_BYTES && !t.chars().any(char::is_control);
+    let texts = [
+        &task.job_id,
+        &task.federation,
+        &stated.kind,
+        &stated.created_by,
+        &stated.purpose,
+    ];
+    if !texts.iter().all(|t| printable(t))
+        || stated.fields.len() > MAX_TERM_FIELDS
+        || !stated.fields.iter().all(|f| printable(f))
+    {
+        return Err(Refusal::invalid(
+            "the job's terms hold a text too long or not printable",
+        ));
+    }
+    let figures_fine = stated.epsilon.is_finite()
+        && stated.epsilon >= 0.0
+        && stated.delta.is_finite()
+        && (0.0..1.0).contains(&stated.delta);
+    if !figures_fine {
+        return Err(Refusal::invalid(format!(
+            "the job's terms state epsilon {} at delta {}: not a budget",
+            stated.epsilon, stated.delta
+        )));
+    }
+    let kind_fits = match (&task.kind, stated.kind.as_str()) {
+        (Some(task::Kind::Query(_)), "query") => task.round <= 1,
+        (
+            Some(task::Kind::Stats(_) | task::Kind::Training(_) | task::Kind::Evaluation(_)),
+            "training",
+        ) => task.round <= stated.rounds.saturating_add(1),
+        _ => false,
+    };
+    if !kind_fits {
+        return Err(Refusal::invalid(format!(
+            "round {} of this kind of task is not part of a {} job of {} round(s), as the job's terms state it",
+            task.round, stated.kind, stated.rounds
+        )));
+    }
+    if let Some(terms) = &task.terms
+        && (terms.purpose != stated.purpose || terms.fields != stated.fields)
+    {
+        return Err(Refusal::invalid(
+            "the round's purpose or fields are not the ones the job's terms state",
+        ));
+    }
+    Ok(())
+}
+
 fn exceeded(job: &str, spent: f64, approved: &JobTermsView) -> Refusal {
     Refusal::new(
         RefusalCode::ApprovalExceeded,
@@ -370,6 +491,7 @@ mod tests {
             job_id: job.into(),
             federation: "fed".into(),
             round: 1,
+            kind: Some(task::Kind::Training(Default::default())),
             job: Some(JobTerms {
                 kind: "training".into(),
                 created_by: "treaty://operator/ops".into(),
@@ -397,6 +519,15 @@ mod tests {
 
     const HUB: &str = "treaty://coordinator/hub";
 
+    /// The terms `pending` shows for the first job waiting, as a person copies them: the first
+    /// 12 digits of their SHA-256.
+    fn shown(a: &Approvals) -> String {
+        a.pending()
+            .first()
+            .map(|p| p.terms_sha256[..12].to_owned())
+            .unwrap_or_default()
+    }
+
     fn code(r: Result<(), Refusal>) -> String {
         r.map_or_else(|r| r.code.to_string(), |()| "OK".into())
     }
@@ -409,7 +540,15 @@ mod tests {
         let a = Approvals::new(ApprovalConfig::default(), Arc::new(evidence), &[]);
         assert_eq!(code(a.check(&task("j1", 1.0), HUB, 1)), "OK");
         let err = a
-            .decide("j1", Decision::Approve, "Jane", "", ("jdoe", 1000), 2)
+            .decide(
+                "j1",
+                Decision::Approve,
+                &shown(&a),
+                "Jane",
+                "",
+                ("jdoe", 1000),
+                2,
+            )
             .unwrap_err();
         assert!(err.contains("does not require approval"), "{err}");
     }
@@ -420,7 +559,15 @@ mod tests {
         let (a, _) = approvals(dir.path(), &[]);
         // Nothing can be approved before the job asks: its terms are not known.
         let err = a
-            .decide("j1", Decision::Approve, "Jane", "", ("jdoe", 1000), 1)
+            .decide(
+                "j1",
+                Decision::Approve,
+                &shown(&a),
+                "Jane",
+                "",
+                ("jdoe", 1000),
+                1,
+            )
             .unwrap_err();
         assert!(err.contains("has not asked"), "{err}");
         assert_eq!(code(a.check(&task("j1", 1.0), HUB, 10)), "APPROVAL_PENDING");
@@ -431,13 +578,22 @@ mod tests {
         assert_eq!(pending[0].terms.created_by, "treaty://operator/ops");
         // No name, no decision.
         assert!(
-            a.decide("j1", Decision::Approve, "  ", "", ("jdoe", 1000), 11)
-                .is_err()
+            a.decide(
+                "j1",
+                Decision::Approve,
+                &shown(&a),
+                "  ",
+                "",
+                ("jdoe", 1000),
+                11
+            )
+            .is_err()
         );
         let record = a
             .decide(
                 "j1",
                 Decision::Approve,
+                &shown(&a),
                 "Jane Doe",
                 "case 7",
                 ("jdoe", 1000),
@@ -472,11 +628,20 @@ mod tests {
         {
             let (a, _) = approvals(dir.path(), &[]);
             let _ = a.check(&task("j1", 1.0), HUB, 1);
-            a.decide("j1", Decision::Approve, "Jane", "", ("jdoe", 1000), 2)
-                .unwrap();
+            a.decide(
+                "j1",
+                Decision::Approve,
+                &shown(&a),
+                "Jane",
+                "",
+                ("jdoe", 1000),
+                2,
+            )
+            .unwrap();
             a.decide(
                 "j1",
                 Decision::Reject,
+                "",
                 "Max",
                 "withdrawn",
                 ("mmus", 1001),
@@ -488,7 +653,15 @@ mod tests {
         let (a, evidence) = approvals(dir.path(), &[]);
         assert_eq!(code(a.check(&task("j1", 1.0), HUB, 5)), "APPROVAL_REJECTED");
         let err = a
-            .decide("j1", Decision::Approve, "Jane", "", ("jdoe", 1000), 6)
+            .decide(
+                "j1",
+                Decision::Approve,
+                &shown(&a),
+                "Jane",
+                "",
+                ("jdoe", 1000),
+                6,
+            )
             .unwrap_err();
         assert!(err.contains("final"), "{err}");
         // Both decisions are in the evidence log, with who made them.
@@ -518,12 +691,28 @@ mod tests {
         let (a, evidence) = approvals(dir.path(), &["jdoe"]);
         let _ = a.check(&task("j1", 1.0), HUB, 1);
         let err = a
-            .decide("j1", Decision::Approve, "Eve", "", ("eve", 1002), 2)
+            .decide(
+                "j1",
+                Decision::Approve,
+                &shown(&a),
+                "Eve",
+                "",
+                ("eve", 1002),
+                2,
+            )
             .unwrap_err();
         assert!(err.contains("`eve` may not"), "{err}");
         assert!(evidence.stored().unwrap().is_empty());
-        a.decide("j1", Decision::Approve, "Jane", "", ("jdoe", 1000), 3)
-            .unwrap();
+        a.decide(
+            "j1",
+            Decision::Approve,
+            &shown(&a),
+            "Jane",
+            "",
+            ("jdoe", 1000),
+            3,
+        )
+        .unwrap();
     }
 
     #[test]
@@ -532,15 +721,23 @@ mod tests {
         let (a, _) = approvals(dir.path(), &[]);
         let t = task("j1", 1.0);
         let _ = a.check(&t, HUB, 1);
-        a.decide("j1", Decision::Approve, "Jane", "", ("jdoe", 1000), 2)
-            .unwrap();
+        a.decide(
+            "j1",
+            Decision::Approve,
+            &shown(&a),
+            "Jane",
+            "",
+            ("jdoe", 1000),
+            2,
+        )
+        .unwrap();
         let laplace = |epsilon| Release::Laplace { epsilon };
         let entry = |job: &str, epsilon| Entry {
             time_unix_ms: 1,
             task_id: "t".into(),
             job_id: job.into(),
             federation: "fed".into(),
-            round: 1,
+            round: 0,
             kind: "query".into(),
             recipient: HUB.into(),
             releases: Some(vec![laplace(epsilon)]),
@@ -553,5 +750,99 @@ mod tests {
             code(a.within_approved(&t, &history, &[laplace(0.6)])),
             "APPROVAL_EXCEEDED"
         );
+        // One release a round: round 1 asked again after it released spends nothing more.
+        let released = [
+            entry("j1", 0.1),
+            Entry {
+                round: 1,
+                ..entry("j1", 0.1)
+            },
+        ];
+        let again = a
+            .within_approved(&t, &released, &[laplace(0.1)])
+            .unwrap_err();
+        assert!(
+            again.message.contains("already released for round 1"),
+            "{}",
+            again.message
+        );
+        // Revoked while the node computed: the result does not leave.
+        a.decide("j1", Decision::Reject, "", "Max", "", ("mmus", 1001), 3)
+            .unwrap();
+        assert_eq!(
+            a.still_approved(&t).unwrap_err().code.to_string(),
+            "APPROVAL_REJECTED"
+        );
+    }
+
+    #[test]
+    fn an_approval_covers_the_terms_read_and_no_others() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, _) = approvals(dir.path(), &[]);
+        let _ = a.check(&task("j1", 1.0), HUB, 1);
+        let read = shown(&a);
+        // The coordinator raises the budget while the person reads: the old terms are no
+        // longer the pending ones, and approving them approves nothing.
+        let _ = a.check(&task("j1", 50.0), HUB, 2);
+        let err = a
+            .decide(
+                "j1",
+                Decision::Approve,
+                &read,
+                "Jane",
+                "",
+                ("jdoe", 1000),
+                3,
+            )
+            .unwrap_err();
+        assert!(err.contains("read `treaty node pending` again"), "{err}");
+        assert!(
+            a.decide("j1", Decision::Approve, "", "Jane", "", ("jdoe", 1000), 3)
+                .is_err()
+        );
+        assert_eq!(a.pending()[0].terms.epsilon, 50.0);
+        assert_eq!(code(a.check(&task("j1", 50.0), HUB, 4)), "APPROVAL_PENDING");
+    }
+
+    #[test]
+    fn terms_that_cannot_be_shown_or_do_not_fit_the_task_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, _) = approvals(dir.path(), &[]);
+        let with = |change: &dyn Fn(&mut Task)| {
+            let mut t = task("j1", 1.0);
+            change(&mut t);
+            code(a.check(&t, HUB, 1))
+        };
+        for (what, change) in [
+            (
+                "NaN epsilon",
+                &(|t: &mut Task| t.job.as_mut().unwrap().epsilon = f64::NAN) as &dyn Fn(&mut Task),
+            ),
+            ("negative epsilon", &|t: &mut Task| {
+                t.job.as_mut().unwrap().epsilon = -1.0
+            }),
+            ("delta 1", &|t: &mut Task| {
+                t.job.as_mut().unwrap().delta = 1.0
+            }),
+            ("an escape in the purpose", &|t: &mut Task| {
+                t.job.as_mut().unwrap().purpose = "x\u{1b}[2Jy".into()
+            }),
+            ("a round past the job's", &|t: &mut Task| t.round = 5),
+            ("a query task in a training job", &|t: &mut Task| {
+                t.kind = Some(task::Kind::Query(Default::default()))
+            }),
+            ("another purpose in the round", &|t: &mut Task| {
+                t.terms = Some(treaty_proto::v1::RoundTerms {
+                    purpose: "other".into(),
+                    fields: vec!["f0".into()],
+                    ..Default::default()
+                })
+            }),
+        ] {
+            assert_eq!(with(change), "INVALID_TASK", "{what}");
+        }
+        // The final evaluation (round rounds + 1) is part of the job.
+        assert_eq!(with(&|t: &mut Task| t.round = 4), "APPROVAL_PENDING");
+        assert!(a.pending().iter().all(|p| p.terms.epsilon == 1.0));
     }
 }

@@ -1,9 +1,10 @@
 //! The node's control socket: how its own operator's commands reach the running node
-//! (`treaty node pending|approve|reject`). A Unix socket, `control.sock` in the node's state
-//! directory, readable and writable by the node's account and the state directory's group
-//! (mode 0660): who may use it is decided by the file system, and the kernel tells the node
-//! which account connected, which goes into the evidence log with every decision. Nothing
-//! outside the machine reaches it.
+//! (`treaty node pending|approve|reject|evidence`). A Unix socket, `control/control.sock` in the
+//! node's state directory (the directory mode 0750, the socket 0660): the node's own account
+//! and the members of its group may use it, nobody else; the kernel tells the node which
+//! account connected, which goes into the evidence log with every decision (and the node's
+//! `approval.approvers` may name the only accounts that decide). Nothing outside the machine
+//! reaches it.
 //!
 //! One request per connection: a line of JSON ([`Request`]), answered by a line of JSON
 //! ([`Answer`]). A request is at most [`MAX_REQUEST_BYTES`].
@@ -21,8 +22,9 @@ use tokio_util::sync::CancellationToken;
 use crate::approval::{Approvals, Decision, Pending};
 use crate::ledger::ApprovalRecord;
 
-/// The socket's file name in the state directory.
-pub const SOCKET: &str = "control.sock";
+/// The socket's path in the state directory: in a directory of its own (mode 0750), so that
+/// it is never reachable by others, even before its own mode is set.
+pub const SOCKET: &str = "control/control.sock";
 
 /// The largest request the node reads.
 pub const MAX_REQUEST_BYTES: u64 = 64 * 1024;
@@ -37,9 +39,11 @@ const MAX_NOTE_CHARS: usize = 2000;
 pub enum Request {
     /// The jobs waiting for approval.
     Pending,
-    /// Approve a pending job.
+    /// Approve a pending job under the terms of SHA-256 `terms` (12 hex digits at least), the
+    /// ones the person read.
     Approve {
         job: String,
+        terms: String,
         by: String,
         note: String,
     },
@@ -123,8 +127,15 @@ pub fn ask(state_dir: &Path, request: &Request) -> Result<Answer, ControlError> 
 /// node that stopped is replaced (the ledger's database lock keeps a second node off the same
 /// state directory).
 pub(crate) fn listen(state_dir: &Path) -> std::io::Result<(UnixListener, PathBuf)> {
-    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
     let path = state_dir.join(SOCKET);
+    if let Some(dir) = path.parent() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o750)
+            .create(dir)?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o750))?;
+    }
     match std::fs::remove_file(&path) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -201,7 +212,7 @@ async fn answer(stream: UnixStream, approvals: Arc<Approvals>) -> std::io::Resul
 
 fn carry_out(approvals: &Approvals, request: Request, account: (&str, u32)) -> Answer {
     let now = crate::session::now_ms();
-    let (job, by, note, decision) = match request {
+    let (job, terms, by, note, decision) = match request {
         Request::Pending => {
             return Answer {
                 pending: approvals.pending(),
@@ -223,8 +234,13 @@ fn carry_out(approvals: &Approvals, request: Request, account: (&str, u32)) -> A
                 },
             };
         }
-        Request::Approve { job, by, note } => (job, by, note, Decision::Approve),
-        Request::Reject { job, by, note } => (job, by, note, Decision::Reject),
+        Request::Approve {
+            job,
+            terms,
+            by,
+            note,
+        } => (job, terms, by, note, Decision::Approve),
+        Request::Reject { job, by, note } => (job, String::new(), by, note, Decision::Reject),
     };
     if by.chars().count() > MAX_NAME_CHARS || note.chars().count() > MAX_NOTE_CHARS {
         return Answer {
@@ -234,7 +250,7 @@ fn carry_out(approvals: &Approvals, request: Request, account: (&str, u32)) -> A
             ..Answer::default()
         };
     }
-    match approvals.decide(&job, decision, &by, &note, account, now) {
+    match approvals.decide(&job, decision, &terms, &by, &note, account, now) {
         Ok(record) => {
             tracing::info!(
                 job = record.job_id,

@@ -8,7 +8,7 @@
 //!   evidence.jsonl   every stored link of the node's evidence log, oldest first, one a line
 //! ```
 
-use std::collections::HashMap;
+use std::collections::HashSet;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
@@ -67,6 +67,8 @@ pub struct CrossChecked {
     pub tasks: usize,
     pub receipts: usize,
     pub results: usize,
+    /// The job's tasks whose result the node sent and holds no receipt for.
+    pub unreceipted: Vec<String>,
 }
 
 /// Checks the node evidence in `dir` against job `job`'s audit bundle, signed by
@@ -115,34 +117,47 @@ pub fn cross_check(
         ));
     }
     let agency = node.agency;
-    // The job's tasks as the node recorded them, by task id.
-    let mut sent: HashMap<&str, &str> = HashMap::new();
+    // What the node's log says it sent for the job's tasks, as (task, hash): a task asked
+    // again (after a coordinator's restart) keeps the same id.
+    let mut sent: HashSet<(&str, &str)> = HashSet::new();
+    let mut job_tasks: HashSet<&str> = HashSet::new();
     let mut tasks = 0;
     for record in &log {
         if let Record::Task(t) = record
             && t.job_id == job
         {
             tasks += 1;
+            job_tasks.insert(&t.task_id);
             if !t.sent_sha256.is_empty() {
-                sent.insert(&t.task_id, &t.sent_sha256);
+                sent.insert((&t.task_id, &t.sent_sha256));
             }
         }
     }
-    // What the coordinator's bundle says it took in, by task id.
-    let taken: HashMap<&str, (&str, &str)> = records
+    // What the coordinator's bundle says it took in, as (task, agency, hash).
+    let taken: HashSet<(&str, &str, &str)> = records
         .iter()
         .filter(|r| r.job == job)
         .flat_map(|r| &r.results)
         .map(|r| {
             (
                 r.task_id.as_str(),
-                (r.agency.as_str(), r.result_sha256.as_str()),
+                r.agency.as_str(),
+                r.result_sha256.as_str(),
             )
         })
         .collect();
+    let taken_tasks: HashSet<&str> = taken.iter().map(|(t, _, _)| *t).collect();
     let mut receipts = 0;
+    let mut receipted: HashSet<(String, String)> = HashSet::new();
     for record in &log {
         let Record::Receipt(r) = record else { continue };
+        // Only the job's receipts are checked: one of another job, unreadable or signed
+        // under another PKI, is that job's matter.
+        let of_job =
+            job_tasks.contains(r.task_id.as_str()) || taken_tasks.contains(r.task_id.as_str());
+        if !of_job {
+            continue;
+        }
         let signed = SubmitReceipt {
             accepted: true,
             message: String::new(),
@@ -153,12 +168,14 @@ pub fn cross_check(
         };
         let receipt: Receipt = receipt::verify(&signed, ca)
             .map_err(|e| format!("the receipt for task `{}`: {e}", r.task_id))?;
-        let of_job = sent.contains_key(receipt.task_id.as_str())
-            || taken.contains_key(receipt.task_id.as_str());
-        if !of_job {
-            continue;
+        if receipt.task_id != r.task_id {
+            return Err(format!(
+                "the receipt stored for task `{}` is for task `{}`",
+                r.task_id, receipt.task_id
+            ));
         }
         receipts += 1;
+        receipted.insert((receipt.task_id.clone(), receipt.result_sha256.clone()));
         if receipt.coordinator != coordinator {
             return Err(format!(
                 "the receipt for task `{}` is signed by `{}`, not by the bundle's coordinator `{coordinator}`",
@@ -171,46 +188,44 @@ pub fn cross_check(
                 receipt.task_id, receipt.agency
             ));
         }
-        match taken.get(receipt.task_id.as_str()) {
-            Some((a, sha)) if *a == agency && *sha == receipt.result_sha256 => {}
-            Some((_, sha)) => {
-                return Err(format!(
-                    "the coordinator signed a receipt for result {} of task `{}`, but its bundle records result {sha} for that task",
-                    receipt.result_sha256, receipt.task_id
-                ));
-            }
-            None => {
-                return Err(format!(
-                    "the coordinator signed a receipt for result {} of task `{}`, but its bundle records no result of that task",
-                    receipt.result_sha256, receipt.task_id
-                ));
-            }
+        let key = (
+            receipt.task_id.as_str(),
+            agency.as_str(),
+            receipt.result_sha256.as_str(),
+        );
+        if !taken.contains(&key) {
+            return Err(format!(
+                "the coordinator signed a receipt for result {} of task `{}`, but its bundle's results records do not hold it",
+                receipt.result_sha256, receipt.task_id
+            ));
         }
     }
     let mut results = 0;
-    for (task, (from, sha)) in &taken {
-        if *from != agency {
-            continue;
-        }
+    let mut ours: Vec<&(&str, &str, &str)> =
+        taken.iter().filter(|(_, a, _)| *a == agency).collect();
+    ours.sort();
+    for (task, _, sha) in ours {
         results += 1;
-        match sent.get(task) {
-            Some(mine) if mine == sha => {}
-            Some(mine) => {
-                return Err(format!(
-                    "the coordinator's bundle records result {sha} from `{agency}` for task `{task}`, but its node sent {mine}"
-                ));
-            }
-            None => {
-                return Err(format!(
-                    "the coordinator's bundle records result {sha} from `{agency}` for task `{task}`, which its node's evidence does not show it sent"
-                ));
-            }
+        if !sent.contains(&(*task, *sha)) {
+            return Err(format!(
+                "the coordinator's bundle records result {sha} from `{agency}` for task `{task}`, which its node's evidence does not show it sent"
+            ));
         }
     }
+    // Results the node sent for which it holds no receipt: the coordinator withheld it, or the
+    // node stopped before it stored it. Named, not held against either side.
+    let mut unreceipted: Vec<String> = sent
+        .iter()
+        .filter(|(t, sha)| !receipted.contains(&(t.to_string(), sha.to_string())))
+        .map(|(t, _)| t.to_string())
+        .collect();
+    unreceipted.sort();
+    unreceipted.dedup();
     Ok(CrossChecked {
         agency,
         tasks,
         receipts,
         results,
+        unreceipted,
     })
 }

@@ -388,6 +388,9 @@ async fn attempt(
             .await
             .ok();
     let result = Outgoing::new(&task_id, output, report);
+    // An approval revoked while the node computed stops the result here (the ledger keeps the
+    // release: it over-counts, never under-counts).
+    node.approvals.still_approved(task)?;
     // Write-ahead: the evidence log says what the node sends before it leaves.
     record.decision = "sent".to_owned();
     record.sent_sha256 = result.sha256.clone();

@@ -69,8 +69,7 @@ pub struct ManifestPrivacy {
 }
 
 /// An agency's spending, as its node reported it by its own ledger (the agency's word: the
-/// coordinator cannot see its ledger; every node refuses a release beyond its budget and the
-/// job's target).
+/// coordinator cannot see its ledger; every node refuses a release beyond its own budget).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ManifestSpending {

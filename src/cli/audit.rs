@@ -151,6 +151,12 @@ fn verify(
             c.receipts,
             c.results
         );
+        if !c.unreceipted.is_empty() {
+            outln!(
+                "  sent without a receipt in its evidence (the coordinator withheld it, or the node stopped before it stored it): {}",
+                c.unreceipted.join(", ")
+            );
+        }
     }
     Ok(())
 }

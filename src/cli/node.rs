@@ -58,9 +58,9 @@ pub enum NodeCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Approves a pending job under the terms it states: the node takes part from its next
-    /// round, and never spends more on it than the epsilon approved. The decision, your name
-    /// and your account go into the node's evidence log.
+    /// Approves a pending job under the terms it states (`--terms`, as `pending` shows them):
+    /// the node takes part from its next round, and never spends more on it than the epsilon
+    /// approved. The decision, your name and your account go into the node's evidence log.
     Approve(Decide),
     /// Rejects a job, pending or approved: the node takes no further part in it. Final.
     Reject(Decide),
@@ -88,6 +88,10 @@ pub struct Decide {
     /// Your name, as the node's evidence log should record it.
     #[arg(long)]
     by: String,
+    /// To approve: the SHA-256 of the job's terms as `treaty node pending` shows them (its
+    /// first 12 digits at least): terms that changed since you read them are not approved.
+    #[arg(long, default_value = "")]
+    terms: String,
     /// Why, in your words (recorded with the decision).
     #[arg(long, default_value = "")]
     note: String,
@@ -285,6 +289,7 @@ fn decide(d: Decide, approve: bool) -> Outcome {
     let request = match approve {
         true => control::Request::Approve {
             job: d.job,
+            terms: d.terms,
             by: d.by,
             note: d.note,
         },

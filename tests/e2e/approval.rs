@@ -92,7 +92,8 @@ fn requiring_approval(config: &Path) {
 async fn a_node_waits_for_its_operators_approval_and_a_rejection_is_final() {
     let fx = Fixture::new(&AGENCIES);
     let (_coordinator, address) = fx.start_coordinator("127.0.0.1:0");
-    let _de = fx.start_node("DE-BKA", "DE", &address, 1);
+    let de_config = fx.node_config("DE-BKA", "DE", &address, 1);
+    let _de = fx.start_node_with("DE-BKA", &de_config);
     let _nl = fx.start_node("NL-POLITIE", "NL", &address, 2);
     let fr_config = fx.node_config("FR-DGDDI", "FR", &address, 3);
     requiring_approval(&fr_config);
@@ -127,12 +128,29 @@ async fn a_node_waits_for_its_operators_approval_and_a_rejection_is_final() {
             assert_eq!(first["kind"], "training");
             assert_eq!(first["rounds"], 12);
             assert_eq!(first["created_by"], "treaty://operator/op");
+            // The terms the officer read: an approval names them.
+            let read = pending[0]["terms_sha256"].as_str().unwrap()[..12].to_owned();
+            let (ok, _, err) = treaty(&[
+                "node",
+                "approve",
+                job_id,
+                "--config",
+                &config,
+                "--by",
+                "Officer Dupont",
+            ]);
+            assert!(
+                !ok && err.contains("read `treaty node pending` again"),
+                "{err}"
+            );
             let (ok, out, err) = treaty(&[
                 "node",
                 "approve",
                 job_id,
                 "--config",
                 &config,
+                "--terms",
+                &read,
                 "--by",
                 "Officer Dupont",
                 "--note",
@@ -217,12 +235,16 @@ async fn a_node_waits_for_its_operators_approval_and_a_rejection_is_final() {
         3,
         |m| m.contains("waits for the approval of the job by the operators of FR-DGDDI"),
         |job_id| {
+            let pending = treaty_json(&["node", "pending", "--config", &config, "--json"]);
+            let read = pending[0]["terms_sha256"].as_str().unwrap().to_owned();
             let (ok, _, err) = treaty(&[
                 "node",
                 "approve",
                 job_id,
                 "--config",
                 &config,
+                "--terms",
+                &read,
                 "--by",
                 "Officer Dupont",
             ]);
@@ -237,6 +259,24 @@ async fn a_node_waits_for_its_operators_approval_and_a_rejection_is_final() {
         .map(standing)
         .collect();
     assert_eq!(rounds, vec!["CONTRIBUTED"; 4]);
+    // While the statistics round waited, the German node's result stayed: its ledger holds one
+    // release a round of the job (statistics, 3 rounds, the final evaluation), none twice.
+    let ledger = treaty_json(&[
+        "node",
+        "ledger",
+        "--config",
+        de_config.to_str().unwrap(),
+        "--json",
+    ]);
+    let mut released: Vec<u64> = ledger["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["job_id"] == job.job_id.as_str())
+        .map(|e| e["round"].as_u64().unwrap())
+        .collect();
+    released.sort();
+    assert_eq!(released, [0, 1, 2, 3, 4]);
 
     // The node's log names the person and the account for both decisions.
     let log = fr.log();

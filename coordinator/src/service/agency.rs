@@ -396,10 +396,15 @@ fn handle(ctx: &Coordinator, agency: &Identity, kind: node_message::Kind) -> boo
                 ctx.warn_peer(agency, "decision ignored: its job id is too long", "");
                 return false;
             }
-            // It wakes a job only where the agency was pending, and only once.
+            // It wakes a job only where the agency was pending, and only once; one that wakes
+            // nothing counts as unusable (a session that sends many is closed).
             let woke = ctx.approvals.decided(&d.job_id, rounds::shown(agency));
-            tracing::info!(%agency, job = d.job_id, approved = d.approved, woke, "the agency's operator decided on a job");
-            true
+            if woke {
+                tracing::info!(%agency, job = %capped(&d.job_id), approved = d.approved, "the agency's operator decided on a job a round waits for");
+            } else {
+                tracing::debug!(%agency, job = %capped(&d.job_id), "a decision on a job no round waits for");
+            }
+            woke
         }
         node_message::Kind::Hello(_) => {
             ctx.warn_peer(agency, "second Hello on a session; ignored", "");

@@ -43,8 +43,9 @@ pub struct TaskRecord {
     pub coordinator: String,
     /// The SHA-256 of the round's sharing terms as the task carried them (protobuf bytes).
     pub terms_sha256: String,
-    /// `accepted` (the release was recorded and the result sent), `refused` or `failed` (the
-    /// release was recorded but the result could not be sent).
+    /// `sent` (the release was recorded and the result is about to leave: written before it
+    /// does), `refused` (written after the refusal was sent) or `failed` (a second record of
+    /// a task whose result did not arrive, or was turned away).
     pub decision: String,
     /// The refusal's code and sentence, when refused.
     #[serde(default, skip_serializing_if = "String::is_empty")]
