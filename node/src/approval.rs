@@ -77,7 +77,13 @@ pub struct Pending {
 #[derive(Debug, Clone)]
 enum Standing {
     Pending(Pending),
-    Approved(JobTermsView, String),
+    /// Approved under `view` (of SHA-256 `sha`); `proposed`: other terms a task of the job
+    /// stated since, waiting for an approval of their own (the approval stands for its own).
+    Approved {
+        view: JobTermsView,
+        sha: String,
+        proposed: Option<Box<Pending>>,
+    },
     Rejected,
 }
 
@@ -107,7 +113,11 @@ impl Approvals {
             if let Record::Approval(a) = record {
                 let standing = match (a.decision.as_str(), serde_json::from_value(a.terms.clone()))
                 {
-                    ("approved", Ok(view)) => Standing::Approved(view, a.terms_sha256.clone()),
+                    ("approved", Ok(view)) => Standing::Approved {
+                        view,
+                        sha: a.terms_sha256.clone(),
+                        proposed: None,
+                    },
                     _ => Standing::Rejected,
                 };
                 jobs.insert(a.job_id.clone(), standing);
@@ -177,7 +187,14 @@ impl Approvals {
                 jobs.remove(oldest);
             }
         }
-        let changed = match jobs.get(&task.job_id) {
+        let job = task.job_id.clone();
+        let asked = Pending {
+            terms: view,
+            terms_sha256: sha.clone(),
+            asked_unix_ms: now_ms,
+            round: task.round,
+        };
+        let changed = match jobs.get_mut(&task.job_id) {
             Some(Standing::Rejected) => {
                 return Err(Refusal::new(
                     RefusalCode::ApprovalRejected,
@@ -187,20 +204,16 @@ impl Approvals {
                     ),
                 ));
             }
-            Some(Standing::Approved(_, approved)) if *approved == sha => return Ok(()),
-            Some(Standing::Approved(..)) => true,
-            _ => false,
+            Some(Standing::Approved { sha: approved, .. }) if *approved == sha => return Ok(()),
+            Some(Standing::Approved { proposed, .. }) => {
+                *proposed = Some(Box::new(asked));
+                true
+            }
+            _ => {
+                jobs.insert(job.clone(), Standing::Pending(asked));
+                false
+            }
         };
-        let job = task.job_id.clone();
-        jobs.insert(
-            job.clone(),
-            Standing::Pending(Pending {
-                terms: view,
-                terms_sha256: sha,
-                asked_unix_ms: now_ms,
-                round: task.round,
-            }),
-        );
         let message = match changed {
             true => format!(
                 "the terms of job `{job}` changed since this agency's operator approved it; the node takes part again once they approve the new terms (treaty node pending)"
@@ -281,7 +294,7 @@ impl Approvals {
             .unwrap_or_else(|e| e.into_inner())
             .get(&task.job_id)
         {
-            Some(Standing::Approved(view, _)) => Ok(view.clone()),
+            Some(Standing::Approved { view, .. }) => Ok(view.clone()),
             Some(Standing::Rejected) => Err(Refusal::new(
                 RefusalCode::ApprovalRejected,
                 format!(
@@ -306,7 +319,8 @@ impl Approvals {
             .values()
             .filter_map(|s| match s {
                 Standing::Pending(p) => Some(p.clone()),
-                _ => None,
+                Standing::Approved { proposed, .. } => proposed.as_deref().cloned(),
+                Standing::Rejected => None,
             })
             .collect();
         pending.sort_by(|a, b| {
@@ -352,8 +366,16 @@ impl Approvals {
         let mut jobs = self.jobs.lock().unwrap_or_else(|e| e.into_inner());
         let (view, sha) = match (jobs.get(job), decision) {
             (Some(Standing::Pending(p)), _) => (p.terms.clone(), p.terms_sha256.clone()),
-            (Some(Standing::Approved(view, sha)), Decision::Reject) => (view.clone(), sha.clone()),
-            (Some(Standing::Approved(..)), Decision::Approve) => {
+            (
+                Some(Standing::Approved {
+                    proposed: Some(p), ..
+                }),
+                Decision::Approve,
+            ) => (p.terms.clone(), p.terms_sha256.clone()),
+            (Some(Standing::Approved { view, sha, .. }), Decision::Reject) => {
+                (view.clone(), sha.clone())
+            }
+            (Some(Standing::Approved { .. }), Decision::Approve) => {
                 return Err(format!(
                     "job `{job}` is already approved under the terms it states"
                 ));
@@ -396,7 +418,11 @@ impl Approvals {
         jobs.insert(
             job.to_owned(),
             match decision {
-                Decision::Approve => Standing::Approved(view, sha),
+                Decision::Approve => Standing::Approved {
+                    view,
+                    sha,
+                    proposed: None,
+                },
                 Decision::Reject => Standing::Rejected,
             },
         );
@@ -620,6 +646,9 @@ mod tests {
             code(a.check(&task("j1", 1.0), "treaty://coordinator/other", 14)),
             "APPROVAL_PENDING"
         );
+        // The approved terms still stand for themselves; the others wait, listed.
+        assert_eq!(code(a.check(&task("j1", 1.0), HUB, 15)), "OK");
+        assert_eq!(a.pending().len(), 1);
     }
 
     #[test]

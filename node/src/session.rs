@@ -49,6 +49,10 @@ pub(crate) struct Node {
     pub running: Arc<tokio::sync::Semaphore>,
 }
 
+/// The longest task id, job id or federation name a node takes, in bytes (as the coordinator
+/// bounds the names it is sent).
+const MAX_NAME_BYTES: usize = 128;
+
 /// How many tasks a node carries out at once.
 pub(crate) const CONCURRENT_TASKS: usize = 2;
 
@@ -218,11 +222,17 @@ async fn carry_out(
     let Ok(_turn) = node.running.clone().acquire_owned().await else {
         return;
     };
+    // What the evidence log keeps of a task is bounded: a task named beyond the bound is
+    // refused and recorded by its names' first bytes.
+    let oversized = [&task.task_id, &task.job_id, &task.federation]
+        .iter()
+        .any(|t| t.len() > MAX_NAME_BYTES);
+    let bounded = |t: &str| t.chars().take(MAX_NAME_BYTES).collect::<String>();
     let mut record = TaskRecord {
         time_unix_ms: now_ms(),
-        task_id: task.task_id.clone(),
-        job_id: task.job_id.clone(),
-        federation: task.federation.clone(),
+        task_id: bounded(&task.task_id),
+        job_id: bounded(&task.job_id),
+        federation: bounded(&task.federation),
         round: task.round,
         task_kind: match &task.kind {
             Some(task::Kind::Training(_)) => "training",
@@ -246,7 +256,13 @@ async fn carry_out(
         ledger_seq: None,
         sent_sha256: String::new(),
     };
-    let after = match attempt(&node, &mut client, &session, &task, &recipient, &mut record).await {
+    let attempted = match oversized {
+        true => Err(Refusal::invalid(format!(
+            "a task's id, job and federation are at most {MAX_NAME_BYTES} bytes each"
+        ))),
+        false => attempt(&node, &mut client, &session, &task, &recipient, &mut record).await,
+    };
+    let after = match attempted {
         Ok(Sent::Received(receipt)) => receipt.map(Record::Receipt),
         Ok(Sent::Failed(error)) => {
             record.decision = "failed".to_owned();

@@ -16,9 +16,9 @@ use treaty_proto::tensor::{self, Assembler, DEFAULT_MAX_CHUNK_BYTES, NamedTensor
 use treaty_proto::tls::ServerTls;
 use treaty_proto::v1::agency_service_server::{AgencyService, AgencyServiceServer};
 use treaty_proto::v1::{
-    CoordinatorMessage, DownloadModelRequest, Dtype, Hello, ModelHeader, ModelPart, NodeMessage,
-    ResultHeader, ResultPart, RoundParticipant, RoundTerms, SubmitReceipt, Task, TrainingSpec,
-    Welcome, coordinator_message, model_part, node_message, result_part, task,
+    CoordinatorMessage, DownloadModelRequest, Dtype, Hello, JobTerms, ModelHeader, ModelPart,
+    NodeMessage, ResultHeader, ResultPart, RoundParticipant, RoundTerms, SubmitReceipt, Task,
+    TrainingSpec, Welcome, coordinator_message, model_part, node_message, result_part, task,
 };
 
 use crate::common::Fixture;
@@ -164,6 +164,8 @@ pub struct Hostile {
     /// Everything received so far, in order.
     pub log: Vec<Seen>,
     next_task: u32,
+    /// The job terms its tasks state (none unless set).
+    pub job: Option<JobTerms>,
     stop: tokio_util::sync::CancellationToken,
 }
 
@@ -205,6 +207,7 @@ impl Hostile {
             model,
             log: Vec::new(),
             next_task: 0,
+            job: None,
             stop,
         }
     }
@@ -247,7 +250,7 @@ impl Hostile {
                     deadline_unix_ms: 0,
                     kind: Some(kind),
                     terms: Some(terms),
-                    job: None,
+                    job: self.job.clone(),
                 })),
             }))
             .await

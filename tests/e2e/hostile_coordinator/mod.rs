@@ -397,3 +397,79 @@ async fn a_busy_node_stops_within_its_grace_on_sigterm() {
     ]);
     assert_eq!(ledger["entries"].as_array().unwrap().len(), 1, "{ledger}");
 }
+
+/// A node that requires its operator's approval, against a coordinator that states no terms,
+/// changes them after the approval, and asks beyond the job's rounds: the node takes part only
+/// under the terms its operator approved, in the job's rounds.
+#[tokio::test]
+async fn a_hostile_coordinator_cannot_stretch_an_approval() {
+    let (agency, country) = AGENCY;
+    let fx = Fixture::new(&[AGENCY]);
+    let mut hostile = Hostile::start(&fx).await;
+    let config = fx.node_config(agency, country, &hostile.address, 3);
+    let mut node_config = treaty_node::NodeConfig::load(&config).unwrap();
+    node_config.approval.required = true;
+    treaty_devkit::local::write_toml(&config, &node_config).unwrap();
+    let _node = fx.start_node_with(agency, &config);
+    hostile.hello().await;
+    let all = ["x1", "x2", "seized"];
+    let spec = training(&["x1", "x2"], poisson());
+    hostile.serve_model(model_of(&spec, 0.0));
+    let code = |seen: &[Seen]| match seen.last() {
+        Some(Seen::Refused { code, .. }) => code.clone(),
+        Some(Seen::Result { .. }) => "RESULT".to_owned(),
+        other => format!("{other:?}"),
+    };
+    let ask = async |hostile: &mut Hostile| {
+        let seen = hostile
+            .run(
+                train_task(spec.clone(), 1000.0),
+                terms(agency, country, 1e9, &all),
+            )
+            .await;
+        code(&seen)
+    };
+    // Round 1: no job terms to approve.
+    assert_eq!(ask(&mut hostile).await, "INVALID_TASK");
+    // Round 2: terms stated, not approved yet.
+    let stated = treaty_proto::v1::JobTerms {
+        kind: "training".into(),
+        created_by: "treaty://operator/op".into(),
+        created_unix_ms: 1,
+        rounds: 4,
+        epsilon: 0.0,
+        delta: 1e-5,
+        purpose: "narcotics".into(),
+        fields: all.iter().map(|f| f.to_string()).collect(),
+    };
+    hostile.job = Some(stated.clone());
+    assert_eq!(ask(&mut hostile).await, "APPROVAL_PENDING");
+    let config = config.to_str().unwrap();
+    let pending = treaty_json(&["node", "pending", "--config", config, "--json"]);
+    let read = pending[0]["terms_sha256"].as_str().unwrap().to_owned();
+    let out = std::process::Command::new(TREATY)
+        .args(["node", "approve", "job-hostile", "--config", config])
+        .args(["--terms", &read, "--by", "Officer Weber"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Round 3: approved, it takes part.
+    assert_eq!(ask(&mut hostile).await, "RESULT");
+    // Round 4: the same job, now said to have 40 rounds: these terms wait for an approval of
+    // their own.
+    hostile.job = Some(treaty_proto::v1::JobTerms {
+        rounds: 40,
+        ..stated.clone()
+    });
+    assert_eq!(ask(&mut hostile).await, "APPROVAL_PENDING");
+    // Round 5 under the approved terms, which still stand: the final evaluation's round
+    // (rounds + 1) is the last a task may have.
+    hostile.job = Some(stated);
+    assert_eq!(ask(&mut hostile).await, "RESULT");
+    // Round 6: past the job's rounds.
+    assert_eq!(ask(&mut hostile).await, "INVALID_TASK");
+}
