@@ -145,6 +145,7 @@ pub(crate) fn provenance(
         audit_seq: head.seq,
         audit_sha256: head.sha256,
         treaty_version: env!("CARGO_PKG_VERSION").to_owned(),
+        treaty_build: env!("TREATY_BUILD").to_owned(),
         signed_unix_ms: crate::state::now_ms(),
     };
     let text = serde_json::to_string_pretty(&manifest)

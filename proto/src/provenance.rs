@@ -54,6 +54,10 @@ pub struct Manifest {
     pub audit_sha256: String,
     /// The coordinator's Treaty version.
     pub treaty_version: String,
+    /// Its build: the git commit it was built from (`unknown` outside a checkout) and the
+    /// cargo profile. Absent from manifests signed before Treaty stated it.
+    #[serde(default)]
+    pub treaty_build: String,
     /// When the coordinator signed this manifest, milliseconds since the Unix epoch.
     pub signed_unix_ms: i64,
 }

@@ -150,6 +150,14 @@ fn print_provenance(v: &VerifiedProvenance) {
         m.privacy.target_epsilon,
         m.privacy.delta
     );
+    outln!(
+        "  signed by a coordinator running Treaty {} ({})",
+        m.treaty_version,
+        match m.treaty_build.is_empty() {
+            true => "build not stated",
+            false => &m.treaty_build,
+        }
+    );
     for r in &m.rounds {
         let what = if r.round == 0 {
             "statistics".to_owned()

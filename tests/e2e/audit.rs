@@ -242,6 +242,17 @@ async fn a_jobs_bundle_verifies_across_a_coordinator_crash_and_tampering_is_name
         "{said}"
     );
     assert!(said.contains("statistics: DE-BKA, FR-DGDDI"), "{said}");
+    // Which build signed it: the commit this test's checkout is at.
+    let head = Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned());
+    if let Some(head) = head {
+        assert!(said.contains(&format!("(commit {head}, ")), "{said}");
+    }
     // Each agency's spending as its node reported it: DE took part in this job alone, so what
     // this job spent is all it spent then; and less than its ledger holds now (the final
     // evaluation came after the model's last round).
