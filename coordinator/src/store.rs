@@ -879,15 +879,48 @@ mod tests {
         }
     }
 
+    /// Opens `dir`'s database once the handle dropped just before has let go of its lock
+    /// (sled's flusher thread releases it a moment after the drop).
+    fn sled_open(dir: &Path) -> sled::Db {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            match sled::open(dir) {
+                Ok(db) => return db,
+                Err(e)
+                    if std::time::Instant::now() < deadline && e.to_string().contains("lock") =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(20))
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+    }
+
+    /// [`Store::open`], as [`sled_open`] waits for the lock.
+    fn reopen(dir: &Path) -> Store {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            match Store::open(dir) {
+                Ok(store) => return store,
+                Err(e)
+                    if std::time::Instant::now() < deadline && e.to_string().contains("lock") =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(20))
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+    }
+
     #[test]
     fn the_audit_log_is_a_hash_chain_that_continues_across_openings() {
         let dir = tempfile::tempdir().unwrap();
         {
-            let store = Store::open(dir.path()).unwrap();
+            let store = reopen(dir.path());
             audit_lines(&store, 3);
             assert_eq!(store.verify_audit().unwrap().seq, 3);
         }
-        let store = Store::open(dir.path()).unwrap();
+        let store = reopen(dir.path());
         audit_lines(&store, 2);
         let head = store.verify_audit().unwrap();
         assert_eq!(head.seq, 5);
@@ -912,7 +945,7 @@ mod tests {
     fn an_altered_audit_entry_stops_the_coordinator_from_opening_and_is_named() {
         let dir = tempfile::tempdir().unwrap();
         {
-            let store = Store::open(dir.path()).unwrap();
+            let store = reopen(dir.path());
             audit_lines(&store, 4);
             let key = 2u64.to_be_bytes();
             let bytes = store.audit.get(key).unwrap().unwrap().to_vec();
@@ -929,7 +962,7 @@ mod tests {
         }
         assert!(err.to_string().contains("audit entry 2"), "{err}");
         // Nothing was repaired or removed: the altered entry is still there.
-        let db = sled::open(dir.path()).unwrap();
+        let db = sled_open(dir.path());
         let log = db.open_tree("audit").unwrap();
         assert_eq!(log.len(), 4);
     }
@@ -946,7 +979,7 @@ mod tests {
             })
             .collect();
         {
-            let db = sled::open(dir.path()).unwrap();
+            let db = sled_open(dir.path());
             let log = db.open_tree("audit").unwrap();
             for e in &old {
                 let seq = db.generate_id().unwrap();
@@ -955,7 +988,7 @@ mod tests {
             }
             db.flush().unwrap();
         }
-        let store = Store::open(dir.path()).unwrap();
+        let store = reopen(dir.path());
         let log = store.audit_log().unwrap();
         assert_eq!(&log[..3], &old[..]);
         assert_eq!(log[3].action, "audit.chained");
@@ -1016,7 +1049,7 @@ mod tests {
     /// rewritten and relinked after entry 2, `heads` doing what it will with each one's head
     /// (given the log's heads and the entry's key).
     fn forge_tail(dir: &Path, heads: impl Fn(&sled::Tree, u64)) {
-        let db = sled::open(dir).unwrap();
+        let db = sled_open(dir);
         let log = db.open_tree("audit").unwrap();
         let stored_heads = db.open_tree("audit_heads").unwrap();
         let prev = log.get(2u64.to_be_bytes()).unwrap().unwrap();
@@ -1070,7 +1103,7 @@ mod tests {
         let other_db = tempfile::tempdir().unwrap();
         let forger = signed_for_tests(other_db.path(), other.path());
         {
-            let db = sled::open(dir.path()).unwrap();
+            let db = sled_open(dir.path());
             let log = db.open_tree("audit").unwrap();
             let heads = db.open_tree("audit_heads").unwrap();
             let certificates = db.open_tree("certificates").unwrap();
@@ -1128,7 +1161,7 @@ mod tests {
     fn records_survive_reopening() {
         let dir = tempfile::tempdir().unwrap();
         {
-            let store = Store::open(dir.path()).unwrap();
+            let store = reopen(dir.path());
             let fed = FederationInfo {
                 name: "eu-narcotics".into(),
                 purpose: "narcotics".into(),
@@ -1162,7 +1195,7 @@ mod tests {
                 })
                 .unwrap();
         }
-        let store = Store::open(dir.path()).unwrap();
+        let store = reopen(dir.path());
         assert_eq!(store.federations().unwrap().len(), 1);
         assert_eq!(store.jobs().unwrap().len(), 1);
         assert_eq!(store.audit_log().unwrap()[0].action, "federation.created");
@@ -1183,7 +1216,7 @@ mod tests {
     #[test]
     fn a_job_reads_back_with_its_rounds_in_order_and_its_head_without_them() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
+        let store = reopen(dir.path());
         let mut head = Job {
             job_id: "job-000001".into(),
             ..Default::default()
@@ -1230,7 +1263,7 @@ mod tests {
     #[test]
     fn a_job_ref_reads_the_federation_and_latest_version_of_a_whole_head() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
+        let store = reopen(dir.path());
         let head = Job {
             job_id: "job-000001".into(),
             federation: "eu-narcotics".into(),
@@ -1257,7 +1290,7 @@ mod tests {
         use treaty_proto::tensor::{NamedTensor, to_whole};
         use treaty_proto::v1::{Dtype, ModelHeader};
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
+        let store = reopen(dir.path());
         let weights = NamedTensor::new("w", ndarray::arr1(&[0.5, -1.25, 3.0]).into_dyn());
         let moments = NamedTensor::new("m", ndarray::arr1(&[9.0, 9.0, 9.0]).into_dyn());
         let tensors = to_whole(&[weights], Dtype::F64);
@@ -1293,14 +1326,14 @@ mod tests {
         };
         {
             // As an earlier version wrote it: the rounds inside the job's record.
-            let db = sled::open(dir.path()).unwrap();
+            let db = sled_open(dir.path());
             db.open_tree("jobs")
                 .unwrap()
                 .insert("job-000001", inline.encode_to_vec())
                 .unwrap();
             db.flush().unwrap();
         }
-        let store = Store::open(dir.path()).unwrap();
+        let store = reopen(dir.path());
         let head = store.job("job-000001").unwrap().unwrap();
         assert!(head.rounds.is_empty());
         assert_eq!(head.rounds_completed, 2);
@@ -1308,7 +1341,7 @@ mod tests {
         assert_eq!(full.rounds, inline.rounds);
         drop(store);
         // Opening again changes nothing.
-        let store = Store::open(dir.path()).unwrap();
+        let store = reopen(dir.path());
         assert_eq!(
             store.job_with_rounds("job-000001").unwrap().unwrap().rounds,
             inline.rounds
@@ -1318,7 +1351,7 @@ mod tests {
     #[test]
     fn decisions_and_the_texts_they_cite_stay_on_record() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
+        let store = reopen(dir.path());
         store
             .put_decision("job-000001", 2, "{\"round\":2}")
             .unwrap();
@@ -1346,7 +1379,7 @@ mod tests {
     #[test]
     fn pages_read_on_from_their_token() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
+        let store = reopen(dir.path());
         for name in ["b", "a", "c"] {
             store
                 .create_federation(&FederationInfo {

@@ -533,7 +533,7 @@ mod tests {
     }
 
     fn approvals(dir: &std::path::Path, approvers: &[&str]) -> (Approvals, Arc<Evidence>) {
-        let db = sled::open(dir).unwrap();
+        let db = crate::ledger::reopen_for_tests(dir);
         let (evidence, records) = Evidence::open(&db).unwrap();
         let evidence = Arc::new(evidence);
         let config = ApprovalConfig {
@@ -561,7 +561,7 @@ mod tests {
     #[test]
     fn without_the_setting_every_job_goes_ahead() {
         let dir = tempfile::tempdir().unwrap();
-        let db = sled::open(dir.path()).unwrap();
+        let db = crate::ledger::reopen_for_tests(dir.path());
         let (evidence, _) = Evidence::open(&db).unwrap();
         let a = Approvals::new(ApprovalConfig::default(), Arc::new(evidence), &[]);
         assert_eq!(code(a.check(&task("j1", 1.0), HUB, 1)), "OK");

@@ -276,13 +276,13 @@ mod tests {
     fn records_survive_a_reopen_and_chain_by_the_sha256_of_their_bytes() {
         let dir = tempfile::tempdir().unwrap();
         {
-            let db = sled::open(dir.path()).unwrap();
+            let db = crate::ledger::reopen_for_tests(dir.path());
             let (log, none) = Evidence::open(&db).unwrap();
             assert!(none.is_empty());
             assert_eq!(log.append(approval("a")).unwrap(), 1);
             assert_eq!(log.append(approval("b")).unwrap(), 2);
         }
-        let db = sled::open(dir.path()).unwrap();
+        let db = crate::ledger::reopen_for_tests(dir.path());
         let (log, records) = Evidence::open(&db).unwrap();
         assert_eq!(records, vec![approval("a"), approval("b")]);
         // The second link names the SHA-256 of the first's stored bytes, computed here by ring
@@ -299,7 +299,7 @@ mod tests {
     fn an_altered_removed_or_reordered_record_is_found_with_its_place() {
         let setup = || {
             let dir = tempfile::tempdir().unwrap();
-            let db = sled::open(dir.path()).unwrap();
+            let db = crate::ledger::reopen_for_tests(dir.path());
             let (log, _) = Evidence::open(&db).unwrap();
             for job in ["a", "b", "c"] {
                 log.append(approval(job)).unwrap();
@@ -338,7 +338,7 @@ mod tests {
     #[test]
     fn an_export_is_read_with_the_same_checks() {
         let dir = tempfile::tempdir().unwrap();
-        let db = sled::open(dir.path()).unwrap();
+        let db = crate::ledger::reopen_for_tests(dir.path());
         let (log, _) = Evidence::open(&db).unwrap();
         for job in ["a", "b", "c"] {
             log.append(approval(job)).unwrap();

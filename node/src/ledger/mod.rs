@@ -173,6 +173,22 @@ pub fn read(dir: &Path, budget: Option<Budget>) -> Result<Reading, LedgerError> 
     })
 }
 
+/// Opens the database in `dir` once a handle dropped just before has let go of its lock
+/// (sled's flusher thread releases it a moment after the drop): for tests that reopen one.
+#[cfg(test)]
+pub(crate) fn reopen_for_tests(dir: &Path) -> sled::Db {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match sled::open(dir) {
+            Ok(db) => return db,
+            Err(e) if std::time::Instant::now() < deadline && e.to_string().contains("lock") => {
+                std::thread::sleep(std::time::Duration::from_millis(20))
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+}
+
 /// What `entries` plus `more` cost at `delta`.
 fn cost(
     entries: &[Entry],
