@@ -879,13 +879,13 @@ mod tests {
         }
     }
 
-    /// Opens `dir`'s database once the handle dropped just before has let go of its lock
-    /// (sled's flusher thread releases it a moment after the drop).
-    fn sled_open(dir: &Path) -> sled::Db {
+    /// `open()`'s value once a handle of the same database dropped just before has let go of
+    /// its lock (sled's flusher thread releases it a moment after the drop).
+    fn once_unlocked<T, E: std::fmt::Display>(mut open: impl FnMut() -> Result<T, E>) -> T {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
         loop {
-            match sled::open(dir) {
-                Ok(db) => return db,
+            match open() {
+                Ok(opened) => return opened,
                 Err(e)
                     if std::time::Instant::now() < deadline && e.to_string().contains("lock") =>
                 {
@@ -896,20 +896,12 @@ mod tests {
         }
     }
 
-    /// [`Store::open`], as [`sled_open`] waits for the lock.
+    fn sled_open(dir: &Path) -> sled::Db {
+        once_unlocked(|| sled::open(dir))
+    }
+
     fn reopen(dir: &Path) -> Store {
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        loop {
-            match Store::open(dir) {
-                Ok(store) => return store,
-                Err(e)
-                    if std::time::Instant::now() < deadline && e.to_string().contains("lock") =>
-                {
-                    std::thread::sleep(std::time::Duration::from_millis(20))
-                }
-                Err(e) => panic!("{e}"),
-            }
-        }
+        once_unlocked(|| Store::open(dir))
     }
 
     #[test]
