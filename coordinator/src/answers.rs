@@ -200,6 +200,7 @@ pub(crate) fn node_answer(values: Vec<f64>, scale: f64) -> TaskResult {
     let n = values.len();
     TaskResult {
         sha256: String::new(),
+        sent: None,
         num_examples: 1,
         metrics: [("laplace_scale".to_owned(), scale)].into(),
         tensors: vec![treaty_proto::tensor::NamedTensor::new(

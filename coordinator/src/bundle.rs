@@ -24,6 +24,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use treaty_policies::sha256_hex;
+use treaty_proto::receipt::{ResultsRecord, verify_sent};
 use treaty_proto::v1::{AuditExportInfo, AuditPart, AuditSignedHead, audit_part};
 
 use crate::audit::{self, ChainBreak, Head};
@@ -257,6 +258,8 @@ pub struct Verified {
     /// The rounds' results records, by SHA-256: JSON `{"job","round","results":[{"agency",
     /// "task_id","result_sha256","passed"}]}`.
     pub results: BTreeMap<String, serde_json::Value>,
+    /// How many of those results carry their agency's signature of what it sent, each checked.
+    pub signed_results: usize,
     /// The signing coordinator's identity.
     pub signed_by: String,
     /// When the coordinator signed the head, milliseconds since the Unix epoch.
@@ -522,6 +525,7 @@ pub fn verify(
         .map(|(seq, e)| (e.results.as_str(), *seq))
         .collect();
     let mut results = BTreeMap::new();
+    let mut signed_results = 0;
     // Bundles exported before rounds kept results records have no `results/`.
     let names = match dir.join("results").exists() {
         true => read_dir(dir, "results")?,
@@ -548,6 +552,28 @@ pub fn verify(
         }
         let json: serde_json::Value =
             serde_json::from_slice(&bytes).map_err(|e| file(&path, format!("is not JSON: {e}")))?;
+        // Each agency's signature of what it sent, where it sent one: by an agency certificate
+        // of the CA, for the result the record names.
+        let record: ResultsRecord = serde_json::from_value(json.clone())
+            .map_err(|e| file(&path, format!("is not a results record: {e}")))?;
+        for r in &record.results {
+            let Some(sent) = &r.sent else { continue };
+            let stated = verify_sent(&sent.clone().into(), &ca)
+                .map_err(|e| file(&path, format!("task `{}`: {e}", r.task_id)))?;
+            if stated.agency != r.agency
+                || stated.task_id != r.task_id
+                || stated.result_sha256 != r.result_sha256
+            {
+                return Err(file(
+                    &path,
+                    format!(
+                        "task `{}`: the agency's signed statement is of another result than the record names",
+                        r.task_id
+                    ),
+                ));
+            }
+            signed_results += 1;
+        }
         results.insert(named.to_owned(), json);
     }
     if let Some((missing, seq)) = vouched.iter().find(|(sha, _)| !results.contains_key(**sha)) {
@@ -567,6 +593,7 @@ pub fn verify(
         decisions: decisions.len(),
         texts: texts.len(),
         results,
+        signed_results,
         signed_by: signer.to_string(),
         exported_by,
         exported_unix_ms,
@@ -905,25 +932,30 @@ mod tests {
             tempfile::tempdir().unwrap(),
         );
         let store = signed_for_tests(db.path(), pki.path());
-        let record = r#"{"job":"job-1","round":1,"results":[{"agency":"treaty://agency/DE/DE-BKA","passed":true,"result_sha256":"ab","task_id":"job-1-r1-DE-BKA"}]}"#;
-        let sha = sha256_hex(record.as_bytes());
-        store.audit(&entry("job.created", "job-1")).unwrap();
-        store.archive_policy(&sha, record).unwrap();
-        store
-            .audit(&AuditEntry {
-                round: 1,
-                results: sha.clone(),
-                ..entry("round.completed", "job-1")
-            })
-            .unwrap();
         let job = Job {
             job_id: "job-1".into(),
             federation: "f".into(),
             ..Default::default()
         };
+        // A round's results record, vouched for by its completion; the job's bundle in `dir`.
+        let completed = |round: u32, record: &str, dir: &Path| {
+            let sha = sha256_hex(record.as_bytes());
+            store.archive_policy(&sha, record).unwrap();
+            store
+                .audit(&AuditEntry {
+                    round,
+                    results: sha.clone(),
+                    ..entry("round.completed", "job-1")
+                })
+                .unwrap();
+            let parts = crate::audit::export_parts(&store, &job, "ops").unwrap();
+            Bundle::from_parts(parts).unwrap().write(dir).unwrap();
+            sha
+        };
+        store.audit(&entry("job.created", "job-1")).unwrap();
+        let record = r#"{"job":"job-1","round":1,"results":[{"agency":"treaty://agency/DE/DE-BKA","passed":true,"result_sha256":"ab","task_id":"job-1-r1-DE-BKA"}]}"#;
         let good = out.path().join("bundle");
-        let parts = crate::audit::export_parts(&store, &job, "ops").unwrap();
-        Bundle::from_parts(parts).unwrap().write(&good).unwrap();
+        let sha = completed(1, record, &good);
         let (ca, _) = ca_of(pki.path());
         let v = verify(&good, &ca, None).unwrap();
         assert_eq!(v.results.len(), 1);
@@ -940,6 +972,16 @@ mod tests {
         let err = broken(&|d| std::fs::remove_file(d.join(&file)).unwrap());
         assert!(
             err.contains("audit entry 2: the results record it vouches for"),
+            "{err}"
+        );
+        // A record whose agency's signature is not one: named, with its task.
+        let forged = r#"{"job":"job-1","round":3,"results":[{"agency":"treaty://agency/DE/DE-BKA","task_id":"job-1-r3-DE-BKA","result_sha256":"ab","passed":true,"sent":{"statement":"{}","signature":"00","scheme":"ECDSA_NISTP256_SHA256","certificate":"none"}}]}"#;
+        let later = out.path().join("later");
+        let forged_sha = completed(3, forged, &later);
+        let err = verify(&later, &ca, None).unwrap_err().to_string();
+        assert!(
+            err.contains(&format!("results/{forged_sha}.json"))
+                && err.contains("task `job-1-r3-DE-BKA`"),
             "{err}"
         );
         let err = broken(&|d| {

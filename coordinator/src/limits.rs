@@ -12,8 +12,8 @@
 
 use prost::Message;
 use treaty_proto::v1::{
-    DatasetSummary, Evaluation, Hello, PrivacyReport, ResultHeader, TaskAccepted, TaskRefused,
-    TensorSpec,
+    DatasetSummary, Evaluation, Hello, PrivacyReport, ResultHeader, SignedStatement, TaskAccepted,
+    TaskRefused, TensorSpec,
 };
 
 /// The most bytes of a name: a data set, a column, a metric, a tensor, an evaluation kind or
@@ -166,6 +166,15 @@ pub(crate) fn check_refused(r: &TaskRefused) -> Result<(), BoundError> {
     bytes("task_id", &r.task_id, MAX_TASK_ID_BYTES)?;
     bytes("reason_code", &r.reason_code, MAX_REASON_CODE_BYTES)?;
     bytes("message", &r.message, MAX_TEXT_BYTES)
+}
+
+/// Checks an agency's signed statement of a result: a statement and a signature are short,
+/// a certificate a few KiB.
+pub(crate) fn check_signed_statement(s: &SignedStatement) -> Result<(), BoundError> {
+    bytes("sent.statement", &s.statement, MAX_TEXT_BYTES)?;
+    bytes("sent.signature", &s.signature, MAX_TEXT_BYTES)?;
+    bytes("sent.scheme", &s.scheme, MAX_REASON_CODE_BYTES)?;
+    bytes("sent.certificate", &s.certificate, 4 * MAX_TEXT_BYTES)
 }
 
 /// Checks an acceptance.

@@ -690,6 +690,7 @@ impl Asking<'_> {
                     task_id,
                     result_sha256: result.sha256.clone(),
                     passed: verdict.is_ok(),
+                    sent: result.sent.clone(),
                 });
                 match verdict {
                     Ok(()) => {

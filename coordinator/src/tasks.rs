@@ -50,6 +50,8 @@ pub(crate) struct TaskResult {
     /// Its SHA-256 as it arrived (`treaty_proto::receipt::ResultHasher`), which its receipt
     /// names.
     pub sha256: String,
+    /// The sending agency's signed statement of it, when it sent one (checked on arrival).
+    pub sent: Option<treaty_proto::receipt::SignedSent>,
     pub num_examples: u64,
     pub metrics: HashMap<String, f64>,
     /// The tensors, decoded ([`Intake::Whole`]; empty when staged).

@@ -110,6 +110,14 @@ pub async fn run(config: NodeConfig, shutdown: CancellationToken) -> Result<(), 
         .next()
         .map(|c| c.to_vec())
         .unwrap_or_default();
+    // The agency's key signs what the node sends, so that the coordinator holds its word.
+    let signer = match treaty_proto::tls::KeySigner::load(&config.tls) {
+        Ok(signer) => Some(Arc::new(signer)),
+        Err(error) => {
+            tracing::warn!(%error, "the node's results go unsigned: its key cannot sign evidence");
+            None
+        }
+    };
     let ledger = ledger::Ledger::open(&config.state_dir, config.privacy)?;
     let (evidence, records) = ledger.evidence()?;
     let evidence = Arc::new(evidence);
@@ -165,6 +173,7 @@ pub async fn run(config: NodeConfig, shutdown: CancellationToken) -> Result<(), 
         evidence,
         approvals,
         ca: Arc::new(ca),
+        signer,
         worker: Arc::new(worker),
         running: Arc::new(tokio::sync::Semaphore::new(session::CONCURRENT_TASKS)),
     };

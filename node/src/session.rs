@@ -44,6 +44,9 @@ pub(crate) struct Node {
     /// The federation CA's certificate (DER), which the coordinator's receipts are checked
     /// against.
     pub ca: Arc<Vec<u8>>,
+    /// The agency's own key, which signs what the node sends (none when its kind cannot sign
+    /// evidence: the node then sends its results unsigned, and says so at start).
+    pub signer: Option<Arc<treaty_proto::tls::KeySigner>>,
     /// Tasks carried out at once; the others wait their turn, so that a coordinator sending
     /// many large tasks cannot exhaust the node's memory.
     pub running: Arc<tokio::sync::Semaphore>,
@@ -403,7 +406,10 @@ async fn attempt(
         blocking(move || ledger.report_for(Some((&job, &federation)), Some(Some(plan.next))))
             .await
             .ok();
-    let result = Outgoing::new(&task_id, output, report);
+    let mut result = Outgoing::new(&task_id, output, report);
+    if let Some(signer) = &node.signer {
+        result.sign(signer, &node.tls.identity().to_string())?;
+    }
     // An approval revoked while the node computed stops the result here (the ledger keeps the
     // release: it over-counts, never under-counts).
     node.approvals.still_approved(task)?;
@@ -484,6 +490,8 @@ fn receipt_of(
 pub(crate) struct Outgoing {
     header: ResultHeader,
     chunks: Vec<treaty_proto::v1::TensorChunk>,
+    /// The agency's signed statement of what it sends, sent last.
+    sent: Option<treaty_proto::v1::SignedStatement>,
     pub(crate) sha256: String,
 }
 
@@ -506,8 +514,24 @@ impl Outgoing {
         Outgoing {
             header,
             chunks,
+            sent: None,
             sha256,
         }
+    }
+
+    /// Signs, as `agency`, the statement that it sends this result.
+    pub(crate) fn sign(
+        &mut self,
+        signer: &treaty_proto::tls::KeySigner,
+        agency: &str,
+    ) -> Result<(), Refusal> {
+        let sent = treaty_proto::receipt::Sent {
+            agency: agency.to_owned(),
+            task_id: self.header.task_id.clone(),
+            result_sha256: self.sha256.clone(),
+        };
+        self.sent = Some(sent.signed(signer).map_err(Refusal::internal)?);
+        Ok(())
     }
 
     /// Sends it: the header, then the chunks; the coordinator's answer with its receipt.
@@ -517,6 +541,7 @@ impl Outgoing {
     ) -> Result<SubmitReceipt, NodeError> {
         let parts = std::iter::once(result_part::Kind::Header(self.header))
             .chain(self.chunks.into_iter().map(result_part::Kind::Chunk))
+            .chain(self.sent.map(result_part::Kind::Sent))
             .map(|kind| ResultPart { kind: Some(kind) });
         let receipt = client.submit_result(tokio_stream::iter(parts)).await?;
         if receipt.get_ref().accepted {

@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::hex::{hex, unhex};
 use crate::tls::{self, KeySigner};
-use crate::v1::{ResultHeader, SubmitReceipt, TensorChunk};
+use crate::v1::{ResultHeader, SignedStatement, SubmitReceipt, TensorChunk};
 
 /// The SHA-256 of a result, fed its header and then its chunks in order.
 pub struct ResultHasher(ring::digest::Context);
@@ -53,6 +53,11 @@ impl ResultHasher {
     pub fn finish(self) -> String {
         hex(self.0.finish().as_ref())
     }
+
+    /// The hash of what it has taken so far, in hex.
+    pub fn current(&self) -> String {
+        hex(self.0.clone().finish().as_ref())
+    }
 }
 
 impl std::fmt::Debug for ResultHasher {
@@ -82,17 +87,92 @@ pub struct Receipt {
 impl Receipt {
     /// The receipt signed by `signer`, as the wire carries it.
     pub fn signed(&self, signer: &KeySigner) -> Result<SubmitReceipt, crate::TlsError> {
-        let statement = serde_json::to_string(self)
-            .map_err(|e| crate::TlsError::Config(format!("a receipt cannot be written: {e}")))?;
-        let signature = signer.sign(statement.as_bytes())?;
+        let s = sign(self, signer)?;
         Ok(SubmitReceipt {
             accepted: self.accepted,
             message: self.message.clone(),
-            statement,
-            signature: hex(&signature),
-            scheme: signer.scheme(),
-            certificate: tls::certificate_pem(signer.certificate()),
+            statement: s.statement,
+            signature: s.signature,
+            scheme: s.scheme,
+            certificate: s.certificate,
         })
+    }
+}
+
+/// What an agency states it sent: signed with its TLS key and sent after the result's chunks
+/// ([`SignedStatement`]), kept by the coordinator in the round's results record.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Sent {
+    /// The agency's identity, from its certificate.
+    pub agency: String,
+    pub task_id: String,
+    /// The result's SHA-256 ([`ResultHasher`]).
+    pub result_sha256: String,
+}
+
+impl Sent {
+    /// The statement signed by `signer`.
+    pub fn signed(&self, signer: &KeySigner) -> Result<SignedStatement, crate::TlsError> {
+        sign(self, signer)
+    }
+}
+
+/// `value`'s JSON, signed by `signer`, with its scheme and certificate.
+fn sign(value: &impl Serialize, signer: &KeySigner) -> Result<SignedStatement, crate::TlsError> {
+    let statement = serde_json::to_string(value)
+        .map_err(|e| crate::TlsError::Config(format!("a statement cannot be written: {e}")))?;
+    let signature = signer.sign(statement.as_bytes())?;
+    Ok(SignedStatement {
+        statement,
+        signature: hex(&signature),
+        scheme: signer.scheme(),
+        certificate: tls::certificate_pem(signer.certificate()),
+    })
+}
+
+/// Checks an agency's signed statement of what it sent: its certificate is an agency's issued
+/// by the CA `ca` (DER), the signature is that certificate's key's of the statement, and the
+/// statement names that agency; the statement.
+pub fn verify_sent(signed: &SignedStatement, ca: &[u8]) -> Result<Sent, String> {
+    let der = tls::certificate_der(signed.certificate.as_bytes())
+        .map_err(|e| format!("the sender's certificate {e}"))?;
+    tls::verify_issued_by(&der, ca)?;
+    let signer =
+        crate::Identity::from_certificate(&rustls::pki_types::CertificateDer::from(der.clone()))
+            .map_err(|e| format!("the sender's certificate names no Treaty identity: {e}"))?;
+    if signer.agency_id().is_none() {
+        return Err(format!(
+            "the sender's certificate is {signer}'s, not an agency's"
+        ));
+    }
+    let statement: Sent = checked(&der, &signed.statement, &signed.signature, &signed.scheme)
+        .map_err(|e| format!("the sender's {e}"))?;
+    named(&statement.agency, &signer, "statement")?;
+    Ok(statement)
+}
+
+/// The statement (the JSON of a `T`), once `signature` (hex) under `scheme` checks against the
+/// certificate `der`.
+fn checked<T: serde::de::DeserializeOwned>(
+    der: &[u8],
+    statement: &str,
+    signature: &str,
+    scheme: &str,
+) -> Result<T, String> {
+    let signature = unhex(signature).ok_or("signature is not hexadecimal")?;
+    tls::verify_signature(der, scheme, statement.as_bytes(), &signature)
+        .map_err(|e| format!("signature: {e}"))?;
+    serde_json::from_str(statement).map_err(|e| format!("statement is unreadable: {e}"))
+}
+
+/// Whether a statement names its signer.
+fn named(stated: &str, signer: &crate::Identity, what: &str) -> Result<(), String> {
+    match stated == signer.to_string() {
+        true => Ok(()),
+        false => Err(format!(
+            "the {what} names `{stated}` but is signed by `{signer}`"
+        )),
     }
 }
 
@@ -116,6 +196,41 @@ pub struct ReceivedResult {
     pub result_sha256: String,
     /// Whether it passed the round's checks (and so was combined).
     pub passed: bool,
+    /// The agency's signed statement of what it sent ([`Sent`]), when it sent one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sent: Option<SignedSent>,
+}
+
+/// [`SignedStatement`] as a results record keeps it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SignedSent {
+    pub statement: String,
+    pub signature: String,
+    pub scheme: String,
+    pub certificate: String,
+}
+
+impl From<SignedStatement> for SignedSent {
+    fn from(s: SignedStatement) -> Self {
+        SignedSent {
+            statement: s.statement,
+            signature: s.signature,
+            scheme: s.scheme,
+            certificate: s.certificate,
+        }
+    }
+}
+
+impl From<SignedSent> for SignedStatement {
+    fn from(s: SignedSent) -> Self {
+        SignedStatement {
+            statement: s.statement,
+            signature: s.signature,
+            scheme: s.scheme,
+            certificate: s.certificate,
+        }
+    }
 }
 
 /// Checks a signed receipt: its certificate is a coordinator's issued by the CA `ca` (DER), the
@@ -125,22 +240,14 @@ pub fn verify(receipt: &SubmitReceipt, ca: &[u8]) -> Result<Receipt, String> {
     let der = tls::certificate_der(receipt.certificate.as_bytes())
         .map_err(|e| format!("the receipt's certificate {e}"))?;
     let coordinator = tls::verify_coordinator(&der, ca)?;
-    let signature =
-        unhex(&receipt.signature).ok_or("the receipt's signature is not hexadecimal")?;
-    tls::verify_signature(
+    let statement: Receipt = checked(
         &der,
+        &receipt.statement,
+        &receipt.signature,
         &receipt.scheme,
-        receipt.statement.as_bytes(),
-        &signature,
-    )?;
-    let statement: Receipt = serde_json::from_str(&receipt.statement)
-        .map_err(|e| format!("the receipt's statement is unreadable: {e}"))?;
-    if statement.coordinator != coordinator.to_string() {
-        return Err(format!(
-            "the receipt names `{}` but is signed by `{coordinator}`",
-            statement.coordinator
-        ));
-    }
+    )
+    .map_err(|e| format!("the receipt's {e}"))?;
+    named(&statement.coordinator, &coordinator, "receipt")?;
     Ok(statement)
 }
 

@@ -131,9 +131,10 @@ fn verify(
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| anyhow::anyhow!("a results record of the bundle is unreadable: {e}"))?;
     outln!(
-        "{} round results records, {} results taken in",
+        "{} round results records, {} results taken in, {} of them signed by the agency that sent it (each signature checked)",
         records.len(),
-        records.iter().map(|r| r.results.len()).sum::<usize>()
+        records.iter().map(|r| r.results.len()).sum::<usize>(),
+        v.signed_results
     );
     for node in nodes {
         let c = treaty_node::export::cross_check(node, &ca, &v.signed_by, &v.job_id, &records)

@@ -144,6 +144,13 @@ async fn a_jobs_bundle_verifies_across_a_coordinator_crash_and_tampering_is_name
     assert!(out.status.success(), "{}", text(&out));
     let out = audit_verify(&first, ca, &["--node", evidence.to_str().unwrap()]);
     assert!(out.status.success(), "{}", text(&out));
+    // Every result the coordinator took in carries its agency's signature of what it sent,
+    // checked: both agencies, the statistics round, two rounds and the final evaluation.
+    assert!(
+        text(&out).contains("8 results taken in, 8 of them signed by the agency that sent it"),
+        "{}",
+        text(&out)
+    );
     // The statistics round, two rounds and the final evaluation: four tasks, four receipts,
     // four results.
     assert!(
@@ -478,4 +485,95 @@ async fn a_node_killed_during_its_appends_keeps_whole_evidence_that_agrees_with_
             .unwrap();
         assert!(results >= with_de, "{}", text(&out));
     }
+}
+
+/// A hostile agency that signs a statement of another result than it sends, or signs as
+/// another agency: the result is refused on arrival, named; one signed right is taken in and
+/// its signature travels in the bundle.
+#[tokio::test]
+async fn an_agency_signs_what_it_sends_and_cannot_sign_something_else() {
+    use treaty_proto::Identity;
+    use treaty_proto::receipt::Sent;
+    use treaty_proto::tls::KeySigner;
+    use treaty_proto::v1::{QueryKind, QuerySpec};
+
+    use crate::hostile_agency;
+
+    let fx = Fixture::new(&[("DE-BKA", "DE"), ("PL-POLICJA", "PL")]);
+    let (_coordinator, address) = fx.start_coordinator("127.0.0.1:0");
+    let _de = fx.start_node("DE-BKA", "DE", &address, 7);
+    let pl = Identity::agency("PL", "PL-POLICJA").unwrap();
+    let mut client = hostile_agency::client(&address, &fx.files(&pl)).await;
+    let mut hostile = hostile_agency::open(&mut client, hostile_agency::hello())
+        .await
+        .unwrap();
+    let mut op = fx.operator(&address).await;
+    wait_connected(&mut op, &["DE-BKA", "PL-POLICJA"]).await;
+    create_federation(&mut op, "pair", &["DE-BKA:DE", "PL-POLICJA:PL"]).await;
+    let own = KeySigner::load(&fx.files(&pl)).unwrap();
+    let other = KeySigner::load(&fx.files(&Identity::agency("DE", "DE-BKA").unwrap())).unwrap();
+    let count = QuerySpec {
+        kind: QueryKind::Count as i32,
+        epsilon: 1.0,
+        ..Default::default()
+    };
+    let statement = |task: &str, sha: &str, signer: &KeySigner, agency: &str| {
+        Sent {
+            agency: agency.into(),
+            task_id: task.into(),
+            result_sha256: sha.into(),
+        }
+        .signed(signer)
+        .unwrap()
+    };
+    // Three queries: another result's hash; DE's key signing as DE for PL's upload; right.
+    let mut refusals = Vec::new();
+    for attempt in 0..3 {
+        let job = start_query(&mut op, "pair", count.clone(), 1).await;
+        let task = hostile
+            .next_task(Duration::from_secs(20))
+            .await
+            .expect("no task");
+        let id = task.task_id.clone();
+        let sent = hostile_agency::submit_with(
+            &mut client,
+            &id,
+            vec![400.0],
+            &[("laplace_scale", 1.0)],
+            |sha| {
+                Some(match attempt {
+                    0 => statement(&id, &"0".repeat(64), &own, "treaty://agency/PL/PL-POLICJA"),
+                    1 => statement(&id, sha, &other, "treaty://agency/DE/DE-BKA"),
+                    _ => statement(&id, sha, &own, "treaty://agency/PL/PL-POLICJA"),
+                })
+            },
+        )
+        .await;
+        refusals.push(sent.err().map(|s| s.message().to_owned()));
+        let job = succeeded(watch_to_end(&mut op, &job.job_id).await);
+        let took_pl = job.rounds[0].contributors.iter().any(|c| c == "PL-POLICJA");
+        assert_eq!(took_pl, attempt == 2, "attempt {attempt}: {refusals:?}");
+        if attempt == 2 {
+            // Its bundle carries PL's signature, checked again offline.
+            let bundle = fx.path("bundle-signed");
+            let config = fx.operator_config(&address);
+            let out = export(&config, &job.job_id, &bundle);
+            assert!(out.status.success(), "{}", text(&out));
+            let ca = fx.pki.ca_cert();
+            let out = audit_verify(&bundle, ca.to_str().unwrap(), &[]);
+            assert!(
+                text(&out).contains("2 results taken in, 2 of them signed"),
+                "{}",
+                text(&out)
+            );
+        }
+    }
+    let said = |i: usize| refusals[i].clone().unwrap_or_default();
+    assert!(
+        said(0).contains("its signed statement names"),
+        "{}",
+        said(0)
+    );
+    assert!(said(1).contains("signed statement"), "{}", said(1));
+    assert!(refusals[2].is_none(), "{refusals:?}");
 }

@@ -103,6 +103,17 @@ pub async fn submit(
     values: Vec<f64>,
     metrics: &[(&str, f64)],
 ) -> Result<(), tonic::Status> {
+    submit_with(client, task_id, values, metrics, |_| None).await
+}
+
+/// As [`submit`], with the statement `sent` makes of the result's SHA-256 as its last part.
+pub async fn submit_with(
+    client: &mut AgencyServiceClient<Channel>,
+    task_id: &str,
+    values: Vec<f64>,
+    metrics: &[(&str, f64)],
+    sent: impl FnOnce(&str) -> Option<treaty_proto::v1::SignedStatement>,
+) -> Result<(), tonic::Status> {
     let n = values.len();
     let statistic = NamedTensor::new(
         "statistic",
@@ -116,8 +127,12 @@ pub async fn submit(
         tensors: specs,
         ..Default::default()
     };
+    let mut hasher = treaty_proto::receipt::ResultHasher::new(&header);
+    chunks.iter().for_each(|c| hasher.chunk(c));
+    let statement = sent(&hasher.finish());
     let parts: Vec<ResultPart> = std::iter::once(result_part::Kind::Header(header))
         .chain(chunks.into_iter().map(result_part::Kind::Chunk))
+        .chain(statement.map(result_part::Kind::Sent))
         .map(|kind| ResultPart { kind: Some(kind) })
         .collect();
     client

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
-use treaty_proto::receipt::{Receipt, ResultHasher};
+use treaty_proto::receipt::{Receipt, ResultHasher, SignedSent, verify_sent};
 use treaty_proto::tensor::{Assembler, DEFAULT_MAX_CHUNK_BYTES, NamedTensor};
 use treaty_proto::v1::agency_service_server::AgencyService;
 use treaty_proto::v1::{
@@ -180,8 +180,9 @@ impl AgencyService for AgencyApi {
         let received = receive(&self.ctx, &agency, &mut parts, &header, intake, &mut hasher).await;
         let sha256 = hasher.finish();
         let outcome = match received {
-            Ok((tensors, staged, received)) => Outcome::Result(Box::new(TaskResult {
+            Ok((tensors, staged, received, sent)) => Outcome::Result(Box::new(TaskResult {
                 sha256: sha256.clone(),
+                sent,
                 num_examples: header.num_examples,
                 metrics: header.metrics.clone(),
                 tensors,
@@ -270,7 +271,7 @@ async fn receive(
     header: &treaty_proto::v1::ResultHeader,
     intake: Intake,
     hasher: &mut ResultHasher,
-) -> Result<(Vec<NamedTensor>, Option<StagedUpdate>, Instant), String> {
+) -> Result<Received, String> {
     let limits = &ctx.limits;
     if header.num_examples > limits.max_records_per_agency {
         return Err(format!(
@@ -309,6 +310,7 @@ async fn receive(
             Some(slot)
         }
     };
+    let mut sent: Option<SignedSent> = None;
     loop {
         let next = match slot {
             None => parts.message().await,
@@ -323,6 +325,16 @@ async fn receive(
         };
         match next {
             Ok(Some(ResultPart {
+                kind: Some(result_part::Kind::Chunk(_)),
+            })) if sent.is_some() => {
+                return Err("a result's chunk came after its signed statement".into());
+            }
+            Ok(Some(ResultPart {
+                kind: Some(result_part::Kind::Sent(statement)),
+            })) if sent.is_none() => {
+                sent = Some(sender_statement(ctx, agency, header, hasher, statement)?);
+            }
+            Ok(Some(ResultPart {
                 kind: Some(result_part::Kind::Chunk(chunk)),
             })) => {
                 hasher.chunk(&chunk);
@@ -334,23 +346,72 @@ async fn receive(
                         .map_err(|e| e.to_string())?;
                 }
             }
-            Ok(Some(_)) => return Err("a result holds a second header or an empty part".into()),
+            Ok(Some(_)) => {
+                return Err(
+                    "a result holds a second header, a second signed statement or an empty part"
+                        .into(),
+                );
+            }
             Ok(None) => break,
             Err(status) => return Err(format!("the upload broke off: {}", status.message())),
         }
     }
     let ended = Instant::now();
     match slot {
-        None => Ok((assembler.finish().map_err(|e| e.to_string())?, None, ended)),
+        None => Ok((
+            assembler.finish().map_err(|e| e.to_string())?,
+            None,
+            ended,
+            sent,
+        )),
         Some(slot) => {
             let tensors = assembler.finish_staged().map_err(|e| e.to_string())?;
             let staged = StagedUpdate {
                 tensors,
                 _slot: slot,
             };
-            Ok((Vec::new(), Some(staged), ended))
+            Ok((Vec::new(), Some(staged), ended, sent))
         }
     }
+}
+
+/// A result as it arrived: its tensors (or staged update), when it ended, and its sender's
+/// signed statement of it.
+type Received = (
+    Vec<NamedTensor>,
+    Option<StagedUpdate>,
+    Instant,
+    Option<SignedSent>,
+);
+
+/// The sending agency's signed statement of the result it sent, checked: bounded, signed by an
+/// agency certificate of the federation CA, by the agency of the connection, for this task and
+/// for the result that arrived (its hash so far, every chunk taken).
+fn sender_statement(
+    ctx: &Coordinator,
+    agency: &Identity,
+    header: &treaty_proto::v1::ResultHeader,
+    hasher: &ResultHasher,
+    signed: treaty_proto::v1::SignedStatement,
+) -> Result<SignedSent, String> {
+    limits::check_signed_statement(&signed).map_err(|b| b.to_string())?;
+    let ca = ctx
+        .store
+        .signer()
+        .map(|s| s.ca_certificate().to_vec())
+        .ok_or("the coordinator keeps no CA certificate to check the result's signature by")?;
+    let sent = verify_sent(&signed, &ca).map_err(|e| format!("its signed statement: {e}"))?;
+    let arrived = hasher.current();
+    if sent.agency != agency.to_string()
+        || sent.task_id != header.task_id
+        || sent.result_sha256 != arrived
+    {
+        return Err(format!(
+            "its signed statement names {} of task `{}` from `{}`, but {arrived} of task `{}` arrived from `{agency}`",
+            sent.result_sha256, sent.task_id, sent.agency, header.task_id
+        ));
+    }
+    Ok(signed.into())
 }
 
 /// Handles one message of a session; whether it was usable (unusable ones are counted, and a
