@@ -11,7 +11,7 @@ use tonic::transport::Channel;
 use treaty_devkit::local::write_toml;
 use treaty_node::NodeConfig;
 use treaty_proto::v1::operator_service_client::OperatorServiceClient;
-use treaty_proto::v1::{CreateJobRequest, Job, JobSpec, RoundSummary, WatchJobRequest, job_spec};
+use treaty_proto::v1::{Job, RoundSummary};
 
 use crate::common::*;
 
@@ -26,27 +26,8 @@ async fn job_with(
     until: impl Fn(&str) -> bool,
     then: impl FnOnce(&str),
 ) -> Job {
-    let job = op
-        .create_job(CreateJobRequest {
-            federation: "trio".into(),
-            spec: Some(JobSpec {
-                kind: Some(job_spec::Kind::Training(training_spec(rounds))),
-                min_participants: min,
-                round_timeout_ms: 20_000,
-                join_timeout_ms: 20_000,
-                sharing: Some(test_sharing()),
-            }),
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let mut events = op
-        .watch_job(WatchJobRequest {
-            job_id: job.job_id.clone(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let job = start_training(op, "trio", training_spec(rounds), min, 20_000).await;
+    let mut events = events_of(op, &job.job_id).await;
     let mut then = Some(then);
     while let Some(event) = events.next().await {
         let event = event.unwrap();
@@ -80,6 +61,15 @@ fn standing(round: &RoundSummary) -> String {
         .find(|e| e.agency == "FR-DGDDI")
         .map(|e| e.reason_code.clone())
         .unwrap_or_else(|| format!("absent from {round:?}"))
+}
+
+/// `treaty node approve JOB` by `by`, naming the terms `treaty node pending` shows now.
+fn approve_as_read(config: &str, job_id: &str, by: &str) -> (bool, String, String) {
+    let pending = treaty_json(&["node", "pending", "--config", config, "--json"]);
+    let read = pending[0]["terms_sha256"].as_str().unwrap().to_owned();
+    treaty(&[
+        "node", "approve", job_id, "--config", config, "--terms", &read, "--by", by,
+    ])
 }
 
 fn requiring_approval(config: &Path) {
@@ -235,19 +225,7 @@ async fn a_node_waits_for_its_operators_approval_and_a_rejection_is_final() {
         3,
         |m| m.contains("waits for the approval of the job by the operators of FR-DGDDI"),
         |job_id| {
-            let pending = treaty_json(&["node", "pending", "--config", &config, "--json"]);
-            let read = pending[0]["terms_sha256"].as_str().unwrap().to_owned();
-            let (ok, _, err) = treaty(&[
-                "node",
-                "approve",
-                job_id,
-                "--config",
-                &config,
-                "--terms",
-                &read,
-                "--by",
-                "Officer Dupont",
-            ]);
+            let (ok, _, err) = approve_as_read(&config, job_id, "Officer Dupont");
             assert!(ok, "{err}");
         },
     )

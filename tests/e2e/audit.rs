@@ -38,6 +38,11 @@ fn audit_verify(dir: &Path, ca: &str, more: &[&str]) -> Output {
     treaty(&[&["audit", "verify", dir, "--ca", ca], more].concat())
 }
 
+fn node_evidence(config: &Path, out: &Path) -> Output {
+    let (config, out) = (config.to_str().unwrap(), out.to_str().unwrap());
+    treaty(&["node", "evidence", "--config", config, "--out", out])
+}
+
 fn model_verify(model: &Path, ca: &str, more: &[&str]) -> Output {
     let model = model.to_str().unwrap();
     treaty(&[&["model", "verify", "--model", model, "--ca", ca], more].concat())
@@ -133,14 +138,7 @@ async fn a_jobs_bundle_verifies_across_a_coordinator_crash_and_tampering_is_name
     // coordinator's bundle: its receipts are in the bundle's results records, and every
     // result the bundle records from it is one it sent.
     let evidence = fx.path("evidence-DE");
-    let out = treaty(&[
-        "node",
-        "evidence",
-        "--config",
-        de_config.to_str().unwrap(),
-        "--out",
-        evidence.to_str().unwrap(),
-    ]);
+    let out = node_evidence(&de_config, &evidence);
     assert!(out.status.success(), "{}", text(&out));
     let out = audit_verify(&first, ca, &["--node", evidence.to_str().unwrap()]);
     assert!(out.status.success(), "{}", text(&out));
@@ -395,7 +393,6 @@ async fn a_jobs_bundle_verifies_across_a_coordinator_crash_and_tampering_is_name
 #[tokio::test]
 async fn a_node_killed_during_its_appends_keeps_whole_evidence_that_agrees_with_the_bundle() {
     use tokio_stream::StreamExt;
-    use treaty_proto::v1::{CreateJobRequest, JobSpec, WatchJobRequest, job_spec};
 
     let fx = Fixture::new(&[("DE-BKA", "DE"), ("FR-DGDDI", "FR")]);
     let (_coordinator, address) = fx.start_coordinator("127.0.0.1:0");
@@ -405,28 +402,9 @@ async fn a_node_killed_during_its_appends_keeps_whole_evidence_that_agrees_with_
     let mut op = fx.operator(&address).await;
     wait_connected(&mut op, &["DE-BKA", "FR-DGDDI"]).await;
     create_federation(&mut op, "pair", &["DE-BKA:DE", "FR-DGDDI:FR"]).await;
-    let job = op
-        .create_job(CreateJobRequest {
-            federation: "pair".into(),
-            spec: Some(JobSpec {
-                kind: Some(job_spec::Kind::Training(training_spec(30))),
-                min_participants: 1,
-                // A round whose agency was killed does not wait long for it.
-                round_timeout_ms: 2_000,
-                join_timeout_ms: 20_000,
-                sharing: Some(test_sharing()),
-            }),
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let mut events = op
-        .watch_job(WatchJobRequest {
-            job_id: job.job_id.clone(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    // A round whose agency was killed does not wait long for it.
+    let job = start_training(&mut op, "pair", training_spec(30), 1, 2_000).await;
+    let mut events = events_of(&mut op, &job.job_id).await;
     // Killed as soon as it has sent its result of rounds 3 and 12 (its appends of the next
     // steps under way), and started again.
     let mut kills = 0;
@@ -463,14 +441,7 @@ async fn a_node_killed_during_its_appends_keeps_whole_evidence_that_agrees_with_
             de.wait_for_exit(Duration::from_secs(10)).unwrap();
         }
         let evidence = fx.path(name);
-        let out = treaty(&[
-            "node",
-            "evidence",
-            "--config",
-            de_config.to_str().unwrap(),
-            "--out",
-            evidence.to_str().unwrap(),
-        ]);
+        let out = node_evidence(&de_config, &evidence);
         assert!(out.status.success(), "{}", text(&out));
         let out = audit_verify(&bundle, ca, &["--node", evidence.to_str().unwrap()]);
         assert!(out.status.success(), "{}", text(&out));

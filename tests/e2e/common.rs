@@ -431,6 +431,45 @@ pub fn succeeded(job: Job) -> Job {
     job
 }
 
+/// Creates a training job of `spec` over `federation`, needing `min` agencies and waiting
+/// `round_timeout_ms` for a round's results; returns it as created.
+pub async fn start_training(
+    client: &mut OperatorServiceClient<Channel>,
+    federation: &str,
+    spec: TrainingSpec,
+    min: u32,
+    round_timeout_ms: u32,
+) -> Job {
+    client
+        .create_job(CreateJobRequest {
+            federation: federation.into(),
+            spec: Some(JobSpec {
+                kind: Some(job_spec::Kind::Training(spec)),
+                min_participants: min,
+                round_timeout_ms,
+                join_timeout_ms: 20_000,
+                sharing: Some(test_sharing()),
+            }),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+/// The events of `job_id` as they come.
+pub async fn events_of(
+    client: &mut OperatorServiceClient<Channel>,
+    job_id: &str,
+) -> tonic::Streaming<treaty_proto::v1::JobEvent> {
+    client
+        .watch_job(WatchJobRequest {
+            job_id: job_id.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+}
+
 /// Runs a job of `spec` to its end, whatever the end.
 pub async fn try_job(
     client: &mut OperatorServiceClient<Channel>,
@@ -438,32 +477,13 @@ pub async fn try_job(
     spec: TrainingSpec,
     min: u32,
 ) -> Job {
-    let job = client
-        .create_job(CreateJobRequest {
-            federation: federation.into(),
-            spec: Some(JobSpec {
-                kind: Some(job_spec::Kind::Training(spec)),
-                min_participants: min,
-                round_timeout_ms: 20_000,
-                join_timeout_ms: 20_000,
-                sharing: Some(test_sharing()),
-            }),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let job = start_training(client, federation, spec, min, 20_000).await;
     watch_to_end(client, &job.job_id).await
 }
 
 /// Follows a job until it ends; returns it as it ended.
 pub async fn watch_to_end(client: &mut OperatorServiceClient<Channel>, job_id: &str) -> Job {
-    let mut events = client
-        .watch_job(WatchJobRequest {
-            job_id: job_id.into(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let mut events = events_of(client, job_id).await;
     while let Some(event) = events.next().await {
         event.unwrap();
     }
