@@ -554,6 +554,16 @@ mod tests {
             .unwrap_or_default()
     }
 
+    /// Approves job j1's terms as `pending` shows them, as `by` of `account`.
+    fn approve(
+        a: &Approvals,
+        by: &str,
+        account: (&str, u32),
+        now: i64,
+    ) -> Result<ApprovalRecord, String> {
+        a.decide("j1", Decision::Approve, &shown(a), by, "", account, now)
+    }
+
     fn code(r: Result<(), Refusal>) -> String {
         r.map_or_else(|r| r.code.to_string(), |()| "OK".into())
     }
@@ -565,17 +575,7 @@ mod tests {
         let (evidence, _) = Evidence::open(&db).unwrap();
         let a = Approvals::new(ApprovalConfig::default(), Arc::new(evidence), &[]);
         assert_eq!(code(a.check(&task("j1", 1.0), HUB, 1)), "OK");
-        let err = a
-            .decide(
-                "j1",
-                Decision::Approve,
-                &shown(&a),
-                "Jane",
-                "",
-                ("jdoe", 1000),
-                2,
-            )
-            .unwrap_err();
+        let err = approve(&a, "Jane", ("jdoe", 1000), 2).unwrap_err();
         assert!(err.contains("does not require approval"), "{err}");
     }
 
@@ -584,17 +584,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (a, _) = approvals(dir.path(), &[]);
         // Nothing can be approved before the job asks: its terms are not known.
-        let err = a
-            .decide(
-                "j1",
-                Decision::Approve,
-                &shown(&a),
-                "Jane",
-                "",
-                ("jdoe", 1000),
-                1,
-            )
-            .unwrap_err();
+        let err = approve(&a, "Jane", ("jdoe", 1000), 1).unwrap_err();
         assert!(err.contains("has not asked"), "{err}");
         assert_eq!(code(a.check(&task("j1", 1.0), HUB, 10)), "APPROVAL_PENDING");
         let pending = a.pending();
@@ -603,18 +593,7 @@ mod tests {
         assert_eq!(pending[0].terms.purpose, "counter_trafficking");
         assert_eq!(pending[0].terms.created_by, "treaty://operator/ops");
         // No name, no decision.
-        assert!(
-            a.decide(
-                "j1",
-                Decision::Approve,
-                &shown(&a),
-                "  ",
-                "",
-                ("jdoe", 1000),
-                11
-            )
-            .is_err()
-        );
+        assert!(approve(&a, "  ", ("jdoe", 1000), 11).is_err());
         let record = a
             .decide(
                 "j1",
@@ -657,16 +636,7 @@ mod tests {
         {
             let (a, _) = approvals(dir.path(), &[]);
             let _ = a.check(&task("j1", 1.0), HUB, 1);
-            a.decide(
-                "j1",
-                Decision::Approve,
-                &shown(&a),
-                "Jane",
-                "",
-                ("jdoe", 1000),
-                2,
-            )
-            .unwrap();
+            approve(&a, "Jane", ("jdoe", 1000), 2).unwrap();
             a.decide(
                 "j1",
                 Decision::Reject,
@@ -681,17 +651,7 @@ mod tests {
         }
         let (a, evidence) = approvals(dir.path(), &[]);
         assert_eq!(code(a.check(&task("j1", 1.0), HUB, 5)), "APPROVAL_REJECTED");
-        let err = a
-            .decide(
-                "j1",
-                Decision::Approve,
-                &shown(&a),
-                "Jane",
-                "",
-                ("jdoe", 1000),
-                6,
-            )
-            .unwrap_err();
+        let err = approve(&a, "Jane", ("jdoe", 1000), 6).unwrap_err();
         assert!(err.contains("final"), "{err}");
         // Both decisions are in the evidence log, with who made them.
         let stored = evidence.stored().unwrap();
@@ -719,29 +679,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (a, evidence) = approvals(dir.path(), &["jdoe"]);
         let _ = a.check(&task("j1", 1.0), HUB, 1);
-        let err = a
-            .decide(
-                "j1",
-                Decision::Approve,
-                &shown(&a),
-                "Eve",
-                "",
-                ("eve", 1002),
-                2,
-            )
-            .unwrap_err();
+        let err = approve(&a, "Eve", ("eve", 1002), 2).unwrap_err();
         assert!(err.contains("`eve` may not"), "{err}");
         assert!(evidence.stored().unwrap().is_empty());
-        a.decide(
-            "j1",
-            Decision::Approve,
-            &shown(&a),
-            "Jane",
-            "",
-            ("jdoe", 1000),
-            3,
-        )
-        .unwrap();
+        approve(&a, "Jane", ("jdoe", 1000), 3).unwrap();
     }
 
     #[test]
@@ -750,16 +691,7 @@ mod tests {
         let (a, _) = approvals(dir.path(), &[]);
         let t = task("j1", 1.0);
         let _ = a.check(&t, HUB, 1);
-        a.decide(
-            "j1",
-            Decision::Approve,
-            &shown(&a),
-            "Jane",
-            "",
-            ("jdoe", 1000),
-            2,
-        )
-        .unwrap();
+        approve(&a, "Jane", ("jdoe", 1000), 2).unwrap();
         let laplace = |epsilon| Release::Laplace { epsilon };
         let entry = |job: &str, epsilon| Entry {
             time_unix_ms: 1,

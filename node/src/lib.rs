@@ -73,7 +73,7 @@ pub use explain::{Explanation, explain};
 pub use ledger::{
     ApprovalRecord, Budget, CopyError, DAMAGED, DEFAULT_DELTA, Damage, Entry, Evidence,
     EvidenceError, EvidenceLink, Fault, Ledger, LedgerError, LedgerRefusal,
-    Reading as LedgerReading, ReceiptRecord, Record, Source as LedgerSource, TaskRecord,
+    Reading as LedgerReading, ReceiptRecord, Record, Recorded, Source as LedgerSource, TaskRecord,
     read as read_ledger, read_export as read_evidence_export,
 };
 pub use metrics::{evaluate, roc_auc};

@@ -370,20 +370,21 @@ async fn attempt(
         task.clone(),
     );
     let releases = plan.releases.clone();
-    let (spent, texts, seq) = blocking(move || {
+    let (recorded, texts) = blocking(move || {
         let mut texts = Judged::default();
-        let spent = ledger
+        let recorded = ledger
             .record_if(&entry, |before, entries| {
                 texts = policy.check(&judged, &releases, before.epsilon)?;
                 approvals.within_approved(&judged, entries, &releases)
             })
             .map_err(Refusal::from)?;
-        Ok::<_, Refusal>((spent, texts, ledger.seq_of(&judged.task_id)))
+        Ok::<_, Refusal>((recorded, texts))
     })
     .await??;
     record.policy_sha256 = texts.policy_sha256;
     record.registry_sha256 = texts.registry_sha256;
-    record.ledger_seq = seq;
+    record.ledger_seq = Some(recorded.seq);
+    let spent = recorded.spent;
     tracing::info!(
         task = task_id,
         epsilon = spent.epsilon,

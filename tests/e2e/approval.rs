@@ -50,6 +50,15 @@ fn treaty(args: &[&str]) -> (bool, String, String) {
     )
 }
 
+/// FR-DGDDI's standing in each round of `job`, the statistics round first.
+fn standings(job: &Job) -> Vec<String> {
+    job.statistics
+        .iter()
+        .chain(&job.rounds)
+        .map(standing)
+        .collect()
+}
+
 /// The code FR-DGDDI's exclusion from `round` carries, or `CONTRIBUTED`.
 fn standing(round: &RoundSummary) -> String {
     if round.contributors.iter().any(|c| c == "FR-DGDDI") {
@@ -151,12 +160,7 @@ async fn a_node_waits_for_its_operators_approval_and_a_rejection_is_final() {
         },
     )
     .await;
-    let rounds: Vec<String> = job
-        .statistics
-        .iter()
-        .chain(&job.rounds)
-        .map(standing)
-        .collect();
+    let rounds = standings(&job);
     let first = rounds
         .iter()
         .position(|s| s == "CONTRIBUTED")
@@ -202,12 +206,7 @@ async fn a_node_waits_for_its_operators_approval_and_a_rejection_is_final() {
         },
     )
     .await;
-    let rounds: Vec<String> = job
-        .statistics
-        .iter()
-        .chain(&job.rounds)
-        .map(standing)
-        .collect();
+    let rounds = standings(&job);
     assert!(!rounds.iter().any(|s| s == "CONTRIBUTED"), "{rounds:?}");
     let rejected = rounds
         .iter()
@@ -230,12 +229,7 @@ async fn a_node_waits_for_its_operators_approval_and_a_rejection_is_final() {
         },
     )
     .await;
-    let rounds: Vec<String> = job
-        .statistics
-        .iter()
-        .chain(&job.rounds)
-        .map(standing)
-        .collect();
+    let rounds = standings(&job);
     assert_eq!(rounds, vec!["CONTRIBUTED"; 4]);
     // While the statistics round waited, the German node's result stayed: its ledger holds one
     // release a round of the job (statistics, 3 rounds, the final evaluation), none twice.

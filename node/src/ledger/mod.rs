@@ -210,6 +210,13 @@ fn cost(
     privacy::spent(&releases, delta).map_err(|e| LedgerError::Accounting(e.to_string()))
 }
 
+/// A release recorded: what the agency has spent with it, and its entry's sequence number.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Recorded {
+    pub spent: Spent,
+    pub seq: u64,
+}
+
 /// Why a release was not recorded. `A` is the refusal of the caller's own admission check
 /// ([`Ledger::record_if`]).
 #[derive(Debug, thiserror::Error)]
@@ -407,17 +414,32 @@ impl Ledger {
     }
 
     /// What the agency has spent, and what one more `next` release would bring it to.
+    /// And what `job` (its id and federation) has spent alone (0 for none), from one reading
+    /// of the history.
     fn figures(
         &self,
         next: Option<Option<Vec<Release>>>,
-    ) -> Result<(Spent, Option<Spent>), LedgerError> {
+        job: Option<(&str, &str)>,
+    ) -> Result<(Spent, Option<Spent>, f64), LedgerError> {
         let mut state = self.lock();
         let chain = self.verified(&mut state)?;
         let spent = self.cost(&chain.entries, None)?;
         let after = next
             .map(|n| self.cost(&chain.entries, Some(n)))
             .transpose()?;
-        Ok((spent, after))
+        let of_job = match job {
+            Some((job, federation)) => {
+                let entries: Vec<Entry> = chain
+                    .entries
+                    .iter()
+                    .filter(|e| e.job_id == job && e.federation == federation)
+                    .cloned()
+                    .collect();
+                self.cost(&entries, None)?.epsilon
+            }
+            None => 0.0,
+        };
+        Ok((spent, after, of_job))
     }
 
     /// What the agency has spent, once the whole history is verified.
@@ -429,7 +451,7 @@ impl Ledger {
 
     /// Checks that the release fits the budget and records it durably. Only then may the node
     /// compute and send it.
-    pub fn record(&self, entry: &Entry) -> Result<Spent, LedgerRefusal> {
+    pub fn record(&self, entry: &Entry) -> Result<Recorded, LedgerRefusal> {
         self.record_if(entry, |_, _| Ok(()))
     }
 
@@ -440,7 +462,7 @@ impl Ledger {
         &self,
         entry: &Entry,
         admit: impl FnOnce(&Spent, &[Entry]) -> Result<(), A>,
-    ) -> Result<Spent, LedgerRefusal<A>> {
+    ) -> Result<Recorded, LedgerRefusal<A>> {
         let mut state = self.lock();
         let chain = self.verified(&mut state)?;
         let before = self.cost(&chain.entries, None)?;
@@ -488,15 +510,7 @@ impl Ledger {
         if let Err(error) = copy::append(&self.dir, &value) {
             tracing::warn!(dir = %self.dir.display(), %error, "cannot add the release to the copy of the privacy ledger its operator reads while the node runs");
         }
-        Ok(after)
-    }
-
-    /// The sequence number of the entry of task `task_id`, once the history is verified.
-    pub fn seq_of(&self, task_id: &str) -> Option<u64> {
-        let mut state = self.lock();
-        let chain = self.verified(&mut state).ok()?;
-        let at = chain.entries.iter().rposition(|e| e.task_id == task_id)?;
-        Some(at as u64 + 1)
+        Ok(Recorded { spent: after, seq })
     }
 
     /// Opens the node's evidence log, kept in the ledger's database, and reads its records.
@@ -517,23 +531,7 @@ impl Ledger {
         job: Option<(&str, &str)>,
         next: Option<Option<Vec<Release>>>,
     ) -> PrivacyReport {
-        let figures = self.figures(next).and_then(|(spent, after)| {
-            let of_job = match job {
-                Some((job, federation)) => {
-                    let state = &mut self.lock();
-                    let chain = self.verified(state)?;
-                    let entries: Vec<Entry> = chain
-                        .entries
-                        .iter()
-                        .filter(|e| e.job_id == job && e.federation == federation)
-                        .cloned()
-                        .collect();
-                    self.cost(&entries, None)?.epsilon
-                }
-                None => 0.0,
-            };
-            Ok((spent, after, of_job))
-        });
+        let figures = self.figures(next, job);
         let max_epsilon = self.budget.map(|b| b.max_epsilon).unwrap_or(0.0);
         match figures {
             Ok((spent, after, of_job)) => PrivacyReport {
@@ -654,5 +652,34 @@ mod tests {
             .record(&entry(1, Some(Release::Laplace { epsilon: 0.5 })))
             .unwrap();
         assert_eq!(ledger.spent().unwrap().epsilon, 0.5);
+    }
+
+    #[test]
+    fn a_report_names_what_one_job_spent_alone_and_each_entry_its_number() {
+        let dir = tempfile::tempdir().unwrap();
+        let ledger = Ledger::open(dir.path(), None).unwrap();
+        let laplace = |epsilon| Some(Release::Laplace { epsilon });
+        let of = |job: &str, round, epsilon| Entry {
+            job_id: job.into(),
+            ..entry(round, laplace(epsilon))
+        };
+        let seqs: Vec<u64> = [of("j1", 1, 0.5), of("j2", 1, 0.25), of("j1", 2, 0.125)]
+            .iter()
+            .map(|e| ledger.record(e).unwrap().seq)
+            .collect();
+        assert_eq!(seqs, [1, 2, 3]);
+        // Pure-DP releases add up: j1 spent 0.5 + 0.125, all of them 0.875.
+        let report = ledger.report_for(Some(("j1", "f")), None);
+        assert!(
+            (report.job_spent_epsilon - 0.625).abs() < 1e-12,
+            "{report:?}"
+        );
+        assert!((report.spent_epsilon - 0.875).abs() < 1e-12, "{report:?}");
+        assert_eq!(
+            ledger
+                .report_for(Some(("j1", "other")), None)
+                .job_spent_epsilon,
+            0.0
+        );
     }
 }
