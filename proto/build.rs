@@ -11,6 +11,7 @@ const PROTOS: &[&str] = &[
     "treaty/v1/agency.proto",
     "treaty/v1/operator.proto",
     "treaty/v1/storage.proto",
+    "treaty/v1/scoring.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -9,7 +9,8 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use cli::{
-    agencies, audit, bench, demo, federation, job, model, node, pki, policy, privacy, schema, synth,
+    agencies, audit, bench, demo, federation, job, model, node, pki, policy, privacy, query,
+    schema, score, serve, synth,
 };
 
 /// Federated learning for law-enforcement agencies, under each country's sharing policy.
@@ -50,6 +51,10 @@ enum Command {
     /// Checks a feature schema whole, before a job uses it (`treaty schema check FILE`).
     #[command(subcommand)]
     Schema(schema::SchemaCommand),
+    /// Asks a federation one differentially private statistic (analysts): count, sum, mean,
+    /// histogram or quantiles, each agency spending --epsilon under its sharing policy.
+    #[command(subcommand)]
+    Query(query::QueryCommand),
     /// Plans privacy budgets: the epsilon of DP-SGD steps, or the noise a target needs.
     #[command(subcommand)]
     Privacy(privacy::PrivacyCommand),
@@ -62,6 +67,11 @@ enum Command {
     /// Downloads and explains models.
     #[command(subcommand)]
     Model(model::ModelCommand),
+    /// Scores the records of a CSV file with a model file, each with the columns that moved
+    /// its score most (CSV or JSON), on the agency's own machine.
+    Score(score::ScoreArgs),
+    /// Answers score requests for a model file over gRPC, on this machine (loopback) only.
+    Serve(serve::ServeArgs),
     /// Exports a job's evidence from the audit log, and checks it offline.
     #[command(subcommand)]
     Audit(audit::AuditCommand),
@@ -82,6 +92,7 @@ fn main() -> ExitCode {
         Command::Synth(args) => synth::run(args),
         Command::Privacy(command) => privacy::run(command),
         Command::Schema(command) => schema::run(command),
+        Command::Score(args) => score::run(args),
         // Each starts an async runtime for what needs one.
         Command::Node(args) => node::run(args),
         Command::Model(command) => model::run(command),
@@ -91,6 +102,8 @@ fn main() -> ExitCode {
         Command::Federation(command) => cli::block_on(federation::run(command)),
         Command::Agencies(args) => cli::block_on(agencies::run(args)),
         Command::Job(command) => cli::block_on(job::run(command)),
+        Command::Query(command) => cli::block_on(query::run(command)),
+        Command::Serve(args) => cli::block_on(serve::run(args)),
         Command::Bench(command) => cli::block_on(bench::run(command)),
     };
     cli::exit(outcome)

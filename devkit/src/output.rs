@@ -74,14 +74,31 @@ pub fn write(args: std::fmt::Arguments<'_>, newline: bool) {
 /// Prints a job's event as an operator follows it: routine arrivals of results are left out;
 /// refusals, rejections, exclusions and the rounds' progress are shown.
 pub fn print_event(event: &treaty_proto::v1::JobEvent) {
+    if let Some(line) = event_line(event) {
+        outln!("{line}");
+    }
+}
+
+/// As [`print_event`], to standard error: for commands whose standard output is data
+/// (`--json`, `--csv`).
+pub fn eprint_event(event: &treaty_proto::v1::JobEvent) {
+    if let Some(line) = event_line(event) {
+        errln!("{line}");
+    }
+}
+
+/// How [`print_event`] shows an event; `None` for one it leaves out.
+fn event_line(event: &treaty_proto::v1::JobEvent) -> Option<String> {
     if event.kind() == treaty_proto::v1::JobEventKind::ResultAccepted {
-        return;
+        return None;
     }
-    if event.kind() == treaty_proto::v1::JobEventKind::ModelEvaluated {
-        outln!("    [final]    {}", event.message);
-    } else if event.round > 0 {
-        outln!("    [round {:>2}] {}", event.round, event.message);
-    } else {
-        outln!("    {}", event.message);
-    }
+    Some(
+        if event.kind() == treaty_proto::v1::JobEventKind::ModelEvaluated {
+            format!("    [final]    {}", event.message)
+        } else if event.round > 0 {
+            format!("    [round {:>2}] {}", event.round, event.message)
+        } else {
+            format!("    {}", event.message)
+        },
+    )
 }

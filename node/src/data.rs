@@ -37,6 +37,28 @@ struct Column {
     flags: Vec<u8>,
 }
 
+impl Column {
+    fn new() -> Self {
+        Column {
+            numbers: Vec::new(),
+            hashes: Vec::new(),
+            flags: Vec::new(),
+        }
+    }
+
+    /// Adds a cell (already trimmed).
+    fn push(&mut self, cell: &str) {
+        self.numbers.push(parse_number(cell).unwrap_or(f64::NAN));
+        self.hashes.push(text_hash(cell));
+        self.flags.push(match parse_bool(cell) {
+            _ if cell.is_empty() => EMPTY,
+            Some(true) => TRUE_WORD,
+            Some(false) => FALSE_WORD,
+            None => 0,
+        });
+    }
+}
+
 /// A CSV file, read into columns.
 #[derive(Debug, Clone)]
 pub struct Table {
@@ -165,14 +187,7 @@ impl Table {
                 path: path.to_owned(),
             });
         }
-        let mut data: Vec<Column> = columns
-            .iter()
-            .map(|_| Column {
-                numbers: Vec::new(),
-                hashes: Vec::new(),
-                flags: Vec::new(),
-            })
-            .collect();
+        let mut data: Vec<Column> = columns.iter().map(|_| Column::new()).collect();
         let mut lines = Vec::new();
         let mut record = csv::StringRecord::new();
         loop {
@@ -194,14 +209,7 @@ impl Table {
                     .unwrap_or(row as u64 + 2),
             );
             for (cell, column) in record.iter().zip(data.iter_mut()) {
-                column.numbers.push(parse_number(cell).unwrap_or(f64::NAN));
-                column.hashes.push(text_hash(cell));
-                column.flags.push(match parse_bool(cell) {
-                    _ if cell.is_empty() => EMPTY,
-                    Some(true) => TRUE_WORD,
-                    Some(false) => FALSE_WORD,
-                    None => 0,
-                });
+                column.push(cell);
             }
         }
         if lines.is_empty() {
@@ -215,6 +223,38 @@ impl Table {
             data,
             lines,
         })
+    }
+
+    /// One record given as (column, value) pairs, e.g. a declaration sent to `treaty serve`,
+    /// read as a CSV file's row would be (each value trimmed); `source` names it in errors.
+    /// A column given twice is an error.
+    pub fn from_record(source: &Path, fields: &[(&str, &str)]) -> Result<Self, DataError> {
+        let mut columns: Vec<String> = Vec::with_capacity(fields.len());
+        let mut data = Vec::with_capacity(fields.len());
+        for (name, value) in fields {
+            if columns.iter().any(|c| c == name) {
+                return Err(DataError::BadRow {
+                    path: source.to_owned(),
+                    row: 1,
+                    message: format!("column `{name}` is given twice"),
+                });
+            }
+            columns.push((*name).to_owned());
+            let mut column = Column::new();
+            column.push(value.trim());
+            data.push(column);
+        }
+        Ok(Table {
+            path: source.to_owned(),
+            columns,
+            data,
+            lines: vec![1],
+        })
+    }
+
+    /// The line of record `row` in its file (the header is line 1).
+    pub fn line(&self, row: usize) -> u64 {
+        self.lines.get(row).copied().unwrap_or(0)
     }
 
     /// The number of records.
@@ -356,15 +396,42 @@ impl Table {
         })
     }
 
+    /// Every record's features encoded by the schema, without a label (records to score: a
+    /// new declaration has none yet). The first cell the schema cannot read is an error.
+    pub fn encode_features(
+        &self,
+        schema: &FeatureSchema,
+        stats: &[ColumnStats],
+    ) -> Result<Array2<f64>, DataError> {
+        let mut problems = Problems::new(self.len());
+        let x = self.features(schema, stats, &mut problems)?;
+        match problems.first.is_empty() {
+            true => Ok(x),
+            false => Err(problems.first.swap_remove(0)),
+        }
+    }
+
     /// Every record encoded (an unreadable cell as zero), and which could not be read.
     fn encode_all(
         &self,
         schema: &FeatureSchema,
         stats: &[ColumnStats],
     ) -> Result<(Examples, Problems), DataError> {
+        let mut problems = Problems::new(self.len());
+        let x = self.features(schema, stats, &mut problems)?;
+        let y = self.labels(schema, &mut problems)?;
+        Ok((Examples { x, y }, problems))
+    }
+
+    /// Every record's features (an unreadable cell as zero, its record marked in `problems`).
+    fn features(
+        &self,
+        schema: &FeatureSchema,
+        stats: &[ColumnStats],
+        problems: &mut Problems,
+    ) -> Result<Array2<f64>, DataError> {
         let width = schema::encoded_names(schema).len();
         let rows = self.len();
-        let mut problems = Problems::new(rows);
         let mut x = Array2::<f64>::zeros((rows, width));
         let mut offset = 0;
         let mut numeric_index = 0;
@@ -377,7 +444,7 @@ impl Table {
                         .map(|s| (s.mean, if s.std > 0.0 { s.std } else { 1.0 }))
                         .unwrap_or((0.0, 1.0));
                     numeric_index += 1;
-                    let cells = self.numeric_cells(spec, Some(&mut problems))?;
+                    let cells = self.numeric_cells(spec, Some(&mut *problems))?;
                     for (row, cell) in cells.into_iter().enumerate() {
                         if let Cell::Value(v) = cell {
                             x[[row, offset]] = ((v - mean) / std).clamp(-MAX_FEATURE, MAX_FEATURE);
@@ -431,8 +498,7 @@ impl Table {
                 ColumnKind::Unspecified => {}
             }
         }
-        let y = self.labels(schema, &mut problems)?;
-        Ok((Examples { x, y }, problems))
+        Ok(x)
     }
 
     fn labels(

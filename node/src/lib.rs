@@ -56,6 +56,8 @@ mod model_file;
 mod noise;
 mod policy;
 mod refusal;
+pub mod scoring;
+pub mod serve;
 mod session;
 mod train;
 mod work;

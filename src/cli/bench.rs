@@ -107,6 +107,13 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 7)]
         repeats: usize,
     },
+    /// Risk scoring at the agency: `treaty serve` on a model of the customs schema, one
+    /// declaration at a time over loopback gRPC: latency median and 99th percentile.
+    Score {
+        /// Timed requests (after a tenth as many to warm up).
+        #[arg(long, default_value_t = 20_000)]
+        requests: usize,
+    },
     /// W5: Gaussian noise through opendp for 10^3, 10^5, 10^6 parameters.
     W5 {
         /// Runs per size (the median is reported).
@@ -336,6 +343,9 @@ pub async fn run(command: BenchCommand) -> Outcome {
         BenchCommand::Timing { records, repeats } => {
             tokio::task::spawn_blocking(move || bench::timing(records.max(2), repeats.max(1)))
                 .await??;
+        }
+        BenchCommand::Score { requests } => {
+            bench::serving(requests.max(1), &this_binary()?).await?;
         }
         BenchCommand::W5 { repeats, sizes } => {
             tokio::task::spawn_blocking(move || bench::w5(repeats.max(1), &sizes)).await??;

@@ -22,7 +22,10 @@ pub mod node;
 pub mod pki;
 pub mod policy;
 pub mod privacy;
+pub mod query;
 pub mod schema;
+pub mod score;
+pub mod serve;
 pub mod synth;
 
 use std::process::ExitCode;
@@ -65,6 +68,7 @@ fn is_unusable(error: &anyhow::Error) -> bool {
             || cause.is::<treaty_proto::TlsError>()
             || cause.is::<treaty_node::ModelFileError>()
             || cause.is::<treaty_node::DataError>()
+            || cause.is::<treaty_node::scoring::ScoringError>()
             || cause.is::<treaty_devkit::bench::W1DataError>()
             || cause.is::<treaty_devkit::bench::W3Error>()
             || cause

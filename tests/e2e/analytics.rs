@@ -161,3 +161,184 @@ async fn answers_fall_within_their_intervals_at_the_stated_rate() {
         "{v:?} vs {median}"
     );
 }
+
+/// Runs `treaty ARGS`; its status, standard output and standard error.
+fn treaty(args: &[&str]) -> (Option<i32>, String, String) {
+    let out = std::process::Command::new(TREATY)
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8(out.stdout).unwrap(),
+        String::from_utf8(out.stderr).unwrap(),
+    )
+}
+
+/// `treaty query`, as an analyst runs it against real nodes: its answers hold the truth at the
+/// stated rate (CSV and JSON), its noise is what three agencies' Laplace noise must be, a
+/// country's policy decides whether its agency answers, each answer is debited from the
+/// agency's ledger, and a misspelt column is named.
+#[tokio::test]
+async fn the_query_command_answers_within_its_intervals_under_the_policies() {
+    let agencies = [("DE-BKA", "DE"), ("NL-POLITIE", "NL"), ("FR-DOUANE", "FR")];
+    let fx = Fixture::new(&agencies);
+    // France lets one round spend at most epsilon 0.5.
+    fx.write_policy(
+        "FR",
+        &open_policy("FR").replace(
+            "max_epsilon_per_round = 1e31",
+            "max_epsilon_per_round = 0.5",
+        ),
+    );
+    let (_coordinator, address) = fx.start_coordinator("127.0.0.1:0");
+    let mut nodes = Vec::new();
+    let mut files = Vec::new();
+    let mut configs = Vec::new();
+    for (i, (agency, country)) in agencies.into_iter().enumerate() {
+        let (train, test) =
+            write_shifted_data(fx.dir.path(), agency, 800, 170 + i as u64, 0.3 * i as f64);
+        files.push(train.clone());
+        let config = fx.node_config_for(agency, country, &address, &train, &test);
+        nodes.push(fx.start_node_with(agency, &config));
+        configs.push(config);
+    }
+    let (cells, _, _) = truth(&files);
+    let seized: f64 = cells.values().sum();
+    let mut op = fx.operator(&address).await;
+    wait_connected(&mut op, &["DE-BKA", "NL-POLITIE", "FR-DOUANE"]).await;
+    create_federation(
+        &mut op,
+        "trio",
+        &["DE-BKA:DE", "NL-POLITIE:NL", "FR-DOUANE:FR"],
+    )
+    .await;
+    let operator = fx.operator_config(&address);
+    let operator = operator.to_str().unwrap();
+    let common = ["--config", operator, "--federation", "trio"];
+    // Three agencies' Laplace(1 / 0.5) noise: standard deviation sqrt(3 * 2 * 2^2).
+    let sd = 24f64.sqrt();
+
+    let (mut inside, mut total) = (0usize, 0usize);
+    for _ in 0..15 {
+        let mut args = vec!["query", "histogram"];
+        args.extend(common);
+        args.extend([
+            "--column",
+            "band",
+            "--categories",
+            "low,mid,high",
+            "--by",
+            "mode",
+            "--by-categories",
+            "sea,air,road",
+            "--where",
+            "seized=1",
+            "--epsilon",
+            "0.5",
+            "--csv",
+        ]);
+        let (status, out, err) = treaty(&args);
+        assert_eq!(status, Some(0), "{err}");
+        let mut reader = csv::Reader::from_reader(out.as_bytes());
+        assert_eq!(
+            reader.headers().unwrap(),
+            vec!["label", "value", "noise_std", "ci_low", "ci_high"]
+        );
+        let rows: Vec<csv::StringRecord> = reader.records().map(Result::unwrap).collect();
+        // Three bands and "other", by three modes and "other".
+        assert_eq!(rows.len(), 16, "{out}");
+        for row in rows {
+            // "band=mid, mode=air"
+            let parts: Vec<&str> = row[0]
+                .split(", ")
+                .map(|p| p.split('=').nth(1).unwrap())
+                .collect();
+            let exact = cells
+                .get(&(parts[0].to_owned(), parts[1].to_owned()))
+                .copied()
+                .unwrap_or(0.0);
+            let [low, high, noise]: [f64; 3] = [3, 4, 2].map(|i| row[i].parse::<f64>().unwrap());
+            assert!((noise - sd).abs() < 0.3, "{row:?}");
+            total += 1;
+            inside += usize::from(low <= exact && exact <= high);
+        }
+    }
+    for _ in 0..10 {
+        let mut args = vec!["query", "count"];
+        args.extend(common);
+        args.extend(["--where", "seized=1", "--epsilon", "0.5", "--json"]);
+        let (status, out, err) = treaty(&args);
+        assert_eq!(status, Some(0), "{err}");
+        let answer: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(answer["statistic"], "count");
+        assert_eq!(answer["where"], "seized");
+        assert_eq!(answer["contributors"].as_array().unwrap().len(), 3);
+        let v = &answer["values"][0];
+        assert!((v["noise_std"].as_f64().unwrap() - sd).abs() < 0.3, "{v}");
+        total += 1;
+        inside += usize::from(
+            v["ci_low"].as_f64().unwrap() <= seized && seized <= v["ci_high"].as_f64().unwrap(),
+        );
+    }
+    let rate = inside as f64 / total as f64;
+    // 250 intervals at 95 %: the binomial standard deviation of the rate is 0.0138, so +-0.055
+    // (four of them) fails by chance about once in 16,000 runs.
+    assert!(
+        (rate - 0.95).abs() < 0.055,
+        "{inside} of {total} intervals hold the truth"
+    );
+
+    // Epsilon 1 is more than France allows in a round: its agency does not answer, and the
+    // table says why.
+    let mut args = vec!["query", "mean"];
+    args.extend(common);
+    args.extend([
+        "--column",
+        "x1",
+        "--lower",
+        "-1",
+        "--upper",
+        "1",
+        "--epsilon",
+        "1",
+    ]);
+    let (status, out, err) = treaty(&args);
+    assert_eq!(status, Some(0), "{err}");
+    assert!(
+        out.contains("mean of x1 over trio: 2 of 3 agencies answered, epsilon 1 each"),
+        "{out}"
+    );
+    assert!(out.contains("FR-DOUANE did not answer"), "{out}");
+    assert!(
+        out.lines().any(|l| l.trim_start().starts_with("mean ")),
+        "{out}"
+    );
+
+    // Every answer was debited before it left: 26 queries in DE's ledger, 25 in France's.
+    for (config, answered) in [(&configs[0], 26), (&configs[2], 25)] {
+        let ledger = treaty_json(&[
+            "node",
+            "ledger",
+            "--json",
+            "--config",
+            config.to_str().unwrap(),
+        ]);
+        let queries = ledger["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["kind"] == "query")
+            .count();
+        assert_eq!(queries, answered, "{ledger}");
+    }
+
+    // A misspelt column is named, as unusable input, before anyone answers.
+    let mut args = vec!["query", "count"];
+    args.extend(common);
+    args.extend(["--where", "seizd=1", "--epsilon", "0.5"]);
+    let (status, _, err) = treaty(&args);
+    assert_eq!(status, Some(2), "{err}");
+    assert!(err.contains("seizd"), "{err}");
+    drop(nodes);
+}

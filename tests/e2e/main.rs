@@ -26,3 +26,4 @@ mod policy;
 mod privacy;
 mod rounds;
 mod schema;
+mod scoring;

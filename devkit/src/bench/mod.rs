@@ -17,6 +17,7 @@
 mod policy;
 pub mod report;
 mod run;
+mod serving;
 mod tables;
 mod tabular;
 mod timing;
@@ -28,6 +29,7 @@ mod w5;
 
 pub use policy::policy;
 pub use run::{RunError, RunOptions, WORKLOADS, Workload, run};
+pub use serving::serving;
 pub use tabular::{Recipe, Spread, TabularOptions, recipes, tabular};
 pub use timing::timing;
 pub use w1::{W1DataError, W1Options, w1};

@@ -42,6 +42,7 @@ pub const WORKLOADS: &[Workload] = &[
     workload("w5", "w5", "w5 --repeats 1 --sizes 1000,10000"),
     workload("policy", "policy", "policy --repeats 1"),
     workload("timing", "timing", "timing --records 2000 --repeats 1"),
+    workload("score", "score", "score --requests 200"),
     workload("w3-10", "w3 --agencies 10", "w3 --agencies 3 --rounds 1 --rows 200"),
     workload("w3-100", "w3 --agencies 100", "w3 --agencies 3 --rounds 1 --rows 200"),
     workload("w3", "w3", "w3 --agencies 3 --rounds 1 --rows 200"),

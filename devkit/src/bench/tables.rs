@@ -174,6 +174,7 @@ pub(super) fn table(name: &str, runs: &[&Run]) -> String {
         "w5" => w5(runs),
         "policy" => policy(runs),
         "timing" => timing(runs),
+        "score" => score(runs),
         "tabular" => tabular(runs),
         _ => generic(runs),
     }
@@ -297,6 +298,22 @@ fn w4(runs: &[&Run]) -> String {
                 ("per-round median (ms)", "round_median_ms", &fixed(1)),
                 ("99th percentile (ms)", "round_p99_ms", &fixed(1)),
                 ("job seconds", "job_seconds", &fixed(2)),
+            ],
+        )
+    )
+}
+
+fn score(runs: &[&Run]) -> String {
+    format!(
+        "{} declarations of {} columns a run, one at a time, each with its top 3 contributions:\n\n{}",
+        setting(runs, "requests"),
+        setting(runs, "columns"),
+        runs_table(
+            runs,
+            &[
+                ("median (ms)", "median_ms", &fixed(3)),
+                ("99th percentile (ms)", "p99_ms", &fixed(3)),
+                ("99.9th percentile (ms)", "p999_ms", &fixed(3)),
             ],
         )
     )
