@@ -23,6 +23,9 @@
 //! registry = "policies/registry.toml"
 //! dir = "policies"                       # <CC>.toml of every member country
 //! keys = "policies/keys"                 # optional: require signed policies (<CC>.pub)
+//!
+//! [monitoring]                           # optional: Prometheus metrics at /metrics
+//! listen = "127.0.0.1:9464"
 //! ```
 
 use std::net::SocketAddr;
@@ -54,6 +57,9 @@ pub struct CoordinatorConfig {
     pub limits: Limits,
     /// The sharing policies every round is decided by.
     pub policy: CoordinatorPolicy,
+    /// Where Prometheus metrics are served (`/metrics`); absent: nowhere.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub monitoring: Option<treaty_proto::monitoring::Monitoring>,
 }
 
 /// The `[policy]` section: where the coordinator is hosted and where its policies are.

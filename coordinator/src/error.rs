@@ -24,6 +24,11 @@ pub enum CoordinatorError {
     OpenStore { path: PathBuf, source: sled::Error },
     #[error("the database failed: {0}")]
     Store(#[from] sled::Error),
+    #[error("cannot serve metrics on {address} (`[monitoring] listen`): {source}")]
+    Monitoring {
+        address: std::net::SocketAddr,
+        source: std::io::Error,
+    },
     #[error("a stored record is corrupt: {what} `{key}`: {source}")]
     CorruptRecord {
         what: &'static str,
@@ -226,6 +231,7 @@ impl From<CoordinatorError> for tonic::Status {
             Config(_)
             | Tls(_)
             | OpenStore { .. }
+            | Monitoring { .. }
             | Store(_)
             | CorruptRecord { .. }
             | CorruptAudit(_)

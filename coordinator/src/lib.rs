@@ -41,6 +41,7 @@ mod federation;
 mod jobs;
 mod limits;
 mod models;
+mod monitoring;
 mod paging;
 mod peerlog;
 mod policy;

@@ -54,6 +54,16 @@ pub async fn run(
         write_atomically(path, &local.to_string())?;
     }
 
+    if let Some(monitoring) = &config.monitoring {
+        let listener = treaty_proto::monitoring::bind(monitoring)
+            .await
+            .map_err(|source| CoordinatorError::Monitoring {
+                address: monitoring.listen,
+                source,
+            })?;
+        crate::monitoring::spawn(ctx.clone(), listener);
+    }
+
     for job in ctx.store.jobs()? {
         if job.state == JobState::Pending as i32 || job.state == JobState::Running as i32 {
             tracing::info!(job = job.job_id, "resuming job");

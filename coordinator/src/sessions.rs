@@ -83,8 +83,7 @@ impl Sessions {
     }
 
     /// How many agencies hold a session.
-    #[cfg(test)]
-    fn len(&self) -> usize {
+    pub(crate) fn count(&self) -> usize {
         self.lock().len()
     }
 
@@ -163,7 +162,7 @@ mod tests {
         let impostor = Identity::agency("NL", "DE-BKA").unwrap();
         sessions.register(&de, session(1));
         sessions.register(&impostor, session(2));
-        assert_eq!(sessions.len(), 2);
+        assert_eq!(sessions.count(), 2);
         // Closing the impostor's session leaves Germany's.
         sessions.unregister(&impostor, 2);
         assert!(sessions.is_connected(&de) && !sessions.is_connected(&impostor));

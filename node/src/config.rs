@@ -64,6 +64,9 @@ pub struct NodeConfig {
     /// approve|reject`), and who may give it. Default: not required.
     #[serde(default)]
     pub approval: crate::approval::ApprovalConfig,
+    /// Where Prometheus metrics are served (`/metrics`); absent: nowhere.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub monitoring: Option<treaty_proto::monitoring::Monitoring>,
 }
 
 /// How to reach the coordinator.

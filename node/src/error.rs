@@ -63,6 +63,11 @@ pub enum NodeError {
     Tls(#[from] treaty_proto::TlsError),
     #[error(transparent)]
     Data(#[from] DataError),
+    #[error("cannot serve metrics on {address} (`[monitoring] listen`): {source}")]
+    Monitoring {
+        address: std::net::SocketAddr,
+        source: std::io::Error,
+    },
     #[error("the node's database failed: {0}")]
     Store(#[from] sled::Error),
     #[error(transparent)]
@@ -102,6 +107,7 @@ impl NodeError {
             | NodeError::Data(_)
             | NodeError::NotAnAgency { .. } => true,
             NodeError::Store(_)
+            | NodeError::Monitoring { .. }
             | NodeError::Ledger(_)
             | NodeError::Connect(_)
             | NodeError::Rpc(_)

@@ -53,6 +53,7 @@ mod ledger;
 mod metrics;
 mod model;
 mod model_file;
+mod monitoring;
 mod noise;
 mod policy;
 mod refusal;
@@ -170,7 +171,7 @@ pub async fn run(config: NodeConfig, shutdown: CancellationToken) -> Result<(), 
             country,
         }),
         tls,
-        link: config.coordinator,
+        link: config.coordinator.clone(),
         ledger: Arc::new(ledger),
         evidence,
         approvals,
@@ -178,7 +179,22 @@ pub async fn run(config: NodeConfig, shutdown: CancellationToken) -> Result<(), 
         signer,
         worker: Arc::new(worker),
         running: Arc::new(tokio::sync::Semaphore::new(session::CONCURRENT_TASKS)),
+        metrics: Arc::default(),
     };
+    if let Some(monitoring) = &config.monitoring {
+        let listener = treaty_proto::monitoring::bind(monitoring)
+            .await
+            .map_err(|source| NodeError::Monitoring {
+                address: monitoring.listen,
+                source,
+            })?;
+        monitoring::spawn(
+            node.metrics.clone(),
+            node.ledger.clone(),
+            listener,
+            shutdown.clone(),
+        );
+    }
     session::run(node, shutdown).await;
     Ok(())
 }

@@ -50,6 +50,8 @@ pub(crate) struct Node {
     /// Tasks carried out at once; the others wait their turn, so that a coordinator sending
     /// many large tasks cannot exhaust the node's memory.
     pub running: Arc<tokio::sync::Semaphore>,
+    /// What the node's `/metrics` shows.
+    pub metrics: Arc<crate::monitoring::Metrics>,
 }
 
 /// The longest task id, job id or federation name a node takes, in bytes (as the coordinator
@@ -161,6 +163,8 @@ async fn serve_once(node: &Node, shutdown: &CancellationToken) -> Result<bool, N
         coordinator = welcome.coordinator,
         "session open"
     );
+    node.metrics.session(true);
+    let _closed = Closed(&node.metrics);
     let mut heartbeat = tokio::time::interval(Duration::from_millis(u64::from(
         welcome.heartbeat_interval_ms.max(1000),
     )));
@@ -211,6 +215,15 @@ async fn serve_once(node: &Node, shutdown: &CancellationToken) -> Result<bool, N
     }
 }
 
+/// Marks the session closed in the node's metrics when dropped (however the session ends).
+struct Closed<'a>(&'a crate::monitoring::Metrics);
+
+impl Drop for Closed<'_> {
+    fn drop(&mut self) {
+        self.0.session(false);
+    }
+}
+
 /// Carries out one task and sends its result, or tells the coordinator why not, keeping the
 /// node's evidence log: what it was asked and decided, and the SHA-256 of what it sends —
 /// written before it leaves, so that a crash cannot leave a result at the coordinator that the
@@ -222,6 +235,7 @@ async fn carry_out(
     task: Task,
     recipient: String,
 ) {
+    let arrived = std::time::Instant::now();
     let Ok(_turn) = node.running.clone().acquire_owned().await else {
         return;
     };
@@ -265,6 +279,17 @@ async fn carry_out(
         ))),
         false => attempt(&node, &mut client, &session, &task, &recipient, &mut record).await,
     };
+    let (outcome, code) = match &attempted {
+        Ok(Sent::Received(_)) => ("sent", None),
+        Ok(Sent::Failed(_)) => ("failed", None),
+        Err(refusal) => ("refused", Some(refusal.code.to_string())),
+    };
+    node.metrics.task(
+        &record.task_kind,
+        outcome,
+        code.as_deref(),
+        arrived.elapsed(),
+    );
     let after = match attempted {
         Ok(Sent::Received(receipt)) => receipt.map(Record::Receipt),
         Ok(Sent::Failed(error)) => {

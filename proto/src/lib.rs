@@ -31,6 +31,7 @@ mod error;
 pub mod evaluation;
 pub mod hex;
 pub mod identity;
+pub mod monitoring;
 pub mod pki;
 pub mod provenance;
 pub mod query;

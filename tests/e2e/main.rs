@@ -20,6 +20,7 @@ mod identity;
 mod learning;
 mod ledger;
 mod many;
+mod monitoring;
 mod newcomer;
 mod poisoned;
 mod policy;

@@ -198,6 +198,7 @@ impl Site {
                 dir: self.policies(),
                 keys: None,
             },
+            monitoring: None,
         }
     }
 
@@ -227,6 +228,7 @@ impl Site {
             privacy: None,
             policy: self.node_policies(agency, country)?,
             approval: Default::default(),
+            monitoring: None,
         })
     }
 
