@@ -473,6 +473,7 @@ pub(crate) async fn collect(
                             spent_epsilon: p.spent_epsilon,
                             job_spent_epsilon: p.job_spent_epsilon,
                             delta: p.delta,
+                            max_epsilon: p.max_epsilon,
                         }),
                     },
                 )

@@ -1,4 +1,4 @@
-//! `treaty job train|watch|show|list` (operators).
+//! `treaty job train|watch|show|report|list` (operators).
 
 use std::path::PathBuf;
 
@@ -184,6 +184,20 @@ pub enum JobCommand {
         #[arg(long)]
         job: String,
     },
+    /// Writes a job as one self-contained HTML page (no script, no network): its metrics round
+    /// by round with their intervals, each agency's epsilon against its budget, contributors
+    /// and exclusions with their reasons, a query's answer with its intervals.
+    Report {
+        /// The operator's configuration file.
+        #[arg(long)]
+        config: PathBuf,
+        /// The job, e.g. `job-000001`.
+        #[arg(long)]
+        job: String,
+        /// Where to write the page, e.g. `report.html`.
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Lists the jobs, newest first.
     List {
         /// The operator's configuration file.
@@ -215,6 +229,23 @@ pub async fn run(command: JobCommand) -> Outcome {
                     .await?
                     .into_inner(),
             );
+            Ok(())
+        }
+        JobCommand::Report { config, job, out } => {
+            let mut client = OperatorConfig::load(&config)
+                .map_err(unusable)?
+                .connect()
+                .await?;
+            let job = client
+                .get_job(GetJobRequest { job_id: job })
+                .await?
+                .into_inner();
+            let generated = time::OffsetDateTime::now_utc()
+                .format(&time::format_description::well_known::Rfc3339)
+                .unwrap_or_default();
+            std::fs::write(&out, super::report::render(&job, &generated))
+                .map_err(|e| anyhow::anyhow!("cannot write `{}`: {e}", out.display()))?;
+            outln!("{}", out.display());
             Ok(())
         }
         JobCommand::List { config } => {
