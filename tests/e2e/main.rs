@@ -25,6 +25,7 @@ mod newcomer;
 mod poisoned;
 mod policy;
 mod privacy;
+mod python_client;
 mod report;
 mod rounds;
 mod schema;
