@@ -23,7 +23,7 @@ use treaty_proto::v1::{
 use crate::evaluate;
 use crate::local::{LocalFederation, Member};
 use crate::outln;
-use crate::output::print_event;
+use crate::output::Follow;
 use crate::synth::{self, customs};
 
 /// Each agency's privacy budget (epsilon at delta 1e-5), and what the training job may spend.
@@ -194,7 +194,10 @@ async fn demo(
         "training job {}: a DP statistics round, then {} rounds of federated logistic regression with DP-SGD (epsilon 3 per agency at delta 1e-5)",
         job.job_id, args.rounds
     ));
-    let job = client::follow_to_success(&mut client, &job.job_id, print_event).await?;
+    let progress = Follow::new(u64::from(args.rounds) + 1, false);
+    let job = client::follow_to_success(&mut client, &job.job_id, |e| progress.event(e)).await;
+    progress.finish();
+    let job = job?;
 
     let query = client
         .create_job(CreateJobRequest {
@@ -218,7 +221,28 @@ async fn demo(
         "analytics job {}: seizures by origin and transport mode across the federation (Laplace noise, epsilon 1 per agency)",
         query.job_id
     ));
-    let query = client::follow_to_success(&mut client, &query.job_id, print_event).await?;
+    let progress = Follow::new(1, false);
+    let query = client::follow_to_success(&mut client, &query.job_id, |e| progress.event(e)).await;
+    progress.finish();
+    let query = query?;
+
+    // Each job's page, as `treaty job report` writes it.
+    let generated = format!("{} (treaty demo)", crate::report::now_utc());
+    for j in [&job, &query] {
+        let page = dir.join(format!("report-{}.html", j.job_id));
+        std::fs::write(&page, crate::report::render(j, &generated))
+            .with_context(|| format!("cannot write `{}`", page.display()))?;
+        outln!(
+            "    {}'s page (treaty job report): {}{}",
+            j.job_id,
+            page.display(),
+            if args.keep.is_some() {
+                ""
+            } else {
+                " (kept with --keep DIR)"
+            }
+        );
+    }
 
     let (header, tensors) = client::download(&mut client, &job.job_id, "").await?;
     let model_file = ModelFile::new(&header, &tensors)?;

@@ -8,7 +8,9 @@
 //! - [`demo`]: the scenario `treaty demo` runs.
 //! - [`bench`](mod@bench): the benchmark workloads of `treaty bench` (bench/README.md).
 //! - [`evaluate`]: a final model scored on test splits the harness holds (demo, benchmarks).
-//! - [`output`]: writing to standard output, where a closed pipe ends the command quietly.
+//! - [`output`]: writing to standard output, where a closed pipe ends the command quietly, and
+//!   following a job with a progress bar on a terminal.
+//! - [`report`]: a job as one self-contained HTML page (`treaty job report`, the demo).
 //!
 //! The demo, `bench w1` and the end-to-end tests drive the system from outside, as agencies and
 //! an operator would: processes, configuration files and the operator's gRPC API. Not all of it
@@ -24,4 +26,5 @@ pub mod demo;
 pub mod evaluate;
 pub mod local;
 pub mod output;
+pub mod report;
 pub mod synth;

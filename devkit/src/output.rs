@@ -79,14 +79,6 @@ pub fn print_event(event: &treaty_proto::v1::JobEvent) {
     }
 }
 
-/// As [`print_event`], to standard error: for commands whose standard output is data
-/// (`--json`, `--csv`).
-pub fn eprint_event(event: &treaty_proto::v1::JobEvent) {
-    if let Some(line) = event_line(event) {
-        errln!("{line}");
-    }
-}
-
 /// How [`print_event`] shows an event; `None` for one it leaves out.
 fn event_line(event: &treaty_proto::v1::JobEvent) -> Option<String> {
     if event.kind() == treaty_proto::v1::JobEventKind::ResultAccepted {
@@ -101,4 +93,65 @@ fn event_line(event: &treaty_proto::v1::JobEvent) -> Option<String> {
             format!("    {}", event.message)
         },
     )
+}
+
+/// How a command follows a job. On a terminal: a progress bar of its rounds on standard
+/// error, with the events printed above it. Otherwise: the events as plain lines, on standard
+/// output, or on standard error for a command whose standard output is data.
+#[derive(Debug)]
+pub struct Follow {
+    bar: Option<indicatif::ProgressBar>,
+    to_stderr: bool,
+}
+
+impl Follow {
+    /// Following a job of `rounds` rounds (a statistics round, when one comes, adds one).
+    pub fn new(rounds: u64, to_stderr: bool) -> Self {
+        use std::io::IsTerminal;
+        let bar = std::io::stderr().is_terminal().then(|| {
+            let bar = indicatif::ProgressBar::new(rounds);
+            if let Ok(style) = indicatif::ProgressStyle::with_template(
+                "  {spinner} rounds {pos}/{len} [{bar:30}] {elapsed} {msg}",
+            ) {
+                bar.set_style(style.progress_chars("=> "));
+            }
+            bar.enable_steady_tick(std::time::Duration::from_millis(200));
+            bar
+        });
+        Follow { bar, to_stderr }
+    }
+
+    /// Shows one event.
+    pub fn event(&self, event: &treaty_proto::v1::JobEvent) {
+        use treaty_proto::v1::JobEventKind;
+        let line = event_line(event);
+        match &self.bar {
+            Some(bar) => {
+                if event.kind() == JobEventKind::RoundCompleted && event.round == 0 {
+                    bar.inc_length(1);
+                }
+                if matches!(
+                    event.kind(),
+                    JobEventKind::RoundCompleted | JobEventKind::ModelEvaluated
+                ) {
+                    bar.inc(1);
+                }
+                if let Some(line) = line {
+                    bar.println(line);
+                }
+            }
+            None => match (line, self.to_stderr) {
+                (Some(line), true) => errln!("{line}"),
+                (Some(line), false) => outln!("{line}"),
+                (None, _) => {}
+            },
+        }
+    }
+
+    /// Clears the bar once the job has ended.
+    pub fn finish(&self) {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
+    }
 }

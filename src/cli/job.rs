@@ -11,7 +11,7 @@ use treaty_proto::{evaluation, schema};
 
 use treaty_coordinator::client::{self, OperatorConfig};
 use treaty_devkit::outln;
-use treaty_devkit::output::print_event;
+use treaty_devkit::output::Follow;
 
 use super::privacy::print_plan;
 use super::{Outcome, unusable};
@@ -214,7 +214,13 @@ pub async fn run(command: JobCommand) -> Outcome {
                 .map_err(unusable)?
                 .connect()
                 .await?;
-            let job = client::follow_to_success(&mut client, &job, print_event).await?;
+            let head = client
+                .get_job(GetJobRequest {
+                    job_id: job.clone(),
+                })
+                .await?
+                .into_inner();
+            let job = follow(&mut client, &job, rounds_of(&head), false).await?;
             show(&job);
             Ok(())
         }
@@ -240,10 +246,8 @@ pub async fn run(command: JobCommand) -> Outcome {
                 .get_job(GetJobRequest { job_id: job })
                 .await?
                 .into_inner();
-            let generated = time::OffsetDateTime::now_utc()
-                .format(&time::format_description::well_known::Rfc3339)
-                .unwrap_or_default();
-            std::fs::write(&out, super::report::render(&job, &generated))
+            let generated = treaty_devkit::report::now_utc();
+            std::fs::write(&out, treaty_devkit::report::render(&job, &generated))
                 .map_err(|e| anyhow::anyhow!("cannot write `{}`: {e}", out.display()))?;
             outln!("{}", out.display());
             Ok(())
@@ -380,10 +384,33 @@ async fn train(a: TrainArgs) -> Outcome {
         .into_inner();
     outln!("job {} created", job.job_id);
     if !a.detach {
-        let job = client::follow_to_success(&mut client, &job.job_id, print_event).await?;
+        let job = follow(&mut client, &job.job_id, rounds_of(&job), false).await?;
         show(&job);
     }
     Ok(())
+}
+
+/// Follows a job to its success, its progress shown as [`Follow`] shows it (events on
+/// standard error when `to_stderr`).
+pub async fn follow(
+    client: &mut client::Client,
+    job_id: &str,
+    rounds: u64,
+    to_stderr: bool,
+) -> Result<Job, client::ClientError> {
+    let progress = Follow::new(rounds, to_stderr);
+    let job = client::follow_to_success(client, job_id, |e| progress.event(e)).await;
+    progress.finish();
+    job
+}
+
+/// The rounds a job runs, as far as its spec tells: a training job's rounds and the final
+/// model's evaluation (a statistics round adds one when it comes), a query's one.
+pub fn rounds_of(job: &Job) -> u64 {
+    match job.spec.as_ref().and_then(|s| s.kind.as_ref()) {
+        Some(job_spec::Kind::Training(t)) => u64::from(t.rounds) + 1,
+        _ => 1,
+    }
 }
 
 /// Prints the privacy plan each node will follow, before the job starts.

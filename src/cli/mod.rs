@@ -23,7 +23,7 @@ pub mod pki;
 pub mod policy;
 pub mod privacy;
 pub mod query;
-pub mod report;
+
 pub mod schema;
 pub mod score;
 pub mod serve;

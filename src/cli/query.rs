@@ -9,9 +9,8 @@ use std::path::PathBuf;
 
 use clap::{Args, Subcommand, ValueEnum};
 use serde::Serialize;
-use treaty_coordinator::client::{self, OperatorConfig};
+use treaty_coordinator::client::OperatorConfig;
 use treaty_devkit::outln;
-use treaty_devkit::output::{eprint_event, print_event};
 use treaty_proto::v1::{
     Combine, CreateJobRequest, Job, JobSpec, QueryKind, QuerySpec, SharingSpec, job_spec,
 };
@@ -193,12 +192,10 @@ pub async fn run(command: QueryCommand) -> Outcome {
         })
         .await?
         .into_inner();
-    let job = if machine {
-        client::follow_to_success(&mut client, &job.job_id, eprint_event).await?
-    } else {
+    if !machine {
         outln!("query job {} created", job.job_id);
-        client::follow_to_success(&mut client, &job.job_id, print_event).await?
-    };
+    }
+    let job = super::job::follow(&mut client, &job.job_id, 1, machine).await?;
     if common.json {
         outln!("{}", serde_json::to_string_pretty(&answer(&job, &spec))?);
     } else if common.csv {

@@ -235,3 +235,35 @@ fn a_demo_whose_reader_is_gone_still_stops_every_process_it_started() {
         }
     }
 }
+
+/// Following a job shows a progress bar of its rounds on a terminal (here a pseudo-terminal
+/// that `script` makes), and plain lines otherwise.
+#[test]
+fn following_a_job_shows_a_bar_on_a_terminal_and_plain_lines_otherwise() {
+    if Command::new("script").arg("--version").output().is_err() {
+        eprintln!("progress: skipped: no `script` (util-linux) to make a terminal");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("terminal.log");
+    let demo = format!("{TREATY} demo --rounds 2 --rows 400");
+    let status = Command::new("script")
+        .args(["-q", "-e", "-c", &demo])
+        .arg(&log)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let seen = String::from_utf8_lossy(&std::fs::read(&log).unwrap()).into_owned();
+    // The statistics round, 2 rounds and the final model's evaluation.
+    assert!(
+        seen.contains("rounds 4/4 [=============================="),
+        "{seen}"
+    );
+    assert!(seen.contains("rounds 2/4 [==="), "{seen}");
+    // Not on a terminal: the rounds as lines, no bar.
+    let plain = stdout_of(&["demo", "--rounds", "2", "--rows", "400"]);
+    assert!(plain.contains("[round  2] round 2 completed"), "{plain}");
+    assert!(!plain.contains("rounds 0/"), "{plain}");
+}

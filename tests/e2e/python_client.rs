@@ -5,8 +5,8 @@
 //! requirements is found: `TREATY_PYTHON`, else `clients/python/.venv/bin/python` (CI makes
 //! it); elsewhere it says so and checks nothing.
 
-use std::path::{Path, PathBuf};
 use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use treaty_proto::Identity;
@@ -37,11 +37,7 @@ async fn the_python_example_lists_follows_and_downloads() {
         );
         return;
     };
-    let fx = Fixture::new(&[
-        ("DE-BKA", "DE"),
-        ("NL-POLITIE", "NL"),
-        ("FR-DOUANE", "FR"),
-    ]);
+    let fx = Fixture::new(&[("DE-BKA", "DE"), ("NL-POLITIE", "NL"), ("FR-DOUANE", "FR")]);
     let (_coordinator, address) = fx.start_coordinator("127.0.0.1:0");
     let _de = fx.start_node("DE-BKA", "DE", &address, 81);
     let _nl = fx.start_node("NL-POLITIE", "NL", &address, 82);
@@ -105,9 +101,16 @@ async fn the_python_example_lists_follows_and_downloads() {
     );
     let job = succeeded(watch_to_end(&mut op, &job.job_id).await);
     assert!(said.contains("1 job(s):"), "{said}");
-    assert!(said.contains(&format!("following {}:", job.job_id)), "{said}");
+    assert!(
+        said.contains(&format!("following {}:", job.job_id)),
+        "{said}"
+    );
     assert!(said.contains("[JOB_EVENT_KIND_ROUND_STARTED]"), "{said}");
-    assert_eq!(said.matches("[JOB_EVENT_KIND_ROUND_COMPLETED]").count(), 3, "{said}");
+    assert_eq!(
+        said.matches("[JOB_EVENT_KIND_ROUND_COMPLETED]").count(),
+        3,
+        "{said}"
+    );
     assert!(said.contains("[JOB_EVENT_KIND_JOB_SUCCEEDED]"), "{said}");
     assert!(
         said.contains(&format!("model {} written", job.latest_model_version)),

@@ -184,13 +184,16 @@ async fn a_jobs_report_shows_its_rounds_spending_exclusions_and_answer() {
     let query_page = fx.path("query.html");
     let qhtml = report(&config, &query.job_id, &query_page);
     inert(&qhtml);
+    // A query has no model: no metric is charted (not its noise scale either).
+    assert!(!qhtml.contains("data-metric="));
     let answer = section(&qhtml, "<figure class=\"answer\">", "</figure>");
     assert_eq!(answer.matches("class=\"bar\"").count(), 4);
     assert_eq!(answer.matches("class=\"interval\"").count(), 4);
-    for v in &query.rounds[0].answer {
+    for (i, v) in query.rounds[0].answer.iter().enumerate() {
         assert!(
             qhtml.contains(&format!(
-                "<tr><td>{}</td><td>{:.4}</td><td>{:.4}</td><td>{:.4} to {:.4}</td></tr>",
+                "<tr><td>{}</td><td>{}</td><td>{:.4}</td><td>{:.4}</td><td>{:.4} to {:.4}</td></tr>",
+                i + 1,
                 v.label.replace('<', "&lt;").replace('>', "&gt;"),
                 v.value,
                 v.noise_std,

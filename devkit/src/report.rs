@@ -59,7 +59,15 @@ fn y_range(values: impl Iterator<Item = f64>) -> (f64, f64) {
         return (lo - 0.5, hi + 0.5);
     }
     let pad = (hi - lo) * 0.08;
-    (lo - pad, hi + pad)
+    // A figure that cannot be negative (a count, a rate, epsilon) is not drawn below zero, nor
+    // one that cannot pass 1 (a rate) above it.
+    let floor = if lo >= 0.0 { 0.0 } else { f64::NEG_INFINITY };
+    let ceiling = if (0.0..=1.0).contains(&lo) && hi <= 1.0 {
+        1.0
+    } else {
+        f64::INFINITY
+    };
+    ((lo - pad).max(floor), (hi + pad).min(ceiling))
 }
 
 /// The frame of a chart: axes, y ticks and the label of each x position.
@@ -109,8 +117,10 @@ fn y_of(v: f64, (lo, hi): (f64, f64)) -> f64 {
     y0 - (y0 - TOP) * ((v - lo) / (hi - lo)).clamp(-0.05, 1.05)
 }
 
-/// One point of a series: a label, a value, and its interval if it has one.
+/// One point of a series: its tick on the x axis, a label, a value, and its interval if it
+/// has one.
 struct Point {
+    tick: String,
     label: String,
     value: f64,
     interval: Option<(f64, f64)>,
@@ -130,7 +140,7 @@ fn line_chart(title: &str, points: &[Point]) -> String {
             })
             .flatten(),
     );
-    let labels: Vec<String> = points.iter().map(|p| p.label.clone()).collect();
+    let labels: Vec<String> = points.iter().map(|p| p.tick.clone()).collect();
     let mut svg = String::new();
     frame(&mut svg, title, range, &labels);
     let n = points.len();
@@ -185,7 +195,7 @@ fn bar_chart(title: &str, points: &[Point], marks: &[Option<f64>]) -> String {
             .chain(marks.iter().flatten().copied())
             .chain([0.0]),
     );
-    let labels: Vec<String> = points.iter().map(|p| p.label.clone()).collect();
+    let labels: Vec<String> = points.iter().map(|p| p.tick.clone()).collect();
     let mut svg = String::new();
     frame(&mut svg, title, range, &labels);
     let n = points.len();
@@ -239,12 +249,32 @@ fn round_name(job: &Job, r: &RoundSummary) -> String {
     }
 }
 
-/// Metrics shown per round (the counts of examples and epsilon are shown elsewhere).
-fn charted(name: &str) -> bool {
-    !name.ends_with("_examples") && name != "spent_epsilon"
+/// A round's tick on a chart's x axis: its number, `S` for statistics, `F` for the final
+/// model's evaluation.
+fn round_tick(job: &Job, r: &RoundSummary) -> String {
+    if job.final_evaluation.as_ref() == Some(r) {
+        "F".into()
+    } else if r.round == 0 {
+        "S".into()
+    } else {
+        r.round.to_string()
+    }
 }
 
-/// The page.
+/// The metrics charted per round: the model's on the test splits and its training loss (not
+/// the counts of examples, nor a query's noise scale).
+fn charted(name: &str) -> bool {
+    (name.starts_with("test_") || name.starts_with("train_")) && !name.ends_with("_examples")
+}
+
+/// Now, in UTC (RFC 3339), for a page's "report written".
+pub fn now_utc() -> String {
+    time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
+
+/// The page of `job` (read whole, with its rounds), written at `generated`.
 pub fn render(job: &Job, generated: &str) -> String {
     let mut html = String::new();
     let kind = match job.spec.as_ref().and_then(|s| s.kind.as_ref()) {
@@ -299,6 +329,7 @@ figure {{ margin: 1em 0; }} figcaption {{ font-size: 0.9em; color: #555; }}
                 .iter()
                 .filter_map(|r| {
                     r.metrics.get(name).map(|v| Point {
+                        tick: round_tick(job, r),
                         label: round_name(job, r),
                         value: *v,
                         interval: r.metric_intervals.get(name).map(|i| (i.low, i.high)),
@@ -307,7 +338,7 @@ figure {{ margin: 1em 0; }} figcaption {{ font-size: 0.9em; color: #555; }}
                 .collect();
             let _ = writeln!(
                 html,
-                "<figure class=\"metric\" data-metric=\"{n}\">{}<figcaption>{n}, by round</figcaption></figure>",
+                "<figure class=\"metric\" data-metric=\"{n}\">{}<figcaption>{n}, by round (F: the final model)</figcaption></figure>",
                 line_chart(name, &points),
                 n = esc(name)
             );
@@ -331,6 +362,7 @@ figure {{ margin: 1em 0; }} figcaption {{ font-size: 0.9em; color: #555; }}
         let points: Vec<Point> = spending
             .iter()
             .map(|(agency, (_, total, _))| Point {
+                tick: (*agency).to_owned(),
                 label: (*agency).to_owned(),
                 value: *total,
                 interval: None,
@@ -370,7 +402,13 @@ figure {{ margin: 1em 0; }} figcaption {{ font-size: 0.9em; color: #555; }}
         let points: Vec<Point> = r
             .answer
             .iter()
-            .map(|v| Point {
+            .enumerate()
+            .map(|(i, v)| Point {
+                // Long labels are numbered on the axis, and named in the table below.
+                tick: match v.label.chars().count() <= 10 {
+                    true => v.label.clone(),
+                    false => (i + 1).to_string(),
+                },
                 label: v.label.clone(),
                 value: v.value,
                 interval: Some((v.ci_low, v.ci_high)),
@@ -378,13 +416,14 @@ figure {{ margin: 1em 0; }} figcaption {{ font-size: 0.9em; color: #555; }}
             .collect();
         let _ = write!(
             html,
-            "<h2>The answer</h2>\n<figure class=\"answer\">{}<figcaption>each value with its confidence interval (noise only)</figcaption></figure>\n<table class=\"answer\"><tr><th>value</th><th>estimate</th><th>noise sd</th><th>interval</th></tr>\n",
+            "<h2>The answer</h2>\n<figure class=\"answer\">{}<figcaption>each value with its confidence interval (noise only)</figcaption></figure>\n<table class=\"answer\"><tr><th>#</th><th>value</th><th>estimate</th><th>noise sd</th><th>interval</th></tr>\n",
             bar_chart("the answer", &points, &[])
         );
-        for v in &r.answer {
+        for (i, v) in r.answer.iter().enumerate() {
             let _ = writeln!(
                 html,
-                "<tr><td>{}</td><td>{:.4}</td><td>{:.4}</td><td>{:.4} to {:.4}</td></tr>",
+                "<tr><td>{}</td><td>{}</td><td>{:.4}</td><td>{:.4}</td><td>{:.4} to {:.4}</td></tr>",
+                i + 1,
                 esc(&v.label),
                 v.value,
                 v.noise_std,
