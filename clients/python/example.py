@@ -23,8 +23,8 @@ import grpc
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent / "generated"))
 from treaty.v1 import agency_pb2, jobs_pb2, operator_pb2, operator_pb2_grpc, tensor_pb2  # noqa: E402
 
-# The largest message the client takes (the coordinator's own limit is 64 MiB).
-MAX_MESSAGE = 64 << 20
+# The largest message the client takes (the coordinator's own limit is 8 MiB).
+MAX_MESSAGE = 8 << 20
 # The largest model the client assembles, in bytes.
 MAX_MODEL = 1 << 30
 
@@ -56,35 +56,49 @@ def follow(stub, job_id):
     for event in stub.WatchJob(operator_pb2.WatchJobRequest(job_id=job_id)):
         kind = operator_pb2.JobEventKind.Name(event.kind)
         if event.kind != operator_pb2.JOB_EVENT_KIND_RESULT_ACCEPTED:
-            print(f"  [{kind}] {event.message}")
+            print(f"  [{kind}] {printable(event.message)}")
     return stub.GetJob(operator_pb2.GetJobRequest(job_id=job_id))
 
 
+class BadDownload(Exception):
+    """The coordinator sent a download that is not what the wire contract says."""
+
+
 def download(stub, job_id):
-    """The job's latest model: its header and each tensor's values."""
-    header, buffers = None, []
+    """The job's latest model: its header and each tensor's values. Every tensor's bytes must
+    arrive whole, in order, without gaps or overlaps (tensor.proto)."""
+    header, buffers, filled = None, [], []
     for part in stub.DownloadModel(agency_pb2.DownloadModelRequest(job_id=job_id)):
         if part.HasField("header"):
             if header is not None:
-                raise ValueError("a second header in the download")
+                raise BadDownload("a second header in the download")
             header = part.header
             sizes = [width(t) * math.prod(t.shape) for t in header.tensors]
             if sum(sizes) > MAX_MODEL:
-                raise ValueError(f"the model is {sum(sizes)} bytes, more than {MAX_MODEL}")
+                raise BadDownload(f"the model is {sum(sizes)} bytes, more than {MAX_MODEL}")
             buffers = [bytearray(n) for n in sizes]
+            filled = [0] * len(sizes)
         elif header is None:
-            raise ValueError("a chunk before the header")
+            raise BadDownload("a chunk before the header")
         else:
             chunk = part.chunk
-            if chunk.tensor_index >= len(buffers):
-                raise ValueError(f"a chunk of tensor {chunk.tensor_index}, which the header has not")
-            buffer = buffers[chunk.tensor_index]
+            i = chunk.tensor_index
+            if i >= len(buffers):
+                raise BadDownload(f"a chunk of tensor {i}, which the header has not")
+            if chunk.offset != filled[i]:
+                raise BadDownload(
+                    f"tensor {i}: a chunk at byte {chunk.offset} where byte {filled[i]} comes next"
+                )
             end = chunk.offset + len(chunk.data)
-            if end > len(buffer):
-                raise ValueError(f"a chunk ending at byte {end} of a {len(buffer)}-byte tensor")
-            buffer[chunk.offset:end] = chunk.data
+            if end > len(buffers[i]):
+                raise BadDownload(f"a chunk ending at byte {end} of a {len(buffers[i])}-byte tensor")
+            buffers[i][chunk.offset:end] = chunk.data
+            filled[i] = end
     if header is None:
-        raise ValueError("the download held no header")
+        raise BadDownload("the download held no header")
+    for i, (got, buffer) in enumerate(zip(filled, buffers)):
+        if got != len(buffer):
+            raise BadDownload(f"tensor {i}: {got} of its {len(buffer)} bytes arrived")
     tensors = []
     for spec, buffer in zip(header.tensors, buffers):
         code = "f" if spec.dtype == tensor_pb2.DTYPE_F32 else "d"
@@ -99,7 +113,13 @@ def width(spec):
         return 4
     if spec.dtype == tensor_pb2.DTYPE_F64:
         return 8
-    raise ValueError(f"tensor {spec.name}: an unknown element type {spec.dtype}")
+    raise BadDownload(f"tensor {printable(spec.name)}: an unknown element type {spec.dtype}")
+
+
+def printable(text):
+    """Text from the coordinator with its control characters replaced, so that it cannot
+    drive the terminal it is printed on."""
+    return "".join(c if c.isprintable() else "\ufffd" for c in text)
 
 
 def main():
@@ -118,14 +138,14 @@ def main():
         print(f"{len(jobs)} job(s):")
         for job in jobs:
             state = jobs_pb2.JobState.Name(job.state)
-            print(f"  {job.job_id}\t{job.federation}\t{state}\t{job.rounds_completed} round(s)")
+            print(f"  {printable(job.job_id)}\t{printable(job.federation)}\t{state}\t{job.rounds_completed} round(s)")
         if not jobs:
             return 0
         job_id = args.job or jobs[0].job_id
         print(f"following {job_id}:")
         job = follow(stub, job_id)
         state = jobs_pb2.JobState.Name(job.state)
-        print(f"{job_id}: {state} after {job.rounds_completed} round(s): {job.message}")
+        print(f"{printable(job_id)}: {state} after {job.rounds_completed} round(s): {printable(job.message)}")
         if job.state != jobs_pb2.JOB_STATE_SUCCEEDED or not job.latest_model_version:
             return 1
         header, tensors = download(stub, job_id)
@@ -139,8 +159,11 @@ if __name__ == "__main__":
     try:
         sys.exit(main())
     except grpc.RpcError as error:
-        print(f"error: {error.code().name}: {error.details()}", file=sys.stderr)
+        print(f"error: {error.code().name}: {printable(error.details() or '')}", file=sys.stderr)
         sys.exit(1)
-    except (OSError, ValueError) as error:
+    except BadDownload as error:
+        print(f"error: the coordinator's download is not what the wire contract says: {error}", file=sys.stderr)
+        sys.exit(1)
+    except OSError as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)

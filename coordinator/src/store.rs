@@ -429,12 +429,12 @@ impl Store {
         Ok(None)
     }
 
-    /// The audit log's head as it stands.
     /// The database's size on disk, in bytes (0 when sled cannot tell).
     pub(crate) fn size_on_disk(&self) -> u64 {
         self.db.size_on_disk().unwrap_or(0)
     }
 
+    /// The audit log's head as it stands.
     pub(crate) fn audit_head(&self) -> Head {
         self.chain.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }

@@ -79,18 +79,33 @@ pub fn print_event(event: &treaty_proto::v1::JobEvent) {
     }
 }
 
+/// Text from a peer (a coordinator's message, an agency's refusal, a label) as it may be
+/// printed on a terminal: every control character replaced, so that none can move the cursor,
+/// rewrite a line or set the clipboard of the person reading.
+pub fn printable(text: &str) -> std::borrow::Cow<'_, str> {
+    if text.chars().any(char::is_control) {
+        text.chars()
+            .map(|c| if c.is_control() { '\u{fffd}' } else { c })
+            .collect::<String>()
+            .into()
+    } else {
+        text.into()
+    }
+}
+
 /// How [`print_event`] shows an event; `None` for one it leaves out.
 fn event_line(event: &treaty_proto::v1::JobEvent) -> Option<String> {
     if event.kind() == treaty_proto::v1::JobEventKind::ResultAccepted {
         return None;
     }
+    let message = printable(&event.message);
     Some(
         if event.kind() == treaty_proto::v1::JobEventKind::ModelEvaluated {
-            format!("    [final]    {}", event.message)
+            format!("    [final]    {message}")
         } else if event.round > 0 {
-            format!("    [round {:>2}] {}", event.round, event.message)
+            format!("    [round {:>2}] {message}", event.round)
         } else {
-            format!("    {}", event.message)
+            format!("    {message}")
         },
     )
 }
@@ -127,6 +142,14 @@ impl Follow {
         let line = event_line(event);
         match &self.bar {
             Some(bar) => {
+                if event.kind() == JobEventKind::CurrentState
+                    && let Some(job) = &event.job
+                {
+                    // A job followed part-way: what it has done already.
+                    let statistics = u64::from(job.statistics.is_some());
+                    bar.inc_length(statistics);
+                    bar.set_position(u64::from(job.rounds_completed) + statistics);
+                }
                 if event.kind() == JobEventKind::RoundCompleted && event.round == 0 {
                     bar.inc_length(1);
                 }
@@ -153,5 +176,19 @@ impl Follow {
         if let Some(bar) = &self.bar {
             bar.finish_and_clear();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::printable;
+
+    #[test]
+    fn control_characters_cannot_reach_the_terminal() {
+        assert_eq!(printable("round 2: FR refused"), "round 2: FR refused");
+        assert_eq!(
+            printable("ok\u{1b}]52;c;ZXZpbA==\u{7}\r\n\u{9b}2J"),
+            "ok\u{fffd}]52;c;ZXZpbA==\u{fffd}\u{fffd}\u{fffd}\u{fffd}2J"
+        );
     }
 }

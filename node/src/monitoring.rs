@@ -129,7 +129,10 @@ impl Metrics {
                 self.budget.set(report.max_epsilon);
             }
             Err(_) => {
+                // A damaged ledger accounts nothing: shown as spent without bound, as its
+                // report says, never as the last figure it gave.
                 self.ledger_ok.set(0);
+                self.epsilon.set(f64::INFINITY);
             }
         }
         let mut text = String::new();

@@ -4,9 +4,10 @@
 //! did (the model file's schema and standardisation, `Table`'s encoding) and explain it as
 //! `treaty model explain` does, so the three give the same numbers.
 //!
-//! A model whose file carries a provenance is used only once that provenance checks out
-//! against the federation CA the agency trusts; input without one of the schema's columns is
-//! refused, naming them.
+//! A model is used only once its provenance checks out against the federation CA the agency
+//! trusts — a file without one, or whose provenance does not check out, is refused — unless
+//! its user asks to score unverified, and every score then says so. Input without one of the
+//! schema's columns is refused, naming them.
 
 use std::path::Path;
 
@@ -24,9 +25,10 @@ use crate::model_file::{ModelFile, ModelFileError, ProvenanceError, VerifiedProv
 pub enum ScoringError {
     #[error(transparent)]
     Model(#[from] ModelFileError),
-    /// The file carries a provenance and no CA was given to check it against.
+    /// No CA was given to check the model's provenance against, and scoring unverified was
+    /// not asked for.
     #[error(
-        "model {0} carries a provenance: give --ca with the federation CA you trust, so that it is checked before any record is scored"
+        "model {0}: give --ca with the federation CA you trust, so that its provenance is checked before any record is scored (or --unverified to score with a model whose origin nobody checked; every score then says so)"
     )]
     Unchecked(String),
     #[error("model {version}: its provenance does not check out, so it scores nothing: {error}")]
@@ -52,9 +54,8 @@ pub enum ScoringError {
 pub enum Provenance {
     /// Checked against the CA the agency trusts; signed by this coordinator.
     Verified { signed_by: String },
-    /// The file carries none (written before provenance existed, or not downloaded with
-    /// `treaty model get`).
-    Absent,
+    /// Not checked, as asked (`--unverified`): the model's origin is unknown.
+    Unverified,
 }
 
 impl Provenance {
@@ -62,7 +63,7 @@ impl Provenance {
     pub fn describe(&self) -> String {
         match self {
             Provenance::Verified { signed_by } => format!("provenance verified ({signed_by})"),
-            Provenance::Absent => "no provenance".to_owned(),
+            Provenance::Unverified => "PROVENANCE NOT VERIFIED".to_owned(),
         }
     }
 }
@@ -104,18 +105,16 @@ pub struct Scorer {
 }
 
 impl Scorer {
-    /// Reads a model file; a file with a provenance needs `ca` (DER), and its provenance must
-    /// check out.
-    pub fn open(path: &Path, ca: Option<&[u8]>) -> Result<Self, ScoringError> {
-        Scorer::new(ModelFile::read(path)?, ca)
+    /// Reads a model file. With `ca` (DER), the file's provenance must be there and check out
+    /// against it; without, only when `unverified` is asked for is the model used at all.
+    pub fn open(path: &Path, ca: Option<&[u8]>, unverified: bool) -> Result<Self, ScoringError> {
+        Scorer::new(ModelFile::read(path)?, ca, unverified)
     }
 
     /// As [`Scorer::open`], for a model file already read.
-    pub fn new(file: ModelFile, ca: Option<&[u8]>) -> Result<Self, ScoringError> {
-        let provenance = match (&file.provenance, ca) {
-            (None, _) => Provenance::Absent,
-            (Some(_), None) => return Err(ScoringError::Unchecked(file.model_version.clone())),
-            (Some(_), Some(ca)) => match file.verify_provenance(ca) {
+    pub fn new(file: ModelFile, ca: Option<&[u8]>, unverified: bool) -> Result<Self, ScoringError> {
+        let provenance = match ca {
+            Some(ca) => match file.verify_provenance(ca) {
                 Ok(VerifiedProvenance { signed_by, .. }) => Provenance::Verified { signed_by },
                 Err(error) => {
                     return Err(ScoringError::Provenance {
@@ -124,6 +123,8 @@ impl Scorer {
                     });
                 }
             },
+            None if unverified => Provenance::Unverified,
+            None => return Err(ScoringError::Unchecked(file.model_version.clone())),
         };
         let (model, schema, stats) = file.model()?;
         Ok(Scorer {
@@ -270,8 +271,8 @@ mod tests {
 
     #[test]
     fn a_record_scores_by_the_closed_form() {
-        let scorer = Scorer::new(file(), None).unwrap();
-        assert_eq!(scorer.provenance, Provenance::Absent);
+        let scorer = Scorer::new(file(), None, true).unwrap();
+        assert_eq!(scorer.provenance, Provenance::Unverified);
         // value 13 standardises to 1.5: 2.0 * 1.5 = 3; air: -1; bias -0.25.
         let s = scorer
             .score_record(&[("mode", " air "), ("value", "13"), ("extra", "x")], 0)
@@ -302,7 +303,7 @@ mod tests {
 
     #[test]
     fn input_that_does_not_fit_is_named() {
-        let scorer = Scorer::new(file(), None).unwrap();
+        let scorer = Scorer::new(file(), None, true).unwrap();
         let e = scorer.score_record(&[("value", "1")], 0).unwrap_err();
         assert!(e.to_string().contains("has no column `mode`"), "{e}");
         let e = scorer
@@ -316,17 +317,23 @@ mod tests {
     }
 
     #[test]
-    fn a_file_with_a_provenance_needs_a_ca_and_one_that_fails_scores_nothing() {
-        let mut f = file();
-        f.provenance = Some(crate::model_file::ProvenanceFile {
-            manifest: "{}".into(),
-            scheme: "ECDSA_NISTP256_SHA256".into(),
-            signature: "00".into(),
-            coordinator_certificate: String::new(),
-            ca_certificate: String::new(),
-        });
-        let e = Scorer::new(f, None).unwrap_err();
+    fn no_model_scores_unchecked_unless_asked_and_a_missing_provenance_fails() {
+        // Without a CA and without --unverified: refused, saying what to give.
+        let e = Scorer::new(file(), None, false).unwrap_err();
         assert!(e.to_string().contains("give --ca"), "{e}");
+        // With a CA, a file without a provenance (stripped, say) is refused, whatever else.
+        let e = Scorer::new(file(), Some(b"a CA"), true).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                ScoringError::Provenance {
+                    error: ProvenanceError::Missing,
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        // A provenance that does not check out.
         let mut f = file();
         f.provenance = Some(crate::model_file::ProvenanceFile {
             manifest: "{}".into(),
@@ -335,7 +342,7 @@ mod tests {
             coordinator_certificate: String::new(),
             ca_certificate: String::new(),
         });
-        let e = Scorer::new(f, Some(b"not a certificate")).unwrap_err();
+        let e = Scorer::new(f, Some(b"not a certificate"), false).unwrap_err();
         assert!(matches!(e, ScoringError::Provenance { .. }), "{e}");
     }
 }

@@ -11,7 +11,7 @@ use treaty_proto::{evaluation, schema};
 
 use treaty_coordinator::client::{self, OperatorConfig};
 use treaty_devkit::outln;
-use treaty_devkit::output::Follow;
+use treaty_devkit::output::{Follow, printable};
 
 use super::privacy::print_plan;
 use super::{Outcome, unusable};
@@ -248,7 +248,7 @@ pub async fn run(command: JobCommand) -> Outcome {
                 .into_inner();
             let generated = treaty_devkit::report::now_utc();
             std::fs::write(&out, treaty_devkit::report::render(&job, &generated))
-                .map_err(|e| anyhow::anyhow!("cannot write `{}`: {e}", out.display()))?;
+                .map_err(|e| unusable(anyhow::anyhow!("cannot write `{}`: {e}", out.display())))?;
             outln!("{}", out.display());
             Ok(())
         }
@@ -465,7 +465,7 @@ pub fn show(job: &Job) {
         job.federation,
         state(job),
         job.rounds_completed,
-        job.message
+        printable(&job.message)
     );
     // Under DP every metric comes from the agencies' noisy counts: a count is shown as the
     // whole number it estimates (`~`), each figure with the interval of its noise, and flagged
@@ -510,9 +510,9 @@ pub fn show(job: &Job) {
         for e in &r.excluded {
             outln!(
                 "    {} excluded: {} — {}",
-                e.agency,
-                e.reason_code,
-                e.message
+                printable(&e.agency),
+                printable(&e.reason_code),
+                printable(&e.message)
             );
         }
         for v in &r.answer {

@@ -11,6 +11,7 @@ use clap::{Args, Subcommand, ValueEnum};
 use serde::Serialize;
 use treaty_coordinator::client::OperatorConfig;
 use treaty_devkit::outln;
+use treaty_devkit::output::printable;
 use treaty_proto::v1::{
     Combine, CreateJobRequest, Job, JobSpec, QueryKind, QuerySpec, SharingSpec, job_spec,
 };
@@ -137,13 +138,20 @@ struct Answer<'a> {
     statistic: &'a str,
     column: &'a str,
     #[serde(rename = "where", skip_serializing_if = "Option::is_none")]
-    filter: Option<&'a str>,
+    filter: Option<Filter<'a>>,
     epsilon_per_agency: f64,
     confidence: f64,
     values: Vec<Value<'a>>,
     contributors: &'a [String],
     excluded: Vec<Excluded<'a>>,
     outliers: Vec<Outlier<'a>>,
+}
+
+/// `--where`: only records whose column reads the value count.
+#[derive(Debug, Serialize)]
+struct Filter<'a> {
+    column: &'a str,
+    value: &'a str,
 }
 
 #[derive(Debug, Serialize)]
@@ -276,8 +284,9 @@ fn spec_of(command: QueryCommand) -> Result<(QuerySpec, Common), super::CliError
                 "--where `{filter}` names no column: give it as COLUMN=VALUE, e.g. --where seized=1"
             )));
         }
+        // As cells are read: trimmed.
         spec.where_column = column.trim().to_owned();
-        spec.where_value = value.to_owned();
+        spec.where_value = value.trim().to_owned();
     }
     spec.epsilon = common.epsilon;
     spec.confidence = common.confidence;
@@ -317,7 +326,10 @@ fn answer<'a>(job: &'a Job, spec: &'a QuerySpec) -> Answer<'a> {
         federation: &job.federation,
         statistic: statistic(spec),
         column: &spec.column,
-        filter: (!spec.where_column.is_empty()).then_some(spec.where_column.as_str()),
+        filter: (!spec.where_column.is_empty()).then_some(Filter {
+            column: &spec.where_column,
+            value: &spec.where_value,
+        }),
         epsilon_per_agency: spec.epsilon,
         confidence: spec.confidence,
         values: round
@@ -413,7 +425,7 @@ fn print_table(job: &Job, spec: &QuerySpec) {
         round.contributors.len(),
         members(round),
         spec.epsilon,
-        spec.confidence * 100.0,
+        (spec.confidence * 1000.0).round() / 10.0,
         if QueryKind::try_from(spec.kind) == Ok(QueryKind::Quantile) {
             ", and the bin's width"
         } else {
@@ -438,7 +450,7 @@ fn print_table(job: &Job, spec: &QuerySpec) {
     for v in &round.answer {
         outln!(
             "  {:<width$}  {:>14.4}  {:>12.4}  {:>14.4}  {:>14.4}",
-            v.label,
+            printable(&v.label),
             v.value,
             v.noise_std,
             v.ci_low,
@@ -448,16 +460,16 @@ fn print_table(job: &Job, spec: &QuerySpec) {
     for e in &round.excluded {
         outln!(
             "  {} did not answer: {} — {}",
-            e.agency,
-            e.reason_code,
-            e.message
+            printable(&e.agency),
+            printable(&e.reason_code),
+            printable(&e.message)
         );
     }
     for o in &round.outliers {
         outln!(
             "  {} flagged as an outlier: `{}` answered {} against a median of {} ({:.1} robust sd)",
-            o.agency,
-            o.label,
+            printable(&o.agency),
+            printable(&o.label),
             o.value,
             o.median,
             o.score

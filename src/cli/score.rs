@@ -1,7 +1,8 @@
 //! `treaty score` (agencies): a model file's risk score for every record of a CSV file — new
 //! declarations, say — each with the columns that moved it most, as CSV or JSON, computed on
-//! the agency's own machine. A model with a provenance is used only once it checks out against
-//! the federation CA given; input that lacks the model's columns is refused, naming them.
+//! the agency's own machine. The model is used only once its provenance checks out against the
+//! federation CA given (or, asked for with --unverified, marked as not verified); input that
+//! lacks the model's columns is refused, naming them.
 
 use std::path::PathBuf;
 
@@ -21,11 +22,8 @@ pub struct ScoreArgs {
     /// is not needed).
     #[arg(long)]
     data: PathBuf,
-    /// The federation CA's certificate (PEM) you trust: a model file that carries a
-    /// provenance is checked against it before anything is scored, and refused when it does
-    /// not check out.
-    #[arg(long)]
-    ca: Option<PathBuf>,
+    #[command(flatten)]
+    trust: Trust,
     /// The contributions given per record, largest first (0: every column's).
     #[arg(long, default_value_t = 3)]
     top: usize,
@@ -37,6 +35,38 @@ pub struct ScoreArgs {
     out: Option<PathBuf>,
 }
 
+/// What a model's provenance is checked against before it scores (`treaty score`, `treaty
+/// serve`).
+#[derive(Debug, Args)]
+pub struct Trust {
+    /// The federation CA's certificate (PEM) you trust: the model file's provenance must check
+    /// out against it (a file without one is refused) before anything is scored.
+    #[arg(long, required_unless_present = "unverified")]
+    ca: Option<PathBuf>,
+    /// The federation's revocation list (PEM) you trust: the coordinator certificate that
+    /// signed the provenance must not be on it.
+    #[arg(long, requires = "ca")]
+    crl: Option<PathBuf>,
+    /// Score with a model whose origin nobody checked (no --ca): every score then says
+    /// `PROVENANCE NOT VERIFIED`.
+    #[arg(long, conflicts_with = "ca")]
+    unverified: bool,
+}
+
+impl Trust {
+    /// The model file at `model`, ready to score once its provenance checks out.
+    pub fn open(&self, model: &std::path::Path) -> Result<Scorer, super::CliError> {
+        let ca = self.ca.as_deref().map(super::trusted_ca).transpose()?;
+        let scorer = Scorer::open(model, ca.as_deref(), self.unverified)?;
+        if let (Some(crl), Some(p)) = (&self.crl, &scorer.file.provenance) {
+            let der = treaty_proto::tls::certificate_der(p.coordinator_certificate.as_bytes())
+                .map_err(|e| unusable(anyhow::anyhow!("{e}")))?;
+            super::not_revoked(&der, crl)?;
+        }
+        Ok(scorer)
+    }
+}
+
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum Format {
     Csv,
@@ -44,8 +74,7 @@ pub enum Format {
 }
 
 pub fn run(a: ScoreArgs) -> Outcome {
-    let ca = a.ca.as_deref().map(super::trusted_ca).transpose()?;
-    let scorer = Scorer::open(&a.model, ca.as_deref())?;
+    let scorer = a.trust.open(&a.model)?;
     let table = Table::open(&a.data)?;
     let scores = scorer.score_table(&table, a.top)?;
     errln!(

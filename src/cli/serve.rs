@@ -8,7 +8,6 @@ use std::path::PathBuf;
 use clap::Args;
 use tokio_util::sync::CancellationToken;
 use treaty_devkit::outln;
-use treaty_node::scoring::Scorer;
 
 use super::{Outcome, unusable};
 
@@ -17,19 +16,21 @@ pub struct ServeArgs {
     /// A model file written by `treaty model get`.
     #[arg(long)]
     model: PathBuf,
-    /// The federation CA's certificate (PEM) you trust: a model file that carries a
-    /// provenance is checked against it, and refused when it does not check out.
-    #[arg(long)]
-    ca: Option<PathBuf>,
+    #[command(flatten)]
+    trust: super::score::Trust,
     /// Where to listen: a loopback address (port 0: any free port; the address is printed).
     #[arg(long, default_value = "127.0.0.1:7070")]
     listen: SocketAddr,
 }
 
 pub async fn run(a: ServeArgs) -> Outcome {
-    let ca = a.ca.as_deref().map(super::trusted_ca).transpose()?;
-    let scorer = Scorer::open(&a.model, ca.as_deref())?;
-    let listener = treaty_node::serve::bind(a.listen).await.map_err(unusable)?;
+    let scorer = a.trust.open(&a.model)?;
+    let listener = treaty_node::serve::bind(a.listen)
+        .await
+        .map_err(|e| match e {
+            treaty_node::serve::ServeError::NotLoopback(_) => unusable(e),
+            other => other.into(),
+        })?;
     let address = listener.local_addr().map_err(anyhow::Error::from)?;
     tracing::info!(
         %address,

@@ -267,12 +267,14 @@ async fn the_query_command_answers_within_its_intervals_under_the_policies() {
     for _ in 0..10 {
         let mut args = vec!["query", "count"];
         args.extend(common);
-        args.extend(["--where", "seized=1", "--epsilon", "0.5", "--json"]);
+        // Spaces around the value are trimmed, as the agencies' cells are.
+        args.extend(["--where", "seized= 1", "--epsilon", "0.5", "--json"]);
         let (status, out, err) = treaty(&args);
         assert_eq!(status, Some(0), "{err}");
         let answer: serde_json::Value = serde_json::from_str(&out).unwrap();
         assert_eq!(answer["statistic"], "count");
-        assert_eq!(answer["where"], "seized");
+        assert_eq!(answer["where"]["column"], "seized");
+        assert_eq!(answer["where"]["value"], "1");
         assert_eq!(answer["contributors"].as_array().unwrap().len(), 3);
         let v = &answer["values"][0];
         assert!((v["noise_std"].as_f64().unwrap() - sd).abs() < 0.3, "{v}");

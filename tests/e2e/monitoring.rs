@@ -110,12 +110,22 @@ async fn metrics_of_the_coordinator_and_a_node_agree_with_the_jobs_and_the_ledge
     let query = succeeded(watch_to_end(&mut op, &query.job_id).await);
     assert_eq!(query.rounds[0].excluded.len(), 1);
 
-    let (content_type, body) = scrape(&coordinator_metrics);
+    // The counters follow the job events, which they receive a moment after the operator's
+    // watch does: read them once both jobs' ends are counted.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let (content_type, body, c) = loop {
+        let (content_type, body) = scrape(&coordinator_metrics);
+        let c = parse(&body);
+        let ended = value(&c, "treaty_jobs_total", &[("outcome", "succeeded")]);
+        if ended == Some(2.0) || std::time::Instant::now() > deadline {
+            break (content_type, body, c);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
     assert!(
         content_type.starts_with("application/openmetrics-text"),
         "{content_type}"
     );
-    let c = parse(&body);
     // Every round the training job completed (its statistics round too, when it had one), and
     // the query's one round.
     let statistics = f64::from(u8::from(training.statistics.is_some()));

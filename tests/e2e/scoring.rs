@@ -307,6 +307,12 @@ async fn scores_at_the_agency_are_the_batch_explanation_and_the_closed_form() {
     let tampered_path = fx.path("tampered.json");
     std::fs::write(&tampered_path, tampered.to_string()).unwrap();
     let tampered_path = tampered_path.to_str().unwrap();
+    // The weights changed and the provenance taken out, so that nothing contradicts them.
+    let mut stripped = tampered.clone();
+    stripped.as_object_mut().unwrap().remove("provenance");
+    let stripped_path = fx.path("stripped.json");
+    std::fs::write(&stripped_path, stripped.to_string()).unwrap();
+    let stripped_path = stripped_path.to_str().unwrap();
     for (args, named) in [
         (
             vec![
@@ -320,7 +326,31 @@ async fn scores_at_the_agency_are_the_batch_explanation_and_the_closed_form() {
             ],
             "has no column `x2`",
         ),
-        (vec!["score", "--model", model, "--data", data], "give --ca"),
+        (vec!["score", "--model", model, "--data", data], "--ca"),
+        (
+            vec![
+                "score",
+                "--model",
+                stripped_path,
+                "--data",
+                data,
+                "--ca",
+                ca,
+            ],
+            "has no provenance",
+        ),
+        (
+            vec![
+                "serve",
+                "--model",
+                stripped_path,
+                "--ca",
+                ca,
+                "--listen",
+                "127.0.0.1:0",
+            ],
+            "has no provenance",
+        ),
         (
             vec![
                 "score",
@@ -376,4 +406,41 @@ async fn scores_at_the_agency_are_the_batch_explanation_and_the_closed_form() {
         assert_eq!(out.status.code(), Some(2), "{args:?}: {}", text(&out));
         assert!(text(&out).contains(named), "{args:?}: {}", text(&out));
     }
+    // Asked for, a model nobody checked scores, and every score says so.
+    let out = treaty(&[
+        "score",
+        "--model",
+        stripped_path,
+        "--data",
+        data,
+        "--unverified",
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("PROVENANCE NOT VERIFIED"),
+        "{}",
+        text(&out)
+    );
+
+    // The coordinator's certificate revoked: against the federation's revocation list, the
+    // model scores nothing any more.
+    let coordinator_cert = fx
+        .pki
+        .cert_and_key(&treaty_proto::Identity::coordinator("hub").unwrap())
+        .0;
+    let out = treaty(&[
+        "pki",
+        "revoke",
+        "--dir",
+        fx.pki.dir().to_str().unwrap(),
+        coordinator_cert.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    let crl = fx.pki.crl();
+    let crl = crl.to_str().unwrap();
+    let out = treaty(&[
+        "score", "--model", model, "--data", data, "--ca", ca, "--crl", crl,
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("is revoked"), "{}", text(&out));
 }

@@ -81,6 +81,7 @@ pub async fn serving(requests: usize, exe: &Path) -> anyhow::Result<()> {
             "serve",
             "--model",
             &model_path.to_string_lossy(),
+            "--unverified",
             "--listen",
             "127.0.0.1:0",
         ],
