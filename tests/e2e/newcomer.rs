@@ -107,6 +107,12 @@ fn a_newcomer_runs_a_first_federation_from_the_documentation_alone() {
         "listen = \"0.0.0.0:7443\"",
         "listen = \"127.0.0.1:0\"",
     );
+    // Its metrics, and each node's below, on any free port: several run on this one machine.
+    let coordinator = changed(
+        &coordinator,
+        "listen = \"127.0.0.1:9464\"",
+        "listen = \"127.0.0.1:0\"",
+    );
     std::fs::write(dir.join("coordinator.toml"), coordinator).unwrap();
     let mut hub = start(dir, "coordinator", "coordinator", "coordinator.toml");
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -153,6 +159,11 @@ fn a_newcomer_runs_a_first_federation_from_the_documentation_alone() {
             &format!("{:?}", test.display().to_string()),
         );
         text = changed(&text, "public_records = 80000\n", "");
+        text = changed(
+            &text,
+            "listen = \"127.0.0.1:9465\"",
+            "listen = \"127.0.0.1:0\"",
+        );
         let config = format!("node-{agency}.toml");
         std::fs::write(dir.join(&config), text).unwrap();
         nodes.push((config.clone(), start(dir, agency, "node", &config)));
