@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use clap::Args;
 use treaty_coordinator::client::{self, OperatorConfig};
 use treaty_devkit::outln;
+use treaty_devkit::output::printable;
 
 use super::{Outcome, unusable, utc};
 
@@ -24,9 +25,9 @@ pub async fn run(args: AgenciesArgs) -> Outcome {
     for a in client::all_agencies(&mut client).await? {
         outln!(
             "{}\t{}\tnode {}\tsince {}",
-            a.agency,
-            a.country,
-            a.software_version,
+            printable(&a.agency),
+            printable(&a.country),
+            printable(&a.software_version),
             utc(a.connected_unix_ms)
         );
     }

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use clap::Subcommand;
 use treaty_coordinator::client::OperatorConfig;
 use treaty_devkit::outln;
+use treaty_devkit::output::printable;
 use treaty_proto::v1::{CreateFederationRequest, FederationInfo, ListFederationsRequest};
 
 use super::{Outcome, unusable};
@@ -89,10 +90,10 @@ pub async fn run(command: FederationCommand) -> Outcome {
                 for f in page.federations {
                     outln!(
                         "{}\tpurpose {}\tmembers {}\tcreated by {}",
-                        f.name,
-                        f.purpose,
-                        f.members.join(","),
-                        f.created_by
+                        printable(&f.name),
+                        printable(&f.purpose),
+                        printable(&f.members.join(",")),
+                        printable(&f.created_by)
                     );
                 }
                 if page.next_page_token.is_empty() {

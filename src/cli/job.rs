@@ -269,11 +269,11 @@ pub async fn run(command: JobCommand) -> Outcome {
                 for j in page.jobs {
                     outln!(
                         "{}\t{}\t{}\t{} round(s)\t{}",
-                        j.job_id,
-                        j.federation,
+                        printable(&j.job_id),
+                        printable(&j.federation),
                         state(&j),
                         j.rounds_completed,
-                        j.message
+                        printable(&j.message)
                     );
                 }
                 if page.next_page_token.is_empty() {
