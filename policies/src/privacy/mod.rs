@@ -8,6 +8,8 @@
 //!   sampled-Gaussian bound of Mironov, Talwar and Zhang (2019) over a grid of integer and
 //!   fractional orders and the improved RDP-to-(epsilon, delta) conversion.
 //! - pure and approximate DP for Laplace queries: epsilons (and deltas) add up.
+//! - [`pld`]: privacy-loss distributions, composed by FFT with a pessimistic discretisation: the
+//!   tightest of the bounds (not yet used by [`spent`]: issue #15's next step).
 //!
 //! - [`plan`]: how a training job's target is split between its statistics round, its
 //!   evaluations and its training, before it starts.
@@ -16,6 +18,7 @@
 //! that gave it.
 
 mod plan;
+pub mod pld;
 pub mod rdp;
 pub mod zcdp;
 
