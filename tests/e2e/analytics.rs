@@ -181,16 +181,9 @@ fn treaty(args: &[&str]) -> (Option<i32>, String, String) {
 /// agency's ledger, and a misspelt column is named.
 #[tokio::test]
 async fn the_query_command_answers_within_its_intervals_under_the_policies() {
-    let agencies = [("DE-BKA", "DE"), ("NL-POLITIE", "NL"), ("FR-DOUANE", "FR")];
-    let fx = Fixture::new(&agencies);
     // France lets one round spend at most epsilon 0.5.
-    fx.write_policy(
-        "FR",
-        &open_policy("FR").replace(
-            "max_epsilon_per_round = 1e31",
-            "max_epsilon_per_round = 0.5",
-        ),
-    );
+    let fx = trio_limited_in_france();
+    let agencies = TRIO;
     let (_coordinator, address) = fx.start_coordinator("127.0.0.1:0");
     let mut nodes = Vec::new();
     let mut files = Vec::new();
@@ -205,14 +198,7 @@ async fn the_query_command_answers_within_its_intervals_under_the_policies() {
     }
     let (cells, _, _) = truth(&files);
     let seized: f64 = cells.values().sum();
-    let mut op = fx.operator(&address).await;
-    wait_connected(&mut op, &["DE-BKA", "NL-POLITIE", "FR-DOUANE"]).await;
-    create_federation(
-        &mut op,
-        "trio",
-        &["DE-BKA:DE", "NL-POLITIE:NL", "FR-DOUANE:FR"],
-    )
-    .await;
+    trio_federation(&fx, &address).await;
     let operator = fx.operator_config(&address);
     let operator = operator.to_str().unwrap();
     let common = ["--config", operator, "--federation", "trio"];

@@ -68,6 +68,37 @@ pub fn open_policy(country: &str) -> String {
     )
 }
 
+/// Three agencies of three countries, for the tests where France's policy leaves its agency
+/// out ([`trio_limited_in_france`]).
+pub const TRIO: [(&str, &str); 3] = [("DE-BKA", "DE"), ("NL-POLITIE", "NL"), ("FR-DOUANE", "FR")];
+
+/// The [`TRIO`]'s fixture, France's policy letting one round spend at most epsilon 0.5: a
+/// round spending more leaves its agency out, with the policy's reason.
+pub fn trio_limited_in_france() -> Fixture {
+    let fx = Fixture::new(&TRIO);
+    fx.write_policy(
+        "FR",
+        &open_policy("FR").replace(
+            "max_epsilon_per_round = 1e31",
+            "max_epsilon_per_round = 0.5",
+        ),
+    );
+    fx
+}
+
+/// Waits for the [`TRIO`]'s nodes and makes them federation `trio`; the operator's client.
+pub async fn trio_federation(fx: &Fixture, address: &str) -> OperatorServiceClient<Channel> {
+    let mut op = fx.operator(address).await;
+    wait_connected(&mut op, &["DE-BKA", "NL-POLITIE", "FR-DOUANE"]).await;
+    create_federation(
+        &mut op,
+        "trio",
+        &["DE-BKA:DE", "NL-POLITIE:NL", "FR-DOUANE:FR"],
+    )
+    .await;
+    op
+}
+
 /// What the tests' training jobs declare to the policies: their noise is given directly, so
 /// they state a per-round epsilon above anything they spend (some learning tests run with a
 /// vanishing noise multiplier, i.e. an epsilon near 10^20).

@@ -58,16 +58,9 @@ fn parse(body: &str) -> prometheus_parse::Scrape {
 
 #[tokio::test]
 async fn metrics_of_the_coordinator_and_a_node_agree_with_the_jobs_and_the_ledger() {
-    let agencies = [("DE-BKA", "DE"), ("NL-POLITIE", "NL"), ("FR-DOUANE", "FR")];
-    let fx = Fixture::new(&agencies);
     // France lets one round spend at most epsilon 0.5: every round below leaves it out.
-    fx.write_policy(
-        "FR",
-        &open_policy("FR").replace(
-            "max_epsilon_per_round = 1e31",
-            "max_epsilon_per_round = 0.5",
-        ),
-    );
+    let fx = trio_limited_in_france();
+    let agencies = TRIO;
     let coordinator_metrics = free_loopback_address();
     let mut config = fx
         .site
@@ -92,14 +85,7 @@ async fn metrics_of_the_coordinator_and_a_node_agree_with_the_jobs_and_the_ledge
         }
         nodes.push(fx.start_node_with(agency, &path));
     }
-    let mut op = fx.operator(&address).await;
-    wait_connected(&mut op, &["DE-BKA", "NL-POLITIE", "FR-DOUANE"]).await;
-    create_federation(
-        &mut op,
-        "trio",
-        &["DE-BKA:DE", "NL-POLITIE:NL", "FR-DOUANE:FR"],
-    )
-    .await;
+    let mut op = trio_federation(&fx, &address).await;
     let training = run_training(&mut op, "trio", 2, 2).await;
     let count = QuerySpec {
         kind: QueryKind::Count as i32,

@@ -85,30 +85,16 @@ fn rendered(chromium: &Path, page: &Path, profile: &Path) -> String {
 
 #[tokio::test]
 async fn a_jobs_report_shows_its_rounds_spending_exclusions_and_answer() {
-    let agencies = [("DE-BKA", "DE"), ("NL-POLITIE", "NL"), ("FR-DOUANE", "FR")];
-    let fx = Fixture::new(&agencies);
     // France's policy leaves its agency out of every round here, with its reason.
-    fx.write_policy(
-        "FR",
-        &open_policy("FR").replace(
-            "max_epsilon_per_round = 1e31",
-            "max_epsilon_per_round = 0.5",
-        ),
-    );
+    let fx = trio_limited_in_france();
+    let agencies = TRIO;
     let (_coordinator, address) = fx.start_coordinator("127.0.0.1:0");
     let nodes: Vec<Proc> = agencies
         .iter()
         .enumerate()
         .map(|(i, (a, c))| fx.start_node(a, c, &address, 60 + i as u64))
         .collect();
-    let mut op = fx.operator(&address).await;
-    wait_connected(&mut op, &["DE-BKA", "NL-POLITIE", "FR-DOUANE"]).await;
-    create_federation(
-        &mut op,
-        "trio",
-        &["DE-BKA:DE", "NL-POLITIE:NL", "FR-DOUANE:FR"],
-    )
-    .await;
+    let mut op = trio_federation(&fx, &address).await;
     let job = run_training(&mut op, "trio", 3, 2).await;
     let config = fx.operator_config(&address);
     let page = fx.path("report.html");
