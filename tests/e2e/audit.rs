@@ -350,19 +350,7 @@ async fn a_jobs_bundle_verifies_across_a_coordinator_crash_and_tampering_is_name
     assert_eq!(exports, 2);
     // The coordinator's certificate revoked: against the federation's revocation list, neither
     // the bundle nor the model's provenance verifies any more (without it they still do).
-    let coordinator_cert = fx
-        .pki
-        .cert_and_key(&treaty_proto::Identity::coordinator("hub").unwrap())
-        .0;
-    let out = treaty(&[
-        "pki",
-        "revoke",
-        "--dir",
-        fx.pki.dir().to_str().unwrap(),
-        coordinator_cert.to_str().unwrap(),
-    ]);
-    assert!(out.status.success(), "{}", text(&out));
-    let crl = fx.pki.crl();
+    let crl = revoke_the_coordinator(&fx);
     let crl = crl.to_str().unwrap();
     let out = audit_verify(&second, ca, &["--crl", crl]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));

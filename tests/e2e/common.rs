@@ -99,6 +99,27 @@ pub async fn trio_federation(fx: &Fixture, address: &str) -> OperatorServiceClie
     op
 }
 
+/// Revokes the coordinator's certificate with `treaty pki revoke`; the federation's revocation
+/// list that now names it.
+pub fn revoke_the_coordinator(fx: &Fixture) -> PathBuf {
+    let certificate = fx
+        .pki
+        .cert_and_key(&Identity::coordinator("hub").unwrap())
+        .0;
+    let out = Command::new(TREATY)
+        .args(["pki", "revoke", "--dir"])
+        .arg(fx.pki.dir())
+        .arg(certificate)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    fx.pki.crl()
+}
+
 /// What the tests' training jobs declare to the policies: their noise is given directly, so
 /// they state a per-round epsilon above anything they spend (some learning tests run with a
 /// vanishing noise multiplier, i.e. an epsilon near 10^20).

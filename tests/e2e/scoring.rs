@@ -424,19 +424,7 @@ async fn scores_at_the_agency_are_the_batch_explanation_and_the_closed_form() {
 
     // The coordinator's certificate revoked: against the federation's revocation list, the
     // model scores nothing any more.
-    let coordinator_cert = fx
-        .pki
-        .cert_and_key(&treaty_proto::Identity::coordinator("hub").unwrap())
-        .0;
-    let out = treaty(&[
-        "pki",
-        "revoke",
-        "--dir",
-        fx.pki.dir().to_str().unwrap(),
-        coordinator_cert.to_str().unwrap(),
-    ]);
-    assert!(out.status.success(), "{}", text(&out));
-    let crl = fx.pki.crl();
+    let crl = revoke_the_coordinator(&fx);
     let crl = crl.to_str().unwrap();
     let out = treaty(&[
         "score", "--model", model, "--data", data, "--ca", ca, "--crl", crl,
