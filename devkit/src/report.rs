@@ -71,7 +71,7 @@ fn y_range(values: impl Iterator<Item = f64>) -> (f64, f64) {
 }
 
 /// The frame of a chart: axes, y ticks and the label of each x position.
-fn frame(svg: &mut String, title: &str, (lo, hi): (f64, f64), labels: &[String]) {
+fn frame(svg: &mut String, title: &str, (lo, hi): (f64, f64), points: &[Point]) {
     let _ = write!(
         svg,
         r#"<svg xmlns="http://www.w3.org/2000/svg" role="img" aria-label="{t}" width="{WIDTH}" height="{HEIGHT}" viewBox="0 0 {WIDTH} {HEIGHT}"><title>{t}</title>"#,
@@ -93,15 +93,15 @@ fn frame(svg: &mut String, title: &str, (lo, hi): (f64, f64), labels: &[String])
             num(v)
         );
     }
-    let step = (labels.len() / 12).max(1);
-    for (i, label) in labels.iter().enumerate() {
-        if i % step == 0 || i + 1 == labels.len() {
+    let step = (points.len() / 12).max(1);
+    for (i, point) in points.iter().enumerate() {
+        if i % step == 0 || i + 1 == points.len() {
             let _ = write!(
                 svg,
                 r#"<text x="{:.1}" y="{:.1}" font-size="11" text-anchor="middle">{}</text>"#,
-                x_of(i, labels.len()),
+                x_of(i, points.len()),
                 y0 + 16.0,
-                esc(label)
+                esc(&point.tick)
             );
         }
     }
@@ -126,23 +126,24 @@ struct Point {
     interval: Option<(f64, f64)>,
 }
 
+/// Every value and interval end of the points: what a chart's y axis must show.
+fn figures(points: &[Point]) -> impl Iterator<Item = f64> + '_ {
+    points.iter().flat_map(|p| {
+        [
+            Some(p.value),
+            p.interval.map(|i| i.0),
+            p.interval.map(|i| i.1),
+        ]
+        .into_iter()
+        .flatten()
+    })
+}
+
 /// A line through the points, each with its interval as a bar.
 fn line_chart(title: &str, points: &[Point]) -> String {
-    let range = y_range(
-        points
-            .iter()
-            .flat_map(|p| {
-                [
-                    Some(p.value),
-                    p.interval.map(|i| i.0),
-                    p.interval.map(|i| i.1),
-                ]
-            })
-            .flatten(),
-    );
-    let labels: Vec<String> = points.iter().map(|p| p.tick.clone()).collect();
+    let range = y_range(figures(points));
     let mut svg = String::new();
-    frame(&mut svg, title, range, &labels);
+    frame(&mut svg, title, range, points);
     let n = points.len();
     let path: Vec<String> = points
         .iter()
@@ -182,22 +183,12 @@ fn line_chart(title: &str, points: &[Point]) -> String {
 /// Bars, each with its interval as a whisker and, when given, a mark (a budget).
 fn bar_chart(title: &str, points: &[Point], marks: &[Option<f64>]) -> String {
     let range = y_range(
-        points
-            .iter()
-            .flat_map(|p| {
-                [
-                    Some(p.value),
-                    p.interval.map(|i| i.0),
-                    p.interval.map(|i| i.1),
-                ]
-            })
-            .flatten()
+        figures(points)
             .chain(marks.iter().flatten().copied())
             .chain([0.0]),
     );
-    let labels: Vec<String> = points.iter().map(|p| p.tick.clone()).collect();
     let mut svg = String::new();
-    frame(&mut svg, title, range, &labels);
+    frame(&mut svg, title, range, points);
     let n = points.len();
     let width = ((WIDTH - LEFT - RIGHT) / n.max(1) as f64 * 0.6).min(60.0);
     let zero = y_of(0.0, range);
