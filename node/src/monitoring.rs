@@ -119,10 +119,9 @@ impl Metrics {
 
     /// The exposition, with the ledger's figures read now.
     pub(crate) fn render(&self, ledger: &Ledger) -> String {
-        match ledger.entries() {
-            Ok(entries) => {
-                self.entries
-                    .set(i64::try_from(entries.len()).unwrap_or(i64::MAX));
+        match ledger.count() {
+            Ok(count) => {
+                self.entries.set(i64::try_from(count).unwrap_or(i64::MAX));
                 self.ledger_ok.set(1);
                 let report = ledger.report(None);
                 self.epsilon.set(report.spent_epsilon);

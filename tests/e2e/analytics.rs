@@ -2,6 +2,7 @@
 //! rate, over repeated runs.
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 
 use treaty_proto::v1::{Job, QueryKind, QuerySpec};
 
@@ -39,29 +40,28 @@ async fn query(
     succeeded(watch_to_end(op, &job.job_id).await)
 }
 
+/// Starts a node for each of the [`TRIO`] on its own shifted data (800 records, seeds from
+/// `seed`); the processes, their training files and their configuration files.
+fn start_trio(fx: &Fixture, address: &str, seed: u64) -> (Vec<Proc>, Vec<PathBuf>, Vec<PathBuf>) {
+    let (mut nodes, mut files, mut configs) = (Vec::new(), Vec::new(), Vec::new());
+    for (i, (agency, country)) in TRIO.into_iter().enumerate() {
+        let (train, test) =
+            write_shifted_data(fx.dir.path(), agency, 800, seed + i as u64, 0.3 * i as f64);
+        let config = fx.node_config_for(agency, country, address, &train, &test);
+        nodes.push(fx.start_node_with(agency, &config));
+        files.push(train);
+        configs.push(config);
+    }
+    (nodes, files, configs)
+}
+
 #[tokio::test]
 async fn answers_fall_within_their_intervals_at_the_stated_rate() {
-    let agencies = [("DE-BKA", "DE"), ("NL-POLITIE", "NL"), ("FR-DOUANE", "FR")];
-    let fx = Fixture::new(&agencies);
+    let fx = Fixture::new(&TRIO);
     let (_coordinator, address) = fx.start_coordinator("127.0.0.1:0");
-    let mut nodes = Vec::new();
-    let mut files = Vec::new();
-    for (i, (agency, country)) in agencies.into_iter().enumerate() {
-        let (train, test) =
-            write_shifted_data(fx.dir.path(), agency, 800, 70 + i as u64, 0.3 * i as f64);
-        files.push(train.clone());
-        let config = fx.node_config_for(agency, country, &address, &train, &test);
-        nodes.push(fx.start_node_with(agency, &config));
-    }
+    let (_nodes, files, _) = start_trio(&fx, &address, 70);
     let (cells, n, sum) = truth(&files);
-    let mut op = fx.operator(&address).await;
-    wait_connected(&mut op, &["DE-BKA", "NL-POLITIE", "FR-DOUANE"]).await;
-    create_federation(
-        &mut op,
-        "trio",
-        &["DE-BKA:DE", "NL-POLITIE:NL", "FR-DOUANE:FR"],
-    )
-    .await;
+    let mut op = trio_federation(&fx, &address).await;
 
     let histogram = QuerySpec {
         kind: QueryKind::Histogram as i32,
@@ -183,19 +183,8 @@ fn treaty(args: &[&str]) -> (Option<i32>, String, String) {
 async fn the_query_command_answers_within_its_intervals_under_the_policies() {
     // France lets one round spend at most epsilon 0.5.
     let fx = trio_limited_in_france();
-    let agencies = TRIO;
     let (_coordinator, address) = fx.start_coordinator("127.0.0.1:0");
-    let mut nodes = Vec::new();
-    let mut files = Vec::new();
-    let mut configs = Vec::new();
-    for (i, (agency, country)) in agencies.into_iter().enumerate() {
-        let (train, test) =
-            write_shifted_data(fx.dir.path(), agency, 800, 170 + i as u64, 0.3 * i as f64);
-        files.push(train.clone());
-        let config = fx.node_config_for(agency, country, &address, &train, &test);
-        nodes.push(fx.start_node_with(agency, &config));
-        configs.push(config);
-    }
+    let (nodes, files, configs) = start_trio(&fx, &address, 170);
     let (cells, _, _) = truth(&files);
     let seized: f64 = cells.values().sum();
     trio_federation(&fx, &address).await;

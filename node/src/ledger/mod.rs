@@ -399,6 +399,11 @@ impl Ledger {
         self.budget.map(|b| b.delta).unwrap_or(DEFAULT_DELTA)
     }
 
+    /// How many releases the ledger holds, once the whole history is verified.
+    pub fn count(&self) -> Result<usize, LedgerError> {
+        Ok(self.verified(&mut self.lock())?.entries.len())
+    }
+
     /// Every entry, oldest first, once the whole history is verified.
     pub fn entries(&self) -> Result<Vec<Entry>, LedgerError> {
         Ok(self.verified(&mut self.lock())?.entries.clone())
