@@ -234,12 +234,19 @@ fn ledger(config: &Path, json: bool) -> Outcome {
         );
     }
     outln!(
-        "{} release(s); spent epsilon {:.6}{budget} at delta {:e} ({})",
+        "{} release(s); spent epsilon {:.6}{budget} at delta {:e} (the bound used: {})",
         entries.len(),
         spent.epsilon,
         spent.delta,
         spent.accountant
     );
+    for b in spent.bounds.iter().skip(1) {
+        outln!(
+            "  also bounded by {}: epsilon {:.6}",
+            b.accountant,
+            b.epsilon
+        );
+    }
     Ok(())
 }
 

@@ -6,7 +6,7 @@ use treaty_devkit::outln;
 
 use super::{Outcome, unusable};
 use clap::Subcommand;
-use treaty_policies::privacy::{self, JobPlan, JobPrivacy, Release, spent};
+use treaty_policies::privacy::{self, JobPlan, JobPrivacy, Release, spent, spent_by};
 
 #[derive(Debug, Subcommand)]
 pub enum PrivacyCommand {
@@ -24,7 +24,9 @@ pub enum PrivacyCommand {
         /// The delta at which epsilon is reported.
         #[arg(long)]
         delta: f64,
-        /// Print `{"epsilon": ..., "delta": ..., "accountant": ...}`.
+        /// Print `{"epsilon": ..., "delta": ..., "accountant": ..., "accountants": [{"accountant":
+        /// ..., "epsilon": ...}, ...]}`: `epsilon` is the bound the ledger uses; every
+        /// accountant's (PLD's included) is listed.
         #[arg(long)]
         json: bool,
     },
@@ -75,7 +77,9 @@ pub enum PrivacyCommand {
         /// The delta at which epsilon is counted.
         #[arg(long)]
         delta: f64,
-        /// Print `{"noise_multiplier": ..., "epsilon": ..., "delta": ..., "accountant": ...}`.
+        /// Print `{"noise_multiplier": ..., "epsilon": ..., "delta": ..., "accountant": ...,
+        /// "accountants": [{"accountant": ..., "noise_multiplier": ...}, ...]}`: each
+        /// accountant's own calibration (PLD's included) beside the one the ledger uses.
         #[arg(long)]
         json: bool,
     },
@@ -168,22 +172,32 @@ fn plan(command: PrivacyCommand) -> anyhow::Result<()> {
             if !(noise_multiplier.is_finite() && noise_multiplier > 0.0) {
                 bail!("--noise-multiplier {noise_multiplier} must be positive");
             }
-            let s = spent(
-                &[steps_release(sampling_rate, noise_multiplier, steps)],
-                delta,
-            )?;
+            let releases = [steps_release(sampling_rate, noise_multiplier, steps)];
+            let s = spent(&releases, delta)?;
+            let mut all = s.bounds.clone();
+            all.push(privacy::Bound {
+                accountant: privacy::PLD.to_owned(),
+                epsilon: spent_by(&releases, delta, Some(privacy::PLD))?.epsilon,
+            });
             if json {
+                let bounds: Vec<_> = all
+                    .iter()
+                    .map(|b| serde_json::json!({"accountant": b.accountant, "epsilon": b.epsilon}))
+                    .collect();
                 outln!(
                     "{}",
-                    serde_json::json!({"epsilon": s.epsilon, "delta": s.delta, "accountant": s.accountant})
+                    serde_json::json!({"epsilon": s.epsilon, "delta": s.delta, "accountant": s.accountant, "accountants": bounds})
                 );
             } else {
                 outln!(
-                    "epsilon = {:.6} at delta = {:e} ({})",
+                    "epsilon = {:.6} at delta = {:e} ({}: the bound the ledger uses)",
                     s.epsilon,
                     s.delta,
                     s.accountant
                 );
+                for b in &all {
+                    outln!("  {:<44} epsilon {:.6}", b.accountant, b.epsilon);
+                }
             }
         }
         PrivacyCommand::Noise {
@@ -198,28 +212,37 @@ fn plan(command: PrivacyCommand) -> anyhow::Result<()> {
                 bail!("--epsilon {epsilon} must be positive");
             }
             // Calibrated as every node calibrates a job: the smallest noise whose release the
-            // ledger's accountants judge within the target.
-            let sigma = match privacy::calibrate(
-                |sigma| vec![steps_release(sampling_rate, sigma, steps)],
-                epsilon,
-                delta,
-            ) {
-                Some(sigma) => sigma,
-                None => bail!("no noise multiplier up to 10^6 meets epsilon {epsilon}"),
+            // ledger's accountants judge within the target; beside it, what each accountant
+            // alone would need, PLD included.
+            let make = |sigma: f64| vec![steps_release(sampling_rate, sigma, steps)];
+            let Some(sigma) = privacy::calibrate(make, epsilon, delta) else {
+                bail!("no noise multiplier up to 10^6 meets epsilon {epsilon}");
             };
-            let s = spent(&[steps_release(sampling_rate, sigma, steps)], delta)?;
+            let s = spent(&make(sigma), delta)?;
+            let by: Vec<(&str, f64)> = privacy::ACCOUNTANTS
+                .into_iter()
+                .filter(|a| *a == privacy::PLD || s.bound(a).is_some())
+                .filter_map(|a| Some((a, privacy::calibrate_by(&make, epsilon, delta, Some(a))?)))
+                .collect();
             if json {
+                let accountants: Vec<_> = by
+                    .iter()
+                    .map(|(a, sigma)| serde_json::json!({"accountant": a, "noise_multiplier": sigma}))
+                    .collect();
                 outln!(
                     "{}",
-                    serde_json::json!({"noise_multiplier": sigma, "epsilon": s.epsilon, "delta": s.delta, "accountant": s.accountant})
+                    serde_json::json!({"noise_multiplier": sigma, "epsilon": s.epsilon, "delta": s.delta, "accountant": s.accountant, "accountants": accountants})
                 );
             } else {
                 outln!(
-                    "noise multiplier = {sigma:.6} (spends epsilon = {:.6} at delta = {:e}, {})",
+                    "noise multiplier = {sigma:.6} (spends epsilon = {:.6} at delta = {:e}, {}: the bound the ledger uses)",
                     s.epsilon,
                     s.delta,
                     s.accountant
                 );
+                for (a, sigma) in &by {
+                    outln!("  {a:<44} noise multiplier {sigma:.6}");
+                }
             }
         }
     }

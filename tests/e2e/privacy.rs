@@ -24,10 +24,23 @@ const ABADI: &[&str] = &[
     "1e-5",
 ];
 
+/// The figure a `--json` answer gives for `accountant` in its `accountants` list, under `key`.
+fn by(v: &serde_json::Value, accountant: &str, key: &str) -> f64 {
+    v["accountants"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["accountant"].as_str().unwrap().starts_with(accountant))
+        .unwrap_or_else(|| panic!("no {accountant} in {v}"))[key]
+        .as_f64()
+        .unwrap()
+}
+
 #[test]
 fn epsilon_of_abadi_et_al_and_the_noise_it_needs() {
-    // dp_accounting 0.6.0 (RdpAccountant, default orders) gives 1.0354900660362436 here; Abadi et
-    // al. 2016's moments accountant gave about 1.26.
+    // dp_accounting 0.6.0 gives 1.0354900660362436 here with its RDP accountant (default
+    // orders) and 0.9469993059852784 with its PLD accountant; Abadi et al. 2016's moments
+    // accountant gave about 1.26. The ledger uses RDP; PLD is shown beside it.
     let v = json(ABADI);
     assert!(
         (v["epsilon"].as_f64().unwrap() - 1.0354900660362436).abs() < 1e-6,
@@ -35,7 +48,12 @@ fn epsilon_of_abadi_et_al_and_the_noise_it_needs() {
     );
     assert_eq!(v["delta"].as_f64(), Some(1e-5));
     assert!(v["accountant"].as_str().unwrap().starts_with("RDP"), "{v}");
-    // The noise for exactly that epsilon is the 4 we started from.
+    assert!(
+        (by(&v, "PLD", "epsilon") - 0.9469993059852784).abs() < 2e-4,
+        "{v}"
+    );
+    assert_eq!(v["accountants"].as_array().unwrap().len(), 2, "{v}");
+    // The noise for exactly that epsilon is the 4 we started from, and less by PLD alone.
     let v = json(&[
         "privacy",
         "noise",
@@ -48,11 +66,14 @@ fn epsilon_of_abadi_et_al_and_the_noise_it_needs() {
         "--delta",
         "1e-5",
     ]);
-    assert!(
-        (v["noise_multiplier"].as_f64().unwrap() - 4.0).abs() < 1e-3,
-        "{v}"
-    );
-    // Full batch goes through zCDP.
+    let sigma = v["noise_multiplier"].as_f64().unwrap();
+    assert!((sigma - 4.0).abs() < 1e-3, "{v}");
+    assert_eq!(by(&v, "RDP", "noise_multiplier"), sigma);
+    let pld = by(&v, "PLD", "noise_multiplier");
+    assert!(pld < 3.8 && pld > 3.5, "{v}");
+    // Full batch goes through zCDP; PLD bounds the Gaussian's exact curve (the analytic
+    // Gaussian of Balle and Wang 2018: 20 steps of sigma 5 are one Gaussian of sigma 5 /
+    // sqrt(20)).
     let v = json(&[
         "privacy",
         "epsilon",
@@ -70,6 +91,12 @@ fn epsilon_of_abadi_et_al_and_the_noise_it_needs() {
     // order, so it is at most that, and close.
     let e = v["epsilon"].as_f64().unwrap();
     assert!(e <= 4.161624306053592 && e > 4.15, "{v}");
+    // The exact curve at PLD's epsilon is delta: Phi(1/(2s) - e s) - e^e Phi(-1/(2s) - e s).
+    let e = by(&v, "PLD", "epsilon");
+    let s = 5.0 / 20f64.sqrt();
+    let phi = |x: f64| 0.5 * libm::erfc(-x / std::f64::consts::SQRT_2);
+    let delta = phi(0.5 / s - e * s) - e.exp() * phi(-0.5 / s - e * s);
+    assert!((delta / 1e-5 - 1.0).abs() < 1e-6, "{e}: {delta}");
 }
 
 #[test]

@@ -204,6 +204,7 @@ fn cost(
             epsilon: f64::INFINITY,
             delta,
             accountant: "none: a release without differential privacy".into(),
+            bounds: Vec::new(),
         });
     };
     let releases: Vec<Release> = all.into_iter().flatten().copied().collect();

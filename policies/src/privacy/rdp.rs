@@ -170,20 +170,3 @@ pub fn sampled_gaussian_epsilon(q: f64, sigma: f64, steps: u64, delta: f64) -> f
         .collect();
     epsilon(&orders, &curve, delta).0
 }
-
-/// The smallest noise multiplier whose `steps` steps at sampling rate `q` spend at most `target`
-/// epsilon at `delta` (bisection to a relative precision of 1e-6); `None` when even a noise
-/// multiplier of 10^6 does not.
-pub fn noise_for(q: f64, steps: u64, target: f64, delta: f64) -> Option<f64> {
-    super::calibrate(
-        |sigma| {
-            vec![super::Release::SampledGaussian {
-                sampling_rate: q,
-                noise_multiplier: sigma,
-                steps,
-            }]
-        },
-        target,
-        delta,
-    )
-}
