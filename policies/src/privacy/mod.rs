@@ -208,7 +208,8 @@ pub fn calibrate_by(
         let width = x1 - x0;
         let secant = x1 - gap_high * (x1 - x0) / (gap_high - gap_low);
         let x = match secant.is_finite() && gap_low.is_finite() && width <= widths[0] / 2.0 {
-            true => secant.clamp(x0 + 1e-3 * width, x1 - 1e-3 * width),
+            // `max` then `min`, not `clamp`: never a panic, whatever the bounds.
+            true => secant.max(x0 + 1e-3 * width).min(x1 - 1e-3 * width),
             false => (x0 + x1) / 2.0,
         };
         widths = [widths[1], width];

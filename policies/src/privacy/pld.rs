@@ -246,27 +246,25 @@ impl Pld {
     }
 
     /// The Laplace mechanism of `epsilon` = sensitivity / scale: the loss lies in
-    /// `[-epsilon, epsilon]`, and `delta(e) = 1 - e^((e - epsilon) / 2)` there.
+    /// `[-epsilon, epsilon]`, and `delta(e) = 1 - e^((e - epsilon) / 2)` there. Tighter than
+    /// [`Pld::pure`], but [`History`] does not use it: the ledger records a Laplace release
+    /// (opendp's discrete Laplace) by its epsilon alone, which only the generic pair bounds.
     pub fn laplace(epsilon: f64) -> Pld {
-        if epsilon <= 0.0 {
-            return Pld::certain();
-        }
-        let curve = |e: f64| {
-            if e >= epsilon {
-                0.0
-            } else if e <= -epsilon {
-                -e.exp_m1()
-            } else {
-                -((e - epsilon) / 2.0).exp_m1()
-            }
-        };
-        Pld::from_curve(curve, -epsilon, epsilon)
+        Pld::bounded(epsilon, |e| -((e - epsilon) / 2.0).exp_m1())
     }
 
     /// Any epsilon-DP release, through its dominating pair (randomised response): a loss of
     /// `epsilon` with probability `e^epsilon / (1 + e^epsilon)`, else `-epsilon`; its curve is
     /// `(e^epsilon - e^e) / (1 + e^epsilon)` between the two.
     pub fn pure(epsilon: f64) -> Pld {
+        Pld::bounded(epsilon, |e| {
+            (epsilon.exp() - e.exp()) / (1.0 + epsilon.exp())
+        })
+    }
+
+    /// A mechanism whose loss lies in `[-epsilon, epsilon]`, given its curve between the two:
+    /// above `epsilon` nothing is left, below `-epsilon` every output counts (`1 - e^e`).
+    fn bounded(epsilon: f64, inside: impl Fn(f64) -> f64) -> Pld {
         if epsilon <= 0.0 {
             return Pld::certain();
         }
@@ -276,7 +274,7 @@ impl Pld {
             } else if e <= -epsilon {
                 -e.exp_m1()
             } else {
-                (epsilon.exp() - e.exp()) / (1.0 + epsilon.exp())
+                inside(e)
             }
         };
         Pld::from_curve(curve, -epsilon, epsilon)
@@ -476,6 +474,10 @@ impl Pld {
             };
             if at_lower > delta {
                 let crossing = loss(j) + ((above - delta) / weighted).ln();
+                if crossing.is_nan() {
+                    // Not a figure: fail closed rather than let `max` below make it 0.
+                    return f64::INFINITY;
+                }
                 let lower = match j {
                     0 => f64::NEG_INFINITY,
                     _ => loss(j - 1),
