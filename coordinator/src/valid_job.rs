@@ -828,49 +828,55 @@ fn query(q: QuerySpec, problems: &mut Vec<JobProblem>) -> Option<ValidQuery> {
 
 /// The most a round of a calibrated training job spends at the job's delta, as the policies
 /// judge it, plus 0.1 % for the noise grid of opendp; the statistics round is a round too,
-/// judged by the same terms. Full batches compose exactly in zCDP: whatever each node's split
-/// between training and evaluation, a training round spends at most 1/rounds of the rho the
-/// statistics round leaves. A Poisson job with its own sampling rate is planned by every node
-/// alike, so its round is the plan's (training steps and evaluation). A Poisson job whose
-/// rates depend on each agency's record count may spend up to its whole target in a round.
+/// judged by the same terms. Every node plans a job with full batches, or with the job's own
+/// sampling rate, alike but for one thing: a node without a test split does not evaluate, and
+/// gives the evaluations' share to training. A round spends at most the larger of the two
+/// plans' rounds. A Poisson job whose rates depend on each agency's record count may spend up
+/// to its whole target in a round.
 fn round_epsilon(t: &ValidTraining, p: &PrivacySpec) -> f64 {
     let statistics = if t.needs_statistics() {
         t.statistics_rho()
     } else {
         0.0
     };
-    let round = match DpMode::try_from(p.mode) {
-        Ok(DpMode::FullBatch) => {
-            let rho = (privacy::zcdp::rho_for(p.target_epsilon, p.target_delta) - statistics)
-                .max(0.0)
-                / f64::from(t.rest.rounds.max(1));
-            privacy::zcdp::epsilon(rho.max(statistics), p.target_delta)
-        }
-        Ok(DpMode::Poisson) if p.sampling_rate > 0.0 && p.sampling_rate <= 1.0 => {
-            let epochs = u64::from(t.rest.local_epochs.max(1));
-            let job = privacy::JobPrivacy {
-                target_epsilon: p.target_epsilon,
-                delta: p.target_delta,
-                rounds: u64::from(t.rest.rounds.max(1)),
-                steps_per_round: epochs.saturating_mul((1.0 / p.sampling_rate).ceil() as u64),
-                sampling_rate: Some(p.sampling_rate),
-                statistics: statistics > 0.0,
-                statistics_rho: Some(statistics),
-                evaluation_epsilon: Some(p.evaluation_epsilon.unwrap_or(0.0)),
-            };
-            let Ok(plan) = privacy::plan(&job) else {
-                return p.target_epsilon;
-            };
-            let statistics = privacy::zcdp::epsilon(statistics, p.target_delta);
-            plan.round.max(if statistics.is_finite() {
-                statistics
-            } else {
-                0.0
-            })
-        }
+    let epochs = u64::from(t.rest.local_epochs.max(1));
+    let (sampling_rate, steps_per_round) = match DpMode::try_from(p.mode) {
+        Ok(DpMode::FullBatch) => (None, epochs),
+        Ok(DpMode::Poisson) if p.sampling_rate > 0.0 && p.sampling_rate <= 1.0 => (
+            Some(p.sampling_rate),
+            epochs.saturating_mul((1.0 / p.sampling_rate).ceil() as u64),
+        ),
         _ => return p.target_epsilon,
     };
-    (round * 1.001).min(p.target_epsilon)
+    let round_of = |evaluation: f64| {
+        privacy::plan(&privacy::JobPrivacy {
+            target_epsilon: p.target_epsilon,
+            delta: p.target_delta,
+            rounds: u64::from(t.rest.rounds.max(1)),
+            steps_per_round,
+            sampling_rate,
+            statistics: statistics > 0.0,
+            statistics_rho: Some(statistics),
+            evaluation_epsilon: Some(evaluation),
+        })
+        .map(|plan| plan.round)
+    };
+    let evaluation = p
+        .evaluation_epsilon
+        .unwrap_or(privacy::UNPLANNED_EVALUATION_EPSILON);
+    let (Ok(evaluating), Ok(training_only)) = (round_of(evaluation), round_of(0.0)) else {
+        return p.target_epsilon;
+    };
+    // The statistics round alone, by the accountants a node judges it by.
+    let statistics = match statistics > 0.0 {
+        true => privacy::spent(
+            &[privacy::Release::Gaussian { rho: statistics }],
+            p.target_delta,
+        )
+        .map_or(p.target_epsilon, |s| s.epsilon),
+        false => 0.0,
+    };
+    (evaluating.max(training_only).max(statistics) * 1.001).min(p.target_epsilon)
 }
 
 /// The sharing terms of a sound job: what it declared, defaults taken from the rest of the
@@ -1250,37 +1256,42 @@ pub(crate) mod tests {
         let Work::Training(v) = &valid.work else {
             panic!("{valid:?}")
         };
-        // The node's plan: 10 steps a round at q = 0.1, its own evaluation share.
-        let plan = privacy::plan(&privacy::JobPrivacy {
-            target_epsilon: 1.0,
-            delta: 1e-5,
-            rounds: 20,
-            steps_per_round: 10,
-            sampling_rate: Some(0.1),
-            statistics: true,
-            statistics_rho: v.privacy.statistics_rho,
-            evaluation_epsilon: v.privacy.evaluation_epsilon,
-        })
-        .unwrap();
+        // The node's plan: 10 steps a round at q = 0.1, its own evaluation share; a node
+        // without a test split gives that share to training.
+        let plan = |evaluation: Option<f64>| {
+            privacy::plan(&privacy::JobPrivacy {
+                target_epsilon: 1.0,
+                delta: 1e-5,
+                rounds: 20,
+                steps_per_round: 10,
+                sampling_rate: Some(0.1),
+                statistics: true,
+                statistics_rho: v.privacy.statistics_rho,
+                evaluation_epsilon: evaluation,
+            })
+            .unwrap()
+        };
+        let (evaluating, training_only) = (plan(v.privacy.evaluation_epsilon), plan(Some(0.0)));
         // A round, by an independent route: the accountant on one round's releases.
-        let one_round = privacy::spent(
-            &[
-                privacy::Release::SampledGaussian {
-                    sampling_rate: 0.1,
-                    noise_multiplier: plan.noise_multiplier,
-                    steps: 10,
-                },
-                privacy::Release::Laplace {
-                    epsilon: v.privacy.evaluation_epsilon.unwrap(),
-                },
-            ],
-            1e-5,
-        )
-        .unwrap()
-        .epsilon;
-        assert!(one_round <= declared, "{one_round} > {declared}");
+        let one_round = |sigma: f64, evaluation: Option<f64>| {
+            let steps = privacy::Release::SampledGaussian {
+                sampling_rate: 0.1,
+                noise_multiplier: sigma,
+                steps: 10,
+            };
+            let evaluation = evaluation.map(|epsilon| privacy::Release::Laplace { epsilon });
+            let releases: Vec<_> = std::iter::once(steps).chain(evaluation).collect();
+            privacy::spent(&releases, 1e-5).unwrap().epsilon
+        };
+        let with_test_split = one_round(evaluating.noise_multiplier, v.privacy.evaluation_epsilon);
+        let without = one_round(training_only.noise_multiplier, None);
         assert!(
-            declared <= 1.002 * one_round.max(plan.statistics),
+            with_test_split <= declared,
+            "{with_test_split} > {declared}"
+        );
+        assert!(without <= declared, "{without} > {declared}");
+        assert!(
+            declared <= 1.002 * with_test_split.max(without).max(evaluating.statistics),
             "{declared}"
         );
         // Twenty such rounds stay within a total of 8 (the sample policies' tightest).

@@ -285,17 +285,17 @@ fn spent_picks_the_tightest_valid_accountant() {
         Release::Gaussian { rho: 0.05 },
         Release::Gaussian { rho: 0.07 },
     ];
+    // zCDP: rhos add up, converted by Canonne, Kamath and Steinke's bound.
     let s = spent(&gaussian, 1e-5).unwrap();
-    assert!((s.epsilon - zcdp::epsilon(0.12, 1e-5)).abs() < 1e-12);
-    assert_eq!(s.accountant, privacy::ZCDP);
-    // PLD, asked by name: Gaussians alone compose into one Gaussian (mu^2 = 2 rho = 0.24),
-    // whose exact curve it uses: exactly delta at its epsilon, tighter than zCDP's conversion.
-    let pld = spent_by(&gaussian, 1e-5, Some(privacy::PLD))
-        .unwrap()
-        .epsilon;
+    let by_zcdp = s.bound(privacy::ZCDP).unwrap();
+    assert!((by_zcdp - zcdp::epsilon(0.12, 1e-5)).abs() < 1e-12);
+    // PLD: Gaussians alone compose into one Gaussian (mu^2 = 2 rho = 0.24), whose exact curve
+    // it uses: exactly delta at its epsilon, tighter than zCDP's conversion, so the ledger's.
+    assert_eq!(s.accountant, privacy::PLD);
     let sigma = 1.0 / 0.24f64.sqrt();
-    assert!((analytic_gaussian_delta(sigma, pld) / 1e-5 - 1.0).abs() < 1e-6);
-    assert!(pld < s.epsilon);
+    assert!((analytic_gaussian_delta(sigma, s.epsilon) / 1e-5 - 1.0).abs() < 1e-6);
+    assert!(s.epsilon < by_zcdp);
+    assert_eq!(s.bound(privacy::PLD), Some(s.epsilon));
     // Pure DP only: epsilons add, with delta untouched; at delta 1e-6 the randomised-response
     // pairs PLD composes give back a hair (at most delta / P[both losses at their top]).
     let laplace = [
@@ -303,11 +303,8 @@ fn spent_picks_the_tightest_valid_accountant() {
         Release::Laplace { epsilon: 0.25 },
     ];
     let s = spent(&laplace, 1e-6).unwrap();
-    assert!((s.epsilon - 0.35).abs() < 1e-12 && s.accountant == privacy::PURE);
-    let pld = spent_by(&laplace, 1e-6, Some(privacy::PLD))
-        .unwrap()
-        .epsilon;
-    assert!(pld <= 0.35 && pld > 0.35 - 1e-5, "{pld}");
+    assert!((s.bound(privacy::PURE).unwrap() - 0.35).abs() < 1e-12);
+    assert!(s.epsilon <= 0.35 && s.epsilon > 0.35 - 1e-5, "{s:?}");
     // Approximate releases add their epsilon and delta on top.
     let s = spent(
         &[Release::Approximate {
@@ -318,19 +315,19 @@ fn spent_picks_the_tightest_valid_accountant() {
     )
     .unwrap();
     assert!((s.epsilon - 0.5).abs() < 1e-12 && (s.delta - 1.1e-6).abs() < 1e-18);
-    // Subsampled steps go through RDP (zCDP does not apply); PLD by name gives dp_accounting's
-    // 0.9470.
+    // Subsampled steps: zCDP does not apply; RDP gives 1.0355 (Opacus), PLD dp_accounting's
+    // 0.9470, which the ledger takes.
     let sgd = [Release::SampledGaussian {
         sampling_rate: 0.01,
         noise_multiplier: 4.0,
         steps: 10_000,
     }];
     let s = spent(&sgd, 1e-5).unwrap();
-    assert!((s.epsilon - 1.0354900660362436).abs() < 1e-6 && s.accountant == privacy::RDP);
+    assert!((s.bound(privacy::RDP).unwrap() - 1.0354900660362436).abs() < 1e-6);
     assert_eq!(s.bound(privacy::ZCDP), None);
-    assert_eq!(s.bounds.len(), 1);
-    let pld = spent_by(&sgd, 1e-5, Some(privacy::PLD)).unwrap().epsilon;
-    assert!((pld - 0.9469993059852784).abs() < 2.0 * pld::STEP);
+    assert_eq!(s.bounds.len(), 2);
+    assert!((s.epsilon - 0.9469993059852784).abs() < 2.0 * pld::STEP);
+    assert_eq!(s.accountant, privacy::PLD);
     assert_eq!(spent(&[], 1e-5).unwrap().epsilon, 0.0);
     assert!(spent(&[Release::Gaussian { rho: -1.0 }], 1e-5).is_err());
     assert!(spent(&gaussian, 0.0).is_err());
@@ -370,15 +367,19 @@ fn calibration_counts_what_else_the_job_spends() {
 
 #[test]
 fn calibration_meets_its_target() {
-    // At RDP's epsilon for sigma 4 the ledger's calibration finds sigma 4 back; at
+    // At RDP's epsilon for sigma 4 the calibration by RDP finds sigma 4 back; at
     // dp_accounting's PLD epsilon for sigma 4, so does PLD's (the two PLDs agree to a grid step,
-    // about 0.05 % of sigma here), and PLD needs less noise for RDP's epsilon.
+    // about 0.05 % of sigma here), and PLD needs less noise for RDP's epsilon. The ledger's
+    // calibration (`None`) takes the smallest of the accountants: PLD's here.
     let rdp_epsilon = 1.0354900660362436;
-    let sigma = noise_for(0.01, 10_000, rdp_epsilon, 1e-5, None).unwrap();
+    let sigma = noise_for(0.01, 10_000, rdp_epsilon, 1e-5, Some(privacy::RDP)).unwrap();
     assert!((sigma - 4.0).abs() < 1e-3, "{sigma}");
     let sigma = noise_for(0.01, 10_000, 0.9469993059852784, 1e-5, Some(privacy::PLD)).unwrap();
     assert!((sigma - 4.0).abs() < 4e-3, "{sigma}");
-    assert!(noise_for(0.01, 10_000, rdp_epsilon, 1e-5, Some(privacy::PLD)).unwrap() < 3.8);
+    let by_pld = noise_for(0.01, 10_000, rdp_epsilon, 1e-5, Some(privacy::PLD)).unwrap();
+    assert!(by_pld < 3.8);
+    let ledger = noise_for(0.01, 10_000, rdp_epsilon, 1e-5, None).unwrap();
+    assert!((ledger / by_pld - 1.0).abs() < 1e-5, "{ledger} vs {by_pld}");
     let rho = zcdp::rho_for(1.0, 1e-5);
     assert!((zcdp::epsilon(rho, 1e-5) - 1.0).abs() < 1e-9);
 }

@@ -6,7 +6,7 @@ use treaty_devkit::outln;
 
 use super::{Outcome, unusable};
 use clap::Subcommand;
-use treaty_policies::privacy::{self, JobPlan, JobPrivacy, Release, spent, spent_by};
+use treaty_policies::privacy::{self, JobPlan, JobPrivacy, Release, spent};
 
 #[derive(Debug, Subcommand)]
 pub enum PrivacyCommand {
@@ -86,7 +86,7 @@ pub enum PrivacyCommand {
 }
 
 /// The release of `steps` steps, as the node describes it: exact zCDP for full batches (a
-/// sampling rate of 1), RDP when subsampled.
+/// sampling rate of 1), subsampled steps when not (PLD and RDP).
 pub fn steps_release(sampling_rate: f64, noise_multiplier: f64, steps: u64) -> Release {
     privacy::training(
         (sampling_rate < 1.0).then_some(sampling_rate),
@@ -174,11 +174,7 @@ fn plan(command: PrivacyCommand) -> anyhow::Result<()> {
             }
             let releases = [steps_release(sampling_rate, noise_multiplier, steps)];
             let s = spent(&releases, delta)?;
-            let mut all = s.bounds.clone();
-            all.push(privacy::Bound {
-                accountant: privacy::PLD.to_owned(),
-                epsilon: spent_by(&releases, delta, Some(privacy::PLD))?.epsilon,
-            });
+            let all = &s.bounds;
             if json {
                 let bounds: Vec<_> = all
                     .iter()
@@ -195,7 +191,7 @@ fn plan(command: PrivacyCommand) -> anyhow::Result<()> {
                     s.delta,
                     s.accountant
                 );
-                for b in &all {
+                for b in all {
                     outln!("  {:<44} epsilon {:.6}", b.accountant, b.epsilon);
                 }
             }
@@ -213,7 +209,7 @@ fn plan(command: PrivacyCommand) -> anyhow::Result<()> {
             }
             // Calibrated as every node calibrates a job: the smallest noise whose release the
             // ledger's accountants judge within the target; beside it, what each accountant
-            // alone would need, PLD included.
+            // that applies would need alone.
             let make = |sigma: f64| vec![steps_release(sampling_rate, sigma, steps)];
             let Some(sigma) = privacy::calibrate(make, epsilon, delta) else {
                 bail!("no noise multiplier up to 10^6 meets epsilon {epsilon}");
@@ -221,7 +217,7 @@ fn plan(command: PrivacyCommand) -> anyhow::Result<()> {
             let s = spent(&make(sigma), delta)?;
             let by: Vec<(&str, f64)> = privacy::ACCOUNTANTS
                 .into_iter()
-                .filter(|a| *a == privacy::PLD || s.bound(a).is_some())
+                .filter(|a| s.bound(a).is_some())
                 .filter_map(|a| Some((a, privacy::calibrate_by(&make, epsilon, delta, Some(a))?)))
                 .collect();
             if json {

@@ -136,8 +136,7 @@ async fn an_agency_whose_budget_allows_three_rounds_takes_part_in_exactly_three(
             "{last:#?}"
         );
     }
-    // The node's own ledger: three rounds and the evaluation, within the budget, by the zCDP
-    // accountant.
+    // The node's own ledger: three rounds and the evaluation, within the budget.
     de.signal(nix::sys::signal::Signal::SIGTERM);
     de.wait_for_exit(Duration::from_secs(10)).unwrap();
     let l = ledger(&de_config);
@@ -151,11 +150,13 @@ async fn an_agency_whose_budget_allows_three_rounds_takes_part_in_exactly_three(
         spent <= budget && (spent - expected).abs() < 1e-6 * expected,
         "{spent} vs {expected}, budget {budget}: {l}"
     );
+    // Gaussians and Laplace releases: PLD, the tightest, gives the ledger's figure.
     assert!(
         l["spent"]["accountant"]
             .as_str()
             .unwrap()
-            .starts_with("zCDP")
+            .starts_with("PLD"),
+        "{l}"
     );
 }
 
@@ -304,13 +305,24 @@ async fn dp_sgd_calibrated_to_a_target_spends_at_most_the_target_and_learns() {
         let l = ledger(config);
         let spent = l["spent"]["epsilon"].as_f64().unwrap();
         assert!(spent <= 1.0 + 1e-6 && spent > 0.9, "{l}");
+        // Calibrated by the tightest accountant, PLD, which the ledger reports; RDP's bound on
+        // the same history is beside it, above the target.
         assert!(
             l["spent"]["accountant"]
                 .as_str()
                 .unwrap()
-                .starts_with("RDP"),
+                .starts_with("PLD"),
             "{l}"
         );
+        let rdp = l["spent"]["bounds"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|b| b["accountant"].as_str().unwrap().starts_with("RDP"))
+            .unwrap()["epsilon"]
+            .as_f64()
+            .unwrap();
+        assert!(rdp > 1.0 + 1e-6, "{l}");
         // Five rounds and the evaluation of the final model.
         assert_eq!(l["entries"].as_array().unwrap().len(), 6, "{l}");
     }

@@ -174,10 +174,15 @@ mod tests {
         let running = read_ledger(dir.path(), budget()).unwrap();
         assert_eq!(running.source, Source::RunningNode);
         assert_eq!(running.entries, ledger.entries().unwrap());
-        // Three Gaussian releases of rho 0.01 compose to rho 0.03 in zCDP: what the ledger
-        // itself says, and at most the classic conversion rho + 2 sqrt(rho ln(1/delta)).
+        // Three Gaussian releases of rho 0.01 are one Gaussian of rho 0.03 (mu^2 = 0.06): what
+        // the ledger itself says, the exact curve of Balle and Wang (2018) at delta, below
+        // zCDP's conversion and the classic rho + 2 sqrt(rho ln(1/delta)).
         assert_eq!(running.spent.epsilon, ledger.spent().unwrap().epsilon);
-        assert_eq!(running.spent.epsilon, zcdp::epsilon(0.03, 1e-5));
+        let (e, mu) = (running.spent.epsilon, 0.06f64.sqrt());
+        let phi = |x: f64| 0.5 * libm::erfc(-x / std::f64::consts::SQRT_2);
+        let delta = phi(mu / 2.0 - e / mu) - e.exp() * phi(-mu / 2.0 - e / mu);
+        assert!((delta / 1e-5 - 1.0).abs() < 1e-6, "{e}: {delta}");
+        assert!(e < zcdp::epsilon(0.03, 1e-5));
         let classic = 0.03 + 2.0 * (0.03 * (1e5f64).ln()).sqrt();
         assert!(running.spent.epsilon > 0.5 && running.spent.epsilon <= classic);
         drop(ledger);

@@ -591,8 +591,13 @@ mod tests {
     fn the_budget_admits_exactly_what_fits_and_survives_reopening() {
         let dir = tempfile::tempdir().unwrap();
         let rho = 0.01;
-        let three = privacy::zcdp::epsilon(3.0 * rho, 1e-5);
-        let four = privacy::zcdp::epsilon(4.0 * rho, 1e-5);
+        // What the accountants say of the same releases: the ledger composes its entries.
+        let of = |n: usize| {
+            privacy::spent(&vec![Release::Gaussian { rho }; n], 1e-5)
+                .unwrap()
+                .epsilon
+        };
+        let (three, four) = (of(3), of(4));
         let budget = Budget {
             max_epsilon: (three + four) / 2.0,
             delta: 1e-5,
@@ -636,8 +641,13 @@ mod tests {
                 Ok::<(), &str>(())
             })
             .unwrap();
-        // Pure-DP Laplace releases compose by addition: 0.5 before the second one.
-        assert!((seen.unwrap() - 0.5).abs() < 1e-9, "{seen:?}");
+        // Before the second release, what the first spent alone: at most its 0.5 (PLD's
+        // randomised-response pair gives back a hair of it at delta 1e-5).
+        let first = privacy::spent(&[Release::Laplace { epsilon: 0.5 }], DEFAULT_DELTA)
+            .unwrap()
+            .epsilon;
+        assert!(first <= 0.5 && first > 0.499, "{first}");
+        assert!((seen.unwrap() - first).abs() < 1e-12, "{seen:?}");
         let refused = ledger.record_if(&entry(3, laplace(0.25)), |_, _| Err("not allowed"));
         assert!(matches!(
             refused,
@@ -654,10 +664,11 @@ mod tests {
             ledger.record(&entry(1, None)),
             Err(LedgerRefusal::NotPrivate)
         ));
-        ledger
-            .record(&entry(1, Some(Release::Laplace { epsilon: 0.5 })))
-            .unwrap();
-        assert_eq!(ledger.spent().unwrap().epsilon, 0.5);
+        let release = Release::Laplace { epsilon: 0.5 };
+        ledger.record(&entry(1, Some(release))).unwrap();
+        let alone = privacy::spent(&[release], DEFAULT_DELTA).unwrap().epsilon;
+        assert_eq!(ledger.spent().unwrap().epsilon, alone);
+        assert!(alone <= 0.5);
     }
 
     #[test]
@@ -674,13 +685,20 @@ mod tests {
             .map(|e| ledger.record(e).unwrap().seq)
             .collect();
         assert_eq!(seqs, [1, 2, 3]);
-        // Pure-DP releases add up: j1 spent 0.5 + 0.125, all of them 0.875.
+        // j1 spent its 0.5 and 0.125, all of them 0.5, 0.25 and 0.125: as the accountants
+        // judge those releases, at most their sums.
+        let of = |epsilons: &[f64]| {
+            let releases: Vec<Release> = epsilons
+                .iter()
+                .map(|&epsilon| Release::Laplace { epsilon })
+                .collect();
+            privacy::spent(&releases, DEFAULT_DELTA).unwrap().epsilon
+        };
         let report = ledger.report_for(Some(("j1", "f")), None);
-        assert!(
-            (report.job_spent_epsilon - 0.625).abs() < 1e-12,
-            "{report:?}"
-        );
-        assert!((report.spent_epsilon - 0.875).abs() < 1e-12, "{report:?}");
+        let (j1, all) = (of(&[0.5, 0.125]), of(&[0.5, 0.25, 0.125]));
+        assert!(j1 <= 0.625 && all <= 0.875 && all > 0.87);
+        assert!((report.job_spent_epsilon - j1).abs() < 1e-9, "{report:?}");
+        assert!((report.spent_epsilon - all).abs() < 1e-9, "{report:?}");
         assert_eq!(
             ledger
                 .report_for(Some(("j1", "other")), None)

@@ -10,8 +10,7 @@
 //! - pure and approximate DP for Laplace queries: epsilons (and deltas) add up.
 //! - [`pld`]: privacy-loss distributions of every release, composed by FFT with a pessimistic
 //!   discretisation ("connect the dots"): the tightest of the bounds, within a fraction of a
-//!   percent of the exact curve; reported beside the others, not yet used by the ledger
-//!   ([`LEDGER_ACCOUNTANTS`]).
+//!   percent of the exact curve, and the one the ledger's figure nearly always comes from.
 //!
 //! - [`plan`]: how a training job's target is split between its statistics round, its
 //!   evaluations and its training, before it starts.
@@ -93,11 +92,13 @@ pub const PURE: &str = "pure DP (basic composition)";
 /// Every accountant, in the order they are tried.
 pub const ACCOUNTANTS: [&str; 4] = [PURE, ZCDP, RDP, PLD];
 /// The accountants the ledger, the budgets and the calibration of noise use (what [`spent`]
-/// and [`calibrate`] take the smallest of). PLD, the tightest, is not yet among them: composing
-/// a history's distributions costs 10 to 50 ms a release (2 cores, release build), which puts a
-/// 20-round job of 8 agencies at 14 s instead of 2.7 s. It is reported beside them
-/// (`treaty privacy epsilon|noise`, [`spent_by`]) until it is fast enough (issue #15).
-pub const LEDGER_ACCOUNTANTS: [&str; 3] = [PURE, ZCDP, RDP];
+/// and [`calibrate`] take the smallest of): all of them, each a sound upper bound.
+pub const LEDGER_ACCOUNTANTS: [&str; 4] = ACCOUNTANTS;
+
+/// The ledger composes a history's privacy-loss distributions only while its other bounds
+/// are at most this epsilon: far above any budget, where PLD's tighter figure would change no
+/// decision, and its grid would have to span hundreds of nats.
+pub const PLD_CEILING: f64 = 32.0;
 
 /// A release's parameters are not a valid mechanism.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -143,7 +144,7 @@ impl Release {
 }
 
 /// The smallest noise multiplier sigma (to a relative precision of 1e-6, or spending the target
-/// to 1e-8 of it) for which the releases
+/// to 1e-6 of it) for which the releases
 /// `make(sigma)` spend at most `target` epsilon at `delta` by the ledger's accountants (as
 /// [`spent`] judges them); `None` when even 10^6 does not.
 pub fn calibrate(make: impl Fn(f64) -> Vec<Release>, target: f64, delta: f64) -> Option<f64> {
@@ -168,23 +169,26 @@ pub fn calibrate_by(
     // may compose a privacy-loss distribution.
     let gap = |sigma: f64| (spend(sigma) / target).ln();
     // The bracket: `low` spends more than the target (1e-3 is taken to), `high` at most it.
-    // PLD needs at most the noise RDP needs (RDP's bound is a few microseconds), so the search
-    // by PLD starts just above RDP's noise and halves.
+    // PLD needs at most the noise RDP needs (RDP's bound is a few microseconds), and usually
+    // 5 to 15 % less: the search by PLD (alone or as the ledger's smallest) starts just above
+    // RDP's noise and steps down, by a tenth first, then by more.
     let start = match accountant {
-        Some(PLD) => calibrate_by(make, target, delta, Some(RDP)).map(|s| s * 1.001),
+        Some(PLD) | None => calibrate_by(make, target, delta, Some(RDP)).map(|s| s * 1.001),
         _ => None,
     };
     let (mut low, mut high) = (1e-3f64, start.unwrap_or(1.0));
     let (mut gap_low, mut gap_high) = (f64::INFINITY, gap(high));
     if start.is_some() && gap_high <= 0.0 {
+        let mut factor = 0.9;
         loop {
-            let half = high / 2.0;
-            let g = gap(half);
-            if g > 0.0 || half < 1e-3 {
-                (low, gap_low) = (half, g);
+            let lower = high * factor;
+            let g = gap(lower);
+            if g > 0.0 || lower < 1e-3 {
+                (low, gap_low) = (lower, g);
                 break;
             }
-            (high, gap_high) = (half, g);
+            (high, gap_high) = (lower, g);
+            factor = (factor - 0.1f64).max(0.5);
         }
     }
     while gap_high > 0.0 {
@@ -198,10 +202,11 @@ pub fn calibrate_by(
     // Illinois' regula falsi on ln(sigma): each side kept twice has its gap halved so that
     // both ends move; bisection where the secant is undefined (an infinite epsilon) or when the
     // last two steps did not halve the bracket. It stops when the bracket is within 1e-6 of
-    // sigma, or sigma spends the target to 1e-8 of it.
+    // sigma, or sigma spends the target to 1e-6 of it (a millionth of the budget is not worth
+    // another composition of the job's privacy-loss distribution).
     let (mut kept, mut widths, mut exact_gap_high) = (0i8, [f64::INFINITY; 2], gap_high);
     for _ in 0..200 {
-        if (high - low) / high <= 1e-6 || exact_gap_high > -1e-8 {
+        if (high - low) / high <= 1e-6 || exact_gap_high > -1e-6 {
             break;
         }
         let (x0, x1) = (low.ln(), high.ln());
@@ -232,8 +237,9 @@ pub fn calibrate_by(
 }
 
 /// The (epsilon, delta) spent by a history of releases, at `delta`: the smallest of every valid
-/// bound of [`LEDGER_ACCOUNTANTS`] (RDP over all releases; zCDP when no release is subsampled; plain sums when all
-/// are pure or approximate DP). The approximate releases' deltas are added to `delta`.
+/// bound of [`LEDGER_ACCOUNTANTS`] (PLD and RDP over all releases; zCDP when no release is
+/// subsampled; plain sums when all are pure or approximate DP). The approximate releases'
+/// deltas are added to `delta`.
 pub fn spent(releases: &[Release], delta: f64) -> Result<Spent, PrivacyError> {
     spent_by(releases, delta, None)
 }
@@ -245,9 +251,8 @@ pub fn spent_by(
     delta: f64,
     accountant: Option<&str>,
 ) -> Result<Spent, PrivacyError> {
-    // PLD is tried only when asked for by name: see `LEDGER_ACCOUNTANTS`.
     let wanted = |name: &str| match accountant {
-        None => name != PLD,
+        None => LEDGER_ACCOUNTANTS.contains(&name),
         Some(a) => a == name,
     };
     if !(delta > 0.0 && delta < 1.0) {
@@ -366,7 +371,13 @@ pub fn spent_by(
     // PLD over every release: Gaussians (mu^2 = 2 rho), subsampled Gaussians in each direction,
     // pure releases through randomised response (a Laplace release is recorded by its epsilon
     // alone, which is all the ledger may assume of it).
-    if wanted(PLD) && !fine.is_empty() {
+    // Skipped, as the ledger's, when another bound is already above `PLD_CEILING`: no budget is
+    // near, and the distributions of such a history are millions of points wide.
+    let ceiling = match accountant {
+        None => candidates.iter().map(|c| c.0).fold(f64::INFINITY, f64::min),
+        Some(_) => 0.0,
+    };
+    if wanted(PLD) && !fine.is_empty() && ceiling <= PLD_CEILING {
         let mut history = pld::History::default();
         for r in &fine {
             match **r {
