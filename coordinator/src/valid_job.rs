@@ -864,7 +864,14 @@ fn round_epsilon(t: &ValidTraining, p: &PrivacySpec) -> f64 {
     let evaluation = p
         .evaluation_epsilon
         .unwrap_or(privacy::UNPLANNED_EVALUATION_EPSILON);
-    let (Ok(evaluating), Ok(training_only)) = (round_of(evaluation), round_of(0.0)) else {
+    // Two calibrations of the job's noise, each a handful of compositions of its privacy-loss
+    // distributions: side by side.
+    let (evaluating, training_only) = std::thread::scope(|s| {
+        let evaluating = s.spawn(|| round_of(evaluation));
+        let training_only = round_of(0.0);
+        (evaluating.join(), training_only)
+    });
+    let (Ok(Ok(evaluating)), Ok(training_only)) = (evaluating, training_only) else {
         return p.target_epsilon;
     };
     // The statistics round alone, by the accountants a node judges it by.

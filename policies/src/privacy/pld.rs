@@ -25,9 +25,8 @@
 //! Laplace mechanism, and any pure epsilon-DP release through its dominating pair (randomised
 //! response, which bounds every epsilon-DP mechanism).
 //!
-//! [`accountant`] composes a whole history of releases, grouped and cached, for the ledger.
+//! [`History`] composes a whole history of releases, grouped and remembered, for the ledger.
 
-use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -509,8 +508,8 @@ fn convolve(parts: &[&[f64]], times: u32) -> Option<Vec<f64>> {
     let mut spectrum = vec![Complex::new(0.0, 0.0); size / 2 + 1];
     let mut product = vec![Complex::new(1.0, 0.0); size / 2 + 1];
     for part in parts {
-        input.fill(0.0);
         input[..part.len()].copy_from_slice(part);
+        input[part.len()..].fill(0.0);
         forward.process(&mut input, &mut spectrum).ok()?;
         for (x, y) in product.iter_mut().zip(&spectrum) {
             *x *= y.powu(times);
@@ -540,19 +539,27 @@ fn transform_size(n: usize) -> usize {
     }
 }
 
-/// The forward and inverse real transforms of `size` points. A plan's twiddle factors cost
-/// more than a transform of the same size: each thread keeps its planner, which remembers every
-/// plan it made.
+/// The forward and inverse real transforms of `size` points, planned once per process: a
+/// plan's twiddle factors cost more than a transform of the same size, and a node's releases
+/// are judged on whichever of its worker threads is free. The sizes are powers of two and three
+/// quarters of them ([`transform_size`]), so the plans kept are few.
 fn plans(size: usize) -> (Arc<dyn RealToComplex<f64>>, Arc<dyn ComplexToReal<f64>>) {
-    thread_local! {
-        static PLANNER: RefCell<RealFftPlanner<f64>> = RefCell::new(RealFftPlanner::new());
-    }
-    PLANNER.with_borrow_mut(|planner| {
-        (
-            planner.plan_fft_forward(size),
-            planner.plan_fft_inverse(size),
-        )
-    })
+    type Plans = HashMap<usize, (Arc<dyn RealToComplex<f64>>, Arc<dyn ComplexToReal<f64>>)>;
+    static PLANS: OnceLock<Mutex<Plans>> = OnceLock::new();
+    let mut plans = PLANS
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    plans
+        .entry(size)
+        .or_insert_with(|| {
+            let mut planner = RealFftPlanner::new();
+            (
+                planner.plan_fft_forward(size),
+                planner.plan_fft_inverse(size),
+            )
+        })
+        .clone()
 }
 
 /// The convolution of two short mass vectors, term by term.
