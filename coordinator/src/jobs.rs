@@ -93,11 +93,15 @@ async fn run(ctx: &Arc<Coordinator>, job_id: &str) -> Result<(), CoordinatorErro
             job: job_id.to_owned(),
         })?;
     // The store is an edge too: the spec is decoded once, here, for the whole run.
-    let ValidJob { rules, work } = ValidJob::try_from(job.spec.clone().unwrap_or_default())
-        .map_err(|source| CoordinatorError::StoredJob {
-            job: job_id.to_owned(),
-            source,
-        })?;
+    // On a blocking thread: a calibrated job's check plans its noise (compositions of
+    // privacy-loss distributions, tens of milliseconds).
+    let (spec, id) = (job.spec.clone().unwrap_or_default(), job_id.to_owned());
+    let ValidJob { rules, work } = ctx
+        .blocking(move |_| {
+            ValidJob::try_from(spec)
+                .map_err(|source| CoordinatorError::StoredJob { job: id, source })
+        })
+        .await?;
     // Resume: a round that started but did not complete is run again (only completed rounds
     // are stored).
     let resumed = job.state == JobState::Running as i32;

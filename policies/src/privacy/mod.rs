@@ -159,9 +159,12 @@ pub fn calibrate_by(
     delta: f64,
     accountant: Option<&str>,
 ) -> Option<f64> {
+    // A figure that is not a number counts as spending everything (fail closed).
     let spend = |sigma: f64| {
         spent_by(&make(sigma), delta, accountant)
             .map(|s| s.epsilon)
+            .ok()
+            .filter(|e| !e.is_nan())
             .unwrap_or(f64::INFINITY)
     };
     // How far above (positive) or below the target sigma lands, in logarithms: nearly linear
@@ -392,6 +395,12 @@ pub fn spent_by(
             }
         }
         candidates.push((history.epsilon(delta), PLD));
+    }
+    // A bound that is not a number bounds nothing (fail closed: it is never the smallest).
+    for candidate in &mut candidates {
+        if candidate.0.is_nan() {
+            candidate.0 = f64::INFINITY;
+        }
     }
     candidates.sort_by(|a, b| a.0.total_cmp(&b.0));
     let (epsilon, accountant) = candidates

@@ -149,6 +149,11 @@ impl Pld {
         let d: Vec<f64> = (first..=last)
             .map(|k| curve(k as f64 * STEP).clamp(0.0, 1.0))
             .collect();
+        // A curve that is not a number somewhere (parameters whose arithmetic overflows) is no
+        // curve: every loss counted infinite, never a mass lost.
+        if d.iter().any(|v| v.is_nan()) {
+            return Pld::unbounded();
+        }
         let n = d.len();
         let growth = STEP.exp();
         let gap = STEP.exp_m1();
@@ -307,8 +312,10 @@ impl Pld {
     /// infinite loss, the bottom onto the lowest point kept. Negative masses (an FFT's rounding)
     /// are taken as zero.
     fn trimmed(mut self) -> Pld {
+        if self.infinite.is_nan() || self.mass.iter().any(|m| m.is_nan()) {
+            return Pld::unbounded();
+        }
         for m in &mut self.mass {
-            // `max` takes 0 over a NaN too.
             *m = m.max(0.0);
         }
         let mut cut = 0.0;
@@ -465,7 +472,7 @@ impl Pld {
     /// points the curve is `A - e^epsilon B` (A the mass above, B its sum of `e^-loss`), so the
     /// crossing is found exactly, walking down from the top.
     pub fn epsilon(&self, delta: f64) -> f64 {
-        if self.infinite > delta {
+        if self.infinite.is_nan() || self.infinite > delta {
             return f64::INFINITY;
         }
         let loss = |i: usize| (self.lowest + i as i64) as f64 * STEP;
@@ -618,11 +625,11 @@ impl Base {
 }
 
 /// How many mechanisms' powers are remembered before the cache starts afresh.
-const CACHED_BASES: usize = 16;
+const CACHED_BASES: usize = 64;
 /// How many histories' epsilons are remembered before the memory starts afresh.
 const CACHED_ANSWERS: usize = 1024;
-/// How many grid points the remembered powers may hold in all (128 MiB) before the cache
-/// starts afresh.
+/// How many grid points the remembered powers may hold in all (128 MiB, and one call's own
+/// powers beyond it until it returns) before the cache starts afresh.
 const CACHED_POINTS: usize = 1 << 24;
 
 /// `times` independent releases of `base`, as the remembered powers `base^(2^k)` whose
@@ -659,6 +666,24 @@ fn power(base: Base, times: u64) -> Vec<Arc<Pld>> {
         POINTS.fetch_add(next.mass.len(), Ordering::Relaxed);
         powers.push(Arc::new(next));
     }
+    if POINTS.load(Ordering::Relaxed) > CACHED_POINTS {
+        // Over the limit with these: forgotten once this call has taken what it needs (this
+        // base's lock is held, the others' not; nothing waits on this one while holding them).
+        let taken = powers.clone();
+        powers.clear();
+        POWERS
+            .get_or_init(Default::default)
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+        POINTS.store(0, Ordering::Relaxed);
+        return select(&taken, times, needed);
+    }
+    select(&powers, times, needed)
+}
+
+/// The powers `base^(2^k)` among `powers` whose composition is `times` releases.
+fn select(powers: &[Arc<Pld>], times: u64, needed: usize) -> Vec<Arc<Pld>> {
     powers
         .iter()
         .enumerate()
@@ -846,9 +871,11 @@ impl History {
 }
 
 /// How many histories' composed distributions are remembered, and how many grid points they
-/// may hold in all (64 MiB): past either, the oldest are forgotten first.
+/// may hold in all (128 MiB: two histories as wide as the grid allows, in both directions, as a
+/// ledger asks of its history before and after a release): past either, the oldest are
+/// forgotten first.
 const CACHED_HISTORIES: usize = 64;
-const CACHED_HISTORY_POINTS: usize = 1 << 23;
+const CACHED_HISTORY_POINTS: usize = 1 << 24;
 
 type Remembered = Mutex<VecDeque<(History, [Arc<Pld>; 2])>>;
 
@@ -1077,6 +1104,25 @@ mod tests {
         assert!(
             epsilon >= reference - 2.0 * STEP && epsilon <= reference * 1.01,
             "{epsilon}"
+        );
+    }
+
+    /// Parameters whose arithmetic overflows (sigma squared beyond f64) give a curve that is
+    /// not a number: the distribution counts every loss infinite rather than losing its mass,
+    /// and nothing composed with it reads as free.
+    #[test]
+    fn a_curve_that_is_not_a_number_fails_closed() {
+        for pld in [
+            Pld::subsampled_gaussian_remove(0.5, 1e160),
+            Pld::subsampled_gaussian_add(0.5, 1e160),
+        ] {
+            let total: f64 = pld.mass.iter().sum::<f64>() + pld.infinite;
+            assert!((total - 1.0).abs() < 1e-12, "{pld:?}");
+            assert!(pld.epsilon(1e-5) > 0.0, "{pld:?}");
+        }
+        assert_eq!(
+            subsampled_gaussian_epsilon(0.5, 1e160, 3, 1e-5),
+            f64::INFINITY
         );
     }
 
