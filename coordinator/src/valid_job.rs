@@ -826,14 +826,15 @@ fn query(q: QuerySpec, problems: &mut Vec<JobProblem>) -> Option<ValidQuery> {
     })
 }
 
-/// The most a round of a calibrated training job spends at the job's delta, as the policies
-/// judge it, plus 0.1 % for the noise grid of opendp; the statistics round is a round too,
+/// The most a round of a calibrated training job spends at `delta` (the terms', which may be
+/// another than the job's target delta), as the policies judge it, plus 0.1 % for the noise
+/// grid of opendp; the statistics round is a round too,
 /// judged by the same terms. Every node plans a job with full batches, or with the job's own
 /// sampling rate, alike but for one thing: a node without a test split does not evaluate, and
 /// gives the evaluations' share to training. A round spends at most the larger of the two
 /// plans' rounds. A Poisson job whose rates depend on each agency's record count may spend up
 /// to its whole target in a round.
-fn round_epsilon(t: &ValidTraining, p: &PrivacySpec) -> f64 {
+fn round_epsilon(t: &ValidTraining, p: &PrivacySpec, delta: f64) -> f64 {
     let statistics = if t.needs_statistics() {
         t.statistics_rho()
     } else {
@@ -848,8 +849,10 @@ fn round_epsilon(t: &ValidTraining, p: &PrivacySpec) -> f64 {
         ),
         _ => return p.target_epsilon,
     };
+    // A round as a node plans it (its noise calibrated at the job's target delta), judged at
+    // the terms' delta, which is the one the node judges it at.
     let round_of = |evaluation: f64| {
-        privacy::plan(&privacy::JobPrivacy {
+        let plan = privacy::plan(&privacy::JobPrivacy {
             target_epsilon: p.target_epsilon,
             delta: p.target_delta,
             rounds: u64::from(t.rest.rounds.max(1)),
@@ -858,8 +861,13 @@ fn round_epsilon(t: &ValidTraining, p: &PrivacySpec) -> f64 {
             statistics: statistics > 0.0,
             statistics_rho: Some(statistics),
             evaluation_epsilon: Some(evaluation),
-        })
-        .map(|plan| plan.round)
+        })?;
+        let training = privacy::training(sampling_rate, plan.noise_multiplier, steps_per_round);
+        let evaluating = (plan.evaluation_epsilon > 0.0).then_some(privacy::Release::Laplace {
+            epsilon: plan.evaluation_epsilon,
+        });
+        let releases: Vec<_> = std::iter::once(training).chain(evaluating).collect();
+        privacy::spent(&releases, delta).map(|s| s.epsilon)
     };
     let evaluation = p
         .evaluation_epsilon
@@ -876,14 +884,16 @@ fn round_epsilon(t: &ValidTraining, p: &PrivacySpec) -> f64 {
     };
     // The statistics round alone, by the accountants a node judges it by.
     let statistics = match statistics > 0.0 {
-        true => privacy::spent(
-            &[privacy::Release::Gaussian { rho: statistics }],
-            p.target_delta,
-        )
-        .map_or(p.target_epsilon, |s| s.epsilon),
+        true => privacy::spent(&[privacy::Release::Gaussian { rho: statistics }], delta)
+            .map_or(p.target_epsilon, |s| s.epsilon),
         false => 0.0,
     };
-    (evaluating.max(training_only).max(statistics) * 1.001).min(p.target_epsilon)
+    let round = evaluating.max(training_only).max(statistics) * 1.001;
+    // No round spends more than the whole job, at the job's delta or a larger one.
+    match delta >= p.target_delta {
+        true => round.min(p.target_epsilon),
+        false => round,
+    }
 }
 
 /// The sharing terms of a sound job: what it declared, defaults taken from the rest of the
@@ -892,19 +902,19 @@ fn sharing(declared: SharingSpec, work: &Work) -> Result<Sharing, JobProblem> {
     let (epsilon, delta, fields) = match work {
         Work::Training(t) => {
             let privacy = t.privacy;
-            let epsilon = if declared.epsilon_per_round > 0.0 {
-                declared.epsilon_per_round
-            } else if calibrated(&privacy) {
-                round_epsilon(t, &privacy)
-            } else {
-                return Err(JobProblem::UndeclaredEpsilon);
-            };
             let delta = if declared.delta > 0.0 {
                 declared.delta
             } else if privacy.target_delta > 0.0 {
                 privacy.target_delta
             } else {
                 1e-5
+            };
+            let epsilon = if declared.epsilon_per_round > 0.0 {
+                declared.epsilon_per_round
+            } else if calibrated(&privacy) {
+                round_epsilon(t, &privacy, delta)
+            } else {
+                return Err(JobProblem::UndeclaredEpsilon);
             };
             let mut fields: Vec<String> = t
                 .schema
@@ -1240,6 +1250,61 @@ pub(crate) mod tests {
         );
         // Far below the whole target: a policy's per-round limit judges a round, not the job.
         assert!(declared < 0.5);
+    }
+
+    /// Terms at a smaller delta than the job's target: the node plans its noise at the target's
+    /// delta and judges its round at the terms'; the declared figure is at the terms' too.
+    #[test]
+    fn a_round_is_declared_at_the_terms_delta() {
+        let mut t = training_spec();
+        t.rounds = 20;
+        t.local_epochs = 5;
+        t.privacy = Some(PrivacySpec {
+            mode: DpMode::FullBatch as i32,
+            clip_norm: 1.0,
+            target_epsilon: 1.0,
+            target_delta: 1e-5,
+            ..Default::default()
+        });
+        let mut spec = job(job_spec::Kind::Training(t));
+        spec.sharing = Some(SharingSpec {
+            delta: 1e-8,
+            ..Default::default()
+        });
+        let valid = ValidJob::try_from(spec).unwrap();
+        let declared = valid.rules.sharing.epsilon_per_round;
+        assert_eq!(valid.rules.sharing.delta, 1e-8);
+        let Work::Training(t) = &valid.work else {
+            panic!("{valid:?}")
+        };
+        for evaluation in [t.privacy.evaluation_epsilon.unwrap(), 0.0] {
+            let plan = privacy::plan(&privacy::JobPrivacy {
+                target_epsilon: 1.0,
+                delta: 1e-5,
+                rounds: 20,
+                steps_per_round: 5,
+                sampling_rate: None,
+                statistics: true,
+                statistics_rho: t.privacy.statistics_rho,
+                evaluation_epsilon: Some(evaluation),
+            })
+            .unwrap();
+            // Five full-batch steps are one Gaussian of rho 5 / (2 sigma^2).
+            let mut round = vec![privacy::Release::Gaussian {
+                rho: 5.0 / (2.0 * plan.noise_multiplier.powi(2)),
+            }];
+            if evaluation > 0.0 {
+                round.push(privacy::Release::Laplace {
+                    epsilon: evaluation,
+                });
+            }
+            let at_terms = privacy::spent(&round, 1e-8).unwrap().epsilon;
+            let at_target = privacy::spent(&round, 1e-5).unwrap().epsilon;
+            assert!(
+                at_target < at_terms && at_terms <= declared,
+                "{at_terms} > {declared}"
+            );
+        }
     }
 
     /// A Poisson job with its own sampling rate declares what one of its rounds spends, as
