@@ -1198,10 +1198,8 @@ pub(crate) mod tests {
         assert_eq!(ValidTraining::try_from(t.to_spec()).unwrap(), t);
     }
 
-    /// A full-batch job declares what one round really spends: no node's round, whatever its
-    /// split between training and evaluation, spends more, and the declaration is tight.
-    #[test]
-    fn a_full_batch_job_declares_what_a_round_spends() {
+    /// 20 rounds of 5 full-batch steps, calibrated to epsilon 1 at delta 1e-5.
+    fn full_batch_job() -> job_spec::Kind {
         let mut t = training_spec();
         t.rounds = 20;
         t.local_epochs = 5;
@@ -1212,7 +1210,14 @@ pub(crate) mod tests {
             target_delta: 1e-5,
             ..Default::default()
         });
-        let valid = ValidJob::try_from(job(job_spec::Kind::Training(t))).unwrap();
+        job_spec::Kind::Training(t)
+    }
+
+    /// A full-batch job declares what one round really spends: no node's round, whatever its
+    /// split between training and evaluation, spends more, and the declaration is tight.
+    #[test]
+    fn a_full_batch_job_declares_what_a_round_spends() {
+        let valid = ValidJob::try_from(job(full_batch_job())).unwrap();
         let declared = valid.rules.sharing.epsilon_per_round;
         let Work::Training(t) = &valid.work else {
             panic!("{valid:?}")
@@ -1256,17 +1261,7 @@ pub(crate) mod tests {
     /// delta and judges its round at the terms'; the declared figure is at the terms' too.
     #[test]
     fn a_round_is_declared_at_the_terms_delta() {
-        let mut t = training_spec();
-        t.rounds = 20;
-        t.local_epochs = 5;
-        t.privacy = Some(PrivacySpec {
-            mode: DpMode::FullBatch as i32,
-            clip_norm: 1.0,
-            target_epsilon: 1.0,
-            target_delta: 1e-5,
-            ..Default::default()
-        });
-        let mut spec = job(job_spec::Kind::Training(t));
+        let mut spec = job(full_batch_job());
         spec.sharing = Some(SharingSpec {
             delta: 1e-8,
             ..Default::default()
