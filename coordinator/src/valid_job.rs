@@ -1213,6 +1213,21 @@ pub(crate) mod tests {
         job_spec::Kind::Training(t)
     }
 
+    /// The plan a node makes of [`full_batch_job`] (validated as `t`) at `evaluation` epsilon.
+    fn full_batch_plan(t: &ValidTraining, evaluation: f64) -> privacy::JobPlan {
+        privacy::plan(&privacy::JobPrivacy {
+            target_epsilon: 1.0,
+            delta: 1e-5,
+            rounds: 20,
+            steps_per_round: 5,
+            sampling_rate: None,
+            statistics: true,
+            statistics_rho: t.privacy.statistics_rho,
+            evaluation_epsilon: Some(evaluation),
+        })
+        .unwrap()
+    }
+
     /// A full-batch job declares what one round really spends: no node's round, whatever its
     /// split between training and evaluation, spends more, and the declaration is tight.
     #[test]
@@ -1222,20 +1237,7 @@ pub(crate) mod tests {
         let Work::Training(t) = &valid.work else {
             panic!("{valid:?}")
         };
-        let node = |evaluation: f64| {
-            privacy::plan(&privacy::JobPrivacy {
-                target_epsilon: 1.0,
-                delta: 1e-5,
-                rounds: 20,
-                steps_per_round: 5,
-                sampling_rate: None,
-                statistics: true,
-                statistics_rho: t.privacy.statistics_rho,
-                evaluation_epsilon: Some(evaluation),
-            })
-            .unwrap()
-            .round
-        };
+        let node = |evaluation: f64| full_batch_plan(t, evaluation).round;
         let with_test_split = node(t.privacy.evaluation_epsilon.unwrap());
         let without = node(0.0);
         assert!(with_test_split <= declared && without <= declared);
@@ -1273,17 +1275,7 @@ pub(crate) mod tests {
             panic!("{valid:?}")
         };
         for evaluation in [t.privacy.evaluation_epsilon.unwrap(), 0.0] {
-            let plan = privacy::plan(&privacy::JobPrivacy {
-                target_epsilon: 1.0,
-                delta: 1e-5,
-                rounds: 20,
-                steps_per_round: 5,
-                sampling_rate: None,
-                statistics: true,
-                statistics_rho: t.privacy.statistics_rho,
-                evaluation_epsilon: Some(evaluation),
-            })
-            .unwrap();
+            let plan = full_batch_plan(t, evaluation);
             // Five full-batch steps are one Gaussian of rho 5 / (2 sigma^2).
             let mut round = vec![privacy::Release::Gaussian {
                 rho: 5.0 / (2.0 * plan.noise_multiplier.powi(2)),
