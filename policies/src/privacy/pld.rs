@@ -759,48 +759,29 @@ impl History {
     /// exact on the grid and each cut tail pessimistic, so the bound is the same to rounding
     /// (about 1e-12 of it) and sound whichever way it was reached.
     fn distributions(&self) -> [Arc<Pld>; 2] {
-        let remembered = composed();
-        let (exact, longest) = {
-            let known = remembered.lock().unwrap_or_else(|e| e.into_inner());
-            let exact = known
-                .iter()
-                .find(|(h, _)| h == self)
-                .map(|(_, d)| d.clone());
-            let longest = known
-                .iter()
-                .filter(|(h, _)| h.size() > 0)
-                .filter_map(|(h, d)| Some((self.without(h)?, h.size(), d)))
-                .max_by_key(|(_, size, _)| *size)
-                .map(|(rest, _, d)| (rest, d.clone()));
-            (exact, longest)
-        };
-        if let Some(exact) = exact {
-            return exact;
+        if let Some(known) = recalled(self) {
+            return known;
         }
+        let longest = composed()
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .filter(|(h, _)| h.size() > 0)
+            .filter_map(|(h, d)| Some((self.without(h)?, h.size(), d.clone())))
+            .max_by_key(|(_, size, _)| *size);
         let made = match longest {
-            Some((rest, part)) => {
-                let rest = rest.remembered_or(History::afresh);
+            Some((rest, _, part)) => {
+                let rest = recalled(&rest).unwrap_or_else(|| {
+                    let made = rest.afresh();
+                    remember(&rest, &made);
+                    made
+                });
                 [0, 1].map(|i| Arc::new(part[i].compose(&rest[i])))
             }
             None => self.afresh(),
         };
         remember(self, &made);
         made
-    }
-
-    /// The history's distributions if they are remembered, else `make`'s (remembered).
-    fn remembered_or(&self, make: impl Fn(&History) -> [Arc<Pld>; 2]) -> [Arc<Pld>; 2] {
-        let known = composed()
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .find(|(h, _)| h == self)
-            .map(|(_, d)| d.clone());
-        known.unwrap_or_else(|| {
-            let made = make(self);
-            remember(self, &made);
-            made
-        })
     }
 
     /// The composed distributions from the releases' remembered powers.
@@ -883,6 +864,15 @@ type Remembered = Mutex<VecDeque<(History, [Arc<Pld>; 2])>>;
 fn composed() -> &'static Remembered {
     static COMPOSED: OnceLock<Remembered> = OnceLock::new();
     COMPOSED.get_or_init(Default::default)
+}
+
+/// The history's distributions, if they are remembered.
+fn recalled(history: &History) -> Option<[Arc<Pld>; 2]> {
+    let known = composed().lock().unwrap_or_else(|e| e.into_inner());
+    known
+        .iter()
+        .find(|(h, _)| h == history)
+        .map(|(_, d)| d.clone())
 }
 
 fn remember(history: &History, made: &[Arc<Pld>; 2]) {
