@@ -13,6 +13,8 @@
 //!   answer), [`evaluation`] (metrics from pooled noisy evaluation counts), [`provenance`] (the
 //!   manifest a coordinator signs for a model version, and the digest of a model's tensors),
 //!   [`receipt`] (the hash of a result as it travelled, and the receipt a coordinator signs).
+//! - [`secagg`]: secure aggregation, both ends of it: the coordinator learns only the sum of a
+//!   round's updates, even when agencies drop out.
 //! - [`hex`]: lowercase hex and SHA-256 digests in hex.
 //! - [`config`]: how a process reads its configuration file and reports every problem.
 //! - [`enums`]: decoding the enum fields of the wire's messages (an unknown or missing value is
@@ -37,6 +39,7 @@ pub mod provenance;
 pub mod query;
 pub mod receipt;
 pub mod schema;
+pub mod secagg;
 pub mod tensor;
 pub mod tls;
 

@@ -119,7 +119,10 @@ impl Sent {
 }
 
 /// `value`'s JSON, signed by `signer`, with its scheme and certificate.
-fn sign(value: &impl Serialize, signer: &KeySigner) -> Result<SignedStatement, crate::TlsError> {
+pub(crate) fn sign(
+    value: &impl Serialize,
+    signer: &KeySigner,
+) -> Result<SignedStatement, crate::TlsError> {
     let statement = serde_json::to_string(value)
         .map_err(|e| crate::TlsError::Config(format!("a statement cannot be written: {e}")))?;
     let signature = signer.sign(statement.as_bytes())?;
@@ -135,6 +138,17 @@ fn sign(value: &impl Serialize, signer: &KeySigner) -> Result<SignedStatement, c
 /// by the CA `ca` (DER), the signature is that certificate's key's of the statement, and the
 /// statement names that agency; the statement.
 pub fn verify_sent(signed: &SignedStatement, ca: &[u8]) -> Result<Sent, String> {
+    let (signer, statement): (_, Sent) = verify_agency_statement(signed, ca)?;
+    named(&statement.agency, &signer, "statement")?;
+    Ok(statement)
+}
+
+/// An agency's signed statement of a `T` once checked: its certificate is an agency's issued by
+/// the CA `ca` (DER) and the signature is that certificate's key's; the signer and the statement.
+pub(crate) fn verify_agency_statement<T: serde::de::DeserializeOwned>(
+    signed: &SignedStatement,
+    ca: &[u8],
+) -> Result<(crate::Identity, T), String> {
     let der = tls::certificate_der(signed.certificate.as_bytes())
         .map_err(|e| format!("the sender's certificate {e}"))?;
     tls::verify_issued_by(&der, ca)?;
@@ -146,10 +160,9 @@ pub fn verify_sent(signed: &SignedStatement, ca: &[u8]) -> Result<Sent, String> 
             "the sender's certificate is {signer}'s, not an agency's"
         ));
     }
-    let statement: Sent = checked(&der, &signed.statement, &signed.signature, &signed.scheme)
+    let statement: T = checked(&der, &signed.statement, &signed.signature, &signed.scheme)
         .map_err(|e| format!("the sender's {e}"))?;
-    named(&statement.agency, &signer, "statement")?;
-    Ok(statement)
+    Ok((signer, statement))
 }
 
 /// The statement (the JSON of a `T`), once `signature` (hex) under `scheme` checks against the
@@ -167,7 +180,7 @@ fn checked<T: serde::de::DeserializeOwned>(
 }
 
 /// Whether a statement names its signer.
-fn named(stated: &str, signer: &crate::Identity, what: &str) -> Result<(), String> {
+pub(crate) fn named(stated: &str, signer: &crate::Identity, what: &str) -> Result<(), String> {
     match stated == signer.to_string() {
         true => Ok(()),
         false => Err(format!(

@@ -1,0 +1,246 @@
+//! Secure aggregation: the coordinator learns the sum of a round's updates and nothing else of
+//! any one of them, even when agencies drop out mid-round (Bonawitz et al., "Practical Secure
+//! Aggregation for Privacy-Preserving Machine Learning", CCS 2017, in its version against an
+//! active server: signed keys and a consistency check). docs/SECURE_AGGREGATION.md is the
+//! protocol as a reviewer reads it; this module is both ends of it, as pure state machines the
+//! node ([`Participant`]) and the coordinator ([`Aggregation`]) drive over the wire.
+//!
+//! In one round of `n` participants (at most 255) with threshold `t` (`2t > n`):
+//!
+//! 1. Each participant makes two X25519 key pairs (one to encrypt shares, one to agree masks)
+//!    and advertises their public halves in a statement signed with its agency certificate's
+//!    key, naming the job and round ([`KeyAdvert`]).
+//! 2. Each checks every advertisement (issued by the federation CA, an agency of the round,
+//!    signed, this job and round), then Shamir-shares its mask key's secret and a fresh
+//!    self-mask seed among the advertisers (`t` of `n`), each share sealed for its holder.
+//! 3. Each quantises its input into the ring of integers modulo 2^64 ([`FixedPoint`]) and adds
+//!    its self-mask and, for every peer that shared, the pairwise mask agreed with it (added
+//!    towards a later identity, subtracted towards an earlier one), and sends that.
+//! 4. The coordinator names the survivors (whose masked inputs arrived); each survivor signs
+//!    that list, and reveals shares only once it has seen `t` survivors' signatures on the very
+//!    same list: of each survivor's self-mask seed, of each dropped agency's mask key, never
+//!    both of one agency.
+//! 5. The coordinator recovers the seeds and the dropped agencies' keys from `t` shares each,
+//!    takes the masks away from the sum of the masked inputs and is left with the sum.
+
+mod aggregator;
+mod crypto;
+mod participant;
+
+use serde::{Deserialize, Serialize};
+
+pub use aggregator::Aggregation;
+pub use participant::Participant;
+
+/// The most participants a round of secure aggregation can have: shares are identified by a
+/// participant's place in the round, an element of GF(256) other than zero.
+pub const MAX_PARTICIPANTS: usize = 255;
+
+/// What every party of one round of secure aggregation agrees on before it starts, all of it
+/// public: the coordinator states it in the task, and each node checks it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Params {
+    /// The job and the round: every key, share and signature is bound to both.
+    pub job: String,
+    pub round: u32,
+    /// The agencies admitted to the round (their identities, `treaty://agency/CC/ID`), in
+    /// strictly increasing order; a share's id is its holder's place here, counted from 1.
+    pub participants: Vec<String>,
+    /// How many shares recover a secret; also the fewest agencies each step needs. `2t > n`.
+    pub threshold: usize,
+    /// The fixed-point scale: a value `x` travels as `round(x * 2^bits)` modulo 2^64.
+    pub fractional_bits: u32,
+    /// The number of values each participant contributes.
+    pub length: usize,
+}
+
+/// The most values a contribution may have (as `[limits] max_update_elements`' default).
+pub const MAX_LENGTH: usize = 10_000_000;
+
+impl Params {
+    /// The default threshold for `n` participants: the smallest above two thirds, so that the
+    /// round survives `n - t` drop-outs and an honest agency's input stays hidden against the
+    /// coordinator with fewer than `2t - n` agencies on its side (docs/SECURE_AGGREGATION.md).
+    pub fn default_threshold(n: usize) -> usize {
+        (2 * n / 3 + 1).min(n)
+    }
+
+    /// Checks the parameters: what is wrong with them, in words.
+    pub fn check(&self) -> Result<(), SecAggError> {
+        let n = self.participants.len();
+        let bad = |m: String| Err(SecAggError::Params(m));
+        if !(2..=MAX_PARTICIPANTS).contains(&n) {
+            return bad(format!(
+                "a round of secure aggregation needs 2 to {MAX_PARTICIPANTS} participants, not {n}"
+            ));
+        }
+        if self.participants.windows(2).any(|w| w[0] >= w[1]) {
+            return bad("the participants are not in strictly increasing order".into());
+        }
+        if self.threshold < 2 || 2 * self.threshold <= n || self.threshold > n {
+            return bad(format!(
+                "the threshold {} is not above half of the {n} participants and at most all of them",
+                self.threshold
+            ));
+        }
+        if !(1..=48).contains(&self.fractional_bits) {
+            return bad(format!(
+                "{} fractional bits is outside 1 to 48",
+                self.fractional_bits
+            ));
+        }
+        if !(1..=MAX_LENGTH).contains(&self.length) {
+            return bad(format!(
+                "a contribution of {} values is outside 1 to {MAX_LENGTH}",
+                self.length
+            ));
+        }
+        Ok(())
+    }
+
+    /// `agency`'s share id: its place among the participants, from 1.
+    fn id_of(&self, agency: &str) -> Option<u8> {
+        let i = self.participants.iter().position(|p| p == agency)?;
+        u8::try_from(i + 1).ok()
+    }
+
+    /// The fixed-point code of this round.
+    pub fn fixed_point(&self) -> FixedPoint {
+        FixedPoint {
+            fractional_bits: self.fractional_bits,
+            participants: self.participants.len(),
+        }
+    }
+}
+
+/// The fixed-point code of a round: a value `x` is clamped to `[-bound, bound]`, scaled by
+/// `2^bits` and rounded to the nearest integer, which is taken modulo 2^64. The bound leaves room
+/// for `n` contributions to add up without wrapping: `bound = 2^(62 - bits) / n`, so a sum of
+/// `n` of them stays below `2^62 * 2^-bits` in magnitude. Rounding adds at most `2^-(bits+1)` to
+/// each value, so at most `n * 2^-(bits+1)` to each coordinate of the sum.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FixedPoint {
+    pub fractional_bits: u32,
+    pub participants: usize,
+}
+
+impl FixedPoint {
+    /// The largest magnitude a value keeps; larger ones are clamped to it.
+    pub fn bound(&self) -> f64 {
+        2f64.powi(62 - self.fractional_bits as i32) / self.participants.max(1) as f64
+    }
+
+    /// The most rounding can change one coordinate of a sum of `n` contributions.
+    pub fn sum_error(&self) -> f64 {
+        self.participants as f64 * 2f64.powi(-(self.fractional_bits as i32) - 1)
+    }
+
+    /// `values` in the ring. A value that is not a number is refused (a node's update never holds
+    /// one: it is checked before it is masked).
+    pub fn encode(&self, values: &[f64]) -> Result<Vec<u64>, SecAggError> {
+        let bound = self.bound();
+        let scale = 2f64.powi(self.fractional_bits as i32);
+        values
+            .iter()
+            .map(|&x| {
+                if x.is_nan() {
+                    return Err(SecAggError::Params(
+                        "a contribution holds a value that is not a number".into(),
+                    ));
+                }
+                let q = (x.clamp(-bound, bound) * scale).round() as i64;
+                Ok(q as u64)
+            })
+            .collect()
+    }
+
+    /// A sum in the ring as values (read as a two's complement integer, then scaled back).
+    pub fn decode(&self, sum: &[u64]) -> Vec<f64> {
+        let scale = 2f64.powi(-(self.fractional_bits as i32));
+        sum.iter().map(|&q| q as i64 as f64 * scale).collect()
+    }
+}
+
+/// An agency's public keys for one round, as it signs them (hex).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyAdvert {
+    pub agency: String,
+    pub job: String,
+    pub round: u32,
+    /// X25519 public key that shares sent to this agency are sealed under.
+    pub cipher_key: String,
+    /// X25519 public key its pairwise masks are agreed with.
+    pub mask_key: String,
+}
+
+/// The survivors of a round as an agency signs them before it reveals any share.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SurvivorList {
+    pub agency: String,
+    pub job: String,
+    pub round: u32,
+    pub survivors: Vec<String>,
+}
+
+/// A share one agency sealed for another (relayed by the coordinator, who cannot open it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SealedShare {
+    pub from: String,
+    pub to: String,
+    pub ciphertext: Vec<u8>,
+}
+
+/// What a sealed share holds: a Shamir share of the sender's self-mask seed and one of its mask
+/// key's secret (33 bytes each), bound to the sender, recipient, job and round once more.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ShareBundle {
+    from: String,
+    to: String,
+    job: String,
+    round: u32,
+    seed: Vec<u8>,
+    mask_key: Vec<u8>,
+}
+
+/// A survivor's answer in the last step: shares of each survivor's seed and of each dropped
+/// agency's mask key, by the agency they belong to.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Reveal {
+    pub from: String,
+    pub seeds: Vec<(String, Vec<u8>)>,
+    pub mask_keys: Vec<(String, Vec<u8>)>,
+}
+
+/// Why a step of secure aggregation could not be taken. Each names what is wrong; none of them
+/// depends on an agency's records (they depend on keys, messages and counts of agencies only).
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum SecAggError {
+    #[error("secure aggregation parameters: {0}")]
+    Params(String),
+    #[error("secure aggregation out of order: {0}")]
+    Order(String),
+    #[error("secure aggregation: {agency}'s message is refused: {problem}")]
+    Peer { agency: String, problem: String },
+    #[error(
+        "secure aggregation needs {need} agencies at {step}, only {have} remain: the round cannot complete"
+    )]
+    TooFew {
+        step: &'static str,
+        have: usize,
+        need: usize,
+    },
+    #[error("secure aggregation: the coordinator's message is refused: {0}")]
+    Coordinator(String),
+    #[error("secure aggregation: {0}")]
+    Crypto(String),
+}
+
+fn hex32(s: &str) -> Option<[u8; 32]> {
+    crate::hex::unhex(s)?.try_into().ok()
+}
+
+#[cfg(test)]
+mod tests;
