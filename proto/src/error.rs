@@ -68,6 +68,14 @@ pub enum TensorError {
     Overrun { name: String, end: u64, size: u64 },
     #[error("tensor `{name}` holds a non-finite value at element {index}")]
     NotFinite { name: String, index: usize },
+    #[error(
+        "tensor `{name}` holds masked ring elements (`DTYPE_U64`) where real values are expected"
+    )]
+    NotReal { name: String },
+    #[error(
+        "tensor `{name}` holds real values where masked ring elements (`DTYPE_U64`) are expected"
+    )]
+    NotMasked { name: String },
     #[error("tensor `{name}` has shape {actual:?}, expected {expected:?}")]
     Shape {
         name: String,

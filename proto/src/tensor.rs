@@ -34,7 +34,7 @@ impl NamedTensor {
 fn dtype_size(dtype: Dtype) -> Option<u64> {
     match dtype {
         Dtype::F32 => Some(4),
-        Dtype::F64 => Some(8),
+        Dtype::F64 | Dtype::U64 => Some(8),
         Dtype::Unspecified => None,
     }
 }
@@ -203,6 +203,10 @@ impl Assembler {
                     actual: buf.len() as u64,
                 });
             }
+            // Masked ring elements are any 64 bits; only real values are checked for finiteness.
+            if is_masked(spec) {
+                continue;
+            }
             if let Some(index) = wire_values_of(buf, width_of(spec)).position(|v| !v.is_finite()) {
                 return Err(TensorError::NotFinite {
                     name: spec.name.clone(),
@@ -259,8 +263,27 @@ impl Staged {
         self.buffers.iter().map(Vec::len).sum()
     }
 
+    /// The masked ring elements of tensors that are all `DTYPE_U64`, tensor after tensor, in
+    /// the flat layout of a model (secure aggregation's masked updates).
+    pub fn masked(&self) -> Result<Vec<u64>, TensorError> {
+        let mut out = Vec::with_capacity(self.bytes() / 8);
+        for (spec, buf) in self.specs.iter().zip(&self.buffers) {
+            if !is_masked(spec) {
+                return Err(TensorError::NotMasked {
+                    name: spec.name.clone(),
+                });
+            }
+            out.extend(buf.chunks_exact(8).map(|b| {
+                let mut word = [0u8; 8];
+                word.copy_from_slice(b);
+                u64::from_le_bytes(word)
+            }));
+        }
+        Ok(out)
+    }
+
     /// Every value, tensor after tensor, each in its tensor's row-major order: the flat layout
-    /// of a model.
+    /// of a model. Tensors of real values only ([`Staged::masked`] reads masked ones).
     pub fn values(&self) -> impl Iterator<Item = f64> + '_ {
         self.specs
             .iter()
@@ -268,8 +291,29 @@ impl Staged {
             .flat_map(|(spec, buf)| wire_values_of(buf, width_of(spec)))
     }
 
-    /// Checks that the tensors have the names and shapes of `expected`, in order.
+    /// Checks that the tensors have the names and shapes of `expected`, in order, and hold
+    /// real values.
     pub fn check_layout(&self, expected: &[NamedTensor]) -> Result<(), TensorError> {
+        if let Some(spec) = self.specs.iter().find(|s| is_masked(s)) {
+            return Err(TensorError::NotReal {
+                name: spec.name.clone(),
+            });
+        }
+        self.check_shapes(expected)
+    }
+
+    /// Checks that the tensors have the names and shapes of `expected`, in order, and hold
+    /// masked ring elements: a secure aggregation's masked update.
+    pub fn check_masked_layout(&self, expected: &[NamedTensor]) -> Result<(), TensorError> {
+        if let Some(spec) = self.specs.iter().find(|s| !is_masked(s)) {
+            return Err(TensorError::NotMasked {
+                name: spec.name.clone(),
+            });
+        }
+        self.check_shapes(expected)
+    }
+
+    fn check_shapes(&self, expected: &[NamedTensor]) -> Result<(), TensorError> {
         if expected.len() != self.specs.len() {
             return Err(TensorError::Count {
                 expected: expected.len(),
@@ -312,8 +356,48 @@ impl Staged {
     }
 }
 
+/// Whether a spec's elements are masked ring elements (`DTYPE_U64`).
+fn is_masked(spec: &TensorSpec) -> bool {
+    Dtype::try_from(spec.dtype) == Ok(Dtype::U64)
+}
+
+/// Masked ring elements as tensors of the names and shapes of `layout` (`DTYPE_U64`), in
+/// chunks of at most `max_chunk` bytes: a secure aggregation's masked update. `values` is in
+/// the layout's flat order and as long as it.
+pub fn encode_masked(
+    layout: &[NamedTensor],
+    values: &[u64],
+    max_chunk: usize,
+) -> (Vec<TensorSpec>, Vec<TensorChunk>) {
+    let per_chunk = (max_chunk / 8).max(1);
+    let mut specs = Vec::with_capacity(layout.len());
+    let mut chunks = Vec::new();
+    let mut rest = values;
+    for (index, tensor) in layout.iter().enumerate() {
+        specs.push(TensorSpec {
+            name: tensor.name.clone(),
+            dtype: Dtype::U64 as i32,
+            shape: tensor.values.shape().iter().map(|&d| d as u64).collect(),
+        });
+        let (own, next) = rest.split_at(tensor.values.len().min(rest.len()));
+        rest = next;
+        for (i, piece) in own.chunks(per_chunk).enumerate() {
+            let data: Vec<u8> = piece.iter().flat_map(|v| v.to_le_bytes()).collect();
+            chunks.push(TensorChunk {
+                tensor_index: index as u32,
+                offset: (i * per_chunk * 8) as u64,
+                data: Bytes::from(data),
+            });
+        }
+    }
+    (specs, chunks)
+}
+
 /// One tensor's complete wire bytes (checked for length), decoded to `f64`.
 fn decode_tensor(spec: TensorSpec, bytes: &[u8]) -> Result<NamedTensor, TensorError> {
+    if is_masked(&spec) {
+        return Err(TensorError::NotReal { name: spec.name });
+    }
     let values: Vec<f64> = wire_values_of(bytes, width_of(&spec)).collect();
     let shape: Vec<usize> = spec.shape.iter().map(|&d| d as usize).collect();
     let values =
@@ -420,6 +504,45 @@ pub fn check_same_layout(
 mod tests {
     use super::*;
     use ndarray::{ArrayD, IxDyn};
+
+    #[test]
+    fn masked_ring_elements_travel_exactly_and_are_never_read_as_real_values() {
+        let layout = sample();
+        // Any 64 bits: a NaN's bit pattern and infinities' included.
+        let values: Vec<u64> = (0..3001u64)
+            .map(|i| match i {
+                0 => f64::NAN.to_bits(),
+                1 => f64::INFINITY.to_bits(),
+                _ => i.wrapping_mul(0x9e37_79b9_7f4a_7c15),
+            })
+            .collect();
+        let (specs, chunks) = encode_masked(&layout, &values, 4096);
+        let mut assembler = Assembler::new(specs, 10_000, 4096).unwrap();
+        for chunk in chunks {
+            assert!(chunk.data.len() <= 4096);
+            assembler.push(chunk).unwrap();
+        }
+        let staged = assembler.finish_staged().unwrap();
+        assert_eq!(staged.masked().unwrap(), values);
+        staged.check_masked_layout(&layout).unwrap();
+        assert!(matches!(
+            staged.check_layout(&layout),
+            Err(TensorError::NotReal { .. })
+        ));
+        assert!(matches!(
+            staged.clone().decode(),
+            Err(TensorError::NotReal { .. })
+        ));
+        // Real values are not taken for masked ones.
+        let (specs, chunks) = encode(&layout, Dtype::F32, 4096);
+        let mut assembler = Assembler::new(specs, 10_000, 4096).unwrap();
+        for chunk in chunks {
+            assembler.push(chunk).unwrap();
+        }
+        let real = assembler.finish_staged().unwrap();
+        assert!(matches!(real.masked(), Err(TensorError::NotMasked { .. })));
+        assert!(real.check_masked_layout(&layout).is_err());
+    }
 
     fn sample() -> Vec<NamedTensor> {
         let w = ArrayD::from_shape_fn(IxDyn(&[3, 1000]), |ix| (ix[0] * 1000 + ix[1]) as f64 * 0.5);

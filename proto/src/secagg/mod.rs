@@ -184,13 +184,9 @@ pub struct SurvivorList {
     pub survivors: Vec<String>,
 }
 
-/// A share one agency sealed for another (relayed by the coordinator, who cannot open it).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SealedShare {
-    pub from: String,
-    pub to: String,
-    pub ciphertext: Vec<u8>,
-}
+/// A share one agency sealed for another, as the wire carries it (the coordinator relays it
+/// and cannot open it).
+pub use crate::v1::SealedShare;
 
 /// What a sealed share holds: a Shamir share of the sender's self-mask seed and one of its mask
 /// key's secret (33 bytes each), bound to the sender, recipient, job and round once more.
@@ -212,6 +208,39 @@ pub struct Reveal {
     pub from: String,
     pub seeds: Vec<(String, Vec<u8>)>,
     pub mask_keys: Vec<(String, Vec<u8>)>,
+}
+
+impl From<Reveal> for crate::v1::RevealedShares {
+    fn from(r: Reveal) -> Self {
+        let wire = |v: Vec<(String, Vec<u8>)>| {
+            v.into_iter()
+                .map(|(agency, share)| crate::v1::AgencyShare {
+                    agency,
+                    share: share.into(),
+                })
+                .collect()
+        };
+        crate::v1::RevealedShares {
+            seeds: wire(r.seeds),
+            mask_keys: wire(r.mask_keys),
+        }
+    }
+}
+
+impl Reveal {
+    /// `from`'s revealed shares as the wire carried them.
+    pub fn from_wire(from: &str, wire: crate::v1::RevealedShares) -> Self {
+        let own = |v: Vec<crate::v1::AgencyShare>| {
+            v.into_iter()
+                .map(|s| (s.agency, s.share.to_vec()))
+                .collect()
+        };
+        Reveal {
+            from: from.to_owned(),
+            seeds: own(wire.seeds),
+            mask_keys: own(wire.mask_keys),
+        }
+    }
 }
 
 /// Why a step of secure aggregation could not be taken. Each names what is wrong; none of them

@@ -186,7 +186,7 @@ impl Participant {
             sealed.push(SealedShare {
                 from: self.me.clone(),
                 to: to.clone(),
-                ciphertext: crypto::seal(&key, &self.params, &self.me, to, &plain)?,
+                ciphertext: crypto::seal(&key, &self.params, &self.me, to, &plain)?.into(),
             });
         }
         self.keyed = keyed;
