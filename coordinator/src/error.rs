@@ -110,6 +110,8 @@ pub enum CoordinatorError {
         /// Each agency left out: `AGENCY: why`.
         why: Vec<String>,
     },
+    #[error("{what}: {problem}")]
+    SecureAggregation { what: String, problem: String },
     #[error("round {round}: {source}; fix it and start the job again")]
     Registry { round: u32, source: LoadError },
     #[error("round {round}: {source}")]
@@ -250,6 +252,7 @@ impl From<CoordinatorError> for tonic::Status {
             | TooFewConnected { .. }
             | TooFewAdmitted { .. }
             | TooFewResults { .. }
+            | SecureAggregation { .. }
             | Registry { .. }
             | PolicyKeys { .. }
             | Undecidable { .. } => {

@@ -218,8 +218,11 @@ async fn train(
         .map(|f| members(&f).len())
         .unwrap_or(0);
     let grid = Grid::for_round(members, ctx.limits.max_records_per_agency);
-    let streams = settings.streams();
-    let intake = if streams {
+    // Under secure aggregation each update arrives masked and only the round's sum is
+    // recovered (the job's check refused every strategy that needs more).
+    let secure = spec.secure_aggregation();
+    let streams = settings.streams() && secure.is_none();
+    let intake = if streams || secure.is_some() {
         Intake::Staged
     } else {
         Intake::Whole
@@ -243,19 +246,33 @@ async fn train(
         let parameters = global.iter().map(|t| t.values.len()).sum();
         let sum = streams.then(|| Arc::new(Mutex::new(Accumulator::new(parameters, grid))));
         let (checked, folded) = (Arc::clone(&global), sum.clone());
+        let masked = secure.is_some();
         let check = move |r: &mut TaskResult| {
-            check_update(&checked, r)?;
+            match masked {
+                true => check_masked(&checked, r)?,
+                false => check_update(&checked, r)?,
+            }
             if let Some(e) = &r.evaluation {
                 evaluation::check(e, shape)?;
             }
-            if let (Some(sum), Some(staged)) = (&folded, r.staged.take()) {
+            // Under secure aggregation there is no sum here: the masked update stays staged for
+            // the round's masked sum.
+            if let Some(sum) = &folded
+                && let Some(staged) = r.staged.take()
+            {
                 let mut sum = sum.lock().unwrap_or_else(|e| e.into_inner());
                 sum.fold(r.num_examples, staged.tensors.values());
             }
             Ok(())
         };
-        let collected = rounds::collect(ctx, job, rules, round, kind, intake, check).await?;
+        let secure_ask = secure.map(|spec| rounds::SecureAsk {
+            spec,
+            length: parameters,
+        });
+        let collected =
+            rounds::collect(ctx, job, rules, round, kind, intake, secure_ask, check).await?;
         let last_received = collected.last_received;
+        let secure_sum = collected.secure_sum.clone();
         let (mut summary, results) = with_evaluation_metrics(
             collected.summary,
             collected.results,
@@ -277,13 +294,24 @@ async fn train(
         let (note, digest) = ctx
             .blocking(move |ctx| {
                 let mut state = state;
-                let (model, note) = match sum {
-                    Some(sum) => {
+                let (model, note) = match (secure_sum, sum) {
+                    // The sum of the survivors' updates (each its local model minus the global
+                    // one), to the fixed point's rounding: their mean added to the global model.
+                    (Some(delta), _) => {
+                        let n = contributors.len().max(1) as f64;
+                        let global_flat = aggregate::flatten(&global);
+                        let mean = ndarray::Array1::from_iter(
+                            global_flat.iter().zip(&delta).map(|(g, d)| g + d / n),
+                        );
+                        let model = aggregate::server_step(&settings, &global, mean, &mut state);
+                        (aggregate::into_tensors(model, &global), String::new())
+                    }
+                    (None, Some(sum)) => {
                         let mean = sum.into_mean();
                         let model = aggregate::server_step(&settings, &global, mean, &mut state);
                         (aggregate::into_tensors(model, &global), String::new())
                     }
-                    None => {
+                    (None, None) => {
                         let locals: Vec<(u64, &[NamedTensor])> = results
                             .iter()
                             .map(|(_, r)| (r.num_examples, r.tensors.as_slice()))
@@ -361,7 +389,8 @@ async fn final_evaluation(
         Some(e) => evaluation::check(e, shape),
         None => Err("the result carries no evaluation".into()),
     };
-    let collected = rounds::collect(ctx, job, &rules, round, kind, Intake::Whole, check).await;
+    let collected =
+        rounds::collect(ctx, job, &rules, round, kind, Intake::Whole, None, check).await;
     let collected = match collected {
         Ok(collected) => collected,
         Err(
@@ -430,7 +459,7 @@ async fn statistics(
             "statistics must be one tensor `stats` of shape [{width}, 3]"
         )),
     };
-    let collected = rounds::collect(ctx, job, rules, 0, kind, Intake::Whole, check).await?;
+    let collected = rounds::collect(ctx, job, rules, 0, kind, Intake::Whole, None, check).await?;
     // Each agency's public record estimate: the largest of its noisy column counts, rounded
     // (post-processing of its DP release; nodes never use their true count).
     job.public_records = collected
@@ -688,7 +717,7 @@ async fn query(
     let max_records = ctx.limits.max_records_per_agency;
     let checked = spec.clone();
     let check = move |r: &mut TaskResult| answers::check_answer(&checked, max_records, r);
-    let collected = rounds::collect(ctx, job, rules, 1, kind, Intake::Whole, check).await?;
+    let collected = rounds::collect(ctx, job, rules, 1, kind, Intake::Whole, None, check).await?;
     let mut summary = collected.summary;
     let combination = spec.combination;
     // The bootstrap of the intervals is a long computation: off the runtime, with the
@@ -852,6 +881,21 @@ fn check_update(global: &[NamedTensor], result: &TaskResult) -> Result<(), Strin
             "the update's L2 norm {norm:.6} exceeds its declared bound {}",
             result.declared_norm_bound
         ));
+    }
+    Ok(())
+}
+
+/// Checks a masked update of a round of secure aggregation: the global model's layout, as
+/// ring elements. Nothing else of it can be checked: its values are masked (the node bounds
+/// its update's norm before masking, docs/SECURE_AGGREGATION.md).
+fn check_masked(global: &[NamedTensor], result: &TaskResult) -> Result<(), String> {
+    match &result.staged {
+        Some(staged) => staged.tensors.check_masked_layout(global),
+        None => return Err("a masked update arrived unstaged".into()),
+    }
+    .map_err(|e| e.to_string())?;
+    if result.num_examples == 0 {
+        return Err("the update claims zero examples".into());
     }
     Ok(())
 }

@@ -16,7 +16,8 @@
 //!   federation request into a `ValidFederation`), `limits` (the bounds on everything a node
 //!   sends; [`check_hello`] and the bounds a node's Hello and task ids must keep are public), `peerlog` (logging what peers do without letting them fill the log), `paging`.
 //! - Running jobs: `jobs` (a job's runner: statistics, training, query), `rounds` (what every
-//!   round shares: invite, send, collect, account), `policy` (each round's sharing-policy
+//!   round shares: invite, send, collect, account), `secure` (a round of secure aggregation:
+//!   the protocol's steps relayed, the masked sum, the masks recovered), `policy` (each round's sharing-policy
 //!   decision, on a blocking thread), `aggregate` (training strategies), `analytics` and
 //!   `answers` (combining and checking query answers), `models` (the model registry's rules), `provenance` (a
 //!   model version's signed manifest).
@@ -47,6 +48,7 @@ mod peerlog;
 mod policy;
 mod provenance;
 mod rounds;
+mod secure;
 mod server;
 mod service;
 mod sessions;

@@ -12,8 +12,8 @@
 
 use prost::Message;
 use treaty_proto::v1::{
-    DatasetSummary, Evaluation, Hello, PrivacyReport, ResultHeader, SignedStatement, TaskAccepted,
-    TaskRefused, TensorSpec,
+    DatasetSummary, Evaluation, Hello, PrivacyReport, ResultHeader, SecAggFromNode,
+    SignedStatement, TaskAccepted, TaskRefused, TensorSpec,
 };
 
 /// The most bytes of a name: a data set, a column, a metric, a tensor, an evaluation kind or
@@ -175,6 +175,56 @@ pub(crate) fn check_signed_statement(s: &SignedStatement) -> Result<(), BoundErr
     bytes("sent.signature", &s.signature, MAX_TEXT_BYTES)?;
     bytes("sent.scheme", &s.scheme, MAX_REASON_CODE_BYTES)?;
     bytes("sent.certificate", &s.certificate, 4 * MAX_TEXT_BYTES)
+}
+
+/// The most bytes of a statement of secure aggregation (a list of up to 255 survivors).
+pub(crate) const MAX_SECAGG_STATEMENT_BYTES: usize = 64 << 10;
+/// The most bytes of one sealed share (a share is 33 bytes a secret, two secrets, in JSON and
+/// sealed: a few hundred bytes).
+pub(crate) const MAX_SEALED_SHARE_BYTES: usize = 1_024;
+
+/// Checks a step of secure aggregation: at most one entry an agency of a round (255), each
+/// bounded.
+pub(crate) fn check_secagg(m: &SecAggFromNode) -> Result<(), BoundError> {
+    use treaty_proto::secagg::MAX_PARTICIPANTS;
+    use treaty_proto::v1::sec_agg_from_node::Step;
+    bytes("secagg.task_id", &m.task_id, MAX_TASK_ID_BYTES)?;
+    let statement = |s: &SignedStatement| {
+        bytes("secagg.statement", &s.statement, MAX_SECAGG_STATEMENT_BYTES)?;
+        bytes("secagg.signature", &s.signature, MAX_TEXT_BYTES)?;
+        bytes("secagg.scheme", &s.scheme, MAX_REASON_CODE_BYTES)?;
+        bytes("secagg.certificate", &s.certificate, 4 * MAX_TEXT_BYTES)
+    };
+    match &m.step {
+        None => Ok(()),
+        Some(Step::Keys(s)) | Some(Step::Survivors(s)) => statement(s),
+        Some(Step::Shares(shares)) => {
+            count("secagg.shares", shares.shares.len(), MAX_PARTICIPANTS)?;
+            for s in &shares.shares {
+                bytes("secagg.shares.from", &s.from, MAX_NAME_BYTES)?;
+                bytes("secagg.shares.to", &s.to, MAX_NAME_BYTES)?;
+                count(
+                    "secagg.shares.ciphertext",
+                    s.ciphertext.len(),
+                    MAX_SEALED_SHARE_BYTES,
+                )?;
+            }
+            Ok(())
+        }
+        Some(Step::Reveal(r)) => {
+            count("secagg.reveal.seeds", r.seeds.len(), MAX_PARTICIPANTS)?;
+            count(
+                "secagg.reveal.mask_keys",
+                r.mask_keys.len(),
+                MAX_PARTICIPANTS,
+            )?;
+            for s in r.seeds.iter().chain(&r.mask_keys) {
+                bytes("secagg.reveal.agency", &s.agency, MAX_NAME_BYTES)?;
+                count("secagg.reveal.share", s.share.len(), 33)?;
+            }
+            Ok(())
+        }
+    }
 }
 
 /// Checks an acceptance.

@@ -156,6 +156,17 @@ pub(crate) struct Collected {
     pub results: Vec<(String, TaskResult)>,
     /// When the last chunk of the last usable result arrived.
     pub last_received: Option<Instant>,
+    /// Under secure aggregation: the sum of the survivors' updates (the only thing the
+    /// coordinator learns of them); the survivors are the round's contributors.
+    pub secure_sum: Option<Vec<f64>>,
+}
+
+/// What a round of secure aggregation needs besides its agencies: the job's spec and the
+/// number of values each agency contributes.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct SecureAsk {
+    pub spec: treaty_proto::v1::SecureAggregationSpec,
+    pub length: usize,
 }
 
 /// Runs round `round` of `job`: sends `kind` to the connected members and collects their
@@ -172,6 +183,7 @@ pub(crate) async fn collect(
     round: u32,
     kind: task::Kind,
     intake: Intake,
+    secure: Option<SecureAsk>,
     check: impl Fn(&mut TaskResult) -> Result<(), String> + Send + Sync + 'static,
 ) -> Result<Collected, CoordinatorError> {
     let check = Arc::new(check);
@@ -350,6 +362,7 @@ pub(crate) async fn collect(
     let mut asked: Vec<Identity> = admitted.clone();
     let mut decisions_seen = decisions_before;
     let waiting_since = tokio::time::Instant::now();
+    let mut secure_sum = None;
     for attempt in 0u32.. {
         let mut round_ctx = Asking {
             ctx,
@@ -359,12 +372,16 @@ pub(crate) async fn collect(
             excluded: &mut excluded,
             results: &mut results,
             received: &mut received,
+            secure,
+            secure_sum: &mut secure_sum,
         };
         let (terms, stated) = (&decided.terms, &stated);
         round_ctx
             .ask(&asked, attempt, &kind, terms, stated, round_timeout, &check)
             .await?;
-        if results.len() >= min {
+        // A round of secure aggregation is one protocol run among the agencies asked at once:
+        // it is not asked again (another run's sum could not be added to this one's).
+        if results.len() >= min || secure.is_some() {
             break;
         }
         let pending: Vec<&Exclusion> = excluded
@@ -490,6 +507,7 @@ pub(crate) async fn collect(
         summary,
         results,
         last_received,
+        secure_sum,
     })
 }
 
@@ -528,6 +546,8 @@ struct Asking<'a> {
     excluded: &'a mut Vec<Exclusion>,
     results: &'a mut Vec<(String, TaskResult)>,
     received: &'a mut Vec<ReceivedResult>,
+    secure: Option<SecureAsk>,
+    secure_sum: &'a mut Option<Vec<f64>>,
 }
 
 impl Asking<'_> {
@@ -550,6 +570,10 @@ impl Asking<'_> {
         let (ctx, job, round) = (self.ctx, self.job, self.round);
         let deadline_ms = now_ms() + i64::from(round_timeout);
         let (tx, mut rx) = mpsc::unbounded_channel::<Delivery>();
+        let secure_params = match self.secure {
+            Some(s) => Some(self.secure_params(agencies, s)?),
+            None => None,
+        };
         let mut open: HashMap<Identity, String> = HashMap::new(); // agency -> task id
         for agency in agencies {
             let task_id = match attempt {
@@ -577,9 +601,12 @@ impl Asking<'_> {
                     kind: Some(kind),
                     terms: Some(terms.clone()),
                     job: Some(stated.clone()),
+                    secure_aggregation: secure_params.as_ref().map(crate::secure::wire),
                 })),
             };
-            ctx.tasks.open(&task_id, agency, tx.clone(), self.intake);
+            let secure = secure_params.is_some();
+            ctx.tasks
+                .open(&task_id, agency, tx.clone(), self.intake, secure);
             let sent = match ctx.sessions.outbox(agency) {
                 Some(outbox) => outbox.send(Ok(message)).await.is_ok(),
                 None => false,
@@ -598,6 +625,15 @@ impl Asking<'_> {
         drop(tx);
         let deadline =
             tokio::time::Instant::now() + Duration::from_millis(u64::from(round_timeout));
+        if let Some(params) = secure_params {
+            let outcome = self
+                .ask_secure(params, &mut open, &mut rx, deadline, round_timeout, check)
+                .await;
+            for task_id in open.values() {
+                ctx.tasks.close(task_id);
+            }
+            return outcome;
+        }
         while !open.is_empty() {
             // What has arrived is taken in before the deadline is looked at, and once it has
             // passed, what had arrived by then still is: a result the coordinator signed a
@@ -629,6 +665,160 @@ impl Asking<'_> {
                 &format!("no result within {round_timeout} ms"),
             ));
         }
+        Ok(())
+    }
+
+    /// The parameters of the round of secure aggregation among `agencies`.
+    fn secure_params(
+        &self,
+        agencies: &[Identity],
+        secure: SecureAsk,
+    ) -> Result<treaty_proto::secagg::Params, CoordinatorError> {
+        let params = crate::secure::params(
+            &secure.spec,
+            &self.job.job_id,
+            self.round,
+            agencies,
+            secure.length,
+        );
+        params.check().map_err(|e| self.secure_failed(e))?;
+        Ok(params)
+    }
+
+    fn secure_failed(&self, e: treaty_proto::secagg::SecAggError) -> CoordinatorError {
+        CoordinatorError::SecureAggregation {
+            what: format!("round {}", self.round),
+            problem: e.to_string(),
+        }
+    }
+
+    /// Collects a round of secure aggregation: the protocol's steps as they arrive, each
+    /// closed when every agency still in it answered or its time is up (the masked updates'
+    /// at the round's deadline), the masked updates taken in as results (checked, then added to
+    /// the round's masked sum, never kept on their own), and at the end the sum recovered.
+    async fn ask_secure<F>(
+        &mut self,
+        params: treaty_proto::secagg::Params,
+        open: &mut HashMap<Identity, String>,
+        rx: &mut mpsc::UnboundedReceiver<Delivery>,
+        deadline: tokio::time::Instant,
+        round_timeout: u32,
+        check: &Arc<F>,
+    ) -> Result<(), CoordinatorError>
+    where
+        F: Fn(&mut TaskResult) -> Result<(), String> + Send + Sync + 'static,
+    {
+        use crate::secure::{SecureRound, Stage};
+        let (ctx, job, round) = (self.ctx, self.job, self.round);
+        let ca = ctx
+            .store
+            .signer()
+            .map(|s| s.ca_certificate().to_vec())
+            .ok_or_else(|| CoordinatorError::SecureAggregation {
+                what: format!("round {round}"),
+                problem: "the coordinator keeps no CA certificate to check the agencies' keys by"
+                    .into(),
+            })?;
+        tracing::info!(
+            job = %job.job_id,
+            round,
+            agencies = params.participants.len(),
+            threshold = params.threshold,
+            fractional_bits = params.fractional_bits,
+            "secure aggregation round started"
+        );
+        let step = crate::secure::step_timeout(round_timeout);
+        let mut secure = SecureRound::new(params, ca, open, step, deadline)
+            .map_err(|e| self.secure_failed(e))?;
+        let mut answered: std::collections::HashSet<Identity> = Default::default();
+        let mut changes = ctx.sessions.subscribe();
+        let mut watching = true;
+        while secure.stage != Stage::Done {
+            if secure.complete() || tokio::time::Instant::now() >= secure.deadline {
+                secure
+                    .advance(ctx)
+                    .await
+                    .map_err(|e| self.secure_failed(e))?;
+                continue;
+            }
+            let wake = secure.deadline;
+            tokio::select! {
+                biased;
+                d = rx.recv() => {
+                    let Some((identity, outcome)) = d else { break };
+                    let task_id = open.get(&identity).cloned().unwrap_or_default();
+                    match outcome {
+                        Outcome::SecAgg(step) => {
+                            if let Err(e) = secure.step(&identity, *step) {
+                                ctx.warn_peer(&identity, "secure aggregation step refused", &e.to_string());
+                            }
+                        }
+                        Outcome::Result(result) if secure.stage == Stage::Inputs => {
+                            answered.insert(identity.clone());
+                            let before = self.results.len();
+                            self.take(identity.clone(), task_id, Outcome::Result(result), check).await?;
+                            if self.results.len() == before {
+                                secure.gone(&identity);
+                                continue;
+                            }
+                            let masked = self
+                                .results
+                                .last_mut()
+                                .and_then(|(_, r)| r.staged.take())
+                                .ok_or_else(|| "its result holds no masked update".to_owned())
+                                .and_then(|s| s.tensors.masked().map_err(|e| e.to_string()))
+                                .and_then(|values| secure.masked(&identity, &values).map_err(|e| e.to_string()));
+                            if let Err(reason) = masked {
+                                self.results.pop();
+                                secure.gone(&identity);
+                                reject(ctx, job, round, &identity, reason, self.excluded).await?;
+                            }
+                        }
+                        Outcome::Result(_) => {
+                            answered.insert(identity.clone());
+                            let reason = "its masked update arrived after the round stopped taking them".to_owned();
+                            reject(ctx, job, round, &identity, reason, self.excluded).await?;
+                        }
+                        other => {
+                            answered.insert(identity.clone());
+                            secure.gone(&identity);
+                            self.take(identity, task_id, other, check).await?;
+                        }
+                    }
+                }
+                _ = tokio::time::sleep_until(wake) => {}
+                changed = changes.changed(), if watching => {
+                    watching = changed.is_ok();
+                    let gone: Vec<Identity> = secure
+                        .waiting()
+                        .filter(|a| !ctx.sessions.is_connected(a))
+                        .cloned()
+                        .collect();
+                    for agency in &gone {
+                        secure.gone(agency);
+                    }
+                }
+            }
+        }
+        for (agency, task_id) in open.iter() {
+            if answered.contains(agency) {
+                continue;
+            }
+            if let Some(outbox) = ctx.sessions.outbox(agency) {
+                let _ = outbox.try_send(Ok(CoordinatorMessage {
+                    kind: Some(coordinator_message::Kind::Cancel(CancelTask {
+                        task_id: task_id.clone(),
+                        reason: "the round of secure aggregation went on without it".into(),
+                    })),
+                }));
+            }
+            self.excluded.push(exclusion(
+                shown(agency),
+                ExclusionCode::TimedOut,
+                &format!("no masked update within {round_timeout} ms"),
+            ));
+        }
+        *self.secure_sum = secure.into_sum().map(|(sum, _)| sum);
         Ok(())
     }
 
@@ -677,6 +867,13 @@ impl Asking<'_> {
             }
             Outcome::Invalid(reason) => {
                 reject(ctx, job, round, &identity, reason, self.excluded).await?
+            }
+            Outcome::SecAgg(_) => {
+                ctx.warn_peer(
+                    &identity,
+                    "secure aggregation step outside such a round",
+                    "",
+                );
             }
             Outcome::Result(result) => {
                 let check = Arc::clone(check);

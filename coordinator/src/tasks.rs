@@ -22,6 +22,8 @@ pub(crate) enum Outcome {
     },
     /// The node sent a result that cannot be used (malformed, incomplete or not finite).
     Invalid(String),
+    /// A step of secure aggregation (its size checked): it leaves the task open.
+    SecAgg(Box<treaty_proto::v1::sec_agg_from_node::Step>),
 }
 
 /// How the result of a task is taken in.
@@ -75,6 +77,10 @@ struct Pending {
     agency: Identity,
     round: mpsc::UnboundedSender<Delivery>,
     intake: Intake,
+    /// A task of a round of secure aggregation: its result does not close it (the steps after
+    /// the masked update still arrive), but a second result is refused.
+    secure: bool,
+    answered: bool,
 }
 
 /// Why an outcome was not taken.
@@ -98,13 +104,15 @@ impl Tasks {
     }
 
     /// Opens a task given to `agency`; its outcome goes to `round`, its result taken in by
-    /// `intake`.
+    /// `intake`. A `secure` task (of a round of secure aggregation) stays open for the steps
+    /// that follow its result.
     pub(crate) fn open(
         &self,
         task_id: &str,
         agency: &Identity,
         round: mpsc::UnboundedSender<Delivery>,
         intake: Intake,
+        secure: bool,
     ) {
         self.lock().insert(
             task_id.to_owned(),
@@ -112,6 +120,8 @@ impl Tasks {
                 agency: agency.clone(),
                 round,
                 intake,
+                secure,
+                answered: false,
             },
         );
     }
@@ -125,11 +135,13 @@ impl Tasks {
                 task: task_id.to_owned(),
                 caller: caller.clone(),
             }),
+            Some(p) if p.answered => Err(DeliveryError::NotOpen(task_id.to_owned())),
             Some(p) => Ok(p.intake),
         }
     }
 
-    /// Delivers an outcome from `caller`, closing the task.
+    /// Delivers an outcome from `caller`, closing the task (a secure task stays open for its
+    /// later steps, answered).
     pub(crate) fn deliver(
         &self,
         task_id: &str,
@@ -137,14 +149,45 @@ impl Tasks {
         outcome: Outcome,
     ) -> Result<(), DeliveryError> {
         self.check(task_id, caller)?;
-        let pending = self
-            .lock()
-            .remove(task_id)
-            .ok_or_else(|| DeliveryError::NotOpen(task_id.to_owned()))?;
-        pending
-            .round
+        let round = {
+            let mut open = self.lock();
+            match open.get_mut(task_id) {
+                Some(p) if p.secure => {
+                    p.answered = true;
+                    p.round.clone()
+                }
+                _ => {
+                    open.remove(task_id)
+                        .ok_or_else(|| DeliveryError::NotOpen(task_id.to_owned()))?
+                        .round
+                }
+            }
+        };
+        round
             .send((caller.clone(), outcome))
             .map_err(|_| DeliveryError::NotOpen(task_id.to_owned()))
+    }
+
+    /// Relays a step of secure aggregation from `caller` to its task's round, leaving the task
+    /// open.
+    pub(crate) fn relay(
+        &self,
+        task_id: &str,
+        caller: &Identity,
+        step: treaty_proto::v1::sec_agg_from_node::Step,
+    ) -> Result<(), DeliveryError> {
+        let open = self.lock();
+        match open.get(task_id) {
+            Some(p) if p.agency != *caller => Err(DeliveryError::NotYours {
+                task: task_id.to_owned(),
+                caller: caller.clone(),
+            }),
+            Some(p) if p.secure => p
+                .round
+                .send((caller.clone(), Outcome::SecAgg(Box::new(step))))
+                .map_err(|_| DeliveryError::NotOpen(task_id.to_owned())),
+            _ => Err(DeliveryError::NotOpen(task_id.to_owned())),
+        }
     }
 
     /// Closes a task without an outcome (its round ended).
@@ -165,7 +208,7 @@ mod tests {
         let nl = Identity::agency("NL", "NL-POLITIE").unwrap();
         // The same agency id under another country's certificate is another agency.
         let impostor = Identity::agency("NL", "DE-BKA").unwrap();
-        tasks.open("t1", &de, tx, Intake::Whole);
+        tasks.open("t1", &de, tx, Intake::Whole, false);
         let refuse = || Outcome::Refused {
             reason_code: "X".into(),
             message: String::new(),

@@ -15,7 +15,7 @@ use treaty_proto::query::Statistic;
 use treaty_proto::schema::{self, Usage};
 use treaty_proto::v1::{
     Aggregation, ColumnStats, Combine, DpMode, FeatureSchema, JobSpec, LabelKind, ModelKind,
-    PrivacySpec, QuerySpec, SharingSpec, Strategy, TrainingSpec, job_spec,
+    PrivacySpec, QuerySpec, SecureAggregationSpec, SharingSpec, Strategy, TrainingSpec, job_spec,
 };
 use treaty_proto::{EnumError, enums};
 
@@ -137,6 +137,16 @@ pub enum JobProblem {
     UndeclaredEpsilon,
     #[error("`sharing`: epsilon per round {epsilon} must be positive and delta {delta} in [0, 1)")]
     Sharing { epsilon: f64, delta: f64 },
+    #[error(
+        "secure aggregation gives the coordinator only the sum of a round's updates, and {0} needs each update on its own: take FedAvg or a server optimiser (FedAdam, FedYogi, FedAdagrad), or leave secure aggregation off"
+    )]
+    SecureAggregationRobust(&'static str),
+    #[error("`secure_aggregation.fractional_bits` is {0}; it must be 8 to 40, or 0 for 32")]
+    FractionalBits(u32),
+    #[error(
+        "secure aggregation needs at least 3 agencies a round (`min_participants` is {0}): with 2, the threshold of a majority leaves no drop-out room and each learns the other's update from the sum"
+    )]
+    SecureAggregationTooFew(u32),
 }
 
 /// A job spec that passed every check, its defaults filled in.
@@ -328,6 +338,11 @@ impl ValidTraining {
         self.rest.seed
     }
 
+    /// The job's secure aggregation, when it asks for it.
+    pub(crate) fn secure_aggregation(&self) -> Option<SecureAggregationSpec> {
+        self.rest.secure_aggregation
+    }
+
     /// The spec as the wire (tasks, model headers) and the store carry it.
     pub(crate) fn to_spec(&self) -> TrainingSpec {
         TrainingSpec {
@@ -383,6 +398,12 @@ fn decode(spec: JobSpec, members: Option<usize>) -> Result<ValidJob, InvalidJob>
             None
         }
     };
+    if let Some(Work::Training(t)) = &work
+        && t.secure_aggregation().is_some()
+        && min_participants < 3
+    {
+        problems.push(JobProblem::SecureAggregationTooFew(min_participants));
+    }
     // The sharing terms rest on the rest of the spec: judged once that is sound.
     let declared = spec.sharing;
     match work {
@@ -507,6 +528,9 @@ fn training(t: TrainingSpec, problems: &mut Vec<JobProblem>, new: bool) -> Optio
         "zero or positive",
     );
     let settings = strategy(t.strategy.unwrap_or_default(), problems);
+    if let (Some(secure), Some(settings)) = (&t.secure_aggregation, &settings) {
+        secure_aggregation(secure, settings, problems);
+    }
     let privacy = match t.privacy {
         None => {
             problems.push(JobProblem::NoPrivacy);
@@ -531,6 +555,27 @@ fn training(t: TrainingSpec, problems: &mut Vec<JobProblem>, new: bool) -> Optio
             ..t
         },
     })
+}
+
+/// Secure aggregation combines sums: a robust aggregator is refused with it, and its scale is
+/// bounded.
+fn secure_aggregation(
+    secure: &SecureAggregationSpec,
+    settings: &Settings,
+    problems: &mut Vec<JobProblem>,
+) {
+    let robust = match settings.aggregation {
+        Aggregation::Median => Some("the coordinate-wise median"),
+        Aggregation::TrimmedMean => Some("the trimmed mean"),
+        Aggregation::NormBounded => Some("norm-bounded averaging (it clips each update)"),
+        _ => None,
+    };
+    if let Some(name) = robust {
+        problems.push(JobProblem::SecureAggregationRobust(name));
+    }
+    if secure.fractional_bits != 0 && !(8..=40).contains(&secure.fractional_bits) {
+        problems.push(JobProblem::FractionalBits(secure.fractional_bits));
+    }
 }
 
 /// A given standardisation must have one entry per numeric column.

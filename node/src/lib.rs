@@ -34,6 +34,8 @@
 //!   operator downloads it and `treaty model explain` reads it.
 //! - `noise`, `analytics`: Gaussian and Laplace noise through opendp, and the DP answers to
 //!   analytics queries.
+//! - `secure`: the node's side of secure aggregation (the protocol is `treaty_proto::secagg`):
+//!   its round checked from the task, the key exchange beside training, the masked update.
 //! - `error`: the node's errors ([`NodeError`], [`DataError`]).
 //!
 //! No module below `work` imports it: the ledger, the policy check, the analytics and the
@@ -58,6 +60,7 @@ mod noise;
 mod policy;
 mod refusal;
 pub mod scoring;
+mod secure;
 pub mod serve;
 mod session;
 mod train;
@@ -180,6 +183,7 @@ pub async fn run(config: NodeConfig, shutdown: CancellationToken) -> Result<(), 
         worker: Arc::new(worker),
         running: Arc::new(tokio::sync::Semaphore::new(session::CONCURRENT_TASKS)),
         metrics: Arc::default(),
+        secagg: Arc::default(),
     };
     if let Some(monitoring) = &config.monitoring {
         let listener = treaty_proto::monitoring::bind(monitoring)

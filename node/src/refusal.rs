@@ -55,6 +55,11 @@ pub enum RefusalCode {
     /// `APPROVAL_EXCEEDED`: the release would take the job's spending at the agency past the
     /// epsilon its operator approved.
     ApprovalExceeded,
+    /// `SECURE_AGGREGATION_FAILED`: the round's secure aggregation cannot go on for this
+    /// agency (a message of the coordinator or of another agency refused, too few agencies
+    /// left, or no answer in time); what it depends on is protocol messages and counts of
+    /// agencies, never records.
+    SecureAggregationFailed,
     /// The agency's own policy excludes it from the round: the policy reason's own code.
     Policy(Reason),
 }
@@ -81,6 +86,7 @@ impl fmt::Display for RefusalCode {
             RefusalCode::ApprovalPending => "APPROVAL_PENDING",
             RefusalCode::ApprovalRejected => "APPROVAL_REJECTED",
             RefusalCode::ApprovalExceeded => "APPROVAL_EXCEEDED",
+            RefusalCode::SecureAggregationFailed => "SECURE_AGGREGATION_FAILED",
             RefusalCode::Policy(reason) => return f.write_str(&reason.code()),
         };
         f.write_str(code)
@@ -146,6 +152,10 @@ mod tests {
             (RefusalCode::ApprovalPending, "APPROVAL_PENDING"),
             (RefusalCode::ApprovalRejected, "APPROVAL_REJECTED"),
             (RefusalCode::ApprovalExceeded, "APPROVAL_EXCEEDED"),
+            (
+                RefusalCode::SecureAggregationFailed,
+                "SECURE_AGGREGATION_FAILED",
+            ),
             (
                 RefusalCode::Policy(Reason::PurposeNotAllowed),
                 "PURPOSE_NOT_ALLOWED",

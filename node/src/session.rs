@@ -52,6 +52,8 @@ pub(crate) struct Node {
     pub running: Arc<tokio::sync::Semaphore>,
     /// What the node's `/metrics` shows.
     pub metrics: Arc<crate::monitoring::Metrics>,
+    /// The coordinator's messages of secure aggregation, routed to their tasks.
+    pub secagg: Arc<crate::secure::Inboxes>,
 }
 
 /// The longest task id, job id or federation name a node takes, in bytes (as the coordinator
@@ -200,6 +202,11 @@ async fn serve_once(node: &Node, shutdown: &CancellationToken) -> Result<bool, N
                     Some(coordinator_message::Kind::Heartbeat(_)) => {}
                     Some(coordinator_message::Kind::Excluded(e)) => {
                         tracing::warn!(job = e.job_id, round = e.round, code = e.reason_code, explanation = e.explanation, "not admitted to the round by the sharing policies");
+                    }
+                    Some(coordinator_message::Kind::Secagg(m)) => {
+                        if !node.secagg.deliver(m) {
+                            tracing::warn!("a secure aggregation message for no waiting task; ignored");
+                        }
                     }
                     Some(coordinator_message::Kind::Welcome(_)) | None => {
                         tracing::warn!("unexpected message on the session; ignored");
@@ -369,6 +376,17 @@ async fn attempt(
     // A node that requires its operator's approval takes part only in approved jobs; this
     // depends on the operator's decisions alone.
     node.approvals.check(task, recipient, now_ms())?;
+    // A round of secure aggregation is checked from the task alone, before the ledger.
+    let secure = crate::secure::params(task, node.tls.identity())?;
+    let secure_signer = match (&secure, &node.signer) {
+        (Some(_), None) => {
+            return Err(Refusal::new(
+                crate::refusal::RefusalCode::SecureAggregationFailed,
+                "secure aggregation needs the agency's key to sign its keys, and this node's key cannot sign",
+            ));
+        }
+        (_, signer) => signer.clone(),
+    };
     // Decide what will be released, and record it in the ledger, before touching the data.
     // Planning calibrates opendp's mechanisms: on a blocking thread.
     let worker = node.worker.clone();
@@ -422,7 +440,29 @@ async fn attempt(
             task_id: task_id.clone(),
         })))
         .await;
-    let output = node.worker.run(client, &task.job_id, &plan).await?;
+    let (output, secure) = match (secure, secure_signer) {
+        (Some(params), Some(signer)) => {
+            let inbox = node.secagg.open(&task_id);
+            let mut round = crate::secure::SecureTask::start(
+                params,
+                node.tls.identity(),
+                signer,
+                node.ca.clone(),
+                inbox,
+                session.clone(),
+                task,
+            )
+            .await?;
+            // The key exchange goes on while the node trains.
+            let (output, shares) = tokio::try_join!(
+                node.worker.run(client, &task.job_id, &plan),
+                round.exchange()
+            )?;
+            let masked = round.mask(&shares, &output)?;
+            (output, Some((round, masked)))
+        }
+        _ => (node.worker.run(client, &task.job_id, &plan).await?, None),
+    };
     let (ledger, job, federation) = (
         node.ledger.clone(),
         task.job_id.clone(),
@@ -432,7 +472,13 @@ async fn attempt(
         blocking(move || ledger.report_for(Some((&job, &federation)), Some(Some(plan.next))))
             .await
             .ok();
-    let mut result = Outgoing::new(&task_id, output, report);
+    let (mut result, secure) = match secure {
+        Some((round, masked)) => (
+            Outgoing::masked(&task_id, output, &masked, report),
+            Some(round),
+        ),
+        None => (Outgoing::new(&task_id, output, report), None),
+    };
     if let Some(signer) = &node.signer {
         result.sign(signer, &node.tls.identity().to_string())?;
     }
@@ -451,7 +497,18 @@ async fn attempt(
     match result.send(client).await {
         Ok(answer) => {
             tracing::info!(task = task_id, "result sent");
-            Ok(Sent::Received(receipt_of(node, &task_id, &sha256, answer)))
+            let receipt = receipt_of(node, &task_id, &sha256, answer);
+            // Secure aggregation's last steps: the masked update is out; the survivors are
+            // signed and this agency's shares revealed so that the sum can be recovered.
+            if let Some(round) = secure {
+                match round.unmask().await {
+                    Ok(()) => tracing::info!(task = task_id, "secure aggregation: shares revealed"),
+                    Err(refusal) => {
+                        tracing::warn!(task = task_id, code = %refusal.code, reason = refusal.message, "secure aggregation stopped after the masked update was sent")
+                    }
+                }
+            }
+            Ok(Sent::Received(receipt))
         }
         Err(error) => {
             tracing::warn!(task = task_id, %error, "result not accepted");
@@ -525,6 +582,32 @@ impl Outgoing {
     /// The result of `task_id`: `output`'s tensors in chunks, with the node's privacy report.
     pub(crate) fn new(task_id: &str, output: Output, privacy: Option<PrivacyReport>) -> Self {
         let (specs, chunks) = encode(&output.tensors, Dtype::F64, DEFAULT_MAX_CHUNK_BYTES);
+        Self::of(task_id, output, specs, chunks, privacy)
+    }
+
+    /// The result of `task_id` under secure aggregation: its masked update, laid out as the
+    /// global model, in chunks of ring elements; `output`'s evaluation and the privacy report.
+    pub(crate) fn masked(
+        task_id: &str,
+        output: Output,
+        masked: &[u64],
+        privacy: Option<PrivacyReport>,
+    ) -> Self {
+        let (specs, chunks) = treaty_proto::tensor::encode_masked(
+            &output.started_from,
+            masked,
+            DEFAULT_MAX_CHUNK_BYTES,
+        );
+        Self::of(task_id, output, specs, chunks, privacy)
+    }
+
+    fn of(
+        task_id: &str,
+        output: Output,
+        specs: Vec<treaty_proto::v1::TensorSpec>,
+        chunks: Vec<treaty_proto::v1::TensorChunk>,
+        privacy: Option<PrivacyReport>,
+    ) -> Self {
         let header = ResultHeader {
             task_id: task_id.to_owned(),
             num_examples: output.num_examples,

@@ -5,7 +5,8 @@ use std::path::PathBuf;
 use clap::{Args, Subcommand, ValueEnum};
 use treaty_proto::v1::{
     Aggregation, CreateJobRequest, DpMode, GetJobRequest, GetRegistryFieldsRequest, Job, JobSpec,
-    ListJobsRequest, ModelKind, PrivacySpec, SharingSpec, Strategy, TrainingSpec, job_spec,
+    ListJobsRequest, ModelKind, PrivacySpec, SecureAggregationSpec, SharingSpec, Strategy,
+    TrainingSpec, job_spec,
 };
 use treaty_proto::{evaluation, schema};
 
@@ -151,6 +152,15 @@ pub struct TrainArgs {
     /// The aggregated model may be passed on to third parties.
     #[arg(long)]
     onward_transfer: bool,
+    /// Secure aggregation: the coordinator learns only the sum of each training round's
+    /// updates, even when agencies drop out (docs/SECURE_AGGREGATION.md). Needs FedAvg or a
+    /// server optimiser, and --min-participants 3 or more.
+    #[arg(long)]
+    secure_aggregation: bool,
+    /// Secure aggregation: the most agencies that may drop out of a round while its sum is
+    /// still recovered (0: a third of the round's agencies).
+    #[arg(long, default_value_t = 0, requires = "secure_aggregation")]
+    max_dropouts: u32,
     /// Rounds go ahead with at least this many agencies.
     #[arg(long, default_value_t = 1)]
     min_participants: u32,
@@ -358,6 +368,10 @@ async fn train(a: TrainArgs) -> Outcome {
             evaluation_epsilon: a.evaluation_epsilon,
             statistics_rho: a.statistics_rho,
             ..Default::default()
+        }),
+        secure_aggregation: a.secure_aggregation.then_some(SecureAggregationSpec {
+            max_dropouts: a.max_dropouts,
+            fractional_bits: 0,
         }),
         ..Default::default()
     };

@@ -30,3 +30,4 @@ mod report;
 mod rounds;
 mod schema;
 mod scoring;
+mod secure_aggregation;

@@ -471,5 +471,34 @@ fn handle(ctx: &Coordinator, agency: &Identity, kind: node_message::Kind) -> boo
             ctx.warn_peer(agency, "second Hello on a session; ignored", "");
             false
         }
+        node_message::Kind::Secagg(m) => {
+            if let Err(bound) = limits::check_secagg(&m) {
+                ctx.warn_peer(
+                    agency,
+                    "secure aggregation step ignored: over a bound",
+                    &bound.to_string(),
+                );
+                return false;
+            }
+            let Some(step) = m.step else {
+                ctx.warn_peer(
+                    agency,
+                    "secure aggregation step ignored: it has no step",
+                    "",
+                );
+                return false;
+            };
+            match ctx.tasks.relay(&m.task_id, agency, step) {
+                Ok(()) => true,
+                Err(error) => {
+                    ctx.warn_peer(
+                        agency,
+                        "secure aggregation step ignored",
+                        &error.to_string(),
+                    );
+                    false
+                }
+            }
+        }
     }
 }

@@ -40,6 +40,9 @@ pub struct Output {
     /// Under DP: the noisy evaluation of a model (the global model of a training round, an
     /// evaluation task's model) on the test split.
     pub evaluation: Option<Evaluation>,
+    /// A training round's global model, which `tensors` was trained from (empty otherwise):
+    /// under secure aggregation the node sends the difference.
+    pub started_from: Vec<NamedTensor>,
 }
 
 /// Encoded examples of one table for one schema and standardisation.

@@ -37,6 +37,7 @@ impl Worker {
                     .map_err(Refusal::internal)?,
             )],
             evaluation: None,
+            started_from: Vec::new(),
         })
     }
 }

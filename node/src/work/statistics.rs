@@ -35,6 +35,7 @@ impl Worker {
             metrics: HashMap::new(),
             tensors: vec![NamedTensor::new("stats", values)],
             evaluation: None,
+            started_from: Vec::new(),
         })
     }
 }

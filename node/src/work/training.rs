@@ -95,6 +95,7 @@ impl Worker {
                 metrics: HashMap::new(),
                 tensors: local.to_tensors(),
                 evaluation,
+                started_from: global,
             })
         })
         .await?
@@ -121,6 +122,7 @@ impl Worker {
                 metrics: HashMap::new(),
                 tensors: Vec::new(),
                 evaluation: Some(evaluate(&model, &test, scale, error_bound)?),
+                started_from: Vec::new(),
             })
         })
         .await?

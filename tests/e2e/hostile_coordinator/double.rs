@@ -251,6 +251,7 @@ impl Hostile {
                     kind: Some(kind),
                     terms: Some(terms),
                     job: self.job.clone(),
+                    secure_aggregation: None,
                 })),
             }))
             .await
