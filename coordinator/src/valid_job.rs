@@ -1092,6 +1092,75 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn secure_aggregation_refuses_robust_aggregators_and_rounds_of_two() {
+        let secure = |aggregation: Aggregation, bits: u32, min: u32| {
+            let mut t = training_spec();
+            t.strategy = Some(Strategy {
+                aggregation: aggregation as i32,
+                ..Default::default()
+            });
+            t.secure_aggregation = Some(SecureAggregationSpec {
+                max_dropouts: 0,
+                fractional_bits: bits,
+            });
+            ValidJob::for_federation(
+                JobSpec {
+                    min_participants: min,
+                    ..job(job_spec::Kind::Training(t))
+                },
+                8,
+                &registry(),
+            )
+        };
+        for fine in [
+            Aggregation::Fedavg,
+            Aggregation::Fedadam,
+            Aggregation::Fedyogi,
+            Aggregation::Fedadagrad,
+        ] {
+            let valid = secure(fine, 0, 3).unwrap();
+            let Work::Training(t) = valid.work else {
+                panic!("a training job")
+            };
+            assert!(t.secure_aggregation().is_some());
+        }
+        for robust in [
+            Aggregation::Median,
+            Aggregation::TrimmedMean,
+            Aggregation::NormBounded,
+        ] {
+            let problems = secure(robust, 0, 3).unwrap_err().problems;
+            assert!(
+                matches!(
+                    problems.as_slice(),
+                    [JobProblem::SecureAggregationRobust(_)]
+                ),
+                "{problems:?}"
+            );
+            assert!(
+                problems[0]
+                    .to_string()
+                    .contains("needs each update on its own")
+            );
+        }
+        assert_eq!(
+            secure(Aggregation::Fedavg, 0, 2).unwrap_err().problems,
+            vec![JobProblem::SecureAggregationTooFew(2)]
+        );
+        assert_eq!(
+            secure(Aggregation::Fedavg, 48, 3).unwrap_err().problems,
+            vec![JobProblem::FractionalBits(48)]
+        );
+        // The robust strategies stay available without it.
+        let mut t = training_spec();
+        t.strategy = Some(Strategy {
+            aggregation: Aggregation::Median as i32,
+            ..Default::default()
+        });
+        assert!(ValidJob::for_federation(job(job_spec::Kind::Training(t)), 8, &registry()).is_ok());
+    }
+
+    #[test]
     fn unknown_enum_values_are_named_with_their_field() {
         let mut t = training_spec();
         t.model = 17;

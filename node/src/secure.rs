@@ -238,10 +238,16 @@ impl SecureTask {
             .participant
             .share_keys(&keys, &self.ca)
             .map_err(|e| failed(e.to_string()))?;
+        let agencies = keys.len();
         self.send(sec_agg_from_node::Step::Shares(
             treaty_proto::v1::SealedShares { shares: sealed },
         ))
         .await?;
+        tracing::info!(
+            task = self.task_id,
+            agencies,
+            "secure aggregation: keys checked, shares sent"
+        );
         match self.next("shares").await? {
             sec_agg_to_node::Step::Shares(s) => Ok(s.shares),
             _ => Err(failed(
