@@ -685,3 +685,11 @@ pub fn client_config(ca: &Path, cert_and_key: Option<(&Path, &Path)>) -> rustls:
         None => builder.with_no_client_auth(),
     }
 }
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}

@@ -37,14 +37,26 @@ pub enum Seen {
         header: ResultHeader,
         tensors: Vec<NamedTensor>,
     },
+    /// A result of masked ring elements (secure aggregation).
+    Masked {
+        header: ResultHeader,
+        values: Vec<u64>,
+    },
+    /// A step of secure aggregation.
+    SecAgg {
+        task: String,
+        step: treaty_proto::v1::sec_agg_from_node::Step,
+    },
 }
 
 impl Seen {
     /// The task this message is about, if any.
     pub fn task(&self) -> Option<&str> {
         match self {
-            Seen::Accepted(t) | Seen::Refused { task: t, .. } => Some(t),
-            Seen::Result { header, .. } => Some(&header.task_id),
+            Seen::Accepted(t) | Seen::Refused { task: t, .. } | Seen::SecAgg { task: t, .. } => {
+                Some(t)
+            }
+            Seen::Result { header, .. } | Seen::Masked { header, .. } => Some(&header.task_id),
             Seen::Hello(_) => None,
         }
     }
@@ -95,6 +107,13 @@ impl AgencyService for Api {
                         code: r.reason_code,
                         message: r.message,
                     },
+                    Some(node_message::Kind::Secagg(m)) => match m.step {
+                        Some(step) => Seen::SecAgg {
+                            task: m.task_id,
+                            step,
+                        },
+                        None => continue,
+                    },
                     _ => continue,
                 };
                 let _ = seen.send(s);
@@ -124,10 +143,19 @@ impl AgencyService for Api {
                     .map_err(|e| Status::invalid_argument(e.to_string()))?;
             }
         }
-        let tensors = assembler
-            .finish()
+        let staged = assembler
+            .finish_staged()
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
-        let _ = self.seen.send(Seen::Result { header, tensors });
+        let seen = match staged.masked() {
+            Ok(values) => Seen::Masked { header, values },
+            Err(_) => Seen::Result {
+                header,
+                tensors: staged
+                    .decode()
+                    .map_err(|e| Status::invalid_argument(e.to_string()))?,
+            },
+        };
+        let _ = self.seen.send(seen);
         Ok(Response::new(SubmitReceipt {
             accepted: true,
             ..Default::default()
@@ -233,6 +261,40 @@ impl Hostile {
     /// Serves `model` to the node's next downloads.
     pub fn serve_model(&self, model: Vec<NamedTensor>) {
         *self.model.lock().unwrap() = model;
+    }
+
+    /// Sends a task of a round of secure aggregation (`secure` as the task states it); its id.
+    /// What the node says of it is read with [`Hostile::next`].
+    pub async fn send_secure(
+        &mut self,
+        kind: task::Kind,
+        terms: RoundTerms,
+        secure: Option<treaty_proto::v1::SecureAggregationRound>,
+    ) -> String {
+        self.next_task += 1;
+        let task_id = format!("hostile-{}", self.next_task);
+        self.send(coordinator_message::Kind::Task(Task {
+            task_id: task_id.clone(),
+            job_id: "job-hostile".into(),
+            federation: "fed".into(),
+            round: self.next_task,
+            deadline_unix_ms: crate::common::now_ms() + 60_000,
+            kind: Some(kind),
+            terms: Some(terms),
+            job: self.job.clone(),
+            secure_aggregation: secure,
+        }))
+        .await;
+        task_id
+    }
+
+    /// Sends the node a message on its session.
+    pub async fn send(&self, kind: coordinator_message::Kind) {
+        let outbox = self.outbox.lock().unwrap().clone().expect("no session");
+        outbox
+            .send(Ok(CoordinatorMessage { kind: Some(kind) }))
+            .await
+            .unwrap();
     }
 
     /// Sends a task and collects what the node says of it until it refuses or sends a result.

@@ -4,6 +4,7 @@
 //! values. The double in `double.rs` speaks the real protocol over real mutual TLS.
 
 mod double;
+mod secure;
 
 use std::io::Write;
 use std::path::PathBuf;
