@@ -175,7 +175,9 @@ pub(crate) struct SecureAsk {
 /// running sum) when it passes: `check` sees exactly the results that arrive in time, one at a
 /// time, and those it passes are the round's contributors. Fails the job when fewer agencies
 /// than its `rules` need are connected, admitted by the sharing policies, or send usable
-/// results.
+/// results. With `secure`, the round is one of secure aggregation (`ask_secure`): its
+/// contributors' updates arrive masked and only their sum (`Collected::secure_sum`) is known.
+#[allow(clippy::too_many_arguments)]
 pub(crate) async fn collect(
     ctx: &Arc<Coordinator>,
     job: &Job,
