@@ -238,6 +238,10 @@ pub struct W1Args {
     /// `--learning-rate`).
     #[arg(long)]
     recipe: Option<String>,
+    /// Train under secure aggregation (docs/SECURE_AGGREGATION.md): the coordinator learns only
+    /// each round's sum of updates.
+    #[arg(long)]
+    secure_aggregation: bool,
 }
 
 pub async fn run(command: BenchCommand) -> Outcome {
@@ -271,6 +275,7 @@ pub async fn run(command: BenchCommand) -> Outcome {
                 epsilon: a.epsilon,
                 clip: a.clip,
                 learning_rate: a.learning_rate,
+                secure_aggregation: a.secure_aggregation,
             };
             bench::w1(options, &this_binary()?).await?;
         }

@@ -64,6 +64,8 @@ pub struct W1Options {
     /// A recipe of `treaty bench tabular` to train by instead of W1's own (Poisson DP-SGD,
     /// batch 256, one epoch, `clip` and `learning_rate`).
     pub recipe: Option<super::Recipe>,
+    /// Train under secure aggregation.
+    pub secure_aggregation: bool,
 }
 
 fn mib(bytes: Option<u64>) -> String {
@@ -184,7 +186,11 @@ pub async fn w1(args: W1Options, exe: &Path) -> anyhow::Result<()> {
             sampling_rate: 0.0,
         });
         outln!("  recipe `{}`: {recipe:?}", recipe.name);
-        let spec = recipe.spec(&schema, args.rounds, args.epsilon);
+        let mut spec = recipe.spec(&schema, args.rounds, args.epsilon);
+        if args.secure_aggregation {
+            spec.secure_aggregation = Some(treaty_proto::v1::SecureAggregationSpec::default());
+            outln!("  under secure aggregation: the coordinator learns each round's sum only");
+        }
         let (job, wall, scored) = super::train_and_score(&mut client, "w1", &agencies, spec).await?;
         let evaluate::Evaluation { records, accuracy, auc } = scored;
         let mut rounds: Vec<f64> = job.rounds.iter().map(|r| (r.finished_unix_ms - r.started_unix_ms) as f64 / 1000.0).collect();
@@ -204,6 +210,7 @@ pub async fn w1(args: W1Options, exe: &Path) -> anyhow::Result<()> {
             "accuracy": accuracy, "auc": auc,
             "coordinator_peak_rss_bytes": coordinator_rss, "node_peak_rss_bytes": node_rss,
             "target_epsilon": args.epsilon, "recipe": recipe.name,
+            "secure_aggregation": args.secure_aggregation,
         }))
     }
     .await;
