@@ -702,6 +702,7 @@ mod tests {
             kind: "query".into(),
             recipient: HUB.into(),
             releases: Some(vec![laplace(epsilon)]),
+            secure_aggregation: None,
         };
         // Pure-DP releases add up: 0.5 spent + 0.5 = 1.0, within; + 0.6 = 1.1, beyond. Another
         // job's spending does not count against this one.

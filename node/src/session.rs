@@ -401,6 +401,12 @@ async fn attempt(
         kind: plan.kind().into(),
         recipient: recipient.to_owned(),
         releases: Some(plan.releases.clone()),
+        // Under secure aggregation the update leaves masked, with its full local noise.
+        secure_aggregation: secure.as_ref().map(|p| crate::ledger::SecureAggregation {
+            agencies: p.participants.len() as u32,
+            threshold: p.threshold as u32,
+            noise: "local".into(),
+        }),
     };
     // The agency's own policy judges the task with the ledger's spending, whatever the
     // coordinator decided, under the ledger's lock, and so does its operator's approval of the

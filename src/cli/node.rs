@@ -215,8 +215,15 @@ fn ledger(config: &Path, json: bool) -> Outcome {
             Some(r) => serde_json::to_string(r)?,
             None => "no differential privacy".to_owned(),
         };
+        let secure = match &e.secure_aggregation {
+            Some(s) => format!(
+                "\tmasked in a secure sum of {} agencies (threshold {}), {} noise",
+                s.agencies, s.threshold, s.noise
+            ),
+            None => String::new(),
+        };
         outln!(
-            "{}\t{}\tround {}\t{}\t{}",
+            "{}\t{}\tround {}\t{}\t{}{secure}",
             utc(e.time_unix_ms),
             e.job_id,
             e.round,

@@ -441,4 +441,30 @@ async fn eight_nodes_train_under_secure_aggregation_through_two_kills() {
     assert!(last.metrics["test_accuracy"] > 0.8, "{:?}", last.metrics);
     let log = coordinator.log();
     assert!(log.contains("secure aggregation round started"), "{log}");
+    // Each training release is in the agency's ledger with the guarantee it had: masked in a
+    // sum of the round's agencies, with its full local noise.
+    let config = fx.path("node-DE-BKA.toml");
+    let ledger = treaty_json(&[
+        "node",
+        "ledger",
+        "--json",
+        "--config",
+        config.to_str().unwrap(),
+    ]);
+    let secure: Vec<(u64, u64)> = ledger["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["kind"] == "training")
+        .map(|e| {
+            let s = &e["secure_aggregation"];
+            assert_eq!(s["noise"], "local", "{e}");
+            (
+                s["agencies"].as_u64().unwrap(),
+                s["threshold"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    // Round 1 among 8 agencies (threshold 6), rounds 2 and 3 among the 6 left (threshold 5).
+    assert_eq!(secure, vec![(8, 6), (6, 5), (6, 5)], "{ledger}");
 }

@@ -146,6 +146,7 @@ mod tests {
             kind: "training".into(),
             recipient: "treaty://coordinator/hub".into(),
             releases: Some(vec![Release::Gaussian { rho: RHO }]),
+            secure_aggregation: None,
         }
     }
 

@@ -29,6 +29,7 @@ fn entry(round: u32) -> Entry {
         kind: "training".into(),
         recipient: "treaty://coordinator/hub".into(),
         releases: Some(vec![Release::Laplace { epsilon: EPSILON }]),
+        secure_aggregation: None,
     }
 }
 

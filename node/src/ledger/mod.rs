@@ -93,6 +93,24 @@ pub struct Entry {
     /// The mechanisms and their parameters; `None` for values that would leave without
     /// differential privacy (never recorded: the node refuses them).
     pub releases: Option<Vec<Release>>,
+    /// The guarantee the release had beyond its mechanisms: under secure aggregation it left
+    /// masked, in a sum the coordinator alone learns. Absent (entries before it existed, and
+    /// releases without it): it left on its own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secure_aggregation: Option<SecureAggregation>,
+}
+
+/// A release under secure aggregation, as the ledger records it (docs/SECURE_AGGREGATION.md).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SecureAggregation {
+    /// The round's agencies and its threshold: the update stays hidden from the coordinator
+    /// unless `2 * threshold - agencies` agencies collude with it.
+    pub agencies: u32,
+    pub threshold: u32,
+    /// `local`: the release carries the full noise its mechanisms state, whatever the other
+    /// agencies do (its DP guarantee does not rest on theirs).
+    pub noise: String,
 }
 
 /// The agency's budget.
@@ -584,6 +602,7 @@ mod tests {
             kind: "training".into(),
             recipient: "treaty://coordinator/hub".into(),
             releases,
+            secure_aggregation: None,
         }
     }
 
