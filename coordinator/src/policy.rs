@@ -96,6 +96,7 @@ fn decide_now(ctx: &Coordinator, q: &Question) -> Result<RoundDecision, Coordina
         fields: sharing.fields.clone(),
         model_retention_days: sharing.model_retention_days.map(u64::from),
         onward_transfer: sharing.onward_transfer,
+        secure_aggregation: sharing.secure_aggregation,
         round_min_participants: q.min_participants as u64,
         participants,
     };
@@ -146,6 +147,7 @@ fn decide_now(ctx: &Coordinator, q: &Question) -> Result<RoundDecision, Coordina
         fields: request.fields.clone(),
         model_retention_days: sharing.model_retention_days,
         onward_transfer: request.onward_transfer,
+        secure_aggregation: request.secure_aggregation,
         participants: decision
             .admitted
             .iter()

@@ -269,7 +269,10 @@ pub(crate) async fn collect(
             round,
             federation,
             candidates: invited.clone(),
-            sharing: rules.sharing.clone(),
+            sharing: crate::valid_job::Sharing {
+                secure_aggregation: secure.is_some(),
+                ..rules.sharing.clone()
+            },
             min_participants: min,
         },
     )

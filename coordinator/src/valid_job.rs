@@ -182,6 +182,9 @@ pub(crate) struct Sharing {
     pub fields: Vec<String>,
     pub model_retention_days: Option<u32>,
     pub onward_transfer: bool,
+    /// Whether the round is under secure aggregation: set by each round (a job's statistics
+    /// and evaluation rounds are not, its training rounds are when the job asks).
+    pub secure_aggregation: bool,
 }
 
 /// What a job does.
@@ -999,6 +1002,7 @@ fn sharing(declared: SharingSpec, work: &Work) -> Result<Sharing, JobProblem> {
         },
         model_retention_days: declared.model_retention_days,
         onward_transfer: declared.onward_transfer,
+        secure_aggregation: false,
     })
 }
 

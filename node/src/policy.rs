@@ -117,6 +117,9 @@ impl NodePolicy {
             fields: terms.fields.clone(),
             model_retention_days: terms.model_retention_days.map(u64::from),
             onward_transfer: terms.onward_transfer,
+            // The task itself, not the coordinator's word in the terms: a round is under secure
+            // aggregation when the task carries its parameters (checked before the ledger).
+            secure_aggregation: task.secure_aggregation.is_some(),
             round_min_participants: 1,
             participants,
         };

@@ -282,6 +282,16 @@ fn limits(old: &Policy, new: &Policy) -> Vec<LimitChange> {
             "stricter"
         },
     );
+    push(
+        "handling.require_secure_aggregation",
+        old.require_secure_aggregation.to_string(),
+        new.require_secure_aggregation.to_string(),
+        if new.require_secure_aggregation {
+            "stricter"
+        } else {
+            "looser"
+        },
+    );
     for (name, a, b, more_is_stricter) in [
         (
             "data.excluded_fields",

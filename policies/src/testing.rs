@@ -149,7 +149,7 @@ impl fmt::Display for Summary {
 }
 
 const TEST_KEYS: [&str; 4] = ["name", "note", "request", "expect"];
-const REQUEST_KEYS: [&str; 12] = [
+const REQUEST_KEYS: [&str; 13] = [
     "federation",
     "round",
     "date",
@@ -160,6 +160,7 @@ const REQUEST_KEYS: [&str; 12] = [
     "fields",
     "model_retention_days",
     "onward_transfer",
+    "secure_aggregation",
     "round_min_participants",
     "participants",
 ];
@@ -317,6 +318,9 @@ fn read_request(
     let onward = t
         .get("onward_transfer")
         .map_or(Some(false), |v| r.boolean(v, "onward_transfer"));
+    let secure = t
+        .get("secure_aggregation")
+        .map_or(Some(false), |v| r.boolean(v, "secure_aggregation"));
     let round_min = t
         .get("round_min_participants")
         .map_or(Some(2), |v| r.integer(v, "round_min_participants", 0));
@@ -341,6 +345,7 @@ fn read_request(
             fields: fields?,
             model_retention_days: retention.flatten(),
             onward_transfer: onward?,
+            secure_aggregation: secure?,
             round_min_participants: round_min?,
             participants,
         })

@@ -172,6 +172,77 @@ fn every_phase1_check_is_reported_in_order() {
     assert!(reasons(&run(&[("DE", de)], &r), "DE-1").contains(&Reason::RetentionExceeded));
 }
 
+/// `[handling] require_secure_aggregation` (an extension of the spec's v1 files): a round not
+/// under secure aggregation excludes the country's agencies, after every spec check; a file
+/// without the key, and a request without the field, decide as the spec says.
+#[test]
+fn a_policy_can_require_secure_aggregation_and_v1_files_decide_as_before() {
+    let requiring = policy_text(
+        "DE",
+        "",
+        &format!(
+            "[handling]\nrequire_secure_aggregation = true\n\n{}",
+            allow("DE-EU", &["EU"])
+        ),
+    );
+    let plain = request(&[
+        ("DE-1", "DE", 0.0),
+        ("NL-1", "NL", 0.0),
+        ("FR-1", "FR", 0.0),
+    ]);
+    let policies = [
+        ("DE", requiring.clone()),
+        ("NL", eu_allow("NL")),
+        ("FR", eu_allow("FR")),
+    ];
+    let d = run(&policies, &plain);
+    assert_eq!(d.admitted, ["NL-1", "FR-1"]);
+    assert_eq!(reasons(&d, "DE-1"), [Reason::SecureAggregationRequired]);
+    let e = &d.excluded[0];
+    assert_eq!(e.phase, 1);
+    assert_eq!(e.reason.code(), "SECURE_AGGREGATION_REQUIRED");
+    assert!(
+        e.explanation.contains("secure aggregation"),
+        "{}",
+        e.explanation
+    );
+    // Under secure aggregation the same round admits everyone.
+    let mut secure = plain.clone();
+    secure.secure_aggregation = true;
+    assert_eq!(run(&policies, &secure).admitted, ["DE-1", "NL-1", "FR-1"]);
+    // Reported after the spec's own checks.
+    let mut both = plain.clone();
+    both.onward_transfer = true;
+    assert_eq!(
+        reasons(&run(&policies, &both), "DE-1"),
+        [
+            Reason::OnwardTransferNotAllowed,
+            Reason::SecureAggregationRequired
+        ]
+    );
+    // A v1 file says nothing of it: the flag changes nothing, and a request without it is the
+    // spec's request to the byte.
+    let v1 = [
+        ("DE", eu_allow("DE")),
+        ("NL", eu_allow("NL")),
+        ("FR", eu_allow("FR")),
+    ];
+    assert_eq!(run(&v1, &plain).admitted, run(&v1, &secure).admitted);
+    let written = serde_json::to_string(&plain).unwrap();
+    assert!(!written.contains("secure_aggregation"), "{written}");
+    assert!(
+        serde_json::to_string(&secure)
+            .unwrap()
+            .contains("\"secure_aggregation\":true")
+    );
+    // A typo is still an error naming the key, with the key it meant.
+    let typo = requiring.replace("require_secure_aggregation", "require_secure_agregation");
+    let err = Policy::parse("DE.toml", &typo, &registry(), Some("DE")).unwrap_err();
+    let text = format!("{:?}", err.diagnostics());
+    assert!(text.contains("require_secure_agregation"), "{text}");
+    assert!(text.contains("require_secure_aggregation"), "{text}");
+}
+
 #[test]
 fn coordinator_jurisdictions() {
     let with = |allowed: &str, denied: &str| {
@@ -820,7 +891,8 @@ fn a_node_judges_a_round_by_its_own_policy_alone() {
 #[test]
 fn reason_codes_are_the_spec_names_in_the_spec_order() {
     // Spelled out here, independently of the enum, as docs/POLICY_LANGUAGE.md lists them
-    // (POLICY_SIGNATURE_INVALID is Treaty's, for required signatures).
+    // (POLICY_SIGNATURE_INVALID is Treaty's, for required signatures; so is
+    // SECURE_AGGREGATION_REQUIRED, for `[handling] require_secure_aggregation`).
     let spec = [
         "POLICY_MISSING",
         "POLICY_PARSE_ERROR",
@@ -837,6 +909,7 @@ fn reason_codes_are_the_spec_names_in_the_spec_order() {
         "BUDGET_EXHAUSTED",
         "RETENTION_EXCEEDED",
         "ONWARD_TRANSFER_NOT_ALLOWED",
+        "SECURE_AGGREGATION_REQUIRED",
         "RECIPIENT_DENIED",
         "RECIPIENT_NOT_ALLOWED",
         "REJECTED_BY_PARTICIPANT",

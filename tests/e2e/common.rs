@@ -68,6 +68,14 @@ pub fn open_policy(country: &str) -> String {
     )
 }
 
+/// [`open_policy`] with `[handling] require_secure_aggregation = true`.
+pub fn requiring_secure_aggregation(country: &str) -> String {
+    open_policy(country).replace(
+        "[[rule]]",
+        "[handling]\nrequire_secure_aggregation = true\n\n[[rule]]",
+    )
+}
+
 /// Three agencies of three countries, for the tests where France's policy leaves its agency
 /// out ([`trio_limited_in_france`]).
 pub const TRIO: [(&str, &str); 3] = [("DE-BKA", "DE"), ("NL-POLITIE", "NL"), ("FR-DOUANE", "FR")];

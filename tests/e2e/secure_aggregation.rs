@@ -384,6 +384,9 @@ async fn eight_agencies_two_drop_outs_the_model_moves_by_the_survivors_mean_and_
 #[tokio::test]
 async fn eight_nodes_train_under_secure_aggregation_through_two_kills() {
     let fx = Fixture::new(&AGENCIES);
+    // Poland's policy lets its agencies release only into a secure sum: they train, and stay
+    // out of the final model's evaluation, which is not under secure aggregation.
+    fx.write_policy("PL", &requiring_secure_aggregation("PL"));
     let (coordinator, address) = fx.start_coordinator("127.0.0.1:0");
     let mut nodes: BTreeMap<&str, Proc> = AGENCIES
         .iter()
@@ -439,6 +442,17 @@ async fn eight_nodes_train_under_secure_aggregation_through_two_kills() {
     // its test split, noisily) is far better than chance.
     let last = &job.rounds[2];
     assert!(last.metrics["test_accuracy"] > 0.8, "{:?}", last.metrics);
+    let evaluation = job.final_evaluation.as_ref().unwrap();
+    for pl in ["PL-CBSP", "PL-KAS"] {
+        assert!(last.contributors.iter().any(|c| c == pl), "{last:?}");
+        let excluded = evaluation.excluded.iter().find(|e| e.agency == pl);
+        assert_eq!(
+            excluded.map(|e| e.reason_code.as_str()),
+            Some("SECURE_AGGREGATION_REQUIRED"),
+            "{evaluation:?}"
+        );
+    }
+    assert_eq!(evaluation.contributors.len(), 4, "{evaluation:?}");
     let log = coordinator.log();
     assert!(log.contains("secure aggregation round started"), "{log}");
     // Each training release is in the agency's ledger with the guarantee it had: masked in a

@@ -276,5 +276,15 @@ fn phase1(
             would_change: "a round without onward transfer".to_string(),
         });
     }
+    if policy.require_secure_aggregation && !request.secure_aggregation {
+        out.push(Finding {
+            reason: Reason::SecureAggregationRequired,
+            detail: json!({}),
+            because: format!(
+                "the round is not under secure aggregation, and {c}'s policy lets its agencies release only into a secure sum, which the coordinator sees as a whole and never agency by agency"
+            ),
+            would_change: "a round under secure aggregation (`--secure-aggregation`), or a policy of that country without `require_secure_aggregation`".to_string(),
+        });
+    }
     out
 }

@@ -23,6 +23,9 @@ pub enum Reason {
     BudgetExhausted,
     RetentionExceeded,
     OnwardTransferNotAllowed,
+    /// The agency's policy requires secure aggregation and the round is not under it (an
+    /// extension of the spec's reasons, from `[handling] require_secure_aggregation`).
+    SecureAggregationRequired,
     RecipientDenied,
     RecipientNotAllowed,
     RejectedByParticipant,
@@ -33,7 +36,7 @@ pub enum Reason {
 
 impl Reason {
     /// Every reason, in the spec's order (which is also the enum's `Ord`).
-    pub const ALL: [Reason; 21] = [
+    pub const ALL: [Reason; 22] = [
         Reason::PolicyMissing,
         Reason::PolicyParseError,
         Reason::PolicySchemaError,
@@ -49,6 +52,7 @@ impl Reason {
         Reason::BudgetExhausted,
         Reason::RetentionExceeded,
         Reason::OnwardTransferNotAllowed,
+        Reason::SecureAggregationRequired,
         Reason::RecipientDenied,
         Reason::RecipientNotAllowed,
         Reason::RejectedByParticipant,
@@ -83,7 +87,8 @@ impl Reason {
             | DeltaExceeded
             | BudgetExhausted
             | RetentionExceeded
-            | OnwardTransferNotAllowed => 1,
+            | OnwardTransferNotAllowed
+            | SecureAggregationRequired => 1,
             _ => 2,
         }
     }

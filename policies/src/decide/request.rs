@@ -28,6 +28,11 @@ pub struct Request {
     pub model_retention_days: Option<u64>,
     #[serde(default)]
     pub onward_transfer: bool,
+    /// Whether the round's updates are aggregated securely (an extension of the spec's
+    /// request: absent is false, and false is not written, so a request without it reads and
+    /// writes as the spec's).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub secure_aggregation: bool,
     #[serde(default = "default_round_min")]
     pub round_min_participants: u64,
     pub participants: Vec<Participant>,

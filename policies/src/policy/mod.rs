@@ -114,6 +114,10 @@ pub struct Policy {
     pub excluded_field_categories: Vec<String>,
     pub max_model_retention_days: Option<u64>,
     pub allow_onward_transfer: bool,
+    /// `[handling] require_secure_aggregation`: the country's agencies take part only in rounds
+    /// under secure aggregation (default false; an extension of the spec's v1 files, which
+    /// decide as before without it).
+    pub require_secure_aggregation: bool,
     pub rules: Vec<Rule>,
     /// Hex SHA-256 of the file's bytes: what a decision records.
     pub sha256: String,

@@ -296,12 +296,21 @@ fn read_policy(
             .required(t, "max_model_retention_days", "[retention]", &span)
             .and_then(|v| r.integer(v, "retention.max_model_retention_days", 0));
     }
-    let mut onward = false;
+    let (mut onward, mut secure) = (false, false);
     if let Some((t, _)) = section(r, top, "handling", false) {
-        r.unknown_keys(t, &["allow_onward_transfer"], "[handling]");
+        r.unknown_keys(
+            t,
+            &["allow_onward_transfer", "require_secure_aggregation"],
+            "[handling]",
+        );
         if let Some(v) = t.get("allow_onward_transfer") {
             onward = r
                 .boolean(v, "handling.allow_onward_transfer")
+                .unwrap_or(false);
+        }
+        if let Some(v) = t.get("require_secure_aggregation") {
+            secure = r
+                .boolean(v, "handling.require_secure_aggregation")
                 .unwrap_or(false);
         }
     }
@@ -334,6 +343,7 @@ fn read_policy(
         excluded_field_categories: excluded_categories,
         max_model_retention_days: retention,
         allow_onward_transfer: onward,
+        require_secure_aggregation: secure,
         rules: rules?,
         sha256: sha256_hex(text.as_bytes()),
     })

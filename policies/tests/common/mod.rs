@@ -103,6 +103,7 @@ pub fn request(participants: &[(&str, &str, f64)]) -> Request {
         fields: vec!["value".into()],
         model_retention_days: Some(30),
         onward_transfer: false,
+        secure_aggregation: false,
         round_min_participants: 2,
         participants: participants
             .iter()

@@ -359,6 +359,7 @@ pub fn terms(agency: &str, country: &str, epsilon_per_round: f64, fields: &[&str
         fields: fields.iter().map(|f| f.to_string()).collect(),
         model_retention_days: None,
         onward_transfer: false,
+        secure_aggregation: false,
         participants: vec![RoundParticipant {
             agency: agency.into(),
             country: country.into(),

@@ -87,6 +87,8 @@ struct Setup {
 
 async fn setup() -> Setup {
     let fx = Fixture::new(&AGENCIES);
+    // Germany's policy lets its agencies release only into a secure sum.
+    fx.write_policy("DE", &requiring_secure_aggregation("DE"));
     let mut hostile = Hostile::start(&fx).await;
     let node = fx.start_node("DE-BKA", "DE", &hostile.address, 7);
     hostile.hello().await;
@@ -296,6 +298,18 @@ async fn a_node_refuses_replayed_reordered_or_dropped_secure_aggregation() {
         Seen::Refused { code, message, .. } => (code, message),
         other => panic!("a refusal expected, got {other:?}"),
     };
+
+    // A plain training round: Germany's policy, which the node applies itself, refuses it.
+    s.hostile
+        .send_secure(
+            train_task(training(&["x1", "x2"], poisson()), 400.0),
+            round_terms(),
+            None,
+        )
+        .await;
+    let (code, message) = refusal(next_from_node(&mut s.hostile).await);
+    assert_eq!(code, "SECURE_AGGREGATION_REQUIRED", "{message}");
+    assert!(message.contains("secure sum"), "{message}");
 
     // A job that asks for secure aggregation, and a task without its round: refused before
     // anything is recorded or computed.
