@@ -479,6 +479,12 @@ async fn eight_nodes_train_under_secure_aggregation_through_two_kills() {
             )
         })
         .collect();
-    // Round 1 among 8 agencies (threshold 6), rounds 2 and 3 among the 6 left (threshold 5).
-    assert_eq!(secure, vec![(8, 6), (6, 5), (6, 5)], "{ledger}");
+    // Round 1 among 8 agencies (threshold 6), rounds 2 and 3 among those left (6, or 7 when
+    // the coordinator had not yet seen a killed node's session close: threshold 5 either way).
+    assert_eq!(secure.len(), 3, "{ledger}");
+    assert_eq!(secure[0], (8, 6), "{ledger}");
+    for &(agencies, threshold) in &secure[1..] {
+        assert!(agencies == 6 || agencies == 7, "{ledger}");
+        assert_eq!(threshold, 5, "{ledger}");
+    }
 }

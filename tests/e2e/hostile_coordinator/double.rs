@@ -146,9 +146,14 @@ impl AgencyService for Api {
         let staged = assembler
             .finish_staged()
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
-        let seen = match staged.masked() {
-            Ok(values) => Seen::Masked { header, values },
-            Err(_) => Seen::Result {
+        // A result without tensors (an evaluation's) is not a masked one.
+        let masked = match staged.specs().is_empty() {
+            true => None,
+            false => staged.masked().ok(),
+        };
+        let seen = match masked {
+            Some(values) => Seen::Masked { header, values },
+            None => Seen::Result {
                 header,
                 tensors: staged
                     .decode()
