@@ -303,6 +303,22 @@ async fn train(
                         let mean = ndarray::Array1::from_iter(
                             global_flat.iter().zip(&delta).map(|(g, d)| g + d / n),
                         );
+                        // The coordinator never saw an update: what it can check is the mean.
+                        // An agency that sent values no honest node would (beyond the fixed
+                        // point's clamp) can push it anywhere; a mean beyond what a model may
+                        // hold fails the round rather than becoming the model.
+                        if let Some(i) = mean
+                            .iter()
+                            .position(|v| !(v.abs() <= aggregate::MAX_PARAMETER))
+                        {
+                            return Err(CoordinatorError::SecureAggregation {
+                                what: format!("round {round}"),
+                                problem: format!(
+                                    "the survivors' mean model has parameter {i} beyond {:e}: an agency sent values no honest node sends, and the round's sum is not used",
+                                    aggregate::MAX_PARAMETER
+                                ),
+                            });
+                        }
                         let model = aggregate::server_step(&settings, &global, mean, &mut state);
                         (aggregate::into_tensors(model, &global), String::new())
                     }

@@ -732,8 +732,7 @@ impl Asking<'_> {
             fractional_bits = params.fractional_bits,
             "secure aggregation round started"
         );
-        let step = crate::secure::step_timeout(round_timeout);
-        let mut secure = SecureRound::new(params, ca, open, step, deadline)
+        let mut secure = SecureRound::new(params, ca, open, round_timeout, deadline)
             .map_err(|e| self.secure_failed(e))?;
         let mut answered: std::collections::HashSet<Identity> = Default::default();
         let mut changes = ctx.sessions.subscribe();

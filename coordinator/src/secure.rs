@@ -21,17 +21,6 @@ use crate::state::Coordinator;
 /// The default fixed-point scale: 2^-32, far below an `f32`'s resolution of an update.
 pub(crate) const DEFAULT_FRACTIONAL_BITS: u32 = 32;
 
-/// The threshold of a round of `n` agencies under `spec`: `n - max_dropouts` (a third of them
-/// by default), and never fewer than a majority.
-pub(crate) fn threshold(spec: &SecureAggregationSpec, n: usize) -> usize {
-    let majority = n / 2 + 1;
-    match spec.max_dropouts {
-        0 => Params::default_threshold(n),
-        d => n.saturating_sub(d as usize).max(majority),
-    }
-    .min(n)
-}
-
 /// The public parameters of a round of `agencies`, as its tasks state them.
 pub(crate) fn params(
     spec: &SecureAggregationSpec,
@@ -46,7 +35,7 @@ pub(crate) fn params(
     Params {
         job: job.to_owned(),
         round,
-        threshold: threshold(spec, participants.len()),
+        threshold: Params::threshold_for(participants.len(), spec.max_dropouts),
         participants,
         fractional_bits: match spec.fractional_bits {
             0 => DEFAULT_FRACTIONAL_BITS,
@@ -66,12 +55,24 @@ pub(crate) fn wire(params: &Params) -> SecureAggregationRound {
     }
 }
 
-/// How long each of the steps around the masked updates waits for the agencies still in it:
-/// a quarter of the round's timeout, between 2 and 10 seconds.
-pub(crate) fn step_timeout(round_timeout_ms: u32) -> Duration {
+/// How long each of the steps after the masked updates waits for the agencies still in it: a
+/// quarter of the round's timeout, between 2 and 10 seconds.
+fn step_timeout(round_timeout_ms: u32) -> Duration {
     Duration::from_millis(u64::from(round_timeout_ms / 4))
         .clamp(Duration::from_secs(2), Duration::from_secs(10))
 }
+
+/// How long the keys and shares steps wait: a node judges the task by its policy, records it in
+/// its ledger and plans its noise before it advertises keys, so a third of the round's timeout,
+/// between 2 and 20 seconds.
+fn exchange_timeout(round_timeout_ms: u32) -> Duration {
+    Duration::from_millis(u64::from(round_timeout_ms / 3))
+        .clamp(Duration::from_secs(2), Duration::from_secs(20))
+}
+
+/// How long the coordinator waits to hand one agency a message of a step: an agency that does
+/// not read its session is left out of the step rather than holding the round.
+const SEND_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The step a round is at.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -97,6 +98,7 @@ pub(crate) struct SecureRound {
     /// When the current step closes whoever has not answered.
     pub(crate) deadline: Instant,
     step: Duration,
+    exchange: Duration,
     /// The round's own deadline: when the masked updates stop being taken.
     inputs_deadline: Instant,
     /// The sum and its survivors, once recovered.
@@ -110,9 +112,13 @@ impl SecureRound {
         params: Params,
         ca: Vec<u8>,
         tasks: &HashMap<Identity, String>,
-        step: Duration,
+        round_timeout_ms: u32,
         inputs_deadline: Instant,
     ) -> Result<Self, SecAggError> {
+        let (step, exchange) = (
+            step_timeout(round_timeout_ms),
+            exchange_timeout(round_timeout_ms),
+        );
         let aggregation = Aggregation::new(params)?;
         let tasks: HashMap<String, (Identity, String)> = tasks
             .iter()
@@ -124,8 +130,9 @@ impl SecureRound {
             waiting: tasks.keys().cloned().collect(),
             tasks,
             stage: Stage::Keys,
-            deadline: Instant::now() + step,
+            deadline: Instant::now() + exchange,
             step,
+            exchange,
             inputs_deadline,
             sum: None,
         })
@@ -209,7 +216,8 @@ impl SecureRound {
                 let advertised = self.advertised(&keys);
                 let message = Step::Keys(SignedStatements { statements: keys });
                 self.send_all(ctx, &advertised, |_| message.clone()).await;
-                self.next(Stage::Shares, advertised, None);
+                let until = Instant::now() + self.exchange;
+                self.next(Stage::Shares, advertised, Some(until));
             }
             Stage::Shares => {
                 let inboxes = self.aggregation()?.close_shares()?;
@@ -300,7 +308,7 @@ impl SecureRound {
                 })),
             };
             if let Some(outbox) = ctx.sessions.outbox(identity) {
-                let _ = outbox.send(Ok(sent)).await;
+                let _ = tokio::time::timeout(SEND_TIMEOUT, outbox.send(Ok(sent))).await;
             }
         }
     }
@@ -308,32 +316,5 @@ impl SecureRound {
     /// The sum of the survivors' updates and the survivors (identities), once recovered.
     pub(crate) fn into_sum(self) -> Option<(Vec<f64>, Vec<String>)> {
         self.sum
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_threshold_is_a_majority_and_leaves_the_drop_outs_asked_for() {
-        let spec = |d| SecureAggregationSpec {
-            max_dropouts: d,
-            fractional_bits: 0,
-        };
-        // The default: the smallest number above two thirds.
-        assert_eq!(threshold(&spec(0), 8), 6);
-        assert_eq!(threshold(&spec(0), 3), 3);
-        assert_eq!(threshold(&spec(0), 9), 7);
-        // Two drop-outs of 8 leave 6; four would leave 4, not a majority: 5.
-        assert_eq!(threshold(&spec(2), 8), 6);
-        assert_eq!(threshold(&spec(4), 8), 5);
-        assert_eq!(threshold(&spec(100), 8), 5);
-        for n in 3..=255 {
-            for d in [0, 1, 5, 300] {
-                let t = threshold(&spec(d), n);
-                assert!(2 * t > n && t <= n, "{n} {d} -> {t}");
-            }
-        }
     }
 }

@@ -89,19 +89,21 @@ fn failed(message: impl Into<String>) -> Refusal {
 /// which the agency's policy judges) and this agency among them.
 pub(crate) fn params(task: &Task, me: &Identity) -> Result<Option<Params>, Refusal> {
     let asked = match &task.kind {
-        Some(task::Kind::Training(t)) => t
-            .spec
-            .as_ref()
-            .is_some_and(|s| s.secure_aggregation.is_some()),
-        _ => false,
+        Some(task::Kind::Training(t)) => t.spec.as_ref().and_then(|s| s.secure_aggregation),
+        _ => None,
     };
     let Some(wire) = &task.secure_aggregation else {
         return match asked {
-            true => Err(Refusal::invalid(
+            Some(_) => Err(Refusal::invalid(
                 "the job asks for secure aggregation, but its task carries no round of it: the update would reach the coordinator on its own",
             )),
-            false => Ok(None),
+            None => Ok(None),
         };
+    };
+    let Some(spec) = asked else {
+        return Err(Refusal::invalid(
+            "the task carries a round of secure aggregation, but its job does not ask for one",
+        ));
     };
     if !matches!(task.kind, Some(task::Kind::Training(_))) {
         return Err(Refusal::invalid(
@@ -119,9 +121,24 @@ pub(crate) fn params(task: &Task, me: &Identity) -> Result<Option<Params>, Refus
     params
         .check()
         .map_err(|e| Refusal::invalid(e.to_string()))?;
-    if !(8..=40).contains(&params.fractional_bits) {
+    // The protection is the job's, not the coordinator's to lower: at least 3 agencies, the
+    // threshold the job's own spec gives them (a lower one hides an update against fewer
+    // colluders), its fixed point.
+    let n = params.participants.len();
+    let floor = Params::threshold_for(n, spec.max_dropouts);
+    if n < 3 || params.threshold < floor {
         return Err(Refusal::invalid(format!(
-            "secure aggregation with {} fractional bits: 8 to 40 are taken",
+            "a round of secure aggregation of {n} agencies with threshold {}: the job's spec asks for at least 3 agencies and a threshold of {floor}",
+            params.threshold
+        )));
+    }
+    let bits = match spec.fractional_bits {
+        0 => 32,
+        b => b,
+    };
+    if params.fractional_bits != bits || !(8..=40).contains(&bits) {
+        return Err(Refusal::invalid(format!(
+            "secure aggregation with {} fractional bits where the job's spec gives {bits} (8 to 40)",
             params.fractional_bits
         )));
     }
@@ -151,7 +168,8 @@ pub(crate) fn params(task: &Task, me: &Identity) -> Result<Option<Params>, Refus
 
 /// One task's round of secure aggregation in progress.
 pub(crate) struct SecureTask {
-    participant: Participant,
+    /// The protocol's state (away on a blocking thread while the update is masked).
+    participant: Option<Participant>,
     inbox: Inbox,
     session: mpsc::Sender<NodeMessage>,
     task_id: String,
@@ -187,7 +205,7 @@ impl SecureTask {
         let until =
             Instant::now() + Duration::from_millis(left.clamp(0, 24 * 3600 * 1000) as u64) + GRACE;
         let mut round = SecureTask {
-            participant,
+            participant: Some(participant),
             inbox,
             session,
             task_id: task.task_id.clone(),
@@ -197,6 +215,12 @@ impl SecureTask {
         };
         round.send(sec_agg_from_node::Step::Keys(advert)).await?;
         Ok(round)
+    }
+
+    fn participant(&mut self) -> Result<&mut Participant, Refusal> {
+        self.participant
+            .as_mut()
+            .ok_or_else(|| failed("the round's state was lost while the update was masked"))
     }
 
     async fn send(&mut self, step: sec_agg_from_node::Step) -> Result<(), Refusal> {
@@ -234,9 +258,10 @@ impl SecureTask {
                 ));
             }
         };
+        let ca = Arc::clone(&self.ca);
         let sealed = self
-            .participant
-            .share_keys(&keys, &self.ca)
+            .participant()?
+            .share_keys(&keys, &ca)
             .map_err(|e| failed(e.to_string()))?;
         let agencies = keys.len();
         self.send(sec_agg_from_node::Step::Shares(
@@ -257,18 +282,27 @@ impl SecureTask {
     }
 
     /// The masked update: the trained model's difference from the global model it started
-    /// from, in the round's fixed point, plus its masks.
-    pub(crate) fn mask(
+    /// from, in the round's fixed point, plus its masks (one ChaCha20 stream a peer over the
+    /// whole update: on a blocking thread).
+    pub(crate) async fn mask(
         &mut self,
-        shares: &[SealedShare],
+        shares: Vec<SealedShare>,
         output: &Output,
     ) -> Result<Vec<u64>, Refusal> {
         let local = output.tensors.iter().flat_map(|t| t.values.iter());
         let global = output.started_from.iter().flat_map(|t| t.values.iter());
         let delta: Vec<f64> = local.zip(global).map(|(l, g)| l - g).collect();
-        self.participant
-            .mask(shares, &delta)
-            .map_err(|e| failed(e.to_string()))
+        let mut participant = self
+            .participant
+            .take()
+            .ok_or_else(|| failed("the round's state is gone"))?;
+        let (participant, masked) = crate::work::blocking(move || {
+            let masked = participant.mask(&shares, &delta);
+            (participant, masked)
+        })
+        .await?;
+        self.participant = Some(participant);
+        masked.map_err(|e| failed(e.to_string()))
     }
 
     /// After the masked update was sent: the survivors signed, their signatures checked, and
@@ -284,7 +318,7 @@ impl SecureTask {
         };
         let signer = Arc::clone(&self.signer);
         let signed = self
-            .participant
+            .participant()?
             .sign_survivors(&survivors, &signer)
             .map_err(|e| failed(e.to_string()))?;
         self.send(sec_agg_from_node::Step::Survivors(signed))
@@ -297,9 +331,10 @@ impl SecureTask {
                 ));
             }
         };
+        let ca = Arc::clone(&self.ca);
         let reveal = self
-            .participant
-            .reveal(&signatures, &self.ca)
+            .participant()?
+            .reveal(&signatures, &ca)
             .map_err(|e| failed(e.to_string()))?;
         self.send(sec_agg_from_node::Step::Reveal(reveal.into()))
             .await

@@ -29,8 +29,10 @@ enum Stage {
 pub struct Aggregation {
     params: Params,
     stage: Stage,
-    /// The signed advertisements, and each agency's mask key, by agency: the first set.
-    adverts: BTreeMap<String, (SignedStatement, [u8; 32])>,
+    /// The signed advertisements, and each agency's advertisement, by agency: the first set.
+    adverts: BTreeMap<String, (SignedStatement, KeyAdvert)>,
+    /// The digest of the advertisements relayed (fixed when the key exchange closes).
+    keys_digest: String,
     /// The sealed shares each agency sent, by sender: the second set.
     shares: BTreeMap<String, Vec<SealedShare>>,
     /// Who the shares were relayed among (fixed when the sharing closes).
@@ -52,6 +54,7 @@ impl Aggregation {
             params,
             stage: Stage::Keys,
             adverts: BTreeMap::new(),
+            keys_digest: String::new(),
             shares: BTreeMap::new(),
             sharers: Vec::new(),
             masked: BTreeSet::new(),
@@ -94,6 +97,10 @@ impl Aggregation {
             agency: from.to_owned(),
             problem,
         };
+        // A repeat is refused before its signature costs anything.
+        if self.adverts.contains_key(from) {
+            return Err(refuse("it advertised keys twice".into()));
+        }
         let (signer, advert): (_, KeyAdvert) =
             verify_agency_statement(&signed, ca).map_err(refuse)?;
         named(&advert.agency, &signer, "key advertisement").map_err(refuse)?;
@@ -103,19 +110,28 @@ impl Aggregation {
         if advert.job != self.params.job || advert.round != self.params.round {
             return Err(refuse("its keys are for another job or round".into()));
         }
-        let (Some(_), Some(mask)) = (hex32(&advert.cipher_key), hex32(&advert.mask_key)) else {
+        let (Some(cipher), Some(mask), Some(_)) = (
+            hex32(&advert.cipher_key),
+            hex32(&advert.mask_key),
+            hex32(&advert.seed_commitment),
+        ) else {
             return Err(refuse("its keys are not 32 bytes of hex".into()));
         };
-        if self.adverts.contains_key(from) {
-            return Err(refuse("it advertised keys twice".into()));
+        // A key of small order would make every other agency's agreement with it fail: one
+        // agency could stop the round for all. Refused here, before it is relayed.
+        if crypto::small_order(&cipher)? || crypto::small_order(&mask)? {
+            return Err(refuse(
+                "a key of small order, with which no secret can be agreed".into(),
+            ));
         }
-        self.adverts.insert(from.to_owned(), (signed, mask));
+        self.adverts.insert(from.to_owned(), (signed, advert));
         Ok(())
     }
 
     /// Closes the key exchange: the advertisements to relay to every advertiser.
     pub fn close_keys(&mut self) -> Result<Vec<SignedStatement>, SecAggError> {
         self.at_least(self.adverts.len(), "the key exchange")?;
+        self.keys_digest = super::keys_digest(self.adverts.values().map(|(_, a)| a));
         self.stage = Stage::Shares;
         Ok(self.adverts.values().map(|(s, _)| s.clone()).collect())
     }
@@ -236,6 +252,7 @@ impl Aggregation {
         if signer.to_string() != from
             || list.job != self.params.job
             || list.round != self.params.round
+            || list.keys != self.keys_digest
             || list.survivors != self.survivors
             || !self.masked.contains(from)
         {
@@ -280,11 +297,17 @@ impl Aggregation {
         let mut sum = std::mem::take(&mut self.sum);
         for survivor in &self.survivors {
             let seed = self.recover(survivor, |r| &r.seeds)?;
+            let committed = self.adverts.get(survivor).map(|(_, a)| &a.seed_commitment);
+            if Some(&super::seed_commitment(&seed)) != committed {
+                return Err(SecAggError::Crypto(format!(
+                    "the seed recovered for {survivor} is not the one it committed to: a survivor revealed a wrong share, and the round's sum cannot be trusted"
+                )));
+            }
             crypto::apply_mask(&mut sum, &seed, true);
         }
         for gone in &dropped {
             let secret = self.recover(gone, |r| &r.mask_keys)?;
-            let advertised = self.adverts.get(gone).map(|(_, k)| *k);
+            let advertised = self.adverts.get(gone).and_then(|(_, a)| hex32(&a.mask_key));
             if Some(crypto::public_of(&secret)) != advertised {
                 return Err(SecAggError::Crypto(format!(
                     "the mask key recovered for {gone} is not the one it advertised: a survivor revealed a wrong share"
@@ -292,11 +315,15 @@ impl Aggregation {
             }
             let secret = StaticSecret::from(secret);
             for survivor in &self.survivors {
-                let Some((_, public)) = self.adverts.get(survivor) else {
+                let Some(public) = self
+                    .adverts
+                    .get(survivor)
+                    .and_then(|(_, a)| hex32(&a.mask_key))
+                else {
                     continue;
                 };
                 let (a, b) = ordered(gone, survivor);
-                let seed = crypto::agreed_key(&secret, public, "mask", &self.params, a, b)?;
+                let seed = crypto::agreed_key(&secret, &public, "mask", &self.params, a, b)?;
                 // The survivor added this mask if the dropped agency comes later, took it away
                 // if earlier: undo that.
                 crypto::apply_mask(&mut sum, &seed, gone.as_str() > survivor.as_str());

@@ -31,6 +31,15 @@ pub(crate) fn key_pair() -> Result<(StaticSecret, [u8; 32]), SecAggError> {
     Ok((secret, public))
 }
 
+/// Whether an X25519 public key is of small order: its agreement with a fresh secret is not
+/// contributory (every secret agrees on the same value with it).
+pub(crate) fn small_order(public: &[u8; 32]) -> Result<bool, SecAggError> {
+    let probe = StaticSecret::from(random32()?);
+    Ok(!probe
+        .diffie_hellman(&PublicKey::from(*public))
+        .was_contributory())
+}
+
 /// The X25519 public key of a secret's bytes.
 pub(crate) fn public_of(secret: &[u8; 32]) -> [u8; 32] {
     PublicKey::from(&StaticSecret::from(*secret)).to_bytes()

@@ -65,6 +65,18 @@ impl Params {
         (2 * n / 3 + 1).min(n)
     }
 
+    /// The fewest shares a node accepts as the threshold of `n` agencies when the job lets at
+    /// most `max_dropouts` drop out (0: the default, a third): the threshold the job's own spec
+    /// gives, never below a majority. A coordinator that states a lower one is refused.
+    pub fn threshold_for(n: usize, max_dropouts: u32) -> usize {
+        let majority = n / 2 + 1;
+        match max_dropouts {
+            0 => Self::default_threshold(n),
+            d => n.saturating_sub(d as usize).max(majority),
+        }
+        .min(n)
+    }
+
     /// Checks the parameters: what is wrong with them, in words.
     pub fn check(&self) -> Result<(), SecAggError> {
         let n = self.participants.len();
@@ -172,6 +184,35 @@ pub struct KeyAdvert {
     pub cipher_key: String,
     /// X25519 public key its pairwise masks are agreed with.
     pub mask_key: String,
+    /// SHA-256 of its self-mask seed (hex, [`seed_commitment`]): the coordinator checks the
+    /// seed it recovers from revealed shares against it, so a wrong share fails the round
+    /// instead of making the sum wrong.
+    pub seed_commitment: String,
+}
+
+/// The commitment to a self-mask seed: SHA-256 of a label and the seed, in hex.
+pub(crate) fn seed_commitment(seed: &[u8; 32]) -> String {
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    ctx.update(b"treaty-secagg/1 seed\n");
+    ctx.update(seed);
+    crate::hex::hex(ctx.finish().as_ref())
+}
+
+/// The digest of one run's accepted key advertisements (agency, keys and commitment, in the
+/// agencies' order): a list of survivors signed in one run is no list of another run of the
+/// same job and round (a round run again after a restart has fresh keys).
+pub(crate) fn keys_digest<'a>(adverts: impl IntoIterator<Item = &'a KeyAdvert>) -> String {
+    let mut sorted: Vec<&KeyAdvert> = adverts.into_iter().collect();
+    sorted.sort_by(|a, b| a.agency.cmp(&b.agency));
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    ctx.update(b"treaty-secagg/1 keys\n");
+    for a in sorted {
+        for field in [&a.agency, &a.cipher_key, &a.mask_key, &a.seed_commitment] {
+            ctx.update(&(field.len() as u64).to_le_bytes());
+            ctx.update(field.as_bytes());
+        }
+    }
+    crate::hex::hex(ctx.finish().as_ref())
 }
 
 /// The survivors of a round as an agency signs them before it reveals any share.
@@ -181,6 +222,8 @@ pub struct SurvivorList {
     pub agency: String,
     pub job: String,
     pub round: u32,
+    /// The run's [`keys_digest`]: this list belongs to this run of the round only.
+    pub keys: String,
     pub survivors: Vec<String>,
 }
 

@@ -54,6 +54,8 @@ pub struct Participant {
     held: BTreeMap<String, ShareBundle>,
     /// The survivors it signed.
     survivors: Vec<String>,
+    /// The digest of the advertisements it accepted: what its list of survivors is bound to.
+    keys_digest: String,
 }
 
 impl std::fmt::Debug for Participant {
@@ -81,12 +83,14 @@ impl Participant {
         }
         let (cipher, cipher_public) = crypto::key_pair()?;
         let (mask, mask_public) = crypto::key_pair()?;
+        let seed = crypto::random32()?;
         let advert = KeyAdvert {
             agency: me.to_owned(),
             job: params.job.clone(),
             round: params.round,
             cipher_key: hex(&cipher_public),
             mask_key: hex(&mask_public),
+            seed_commitment: super::seed_commitment(&seed),
         };
         let signed = sign(&advert, signer)
             .map_err(|e| SecAggError::Crypto(format!("the key advertisement: {e}")))?;
@@ -96,11 +100,12 @@ impl Participant {
             cipher,
             mask,
             advert,
-            seed: crypto::random32()?,
+            seed,
             step: Step::Advertised,
             keyed: BTreeMap::new(),
             held: BTreeMap::new(),
             survivors: Vec::new(),
+            keys_digest: String::new(),
         };
         Ok((participant, signed))
     }
@@ -125,8 +130,10 @@ impl Participant {
     ) -> Result<Vec<SealedShare>, SecAggError> {
         self.expect(Step::Advertised, "the round's keys")?;
         let mut keyed = BTreeMap::new();
+        let mut accepted = Vec::new();
         for signed in adverts {
-            let (agency, keys) = self.checked_advert(signed, ca)?;
+            let (agency, keys, advert) = self.checked_advert(signed, ca)?;
+            accepted.push(advert);
             if keyed.insert(agency.clone(), keys).is_some() {
                 return Err(SecAggError::Coordinator(format!(
                     "{agency}'s keys are listed twice"
@@ -190,6 +197,7 @@ impl Participant {
             });
         }
         self.keyed = keyed;
+        self.keys_digest = super::keys_digest(&accepted);
         self.step = Step::Shared;
         Ok(sealed)
     }
@@ -200,7 +208,7 @@ impl Participant {
         &self,
         signed: &SignedStatement,
         ca: &[u8],
-    ) -> Result<(String, PeerKeys), SecAggError> {
+    ) -> Result<(String, PeerKeys, KeyAdvert), SecAggError> {
         let refuse = |agency: &str, problem: String| SecAggError::Peer {
             agency: agency.to_owned(),
             problem,
@@ -224,11 +232,14 @@ impl Participant {
                 "it is not a participant of the round".into(),
             ));
         }
-        let (Some(cipher), Some(mask)) = (hex32(&advert.cipher_key), hex32(&advert.mask_key))
-        else {
+        let (Some(cipher), Some(mask), Some(_)) = (
+            hex32(&advert.cipher_key),
+            hex32(&advert.mask_key),
+            hex32(&advert.seed_commitment),
+        ) else {
             return Err(refuse(&agency, "its keys are not 32 bytes of hex".into()));
         };
-        Ok((agency, PeerKeys { cipher, mask }))
+        Ok((agency, PeerKeys { cipher, mask }, advert))
     }
 
     /// Takes the shares sealed for this agency (relayed by the coordinator) and returns its
@@ -368,6 +379,7 @@ impl Participant {
             agency: self.me.clone(),
             job: self.params.job.clone(),
             round: self.params.round,
+            keys: self.keys_digest.clone(),
             survivors: survivors.to_vec(),
         };
         let signed = sign(&list, signer)
@@ -388,7 +400,12 @@ impl Participant {
     ) -> Result<Reveal, SecAggError> {
         self.expect(Step::Signed, "the survivors' signatures")?;
         let mut signers = BTreeSet::new();
+        let mut seen = BTreeSet::new();
         for signed in signatures {
+            // The same signature twice is checked once.
+            if !seen.insert(signed.signature.as_str()) {
+                continue;
+            }
             let (signer, list): (_, SurvivorList) =
                 verify_agency_statement(signed, ca).map_err(|e| SecAggError::Peer {
                     agency: "a survivor's signature".into(),
@@ -401,10 +418,11 @@ impl Participant {
             })?;
             if list.job != self.params.job
                 || list.round != self.params.round
+                || list.keys != self.keys_digest
                 || list.survivors != self.survivors
             {
                 return Err(SecAggError::Coordinator(format!(
-                    "{agency} signed another list of survivors (job `{}` round {}, {} agencies) than this agency's: shares are not revealed",
+                    "{agency} signed another list of survivors (job `{}` round {}, {} agencies, or of another run of the round) than this agency's: shares are not revealed",
                     list.job,
                     list.round,
                     list.survivors.len()

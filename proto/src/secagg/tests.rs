@@ -398,12 +398,20 @@ fn unmask_with_colluders(fed: &Federation, colluders: usize) -> bool {
         .collect();
     let with_target = all.clone();
     let without_target: Vec<String> = all.iter().filter(|a| **a != target).cloned().collect();
+    // The colluders know the run's keys: they sign lists of this run.
+    let advertised: Vec<KeyAdvert> = round
+        .adverts
+        .iter()
+        .map(|s| serde_json::from_str(&s.statement).unwrap())
+        .collect();
+    let keys = keys_digest(&advertised);
     let sign_as = |a: &str, list: &[String]| {
         crate::receipt::sign(
             &SurvivorList {
                 agency: a.to_owned(),
                 job: p.job.clone(),
                 round: p.round,
+                keys: keys.clone(),
                 survivors: list.to_vec(),
             },
             &fed.signers[a],
@@ -537,4 +545,107 @@ fn replayed_substituted_and_reordered_key_messages_are_refused() {
     moved.to = all[1].clone();
     let err = n1.mask(&[moved], &[0.0; 4]).unwrap_err();
     assert!(err.to_string().contains("does not open"), "{err}");
+}
+
+#[test]
+fn a_wrong_share_or_a_key_of_small_order_fails_the_round_instead_of_the_sum() {
+    let fed = federation(4);
+    let p = params(&fed, 3, 8);
+    let x = inputs(&fed, 8);
+    let all: Vec<String> = fed.signers.keys().cloned().collect();
+    // A survivor reveals a wrong share of another survivor's seed: the recovered seed does not
+    // match the commitment in that survivor's signed keys, and the round fails, named.
+    let mut round = masked_round(&fed, &p, &x);
+    let survivors = round.server.close_inputs().unwrap();
+    for a in &survivors {
+        let signed = round
+            .nodes
+            .get_mut(a)
+            .unwrap()
+            .sign_survivors(&survivors, &fed.signers[a])
+            .unwrap();
+        round.server.signature(a, signed, &fed.ca).unwrap();
+    }
+    let signatures = round.server.close_signatures().unwrap();
+    for (i, a) in survivors.iter().enumerate() {
+        let mut reveal = round
+            .nodes
+            .get_mut(a)
+            .unwrap()
+            .reveal(&signatures, &fed.ca)
+            .unwrap();
+        if i == 0 {
+            reveal.seeds[1].1[5] ^= 0x40;
+        }
+        round.server.reveal(a, reveal).unwrap();
+    }
+    let err = round.server.finish().unwrap_err();
+    assert!(
+        err.to_string().contains("not the one it committed to"),
+        "{err}"
+    );
+
+    // A key of small order (here the identity point) is refused before it is relayed.
+    let mut server = Aggregation::new(p.clone()).unwrap();
+    let small = KeyAdvert {
+        agency: all[0].clone(),
+        job: p.job.clone(),
+        round: p.round,
+        cipher_key: "00".repeat(32),
+        mask_key: "00".repeat(32),
+        seed_commitment: "11".repeat(32),
+    };
+    let signed = crate::receipt::sign(&small, &fed.signers[&all[0]]).unwrap();
+    let err = server.advert(&all[0], signed, &fed.ca).unwrap_err();
+    assert!(err.to_string().contains("small order"), "{err}");
+}
+
+#[test]
+fn signatures_of_another_run_of_the_same_round_are_refused() {
+    let fed = federation(4);
+    let p = params(&fed, 3, 8);
+    let x = inputs(&fed, 8);
+    let all: Vec<String> = fed.signers.keys().cloned().collect();
+    // Two runs of one job's round (a round run again after a restart): the survivors' signatures
+    // of the first are no signatures of the second, though they name the same job, round and
+    // agencies.
+    let mut first = masked_round(&fed, &p, &x);
+    let mut second = masked_round(&fed, &p, &x);
+    let from_first: Vec<SignedStatement> = all
+        .iter()
+        .map(|a| {
+            first
+                .nodes
+                .get_mut(a)
+                .unwrap()
+                .sign_survivors(&all, &fed.signers[a])
+                .unwrap()
+        })
+        .collect();
+    let node = second.nodes.get_mut(&all[0]).unwrap();
+    node.sign_survivors(&all, &fed.signers[&all[0]]).unwrap();
+    let err = node.reveal(&from_first, &fed.ca).unwrap_err();
+    assert!(
+        err.to_string().contains("another run of the round"),
+        "{err}"
+    );
+    let _ = (&first.server, &second.server);
+}
+
+#[test]
+fn the_threshold_is_a_majority_and_leaves_the_drop_outs_asked_for() {
+    // The default: the smallest number above two thirds.
+    assert_eq!(Params::threshold_for(8, 0), 6);
+    assert_eq!(Params::threshold_for(3, 0), 3);
+    assert_eq!(Params::threshold_for(9, 0), 7);
+    // Two drop-outs of 8 leave 6; four would leave 4, not a majority: 5.
+    assert_eq!(Params::threshold_for(8, 2), 6);
+    assert_eq!(Params::threshold_for(8, 4), 5);
+    assert_eq!(Params::threshold_for(8, 100), 5);
+    for n in 3..=MAX_PARTICIPANTS {
+        for d in [0, 1, 5, 300] {
+            let t = Params::threshold_for(n, d);
+            assert!(2 * t > n && t <= n, "{n} {d} -> {t}");
+        }
+    }
 }
