@@ -340,6 +340,20 @@ async fn a_node_refuses_replayed_reordered_or_dropped_secure_aggregation() {
         "{message}"
     );
 
+    // A coarser fixed point than the job's spec gives.
+    let mut coarse = round(participants());
+    coarse.fractional_bits = 12;
+    s.hostile
+        .send_secure(
+            train_task(secure_training(), 400.0),
+            round_terms(),
+            Some(coarse),
+        )
+        .await;
+    let (code, message) = refusal(next_from_node(&mut s.hostile).await);
+    assert_eq!(code, "INVALID_TASK", "{message}");
+    assert!(message.contains("fractional bits"), "{message}");
+
     // A key advertisement of an earlier round, replayed.
     let task = s
         .hostile
