@@ -309,7 +309,7 @@ async fn train(
                         // hold fails the round rather than becoming the model.
                         if let Some(i) = mean
                             .iter()
-                            .position(|v| !(v.abs() <= aggregate::MAX_PARAMETER))
+                            .position(|v| !v.is_finite() || v.abs() > aggregate::MAX_PARAMETER)
                         {
                             return Err(CoordinatorError::SecureAggregation {
                                 what: format!("round {round}"),
