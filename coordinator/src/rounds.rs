@@ -656,21 +656,29 @@ impl Asking<'_> {
         }
         for (agency, task_id) in open {
             ctx.tasks.close(&task_id);
-            if let Some(outbox) = ctx.sessions.outbox(&agency) {
-                let _ = outbox.try_send(Ok(CoordinatorMessage {
-                    kind: Some(coordinator_message::Kind::Cancel(CancelTask {
-                        task_id,
-                        reason: "the round's deadline passed".into(),
-                    })),
-                }));
-            }
-            self.excluded.push(exclusion(
-                shown(&agency),
-                ExclusionCode::TimedOut,
-                &format!("no result within {round_timeout} ms"),
-            ));
+            self.timed_out(
+                &agency,
+                task_id,
+                "the round's deadline passed",
+                format!("no result within {round_timeout} ms"),
+            );
         }
         Ok(())
+    }
+
+    /// An agency that did not answer in time: its node is told to stop, and the round records
+    /// why it is left out.
+    fn timed_out(&mut self, agency: &Identity, task_id: String, cancel: &str, why: String) {
+        if let Some(outbox) = self.ctx.sessions.outbox(agency) {
+            let _ = outbox.try_send(Ok(CoordinatorMessage {
+                kind: Some(coordinator_message::Kind::Cancel(CancelTask {
+                    task_id,
+                    reason: cancel.into(),
+                })),
+            }));
+        }
+        self.excluded
+            .push(exclusion(shown(agency), ExclusionCode::TimedOut, &why));
     }
 
     /// The parameters of the round of secure aggregation among `agencies`.
@@ -808,19 +816,12 @@ impl Asking<'_> {
             if answered.contains(agency) {
                 continue;
             }
-            if let Some(outbox) = ctx.sessions.outbox(agency) {
-                let _ = outbox.try_send(Ok(CoordinatorMessage {
-                    kind: Some(coordinator_message::Kind::Cancel(CancelTask {
-                        task_id: task_id.clone(),
-                        reason: "the round of secure aggregation went on without it".into(),
-                    })),
-                }));
-            }
-            self.excluded.push(exclusion(
-                shown(agency),
-                ExclusionCode::TimedOut,
-                &format!("no masked update within {round_timeout} ms"),
-            ));
+            self.timed_out(
+                agency,
+                task_id.clone(),
+                "the round of secure aggregation went on without it",
+                format!("no masked update within {round_timeout} ms"),
+            );
         }
         *self.secure_sum = secure.into_sum().map(|(sum, _)| sum);
         Ok(())

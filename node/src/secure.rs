@@ -110,14 +110,7 @@ pub(crate) fn params(task: &Task, me: &Identity) -> Result<Option<Params>, Refus
             "secure aggregation is for training rounds only",
         ));
     }
-    let params = Params {
-        job: task.job_id.clone(),
-        round: task.round,
-        participants: wire.participants.clone(),
-        threshold: wire.threshold as usize,
-        fractional_bits: wire.fractional_bits,
-        length: usize::try_from(wire.length).unwrap_or(usize::MAX),
-    };
+    let params = Params::of_task(&task.job_id, task.round, wire);
     params
         .check()
         .map_err(|e| Refusal::invalid(e.to_string()))?;

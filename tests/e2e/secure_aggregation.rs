@@ -147,14 +147,7 @@ async fn scripted_round(
         })
         .await
         .unwrap();
-    let params = Params {
-        job: task.job_id.clone(),
-        round: task.round,
-        participants: wire.participants.clone(),
-        threshold: wire.threshold as usize,
-        fractional_bits: wire.fractional_bits,
-        length: wire.length as usize,
-    };
+    let params = Params::of_task(&task.job_id, task.round, &wire);
     let (mut participant, advert) = Participant::new(params, &me.to_string(), &signer).unwrap();
     send_step(&session, &task, sec_agg_from_node::Step::Keys(advert)).await;
     let sec_agg_to_node::Step::Keys(keys) = next_step(&mut session).await else {

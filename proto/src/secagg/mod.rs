@@ -110,6 +110,19 @@ impl Params {
         Ok(())
     }
 
+    /// The parameters a task states for its round (`Task.secure_aggregation`), of `job` and
+    /// `round`; unchecked ([`Params::check`]).
+    pub fn of_task(job: &str, round: u32, wire: &crate::v1::SecureAggregationRound) -> Self {
+        Params {
+            job: job.to_owned(),
+            round,
+            participants: wire.participants.clone(),
+            threshold: wire.threshold as usize,
+            fractional_bits: wire.fractional_bits,
+            length: usize::try_from(wire.length).unwrap_or(usize::MAX),
+        }
+    }
+
     /// `agency`'s share id: its place among the participants, from 1.
     fn id_of(&self, agency: &str) -> Option<u8> {
         let i = self.participants.iter().position(|p| p == agency)?;

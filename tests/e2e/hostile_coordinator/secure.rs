@@ -141,11 +141,8 @@ fn params_of(task_round: u32) -> Params {
     }
 }
 
-/// A round driven honestly up to the node's signature of all four survivors: the task, the
-/// node's signature, and the other agencies, masked too.
-async fn up_to_signatures(
-    s: &mut Setup,
-) -> (String, SignedStatement, BTreeMap<String, Participant>) {
+/// A secure round's task sent to the node: its id, its round, and the node's signed keys.
+async fn start_round(s: &mut Setup) -> (String, u32, SignedStatement) {
     let task = s
         .hostile
         .send_secure(
@@ -162,6 +159,15 @@ async fn up_to_signatures(
     else {
         panic!("the node's keys expected")
     };
+    (task, task_round, node_keys)
+}
+
+/// A round driven honestly up to the node's signature of all four survivors: the task, the
+/// node's signature, and the other agencies, masked too.
+async fn up_to_signatures(
+    s: &mut Setup,
+) -> (String, SignedStatement, BTreeMap<String, Participant>) {
+    let (task, task_round, node_keys) = start_round(s).await;
     let mut peers = BTreeMap::new();
     let mut adverts = vec![node_keys];
     for (id, signer) in &s.peers {
@@ -355,22 +361,7 @@ async fn a_node_refuses_replayed_reordered_or_dropped_secure_aggregation() {
     assert!(message.contains("fractional bits"), "{message}");
 
     // A key advertisement of an earlier round, replayed.
-    let task = s
-        .hostile
-        .send_secure(
-            train_task(secure_training(), 400.0),
-            round_terms(),
-            Some(round(participants())),
-        )
-        .await;
-    let task_round: u32 = task.trim_start_matches("hostile-").parse().unwrap();
-    let Seen::SecAgg {
-        step: sec_agg_from_node::Step::Keys(node_keys),
-        ..
-    } = next_from_node(&mut s.hostile).await
-    else {
-        panic!("the node's keys expected")
-    };
+    let (task, task_round, node_keys) = start_round(&mut s).await;
     let mut adverts = vec![node_keys];
     for (i, (id, signer)) in s.peers.iter().enumerate() {
         // The first peer's keys come from the round before.
@@ -390,17 +381,7 @@ async fn a_node_refuses_replayed_reordered_or_dropped_secure_aggregation() {
     assert!(message.contains("replayed"), "{message}");
 
     // Steps out of order: the survivors where the keys are due.
-    let task = s
-        .hostile
-        .send_secure(
-            train_task(secure_training(), 400.0),
-            round_terms(),
-            Some(round(participants())),
-        )
-        .await;
-    let Seen::SecAgg { .. } = next_from_node(&mut s.hostile).await else {
-        panic!("the node's keys expected")
-    };
+    let (task, ..) = start_round(&mut s).await;
     relay(
         &s.hostile,
         &task,
