@@ -213,7 +213,7 @@ impl SecureRound {
         match self.stage {
             Stage::Keys => {
                 let keys = self.aggregation()?.close_keys()?;
-                let advertised = self.advertised(&keys);
+                let advertised = self.aggregation()?.advertisers();
                 let message = Step::Keys(SignedStatements { statements: keys });
                 self.send_all(ctx, &advertised, |_| message.clone()).await;
                 let until = Instant::now() + self.exchange;
@@ -245,7 +245,7 @@ impl SecureRound {
             }
             Stage::Signatures => {
                 let signatures = self.aggregation()?.close_signatures()?;
-                let signers = self.advertised(&signatures);
+                let signers = self.aggregation()?.signers();
                 let message = Step::Signatures(SignedStatements {
                     statements: signatures,
                 });
@@ -270,17 +270,6 @@ impl SecureRound {
             Stage::Done => {}
         }
         Ok(())
-    }
-
-    /// The signers of some signed statements, by the agencies whose tasks the round knows (each
-    /// statement was checked when it arrived).
-    fn advertised(&self, statements: &[treaty_proto::v1::SignedStatement]) -> Vec<String> {
-        statements
-            .iter()
-            .filter_map(|s| serde_json::from_str::<serde_json::Value>(&s.statement).ok())
-            .filter_map(|v| v.get("agency").and_then(|a| a.as_str()).map(str::to_owned))
-            .filter(|a| self.tasks.contains_key(a))
-            .collect()
     }
 
     fn next(&mut self, stage: Stage, waiting: Vec<String>, until: Option<Instant>) {

@@ -128,6 +128,16 @@ impl Aggregation {
         Ok(())
     }
 
+    /// The agencies whose keys were taken, in increasing order.
+    pub fn advertisers(&self) -> Vec<String> {
+        self.adverts.keys().cloned().collect()
+    }
+
+    /// The survivors whose signatures of the list were taken, in increasing order.
+    pub fn signers(&self) -> Vec<String> {
+        self.signatures.keys().cloned().collect()
+    }
+
     /// Closes the key exchange: the advertisements to relay to every advertiser.
     pub fn close_keys(&mut self) -> Result<Vec<SignedStatement>, SecAggError> {
         self.at_least(self.adverts.len(), "the key exchange")?;
