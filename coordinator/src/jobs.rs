@@ -234,6 +234,7 @@ async fn train(
             .blocking(move |ctx| models::load(&ctx.store, &latest))
             .await?;
         let wire = spec.to_spec();
+        let learning_rate = wire.learning_rate;
         let kind = task::Kind::Training(TrainingTask {
             spec: Some(wire.clone()),
             model_version: job.latest_model_version.clone(),
@@ -247,9 +248,12 @@ async fn train(
         let sum = streams.then(|| Arc::new(Mutex::new(Accumulator::new(parameters, grid))));
         let (checked, folded) = (Arc::clone(&global), sum.clone());
         let masked = secure.is_some();
+        // Under distributed noise each contribution is the model's layout and a denominator.
+        let distributed = secure.is_some_and(|s| s.distributed_noise);
+        let layout = treaty_proto::secagg::layout(&global, distributed);
         let check = move |r: &mut TaskResult| {
             match masked {
-                true => check_masked(&checked, r)?,
+                true => check_masked(&layout, r)?,
                 false => check_update(&checked, r)?,
             }
             if let Some(e) = &r.evaluation {
@@ -267,7 +271,7 @@ async fn train(
         };
         let secure_ask = secure.map(|spec| rounds::SecureAsk {
             spec,
-            length: parameters,
+            length: parameters + usize::from(distributed),
         });
         let collected =
             rounds::collect(ctx, job, rules, round, kind, intake, secure_ask, check).await?;
@@ -297,12 +301,23 @@ async fn train(
                 let (model, note) = match (secure_sum, sum) {
                     // The sum of the survivors' updates (each its local model minus the global
                     // one), to the fixed point's rounding: their mean added to the global model.
-                    (Some(delta), _) => {
-                        let n = contributors.len().max(1) as f64;
+                    (Some(sum), _) => {
                         let global_flat = aggregate::flatten(&global);
-                        let mean = ndarray::Array1::from_iter(
-                            global_flat.iter().zip(&delta).map(|(g, d)| g + d / n),
-                        );
+                        let mean = match distributed {
+                            // Distributed DP: the survivors' noisy gradient sums over the sum of
+                            // their public denominators, one step of the job's learning rate.
+                            true => distributed_step(global_flat.as_slice().unwrap_or(&[]), &sum, learning_rate)
+                                .map_err(|problem| CoordinatorError::SecureAggregation {
+                                    what: format!("round {round}"),
+                                    problem,
+                                })?,
+                            false => {
+                                let n = contributors.len().max(1) as f64;
+                                ndarray::Array1::from_iter(
+                                    global_flat.iter().zip(&sum).map(|(g, d)| g + d / n),
+                                )
+                            }
+                        };
                         // The coordinator never saw an update: what it can check is the mean.
                         // An agency that sent values no honest node would (beyond the fixed
                         // point's clamp) can push it anywhere; a mean beyond what a model may
@@ -899,6 +914,37 @@ fn check_update(global: &[NamedTensor], result: &TaskResult) -> Result<(), Strin
         ));
     }
     Ok(())
+}
+
+/// Distributed DP's step (docs/SECURE_AGGREGATION.md): `sum` is the survivors' noisy clipped
+/// gradient sums, then the sum of their public denominators; the new model is the global one
+/// minus `learning_rate` times the one over the other. A denominator an honest node never sends
+/// (below 1) is refused rather than used.
+fn distributed_step(
+    global: &[f64],
+    sum: &[f64],
+    learning_rate: f64,
+) -> Result<ndarray::Array1<f64>, String> {
+    let (gradient, denominator) = match sum.split_last() {
+        Some((&d, g)) if g.len() == global.len() => (g, d),
+        _ => {
+            return Err(format!(
+                "the sum has {} values where the model has {} and a denominator",
+                sum.len(),
+                global.len()
+            ));
+        }
+    };
+    if !(denominator >= 1.0) {
+        return Err(format!(
+            "the survivors' denominators add up to {denominator}, below what honest agencies send: the round's sum is not used"
+        ));
+    }
+    Ok(global
+        .iter()
+        .zip(gradient)
+        .map(|(w, g)| w - learning_rate * g / denominator)
+        .collect())
 }
 
 /// Checks a masked update of a round of secure aggregation: the global model's layout, as

@@ -147,6 +147,10 @@ pub enum JobProblem {
         "secure aggregation needs at least 3 agencies a round (`min_participants` is {0}): with 2, the threshold of a majority leaves no drop-out room and each learns the other's update from the sum"
     )]
     SecureAggregationTooFew(u32),
+    #[error(
+        "distributed noise makes each round one step of full-batch DP gradient descent, and {0}: give `dp_mode` full batch, one local epoch, no momentum, L2 or proximal term"
+    )]
+    DistributedNotLinear(&'static str),
 }
 
 /// A job spec that passed every check, its defaults filled in.
@@ -533,6 +537,9 @@ fn training(t: TrainingSpec, problems: &mut Vec<JobProblem>, new: bool) -> Optio
     let settings = strategy(t.strategy.unwrap_or_default(), problems);
     if let (Some(secure), Some(settings)) = (&t.secure_aggregation, &settings) {
         secure_aggregation(secure, settings, problems);
+        if secure.distributed_noise {
+            distributed_noise(&t, problems);
+        }
     }
     let privacy = match t.privacy {
         None => {
@@ -578,6 +585,28 @@ fn secure_aggregation(
     }
     if secure.fractional_bits != 0 && !(8..=40).contains(&secure.fractional_bits) {
         problems.push(JobProblem::FractionalBits(secure.fractional_bits));
+    }
+}
+
+/// Distributed noise needs one linear release a round: the clipped gradient sum at the global
+/// model (docs/SECURE_AGGREGATION.md, "Distributed DP").
+fn distributed_noise(t: &TrainingSpec, problems: &mut Vec<JobProblem>) {
+    let full_batch = t
+        .privacy
+        .as_ref()
+        .is_some_and(|p| p.mode == DpMode::FullBatch as i32);
+    let checks = [
+        (full_batch, "the job does not train full batch"),
+        (t.local_epochs <= 1, "the job takes several local epochs"),
+        (t.momentum == 0.0, "the job has momentum"),
+        (t.l2 == 0.0, "the job has L2 regularisation"),
+        (
+            t.strategy.as_ref().is_none_or(|s| s.proximal_mu == 0.0),
+            "the job has a proximal term",
+        ),
+    ];
+    if let Some((_, why)) = checks.iter().find(|(ok, _)| !ok) {
+        problems.push(JobProblem::DistributedNotLinear(why));
     }
 }
 

@@ -31,6 +31,9 @@
 //! [approval]                               # optional: the agency's operator approves each job
 //! required = true                          # default false
 //! approvers = ["jdoe", "asmith"]           # optional: the OS accounts that may decide
+//!
+//! [secure_aggregation]                     # optional: the trust assumption of distributed DP
+//! assume_dishonest = 2                     # default: every other agency of a round
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -67,6 +70,21 @@ pub struct NodeConfig {
     /// Where Prometheus metrics are served (`/metrics`); absent: nowhere.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub monitoring: Option<treaty_proto::monitoring::Monitoring>,
+    /// The agency's trust assumption under distributed DP; absent: every other agency of a
+    /// round may be dishonest, so the node adds the whole noise itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secure_aggregation: Option<SecureAggregationConfig>,
+}
+
+/// How far the agency trusts the other agencies of a round of secure aggregation.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecureAggregationConfig {
+    /// The most agencies of a round that may be dishonest (collude with the coordinator, or
+    /// add no noise). Under a job's distributed noise the node adds noise for `t - c` honest
+    /// agencies sharing it, `t` the round's threshold and `c` the larger of this and the job's
+    /// own assumption; a falsely low figure here lowers this agency's protection.
+    pub assume_dishonest: u32,
 }
 
 /// How to reach the coordinator.

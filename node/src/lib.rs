@@ -72,7 +72,7 @@ use tokio_util::sync::CancellationToken;
 use treaty_proto::tls::ClientTls;
 
 pub use approval::{ApprovalConfig, JobTermsView, Pending};
-pub use config::{CoordinatorLink, DataFiles, NodeConfig};
+pub use config::{CoordinatorLink, DataFiles, NodeConfig, SecureAggregationConfig};
 pub use data::{Examples, Table};
 pub use error::{ConfigError, DataError, NodeError};
 pub use explain::{Explanation, explain};
@@ -161,6 +161,7 @@ pub async fn run(config: NodeConfig, shutdown: CancellationToken) -> Result<(), 
     );
     let mut worker = work::Worker::new(train, test);
     worker.public_records = config.data.public_records;
+    worker.assume_dishonest = config.secure_aggregation.map(|s| s.assume_dishonest);
     worker.stop = shutdown.clone();
     let identity = tls.identity().clone();
     let (agency, country) = match &identity {

@@ -282,18 +282,31 @@ impl SecureTask {
         shares: Vec<SealedShare>,
         output: &Output,
     ) -> Result<Vec<u64>, Refusal> {
-        let local = output.tensors.iter().flat_map(|t| t.values.iter());
-        let global = output.started_from.iter().flat_map(|t| t.values.iter());
-        let delta: Vec<f64> = local.zip(global).map(|(l, g)| l - g).collect();
         let mut participant = self
             .participant
             .take()
             .ok_or_else(|| failed("the round's state is gone"))?;
-        let (participant, masked) = crate::work::blocking(move || {
-            let masked = participant.mask(&shares, &delta);
-            (participant, masked)
-        })
-        .await?;
+        let (participant, masked) = match &output.ring {
+            // Distributed DP: the noisy contribution is in the fixed point already.
+            Some(ring) => {
+                let ring = ring.clone();
+                crate::work::blocking(move || {
+                    let masked = participant.mask_encoded(&shares, ring);
+                    (participant, masked)
+                })
+                .await?
+            }
+            None => {
+                let local = output.tensors.iter().flat_map(|t| t.values.iter());
+                let global = output.started_from.iter().flat_map(|t| t.values.iter());
+                let delta: Vec<f64> = local.zip(global).map(|(l, g)| l - g).collect();
+                crate::work::blocking(move || {
+                    let masked = participant.mask(&shares, &delta);
+                    (participant, masked)
+                })
+                .await?
+            }
+        };
         self.participant = Some(participant);
         masked.map_err(|e| failed(e.to_string()))
     }

@@ -391,7 +391,8 @@ async fn attempt(
     // Planning calibrates opendp's mechanisms: on a blocking thread.
     let worker = node.worker.clone();
     let round = task.round;
-    let plan = blocking(move || worker.plan(round, &kind)).await??;
+    let planned = secure.clone();
+    let plan = blocking(move || worker.plan_round(round, &kind, planned.as_ref())).await??;
     let entry = Entry {
         time_unix_ms: now_ms(),
         task_id: task_id.clone(),
@@ -401,11 +402,20 @@ async fn attempt(
         kind: plan.kind().into(),
         recipient: recipient.to_owned(),
         releases: Some(plan.releases.clone()),
-        // Under secure aggregation the update leaves masked, with its full local noise.
-        secure_aggregation: secure.as_ref().map(|p| crate::ledger::SecureAggregation {
-            agencies: p.participants.len() as u32,
-            threshold: p.threshold as u32,
-            noise: "local".into(),
+        // Under secure aggregation the update leaves masked, with its full local noise or, under
+        // distributed DP, this agency's share of the noise the sum carries.
+        secure_aggregation: secure.as_ref().map(|p| {
+            let distributed = plan.distributed();
+            crate::ledger::SecureAggregation {
+                agencies: p.participants.len() as u32,
+                threshold: p.threshold as u32,
+                noise: match distributed {
+                    Some(_) => "distributed".into(),
+                    None => "local".into(),
+                },
+                assumed_dishonest: distributed.map(|d| d.dishonest),
+                honest: distributed.map(|d| d.honest),
+            }
         }),
     };
     // The agency's own policy judges the task with the ledger's spending, whatever the
@@ -599,11 +609,9 @@ impl Outgoing {
         masked: &[u64],
         privacy: Option<PrivacyReport>,
     ) -> Self {
-        let (specs, chunks) = treaty_proto::tensor::encode_masked(
-            &output.started_from,
-            masked,
-            DEFAULT_MAX_CHUNK_BYTES,
-        );
+        let layout = treaty_proto::secagg::layout(&output.started_from, output.ring.is_some());
+        let (specs, chunks) =
+            treaty_proto::tensor::encode_masked(&layout, masked, DEFAULT_MAX_CHUNK_BYTES);
         Self::of(task_id, output, specs, chunks, privacy)
     }
 

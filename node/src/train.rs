@@ -171,12 +171,6 @@ pub fn train_dp(
     let mut batch = Vec::new();
     let mask = model.regularized();
     let denominator = dp.denominator.max(1.0);
-    let d = data.x.ncols();
-    let linear = matches!(
-        model.kind,
-        crate::model::Architecture::Logistic | crate::model::Architecture::Linear
-    ) && p == d + 1;
-    let logistic = model.kind == crate::model::Architecture::Logistic;
     // Small models: build the mechanism once for all steps; large ones split across threads.
     let prepared = if p < 16_384 {
         Some(dp.noise.prepare(p)?)
@@ -187,9 +181,6 @@ pub fn train_dp(
         if stop.is_cancelled() {
             return Ok(());
         }
-        sum.fill(0.0);
-        // The parameters as they stand for this step (a linear model's weights, then its bias).
-        let params = model.params().to_vec();
         // The records of this step: all of them, or each with probability q (drawn by geometric
         // skips, so a step costs its batch, not n draws).
         batch.clear();
@@ -203,70 +194,7 @@ pub fn train_dp(
                 }
             }
         }
-        let weight = |i: usize| match readable {
-            Some(r) if !r[i] => 0.0,
-            _ => 1.0,
-        };
-        if linear {
-            // The per-example gradient of a linear model is r (x, 1): clipped without a copy.
-            // Four rows at a time, so that their loads from a table larger than the cache
-            // are in flight together.
-            let w = &params[..d];
-            let mut add = |i: usize, (z, xx): (f64, f64)| {
-                let z = z + params[d];
-                let r = if logistic {
-                    1.0 / (1.0 + (-z).exp())
-                } else {
-                    z
-                } - data.y[i];
-                let norm = r.abs() * (xx + 1.0).sqrt();
-                if norm.is_finite() {
-                    let factor = clip_factor(norm, clip) * r * weight(i);
-                    for (s, a) in sum.iter_mut().zip(data.x.row(i).iter()) {
-                        *s += factor * a;
-                    }
-                    sum[d] += factor;
-                }
-            };
-            let mut groups = batch.chunks_exact(4);
-            for group in &mut groups {
-                let rows = [0, 1, 2, 3].map(|k| data.x.row(group[k]));
-                match rows.each_ref().map(|r| r.as_slice()) {
-                    [Some(a), Some(b), Some(c), Some(e)] => {
-                        let sums = dot_and_square4([a, b, c, e], w);
-                        for (&i, z) in group.iter().zip(sums) {
-                            add(i, z);
-                        }
-                    }
-                    _ => {
-                        for (&i, row) in group.iter().zip(rows) {
-                            add(i, (row.dot(&ArrayView1::from(w)), row.dot(&row)));
-                        }
-                    }
-                }
-            }
-            for &i in groups.remainder() {
-                let row = data.x.row(i);
-                let z = match row.as_slice() {
-                    Some(x) => dot_and_square(x, w),
-                    None => (row.dot(&ArrayView1::from(w)), row.dot(&row)),
-                };
-                add(i, z);
-            }
-        } else {
-            for &i in &batch {
-                let x = data.x.slice_axis(Axis(0), Slice::from(i..i + 1));
-                let y = data.y.slice_axis(Axis(0), Slice::from(i..i + 1));
-                model.loss_and_gradient(x, y, 0.0, grad.view_mut());
-                let norm = grad.dot(&grad).sqrt();
-                if norm.is_finite() {
-                    let factor = clip_factor(norm, clip) * weight(i);
-                    for (s, g) in sum.iter_mut().zip(grad.iter()) {
-                        *s += factor * g;
-                    }
-                }
-            }
-        }
+        clipped_sum(model, data, readable, &batch, clip, &mut sum, &mut grad);
         // Each record added at most `clip` in norm, so the sum is finite; should it not be, a
         // fixed rule (zero) stands in for it rather than opendp's own handling of non-finite values.
         if !sum.iter().all(|v| v.is_finite()) {
@@ -289,6 +217,119 @@ pub fn train_dp(
         model.params_mut().scaled_add(-sgd.learning_rate, &velocity);
     }
     Ok(())
+}
+
+/// Whether the model's per-example gradient is `r (x, 1)` (a linear or logistic model).
+fn is_linear(model: &Model, d: usize) -> bool {
+    matches!(
+        model.kind,
+        crate::model::Architecture::Logistic | crate::model::Architecture::Linear
+    ) && model.params().len() == d + 1
+}
+
+/// The sum of the per-example gradients of `batch`'s records at the model's parameters, each
+/// clipped to L2 norm `clip`, into `sum` (overwritten); `grad` is scratch of the model's size.
+/// A record whose gradient is not finite adds nothing, and neither does one `readable` marks
+/// unreadable, after the same computation as any other.
+fn clipped_sum(
+    model: &mut Model,
+    data: &Examples,
+    readable: Option<&[bool]>,
+    batch: &[usize],
+    clip: f64,
+    sum: &mut [f64],
+    grad: &mut Array1<f64>,
+) {
+    sum.fill(0.0);
+    let d = data.x.ncols();
+    let linear = is_linear(model, d);
+    let logistic = model.kind == crate::model::Architecture::Logistic;
+    // The parameters as they stand (a linear model's weights, then its bias).
+    let params = model.params().to_vec();
+    let weight = |i: usize| match readable {
+        Some(r) if !r[i] => 0.0,
+        _ => 1.0,
+    };
+    if linear {
+        // The per-example gradient of a linear model is r (x, 1): clipped without a copy.
+        // Four rows at a time, so that their loads from a table larger than the cache
+        // are in flight together.
+        let w = &params[..d];
+        let mut add = |i: usize, (z, xx): (f64, f64)| {
+            let z = z + params[d];
+            let r = if logistic {
+                1.0 / (1.0 + (-z).exp())
+            } else {
+                z
+            } - data.y[i];
+            let norm = r.abs() * (xx + 1.0).sqrt();
+            if norm.is_finite() {
+                let factor = clip_factor(norm, clip) * r * weight(i);
+                for (s, a) in sum.iter_mut().zip(data.x.row(i).iter()) {
+                    *s += factor * a;
+                }
+                sum[d] += factor;
+            }
+        };
+        let mut groups = batch.chunks_exact(4);
+        for group in &mut groups {
+            let rows = [0, 1, 2, 3].map(|k| data.x.row(group[k]));
+            match rows.each_ref().map(|r| r.as_slice()) {
+                [Some(a), Some(b), Some(c), Some(e)] => {
+                    let sums = dot_and_square4([a, b, c, e], w);
+                    for (&i, z) in group.iter().zip(sums) {
+                        add(i, z);
+                    }
+                }
+                _ => {
+                    for (&i, row) in group.iter().zip(rows) {
+                        add(i, (row.dot(&ArrayView1::from(w)), row.dot(&row)));
+                    }
+                }
+            }
+        }
+        for &i in groups.remainder() {
+            let row = data.x.row(i);
+            let z = match row.as_slice() {
+                Some(x) => dot_and_square(x, w),
+                None => (row.dot(&ArrayView1::from(w)), row.dot(&row)),
+            };
+            add(i, z);
+        }
+    } else {
+        for &i in batch {
+            let x = data.x.slice_axis(Axis(0), Slice::from(i..i + 1));
+            let y = data.y.slice_axis(Axis(0), Slice::from(i..i + 1));
+            model.loss_and_gradient(x, y, 0.0, grad.view_mut());
+            let norm = grad.dot(&*grad).sqrt();
+            if norm.is_finite() {
+                let factor = clip_factor(norm, clip) * weight(i);
+                for (s, g) in sum.iter_mut().zip(grad.iter()) {
+                    *s += factor * g;
+                }
+            }
+        }
+    }
+}
+
+/// Distributed DP's one release a round: the clipped per-example gradient sum of every record
+/// at the model's parameters (sensitivity `clip` in L2), with nothing added; the noise is added
+/// in the fixed point of secure aggregation. A sum that is not finite (it cannot be: each
+/// record adds at most `clip`) is replaced by zeros, a fixed rule.
+pub(crate) fn clipped_gradient_sum(
+    model: &mut Model,
+    data: &Examples,
+    readable: Option<&[bool]>,
+    clip: f64,
+) -> Vec<f64> {
+    let p = model.params().len();
+    let batch: Vec<usize> = (0..data.len()).collect();
+    let (mut sum, mut grad) = (vec![0.0; p], Array1::<f64>::zeros(p));
+    clipped_sum(model, data, readable, &batch, clip, &mut sum, &mut grad);
+    if !sum.iter().all(|v| v.is_finite()) {
+        sum.fill(0.0);
+    }
+    sum
 }
 
 /// `x . w` and `x . x` in one pass over `x`, in four lanes each (the additions of one lane do

@@ -233,7 +233,8 @@ pub struct W1Args {
     #[arg(long, default_value_t = 1.0)]
     learning_rate: f64,
     /// Train by one of `treaty bench tabular`'s recipes (`poisson`, `poisson-tuned`,
-    /// `full-batch`, `full-batch-10`, `poisson-fifth`, `default`: what `treaty job train` takes)
+    /// `full-batch`, `full-batch-10`, `poisson-fifth`, `default`: what `treaty job train` takes;
+    /// `distributed`: what it takes with --distributed-noise)
     /// instead of W1's own (Poisson DP-SGD, batch 256, one epoch, with `--clip` and
     /// `--learning-rate`).
     #[arg(long)]
@@ -242,6 +243,11 @@ pub struct W1Args {
     /// each round's sum of updates.
     #[arg(long)]
     secure_aggregation: bool,
+    /// Under secure aggregation, distributed DP (docs/SECURE_AGGREGATION.md): each agency adds
+    /// its share of the noise, assuming at most this many dishonest agencies a round (every node
+    /// is configured so). Needs a one-step recipe (`--recipe distributed`).
+    #[arg(long, requires = "secure_aggregation")]
+    distributed_noise: Option<u32>,
 }
 
 pub async fn run(command: BenchCommand) -> Outcome {
@@ -276,6 +282,7 @@ pub async fn run(command: BenchCommand) -> Outcome {
                 clip: a.clip,
                 learning_rate: a.learning_rate,
                 secure_aggregation: a.secure_aggregation,
+                distributed_noise: a.distributed_noise,
             };
             bench::w1(options, &this_binary()?).await?;
         }

@@ -83,9 +83,10 @@ pub struct TrainArgs {
     /// batch size / the agency's public record count).
     #[arg(long, default_value_t = 64)]
     batch_size: u32,
-    /// The local SGD step size.
-    #[arg(long, default_value_t = 1.0)]
-    learning_rate: f64,
+    /// The local SGD step size (default 1; under --distributed-noise, the step of each round's
+    /// one gradient step, default the measured one-step recipe's, 16).
+    #[arg(long)]
+    learning_rate: Option<f64>,
     /// The local SGD momentum (0: none).
     #[arg(long, default_value_t = 0.0)]
     momentum: f64,
@@ -161,6 +162,22 @@ pub struct TrainArgs {
     /// still recovered (0: a third of the round's agencies).
     #[arg(long, default_value_t = 0, requires = "secure_aggregation")]
     max_dropouts: u32,
+    /// Secure aggregation with distributed DP (docs/SECURE_AGGREGATION.md): each agency adds
+    /// only its share of the noise, so that the round's sum carries the noise the accounting
+    /// states while at most --assume-dishonest agencies (or as many as each agency's own
+    /// configuration assumes, if more) are dishonest. Each round is then one step of full-batch
+    /// DP gradient descent (it sets --dp-mode full-batch and one local epoch, and conflicts with
+    /// them, --sampling-rate, --momentum, --l2 and --proximal-mu).
+    #[arg(
+        long,
+        requires = "secure_aggregation",
+        conflicts_with_all = ["dp_mode", "local_epochs", "sampling_rate", "momentum", "l2", "proximal_mu"]
+    )]
+    distributed_noise: bool,
+    /// Distributed DP: the most agencies of a round the job assumes dishonest (colluding with
+    /// the coordinator, or adding no noise).
+    #[arg(long, default_value_t = 0, requires = "distributed_noise")]
+    assume_dishonest: u32,
     /// Rounds go ahead with at least this many agencies.
     #[arg(long, default_value_t = 1)]
     min_participants: u32,
@@ -299,7 +316,26 @@ fn state(job: &Job) -> &'static str {
     treaty_coordinator::state_name(job.state)
 }
 
-async fn train(a: TrainArgs) -> Outcome {
+/// The measured one-step recipe of distributed DP (`treaty bench w1 --recipe distributed`,
+/// bench/README.md): its learning rate.
+const DISTRIBUTED_LEARNING_RATE: f64 = 16.0;
+
+/// The job's learning rate: the one given, else the measured recipe's.
+fn learning_rate(a: &TrainArgs) -> f64 {
+    a.learning_rate.unwrap_or(if a.distributed_noise {
+        DISTRIBUTED_LEARNING_RATE
+    } else {
+        1.0
+    })
+}
+
+async fn train(mut a: TrainArgs) -> Outcome {
+    if a.distributed_noise {
+        // One linear release a round: one step of full-batch DP gradient descent.
+        a.dp_mode = DpModeArg::FullBatch;
+        a.local_epochs = 1;
+    }
+    let learning_rate = learning_rate(&a);
     let model = a.model.kind();
     let mut client = OperatorConfig::load(&a.config)?.connect().await?;
     // The schema is checked whole before anything is submitted, as `treaty schema check` does,
@@ -336,7 +372,7 @@ async fn train(a: TrainArgs) -> Outcome {
         rounds: a.rounds,
         local_epochs: a.local_epochs,
         batch_size: a.batch_size,
-        learning_rate: a.learning_rate,
+        learning_rate,
         momentum: a.momentum,
         l2: a.l2,
         hidden_units: if model == ModelKind::Mlp {
@@ -372,6 +408,8 @@ async fn train(a: TrainArgs) -> Outcome {
         secure_aggregation: a.secure_aggregation.then_some(SecureAggregationSpec {
             max_dropouts: a.max_dropouts,
             fractional_bits: 0,
+            distributed_noise: a.distributed_noise,
+            assumed_dishonest: a.assume_dishonest,
         }),
         ..Default::default()
     };
@@ -588,9 +626,49 @@ mod tests {
         assert_eq!(default.mode, DpMode::Poisson);
         assert_eq!(a.sampling_rate, default.sampling_rate);
         assert_eq!(a.local_epochs, default.local_epochs);
-        assert_eq!(a.learning_rate, default.learning_rate);
+        assert_eq!(learning_rate(&a), default.learning_rate);
         assert_eq!(a.clip_norm, default.clip_norm);
         assert_eq!(a.rounds, 20);
         assert_eq!(a.target_epsilon, 1.0);
+    }
+
+    /// Under distributed noise the learning rate is the measured one-step recipe's, and the
+    /// options that would make a round more than one linear release are refused.
+    #[test]
+    fn distributed_noise_takes_the_one_step_recipe() {
+        let base = [
+            "train",
+            "--config",
+            "c",
+            "--federation",
+            "f",
+            "--schema",
+            "s",
+            "--secure-aggregation",
+            "--distributed-noise",
+        ];
+        let a = Train::parse_from(base).args;
+        let recipes = treaty_devkit::bench::recipes();
+        let one_step = recipes.iter().find(|r| r.name == "distributed").unwrap();
+        assert_eq!(one_step.mode, DpMode::FullBatch);
+        assert_eq!(one_step.local_epochs, 1);
+        assert_eq!(learning_rate(&a), one_step.learning_rate);
+        assert_eq!(a.clip_norm, one_step.clip_norm);
+        for extra in [
+            ["--dp-mode", "poisson"],
+            ["--local-epochs", "2"],
+            ["--momentum", "0.9"],
+        ] {
+            let args = base.iter().chain(extra.iter());
+            assert!(Train::try_parse_from(args).is_err(), "{extra:?}");
+        }
+        // And it needs secure aggregation.
+        assert!(Train::try_parse_from(&base[..8]).is_ok());
+        let without: Vec<&str> = base
+            .iter()
+            .copied()
+            .filter(|a| *a != "--secure-aggregation")
+            .collect();
+        assert!(Train::try_parse_from(without).is_err());
     }
 }

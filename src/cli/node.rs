@@ -216,10 +216,18 @@ fn ledger(config: &Path, json: bool) -> Outcome {
             None => "no differential privacy".to_owned(),
         };
         let secure = match &e.secure_aggregation {
-            Some(s) => format!(
-                "\tmasked in a secure sum of {} agencies (threshold {}), {} noise",
-                s.agencies, s.threshold, s.noise
-            ),
+            Some(s) => {
+                let assumption = match (s.honest, s.assumed_dishonest) {
+                    (Some(h), Some(c)) => format!(
+                        " (the sum's, assuming at most {c} dishonest: at least {h} honest agencies' noise)"
+                    ),
+                    _ => String::new(),
+                };
+                format!(
+                    "\tmasked in a secure sum of {} agencies (threshold {}), {} noise{assumption}",
+                    s.agencies, s.threshold, s.noise
+                )
+            }
             None => String::new(),
         };
         outln!(

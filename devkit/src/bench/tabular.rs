@@ -160,6 +160,19 @@ pub fn recipes() -> Vec<Recipe> {
             clip_norm: 3.0,
             sampling_rate: 0.1,
         },
+        // Distributed DP under secure aggregation needs one linear release a round: one step of
+        // full-batch DP gradient descent (docs/SECURE_AGGREGATION.md). The learning rate is the
+        // best of 2, 4, 8, 16 and 32 measured on W1 (bench/README.md); `treaty job train
+        // --distributed-noise` takes it.
+        Recipe {
+            name: "distributed",
+            mode: DpMode::FullBatch,
+            local_epochs: 1,
+            batch_size: 64,
+            learning_rate: 16.0,
+            clip_norm: 3.0,
+            sampling_rate: 0.0,
+        },
     ]
 }
 

@@ -66,6 +66,9 @@ pub struct W1Options {
     pub recipe: Option<super::Recipe>,
     /// Train under secure aggregation.
     pub secure_aggregation: bool,
+    /// Under secure aggregation, distributed DP: each agency adds its share of the noise,
+    /// assuming at most this many dishonest agencies a round (every node is configured so).
+    pub distributed_noise: Option<u32>,
 }
 
 fn mib(bytes: Option<u64>) -> String {
@@ -163,12 +166,13 @@ pub async fn w1(args: W1Options, exe: &Path) -> anyhow::Result<()> {
     );
     let spawned = Instant::now();
     let fields: Vec<String> = (0..args.features).map(|j| format!("f{j}")).collect();
-    let mut fed = LocalFederation::start(
+    let mut fed = LocalFederation::start_assuming(
         &dir,
         exe,
         &agencies,
         10.0_f64.max(args.epsilon * 1.5),
         &fields,
+        args.distributed_noise,
     )
     .await?;
     let result = async {
@@ -188,8 +192,15 @@ pub async fn w1(args: W1Options, exe: &Path) -> anyhow::Result<()> {
         outln!("  recipe `{}`: {recipe:?}", recipe.name);
         let mut spec = recipe.spec(&schema, args.rounds, args.epsilon);
         if args.secure_aggregation {
-            spec.secure_aggregation = Some(treaty_proto::v1::SecureAggregationSpec::default());
+            spec.secure_aggregation = Some(treaty_proto::v1::SecureAggregationSpec {
+                distributed_noise: args.distributed_noise.is_some(),
+                assumed_dishonest: args.distributed_noise.unwrap_or(0),
+                ..Default::default()
+            });
             outln!("  under secure aggregation: the coordinator learns each round's sum only");
+            if let Some(c) = args.distributed_noise {
+                outln!("  distributed DP: each agency adds its share of the noise, assuming at most {c} dishonest agencies a round");
+            }
         }
         let (job, wall, scored) = super::train_and_score(&mut client, "w1", &agencies, spec).await?;
         let evaluate::Evaluation { records, accuracy, auc } = scored;
@@ -211,6 +222,7 @@ pub async fn w1(args: W1Options, exe: &Path) -> anyhow::Result<()> {
             "coordinator_peak_rss_bytes": coordinator_rss, "node_peak_rss_bytes": node_rss,
             "target_epsilon": args.epsilon, "recipe": recipe.name,
             "secure_aggregation": args.secure_aggregation,
+            "distributed_noise_assumed_dishonest": args.distributed_noise,
         }))
     }
     .await;

@@ -62,6 +62,19 @@ impl LocalFederation {
         budget: f64,
         fields: &[String],
     ) -> anyhow::Result<Self> {
+        Self::start_assuming(dir, exe, members, budget, fields, None).await
+    }
+
+    /// [`LocalFederation::start`] with every node assuming at most `assume_dishonest` dishonest
+    /// agencies a round under distributed DP (`[secure_aggregation]` of its configuration).
+    pub async fn start_assuming(
+        dir: &Path,
+        exe: &Path,
+        members: &[Member],
+        budget: f64,
+        fields: &[String],
+        assume_dishonest: Option<u32>,
+    ) -> anyhow::Result<Self> {
         let (dir, exe, members, fields) = (
             dir.to_owned(),
             exe.to_owned(),
@@ -69,7 +82,7 @@ impl LocalFederation {
             fields.to_vec(),
         );
         tokio::task::spawn_blocking(move || {
-            Self::start_blocking(&dir, &exe, &members, budget, &fields)
+            Self::start_blocking(&dir, &exe, &members, budget, &fields, assume_dishonest)
         })
         .await?
     }
@@ -80,6 +93,7 @@ impl LocalFederation {
         members: &[Member],
         budget: f64,
         fields: &[String],
+        assume_dishonest: Option<u32>,
     ) -> anyhow::Result<Self> {
         let site = Site::create(
             dir,
@@ -108,6 +122,10 @@ impl LocalFederation {
                 max_epsilon: budget,
                 delta: 1e-5,
             });
+            config.secure_aggregation =
+                assume_dishonest.map(|c| treaty_node::SecureAggregationConfig {
+                    assume_dishonest: c,
+                });
             nodes.push(site.start_node(&m.agency, &config)?);
         }
         Ok(LocalFederation {

@@ -229,6 +229,7 @@ impl Site {
             policy: self.node_policies(agency, country)?,
             approval: Default::default(),
             monitoring: None,
+            secure_aggregation: None,
         })
     }
 

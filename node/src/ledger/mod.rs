@@ -109,8 +109,15 @@ pub struct SecureAggregation {
     pub agencies: u32,
     pub threshold: u32,
     /// `local`: the release carries the full noise its mechanisms state, whatever the other
-    /// agencies do (its DP guarantee does not rest on theirs).
+    /// agencies do (its DP guarantee does not rest on theirs). `distributed`: the agency added
+    /// its share of the noise, and the release's mechanisms are those of the round's sum, on
+    /// the assumption that at most `assumed_dishonest` agencies are dishonest, so that the sum
+    /// carries the noise of at least `honest` agencies.
     pub noise: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub assumed_dishonest: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub honest: Option<u32>,
 }
 
 /// The agency's budget.

@@ -88,6 +88,21 @@ pub(crate) enum InvalidTask {
     TooManySteps(u64),
     #[error("give a noise multiplier, or a target epsilon and delta for the job")]
     NoNoise,
+    /// Distributed DP needs one linear release a round.
+    #[error(
+        "distributed noise makes each round one step of full-batch DP gradient descent: the job must train full batch, one local epoch, without momentum, L2 or a proximal term ({0})"
+    )]
+    NotLinear(&'static str),
+    #[error("distributed noise needs the round's secure aggregation, and the task carries none")]
+    DistributedWithoutSecureAggregation,
+    #[error(
+        "distributed noise of scale {0} in the fixed point is below the 1/2 its accounting needs: use more fractional bits"
+    )]
+    DistributedScale(f64),
+    #[error(
+        "the public denominator {0} is beyond what the round's fixed point holds: use fewer fractional bits"
+    )]
+    DenominatorRange(f64),
     #[error("no noise multiplier meets epsilon {epsilon} over {steps} steps")]
     Uncalibrated { epsilon: f64, steps: u64 },
     #[error(

@@ -43,6 +43,9 @@ pub struct Output {
     /// A training round's global model, which `tensors` was trained from (empty otherwise):
     /// under secure aggregation the node sends the difference.
     pub started_from: Vec<NamedTensor>,
+    /// Under distributed DP: the contribution already in the round's fixed point (the noisy
+    /// clipped gradient sum, then the public denominator); `tensors` is then empty.
+    pub ring: Option<Vec<u64>>,
 }
 
 /// Encoded examples of one table for one schema and standardisation.
@@ -56,6 +59,9 @@ pub struct Worker {
     /// The number of training records the agency declares public in its configuration, if it
     /// does: then it, not the coordinator's estimate, sets the sampling rate and the scale.
     pub(crate) public_records: Option<u64>,
+    /// The most of a round's agencies this agency assumes may be dishonest under distributed
+    /// DP (`[secure_aggregation] assume_dishonest`); without it, every other agency.
+    pub(crate) assume_dishonest: Option<u32>,
     /// Cancelled when the node shuts down: training stops between two steps.
     pub(crate) stop: CancellationToken,
     cache: Mutex<HashMap<(bool, Vec<u8>), Encoded>>,
@@ -108,6 +114,7 @@ impl Worker {
             train: Arc::new(train),
             test: test.map(Arc::new),
             public_records: None,
+            assume_dishonest: None,
             stop: CancellationToken::new(),
             cache: Mutex::new(HashMap::new()),
         }

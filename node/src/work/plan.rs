@@ -15,6 +15,7 @@ use crate::model::Architecture;
 use crate::noise::GaussianNoise;
 use crate::refusal::{Refusal, RefusalCode};
 use crate::train::{DpSgd, Sampling, StepNoise};
+use treaty_proto::secagg::{FixedPoint, Params};
 
 /// The default zCDP rho of a statistics round under DP.
 const DEFAULT_STATISTICS_RHO: f64 = 0.005;
@@ -48,6 +49,28 @@ pub(super) struct TrainingRound {
     pub(super) task: Training,
     pub(super) dp: DpSgd,
     pub(super) evaluation: Option<f64>,
+    /// Under distributed DP: the round's one release, in the fixed point.
+    pub(super) distributed: Option<Distributed>,
+}
+
+/// Distributed DP (docs/SECURE_AGGREGATION.md): the round releases the clipped gradient sum at
+/// the global model, in the round's fixed point, plus this agency's share of the noise, and its
+/// public denominator; the sum of at least `honest` agencies' noise is what the accounting
+/// states.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Distributed {
+    pub(crate) fixed_point: FixedPoint,
+    /// The L2 sensitivity of the contribution in the fixed point: `clip 2^bits + sqrt(p)` (the
+    /// rounding to integers moves each coordinate by at most 1/2 either way).
+    pub(crate) sensitivity: f64,
+    /// This agency's discrete Gaussian scale, in the fixed point.
+    pub(crate) scale: f64,
+    /// The fewest honest agencies whose noise the round's sum carries, as this agency assumes.
+    pub(crate) honest: u32,
+    /// The most agencies this agency assumes dishonest in the round.
+    pub(crate) dishonest: u32,
+    /// The public figure the sum of gradient sums is divided by.
+    pub(crate) denominator: f64,
 }
 
 /// The evaluation of a training job's final model: the Laplace scale of its noisy counts.
@@ -72,6 +95,14 @@ pub(super) struct QueryRound {
 }
 
 impl Plan {
+    /// A training round's distributed DP, if it has one.
+    pub(crate) fn distributed(&self) -> Option<Distributed> {
+        match &self.work {
+            Work::Training(round) => round.distributed,
+            _ => None,
+        }
+    }
+
     /// The kind of task, as the ledger names it: `training`, `statistics`, `query` or
     /// `evaluation`.
     pub fn kind(&self) -> &'static str {
@@ -99,9 +130,21 @@ impl Worker {
     /// number of records, never the table's length; whether the agency has a test split, which
     /// its configuration says), before any record is read for it. Calibrates opendp
     /// mechanisms: call it off the async runtime.
+    #[cfg(test)]
     pub fn plan(&self, round: u32, kind: &task::Kind) -> Result<Plan, Refusal> {
+        self.plan_round(round, kind, None)
+    }
+
+    /// [`Worker::plan`] of a task whose round may be under secure aggregation (`secure`, checked
+    /// by `crate::secure::params`).
+    pub fn plan_round(
+        &self,
+        round: u32,
+        kind: &task::Kind,
+        secure: Option<&Params>,
+    ) -> Result<Plan, Refusal> {
         match kind {
-            task::Kind::Training(t) => self.training_plan(round, Training::try_from(t)?),
+            task::Kind::Training(t) => self.training_plan(round, Training::try_from(t)?, secure),
             task::Kind::Evaluation(e) => self.evaluation_plan(Evaluation::try_from(e)?),
             task::Kind::Stats(s) => statistics_plan(Statistics::try_from(s)?),
             task::Kind::Query(q) => {
@@ -168,7 +211,12 @@ impl Worker {
     /// Plans a training round from the task and public figures alone: what it releases, its
     /// sampling, its steps and the constant its noisy sums are divided by. A refusal here
     /// quotes only the task's own figures.
-    fn training_plan(&self, round: u32, task: Training) -> Result<Plan, Refusal> {
+    fn training_plan(
+        &self,
+        round: u32,
+        task: Training,
+        secure: Option<&Params>,
+    ) -> Result<Plan, Refusal> {
         let (spec, privacy) = (&task.spec, &task.privacy);
         let epochs = u64::from(spec.local_epochs.max(1));
         let records = self.public_records(task.public_records);
@@ -242,9 +290,29 @@ impl Worker {
             sensitivity: privacy.clip_norm,
             noise_multiplier: sigma,
         };
-        let rho = noise.rho(task.parameters).map_err(Refusal::internal)?;
-        // opendp's rho includes the noise grid; the effective noise multiplier is the one it
-        // implies.
+        let distributed = match task.spec.secure_aggregation {
+            Some(s) if s.distributed_noise => Some(self.distributed(
+                &task,
+                secure.ok_or(InvalidTask::DistributedWithoutSecureAggregation)?,
+                s.assumed_dishonest,
+                sigma,
+                denominator,
+            )?),
+            _ => None,
+        };
+        let rho = match &distributed {
+            // The sum's rho, under the assumption of at least `honest` honest agencies.
+            Some(d) => privacy::zcdp::distributed_discrete_gaussian_rho(
+                d.sensitivity,
+                d.scale,
+                d.honest,
+                task.parameters,
+            )
+            .ok_or(InvalidTask::DistributedScale(d.scale))?,
+            // opendp's rho includes the noise grid.
+            None => noise.rho(task.parameters).map_err(Refusal::internal)?,
+        };
+        // The effective noise multiplier is the one the rho implies.
         let training = sampling.release(StepNoise::measured(rho), steps);
         let evaluating = evaluation.map(|(_, epsilon)| Release::Laplace { epsilon });
         let evaluates = round >= 2;
@@ -270,7 +338,70 @@ impl Worker {
                     denominator: denominator.max(1.0),
                 },
                 evaluation: evaluation.map(|(scale, _)| scale).filter(|_| evaluates),
+                distributed,
             })),
+        })
+    }
+
+    /// The distributed DP of a round of secure aggregation `secure` whose job assumes at most
+    /// `job_dishonest` agencies dishonest: this agency's share of noise of multiplier `sigma`.
+    /// The agency assumes at least as many dishonest as its own configuration says (without
+    /// one: every other agency), whatever the job claims; with `t` the round's threshold (the
+    /// fewest agencies whose contributions the sum can hold) and `c` the assumption, at least
+    /// `t - c` honest agencies' noise is in the sum. Below 2 the agency adds the whole noise:
+    /// the local guarantee.
+    fn distributed(
+        &self,
+        task: &Training,
+        secure: &Params,
+        job_dishonest: u32,
+        sigma: f64,
+        denominator: f64,
+    ) -> Result<Distributed, Refusal> {
+        let spec = &task.spec;
+        let linear = [
+            (
+                task.mode == Mode::FullBatch,
+                "it trains with Poisson sampling",
+            ),
+            (spec.local_epochs <= 1, "it takes several local epochs"),
+            (spec.momentum == 0.0, "it has momentum"),
+            (spec.l2 == 0.0, "it has L2 regularisation"),
+            (
+                spec.strategy.as_ref().is_none_or(|s| s.proximal_mu == 0.0),
+                "it has a proximal term",
+            ),
+        ];
+        if let Some((_, why)) = linear.iter().find(|(ok, _)| !ok) {
+            return Err(InvalidTask::NotLinear(why).into());
+        }
+        if secure.length != task.parameters + 1 {
+            return Err(Refusal::invalid(format!(
+                "under distributed noise a contribution is the model's {} parameters and a denominator, but the round's secure aggregation says {} values",
+                task.parameters, secure.length
+            )));
+        }
+        let n = secure.participants.len() as u32;
+        let own = self.assume_dishonest.unwrap_or(n.saturating_sub(1));
+        let dishonest = own.max(job_dishonest).min(n.saturating_sub(1));
+        let honest = (secure.threshold as u32).saturating_sub(dishonest).max(1);
+        let fixed_point = secure.fixed_point();
+        let unit = 2f64.powi(fixed_point.fractional_bits as i32);
+        let sensitivity = task.privacy.clip_norm * unit + (task.parameters as f64).sqrt();
+        let scale = sigma * sensitivity / f64::from(honest).sqrt();
+        if !(scale >= 0.5) {
+            return Err(InvalidTask::DistributedScale(scale).into());
+        }
+        if !(denominator <= fixed_point.bound() / 2.0) {
+            return Err(InvalidTask::DenominatorRange(denominator).into());
+        }
+        Ok(Distributed {
+            fixed_point,
+            sensitivity,
+            scale,
+            honest,
+            dishonest,
+            denominator,
         })
     }
 }

@@ -38,6 +38,7 @@ impl Worker {
             )],
             evaluation: None,
             started_from: Vec::new(),
+            ring: None,
         })
     }
 }

@@ -36,6 +36,7 @@ impl Worker {
             tensors: vec![NamedTensor::new("stats", values)],
             evaluation: None,
             started_from: Vec::new(),
+            ring: None,
         })
     }
 }

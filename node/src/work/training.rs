@@ -14,14 +14,14 @@ use treaty_proto::v1::{DownloadModelRequest, Evaluation, model_part};
 
 use super::checks::Training;
 use super::checks::{InvalidTask, MAX_MODEL_ELEMENTS, MAX_PARAMETER};
-use super::plan::{EvaluationRound, TrainingRound};
+use super::plan::{Distributed, EvaluationRound, TrainingRound};
 use super::{Output, Worker, blocking};
 use crate::analytics;
 use crate::data::Private;
 use crate::metrics;
 use crate::model::Model;
 use crate::refusal::{Refusal, RefusalCode};
-use crate::train::{Sgd, train_dp};
+use crate::train::{Sgd, clipped_gradient_sum, train_dp};
 
 /// The default bound of a regression's evaluation error.
 const DEFAULT_ERROR_BOUND: f64 = 10.0;
@@ -57,6 +57,7 @@ impl Worker {
             seed: rand::random(),
         };
         let (stop, dp, evaluation_scale) = (self.stop.clone(), round.dp, round.evaluation);
+        let distributed = round.distributed;
         blocking(move || {
             // The global model, read from its tensors and scanned: a computation over every
             // parameter, on this blocking thread.
@@ -68,6 +69,25 @@ impl Worker {
                 (Some(test), Some(scale)) => Some(evaluate(&model, test, scale, error_bound)?),
                 _ => None,
             };
+            if let Some(distributed) = distributed {
+                // Distributed DP: the round's one release is the clipped gradient sum at the
+                // global model, with this agency's share of the noise, in the fixed point.
+                let mut at = model;
+                let sum = clipped_gradient_sum(
+                    &mut at,
+                    &train_data.examples,
+                    Some(&train_data.readable),
+                    dp.noise.sensitivity,
+                );
+                return Ok(Output {
+                    num_examples: 1,
+                    metrics: HashMap::new(),
+                    tensors: Vec::new(),
+                    evaluation,
+                    started_from: global,
+                    ring: Some(contribution(&sum, &distributed)?),
+                });
+            }
             let mut local = model;
             train_dp(
                 &mut local,
@@ -96,6 +116,7 @@ impl Worker {
                 tensors: local.to_tensors(),
                 evaluation,
                 started_from: global,
+                ring: None,
             })
         })
         .await?
@@ -123,10 +144,45 @@ impl Worker {
                 tensors: Vec::new(),
                 evaluation: Some(evaluate(&model, &test, scale, error_bound)?),
                 started_from: Vec::new(),
+                ring: None,
             })
         })
         .await?
     }
+}
+
+/// A distributed-DP contribution: the gradient sum `sum` in the round's fixed point plus this
+/// agency's discrete Gaussian noise (through opendp), then the public denominator. The sum is
+/// first clamped to half the fixed point's bound (a contraction: the sensitivity stays), so the
+/// noise has room; a noisy value beyond the bound saturates there (a fixed rule on the noisy
+/// value, after the release).
+fn contribution(sum: &[f64], d: &Distributed) -> Result<Vec<u64>, Refusal> {
+    let bound = d.fixed_point.bound();
+    let clamped: Vec<f64> = sum
+        .iter()
+        .map(|v| v.clamp(-bound / 2.0, bound / 2.0))
+        .collect();
+    let mut ring: Vec<i64> = d
+        .fixed_point
+        .encode(&clamped)
+        .map_err(Refusal::internal)?
+        .into_iter()
+        .map(|q| q as i64)
+        .collect();
+    crate::noise::IntegerNoise { scale: d.scale }
+        .add(&mut ring)
+        .map_err(Refusal::internal)?;
+    let limit = (bound * 2f64.powi(d.fixed_point.fractional_bits as i32)) as i64;
+    let mut out: Vec<u64> = ring
+        .into_iter()
+        .map(|q| q.clamp(-limit, limit) as u64)
+        .collect();
+    out.extend(
+        d.fixed_point
+            .encode(&[d.denominator])
+            .map_err(Refusal::internal)?,
+    );
+    Ok(out)
 }
 
 /// The largest regression error an evaluation bins.

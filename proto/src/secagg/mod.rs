@@ -54,6 +54,27 @@ pub struct Params {
     pub length: usize,
 }
 
+/// Under distributed DP (`SecureAggregationSpec.distributed_noise`), the tensor after the model's
+/// in each contribution: one value, the agency's public denominator, so that the round's sum
+/// carries the sum of the survivors' denominators beside the sum of their gradient sums.
+pub const DENOMINATOR: &str = "treaty.denominator";
+
+/// The layout of a round's contributions: the global model's tensors, and under distributed DP
+/// the [`DENOMINATOR`] after them.
+pub fn layout(
+    global: &[crate::tensor::NamedTensor],
+    distributed: bool,
+) -> Vec<crate::tensor::NamedTensor> {
+    let mut layout = global.to_vec();
+    if distributed {
+        layout.push(crate::tensor::NamedTensor::new(
+            DENOMINATOR,
+            ndarray::ArrayD::zeros(ndarray::IxDyn(&[1])),
+        ));
+    }
+    layout
+}
+
 /// The most values a contribution may have (as `[limits] max_update_elements`' default).
 pub const MAX_LENGTH: usize = 10_000_000;
 

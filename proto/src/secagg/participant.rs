@@ -246,7 +246,19 @@ impl Participant {
     /// input masked: quantised by the round's fixed-point code, plus its self-mask and every
     /// pairwise mask with an agency that sent it a share.
     pub fn mask(&mut self, shares: &[SealedShare], input: &[f64]) -> Result<Vec<u64>, SecAggError> {
+        let values = self.params.fixed_point().encode(input)?;
+        self.mask_encoded(shares, values)
+    }
+
+    /// [`Participant::mask`] of an input already in the ring (distributed DP: a node adds its
+    /// integer noise there, after the fixed-point code).
+    pub fn mask_encoded(
+        &mut self,
+        shares: &[SealedShare],
+        mut values: Vec<u64>,
+    ) -> Result<Vec<u64>, SecAggError> {
         self.expect(Step::Shared, "the shares for this agency")?;
+        let input = &values;
         if input.len() != self.params.length {
             return Err(SecAggError::Params(format!(
                 "the input has {} values, the round {}",
@@ -271,7 +283,6 @@ impl Participant {
                 need: self.params.threshold,
             });
         }
-        let mut values = self.params.fixed_point().encode(input)?;
         crypto::apply_mask(&mut values, &self.seed, false);
         for peer in held.keys() {
             let seed = self.pairwise_seed(peer)?;
