@@ -1135,6 +1135,7 @@ pub(crate) mod tests {
             t.secure_aggregation = Some(SecureAggregationSpec {
                 max_dropouts: 0,
                 fractional_bits: bits,
+                ..Default::default()
             });
             ValidJob::for_federation(
                 JobSpec {
@@ -1191,6 +1192,56 @@ pub(crate) mod tests {
             ..Default::default()
         });
         assert!(ValidJob::for_federation(job(job_spec::Kind::Training(t)), 8, &registry()).is_ok());
+    }
+
+    #[test]
+    fn distributed_noise_needs_one_full_batch_step_a_round() {
+        let check = |change: &dyn Fn(&mut TrainingSpec)| {
+            let mut t = training_spec();
+            if let Some(p) = t.privacy.as_mut() {
+                p.mode = DpMode::FullBatch as i32;
+            }
+            t.secure_aggregation = Some(SecureAggregationSpec {
+                distributed_noise: true,
+                ..Default::default()
+            });
+            change(&mut t);
+            ValidJob::for_federation(
+                JobSpec {
+                    min_participants: 3,
+                    ..job(job_spec::Kind::Training(t))
+                },
+                8,
+                &registry(),
+            )
+        };
+        assert!(check(&|_| {}).is_ok());
+        let refusals: [(&dyn Fn(&mut TrainingSpec), &str); 5] = [
+            (
+                &|t| t.privacy.as_mut().unwrap().mode = DpMode::Poisson as i32,
+                "does not train full batch",
+            ),
+            (&|t| t.local_epochs = 3, "several local epochs"),
+            (&|t| t.momentum = 0.9, "momentum"),
+            (&|t| t.l2 = 0.01, "L2"),
+            (
+                &|t| {
+                    t.strategy = Some(Strategy {
+                        aggregation: Aggregation::Fedavg as i32,
+                        proximal_mu: 0.1,
+                        ..Default::default()
+                    })
+                },
+                "proximal term",
+            ),
+        ];
+        for (change, why) in refusals {
+            let problems = check(change).unwrap_err().problems;
+            assert!(
+                matches!(problems.as_slice(), [JobProblem::DistributedNotLinear(w)] if w.contains(why)),
+                "{why}: {problems:?}"
+            );
+        }
     }
 
     #[test]

@@ -271,6 +271,15 @@ impl Fixture {
 /// Declares, in a node's configuration, the record count its agency makes public: what a job
 /// without a statistics round (its standardisation given) needs for the node's sampling rate
 /// and update scale.
+/// Writes the agency's trust assumption under distributed DP into its node configuration.
+pub fn assume_dishonest(config: &Path, agencies: u32) {
+    let mut node = NodeConfig::load(config).unwrap();
+    node.secure_aggregation = Some(treaty_node::SecureAggregationConfig {
+        assume_dishonest: agencies,
+    });
+    write_toml(config, &node).unwrap();
+}
+
 pub fn declare_public_records(config: &Path, records: u64) {
     let mut node = NodeConfig::load(config).unwrap();
     node.data.public_records = Some(records);

@@ -135,6 +135,7 @@ async fn scripted_round(
     ca: Vec<u8>,
     update: Vec<f64>,
     leaves: Leaves,
+    distributed: bool,
 ) {
     let task = session.next_task(Duration::from_secs(30)).await.unwrap();
     let wire = task.secure_aggregation.clone().unwrap();
@@ -171,6 +172,7 @@ async fn scripted_round(
         panic!("a training task expected")
     };
     let layout = download(&mut client, &task.job_id, &training.model_version).await;
+    let layout = treaty_proto::secagg::layout(&layout, distributed);
     let (specs, chunks) = treaty_proto::tensor::encode_masked(&layout, &masked, 1 << 20);
     let header = ResultHeader {
         task_id: task.task_id.clone(),
@@ -304,6 +306,7 @@ async fn eight_agencies_two_drop_outs_the_model_moves_by_the_survivors_mean_and_
             ca.clone(),
             updates[id].clone(),
             leaves(id),
+            false,
         )));
     }
     for r in running {
@@ -479,5 +482,188 @@ async fn eight_nodes_train_under_secure_aggregation_through_two_kills() {
     for &(agencies, threshold) in &secure[1..] {
         assert!(agencies == 6 || agencies == 7, "{ledger}");
         assert_eq!(threshold, 5, "{ledger}");
+    }
+}
+
+/// Distributed DP against the real coordinator: eight scripted agencies send noisy gradient
+/// sums and public denominators (known here), one leaving after sharing its keys. The round's
+/// model is the global model minus the job's learning rate times the survivors' summed
+/// gradients over their summed denominators (the independent reference: that formula on the
+/// values this test chose), to the fixed point's rounding.
+#[tokio::test]
+async fn distributed_noise_steps_by_the_survivors_summed_gradients_over_their_denominators() {
+    let fx = Fixture::new(&AGENCIES);
+    let (_coordinator, address) = fx.start_coordinator("127.0.0.1:0");
+    let ca = treaty_proto::tls::load_certs(&fx.pki.ca_cert()).unwrap()[0].to_vec();
+    let mut agencies = Vec::new();
+    for (id, country) in AGENCIES {
+        let identity = Identity::agency(country, id).unwrap();
+        let files = fx.files(&identity);
+        let mut client = hostile_agency::client(&address, &files).await;
+        let session = hostile_agency::open(&mut client, hostile_agency::hello())
+            .await
+            .unwrap();
+        agencies.push((
+            id,
+            identity,
+            KeySigner::load(&files).unwrap(),
+            client,
+            session,
+        ));
+    }
+    let mut op = fx.operator(&address).await;
+    let ids: Vec<&str> = AGENCIES.iter().map(|(a, _)| *a).collect();
+    wait_connected(&mut op, &ids).await;
+    let members: Vec<String> = AGENCIES.iter().map(|(a, c)| format!("{a}:{c}")).collect();
+    let members: Vec<&str> = members.iter().map(String::as_str).collect();
+    create_federation(&mut op, "eight", &members).await;
+    let mut spec = distributed_spec(1);
+    spec.learning_rate = 0.75;
+    let job = start_training(&mut op, "eight", spec, 3, 15_000).await;
+
+    // Each agency's noisy gradient sum (three values) and its denominator.
+    let contributions: BTreeMap<&str, Vec<f64>> = AGENCIES
+        .iter()
+        .enumerate()
+        .map(|(i, (id, _))| {
+            let i = i as f64;
+            (
+                *id,
+                vec![
+                    123.4567 + i * 10.1,
+                    -765.4321 + i * 20.3,
+                    31.41592 - i * 30.7,
+                    1000.0 + 250.0 * i,
+                ],
+            )
+        })
+        .collect();
+    let mut running = Vec::new();
+    for (id, identity, signer, client, session) in agencies {
+        let leaves = if id == "FR-DGDDI" {
+            Leaves::AfterSharing
+        } else {
+            Leaves::Never
+        };
+        running.push(tokio::spawn(scripted_round(
+            client,
+            session,
+            identity,
+            signer,
+            ca.clone(),
+            contributions[id].clone(),
+            leaves,
+            true,
+        )));
+    }
+    for r in running {
+        r.await.unwrap();
+    }
+    let job = watch_to_end(&mut op, &job.job_id).await;
+    assert_eq!(job.state, JobState::Succeeded as i32, "{}", job.message);
+    let survivors: Vec<&str> = ids.iter().copied().filter(|a| *a != "FR-DGDDI").collect();
+    let mut contributors = job.rounds[0].contributors.clone();
+    contributors.sort();
+    assert_eq!(contributors, survivors);
+
+    let identity = Identity::agency("DE", "DE-BKA").unwrap();
+    let mut client = hostile_agency::client(&address, &fx.files(&identity)).await;
+    let before = flat(&download(&mut client, &job.job_id, &format!("{}/r0", job.job_id)).await);
+    let after = flat(&download(&mut client, &job.job_id, &format!("{}/r1", job.job_id)).await);
+    let denominator: f64 = survivors.iter().map(|a| contributions[a][3]).sum();
+    for i in 0..3 {
+        let gradient: f64 = survivors.iter().map(|a| contributions[a][i]).sum();
+        let expected = before[i] - 0.75 * gradient / denominator;
+        assert!(
+            (after[i] - expected).abs() < 1e-9,
+            "parameter {i}: {} where the survivors' step gives {expected}",
+            after[i]
+        );
+    }
+}
+
+/// A job of one full-batch step a round under distributed noise, assuming no dishonest agency.
+fn distributed_spec(rounds: u32) -> TrainingSpec {
+    let mut spec = secure_spec(rounds);
+    spec.local_epochs = 1;
+    spec.learning_rate = 4.0;
+    if let Some(p) = spec.privacy.as_mut() {
+        p.mode = treaty_proto::v1::DpMode::FullBatch as i32;
+        p.sampling_rate = 0.0;
+    }
+    spec.secure_aggregation = Some(SecureAggregationSpec {
+        distributed_noise: true,
+        assumed_dishonest: 0,
+        ..Default::default()
+    });
+    spec
+}
+
+/// Four real nodes train under distributed noise; the job assumes no dishonest agency, one
+/// agency's configuration assumes one, the others say nothing (every other agency may be
+/// dishonest). Each node takes the larger assumption, never the job's alone: its ledger records
+/// the assumption and the honest agencies' noise it counted on, and a node without one adds the
+/// whole noise itself. The model learns.
+#[tokio::test]
+async fn real_nodes_train_under_distributed_noise_on_their_own_assumptions() {
+    let four = &AGENCIES[..4];
+    let fx = Fixture::new(four);
+    let (_coordinator, address) = fx.start_coordinator("127.0.0.1:0");
+    let mut nodes = Vec::new();
+    for (i, (id, country)) in four.iter().enumerate() {
+        let config = fx.node_config(id, country, &address, 60 + i as u64);
+        declare_public_records(&config, 400);
+        if *id == "DE-BKA" {
+            assume_dishonest(&config, 1);
+        }
+        nodes.push(fx.start_node_with(id, &config));
+    }
+    let mut op = fx.operator(&address).await;
+    let ids: Vec<&str> = four.iter().map(|(a, _)| *a).collect();
+    wait_connected(&mut op, &ids).await;
+    let members: Vec<String> = four.iter().map(|(a, c)| format!("{a}:{c}")).collect();
+    let members: Vec<&str> = members.iter().map(String::as_str).collect();
+    create_federation(&mut op, "four", &members).await;
+    let mut spec = distributed_spec(3);
+    if let Some(p) = spec.privacy.as_mut() {
+        p.evaluation_epsilon = Some(20.0);
+    }
+    let job = start_training(&mut op, "four", spec, 3, 10_000).await;
+    let job = watch_to_end(&mut op, &job.job_id).await;
+    assert_eq!(job.state, JobState::Succeeded as i32, "{}", job.message);
+    assert_eq!(job.rounds.len(), 3);
+    for round in &job.rounds {
+        assert_eq!(round.contributors.len(), 4, "{round:?}");
+    }
+    // The data follow a linear rule: the model entering round 3, evaluated noisily by each
+    // agency, is far better than chance.
+    let last = &job.rounds[2];
+    assert!(last.metrics["test_accuracy"] > 0.8, "{:?}", last.metrics);
+    // Four agencies, threshold 3: DE-BKA assumes 1 dishonest (its own figure, above the job's
+    // 0), so at least 2 honest agencies' noise; FR-DGDDI assumes all 3 others, so only its own.
+    for (agency, assumed, honest) in [("DE-BKA", 1, 2), ("FR-DGDDI", 3, 1)] {
+        let config = fx.path(&format!("node-{agency}.toml"));
+        let ledger = treaty_json(&[
+            "node",
+            "ledger",
+            "--json",
+            "--config",
+            config.to_str().unwrap(),
+        ]);
+        let training: Vec<&serde_json::Value> = ledger["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["kind"] == "training")
+            .collect();
+        assert_eq!(training.len(), 3, "{ledger}");
+        for e in training {
+            let s = &e["secure_aggregation"];
+            assert_eq!(s["noise"], "distributed", "{e}");
+            assert_eq!(s["agencies"], 4, "{e}");
+            assert_eq!(s["threshold"], 3, "{e}");
+            assert_eq!(s["assumed_dishonest"], assumed, "{agency}: {e}");
+            assert_eq!(s["honest"], honest, "{agency}: {e}");
+        }
     }
 }

@@ -110,11 +110,19 @@ pub fn parse(file: &str, text: &str) -> Result<Vec<Run>, ReportError> {
                 .ok_or_else(|| bad("no `workload` in the report".into()))?
                 .to_lowercase();
             let series = match workload.as_str() {
-                "w1" => report
-                    .get("recipe")
-                    .and_then(Value::as_str)
-                    .unwrap_or("w1")
-                    .to_owned(),
+                // W1 by recipe, and by secure aggregation and distributed noise.
+                "w1" => {
+                    let recipe = report.get("recipe").and_then(Value::as_str).unwrap_or("w1");
+                    let secure = report.get("secure_aggregation") == Some(&Value::Bool(true));
+                    match report
+                        .get("distributed_noise_assumed_dishonest")
+                        .and_then(Value::as_u64)
+                    {
+                        Some(c) => format!("{recipe} + distributed noise, c = {c}"),
+                        None if secure => format!("{recipe} + secure aggregation"),
+                        None => recipe.to_owned(),
+                    }
+                }
                 "tabular" => report
                     .get("data")
                     .and_then(Value::as_str)

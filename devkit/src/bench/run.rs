@@ -37,6 +37,8 @@ pub const WORKLOADS: &[Workload] = &[
     workload("w1-default", "w1 --data {w1-data} --recipe default", "w1 --data {w1-data} --agencies 2 --rounds 2 --recipe default"),
     workload("w1-poisson-fifth", "w1 --data {w1-data} --recipe poisson-fifth", "w1 --data {w1-data} --agencies 2 --rounds 2 --recipe poisson-fifth"),
     workload("w1-full-batch-10", "w1 --data {w1-data} --recipe full-batch-10", "w1 --data {w1-data} --agencies 2 --rounds 2 --recipe full-batch-10"),
+    workload("w1-secure", "w1 --data {w1-data} --recipe default --secure-aggregation", "w1 --data {w1-data} --agencies 3 --rounds 2 --recipe default --secure-aggregation"),
+    workload("w1-distributed", "w1 --data {w1-data} --recipe distributed --secure-aggregation --distributed-noise 2", "w1 --data {w1-data} --agencies 3 --rounds 2 --recipe distributed --secure-aggregation --distributed-noise 1"),
     workload("w2", "w2", "w2 --agencies 4 --parameters 10000 --rounds 1"),
     workload("w4", "w4", "w4 --agencies 2 --rounds 3"),
     workload("w5", "w5", "w5 --repeats 1 --sizes 1000,10000"),
@@ -51,7 +53,7 @@ pub const WORKLOADS: &[Workload] = &[
 
 /// W1's data at full size and at the smoke size: agencies and rows per agency (seed 42).
 const W1_DATA: (usize, usize) = (8, 100_000);
-const W1_SMOKE_DATA: (usize, usize) = (2, 500);
+const W1_SMOKE_DATA: (usize, usize) = (3, 500);
 
 /// How the runner runs.
 #[derive(Debug, Clone)]

@@ -194,7 +194,10 @@ fn w1(runs: &[&Run]) -> String {
     ]);
     for (recipe, group) in by_series(runs) {
         out.push_str(&row(&[
-            format!("`{recipe}`"),
+            match recipe.split_once(" + ") {
+                Some((name, under)) => format!("`{name}` + {under}"),
+                None => format!("`{recipe}`"),
+            },
             format!(
                 "{}, {}, {}",
                 setting(&group, "agencies"),

@@ -385,6 +385,83 @@ mod tests {
         assert_eq!(dp.sampling, Sampling::Poisson(0.01));
     }
 
+    /// Distributed noise: the agency's share of noise is for `t - c` honest agencies, `c` the
+    /// larger of its own assumption (none: every other agency) and the job's; the sum is
+    /// accounted as the whole noise; a task that is not one linear step is refused.
+    #[test]
+    fn distributed_noise_rests_on_the_agencys_own_assumption() {
+        use treaty_proto::secagg::Params;
+        use treaty_proto::v1::SecureAggregationSpec;
+        let with = |job_dishonest: u32, mode: DpMode| {
+            let mut task = training_task(mode, 0.0, 1000.0);
+            let task::Kind::Training(t) = &mut task else {
+                unreachable!()
+            };
+            let spec = t.spec.as_mut().unwrap();
+            spec.secure_aggregation = Some(SecureAggregationSpec {
+                distributed_noise: true,
+                assumed_dishonest: job_dishonest,
+                ..Default::default()
+            });
+            spec.privacy.as_mut().unwrap().noise_multiplier = 2.0;
+            task
+        };
+        // Eight agencies, threshold 6, 16 fractional bits; the model has 2 parameters.
+        let params = Params {
+            job: "job-1".into(),
+            round: 2,
+            participants: (0..8).map(|i| format!("treaty://agency/DE/A{i}")).collect(),
+            threshold: 6,
+            fractional_bits: 16,
+            length: 3,
+        };
+        let sensitivity = 65536.0 + 2f64.sqrt(); // clip 2^16 + sqrt(parameters)
+        let mut worker = worker_of(400);
+        for (own, job, honest) in [
+            (None, 0, 1), // no assumption of its own: every other agency (7), whatever the job says
+            (None, 5, 1),
+            (Some(2), 0, 4), // its own 2 over the job's 0
+            (Some(2), 3, 3), // the job's 3 over its own 2
+            (Some(5), 0, 1), // 6 - 5 = 1
+        ] {
+            worker.assume_dishonest = own;
+            let plan = worker
+                .plan_round(2, &with(job, DpMode::FullBatch), Some(&params))
+                .unwrap();
+            let d = plan.distributed().unwrap();
+            assert_eq!(d.honest, honest, "{own:?} {job}");
+            assert_eq!(d.sensitivity, sensitivity);
+            let expected = 2.0 * sensitivity / f64::from(honest).sqrt();
+            assert!((d.scale / expected - 1.0).abs() < 1e-12, "{own:?} {job}");
+            assert_eq!(d.denominator, 1000.0);
+            // The sum carries noise of multiplier 2 over the sensitivity: rho 1/8 (the
+            // discrete Gaussian's correction is below 1e-12 at this scale).
+            let Release::Gaussian { rho } = plan.releases[0] else {
+                panic!("{:?}", plan.releases)
+            };
+            assert!((rho / 0.125 - 1.0).abs() < 1e-12, "{rho}");
+        }
+        // A round that is more than one linear step, or has no secure aggregation, or a
+        // contribution of the wrong length, is refused.
+        let refusal = worker
+            .plan_round(2, &with(0, DpMode::Poisson), Some(&params))
+            .unwrap_err();
+        assert!(refusal.message.contains("Poisson"), "{}", refusal.message);
+        let refusal = worker
+            .plan_round(2, &with(0, DpMode::FullBatch), None)
+            .unwrap_err();
+        assert_eq!(refusal.code, RefusalCode::InvalidTask);
+        let short = Params {
+            length: 2,
+            ..params.clone()
+        };
+        assert!(
+            worker
+                .plan_round(2, &with(0, DpMode::FullBatch), Some(&short))
+                .is_err()
+        );
+    }
+
     #[test]
     fn a_job_evaluates_the_models_of_rounds_2_to_the_last_and_its_final_model() {
         let mut worker = worker_of(10);

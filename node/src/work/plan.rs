@@ -130,7 +130,6 @@ impl Worker {
     /// number of records, never the table's length; whether the agency has a test split, which
     /// its configuration says), before any record is read for it. Calibrates opendp
     /// mechanisms: call it off the async runtime.
-    #[cfg(test)]
     pub fn plan(&self, round: u32, kind: &task::Kind) -> Result<Plan, Refusal> {
         self.plan_round(round, kind, None)
     }
