@@ -935,7 +935,7 @@ fn distributed_step(
             ));
         }
     };
-    if !(denominator >= 1.0) {
+    if denominator.is_nan() || denominator < 1.0 {
         return Err(format!(
             "the survivors' denominators add up to {denominator}, below what honest agencies send: the round's sum is not used"
         ));

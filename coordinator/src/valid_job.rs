@@ -1216,7 +1216,8 @@ pub(crate) mod tests {
             )
         };
         assert!(check(&|_| {}).is_ok());
-        let refusals: [(&dyn Fn(&mut TrainingSpec), &str); 5] = [
+        type Change<'a> = &'a dyn Fn(&mut TrainingSpec);
+        let refusals: [(Change, &str); 5] = [
             (
                 &|t| t.privacy.as_mut().unwrap().mode = DpMode::Poisson as i32,
                 "does not train full batch",

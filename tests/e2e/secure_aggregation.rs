@@ -126,17 +126,29 @@ async fn send_step(session: &Session, task: &Task, step: sec_agg_from_node::Step
         .unwrap();
 }
 
-/// One scripted agency's round: honest, with `update` as its model's change, until it leaves.
+/// What a scripted agency contributes and when it leaves.
+struct Script {
+    /// Its model's change, or under distributed noise its gradient sum then its denominator.
+    update: Vec<f64>,
+    leaves: Leaves,
+    /// Whether the job is under distributed noise (the contribution has a denominator).
+    distributed: bool,
+}
+
+/// One scripted agency's round: honest, with its script's contribution, until it leaves.
 async fn scripted_round(
     mut client: AgencyServiceClient<tonic::transport::Channel>,
     mut session: Session,
     me: Identity,
     signer: KeySigner,
     ca: Vec<u8>,
-    update: Vec<f64>,
-    leaves: Leaves,
-    distributed: bool,
+    script: Script,
 ) {
+    let Script {
+        update,
+        leaves,
+        distributed,
+    } = script;
     let task = session.next_task(Duration::from_secs(30)).await.unwrap();
     let wire = task.secure_aggregation.clone().unwrap();
     session
@@ -304,9 +316,11 @@ async fn eight_agencies_two_drop_outs_the_model_moves_by_the_survivors_mean_and_
             identity,
             signer,
             ca.clone(),
-            updates[id].clone(),
-            leaves(id),
-            false,
+            Script {
+                update: updates[id].clone(),
+                leaves: leaves(id),
+                distributed: false,
+            },
         )));
     }
     for r in running {
@@ -551,9 +565,11 @@ async fn distributed_noise_steps_by_the_survivors_summed_gradients_over_their_de
             identity,
             signer,
             ca.clone(),
-            contributions[id].clone(),
-            leaves,
-            true,
+            Script {
+                update: contributions[id].clone(),
+                leaves,
+                distributed: true,
+            },
         )));
     }
     for r in running {

@@ -388,10 +388,10 @@ impl Worker {
         let unit = 2f64.powi(fixed_point.fractional_bits as i32);
         let sensitivity = task.privacy.clip_norm * unit + (task.parameters as f64).sqrt();
         let scale = sigma * sensitivity / f64::from(honest).sqrt();
-        if !(scale >= 0.5) {
+        if scale.is_nan() || scale < 0.5 {
             return Err(InvalidTask::DistributedScale(scale).into());
         }
-        if !(denominator <= fixed_point.bound() / 2.0) {
+        if denominator.is_nan() || denominator > fixed_point.bound() / 2.0 {
             return Err(InvalidTask::DenominatorRange(denominator).into());
         }
         Ok(Distributed {
