@@ -81,9 +81,10 @@ pub struct NodeConfig {
 #[serde(deny_unknown_fields)]
 pub struct SecureAggregationConfig {
     /// The most agencies of a round that may be dishonest (collude with the coordinator, or
-    /// add no noise). Under a job's distributed noise the node adds noise for `t - c` honest
-    /// agencies sharing it, `t` the round's threshold and `c` the larger of this and the job's
-    /// own assumption; a falsely low figure here lowers this agency's protection.
+    /// add no noise). Under a job's distributed noise every node adds the share the job's own
+    /// assumption sets; when this figure is larger than the job's, the node adds its whole
+    /// noise on top and counts on nothing else. A figure lower than the truth lowers this
+    /// agency's protection.
     pub assume_dishonest: u32,
 }
 

@@ -409,9 +409,10 @@ async fn attempt(
             crate::ledger::SecureAggregation {
                 agencies: p.participants.len() as u32,
                 threshold: p.threshold as u32,
+                // Counting on other agencies' shares, or on its own whole noise.
                 noise: match distributed {
-                    Some(_) => "distributed".into(),
-                    None => "local".into(),
+                    Some(d) if d.honest >= 2 => "distributed".into(),
+                    _ => "local".into(),
                 },
                 assumed_dishonest: distributed.map(|d| d.dishonest),
                 honest: distributed.map(|d| d.honest),

@@ -312,22 +312,72 @@ fn clipped_sum(
     }
 }
 
-/// Distributed DP's one release a round: the clipped per-example gradient sum of every record
-/// at the model's parameters (sensitivity `clip` in L2), with nothing added; the noise is added
-/// in the fixed point of secure aggregation. A sum that is not finite (it cannot be: each
-/// record adds at most `clip`) is replaced by zeros, a fixed rule.
-pub(crate) fn clipped_gradient_sum(
+/// The margin on a clipped gradient's norm for the floating-point error of its clipping (a few
+/// units in the last place of a norm computed in `f64`; this is 1e-9 of it).
+pub(crate) const CLIP_MARGIN: f64 = 1e-9;
+
+/// Distributed DP's one release a round, in the fixed point of secure aggregation: each
+/// record's per-example gradient at the model's parameters, clipped to L2 norm `clip`, scaled by
+/// `unit` (2^bits) and rounded to integers, then summed exactly (integers: no rounding of the
+/// sum depends on which records are in it). Removing a record changes the sum by that record's
+/// rounded gradient alone, of L2 norm at most `clip * unit * (1 + CLIP_MARGIN) + sqrt(p) / 2`.
+/// A record whose gradient is not finite adds nothing, and neither does one `readable` marks
+/// unreadable, after the same computation as any other. The sum saturates at the ends of i64,
+/// which it cannot reach below 2^31 records of `clip * unit` under 2^32 each.
+pub(crate) fn quantized_gradient_sum(
     model: &mut Model,
     data: &Examples,
     readable: Option<&[bool]>,
     clip: f64,
-) -> Vec<f64> {
+    unit: f64,
+) -> Vec<i64> {
     let p = model.params().len();
-    let batch: Vec<usize> = (0..data.len()).collect();
-    let (mut sum, mut grad) = (vec![0.0; p], Array1::<f64>::zeros(p));
-    clipped_sum(model, data, readable, &batch, clip, &mut sum, &mut grad);
-    if !sum.iter().all(|v| v.is_finite()) {
-        sum.fill(0.0);
+    let d = data.x.ncols();
+    let linear = is_linear(model, d);
+    let logistic = model.kind == crate::model::Architecture::Logistic;
+    let params = model.params().to_vec();
+    let mut sum = vec![0i64; p];
+    let mut grad = Array1::<f64>::zeros(p);
+    // Each record's gradient rounded to the grid, added exactly.
+    let add = |sum: &mut [i64], i: usize, gradient: &[f64], norm: f64| {
+        let weight = match readable {
+            Some(r) if !r[i] => 0.0,
+            _ => 1.0,
+        };
+        if norm.is_finite() {
+            let factor = clip_factor(norm, clip) * weight * unit;
+            for (s, g) in sum.iter_mut().zip(gradient) {
+                *s = s.saturating_add((g * factor).round() as i64);
+            }
+        }
+    };
+    for i in 0..data.len() {
+        let row = data.x.row(i);
+        match (linear, row.as_slice(), grad.as_slice_mut()) {
+            // A linear model's per-example gradient is r (x, 1).
+            (true, Some(x), Some(g)) => {
+                let (dot, square) = dot_and_square(x, &params[..d]);
+                let z = dot + params[d];
+                let prediction = if logistic {
+                    1.0 / (1.0 + (-z).exp())
+                } else {
+                    z
+                };
+                let r = prediction - data.y[i];
+                for (g, a) in g.iter_mut().zip(x) {
+                    *g = r * a;
+                }
+                g[d] = r;
+                add(&mut sum, i, g, r.abs() * (square + 1.0).sqrt());
+            }
+            _ => {
+                let x = data.x.slice_axis(Axis(0), Slice::from(i..i + 1));
+                let y = data.y.slice_axis(Axis(0), Slice::from(i..i + 1));
+                model.loss_and_gradient(x, y, 0.0, grad.view_mut());
+                let norm = grad.dot(&grad).sqrt();
+                add(&mut sum, i, &grad.to_vec(), norm);
+            }
+        }
     }
     sum
 }
@@ -451,6 +501,56 @@ mod tests {
             Release::Gaussian { rho: 0.5 }
         );
         assert_eq!(measured.noise_multiplier, 2.0);
+    }
+
+    /// Distributed DP's gradient sum in the fixed point: each launch's logistic gradient at a
+    /// fixed model, clipped, by the textbook formula (a second computation, here), rounded and
+    /// summed; and without any one launch the sum moves by that launch's rounded gradient alone,
+    /// within the sensitivity the plan states.
+    #[test]
+    fn the_quantized_gradient_sum_moves_by_one_record_within_its_sensitivity() {
+        let (data, _, _) = challenger();
+        let mut m = Model::zeros(Architecture::Logistic, 1);
+        m.params_mut().assign(&array![0.3, -1.2]);
+        let (clip, unit) = (0.4, 2f64.powi(20));
+        let rounded = |i: usize| -> [i64; 2] {
+            let x = data.x[[i, 0]];
+            let r = 1.0 / (1.0 + (-(0.3 * x - 1.2)).exp()) - data.y[i];
+            let norm = r.abs() * (x * x + 1.0).sqrt();
+            let f = if norm > clip { clip / norm } else { 1.0 };
+            [
+                (r * x * f * unit).round() as i64,
+                (r * f * unit).round() as i64,
+            ]
+        };
+        let all = quantized_gradient_sum(&mut m, &data, None, clip, unit);
+        let expected = (0..23).fold([0i64; 2], |s, i| {
+            let g = rounded(i);
+            [s[0] + g[0], s[1] + g[1]]
+        });
+        // The same per-record rounding, the same exact sum (a rounding at the half may differ by
+        // one unit in the last place of the product).
+        for k in 0..2 {
+            assert!(
+                (all[k] - expected[k]).abs() <= 23,
+                "{k}: {} vs {}",
+                all[k],
+                expected[k]
+            );
+        }
+        let sensitivity = clip * unit * (1.0 + CLIP_MARGIN) + 2f64.sqrt() / 2.0;
+        for gone in 0..23 {
+            let mut readable = vec![true; 23];
+            readable[gone] = false;
+            let without = quantized_gradient_sum(&mut m, &data, Some(&readable), clip, unit);
+            let moved: Vec<f64> = (0..2).map(|k| (all[k] - without[k]) as f64).collect();
+            let norm = (moved[0] * moved[0] + moved[1] * moved[1]).sqrt();
+            assert!(norm <= sensitivity, "launch {gone}: {norm} > {sensitivity}");
+            let g = rounded(gone);
+            for k in 0..2 {
+                assert!((moved[k] - g[k] as f64).abs() <= 1.0, "launch {gone}");
+            }
+        }
     }
 
     #[test]

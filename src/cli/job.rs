@@ -164,10 +164,10 @@ pub struct TrainArgs {
     max_dropouts: u32,
     /// Secure aggregation with distributed DP (docs/SECURE_AGGREGATION.md): each agency adds
     /// only its share of the noise, so that the round's sum carries the noise the accounting
-    /// states while at most --assume-dishonest agencies (or as many as each agency's own
-    /// configuration assumes, if more) are dishonest. Each round is then one step of full-batch
-    /// DP gradient descent (it sets --dp-mode full-batch and one local epoch, and conflicts with
-    /// them, --sampling-rate, --momentum, --l2 and --proximal-mu).
+    /// states while at most --assume-dishonest agencies are dishonest (an agency whose own
+    /// configuration assumes more adds its whole noise besides). Each round is then one step of
+    /// full-batch DP gradient descent (it sets --dp-mode full-batch and one local epoch, and
+    /// conflicts with them, --sampling-rate, --momentum, --l2 and --proximal-mu).
     #[arg(
         long,
         requires = "secure_aggregation",

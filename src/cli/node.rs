@@ -218,6 +218,9 @@ fn ledger(config: &Path, json: bool) -> Outcome {
         let secure = match &e.secure_aggregation {
             Some(s) => {
                 let assumption = match (s.honest, s.assumed_dishonest) {
+                    (Some(1), Some(c)) => {
+                        format!(" (assuming at most {c} dishonest: its own noise alone)")
+                    }
                     (Some(h), Some(c)) => format!(
                         " (the sum's, assuming at most {c} dishonest: at least {h} honest agencies' noise)"
                     ),

@@ -615,11 +615,11 @@ fn distributed_spec(rounds: u32) -> TrainingSpec {
     spec
 }
 
-/// Four real nodes train under distributed noise; the job assumes no dishonest agency, one
-/// agency's configuration assumes one, the others say nothing (every other agency may be
-/// dishonest). Each node takes the larger assumption, never the job's alone: its ledger records
-/// the assumption and the honest agencies' noise it counted on, and a node without one adds the
-/// whole noise itself. The model learns.
+/// Four real nodes train under distributed noise; the job assumes one dishonest agency, as does
+/// one agency's configuration; the others say nothing (every other agency may be dishonest),
+/// and so add their whole noise on top of the job's share: never does a node count on the job's
+/// assumption alone. Each ledger records the assumption and the honest agencies' noise it
+/// counted on. The model learns.
 #[tokio::test]
 async fn real_nodes_train_under_distributed_noise_on_their_own_assumptions() {
     let four = &AGENCIES[..4];
@@ -644,6 +644,9 @@ async fn real_nodes_train_under_distributed_noise_on_their_own_assumptions() {
     if let Some(p) = spec.privacy.as_mut() {
         p.evaluation_epsilon = Some(20.0);
     }
+    if let Some(s) = spec.secure_aggregation.as_mut() {
+        s.assumed_dishonest = 1;
+    }
     let job = start_training(&mut op, "four", spec, 3, 10_000).await;
     let job = watch_to_end(&mut op, &job.job_id).await;
     assert_eq!(job.state, JobState::Succeeded as i32, "{}", job.message);
@@ -655,9 +658,13 @@ async fn real_nodes_train_under_distributed_noise_on_their_own_assumptions() {
     // agency, is far better than chance.
     let last = &job.rounds[2];
     assert!(last.metrics["test_accuracy"] > 0.8, "{:?}", last.metrics);
-    // Four agencies, threshold 3: DE-BKA assumes 1 dishonest (its own figure, above the job's
-    // 0), so at least 2 honest agencies' noise; FR-DGDDI assumes all 3 others, so only its own.
-    for (agency, assumed, honest) in [("DE-BKA", 1, 2), ("FR-DGDDI", 3, 1)] {
+    // Four agencies, threshold 3 (1 colluder cannot unmask one contribution: 1 < 2t - n = 2):
+    // DE-BKA assumes 1 dishonest, as the job does, so it adds its share and counts on 2 honest
+    // agencies' shares; FR-DGDDI assumes all 3 others, so it adds its whole noise on top of its
+    // share and counts on that alone.
+    for (agency, assumed, honest, noise) in
+        [("DE-BKA", 1, 2, "distributed"), ("FR-DGDDI", 3, 1, "local")]
+    {
         let config = fx.path(&format!("node-{agency}.toml"));
         let ledger = treaty_json(&[
             "node",
@@ -675,7 +682,7 @@ async fn real_nodes_train_under_distributed_noise_on_their_own_assumptions() {
         assert_eq!(training.len(), 3, "{ledger}");
         for e in training {
             let s = &e["secure_aggregation"];
-            assert_eq!(s["noise"], "distributed", "{e}");
+            assert_eq!(s["noise"], noise, "{agency}: {e}");
             assert_eq!(s["agencies"], 4, "{e}");
             assert_eq!(s["threshold"], 3, "{e}");
             assert_eq!(s["assumed_dishonest"], assumed, "{agency}: {e}");

@@ -385,9 +385,10 @@ mod tests {
         assert_eq!(dp.sampling, Sampling::Poisson(0.01));
     }
 
-    /// Distributed noise: the agency's share of noise is for `t - c` honest agencies, `c` the
-    /// larger of its own assumption (none: every other agency) and the job's; the sum is
-    /// accounted as the whole noise; a task that is not one linear step is refused.
+    /// Distributed noise: every agency adds the share the job's assumption sets, for `t - c`
+    /// honest agencies while `c < 2t - n`; an agency whose own assumption is stricter adds its
+    /// whole noise on top and accounts for that alone; the sum is accounted as the whole noise;
+    /// a task that is not one linear step is refused.
     #[test]
     fn distributed_noise_rests_on_the_agencys_own_assumption() {
         use treaty_proto::secagg::Params;
@@ -406,7 +407,7 @@ mod tests {
             spec.privacy.as_mut().unwrap().noise_multiplier = 2.0;
             task
         };
-        // Eight agencies, threshold 6, 16 fractional bits; the model has 2 parameters.
+        // Eight agencies, threshold 6 (so 2t - n = 4), 16 fractional bits; 2 parameters.
         let params = Params {
             job: "job-1".into(),
             round: 2,
@@ -415,34 +416,48 @@ mod tests {
             fractional_bits: 16,
             length: 3,
         };
-        let sensitivity = 65536.0 + 2f64.sqrt(); // clip 2^16 + sqrt(parameters)
+        // clip 2^16 (1 + 1e-9) + sqrt(parameters) / 2
+        let sensitivity = 65536.0 * (1.0 + 1e-9) + 2f64.sqrt() / 2.0;
         let mut worker = worker_of(400);
-        for (own, job, honest) in [
-            (None, 0, 1), // no assumption of its own: every other agency (7), whatever the job says
-            (None, 5, 1),
-            (Some(2), 0, 4), // its own 2 over the job's 0
-            (Some(2), 3, 3), // the job's 3 over its own 2
-            (Some(5), 0, 1), // 6 - 5 = 1
+        // (own assumption, job's, the shares the job's sets, honest counted, whole noise added)
+        for (own, job, shares, honest, whole) in [
+            // No assumption of its own: every other agency; its whole noise over the share.
+            (None, 0, 6, 1, true),
+            (None, 2, 4, 1, true),
+            // Its own as the job's: the job's share, counted on 6 - 2 honest.
+            (Some(2), 2, 4, 4, false),
+            // More lenient than the job: the job's stands.
+            (Some(1), 3, 3, 3, false),
+            // Stricter than the job: its whole noise on top.
+            (Some(3), 2, 4, 1, true),
+            // 4 colluders can unmask one contribution (4 >= 2t - n): each share is whole.
+            (Some(4), 4, 1, 1, false),
+            (Some(5), 5, 1, 1, false),
         ] {
             worker.assume_dishonest = own;
             let plan = worker
                 .plan_round(2, &with(job, DpMode::FullBatch), Some(&params))
                 .unwrap();
             let d = plan.distributed().unwrap();
-            assert_eq!(d.honest, honest, "{own:?} {job}");
-            assert_eq!(d.sensitivity, sensitivity);
-            let expected = 2.0 * sensitivity / f64::from(honest).sqrt();
-            assert!((d.scale / expected - 1.0).abs() < 1e-12, "{own:?} {job}");
+            let case = format!("own {own:?}, job {job}");
+            assert_eq!(d.honest, honest, "{case}");
+            assert_eq!(d.sensitivity, sensitivity, "{case}");
+            let share = 2.0 * sensitivity / f64::from(shares).sqrt();
+            assert!((d.scale / share - 1.0).abs() < 1e-12, "{case}");
+            assert_eq!(d.whole.is_some(), whole, "{case}");
+            if let Some(w) = d.whole {
+                assert!((w / (2.0 * sensitivity) - 1.0).abs() < 1e-12, "{case}");
+            }
             assert_eq!(d.denominator, 1000.0);
-            // The sum carries noise of multiplier 2 over the sensitivity: rho 1/8 (the
-            // discrete Gaussian's correction is below 1e-12 at this scale).
+            // The release is accounted as noise of multiplier 2 over the sensitivity: rho 1/8
+            // (the discrete Gaussian's correction is below 1e-12 at this scale).
             let Release::Gaussian { rho } = plan.releases[0] else {
                 panic!("{:?}", plan.releases)
             };
-            assert!((rho / 0.125 - 1.0).abs() < 1e-12, "{rho}");
+            assert!((rho / 0.125 - 1.0).abs() < 1e-12, "{case}: {rho}");
         }
         // A round that is more than one linear step, or has no secure aggregation, or a
-        // contribution of the wrong length, is refused.
+        // contribution of the wrong length, or noise that is not finite, is refused.
         let refusal = worker
             .plan_round(2, &with(0, DpMode::Poisson), Some(&params))
             .unwrap_err();
@@ -460,6 +475,17 @@ mod tests {
                 .plan_round(2, &with(0, DpMode::FullBatch), Some(&short))
                 .is_err()
         );
+        let mut infinite = with(0, DpMode::FullBatch);
+        if let task::Kind::Training(t) = &mut infinite {
+            t.spec
+                .as_mut()
+                .unwrap()
+                .privacy
+                .as_mut()
+                .unwrap()
+                .noise_multiplier = f64::INFINITY;
+        }
+        assert!(worker.plan_round(2, &infinite, Some(&params)).is_err());
     }
 
     #[test]

@@ -14,7 +14,7 @@ use crate::analytics::{self, QueryPlan};
 use crate::model::Architecture;
 use crate::noise::GaussianNoise;
 use crate::refusal::{Refusal, RefusalCode};
-use crate::train::{DpSgd, Sampling, StepNoise};
+use crate::train::{CLIP_MARGIN, DpSgd, Sampling, StepNoise};
 use treaty_proto::secagg::{FixedPoint, Params};
 
 /// The default zCDP rho of a statistics round under DP.
@@ -54,23 +54,55 @@ pub(super) struct TrainingRound {
 }
 
 /// Distributed DP (docs/SECURE_AGGREGATION.md): the round releases the clipped gradient sum at
-/// the global model, in the round's fixed point, plus this agency's share of the noise, and its
-/// public denominator; the sum of at least `honest` agencies' noise is what the accounting
-/// states.
+/// the global model, in the round's fixed point, plus this agency's noise, and its public
+/// denominator.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Distributed {
     pub(crate) fixed_point: FixedPoint,
-    /// The L2 sensitivity of the contribution in the fixed point: `clip 2^bits + sqrt(p)` (the
-    /// rounding to integers moves each coordinate by at most 1/2 either way).
+    /// The L2 sensitivity of the contribution in the fixed point: `clip 2^bits (1 + margin) +
+    /// sqrt(p) / 2` (each record's gradient is rounded to integers before the exact sum).
     pub(crate) sensitivity: f64,
-    /// This agency's discrete Gaussian scale, in the fixed point.
+    /// The discrete Gaussian scale of the share every agency adds, in the fixed point.
     pub(crate) scale: f64,
-    /// The fewest honest agencies whose noise the round's sum carries, as this agency assumes.
+    /// The scale of the whole noise this agency adds on top of its share when its own
+    /// assumption is stricter than the job's (the fallback to local noise).
+    pub(crate) whole: Option<f64>,
+    /// The fewest honest agencies whose shares the round's sum carries, as this agency counts
+    /// them (1: its own noise alone).
     pub(crate) honest: u32,
     /// The most agencies this agency assumes dishonest in the round.
     pub(crate) dishonest: u32,
     /// The public figure the sum of gradient sums is divided by.
     pub(crate) denominator: f64,
+}
+
+impl Distributed {
+    /// The zCDP rho of the round's release as this agency accounts it: the sum of `honest`
+    /// shares (Kairouz, Liu and Steinke 2021), or its own whole noise alone.
+    fn rho(&self, parameters: usize) -> Option<f64> {
+        let (scale, summands) = match self.whole {
+            Some(whole) => (whole, 1),
+            None => (self.scale, self.honest),
+        };
+        privacy::zcdp::distributed_discrete_gaussian_rho(
+            self.sensitivity,
+            scale,
+            summands,
+            parameters,
+        )
+    }
+}
+
+/// How many honest agencies' shares the sum of a round of `n` agencies with threshold `t`
+/// carries if at most `c` are dishonest: `t - c` — the coordinator recovers one sum, of at least
+/// `t` contributions — but only while `c < 2t - n`: with more, the coordinator and its
+/// colluders can unmask one agency's contribution (docs/SECURE_AGGREGATION.md, "The threshold,
+/// and collusion"), which then carries that agency's share alone. Never below 1.
+fn honest_shares(n: u32, t: u32, c: u32) -> u32 {
+    if c >= (2 * t).saturating_sub(n) {
+        return 1;
+    }
+    t.saturating_sub(c).max(1)
 }
 
 /// The evaluation of a training job's final model: the Laplace scale of its noisy counts.
@@ -300,14 +332,10 @@ impl Worker {
             _ => None,
         };
         let rho = match &distributed {
-            // The sum's rho, under the assumption of at least `honest` honest agencies.
-            Some(d) => privacy::zcdp::distributed_discrete_gaussian_rho(
-                d.sensitivity,
-                d.scale,
-                d.honest,
-                task.parameters,
-            )
-            .ok_or(InvalidTask::DistributedScale(d.scale))?,
+            // The sum's rho, under the agency's assumption.
+            Some(d) => d
+                .rho(task.parameters)
+                .ok_or(InvalidTask::DistributedScale(d.scale))?,
             // opendp's rho includes the noise grid.
             None => noise.rho(task.parameters).map_err(Refusal::internal)?,
         };
@@ -343,12 +371,13 @@ impl Worker {
     }
 
     /// The distributed DP of a round of secure aggregation `secure` whose job assumes at most
-    /// `job_dishonest` agencies dishonest: this agency's share of noise of multiplier `sigma`.
-    /// The agency assumes at least as many dishonest as its own configuration says (without
-    /// one: every other agency), whatever the job claims; with `t` the round's threshold (the
-    /// fewest agencies whose contributions the sum can hold) and `c` the assumption, at least
-    /// `t - c` honest agencies' noise is in the sum. Below 2 the agency adds the whole noise:
-    /// the local guarantee.
+    /// `job_dishonest` agencies dishonest, for noise of multiplier `sigma`. Every honest agency
+    /// adds the same share, set by the job's assumption — `σ Δ / sqrt(h)` with `h` the honest
+    /// shares the job's assumption guarantees ([`honest_shares`]) — so that the sum of `h` of
+    /// them is the whole noise. An agency that assumes more dishonest agencies than the job (its
+    /// own `[secure_aggregation] assume_dishonest`; without one, every other agency) cannot
+    /// count on the others' shares: it adds its whole noise on top of its share and accounts for
+    /// that alone — the fallback to local noise.
     fn distributed(
         &self,
         task: &Training,
@@ -381,14 +410,22 @@ impl Worker {
             )));
         }
         let n = secure.participants.len() as u32;
+        let t = secure.threshold as u32;
+        let job = job_dishonest.min(n.saturating_sub(1));
         let own = self.assume_dishonest.unwrap_or(n.saturating_sub(1));
-        let dishonest = own.max(job_dishonest).min(n.saturating_sub(1));
-        let honest = (secure.threshold as u32).saturating_sub(dishonest).max(1);
         let fixed_point = secure.fixed_point();
-        let unit = 2f64.powi(fixed_point.fractional_bits as i32);
-        let sensitivity = task.privacy.clip_norm * unit + (task.parameters as f64).sqrt();
-        let scale = sigma * sensitivity / f64::from(honest).sqrt();
-        if scale.is_nan() || scale < 0.5 {
+        let sensitivity = task.privacy.clip_norm * fixed_point.unit() * (1.0 + CLIP_MARGIN)
+            + (task.parameters as f64).sqrt() / 2.0;
+        let whole = sigma * sensitivity;
+        let shares = honest_shares(n, t, job);
+        let scale = whole / f64::from(shares).sqrt();
+        // Stricter than the job: the others' shares may be too few; its own whole noise too.
+        let fallback = own > job && shares > 1;
+        let (honest, dishonest) = match fallback {
+            true => (1, own),
+            false => (shares, job),
+        };
+        if !whole.is_finite() || scale.is_nan() || scale < 0.5 {
             return Err(InvalidTask::DistributedScale(scale).into());
         }
         if denominator.is_nan() || denominator > fixed_point.bound() / 2.0 {
@@ -398,6 +435,7 @@ impl Worker {
             fixed_point,
             sensitivity,
             scale,
+            whole: fallback.then_some(whole),
             honest,
             dishonest,
             denominator,

@@ -21,7 +21,7 @@ use crate::data::Private;
 use crate::metrics;
 use crate::model::Model;
 use crate::refusal::{Refusal, RefusalCode};
-use crate::train::{Sgd, clipped_gradient_sum, train_dp};
+use crate::train::{Sgd, quantized_gradient_sum, train_dp};
 
 /// The default bound of a regression's evaluation error.
 const DEFAULT_ERROR_BOUND: f64 = 10.0;
@@ -73,11 +73,12 @@ impl Worker {
                 // Distributed DP: the round's one release is the clipped gradient sum at the
                 // global model, with this agency's share of the noise, in the fixed point.
                 let mut at = model;
-                let sum = clipped_gradient_sum(
+                let sum = quantized_gradient_sum(
                     &mut at,
                     &train_data.examples,
                     Some(&train_data.readable),
                     dp.noise.sensitivity,
+                    distributed.fixed_point.unit(),
                 );
                 return Ok(Output {
                     num_examples: 1,
@@ -151,28 +152,25 @@ impl Worker {
     }
 }
 
-/// A distributed-DP contribution: the gradient sum `sum` in the round's fixed point plus this
-/// agency's discrete Gaussian noise (through opendp), then the public denominator. The sum is
-/// first clamped to half the fixed point's bound (a contraction: the sensitivity stays), so the
-/// noise has room; a noisy value beyond the bound saturates there (a fixed rule on the noisy
-/// value, after the release).
-fn contribution(sum: &[f64], d: &Distributed) -> Result<Vec<u64>, Refusal> {
-    let bound = d.fixed_point.bound();
-    let clamped: Vec<f64> = sum
-        .iter()
-        .map(|v| v.clamp(-bound / 2.0, bound / 2.0))
-        .collect();
-    let mut ring: Vec<i64> = d
-        .fixed_point
-        .encode(&clamped)
-        .map_err(Refusal::internal)?
-        .into_iter()
-        .map(|q| q as i64)
-        .collect();
+/// A distributed-DP contribution: the gradient sum `sum` (in the fixed point already) plus this
+/// agency's discrete Gaussian noise (through opendp): the share every agency adds and, when the
+/// agency's own assumption is stricter than the job's, its whole noise on top; then the public
+/// denominator. The sum is first clamped to half the fixed point's bound (a contraction: the
+/// sensitivity stays), so the noise has room; a noisy value beyond the bound saturates there (a
+/// fixed rule on the noisy value, after the release).
+fn contribution(sum: &[i64], d: &Distributed) -> Result<Vec<u64>, Refusal> {
+    let limit = d.fixed_point.bound() * d.fixed_point.unit();
+    let half = (limit / 2.0) as i64;
+    let mut ring: Vec<i64> = sum.iter().map(|&q| q.clamp(-half, half)).collect();
     crate::noise::IntegerNoise { scale: d.scale }
         .add(&mut ring)
         .map_err(Refusal::internal)?;
-    let limit = (bound * 2f64.powi(d.fixed_point.fractional_bits as i32)) as i64;
+    if let Some(whole) = d.whole {
+        crate::noise::IntegerNoise { scale: whole }
+            .add(&mut ring)
+            .map_err(Refusal::internal)?;
+    }
+    let limit = limit as i64;
     let mut out: Vec<u64> = ring
         .into_iter()
         .map(|q| q.clamp(-limit, limit) as u64)

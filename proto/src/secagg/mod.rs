@@ -176,6 +176,11 @@ impl FixedPoint {
         2f64.powi(62 - self.fractional_bits as i32) / self.participants.max(1) as f64
     }
 
+    /// The fixed point's unit: `2^bits`.
+    pub fn unit(&self) -> f64 {
+        2f64.powi(self.fractional_bits as i32)
+    }
+
     /// The most rounding can change one coordinate of a sum of `n` contributions.
     pub fn sum_error(&self) -> f64 {
         self.participants as f64 * 2f64.powi(-(self.fractional_bits as i32) - 1)
