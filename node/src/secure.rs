@@ -181,7 +181,9 @@ impl std::fmt::Debug for SecureTask {
 }
 
 impl SecureTask {
-    /// Starts the round: this agency's keys, signed, sent to the coordinator.
+    /// Starts the round: this agency's keys, signed, sent to the coordinator, with the round's
+    /// parameters and, under distributed DP, the share of noise every agency adds (`noise_share`,
+    /// which every other agency must state alike).
     #[allow(clippy::too_many_arguments)]
     pub(crate) async fn start(
         params: Params,
@@ -191,9 +193,11 @@ impl SecureTask {
         inbox: Inbox,
         session: mpsc::Sender<NodeMessage>,
         task: &Task,
+        noise_share: Option<f64>,
     ) -> Result<Self, Refusal> {
-        let (participant, advert) = Participant::new(params, &me.to_string(), &signer)
-            .map_err(|e| failed(e.to_string()))?;
+        let (participant, advert) =
+            Participant::with_noise_share(params, &me.to_string(), &signer, noise_share)
+                .map_err(|e| failed(e.to_string()))?;
         let left = task.deadline_unix_ms - crate::session::now_ms();
         let until =
             Instant::now() + Duration::from_millis(left.clamp(0, 24 * 3600 * 1000) as u64) + GRACE;

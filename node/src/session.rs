@@ -468,6 +468,7 @@ async fn attempt(
                 inbox,
                 session.clone(),
                 task,
+                plan.distributed().map(|d| d.scale),
             )
             .await?;
             // The key exchange goes on while the node trains.

@@ -475,6 +475,25 @@ mod tests {
                 .plan_round(2, &with(0, DpMode::FullBatch), Some(&short))
                 .is_err()
         );
+        // Calibrated to the job's target, the share is the same with a test split or without
+        // (a node without one calibrates as if it evaluated): every agency adds the same.
+        let mut calibrated = with(2, DpMode::FullBatch);
+        if let task::Kind::Training(t) = &mut calibrated {
+            let privacy = t.spec.as_mut().unwrap().privacy.as_mut().unwrap();
+            privacy.noise_multiplier = 0.0;
+            privacy.evaluation_epsilon = Some(0.05);
+        }
+        worker.assume_dishonest = Some(2);
+        let share = |w: &Worker| {
+            w.plan_round(2, &calibrated, Some(&params))
+                .unwrap()
+                .distributed()
+                .unwrap()
+                .scale
+        };
+        let without = share(&worker);
+        worker.test = Some(worker.train.clone());
+        assert_eq!(share(&worker), without);
         let mut infinite = with(0, DpMode::FullBatch);
         if let task::Kind::Training(t) = &mut infinite {
             t.spec

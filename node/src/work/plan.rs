@@ -286,6 +286,7 @@ impl Worker {
         // The job's `rounds` evaluations are of the models of rounds 2 to `rounds` and of the
         // final model; the noise is calibrated for all of them, whichever take place.
         let evaluation = self.evaluation_noise(&task)?;
+        let distributed_noise = spec.secure_aggregation.is_some_and(|s| s.distributed_noise);
         let sigma = if privacy.noise_multiplier > 0.0 {
             privacy.noise_multiplier
         } else {
@@ -309,7 +310,14 @@ impl Worker {
                 },
                 statistics: privacy.statistics_round_rho > 0.0,
                 statistics_rho: Some(privacy.statistics_round_rho),
-                evaluation_epsilon: Some(evaluation.map_or(0.0, |(_, epsilon)| epsilon)),
+                evaluation_epsilon: Some(match distributed_noise {
+                    // Every agency of a round of distributed DP must add the same share: its
+                    // noise is calibrated as if it evaluated, test split or not.
+                    true => privacy
+                        .evaluation_epsilon
+                        .unwrap_or(privacy::UNPLANNED_EVALUATION_EPSILON),
+                    false => evaluation.map_or(0.0, |(_, epsilon)| epsilon),
+                }),
             };
             let plan = privacy::plan(&job).map_err(|_| InvalidTask::Uncalibrated {
                 epsilon,

@@ -227,6 +227,22 @@ pub struct KeyAdvert {
     /// seed it recovers from revealed shares against it, so a wrong share fails the round
     /// instead of making the sum wrong.
     pub seed_commitment: String,
+    /// [`round_digest`] of the round as this agency was told it, with the share of noise it
+    /// adds: every agency checks that every other states the same, so a coordinator cannot give
+    /// agencies different thresholds, participants or fixed points, nor jobs that make their
+    /// shares of distributed noise differ.
+    pub round_digest: String,
+}
+
+/// The digest of a round's public parameters and of the discrete Gaussian scale of the share
+/// of noise every agency adds under distributed DP (none without it): SHA-256 of a label and
+/// their canonical JSON, in hex.
+pub fn round_digest(params: &Params, noise_share: Option<f64>) -> String {
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    ctx.update(b"treaty-secagg/1 round\n");
+    // Params and an optional number serialise infallibly.
+    ctx.update(&serde_json::to_vec(&(params, noise_share)).unwrap_or_default());
+    crate::hex::hex(ctx.finish().as_ref())
 }
 
 /// The commitment to a self-mask seed: SHA-256 of a label and the seed, in hex.

@@ -75,6 +75,18 @@ impl Participant {
         me: &str,
         signer: &KeySigner,
     ) -> Result<(Self, SignedStatement), SecAggError> {
+        Self::with_noise_share(params, me, signer, None)
+    }
+
+    /// [`Participant::new`] for a round of distributed DP in which every agency adds a share of
+    /// noise of discrete Gaussian scale `noise_share`: the advertisement states it, and the
+    /// agency accepts only advertisements that state the same share and parameters.
+    pub fn with_noise_share(
+        params: Params,
+        me: &str,
+        signer: &KeySigner,
+        noise_share: Option<f64>,
+    ) -> Result<(Self, SignedStatement), SecAggError> {
         params.check()?;
         if params.id_of(me).is_none() {
             return Err(SecAggError::Params(format!(
@@ -91,6 +103,7 @@ impl Participant {
             cipher_key: hex(&cipher_public),
             mask_key: hex(&mask_public),
             seed_commitment: super::seed_commitment(&seed),
+            round_digest: super::round_digest(&params, noise_share),
         };
         let signed = sign(&advert, signer)
             .map_err(|e| SecAggError::Crypto(format!("the key advertisement: {e}")))?;
@@ -230,6 +243,12 @@ impl Participant {
             return Err(refuse(
                 &agency,
                 "it is not a participant of the round".into(),
+            ));
+        }
+        if advert.round_digest != self.advert.round_digest {
+            return Err(refuse(
+                &agency,
+                "it was told other parameters of the round (participants, threshold, fixed point, length) or adds another share of noise than this agency: the coordinator did not give every agency the same round".into(),
             ));
         }
         let (Some(cipher), Some(mask), Some(_)) = (

@@ -522,6 +522,23 @@ fn replayed_substituted_and_reordered_key_messages_are_refused() {
     let mut foreign_list = adverts.clone();
     foreign_list[3] = foreign;
     assert!(nodes[0].share_keys(&foreign_list, &fed.ca).is_err());
+    // An agency told another threshold, or adding another share of distributed noise: the
+    // coordinator gave agencies different rounds.
+    let mut lower = p.clone();
+    lower.threshold = 4;
+    let (_, told_otherwise) = Participant::new(lower, &all[2], &fed.signers[&all[2]]).unwrap();
+    let (_, other_share) =
+        Participant::with_noise_share(p.clone(), &all[3], &fed.signers[&all[3]], Some(1e6))
+            .unwrap();
+    for (k, odd) in [(2, told_otherwise), (3, other_share)] {
+        let mut list = adverts.clone();
+        list[k] = odd;
+        let err = nodes[0].share_keys(&list, &fed.ca).unwrap_err();
+        assert!(
+            err.to_string().contains(&all[k]) && err.to_string().contains("same round"),
+            "{err}"
+        );
+    }
 
     // Out of order: a mask before the keys, the keys twice, survivors before the mask.
     assert!(matches!(
@@ -594,6 +611,7 @@ fn a_wrong_share_or_a_key_of_small_order_fails_the_round_instead_of_the_sum() {
         cipher_key: "00".repeat(32),
         mask_key: "00".repeat(32),
         seed_commitment: "11".repeat(32),
+        round_digest: super::round_digest(&p, None),
     };
     let signed = crate::receipt::sign(&small, &fed.signers[&all[0]]).unwrap();
     let err = server.advert(&all[0], signed, &fed.ca).unwrap_err();

@@ -380,6 +380,29 @@ async fn a_node_refuses_replayed_reordered_or_dropped_secure_aggregation() {
     assert_eq!(code, "SECURE_AGGREGATION_FAILED", "{message}");
     assert!(message.contains("replayed"), "{message}");
 
+    // The other agencies told another threshold than the node: its keys name the round it was
+    // told, theirs another.
+    let (task, task_round, node_keys) = start_round(&mut s).await;
+    let mut adverts = vec![node_keys];
+    for (id, signer) in &s.peers {
+        let other = Params {
+            threshold: 4,
+            ..params_of(task_round)
+        };
+        adverts.push(Participant::new(other, id, signer).unwrap().1);
+    }
+    relay(
+        &s.hostile,
+        &task,
+        sec_agg_to_node::Step::Keys(SignedStatements {
+            statements: adverts,
+        }),
+    )
+    .await;
+    let (code, message) = refusal(next_from_node(&mut s.hostile).await);
+    assert_eq!(code, "SECURE_AGGREGATION_FAILED", "{message}");
+    assert!(message.contains("same round"), "{message}");
+
     // Steps out of order: the survivors where the keys are due.
     let (task, ..) = start_round(&mut s).await;
     relay(
