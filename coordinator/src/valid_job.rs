@@ -591,21 +591,7 @@ fn secure_aggregation(
 /// Distributed noise needs one linear release a round: the clipped gradient sum at the global
 /// model (docs/SECURE_AGGREGATION.md, "Distributed DP").
 fn distributed_noise(t: &TrainingSpec, problems: &mut Vec<JobProblem>) {
-    let full_batch = t
-        .privacy
-        .as_ref()
-        .is_some_and(|p| p.mode == DpMode::FullBatch as i32);
-    let checks = [
-        (full_batch, "the job does not train full batch"),
-        (t.local_epochs <= 1, "the job takes several local epochs"),
-        (t.momentum == 0.0, "the job has momentum"),
-        (t.l2 == 0.0, "the job has L2 regularisation"),
-        (
-            t.strategy.as_ref().is_none_or(|s| s.proximal_mu == 0.0),
-            "the job has a proximal term",
-        ),
-    ];
-    if let Some((_, why)) = checks.iter().find(|(ok, _)| !ok) {
+    if let Err(why) = treaty_proto::secagg::one_linear_step(t) {
         problems.push(JobProblem::DistributedNotLinear(why));
     }
 }

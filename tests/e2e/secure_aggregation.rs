@@ -224,6 +224,80 @@ async fn scripted_round(
     let _ = session.next(Duration::from_secs(5)).await;
 }
 
+/// An agency scripted on the wire: its name, identity, key, client and open session.
+type Agency = (
+    &'static str,
+    Identity,
+    KeySigner,
+    AgencyServiceClient<tonic::transport::Channel>,
+    Session,
+);
+
+/// The eight agencies scripted against a real coordinator, connected, and their federation
+/// `eight` made: the fixture, the coordinator's process and address, the CA (DER), an operator.
+struct Scripted {
+    fx: Fixture,
+    coordinator: Proc,
+    address: String,
+    ca: Vec<u8>,
+    op: treaty_proto::v1::operator_service_client::OperatorServiceClient<tonic::transport::Channel>,
+    agencies: Vec<Agency>,
+}
+
+async fn scripted() -> Scripted {
+    let fx = Fixture::new(&AGENCIES);
+    let (coordinator, address) = fx.start_coordinator("127.0.0.1:0");
+    let ca = treaty_proto::tls::load_certs(&fx.pki.ca_cert()).unwrap()[0].to_vec();
+    let mut agencies = Vec::new();
+    for (id, country) in AGENCIES {
+        let identity = Identity::agency(country, id).unwrap();
+        let files = fx.files(&identity);
+        let mut client = hostile_agency::client(&address, &files).await;
+        let session = hostile_agency::open(&mut client, hostile_agency::hello())
+            .await
+            .unwrap();
+        agencies.push((
+            id,
+            identity,
+            KeySigner::load(&files).unwrap(),
+            client,
+            session,
+        ));
+    }
+    let mut op = fx.operator(&address).await;
+    let ids: Vec<&str> = AGENCIES.iter().map(|(a, _)| *a).collect();
+    wait_connected(&mut op, &ids).await;
+    let members: Vec<String> = AGENCIES.iter().map(|(a, c)| format!("{a}:{c}")).collect();
+    let members: Vec<&str> = members.iter().map(String::as_str).collect();
+    create_federation(&mut op, "eight", &members).await;
+    Scripted {
+        fx,
+        coordinator,
+        address,
+        ca,
+        op,
+        agencies,
+    }
+}
+
+/// Runs every agency's round by its script, to the end.
+async fn run_scripts(agencies: Vec<Agency>, ca: &[u8], script: impl Fn(&str) -> Script) {
+    let mut running = Vec::new();
+    for (id, identity, signer, client, session) in agencies {
+        running.push(tokio::spawn(scripted_round(
+            client,
+            session,
+            identity,
+            signer,
+            ca.to_vec(),
+            script(id),
+        )));
+    }
+    for r in running {
+        r.await.unwrap();
+    }
+}
+
 /// Byte patterns of values as a store or a log could hold them: little-endian f64 and f32,
 /// and decimal text of 7 significant digits.
 fn patterns(values: &[f64]) -> Vec<Vec<u8>> {
@@ -260,31 +334,15 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
 #[tokio::test]
 async fn eight_agencies_two_drop_outs_the_model_moves_by_the_survivors_mean_and_no_update_is_kept()
 {
-    let fx = Fixture::new(&AGENCIES);
-    let (coordinator, address) = fx.start_coordinator("127.0.0.1:0");
-    let ca = treaty_proto::tls::load_certs(&fx.pki.ca_cert()).unwrap()[0].to_vec();
-    let mut agencies = Vec::new();
-    for (id, country) in AGENCIES {
-        let identity = Identity::agency(country, id).unwrap();
-        let files = fx.files(&identity);
-        let mut client = hostile_agency::client(&address, &files).await;
-        let session = hostile_agency::open(&mut client, hostile_agency::hello())
-            .await
-            .unwrap();
-        agencies.push((
-            id,
-            identity,
-            KeySigner::load(&files).unwrap(),
-            client,
-            session,
-        ));
-    }
-    let mut op = fx.operator(&address).await;
+    let Scripted {
+        fx,
+        coordinator,
+        address,
+        ca,
+        mut op,
+        agencies,
+    } = scripted().await;
     let ids: Vec<&str> = AGENCIES.iter().map(|(a, _)| *a).collect();
-    wait_connected(&mut op, &ids).await;
-    let members: Vec<String> = AGENCIES.iter().map(|(a, c)| format!("{a}:{c}")).collect();
-    let members: Vec<&str> = members.iter().map(String::as_str).collect();
-    create_federation(&mut op, "eight", &members).await;
     let job = start_training(&mut op, "eight", secure_spec(1), 3, 15_000).await;
 
     // Each agency's update (its model's change): three values each, distinct and known.
@@ -308,24 +366,12 @@ async fn eight_agencies_two_drop_outs_the_model_moves_by_the_survivors_mean_and_
         "NL-POLITIE" => Leaves::AfterMasking,
         _ => Leaves::Never,
     };
-    let mut running = Vec::new();
-    for (id, identity, signer, client, session) in agencies {
-        running.push(tokio::spawn(scripted_round(
-            client,
-            session,
-            identity,
-            signer,
-            ca.clone(),
-            Script {
-                update: updates[id].clone(),
-                leaves: leaves(id),
-                distributed: false,
-            },
-        )));
-    }
-    for r in running {
-        r.await.unwrap();
-    }
+    run_scripts(agencies, &ca, |id| Script {
+        update: updates[id].clone(),
+        leaves: leaves(id),
+        distributed: false,
+    })
+    .await;
     let job = watch_to_end(&mut op, &job.job_id).await;
     assert_eq!(job.state, JobState::Succeeded as i32, "{}", job.message);
     let round = &job.rounds[0];
@@ -506,31 +552,15 @@ async fn eight_nodes_train_under_secure_aggregation_through_two_kills() {
 /// values this test chose), to the fixed point's rounding.
 #[tokio::test]
 async fn distributed_noise_steps_by_the_survivors_summed_gradients_over_their_denominators() {
-    let fx = Fixture::new(&AGENCIES);
-    let (_coordinator, address) = fx.start_coordinator("127.0.0.1:0");
-    let ca = treaty_proto::tls::load_certs(&fx.pki.ca_cert()).unwrap()[0].to_vec();
-    let mut agencies = Vec::new();
-    for (id, country) in AGENCIES {
-        let identity = Identity::agency(country, id).unwrap();
-        let files = fx.files(&identity);
-        let mut client = hostile_agency::client(&address, &files).await;
-        let session = hostile_agency::open(&mut client, hostile_agency::hello())
-            .await
-            .unwrap();
-        agencies.push((
-            id,
-            identity,
-            KeySigner::load(&files).unwrap(),
-            client,
-            session,
-        ));
-    }
-    let mut op = fx.operator(&address).await;
+    let Scripted {
+        fx,
+        coordinator: _coordinator,
+        address,
+        ca,
+        mut op,
+        agencies,
+    } = scripted().await;
     let ids: Vec<&str> = AGENCIES.iter().map(|(a, _)| *a).collect();
-    wait_connected(&mut op, &ids).await;
-    let members: Vec<String> = AGENCIES.iter().map(|(a, c)| format!("{a}:{c}")).collect();
-    let members: Vec<&str> = members.iter().map(String::as_str).collect();
-    create_federation(&mut op, "eight", &members).await;
     let mut spec = distributed_spec(1);
     spec.learning_rate = 0.75;
     let job = start_training(&mut op, "eight", spec, 3, 15_000).await;
@@ -552,29 +582,15 @@ async fn distributed_noise_steps_by_the_survivors_summed_gradients_over_their_de
             )
         })
         .collect();
-    let mut running = Vec::new();
-    for (id, identity, signer, client, session) in agencies {
-        let leaves = if id == "FR-DGDDI" {
-            Leaves::AfterSharing
-        } else {
-            Leaves::Never
-        };
-        running.push(tokio::spawn(scripted_round(
-            client,
-            session,
-            identity,
-            signer,
-            ca.clone(),
-            Script {
-                update: contributions[id].clone(),
-                leaves,
-                distributed: true,
-            },
-        )));
-    }
-    for r in running {
-        r.await.unwrap();
-    }
+    run_scripts(agencies, &ca, |id| Script {
+        update: contributions[id].clone(),
+        leaves: match id {
+            "FR-DGDDI" => Leaves::AfterSharing,
+            _ => Leaves::Never,
+        },
+        distributed: true,
+    })
+    .await;
     let job = watch_to_end(&mut op, &job.job_id).await;
     assert_eq!(job.state, JobState::Succeeded as i32, "{}", job.message);
     let survivors: Vec<&str> = ids.iter().copied().filter(|a| *a != "FR-DGDDI").collect();

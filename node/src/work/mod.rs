@@ -461,7 +461,11 @@ mod tests {
         let refusal = worker
             .plan_round(2, &with(0, DpMode::Poisson), Some(&params))
             .unwrap_err();
-        assert!(refusal.message.contains("Poisson"), "{}", refusal.message);
+        assert!(
+            refusal.message.contains("does not train full batch"),
+            "{}",
+            refusal.message
+        );
         let refusal = worker
             .plan_round(2, &with(0, DpMode::FullBatch), None)
             .unwrap_err();

@@ -394,23 +394,7 @@ impl Worker {
         sigma: f64,
         denominator: f64,
     ) -> Result<Distributed, Refusal> {
-        let spec = &task.spec;
-        let linear = [
-            (
-                task.mode == Mode::FullBatch,
-                "it trains with Poisson sampling",
-            ),
-            (spec.local_epochs <= 1, "it takes several local epochs"),
-            (spec.momentum == 0.0, "it has momentum"),
-            (spec.l2 == 0.0, "it has L2 regularisation"),
-            (
-                spec.strategy.as_ref().is_none_or(|s| s.proximal_mu == 0.0),
-                "it has a proximal term",
-            ),
-        ];
-        if let Some((_, why)) = linear.iter().find(|(ok, _)| !ok) {
-            return Err(InvalidTask::NotLinear(why).into());
-        }
+        treaty_proto::secagg::one_linear_step(&task.spec).map_err(InvalidTask::NotLinear)?;
         if secure.length != task.parameters + 1 {
             return Err(Refusal::invalid(format!(
                 "under distributed noise a contribution is the model's {} parameters and a denominator, but the round's secure aggregation says {} values",

@@ -75,6 +75,30 @@ pub fn layout(
     layout
 }
 
+/// Whether a job's round is one linear release, as distributed DP needs: one step of full-batch
+/// DP gradient descent, without momentum, L2 or a proximal term (which would make a
+/// contribution a non-linear function of its noise); why not, when it is not.
+pub fn one_linear_step(spec: &crate::v1::TrainingSpec) -> Result<(), &'static str> {
+    let full_batch = spec
+        .privacy
+        .as_ref()
+        .is_some_and(|p| p.mode == crate::v1::DpMode::FullBatch as i32);
+    let checks = [
+        (full_batch, "it does not train full batch"),
+        (spec.local_epochs <= 1, "it takes several local epochs"),
+        (spec.momentum == 0.0, "it has momentum"),
+        (spec.l2 == 0.0, "it has L2 regularisation"),
+        (
+            spec.strategy.as_ref().is_none_or(|s| s.proximal_mu == 0.0),
+            "it has a proximal term",
+        ),
+    ];
+    match checks.iter().find(|(ok, _)| !ok) {
+        Some((_, why)) => Err(why),
+        None => Ok(()),
+    }
+}
+
 /// The most values a contribution may have (as `[limits] max_update_elements`' default).
 pub const MAX_LENGTH: usize = 10_000_000;
 
