@@ -705,4 +705,43 @@ async fn real_nodes_train_under_distributed_noise_on_their_own_assumptions() {
             assert_eq!(s["honest"], honest, "{agency}: {e}");
         }
     }
+
+    // The operator's command line asks for the same: its one-step recipe passes the
+    // coordinator's checks, and the job trains through its statistics round.
+    let config = fx.operator_config(&address);
+    let schema = fx.path("schema.toml");
+    std::fs::write(
+        &schema,
+        treaty_proto::schema::to_toml(&schema_of_test_data()).unwrap(),
+    )
+    .unwrap();
+    let out = std::process::Command::new(TREATY)
+        .args([
+            "job",
+            "train",
+            "--config",
+            config.to_str().unwrap(),
+            "--federation",
+            "four",
+            "--schema",
+            schema.to_str().unwrap(),
+            "--rounds",
+            "2",
+            "--secure-aggregation",
+            "--distributed-noise",
+            "--assume-dishonest",
+            "1",
+            "--min-participants",
+            "3",
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("job succeeded after 2 round(s)"), "{text}");
+    assert!(text.contains("full batch"), "{text}");
 }
