@@ -91,6 +91,10 @@ fn refused(agency: &str, node_code: &str, message: &str) -> Exclusion {
 /// an agency that approves jobs sees, and what the approval is bound to.
 fn job_terms(job: &Job, purpose: &str, rules: &RoundRules) -> JobTerms {
     let spec = job.spec.as_ref().and_then(|s| s.kind.as_ref());
+    let secure_aggregation = match spec {
+        Some(job_spec::Kind::Training(t)) => t.secure_aggregation,
+        _ => None,
+    };
     let (kind, rounds, epsilon, delta) = match spec {
         Some(job_spec::Kind::Training(t)) => {
             let p = t.privacy.unwrap_or_default();
@@ -113,6 +117,7 @@ fn job_terms(job: &Job, purpose: &str, rules: &RoundRules) -> JobTerms {
         delta,
         purpose: purpose.to_owned(),
         fields: rules.sharing.fields.clone(),
+        secure_aggregation,
     }
 }
 

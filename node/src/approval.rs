@@ -53,9 +53,50 @@ pub struct JobTermsView {
     pub delta: f64,
     pub purpose: String,
     pub fields: Vec<String>,
+    /// A training job's secure aggregation, in words (absent: none; so a view of a job without
+    /// it, and its SHA-256, are what they were before the field existed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secure_aggregation: Option<String>,
+}
+
+/// A job's secure aggregation as a person approving it reads it.
+fn secure_aggregation_words(spec: &treaty_proto::v1::SecureAggregationSpec) -> String {
+    let dropouts = match spec.max_dropouts {
+        0 => "a third of the agencies may drop out".to_owned(),
+        d => format!("at most {d} agencies may drop out"),
+    };
+    let noise = match spec.distributed_noise {
+        true => format!(
+            "distributed noise: each agency adds a share, assuming at most {} of a round's agencies dishonest (an agency that assumes more adds its whole noise)",
+            spec.assumed_dishonest
+        ),
+        false => "each agency adds its whole noise".to_owned(),
+    };
+    format!("the coordinator learns only each round's sum ({dropouts}); {noise}")
 }
 
 impl JobTermsView {
+    /// The terms `stated` in `task`, sent by `coordinator`, as a person reads them.
+    fn of(task: &Task, stated: &treaty_proto::v1::JobTerms, coordinator: &str) -> Self {
+        JobTermsView {
+            job_id: task.job_id.clone(),
+            federation: task.federation.clone(),
+            coordinator: coordinator.to_owned(),
+            kind: stated.kind.clone(),
+            created_by: stated.created_by.clone(),
+            created_unix_ms: stated.created_unix_ms,
+            rounds: stated.rounds,
+            epsilon: stated.epsilon,
+            delta: stated.delta,
+            purpose: stated.purpose.clone(),
+            fields: stated.fields.clone(),
+            secure_aggregation: stated
+                .secure_aggregation
+                .as_ref()
+                .map(secure_aggregation_words),
+        }
+    }
+
     /// The SHA-256 (hex) of the view's JSON, which an approval is bound to.
     pub fn sha256(&self) -> String {
         let bytes = serde_json::to_vec(self).unwrap_or_default();
@@ -157,19 +198,7 @@ impl Approvals {
             ));
         };
         check_terms(task, stated)?;
-        let view = JobTermsView {
-            job_id: task.job_id.clone(),
-            federation: task.federation.clone(),
-            coordinator: coordinator.to_owned(),
-            kind: stated.kind.clone(),
-            created_by: stated.created_by.clone(),
-            created_unix_ms: stated.created_unix_ms,
-            rounds: stated.rounds,
-            epsilon: stated.epsilon,
-            delta: stated.delta,
-            purpose: stated.purpose.clone(),
-            fields: stated.fields.clone(),
-        };
+        let view = JobTermsView::of(task, stated, coordinator);
         let sha = view.sha256();
         let mut jobs = self.jobs.lock().unwrap_or_else(|e| e.into_inner());
         // A person reads what is pending: the list stays short (the oldest request goes).
@@ -493,6 +522,20 @@ fn check_terms(task: &Task, stated: &treaty_proto::v1::JobTerms) -> Result<(), R
             "the round's purpose or fields are not the ones the job's terms state",
         ));
     }
+    // A training round's secure aggregation is the one the job's terms state: a job approved
+    // under secure aggregation does not lose it, nor change its assumption, unseen.
+    let spec = match &task.kind {
+        Some(task::Kind::Training(t)) => t.spec.as_ref(),
+        Some(task::Kind::Evaluation(e)) => e.spec.as_ref(),
+        _ => None,
+    };
+    if let Some(spec) = spec
+        && spec.secure_aggregation != stated.secure_aggregation
+    {
+        return Err(Refusal::invalid(
+            "the task's secure aggregation is not the one the job's terms state",
+        ));
+    }
     Ok(())
 }
 
@@ -527,6 +570,7 @@ mod tests {
                 delta: 1e-5,
                 purpose: "counter_trafficking".into(),
                 fields: vec!["f0".into()],
+                secure_aggregation: None,
             }),
             ..Default::default()
         }
@@ -566,6 +610,65 @@ mod tests {
 
     fn code(r: Result<(), Refusal>) -> String {
         r.map_or_else(|r| r.code.to_string(), |()| "OK".into())
+    }
+
+    /// A job's secure aggregation is part of the terms a person approves, and a training task
+    /// must carry the one its terms state: dropping it, or changing its assumption, is refused.
+    #[test]
+    fn secure_aggregation_is_in_the_terms_and_a_task_must_keep_it() {
+        use treaty_proto::v1::{SecureAggregationSpec, TrainingSpec, TrainingTask};
+        let dir = tempfile::tempdir().unwrap();
+        let (a, _) = approvals(dir.path(), &[]);
+        let secure = SecureAggregationSpec {
+            distributed_noise: true,
+            assumed_dishonest: 2,
+            ..Default::default()
+        };
+        let with = |spec: Option<SecureAggregationSpec>, stated: Option<SecureAggregationSpec>| {
+            let mut t = task("j1", 1.0);
+            t.kind = Some(task::Kind::Training(TrainingTask {
+                spec: Some(TrainingSpec {
+                    secure_aggregation: spec,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }));
+            t.job.as_mut().unwrap().secure_aggregation = stated;
+            t
+        };
+        assert_eq!(
+            code(a.check(&with(Some(secure), Some(secure)), HUB, 10)),
+            "APPROVAL_PENDING"
+        );
+        let words = a.pending()[0].terms.secure_aggregation.clone().unwrap();
+        assert!(
+            words.contains("only each round's sum") && words.contains("at most 2"),
+            "{words}"
+        );
+        approve(&a, "Jane", ("jdoe", 1000), 11).unwrap();
+        assert_eq!(
+            code(a.check(&with(Some(secure), Some(secure)), HUB, 12)),
+            "OK"
+        );
+        // The task drops secure aggregation, or lowers its assumption, under the same terms.
+        let lowered = SecureAggregationSpec {
+            assumed_dishonest: 0,
+            ..secure
+        };
+        for spec in [None, Some(lowered)] {
+            let refusal = a.check(&with(spec, Some(secure)), HUB, 13).unwrap_err();
+            assert_eq!(refusal.code, RefusalCode::InvalidTask);
+            assert!(
+                refusal.message.contains("secure aggregation"),
+                "{}",
+                refusal.message
+            );
+        }
+        // A job without it reads as before: no such term, the same SHA-256 as before it existed.
+        let plain_task = with(None, None);
+        let plain = JobTermsView::of(&plain_task, plain_task.job.as_ref().unwrap(), HUB);
+        assert_eq!(plain.secure_aggregation, None);
+        assert!(!serde_json::to_string(&plain).unwrap().contains("secure"));
     }
 
     #[test]

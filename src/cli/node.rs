@@ -303,6 +303,9 @@ fn pending(config: &Path, json: bool) -> Outcome {
             p.round,
             utc(p.asked_unix_ms)
         );
+        if let Some(secure) = &t.secure_aggregation {
+            outln!("\tsecure aggregation: {secure}");
+        }
         outln!("\tterms sha256 {}", p.terms_sha256);
     }
     Ok(())

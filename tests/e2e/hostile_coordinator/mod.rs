@@ -442,6 +442,7 @@ async fn a_hostile_coordinator_cannot_stretch_an_approval() {
         delta: 1e-5,
         purpose: "narcotics".into(),
         fields: all.iter().map(|f| f.to_string()).collect(),
+        secure_aggregation: None,
     };
     hostile.job = Some(stated.clone());
     assert_eq!(ask(&mut hostile).await, "APPROVAL_PENDING");
