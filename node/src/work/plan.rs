@@ -413,8 +413,9 @@ impl Worker {
         let scale = whole / f64::from(shares).sqrt();
         // Stricter than the job: the others' shares may be too few; its own whole noise too.
         let fallback = own > job && shares > 1;
-        let (honest, dishonest) = match fallback {
-            true => (1, own),
+        let (honest, dishonest) = match fallback || shares == 1 {
+            // Its own noise alone, under the stricter of the two assumptions.
+            true => (1, own.max(job)),
             false => (shares, job),
         };
         if !whole.is_finite() || scale.is_nan() || scale < 0.5 {
