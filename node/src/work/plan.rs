@@ -404,7 +404,10 @@ impl Worker {
         let n = secure.participants.len() as u32;
         let t = secure.threshold as u32;
         let job = job_dishonest.min(n.saturating_sub(1));
-        let own = self.assume_dishonest.unwrap_or(n.saturating_sub(1));
+        let own = self
+            .assume_dishonest
+            .unwrap_or(n.saturating_sub(1))
+            .min(n.saturating_sub(1));
         let fixed_point = secure.fixed_point();
         let sensitivity = task.privacy.clip_norm * fixed_point.unit() * (1.0 + CLIP_MARGIN)
             + (task.parameters as f64).sqrt() / 2.0;
