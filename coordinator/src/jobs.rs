@@ -306,7 +306,7 @@ async fn train(
                         let mean = match distributed {
                             // Distributed DP: the survivors' noisy gradient sums over the sum of
                             // their public denominators, one step of the job's learning rate.
-                            true => distributed_step(global_flat.as_slice().unwrap_or(&[]), &sum, learning_rate)
+                            true => distributed_step(&global_flat, &sum, learning_rate)
                                 .map_err(|problem| CoordinatorError::SecureAggregation {
                                     what: format!("round {round}"),
                                     problem,
@@ -921,7 +921,7 @@ fn check_update(global: &[NamedTensor], result: &TaskResult) -> Result<(), Strin
 /// minus `learning_rate` times the one over the other. A denominator an honest node never sends
 /// (below 1) is refused rather than used.
 fn distributed_step(
-    global: &[f64],
+    global: &ndarray::Array1<f64>,
     sum: &[f64],
     learning_rate: f64,
 ) -> Result<ndarray::Array1<f64>, String> {

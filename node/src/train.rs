@@ -338,17 +338,20 @@ pub(crate) fn quantized_gradient_sum(
     let params = model.params().to_vec();
     let mut sum = vec![0i64; p];
     let mut grad = Array1::<f64>::zeros(p);
-    // Each record's gradient rounded to the grid, added exactly.
+    // Each record's gradient rounded to the grid, added exactly; an unreadable record, or one
+    // whose gradient is not finite, adds zeros by the same work (a NaN times 0 is NaN, which
+    // casts to 0), so that the time spent says nothing of which records those are.
     let add = |sum: &mut [i64], i: usize, gradient: &[f64], norm: f64| {
         let weight = match readable {
             Some(r) if !r[i] => 0.0,
             _ => 1.0,
         };
-        if norm.is_finite() {
-            let factor = clip_factor(norm, clip) * weight * unit;
-            for (s, g) in sum.iter_mut().zip(gradient) {
-                *s = s.saturating_add((g * factor).round() as i64);
-            }
+        let factor = match norm.is_finite() {
+            true => clip_factor(norm, clip) * weight * unit,
+            false => 0.0,
+        };
+        for (s, g) in sum.iter_mut().zip(gradient) {
+            *s = s.saturating_add((g * factor).round() as i64);
         }
     };
     for i in 0..data.len() {
@@ -375,7 +378,7 @@ pub(crate) fn quantized_gradient_sum(
                 let y = data.y.slice_axis(Axis(0), Slice::from(i..i + 1));
                 model.loss_and_gradient(x, y, 0.0, grad.view_mut());
                 let norm = grad.dot(&grad).sqrt();
-                add(&mut sum, i, &grad.to_vec(), norm);
+                add(&mut sum, i, grad.as_slice().unwrap_or_default(), norm);
             }
         }
     }

@@ -294,20 +294,8 @@ async fn the_query_command_answers_within_its_intervals_under_the_policies() {
 
     // Every answer was debited before it left: 26 queries in DE's ledger, 25 in France's.
     for (config, answered) in [(&configs[0], 26), (&configs[2], 25)] {
-        let ledger = treaty_json(&[
-            "node",
-            "ledger",
-            "--json",
-            "--config",
-            config.to_str().unwrap(),
-        ]);
-        let queries = ledger["entries"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|e| e["kind"] == "query")
-            .count();
-        assert_eq!(queries, answered, "{ledger}");
+        let queries = ledger_entries(config, "query");
+        assert_eq!(queries.len(), answered, "{queries:?}");
     }
 
     // A misspelt column is named, as unusable input, before anyone answers.

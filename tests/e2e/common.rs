@@ -147,6 +147,18 @@ pub struct Fixture {
 }
 
 impl Fixture {
+    /// The test data's schema written as TOML to `schema.toml` in the fixture, for the
+    /// operator's command line.
+    pub fn schema_file(&self) -> PathBuf {
+        let schema = self.path("schema.toml");
+        std::fs::write(
+            &schema,
+            treaty_proto::schema::to_toml(&schema_of_test_data()).unwrap(),
+        )
+        .unwrap();
+        schema
+    }
+
     pub fn new(agencies: &[(&str, &str)]) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let site = Site::create(
@@ -567,6 +579,25 @@ pub async fn watch_to_end(client: &mut OperatorServiceClient<Channel>, job_id: &
 }
 
 /// Runs `treaty ARGS` and reads its standard output as JSON.
+/// The entries of kind `kind` (`training`, `query`, ...) of the ledger of the node configured
+/// by `config`, as `treaty node ledger --json` reads them.
+pub fn ledger_entries(config: &Path, kind: &str) -> Vec<serde_json::Value> {
+    let ledger = treaty_json(&[
+        "node",
+        "ledger",
+        "--json",
+        "--config",
+        config.to_str().unwrap(),
+    ]);
+    ledger["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["kind"] == kind)
+        .cloned()
+        .collect()
+}
+
 pub fn treaty_json<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> serde_json::Value {
     let out = Command::new(TREATY).args(args).output().unwrap();
     assert!(

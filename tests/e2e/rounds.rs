@@ -149,12 +149,7 @@ async fn the_operator_cli_creates_a_federation_and_trains() {
     let _de = fx.start_node("DE-BKA", "DE", &address, 21);
     let _nl = fx.start_node("NL-POLITIE", "NL", &address, 22);
     let config = fx.operator_config(&address);
-    let schema = fx.path("schema.toml");
-    std::fs::write(
-        &schema,
-        treaty_proto::schema::to_toml(&schema_of_test_data()).unwrap(),
-    )
-    .unwrap();
+    let schema = fx.schema_file();
     let mut op = fx.operator(&address).await;
     wait_connected(&mut op, &["DE-BKA", "NL-POLITIE"]).await;
     let run = |args: &[&str]| {

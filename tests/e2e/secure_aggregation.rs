@@ -513,19 +513,9 @@ async fn eight_nodes_train_under_secure_aggregation_through_two_kills() {
     assert!(log.contains("secure aggregation round started"), "{log}");
     // Each training release is in the agency's ledger with the guarantee it had: masked in a
     // sum of the round's agencies, with its full local noise.
-    let config = fx.path("node-DE-BKA.toml");
-    let ledger = treaty_json(&[
-        "node",
-        "ledger",
-        "--json",
-        "--config",
-        config.to_str().unwrap(),
-    ]);
-    let secure: Vec<(u64, u64)> = ledger["entries"]
-        .as_array()
-        .unwrap()
+    let training = ledger_entries(&fx.path("node-DE-BKA.toml"), "training");
+    let secure: Vec<(u64, u64)> = training
         .iter()
-        .filter(|e| e["kind"] == "training")
         .map(|e| {
             let s = &e["secure_aggregation"];
             assert_eq!(s["noise"], "local", "{e}");
@@ -537,11 +527,11 @@ async fn eight_nodes_train_under_secure_aggregation_through_two_kills() {
         .collect();
     // Round 1 among 8 agencies (threshold 6), rounds 2 and 3 among those left (6, or 7 when
     // the coordinator had not yet seen a killed node's session close: threshold 5 either way).
-    assert_eq!(secure.len(), 3, "{ledger}");
-    assert_eq!(secure[0], (8, 6), "{ledger}");
+    assert_eq!(secure.len(), 3, "{training:?}");
+    assert_eq!(secure[0], (8, 6), "{training:?}");
     for &(agencies, threshold) in &secure[1..] {
-        assert!(agencies == 6 || agencies == 7, "{ledger}");
-        assert_eq!(threshold, 5, "{ledger}");
+        assert!(agencies == 6 || agencies == 7, "{training:?}");
+        assert_eq!(threshold, 5, "{training:?}");
     }
 }
 
@@ -681,22 +671,9 @@ async fn real_nodes_train_under_distributed_noise_on_their_own_assumptions() {
     for (agency, assumed, honest, noise) in
         [("DE-BKA", 1, 2, "distributed"), ("FR-DGDDI", 3, 1, "local")]
     {
-        let config = fx.path(&format!("node-{agency}.toml"));
-        let ledger = treaty_json(&[
-            "node",
-            "ledger",
-            "--json",
-            "--config",
-            config.to_str().unwrap(),
-        ]);
-        let training: Vec<&serde_json::Value> = ledger["entries"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|e| e["kind"] == "training")
-            .collect();
-        assert_eq!(training.len(), 3, "{ledger}");
-        for e in training {
+        let training = ledger_entries(&fx.path(&format!("node-{agency}.toml")), "training");
+        assert_eq!(training.len(), 3, "{training:?}");
+        for e in &training {
             let s = &e["secure_aggregation"];
             assert_eq!(s["noise"], noise, "{agency}: {e}");
             assert_eq!(s["agencies"], 4, "{e}");
@@ -709,12 +686,7 @@ async fn real_nodes_train_under_distributed_noise_on_their_own_assumptions() {
     // The operator's command line asks for the same: its one-step recipe passes the
     // coordinator's checks, and the job trains through its statistics round.
     let config = fx.operator_config(&address);
-    let schema = fx.path("schema.toml");
-    std::fs::write(
-        &schema,
-        treaty_proto::schema::to_toml(&schema_of_test_data()).unwrap(),
-    )
-    .unwrap();
+    let schema = fx.schema_file();
     let out = std::process::Command::new(TREATY)
         .args([
             "job",

@@ -255,6 +255,28 @@ async fn reveals(s: &mut Setup, task: &str, signatures: Vec<SignedStatement>) ->
     .is_ok()
 }
 
+/// A secure round started, and the keys step relayed with the other agencies' keys made for the
+/// parameters `peer(i, round)` gives the i-th of them: the node's refusal, code and text.
+async fn refused_keys(s: &mut Setup, peer: impl Fn(usize, u32) -> Params) -> (String, String) {
+    let (task, task_round, node_keys) = start_round(s).await;
+    let mut adverts = vec![node_keys];
+    for (i, (id, signer)) in s.peers.iter().enumerate() {
+        adverts.push(Participant::new(peer(i, task_round), id, signer).unwrap().1);
+    }
+    relay(
+        &s.hostile,
+        &task,
+        sec_agg_to_node::Step::Keys(SignedStatements {
+            statements: adverts,
+        }),
+    )
+    .await;
+    match next_from_node(&mut s.hostile).await {
+        Seen::Refused { code, message, .. } => (code, message),
+        other => panic!("a refusal expected, got {other:?}"),
+    }
+}
+
 #[tokio::test]
 async fn a_node_reveals_no_share_to_a_coordinator_that_lies_about_the_survivors() {
     let mut s = setup().await;
@@ -360,46 +382,23 @@ async fn a_node_refuses_replayed_reordered_or_dropped_secure_aggregation() {
     assert_eq!(code, "INVALID_TASK", "{message}");
     assert!(message.contains("fractional bits"), "{message}");
 
-    // A key advertisement of an earlier round, replayed.
-    let (task, task_round, node_keys) = start_round(&mut s).await;
-    let mut adverts = vec![node_keys];
-    for (i, (id, signer)) in s.peers.iter().enumerate() {
-        // The first peer's keys come from the round before.
-        let r = if i == 0 { task_round - 1 } else { task_round };
-        adverts.push(Participant::new(params_of(r), id, signer).unwrap().1);
-    }
-    relay(
-        &s.hostile,
-        &task,
-        sec_agg_to_node::Step::Keys(SignedStatements {
-            statements: adverts,
-        }),
-    )
+    // A key advertisement of an earlier round, replayed: the first peer's keys come from the
+    // round before.
+    let (code, message) = refused_keys(&mut s, |i, task_round| Params {
+        round: if i == 0 { task_round - 1 } else { task_round },
+        ..params_of(task_round)
+    })
     .await;
-    let (code, message) = refusal(next_from_node(&mut s.hostile).await);
     assert_eq!(code, "SECURE_AGGREGATION_FAILED", "{message}");
     assert!(message.contains("replayed"), "{message}");
 
     // The other agencies told another threshold than the node: its keys name the round it was
     // told, theirs another.
-    let (task, task_round, node_keys) = start_round(&mut s).await;
-    let mut adverts = vec![node_keys];
-    for (id, signer) in &s.peers {
-        let other = Params {
-            threshold: 4,
-            ..params_of(task_round)
-        };
-        adverts.push(Participant::new(other, id, signer).unwrap().1);
-    }
-    relay(
-        &s.hostile,
-        &task,
-        sec_agg_to_node::Step::Keys(SignedStatements {
-            statements: adverts,
-        }),
-    )
+    let (code, message) = refused_keys(&mut s, |_, task_round| Params {
+        threshold: 4,
+        ..params_of(task_round)
+    })
     .await;
-    let (code, message) = refusal(next_from_node(&mut s.hostile).await);
     assert_eq!(code, "SECURE_AGGREGATION_FAILED", "{message}");
     assert!(message.contains("same round"), "{message}");
 
