@@ -193,8 +193,6 @@ pub fn verify_signature(
     signature: &[u8],
 ) -> Result<(), String> {
     use ring::signature as sig;
-    let (_, cert) = X509Certificate::from_der(certificate)
-        .map_err(|e| format!("the signing certificate is not a certificate: {e}"))?;
     let algorithm: &dyn sig::VerificationAlgorithm = match scheme {
         "ECDSA_NISTP256_SHA256" => &sig::ECDSA_P256_SHA256_ASN1,
         "RSA_PKCS1_SHA256" => &sig::RSA_PKCS1_2048_8192_SHA256,
@@ -204,8 +202,9 @@ pub fn verify_signature(
             ));
         }
     };
-    let key = cert.public_key().subject_public_key.data.as_ref();
-    sig::UnparsedPublicKey::new(algorithm, key)
+    let key = checked::public_key(certificate)
+        .map_err(|e| format!("the signing certificate is not a certificate: {e}"))?;
+    sig::UnparsedPublicKey::new(algorithm, &*key)
         .verify(message, signature)
         .map_err(|_| {
             "the signature is not the certificate's key's signature of the statement".into()
@@ -213,8 +212,13 @@ pub fn verify_signature(
 }
 
 /// Checks that the certificate `der` was issued by the CA certificate `ca` (its issuer is the
-/// CA's subject and its signature the CA key's); says what is wrong otherwise.
+/// CA's subject and its signature the CA key's); says what is wrong otherwise. A pair this
+/// process has checked before is not checked again ([`checked`]).
 pub fn verify_issued_by(der: &[u8], ca: &[u8]) -> Result<(), String> {
+    checked::issued_by(der, ca, || issued_by(der, ca))
+}
+
+fn issued_by(der: &[u8], ca: &[u8]) -> Result<(), String> {
     use ring::signature as sig;
     let (_, cert) = X509Certificate::from_der(der)
         .map_err(|e| format!("the certificate is not a certificate: {e}"))?;
@@ -245,6 +249,92 @@ pub fn verify_issued_by(der: &[u8], ca: &[u8]) -> Result<(), String> {
             cert.signature_value.data.as_ref(),
         )
         .map_err(|_| "the certificate's signature is not the CA's".to_owned())
+}
+
+/// What this process has already checked of certificates. The same few certificates (a
+/// federation's agencies and its coordinator) sign statements every round — results, receipts,
+/// keys of secure aggregation — and each statement's check began with an ECDSA verification of
+/// the certificate by its CA (some 0.1 ms) and a parse of its DER. A pair (certificate, CA)
+/// found issued, and a certificate's public key, are remembered by the SHA-256 of their bytes,
+/// so a certificate that differs by one byte is checked afresh; failures are not remembered.
+/// Nothing in these checks depends on the time, so a remembered answer is the answer. At most
+/// [`checked::REMEMBERED`] of each are kept: all are forgotten when one more would not fit.
+pub(crate) mod checked {
+    use std::collections::{HashMap, HashSet};
+    use std::sync::{Arc, LazyLock, Mutex};
+
+    use x509_parser::prelude::{FromDer, X509Certificate};
+
+    /// The most pairs, and the most keys, remembered.
+    pub(crate) const REMEMBERED: usize = 4096;
+
+    type Digest = [u8; 32];
+
+    #[derive(Default)]
+    struct Checked {
+        issued: HashSet<Digest>,
+        keys: HashMap<Digest, Arc<[u8]>>,
+    }
+
+    static CHECKED: LazyLock<Mutex<Checked>> = LazyLock::new(Default::default);
+
+    fn checked() -> std::sync::MutexGuard<'static, Checked> {
+        CHECKED.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The SHA-256 of the parts, each preceded by its length.
+    fn digest(parts: &[&[u8]]) -> Digest {
+        let mut context = ring::digest::Context::new(&ring::digest::SHA256);
+        for part in parts {
+            context.update(&(part.len() as u64).to_be_bytes());
+            context.update(part);
+        }
+        let mut out = [0u8; 32];
+        out.copy_from_slice(context.finish().as_ref());
+        out
+    }
+
+    /// `check`'s answer on whether `der` was issued by `ca`, unless this pair passed before.
+    pub(crate) fn issued_by(
+        der: &[u8],
+        ca: &[u8],
+        check: impl FnOnce() -> Result<(), String>,
+    ) -> Result<(), String> {
+        let pair = digest(&[der, ca]);
+        if checked().issued.contains(&pair) {
+            return Ok(());
+        }
+        check()?;
+        let mut checked = checked();
+        if checked.issued.len() >= REMEMBERED {
+            checked.issued.clear();
+        }
+        checked.issued.insert(pair);
+        Ok(())
+    }
+
+    /// The subject public key of the certificate `der`.
+    pub(crate) fn public_key(der: &[u8]) -> Result<Arc<[u8]>, String> {
+        let id = digest(&[der]);
+        if let Some(key) = checked().keys.get(&id) {
+            return Ok(Arc::clone(key));
+        }
+        let (_, cert) = X509Certificate::from_der(der).map_err(|e| e.to_string())?;
+        let key: Arc<[u8]> = cert.public_key().subject_public_key.data.as_ref().into();
+        let mut checked = checked();
+        if checked.keys.len() >= REMEMBERED {
+            checked.keys.clear();
+        }
+        checked.keys.insert(id, Arc::clone(&key));
+        Ok(key)
+    }
+
+    /// How many pairs and keys are remembered (for the tests).
+    #[cfg(test)]
+    pub(crate) fn sizes() -> (usize, usize) {
+        let checked = checked();
+        (checked.issued.len(), checked.keys.len())
+    }
 }
 
 /// A certificate's subject, as text.
@@ -701,5 +791,107 @@ async fn dial(
             io::ErrorKind::PermissionDenied,
             "the server presented no certificate",
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pki::{self, InitOptions, PkiDir};
+
+    /// A federation's PKI with the agencies `DE-BKA` and `FR-DGDDI`: its directory.
+    fn federation(root: &Path, name: &str) -> PkiDir {
+        let dir = PkiDir::new(root.join(name));
+        pki::init(
+            &dir,
+            &InitOptions {
+                federation: name.into(),
+                coordinator: "hub".into(),
+                coordinator_hosts: vec![],
+                operators: vec![],
+                agencies: vec![
+                    ("DE-BKA".into(), "DE".into()),
+                    ("FR-DGDDI".into(), "FR".into()),
+                ],
+                validity_days: 30,
+            },
+        )
+        .unwrap();
+        dir
+    }
+
+    fn der(path: &Path) -> Vec<u8> {
+        certificate_der(&std::fs::read(path).unwrap()).unwrap()
+    }
+
+    fn agency(dir: &PkiDir, id: &str, country: &str) -> (Vec<u8>, KeySigner) {
+        let (cert, key) = dir.cert_and_key(&Identity::agency(country, id).unwrap());
+        let signer = KeySigner::load(&TlsFiles {
+            ca_cert: dir.ca_cert(),
+            cert: cert.clone(),
+            key,
+        })
+        .unwrap();
+        (der(&cert), signer)
+    }
+
+    /// A remembered check answers for its own bytes only: the same certificate under another
+    /// CA, a certificate altered by one byte, another certificate's key.
+    #[test]
+    fn a_remembered_check_answers_only_for_the_same_bytes() {
+        let root = tempfile::tempdir().unwrap();
+        let (one, two) = (
+            federation(root.path(), "one"),
+            federation(root.path(), "two"),
+        );
+        let (ca_one, ca_two) = (der(&one.ca_cert()), der(&two.ca_cert()));
+        let (bka, bka_signer) = agency(&one, "DE-BKA", "DE");
+        let (dgddi, _) = agency(&one, "FR-DGDDI", "FR");
+
+        for _ in 0..2 {
+            verify_issued_by(&bka, &ca_one).unwrap();
+        }
+        let other = verify_issued_by(&bka, &ca_two).unwrap_err();
+        assert!(other.contains("not by the CA"), "{other}");
+        // The signature's last byte changed: still parsed, no longer the CA's.
+        let mut altered = bka.clone();
+        let last = altered.len() - 1;
+        altered[last] ^= 1;
+        let forged = verify_issued_by(&altered, &ca_one).unwrap_err();
+        assert!(forged.contains("not the CA's"), "{forged}");
+        verify_issued_by(&bka, &ca_one).unwrap();
+
+        let message = b"round 7: 1,000 examples";
+        let signature = bka_signer.sign(message).unwrap();
+        let scheme = bka_signer.scheme();
+        for _ in 0..2 {
+            verify_signature(&bka, &scheme, message, &signature).unwrap();
+        }
+        let wrong = verify_signature(&dgddi, &scheme, message, &signature).unwrap_err();
+        assert!(wrong.contains("not the certificate's key's"), "{wrong}");
+        let changed = verify_signature(&bka, &scheme, b"round 7: 9,000 examples", &signature);
+        assert!(changed.is_err());
+        let garbage = verify_signature(b"not a certificate", &scheme, message, &signature);
+        assert!(garbage.unwrap_err().contains("not a certificate"));
+    }
+
+    /// What is remembered stays within its bound however many certificates pass.
+    #[test]
+    fn what_is_remembered_is_bounded() {
+        for i in 0..checked::REMEMBERED + 10 {
+            checked::issued_by(format!("certificate {i}").as_bytes(), b"ca", || Ok(())).unwrap();
+        }
+        let (issued, keys) = checked::sizes();
+        assert!(issued <= checked::REMEMBERED, "{issued} pairs remembered");
+        assert!(keys <= checked::REMEMBERED, "{keys} keys remembered");
+        // A failed check is not remembered: the next asks again.
+        let mut asked = 0;
+        for _ in 0..2 {
+            let _ = checked::issued_by(b"refused", b"ca", || {
+                asked += 1;
+                Err("no".into())
+            });
+        }
+        assert_eq!(asked, 2);
     }
 }

@@ -236,6 +236,14 @@ fn cost(
     privacy::spent(&releases, delta).map_err(|e| LedgerError::Accounting(e.to_string()))
 }
 
+/// Keeps `spent` as the answer for `key`, forgetting the oldest beyond [`REMEMBERED_COSTS`].
+fn remember(costs: &mut Vec<(CostKey, Spent)>, key: CostKey, spent: Spent) {
+    if costs.len() >= REMEMBERED_COSTS {
+        costs.remove(0);
+    }
+    costs.push((key, spent));
+}
+
 /// A release recorded: what the agency has spent with it, and its entry's sequence number.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Recorded {
@@ -299,7 +307,17 @@ struct State {
     damage: Option<Damage>,
     /// The chain as this process last verified it (whole) or extended it.
     chain: Option<Chain>,
+    /// What the accountants said of the chain ending at an anchor, plus a release or none,
+    /// the latest few ([`REMEMBERED_COSTS`]): a round asks the same questions several times
+    /// (before and after its release, in its report), and the next round again. Keyed by the
+    /// end's hash, which vouches for every entry before it, so an answer is the answer.
+    costs: Vec<(CostKey, Spent)>,
 }
+
+/// A chain's end and the release added to it (`None`: nothing added).
+type CostKey = (Anchor, Option<Option<Vec<Release>>>);
+/// How many answers of the accountants a ledger remembers.
+const REMEMBERED_COSTS: usize = 8;
 
 impl Ledger {
     /// Opens the ledger in `dir` and verifies it; a damaged ledger is an error (the node does
@@ -453,31 +471,46 @@ impl Ledger {
         job: Option<(&str, &str)>,
     ) -> Result<(Spent, Option<Spent>, f64), LedgerError> {
         let mut state = self.lock();
-        let chain = self.verified(&mut state)?;
-        let spent = self.cost(&chain.entries, None)?;
+        let spent = self.chain_cost(&mut state, None)?;
         let after = next
-            .map(|n| self.cost(&chain.entries, Some(n)))
+            .map(|n| self.chain_cost(&mut state, Some(n)))
             .transpose()?;
         let of_job = match job {
             Some((job, federation)) => {
-                let entries: Vec<Entry> = chain
-                    .entries
-                    .iter()
-                    .filter(|e| e.job_id == job && e.federation == federation)
-                    .cloned()
-                    .collect();
-                self.cost(&entries, None)?.epsilon
+                let chain = self.verified(&mut state)?;
+                let of = |e: &&Entry| e.job_id == job && e.federation == federation;
+                if chain.entries.iter().all(|e| of(&e)) {
+                    // Every release is the job's: it has spent what the agency has.
+                    spent.epsilon
+                } else {
+                    let entries: Vec<Entry> = chain.entries.iter().filter(of).cloned().collect();
+                    self.cost(&entries, None)?.epsilon
+                }
             }
             None => 0.0,
         };
         Ok((spent, after, of_job))
     }
 
+    /// What the verified chain plus `more` costs, remembered by the chain's end.
+    fn chain_cost(
+        &self,
+        state: &mut State,
+        more: Option<Option<Vec<Release>>>,
+    ) -> Result<Spent, LedgerError> {
+        let key = (self.verified(state)?.end(), more);
+        if let Some((_, spent)) = state.costs.iter().find(|(k, _)| *k == key) {
+            return Ok(spent.clone());
+        }
+        let entries = state.chain.as_ref().map(|c| c.entries.as_slice());
+        let spent = self.cost(entries.unwrap_or_default(), key.1.clone())?;
+        remember(&mut state.costs, key, spent.clone());
+        Ok(spent)
+    }
+
     /// What the agency has spent, once the whole history is verified.
     pub fn spent(&self) -> Result<Spent, LedgerError> {
-        let mut state = self.lock();
-        let chain = self.verified(&mut state)?;
-        self.cost(&chain.entries, None)
+        self.chain_cost(&mut self.lock(), None)
     }
 
     /// Checks that the release fits the budget and records it durably. Only then may the node
@@ -495,13 +528,14 @@ impl Ledger {
         admit: impl FnOnce(&Spent, &[Entry]) -> Result<(), A>,
     ) -> Result<Recorded, LedgerRefusal<A>> {
         let mut state = self.lock();
-        let chain = self.verified(&mut state)?;
-        let before = self.cost(&chain.entries, None)?;
+        let before = self.chain_cost(&mut state, None)?;
         if entry.releases.is_none() {
             return Err(LedgerRefusal::NotPrivate);
         }
+        let chain = self.verified(&mut state)?;
         admit(&before, &chain.entries).map_err(LedgerRefusal::Admission)?;
-        let after = self.cost(&chain.entries, Some(entry.releases.clone()))?;
+        let after = self.chain_cost(&mut state, Some(entry.releases.clone()))?;
+        let chain = self.verified(&mut state)?;
         if let Some(budget) = self.budget
             && after.epsilon > budget.max_epsilon
         {
@@ -535,8 +569,11 @@ impl Ledger {
         self.db.flush().map_err(|e| store(&e))?;
         let head = chain::sha256(&value);
         self.anchor(&Anchor { count: seq, head })?;
-        if let Some(chain) = state.chain.as_mut() {
+        let State { chain, costs, .. } = &mut *state;
+        if let Some(chain) = chain.as_mut() {
             chain.push(entry.clone(), head);
+            // What the chain now costs is what it was judged to cost with this release.
+            remember(costs, (chain.end(), None), after.clone());
         }
         if let Err(error) = copy::append(&self.dir, &value) {
             tracing::warn!(dir = %self.dir.display(), %error, "cannot add the release to the copy of the privacy ledger its operator reads while the node runs");
@@ -611,6 +648,45 @@ mod tests {
             releases,
             secure_aggregation: None,
         }
+    }
+
+    /// The ledger remembers what its accountants said, by the chain's end: its reports must
+    /// still be what the accountants say of the releases themselves, round after round, when
+    /// the release recorded is not the one the last report announced, and with another job's
+    /// releases in the history.
+    #[test]
+    fn reports_are_what_the_accountants_say_of_the_history() {
+        let dir = tempfile::tempdir().unwrap();
+        let ledger = Ledger::open(dir.path(), None).unwrap();
+        let of = |releases: &[Release]| privacy::spent(releases, DEFAULT_DELTA).unwrap();
+        let gaussian = |rho| Release::Gaussian { rho };
+        let mut history: Vec<Release> = Vec::new();
+        let mut job_history: Vec<Release> = Vec::new();
+        for round in 1..=5u32 {
+            // Round 3 releases more than round 2's report announced; round 4 is another job's.
+            let release = gaussian(if round == 3 { 0.05 } else { 0.01 });
+            let mut e = entry(round, Some(release));
+            if round == 4 {
+                e.job_id = "job-000002".into();
+            } else {
+                job_history.push(release);
+            }
+            let recorded = ledger.record(&e).unwrap();
+            history.push(release);
+            assert_eq!(recorded.spent, of(&history), "round {round}");
+            let next = gaussian(0.01);
+            let report = ledger.report_for(Some(("job-000001", "f")), Some(Some(vec![next])));
+            assert_eq!(report.spent_epsilon, of(&history).epsilon, "round {round}");
+            let announced = [history.clone(), vec![next]].concat();
+            assert_eq!(report.epsilon_after_next_round, of(&announced).epsilon);
+            assert_eq!(
+                report.job_spent_epsilon,
+                of(&job_history).epsilon,
+                "round {round}"
+            );
+            assert_eq!(ledger.spent().unwrap(), of(&history));
+        }
+        assert!(of(&job_history).epsilon < of(&history).epsilon);
     }
 
     #[test]
