@@ -71,9 +71,10 @@ pub(crate) fn load(
     Ok((tensors, state))
 }
 
-/// Stores a model version durably, with its contributors and the server optimiser's state;
-/// the digest of its tensors (`treaty_proto::provenance::digest`), which the round's audit
-/// entry records.
+/// Stores a model version with its contributors and the server optimiser's state, made
+/// durable by the caller's next write of the job that names it ([`Store::put_model`]); the
+/// digest of its tensors (`treaty_proto::provenance::digest`), which the round's audit entry
+/// records.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn store(
     store: &Store,

@@ -707,9 +707,11 @@ impl Store {
             .collect()
     }
 
-    /// Stores a model version, durably. Versions are never overwritten.
-    /// Stores a model version durably. The record is encoded and dropped before sled copies
-    /// the encoding: a large model is held twice at most, never three times.
+    /// Stores a model version, not yet flushed: the caller's next durable write — the job's
+    /// head naming it as its latest model ([`Store::put_job`], [`Store::put_round`]) — makes
+    /// it durable with that write, one flush for both. sled recovers a prefix of its log, so
+    /// after a crash no job names a model that was lost. The record is encoded and dropped
+    /// before sled copies the encoding: a large model is held twice at most, never three times.
     pub(crate) fn put_model(&self, model: StoredModel) -> Result<(), CoordinatorError> {
         let version = model
             .header
@@ -719,7 +721,7 @@ impl Store {
         let encoded = model.encode_to_vec();
         drop(model);
         self.models.insert(version.as_bytes(), encoded)?;
-        self.flush()
+        Ok(())
     }
 
     /// A model version as a download sends it ([`ModelToSend`]): its header and tensors, read
