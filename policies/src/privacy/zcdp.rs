@@ -26,8 +26,12 @@ fn bound(rho: f64, delta: f64, alpha: f64) -> f64 {
 /// sign of `g(alpha) = rho (alpha - 1)^2 + ln alpha + ln delta`, which increases on alpha > 1
 /// from `ln delta < 0`: the bound falls, then rises, and its minimum is at g's one root, found
 /// by bisection on ln(alpha - 1) in [-50, 50]. Whatever alpha it ends on, the bound there is
-/// a valid epsilon (every alpha > 1 gives one); at the root it is the smallest.
+/// a valid epsilon (every alpha > 1 gives one); at the root it is the smallest. A delta
+/// outside (0, 1), or a bound that is not a number, gives an infinite epsilon (fail closed).
 pub fn epsilon(rho: f64, delta: f64) -> f64 {
+    if !(delta > 0.0 && delta < 1.0) {
+        return f64::INFINITY;
+    }
     if rho <= 0.0 {
         return 0.0;
     }
@@ -50,7 +54,10 @@ pub fn epsilon(rho: f64, delta: f64) -> f64 {
         }
     }
     let alpha = 1.0 + (0.5 * (lo + hi)).exp();
-    bound(rho, delta, alpha).max(0.0)
+    match bound(rho, delta, alpha) {
+        e if e.is_nan() => f64::INFINITY,
+        e => e.max(0.0),
+    }
 }
 
 /// The largest rho whose epsilon at `delta` is at most `epsilon` (bisection).
@@ -129,6 +136,11 @@ mod conversion_tests {
         }
         assert_eq!(epsilon(0.0, 1e-5), 0.0);
         assert_eq!(epsilon(f64::INFINITY, 1e-5), f64::INFINITY);
+        assert_eq!(epsilon(f64::NAN, 1e-5), f64::INFINITY);
+        // Fail closed: no delta outside (0, 1) buys an epsilon.
+        for delta in [0.0, -1e-5, 1.0, 2.0, f64::NAN] {
+            assert_eq!(epsilon(0.1, delta), f64::INFINITY, "delta {delta}");
+        }
     }
 }
 
