@@ -708,10 +708,13 @@ impl Store {
     }
 
     /// Stores a model version, not yet flushed: the caller's next durable write — the job's
-    /// head naming it as its latest model ([`Store::put_job`], [`Store::put_round`]) — makes
-    /// it durable with that write, one flush for both. sled recovers a prefix of its log, so
-    /// after a crash no job names a model that was lost. The record is encoded and dropped
-    /// before sled copies the encoding: a large model is held twice at most, never three times.
+    /// head naming it as its latest model ([`Store::put_job`], [`Store::put_round`]) — flushes
+    /// it with that write, one flush for both, and sled's log keeps it before the head that
+    /// names it. (sled keeps a value above about 128 KiB in a blob file of its own, which its
+    /// flush writes but does not sync: after a power failure, not a crash of the process, a
+    /// large model can be lost whatever the flush, as it could before.) The record is encoded
+    /// and dropped before sled copies the encoding: a large model is held twice at most, never
+    /// three times.
     pub(crate) fn put_model(&self, model: StoredModel) -> Result<(), CoordinatorError> {
         let version = model
             .header

@@ -218,6 +218,9 @@ pub fn verify_issued_by(der: &[u8], ca: &[u8]) -> Result<(), String> {
     checked::issued_by(der, ca, || issued_by(der, ca))
 }
 
+/// The issuer and the signature, nothing that depends on the time: its success is remembered
+/// ([`checked`]). A check that does depend on it (a validity period, a CRL) belongs outside,
+/// in every caller's path, never in here.
 fn issued_by(der: &[u8], ca: &[u8]) -> Result<(), String> {
     use ring::signature as sig;
     let (_, cert) = X509Certificate::from_der(der)

@@ -41,8 +41,10 @@
 //! state directory on purpose, who could rewrite chain and anchor together. Ledgers written
 //! before the chain existed have no anchor and are refused as damaged.
 //!
-//! What the agency has spent is recomputed from the whole history at every question, by the
-//! accountants of `treaty-policies`, never kept as a running figure. A release without a
+//! What the agency has spent is computed from the whole history by the accountants of
+//! `treaty-policies`, never kept as a running figure; their answer for a history is remembered
+//! by the hash at its end (which vouches for every entry before it), so that the questions of
+//! one round are not computed again. A release without a
 //! differential-privacy mechanism costs an unbounded epsilon: a node that keeps a budget refuses
 //! it.
 //!
@@ -237,7 +239,7 @@ fn cost(
 }
 
 /// Keeps `spent` as the answer for `key`, forgetting the oldest beyond [`REMEMBERED_COSTS`].
-fn remember(costs: &mut Vec<(CostKey, Spent)>, key: CostKey, spent: Spent) {
+fn remember(costs: &mut Costs, key: CostKey, spent: Spent) {
     if costs.len() >= REMEMBERED_COSTS {
         costs.remove(0);
     }
@@ -311,11 +313,13 @@ struct State {
     /// the latest few ([`REMEMBERED_COSTS`]): a round asks the same questions several times
     /// (before and after its release, in its report), and the next round again. Keyed by the
     /// end's hash, which vouches for every entry before it, so an answer is the answer.
-    costs: Vec<(CostKey, Spent)>,
+    costs: Costs,
 }
 
 /// A chain's end and the release added to it (`None`: nothing added).
 type CostKey = (Anchor, Option<Option<Vec<Release>>>);
+/// The accountants' answers a ledger remembers, latest last.
+type Costs = Vec<(CostKey, Spent)>;
 /// How many answers of the accountants a ledger remembers.
 const REMEMBERED_COSTS: usize = 8;
 
@@ -471,13 +475,13 @@ impl Ledger {
         job: Option<(&str, &str)>,
     ) -> Result<(Spent, Option<Spent>, f64), LedgerError> {
         let mut state = self.lock();
-        let spent = self.chain_cost(&mut state, None)?;
+        let (chain, costs) = self.verified_with_costs(&mut state)?;
+        let spent = self.chain_cost(chain, costs, None)?;
         let after = next
-            .map(|n| self.chain_cost(&mut state, Some(n)))
+            .map(|n| self.chain_cost(chain, costs, Some(n)))
             .transpose()?;
         let of_job = match job {
             Some((job, federation)) => {
-                let chain = self.verified(&mut state)?;
                 let of = |e: &&Entry| e.job_id == job && e.federation == federation;
                 if chain.entries.iter().all(|e| of(&e)) {
                     // Every release is the job's: it has spent what the agency has.
@@ -492,25 +496,44 @@ impl Ledger {
         Ok((spent, after, of_job))
     }
 
-    /// What the verified chain plus `more` costs, remembered by the chain's end.
+    /// The chain, verified once ([`Ledger::verified`]), with the accountants' answers
+    /// remembered for it.
+    fn verified_with_costs<'s>(
+        &self,
+        state: &'s mut State,
+    ) -> Result<(&'s mut Chain, &'s mut Costs), LedgerError> {
+        self.verified(state)?;
+        match state {
+            State {
+                chain: Some(chain),
+                costs,
+                ..
+            } => Ok((chain, costs)),
+            _ => Err(LedgerError::Accounting("no chain".into())),
+        }
+    }
+
+    /// What `chain` plus `more` costs, remembered by the chain's end.
     fn chain_cost(
         &self,
-        state: &mut State,
+        chain: &Chain,
+        costs: &mut Costs,
         more: Option<Option<Vec<Release>>>,
     ) -> Result<Spent, LedgerError> {
-        let key = (self.verified(state)?.end(), more);
-        if let Some((_, spent)) = state.costs.iter().find(|(k, _)| *k == key) {
+        let key = (chain.end(), more);
+        if let Some((_, spent)) = costs.iter().find(|(k, _)| *k == key) {
             return Ok(spent.clone());
         }
-        let entries = state.chain.as_ref().map(|c| c.entries.as_slice());
-        let spent = self.cost(entries.unwrap_or_default(), key.1.clone())?;
-        remember(&mut state.costs, key, spent.clone());
+        let spent = self.cost(&chain.entries, key.1.clone())?;
+        remember(costs, key, spent.clone());
         Ok(spent)
     }
 
     /// What the agency has spent, once the whole history is verified.
     pub fn spent(&self) -> Result<Spent, LedgerError> {
-        self.chain_cost(&mut self.lock(), None)
+        let mut state = self.lock();
+        let (chain, costs) = self.verified_with_costs(&mut state)?;
+        self.chain_cost(chain, costs, None)
     }
 
     /// Checks that the release fits the budget and records it durably. Only then may the node
@@ -528,14 +551,13 @@ impl Ledger {
         admit: impl FnOnce(&Spent, &[Entry]) -> Result<(), A>,
     ) -> Result<Recorded, LedgerRefusal<A>> {
         let mut state = self.lock();
-        let before = self.chain_cost(&mut state, None)?;
+        let (chain, costs) = self.verified_with_costs(&mut state)?;
+        let before = self.chain_cost(chain, costs, None)?;
         if entry.releases.is_none() {
             return Err(LedgerRefusal::NotPrivate);
         }
-        let chain = self.verified(&mut state)?;
         admit(&before, &chain.entries).map_err(LedgerRefusal::Admission)?;
-        let after = self.chain_cost(&mut state, Some(entry.releases.clone()))?;
-        let chain = self.verified(&mut state)?;
+        let after = self.chain_cost(chain, costs, Some(entry.releases.clone()))?;
         if let Some(budget) = self.budget
             && after.epsilon > budget.max_epsilon
         {
@@ -569,12 +591,9 @@ impl Ledger {
         self.db.flush().map_err(|e| store(&e))?;
         let head = chain::sha256(&value);
         self.anchor(&Anchor { count: seq, head })?;
-        let State { chain, costs, .. } = &mut *state;
-        if let Some(chain) = chain.as_mut() {
-            chain.push(entry.clone(), head);
-            // What the chain now costs is what it was judged to cost with this release.
-            remember(costs, (chain.end(), None), after.clone());
-        }
+        chain.push(entry.clone(), head);
+        // What the chain now costs is what it was judged to cost with this release.
+        remember(costs, (chain.end(), None), after.clone());
         if let Err(error) = copy::append(&self.dir, &value) {
             tracing::warn!(dir = %self.dir.display(), %error, "cannot add the release to the copy of the privacy ledger its operator reads while the node runs");
         }
