@@ -44,9 +44,8 @@
 //! What the agency has spent is computed from the whole history by the accountants of
 //! `treaty-policies`, never kept as a running figure; their answer for a history is remembered
 //! by the hash at its end (which vouches for every entry before it), so that the questions of
-//! one round are not computed again. A release without a
-//! differential-privacy mechanism costs an unbounded epsilon: a node that keeps a budget refuses
-//! it.
+//! one round are not computed again. A release without a differential-privacy mechanism costs
+//! an unbounded epsilon: a node that keeps a budget refuses it.
 //!
 //! The node's evidence log (`evidence`: tasks, decisions, receipts and approvals) is kept in
 //! the same database, in a chain of its own. This module alone touches the node's database.
