@@ -598,6 +598,19 @@ pub fn ledger_entries(config: &Path, kind: &str) -> Vec<serde_json::Value> {
         .collect()
 }
 
+/// The standard output of a command that must have succeeded; when it did not, the test fails
+/// with its output and its errors.
+pub fn succeeded_stdout(out: &std::process::Output) -> String {
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{:?}: {text}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    text
+}
+
 pub fn treaty_json<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> serde_json::Value {
     let out = Command::new(TREATY).args(args).output().unwrap();
     assert!(

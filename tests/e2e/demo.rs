@@ -2,7 +2,7 @@
 
 use std::process::Command;
 
-use crate::common::TREATY;
+use crate::common::{TREATY, succeeded_stdout};
 
 /// The number after `before` in `text`, up to the next space or comma.
 fn number_after(text: &str, before: &str) -> Option<f64> {
@@ -22,12 +22,7 @@ fn the_demo_runs_end_to_end_and_leaves_no_process() {
         .arg(keep.path())
         .output()
         .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = succeeded_stdout(&out);
     assert!(stdout.contains("all agencies connected"), "{stdout}");
     assert!(
         stdout.contains("statistics round: column sums from 5 agencies"),

@@ -171,12 +171,7 @@ async fn the_federated_model_is_as_good_as_the_pooled_one() {
         .args(["--limit", "2"])
         .output()
         .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{text}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = succeeded_stdout(&out);
     assert!(
         text.contains("record 2 (line 3): p = ")
             && text.contains("origin")

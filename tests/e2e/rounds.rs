@@ -157,13 +157,7 @@ async fn the_operator_cli_creates_a_federation_and_trains() {
             .args(args)
             .output()
             .unwrap();
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        assert!(
-            out.status.success(),
-            "{args:?}: {text}{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        text
+        succeeded_stdout(&out)
     };
     let c = config.to_str().unwrap();
     // A member names its country: the id alone, or the certificate's order, is refused with the

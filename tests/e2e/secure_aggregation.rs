@@ -36,6 +36,20 @@ const AGENCIES: [(&str, &str); 8] = [
     ("PL-KAS", "PL"),
 ];
 
+/// Waits for the eight agencies of [`AGENCIES`] to connect and creates the federation `eight`
+/// of them.
+async fn federation_of_eight(
+    op: &mut treaty_proto::v1::operator_service_client::OperatorServiceClient<
+        tonic::transport::Channel,
+    >,
+) {
+    let ids: Vec<&str> = AGENCIES.iter().map(|(a, _)| *a).collect();
+    wait_connected(op, &ids).await;
+    let members: Vec<String> = AGENCIES.iter().map(|(a, c)| format!("{a}:{c}")).collect();
+    let members: Vec<&str> = members.iter().map(String::as_str).collect();
+    create_federation(op, "eight", &members).await;
+}
+
 /// When a scripted agency stops answering.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Leaves {
@@ -265,11 +279,7 @@ async fn scripted() -> Scripted {
         ));
     }
     let mut op = fx.operator(&address).await;
-    let ids: Vec<&str> = AGENCIES.iter().map(|(a, _)| *a).collect();
-    wait_connected(&mut op, &ids).await;
-    let members: Vec<String> = AGENCIES.iter().map(|(a, c)| format!("{a}:{c}")).collect();
-    let members: Vec<&str> = members.iter().map(String::as_str).collect();
-    create_federation(&mut op, "eight", &members).await;
+    federation_of_eight(&mut op).await;
     Scripted {
         fx,
         coordinator,
@@ -450,11 +460,7 @@ async fn eight_nodes_train_under_secure_aggregation_through_two_kills() {
         .map(|(i, (id, country))| (*id, fx.start_node(id, country, &address, 40 + i as u64)))
         .collect();
     let mut op = fx.operator(&address).await;
-    let ids: Vec<&str> = AGENCIES.iter().map(|(a, _)| *a).collect();
-    wait_connected(&mut op, &ids).await;
-    let members: Vec<String> = AGENCIES.iter().map(|(a, c)| format!("{a}:{c}")).collect();
-    let members: Vec<&str> = members.iter().map(String::as_str).collect();
-    create_federation(&mut op, "eight", &members).await;
+    federation_of_eight(&mut op).await;
     let mut spec = secure_spec(3);
     if let Some(p) = spec.privacy.as_mut() {
         p.evaluation_epsilon = Some(20.0);
@@ -487,9 +493,9 @@ async fn eight_nodes_train_under_secure_aggregation_through_two_kills() {
     for later in &job.rounds[1..] {
         let mut contributors = later.contributors.clone();
         contributors.sort();
-        let alive: Vec<&str> = ids
+        let alive: Vec<&str> = AGENCIES
             .iter()
-            .copied()
+            .map(|(a, _)| *a)
             .filter(|a| *a != "FR-DGDDI" && *a != "NL-POLITIE")
             .collect();
         assert_eq!(contributors, alive, "{later:?}");
@@ -708,12 +714,7 @@ async fn real_nodes_train_under_distributed_noise_on_their_own_assumptions() {
         ])
         .output()
         .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{text}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = succeeded_stdout(&out);
     assert!(text.contains("job succeeded after 2 round(s)"), "{text}");
     assert!(text.contains("full batch"), "{text}");
 }
