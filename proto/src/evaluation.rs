@@ -389,13 +389,19 @@ pub fn describe(
     shown.join(" ")
 }
 
-/// A draw of Laplace noise of scale `scale` (by inversion of its distribution function).
+/// A draw of Laplace noise of scale `scale`.
 fn laplace(rng: &mut impl Rng, scale: f64) -> f64 {
     if scale <= 0.0 {
         return 0.0;
     }
-    let u: f64 = rng.random::<f64>() - 0.5;
-    -scale * u.signum() * (1.0 - 2.0 * u.abs()).max(f64::MIN_POSITIVE).ln()
+    // An exponential of mean `scale` with a random sign; the ziggurat's exponential spares the
+    // logarithm of the inverse CDF, which was a tenth of the coordinator's CPU in W3.
+    let magnitude: f64 = scale * rng.sample::<f64, _>(rand_distr::Exp1);
+    if rng.random::<bool>() {
+        magnitude
+    } else {
+        -magnitude
+    }
 }
 
 #[cfg(test)]
@@ -413,28 +419,44 @@ mod tests {
         }
     }
 
-    #[test]
-    fn an_accuracy_interval_matches_the_delta_method() {
-        // Accuracy = C / T, C the 4 correct counts (negatives below 1/2, positives above), T
-        // all 8, each with Laplace noise of variance 2 b^2. By the delta method,
-        // Var(acc) = 2 b^2 / T^2 (4 (1 - acc)^2 + 4 acc^2): the correct counts move both C and
-        // T, the wrong ones T alone.
-        let (b, e) = (
-            20.0,
-            binary([400.0, 300.0, 100.0, 50.0, 60.0, 90.0, 500.0, 500.0], 20.0),
-        );
+    /// The evaluation of the two tests below, its accuracy, and the accuracy's standard
+    /// deviation under its noise by the delta method: accuracy = C / T, C the 4 correct counts
+    /// (negatives below 1/2, positives above), T all 8, each with Laplace noise of variance
+    /// 2 b^2, so Var(acc) = 2 b^2 / T^2 (4 (1 - acc)^2 + 4 acc^2): the correct counts move both
+    /// C and T, the wrong ones T alone.
+    fn delta_method_case() -> (Evaluation, f64, f64) {
+        let b = 20.0;
+        let e = binary([400.0, 300.0, 100.0, 50.0, 60.0, 90.0, 500.0, 500.0], b);
         let (c, t) = (400.0 + 300.0 + 500.0 + 500.0, 2000.0);
         let acc: f64 = c / t;
         let sd = (2.0 * b * b / (t * t) * (4.0 * (1.0 - acc).powi(2) + 4.0 * acc * acc)).sqrt();
+        (e, acc, sd)
+    }
+
+    /// Half an interval's width.
+    fn half(i: &MetricInterval) -> f64 {
+        (i.high - i.low) / 2.0
+    }
+
+    #[test]
+    fn an_accuracy_interval_matches_the_delta_method() {
+        let (e, acc, sd) = delta_method_case();
         let i = &intervals(&[&e]).pooled["test_accuracy"];
-        let half = (i.high - i.low) / 2.0;
-        assert!((half / (1.96 * sd) - 1.0).abs() < 0.1, "{i:?} vs sd {sd}");
         assert!(i.low < acc && acc < i.high && !i.meaningless, "{i:?}");
-        // Pooling two agencies' counts with the same noise each: the interval narrows by about
+        // A 95 % interval is 1.96 standard deviations each side. One interval's half-width
+        // varies by some 4 % from one generator to another (1,000 draws), so the test takes
+        // the mean over 64 evaluations, each redrawn with a generator of its own; a sum of 8
+        // Laplace draws has heavier tails than a normal, some 3 % wider at 95 %.
+        let each = intervals(&vec![&e; 64]).each;
+        let mean = each.iter().map(|m| half(&m["test_accuracy"])).sum::<f64>() / 64.0;
+        assert!((mean / (1.96 * sd) - 1.0).abs() < 0.08, "{mean} vs sd {sd}");
+        // Pooling two agencies' counts with the same noise each: the interval narrows by
         // sqrt(2) (counts and noise variances both double).
         let two = &intervals(&[&e, &e]).pooled["test_accuracy"];
-        let ratio = (two.high - two.low) / (i.high - i.low);
-        assert!((ratio * 2f64.sqrt() - 1.0).abs() < 0.12, "{ratio}");
+        assert!(
+            (half(two) * 2f64.sqrt() / (1.96 * sd) - 1.0).abs() < 0.15,
+            "{two:?} vs sd {sd}"
+        );
     }
 
     #[test]
@@ -527,24 +549,25 @@ mod tests {
     fn many_evaluations_are_redrawn_independently_and_alike_every_time() {
         // More evaluations than a chunk: each with noise of its own, so pooling n equal
         // evaluations narrows the accuracy interval by sqrt(n) (counts grow n-fold, the noise's
-        // standard deviation sqrt(n)-fold), as the delta method of the test above says.
-        let e = binary([400.0, 300.0, 100.0, 50.0, 60.0, 90.0, 500.0, 500.0], 20.0);
+        // standard deviation sqrt(n)-fold), as the delta method of the test above says. Noise
+        // shared by the evaluations would leave it as wide as one evaluation's.
+        let (e, _, sd) = delta_method_case();
         let n = 3 * CHUNK + 5;
         let many: Vec<&Evaluation> = vec![&e; n];
-        let one = &intervals(&[&e]).pooled["test_accuracy"];
         let all = intervals(&many);
         let pooled = &all.pooled["test_accuracy"];
-        let ratio = (pooled.high - pooled.low) / (one.high - one.low);
         assert!(
-            (ratio * (n as f64).sqrt() - 1.0).abs() < 0.12,
-            "{ratio} for {n}"
+            (half(pooled) * (n as f64).sqrt() / (1.96 * sd) - 1.0).abs() < 0.12,
+            "{pooled:?} for {n}"
         );
-        // Every evaluation has its own intervals, each as wide as the one alone.
+        // Every evaluation has its own intervals, each about as wide as the delta method says
+        // (within five times the spread of one interval's width), and not all alike.
         assert_eq!(all.each.len(), n);
-        for each in &all.each {
-            let i = &each["test_accuracy"];
-            assert!(((i.high - i.low) / (one.high - one.low) - 1.0).abs() < 0.15);
+        let halves: Vec<f64> = all.each.iter().map(|m| half(&m["test_accuracy"])).collect();
+        for h in &halves {
+            assert!((h / (1.96 * sd) - 1.0).abs() < 0.2, "{h} vs sd {sd}");
         }
+        assert!(halves.iter().any(|h| *h != halves[0]));
         // The same counts give the same intervals.
         assert_eq!(intervals(&many), all);
     }

@@ -114,14 +114,16 @@ pub(super) fn check_request<'r>(
             ));
         }
     }
-    let exact = |name: &str, x: f64| match Decimal::from_f64(x) {
+    // The name is written only for an error: a round of 1,000 agencies checks 1,000 of them.
+    let exact = |name: &dyn Fn() -> String, x: f64| match Decimal::from_f64(x) {
         Some(d) if x >= 0.0 => Ok(d),
         _ => Err(RequestError(format!(
-            "{name} must be a finite number >= 0, not {x}"
+            "{} must be a finite number >= 0, not {x}",
+            name()
         ))),
     };
-    let epsilon = exact("epsilon_per_round", request.epsilon_per_round)?;
-    let delta = exact("delta", request.delta)?;
+    let epsilon = exact(&|| "epsilon_per_round".into(), request.epsilon_per_round)?;
+    let delta = exact(&|| "delta".into(), request.delta)?;
     let mut cumulative = Vec::new();
     let mut seen = std::collections::BTreeSet::new();
     let mut countries = std::collections::BTreeSet::new();
@@ -134,7 +136,7 @@ pub(super) fn check_request<'r>(
         }
         countries.insert(p.country.as_str());
         cumulative.push(exact(
-            &format!("cumulative_epsilon of {}", p.agency),
+            &|| format!("cumulative_epsilon of {}", p.agency),
             p.cumulative_epsilon,
         )?);
     }
