@@ -302,7 +302,9 @@ fn redraw(first: usize, chunk: &[&Evaluation], width: usize) -> Redrawn {
     let mut redrawn = vec![0.0; width];
     let mut draws: Vec<Values> = Vec::with_capacity(DRAWS);
     for (i, e) in chunk.iter().enumerate() {
-        let mut rng = rand::rngs::StdRng::seed_from_u64(SEED.wrapping_add((first + i) as u64));
+        // A fast generator, not a cryptographic one: the draws are post-processing of released
+        // counts, and only their distribution matters.
+        let mut rng = rand::rngs::SmallRng::seed_from_u64(SEED.wrapping_add((first + i) as u64));
         let logs = log_centres(e);
         draws.clear();
         for sum in out.sums.chunks_mut(width.max(1)) {
