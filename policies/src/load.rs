@@ -124,6 +124,11 @@ pub fn load_file(
 /// Parsed texts remembered by their inputs.
 type Remembered<V> = OnceLock<Mutex<HashMap<String, V>>>;
 
+/// How many parsed texts a cache holds before it starts afresh. A process that hosts many
+/// agencies reads a registry and a policy per agency: W3's host of 1,000 agencies, with room for
+/// 256, cleared its caches every round and parsed every registry afresh at every check.
+const REMEMBERED: usize = 4096;
+
 /// What `parse` gives for inputs `key` (names and the SHA-256 of every text it reads),
 /// remembered in `cache`: parsing is a pure function of its inputs.
 fn parsed<V: Clone>(cache: &'static Remembered<V>, key: &[&str], parse: impl FnOnce() -> V) -> V {
@@ -134,7 +139,7 @@ fn parsed<V: Clone>(cache: &'static Remembered<V>, key: &[&str], parse: impl FnO
     }
     let v = parse();
     let mut cache = cache.lock().unwrap_or_else(|e| e.into_inner());
-    if cache.len() >= 256 {
+    if cache.len() >= REMEMBERED {
         cache.clear();
     }
     cache.insert(key, v.clone());
