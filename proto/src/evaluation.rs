@@ -585,6 +585,14 @@ mod tests {
         assert!((var / 18.0 - 1.0).abs() < 0.03, "{var}");
         let mad = draws.iter().map(|x| x.abs()).sum::<f64>() / n as f64;
         assert!((mad / 3.0 - 1.0).abs() < 0.02, "{mad}");
+        // Its shape: symmetric, and P(|X| > t) = exp(-t / b), 5 % beyond b ln 20 (a normal of
+        // the same variance leaves 3.4 % there).
+        let share =
+            |f: &dyn Fn(f64) -> bool| draws.iter().filter(|x| f(**x)).count() as f64 / n as f64;
+        let positive = share(&|x| x > 0.0);
+        assert!((positive - 0.5).abs() < 0.005, "{positive}");
+        let tail = share(&|x| x.abs() > 3.0 * 20f64.ln());
+        assert!((tail - 0.05).abs() < 0.003, "{tail}");
     }
 
     #[test]

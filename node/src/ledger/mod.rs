@@ -57,8 +57,9 @@ mod copy;
 mod damage_tests;
 pub(crate) mod evidence;
 
+use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use serde::{Deserialize, Serialize};
 use treaty_policies::privacy::{self, Release, Spent};
@@ -199,8 +200,15 @@ pub fn read(dir: &Path, budget: Option<Budget>) -> Result<Reading, LedgerError> 
     })
 }
 
+/// sled's log file in `dir`, for tests that open the evidence log on a database of their own.
+#[cfg(test)]
+pub(crate) fn log_for_tests(dir: &Path) -> Arc<File> {
+    open_log(dir).unwrap_or_else(|e| panic!("{e}"))
+}
+
 /// Opens the database in `dir` once a handle dropped just before has let go of its lock
-/// (sled's flusher thread releases it a moment after the drop): for tests that reopen one.
+/// (sled's flusher thread, where it runs, releases it a moment after the drop): for tests that
+/// reopen one.
 #[cfg(test)]
 pub(crate) fn reopen_for_tests(dir: &Path) -> sled::Db {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
@@ -294,6 +302,8 @@ impl<A> From<LedgerError> for LedgerRefusal<A> {
 pub struct Ledger {
     dir: PathBuf,
     db: sled::Db,
+    /// sled's log file, synced after each flush ([`durable`]).
+    log: Arc<File>,
     tree: sled::Tree,
     budget: Option<Budget>,
     /// Every use of the ledger holds this lock, so two tasks cannot both fit the last budget and
@@ -322,6 +332,23 @@ type Costs = Vec<(CostKey, Spent)>;
 /// How many answers of the accountants a ledger remembers.
 const REMEMBERED_COSTS: usize = 8;
 
+/// sled 0.34's log, the one file its database writes (small values, as the ledger's and the
+/// evidence log's are, live in it).
+const SLED_LOG: &str = "db";
+
+/// sled's log file in `dir`, opened to be synced.
+fn open_log(dir: &Path) -> std::io::Result<Arc<File>> {
+    File::open(dir.join(SLED_LOG)).map(Arc::new)
+}
+
+/// Makes what was written to `db` durable: sled's flush writes its log with Linux's
+/// `sync_file_range`, which persists neither the file's size nor the disk's write cache, and the
+/// `fdatasync` of the log after it does.
+pub(crate) fn durable(db: &sled::Db, log: &File) -> std::io::Result<()> {
+    db.flush().map_err(std::io::Error::other)?;
+    log.sync_data()
+}
+
 impl Ledger {
     /// Opens the ledger in `dir` and verifies it; a damaged ledger is an error (the node does
     /// not start on it).
@@ -330,14 +357,15 @@ impl Ledger {
             dir: dir.to_owned(),
             fault,
         };
-        // Every write to the ledger and the evidence log flushes itself before it returns, so
-        // sled's periodic flusher (a thread per database, waking twice a second) adds nothing
-        // but cost: a host of 1,000 agencies would run 1,000 of them.
+        // Every write to the ledger and the evidence log is made durable before it returns
+        // ([`durable`]), so sled's periodic flusher (a thread per database, waking twice a
+        // second) adds nothing but cost: a host of 1,000 agencies would run 1,000 of them.
         let db = sled::Config::new()
             .path(dir)
             .flush_every_ms(None)
             .open()
             .map_err(|e| damage(Fault::Unopenable(e.to_string())))?;
+        let log = open_log(dir).map_err(|e| damage(Fault::Unopenable(e.to_string())))?;
         let tree = db.open_tree("ledger").map_err(|e| {
             damage(Fault::Unreadable {
                 after: 0,
@@ -347,6 +375,7 @@ impl Ledger {
         let ledger = Ledger {
             dir: dir.to_owned(),
             db,
+            log,
             tree,
             budget,
             state: Mutex::new(State::default()),
@@ -591,7 +620,7 @@ impl Ledger {
                 "entry {seq} is already stored though the chain ended before it"
             )));
         }
-        self.db.flush().map_err(|e| store(&e))?;
+        durable(&self.db, &self.log).map_err(|e| store(&e))?;
         let head = chain::sha256(&value);
         self.anchor(&Anchor { count: seq, head })?;
         chain.push(entry.clone(), head);
@@ -605,7 +634,7 @@ impl Ledger {
 
     /// Opens the node's evidence log, kept in the ledger's database, and reads its records.
     pub fn evidence(&self) -> Result<(Evidence, Vec<Record>), EvidenceError> {
-        Evidence::open(&self.db)
+        Evidence::open(&self.db, self.log.clone())
     }
 
     /// The report for the coordinator, with what one more `next` release would bring the total
