@@ -157,8 +157,8 @@ mod tests {
 
 /// jemalloc instead of the system's allocator, for every process the binary runs (coordinator,
 /// nodes, benchmarks). Measured on W3 (a host of 1,000 agencies on 2 cores): glibc's malloc and
-/// free were about a sixth of the host's CPU, and jemalloc made the round some 15 % shorter at
-/// the same peak memory (mimalloc, also tried, made it as short but held five times the memory).
+/// free were about a sixth of the host's CPU, and jemalloc made the round some 15 % shorter for
+/// a peak some 7 % higher (mimalloc, also tried, made it as short but held five times the memory).
 #[cfg(not(target_env = "msvc"))]
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
