@@ -578,7 +578,7 @@ mod tests {
 
     fn approvals(dir: &std::path::Path, approvers: &[&str]) -> (Approvals, Arc<Evidence>) {
         let db = crate::ledger::reopen_for_tests(dir);
-        let (evidence, records) = Evidence::open(&db, crate::ledger::log_for_tests(dir)).unwrap();
+        let (evidence, records) = Evidence::open(&db).unwrap();
         let evidence = Arc::new(evidence);
         let config = ApprovalConfig {
             required: true,
@@ -675,7 +675,7 @@ mod tests {
     fn without_the_setting_every_job_goes_ahead() {
         let dir = tempfile::tempdir().unwrap();
         let db = crate::ledger::reopen_for_tests(dir.path());
-        let (evidence, _) = Evidence::open(&db, crate::ledger::log_for_tests(dir.path())).unwrap();
+        let (evidence, _) = Evidence::open(&db).unwrap();
         let a = Approvals::new(ApprovalConfig::default(), Arc::new(evidence), &[]);
         assert_eq!(code(a.check(&task("j1", 1.0), HUB, 1)), "OK");
         let err = approve(&a, "Jane", ("jdoe", 1000), 2).unwrap_err();

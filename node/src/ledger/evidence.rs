@@ -14,6 +14,7 @@ use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
 
+use super::Database;
 use super::chain::{GENESIS, Hash, hex, key, sha256};
 
 /// One thing the node did or was told, as its log keeps it.
@@ -131,9 +132,7 @@ pub enum EvidenceError {
 /// The log, open.
 #[derive(Debug)]
 pub struct Evidence {
-    db: sled::Db,
-    /// sled's log file, synced after each flush ([`super::durable`]).
-    log: std::sync::Arc<std::fs::File>,
+    db: Database,
     tree: sled::Tree,
     /// The chain's length and last hash; appends hold this lock.
     end: Mutex<(u64, Hash)>,
@@ -141,10 +140,7 @@ pub struct Evidence {
 
 impl Evidence {
     /// Opens the log in the ledger's database and walks its chain.
-    pub(crate) fn open(
-        db: &sled::Db,
-        log: std::sync::Arc<std::fs::File>,
-    ) -> Result<(Self, Vec<Record>), EvidenceError> {
+    pub(crate) fn open(db: &Database) -> Result<(Self, Vec<Record>), EvidenceError> {
         let tree = db
             .open_tree("evidence")
             .map_err(|e| EvidenceError::Unreadable(e.to_string()))?;
@@ -158,7 +154,6 @@ impl Evidence {
         Ok((
             Evidence {
                 db: db.clone(),
-                log,
                 tree,
                 end: Mutex::new(end),
             },
@@ -198,7 +193,7 @@ impl Evidence {
             // The chain in memory follows the tree, whatever fails after.
             *end = next;
         }
-        super::durable(&self.db, &self.log).map_err(|e| write(&e))?;
+        self.db.flush().map_err(|e| write(&e))?;
         Ok(next.0)
     }
 
@@ -283,14 +278,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         {
             let db = crate::ledger::reopen_for_tests(dir.path());
-            let (log, none) =
-                Evidence::open(&db, crate::ledger::log_for_tests(dir.path())).unwrap();
+            let (log, none) = Evidence::open(&db).unwrap();
             assert!(none.is_empty());
             assert_eq!(log.append(approval("a")).unwrap(), 1);
             assert_eq!(log.append(approval("b")).unwrap(), 2);
         }
         let db = crate::ledger::reopen_for_tests(dir.path());
-        let (log, records) = Evidence::open(&db, crate::ledger::log_for_tests(dir.path())).unwrap();
+        let (log, records) = Evidence::open(&db).unwrap();
         assert_eq!(records, vec![approval("a"), approval("b")]);
         // The second link names the SHA-256 of the first's stored bytes, computed here by ring
         // directly, not by the log's own helper.
@@ -307,7 +301,7 @@ mod tests {
         let setup = || {
             let dir = tempfile::tempdir().unwrap();
             let db = crate::ledger::reopen_for_tests(dir.path());
-            let (log, _) = Evidence::open(&db, crate::ledger::log_for_tests(dir.path())).unwrap();
+            let (log, _) = Evidence::open(&db).unwrap();
             for job in ["a", "b", "c"] {
                 log.append(approval(job)).unwrap();
             }
@@ -316,28 +310,28 @@ mod tests {
         let tree = |db: &sled::Db| db.open_tree("evidence").unwrap();
 
         // One byte of record 2 changed (its job id): record 3 no longer follows it.
-        let (d, db) = setup();
+        let (_d, db) = setup();
         let v = tree(&db).get(key(2)).unwrap().unwrap().to_vec();
         let altered = String::from_utf8(v).unwrap().replace("\"b\"", "\"x\"");
         tree(&db).insert(key(2), altered.as_bytes()).unwrap();
-        let err = Evidence::open(&db, crate::ledger::log_for_tests(d.path())).unwrap_err();
+        let err = Evidence::open(&db).unwrap_err();
         assert!(matches!(err, EvidenceError::Broken { at: 3, .. }), "{err}");
 
         // Record 2 removed.
-        let (d, db) = setup();
+        let (_d, db) = setup();
         tree(&db).remove(key(2)).unwrap();
-        let err = Evidence::open(&db, crate::ledger::log_for_tests(d.path())).unwrap_err();
+        let err = Evidence::open(&db).unwrap_err();
         assert!(matches!(err, EvidenceError::Broken { at: 2, .. }), "{err}");
 
         // Records 2 and 3 swapped.
-        let (d, db) = setup();
+        let (_d, db) = setup();
         let (two, three) = (
             tree(&db).get(key(2)).unwrap().unwrap(),
             tree(&db).get(key(3)).unwrap().unwrap(),
         );
         tree(&db).insert(key(2), three).unwrap();
         tree(&db).insert(key(3), two).unwrap();
-        let err = Evidence::open(&db, crate::ledger::log_for_tests(d.path())).unwrap_err();
+        let err = Evidence::open(&db).unwrap_err();
         assert!(matches!(err, EvidenceError::Broken { at: 2, .. }), "{err}");
         assert!(err.to_string().contains("record 2"), "{err}");
     }
@@ -346,7 +340,7 @@ mod tests {
     fn an_export_is_read_with_the_same_checks() {
         let dir = tempfile::tempdir().unwrap();
         let db = crate::ledger::reopen_for_tests(dir.path());
-        let (log, _) = Evidence::open(&db, crate::ledger::log_for_tests(dir.path())).unwrap();
+        let (log, _) = Evidence::open(&db).unwrap();
         for job in ["a", "b", "c"] {
             log.append(approval(job)).unwrap();
         }

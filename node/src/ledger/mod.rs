@@ -200,20 +200,14 @@ pub fn read(dir: &Path, budget: Option<Budget>) -> Result<Reading, LedgerError> 
     })
 }
 
-/// sled's log file in `dir`, for tests that open the evidence log on a database of their own.
-#[cfg(test)]
-pub(crate) fn log_for_tests(dir: &Path) -> Arc<File> {
-    open_log(dir).unwrap_or_else(|e| panic!("{e}"))
-}
-
 /// Opens the database in `dir` once a handle dropped just before has let go of its lock
 /// (sled's flusher thread, where it runs, releases it a moment after the drop): for tests that
 /// reopen one.
 #[cfg(test)]
-pub(crate) fn reopen_for_tests(dir: &Path) -> sled::Db {
+pub(crate) fn reopen_for_tests(dir: &Path) -> Database {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     loop {
-        match sled::open(dir) {
+        match Database::open(dir) {
             Ok(db) => return db,
             Err(e) if std::time::Instant::now() < deadline && e.to_string().contains("lock") => {
                 std::thread::sleep(std::time::Duration::from_millis(20))
@@ -301,9 +295,7 @@ impl<A> From<LedgerError> for LedgerRefusal<A> {
 #[derive(Debug)]
 pub struct Ledger {
     dir: PathBuf,
-    db: sled::Db,
-    /// sled's log file, synced after each flush ([`durable`]).
-    log: Arc<File>,
+    db: Database,
     tree: sled::Tree,
     budget: Option<Budget>,
     /// Every use of the ledger holds this lock, so two tasks cannot both fit the last budget and
@@ -336,17 +328,45 @@ const REMEMBERED_COSTS: usize = 8;
 /// evidence log's are, live in it).
 const SLED_LOG: &str = "db";
 
-/// sled's log file in `dir`, opened to be synced.
-fn open_log(dir: &Path) -> std::io::Result<Arc<File>> {
-    File::open(dir.join(SLED_LOG)).map(Arc::new)
+/// The node's sled database, holding the ledger and the evidence log, with its log file open to
+/// be synced: what is written to it is durable once [`Database::flush`] returns. It runs no
+/// periodic flusher (a thread per database, waking twice a second), which adds nothing to a
+/// flush after every write but cost: a host of 1,000 agencies would run 1,000 of them.
+#[derive(Debug, Clone)]
+pub(crate) struct Database {
+    db: sled::Db,
+    log: Arc<File>,
 }
 
-/// Makes what was written to `db` durable: sled's flush writes its log with Linux's
-/// `sync_file_range`, which persists neither the file's size nor the disk's write cache, and the
-/// `fdatasync` of the log after it does.
-pub(crate) fn durable(db: &sled::Db, log: &File) -> std::io::Result<()> {
-    db.flush().map_err(std::io::Error::other)?;
-    log.sync_data()
+impl Database {
+    fn open(dir: &Path) -> Result<Self, String> {
+        let db = sled::Config::new()
+            .path(dir)
+            .flush_every_ms(None)
+            .open()
+            .map_err(|e| e.to_string())?;
+        let log = File::open(dir.join(SLED_LOG)).map_err(|e| e.to_string())?;
+        Ok(Database {
+            db,
+            log: Arc::new(log),
+        })
+    }
+
+    /// Makes what was written durable: sled's flush writes its log with Linux's
+    /// `sync_file_range`, which persists neither the file's size nor the disk's write cache,
+    /// and the `fdatasync` of the log after it does.
+    pub(crate) fn flush(&self) -> std::io::Result<()> {
+        self.db.flush().map_err(std::io::Error::other)?;
+        self.log.sync_data()
+    }
+}
+
+impl std::ops::Deref for Database {
+    type Target = sled::Db;
+
+    fn deref(&self) -> &sled::Db {
+        &self.db
+    }
 }
 
 impl Ledger {
@@ -357,15 +377,7 @@ impl Ledger {
             dir: dir.to_owned(),
             fault,
         };
-        // Every write to the ledger and the evidence log is made durable before it returns
-        // ([`durable`]), so sled's periodic flusher (a thread per database, waking twice a
-        // second) adds nothing but cost: a host of 1,000 agencies would run 1,000 of them.
-        let db = sled::Config::new()
-            .path(dir)
-            .flush_every_ms(None)
-            .open()
-            .map_err(|e| damage(Fault::Unopenable(e.to_string())))?;
-        let log = open_log(dir).map_err(|e| damage(Fault::Unopenable(e.to_string())))?;
+        let db = Database::open(dir).map_err(|e| damage(Fault::Unopenable(e)))?;
         let tree = db.open_tree("ledger").map_err(|e| {
             damage(Fault::Unreadable {
                 after: 0,
@@ -375,7 +387,6 @@ impl Ledger {
         let ledger = Ledger {
             dir: dir.to_owned(),
             db,
-            log,
             tree,
             budget,
             state: Mutex::new(State::default()),
@@ -620,7 +631,7 @@ impl Ledger {
                 "entry {seq} is already stored though the chain ended before it"
             )));
         }
-        durable(&self.db, &self.log).map_err(|e| store(&e))?;
+        self.db.flush().map_err(|e| store(&e))?;
         let head = chain::sha256(&value);
         self.anchor(&Anchor { count: seq, head })?;
         chain.push(entry.clone(), head);
@@ -634,7 +645,7 @@ impl Ledger {
 
     /// Opens the node's evidence log, kept in the ledger's database, and reads its records.
     pub fn evidence(&self) -> Result<(Evidence, Vec<Record>), EvidenceError> {
-        Evidence::open(&self.db, self.log.clone())
+        Evidence::open(&self.db)
     }
 
     /// The report for the coordinator, with what one more `next` release would bring the total
