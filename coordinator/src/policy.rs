@@ -161,6 +161,7 @@ fn decide_now(ctx: &Coordinator, q: &Question) -> Result<RoundDecision, Coordina
             })
             .collect(),
         registry_version: registry.version.clone(),
+        participants_sha256: Default::default(),
     };
     let versions: Vec<String> = decision
         .policy_versions

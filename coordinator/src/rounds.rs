@@ -585,6 +585,7 @@ impl Asking<'_> {
             None => None,
         };
         let mut open: HashMap<Identity, String> = HashMap::new(); // agency -> task id
+        let bare = treaty_proto::participants::bare(terms);
         for agency in agencies {
             let task_id = match attempt {
                 0 => format!("{}-r{round}-{}", job.job_id, shown(agency)),
@@ -601,26 +602,22 @@ impl Asking<'_> {
                     .copied()
                     .unwrap_or_else(|| median(job.public_records.values().copied()));
             }
-            let message = CoordinatorMessage {
-                kind: Some(coordinator_message::Kind::Task(Task {
-                    task_id: task_id.clone(),
-                    job_id: job.job_id.clone(),
-                    federation: job.federation.clone(),
-                    round,
-                    deadline_unix_ms: deadline_ms,
-                    kind: Some(kind),
-                    terms: Some(terms.clone()),
-                    job: Some(stated.clone()),
-                    secure_aggregation: secure_params.as_ref().map(crate::secure::wire),
-                })),
+            let task = Task {
+                task_id: task_id.clone(),
+                job_id: job.job_id.clone(),
+                federation: job.federation.clone(),
+                round,
+                deadline_unix_ms: deadline_ms,
+                kind: Some(kind),
+                // Set by `send_task`: in full, or naming participants the session was sent.
+                terms: None,
+                job: Some(stated.clone()),
+                secure_aggregation: secure_params.as_ref().map(crate::secure::wire),
             };
             let secure = secure_params.is_some();
             ctx.tasks
                 .open(&task_id, agency, tx.clone(), self.intake, secure);
-            let sent = match ctx.sessions.outbox(agency) {
-                Some(outbox) => outbox.send(Ok(message)).await.is_ok(),
-                None => false,
-            };
+            let sent = ctx.sessions.send_task(agency, task, terms, &bare).await;
             if sent {
                 open.insert(agency.clone(), task_id);
             } else {

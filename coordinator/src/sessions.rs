@@ -3,13 +3,15 @@
 //! `treaty://agency/DE/DE-BKA` and never holds, replaces or closes its session.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use tokio::sync::{mpsc, watch};
 use tonic::Status;
-use treaty_proto::Identity;
-use treaty_proto::v1::{ConnectedAgency, CoordinatorMessage, DatasetSummary};
+use treaty_proto::v1::{
+    ConnectedAgency, CoordinatorMessage, DatasetSummary, RoundTerms, Task, coordinator_message,
+};
+use treaty_proto::{Identity, participants};
 
 /// Where messages for one node's session go.
 pub(crate) type Outbox = mpsc::Sender<Result<CoordinatorMessage, Status>>;
@@ -19,6 +21,10 @@ pub(crate) type Outbox = mpsc::Sender<Result<CoordinatorMessage, Status>>;
 pub(crate) struct Session {
     pub id: u64,
     pub outbox: Outbox,
+    /// The round participants this session was last sent in full: tasks are sent through it
+    /// ([`Sessions::send_task`]), one at a time, so that the node receives the lists in the
+    /// order this remembers them.
+    pub participants: Arc<tokio::sync::Mutex<participants::Sent>>,
     pub connected_unix_ms: i64,
     pub software_version: String,
     pub datasets: Vec<DatasetSummary>,
@@ -75,6 +81,31 @@ impl Sessions {
     /// The outbox of an agency's session, if it has one.
     pub(crate) fn outbox(&self, agency: &Identity) -> Option<Outbox> {
         self.lock().get(agency).map(|s| s.outbox.clone())
+    }
+
+    /// Sends `task` to an agency's session, its terms being `full` or, when the session was
+    /// last sent the same participants, `bare` (naming them by their digest: see
+    /// `treaty_proto::participants`). False when the agency holds no session or it closed.
+    pub(crate) async fn send_task(
+        &self,
+        agency: &Identity,
+        mut task: Task,
+        full: &RoundTerms,
+        bare: &RoundTerms,
+    ) -> bool {
+        let Some((outbox, sent)) = self
+            .lock()
+            .get(agency)
+            .map(|s| (s.outbox.clone(), s.participants.clone()))
+        else {
+            return false;
+        };
+        let mut sent = sent.lock().await;
+        task.terms = Some(sent.terms(full, bare).clone());
+        let message = CoordinatorMessage {
+            kind: Some(coordinator_message::Kind::Task(task)),
+        };
+        outbox.send(Ok(message)).await.is_ok()
     }
 
     /// Whether an agency holds a session.
@@ -147,6 +178,7 @@ mod tests {
 
     fn session(id: u64) -> Session {
         Session {
+            participants: Default::default(),
             id,
             outbox: mpsc::channel(1).0,
             connected_unix_ms: 0,

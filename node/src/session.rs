@@ -172,6 +172,8 @@ async fn serve_once(node: &Node, shutdown: &CancellationToken) -> Result<bool, N
     )));
     heartbeat.tick().await;
     let mut decisions = node.approvals.decisions();
+    // The last round participants this session carried: a task may name them by digest.
+    let mut participants = treaty_proto::participants::Remembered::default();
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return Ok(false),
@@ -191,10 +193,17 @@ async fn serve_once(node: &Node, shutdown: &CancellationToken) -> Result<bool, N
             }
             incoming = inbound.message() => match incoming {
                 Ok(Some(m)) => match m.kind {
-                    Some(coordinator_message::Kind::Task(task)) => {
+                    Some(coordinator_message::Kind::Task(mut task)) => {
+                        // Completed here, in the order the tasks arrive, before anything reads
+                        // the terms; a digest this session was not sent refuses the task.
+                        let unknown = task
+                            .terms
+                            .as_mut()
+                            .and_then(|t| participants.complete(t).err())
+                            .map(|e| Refusal::invalid(e.to_string()));
                         let node = node.clone();
                         let (client, tx, recipient) = (client.clone(), tx.clone(), welcome.coordinator.clone());
-                        tokio::spawn(async move { carry_out(node, client, tx, task, recipient).await });
+                        tokio::spawn(async move { carry_out(node, client, tx, task, recipient, unknown).await });
                     }
                     Some(coordinator_message::Kind::Cancel(c)) => {
                         tracing::info!(task = c.task_id, reason = c.reason, "task cancelled by the coordinator");
@@ -241,6 +250,7 @@ async fn carry_out(
     session: mpsc::Sender<NodeMessage>,
     task: Task,
     recipient: String,
+    unknown: Option<Refusal>,
 ) {
     let arrived = std::time::Instant::now();
     let Ok(_turn) = node.running.clone().acquire_owned().await else {
@@ -280,11 +290,14 @@ async fn carry_out(
         ledger_seq: None,
         sent_sha256: String::new(),
     };
-    let attempted = match oversized {
-        true => Err(Refusal::invalid(format!(
+    let attempted = match (oversized, unknown) {
+        (true, _) => Err(Refusal::invalid(format!(
             "a task's id, job and federation are at most {MAX_NAME_BYTES} bytes each"
         ))),
-        false => attempt(&node, &mut client, &session, &task, &recipient, &mut record).await,
+        (false, Some(unknown)) => Err(unknown),
+        (false, None) => {
+            attempt(&node, &mut client, &session, &task, &recipient, &mut record).await
+        }
     };
     let (outcome, code) = match &attempted {
         Ok(Sent::Received(_)) => ("sent", None),

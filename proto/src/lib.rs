@@ -34,6 +34,7 @@ pub mod evaluation;
 pub mod hex;
 pub mod identity;
 pub mod monitoring;
+pub mod participants;
 pub mod pki;
 pub mod provenance;
 pub mod query;

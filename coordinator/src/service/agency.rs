@@ -97,6 +97,7 @@ impl AgencyService for AgencyApi {
         self.ctx.sessions.register(
             &agency,
             Session {
+                participants: Default::default(),
                 id,
                 outbox: tx,
                 connected_unix_ms: now_ms(),

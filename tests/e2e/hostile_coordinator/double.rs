@@ -370,6 +370,7 @@ pub fn terms(agency: &str, country: &str, epsilon_per_round: f64, fields: &[&str
             country: country.into(),
         }],
         registry_version: "test-1".into(),
+        participants_sha256: Default::default(),
     }
 }
 

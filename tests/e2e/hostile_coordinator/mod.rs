@@ -104,6 +104,28 @@ async fn attack(train: PathBuf, test: PathBuf) -> Vec<(&'static str, Vec<Seen>)>
         .await;
     out.push(("training round", seen));
 
+    // 2b. The participants named by digest instead of listed: the list this session last
+    // carried (the round above's) is put back and the round goes ahead; a list it was never
+    // sent is refused from the task, whatever the records.
+    let full = terms(agency, country, 1e9, &all);
+    let seen = hostile
+        .run(
+            train_task(spec.clone(), 1000.0),
+            treaty_proto::participants::bare(&full),
+        )
+        .await;
+    out.push(("participants by digest", seen));
+    let mut other = full.clone();
+    other.participants[0].agency = "FR-DGDDI".into();
+    other.participants[0].country = "FR".into();
+    let seen = hostile
+        .run(
+            train_task(spec.clone(), 1000.0),
+            treaty_proto::participants::bare(&other),
+        )
+        .await;
+    out.push(("participants never sent", seen));
+
     // 3. A bad cell: a schema that reads it, which once made the node refuse with its line.
     let spec = training(&["x1", "x2"], poisson());
     hostile.serve_model(model_of(&spec, 0.0));
@@ -293,8 +315,12 @@ async fn a_hostile_coordinator_learns_nothing_beyond_dp_from_one_record() {
     assert!(message.contains("public figure"), "{message}");
     let (code, message) = refused(&outcome("epsilon refusal")).unwrap();
     assert_eq!(code, "EPSILON_PER_ROUND_EXCEEDED", "{message}");
+    let (code, message) = refused(&outcome("participants never sent")).unwrap();
+    assert_eq!(code, "INVALID_TASK", "{message}");
+    assert!(message.contains("SHA-256"), "{message}");
     for name in [
         "training round",
+        "participants by digest",
         "bad cell",
         "extreme features",
         "statistics",
