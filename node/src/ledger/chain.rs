@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::Entry;
-use super::anchor::{self, Anchor, AnchorError};
+use super::anchor::{self, Anchor, AnchorError, Found};
 
 /// A SHA-256.
 pub(crate) type Hash = [u8; 32];
@@ -122,6 +122,11 @@ pub enum Fault {
         file = anchor::FILE
     )]
     AnchorMissing { found: u64 },
+    #[error(
+        "holds {found} entries, the number its anchor `{file}` records, but the anchor was being moved past them when its writer stopped (one of its two slots is unreadable), and a move starts only once its entry is on disk: an entry was lost, or the anchor file is damaged",
+        file = anchor::FILE
+    )]
+    Interrupted { found: u64 },
     #[error("has an anchor `{file}` that {0}", file = anchor::FILE)]
     Anchor(AnchorError),
 }
@@ -204,10 +209,15 @@ pub(crate) enum Standing {
     Ahead { extra: u64, to: Anchor },
 }
 
-/// Checks that `chain` reaches `anchor` (`None`: there is no anchor file).
-pub(crate) fn stand(chain: &Chain, anchor: Option<Anchor>) -> Result<Standing, Fault> {
+/// Checks that `chain` reaches the anchor `found` (`None`: there is no anchor file).
+pub(crate) fn stand(chain: &Chain, found: Option<Found>) -> Result<Standing, Fault> {
     let end = chain.end();
-    let Some(anchor) = anchor else {
+    let Some(Found {
+        anchor,
+        interrupted,
+        ..
+    }) = found
+    else {
         // A new ledger has no anchor yet; one with entries must have had one.
         return match end.count {
             0 => Ok(Standing::Ahead { extra: 0, to: end }),
@@ -229,6 +239,7 @@ pub(crate) fn stand(chain: &Chain, anchor: Option<Anchor>) -> Result<Standing, F
         });
     }
     Ok(match end.count - anchor.count {
+        0 if interrupted => return Err(Fault::Interrupted { found: end.count }),
         0 => Standing::Anchored,
         extra => Standing::Ahead { extra, to: end },
     })

@@ -157,7 +157,8 @@ fn the_reported_defect_600_bytes_cut_from_a_ledger_of_2_epsilon_is_refused() {
         Fault::Lost {
             found: seen,
             anchored: 20,
-            head: chain::hex(&anchor::read(dir.path()).unwrap().unwrap().head)[..12].to_owned(),
+            head: chain::hex(&anchor::read(dir.path()).unwrap().unwrap().anchor.head)[..12]
+                .to_owned(),
         }
     );
     // `treaty node ledger` and the node print this.
@@ -300,8 +301,14 @@ fn a_missing_corrupt_or_foreign_anchor_is_refused() {
     std::fs::remove_file(&path).unwrap();
     assert_eq!(fault(dir.path()), Fault::AnchorMissing { found: 3 });
 
+    // One slot damaged: the other is read, but an interrupted write to entry 4 would mean
+    // entry 4 was on disk, and the ledger holds 3.
     let mut flipped = good.clone();
     flipped[40] ^= 0x01;
+    std::fs::write(&path, &flipped).unwrap();
+    assert_eq!(fault(dir.path()), Fault::Interrupted { found: 3 });
+    // Both damaged: no anchor at all.
+    flipped[anchor::SLOT + 40] ^= 0x01;
     std::fs::write(&path, &flipped).unwrap();
     assert!(matches!(
         fault(dir.path()),
@@ -313,7 +320,7 @@ fn a_missing_corrupt_or_foreign_anchor_is_refused() {
         count: 4,
         head: chain::sha256(b"a fourth entry"),
     };
-    std::fs::write(&path, anchor::render(&later)).unwrap();
+    std::fs::write(&path, anchor::file_bytes(&later, &later)).unwrap();
     let damage = outcome(dir.path()).unwrap_err();
     assert!(
         matches!(
@@ -336,7 +343,7 @@ fn a_missing_corrupt_or_foreign_anchor_is_refused() {
         count: 3,
         head: chain::sha256(b"another third entry"),
     };
-    std::fs::write(&path, anchor::render(&other)).unwrap();
+    std::fs::write(&path, anchor::file_bytes(&other, &other)).unwrap();
     assert!(matches!(
         fault(dir.path()),
         Fault::Altered { anchored: 3, .. }
@@ -362,7 +369,20 @@ fn the_crash_window_over_counts_and_the_anchor_moves_on() {
     assert_eq!(count, 4);
     assert!((spent - laplaces(4)).abs() < 1e-9, "{spent}");
     let moved = anchor::read(dir.path()).unwrap().unwrap();
-    assert_eq!(moved.count, 4);
+    assert_eq!((moved.anchor.count, moved.interrupted), (4, false));
+    // The same with the anchor's write to 4 torn: its other slot (2's) half overwritten.
+    let mut torn = at_three.clone();
+    let older = torn
+        .chunks(anchor::SLOT)
+        .position(|slot| slot.windows(8).any(|w| w == b"count 2\n"))
+        .unwrap();
+    torn[older * anchor::SLOT..][..100].fill(b'x');
+    std::fs::write(&path, &torn).unwrap();
+    let found = anchor::read(dir.path()).unwrap().unwrap();
+    assert_eq!((found.anchor.count, found.interrupted), (3, true));
+    assert_eq!(outcome(dir.path()).unwrap().0, 4);
+    let moved = anchor::read(dir.path()).unwrap().unwrap();
+    assert_eq!((moved.anchor.count, moved.interrupted), (4, false));
     // Now entry 4 is anchored: losing it is damage.
     {
         let tree = sled::open(dir.path()).unwrap().open_tree("ledger").unwrap();

@@ -16,13 +16,16 @@
 //! - *A hash chain.* Entry `n` is stored under key `n` with the SHA-256 of entry `n - 1`'s stored
 //!   bytes ([`chain`]). Altering, removing or reordering a stored entry breaks the chain.
 //! - *An anchor.* The chain's length and last hash are kept outside sled, in `ledger.head` in the
-//!   state directory, checksummed and replaced atomically ([`anchor`]). Cutting the end off
-//!   sled's `db` file cannot remove both the entries and the anchor's record of them.
+//!   state directory, checksummed, in two slots written in turn in place, so that a torn write
+//!   leaves the previous anchor whole ([`anchor`]). Cutting the end off sled's `db` file cannot
+//!   remove both the entries and the anchor's record of them.
 //! - *Verification.* Opening the ledger walks the whole chain and checks it against the
 //!   anchor. A chain that ends where the anchor says is sound. A chain that passes through the
 //!   anchor and goes on by entries that chain correctly is the window between sled's flush and
 //!   the anchor's write (a crash, or a failed write of the anchor): those entries are counted
-//!   and the anchor is moved on. Anything else — fewer entries than anchored, a different entry
+//!   and the anchor is moved on (an anchor whose move was interrupted, one slot torn, must be
+//!   passed by at least one entry: the move started once that entry was on disk). Anything
+//!   else — fewer entries than anchored, a different entry
 //!   where the anchor points, a broken link, an unreadable entry or database, entries without an
 //!   anchor, a corrupt anchor — is [`Damage`], and the ledger refuses every release with a
 //!   message that says what is wrong. Every later record, report and reading checks that the
@@ -441,7 +444,7 @@ impl Ledger {
     /// Whether the anchor and the last stored entry are still the end of `chain`.
     fn still_ends_at(&self, chain: &Chain) -> bool {
         let end = chain.end();
-        if anchor::read(&self.dir) != Ok(Some(end)) {
+        if anchor::read(&self.dir).map(|f| f.map(|f| f.anchor)) != Ok(Some(end)) {
             return false;
         }
         match self.tree.last() {
