@@ -23,6 +23,11 @@ impl Decimal {
         if !x.is_finite() {
             return None;
         }
+        if x == 0.0 {
+            // What the digits below give for 0 and -0 ("0e0"), without printing them: a round
+            // of 1,000 agencies reads 999 zeros (the others' spending, in a node's own view).
+            return Some(Decimal::zero());
+        }
         // `{:e}` prints the shortest digits that round-trip, e.g. `1e-5`, `-2.5e-1`: at most 17
         // of them, so the significand fits an i64.
         let text = format!("{x:e}");

@@ -6,7 +6,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use crate::decide::Loaded;
 use crate::policy::{Policy, PolicyError};
@@ -188,16 +188,19 @@ pub struct PolicyFiles {
 
 impl PolicyFiles {
     /// The registry as it stands now, with its text (for the record).
-    pub fn registry(&self) -> Result<(Registry, String), LoadError> {
+    /// The parsed registry is shared, not copied: a node checks every task against it.
+    pub fn registry(&self) -> Result<(Arc<Registry>, String), LoadError> {
         let text = std::fs::read_to_string(&self.registry).map_err(|source| LoadError::Read {
             path: self.registry.clone(),
             source,
         })?;
-        static REGISTRIES: Remembered<Result<Registry, Vec<Diagnostic>>> = OnceLock::new();
+        static REGISTRIES: Remembered<Result<Arc<Registry>, Vec<Diagnostic>>> = OnceLock::new();
         let file = self.registry.display().to_string();
         let key = [file.as_str(), &sha256_hex(text.as_bytes())];
-        let registry = parsed(&REGISTRIES, &key, || Registry::parse(&file, &text))
-            .map_err(LoadError::Registry)?;
+        let registry = parsed(&REGISTRIES, &key, || {
+            Registry::parse(&file, &text).map(Arc::new)
+        })
+        .map_err(LoadError::Registry)?;
         Ok((registry, text))
     }
 
@@ -212,7 +215,7 @@ impl PolicyFiles {
 
     /// Problems that make the settings unusable now (checked when a process starts), with the
     /// registry when it is usable (for the caller's own checks against it).
-    pub fn problems(&self, section: &str) -> (Vec<String>, Option<Registry>) {
+    pub fn problems(&self, section: &str) -> (Vec<String>, Option<Arc<Registry>>) {
         let mut problems = Vec::new();
         let registry = match self.registry() {
             Ok((registry, _)) => Some(registry),
