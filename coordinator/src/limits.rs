@@ -284,6 +284,7 @@ mod tests {
             protocol_version: 1,
             datasets: vec![dataset("seizures", 20)],
             privacy: None,
+            participants_by_digest: true,
         };
         assert_eq!(check_hello(&honest), Ok(()));
         let at = |f: &dyn Fn(&mut Hello)| {

@@ -21,10 +21,10 @@ pub(crate) type Outbox = mpsc::Sender<Result<CoordinatorMessage, Status>>;
 pub(crate) struct Session {
     pub id: u64,
     pub outbox: Outbox,
-    /// The round participants this session was last sent in full: tasks are sent through it
-    /// ([`Sessions::send_task`]), one at a time, so that the node receives the lists in the
-    /// order this remembers them.
-    pub participants: Arc<tokio::sync::Mutex<participants::Sent>>,
+    /// The round participants this session was last sent in full, when its node takes them
+    /// by digest (its `Hello` said so): tasks are sent through it ([`Sessions::send_task`]),
+    /// one at a time, so that the node receives the lists in the order this remembers them.
+    pub participants: Option<Arc<tokio::sync::Mutex<participants::Sent>>>,
     pub connected_unix_ms: i64,
     pub software_version: String,
     pub datasets: Vec<DatasetSummary>,
@@ -100,12 +100,24 @@ impl Sessions {
         else {
             return false;
         };
+        let Some(sent) = sent else {
+            task.terms = Some(full.clone());
+            let message = CoordinatorMessage {
+                kind: Some(coordinator_message::Kind::Task(task)),
+            };
+            return outbox.send(Ok(message)).await.is_ok();
+        };
         let mut sent = sent.lock().await;
-        task.terms = Some(sent.terms(full, bare).clone());
+        let terms = sent.choose(full, bare).clone();
+        task.terms = Some(terms.clone());
         let message = CoordinatorMessage {
             kind: Some(coordinator_message::Kind::Task(task)),
         };
-        outbox.send(Ok(message)).await.is_ok()
+        let delivered = outbox.send(Ok(message)).await.is_ok();
+        if delivered {
+            sent.sent(&terms);
+        }
+        delivered
     }
 
     /// Whether an agency holds a session.
@@ -178,7 +190,7 @@ mod tests {
 
     fn session(id: u64) -> Session {
         Session {
-            participants: Default::default(),
+            participants: None,
             id,
             outbox: mpsc::channel(1).0,
             connected_unix_ms: 0,

@@ -13,8 +13,8 @@ use treaty_proto::tls::ClientTls;
 use treaty_proto::v1::agency_service_client::AgencyServiceClient;
 use treaty_proto::v1::{
     DatasetSummary, Dtype, Heartbeat, Hello, JobDecided, NodeMessage, PrivacyReport, ResultHeader,
-    ResultPart, SubmitReceipt, Task, TaskAccepted, TaskRefused, coordinator_message, node_message,
-    result_part, task,
+    ResultPart, RoundParticipant, SubmitReceipt, Task, TaskAccepted, TaskRefused,
+    coordinator_message, node_message, result_part, task,
 };
 
 use prost::Message;
@@ -136,6 +136,7 @@ async fn serve_once(node: &Node, shutdown: &CancellationToken) -> Result<bool, N
         protocol_version: treaty_proto::PROTOCOL_VERSION,
         datasets,
         privacy,
+        participants_by_digest: true,
     };
     tx.send(message(node_message::Kind::Hello(hello)))
         .await
@@ -194,16 +195,17 @@ async fn serve_once(node: &Node, shutdown: &CancellationToken) -> Result<bool, N
             incoming = inbound.message() => match incoming {
                 Ok(Some(m)) => match m.kind {
                     Some(coordinator_message::Kind::Task(mut task)) => {
-                        // Completed here, in the order the tasks arrive, before anything reads
-                        // the terms; a digest this session was not sent refuses the task.
-                        let unknown = task
-                            .terms
-                            .as_mut()
-                            .and_then(|t| participants.complete(t).err())
-                            .map(|e| Refusal::invalid(e.to_string()));
+                        // Read here, in the order the tasks arrive; the list a digest names is
+                        // put back when the task's turn comes, before anything reads the terms.
+                        // A digest this session was not sent refuses the task.
+                        let named = match task.terms.as_mut().map(|t| participants.take(t)) {
+                            Some(Err(e)) => Err(Refusal::invalid(e.to_string())),
+                            Some(Ok(list)) => Ok(list),
+                            None => Ok(None),
+                        };
                         let node = node.clone();
                         let (client, tx, recipient) = (client.clone(), tx.clone(), welcome.coordinator.clone());
-                        tokio::spawn(async move { carry_out(node, client, tx, task, recipient, unknown).await });
+                        tokio::spawn(async move { carry_out(node, client, tx, task, recipient, named).await });
                     }
                     Some(coordinator_message::Kind::Cancel(c)) => {
                         tracing::info!(task = c.task_id, reason = c.reason, "task cancelled by the coordinator");
@@ -248,13 +250,21 @@ async fn carry_out(
     node: Node,
     mut client: AgencyServiceClient<Channel>,
     session: mpsc::Sender<NodeMessage>,
-    task: Task,
+    mut task: Task,
     recipient: String,
-    unknown: Option<Refusal>,
+    named: Result<Option<Arc<Vec<RoundParticipant>>>, Refusal>,
 ) {
     let arrived = std::time::Instant::now();
     let Ok(_turn) = node.running.clone().acquire_owned().await else {
         return;
+    };
+    let unknown = match (named, task.terms.as_mut()) {
+        (Ok(Some(list)), Some(terms)) => {
+            treaty_proto::participants::restore(terms, &list);
+            None
+        }
+        (Ok(_), _) => None,
+        (Err(refusal), _) => Some(refusal),
     };
     // What the evidence log keeps of a task is bounded: a task named beyond the bound is
     // refused and recorded by its names' first bytes.

@@ -1,31 +1,40 @@
 //! A round's participants sent once per session. Every task carries the round's terms, whose
 //! participants a node checks against its own policy; in a federation of 1,000 agencies the
 //! list is 1,000 names, and sending it with every task of every round made a round's traffic
-//! grow with the square of the agencies. The coordinator sends the list in full on a session
-//! once, and after that, while it stays the same, only its SHA-256 ([`digest`]); the node
-//! remembers the last list its session carried ([`Remembered`]) and puts it back into the
-//! terms before anything reads them, so the terms it judges, hashes and records are the full
-//! ones either way. A digest the node was not sent is refused, never guessed.
+//! grow with the square of the agencies. To a node whose `Hello` says `participants_by_digest`,
+//! the coordinator sends the list in full on a session once, and after that, while it stays the
+//! same, only its SHA-256 ([`digest`]); the node remembers the last list its session carried
+//! ([`Remembered`]) and puts it back into the terms before anything reads them ([`restore`]),
+//! so the terms it judges, hashes and records are the full ones either way. A digest the node
+//! was not sent is refused, never guessed.
 
-use prost::Message;
+use std::sync::Arc;
 
 use crate::v1::{RoundParticipant, RoundTerms};
 
-/// The SHA-256 of a list of participants: of each, encoded length-delimited, in order.
+/// The bytes of a SHA-256.
+const DIGEST_BYTES: usize = 32;
+
+/// The SHA-256 of a list of participants: of each one's agency and country, in order, each
+/// string preceded by its length in bytes (8 bytes, big-endian). Written out here rather than
+/// taken from the messages' encoding, so that a field added to `RoundParticipant` later leaves
+/// it as it is.
 pub fn digest(participants: &[RoundParticipant]) -> Vec<u8> {
-    let mut bytes = Vec::new();
+    let mut context = ring::digest::Context::new(&ring::digest::SHA256);
     for p in participants {
-        // Writing into a Vec cannot fail.
-        let _ = p.encode_length_delimited(&mut bytes);
+        for text in [&p.agency, &p.country] {
+            context.update(&(text.len() as u64).to_be_bytes());
+            context.update(text.as_bytes());
+        }
     }
-    ring::digest::digest(&ring::digest::SHA256, &bytes)
-        .as_ref()
-        .to_vec()
+    context.finish().as_ref().to_vec()
 }
 
 /// Why a task's participants cannot be known.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum Unknown {
+    #[error("the task's terms name their participants by {0} bytes, which is not a SHA-256")]
+    NotADigest(usize),
     #[error(
         "the task's terms name their participants by SHA-256 {0}, but this session was sent no list of participants yet"
     )]
@@ -43,43 +52,58 @@ pub enum Unknown {
 /// The last list of participants a session carried, on the node's side.
 #[derive(Debug, Default)]
 pub struct Remembered {
-    last: Option<(Vec<u8>, Vec<RoundParticipant>)>,
+    last: Option<(Vec<u8>, Arc<Vec<RoundParticipant>>)>,
 }
 
 impl Remembered {
-    /// Completes `terms` as they arrived on the session: a full list is remembered (and, when
-    /// the terms also name a digest, must match it); a digest alone is replaced by the list it
-    /// names. The digest is cleared either way, so that the terms read afterwards are the
-    /// ones the round was decided under.
-    pub fn complete(&mut self, terms: &mut RoundTerms) -> Result<(), Unknown> {
-        let named = std::mem::take(&mut terms.participants_sha256);
+    /// Reads the participants of `terms` as they arrive on the session, in order: a full list is
+    /// remembered (and, when the terms also name a digest, must match it); a digest alone is
+    /// answered with the list it names, to [`restore`] when the task is carried out (a list
+    /// shared, not copied, while the task waits its turn). The digest is cleared once known; a
+    /// digest that cannot be known is left in the terms, as they came.
+    pub fn take(
+        &mut self,
+        terms: &mut RoundTerms,
+    ) -> Result<Option<Arc<Vec<RoundParticipant>>>, Unknown> {
+        let named = &terms.participants_sha256;
+        if !named.is_empty() && named.len() != DIGEST_BYTES {
+            return Err(Unknown::NotADigest(named.len()));
+        }
+        let named_hex = || crate::hex::hex(named);
         if !terms.participants.is_empty() {
             let carried = digest(&terms.participants);
             if !named.is_empty() && named[..] != carried[..] {
                 return Err(Unknown::Mismatch {
                     carried: crate::hex::hex(&carried),
-                    named: crate::hex::hex(&named),
+                    named: named_hex(),
                 });
             }
-            self.last = Some((carried, terms.participants.clone()));
-            return Ok(());
+            terms.participants_sha256 = Default::default();
+            self.last = Some((carried, Arc::new(terms.participants.clone())));
+            return Ok(None);
         }
         if named.is_empty() {
             // No participants at all: the policy check says what is wrong with that.
-            return Ok(());
+            return Ok(None);
         }
         match &self.last {
             Some((sent, list)) if sent[..] == named[..] => {
-                terms.participants = list.clone();
-                Ok(())
+                let list = Arc::clone(list);
+                terms.participants_sha256 = Default::default();
+                Ok(Some(list))
             }
             Some((sent, _)) => Err(Unknown::Other {
-                named: crate::hex::hex(&named),
+                named: named_hex(),
                 sent: crate::hex::hex(sent),
             }),
-            None => Err(Unknown::NoneSent(crate::hex::hex(&named))),
+            None => Err(Unknown::NoneSent(named_hex())),
         }
     }
+}
+
+/// Puts back into `terms` the participants [`Remembered::take`] answered for them.
+pub fn restore(terms: &mut RoundTerms, participants: &[RoundParticipant]) {
+    terms.participants = participants.to_vec();
 }
 
 /// What the coordinator last sent on one session, on its side.
@@ -90,17 +114,21 @@ pub struct Sent {
 
 impl Sent {
     /// The terms to send on this session: `bare` (the terms without participants, naming them
-    /// by `digest`) when this session was last sent the list of that digest, else `full`, which
-    /// the session then remembers. The caller sends what this returns, in order.
-    pub fn terms<'t>(&mut self, full: &'t RoundTerms, bare: &'t RoundTerms) -> &'t RoundTerms {
-        if full.participants.is_empty() {
-            return full;
+    /// by their digest) when this session was last sent the list of that digest, else `full`.
+    pub fn choose<'t>(&self, full: &'t RoundTerms, bare: &'t RoundTerms) -> &'t RoundTerms {
+        match !full.participants.is_empty()
+            && self.last.as_deref() == Some(&bare.participants_sha256[..])
+        {
+            true => bare,
+            false => full,
         }
-        if self.last.as_deref() == Some(&bare.participants_sha256[..]) {
-            return bare;
+    }
+
+    /// Notes that `terms` reached the session: a full list is what a digest names from now on.
+    pub fn sent(&mut self, terms: &RoundTerms) {
+        if !terms.participants.is_empty() {
+            self.last = Some(digest(&terms.participants));
         }
-        self.last = Some(bare.participants_sha256.to_vec());
-        full
     }
 }
 
@@ -133,18 +161,34 @@ mod tests {
         }
     }
 
+    /// What a session delivers: the node takes the terms as they arrive and puts the list back.
+    fn arrive(remembered: &mut Remembered, sent: &RoundTerms) -> Result<RoundTerms, Unknown> {
+        let mut arriving = sent.clone();
+        if let Some(list) = remembered.take(&mut arriving)? {
+            restore(&mut arriving, &list);
+        }
+        Ok(arriving)
+    }
+
     #[test]
-    fn the_digest_is_the_sha256_of_the_length_delimited_participants() {
-        // By hand: a participant `a`/`DE` is field 1 "a" (0a 01 61) and field 2 "DE"
-        // (12 02 44 45), 7 bytes, preceded by its length 07.
-        let bytes = [0x07, 0x0a, 0x01, b'a', 0x12, 0x02, b'D', b'E'];
+    fn the_digest_is_the_sha256_of_the_length_prefixed_names() {
+        // By hand: `a`/`DE` is the length 1 in 8 bytes, `a`, the length 2, `DE`.
+        let mut bytes = Vec::new();
+        bytes.extend(1u64.to_be_bytes());
+        bytes.push(b'a');
+        bytes.extend(2u64.to_be_bytes());
+        bytes.extend(b"DE");
         assert_eq!(
             digest(&[participant("a", "DE")]),
             ring::digest::digest(&ring::digest::SHA256, &bytes).as_ref()
         );
-        // Order and content count.
+        // Order, content and where one name ends count.
         let (x, y) = (participant("a", "DE"), participant("b", "FR"));
         assert_ne!(digest(&[x.clone(), y.clone()]), digest(&[y, x]));
+        assert_ne!(
+            digest(&[participant("ab", "")]),
+            digest(&[participant("a", "b")])
+        );
         assert_ne!(digest(&[participant("a", "DE")]), digest(&[]));
     }
 
@@ -155,31 +199,33 @@ mod tests {
         let bare = bare(&full);
         let mut sent = Sent::default();
         let mut remembered = Remembered::default();
-        let mut received = Vec::new();
+        let mut carried = Vec::new();
         for _ in 0..3 {
-            let mut arriving = sent.terms(&full, &bare).clone();
-            received.push(arriving.participants.len());
-            remembered.complete(&mut arriving).unwrap();
+            let on_the_wire = sent.choose(&full, &bare).clone();
+            sent.sent(&on_the_wire);
+            carried.push(on_the_wire.participants.len());
             // The node reads the very terms the round was decided under.
-            assert_eq!(arriving, full);
+            assert_eq!(arrive(&mut remembered, &on_the_wire).unwrap(), full);
         }
-        assert_eq!(received, [2, 0, 0]);
-        // Another list goes in full, and is what a digest names from then on.
+        assert_eq!(carried, [2, 0, 0]);
+        // A list that did not reach the session is not named after: choosing alone notes
+        // nothing.
         let other = terms(vec![participant("NL-FIOD", "NL")]);
         let other_bare = super::bare(&other);
-        let mut arriving = sent.terms(&other, &other_bare).clone();
-        assert_eq!(arriving.participants.len(), 1);
-        remembered.complete(&mut arriving).unwrap();
-        let mut arriving = sent.terms(&other, &other_bare).clone();
-        assert!(arriving.participants.is_empty());
-        remembered.complete(&mut arriving).unwrap();
-        assert_eq!(arriving, other);
-        // A digest of the earlier list is no longer known.
+        assert_eq!(sent.choose(&other, &other_bare), &other);
+        assert_eq!(sent.choose(&other, &other_bare), &other);
+        sent.sent(&other);
+        assert_eq!(arrive(&mut remembered, &other).unwrap(), other);
+        let named = sent.choose(&other, &other_bare).clone();
+        assert!(named.participants.is_empty());
+        assert_eq!(arrive(&mut remembered, &named).unwrap(), other);
+        // A digest of the earlier list is no longer known, and the terms stay as they came.
         let mut stale = bare.clone();
         assert!(matches!(
-            remembered.complete(&mut stale),
+            remembered.take(&mut stale),
             Err(Unknown::Other { .. })
         ));
+        assert_eq!(stale, bare);
     }
 
     #[test]
@@ -188,21 +234,25 @@ mod tests {
         // A fresh session knows no list: a hostile or confused coordinator cannot make a node
         // judge a round whose participants it never saw.
         let mut fresh = Remembered::default();
-        let mut named = bare(&full);
-        let error = fresh.complete(&mut named).unwrap_err();
+        let error = arrive(&mut fresh, &bare(&full)).unwrap_err();
         assert!(matches!(error, Unknown::NoneSent(_)));
         assert!(error.to_string().contains("sent no list"), "{error}");
         // A list with a digest that is not its own.
         let mut lying = full.clone();
         lying.participants_sha256 = digest(&[participant("FR-DGDDI", "FR")]).into();
         assert!(matches!(
-            fresh.complete(&mut lying),
+            arrive(&mut fresh, &lying),
             Err(Unknown::Mismatch { .. })
         ));
+        // A "digest" of any other length is not echoed: the refusal stays short.
+        let mut long = bare(&full);
+        long.participants_sha256 = vec![7u8; 1 << 20].into();
+        let error = arrive(&mut fresh, &long).unwrap_err();
+        assert_eq!(error, Unknown::NotADigest(1 << 20));
+        assert!(error.to_string().len() < 100, "{error}");
         // Terms with no participants and no digest are passed on as they are (the policy
         // check refuses them: the node is not among the participants).
-        let mut empty = terms(Vec::new());
-        fresh.complete(&mut empty).unwrap();
-        assert!(empty.participants.is_empty());
+        let empty = terms(Vec::new());
+        assert_eq!(arrive(&mut fresh, &empty).unwrap(), empty);
     }
 }

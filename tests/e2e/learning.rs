@@ -258,7 +258,7 @@ async fn adversary(
     country: &str,
     seed: u64,
     factor: Arc<Mutex<f64>>,
-) {
+) -> Arc<Mutex<Vec<usize>>> {
     let (train_file, test_file) = write_shifted_data(fx.dir.path(), agency, 500, seed, 0.5);
     let text = std::fs::read_to_string(&train_file).unwrap();
     let inverted: Vec<String> = text
@@ -287,6 +287,8 @@ async fn adversary(
         protocol_version: treaty_proto::PROTOCOL_VERSION,
         datasets: vec![],
         privacy: None,
+        // A node that does not take participants by digest: every task lists them in full.
+        participants_by_digest: false,
     };
     tx.send(NodeMessage {
         kind: Some(node_message::Kind::Hello(hello)),
@@ -298,12 +300,22 @@ async fn adversary(
         .await
         .unwrap()
         .into_inner();
+    // How many participants each task's terms listed.
+    let listed = Arc::new(Mutex::new(Vec::new()));
+    let seen = listed.clone();
     tokio::spawn(async move {
         let _keep_session_open = tx;
         while let Ok(Some(message)) = inbound.message().await {
             let Some(coordinator_message::Kind::Task(task)) = message.kind else {
                 continue;
             };
+            let terms = task.terms.clone().unwrap_or_default();
+            seen.lock()
+                .unwrap()
+                .push(match terms.participants_sha256.is_empty() {
+                    true => terms.participants.len(),
+                    false => 0,
+                });
             let kind = task.kind.clone().unwrap();
             let plan = worker.plan(task.round, &kind).unwrap();
             let f = *factor.lock().unwrap();
@@ -322,6 +334,7 @@ async fn adversary(
                 .unwrap();
         }
     });
+    listed
 }
 
 #[tokio::test]
@@ -351,7 +364,7 @@ async fn robust_aggregation_withstands_a_malicious_agency() {
         honest.push(fx.start_node_with(agency, &config));
     }
     let factor = Arc::new(Mutex::new(1.0));
-    adversary(&fx, &address, refs[7].0, refs[7].1, 99, factor.clone()).await;
+    let listed = adversary(&fx, &address, refs[7].0, refs[7].1, 99, factor.clone()).await;
     let mut op = fx.operator(&address).await;
     let names: Vec<&str> = refs.iter().map(|(a, _)| *a).collect();
     wait_connected(&mut op, &names).await;
@@ -411,6 +424,11 @@ async fn robust_aggregation_withstands_a_malicious_agency() {
             "FedAvg under {attack}: {accuracy:#?}"
         );
     }
+    // The adversary's `Hello` did not offer to take participants by digest: every one of its
+    // tasks (a statistics round and 10 rounds, 12 jobs) listed the eight in full.
+    let listed = listed.lock().unwrap().clone();
+    assert!(listed.len() >= 12 * 11, "{listed:?}");
+    assert!(listed.iter().all(|n| *n == 8), "{listed:?}");
 }
 
 #[tokio::test]

@@ -97,7 +97,7 @@ impl AgencyService for AgencyApi {
         self.ctx.sessions.register(
             &agency,
             Session {
-                participants: Default::default(),
+                participants: hello.participants_by_digest.then(Default::default),
                 id,
                 outbox: tx,
                 connected_unix_ms: now_ms(),

@@ -2,8 +2,8 @@
 //! file of its own beside sled's (`ledger.head`), so that a truncation of sled's file cannot
 //! remove the entries and the record of them together.
 //!
-//! The file is two slots of [`SLOT`] bytes, each an anchor as text, four lines, padded with
-//! zero bytes:
+//! The file is two slots of [`SLOT`] bytes (a block each), each an anchor as text, four lines,
+//! padded with zero bytes:
 //!
 //! ```text
 //! treaty privacy ledger anchor 2
@@ -36,8 +36,9 @@ pub(crate) const FILE: &str = "ledger.head";
 const TEMPORARY: &str = "ledger.head.tmp";
 const MAGIC: &str = "treaty privacy ledger anchor 2";
 const MAGIC_1: &str = "treaty privacy ledger anchor 1";
-/// The bytes of one slot: a disk sector, so that most disks write a slot whole.
-pub(crate) const SLOT: usize = 512;
+/// The bytes of one slot: a filesystem block and page of its own, so that a torn write of one
+/// slot, or a disk's rewrite of the sector under it, cannot reach the other.
+pub(crate) const SLOT: usize = 4096;
 /// A larger file is not an anchor; reading stops there.
 const MAX_BYTES: u64 = 2 * SLOT as u64;
 
@@ -235,16 +236,17 @@ pub(crate) fn write(dir: &Path, anchor: &Anchor) -> std::io::Result<()> {
             file.write_all_at(&slot_bytes(anchor), (other * SLOT) as u64)?;
             file.sync_data()
         }
-        Ok(found) => replace(dir, anchor, found.is_none()),
+        Ok(_) => replace(dir, anchor),
         Err(e) => Err(std::io::Error::other(format!(
             "the anchor file holds no readable anchor ({e}); it is left as it is"
         ))),
     }
 }
 
-/// Writes a whole new file, both slots holding `anchor`, and renames it into place; the
-/// directory is synced when the file is `first` (entries without any anchor are damage).
-fn replace(dir: &Path, anchor: &Anchor, first: bool) -> std::io::Result<()> {
+/// Writes a whole new file, both slots holding `anchor`, and renames it into place, the
+/// directory synced (entries without any anchor are damage, and the writes in place that
+/// follow are to this file).
+fn replace(dir: &Path, anchor: &Anchor) -> std::io::Result<()> {
     let temporary = dir.join(TEMPORARY);
     {
         let mut file = std::fs::File::create(&temporary)?;
@@ -252,10 +254,7 @@ fn replace(dir: &Path, anchor: &Anchor, first: bool) -> std::io::Result<()> {
         file.sync_all()?;
     }
     std::fs::rename(&temporary, dir.join(FILE))?;
-    if first {
-        std::fs::File::open(dir)?.sync_all()?;
-    }
-    Ok(())
+    std::fs::File::open(dir)?.sync_all()
 }
 
 #[cfg(test)]
@@ -371,7 +370,7 @@ mod tests {
         other.head = sha256(b"another fourth entry");
         std::fs::write(&path, file_bytes(&anchor(4), &other)).unwrap();
         assert!(matches!(read(dir.path()), Err(AnchorError::Corrupt(_))));
-        std::fs::write(&path, vec![b'a'; 4096]).unwrap();
+        std::fs::write(&path, vec![b'a'; 3 * SLOT]).unwrap();
         assert_eq!(
             read(dir.path()),
             Err(AnchorError::Corrupt("the file is too large"))

@@ -94,8 +94,11 @@ pub(crate) fn read(dir: &Path) -> Result<Chain, CopyError> {
     loop {
         attempt += 1;
         match read_once(dir) {
-            // The node records a release: its anchor is ahead of its copy for a moment.
-            Err(CopyError::Mismatch(Fault::Lost { .. })) if attempt < ATTEMPTS => {
+            // The node records a release: its anchor is ahead of its copy for a moment, or
+            // half written in place (one slot torn as this reads it).
+            Err(CopyError::Mismatch(Fault::Lost { .. } | Fault::Interrupted { .. }))
+                if attempt < ATTEMPTS =>
+            {
                 std::thread::sleep(PAUSE)
             }
             other => return other,
