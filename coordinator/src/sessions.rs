@@ -100,22 +100,20 @@ impl Sessions {
         else {
             return false;
         };
-        let Some(sent) = sent else {
-            task.terms = Some(full.clone());
-            let message = CoordinatorMessage {
-                kind: Some(coordinator_message::Kind::Task(task)),
-            };
-            return outbox.send(Ok(message)).await.is_ok();
+        // Held until the task is in the outbox: the session's tasks go out in the order their
+        // lists are noted.
+        let mut sent = match &sent {
+            Some(sent) => Some(sent.lock().await),
+            None => None,
         };
-        let mut sent = sent.lock().await;
-        let terms = sent.choose(full, bare).clone();
-        task.terms = Some(terms.clone());
+        let named = sent.as_ref().is_some_and(|s| s.knows(bare));
+        task.terms = Some(if named { bare } else { full }.clone());
         let message = CoordinatorMessage {
             kind: Some(coordinator_message::Kind::Task(task)),
         };
         let delivered = outbox.send(Ok(message)).await.is_ok();
-        if delivered {
-            sent.sent(&terms);
+        if let (true, false, Some(sent)) = (delivered, named, sent.as_mut()) {
+            sent.sent(bare);
         }
         delivered
     }

@@ -113,27 +113,25 @@ pub struct Sent {
 }
 
 impl Sent {
-    /// The terms to send on this session: `bare` (the terms without participants, naming them
-    /// by their digest) when this session was last sent the list of that digest, else `full`.
-    pub fn choose<'t>(&self, full: &'t RoundTerms, bare: &'t RoundTerms) -> &'t RoundTerms {
-        match !full.participants.is_empty()
+    /// Whether `bare` ([`bare`]) may go instead of the full terms: this session was last sent
+    /// the list it names.
+    pub fn knows(&self, bare: &RoundTerms) -> bool {
+        !bare.participants_sha256.is_empty()
             && self.last.as_deref() == Some(&bare.participants_sha256[..])
-        {
-            true => bare,
-            false => full,
-        }
     }
 
-    /// Notes that `terms` reached the session: a full list is what a digest names from now on.
-    pub fn sent(&mut self, terms: &RoundTerms) {
-        if !terms.participants.is_empty() {
-            self.last = Some(digest(&terms.participants));
-        }
+    /// Notes that the full list `bare` names reached the session.
+    pub fn sent(&mut self, bare: &RoundTerms) {
+        self.last = Some(bare.participants_sha256.to_vec());
     }
 }
 
-/// `full` without its participants, naming them by their digest.
+/// `full` without its participants, naming them by their digest (`full` itself when it has
+/// none: an empty list is never named).
 pub fn bare(full: &RoundTerms) -> RoundTerms {
+    if full.participants.is_empty() {
+        return full.clone();
+    }
     RoundTerms {
         participants: Vec::new(),
         participants_sha256: digest(&full.participants).into(),
@@ -201,24 +199,30 @@ mod tests {
         let mut remembered = Remembered::default();
         let mut carried = Vec::new();
         for _ in 0..3 {
-            let on_the_wire = sent.choose(&full, &bare).clone();
-            sent.sent(&on_the_wire);
+            let on_the_wire = match sent.knows(&bare) {
+                true => bare.clone(),
+                false => {
+                    sent.sent(&bare);
+                    full.clone()
+                }
+            };
             carried.push(on_the_wire.participants.len());
             // The node reads the very terms the round was decided under.
             assert_eq!(arrive(&mut remembered, &on_the_wire).unwrap(), full);
         }
         assert_eq!(carried, [2, 0, 0]);
-        // A list that did not reach the session is not named after: choosing alone notes
-        // nothing.
+        // Another list is not known until it reached the session in full.
         let other = terms(vec![participant("NL-FIOD", "NL")]);
         let other_bare = super::bare(&other);
-        assert_eq!(sent.choose(&other, &other_bare), &other);
-        assert_eq!(sent.choose(&other, &other_bare), &other);
-        sent.sent(&other);
+        assert!(!sent.knows(&other_bare));
+        sent.sent(&other_bare);
         assert_eq!(arrive(&mut remembered, &other).unwrap(), other);
-        let named = sent.choose(&other, &other_bare).clone();
-        assert!(named.participants.is_empty());
-        assert_eq!(arrive(&mut remembered, &named).unwrap(), other);
+        assert!(sent.knows(&other_bare) && !sent.knows(&bare));
+        assert_eq!(arrive(&mut remembered, &other_bare).unwrap(), other);
+        // An empty list is never named.
+        let none = terms(Vec::new());
+        assert_eq!(super::bare(&none), none);
+        assert!(!sent.knows(&super::bare(&none)));
         // A digest of the earlier list is no longer known, and the terms stay as they came.
         let mut stale = bare.clone();
         assert!(matches!(

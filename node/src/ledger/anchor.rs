@@ -14,7 +14,7 @@
 //!
 //! A new anchor is written in place over the slot that does not hold the newest one, and
 //! synced (`fdatasync`): no new file, inode or rename per release, which at 1,000 agencies on
-//! one host was a tenth of a round. A crash in the middle of a write leaves the other slot
+//! one host took 7 % of the machine. A crash in the middle of a write leaves the other slot
 //! whole. The anchor is the newer of the two readable slots ([`read`]); a slot that cannot be
 //! read beside one that can is a write of the next anchor that was interrupted ([`Found::
 //! interrupted`]), and a write starts only once its entry is on disk: the chain must then hold
