@@ -177,11 +177,12 @@ mod tests {
     fn an_agency_listed_twice_anywhere_is_named_and_the_sample_passes() {
         let (registry, request) = sample();
         let checked = check_request(&registry, &request).unwrap();
-        // The sample's spending, exact, in its order; the US agency's 0 is an exact zero.
-        let one_tenth = Decimal::from_f64(0.1).unwrap();
-        assert_eq!(checked.cumulative[3], Decimal::from_f64(0.5).unwrap());
+        // The sample's spending as its file writes it, exact, in its order; the US agency's 0
+        // is an exact zero, below the least positive spending.
+        let written: Vec<String> = checked.cumulative.iter().map(|d| d.to_string()).collect();
+        assert_eq!(written, ["1", "7.9", "2", "0.5", "0"]);
         assert_eq!(checked.cumulative[4], Decimal::zero());
-        assert!(checked.cumulative[4] < one_tenth);
+        assert!(checked.cumulative[4] < Decimal::from_f64(5e-324).unwrap());
         for (i, j) in [(0, 1), (1, 4), (4, 0), (2, 3)] {
             let mut twice = request.clone();
             twice.participants[j].agency = twice.participants[i].agency.clone();
