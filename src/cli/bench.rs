@@ -62,6 +62,10 @@ pub enum BenchCommand {
         /// Keep the working directory (data, PKI, configurations, databases, logs) here.
         #[arg(long)]
         keep: Option<PathBuf>,
+        /// Train by another of `treaty bench tabular`'s recipes than `default` (what `treaty
+        /// job train` takes), to compare them at many agencies.
+        #[arg(long, default_value = "default")]
+        recipe: String,
     },
     /// Training recipes on a real tabular data set split across agencies (write one with
     /// `python3 bench/adult/prepare.py DIR` or `python3 bench/cces/prepare.py DIR`), against
@@ -250,27 +254,27 @@ pub struct W1Args {
     distributed_noise: Option<u32>,
 }
 
+/// The benchmark's recipe of this name, or an error that lists them.
+fn recipe_named(name: &str) -> Result<bench::Recipe, super::CliError> {
+    bench::recipes()
+        .into_iter()
+        .find(|r| r.name == name)
+        .ok_or_else(|| {
+            unusable(anyhow::anyhow!(
+                "no recipe `{name}`; the recipes are {}",
+                bench::recipes()
+                    .iter()
+                    .map(|r| r.name)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))
+        })
+}
+
 pub async fn run(command: BenchCommand) -> Outcome {
     match command {
         BenchCommand::W1(a) => {
-            let recipe = a
-                .recipe
-                .map(|name| {
-                    bench::recipes()
-                        .into_iter()
-                        .find(|r| r.name == name)
-                        .ok_or_else(|| {
-                            unusable(anyhow::anyhow!(
-                                "no recipe `{name}`; the recipes are {}",
-                                bench::recipes()
-                                    .iter()
-                                    .map(|r| r.name)
-                                    .collect::<Vec<_>>()
-                                    .join(", ")
-                            ))
-                        })
-                })
-                .transpose()?;
+            let recipe = a.recipe.as_deref().map(recipe_named).transpose()?;
             let options = W1Options {
                 recipe,
                 data: a.data,
@@ -319,12 +323,14 @@ pub async fn run(command: BenchCommand) -> Outcome {
             rounds,
             rows,
             keep,
+            recipe,
         } => {
             let options = bench::W3Options {
                 agencies,
                 rounds,
                 rows,
                 keep,
+                recipe: recipe_named(&recipe)?,
             };
             bench::w3(options, &this_binary()?).await?;
         }

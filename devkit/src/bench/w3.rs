@@ -50,6 +50,8 @@ pub struct W3Options {
     pub rows: usize,
     /// Keep the working directory (data, PKI, configurations, databases, logs) here.
     pub keep: Option<PathBuf>,
+    /// The training recipe (`default`: what `treaty job train` takes).
+    pub recipe: super::Recipe,
 }
 
 /// What W3 cannot run: input to fix.
@@ -89,7 +91,7 @@ pub async fn w3(options: W3Options, exe: &Path) -> anyhow::Result<()> {
     };
     let most = options.agencies.iter().copied().max().unwrap_or(1);
     outln!(
-        "W3: {} agencies x {} records ({FEATURES} features), logistic regression, {} rounds of the default recipe, each agency over its own mutual-TLS session",
+        "W3: {} agencies x {} records ({FEATURES} features), logistic regression, {} rounds of the `{}` recipe, each agency over its own mutual-TLS session",
         options
             .agencies
             .iter()
@@ -97,7 +99,8 @@ pub async fn w3(options: W3Options, exe: &Path) -> anyhow::Result<()> {
             .collect::<Vec<_>>()
             .join(" / "),
         options.rows,
-        options.rounds
+        options.rounds,
+        options.recipe.name
     );
     let started = Instant::now();
     let (data_dir, rows) = (dir.join("data"), options.rows);
@@ -382,11 +385,7 @@ async fn measure(
         .map(|a| (a.id.as_str(), a.country.as_str()))
         .collect();
     super::create_federation(&mut client, "w3", &members).await?;
-    let recipe = super::recipes()
-        .into_iter()
-        .find(|r| r.name == "default")
-        .context("no default recipe")?;
-    let spec = recipe.spec(schema, options.rounds, 1.0);
+    let spec = options.recipe.spec(schema, options.rounds, 1.0);
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let sampler = tokio::spawn(sample_cpu(coordinator, stopped));
     let (host_cpu_before, cpu_before) = (cpu_seconds(host), cpu_seconds(coordinator));
@@ -454,6 +453,7 @@ async fn measure(
     );
     Ok(serde_json::json!({
         "workload": "W3", "agencies": n, "rows": options.rows, "features": FEATURES,
+        "recipe": options.recipe.name,
         "rounds": job.rounds.len(), "startup_seconds": startup, "job_seconds": wall.as_secs_f64(),
         "round_seconds": rounds.iter().map(|r| r.seconds).collect::<Vec<_>>(),
         "round_median_seconds": round_median,
