@@ -200,6 +200,12 @@ pub async fn run(config: NodeConfig, shutdown: CancellationToken) -> Result<(), 
             shutdown.clone(),
         );
     }
+    let evidence = node.evidence.clone();
     session::run(node, shutdown).await;
+    // Records written after the fact wait for the next flush (`session::record_later`): a node
+    // that stops makes them durable first.
+    if let Ok(Err(error)) = work::blocking(move || evidence.flush()).await {
+        tracing::error!(%error, "the node's evidence log could not be flushed at shutdown");
+    }
     Ok(())
 }

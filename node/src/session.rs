@@ -347,8 +347,47 @@ async fn carry_out(
         }
     };
     if let Some(record) = after {
-        record_evidence(&node, &task.task_id, record).await;
+        record_later(&node, &task.task_id, record).await;
     }
+}
+
+/// How long a record written after the fact ([`record_later`]) may wait for the database's next
+/// flush before it is flushed on its own.
+const LATER_DURABLE_WITHIN: Duration = Duration::from_secs(1);
+
+/// Appends `record`, written after the fact (the coordinator's receipt, a refusal already
+/// sent, a result that did not arrive), to the node's evidence log without waiting for the
+/// disk: nothing the node does next depends on it, and a crash before it is flushed leaves the
+/// log as a crash just before it was written would (the task's own record, written ahead of
+/// anything sent, is durable). The next task's ledger entry flushes it with its own; a node
+/// without one flushes it within [`LATER_DURABLE_WITHIN`]. A failure is logged.
+async fn record_later(node: &Node, task_id: &str, record: Record) {
+    let evidence = node.evidence.clone();
+    let failed = match blocking(move || evidence.append_later(record)).await {
+        Ok(Ok((_, false))) => return,
+        Ok(Ok((_, true))) => {
+            let evidence = node.evidence.clone();
+            let task_id = task_id.to_owned();
+            tokio::spawn(async move {
+                tokio::time::sleep(LATER_DURABLE_WITHIN).await;
+                if let Ok(Err(error)) = blocking(move || evidence.flush()).await {
+                    tracing::error!(
+                        task = task_id,
+                        %error,
+                        "the node's evidence log could not be flushed"
+                    );
+                }
+            });
+            return;
+        }
+        Ok(Err(error)) => error.to_string(),
+        Err(refusal) => refusal.message,
+    };
+    tracing::error!(
+        task = task_id,
+        error = failed,
+        "the task could not be recorded in the node's evidence log"
+    );
 }
 
 /// Appends `record` to the node's evidence log (flushed to disk: on a blocking thread); a

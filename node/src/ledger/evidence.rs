@@ -6,11 +6,14 @@
 //! Record `n` (counted from 1) is stored in the ledger's database (tree `evidence`) under the key
 //! `n` (eight bytes, big-endian) as the JSON of a [`EvidenceLink`]: its sequence number, the
 //! SHA-256 of record `n - 1`'s stored bytes (64 zeros for the first), and the record. Changing,
-//! removing or reordering a stored record breaks the chain after it. Each record is flushed to
-//! disk before [`Evidence::append`] returns. Opening the log walks the whole chain: a node does
-//! not start on a broken one (its approvals could not be trusted).
+//! removing or reordering a stored record breaks the chain after it. A record is flushed to
+//! disk before [`Evidence::append`] returns; one written by [`Evidence::append_later`] (what
+//! happened after the fact: a receipt, a refusal already sent) waits for the database's next
+//! flush, which its caller makes happen soon ([`Evidence::flush`]). Opening the log walks the
+//! whole chain: a node does not start on a broken one (its approvals could not be trusted).
 
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use serde::{Deserialize, Serialize};
 
@@ -136,6 +139,8 @@ pub struct Evidence {
     tree: sled::Tree,
     /// The chain's length and last hash; appends hold this lock.
     end: Mutex<(u64, Hash)>,
+    /// A record was written by [`Evidence::append_later`] and no flush asked for since.
+    unflushed: AtomicBool,
 }
 
 impl Evidence {
@@ -156,6 +161,7 @@ impl Evidence {
                 db: db.clone(),
                 tree,
                 end: Mutex::new(end),
+                unflushed: AtomicBool::new(false),
             },
             records,
         ))
@@ -169,6 +175,31 @@ impl Evidence {
     /// Appends `records` in order and makes them durable at once; the last one's sequence
     /// number.
     pub fn append_all(&self, records: Vec<Record>) -> Result<u64, EvidenceError> {
+        let seq = self.write(records)?;
+        self.flush()?;
+        Ok(seq)
+    }
+
+    /// Appends `record` without waiting for the disk: it is durable once the database is next
+    /// flushed (by the node's next write to its ledger or log, or by [`Evidence::flush`]).
+    /// Its sequence number, and whether it is the first record since the last flush was asked
+    /// for: then the caller is to see that [`Evidence::flush`] is called soon.
+    pub fn append_later(&self, record: Record) -> Result<(u64, bool), EvidenceError> {
+        let seq = self.write(vec![record])?;
+        Ok((seq, !self.unflushed.swap(true, Ordering::AcqRel)))
+    }
+
+    /// Makes every record written so far durable (nothing to write is no disk access).
+    pub fn flush(&self) -> Result<(), EvidenceError> {
+        self.unflushed.store(false, Ordering::Release);
+        self.db
+            .flush()
+            .map_err(|e| EvidenceError::Write(e.to_string()))
+    }
+
+    /// Appends `records` to the chain in order, in the database's memory; the last one's
+    /// sequence number.
+    fn write(&self, records: Vec<Record>) -> Result<u64, EvidenceError> {
         let mut end = self.end.lock().unwrap_or_else(|e| e.into_inner());
         let write = |e: &dyn std::fmt::Display| EvidenceError::Write(e.to_string());
         let mut next = *end;
@@ -193,7 +224,6 @@ impl Evidence {
             // The chain in memory follows the tree, whatever fails after.
             *end = next;
         }
-        self.db.flush().map_err(|e| write(&e))?;
         Ok(next.0)
     }
 
@@ -334,6 +364,36 @@ mod tests {
         let err = Evidence::open(&db).unwrap_err();
         assert!(matches!(err, EvidenceError::Broken { at: 2, .. }), "{err}");
         assert!(err.to_string().contains("record 2"), "{err}");
+    }
+
+    #[test]
+    fn a_record_written_later_is_chained_at_once_and_on_disk_after_the_next_flush() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = crate::ledger::reopen_for_tests(dir.path());
+        let (log, _) = Evidence::open(&db).unwrap();
+        // What a crash would leave at this moment: the directory's files as they are, copied
+        // while the database is open, and opened as the node would open them.
+        let on_disk = || {
+            let copy = tempfile::tempdir().unwrap();
+            crate::ledger::damage_tests::copy_dir(dir.path(), copy.path());
+            let (_, records) =
+                Evidence::open(&crate::ledger::reopen_for_tests(copy.path())).unwrap();
+            records
+        };
+        log.append(approval("a")).unwrap();
+        // The first record written later asks its writer for a flush; the next, before one, not.
+        assert_eq!(log.append_later(approval("b")).unwrap(), (2, true));
+        assert_eq!(log.append_later(approval("c")).unwrap(), (3, false));
+        // Both are in the chain at once, for an export from the running node.
+        assert_eq!(log.stored().unwrap().len(), 3);
+        log.flush().unwrap();
+        assert_eq!(on_disk(), vec![approval("a"), approval("b"), approval("c")]);
+        // After the flush, the next one asks again; a record appended the usual way (the next
+        // task's) carries it to disk with its own.
+        assert_eq!(log.append_later(approval("d")).unwrap(), (4, true));
+        log.append(approval("e")).unwrap();
+        assert_eq!(on_disk().len(), 5);
+        assert_eq!(on_disk()[3], approval("d"));
     }
 
     #[test]
