@@ -189,12 +189,14 @@ impl Evidence {
         Ok((seq, !self.unflushed.swap(true, Ordering::AcqRel)))
     }
 
-    /// Makes every record written so far durable (nothing to write is no disk access).
+    /// Makes every record written so far durable. A flush that fails leaves the records
+    /// waiting as they were: the next [`Evidence::append_later`] asks for a flush again.
     pub fn flush(&self) -> Result<(), EvidenceError> {
         self.unflushed.store(false, Ordering::Release);
-        self.db
-            .flush()
-            .map_err(|e| EvidenceError::Write(e.to_string()))
+        self.db.flush().map_err(|e| {
+            self.unflushed.store(true, Ordering::Release);
+            EvidenceError::Write(e.to_string())
+        })
     }
 
     /// Appends `records` to the chain in order, in the database's memory; the last one's
@@ -227,9 +229,11 @@ impl Evidence {
         Ok(next.0)
     }
 
-    /// Every stored link's bytes, oldest first, for an export.
+    /// Every stored link's bytes, oldest first, for an export: flushed first, so that an
+    /// export never shows a record that a crash could still take back and replace.
     pub fn stored(&self) -> Result<Vec<Vec<u8>>, EvidenceError> {
         let _end = self.end.lock().unwrap_or_else(|e| e.into_inner());
+        self.flush()?;
         self.tree
             .iter()
             .values()
@@ -384,8 +388,6 @@ mod tests {
         // The first record written later asks its writer for a flush; the next, before one, not.
         assert_eq!(log.append_later(approval("b")).unwrap(), (2, true));
         assert_eq!(log.append_later(approval("c")).unwrap(), (3, false));
-        // Both are in the chain at once, for an export from the running node.
-        assert_eq!(log.stored().unwrap().len(), 3);
         log.flush().unwrap();
         assert_eq!(on_disk(), vec![approval("a"), approval("b"), approval("c")]);
         // After the flush, the next one asks again; a record appended the usual way (the next
@@ -394,6 +396,10 @@ mod tests {
         log.append(approval("e")).unwrap();
         assert_eq!(on_disk().len(), 5);
         assert_eq!(on_disk()[3], approval("d"));
+        // An export from the running node shows only what is on disk: it flushes first.
+        assert_eq!(log.append_later(approval("f")).unwrap(), (6, true));
+        assert_eq!(log.stored().unwrap().len(), 6);
+        assert_eq!(on_disk().len(), 6);
     }
 
     #[test]
