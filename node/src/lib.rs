@@ -202,7 +202,7 @@ pub async fn run(config: NodeConfig, shutdown: CancellationToken) -> Result<(), 
     }
     let evidence = node.evidence.clone();
     session::run(node, shutdown).await;
-    // Records written after the fact wait for the next flush (`session::record_later`): a node
+    // Records written after the fact wait for the next flush (`session::Durable::Soon`): a node
     // that stops makes them durable first.
     if let Ok(Err(error)) = work::blocking(move || evidence.flush()).await {
         tracing::error!(%error, "the node's evidence log could not be flushed at shutdown");

@@ -347,55 +347,52 @@ async fn carry_out(
         }
     };
     if let Some(record) = after {
-        record_later(&node, &task.task_id, record).await;
+        record_evidence(&node, &task.task_id, record, Durable::Soon).await;
     }
 }
 
-/// How long a record written after the fact ([`record_later`]) may wait for the database's next
-/// flush before it is flushed on its own.
-const LATER_DURABLE_WITHIN: Duration = Duration::from_secs(1);
-
-/// Appends `record`, written after the fact (the coordinator's receipt, a refusal already
-/// sent, a result that did not arrive), to the node's evidence log without waiting for the
-/// disk: nothing the node does next depends on it, and a crash before it is flushed leaves the
-/// log as a crash just before it was written would (the task's own record, written ahead of
-/// anything sent, is durable). The next task's ledger entry flushes it with its own; a node
-/// without one flushes it within [`LATER_DURABLE_WITHIN`]. A failure is logged.
-async fn record_later(node: &Node, task_id: &str, record: Record) {
-    let evidence = node.evidence.clone();
-    let failed = match blocking(move || evidence.append_later(record)).await {
-        Ok(Ok((_, false))) => return,
-        Ok(Ok((_, true))) => {
-            let evidence = node.evidence.clone();
-            let task_id = task_id.to_owned();
-            tokio::spawn(async move {
-                tokio::time::sleep(LATER_DURABLE_WITHIN).await;
-                if let Ok(Err(error)) = blocking(move || evidence.flush()).await {
-                    tracing::error!(
-                        task = task_id,
-                        %error,
-                        "the node's evidence log could not be flushed"
-                    );
-                }
-            });
-            return;
-        }
-        Ok(Err(error)) => error.to_string(),
-        Err(refusal) => refusal.message,
-    };
-    tracing::error!(
-        task = task_id,
-        error = failed,
-        "the task could not be recorded in the node's evidence log"
-    );
+/// When a record of the evidence log is made durable.
+#[derive(Debug, Clone, Copy)]
+enum Durable {
+    /// Before the node goes on: what it does next depends on it (a result about to leave).
+    Now,
+    /// Soon: it is written after the fact (the coordinator's receipt, a refusal already sent,
+    /// a result that did not arrive) and nothing the node does next depends on it. A crash
+    /// before it is flushed leaves the log as a crash just before it was written would. The
+    /// next task's ledger entry flushes it with its own; a node without one flushes it within
+    /// [`LATER_DURABLE_WITHIN`].
+    Soon,
 }
 
-/// Appends `record` to the node's evidence log (flushed to disk: on a blocking thread); a
-/// failure is logged.
-async fn record_evidence(node: &Node, task_id: &str, record: Record) -> bool {
+/// How long a record written [`Durable::Soon`] may wait for the database's next flush before
+/// it is flushed on its own.
+const LATER_DURABLE_WITHIN: Duration = Duration::from_secs(1);
+
+/// Appends `record` to the node's evidence log (on a blocking thread), durable `when` it says;
+/// a failure is logged.
+async fn record_evidence(node: &Node, task_id: &str, record: Record, when: Durable) -> bool {
     let evidence = node.evidence.clone();
-    let failed = match blocking(move || evidence.append(record)).await {
-        Ok(Ok(_)) => return true,
+    let appended = blocking(move || match when {
+        Durable::Now => evidence.append(record).map(|_| false),
+        Durable::Soon => evidence.append_later(record).map(|(_, first)| first),
+    });
+    let failed = match appended.await {
+        Ok(Ok(flush_soon)) => {
+            if flush_soon {
+                let (evidence, task_id) = (node.evidence.clone(), task_id.to_owned());
+                tokio::spawn(async move {
+                    tokio::time::sleep(LATER_DURABLE_WITHIN).await;
+                    if let Ok(Err(error)) = blocking(move || evidence.flush()).await {
+                        tracing::error!(
+                            task = task_id,
+                            %error,
+                            "the node's evidence log could not be flushed"
+                        );
+                    }
+                });
+            }
+            return true;
+        }
         Ok(Err(error)) => error.to_string(),
         Err(refusal) => refusal.message,
     };
@@ -568,7 +565,7 @@ async fn attempt(
     // Write-ahead: the evidence log says what the node sends before it leaves.
     record.decision = "sent".to_owned();
     record.sent_sha256 = result.sha256.clone();
-    if !record_evidence(node, &task_id, Record::Task(record.clone())).await {
+    if !record_evidence(node, &task_id, Record::Task(record.clone()), Durable::Now).await {
         return Err(Refusal::internal(
             "the node's evidence log cannot be written, so the result is not sent",
         ));
