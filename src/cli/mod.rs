@@ -194,7 +194,21 @@ pub fn utc(unix_ms: i64) -> String {
 /// it ends (a training step between two checks of its stop token) gets two seconds: what it
 /// computed can no longer leave.
 pub fn block_on(command: impl std::future::Future<Output = Outcome>) -> Outcome {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    run_on(tokio::runtime::Builder::new_multi_thread(), command)
+}
+
+/// Runs an asynchronous command all on this thread, its blocking work on threads of their own:
+/// for a process whose asynchronous work is light (one agency's node), where threads waking
+/// one another cost more than they share.
+pub fn block_on_one_thread(command: impl std::future::Future<Output = Outcome>) -> Outcome {
+    run_on(tokio::runtime::Builder::new_current_thread(), command)
+}
+
+fn run_on(
+    mut builder: tokio::runtime::Builder,
+    command: impl std::future::Future<Output = Outcome>,
+) -> Outcome {
+    let runtime = builder
         .max_blocking_threads(blocking_threads())
         .enable_all()
         .build()

@@ -107,7 +107,7 @@ pub fn run(args: NodeArgs) -> Outcome {
         Some(NodeCommand::Evidence { config, out }) => evidence(&config, &out),
         None => match args.many {
             Some(dir) => super::block_on(serve_many(&dir)),
-            None => super::block_on(serve(args.config.as_deref())),
+            None => super::block_on_one_thread(serve(args.config.as_deref())),
         },
     }
 }
