@@ -549,16 +549,27 @@ async fn attempt(
         blocking(move || ledger.report_for(Some((&job, &federation)), Some(Some(plan.next))))
             .await
             .ok();
-    let (mut result, secure) = match secure {
-        Some((round, masked)) => (
-            Outgoing::masked(&task_id, output, &masked, report),
-            Some(round),
-        ),
-        None => (Outgoing::new(&task_id, output, report), None),
+    let (masked, secure) = match secure {
+        Some((round, masked)) => (Some(masked), Some(round)),
+        None => (None, None),
     };
-    if let Some(signer) = &node.signer {
-        result.sign(signer, &node.tls.identity().to_string())?;
-    }
+    // The result encoded, hashed and signed: its whole size, on a blocking thread.
+    let (signer, agency, id) = (
+        node.signer.clone(),
+        node.tls.identity().to_string(),
+        task_id.clone(),
+    );
+    let result = blocking(move || {
+        let mut result = match masked {
+            Some(masked) => Outgoing::masked(&id, output, &masked, report),
+            None => Outgoing::new(&id, output, report),
+        };
+        if let Some(signer) = &signer {
+            result.sign(signer, &agency)?;
+        }
+        Ok::<_, Refusal>(result)
+    })
+    .await??;
     // An approval revoked while the node computed stops the result here (the ledger keeps the
     // release: it over-counts, never under-counts).
     node.approvals.still_approved(task)?;
