@@ -126,6 +126,10 @@ async fn serve(config: Option<&Path>) -> Outcome {
         signals::terminate().await;
         trigger.cancel();
     });
+    // The node runs on this one thread: let the task above install its signal handlers before
+    // the node's files are read (nothing yields until then), so that SIGTERM during start-up
+    // stops it as it would later.
+    tokio::task::yield_now().await;
     // What the node reads before it connects (its files) is unusable input: `NodeError::is_unusable`.
     treaty_node::run(config, shutdown).await?;
     Ok(())
