@@ -254,27 +254,15 @@ pub struct W1Args {
     distributed_noise: Option<u32>,
 }
 
-/// The benchmark's recipe of this name, or an error that lists them.
-fn recipe_named(name: &str) -> Result<bench::Recipe, super::CliError> {
-    bench::recipes()
-        .into_iter()
-        .find(|r| r.name == name)
-        .ok_or_else(|| {
-            unusable(anyhow::anyhow!(
-                "no recipe `{name}`; the recipes are {}",
-                bench::recipes()
-                    .iter()
-                    .map(|r| r.name)
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ))
-        })
-}
-
 pub async fn run(command: BenchCommand) -> Outcome {
     match command {
         BenchCommand::W1(a) => {
-            let recipe = a.recipe.as_deref().map(recipe_named).transpose()?;
+            let recipe = a
+                .recipe
+                .as_deref()
+                .map(bench::recipe)
+                .transpose()
+                .map_err(unusable)?;
             let options = W1Options {
                 recipe,
                 data: a.data,
@@ -330,7 +318,7 @@ pub async fn run(command: BenchCommand) -> Outcome {
                 rounds,
                 rows,
                 keep,
-                recipe: recipe_named(&recipe)?,
+                recipe: bench::recipe(&recipe).map_err(unusable)?,
             };
             bench::w3(options, &this_binary()?).await?;
         }

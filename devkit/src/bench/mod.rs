@@ -30,7 +30,7 @@ mod w5;
 pub use policy::policy;
 pub use run::{RunError, RunOptions, WORKLOADS, Workload, run};
 pub use serving::serving;
-pub use tabular::{Recipe, Spread, TabularOptions, recipes, tabular};
+pub use tabular::{Recipe, Spread, TabularOptions, recipe, recipes, tabular};
 pub use timing::timing;
 pub use w1::{W1DataError, W1Options, w1};
 pub use w2::{W2Error, W2Options, w2};

@@ -176,6 +176,19 @@ pub fn recipes() -> Vec<Recipe> {
     ]
 }
 
+/// The recipe of this name, or an error that lists the recipes.
+pub fn recipe(name: &str) -> anyhow::Result<Recipe> {
+    let known = recipes();
+    known
+        .iter()
+        .find(|r| r.name == name)
+        .copied()
+        .with_context(|| {
+            let names: Vec<&str> = known.iter().map(|r| r.name).collect();
+            format!("no recipe `{name}`; the recipes are {}", names.join(", "))
+        })
+}
+
 /// The mean and the standard deviation of a recipe's figure over its runs.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Spread {
@@ -365,20 +378,10 @@ pub async fn tabular(options: TabularOptions, exe: &Path) -> anyhow::Result<()> 
     let schema = schema::load(&data.join("schema.toml"))?;
     let members = members(&data, options.agencies)?;
     let tests: Vec<PathBuf> = members.iter().map(|m| m.test.clone()).collect();
-    let known = recipes();
     let chosen = options
         .recipes
         .iter()
-        .map(|name| {
-            known
-                .iter()
-                .find(|r| r.name == name)
-                .copied()
-                .with_context(|| {
-                    let names: Vec<&str> = known.iter().map(|r| r.name).collect();
-                    format!("no recipe `{name}`; the recipes are {}", names.join(", "))
-                })
-        })
+        .map(|name| recipe(name))
         .collect::<anyhow::Result<Vec<_>>>()?;
     let repeats = options.repeats.max(1);
     outln!(
@@ -460,6 +463,28 @@ pub async fn tabular(options: TabularOptions, exe: &Path) -> anyhow::Result<()> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A recipe is found by its name, as README.md ("Good models by default") describes the
+    /// default; an unknown name is refused with the names there are.
+    #[test]
+    fn a_recipe_is_found_by_name_and_an_unknown_one_lists_the_recipes() {
+        let default = recipe("default").unwrap();
+        assert_eq!(default.mode, DpMode::Poisson);
+        assert_eq!(
+            (
+                default.local_epochs,
+                default.sampling_rate,
+                default.learning_rate,
+                default.clip_norm
+            ),
+            (1, 0.1, 1.0, 3.0)
+        );
+        let error = recipe("defualt").unwrap_err().to_string();
+        assert!(error.contains("no recipe `defualt`"), "{error}");
+        for name in ["poisson", "full-batch", "default", "distributed"] {
+            assert!(error.contains(name), "{error}");
+        }
+    }
 
     /// 1, 2, ..., n: mean (n + 1) / 2, sample variance n (n + 1) / 12.
     #[test]
