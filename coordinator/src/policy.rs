@@ -174,7 +174,9 @@ fn decide_now(ctx: &Coordinator, q: &Question) -> Result<RoundDecision, Coordina
             )
         })
         .collect();
-    ctx.store.audit(&AuditEntry {
+    // Made durable with the decision by the round's next flush, before anything leaves
+    // (`rounds::collect`).
+    ctx.store.audit_unflushed(&AuditEntry {
         time_unix_ms: now_ms(),
         actor: ctx.identity.to_string(),
         action: "round.decided".to_owned(),

@@ -282,6 +282,12 @@ pub(crate) async fn collect(
         },
     )
     .await?;
+    // The decision and its audit line are not flushed yet: before an excluded agency or a
+    // watcher is told, or the round fails, they are; otherwise the round's `round.started`
+    // line below carries them, before any task leaves.
+    if !decided.decision.excluded.is_empty() || decided.decision.admitted.len() < min {
+        ctx.blocking(|ctx| ctx.store.flush()).await?;
+    }
     // By id, once: a round of many agencies looks each one up.
     let ids: HashMap<&str, &Identity> = invited.iter().map(|a| (shown(a), a)).collect();
     let by_id = |id: &str| ids.get(id).map(|a| (*a).clone());

@@ -22,6 +22,8 @@ use crate::error::CoordinatorError;
 #[derive(Debug, Clone)]
 pub(crate) struct Store {
     db: sled::Db,
+    /// sled's log file (`db`), open to be synced by [`Store::flush`].
+    log: Arc<std::fs::File>,
     federations: sled::Tree,
     /// Each job's head: `Job` without its rounds.
     jobs: sled::Tree,
@@ -122,6 +124,10 @@ pub(crate) fn hub_signer(pki: &treaty_proto::pki::PkiDir) -> treaty_proto::tls::
 /// An audit entry as stored: its number and bytes (link line, newline, entry line).
 pub(crate) type StoredEntry = (u64, Vec<u8>);
 
+/// sled 0.34's log, the file its database writes (values above about 128 KiB go to blob files of
+/// their own, see [`Store::put_model`]).
+const SLED_LOG: &str = "db";
+
 /// The action of the entry from which on every entry has its own signed head.
 const SIGNING_STARTED: &str = "audit.signing_started";
 
@@ -210,7 +216,13 @@ impl Store {
                     path: dir.to_owned(),
                     source,
                 })?;
+        let log =
+            std::fs::File::open(dir.join(SLED_LOG)).map_err(|e| CoordinatorError::OpenStore {
+                path: dir.to_owned(),
+                source: sled::Error::Io(e),
+            })?;
         let mut store = Store {
+            log: Arc::new(log),
             federations: db.open_tree("federations")?,
             jobs: db.open_tree("jobs")?,
             rounds: db.open_tree("rounds")?,
@@ -538,8 +550,13 @@ impl Store {
         Ok((head, signing_started))
     }
 
-    fn flush(&self) -> Result<(), CoordinatorError> {
+    /// Makes what was written durable. sled's flush writes its log with Linux's
+    /// `sync_file_range`, which persists neither the file's size nor the disk's write cache: a
+    /// power failure could take back what it wrote. The `fdatasync` of the log after it does
+    /// persist them (as the node's ledger does).
+    pub(crate) fn flush(&self) -> Result<(), CoordinatorError> {
         self.db.flush()?;
+        self.log.sync_data().map_err(sled::Error::Io)?;
         Ok(())
     }
 
@@ -761,6 +778,14 @@ impl Store {
 
     /// Appends to the audit log, durably.
     pub(crate) fn audit(&self, entry: &AuditEntry) -> Result<(), CoordinatorError> {
+        self.audit_unflushed(entry)?;
+        self.flush()
+    }
+
+    /// Appends to the audit log, not yet flushed: the caller's next durable write (an
+    /// [`Store::audit`], or [`Store::flush`] itself) carries it, and must come before anything
+    /// the line vouches for leaves the coordinator. sled's log keeps the order of the lines.
+    pub(crate) fn audit_unflushed(&self, entry: &AuditEntry) -> Result<(), CoordinatorError> {
         use sled::Transactional;
         let mut chain = self.chain.lock().unwrap_or_else(|e| e.into_inner());
         let linked = self.link(&chain, entry)?;
@@ -776,10 +801,15 @@ impl Store {
             .map_err(storage_error)?;
         *chain = linked.head;
         drop(chain);
-        self.flush()
+        Ok(())
     }
 
-    /// Records a round's policy decision (JSON), durably, under `job/round`.
+    /// Records a round's policy decision (JSON) under `job/round`, not yet flushed: it goes to
+    /// disk with the round's `round.decided` line of the audit log, written right after it, at
+    /// the next flush (the round's `round.started` line, or the flush before an excluded agency
+    /// is told), and sled's log keeps the decision before the line that vouches for it. A crash
+    /// before that flush leaves the round undecided, as if it had not been, and it is decided
+    /// again.
     pub(crate) fn put_decision(
         &self,
         job: &str,
@@ -788,7 +818,7 @@ impl Store {
     ) -> Result<(), CoordinatorError> {
         self.decisions
             .insert(round_key(job, round), decision.as_bytes())?;
-        self.flush()
+        Ok(())
     }
 
     /// The recorded decisions of a job (round, JSON), in round order.
@@ -1358,6 +1388,36 @@ mod tests {
             store.job_with_rounds("job-000001").unwrap().unwrap().rounds,
             inline.rounds
         );
+    }
+
+    #[test]
+    fn a_decision_is_on_disk_with_the_audit_line_written_after_it() {
+        // What a crash leaves is the database's files as they are: copied while the store is
+        // open, then opened. `put_decision` does not flush; the audit line after it does, and
+        // carries it.
+        let dir = tempfile::tempdir().unwrap();
+        let store = reopen(dir.path());
+        store
+            .put_decision("job-000001", 1, "{\"round\":1}")
+            .unwrap();
+        let mut decided = line(1);
+        decided.action = "round.decided".into();
+        store.audit(&decided).unwrap();
+        let copy = tempfile::tempdir().unwrap();
+        let copied = std::process::Command::new("cp")
+            .arg("-r")
+            .arg(dir.path())
+            .arg(copy.path().join("db"))
+            .status()
+            .unwrap();
+        assert!(copied.success());
+        let crashed = reopen(&copy.path().join("db"));
+        assert_eq!(
+            crashed.decisions("job-000001").unwrap(),
+            [(1, "{\"round\":1}".to_owned())]
+        );
+        let log = crashed.audit_log().unwrap();
+        assert_eq!(log.last().map(|e| e.action.as_str()), Some("round.decided"));
     }
 
     #[test]
