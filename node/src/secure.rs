@@ -220,6 +220,27 @@ impl SecureTask {
             .ok_or_else(|| failed("the round's state was lost while the update was masked"))
     }
 
+    /// Runs `work` on the protocol's state on a blocking thread: checking every agency's keys or
+    /// signatures and sealing or opening their shares takes tens of milliseconds for hundreds of
+    /// agencies, and masking a large update longer, while the node's async thread keeps its
+    /// session going.
+    async fn on_participant<T: Send + 'static>(
+        &mut self,
+        work: impl FnOnce(&mut Participant) -> T + Send + 'static,
+    ) -> Result<T, Refusal> {
+        let mut participant = self
+            .participant
+            .take()
+            .ok_or_else(|| failed("the round's state was lost while the update was masked"))?;
+        let (participant, out) = crate::work::blocking(move || {
+            let out = work(&mut participant);
+            (participant, out)
+        })
+        .await?;
+        self.participant = Some(participant);
+        Ok(out)
+    }
+
     async fn send(&mut self, step: sec_agg_from_node::Step) -> Result<(), Refusal> {
         let message = NodeMessage {
             kind: Some(node_message::Kind::Secagg(SecAggFromNode {
@@ -256,11 +277,11 @@ impl SecureTask {
             }
         };
         let ca = Arc::clone(&self.ca);
-        let sealed = self
-            .participant()?
-            .share_keys(&keys, &ca)
-            .map_err(|e| failed(e.to_string()))?;
         let agencies = keys.len();
+        let sealed = self
+            .on_participant(move |p| p.share_keys(&keys, &ca))
+            .await?
+            .map_err(|e| failed(e.to_string()))?;
         self.send(sec_agg_from_node::Step::Shares(
             treaty_proto::v1::SealedShares { shares: sealed },
         ))
@@ -280,39 +301,28 @@ impl SecureTask {
 
     /// The masked update: the trained model's difference from the global model it started
     /// from, in the round's fixed point, plus its masks (one ChaCha20 stream a peer over the
-    /// whole update: on a blocking thread).
+    /// whole update: on a blocking thread, which takes `output` and gives it back).
     pub(crate) async fn mask(
         &mut self,
         shares: Vec<SealedShare>,
-        output: &Output,
-    ) -> Result<Vec<u64>, Refusal> {
-        let mut participant = self
-            .participant
-            .take()
-            .ok_or_else(|| failed("the round's state is gone"))?;
-        let (participant, masked) = match &output.ring {
-            // Distributed DP: the noisy contribution is in the fixed point already.
-            Some(ring) => {
-                let ring = ring.clone();
-                crate::work::blocking(move || {
-                    let masked = participant.mask_encoded(&shares, ring);
-                    (participant, masked)
-                })
-                .await?
-            }
-            None => {
-                let local = output.tensors.iter().flat_map(|t| t.values.iter());
-                let global = output.started_from.iter().flat_map(|t| t.values.iter());
-                let delta: Vec<f64> = local.zip(global).map(|(l, g)| l - g).collect();
-                crate::work::blocking(move || {
-                    let masked = participant.mask(&shares, &delta);
-                    (participant, masked)
-                })
-                .await?
-            }
-        };
-        self.participant = Some(participant);
-        masked.map_err(|e| failed(e.to_string()))
+        output: Output,
+    ) -> Result<(Output, Vec<u64>), Refusal> {
+        let (output, masked) = self
+            .on_participant(move |participant| {
+                let masked = match &output.ring {
+                    // Distributed DP: the noisy contribution is in the fixed point already.
+                    Some(ring) => participant.mask_encoded(&shares, ring.clone()),
+                    None => {
+                        let local = output.tensors.iter().flat_map(|t| t.values.iter());
+                        let global = output.started_from.iter().flat_map(|t| t.values.iter());
+                        let delta: Vec<f64> = local.zip(global).map(|(l, g)| l - g).collect();
+                        participant.mask(&shares, &delta)
+                    }
+                };
+                (output, masked)
+            })
+            .await?;
+        Ok((output, masked.map_err(|e| failed(e.to_string()))?))
     }
 
     /// After the masked update was sent: the survivors signed, their signatures checked, and
@@ -343,8 +353,8 @@ impl SecureTask {
         };
         let ca = Arc::clone(&self.ca);
         let reveal = self
-            .participant()?
-            .reveal(&signatures, &ca)
+            .on_participant(move |p| p.reveal(&signatures, &ca))
+            .await?
             .map_err(|e| failed(e.to_string()))?;
         self.send(sec_agg_from_node::Step::Reveal(reveal.into()))
             .await

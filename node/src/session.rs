@@ -535,7 +535,7 @@ async fn attempt(
                 node.worker.run(client, &task.job_id, &plan),
                 round.exchange()
             )?;
-            let masked = round.mask(shares, &output).await?;
+            let (output, masked) = round.mask(shares, output).await?;
             (output, Some((round, masked)))
         }
         _ => (node.worker.run(client, &task.job_id, &plan).await?, None),

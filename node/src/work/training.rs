@@ -258,8 +258,9 @@ pub async fn download(
             }
         }
     }
-    assembler
-        .ok_or_else(|| unavailable(format!("model `{version}` arrived without a header")))?
-        .finish()
-        .map_err(|e| unavailable(e.to_string()))
+    let assembler = assembler
+        .ok_or_else(|| unavailable(format!("model `{version}` arrived without a header")))?;
+    // Checking and decoding every value (up to `MAX_MODEL_ELEMENTS`) takes up to half a second:
+    // on a blocking thread, not the node's async one, which keeps its session going meanwhile.
+    blocking(move || assembler.finish().map_err(|e| unavailable(e.to_string()))).await?
 }
