@@ -292,6 +292,10 @@ pub(crate) fn export_parts(
     let (signed, stored) = store
         .audit_to_signed_head()?
         .ok_or(CoordinatorError::AuditUnsigned)?;
+    // A line written since without a flush (a round's `round.decided`, [`Store::audit_unflushed`])
+    // is on disk before the bundle vouches for it: a power failure cannot take back a head
+    // the operator holds signed, and sign another in its place.
+    store.flush()?;
     let mut parts = vec![Part::Info(AuditExportInfo {
         job_id: job.job_id.clone(),
         federation: job.federation.clone(),

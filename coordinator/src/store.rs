@@ -2,7 +2,9 @@
 //!
 //! This module alone touches sled. Records are protobuf (the definitions of `treaty.v1`), the
 //! audit log is a hash chain of JSON entries with a signed head after each (`audit`). Every
-//! write that a later decision depends on is flushed before the call returns.
+//! write that a later decision depends on is flushed and synced before the call returns, or
+//! (a round's decision and its `round.decided` line) by the round's next flush, before anything
+//! that depends on it leaves the coordinator.
 //!
 //! A job is kept as its head (the `Job` record without its rounds) and one record per completed
 //! round, so that what a round costs to store and to read does not grow with the rounds before
@@ -553,7 +555,10 @@ impl Store {
     /// Makes what was written durable. sled's flush writes its log with Linux's
     /// `sync_file_range`, which persists neither the file's size nor the disk's write cache: a
     /// power failure could take back what it wrote. The `fdatasync` of the log after it does
-    /// persist them (as the node's ledger does).
+    /// persist them (as the node's ledger does). A crash of the process loses nothing flushed;
+    /// after a power failure, what sled wrote to a blob file of its own (a write above about
+    /// 128 KiB: a model, or a page of the tree grown that large) may be lost, as sled does not
+    /// sync those ([`Store::put_model`]).
     pub(crate) fn flush(&self) -> Result<(), CoordinatorError> {
         self.db.flush()?;
         self.log.sync_data().map_err(sled::Error::Io)?;
@@ -808,8 +813,8 @@ impl Store {
     /// disk with the round's `round.decided` line of the audit log, written right after it, at
     /// the next flush (the round's `round.started` line, or the flush before an excluded agency
     /// is told), and sled's log keeps the decision before the line that vouches for it. A crash
-    /// before that flush leaves the round undecided, as if it had not been, and it is decided
-    /// again.
+    /// before that flush (or sled's own, every half second) leaves the round as if it had not
+    /// been decided, and it is decided again: nothing outside the coordinator heard of it.
     pub(crate) fn put_decision(
         &self,
         job: &str,
@@ -1393,16 +1398,21 @@ mod tests {
     #[test]
     fn a_decision_is_on_disk_with_the_audit_line_written_after_it() {
         // What a crash leaves is the database's files as they are: copied while the store is
-        // open, then opened. `put_decision` does not flush; the audit line after it does, and
-        // carries it.
+        // open, then opened. Neither `put_decision` nor the `round.decided` line flushes; the
+        // round's next line does, and carries them.
         let dir = tempfile::tempdir().unwrap();
         let store = reopen(dir.path());
-        store
-            .put_decision("job-000001", 1, "{\"round\":1}")
-            .unwrap();
+        // As `policy::decide_now` and `rounds::collect` write them.
+        let record = "{\"round\":1}";
+        store.put_decision("job-000001", 1, record).unwrap();
+        let sha256 = treaty_policies::sha256_hex(record.as_bytes());
+        store.archive_policy(&sha256, record).unwrap();
         let mut decided = line(1);
         decided.action = "round.decided".into();
-        store.audit(&decided).unwrap();
+        store.audit_unflushed(&decided).unwrap();
+        let mut started = line(1);
+        started.action = "round.started".into();
+        store.audit(&started).unwrap();
         let copy = tempfile::tempdir().unwrap();
         let copied = std::process::Command::new("cp")
             .arg("-r")
@@ -1414,10 +1424,20 @@ mod tests {
         let crashed = reopen(&copy.path().join("db"));
         assert_eq!(
             crashed.decisions("job-000001").unwrap(),
-            [(1, "{\"round\":1}".to_owned())]
+            [(1, record.to_owned())]
+        );
+        assert_eq!(
+            crashed.archived_policy(&sha256).unwrap().as_deref(),
+            Some(record)
         );
         let log = crashed.audit_log().unwrap();
-        assert_eq!(log.last().map(|e| e.action.as_str()), Some("round.decided"));
+        let last: Vec<&str> = log
+            .iter()
+            .rev()
+            .take(2)
+            .map(|e| e.action.as_str())
+            .collect();
+        assert_eq!(last, ["round.started", "round.decided"]);
     }
 
     #[test]
