@@ -159,6 +159,11 @@ pub(crate) fn params(task: &Task, me: &Identity) -> Result<Option<Params>, Refus
     Ok(Some(params))
 }
 
+/// A round whose protocol state went away with a computation on a blocking thread that failed.
+fn state_lost() -> Refusal {
+    failed("the round's state was lost while the update was masked")
+}
+
 /// One task's round of secure aggregation in progress.
 pub(crate) struct SecureTask {
     /// The protocol's state (away on a blocking thread while the update is masked).
@@ -215,9 +220,7 @@ impl SecureTask {
     }
 
     fn participant(&mut self) -> Result<&mut Participant, Refusal> {
-        self.participant
-            .as_mut()
-            .ok_or_else(|| failed("the round's state was lost while the update was masked"))
+        self.participant.as_mut().ok_or_else(state_lost)
     }
 
     /// Runs `work` on the protocol's state on a blocking thread: checking every agency's keys or
@@ -228,10 +231,7 @@ impl SecureTask {
         &mut self,
         work: impl FnOnce(&mut Participant) -> T + Send + 'static,
     ) -> Result<T, Refusal> {
-        let mut participant = self
-            .participant
-            .take()
-            .ok_or_else(|| failed("the round's state was lost while the update was masked"))?;
+        let mut participant = self.participant.take().ok_or_else(state_lost)?;
         let (participant, out) = crate::work::blocking(move || {
             let out = work(&mut participant);
             (participant, out)
