@@ -185,6 +185,7 @@ pub async fn run(config: NodeConfig, shutdown: CancellationToken) -> Result<(), 
         running: Arc::new(tokio::sync::Semaphore::new(session::CONCURRENT_TASKS)),
         metrics: Arc::default(),
         secagg: Arc::default(),
+        tasks: tokio_util::task::TaskTracker::new(),
     };
     if let Some(monitoring) = &config.monitoring {
         let listener = treaty_proto::monitoring::bind(monitoring)
@@ -200,10 +201,21 @@ pub async fn run(config: NodeConfig, shutdown: CancellationToken) -> Result<(), 
             shutdown.clone(),
         );
     }
-    let evidence = node.evidence.clone();
+    let (evidence, tasks) = (node.evidence.clone(), node.tasks.clone());
     session::run(node, shutdown).await;
-    // Records written after the fact wait for the next flush (`session::Durable::Soon`): a node
-    // that stops makes them durable first.
+    // The tasks under way end (their training stops at its next step) and record how; records
+    // written after the fact wait for the next flush (`session::Durable::Soon`): a node that
+    // stops makes them durable first.
+    tasks.close();
+    if tokio::time::timeout(session::WIND_DOWN, tasks.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            tasks = tasks.len(),
+            "tasks still under way as the node stops; the evidence log may not say how they ended"
+        );
+    }
     if let Ok(Err(error)) = work::blocking(move || evidence.flush()).await {
         tracing::error!(%error, "the node's evidence log could not be flushed at shutdown");
     }

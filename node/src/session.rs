@@ -54,7 +54,14 @@ pub(crate) struct Node {
     pub metrics: Arc<crate::monitoring::Metrics>,
     /// The coordinator's messages of secure aggregation, routed to their tasks.
     pub secagg: Arc<crate::secure::Inboxes>,
+    /// The tasks being carried out, which a node that stops waits for (up to
+    /// [`WIND_DOWN`]) before its last flush, so that the evidence log says how each ended.
+    pub tasks: tokio_util::task::TaskTracker,
 }
+
+/// How long a node that stops waits for its tasks to end (training stops at its next step
+/// when the node stops) before its evidence log's last flush.
+pub(crate) const WIND_DOWN: Duration = Duration::from_secs(5);
 
 /// The longest task id, job id or federation name a node takes, in bytes (as the coordinator
 /// bounds the names it is sent).
@@ -205,7 +212,8 @@ async fn serve_once(node: &Node, shutdown: &CancellationToken) -> Result<bool, N
                         };
                         let node = node.clone();
                         let (client, tx, recipient) = (client.clone(), tx.clone(), welcome.coordinator.clone());
-                        tokio::spawn(async move { carry_out(node, client, tx, task, recipient, named).await });
+                        let tasks = node.tasks.clone();
+                        tasks.spawn(async move { carry_out(node, client, tx, task, recipient, named).await });
                     }
                     Some(coordinator_message::Kind::Cancel(c)) => {
                         tracing::info!(task = c.task_id, reason = c.reason, "task cancelled by the coordinator");
@@ -258,6 +266,11 @@ async fn carry_out(
     let Ok(_turn) = node.running.clone().acquire_owned().await else {
         return;
     };
+    // A node that stops begins no task: one that waited for its turn ends here, before the
+    // ledger, as it would have with the node gone.
+    if node.worker.stop.is_cancelled() {
+        return;
+    }
     let unknown = match (named, task.terms.as_mut()) {
         (Ok(Some(list)), Some(terms)) => {
             treaty_proto::participants::restore(terms, &list);

@@ -423,6 +423,30 @@ async fn a_busy_node_stops_within_its_grace_on_sigterm() {
         "--json",
     ]);
     assert_eq!(ledger["entries"].as_array().unwrap().len(), 1, "{ledger}");
+    // The evidence log says what became of the task the release was for: the node waited for
+    // the task to wind down before its last flush.
+    let out = fx.path("evidence-after-sigterm");
+    let exported = std::process::Command::new(TREATY)
+        .args([
+            "node",
+            "evidence",
+            "--config",
+            config.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(exported.status.success(), "{exported:?}");
+    let log = std::fs::read_to_string(out.join("evidence.jsonl")).unwrap();
+    let task = ledger["entries"][0]["task_id"].as_str().unwrap().to_owned();
+    assert!(
+        log.lines()
+            .any(|l| l.contains(&format!("\"task_id\":\"{task}\""))
+                && l.contains("\"decision\":\"refused\"")),
+        "no record of task {task}'s end in the evidence log:\n{log}\n{}",
+        node.log()
+    );
 }
 
 /// A node that requires its operator's approval, against a coordinator that states no terms,
