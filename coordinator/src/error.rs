@@ -56,6 +56,14 @@ pub enum CoordinatorError {
         version: String,
         source: TensorError,
     },
+    #[error(
+        "a stored record is corrupt: model `{version}`, kept in `{path}`: {problem}; restore the file from a backup of the data directory"
+    )]
+    ModelFile {
+        version: String,
+        path: PathBuf,
+        problem: String,
+    },
     #[error("the stored spec of job `{job}` cannot run: {source}")]
     StoredJob { job: String, source: InvalidJob },
     #[error("the reflection service cannot be built: {0}")]
@@ -243,6 +251,7 @@ impl From<CoordinatorError> for tonic::Status {
             | CorruptCounter
             | MissingModel { .. }
             | CorruptModel { .. }
+            | ModelFile { .. }
             | StoredJob { .. }
             | Reflection(_)
             | Write { .. }

@@ -6,12 +6,24 @@
 //! (a round's decision and its `round.decided` line) by the round's next flush, before anything
 //! that depends on it leaves the coordinator.
 //!
+//! A model version encoded in more than [`INLINE_MODEL_BYTES`] is kept in a file of its own
+//! under `models/` in the data directory, named by its SHA-256 and written durably (synced,
+//! renamed into place, its directory synced) before sled's record of it; sled keeps its name,
+//! size and hash. sled 0.34 kept every value it wrote in memory, whatever its cache capacity,
+//! until far more reads than a coordinator makes: a large model held the coordinator's memory
+//! by one more version every round (W2: 8 MB a round); and it did not sync the blob files it
+//! keeps large values in. Only the version read or written last is kept in memory, for the
+//! round's downloads.
+//!
 //! A job is kept as its head (the `Job` record without its rounds) and one record per completed
 //! round, so that what a round costs to store and to read does not grow with the rounds before
 //! it.
 
-use std::path::Path;
+use std::io::Write;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+
+use prost::bytes::Bytes;
 
 use prost::Message;
 use serde::Serialize;
@@ -31,7 +43,16 @@ pub(crate) struct Store {
     jobs: sled::Tree,
     /// Each completed round's summary: `job/round` -> `RoundSummary`.
     rounds: sled::Tree,
+    /// Model versions encoded in at most [`INLINE_MODEL_BYTES`]: version -> `StoredModel`.
     models: sled::Tree,
+    /// Larger model versions, each in a file of its own in `model_dir`: version -> its
+    /// [`ModelFileRef`] (JSON).
+    model_files: sled::Tree,
+    /// `models/` in the data directory.
+    model_dir: PathBuf,
+    /// The large model version read or written last, encoded: every agency of a round
+    /// downloads the same version, which is read from its file once.
+    recent: Arc<Mutex<Option<(String, Bytes)>>>,
     /// The audit log: entry `n` under `n` (eight bytes, big-endian), as an `audit::Link`.
     audit: sled::Tree,
     /// The signed heads of the audit log: `n` -> `audit::SignedHead` JSON.
@@ -127,7 +148,7 @@ pub(crate) fn hub_signer(pki: &treaty_proto::pki::PkiDir) -> treaty_proto::tls::
 pub(crate) type StoredEntry = (u64, Vec<u8>);
 
 /// sled 0.34's log, the file its database writes (values above about 128 KiB go to blob files of
-/// their own, see [`Store::put_model`]).
+/// their own, which sled does not sync; large models are not kept in sled: [`Store::put_model`]).
 const SLED_LOG: &str = "db";
 
 /// The action of the entry from which on every entry has its own signed head.
@@ -207,6 +228,65 @@ pub(crate) struct ModelToSend {
     pub tensors: Vec<treaty_proto::v1::Tensor>,
 }
 
+/// A model version encoded in more bytes than this is kept in a file of its own, not in sled
+/// (whose log keeps smaller values, synced with every flush).
+pub(crate) const INLINE_MODEL_BYTES: usize = 64 << 10;
+
+/// The directory of the model files, in the data directory.
+const MODEL_DIR: &str = "models";
+
+/// sled's record of a model version kept in a file of its own.
+#[derive(Debug, serde::Deserialize)]
+struct ModelFileRef {
+    /// The SHA-256 of the file (hex), which also names it.
+    sha256: String,
+    /// Its size.
+    bytes: u64,
+}
+
+impl ModelFileRef {
+    fn name(&self) -> String {
+        format!("{}.model", self.sha256)
+    }
+
+    /// The file's bytes, if they are the ones recorded; what is wrong with it otherwise.
+    fn read(&self, path: &Path) -> Result<Bytes, String> {
+        let missing = |e: std::io::Error| match e.kind() {
+            std::io::ErrorKind::NotFound => "the file is missing".to_owned(),
+            _ => format!("the file cannot be read: {e}"),
+        };
+        let size = std::fs::metadata(path).map_err(missing)?.len();
+        if size != self.bytes {
+            return Err(format!(
+                "the file has {size} bytes, its record says {}: it was cut short or altered",
+                self.bytes
+            ));
+        }
+        let bytes = std::fs::read(path).map_err(missing)?;
+        let sha256 = treaty_proto::hex::sha256_hex(&bytes);
+        if sha256 != self.sha256 || bytes.len() as u64 != self.bytes {
+            return Err(format!(
+                "the file's SHA-256 is {sha256}, its record says {}: it was altered or damaged",
+                self.sha256
+            ));
+        }
+        Ok(bytes.into())
+    }
+}
+
+/// Writes `bytes` to `path` in `dir` so that a crash or power failure leaves either the whole
+/// file or none under that name: written to a `.part` file, synced, renamed, the directory
+/// synced.
+fn write_durably(dir: &Path, path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let part = path.with_extension("part");
+    let mut file = std::fs::File::create(&part)?;
+    file.write_all(bytes)?;
+    file.sync_data()?;
+    drop(file);
+    std::fs::rename(&part, path)?;
+    std::fs::File::open(dir)?.sync_all()
+}
+
 impl Store {
     /// Opens (or creates) the database in `dir`.
     pub(crate) fn open(dir: &Path) -> Result<Self, CoordinatorError> {
@@ -223,12 +303,22 @@ impl Store {
                 path: dir.to_owned(),
                 source: sled::Error::Io(e),
             })?;
+        let model_dir = dir.join(MODEL_DIR);
+        std::fs::create_dir_all(&model_dir)
+            .and_then(|()| std::fs::File::open(dir)?.sync_all())
+            .map_err(|e| CoordinatorError::OpenStore {
+                path: model_dir.clone(),
+                source: sled::Error::Io(e),
+            })?;
         let mut store = Store {
             log: Arc::new(log),
             federations: db.open_tree("federations")?,
             jobs: db.open_tree("jobs")?,
             rounds: db.open_tree("rounds")?,
             models: db.open_tree("models")?,
+            model_files: db.open_tree("model_files")?,
+            model_dir,
+            recent: Arc::new(Mutex::new(None)),
             audit: db.open_tree("audit")?,
             heads: db.open_tree("audit_heads")?,
             certificates: db.open_tree("certificates")?,
@@ -557,8 +647,8 @@ impl Store {
     /// power failure could take back what it wrote. The `fdatasync` of the log after it does
     /// persist them (as the node's ledger does). A crash of the process loses nothing flushed;
     /// after a power failure, what sled wrote to a blob file of its own (a write above about
-    /// 128 KiB: a model, or a page of the tree grown that large) may be lost, as sled does not
-    /// sync those ([`Store::put_model`]).
+    /// 128 KiB: a page of the tree grown that large) may be lost, as sled does not sync those.
+    /// Large models are not in sled ([`Store::put_model`]).
     pub(crate) fn flush(&self) -> Result<(), CoordinatorError> {
         self.db.flush()?;
         self.log.sync_data().map_err(sled::Error::Io)?;
@@ -732,11 +822,10 @@ impl Store {
     /// Stores a model version, not yet flushed: the caller's next durable write — the job's
     /// head naming it as its latest model ([`Store::put_job`], [`Store::put_round`]) — flushes
     /// it with that write, one flush for both, and sled's log keeps it before the head that
-    /// names it. (sled keeps a value above about 128 KiB in a blob file of its own, which its
-    /// flush writes but does not sync: after a power failure, not a crash of the process, a
-    /// large model can be lost whatever the flush, as it could before.) The record is encoded
-    /// and dropped before sled copies the encoding: a large model is held twice at most, never
-    /// three times.
+    /// names it. A version encoded in more than [`INLINE_MODEL_BYTES`] is first written to a
+    /// file of its own and synced, so that the record naming it is never on disk without it.
+    /// The record is encoded and dropped before the encoding is stored: a large model is held
+    /// twice at most, never three times.
     pub(crate) fn put_model(&self, model: StoredModel) -> Result<(), CoordinatorError> {
         let version = model
             .header
@@ -745,7 +834,21 @@ impl Store {
             .unwrap_or_default();
         let encoded = model.encode_to_vec();
         drop(model);
-        self.models.insert(version.as_bytes(), encoded)?;
+        if encoded.len() <= INLINE_MODEL_BYTES {
+            self.models.insert(version.as_bytes(), encoded)?;
+            return Ok(());
+        }
+        let file = ModelFileRef {
+            sha256: treaty_proto::hex::sha256_hex(&encoded),
+            bytes: encoded.len() as u64,
+        };
+        let path = self.model_dir.join(file.name());
+        write_durably(&self.model_dir, &path, &encoded)
+            .map_err(|source| CoordinatorError::Write { path, source })?;
+        let record = serde_json::json!({ "sha256": file.sha256, "bytes": file.bytes });
+        self.model_files
+            .insert(version.as_bytes(), record.to_string().as_bytes())?;
+        *self.recent.lock().unwrap_or_else(|e| e.into_inner()) = Some((version, encoded.into()));
         Ok(())
     }
 
@@ -755,10 +858,22 @@ impl Store {
         &self,
         version: &str,
     ) -> Result<Option<ModelToSend>, CoordinatorError> {
-        let Some(value) = self.models.get(version.as_bytes())? else {
+        self.model_decoded(version)
+    }
+
+    /// A model version. Its tensors' bytes are not copied: they share the stored encoding.
+    pub(crate) fn model(&self, version: &str) -> Result<Option<StoredModel>, CoordinatorError> {
+        self.model_decoded(version)
+    }
+
+    fn model_decoded<M: Message + Default>(
+        &self,
+        version: &str,
+    ) -> Result<Option<M>, CoordinatorError> {
+        let Some(encoded) = self.model_encoded(version)? else {
             return Ok(None);
         };
-        ModelToSend::decode(prost::bytes::Bytes::from_owner(value))
+        M::decode(encoded)
             .map(Some)
             .map_err(|source| CoordinatorError::CorruptRecord {
                 what: "model",
@@ -767,18 +882,49 @@ impl Store {
             })
     }
 
-    /// A model version. Its tensors' bytes are not copied: they share sled's own copy.
-    pub(crate) fn model(&self, version: &str) -> Result<Option<StoredModel>, CoordinatorError> {
-        let Some(value) = self.models.get(version.as_bytes())? else {
+    /// A model version's encoding: from sled, or from its file, checked against its size and
+    /// SHA-256 (and then kept as the version read last).
+    fn model_encoded(&self, version: &str) -> Result<Option<Bytes>, CoordinatorError> {
+        if let Some(value) = self.models.get(version.as_bytes())? {
+            return Ok(Some(Bytes::from_owner(value)));
+        }
+        let Some(record) = self.model_files.get(version.as_bytes())? else {
             return Ok(None);
         };
-        StoredModel::decode(prost::bytes::Bytes::from_owner(value))
-            .map(Some)
-            .map_err(|source| CoordinatorError::CorruptRecord {
-                what: "model",
-                key: version.to_owned(),
-                source,
+        let damaged = |path: PathBuf, problem: String| CoordinatorError::ModelFile {
+            version: version.to_owned(),
+            path,
+            problem,
+        };
+        let file: ModelFileRef = serde_json::from_slice(&record)
+            .map_err(|e| e.to_string())
+            .and_then(|file: ModelFileRef| {
+                let hex = file.sha256.len() == 64
+                    && file
+                        .sha256
+                        .bytes()
+                        .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+                match hex {
+                    true => Ok(file),
+                    false => Err(format!("`{}` is not a SHA-256", file.sha256)),
+                }
             })
+            .map_err(|e| {
+                damaged(
+                    self.model_dir.clone(),
+                    format!("the record naming its file is not readable: {e}"),
+                )
+            })?;
+        let path = self.model_dir.join(file.name());
+        let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((read, encoded)) = recent.as_ref()
+            && read == version
+        {
+            return Ok(Some(encoded.clone()));
+        }
+        let encoded = file.read(&path).map_err(|problem| damaged(path, problem))?;
+        *recent = Some((version.to_owned(), encoded.clone()));
+        Ok(Some(encoded))
     }
 
     /// Appends to the audit log, durably.
@@ -1361,6 +1507,83 @@ mod tests {
         assert_eq!(sent.header, Some(header));
         assert_eq!(sent.tensors, tensors);
         assert!(store.model_to_send("job-000001/r2").unwrap().is_none());
+    }
+
+    /// A large model: kept in a file of its own, named by its SHA-256, read back whole after the
+    /// store is reopened; a damaged, cut or missing file is an error naming the version and
+    /// the file, never a different model.
+    #[test]
+    fn a_large_model_is_kept_in_a_checked_file_of_its_own() {
+        use treaty_proto::tensor::{NamedTensor, to_whole};
+        use treaty_proto::v1::{Dtype, ModelHeader};
+        let dir = tempfile::tempdir().unwrap();
+        let values: Vec<f64> = (0..20_000).map(|k| f64::from(k) / 7.0).collect();
+        let tensors = to_whole(
+            &[NamedTensor::new(
+                "w",
+                ndarray::Array1::from(values).into_dyn(),
+            )],
+            Dtype::F64,
+        );
+        let model = |version: &str| StoredModel {
+            header: Some(ModelHeader {
+                job_id: "job-000001".into(),
+                model_version: version.into(),
+                round: 1,
+                tensors: tensors.iter().filter_map(|t| t.spec.clone()).collect(),
+                ..Default::default()
+            }),
+            tensors: tensors.clone(),
+            contributors: vec!["AGENCY-1".into()],
+            created_unix_ms: 1,
+            optimizer_state: Vec::new(),
+        };
+        let encoded = model("job-000001/r1").encode_to_vec();
+        assert!(encoded.len() > INLINE_MODEL_BYTES);
+        {
+            let store = reopen(dir.path());
+            store.put_model(model("job-000001/r1")).unwrap();
+            store.put_model(model("job-000001/r2")).unwrap();
+            store.flush().unwrap();
+            assert!(store.models.is_empty(), "a large model was kept in sled");
+        }
+        // Named by the SHA-256 of the encoding (computed here by ring, not by the store).
+        let sha = ring::digest::digest(&ring::digest::SHA256, &encoded);
+        let name: String = sha.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+        let path = dir.path().join("models").join(format!("{name}.model"));
+        assert_eq!(std::fs::read(&path).unwrap(), encoded);
+
+        let store = reopen(dir.path());
+        assert_eq!(
+            store.model("job-000001/r1").unwrap(),
+            Some(model("job-000001/r1"))
+        );
+        let sent = store.model_to_send("job-000001/r2").unwrap().unwrap();
+        assert_eq!(sent.tensors, tensors);
+        drop(store);
+
+        let problem = |damage: &dyn Fn()| {
+            damage();
+            let store = reopen(dir.path());
+            let err = store.model("job-000001/r1").unwrap_err().to_string();
+            assert!(err.contains("model `job-000001/r1`"), "{err}");
+            assert!(err.contains(&path.display().to_string()), "{err}");
+            err
+        };
+        let mut altered = encoded.clone();
+        altered[encoded.len() / 2] ^= 1;
+        let err = problem(&|| std::fs::write(&path, &altered).unwrap());
+        assert!(err.contains("SHA-256"), "{err}");
+        let err = problem(&|| std::fs::write(&path, &encoded[..100]).unwrap());
+        assert!(err.contains("100 bytes"), "{err}");
+        let err = problem(&|| std::fs::remove_file(&path).unwrap());
+        assert!(err.contains("missing"), "{err}");
+        // The other version is untouched.
+        let store = reopen(dir.path());
+        assert_eq!(
+            store.model("job-000001/r2").unwrap(),
+            Some(model("job-000001/r2"))
+        );
     }
 
     #[test]
