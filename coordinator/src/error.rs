@@ -56,12 +56,10 @@ pub enum CoordinatorError {
         version: String,
         source: TensorError,
     },
-    #[error(
-        "a stored record is corrupt: model `{version}`, kept in `{path}`: {problem}; restore the file from a backup of the data directory"
-    )]
+    #[error("model `{version}` cannot be read from `{file}` in the data directory: {problem}")]
     ModelFile {
         version: String,
-        path: PathBuf,
+        file: String,
         problem: String,
     },
     #[error("the stored spec of job `{job}` cannot run: {source}")]

@@ -41,6 +41,7 @@ mod error;
 mod federation;
 mod jobs;
 mod limits;
+mod model_files;
 mod models;
 mod monitoring;
 mod paging;

@@ -7,20 +7,13 @@
 //! that depends on it leaves the coordinator.
 //!
 //! A model version encoded in more than [`INLINE_MODEL_BYTES`] is kept in a file of its own
-//! under `models/` in the data directory, named by its SHA-256 and written durably (synced,
-//! renamed into place, its directory synced) before sled's record of it; sled keeps its name,
-//! size and hash. sled 0.34 kept every value it wrote in memory, whatever its cache capacity,
-//! until far more reads than a coordinator makes: a large model held the coordinator's memory
-//! by one more version every round (W2: 8 MB a round); and it did not sync the blob files it
-//! keeps large values in. Only the version read or written last is kept in memory, for the
-//! round's downloads.
+//! ([`crate::model_files`]); sled keeps its name, size and hash.
 //!
 //! A job is kept as its head (the `Job` record without its rounds) and one record per completed
 //! round, so that what a round costs to store and to read does not grow with the rounds before
 //! it.
 
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use prost::bytes::Bytes;
@@ -31,6 +24,7 @@ use treaty_proto::v1::{FederationInfo, Job, RoundSummary, StoredModel};
 
 use crate::audit::{self, Head, Link, SignedHead};
 use crate::error::CoordinatorError;
+use crate::model_files::{INLINE_MODEL_BYTES, ModelFileRef, ModelFiles};
 
 /// The coordinator's database.
 #[derive(Debug, Clone)]
@@ -45,14 +39,10 @@ pub(crate) struct Store {
     rounds: sled::Tree,
     /// Model versions encoded in at most [`INLINE_MODEL_BYTES`]: version -> `StoredModel`.
     models: sled::Tree,
-    /// Larger model versions, each in a file of its own in `model_dir`: version -> its
-    /// [`ModelFileRef`] (JSON).
+    /// Larger model versions, each in a file of its own (`files`): version -> its
+    /// [`ModelFileRef`]. A version is in one of `models` and `model_files`, never both.
     model_files: sled::Tree,
-    /// `models/` in the data directory.
-    model_dir: PathBuf,
-    /// The large model version read or written last, encoded: every agency of a round
-    /// downloads the same version, which is read from its file once.
-    recent: Arc<Mutex<Option<(String, Bytes)>>>,
+    files: Arc<ModelFiles>,
     /// The audit log: entry `n` under `n` (eight bytes, big-endian), as an `audit::Link`.
     audit: sled::Tree,
     /// The signed heads of the audit log: `n` -> `audit::SignedHead` JSON.
@@ -228,65 +218,6 @@ pub(crate) struct ModelToSend {
     pub tensors: Vec<treaty_proto::v1::Tensor>,
 }
 
-/// A model version encoded in more bytes than this is kept in a file of its own, not in sled
-/// (whose log keeps smaller values, synced with every flush).
-pub(crate) const INLINE_MODEL_BYTES: usize = 64 << 10;
-
-/// The directory of the model files, in the data directory.
-const MODEL_DIR: &str = "models";
-
-/// sled's record of a model version kept in a file of its own.
-#[derive(Debug, serde::Deserialize)]
-struct ModelFileRef {
-    /// The SHA-256 of the file (hex), which also names it.
-    sha256: String,
-    /// Its size.
-    bytes: u64,
-}
-
-impl ModelFileRef {
-    fn name(&self) -> String {
-        format!("{}.model", self.sha256)
-    }
-
-    /// The file's bytes, if they are the ones recorded; what is wrong with it otherwise.
-    fn read(&self, path: &Path) -> Result<Bytes, String> {
-        let missing = |e: std::io::Error| match e.kind() {
-            std::io::ErrorKind::NotFound => "the file is missing".to_owned(),
-            _ => format!("the file cannot be read: {e}"),
-        };
-        let size = std::fs::metadata(path).map_err(missing)?.len();
-        if size != self.bytes {
-            return Err(format!(
-                "the file has {size} bytes, its record says {}: it was cut short or altered",
-                self.bytes
-            ));
-        }
-        let bytes = std::fs::read(path).map_err(missing)?;
-        let sha256 = treaty_proto::hex::sha256_hex(&bytes);
-        if sha256 != self.sha256 || bytes.len() as u64 != self.bytes {
-            return Err(format!(
-                "the file's SHA-256 is {sha256}, its record says {}: it was altered or damaged",
-                self.sha256
-            ));
-        }
-        Ok(bytes.into())
-    }
-}
-
-/// Writes `bytes` to `path` in `dir` so that a crash or power failure leaves either the whole
-/// file or none under that name: written to a `.part` file, synced, renamed, the directory
-/// synced.
-fn write_durably(dir: &Path, path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let part = path.with_extension("part");
-    let mut file = std::fs::File::create(&part)?;
-    file.write_all(bytes)?;
-    file.sync_data()?;
-    drop(file);
-    std::fs::rename(&part, path)?;
-    std::fs::File::open(dir)?.sync_all()
-}
-
 impl Store {
     /// Opens (or creates) the database in `dir`.
     pub(crate) fn open(dir: &Path) -> Result<Self, CoordinatorError> {
@@ -303,13 +234,8 @@ impl Store {
                 path: dir.to_owned(),
                 source: sled::Error::Io(e),
             })?;
-        let model_dir = dir.join(MODEL_DIR);
-        std::fs::create_dir_all(&model_dir)
-            .and_then(|()| std::fs::File::open(dir)?.sync_all())
-            .map_err(|e| CoordinatorError::OpenStore {
-                path: model_dir.clone(),
-                source: sled::Error::Io(e),
-            })?;
+        let files = ModelFiles::open(dir)
+            .map_err(|(path, source)| CoordinatorError::Write { path, source })?;
         let mut store = Store {
             log: Arc::new(log),
             federations: db.open_tree("federations")?,
@@ -317,8 +243,7 @@ impl Store {
             rounds: db.open_tree("rounds")?,
             models: db.open_tree("models")?,
             model_files: db.open_tree("model_files")?,
-            model_dir,
-            recent: Arc::new(Mutex::new(None)),
+            files: Arc::new(files),
             audit: db.open_tree("audit")?,
             heads: db.open_tree("audit_heads")?,
             certificates: db.open_tree("certificates")?,
@@ -331,6 +256,7 @@ impl Store {
             db,
         };
         store.split_rounds()?;
+        store.move_large_models()?;
         store.chain_unchained()?;
         let (head, signing_started) = store.read_audit()?;
         *store.chain.lock().unwrap_or_else(|e| e.into_inner()) = head;
@@ -352,6 +278,23 @@ impl Store {
             job.rounds_completed = rounds.len() as u32;
             self.write_job(&job, &rounds, None)?;
             moved = true;
+        }
+        if moved {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    /// Moves the large models an earlier version kept in sled into files of their own, each
+    /// with its record in one transaction: nothing is lost if the move is cut short.
+    fn move_large_models(&self) -> Result<(), CoordinatorError> {
+        let mut moved = false;
+        for kv in self.models.iter() {
+            let (key, value) = kv?;
+            if value.len() > INLINE_MODEL_BYTES {
+                self.put_encoded(&key, value.to_vec())?;
+                moved = true;
+            }
         }
         if moved {
             self.flush()?;
@@ -535,7 +478,7 @@ impl Store {
 
     /// The database's size on disk, in bytes (0 when sled cannot tell).
     pub(crate) fn size_on_disk(&self) -> u64 {
-        self.db.size_on_disk().unwrap_or(0)
+        self.db.size_on_disk().unwrap_or(0) + self.files.size_on_disk()
     }
 
     /// The audit log's head as it stands.
@@ -834,21 +777,40 @@ impl Store {
             .unwrap_or_default();
         let encoded = model.encode_to_vec();
         drop(model);
-        if encoded.len() <= INLINE_MODEL_BYTES {
-            self.models.insert(version.as_bytes(), encoded)?;
-            return Ok(());
-        }
-        let file = ModelFileRef {
-            sha256: treaty_proto::hex::sha256_hex(&encoded),
-            bytes: encoded.len() as u64,
+        self.put_encoded(version.as_bytes(), encoded)
+    }
+
+    /// Stores a model version's encoding in sled or in a file of its own, and removes what
+    /// was stored of the version before (a round redone after a crash stores its version
+    /// again), in one transaction.
+    fn put_encoded(&self, version: &[u8], encoded: Vec<u8>) -> Result<(), CoordinatorError> {
+        use sled::Transactional;
+        let (inline, record) = match encoded.len() <= INLINE_MODEL_BYTES {
+            true => (Some(encoded), None),
+            false => {
+                let file = self
+                    .files
+                    .write(encoded)
+                    .map_err(|(path, source)| CoordinatorError::Write { path, source })?;
+                (None, Some(file.encode()))
+            }
         };
-        let path = self.model_dir.join(file.name());
-        write_durably(&self.model_dir, &path, &encoded)
-            .map_err(|source| CoordinatorError::Write { path, source })?;
-        let record = serde_json::json!({ "sha256": file.sha256, "bytes": file.bytes });
-        self.model_files
-            .insert(version.as_bytes(), record.to_string().as_bytes())?;
-        *self.recent.lock().unwrap_or_else(|e| e.into_inner()) = Some((version, encoded.into()));
+        (&self.models, &self.model_files)
+            .transaction(|(models, files)| {
+                match (&inline, &record) {
+                    (Some(encoded), _) => {
+                        models.insert(version, encoded.as_slice())?;
+                        files.remove(version)?;
+                    }
+                    (None, Some(record)) => {
+                        files.insert(version, record.as_slice())?;
+                        models.remove(version)?;
+                    }
+                    (None, None) => {}
+                }
+                Ok(())
+            })
+            .map_err(storage_error)?;
         Ok(())
     }
 
@@ -883,7 +845,7 @@ impl Store {
     }
 
     /// A model version's encoding: from sled, or from its file, checked against its size and
-    /// SHA-256 (and then kept as the version read last).
+    /// SHA-256.
     fn model_encoded(&self, version: &str) -> Result<Option<Bytes>, CoordinatorError> {
         if let Some(value) = self.models.get(version.as_bytes())? {
             return Ok(Some(Bytes::from_owner(value)));
@@ -891,40 +853,18 @@ impl Store {
         let Some(record) = self.model_files.get(version.as_bytes())? else {
             return Ok(None);
         };
-        let damaged = |path: PathBuf, problem: String| CoordinatorError::ModelFile {
+        let damaged = |file: String, problem: String| CoordinatorError::ModelFile {
             version: version.to_owned(),
-            path,
+            file,
             problem,
         };
-        let file: ModelFileRef = serde_json::from_slice(&record)
-            .map_err(|e| e.to_string())
-            .and_then(|file: ModelFileRef| {
-                let hex = file.sha256.len() == 64
-                    && file
-                        .sha256
-                        .bytes()
-                        .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
-                match hex {
-                    true => Ok(file),
-                    false => Err(format!("`{}` is not a SHA-256", file.sha256)),
-                }
-            })
-            .map_err(|e| {
-                damaged(
-                    self.model_dir.clone(),
-                    format!("the record naming its file is not readable: {e}"),
-                )
-            })?;
-        let path = self.model_dir.join(file.name());
-        let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((read, encoded)) = recent.as_ref()
-            && read == version
-        {
-            return Ok(Some(encoded.clone()));
-        }
-        let encoded = file.read(&path).map_err(|problem| damaged(path, problem))?;
-        *recent = Some((version.to_owned(), encoded.clone()));
-        Ok(Some(encoded))
+        let file = ModelFileRef::decode(&record)
+            .map_err(|problem| damaged(crate::model_files::MODEL_DIR.to_owned(), problem))?;
+        let name = format!("{}/{}", crate::model_files::MODEL_DIR, file.name());
+        self.files
+            .read(&file)
+            .map(Some)
+            .map_err(|problem| damaged(name, problem))
     }
 
     /// Appends to the audit log, durably.
@@ -1509,23 +1449,16 @@ mod tests {
         assert!(store.model_to_send("job-000001/r2").unwrap().is_none());
     }
 
-    /// A large model: kept in a file of its own, named by its SHA-256, read back whole after the
-    /// store is reopened; a damaged, cut or missing file is an error naming the version and
-    /// the file, never a different model.
-    #[test]
-    fn a_large_model_is_kept_in_a_checked_file_of_its_own() {
+    /// A model of `values` stored as `version` (with `contributors` agencies), as the store
+    /// keeps it.
+    fn stored_model(version: &str, values: &[f64], contributors: usize) -> StoredModel {
         use treaty_proto::tensor::{NamedTensor, to_whole};
         use treaty_proto::v1::{Dtype, ModelHeader};
-        let dir = tempfile::tempdir().unwrap();
-        let values: Vec<f64> = (0..20_000).map(|k| f64::from(k) / 7.0).collect();
         let tensors = to_whole(
-            &[NamedTensor::new(
-                "w",
-                ndarray::Array1::from(values).into_dyn(),
-            )],
+            &[NamedTensor::new("w", ndarray::arr1(values).into_dyn())],
             Dtype::F64,
         );
-        let model = |version: &str| StoredModel {
+        StoredModel {
             header: Some(ModelHeader {
                 job_id: "job-000001".into(),
                 model_version: version.into(),
@@ -1533,57 +1466,171 @@ mod tests {
                 tensors: tensors.iter().filter_map(|t| t.spec.clone()).collect(),
                 ..Default::default()
             }),
-            tensors: tensors.clone(),
-            contributors: vec!["AGENCY-1".into()],
+            tensors,
+            contributors: (0..contributors).map(|k| format!("AGENCY-{k}")).collect(),
             created_unix_ms: 1,
             optimizer_state: Vec::new(),
-        };
-        let encoded = model("job-000001/r1").encode_to_vec();
-        assert!(encoded.len() > INLINE_MODEL_BYTES);
+        }
+    }
+
+    /// 20,000 values: 160 KB encoded, above the size kept in sled.
+    fn large(offset: f64) -> Vec<f64> {
+        (0..20_000).map(|k| f64::from(k) / 7.0 + offset).collect()
+    }
+
+    /// The file a model's encoding is kept in: named by its SHA-256, computed here by ring.
+    fn file_of(dir: &Path, model: &StoredModel) -> std::path::PathBuf {
+        let sha = ring::digest::digest(&ring::digest::SHA256, &model.encode_to_vec());
+        let name: String = sha.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+        dir.join("models").join(format!("{name}.model"))
+    }
+
+    /// A large model: kept in a file of its own, named by its SHA-256, not in sled; each
+    /// version reads back as itself, from memory and after the store is reopened; a damaged,
+    /// cut or missing file is an error naming the version and the file, never a different
+    /// model.
+    #[test]
+    fn a_large_model_is_kept_in_a_checked_file_of_its_own() {
+        let dir = tempfile::tempdir().unwrap();
+        let (r1, r2) = (
+            stored_model("job-000001/r1", &large(0.0), 1),
+            stored_model("job-000001/r2", &large(1.0), 1),
+        );
+        assert!(r1.encode_to_vec().len() > INLINE_MODEL_BYTES);
         {
             let store = reopen(dir.path());
-            store.put_model(model("job-000001/r1")).unwrap();
-            store.put_model(model("job-000001/r2")).unwrap();
+            store.put_model(r1.clone()).unwrap();
+            store.put_model(r2.clone()).unwrap();
             store.flush().unwrap();
             assert!(store.models.is_empty(), "a large model was kept in sled");
+            // The version written last is held, the other read from disk, in any order.
+            for version in [
+                "job-000001/r2",
+                "job-000001/r1",
+                "job-000001/r2",
+                "job-000001/r1",
+            ] {
+                let model = store.model(version).unwrap().unwrap();
+                assert_eq!(
+                    model,
+                    if version.ends_with("r1") {
+                        r1.clone()
+                    } else {
+                        r2.clone()
+                    }
+                );
+            }
         }
-        // Named by the SHA-256 of the encoding (computed here by ring, not by the store).
-        let sha = ring::digest::digest(&ring::digest::SHA256, &encoded);
-        let name: String = sha.as_ref().iter().map(|b| format!("{b:02x}")).collect();
-        let path = dir.path().join("models").join(format!("{name}.model"));
-        assert_eq!(std::fs::read(&path).unwrap(), encoded);
+        let path = file_of(dir.path(), &r1);
+        assert_eq!(std::fs::read(&path).unwrap(), r1.encode_to_vec());
 
         let store = reopen(dir.path());
-        assert_eq!(
-            store.model("job-000001/r1").unwrap(),
-            Some(model("job-000001/r1"))
-        );
+        assert_eq!(store.model("job-000001/r1").unwrap(), Some(r1.clone()));
         let sent = store.model_to_send("job-000001/r2").unwrap().unwrap();
-        assert_eq!(sent.tensors, tensors);
+        assert_eq!(
+            (sent.header, sent.tensors),
+            (r2.header.clone(), r2.tensors.clone())
+        );
         drop(store);
 
+        let name = format!("models/{}", path.file_name().unwrap().to_string_lossy());
         let problem = |damage: &dyn Fn()| {
             damage();
             let store = reopen(dir.path());
             let err = store.model("job-000001/r1").unwrap_err().to_string();
             assert!(err.contains("model `job-000001/r1`"), "{err}");
-            assert!(err.contains(&path.display().to_string()), "{err}");
+            assert!(err.contains(&name), "{err}");
             err
         };
-        let mut altered = encoded.clone();
-        altered[encoded.len() / 2] ^= 1;
+        let mut altered = r1.encode_to_vec();
+        altered[INLINE_MODEL_BYTES] ^= 1;
         let err = problem(&|| std::fs::write(&path, &altered).unwrap());
         assert!(err.contains("SHA-256"), "{err}");
-        let err = problem(&|| std::fs::write(&path, &encoded[..100]).unwrap());
+        let err = problem(&|| std::fs::write(&path, &altered[..100]).unwrap());
         assert!(err.contains("100 bytes"), "{err}");
         let err = problem(&|| std::fs::remove_file(&path).unwrap());
         assert!(err.contains("missing"), "{err}");
         // The other version is untouched.
         let store = reopen(dir.path());
-        assert_eq!(
-            store.model("job-000001/r2").unwrap(),
-            Some(model("job-000001/r2"))
-        );
+        assert_eq!(store.model("job-000001/r2").unwrap(), Some(r2));
+    }
+
+    /// A version stored again (a round redone after a crash) reads as the latest storing,
+    /// whether each was kept in sled or in a file.
+    #[test]
+    fn a_version_stored_again_reads_as_stored_last() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = reopen(dir.path());
+        let small = stored_model("job-000001/r1", &[1.0, 2.0], 1);
+        let big = stored_model("job-000001/r1", &large(0.0), 1);
+        let other_big = stored_model("job-000001/r1", &large(0.0), 2);
+        for model in [&small, &big, &small, &big, &other_big] {
+            store.put_model(model.clone()).unwrap();
+            assert_eq!(store.model("job-000001/r1").unwrap().as_ref(), Some(model));
+        }
+        store.flush().unwrap();
+        drop(store);
+        let store = reopen(dir.path());
+        assert_eq!(store.model("job-000001/r1").unwrap(), Some(other_big));
+    }
+
+    /// A large model an earlier version kept in sled is moved to a file of its own when the
+    /// store is opened, and reads back the same; a file a crash left half-written is removed.
+    #[test]
+    fn a_large_model_kept_in_sled_is_moved_to_a_file_when_opened() {
+        let dir = tempfile::tempdir().unwrap();
+        let old = stored_model("job-000001/r1", &large(0.0), 3);
+        let small = stored_model("job-000001/r0", &[1.0], 0);
+        let part = dir.path().join("models").join("cut.part");
+        once_unlocked(|| {
+            let db = sled::open(dir.path())?;
+            let models = db.open_tree("models")?;
+            models.insert("job-000001/r1", old.encode_to_vec())?;
+            models.insert("job-000001/r0", small.encode_to_vec())?;
+            db.flush()?;
+            std::fs::create_dir_all(part.parent().unwrap()).unwrap();
+            std::fs::write(&part, b"half").unwrap();
+            Ok::<_, sled::Error>(())
+        });
+        let store = reopen(dir.path());
+        assert_eq!(store.models.len(), 1, "only the small model stays in sled");
+        assert!(file_of(dir.path(), &old).exists());
+        assert!(!part.exists());
+        assert_eq!(store.model("job-000001/r1").unwrap(), Some(old));
+        assert_eq!(store.model("job-000001/r0").unwrap(), Some(small));
+    }
+
+    /// The record of a file is written after the file: a file that cannot be written leaves
+    /// no record (and the error names the file); a record that does not name a file by its
+    /// hash is refused, never followed out of `models/`.
+    #[test]
+    fn a_model_file_is_written_before_its_record_and_a_bad_record_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = reopen(dir.path());
+        let model = stored_model("job-000001/r1", &large(0.0), 1);
+        let blocked = file_of(dir.path(), &model).with_extension("part");
+        std::fs::create_dir(&blocked).unwrap();
+        let err = store.put_model(model).unwrap_err().to_string();
+        assert!(err.contains(&blocked.display().to_string()), "{err}");
+        assert!(store.model_files.is_empty());
+        assert_eq!(store.model("job-000001/r1").unwrap(), None);
+
+        let outside = ModelFileRef {
+            sha256: "../../etc/passwd".into(),
+            bytes: 1,
+        };
+        store
+            .model_files
+            .insert("job-000001/r2", outside.encode())
+            .unwrap();
+        let err = store.model("job-000001/r2").unwrap_err().to_string();
+        assert!(err.contains("not a SHA-256"), "{err}");
+        store
+            .model_files
+            .insert("job-000001/r3", b"{".as_slice())
+            .unwrap();
+        let err = store.model("job-000001/r3").unwrap_err().to_string();
+        assert!(err.contains("not readable"), "{err}");
     }
 
     #[test]
