@@ -785,29 +785,24 @@ impl Store {
     /// again), in one transaction.
     fn put_encoded(&self, version: &[u8], encoded: Vec<u8>) -> Result<(), CoordinatorError> {
         use sled::Transactional;
-        let (inline, record) = match encoded.len() <= INLINE_MODEL_BYTES {
-            true => (Some(encoded), None),
-            false => {
-                let file = self
-                    .files
-                    .write(encoded)
-                    .map_err(|(path, source)| CoordinatorError::Write { path, source })?;
-                (None, Some(file.encode()))
-            }
+        let inline = encoded.len() <= INLINE_MODEL_BYTES;
+        let value = match inline {
+            true => encoded,
+            false => self
+                .files
+                .write(encoded)
+                .map_err(|(path, source)| CoordinatorError::Write { path, source })?
+                .encode(),
         };
         (&self.models, &self.model_files)
             .transaction(|(models, files)| {
-                match (&inline, &record) {
-                    (Some(encoded), _) => {
-                        models.insert(version, encoded.as_slice())?;
-                        files.remove(version)?;
-                    }
-                    (None, Some(record)) => {
-                        files.insert(version, record.as_slice())?;
-                        models.remove(version)?;
-                    }
-                    (None, None) => {}
-                }
+                let (kept, other) = if inline {
+                    (models, files)
+                } else {
+                    (files, models)
+                };
+                kept.insert(version, value.as_slice())?;
+                other.remove(version)?;
                 Ok(())
             })
             .map_err(storage_error)?;
