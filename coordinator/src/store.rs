@@ -141,6 +141,9 @@ pub(crate) type StoredEntry = (u64, Vec<u8>);
 /// their own, which sled does not sync; large models are not kept in sled: [`Store::put_model`]).
 const SLED_LOG: &str = "db";
 
+/// The mark in `meta` that large models are kept in files ([`Store::move_large_models`]).
+const MODELS_IN_FILES: &str = "models_in_files";
+
 /// The action of the entry from which on every entry has its own signed head.
 const SIGNING_STARTED: &str = "audit.signing_started";
 
@@ -286,20 +289,21 @@ impl Store {
     }
 
     /// Moves the large models an earlier version kept in sled into files of their own, each
-    /// with its record in one transaction: nothing is lost if the move is cut short.
+    /// with its record in one transaction: nothing is lost if the move is cut short. Once,
+    /// when a store of an earlier version is first opened (a mark in `meta` says it was done):
+    /// the move reads every model stored, which later starts need not.
     fn move_large_models(&self) -> Result<(), CoordinatorError> {
-        let mut moved = false;
+        if self.meta.contains_key(MODELS_IN_FILES)? {
+            return Ok(());
+        }
         for kv in self.models.iter() {
             let (key, value) = kv?;
             if value.len() > INLINE_MODEL_BYTES {
                 self.put_encoded(&key, value.to_vec())?;
-                moved = true;
             }
         }
-        if moved {
-            self.flush()?;
-        }
-        Ok(())
+        self.meta.insert(MODELS_IN_FILES, b"1".as_slice())?;
+        self.flush()
     }
 
     /// Writes a job's head, `rounds` and an audit line (its sequence number and JSON) in one
@@ -1591,8 +1595,18 @@ mod tests {
         assert_eq!(store.models.len(), 1, "only the small model stays in sled");
         assert!(file_of(dir.path(), &old).exists());
         assert!(!part.exists());
-        assert_eq!(store.model("job-000001/r1").unwrap(), Some(old));
+        assert_eq!(store.model("job-000001/r1").unwrap(), Some(old.clone()));
         assert_eq!(store.model("job-000001/r0").unwrap(), Some(small));
+        // Once: a later start does not read the stored models again (a large model put back
+        // in sled by hand stays there).
+        store
+            .models
+            .insert("job-000001/r1", old.encode_to_vec())
+            .unwrap();
+        store.flush().unwrap();
+        drop(store);
+        let store = reopen(dir.path());
+        assert_eq!(store.models.len(), 2);
     }
 
     /// The record of a file is written after the file: a file that cannot be written leaves
