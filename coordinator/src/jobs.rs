@@ -20,6 +20,7 @@ use crate::error::CoordinatorError;
 use crate::federation::members;
 use crate::models;
 use crate::rounds::{self, round_line, shown};
+use crate::service::{CARRIED_MODEL_BYTES, carried_model};
 use crate::state::{Coordinator, audit_entry, now_ms};
 use crate::tasks::{Intake, TaskResult};
 use crate::valid_job::{
@@ -229,9 +230,18 @@ async fn train(
     };
     while job.rounds_completed < spec.rounds() {
         let round = job.rounds_completed + 1;
-        let latest = job.latest_model_version.clone();
-        let (global, state) = ctx
-            .blocking(move |ctx| models::load(&ctx.store, &latest))
+        let (latest, id) = (job.latest_model_version.clone(), job.job_id.clone());
+        let (global, state, carried) = ctx
+            .blocking(move |ctx| {
+                let (global, state) = models::load(&ctx.store, &latest)?;
+                // A small model goes with the task (no download); a large one is downloaded.
+                let values: usize = global.iter().map(|t| t.values.len()).sum();
+                let carried = match 8 * values <= CARRIED_MODEL_BYTES {
+                    true => carried_model(ctx, &id, &latest)?,
+                    false => Vec::new(),
+                };
+                Ok::<_, CoordinatorError>((global, state, carried))
+            })
             .await?;
         let wire = spec.to_spec();
         let learning_rate = wire.learning_rate;
@@ -240,6 +250,7 @@ async fn train(
             model_version: job.latest_model_version.clone(),
             // Set for each agency when the task is sent.
             public_records: 0.0,
+            model: carried,
         });
         let global = Arc::new(global);
         // FedAvg and the server optimisers: each update is folded into the round's exact sum
@@ -411,9 +422,14 @@ async fn final_evaluation(
     // The round is judged by the policies at what it spends (opendp's noise grid aside).
     let mut rules = rules.clone();
     rules.sharing.epsilon_per_round = epsilon * 1.001;
+    let (id, latest) = (job.job_id.clone(), version.clone());
+    let carried = ctx
+        .blocking(move |ctx| carried_model(ctx, &id, &latest))
+        .await?;
     let kind = task::Kind::Evaluation(EvaluationTask {
         spec: Some(spec.to_spec()),
         model_version: version.clone(),
+        model: carried,
     });
     let check = move |r: &mut TaskResult| match &r.evaluation {
         Some(_) if !r.tensors.is_empty() => Err("an evaluation's result carries tensors".into()),

@@ -798,6 +798,17 @@ impl Store {
                 .map_err(|(path, source)| CoordinatorError::Write { path, source })?
                 .encode(),
         };
+        // A version is stored once, unless a round is redone after a crash: then, and only
+        // then, the record it leaves is removed in the same transaction. Otherwise one insert
+        // (a sled transaction writes its log twice more).
+        let (kept, other) = match inline {
+            true => (&self.models, &self.model_files),
+            false => (&self.model_files, &self.models),
+        };
+        if !other.contains_key(version)? {
+            kept.insert(version, value)?;
+            return Ok(());
+        }
         (&self.models, &self.model_files)
             .transaction(|(models, files)| {
                 let (kept, other) = if inline {

@@ -69,6 +69,16 @@ pub(crate) struct TaskResult {
     pub privacy: Option<treaty_proto::v1::PrivacyReport>,
 }
 
+impl TaskResult {
+    /// The bytes of its tensors: as they arrived when staged, 8 a value when decoded.
+    pub(crate) fn tensor_bytes(&self) -> usize {
+        match &self.staged {
+            Some(staged) => staged.tensors.bytes(),
+            None => self.tensors.iter().map(|t| 8 * t.values.len()).sum(),
+        }
+    }
+}
+
 /// An outcome on its way to its round: (agency, outcome).
 pub(crate) type Delivery = (Identity, Outcome);
 

@@ -18,7 +18,8 @@ pub enum RefusalCode {
     /// `DATA_ERROR`: the agency's data does not fit the task (a column missing from the
     /// header; the node's log keeps the whole error).
     DataError,
-    /// `MODEL_UNAVAILABLE`: the global model of a training task cannot be downloaded.
+    /// `MODEL_UNAVAILABLE`: the global model of a training task cannot be downloaded, or the
+    /// one the task carries cannot be used (incomplete, out of order, not finite).
     ModelUnavailable,
     /// `TRAINING_DIVERGED`: local training produced values that are not finite.
     TrainingDiverged,

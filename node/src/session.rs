@@ -27,7 +27,8 @@ use crate::error::NodeError;
 use crate::ledger::{Entry, Evidence, Ledger, ReceiptRecord, Record, TaskRecord};
 use crate::policy::{Judged, NodePolicy};
 use crate::refusal::Refusal;
-use crate::work::{InvalidTask, Output, Worker, blocking};
+use crate::work::{InvalidTask, Output, Plan, Worker, blocking};
+use treaty_proto::secagg::Params;
 
 /// Everything a session needs.
 #[derive(Debug, Clone)]
@@ -360,35 +361,24 @@ async fn carry_out(
         }
     };
     if let Some(record) = after {
-        record_evidence(&node, &task.task_id, record, Durable::Soon).await;
+        record_evidence(&node, &task.task_id, record).await;
     }
 }
 
-/// When a record of the evidence log is made durable.
-#[derive(Debug, Clone, Copy)]
-enum Durable {
-    /// Before the node goes on: what it does next depends on it (a result about to leave).
-    Now,
-    /// Soon: it is written after the fact (the coordinator's receipt, a refusal already sent,
-    /// a result that did not arrive) and nothing the node does next depends on it. A crash
-    /// before it is flushed leaves the log as a crash just before it was written would. The
-    /// next task's ledger entry flushes it with its own; a node without one flushes it within
-    /// [`LATER_DURABLE_WITHIN`].
-    Soon,
-}
-
-/// How long a record written [`Durable::Soon`] may wait for the database's next flush before
+/// How long a record written after the fact may wait for the database's next flush before
 /// it is flushed on its own.
 const LATER_DURABLE_WITHIN: Duration = Duration::from_secs(1);
 
-/// Appends `record` to the node's evidence log (on a blocking thread), durable `when` it says;
-/// a failure is logged.
-async fn record_evidence(node: &Node, task_id: &str, record: Record, when: Durable) -> bool {
+/// Appends `record` to the node's evidence log (on a blocking thread), durable soon: it is
+/// written after the fact (the coordinator's receipt, a refusal already sent, a result that did
+/// not arrive) and nothing the node does next depends on it. A crash before it is flushed
+/// leaves the log as a crash just before it was written would. The next task's ledger entry
+/// flushes it with its own; a node without one flushes it within [`LATER_DURABLE_WITHIN`]. (The
+/// record of a result about to leave is written and flushed before it leaves, in [`attempt`].)
+/// A failure is logged.
+async fn record_evidence(node: &Node, task_id: &str, record: Record) -> bool {
     let evidence = node.evidence.clone();
-    let appended = blocking(move || match when {
-        Durable::Now => evidence.append(record).map(|_| false),
-        Durable::Soon => evidence.append_later(record).map(|(_, first)| first),
-    });
+    let appended = blocking(move || evidence.append_later(record).map(|(_, first)| first));
     let failed = match appended.await {
         Ok(Ok(flush_soon)) => {
             if flush_soon {
@@ -460,57 +450,30 @@ async fn attempt(
         (_, signer) => signer.clone(),
     };
     // Decide what will be released, and record it in the ledger, before touching the data.
-    // Planning calibrates opendp's mechanisms: on a blocking thread.
-    let worker = node.worker.clone();
-    let round = task.round;
-    let planned = secure.clone();
-    let plan = blocking(move || worker.plan_round(round, &kind, planned.as_ref())).await??;
-    let entry = Entry {
-        time_unix_ms: now_ms(),
-        task_id: task_id.clone(),
-        job_id: task.job_id.clone(),
-        federation: task.federation.clone(),
-        round: task.round,
-        kind: plan.kind().into(),
-        recipient: recipient.to_owned(),
-        releases: Some(plan.releases.clone()),
-        // Under secure aggregation the update leaves masked, with its full local noise or, under
-        // distributed DP, this agency's share of the noise the sum carries.
-        secure_aggregation: secure.as_ref().map(|p| {
-            let distributed = plan.distributed();
-            crate::ledger::SecureAggregation {
-                agencies: p.participants.len() as u32,
-                threshold: p.threshold as u32,
-                // Counting on other agencies' shares, or on its own whole noise.
-                noise: match distributed {
-                    Some(d) if d.honest >= 2 => "distributed".into(),
-                    _ => "local".into(),
-                },
-                assumed_dishonest: distributed.map(|d| d.dishonest),
-                honest: distributed.map(|d| d.honest),
-            }
-        }),
-    };
-    // The agency's own policy judges the task with the ledger's spending, whatever the
-    // coordinator decided, under the ledger's lock, and so does its operator's approval of the
-    // job's budget; only then is the release recorded, durably, before anything is computed.
-    // The policy's files and the ledger's database are read and written on a blocking thread.
-    let (ledger, policy, approvals, judged) = (
+    // Planning calibrates opendp's mechanisms; the agency's own policy judges the task with the
+    // ledger's spending, whatever the coordinator decided, under the ledger's lock, and so does
+    // its operator's approval of the job's budget; only then is the release recorded, durably,
+    // before anything is computed. All of it on one blocking thread (the policy's files and the
+    // ledger's database are read and written there), one hand-over from the session and back.
+    let (worker, ledger, policy, approvals, judged) = (
+        node.worker.clone(),
         node.ledger.clone(),
         node.policy.clone(),
         node.approvals.clone(),
         task.clone(),
     );
-    let releases = plan.releases.clone();
-    let (recorded, texts) = blocking(move || {
+    let (planned, recipient_owned) = (secure.clone(), recipient.to_owned());
+    let (plan, recorded, texts) = blocking(move || {
+        let plan = worker.plan_round(judged.round, &kind, planned.as_ref())?;
+        let entry = ledger_entry(&judged, &plan, planned.as_ref(), &recipient_owned);
         let mut texts = Judged::default();
         let recorded = ledger
             .record_if(&entry, |before, entries| {
-                texts = policy.check(&judged, &releases, before.epsilon)?;
-                approvals.within_approved(&judged, entries, &releases)
+                texts = policy.check(&judged, &plan.releases, before.epsilon)?;
+                approvals.within_approved(&judged, entries, &plan.releases)
             })
             .map_err(Refusal::from)?;
-        Ok::<_, Refusal>((recorded, texts))
+        Ok::<_, Refusal>((plan, recorded, texts))
     })
     .await??;
     record.policy_sha256 = texts.policy_sha256;
@@ -553,26 +516,29 @@ async fn attempt(
         }
         _ => (node.worker.run(client, &task.job_id, &plan).await?, None),
     };
+    let (masked, secure) = match secure {
+        Some((round, masked)) => (Some(masked), Some(round)),
+        None => (None, None),
+    };
+    // On one blocking thread: the ledger's report, the result encoded, hashed and signed (its
+    // whole size), and, write-ahead, the evidence log's record of what the node sends, durable
+    // before it leaves. An approval revoked while the node computed stops the result before
+    // the record (the ledger keeps the release: it over-counts, never under-counts).
     let (ledger, job, federation) = (
         node.ledger.clone(),
         task.job_id.clone(),
         task.federation.clone(),
     );
-    let report =
-        blocking(move || ledger.report_for(Some((&job, &federation)), Some(Some(plan.next))))
-            .await
-            .ok();
-    let (masked, secure) = match secure {
-        Some((round, masked)) => (Some(masked), Some(round)),
-        None => (None, None),
-    };
-    // The result encoded, hashed and signed: its whole size, on a blocking thread.
     let (signer, agency, id) = (
         node.signer.clone(),
         node.tls.identity().to_string(),
         task_id.clone(),
     );
-    let result = blocking(move || {
+    let (approvals, evidence, judged) =
+        (node.approvals.clone(), node.evidence.clone(), task.clone());
+    let mut sent = record.clone();
+    let (result, sent) = blocking(move || {
+        let report = Some(ledger.report_for(Some((&job, &federation)), Some(Some(plan.next))));
         let mut result = match masked {
             Some(masked) => Outgoing::masked(&id, output, &masked, report),
             None => Outgoing::new(&id, output, report),
@@ -580,20 +546,23 @@ async fn attempt(
         if let Some(signer) = &signer {
             result.sign(signer, &agency)?;
         }
-        Ok::<_, Refusal>(result)
+        approvals.still_approved(&judged)?;
+        sent.decision = "sent".to_owned();
+        sent.sent_sha256 = result.sha256.clone();
+        if let Err(error) = evidence.append(Record::Task(sent.clone())) {
+            tracing::error!(
+                task = id,
+                %error,
+                "the task could not be recorded in the node's evidence log"
+            );
+            return Err(Refusal::internal(
+                "the node's evidence log cannot be written, so the result is not sent",
+            ));
+        }
+        Ok::<_, Refusal>((result, sent))
     })
     .await??;
-    // An approval revoked while the node computed stops the result here (the ledger keeps the
-    // release: it over-counts, never under-counts).
-    node.approvals.still_approved(task)?;
-    // Write-ahead: the evidence log says what the node sends before it leaves.
-    record.decision = "sent".to_owned();
-    record.sent_sha256 = result.sha256.clone();
-    if !record_evidence(node, &task_id, Record::Task(record.clone()), Durable::Now).await {
-        return Err(Refusal::internal(
-            "the node's evidence log cannot be written, so the result is not sent",
-        ));
-    }
+    *record = sent;
     let sha256 = result.sha256.clone();
     match result.send(client).await {
         Ok(answer) => {
@@ -615,6 +584,36 @@ async fn attempt(
             tracing::warn!(task = task_id, %error, "result not accepted");
             Ok(Sent::Failed(error.to_string()))
         }
+    }
+}
+
+/// The ledger entry of `task`'s releases, as planned, for `recipient`.
+fn ledger_entry(task: &Task, plan: &Plan, secure: Option<&Params>, recipient: &str) -> Entry {
+    Entry {
+        time_unix_ms: now_ms(),
+        task_id: task.task_id.clone(),
+        job_id: task.job_id.clone(),
+        federation: task.federation.clone(),
+        round: task.round,
+        kind: plan.kind().into(),
+        recipient: recipient.to_owned(),
+        releases: Some(plan.releases.clone()),
+        // Under secure aggregation the update leaves masked, with its full local noise or, under
+        // distributed DP, this agency's share of the noise the sum carries.
+        secure_aggregation: secure.map(|p| {
+            let distributed = plan.distributed();
+            crate::ledger::SecureAggregation {
+                agencies: p.participants.len() as u32,
+                threshold: p.threshold as u32,
+                // Counting on other agencies' shares, or on its own whole noise.
+                noise: match distributed {
+                    Some(d) if d.honest >= 2 => "distributed".into(),
+                    _ => "local".into(),
+                },
+                assumed_dishonest: distributed.map(|d| d.dishonest),
+                honest: distributed.map(|d| d.honest),
+            }
+        }),
     }
 }
 

@@ -144,6 +144,11 @@ impl Assembler {
         })
     }
 
+    /// How many bytes the header's tensors take in all, as they arrive.
+    pub fn total_bytes(&self) -> u64 {
+        self.sizes.iter().sum()
+    }
+
     /// Adds the next chunk.
     pub fn push(&mut self, chunk: TensorChunk) -> Result<(), TensorError> {
         let index = chunk.tensor_index as usize;

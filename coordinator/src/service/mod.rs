@@ -142,6 +142,35 @@ pub(crate) fn model_parts(
         .collect())
 }
 
+/// The parts of model `version` of job `job_id` that a task carries when the model is small (at
+/// most [`CARRIED_MODEL_BYTES`] of tensor bytes): what a download of it would send, so that the
+/// node need not ask (a request, a stream and a store read fewer per agency and round). None
+/// for a larger model, which the node downloads, or when there is no version.
+pub(crate) fn carried_model(
+    ctx: &Coordinator,
+    job_id: &str,
+    version: &str,
+) -> Result<Vec<ModelPart>, CoordinatorError> {
+    if version.is_empty() {
+        return Ok(Vec::new());
+    }
+    let parts = model_parts(ctx, job_id, version)?;
+    let bytes: usize = parts
+        .iter()
+        .map(|p| match &p.kind {
+            Some(model_part::Kind::Chunk(c)) => c.data.len(),
+            _ => 0,
+        })
+        .sum();
+    Ok(match bytes <= CARRIED_MODEL_BYTES {
+        true => parts,
+        false => Vec::new(),
+    })
+}
+
+/// The largest model a task carries, in bytes of its tensors (8,192 `f64` values).
+pub(crate) const CARRIED_MODEL_BYTES: usize = 64 * 1024;
+
 /// A response stream of parts made beforehand.
 pub(crate) fn stream_of<T: Send + 'static>(parts: Vec<T>) -> BoxStream<T> {
     Box::pin(tokio_stream::iter(parts.into_iter().map(Ok)))

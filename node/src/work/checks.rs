@@ -9,8 +9,8 @@ use treaty_proto::enums;
 use treaty_proto::query::{MAX_BINS, MAX_WIDTH, Statistic, bins};
 use treaty_proto::schema::{self, MAX_BOUND, MAX_CLASSES};
 use treaty_proto::v1::{
-    ColumnStats, DpMode, EvaluationTask, FeatureSchema, ModelKind, PrivacySpec, QuerySpec,
-    QueryTask, StatsTask, TrainingSpec, TrainingTask,
+    ColumnStats, DpMode, EvaluationTask, FeatureSchema, ModelKind, ModelPart, PrivacySpec,
+    QuerySpec, QueryTask, StatsTask, TrainingSpec, TrainingTask,
 };
 
 use crate::model::Architecture;
@@ -160,6 +160,9 @@ pub(super) struct Training {
     pub(super) parameters: usize,
     /// The global model's version, to download.
     pub(super) model_version: String,
+    /// The global model as the task carries it when it is small (the parts of its download),
+    /// checked when it is assembled; empty when it is to be downloaded.
+    pub(super) model: Vec<ModelPart>,
     /// The coordinator's estimate of the agency's number of records, a public figure (0 when
     /// it has none).
     pub(super) public_records: f64,
@@ -200,6 +203,7 @@ impl TryFrom<&TrainingTask> for Training {
             mode,
             parameters,
             model_version: task.model_version.clone(),
+            model: task.model.clone(),
             public_records: task.public_records,
         })
     }
@@ -220,6 +224,7 @@ impl TryFrom<&EvaluationTask> for Evaluation {
             spec: task.spec.clone(),
             model_version: task.model_version.clone(),
             public_records: 0.0,
+            model: task.model.clone(),
         })?;
         if task.model_version.is_empty() {
             return Err(InvalidTask::NoModelVersion);

@@ -25,6 +25,7 @@ pub(crate) use checks::InvalidTask;
 pub use plan::Plan;
 use plan::Work;
 pub use training::download;
+use training::global_model;
 
 use crate::data::{Private, Table};
 use crate::error::DataError;
@@ -183,11 +184,13 @@ impl Worker {
     ) -> Result<Output, Refusal> {
         match &plan.work {
             Work::Training(round) => {
-                let global = download(client, job_id, &round.task.model_version).await?;
+                let task = &round.task;
+                let global = global_model(client, job_id, &task.model_version, &task.model).await?;
                 self.train_round(round, global).await
             }
             Work::Evaluation(round) => {
-                let model = download(client, job_id, &round.task.training.model_version).await?;
+                let task = &round.task.training;
+                let model = global_model(client, job_id, &task.model_version, &task.model).await?;
                 self.evaluate_model(round, model).await
             }
             Work::Statistics(round) => self.stats(round).await,
@@ -336,6 +339,7 @@ mod tests {
             }),
             model_version: String::new(),
             public_records,
+            model: Vec::new(),
         })
     }
 
@@ -527,6 +531,7 @@ mod tests {
             task::Kind::Evaluation(treaty_proto::v1::EvaluationTask {
                 spec: Some(spec.clone()),
                 model_version: version.into(),
+                model: Vec::new(),
             })
         };
         let (final_model, unnamed) = (evaluate(&spec, "job-000001/r3"), evaluate(&spec, ""));
@@ -644,6 +649,7 @@ mod tests {
             }),
             model_version: String::new(),
             public_records: 0.0,
+            model: Vec::new(),
         });
         assert_eq!(
             worker.plan(2, &training).unwrap_err().code,

@@ -10,7 +10,7 @@ use tonic::transport::Channel;
 use treaty_proto::schema;
 use treaty_proto::tensor::{Assembler, DEFAULT_MAX_CHUNK_BYTES, NamedTensor};
 use treaty_proto::v1::agency_service_client::AgencyServiceClient;
-use treaty_proto::v1::{DownloadModelRequest, Evaluation, model_part};
+use treaty_proto::v1::{DownloadModelRequest, Evaluation, ModelPart, model_part};
 
 use super::checks::Training;
 use super::checks::{InvalidTask, MAX_MODEL_ELEMENTS, MAX_PARAMETER};
@@ -222,13 +222,30 @@ fn evaluate(
     Ok(e)
 }
 
+/// The model a task starts from: the one it carries (`carried`, the parts of a download, when
+/// the model is small), or downloaded from the coordinator. Either is checked the same way.
+pub(super) async fn global_model(
+    client: &mut AgencyServiceClient<Channel>,
+    job_id: &str,
+    version: &str,
+    carried: &[ModelPart],
+) -> Result<Vec<NamedTensor>, Refusal> {
+    if carried.is_empty() {
+        return download(client, job_id, version).await;
+    }
+    let mut assembler = None;
+    for part in carried {
+        take_part(&mut assembler, part.clone(), version)?;
+    }
+    assembled(assembler, version).await
+}
+
 /// Downloads a model version from the coordinator.
 pub async fn download(
     client: &mut AgencyServiceClient<Channel>,
     job_id: &str,
     version: &str,
 ) -> Result<Vec<NamedTensor>, Refusal> {
-    let unavailable = |m: String| Refusal::new(RefusalCode::ModelUnavailable, m);
     let mut stream = client
         .download_model(DownloadModelRequest {
             job_id: job_id.to_owned(),
@@ -241,26 +258,55 @@ pub async fn download(
     while let Some(part) = stream.next().await {
         let part =
             part.map_err(|s| unavailable(format!("downloading `{version}`: {}", s.message())))?;
-        match (part.kind, assembler.as_mut()) {
-            (Some(model_part::Kind::Header(h)), None) => {
-                assembler = Some(
-                    Assembler::new(h.tensors, MAX_MODEL_ELEMENTS, DEFAULT_MAX_CHUNK_BYTES)
-                        .map_err(|e| unavailable(e.to_string()))?,
-                )
-            }
-            (Some(model_part::Kind::Chunk(c)), Some(a)) => {
-                a.push(c).map_err(|e| unavailable(e.to_string()))?
-            }
-            _ => {
-                return Err(unavailable(format!(
-                    "model `{version}` arrived out of order"
-                )));
-            }
-        }
+        take_part(&mut assembler, part, version)?;
     }
+    assembled(assembler, version).await
+}
+
+/// A model that cannot be had or used, in words.
+fn unavailable(message: String) -> Refusal {
+    Refusal::new(RefusalCode::ModelUnavailable, message)
+}
+
+/// Takes the next part of model `version`: its header first, then its chunks.
+fn take_part(
+    assembler: &mut Option<Assembler>,
+    part: ModelPart,
+    version: &str,
+) -> Result<(), Refusal> {
+    match (part.kind, assembler.as_mut()) {
+        (Some(model_part::Kind::Header(h)), None) => {
+            *assembler = Some(
+                Assembler::new(h.tensors, MAX_MODEL_ELEMENTS, DEFAULT_MAX_CHUNK_BYTES)
+                    .map_err(|e| unavailable(e.to_string()))?,
+            );
+            Ok(())
+        }
+        (Some(model_part::Kind::Chunk(c)), Some(a)) => {
+            a.push(c).map_err(|e| unavailable(e.to_string()))
+        }
+        _ => Err(unavailable(format!(
+            "model `{version}` arrived out of order"
+        ))),
+    }
+}
+
+/// Model `version`, every tensor complete and every value finite.
+async fn assembled(
+    assembler: Option<Assembler>,
+    version: &str,
+) -> Result<Vec<NamedTensor>, Refusal> {
     let assembler = assembler
         .ok_or_else(|| unavailable(format!("model `{version}` arrived without a header")))?;
     // Checking and decoding every value (up to `MAX_MODEL_ELEMENTS`) takes up to half a second:
     // on a blocking thread, not the node's async one, which keeps its session going meanwhile.
+    // A small model takes microseconds, less than the hand-over to a blocking thread and back.
+    if assembler.total_bytes() <= DECODED_HERE_BYTES {
+        return assembler.finish().map_err(|e| unavailable(e.to_string()));
+    }
     blocking(move || assembler.finish().map_err(|e| unavailable(e.to_string()))).await?
 }
+
+/// A model of at most this many bytes is checked and decoded on the node's async thread
+/// (8,192 `f64` values: tens of microseconds), a larger one on a blocking thread.
+const DECODED_HERE_BYTES: u64 = 64 * 1024;

@@ -3,6 +3,7 @@
 //! tasks, models and standardisations the test scripts, as an adaptive attacker would, and
 //! records everything the node says.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -69,6 +70,7 @@ struct Api {
     seen: mpsc::UnboundedSender<Seen>,
     outbox: Arc<Mutex<Option<Outbox>>>,
     model: Arc<Mutex<Vec<NamedTensor>>>,
+    downloads: Arc<AtomicUsize>,
 }
 
 type ModelStream =
@@ -172,18 +174,11 @@ impl AgencyService for Api {
         request: Request<DownloadModelRequest>,
     ) -> Result<Response<Self::DownloadModelStream>, Status> {
         let req = request.into_inner();
+        self.downloads.fetch_add(1, Ordering::SeqCst);
         let model = self.model.lock().unwrap().clone();
-        let (specs, chunks) = tensor::encode(&model, Dtype::F64, DEFAULT_MAX_CHUNK_BYTES);
-        let header = ModelHeader {
-            job_id: req.job_id,
-            model_version: req.model_version,
-            round: 1,
-            spec: None,
-            tensors: specs,
-        };
-        let parts = std::iter::once(model_part::Kind::Header(header))
-            .chain(chunks.into_iter().map(model_part::Kind::Chunk))
-            .map(|kind| Ok(ModelPart { kind: Some(kind) }));
+        let parts = model_parts(&model, &req.job_id, &req.model_version)
+            .into_iter()
+            .map(Ok);
         Ok(Response::new(Box::pin(tokio_stream::iter(parts))))
     }
 }
@@ -194,6 +189,7 @@ pub struct Hostile {
     seen: mpsc::UnboundedReceiver<Seen>,
     outbox: Arc<Mutex<Option<Outbox>>>,
     model: Arc<Mutex<Vec<NamedTensor>>>,
+    downloads: Arc<AtomicUsize>,
     /// Everything received so far, in order.
     pub log: Vec<Seen>,
     next_task: u32,
@@ -220,8 +216,10 @@ impl Hostile {
             seen: tx,
             outbox: Arc::new(Mutex::new(None)),
             model: Arc::new(Mutex::new(Vec::new())),
+            downloads: Arc::new(AtomicUsize::new(0)),
         };
-        let (outbox, model) = (api.outbox.clone(), api.model.clone());
+        let (outbox, model, downloads) =
+            (api.outbox.clone(), api.model.clone(), api.downloads.clone());
         let stop = tokio_util::sync::CancellationToken::new();
         let cancelled = stop.clone().cancelled_owned();
         tokio::spawn(async move {
@@ -238,6 +236,7 @@ impl Hostile {
             seen: rx,
             outbox,
             model,
+            downloads,
             log: Vec::new(),
             next_task: 0,
             job: None,
@@ -261,6 +260,11 @@ impl Hostile {
             Seen::Hello(h) => h,
             other => panic!("expected Hello, got {other:?}"),
         }
+    }
+
+    /// How many model downloads the node has asked for.
+    pub fn downloads(&self) -> usize {
+        self.downloads.load(Ordering::SeqCst)
     }
 
     /// Serves `model` to the node's next downloads.
@@ -372,6 +376,22 @@ pub fn terms(agency: &str, country: &str, epsilon_per_round: f64, fields: &[&str
         registry_version: "test-1".into(),
         participants_sha256: Default::default(),
     }
+}
+
+/// The parts of a download of `model` (as `job`'s `version`): what a task may also carry.
+pub fn model_parts(model: &[NamedTensor], job: &str, version: &str) -> Vec<ModelPart> {
+    let (specs, chunks) = tensor::encode(model, Dtype::F64, DEFAULT_MAX_CHUNK_BYTES);
+    let header = ModelHeader {
+        job_id: job.to_owned(),
+        model_version: version.to_owned(),
+        round: 1,
+        spec: None,
+        tensors: specs,
+    };
+    std::iter::once(model_part::Kind::Header(header))
+        .chain(chunks.into_iter().map(model_part::Kind::Chunk))
+        .map(|kind| ModelPart { kind: Some(kind) })
+        .collect()
 }
 
 /// A model of the spec's layout with every parameter `value`.

@@ -16,7 +16,7 @@ use treaty_proto::v1::{
 };
 
 use crate::common::*;
-use double::{Hostile, Seen, model_of, terms};
+use double::{Hostile, Seen, model_of, model_parts, terms};
 
 const AGENCY: (&str, &str) = ("DE-BKA", "DE");
 
@@ -62,6 +62,7 @@ fn train_task(spec: TrainingSpec, public_records: f64) -> task::Kind {
         spec: Some(spec),
         model_version: "job-hostile/r0".into(),
         public_records,
+        model: Vec::new(),
     })
 }
 
@@ -224,6 +225,7 @@ async fn attack(train: PathBuf, test: PathBuf) -> Vec<(&'static str, Vec<Seen>)>
         task::Kind::Evaluation(EvaluationTask {
             spec: Some(spec.clone()),
             model_version: "job-hostile/r3".into(),
+            model: Vec::new(),
         })
     };
     hostile.serve_model(model_of(&spec, 0.1));
@@ -524,4 +526,85 @@ async fn a_hostile_coordinator_cannot_stretch_an_approval() {
     assert_eq!(ask(&mut hostile).await, "RESULT");
     // Round 6: past the job's rounds.
     assert_eq!(ask(&mut hostile).await, "INVALID_TASK");
+}
+
+/// A model the task carries (a small one, which the coordinator sends with the task instead of
+/// having the node download it) is checked as a download is: a hostile coordinator's carried
+/// model that is poisoned, incomplete, out of order or of another layout is refused from the
+/// task, and a sound one is trained from without a download.
+#[tokio::test]
+async fn a_carried_model_is_checked_as_a_download_is() {
+    let (agency, country) = AGENCY;
+    let fx = Fixture::new(&[AGENCY]);
+    let mut hostile = Hostile::start(&fx).await;
+    let config = fx.node_config(agency, country, &hostile.address, 3);
+    let _node = fx.start_node_with(agency, &config);
+    hostile.hello().await;
+    let all = ["x1", "x2", "seized"];
+    let spec = training(&["x1", "x2"], poisson());
+    // What a download would give is sound: a refusal below comes from the carried model.
+    hostile.serve_model(model_of(&spec, 0.0));
+    let version = "job-hostile/r1";
+    let carrying = |parts: Vec<treaty_proto::v1::ModelPart>| {
+        task::Kind::Training(TrainingTask {
+            spec: Some(spec.clone()),
+            model_version: version.into(),
+            public_records: 1000.0,
+            model: parts,
+        })
+    };
+    let last = |seen: &[Seen]| match seen.last() {
+        Some(Seen::Refused { code, message, .. }) => format!("{code}: {message}"),
+        Some(Seen::Result { .. }) => "RESULT".to_owned(),
+        other => format!("{other:?}"),
+    };
+    let parts = |value: f64| model_parts(&model_of(&spec, value), "job-hostile", version);
+    let mut ask = async |kind: task::Kind| {
+        let seen = hostile.run(kind, terms(agency, country, 1e9, &all)).await;
+        last(&seen)
+    };
+
+    // A sound carried model: trained from, no download.
+    assert_eq!(ask(carrying(parts(0.1))).await, "RESULT");
+    // Huge weights: refused as a downloaded one is.
+    let refused = ask(carrying(parts(1e300))).await;
+    assert!(refused.starts_with("INVALID_TASK"), "{refused}");
+    // A value that is not a number.
+    let refused = ask(carrying(parts(f64::NAN))).await;
+    assert!(
+        refused.starts_with("MODEL_UNAVAILABLE") && refused.contains("finite"),
+        "{refused}"
+    );
+    // A chunk before its header, and a header without its chunks.
+    let mut swapped = parts(0.1);
+    swapped.swap(0, 1);
+    let refused = ask(carrying(swapped)).await;
+    assert!(
+        refused.starts_with("MODEL_UNAVAILABLE") && refused.contains("out of order"),
+        "{refused}"
+    );
+    let refused = ask(carrying(parts(0.1)[..1].to_vec())).await;
+    assert!(refused.starts_with("MODEL_UNAVAILABLE"), "{refused}");
+    // Another model's layout (one feature fewer).
+    let other = training(&["x1"], poisson());
+    let refused = ask(carrying(model_parts(
+        &model_of(&other, 0.1),
+        "job-hostile",
+        version,
+    )))
+    .await;
+    assert!(refused.starts_with("INVALID_TASK"), "{refused}");
+    // The evaluation of a final model carries it too.
+    let evaluation = task::Kind::Evaluation(EvaluationTask {
+        spec: Some(spec.clone()),
+        model_version: version.into(),
+        model: parts(1e300),
+    });
+    let refused = ask(evaluation).await;
+    assert!(refused.starts_with("INVALID_TASK"), "{refused}");
+    assert_eq!(
+        hostile.downloads(),
+        0,
+        "the node downloaded a model its task carried"
+    );
 }
