@@ -144,6 +144,10 @@ pub enum CoordinatorError {
     #[error("`{0}` is missing")]
     Missing(&'static str),
     #[error(
+        "`{identity}` already has {limit} model downloads open, the most one peer may have at once; finish or cancel one first"
+    )]
+    TooManyDownloads { identity: Identity, limit: usize },
+    #[error(
         "a round of this job would hold {holdings} bytes of updates: {strategy} must see every update at once ({members} members x {parameters} parameters x 8 bytes), above the coordinator's `limits.max_round_memory_bytes` of {limit}; use FEDAVG or a server optimiser (they fold updates in as they arrive), a smaller model or federation, or ask the coordinator's operator to raise the limit"
     )]
     RoundMemory {
@@ -234,6 +238,7 @@ impl From<CoordinatorError> for tonic::Status {
             | NotAVersionOfJob { .. }
             | UnknownModelVersion { .. } => Status::not_found(message),
             NoHello { .. } => Status::deadline_exceeded(message),
+            TooManyDownloads { .. } => Status::resource_exhausted(message),
             ProtocolVersion { .. } | Delivery(_) => Status::failed_precondition(message),
             SessionClosed => Status::unavailable(message),
             Config(_)

@@ -68,6 +68,12 @@ pub(crate) const MAX_BAD_MESSAGES_PER_SESSION: u32 = 100;
 /// holds their data back at the node), so the coordinator's memory for a round is a few
 /// models, not one per agency.
 pub(crate) const STAGING_SLOTS: usize = 2;
+/// Model downloads one peer (an agency's node, an operator) may have open at once. A download
+/// holds its model's encoding until its stream is read to the end or dropped, so without a
+/// bound a peer that opens streams and never reads them would make the coordinator hold one
+/// model per stream. An honest node downloads one model at a time (and none when its task
+/// carries a small one).
+pub(crate) const MAX_DOWNLOADS_PER_PEER: usize = 2;
 /// An upload holding a staging slot must send its next chunk within this time, or it is
 /// rejected and the slot freed for the others.
 pub(crate) const STAGED_CHUNK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);

@@ -45,6 +45,8 @@ pub(crate) struct Coordinator {
     pub members: MemberSets,
     /// What the coordinator knows of the agencies' approvals of running jobs.
     pub approvals: crate::approvals::Approvals,
+    /// How many model downloads each peer has open.
+    pub downloads: crate::service::Downloads,
 }
 
 /// How many job events the coordinator keeps for watchers that fall behind.
@@ -80,6 +82,7 @@ impl Coordinator {
             staging: Arc::new(Semaphore::new(crate::limits::STAGING_SLOTS)),
             members: MemberSets::default(),
             approvals: Default::default(),
+            downloads: Default::default(),
         }
     }
 

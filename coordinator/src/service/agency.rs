@@ -16,7 +16,7 @@ use treaty_proto::v1::{
 
 use treaty_proto::Identity;
 
-use super::{BoxStream, job_ref, model_parts, require_agency, stream_of};
+use super::{BoxStream, download_of, job_ref, model_parts, require_agency};
 use crate::error::CoordinatorError;
 use crate::limits::{self, MAX_BAD_MESSAGES_PER_SESSION, STAGED_CHUNK_TIMEOUT, STAGING_SLOTS};
 use crate::peerlog::capped;
@@ -241,6 +241,7 @@ impl AgencyService for AgencyApi {
         request: Request<DownloadModelRequest>,
     ) -> Result<Response<Self::DownloadModelStream>, Status> {
         let (agency, _) = require_agency(&self.ctx, &request)?;
+        let open = self.ctx.downloads.open(&agency)?;
         let req = request.into_inner();
         // The store's reads (the job, its federation, the model) and the chunking run on a
         // blocking thread.
@@ -258,7 +259,7 @@ impl AgencyService for AgencyApi {
                 model_parts(ctx, &req.job_id, &req.model_version)
             })
             .await?;
-        Ok(Response::new(stream_of(parts)))
+        Ok(Response::new(download_of(parts, open)))
     }
 }
 

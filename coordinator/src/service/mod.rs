@@ -4,8 +4,9 @@
 pub(crate) mod agency;
 pub(crate) mod operator;
 
+use std::collections::HashMap;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use tokio_stream::Stream;
 use tonic::{Request, Status};
@@ -15,6 +16,7 @@ use treaty_proto::tls::PeerInfo;
 use treaty_proto::v1::{Dtype, ModelPart, model_part};
 
 use crate::error::CoordinatorError;
+use crate::limits::MAX_DOWNLOADS_PER_PEER;
 use crate::state::Coordinator;
 
 /// A boxed response stream.
@@ -93,18 +95,73 @@ pub(crate) async fn job_with_rounds(
         })
 }
 
-/// Streams a stored model version: its header, then its bytes in chunks. The store's reads,
-/// the decoding and the chunking run on a blocking thread.
+/// Streams a stored model version to `peer`: its header, then its bytes in chunks. The store's
+/// reads, the decoding and the chunking run on a blocking thread.
 pub(crate) async fn model_stream(
     ctx: &Arc<Coordinator>,
+    peer: &Identity,
     job_id: &str,
     version: &str,
 ) -> Result<BoxStream<ModelPart>, CoordinatorError> {
+    let open = ctx.downloads.open(peer)?;
     let (job_id, version) = (job_id.to_owned(), version.to_owned());
     let parts = ctx
         .blocking(move |ctx| model_parts(ctx, &job_id, &version))
         .await?;
-    Ok(stream_of(parts))
+    Ok(download_of(parts, open))
+}
+
+/// A download's stream of parts made beforehand, counted among its peer's open downloads
+/// until it is read to the end or dropped.
+pub(crate) fn download_of(parts: Vec<ModelPart>, open: OpenDownload) -> BoxStream<ModelPart> {
+    Box::pin(tokio_stream::iter(parts.into_iter().map(move |part| {
+        let _counted = &open;
+        Ok(part)
+    })))
+}
+
+/// How many model downloads each peer has open ([`crate::limits::MAX_DOWNLOADS_PER_PEER`]).
+#[derive(Debug, Default)]
+pub(crate) struct Downloads {
+    open: Arc<Mutex<HashMap<Identity, usize>>>,
+}
+
+impl Downloads {
+    /// Counts a new download of `peer`'s, or refuses it when the peer has as many open as it may.
+    pub(crate) fn open(&self, peer: &Identity) -> Result<OpenDownload, CoordinatorError> {
+        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        let count = open.entry(peer.clone()).or_insert(0);
+        if *count >= MAX_DOWNLOADS_PER_PEER {
+            return Err(CoordinatorError::TooManyDownloads {
+                identity: peer.clone(),
+                limit: MAX_DOWNLOADS_PER_PEER,
+            });
+        }
+        *count += 1;
+        Ok(OpenDownload {
+            peer: peer.clone(),
+            open: Arc::clone(&self.open),
+        })
+    }
+}
+
+/// One open download, counted until it is dropped.
+#[derive(Debug)]
+pub(crate) struct OpenDownload {
+    peer: Identity,
+    open: Arc<Mutex<HashMap<Identity, usize>>>,
+}
+
+impl Drop for OpenDownload {
+    fn drop(&mut self) {
+        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(count) = open.get_mut(&self.peer) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                open.remove(&self.peer);
+            }
+        }
+    }
 }
 
 /// A stored model version as the parts of its download: its header, then its bytes in chunks
@@ -174,4 +231,46 @@ pub(crate) const CARRIED_MODEL_BYTES: usize = 64 * 1024;
 /// A response stream of parts made beforehand.
 pub(crate) fn stream_of<T: Send + 'static>(parts: Vec<T>) -> BoxStream<T> {
     Box::pin(tokio_stream::iter(parts.into_iter().map(Ok)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio_stream::StreamExt;
+
+    fn part() -> ModelPart {
+        ModelPart {
+            kind: Some(model_part::Kind::Chunk(Default::default())),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_peer_has_at_most_two_downloads_open_and_each_counts_until_its_stream_is_dropped() {
+        let downloads = Downloads::default();
+        let (a, b) = (
+            Identity::agency("DE", "DE-BKA").unwrap(),
+            Identity::agency("NL", "NL-POLITIE").unwrap(),
+        );
+        let first = download_of(vec![part(), part()], downloads.open(&a).unwrap());
+        let mut second = download_of(vec![part()], downloads.open(&a).unwrap());
+        let refused = downloads.open(&a).unwrap_err();
+        assert!(
+            matches!(&refused, CoordinatorError::TooManyDownloads { identity, limit: 2 } if *identity == a),
+            "{refused}"
+        );
+        assert_eq!(
+            tonic::Status::from(refused).code(),
+            tonic::Code::ResourceExhausted
+        );
+        // Another peer's downloads are its own.
+        let _other = downloads.open(&b).unwrap();
+        // A stream read to its end still counts until it is dropped; then the peer may open
+        // another.
+        while second.next().await.is_some() {}
+        assert!(downloads.open(&a).is_err());
+        drop(second);
+        let third = downloads.open(&a).unwrap();
+        drop((first, third));
+        let _again = (downloads.open(&a).unwrap(), downloads.open(&a).unwrap());
+    }
 }

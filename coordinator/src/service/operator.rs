@@ -292,10 +292,10 @@ impl OperatorService for OperatorApi {
         &self,
         request: Request<DownloadModelRequest>,
     ) -> Result<Response<Self::DownloadModelStream>, Status> {
-        require_operator(&self.ctx, &request)?;
+        let operator = require_operator(&self.ctx, &request)?;
         let req = request.into_inner();
         Ok(Response::new(
-            model_stream(&self.ctx, &req.job_id, &req.model_version).await?,
+            model_stream(&self.ctx, &operator, &req.job_id, &req.model_version).await?,
         ))
     }
 
