@@ -20,7 +20,7 @@ use crate::error::CoordinatorError;
 use crate::federation::members;
 use crate::models;
 use crate::rounds::{self, round_line, shown};
-use crate::service::{CARRIED_MODEL_BYTES, carried_model};
+use crate::service::carried_model;
 use crate::state::{Coordinator, audit_entry, now_ms};
 use crate::tasks::{Intake, TaskResult};
 use crate::valid_job::{
@@ -235,11 +235,7 @@ async fn train(
             .blocking(move |ctx| {
                 let (global, state) = models::load(&ctx.store, &latest)?;
                 // A small model goes with the task (no download); a large one is downloaded.
-                let values: usize = global.iter().map(|t| t.values.len()).sum();
-                let carried = match 8 * values <= CARRIED_MODEL_BYTES {
-                    true => carried_model(ctx, &id, &latest)?,
-                    false => Vec::new(),
-                };
+                let carried = carried_model(ctx, &id, &latest)?;
                 Ok::<_, CoordinatorError>((global, state, carried))
             })
             .await?;
@@ -422,10 +418,19 @@ async fn final_evaluation(
     // The round is judged by the policies at what it spends (opendp's noise grid aside).
     let mut rules = rules.clone();
     rules.sharing.epsilon_per_round = epsilon * 1.001;
+    // A small final model goes with the task. One that cannot be read here is not carried: the
+    // nodes then ask for it and say whether they could have it (the job is not failed for it).
     let (id, latest) = (job.job_id.clone(), version.clone());
-    let carried = ctx
+    let carried = match ctx
         .blocking(move |ctx| carried_model(ctx, &id, &latest))
-        .await?;
+        .await
+    {
+        Ok(carried) => carried,
+        Err(error) => {
+            tracing::warn!(job = %job.job_id, version, %error, "the final model cannot be read to go with its evaluation's tasks");
+            Vec::new()
+        }
+    };
     let kind = task::Kind::Evaluation(EvaluationTask {
         spec: Some(spec.to_spec()),
         model_version: version.clone(),

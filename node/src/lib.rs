@@ -204,7 +204,7 @@ pub async fn run(config: NodeConfig, shutdown: CancellationToken) -> Result<(), 
     let (evidence, tasks) = (node.evidence.clone(), node.tasks.clone());
     session::run(node, shutdown).await;
     // The tasks under way end (their training stops at its next step) and record how; records
-    // written after the fact wait for the next flush (`session::Durable::Soon`): a node that
+    // written after the fact wait for the next flush (`session::record_evidence`): a node that
     // stops makes them durable first.
     tasks.close();
     if tokio::time::timeout(session::WIND_DOWN, tasks.wait())

@@ -211,18 +211,20 @@ pub(crate) fn carried_model(
     if version.is_empty() {
         return Ok(Vec::new());
     }
-    let parts = model_parts(ctx, job_id, version)?;
-    let bytes: usize = parts
-        .iter()
-        .map(|p| match &p.kind {
-            Some(model_part::Kind::Chunk(c)) => c.data.len(),
-            _ => 0,
-        })
-        .sum();
-    Ok(match bytes <= CARRIED_MODEL_BYTES {
-        true => parts,
-        false => Vec::new(),
-    })
+    // Its size from its tensors' shapes (a download sends 8 bytes a value), before anything is
+    // decoded: a large model is not read twice.
+    let Some(stored) = ctx.store.model_to_send(version)? else {
+        return Ok(Vec::new());
+    };
+    let values = stored.tensors.iter().fold(0u64, |sum, t| {
+        let shape = t.spec.as_ref().map_or(&[][..], |s| s.shape.as_slice());
+        let n = shape.iter().try_fold(1u64, |n, &d| n.checked_mul(d));
+        sum.saturating_add(n.unwrap_or(u64::MAX))
+    });
+    if values.saturating_mul(8) > CARRIED_MODEL_BYTES as u64 {
+        return Ok(Vec::new());
+    }
+    model_parts(ctx, job_id, version)
 }
 
 /// The largest model a task carries, in bytes of its tensors (8,192 `f64` values).
