@@ -75,6 +75,8 @@ pub enum CoordinatorError {
     Serve(#[from] tonic::transport::Error),
     #[error("work on a blocking thread did not finish: {0}")]
     Blocking(#[from] tokio::task::JoinError),
+    #[error("checking a result failed (a bug: the coordinator's log has the panic)")]
+    CheckPanicked,
 
     // Why a job stopped before its end (its `message`).
     #[error("federation `{federation}` no longer exists")]
@@ -260,6 +262,7 @@ impl From<CoordinatorError> for tonic::Status {
             | Write { .. }
             | Serve(_)
             | Blocking(_)
+            | CheckPanicked
             | FederationGone { .. }
             | TooFewConnected { .. }
             | TooFewAdmitted { .. }

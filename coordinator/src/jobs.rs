@@ -230,12 +230,12 @@ async fn train(
     };
     while job.rounds_completed < spec.rounds() {
         let round = job.rounds_completed + 1;
-        let (latest, id) = (job.latest_model_version.clone(), job.job_id.clone());
+        let latest = job.latest_model_version.clone();
         let (global, state, carried) = ctx
             .blocking(move |ctx| {
                 let (global, state) = models::load(&ctx.store, &latest)?;
                 // A small model goes with the task (no download); a large one is downloaded.
-                let carried = carried_model(ctx, &id, &latest)?;
+                let carried = carried_model(ctx, &latest)?;
                 Ok::<_, CoordinatorError>((global, state, carried))
             })
             .await?;
@@ -420,11 +420,8 @@ async fn final_evaluation(
     rules.sharing.epsilon_per_round = epsilon * 1.001;
     // A small final model goes with the task. One that cannot be read here is not carried: the
     // nodes then ask for it and say whether they could have it (the job is not failed for it).
-    let (id, latest) = (job.job_id.clone(), version.clone());
-    let carried = match ctx
-        .blocking(move |ctx| carried_model(ctx, &id, &latest))
-        .await
-    {
+    let latest = version.clone();
+    let carried = match ctx.blocking(move |ctx| carried_model(ctx, &latest)).await {
         Ok(carried) => carried,
         Err(error) => {
             tracing::warn!(job = %job.job_id, version, %error, "the final model cannot be read to go with its evaluation's tasks");

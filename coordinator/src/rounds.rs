@@ -898,8 +898,10 @@ impl Asking<'_> {
                 };
                 // A small result is checked (and folded in) here, in microseconds: less than
                 // handing it to a blocking thread and back. A large one on a blocking thread.
+                // Either way a panic fails the round, as a failed blocking thread does.
                 let (result, verdict) = match small {
-                    true => checked(),
+                    true => std::panic::catch_unwind(std::panic::AssertUnwindSafe(checked))
+                        .map_err(|_| CoordinatorError::CheckPanicked)?,
                     false => tokio::task::spawn_blocking(checked).await?,
                 };
                 self.received.push(ReceivedResult {

@@ -376,7 +376,7 @@ const LATER_DURABLE_WITHIN: Duration = Duration::from_secs(1);
 /// flushes it with its own; a node without one flushes it within [`LATER_DURABLE_WITHIN`]. (The
 /// record of a result about to leave is written and flushed before it leaves, in [`attempt`].)
 /// A failure is logged.
-async fn record_evidence(node: &Node, task_id: &str, record: Record) -> bool {
+async fn record_evidence(node: &Node, task_id: &str, record: Record) {
     let evidence = node.evidence.clone();
     let appended = blocking(move || evidence.append_later(record).map(|(_, first)| first));
     let failed = match appended.await {
@@ -394,7 +394,7 @@ async fn record_evidence(node: &Node, task_id: &str, record: Record) -> bool {
                     }
                 });
             }
-            return true;
+            return;
         }
         Ok(Err(error)) => error.to_string(),
         Err(refusal) => refusal.message,
@@ -404,7 +404,6 @@ async fn record_evidence(node: &Node, task_id: &str, record: Record) -> bool {
         error = failed,
         "the task could not be recorded in the node's evidence log"
     );
-    false
 }
 
 /// What became of a result the node sent.

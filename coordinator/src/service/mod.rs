@@ -188,6 +188,14 @@ pub(crate) fn model_parts(
             version: version.clone(),
         }
     })?;
+    parts_of(stored, version)
+}
+
+/// Model `version`, as read from the store, as the parts of its download.
+fn parts_of(
+    stored: crate::store::ModelToSend,
+    version: String,
+) -> Result<Vec<ModelPart>, CoordinatorError> {
     let tensors = tensor::from_whole(&stored.tensors, u64::MAX)
         .map_err(|source| CoordinatorError::CorruptModel { version, source })?;
     let (specs, chunks) = tensor::encode(&tensors, Dtype::F64, DEFAULT_MAX_CHUNK_BYTES);
@@ -199,20 +207,19 @@ pub(crate) fn model_parts(
         .collect())
 }
 
-/// The parts of model `version` of job `job_id` that a task carries when the model is small (at
-/// most [`CARRIED_MODEL_BYTES`] of tensor bytes): what a download of it would send, so that the
-/// node need not ask (a request, a stream and a store read fewer per agency and round). None
-/// for a larger model, which the node downloads, or when there is no version.
+/// The parts of model `version` (of the job the caller runs) that a task carries when the model
+/// is small (at most [`CARRIED_MODEL_BYTES`] of tensor bytes): what a download of it would send,
+/// so that the node need not ask (a request, a stream and a store read fewer per agency and
+/// round). None for a larger model, which the node downloads, or when there is no version.
 pub(crate) fn carried_model(
     ctx: &Coordinator,
-    job_id: &str,
     version: &str,
 ) -> Result<Vec<ModelPart>, CoordinatorError> {
     if version.is_empty() {
         return Ok(Vec::new());
     }
     // Its size from its tensors' shapes (a download sends 8 bytes a value), before anything is
-    // decoded: a large model is not read twice.
+    // decoded.
     let Some(stored) = ctx.store.model_to_send(version)? else {
         return Ok(Vec::new());
     };
@@ -224,11 +231,11 @@ pub(crate) fn carried_model(
     if values.saturating_mul(8) > CARRIED_MODEL_BYTES as u64 {
         return Ok(Vec::new());
     }
-    model_parts(ctx, job_id, version)
+    parts_of(stored, version.to_owned())
 }
 
 /// The largest model a task carries, in bytes of its tensors (8,192 `f64` values).
-pub(crate) const CARRIED_MODEL_BYTES: usize = 64 * 1024;
+const CARRIED_MODEL_BYTES: usize = 64 * 1024;
 
 /// A response stream of parts made beforehand.
 pub(crate) fn stream_of<T: Send + 'static>(parts: Vec<T>) -> BoxStream<T> {
