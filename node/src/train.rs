@@ -252,8 +252,8 @@ fn clipped_sum(
     };
     if linear {
         // The per-example gradient of a linear model is r (x, 1): clipped without a copy.
-        // Four rows at a time, so that their loads from a table larger than the cache
-        // are in flight together.
+        // Several rows at a time ([`ROWS_TOGETHER`]), so that their loads from a table larger
+        // than the cache are in flight together.
         let w = &params[..d];
         let mut add = |i: usize, (z, xx): (f64, f64)| {
             let z = z + params[d];
@@ -271,17 +271,18 @@ fn clipped_sum(
                 sum[d] += factor;
             }
         };
-        let mut groups = batch.chunks_exact(4);
+        let mut groups = batch.chunks_exact(ROWS_TOGETHER);
         for group in &mut groups {
-            let rows = [0, 1, 2, 3].map(|k| data.x.row(group[k]));
-            match rows.each_ref().map(|r| r.as_slice()) {
-                [Some(a), Some(b), Some(c), Some(e)] => {
-                    let sums = dot_and_square4([a, b, c, e], w);
+            let rows: [_; ROWS_TOGETHER] = std::array::from_fn(|k| data.x.row(group[k]));
+            let slices = rows.each_ref().map(|r| r.as_slice());
+            match slices.iter().all(Option::is_some) {
+                true => {
+                    let sums = dot_and_square_rows(slices.map(Option::unwrap_or_default), w);
                     for (&i, z) in group.iter().zip(sums) {
                         add(i, z);
                     }
                 }
-                _ => {
+                false => {
                     for (&i, row) in group.iter().zip(rows) {
                         add(i, (row.dot(&ArrayView1::from(w)), row.dot(&row)));
                     }
@@ -406,15 +407,21 @@ fn dot_and_square(x: &[f64], w: &[f64]) -> (f64, f64) {
     (z, xx)
 }
 
-/// [`dot_and_square`] of four rows at once, each row's sums taken in the same order as alone
-/// (so the results are the same to the bit): the four rows' loads are issued together, and a
+/// How many rows [`clipped_sum`] reads together: on a table larger than the cache, a batch's
+/// rows are scattered and each waits for memory; eight rows' loads in flight at once waited
+/// least (a step of 8,000 of 80,000 rows of 64 features: 0.67 ms at eight, 0.90 ms at four,
+/// 0.80 ms at sixteen, on the 2-core Intel Xeon host of 2026-12-05).
+const ROWS_TOGETHER: usize = 8;
+
+/// [`dot_and_square`] of `N` rows at once, each row's sums taken in the same order as alone
+/// (so the results are the same to the bit): the rows' loads are issued together, and a
 /// batch of rows scattered over a table larger than the cache waits for memory about once per
-/// four rows instead of once per row.
-fn dot_and_square4(rows: [&[f64]; 4], w: &[f64]) -> [(f64, f64); 4] {
+/// `N` rows instead of once per row.
+fn dot_and_square_rows<const N: usize>(rows: [&[f64]; N], w: &[f64]) -> [(f64, f64); N] {
     if rows.iter().any(|r| r.len() != w.len()) {
         return rows.map(|r| dot_and_square(r, w));
     }
-    let (mut dot, mut square) = ([[0.0; 4]; 4], [[0.0; 4]; 4]);
+    let (mut dot, mut square) = ([[0.0; 4]; N], [[0.0; 4]; N]);
     let whole = w.len() / 4 * 4;
     for (c, b) in w[..whole].chunks_exact(4).enumerate() {
         for (r, row) in rows.iter().enumerate() {
@@ -425,7 +432,7 @@ fn dot_and_square4(rows: [&[f64]; 4], w: &[f64]) -> [(f64, f64); 4] {
             }
         }
     }
-    let mut out = [(0.0, 0.0); 4];
+    let mut out = [(0.0, 0.0); N];
     for (r, row) in rows.iter().enumerate() {
         let (d, s) = (dot[r], square[r]);
         let mut z = (d[0] + d[1]) + (d[2] + d[3]);
@@ -671,15 +678,16 @@ mod tests {
     }
 
     #[test]
-    fn four_rows_at_once_give_each_row_its_own_sums_to_the_bit() {
+    fn rows_taken_together_give_each_row_its_own_sums_to_the_bit() {
         let mut rng = StdRng::seed_from_u64(11);
         for len in 0..14 {
-            let rows: Vec<Vec<f64>> = (0..4)
+            let rows: Vec<Vec<f64>> = (0..ROWS_TOGETHER)
                 .map(|_| (0..len).map(|_| rng.random_range(-3.0..3.0)).collect())
                 .collect();
             let w: Vec<f64> = (0..len).map(|_| rng.random_range(-3.0..3.0)).collect();
-            let four = dot_and_square4([&rows[0], &rows[1], &rows[2], &rows[3]], &w);
-            for (row, got) in rows.iter().zip(four) {
+            let together =
+                dot_and_square_rows::<ROWS_TOGETHER>(std::array::from_fn(|k| &rows[k][..]), &w);
+            for (row, got) in rows.iter().zip(together) {
                 let (z, xx) = dot_and_square(row, &w);
                 assert_eq!(got.0.to_bits(), z.to_bits(), "{len}");
                 assert_eq!(got.1.to_bits(), xx.to_bits(), "{len}");
