@@ -144,10 +144,12 @@ enum Cell {
     Bad,
 }
 
-/// The rows an encoding could not read, and the first few problems.
+/// The rows an encoding could not read, and the problems of the first few of them (by line,
+/// whatever order the encoding found them in; each record's own problem is its first unreadable
+/// cell in the schema's order of columns).
 struct Problems {
     bad: Vec<bool>,
-    first: Vec<DataError>,
+    first: Vec<(usize, DataError)>,
 }
 
 impl Problems {
@@ -159,12 +161,23 @@ impl Problems {
     }
 
     fn mark(&mut self, row: usize, error: impl FnOnce() -> DataError) {
-        if !self.bad[row] {
-            self.bad[row] = true;
-            if self.first.len() < DROPPED_SHOWN {
-                self.first.push(error());
-            }
+        if self.bad[row] {
+            return;
         }
+        self.bad[row] = true;
+        if self.first.len() < DROPPED_SHOWN {
+            self.first.push((row, error()));
+        } else if let Some(last) = self.first.iter_mut().max_by_key(|(r, _)| *r)
+            && row < last.0
+        {
+            *last = (row, error());
+        }
+    }
+
+    /// The problems kept, of the records of the lowest lines, in their order.
+    fn first(mut self) -> Vec<DataError> {
+        self.first.sort_by_key(|(row, _)| *row);
+        self.first.into_iter().map(|(_, e)| e).collect()
     }
 }
 
@@ -385,10 +398,10 @@ impl Table {
         schema: &FeatureSchema,
         stats: &[ColumnStats],
     ) -> Result<Examples, DataError> {
-        let (examples, mut problems) = self.encode_all(schema, stats)?;
-        match problems.first.is_empty() {
-            true => Ok(examples),
-            false => Err(problems.first.swap_remove(0)),
+        let (examples, problems) = self.encode_all(schema, stats)?;
+        match problems.first().into_iter().next() {
+            None => Ok(examples),
+            Some(first) => Err(first),
         }
     }
 
@@ -406,7 +419,7 @@ impl Table {
         Ok(Private {
             examples,
             readable: problems.bad.iter().map(|bad| !bad).collect(),
-            problems: problems.first,
+            problems: problems.first(),
         })
     }
 
@@ -419,9 +432,9 @@ impl Table {
     ) -> Result<Array2<f64>, DataError> {
         let mut problems = Problems::new(self.len());
         let x = self.features(schema, stats, &mut problems)?;
-        match problems.first.is_empty() {
-            true => Ok(x),
-            false => Err(problems.first.swap_remove(0)),
+        match problems.first().into_iter().next() {
+            None => Ok(x),
+            Some(first) => Err(first),
         }
     }
 
@@ -742,6 +755,24 @@ missing = "zero"
             assert_eq!(whole.readable[i], alone.readable[0], "record {i}");
         }
         assert!(whole.readable.iter().any(|r| !r) && whole.readable.iter().any(|r| *r));
+        // The problems kept are those of the unreadable records of the lowest lines, in order
+        // (a record's line is its index plus 2: the header is line 1), whatever the blocks.
+        let lowest: Vec<u64> = (0..rows.len())
+            .filter(|&i| !whole.readable[i])
+            .take(DROPPED_SHOWN)
+            .map(|i| i as u64 + 2)
+            .collect();
+        let line = |e: &DataError| match e {
+            DataError::Cell { row, .. } => *row,
+            other => panic!("{other}"),
+        };
+        let kept: Vec<u64> = whole.problems.iter().map(line).collect();
+        assert_eq!(kept, lowest);
+        let strict = Table::open(f.path())
+            .unwrap()
+            .encode(&s, &stats)
+            .unwrap_err();
+        assert_eq!(line(&strict), lowest[0]);
     }
 
     #[test]

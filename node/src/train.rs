@@ -272,18 +272,21 @@ fn clipped_sum(
             }
         };
         let mut groups = batch.chunks_exact(ROWS_TOGETHER);
-        for group in &mut groups {
-            let rows: [_; ROWS_TOGETHER] = std::array::from_fn(|k| data.x.row(group[k]));
-            let slices = rows.each_ref().map(|r| r.as_slice());
-            match slices.iter().all(Option::is_some) {
-                true => {
-                    let sums = dot_and_square_rows(slices.map(Option::unwrap_or_default), w);
-                    for (&i, z) in group.iter().zip(sums) {
+        match data.x.as_slice() {
+            // Every row contiguous (as an encoding lays them out): a group's rows read together.
+            Some(flat) => {
+                for group in &mut groups {
+                    let rows: [&[f64]; ROWS_TOGETHER] =
+                        std::array::from_fn(|k| &flat[group[k] * d..(group[k] + 1) * d]);
+                    for (&i, z) in group.iter().zip(dot_and_square_rows(rows, w)) {
                         add(i, z);
                     }
                 }
-                false => {
-                    for (&i, row) in group.iter().zip(rows) {
+            }
+            None => {
+                for group in &mut groups {
+                    for &i in group {
+                        let row = data.x.row(i);
                         add(i, (row.dot(&ArrayView1::from(w)), row.dot(&row)));
                     }
                 }
@@ -409,8 +412,9 @@ fn dot_and_square(x: &[f64], w: &[f64]) -> (f64, f64) {
 
 /// How many rows [`clipped_sum`] reads together: on a table larger than the cache, a batch's
 /// rows are scattered and each waits for memory; eight rows' loads in flight at once waited
-/// least (a step of 8,000 of 80,000 rows of 64 features: 0.67 ms at eight, 0.90 ms at four,
-/// 0.80 ms at sixteen, on the 2-core Intel Xeon host of 2026-12-05).
+/// least (a step of 8,000 of 80,000 rows of 64 features, timed alone on the 2-core Intel Xeon
+/// host of 2026-12-05: 0.67 ms at eight, 0.90 ms at four, 0.80 ms at sixteen; W1 in
+/// bench/README.md).
 const ROWS_TOGETHER: usize = 8;
 
 /// [`dot_and_square`] of `N` rows at once, each row's sums taken in the same order as alone
