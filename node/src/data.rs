@@ -181,6 +181,69 @@ impl Problems {
     }
 }
 
+/// A numeric column of a schema resolved against a table ([`Table::numeric_reader`]).
+struct NumericReader<'t> {
+    table: &'t Table,
+    spec: &'t ColumnSpec,
+    column: &'t Column,
+    rule: MissingRule,
+    log1p: bool,
+}
+
+impl NumericReader<'_> {
+    /// Record `row`'s cell after the missing rule, clamping and transform (before
+    /// standardisation); an unreadable one is marked in `problems`.
+    fn cell(&self, row: usize, problems: Option<&mut Problems>) -> Cell {
+        let bad = |what: &str| {
+            if let Some(p) = problems {
+                p.mark(row, || self.table.problem(row, &self.spec.name, what));
+            }
+            Cell::Bad
+        };
+        let raw = self.column.numbers[row];
+        if self.column.flags[row] & EMPTY != 0 {
+            return match self.rule {
+                MissingRule::Mean => Cell::Impute,
+                MissingRule::Zero => Cell::Value(0.0),
+                _ => bad("the cell is empty and the schema rejects missing values there"),
+            };
+        }
+        if raw.is_nan() {
+            return bad("the cell is not a number");
+        }
+        // max-then-min never panics, whatever bounds a task carries.
+        let v = match (self.spec.lower, self.spec.upper) {
+            (Some(lo), Some(hi)) => raw.max(lo).min(hi),
+            _ => raw,
+        };
+        match self.log1p {
+            false => Cell::Value(v),
+            true if v >= 0.0 => Cell::Value(v.ln_1p()),
+            true => bad("the value is negative, but the schema takes its log1p"),
+        }
+    }
+}
+
+/// A column of a schema resolved against a table, for an encoding ([`Table::features`]).
+enum Encoder<'t> {
+    Numeric {
+        reader: NumericReader<'t>,
+        mean: f64,
+        std: f64,
+    },
+    Categorical {
+        spec: &'t ColumnSpec,
+        column: &'t Column,
+        rule: MissingRule,
+        hashes: Vec<u64>,
+    },
+    Boolean {
+        spec: &'t ColumnSpec,
+        column: &'t Column,
+        rule: MissingRule,
+    },
+}
+
 impl Table {
     /// Reads a whole CSV file.
     pub fn open(path: &Path) -> Result<Self, DataError> {
@@ -310,58 +373,23 @@ impl Table {
     fn numeric_cells(
         &self,
         spec: &ColumnSpec,
-        problems: Option<&mut Problems>,
+        mut problems: Option<&mut Problems>,
     ) -> Result<Vec<Cell>, DataError> {
-        self.numeric_cells_of(spec, 0..self.len(), problems)
+        let reader = self.numeric_reader(spec)?;
+        Ok((0..self.len())
+            .map(|row| reader.cell(row, problems.as_deref_mut()))
+            .collect())
     }
 
-    /// [`Table::numeric_cells`] of the records `rows` alone.
-    fn numeric_cells_of(
-        &self,
-        spec: &ColumnSpec,
-        rows: std::ops::Range<usize>,
-        problems: Option<&mut Problems>,
-    ) -> Result<Vec<Cell>, DataError> {
-        let column = self.column(&spec.name)?;
-        let rule = schema::missing_rule(spec)?;
-        let log1p = schema::transform(spec)? == Transform::Log1p;
-        let mut problems = problems;
-        let mut out = Vec::with_capacity(rows.len());
-        for row in rows {
-            let mut bad = |what: &str| {
-                if let Some(p) = problems.as_deref_mut() {
-                    p.mark(row, || self.problem(row, &spec.name, what));
-                }
-                Cell::Bad
-            };
-            let raw = if column.flags[row] & EMPTY != 0 {
-                match rule {
-                    MissingRule::Mean => Cell::Impute,
-                    MissingRule::Zero => Cell::Value(0.0),
-                    _ => bad("the cell is empty and the schema rejects missing values there"),
-                }
-            } else if column.numbers[row].is_nan() {
-                bad("the cell is not a number")
-            } else {
-                Cell::Value(column.numbers[row])
-            };
-            out.push(match raw {
-                Cell::Value(raw) => {
-                    // max-then-min never panics, whatever bounds a task carries.
-                    let v = match (spec.lower, spec.upper) {
-                        (Some(lo), Some(hi)) => raw.max(lo).min(hi),
-                        _ => raw,
-                    };
-                    match log1p {
-                        false => Cell::Value(v),
-                        true if v >= 0.0 => Cell::Value(v.ln_1p()),
-                        true => bad("the value is negative, but the schema takes its log1p"),
-                    }
-                }
-                other => other,
-            });
-        }
-        Ok(out)
+    /// A numeric column of the schema resolved against the table, to read its cells.
+    fn numeric_reader<'t>(&'t self, spec: &'t ColumnSpec) -> Result<NumericReader<'t>, DataError> {
+        Ok(NumericReader {
+            table: self,
+            spec,
+            column: self.column(&spec.name)?,
+            rule: schema::missing_rule(spec)?,
+            log1p: schema::transform(spec)? == Transform::Log1p,
+        })
     }
 
     /// For each numeric column of the schema: the count of readable non-missing values, and the
@@ -459,6 +487,44 @@ impl Table {
     ) -> Result<Array2<f64>, DataError> {
         let width = schema::encoded_names(schema).len();
         let rows = self.len();
+        // Each column of the schema resolved against the table once, with its place in a row.
+        let mut encoders = Vec::new();
+        let (mut offset, mut numeric_index) = (0, 0);
+        for spec in &schema.columns {
+            let rule = schema::missing_rule(spec)?;
+            let encoder = match schema::column_kind(spec)? {
+                ColumnKind::Numeric => {
+                    let (mean, std) = stats
+                        .get(numeric_index)
+                        .map(|s| (s.mean, if s.std > 0.0 { s.std } else { 1.0 }))
+                        .unwrap_or((0.0, 1.0));
+                    numeric_index += 1;
+                    let reader = self.numeric_reader(spec)?;
+                    (Encoder::Numeric { reader, mean, std }, 1)
+                }
+                ColumnKind::Categorical => {
+                    let hashes: Vec<u64> = spec.values.iter().map(|v| text_hash(v)).collect();
+                    let width = hashes.len() + 1;
+                    let column = self.column(&spec.name)?;
+                    (
+                        Encoder::Categorical {
+                            spec,
+                            column,
+                            rule,
+                            hashes,
+                        },
+                        width,
+                    )
+                }
+                ColumnKind::Boolean => {
+                    let column = self.column(&spec.name)?;
+                    (Encoder::Boolean { spec, column, rule }, 1)
+                }
+                ColumnKind::Unspecified => continue,
+            };
+            encoders.push((encoder.0, offset));
+            offset += encoder.1;
+        }
         // Filled a block of records at a time, each block column by column: the block's rows
         // stay in the cache while each column writes its value into every one of them, where
         // a whole column at a time touched a new cache line with every value (and a
@@ -466,86 +532,73 @@ impl Table {
         let mut x = Array2::<f64>::zeros((rows, width));
         for start in (0..rows).step_by(ENCODED_TOGETHER) {
             let block = start..rows.min(start + ENCODED_TOGETHER);
-            self.encode_block(schema, stats, block, &mut x, problems)?;
+            for (encoder, offset) in &encoders {
+                self.encode_block(encoder, *offset, block.clone(), &mut x, problems);
+            }
         }
         Ok(x)
     }
 
-    /// [`Table::features`] of the records `block`, into their rows of `x`.
+    /// One column's values of the records `block`, into their rows of `x` from `offset`.
     fn encode_block(
         &self,
-        schema: &FeatureSchema,
-        stats: &[ColumnStats],
+        encoder: &Encoder<'_>,
+        offset: usize,
         block: std::ops::Range<usize>,
         x: &mut Array2<f64>,
         problems: &mut Problems,
-    ) -> Result<(), DataError> {
-        let mut offset = 0;
-        let mut numeric_index = 0;
-        for spec in &schema.columns {
-            let rule = schema::missing_rule(spec)?;
-            match schema::column_kind(spec)? {
-                ColumnKind::Numeric => {
-                    let (mean, std) = stats
-                        .get(numeric_index)
-                        .map(|s| (s.mean, if s.std > 0.0 { s.std } else { 1.0 }))
-                        .unwrap_or((0.0, 1.0));
-                    numeric_index += 1;
-                    let cells = self.numeric_cells_of(spec, block.clone(), Some(&mut *problems))?;
-                    for (row, cell) in block.clone().zip(cells) {
-                        if let Cell::Value(v) = cell {
-                            x[[row, offset]] = ((v - mean) / std).clamp(-MAX_FEATURE, MAX_FEATURE);
-                        }
+    ) {
+        match encoder {
+            Encoder::Numeric { reader, mean, std } => {
+                for row in block {
+                    if let Cell::Value(v) = reader.cell(row, Some(&mut *problems)) {
+                        x[[row, offset]] = ((v - mean) / std).clamp(-MAX_FEATURE, MAX_FEATURE);
                     }
-                    offset += 1;
                 }
-                ColumnKind::Categorical => {
-                    let column = self.column(&spec.name)?;
-                    let hashes: Vec<u64> = spec.values.iter().map(|v| text_hash(v)).collect();
-                    let other = spec.values.len();
-                    for row in block.clone() {
-                        if column.flags[row] & EMPTY != 0 && rule != MissingRule::Other {
-                            problems.mark(row, || {
-                                self.problem(
-                                    row,
-                                    &spec.name,
-                                    "the cell is empty and the schema rejects missing values there",
-                                )
-                            });
-                            continue;
-                        }
-                        let h = column.hashes[row];
-                        let slot = hashes.iter().position(|v| *v == h).unwrap_or(other);
-                        x[[row, offset + slot]] = 1.0;
+            }
+            Encoder::Categorical {
+                spec,
+                column,
+                rule,
+                hashes,
+            } => {
+                for row in block {
+                    if column.flags[row] & EMPTY != 0 && *rule != MissingRule::Other {
+                        problems.mark(row, || {
+                            self.problem(
+                                row,
+                                &spec.name,
+                                "the cell is empty and the schema rejects missing values there",
+                            )
+                        });
+                        continue;
                     }
-                    offset += other + 1;
+                    let h = column.hashes[row];
+                    let slot = hashes.iter().position(|v| *v == h).unwrap_or(hashes.len());
+                    x[[row, offset + slot]] = 1.0;
                 }
-                ColumnKind::Boolean => {
-                    let column = self.column(&spec.name)?;
-                    for row in block.clone() {
-                        let flags = column.flags[row];
-                        x[[row, offset]] = if flags & TRUE_WORD != 0 {
-                            1.0
-                        } else if flags & FALSE_WORD != 0
-                            || (flags & EMPTY != 0 && rule == MissingRule::Zero)
-                        {
-                            0.0
+            }
+            Encoder::Boolean { spec, column, rule } => {
+                for row in block {
+                    let flags = column.flags[row];
+                    x[[row, offset]] = if flags & TRUE_WORD != 0 {
+                        1.0
+                    } else if flags & FALSE_WORD != 0
+                        || (flags & EMPTY != 0 && *rule == MissingRule::Zero)
+                    {
+                        0.0
+                    } else {
+                        let what = if flags & EMPTY != 0 {
+                            "the cell is empty and the schema rejects missing values there"
                         } else {
-                            let what = if flags & EMPTY != 0 {
-                                "the cell is empty and the schema rejects missing values there"
-                            } else {
-                                "the cell is not true/false, yes/no or 1/0"
-                            };
-                            problems.mark(row, || self.problem(row, &spec.name, what));
-                            0.0
+                            "the cell is not true/false, yes/no or 1/0"
                         };
-                    }
-                    offset += 1;
+                        problems.mark(row, || self.problem(row, &spec.name, what));
+                        0.0
+                    };
                 }
-                ColumnKind::Unspecified => {}
             }
         }
-        Ok(())
     }
 
     fn labels(
@@ -661,6 +714,16 @@ mod tests {
         schema::parse(text).unwrap().unwrap()
     }
 
+    /// The standardisation of [`SCHEMA`]'s one numeric column, `value`.
+    fn value_stats(mean: f64, std: f64) -> Vec<ColumnStats> {
+        vec![ColumnStats {
+            name: "value".into(),
+            mean,
+            std,
+            count: 2.0,
+        }]
+    }
+
     const SCHEMA: &str = r#"
 [label]
 name = "seized"
@@ -688,12 +751,7 @@ missing = "zero"
             csv("mode,value,known,seized,unused\nsea,10,yes,0,x\nrail,250,,1,y\n,,false,true,z\n");
         let t = Table::open(f.path()).unwrap();
         let s = schema(SCHEMA);
-        let stats = vec![ColumnStats {
-            name: "value".into(),
-            mean: 50.0,
-            std: 25.0,
-            count: 2.0,
-        }];
+        let stats = value_stats(50.0, 25.0);
         let ex = t.encode(&s, &stats).unwrap();
         // value: (10-50)/25, clamp(250)=100 -> 2, missing -> mean -> 0; mode one-hot with other.
         assert_eq!(
@@ -730,12 +788,7 @@ missing = "zero"
             .collect();
         let f = csv(&format!("{header}{}", rows.concat()));
         let s = schema(SCHEMA);
-        let stats = vec![ColumnStats {
-            name: "value".into(),
-            mean: 40.0,
-            std: 30.0,
-            count: 1.0,
-        }];
+        let stats = value_stats(40.0, 30.0);
         let whole = Table::open(f.path())
             .unwrap()
             .encode_private(&s, &stats)
