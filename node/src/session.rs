@@ -314,6 +314,9 @@ async fn carry_out(
         ledger_seq: None,
         sent_sha256: String::new(),
     };
+    // From here on the task is only read: the hand-overs to blocking threads share it rather
+    // than copy it (with its participants, a list as long as the federation, every round).
+    let task = Arc::new(task);
     let attempted = match (oversized, unknown) {
         (true, _) => Err(Refusal::invalid(format!(
             "a task's id, job and federation are at most {MAX_NAME_BYTES} bytes each"
@@ -420,7 +423,7 @@ async fn attempt(
     node: &Node,
     client: &mut AgencyServiceClient<Channel>,
     session: &mpsc::Sender<NodeMessage>,
-    task: &Task,
+    task: &Arc<Task>,
     recipient: &str,
     record: &mut TaskRecord,
 ) -> Result<Sent, Refusal> {
@@ -459,7 +462,7 @@ async fn attempt(
         node.ledger.clone(),
         node.policy.clone(),
         node.approvals.clone(),
-        task.clone(),
+        Arc::clone(task),
     );
     let (planned, recipient_owned) = (secure.clone(), recipient.to_owned());
     let (plan, recorded, texts) = blocking(move || {
@@ -533,8 +536,11 @@ async fn attempt(
         node.tls.identity().to_string(),
         task_id.clone(),
     );
-    let (approvals, evidence, judged) =
-        (node.approvals.clone(), node.evidence.clone(), task.clone());
+    let (approvals, evidence, judged) = (
+        node.approvals.clone(),
+        node.evidence.clone(),
+        Arc::clone(task),
+    );
     let mut sent = record.clone();
     let (result, sent) = blocking(move || {
         let report = Some(ledger.report_for(Some((&job, &federation)), Some(Some(plan.next))));
