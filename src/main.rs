@@ -104,7 +104,7 @@ fn main() -> ExitCode {
         Command::Job(command) => cli::block_on(job::run(command)),
         Command::Query(command) => cli::block_on(query::run(command)),
         Command::Serve(args) => cli::block_on(serve::run(args)),
-        Command::Bench(command) => cli::block_on(bench::run(command)),
+        Command::Bench(command) => cli::block_on(signals::until_signalled(bench::run(command))),
     };
     cli::exit(outcome)
 }

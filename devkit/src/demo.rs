@@ -53,8 +53,12 @@ pub struct DemoOptions {
     pub exe: PathBuf,
 }
 
-/// Runs the demo, printing its progress and summary; stops every process it started.
-pub async fn run(args: DemoOptions) -> anyhow::Result<()> {
+/// Runs the demo, printing its progress and summary, until it ends or `stop` completes (the
+/// binary passes SIGINT or SIGTERM); either way it stops every process it started.
+pub async fn run(
+    args: DemoOptions,
+    stop: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
     let temp;
     let dir = match &args.keep {
         Some(dir) => {
@@ -70,7 +74,7 @@ pub async fn run(args: DemoOptions) -> anyhow::Result<()> {
     let mut federation = None;
     let result = tokio::select! {
         r = demo(&args, &dir, &mut federation) => r,
-        _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
+        () = stop => Err(anyhow::anyhow!("stopped by a signal")),
     };
     if let Some(f) = federation.as_mut() {
         f.stop().await;

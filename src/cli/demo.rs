@@ -23,12 +23,15 @@ pub struct DemoArgs {
 }
 
 pub async fn run(args: DemoArgs) -> Outcome {
-    demo::run(DemoOptions {
-        rounds: args.rounds,
-        rows: args.rows,
-        keep: args.keep,
-        exe: this_binary()?,
-    })
+    demo::run(
+        DemoOptions {
+            rounds: args.rounds,
+            rows: args.rows,
+            keep: args.keep,
+            exe: this_binary()?,
+        },
+        crate::signals::terminate(),
+    )
     .await?;
     Ok(())
 }

@@ -31,3 +31,4 @@ mod rounds;
 mod schema;
 mod scoring;
 mod secure_aggregation;
+mod stopping;

@@ -1,0 +1,175 @@
+//! A command that starts processes of its own (the demo, a benchmark, the benchmarks' runner),
+//! stopped by SIGTERM from outside (`kill`, `timeout`, a service manager, a CI job cancelled),
+//! stops every process it started and leaves none running.
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+use crate::common::TREATY;
+
+/// The parent id and state of process `pid` (`None` once it is gone).
+fn parent_and_state(pid: i32) -> Option<(i32, String)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let mut fields = stat[stat.rfind(')')? + 1..].split_whitespace();
+    let state = fields.next()?.to_owned();
+    Some((fields.next()?.parse().ok()?, state))
+}
+
+/// Whether `pid` is still running (neither gone nor exited and waiting to be reaped).
+fn running(pid: i32) -> bool {
+    parent_and_state(pid).is_some_and(|(_, state)| state != "Z" && state != "X")
+}
+
+/// The running processes whose parent is `parent`.
+fn children_of(parent: i32) -> Vec<i32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| parent_and_state(*pid).is_some_and(|(p, s)| p == parent && s != "Z"))
+        .collect()
+}
+
+fn cmdline(pid: i32) -> String {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|b| String::from_utf8_lossy(&b).replace('\0', " "))
+        .unwrap_or_default()
+}
+
+/// Waits up to `timeout` for `done`, polling.
+fn eventually(timeout: Duration, what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Sends SIGTERM to `child` and waits for it to exit (at most a minute); its standard error.
+fn terminate(mut child: Child) -> String {
+    kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("did not exit within a minute of SIGTERM");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut stderr = String::new();
+    if let Some(mut err) = child.stderr.take() {
+        use std::io::Read;
+        let _ = err.read_to_string(&mut stderr);
+    }
+    assert!(
+        !status.success(),
+        "a command stopped by a signal did not fail: {stderr}"
+    );
+    stderr
+}
+
+/// No process names `dir` on its command line.
+fn none_names(dir: &Path) {
+    let dir = dir.to_string_lossy().to_string();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|p| p.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        if running(pid) {
+            let line = cmdline(pid);
+            assert!(!line.contains(&dir), "still running: {line}");
+        }
+    }
+}
+
+fn start(args: &[&str], dir: &Path) -> Child {
+    Command::new(TREATY)
+        .args(args)
+        .arg("--keep")
+        .arg(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+#[test]
+fn a_benchmark_stopped_by_sigterm_stops_its_coordinator_and_nodes() {
+    let dir = tempfile::tempdir().unwrap();
+    let bench = start(&["bench", "w4", "--rounds", "5000"], dir.path());
+    let log = dir.path().join("coordinator.log");
+    eventually(Duration::from_secs(180), "round 2 of W4", || {
+        std::fs::read_to_string(&log).is_ok_and(|l| l.contains("round 2 started"))
+    });
+    let stderr = terminate(bench);
+    assert!(stderr.contains("stopped by a signal"), "{stderr}");
+    none_names(dir.path());
+}
+
+#[test]
+fn the_demo_stopped_by_sigterm_stops_its_federation() {
+    let dir = tempfile::tempdir().unwrap();
+    let demo = start(&["demo", "--rounds", "20", "--rows", "200"], dir.path());
+    let log = dir.path().join("coordinator.log");
+    eventually(Duration::from_secs(180), "round 2 of the demo", || {
+        std::fs::read_to_string(&log).is_ok_and(|l| l.contains("round 2 started"))
+    });
+    let stderr = terminate(demo);
+    assert!(stderr.contains("stopped by a signal"), "{stderr}");
+    none_names(dir.path());
+    // The federation was stopped, not killed: the coordinator's log ends with its stop.
+    let log = std::fs::read_to_string(&log).unwrap();
+    assert!(log.contains("coordinator stopped"), "{log}");
+}
+
+/// The runner's child is a benchmark of its own: it is stopped, and it stops its own children.
+#[test]
+fn the_benchmarks_runner_stopped_by_sigterm_leaves_no_benchmark_running() {
+    let results = tempfile::tempdir().unwrap();
+    let runner = Command::new(TREATY)
+        .args([
+            "bench",
+            "run",
+            "--only",
+            "w4",
+            "--repeats",
+            "1",
+            "--results",
+        ])
+        .arg(results.path().join("r.jsonl"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let id = runner.id() as i32;
+    // Its benchmark, and that benchmark's coordinator, are running.
+    let mut started: Vec<i32> = Vec::new();
+    eventually(
+        Duration::from_secs(180),
+        "the runner's W4 coordinator",
+        || {
+            started = children_of(id);
+            let grandchildren: Vec<i32> = started.iter().flat_map(|c| children_of(*c)).collect();
+            let up = grandchildren
+                .iter()
+                .any(|g| cmdline(*g).contains("coordinator"));
+            started.extend(grandchildren);
+            up
+        },
+    );
+    terminate(runner);
+    for pid in started {
+        assert!(!running(pid), "still running: {}", cmdline(pid));
+    }
+}
