@@ -107,6 +107,8 @@ pub enum JobProblem {
         "give `privacy.noise_multiplier`, or `privacy.target_epsilon` and `privacy.target_delta`"
     )]
     NoNoise,
+    #[error("the job's noise cannot be calibrated to its target epsilon: {0}")]
+    Unplannable(String),
     #[error("`query.kind` must be COUNT, SUM, MEAN, HISTOGRAM or QUANTILE")]
     NoStatistic,
     #[error(
@@ -554,7 +556,7 @@ fn training(t: TrainingSpec, problems: &mut Vec<JobProblem>, new: bool) -> Optio
     if problems.len() > before {
         return None;
     }
-    Some(ValidTraining {
+    let valid = ValidTraining {
         model: model?,
         privacy: privacy?,
         settings: settings?,
@@ -564,7 +566,13 @@ fn training(t: TrainingSpec, problems: &mut Vec<JobProblem>, new: bool) -> Optio
             privacy: None,
             ..t
         },
-    })
+    };
+    // A stored job was planned when it was created.
+    if let Some(why) = unplannable(&valid).filter(|_| new) {
+        problems.push(JobProblem::Unplannable(why));
+        return None;
+    }
+    Some(valid)
 }
 
 /// Secure aggregation combines sums: a robust aggregator is refused with it, and its scale is
@@ -903,28 +911,13 @@ fn round_epsilon(t: &ValidTraining, p: &PrivacySpec, delta: f64) -> f64 {
     } else {
         0.0
     };
-    let epochs = u64::from(t.rest.local_epochs.max(1));
-    let (sampling_rate, steps_per_round) = match DpMode::try_from(p.mode) {
-        Ok(DpMode::FullBatch) => (None, epochs),
-        Ok(DpMode::Poisson) if p.sampling_rate > 0.0 && p.sampling_rate <= 1.0 => (
-            Some(p.sampling_rate),
-            epochs.saturating_mul((1.0 / p.sampling_rate).ceil() as u64),
-        ),
-        _ => return p.target_epsilon,
+    let Some((sampling_rate, steps_per_round)) = node_steps(t, p) else {
+        return p.target_epsilon;
     };
     // A round as a node plans it (its noise calibrated at the job's target delta), judged at
     // the terms' delta, which is the one the node judges it at.
     let round_of = |evaluation: f64| {
-        let plan = privacy::plan(&privacy::JobPrivacy {
-            target_epsilon: p.target_epsilon,
-            delta: p.target_delta,
-            rounds: u64::from(t.rest.rounds.max(1)),
-            steps_per_round,
-            sampling_rate,
-            statistics: statistics > 0.0,
-            statistics_rho: Some(statistics),
-            evaluation_epsilon: Some(evaluation),
-        })?;
+        let plan = node_plan(t, p, evaluation, sampling_rate, steps_per_round)?;
         let training = privacy::training(sampling_rate, plan.noise_multiplier, steps_per_round);
         let evaluating = (plan.evaluation_epsilon > 0.0).then_some(privacy::Release::Laplace {
             epsilon: plan.evaluation_epsilon,
@@ -957,6 +950,66 @@ fn round_epsilon(t: &ValidTraining, p: &PrivacySpec, delta: f64) -> f64 {
         true => round.min(p.target_epsilon),
         false => round,
     }
+}
+
+/// The sampling rate and steps a round every node plans the job's training with; `None` when
+/// they depend on each agency's record count (Poisson sampling at batch size / records).
+fn node_steps(t: &ValidTraining, p: &PrivacySpec) -> Option<(Option<f64>, u64)> {
+    let epochs = u64::from(t.rest.local_epochs.max(1));
+    match DpMode::try_from(p.mode) {
+        Ok(DpMode::FullBatch) => Some((None, epochs)),
+        Ok(DpMode::Poisson) if p.sampling_rate > 0.0 && p.sampling_rate <= 1.0 => Some((
+            Some(p.sampling_rate),
+            epochs.saturating_mul((1.0 / p.sampling_rate).ceil() as u64),
+        )),
+        _ => None,
+    }
+}
+
+/// The job's privacy as a node that evaluates at `evaluation` epsilon a round plans it: its
+/// noise calibrated to the job's target at the job's delta.
+fn node_plan(
+    t: &ValidTraining,
+    p: &PrivacySpec,
+    evaluation: f64,
+    sampling_rate: Option<f64>,
+    steps_per_round: u64,
+) -> Result<privacy::JobPlan, privacy::PrivacyError> {
+    let statistics = match t.needs_statistics() {
+        true => t.statistics_rho(),
+        false => 0.0,
+    };
+    privacy::plan(&privacy::JobPrivacy {
+        target_epsilon: p.target_epsilon,
+        delta: p.target_delta,
+        rounds: u64::from(t.rest.rounds.max(1)),
+        steps_per_round,
+        sampling_rate,
+        statistics: statistics > 0.0,
+        statistics_rho: Some(statistics),
+        evaluation_epsilon: Some(evaluation),
+    })
+}
+
+/// Why no agency that evaluates could plan a job whose noise each node calibrates to its
+/// target, in the plan's own words (the evaluations or the statistics round alone spend the
+/// target): refused when the job is created, where every such agency would refuse its first
+/// round.
+fn unplannable(t: &ValidTraining) -> Option<String> {
+    let p = &t.privacy;
+    if !calibrated(p) {
+        return None;
+    }
+    // Where the rate rests on each agency's record count, one full-batch step stands in for
+    // its training: the plan then fails only where the statistics round and the evaluations
+    // alone spend the target, which no training changes.
+    let (sampling_rate, steps_per_round) = node_steps(t, p).unwrap_or((None, 1));
+    let evaluation = p
+        .evaluation_epsilon
+        .unwrap_or(privacy::UNPLANNED_EVALUATION_EPSILON);
+    node_plan(t, p, evaluation, sampling_rate, steps_per_round)
+        .err()
+        .map(|e| e.to_string())
 }
 
 /// The sharing terms of a sound job: what it declared, defaults taken from the rest of the
@@ -1178,6 +1231,44 @@ pub(crate) mod tests {
             ..Default::default()
         });
         assert!(ValidJob::for_federation(job(job_spec::Kind::Training(t)), 8, &registry()).is_ok());
+    }
+
+    /// A job whose evaluations alone spend its target is refused when it is created, with the
+    /// plan's reason, where every agency that evaluates would refuse its first round: 100
+    /// rounds of evaluations at epsilon 0.5 compose to far more than epsilon 2 (even the
+    /// advanced composition theorem's bound, 0.5 sqrt(2 * 100 ln(1e6)) = 26, is above it).
+    #[test]
+    fn a_job_whose_evaluations_alone_spend_its_target_is_refused_up_front() {
+        let with = |rounds: u32, evaluation: f64| {
+            let mut t = training_spec();
+            t.rounds = rounds;
+            if let Some(p) = t.privacy.as_mut() {
+                p.mode = DpMode::FullBatch as i32;
+                p.evaluation_epsilon = Some(evaluation);
+            }
+            ValidJob::for_federation(job(job_spec::Kind::Training(t)), 8, &registry())
+        };
+        let problems = with(100, 0.5).unwrap_err().problems;
+        match problems.as_slice() {
+            [JobProblem::Unplannable(why)] => assert!(
+                why.contains("the evaluations alone spend more than epsilon 2"),
+                "{why}"
+            ),
+            other => panic!("{other:?}"),
+        }
+        assert!(with(100, 0.001).is_ok());
+        assert!(with(2, 0.5).is_ok());
+        // The same with Poisson sampling at each agency's batch size / records.
+        let mut t = training_spec();
+        t.rounds = 100;
+        t.privacy.as_mut().unwrap().evaluation_epsilon = Some(0.5);
+        let problems = ValidJob::for_federation(job(job_spec::Kind::Training(t)), 8, &registry())
+            .unwrap_err()
+            .problems;
+        assert!(
+            matches!(problems.as_slice(), [JobProblem::Unplannable(_)]),
+            "{problems:?}"
+        );
     }
 
     #[test]

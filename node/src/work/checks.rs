@@ -103,8 +103,12 @@ pub(crate) enum InvalidTask {
         "the public denominator {0} is beyond what the round's fixed point holds: use fewer fractional bits"
     )]
     DenominatorRange(f64),
-    #[error("no noise multiplier meets epsilon {epsilon} over {steps} steps")]
-    Uncalibrated { epsilon: f64, steps: u64 },
+    #[error("no noise multiplier meets epsilon {epsilon} over {steps} steps: {reason}")]
+    Uncalibrated {
+        epsilon: f64,
+        steps: u64,
+        reason: String,
+    },
     #[error(
         "numeric column `{0}` has no bounds; differentially private statistics need `lower` and `upper`"
     )]

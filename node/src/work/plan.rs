@@ -319,9 +319,11 @@ impl Worker {
                     false => evaluation.map_or(0.0, |(_, epsilon)| epsilon),
                 }),
             };
-            let plan = privacy::plan(&job).map_err(|_| InvalidTask::Uncalibrated {
+            // The plan's reason names the job's own figures alone.
+            let plan = privacy::plan(&job).map_err(|e| InvalidTask::Uncalibrated {
                 epsilon,
                 steps: steps * rounds,
+                reason: e.to_string(),
             })?;
             plan.noise_multiplier * (1.0 + 1e-6)
         };
