@@ -419,7 +419,8 @@ mod tests {
     fn renders_a_region_from_three_runs() {
         let w4 = |median: f64, p99: f64| {
             serde_json::json!({"workload": "W4", "agencies": 8, "rows": 100, "rounds": 100,
-                "job_seconds": 1.5, "round_median_ms": median, "round_p99_ms": p99})
+                "job_seconds": 1.5, "round_median_ms": median, "round_p99_ms": p99,
+                "cycle_median_ms": median + 1.0, "cycle_p99_ms": p99 + 1.0})
         };
         let results = [
             envelope("r", 1, w4(4.5, 9.0)),
@@ -450,14 +451,21 @@ mod tests {
             "{out}"
         );
         assert!(out.contains("[`results/2026-12-02.jsonl`](results/2026-12-02.jsonl)"));
-        // The per-round median's row: the three runs in order, then their median, 3.7 ms.
-        let row = out
-            .lines()
-            .find(|l| l.starts_with("| per-round median"))
-            .unwrap();
-        assert_eq!(row, "| per-round median (ms) | 4.5 | 3.2 | 3.7 | **3.7** |");
-        let p99 = out.lines().find(|l| l.starts_with("| 99th")).unwrap();
-        assert_eq!(p99, "| 99th percentile (ms) | 9.0 | 12.0 | 8.0 | **9.0** |");
+        // A round's rows: the three runs in order, then their median (4.7 ms completion to
+        // completion, 3.7 ms start to completion).
+        let row = |start: &str| out.lines().find(|l| l.starts_with(start)).unwrap();
+        assert_eq!(
+            row("| a round, completion to completion"),
+            "| a round, completion to completion: median (ms) | 5.5 | 4.2 | 4.7 | **4.7** |"
+        );
+        assert_eq!(
+            row("| 99th"),
+            "| 99th percentile (ms) | 10.0 | 13.0 | 9.0 | **10.0** |"
+        );
+        assert_eq!(
+            row("| of which start to completion"),
+            "| of which start to completion: median (ms) | 4.5 | 3.2 | 3.7 | **3.7** |"
+        );
         let (again, _) = render(&out, &runs).unwrap();
         assert_eq!(again, out);
     }
