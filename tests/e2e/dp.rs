@@ -329,7 +329,7 @@ async fn dp_sgd_calibrated_to_a_target_spends_at_most_the_target_and_learns() {
 }
 
 /// A statistics round whose noise swamps a column (bounds a million times wider than its
-/// values, 400 records per agency, the default rho) says so while the job runs: an event naming
+/// values, 400 records per agency, a small rho) says so while the job runs: an event naming
 /// the column and what to do, with the standardisation kept within what the bounds allow; the
 /// job goes on.
 #[tokio::test]
@@ -348,13 +348,16 @@ async fn a_column_drowned_in_the_statistics_noise_is_named_and_the_job_goes_on()
     create_federation(&mut op, "pair", &["DE-BKA:DE", "NL-POLITIE:NL"]).await;
     let mut spec = training_spec(1);
     // x1 lies in [-2, 2] (variance 4/3); with bounds ±1e6 the noise on its sum of squares
-    // (standard deviation sqrt(3 * 2 / 0.01) * sqrt(2) * 1e12, about 3.5e13) over 800 records
-    // is some 1e10 times that.
+    // over 800 records is some 1e10 times that. The noisy variance's standard error is
+    // B^2 / 23.8 at the default rho 0.005 (B the half-range: 12.25 / 0.5143 for x2's ±3.5 in a
+    // run), so a draw between 2 and 23.8 standard errors, 2.3 % of runs, looked sound and was
+    // not named. At rho 5e-6 it is B^2 / 0.75: a variance above twice its standard error is
+    // above B^2, which no values within the bounds have, and every draw is named.
     let schema = spec.schema.as_mut().unwrap();
     schema.columns[0].lower = Some(-1e6);
     schema.columns[0].upper = Some(1e6);
     let privacy = spec.privacy.as_mut().unwrap();
-    privacy.statistics_rho = None;
+    privacy.statistics_rho = Some(5e-6);
     let job = op
         .create_job(CreateJobRequest {
             federation: "pair".into(),
@@ -393,7 +396,7 @@ async fn a_column_drowned_in_the_statistics_noise_is_named_and_the_job_goes_on()
     for part in [
         "the DP noise dominates",
         "tighten the column's bounds (now [-1.000e6, 1.000e6] after the transform)",
-        "a larger statistics_rho (now 0.005)",
+        "a larger statistics_rho (now 0.000005)",
     ] {
         assert!(x1.contains(part), "{part} in {x1}");
     }
