@@ -568,7 +568,7 @@ fn training(t: TrainingSpec, problems: &mut Vec<JobProblem>, new: bool) -> Optio
         },
     };
     // A stored job was planned when it was created.
-    if let Some(why) = unplannable(&valid).filter(|_| new) {
+    if new && let Some(why) = unplannable(&valid) {
         problems.push(JobProblem::Unplannable(why));
         return None;
     }
@@ -994,7 +994,8 @@ fn node_plan(
 /// Why no agency that evaluates could plan a job whose noise each node calibrates to its
 /// target, in the plan's own words (the evaluations or the statistics round alone spend the
 /// target): refused when the job is created, where every such agency would refuse its first
-/// round.
+/// round. (Agencies without a test split do not evaluate and could train it; a job meant for
+/// them says so with `evaluation_epsilon` 0, as the reason suggests.)
 fn unplannable(t: &ValidTraining) -> Option<String> {
     let p = &t.privacy;
     if !calibrated(p) {

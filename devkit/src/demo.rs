@@ -74,7 +74,11 @@ pub async fn run(
     let mut federation = None;
     let result = tokio::select! {
         r = demo(&args, &dir, &mut federation) => r,
-        () = stop => Err(anyhow::anyhow!("stopped by a signal")),
+        () = stop => {
+            // A process its start-up may still be starting on another thread is not started.
+            crate::local::stop_starting();
+            Err(anyhow::anyhow!("stopped by a signal"))
+        }
     };
     if let Some(f) = federation.as_mut() {
         f.stop().await;

@@ -75,21 +75,36 @@ fn terminate(mut child: Child) -> String {
     stderr
 }
 
+/// Kills, when dropped, every process that names its directory: a failed test leaves none
+/// running.
+struct Reaper<'a>(&'a Path);
+
+impl Drop for Reaper<'_> {
+    fn drop(&mut self) {
+        let dir = self.0.to_string_lossy().to_string();
+        for pid in all_running() {
+            if cmdline(pid).contains(&dir) {
+                let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+            }
+        }
+    }
+}
+
+fn all_running() -> Vec<i32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| running(*pid))
+        .collect()
+}
+
 /// No process names `dir` on its command line.
 fn none_names(dir: &Path) {
     let dir = dir.to_string_lossy().to_string();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|p| p.parse::<i32>().ok())
-        else {
-            continue;
-        };
-        if running(pid) {
-            let line = cmdline(pid);
-            assert!(!line.contains(&dir), "still running: {line}");
-        }
+    for pid in all_running() {
+        let line = cmdline(pid);
+        assert!(!line.contains(&dir), "still running: {line}");
     }
 }
 
@@ -107,6 +122,7 @@ fn start(args: &[&str], dir: &Path) -> Child {
 #[test]
 fn a_benchmark_stopped_by_sigterm_stops_its_coordinator_and_nodes() {
     let dir = tempfile::tempdir().unwrap();
+    let _reaper = Reaper(dir.path());
     let bench = start(&["bench", "w4", "--rounds", "5000"], dir.path());
     let log = dir.path().join("coordinator.log");
     eventually(Duration::from_secs(180), "round 2 of W4", || {
@@ -120,6 +136,7 @@ fn a_benchmark_stopped_by_sigterm_stops_its_coordinator_and_nodes() {
 #[test]
 fn the_demo_stopped_by_sigterm_stops_its_federation() {
     let dir = tempfile::tempdir().unwrap();
+    let _reaper = Reaper(dir.path());
     let demo = start(&["demo", "--rounds", "20", "--rows", "200"], dir.path());
     let log = dir.path().join("coordinator.log");
     eventually(Duration::from_secs(180), "round 2 of the demo", || {
@@ -133,10 +150,13 @@ fn the_demo_stopped_by_sigterm_stops_its_federation() {
     assert!(log.contains("coordinator stopped"), "{log}");
 }
 
-/// The runner's child is a benchmark of its own: it is stopped, and it stops its own children.
+/// The runner's child is a benchmark of its own: it is stopped, and it stops its own children,
+/// nodes started after the signal included. Every process below the runner works in a
+/// temporary directory under the `TMPDIR` the runner is given, which their command lines name.
 #[test]
 fn the_benchmarks_runner_stopped_by_sigterm_leaves_no_benchmark_running() {
-    let results = tempfile::tempdir().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let _reaper = Reaper(tmp.path());
     let runner = Command::new(TREATY)
         .args([
             "bench",
@@ -147,29 +167,24 @@ fn the_benchmarks_runner_stopped_by_sigterm_leaves_no_benchmark_running() {
             "1",
             "--results",
         ])
-        .arg(results.path().join("r.jsonl"))
+        .arg(tmp.path().join("r.jsonl"))
+        .env("TMPDIR", tmp.path())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     let id = runner.id() as i32;
-    // Its benchmark, and that benchmark's coordinator, are running.
-    let mut started: Vec<i32> = Vec::new();
+    // Its benchmark's coordinator is running (its nodes may not be yet).
     eventually(
         Duration::from_secs(180),
         "the runner's W4 coordinator",
         || {
-            started = children_of(id);
-            let grandchildren: Vec<i32> = started.iter().flat_map(|c| children_of(*c)).collect();
-            let up = grandchildren
+            children_of(id)
                 .iter()
-                .any(|g| cmdline(*g).contains("coordinator"));
-            started.extend(grandchildren);
-            up
+                .flat_map(|c| children_of(*c))
+                .any(|g| cmdline(g).contains("coordinator"))
         },
     );
     terminate(runner);
-    for pid in started {
-        assert!(!running(pid), "still running: {}", cmdline(pid));
-    }
+    none_names(tmp.path());
 }

@@ -152,6 +152,9 @@ fn run_one(exe: &Path, args: &[String]) -> Result<Value, RunError> {
         command: command.clone(),
         status,
     };
+    if crate::local::stopping() {
+        return Err(failed("not started: the runner is stopping".into()));
+    }
     let mut child = std::process::Command::new(exe)
         .arg("bench")
         .args(args)

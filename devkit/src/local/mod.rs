@@ -13,5 +13,5 @@ mod process;
 mod site;
 
 pub use federation::{COORDINATOR_COUNTRY, LocalFederation, Member};
-pub use process::{Process, holds_processes};
+pub use process::{Process, holds_processes, stop_starting, stopping};
 pub use site::{Site, SiteOptions, replace_file, write_toml};

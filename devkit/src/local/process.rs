@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -17,6 +17,20 @@ pub fn holds_processes() -> bool {
     HELD.load(Ordering::SeqCst) > 0
 }
 
+/// Set once the command is stopping (a signal): no process is started after it.
+static STOPPING: AtomicBool = AtomicBool::new(false);
+
+/// From now on, [`Process::spawn`] (and the benchmarks' runner) start nothing: the command is
+/// stopping, and a process started on a thread that has not noticed yet would outlive it.
+pub fn stop_starting() {
+    STOPPING.store(true, Ordering::SeqCst);
+}
+
+/// Whether [`stop_starting`] was called.
+pub fn stopping() -> bool {
+    STOPPING.load(Ordering::SeqCst)
+}
+
 /// A running `treaty` process, killed when dropped.
 #[derive(Debug)]
 pub struct Process {
@@ -28,6 +42,9 @@ pub struct Process {
 impl Process {
     /// Starts `exe ARGS`, its standard error into `log` (logging at `info`).
     pub fn spawn(exe: &Path, name: &str, args: &[&str], log: &Path) -> anyhow::Result<Self> {
+        if stopping() {
+            bail!("not starting {name}: the command is stopping");
+        }
         let file = std::fs::File::create(log)
             .with_context(|| format!("cannot write `{}`", log.display()))?;
         let child = Command::new(exe)
