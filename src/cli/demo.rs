@@ -10,8 +10,10 @@ use super::{Outcome, this_binary};
 
 #[derive(Debug, Args)]
 pub struct DemoArgs {
-    /// Training rounds.
-    #[arg(long, default_value_t = 20)]
+    /// Training rounds, 1 to 40: each agency's budget for the job (epsilon 3) also pays for the
+    /// evaluation of the model every round (epsilon 0.1 each), which more rounds would spend
+    /// alone.
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=40))]
     rounds: u32,
     /// Declarations per agency (80 % train, 20 % test).
     #[arg(long, default_value_t = 5000)]

@@ -70,6 +70,8 @@ fn unusable_input_exits_2_and_names_it() {
             vec!["bench", "report", "--readme", missing, missing],
             "missing.toml",
         ),
+        // More rounds than the demo's budget can evaluate, refused before anything starts.
+        (vec!["demo", "--rounds", "60"], "1..=40"),
         (vec!["no-such-command"], "no-such-command"),
     ] {
         let (code, stderr) = run(&args);
