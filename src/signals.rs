@@ -72,14 +72,14 @@ fn stop_children(grace: std::time::Duration) -> usize {
             .filter(|(_, parent)| *parent == me)
             .map(|(pid, _)| *pid)
             .collect();
+        if children.is_empty() {
+            return signalled.len();
+        }
         for pid in children {
             if !signalled.contains(&pid) {
                 let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
                 signalled.push(pid);
             }
-        }
-        if !running.iter().any(|(_, parent)| *parent == me) {
-            return signalled.len();
         }
         if std::time::Instant::now() >= deadline {
             for pid in descendants(me, &running) {

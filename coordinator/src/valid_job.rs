@@ -329,6 +329,14 @@ impl ValidTraining {
             .unwrap_or(DEFAULT_STATISTICS_RHO)
     }
 
+    /// The rho each node spends on the statistics round of this job: 0 when it needs none.
+    fn statistics_spent(&self) -> f64 {
+        match self.needs_statistics() {
+            true => self.statistics_rho(),
+            false => 0.0,
+        }
+    }
+
     /// Records the statistics round's standardisation, and the rho the round cost each node.
     pub(crate) fn set_standardization(&mut self, stats: Vec<ColumnStats>) {
         self.rest.standardization = stats;
@@ -906,11 +914,6 @@ fn query(q: QuerySpec, problems: &mut Vec<JobProblem>) -> Option<ValidQuery> {
 /// plans' rounds. A Poisson job whose rates depend on each agency's record count may spend up
 /// to its whole target in a round.
 fn round_epsilon(t: &ValidTraining, p: &PrivacySpec, delta: f64) -> f64 {
-    let statistics = if t.needs_statistics() {
-        t.statistics_rho()
-    } else {
-        0.0
-    };
     let Some((sampling_rate, steps_per_round)) = node_steps(t, p) else {
         return p.target_epsilon;
     };
@@ -939,6 +942,7 @@ fn round_epsilon(t: &ValidTraining, p: &PrivacySpec, delta: f64) -> f64 {
         return p.target_epsilon;
     };
     // The statistics round alone, by the accountants a node judges it by.
+    let statistics = t.statistics_spent();
     let statistics = match statistics > 0.0 {
         true => privacy::spent(&[privacy::Release::Gaussian { rho: statistics }], delta)
             .map_or(p.target_epsilon, |s| s.epsilon),
@@ -975,10 +979,7 @@ fn node_plan(
     sampling_rate: Option<f64>,
     steps_per_round: u64,
 ) -> Result<privacy::JobPlan, privacy::PrivacyError> {
-    let statistics = match t.needs_statistics() {
-        true => t.statistics_rho(),
-        false => 0.0,
-    };
+    let statistics = t.statistics_spent();
     privacy::plan(&privacy::JobPrivacy {
         target_epsilon: p.target_epsilon,
         delta: p.target_delta,

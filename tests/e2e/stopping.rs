@@ -26,11 +26,9 @@ fn running(pid: i32) -> bool {
 
 /// The running processes whose parent is `parent`.
 fn children_of(parent: i32) -> Vec<i32> {
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
-        .filter(|pid| parent_and_state(*pid).is_some_and(|(p, s)| p == parent && s != "Z"))
+    all_running()
+        .into_iter()
+        .filter(|pid| parent_and_state(*pid).is_some_and(|(p, _)| p == parent))
         .collect()
 }
 
@@ -119,35 +117,32 @@ fn start(args: &[&str], dir: &Path) -> Child {
         .unwrap()
 }
 
-#[test]
-fn a_benchmark_stopped_by_sigterm_stops_its_coordinator_and_nodes() {
+/// Runs `treaty ARGS --keep DIR` until its federation's round 2 has started, stops it with
+/// SIGTERM, and checks that it failed saying so, that nothing it started still runs, and that
+/// its coordinator was stopped, not killed (its log ends with its own stop).
+fn stopped_at_round_2(args: &[&str]) {
     let dir = tempfile::tempdir().unwrap();
     let _reaper = Reaper(dir.path());
-    let bench = start(&["bench", "w4", "--rounds", "5000"], dir.path());
+    let command = start(args, dir.path());
     let log = dir.path().join("coordinator.log");
-    eventually(Duration::from_secs(180), "round 2 of W4", || {
+    eventually(Duration::from_secs(180), "round 2", || {
         std::fs::read_to_string(&log).is_ok_and(|l| l.contains("round 2 started"))
     });
-    let stderr = terminate(bench);
+    let stderr = terminate(command);
     assert!(stderr.contains("stopped by a signal"), "{stderr}");
     none_names(dir.path());
+    let log = std::fs::read_to_string(&log).unwrap();
+    assert!(log.contains("coordinator stopped"), "{log}");
+}
+
+#[test]
+fn a_benchmark_stopped_by_sigterm_stops_its_coordinator_and_nodes() {
+    stopped_at_round_2(&["bench", "w4", "--rounds", "5000"]);
 }
 
 #[test]
 fn the_demo_stopped_by_sigterm_stops_its_federation() {
-    let dir = tempfile::tempdir().unwrap();
-    let _reaper = Reaper(dir.path());
-    let demo = start(&["demo", "--rounds", "20", "--rows", "200"], dir.path());
-    let log = dir.path().join("coordinator.log");
-    eventually(Duration::from_secs(180), "round 2 of the demo", || {
-        std::fs::read_to_string(&log).is_ok_and(|l| l.contains("round 2 started"))
-    });
-    let stderr = terminate(demo);
-    assert!(stderr.contains("stopped by a signal"), "{stderr}");
-    none_names(dir.path());
-    // The federation was stopped, not killed: the coordinator's log ends with its stop.
-    let log = std::fs::read_to_string(&log).unwrap();
-    assert!(log.contains("coordinator stopped"), "{log}");
+    stopped_at_round_2(&["demo", "--rounds", "20", "--rows", "200"]);
 }
 
 /// The runner's child is a benchmark of its own: it is stopped, and it stops its own children,
