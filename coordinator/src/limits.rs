@@ -64,9 +64,10 @@ pub(crate) const MAX_BAD_MESSAGES_PER_SESSION: u32 = 100;
 
 /// Updates that are folded into a running sum (FedAvg and the server optimisers) are staged
 /// whole, as their wire bytes, before they are checked and folded in: at most this many at
-/// once. Other uploads wait for a free slot before their chunks are read (HTTP/2 flow control
-/// holds their data back at the node), so the coordinator's memory for a round is a few
-/// models, not one per agency.
+/// once. Other uploads wait for a free slot: the coordinator admits an upload (`SubmitResult`'s
+/// `ResultAdmitted`) when it takes a slot, and a node sends its chunks only then, so a waiting
+/// upload holds its header alone and the coordinator's memory for a round is a few models,
+/// not one per agency.
 pub(crate) const STAGING_SLOTS: usize = 2;
 /// Model downloads one peer (an agency's node, an operator) may have open at once. A download
 /// holds its model's encoding until its stream is read to the end or dropped, so without a

@@ -91,12 +91,12 @@ pub async fn run(
     tracing::info!(address = %local, identity = %ctx.identity, "coordinator listening (mutual TLS 1.3)");
     let stop = ctx.shutdown.clone();
     let serve = Server::builder()
-        // HTTP/2 flow control: what a peer may send before the coordinator reads it. An upload
-        // waiting for a staging slot (`limits::STAGING_SLOTS`) holds at most a stream's window
-        // here, so the window is HTTP/2's standard 64 KiB, fixed (an adaptive window grows
-        // with the link and stays grown: 100 waiting uploads then held 100 MiB): the memory
-        // of many waiting uploads stays small, at the price of at most 64 KiB per round trip
-        // for one upload (1.6 MB/s on a 40 ms link).
+        // HTTP/2 flow control: what a peer may send before the coordinator reads it. A node
+        // sends no chunk before its upload is admitted (`limits::STAGING_SLOTS`); one that
+        // does anyway holds at most a stream's window here until then, so the window is
+        // HTTP/2's standard 64 KiB, fixed (an adaptive window grows with the link and stays
+        // grown: 100 waiting uploads then held 100 MiB), at the price of at most 64 KiB per
+        // round trip for one upload (1.6 MB/s on a 40 ms link).
         .http2_adaptive_window(Some(false))
         .initial_stream_window_size(Some(STREAM_WINDOW_BYTES))
         .initial_connection_window_size(Some(CONNECTION_WINDOW_BYTES))

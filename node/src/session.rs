@@ -10,11 +10,12 @@ use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 use treaty_proto::tensor::{DEFAULT_MAX_CHUNK_BYTES, encode};
 use treaty_proto::tls::ClientTls;
+use treaty_proto::upload::UploadError;
 use treaty_proto::v1::agency_service_client::AgencyServiceClient;
 use treaty_proto::v1::{
     DatasetSummary, Dtype, Heartbeat, Hello, JobDecided, NodeMessage, PrivacyReport, ResultHeader,
-    ResultPart, RoundParticipant, SubmitReceipt, Task, TaskAccepted, TaskRefused,
-    coordinator_message, node_message, result_part, task,
+    RoundParticipant, SubmitReceipt, Task, TaskAccepted, TaskRefused, coordinator_message,
+    node_message, task,
 };
 
 use prost::Message;
@@ -746,20 +747,22 @@ impl Outgoing {
         Ok(())
     }
 
-    /// Sends it: the header, then the chunks; the coordinator's answer with its receipt.
+    /// Sends it: the header; once the coordinator admits it, the chunks and the signed
+    /// statement. The coordinator's answer with its receipt.
     pub(crate) async fn send(
         self,
         client: &mut AgencyServiceClient<Channel>,
     ) -> Result<SubmitReceipt, NodeError> {
-        let parts = std::iter::once(result_part::Kind::Header(self.header))
-            .chain(self.chunks.into_iter().map(result_part::Kind::Chunk))
-            .chain(self.sent.map(result_part::Kind::Sent))
-            .map(|kind| ResultPart { kind: Some(kind) });
-        let receipt = client.submit_result(tokio_stream::iter(parts)).await?;
-        if receipt.get_ref().accepted {
-            Ok(receipt.into_inner())
+        let receipt = treaty_proto::upload::submit(client, self.header, self.chunks, self.sent)
+            .await
+            .map_err(|e| match e {
+                UploadError::Status(status) => NodeError::from(status),
+                UploadError::Protocol(_) => NodeError::Protocol(e.to_string()),
+            })?;
+        if receipt.accepted {
+            Ok(receipt)
         } else {
-            Err(NodeError::Protocol(receipt.into_inner().message))
+            Err(NodeError::Protocol(receipt.message))
         }
     }
 }

@@ -43,6 +43,7 @@ pub mod schema;
 pub mod secagg;
 pub mod tensor;
 pub mod tls;
+pub mod upload;
 
 pub use error::{EnumError, IdentityError, PkiError, SchemaTomlError, TensorError, TlsError};
 pub use identity::Identity;

@@ -14,10 +14,11 @@ use treaty_proto::Identity;
 use treaty_proto::pki::Validity;
 use treaty_proto::tensor::{self, NamedTensor};
 use treaty_proto::tls::{ClientTls, TlsFiles};
+use treaty_proto::upload::UploadError;
 use treaty_proto::v1::agency_service_client::AgencyServiceClient;
 use treaty_proto::v1::{
-    CoordinatorMessage, Dtype, Hello, NodeMessage, ResultHeader, ResultPart, Task,
-    coordinator_message, node_message, result_part,
+    CoordinatorMessage, Dtype, Hello, NodeMessage, ResultHeader, ResultPart, SubmitReceipt,
+    SubmitReply, Task, TensorChunk, coordinator_message, node_message, result_part, submit_reply,
 };
 
 use crate::common::Fixture;
@@ -130,13 +131,74 @@ pub async fn submit_with(
     let mut hasher = treaty_proto::receipt::ResultHasher::new(&header);
     chunks.iter().for_each(|c| hasher.chunk(c));
     let statement = sent(&hasher.finish());
-    let parts: Vec<ResultPart> = std::iter::once(result_part::Kind::Header(header))
-        .chain(chunks.into_iter().map(result_part::Kind::Chunk))
-        .chain(statement.map(result_part::Kind::Sent))
-        .map(|kind| ResultPart { kind: Some(kind) })
-        .collect();
-    client
-        .submit_result(tokio_stream::iter(parts))
+    treaty_proto::upload::submit(client, header, chunks, statement)
         .await
         .map(|_| ())
+        .map_err(|e| match e {
+            UploadError::Status(status) => status,
+            UploadError::Protocol(_) => tonic::Status::internal(e.to_string()),
+        })
+}
+
+/// An upload opened on the wire: its header sent; what follows is the test's to send.
+pub struct Upload {
+    outbox: mpsc::Sender<ResultPart>,
+    replies: Streaming<SubmitReply>,
+}
+
+impl Upload {
+    /// Opens an upload of a result with `header`.
+    pub async fn open(client: &mut AgencyServiceClient<Channel>, header: ResultHeader) -> Upload {
+        let (outbox, rx) = mpsc::channel(64);
+        outbox
+            .send(ResultPart {
+                kind: Some(result_part::Kind::Header(header)),
+            })
+            .await
+            .unwrap();
+        let replies = client
+            .submit_result(ReceiverStream::new(rx))
+            .await
+            .unwrap()
+            .into_inner();
+        Upload { outbox, replies }
+    }
+
+    /// Sends `chunks`, whether the upload was admitted or not.
+    pub async fn send(&self, chunks: Vec<TensorChunk>) {
+        for chunk in chunks {
+            self.outbox
+                .send(ResultPart {
+                    kind: Some(result_part::Kind::Chunk(chunk)),
+                })
+                .await
+                .unwrap();
+        }
+    }
+
+    /// Whether the coordinator admits the upload within `within`.
+    pub async fn admitted(&mut self, within: Duration) -> bool {
+        match tokio::time::timeout(within, self.replies.message()).await {
+            Err(_) => false,
+            Ok(Ok(Some(SubmitReply {
+                kind: Some(submit_reply::Kind::Admitted(_)),
+            }))) => true,
+            Ok(other) => panic!("an admission expected, not {other:?}"),
+        }
+    }
+
+    /// Ends the upload (everything sent); the coordinator's answer.
+    pub async fn answer(self) -> Result<SubmitReceipt, tonic::Status> {
+        let Upload {
+            outbox,
+            mut replies,
+        } = self;
+        drop(outbox);
+        match replies.message().await? {
+            Some(SubmitReply {
+                kind: Some(submit_reply::Kind::Receipt(receipt)),
+            }) => Ok(receipt),
+            other => panic!("a receipt expected, not {other:?}"),
+        }
+    }
 }

@@ -7,6 +7,7 @@
 //! them killed mid-round.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio_stream::StreamExt;
@@ -17,8 +18,8 @@ use treaty_proto::tls::KeySigner;
 use treaty_proto::v1::agency_service_client::AgencyServiceClient;
 use treaty_proto::v1::{
     ColumnStats, CoordinatorMessage, DownloadModelRequest, JobState, NodeMessage, ResultHeader,
-    ResultPart, SecAggFromNode, SecureAggregationSpec, Task, TaskAccepted, TrainingSpec,
-    coordinator_message, model_part, node_message, result_part, sec_agg_from_node, sec_agg_to_node,
+    SecAggFromNode, SecureAggregationSpec, Task, TaskAccepted, TrainingSpec, coordinator_message,
+    model_part, node_message, sec_agg_from_node, sec_agg_to_node,
 };
 
 use crate::common::*;
@@ -140,6 +141,44 @@ async fn send_step(session: &Session, task: &Task, step: sec_agg_from_node::Step
         .unwrap();
 }
 
+/// How a scripted agency uploads its masked update.
+#[derive(Clone)]
+enum Uploads {
+    /// At once, as a node does.
+    Straight,
+    /// Opens its upload, is admitted, and holds it open without a chunk until the one that
+    /// waits has found no admission: with two that hold, the coordinator's staging slots are
+    /// taken.
+    Holds(Arc<Gate>),
+    /// Once both slots are held, opens its upload and sends its chunks at once, unasked; finds
+    /// itself not admitted while they are held, then admitted once they are let go.
+    Waits(Arc<Gate>),
+}
+
+/// Two that hold and one that waits: they meet when both hold, and again when the one that
+/// waits lets them go.
+struct Gate {
+    held: tokio::sync::Barrier,
+    released: tokio::sync::Barrier,
+}
+
+impl Gate {
+    fn new() -> Arc<Gate> {
+        Arc::new(Gate {
+            held: tokio::sync::Barrier::new(3),
+            released: tokio::sync::Barrier::new(3),
+        })
+    }
+
+    /// Meets the others at `barrier`; a party that failed on the way never comes, so the
+    /// wait is bounded.
+    async fn meet(barrier: &tokio::sync::Barrier, who: &Identity) {
+        tokio::time::timeout(Duration::from_secs(60), barrier.wait())
+            .await
+            .unwrap_or_else(|_| panic!("{who}: the others of the gate never came"));
+    }
+}
+
 /// What a scripted agency contributes and when it leaves.
 struct Script {
     /// Its model's change, or under distributed noise its gradient sum then its denominator.
@@ -147,6 +186,7 @@ struct Script {
     leaves: Leaves,
     /// Whether the job is under distributed noise (the contribution has a denominator).
     distributed: bool,
+    uploads: Uploads,
 }
 
 /// One scripted agency's round: honest, with its script's contribution, until it leaves.
@@ -162,6 +202,7 @@ async fn scripted_round(
         update,
         leaves,
         distributed,
+        uploads,
     } = script;
     let task = session.next_task(Duration::from_secs(30)).await.unwrap();
     let wire = task.secure_aggregation.clone().unwrap();
@@ -206,14 +247,39 @@ async fn scripted_round(
         tensors: specs,
         ..Default::default()
     };
-    let parts: Vec<ResultPart> = std::iter::once(result_part::Kind::Header(header))
-        .chain(chunks.into_iter().map(result_part::Kind::Chunk))
-        .map(|kind| ResultPart { kind: Some(kind) })
-        .collect();
-    client
-        .submit_result(tokio_stream::iter(parts))
-        .await
-        .unwrap();
+    match uploads {
+        Uploads::Straight => {
+            treaty_proto::upload::submit(&mut client, header, chunks, None)
+                .await
+                .unwrap();
+        }
+        Uploads::Holds(gate) => {
+            let mut upload = hostile_agency::Upload::open(&mut client, header).await;
+            assert!(
+                upload.admitted(Duration::from_secs(30)).await,
+                "{me} not admitted"
+            );
+            Gate::meet(&gate.held, &me).await;
+            Gate::meet(&gate.released, &me).await;
+            upload.send(chunks).await;
+            upload.answer().await.unwrap();
+        }
+        Uploads::Waits(gate) => {
+            Gate::meet(&gate.held, &me).await;
+            let mut upload = hostile_agency::Upload::open(&mut client, header).await;
+            upload.send(chunks).await;
+            assert!(
+                !upload.admitted(Duration::from_secs(2)).await,
+                "{me} was admitted while both staging slots were held"
+            );
+            Gate::meet(&gate.released, &me).await;
+            assert!(
+                upload.admitted(Duration::from_secs(30)).await,
+                "{me} not admitted"
+            );
+            upload.answer().await.unwrap();
+        }
+    }
     if leaves == Leaves::AfterMasking {
         return;
     }
@@ -380,6 +446,7 @@ async fn eight_agencies_two_drop_outs_the_model_moves_by_the_survivors_mean_and_
         update: updates[id].clone(),
         leaves: leaves(id),
         distributed: false,
+        uploads: Uploads::Straight,
     })
     .await;
     let job = watch_to_end(&mut op, &job.job_id).await;
@@ -441,6 +508,37 @@ async fn eight_agencies_two_drop_outs_the_model_moves_by_the_survivors_mean_and_
         kept.iter().any(|(_, bytes)| contains(bytes, &stored)),
         "the search does not find the stored model either"
     );
+}
+
+/// The coordinator reads two uploads at a time (its staging slots). With two agencies holding
+/// admitted uploads open, a third is not admitted, and the chunks it sends unasked are not
+/// read, until they let go; then it is, and the round takes all eight updates.
+#[tokio::test]
+async fn an_upload_waits_for_its_admission_while_both_staging_slots_are_held() {
+    let Scripted {
+        ca,
+        mut op,
+        agencies,
+        fx: _fx,
+        coordinator: _coordinator,
+        ..
+    } = scripted().await;
+    let job = start_training(&mut op, "eight", secure_spec(1), 3, 15_000).await;
+    let gate = Gate::new();
+    run_scripts(agencies, &ca, |id| Script {
+        update: vec![0.1, -0.2, 0.3],
+        leaves: Leaves::Never,
+        distributed: false,
+        uploads: match id {
+            "DE-BKA" | "DE-ZOLL" => Uploads::Holds(Arc::clone(&gate)),
+            "FR-PJ" => Uploads::Waits(Arc::clone(&gate)),
+            _ => Uploads::Straight,
+        },
+    })
+    .await;
+    let job = watch_to_end(&mut op, &job.job_id).await;
+    assert_eq!(job.state, JobState::Succeeded as i32, "{}", job.message);
+    assert_eq!(job.rounds[0].contributors.len(), 8, "{:?}", job.rounds[0]);
 }
 
 /// Eight real nodes train three rounds under secure aggregation; in round 1 one is killed once
@@ -585,6 +683,7 @@ async fn distributed_noise_steps_by_the_survivors_summed_gradients_over_their_de
             _ => Leaves::Never,
         },
         distributed: true,
+        uploads: Uploads::Straight,
     })
     .await;
     let job = watch_to_end(&mut op, &job.job_id).await;

@@ -3,15 +3,16 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::sync::mpsc;
+use tokio::sync::{OwnedSemaphorePermit, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 use treaty_proto::receipt::{Receipt, ResultHasher, SignedSent, verify_sent};
 use treaty_proto::tensor::{Assembler, DEFAULT_MAX_CHUNK_BYTES, NamedTensor};
 use treaty_proto::v1::agency_service_server::AgencyService;
 use treaty_proto::v1::{
-    CoordinatorMessage, DownloadModelRequest, ModelPart, NodeMessage, ResultPart, SubmitReceipt,
-    Welcome, coordinator_message, node_message, result_part,
+    CoordinatorMessage, DownloadModelRequest, ModelPart, NodeMessage, ResultAdmitted, ResultPart,
+    SubmitReceipt, SubmitReply, Welcome, coordinator_message, node_message, result_part,
+    submit_reply,
 };
 
 use treaty_proto::Identity;
@@ -47,6 +48,7 @@ impl AgencyApi {
 #[tonic::async_trait]
 impl AgencyService for AgencyApi {
     type SessionStream = ReceiverStream<Result<CoordinatorMessage, Status>>;
+    type SubmitResultStream = ReceiverStream<Result<SubmitReply, Status>>;
     type DownloadModelStream = BoxStream<ModelPart>;
 
     async fn session(
@@ -157,7 +159,7 @@ impl AgencyService for AgencyApi {
     async fn submit_result(
         &self,
         request: Request<Streaming<ResultPart>>,
-    ) -> Result<Response<SubmitReceipt>, Status> {
+    ) -> Result<Response<Self::SubmitResultStream>, Status> {
         let (agency, _) = require_agency(&self.ctx, &request)?;
         let mut parts = request.into_inner();
         let header = match parts.message().await? {
@@ -177,63 +179,21 @@ impl AgencyService for AgencyApi {
             .check(&header.task_id, &agency)
             .map_err(CoordinatorError::from)?;
         self.ctx.note_privacy(&agency, header.privacy.clone());
-        let mut hasher = ResultHasher::new(&header);
-        let received = receive(&self.ctx, &agency, &mut parts, &header, intake, &mut hasher).await;
-        let sha256 = hasher.finish();
-        let outcome = match received {
-            Ok((tensors, staged, received, sent)) => Outcome::Result(Box::new(TaskResult {
-                sha256: sha256.clone(),
-                sent,
-                num_examples: header.num_examples,
-                metrics: header.metrics.clone(),
-                tensors,
-                staged,
-                received,
-                declared_norm_bound: header.declared_norm_bound,
-                evaluation: header.evaluation.clone(),
-                privacy: header.privacy.clone(),
-            })),
-            Err(reason) => {
-                self.ctx.warn_peer(
-                    &agency,
-                    &format!("result for task `{}` rejected on arrival", header.task_id),
-                    &reason,
-                );
-                Outcome::Invalid(reason)
-            }
-        };
-        let rejected = match &outcome {
-            Outcome::Invalid(reason) => Some(reason.clone()),
-            _ => None,
-        };
-        self.ctx
-            .tasks
-            .deliver(&header.task_id, &agency, outcome)
-            .map_err(CoordinatorError::from)?;
-        match rejected {
-            Some(reason) => Err(CoordinatorError::ResultRejected { reason }.into()),
-            // The receipt, signed with the coordinator's key: which result it took in from
-            // whom (its round's record says whether it contributed).
-            None => {
-                let receipt = Receipt {
-                    coordinator: self.ctx.identity.to_string(),
-                    agency: agency.to_string(),
-                    task_id: header.task_id.clone(),
-                    result_sha256: sha256,
-                    accepted: true,
-                    message: String::new(),
-                    received_unix_ms: now_ms(),
-                };
-                let signed = match self.ctx.store.signer() {
-                    Some(signer) => receipt.signed(signer).map_err(CoordinatorError::from)?,
-                    None => SubmitReceipt {
-                        accepted: true,
-                        ..Default::default()
-                    },
-                };
-                Ok(Response::new(signed))
-            }
-        }
+        // The upload is admitted, read and answered on a task of its own: the answer's stream
+        // is open before the node sends its chunks.
+        let (tx, rx) = mpsc::channel(2);
+        let ctx = Arc::clone(&self.ctx);
+        tokio::spawn(async move {
+            let answer = take_result(&ctx, agency, parts, header, intake, &tx)
+                .await
+                .map(|receipt| SubmitReply {
+                    kind: Some(submit_reply::Kind::Receipt(receipt)),
+                })
+                .map_err(Status::from);
+            // A node that has gone needs no answer.
+            let _ = tx.send(answer).await;
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
     }
 
     async fn download_model(
@@ -263,15 +223,114 @@ impl AgencyService for AgencyApi {
     }
 }
 
-/// Reads the chunks of a result and checks them; the reason in words when they are unusable.
-/// A result taken in whole is decoded; one to be folded in waits for a staging slot before
-/// its chunks are read and is kept as it arrived, with its slot. Also when the stream ended.
+/// Admits an upload, reads its result, delivers it to its round, and signs the receipt.
+async fn take_result(
+    ctx: &Coordinator,
+    agency: Identity,
+    mut parts: Streaming<ResultPart>,
+    header: treaty_proto::v1::ResultHeader,
+    intake: Intake,
+    answers: &mpsc::Sender<Result<SubmitReply, Status>>,
+) -> Result<SubmitReceipt, CoordinatorError> {
+    let mut hasher = ResultHasher::new(&header);
+    let received = match admit(ctx, &agency, &header, intake).await {
+        Ok(slot) => {
+            let admitted = SubmitReply {
+                kind: Some(submit_reply::Kind::Admitted(ResultAdmitted {})),
+            };
+            // A node that has gone is found by the reading below.
+            let _ = answers.send(Ok(admitted)).await;
+            receive(ctx, &agency, &mut parts, &header, slot, &mut hasher).await
+        }
+        Err(reason) => Err(reason),
+    };
+    let sha256 = hasher.finish();
+    let outcome = match received {
+        Ok((tensors, staged, received, sent)) => Outcome::Result(Box::new(TaskResult {
+            sha256: sha256.clone(),
+            sent,
+            num_examples: header.num_examples,
+            metrics: header.metrics.clone(),
+            tensors,
+            staged,
+            received,
+            declared_norm_bound: header.declared_norm_bound,
+            evaluation: header.evaluation.clone(),
+            privacy: header.privacy.clone(),
+        })),
+        Err(reason) => {
+            ctx.warn_peer(
+                &agency,
+                &format!("result for task `{}` rejected on arrival", header.task_id),
+                &reason,
+            );
+            Outcome::Invalid(reason)
+        }
+    };
+    let rejected = match &outcome {
+        Outcome::Invalid(reason) => Some(reason.clone()),
+        _ => None,
+    };
+    ctx.tasks.deliver(&header.task_id, &agency, outcome)?;
+    if let Some(reason) = rejected {
+        return Err(CoordinatorError::ResultRejected { reason });
+    }
+    // The receipt, signed with the coordinator's key: which result it took in from whom (its
+    // round's record says whether it contributed).
+    let receipt = Receipt {
+        coordinator: ctx.identity.to_string(),
+        agency: agency.to_string(),
+        task_id: header.task_id.clone(),
+        result_sha256: sha256,
+        accepted: true,
+        message: String::new(),
+        received_unix_ms: now_ms(),
+    };
+    match ctx.store.signer() {
+        Some(signer) => Ok(receipt.signed(signer)?),
+        None => Ok(SubmitReceipt {
+            accepted: true,
+            ..Default::default()
+        }),
+    }
+}
+
+/// Admits an upload: at once when its result is taken in whole; when it is to be folded in,
+/// once one of the coordinator's staging slots is free (held until the update is dropped),
+/// and if its task is still open then.
+async fn admit(
+    ctx: &Coordinator,
+    agency: &Identity,
+    header: &treaty_proto::v1::ResultHeader,
+    intake: Intake,
+) -> Result<Option<OwnedSemaphorePermit>, String> {
+    match intake {
+        Intake::Whole => Ok(None),
+        Intake::Staged => {
+            let slot = ctx
+                .staging
+                .clone()
+                .acquire_owned()
+                .await
+                .map_err(|_| "the coordinator is shutting down".to_owned())?;
+            // The round may have ended while the upload waited.
+            ctx.tasks
+                .check(&header.task_id, agency)
+                .map_err(|e| e.to_string())?;
+            Ok(Some(slot))
+        }
+    }
+}
+
+/// Reads the chunks of an admitted result and checks them; the reason in words when they are
+/// unusable. A result taken in whole is decoded; one to be folded in (admitted with a staging
+/// `slot`) is kept as it arrived, with its slot. Also when the stream ended.
 async fn receive(
     ctx: &Coordinator,
     agency: &Identity,
     parts: &mut Streaming<ResultPart>,
     header: &treaty_proto::v1::ResultHeader,
-    intake: Intake,
+    slot: Option<OwnedSemaphorePermit>,
     hasher: &mut ResultHasher,
 ) -> Result<Received, String> {
     let limits = &ctx.limits;
@@ -296,22 +355,6 @@ async fn receive(
         DEFAULT_MAX_CHUNK_BYTES,
     )
     .map_err(|e| e.to_string())?;
-    let slot = match intake {
-        Intake::Whole => None,
-        Intake::Staged => {
-            let slot = ctx
-                .staging
-                .clone()
-                .acquire_owned()
-                .await
-                .map_err(|_| "the coordinator is shutting down".to_owned())?;
-            // The round may have ended while the upload waited.
-            ctx.tasks
-                .check(&header.task_id, agency)
-                .map_err(|e| e.to_string())?;
-            Some(slot)
-        }
-    };
     let mut sent: Option<SignedSent> = None;
     loop {
         let next = match slot {

@@ -35,8 +35,8 @@ use treaty_proto::v1::{
     Aggregation, ColumnKind, ColumnSpec, ColumnStats, CoordinatorMessage, CreateFederationRequest,
     CreateJobRequest, DpMode, Dtype, FeatureSchema, FederationInfo, Hello, JobEventKind, JobSpec,
     LabelKind, LabelSpec, MissingRule, ModelKind, NodeMessage, PrivacySpec, ResultHeader,
-    ResultPart, SharingSpec, Strategy, TaskRefused, TensorChunk, TensorSpec, TrainingSpec,
-    coordinator_message, job_spec, node_message, result_part, task,
+    SharingSpec, Strategy, TaskRefused, TensorChunk, TensorSpec, TrainingSpec, coordinator_message,
+    job_spec, node_message, task,
 };
 
 use super::{median_or_nan, memory, mib};
@@ -172,11 +172,8 @@ async fn agency(
             tensors: payload.specs.clone(),
             ..Default::default()
         };
-        let parts: Vec<ResultPart> = std::iter::once(result_part::Kind::Header(header))
-            .chain(payload.chunks.iter().cloned().map(result_part::Kind::Chunk))
-            .map(|kind| ResultPart { kind: Some(kind) })
-            .collect();
-        client.submit_result(tokio_stream::iter(parts)).await?;
+        let chunks = payload.chunks.clone();
+        treaty_proto::upload::submit(&mut client, header, chunks, None).await?;
         let _ = notes.send(Note::Uploaded(t.round, Instant::now()));
     }
     Ok(())

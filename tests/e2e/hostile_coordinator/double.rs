@@ -18,8 +18,9 @@ use treaty_proto::tls::ServerTls;
 use treaty_proto::v1::agency_service_server::{AgencyService, AgencyServiceServer};
 use treaty_proto::v1::{
     CoordinatorMessage, DownloadModelRequest, Dtype, Hello, JobTerms, ModelHeader, ModelPart,
-    NodeMessage, ResultHeader, ResultPart, RoundParticipant, RoundTerms, SubmitReceipt, Task,
-    TrainingSpec, Welcome, coordinator_message, model_part, node_message, result_part, task,
+    NodeMessage, ResultAdmitted, ResultHeader, ResultPart, RoundParticipant, RoundTerms,
+    SubmitReceipt, SubmitReply, Task, TrainingSpec, Welcome, coordinator_message, model_part,
+    node_message, result_part, submit_reply, task,
 };
 
 use crate::common::Fixture;
@@ -79,6 +80,7 @@ type ModelStream =
 #[tonic::async_trait]
 impl AgencyService for Api {
     type SessionStream = ReceiverStream<Result<CoordinatorMessage, Status>>;
+    type SubmitResultStream = ReceiverStream<Result<SubmitReply, Status>>;
     type DownloadModelStream = ModelStream;
 
     async fn session(
@@ -127,7 +129,7 @@ impl AgencyService for Api {
     async fn submit_result(
         &self,
         request: Request<Streaming<ResultPart>>,
-    ) -> Result<Response<SubmitReceipt>, Status> {
+    ) -> Result<Response<Self::SubmitResultStream>, Status> {
         let mut parts = request.into_inner();
         let Some(ResultPart {
             kind: Some(result_part::Kind::Header(header)),
@@ -135,38 +137,25 @@ impl AgencyService for Api {
         else {
             return Err(Status::invalid_argument("no header"));
         };
-        let mut assembler =
-            Assembler::new(header.tensors.clone(), u64::MAX, DEFAULT_MAX_CHUNK_BYTES)
-                .map_err(|e| Status::invalid_argument(e.to_string()))?;
-        while let Some(part) = parts.message().await? {
-            if let Some(result_part::Kind::Chunk(c)) = part.kind {
-                assembler
-                    .push(c)
-                    .map_err(|e| Status::invalid_argument(e.to_string()))?;
-            }
-        }
-        let staged = assembler
-            .finish_staged()
-            .map_err(|e| Status::invalid_argument(e.to_string()))?;
-        // A result without tensors (an evaluation's) is not a masked one.
-        let masked = match staged.specs().is_empty() {
-            true => None,
-            false => staged.masked().ok(),
+        let (tx, rx) = mpsc::channel(2);
+        let admitted = SubmitReply {
+            kind: Some(submit_reply::Kind::Admitted(ResultAdmitted {})),
         };
-        let seen = match masked {
-            Some(values) => Seen::Masked { header, values },
-            None => Seen::Result {
-                header,
-                tensors: staged
-                    .decode()
-                    .map_err(|e| Status::invalid_argument(e.to_string()))?,
-            },
-        };
-        let _ = self.seen.send(seen);
-        Ok(Response::new(SubmitReceipt {
-            accepted: true,
-            ..Default::default()
-        }))
+        let _ = tx.send(Ok(admitted)).await;
+        let seen = self.seen.clone();
+        tokio::spawn(async move {
+            let answer = read_result(header, parts).await.map(|s| {
+                let _ = seen.send(s);
+                SubmitReply {
+                    kind: Some(submit_reply::Kind::Receipt(SubmitReceipt {
+                        accepted: true,
+                        ..Default::default()
+                    })),
+                }
+            });
+            let _ = tx.send(answer).await;
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
     }
 
     async fn download_model(
@@ -401,4 +390,37 @@ pub fn model_of(spec: &TrainingSpec, value: f64) -> Vec<NamedTensor> {
         .into_iter()
         .map(|(name, shape)| NamedTensor::new(name, ArrayD::from_elem(IxDyn(&shape), value)))
         .collect()
+}
+
+/// What a node uploaded after its header: its chunks, decoded.
+async fn read_result(
+    header: ResultHeader,
+    mut parts: Streaming<ResultPart>,
+) -> Result<Seen, Status> {
+    let mut assembler = Assembler::new(header.tensors.clone(), u64::MAX, DEFAULT_MAX_CHUNK_BYTES)
+        .map_err(|e| Status::invalid_argument(e.to_string()))?;
+    while let Some(part) = parts.message().await? {
+        if let Some(result_part::Kind::Chunk(c)) = part.kind {
+            assembler
+                .push(c)
+                .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        }
+    }
+    let staged = assembler
+        .finish_staged()
+        .map_err(|e| Status::invalid_argument(e.to_string()))?;
+    // A result without tensors (an evaluation's) is not a masked one.
+    let masked = match staged.specs().is_empty() {
+        true => None,
+        false => staged.masked().ok(),
+    };
+    Ok(match masked {
+        Some(values) => Seen::Masked { header, values },
+        None => Seen::Result {
+            header,
+            tensors: staged
+                .decode()
+                .map_err(|e| Status::invalid_argument(e.to_string()))?,
+        },
+    })
 }
