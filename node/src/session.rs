@@ -757,7 +757,9 @@ impl Outgoing {
             .await
             .map_err(|e| match e {
                 UploadError::Status(status) => NodeError::from(status),
-                UploadError::Protocol(_) => NodeError::Protocol(e.to_string()),
+                UploadError::Protocol(what) => {
+                    NodeError::Protocol(format!("the coordinator {what}"))
+                }
             })?;
         if receipt.accepted {
             Ok(receipt)

@@ -511,8 +511,8 @@ async fn eight_agencies_two_drop_outs_the_model_moves_by_the_survivors_mean_and_
 }
 
 /// The coordinator reads two uploads at a time (its staging slots). With two agencies holding
-/// admitted uploads open, a third is not admitted, and the chunks it sends unasked are not
-/// read, until they let go; then it is, and the round takes all eight updates.
+/// admitted uploads open, a third is not admitted (though it sends its chunks unasked) until
+/// they let go; then it is, and the round takes all eight updates.
 #[tokio::test]
 async fn an_upload_waits_for_its_admission_while_both_staging_slots_are_held() {
     let Scripted {

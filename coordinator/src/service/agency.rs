@@ -233,16 +233,42 @@ async fn take_result(
     answers: &mpsc::Sender<Result<SubmitReply, Status>>,
 ) -> Result<SubmitReceipt, CoordinatorError> {
     let mut hasher = ResultHasher::new(&header);
-    let received = match admit(ctx, &agency, &header, intake).await {
-        Ok(slot) => {
-            let admitted = SubmitReply {
-                kind: Some(submit_reply::Kind::Admitted(ResultAdmitted {})),
-            };
-            // A node that has gone is found by the reading below.
-            let _ = answers.send(Ok(admitted)).await;
-            receive(ctx, &agency, &mut parts, &header, slot, &mut hasher).await
-        }
+    // A header that cannot be used is refused before the upload waits for a slot.
+    let received = match assembler_for(ctx, &header) {
         Err(reason) => Err(reason),
+        Ok(assembler) => {
+            // A node that leaves while it waits gives up its place (and its task stays open,
+            // as when it never uploaded); so does every upload when the coordinator stops.
+            let slot = tokio::select! {
+                slot = admit(ctx, &agency, &header, intake) => slot,
+                () = answers.closed() => return Err(CoordinatorError::ResultRejected {
+                    reason: "the node left before its upload was admitted".into(),
+                }),
+                () = ctx.shutdown.cancelled() => return Err(CoordinatorError::ResultRejected {
+                    reason: "the coordinator is shutting down".into(),
+                }),
+            };
+            match slot {
+                Ok(slot) => {
+                    let admitted = SubmitReply {
+                        kind: Some(submit_reply::Kind::Admitted(ResultAdmitted {})),
+                    };
+                    // A node that has gone is found by the reading below.
+                    let _ = answers.send(Ok(admitted)).await;
+                    receive(
+                        ctx,
+                        &agency,
+                        &mut parts,
+                        &header,
+                        assembler,
+                        slot,
+                        &mut hasher,
+                    )
+                    .await
+                }
+                Err(reason) => Err(reason),
+            }
+        }
     };
     let sha256 = hasher.finish();
     let outcome = match received {
@@ -322,17 +348,12 @@ async fn admit(
     }
 }
 
-/// Reads the chunks of an admitted result and checks them; the reason in words when they are
-/// unusable. A result taken in whole is decoded; one to be folded in (admitted with a staging
-/// `slot`) is kept as it arrived, with its slot. Also when the stream ended.
-async fn receive(
+/// The assembler of a result's chunks, once its header's claims are checked; the reason in
+/// words when they are unusable.
+fn assembler_for(
     ctx: &Coordinator,
-    agency: &Identity,
-    parts: &mut Streaming<ResultPart>,
     header: &treaty_proto::v1::ResultHeader,
-    slot: Option<OwnedSemaphorePermit>,
-    hasher: &mut ResultHasher,
-) -> Result<Received, String> {
+) -> Result<Assembler, String> {
     let limits = &ctx.limits;
     if header.num_examples > limits.max_records_per_agency {
         return Err(format!(
@@ -349,12 +370,26 @@ async fn receive(
             header.declared_norm_bound
         ));
     }
-    let mut assembler = Assembler::new(
+    Assembler::new(
         header.tensors.clone(),
         limits.max_update_elements,
         DEFAULT_MAX_CHUNK_BYTES,
     )
-    .map_err(|e| e.to_string())?;
+    .map_err(|e| e.to_string())
+}
+
+/// Reads the chunks of an admitted result and checks them; the reason in words when they are
+/// unusable. A result taken in whole is decoded; one to be folded in (admitted with a staging
+/// `slot`) is kept as it arrived, with its slot. Also when the stream ended.
+async fn receive(
+    ctx: &Coordinator,
+    agency: &Identity,
+    parts: &mut Streaming<ResultPart>,
+    header: &treaty_proto::v1::ResultHeader,
+    mut assembler: Assembler,
+    slot: Option<OwnedSemaphorePermit>,
+    hasher: &mut ResultHasher,
+) -> Result<Received, String> {
     let mut sent: Option<SignedSent> = None;
     loop {
         let next = match slot {
