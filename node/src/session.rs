@@ -757,9 +757,7 @@ impl Outgoing {
             .await
             .map_err(|e| match e {
                 UploadError::Status(status) => NodeError::from(status),
-                UploadError::Protocol(what) => {
-                    NodeError::Protocol(format!("the coordinator {what}"))
-                }
+                UploadError::Protocol(what) => NodeError::Protocol(what.to_owned()),
             })?;
         if receipt.accepted {
             Ok(receipt)

@@ -32,7 +32,7 @@ pub enum UploadError {
 pub async fn submit(
     client: &mut AgencyServiceClient<Channel>,
     header: ResultHeader,
-    chunks: impl IntoIterator<Item = TensorChunk> + Send + 'static,
+    chunks: impl IntoIterator<Item = TensorChunk> + Send,
     sent: Option<SignedStatement>,
 ) -> Result<SubmitReceipt, UploadError> {
     let part = |kind| ResultPart { kind: Some(kind) };

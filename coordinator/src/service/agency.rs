@@ -233,42 +233,20 @@ async fn take_result(
     answers: &mpsc::Sender<Result<SubmitReply, Status>>,
 ) -> Result<SubmitReceipt, CoordinatorError> {
     let mut hasher = ResultHasher::new(&header);
-    // A header that cannot be used is refused before the upload waits for a slot.
-    let received = match assembler_for(ctx, &header) {
-        Err(reason) => Err(reason),
-        Ok(assembler) => {
-            // A node that leaves while it waits gives up its place (and its task stays open,
-            // as when it never uploaded); so does every upload when the coordinator stops.
-            let slot = tokio::select! {
-                slot = admit(ctx, &agency, &header, intake) => slot,
-                () = answers.closed() => return Err(CoordinatorError::ResultRejected {
-                    reason: "the node left before its upload was admitted".into(),
-                }),
-                () = ctx.shutdown.cancelled() => return Err(CoordinatorError::ResultRejected {
-                    reason: "the coordinator is shutting down".into(),
-                }),
-            };
-            match slot {
-                Ok(slot) => {
-                    let admitted = SubmitReply {
-                        kind: Some(submit_reply::Kind::Admitted(ResultAdmitted {})),
-                    };
-                    // A node that has gone is found by the reading below.
-                    let _ = answers.send(Ok(admitted)).await;
-                    receive(
-                        ctx,
-                        &agency,
-                        &mut parts,
-                        &header,
-                        assembler,
-                        slot,
-                        &mut hasher,
-                    )
-                    .await
-                }
-                Err(reason) => Err(reason),
-            }
+    let received = match admit(ctx, &agency, &header, intake, answers).await? {
+        Ok((assembler, slot)) => {
+            receive(
+                ctx,
+                &agency,
+                &mut parts,
+                &header,
+                assembler,
+                slot,
+                &mut hasher,
+            )
+            .await
         }
+        Err(reason) => Err(reason),
     };
     let sha256 = hasher.finish();
     let outcome = match received {
@@ -321,31 +299,53 @@ async fn take_result(
     }
 }
 
-/// Admits an upload: at once when its result is taken in whole; when it is to be folded in,
-/// once one of the coordinator's staging slots is free (held until the update is dropped),
-/// and if its task is still open then.
+/// Admits an upload and tells its node so: its header's claims checked, at once when its
+/// result is taken in whole; when it is to be folded in, once one of the coordinator's staging
+/// slots is free (held until the update is dropped) and if its task is still open then. The
+/// chunks' assembler and the slot; the reason in words when the upload is refused. An error
+/// when there is no upload left to refuse: its node left while it waited (its task stays
+/// open, as when it never uploaded), or the coordinator is stopping.
 async fn admit(
     ctx: &Coordinator,
     agency: &Identity,
     header: &treaty_proto::v1::ResultHeader,
     intake: Intake,
-) -> Result<Option<OwnedSemaphorePermit>, String> {
-    match intake {
-        Intake::Whole => Ok(None),
+    answers: &mpsc::Sender<Result<SubmitReply, Status>>,
+) -> Result<Result<(Assembler, Option<OwnedSemaphorePermit>), String>, CoordinatorError> {
+    let assembler = match assembler_for(ctx, header) {
+        Ok(assembler) => assembler,
+        Err(reason) => return Ok(Err(reason)),
+    };
+    let slot = match intake {
+        Intake::Whole => None,
         Intake::Staged => {
-            let slot = ctx
-                .staging
-                .clone()
-                .acquire_owned()
-                .await
-                .map_err(|_| "the coordinator is shutting down".to_owned())?;
+            let gone = |reason: &str| CoordinatorError::ResultRejected {
+                reason: reason.to_owned(),
+            };
+            let slot = tokio::select! {
+                slot = ctx.staging.clone().acquire_owned() => {
+                    slot.map_err(|_| gone("the coordinator is shutting down"))?
+                }
+                () = answers.closed() => {
+                    return Err(gone("the node left before its upload was admitted"));
+                }
+                () = ctx.shutdown.cancelled() => {
+                    return Err(gone("the coordinator is shutting down"));
+                }
+            };
             // The round may have ended while the upload waited.
-            ctx.tasks
-                .check(&header.task_id, agency)
-                .map_err(|e| e.to_string())?;
-            Ok(Some(slot))
+            if let Err(e) = ctx.tasks.check(&header.task_id, agency) {
+                return Ok(Err(e.to_string()));
+            }
+            Some(slot)
         }
-    }
+    };
+    let admitted = SubmitReply {
+        kind: Some(submit_reply::Kind::Admitted(ResultAdmitted {})),
+    };
+    // A node that has gone is found by the reading that follows.
+    let _ = answers.send(Ok(admitted)).await;
+    Ok(Ok((assembler, slot)))
 }
 
 /// The assembler of a result's chunks, once its header's claims are checked; the reason in
